@@ -1,0 +1,117 @@
+//! llm.c-compatible file formats, byte for byte. Every file starts with a header of 256 i32 values
+//! (little-endian): magic, version, then format-specific fields; the rest of the header is zero.
+//! Readers check the magic, the version and the size, and name the file in every error.
+
+pub mod checkpoint;
+pub mod debug_state;
+pub mod shard;
+pub mod tokenizer_file;
+
+use anyhow::{bail, Context, Result};
+use std::io::{Read, Write};
+use std::path::Path;
+
+/// The number of i32 values in every header.
+pub const HEADER_INTS: usize = 256;
+/// The header's size in bytes.
+pub const HEADER_BYTES: usize = HEADER_INTS * 4;
+
+/// A file's 256-int header.
+pub type Header = [i32; HEADER_INTS];
+
+/// A zeroed header with the magic and version set.
+pub fn new_header(magic: i32, version: i32) -> Header {
+    let mut h = [0i32; HEADER_INTS];
+    h[0] = magic;
+    h[1] = version;
+    h
+}
+
+/// Decodes a header from the first 1024 bytes of `bytes`; `path` names the file in errors.
+pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
+    if bytes.len() < HEADER_BYTES {
+        bail!(
+            "{}: file is truncated: {} bytes, shorter than the {HEADER_BYTES}-byte header",
+            path.display(),
+            bytes.len()
+        );
+    }
+    let mut h = [0i32; HEADER_INTS];
+    for (i, v) in h.iter_mut().enumerate() {
+        *v = i32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap());
+    }
+    Ok(h)
+}
+
+/// Checks the magic number and that the version is one of `versions`.
+pub fn check_magic_version(
+    path: &Path,
+    h: &Header,
+    what: &str,
+    magic: i32,
+    versions: &[i32],
+) -> Result<()> {
+    if h[0] != magic {
+        bail!(
+            "{}: bad magic number {} (expected {magic} for {what})",
+            path.display(),
+            h[0]
+        );
+    }
+    if !versions.contains(&h[1]) {
+        bail!(
+            "{}: unsupported {what} version {} (supported: {versions:?})",
+            path.display(),
+            h[1]
+        );
+    }
+    Ok(())
+}
+
+/// Reads a whole file, naming it in the error.
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(bytes)
+}
+
+/// Appends a header to `out`.
+pub fn put_header(out: &mut Vec<u8>, h: &Header) {
+    for v in h {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Appends little-endian f32 values to `out`.
+pub fn put_f32s(out: &mut Vec<u8>, xs: &[f32]) {
+    out.reserve(xs.len() * 4);
+    for x in xs {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+}
+
+/// Decodes little-endian f32 values from `bytes` (whose length is a multiple of 4).
+pub fn get_f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect()
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so that an interrupted write
+/// never leaves a half-written file under the final name.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    write().with_context(|| format!("{}: cannot write", path.display()))
+}

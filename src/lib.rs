@@ -1,0 +1,19 @@
+//! train-gpt2-cuda: GPT-2 training with hand-written CUDA kernels driven from Rust, and a rayon CPU
+//! path that computes the same math as the reference the GPU is checked against.
+//!
+//! Map of the crate:
+//! - [`config`]: the model's dimensions (Config); [`params`]: the 16 parameter tensors in one
+//!   allocation with named slices (Weights).
+//! - [`formats`]: llm.c-compatible files: checkpoints, token shards, debug states, tokenizer files.
+//! - [`tokenizer`]: the GPT-2 BPE; [`prepro`]: text -> token shards; [`data`]: the batch loader.
+//! - [`cpu`]: the CPU reference, one file per layer family with forward and backward side by side.
+//! - [`gpu`]: the CUDA engine: kernels in `kernels/*.cu`, launchers with the CPU twins' names.
+
+pub mod config;
+pub mod cpu;
+pub mod data;
+pub mod formats;
+pub mod params;
+pub mod prepro;
+pub mod rng;
+pub mod tokenizer;

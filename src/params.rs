@@ -1,0 +1,171 @@
+//! The parameter layout: all 16 parameter tensors of GPT-2 live in one allocation, in llm.c's
+//! checkpoint order, so the checkpoint layout is the memory layout. Gradients and the AdamW moments
+//! use the same layout. [`Params`] holds one named slice (or view) per tensor.
+
+use crate::config::GPT2Config;
+
+/// The number of parameter tensors.
+pub const NUM_PARAMETER_TENSORS: usize = 16;
+
+/// The tensors' names, in checkpoint order (also the order of gradients in a debug state).
+pub const PARAM_NAMES: [&str; NUM_PARAMETER_TENSORS] = [
+    "wte", "wpe", "ln1w", "ln1b", "qkvw", "qkvb", "attprojw", "attprojb", "ln2w", "ln2b", "fcw",
+    "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb",
+];
+
+/// One value per parameter tensor, by name. `Params<&[f32]>` is a set of named slices into one
+/// allocation; `Params<usize>` holds sizes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Params<S> {
+    pub wte: S,      // (Vp, C)
+    pub wpe: S,      // (maxT, C)
+    pub ln1w: S,     // (L, C)
+    pub ln1b: S,     // (L, C)
+    pub qkvw: S,     // (L, 3*C, C)
+    pub qkvb: S,     // (L, 3*C)
+    pub attprojw: S, // (L, C, C)
+    pub attprojb: S, // (L, C)
+    pub ln2w: S,     // (L, C)
+    pub ln2b: S,     // (L, C)
+    pub fcw: S,      // (L, 4*C, C)
+    pub fcb: S,      // (L, 4*C)
+    pub fcprojw: S,  // (L, C, 4*C)
+    pub fcprojb: S,  // (L, C)
+    pub lnfw: S,     // (C)
+    pub lnfb: S,     // (C)
+}
+
+impl<S> Params<S> {
+    /// Builds the set from 16 values in checkpoint order.
+    pub fn from_array(a: [S; NUM_PARAMETER_TENSORS]) -> Self {
+        let [wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb, lnfw, lnfb] =
+            a;
+        Params {
+            wte,
+            wpe,
+            ln1w,
+            ln1b,
+            qkvw,
+            qkvb,
+            attprojw,
+            attprojb,
+            ln2w,
+            ln2b,
+            fcw,
+            fcb,
+            fcprojw,
+            fcprojb,
+            lnfw,
+            lnfb,
+        }
+    }
+
+    /// The 16 values in checkpoint order.
+    pub fn into_array(self) -> [S; NUM_PARAMETER_TENSORS] {
+        let Params {
+            wte,
+            wpe,
+            ln1w,
+            ln1b,
+            qkvw,
+            qkvb,
+            attprojw,
+            attprojb,
+            ln2w,
+            ln2b,
+            fcw,
+            fcb,
+            fcprojw,
+            fcprojb,
+            lnfw,
+            lnfb,
+        } = self;
+        [
+            wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw,
+            fcprojb, lnfw, lnfb,
+        ]
+    }
+}
+
+/// The number of elements of each parameter tensor.
+pub fn param_sizes(cfg: &GPT2Config) -> Params<usize> {
+    let GPT2Config {
+        max_seq_len: maxt,
+        padded_vocab_size: vp,
+        num_layers: l,
+        channels: c,
+        ..
+    } = *cfg;
+    Params {
+        wte: vp * c,
+        wpe: maxt * c,
+        ln1w: l * c,
+        ln1b: l * c,
+        qkvw: l * 3 * c * c,
+        qkvb: l * 3 * c,
+        attprojw: l * c * c,
+        attprojb: l * c,
+        ln2w: l * c,
+        ln2b: l * c,
+        fcw: l * 4 * c * c,
+        fcb: l * 4 * c,
+        fcprojw: l * c * 4 * c,
+        fcprojb: l * c,
+        lnfw: c,
+        lnfb: c,
+    }
+}
+
+/// The total number of parameters (wte counted with its Vp rows, as in the checkpoint).
+pub fn num_parameters(cfg: &GPT2Config) -> usize {
+    param_sizes(cfg).into_array().iter().sum()
+}
+
+/// Splits one allocation of `num_parameters` elements into the 16 named tensors.
+pub fn split<'a, T>(cfg: &GPT2Config, mut buf: &'a [T]) -> Params<&'a [T]> {
+    assert_eq!(buf.len(), num_parameters(cfg), "parameter buffer size");
+    let sizes = param_sizes(cfg).into_array();
+    Params::from_array(sizes.map(|n| {
+        let (head, tail) = buf.split_at(n);
+        buf = tail;
+        head
+    }))
+}
+
+/// Splits one mutable allocation of `num_parameters` elements into the 16 named tensors.
+pub fn split_mut<'a, T>(cfg: &GPT2Config, mut buf: &'a mut [T]) -> Params<&'a mut [T]> {
+    assert_eq!(buf.len(), num_parameters(cfg), "parameter buffer size");
+    let sizes = param_sizes(cfg).into_array();
+    Params::from_array(sizes.map(|n| {
+        let (head, tail) = std::mem::take(&mut buf).split_at_mut(n);
+        buf = tail;
+        head
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpt2_124m_has_124m_parameters() {
+        let cfg = GPT2Config::from_descriptor("d12").unwrap();
+        // 124,475,904 with wte padded to Vp = 50304 rows (llm.c prints this number).
+        assert_eq!(num_parameters(&cfg), 124_475_904);
+    }
+
+    #[test]
+    fn split_is_in_checkpoint_order() {
+        let cfg = GPT2Config::new(8, 10, 16, 2, 2, 4).unwrap();
+        let n = num_parameters(&cfg);
+        let buf: Vec<usize> = (0..n).collect();
+        let p = split(&cfg, &buf);
+        assert_eq!(p.wte.len(), 16 * 4);
+        assert_eq!(p.wpe[0], 64);
+        assert_eq!(p.lnfb[p.lnfb.len() - 1], n - 1);
+        let mut buf2 = vec![0usize; n];
+        let pm = split_mut(&cfg, &mut buf2);
+        pm.lnfb[3] = 7;
+        assert_eq!(buf2[n - 1], 7);
+    }
+}

@@ -1,7 +1,344 @@
-//! The `train-gpt2-cuda` command line.
+//! The `train-gpt2-cuda` command line: training (the default), `prepro`, `sample`, `verify`, and
+//! `tokenizer` (writes llm.c's gpt2_tokenizer.bin). Every error is printed with its causes and
+//! exits with status 1; nothing the user types makes it panic.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use train_gpt2_cuda::engine::{create_engine, Engine};
+use train_gpt2_cuda::formats::{checkpoint, debug_state};
+use train_gpt2_cuda::sample::{generate, SampleOptions};
+use train_gpt2_cuda::tokenizer::Tokenizer;
+use train_gpt2_cuda::train::{self, Device, TrainArgs};
+use train_gpt2_cuda::verify::{self, Tolerances};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "train-gpt2-cuda",
+    version,
+    about = "Train GPT-2 on an NVIDIA GPU (or the CPU reference path)",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Tokenize text files into train and val token shards (llm.c format).
+    Prepro(PreproArgs),
+    /// Generate text from a checkpoint.
+    Sample(SampleArgs),
+    /// Compare forward and backward with a debug state (PyTorch or llm.c) tensor by tensor.
+    Verify(VerifyArgs),
+    /// Write the GPT-2 vocabulary as llm.c's gpt2_tokenizer.bin.
+    Tokenizer {
+        /// The file to write.
+        #[arg(long, default_value = "gpt2_tokenizer.bin")]
+        out: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct PreproArgs {
+    /// Text files, one document each.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// The folder that receives train.bin and val.bin.
+    #[arg(long, default_value = "data/custom")]
+    out_dir: PathBuf,
+    /// How many of the files (the last ones) go to the validation shard.
+    #[arg(long, default_value_t = 1)]
+    val_files: usize,
+}
+
+#[derive(clap::Args, Debug)]
+struct SampleArgs {
+    /// An llm.c model checkpoint (fp32 or bf16).
+    #[arg(long)]
+    model: PathBuf,
+    /// Text to continue (default: start from the end-of-text token).
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// How many tokens to generate.
+    #[arg(long, default_value_t = 128)]
+    tokens: usize,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Sample among the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 40)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+    /// The context the model sees (default: the model's maxT).
+    #[arg(long)]
+    window: Option<usize>,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Device,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum VerifyDevice {
+    Cpu,
+    Cuda,
+    /// Both, each against the reference and against each other.
+    Both,
+}
+
+#[derive(clap::Args, Debug)]
+struct VerifyArgs {
+    /// The llm.c model checkpoint the state was made with.
+    #[arg(long)]
+    model: PathBuf,
+    /// The debug state: batch, logits, loss and gradients.
+    #[arg(long)]
+    state: PathBuf,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: VerifyDevice,
+    /// Then run this many AdamW steps on the same batch, printing `step I loss X`.
+    #[arg(long, default_value_t = 0)]
+    steps: usize,
+    /// Compare the steps' losses with this file of `step I loss X` lines.
+    #[arg(long)]
+    expect_losses: Option<PathBuf>,
+    /// Write the engine's own x, y, logits, loss and gradients as a debug state.
+    #[arg(long)]
+    dump: Option<PathBuf>,
+    #[arg(long)]
+    tf32: bool,
+}
 
 fn main() -> ExitCode {
-    eprintln!("train-gpt2-cuda: not built yet");
-    ExitCode::FAILURE
+    let cli = Cli::parse();
+    let result = match cli.command {
+        None => run_train(&cli.train),
+        Some(Command::Prepro(a)) => run_prepro(&a),
+        Some(Command::Sample(a)) => run_sample(&a),
+        Some(Command::Verify(a)) => run_verify(&a),
+        Some(Command::Tokenizer { out }) => run_tokenizer(&out),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_train(args: &TrainArgs) -> Result<ExitCode> {
+    args.validate()?;
+    let (cfg, params) = train::load_model(&args.model, args.seed)?;
+    let mut engine = create_engine(args.device, cfg, params, args.batch, args.seq, args.tf32)?;
+    train::train(args, engine.as_mut())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_prepro(a: &PreproArgs) -> Result<ExitCode> {
+    let summary = train_gpt2_cuda::prepro::prepro(&a.inputs, &a.out_dir, a.val_files)?;
+    println!("{summary}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
+    let opts = SampleOptions {
+        temperature: a.temperature,
+        top_k: a.top_k,
+    };
+    opts.validate()?;
+    let ck = checkpoint::read_checkpoint(&a.model)?;
+    let cfg = ck.config;
+    let window = a.window.unwrap_or(cfg.max_seq_len);
+    if window == 0 || window > cfg.max_seq_len {
+        bail!("--window must be in 1..={} (the model's maxT), got {window}", cfg.max_seq_len);
+    }
+    let tok = Tokenizer::gpt2()?;
+    if cfg.vocab_size != tok.vocab_size() {
+        bail!(
+            "{}: the model's vocabulary has {} tokens, the GPT-2 tokenizer {}: cannot decode its samples",
+            a.model.display(),
+            cfg.vocab_size,
+            tok.vocab_size()
+        );
+    }
+    let mut prompt = vec![tok.eot()];
+    prompt.extend(tok.encode(&a.prompt));
+    let mut engine = create_engine(a.device, cfg, ck.params, 1, window, false)?;
+    print!("{}", a.prompt);
+    // Print whole words as they come: decode the growing tail and print what is new.
+    let mut generated = Vec::new();
+    let mut printed = 0;
+    let mut out = std::io::stdout();
+    generate(engine.as_mut(), &prompt, a.tokens, window, &opts, a.seed, |id| {
+        generated.push(id);
+        if let Ok(text) = tok.decode(&generated) {
+            if !text.ends_with('\u{FFFD}') {
+                use std::io::Write;
+                print!("{}", &text[printed..]);
+                out.flush().ok();
+                printed = text.len();
+            }
+        }
+    })?;
+    println!();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_tokenizer(out: &PathBuf) -> Result<ExitCode> {
+    let tok = Tokenizer::gpt2()?;
+    let tokens: Vec<Vec<u8>> = (0..tok.vocab_size() as u32)
+        .map(|id| tok.token_bytes(id).context("token without bytes"))
+        .collect::<Result<_>>()?;
+    train_gpt2_cuda::formats::tokenizer_file::write_tokenizer_file(out, &tokens, tok.eot())?;
+    println!("wrote {} ({} tokens, EOT {})", out.display(), tokens.len(), tok.eot());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
+    let ck = checkpoint::read_checkpoint(&a.model)?;
+    let cfg = ck.config;
+    let state = debug_state::read_debug_state(&a.state, &cfg)?;
+    println!(
+        "verify: {} with {} (B={}, T={}, L={}, NH={}, C={}, V={}, Vp={})",
+        a.model.display(),
+        a.state.display(),
+        state.b,
+        state.t,
+        cfg.num_layers,
+        cfg.num_heads,
+        cfg.channels,
+        cfg.vocab_size,
+        cfg.padded_vocab_size
+    );
+    let devices: &[Device] = match a.device {
+        VerifyDevice::Cpu => &[Device::Cpu],
+        VerifyDevice::Cuda => &[Device::Cuda],
+        VerifyDevice::Both => &[Device::Cpu, Device::Cuda],
+    };
+    let reference = verify::Outputs {
+        logits: state.logits.clone(),
+        loss: state.loss,
+        grads: state.grads.clone(),
+    };
+    let tol = Tolerances::FP32;
+    let mut all_pass = true;
+    let mut results = Vec::new();
+    for &dev in devices {
+        let mut engine = create_engine(dev, cfg, ck.params.clone(), state.b, state.t, a.tf32)?;
+        let name = engine.describe();
+        let out = verify::run_engine(engine.as_mut(), &state)?;
+        let rows = verify::compare_outputs(&cfg, &out, &reference, &tol);
+        all_pass &= rows.iter().all(|r| r.pass);
+        print!("{}", verify::format_table(&format!("\n{name} vs {}", a.state.display()), &rows));
+        results.push((name, engine, out));
+    }
+    if let [(n0, _, o0), (n1, _, o1)] = results.as_slice() {
+        let rows = verify::compare_outputs(&cfg, o1, o0, &tol);
+        all_pass &= rows.iter().all(|r| r.pass);
+        print!("{}", verify::format_table(&format!("\n{n1} vs {n0}"), &rows));
+    }
+    if let Some(path) = &a.dump {
+        let (name, _, out) = results.last().expect("one engine at least");
+        let dumped = debug_state::DebugState {
+            b: state.b,
+            t: state.t,
+            x: state.x.clone(),
+            y: state.y.clone(),
+            logits: out.logits.clone(),
+            loss: out.loss,
+            grads: out.grads.clone(),
+        };
+        debug_state::write_debug_state(path, &cfg, &dumped)?;
+        println!("\nwrote {} ({name})", path.display());
+    }
+    if a.steps > 0 {
+        let expected = match &a.expect_losses {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
+                let l = verify::parse_losses(&text).with_context(|| format!("{}: bad losses file", p.display()))?;
+                if l.len() < a.steps {
+                    bail!("{}: holds {} steps, fewer than --steps {}", p.display(), l.len(), a.steps);
+                }
+                Some(l)
+            }
+            None => None,
+        };
+        for (name, engine, _) in results.iter_mut() {
+            // restart from the checkpoint's parameters
+            let mut fresh = create_engine(
+                if name.starts_with("cpu") { Device::Cpu } else { Device::Cuda },
+                cfg,
+                ck.params.clone(),
+                state.b,
+                state.t,
+                a.tf32,
+            )?;
+            *engine = fresh_swap(&mut fresh);
+            println!("\n{name}: {} AdamW steps (lr 1e-4, betas 0.9/0.999, eps 1e-8, weight decay 0.01)", a.steps);
+            let losses = verify::run_steps(engine.as_mut(), &state, a.steps)?;
+            for (i, l) in losses.iter().enumerate() {
+                match &expected {
+                    Some(e) => {
+                        let rel = ((l - e[i]) / e[i]).abs() as f64;
+                        let ok = rel <= tol.loss;
+                        all_pass &= ok;
+                        println!(
+                            "step {i} loss {l:.6}  (expected {:.6}, rel err {rel:.1e}{})",
+                            e[i],
+                            if ok { "" } else { " FAIL" }
+                        );
+                    }
+                    None => println!("step {i} loss {l:.6}"),
+                }
+            }
+        }
+    }
+    println!("\n{}", if all_pass { "verify: all tensors pass" } else { "verify: FAILED" });
+    Ok(if all_pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn fresh_swap(e: &mut Box<dyn Engine>) -> Box<dyn Engine> {
+    std::mem::replace(e, Box::new(NoEngine))
+}
+
+/// A placeholder left behind by `fresh_swap`.
+struct NoEngine;
+impl Engine for NoEngine {
+    fn config(&self) -> &train_gpt2_cuda::config::GPT2Config {
+        unreachable!()
+    }
+    fn describe(&self) -> String {
+        unreachable!()
+    }
+    fn forward(&mut self, _: &[u32], _: Option<&[u32]>, _: usize, _: usize) -> Result<Option<f32>> {
+        unreachable!()
+    }
+    fn zero_grad(&mut self) -> Result<()> {
+        unreachable!()
+    }
+    fn backward(&mut self, _: f32) -> Result<()> {
+        unreachable!()
+    }
+    fn grad_norm(&mut self) -> Result<f32> {
+        unreachable!()
+    }
+    fn update(&mut self, _: &train_gpt2_cuda::cpu::adamw::AdamW, _: usize, _: f32) -> Result<()> {
+        unreachable!()
+    }
+    fn params(&mut self) -> Result<Vec<f32>> {
+        unreachable!()
+    }
+    fn grads(&mut self) -> Result<Vec<f32>> {
+        unreachable!()
+    }
+    fn logits(&mut self) -> Result<Vec<f32>> {
+        unreachable!()
+    }
+    fn position_logits(&mut self, _: usize, _: usize) -> Result<Vec<f32>> {
+        unreachable!()
+    }
 }

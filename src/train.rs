@@ -1,0 +1,317 @@
+//! The training loop shared by both engines: data, learning-rate schedule, gradient accumulation
+//! and clipping, AdamW, progress lines, validation, checkpoints and a sample at the end.
+
+use crate::config::GPT2Config;
+use crate::cpu::adamw::AdamW;
+use crate::data::DataLoader;
+use crate::engine::Engine;
+use crate::formats::checkpoint::{read_checkpoint, write_checkpoint, CheckpointPrecision};
+use crate::sample::{generate, SampleOptions};
+use crate::tokenizer::Tokenizer;
+use anyhow::{bail, Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Which device runs the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Device {
+    /// The GPU when one is there, else the CPU.
+    Auto,
+    /// The CPU reference path.
+    Cpu,
+    /// A CUDA GPU (an error when none is there).
+    Cuda,
+}
+
+/// Everything `train-gpt2-cuda` (training) takes.
+#[derive(Clone, Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Where to run: auto (GPU if there is one), cpu or cuda.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: Device,
+    /// The model: a descriptor dN (L=N, NH=N, C=64N; d12 is GPT-2 124M), or an llm.c checkpoint to
+    /// continue from.
+    #[arg(long, default_value = "d12")]
+    pub model: String,
+    /// Training shards (a glob such as 'dir/train_*.bin'); default: the bundled Shakespeare corpus.
+    #[arg(long)]
+    pub train: Option<String>,
+    /// Validation shards (a glob); default: the bundled Shakespeare corpus.
+    #[arg(long)]
+    pub val: Option<String>,
+    /// B: sequences per micro-batch.
+    #[arg(long, short = 'b', default_value_t = 4)]
+    pub batch: usize,
+    /// T: tokens per sequence.
+    #[arg(long, short = 't', default_value_t = 64)]
+    pub seq: usize,
+    /// Micro-batches accumulated into each step.
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 100)]
+    pub steps: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 3e-4)]
+    pub lr: f32,
+    /// Linear warm-up steps.
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
+    /// The cosine decay ends at this fraction of the peak learning rate (1 keeps it constant).
+    #[arg(long, default_value_t = 0.1)]
+    pub lr_final_frac: f32,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f32,
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f32,
+    #[arg(long, default_value_t = 0.999)]
+    pub beta2: f32,
+    #[arg(long, default_value_t = 1e-8)]
+    pub eps: f32,
+    /// Clip the global gradient norm to this (0 turns clipping off).
+    #[arg(long, default_value_t = 1.0)]
+    pub grad_clip: f32,
+    /// Validate every this many steps (0: only at the end).
+    #[arg(long, default_value_t = 25)]
+    pub val_every: usize,
+    /// Batches averaged for a validation loss.
+    #[arg(long, default_value_t = 8)]
+    pub val_batches: usize,
+    /// Write a checkpoint every this many steps (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_every: usize,
+    /// Where checkpoints go.
+    #[arg(long, default_value = "out")]
+    pub out_dir: PathBuf,
+    /// Tokens of text to sample at the end (0: none).
+    #[arg(long, default_value_t = 64)]
+    pub sample_tokens: usize,
+    /// Seed of the initialisation, the data order and the sample.
+    #[arg(long, default_value_t = 1337)]
+    pub seed: u64,
+    /// Shuffle the training data (seeded).
+    #[arg(long)]
+    pub shuffle: bool,
+    /// Use TF32 tensor cores for fp32 matrix products on the GPU.
+    #[arg(long)]
+    pub tf32: bool,
+}
+
+/// The learning rate at step `step` (from 0) of `steps`: linear warm-up to `lr`, then cosine decay
+/// to `lr * final_frac` at the last step.
+pub fn lr_at(step: usize, steps: usize, lr: f32, warmup: usize, final_frac: f32) -> f32 {
+    if step < warmup {
+        return lr * (step + 1) as f32 / warmup as f32;
+    }
+    let decay_steps = steps.saturating_sub(warmup + 1);
+    if decay_steps == 0 {
+        return lr;
+    }
+    let progress = ((step - warmup) as f64 / decay_steps as f64).min(1.0);
+    let coeff = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+    let min = lr as f64 * final_frac as f64;
+    (min + coeff * (lr as f64 - min)) as f32
+}
+
+impl TrainArgs {
+    /// Checks the flags before any work starts.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch == 0 || self.seq == 0 {
+            bail!("--batch and --seq must be at least 1 (got B={}, T={})", self.batch, self.seq);
+        }
+        if self.grad_accum == 0 {
+            bail!("--grad-accum must be at least 1");
+        }
+        if self.steps == 0 {
+            bail!("--steps must be at least 1");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail!("--lr must be a positive number, got {}", self.lr);
+        }
+        if !(0.0..=1.0).contains(&self.lr_final_frac) {
+            bail!("--lr-final-frac must be in [0, 1], got {}", self.lr_final_frac);
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            bail!("--beta1 and --beta2 must be in [0, 1)");
+        }
+        if !(self.eps > 0.0) || !(self.weight_decay >= 0.0) || !(self.grad_clip >= 0.0) {
+            bail!("--eps must be positive, --weight-decay and --grad-clip not negative");
+        }
+        if self.val_batches == 0 {
+            bail!("--val-batches must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Resolves `--model`: a descriptor builds a fresh seeded model, a file path loads a checkpoint.
+pub fn load_model(model: &str, seed: u64) -> Result<(GPT2Config, Vec<f32>)> {
+    let path = Path::new(model);
+    if path.exists() || model.ends_with(".bin") {
+        let ck = read_checkpoint(path)?;
+        return Ok((ck.config, ck.params));
+    }
+    let cfg = GPT2Config::from_descriptor(model)?;
+    Ok((cfg, crate::params::init_params(&cfg, seed)))
+}
+
+/// The average loss over `batches` batches of `loader` (from its start).
+pub fn evaluate(engine: &mut dyn Engine, loader: &mut DataLoader, batches: usize) -> Result<f32> {
+    loader.reset();
+    let (b, t) = (loader.b(), loader.t());
+    let mut sum = 0.0f64;
+    for _ in 0..batches {
+        let (x, y) = loader.next_batch();
+        let loss = engine.forward(x, Some(y), b, t)?.expect("targets given");
+        sum += loss as f64;
+    }
+    Ok((sum / batches as f64) as f32)
+}
+
+/// Trains with `args` on `engine` (already holding the initial parameters).
+pub fn train(args: &TrainArgs, engine: &mut dyn Engine) -> Result<TrainSummary> {
+    args.validate()?;
+    let cfg = *engine.config();
+    let (b, t) = (args.batch, args.seq);
+    crate::cpu::model::check_batch(&cfg, b, t)?;
+    let corpus = crate::data::default_corpus_dir();
+    let train_pattern = args.train.clone().unwrap_or_else(|| {
+        corpus.join(crate::data::DEFAULT_TRAIN).to_string_lossy().into_owned()
+    });
+    let val_pattern = args.val.clone().unwrap_or_else(|| {
+        corpus.join(crate::data::DEFAULT_VAL).to_string_lossy().into_owned()
+    });
+    let shuffle = args.shuffle.then_some(args.seed);
+    let mut train_loader = DataLoader::new(&train_pattern, b, t, cfg.vocab_size, shuffle)?;
+    let mut val_loader = DataLoader::new(&val_pattern, b, t, cfg.vocab_size, None)?;
+    let val_batches = args.val_batches.min(val_loader.num_batches().max(1));
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("{}: cannot create the output folder", args.out_dir.display()))?;
+
+    println!(
+        "model: L={} NH={} C={} V={} Vp={} maxT={} ({:.1}M parameters) on {}",
+        cfg.num_layers,
+        cfg.num_heads,
+        cfg.channels,
+        cfg.vocab_size,
+        cfg.padded_vocab_size,
+        cfg.max_seq_len,
+        crate::params::num_parameters(&cfg) as f64 / 1e6,
+        engine.describe()
+    );
+    println!(
+        "data: train {} ({} batches of {b}x{t}), val {} ({} batches); {} steps of {} tokens",
+        train_pattern,
+        train_loader.num_batches(),
+        val_pattern,
+        val_loader.num_batches(),
+        args.steps,
+        b * t * args.grad_accum
+    );
+
+    let mut summary = TrainSummary::default();
+    let tokens_per_step = (b * t * args.grad_accum) as f64;
+    for step in 0..args.steps {
+        let last = step + 1 == args.steps;
+        if args.val_every > 0 && step % args.val_every == 0 {
+            let val = evaluate(engine, &mut val_loader, val_batches)?;
+            println!("val loss {val:.4}");
+            summary.val_losses.push((step, val));
+        }
+
+        let start = Instant::now();
+        engine.zero_grad()?;
+        let mut loss = 0.0f32;
+        for _ in 0..args.grad_accum {
+            let (x, y) = train_loader.next_batch();
+            let l = engine.forward(x, Some(y), b, t)?.expect("targets given");
+            engine.backward(1.0 / args.grad_accum as f32)?;
+            loss += l / args.grad_accum as f32;
+        }
+        if !loss.is_finite() {
+            bail!("the loss became {loss} at step {}: training diverged (try a lower --lr)", step + 1);
+        }
+        let norm = engine.grad_norm()?;
+        let grad_scale = if args.grad_clip > 0.0 && norm > args.grad_clip {
+            args.grad_clip / norm
+        } else {
+            1.0
+        };
+        let lr = lr_at(step, args.steps, args.lr, args.warmup, args.lr_final_frac);
+        let hp = AdamW {
+            lr,
+            beta1: args.beta1,
+            beta2: args.beta2,
+            eps: args.eps,
+            weight_decay: args.weight_decay,
+        };
+        engine.update(&hp, step + 1, grad_scale)?;
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "step {:>5}/{} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.3} | {:.1} ms | {:.0} tok/s",
+            step + 1,
+            args.steps,
+            secs * 1e3,
+            tokens_per_step / secs
+        );
+        std::io::stdout().flush().ok();
+        summary.losses.push(loss);
+
+        let ckpt_due = args.checkpoint_every > 0 && (step + 1) % args.checkpoint_every == 0;
+        if ckpt_due || last {
+            let path = args.out_dir.join(format!("model_{:06}.bin", step + 1));
+            write_checkpoint(&path, &cfg, &engine.params()?, CheckpointPrecision::Fp32)?;
+            println!("wrote {}", path.display());
+            summary.checkpoint = Some(path);
+        }
+    }
+    let val = evaluate(engine, &mut val_loader, val_batches)?;
+    println!("val loss {val:.4}");
+    summary.val_losses.push((args.steps, val));
+
+    if args.sample_tokens > 0 {
+        let tok = Tokenizer::gpt2()?;
+        let opts = SampleOptions {
+            temperature: 1.0,
+            top_k: 40,
+        };
+        println!("sample ({} tokens, top-k 40):\n---", args.sample_tokens);
+        let window = t.min(cfg.max_seq_len);
+        let ids = generate(engine, &[tok.eot()], args.sample_tokens, window, &opts, args.seed, |_| {})?;
+        let text = tok.decode(&ids)?;
+        println!("{text}\n---");
+        summary.sample = text;
+    }
+    Ok(summary)
+}
+
+/// What a training run produced.
+#[derive(Debug, Default)]
+pub struct TrainSummary {
+    /// The training loss of each step.
+    pub losses: Vec<f32>,
+    /// (step, validation loss).
+    pub val_losses: Vec<(usize, f32)>,
+    pub checkpoint: Option<PathBuf>,
+    pub sample: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_the_final_fraction() {
+        let (lr, steps, warm, frac) = (1.0, 11, 2, 0.1);
+        assert_eq!(lr_at(0, steps, lr, warm, frac), 0.5);
+        assert_eq!(lr_at(1, steps, lr, warm, frac), 1.0);
+        assert_eq!(lr_at(2, steps, lr, warm, frac), 1.0);
+        // halfway through the decay (step 2 + 4 of 8): the cosine is at 0, so (1 + 0.1) / 2
+        assert!((lr_at(6, steps, lr, warm, frac) - 0.55).abs() < 1e-6);
+        assert!((lr_at(10, steps, lr, warm, frac) - 0.1).abs() < 1e-6);
+        // a constant schedule
+        assert_eq!(lr_at(5, 10, 0.3, 0, 1.0), 0.3);
+    }
+}

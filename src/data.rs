@@ -1,1 +1,330 @@
-//! TODO
+//! The batch loader: (inputs, targets) batches of B x T tokens from llm.c token shards, and the
+//! location of the default corpus (Shakespeare, committed under `data/shakespeare`).
+//!
+//! Shards are named by a pattern whose file-name part may hold `*` (any run of characters) and
+//! `?` (one character); the matches are taken in sorted path order. A shard of N tokens holds
+//! (N - 1) / (B*T) chunks: chunk k is tokens [k*B*T, k*B*T + B*T + 1), whose first B*T tokens are
+//! the inputs and whose last B*T tokens are the targets (the inputs shifted by one). An epoch
+//! serves every chunk of every shard once; at its end the loader wraps around to the next epoch.
+//!
+//! Sequential mode serves shards in order and chunks in order. Shuffled mode (with a seed, as in
+//! llm.c) permutes the shard order at the start of each epoch and the chunk order each time a
+//! shard is entered, from one random stream seeded once, so every epoch has a fresh order and the
+//! whole sequence of batches is a function of the seed.
+//!
+//! Only one shard is held in memory (as u16, like the file). Every shard's header and size are
+//! checked when the loader is built; a shard's tokens are checked against V when it is loaded
+//! (the first one when the loader is built, the others when the loader reaches them).
+//!
+//! The glob matching is a small matcher here rather than the `glob` crate: only `*` and `?` in the
+//! file name are needed, and its errors can name the pattern and the directory.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+use crate::formats::shard::{check_tokens, read_shard, read_shard_len};
+use crate::rng::Rng;
+
+/// The default corpus's training shard, relative to [`default_corpus_dir`].
+pub const DEFAULT_TRAIN_FILE: &str = "train.bin";
+/// The default corpus's validation shard, relative to [`default_corpus_dir`].
+pub const DEFAULT_VAL_FILE: &str = "val.bin";
+
+/// The directory of the default corpus: `<crate root>/data/shakespeare`, where the crate root is
+/// `CARGO_MANIFEST_DIR` from the environment at run time if set (under cargo), else the crate's
+/// directory at compile time.
+pub fn default_corpus_dir() -> PathBuf {
+    let root = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    root.join("data").join("shakespeare")
+}
+
+/// The default training shard pattern (a plain path: one shard).
+pub fn default_train_pattern() -> String {
+    default_corpus_dir()
+        .join(DEFAULT_TRAIN_FILE)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The default validation shard pattern (a plain path: one shard).
+pub fn default_val_pattern() -> String {
+    default_corpus_dir()
+        .join(DEFAULT_VAL_FILE)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Whether `name` matches `pat`, where `*` matches any run of characters and `?` one character.
+pub fn wildcard_match(pat: &str, name: &str) -> bool {
+    let p: Vec<char> = pat.chars().collect();
+    let s: Vec<char> = name.chars().collect();
+    // Greedy matching with backtracking to the last `*`.
+    let (mut i, mut j) = (0, 0);
+    let mut star: Option<(usize, usize)> = None; // (position of '*' in p, position in s)
+    while j < s.len() {
+        if i < p.len() && (p[i] == '?' || p[i] == s[j]) {
+            i += 1;
+            j += 1;
+        } else if i < p.len() && p[i] == '*' {
+            star = Some((i, j));
+            i += 1;
+        } else if let Some((si, sj)) = star {
+            i = si + 1;
+            j = sj + 1;
+            star = Some((si, sj + 1));
+        } else {
+            return false;
+        }
+    }
+    p[i..].iter().all(|&c| c == '*')
+}
+
+/// The files matching `pattern` (wildcards `*`, `?` in the file-name part only), sorted.
+/// No match is an error naming the pattern.
+pub fn glob_files(pattern: &str) -> Result<Vec<PathBuf>> {
+    let path = Path::new(pattern);
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("no file matches the pattern '{pattern}': it has no file name"))?;
+    let dir = path.parent().unwrap_or(Path::new(""));
+    if dir.to_string_lossy().contains(['*', '?']) {
+        bail!(
+            "bad pattern '{pattern}': wildcards (* and ?) are supported only in the file name, \
+             not in the directory"
+        );
+    }
+    if !name.contains(['*', '?']) {
+        if path.is_file() {
+            return Ok(vec![path.to_path_buf()]);
+        }
+        bail!("no file matches the pattern '{pattern}'");
+    }
+    let read_from = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let entries = std::fs::read_dir(read_from).with_context(|| {
+        format!(
+            "no file matches the pattern '{pattern}': cannot read the directory '{}'",
+            read_from.display()
+        )
+    })?;
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry =
+            entry.with_context(|| format!("{}: cannot list the directory", read_from.display()))?;
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        let candidate = dir.join(file_name);
+        if wildcard_match(name, file_name) && candidate.is_file() {
+            files.push(candidate);
+        }
+    }
+    if files.is_empty() {
+        bail!("no file matches the pattern '{pattern}'");
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Serves (inputs, targets) batches of B x T tokens from token shards.
+pub struct DataLoader {
+    pattern: String,
+    /// The shards, sorted.
+    files: Vec<PathBuf>,
+    /// N for each shard.
+    lens: Vec<usize>,
+    b: usize,
+    t: usize,
+    vocab_size: usize,
+    seed: Option<u64>,
+    rng: Option<Rng>,
+    /// This epoch's shard order (indices into `files`).
+    shard_order: Vec<usize>,
+    /// The position in `shard_order` of the current shard.
+    shard_pos: usize,
+    /// The current shard's chunk order (chunk indices).
+    chunk_order: Vec<usize>,
+    /// The position in `chunk_order` of the next chunk to serve.
+    chunk_pos: usize,
+    /// Which shard `tokens` holds.
+    loaded: Option<usize>,
+    /// (N,) the loaded shard's tokens.
+    tokens: Vec<u16>,
+    /// (B*T+1,) the current batch: inputs are [0, B*T), targets [1, B*T+1).
+    buf: Vec<u32>,
+    epoch: usize,
+    batches_served: usize,
+}
+
+impl DataLoader {
+    /// A loader over the shards matching `pattern`, serving batches of `b` x `t` tokens, every
+    /// token checked to be below V = `vocab_size`; shuffled from `shuffle_seed` if given.
+    pub fn new(
+        pattern: &str,
+        b: usize,
+        t: usize,
+        vocab_size: usize,
+        shuffle_seed: Option<u64>,
+    ) -> Result<DataLoader> {
+        if b == 0 || t == 0 {
+            bail!("data loader for '{pattern}': batch size B={b} and sequence length T={t} must both be positive");
+        }
+        let bt1 = b
+            .checked_mul(t)
+            .and_then(|bt| bt.checked_add(1))
+            .with_context(|| {
+                format!("data loader for '{pattern}': B*T is too large (B={b}, T={t})")
+            })?;
+        let files = glob_files(pattern)?;
+        let mut lens = Vec::with_capacity(files.len());
+        for f in &files {
+            let n = read_shard_len(f)?;
+            if n < bt1 {
+                bail!(
+                    "{}: the shard has {n} tokens, fewer than B*T+1 = {bt1} needed for one batch \
+                     (B={b}, T={t})",
+                    f.display()
+                );
+            }
+            lens.push(n);
+        }
+        let mut dl = DataLoader {
+            pattern: pattern.to_string(),
+            files,
+            lens,
+            b,
+            t,
+            vocab_size,
+            seed: shuffle_seed,
+            rng: None,
+            shard_order: Vec::new(),
+            shard_pos: 0,
+            chunk_order: Vec::new(),
+            chunk_pos: 0,
+            loaded: None,
+            tokens: Vec::new(),
+            buf: vec![0; bt1],
+            epoch: 0,
+            batches_served: 0,
+        };
+        dl.reset()?;
+        Ok(dl)
+    }
+
+    /// Back to the state right after construction: epoch 0, first batch, and (in shuffled mode)
+    /// the random stream re-seeded, so the batches repeat from the first one.
+    pub fn reset(&mut self) -> Result<()> {
+        self.rng = self.seed.map(Rng::new);
+        self.epoch = 0;
+        self.batches_served = 0;
+        self.start_epoch()
+    }
+
+    /// The next batch: (inputs (B, T), targets (B, T)), targets[i] = the token after inputs[i].
+    /// Wraps around to a new epoch after the last batch. Errors if a shard it loads is bad.
+    pub fn next_batch(&mut self) -> Result<(&[u32], &[u32])> {
+        if self.chunk_pos == self.chunk_order.len() {
+            self.shard_pos += 1;
+            if self.shard_pos == self.shard_order.len() {
+                self.epoch += 1;
+                self.start_epoch()?;
+            } else {
+                self.enter_shard()?;
+            }
+        }
+        let bt = self.b * self.t;
+        let off = self.chunk_order[self.chunk_pos] * bt;
+        self.chunk_pos += 1;
+        self.batches_served += 1;
+        for (dst, &src) in self.buf.iter_mut().zip(&self.tokens[off..off + bt + 1]) {
+            *dst = src as u32;
+        }
+        Ok((&self.buf[..bt], &self.buf[1..]))
+    }
+
+    /// The number of batches in one epoch: the sum over shards of (N - 1) / (B*T).
+    pub fn num_batches(&self) -> usize {
+        let bt = self.b * self.t;
+        self.lens.iter().map(|&n| (n - 1) / bt).sum()
+    }
+
+    /// The epoch (from 0) of the last batch served: the number of wrap-arounds since construction
+    /// or [`reset`](Self::reset).
+    pub fn epoch(&self) -> usize {
+        self.epoch
+    }
+
+    /// The number of batches served since construction or [`reset`](Self::reset).
+    pub fn batches_served(&self) -> usize {
+        self.batches_served
+    }
+
+    /// The shards, in sorted order.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// The total number of tokens over all shards.
+    pub fn num_tokens(&self) -> usize {
+        self.lens.iter().sum()
+    }
+
+    /// The pattern the loader was built from.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    /// B: the rows of a batch.
+    pub fn batch_size(&self) -> usize {
+        self.b
+    }
+
+    /// T: the tokens per row.
+    pub fn seq_len(&self) -> usize {
+        self.t
+    }
+
+    /// Starts an epoch: a shard order (permuted in shuffled mode) and its first shard.
+    fn start_epoch(&mut self) -> Result<()> {
+        self.shard_order = (0..self.files.len()).collect();
+        if let Some(rng) = self.rng.as_mut() {
+            rng.shuffle(&mut self.shard_order);
+        }
+        self.shard_pos = 0;
+        self.enter_shard()
+    }
+
+    /// Loads the shard at `shard_pos` (unless it is already loaded) and orders its chunks.
+    fn enter_shard(&mut self) -> Result<()> {
+        let idx = self.shard_order[self.shard_pos];
+        if self.loaded != Some(idx) {
+            let path = &self.files[idx];
+            let tokens = read_shard(path)?;
+            if tokens.len() != self.lens[idx] {
+                bail!(
+                    "{}: the shard changed while training: it had {} tokens, now {}",
+                    path.display(),
+                    self.lens[idx],
+                    tokens.len()
+                );
+            }
+            check_tokens(path, &tokens, self.vocab_size)?;
+            self.tokens = tokens;
+            self.loaded = Some(idx);
+        }
+        let chunks = (self.lens[idx] - 1) / (self.b * self.t);
+        self.chunk_order = (0..chunks).collect();
+        if let Some(rng) = self.rng.as_mut() {
+            rng.shuffle(&mut self.chunk_order);
+        }
+        self.chunk_pos = 0;
+        Ok(())
+    }
+}

@@ -1,1 +1,154 @@
-//! TODO
+//! Text files -> llm.c token shards (`train.bin` and `val.bin`) with the GPT-2 tokenizer.
+//!
+//! Each input file is one document. Following llm.c (`dev/data/fineweb.py`), the end-of-text token
+//! (50256) goes BEFORE each document: it delimits documents, and each shard that starts on a
+//! document boundary starts with it, so the first token of every document is predicted from
+//! "<|endoftext|>" as in GPT-2's training. Text inside a file is encoded as ordinary text: a
+//! literal "<|endoftext|>" in a file is not the special token.
+//!
+//! The split into train and val is either by files (the last K input files are val) or by a
+//! fraction of tokens (the token stream of all documents in input order is cut, and its last part
+//! is val; the cut may fall inside a document).
+
+use anyhow::{bail, Context, Result};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+
+use crate::data::{default_corpus_dir, DEFAULT_TRAIN_FILE, DEFAULT_VAL_FILE};
+use crate::formats::shard::write_shard;
+use crate::tokenizer::Tokenizer;
+
+/// Which part of the input goes to the validation shard.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ValSplit {
+    /// The last K input files (documents) are val, the others train.
+    LastFiles(usize),
+    /// The last `f` (0 < f < 1) of the token stream is val, rounded to whole tokens.
+    Fraction(f64),
+}
+
+/// What [`prepro`] wrote.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PreproSummary {
+    pub train_path: PathBuf,
+    pub val_path: PathBuf,
+    /// The number of input files (documents).
+    pub documents: usize,
+    pub train_tokens: usize,
+    pub val_tokens: usize,
+}
+
+/// The default corpus's validation play (the other plays are train).
+pub const DEFAULT_VAL_PLAY: &str = "midsummer_nights_dream.txt";
+
+/// Tokenizes `inputs` (each file one document, EOT before each) and writes
+/// `<out_dir>/train.bin` and `<out_dir>/val.bin` (creating `out_dir`). Both must be non-empty.
+/// Prints one line per file.
+pub fn prepro(inputs: &[PathBuf], out_dir: &Path, split: ValSplit) -> Result<PreproSummary> {
+    if inputs.is_empty() {
+        bail!("prepro: no input files");
+    }
+    match split {
+        ValSplit::LastFiles(k) if k == 0 || k >= inputs.len() => bail!(
+            "prepro: cannot put the last {k} of {} input files in val: train and val must both \
+             get at least one file",
+            inputs.len()
+        ),
+        ValSplit::Fraction(f) if !(f > 0.0 && f < 1.0) => {
+            bail!("prepro: the val fraction {f} must be strictly between 0 and 1")
+        }
+        _ => {}
+    }
+    let tok = Tokenizer::gpt2()?;
+    let eot = tok.eot();
+    // Tokenize the documents in parallel; each keeps its place in the input order.
+    let docs: Vec<Vec<u32>> = inputs
+        .par_iter()
+        .map(|path| -> Result<Vec<u32>> {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+            let text = std::str::from_utf8(&bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}: not UTF-8 text (invalid byte at offset {})",
+                    path.display(),
+                    e.valid_up_to()
+                )
+            })?;
+            let mut ids = Vec::with_capacity(1 + text.len() / 3);
+            ids.push(eot);
+            ids.extend(tok.encode(text));
+            println!(
+                "prepro: {}: {} bytes -> {} tokens",
+                path.display(),
+                bytes.len(),
+                ids.len()
+            );
+            Ok(ids)
+        })
+        .collect::<Result<_>>()?;
+
+    let (train, val): (Vec<u32>, Vec<u32>) = match split {
+        ValSplit::LastFiles(k) => {
+            let cut = docs.len() - k;
+            (docs[..cut].concat(), docs[cut..].concat())
+        }
+        ValSplit::Fraction(f) => {
+            let all = docs.concat();
+            let n_val = ((all.len() as f64) * f).round() as usize;
+            let cut = all.len() - n_val.min(all.len());
+            (all[..cut].to_vec(), all[cut..].to_vec())
+        }
+    };
+    if train.is_empty() || val.is_empty() {
+        bail!(
+            "prepro: the split {split:?} leaves {} train and {} val tokens: both must be non-empty",
+            train.len(),
+            val.len()
+        );
+    }
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("{}: cannot create the directory", out_dir.display()))?;
+    let train_path = out_dir.join(DEFAULT_TRAIN_FILE);
+    let val_path = out_dir.join(DEFAULT_VAL_FILE);
+    write_shard(&train_path, &train)?;
+    write_shard(&val_path, &val)?;
+    println!(
+        "prepro: wrote {} ({} tokens) and {} ({} tokens)",
+        train_path.display(),
+        train.len(),
+        val_path.display(),
+        val.len()
+    );
+    Ok(PreproSummary {
+        train_path,
+        val_path,
+        documents: docs.len(),
+        train_tokens: train.len(),
+        val_tokens: val.len(),
+    })
+}
+
+/// The default corpus's inputs in `text_dir`: every `*.txt` except [`DEFAULT_VAL_PLAY`] in sorted
+/// order (train), then [`DEFAULT_VAL_PLAY`] (val, with `ValSplit::LastFiles(1)`).
+pub fn default_corpus_inputs(text_dir: &Path) -> Result<Vec<PathBuf>> {
+    let pattern = text_dir.join("*.txt");
+    let mut files = crate::data::glob_files(&pattern.to_string_lossy())?;
+    let val = text_dir.join(DEFAULT_VAL_PLAY);
+    let n = files.len();
+    files.retain(|f| f != &val);
+    if files.len() + 1 != n {
+        bail!(
+            "{}: the default corpus's val play is missing",
+            val.display()
+        );
+    }
+    files.push(val);
+    Ok(files)
+}
+
+/// Regenerates the default corpus's shards from its texts: reads `<default_corpus_dir>/*.txt`
+/// and writes `train.bin` and `val.bin` into `out_dir`.
+pub fn prepro_default_corpus(out_dir: &Path) -> Result<PreproSummary> {
+    let inputs = default_corpus_inputs(&default_corpus_dir())?;
+    prepro(&inputs, out_dir, ValSplit::LastFiles(1))
+}

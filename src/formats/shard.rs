@@ -1,1 +1,133 @@
-//! TODO
+//! llm.c token shards (`*.bin` from llm.c's `dev/data` scripts).
+//!
+//! Layout: a 256 x i32 header (little-endian): header[0] = magic 20240520, header[1] = version 1,
+//! header[2] = N the token count; then N tokens as u16 little-endian. The file is exactly
+//! 1024 + 2 * N bytes.
+
+use anyhow::{bail, Result};
+use std::path::Path;
+
+use super::{check_magic_version, new_header, parse_header, put_header, read_file, HEADER_BYTES};
+
+/// header[0] of a token shard.
+pub const SHARD_MAGIC: i32 = 20240520;
+/// header[1] of a token shard.
+pub const SHARD_VERSION: i32 = 1;
+
+/// Writes `tokens` (N,) as a shard at `path` (atomically). A token > 65535 is an error.
+pub fn write_shard(path: &Path, tokens: &[u32]) -> Result<()> {
+    let n = tokens.len();
+    if n > i32::MAX as usize {
+        bail!(
+            "{}: cannot write {n} tokens: a shard holds at most {} tokens",
+            path.display(),
+            i32::MAX
+        );
+    }
+    let mut h = new_header(SHARD_MAGIC, SHARD_VERSION);
+    h[2] = n as i32;
+    let mut out = Vec::with_capacity(HEADER_BYTES + 2 * n);
+    put_header(&mut out, &h);
+    for (pos, &id) in tokens.iter().enumerate() {
+        let Ok(id16) = u16::try_from(id) else {
+            bail!(
+                "{}: cannot write token id {id} at position {pos}: shards store u16 tokens (at most 65535)",
+                path.display()
+            );
+        };
+        out.extend_from_slice(&id16.to_le_bytes());
+    }
+    super::write_file_atomic(path, &out)
+}
+
+/// Reads the shard at `path` and returns its tokens (N,).
+pub fn read_shard(path: &Path) -> Result<Vec<u16>> {
+    let bytes = read_file(path)?;
+    let n = check_shard_bytes(path, &bytes)?;
+    Ok(bytes[HEADER_BYTES..HEADER_BYTES + 2 * n]
+        .chunks_exact(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect())
+}
+
+/// Reads only the header of the shard at `path`, checks it against the file's size, and returns
+/// the token count N. Cheap: reads 1024 bytes.
+pub fn read_shard_len(path: &Path) -> Result<usize> {
+    use anyhow::Context;
+    use std::io::Read;
+    let f =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let size = f
+        .metadata()
+        .with_context(|| format!("{}: cannot read its size", path.display()))?
+        .len();
+    let mut head = Vec::with_capacity(HEADER_BYTES);
+    f.take(HEADER_BYTES as u64)
+        .read_to_end(&mut head)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let h = parse_header(path, &head)?;
+    check_magic_version(path, &h, "token shard", SHARD_MAGIC, &[SHARD_VERSION])?;
+    let n = header_count(path, h[2])?;
+    check_size(path, n, size)?;
+    Ok(n)
+}
+
+/// Checks the header and size of a whole shard file's bytes; returns N.
+fn check_shard_bytes(path: &Path, bytes: &[u8]) -> Result<usize> {
+    let h = parse_header(path, bytes)?;
+    check_magic_version(path, &h, "token shard", SHARD_MAGIC, &[SHARD_VERSION])?;
+    let n = header_count(path, h[2])?;
+    check_size(path, n, bytes.len() as u64)?;
+    Ok(n)
+}
+
+fn header_count(path: &Path, count: i32) -> Result<usize> {
+    if count < 0 {
+        bail!(
+            "{}: bad token shard: negative token count {count} in the header",
+            path.display()
+        );
+    }
+    Ok(count as usize)
+}
+
+fn check_size(path: &Path, n: usize, actual: u64) -> Result<()> {
+    let expected = (HEADER_BYTES + 2 * n) as u64;
+    if actual < expected {
+        bail!(
+            "{}: token shard is truncated: the header says {n} tokens, so {expected} bytes \
+             are expected, but the file has {actual} bytes",
+            path.display()
+        );
+    }
+    if actual > expected {
+        bail!(
+            "{}: token shard has {} trailing bytes: the header says {n} tokens, so {expected} \
+             bytes are expected, but the file has {actual} bytes",
+            path.display(),
+            actual - expected
+        );
+    }
+    Ok(())
+}
+
+/// Checks that every token of `tokens` (N,) read from `path` is below V = `vocab_size`; the error
+/// names the first offending position and id.
+pub fn check_tokens<T: Copy + Into<u64>>(
+    path: &Path,
+    tokens: &[T],
+    vocab_size: usize,
+) -> Result<()> {
+    if let Some((pos, &id)) = tokens
+        .iter()
+        .enumerate()
+        .find(|(_, &id)| id.into() >= vocab_size as u64)
+    {
+        bail!(
+            "{}: token id {} at position {pos} is out of range for vocabulary size {vocab_size}",
+            path.display(),
+            id.into()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,596 @@
+//! Token shards, prepro and the data loader: a shard written by an independent Python writer
+//! (tools/write_shard_fixture.py), every bad-input error's text, exact batches from hand-made
+//! shards, and the committed default corpus reproduced byte for byte.
+
+use std::path::{Path, PathBuf};
+
+use train_gpt2_cuda::data::{
+    default_corpus_dir, default_train_pattern, default_val_pattern, glob_files, wildcard_match,
+    DataLoader,
+};
+use train_gpt2_cuda::formats::shard::{check_tokens, read_shard, read_shard_len, write_shard};
+use train_gpt2_cuda::prepro::{
+    default_corpus_inputs, prepro, prepro_default_corpus, ValSplit, DEFAULT_VAL_PLAY,
+};
+use train_gpt2_cuda::tokenizer::Tokenizer;
+
+/// The tokens of tests/fixtures/shard_small.bin (see tools/write_shard_fixture.py).
+const SMALL_SHARD_TOKENS: [u16; 17] = [
+    50256, 15496, 995, 0, 1, 255, 256, 257, 4660, 65535, 12345, 198, 50255, 7, 8, 9, 10,
+];
+const V: usize = 50257;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// A fresh, empty directory for one test.
+fn tmp_dir(name: &str) -> PathBuf {
+    let d = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("data-{name}"));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn err_text<T>(r: anyhow::Result<T>) -> String {
+    match r {
+        Ok(_) => panic!("expected an error"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+fn assert_contains(e: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(e.contains(p), "error {e:?} does not contain {p:?}");
+    }
+}
+
+// ---------------------------------------------------------------- shards
+
+#[test]
+fn reads_the_python_written_shard() {
+    let path = fixture("shard_small.bin");
+    assert_eq!(read_shard(&path).unwrap(), SMALL_SHARD_TOKENS);
+    assert_eq!(read_shard_len(&path).unwrap(), 17);
+    // 65535 at position 9 is out of range for GPT-2.
+    let e = err_text(check_tokens(&path, &read_shard(&path).unwrap(), V));
+    assert_contains(
+        &e,
+        &[
+            "shard_small.bin",
+            "token id 65535 at position 9 is out of range for vocabulary size 50257",
+        ],
+    );
+    check_tokens(&path, &read_shard(&path).unwrap(), 65536).unwrap();
+}
+
+#[test]
+fn write_matches_the_python_writer_and_round_trips() {
+    let dir = tmp_dir("write");
+    let path = dir.join("small.bin");
+    let tokens: Vec<u32> = SMALL_SHARD_TOKENS.iter().map(|&x| x as u32).collect();
+    write_shard(&path, &tokens).unwrap();
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        std::fs::read(fixture("shard_small.bin")).unwrap()
+    );
+    // A longer one: size 1024 + 2N, and the same tokens back.
+    let tokens: Vec<u32> = (0..3000u32).map(|i| (i * 7919) % 65536).collect();
+    write_shard(&path, &tokens).unwrap();
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 1024 + 2 * 3000);
+    let back: Vec<u32> = read_shard(&path)
+        .unwrap()
+        .into_iter()
+        .map(u32::from)
+        .collect();
+    assert_eq!(back, tokens);
+    // An empty shard is valid on disk.
+    write_shard(&path, &[]).unwrap();
+    assert_eq!(read_shard(&path).unwrap(), Vec::<u16>::new());
+    // No temporary file is left behind.
+    assert!(!dir.join("small.bin.tmp").exists());
+}
+
+#[test]
+fn write_rejects_tokens_above_u16() {
+    let path = tmp_dir("write_big").join("big.bin");
+    let e = err_text(write_shard(&path, &[1, 2, 65536]));
+    assert_contains(
+        &e,
+        &["big.bin", "token id 65536 at position 2", "at most 65535"],
+    );
+    assert!(!path.exists());
+}
+
+/// The fixture's bytes with `edit` applied, written to a fresh file.
+fn edited_fixture(test: &str, edit: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let mut bytes = std::fs::read(fixture("shard_small.bin")).unwrap();
+    edit(&mut bytes);
+    let path = tmp_dir(test).join("shard.bin");
+    std::fs::write(&path, &bytes).unwrap();
+    path
+}
+
+/// Both readers (whole file, header only) and the loader give an error containing `parts`.
+fn assert_bad_shard(path: &Path, parts: &[&str]) {
+    let name = path.to_string_lossy().into_owned();
+    let mut all = vec![name.as_str()];
+    all.extend_from_slice(parts);
+    assert_contains(&err_text(read_shard(path)), &all);
+    assert_contains(&err_text(read_shard_len(path)), &all);
+    assert_contains(&err_text(DataLoader::new(&name, 1, 2, V, None)), &all);
+}
+
+#[test]
+fn missing_shard() {
+    let path = tmp_dir("missing").join("nope.bin");
+    let name = path.to_string_lossy().into_owned();
+    assert_contains(&err_text(read_shard(&path)), &[&name, "cannot open"]);
+    assert_contains(&err_text(read_shard_len(&path)), &[&name, "cannot open"]);
+    assert_contains(
+        &err_text(DataLoader::new(&name, 1, 2, V, None)),
+        &[&format!("no file matches the pattern '{name}'")],
+    );
+}
+
+#[test]
+fn truncated_shard() {
+    let path = edited_fixture("truncated", |b| b.truncate(b.len() - 2));
+    assert_bad_shard(
+        &path,
+        &[
+            "truncated",
+            "the header says 17 tokens, so 1058 bytes are expected, but the file has 1056 bytes",
+        ],
+    );
+    let path = edited_fixture("truncated_header", |b| b.truncate(1000));
+    assert_bad_shard(&path, &["1000 bytes, shorter than the 1024-byte header"]);
+}
+
+#[test]
+fn trailing_bytes() {
+    let path = edited_fixture("trailing", |b| b.push(0));
+    assert_bad_shard(
+        &path,
+        &[
+            "1 trailing bytes",
+            "1058 bytes are expected, but the file has 1059 bytes",
+        ],
+    );
+}
+
+#[test]
+fn wrong_magic() {
+    let path = edited_fixture("magic", |b| {
+        b[0..4].copy_from_slice(&20240521i32.to_le_bytes())
+    });
+    assert_bad_shard(&path, &["bad magic number 20240521 (expected 20240520"]);
+}
+
+#[test]
+fn wrong_version() {
+    let path = edited_fixture("version", |b| b[4..8].copy_from_slice(&2i32.to_le_bytes()));
+    assert_bad_shard(&path, &["unsupported token shard version 2"]);
+}
+
+#[test]
+fn negative_count() {
+    let path = edited_fixture("negative", |b| {
+        b[8..12].copy_from_slice(&(-3i32).to_le_bytes())
+    });
+    assert_bad_shard(&path, &["negative token count -3"]);
+}
+
+// ---------------------------------------------------------------- glob
+
+#[test]
+fn wildcards() {
+    assert!(wildcard_match("*.bin", "train.bin"));
+    assert!(wildcard_match("*.bin", ".bin"));
+    assert!(!wildcard_match("*.bin", "train.bin.tmp"));
+    assert!(wildcard_match("shard_??.bin", "shard_07.bin"));
+    assert!(!wildcard_match("shard_??.bin", "shard_7.bin"));
+    assert!(wildcard_match("a*b*c", "aXXbYYbZc"));
+    assert!(!wildcard_match("a*b*c", "aXXbYYbZ"));
+    assert!(wildcard_match("*", ""));
+    assert!(wildcard_match("x", "x"));
+    assert!(!wildcard_match("x", "xx"));
+
+    let dir = tmp_dir("glob");
+    for n in ["b_01.bin", "a_02.bin", "a_01.bin", "a_01.txt"] {
+        std::fs::write(dir.join(n), b"").unwrap();
+    }
+    std::fs::create_dir(dir.join("a_03.bin")).unwrap(); // a directory is not a shard
+    let pat = dir.join("a_*.bin").to_string_lossy().into_owned();
+    assert_eq!(
+        glob_files(&pat).unwrap(),
+        vec![dir.join("a_01.bin"), dir.join("a_02.bin")]
+    );
+    let pat = dir.join("?_01.*").to_string_lossy().into_owned();
+    assert_eq!(
+        glob_files(&pat).unwrap(),
+        vec![
+            dir.join("a_01.bin"),
+            dir.join("a_01.txt"),
+            dir.join("b_01.bin")
+        ]
+    );
+    let pat = dir.join("c_*.bin").to_string_lossy().into_owned();
+    assert_contains(
+        &err_text(glob_files(&pat)),
+        &[&format!("no file matches the pattern '{pat}'")],
+    );
+    let pat = dir.join("*").join("x.bin").to_string_lossy().into_owned();
+    assert_contains(
+        &err_text(glob_files(&pat)),
+        &["only in the file name", &pat],
+    );
+    let pat = dir
+        .join("nodir")
+        .join("*.bin")
+        .to_string_lossy()
+        .into_owned();
+    assert_contains(
+        &err_text(glob_files(&pat)),
+        &[
+            &format!("no file matches the pattern '{pat}'"),
+            "cannot read the directory",
+        ],
+    );
+}
+
+// ---------------------------------------------------------------- loader
+
+/// Writes a shard of tokens start, start+1, ..., start+n-1.
+fn ramp_shard(path: &Path, start: u32, n: u32) {
+    write_shard(path, &(start..start + n).collect::<Vec<_>>()).unwrap();
+}
+
+#[test]
+fn sequential_batches_are_exact_and_wrap() {
+    let dir = tmp_dir("seq");
+    let path = dir.join("s.bin");
+    // 25 tokens, B=2, T=3: B*T = 6, (25 - 1) / 6 = 4 chunks; token 24 is only ever a target.
+    ramp_shard(&path, 100, 25);
+    let mut dl = DataLoader::new(&path.to_string_lossy(), 2, 3, V, None).unwrap();
+    assert_eq!(dl.num_batches(), 4);
+    assert_eq!(dl.num_tokens(), 25);
+    let expected: [([u32; 6], [u32; 6]); 4] = [
+        (
+            [100, 101, 102, 103, 104, 105],
+            [101, 102, 103, 104, 105, 106],
+        ),
+        (
+            [106, 107, 108, 109, 110, 111],
+            [107, 108, 109, 110, 111, 112],
+        ),
+        (
+            [112, 113, 114, 115, 116, 117],
+            [113, 114, 115, 116, 117, 118],
+        ),
+        (
+            [118, 119, 120, 121, 122, 123],
+            [119, 120, 121, 122, 123, 124],
+        ),
+    ];
+    for epoch in 0..2 {
+        for (x, y) in &expected {
+            let (inp, tgt) = dl.next_batch().unwrap();
+            assert_eq!((inp, tgt), (&x[..], &y[..]));
+            assert_eq!(dl.epoch(), epoch);
+        }
+    }
+    assert_eq!(dl.batches_served(), 8);
+    dl.next_batch().unwrap();
+    assert_eq!(dl.epoch(), 2);
+    dl.reset().unwrap();
+    assert_eq!((dl.epoch(), dl.batches_served()), (0, 0));
+    assert_eq!(dl.next_batch().unwrap().0, &expected[0].0);
+}
+
+#[test]
+fn sequential_over_shards_in_name_order() {
+    let dir = tmp_dir("seq_multi");
+    // Written in the reverse order of their names; 13 tokens each, B=1, T=4: 3 chunks each.
+    ramp_shard(&dir.join("shard_1.bin"), 200, 13);
+    ramp_shard(&dir.join("shard_0.bin"), 0, 13);
+    std::fs::write(dir.join("other.txt"), b"not a shard").unwrap();
+    let pat = dir.join("shard_?.bin").to_string_lossy().into_owned();
+    let mut dl = DataLoader::new(&pat, 1, 4, V, None).unwrap();
+    assert_eq!(
+        dl.files(),
+        &[dir.join("shard_0.bin"), dir.join("shard_1.bin")]
+    );
+    assert_eq!(dl.num_batches(), 6);
+    let firsts: Vec<u32> = (0..7).map(|_| dl.next_batch().unwrap().0[0]).collect();
+    assert_eq!(firsts, vec![0, 4, 8, 200, 204, 208, 0]);
+}
+
+/// The first input token of each of `n` batches, checking targets = inputs shifted by one on a
+/// ramp shard (token i+1 follows token i).
+fn chunk_starts(dl: &mut DataLoader, n: usize) -> Vec<u32> {
+    (0..n)
+        .map(|_| {
+            let (x, y) = dl.next_batch().unwrap();
+            for i in 0..x.len() {
+                assert_eq!(y[i], x[i] + 1);
+                if i > 0 {
+                    assert_eq!(x[i], x[i - 1] + 1, "rows of a chunk are contiguous");
+                }
+            }
+            x[0]
+        })
+        .collect()
+}
+
+#[test]
+fn shuffled_is_reproducible_and_covers_every_chunk_once_per_epoch() {
+    let dir = tmp_dir("shuffle");
+    // Shard a: 41 tokens, shard b: 33 tokens; B=2, T=4: B*T = 8, chunks 5 and 4.
+    ramp_shard(&dir.join("a.bin"), 1000, 41);
+    ramp_shard(&dir.join("b.bin"), 2000, 33);
+    let pat = dir.join("*.bin").to_string_lossy().into_owned();
+    let all: Vec<u32> = (0..5)
+        .map(|k| 1000 + 8 * k)
+        .chain((0..4).map(|k| 2000 + 8 * k))
+        .collect();
+
+    let mut dl = DataLoader::new(&pat, 2, 4, V, Some(42)).unwrap();
+    assert_eq!(dl.num_batches(), 9);
+    let e1 = chunk_starts(&mut dl, 9);
+    let e2 = chunk_starts(&mut dl, 9);
+    assert_eq!(dl.epoch(), 1);
+    for e in [&e1, &e2] {
+        let mut sorted = e.clone();
+        sorted.sort();
+        assert_eq!(sorted, all, "every chunk once per epoch: {e:?}");
+        // A shard's chunks are served together (shard order, then chunk order).
+        let first_shard = e[0] / 1000;
+        let n_first = if first_shard == 1 { 5 } else { 4 };
+        assert!(
+            e[..n_first].iter().all(|&s| s / 1000 == first_shard),
+            "{e:?}"
+        );
+    }
+    assert_ne!(e1, all, "seed 42 left the order unchanged");
+    assert_ne!(e1, e2, "two epochs had the same order");
+
+    // Same seed: the same sequence, from a new loader and after reset.
+    let mut again = DataLoader::new(&pat, 2, 4, V, Some(42)).unwrap();
+    assert_eq!(
+        chunk_starts(&mut again, 18),
+        [e1.clone(), e2.clone()].concat()
+    );
+    dl.reset().unwrap();
+    assert_eq!(chunk_starts(&mut dl, 9), e1);
+    // Another seed: another order.
+    let mut other = DataLoader::new(&pat, 2, 4, V, Some(43)).unwrap();
+    assert_ne!(chunk_starts(&mut other, 9), e1);
+}
+
+#[test]
+fn loader_argument_errors() {
+    let dir = tmp_dir("loader_errors");
+    let path = dir.join("s.bin");
+    ramp_shard(&path, 0, 6);
+    let name = path.to_string_lossy().into_owned();
+    for (b, t) in [(0, 4), (4, 0)] {
+        assert_contains(
+            &err_text(DataLoader::new(&name, b, t, V, None)),
+            &[&format!(
+                "B={b} and sequence length T={t} must both be positive"
+            )],
+        );
+    }
+    // 6 tokens cannot make one 2 x 3 batch (which needs 7).
+    assert_contains(
+        &err_text(DataLoader::new(&name, 2, 3, V, None)),
+        &[&name, "the shard has 6 tokens, fewer than B*T+1 = 7"],
+    );
+    DataLoader::new(&name, 1, 5, V, None).unwrap();
+    let pat = dir.join("*.nothing").to_string_lossy().into_owned();
+    assert_contains(
+        &err_text(DataLoader::new(&pat, 1, 1, V, None)),
+        &[&format!("no file matches the pattern '{pat}'")],
+    );
+}
+
+#[test]
+fn loader_checks_token_ids_against_v() {
+    let name = fixture("shard_small.bin").to_string_lossy().into_owned();
+    assert_contains(
+        &err_text(DataLoader::new(&name, 1, 4, V, None)),
+        &[
+            &name,
+            "token id 65535 at position 9 is out of range for vocabulary size 50257",
+        ],
+    );
+    // Fine with a larger vocabulary: 16 tokens of inputs, (17 - 1) / 4 = 4 batches.
+    let mut dl = DataLoader::new(&name, 1, 4, 65536, None).unwrap();
+    assert_eq!(dl.num_batches(), 4);
+    let (x, y) = dl.next_batch().unwrap();
+    assert_eq!(
+        (x, y),
+        (&[50256, 15496, 995, 0][..], &[15496, 995, 0, 1][..])
+    );
+
+    // A bad token in a later shard is found when the loader reaches it.
+    let dir = tmp_dir("late_bad");
+    ramp_shard(&dir.join("a.bin"), 0, 9);
+    write_shard(&dir.join("b.bin"), &[1, 2, 3, 4, 60000, 6, 7, 8, 9]).unwrap();
+    let pat = dir.join("*.bin").to_string_lossy().into_owned();
+    let mut dl = DataLoader::new(&pat, 2, 4, V, None).unwrap();
+    dl.next_batch().unwrap();
+    let e = err_text(dl.next_batch());
+    assert_contains(
+        &e,
+        &[
+            "b.bin",
+            "token id 60000 at position 4 is out of range for vocabulary size 50257",
+        ],
+    );
+}
+
+// ---------------------------------------------------------------- prepro
+
+fn write_docs(dir: &Path, docs: &[(&str, &[u8])]) -> Vec<PathBuf> {
+    docs.iter()
+        .map(|(name, text)| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        })
+        .collect()
+}
+
+fn shard_u32(path: &Path) -> Vec<u32> {
+    read_shard(path)
+        .unwrap()
+        .into_iter()
+        .map(u32::from)
+        .collect()
+}
+
+#[test]
+fn prepro_puts_eot_before_each_document() {
+    let dir = tmp_dir("prepro");
+    let inputs = write_docs(
+        &dir,
+        &[
+            ("1.txt", b"Hello world"),
+            ("2.txt", b" the"),
+            ("3.txt", b"hello world"),
+        ],
+    );
+    let out = dir.join("out");
+    let s = prepro(&inputs, &out, ValSplit::LastFiles(1)).unwrap();
+    assert_eq!((s.documents, s.train_tokens, s.val_tokens), (3, 5, 3));
+    assert_eq!(
+        shard_u32(&out.join("train.bin")),
+        vec![50256, 15496, 995, 50256, 262]
+    );
+    assert_eq!(shard_u32(&out.join("val.bin")), vec![50256, 31373, 995]);
+
+    // By fraction: the stream of 8 tokens, the last round(0.25 * 8) = 2 to val.
+    let s = prepro(&inputs, &out, ValSplit::Fraction(0.25)).unwrap();
+    assert_eq!((s.train_tokens, s.val_tokens), (6, 2));
+    assert_eq!(
+        shard_u32(&s.train_path),
+        vec![50256, 15496, 995, 50256, 262, 50256]
+    );
+    assert_eq!(shard_u32(&s.val_path), vec![31373, 995]);
+
+    // A literal "<|endoftext|>" in a document is ordinary text.
+    let inputs = write_docs(&dir, &[("a.txt", b"a<|endoftext|>"), ("b.txt", b"")]);
+    prepro(&inputs, &out, ValSplit::LastFiles(1)).unwrap();
+    let train = shard_u32(&out.join("train.bin"));
+    assert_eq!(train[0], 50256);
+    assert!(!train[1..].contains(&50256), "{train:?}");
+    assert_eq!(shard_u32(&out.join("val.bin")), vec![50256]);
+}
+
+#[test]
+fn prepro_errors() {
+    let dir = tmp_dir("prepro_errors");
+    let out = dir.join("out");
+    let inputs = write_docs(&dir, &[("1.txt", b"one"), ("2.txt", b"two")]);
+    for k in [0, 2, 3] {
+        assert_contains(
+            &err_text(prepro(&inputs, &out, ValSplit::LastFiles(k))),
+            &[&format!("cannot put the last {k} of 2 input files in val")],
+        );
+    }
+    for f in [0.0, 1.0, -0.5, f64::NAN] {
+        assert_contains(
+            &err_text(prepro(&inputs, &out, ValSplit::Fraction(f))),
+            &["must be strictly between 0 and 1"],
+        );
+    }
+    // 4 tokens; 0.01 of them rounds to no val token.
+    assert_contains(
+        &err_text(prepro(&inputs, &out, ValSplit::Fraction(0.01))),
+        &["leaves 4 train and 0 val tokens"],
+    );
+    assert_contains(
+        &err_text(prepro(&[], &out, ValSplit::LastFiles(1))),
+        &["no input files"],
+    );
+    let bad = write_docs(&dir, &[("bad.txt", b"ok \xff\xfe nope")]);
+    let e = err_text(prepro(
+        &[inputs[0].clone(), bad[0].clone()],
+        &out,
+        ValSplit::LastFiles(1),
+    ));
+    assert_contains(
+        &e,
+        &["bad.txt", "not UTF-8 text (invalid byte at offset 3)"],
+    );
+    let missing = dir.join("missing.txt");
+    let e = err_text(prepro(
+        &[inputs[0].clone(), missing],
+        &out,
+        ValSplit::LastFiles(1),
+    ));
+    assert_contains(&e, &["missing.txt", "cannot read"]);
+}
+
+// ---------------------------------------------------------------- default corpus
+
+#[test]
+fn default_corpus_shards_match_their_texts() {
+    let dir = default_corpus_dir();
+    let tk = Tokenizer::gpt2().unwrap();
+    let val = shard_u32(&dir.join("val.bin"));
+    let text = std::fs::read_to_string(dir.join(DEFAULT_VAL_PLAY)).unwrap();
+    assert_eq!(val[0], 50256);
+    assert_eq!(tk.decode(&val[1..]).unwrap(), text);
+
+    // train.bin: EOT then each train play, in name order.
+    let train = shard_u32(&dir.join("train.bin"));
+    let inputs = default_corpus_inputs(&dir).unwrap();
+    assert_eq!(inputs.len(), 8);
+    assert_eq!(inputs[7], dir.join(DEFAULT_VAL_PLAY));
+    let docs: Vec<&[u32]> = train.split(|&x| x == 50256).skip(1).collect();
+    assert_eq!(docs.len(), 7);
+    for (doc, path) in docs.iter().zip(&inputs[..7]) {
+        assert!(
+            tk.decode(doc).unwrap() == std::fs::read_to_string(path).unwrap(),
+            "{}",
+            path.display()
+        );
+    }
+
+    // The default patterns load: about a quarter million train tokens.
+    let dl = DataLoader::new(&default_train_pattern(), 4, 64, V, Some(1)).unwrap();
+    assert!(
+        (200_000..400_000).contains(&dl.num_tokens()),
+        "{}",
+        dl.num_tokens()
+    );
+    let dl = DataLoader::new(&default_val_pattern(), 4, 64, V, None).unwrap();
+    assert_eq!(dl.num_tokens(), val.len());
+}
+
+#[test]
+fn prepro_reproduces_the_committed_default_corpus() {
+    let out = tmp_dir("default_corpus");
+    prepro_default_corpus(&out).unwrap();
+    let dir = default_corpus_dir();
+    for f in ["train.bin", "val.bin"] {
+        assert!(
+            std::fs::read(out.join(f)).unwrap() == std::fs::read(dir.join(f)).unwrap(),
+            "{f} differs from the committed file: regenerate it (data/shakespeare/README.md)"
+        );
+    }
+}
+
+/// Regenerates data/shakespeare/train.bin and val.bin:
+/// `cargo test --test data -- --ignored regenerate_default_corpus`
+#[test]
+#[ignore]
+fn regenerate_default_corpus() {
+    let s = prepro_default_corpus(&default_corpus_dir()).unwrap();
+    println!("{s:?}");
+}

@@ -1,0 +1,164 @@
+//! The GPT-2 tokenizer against ids published by tiktoken users (independent references), GPT-2's
+//! byte-to-token table recomputed here, and exact round trips of unicode text and the whole
+//! default corpus.
+
+use train_gpt2_cuda::data::default_corpus_dir;
+use train_gpt2_cuda::tokenizer::{Decoder, Tokenizer};
+
+fn tok() -> Tokenizer {
+    Tokenizer::gpt2().unwrap()
+}
+
+#[test]
+fn known_gpt2_ids() {
+    let tk = tok();
+    assert_eq!(tk.encode("Hello world"), vec![15496, 995]);
+    assert_eq!(tk.encode("hello world"), vec![31373, 995]);
+    assert_eq!(tk.encode(" the"), vec![262]);
+    assert_eq!(tk.encode("\n"), vec![198]);
+    assert_eq!(tk.encode(" "), vec![220]);
+    assert_eq!(tk.encode("!"), vec![0]);
+    assert_eq!(tk.encode("A"), vec![32]);
+    // The first 24 tokens of tiny Shakespeare, as printed by tiktoken's get_encoding('gpt2').
+    let text =
+        "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.";
+    assert_eq!(
+        tk.encode(text),
+        vec![
+            5962, 22307, 25, 198, 8421, 356, 5120, 597, 2252, 11, 3285, 502, 2740, 13, 198, 198,
+            3237, 25, 198, 5248, 461, 11, 2740, 13
+        ]
+    );
+    assert_eq!(tk.decode(&[15496, 995]).unwrap(), "Hello world");
+}
+
+#[test]
+fn endoftext_is_not_special_in_text() {
+    let tk = tok();
+    assert_eq!(tk.eot(), 50256);
+    assert_eq!(tk.vocab_size(), 50257);
+    assert_eq!(tk.token_bytes(50256).unwrap(), b"<|endoftext|>");
+    // tiktoken's encode("<|endoftext|>", disallowed_special=()) gives these ordinary tokens.
+    let ids = tk.encode("<|endoftext|>");
+    assert_eq!(ids, vec![27, 91, 437, 1659, 5239, 91, 29]);
+    assert_eq!(tk.decode(&ids).unwrap(), "<|endoftext|>");
+    assert_eq!(
+        tk.decode(&[50256, 15496, 995]).unwrap(),
+        "<|endoftext|>Hello world"
+    );
+}
+
+/// GPT-2's `bytes_to_unicode` order: the printable bytes ! .. ~, ¡ .. ¬, ® .. ÿ keep their order
+/// as tokens 0..188, then the other bytes in increasing order are tokens 188..256.
+#[test]
+fn single_byte_tokens_follow_gpt2_byte_order() {
+    let tk = tok();
+    let mut order: Vec<u8> = (b'!'..=b'~')
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    assert_eq!(order.len(), 188);
+    let printable = order.clone();
+    order.extend((0u8..=255).filter(|b| !printable.contains(b)));
+    assert_eq!(order.len(), 256);
+    for (id, &byte) in order.iter().enumerate() {
+        assert_eq!(tk.token_bytes(id as u32).unwrap(), &[byte], "token {id}");
+    }
+}
+
+#[test]
+fn unicode_round_trips() {
+    let tk = tok();
+    let texts = [
+        "héllo wörld, naïve café, Ærøskøbing, ñandú",
+        "日本語のテキストと中文字符，한국어 문장",
+        "emoji 🦀🎉👍🏽 and a family 👨‍👩‍👧‍👦",
+        "Ελληνικά, Русский текст, עברית, العربية",
+        "tabs\tand\r\nwindows lines\u{0}nul and \u{FFFD}",
+        "",
+    ];
+    for text in texts {
+        let ids = tk.encode(text);
+        assert!(ids.iter().all(|&id| id < 50256), "{text}: {ids:?}");
+        assert_eq!(tk.decode(&ids).unwrap(), text);
+        assert_eq!(tk.decode_bytes(&ids).unwrap(), text.as_bytes());
+    }
+    // A crab is 4 UTF-8 bytes split over several tokens: a part alone decodes lossily, not an error.
+    let ids = tk.encode("🦀");
+    assert!(ids.len() > 1, "{ids:?}");
+    let first = tk.decode_bytes(&ids[..1]).unwrap();
+    assert_eq!(first, &"🦀".as_bytes()[..first.len()]);
+    assert!(tk.decode(&ids[..1]).unwrap().contains('\u{FFFD}'));
+}
+
+#[test]
+fn whole_default_corpus_round_trips() {
+    let tk = tok();
+    let dir = default_corpus_dir();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "txt"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 8, "{files:?}");
+    let mut total_bytes = 0;
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        total_bytes += text.len();
+        let ids = tk.encode(&text);
+        // English prose is about 3.5-4.5 bytes per GPT-2 token; guards against a degenerate split.
+        let ratio = text.len() as f64 / ids.len() as f64;
+        assert!((2.5..5.0).contains(&ratio), "{}: {ratio}", f.display());
+        assert!(tk.decode(&ids).unwrap() == text, "{}", f.display());
+    }
+    assert!((900_000..1_200_000).contains(&total_bytes), "{total_bytes}");
+}
+
+#[test]
+fn out_of_range_ids_are_errors() {
+    let tk = tok();
+    let e = tk.decode(&[15496, 50257]).unwrap_err().to_string();
+    assert!(
+        e.contains("token id 50257 at position 1 is out of range for vocabulary size 50257"),
+        "{e}"
+    );
+    let e = tk.decode_bytes(&[u32::MAX]).unwrap_err().to_string();
+    assert!(e.contains(&format!("token id {}", u32::MAX)), "{e}");
+    assert!(tk.token_bytes(50257).is_none());
+}
+
+#[test]
+fn decoder_from_token_bytes() {
+    let tk = tok();
+    let table = tk.decoder().all_token_bytes().to_vec();
+    assert_eq!(table.len(), 50257);
+    let d = Decoder::from_token_bytes(table, 50256).unwrap();
+    let text = "To be, or not to be: that is the question. 🦀";
+    assert_eq!(d.decode(&tk.encode(text)).unwrap(), text);
+    assert_eq!(d.eot(), 50256);
+    assert_eq!(d.vocab_size(), 50257);
+
+    // A tiny hand-made vocabulary.
+    let d = Decoder::from_token_bytes(vec![b"ab".to_vec(), b"c".to_vec(), b"<eot>".to_vec()], 2)
+        .unwrap();
+    assert_eq!(d.decode(&[2, 0, 1, 0]).unwrap(), "<eot>abcab");
+    let e = d.decode(&[0, 3]).unwrap_err().to_string();
+    assert!(
+        e.contains("token id 3 at position 1 is out of range for vocabulary size 3"),
+        "{e}"
+    );
+    let e = Decoder::from_token_bytes(vec![b"a".to_vec()], 1)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("end-of-text id 1 is out of range for vocabulary size 1"),
+        "{e}"
+    );
+    let e = Decoder::from_token_bytes(vec![], 0)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("token table is empty"), "{e}");
+}

@@ -54,6 +54,9 @@ struct PreproArgs {
     /// How many of the files (the last ones) go to the validation shard.
     #[arg(long, default_value_t = 1)]
     val_files: usize,
+    /// Instead: this fraction of all tokens (the end of the stream) goes to the validation shard.
+    #[arg(long, conflicts_with = "val_files")]
+    val_fraction: Option<f64>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -139,8 +142,20 @@ fn run_train(args: &TrainArgs) -> Result<ExitCode> {
 }
 
 fn run_prepro(a: &PreproArgs) -> Result<ExitCode> {
-    let summary = train_gpt2_cuda::prepro::prepro(&a.inputs, &a.out_dir, a.val_files)?;
-    println!("{summary}");
+    use train_gpt2_cuda::prepro::{prepro, ValSplit};
+    let split = match a.val_fraction {
+        Some(f) => ValSplit::Fraction(f),
+        None => ValSplit::LastFiles(a.val_files),
+    };
+    let s = prepro(&a.inputs, &a.out_dir, split)?;
+    println!(
+        "{} documents: {} train tokens -> {}, {} val tokens -> {}",
+        s.documents,
+        s.train_tokens,
+        s.train_path.display(),
+        s.val_tokens,
+        s.val_path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -190,10 +205,8 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
 
 fn run_tokenizer(out: &PathBuf) -> Result<ExitCode> {
     let tok = Tokenizer::gpt2()?;
-    let tokens: Vec<Vec<u8>> = (0..tok.vocab_size() as u32)
-        .map(|id| tok.token_bytes(id).context("token without bytes"))
-        .collect::<Result<_>>()?;
-    train_gpt2_cuda::formats::tokenizer_file::write_tokenizer_file(out, &tokens, tok.eot())?;
+    let tokens = tok.decoder().all_token_bytes();
+    train_gpt2_cuda::formats::tokenizer_file::write_tokenizer_file(out, tokens, tok.eot())?;
     println!("wrote {} ({} tokens, EOT {})", out.display(), tokens.len(), tok.eot());
     Ok(ExitCode::SUCCESS)
 }

@@ -159,11 +159,11 @@ pub fn load_model(model: &str, seed: u64) -> Result<(GPT2Config, Vec<f32>)> {
 
 /// The average loss over `batches` batches of `loader` (from its start).
 pub fn evaluate(engine: &mut dyn Engine, loader: &mut DataLoader, batches: usize) -> Result<f32> {
-    loader.reset();
-    let (b, t) = (loader.b(), loader.t());
+    loader.reset()?;
+    let (b, t) = (loader.batch_size(), loader.seq_len());
     let mut sum = 0.0f64;
     for _ in 0..batches {
-        let (x, y) = loader.next_batch();
+        let (x, y) = loader.next_batch()?;
         let loss = engine.forward(x, Some(y), b, t)?.expect("targets given");
         sum += loss as f64;
     }
@@ -176,13 +176,14 @@ pub fn train(args: &TrainArgs, engine: &mut dyn Engine) -> Result<TrainSummary> 
     let cfg = *engine.config();
     let (b, t) = (args.batch, args.seq);
     crate::cpu::model::check_batch(&cfg, b, t)?;
-    let corpus = crate::data::default_corpus_dir();
-    let train_pattern = args.train.clone().unwrap_or_else(|| {
-        corpus.join(crate::data::DEFAULT_TRAIN).to_string_lossy().into_owned()
-    });
-    let val_pattern = args.val.clone().unwrap_or_else(|| {
-        corpus.join(crate::data::DEFAULT_VAL).to_string_lossy().into_owned()
-    });
+    let train_pattern = args
+        .train
+        .clone()
+        .unwrap_or_else(crate::data::default_train_pattern);
+    let val_pattern = args
+        .val
+        .clone()
+        .unwrap_or_else(crate::data::default_val_pattern);
     let shuffle = args.shuffle.then_some(args.seed);
     let mut train_loader = DataLoader::new(&train_pattern, b, t, cfg.vocab_size, shuffle)?;
     let mut val_loader = DataLoader::new(&val_pattern, b, t, cfg.vocab_size, None)?;
@@ -225,7 +226,7 @@ pub fn train(args: &TrainArgs, engine: &mut dyn Engine) -> Result<TrainSummary> 
         engine.zero_grad()?;
         let mut loss = 0.0f32;
         for _ in 0..args.grad_accum {
-            let (x, y) = train_loader.next_batch();
+            let (x, y) = train_loader.next_batch()?;
             let l = engine.forward(x, Some(y), b, t)?.expect("targets given");
             engine.backward(1.0 / args.grad_accum as f32)?;
             loss += l / args.grad_accum as f32;

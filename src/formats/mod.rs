@@ -115,3 +115,27 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     };
     write().with_context(|| format!("{}: cannot write", path.display()))
 }
+
+/// Like [`write_file_atomic`], but `fill` streams the contents into a buffered writer, so that a
+/// large file (a checkpoint) is never held in memory as one byte buffer.
+pub fn write_file_atomic_with(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let write = || -> std::io::Result<()> {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        fill(&mut w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    };
+    let result = write();
+    if result.is_err() {
+        // Best effort: do not leave the partial temporary file behind.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("{}: cannot write", path.display()))
+}

@@ -24,15 +24,16 @@ pub struct Tolerances {
 
 impl Tolerances {
     /// fp32 against fp32 (PyTorch, or the other engine). Both sides round every operation to
-    /// fp32 (unit roundoff 6e-8), and they differ only in summation order: the logits are sums of C
-    /// products after L layers, and each error is a few ulps times sqrt(length of the sums) at most.
-    /// Measured on the committed fixtures: logits and loss agree to ~1e-7 and gradients to ~1e-6
-    /// (see docs/verification.md). These bounds leave 10-50x headroom while staying 1000x tighter
-    /// than llm.c's 1e-2.
+    /// fp32 (unit roundoff 6e-8) and differ only in the order of their sums, so the errors are a
+    /// few ulps of the largest value involved. Measured on the three committed PyTorch fixtures
+    /// (docs/verification.md): logits err/max|ref| <= 2.3e-7, gradients <= 7.4e-7, the loss exact
+    /// and the 10-step AdamW losses within 1.2e-7 relative. The bounds below leave about 10x of
+    /// headroom for other summation orders (cuBLAS, larger C) and are 1000x tighter than llm.c's
+    /// 1e-2.
     pub const FP32: Tolerances = Tolerances {
-        logits: 1e-5,
-        loss: 1e-5,
-        grads: 5e-5,
+        logits: 2e-6,
+        loss: 1e-6,
+        grads: 1e-5,
     };
 }
 

@@ -196,7 +196,7 @@ fn bad_inputs_give_clear_errors() {
     expect_error(&["--device", "cpu", "--batch", "0"], &["--batch and --seq must be at least 1"]);
     expect_error(&["--device", "cpu", "--seq", "0"], &["--batch and --seq must be at least 1"]);
     expect_error(&["--device", "cpu", "--steps", "0"], &["--steps must be at least 1"]);
-    expect_error(&["--device", "cpu", "--lr", "-1"], &["--lr must be a positive number"]);
+    expect_error(&["--device", "cpu", "--lr=-1"], &["--lr must be a positive number"]);
     expect_error(
         &["--device", "cpu", "--model", "d1", "--seq", "2000"],
         &["T=2000 exceeds the model's maximum sequence length maxT=1024"],
@@ -250,7 +250,14 @@ fn bad_inputs_give_clear_errors() {
         &["vocabulary has 64 tokens"],
     );
     // prepro of a missing file
-    expect_error(&["prepro", &d("missing.txt"), "--out-dir", &d("pp")], &["missing.txt"]);
+    expect_error(
+        &["prepro", &d("missing.txt"), &d("missing2.txt"), "--out-dir", &d("pp")],
+        &["missing.txt", "cannot read"],
+    );
+    expect_error(
+        &["prepro", &d("missing.txt"), "--out-dir", &d("pp")],
+        &["train and val must both get at least one file"],
+    );
 }
 
 #[test]

@@ -1,4 +1,15 @@
 //! The CPU reference path: GPT-2 forward and backward in fp32, parallel with rayon. One file per
 //! layer family, forward and backward side by side. Backward functions accumulate (`+=`) into their
 //! gradient outputs, as llm.c's do. The GPU launchers in `gpu` carry the same names and arguments.
+//! `model` composes the layers into GPT-2.
+
+pub mod adamw;
+pub mod attention;
+pub mod classifier;
+pub mod encoder;
+pub mod gelu;
+pub mod layernorm;
+pub mod matmul;
+pub mod residual;
+
 pub mod model;

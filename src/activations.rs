@@ -138,9 +138,17 @@ pub fn num_activations(cfg: &GPT2Config, b: usize, t: usize) -> usize {
 
 /// Splits the front of `buf` into the named activation tensors of a B x T batch. `buf` may be
 /// larger (sized once for the largest batch); the layout depends only on (B, T).
-pub fn split_mut<'a, T>(cfg: &GPT2Config, b: usize, t: usize, mut buf: &'a mut [T]) -> Acts<&'a mut [T]> {
+pub fn split_mut<'a, T>(
+    cfg: &GPT2Config,
+    b: usize,
+    t: usize,
+    mut buf: &'a mut [T],
+) -> Acts<&'a mut [T]> {
     let sizes = sizes_array(act_sizes(cfg, b, t));
-    assert!(buf.len() >= sizes.iter().sum::<usize>(), "activation buffer too small");
+    assert!(
+        buf.len() >= sizes.iter().sum::<usize>(),
+        "activation buffer too small"
+    );
     Acts::from_array(sizes.map(|n| {
         let (head, tail) = std::mem::take(&mut buf).split_at_mut(n);
         buf = tail;

@@ -14,7 +14,13 @@ pub trait Engine {
     /// A line naming the device, e.g. "cpu (2 threads)".
     fn describe(&self) -> String;
     /// Forward pass on inputs (B, T); with targets, returns the mean loss.
-    fn forward(&mut self, inputs: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<Option<f32>>;
+    fn forward(
+        &mut self,
+        inputs: &[u32],
+        targets: Option<&[u32]>,
+        b: usize,
+        t: usize,
+    ) -> Result<Option<f32>>;
     /// Zeroes the parameter gradients.
     fn zero_grad(&mut self) -> Result<()>;
     /// Adds the gradient of loss_scale * (the last forward's mean loss) to the gradients.
@@ -40,7 +46,13 @@ impl Engine for Gpt2Cpu {
     fn describe(&self) -> String {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
-    fn forward(&mut self, inputs: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<Option<f32>> {
+    fn forward(
+        &mut self,
+        inputs: &[u32],
+        targets: Option<&[u32]>,
+        b: usize,
+        t: usize,
+    ) -> Result<Option<f32>> {
         Gpt2Cpu::forward(self, inputs, targets, b, t)
     }
     fn zero_grad(&mut self) -> Result<()> {
@@ -99,7 +111,13 @@ pub fn create_engine(
     }
 }
 
-fn create_gpu_engine(cfg: GPT2Config, params: Vec<f32>, max_b: usize, max_t: usize, tf32: bool) -> Result<Box<dyn Engine>> {
+fn create_gpu_engine(
+    cfg: GPT2Config,
+    params: Vec<f32>,
+    max_b: usize,
+    max_t: usize,
+    tf32: bool,
+) -> Result<Box<dyn Engine>> {
     let _ = (cfg, params, max_b, max_t, tf32);
     anyhow::bail!("the CUDA engine is not part of this build yet")
 }

@@ -9,17 +9,17 @@
 //! - [`cpu`]: the CPU reference, one file per layer family with forward and backward side by side.
 //! - [`gpu`]: the CUDA engine: kernels in `kernels/*.cu`, launchers with the CPU twins' names.
 
+pub mod activations;
 pub mod config;
 pub mod cpu;
 pub mod data;
+pub mod engine;
 pub mod formats;
+pub mod gpu;
 pub mod params;
 pub mod prepro;
 pub mod rng;
-pub mod tokenizer;
-pub mod activations;
-pub mod engine;
-pub mod gpu;
 pub mod sample;
+pub mod tokenizer;
 pub mod train;
 pub mod verify;

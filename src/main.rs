@@ -169,7 +169,10 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
     let cfg = ck.config;
     let window = a.window.unwrap_or(cfg.max_seq_len);
     if window == 0 || window > cfg.max_seq_len {
-        bail!("--window must be in 1..={} (the model's maxT), got {window}", cfg.max_seq_len);
+        bail!(
+            "--window must be in 1..={} (the model's maxT), got {window}",
+            cfg.max_seq_len
+        );
     }
     let tok = Tokenizer::gpt2()?;
     if cfg.vocab_size != tok.vocab_size() {
@@ -188,26 +191,39 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
     let mut generated = Vec::new();
     let mut printed = 0;
     let mut out = std::io::stdout();
-    generate(engine.as_mut(), &prompt, a.tokens, window, &opts, a.seed, |id| {
-        generated.push(id);
-        if let Ok(text) = tok.decode(&generated) {
-            if !text.ends_with('\u{FFFD}') {
-                use std::io::Write;
-                print!("{}", &text[printed..]);
-                out.flush().ok();
-                printed = text.len();
+    generate(
+        engine.as_mut(),
+        &prompt,
+        a.tokens,
+        window,
+        &opts,
+        a.seed,
+        |id| {
+            generated.push(id);
+            if let Ok(text) = tok.decode(&generated) {
+                if !text.ends_with('\u{FFFD}') {
+                    use std::io::Write;
+                    print!("{}", &text[printed..]);
+                    out.flush().ok();
+                    printed = text.len();
+                }
             }
-        }
-    })?;
+        },
+    )?;
     println!();
     Ok(ExitCode::SUCCESS)
 }
 
-fn run_tokenizer(out: &PathBuf) -> Result<ExitCode> {
+fn run_tokenizer(out: &std::path::Path) -> Result<ExitCode> {
     let tok = Tokenizer::gpt2()?;
     let tokens = tok.decoder().all_token_bytes();
     train_gpt2_cuda::formats::tokenizer_file::write_tokenizer_file(out, tokens, tok.eot())?;
-    println!("wrote {} ({} tokens, EOT {})", out.display(), tokens.len(), tok.eot());
+    println!(
+        "wrote {} ({} tokens, EOT {})",
+        out.display(),
+        tokens.len(),
+        tok.eot()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -246,13 +262,19 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         let out = verify::run_engine(engine.as_mut(), &state)?;
         let rows = verify::compare_outputs(&cfg, &out, &reference, &tol);
         all_pass &= rows.iter().all(|r| r.pass);
-        print!("{}", verify::format_table(&format!("\n{name} vs {}", a.state.display()), &rows));
+        print!(
+            "{}",
+            verify::format_table(&format!("\n{name} vs {}", a.state.display()), &rows)
+        );
         results.push((name, engine, out));
     }
     if let [(n0, _, o0), (n1, _, o1)] = results.as_slice() {
         let rows = verify::compare_outputs(&cfg, o1, o0, &tol);
         all_pass &= rows.iter().all(|r| r.pass);
-        print!("{}", verify::format_table(&format!("\n{n1} vs {n0}"), &rows));
+        print!(
+            "{}",
+            verify::format_table(&format!("\n{n1} vs {n0}"), &rows)
+        );
     }
     if let Some(path) = &a.dump {
         let (name, _, out) = results.last().expect("one engine at least");
@@ -271,10 +293,17 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
     if a.steps > 0 {
         let expected = match &a.expect_losses {
             Some(p) => {
-                let text = std::fs::read_to_string(p).with_context(|| format!("{}: cannot read", p.display()))?;
-                let l = verify::parse_losses(&text).with_context(|| format!("{}: bad losses file", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("{}: cannot read", p.display()))?;
+                let l = verify::parse_losses(&text)
+                    .with_context(|| format!("{}: bad losses file", p.display()))?;
                 if l.len() < a.steps {
-                    bail!("{}: holds {} steps, fewer than --steps {}", p.display(), l.len(), a.steps);
+                    bail!(
+                        "{}: holds {} steps, fewer than --steps {}",
+                        p.display(),
+                        l.len(),
+                        a.steps
+                    );
                 }
                 Some(l)
             }
@@ -283,7 +312,11 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         for (name, engine, _) in results.iter_mut() {
             // restart from the checkpoint's parameters
             let mut fresh = create_engine(
-                if name.starts_with("cpu") { Device::Cpu } else { Device::Cuda },
+                if name.starts_with("cpu") {
+                    Device::Cpu
+                } else {
+                    Device::Cuda
+                },
                 cfg,
                 ck.params.clone(),
                 state.b,
@@ -291,7 +324,10 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
                 a.tf32,
             )?;
             *engine = fresh_swap(&mut fresh);
-            println!("\n{name}: {} AdamW steps (lr 1e-4, betas 0.9/0.999, eps 1e-8, weight decay 0.01)", a.steps);
+            println!(
+                "\n{name}: {} AdamW steps (lr 1e-4, betas 0.9/0.999, eps 1e-8, weight decay 0.01)",
+                a.steps
+            );
             let losses = verify::run_steps(engine.as_mut(), &state, a.steps)?;
             for (i, l) in losses.iter().enumerate() {
                 match &expected {
@@ -310,8 +346,19 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
             }
         }
     }
-    println!("\n{}", if all_pass { "verify: all tensors pass" } else { "verify: FAILED" });
-    Ok(if all_pass { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    println!(
+        "\n{}",
+        if all_pass {
+            "verify: all tensors pass"
+        } else {
+            "verify: FAILED"
+        }
+    );
+    Ok(if all_pass {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn fresh_swap(e: &mut Box<dyn Engine>) -> Box<dyn Engine> {

@@ -203,7 +203,10 @@ mod tests {
         };
         // 9600 samples: the sample std is within 3% of 0.02 with overwhelming probability.
         assert!((std(&p.wte[..300 * 32]) - 0.02).abs() < 0.0006);
-        assert!(p.wte[300 * 32..].iter().all(|&v| v == 0.0), "padded rows are zero");
+        assert!(
+            p.wte[300 * 32..].iter().all(|&v| v == 0.0),
+            "padded rows are zero"
+        );
         let r = 0.02 / (8f64).sqrt();
         assert!((std(p.fcprojw) - r).abs() < 0.03 * r);
         assert!((std(p.attprojw) - r).abs() < 0.03 * r);

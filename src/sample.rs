@@ -16,7 +16,10 @@ pub struct SampleOptions {
 impl SampleOptions {
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
-            bail!("temperature must be a positive number, got {}", self.temperature);
+            bail!(
+                "temperature must be a positive number, got {}",
+                self.temperature
+            );
         }
         Ok(())
     }
@@ -138,7 +141,10 @@ mod tests {
         assert_eq!(counts[0] + counts[1], 0);
         let p = 3.0 / 7.0;
         let sd = (n as f64 * p * (1.0 - p)).sqrt();
-        assert!((counts[2] as f64 - n as f64 * p).abs() < 5.0 * sd, "{counts:?}");
+        assert!(
+            (counts[2] as f64 - n as f64 * p).abs() < 5.0 * sd,
+            "{counts:?}"
+        );
     }
 
     #[test]
@@ -148,7 +154,11 @@ mod tests {
                 temperature: t,
                 top_k: 0,
             };
-            assert!(o.validate().unwrap_err().to_string().contains("temperature"));
+            assert!(o
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("temperature"));
         }
     }
 }

@@ -119,7 +119,11 @@ impl TrainArgs {
     /// Checks the flags before any work starts.
     pub fn validate(&self) -> Result<()> {
         if self.batch == 0 || self.seq == 0 {
-            bail!("--batch and --seq must be at least 1 (got B={}, T={})", self.batch, self.seq);
+            bail!(
+                "--batch and --seq must be at least 1 (got B={}, T={})",
+                self.batch,
+                self.seq
+            );
         }
         if self.grad_accum == 0 {
             bail!("--grad-accum must be at least 1");
@@ -131,12 +135,18 @@ impl TrainArgs {
             bail!("--lr must be a positive number, got {}", self.lr);
         }
         if !(0.0..=1.0).contains(&self.lr_final_frac) {
-            bail!("--lr-final-frac must be in [0, 1], got {}", self.lr_final_frac);
+            bail!(
+                "--lr-final-frac must be in [0, 1], got {}",
+                self.lr_final_frac
+            );
         }
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
             bail!("--beta1 and --beta2 must be in [0, 1)");
         }
-        if !(self.eps > 0.0) || !(self.weight_decay >= 0.0) || !(self.grad_clip >= 0.0) {
+        let positive = |x: f32| x > 0.0 && x.is_finite();
+        let not_negative = |x: f32| x >= 0.0 && x.is_finite();
+        if !positive(self.eps) || !not_negative(self.weight_decay) || !not_negative(self.grad_clip)
+        {
             bail!("--eps must be positive, --weight-decay and --grad-clip not negative");
         }
         if self.val_batches == 0 {
@@ -188,8 +198,12 @@ pub fn train(args: &TrainArgs, engine: &mut dyn Engine) -> Result<TrainSummary> 
     let mut train_loader = DataLoader::new(&train_pattern, b, t, cfg.vocab_size, shuffle)?;
     let mut val_loader = DataLoader::new(&val_pattern, b, t, cfg.vocab_size, None)?;
     let val_batches = args.val_batches.min(val_loader.num_batches().max(1));
-    std::fs::create_dir_all(&args.out_dir)
-        .with_context(|| format!("{}: cannot create the output folder", args.out_dir.display()))?;
+    std::fs::create_dir_all(&args.out_dir).with_context(|| {
+        format!(
+            "{}: cannot create the output folder",
+            args.out_dir.display()
+        )
+    })?;
 
     println!(
         "model: L={} NH={} C={} V={} Vp={} maxT={} ({:.1}M parameters) on {}",
@@ -232,7 +246,10 @@ pub fn train(args: &TrainArgs, engine: &mut dyn Engine) -> Result<TrainSummary> 
             loss += l / args.grad_accum as f32;
         }
         if !loss.is_finite() {
-            bail!("the loss became {loss} at step {}: training diverged (try a lower --lr)", step + 1);
+            bail!(
+                "the loss became {loss} at step {}: training diverged (try a lower --lr)",
+                step + 1
+            );
         }
         let norm = engine.grad_norm()?;
         let grad_scale = if args.grad_clip > 0.0 && norm > args.grad_clip {
@@ -280,7 +297,15 @@ pub fn train(args: &TrainArgs, engine: &mut dyn Engine) -> Result<TrainSummary> 
         };
         println!("sample ({} tokens, top-k 40):\n---", args.sample_tokens);
         let window = t.min(cfg.max_seq_len);
-        let ids = generate(engine, &[tok.eot()], args.sample_tokens, window, &opts, args.seed, |_| {})?;
+        let ids = generate(
+            engine,
+            &[tok.eot()],
+            args.sample_tokens,
+            window,
+            &opts,
+            args.seed,
+            |_| {},
+        )?;
         let text = tok.decode(&ids)?;
         println!("{text}\n---");
         summary.sample = text;

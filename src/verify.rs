@@ -131,7 +131,12 @@ pub fn run_engine(engine: &mut dyn Engine, state: &DebugState) -> Result<Outputs
 }
 
 /// The table rows of `got` against `want`: logits, loss and the 16 gradients.
-pub fn compare_outputs(cfg: &GPT2Config, got: &Outputs, want: &Outputs, tol: &Tolerances) -> Vec<Row> {
+pub fn compare_outputs(
+    cfg: &GPT2Config,
+    got: &Outputs,
+    want: &Outputs,
+    tol: &Tolerances,
+) -> Vec<Row> {
     let mut rows = vec![
         compare("logits", &got.logits, &want.logits, tol.logits),
         compare("loss", &[got.loss], &[want.loss], tol.loss),
@@ -179,11 +184,20 @@ pub fn parse_losses(text: &str) -> Result<Vec<f32>> {
         let parts: Vec<&str> = line.split_whitespace().collect();
         match parts.as_slice() {
             ["step", i, "loss", x] => {
-                let i: usize = i.parse().map_err(|_| anyhow::anyhow!("line {}: bad step '{i}'", n + 1))?;
+                let i: usize = i
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("line {}: bad step '{i}'", n + 1))?;
                 if i != out.len() {
-                    bail!("line {}: expected step {}, found step {i}", n + 1, out.len());
+                    bail!(
+                        "line {}: expected step {}, found step {i}",
+                        n + 1,
+                        out.len()
+                    );
                 }
-                out.push(x.parse().map_err(|_| anyhow::anyhow!("line {}: bad loss '{x}'", n + 1))?);
+                out.push(
+                    x.parse()
+                        .map_err(|_| anyhow::anyhow!("line {}: bad loss '{x}'", n + 1))?,
+                );
             }
             _ => bail!("line {}: expected 'step I loss X', found '{line}'", n + 1),
         }
@@ -204,14 +218,23 @@ mod tests {
         assert!((r.max_rel - 0.1 / 2.1).abs() < 1e-6);
         assert!(r.pass);
         assert!(!compare("x", &[1.0, 2.0], &[1.0, 2.1], 0.03).pass);
-        assert!(!compare("x", &[f32::NAN], &[1.0], 1.0).pass, "NaN never passes");
+        assert!(
+            !compare("x", &[f32::NAN], &[1.0], 1.0).pass,
+            "NaN never passes"
+        );
     }
 
     #[test]
     fn losses_file_parses_and_rejects_bad_lines() {
         let l = parse_losses("step 0 loss 4.5\nstep 1 loss 4.25\n").unwrap();
         assert_eq!(l, vec![4.5, 4.25]);
-        assert!(parse_losses("step 1 loss 4.5").unwrap_err().to_string().contains("expected step 0"));
-        assert!(parse_losses("loss 4.5").unwrap_err().to_string().contains("expected 'step I loss X'"));
+        assert!(parse_losses("step 1 loss 4.5")
+            .unwrap_err()
+            .to_string()
+            .contains("expected step 0"));
+        assert!(parse_losses("loss 4.5")
+            .unwrap_err()
+            .to_string()
+            .contains("expected 'step I loss X'"));
     }
 }

@@ -10,11 +10,17 @@ fn bin() -> Command {
 }
 
 fn root() -> PathBuf {
-    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()))
+    PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
+    )
 }
 
 fn fixture(name: &str) -> String {
-    root().join("tests/fixtures").join(name).to_string_lossy().into_owned()
+    root()
+        .join("tests/fixtures")
+        .join(name)
+        .to_string_lossy()
+        .into_owned()
 }
 
 fn tmp_dir(name: &str) -> PathBuf {
@@ -36,7 +42,10 @@ fn expect_error(args: &[&str], needles: &[&str]) {
     let (out, _, stderr) = run(bin().args(args));
     assert_eq!(out.status.code(), Some(1), "args {args:?}: stderr {stderr}");
     for n in needles {
-        assert!(stderr.contains(n), "args {args:?}: stderr lacks '{n}':\n{stderr}");
+        assert!(
+            stderr.contains(n),
+            "args {args:?}: stderr lacks '{n}':\n{stderr}"
+        );
     }
 }
 
@@ -61,7 +70,12 @@ fn verify_passes_on_the_pytorch_fixtures_with_steps_and_dump() {
     ]));
     assert!(out.status.success(), "{stdout}\n{stderr}");
     for name in ["logits", "loss", "wte", "qkvw", "fcprojb", "lnfb"] {
-        assert!(stdout.lines().any(|l| l.starts_with(name) && l.ends_with("ok")), "{name}: {stdout}");
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(name) && l.ends_with("ok")),
+            "{name}: {stdout}"
+        );
     }
     assert!(stdout.contains("step 0 loss 4.126691"), "{stdout}");
     assert!(stdout.contains("step 9 loss 4.01341"), "{stdout}");
@@ -75,7 +89,10 @@ fn verify_passes_on_the_pytorch_fixtures_with_steps_and_dump() {
         dump.to_str().unwrap(),
     ]));
     assert!(out.status.success(), "{stdout}");
-    assert!(stdout.contains("loss            0.000e0"), "the dump's loss is ours exactly: {stdout}");
+    assert!(
+        stdout.contains("loss            0.000e0"),
+        "the dump's loss is ours exactly: {stdout}"
+    );
 }
 
 #[test]
@@ -112,7 +129,10 @@ fn verify_reports_failure_with_exit_status_1() {
         bad.to_str().unwrap(),
     ]));
     assert_eq!(out.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("FAIL") && stdout.contains("verify: FAILED"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL") && stdout.contains("verify: FAILED"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -142,7 +162,16 @@ fn trains_a_small_model_then_samples_from_its_checkpoint() {
     let losses: Vec<f32> = stdout
         .lines()
         .filter(|l| l.starts_with("step "))
-        .map(|l| l.split("loss ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap())
+        .map(|l| {
+            l.split("loss ")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
         .collect();
     assert_eq!(losses.len(), 4, "{stdout}");
     // a fresh GPT-2 predicts ~uniformly over 50257 tokens: ln(50257) = 10.825
@@ -193,65 +222,148 @@ fn bad_inputs_give_clear_errors() {
     let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
 
     // flags out of bounds
-    expect_error(&["--device", "cpu", "--batch", "0"], &["--batch and --seq must be at least 1"]);
-    expect_error(&["--device", "cpu", "--seq", "0"], &["--batch and --seq must be at least 1"]);
-    expect_error(&["--device", "cpu", "--steps", "0"], &["--steps must be at least 1"]);
-    expect_error(&["--device", "cpu", "--lr=-1"], &["--lr must be a positive number"]);
+    expect_error(
+        &["--device", "cpu", "--batch", "0"],
+        &["--batch and --seq must be at least 1"],
+    );
+    expect_error(
+        &["--device", "cpu", "--seq", "0"],
+        &["--batch and --seq must be at least 1"],
+    );
+    expect_error(
+        &["--device", "cpu", "--steps", "0"],
+        &["--steps must be at least 1"],
+    );
+    expect_error(
+        &["--device", "cpu", "--lr=-1"],
+        &["--lr must be a positive number"],
+    );
     expect_error(
         &["--device", "cpu", "--model", "d1", "--seq", "2000"],
         &["T=2000 exceeds the model's maximum sequence length maxT=1024"],
     );
-    expect_error(&["--device", "cpu", "--model", "d0"], &["unknown model descriptor 'd0'"]);
+    expect_error(
+        &["--device", "cpu", "--model", "d0"],
+        &["unknown model descriptor 'd0'"],
+    );
 
     // a missing checkpoint, one with a wrong magic number, a truncated one
-    expect_error(&["--device", "cpu", "--model", &d("none.bin")], &["none.bin"]);
+    expect_error(
+        &["--device", "cpu", "--model", &d("none.bin")],
+        &["none.bin"],
+    );
     let good = std::fs::read(fixture("ref_tiny_model.bin")).unwrap();
     let mut wrong_magic = good.clone();
     wrong_magic[0] ^= 1;
     write(&dir.join("magic.bin"), &wrong_magic);
-    expect_error(&["--device", "cpu", "--model", &d("magic.bin")], &["magic.bin", "magic"]);
+    expect_error(
+        &["--device", "cpu", "--model", &d("magic.bin")],
+        &["magic.bin", "magic"],
+    );
     write(&dir.join("short.bin"), &good[..good.len() - 8]);
-    expect_error(&["--device", "cpu", "--model", &d("short.bin")], &["short.bin", "truncated"]);
+    expect_error(
+        &["--device", "cpu", "--model", &d("short.bin")],
+        &["short.bin", "truncated"],
+    );
     let mut wrong_version = good.clone();
     wrong_version[4] = 9;
     write(&dir.join("version.bin"), &wrong_version);
-    expect_error(&["--device", "cpu", "--model", &d("version.bin")], &["version.bin", "version 9"]);
+    expect_error(
+        &["--device", "cpu", "--model", &d("version.bin")],
+        &["version.bin", "version 9"],
+    );
 
     // data: no shard matches, a shard too short, a token id out of range for the model
     expect_error(
-        &["--device", "cpu", "--model", "d1", "--train", &d("nothing_*.bin")],
+        &[
+            "--device",
+            "cpu",
+            "--model",
+            "d1",
+            "--train",
+            &d("nothing_*.bin"),
+        ],
         &["nothing_*.bin"],
     );
-    train_gpt2_cuda::formats::shard::write_shard(&dir.join("short_shard.bin"), &[1, 2, 3, 4, 5]).unwrap();
+    train_gpt2_cuda::formats::shard::write_shard(&dir.join("short_shard.bin"), &[1, 2, 3, 4, 5])
+        .unwrap();
     expect_error(
-        &["--device", "cpu", "--model", "d1", "--batch", "2", "--seq", "8", "--train", &d("short_shard.bin")],
+        &[
+            "--device",
+            "cpu",
+            "--model",
+            "d1",
+            "--batch",
+            "2",
+            "--seq",
+            "8",
+            "--train",
+            &d("short_shard.bin"),
+        ],
         &["short_shard.bin", "17"],
     );
     let tokens: Vec<u32> = (0..100).map(|i| if i == 37 { 60000 } else { i }).collect();
     train_gpt2_cuda::formats::shard::write_shard(&dir.join("oob.bin"), &tokens).unwrap();
     expect_error(
-        &["--device", "cpu", "--model", "d1", "--batch", "1", "--seq", "8", "--train", &d("oob.bin")],
+        &[
+            "--device",
+            "cpu",
+            "--model",
+            "d1",
+            "--batch",
+            "1",
+            "--seq",
+            "8",
+            "--train",
+            &d("oob.bin"),
+        ],
         &["oob.bin", "60000", "50257"],
     );
 
     // verify and sample with missing files
     expect_error(
-        &["verify", "--model", &fixture("ref_tiny_model.bin"), "--state", &d("nostate.bin")],
+        &[
+            "verify",
+            "--model",
+            &fixture("ref_tiny_model.bin"),
+            "--state",
+            &d("nostate.bin"),
+        ],
         &["nostate.bin"],
     );
     expect_error(&["sample", "--model", &d("none.bin")], &["none.bin"]);
     expect_error(
-        &["sample", "--device", "cpu", "--model", &fixture("ref_tiny_model.bin"), "--temperature", "0"],
+        &[
+            "sample",
+            "--device",
+            "cpu",
+            "--model",
+            &fixture("ref_tiny_model.bin"),
+            "--temperature",
+            "0",
+        ],
         &["temperature"],
     );
     // the tiny fixture's vocabulary is not GPT-2's: its samples cannot be decoded
     expect_error(
-        &["sample", "--device", "cpu", "--model", &fixture("ref_tiny_model.bin")],
+        &[
+            "sample",
+            "--device",
+            "cpu",
+            "--model",
+            &fixture("ref_tiny_model.bin"),
+        ],
         &["vocabulary has 64 tokens"],
     );
     // prepro of a missing file
     expect_error(
-        &["prepro", &d("missing.txt"), &d("missing2.txt"), "--out-dir", &d("pp")],
+        &[
+            "prepro",
+            &d("missing.txt"),
+            &d("missing2.txt"),
+            "--out-dir",
+            &d("pp"),
+        ],
         &["missing.txt", "cannot read"],
     );
     expect_error(

@@ -9,7 +9,8 @@ use train_gpt2_cuda::formats::debug_state::read_debug_state;
 use train_gpt2_cuda::verify::{self, Tolerances};
 
 fn fixture(name: &str) -> PathBuf {
-    let root = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
+    let root =
+        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
     PathBuf::from(root).join("tests/fixtures").join(name)
 }
 

@@ -21,14 +21,14 @@ pub struct Gpt2Cpu {
     /// The largest batch the activation arenas hold.
     pub max_b: usize,
     pub max_t: usize,
-    pub params: Vec<f32>,    // (num_parameters)
-    pub grads: Vec<f32>,     // (num_parameters)
-    m: Vec<f32>,             // (num_parameters) AdamW first moment
-    v: Vec<f32>,             // (num_parameters) AdamW second moment
-    acts: Vec<f32>,          // (num_activations(max_b, max_t))
-    grad_acts: Vec<f32>,     // (num_activations(max_b, max_t))
-    inputs: Vec<u32>,        // (B, T) of the last forward
-    targets: Vec<u32>,       // (B, T) of the last forward
+    pub params: Vec<f32>, // (num_parameters)
+    pub grads: Vec<f32>,  // (num_parameters)
+    m: Vec<f32>,          // (num_parameters) AdamW first moment
+    v: Vec<f32>,          // (num_parameters) AdamW second moment
+    acts: Vec<f32>,       // (num_activations(max_b, max_t))
+    grad_acts: Vec<f32>,  // (num_activations(max_b, max_t))
+    inputs: Vec<u32>,     // (B, T) of the last forward
+    targets: Vec<u32>,    // (B, T) of the last forward
     /// (B, T) of the last forward.
     pub b: usize,
     pub t: usize,
@@ -67,7 +67,13 @@ impl Gpt2Cpu {
 
     /// Runs the forward pass on inputs (B, T); with targets also the loss, which it returns (the
     /// mean over B*T). The logits of the last forward are in `logits()`.
-    pub fn forward(&mut self, inputs: &[u32], targets: Option<&[u32]>, b: usize, t: usize) -> Result<Option<f32>> {
+    pub fn forward(
+        &mut self,
+        inputs: &[u32],
+        targets: Option<&[u32]>,
+        b: usize,
+        t: usize,
+    ) -> Result<Option<f32>> {
         let cfg = self.config;
         check_batch(&cfg, b, t)?;
         if b > self.max_b || t > self.max_t {
@@ -122,15 +128,71 @@ impl Gpt2Cpu {
             let fcproj = &mut a.fcproj[l * btc..(l + 1) * btc];
             let (c1, c3, c4) = (c, 3 * c, 4 * c);
 
-            layernorm_forward(ln1, ln1_mean, ln1_rstd, residual, &p.ln1w[l * c1..(l + 1) * c1], &p.ln1b[l * c1..(l + 1) * c1], b, t, c);
-            matmul_forward(qkv, ln1, &p.qkvw[l * c3 * c..(l + 1) * c3 * c], Some(&p.qkvb[l * c3..(l + 1) * c3]), b, t, c, c3);
+            layernorm_forward(
+                ln1,
+                ln1_mean,
+                ln1_rstd,
+                residual,
+                &p.ln1w[l * c1..(l + 1) * c1],
+                &p.ln1b[l * c1..(l + 1) * c1],
+                b,
+                t,
+                c,
+            );
+            matmul_forward(
+                qkv,
+                ln1,
+                &p.qkvw[l * c3 * c..(l + 1) * c3 * c],
+                Some(&p.qkvb[l * c3..(l + 1) * c3]),
+                b,
+                t,
+                c,
+                c3,
+            );
             attention_forward(atty, preatt, att, qkv, b, t, c, nh);
-            matmul_forward(attproj, atty, &p.attprojw[l * c * c..(l + 1) * c * c], Some(&p.attprojb[l * c1..(l + 1) * c1]), b, t, c, c);
+            matmul_forward(
+                attproj,
+                atty,
+                &p.attprojw[l * c * c..(l + 1) * c * c],
+                Some(&p.attprojb[l * c1..(l + 1) * c1]),
+                b,
+                t,
+                c,
+                c,
+            );
             residual_forward(residual2, residual, attproj);
-            layernorm_forward(ln2, ln2_mean, ln2_rstd, residual2, &p.ln2w[l * c1..(l + 1) * c1], &p.ln2b[l * c1..(l + 1) * c1], b, t, c);
-            matmul_forward(fch, ln2, &p.fcw[l * c4 * c..(l + 1) * c4 * c], Some(&p.fcb[l * c4..(l + 1) * c4]), b, t, c, c4);
+            layernorm_forward(
+                ln2,
+                ln2_mean,
+                ln2_rstd,
+                residual2,
+                &p.ln2w[l * c1..(l + 1) * c1],
+                &p.ln2b[l * c1..(l + 1) * c1],
+                b,
+                t,
+                c,
+            );
+            matmul_forward(
+                fch,
+                ln2,
+                &p.fcw[l * c4 * c..(l + 1) * c4 * c],
+                Some(&p.fcb[l * c4..(l + 1) * c4]),
+                b,
+                t,
+                c,
+                c4,
+            );
             gelu_forward(fch_gelu, fch);
-            matmul_forward(fcproj, fch_gelu, &p.fcprojw[l * c * c4..(l + 1) * c * c4], Some(&p.fcprojb[l * c1..(l + 1) * c1]), b, t, c4, c);
+            matmul_forward(
+                fcproj,
+                fch_gelu,
+                &p.fcprojw[l * c * c4..(l + 1) * c * c4],
+                Some(&p.fcprojb[l * c1..(l + 1) * c1]),
+                b,
+                t,
+                c4,
+                c,
+            );
             residual_forward(residual3, residual2, fcproj);
         }
         let last = &a.residual3[(l_count - 1) * btc..l_count * btc];
@@ -236,15 +298,94 @@ impl Gpt2Cpu {
             let dln1 = &mut d.ln1[l * btc..(l + 1) * btc];
 
             residual_backward(dresidual2, dfcproj, dresidual3);
-            matmul_backward(dfch_gelu, &mut g.fcprojw[l * c * c4..(l + 1) * c * c4], Some(&mut g.fcprojb[l * c1..(l + 1) * c1]), dfcproj, &a.fch_gelu[l * 4 * btc..(l + 1) * 4 * btc], &p.fcprojw[l * c * c4..(l + 1) * c * c4], b, t, c4, c);
+            matmul_backward(
+                dfch_gelu,
+                &mut g.fcprojw[l * c * c4..(l + 1) * c * c4],
+                Some(&mut g.fcprojb[l * c1..(l + 1) * c1]),
+                dfcproj,
+                &a.fch_gelu[l * 4 * btc..(l + 1) * 4 * btc],
+                &p.fcprojw[l * c * c4..(l + 1) * c * c4],
+                b,
+                t,
+                c4,
+                c,
+            );
             gelu_backward(dfch, &a.fch[l * 4 * btc..(l + 1) * 4 * btc], dfch_gelu);
-            matmul_backward(dln2, &mut g.fcw[l * c4 * c..(l + 1) * c4 * c], Some(&mut g.fcb[l * c4..(l + 1) * c4]), dfch, &a.ln2[l * btc..(l + 1) * btc], &p.fcw[l * c4 * c..(l + 1) * c4 * c], b, t, c, c4);
-            layernorm_backward(dresidual2, &mut g.ln2w[l * c1..(l + 1) * c1], &mut g.ln2b[l * c1..(l + 1) * c1], dln2, &a.residual2[l * btc..(l + 1) * btc], &p.ln2w[l * c1..(l + 1) * c1], &a.ln2_mean[l * bt..(l + 1) * bt], &a.ln2_rstd[l * bt..(l + 1) * bt], b, t, c);
+            matmul_backward(
+                dln2,
+                &mut g.fcw[l * c4 * c..(l + 1) * c4 * c],
+                Some(&mut g.fcb[l * c4..(l + 1) * c4]),
+                dfch,
+                &a.ln2[l * btc..(l + 1) * btc],
+                &p.fcw[l * c4 * c..(l + 1) * c4 * c],
+                b,
+                t,
+                c,
+                c4,
+            );
+            layernorm_backward(
+                dresidual2,
+                &mut g.ln2w[l * c1..(l + 1) * c1],
+                &mut g.ln2b[l * c1..(l + 1) * c1],
+                dln2,
+                &a.residual2[l * btc..(l + 1) * btc],
+                &p.ln2w[l * c1..(l + 1) * c1],
+                &a.ln2_mean[l * bt..(l + 1) * bt],
+                &a.ln2_rstd[l * bt..(l + 1) * bt],
+                b,
+                t,
+                c,
+            );
             residual_backward(dresidual, dattproj, dresidual2);
-            matmul_backward(datty, &mut g.attprojw[l * c * c..(l + 1) * c * c], Some(&mut g.attprojb[l * c1..(l + 1) * c1]), dattproj, &a.atty[l * btc..(l + 1) * btc], &p.attprojw[l * c * c..(l + 1) * c * c], b, t, c, c);
-            attention_backward(dqkv, dpreatt, datt, datty, &a.qkv[l * 3 * btc..(l + 1) * 3 * btc], &a.att[l * att_n..(l + 1) * att_n], b, t, c, nh);
-            matmul_backward(dln1, &mut g.qkvw[l * c3 * c..(l + 1) * c3 * c], Some(&mut g.qkvb[l * c3..(l + 1) * c3]), dqkv, &a.ln1[l * btc..(l + 1) * btc], &p.qkvw[l * c3 * c..(l + 1) * c3 * c], b, t, c, c3);
-            layernorm_backward(dresidual, &mut g.ln1w[l * c1..(l + 1) * c1], &mut g.ln1b[l * c1..(l + 1) * c1], dln1, residual, &p.ln1w[l * c1..(l + 1) * c1], &a.ln1_mean[l * bt..(l + 1) * bt], &a.ln1_rstd[l * bt..(l + 1) * bt], b, t, c);
+            matmul_backward(
+                datty,
+                &mut g.attprojw[l * c * c..(l + 1) * c * c],
+                Some(&mut g.attprojb[l * c1..(l + 1) * c1]),
+                dattproj,
+                &a.atty[l * btc..(l + 1) * btc],
+                &p.attprojw[l * c * c..(l + 1) * c * c],
+                b,
+                t,
+                c,
+                c,
+            );
+            attention_backward(
+                dqkv,
+                dpreatt,
+                datt,
+                datty,
+                &a.qkv[l * 3 * btc..(l + 1) * 3 * btc],
+                &a.att[l * att_n..(l + 1) * att_n],
+                b,
+                t,
+                c,
+                nh,
+            );
+            matmul_backward(
+                dln1,
+                &mut g.qkvw[l * c3 * c..(l + 1) * c3 * c],
+                Some(&mut g.qkvb[l * c3..(l + 1) * c3]),
+                dqkv,
+                &a.ln1[l * btc..(l + 1) * btc],
+                &p.qkvw[l * c3 * c..(l + 1) * c3 * c],
+                b,
+                t,
+                c,
+                c3,
+            );
+            layernorm_backward(
+                dresidual,
+                &mut g.ln1w[l * c1..(l + 1) * c1],
+                &mut g.ln1b[l * c1..(l + 1) * c1],
+                dln1,
+                residual,
+                &p.ln1w[l * c1..(l + 1) * c1],
+                &a.ln1_mean[l * bt..(l + 1) * bt],
+                &a.ln1_rstd[l * bt..(l + 1) * bt],
+                b,
+                t,
+                c,
+            );
         }
         encoder_backward(g.wte, g.wpe, d.encoded, inputs, b, t, c);
     }
@@ -256,7 +397,15 @@ impl Gpt2Cpu {
 
     /// One AdamW step (step counts from 1), with the gradients first multiplied by grad_scale.
     pub fn update(&mut self, hp: &AdamW, step: usize, grad_scale: f32) {
-        adamw_update(&mut self.params, &self.grads, &mut self.m, &mut self.v, hp, step, grad_scale);
+        adamw_update(
+            &mut self.params,
+            &self.grads,
+            &mut self.m,
+            &mut self.v,
+            hp,
+            step,
+            grad_scale,
+        );
     }
 }
 
@@ -279,7 +428,11 @@ pub fn check_tokens(cfg: &GPT2Config, tokens: &[u32], n: usize, what: &str) -> R
     if tokens.len() != n {
         bail!("expected {n} {what} tokens, got {}", tokens.len());
     }
-    if let Some((i, &tok)) = tokens.iter().enumerate().find(|(_, &x)| x as usize >= cfg.vocab_size) {
+    if let Some((i, &tok)) = tokens
+        .iter()
+        .enumerate()
+        .find(|(_, &x)| x as usize >= cfg.vocab_size)
+    {
         bail!(
             "{what} token id {tok} at position {i} is out of range for vocabulary size {}",
             cfg.vocab_size

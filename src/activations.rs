@@ -165,10 +165,11 @@ mod tests {
         let cfg = GPT2Config::new(16, 10, 128, 2, 2, 8).unwrap();
         let (b, t) = (3, 5);
         let n = num_activations(&cfg, b, t);
-        // Hand count: per layer BT*(C + 2 + 3C + C + C + C + C + 2 + 4C + 4C + C + C) + 2*B*NH*T*T;
+        // Hand count: per layer BT*(C + 2 + 3C + C + C + C + C + 2 + 4C + 4C + C + C) = BT*(18C + 4),
+        // plus 2*B*NH*T*T;
         // plus BT*C + BT*C + 2*BT + 2*BT*Vp + BT.
         let bt = b * t;
-        let per_layer = bt * (17 * 8 + 4) + 2 * b * 2 * t * t;
+        let per_layer = bt * (18 * 8 + 4) + 2 * b * 2 * t * t;
         assert_eq!(n, 2 * per_layer + bt * 8 * 2 + 2 * bt + 2 * bt * 128 + bt);
         let mut buf = vec![0f32; n + 7];
         let a = split_mut(&cfg, b, t, &mut buf);

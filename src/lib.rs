@@ -13,6 +13,7 @@ pub mod config;
 pub mod cpu;
 pub mod data;
 pub mod formats;
+pub mod gpu;
 pub mod params;
 pub mod prepro;
 pub mod rng;

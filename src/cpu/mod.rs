@@ -1,3 +1,12 @@
 //! The CPU reference path: GPT-2 forward and backward in fp32, parallel with rayon. One file per
 //! layer family, forward and backward side by side. Backward functions accumulate (`+=`) into their
 //! gradient outputs, as llm.c's do. The GPU launchers in `gpu` carry the same names and arguments.
+
+pub mod adamw;
+pub mod attention;
+pub mod classifier;
+pub mod encoder;
+pub mod gelu;
+pub mod layernorm;
+pub mod matmul;
+pub mod residual;

@@ -1,0 +1,141 @@
+//! The classifier's loss: softmax over the vocabulary, cross-entropy against the targets, and their
+//! fused backward. Logits and probabilities are `(B, T, Vp)`: only the first V columns are real
+//! tokens; the padding columns V..Vp take no part in the softmax, get probability exactly 0, and
+//! receive no gradient.
+
+// The signatures follow llm.c's (buffers, then dimensions), shared with the GPU launchers.
+#![allow(clippy::too_many_arguments)]
+
+use rayon::prelude::*;
+
+/// Softmax over the first V entries of each row: `probs[i] = exp(logits[i] - max) / sum`, with the
+/// sum accumulated in f64; `probs[V..Vp] = 0`.
+pub fn softmax_forward(
+    probs: &mut [f32], // (B, T, Vp)
+    logits: &[f32],    // (B, T, Vp)
+    b: usize,
+    t: usize,
+    v: usize,
+    vp: usize,
+) {
+    assert!(
+        v > 0 && v <= vp,
+        "softmax_forward: need 0 < V <= Vp, got V = {v}, Vp = {vp}"
+    );
+    assert_eq!(
+        probs.len(),
+        b * t * vp,
+        "softmax_forward: probs must be (B, T, Vp)"
+    );
+    assert_eq!(
+        logits.len(),
+        b * t * vp,
+        "softmax_forward: logits must be (B, T, Vp)"
+    );
+    probs
+        .par_chunks_mut(vp)
+        .zip(logits.par_chunks(vp))
+        .for_each(|(p, l)| {
+            let maxval = l[..v].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let mut sum = 0.0f64;
+            for (pi, &li) in p[..v].iter_mut().zip(&l[..v]) {
+                *pi = (li - maxval).exp();
+                sum += *pi as f64;
+            }
+            let inv = (1.0 / sum) as f32;
+            for pi in &mut p[..v] {
+                *pi *= inv;
+            }
+            p[v..].fill(0.0);
+        });
+}
+
+/// Cross-entropy: `losses[b, t] = -ln(probs[b, t, targets[b, t]])`.
+pub fn crossentropy_forward(
+    losses: &mut [f32], // (B, T)
+    probs: &[f32],      // (B, T, Vp)
+    targets: &[u32],    // (B, T)
+    b: usize,
+    t: usize,
+    vp: usize,
+) {
+    assert_eq!(
+        losses.len(),
+        b * t,
+        "crossentropy_forward: losses must be (B, T)"
+    );
+    assert_eq!(
+        probs.len(),
+        b * t * vp,
+        "crossentropy_forward: probs must be (B, T, Vp)"
+    );
+    assert_eq!(
+        targets.len(),
+        b * t,
+        "crossentropy_forward: targets must be (B, T)"
+    );
+    check_targets("crossentropy_forward", targets, vp);
+    losses
+        .par_iter_mut()
+        .zip(probs.par_chunks(vp).zip(targets.par_iter()))
+        .for_each(|(loss, (p, &tgt))| {
+            *loss = -p[tgt as usize].ln();
+        });
+}
+
+/// The backward of softmax followed by cross-entropy, fused:
+/// `dlogits[b, t, i] += (probs[b, t, i] - [i == target]) * dlosses[b, t]` for i < V; the padding
+/// columns V..Vp are left untouched.
+pub fn crossentropy_softmax_backward(
+    dlogits: &mut [f32], // (B, T, Vp)
+    dlosses: &[f32],     // (B, T)
+    probs: &[f32],       // (B, T, Vp)
+    targets: &[u32],     // (B, T)
+    b: usize,
+    t: usize,
+    v: usize,
+    vp: usize,
+) {
+    assert!(
+        v <= vp,
+        "crossentropy_softmax_backward: V = {v} exceeds Vp = {vp}"
+    );
+    assert_eq!(
+        dlogits.len(),
+        b * t * vp,
+        "crossentropy_softmax_backward: dlogits must be (B, T, Vp)"
+    );
+    assert_eq!(
+        dlosses.len(),
+        b * t,
+        "crossentropy_softmax_backward: dlosses must be (B, T)"
+    );
+    assert_eq!(
+        probs.len(),
+        b * t * vp,
+        "crossentropy_softmax_backward: probs must be (B, T, Vp)"
+    );
+    assert_eq!(
+        targets.len(),
+        b * t,
+        "crossentropy_softmax_backward: targets must be (B, T)"
+    );
+    check_targets("crossentropy_softmax_backward", targets, v);
+    dlogits
+        .par_chunks_mut(vp)
+        .zip(probs.par_chunks(vp))
+        .zip(dlosses.par_iter().zip(targets.par_iter()))
+        .for_each(|((dl, p), (&dloss, &tgt))| {
+            let tgt = tgt as usize;
+            for (i, (d, &pi)) in dl[..v].iter_mut().zip(&p[..v]).enumerate() {
+                let indicator = if i == tgt { 1.0 } else { 0.0 };
+                *d += (pi - indicator) * dloss;
+            }
+        });
+}
+
+fn check_targets(what: &str, targets: &[u32], limit: usize) {
+    if let Some(&bad) = targets.iter().find(|&&x| x as usize >= limit) {
+        panic!("{what}: target id {bad} is out of range (must be below {limit})");
+    }
+}

@@ -17,9 +17,9 @@ __device__ __forceinline__ void softmax_merge(float& m, float& s, float m2, floa
 //   losses (N) [row] = -log p[target], computed as log(sum) - (x[target] - max);
 //   logits[row, i] <- (p_i - [i == target]) * dloss for i < V, and 0 for V <= i < Vp.
 // targets (N) must be < V; a bad target gives a NaN loss (and no one-hot term) instead of a wild
-// access. One block per row, blockDim.x a multiple of 32; pass 1: each thread keeps an online
+// access. One block per row, blockDim.x a multiple of 32 (at most 1024); pass 1: each thread keeps an online
 // (max, sum of exp) over its strided columns, merged by a fixed tree (deterministic); pass 2 writes.
-extern "C" __global__ void fused_classifier(float* logits, float* losses, float dloss,
+extern "C" __global__ void __launch_bounds__(1024) fused_classifier(float* logits, float* losses, float dloss,
                                             const unsigned int* targets, int N, int V, int Vp) {
     __shared__ float shared_m[32];
     __shared__ float shared_s[32];
@@ -60,6 +60,10 @@ extern "C" __global__ void fused_classifier(float* logits, float* losses, float 
         const float s2 = __shfl_xor_sync(0xffffffffu, s, offset);
         softmax_merge(m, s, m2, s2);
     }
+    // Lane 0's result is the same in every warp (same inputs, same tree); take it everywhere, since
+    // a contracted (FMA) merge is not bitwise symmetric between the lanes of a butterfly.
+    m = __shfl_sync(0xffffffffu, m, 0);
+    s = __shfl_sync(0xffffffffu, s, 0);
     // Every thread now holds the row's max m and sum s. Every thread must also have read its
     // logits before any is overwritten: thread 0 reads x[target] below, which another thread writes.
     const unsigned int target = targets[row];
@@ -69,9 +73,10 @@ extern "C" __global__ void fused_classifier(float* logits, float* losses, float 
     if (threadIdx.x == 0) {
         losses[row] = target_ok ? logf(s) - (x_target - m) : __int_as_float(0x7fc00000);
     }
+    const float inv = 1.0f / s;
     for (int i = threadIdx.x; i < Vp; i += blockDim.x) {
         if (i < V) {
-            const float p = expf(x[i] - m) / s;
+            const float p = expf(x[i] - m) * inv;
             const float indicator = (unsigned int)i == target ? 1.0f : 0.0f;
             x[i] = (p - indicator) * dloss;
         } else {

@@ -5,7 +5,7 @@
 #include "common.h"
 
 // partial (gridDim.x) [block] = the sum of data[i]^2 over this block's grid-stride share of data (n).
-extern "C" __global__ void global_norm_partial(float* partial, const float* data, size_t n) {
+extern "C" __global__ void __launch_bounds__(512) global_norm_partial(float* partial, const float* data, size_t n) {
     float sum = 0.0f;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const float x = data[i];
@@ -18,7 +18,8 @@ extern "C" __global__ void global_norm_partial(float* partial, const float* data
 }
 
 // out (1) [0] = the sum of partial (num_partials). Launched as a single block.
-extern "C" __global__ void global_norm_final(float* out, const float* partial, int num_partials) {
+// Both kernels: at most 512 threads per block (the launch bound).
+extern "C" __global__ void __launch_bounds__(512) global_norm_final(float* out, const float* partial, int num_partials) {
     float sum = 0.0f;
     for (int i = threadIdx.x; i < num_partials; i += blockDim.x) {
         sum += partial[i];

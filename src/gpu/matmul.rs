@@ -6,7 +6,7 @@
 //! out^T (OC,BT) = W (OC,C) . inp^T (C,BT): A = weight with op T, B = inp with op N.
 //! Full fp32 unless [`Gpu::set_tf32`] turned TF32 tensor cores on.
 
-use anyhow::{anyhow, Result};
+use anyhow::{anyhow, bail, Result};
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{Gemm, GemmConfig};
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
@@ -38,6 +38,9 @@ impl Gpu {
         }
         if n == 0 || oc == 0 {
             return Ok(());
+        }
+        if c == 0 {
+            bail!("{K}: C must be positive");
         }
         let (ni, ci, oci) = (dim(K, "B*T", n)?, dim(K, "C", c)?, dim(K, "OC", oc)?);
         let cfg = GemmConfig {

@@ -9,7 +9,8 @@
 //! - exact (bitwise): encoder forward/backward, residual, AdamW: the GPU performs the CPU's float
 //!   operations in the CPU's order (buckets of positions for dwte, one IEEE add per element, the
 //!   rounded-op AdamW kernel).
-//! - gelu: atol 1e-6, rtol 1e-5 (CUDA's tanhf and Rust's tanh differ by an ulp or two).
+//! - gelu: atol 1e-6 forward, 1e-5 backward, rtol 1e-5 (CUDA's tanhf and Rust's tanh differ by an
+//!   ulp or two, amplified up to ~9x in the gradient).
 //! - layernorm, attention, classifier: atol 1e-5..1e-4 on O(1) values; the sums run in another
 //!   order (warp trees vs sequential / f64), a few ulps of each term's size.
 //! - matmul (fp32 cuBLAS, TF32 off): rtol 1e-4 (`|d| <= 1e-4 * max(1, |cpu|)`), summation order
@@ -493,7 +494,9 @@ mod on_gpu {
             &up(&g, &dout).as_view(),
         )
         .unwrap();
-        assert_close("gelu dinp", &down(&g, &d_dinp), &dinp, 1e-6, 1e-5);
+        // tanh's last-bit differences reach the gradient through (1 - tanh^2) * 0.5 x du/dx, a
+        // factor up to ~9 for |x| <= 5: 1e-5 absolute.
+        assert_close("gelu dinp", &down(&g, &d_dinp), &dinp, 1e-5, 1e-5);
     }
 
     #[test]

@@ -1,0 +1,86 @@
+// The fused classifier: softmax over the vocabulary, the cross-entropy loss and its gradient, one
+// row at a time, without ever storing the probabilities. The logits buffer is overwritten by the
+// logits' gradient (the forward and backward of the last layer in one kernel, as llm.c does).
+#include "common.h"
+
+// (m, s) <- the online-softmax merge of (m, s) and (m2, s2), where s is a sum of exp(x - m).
+__device__ __forceinline__ void softmax_merge(float& m, float& s, float m2, float s2) {
+    const float mn = fmaxf(m, m2);
+    if (mn == -INFINITY) {
+        return; // both empty
+    }
+    s = s * expf(m - mn) + s2 * expf(m2 - mn);
+    m = mn;
+}
+
+// For each row (b, t) of logits (N,Vp), N = B*T, with p = softmax(logits[row, 0..V]):
+//   losses (N) [row] = -log p[target], computed as log(sum) - (x[target] - max);
+//   logits[row, i] <- (p_i - [i == target]) * dloss for i < V, and 0 for V <= i < Vp.
+// targets (N) must be < V; a bad target gives a NaN loss (and no one-hot term) instead of a wild
+// access. One block per row, blockDim.x a multiple of 32 (at most 1024); pass 1: each thread keeps an online
+// (max, sum of exp) over its strided columns, merged by a fixed tree (deterministic); pass 2 writes.
+extern "C" __global__ void __launch_bounds__(1024) fused_classifier(float* logits, float* losses, float dloss,
+                                            const unsigned int* targets, int N, int V, int Vp) {
+    __shared__ float shared_m[32];
+    __shared__ float shared_s[32];
+    const int row = blockIdx.x;
+    if (row >= N) {
+        return;
+    }
+    float* x = logits + (size_t)row * Vp;
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int num_warps = blockDim.x >> 5;
+
+    float m = -INFINITY;
+    float s = 0.0f;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        const float v = x[i];
+        if (v > m) {
+            s = s * expf(m - v) + 1.0f;
+            m = v;
+        } else {
+            s += expf(v - m);
+        }
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const float m2 = __shfl_xor_sync(0xffffffffu, m, offset);
+        const float s2 = __shfl_xor_sync(0xffffffffu, s, offset);
+        softmax_merge(m, s, m2, s2);
+    }
+    if (lane == 0) {
+        shared_m[warp] = m;
+        shared_s[warp] = s;
+    }
+    __syncthreads();
+    m = lane < num_warps ? shared_m[lane] : -INFINITY;
+    s = lane < num_warps ? shared_s[lane] : 0.0f;
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        const float m2 = __shfl_xor_sync(0xffffffffu, m, offset);
+        const float s2 = __shfl_xor_sync(0xffffffffu, s, offset);
+        softmax_merge(m, s, m2, s2);
+    }
+    // Lane 0's result is the same in every warp (same inputs, same tree); take it everywhere, since
+    // a contracted (FMA) merge is not bitwise symmetric between the lanes of a butterfly.
+    m = __shfl_sync(0xffffffffu, m, 0);
+    s = __shfl_sync(0xffffffffu, s, 0);
+    // Every thread now holds the row's max m and sum s. Every thread must also have read its
+    // logits before any is overwritten: thread 0 reads x[target] below, which another thread writes.
+    const unsigned int target = targets[row];
+    const bool target_ok = target < (unsigned int)V;
+    const float x_target = target_ok ? x[target] : 0.0f;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        losses[row] = target_ok ? logf(s) - (x_target - m) : __int_as_float(0x7fc00000);
+    }
+    const float inv = 1.0f / s;
+    for (int i = threadIdx.x; i < Vp; i += blockDim.x) {
+        if (i < V) {
+            const float p = expf(x[i] - m) * inv;
+            const float indicator = (unsigned int)i == target ? 1.0f : 0.0f;
+            x[i] = (p - indicator) * dloss;
+        } else {
+            x[i] = 0.0f;
+        }
+    }
+}

@@ -1,0 +1,62 @@
+// Structs shared by the CUDA kernels and the Rust launchers. Plain C: nvcc includes this file from
+// the kernels, and build.rs turns it into `#[repr(C)]` Rust structs with bindgen (OUT_DIR/common.rs),
+// so both sides agree on the layout by construction. Only float and int fields: no padding.
+#pragma once
+
+// One AdamW step's coefficients, passed by value to adamw_kernel. The host derives them once per
+// step from the hyperparameters (lr, beta1, beta2, eps, weight_decay), the step t (from 1) and the
+// gradient scale, in f64 rounded once to float, exactly as the CPU reference (cpu::adamw) does, so
+// that the kernel performs the CPU's float operations one for one (PyTorch's AdamW order):
+//   g = grad * grad_scale;  p = p * decay;  m = m + one_minus_beta1 * (g - m);
+//   v = v * beta2 + (one_minus_beta2 * g) * g;  denom = sqrt(v) / beta2_correction_sqrt + eps;
+//   p = p + neg_step_size * m / denom.
+// In real arithmetic: p -= lr * ((m / (1 - beta1^t)) / (sqrt(v / (1 - beta2^t)) + eps) + wd * p).
+typedef struct {
+    float grad_scale;            // multiplies every gradient (1, or max_norm / norm when clipping)
+    float decay;                 // 1 - lr * weight_decay
+    float one_minus_beta1;       // 1 - beta1
+    float beta2;                 // beta2
+    float one_minus_beta2;       // 1 - beta2
+    float neg_step_size;         // -lr / (1 - beta1^t): the first-moment bias correction folded in
+    float beta2_correction_sqrt; // sqrt(1 - beta2^t)
+    float eps;                   // eps
+} AdamWParams;
+
+
+#ifdef __CUDACC__
+// Device-side helpers shared by the kernels (nvcc only; bindgen never sees this part).
+
+// The sum of v over the 32 lanes of a warp; every lane gets the same (bitwise) total, because the
+// xor butterfly adds the same pairs in the same tree on every lane.
+__device__ __forceinline__ float warp_reduce_sum(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        v += __shfl_xor_sync(0xffffffffu, v, offset);
+    }
+    return v;
+}
+
+// The max of v over the 32 lanes of a warp, on every lane.
+__device__ __forceinline__ float warp_reduce_max(float v) {
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    }
+    return v;
+}
+
+// The sum of v over the whole block, returned to every thread. blockDim.x must be a multiple of 32
+// (at most 1024) and every thread of the block must call it. The tree is fixed: deterministic.
+__device__ __forceinline__ float block_reduce_sum(float v) {
+    __shared__ float warp_sums[32];
+    const int lane = threadIdx.x & 31;
+    const int warp = threadIdx.x >> 5;
+    const int num_warps = blockDim.x >> 5;
+    v = warp_reduce_sum(v);
+    __syncthreads(); // an earlier call may still be reading warp_sums
+    if (lane == 0) {
+        warp_sums[warp] = v;
+    }
+    __syncthreads();
+    v = lane < num_warps ? warp_sums[lane] : 0.0f;
+    return warp_reduce_sum(v);
+}
+#endif

@@ -1,0 +1,371 @@
+//! Causal multi-head self-attention on the GPU, the cuBLAS way (`kernels/attention.cu` for the
+//! permutations and the causal softmax, cublasSgemmStridedBatched for q k^T and att v, batched over
+//! the B*NH heads); twin of `cpu::attention`, whose buffers it reproduces: preatt and att with zeros
+//! above the diagonal, datt and dpreatt OVERWRITTEN (scratch) with zeros above the diagonal, dinp
+//! accumulated.
+//!
+//! Both launchers take one extra argument at the END, `scratch`, a device buffer for the per-head
+//! q, k, v (B,NH,T,HS) and their gradients: at least [`attention_forward_scratch_len`] =
+//! 3*B*T*C floats for the forward and [`attention_backward_scratch_len`] = 5*B*T*C for the
+//! backward. Its contents on entry do not matter and are garbage on return. The backward
+//! re-permutes q, k, v from `inp` rather than keeping them from the forward.
+//!
+//! Per head, with row-major (T,HS) matrices read column-major as their transposes:
+//! preatt (T,T) = scale q k^T is column-major preatt^T = op_T(k^T) . q^T, and y (T,HS) = att v is
+//! y^T = v^T . att^T; the backward's products follow the same pattern (see each call).
+
+use anyhow::{anyhow, bail, Result};
+use cudarc::cublas::sys::cublasOperation_t::{self, CUBLAS_OP_N, CUBLAS_OP_T};
+use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, PushKernelArg};
+
+use super::context::{check_len, dim, grid_1d, grid_stride, launched, Gpu, BLOCK};
+
+/// Rows per block of the warp-per-row softmax kernels.
+const ROWS_PER_BLOCK: usize = BLOCK as usize / 32;
+
+/// The scratch floats attention_forward needs: q, k, v (B,NH,T,HS) each (y reuses q's space).
+pub fn attention_forward_scratch_len(b: usize, t: usize, c: usize) -> usize {
+    3 * b * t * c
+}
+
+/// The scratch floats attention_backward needs: q, k, v/dv, dy/dq, dk (B,NH,T,HS) each.
+pub fn attention_backward_scratch_len(b: usize, t: usize, c: usize) -> usize {
+    5 * b * t * c
+}
+
+/// The dimensions every attention kernel takes, checked and as ints.
+struct Dims {
+    b: i32,
+    t: i32,
+    nh: i32,
+    hs: i32,
+    bnh: i32,
+    /// B*NH*T*HS = B*T*C, the elements of one per-head tensor.
+    btc: usize,
+    /// B*NH*T*T, the elements of preatt/att.
+    btt: usize,
+}
+
+fn dims(kernel: &str, b: usize, t: usize, c: usize, nh: usize) -> Result<Dims> {
+    if nh == 0 || !c.is_multiple_of(nh) {
+        bail!("{kernel}: C = {c} is not divisible by NH = {nh}");
+    }
+    let btt = b * nh * t * t;
+    dim(kernel, "B*NH*T*T", btt)?;
+    dim(kernel, "B*T*3C", 3 * b * t * c)?;
+    Ok(Dims {
+        b: dim(kernel, "B", b)?,
+        t: dim(kernel, "T", t)?,
+        nh: dim(kernel, "NH", nh)?,
+        hs: dim(kernel, "HS", c / nh)?,
+        bnh: dim(kernel, "B*NH", b * nh)?,
+        btc: b * t * c,
+        btt,
+    })
+}
+
+impl Gpu {
+    /// Batched over the B*NH heads: C_h = alpha op(A_h) op(B_h) + beta C_h, column-major.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_batched(
+        &self,
+        what: &str,
+        d: &Dims,
+        (transa, transb): (cublasOperation_t, cublasOperation_t),
+        (m, n, k): (i32, i32, i32),
+        alpha: f32,
+        a: &impl DevicePtr<f32>,
+        (lda, stride_a): (i32, usize),
+        bm: &impl DevicePtr<f32>,
+        (ldb, stride_b): (i32, usize),
+        c: &mut impl DevicePtrMut<f32>,
+        (ldc, stride_c): (i32, usize),
+    ) -> Result<()> {
+        let cfg = StridedBatchedConfig {
+            gemm: GemmConfig {
+                transa,
+                transb,
+                m,
+                n,
+                k,
+                alpha,
+                lda,
+                ldb,
+                beta: 0.0f32,
+                ldc,
+            },
+            batch_size: d.bnh,
+            stride_a: stride_a as i64,
+            stride_b: stride_b as i64,
+            stride_c: stride_c as i64,
+        };
+        // SAFETY: every caller passes per-head matrices of (T,HS) or (T,T) floats with strides
+        // T*HS or T*T, over B*NH heads, inside buffers of B*T*C or B*NH*T*T floats (checked by the
+        // launchers), and leading dimensions equal to the matrices' row lengths.
+        unsafe { self.blas.gemm_strided_batched(cfg, a, bm, c) }
+            .map_err(|e| anyhow!("{what}: cublasSgemmStridedBatched failed: {e}"))
+    }
+
+    /// out (B,T,C) = causal softmax(q k^T / sqrt(HS)) v per head; writes preatt (B,NH,T,T) (the
+    /// scaled scores) and att (B,NH,T,T) (the probabilities), both zero above the diagonal.
+    /// `scratch`: at least [`attention_forward_scratch_len`] floats (see the file comment).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_forward(
+        &self,
+        out: &mut CudaViewMut<'_, f32>,    // (B, T, C)
+        preatt: &mut CudaViewMut<'_, f32>, // (B, NH, T, T)
+        att: &mut CudaViewMut<'_, f32>,    // (B, NH, T, T)
+        inp: &CudaView<'_, f32>,           // (B, T, 3C)
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+        scratch: &mut CudaViewMut<'_, f32>, // (3, B, NH, T, HS)
+    ) -> Result<()> {
+        const K: &str = "attention_forward";
+        let d = dims(K, b, t, c, nh)?;
+        check_len(K, "out", out.len(), d.btc, "B*T*C")?;
+        check_len(K, "preatt", preatt.len(), d.btt, "B*NH*T*T")?;
+        check_len(K, "att", att.len(), d.btt, "B*NH*T*T")?;
+        check_len(K, "inp", inp.len(), 3 * d.btc, "B*T*3C")?;
+        let need = attention_forward_scratch_len(b, t, c);
+        if scratch.len() < need {
+            bail!(
+                "{K}: scratch has {} floats, needs 3*B*T*C = {need}",
+                scratch.len()
+            );
+        }
+        if d.btc == 0 {
+            return Ok(());
+        }
+        let (mut q, mut rest) = scratch.split_at_mut(d.btc);
+        let (mut k, mut rest) = rest.split_at_mut(d.btc);
+        let (mut v, _) = rest.split_at_mut(d.btc);
+        self.permute(K, &mut q, &mut k, &mut v, inp, &d)?;
+
+        let (ti, hs) = (d.t, d.hs);
+        let (tt, ths) = (t * t, t * (c / nh));
+        let scale = 1.0 / ((c / nh) as f32).sqrt();
+        // preatt^T (T x T) = scale op_T(k^T (HS x T, ld HS)) . q^T (HS x T, ld HS)
+        self.gemm_batched(
+            "attention_forward (preatt = q k^T)",
+            &d,
+            (CUBLAS_OP_T, CUBLAS_OP_N),
+            (ti, ti, hs),
+            scale,
+            &k,
+            (hs, ths),
+            &q,
+            (hs, ths),
+            preatt,
+            (ti, tt),
+        )?;
+
+        let bnh = d.bnh;
+        let mut lb = self
+            .stream
+            .launch_builder(&self.k.attention_softmax_forward);
+        lb.arg(&mut *att).arg(&mut *preatt).arg(&bnh).arg(&ti);
+        // SAFETY: the arguments match attention_softmax_forward in kernels/attention.cu; att and
+        // preatt hold B*NH*T*T floats (checked) and the kernel touches rows < B*NH*T of T floats.
+        launched("attention_softmax_forward", unsafe {
+            lb.launch(grid_1d((b * nh * t).div_ceil(ROWS_PER_BLOCK), BLOCK))
+        })?;
+
+        // y^T (HS x T) = v^T (HS x T, ld HS) . att^T (T x T, ld T); y goes into q's space.
+        self.gemm_batched(
+            "attention_forward (y = att v)",
+            &d,
+            (CUBLAS_OP_N, CUBLAS_OP_N),
+            (hs, ti, ti),
+            1.0,
+            &v,
+            (hs, ths),
+            &*att,
+            (ti, tt),
+            &mut q,
+            (hs, ths),
+        )?;
+
+        let y = q.as_view();
+        let mut lb = self.stream.launch_builder(&self.k.attention_unpermute);
+        lb.arg(out)
+            .arg(&y)
+            .arg(&d.b)
+            .arg(&d.t)
+            .arg(&d.nh)
+            .arg(&d.hs);
+        // SAFETY: the arguments match attention_unpermute; y (in q) and out both hold B*T*C floats.
+        launched("attention_unpermute", unsafe {
+            lb.launch(grid_stride(d.btc))
+        })
+    }
+
+    /// The backward: dinp (B,T,3C) += the gradients of q, k, v; datt and dpreatt (B,NH,T,T) are
+    /// OVERWRITTEN with the gradients of att and preatt (zero above the diagonal), as the CPU
+    /// twin's. `scratch`: at least [`attention_backward_scratch_len`] floats.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward(
+        &self,
+        dinp: &mut CudaViewMut<'_, f32>,    // (B, T, 3C)
+        dpreatt: &mut CudaViewMut<'_, f32>, // (B, NH, T, T)
+        datt: &mut CudaViewMut<'_, f32>,    // (B, NH, T, T)
+        dout: &CudaView<'_, f32>,           // (B, T, C)
+        inp: &CudaView<'_, f32>,            // (B, T, 3C)
+        att: &CudaView<'_, f32>,            // (B, NH, T, T)
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+        scratch: &mut CudaViewMut<'_, f32>, // (5, B, NH, T, HS)
+    ) -> Result<()> {
+        const K: &str = "attention_backward";
+        let d = dims(K, b, t, c, nh)?;
+        check_len(K, "dinp", dinp.len(), 3 * d.btc, "B*T*3C")?;
+        check_len(K, "dpreatt", dpreatt.len(), d.btt, "B*NH*T*T")?;
+        check_len(K, "datt", datt.len(), d.btt, "B*NH*T*T")?;
+        check_len(K, "dout", dout.len(), d.btc, "B*T*C")?;
+        check_len(K, "inp", inp.len(), 3 * d.btc, "B*T*3C")?;
+        check_len(K, "att", att.len(), d.btt, "B*NH*T*T")?;
+        let need = attention_backward_scratch_len(b, t, c);
+        if scratch.len() < need {
+            bail!(
+                "{K}: scratch has {} floats, needs 5*B*T*C = {need}",
+                scratch.len()
+            );
+        }
+        if d.btc == 0 {
+            return Ok(());
+        }
+        let (mut q, mut rest) = scratch.split_at_mut(d.btc);
+        let (mut k, mut rest) = rest.split_at_mut(d.btc);
+        let (mut v, mut rest) = rest.split_at_mut(d.btc);
+        let (mut dy, mut rest) = rest.split_at_mut(d.btc);
+        let (mut dk, _) = rest.split_at_mut(d.btc);
+        self.permute(K, &mut q, &mut k, &mut v, inp, &d)?;
+
+        let mut lb = self
+            .stream
+            .launch_builder(&self.k.attention_unpermute_backward);
+        lb.arg(&mut dy)
+            .arg(dout)
+            .arg(&d.b)
+            .arg(&d.t)
+            .arg(&d.nh)
+            .arg(&d.hs);
+        // SAFETY: the arguments match attention_unpermute_backward; dy and dout hold B*T*C floats.
+        launched("attention_unpermute_backward", unsafe {
+            lb.launch(grid_stride(d.btc))
+        })?;
+
+        let (ti, hs) = (d.t, d.hs);
+        let (tt, ths) = (t * t, t * (c / nh));
+        let scale = 1.0 / ((c / nh) as f32).sqrt();
+        // datt (T,T) = dy v^T: datt^T = op_T(v^T (HS x T)) . dy^T (HS x T)
+        self.gemm_batched(
+            "attention_backward (datt = dy v^T)",
+            &d,
+            (CUBLAS_OP_T, CUBLAS_OP_N),
+            (ti, ti, hs),
+            1.0,
+            &v,
+            (hs, ths),
+            &dy,
+            (hs, ths),
+            datt,
+            (ti, tt),
+        )?;
+        // dv (T,HS) = att^T dy: dv^T (HS x T) = dy^T (HS x T) . op_T(att^T (T x T)); into v's space.
+        self.gemm_batched(
+            "attention_backward (dv = att^T dy)",
+            &d,
+            (CUBLAS_OP_N, CUBLAS_OP_T),
+            (hs, ti, ti),
+            1.0,
+            &dy,
+            (hs, ths),
+            att,
+            (ti, tt),
+            &mut v,
+            (hs, ths),
+        )?;
+
+        let bnh = d.bnh;
+        let mut lb = self
+            .stream
+            .launch_builder(&self.k.attention_softmax_backward);
+        lb.arg(&mut *dpreatt)
+            .arg(&mut *datt)
+            .arg(att)
+            .arg(&bnh)
+            .arg(&ti);
+        // SAFETY: the arguments match attention_softmax_backward; dpreatt, datt and att hold
+        // B*NH*T*T floats (checked); the kernel touches rows < B*NH*T of T floats.
+        launched("attention_softmax_backward", unsafe {
+            lb.launch(grid_1d((b * nh * t).div_ceil(ROWS_PER_BLOCK), BLOCK))
+        })?;
+
+        // dq (T,HS) = scale dpreatt k: dq^T = k^T (HS x T) . dpreatt^T (T x T); into dy's space.
+        self.gemm_batched(
+            "attention_backward (dq = dpreatt k)",
+            &d,
+            (CUBLAS_OP_N, CUBLAS_OP_N),
+            (hs, ti, ti),
+            scale,
+            &k,
+            (hs, ths),
+            &*dpreatt,
+            (ti, tt),
+            &mut dy,
+            (hs, ths),
+        )?;
+        // dk (T,HS) = scale dpreatt^T q: dk^T = q^T (HS x T) . op_T(dpreatt^T (T x T)).
+        self.gemm_batched(
+            "attention_backward (dk = dpreatt^T q)",
+            &d,
+            (CUBLAS_OP_N, CUBLAS_OP_T),
+            (hs, ti, ti),
+            scale,
+            &q,
+            (hs, ths),
+            &*dpreatt,
+            (ti, tt),
+            &mut dk,
+            (hs, ths),
+        )?;
+
+        let (dq, dk, dv) = (dy.as_view(), dk.as_view(), v.as_view());
+        let mut lb = self
+            .stream
+            .launch_builder(&self.k.attention_permute_backward);
+        lb.arg(dinp).arg(&dq).arg(&dk).arg(&dv);
+        lb.arg(&d.b).arg(&d.t).arg(&d.nh).arg(&d.hs);
+        // SAFETY: the arguments match attention_permute_backward (dinp, dq, dk, dv, ...); dq is
+        // in dy's space and dv in v's; each holds B*T*C floats and dinp B*T*3C (checked).
+        launched("attention_permute_backward", unsafe {
+            lb.launch(grid_stride(d.btc))
+        })
+    }
+
+    /// q, k, v (B,NH,T,HS) <- inp (B,T,3C).
+    fn permute(
+        &self,
+        kernel: &str,
+        q: &mut CudaViewMut<'_, f32>,
+        k: &mut CudaViewMut<'_, f32>,
+        v: &mut CudaViewMut<'_, f32>,
+        inp: &CudaView<'_, f32>,
+        d: &Dims,
+    ) -> Result<()> {
+        let mut lb = self.stream.launch_builder(&self.k.attention_permute);
+        lb.arg(q).arg(k).arg(v).arg(inp);
+        lb.arg(&d.b).arg(&d.t).arg(&d.nh).arg(&d.hs);
+        // SAFETY: the arguments match attention_permute in kernels/attention.cu; q, k, v each
+        // hold B*T*C floats (split from a checked scratch) and inp B*T*3C (checked by the caller).
+        launched("attention_permute", unsafe {
+            lb.launch(grid_stride(d.btc))
+        })
+        .map_err(|e| e.context(format!("in {kernel}")))
+    }
+}

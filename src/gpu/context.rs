@@ -1,0 +1,317 @@
+//! [`Gpu`]: the CUDA context, its stream, the cuBLAS handle and every kernel, set up once; plus
+//! host <-> device copies and the small checks every launcher shares.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use cudarc::cublas::{sys as cublas_sys, CudaBlas};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaViewMut, DevicePtr,
+    DevicePtrMut, DeviceRepr, DriverError, LaunchConfig, ValidAsZeroBits,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::ptx::{self, PtxFile};
+
+/// Threads per block of the elementwise and per-channel kernels.
+pub(super) const BLOCK: u32 = 256;
+
+/// Declares [`Kernels`], one `CudaFunction` field per kernel, and its loader: one module per
+/// kernel file, each function looked up by its `extern "C"` name.
+macro_rules! kernels {
+    ($($file:ident: [$($name:ident),* $(,)?]),* $(,)?) => {
+        /// Every kernel, by its name in `kernels/*.cu`.
+        pub(super) struct Kernels {
+            $($(pub(super) $name: CudaFunction,)*)*
+        }
+
+        impl Kernels {
+            fn load(ctx: &Arc<CudaContext>) -> Result<Kernels> {
+                $(
+                    let module = load_module(ctx, &ptx::$file)?;
+                    $(let $name = load_function(&module, &ptx::$file, stringify!($name))?;)*
+                )*
+                Ok(Kernels { $($($name,)*)* })
+            }
+        }
+    };
+}
+
+kernels! {
+    ADAMW: [adamw_kernel],
+    ATTENTION: [
+        attention_permute,
+        attention_permute_backward,
+        attention_unpermute,
+        attention_unpermute_backward,
+        attention_softmax_forward,
+        attention_softmax_backward,
+    ],
+    CLASSIFIER: [fused_classifier],
+    ENCODER: [encoder_forward, encoder_backward_wpe, encoder_backward_wte],
+    GELU: [gelu_forward, gelu_backward],
+    GLOBAL_NORM: [global_norm_partial, global_norm_final],
+    LAYERNORM: [
+        layernorm_forward,
+        layernorm_backward_dinp,
+        layernorm_backward_params_partial,
+        layernorm_backward_params_reduce,
+    ],
+    MATMUL: [add_bias, bias_backward_partial, column_sum_reduce],
+    RESIDUAL: [residual_forward, residual_backward],
+}
+
+fn load_module(ctx: &Arc<CudaContext>, f: &PtxFile) -> Result<Arc<CudaModule>> {
+    ctx.load_module(Ptx::from_src(f.ptx)).with_context(|| {
+        format!(
+            "loading the PTX of {} failed (built for {} by nvcc {}): the driver may be older than \
+             that nvcc, or the GPU older than that architecture",
+            f.file,
+            super::CUDA_ARCH.unwrap_or("?"),
+            super::NVCC_VERSION.unwrap_or("?"),
+        )
+    })
+}
+
+fn load_function(module: &Arc<CudaModule>, f: &PtxFile, name: &str) -> Result<CudaFunction> {
+    module
+        .load_function(name)
+        .with_context(|| format!("kernel {name} not found in the PTX of {}", f.file))
+}
+
+/// Runs `f`, turning a panic (cudarc panics when a driver symbol is missing, e.g. a driver older
+/// than CUDA 13) into an error.
+fn no_panic<T, E: std::fmt::Display>(f: impl FnOnce() -> Result<T, E>) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(x)) => Ok(x),
+        Ok(Err(e)) => Err(anyhow!("{e}")),
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".to_string());
+            Err(anyhow!("{msg}"))
+        }
+    }
+}
+
+/// The CUDA engine: one device, one stream, one cuBLAS handle, every kernel loaded.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    pub(super) stream: Arc<CudaStream>,
+    pub(super) blas: CudaBlas,
+    pub(super) k: Kernels,
+    tf32: bool,
+}
+
+impl Gpu {
+    /// The engine on device 0. See [`Gpu::new_on`].
+    pub fn new() -> Result<Gpu> {
+        Gpu::new_on(0)
+    }
+
+    /// The engine on device `ordinal`: creates the context and a stream, loads cuBLAS and every
+    /// kernel. Errors (never panics) when there is no driver, no device, no cuBLAS, or the PTX
+    /// does not load; a missing GPU gives an error starting with "no CUDA GPU available".
+    pub fn new_on(ordinal: usize) -> Result<Gpu> {
+        // SAFETY: only tries to dlopen the driver library under its usual names.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            bail!(
+                "no CUDA GPU available: the CUDA driver library (libcuda.so) could not be loaded; \
+                 is the NVIDIA driver installed?"
+            );
+        }
+        let count = no_panic(CudaContext::device_count)
+            .map_err(|e| anyhow!("no CUDA GPU available: the CUDA driver failed: {e}"))?;
+        if count <= 0 {
+            bail!("no CUDA GPU available: the CUDA driver sees no device");
+        }
+        if ordinal >= count as usize {
+            bail!("no CUDA GPU available: device {ordinal} requested, the driver sees {count}");
+        }
+        let ctx = no_panic(|| CudaContext::new(ordinal)).map_err(|e| {
+            anyhow!("no CUDA GPU available: could not open CUDA device {ordinal}: {e}")
+        })?;
+        // SAFETY: called before any buffer exists. The engine runs everything on its one stream,
+        // so there is no cross-stream use for cudarc's per-buffer events to order.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx
+            .new_stream()
+            .context("creating the CUDA stream failed")?;
+        // SAFETY: only tries to dlopen libcublas under its usual names.
+        if !unsafe { cudarc::cublas::sys::is_culib_present() } {
+            bail!(
+                "cuBLAS could not be loaded (libcublas.so.13 not found): install the CUDA 13 \
+                 cuBLAS (e.g. `pip install nvidia-cublas` and add its lib folder to \
+                 LD_LIBRARY_PATH)"
+            );
+        }
+        let blas = no_panic(|| CudaBlas::new(stream.clone()))
+            .context("creating the cuBLAS handle failed")?;
+        let k = Kernels::load(&ctx)?;
+        let mut gpu = Gpu {
+            ctx,
+            stream,
+            blas,
+            k,
+            tf32: false,
+        };
+        gpu.set_tf32(false)?;
+        Ok(gpu)
+    }
+
+    /// The device's name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn device_name(&self) -> Result<String> {
+        self.ctx.name().context("querying the device name failed")
+    }
+
+    /// The device's compute capability (major, minor).
+    pub fn compute_capability(&self) -> Result<(i32, i32)> {
+        self.ctx
+            .compute_capability()
+            .context("querying the compute capability failed")
+    }
+
+    /// The context (for allocations beyond the helpers here).
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// The stream every launcher runs on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Whether the cuBLAS matmuls may use TF32 tensor cores (10-bit mantissa inputs).
+    pub fn tf32(&self) -> bool {
+        self.tf32
+    }
+
+    /// Lets cuBLAS use TF32 tensor cores for the fp32 matmuls (`CUBLAS_TF32_TENSOR_OP_MATH`), or
+    /// not (`CUBLAS_DEFAULT_MATH`, full fp32: the default, what the CPU comparison needs).
+    pub fn set_tf32(&mut self, on: bool) -> Result<()> {
+        let mode = if on {
+            cublas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
+        } else {
+            cublas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH
+        };
+        // SAFETY: the handle is live (owned by self.blas); the call only sets a mode flag on it.
+        let status = unsafe { cublas_sys::cublasSetMathMode(*self.blas.handle(), mode) };
+        if status != cublas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+            bail!("cublasSetMathMode({mode:?}) failed: {status:?}");
+        }
+        self.tf32 = on;
+        Ok(())
+    }
+
+    /// Waits for every launched kernel and copy; reports any asynchronous error (a kernel fault
+    /// surfaces here, not at its launch).
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .context("CUDA error while running the GPU work queued on the stream")
+    }
+
+    /// A new device buffer holding a copy of `host`.
+    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        self.stream
+            .clone_htod(host)
+            .with_context(|| format!("copying {} elements to the GPU failed", host.len()))
+    }
+
+    /// Copies `host` into the device buffer `dst` (same length).
+    pub fn upload_into<T: DeviceRepr>(
+        &self,
+        host: &[T],
+        dst: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
+        if host.len() != dst.len() {
+            bail!(
+                "upload_into: host has {} elements, the device buffer {}",
+                host.len(),
+                dst.len()
+            );
+        }
+        self.stream
+            .memcpy_htod(host, dst)
+            .with_context(|| format!("copying {} elements to the GPU failed", host.len()))
+    }
+
+    /// A host copy of a device buffer (waits for the stream).
+    pub fn download<T: DeviceRepr>(&self, dev: &impl DevicePtr<T>) -> Result<Vec<T>> {
+        self.stream
+            .clone_dtoh(dev)
+            .with_context(|| format!("copying {} elements from the GPU failed", dev.len()))
+    }
+
+    /// A new zero-filled device buffer of `n` elements.
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<CudaSlice<T>> {
+        self.stream
+            .alloc_zeros(n)
+            .with_context(|| format!("allocating {n} elements on the GPU failed"))
+    }
+
+    /// Sets a device buffer to zero.
+    pub fn memset_zero(&self, dst: &mut CudaViewMut<'_, f32>) -> Result<()> {
+        self.stream
+            .memset_zeros(dst)
+            .context("zero-filling a GPU buffer failed")
+    }
+
+    /// A scratch buffer of `n` floats, stream-ordered (freed on the stream when dropped). Its
+    /// contents are undefined: every launcher that takes one writes each element before reading.
+    pub(super) fn scratch(&self, kernel: &str, n: usize) -> Result<CudaSlice<f32>> {
+        // SAFETY: the memory is uninitialised, but the callers write every element before any read
+        // (each caller's kernels cover the whole buffer).
+        unsafe { self.stream.alloc::<f32>(n) }
+            .with_context(|| format!("{kernel}: allocating {n} floats of scratch failed"))
+    }
+}
+
+/// `x` as a kernel's int argument, or an error naming the kernel and the dimension.
+pub(super) fn dim(kernel: &str, what: &str, x: usize) -> Result<i32> {
+    i32::try_from(x).map_err(|_| anyhow!("{kernel}: {what} = {x} does not fit a 32-bit int"))
+}
+
+/// An error unless the buffer `what` has exactly `expected` elements.
+pub(super) fn check_len(
+    kernel: &str,
+    what: &str,
+    len: usize,
+    expected: usize,
+    shape: &str,
+) -> Result<()> {
+    if len != expected {
+        bail!("{kernel}: {what} has {len} elements, expected {shape} = {expected}");
+    }
+    Ok(())
+}
+
+/// A launch of `n` work items in blocks of [`BLOCK`] threads for grid-stride kernels: enough blocks
+/// to cover `n`, capped (the loop covers the rest), at least one.
+pub(super) fn grid_stride(n: usize) -> LaunchConfig {
+    const MAX_BLOCKS: usize = 1 << 16;
+    let blocks = n.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A one-dimensional launch of `blocks` blocks of `threads` threads.
+pub(super) fn grid_1d(blocks: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// A launch result with the kernel named in its error.
+pub(super) fn launched<T>(kernel: &str, r: Result<T, DriverError>) -> Result<()> {
+    r.map(|_| ())
+        .map_err(|e| anyhow!("{kernel} launch failed: {e}"))
+}

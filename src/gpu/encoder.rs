@@ -1,0 +1,152 @@
+//! The token + position embedding on the GPU (`kernels/encoder.cu`); twin of `cpu::encoder`.
+
+use anyhow::{bail, Result};
+use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+
+use super::context::{check_len, dim, grid_1d, grid_stride, launched, Gpu, BLOCK};
+
+impl Gpu {
+    /// out (B,T,C) = wte (Vp,C) [inp (B,T)] + wpe (maxT,C) [t]. A token id >= Vp on the device
+    /// (which the host cannot check without a copy) gives NaN in that row, not a wild read.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encoder_forward(
+        &self,
+        out: &mut CudaViewMut<'_, f32>, // (B, T, C)
+        inp: &CudaView<'_, u32>,        // (B, T)
+        wte: &CudaView<'_, f32>,        // (Vp, C)
+        wpe: &CudaView<'_, f32>,        // (maxT, C)
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
+        const K: &str = "encoder_forward";
+        check_len(K, "out", out.len(), b * t * c, "B*T*C")?;
+        check_len(K, "inp", inp.len(), b * t, "B*T")?;
+        let vp = embedding_rows(K, "wte", wte.len(), c)?;
+        let maxt = embedding_rows(K, "wpe", wpe.len(), c)?;
+        if t > maxt {
+            bail!("{K}: T = {t} exceeds the {maxt} positions of wpe");
+        }
+        let (bi, ti, ci, vpi) = (
+            dim(K, "B", b)?,
+            dim(K, "T", t)?,
+            dim(K, "C", c)?,
+            dim(K, "Vp", vp)?,
+        );
+        dim(K, "B*T*C", b * t * c)?;
+        let mut lb = self.stream.launch_builder(&self.k.encoder_forward);
+        lb.arg(out).arg(inp).arg(wte).arg(wpe);
+        lb.arg(&bi).arg(&ti).arg(&ci).arg(&vpi);
+        // SAFETY: the arguments match encoder_forward's parameters in kernels/encoder.cu in type
+        // and order; out and inp have exactly B*T*C and B*T elements, wpe covers T rows, and token
+        // ids are checked against Vp (the rows of wte) inside the kernel: every access is in bounds.
+        launched(K, unsafe { lb.launch(grid_stride(b * t * c)) })
+    }
+
+    /// dwte (Vp,C) += dout rows by token, dwpe (maxT,C) += dout summed over the batch.
+    ///
+    /// Unlike the forward, `inp` is the HOST copy of the tokens (the same `&[u32]` as the CPU
+    /// twin's): for a deterministic dwte without atomics the host groups the positions by token
+    /// into buckets (positions ascending), uploads them, and one GPU thread per (bucket, channel)
+    /// adds its bucket's rows in position order. Each element of dwte and dwpe then receives its
+    /// terms in the CPU reference's order. Token ids >= Vp are an error.
+    #[allow(clippy::too_many_arguments)]
+    pub fn encoder_backward(
+        &self,
+        dwte: &mut CudaViewMut<'_, f32>, // (Vp, C)
+        dwpe: &mut CudaViewMut<'_, f32>, // (maxT, C)
+        dout: &CudaView<'_, f32>,        // (B, T, C)
+        inp: &[u32],                     // (B, T), on the host
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
+        const K: &str = "encoder_backward";
+        check_len(K, "dout", dout.len(), b * t * c, "B*T*C")?;
+        check_len(K, "inp", inp.len(), b * t, "B*T")?;
+        let vp = embedding_rows(K, "dwte", dwte.len(), c)?;
+        let maxt = embedding_rows(K, "dwpe", dwpe.len(), c)?;
+        if t > maxt {
+            bail!("{K}: T = {t} exceeds the {maxt} positions of dwpe");
+        }
+        if let Some((pos, &tok)) = inp.iter().enumerate().find(|&(_, &x)| x as usize >= vp) {
+            bail!("{K}: token id {tok} at position {pos} is not below Vp = {vp}");
+        }
+        if b * t == 0 || c == 0 {
+            return Ok(());
+        }
+        let (bi, ti, ci) = (dim(K, "B", b)?, dim(K, "T", t)?, dim(K, "C", c)?);
+        dim(K, "B*T*C", b * t * c)?;
+
+        // dwpe: one thread per (t, c), summing over b in order.
+        let mut lb = self.stream.launch_builder(&self.k.encoder_backward_wpe);
+        lb.arg(&mut *dwpe).arg(dout).arg(&bi).arg(&ti).arg(&ci);
+        // SAFETY: the arguments match encoder_backward_wpe in kernels/encoder.cu; the kernel
+        // touches dwpe[0..T*C) (T <= maxT checked) and dout[0..B*T*C) (length checked).
+        launched("encoder_backward_wpe", unsafe {
+            lb.launch(grid_1d((t * c).div_ceil(BLOCK as usize), BLOCK))
+        })?;
+
+        // dwte: buckets of positions by token.
+        let buckets = token_buckets(inp);
+        let num_buckets = (buckets.len() - 1 - inp.len()) / 2;
+        let dev_buckets = self.upload(&buckets)?;
+        let nb = dim(K, "the number of distinct tokens", num_buckets)?;
+        let mut lb = self.stream.launch_builder(&self.k.encoder_backward_wte);
+        lb.arg(dwte).arg(dout).arg(&dev_buckets).arg(&nb).arg(&ci);
+        let cfg = cudarc::driver::LaunchConfig {
+            grid_dim: (num_buckets as u32, c.div_ceil(BLOCK as usize) as u32, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match encoder_backward_wte in kernels/encoder.cu; the bucket list
+        // holds num_buckets tokens (each < Vp, checked above), num_buckets + 1 offsets into the
+        // position list and B*T positions (each < B*T), so dwte and dout are indexed in bounds.
+        launched("encoder_backward_wte", unsafe { lb.launch(cfg) })
+    }
+}
+
+/// The rows of an embedding table of `len` elements with `c` channels, or an error.
+fn embedding_rows(kernel: &str, what: &str, len: usize, c: usize) -> Result<usize> {
+    if c == 0 || !len.is_multiple_of(c) {
+        bail!("{kernel}: {what} has {len} elements, not a whole number of rows of C = {c}");
+    }
+    Ok(len / c)
+}
+
+/// The positions of `inp` grouped by token, laid out for encoder_backward_wte:
+/// `[tokens (nb) | starts (nb + 1) | positions (B*T)]`, buckets in ascending token order and the
+/// positions ascending within each bucket.
+pub(super) fn token_buckets(inp: &[u32]) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..inp.len() as u32).collect();
+    // Stable: equal tokens keep their ascending positions.
+    order.sort_by_key(|&i| inp[i as usize]);
+    let mut tokens = Vec::new();
+    let mut starts = Vec::new();
+    for (j, &i) in order.iter().enumerate() {
+        let tok = inp[i as usize];
+        if tokens.last() != Some(&tok) {
+            tokens.push(tok);
+            starts.push(j as u32);
+        }
+    }
+    starts.push(order.len() as u32);
+    let mut out = tokens;
+    out.extend_from_slice(&starts);
+    out.extend_from_slice(&order);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token_buckets;
+
+    #[test]
+    fn buckets_group_positions_by_token_in_order() {
+        // tokens:          pos 0  1  2  3  4  5
+        let b = token_buckets(&[7, 3, 7, 9, 3, 7]);
+        // 3 buckets: tokens 3, 7, 9; starts 0, 2, 5, 6; positions [1 4 | 0 2 5 | 3].
+        assert_eq!(b, vec![3, 7, 9, 0, 2, 5, 6, 1, 4, 0, 2, 5, 3]);
+        assert_eq!(token_buckets(&[]), vec![0]);
+    }
+}

@@ -1,0 +1,144 @@
+//! LayerNorm on the GPU (`kernels/layernorm.cu`); twin of `cpu::layernorm`.
+
+use anyhow::Result;
+use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+
+use super::context::{check_len, dim, grid_1d, launched, Gpu, BLOCK};
+
+/// Rows per block of the warp-per-row kernels (BLOCK / 32).
+const ROWS_PER_BLOCK: usize = BLOCK as usize / 32;
+
+/// Rows per chunk of the deterministic parameter-gradient reduction: each (chunk, channel) thread
+/// sums this many rows; grows only when N would need more than 65535 chunks (the grid's y limit).
+pub(super) fn rows_per_chunk(n: usize) -> usize {
+    64usize.max(n.div_ceil(65535))
+}
+
+impl Gpu {
+    /// out (B,T,C) = (inp - mean) * rstd * weight + bias over each row's C channels (eps 1e-5);
+    /// saves mean (B,T) and rstd (B,T) for the backward. One warp per row.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layernorm_forward(
+        &self,
+        out: &mut CudaViewMut<'_, f32>,  // (B, T, C)
+        mean: &mut CudaViewMut<'_, f32>, // (B, T)
+        rstd: &mut CudaViewMut<'_, f32>, // (B, T)
+        inp: &CudaView<'_, f32>,         // (B, T, C)
+        weight: &CudaView<'_, f32>,      // (C)
+        bias: &CudaView<'_, f32>,        // (C)
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
+        const K: &str = "layernorm_forward";
+        let n = b * t;
+        check_len(K, "out", out.len(), n * c, "B*T*C")?;
+        check_len(K, "mean", mean.len(), n, "B*T")?;
+        check_len(K, "rstd", rstd.len(), n, "B*T")?;
+        check_len(K, "inp", inp.len(), n * c, "B*T*C")?;
+        check_len(K, "weight", weight.len(), c, "C")?;
+        check_len(K, "bias", bias.len(), c, "C")?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (ni, ci) = (dim(K, "B*T", n)?, dim(K, "C", c)?);
+        let mut lb = self.stream.launch_builder(&self.k.layernorm_forward);
+        lb.arg(out)
+            .arg(mean)
+            .arg(rstd)
+            .arg(inp)
+            .arg(weight)
+            .arg(bias);
+        lb.arg(&ni).arg(&ci);
+        // SAFETY: the arguments match layernorm_forward in kernels/layernorm.cu; every buffer's
+        // length was checked against N = B*T and C, and the kernel touches rows < N only.
+        launched(K, unsafe {
+            lb.launch(grid_1d(n.div_ceil(ROWS_PER_BLOCK), BLOCK))
+        })
+    }
+
+    /// dinp (B,T,C) += the input gradient; dweight (C) += sum of dout * norm; dbias (C) += sum of
+    /// dout. The parameter gradients are reduced deterministically (per-chunk partial sums in a
+    /// scratch buffer, then the chunks in order), without atomics.
+    #[allow(clippy::too_many_arguments)]
+    pub fn layernorm_backward(
+        &self,
+        dinp: &mut CudaViewMut<'_, f32>,    // (B, T, C)
+        dweight: &mut CudaViewMut<'_, f32>, // (C)
+        dbias: &mut CudaViewMut<'_, f32>,   // (C)
+        dout: &CudaView<'_, f32>,           // (B, T, C)
+        inp: &CudaView<'_, f32>,            // (B, T, C)
+        weight: &CudaView<'_, f32>,         // (C)
+        mean: &CudaView<'_, f32>,           // (B, T)
+        rstd: &CudaView<'_, f32>,           // (B, T)
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
+        const K: &str = "layernorm_backward";
+        let n = b * t;
+        check_len(K, "dinp", dinp.len(), n * c, "B*T*C")?;
+        check_len(K, "dweight", dweight.len(), c, "C")?;
+        check_len(K, "dbias", dbias.len(), c, "C")?;
+        check_len(K, "dout", dout.len(), n * c, "B*T*C")?;
+        check_len(K, "inp", inp.len(), n * c, "B*T*C")?;
+        check_len(K, "weight", weight.len(), c, "C")?;
+        check_len(K, "mean", mean.len(), n, "B*T")?;
+        check_len(K, "rstd", rstd.len(), n, "B*T")?;
+        if n == 0 || c == 0 {
+            return Ok(());
+        }
+        let (ni, ci) = (dim(K, "B*T", n)?, dim(K, "C", c)?);
+        dim(K, "B*T*C", n * c)?;
+
+        let mut lb = self.stream.launch_builder(&self.k.layernorm_backward_dinp);
+        lb.arg(dinp)
+            .arg(dout)
+            .arg(inp)
+            .arg(weight)
+            .arg(mean)
+            .arg(rstd);
+        lb.arg(&ni).arg(&ci);
+        // SAFETY: the arguments match layernorm_backward_dinp in kernels/layernorm.cu; all
+        // lengths were checked against N and C; the kernel touches rows < N only.
+        launched("layernorm_backward_dinp", unsafe {
+            lb.launch(grid_1d(n.div_ceil(ROWS_PER_BLOCK), BLOCK))
+        })?;
+
+        let rpc = rows_per_chunk(n);
+        let chunks = n.div_ceil(rpc);
+        let mut partial = self.scratch(K, chunks * 2 * c)?;
+        let rpci = dim(K, "rows per chunk", rpc)?;
+        let chunksi = dim(K, "chunks", chunks)?;
+        let mut lb = self
+            .stream
+            .launch_builder(&self.k.layernorm_backward_params_partial);
+        lb.arg(&mut partial).arg(dout).arg(inp).arg(mean).arg(rstd);
+        lb.arg(&ni).arg(&ci).arg(&rpci);
+        let cfg = LaunchConfig {
+            grid_dim: (c.div_ceil(BLOCK as usize) as u32, chunks as u32, 1),
+            block_dim: (BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments match layernorm_backward_params_partial; partial holds
+        // chunks * 2C floats and the grid has exactly `chunks` rows of blocks, each thread writing
+        // its two entries (so all of partial is written); rows stay below N.
+        launched("layernorm_backward_params_partial", unsafe {
+            lb.launch(cfg)
+        })?;
+
+        let mut lb = self
+            .stream
+            .launch_builder(&self.k.layernorm_backward_params_reduce);
+        lb.arg(dweight)
+            .arg(dbias)
+            .arg(&partial)
+            .arg(&chunksi)
+            .arg(&ci);
+        // SAFETY: the arguments match layernorm_backward_params_reduce; partial was fully written
+        // by the launch above (same stream, so in order); dweight and dbias hold C floats.
+        launched("layernorm_backward_params_reduce", unsafe {
+            lb.launch(grid_1d(c.div_ceil(BLOCK as usize), BLOCK))
+        })
+    }
+}

@@ -1,0 +1,201 @@
+//! The CUDA kernels as built: every `kernels/*.cu` is embedded as PTX, every PTX assembles with
+//! ptxas for sm_80 (A100) and sm_90 (H100), every expected kernel is present by name, and the
+//! fp32 path was compiled without fast math. Needs no GPU: runs wherever the crate was built with
+//! nvcc (CI always is). A build WITHOUT kernels fails these tests unless TRAIN_GPT2_NO_CUDA=1 is
+//! set (the variable that also forces that build), so that a CI machine that lost its nvcc cannot
+//! pass silently.
+
+use train_gpt2_cuda::gpu;
+
+/// Every kernel file and the `extern "C"` kernels it must define. Deleting or renaming a kernel
+/// fails `every_expected_kernel_is_in_the_ptx`.
+const EXPECTED: &[(&str, &[&str])] = &[
+    ("kernels/adamw.cu", &["adamw_kernel"]),
+    (
+        "kernels/attention.cu",
+        &[
+            "attention_permute",
+            "attention_permute_backward",
+            "attention_unpermute",
+            "attention_unpermute_backward",
+            "attention_softmax_forward",
+            "attention_softmax_backward",
+        ],
+    ),
+    ("kernels/classifier.cu", &["fused_classifier"]),
+    (
+        "kernels/encoder.cu",
+        &[
+            "encoder_forward",
+            "encoder_backward_wpe",
+            "encoder_backward_wte",
+        ],
+    ),
+    ("kernels/gelu.cu", &["gelu_forward", "gelu_backward"]),
+    (
+        "kernels/global_norm.cu",
+        &["global_norm_partial", "global_norm_final"],
+    ),
+    (
+        "kernels/layernorm.cu",
+        &[
+            "layernorm_forward",
+            "layernorm_backward_dinp",
+            "layernorm_backward_params_partial",
+            "layernorm_backward_params_reduce",
+        ],
+    ),
+    (
+        "kernels/matmul.cu",
+        &["add_bias", "bias_backward_partial", "column_sum_reduce"],
+    ),
+    (
+        "kernels/residual.cu",
+        &["residual_forward", "residual_backward"],
+    ),
+];
+
+/// Ok(true) when the kernels are built; Ok(false) when they are not and TRAIN_GPT2_NO_CUDA=1 says
+/// that is expected; panics otherwise.
+fn kernels_built() -> bool {
+    if gpu::HAS_CUDA {
+        return true;
+    }
+    if std::env::var("TRAIN_GPT2_NO_CUDA").is_ok_and(|v| v == "1") {
+        eprintln!("TRAIN_GPT2_NO_CUDA=1: CPU-only build, PTX checks skipped");
+        return false;
+    }
+    panic!(
+        "this build has no CUDA kernels: nvcc was not found when it was built (run \
+         tools/setup-cuda.sh or set NVCC/CUDA_HOME, then rebuild); set TRAIN_GPT2_NO_CUDA=1 to \
+         accept a CPU-only build"
+    );
+}
+
+#[test]
+fn every_kernel_file_is_expected_here() {
+    // The .cu files on disk are exactly the files listed above: a new kernel file must be added to
+    // EXPECTED (and to gpu::ptx), a removed one removed.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".cu"))
+        .map(|n| format!("kernels/{n}"))
+        .collect();
+    on_disk.sort();
+    let expected: Vec<String> = EXPECTED.iter().map(|(f, _)| f.to_string()).collect();
+    assert_eq!(on_disk, expected);
+}
+
+#[cfg(has_cuda)]
+mod with_cuda {
+    use super::*;
+    use std::path::PathBuf;
+    use std::process::Command;
+
+    fn ptx_of(file: &str) -> &'static str {
+        gpu::ptx::ALL
+            .iter()
+            .find(|p| p.file == file)
+            .unwrap_or_else(|| panic!("{file} is not embedded in gpu::ptx::ALL"))
+            .ptx
+    }
+
+    fn ptxas() -> PathBuf {
+        let nvcc = PathBuf::from(gpu::BUILD_NVCC.expect("a has_cuda build records its nvcc"));
+        let ptxas = nvcc.with_file_name("ptxas");
+        assert!(
+            ptxas.is_file(),
+            "ptxas not found next to {} (expected {}): the PTX cannot be checked",
+            nvcc.display(),
+            ptxas.display()
+        );
+        ptxas
+    }
+
+    #[test]
+    fn every_ptx_assembles_for_sm80_and_sm90() {
+        assert!(kernels_built());
+        let ptxas = ptxas();
+        let dir = std::env::temp_dir().join(format!("train-gpt2-ptx-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert_eq!(gpu::ptx::ALL.len(), EXPECTED.len());
+        for f in gpu::ptx::ALL {
+            let name = f.file.trim_start_matches("kernels/").replace(".cu", "");
+            let src = dir.join(format!("{name}.ptx"));
+            std::fs::write(&src, f.ptx).unwrap();
+            for arch in ["sm_80", "sm_90"] {
+                let cubin = dir.join(format!("{name}.{arch}.cubin"));
+                let out = Command::new(&ptxas)
+                    .arg(format!("-arch={arch}"))
+                    .arg("-o")
+                    .arg(&cubin)
+                    .arg(&src)
+                    .output()
+                    .unwrap_or_else(|e| panic!("running {}: {e}", ptxas.display()));
+                assert!(
+                    out.status.success(),
+                    "ptxas -arch={arch} failed on the PTX of {}:\n{}{}",
+                    f.file,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let size = std::fs::metadata(&cubin).map(|m| m.len()).unwrap_or(0);
+                assert!(size > 0, "ptxas wrote no cubin for {} ({arch})", f.file);
+            }
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn every_expected_kernel_is_in_the_ptx() {
+        assert!(kernels_built());
+        for (file, names) in EXPECTED {
+            let ptx = ptx_of(file);
+            for name in *names {
+                assert!(
+                    ptx.contains(&format!(".entry {name}(")),
+                    "kernel {name} is missing from the PTX of {file}"
+                );
+            }
+            // And nothing else: every .entry in the file is one we launch.
+            let entries = ptx.matches(".entry ").count();
+            assert_eq!(
+                entries,
+                names.len(),
+                "{file} defines {entries} kernels, expected {names:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn fp32_kernels_are_compiled_without_fast_math() {
+        // --use_fast_math turns '/', sqrtf and tanhf into these approximate instructions; the
+        // accurate library versions never emit them (they may use rcp/ex2.approx internally).
+        for f in gpu::ptx::ALL {
+            for marker in ["div.approx", "div.full", "sqrt.approx", "tanh.approx"] {
+                assert!(
+                    !f.ptx.contains(marker),
+                    "{} was compiled with fast math ({marker} in its PTX)",
+                    f.file
+                );
+            }
+        }
+        // The AdamW kernel rounds every operation as the CPU twin does: no fused multiply-add.
+        assert!(!ptx_of("kernels/adamw.cu").contains("fma."));
+        // And the layer kernels were built for the virtual architecture the build says.
+        let arch = gpu::CUDA_ARCH.expect("a has_cuda build records its architecture");
+        let target = format!(".target {}", arch.replace("compute_", "sm_"));
+        for f in gpu::ptx::ALL {
+            assert!(f.ptx.contains(&target), "{} lacks `{target}`", f.file);
+        }
+    }
+}
+
+#[cfg(not(has_cuda))]
+#[test]
+fn kernels_are_built() {
+    // Fails in a CPU-only build unless TRAIN_GPT2_NO_CUDA=1 (see kernels_built).
+    assert!(!kernels_built());
+}

@@ -15,12 +15,14 @@ __device__ __forceinline__ void softmax_merge(float& m, float& s, float m2, floa
 
 // For each row (b, t) of logits (N,Vp), N = B*T, with p = softmax(logits[row, 0..V]):
 //   losses (N) [row] = -log p[target], computed as log(sum) - (x[target] - max);
-//   logits[row, i] <- (p_i - [i == target]) * dloss for i < V, and 0 for V <= i < Vp.
+//   logits[row, i] <- (p_i - [i == target]) * dloss for i < V, and 0 for V <= i < Vp,
+//   only when write_dlogits != 0 (with 0 it computes the losses and leaves the logits intact).
 // targets (N) must be < V; a bad target gives a NaN loss (and no one-hot term) instead of a wild
 // access. One block per row, blockDim.x a multiple of 32 (at most 1024); pass 1: each thread keeps an online
 // (max, sum of exp) over its strided columns, merged by a fixed tree (deterministic); pass 2 writes.
 extern "C" __global__ void __launch_bounds__(1024) fused_classifier(float* logits, float* losses, float dloss,
-                                            const unsigned int* targets, int N, int V, int Vp) {
+                                            const unsigned int* targets, int N, int V, int Vp,
+                                            int write_dlogits) {
     __shared__ float shared_m[32];
     __shared__ float shared_s[32];
     const int row = blockIdx.x;
@@ -72,6 +74,9 @@ extern "C" __global__ void __launch_bounds__(1024) fused_classifier(float* logit
     __syncthreads();
     if (threadIdx.x == 0) {
         losses[row] = target_ok ? logf(s) - (x_target - m) : __int_as_float(0x7fc00000);
+    }
+    if (!write_dlogits) {
+        return;
     }
     const float inv = 1.0f / s;
     for (int i = threadIdx.x; i < Vp; i += blockDim.x) {

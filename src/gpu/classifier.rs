@@ -30,23 +30,70 @@ impl Gpu {
         vp: usize,
     ) -> Result<()> {
         const K: &str = "fused_classifier";
-        if v == 0 || v > vp {
-            bail!("{K}: need 0 < V <= Vp, got V = {v}, Vp = {vp}");
-        }
-        let n = b * t;
-        check_len(K, "logits", logits.len(), n * vp, "B*T*Vp")?;
-        check_len(K, "losses", losses.len(), n, "B*T")?;
-        check_len(K, "targets", targets.len(), n, "B*T")?;
-        if n == 0 {
+        let Some((ni, vi, vpi)) = check(K, logits.len(), losses, targets, b, t, v, vp)? else {
             return Ok(());
-        }
-        let (ni, vi, vpi) = (dim(K, "B*T", n)?, dim(K, "V", v)?, dim(K, "Vp", vp)?);
+        };
+        let write_dlogits = 1i32;
         let mut lb = self.stream.launch_builder(&self.k.fused_classifier);
         lb.arg(logits).arg(losses).arg(&dloss).arg(targets);
-        lb.arg(&ni).arg(&vi).arg(&vpi);
+        lb.arg(&ni).arg(&vi).arg(&vpi).arg(&write_dlogits);
         // SAFETY: the arguments match fused_classifier in kernels/classifier.cu; one block per row
         // of Vp floats over N = B*T rows (lengths checked); targets are bounds-checked in the
         // kernel before use.
-        launched(K, unsafe { lb.launch(grid_1d(n, CLASSIFIER_THREADS)) })
+        launched(K, unsafe { lb.launch(grid_1d(b * t, CLASSIFIER_THREADS)) })
     }
+
+    /// The losses (B,T) alone: -ln softmax(logits)[target] per row, the logits left intact (the
+    /// forward half of [`Gpu::fused_classifier`]: the same kernel, the same numbers).
+    #[allow(clippy::too_many_arguments)]
+    pub fn classifier_losses(
+        &self,
+        logits: &CudaView<'_, f32>,        // (B, T, Vp)
+        losses: &mut CudaViewMut<'_, f32>, // (B, T)
+        targets: &CudaView<'_, u32>,       // (B, T)
+        b: usize,
+        t: usize,
+        v: usize,
+        vp: usize,
+    ) -> Result<()> {
+        const K: &str = "fused_classifier";
+        let Some((ni, vi, vpi)) = check(K, logits.len(), losses, targets, b, t, v, vp)? else {
+            return Ok(());
+        };
+        let (dloss, write_dlogits) = (0f32, 0i32);
+        let mut lb = self.stream.launch_builder(&self.k.fused_classifier);
+        lb.arg(logits).arg(losses).arg(&dloss).arg(targets);
+        lb.arg(&ni).arg(&vi).arg(&vpi).arg(&write_dlogits);
+        // SAFETY: as in fused_classifier; with write_dlogits = 0 the kernel only reads the logits.
+        launched(K, unsafe { lb.launch(grid_1d(b * t, CLASSIFIER_THREADS)) })
+    }
+}
+
+/// Checks the classifier's lengths; Some((N, V, Vp)) as kernel ints, or None when N = 0.
+#[allow(clippy::too_many_arguments)]
+fn check(
+    k: &str,
+    logits_len: usize,
+    losses: &CudaViewMut<'_, f32>,
+    targets: &CudaView<'_, u32>,
+    b: usize,
+    t: usize,
+    v: usize,
+    vp: usize,
+) -> Result<Option<(i32, i32, i32)>> {
+    if v == 0 || v > vp {
+        bail!("{k}: need 0 < V <= Vp, got V = {v}, Vp = {vp}");
+    }
+    let n = b * t;
+    check_len(k, "logits", logits_len, n * vp, "B*T*Vp")?;
+    check_len(k, "losses", losses.len(), n, "B*T")?;
+    check_len(k, "targets", targets.len(), n, "B*T")?;
+    if n == 0 {
+        return Ok(None);
+    }
+    Ok(Some((
+        dim(k, "B*T", n)?,
+        dim(k, "V", v)?,
+        dim(k, "Vp", vp)?,
+    )))
 }

@@ -37,6 +37,14 @@ pub trait Engine {
     fn logits(&mut self) -> Result<Vec<f32>>;
     /// The logits (Vp) at batch row `bi`, position `ti` of the last forward.
     fn position_logits(&mut self, bi: usize, ti: usize) -> Result<Vec<f32>>;
+    /// The device's peak TFLOP/s in the precision in use, when known (for MFU).
+    fn peak_tflops(&self) -> Option<f64> {
+        None
+    }
+    /// The most memory this engine has held on its device, in bytes, when known.
+    fn peak_memory_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl Engine for Gpt2Cpu {
@@ -84,6 +92,17 @@ impl Engine for Gpt2Cpu {
         let row = bi * t + ti;
         Ok(Gpt2Cpu::logits(self)[row * vp..(row + 1) * vp].to_vec())
     }
+    fn peak_memory_bytes(&self) -> Option<u64> {
+        host_peak_rss_bytes()
+    }
+}
+
+/// The process's peak resident memory (VmHWM in /proc/self/status), where Linux reports it.
+pub fn host_peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Builds the engine for `device` with the given parameters, its arenas sized for batches up to

@@ -16,6 +16,7 @@ pub mod data;
 pub mod engine;
 pub mod formats;
 pub mod gpu;
+pub mod mfu;
 pub mod params;
 pub mod prepro;
 pub mod rng;

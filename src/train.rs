@@ -6,6 +6,7 @@ use crate::cpu::adamw::AdamW;
 use crate::data::DataLoader;
 use crate::engine::Engine;
 use crate::formats::checkpoint::{read_checkpoint, write_checkpoint, CheckpointPrecision};
+use crate::mfu::mfu;
 use crate::sample::{generate, SampleOptions};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
@@ -97,6 +98,9 @@ pub struct TrainArgs {
     /// Use TF32 tensor cores for fp32 matrix products on the GPU.
     #[arg(long)]
     pub tf32: bool,
+    /// The device's peak TFLOP/s for the MFU column (default: from a table of A100, H100, H200).
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
 }
 
 /// The learning rate at step `step` (from 0) of `steps`: linear warm-up to `lr`, then cosine decay
@@ -148,6 +152,11 @@ impl TrainArgs {
         if !positive(self.eps) || !not_negative(self.weight_decay) || !not_negative(self.grad_clip)
         {
             bail!("--eps must be positive, --weight-decay and --grad-clip not negative");
+        }
+        if let Some(p) = self.peak_tflops {
+            if !(p > 0.0 && p.is_finite()) {
+                bail!("--peak-tflops must be a positive number, got {p}");
+            }
         }
         if self.val_batches == 0 {
             bail!("--val-batches must be at least 1");
@@ -228,6 +237,7 @@ pub fn train(args: &TrainArgs, engine: &mut dyn Engine) -> Result<TrainSummary> 
 
     let mut summary = TrainSummary::default();
     let tokens_per_step = (b * t * args.grad_accum) as f64;
+    let peak = args.peak_tflops.or_else(|| engine.peak_tflops());
     for step in 0..args.steps {
         let last = step + 1 == args.steps;
         if args.val_every > 0 && step % args.val_every == 0 {
@@ -267,8 +277,15 @@ pub fn train(args: &TrainArgs, engine: &mut dyn Engine) -> Result<TrainSummary> 
         };
         engine.update(&hp, step + 1, grad_scale)?;
         let secs = start.elapsed().as_secs_f64();
+        let mfu = match peak {
+            Some(p) => format!(
+                "{:.1}%",
+                100.0 * mfu(&cfg, t, tokens_per_step as usize, secs, p)
+            ),
+            None => "-".to_string(),
+        };
         println!(
-            "step {:>5}/{} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.3} | {:.1} ms | {:.0} tok/s",
+            "step {:>5}/{} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.3} | {:.1} ms | {:.0} tok/s | MFU {mfu}",
             step + 1,
             args.steps,
             secs * 1e3,
@@ -288,6 +305,10 @@ pub fn train(args: &TrainArgs, engine: &mut dyn Engine) -> Result<TrainSummary> 
     let val = evaluate(engine, &mut val_loader, val_batches)?;
     println!("val loss {val:.4}");
     summary.val_losses.push((args.steps, val));
+
+    if let Some(bytes) = engine.peak_memory_bytes() {
+        println!("peak memory: {:.1} MiB", bytes as f64 / (1 << 20) as f64);
+    }
 
     if args.sample_tokens > 0 {
         let tok = Tokenizer::gpt2()?;

@@ -1,0 +1,102 @@
+//! Model FLOPs utilisation: the FLOPs a training step needs by the model's arithmetic, against
+//! what the device could do at peak in the precision in use.
+//!
+//! FLOPs per token of a training step (forward + backward) = 6N + 6*L*C*T, where N is the number of
+//! parameters (the matrix products: 2 FLOPs per multiply-add, forward once and backward twice) and
+//! 6*L*C*T counts the attention products Q.K^T and att.V (llm.c's estimate; it counts the full T
+//! rather than the causal half).
+
+use crate::config::GPT2Config;
+
+/// The arithmetic the matrix products run in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// fp32 on the CUDA cores.
+    Fp32,
+    /// fp32 inputs through TF32 tensor cores.
+    Tf32,
+    /// bf16 tensor cores.
+    Bf16,
+}
+
+/// Dense (no sparsity) peak TFLOP/s from NVIDIA's data sheets: (name, fp32, tf32, bf16).
+pub const PEAK_TFLOPS: [(&str, f64, f64, f64); 4] = [
+    ("A100", 19.5, 156.0, 312.0),
+    ("H100 PCIe", 51.2, 378.0, 756.0),
+    ("H100", 66.9, 494.7, 989.4),
+    ("H200", 66.9, 494.7, 989.4),
+];
+
+/// The peak TFLOP/s of the GPU called `device_name` (as the driver names it, e.g. "NVIDIA H100
+/// 80GB HBM3") in `precision`, or None for a device not in the table.
+pub fn peak_tflops(device_name: &str, precision: Precision) -> Option<f64> {
+    let upper = device_name.to_uppercase();
+    let row = if upper.contains("H200") {
+        PEAK_TFLOPS[3]
+    } else if upper.contains("H100") && upper.contains("PCIE") {
+        PEAK_TFLOPS[1]
+    } else if upper.contains("H100") {
+        PEAK_TFLOPS[2]
+    } else if upper.contains("A100") {
+        PEAK_TFLOPS[0]
+    } else {
+        return None;
+    };
+    Some(match precision {
+        Precision::Fp32 => row.1,
+        Precision::Tf32 => row.2,
+        Precision::Bf16 => row.3,
+    })
+}
+
+/// FLOPs per token of one training step at sequence length T.
+pub fn flops_per_token(cfg: &GPT2Config, t: usize) -> f64 {
+    let n = crate::params::num_parameters(cfg) as f64;
+    6.0 * n + 6.0 * (cfg.num_layers * cfg.channels * t) as f64
+}
+
+/// The fraction of `peak_tflops` achieved by a step of `tokens` tokens (at sequence length T)
+/// that took `seconds`.
+pub fn mfu(cfg: &GPT2Config, t: usize, tokens: usize, seconds: f64, peak_tflops: f64) -> f64 {
+    let achieved = flops_per_token(cfg, t) * tokens as f64 / seconds;
+    achieved / (peak_tflops * 1e12)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpt2_124m_flops_and_mfu() {
+        let cfg = GPT2Config::from_descriptor("d12").unwrap();
+        // 6 * 124,475,904 + 6 * 12 * 768 * 1024
+        let f = flops_per_token(&cfg, 1024);
+        assert_eq!(f, 6.0 * 124_475_904.0 + 6.0 * 12.0 * 768.0 * 1024.0);
+        assert_eq!(f, 803_477_184.0);
+        // B=16, T=1024 in 100 ms on a 989.4 TFLOP/s part: 16384 * f / 0.1 / 989.4e12
+        let m = mfu(&cfg, 1024, 16 * 1024, 0.1, 989.4);
+        assert!((m - 16384.0 * 803_477_184.0 / 0.1 / 989.4e12).abs() < 1e-12);
+        assert!((m - 0.13305).abs() < 1e-4, "{m}");
+    }
+
+    #[test]
+    fn peaks_by_device_name() {
+        assert_eq!(
+            peak_tflops("NVIDIA H100 80GB HBM3", Precision::Bf16),
+            Some(989.4)
+        );
+        assert_eq!(
+            peak_tflops("NVIDIA H100 PCIe", Precision::Tf32),
+            Some(378.0)
+        );
+        assert_eq!(peak_tflops("NVIDIA H200", Precision::Fp32), Some(66.9));
+        assert_eq!(
+            peak_tflops("NVIDIA A100-SXM4-80GB", Precision::Bf16),
+            Some(312.0)
+        );
+        assert_eq!(
+            peak_tflops("NVIDIA GeForce RTX 4090", Precision::Bf16),
+            None
+        );
+    }
+}

@@ -70,16 +70,8 @@ pub fn matmul_forward(
         bt,
         oc,
         c,
-        Mat {
-            data: inp,
-            rs: c,
-            cs: 1,
-        },
-        Mat {
-            data: weight,
-            rs: 1,
-            cs: c,
-        },
+        Mat::new(inp, c, 1),
+        Mat::new(weight, 1, c),
         out,
         Init::Overwrite(bias),
     );
@@ -125,16 +117,8 @@ pub fn matmul_backward(
         bt,
         c,
         oc,
-        Mat {
-            data: dout,
-            rs: oc,
-            cs: 1,
-        },
-        Mat {
-            data: weight,
-            rs: c,
-            cs: 1,
-        },
+        Mat::new(dout, oc, 1),
+        Mat::new(weight, c, 1),
         dinp,
         Init::Accumulate,
     );
@@ -143,16 +127,8 @@ pub fn matmul_backward(
         oc,
         c,
         bt,
-        Mat {
-            data: dout,
-            rs: 1,
-            cs: oc,
-        },
-        Mat {
-            data: inp,
-            rs: c,
-            cs: 1,
-        },
+        Mat::new(dout, 1, oc),
+        Mat::new(inp, c, 1),
         dweight,
         Init::Accumulate,
     );
@@ -182,6 +158,12 @@ struct Mat<'a> {
     data: &'a [f32],
     rs: usize,
     cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    fn new(data: &'a [f32], rs: usize, cs: usize) -> Self {
+        Mat { data, rs, cs }
+    }
 }
 
 /// What the GEMM does with the C it is given.
@@ -782,16 +764,8 @@ mod tests {
                     m,
                     n,
                     k,
-                    Mat {
-                        data: &a,
-                        rs: k,
-                        cs: 1,
-                    },
-                    Mat {
-                        data: &bt,
-                        rs: 1,
-                        cs: k,
-                    },
+                    Mat::new(&a, k, 1),
+                    Mat::new(&bt, 1, k),
                     &mut c,
                     Init::Overwrite(Some(&bias)),
                 );
@@ -815,16 +789,8 @@ mod tests {
                     m,
                     n,
                     k,
-                    Mat {
-                        data: &at,
-                        rs: 1,
-                        cs: m,
-                    },
-                    Mat {
-                        data: &b,
-                        rs: n,
-                        cs: 1,
-                    },
+                    Mat::new(&at, 1, m),
+                    Mat::new(&b, n, 1),
                     &mut c2,
                     Init::Accumulate,
                 );

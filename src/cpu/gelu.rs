@@ -4,7 +4,7 @@
 //! Computed through the identity `0.5 * (1 + tanh(u)) = 1 / (1 + exp(-2u))`, i.e.
 //! `gelu(x) = x / (1 + exp(-2u))`, equal in exact arithmetic and better in fp32: for x << 0 the
 //! `1 + tanh(u)` form cancels (it keeps only ~|x| * 1e-7 of absolute accuracy, as PyTorch's does),
-//! the quotient does not. The exponential is a short polynomial ([`exp_f32`]) rather than a libm
+//! the quotient does not. The exponential is a short polynomial (`exp_f32`) rather than a libm
 //! call, so that the loops vectorise: libm's `tanhf` made this layer cost a third of the matmuls.
 
 use rayon::prelude::*;

@@ -23,9 +23,11 @@
 //! `((c0 + s_0) + s_1) + ...` with `s_i` the fp32 sum over the i-th block of KC terms and `c0` the
 //! bias (forward) or the gradient accumulated so far (backward). `dbias` sums in f64.
 //!
-//! Throughput (`examples/bench_matmul.rs`, d12 shapes at B*T = 256, one core of the 2-core
-//! Sapphire Rapids VM this was written on, shared with other jobs): 55 to 95 GFLOP/s per core with
-//! the AVX-512 kernel, whose own loop reaches about 114 GFLOP/s on data in L1.
+//! Throughput (`examples/bench_matmul.rs`, the d12 shapes at B*T = 256, on the 2-core Sapphire
+//! Rapids VM this was written on, shared with other jobs, so the figures wander): one thread,
+//! 75 to 100 GFLOP/s per shape and 85 to 90 GFLOP/s over a whole step's matmuls, against about
+//! 114 GFLOP/s for the AVX-512 kernel's own loop on data in L1; two threads, 75 to 115 GFLOP/s
+//! over a step (up to 175 GFLOP/s on one shape when the second core was free).
 
 // The signatures follow llm.c's (buffers, then dimensions), shared with the GPU launchers.
 #![allow(clippy::too_many_arguments)]
@@ -35,9 +37,9 @@ use rayon::prelude::*;
 /// Depth of a K block: a packed NR-column panel of B is KC * NR floats (32 KiB for NR = 32), meant
 /// to stay in L1 while the MR-row panels of A stream past it from L2.
 const KC: usize = 256;
-/// Most rows of C per job (the packed A block, MC * KC floats, stays in L2).
-const MC_MAX: usize = 256;
-/// Most and fewest columns of C per job (the packed B block is KC * NC floats).
+/// Fewest rows of C per job (unless C has fewer).
+const MC_MIN: usize = 48;
+/// Most and fewest columns of C per job (the packed B block, KC * NC floats, stays in L2).
 const NC_MAX: usize = 512;
 const NC_MIN: usize = 64;
 /// Most floats of shared packed operands held at once (64 MiB); see `gemm_driver`.
@@ -327,20 +329,29 @@ fn gemm_driver<const MR: usize, const NR: usize>(
         return;
     }
 
-    // Tile sizes: as large as the caches allow, but with enough jobs (about 4 per thread) that the
-    // threads finish together. Tile sizes decide only who computes an element, never its value.
+    // Tile sizes. Within a job, each A panel (MR x kc) stays in L1 while the job's B block
+    // (kc x nc, at most NC_MAX columns) stays in L2; the A panels stream past once, so mc needs no
+    // cache bound. Jobs: about 4 per thread, so that the threads finish together, made by cutting
+    // the dimension whose cut costs less: cutting N makes every column block read all of A,
+    // cutting M makes every row block read all of B. Tile sizes decide only who computes an
+    // element, never its value. mc and nc are multiples of MR and NR, so tiles start on panels.
     let threads = rayon::current_num_threads().max(1);
     let want_jobs = 4 * threads;
-    // mc and nc are multiples of MR and NR, so every job's tile starts at a panel boundary.
-    let mc = (MC_MAX / MR * MR).min(m.div_ceil(MR) * MR);
-    let m_blocks = m.div_ceil(mc);
-    let n_blocks_wanted = want_jobs.div_ceil(m_blocks);
-    let nc = n
-        .div_ceil(n_blocks_wanted)
-        .div_ceil(NR)
-        .saturating_mul(NR)
-        .clamp(NC_MIN.max(NR), NC_MAX / NR * NR);
-    let n_blocks = n.div_ceil(nc);
+    let nc_max = NC_MAX / NR * NR;
+    let nc_min = NC_MIN.max(NR);
+    let (m_blocks_wanted, n_blocks_wanted) = if m * k <= k * n {
+        let nb = n.div_ceil(nc_max).max(want_jobs.min(n.div_ceil(nc_min)));
+        (want_jobs.div_ceil(nb), nb)
+    } else {
+        (want_jobs, n.div_ceil(nc_max))
+    };
+    let nc = n.div_ceil(n_blocks_wanted).div_ceil(NR) * NR;
+    let mc = m
+        .div_ceil(m_blocks_wanted)
+        .div_ceil(MR)
+        .max(MC_MIN.div_ceil(MR))
+        * MR;
+    let (m_blocks, n_blocks) = (m.div_ceil(mc), n.div_ceil(nc));
     let jobs = m_blocks * n_blocks;
 
     // An operand that several jobs need (A when C has several column blocks, B when it has
@@ -466,8 +477,8 @@ fn gemm_driver<const MR: usize, const NR: usize>(
 }
 
 thread_local! {
-    /// Each thread's buffers for the parts of A and B that a job packs for itself (at most
-    /// MC_MAX x KC and KC x NC_MAX floats), kept between calls.
+    /// Each thread's buffers for the parts of A and B that a job packs for itself (mc x KC and
+    /// KC x NC_MAX floats at most), kept between calls.
     static PACK_BUFS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }

@@ -83,17 +83,17 @@ pub fn adamw_update(
 }
 
 /// `sqrt(sum of grads^2)`, accumulated in f64. Deterministic: fixed chunks summed in parallel,
-/// eight interleaved partial sums per chunk, the chunk sums added in order.
+/// sixteen interleaved partial sums per chunk, the chunk sums added in order.
 pub fn global_norm(grads: &[f32]) -> f32 {
     const NORM_CHUNK: usize = 1 << 16;
     let partial: Vec<f64> = grads
         .par_chunks(NORM_CHUNK)
         .map(|chunk| {
-            let mut acc = [0.0f64; 8];
-            let it = chunk.chunks_exact(8);
+            let mut acc = [0.0f64; 16];
+            let it = chunk.chunks_exact(16);
             let rest = it.remainder();
             for xs in it {
-                for j in 0..8 {
+                for j in 0..16 {
                     acc[j] += xs[j] as f64 * xs[j] as f64;
                 }
             }

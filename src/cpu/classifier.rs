@@ -9,7 +9,8 @@
 use rayon::prelude::*;
 
 /// Softmax over the first V entries of each row: `probs[i] = exp(logits[i] - max) / sum`, with the
-/// sum accumulated in f64; `probs[V..Vp] = 0`.
+/// sum accumulated in f64 and applied as a multiplication by its reciprocal (as PyTorch's CPU
+/// softmax); `probs[V..Vp] = 0`.
 pub fn softmax_forward(
     probs: &mut [f32], // (B, T, Vp)
     logits: &[f32],    // (B, T, Vp)
@@ -37,12 +38,10 @@ pub fn softmax_forward(
         .zip(logits.par_chunks(vp))
         .for_each(|(p, l)| {
             let maxval = l[..v].iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let mut sum = 0.0f64;
             for (pi, &li) in p[..v].iter_mut().zip(&l[..v]) {
                 *pi = (li - maxval).exp();
-                sum += *pi as f64;
             }
-            let inv = (1.0 / sum) as f32;
+            let inv = (1.0 / sum_f64(&p[..v])) as f32;
             for pi in &mut p[..v] {
                 *pi *= inv;
             }
@@ -132,6 +131,23 @@ pub fn crossentropy_softmax_backward(
                 *d += (pi - indicator) * dloss;
             }
         });
+}
+
+/// The f64 sum of `x` in eight interleaved partial sums (which vectorise and overlap, unlike one
+/// running sum), combined in a fixed order.
+fn sum_f64(x: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for xs in chunks {
+        for j in 0..8 {
+            acc[j] += xs[j] as f64;
+        }
+    }
+    for (a, &x) in acc.iter_mut().zip(rest) {
+        *a += x as f64;
+    }
+    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
 }
 
 fn check_targets(what: &str, targets: &[u32], limit: usize) {

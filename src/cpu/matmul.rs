@@ -1,23 +1,33 @@
 //! Matmul, the layer that dominates the CPU path: `out = inp @ weight^T + bias`, and its backward
 //! (`dinp += dout @ weight`, `dweight += dout^T @ inp`, `dbias += sum over B*T of dout`).
 //!
-//! All three products go through one cache-blocked GEMM, `C += A @ B`, with A and B read through
+//! All three products go through one cache-blocked GEMM, `C += A @ B`, which reads A and B through
 //! strides, so that no transpose is ever materialised:
-//! - the output C is cut into tiles of at most MC x NC; each tile is one rayon job, owned by one
-//!   thread, and runs over the whole K dimension in blocks of KC. Every element of C therefore sums
-//!   its K terms in the same order whatever the number of threads: the results (weight gradients
-//!   included) are bitwise reproducible run to run and independent of the thread count.
-//! - per K block, the job packs its rows of A into MR-row panels and its columns of B into NR-column
-//!   panels (zero-padded at the edges), so the micro-kernel reads both with unit stride.
+//! - C is cut into tiles of at most MC x NC; each tile is one rayon job, owned by one thread, and
+//!   its K terms are added in blocks of KC, in order. Every element of C is thus computed in the
+//!   same order whatever the number of threads: the results (the weight gradients included) are
+//!   bitwise reproducible from run to run and independent of the thread count and tile sizes.
+//! - per K block, A is packed into MR-row panels and B into NR-column panels (zero-padded at the
+//!   edges) so that the micro-kernel reads both with unit stride. The operand several jobs need is
+//!   packed once for all of them (the input of the forward, the input of dweight, dlogits for
+//!   dinp); the other is packed by each job for itself, once.
 //! - the micro-kernel keeps an MR x NR tile of accumulators in registers and, for each k, adds the
 //!   outer product of an MR-column of A and an NR-row of B: plain Rust loops with constant bounds
-//!   that LLVM unrolls and vectorises. It is compiled three times and picked at run time: AVX-512 +
-//!   FMA (MR x NR = 12 x 32), AVX2 + FMA (6 x 16), and the baseline target (4 x 8: SSE2 on x86_64,
-//!   NEON on aarch64), so the crate needs no `-C target-cpu` flag. With FMA each product-add is
-//!   rounded once, without it twice; either way accumulation is plain fp32, in blocks of KC.
+//!   that LLVM unrolls and vectorises (checked in the assembly: 24 `vfmadd231ps` on zmm registers
+//!   per k, no spills). It is compiled three times and picked at run time: AVX-512 + FMA (MR x NR
+//!   = 12 x 32), AVX2 + FMA (6 x 16) and the baseline target (4 x 8: SSE2 on x86_64, NEON on
+//!   aarch64), so the crate needs no `-C target-cpu` flag. With FMA each product-add rounds once,
+//!   without it twice; either way the accumulation is plain fp32, in blocks of KC.
 //!
-//! `C += A @ B` adds each K block's partial sum to C (the bias, for the forward, is written first),
-//! so an element of C is `((c0 + s_0) + s_1) + ...` with `s_i` the fp32 sum over the i-th K block.
+//! Numerics: C gets each K block's partial sum in turn, so an element of C is
+//! `((c0 + s_0) + s_1) + ...` with `s_i` the fp32 sum over the i-th block of KC terms and `c0` the
+//! bias (forward) or the gradient accumulated so far (backward). `dbias` sums in f64.
+//!
+//! Throughput (`examples/bench_matmul.rs`, the d12 shapes at B*T = 256, on the 2-core Sapphire
+//! Rapids VM this was written on, shared with other jobs, so the figures wander): one thread,
+//! 75 to 100 GFLOP/s per shape and 85 to 90 GFLOP/s over a whole step's matmuls, against about
+//! 114 GFLOP/s for the AVX-512 kernel's own loop on data in L1; two threads, 75 to 115 GFLOP/s
+//! over a step (up to 175 GFLOP/s on one shape when the second core was free).
 
 // The signatures follow llm.c's (buffers, then dimensions), shared with the GPU launchers.
 #![allow(clippy::too_many_arguments)]
@@ -27,11 +37,13 @@ use rayon::prelude::*;
 /// Depth of a K block: a packed NR-column panel of B is KC * NR floats (32 KiB for NR = 32), meant
 /// to stay in L1 while the MR-row panels of A stream past it from L2.
 const KC: usize = 256;
-/// Most rows of C per job (the packed A block, MC * KC floats, stays in L2).
-const MC_MAX: usize = 256;
-/// Most and fewest columns of C per job (the packed B block is KC * NC floats).
+/// Fewest rows of C per job (unless C has fewer).
+const MC_MIN: usize = 48;
+/// Most and fewest columns of C per job (the packed B block, KC * NC floats, stays in L2).
 const NC_MAX: usize = 512;
 const NC_MIN: usize = 64;
+/// Most floats of shared packed operands held at once (64 MiB); see `gemm_driver`.
+const SHARED_MAX: usize = 1 << 24;
 
 /// Forward: `out = inp @ weight^T + bias` (bias optional).
 pub fn matmul_forward(
@@ -60,16 +72,8 @@ pub fn matmul_forward(
         bt,
         oc,
         c,
-        Mat {
-            data: inp,
-            rs: c,
-            cs: 1,
-        },
-        Mat {
-            data: weight,
-            rs: 1,
-            cs: c,
-        },
+        Mat::new(inp, c, 1),
+        Mat::new(weight, 1, c),
         out,
         Init::Overwrite(bias),
     );
@@ -115,16 +119,8 @@ pub fn matmul_backward(
         bt,
         c,
         oc,
-        Mat {
-            data: dout,
-            rs: oc,
-            cs: 1,
-        },
-        Mat {
-            data: weight,
-            rs: c,
-            cs: 1,
-        },
+        Mat::new(dout, oc, 1),
+        Mat::new(weight, c, 1),
         dinp,
         Init::Accumulate,
     );
@@ -133,16 +129,8 @@ pub fn matmul_backward(
         oc,
         c,
         bt,
-        Mat {
-            data: dout,
-            rs: 1,
-            cs: oc,
-        },
-        Mat {
-            data: inp,
-            rs: c,
-            cs: 1,
-        },
+        Mat::new(dout, 1, oc),
+        Mat::new(inp, c, 1),
         dweight,
         Init::Accumulate,
     );
@@ -172,6 +160,12 @@ struct Mat<'a> {
     data: &'a [f32],
     rs: usize,
     cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    fn new(data: &'a [f32], rs: usize, cs: usize) -> Self {
+        Mat { data, rs, cs }
+    }
 }
 
 /// What the GEMM does with the C it is given.
@@ -226,25 +220,57 @@ fn available_isas() -> Vec<Isa> {
 
 /// `C (M, N) op= A (M, K) @ B (K, N)`, C row-major and contiguous; see the file comment.
 fn gemm(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], init: Init) {
-    gemm_isa(best_isa(), m, n, k, a, b, c, init)
+    gemm_isa(best_isa(), SHARED_MAX, m, n, k, a, b, c, init)
 }
 
-fn gemm_isa(isa: Isa, m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], init: Init) {
+/// `gemm` with a given micro-kernel and limit on shared packs (the unit tests vary both).
+#[allow(clippy::too_many_arguments)]
+fn gemm_isa(
+    isa: Isa,
+    shared_max: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Mat,
+    b: Mat,
+    c: &mut [f32],
+    init: Init,
+) {
     match isa {
         // The kernels are `unsafe fn`s because they are compiled with target features; `best_isa`
         // and `available_isas` only name an ISA after checking the CPU has its features.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => gemm_driver::<12, 32>(x86::kernel_avx512, m, n, k, a, b, c, init),
+        Isa::Avx512 => {
+            gemm_driver::<12, 32>(x86::kernel_avx512, shared_max, m, n, k, a, b, c, init)
+        }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => gemm_driver::<6, 16>(x86::kernel_avx2, m, n, k, a, b, c, init),
-        Isa::Baseline => gemm_driver::<4, 8>(kernel_baseline, m, n, k, a, b, c, init),
+        Isa::Avx2 => gemm_driver::<6, 16>(x86::kernel_avx2, shared_max, m, n, k, a, b, c, init),
+        Isa::Baseline => gemm_driver::<4, 8>(kernel_baseline, shared_max, m, n, k, a, b, c, init),
     }
 }
 
-/// A micro-kernel: `out = sum over p < kc of outer(a[p*MR..][..MR], b[p*NR..][..NR])`, with `a` an
-/// MR-row panel and `b` an NR-column panel, both packed (see [`pack_a`], [`pack_b`]).
-type Kernel<const MR: usize, const NR: usize> =
-    unsafe fn(kc: usize, a: &[f32], b: &[f32], out: &mut [[f32; NR]; MR]);
+/// How a micro-kernel writes its result into C.
+#[derive(Clone, Copy)]
+enum Store<'a> {
+    /// `C += acc`.
+    Add,
+    /// `C = bias + acc`, with `bias` the tile's columns (`C = acc` when None).
+    Set(Option<&'a [f32]>),
+}
+
+/// A micro-kernel: `acc = sum over p < kc of outer(a[p*MR..][..MR], b[p*NR..][..NR])`, with `a`
+/// an MR-row panel and `b` an NR-column panel, both packed (see [`pack_a`], [`pack_b`]); then
+/// stores the top-left `rows x cols` of acc into C at `c` (row stride `ldc`) as `store` says.
+type Kernel<const MR: usize, const NR: usize> = unsafe fn(
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    store: Store,
+);
 
 /// A raw pointer to C that jobs share; each job writes only its own tile.
 #[derive(Clone, Copy)]
@@ -261,8 +287,10 @@ unsafe impl Send for CPtr {}
 // SAFETY: as above: shared between jobs, but no two jobs touch the same element.
 unsafe impl Sync for CPtr {}
 
+#[allow(clippy::too_many_arguments)]
 fn gemm_driver<const MR: usize, const NR: usize>(
     kernel: Kernel<MR, NR>,
+    shared_max: usize,
     m: usize,
     n: usize,
     k: usize,
@@ -275,8 +303,8 @@ fn gemm_driver<const MR: usize, const NR: usize>(
     if m == 0 || n == 0 {
         return;
     }
-    // Bounds of the strided reads, checked once here so that packing can index freely (it still
-    // bounds-checks, but these asserts give the error a name).
+    // Bounds of the strided reads, checked once here so that a failure has a name (packing
+    // indexes safe slices and would panic anyway).
     assert!(
         k == 0 || (m - 1) * a.rs + (k - 1) * a.cs < a.data.len(),
         "gemm: A is too short"
@@ -301,80 +329,158 @@ fn gemm_driver<const MR: usize, const NR: usize>(
         return;
     }
 
-    // Tile sizes: as large as the caches allow, but with enough jobs (about 4 per thread) that the
-    // threads finish together. Tile sizes decide only who computes an element, never its value.
+    // Tile sizes. Within a job, each A panel (MR x kc) stays in L1 while the job's B block
+    // (kc x nc, at most NC_MAX columns) stays in L2; the A panels stream past once, so mc needs no
+    // cache bound. Jobs: about 4 per thread, so that the threads finish together, made by cutting
+    // the dimension whose cut costs less: cutting N makes every column block read all of A,
+    // cutting M makes every row block read all of B. Tile sizes decide only who computes an
+    // element, never its value. mc and nc are multiples of MR and NR, so tiles start on panels.
     let threads = rayon::current_num_threads().max(1);
     let want_jobs = 4 * threads;
-    let mc = MC_MAX.min(m.div_ceil(MR) * MR);
-    let m_blocks = m.div_ceil(mc);
-    let n_blocks_wanted = want_jobs.div_ceil(m_blocks);
-    let nc = n
-        .div_ceil(n_blocks_wanted)
-        .div_ceil(NR)
-        .max(1)
-        .saturating_mul(NR)
-        .clamp(NC_MIN.max(NR), NC_MAX);
-    let n_blocks = n.div_ceil(nc);
+    let nc_max = NC_MAX / NR * NR;
+    let nc_min = NC_MIN.max(NR);
+    let (m_blocks_wanted, n_blocks_wanted) = if m * k <= k * n {
+        let nb = n.div_ceil(nc_max).max(want_jobs.min(n.div_ceil(nc_min)));
+        (want_jobs.div_ceil(nb), nb)
+    } else {
+        (want_jobs, n.div_ceil(nc_max))
+    };
+    let nc = n.div_ceil(n_blocks_wanted).div_ceil(NR) * NR;
+    let mc = m
+        .div_ceil(m_blocks_wanted)
+        .div_ceil(MR)
+        .max(MC_MIN.div_ceil(MR))
+        * MR;
+    let (m_blocks, n_blocks) = (m.div_ceil(mc), n.div_ceil(nc));
     let jobs = m_blocks * n_blocks;
 
+    // An operand that several jobs need (A when C has several column blocks, B when it has
+    // several row blocks) is packed once, in parallel, before the jobs; otherwise each job packs
+    // its own part. If the shared packs of all of K fit in `shared_max` floats, they are made up
+    // front and each job runs through all K blocks of its tile (the tile of C stays in cache).
+    // Otherwise (a long K, as dinp += dlogits @ wte) the K blocks run one after another, each
+    // with its own shared packs and its own parallel section over the jobs.
+    let (m_pad, n_pad) = (m.div_ceil(MR) * MR, n.div_ceil(NR) * NR);
+    let (share_a, share_b) = (n_blocks > 1, m_blocks > 1);
+    let shared_per_k = share_a as usize * m_pad + share_b as usize * n_pad;
+    let k_inner = shared_per_k * k <= shared_max;
+    let depth = if k_inner { k } else { KC.min(k) };
+    let mut a_shared = vec![0.0f32; if share_a { m_pad * depth } else { 0 }];
+    let mut b_shared = vec![0.0f32; if share_b { n_pad * depth } else { 0 }];
+    // Packs K blocks p_begin.. (as many as the buffers hold) of the shared operands, block after
+    // block: block p0 at (p0 - p_begin) * m_pad, its panel r at r * MR * kc.
+    let pack_shared = |a_shared: &mut [f32], b_shared: &mut [f32], p_begin: usize| {
+        if share_a {
+            a_shared
+                .par_chunks_mut(KC * m_pad)
+                .enumerate()
+                .for_each(|(q, blk)| {
+                    let (p0, kc) = (p_begin + q * KC, blk.len() / m_pad);
+                    blk.par_chunks_mut(MR * kc)
+                        .with_min_len(8)
+                        .enumerate()
+                        .for_each(|(r, panel)| {
+                            pack_a::<MR>(panel, a, r * MR, MR.min(m - r * MR), p0, kc)
+                        });
+                });
+        }
+        if share_b {
+            b_shared
+                .par_chunks_mut(KC * n_pad)
+                .enumerate()
+                .for_each(|(q, blk)| {
+                    let (p0, kc) = (p_begin + q * KC, blk.len() / n_pad);
+                    blk.par_chunks_mut(NR * kc)
+                        .with_min_len(8)
+                        .enumerate()
+                        .for_each(|(s, panel)| {
+                            pack_b::<NR>(panel, b, p0, kc, s * NR, NR.min(n - s * NR))
+                        });
+                });
+        }
+    };
     let cptr = CPtr(c.as_mut_ptr());
-    (0..jobs).into_par_iter().for_each_init(
-        || (Vec::<f32>::new(), Vec::<f32>::new()),
-        |(apack, bpack), job| {
-            let (ib, jb) = (job / n_blocks, job % n_blocks);
-            let (i0, j0) = (ib * mc, jb * nc);
-            let (mcur, ncur) = (mc.min(m - i0), nc.min(n - j0));
-            let (mpanels, npanels) = (mcur.div_ceil(MR), ncur.div_ceil(NR));
-            let mut tile = [[0.0f32; NR]; MR];
-            for p0 in (0..k).step_by(KC) {
-                let kc = KC.min(k - p0);
-                apack.resize(mpanels * MR * kc, 0.0);
-                bpack.resize(npanels * NR * kc, 0.0);
-                pack_a::<MR>(apack, a, i0, mcur, p0, kc);
-                pack_b::<NR>(bpack, b, p0, kc, j0, ncur);
-                let first = p0 == 0;
+    // One job's work on one K block; `a_blk` / `b_blk` are that block of the shared packs.
+    let tile_block = |job: usize, p0: usize, a_blk: Option<&[f32]>, b_blk: Option<&[f32]>| {
+        let kc = KC.min(k - p0);
+        let (ib, jb) = (job / n_blocks, job % n_blocks);
+        let (i0, j0) = (ib * mc, jb * nc);
+        let (mcur, ncur) = (mc.min(m - i0), nc.min(n - j0));
+        let (mpanels, npanels) = (mcur.div_ceil(MR), ncur.div_ceil(NR));
+        PACK_BUFS.with_borrow_mut(|(abuf, bbuf)| {
+            // Panel i0 / MR of a shared block starts at i0 * kc (likewise j0 / NR).
+            let apack: &[f32] = match a_blk {
+                Some(blk) => &blk[i0 * kc..][..mpanels * MR * kc],
+                None => {
+                    abuf.resize(mpanels * MR * kc, 0.0);
+                    pack_a::<MR>(abuf, a, i0, mcur, p0, kc);
+                    abuf
+                }
+            };
+            let bpack: &[f32] = match b_blk {
+                Some(blk) => &blk[j0 * kc..][..npanels * NR * kc],
+                None => {
+                    bbuf.resize(npanels * NR * kc, 0.0);
+                    pack_b::<NR>(bbuf, b, p0, kc, j0, ncur);
+                    bbuf
+                }
+            };
+            // The A panel (MR x kc) stays in L1 while the B panels of the tile stream past.
+            for (r, apanel) in apack.chunks_exact(MR * kc).enumerate() {
+                let ii0 = i0 + r * MR;
+                let rows = MR.min(i0 + mcur - ii0);
                 for (s, bpanel) in bpack.chunks_exact(NR * kc).enumerate() {
                     let jj0 = j0 + s * NR;
                     let cols = NR.min(j0 + ncur - jj0);
-                    for (r, apanel) in apack.chunks_exact(MR * kc).enumerate() {
-                        let ii0 = i0 + r * MR;
-                        let rows = MR.min(i0 + mcur - ii0);
-                        // SAFETY: `kernel` was chosen by `gemm_isa` after a run-time check that
-                        // this CPU has the target features it was compiled for.
-                        unsafe { kernel(kc, apanel, bpanel, &mut tile) };
-                        for (ii, acc) in tile.iter().enumerate().take(rows) {
-                            // SAFETY: rows ii0..ii0+rows and columns jj0..jj0+cols lie inside this
-                            // job's tile (i0..i0+mcur, j0..j0+ncur), which lies inside C (M x N,
-                            // length checked above). Jobs' tiles are disjoint and `c` is mutably
-                            // borrowed for the whole parallel section, so no other reference to
-                            // these elements exists while this slice lives.
-                            let crow = unsafe {
-                                std::slice::from_raw_parts_mut(
-                                    cptr.get().add((ii0 + ii) * n + jj0),
-                                    cols,
-                                )
-                            };
-                            let acc = &acc[..cols];
-                            match (first, init) {
-                                (true, Init::Overwrite(Some(bias))) => {
-                                    let bias = &bias[jj0..jj0 + cols];
-                                    for ((cv, &x), &bv) in crow.iter_mut().zip(acc).zip(bias) {
-                                        *cv = bv + x;
-                                    }
-                                }
-                                (true, Init::Overwrite(None)) => crow.copy_from_slice(acc),
-                                _ => {
-                                    for (cv, &x) in crow.iter_mut().zip(acc) {
-                                        *cv += x;
-                                    }
-                                }
-                            }
+                    let store = match init {
+                        Init::Overwrite(bias) if p0 == 0 => {
+                            Store::Set(bias.map(|bias| &bias[jj0..jj0 + cols]))
                         }
+                        _ => Store::Add,
+                    };
+                    // SAFETY: `kernel` was chosen by `gemm_isa` after a run-time check that this
+                    // CPU has the target features it was compiled for. The rows x cols block at
+                    // (ii0, jj0) lies inside this job's tile (i0..i0+mcur, j0..j0+ncur), inside
+                    // C (M x N, row stride n, length checked above); jobs' tiles are disjoint
+                    // and `c` is mutably borrowed for the whole parallel section, so nothing
+                    // else reads or writes these elements.
+                    unsafe {
+                        let cblock = cptr.get().add(ii0 * n + jj0);
+                        kernel(kc, apanel, bpanel, cblock, n, rows, cols, store);
                     }
                 }
             }
-        },
-    );
+        });
+    };
+    if k_inner {
+        pack_shared(&mut a_shared, &mut b_shared, 0);
+        let (a_all, b_all) = (&a_shared[..], &b_shared[..]);
+        (0..jobs).into_par_iter().for_each(|job| {
+            for p0 in (0..k).step_by(KC) {
+                let a_blk = share_a.then(|| &a_all[p0 * m_pad..]);
+                let b_blk = share_b.then(|| &b_all[p0 * n_pad..]);
+                tile_block(job, p0, a_blk, b_blk);
+            }
+        });
+    } else {
+        for p0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - p0);
+            let a_blk = &mut a_shared[..share_a as usize * m_pad * kc];
+            let b_blk = &mut b_shared[..share_b as usize * n_pad * kc];
+            pack_shared(&mut a_blk[..], &mut b_blk[..], p0);
+            let (a_blk, b_blk) = (&*a_blk, &*b_blk);
+            (0..jobs).into_par_iter().for_each(|job| {
+                tile_block(job, p0, share_a.then_some(a_blk), share_b.then_some(b_blk));
+            });
+        }
+    }
+}
+
+thread_local! {
+    /// Each thread's buffers for the parts of A and B that a job packs for itself (mc x KC and
+    /// KC x NC_MAX floats at most), kept between calls.
+    static PACK_BUFS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Packs rows i0..i0+mc, columns p0..p0+kc of A into MR-row panels: panel r holds, for each p,
@@ -384,26 +490,24 @@ fn pack_a<const MR: usize>(dst: &mut [f32], a: Mat, i0: usize, mc: usize, p0: us
         let rows = MR.min(mc - r * MR);
         let base = (i0 + r * MR) * a.rs + p0 * a.cs;
         if a.cs == 1 {
-            // Rows of A are contiguous: read along each row.
-            for ii in 0..MR {
-                if ii < rows {
-                    let src = &a.data[base + ii * a.rs..][..kc];
-                    for (p, &x) in src.iter().enumerate() {
-                        panel[p * MR + ii] = x;
-                    }
+            // Rows of A are contiguous: a transpose.
+            transpose_into(panel, MR, &a.data[base..], a.rs, rows, kc);
+        } else if a.rs == 1 {
+            // Columns of A are contiguous (A is a transpose): copy MR values per column.
+            for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
+                let src = &a.data[base + p * a.cs..];
+                if rows == MR {
+                    dst.copy_from_slice(&src[..MR]);
                 } else {
-                    for p in 0..kc {
-                        panel[p * MR + ii] = 0.0;
-                    }
+                    dst[..rows].copy_from_slice(&src[..rows]);
+                    dst[rows..].fill(0.0);
                 }
             }
         } else {
-            // Columns of A are contiguous (A is a transpose): read MR values per column.
             for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
-                let col = base + p * a.cs;
                 for (ii, d) in dst.iter_mut().enumerate() {
                     *d = if ii < rows {
-                        a.data[col + ii * a.rs]
+                        a.data[base + ii * a.rs + p * a.cs]
                     } else {
                         0.0
                     };
@@ -422,32 +526,74 @@ fn pack_b<const NR: usize>(dst: &mut [f32], b: Mat, p0: usize, kc: usize, j0: us
         if b.cs == 1 {
             // Rows of B are contiguous: copy NR values per row.
             for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                let src = &b.data[base + p * b.rs..][..cols];
-                dst[..cols].copy_from_slice(src);
-                dst[cols..].fill(0.0);
-            }
-        } else {
-            // Columns of B are contiguous (B is a transpose): read down each column.
-            for jj in 0..NR {
-                if jj < cols {
-                    let src = &b.data[base + jj * b.cs..][..(kc - 1) * b.rs + 1];
-                    for p in 0..kc {
-                        panel[p * NR + jj] = src[p * b.rs];
-                    }
+                let src = &b.data[base + p * b.rs..];
+                if cols == NR {
+                    dst.copy_from_slice(&src[..NR]);
                 } else {
-                    for p in 0..kc {
-                        panel[p * NR + jj] = 0.0;
-                    }
+                    dst[..cols].copy_from_slice(&src[..cols]);
+                    dst[cols..].fill(0.0);
+                }
+            }
+        } else if b.rs == 1 {
+            // Columns of B are contiguous (B is a transpose): a transpose.
+            transpose_into(panel, NR, &b.data[base..], b.cs, cols, kc);
+        } else {
+            for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                for (jj, d) in dst.iter_mut().enumerate() {
+                    *d = if jj < cols {
+                        b.data[base + p * b.rs + jj * b.cs]
+                    } else {
+                        0.0
+                    };
                 }
             }
         }
     }
 }
 
-/// The micro-kernel's body, inlined into each target-feature variant. With `FMA`, each step is one
-/// fused multiply-add; without, a multiply and an add (what the baseline x86_64 target has).
+/// `dst[p * w + q] = src[q * stride + p]` for q < n, p < kc, and zero for n <= q < w: `n`
+/// contiguous source vectors of length kc, interleaved. Works in 4 x 4 blocks (four loads, four
+/// stores, shuffles between), which LLVM vectorises.
+fn transpose_into(dst: &mut [f32], w: usize, src: &[f32], stride: usize, n: usize, kc: usize) {
+    let dst = &mut dst[..w * kc];
+    let mut q0 = 0;
+    while q0 + 4 <= n {
+        let r: [&[f32]; 4] = std::array::from_fn(|i| &src[(q0 + i) * stride..][..kc]);
+        let mut p = 0;
+        while p + 4 <= kc {
+            let blk: [[f32; 4]; 4] = std::array::from_fn(|i| r[i][p..p + 4].try_into().unwrap());
+            for pp in 0..4 {
+                let d: &mut [f32; 4] = (&mut dst[(p + pp) * w + q0..][..4]).try_into().unwrap();
+                *d = [blk[0][pp], blk[1][pp], blk[2][pp], blk[3][pp]];
+            }
+            p += 4;
+        }
+        for p in p..kc {
+            for i in 0..4 {
+                dst[p * w + q0 + i] = r[i][p];
+            }
+        }
+        q0 += 4;
+    }
+    for q in q0..n {
+        let r = &src[q * stride..][..kc];
+        for (d, &x) in dst[q..].iter_mut().step_by(w).zip(r) {
+            *d = x;
+        }
+    }
+    for q in n..w {
+        for d in dst[q..].iter_mut().step_by(w) {
+            *d = 0.0;
+        }
+    }
+}
+
+/// The micro-kernel's arithmetic: `out = sum over p < kc of outer(a[p*MR..][..MR],
+/// b[p*NR..][..NR])`. With `FMA`, each step is one fused multiply-add; without, a multiply and an
+/// add (all the baseline x86_64 target has). Each ISA's copy is a function of its own, not inlined
+/// into its caller, so that LLVM keeps the MR x NR accumulators in registers for the whole loop.
 #[inline(always)]
-fn kernel_body<const MR: usize, const NR: usize, const FMA: bool>(
+fn compute_body<const MR: usize, const NR: usize, const FMA: bool>(
     kc: usize,
     a: &[f32],
     b: &[f32],
@@ -471,33 +617,123 @@ fn kernel_body<const MR: usize, const NR: usize, const FMA: bool>(
     *out = acc;
 }
 
+/// Stores the top-left `rows x cols` of `tile` into C at `c` (row stride `ldc`) as `store` says.
+///
+/// # Safety
+/// `c` must point at a `rows x cols` block (row stride `ldc`) of valid f32s that nothing else
+/// accesses during the call; `rows <= MR`, `cols <= NR`.
+#[inline(always)]
+unsafe fn store_body<const MR: usize, const NR: usize>(
+    tile: &[[f32; NR]; MR],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    store: Store,
+) {
+    // Full tiles take fixed-size loops (vector loads and stores); edge tiles the general ones.
+    let full = rows == MR && cols == NR;
+    for (i, acc) in tile.iter().enumerate().take(rows) {
+        // SAFETY: row i < rows of the block, cols elements from its start: inside the block the
+        // caller vouches for.
+        let crow = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), cols) };
+        match (store, full) {
+            (Store::Add, true) => {
+                let crow: &mut [f32; NR] = crow.try_into().unwrap();
+                for j in 0..NR {
+                    crow[j] += acc[j];
+                }
+            }
+            (Store::Set(Some(bias)), true) => {
+                let crow: &mut [f32; NR] = crow.try_into().unwrap();
+                let bias: &[f32; NR] = bias.try_into().unwrap();
+                for j in 0..NR {
+                    crow[j] = bias[j] + acc[j];
+                }
+            }
+            (Store::Add, false) => {
+                for (cv, &x) in crow.iter_mut().zip(acc) {
+                    *cv += x;
+                }
+            }
+            (Store::Set(Some(bias)), false) => {
+                for ((cv, &x), &bv) in crow.iter_mut().zip(acc).zip(bias) {
+                    *cv = bv + x;
+                }
+            }
+            (Store::Set(None), _) => crow.copy_from_slice(&acc[..cols]),
+        }
+    }
+}
+
+/// Defines a micro-kernel ([`Kernel`]) for one ISA: `$compute` (the arithmetic, never inlined)
+/// and `$kernel` (arithmetic, then the store), both compiled with the target features `$features`.
+macro_rules! define_kernel {
+    ($(#[$doc:meta])* $kernel:ident, $compute:ident, $features:literal, $mr:literal, $nr:literal, $fma:expr) => {
+        #[target_feature(enable = $features)]
+        #[inline(never)]
+        fn $compute(kc: usize, a: &[f32], b: &[f32], out: &mut [[f32; $nr]; $mr]) {
+            compute_body::<$mr, $nr, { $fma }>(kc, a, b, out)
+        }
+
+        $(#[$doc])*
+        /// # Safety
+        /// The CPU must have the target features `$features`; `c` must point at a `rows x cols`
+        /// block (row stride `ldc`) of valid f32s that nothing else accesses during the call.
+        #[allow(clippy::too_many_arguments)]
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $kernel(
+            kc: usize,
+            a: &[f32],
+            b: &[f32],
+            c: *mut f32,
+            ldc: usize,
+            rows: usize,
+            cols: usize,
+            store: Store,
+        ) {
+            let mut tile = [[0.0f32; $nr]; $mr];
+            $compute(kc, a, b, &mut tile);
+            // SAFETY: forwarded from the caller.
+            unsafe { store_body(&tile, c, ldc, rows, cols, store) }
+        }
+    };
+}
+
 /// Whether the baseline target has a fused multiply-add instruction (so `mul_add` is one
 /// instruction rather than a libm call).
 const BASELINE_FMA: bool = cfg!(any(target_arch = "aarch64", target_feature = "fma"));
 
-fn kernel_baseline(kc: usize, a: &[f32], b: &[f32], out: &mut [[f32; 8]; 4]) {
-    kernel_body::<4, 8, BASELINE_FMA>(kc, a, b, out)
+/// 4 x 8 for the baseline target (SSE2 on x86_64, NEON on aarch64).
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_baseline(
+    kc: usize,
+    a: &[f32],
+    b: &[f32],
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    store: Store,
+) {
+    let mut tile = [[0.0f32; 8]; 4];
+    compute_body::<4, 8, BASELINE_FMA>(kc, a, b, &mut tile);
+    // SAFETY: forwarded from the caller (as in the kernels of `define_kernel`).
+    unsafe { store_body(&tile, c, ldc, rows, cols, store) }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    /// 12 x 32: 24 zmm accumulators, two zmm rows of B, and broadcasts of A.
-    ///
-    /// # Safety
-    /// The CPU must support AVX-512F and FMA.
-    #[target_feature(enable = "avx512f,fma")]
-    pub unsafe fn kernel_avx512(kc: usize, a: &[f32], b: &[f32], out: &mut [[f32; 32]; 12]) {
-        super::kernel_body::<12, 32, true>(kc, a, b, out)
-    }
+    use super::{compute_body, store_body, Store};
 
-    /// 6 x 16: 12 ymm accumulators, two ymm rows of B, and broadcasts of A.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn kernel_avx2(kc: usize, a: &[f32], b: &[f32], out: &mut [[f32; 16]; 6]) {
-        super::kernel_body::<6, 16, true>(kc, a, b, out)
-    }
+    define_kernel!(
+        /// 12 x 32: 24 zmm accumulators, two zmm rows of B, and broadcasts of A.
+        kernel_avx512, compute_avx512, "avx512f,fma", 12, 32, true
+    );
+    define_kernel!(
+        /// 6 x 16: 12 ymm accumulators, two ymm rows of B, and broadcasts of A.
+        kernel_avx2, compute_avx2, "avx2,fma", 6, 16, true
+    );
 }
 
 #[cfg(test)]
@@ -514,27 +750,33 @@ mod tests {
     #[test]
     fn every_kernel_matches_naive_f64() {
         let mut rng = Rng::new(7);
-        for isa in available_isas() {
-            for &(m, n, k) in &[(1, 1, 1), (13, 37, 5), (29, 70, 300), (50, 33, 517)] {
+        // (29, 200, 600) shares A between column blocks, (300, 40, 300) B between row blocks;
+        // shared_max 0 runs them K block by K block, SHARED_MAX with all of K packed up front.
+        let sizes = [
+            (1, 1, 1),
+            (13, 37, 5),
+            (29, 70, 300),
+            (50, 33, 517),
+            (29, 200, 600),
+            (300, 40, 300),
+        ];
+        for (isa, shared_max) in available_isas()
+            .into_iter()
+            .flat_map(|i| [(i, SHARED_MAX), (i, 0)])
+        {
+            for &(m, n, k) in &sizes {
                 let a = rand_vec(&mut rng, m * k); // stored (M, K)
                 let bt = rand_vec(&mut rng, n * k); // stored (N, K): B transposed
                 let bias = rand_vec(&mut rng, n);
                 let mut c = vec![f32::NAN; m * n];
                 gemm_isa(
                     isa,
+                    shared_max,
                     m,
                     n,
                     k,
-                    Mat {
-                        data: &a,
-                        rs: k,
-                        cs: 1,
-                    },
-                    Mat {
-                        data: &bt,
-                        rs: 1,
-                        cs: k,
-                    },
+                    Mat::new(&a, k, 1),
+                    Mat::new(&bt, 1, k),
                     &mut c,
                     Init::Overwrite(Some(&bias)),
                 );
@@ -554,19 +796,12 @@ mod tests {
                 let mut c2 = vec![1.0f32; m * n];
                 gemm_isa(
                     isa,
+                    shared_max,
                     m,
                     n,
                     k,
-                    Mat {
-                        data: &at,
-                        rs: 1,
-                        cs: m,
-                    },
-                    Mat {
-                        data: &b,
-                        rs: n,
-                        cs: 1,
-                    },
+                    Mat::new(&at, 1, m),
+                    Mat::new(&b, n, 1),
                     &mut c2,
                     Init::Accumulate,
                 );

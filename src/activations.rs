@@ -1,11 +1,13 @@
 //! The activation layout: every tensor the forward pass saves for the backward pass, in one
 //! allocation with named slices, sized from the config and the batch shape (B, T). The gradients of
 //! the activations use the same layout. Both engines use it, so a buffer has one name everywhere.
+//! The GPU never stores the probabilities (its fused classifier works from the logits), so its
+//! layout is the same with `probs` empty: see [`act_sizes_for`].
 
 use crate::config::GPT2Config;
 
 /// One value per activation tensor, by name; `Acts<&mut [f32]>` is a set of named slices.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Acts<S> {
     pub encoded: S,   // (B, T, C)
     pub ln1: S,       // (L, B, T, C)
@@ -65,75 +67,118 @@ impl<S> Acts<S> {
             losses,
         }
     }
+
+    /// The 23 values in layout order.
+    pub fn into_array(self) -> [S; NUM_ACTIVATION_TENSORS] {
+        let Acts {
+            encoded,
+            ln1,
+            ln1_mean,
+            ln1_rstd,
+            qkv,
+            atty,
+            preatt,
+            att,
+            attproj,
+            residual2,
+            ln2,
+            ln2_mean,
+            ln2_rstd,
+            fch,
+            fch_gelu,
+            fcproj,
+            residual3,
+            lnf,
+            lnf_mean,
+            lnf_rstd,
+            logits,
+            probs,
+            losses,
+        } = self;
+        [
+            encoded, ln1, ln1_mean, ln1_rstd, qkv, atty, preatt, att, attproj, residual2, ln2,
+            ln2_mean, ln2_rstd, fch, fch_gelu, fcproj, residual3, lnf, lnf_mean, lnf_rstd, logits,
+            probs, losses,
+        ]
+    }
 }
 
-/// The number of elements of each activation tensor for a batch of B x T.
+/// The number of elements of each activation tensor for a batch of B x T (the CPU layout, with
+/// `probs`).
 pub fn act_sizes(cfg: &GPT2Config, b: usize, t: usize) -> Acts<usize> {
+    act_sizes_for(cfg, b, t, true)
+}
+
+/// The number of elements of each activation tensor for a batch of B x T; without `with_probs` the
+/// `probs` tensor is empty (the GPU layout). Panics where a size overflows a usize: callers with
+/// sizes from user input check them first with [`checked_act_sizes`].
+pub fn act_sizes_for(cfg: &GPT2Config, b: usize, t: usize, with_probs: bool) -> Acts<usize> {
+    checked_act_sizes(cfg, b, t, with_probs).unwrap_or_else(|| {
+        panic!("activation sizes for B={b}, T={t} overflow a usize (config {cfg:?})")
+    })
+}
+
+/// [`act_sizes_for`], or None where a size or their total does not fit in a usize.
+pub fn checked_act_sizes(
+    cfg: &GPT2Config,
+    b: usize,
+    t: usize,
+    with_probs: bool,
+) -> Option<Acts<usize>> {
     let (l, nh, c, vp) = (
         cfg.num_layers,
         cfg.num_heads,
         cfg.channels,
         cfg.padded_vocab_size,
     );
-    let bt = b * t;
-    Acts {
-        encoded: bt * c,
-        ln1: l * bt * c,
-        ln1_mean: l * bt,
-        ln1_rstd: l * bt,
-        qkv: l * bt * 3 * c,
-        atty: l * bt * c,
-        preatt: l * b * nh * t * t,
-        att: l * b * nh * t * t,
-        attproj: l * bt * c,
-        residual2: l * bt * c,
-        ln2: l * bt * c,
-        ln2_mean: l * bt,
-        ln2_rstd: l * bt,
-        fch: l * bt * 4 * c,
-        fch_gelu: l * bt * 4 * c,
-        fcproj: l * bt * c,
-        residual3: l * bt * c,
-        lnf: bt * c,
+    // the product of the factors, or None on overflow
+    let m = |xs: &[usize]| xs.iter().try_fold(1usize, |acc, &x| acc.checked_mul(x));
+    let bt = m(&[b, t])?;
+    let sizes = Acts {
+        encoded: m(&[bt, c])?,
+        ln1: m(&[l, bt, c])?,
+        ln1_mean: m(&[l, bt])?,
+        ln1_rstd: m(&[l, bt])?,
+        qkv: m(&[l, bt, 3, c])?,
+        atty: m(&[l, bt, c])?,
+        preatt: m(&[l, b, nh, t, t])?,
+        att: m(&[l, b, nh, t, t])?,
+        attproj: m(&[l, bt, c])?,
+        residual2: m(&[l, bt, c])?,
+        ln2: m(&[l, bt, c])?,
+        ln2_mean: m(&[l, bt])?,
+        ln2_rstd: m(&[l, bt])?,
+        fch: m(&[l, bt, 4, c])?,
+        fch_gelu: m(&[l, bt, 4, c])?,
+        fcproj: m(&[l, bt, c])?,
+        residual3: m(&[l, bt, c])?,
+        lnf: m(&[bt, c])?,
         lnf_mean: bt,
         lnf_rstd: bt,
-        logits: bt * vp,
-        probs: bt * vp,
+        logits: m(&[bt, vp])?,
+        probs: if with_probs { m(&[bt, vp])? } else { 0 },
         losses: bt,
-    }
-}
-
-fn sizes_array(s: Acts<usize>) -> [usize; NUM_ACTIVATION_TENSORS] {
-    [
-        s.encoded,
-        s.ln1,
-        s.ln1_mean,
-        s.ln1_rstd,
-        s.qkv,
-        s.atty,
-        s.preatt,
-        s.att,
-        s.attproj,
-        s.residual2,
-        s.ln2,
-        s.ln2_mean,
-        s.ln2_rstd,
-        s.fch,
-        s.fch_gelu,
-        s.fcproj,
-        s.residual3,
-        s.lnf,
-        s.lnf_mean,
-        s.lnf_rstd,
-        s.logits,
-        s.probs,
-        s.losses,
-    ]
+    };
+    // the total must fit too
+    sizes
+        .into_array()
+        .iter()
+        .try_fold(0usize, |acc, &x| acc.checked_add(x))?;
+    Some(sizes)
 }
 
 /// The total number of activation elements for a batch of B x T.
 pub fn num_activations(cfg: &GPT2Config, b: usize, t: usize) -> usize {
-    sizes_array(act_sizes(cfg, b, t)).iter().sum()
+    num_activations_for(cfg, b, t, true)
+}
+
+/// The total number of activation elements for a batch of B x T, with or without `probs` (see
+/// [`act_sizes_for`]).
+pub fn num_activations_for(cfg: &GPT2Config, b: usize, t: usize, with_probs: bool) -> usize {
+    act_sizes_for(cfg, b, t, with_probs)
+        .into_array()
+        .iter()
+        .sum()
 }
 
 /// Splits the front of `buf` into the named activation tensors of a B x T batch. `buf` may be
@@ -144,7 +189,7 @@ pub fn split_mut<'a, T>(
     t: usize,
     mut buf: &'a mut [T],
 ) -> Acts<&'a mut [T]> {
-    let sizes = sizes_array(act_sizes(cfg, b, t));
+    let sizes = act_sizes(cfg, b, t).into_array();
     assert!(
         buf.len() >= sizes.iter().sum::<usize>(),
         "activation buffer too small"
@@ -175,5 +220,30 @@ mod tests {
         let a = split_mut(&cfg, b, t, &mut buf);
         assert_eq!(a.qkv.len(), 2 * bt * 24);
         assert_eq!(a.losses.len(), bt);
+    }
+
+    #[test]
+    fn gpu_layout_drops_only_probs() {
+        let cfg = GPT2Config::new(16, 10, 128, 2, 2, 8).unwrap();
+        let (b, t) = (3, 5);
+        let with = act_sizes_for(&cfg, b, t, true);
+        let without = act_sizes_for(&cfg, b, t, false);
+        assert_eq!(with, act_sizes(&cfg, b, t));
+        assert_eq!(without.probs, 0);
+        assert_eq!(Acts { probs: 0, ..with }, without);
+        // B*T*Vp = 15 * 128 fewer elements
+        assert_eq!(
+            num_activations_for(&cfg, b, t, false),
+            num_activations(&cfg, b, t) - 15 * 128
+        );
+    }
+
+    #[test]
+    fn overflowing_sizes_are_none() {
+        let cfg = GPT2Config::new(1024, 50257, 50304, 12, 12, 768).unwrap();
+        assert!(checked_act_sizes(&cfg, 4, 64, false).is_some());
+        assert!(checked_act_sizes(&cfg, usize::MAX / 2, 1024, false).is_none());
+        // B*T fits; the per-layer tensors times L do not
+        assert!(checked_act_sizes(&cfg, 1 << 40, 1024, true).is_none());
     }
 }

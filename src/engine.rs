@@ -106,7 +106,9 @@ pub fn host_peak_rss_bytes() -> Option<u64> {
 }
 
 /// Builds the engine for `device` with the given parameters, its arenas sized for batches up to
-/// max_b x max_t. `Device::Auto` takes the GPU when one can be used and the CPU otherwise.
+/// max_b x max_t. `Device::Auto` takes the GPU when one can be used and the CPU otherwise (with a
+/// note on stderr saying why); once a GPU was found, an error in building the GPU engine (e.g. not
+/// enough GPU memory) is reported, not replaced by the CPU.
 pub fn create_engine(
     device: crate::train::Device,
     cfg: GPT2Config,
@@ -120,8 +122,8 @@ pub fn create_engine(
     match device {
         Device::Cpu => Ok(Box::new(Gpt2Cpu::new(cfg, params, max_b, max_t)?)),
         Device::Cuda => create_gpu_engine(cfg, params, max_b, max_t, tf32),
-        Device::Auto => match crate::gpu::cuda_available() {
-            Ok(()) => create_gpu_engine(cfg, params, max_b, max_t, tf32),
+        Device::Auto => match crate::gpu::Gpu::new() {
+            Ok(gpu) => gpu_engine_on(gpu, cfg, params, max_b, max_t, tf32),
             Err(why) => {
                 eprintln!("note: running on the CPU ({why:#})");
                 Ok(Box::new(Gpt2Cpu::new(cfg, params, max_b, max_t)?))
@@ -130,13 +132,45 @@ pub fn create_engine(
     }
 }
 
-fn create_gpu_engine(
+/// The CUDA engine on device 0 (`Gpt2Gpu`), TF32 matmuls on or off; an error when this build has
+/// no kernels, the machine no GPU, or the GPU not enough memory.
+pub fn create_gpu_engine(
     cfg: GPT2Config,
     params: Vec<f32>,
     max_b: usize,
     max_t: usize,
     tf32: bool,
 ) -> Result<Box<dyn Engine>> {
-    let _ = (cfg, params, max_b, max_t, tf32);
-    anyhow::bail!("the CUDA engine is not part of this build yet")
+    let gpu = crate::gpu::Gpu::new()?;
+    gpu_engine_on(gpu, cfg, params, max_b, max_t, tf32)
+}
+
+/// The CUDA engine on `gpu`.
+#[cfg(has_cuda)]
+fn gpu_engine_on(
+    mut gpu: crate::gpu::Gpu,
+    cfg: GPT2Config,
+    params: Vec<f32>,
+    max_b: usize,
+    max_t: usize,
+    tf32: bool,
+) -> Result<Box<dyn Engine>> {
+    gpu.set_tf32(tf32)?;
+    Ok(Box::new(crate::gpu::Gpt2Gpu::new(
+        gpu, cfg, params, max_b, max_t,
+    )?))
+}
+
+/// A build without kernels has no `Gpu` to run on (`Gpu::new` always fails there).
+#[cfg(not(has_cuda))]
+fn gpu_engine_on(
+    gpu: crate::gpu::Gpu,
+    cfg: GPT2Config,
+    params: Vec<f32>,
+    max_b: usize,
+    max_t: usize,
+    tf32: bool,
+) -> Result<Box<dyn Engine>> {
+    let _ = (gpu, cfg, params, max_b, max_t, tf32);
+    anyhow::bail!("{}", crate::gpu::NO_CUDA_BUILD)
 }

@@ -12,7 +12,8 @@
 //!
 //! Files: `context.rs` (Gpu, start-up, upload/download), then one file per layer family, as in
 //! `cpu/`: encoder, layernorm, matmul, attention, gelu, residual, classifier, adamw (with the
-//! global norm). `ptx.rs` embeds the PTX.
+//! global norm); `model.rs` composes them into GPT-2 ([`Gpt2Gpu`], the CUDA `Engine`). `ptx.rs`
+//! embeds the PTX.
 
 /// Whether this build has the CUDA kernels (nvcc was found when it was built).
 pub const HAS_CUDA: bool = cfg!(has_cuda);
@@ -43,6 +44,8 @@ mod layernorm;
 #[cfg(has_cuda)]
 mod matmul;
 #[cfg(has_cuda)]
+mod model;
+#[cfg(has_cuda)]
 pub mod ptx;
 #[cfg(has_cuda)]
 mod residual;
@@ -55,6 +58,8 @@ pub use attention::{attention_backward_scratch_len, attention_forward_scratch_le
 pub use context::Gpu;
 #[cfg(has_cuda)]
 pub use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+#[cfg(has_cuda)]
+pub use model::Gpt2Gpu;
 
 /// The AdamW coefficients shared with `kernels/adamw.cu` (bindgen of `kernels/common.h`).
 #[cfg(has_cuda)]
@@ -86,10 +91,4 @@ impl Gpu {
     pub fn new_on(_ordinal: usize) -> anyhow::Result<Gpu> {
         anyhow::bail!("{NO_CUDA_BUILD}")
     }
-}
-
-/// Whether this build can use a CUDA GPU on this machine: Ok when it has kernels, a driver and a
-/// device; otherwise the reason (used by `--device auto` to fall back to the CPU).
-pub fn cuda_available() -> anyhow::Result<()> {
-    Gpu::new().map(|_| ())
 }

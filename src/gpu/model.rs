@@ -1,0 +1,975 @@
+//! GPT-2 on the GPU: the launchers of `gpu::*` composed into the forward pass, the backward pass
+//! (the forward read in reverse) and the AdamW update; the twin of `cpu::model::Gpt2Cpu`, with the
+//! same structure, names and order.
+//!
+//! Everything lives on the device, in arenas sized once for the largest batch (max_b x max_t):
+//! parameters, gradients and the AdamW moments (one allocation each, checkpoint order), the
+//! activations (`activations::act_sizes_for` without `probs`: the fused classifier works from the
+//! logits, so the GPU never stores probabilities), ONE layer's worth of activation gradients
+//! (reused, and zeroed, by every layer of the backward pass), two (B,T,C) buffers for the
+//! residual-stream gradient (ping-pong between the layers), dlnf, the attention scratch and the
+//! tokens. A training step allocates nothing of its own (the launchers' small reduction scratch is
+//! stream-ordered) and reads back only the loss (forward with targets) and the gradient norm.
+//!
+//! The backward pass overwrites the logits with their gradient (the fused classifier), so
+//! `logits()` and `position_logits()` must be called between forward and backward; after a
+//! backward they are an error, as is a second backward without a new forward.
+//!
+//! Views: one `CudaSlice` is split into many disjoint `CudaViewMut`s with `split_at_mut`, which
+//! borrows the view it splits, so the split cannot be returned from a helper; `views_mut!`
+//! expands to the chain of `let`s in the caller's body instead. Read-only views split without that
+//! limit (`views`).
+
+use anyhow::{anyhow, bail, Context, Result};
+use cudarc::driver::{CudaSlice, CudaView};
+
+use super::attention::{attention_backward_scratch_len, attention_forward_scratch_len};
+use super::Gpu;
+use crate::activations::{act_sizes_for, checked_act_sizes, Acts};
+use crate::config::GPT2Config;
+use crate::cpu::adamw::AdamW;
+use crate::cpu::model::{check_batch, check_tokens};
+use crate::engine::Engine;
+use crate::params::{num_parameters, param_sizes, Params};
+
+/// Splits `$buf` (anything with `split_at_mut(mid) -> (head, tail)`: a `CudaViewMut`, or a host
+/// `&mut [T]` in the tests) into consecutive views named and sized by the same-named fields of
+/// `$sizes`, in the order listed, and binds `$out` to the struct `$S { .. }` of them. The list must
+/// be the layout's order (the tests check each list against the host splitters). It expands to
+/// `let`s in the caller's body, because every intermediate view must outlive `$out`.
+macro_rules! views_mut {
+    ($out:ident = $S:ident { $($f:ident),* $(,)? } from $buf:expr, sizes $sizes:expr) => {
+        let sizes = $sizes;
+        #[allow(unused_mut)]
+        let mut rest = $buf;
+        $(
+            #[allow(unused_mut, unused_variables)]
+            let (mut $f, mut rest) = rest.split_at_mut(sizes.$f);
+        )*
+        #[allow(unused_mut)]
+        let mut $out = $S { $($f),* };
+    };
+}
+
+/// `$out`: the activations (`Acts`) of `$buf` for the layout `$sizes`, as mutable views.
+macro_rules! acts_mut {
+    ($out:ident = $buf:expr, $sizes:expr) => {
+        views_mut!($out = Acts {
+            encoded, ln1, ln1_mean, ln1_rstd, qkv, atty, preatt, att, attproj, residual2, ln2,
+            ln2_mean, ln2_rstd, fch, fch_gelu, fcproj, residual3, lnf, lnf_mean, lnf_rstd, logits,
+            probs, losses,
+        } from $buf, sizes $sizes);
+    };
+}
+
+/// `$out`: the 16 parameter tensors (`Params`) of `$buf` (sizes `param_sizes`), as mutable views.
+macro_rules! params_mut {
+    ($out:ident = $buf:expr, $sizes:expr) => {
+        views_mut!($out = Params {
+            wte, wpe, ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw,
+            fcprojb, lnfw, lnfb,
+        } from $buf, sizes $sizes);
+    };
+}
+
+/// `$out`: one layer's activation gradients (`LayerGrads`) of `$buf`, as mutable views.
+macro_rules! layer_grads_mut {
+    ($out:ident = $buf:expr, $sizes:expr) => {
+        views_mut!($out = LayerGrads {
+            residual2, fcproj, fch_gelu, fch, ln2, attproj, atty, preatt, att, qkv, ln1,
+        } from $buf, sizes $sizes);
+    };
+}
+
+/// Splits a read-only view into consecutive views of the given sizes (their sum at most its
+/// length); unlike the mutable split, the views keep the lifetime of `all`.
+fn views<'a, const N: usize>(
+    mut all: CudaView<'a, f32>,
+    sizes: [usize; N],
+) -> [CudaView<'a, f32>; N] {
+    sizes.map(|n| {
+        let (head, tail) = all.split_at(n);
+        all = tail;
+        head
+    })
+}
+
+/// The gradients of one layer's activations: the per-layer tensors of `Acts` with the layer
+/// dimension dropped (the residual stream's gradients live in the ping-pong buffers instead).
+/// One arena of this layout is reused by every layer of the backward pass.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LayerGrads<S> {
+    residual2: S, // (B, T, C)
+    fcproj: S,    // (B, T, C)
+    fch_gelu: S,  // (B, T, 4*C)
+    fch: S,       // (B, T, 4*C)
+    ln2: S,       // (B, T, C)
+    attproj: S,   // (B, T, C)
+    atty: S,      // (B, T, C)
+    preatt: S,    // (B, NH, T, T)
+    att: S,       // (B, NH, T, T)
+    qkv: S,       // (B, T, 3*C)
+    ln1: S,       // (B, T, C)
+}
+
+impl LayerGrads<usize> {
+    /// The sizes for a batch of B x T; None on overflow.
+    fn sizes(cfg: &GPT2Config, b: usize, t: usize) -> Option<Self> {
+        let (nh, c) = (cfg.num_heads, cfg.channels);
+        let btc = b.checked_mul(t)?.checked_mul(c)?;
+        let btt = b.checked_mul(nh)?.checked_mul(t)?.checked_mul(t)?;
+        let sizes = LayerGrads {
+            residual2: btc,
+            fcproj: btc,
+            fch_gelu: btc.checked_mul(4)?,
+            fch: btc.checked_mul(4)?,
+            ln2: btc,
+            attproj: btc,
+            atty: btc,
+            preatt: btt,
+            att: btt,
+            qkv: btc.checked_mul(3)?,
+            ln1: btc,
+        };
+        sizes.total()?;
+        Some(sizes)
+    }
+
+    /// The total number of elements; None on overflow.
+    fn total(&self) -> Option<usize> {
+        let LayerGrads {
+            residual2,
+            fcproj,
+            fch_gelu,
+            fch,
+            ln2,
+            attproj,
+            atty,
+            preatt,
+            att,
+            qkv,
+            ln1,
+        } = *self;
+        [
+            residual2, fcproj, fch_gelu, fch, ln2, attproj, atty, preatt, att, qkv, ln1,
+        ]
+        .iter()
+        .try_fold(0usize, |acc, &x| acc.checked_add(x))
+    }
+}
+
+/// Where the last forward left the activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// No forward yet (or the last one failed).
+    Empty,
+    /// A forward ran; the logits are in place; `targets`: whether it computed the losses.
+    Forward { targets: bool },
+    /// A backward ran: the logits were overwritten by their gradient.
+    Backward,
+}
+
+/// GPT-2 on one CUDA GPU; see the file comment.
+pub struct Gpt2Gpu {
+    gpu: Gpu,
+    config: GPT2Config,
+    /// The largest batch the arenas hold.
+    max_b: usize,
+    max_t: usize,
+    /// "NVIDIA H100 80GB HBM3 (sm_90)", for describe().
+    device: String,
+    params: CudaSlice<f32>,      // (num_parameters)
+    grads: CudaSlice<f32>,       // (num_parameters)
+    m: CudaSlice<f32>,           // (num_parameters) AdamW first moment
+    v: CudaSlice<f32>,           // (num_parameters) AdamW second moment
+    acts: CudaSlice<f32>,        // (num_activations_for(max_b, max_t, without probs))
+    dlayer: CudaSlice<f32>,      // (LayerGrads total for max_b x max_t) one layer's gradients
+    dresidual: CudaSlice<f32>,   // (2, B, T, C) the residual stream's gradient, ping-pong
+    dlnf: CudaSlice<f32>,        // (B, T, C)
+    att_scratch: CudaSlice<f32>, // (5, B, NH, T, HS) attention forward/backward scratch
+    inputs_dev: CudaSlice<u32>,  // (B, T) of the last forward
+    targets_dev: CudaSlice<u32>, // (B, T) of the last forward
+    inputs: Vec<u32>,            // (B, T) of the last forward, on the host (encoder_backward)
+    /// (B, T) of the last forward.
+    b: usize,
+    t: usize,
+    /// The mean loss of the last forward with targets.
+    loss: Option<f32>,
+    stage: Stage,
+}
+
+/// Bytes as GiB, for messages.
+fn gib(bytes: f64) -> f64 {
+    bytes / (1u64 << 30) as f64
+}
+
+impl Gpt2Gpu {
+    /// A model on `gpu` with the given parameters (checkpoint order), its arenas sized for batches
+    /// up to max_b x max_t. An error, never a panic, when the sizes are invalid or the GPU has not
+    /// enough free memory (the message says how much is needed and how much is free).
+    pub fn new(
+        gpu: Gpu,
+        config: GPT2Config,
+        params: Vec<f32>,
+        max_b: usize,
+        max_t: usize,
+    ) -> Result<Self> {
+        config.validate()?;
+        if params.len() != num_parameters(&config) {
+            bail!(
+                "parameter count {} does not match the config's {}",
+                params.len(),
+                num_parameters(&config)
+            );
+        }
+        check_batch(&config, max_b, max_t)?;
+        let (l, c) = (config.num_layers, config.channels);
+        let too_big = || {
+            anyhow!(
+                "the activations of the model (L={l}, C={c}) at B={max_b}, T={max_t} do not fit \
+                 in memory: use a smaller batch (-b) or sequence length (-t)"
+            )
+        };
+        let act_sizes = checked_act_sizes(&config, max_b, max_t, false).ok_or_else(too_big)?;
+        let dlayer_sizes = LayerGrads::sizes(&config, max_b, max_t).ok_or_else(too_big)?;
+        // every size below is at most the activation total, which fits a usize
+        let n = params.len();
+        let na: usize = act_sizes.into_array().iter().sum();
+        let nd = dlayer_sizes.total().ok_or_else(too_big)?;
+        let (bt, btc) = (max_b * max_t, max_b * max_t * c);
+        let nscratch = attention_forward_scratch_len(max_b, max_t, c)
+            .max(attention_backward_scratch_len(max_b, max_t, c));
+
+        // the whole footprint, counted before allocating, for a clear message when it does not fit
+        let f = |x: usize| 4.0 * x as f64;
+        let (bytes_params, bytes_acts) = (4.0 * f(n), f(na));
+        let bytes_grads = f(nd) + f(2 * btc) + f(btc) + f(nscratch) + f(2 * bt);
+        let need = bytes_params + bytes_acts + bytes_grads;
+        let what = format!(
+            "the model (L={l}, C={c}, {:.1}M parameters) at B={max_b}, T={max_t} needs \
+             {:.2} GiB (parameters, gradients and AdamW moments {:.2} GiB, activations {:.2} GiB, \
+             activation gradients and scratch {:.2} GiB)",
+            n as f64 / 1e6,
+            gib(need),
+            gib(bytes_params),
+            gib(bytes_acts),
+            gib(bytes_grads),
+        );
+        let free = gpu.context().mem_get_info();
+        let free_text = match free {
+            Ok((free, total)) => format!(
+                "the GPU has {:.2} GiB free of {:.2} GiB",
+                gib(free as f64),
+                gib(total as f64)
+            ),
+            Err(e) => format!("the GPU's free memory could not be queried ({e})"),
+        };
+        let advice = "use a smaller batch (-b) or sequence length (-t), or a smaller model";
+        if let Ok((free, _)) = free {
+            if need > free as f64 {
+                bail!("not enough GPU memory: {what}, {free_text}; {advice}");
+            }
+        }
+        let oom = |e: anyhow::Error| {
+            e.context(format!(
+                "not enough GPU memory: {what}, {free_text}; {advice}"
+            ))
+        };
+
+        let params_dev = gpu.upload(&params).map_err(oom)?;
+        let grads = gpu.zeros::<f32>(n).map_err(oom)?;
+        let m = gpu.zeros::<f32>(n).map_err(oom)?;
+        let v = gpu.zeros::<f32>(n).map_err(oom)?;
+        let acts = gpu.zeros::<f32>(na).map_err(oom)?;
+        let dlayer = gpu.zeros::<f32>(nd).map_err(oom)?;
+        let dresidual = gpu.zeros::<f32>(2 * btc).map_err(oom)?;
+        let dlnf = gpu.zeros::<f32>(btc).map_err(oom)?;
+        let att_scratch = gpu.zeros::<f32>(nscratch).map_err(oom)?;
+        let inputs_dev = gpu.zeros::<u32>(bt).map_err(oom)?;
+        let targets_dev = gpu.zeros::<u32>(bt).map_err(oom)?;
+        gpu.synchronize()
+            .context("setting up the model on the GPU failed")?;
+
+        let name = gpu.device_name().unwrap_or_else(|_| "CUDA GPU".into());
+        let device = match gpu.compute_capability() {
+            Ok((major, minor)) => format!("{name} (sm_{major}{minor})"),
+            Err(_) => name,
+        };
+        Ok(Gpt2Gpu {
+            gpu,
+            config,
+            max_b,
+            max_t,
+            device,
+            params: params_dev,
+            grads,
+            m,
+            v,
+            acts,
+            dlayer,
+            dresidual,
+            dlnf,
+            att_scratch,
+            inputs_dev,
+            targets_dev,
+            inputs: vec![0; bt],
+            b: 0,
+            t: 0,
+            loss: None,
+            stage: Stage::Empty,
+        })
+    }
+
+    /// The GPU the model runs on.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// Lets the matmuls use TF32 tensor cores, or not (see [`Gpu::set_tf32`]).
+    pub fn set_tf32(&mut self, on: bool) -> Result<()> {
+        self.gpu.set_tf32(on)
+    }
+
+    /// The largest batch (B, T) the arenas hold.
+    pub fn max_batch(&self) -> (usize, usize) {
+        (self.max_b, self.max_t)
+    }
+
+    /// (B, T) of the last forward.
+    pub fn batch(&self) -> (usize, usize) {
+        (self.b, self.t)
+    }
+
+    /// The mean loss of the last forward, if it had targets.
+    pub fn loss(&self) -> Option<f32> {
+        self.loss
+    }
+
+    /// Runs the forward pass on inputs (B, T); with targets also the loss, which it returns (the
+    /// mean over B*T, summed in f64 on the host from the (B, T) losses: the one read-back of a
+    /// forward). The logits of the last forward are in `logits()` until the next backward.
+    pub fn forward(
+        &mut self,
+        inputs: &[u32],
+        targets: Option<&[u32]>,
+        b: usize,
+        t: usize,
+    ) -> Result<Option<f32>> {
+        let cfg = self.config;
+        check_batch(&cfg, b, t)?;
+        if b > self.max_b || t > self.max_t {
+            bail!(
+                "batch {b}x{t} is larger than the {}x{} the model was sized for",
+                self.max_b,
+                self.max_t
+            );
+        }
+        check_tokens(&cfg, inputs, b * t, "input")?;
+        if let Some(tg) = targets {
+            check_tokens(&cfg, tg, b * t, "target")?;
+        }
+        self.stage = Stage::Empty;
+        self.loss = None;
+        self.b = b;
+        self.t = t;
+        let bt = b * t;
+        self.inputs[..bt].copy_from_slice(inputs);
+        self.gpu
+            .upload_into(inputs, &mut self.inputs_dev.slice_mut(..bt))
+            .context("forward: uploading the inputs")?;
+        if let Some(tg) = targets {
+            self.gpu
+                .upload_into(tg, &mut self.targets_dev.slice_mut(..bt))
+                .context("forward: uploading the targets")?;
+        }
+        self.forward_layers(b, t)
+            .context("the GPU forward pass failed")?;
+        if targets.is_none() {
+            self.stage = Stage::Forward { targets: false };
+            return Ok(None);
+        }
+        let losses = self.losses(b, t).context("the GPU forward pass failed")?;
+        let mean = losses.iter().map(|&x| x as f64).sum::<f64>() / bt as f64;
+        self.loss = Some(mean as f32);
+        self.stage = Stage::Forward { targets: true };
+        Ok(self.loss)
+    }
+
+    /// The layers of the forward pass up to the logits, for the (B, T) tokens in `inputs_dev`.
+    fn forward_layers(&mut self, b: usize, t: usize) -> Result<()> {
+        let cfg = self.config;
+        let gpu = &self.gpu;
+        let (l_count, nh, c, vp) = (
+            cfg.num_layers,
+            cfg.num_heads,
+            cfg.channels,
+            cfg.padded_vocab_size,
+        );
+        let p = Params::from_array(views(self.params.as_view(), param_sizes(&cfg).into_array()));
+        acts_mut!(
+            a = self.acts.slice_mut(..),
+            act_sizes_for(&cfg, b, t, false)
+        );
+        let inputs = self.inputs_dev.slice(..b * t);
+        let mut scratch = self.att_scratch.slice_mut(..);
+        let (btc, bt, att_n) = (b * t * c, b * t, b * nh * t * t);
+
+        gpu.encoder_forward(&mut a.encoded, &inputs, &p.wte, &p.wpe, b, t, c)?;
+        for l in 0..l_count {
+            // this layer's input (the encoding or the previous layer's output) and its output
+            let (below, mut this) = a.residual3.split_at_mut(l * btc);
+            let residual = if l == 0 {
+                a.encoded.as_view()
+            } else {
+                below.slice((l - 1) * btc..)
+            };
+            let mut residual3 = this.slice_mut(..btc);
+            let mut ln1 = a.ln1.slice_mut(l * btc..(l + 1) * btc);
+            let mut ln1_mean = a.ln1_mean.slice_mut(l * bt..(l + 1) * bt);
+            let mut ln1_rstd = a.ln1_rstd.slice_mut(l * bt..(l + 1) * bt);
+            let mut qkv = a.qkv.slice_mut(l * 3 * btc..(l + 1) * 3 * btc);
+            let mut atty = a.atty.slice_mut(l * btc..(l + 1) * btc);
+            let mut preatt = a.preatt.slice_mut(l * att_n..(l + 1) * att_n);
+            let mut att = a.att.slice_mut(l * att_n..(l + 1) * att_n);
+            let mut attproj = a.attproj.slice_mut(l * btc..(l + 1) * btc);
+            let mut residual2 = a.residual2.slice_mut(l * btc..(l + 1) * btc);
+            let mut ln2 = a.ln2.slice_mut(l * btc..(l + 1) * btc);
+            let mut ln2_mean = a.ln2_mean.slice_mut(l * bt..(l + 1) * bt);
+            let mut ln2_rstd = a.ln2_rstd.slice_mut(l * bt..(l + 1) * bt);
+            let mut fch = a.fch.slice_mut(l * 4 * btc..(l + 1) * 4 * btc);
+            let mut fch_gelu = a.fch_gelu.slice_mut(l * 4 * btc..(l + 1) * 4 * btc);
+            let mut fcproj = a.fcproj.slice_mut(l * btc..(l + 1) * btc);
+            let (c1, c3, c4) = (c, 3 * c, 4 * c);
+
+            gpu.layernorm_forward(
+                &mut ln1,
+                &mut ln1_mean,
+                &mut ln1_rstd,
+                &residual,
+                &p.ln1w.slice(l * c1..(l + 1) * c1),
+                &p.ln1b.slice(l * c1..(l + 1) * c1),
+                b,
+                t,
+                c,
+            )?;
+            gpu.matmul_forward(
+                &mut qkv,
+                &ln1.as_view(),
+                &p.qkvw.slice(l * c3 * c..(l + 1) * c3 * c),
+                Some(&p.qkvb.slice(l * c3..(l + 1) * c3)),
+                b,
+                t,
+                c,
+                c3,
+            )?;
+            gpu.attention_forward(
+                &mut atty,
+                &mut preatt,
+                &mut att,
+                &qkv.as_view(),
+                b,
+                t,
+                c,
+                nh,
+                &mut scratch,
+            )?;
+            gpu.matmul_forward(
+                &mut attproj,
+                &atty.as_view(),
+                &p.attprojw.slice(l * c * c..(l + 1) * c * c),
+                Some(&p.attprojb.slice(l * c1..(l + 1) * c1)),
+                b,
+                t,
+                c,
+                c,
+            )?;
+            gpu.residual_forward(&mut residual2, &residual, &attproj.as_view())?;
+            gpu.layernorm_forward(
+                &mut ln2,
+                &mut ln2_mean,
+                &mut ln2_rstd,
+                &residual2.as_view(),
+                &p.ln2w.slice(l * c1..(l + 1) * c1),
+                &p.ln2b.slice(l * c1..(l + 1) * c1),
+                b,
+                t,
+                c,
+            )?;
+            gpu.matmul_forward(
+                &mut fch,
+                &ln2.as_view(),
+                &p.fcw.slice(l * c4 * c..(l + 1) * c4 * c),
+                Some(&p.fcb.slice(l * c4..(l + 1) * c4)),
+                b,
+                t,
+                c,
+                c4,
+            )?;
+            gpu.gelu_forward(&mut fch_gelu, &fch.as_view())?;
+            gpu.matmul_forward(
+                &mut fcproj,
+                &fch_gelu.as_view(),
+                &p.fcprojw.slice(l * c * c4..(l + 1) * c * c4),
+                Some(&p.fcprojb.slice(l * c1..(l + 1) * c1)),
+                b,
+                t,
+                c4,
+                c,
+            )?;
+            gpu.residual_forward(&mut residual3, &residual2.as_view(), &fcproj.as_view())?;
+        }
+        let last = a.residual3.slice((l_count - 1) * btc..l_count * btc);
+        gpu.layernorm_forward(
+            &mut a.lnf,
+            &mut a.lnf_mean,
+            &mut a.lnf_rstd,
+            &last,
+            &p.lnfw,
+            &p.lnfb,
+            b,
+            t,
+            c,
+        )?;
+        gpu.matmul_forward(&mut a.logits, &a.lnf.as_view(), &p.wte, None, b, t, c, vp)?;
+        Ok(())
+    }
+
+    /// The losses (B, T) of the logits in place against `targets_dev`, read back to the host.
+    fn losses(&mut self, b: usize, t: usize) -> Result<Vec<f32>> {
+        let cfg = self.config;
+        let (v, vp) = (cfg.vocab_size, cfg.padded_vocab_size);
+        acts_mut!(
+            a = self.acts.slice_mut(..),
+            act_sizes_for(&cfg, b, t, false)
+        );
+        let targets = self.targets_dev.slice(..b * t);
+        self.gpu
+            .classifier_losses(&a.logits.as_view(), &mut a.losses, &targets, b, t, v, vp)?;
+        self.gpu.download(&a.losses)
+    }
+
+    /// An error unless the logits of the last forward are still in place.
+    fn check_logits(&self) -> Result<()> {
+        match self.stage {
+            Stage::Forward { .. } => Ok(()),
+            Stage::Empty => bail!("no logits: run a forward pass first"),
+            Stage::Backward => bail!(
+                "the logits of the last forward are gone: on the GPU the backward pass overwrites \
+                 them with their gradient; read them between forward and backward"
+            ),
+        }
+    }
+
+    /// The logits (B, T, Vp) of the last forward, copied to the host (before backward).
+    pub fn logits(&mut self) -> Result<Vec<f32>> {
+        self.check_logits()?;
+        let (b, t) = (self.b, self.t);
+        acts_mut!(
+            a = self.acts.slice_mut(..),
+            act_sizes_for(&self.config, b, t, false)
+        );
+        self.gpu.download(&a.logits)
+    }
+
+    /// The logits (Vp) at batch row `bi`, position `ti` of the last forward: only that row is
+    /// copied to the host (before backward).
+    pub fn position_logits(&mut self, bi: usize, ti: usize) -> Result<Vec<f32>> {
+        self.check_logits()?;
+        let (b, t, vp) = (self.b, self.t, self.config.padded_vocab_size);
+        if bi >= b || ti >= t {
+            bail!("position ({bi}, {ti}) is outside the last forward's batch of {b}x{t}");
+        }
+        acts_mut!(
+            a = self.acts.slice_mut(..),
+            act_sizes_for(&self.config, b, t, false)
+        );
+        let row = bi * t + ti;
+        self.gpu.download(&a.logits.slice(row * vp..(row + 1) * vp))
+    }
+
+    /// Sets every parameter gradient to zero (before the first micro-batch of a step).
+    pub fn zero_grad(&mut self) -> Result<()> {
+        self.gpu
+            .memset_zero(&mut self.grads.slice_mut(..))
+            .context("zero_grad")
+    }
+
+    /// The backward pass of the last forward (which must have had targets): adds the gradient of
+    /// `loss_scale * mean loss` to the gradients. Overwrites the logits with their gradient.
+    pub fn backward(&mut self, loss_scale: f32) -> Result<()> {
+        match self.stage {
+            Stage::Forward { targets: true } => {}
+            Stage::Forward { targets: false } => {
+                bail!("backward needs a forward pass with targets; the last one had none")
+            }
+            Stage::Empty => bail!("backward before forward: run a forward pass with targets"),
+            Stage::Backward => bail!(
+                "backward ran already for this forward (it consumed the logits); run forward again"
+            ),
+        }
+        // whatever happens below, the logits are no longer the forward's
+        self.stage = Stage::Backward;
+        self.backward_layers(loss_scale)
+            .context("the GPU backward pass failed")
+    }
+
+    fn backward_layers(&mut self, loss_scale: f32) -> Result<()> {
+        let cfg = self.config;
+        let gpu = &self.gpu;
+        let (b, t) = (self.b, self.t);
+        let (l_count, nh, c, v, vp) = (
+            cfg.num_layers,
+            cfg.num_heads,
+            cfg.channels,
+            cfg.vocab_size,
+            cfg.padded_vocab_size,
+        );
+        let (btc, bt, att_n) = (b * t * c, b * t, b * nh * t * t);
+        let p = Params::from_array(views(self.params.as_view(), param_sizes(&cfg).into_array()));
+        params_mut!(g = self.grads.slice_mut(..), param_sizes(&cfg));
+        acts_mut!(
+            a = self.acts.slice_mut(..),
+            act_sizes_for(&cfg, b, t, false)
+        );
+        let dlayer_sizes =
+            LayerGrads::sizes(&cfg, b, t).context("layer gradient sizes overflow")?;
+        let dlayer_n = dlayer_sizes
+            .total()
+            .context("layer gradient sizes overflow")?;
+        let inputs = &self.inputs[..bt];
+        let targets = self.targets_dev.slice(..bt);
+        let mut scratch = self.att_scratch.slice_mut(..);
+        let mut dlnf = self.dlnf.slice_mut(..btc);
+        // the gradient of the residual stream: dcur is the output gradient of the layer being
+        // processed, dnext receives the gradient of its input (the layer below's output)
+        let mut dres = self.dresidual.slice_mut(..2 * btc);
+        let (mut dcur, mut dnext) = dres.split_at_mut(btc);
+
+        // the loss is the mean over B*T: each position's loss gets 1/(B*T); logits -> dlogits
+        gpu.fused_classifier(
+            &mut a.logits,
+            &mut a.losses,
+            loss_scale / bt as f32,
+            &targets,
+            b,
+            t,
+            v,
+            vp,
+        )?;
+        gpu.memset_zero(&mut dlnf)?;
+        gpu.matmul_backward(
+            &mut dlnf,
+            &mut g.wte,
+            None,
+            &a.logits.as_view(),
+            &a.lnf.as_view(),
+            &p.wte,
+            b,
+            t,
+            c,
+            vp,
+        )?;
+        let last = (l_count - 1) * btc;
+        gpu.memset_zero(&mut dcur)?;
+        gpu.layernorm_backward(
+            &mut dcur,
+            &mut g.lnfw,
+            &mut g.lnfb,
+            &dlnf.as_view(),
+            &a.residual3.slice(last..last + btc),
+            &p.lnfw,
+            &a.lnf_mean.as_view(),
+            &a.lnf_rstd.as_view(),
+            b,
+            t,
+            c,
+        )?;
+        for l in (0..l_count).rev() {
+            let (c1, c3, c4) = (c, 3 * c, 4 * c);
+            let residual = if l == 0 {
+                a.encoded.as_view()
+            } else {
+                a.residual3.slice((l - 1) * btc..l * btc)
+            };
+            // this layer's output gradient, and the gradient of its input, accumulated from zero
+            let dresidual3 = dcur.as_view();
+            let dresidual = &mut dnext;
+            gpu.memset_zero(dresidual)?;
+            let mut dl = self.dlayer.slice_mut(..dlayer_n);
+            gpu.memset_zero(&mut dl)?;
+            layer_grads_mut!(d = dl, dlayer_sizes);
+
+            gpu.residual_backward(&mut d.residual2, &mut d.fcproj, &dresidual3)?;
+            gpu.matmul_backward(
+                &mut d.fch_gelu,
+                &mut g.fcprojw.slice_mut(l * c * c4..(l + 1) * c * c4),
+                Some(&mut g.fcprojb.slice_mut(l * c1..(l + 1) * c1)),
+                &d.fcproj.as_view(),
+                &a.fch_gelu.slice(l * 4 * btc..(l + 1) * 4 * btc),
+                &p.fcprojw.slice(l * c * c4..(l + 1) * c * c4),
+                b,
+                t,
+                c4,
+                c,
+            )?;
+            gpu.gelu_backward(
+                &mut d.fch,
+                &a.fch.slice(l * 4 * btc..(l + 1) * 4 * btc),
+                &d.fch_gelu.as_view(),
+            )?;
+            gpu.matmul_backward(
+                &mut d.ln2,
+                &mut g.fcw.slice_mut(l * c4 * c..(l + 1) * c4 * c),
+                Some(&mut g.fcb.slice_mut(l * c4..(l + 1) * c4)),
+                &d.fch.as_view(),
+                &a.ln2.slice(l * btc..(l + 1) * btc),
+                &p.fcw.slice(l * c4 * c..(l + 1) * c4 * c),
+                b,
+                t,
+                c,
+                c4,
+            )?;
+            gpu.layernorm_backward(
+                &mut d.residual2,
+                &mut g.ln2w.slice_mut(l * c1..(l + 1) * c1),
+                &mut g.ln2b.slice_mut(l * c1..(l + 1) * c1),
+                &d.ln2.as_view(),
+                &a.residual2.slice(l * btc..(l + 1) * btc),
+                &p.ln2w.slice(l * c1..(l + 1) * c1),
+                &a.ln2_mean.slice(l * bt..(l + 1) * bt),
+                &a.ln2_rstd.slice(l * bt..(l + 1) * bt),
+                b,
+                t,
+                c,
+            )?;
+            gpu.residual_backward(dresidual, &mut d.attproj, &d.residual2.as_view())?;
+            gpu.matmul_backward(
+                &mut d.atty,
+                &mut g.attprojw.slice_mut(l * c * c..(l + 1) * c * c),
+                Some(&mut g.attprojb.slice_mut(l * c1..(l + 1) * c1)),
+                &d.attproj.as_view(),
+                &a.atty.slice(l * btc..(l + 1) * btc),
+                &p.attprojw.slice(l * c * c..(l + 1) * c * c),
+                b,
+                t,
+                c,
+                c,
+            )?;
+            gpu.attention_backward(
+                &mut d.qkv,
+                &mut d.preatt,
+                &mut d.att,
+                &d.atty.as_view(),
+                &a.qkv.slice(l * 3 * btc..(l + 1) * 3 * btc),
+                &a.att.slice(l * att_n..(l + 1) * att_n),
+                b,
+                t,
+                c,
+                nh,
+                &mut scratch,
+            )?;
+            gpu.matmul_backward(
+                &mut d.ln1,
+                &mut g.qkvw.slice_mut(l * c3 * c..(l + 1) * c3 * c),
+                Some(&mut g.qkvb.slice_mut(l * c3..(l + 1) * c3)),
+                &d.qkv.as_view(),
+                &a.ln1.slice(l * btc..(l + 1) * btc),
+                &p.qkvw.slice(l * c3 * c..(l + 1) * c3 * c),
+                b,
+                t,
+                c,
+                c3,
+            )?;
+            gpu.layernorm_backward(
+                dresidual,
+                &mut g.ln1w.slice_mut(l * c1..(l + 1) * c1),
+                &mut g.ln1b.slice_mut(l * c1..(l + 1) * c1),
+                &d.ln1.as_view(),
+                &residual,
+                &p.ln1w.slice(l * c1..(l + 1) * c1),
+                &a.ln1_mean.slice(l * bt..(l + 1) * bt),
+                &a.ln1_rstd.slice(l * bt..(l + 1) * bt),
+                b,
+                t,
+                c,
+            )?;
+            // the input gradient is the next (lower) layer's output gradient
+            std::mem::swap(&mut dcur, &mut dnext);
+        }
+        // dcur now holds the gradient of the encoding
+        gpu.encoder_backward(&mut g.wte, &mut g.wpe, &dcur.as_view(), inputs, b, t, c)?;
+        Ok(())
+    }
+
+    /// The global L2 norm of the gradients (one read-back).
+    pub fn grad_norm(&mut self) -> Result<f32> {
+        self.gpu
+            .global_norm(&self.grads.as_view())
+            .context("grad_norm")
+    }
+
+    /// One AdamW step (step counts from 1) over all parameters, with the gradients first
+    /// multiplied by grad_scale.
+    pub fn update(&mut self, hp: &AdamW, step: usize, grad_scale: f32) -> Result<()> {
+        self.gpu
+            .adamw_update(
+                &mut self.params.slice_mut(..),
+                &self.grads.as_view(),
+                &mut self.m.slice_mut(..),
+                &mut self.v.slice_mut(..),
+                hp,
+                step,
+                grad_scale,
+            )
+            .context("update")
+    }
+
+    /// The parameters, copied to the host, in checkpoint order.
+    pub fn params(&mut self) -> Result<Vec<f32>> {
+        self.gpu
+            .download(&self.params)
+            .context("reading the parameters")
+    }
+
+    /// The parameter gradients, copied to the host, in checkpoint order.
+    pub fn grads(&mut self) -> Result<Vec<f32>> {
+        self.gpu
+            .download(&self.grads)
+            .context("reading the gradients")
+    }
+}
+
+impl Engine for Gpt2Gpu {
+    fn config(&self) -> &GPT2Config {
+        &self.config
+    }
+    fn describe(&self) -> String {
+        let tf32 = if self.gpu.tf32() {
+            ", TF32 matmuls"
+        } else {
+            ""
+        };
+        format!("cuda: {}{tf32}", self.device)
+    }
+    fn forward(
+        &mut self,
+        inputs: &[u32],
+        targets: Option<&[u32]>,
+        b: usize,
+        t: usize,
+    ) -> Result<Option<f32>> {
+        Gpt2Gpu::forward(self, inputs, targets, b, t)
+    }
+    fn zero_grad(&mut self) -> Result<()> {
+        Gpt2Gpu::zero_grad(self)
+    }
+    fn backward(&mut self, loss_scale: f32) -> Result<()> {
+        Gpt2Gpu::backward(self, loss_scale)
+    }
+    fn grad_norm(&mut self) -> Result<f32> {
+        Gpt2Gpu::grad_norm(self)
+    }
+    fn update(&mut self, hp: &AdamW, step: usize, grad_scale: f32) -> Result<()> {
+        Gpt2Gpu::update(self, hp, step, grad_scale)
+    }
+    fn params(&mut self) -> Result<Vec<f32>> {
+        Gpt2Gpu::params(self)
+    }
+    fn grads(&mut self) -> Result<Vec<f32>> {
+        Gpt2Gpu::grads(self)
+    }
+    fn logits(&mut self) -> Result<Vec<f32>> {
+        Gpt2Gpu::logits(self)
+    }
+    fn position_logits(&mut self, bi: usize, ti: usize) -> Result<Vec<f32>> {
+        Gpt2Gpu::position_logits(self, bi, ti)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The view macros on host slices (they only need `split_at_mut`): each list of names must be
+    //! its layout's order, or the GPU would read every tensor from the wrong place.
+    use super::*;
+    use crate::activations;
+    use crate::params;
+
+    /// The offset of `x` in the allocation that starts at `base`, in elements.
+    fn offset(base: *const usize, x: &[usize]) -> usize {
+        (x.as_ptr() as usize - base as usize) / std::mem::size_of::<usize>()
+    }
+
+    /// (offset, length) of each tensor when `sizes` are laid out one after the other.
+    fn packed<const N: usize>(sizes: [usize; N]) -> [(usize, usize); N] {
+        let mut at = 0;
+        sizes.map(|n| {
+            at += n;
+            (at - n, n)
+        })
+    }
+
+    #[test]
+    fn acts_mut_follows_the_activation_layout() {
+        let cfg = GPT2Config::new(16, 10, 128, 2, 2, 8).unwrap();
+        let (b, t) = (3, 5);
+        for with_probs in [true, false] {
+            let sizes = act_sizes_for(&cfg, b, t, with_probs);
+            let want = Acts::from_array(packed(sizes.into_array()));
+            let n = activations::num_activations_for(&cfg, b, t, with_probs);
+            let mut buf: Vec<usize> = (0..n + 3).collect();
+            let base = buf.as_ptr();
+            acts_mut!(a = &mut buf[..], sizes);
+            let got = Acts::from_array(a.into_array().map(|x| (offset(base, x), x.len())));
+            assert_eq!(got, want, "with_probs = {with_probs}");
+            if with_probs {
+                // the CPU's split of the same layout
+                let mut cpu_buf = vec![0usize; n];
+                let cpu_base = cpu_buf.as_ptr();
+                let w = activations::split_mut(&cfg, b, t, &mut cpu_buf);
+                let cpu = Acts::from_array(w.into_array().map(|x| (offset(cpu_base, x), x.len())));
+                assert_eq!(got, cpu);
+            } else {
+                assert_eq!(got.probs, (got.logits.0 + got.logits.1, 0));
+                assert_eq!(got.losses.0, got.probs.0);
+            }
+        }
+    }
+
+    #[test]
+    fn params_mut_follows_the_checkpoint_order() {
+        let cfg = GPT2Config::new(8, 10, 16, 2, 2, 4).unwrap();
+        let n = num_parameters(&cfg);
+        let mut want_buf: Vec<usize> = (0..n).collect();
+        let base = want_buf.as_ptr();
+        let want = params::split_mut(&cfg, &mut want_buf)
+            .into_array()
+            .map(|x| (offset(base, x), x.len()));
+        let mut buf: Vec<usize> = (0..n).collect();
+        let base2 = buf.as_ptr();
+        params_mut!(g = &mut buf[..], param_sizes(&cfg));
+        let got = g.into_array().map(|x| (offset(base2, x), x.len()));
+        assert_eq!(got, want);
+        assert_eq!(got, packed(param_sizes(&cfg).into_array()));
+    }
+
+    #[test]
+    fn layer_grads_mut_is_contiguous_in_field_order() {
+        let cfg = GPT2Config::new(16, 10, 128, 2, 2, 8).unwrap();
+        let (b, t) = (3, 5);
+        let sizes = LayerGrads::sizes(&cfg, b, t).unwrap();
+        let n = sizes.total().unwrap();
+        // hand count: BTC * (1 + 1 + 4 + 4 + 1 + 1 + 1 + 3 + 1) + 2 * B*NH*T*T
+        assert_eq!(n, 15 * 8 * 17 + 2 * 3 * 2 * 25);
+        let mut buf: Vec<usize> = (0..n).collect();
+        let base = buf.as_ptr();
+        layer_grads_mut!(d = &mut buf[..], sizes);
+        let btc = 15 * 8;
+        assert_eq!(offset(base, d.residual2), 0);
+        assert_eq!(offset(base, d.fch_gelu), 2 * btc);
+        assert_eq!(d.fch_gelu.len(), 4 * btc);
+        assert_eq!(offset(base, d.preatt), 13 * btc);
+        assert_eq!(d.att.len(), 150);
+        assert_eq!(offset(base, d.qkv), 13 * btc + 300);
+        assert_eq!(offset(base, d.ln1) + d.ln1.len(), n);
+    }
+}

@@ -1,0 +1,375 @@
+//! The CUDA engine (`gpu::Gpt2Gpu`, built through `engine::create_gpu_engine`) against the CPU
+//! reference (`cpu::model::Gpt2Cpu`) and the independent PyTorch fixtures
+//! (tools/pytorch_reference.py): logits, loss and all 16 gradients, the 10-step AdamW losses, a
+//! few training steps with gradient accumulation and clipping on a random model, determinism,
+//! the sampling path, and errors on bad input. Every test that needs a GPU is
+//! `#[ignore = "needs a CUDA GPU"]`: run them with `cargo test --test gpu_model -- --ignored` on a
+//! machine with one. They go through the `Engine` trait, so they compile in every build.
+//!
+//! Tolerances: `verify::Tolerances::FP32` (normalised max error: logits 2e-6, loss 1e-6, gradients
+//! 1e-5; justified in src/verify.rs) for the fixtures, GPU against PyTorch and GPU against CPU
+//! alike, with TF32 off; the training losses within 1e-5 relative of the CPU's at every step, the
+//! gradient norms within 1e-5 relative (the GPU's fp32 tree against the CPU's f64 sum, on
+//! gradients that agree to ~1e-7), the parameters after 5 steps within 1e-3 normalised (see
+//! there); two GPU runs bitwise equal.
+
+use std::path::PathBuf;
+use train_gpt2_cuda::config::GPT2Config;
+use train_gpt2_cuda::cpu::adamw::AdamW;
+use train_gpt2_cuda::cpu::model::Gpt2Cpu;
+use train_gpt2_cuda::engine::{create_engine, create_gpu_engine, Engine};
+use train_gpt2_cuda::formats::checkpoint::read_checkpoint;
+use train_gpt2_cuda::formats::debug_state::read_debug_state;
+use train_gpt2_cuda::params::init_params;
+use train_gpt2_cuda::rng::Rng;
+use train_gpt2_cuda::train::Device;
+use train_gpt2_cuda::verify::{self, Tolerances};
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The GPU engine, or a panic that says why there is none.
+fn gpu_engine(cfg: GPT2Config, params: Vec<f32>, b: usize, t: usize) -> Box<dyn Engine> {
+    create_gpu_engine(cfg, params, b, t, false).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// The error of building a GPU engine that must not build.
+fn gpu_engine_error(cfg: GPT2Config, params: Vec<f32>, b: usize, t: usize) -> String {
+    match create_gpu_engine(cfg, params, b, t, false) {
+        Ok(_) => panic!("a GPU engine for B={b}, T={t} was built"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+/// The small random model of the training tests: GPT-2's vocabulary, 2 layers, 2 heads, C=64.
+fn small_config() -> GPT2Config {
+    GPT2Config::new(64, 50257, 50304, 2, 2, 64).unwrap()
+}
+
+/// n random token ids below V.
+fn tokens(rng: &mut Rng, n: usize, v: usize) -> Vec<u32> {
+    (0..n).map(|_| rng.below(v) as u32).collect()
+}
+
+/// The normalised max error max|got - want| / max|want| (as `verify::compare`).
+fn normalised_err(got: &[f32], want: &[f32]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f64, |m, &w| m.max((w as f64).abs()));
+    let max_abs = got
+        .iter()
+        .zip(want)
+        .fold(0f64, |m, (&g, &w)| m.max((g as f64 - w as f64).abs()));
+    assert!(got.iter().all(|x| x.is_finite()), "non-finite values");
+    max_abs / scale
+}
+
+fn rel(got: f32, want: f32) -> f64 {
+    ((got as f64 - want as f64) / want as f64).abs()
+}
+
+/// Runs everywhere: without a GPU (or without kernels) the CUDA engine is a clear error, never a
+/// panic, and `--device auto` falls back to the CPU; with one, both give the CUDA engine.
+#[test]
+fn cuda_engine_is_a_clear_error_or_works() {
+    let cfg = GPT2Config::new(16, 100, 128, 1, 2, 8).unwrap();
+    let params = init_params(&cfg, 1);
+    match create_gpu_engine(cfg, params.clone(), 2, 8, false) {
+        Ok(e) => {
+            if !train_gpt2_cuda::gpu::HAS_CUDA {
+                panic!("a build without kernels built a GPU engine");
+            }
+            assert!(e.describe().starts_with("cuda: "), "{}", e.describe());
+            let auto = create_engine(Device::Auto, cfg, params, 2, 8, false).unwrap();
+            assert!(auto.describe().starts_with("cuda: "), "{}", auto.describe());
+        }
+        Err(e) => {
+            let msg = format!("{e:#}");
+            if train_gpt2_cuda::gpu::HAS_CUDA {
+                assert!(
+                    msg.starts_with("no CUDA GPU available") || msg.contains("cuBLAS"),
+                    "unexpected error: {msg}"
+                );
+            } else {
+                assert_eq!(msg, train_gpt2_cuda::gpu::NO_CUDA_BUILD);
+            }
+            match create_engine(Device::Cuda, cfg, params.clone(), 2, 8, false) {
+                Ok(_) => panic!("--device cuda built an engine where create_gpu_engine failed"),
+                Err(e) => assert_eq!(format!("{e:#}"), msg),
+            }
+            let auto = create_engine(Device::Auto, cfg, params, 2, 8, false).unwrap();
+            assert!(auto.describe().starts_with("cpu"), "{}", auto.describe());
+        }
+    }
+}
+
+/// GPU against the CPU and against PyTorch on one committed fixture, then the 10 AdamW steps.
+fn check_fixture(name: &str) {
+    let ck = read_checkpoint(&fixture(&format!("ref_{name}_model.bin"))).unwrap();
+    let cfg = ck.config;
+    let state = read_debug_state(&fixture(&format!("ref_{name}_state.bin")), &cfg).unwrap();
+    let mut gpu = gpu_engine(cfg, ck.params.clone(), state.b, state.t);
+    let mut cpu = Gpt2Cpu::new(cfg, ck.params.clone(), state.b, state.t).unwrap();
+    let got = verify::run_engine(&mut *gpu, &state).unwrap();
+    let want_cpu = verify::run_engine(&mut cpu, &state).unwrap();
+    let want_ref = verify::Outputs {
+        logits: state.logits.clone(),
+        loss: state.loss,
+        grads: state.grads.clone(),
+    };
+    for (what, want) in [("cpu", &want_cpu), ("pytorch", &want_ref)] {
+        let rows = verify::compare_outputs(&cfg, &got, want, &Tolerances::FP32);
+        let table = verify::format_table(&format!("gpu vs {what} on {name}"), &rows);
+        println!("{table}");
+        assert_eq!(rows.len(), 18);
+        assert!(rows.iter().all(|r| r.pass), "{table}");
+    }
+
+    let text = std::fs::read_to_string(fixture(&format!("ref_{name}_losses.txt"))).unwrap();
+    let expected = verify::parse_losses(&text).unwrap();
+    assert_eq!(expected.len(), 10);
+    let mut gpu = gpu_engine(cfg, ck.params, state.b, state.t);
+    let losses = verify::run_steps(&mut *gpu, &state, expected.len()).unwrap();
+    for (i, (&got, &want)) in losses.iter().zip(&expected).enumerate() {
+        println!(
+            "step {i} loss {got} expected {want} rel {:.2e}",
+            rel(got, want)
+        );
+        assert!(
+            rel(got, want) <= Tolerances::FP32.loss,
+            "step {i}: {got} vs {want}"
+        );
+    }
+    assert!(expected[9] < expected[0] - 1e-3, "the trajectory must move");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_matches_cpu_and_pytorch_tiny() {
+    check_fixture("tiny");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_matches_cpu_and_pytorch_sharp_attention() {
+    check_fixture("sharp");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_matches_cpu_and_pytorch_gpt2_vocab() {
+    check_fixture("gpt2vocab");
+}
+
+/// What a few training steps produced: per step the loss (mean over the micro-batches) and the
+/// gradient norm, then the final parameters.
+struct Run {
+    losses: Vec<f32>,
+    norms: Vec<f32>,
+    params: Vec<f32>,
+}
+
+/// `steps` AdamW steps of 2 accumulated micro-batches of random tokens (seeded), the gradients
+/// clipped to norm 1, as the training loop does.
+fn train(engine: &mut dyn Engine, steps: usize, b: usize, t: usize, seed: u64) -> Run {
+    let v = engine.config().vocab_size;
+    let hp = AdamW {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
+    let mut rng = Rng::new(seed);
+    let (mut losses, mut norms) = (Vec::new(), Vec::new());
+    for step in 1..=steps {
+        engine.zero_grad().unwrap();
+        let mut loss = 0.0;
+        for _ in 0..2 {
+            let x = tokens(&mut rng, b * t, v);
+            let y = tokens(&mut rng, b * t, v);
+            loss += engine.forward(&x, Some(&y), b, t).unwrap().unwrap() / 2.0;
+            engine.backward(0.5).unwrap();
+        }
+        let norm = engine.grad_norm().unwrap();
+        let scale = if norm > 1.0 { 1.0 / norm } else { 1.0 };
+        engine.update(&hp, step, scale).unwrap();
+        losses.push(loss);
+        norms.push(norm);
+    }
+    Run {
+        losses,
+        norms,
+        params: engine.params().unwrap(),
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn training_steps_match_the_cpu_and_are_deterministic() {
+    let cfg = small_config();
+    let (b, t, steps) = (2, 33, 5);
+    let params = init_params(&cfg, 42);
+    let mut cpu = Gpt2Cpu::new(cfg, params.clone(), b, t).unwrap();
+    let want = train(&mut cpu, steps, b, t, 7);
+    let mut gpu = gpu_engine(cfg, params.clone(), b, t);
+    let got = train(&mut *gpu, steps, b, t, 7);
+    for i in 0..steps {
+        println!(
+            "step {i}: loss gpu {} cpu {} (rel {:.2e}), norm gpu {} cpu {} (rel {:.2e})",
+            got.losses[i],
+            want.losses[i],
+            rel(got.losses[i], want.losses[i]),
+            got.norms[i],
+            want.norms[i],
+            rel(got.norms[i], want.norms[i]),
+        );
+        assert!(rel(got.losses[i], want.losses[i]) <= 1e-5, "step {i} loss");
+        assert!(rel(got.norms[i], want.norms[i]) <= 1e-5, "step {i} norm");
+    }
+    // the run must have clipped and learned something for the comparison to mean much
+    assert!(want.norms.iter().any(|&n| n > 1.0) || want.losses[steps - 1] < want.losses[0]);
+    // AdamW divides by sqrt(v) + eps (1e-8): a gradient entry near eps with a roundoff-size
+    // difference (~1e-10) moves its parameter by up to ~lr * 1e-2 differently, ~1e-4 of the
+    // largest parameter; a wrong gradient or update moves it by ~lr = 1e-2 of it
+    assert!(normalised_err(&got.params, &want.params) <= 1e-3);
+    assert_ne!(got.params, params, "the parameters moved");
+
+    // the same seed on a fresh GPU engine: bitwise the same run
+    let mut gpu2 = gpu_engine(cfg, params, b, t);
+    let again = train(&mut *gpu2, steps, b, t, 7);
+    assert_eq!(
+        again.losses, got.losses,
+        "losses differ between two GPU runs"
+    );
+    assert_eq!(again.norms, got.norms, "norms differ between two GPU runs");
+    assert!(again.params == got.params, "parameters differ between runs");
+
+    // a smaller batch than the arenas were sized for, on the trained models
+    let mut rng = Rng::new(9);
+    let (b1, t1) = (1, 17);
+    let x = tokens(&mut rng, b1 * t1, cfg.vocab_size);
+    let y = tokens(&mut rng, b1 * t1, cfg.vocab_size);
+    let lg = gpu.forward(&x, Some(&y), b1, t1).unwrap().unwrap();
+    let lc = cpu.forward(&x, Some(&y), b1, t1).unwrap().unwrap();
+    assert!(rel(lg, lc) <= 1e-5, "{lg} vs {lc}");
+    let (gl, cl) = (gpu.logits().unwrap(), Engine::logits(&mut cpu).unwrap());
+    assert_eq!(gl.len(), b1 * t1 * cfg.padded_vocab_size);
+    assert!(normalised_err(&gl, &cl) <= Tolerances::FP32.logits);
+    gpu.zero_grad().unwrap();
+    cpu.zero_grad();
+    gpu.backward(1.0).unwrap();
+    Engine::backward(&mut cpu, 1.0).unwrap();
+    let (gg, cg) = (gpu.grads().unwrap(), cpu.grads.clone());
+    assert!(normalised_err(&gg, &cg) <= Tolerances::FP32.grads);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn position_logits_are_rows_of_the_logits() {
+    let cfg = small_config();
+    let (b, t, vp) = (2, 33, cfg.padded_vocab_size);
+    let params = init_params(&cfg, 5);
+    let mut gpu = gpu_engine(cfg, params.clone(), b, t);
+    let mut cpu = Gpt2Cpu::new(cfg, params, b, t).unwrap();
+    let mut rng = Rng::new(3);
+    let x = tokens(&mut rng, b * t, cfg.vocab_size);
+    let y = tokens(&mut rng, b * t, cfg.vocab_size);
+    gpu.forward(&x, Some(&y), b, t).unwrap();
+    cpu.forward(&x, Some(&y), b, t).unwrap();
+    let all = gpu.logits().unwrap();
+    assert_eq!(all.len(), b * t * vp);
+    for (bi, ti) in [(0, 0), (0, 17), (1, 5), (1, 32)] {
+        let row = gpu.position_logits(bi, ti).unwrap();
+        let at = (bi * t + ti) * vp;
+        assert_eq!(row, all[at..at + vp], "({bi}, {ti})");
+        let want = Engine::position_logits(&mut cpu, bi, ti).unwrap();
+        assert!(normalised_err(&row, &want) <= Tolerances::FP32.logits);
+        assert!(row[cfg.vocab_size..].iter().all(|&x| x == 0.0), "padding");
+    }
+
+    // the sampler's call: B=1, no targets, the last position
+    let ctx = &x[..9];
+    assert_eq!(gpu.forward(ctx, None, 1, 9).unwrap(), None);
+    cpu.forward(ctx, None, 1, 9).unwrap();
+    let row = gpu.position_logits(0, 8).unwrap();
+    assert_eq!(row, gpu.logits().unwrap()[8 * vp..]);
+    let want = Engine::position_logits(&mut cpu, 0, 8).unwrap();
+    assert!(normalised_err(&row, &want) <= Tolerances::FP32.logits);
+
+    // backward consumes the logits: reading them afterwards is an error, as is a second backward
+    gpu.forward(&x, Some(&y), b, t).unwrap();
+    gpu.backward(1.0).unwrap();
+    let e = format!("{:#}", gpu.logits().unwrap_err());
+    assert!(e.contains("overwrites them with their gradient"), "{e}");
+    assert!(gpu.position_logits(0, 0).is_err());
+    let e = format!("{:#}", gpu.backward(1.0).unwrap_err());
+    assert!(e.contains("backward ran already"), "{e}");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bad_input_is_an_error_not_a_panic() {
+    let cfg = small_config();
+    let (b, t, v) = (2, 33, cfg.vocab_size);
+    let params = init_params(&cfg, 11);
+    let mut gpu = gpu_engine(cfg, params.clone(), b, t);
+    let mut rng = Rng::new(4);
+    let x = tokens(&mut rng, b * t, v);
+    let y = tokens(&mut rng, b * t, v);
+    let err = |r: anyhow::Result<Option<f32>>| format!("{:#}", r.unwrap_err());
+
+    let e = format!("{:#}", gpu.backward(1.0).unwrap_err());
+    assert!(e.contains("backward before forward"), "{e}");
+    assert!(gpu.logits().is_err());
+
+    let loss = gpu.forward(&x, Some(&y), b, t).unwrap().unwrap();
+    // T larger than the arenas (but within maxT), and B larger
+    let x2 = tokens(&mut rng, 34, v);
+    let e = err(gpu.forward(&x2, None, 1, 34));
+    assert!(e.contains("larger than the 2x33"), "{e}");
+    let x3 = tokens(&mut rng, 3 * 4, v);
+    let e = err(gpu.forward(&x3, None, 3, 4));
+    assert!(e.contains("larger than the 2x33"), "{e}");
+    // T beyond the model's maxT
+    let e = err(gpu.forward(&tokens(&mut rng, 65, v), None, 1, 65));
+    assert!(e.contains("maximum sequence length"), "{e}");
+    // a token id >= V (the padded rows V..Vp exist on the device but are not tokens)
+    let mut bad = x.clone();
+    bad[40] = v as u32;
+    let e = err(gpu.forward(&bad, Some(&y), b, t));
+    assert!(e.contains("input token id 50257 at position 40"), "{e}");
+    let mut bad_y = y.clone();
+    bad_y[3] = u32::MAX;
+    let e = err(gpu.forward(&x, Some(&bad_y), b, t));
+    assert!(e.contains("target token id"), "{e}");
+    // wrong lengths, an empty batch
+    let e = err(gpu.forward(&x[..10], None, b, t));
+    assert!(e.contains("expected 66 input tokens, got 10"), "{e}");
+    let e = err(gpu.forward(&[], None, 0, t));
+    assert!(e.contains("must both be at least 1"), "{e}");
+
+    // the engine is unharmed: the same batch gives the same loss, bitwise
+    assert_eq!(gpu.forward(&x, Some(&y), b, t).unwrap().unwrap(), loss);
+    let e = format!("{:#}", gpu.position_logits(2, 0).unwrap_err());
+    assert!(
+        e.contains("outside the last forward's batch of 2x33"),
+        "{e}"
+    );
+    assert!(gpu.position_logits(0, 33).is_err());
+    gpu.forward(&x, None, b, t).unwrap();
+    let e = format!("{:#}", gpu.backward(1.0).unwrap_err());
+    assert!(e.contains("needs a forward pass with targets"), "{e}");
+
+    // a wrong parameter count, and arenas that cannot fit
+    let e = gpu_engine_error(cfg, params[1..].to_vec(), b, t);
+    assert!(e.contains("parameter count"), "{e}");
+    // the logits alone: 100000 * 64 * 50304 floats = 1.2 TiB
+    let e = gpu_engine_error(cfg, params.clone(), 100_000, 64);
+    assert!(e.starts_with("not enough GPU memory"), "{e}");
+    assert!(e.contains("GiB free"), "{e}");
+    let e = gpu_engine_error(cfg, params, usize::MAX / 64, 64);
+    assert!(e.contains("do not fit in memory"), "{e}");
+}

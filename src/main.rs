@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use train_gpt2_cuda::engine::{create_engine, Engine};
+use train_gpt2_cuda::engine::create_engine;
 use train_gpt2_cuda::formats::{checkpoint, debug_state};
 use train_gpt2_cuda::sample::{generate, SampleOptions};
 use train_gpt2_cuda::tokenizer::Tokenizer;
@@ -266,9 +266,9 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
             "{}",
             verify::format_table(&format!("\n{name} vs {}", a.state.display()), &rows)
         );
-        results.push((name, engine, out));
+        results.push((dev, name, out));
     }
-    if let [(n0, _, o0), (n1, _, o1)] = results.as_slice() {
+    if let [(_, n0, o0), (_, n1, o1)] = results.as_slice() {
         let rows = verify::compare_outputs(&cfg, o1, o0, &tol);
         all_pass &= rows.iter().all(|r| r.pass);
         print!(
@@ -277,7 +277,7 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         );
     }
     if let Some(path) = &a.dump {
-        let (name, _, out) = results.last().expect("one engine at least");
+        let (_, name, out) = results.last().expect("one engine at least");
         let dumped = debug_state::DebugState {
             b: state.b,
             t: state.t,
@@ -309,21 +309,9 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
             }
             None => None,
         };
-        for (name, engine, _) in results.iter_mut() {
-            // restart from the checkpoint's parameters
-            let mut fresh = create_engine(
-                if name.starts_with("cpu") {
-                    Device::Cpu
-                } else {
-                    Device::Cuda
-                },
-                cfg,
-                ck.params.clone(),
-                state.b,
-                state.t,
-                a.tf32,
-            )?;
-            *engine = fresh_swap(&mut fresh);
+        for (dev, name, _) in &results {
+            // a fresh engine from the checkpoint's parameters (the first ones were dropped)
+            let mut engine = create_engine(*dev, cfg, ck.params.clone(), state.b, state.t, a.tf32)?;
             println!(
                 "\n{name}: {} AdamW steps (lr 1e-4, betas 0.9/0.999, eps 1e-8, weight decay 0.01)",
                 a.steps
@@ -359,46 +347,4 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
-}
-
-fn fresh_swap(e: &mut Box<dyn Engine>) -> Box<dyn Engine> {
-    std::mem::replace(e, Box::new(NoEngine))
-}
-
-/// A placeholder left behind by `fresh_swap`.
-struct NoEngine;
-impl Engine for NoEngine {
-    fn config(&self) -> &train_gpt2_cuda::config::GPT2Config {
-        unreachable!()
-    }
-    fn describe(&self) -> String {
-        unreachable!()
-    }
-    fn forward(&mut self, _: &[u32], _: Option<&[u32]>, _: usize, _: usize) -> Result<Option<f32>> {
-        unreachable!()
-    }
-    fn zero_grad(&mut self) -> Result<()> {
-        unreachable!()
-    }
-    fn backward(&mut self, _: f32) -> Result<()> {
-        unreachable!()
-    }
-    fn grad_norm(&mut self) -> Result<f32> {
-        unreachable!()
-    }
-    fn update(&mut self, _: &train_gpt2_cuda::cpu::adamw::AdamW, _: usize, _: f32) -> Result<()> {
-        unreachable!()
-    }
-    fn params(&mut self) -> Result<Vec<f32>> {
-        unreachable!()
-    }
-    fn grads(&mut self) -> Result<Vec<f32>> {
-        unreachable!()
-    }
-    fn logits(&mut self) -> Result<Vec<f32>> {
-        unreachable!()
-    }
-    fn position_logits(&mut self, _: usize, _: usize) -> Result<Vec<f32>> {
-        unreachable!()
-    }
 }

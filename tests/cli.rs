@@ -163,7 +163,10 @@ fn trains_a_small_model_then_samples_from_its_checkpoint() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     // every step line carries ms, tokens/s and MFU (a percentage, given a peak)
     for line in stdout.lines().filter(|l| l.starts_with("step ")) {
-        assert!(line.contains(" ms | ") && line.contains(" tok/s | MFU "), "{line}");
+        assert!(
+            line.contains(" ms | ") && line.contains(" tok/s | MFU "),
+            "{line}"
+        );
         assert!(line.trim_end().ends_with('%'), "{line}");
     }
     assert!(stdout.contains("peak memory: "), "{stdout}");

@@ -59,6 +59,13 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(max_t, c)
         self.blocks = nn.ModuleList(Block(c, depth, fused_attention) for _ in range(depth))
         self.ln_f = nn.LayerNorm(c)
+        # GPT-2's initialisation (timing does not depend on it, but the printed loss then makes sense)
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            elif p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * depth) if name.endswith("proj.weight") else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
 
     def forward(self, idx, targets):
         t = idx.size(1)
@@ -128,7 +135,7 @@ def bench(args, b, t):
         "ms_per_step": round(ms, 3),
         "tokens_per_s": round(b * t / (ms / 1e3), 1),
         "peak_mem_bytes": torch.cuda.max_memory_allocated() if dev.type == "cuda" else None,
-        "loss": float(loss),
+        "loss": loss.item(),
         "torch": torch.__version__,
     }
 

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Every GPU check in one go, for the GPU machine (no Rust there). Here, first:
+#     ../shared/gpu/pack
+# then on the GPU machine, from the project root (the device tool: carry [".gpu"]):
+#     bash tools/gpu-verify.sh "$OUT"
+# It writes one log per check into the folder given (default gpu-verify-out/) and a summary at
+# the end; the exit status is 0 only if every check passed.
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+out=${1:-gpu-verify-out}
+mkdir -p "$out"
+run=".gpu/on-gpu.sh"
+[ -f "$run" ] || { echo "no .gpu/: run ../shared/gpu/pack on the build machine first" >&2; exit 2; }
+declare -a summary
+check() { # name, command...
+  local name=$1; shift
+  echo "=== $name: $*"
+  if "$@" > "$out/$name.log" 2>&1; then summary+=("ok    $name"); else summary+=("FAIL  $name (see $name.log)"); fi
+  tail -n 25 "$out/$name.log"
+}
+
+check info bash "$run" info
+# every test, the GPU ones included (--include-ignored), one thread
+check tests bash "$run" tests
+# the engine against the PyTorch fixtures and against the CPU path, with the 10-step trajectories
+for f in tiny sharp gpt2vocab; do
+  check "verify-$f" bash "$run" exec train-gpt2-cuda verify --device both \
+    --model "tests/fixtures/ref_${f}_model.bin" --state "tests/fixtures/ref_${f}_state.bin" \
+    --steps 10 --expect-losses "tests/fixtures/ref_${f}_losses.txt" --dump "$out/dump_${f}.bin"
+done
+# training d12 on the default corpus, twice with the same seed: the losses must be identical
+for i in 1 2; do
+  check "train-d12-run$i" bash "$run" exec train-gpt2-cuda --device cuda --model d12 --batch 4 \
+    --seq 64 --steps 50 --val-every 25 --seed 1337 --out-dir "$out/train$i"
+done
+grep '^step' "$out/train-d12-run1.log" | sed 's/ | [0-9.]* ms .*//' > "$out/losses1.txt"
+grep '^step' "$out/train-d12-run2.log" | sed 's/ | [0-9.]* ms .*//' > "$out/losses2.txt"
+check same-seed-same-losses diff "$out/losses1.txt" "$out/losses2.txt"
+# memory errors and races in a short run
+if command -v compute-sanitizer > /dev/null; then
+  check sanitizer compute-sanitizer --tool memcheck --target-processes all --error-exitcode 1 \
+    bash "$run" exec train-gpt2-cuda --device cuda --model d2 --batch 2 --seq 33 --steps 2 --val-batches 1 --sample-tokens 4 --out-dir "$out/san"
+fi
+echo; echo "summary:"; printf '  %s\n' "${summary[@]}"
+printf '%s\n' "${summary[@]}" | grep -q FAIL && exit 1
+exit 0

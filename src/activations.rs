@@ -201,6 +201,171 @@ pub fn split_mut<'a, T>(
     }))
 }
 
+/// One layer's activations: the l-th slice of each (L, ...) tensor except `residual3`, which the
+/// passes handle on their own (a layer reads the previous layer's `residual3` while writing its own).
+pub struct LayerActs<S> {
+    pub ln1: S,       // (B, T, C)
+    pub ln1_mean: S,  // (B, T)
+    pub ln1_rstd: S,  // (B, T)
+    pub qkv: S,       // (B, T, 3*C)
+    pub atty: S,      // (B, T, C)
+    pub preatt: S,    // (B, NH, T, T)
+    pub att: S,       // (B, NH, T, T)
+    pub attproj: S,   // (B, T, C)
+    pub residual2: S, // (B, T, C)
+    pub ln2: S,       // (B, T, C)
+    pub ln2_mean: S,  // (B, T)
+    pub ln2_rstd: S,  // (B, T)
+    pub fch: S,       // (B, T, 4*C)
+    pub fch_gelu: S,  // (B, T, 4*C)
+    pub fcproj: S,    // (B, T, C)
+}
+
+/// The per-layer tensors of an [`Acts`], by layer.
+pub struct Layers<'a, T> {
+    rest: LayerActs<&'a mut [T]>,
+    layers: usize,
+}
+
+impl<'a, T> Acts<&'a mut [T]> {
+    /// Splits the activations into the per-layer views (a double-ended iterator over the L
+    /// layers: `.rev()` walks them backward) and the tensors outside the layers (`residual3`
+    /// stays whole in the returned `Acts`; the per-layer fields there are emptied).
+    pub fn by_layer(self, num_layers: usize) -> (Layers<'a, T>, Acts<&'a mut [T]>) {
+        let Acts {
+            encoded,
+            ln1,
+            ln1_mean,
+            ln1_rstd,
+            qkv,
+            atty,
+            preatt,
+            att,
+            attproj,
+            residual2,
+            ln2,
+            ln2_mean,
+            ln2_rstd,
+            fch,
+            fch_gelu,
+            fcproj,
+            residual3,
+            lnf,
+            lnf_mean,
+            lnf_rstd,
+            logits,
+            probs,
+            losses,
+        } = self;
+        let layers = Layers {
+            rest: LayerActs {
+                ln1,
+                ln1_mean,
+                ln1_rstd,
+                qkv,
+                atty,
+                preatt,
+                att,
+                attproj,
+                residual2,
+                ln2,
+                ln2_mean,
+                ln2_rstd,
+                fch,
+                fch_gelu,
+                fcproj,
+            },
+            layers: num_layers,
+        };
+        let outer = Acts {
+            encoded,
+            ln1: Default::default(),
+            ln1_mean: Default::default(),
+            ln1_rstd: Default::default(),
+            qkv: Default::default(),
+            atty: Default::default(),
+            preatt: Default::default(),
+            att: Default::default(),
+            attproj: Default::default(),
+            residual2: Default::default(),
+            ln2: Default::default(),
+            ln2_mean: Default::default(),
+            ln2_rstd: Default::default(),
+            fch: Default::default(),
+            fch_gelu: Default::default(),
+            fcproj: Default::default(),
+            residual3,
+            lnf,
+            lnf_mean,
+            lnf_rstd,
+            logits,
+            probs,
+            losses,
+        };
+        (layers, outer)
+    }
+}
+
+impl<'a, T> Layers<'a, T> {
+    /// Cuts one layer off the front (`back == false`) or the back of every tensor.
+    fn cut(&mut self, back: bool) -> Option<LayerActs<&'a mut [T]>> {
+        if self.layers == 0 {
+            return None;
+        }
+        let n = self.layers;
+        self.layers -= 1;
+        let cut1 = |x: &mut &'a mut [T]| -> &'a mut [T] {
+            let per_layer = x.len() / n;
+            let whole = std::mem::take(x);
+            if back {
+                let (rest, last) = whole.split_at_mut(whole.len() - per_layer);
+                *x = rest;
+                last
+            } else {
+                let (first, rest) = whole.split_at_mut(per_layer);
+                *x = rest;
+                first
+            }
+        };
+        let r = &mut self.rest;
+        Some(LayerActs {
+            ln1: cut1(&mut r.ln1),
+            ln1_mean: cut1(&mut r.ln1_mean),
+            ln1_rstd: cut1(&mut r.ln1_rstd),
+            qkv: cut1(&mut r.qkv),
+            atty: cut1(&mut r.atty),
+            preatt: cut1(&mut r.preatt),
+            att: cut1(&mut r.att),
+            attproj: cut1(&mut r.attproj),
+            residual2: cut1(&mut r.residual2),
+            ln2: cut1(&mut r.ln2),
+            ln2_mean: cut1(&mut r.ln2_mean),
+            ln2_rstd: cut1(&mut r.ln2_rstd),
+            fch: cut1(&mut r.fch),
+            fch_gelu: cut1(&mut r.fch_gelu),
+            fcproj: cut1(&mut r.fcproj),
+        })
+    }
+}
+
+impl<'a, T> Iterator for Layers<'a, T> {
+    type Item = LayerActs<&'a mut [T]>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.cut(false)
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.layers, Some(self.layers))
+    }
+}
+
+impl<T> ExactSizeIterator for Layers<'_, T> {}
+
+impl<T> DoubleEndedIterator for Layers<'_, T> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        self.cut(true)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,5 +410,31 @@ mod tests {
         assert!(checked_act_sizes(&cfg, usize::MAX / 2, 1024, false).is_none());
         // B*T fits; the per-layer tensors times L do not
         assert!(checked_act_sizes(&cfg, 1 << 40, 1024, true).is_none());
+    }
+
+    #[test]
+    fn by_layer_walks_the_layers_both_ways() {
+        let cfg = GPT2Config::new(16, 10, 128, 3, 2, 8).unwrap();
+        let (b, t) = (2, 3);
+        let n = num_activations(&cfg, b, t);
+        let mut buf: Vec<usize> = (0..n).collect();
+        let whole = split_mut(&cfg, b, t, &mut buf);
+        let qkv_start = whole.qkv[0];
+        let per_layer = b * t * 3 * 8;
+        let (layers, outer) = whole.by_layer(3);
+        assert_eq!(outer.residual3.len(), 3 * b * t * 8);
+        let firsts: Vec<usize> = layers.rev().map(|l| l.qkv[0]).collect();
+        assert_eq!(
+            firsts,
+            vec![qkv_start + 2 * per_layer, qkv_start + per_layer, qkv_start]
+        );
+        let whole = split_mut(&cfg, b, t, &mut buf);
+        let (mut layers, _) = whole.by_layer(3);
+        let l0 = layers.next().unwrap();
+        assert_eq!(
+            (l0.qkv.len(), l0.ln1_mean.len(), l0.att.len()),
+            (per_layer, b * t, b * 2 * t * t)
+        );
+        assert_eq!(layers.count(), 2);
     }
 }

@@ -87,6 +87,75 @@ impl<S> Params<S> {
     }
 }
 
+/// One transformer block's parameters (or gradients): the l-th slice of each (L, ...) tensor.
+pub struct Block<S> {
+    pub ln1w: S,     // (C)
+    pub ln1b: S,     // (C)
+    pub qkvw: S,     // (3*C, C)
+    pub qkvb: S,     // (3*C)
+    pub attprojw: S, // (C, C)
+    pub attprojb: S, // (C)
+    pub ln2w: S,     // (C)
+    pub ln2b: S,     // (C)
+    pub fcw: S,      // (4*C, C)
+    pub fcb: S,      // (4*C)
+    pub fcprojw: S,  // (C, 4*C)
+    pub fcprojb: S,  // (C)
+}
+
+/// The l-th of `num_layers` equal slices of `x`.
+fn nth<T>(x: &[T], l: usize, num_layers: usize) -> &[T] {
+    let n = x.len() / num_layers;
+    &x[l * n..(l + 1) * n]
+}
+
+/// The l-th of `num_layers` equal slices of `x`, mutable.
+fn nth_mut<T>(x: &mut [T], l: usize, num_layers: usize) -> &mut [T] {
+    let n = x.len() / num_layers;
+    &mut x[l * n..(l + 1) * n]
+}
+
+impl<'a, T> Params<&'a [T]> {
+    /// Block l of `num_layers`.
+    pub fn block(&self, l: usize, num_layers: usize) -> Block<&'a [T]> {
+        let f = |x: &'a [T]| nth(x, l, num_layers);
+        Block {
+            ln1w: f(self.ln1w),
+            ln1b: f(self.ln1b),
+            qkvw: f(self.qkvw),
+            qkvb: f(self.qkvb),
+            attprojw: f(self.attprojw),
+            attprojb: f(self.attprojb),
+            ln2w: f(self.ln2w),
+            ln2b: f(self.ln2b),
+            fcw: f(self.fcw),
+            fcb: f(self.fcb),
+            fcprojw: f(self.fcprojw),
+            fcprojb: f(self.fcprojb),
+        }
+    }
+}
+
+impl<T> Params<&mut [T]> {
+    /// Block l of `num_layers`, mutable.
+    pub fn block_mut(&mut self, l: usize, num_layers: usize) -> Block<&mut [T]> {
+        Block {
+            ln1w: nth_mut(self.ln1w, l, num_layers),
+            ln1b: nth_mut(self.ln1b, l, num_layers),
+            qkvw: nth_mut(self.qkvw, l, num_layers),
+            qkvb: nth_mut(self.qkvb, l, num_layers),
+            attprojw: nth_mut(self.attprojw, l, num_layers),
+            attprojb: nth_mut(self.attprojb, l, num_layers),
+            ln2w: nth_mut(self.ln2w, l, num_layers),
+            ln2b: nth_mut(self.ln2b, l, num_layers),
+            fcw: nth_mut(self.fcw, l, num_layers),
+            fcb: nth_mut(self.fcb, l, num_layers),
+            fcprojw: nth_mut(self.fcprojw, l, num_layers),
+            fcprojb: nth_mut(self.fcprojb, l, num_layers),
+        }
+    }
+}
+
 /// The number of elements of each parameter tensor.
 pub fn param_sizes(cfg: &GPT2Config) -> Params<usize> {
     let GPT2Config {
@@ -214,5 +283,21 @@ mod tests {
         for bias in [p.ln1b, p.qkvb, p.attprojb, p.ln2b, p.fcb, p.fcprojb, p.lnfb] {
             assert!(bias.iter().all(|&v| v == 0.0));
         }
+    }
+
+    #[test]
+    fn blocks_slice_each_layer() {
+        let cfg = GPT2Config::new(8, 10, 16, 3, 2, 4).unwrap();
+        let n = num_parameters(&cfg);
+        let buf: Vec<usize> = (0..n).collect();
+        let p = split(&cfg, &buf);
+        let b2 = p.block(2, 3);
+        assert_eq!(b2.qkvw.len(), 3 * 4 * 4);
+        assert_eq!(b2.qkvw[0], p.qkvw[2 * 48]);
+        assert_eq!(*b2.fcprojb.last().unwrap(), *p.fcprojb.last().unwrap());
+        let mut buf2 = vec![0usize; n];
+        let mut g = split_mut(&cfg, &mut buf2);
+        g.block_mut(1, 3).ln2b[0] = 5;
+        assert_eq!(g.ln2b, &[0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0]);
     }
 }

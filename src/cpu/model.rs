@@ -11,9 +11,9 @@ use super::gelu::{gelu_backward, gelu_forward};
 use super::layernorm::{layernorm_backward, layernorm_forward};
 use super::matmul::{matmul_backward, matmul_forward};
 use super::residual::{residual_backward, residual_forward};
-use crate::activations::{self, num_activations};
+use crate::activations::{self, num_activations, LayerActs};
 use crate::config::GPT2Config;
-use crate::params::{self, num_parameters};
+use crate::params::{self, num_parameters, Block};
 use anyhow::{bail, Result};
 
 pub struct Gpt2Cpu {
@@ -99,10 +99,12 @@ impl Gpt2Cpu {
         );
         let p = params::split(&cfg, &self.params);
         let a = activations::split_mut(&cfg, b, t, &mut self.acts);
-        let (btc, bt, att_n) = (b * t * c, b * t, b * nh * t * t);
+        let btc = b * t * c;
 
         encoder_forward(a.encoded, inputs, p.wte, p.wpe, b, t, c);
-        for l in 0..l_count {
+        let (layers, a) = a.by_layer(l_count);
+        for (l, la) in layers.enumerate() {
+            let w = p.block(l, l_count);
             // this layer's input (the encoding or the previous layer's output) and its output
             let (below, this) = a.residual3.split_at_mut(l * btc);
             let residual: &[f32] = if l == 0 {
@@ -111,91 +113,9 @@ impl Gpt2Cpu {
                 &below[(l - 1) * btc..]
             };
             let residual3 = &mut this[..btc];
-            let ln1 = &mut a.ln1[l * btc..(l + 1) * btc];
-            let ln1_mean = &mut a.ln1_mean[l * bt..(l + 1) * bt];
-            let ln1_rstd = &mut a.ln1_rstd[l * bt..(l + 1) * bt];
-            let qkv = &mut a.qkv[l * 3 * btc..(l + 1) * 3 * btc];
-            let atty = &mut a.atty[l * btc..(l + 1) * btc];
-            let preatt = &mut a.preatt[l * att_n..(l + 1) * att_n];
-            let att = &mut a.att[l * att_n..(l + 1) * att_n];
-            let attproj = &mut a.attproj[l * btc..(l + 1) * btc];
-            let residual2 = &mut a.residual2[l * btc..(l + 1) * btc];
-            let ln2 = &mut a.ln2[l * btc..(l + 1) * btc];
-            let ln2_mean = &mut a.ln2_mean[l * bt..(l + 1) * bt];
-            let ln2_rstd = &mut a.ln2_rstd[l * bt..(l + 1) * bt];
-            let fch = &mut a.fch[l * 4 * btc..(l + 1) * 4 * btc];
-            let fch_gelu = &mut a.fch_gelu[l * 4 * btc..(l + 1) * 4 * btc];
-            let fcproj = &mut a.fcproj[l * btc..(l + 1) * btc];
-            let (c1, c3, c4) = (c, 3 * c, 4 * c);
-
-            layernorm_forward(
-                ln1,
-                ln1_mean,
-                ln1_rstd,
-                residual,
-                &p.ln1w[l * c1..(l + 1) * c1],
-                &p.ln1b[l * c1..(l + 1) * c1],
-                b,
-                t,
-                c,
-            );
-            matmul_forward(
-                qkv,
-                ln1,
-                &p.qkvw[l * c3 * c..(l + 1) * c3 * c],
-                Some(&p.qkvb[l * c3..(l + 1) * c3]),
-                b,
-                t,
-                c,
-                c3,
-            );
-            attention_forward(atty, preatt, att, qkv, b, t, c, nh);
-            matmul_forward(
-                attproj,
-                atty,
-                &p.attprojw[l * c * c..(l + 1) * c * c],
-                Some(&p.attprojb[l * c1..(l + 1) * c1]),
-                b,
-                t,
-                c,
-                c,
-            );
-            residual_forward(residual2, residual, attproj);
-            layernorm_forward(
-                ln2,
-                ln2_mean,
-                ln2_rstd,
-                residual2,
-                &p.ln2w[l * c1..(l + 1) * c1],
-                &p.ln2b[l * c1..(l + 1) * c1],
-                b,
-                t,
-                c,
-            );
-            matmul_forward(
-                fch,
-                ln2,
-                &p.fcw[l * c4 * c..(l + 1) * c4 * c],
-                Some(&p.fcb[l * c4..(l + 1) * c4]),
-                b,
-                t,
-                c,
-                c4,
-            );
-            gelu_forward(fch_gelu, fch);
-            matmul_forward(
-                fcproj,
-                fch_gelu,
-                &p.fcprojw[l * c * c4..(l + 1) * c * c4],
-                Some(&p.fcprojb[l * c1..(l + 1) * c1]),
-                b,
-                t,
-                c4,
-                c,
-            );
-            residual_forward(residual3, residual2, fcproj);
+            layer_forward(la, &w, residual, residual3, b, t, c, nh);
         }
-        let last = &a.residual3[(l_count - 1) * btc..l_count * btc];
+        let last = &a.residual3[(l_count - 1) * btc..];
         layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, last, p.lnfw, p.lnfb, b, t, c);
         matmul_forward(a.logits, a.lnf, p.wte, None, b, t, c, vp);
         softmax_forward(a.probs, a.logits, b, t, v, vp);
@@ -203,6 +123,7 @@ impl Gpt2Cpu {
         let Some(targets) = targets else {
             return Ok(None);
         };
+        let bt = b * t;
         self.targets[..bt].copy_from_slice(targets);
         crossentropy_forward(a.losses, a.probs, targets, b, t, vp);
         let mean = a.losses.iter().map(|&x| x as f64).sum::<f64>() / bt as f64;
@@ -242,9 +163,9 @@ impl Gpt2Cpu {
             cfg.vocab_size,
             cfg.padded_vocab_size,
         );
-        let (btc, bt, att_n) = (b * t * c, b * t, b * nh * t * t);
+        let (btc, bt) = (b * t * c, b * t);
         let p = params::split(&cfg, &self.params);
-        let g = params::split_mut(&cfg, &mut self.grads);
+        let mut g = params::split_mut(&cfg, &mut self.grads);
         let a = activations::split_mut(&cfg, b, t, &mut self.acts);
         let na = num_activations(&cfg, b, t);
         self.grad_acts[..na].fill(0.0);
@@ -257,21 +178,15 @@ impl Gpt2Cpu {
         crossentropy_softmax_backward(d.logits, d.losses, a.probs, targets, b, t, v, vp);
         matmul_backward(d.lnf, g.wte, None, d.logits, a.lnf, p.wte, b, t, c, vp);
         let last = (l_count - 1) * btc;
+        let (dlast, alast) = (&mut d.residual3[last..], &a.residual3[last..]);
         layernorm_backward(
-            &mut d.residual3[last..last + btc],
-            g.lnfw,
-            g.lnfb,
-            d.lnf,
-            &a.residual3[last..last + btc],
-            p.lnfw,
-            a.lnf_mean,
-            a.lnf_rstd,
-            b,
-            t,
-            c,
+            dlast, g.lnfw, g.lnfb, d.lnf, alast, p.lnfw, a.lnf_mean, a.lnf_rstd, b, t, c,
         );
-        for l in (0..l_count).rev() {
-            let (c1, c3, c4) = (c, 3 * c, 4 * c);
+
+        let (layers, a) = a.by_layer(l_count);
+        let (dlayers, d) = d.by_layer(l_count);
+        for (l, (la, dl)) in layers.zip(dlayers).enumerate().rev() {
+            let (w, dw) = (p.block(l, l_count), g.block_mut(l, l_count));
             let residual: &[f32] = if l == 0 {
                 &*a.encoded
             } else {
@@ -279,112 +194,23 @@ impl Gpt2Cpu {
             };
             // this layer's output gradient, and the gradient of its input (the layer below's output)
             let (below, this) = d.residual3.split_at_mut(l * btc);
-            let dresidual3 = &this[..btc];
             let dresidual: &mut [f32] = if l == 0 {
                 &mut *d.encoded
             } else {
                 &mut below[(l - 1) * btc..]
             };
-            let dresidual2 = &mut d.residual2[l * btc..(l + 1) * btc];
-            let dfcproj = &mut d.fcproj[l * btc..(l + 1) * btc];
-            let dfch_gelu = &mut d.fch_gelu[l * 4 * btc..(l + 1) * 4 * btc];
-            let dfch = &mut d.fch[l * 4 * btc..(l + 1) * 4 * btc];
-            let dln2 = &mut d.ln2[l * btc..(l + 1) * btc];
-            let dattproj = &mut d.attproj[l * btc..(l + 1) * btc];
-            let datty = &mut d.atty[l * btc..(l + 1) * btc];
-            let dpreatt = &mut d.preatt[l * att_n..(l + 1) * att_n];
-            let datt = &mut d.att[l * att_n..(l + 1) * att_n];
-            let dqkv = &mut d.qkv[l * 3 * btc..(l + 1) * 3 * btc];
-            let dln1 = &mut d.ln1[l * btc..(l + 1) * btc];
-
-            residual_backward(dresidual2, dfcproj, dresidual3);
-            matmul_backward(
-                dfch_gelu,
-                &mut g.fcprojw[l * c * c4..(l + 1) * c * c4],
-                Some(&mut g.fcprojb[l * c1..(l + 1) * c1]),
-                dfcproj,
-                &a.fch_gelu[l * 4 * btc..(l + 1) * 4 * btc],
-                &p.fcprojw[l * c * c4..(l + 1) * c * c4],
-                b,
-                t,
-                c4,
-                c,
-            );
-            gelu_backward(dfch, &a.fch[l * 4 * btc..(l + 1) * 4 * btc], dfch_gelu);
-            matmul_backward(
-                dln2,
-                &mut g.fcw[l * c4 * c..(l + 1) * c4 * c],
-                Some(&mut g.fcb[l * c4..(l + 1) * c4]),
-                dfch,
-                &a.ln2[l * btc..(l + 1) * btc],
-                &p.fcw[l * c4 * c..(l + 1) * c4 * c],
-                b,
-                t,
-                c,
-                c4,
-            );
-            layernorm_backward(
-                dresidual2,
-                &mut g.ln2w[l * c1..(l + 1) * c1],
-                &mut g.ln2b[l * c1..(l + 1) * c1],
-                dln2,
-                &a.residual2[l * btc..(l + 1) * btc],
-                &p.ln2w[l * c1..(l + 1) * c1],
-                &a.ln2_mean[l * bt..(l + 1) * bt],
-                &a.ln2_rstd[l * bt..(l + 1) * bt],
-                b,
-                t,
-                c,
-            );
-            residual_backward(dresidual, dattproj, dresidual2);
-            matmul_backward(
-                datty,
-                &mut g.attprojw[l * c * c..(l + 1) * c * c],
-                Some(&mut g.attprojb[l * c1..(l + 1) * c1]),
-                dattproj,
-                &a.atty[l * btc..(l + 1) * btc],
-                &p.attprojw[l * c * c..(l + 1) * c * c],
-                b,
-                t,
-                c,
-                c,
-            );
-            attention_backward(
-                dqkv,
-                dpreatt,
-                datt,
-                datty,
-                &a.qkv[l * 3 * btc..(l + 1) * 3 * btc],
-                &a.att[l * att_n..(l + 1) * att_n],
+            layer_backward(
+                dl,
+                dw,
+                dresidual,
+                &this[..btc],
+                la,
+                &w,
+                residual,
                 b,
                 t,
                 c,
                 nh,
-            );
-            matmul_backward(
-                dln1,
-                &mut g.qkvw[l * c3 * c..(l + 1) * c3 * c],
-                Some(&mut g.qkvb[l * c3..(l + 1) * c3]),
-                dqkv,
-                &a.ln1[l * btc..(l + 1) * btc],
-                &p.qkvw[l * c3 * c..(l + 1) * c3 * c],
-                b,
-                t,
-                c,
-                c3,
-            );
-            layernorm_backward(
-                dresidual,
-                &mut g.ln1w[l * c1..(l + 1) * c1],
-                &mut g.ln1b[l * c1..(l + 1) * c1],
-                dln1,
-                residual,
-                &p.ln1w[l * c1..(l + 1) * c1],
-                &a.ln1_mean[l * bt..(l + 1) * bt],
-                &a.ln1_rstd[l * bt..(l + 1) * bt],
-                b,
-                t,
-                c,
             );
         }
         encoder_backward(g.wte, g.wpe, d.encoded, inputs, b, t, c);
@@ -407,6 +233,41 @@ impl Gpt2Cpu {
             grad_scale,
         );
     }
+}
+
+/// One transformer block forward: `residual` (B,T,C) in, `residual3` (B,T,C) out, and everything
+/// the backward needs saved in `la`. One call per line in llm.c's order (rustfmt would stack them).
+#[rustfmt::skip]
+#[allow(clippy::too_many_arguments)]
+fn layer_forward(la: LayerActs<&mut [f32]>, w: &Block<&[f32]>, residual: &[f32], residual3: &mut [f32], b: usize, t: usize, c: usize, nh: usize) {
+    layernorm_forward(la.ln1, la.ln1_mean, la.ln1_rstd, residual, w.ln1w, w.ln1b, b, t, c);
+    matmul_forward(la.qkv, la.ln1, w.qkvw, Some(w.qkvb), b, t, c, 3 * c);
+    attention_forward(la.atty, la.preatt, la.att, la.qkv, b, t, c, nh);
+    matmul_forward(la.attproj, la.atty, w.attprojw, Some(w.attprojb), b, t, c, c);
+    residual_forward(la.residual2, residual, la.attproj);
+    layernorm_forward(la.ln2, la.ln2_mean, la.ln2_rstd, la.residual2, w.ln2w, w.ln2b, b, t, c);
+    matmul_forward(la.fch, la.ln2, w.fcw, Some(w.fcb), b, t, c, 4 * c);
+    gelu_forward(la.fch_gelu, la.fch);
+    matmul_forward(la.fcproj, la.fch_gelu, w.fcprojw, Some(w.fcprojb), b, t, 4 * c, c);
+    residual_forward(residual3, la.residual2, la.fcproj);
+}
+
+/// One transformer block backward, the forward read in reverse: from the gradient of the block's
+/// output `dresidual3` (B,T,C), adds the gradient of its input to `dresidual` (B,T,C) and of its
+/// parameters to `dw`; `dl` is this block's (zeroed) activation-gradient scratch.
+#[rustfmt::skip]
+#[allow(clippy::too_many_arguments)]
+fn layer_backward(dl: LayerActs<&mut [f32]>, dw: Block<&mut [f32]>, dresidual: &mut [f32], dresidual3: &[f32], la: LayerActs<&mut [f32]>, w: &Block<&[f32]>, residual: &[f32], b: usize, t: usize, c: usize, nh: usize) {
+    residual_backward(dl.residual2, dl.fcproj, dresidual3);
+    matmul_backward(dl.fch_gelu, dw.fcprojw, Some(dw.fcprojb), dl.fcproj, la.fch_gelu, w.fcprojw, b, t, 4 * c, c);
+    gelu_backward(dl.fch, la.fch, dl.fch_gelu);
+    matmul_backward(dl.ln2, dw.fcw, Some(dw.fcb), dl.fch, la.ln2, w.fcw, b, t, c, 4 * c);
+    layernorm_backward(dl.residual2, dw.ln2w, dw.ln2b, dl.ln2, la.residual2, w.ln2w, la.ln2_mean, la.ln2_rstd, b, t, c);
+    residual_backward(dresidual, dl.attproj, dl.residual2);
+    matmul_backward(dl.atty, dw.attprojw, Some(dw.attprojb), dl.attproj, la.atty, w.attprojw, b, t, c, c);
+    attention_backward(dl.qkv, dl.preatt, dl.att, dl.atty, la.qkv, la.att, b, t, c, nh);
+    matmul_backward(dl.ln1, dw.qkvw, Some(dw.qkvb), dl.qkv, la.ln1, w.qkvw, b, t, c, 3 * c);
+    layernorm_backward(dresidual, dw.ln1w, dw.ln1b, dl.ln1, residual, w.ln1w, la.ln1_mean, la.ln1_rstd, b, t, c);
 }
 
 /// Checks a batch shape against the config: B and T positive, T <= maxT.

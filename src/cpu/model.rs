@@ -75,18 +75,7 @@ impl Gpt2Cpu {
         t: usize,
     ) -> Result<Option<f32>> {
         let cfg = self.config;
-        check_batch(&cfg, b, t)?;
-        if b > self.max_b || t > self.max_t {
-            bail!(
-                "batch {b}x{t} is larger than the {}x{} the model was sized for",
-                self.max_b,
-                self.max_t
-            );
-        }
-        check_tokens(&cfg, inputs, b * t, "input")?;
-        if let Some(tg) = targets {
-            check_tokens(&cfg, tg, b * t, "target")?;
-        }
+        check_forward(&cfg, (self.max_b, self.max_t), inputs, targets, b, t)?;
         self.b = b;
         self.t = t;
         self.inputs[..b * t].copy_from_slice(inputs);
@@ -268,6 +257,27 @@ fn layer_backward(dl: LayerActs<&mut [f32]>, dw: Block<&mut [f32]>, dresidual: &
     attention_backward(dl.qkv, dl.preatt, dl.att, dl.atty, la.qkv, la.att, b, t, c, nh);
     matmul_backward(dl.ln1, dw.qkvw, Some(dw.qkvb), dl.qkv, la.ln1, w.qkvw, b, t, c, 3 * c);
     layernorm_backward(dresidual, dw.ln1w, dw.ln1b, dl.ln1, residual, w.ln1w, la.ln1_mean, la.ln1_rstd, b, t, c);
+}
+
+/// Checks a forward's arguments (both engines): the batch shape against the config and against
+/// the largest batch the arenas were sized for, and every token id against the vocabulary.
+pub fn check_forward(
+    cfg: &GPT2Config,
+    (max_b, max_t): (usize, usize),
+    inputs: &[u32],
+    targets: Option<&[u32]>,
+    b: usize,
+    t: usize,
+) -> Result<()> {
+    check_batch(cfg, b, t)?;
+    if b > max_b || t > max_t {
+        bail!("batch {b}x{t} is larger than the {max_b}x{max_t} the model was sized for");
+    }
+    check_tokens(cfg, inputs, b * t, "input")?;
+    if let Some(tg) = targets {
+        check_tokens(cfg, tg, b * t, "target")?;
+    }
+    Ok(())
 }
 
 /// Checks a batch shape against the config: B and T positive, T <= maxT.

@@ -28,7 +28,7 @@ use super::Gpu;
 use crate::activations::{act_sizes_for, checked_act_sizes, Acts};
 use crate::config::GPT2Config;
 use crate::cpu::adamw::AdamW;
-use crate::cpu::model::{check_batch, check_tokens};
+use crate::cpu::model::{check_batch, check_forward};
 use crate::engine::Engine;
 use crate::params::{num_parameters, param_sizes, Params};
 
@@ -356,18 +356,7 @@ impl Gpt2Gpu {
         t: usize,
     ) -> Result<Option<f32>> {
         let cfg = self.config;
-        check_batch(&cfg, b, t)?;
-        if b > self.max_b || t > self.max_t {
-            bail!(
-                "batch {b}x{t} is larger than the {}x{} the model was sized for",
-                self.max_b,
-                self.max_t
-            );
-        }
-        check_tokens(&cfg, inputs, b * t, "input")?;
-        if let Some(tg) = targets {
-            check_tokens(&cfg, tg, b * t, "target")?;
-        }
+        check_forward(&cfg, (self.max_b, self.max_t), inputs, targets, b, t)?;
         self.stage = Stage::Empty;
         self.loss = None;
         self.b = b;

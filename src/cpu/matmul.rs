@@ -365,8 +365,11 @@ fn gemm_driver<const MR: usize, const NR: usize>(
     let shared_per_k = share_a as usize * m_pad + share_b as usize * n_pad;
     let k_inner = shared_per_k * k <= shared_max;
     let depth = if k_inner { k } else { KC.min(k) };
-    let mut a_shared = vec![0.0f32; if share_a { m_pad * depth } else { 0 }];
-    let mut b_shared = vec![0.0f32; if share_b { n_pad * depth } else { 0 }];
+    // the shared packs live in the calling thread's buffers, kept between calls (no allocation
+    // once they have grown to the largest product of the step)
+    let (mut a_shared, mut b_shared) = SHARED_PACKS.with_borrow_mut(std::mem::take);
+    a_shared.resize(if share_a { m_pad * depth } else { 0 }, 0.0);
+    b_shared.resize(if share_b { n_pad * depth } else { 0 }, 0.0);
     // Packs K blocks p_begin.. (as many as the buffers hold) of the shared operands, block after
     // block: block p0 at (p0 - p_begin) * m_pad, its panel r at r * MR * kc.
     let pack_shared = |a_shared: &mut [f32], b_shared: &mut [f32], p_begin: usize| {
@@ -474,9 +477,14 @@ fn gemm_driver<const MR: usize, const NR: usize>(
             });
         }
     }
+    SHARED_PACKS.with_borrow_mut(|bufs| *bufs = (a_shared, b_shared));
 }
 
 thread_local! {
+    /// The calling thread's buffers for the packs of A and B that all jobs share, kept between
+    /// calls.
+    static SHARED_PACKS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     /// Each thread's buffers for the parts of A and B that a job packs for itself (mc x KC and
     /// KC x NC_MAX floats at most), kept between calls.
     static PACK_BUFS: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =

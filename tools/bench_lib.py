@@ -623,7 +623,7 @@ def run_pytorch(a, mode, precision, b):
             rc = "0 but no result line"
         return failure_row(row, rc, out, err, a.timeout_s)
     row.update({k: v for k, v in result.items() if k not in ("impl", "precision", "B", "T")})
-    if result.get("params") != num_parameters(a.depth):
+    if "params" in result and result["params"] != num_parameters(a.depth):
         row["note"] = (f"warning: PyTorch's model has {result.get('params')} parameters, the engine's "
                        f"{num_parameters(a.depth)}")
         print(f"\n{row['note']}", file=sys.stderr)
@@ -683,7 +683,8 @@ def check_torch(a):
 
 
 def plan(a):
-    """(label, kind, precision, B, mode) of every run, in order."""
+    """(implementation, precision, B, PyTorch mode or None for the engine) of every run, in order:
+    per precision and B, the engine first, then each PyTorch mode."""
     runs = []
     for precision in a.precisions:
         for b in a.batches:

@@ -2,18 +2,27 @@
 """PyTorch GPT-2 training-step benchmark: the baseline our engine is compared with.
 
 Times full training steps (forward, backward, AdamW) of GPT-2 dN (L=N, NH=N, C=64N, V=50257
-padded to 50304 like llm.c, maxT=1024) on random tokens, on the CPU or a CUDA GPU, in fp32 or
-with bf16 autocast, eager or under torch.compile. Prints one JSON line per configuration:
+padded to 50304 like llm.c, maxT=1024) on random tokens, on the CPU or a CUDA GPU, in fp32, TF32
+or with bf16 autocast, eager or under torch.compile. A step is what the engine's training step
+does: zero_grad, forward, backward, the global gradient norm with clipping to 1.0, fused AdamW.
+Each timed step ends with a device synchronisation (the engine reads the loss and the norm back
+every step too); ms_per_step is the median over the timed steps. Prints one JSON line per
+configuration:
 
-    {"impl": "pytorch", "device": ..., "model": "d12", "B": 4, "T": 64, "ms_per_step": ..., ...}
+    {"impl": "pytorch-eager", "device": ..., "model": "d12", "B": 4, "T": 64, "ms_per_step": ..., ...}
+
+or, where the configuration does not fit in memory, {"impl": ..., "B": .., "T": .., "error": "out
+of memory", ...}. tools/bench runs this script once per configuration and reads that line.
 
 Usage:
     python3 tools/bench_pytorch.py --device cpu --model d12 --batch 4 --seq 64 --steps 5
     python3 tools/bench_pytorch.py --device cuda --batch 4,8,16 --seq 1024 --compile --bf16
 """
 import argparse
+import gc
 import json
 import math
+import statistics
 import sys
 import time
 
@@ -110,6 +119,8 @@ def bench(args, b, t):
         with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=args.bf16):
             loss = step_fn(x, y)
         loss.backward()
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
         opt.step()
         return loss
 
@@ -119,25 +130,61 @@ def bench(args, b, t):
     for _ in range(args.warmup):
         step()
     sync()
-    start = time.perf_counter()
+    step_ms = []
     for _ in range(args.steps):
+        start = time.perf_counter()
         loss = step()
-    sync()
-    ms = (time.perf_counter() - start) * 1e3 / args.steps
+        sync()
+        step_ms.append((time.perf_counter() - start) * 1e3)
+    ms = statistics.median(step_ms)
+    if dev.type == "cuda":
+        peak, peak_alloc, source = torch.cuda.max_memory_reserved(), torch.cuda.max_memory_allocated(), "torch.cuda.max_memory_reserved"
+    else:
+        peak, peak_alloc, source = host_peak_rss_bytes(), None, "peak RSS of the process (VmHWM)"
     return {
-        "impl": "pytorch" + ("-compile" if args.compile else "-eager"),
+        "impl": impl_name(args),
         "device": torch.cuda.get_device_name() if dev.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-        "precision": "bf16-autocast" if args.bf16 else "fp32",
+        "precision": precision_name(args),
         "model": args.model,
         "params": n_params,
         "B": b,
         "T": t,
         "ms_per_step": round(ms, 3),
+        "ms_mean": round(statistics.fmean(step_ms), 3),
+        "step_ms": [round(m, 3) for m in step_ms],
         "tokens_per_s": round(b * t / (ms / 1e3), 1),
-        "peak_mem_bytes": torch.cuda.max_memory_allocated() if dev.type == "cuda" else None,
+        "peak_mem_bytes": peak,
+        "peak_mem_allocated_bytes": peak_alloc,
+        "peak_mem_source": source,
         "loss": loss.item(),
         "torch": torch.__version__,
     }
+
+
+def impl_name(args):
+    return "pytorch-compile" if args.compile else "pytorch-eager"
+
+
+def precision_name(args):
+    return "bf16" if args.bf16 else "tf32" if args.tf32 else "fp32"
+
+
+def host_peak_rss_bytes():
+    """The process's peak resident memory (VmHWM, as the engine reports on the CPU), or None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def is_out_of_memory(e):
+    """torch.OutOfMemoryError, or an error from deeper down (cuBLAS, a compiled kernel) that says so."""
+    text = str(e).lower()
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in text or "cuda_error_out_of_memory" in text
 
 
 def main():
@@ -150,25 +197,39 @@ def main():
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    p.add_argument("--tf32", action="store_true", help="TF32 tensor cores for fp32 matrix products")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the global gradient norm to this (0: no norm, no clip)")
     p.add_argument("--plain-attention", action="store_true", help="explicit softmax attention instead of SDPA")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     args = p.parse_args()
     if args.steps < 1 or args.warmup < 0:
         raise SystemExit("error: --steps must be at least 1 and --warmup not negative")
+    if args.bf16 and args.tf32:
+        raise SystemExit("error: --bf16 and --tf32 are two precisions: give one")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda, but PyTorch sees no CUDA GPU")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     parse_depth(args.model)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    # fp32 means fp32: no TF32 unless asked (PyTorch's own default for matmuls is also off)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
     for b in parse_list(args.batch, "batch"):
         for t in parse_list(args.seq, "seq"):
+            failure = None
             try:
                 print(json.dumps(bench(args, b, t)), flush=True)
-            except torch.OutOfMemoryError:
-                print(json.dumps({"impl": "pytorch", "model": args.model, "B": b, "T": t, "error": "out of memory"}), flush=True)
-                torch.cuda.empty_cache()
+            except Exception as e:  # an out-of-memory error is a result; anything else is not
+                if not is_out_of_memory(e):
+                    raise
+                failure = {"impl": impl_name(args), "precision": precision_name(args), "model": args.model,
+                           "B": b, "T": t, "error": "out of memory", "message": str(e).strip()[:300]}
+            if failure is not None:
+                # the exception (and the frames holding the model) is gone: give the memory back
+                gc.collect()
+                if args.device == "cuda":
+                    torch.cuda.empty_cache()
+                print(json.dumps(failure), flush=True)
     return 0
 
 

@@ -16,6 +16,15 @@
 //! the CPU path only and says so in a cargo warning. `TRAIN_GPT2_NO_CUDA=1` forces the CPU-only
 //! build even where nvcc exists (to check that path on a machine with CUDA).
 //!
+//! NVTX (with `has_cuda` only): `kernels/nvtx_shim.c`, a two-function C shim over the header-only
+//! NVTX 3 (`nvtx3/nvToolsExt.h`), is compiled with the `cc` crate and linked (with `dl`, which NVTX
+//! uses to load a tool), and the crate gets `--cfg has_nvtx`. The headers, first found wins: env
+//! `NVTX_INCLUDE` (the folder that holds `nvtx3/`), `include/` next to nvcc's `bin/` (a full CUDA
+//! toolkit; also where PyPI's `nvidia-nvtx` lands beside `nvidia-cuda-nvcc`), then
+//! `.cuda/pip/nvidia/cu13/include`. Without them the NVTX ranges are no-ops (a cargo warning says
+//! so); `TRAIN_GPT2_NO_NVTX=1` forces that. NVTX itself does nothing unless a tool (nsys) injects
+//! itself at run time.
+//!
 //! Other knobs: `CUDA_ARCH` (default `compute_80`: PTX that the driver JIT-compiles for Ampere,
 //! Hopper and newer). The kernels are compiled WITHOUT `--use_fast_math`: the fp32 path keeps IEEE
 //! division, square root, exp and tanh so that it can be compared with the CPU reference.
@@ -33,6 +42,7 @@ const NO_CUDA_HINT: &str = "building the CPU path only; GPU commands are unavail
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(has_cuda)");
+    println!("cargo::rustc-check-cfg=cfg(has_nvtx)");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=kernels");
     for var in [
@@ -41,16 +51,27 @@ fn main() {
         "CUDA_ARCH",
         "LIBCLANG_PATH",
         "TRAIN_GPT2_NO_CUDA",
+        "NVTX_INCLUDE",
+        "TRAIN_GPT2_NO_NVTX",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let root =
         PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
-    // A (re)install by tools/setup-cuda.sh writes this stamp: rebuild the kernels then.
-    let stamp = root.join(".cuda/.installed-13.0");
-    if stamp.exists() {
-        println!("cargo:rerun-if-changed={}", stamp.display());
+    // tools/setup-cuda.sh writes a stamp `.cuda/.installed-<what>` when an install is complete,
+    // and deletes .cuda before a (re)install (a newer script renames its stamp): watching every
+    // stamp there is rebuilds the kernels, and looks for NVTX again, after a (re)install.
+    if let Ok(entries) = std::fs::read_dir(root.join(".cuda")) {
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".installed-")
+            {
+                println!("cargo:rerun-if-changed={}", entry.path().display());
+            }
+        }
     }
 
     if env::var("TRAIN_GPT2_NO_CUDA").is_ok_and(|v| !v.is_empty() && v != "0") {
@@ -73,6 +94,7 @@ fn main() {
         .filter(|a| !a.is_empty())
         .unwrap_or_else(|| "compute_80".to_string());
     compile_kernels(&root, &out_dir, &nvcc, &arch);
+    build_nvtx(&root, &nvcc);
 
     let version = nvcc_version(&nvcc);
     println!("cargo:rustc-cfg=has_cuda");
@@ -209,6 +231,47 @@ fn compile_kernels(root: &Path, out_dir: &Path, nvcc: &Path, arch: &str) {
             nvcc.display()
         );
     }
+}
+
+/// The NVTX shim, when the NVTX 3 headers are found (see the file comment); otherwise a warning.
+fn build_nvtx(root: &Path, nvcc: &Path) {
+    if env::var("TRAIN_GPT2_NO_NVTX").is_ok_and(|v| !v.is_empty() && v != "0") {
+        println!("cargo:warning=TRAIN_GPT2_NO_NVTX is set: NVTX ranges are no-ops in this build");
+        return;
+    }
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(p) = env::var_os("NVTX_INCLUDE").filter(|p| !p.is_empty()) {
+        candidates.push(PathBuf::from(p));
+    }
+    if let Some(toolkit) = nvcc.parent().and_then(Path::parent) {
+        candidates.push(toolkit.join("include"));
+    }
+    let local = root.join(".cuda/pip/nvidia/cu13/include");
+    if !candidates.contains(&local) {
+        candidates.push(local);
+    }
+    let Some(include) = candidates
+        .iter()
+        .find(|dir| dir.join("nvtx3/nvToolsExt.h").is_file())
+    else {
+        let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+        println!(
+            "cargo:warning=NVTX 3 headers (nvtx3/nvToolsExt.h) not found in {}: NVTX ranges are \
+             no-ops in this build (run tools/setup-cuda.sh, or set NVTX_INCLUDE)",
+            tried.join(", ")
+        );
+        return;
+    };
+    let shim = root.join("kernels/nvtx_shim.c");
+    println!("cargo:rerun-if-changed={}", shim.display());
+    cc::Build::new()
+        .file(&shim)
+        .include(include)
+        .warnings(true)
+        .compile("tg_nvtx");
+    // NVTX loads a tool's injection library with dlopen
+    println!("cargo:rustc-link-lib=dl");
+    println!("cargo:rustc-cfg=has_nvtx");
 }
 
 /// nvcc's "Cuda compilation tools, release ..." line, or "unknown".

@@ -45,6 +45,25 @@ pub trait Engine {
     fn peak_memory_bytes(&self) -> Option<u64> {
         None
     }
+    /// How `--profile` times this engine's kernel families (e.g. "CUDA events around each
+    /// kernel-family call"), or None when it cannot (the default: the other profile methods are
+    /// then no-ops).
+    fn profile_method(&self) -> Option<&'static str> {
+        None
+    }
+    /// Starts timing one step's kernel families: from here to `profile_step_end`.
+    fn profile_step_begin(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Ends the step begun by `profile_step_begin` (waits for the device) and adds its times to
+    /// the totals.
+    fn profile_step_end(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// The totals of the steps profiled so far; None when the engine cannot profile.
+    fn profile(&self) -> Option<crate::profile::Profile> {
+        None
+    }
 }
 
 impl Engine for Gpt2Cpu {

@@ -8,6 +8,7 @@
 //! - [`tokenizer`]: the GPT-2 BPE; [`prepro`]: text -> token shards; [`data`]: the batch loader.
 //! - [`cpu`]: the CPU reference, one file per layer family with forward and backward side by side.
 //! - [`gpu`]: the CUDA engine: kernels in `kernels/*.cu`, launchers with the CPU twins' names.
+//! - [`profile`]: the `--profile` table (time, FLOPs and bytes by kernel family).
 
 pub mod activations;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod gpu;
 pub mod mfu;
 pub mod params;
 pub mod prepro;
+pub mod profile;
 pub mod rng;
 pub mod sample;
 pub mod tokenizer;

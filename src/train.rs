@@ -1,5 +1,7 @@
 //! The training loop shared by both engines: data, learning-rate schedule, gradient accumulation
-//! and clipping, AdamW, progress lines, validation, checkpoints and a sample at the end.
+//! and clipping, AdamW, progress lines, validation, checkpoints and a sample at the end. With
+//! `--profile`, the engine times its kernel families over the steps after the first (see
+//! [`profiled_steps`]) and the run ends with their table (`crate::profile`).
 
 use crate::config::GPT2Config;
 use crate::cpu::adamw::AdamW;
@@ -101,6 +103,20 @@ pub struct TrainArgs {
     /// The device's peak TFLOP/s for the MFU column (default: from a table of A100, H100, H200).
     #[arg(long)]
     pub peak_tflops: Option<f64>,
+    /// Time each kernel family (CUDA events, on the GPU engine) over the steps after the first
+    /// and print where a step's time goes: calls, ms and % of the step, GB/s or TFLOP/s.
+    #[arg(long)]
+    pub profile: bool,
+}
+
+/// The steps (from 0) that `--profile` times out of `steps`: all but the first (which pays for
+/// warm-up: cuBLAS heuristics, first-touch allocations), or the only one of a 1-step run.
+pub fn profiled_steps(steps: usize) -> std::ops::Range<usize> {
+    if steps <= 1 {
+        0..steps
+    } else {
+        1..steps
+    }
 }
 
 /// The learning rate at step `step` (from 0) of `steps`: linear warm-up to `lr`, then cosine decay
@@ -178,6 +194,7 @@ pub fn load_model(model: &str, seed: u64) -> Result<(GPT2Config, Vec<f32>)> {
 
 /// The average loss over `batches` batches of `loader` (from its start).
 pub fn evaluate(engine: &mut dyn Engine, loader: &mut DataLoader, batches: usize) -> Result<f32> {
+    let _range = crate::gpu::nvtx::range(c"validation");
     loader.reset()?;
     let (b, t) = (loader.batch_size(), loader.seq_len());
     let mut sum = 0.0f64;
@@ -238,7 +255,26 @@ pub fn train(args: &TrainArgs, engine: &mut dyn Engine) -> Result<TrainSummary> 
     let mut summary = TrainSummary::default();
     let tokens_per_step = (b * t * args.grad_accum) as f64;
     let peak = args.peak_tflops.or_else(|| engine.peak_tflops());
+    let profiled = if !args.profile {
+        0..0
+    } else if let Some(method) = engine.profile_method() {
+        let steps = profiled_steps(args.steps);
+        println!(
+            "profile: timing the kernel families of steps {}..={} by {method}",
+            steps.start + 1,
+            steps.end
+        );
+        steps
+    } else {
+        println!(
+            "profile: {} has no kernel timers (--profile times kernel families on the CUDA \
+             engine only); training without a profile",
+            engine.describe()
+        );
+        0..0
+    };
     for step in 0..args.steps {
+        let profile_this = profiled.contains(&step);
         let last = step + 1 == args.steps;
         if args.val_every > 0 && step % args.val_every == 0 {
             let val = evaluate(engine, &mut val_loader, val_batches)?;
@@ -246,7 +282,11 @@ pub fn train(args: &TrainArgs, engine: &mut dyn Engine) -> Result<TrainSummary> 
             summary.val_losses.push((step, val));
         }
 
+        let step_range = crate::gpu::nvtx::range(c"step");
         let start = Instant::now();
+        if profile_this {
+            engine.profile_step_begin()?;
+        }
         engine.zero_grad()?;
         let mut loss = 0.0f32;
         for _ in 0..args.grad_accum {
@@ -277,6 +317,11 @@ pub fn train(args: &TrainArgs, engine: &mut dyn Engine) -> Result<TrainSummary> 
         };
         engine.update(&hp, step + 1, grad_scale)?;
         let secs = start.elapsed().as_secs_f64();
+        if profile_this {
+            // after the step's clock: the wait for the device does not count in its line
+            engine.profile_step_end()?;
+        }
+        drop(step_range);
         let mfu = match peak {
             Some(p) => format!(
                 "{:.1}%",
@@ -308,6 +353,12 @@ pub fn train(args: &TrainArgs, engine: &mut dyn Engine) -> Result<TrainSummary> 
 
     if let Some(bytes) = engine.peak_memory_bytes() {
         println!("peak memory: {:.1} MiB", bytes as f64 / (1 << 20) as f64);
+    }
+    if !profiled.is_empty() {
+        if let Some(profile) = engine.profile() {
+            print!("{}", profile.table());
+            summary.profile = Some(profile);
+        }
     }
 
     if args.sample_tokens > 0 {
@@ -343,6 +394,8 @@ pub struct TrainSummary {
     pub val_losses: Vec<(usize, f32)>,
     pub checkpoint: Option<PathBuf>,
     pub sample: String,
+    /// The kernel-family profile, with `--profile` on an engine that has one.
+    pub profile: Option<crate::profile::Profile>,
 }
 
 #[cfg(test)]
@@ -360,5 +413,13 @@ mod tests {
         assert!((lr_at(10, steps, lr, warm, frac) - 0.1).abs() < 1e-6);
         // a constant schedule
         assert_eq!(lr_at(5, 10, 0.3, 0, 1.0), 0.3);
+    }
+
+    #[test]
+    fn profile_skips_the_first_step_unless_it_is_the_only_one() {
+        assert_eq!(profiled_steps(10), 1..10);
+        assert_eq!(profiled_steps(2), 1..2);
+        assert_eq!(profiled_steps(1), 0..1);
+        assert_eq!(profiled_steps(0), 0..0);
     }
 }

@@ -13,7 +13,8 @@
 //! Files: `context.rs` (Gpu, start-up, upload/download), then one file per layer family, as in
 //! `cpu/`: encoder, layernorm, matmul, attention, gelu, residual, classifier, adamw (with the
 //! global norm); `model.rs` composes them into GPT-2 ([`Gpt2Gpu`], the CUDA `Engine`). `ptx.rs`
-//! embeds the PTX.
+//! embeds the PTX. `nvtx.rs`: NVTX ranges for Nsight Systems (in every build; no-ops without the
+//! NVTX headers); `profile.rs`: the CUDA-event timing behind `--profile`.
 
 /// Whether this build has the CUDA kernels (nvcc was found when it was built).
 pub const HAS_CUDA: bool = cfg!(has_cuda);
@@ -45,6 +46,9 @@ mod layernorm;
 mod matmul;
 #[cfg(has_cuda)]
 mod model;
+pub mod nvtx;
+#[cfg(has_cuda)]
+mod profile;
 #[cfg(has_cuda)]
 pub mod ptx;
 #[cfg(has_cuda)]

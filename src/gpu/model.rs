@@ -24,6 +24,8 @@ use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{CudaSlice, CudaView};
 
 use super::attention::{attention_backward_scratch_len, attention_forward_scratch_len};
+use super::nvtx;
+use super::profile::{GpuProfiler, METHOD};
 use super::Gpu;
 use crate::activations::{act_sizes_for, checked_act_sizes, Acts};
 use crate::config::GPT2Config;
@@ -31,6 +33,7 @@ use crate::cpu::adamw::AdamW;
 use crate::cpu::model::{check_batch, check_forward};
 use crate::engine::Engine;
 use crate::params::{num_parameters, param_sizes, Params};
+use crate::profile::{Cost, Family, Profile};
 
 /// Splits `$buf` (anything with `split_at_mut(mid) -> (head, tail)`: a `CudaViewMut`, or a host
 /// `&mut [T]` in the tests) into consecutive views named and sized by the same-named fields of
@@ -196,6 +199,8 @@ pub struct Gpt2Gpu {
     /// The mean loss of the last forward with targets.
     loss: Option<f32>,
     stage: Stage,
+    /// Wraps every launcher call: NVTX ranges always, CUDA-event timing while profiling.
+    prof: GpuProfiler,
 }
 
 /// Bytes as GiB, for messages.
@@ -295,6 +300,7 @@ impl Gpt2Gpu {
             Ok((major, minor)) => format!("{name} (sm_{major}{minor})"),
             Err(_) => name,
         };
+        let prof = GpuProfiler::new(gpu.stream().clone());
         Ok(Gpt2Gpu {
             gpu,
             config,
@@ -317,6 +323,7 @@ impl Gpt2Gpu {
             t: 0,
             loss: None,
             stage: Stage::Empty,
+            prof,
         })
     }
 
@@ -355,6 +362,7 @@ impl Gpt2Gpu {
         b: usize,
         t: usize,
     ) -> Result<Option<f32>> {
+        let _phase = nvtx::range(c"forward");
         let cfg = self.config;
         check_forward(&cfg, (self.max_b, self.max_t), inputs, targets, b, t)?;
         self.stage = Stage::Empty;
@@ -388,6 +396,7 @@ impl Gpt2Gpu {
     fn forward_layers(&mut self, b: usize, t: usize) -> Result<()> {
         let cfg = self.config;
         let gpu = &self.gpu;
+        let prof = &mut self.prof;
         let (l_count, nh, c, vp) = (
             cfg.num_layers,
             cfg.num_heads,
@@ -403,8 +412,11 @@ impl Gpt2Gpu {
         let mut scratch = self.att_scratch.slice_mut(..);
         let (btc, bt, att_n) = (b * t * c, b * t, b * nh * t * t);
 
-        gpu.encoder_forward(&mut a.encoded, &inputs, &p.wte, &p.wpe, b, t, c)?;
+        prof.run(Family::Encoder, Cost::encoder_forward(b, t, c), || {
+            gpu.encoder_forward(&mut a.encoded, &inputs, &p.wte, &p.wpe, b, t, c)
+        })?;
         for l in 0..l_count {
+            let _layer = nvtx::range(nvtx::layer_name(l));
             // this layer's input (the encoding or the previous layer's output) and its output
             let (below, mut this) = a.residual3.split_at_mut(l * btc);
             let residual = if l == 0 {
@@ -430,96 +442,120 @@ impl Gpt2Gpu {
             let mut fcproj = a.fcproj.slice_mut(l * btc..(l + 1) * btc);
             let (c1, c3, c4) = (c, 3 * c, 4 * c);
 
-            gpu.layernorm_forward(
-                &mut ln1,
-                &mut ln1_mean,
-                &mut ln1_rstd,
-                &residual,
-                &p.ln1w.slice(l * c1..(l + 1) * c1),
-                &p.ln1b.slice(l * c1..(l + 1) * c1),
-                b,
-                t,
-                c,
-            )?;
-            gpu.matmul_forward(
-                &mut qkv,
-                &ln1.as_view(),
-                &p.qkvw.slice(l * c3 * c..(l + 1) * c3 * c),
-                Some(&p.qkvb.slice(l * c3..(l + 1) * c3)),
-                b,
-                t,
-                c,
-                c3,
-            )?;
-            gpu.attention_forward(
-                &mut atty,
-                &mut preatt,
-                &mut att,
-                &qkv.as_view(),
-                b,
-                t,
-                c,
-                nh,
-                &mut scratch,
-            )?;
-            gpu.matmul_forward(
-                &mut attproj,
-                &atty.as_view(),
-                &p.attprojw.slice(l * c * c..(l + 1) * c * c),
-                Some(&p.attprojb.slice(l * c1..(l + 1) * c1)),
-                b,
-                t,
-                c,
-                c,
-            )?;
-            gpu.residual_forward(&mut residual2, &residual, &attproj.as_view())?;
-            gpu.layernorm_forward(
-                &mut ln2,
-                &mut ln2_mean,
-                &mut ln2_rstd,
-                &residual2.as_view(),
-                &p.ln2w.slice(l * c1..(l + 1) * c1),
-                &p.ln2b.slice(l * c1..(l + 1) * c1),
-                b,
-                t,
-                c,
-            )?;
-            gpu.matmul_forward(
-                &mut fch,
-                &ln2.as_view(),
-                &p.fcw.slice(l * c4 * c..(l + 1) * c4 * c),
-                Some(&p.fcb.slice(l * c4..(l + 1) * c4)),
-                b,
-                t,
-                c,
-                c4,
-            )?;
-            gpu.gelu_forward(&mut fch_gelu, &fch.as_view())?;
-            gpu.matmul_forward(
-                &mut fcproj,
-                &fch_gelu.as_view(),
-                &p.fcprojw.slice(l * c * c4..(l + 1) * c * c4),
-                Some(&p.fcprojb.slice(l * c1..(l + 1) * c1)),
-                b,
-                t,
-                c4,
-                c,
-            )?;
-            gpu.residual_forward(&mut residual3, &residual2.as_view(), &fcproj.as_view())?;
+            prof.run(Family::Layernorm, Cost::layernorm_forward(b, t, c), || {
+                gpu.layernorm_forward(
+                    &mut ln1,
+                    &mut ln1_mean,
+                    &mut ln1_rstd,
+                    &residual,
+                    &p.ln1w.slice(l * c1..(l + 1) * c1),
+                    &p.ln1b.slice(l * c1..(l + 1) * c1),
+                    b,
+                    t,
+                    c,
+                )
+            })?;
+            prof.run(Family::Matmul, Cost::matmul_forward(b, t, c, c3), || {
+                gpu.matmul_forward(
+                    &mut qkv,
+                    &ln1.as_view(),
+                    &p.qkvw.slice(l * c3 * c..(l + 1) * c3 * c),
+                    Some(&p.qkvb.slice(l * c3..(l + 1) * c3)),
+                    b,
+                    t,
+                    c,
+                    c3,
+                )
+            })?;
+            prof.run(Family::Attention, Cost::attention_forward(b, t, c), || {
+                gpu.attention_forward(
+                    &mut atty,
+                    &mut preatt,
+                    &mut att,
+                    &qkv.as_view(),
+                    b,
+                    t,
+                    c,
+                    nh,
+                    &mut scratch,
+                )
+            })?;
+            prof.run(Family::Matmul, Cost::matmul_forward(b, t, c, c), || {
+                gpu.matmul_forward(
+                    &mut attproj,
+                    &atty.as_view(),
+                    &p.attprojw.slice(l * c * c..(l + 1) * c * c),
+                    Some(&p.attprojb.slice(l * c1..(l + 1) * c1)),
+                    b,
+                    t,
+                    c,
+                    c,
+                )
+            })?;
+            prof.run(Family::Residual, Cost::residual_forward(btc), || {
+                gpu.residual_forward(&mut residual2, &residual, &attproj.as_view())
+            })?;
+            prof.run(Family::Layernorm, Cost::layernorm_forward(b, t, c), || {
+                gpu.layernorm_forward(
+                    &mut ln2,
+                    &mut ln2_mean,
+                    &mut ln2_rstd,
+                    &residual2.as_view(),
+                    &p.ln2w.slice(l * c1..(l + 1) * c1),
+                    &p.ln2b.slice(l * c1..(l + 1) * c1),
+                    b,
+                    t,
+                    c,
+                )
+            })?;
+            prof.run(Family::Matmul, Cost::matmul_forward(b, t, c, c4), || {
+                gpu.matmul_forward(
+                    &mut fch,
+                    &ln2.as_view(),
+                    &p.fcw.slice(l * c4 * c..(l + 1) * c4 * c),
+                    Some(&p.fcb.slice(l * c4..(l + 1) * c4)),
+                    b,
+                    t,
+                    c,
+                    c4,
+                )
+            })?;
+            prof.run(Family::Gelu, Cost::gelu_forward(4 * btc), || {
+                gpu.gelu_forward(&mut fch_gelu, &fch.as_view())
+            })?;
+            prof.run(Family::Matmul, Cost::matmul_forward(b, t, c4, c), || {
+                gpu.matmul_forward(
+                    &mut fcproj,
+                    &fch_gelu.as_view(),
+                    &p.fcprojw.slice(l * c * c4..(l + 1) * c * c4),
+                    Some(&p.fcprojb.slice(l * c1..(l + 1) * c1)),
+                    b,
+                    t,
+                    c4,
+                    c,
+                )
+            })?;
+            prof.run(Family::Residual, Cost::residual_forward(btc), || {
+                gpu.residual_forward(&mut residual3, &residual2.as_view(), &fcproj.as_view())
+            })?;
         }
         let last = a.residual3.slice((l_count - 1) * btc..l_count * btc);
-        gpu.layernorm_forward(
-            &mut a.lnf,
-            &mut a.lnf_mean,
-            &mut a.lnf_rstd,
-            &last,
-            &p.lnfw,
-            &p.lnfb,
-            b,
-            t,
-            c,
-        )?;
-        gpu.matmul_forward(&mut a.logits, &a.lnf.as_view(), &p.wte, None, b, t, c, vp)?;
+        prof.run(Family::Layernorm, Cost::layernorm_forward(b, t, c), || {
+            gpu.layernorm_forward(
+                &mut a.lnf,
+                &mut a.lnf_mean,
+                &mut a.lnf_rstd,
+                &last,
+                &p.lnfw,
+                &p.lnfb,
+                b,
+                t,
+                c,
+            )
+        })?;
+        prof.run(Family::Matmul, Cost::matmul_forward(b, t, c, vp), || {
+            gpu.matmul_forward(&mut a.logits, &a.lnf.as_view(), &p.wte, None, b, t, c, vp)
+        })?;
         Ok(())
     }
 
@@ -532,9 +568,12 @@ impl Gpt2Gpu {
             act_sizes_for(&cfg, b, t, false)
         );
         let targets = self.targets_dev.slice(..b * t);
-        self.gpu
-            .classifier_losses(&a.logits.as_view(), &mut a.losses, &targets, b, t, v, vp)?;
-        self.gpu.download(&a.losses)
+        let gpu = &self.gpu;
+        self.prof
+            .run(Family::Classifier, Cost::classifier_losses(b, t, v), || {
+                gpu.classifier_losses(&a.logits.as_view(), &mut a.losses, &targets, b, t, v, vp)
+            })?;
+        gpu.download(&a.losses)
     }
 
     /// An error unless the logits of the last forward are still in place.
@@ -578,6 +617,7 @@ impl Gpt2Gpu {
 
     /// Sets every parameter gradient to zero (before the first micro-batch of a step).
     pub fn zero_grad(&mut self) -> Result<()> {
+        let _phase = nvtx::range(c"zero_grad");
         self.gpu
             .memset_zero(&mut self.grads.slice_mut(..))
             .context("zero_grad")
@@ -586,6 +626,7 @@ impl Gpt2Gpu {
     /// The backward pass of the last forward (which must have had targets): adds the gradient of
     /// `loss_scale * mean loss` to the gradients. Overwrites the logits with their gradient.
     pub fn backward(&mut self, loss_scale: f32) -> Result<()> {
+        let _phase = nvtx::range(c"backward");
         match self.stage {
             Stage::Forward { targets: true } => {}
             Stage::Forward { targets: false } => {
@@ -605,6 +646,7 @@ impl Gpt2Gpu {
     fn backward_layers(&mut self, loss_scale: f32) -> Result<()> {
         let cfg = self.config;
         let gpu = &self.gpu;
+        let prof = &mut self.prof;
         let (b, t) = (self.b, self.t);
         let (l_count, nh, c, v, vp) = (
             cfg.num_layers,
@@ -635,45 +677,56 @@ impl Gpt2Gpu {
         let (mut dcur, mut dnext) = dres.split_at_mut(btc);
 
         // the loss is the mean over B*T: each position's loss gets 1/(B*T); logits -> dlogits
-        gpu.fused_classifier(
-            &mut a.logits,
-            &mut a.losses,
-            loss_scale / bt as f32,
-            &targets,
-            b,
-            t,
-            v,
-            vp,
+        prof.run(
+            Family::Classifier,
+            Cost::classifier_fused(b, t, v, vp),
+            || {
+                gpu.fused_classifier(
+                    &mut a.logits,
+                    &mut a.losses,
+                    loss_scale / bt as f32,
+                    &targets,
+                    b,
+                    t,
+                    v,
+                    vp,
+                )
+            },
         )?;
         gpu.memset_zero(&mut dlnf)?;
-        gpu.matmul_backward(
-            &mut dlnf,
-            &mut g.wte,
-            None,
-            &a.logits.as_view(),
-            &a.lnf.as_view(),
-            &p.wte,
-            b,
-            t,
-            c,
-            vp,
-        )?;
+        prof.run(Family::Matmul, Cost::matmul_backward(b, t, c, vp), || {
+            gpu.matmul_backward(
+                &mut dlnf,
+                &mut g.wte,
+                None,
+                &a.logits.as_view(),
+                &a.lnf.as_view(),
+                &p.wte,
+                b,
+                t,
+                c,
+                vp,
+            )
+        })?;
         let last = (l_count - 1) * btc;
         gpu.memset_zero(&mut dcur)?;
-        gpu.layernorm_backward(
-            &mut dcur,
-            &mut g.lnfw,
-            &mut g.lnfb,
-            &dlnf.as_view(),
-            &a.residual3.slice(last..last + btc),
-            &p.lnfw,
-            &a.lnf_mean.as_view(),
-            &a.lnf_rstd.as_view(),
-            b,
-            t,
-            c,
-        )?;
+        prof.run(Family::Layernorm, Cost::layernorm_backward(b, t, c), || {
+            gpu.layernorm_backward(
+                &mut dcur,
+                &mut g.lnfw,
+                &mut g.lnfb,
+                &dlnf.as_view(),
+                &a.residual3.slice(last..last + btc),
+                &p.lnfw,
+                &a.lnf_mean.as_view(),
+                &a.lnf_rstd.as_view(),
+                b,
+                t,
+                c,
+            )
+        })?;
         for l in (0..l_count).rev() {
+            let _layer = nvtx::range(nvtx::layer_name(l));
             let (c1, c3, c4) = (c, 3 * c, 4 * c);
             let residual = if l == 0 {
                 a.encoded.as_view()
@@ -688,129 +741,175 @@ impl Gpt2Gpu {
             gpu.memset_zero(&mut dl)?;
             layer_grads_mut!(d = dl, dlayer_sizes);
 
-            gpu.residual_backward(&mut d.residual2, &mut d.fcproj, &dresidual3)?;
-            gpu.matmul_backward(
-                &mut d.fch_gelu,
-                &mut g.fcprojw.slice_mut(l * c * c4..(l + 1) * c * c4),
-                Some(&mut g.fcprojb.slice_mut(l * c1..(l + 1) * c1)),
-                &d.fcproj.as_view(),
-                &a.fch_gelu.slice(l * 4 * btc..(l + 1) * 4 * btc),
-                &p.fcprojw.slice(l * c * c4..(l + 1) * c * c4),
-                b,
-                t,
-                c4,
-                c,
-            )?;
-            gpu.gelu_backward(
-                &mut d.fch,
-                &a.fch.slice(l * 4 * btc..(l + 1) * 4 * btc),
-                &d.fch_gelu.as_view(),
-            )?;
-            gpu.matmul_backward(
-                &mut d.ln2,
-                &mut g.fcw.slice_mut(l * c4 * c..(l + 1) * c4 * c),
-                Some(&mut g.fcb.slice_mut(l * c4..(l + 1) * c4)),
-                &d.fch.as_view(),
-                &a.ln2.slice(l * btc..(l + 1) * btc),
-                &p.fcw.slice(l * c4 * c..(l + 1) * c4 * c),
-                b,
-                t,
-                c,
-                c4,
-            )?;
-            gpu.layernorm_backward(
-                &mut d.residual2,
-                &mut g.ln2w.slice_mut(l * c1..(l + 1) * c1),
-                &mut g.ln2b.slice_mut(l * c1..(l + 1) * c1),
-                &d.ln2.as_view(),
-                &a.residual2.slice(l * btc..(l + 1) * btc),
-                &p.ln2w.slice(l * c1..(l + 1) * c1),
-                &a.ln2_mean.slice(l * bt..(l + 1) * bt),
-                &a.ln2_rstd.slice(l * bt..(l + 1) * bt),
-                b,
-                t,
-                c,
-            )?;
-            gpu.residual_backward(dresidual, &mut d.attproj, &d.residual2.as_view())?;
-            gpu.matmul_backward(
-                &mut d.atty,
-                &mut g.attprojw.slice_mut(l * c * c..(l + 1) * c * c),
-                Some(&mut g.attprojb.slice_mut(l * c1..(l + 1) * c1)),
-                &d.attproj.as_view(),
-                &a.atty.slice(l * btc..(l + 1) * btc),
-                &p.attprojw.slice(l * c * c..(l + 1) * c * c),
-                b,
-                t,
-                c,
-                c,
-            )?;
-            gpu.attention_backward(
-                &mut d.qkv,
-                &mut d.preatt,
-                &mut d.att,
-                &d.atty.as_view(),
-                &a.qkv.slice(l * 3 * btc..(l + 1) * 3 * btc),
-                &a.att.slice(l * att_n..(l + 1) * att_n),
-                b,
-                t,
-                c,
-                nh,
-                &mut scratch,
-            )?;
-            gpu.matmul_backward(
-                &mut d.ln1,
-                &mut g.qkvw.slice_mut(l * c3 * c..(l + 1) * c3 * c),
-                Some(&mut g.qkvb.slice_mut(l * c3..(l + 1) * c3)),
-                &d.qkv.as_view(),
-                &a.ln1.slice(l * btc..(l + 1) * btc),
-                &p.qkvw.slice(l * c3 * c..(l + 1) * c3 * c),
-                b,
-                t,
-                c,
-                c3,
-            )?;
-            gpu.layernorm_backward(
-                dresidual,
-                &mut g.ln1w.slice_mut(l * c1..(l + 1) * c1),
-                &mut g.ln1b.slice_mut(l * c1..(l + 1) * c1),
-                &d.ln1.as_view(),
-                &residual,
-                &p.ln1w.slice(l * c1..(l + 1) * c1),
-                &a.ln1_mean.slice(l * bt..(l + 1) * bt),
-                &a.ln1_rstd.slice(l * bt..(l + 1) * bt),
-                b,
-                t,
-                c,
-            )?;
+            prof.run(Family::Residual, Cost::residual_backward(btc), || {
+                gpu.residual_backward(&mut d.residual2, &mut d.fcproj, &dresidual3)
+            })?;
+            prof.run(Family::Matmul, Cost::matmul_backward(b, t, c4, c), || {
+                gpu.matmul_backward(
+                    &mut d.fch_gelu,
+                    &mut g.fcprojw.slice_mut(l * c * c4..(l + 1) * c * c4),
+                    Some(&mut g.fcprojb.slice_mut(l * c1..(l + 1) * c1)),
+                    &d.fcproj.as_view(),
+                    &a.fch_gelu.slice(l * 4 * btc..(l + 1) * 4 * btc),
+                    &p.fcprojw.slice(l * c * c4..(l + 1) * c * c4),
+                    b,
+                    t,
+                    c4,
+                    c,
+                )
+            })?;
+            prof.run(Family::Gelu, Cost::gelu_backward(4 * btc), || {
+                gpu.gelu_backward(
+                    &mut d.fch,
+                    &a.fch.slice(l * 4 * btc..(l + 1) * 4 * btc),
+                    &d.fch_gelu.as_view(),
+                )
+            })?;
+            prof.run(Family::Matmul, Cost::matmul_backward(b, t, c, c4), || {
+                gpu.matmul_backward(
+                    &mut d.ln2,
+                    &mut g.fcw.slice_mut(l * c4 * c..(l + 1) * c4 * c),
+                    Some(&mut g.fcb.slice_mut(l * c4..(l + 1) * c4)),
+                    &d.fch.as_view(),
+                    &a.ln2.slice(l * btc..(l + 1) * btc),
+                    &p.fcw.slice(l * c4 * c..(l + 1) * c4 * c),
+                    b,
+                    t,
+                    c,
+                    c4,
+                )
+            })?;
+            prof.run(Family::Layernorm, Cost::layernorm_backward(b, t, c), || {
+                gpu.layernorm_backward(
+                    &mut d.residual2,
+                    &mut g.ln2w.slice_mut(l * c1..(l + 1) * c1),
+                    &mut g.ln2b.slice_mut(l * c1..(l + 1) * c1),
+                    &d.ln2.as_view(),
+                    &a.residual2.slice(l * btc..(l + 1) * btc),
+                    &p.ln2w.slice(l * c1..(l + 1) * c1),
+                    &a.ln2_mean.slice(l * bt..(l + 1) * bt),
+                    &a.ln2_rstd.slice(l * bt..(l + 1) * bt),
+                    b,
+                    t,
+                    c,
+                )
+            })?;
+            prof.run(Family::Residual, Cost::residual_backward(btc), || {
+                gpu.residual_backward(dresidual, &mut d.attproj, &d.residual2.as_view())
+            })?;
+            prof.run(Family::Matmul, Cost::matmul_backward(b, t, c, c), || {
+                gpu.matmul_backward(
+                    &mut d.atty,
+                    &mut g.attprojw.slice_mut(l * c * c..(l + 1) * c * c),
+                    Some(&mut g.attprojb.slice_mut(l * c1..(l + 1) * c1)),
+                    &d.attproj.as_view(),
+                    &a.atty.slice(l * btc..(l + 1) * btc),
+                    &p.attprojw.slice(l * c * c..(l + 1) * c * c),
+                    b,
+                    t,
+                    c,
+                    c,
+                )
+            })?;
+            prof.run(Family::Attention, Cost::attention_backward(b, t, c), || {
+                gpu.attention_backward(
+                    &mut d.qkv,
+                    &mut d.preatt,
+                    &mut d.att,
+                    &d.atty.as_view(),
+                    &a.qkv.slice(l * 3 * btc..(l + 1) * 3 * btc),
+                    &a.att.slice(l * att_n..(l + 1) * att_n),
+                    b,
+                    t,
+                    c,
+                    nh,
+                    &mut scratch,
+                )
+            })?;
+            prof.run(Family::Matmul, Cost::matmul_backward(b, t, c, c3), || {
+                gpu.matmul_backward(
+                    &mut d.ln1,
+                    &mut g.qkvw.slice_mut(l * c3 * c..(l + 1) * c3 * c),
+                    Some(&mut g.qkvb.slice_mut(l * c3..(l + 1) * c3)),
+                    &d.qkv.as_view(),
+                    &a.ln1.slice(l * btc..(l + 1) * btc),
+                    &p.qkvw.slice(l * c3 * c..(l + 1) * c3 * c),
+                    b,
+                    t,
+                    c,
+                    c3,
+                )
+            })?;
+            prof.run(Family::Layernorm, Cost::layernorm_backward(b, t, c), || {
+                gpu.layernorm_backward(
+                    dresidual,
+                    &mut g.ln1w.slice_mut(l * c1..(l + 1) * c1),
+                    &mut g.ln1b.slice_mut(l * c1..(l + 1) * c1),
+                    &d.ln1.as_view(),
+                    &residual,
+                    &p.ln1w.slice(l * c1..(l + 1) * c1),
+                    &a.ln1_mean.slice(l * bt..(l + 1) * bt),
+                    &a.ln1_rstd.slice(l * bt..(l + 1) * bt),
+                    b,
+                    t,
+                    c,
+                )
+            })?;
             // the input gradient is the next (lower) layer's output gradient
             std::mem::swap(&mut dcur, &mut dnext);
         }
         // dcur now holds the gradient of the encoding
-        gpu.encoder_backward(&mut g.wte, &mut g.wpe, &dcur.as_view(), inputs, b, t, c)?;
+        prof.run(Family::Encoder, Cost::encoder_backward(b, t, c), || {
+            gpu.encoder_backward(&mut g.wte, &mut g.wpe, &dcur.as_view(), inputs, b, t, c)
+        })?;
         Ok(())
     }
 
     /// The global L2 norm of the gradients (one read-back).
     pub fn grad_norm(&mut self) -> Result<f32> {
-        self.gpu
-            .global_norm(&self.grads.as_view())
+        let (gpu, grads) = (&self.gpu, &self.grads);
+        self.prof
+            .run(Family::GlobalNorm, Cost::global_norm(grads.len()), || {
+                gpu.global_norm(&grads.as_view())
+            })
             .context("grad_norm")
     }
 
     /// One AdamW step (step counts from 1) over all parameters, with the gradients first
     /// multiplied by grad_scale.
     pub fn update(&mut self, hp: &AdamW, step: usize, grad_scale: f32) -> Result<()> {
-        self.gpu
-            .adamw_update(
-                &mut self.params.slice_mut(..),
-                &self.grads.as_view(),
-                &mut self.m.slice_mut(..),
-                &mut self.v.slice_mut(..),
-                hp,
-                step,
-                grad_scale,
-            )
+        let _phase = nvtx::range(c"update");
+        let gpu = &self.gpu;
+        let (params, grads, m, v) = (&mut self.params, &self.grads, &mut self.m, &mut self.v);
+        self.prof
+            .run(Family::Adamw, Cost::adamw(params.len()), || {
+                gpu.adamw_update(
+                    &mut params.slice_mut(..),
+                    &grads.as_view(),
+                    &mut m.slice_mut(..),
+                    &mut v.slice_mut(..),
+                    hp,
+                    step,
+                    grad_scale,
+                )
+            })
             .context("update")
+    }
+
+    /// Starts timing a step's kernel families with CUDA events (see `gpu::profile`): every
+    /// launcher call until [`Gpt2Gpu::profile_step_end`] is timed.
+    pub fn profile_step_begin(&mut self) -> Result<()> {
+        self.prof.begin_step()
+    }
+
+    /// Ends the profiled step: waits for the GPU and adds the step's times to the totals.
+    pub fn profile_step_end(&mut self) -> Result<()> {
+        self.prof.end_step()
+    }
+
+    /// The totals of the steps profiled so far.
+    pub fn profile(&self) -> &Profile {
+        self.prof.totals()
     }
 
     /// The parameters, copied to the host, in checkpoint order.
@@ -872,6 +971,18 @@ impl Engine for Gpt2Gpu {
     }
     fn position_logits(&mut self, bi: usize, ti: usize) -> Result<Vec<f32>> {
         Gpt2Gpu::position_logits(self, bi, ti)
+    }
+    fn profile_method(&self) -> Option<&'static str> {
+        Some(METHOD)
+    }
+    fn profile_step_begin(&mut self) -> Result<()> {
+        Gpt2Gpu::profile_step_begin(self)
+    }
+    fn profile_step_end(&mut self) -> Result<()> {
+        Gpt2Gpu::profile_step_end(self)
+    }
+    fn profile(&self) -> Option<Profile> {
+        Some(Gpt2Gpu::profile(self).clone())
     }
 }
 

@@ -1,0 +1,244 @@
+//! `--profile`: the CUDA engine's kernel-family profile (CUDA events) on a small model, checked
+//! against the call counts and FLOPs of its forward and backward passes counted by hand, and the
+//! command line with `--profile` on both engines. The tests that need a GPU are
+//! `#[ignore = "needs a CUDA GPU"]` (run them with `cargo test --test profile -- --ignored`); they
+//! go through the `Engine` trait, so they compile in every build.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use train_gpt2_cuda::config::GPT2Config;
+use train_gpt2_cuda::cpu::adamw::AdamW;
+use train_gpt2_cuda::engine::{create_engine, create_gpu_engine, Engine};
+use train_gpt2_cuda::params::{init_params, num_parameters};
+use train_gpt2_cuda::profile::{Family, Profile};
+use train_gpt2_cuda::rng::Rng;
+use train_gpt2_cuda::train::Device;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_train-gpt2-cuda"))
+}
+
+fn tmp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("train-gpt2-profile-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// One training step: zero_grad, forward and backward on a random batch, norm, update.
+fn step(engine: &mut dyn Engine, rng: &mut Rng, b: usize, t: usize, n: usize) {
+    let v = engine.config().vocab_size;
+    let x: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();
+    let y: Vec<u32> = (0..b * t).map(|_| rng.below(v) as u32).collect();
+    engine.zero_grad().unwrap();
+    engine.forward(&x, Some(&y), b, t).unwrap();
+    engine.backward(1.0).unwrap();
+    let norm = engine.grad_norm().unwrap();
+    assert!(norm.is_finite());
+    let hp = AdamW {
+        lr: 1e-4,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+    };
+    engine.update(&hp, n, 1.0).unwrap();
+}
+
+/// The CPU engine has no kernel timers: it says so, and profiling it is a no-op, not an error.
+#[test]
+fn cpu_engine_has_no_profiler() {
+    let cfg = GPT2Config::new(16, 100, 128, 1, 2, 8).unwrap();
+    let params = init_params(&cfg, 1);
+    let mut cpu = create_engine(Device::Cpu, cfg, params, 2, 8, false).unwrap();
+    assert_eq!(cpu.profile_method(), None);
+    cpu.profile_step_begin().unwrap();
+    step(cpu.as_mut(), &mut Rng::new(3), 2, 8, 1);
+    cpu.profile_step_end().unwrap();
+    assert_eq!(cpu.profile(), None);
+}
+
+#[test]
+fn cli_profile_on_the_cpu_says_it_is_gpu_only_and_trains() {
+    let dir = tmp_dir("cpu");
+    let out = bin()
+        .args([
+            "--device",
+            "cpu",
+            "--model",
+            "d1",
+            "--batch",
+            "2",
+            "--seq",
+            "16",
+            "--steps",
+            "2",
+            "--val-batches",
+            "1",
+            "--sample-tokens",
+            "0",
+            "--profile",
+            "--out-dir",
+            dir.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("profile: cpu (")
+            && stdout.contains(
+                "has no kernel timers (--profile times kernel families on the CUDA engine only)"
+            ),
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("step ").count(), 2, "{stdout}");
+    assert!(!stdout.contains("calls/step"), "{stdout}");
+}
+
+/// Calls per step of each family for one micro-batch of an L-layer model, counted from the
+/// forward and backward passes (`gpu::model`).
+fn calls_per_step(family: Family, l: u64) -> u64 {
+    match family {
+        // forward and backward
+        Family::Encoder => 2,
+        // ln1, ln2 per layer and lnf, forward and backward
+        Family::Layernorm => 2 * (2 * l + 1),
+        // qkv, attproj, fc, fcproj per layer and the logits, forward and backward
+        Family::Matmul => 2 * (4 * l + 1),
+        Family::Attention => 2 * l,
+        Family::Gelu => 2 * l,
+        // two per layer, forward and backward
+        Family::Residual => 4 * l,
+        // the losses in the forward, the fused softmax + cross-entropy backward
+        Family::Classifier => 2,
+        Family::Adamw => 1,
+        Family::GlobalNorm => 1,
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_profile_times_every_family_with_hand_counted_calls_and_flops() {
+    // 2 layers, 2 heads, C = 64, GPT-2's vocabulary; B = 4, T = 32
+    let cfg = GPT2Config::new(64, 50257, 50304, 2, 2, 64).unwrap();
+    let (b, t) = (4usize, 32usize);
+    let params = init_params(&cfg, 7);
+    let mut gpu = create_gpu_engine(cfg, params, b, t, false).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(gpu.profile_method().unwrap().contains("CUDA events"));
+    let mut rng = Rng::new(11);
+    // step 1 unprofiled (warm-up), steps 2 and 3 profiled, step 4 unprofiled again
+    step(gpu.as_mut(), &mut rng, b, t, 1);
+    assert_eq!(gpu.profile().unwrap().steps, 0);
+    for n in 2..=3 {
+        gpu.profile_step_begin().unwrap();
+        step(gpu.as_mut(), &mut rng, b, t, n);
+        gpu.profile_step_end().unwrap();
+    }
+    let p: Profile = gpu.profile().unwrap();
+    step(gpu.as_mut(), &mut rng, b, t, 4);
+    assert_eq!(
+        gpu.profile().unwrap(),
+        p,
+        "an unprofiled step changed the profile"
+    );
+    // ending a step that was not begun is an error
+    assert!(gpu.profile_step_end().is_err());
+
+    print!("{}", p.table());
+    assert_eq!(p.steps, 2);
+    let l = cfg.num_layers as u64;
+    for fam in Family::ALL {
+        let f = p.family(fam);
+        assert_eq!(f.calls, 2 * calls_per_step(fam, l), "{}", fam.name());
+        assert!(f.ms > 0.0, "{} has no time", fam.name());
+    }
+    // matmul FLOPs per step: per layer 2*BT*C*(3C + C + 4C) forward for qkv, attproj, fc and
+    // 2*BT*4C*C for fcproj = 24*BT*C^2, plus the logits 2*BT*C*Vp; the backward twice that
+    let (bt, c, vp) = (
+        (b * t) as f64,
+        cfg.channels as f64,
+        cfg.padded_vocab_size as f64,
+    );
+    let forward = 24.0 * l as f64 * bt * c * c + 2.0 * bt * c * vp;
+    assert_eq!(p.family(Family::Matmul).flops, 2.0 * 3.0 * forward);
+    // attention: 4*B*T*T*C a layer forward, 8*B*T*T*C backward
+    let att = 12.0 * l as f64 * (b * t * t) as f64 * c;
+    assert_eq!(p.family(Family::Attention).flops, 2.0 * att);
+    // AdamW moves 7 floats per parameter
+    let n = num_parameters(&cfg) as f64;
+    assert_eq!(p.family(Family::Adamw).bytes, 2.0 * 28.0 * n);
+
+    // the calls lie inside their step, one after another on one stream
+    let in_families: f64 = p.families.iter().map(|f| f.ms).sum();
+    assert!(
+        in_families <= p.step_ms * 1.001 + 0.01,
+        "{in_families} ms in families, {} ms in steps",
+        p.step_ms
+    );
+    let rows = p.rows();
+    assert_eq!(rows.len(), Family::ALL.len() + 1);
+    let sum: f64 = rows.iter().map(|r| r.percent).sum();
+    assert!((sum - 100.0).abs() < 1e-6, "{sum}");
+    for r in &rows {
+        assert!(r.percent >= 0.0 && r.ms_per_step >= 0.0, "{r:?}");
+        if r.name != "other" {
+            assert!(r.percent > 0.0, "{r:?}");
+            assert!(r.gbps.is_some() != r.tflops.is_some(), "{r:?}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cli_profile_on_the_gpu_prints_the_table() {
+    let dir = tmp_dir("gpu");
+    let out = bin()
+        .args([
+            "--device",
+            "cuda",
+            "--model",
+            "d2",
+            "--batch",
+            "4",
+            "--seq",
+            "64",
+            "--steps",
+            "4",
+            "--val-batches",
+            "1",
+            "--sample-tokens",
+            "0",
+            "--profile",
+            "--out-dir",
+            dir.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("profile: timing the kernel families of steps 2..=4 by CUDA events"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("profile: 3 steps, "), "{stdout}");
+    let table: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("family "))
+        .collect();
+    assert!(table[0].contains("calls/step"), "{stdout}");
+    for fam in Family::ALL {
+        let line = table
+            .iter()
+            .find(|l| l.split_whitespace().next() == Some(fam.name()))
+            .unwrap_or_else(|| panic!("no {} row:\n{stdout}", fam.name()));
+        // calls per step of d2 at grad-accum 1
+        let calls: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        assert_eq!(calls, calls_per_step(fam, 2) as f64, "{line}");
+    }
+    assert!(table.iter().any(|l| l.starts_with("other ")), "{stdout}");
+    assert!(table.iter().any(|l| l.starts_with("total ")), "{stdout}");
+}

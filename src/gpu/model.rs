@@ -198,6 +198,9 @@ pub struct Gpt2Gpu {
     t: usize,
     /// The mean loss of the last forward with targets.
     loss: Option<f32>,
+    /// The most device memory seen in use (total - free, as the driver reports it: the context,
+    /// the arenas and the stream-ordered scratch pool), sampled after each update.
+    peak_used: u64,
     stage: Stage,
     /// Wraps every launcher call: NVTX ranges always, CUDA-event timing while profiling.
     prof: GpuProfiler,
@@ -322,9 +325,21 @@ impl Gpt2Gpu {
             b: 0,
             t: 0,
             loss: None,
+            peak_used: 0,
             stage: Stage::Empty,
             prof,
         })
+        .map(|mut model| {
+            model.sample_memory();
+            model
+        })
+    }
+
+    /// Updates `peak_used` from the driver's free-memory figure.
+    fn sample_memory(&mut self) {
+        if let Ok((free, total)) = self.gpu.context().mem_get_info() {
+            self.peak_used = self.peak_used.max((total - free) as u64);
+        }
     }
 
     /// The GPU the model runs on.
@@ -893,7 +908,9 @@ impl Gpt2Gpu {
                     grad_scale,
                 )
             })
-            .context("update")
+            .context("update")?;
+        self.sample_memory();
+        Ok(())
     }
 
     /// Starts timing a step's kernel families with CUDA events (see `gpu::profile`): every
@@ -938,6 +955,17 @@ impl Engine for Gpt2Gpu {
             ""
         };
         format!("cuda: {}{tf32}", self.device)
+    }
+    fn peak_tflops(&self) -> Option<f64> {
+        let precision = if self.gpu.tf32() {
+            crate::mfu::Precision::Tf32
+        } else {
+            crate::mfu::Precision::Fp32
+        };
+        crate::mfu::peak_tflops(&self.device, precision)
+    }
+    fn peak_memory_bytes(&self) -> Option<u64> {
+        (self.peak_used > 0).then_some(self.peak_used)
     }
     fn forward(
         &mut self,

@@ -103,10 +103,18 @@ pub struct Block<S> {
     pub fcprojb: S,  // (C)
 }
 
-/// The l-th of `num_layers` equal slices of `x`.
-fn nth<T>(x: &[T], l: usize, num_layers: usize) -> &[T] {
-    let n = x.len() / num_layers;
-    &x[l * n..(l + 1) * n]
+/// A read-only view of an (L, ...) tensor that can be cut into its L equal per-layer pieces: a
+/// host slice, or a device view (`gpu`).
+pub trait LayerSlice: Sized {
+    /// The l-th of `num_layers` equal pieces.
+    fn nth(&self, l: usize, num_layers: usize) -> Self;
+}
+
+impl<T> LayerSlice for &[T] {
+    fn nth(&self, l: usize, num_layers: usize) -> Self {
+        let n = self.len() / num_layers;
+        &self[l * n..(l + 1) * n]
+    }
 }
 
 /// The l-th of `num_layers` equal slices of `x`, mutable.
@@ -115,23 +123,23 @@ fn nth_mut<T>(x: &mut [T], l: usize, num_layers: usize) -> &mut [T] {
     &mut x[l * n..(l + 1) * n]
 }
 
-impl<'a, T> Params<&'a [T]> {
+impl<S: LayerSlice> Params<S> {
     /// Block l of `num_layers`.
-    pub fn block(&self, l: usize, num_layers: usize) -> Block<&'a [T]> {
-        let f = |x: &'a [T]| nth(x, l, num_layers);
+    pub fn block(&self, l: usize, num_layers: usize) -> Block<S> {
+        let f = |x: &S| x.nth(l, num_layers);
         Block {
-            ln1w: f(self.ln1w),
-            ln1b: f(self.ln1b),
-            qkvw: f(self.qkvw),
-            qkvb: f(self.qkvb),
-            attprojw: f(self.attprojw),
-            attprojb: f(self.attprojb),
-            ln2w: f(self.ln2w),
-            ln2b: f(self.ln2b),
-            fcw: f(self.fcw),
-            fcb: f(self.fcb),
-            fcprojw: f(self.fcprojw),
-            fcprojb: f(self.fcprojb),
+            ln1w: f(&self.ln1w),
+            ln1b: f(&self.ln1b),
+            qkvw: f(&self.qkvw),
+            qkvb: f(&self.qkvb),
+            attprojw: f(&self.attprojw),
+            attprojb: f(&self.attprojb),
+            ln2w: f(&self.ln2w),
+            ln2b: f(&self.ln2b),
+            fcw: f(&self.fcw),
+            fcb: f(&self.fcb),
+            fcprojw: f(&self.fcprojw),
+            fcprojb: f(&self.fcprojb),
         }
     }
 }

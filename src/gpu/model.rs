@@ -32,7 +32,7 @@ use crate::config::GPT2Config;
 use crate::cpu::adamw::AdamW;
 use crate::cpu::model::{check_batch, check_forward};
 use crate::engine::Engine;
-use crate::params::{num_parameters, param_sizes, Params};
+use crate::params::{num_parameters, param_sizes, LayerSlice, Params};
 use crate::profile::{Cost, Family, Profile};
 
 /// Splits `$buf` (anything with `split_at_mut(mid) -> (head, tail)`: a `CudaViewMut`, or a host
@@ -170,6 +170,13 @@ enum Stage {
     Forward { targets: bool },
     /// A backward ran: the logits were overwritten by their gradient.
     Backward,
+}
+
+impl LayerSlice for CudaView<'_, f32> {
+    fn nth(&self, l: usize, num_layers: usize) -> Self {
+        let n = self.len() / num_layers;
+        self.slice(l * n..(l + 1) * n)
+    }
 }
 
 /// GPT-2 on one CUDA GPU; see the file comment.
@@ -431,6 +438,7 @@ impl Gpt2Gpu {
             gpu.encoder_forward(&mut a.encoded, &inputs, &p.wte, &p.wpe, b, t, c)
         })?;
         for l in 0..l_count {
+            let w = p.block(l, l_count);
             let _layer = nvtx::range(nvtx::layer_name(l));
             // this layer's input (the encoding or the previous layer's output) and its output
             let (below, mut this) = a.residual3.split_at_mut(l * btc);
@@ -455,7 +463,7 @@ impl Gpt2Gpu {
             let mut fch = a.fch.slice_mut(l * 4 * btc..(l + 1) * 4 * btc);
             let mut fch_gelu = a.fch_gelu.slice_mut(l * 4 * btc..(l + 1) * 4 * btc);
             let mut fcproj = a.fcproj.slice_mut(l * btc..(l + 1) * btc);
-            let (c1, c3, c4) = (c, 3 * c, 4 * c);
+            let (c3, c4) = (3 * c, 4 * c);
 
             prof.run(Family::Layernorm, Cost::layernorm_forward(b, t, c), || {
                 gpu.layernorm_forward(
@@ -463,8 +471,8 @@ impl Gpt2Gpu {
                     &mut ln1_mean,
                     &mut ln1_rstd,
                     &residual,
-                    &p.ln1w.slice(l * c1..(l + 1) * c1),
-                    &p.ln1b.slice(l * c1..(l + 1) * c1),
+                    &w.ln1w,
+                    &w.ln1b,
                     b,
                     t,
                     c,
@@ -474,8 +482,8 @@ impl Gpt2Gpu {
                 gpu.matmul_forward(
                     &mut qkv,
                     &ln1.as_view(),
-                    &p.qkvw.slice(l * c3 * c..(l + 1) * c3 * c),
-                    Some(&p.qkvb.slice(l * c3..(l + 1) * c3)),
+                    &w.qkvw,
+                    Some(&w.qkvb),
                     b,
                     t,
                     c,
@@ -499,8 +507,8 @@ impl Gpt2Gpu {
                 gpu.matmul_forward(
                     &mut attproj,
                     &atty.as_view(),
-                    &p.attprojw.slice(l * c * c..(l + 1) * c * c),
-                    Some(&p.attprojb.slice(l * c1..(l + 1) * c1)),
+                    &w.attprojw,
+                    Some(&w.attprojb),
                     b,
                     t,
                     c,
@@ -516,24 +524,15 @@ impl Gpt2Gpu {
                     &mut ln2_mean,
                     &mut ln2_rstd,
                     &residual2.as_view(),
-                    &p.ln2w.slice(l * c1..(l + 1) * c1),
-                    &p.ln2b.slice(l * c1..(l + 1) * c1),
+                    &w.ln2w,
+                    &w.ln2b,
                     b,
                     t,
                     c,
                 )
             })?;
             prof.run(Family::Matmul, Cost::matmul_forward(b, t, c, c4), || {
-                gpu.matmul_forward(
-                    &mut fch,
-                    &ln2.as_view(),
-                    &p.fcw.slice(l * c4 * c..(l + 1) * c4 * c),
-                    Some(&p.fcb.slice(l * c4..(l + 1) * c4)),
-                    b,
-                    t,
-                    c,
-                    c4,
-                )
+                gpu.matmul_forward(&mut fch, &ln2.as_view(), &w.fcw, Some(&w.fcb), b, t, c, c4)
             })?;
             prof.run(Family::Gelu, Cost::gelu_forward(4 * btc), || {
                 gpu.gelu_forward(&mut fch_gelu, &fch.as_view())
@@ -542,8 +541,8 @@ impl Gpt2Gpu {
                 gpu.matmul_forward(
                     &mut fcproj,
                     &fch_gelu.as_view(),
-                    &p.fcprojw.slice(l * c * c4..(l + 1) * c * c4),
-                    Some(&p.fcprojb.slice(l * c1..(l + 1) * c1)),
+                    &w.fcprojw,
+                    Some(&w.fcprojb),
                     b,
                     t,
                     c4,
@@ -741,6 +740,7 @@ impl Gpt2Gpu {
             )
         })?;
         for l in (0..l_count).rev() {
+            let w = p.block(l, l_count);
             let _layer = nvtx::range(nvtx::layer_name(l));
             let (c1, c3, c4) = (c, 3 * c, 4 * c);
             let residual = if l == 0 {
@@ -766,7 +766,7 @@ impl Gpt2Gpu {
                     Some(&mut g.fcprojb.slice_mut(l * c1..(l + 1) * c1)),
                     &d.fcproj.as_view(),
                     &a.fch_gelu.slice(l * 4 * btc..(l + 1) * 4 * btc),
-                    &p.fcprojw.slice(l * c * c4..(l + 1) * c * c4),
+                    &w.fcprojw,
                     b,
                     t,
                     c4,
@@ -787,7 +787,7 @@ impl Gpt2Gpu {
                     Some(&mut g.fcb.slice_mut(l * c4..(l + 1) * c4)),
                     &d.fch.as_view(),
                     &a.ln2.slice(l * btc..(l + 1) * btc),
-                    &p.fcw.slice(l * c4 * c..(l + 1) * c4 * c),
+                    &w.fcw,
                     b,
                     t,
                     c,
@@ -801,7 +801,7 @@ impl Gpt2Gpu {
                     &mut g.ln2b.slice_mut(l * c1..(l + 1) * c1),
                     &d.ln2.as_view(),
                     &a.residual2.slice(l * btc..(l + 1) * btc),
-                    &p.ln2w.slice(l * c1..(l + 1) * c1),
+                    &w.ln2w,
                     &a.ln2_mean.slice(l * bt..(l + 1) * bt),
                     &a.ln2_rstd.slice(l * bt..(l + 1) * bt),
                     b,
@@ -819,7 +819,7 @@ impl Gpt2Gpu {
                     Some(&mut g.attprojb.slice_mut(l * c1..(l + 1) * c1)),
                     &d.attproj.as_view(),
                     &a.atty.slice(l * btc..(l + 1) * btc),
-                    &p.attprojw.slice(l * c * c..(l + 1) * c * c),
+                    &w.attprojw,
                     b,
                     t,
                     c,
@@ -848,7 +848,7 @@ impl Gpt2Gpu {
                     Some(&mut g.qkvb.slice_mut(l * c3..(l + 1) * c3)),
                     &d.qkv.as_view(),
                     &a.ln1.slice(l * btc..(l + 1) * btc),
-                    &p.qkvw.slice(l * c3 * c..(l + 1) * c3 * c),
+                    &w.qkvw,
                     b,
                     t,
                     c,
@@ -862,7 +862,7 @@ impl Gpt2Gpu {
                     &mut g.ln1b.slice_mut(l * c1..(l + 1) * c1),
                     &d.ln1.as_view(),
                     &residual,
-                    &p.ln1w.slice(l * c1..(l + 1) * c1),
+                    &w.ln1w,
                     &a.ln1_mean.slice(l * bt..(l + 1) * bt),
                     &a.ln1_rstd.slice(l * bt..(l + 1) * bt),
                     b,

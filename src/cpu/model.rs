@@ -37,15 +37,7 @@ pub struct Gpt2Cpu {
 impl Gpt2Cpu {
     /// A model with the given parameters whose arenas hold batches up to max_b x max_t.
     pub fn new(config: GPT2Config, params: Vec<f32>, max_b: usize, max_t: usize) -> Result<Self> {
-        config.validate()?;
-        if params.len() != num_parameters(&config) {
-            bail!(
-                "parameter count {} does not match the config's {}",
-                params.len(),
-                num_parameters(&config)
-            );
-        }
-        check_batch(&config, max_b, max_t)?;
+        check_new(&config, &params, max_b, max_t)?;
         let n = params.len();
         let na = num_activations(&config, max_b, max_t);
         Ok(Gpt2Cpu {
@@ -257,6 +249,20 @@ fn layer_backward(dl: LayerActs<&mut [f32]>, dw: Block<&mut [f32]>, dresidual: &
     attention_backward(dl.qkv, dl.preatt, dl.att, dl.atty, la.qkv, la.att, b, t, c, nh);
     matmul_backward(dl.ln1, dw.qkvw, Some(dw.qkvb), dl.qkv, la.ln1, w.qkvw, b, t, c, 3 * c);
     layernorm_backward(dresidual, dw.ln1w, dw.ln1b, dl.ln1, residual, w.ln1w, la.ln1_mean, la.ln1_rstd, b, t, c);
+}
+
+/// Checks a new model's arguments (both engines): the config, the parameter count, and the
+/// largest batch its arenas are to hold.
+pub fn check_new(cfg: &GPT2Config, params: &[f32], max_b: usize, max_t: usize) -> Result<()> {
+    cfg.validate()?;
+    if params.len() != num_parameters(cfg) {
+        bail!(
+            "parameter count {} does not match the config's {}",
+            params.len(),
+            num_parameters(cfg)
+        );
+    }
+    check_batch(cfg, max_b, max_t)
 }
 
 /// Checks a forward's arguments (both engines): the batch shape against the config and against

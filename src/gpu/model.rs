@@ -30,9 +30,9 @@ use super::Gpu;
 use crate::activations::{act_sizes_for, checked_act_sizes, Acts};
 use crate::config::GPT2Config;
 use crate::cpu::adamw::AdamW;
-use crate::cpu::model::{check_batch, check_forward};
+use crate::cpu::model::{check_forward, check_new};
 use crate::engine::Engine;
-use crate::params::{num_parameters, param_sizes, LayerSlice, Params};
+use crate::params::{param_sizes, LayerSlice, Params};
 use crate::profile::{Cost, Family, Profile};
 
 /// Splits `$buf` (anything with `split_at_mut(mid) -> (head, tail)`: a `CudaViewMut`, or a host
@@ -229,15 +229,7 @@ impl Gpt2Gpu {
         max_b: usize,
         max_t: usize,
     ) -> Result<Self> {
-        config.validate()?;
-        if params.len() != num_parameters(&config) {
-            bail!(
-                "parameter count {} does not match the config's {}",
-                params.len(),
-                num_parameters(&config)
-            );
-        }
-        check_batch(&config, max_b, max_t)?;
+        check_new(&config, &params, max_b, max_t)?;
         let (l, c) = (config.num_layers, config.channels);
         let too_big = || {
             anyhow!(
@@ -1066,7 +1058,7 @@ mod tests {
     #[test]
     fn params_mut_follows_the_checkpoint_order() {
         let cfg = GPT2Config::new(8, 10, 16, 2, 2, 4).unwrap();
-        let n = num_parameters(&cfg);
+        let n = params::num_parameters(&cfg);
         let mut want_buf: Vec<usize> = (0..n).collect();
         let base = want_buf.as_ptr();
         let want = params::split_mut(&cfg, &mut want_buf)

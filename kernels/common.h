@@ -25,6 +25,46 @@ typedef struct {
 
 #ifdef __CUDACC__
 // Device-side helpers shared by the kernels (nvcc only; bindgen never sees this part).
+#include <cuda_bf16.h>
+
+// ---- element types -------------------------------------------------------------------------
+// Kernels that exist in both precisions are templates over the storage type T (float or
+// __nv_bfloat16), instantiated as `extern "C"` wrappers named NAME (fp32) and NAME_bf16 (bf16);
+// the Rust launchers pick one through `DeviceFloat::pick`. Arithmetic is always fp32: load with
+// to_float, store with from_float (round to nearest even).
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+    return __float2bfloat16_rn(x);
+}
+
+// ---- stochastic rounding (host twin: src/precision.rs) ---------------------------------------
+// Chris Wellons' lowbias32 hash.
+__device__ __forceinline__ unsigned int lowbias32(unsigned int x) {
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    x ^= x >> 16;
+    return x;
+}
+
+// The random bits for element `index` of an update seeded by `seed` (precision::rounding_bits).
+__device__ __forceinline__ unsigned int rounding_bits(unsigned int seed, unsigned int index) {
+    return lowbias32(index ^ lowbias32(seed));
+}
+
+// x rounded to bf16 stochastically (precision::round_bf16_stochastic): the low 16 bits of
+// `random` are added to x's low 16 bits and the sum truncated; inf and NaN round to nearest.
+__device__ __forceinline__ __nv_bfloat16 round_bf16_stochastic(float x, unsigned int random) {
+    const unsigned int bits = __float_as_uint(x);
+    if ((bits & 0x7f800000u) == 0x7f800000u) {
+        return __float2bfloat16_rn(x);
+    }
+    return __ushort_as_bfloat16((unsigned short)((bits + (random & 0xffffu)) >> 16));
+}
 
 // The sum of v over the 32 lanes of a warp; every lane gets the same (bitwise) total, because the
 // xor butterfly adds the same pairs in the same tree on every lane.

@@ -19,6 +19,7 @@ pub mod formats;
 pub mod gpu;
 pub mod mfu;
 pub mod params;
+pub mod precision;
 pub mod prepro;
 pub mod profile;
 pub mod rng;

@@ -39,6 +39,8 @@ mod context;
 #[cfg(has_cuda)]
 mod encoder;
 #[cfg(has_cuda)]
+pub mod float;
+#[cfg(has_cuda)]
 mod gelu;
 #[cfg(has_cuda)]
 mod layernorm;
@@ -62,6 +64,8 @@ pub use attention::{attention_backward_scratch_len, attention_forward_scratch_le
 pub use context::Gpu;
 #[cfg(has_cuda)]
 pub use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+#[cfg(has_cuda)]
+pub use float::DeviceFloat;
 #[cfg(has_cuda)]
 pub use model::Gpt2Gpu;
 

@@ -6,6 +6,7 @@
 use crate::config::GPT2Config;
 use crate::cpu::adamw::AdamW;
 use crate::cpu::model::Gpt2Cpu;
+use crate::precision::Precision;
 use anyhow::Result;
 
 pub trait Engine {
@@ -37,6 +38,10 @@ pub trait Engine {
     fn logits(&mut self) -> Result<Vec<f32>>;
     /// The logits (Vp) at batch row `bi`, position `ti` of the last forward.
     fn position_logits(&mut self, bi: usize, ti: usize) -> Result<Vec<f32>>;
+    /// The precision the engine computes in (the CPU engine: fp32).
+    fn precision(&self) -> Precision {
+        Precision::Fp32
+    }
     /// The device's peak TFLOP/s in the precision in use, when known (for MFU).
     fn peak_tflops(&self) -> Option<f64> {
         None
@@ -124,44 +129,113 @@ pub fn host_peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Builds the engine for `device` with the given parameters, its arenas sized for batches up to
+/// How to build an engine: where it runs and in which precision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineOptions {
+    pub device: crate::train::Device,
+    /// None: bf16 on a GPU that has bf16 tensor cores (sm_80 or newer), fp32 otherwise (and always
+    /// on the CPU).
+    pub precision: Option<Precision>,
+    /// TF32 tensor cores for the fp32 matrix products (GPU, fp32 only).
+    pub tf32: bool,
+}
+
+impl EngineOptions {
+    /// The CPU reference engine (fp32).
+    pub fn cpu() -> EngineOptions {
+        EngineOptions {
+            device: crate::train::Device::Cpu,
+            precision: Some(Precision::Fp32),
+            tf32: false,
+        }
+    }
+
+    /// The CUDA engine in `precision`, TF32 off.
+    pub fn cuda(precision: Precision) -> EngineOptions {
+        EngineOptions {
+            device: crate::train::Device::Cuda,
+            precision: Some(precision),
+            tf32: false,
+        }
+    }
+}
+
+/// The precision an engine runs in: `requested`, or the default when None, for a GPU of compute
+/// capability `gpu` (major, minor), or for the CPU when `gpu` is None. bf16 needs the GPU and
+/// bf16 tensor cores (sm_80, Ampere, or newer); the CPU engine computes in fp32 only.
+pub fn resolve_precision(
+    requested: Option<Precision>,
+    gpu: Option<(i32, i32)>,
+) -> Result<Precision> {
+    match (requested, gpu) {
+        (None | Some(Precision::Fp32), None) => Ok(Precision::Fp32),
+        (Some(Precision::Bf16), None) => anyhow::bail!(
+            "--precision bf16 needs the CUDA engine: the CPU engine computes in fp32 only (use \
+             --precision fp32, or --device cuda on a machine with an NVIDIA GPU)"
+        ),
+        (None, Some((major, _))) => Ok(if major >= 8 {
+            Precision::Bf16
+        } else {
+            Precision::Fp32
+        }),
+        (Some(Precision::Bf16), Some((major, minor))) if major < 8 => anyhow::bail!(
+            "--precision bf16 needs bf16 tensor cores (sm_80, Ampere, or newer); this GPU is \
+             sm_{major}{minor}: use --precision fp32"
+        ),
+        (Some(p), Some(_)) => Ok(p),
+    }
+}
+
+/// Builds the engine `opts` describe with the given parameters, its arenas sized for batches up to
 /// max_b x max_t. `Device::Auto` takes the GPU when one can be used and the CPU otherwise (with a
-/// note on stderr saying why); once a GPU was found, an error in building the GPU engine (e.g. not
-/// enough GPU memory) is reported, not replaced by the CPU.
+/// note on stderr saying why; a requested bf16 is then an error, as on `--device cpu`); once a
+/// GPU was found, an error in building the GPU engine (e.g. not enough GPU memory) is reported,
+/// not replaced by the CPU.
 pub fn create_engine(
-    device: crate::train::Device,
+    opts: &EngineOptions,
     cfg: GPT2Config,
     params: Vec<f32>,
     max_b: usize,
     max_t: usize,
-    tf32: bool,
 ) -> Result<Box<dyn Engine>> {
     use crate::train::Device;
     crate::cpu::model::check_batch(&cfg, max_b, max_t)?;
-    match device {
-        Device::Cpu => Ok(Box::new(Gpt2Cpu::new(cfg, params, max_b, max_t)?)),
-        Device::Cuda => create_gpu_engine(cfg, params, max_b, max_t, tf32),
+    let cpu = |params| -> Result<Box<dyn Engine>> {
+        resolve_precision(opts.precision, None)?;
+        Ok(Box::new(Gpt2Cpu::new(cfg, params, max_b, max_t)?))
+    };
+    match opts.device {
+        Device::Cpu => cpu(params),
+        Device::Cuda => {
+            let gpu = crate::gpu::Gpu::new()?;
+            gpu_engine_on(gpu, cfg, params, max_b, max_t, opts)
+        }
         Device::Auto => match crate::gpu::Gpu::new() {
-            Ok(gpu) => gpu_engine_on(gpu, cfg, params, max_b, max_t, tf32),
+            Ok(gpu) => gpu_engine_on(gpu, cfg, params, max_b, max_t, opts),
             Err(why) => {
                 eprintln!("note: running on the CPU ({why:#})");
-                Ok(Box::new(Gpt2Cpu::new(cfg, params, max_b, max_t)?))
+                cpu(params)
             }
         },
     }
 }
 
-/// The CUDA engine on device 0 (`Gpt2Gpu`), TF32 matmuls on or off; an error when this build has
-/// no kernels, the machine no GPU, or the GPU not enough memory.
+/// The CUDA engine on device 0 (`Gpt2Gpu`) in `precision`, TF32 matmuls on or off; an error when
+/// this build has no kernels, the machine no GPU (or no bf16 tensor cores for bf16), or the GPU
+/// not enough memory.
 pub fn create_gpu_engine(
     cfg: GPT2Config,
     params: Vec<f32>,
     max_b: usize,
     max_t: usize,
+    precision: Precision,
     tf32: bool,
 ) -> Result<Box<dyn Engine>> {
-    let gpu = crate::gpu::Gpu::new()?;
-    gpu_engine_on(gpu, cfg, params, max_b, max_t, tf32)
+    let opts = EngineOptions {
+        tf32,
+        ..EngineOptions::cuda(precision)
+    };
+    create_engine(&opts, cfg, params, max_b, max_t)
 }
 
 /// The CUDA engine on `gpu`.
@@ -172,12 +246,14 @@ fn gpu_engine_on(
     params: Vec<f32>,
     max_b: usize,
     max_t: usize,
-    tf32: bool,
+    opts: &EngineOptions,
 ) -> Result<Box<dyn Engine>> {
-    gpu.set_tf32(tf32)?;
-    Ok(Box::new(crate::gpu::Gpt2Gpu::new(
-        gpu, cfg, params, max_b, max_t,
-    )?))
+    let precision = resolve_precision(opts.precision, Some(gpu.compute_capability()?))?;
+    gpu.set_tf32(opts.tf32)?;
+    Ok(match precision {
+        Precision::Fp32 => Box::new(crate::gpu::Gpt2Gpu::new(gpu, cfg, params, max_b, max_t)?),
+        Precision::Bf16 => anyhow::bail!("TODO(bf16 engine)"),
+    })
 }
 
 /// A build without kernels has no `Gpu` to run on (`Gpu::new` always fails there).
@@ -188,8 +264,60 @@ fn gpu_engine_on(
     params: Vec<f32>,
     max_b: usize,
     max_t: usize,
-    tf32: bool,
+    opts: &EngineOptions,
 ) -> Result<Box<dyn Engine>> {
-    let _ = (gpu, cfg, params, max_b, max_t, tf32);
+    let _ = (gpu, cfg, params, max_b, max_t, opts);
     anyhow::bail!("{}", crate::gpu::NO_CUDA_BUILD)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precision_defaults_and_refusals() {
+        let (fp32, bf16) = (Some(Precision::Fp32), Some(Precision::Bf16));
+        // the CPU: fp32 only
+        assert_eq!(resolve_precision(None, None).unwrap(), Precision::Fp32);
+        assert_eq!(resolve_precision(fp32, None).unwrap(), Precision::Fp32);
+        let e = resolve_precision(bf16, None).unwrap_err().to_string();
+        assert!(e.contains("CPU engine computes in fp32 only"), "{e}");
+        // GPUs: bf16 by default from sm_80 (A100, H100), fp32 before
+        assert_eq!(
+            resolve_precision(None, Some((9, 0))).unwrap(),
+            Precision::Bf16
+        );
+        assert_eq!(
+            resolve_precision(None, Some((8, 0))).unwrap(),
+            Precision::Bf16
+        );
+        assert_eq!(
+            resolve_precision(None, Some((7, 5))).unwrap(),
+            Precision::Fp32
+        );
+        assert_eq!(
+            resolve_precision(fp32, Some((9, 0))).unwrap(),
+            Precision::Fp32
+        );
+        let e = resolve_precision(bf16, Some((7, 0)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("this GPU is sm_70"), "{e}");
+    }
+
+    #[test]
+    fn cpu_engine_refuses_bf16_clearly() {
+        let cfg = GPT2Config::from_descriptor("d2").unwrap();
+        let params = crate::params::init_params(&cfg, 1);
+        let opts = EngineOptions {
+            precision: Some(Precision::Bf16),
+            ..EngineOptions::cpu()
+        };
+        let e = create_engine(&opts, cfg, params.clone(), 1, 8)
+            .err()
+            .expect("bf16 on the CPU is an error");
+        assert!(format!("{e:#}").contains("--precision bf16 needs the CUDA engine"));
+        let cpu = create_engine(&EngineOptions::cpu(), cfg, params, 1, 8).unwrap();
+        assert_eq!(cpu.precision(), Precision::Fp32);
+    }
 }

@@ -6,8 +6,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use train_gpt2_cuda::engine::create_engine;
+use train_gpt2_cuda::engine::{create_engine, EngineOptions};
 use train_gpt2_cuda::formats::{checkpoint, debug_state};
+use train_gpt2_cuda::precision::Precision;
 use train_gpt2_cuda::sample::{generate, SampleOptions};
 use train_gpt2_cuda::tokenizer::Tokenizer;
 use train_gpt2_cuda::train::{self, Device, TrainArgs};
@@ -82,6 +83,9 @@ struct SampleArgs {
     window: Option<usize>,
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
+    /// fp32 or bf16 (GPU only); default: bf16 on GPUs that have it, fp32 elsewhere.
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -111,6 +115,10 @@ struct VerifyArgs {
     /// Write the engine's own x, y, logits, loss and gradients as a debug state.
     #[arg(long)]
     dump: Option<PathBuf>,
+    /// The GPU's precision: fp32 (the default here: checked against fp32 tolerances) or bf16
+    /// (checked against the bf16 tolerances; the CPU side always computes in fp32).
+    #[arg(long, value_enum, default_value = "fp32")]
+    precision: Precision,
     #[arg(long)]
     tf32: bool,
 }
@@ -136,7 +144,7 @@ fn main() -> ExitCode {
 fn run_train(args: &TrainArgs) -> Result<ExitCode> {
     args.validate()?;
     let (cfg, params) = train::load_model(&args.model, args.seed)?;
-    let mut engine = create_engine(args.device, cfg, params, args.batch, args.seq, args.tf32)?;
+    let mut engine = create_engine(&args.engine_options(), cfg, params, args.batch, args.seq)?;
     train::train(args, engine.as_mut())?;
     Ok(ExitCode::SUCCESS)
 }
@@ -185,7 +193,12 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
     }
     let mut prompt = vec![tok.eot()];
     prompt.extend(tok.encode(&a.prompt));
-    let mut engine = create_engine(a.device, cfg, ck.params, 1, window, false)?;
+    let engine_opts = EngineOptions {
+        device: a.device,
+        precision: a.precision,
+        tf32: false,
+    };
+    let mut engine = create_engine(&engine_opts, cfg, ck.params, 1, window)?;
     print!("{}", a.prompt);
     // Print whole words as they come: decode the growing tail and print what is new.
     let mut generated = Vec::new();
@@ -253,14 +266,34 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         loss: state.loss,
         grads: state.grads.clone(),
     };
-    let tol = Tolerances::FP32;
+    if a.precision == Precision::Bf16 && a.device == VerifyDevice::Cpu {
+        bail!("--precision bf16 needs --device cuda or both: the CPU engine computes in fp32 only");
+    }
+    // the CPU always runs fp32; the GPU in --precision
+    let options = |dev: Device| EngineOptions {
+        device: dev,
+        precision: Some(if dev == Device::Cpu {
+            Precision::Fp32
+        } else {
+            a.precision
+        }),
+        tf32: a.tf32,
+    };
+    // each engine against the fp32 reference by its own precision; GPU vs CPU by the GPU's
+    let tol_of = |dev: Device| {
+        Tolerances::for_precision(if dev == Device::Cpu {
+            Precision::Fp32
+        } else {
+            a.precision
+        })
+    };
     let mut all_pass = true;
     let mut results = Vec::new();
     for &dev in devices {
-        let mut engine = create_engine(dev, cfg, ck.params.clone(), state.b, state.t, a.tf32)?;
+        let mut engine = create_engine(&options(dev), cfg, ck.params.clone(), state.b, state.t)?;
         let name = engine.describe();
         let out = verify::run_engine(engine.as_mut(), &state)?;
-        let rows = verify::compare_outputs(&cfg, &out, &reference, &tol);
+        let rows = verify::compare_outputs(&cfg, &out, &reference, &tol_of(dev));
         all_pass &= rows.iter().all(|r| r.pass);
         print!(
             "{}",
@@ -269,7 +302,7 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         results.push((dev, name, out));
     }
     if let [(_, n0, o0), (_, n1, o1)] = results.as_slice() {
-        let rows = verify::compare_outputs(&cfg, o1, o0, &tol);
+        let rows = verify::compare_outputs(&cfg, o1, o0, &tol_of(Device::Cuda));
         all_pass &= rows.iter().all(|r| r.pass);
         print!(
             "{}",
@@ -311,7 +344,8 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         };
         for (dev, name, _) in &results {
             // a fresh engine from the checkpoint's parameters (the first ones were dropped)
-            let mut engine = create_engine(*dev, cfg, ck.params.clone(), state.b, state.t, a.tf32)?;
+            let mut engine =
+                create_engine(&options(*dev), cfg, ck.params.clone(), state.b, state.t)?;
             println!(
                 "\n{name}: {} AdamW steps (lr 1e-4, betas 0.9/0.999, eps 1e-8, weight decay 0.01)",
                 a.steps
@@ -321,7 +355,7 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
                 match &expected {
                     Some(e) => {
                         let rel = ((l - e[i]) / e[i]).abs() as f64;
-                        let ok = rel <= tol.loss;
+                        let ok = rel <= tol_of(*dev).steps;
                         all_pass &= ok;
                         println!(
                             "step {i} loss {l:.6}  (expected {:.6}, rel err {rel:.1e}{})",

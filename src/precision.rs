@@ -99,7 +99,15 @@ mod tests {
 
     #[test]
     fn exact_values_are_kept() {
-        for &x in &[0.0f32, -0.0, 1.0, -2.5, 65280.0, f32::INFINITY, f32::NEG_INFINITY] {
+        for &x in &[
+            0.0f32,
+            -0.0,
+            1.0,
+            -2.5,
+            65280.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ] {
             for r in [0u32, 1, 0x7fff, 0xffff, 0xdead_ffff] {
                 assert_eq!(round_bf16_stochastic(x, r).to_f32().to_bits(), x.to_bits());
             }
@@ -114,10 +122,16 @@ mod tests {
         let x = 1.0f32 + 2f32.powi(-9);
         assert_eq!(x.to_bits() & 0xffff, 0x4000);
         assert_eq!(round_bf16_stochastic(x, 0xbfff).to_f32(), 1.0);
-        assert_eq!(round_bf16_stochastic(x, 0xc000).to_f32(), 1.0 + 2f32.powi(-7));
+        assert_eq!(
+            round_bf16_stochastic(x, 0xc000).to_f32(),
+            1.0 + 2f32.powi(-7)
+        );
         // negative numbers round away from zero in the same way
         assert_eq!(round_bf16_stochastic(-x, 0xbfff).to_f32(), -1.0);
-        assert_eq!(round_bf16_stochastic(-x, 0xc000).to_f32(), -1.0 - 2f32.powi(-7));
+        assert_eq!(
+            round_bf16_stochastic(-x, 0xc000).to_f32(),
+            -1.0 - 2f32.powi(-7)
+        );
         // carry into the exponent: just below 2 rounds up to exactly 2
         let y = f32::from_bits(0x3fff_ffff);
         assert_eq!(round_bf16_stochastic(y, 0x0001).to_f32(), 2.0);

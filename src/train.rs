@@ -9,6 +9,7 @@ use crate::data::DataLoader;
 use crate::engine::Engine;
 use crate::formats::checkpoint::{read_checkpoint, write_checkpoint, CheckpointPrecision};
 use crate::mfu::mfu;
+use crate::precision::Precision;
 use crate::sample::{generate, SampleOptions};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
@@ -97,6 +98,10 @@ pub struct TrainArgs {
     /// Shuffle the training data (seeded).
     #[arg(long)]
     pub shuffle: bool,
+    /// fp32 or bf16 (bf16 parameters, activations and gradients with fp32 master weights; GPU
+    /// only). Default: bf16 on GPUs with bf16 tensor cores (sm_80+), fp32 elsewhere.
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
     /// Use TF32 tensor cores for fp32 matrix products on the GPU.
     #[arg(long)]
     pub tf32: bool,
@@ -136,6 +141,15 @@ pub fn lr_at(step: usize, steps: usize, lr: f32, warmup: usize, final_frac: f32)
 }
 
 impl TrainArgs {
+    /// The engine these flags ask for.
+    pub fn engine_options(&self) -> crate::engine::EngineOptions {
+        crate::engine::EngineOptions {
+            device: self.device,
+            precision: self.precision,
+            tf32: self.tf32,
+        }
+    }
+
     /// Checks the flags before any work starts.
     pub fn validate(&self) -> Result<()> {
         if self.batch == 0 || self.seq == 0 {
@@ -342,7 +356,13 @@ pub fn train(args: &TrainArgs, engine: &mut dyn Engine) -> Result<TrainSummary> 
         let ckpt_due = args.checkpoint_every > 0 && (step + 1) % args.checkpoint_every == 0;
         if ckpt_due || last {
             let path = args.out_dir.join(format!("model_{:06}.bin", step + 1));
-            write_checkpoint(&path, &cfg, &engine.params()?, CheckpointPrecision::Fp32)?;
+            // the checkpoint holds the weights the engine computes with: version 3 (fp32) from
+            // an fp32 engine, version 5 (bf16, exact) from a bf16 one
+            let precision = match engine.precision() {
+                Precision::Fp32 => CheckpointPrecision::Fp32,
+                Precision::Bf16 => CheckpointPrecision::Bf16,
+            };
+            write_checkpoint(&path, &cfg, &engine.params()?, precision)?;
             println!("wrote {}", path.display());
             summary.checkpoint = Some(path);
         }

@@ -9,7 +9,17 @@ use std::process::Command;
 
 use train_gpt2_cuda::config::GPT2Config;
 use train_gpt2_cuda::cpu::adamw::AdamW;
-use train_gpt2_cuda::engine::{create_engine, create_gpu_engine, Engine};
+use train_gpt2_cuda::engine::{create_engine, create_gpu_engine, Engine, EngineOptions};
+use train_gpt2_cuda::precision::Precision;
+
+/// `device` with the default precision, TF32 off.
+fn opts(device: Device) -> EngineOptions {
+    EngineOptions {
+        device,
+        precision: None,
+        tf32: false,
+    }
+}
 use train_gpt2_cuda::params::{init_params, num_parameters};
 use train_gpt2_cuda::profile::{Family, Profile};
 use train_gpt2_cuda::rng::Rng;
@@ -51,7 +61,7 @@ fn step(engine: &mut dyn Engine, rng: &mut Rng, b: usize, t: usize, n: usize) {
 fn cpu_engine_has_no_profiler() {
     let cfg = GPT2Config::new(16, 100, 128, 1, 2, 8).unwrap();
     let params = init_params(&cfg, 1);
-    let mut cpu = create_engine(Device::Cpu, cfg, params, 2, 8, false).unwrap();
+    let mut cpu = create_engine(&opts(Device::Cpu), cfg, params, 2, 8).unwrap();
     assert_eq!(cpu.profile_method(), None);
     cpu.profile_step_begin().unwrap();
     step(cpu.as_mut(), &mut Rng::new(3), 2, 8, 1);
@@ -126,7 +136,8 @@ fn gpu_profile_times_every_family_with_hand_counted_calls_and_flops() {
     let cfg = GPT2Config::new(64, 50257, 50304, 2, 2, 64).unwrap();
     let (b, t) = (4usize, 32usize);
     let params = init_params(&cfg, 7);
-    let mut gpu = create_gpu_engine(cfg, params, b, t, false).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut gpu = create_gpu_engine(cfg, params, b, t, Precision::Fp32, false)
+        .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(gpu.profile_method().unwrap().contains("CUDA events"));
     let mut rng = Rng::new(11);
     // step 1 unprofiled (warm-up), steps 2 and 3 profiled, step 4 unprofiled again

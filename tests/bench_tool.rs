@@ -465,17 +465,10 @@ fn dry_run_prints_the_commands_and_runs_nothing() {
         .lines()
         .filter(|l| l.contains("bench_pytorch.py"))
         .collect();
-    // engine: fp32 and tf32 at B=4 and 8; bf16 is a note. PyTorch: eager and compile, 3 x 2
-    assert_eq!(engine_lines.len(), 4, "{stdout}");
+    // engine: fp32, tf32 and bf16 at B=4 and 8. PyTorch: eager and compile, 3 x 2
+    assert_eq!(engine_lines.len(), 6, "{stdout}");
     assert_eq!(torch_lines.len(), 12, "{stdout}");
-    assert_eq!(
-        stdout
-            .lines()
-            .filter(|l| l.contains("not run (engine has no bf16 yet)"))
-            .count(),
-        2,
-        "{stdout}"
-    );
+    assert!(!stdout.contains("not run"), "{stdout}");
     // warm-up + timed steps for the engine, each flag as the engine's TrainArgs names it
     let first = engine_lines[0];
     for flag in [
@@ -489,7 +482,14 @@ fn dry_run_prints_the_commands_and_runs_nothing() {
     ] {
         assert!(first.contains(flag), "{first} lacks {flag}");
     }
-    assert!(!first.contains("--tf32") && engine_lines[2].ends_with("--tf32"));
+    assert!(!first.contains("--tf32") && engine_lines[2].ends_with("--precision fp32 --tf32"));
+    assert!(first.ends_with("--precision fp32"), "{first}");
+    assert!(
+        engine_lines[4].ends_with("--precision bf16"),
+        "{}",
+        engine_lines[4]
+    );
+    assert!(engine_lines[5].contains("--batch 8"), "{}", engine_lines[5]);
     assert!(
         torch_lines[0].ends_with("--steps 7 --warmup 2"),
         "{}",
@@ -497,6 +497,31 @@ fn dry_run_prints_the_commands_and_runs_nothing() {
     );
     assert!(torch_lines[1].ends_with("--compile"), "{}", torch_lines[1]);
     assert!(torch_lines[11].ends_with("--compile --bf16"));
+}
+
+#[test]
+fn bf16_on_the_cpu_is_a_note_not_a_run() {
+    let eng = engine();
+    let stdout = bench_ok(&[
+        "--dry-run",
+        "--device",
+        "cpu",
+        "--engine",
+        &eng,
+        "--batch",
+        "2",
+        "--precision",
+        "fp32,bf16",
+        "--pytorch",
+        "none",
+    ]);
+    let engine_lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with(&eng)).collect();
+    assert_eq!(engine_lines.len(), 1, "{stdout}");
+    assert!(engine_lines[0].ends_with("--precision fp32"), "{stdout}");
+    assert!(
+        stdout.contains("bf16 B=2: not run (the CPU engine computes in fp32 only)"),
+        "{stdout}"
+    );
 }
 
 /// The table's rows of a CPU run, with the checks every run gets: the engine row's tokens/s is
@@ -896,10 +921,6 @@ fn engine_and_pytorch_on_the_gpu() {
     assert_eq!(rows.len(), 3 * 2 * 2, "{stdout}");
     let known_gpu = ["A100", "H100", "H200"].iter().any(|g| stdout.contains(g));
     for r in &rows {
-        if r[0] == "train-gpt2-cuda" && r[1] == "bf16" {
-            assert_eq!(r[4], "n/a (engine has no bf16 yet)", "{stdout}");
-            continue;
-        }
         assert!(num(&r[4]) > 0.0, "{r:?}\n{stdout}");
         // the engine's memory comes from nvidia-smi samples, which a short run can miss
         assert!(r[7].contains("MiB") || r[0] == "train-gpt2-cuda", "{r:?}");

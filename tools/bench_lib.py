@@ -447,9 +447,18 @@ def engine_command(a, b, precision, out_dir):
            "--sample-tokens", "0", "--train", train,
            # the validation shard may be too short for a large B*T; only the final loss uses it
            "--val", train, "--out-dir", out_dir]
+    # the engine's own precision flag; tf32 is fp32 storage with TF32 tensor-core matmuls
+    cmd += ["--precision", "bf16" if precision == "bf16" else "fp32"]
     if precision == "tf32":
         cmd.append("--tf32")
     return cmd
+
+
+def engine_skips(a, precision):
+    """Why the engine does not run in `precision` on `a.device`, or None when it does."""
+    if precision == "bf16" and a.device == "cpu":
+        return "the CPU engine computes in fp32 only"
+    return None
 
 
 def pytorch_command(a, mode, precision, b):
@@ -570,8 +579,9 @@ def failure_row(row, rc, out, err, timeout):
 
 def run_engine(a, b, precision, tmp, env):
     row = {"impl": ENGINE, "precision": precision, "B": b, "T": a.t, "status": "ok"}
-    if precision == "bf16":
-        row.update(status="n/a", note="engine has no bf16 yet")
+    skip = engine_skips(a, precision)
+    if skip:
+        row.update(status="n/a", note=skip)
         return row
     out_dir = os.path.join(tmp, f"engine-B{b}-{precision}")
     cmd = engine_command(a, b, precision, out_dir)
@@ -704,8 +714,9 @@ def bench(a):
         print(f"# engine runs with {env_note}")
         for impl, precision, b, mode in runs:
             if mode is None:
-                if precision == "bf16":
-                    print(f"# {ENGINE} {precision} B={b}: not run (engine has no bf16 yet)")
+                skip = engine_skips(a, precision)
+                if skip:
+                    print(f"# {ENGINE} {precision} B={b}: not run ({skip})")
                 else:
                     print(shlex.join(engine_command(a, b, precision, f"<tmp>/engine-B{b}-{precision}")))
             else:

@@ -21,9 +21,7 @@ const SMALL_SHARD_TOKENS: [u16; 17] = [
 const V: usize = 50257;
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    Path::new(&root()).join("tests/fixtures").join(name)
 }
 
 /// A fresh, empty directory for one test.
@@ -593,4 +591,10 @@ fn prepro_reproduces_the_committed_default_corpus() {
 fn regenerate_default_corpus() {
     let s = prepro_default_corpus(&default_corpus_dir()).unwrap();
     println!("{s:?}");
+}
+
+/// The crate root: `CARGO_MANIFEST_DIR` at run time (cargo, or .gpu/on-gpu.sh on the GPU machine,
+/// where the compile-time path does not exist), else the one compiled in.
+fn root() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())
 }

@@ -36,9 +36,7 @@ use train_gpt2_cuda::train::Device;
 use train_gpt2_cuda::verify::{self, Tolerances};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    PathBuf::from(root()).join("tests/fixtures").join(name)
 }
 
 /// The GPU engine, or a panic that says why there is none.
@@ -382,4 +380,10 @@ fn bad_input_is_an_error_not_a_panic() {
     assert!(e.contains("GiB free"), "{e}");
     let e = gpu_engine_error(cfg, params, usize::MAX / 64, 64);
     assert!(e.contains("do not fit in memory"), "{e}");
+}
+
+/// The crate root: `CARGO_MANIFEST_DIR` at run time (cargo, or .gpu/on-gpu.sh on the GPU machine,
+/// where the compile-time path does not exist), else the one compiled in.
+fn root() -> String {
+    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())
 }

@@ -28,18 +28,42 @@ for f in tiny sharp gpt2vocab; do
     --model "tests/fixtures/ref_${f}_model.bin" --state "tests/fixtures/ref_${f}_state.bin" \
     --steps 10 --expect-losses "tests/fixtures/ref_${f}_losses.txt" --dump "$out/dump_${f}.bin"
 done
+# the bf16 engine: against PyTorch (fp32) and the CPU at the bf16 tolerances (verify::Tolerances::BF16)
+for f in tiny sharp gpt2vocab; do
+  check "verify-bf16-$f" bash "$run" exec train-gpt2-cuda verify --device both --precision bf16 \
+    --model "tests/fixtures/ref_${f}_model.bin" --state "tests/fixtures/ref_${f}_state.bin" \
+    --steps 10 --expect-losses "tests/fixtures/ref_${f}_losses.txt"
+done
 # training d12 on the default corpus, twice with the same seed: the losses must be identical
 for i in 1 2; do
   check "train-d12-run$i" bash "$run" exec train-gpt2-cuda --device cuda --model d12 --batch 4 \
-    --seq 64 --steps 50 --val-every 25 --seed 1337 --out-dir "$out/train$i"
+    --seq 64 --steps 50 --val-every 25 --seed 1337 --precision fp32 --out-dir "$out/train$i"
 done
 grep '^step' "$out/train-d12-run1.log" | sed 's/ | [0-9.]* ms .*//' > "$out/losses1.txt"
 grep '^step' "$out/train-d12-run2.log" | sed 's/ | [0-9.]* ms .*//' > "$out/losses2.txt"
 check same-seed-same-losses diff "$out/losses1.txt" "$out/losses2.txt"
+# the same in bf16 (stochastic rounding is seeded: still bitwise reproducible)
+for i in 1 2; do
+  check "train-d12-bf16-run$i" bash "$run" exec train-gpt2-cuda --device cuda --model d12 --batch 4 \
+    --seq 64 --steps 50 --val-every 25 --seed 1337 --precision bf16 --out-dir "$out/train-bf16-$i"
+done
+grep '^step' "$out/train-d12-bf16-run1.log" | sed 's/ | [0-9.]* ms .*//' > "$out/losses-bf16-1.txt"
+grep '^step' "$out/train-d12-bf16-run2.log" | sed 's/ | [0-9.]* ms .*//' > "$out/losses-bf16-2.txt"
+check same-seed-same-losses-bf16 diff "$out/losses-bf16-1.txt" "$out/losses-bf16-2.txt"
+# the bf16 loss curve tracks fp32 (same seed, same data) for 300 steps of d12 at B=8, T=256
+for p in fp32 bf16; do
+  check "curve-$p" bash "$run" exec train-gpt2-cuda --device cuda --model d12 --batch 8 --seq 256 \
+    --steps 300 --lr 6e-4 --warmup 20 --val-every 50 --seed 1337 --precision $p --sample-tokens 0 \
+    --out-dir "$out/curve-$p"
+done
+check bf16-tracks-fp32 python3 tools/loss_band.py "$out/curve-fp32.log" "$out/curve-bf16.log" \
+  --window 25 --band 0.02 --val-band 0.02
 # memory errors and races in a short run
 if command -v compute-sanitizer > /dev/null; then
   check sanitizer compute-sanitizer --tool memcheck --target-processes all --error-exitcode 1 \
-    bash "$run" exec train-gpt2-cuda --device cuda --model d2 --batch 2 --seq 33 --steps 2 --val-batches 1 --sample-tokens 4 --out-dir "$out/san"
+    bash "$run" exec train-gpt2-cuda --device cuda --model d2 --batch 2 --seq 33 --steps 2 --val-batches 1 --sample-tokens 4 --precision fp32 --out-dir "$out/san"
+  check sanitizer-bf16 compute-sanitizer --tool memcheck --target-processes all --error-exitcode 1 \
+    bash "$run" exec train-gpt2-cuda --device cuda --model d2 --batch 2 --seq 33 --steps 2 --val-batches 1 --sample-tokens 4 --precision bf16 --out-dir "$out/san-bf16"
 fi
 echo; echo "summary:"; printf '  %s\n' "${summary[@]}"
 printf '%s\n' "${summary[@]}" | grep -q FAIL && exit 1

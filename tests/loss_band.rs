@@ -30,8 +30,8 @@ fn run(args: &[&str]) -> (i32, String) {
         .args(args)
         .output()
         .expect("python3 runs");
-    let text = String::from_utf8_lossy(&out.stdout).to_string()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -42,10 +42,21 @@ fn window_means_and_validation_losses_against_the_band() {
     let fp32 = log(&dir, "fp32.log", &[10.0, 9.0, 8.0, 7.0], [10.0, 7.5]);
     // window 1: (10 + 9.3) / 2 = 9.65 vs 9.5: 1.58% off; window 2 equal; val 7.6 vs 7.5: 1.33%
     let close = log(&dir, "close.log", &[10.0, 9.3, 8.0, 7.0], [10.0, 7.6]);
-    let (rc, out) = run(&[fp32.to_str().unwrap(), close.to_str().unwrap(), "--window", "2"]);
+    let (rc, out) = run(&[
+        fp32.to_str().unwrap(),
+        close.to_str().unwrap(),
+        "--window",
+        "2",
+    ]);
     assert_eq!(rc, 0, "{out}");
-    assert!(out.contains("fp32 9.5000 bf16 9.6500 rel diff 1.58e-02 ok"), "{out}");
-    assert!(out.contains("fp32 7.5000 bf16 7.6000 rel diff 1.33e-02 ok"), "{out}");
+    assert!(
+        out.contains("fp32 9.5000 bf16 9.6500 rel diff 1.58e-02 ok"),
+        "{out}"
+    );
+    assert!(
+        out.contains("fp32 7.5000 bf16 7.6000 rel diff 1.33e-02 ok"),
+        "{out}"
+    );
     // the same run against a 1% band: both the first window and the last validation fail
     let (rc, out) = run(&[
         fp32.to_str().unwrap(),
@@ -70,6 +81,9 @@ fn window_means_and_validation_losses_against_the_band() {
     assert!(out.contains("no `step N/M | loss X` lines"), "{out}");
     let short = log(&dir, "short.log", &[10.0, 9.0, 8.0], [10.0, 7.5]);
     let (_, out) = run(&[fp32.to_str().unwrap(), short.to_str().unwrap()]);
-    assert!(out.contains("the runs differ in length: 4 vs 3 steps"), "{out}");
+    assert!(
+        out.contains("the runs differ in length: 4 vs 3 steps"),
+        "{out}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -1,6 +1,9 @@
 // The fused classifier: softmax over the vocabulary, the cross-entropy loss and its gradient, one
 // row at a time, without ever storing the probabilities. The logits buffer is overwritten by the
 // logits' gradient (the forward and backward of the last layer in one kernel, as llm.c does).
+// A template over the storage type T of the logits (float or __nv_bfloat16), instantiated as
+// fused_classifier (fp32) and fused_classifier_bf16: the softmax and the loss are computed in fp32
+// from the widened logits, the losses are fp32 in both, the dlogits are rounded once into T.
 #include "common.h"
 
 // (m, s) <- the online-softmax merge of (m, s) and (m2, s2), where s is a sum of exp(x - m).
@@ -20,16 +23,17 @@ __device__ __forceinline__ void softmax_merge(float& m, float& s, float m2, floa
 // targets (N) must be < V; a bad target gives a NaN loss (and no one-hot term) instead of a wild
 // access. One block per row, blockDim.x a multiple of 32 (at most 1024); pass 1: each thread keeps an online
 // (max, sum of exp) over its strided columns, merged by a fixed tree (deterministic); pass 2 writes.
-extern "C" __global__ void __launch_bounds__(1024) fused_classifier(float* logits, float* losses, float dloss,
-                                            const unsigned int* targets, int N, int V, int Vp,
-                                            int write_dlogits) {
+template <typename T>
+__device__ __forceinline__ void fused_classifier_impl(T* logits, float* losses, float dloss,
+                                                      const unsigned int* targets, int N, int V, int Vp,
+                                                      int write_dlogits) {
     __shared__ float shared_m[32];
     __shared__ float shared_s[32];
     const int row = blockIdx.x;
     if (row >= N) {
         return;
     }
-    float* x = logits + (size_t)row * Vp;
+    T* x = logits + (size_t)row * Vp;
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
     const int num_warps = blockDim.x >> 5;
@@ -37,7 +41,7 @@ extern "C" __global__ void __launch_bounds__(1024) fused_classifier(float* logit
     float m = -INFINITY;
     float s = 0.0f;
     for (int i = threadIdx.x; i < V; i += blockDim.x) {
-        const float v = x[i];
+        const float v = to_float(x[i]);
         if (v > m) {
             s = s * expf(m - v) + 1.0f;
             m = v;
@@ -70,7 +74,7 @@ extern "C" __global__ void __launch_bounds__(1024) fused_classifier(float* logit
     // logits before any is overwritten: thread 0 reads x[target] below, which another thread writes.
     const unsigned int target = targets[row];
     const bool target_ok = target < (unsigned int)V;
-    const float x_target = target_ok ? x[target] : 0.0f;
+    const float x_target = target_ok ? to_float(x[target]) : 0.0f;
     __syncthreads();
     if (threadIdx.x == 0) {
         losses[row] = target_ok ? logf(s) - (x_target - m) : __int_as_float(0x7fc00000);
@@ -81,11 +85,23 @@ extern "C" __global__ void __launch_bounds__(1024) fused_classifier(float* logit
     const float inv = 1.0f / s;
     for (int i = threadIdx.x; i < Vp; i += blockDim.x) {
         if (i < V) {
-            const float p = expf(x[i] - m) * inv;
+            const float p = expf(to_float(x[i]) - m) * inv;
             const float indicator = (unsigned int)i == target ? 1.0f : 0.0f;
-            x[i] = (p - indicator) * dloss;
+            x[i] = from_float<T>((p - indicator) * dloss);
         } else {
-            x[i] = 0.0f;
+            x[i] = from_float<T>(0.0f);
         }
     }
+}
+
+extern "C" __global__ void __launch_bounds__(1024) fused_classifier(float* logits, float* losses, float dloss,
+                                                                    const unsigned int* targets, int N, int V,
+                                                                    int Vp, int write_dlogits) {
+    fused_classifier_impl(logits, losses, dloss, targets, N, V, Vp, write_dlogits);
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+    fused_classifier_bf16(__nv_bfloat16* logits, float* losses, float dloss, const unsigned int* targets, int N,
+                          int V, int Vp, int write_dlogits) {
+    fused_classifier_impl(logits, losses, dloss, targets, N, V, Vp, write_dlogits);
 }

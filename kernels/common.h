@@ -40,6 +40,29 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
     return __float2bfloat16_rn(x);
 }
 
+// ---- 128-bit packed access -------------------------------------------------------------------
+// Packed<T>: 16 bytes of T (4 floats or 8 bf16), loaded and stored with one 128-bit instruction.
+// Only for addresses that are 16-byte aligned: a kernel takes its packed path only when every
+// pointer it packs is aligned (aligned16) and the lengths/row sizes are multiples of PACK,
+// and falls back to its scalar path otherwise. Each element is computed as in the scalar path.
+template <typename T> struct alignas(16) Packed {
+    static constexpr int size = 16 / sizeof(T);
+    T v[16 / sizeof(T)];
+};
+
+template <typename T> __device__ __forceinline__ Packed<T> load_packed(const T* p) {
+    return *reinterpret_cast<const Packed<T>*>(p);
+}
+
+template <typename T> __device__ __forceinline__ void store_packed(T* p, const Packed<T>& x) {
+    *reinterpret_cast<Packed<T>*>(p) = x;
+}
+
+// Whether p is 16-byte aligned.
+__device__ __forceinline__ bool aligned16(const void* p) {
+    return ((unsigned long long)p & 15ull) == 0;
+}
+
 // ---- stochastic rounding (host twin: src/precision.rs) ---------------------------------------
 // Chris Wellons' lowbias32 hash.
 __device__ __forceinline__ unsigned int lowbias32(unsigned int x) {

@@ -5,36 +5,59 @@
 // atomics, deterministically: layernorm_backward_params_partial has one thread per channel c and
 // row chunk (rows_per_chunk consecutive rows, summed in row order) writing per-chunk partial sums
 // to a scratch buffer, and layernorm_backward_params_reduce adds the chunks in chunk order.
+//
+// Templates over the storage type T (float or __nv_bfloat16) of out, inp, weight, bias and the
+// gradients, with fp32 arithmetic, instantiated as NAME (fp32) and NAME_bf16. mean, rstd and the
+// partial sums are fp32 in both; each T output is the fp32 result rounded once (the backward reads
+// the old gradient, adds in fp32, rounds once).
 #include "common.h"
 
 #define LAYERNORM_EPS 1e-5f
 
 // out (N,C) = (inp - mean) * rstd * weight (C) + bias (C); saves mean (N) and rstd (N).
-// N = B*T rows. Two passes over the row (mean, then the variance of the centred values).
-extern "C" __global__ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
-                                             const float* weight, const float* bias, int N, int C) {
+// N = B*T rows. Two passes over the row (mean, then the variance of the centred values), lanes
+// striding over single channels; the output pass is packed (PACK channels per lane per step) when
+// C is a multiple of PACK and out, inp, weight, bias are 16-byte aligned (same values either way).
+template <typename T>
+__device__ __forceinline__ void layernorm_forward_impl(T* out, float* mean, float* rstd, const T* inp,
+                                                       const T* weight, const T* bias, int N, int C) {
+    constexpr int PACK = Packed<T>::size;
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= N) {
         return;
     }
-    const float* x = inp + (size_t)row * C;
+    const T* x = inp + (size_t)row * C;
     float sum = 0.0f;
     for (int i = lane; i < C; i += 32) {
-        sum += x[i];
+        sum += to_float(x[i]);
     }
     const float m = warp_reduce_sum(sum) / C;
     float var = 0.0f;
     for (int i = lane; i < C; i += 32) {
-        const float d = x[i] - m;
+        const float d = to_float(x[i]) - m;
         var += d * d;
     }
     var = warp_reduce_sum(var) / C;
     const float s = 1.0f / sqrtf(var + LAYERNORM_EPS);
-    float* o = out + (size_t)row * C;
-    for (int i = lane; i < C; i += 32) {
-        const float n = s * (x[i] - m);
-        o[i] = n * weight[i] + bias[i];
+    T* o = out + (size_t)row * C;
+    if (C % PACK == 0 && aligned16(out) && aligned16(inp) && aligned16(weight) && aligned16(bias)) {
+        for (int i = lane * PACK; i < C; i += 32 * PACK) {
+            const Packed<T> xp = load_packed(x + i);
+            const Packed<T> wp = load_packed(weight + i);
+            const Packed<T> bp = load_packed(bias + i);
+            Packed<T> op;
+            for (int k = 0; k < PACK; k++) {
+                const float n = s * (to_float(xp.v[k]) - m);
+                op.v[k] = from_float<T>(n * to_float(wp.v[k]) + to_float(bp.v[k]));
+            }
+            store_packed(o + i, op);
+        }
+    } else {
+        for (int i = lane; i < C; i += 32) {
+            const float n = s * (to_float(x[i]) - m);
+            o[i] = from_float<T>(n * to_float(weight[i]) + to_float(bias[i]));
+        }
     }
     if (lane == 0) {
         mean[row] = m;
@@ -42,49 +65,75 @@ extern "C" __global__ void layernorm_forward(float* out, float* mean, float* rst
     }
 }
 
+extern "C" __global__ void layernorm_forward(float* out, float* mean, float* rstd, const float* inp,
+                                             const float* weight, const float* bias, int N, int C) {
+    layernorm_forward_impl(out, mean, rstd, inp, weight, bias, N, C);
+}
+
+extern "C" __global__ void layernorm_forward_bf16(__nv_bfloat16* out, float* mean, float* rstd,
+                                                  const __nv_bfloat16* inp, const __nv_bfloat16* weight,
+                                                  const __nv_bfloat16* bias, int N, int C) {
+    layernorm_forward_impl(out, mean, rstd, inp, weight, bias, N, C);
+}
+
 // dinp (N,C) += the LayerNorm input gradient, one warp per row:
 // dnorm = weight * dout; dinp += (dnorm - mean(dnorm) - norm * mean(dnorm * norm)) * rstd.
-extern "C" __global__ void layernorm_backward_dinp(float* dinp, const float* dout, const float* inp,
-                                                   const float* weight, const float* mean, const float* rstd,
-                                                   int N, int C) {
+template <typename T>
+__device__ __forceinline__ void layernorm_backward_dinp_impl(T* dinp, const T* dout, const T* inp,
+                                                             const T* weight, const float* mean,
+                                                             const float* rstd, int N, int C) {
     const int lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (row >= N) {
         return;
     }
     const size_t off = (size_t)row * C;
-    const float* x = inp + off;
-    const float* d = dout + off;
+    const T* x = inp + off;
+    const T* d = dout + off;
     const float m = mean[row];
     const float s = rstd[row];
     float dnorm_sum = 0.0f;
     float dnorm_norm_sum = 0.0f;
     for (int i = lane; i < C; i += 32) {
-        const float norm = (x[i] - m) * s;
-        const float dnorm = weight[i] * d[i];
+        const float norm = (to_float(x[i]) - m) * s;
+        const float dnorm = to_float(weight[i]) * to_float(d[i]);
         dnorm_sum += dnorm;
         dnorm_norm_sum += dnorm * norm;
     }
     const float dnorm_mean = warp_reduce_sum(dnorm_sum) / C;
     const float dnorm_norm_mean = warp_reduce_sum(dnorm_norm_sum) / C;
-    float* di = dinp + off;
+    T* di = dinp + off;
     for (int i = lane; i < C; i += 32) {
-        const float norm = (x[i] - m) * s;
-        const float dnorm = weight[i] * d[i];
+        const float norm = (to_float(x[i]) - m) * s;
+        const float dnorm = to_float(weight[i]) * to_float(d[i]);
         float dval = dnorm;
         dval -= dnorm_mean;
         dval -= norm * dnorm_norm_mean;
         dval *= s;
-        di[i] += dval;
+        di[i] = from_float<T>(to_float(di[i]) + dval);
     }
 }
 
-// partial (num_chunks, 2, C): for chunk k and channel c, [k, 0, c] = sum of dout * norm and
+extern "C" __global__ void layernorm_backward_dinp(float* dinp, const float* dout, const float* inp,
+                                                   const float* weight, const float* mean, const float* rstd,
+                                                   int N, int C) {
+    layernorm_backward_dinp_impl(dinp, dout, inp, weight, mean, rstd, N, C);
+}
+
+extern "C" __global__ void layernorm_backward_dinp_bf16(__nv_bfloat16* dinp, const __nv_bfloat16* dout,
+                                                        const __nv_bfloat16* inp, const __nv_bfloat16* weight,
+                                                        const float* mean, const float* rstd, int N, int C) {
+    layernorm_backward_dinp_impl(dinp, dout, inp, weight, mean, rstd, N, C);
+}
+
+// partial (num_chunks, 2, C), fp32: for chunk k and channel c, [k, 0, c] = sum of dout * norm and
 // [k, 1, c] = sum of dout over rows k*rows_per_chunk .. min(N, (k+1)*rows_per_chunk), in row order.
 // grid: (ceil(C / blockDim.x), num_chunks).
-extern "C" __global__ void layernorm_backward_params_partial(float* partial, const float* dout, const float* inp,
-                                                            const float* mean, const float* rstd, int N, int C,
-                                                            int rows_per_chunk) {
+template <typename T>
+__device__ __forceinline__ void layernorm_backward_params_partial_impl(float* partial, const T* dout,
+                                                                       const T* inp, const float* mean,
+                                                                       const float* rstd, int N, int C,
+                                                                       int rows_per_chunk) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     const int chunk = blockIdx.y;
     if (c >= C) {
@@ -95,19 +144,34 @@ extern "C" __global__ void layernorm_backward_params_partial(float* partial, con
     float db = 0.0f;
     for (int row = chunk * rows_per_chunk; row < row_end; row++) {
         const size_t i = (size_t)row * C + c;
-        const float norm = (inp[i] - mean[row]) * rstd[row];
-        dw += dout[i] * norm;
-        db += dout[i];
+        const float norm = (to_float(inp[i]) - mean[row]) * rstd[row];
+        const float d = to_float(dout[i]);
+        dw += d * norm;
+        db += d;
     }
     float* p = partial + (size_t)chunk * 2 * C;
     p[c] = dw;
     p[C + c] = db;
 }
 
+extern "C" __global__ void layernorm_backward_params_partial(float* partial, const float* dout, const float* inp,
+                                                            const float* mean, const float* rstd, int N, int C,
+                                                            int rows_per_chunk) {
+    layernorm_backward_params_partial_impl(partial, dout, inp, mean, rstd, N, C, rows_per_chunk);
+}
+
+extern "C" __global__ void layernorm_backward_params_partial_bf16(float* partial, const __nv_bfloat16* dout,
+                                                                 const __nv_bfloat16* inp, const float* mean,
+                                                                 const float* rstd, int N, int C,
+                                                                 int rows_per_chunk) {
+    layernorm_backward_params_partial_impl(partial, dout, inp, mean, rstd, N, C, rows_per_chunk);
+}
+
 // dweight (C) += sum over chunks of partial[k, 0, :]; dbias (C) += sum of partial[k, 1, :]; chunks
-// in order. One thread per channel.
-extern "C" __global__ void layernorm_backward_params_reduce(float* dweight, float* dbias, const float* partial,
-                                                           int num_chunks, int C) {
+// in order, in fp32, one rounding into T. One thread per channel.
+template <typename T>
+__device__ __forceinline__ void layernorm_backward_params_reduce_impl(T* dweight, T* dbias, const float* partial,
+                                                                      int num_chunks, int C) {
     const int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) {
         return;
@@ -119,6 +183,16 @@ extern "C" __global__ void layernorm_backward_params_reduce(float* dweight, floa
         dw += p[c];
         db += p[C + c];
     }
-    dweight[c] += dw;
-    dbias[c] += db;
+    dweight[c] = from_float<T>(to_float(dweight[c]) + dw);
+    dbias[c] = from_float<T>(to_float(dbias[c]) + db);
+}
+
+extern "C" __global__ void layernorm_backward_params_reduce(float* dweight, float* dbias, const float* partial,
+                                                           int num_chunks, int C) {
+    layernorm_backward_params_reduce_impl(dweight, dbias, partial, num_chunks, C);
+}
+
+extern "C" __global__ void layernorm_backward_params_reduce_bf16(__nv_bfloat16* dweight, __nv_bfloat16* dbias,
+                                                                const float* partial, int num_chunks, int C) {
+    layernorm_backward_params_reduce_impl(dweight, dbias, partial, num_chunks, C);
 }

@@ -10,48 +10,88 @@ use train_gpt2_cuda::gpu;
 /// Every kernel file and the `extern "C"` kernels it must define. Deleting or renaming a kernel
 /// fails `every_expected_kernel_is_in_the_ptx`.
 const EXPECTED: &[(&str, &[&str])] = &[
-    ("kernels/adamw.cu", &["adamw_kernel"]),
+    ("kernels/adamw.cu", &["adamw_kernel", "adamw_mixed_kernel"]),
     (
         "kernels/attention.cu",
         &[
             "attention_permute",
+            "attention_permute_bf16",
             "attention_permute_backward",
+            "attention_permute_backward_bf16",
             "attention_unpermute",
+            "attention_unpermute_bf16",
             "attention_unpermute_backward",
+            "attention_unpermute_backward_bf16",
             "attention_softmax_forward",
+            "attention_softmax_forward_bf16",
             "attention_softmax_backward",
+            "attention_softmax_backward_bf16",
         ],
     ),
-    ("kernels/classifier.cu", &["fused_classifier"]),
+    (
+        "kernels/classifier.cu",
+        &["fused_classifier", "fused_classifier_bf16"],
+    ),
     (
         "kernels/encoder.cu",
         &[
             "encoder_forward",
+            "encoder_forward_bf16",
             "encoder_backward_wpe",
+            "encoder_backward_wpe_bf16",
             "encoder_backward_wte",
+            "encoder_backward_wte_bf16",
         ],
     ),
-    ("kernels/gelu.cu", &["gelu_forward", "gelu_backward"]),
+    (
+        "kernels/gelu.cu",
+        &[
+            "gelu_forward",
+            "gelu_forward_bf16",
+            "gelu_backward",
+            "gelu_backward_bf16",
+        ],
+    ),
     (
         "kernels/global_norm.cu",
-        &["global_norm_partial", "global_norm_final"],
+        &[
+            "global_norm_partial",
+            "global_norm_partial_bf16",
+            "global_norm_final",
+        ],
     ),
     (
         "kernels/layernorm.cu",
         &[
             "layernorm_forward",
+            "layernorm_forward_bf16",
             "layernorm_backward_dinp",
+            "layernorm_backward_dinp_bf16",
             "layernorm_backward_params_partial",
+            "layernorm_backward_params_partial_bf16",
             "layernorm_backward_params_reduce",
+            "layernorm_backward_params_reduce_bf16",
         ],
     ),
     (
         "kernels/matmul.cu",
-        &["add_bias", "bias_backward_partial", "column_sum_reduce"],
+        &[
+            "add_bias",
+            "add_bias_bf16",
+            "bias_backward_partial",
+            "bias_backward_partial_bf16",
+            "column_sum_reduce",
+            "column_sum_reduce_bf16",
+        ],
     ),
     (
         "kernels/residual.cu",
-        &["residual_forward", "residual_backward"],
+        &[
+            "residual_forward",
+            "residual_forward_bf16",
+            "residual_backward",
+            "residual_backward_bf16",
+        ],
     ),
 ];
 

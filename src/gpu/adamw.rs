@@ -1,11 +1,17 @@
 //! The AdamW update and the global gradient norm on the GPU (`kernels/adamw.cu`,
-//! `kernels/global_norm.cu`); twin of `cpu::adamw`.
+//! `kernels/global_norm.cu`); twin of `cpu::adamw`. [`Gpu::adamw_update`] updates fp32 parameters
+//! in place; [`Gpu::adamw_update_mixed`] is the bf16 mixed-precision variant (fp32 master weights
+//! and moments, bf16 parameters written with stochastic rounding, see `crate::precision`).
+//! [`Gpu::global_norm`] is generic over the gradients' storage type (fp32 accumulation).
 
 use anyhow::{bail, Result};
 use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+use half::bf16;
 
 use super::common::AdamWParams;
 use super::context::{check_len, grid_1d, grid_stride, launched, Gpu};
+use super::float::DeviceFloat;
+use super::residual::pack;
 use crate::cpu::adamw::AdamW;
 
 /// Blocks of the global norm's first stage: FIXED (not derived from the GPU) so that the sum's
@@ -70,20 +76,70 @@ impl Gpu {
         let mut lb = self.stream.launch_builder(&self.k.adamw_kernel);
         lb.arg(params).arg(grads).arg(m).arg(v).arg(&n).arg(&p);
         // SAFETY: the arguments match adamw_kernel in kernels/adamw.cu (n a size_t, the params
-        // struct by value); all four buffers hold n floats.
-        launched("adamw_kernel", unsafe { lb.launch(grid_stride(n)) })
+        // struct by value); all four buffers hold n floats (packed path: whole packs below n, then
+        // the scalar tail; the grid-stride loops cover everything with any grid).
+        launched("adamw_kernel", unsafe {
+            lb.launch(grid_stride(n.div_ceil(pack::<f32>())))
+        })
     }
 
-    /// sqrt(sum of grads^2), deterministic (a fixed two-stage reduction in fp32); reads the
-    /// total back to the host (waits for the stream).
-    pub fn global_norm(&self, grads: &CudaView<'_, f32>) -> Result<f32> {
+    /// One mixed-precision AdamW step: the fp32 update of [`Gpu::adamw_update`] on the fp32
+    /// master weights `master` (with m, v), from the bf16 gradients widened to fp32 (bitwise
+    /// `cpu::adamw::adamw_update` on those widened gradients), then
+    /// `params[i] = round_bf16_stochastic(master[i], rounding_bits(seed, i))` (the host twins are
+    /// in `crate::precision`). `step` counts from 1; N must be below 2^32 (the rounding counter).
+    #[allow(clippy::too_many_arguments)]
+    pub fn adamw_update_mixed(
+        &self,
+        params: &mut CudaViewMut<'_, bf16>, // (N), written
+        master: &mut CudaViewMut<'_, f32>,  // (N), fp32 master weights, updated
+        grads: &CudaView<'_, bf16>,         // (N)
+        m: &mut CudaViewMut<'_, f32>,       // (N)
+        v: &mut CudaViewMut<'_, f32>,       // (N)
+        hp: &AdamW,
+        step: usize,
+        grad_scale: f32,
+        seed: u32,
+    ) -> Result<()> {
+        const K: &str = "adamw_update_mixed";
+        let n = params.len();
+        check_len(K, "master", master.len(), n, "params' length")?;
+        check_len(K, "grads", grads.len(), n, "params' length")?;
+        check_len(K, "m", m.len(), n, "params' length")?;
+        check_len(K, "v", v.len(), n, "params' length")?;
+        if step == 0 {
+            bail!("{K}: step counts from 1, got 0");
+        }
+        if u32::try_from(n).is_err() {
+            bail!("{K}: N = {n} parameters; the stochastic rounding counter needs N < 2^32");
+        }
+        let p = adamw_params(hp, step, grad_scale);
+        let mut lb = self.stream.launch_builder(&self.k.adamw_mixed_kernel);
+        lb.arg(params).arg(master).arg(grads).arg(m).arg(v);
+        lb.arg(&n).arg(&p).arg(&seed);
+        // SAFETY: the arguments match adamw_mixed_kernel in kernels/adamw.cu (bf16 params, f32
+        // master, bf16 grads, f32 m and v, n a size_t, the params struct by value, seed a u32);
+        // all five buffers hold n elements (checked); packed path: whole packs of 8 below n, then
+        // the scalar tail; n < 2^32 so the 32-bit element indexes do not wrap.
+        launched("adamw_mixed_kernel", unsafe {
+            lb.launch(grid_stride(n.div_ceil(pack::<bf16>())))
+        })
+    }
+
+    /// sqrt(sum of grads^2), deterministic (a fixed two-stage reduction in fp32, whatever T);
+    /// reads the total back to the host (waits for the stream).
+    pub fn global_norm<T: DeviceFloat>(&self, grads: &CudaView<'_, T>) -> Result<f32> {
         const K: &str = "global_norm";
         let n = grads.len();
         let mut partial = self.scratch(K, NORM_BLOCKS)?;
         let mut total = self.scratch(K, 1)?;
-        let mut lb = self.stream.launch_builder(&self.k.global_norm_partial);
+        let kernel = T::pick(
+            &self.k.global_norm_partial,
+            &self.k.global_norm_partial_bf16,
+        );
+        let mut lb = self.stream.launch_builder(kernel);
         lb.arg(&mut partial).arg(grads).arg(&n);
-        // SAFETY: the arguments match global_norm_partial in kernels/global_norm.cu; the grid has
+        // SAFETY: the arguments match global_norm_partial(_bf16) in kernels/global_norm.cu; the grid has
         // NORM_BLOCKS blocks, each writing partial[block] (so all of partial is written); the
         // grid-stride loop reads grads[0..n).
         launched("global_norm_partial", unsafe {

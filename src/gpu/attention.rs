@@ -1,12 +1,13 @@
 //! Causal multi-head self-attention on the GPU, the cuBLAS way (`kernels/attention.cu` for the
-//! permutations and the causal softmax, cublasSgemmStridedBatched for q k^T and att v, batched over
-//! the B*NH heads); twin of `cpu::attention`, whose buffers it reproduces: preatt and att with zeros
+//! permutations and the causal softmax, strided-batched cuBLAS gemms for q k^T and att v, batched
+//! over the B*NH heads; see `Gpu::gemm_strided_batched`); twin of `cpu::attention`, whose buffers it reproduces: preatt and att with zeros
 //! above the diagonal, datt and dpreatt OVERWRITTEN (scratch) with zeros above the diagonal, dinp
-//! accumulated.
+//! accumulated. Generic over the storage type `T` (f32 or bf16): in bf16 every buffer, the scratch
+//! included, is bf16, the gemms accumulate in fp32 and the kernels compute in fp32.
 //!
 //! Both launchers take one extra argument at the END, `scratch`, a device buffer for the per-head
 //! q, k, v (B,NH,T,HS) and their gradients: at least [`attention_forward_scratch_len`] =
-//! 3*B*T*C floats for the forward and [`attention_backward_scratch_len`] = 5*B*T*C for the
+//! 3*B*T*C elements for the forward and [`attention_backward_scratch_len`] = 5*B*T*C for the
 //! backward. Its contents on entry do not matter and are garbage on return. The backward
 //! re-permutes q, k, v from `inp` rather than keeping them from the forward.
 //!
@@ -16,20 +17,21 @@
 
 use anyhow::{anyhow, bail, Result};
 use cudarc::cublas::sys::cublasOperation_t::{self, CUBLAS_OP_N, CUBLAS_OP_T};
-use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
+use cudarc::cublas::{GemmConfig, StridedBatchedConfig};
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, PushKernelArg};
 
 use super::context::{check_len, dim, grid_1d, grid_stride, launched, Gpu, BLOCK};
+use super::float::DeviceFloat;
 
 /// Rows per block of the warp-per-row softmax kernels.
 const ROWS_PER_BLOCK: usize = BLOCK as usize / 32;
 
-/// The scratch floats attention_forward needs: q, k, v (B,NH,T,HS) each (y reuses q's space).
+/// The scratch elements (of T) attention_forward needs: q, k, v (B,NH,T,HS) each (y reuses q's space).
 pub fn attention_forward_scratch_len(b: usize, t: usize, c: usize) -> usize {
     3 * b * t * c
 }
 
-/// The scratch floats attention_backward needs: q, k, v/dv, dy/dq, dk (B,NH,T,HS) each.
+/// The scratch elements (of T) attention_backward needs: q, k, v/dv, dy/dq, dk (B,NH,T,HS) each.
 pub fn attention_backward_scratch_len(b: usize, t: usize, c: usize) -> usize {
     5 * b * t * c
 }
@@ -68,18 +70,18 @@ fn dims(kernel: &str, b: usize, t: usize, c: usize, nh: usize) -> Result<Dims> {
 impl Gpu {
     /// Batched over the B*NH heads: C_h = alpha op(A_h) op(B_h) + beta C_h, column-major.
     #[allow(clippy::too_many_arguments)]
-    fn gemm_batched(
+    fn gemm_batched<T: DeviceFloat>(
         &self,
         what: &str,
         d: &Dims,
         (transa, transb): (cublasOperation_t, cublasOperation_t),
         (m, n, k): (i32, i32, i32),
         alpha: f32,
-        a: &impl DevicePtr<f32>,
+        a: &impl DevicePtr<T>,
         (lda, stride_a): (i32, usize),
-        bm: &impl DevicePtr<f32>,
+        bm: &impl DevicePtr<T>,
         (ldb, stride_b): (i32, usize),
-        c: &mut impl DevicePtrMut<f32>,
+        c: &mut impl DevicePtrMut<T>,
         (ldc, stride_c): (i32, usize),
     ) -> Result<()> {
         let cfg = StridedBatchedConfig {
@@ -100,28 +102,28 @@ impl Gpu {
             stride_b: stride_b as i64,
             stride_c: stride_c as i64,
         };
-        // SAFETY: every caller passes per-head matrices of (T,HS) or (T,T) floats with strides
-        // T*HS or T*T, over B*NH heads, inside buffers of B*T*C or B*NH*T*T floats (checked by the
-        // launchers), and leading dimensions equal to the matrices' row lengths.
-        unsafe { self.blas.gemm_strided_batched(cfg, a, bm, c) }
-            .map_err(|e| anyhow!("{what}: cublasSgemmStridedBatched failed: {e}"))
+        // SAFETY: every caller passes per-head matrices of (T,HS) or (T,T) elements with strides
+        // T*HS or T*T, over B*NH heads, inside buffers of B*T*C or B*NH*T*T elements (checked by
+        // the launchers), and leading dimensions equal to the matrices' row lengths.
+        unsafe { self.gemm_strided_batched(cfg, a, bm, c) }
+            .map_err(|e| anyhow!("{what}: cuBLAS strided batched gemm failed: {e}"))
     }
 
     /// out (B,T,C) = causal softmax(q k^T / sqrt(HS)) v per head; writes preatt (B,NH,T,T) (the
     /// scaled scores) and att (B,NH,T,T) (the probabilities), both zero above the diagonal.
-    /// `scratch`: at least [`attention_forward_scratch_len`] floats (see the file comment).
+    /// `scratch`: at least [`attention_forward_scratch_len`] elements (see the file comment).
     #[allow(clippy::too_many_arguments)]
-    pub fn attention_forward(
+    pub fn attention_forward<T: DeviceFloat>(
         &self,
-        out: &mut CudaViewMut<'_, f32>,    // (B, T, C)
-        preatt: &mut CudaViewMut<'_, f32>, // (B, NH, T, T)
-        att: &mut CudaViewMut<'_, f32>,    // (B, NH, T, T)
-        inp: &CudaView<'_, f32>,           // (B, T, 3C)
+        out: &mut CudaViewMut<'_, T>,    // (B, T, C)
+        preatt: &mut CudaViewMut<'_, T>, // (B, NH, T, T)
+        att: &mut CudaViewMut<'_, T>,    // (B, NH, T, T)
+        inp: &CudaView<'_, T>,           // (B, T, 3C)
         b: usize,
         t: usize,
         c: usize,
         nh: usize,
-        scratch: &mut CudaViewMut<'_, f32>, // (3, B, NH, T, HS)
+        scratch: &mut CudaViewMut<'_, T>, // (3, B, NH, T, HS)
     ) -> Result<()> {
         const K: &str = "attention_forward";
         let d = dims(K, b, t, c, nh)?;
@@ -132,7 +134,7 @@ impl Gpu {
         let need = attention_forward_scratch_len(b, t, c);
         if scratch.len() < need {
             bail!(
-                "{K}: scratch has {} floats, needs 3*B*T*C = {need}",
+                "{K}: scratch has {} elements, needs 3*B*T*C = {need}",
                 scratch.len()
             );
         }
@@ -163,12 +165,14 @@ impl Gpu {
         )?;
 
         let bnh = d.bnh;
-        let mut lb = self
-            .stream
-            .launch_builder(&self.k.attention_softmax_forward);
+        let kernel = T::pick(
+            &self.k.attention_softmax_forward,
+            &self.k.attention_softmax_forward_bf16,
+        );
+        let mut lb = self.stream.launch_builder(kernel);
         lb.arg(&mut *att).arg(&mut *preatt).arg(&bnh).arg(&ti);
-        // SAFETY: the arguments match attention_softmax_forward in kernels/attention.cu; att and
-        // preatt hold B*NH*T*T floats (checked) and the kernel touches rows < B*NH*T of T floats.
+        // SAFETY: the arguments match attention_softmax_forward(_bf16) in kernels/attention.cu; att and
+        // preatt hold B*NH*T*T elements (checked) and the kernel touches rows < B*NH*T of T elements.
         launched("attention_softmax_forward", unsafe {
             lb.launch(grid_1d((b * nh * t).div_ceil(ROWS_PER_BLOCK), BLOCK))
         })?;
@@ -189,14 +193,18 @@ impl Gpu {
         )?;
 
         let y = q.as_view();
-        let mut lb = self.stream.launch_builder(&self.k.attention_unpermute);
+        let kernel = T::pick(
+            &self.k.attention_unpermute,
+            &self.k.attention_unpermute_bf16,
+        );
+        let mut lb = self.stream.launch_builder(kernel);
         lb.arg(out)
             .arg(&y)
             .arg(&d.b)
             .arg(&d.t)
             .arg(&d.nh)
             .arg(&d.hs);
-        // SAFETY: the arguments match attention_unpermute; y (in q) and out both hold B*T*C floats.
+        // SAFETY: the arguments match attention_unpermute(_bf16); y (in q) and out both hold B*T*C elements.
         launched("attention_unpermute", unsafe {
             lb.launch(grid_stride(d.btc))
         })
@@ -204,21 +212,21 @@ impl Gpu {
 
     /// The backward: dinp (B,T,3C) += the gradients of q, k, v; datt and dpreatt (B,NH,T,T) are
     /// OVERWRITTEN with the gradients of att and preatt (zero above the diagonal), as the CPU
-    /// twin's. `scratch`: at least [`attention_backward_scratch_len`] floats.
+    /// twin's. `scratch`: at least [`attention_backward_scratch_len`] elements.
     #[allow(clippy::too_many_arguments)]
-    pub fn attention_backward(
+    pub fn attention_backward<T: DeviceFloat>(
         &self,
-        dinp: &mut CudaViewMut<'_, f32>,    // (B, T, 3C)
-        dpreatt: &mut CudaViewMut<'_, f32>, // (B, NH, T, T)
-        datt: &mut CudaViewMut<'_, f32>,    // (B, NH, T, T)
-        dout: &CudaView<'_, f32>,           // (B, T, C)
-        inp: &CudaView<'_, f32>,            // (B, T, 3C)
-        att: &CudaView<'_, f32>,            // (B, NH, T, T)
+        dinp: &mut CudaViewMut<'_, T>,    // (B, T, 3C)
+        dpreatt: &mut CudaViewMut<'_, T>, // (B, NH, T, T)
+        datt: &mut CudaViewMut<'_, T>,    // (B, NH, T, T)
+        dout: &CudaView<'_, T>,           // (B, T, C)
+        inp: &CudaView<'_, T>,            // (B, T, 3C)
+        att: &CudaView<'_, T>,            // (B, NH, T, T)
         b: usize,
         t: usize,
         c: usize,
         nh: usize,
-        scratch: &mut CudaViewMut<'_, f32>, // (5, B, NH, T, HS)
+        scratch: &mut CudaViewMut<'_, T>, // (5, B, NH, T, HS)
     ) -> Result<()> {
         const K: &str = "attention_backward";
         let d = dims(K, b, t, c, nh)?;
@@ -231,7 +239,7 @@ impl Gpu {
         let need = attention_backward_scratch_len(b, t, c);
         if scratch.len() < need {
             bail!(
-                "{K}: scratch has {} floats, needs 5*B*T*C = {need}",
+                "{K}: scratch has {} elements, needs 5*B*T*C = {need}",
                 scratch.len()
             );
         }
@@ -245,16 +253,18 @@ impl Gpu {
         let (mut dk, _) = rest.split_at_mut(d.btc);
         self.permute(K, &mut q, &mut k, &mut v, inp, &d)?;
 
-        let mut lb = self
-            .stream
-            .launch_builder(&self.k.attention_unpermute_backward);
+        let kernel = T::pick(
+            &self.k.attention_unpermute_backward,
+            &self.k.attention_unpermute_backward_bf16,
+        );
+        let mut lb = self.stream.launch_builder(kernel);
         lb.arg(&mut dy)
             .arg(dout)
             .arg(&d.b)
             .arg(&d.t)
             .arg(&d.nh)
             .arg(&d.hs);
-        // SAFETY: the arguments match attention_unpermute_backward; dy and dout hold B*T*C floats.
+        // SAFETY: the arguments match attention_unpermute_backward(_bf16); dy and dout hold B*T*C elements.
         launched("attention_unpermute_backward", unsafe {
             lb.launch(grid_stride(d.btc))
         })?;
@@ -292,16 +302,18 @@ impl Gpu {
         )?;
 
         let bnh = d.bnh;
-        let mut lb = self
-            .stream
-            .launch_builder(&self.k.attention_softmax_backward);
+        let kernel = T::pick(
+            &self.k.attention_softmax_backward,
+            &self.k.attention_softmax_backward_bf16,
+        );
+        let mut lb = self.stream.launch_builder(kernel);
         lb.arg(&mut *dpreatt)
             .arg(&mut *datt)
             .arg(att)
             .arg(&bnh)
             .arg(&ti);
-        // SAFETY: the arguments match attention_softmax_backward; dpreatt, datt and att hold
-        // B*NH*T*T floats (checked); the kernel touches rows < B*NH*T of T floats.
+        // SAFETY: the arguments match attention_softmax_backward(_bf16); dpreatt, datt and att hold
+        // B*NH*T*T elements (checked); the kernel touches rows < B*NH*T of T elements.
         launched("attention_softmax_backward", unsafe {
             lb.launch(grid_1d((b * nh * t).div_ceil(ROWS_PER_BLOCK), BLOCK))
         })?;
@@ -336,33 +348,36 @@ impl Gpu {
         )?;
 
         let (dq, dk, dv) = (dy.as_view(), dk.as_view(), v.as_view());
-        let mut lb = self
-            .stream
-            .launch_builder(&self.k.attention_permute_backward);
+        let kernel = T::pick(
+            &self.k.attention_permute_backward,
+            &self.k.attention_permute_backward_bf16,
+        );
+        let mut lb = self.stream.launch_builder(kernel);
         lb.arg(dinp).arg(&dq).arg(&dk).arg(&dv);
         lb.arg(&d.b).arg(&d.t).arg(&d.nh).arg(&d.hs);
-        // SAFETY: the arguments match attention_permute_backward (dinp, dq, dk, dv, ...); dq is
-        // in dy's space and dv in v's; each holds B*T*C floats and dinp B*T*3C (checked).
+        // SAFETY: the arguments match attention_permute_backward(_bf16) (dinp, dq, dk, dv, ...); dq is
+        // in dy's space and dv in v's; each holds B*T*C elements and dinp B*T*3C (checked).
         launched("attention_permute_backward", unsafe {
             lb.launch(grid_stride(d.btc))
         })
     }
 
     /// q, k, v (B,NH,T,HS) <- inp (B,T,3C).
-    fn permute(
+    fn permute<T: DeviceFloat>(
         &self,
         kernel: &str,
-        q: &mut CudaViewMut<'_, f32>,
-        k: &mut CudaViewMut<'_, f32>,
-        v: &mut CudaViewMut<'_, f32>,
-        inp: &CudaView<'_, f32>,
+        q: &mut CudaViewMut<'_, T>,
+        k: &mut CudaViewMut<'_, T>,
+        v: &mut CudaViewMut<'_, T>,
+        inp: &CudaView<'_, T>,
         d: &Dims,
     ) -> Result<()> {
-        let mut lb = self.stream.launch_builder(&self.k.attention_permute);
+        let func = T::pick(&self.k.attention_permute, &self.k.attention_permute_bf16);
+        let mut lb = self.stream.launch_builder(func);
         lb.arg(q).arg(k).arg(v).arg(inp);
         lb.arg(&d.b).arg(&d.t).arg(&d.nh).arg(&d.hs);
-        // SAFETY: the arguments match attention_permute in kernels/attention.cu; q, k, v each
-        // hold B*T*C floats (split from a checked scratch) and inp B*T*3C (checked by the caller).
+        // SAFETY: the arguments match attention_permute(_bf16) in kernels/attention.cu; q, k, v each
+        // hold B*T*C elements (split from a checked scratch) and inp B*T*3C (checked by the caller).
         launched("attention_permute", unsafe {
             lb.launch(grid_stride(d.btc))
         })

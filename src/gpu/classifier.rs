@@ -1,11 +1,14 @@
 //! The fused classifier on the GPU (`kernels/classifier.cu`): softmax, cross-entropy and their
 //! backward in one kernel. Its CPU twin is `cpu::classifier`'s softmax_forward +
-//! crossentropy_forward + crossentropy_softmax_backward.
+//! crossentropy_forward + crossentropy_softmax_backward. Generic over the logits' storage type
+//! `T` (f32 or bf16): the softmax and loss are fp32 from the widened logits, the losses are f32,
+//! the dlogits are rounded once into T.
 
 use anyhow::{bail, Result};
 use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
 use super::context::{check_len, dim, grid_1d, launched, Gpu};
+use super::float::DeviceFloat;
 
 /// Threads per row (one block per row).
 const CLASSIFIER_THREADS: u32 = 1024;
@@ -18,9 +21,9 @@ impl Gpu {
     /// Targets must be < V; a bad target (on the device, where the host cannot check it cheaply)
     /// gives a NaN loss.
     #[allow(clippy::too_many_arguments)]
-    pub fn fused_classifier(
+    pub fn fused_classifier<T: DeviceFloat>(
         &self,
-        logits: &mut CudaViewMut<'_, f32>, // (B, T, Vp): logits in, dlogits out
+        logits: &mut CudaViewMut<'_, T>, // (B, T, Vp): logits in, dlogits out
         losses: &mut CudaViewMut<'_, f32>, // (B, T)
         dloss: f32,
         targets: &CudaView<'_, u32>, // (B, T)
@@ -34,11 +37,12 @@ impl Gpu {
             return Ok(());
         };
         let write_dlogits = 1i32;
-        let mut lb = self.stream.launch_builder(&self.k.fused_classifier);
+        let kernel = T::pick(&self.k.fused_classifier, &self.k.fused_classifier_bf16);
+        let mut lb = self.stream.launch_builder(kernel);
         lb.arg(logits).arg(losses).arg(&dloss).arg(targets);
         lb.arg(&ni).arg(&vi).arg(&vpi).arg(&write_dlogits);
-        // SAFETY: the arguments match fused_classifier in kernels/classifier.cu; one block per row
-        // of Vp floats over N = B*T rows (lengths checked); targets are bounds-checked in the
+        // SAFETY: the arguments match fused_classifier(_bf16) in kernels/classifier.cu; one block
+        // per row of Vp elements over N = B*T rows (lengths checked); targets are bounds-checked in the
         // kernel before use.
         launched(K, unsafe { lb.launch(grid_1d(b * t, CLASSIFIER_THREADS)) })
     }
@@ -46,9 +50,9 @@ impl Gpu {
     /// The losses (B,T) alone: -ln softmax(logits)[target] per row, the logits left intact (the
     /// forward half of [`Gpu::fused_classifier`]: the same kernel, the same numbers).
     #[allow(clippy::too_many_arguments)]
-    pub fn classifier_losses(
+    pub fn classifier_losses<T: DeviceFloat>(
         &self,
-        logits: &CudaView<'_, f32>,        // (B, T, Vp)
+        logits: &CudaView<'_, T>,          // (B, T, Vp)
         losses: &mut CudaViewMut<'_, f32>, // (B, T)
         targets: &CudaView<'_, u32>,       // (B, T)
         b: usize,
@@ -61,7 +65,8 @@ impl Gpu {
             return Ok(());
         };
         let (dloss, write_dlogits) = (0f32, 0i32);
-        let mut lb = self.stream.launch_builder(&self.k.fused_classifier);
+        let kernel = T::pick(&self.k.fused_classifier, &self.k.fused_classifier_bf16);
+        let mut lb = self.stream.launch_builder(kernel);
         lb.arg(logits).arg(losses).arg(&dloss).arg(targets);
         lb.arg(&ni).arg(&vi).arg(&vpi).arg(&write_dlogits);
         // SAFETY: as in fused_classifier; with write_dlogits = 0 the kernel only reads the logits.

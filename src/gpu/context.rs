@@ -39,27 +39,65 @@ macro_rules! kernels {
 }
 
 kernels! {
-    ADAMW: [adamw_kernel],
+    ADAMW: [adamw_kernel, adamw_mixed_kernel],
     ATTENTION: [
         attention_permute,
+        attention_permute_bf16,
         attention_permute_backward,
+        attention_permute_backward_bf16,
         attention_unpermute,
+        attention_unpermute_bf16,
         attention_unpermute_backward,
+        attention_unpermute_backward_bf16,
         attention_softmax_forward,
+        attention_softmax_forward_bf16,
         attention_softmax_backward,
+        attention_softmax_backward_bf16,
     ],
-    CLASSIFIER: [fused_classifier],
-    ENCODER: [encoder_forward, encoder_backward_wpe, encoder_backward_wte],
-    GELU: [gelu_forward, gelu_backward],
-    GLOBAL_NORM: [global_norm_partial, global_norm_final],
+    CLASSIFIER: [fused_classifier, fused_classifier_bf16],
+    ENCODER: [
+        encoder_forward,
+        encoder_forward_bf16,
+        encoder_backward_wpe,
+        encoder_backward_wpe_bf16,
+        encoder_backward_wte,
+        encoder_backward_wte_bf16,
+    ],
+    GELU: [
+        gelu_forward,
+        gelu_forward_bf16,
+        gelu_backward,
+        gelu_backward_bf16,
+    ],
+    GLOBAL_NORM: [
+        global_norm_partial,
+        global_norm_partial_bf16,
+        global_norm_final,
+    ],
     LAYERNORM: [
         layernorm_forward,
+        layernorm_forward_bf16,
         layernorm_backward_dinp,
+        layernorm_backward_dinp_bf16,
         layernorm_backward_params_partial,
+        layernorm_backward_params_partial_bf16,
         layernorm_backward_params_reduce,
+        layernorm_backward_params_reduce_bf16,
     ],
-    MATMUL: [add_bias, bias_backward_partial, column_sum_reduce],
-    RESIDUAL: [residual_forward, residual_backward],
+    MATMUL: [
+        add_bias,
+        add_bias_bf16,
+        bias_backward_partial,
+        bias_backward_partial_bf16,
+        column_sum_reduce,
+        column_sum_reduce_bf16,
+    ],
+    RESIDUAL: [
+        residual_forward,
+        residual_forward_bf16,
+        residual_backward,
+        residual_backward_bf16,
+    ],
 }
 
 fn load_module(ctx: &Arc<CudaContext>, f: &PtxFile) -> Result<Arc<CudaModule>> {
@@ -253,8 +291,11 @@ impl Gpu {
             .with_context(|| format!("allocating {n} elements on the GPU failed"))
     }
 
-    /// Sets a device buffer to zero.
-    pub fn memset_zero(&self, dst: &mut CudaViewMut<'_, f32>) -> Result<()> {
+    /// Sets a device buffer to zero (all bits zero: +0.0 in f32 and bf16).
+    pub fn memset_zero<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        dst: &mut CudaViewMut<'_, T>,
+    ) -> Result<()> {
         self.stream
             .memset_zeros(dst)
             .context("zero-filling a GPU buffer failed")

@@ -1,20 +1,23 @@
 //! The token + position embedding on the GPU (`kernels/encoder.cu`); twin of `cpu::encoder`.
+//! Generic over the storage type `T` (f32 or bf16; fp32 arithmetic, one rounding per output).
 
 use anyhow::{bail, Result};
 use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
 use super::context::{check_len, dim, grid_1d, grid_stride, launched, Gpu, BLOCK};
+use super::float::DeviceFloat;
+use super::residual::pack;
 
 impl Gpu {
     /// out (B,T,C) = wte (Vp,C) [inp (B,T)] + wpe (maxT,C) [t]. A token id >= Vp on the device
     /// (which the host cannot check without a copy) gives NaN in that row, not a wild read.
     #[allow(clippy::too_many_arguments)]
-    pub fn encoder_forward(
+    pub fn encoder_forward<T: DeviceFloat>(
         &self,
-        out: &mut CudaViewMut<'_, f32>, // (B, T, C)
-        inp: &CudaView<'_, u32>,        // (B, T)
-        wte: &CudaView<'_, f32>,        // (Vp, C)
-        wpe: &CudaView<'_, f32>,        // (maxT, C)
+        out: &mut CudaViewMut<'_, T>, // (B, T, C)
+        inp: &CudaView<'_, u32>,      // (B, T)
+        wte: &CudaView<'_, T>,        // (Vp, C)
+        wpe: &CudaView<'_, T>,        // (maxT, C)
         b: usize,
         t: usize,
         c: usize,
@@ -34,16 +37,24 @@ impl Gpu {
             dim(K, "Vp", vp)?,
         );
         dim(K, "B*T*C", b * t * c)?;
-        let mut lb = self.stream.launch_builder(&self.k.encoder_forward);
+        let kernel = T::pick(&self.k.encoder_forward, &self.k.encoder_forward_bf16);
+        let mut lb = self.stream.launch_builder(kernel);
         lb.arg(out).arg(inp).arg(wte).arg(wpe);
         lb.arg(&bi).arg(&ti).arg(&ci).arg(&vpi);
-        // SAFETY: the arguments match encoder_forward's parameters in kernels/encoder.cu in type
-        // and order; out and inp have exactly B*T*C and B*T elements, wpe covers T rows, and token
-        // ids are checked against Vp (the rows of wte) inside the kernel: every access is in bounds.
-        launched(K, unsafe { lb.launch(grid_stride(b * t * c)) })
+        // One thread per 16-byte pack on the packed path; the scalar path's grid-stride loop
+        // covers every element with any grid.
+        // SAFETY: the arguments match encoder_forward(_bf16)'s parameters in kernels/encoder.cu in
+        // type and order (T* for the T instantiation); out and inp have exactly B*T*C and B*T
+        // elements, wpe covers T rows, and token ids are checked against Vp (the rows of wte)
+        // inside the kernel; the packed path runs only when C is a multiple of the pack and the
+        // pointers are 16-byte aligned: every access is in bounds.
+        launched(K, unsafe {
+            lb.launch(grid_stride((b * t * c).div_ceil(pack::<T>())))
+        })
     }
 
-    /// dwte (Vp,C) += dout rows by token, dwpe (maxT,C) += dout summed over the batch.
+    /// dwte (Vp,C) += dout rows by token, dwpe (maxT,C) += dout summed over the batch (in bf16:
+    /// the old value and the terms added in fp32, rounded once).
     ///
     /// Unlike the forward, `inp` is the HOST copy of the tokens (the same `&[u32]` as the CPU
     /// twin's): for a deterministic dwte without atomics the host groups the positions by token
@@ -51,12 +62,12 @@ impl Gpu {
     /// adds its bucket's rows in position order. Each element of dwte and dwpe then receives its
     /// terms in the CPU reference's order. Token ids >= Vp are an error.
     #[allow(clippy::too_many_arguments)]
-    pub fn encoder_backward(
+    pub fn encoder_backward<T: DeviceFloat>(
         &self,
-        dwte: &mut CudaViewMut<'_, f32>, // (Vp, C)
-        dwpe: &mut CudaViewMut<'_, f32>, // (maxT, C)
-        dout: &CudaView<'_, f32>,        // (B, T, C)
-        inp: &[u32],                     // (B, T), on the host
+        dwte: &mut CudaViewMut<'_, T>, // (Vp, C)
+        dwpe: &mut CudaViewMut<'_, T>, // (maxT, C)
+        dout: &CudaView<'_, T>,        // (B, T, C)
+        inp: &[u32],                   // (B, T), on the host
         b: usize,
         t: usize,
         c: usize,
@@ -79,9 +90,13 @@ impl Gpu {
         dim(K, "B*T*C", b * t * c)?;
 
         // dwpe: one thread per (t, c), summing over b in order.
-        let mut lb = self.stream.launch_builder(&self.k.encoder_backward_wpe);
+        let kernel = T::pick(
+            &self.k.encoder_backward_wpe,
+            &self.k.encoder_backward_wpe_bf16,
+        );
+        let mut lb = self.stream.launch_builder(kernel);
         lb.arg(&mut *dwpe).arg(dout).arg(&bi).arg(&ti).arg(&ci);
-        // SAFETY: the arguments match encoder_backward_wpe in kernels/encoder.cu; the kernel
+        // SAFETY: the arguments match encoder_backward_wpe(_bf16) in kernels/encoder.cu; the kernel
         // touches dwpe[0..T*C) (T <= maxT checked) and dout[0..B*T*C) (length checked).
         launched("encoder_backward_wpe", unsafe {
             lb.launch(grid_1d((t * c).div_ceil(BLOCK as usize), BLOCK))
@@ -92,14 +107,18 @@ impl Gpu {
         let num_buckets = (buckets.len() - 1 - inp.len()) / 2;
         let dev_buckets = self.upload(&buckets)?;
         let nb = dim(K, "the number of distinct tokens", num_buckets)?;
-        let mut lb = self.stream.launch_builder(&self.k.encoder_backward_wte);
+        let kernel = T::pick(
+            &self.k.encoder_backward_wte,
+            &self.k.encoder_backward_wte_bf16,
+        );
+        let mut lb = self.stream.launch_builder(kernel);
         lb.arg(dwte).arg(dout).arg(&dev_buckets).arg(&nb).arg(&ci);
         let cfg = cudarc::driver::LaunchConfig {
             grid_dim: (num_buckets as u32, c.div_ceil(BLOCK as usize) as u32, 1),
             block_dim: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: the arguments match encoder_backward_wte in kernels/encoder.cu; the bucket list
+        // SAFETY: the arguments match encoder_backward_wte(_bf16) in kernels/encoder.cu; the bucket list
         // holds num_buckets tokens (each < Vp, checked above), num_buckets + 1 offsets into the
         // position list and B*T positions (each < B*T), so dwte and dout are indexed in bounds.
         launched("encoder_backward_wte", unsafe { lb.launch(cfg) })

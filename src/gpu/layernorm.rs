@@ -1,9 +1,12 @@
-//! LayerNorm on the GPU (`kernels/layernorm.cu`); twin of `cpu::layernorm`.
+//! LayerNorm on the GPU (`kernels/layernorm.cu`); twin of `cpu::layernorm`. Generic over the
+//! storage type `T` (f32 or bf16) of the activations, parameters and gradients; mean and rstd are
+//! fp32 in both, and so is all arithmetic (one rounding per T output).
 
 use anyhow::Result;
 use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
 use super::context::{check_len, dim, grid_1d, launched, Gpu, BLOCK};
+use super::float::DeviceFloat;
 
 /// Rows per block of the warp-per-row kernels (BLOCK / 32).
 const ROWS_PER_BLOCK: usize = BLOCK as usize / 32;
@@ -18,14 +21,14 @@ impl Gpu {
     /// out (B,T,C) = (inp - mean) * rstd * weight + bias over each row's C channels (eps 1e-5);
     /// saves mean (B,T) and rstd (B,T) for the backward. One warp per row.
     #[allow(clippy::too_many_arguments)]
-    pub fn layernorm_forward(
+    pub fn layernorm_forward<T: DeviceFloat>(
         &self,
-        out: &mut CudaViewMut<'_, f32>,  // (B, T, C)
+        out: &mut CudaViewMut<'_, T>,    // (B, T, C)
         mean: &mut CudaViewMut<'_, f32>, // (B, T)
         rstd: &mut CudaViewMut<'_, f32>, // (B, T)
-        inp: &CudaView<'_, f32>,         // (B, T, C)
-        weight: &CudaView<'_, f32>,      // (C)
-        bias: &CudaView<'_, f32>,        // (C)
+        inp: &CudaView<'_, T>,           // (B, T, C)
+        weight: &CudaView<'_, T>,        // (C)
+        bias: &CudaView<'_, T>,          // (C)
         b: usize,
         t: usize,
         c: usize,
@@ -42,7 +45,8 @@ impl Gpu {
             return Ok(());
         }
         let (ni, ci) = (dim(K, "B*T", n)?, dim(K, "C", c)?);
-        let mut lb = self.stream.launch_builder(&self.k.layernorm_forward);
+        let kernel = T::pick(&self.k.layernorm_forward, &self.k.layernorm_forward_bf16);
+        let mut lb = self.stream.launch_builder(kernel);
         lb.arg(out)
             .arg(mean)
             .arg(rstd)
@@ -50,8 +54,9 @@ impl Gpu {
             .arg(weight)
             .arg(bias);
         lb.arg(&ni).arg(&ci);
-        // SAFETY: the arguments match layernorm_forward in kernels/layernorm.cu; every buffer's
-        // length was checked against N = B*T and C, and the kernel touches rows < N only.
+        // SAFETY: the arguments match layernorm_forward(_bf16) in kernels/layernorm.cu; every
+        // buffer's length was checked against N = B*T and C, and the kernel touches rows < N only
+        // (its packed path only when C is a multiple of the pack and the pointers are aligned).
         launched(K, unsafe {
             lb.launch(grid_1d(n.div_ceil(ROWS_PER_BLOCK), BLOCK))
         })
@@ -61,16 +66,16 @@ impl Gpu {
     /// dout. The parameter gradients are reduced deterministically (per-chunk partial sums in a
     /// scratch buffer, then the chunks in order), without atomics.
     #[allow(clippy::too_many_arguments)]
-    pub fn layernorm_backward(
+    pub fn layernorm_backward<T: DeviceFloat>(
         &self,
-        dinp: &mut CudaViewMut<'_, f32>,    // (B, T, C)
-        dweight: &mut CudaViewMut<'_, f32>, // (C)
-        dbias: &mut CudaViewMut<'_, f32>,   // (C)
-        dout: &CudaView<'_, f32>,           // (B, T, C)
-        inp: &CudaView<'_, f32>,            // (B, T, C)
-        weight: &CudaView<'_, f32>,         // (C)
-        mean: &CudaView<'_, f32>,           // (B, T)
-        rstd: &CudaView<'_, f32>,           // (B, T)
+        dinp: &mut CudaViewMut<'_, T>,    // (B, T, C)
+        dweight: &mut CudaViewMut<'_, T>, // (C)
+        dbias: &mut CudaViewMut<'_, T>,   // (C)
+        dout: &CudaView<'_, T>,           // (B, T, C)
+        inp: &CudaView<'_, T>,            // (B, T, C)
+        weight: &CudaView<'_, T>,         // (C)
+        mean: &CudaView<'_, f32>,         // (B, T)
+        rstd: &CudaView<'_, f32>,         // (B, T)
         b: usize,
         t: usize,
         c: usize,
@@ -91,7 +96,11 @@ impl Gpu {
         let (ni, ci) = (dim(K, "B*T", n)?, dim(K, "C", c)?);
         dim(K, "B*T*C", n * c)?;
 
-        let mut lb = self.stream.launch_builder(&self.k.layernorm_backward_dinp);
+        let kernel = T::pick(
+            &self.k.layernorm_backward_dinp,
+            &self.k.layernorm_backward_dinp_bf16,
+        );
+        let mut lb = self.stream.launch_builder(kernel);
         lb.arg(dinp)
             .arg(dout)
             .arg(inp)
@@ -99,7 +108,7 @@ impl Gpu {
             .arg(mean)
             .arg(rstd);
         lb.arg(&ni).arg(&ci);
-        // SAFETY: the arguments match layernorm_backward_dinp in kernels/layernorm.cu; all
+        // SAFETY: the arguments match layernorm_backward_dinp(_bf16) in kernels/layernorm.cu; all
         // lengths were checked against N and C; the kernel touches rows < N only.
         launched("layernorm_backward_dinp", unsafe {
             lb.launch(grid_1d(n.div_ceil(ROWS_PER_BLOCK), BLOCK))
@@ -110,9 +119,11 @@ impl Gpu {
         let mut partial = self.scratch(K, chunks * 2 * c)?;
         let rpci = dim(K, "rows per chunk", rpc)?;
         let chunksi = dim(K, "chunks", chunks)?;
-        let mut lb = self
-            .stream
-            .launch_builder(&self.k.layernorm_backward_params_partial);
+        let kernel = T::pick(
+            &self.k.layernorm_backward_params_partial,
+            &self.k.layernorm_backward_params_partial_bf16,
+        );
+        let mut lb = self.stream.launch_builder(kernel);
         lb.arg(&mut partial).arg(dout).arg(inp).arg(mean).arg(rstd);
         lb.arg(&ni).arg(&ci).arg(&rpci);
         let cfg = LaunchConfig {
@@ -120,23 +131,25 @@ impl Gpu {
             block_dim: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: the arguments match layernorm_backward_params_partial; partial holds
+        // SAFETY: the arguments match layernorm_backward_params_partial(_bf16); partial holds
         // chunks * 2C floats and the grid has exactly `chunks` rows of blocks, each thread writing
         // its two entries (so all of partial is written); rows stay below N.
         launched("layernorm_backward_params_partial", unsafe {
             lb.launch(cfg)
         })?;
 
-        let mut lb = self
-            .stream
-            .launch_builder(&self.k.layernorm_backward_params_reduce);
+        let kernel = T::pick(
+            &self.k.layernorm_backward_params_reduce,
+            &self.k.layernorm_backward_params_reduce_bf16,
+        );
+        let mut lb = self.stream.launch_builder(kernel);
         lb.arg(dweight)
             .arg(dbias)
             .arg(&partial)
             .arg(&chunksi)
             .arg(&ci);
-        // SAFETY: the arguments match layernorm_backward_params_reduce; partial was fully written
-        // by the launch above (same stream, so in order); dweight and dbias hold C floats.
+        // SAFETY: the arguments match layernorm_backward_params_reduce(_bf16); partial was fully written
+        // by the launch above (same stream, so in order); dweight and dbias hold C elements.
         launched("layernorm_backward_params_reduce", unsafe {
             lb.launch(grid_1d(c.div_ceil(BLOCK as usize), BLOCK))
         })

@@ -1,5 +1,10 @@
-//! The matmul on the GPU: cuBLAS sgemm for the products, `kernels/matmul.cu` for the bias (add in
-//! the forward, deterministic column sums in the backward); twin of `cpu::matmul`.
+//! The matmul on the GPU: cuBLAS for the products, `kernels/matmul.cu` for the bias (add in the
+//! forward, deterministic column sums in the backward); twin of `cpu::matmul`.
+//!
+//! Generic over the storage type `T`: f32 runs cublasSgemm (full fp32 unless TF32 is on), bf16
+//! runs cublasGemmEx on CUDA_R_16BF matrices with CUBLAS_COMPUTE_32F (fp32 accumulation, each
+//! output rounded once; with beta = 1 cuBLAS reads the old bf16 value, adds in fp32, rounds once).
+//! [`Gpu::gemm`] and [`Gpu::gemm_strided_batched`] are that dispatch, shared with attention.
 //!
 //! cuBLAS is column-major; a row-major (R, K) buffer read column-major with leading dimension K is
 //! its transpose. So out (BT,OC) = inp (BT,C) @ W(OC,C)^T is computed as the column-major
@@ -7,22 +12,178 @@
 //! Full fp32 unless [`Gpu::set_tf32`] turned TF32 tensor cores on.
 
 use anyhow::{anyhow, bail, Result};
+use cudarc::cublas::result::{self as blas, CublasError};
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-use cudarc::cublas::{Gemm, GemmConfig};
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
+use cudarc::cublas::{GemmConfig, StridedBatchedConfig};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 
 use super::context::{check_len, dim, grid_1d, grid_stride, launched, Gpu, BLOCK};
+use super::float::DeviceFloat;
 use super::layernorm::rows_per_chunk;
+use crate::precision::Precision;
 
 impl Gpu {
-    /// out (B,T,OC) = inp (B,T,C) @ weight (OC,C)^T + bias (OC) (bias optional).
-    #[allow(clippy::too_many_arguments)]
-    pub fn matmul_forward(
+    /// C = alpha op(A) op(B) + beta C, column-major, on T matrices: cublasSgemm for f32 (exactly
+    /// what cudarc's `Gemm<f32>` calls), cublasGemmEx with CUDA_R_16BF and CUBLAS_COMPUTE_32F for
+    /// bf16. alpha and beta are fp32 in both.
+    ///
+    /// # Safety
+    /// The dimensions and leading dimensions of `cfg` must address memory inside `a`, `b`, `c`.
+    pub(super) unsafe fn gemm<T: DeviceFloat>(
         &self,
-        out: &mut CudaViewMut<'_, f32>,   // (B, T, OC)
-        inp: &CudaView<'_, f32>,          // (B, T, C)
-        weight: &CudaView<'_, f32>,       // (OC, C)
-        bias: Option<&CudaView<'_, f32>>, // (OC)
+        cfg: GemmConfig<f32>,
+        a: &impl DevicePtr<T>,
+        b: &impl DevicePtr<T>,
+        c: &mut impl DevicePtrMut<T>,
+    ) -> Result<(), CublasError> {
+        let handle = *self.blas.handle();
+        let (pa, _ra) = a.device_ptr(&self.stream);
+        let (pb, _rb) = b.device_ptr(&self.stream);
+        let (pc, _rc) = c.device_ptr_mut(&self.stream);
+        let GemmConfig {
+            transa,
+            transb,
+            m,
+            n,
+            k,
+            alpha,
+            lda,
+            ldb,
+            beta,
+            ldc,
+        } = cfg;
+        match T::PRECISION {
+            // SAFETY (both arms): the caller guarantees the dimensions stay inside the buffers;
+            // alpha and beta are host f32 (the handle's default pointer mode); the pointers are
+            // live device buffers of T on the handle's stream.
+            Precision::Fp32 => unsafe {
+                blas::sgemm(
+                    handle,
+                    transa,
+                    transb,
+                    m,
+                    n,
+                    k,
+                    &alpha,
+                    pa as *const f32,
+                    lda,
+                    pb as *const f32,
+                    ldb,
+                    &beta,
+                    pc as *mut f32,
+                    ldc,
+                )
+            },
+            Precision::Bf16 => unsafe {
+                blas::gemm_ex(
+                    handle,
+                    transa,
+                    transb,
+                    m,
+                    n,
+                    k,
+                    (&alpha) as *const f32 as *const _,
+                    pa as *const _,
+                    cudaDataType_t::CUDA_R_16BF,
+                    lda,
+                    pb as *const _,
+                    cudaDataType_t::CUDA_R_16BF,
+                    ldb,
+                    (&beta) as *const f32 as *const _,
+                    pc as *mut _,
+                    cudaDataType_t::CUDA_R_16BF,
+                    ldc,
+                    cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            },
+        }
+    }
+
+    /// [`Gpu::gemm`] batched with strides: cublasSgemmStridedBatched for f32,
+    /// cublasGemmStridedBatchedEx (CUDA_R_16BF, CUBLAS_COMPUTE_32F) for bf16.
+    ///
+    /// # Safety
+    /// The dimensions, leading dimensions, strides and batch size of `cfg` must address memory
+    /// inside `a`, `b`, `c`.
+    pub(super) unsafe fn gemm_strided_batched<T: DeviceFloat>(
+        &self,
+        cfg: StridedBatchedConfig<f32>,
+        a: &impl DevicePtr<T>,
+        b: &impl DevicePtr<T>,
+        c: &mut impl DevicePtrMut<T>,
+    ) -> Result<(), CublasError> {
+        let handle = *self.blas.handle();
+        let (pa, _ra) = a.device_ptr(&self.stream);
+        let (pb, _rb) = b.device_ptr(&self.stream);
+        let (pc, _rc) = c.device_ptr_mut(&self.stream);
+        let g = cfg.gemm;
+        match T::PRECISION {
+            // SAFETY (both arms): as in gemm, with the caller's strides and batch size.
+            Precision::Fp32 => unsafe {
+                blas::sgemm_strided_batched(
+                    handle,
+                    g.transa,
+                    g.transb,
+                    g.m,
+                    g.n,
+                    g.k,
+                    &g.alpha,
+                    pa as *const f32,
+                    g.lda,
+                    cfg.stride_a,
+                    pb as *const f32,
+                    g.ldb,
+                    cfg.stride_b,
+                    &g.beta,
+                    pc as *mut f32,
+                    g.ldc,
+                    cfg.stride_c,
+                    cfg.batch_size,
+                )
+            },
+            Precision::Bf16 => unsafe {
+                blas::gemm_strided_batched_ex(
+                    handle,
+                    g.transa,
+                    g.transb,
+                    g.m,
+                    g.n,
+                    g.k,
+                    (&g.alpha) as *const f32 as *const _,
+                    pa as *const _,
+                    cudaDataType_t::CUDA_R_16BF,
+                    g.lda,
+                    cfg.stride_a,
+                    pb as *const _,
+                    cudaDataType_t::CUDA_R_16BF,
+                    g.ldb,
+                    cfg.stride_b,
+                    (&g.beta) as *const f32 as *const _,
+                    pc as *mut _,
+                    cudaDataType_t::CUDA_R_16BF,
+                    g.ldc,
+                    cfg.stride_c,
+                    cfg.batch_size,
+                    cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            },
+        }
+    }
+}
+
+impl Gpu {
+    /// out (B,T,OC) = inp (B,T,C) @ weight (OC,C)^T + bias (OC) (bias optional). In bf16 the
+    /// product is rounded to bf16, then the bias added in fp32 and rounded again.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_forward<T: DeviceFloat>(
+        &self,
+        out: &mut CudaViewMut<'_, T>,   // (B, T, OC)
+        inp: &CudaView<'_, T>,          // (B, T, C)
+        weight: &CudaView<'_, T>,       // (OC, C)
+        bias: Option<&CudaView<'_, T>>, // (OC)
         b: usize,
         t: usize,
         c: usize,
@@ -56,16 +217,17 @@ impl Gpu {
             ldc: oci,
         };
         // SAFETY: column-major out^T (OC x BT) = op_T(weight: C x OC, ld C) . inp (C x BT, ld C);
-        // the buffers hold exactly OC*C, BT*C and BT*OC floats (checked), which these dimensions
-        // and leading dimensions address.
-        unsafe { self.blas.gemm(cfg, weight, inp, out) }
-            .map_err(|e| anyhow!("{K}: cublasSgemm failed: {e}"))?;
+        // the buffers hold exactly OC*C, BT*C and BT*OC elements (checked), which these
+        // dimensions and leading dimensions address.
+        unsafe { self.gemm(cfg, weight, inp, out) }
+            .map_err(|e| anyhow!("{K}: cuBLAS gemm failed: {e}"))?;
         if let Some(bias) = bias {
             let total = n * oc;
-            let mut lb = self.stream.launch_builder(&self.k.add_bias);
+            let kernel = T::pick(&self.k.add_bias, &self.k.add_bias_bf16);
+            let mut lb = self.stream.launch_builder(kernel);
             lb.arg(out).arg(bias).arg(&total).arg(&oci);
-            // SAFETY: the arguments match add_bias in kernels/matmul.cu; out holds total = B*T*OC
-            // floats and bias OC (checked); the kernel reads bias[i % OC].
+            // SAFETY: the arguments match add_bias(_bf16) in kernels/matmul.cu; out holds
+            // total = B*T*OC elements and bias OC (checked); the kernel reads bias[i % OC].
             launched("add_bias", unsafe { lb.launch(grid_stride(total)) })?;
         }
         Ok(())
@@ -74,14 +236,14 @@ impl Gpu {
     /// dinp (B,T,C) += dout @ weight; dweight (OC,C) += dout^T @ inp; dbias (OC) += dout summed
     /// over B*T (deterministic: per-chunk partial sums, then the chunks in order).
     #[allow(clippy::too_many_arguments)]
-    pub fn matmul_backward(
+    pub fn matmul_backward<T: DeviceFloat>(
         &self,
-        dinp: &mut CudaViewMut<'_, f32>,          // (B, T, C)
-        dweight: &mut CudaViewMut<'_, f32>,       // (OC, C)
-        dbias: Option<&mut CudaViewMut<'_, f32>>, // (OC)
-        dout: &CudaView<'_, f32>,                 // (B, T, OC)
-        inp: &CudaView<'_, f32>,                  // (B, T, C)
-        weight: &CudaView<'_, f32>,               // (OC, C)
+        dinp: &mut CudaViewMut<'_, T>,          // (B, T, C)
+        dweight: &mut CudaViewMut<'_, T>,       // (OC, C)
+        dbias: Option<&mut CudaViewMut<'_, T>>, // (OC)
+        dout: &CudaView<'_, T>,                 // (B, T, OC)
+        inp: &CudaView<'_, T>,                  // (B, T, C)
+        weight: &CudaView<'_, T>,               // (OC, C)
         b: usize,
         t: usize,
         c: usize,
@@ -116,8 +278,8 @@ impl Gpu {
         };
         // SAFETY: the dimensions above address exactly the checked lengths of weight (OC*C),
         // dout (BT*OC) and dinp (BT*C).
-        unsafe { self.blas.gemm(cfg, weight, dout, dinp) }
-            .map_err(|e| anyhow!("{K}: cublasSgemm (dinp) failed: {e}"))?;
+        unsafe { self.gemm(cfg, weight, dout, dinp) }
+            .map_err(|e| anyhow!("{K}: cuBLAS gemm (dinp) failed: {e}"))?;
         // dweight^T (C x OC) += inp^T (C x BT, ld C) . op_T(dout^T (OC x BT, ld OC))
         let cfg = GemmConfig {
             transa: CUBLAS_OP_N,
@@ -133,8 +295,8 @@ impl Gpu {
         };
         // SAFETY: the dimensions above address exactly the checked lengths of inp (BT*C),
         // dout (BT*OC) and dweight (OC*C).
-        unsafe { self.blas.gemm(cfg, inp, dout, dweight) }
-            .map_err(|e| anyhow!("{K}: cublasSgemm (dweight) failed: {e}"))?;
+        unsafe { self.gemm(cfg, inp, dout, dweight) }
+            .map_err(|e| anyhow!("{K}: cuBLAS gemm (dweight) failed: {e}"))?;
         if let Some(dbias) = dbias {
             self.bias_backward(dbias, dout, n, oc)?;
         }
@@ -142,10 +304,10 @@ impl Gpu {
     }
 
     /// dbias (OC) += the column sums of dout (N,OC), deterministically.
-    fn bias_backward(
+    fn bias_backward<T: DeviceFloat>(
         &self,
-        dbias: &mut CudaViewMut<'_, f32>, // (OC)
-        dout: &CudaView<'_, f32>,         // (N, OC)
+        dbias: &mut CudaViewMut<'_, T>, // (OC)
+        dout: &CudaView<'_, T>,         // (N, OC)
         n: usize,
         oc: usize,
     ) -> Result<()> {
@@ -155,20 +317,25 @@ impl Gpu {
         let mut partial = self.scratch(K, chunks * oc)?;
         let (ni, oci) = (dim(K, "B*T", n)?, dim(K, "OC", oc)?);
         let (rpci, chunksi) = (dim(K, "rows per chunk", rpc)?, dim(K, "chunks", chunks)?);
-        let mut lb = self.stream.launch_builder(&self.k.bias_backward_partial);
+        let kernel = T::pick(
+            &self.k.bias_backward_partial,
+            &self.k.bias_backward_partial_bf16,
+        );
+        let mut lb = self.stream.launch_builder(kernel);
         lb.arg(&mut partial).arg(dout).arg(&ni).arg(&oci).arg(&rpci);
         let cfg = LaunchConfig {
             grid_dim: (oc.div_ceil(BLOCK as usize) as u32, chunks as u32, 1),
             block_dim: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: the arguments match bias_backward_partial in kernels/matmul.cu; partial holds
+        // SAFETY: the arguments match bias_backward_partial(_bf16) in kernels/matmul.cu; partial holds
         // chunks*OC floats, all written (one thread per (chunk, o)); dout holds N*OC (checked).
         launched("bias_backward_partial", unsafe { lb.launch(cfg) })?;
-        let mut lb = self.stream.launch_builder(&self.k.column_sum_reduce);
+        let kernel = T::pick(&self.k.column_sum_reduce, &self.k.column_sum_reduce_bf16);
+        let mut lb = self.stream.launch_builder(kernel);
         lb.arg(dbias).arg(&partial).arg(&chunksi).arg(&oci);
-        // SAFETY: the arguments match column_sum_reduce; partial is (chunks, OC), fully written
-        // above on the same stream; dbias holds OC floats (checked).
+        // SAFETY: the arguments match column_sum_reduce(_bf16); partial is (chunks, OC) fp32,
+        // fully written above on the same stream; dbias holds OC elements (checked).
         launched("column_sum_reduce", unsafe {
             lb.launch(grid_1d(oc.div_ceil(BLOCK as usize), BLOCK))
         })

@@ -129,6 +129,16 @@ pub fn host_peak_rss_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// Which kernels the CUDA engine runs a layer with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kernels {
+    /// Flash attention, cuBLASLt products with bias and GELU epilogues, residual add fused with
+    /// the next layernorm (head sizes 64 and 128, C and Vp multiples of 8).
+    Fused,
+    /// One kernel per layer as on the CPU: the reference path, any shape.
+    Plain,
+}
+
 /// How to build an engine: where it runs and in which precision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngineOptions {
@@ -138,6 +148,9 @@ pub struct EngineOptions {
     pub precision: Option<Precision>,
     /// TF32 tensor cores for the fp32 matrix products (GPU, fp32 only).
     pub tf32: bool,
+    /// The CUDA engine's kernels; None: fused in bf16 where the model's shapes allow, plain
+    /// otherwise. Refused on `--device cpu` (the CPU engine has one path).
+    pub kernels: Option<Kernels>,
 }
 
 impl EngineOptions {
@@ -147,6 +160,7 @@ impl EngineOptions {
             device: crate::train::Device::Cpu,
             precision: Some(Precision::Fp32),
             tf32: false,
+            kernels: None,
         }
     }
 
@@ -156,6 +170,7 @@ impl EngineOptions {
             device: crate::train::Device::Cuda,
             precision: Some(precision),
             tf32: false,
+            kernels: None,
         }
     }
 }
@@ -205,6 +220,10 @@ pub fn create_engine(
         Ok(Box::new(Gpt2Cpu::new(cfg, params, max_b, max_t)?))
     };
     match opts.device {
+        Device::Cpu if opts.kernels.is_some() => anyhow::bail!(
+            "--kernels chooses the CUDA engine's kernels; the CPU engine has one path (drop \
+             --kernels, or use --device cuda)"
+        ),
         Device::Cpu => cpu(params),
         Device::Cuda => {
             let gpu = crate::gpu::Gpu::new()?;
@@ -250,9 +269,19 @@ fn gpu_engine_on(
 ) -> Result<Box<dyn Engine>> {
     let precision = resolve_precision(opts.precision, Some(gpu.compute_capability()?))?;
     gpu.set_tf32(opts.tf32)?;
-    Ok(match precision {
-        Precision::Fp32 => Box::new(crate::gpu::Gpt2Gpu::new(gpu, cfg, params, max_b, max_t)?),
-        Precision::Bf16 => anyhow::bail!("TODO(bf16 engine)"),
+    use crate::gpu::Gpt2Gpu;
+    let fused = opts.kernels.map(|k| k == Kernels::Fused);
+    Ok(match (precision, fused) {
+        (Precision::Fp32, None) => Box::new(Gpt2Gpu::<f32>::new(gpu, cfg, params, max_b, max_t)?),
+        (Precision::Fp32, Some(f)) => {
+            Box::new(Gpt2Gpu::<f32>::new_with(gpu, cfg, params, max_b, max_t, f)?)
+        }
+        (Precision::Bf16, None) => {
+            Box::new(Gpt2Gpu::<half::bf16>::new(gpu, cfg, params, max_b, max_t)?)
+        }
+        (Precision::Bf16, Some(f)) => Box::new(Gpt2Gpu::<half::bf16>::new_with(
+            gpu, cfg, params, max_b, max_t, f,
+        )?),
     })
 }
 
@@ -317,7 +346,18 @@ mod tests {
             .err()
             .expect("bf16 on the CPU is an error");
         assert!(format!("{e:#}").contains("--precision bf16 needs the CUDA engine"));
-        let cpu = create_engine(&EngineOptions::cpu(), cfg, params, 1, 8).unwrap();
+        let cpu = create_engine(&EngineOptions::cpu(), cfg, params.clone(), 1, 8).unwrap();
         assert_eq!(cpu.precision(), Precision::Fp32);
+        let opts = EngineOptions {
+            kernels: Some(Kernels::Plain),
+            ..EngineOptions::cpu()
+        };
+        let e = create_engine(&opts, cfg, params, 1, 8)
+            .err()
+            .expect("--kernels on the CPU is an error");
+        assert!(
+            format!("{e:#}").contains("the CPU engine has one path"),
+            "{e:#}"
+        );
     }
 }

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use train_gpt2_cuda::engine::{create_engine, EngineOptions};
+use train_gpt2_cuda::engine::{create_engine, EngineOptions, Kernels};
 use train_gpt2_cuda::formats::{checkpoint, debug_state};
 use train_gpt2_cuda::precision::Precision;
 use train_gpt2_cuda::sample::{generate, SampleOptions};
@@ -121,6 +121,9 @@ struct VerifyArgs {
     precision: Precision,
     #[arg(long)]
     tf32: bool,
+    /// The GPU's kernels: fused or plain (default: fused in bf16 where the shapes allow).
+    #[arg(long, value_enum)]
+    kernels: Option<Kernels>,
 }
 
 fn main() -> ExitCode {
@@ -197,6 +200,7 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
         device: a.device,
         precision: a.precision,
         tf32: false,
+        kernels: None,
     };
     let mut engine = create_engine(&engine_opts, cfg, ck.params, 1, window)?;
     print!("{}", a.prompt);
@@ -269,6 +273,9 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
     if a.precision == Precision::Bf16 && a.device == VerifyDevice::Cpu {
         bail!("--precision bf16 needs --device cuda or both: the CPU engine computes in fp32 only");
     }
+    if a.kernels.is_some() && a.device == VerifyDevice::Cpu {
+        bail!("--kernels chooses the GPU's kernels: it needs --device cuda or both");
+    }
     // the CPU always runs fp32; the GPU in --precision
     let options = |dev: Device| EngineOptions {
         device: dev,
@@ -278,6 +285,7 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
             a.precision
         }),
         tf32: a.tf32,
+        kernels: if dev == Device::Cpu { None } else { a.kernels },
     };
     // each engine against the fp32 reference by its own precision; GPU vs CPU by the GPU's
     let tol_of = |dev: Device| {

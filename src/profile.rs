@@ -157,6 +157,14 @@ impl Cost {
         Cost::bytes(b4(4.0 * btc + 5.0 * c + 2.0 * bt))
     }
 
+    /// residual_layernorm_forward: inp1 and inp2 (B,T,C), weight and bias (C) read; the sum and
+    /// the normalised out (B,T,C), mean and rstd (B,T) written: a residual_forward and a
+    /// layernorm_forward less one write and one read of the sum.
+    pub fn residual_layernorm_forward(b: usize, t: usize, c: usize) -> Cost {
+        let (bt, btc, c) = ((b * t) as f64, (b * t * c) as f64, c as f64);
+        Cost::bytes(b4(4.0 * btc + 2.0 * c + 2.0 * bt))
+    }
+
     /// gelu_forward on N elements: inp read, out written.
     pub fn gelu_forward(n: usize) -> Cost {
         Cost::bytes(b4(2.0 * n as f64))

@@ -105,6 +105,10 @@ pub struct TrainArgs {
     /// Use TF32 tensor cores for fp32 matrix products on the GPU.
     #[arg(long)]
     pub tf32: bool,
+    /// The GPU's kernels: fused (flash attention, cuBLASLt epilogues, residual + layernorm; head
+    /// sizes 64 and 128) or plain. Default: fused in bf16 where the model allows, plain otherwise.
+    #[arg(long, value_enum)]
+    pub kernels: Option<crate::engine::Kernels>,
     /// The device's peak TFLOP/s for the MFU column (default: from a table of A100, H100, H200).
     #[arg(long)]
     pub peak_tflops: Option<f64>,
@@ -147,6 +151,7 @@ impl TrainArgs {
             device: self.device,
             precision: self.precision,
             tf32: self.tf32,
+            kernels: self.kernels,
         }
     }
 

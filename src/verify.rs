@@ -41,28 +41,29 @@ impl Tolerances {
     };
 
     /// The bf16 engine (bf16 weights, activations and gradients, fp32 accumulation) against fp32.
-    /// One bf16 rounding is at most u = 2^-9 = 2.0e-3 relative. The weights are rounded once
-    /// (u); every activation is stored rounded (u per layer and op, independent errors that grow
-    /// about as sqrt(number of roundings) along the residual stream); products accumulate in fp32
-    /// (no growth with C). For the committed fixtures (L <= 4) that gives logits within ~5u of
-    /// max|logit| and gradients within ~10u: the bounds are 1e-2 (logits), 2e-2 (gradients, 5e-2
-    /// for wpe and the layernorm biases, whose sums over B*T positions of small, sign-changing
-    /// terms lose the most relative to their max), the mean loss 2e-3 relative (the per-position
-    /// errors average out) and the 10-step losses 1e-2 relative (the stochastically rounded weight
-    /// updates add noise of u per step).
+    /// bf16 keeps 8 significant bits: one rounding to nearest is at most u = 2^-8 = 3.9e-3
+    /// relative. The weights are rounded once; every stored activation and gradient once more
+    /// (independent errors, growing about as sqrt(number of roundings) along the residual stream);
+    /// products accumulate in fp32, so the error does not grow with C. For the committed fixtures
+    /// (L = 2) that predicts logits within a few u of max|logit| and gradients within ~5-10u of
+    /// their max: the bounds are 3e-2 for the logits, 5e-2 for the gradients and 1e-1 for wpe and
+    /// the layernorm biases (sums over B*T positions of small terms of both signs, which lose the
+    /// most relative to their max), 5e-3 relative for the mean loss (per-position errors average
+    /// out over B*T) and 2e-2 relative for the 10-step losses (the stochastically rounded weights
+    /// add noise of up to u per update).
     /// llm.c's own bf16 test allows a logit difference of 25 (absolute), a loss difference of 0.05
-    /// (1% at its loss of 5.3), and per element 7.9% of |ref| plus 5e-4 to 0.5 absolute on the
-    /// gradients: every bound here is tighter. These are reasoned, not yet measured on a GPU
-    /// (docs/verification.md records the measurements once taken).
+    /// (1% at its loss of 5.3), and per gradient element 7.9% of |ref| plus 5e-4 to 0.5 absolute.
+    /// These bounds are reasoned, not yet measured on a GPU (docs/verification.md records the
+    /// measurements once taken; tighten them then).
     pub const BF16: Tolerances = Tolerances {
-        logits: 1e-2,
-        loss: 2e-3,
+        logits: 3e-2,
+        loss: 5e-3,
         // wte wpe qkvw qkvb attprojw attprojb fcw fcb fcprojw fcprojb ln1w ln1b ln2w ln2b lnfw lnfb
         grads: [
-            2e-2, 5e-2, 2e-2, 2e-2, 2e-2, 2e-2, 2e-2, 2e-2, 2e-2, 2e-2, 2e-2, 5e-2, 2e-2, 5e-2,
-            2e-2, 5e-2,
+            5e-2, 1e-1, 5e-2, 5e-2, 5e-2, 5e-2, 5e-2, 5e-2, 5e-2, 5e-2, 5e-2, 1e-1, 5e-2, 1e-1,
+            5e-2, 1e-1,
         ],
-        steps: 1e-2,
+        steps: 2e-2,
     };
 
     /// The tolerances for an engine computing in `precision` against an fp32 reference.

@@ -257,6 +257,22 @@ fn bad_inputs_give_clear_errors() {
         &["--device", "cpu", "--model", "d0"],
         &["unknown model descriptor 'd0'"],
     );
+    expect_error(
+        &["--device", "cpu", "--kernels", "fused", "--steps", "1"],
+        &["the CPU engine has one path"],
+    );
+    expect_error(
+        &[
+            "verify",
+            "--model",
+            &fixture("ref_tiny_model.bin"),
+            "--state",
+            &fixture("ref_tiny_state.bin"),
+            "--kernels",
+            "plain",
+        ],
+        &["--kernels chooses the GPU's kernels"],
+    );
 
     // a missing checkpoint, one with a wrong magic number, a truncated one
     expect_error(

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use train_gpt2_cuda::config::GPT2Config;
 use train_gpt2_cuda::cpu::adamw::AdamW;
 use train_gpt2_cuda::cpu::model::Gpt2Cpu;
-use train_gpt2_cuda::engine::{create_engine, create_gpu_engine, Engine, EngineOptions};
+use train_gpt2_cuda::engine::{create_engine, create_gpu_engine, Engine, EngineOptions, Kernels};
 use train_gpt2_cuda::precision::Precision;
 
 /// `device` with the default precision, TF32 off.
@@ -26,6 +26,7 @@ fn opts(device: Device) -> EngineOptions {
         device,
         precision: None,
         tf32: false,
+        kernels: None,
     }
 }
 use train_gpt2_cuda::formats::checkpoint::read_checkpoint;
@@ -58,6 +59,30 @@ fn gpu_engine_in(
     e
 }
 
+/// The GPU engine in `precision` on the given kernels (None: the default for the model), or a
+/// panic that says why there is none; it must say which kernels it runs.
+fn gpu_engine_with(
+    precision: Precision,
+    kernels: Option<Kernels>,
+    cfg: GPT2Config,
+    params: Vec<f32>,
+    b: usize,
+    t: usize,
+) -> Box<dyn Engine> {
+    let opts = EngineOptions {
+        kernels,
+        ..EngineOptions::cuda(precision)
+    };
+    let e = create_engine(&opts, cfg, params, b, t).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(e.precision(), precision);
+    match kernels {
+        Some(Kernels::Fused) => assert!(e.describe().contains("fused kernels"), "{}", e.describe()),
+        Some(Kernels::Plain) => assert!(e.describe().contains("plain kernels"), "{}", e.describe()),
+        None => {}
+    }
+    e
+}
+
 /// The error of building a GPU engine that must not build.
 fn gpu_engine_error(cfg: GPT2Config, params: Vec<f32>, b: usize, t: usize) -> String {
     match create_gpu_engine(cfg, params, b, t, Precision::Fp32, false) {
@@ -69,6 +94,11 @@ fn gpu_engine_error(cfg: GPT2Config, params: Vec<f32>, b: usize, t: usize) -> St
 /// The small random model of the training tests: GPT-2's vocabulary, 2 layers, 2 heads, C=64.
 fn small_config() -> GPT2Config {
     GPT2Config::new(64, 50257, 50304, 2, 2, 64).unwrap()
+}
+
+/// As `small_config` with C=128: head size 64, the shapes the fused kernels run.
+fn fused_config() -> GPT2Config {
+    GPT2Config::new(64, 50257, 50304, 2, 2, 128).unwrap()
 }
 
 /// n random token ids below V.
@@ -131,11 +161,17 @@ fn cuda_engine_is_a_clear_error_or_works() {
 /// `precision` at its tolerances (`Tolerances::for_precision`: the bf16 engine against the same
 /// fp32 references).
 fn check_fixture_in(name: &str, precision: Precision) {
+    check_fixture_with(name, precision, None);
+}
+
+/// As `check_fixture_in`, on the given kernels.
+fn check_fixture_with(name: &str, precision: Precision, kernels: Option<Kernels>) {
     let tol = Tolerances::for_precision(precision);
     let ck = read_checkpoint(&fixture(&format!("ref_{name}_model.bin"))).unwrap();
     let cfg = ck.config;
     let state = read_debug_state(&fixture(&format!("ref_{name}_state.bin")), &cfg).unwrap();
-    let mut gpu = gpu_engine_in(precision, cfg, ck.params.clone(), state.b, state.t);
+    let mut gpu = gpu_engine_with(precision, kernels, cfg, ck.params.clone(), state.b, state.t);
+    println!("{}", gpu.describe());
     let mut cpu = Gpt2Cpu::new(cfg, ck.params.clone(), state.b, state.t).unwrap();
     let got = verify::run_engine(&mut *gpu, &state).unwrap();
     let want_cpu = verify::run_engine(&mut cpu, &state).unwrap();
@@ -155,7 +191,7 @@ fn check_fixture_in(name: &str, precision: Precision) {
     let text = std::fs::read_to_string(fixture(&format!("ref_{name}_losses.txt"))).unwrap();
     let expected = verify::parse_losses(&text).unwrap();
     assert_eq!(expected.len(), 10);
-    let mut gpu = gpu_engine_in(precision, cfg, ck.params, state.b, state.t);
+    let mut gpu = gpu_engine_with(precision, kernels, cfg, ck.params, state.b, state.t);
     let losses = verify::run_steps(&mut *gpu, &state, expected.len()).unwrap();
     for (i, (&got, &want)) in losses.iter().zip(&expected).enumerate() {
         println!(
@@ -169,6 +205,35 @@ fn check_fixture_in(name: &str, precision: Precision) {
 
 fn check_fixture(name: &str) {
     check_fixture_in(name, Precision::Fp32);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_matches_cpu_and_pytorch_hs64() {
+    check_fixture("hs64");
+}
+
+/// The fused kernels in fp32 (flash attention's fp32 kernels, cuBLASLt products, residual +
+/// layernorm) at the fp32 tolerances: the fused path's arithmetic checked without bf16 rounding.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_fused_fp32_matches_cpu_and_pytorch_hs64() {
+    check_fixture_with("hs64", Precision::Fp32, Some(Kernels::Fused));
+}
+
+/// The plain kernels in bf16 on the head-size-64 fixture, for comparison with the fused path.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bf16_plain_matches_cpu_and_pytorch_hs64() {
+    check_fixture_with("hs64", Precision::Bf16, Some(Kernels::Plain));
+}
+
+/// Head size 64: the bf16 engine runs its fused path here (flash attention, cuBLASLt epilogues,
+/// residual + layernorm); on the other fixtures (head sizes 4 to 16) its plain bf16 kernels.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bf16_fused_matches_cpu_and_pytorch_hs64() {
+    check_fixture_in("hs64", Precision::Bf16);
 }
 
 #[test]
@@ -194,12 +259,23 @@ fn bf16_matches_cpu_and_pytorch_gpt2_vocab() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn bf16_training_is_deterministic_and_follows_fp32() {
-    let cfg = small_config();
+    bf16_training(small_config(), Kernels::Plain);
+}
+
+/// As `bf16_training_is_deterministic_and_follows_fp32`, on the fused kernels (head size 64).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bf16_fused_training_is_deterministic_and_follows_fp32() {
+    bf16_training(fused_config(), Kernels::Fused);
+}
+
+fn bf16_training(cfg: GPT2Config, kernels: Kernels) {
     let (b, t, steps) = (2, 64, 5);
     let params = init_params(&cfg, 42);
     let mut cpu = Gpt2Cpu::new(cfg, params.clone(), b, t).unwrap();
     let want = train(&mut cpu, steps, b, t, 7);
-    let mut gpu = gpu_engine_in(Precision::Bf16, cfg, params.clone(), b, t);
+    let k = Some(kernels);
+    let mut gpu = gpu_engine_with(Precision::Bf16, k, cfg, params.clone(), b, t);
     let got = train(&mut *gpu, steps, b, t, 7);
     for i in 0..steps {
         println!(
@@ -219,7 +295,7 @@ fn bf16_training_is_deterministic_and_follows_fp32() {
         .params
         .iter()
         .all(|&p| half::bf16::from_f32(p).to_f32() == p));
-    let mut gpu2 = gpu_engine_in(Precision::Bf16, cfg, params, b, t);
+    let mut gpu2 = gpu_engine_with(Precision::Bf16, k, cfg, params, b, t);
     let again = train(&mut *gpu2, steps, b, t, 7);
     assert_eq!(
         again.losses, got.losses,
@@ -296,12 +372,23 @@ fn train(engine: &mut dyn Engine, steps: usize, b: usize, t: usize, seed: u64) -
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn training_steps_match_the_cpu_and_are_deterministic() {
-    let cfg = small_config();
+    fp32_training(small_config(), Kernels::Plain);
+}
+
+/// The same on the fused kernels in fp32 (head size 64, T=33: flash attention's partial tiles).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn fused_fp32_training_matches_the_cpu_and_is_deterministic() {
+    fp32_training(fused_config(), Kernels::Fused);
+}
+
+fn fp32_training(cfg: GPT2Config, kernels: Kernels) {
     let (b, t, steps) = (2, 33, 5);
     let params = init_params(&cfg, 42);
     let mut cpu = Gpt2Cpu::new(cfg, params.clone(), b, t).unwrap();
     let want = train(&mut cpu, steps, b, t, 7);
-    let mut gpu = gpu_engine(cfg, params.clone(), b, t);
+    let k = Some(kernels);
+    let mut gpu = gpu_engine_with(Precision::Fp32, k, cfg, params.clone(), b, t);
     let got = train(&mut *gpu, steps, b, t, 7);
     for i in 0..steps {
         println!(
@@ -325,7 +412,7 @@ fn training_steps_match_the_cpu_and_are_deterministic() {
     assert_ne!(got.params, params, "the parameters moved");
 
     // the same seed on a fresh GPU engine: bitwise the same run
-    let mut gpu2 = gpu_engine(cfg, params, b, t);
+    let mut gpu2 = gpu_engine_with(Precision::Fp32, k, cfg, params, b, t);
     let again = train(&mut *gpu2, steps, b, t, 7);
     assert_eq!(
         again.losses, got.losses,
@@ -465,4 +552,22 @@ fn bad_input_is_an_error_not_a_panic() {
 /// where the compile-time path does not exist), else the one compiled in.
 fn root() -> String {
     std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())
+}
+
+/// `--kernels fused` on a model the fused kernels cannot run (head size 32) is a clear error.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn fused_kernels_on_an_unsupported_shape_are_a_clear_error() {
+    let cfg = small_config();
+    let opts = EngineOptions {
+        kernels: Some(Kernels::Fused),
+        ..EngineOptions::cuda(Precision::Bf16)
+    };
+    let e = create_engine(&opts, cfg, init_params(&cfg, 1), 1, 8)
+        .err()
+        .expect("head size 32 has no fused kernels");
+    assert!(
+        format!("{e:#}").contains("the fused path needs a head size"),
+        "{e:#}"
+    );
 }

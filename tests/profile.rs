@@ -18,6 +18,7 @@ fn opts(device: Device) -> EngineOptions {
         device,
         precision: None,
         tf32: false,
+        kernels: None,
     }
 }
 use train_gpt2_cuda::params::{init_params, num_parameters};

@@ -44,6 +44,13 @@ const EXPECTED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "kernels/fused_residual_layernorm.cu",
+        &[
+            "residual_layernorm_forward",
+            "residual_layernorm_forward_bf16",
+        ],
+    ),
+    (
         "kernels/gelu.cu",
         &[
             "gelu_forward",

@@ -45,6 +45,12 @@ fn check_fixture(name: &str) {
     assert!(expected[9] < expected[0] - 1e-3);
 }
 
+/// Head size 64 (C=64, NH=1) and T=72: the shapes the fused bf16 path (flash attention) runs.
+#[test]
+fn cpu_matches_pytorch_hs64() {
+    check_fixture("hs64");
+}
+
 #[test]
 fn cpu_matches_pytorch_tiny() {
     check_fixture("tiny");

@@ -23,17 +23,25 @@ check info bash "$run" info
 # every test, the GPU ones included (--include-ignored), one thread
 check tests bash "$run" tests
 # the engine against the PyTorch fixtures and against the CPU path, with the 10-step trajectories
-for f in tiny sharp gpt2vocab; do
+for f in tiny sharp gpt2vocab hs64; do
   check "verify-$f" bash "$run" exec train-gpt2-cuda verify --device both \
     --model "tests/fixtures/ref_${f}_model.bin" --state "tests/fixtures/ref_${f}_state.bin" \
     --steps 10 --expect-losses "tests/fixtures/ref_${f}_losses.txt" --dump "$out/dump_${f}.bin"
 done
 # the bf16 engine: against PyTorch (fp32) and the CPU at the bf16 tolerances (verify::Tolerances::BF16)
-for f in tiny sharp gpt2vocab; do
+for f in tiny sharp gpt2vocab hs64; do
   check "verify-bf16-$f" bash "$run" exec train-gpt2-cuda verify --device both --precision bf16 \
     --model "tests/fixtures/ref_${f}_model.bin" --state "tests/fixtures/ref_${f}_state.bin" \
     --steps 10 --expect-losses "tests/fixtures/ref_${f}_losses.txt"
 done
+# the fused kernels in fp32 (flash attention, cuBLASLt epilogues, residual + layernorm) at the fp32
+# tolerances, and the plain kernels in bf16 on the same head-size-64 fixture
+check verify-fused-fp32-hs64 bash "$run" exec train-gpt2-cuda verify --device both --precision fp32 \
+  --kernels fused --model tests/fixtures/ref_hs64_model.bin --state tests/fixtures/ref_hs64_state.bin \
+  --steps 10 --expect-losses tests/fixtures/ref_hs64_losses.txt
+check verify-plain-bf16-hs64 bash "$run" exec train-gpt2-cuda verify --device both --precision bf16 \
+  --kernels plain --model tests/fixtures/ref_hs64_model.bin --state tests/fixtures/ref_hs64_state.bin \
+  --steps 10 --expect-losses tests/fixtures/ref_hs64_losses.txt
 # training d12 on the default corpus, twice with the same seed: the losses must be identical
 for i in 1 2; do
   check "train-d12-run$i" bash "$run" exec train-gpt2-cuda --device cuda --model d12 --batch 4 \
@@ -64,6 +72,8 @@ if command -v compute-sanitizer > /dev/null; then
     bash "$run" exec train-gpt2-cuda --device cuda --model d2 --batch 2 --seq 33 --steps 2 --val-batches 1 --sample-tokens 4 --precision fp32 --out-dir "$out/san"
   check sanitizer-bf16 compute-sanitizer --tool memcheck --target-processes all --error-exitcode 1 \
     bash "$run" exec train-gpt2-cuda --device cuda --model d2 --batch 2 --seq 33 --steps 2 --val-batches 1 --sample-tokens 4 --precision bf16 --out-dir "$out/san-bf16"
+  check sanitizer-fused-fp32 compute-sanitizer --tool memcheck --target-processes all --error-exitcode 1 \
+    bash "$run" exec train-gpt2-cuda --device cuda --model d2 --batch 2 --seq 33 --steps 2 --val-batches 1 --sample-tokens 4 --precision fp32 --kernels fused --out-dir "$out/san-fused"
 fi
 echo; echo "summary:"; printf '  %s\n' "${summary[@]}"
 printf '%s\n' "${summary[@]}" | grep -q FAIL && exit 1

@@ -139,9 +139,9 @@ impl Gpu {
         );
         let mut lb = self.stream.launch_builder(kernel);
         lb.arg(&mut partial).arg(grads).arg(&n);
-        // SAFETY: the arguments match global_norm_partial(_bf16) in kernels/global_norm.cu; the grid has
-        // NORM_BLOCKS blocks, each writing partial[block] (so all of partial is written); the
-        // grid-stride loop reads grads[0..n).
+        // SAFETY: the arguments match global_norm_partial(_bf16) in kernels/global_norm.cu; the
+        // grid has NORM_BLOCKS blocks, each writing partial[block] (so all of partial is written);
+        // the grid-stride loop reads grads[0..n).
         launched("global_norm_partial", unsafe {
             lb.launch(grid_1d(NORM_BLOCKS, NORM_THREADS))
         })?;

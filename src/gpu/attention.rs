@@ -1,9 +1,10 @@
 //! Causal multi-head self-attention on the GPU, the cuBLAS way (`kernels/attention.cu` for the
 //! permutations and the causal softmax, strided-batched cuBLAS gemms for q k^T and att v, batched
-//! over the B*NH heads; see `Gpu::gemm_strided_batched`); twin of `cpu::attention`, whose buffers it reproduces: preatt and att with zeros
-//! above the diagonal, datt and dpreatt OVERWRITTEN (scratch) with zeros above the diagonal, dinp
-//! accumulated. Generic over the storage type `T` (f32 or bf16): in bf16 every buffer, the scratch
-//! included, is bf16, the gemms accumulate in fp32 and the kernels compute in fp32.
+//! over the B*NH heads; see `Gpu::gemm_strided_batched`); twin of `cpu::attention`, whose buffers
+//! it reproduces: preatt and att with zeros above the diagonal, datt and dpreatt OVERWRITTEN
+//! (scratch) with zeros above the diagonal, dinp accumulated. Generic over the storage type `T`
+//! (f32 or bf16): in bf16 every buffer, the scratch included, is bf16, the gemms accumulate in fp32
+//! and the kernels compute in fp32.
 //!
 //! Both launchers take one extra argument at the END, `scratch`, a device buffer for the per-head
 //! q, k, v (B,NH,T,HS) and their gradients: at least [`attention_forward_scratch_len`] =
@@ -26,7 +27,8 @@ use super::float::DeviceFloat;
 /// Rows per block of the warp-per-row softmax kernels.
 const ROWS_PER_BLOCK: usize = BLOCK as usize / 32;
 
-/// The scratch elements (of T) attention_forward needs: q, k, v (B,NH,T,HS) each (y reuses q's space).
+/// The scratch elements (of T) attention_forward needs: q, k, v (B,NH,T,HS) each (y reuses q's
+/// space).
 pub fn attention_forward_scratch_len(b: usize, t: usize, c: usize) -> usize {
     3 * b * t * c
 }
@@ -171,8 +173,9 @@ impl Gpu {
         );
         let mut lb = self.stream.launch_builder(kernel);
         lb.arg(&mut *att).arg(&mut *preatt).arg(&bnh).arg(&ti);
-        // SAFETY: the arguments match attention_softmax_forward(_bf16) in kernels/attention.cu; att and
-        // preatt hold B*NH*T*T elements (checked) and the kernel touches rows < B*NH*T of T elements.
+        // SAFETY: the arguments match attention_softmax_forward(_bf16) in kernels/attention.cu; att
+        // and preatt hold B*NH*T*T elements (checked) and the kernel touches rows < B*NH*T of T
+        // elements.
         launched("attention_softmax_forward", unsafe {
             lb.launch(grid_1d((b * nh * t).div_ceil(ROWS_PER_BLOCK), BLOCK))
         })?;
@@ -204,7 +207,8 @@ impl Gpu {
             .arg(&d.t)
             .arg(&d.nh)
             .arg(&d.hs);
-        // SAFETY: the arguments match attention_unpermute(_bf16); y (in q) and out both hold B*T*C elements.
+        // SAFETY: the arguments match attention_unpermute(_bf16); y (in q) and out both hold B*T*C
+        // elements.
         launched("attention_unpermute", unsafe {
             lb.launch(grid_stride(d.btc))
         })
@@ -264,7 +268,8 @@ impl Gpu {
             .arg(&d.t)
             .arg(&d.nh)
             .arg(&d.hs);
-        // SAFETY: the arguments match attention_unpermute_backward(_bf16); dy and dout hold B*T*C elements.
+        // SAFETY: the arguments match attention_unpermute_backward(_bf16); dy and dout hold B*T*C
+        // elements.
         launched("attention_unpermute_backward", unsafe {
             lb.launch(grid_stride(d.btc))
         })?;
@@ -286,7 +291,8 @@ impl Gpu {
             datt,
             (ti, tt),
         )?;
-        // dv (T,HS) = att^T dy: dv^T (HS x T) = dy^T (HS x T) . op_T(att^T (T x T)); into v's space.
+        // dv (T,HS) = att^T dy: dv^T (HS x T) = dy^T (HS x T) . op_T(att^T (T x T)); into v's
+        // space.
         self.gemm_batched(
             "attention_backward (dv = att^T dy)",
             &d,
@@ -355,8 +361,8 @@ impl Gpu {
         let mut lb = self.stream.launch_builder(kernel);
         lb.arg(dinp).arg(&dq).arg(&dk).arg(&dv);
         lb.arg(&d.b).arg(&d.t).arg(&d.nh).arg(&d.hs);
-        // SAFETY: the arguments match attention_permute_backward(_bf16) (dinp, dq, dk, dv, ...); dq is
-        // in dy's space and dv in v's; each holds B*T*C elements and dinp B*T*3C (checked).
+        // SAFETY: the arguments match attention_permute_backward(_bf16) (dinp, dq, dk, dv, ...); dq
+        // is in dy's space and dv in v's; each holds B*T*C elements and dinp B*T*3C (checked).
         launched("attention_permute_backward", unsafe {
             lb.launch(grid_stride(d.btc))
         })
@@ -376,8 +382,9 @@ impl Gpu {
         let mut lb = self.stream.launch_builder(func);
         lb.arg(q).arg(k).arg(v).arg(inp);
         lb.arg(&d.b).arg(&d.t).arg(&d.nh).arg(&d.hs);
-        // SAFETY: the arguments match attention_permute(_bf16) in kernels/attention.cu; q, k, v each
-        // hold B*T*C elements (split from a checked scratch) and inp B*T*3C (checked by the caller).
+        // SAFETY: the arguments match attention_permute(_bf16) in kernels/attention.cu; q, k, v
+        // each hold B*T*C elements (split from a checked scratch) and inp B*T*3C (checked by the
+        // caller).
         launched("attention_permute", unsafe {
             lb.launch(grid_stride(d.btc))
         })

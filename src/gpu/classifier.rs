@@ -42,8 +42,8 @@ impl Gpu {
         lb.arg(logits).arg(losses).arg(&dloss).arg(targets);
         lb.arg(&ni).arg(&vi).arg(&vpi).arg(&write_dlogits);
         // SAFETY: the arguments match fused_classifier(_bf16) in kernels/classifier.cu; one block
-        // per row of Vp elements over N = B*T rows (lengths checked); targets are bounds-checked in the
-        // kernel before use.
+        // per row of Vp elements over N = B*T rows (lengths checked); targets are bounds-checked in
+        // the kernel before use.
         launched(K, unsafe { lb.launch(grid_1d(b * t, CLASSIFIER_THREADS)) })
     }
 

@@ -1,5 +1,5 @@
-//! [`Gpu`]: the CUDA context, its stream, the cuBLAS handle and every kernel, set up once; plus
-//! host <-> device copies and the small checks every launcher shares.
+//! [`Gpu`]: the CUDA context, its stream, the cuBLAS and cuBLASLt handles and every kernel, set up
+//! once; plus host <-> device copies and the small checks every launcher shares.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
+use super::matmul_lt::CublasLt;
 use super::ptx::{self, PtxFile};
 
 /// Threads per block of the elementwise and per-channel kernels.
@@ -74,6 +75,7 @@ kernels! {
         global_norm_partial_bf16,
         global_norm_final,
     ],
+    FUSED_RESIDUAL_LAYERNORM: [residual_layernorm_forward, residual_layernorm_forward_bf16],
     LAYERNORM: [
         layernorm_forward,
         layernorm_forward_bf16,
@@ -140,6 +142,8 @@ pub struct Gpu {
     ctx: Arc<CudaContext>,
     pub(super) stream: Arc<CudaStream>,
     pub(super) blas: CudaBlas,
+    /// cuBLASLt: handle, workspace, chosen algorithms (`matmul_lt.rs`).
+    pub(super) lt: CublasLt,
     pub(super) k: Kernels,
     tf32: bool,
 }
@@ -188,11 +192,22 @@ impl Gpu {
         }
         let blas = no_panic(|| CudaBlas::new(stream.clone()))
             .context("creating the cuBLAS handle failed")?;
+        // SAFETY: only tries to dlopen libcublasLt under its usual names.
+        if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
+            bail!(
+                "cuBLASLt could not be loaded (libcublasLt.so.13 not found): install the CUDA 13 \
+                 cuBLAS (e.g. `pip install nvidia-cublas` and add its lib folder to \
+                 LD_LIBRARY_PATH)"
+            );
+        }
+        let lt =
+            no_panic(|| CublasLt::new(&stream)).context("creating the cuBLASLt handle failed")?;
         let k = Kernels::load(&ctx)?;
         let mut gpu = Gpu {
             ctx,
             stream,
             blas,
+            lt,
             k,
             tf32: false,
         };
@@ -228,12 +243,17 @@ impl Gpu {
     }
 
     /// Lets cuBLAS use TF32 tensor cores for the fp32 matmuls (`CUBLAS_TF32_TENSOR_OP_MATH`), or
-    /// not (`CUBLAS_DEFAULT_MATH`, full fp32: the default, what the CPU comparison needs).
+    /// not (full fp32: the default, what the CPU comparison needs). Off, the mode is
+    /// `CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION` (the default math plus that flag, which
+    /// changes nothing for fp32 gemms, whose output type is the compute type): the bf16 gemms
+    /// (fp32 compute) then also keep split-K partial sums in fp32 rather than bf16. The Rust enum
+    /// cannot carry TF32 and the flag together, so with TF32 on cuBLAS may reduce bf16 gemms'
+    /// partial sums in bf16.
     pub fn set_tf32(&mut self, on: bool) -> Result<()> {
         let mode = if on {
             cublas_sys::cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
         } else {
-            cublas_sys::cublasMath_t::CUBLAS_DEFAULT_MATH
+            cublas_sys::cublasMath_t::CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION
         };
         // SAFETY: the handle is live (owned by self.blas); the call only sets a mode flag on it.
         let status = unsafe { cublas_sys::cublasSetMathMode(*self.blas.handle(), mode) };

@@ -118,9 +118,9 @@ impl Gpu {
             block_dim: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: the arguments match encoder_backward_wte(_bf16) in kernels/encoder.cu; the bucket list
-        // holds num_buckets tokens (each < Vp, checked above), num_buckets + 1 offsets into the
-        // position list and B*T positions (each < B*T), so dwte and dout are indexed in bounds.
+        // SAFETY: the arguments match encoder_backward_wte(_bf16) in kernels/encoder.cu; the bucket
+        // list holds num_buckets tokens (each < Vp, checked above), num_buckets + 1 offsets into
+        // the position list and B*T positions (each < B*T), so dwte and dout are indexed in bounds.
         launched("encoder_backward_wte", unsafe { lb.launch(cfg) })
     }
 }

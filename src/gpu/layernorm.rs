@@ -148,8 +148,9 @@ impl Gpu {
             .arg(&partial)
             .arg(&chunksi)
             .arg(&ci);
-        // SAFETY: the arguments match layernorm_backward_params_reduce(_bf16); partial was fully written
-        // by the launch above (same stream, so in order); dweight and dbias hold C elements.
+        // SAFETY: the arguments match layernorm_backward_params_reduce(_bf16); partial was fully
+        // written by the launch above (same stream, so in order); dweight and dbias hold C
+        // elements.
         launched("layernorm_backward_params_reduce", unsafe {
             lb.launch(grid_1d(c.div_ceil(BLOCK as usize), BLOCK))
         })

@@ -328,8 +328,9 @@ impl Gpu {
             block_dim: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: the arguments match bias_backward_partial(_bf16) in kernels/matmul.cu; partial holds
-        // chunks*OC floats, all written (one thread per (chunk, o)); dout holds N*OC (checked).
+        // SAFETY: the arguments match bias_backward_partial(_bf16) in kernels/matmul.cu; partial
+        // holds chunks*OC floats, all written (one thread per (chunk, o)); dout holds N*OC
+        // (checked).
         launched("bias_backward_partial", unsafe { lb.launch(cfg) })?;
         let kernel = T::pick(&self.k.column_sum_reduce, &self.k.column_sum_reduce_bf16);
         let mut lb = self.stream.launch_builder(kernel);

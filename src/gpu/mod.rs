@@ -39,13 +39,19 @@ mod context;
 #[cfg(has_cuda)]
 mod encoder;
 #[cfg(has_cuda)]
+mod flash_attention;
+#[cfg(has_cuda)]
 pub mod float;
+#[cfg(has_cuda)]
+mod fused_residual_layernorm;
 #[cfg(has_cuda)]
 mod gelu;
 #[cfg(has_cuda)]
 mod layernorm;
 #[cfg(has_cuda)]
 mod matmul;
+#[cfg(has_cuda)]
+mod matmul_lt;
 #[cfg(has_cuda)]
 mod model;
 pub mod nvtx;

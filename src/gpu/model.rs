@@ -22,17 +22,21 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{CudaSlice, CudaView};
+use half::bf16;
 
 use super::attention::{attention_backward_scratch_len, attention_forward_scratch_len};
+use super::flash_attention::{flash_attention_backward_scratch_len, FLASH_ATTENTION_HEAD_SIZES};
+use super::float::{to_device_float, to_f32_vec, DeviceFloat};
 use super::nvtx;
 use super::profile::{GpuProfiler, METHOD};
 use super::Gpu;
-use crate::activations::{act_sizes_for, checked_act_sizes, Acts};
+use crate::activations::{checked_act_sizes, Acts};
 use crate::config::GPT2Config;
 use crate::cpu::adamw::AdamW;
 use crate::cpu::model::{check_forward, check_new};
 use crate::engine::Engine;
 use crate::params::{param_sizes, LayerSlice, Params};
+use crate::precision::Precision;
 use crate::profile::{Cost, Family, Profile};
 
 /// Splits `$buf` (anything with `split_at_mut(mid) -> (head, tail)`: a `CudaViewMut`, or a host
@@ -86,10 +90,10 @@ macro_rules! layer_grads_mut {
 
 /// Splits a read-only view into consecutive views of the given sizes (their sum at most its
 /// length); unlike the mutable split, the views keep the lifetime of `all`.
-fn views<'a, const N: usize>(
-    mut all: CudaView<'a, f32>,
+fn views<'a, T, const N: usize>(
+    mut all: CudaView<'a, T>,
     sizes: [usize; N],
-) -> [CudaView<'a, f32>; N] {
+) -> [CudaView<'a, T>; N] {
     sizes.map(|n| {
         let (head, tail) = all.split_at(n);
         all = tail;
@@ -117,10 +121,15 @@ struct LayerGrads<S> {
 
 impl LayerGrads<usize> {
     /// The sizes for a batch of B x T; None on overflow.
-    fn sizes(cfg: &GPT2Config, b: usize, t: usize) -> Option<Self> {
+    /// Without `preatt` and `att` on the fused path (flash attention has none).
+    fn sizes(cfg: &GPT2Config, b: usize, t: usize, fused: bool) -> Option<Self> {
         let (nh, c) = (cfg.num_heads, cfg.channels);
         let btc = b.checked_mul(t)?.checked_mul(c)?;
-        let btt = b.checked_mul(nh)?.checked_mul(t)?.checked_mul(t)?;
+        let btt = if fused {
+            0
+        } else {
+            b.checked_mul(nh)?.checked_mul(t)?.checked_mul(t)?
+        };
         let sizes = LayerGrads {
             residual2: btc,
             fcproj: btc,
@@ -172,15 +181,131 @@ enum Stage {
     Backward,
 }
 
-impl LayerSlice for CudaView<'_, f32> {
+impl<T> LayerSlice for CudaView<'_, T> {
     fn nth(&self, l: usize, num_layers: usize) -> Self {
         let n = self.len() / num_layers;
         self.slice(l * n..(l + 1) * n)
     }
 }
 
-/// GPT-2 on one CUDA GPU; see the file comment.
-pub struct Gpt2Gpu {
+/// The AdamW update of weights stored in T: fp32 weights are updated in place (bitwise the CPU's
+/// update); bf16 weights are the stochastically rounded copy of fp32 master weights, which the
+/// fp32 update runs on.
+pub trait ModelFloat: DeviceFloat {
+    /// Whether the model keeps fp32 master weights beside its T weights.
+    const MASTER_WEIGHTS: bool;
+    /// One AdamW step (from 1) of `params` (T) with `master` (fp32, None without master
+    /// weights), moments `m` and `v`; `seed` seeds the stochastic rounding.
+    #[allow(clippy::too_many_arguments)]
+    fn adamw(
+        gpu: &Gpu,
+        params: &mut CudaSlice<Self>,        // (num_parameters)
+        master: Option<&mut CudaSlice<f32>>, // (num_parameters)
+        grads: &CudaSlice<Self>,             // (num_parameters)
+        m: &mut CudaSlice<f32>,              // (num_parameters)
+        v: &mut CudaSlice<f32>,              // (num_parameters)
+        hp: &AdamW,
+        step: usize,
+        grad_scale: f32,
+        seed: u32,
+    ) -> Result<()>;
+}
+
+impl ModelFloat for f32 {
+    const MASTER_WEIGHTS: bool = false;
+    fn adamw(
+        gpu: &Gpu,
+        params: &mut CudaSlice<f32>,
+        _master: Option<&mut CudaSlice<f32>>,
+        grads: &CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        v: &mut CudaSlice<f32>,
+        hp: &AdamW,
+        step: usize,
+        grad_scale: f32,
+        _seed: u32,
+    ) -> Result<()> {
+        gpu.adamw_update(
+            &mut params.slice_mut(..),
+            &grads.as_view(),
+            &mut m.slice_mut(..),
+            &mut v.slice_mut(..),
+            hp,
+            step,
+            grad_scale,
+        )
+    }
+}
+
+impl ModelFloat for bf16 {
+    const MASTER_WEIGHTS: bool = true;
+    fn adamw(
+        gpu: &Gpu,
+        params: &mut CudaSlice<bf16>,
+        master: Option<&mut CudaSlice<f32>>,
+        grads: &CudaSlice<bf16>,
+        m: &mut CudaSlice<f32>,
+        v: &mut CudaSlice<f32>,
+        hp: &AdamW,
+        step: usize,
+        grad_scale: f32,
+        seed: u32,
+    ) -> Result<()> {
+        let master = master.ok_or_else(|| anyhow!("bf16 weights need fp32 master weights"))?;
+        gpu.adamw_update_mixed(
+            &mut params.slice_mut(..),
+            &mut master.slice_mut(..),
+            &grads.as_view(),
+            &mut m.slice_mut(..),
+            &mut v.slice_mut(..),
+            hp,
+            step,
+            grad_scale,
+            seed,
+        )
+    }
+}
+
+/// The activation arenas' layouts for a batch of B x T: the tensors stored in T, and the fp32
+/// statistics (the layernorms' mean and rstd, the per-position losses), as two `Acts` size sets,
+/// each zero where the other holds the tensor. The GPU never stores `probs` (the fused classifier
+/// works from the logits), nor, with fused attention, `preatt` and `att` (B, NH, T, T): the flash
+/// kernels recompute them from q, k and the saved log-sum-exp. None on overflow.
+fn arena_sizes(
+    cfg: &GPT2Config,
+    b: usize,
+    t: usize,
+    fused: bool,
+) -> Option<(Acts<usize>, Acts<usize>)> {
+    let mut stored = checked_act_sizes(cfg, b, t, false)?;
+    if fused {
+        stored.preatt = 0;
+        stored.att = 0;
+    }
+    let mut stats = Acts::from_array([0; crate::activations::NUM_ACTIVATION_TENSORS]);
+    macro_rules! move_to_stats {
+        ($($f:ident),*) => {$(
+            stats.$f = stored.$f;
+            stored.$f = 0;
+        )*};
+    }
+    move_to_stats!(ln1_mean, ln1_rstd, ln2_mean, ln2_rstd, lnf_mean, lnf_rstd, losses);
+    Some((stored, stats))
+}
+
+/// Whether the fused path can run this model: flash attention has kernels for head sizes
+/// `FLASH_ATTENTION_HEAD_SIZES` (64 and 128), and cuBLASLt's bf16 tensor-core products need C and
+/// Vp to be multiples of 8.
+pub fn fused_supported(cfg: &GPT2Config) -> bool {
+    let hs = cfg.channels / cfg.num_heads;
+    FLASH_ATTENTION_HEAD_SIZES.contains(&hs)
+        && cfg.channels.is_multiple_of(8)
+        && cfg.padded_vocab_size.is_multiple_of(8)
+}
+
+/// GPT-2 on one CUDA GPU, its weights, activations and gradients stored in T (f32 or bf16); see
+/// the file comment.
+pub struct Gpt2Gpu<T: ModelFloat = f32> {
     gpu: Gpu,
     config: GPT2Config,
     /// The largest batch the arenas hold.
@@ -188,18 +313,25 @@ pub struct Gpt2Gpu {
     max_t: usize,
     /// "NVIDIA H100 80GB HBM3 (sm_90)", for describe().
     device: String,
-    params: CudaSlice<f32>,      // (num_parameters)
-    grads: CudaSlice<f32>,       // (num_parameters)
-    m: CudaSlice<f32>,           // (num_parameters) AdamW first moment
-    v: CudaSlice<f32>,           // (num_parameters) AdamW second moment
-    acts: CudaSlice<f32>,        // (num_activations_for(max_b, max_t, without probs))
-    dlayer: CudaSlice<f32>,      // (LayerGrads total for max_b x max_t) one layer's gradients
-    dresidual: CudaSlice<f32>,   // (2, B, T, C) the residual stream's gradient, ping-pong
-    dlnf: CudaSlice<f32>,        // (B, T, C)
-    att_scratch: CudaSlice<f32>, // (5, B, NH, T, HS) attention forward/backward scratch
-    inputs_dev: CudaSlice<u32>,  // (B, T) of the last forward
+    /// The fast path: flash attention, cuBLASLt with GELU and bias epilogues, residual + layernorm
+    /// in one kernel (the bf16 default); off: the plain kernels, the reference (the fp32 default).
+    fused: bool,
+    params: CudaSlice<T>, // (num_parameters) the weights the model computes with
+    master: Option<CudaSlice<f32>>, // (num_parameters) fp32 master weights (bf16 models)
+    grads: CudaSlice<T>,  // (num_parameters)
+    m: CudaSlice<f32>,    // (num_parameters) AdamW first moment
+    v: CudaSlice<f32>,    // (num_parameters) AdamW second moment
+    acts: CudaSlice<T>,   // (arena_sizes(max_b, max_t).0 total) activations stored in T
+    stats: CudaSlice<f32>, // (arena_sizes(max_b, max_t).1 total) mean, rstd, losses
+    lse: CudaSlice<f32>,  // (L, B, NH, T) flash attention's log-sum-exp (fused only)
+    dlayer: CudaSlice<T>, // (LayerGrads total for max_b x max_t) one layer's gradients
+    dresidual: CudaSlice<T>, // (2, B, T, C) the residual stream's gradient, ping-pong
+    dlnf: CudaSlice<T>,   // (B, T, C)
+    att_scratch: CudaSlice<T>, // attention forward/backward scratch (plain path)
+    att_scratch32: CudaSlice<f32>, // flash attention backward scratch (fused path)
+    inputs_dev: CudaSlice<u32>, // (B, T) of the last forward
     targets_dev: CudaSlice<u32>, // (B, T) of the last forward
-    inputs: Vec<u32>,            // (B, T) of the last forward, on the host (encoder_backward)
+    inputs: Vec<u32>,     // (B, T) of the last forward, on the host (encoder_backward)
     /// (B, T) of the last forward.
     b: usize,
     t: usize,
@@ -218,10 +350,12 @@ fn gib(bytes: f64) -> f64 {
     bytes / (1u64 << 30) as f64
 }
 
-impl Gpt2Gpu {
-    /// A model on `gpu` with the given parameters (checkpoint order), its arenas sized for batches
-    /// up to max_b x max_t. An error, never a panic, when the sizes are invalid or the GPU has not
-    /// enough free memory (the message says how much is needed and how much is free).
+impl<T: ModelFloat> Gpt2Gpu<T> {
+    /// A model on `gpu` with the given parameters (checkpoint order; rounded to nearest in T,
+    /// and kept exactly as the fp32 master weights of a bf16 model), its arenas sized for batches
+    /// up to max_b x max_t, on the default path for T (fused for bf16, plain for fp32). An error,
+    /// never a panic, when the sizes are invalid or the GPU has not enough free memory (the message
+    /// says how much is needed and how much is free).
     pub fn new(
         gpu: Gpu,
         config: GPT2Config,
@@ -229,34 +363,73 @@ impl Gpt2Gpu {
         max_b: usize,
         max_t: usize,
     ) -> Result<Self> {
+        let fused = T::PRECISION == Precision::Bf16 && fused_supported(&config);
+        Self::new_with(gpu, config, params, max_b, max_t, fused)
+    }
+
+    /// As [`Gpt2Gpu::new`], on the fused path or the plain one; the fused path needs a head size
+    /// the flash kernels support (`fused_supported`).
+    pub fn new_with(
+        gpu: Gpu,
+        config: GPT2Config,
+        params: Vec<f32>,
+        max_b: usize,
+        max_t: usize,
+        fused: bool,
+    ) -> Result<Self> {
         check_new(&config, &params, max_b, max_t)?;
-        let (l, c) = (config.num_layers, config.channels);
+        let (l, c, nh) = (config.num_layers, config.channels, config.num_heads);
+        if fused && !fused_supported(&config) {
+            bail!(
+                "the fused path needs a head size of {:?} and C, Vp multiples of 8 (this model: \
+                 HS = C/NH = {c}/{nh} = {}, Vp = {})",
+                FLASH_ATTENTION_HEAD_SIZES,
+                c / nh,
+                config.padded_vocab_size
+            );
+        }
         let too_big = || {
             anyhow!(
                 "the activations of the model (L={l}, C={c}) at B={max_b}, T={max_t} do not fit \
                  in memory: use a smaller batch (-b) or sequence length (-t)"
             )
         };
-        let act_sizes = checked_act_sizes(&config, max_b, max_t, false).ok_or_else(too_big)?;
-        let dlayer_sizes = LayerGrads::sizes(&config, max_b, max_t).ok_or_else(too_big)?;
+        let (act_sizes, stat_sizes) =
+            arena_sizes(&config, max_b, max_t, fused).ok_or_else(too_big)?;
+        let dlayer_sizes = LayerGrads::sizes(&config, max_b, max_t, fused).ok_or_else(too_big)?;
         // every size below is at most the activation total, which fits a usize
         let n = params.len();
         let na: usize = act_sizes.into_array().iter().sum();
+        let ns: usize = stat_sizes.into_array().iter().sum();
         let nd = dlayer_sizes.total().ok_or_else(too_big)?;
         let (bt, btc) = (max_b * max_t, max_b * max_t * c);
-        let nscratch = attention_forward_scratch_len(max_b, max_t, c)
-            .max(attention_backward_scratch_len(max_b, max_t, c));
+        let nlse = if fused { l * max_b * nh * max_t } else { 0 };
+        let (nscratch, nscratch32) = if fused {
+            (0, flash_attention_backward_scratch_len(max_b, max_t, c, nh))
+        } else {
+            (
+                attention_forward_scratch_len(max_b, max_t, c)
+                    .max(attention_backward_scratch_len(max_b, max_t, c)),
+                0,
+            )
+        };
 
         // the whole footprint, counted before allocating, for a clear message when it does not fit
-        let f = |x: usize| 4.0 * x as f64;
-        let (bytes_params, bytes_acts) = (4.0 * f(n), f(na));
-        let bytes_grads = f(nd) + f(2 * btc) + f(btc) + f(nscratch) + f(2 * bt);
+        let e = std::mem::size_of::<T>() as f64;
+        let f = |x: usize| x as f64;
+        let masters = if T::MASTER_WEIGHTS { 1.0 } else { 0.0 };
+        // T weights and gradients, fp32 moments (and master weights)
+        let bytes_params = f(n) * (2.0 * e + 4.0 * (2.0 + masters));
+        let bytes_acts = e * f(na) + 4.0 * (f(ns) + f(nlse));
+        let bytes_grads =
+            e * (f(nd) + f(2 * btc) + f(btc) + f(nscratch)) + 4.0 * f(nscratch32) + 8.0 * f(bt);
         let need = bytes_params + bytes_acts + bytes_grads;
         let what = format!(
-            "the model (L={l}, C={c}, {:.1}M parameters) at B={max_b}, T={max_t} needs \
-             {:.2} GiB (parameters, gradients and AdamW moments {:.2} GiB, activations {:.2} GiB, \
+            "the model (L={l}, C={c}, {:.1}M parameters, {}) at B={max_b}, T={max_t} needs \
+             {:.2} GiB (parameters, gradients and AdamW state {:.2} GiB, activations {:.2} GiB, \
              activation gradients and scratch {:.2} GiB)",
             n as f64 / 1e6,
+            T::PRECISION,
             gib(need),
             gib(bytes_params),
             gib(bytes_acts),
@@ -283,15 +456,23 @@ impl Gpt2Gpu {
             ))
         };
 
-        let params_dev = gpu.upload(&params).map_err(oom)?;
-        let grads = gpu.zeros::<f32>(n).map_err(oom)?;
+        let params_dev = gpu.upload(&to_device_float::<T>(&params)).map_err(oom)?;
+        let master = if T::MASTER_WEIGHTS {
+            Some(gpu.upload(&params).map_err(oom)?)
+        } else {
+            None
+        };
+        let grads = gpu.zeros::<T>(n).map_err(oom)?;
         let m = gpu.zeros::<f32>(n).map_err(oom)?;
         let v = gpu.zeros::<f32>(n).map_err(oom)?;
-        let acts = gpu.zeros::<f32>(na).map_err(oom)?;
-        let dlayer = gpu.zeros::<f32>(nd).map_err(oom)?;
-        let dresidual = gpu.zeros::<f32>(2 * btc).map_err(oom)?;
-        let dlnf = gpu.zeros::<f32>(btc).map_err(oom)?;
-        let att_scratch = gpu.zeros::<f32>(nscratch).map_err(oom)?;
+        let acts = gpu.zeros::<T>(na).map_err(oom)?;
+        let stats = gpu.zeros::<f32>(ns).map_err(oom)?;
+        let lse = gpu.zeros::<f32>(nlse.max(1)).map_err(oom)?;
+        let dlayer = gpu.zeros::<T>(nd).map_err(oom)?;
+        let dresidual = gpu.zeros::<T>(2 * btc).map_err(oom)?;
+        let dlnf = gpu.zeros::<T>(btc).map_err(oom)?;
+        let att_scratch = gpu.zeros::<T>(nscratch.max(1)).map_err(oom)?;
+        let att_scratch32 = gpu.zeros::<f32>(nscratch32.max(1)).map_err(oom)?;
         let inputs_dev = gpu.zeros::<u32>(bt).map_err(oom)?;
         let targets_dev = gpu.zeros::<u32>(bt).map_err(oom)?;
         gpu.synchronize()
@@ -302,22 +483,27 @@ impl Gpt2Gpu {
             Ok((major, minor)) => format!("{name} (sm_{major}{minor})"),
             Err(_) => name,
         };
-        let prof = GpuProfiler::new(gpu.stream().clone());
+        let prof = GpuProfiler::new(gpu.stream().clone(), std::mem::size_of::<T>());
         Ok(Gpt2Gpu {
             gpu,
             config,
             max_b,
             max_t,
             device,
+            fused,
             params: params_dev,
+            master,
             grads,
             m,
             v,
             acts,
+            stats,
+            lse,
             dlayer,
             dresidual,
             dlnf,
             att_scratch,
+            att_scratch32,
             inputs_dev,
             targets_dev,
             inputs: vec![0; bt],
@@ -332,6 +518,11 @@ impl Gpt2Gpu {
             model.sample_memory();
             model
         })
+    }
+
+    /// Whether the model runs the fused path (see [`Gpt2Gpu::new_with`]).
+    pub fn fused(&self) -> bool {
+        self.fused
     }
 
     /// Updates `peak_used` from the driver's free-memory figure.
@@ -407,8 +598,12 @@ impl Gpt2Gpu {
     }
 
     /// The layers of the forward pass up to the logits, for the (B, T) tokens in `inputs_dev`.
+    /// On the fused path the residual add that ends a layer also computes the next layernorm (the
+    /// next layer's ln1, or lnf after the last layer), the MLP's first matmul applies the bias
+    /// and GELU in its epilogue, and attention is one flash kernel.
     fn forward_layers(&mut self, b: usize, t: usize) -> Result<()> {
         let cfg = self.config;
+        let fused = self.fused;
         let gpu = &self.gpu;
         let prof = &mut self.prof;
         let (l_count, nh, c, vp) = (
@@ -418,13 +613,14 @@ impl Gpt2Gpu {
             cfg.padded_vocab_size,
         );
         let p = Params::from_array(views(self.params.as_view(), param_sizes(&cfg).into_array()));
-        acts_mut!(
-            a = self.acts.slice_mut(..),
-            act_sizes_for(&cfg, b, t, false)
-        );
+        let (act_sizes, stat_sizes) =
+            arena_sizes(&cfg, b, t, fused).context("activation sizes overflow")?;
+        acts_mut!(a = self.acts.slice_mut(..), act_sizes);
+        acts_mut!(s = self.stats.slice_mut(..), stat_sizes);
         let inputs = self.inputs_dev.slice(..b * t);
         let mut scratch = self.att_scratch.slice_mut(..);
-        let (btc, bt, att_n) = (b * t * c, b * t, b * nh * t * t);
+        let (btc, bt, att_n, bnht) = (b * t * c, b * t, b * nh * t * t, b * nh * t);
+        let (c3, c4) = (3 * c, 4 * c);
 
         prof.run(Family::Encoder, Cost::encoder_forward(b, t, c), || {
             gpu.encoder_forward(&mut a.encoded, &inputs, &p.wte, &p.wpe, b, t, c)
@@ -440,127 +636,243 @@ impl Gpt2Gpu {
                 below.slice((l - 1) * btc..)
             };
             let mut residual3 = this.slice_mut(..btc);
-            let mut ln1 = a.ln1.slice_mut(l * btc..(l + 1) * btc);
-            let mut ln1_mean = a.ln1_mean.slice_mut(l * bt..(l + 1) * bt);
-            let mut ln1_rstd = a.ln1_rstd.slice_mut(l * bt..(l + 1) * bt);
             let mut qkv = a.qkv.slice_mut(l * 3 * btc..(l + 1) * 3 * btc);
             let mut atty = a.atty.slice_mut(l * btc..(l + 1) * btc);
-            let mut preatt = a.preatt.slice_mut(l * att_n..(l + 1) * att_n);
-            let mut att = a.att.slice_mut(l * att_n..(l + 1) * att_n);
             let mut attproj = a.attproj.slice_mut(l * btc..(l + 1) * btc);
             let mut residual2 = a.residual2.slice_mut(l * btc..(l + 1) * btc);
             let mut ln2 = a.ln2.slice_mut(l * btc..(l + 1) * btc);
-            let mut ln2_mean = a.ln2_mean.slice_mut(l * bt..(l + 1) * bt);
-            let mut ln2_rstd = a.ln2_rstd.slice_mut(l * bt..(l + 1) * bt);
+            let mut ln2_mean = s.ln2_mean.slice_mut(l * bt..(l + 1) * bt);
+            let mut ln2_rstd = s.ln2_rstd.slice_mut(l * bt..(l + 1) * bt);
             let mut fch = a.fch.slice_mut(l * 4 * btc..(l + 1) * 4 * btc);
             let mut fch_gelu = a.fch_gelu.slice_mut(l * 4 * btc..(l + 1) * 4 * btc);
             let mut fcproj = a.fcproj.slice_mut(l * btc..(l + 1) * btc);
-            let (c3, c4) = (3 * c, 4 * c);
 
-            prof.run(Family::Layernorm, Cost::layernorm_forward(b, t, c), || {
-                gpu.layernorm_forward(
-                    &mut ln1,
-                    &mut ln1_mean,
-                    &mut ln1_rstd,
-                    &residual,
-                    &w.ln1w,
-                    &w.ln1b,
-                    b,
-                    t,
-                    c,
-                )
-            })?;
+            // on the fused path, the previous layer's last kernel already wrote this ln1
+            if !fused || l == 0 {
+                let mut ln1 = a.ln1.slice_mut(l * btc..(l + 1) * btc);
+                let mut ln1_mean = s.ln1_mean.slice_mut(l * bt..(l + 1) * bt);
+                let mut ln1_rstd = s.ln1_rstd.slice_mut(l * bt..(l + 1) * bt);
+                prof.run(Family::Layernorm, Cost::layernorm_forward(b, t, c), || {
+                    gpu.layernorm_forward(
+                        &mut ln1,
+                        &mut ln1_mean,
+                        &mut ln1_rstd,
+                        &residual,
+                        &w.ln1w,
+                        &w.ln1b,
+                        b,
+                        t,
+                        c,
+                    )
+                })?;
+            }
+            let ln1 = a.ln1.slice(l * btc..(l + 1) * btc);
             prof.run(Family::Matmul, Cost::matmul_forward(b, t, c, c3), || {
-                gpu.matmul_forward(
-                    &mut qkv,
-                    &ln1.as_view(),
-                    &w.qkvw,
-                    Some(&w.qkvb),
-                    b,
-                    t,
-                    c,
-                    c3,
-                )
+                if fused {
+                    gpu.matmul_forward_lt(&mut qkv, &ln1, &w.qkvw, Some(&w.qkvb), b, t, c, c3)
+                } else {
+                    gpu.matmul_forward(&mut qkv, &ln1, &w.qkvw, Some(&w.qkvb), b, t, c, c3)
+                }
             })?;
-            prof.run(Family::Attention, Cost::attention_forward(b, t, c), || {
-                gpu.attention_forward(
-                    &mut atty,
-                    &mut preatt,
-                    &mut att,
-                    &qkv.as_view(),
-                    b,
-                    t,
-                    c,
-                    nh,
-                    &mut scratch,
-                )
-            })?;
+            if fused {
+                let mut lse = self.lse.slice_mut(l * bnht..(l + 1) * bnht);
+                prof.run(Family::Attention, Cost::attention_forward(b, t, c), || {
+                    gpu.flash_attention_forward(&mut atty, &mut lse, &qkv.as_view(), b, t, c, nh)
+                })?;
+            } else {
+                let mut preatt = a.preatt.slice_mut(l * att_n..(l + 1) * att_n);
+                let mut att = a.att.slice_mut(l * att_n..(l + 1) * att_n);
+                prof.run(Family::Attention, Cost::attention_forward(b, t, c), || {
+                    gpu.attention_forward(
+                        &mut atty,
+                        &mut preatt,
+                        &mut att,
+                        &qkv.as_view(),
+                        b,
+                        t,
+                        c,
+                        nh,
+                        &mut scratch,
+                    )
+                })?;
+            }
             prof.run(Family::Matmul, Cost::matmul_forward(b, t, c, c), || {
-                gpu.matmul_forward(
-                    &mut attproj,
-                    &atty.as_view(),
-                    &w.attprojw,
-                    Some(&w.attprojb),
-                    b,
-                    t,
-                    c,
-                    c,
-                )
+                let atty = atty.as_view();
+                if fused {
+                    gpu.matmul_forward_lt(
+                        &mut attproj,
+                        &atty,
+                        &w.attprojw,
+                        Some(&w.attprojb),
+                        b,
+                        t,
+                        c,
+                        c,
+                    )
+                } else {
+                    gpu.matmul_forward(
+                        &mut attproj,
+                        &atty,
+                        &w.attprojw,
+                        Some(&w.attprojb),
+                        b,
+                        t,
+                        c,
+                        c,
+                    )
+                }
             })?;
-            prof.run(Family::Residual, Cost::residual_forward(btc), || {
-                gpu.residual_forward(&mut residual2, &residual, &attproj.as_view())
+            if fused {
+                let cost = Cost::residual_layernorm_forward(b, t, c);
+                prof.run(Family::Layernorm, cost, || {
+                    gpu.residual_layernorm_forward(
+                        &mut residual2,
+                        &mut ln2,
+                        &mut ln2_mean,
+                        &mut ln2_rstd,
+                        &residual,
+                        &attproj.as_view(),
+                        &w.ln2w,
+                        &w.ln2b,
+                        b,
+                        t,
+                        c,
+                    )
+                })?;
+            } else {
+                prof.run(Family::Residual, Cost::residual_forward(btc), || {
+                    gpu.residual_forward(&mut residual2, &residual, &attproj.as_view())
+                })?;
+                prof.run(Family::Layernorm, Cost::layernorm_forward(b, t, c), || {
+                    gpu.layernorm_forward(
+                        &mut ln2,
+                        &mut ln2_mean,
+                        &mut ln2_rstd,
+                        &residual2.as_view(),
+                        &w.ln2w,
+                        &w.ln2b,
+                        b,
+                        t,
+                        c,
+                    )
+                })?;
+            }
+            if fused {
+                prof.run(Family::Matmul, Cost::matmul_forward(b, t, c, c4), || {
+                    let ln2 = ln2.as_view();
+                    gpu.matmul_forward_gelu_lt(
+                        &mut fch_gelu,
+                        &mut fch,
+                        &ln2,
+                        &w.fcw,
+                        &w.fcb,
+                        b,
+                        t,
+                        c,
+                        c4,
+                    )
+                })?;
+            } else {
+                prof.run(Family::Matmul, Cost::matmul_forward(b, t, c, c4), || {
+                    gpu.matmul_forward(&mut fch, &ln2.as_view(), &w.fcw, Some(&w.fcb), b, t, c, c4)
+                })?;
+                prof.run(Family::Gelu, Cost::gelu_forward(4 * btc), || {
+                    gpu.gelu_forward(&mut fch_gelu, &fch.as_view())
+                })?;
+            }
+            prof.run(Family::Matmul, Cost::matmul_forward(b, t, c4, c), || {
+                let fch_gelu = fch_gelu.as_view();
+                if fused {
+                    gpu.matmul_forward_lt(
+                        &mut fcproj,
+                        &fch_gelu,
+                        &w.fcprojw,
+                        Some(&w.fcprojb),
+                        b,
+                        t,
+                        c4,
+                        c,
+                    )
+                } else {
+                    gpu.matmul_forward(
+                        &mut fcproj,
+                        &fch_gelu,
+                        &w.fcprojw,
+                        Some(&w.fcprojb),
+                        b,
+                        t,
+                        c4,
+                        c,
+                    )
+                }
             })?;
+            if fused {
+                // residual3 = residual2 + fcproj, and the next layernorm of it: the next layer's
+                // ln1, or lnf after the last layer
+                let (mut next_ln, mut next_mean, mut next_rstd, next_w, next_b) = if l + 1 < l_count
+                {
+                    let nw = p.block(l + 1, l_count);
+                    (
+                        a.ln1.slice_mut((l + 1) * btc..(l + 2) * btc),
+                        s.ln1_mean.slice_mut((l + 1) * bt..(l + 2) * bt),
+                        s.ln1_rstd.slice_mut((l + 1) * bt..(l + 2) * bt),
+                        nw.ln1w,
+                        nw.ln1b,
+                    )
+                } else {
+                    (
+                        a.lnf.slice_mut(..),
+                        s.lnf_mean.slice_mut(..),
+                        s.lnf_rstd.slice_mut(..),
+                        p.lnfw.slice(..),
+                        p.lnfb.slice(..),
+                    )
+                };
+                let cost = Cost::residual_layernorm_forward(b, t, c);
+                prof.run(Family::Layernorm, cost, || {
+                    gpu.residual_layernorm_forward(
+                        &mut residual3,
+                        &mut next_ln,
+                        &mut next_mean,
+                        &mut next_rstd,
+                        &residual2.as_view(),
+                        &fcproj.as_view(),
+                        &next_w,
+                        &next_b,
+                        b,
+                        t,
+                        c,
+                    )
+                })?;
+            } else {
+                prof.run(Family::Residual, Cost::residual_forward(btc), || {
+                    gpu.residual_forward(&mut residual3, &residual2.as_view(), &fcproj.as_view())
+                })?;
+            }
+        }
+        if !fused {
+            let last = a.residual3.slice((l_count - 1) * btc..l_count * btc);
             prof.run(Family::Layernorm, Cost::layernorm_forward(b, t, c), || {
                 gpu.layernorm_forward(
-                    &mut ln2,
-                    &mut ln2_mean,
-                    &mut ln2_rstd,
-                    &residual2.as_view(),
-                    &w.ln2w,
-                    &w.ln2b,
+                    &mut a.lnf,
+                    &mut s.lnf_mean,
+                    &mut s.lnf_rstd,
+                    &last,
+                    &p.lnfw,
+                    &p.lnfb,
                     b,
                     t,
                     c,
                 )
-            })?;
-            prof.run(Family::Matmul, Cost::matmul_forward(b, t, c, c4), || {
-                gpu.matmul_forward(&mut fch, &ln2.as_view(), &w.fcw, Some(&w.fcb), b, t, c, c4)
-            })?;
-            prof.run(Family::Gelu, Cost::gelu_forward(4 * btc), || {
-                gpu.gelu_forward(&mut fch_gelu, &fch.as_view())
-            })?;
-            prof.run(Family::Matmul, Cost::matmul_forward(b, t, c4, c), || {
-                gpu.matmul_forward(
-                    &mut fcproj,
-                    &fch_gelu.as_view(),
-                    &w.fcprojw,
-                    Some(&w.fcprojb),
-                    b,
-                    t,
-                    c4,
-                    c,
-                )
-            })?;
-            prof.run(Family::Residual, Cost::residual_forward(btc), || {
-                gpu.residual_forward(&mut residual3, &residual2.as_view(), &fcproj.as_view())
             })?;
         }
-        let last = a.residual3.slice((l_count - 1) * btc..l_count * btc);
-        prof.run(Family::Layernorm, Cost::layernorm_forward(b, t, c), || {
-            gpu.layernorm_forward(
-                &mut a.lnf,
-                &mut a.lnf_mean,
-                &mut a.lnf_rstd,
-                &last,
-                &p.lnfw,
-                &p.lnfb,
-                b,
-                t,
-                c,
-            )
-        })?;
         prof.run(Family::Matmul, Cost::matmul_forward(b, t, c, vp), || {
-            gpu.matmul_forward(&mut a.logits, &a.lnf.as_view(), &p.wte, None, b, t, c, vp)
+            let lnf = a.lnf.as_view();
+            if fused {
+                gpu.matmul_forward_lt(&mut a.logits, &lnf, &p.wte, None, b, t, c, vp)
+            } else {
+                gpu.matmul_forward(&mut a.logits, &lnf, &p.wte, None, b, t, c, vp)
+            }
         })?;
         Ok(())
     }
@@ -569,17 +881,17 @@ impl Gpt2Gpu {
     fn losses(&mut self, b: usize, t: usize) -> Result<Vec<f32>> {
         let cfg = self.config;
         let (v, vp) = (cfg.vocab_size, cfg.padded_vocab_size);
-        acts_mut!(
-            a = self.acts.slice_mut(..),
-            act_sizes_for(&cfg, b, t, false)
-        );
+        let (act_sizes, stat_sizes) =
+            arena_sizes(&cfg, b, t, self.fused).context("activation sizes overflow")?;
+        acts_mut!(a = self.acts.slice_mut(..), act_sizes);
+        acts_mut!(s = self.stats.slice_mut(..), stat_sizes);
         let targets = self.targets_dev.slice(..b * t);
         let gpu = &self.gpu;
         self.prof
             .run(Family::Classifier, Cost::classifier_losses(b, t, v), || {
-                gpu.classifier_losses(&a.logits.as_view(), &mut a.losses, &targets, b, t, v, vp)
+                gpu.classifier_losses(&a.logits.as_view(), &mut s.losses, &targets, b, t, v, vp)
             })?;
-        gpu.download(&a.losses)
+        gpu.download(&s.losses)
     }
 
     /// An error unless the logits of the last forward are still in place.
@@ -594,15 +906,20 @@ impl Gpt2Gpu {
         }
     }
 
+    /// The logits (B, T, Vp) of the last forward, in place.
+    fn logits_view(&self) -> Result<CudaView<'_, T>> {
+        let (b, t) = (self.b, self.t);
+        let (act_sizes, _) =
+            arena_sizes(&self.config, b, t, self.fused).context("activation sizes overflow")?;
+        let all = views(self.acts.as_view(), act_sizes.into_array());
+        Ok(Acts::from_array(all).logits)
+    }
+
     /// The logits (B, T, Vp) of the last forward, copied to the host (before backward).
     pub fn logits(&mut self) -> Result<Vec<f32>> {
         self.check_logits()?;
-        let (b, t) = (self.b, self.t);
-        acts_mut!(
-            a = self.acts.slice_mut(..),
-            act_sizes_for(&self.config, b, t, false)
-        );
-        self.gpu.download(&a.logits)
+        let logits = self.logits_view()?;
+        Ok(to_f32_vec(&self.gpu.download(&logits)?))
     }
 
     /// The logits (Vp) at batch row `bi`, position `ti` of the last forward: only that row is
@@ -613,12 +930,11 @@ impl Gpt2Gpu {
         if bi >= b || ti >= t {
             bail!("position ({bi}, {ti}) is outside the last forward's batch of {b}x{t}");
         }
-        acts_mut!(
-            a = self.acts.slice_mut(..),
-            act_sizes_for(&self.config, b, t, false)
-        );
         let row = bi * t + ti;
-        self.gpu.download(&a.logits.slice(row * vp..(row + 1) * vp))
+        let logits = self.logits_view()?;
+        Ok(to_f32_vec(
+            &self.gpu.download(&logits.slice(row * vp..(row + 1) * vp))?,
+        ))
     }
 
     /// Sets every parameter gradient to zero (before the first micro-batch of a step).
@@ -651,6 +967,7 @@ impl Gpt2Gpu {
 
     fn backward_layers(&mut self, loss_scale: f32) -> Result<()> {
         let cfg = self.config;
+        let fused = self.fused;
         let gpu = &self.gpu;
         let prof = &mut self.prof;
         let (b, t) = (self.b, self.t);
@@ -661,21 +978,22 @@ impl Gpt2Gpu {
             cfg.vocab_size,
             cfg.padded_vocab_size,
         );
-        let (btc, bt, att_n) = (b * t * c, b * t, b * nh * t * t);
+        let (btc, bt, att_n, bnht) = (b * t * c, b * t, b * nh * t * t, b * nh * t);
         let p = Params::from_array(views(self.params.as_view(), param_sizes(&cfg).into_array()));
         params_mut!(g = self.grads.slice_mut(..), param_sizes(&cfg));
-        acts_mut!(
-            a = self.acts.slice_mut(..),
-            act_sizes_for(&cfg, b, t, false)
-        );
+        let (act_sizes, stat_sizes) =
+            arena_sizes(&cfg, b, t, fused).context("activation sizes overflow")?;
+        acts_mut!(a = self.acts.slice_mut(..), act_sizes);
+        acts_mut!(s = self.stats.slice_mut(..), stat_sizes);
         let dlayer_sizes =
-            LayerGrads::sizes(&cfg, b, t).context("layer gradient sizes overflow")?;
+            LayerGrads::sizes(&cfg, b, t, fused).context("layer gradient sizes overflow")?;
         let dlayer_n = dlayer_sizes
             .total()
             .context("layer gradient sizes overflow")?;
         let inputs = &self.inputs[..bt];
         let targets = self.targets_dev.slice(..bt);
         let mut scratch = self.att_scratch.slice_mut(..);
+        let mut scratch32 = self.att_scratch32.slice_mut(..);
         let mut dlnf = self.dlnf.slice_mut(..btc);
         // the gradient of the residual stream: dcur is the output gradient of the layer being
         // processed, dnext receives the gradient of its input (the layer below's output)
@@ -689,7 +1007,7 @@ impl Gpt2Gpu {
             || {
                 gpu.fused_classifier(
                     &mut a.logits,
-                    &mut a.losses,
+                    &mut s.losses,
                     loss_scale / bt as f32,
                     &targets,
                     b,
@@ -724,8 +1042,8 @@ impl Gpt2Gpu {
                 &dlnf.as_view(),
                 &a.residual3.slice(last..last + btc),
                 &p.lnfw,
-                &a.lnf_mean.as_view(),
-                &a.lnf_rstd.as_view(),
+                &s.lnf_mean.as_view(),
+                &s.lnf_rstd.as_view(),
                 b,
                 t,
                 c,
@@ -751,27 +1069,46 @@ impl Gpt2Gpu {
             prof.run(Family::Residual, Cost::residual_backward(btc), || {
                 gpu.residual_backward(&mut d.residual2, &mut d.fcproj, &dresidual3)
             })?;
-            prof.run(Family::Matmul, Cost::matmul_backward(b, t, c4, c), || {
-                gpu.matmul_backward(
-                    &mut d.fch_gelu,
-                    &mut g.fcprojw.slice_mut(l * c * c4..(l + 1) * c * c4),
-                    Some(&mut g.fcprojb.slice_mut(l * c1..(l + 1) * c1)),
-                    &d.fcproj.as_view(),
-                    &a.fch_gelu.slice(l * 4 * btc..(l + 1) * 4 * btc),
-                    &w.fcprojw,
-                    b,
-                    t,
-                    c4,
-                    c,
-                )
-            })?;
-            prof.run(Family::Gelu, Cost::gelu_backward(4 * btc), || {
-                gpu.gelu_backward(
-                    &mut d.fch,
-                    &a.fch.slice(l * 4 * btc..(l + 1) * 4 * btc),
-                    &d.fch_gelu.as_view(),
-                )
-            })?;
+            let fch = a.fch.slice(l * 4 * btc..(l + 1) * 4 * btc);
+            let fch_gelu = a.fch_gelu.slice(l * 4 * btc..(l + 1) * 4 * btc);
+            let mut dfcprojw = g.fcprojw.slice_mut(l * c * c4..(l + 1) * c * c4);
+            let mut dfcprojb = g.fcprojb.slice_mut(l * c1..(l + 1) * c1);
+            if fused {
+                // dfch = (dfcproj . fcprojw) * gelu'(fch) in the matmul's epilogue: no dfch_gelu
+                prof.run(Family::Matmul, Cost::matmul_backward(b, t, c4, c), || {
+                    gpu.matmul_backward_dgelu_lt(
+                        &mut d.fch,
+                        &mut dfcprojw,
+                        Some(&mut dfcprojb),
+                        &d.fcproj.as_view(),
+                        &fch_gelu,
+                        &w.fcprojw,
+                        &fch,
+                        b,
+                        t,
+                        c4,
+                        c,
+                    )
+                })?;
+            } else {
+                prof.run(Family::Matmul, Cost::matmul_backward(b, t, c4, c), || {
+                    gpu.matmul_backward(
+                        &mut d.fch_gelu,
+                        &mut dfcprojw,
+                        Some(&mut dfcprojb),
+                        &d.fcproj.as_view(),
+                        &fch_gelu,
+                        &w.fcprojw,
+                        b,
+                        t,
+                        c4,
+                        c,
+                    )
+                })?;
+                prof.run(Family::Gelu, Cost::gelu_backward(4 * btc), || {
+                    gpu.gelu_backward(&mut d.fch, &fch, &d.fch_gelu.as_view())
+                })?;
+            }
             prof.run(Family::Matmul, Cost::matmul_backward(b, t, c, c4), || {
                 gpu.matmul_backward(
                     &mut d.ln2,
@@ -794,8 +1131,8 @@ impl Gpt2Gpu {
                     &d.ln2.as_view(),
                     &a.residual2.slice(l * btc..(l + 1) * btc),
                     &w.ln2w,
-                    &a.ln2_mean.slice(l * bt..(l + 1) * bt),
-                    &a.ln2_rstd.slice(l * bt..(l + 1) * bt),
+                    &s.ln2_mean.slice(l * bt..(l + 1) * bt),
+                    &s.ln2_rstd.slice(l * bt..(l + 1) * bt),
                     b,
                     t,
                     c,
@@ -818,21 +1155,41 @@ impl Gpt2Gpu {
                     c,
                 )
             })?;
-            prof.run(Family::Attention, Cost::attention_backward(b, t, c), || {
-                gpu.attention_backward(
-                    &mut d.qkv,
-                    &mut d.preatt,
-                    &mut d.att,
-                    &d.atty.as_view(),
-                    &a.qkv.slice(l * 3 * btc..(l + 1) * 3 * btc),
-                    &a.att.slice(l * att_n..(l + 1) * att_n),
-                    b,
-                    t,
-                    c,
-                    nh,
-                    &mut scratch,
-                )
-            })?;
+            let qkv = a.qkv.slice(l * 3 * btc..(l + 1) * 3 * btc);
+            if fused {
+                let atty = a.atty.slice(l * btc..(l + 1) * btc);
+                let lse = self.lse.slice(l * bnht..(l + 1) * bnht);
+                prof.run(Family::Attention, Cost::attention_backward(b, t, c), || {
+                    gpu.flash_attention_backward(
+                        &mut d.qkv,
+                        &d.atty.as_view(),
+                        &qkv,
+                        &atty,
+                        &lse,
+                        b,
+                        t,
+                        c,
+                        nh,
+                        &mut scratch32,
+                    )
+                })?;
+            } else {
+                prof.run(Family::Attention, Cost::attention_backward(b, t, c), || {
+                    gpu.attention_backward(
+                        &mut d.qkv,
+                        &mut d.preatt,
+                        &mut d.att,
+                        &d.atty.as_view(),
+                        &qkv,
+                        &a.att.slice(l * att_n..(l + 1) * att_n),
+                        b,
+                        t,
+                        c,
+                        nh,
+                        &mut scratch,
+                    )
+                })?;
+            }
             prof.run(Family::Matmul, Cost::matmul_backward(b, t, c, c3), || {
                 gpu.matmul_backward(
                     &mut d.ln1,
@@ -855,8 +1212,8 @@ impl Gpt2Gpu {
                     &d.ln1.as_view(),
                     &residual,
                     &w.ln1w,
-                    &a.ln1_mean.slice(l * bt..(l + 1) * bt),
-                    &a.ln1_rstd.slice(l * bt..(l + 1) * bt),
+                    &s.ln1_mean.slice(l * bt..(l + 1) * bt),
+                    &s.ln1_rstd.slice(l * bt..(l + 1) * bt),
                     b,
                     t,
                     c,
@@ -887,18 +1244,13 @@ impl Gpt2Gpu {
     pub fn update(&mut self, hp: &AdamW, step: usize, grad_scale: f32) -> Result<()> {
         let _phase = nvtx::range(c"update");
         let gpu = &self.gpu;
-        let (params, grads, m, v) = (&mut self.params, &self.grads, &mut self.m, &mut self.v);
+        let (params, master, grads) = (&mut self.params, self.master.as_mut(), &self.grads);
+        let (m, v) = (&mut self.m, &mut self.v);
+        // the stochastic rounding's seed: the step, hashed with each element's index
+        let seed = step as u32;
         self.prof
             .run(Family::Adamw, Cost::adamw(params.len()), || {
-                gpu.adamw_update(
-                    &mut params.slice_mut(..),
-                    &grads.as_view(),
-                    &mut m.slice_mut(..),
-                    &mut v.slice_mut(..),
-                    hp,
-                    step,
-                    grad_scale,
-                )
+                T::adamw(gpu, params, master, grads, m, v, hp, step, grad_scale, seed)
             })
             .context("update")?;
         self.sample_memory();
@@ -922,21 +1274,26 @@ impl Gpt2Gpu {
     }
 
     /// The parameters, copied to the host, in checkpoint order.
+    /// (For bf16: the bf16 weights the model computes with, exactly; not the master weights.)
     pub fn params(&mut self) -> Result<Vec<f32>> {
-        self.gpu
+        let p = self
+            .gpu
             .download(&self.params)
-            .context("reading the parameters")
+            .context("reading the parameters")?;
+        Ok(to_f32_vec(&p))
     }
 
     /// The parameter gradients, copied to the host, in checkpoint order.
     pub fn grads(&mut self) -> Result<Vec<f32>> {
-        self.gpu
+        let g = self
+            .gpu
             .download(&self.grads)
-            .context("reading the gradients")
+            .context("reading the gradients")?;
+        Ok(to_f32_vec(&g))
     }
 }
 
-impl Engine for Gpt2Gpu {
+impl<T: ModelFloat> Engine for Gpt2Gpu<T> {
     fn config(&self) -> &GPT2Config {
         &self.config
     }
@@ -946,13 +1303,21 @@ impl Engine for Gpt2Gpu {
         } else {
             ""
         };
-        format!("cuda: {}{tf32}", self.device)
+        let path = if self.fused { "fused" } else { "plain" };
+        format!(
+            "cuda: {}, {}{tf32}, {path} kernels",
+            self.device,
+            T::PRECISION
+        )
+    }
+    fn precision(&self) -> Precision {
+        T::PRECISION
     }
     fn peak_tflops(&self) -> Option<f64> {
-        let precision = if self.gpu.tf32() {
-            crate::mfu::Precision::Tf32
-        } else {
-            crate::mfu::Precision::Fp32
+        let precision = match T::PRECISION {
+            Precision::Bf16 => crate::mfu::Precision::Bf16,
+            Precision::Fp32 if self.gpu.tf32() => crate::mfu::Precision::Tf32,
+            Precision::Fp32 => crate::mfu::Precision::Fp32,
         };
         crate::mfu::peak_tflops(&self.device, precision)
     }
@@ -1033,7 +1398,7 @@ mod tests {
         let cfg = GPT2Config::new(16, 10, 128, 2, 2, 8).unwrap();
         let (b, t) = (3, 5);
         for with_probs in [true, false] {
-            let sizes = act_sizes_for(&cfg, b, t, with_probs);
+            let sizes = activations::act_sizes_for(&cfg, b, t, with_probs);
             let want = Acts::from_array(packed(sizes.into_array()));
             let n = activations::num_activations_for(&cfg, b, t, with_probs);
             let mut buf: Vec<usize> = (0..n + 3).collect();
@@ -1076,7 +1441,7 @@ mod tests {
     fn layer_grads_mut_is_contiguous_in_field_order() {
         let cfg = GPT2Config::new(16, 10, 128, 2, 2, 8).unwrap();
         let (b, t) = (3, 5);
-        let sizes = LayerGrads::sizes(&cfg, b, t).unwrap();
+        let sizes = LayerGrads::sizes(&cfg, b, t, false).unwrap();
         let n = sizes.total().unwrap();
         // hand count: BTC * (1 + 1 + 4 + 4 + 1 + 1 + 1 + 3 + 1) + 2 * B*NH*T*T
         assert_eq!(n, 15 * 8 * 17 + 2 * 3 * 2 * 25);
@@ -1091,5 +1456,39 @@ mod tests {
         assert_eq!(d.att.len(), 150);
         assert_eq!(offset(base, d.qkv), 13 * btc + 300);
         assert_eq!(offset(base, d.ln1) + d.ln1.len(), n);
+        // the fused path keeps no (B, NH, T, T) gradients
+        let fused = LayerGrads::sizes(&cfg, b, t, true).unwrap();
+        assert_eq!((fused.preatt, fused.att), (0, 0));
+        assert_eq!(fused.total().unwrap(), 15 * 8 * 17);
+    }
+
+    #[test]
+    fn arena_sizes_split_the_stats_and_drop_attention_when_fused() {
+        let cfg = GPT2Config::new(16, 10, 128, 2, 2, 8).unwrap();
+        let (b, t) = (3, 5);
+        let all = activations::act_sizes_for(&cfg, b, t, false);
+        for fused in [false, true] {
+            let (stored, stats) = arena_sizes(&cfg, b, t, fused).unwrap();
+            let (stored, stats, all) = (stored.into_array(), stats.into_array(), all.into_array());
+            let named = |a: [usize; activations::NUM_ACTIVATION_TENSORS]| Acts::from_array(a);
+            // every tensor is in exactly one arena, except attention's on the fused path
+            for i in 0..all.len() {
+                assert!(stored[i] == 0 || stats[i] == 0, "tensor {i}");
+            }
+            let (s, st, a) = (named(stored), named(stats), named(all));
+            assert_eq!(st.ln1_mean, a.ln1_mean);
+            assert_eq!(st.lnf_rstd, a.lnf_rstd);
+            assert_eq!(st.losses, a.losses);
+            assert_eq!(s.ln1_mean, 0);
+            assert_eq!(s.qkv, a.qkv);
+            assert_eq!(s.logits, a.logits);
+            assert_eq!(s.probs, 0);
+            let att = if fused {
+                0
+            } else {
+                cfg.num_layers * b * cfg.num_heads * t * t
+            };
+            assert_eq!((s.preatt, s.att), (att, att));
+        }
     }
 }

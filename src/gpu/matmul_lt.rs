@@ -1,0 +1,879 @@
+//! Matmuls through cuBLASLt with fused epilogues, in fp32 or bf16 (`T: DeviceFloat`): the bias add
+//! (`CUBLASLT_EPILOGUE_BIAS`), bias + GELU keeping the GELU input for the backward
+//! (`GELU_AUX_BIAS`), and the GELU gradient fused into the input-gradient product (`DGELU`). Twins
+//! of `cpu::matmul` (and, fused, `cpu::gelu`).
+//!
+//! Layouts are llm.c's: inp (B*T, C) row-major, weight (OC, C) row-major, out (B*T, OC) =
+//! inp . weight^T + bias. cuBLASLt is column-major, so each product is computed transposed, as in
+//! `gpu::matmul`: out^T (OC x BT, ld OC) = op_T(weight: C x OC, ld C) . inp^T (C x BT, ld C);
+//! dinp^T (C x BT) = weight (C x OC, ld C) . dout^T (OC x BT, ld OC); dweight^T (C x OC) +=
+//! inp^T (C x BT, ld C) . op_T(dout^T: OC x BT, ld OC). Data type CUDA_R_32F or CUDA_R_16BF (A, B,
+//! C, D, bias and the GELU aux all in T), scale type fp32, compute CUBLAS_COMPUTE_32F (fp32
+//! accumulation), or CUBLAS_COMPUTE_32F_FAST_TF32 for fp32 data when [`Gpu::tf32`] is on.
+//!
+//! GELU: the cuBLASLt header (cublasLt.h, CUDA 13) says only "GELU"; it is the tanh approximation
+//! `0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, GPT-2's and `cpu::gelu`'s: PyTorch routes
+//! `_addmm_activation(use_gelu=True)` to this epilogue and, where the epilogue is unavailable,
+//! applies `gelu(approximate="tanh")` instead. tests/gpu_matmul_lt.rs checks it against
+//! `cpu::gelu` at a tolerance well below the tanh/erf difference (up to 4.7e-4, at |x| = 2.7).
+//! The GELU input ("aux", the pre-activation) is stored in T with leading dimension
+//! `CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD`, which the header requires to be divisible by 8 and at
+//! least the rows of D: here it is OC (forward) or C (backward), so those must be multiples of 8.
+//! `DGELU` computes D = (A . B) * gelu'(aux) and overwrites D (beta must be 0).
+//!
+//! Bias gradient: cuBLASLt's `BGRADB` epilogue (the column sums of B, fused into the dweight
+//! product) OVERWRITES the bias gradient and stores it in T, while the gradients here accumulate
+//! across micro-batches (as every backward launcher in `gpu`). Using it would need a scratch
+//! vector and an add (two roundings in bf16, an extra kernel per precision), or the caller's
+//! promise that the gradient is fresh. Instead dbias is a second, tiny cuBLASLt product:
+//! dbias (OC x 1) = beta * dbias + dout^T (OC x BT) . ones (BT x 1), beta 1. It accumulates, works
+//! for both precisions, rounds once, is deterministic (cuBLASLt with a fixed algorithm and no
+//! atomics), and costs one extra read of dout (B*T*OC elements, next to the 2*B*T*C*OC flops of
+//! the two products). The existing `bias_backward` kernels are fp32-only and private to
+//! `gpu::matmul`. The ones vector is kept per precision and grown on demand.
+//!
+//! Checks before any launch (errors name the launcher): buffer lengths against B, T, C, OC; every
+//! device pointer 16-byte aligned (the algorithm is chosen once per shape, and cuBLASLt picks it
+//! from the pointers' alignment; 16 bytes is what its vectorised kernels want, and what every
+//! fresh allocation has); in bf16 C and OC multiples of 8 (whole 16-byte rows for the tensor
+//! cores); with a GELU epilogue the aux leading dimension a multiple of 8 (see above). The
+//! algorithm comes from `cublasLtMatmulAlgoGetHeuristic` (best one, 16-byte alignment preferences,
+//! the 32 MiB workspace) once per (type, compute, transposes, m, n, k, leading dimensions,
+//! epilogue), then from a cache.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::mem::size_of;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{anyhow, bail, Context, Result};
+use cudarc::cublaslt::result as lt;
+use cudarc::cublaslt::sys;
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
+
+use super::context::{check_len, Gpu};
+use super::float::DeviceFloat;
+use crate::precision::Precision;
+
+/// The cuBLASLt workspace: 32 MiB, NVIDIA's recommendation for Hopper (4 MiB before it; more
+/// never hurts but memory).
+pub(super) const WORKSPACE_BYTES: usize = 32 << 20;
+
+/// Alignment required of every pointer handed to cuBLASLt here.
+const ALIGN: u64 = 16;
+
+/// The cuBLASLt state of a [`Gpu`]: its handle, its workspace, the algorithms chosen so far (per
+/// shape and epilogue) and the ones vectors of the bias gradient (per precision).
+pub(super) struct CublasLt {
+    handle: sys::cublasLtHandle_t,
+    workspace: CudaSlice<u8>,
+    cache: Mutex<HashMap<AlgoKey, sys::cublasLtMatmulAlgo_t>>,
+    /// Keyed by the precision's bytes per element (4: fp32, 2: bf16).
+    ones: Mutex<HashMap<usize, CudaSlice<u8>>>,
+}
+
+// SAFETY: the handle is only used through &self with the stream it was made for; cuBLASLt handles
+// may be shared between threads (the library keeps no per-call state in them), and the mutable
+// state here is behind mutexes. cudarc's own CudaBlasLT is Send + Sync on the same grounds.
+unsafe impl Send for CublasLt {}
+// SAFETY: as for Send.
+unsafe impl Sync for CublasLt {}
+
+impl CublasLt {
+    /// Creates the handle and allocates the workspace on `stream`. The caller checks first that
+    /// libcublasLt loads (`cudarc::cublaslt::sys::is_culib_present`).
+    pub(super) fn new(stream: &Arc<CudaStream>) -> Result<CublasLt> {
+        let handle = lt::create_handle().map_err(|e| anyhow!("cublasLtCreate failed: {e}"))?;
+        // SAFETY: uninitialised bytes are fine for a workspace, which cuBLASLt only writes first.
+        let workspace = match unsafe { stream.alloc::<u8>(WORKSPACE_BYTES) } {
+            Ok(w) => w,
+            Err(e) => {
+                // SAFETY: the handle was just created and is not used elsewhere.
+                unsafe { lt::destroy_handle(handle) }.ok();
+                bail!("allocating the {WORKSPACE_BYTES}-byte cuBLASLt workspace failed: {e}");
+            }
+        };
+        Ok(CublasLt {
+            handle,
+            workspace,
+            cache: Mutex::new(HashMap::new()),
+            ones: Mutex::new(HashMap::new()),
+        })
+    }
+}
+
+impl Drop for CublasLt {
+    fn drop(&mut self) {
+        // SAFETY: the handle was created by cublasLtCreate and is destroyed once, here.
+        unsafe { lt::destroy_handle(self.handle) }.ok();
+    }
+}
+
+/// What identifies a matmul to the heuristic (pointers aside: all are 16-byte aligned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct AlgoKey {
+    /// Bytes per element of the data: 4 (fp32) or 2 (bf16).
+    data: usize,
+    tf32: bool,
+    transa: bool,
+    transb: bool,
+    m: u64,
+    n: u64,
+    k: u64,
+    lda: i64,
+    ldb: i64,
+    ldd: i64,
+    epilogue: u32,
+    aux_ld: i64,
+}
+
+/// A column-major product D (m x n, ld ldd) = alpha * op(A) . op(B) + beta * D, with an epilogue.
+/// Pointers are raw device addresses, taken from checked views by the launchers.
+struct Product {
+    transa: bool,
+    transb: bool,
+    m: u64,
+    n: u64,
+    k: u64,
+    a: u64,
+    lda: i64,
+    b: u64,
+    ldb: i64,
+    d: u64,
+    ldd: i64,
+    beta: f32,
+    epilogue: sys::cublasLtEpilogue_t,
+    bias: Option<u64>,
+    aux: Option<(u64, i64)>,
+}
+
+/// Owns a cublasLtMatmulDesc_t.
+struct Desc(sys::cublasLtMatmulDesc_t);
+impl Drop for Desc {
+    fn drop(&mut self) {
+        // SAFETY: created by cublasLtMatmulDescCreate, destroyed once.
+        unsafe { lt::destroy_matmul_desc(self.0) }.ok();
+    }
+}
+
+/// Owns a cublasLtMatrixLayout_t.
+struct Layout(sys::cublasLtMatrixLayout_t);
+impl Drop for Layout {
+    fn drop(&mut self) {
+        // SAFETY: created by cublasLtMatrixLayoutCreate, destroyed once.
+        unsafe { lt::destroy_matrix_layout(self.0) }.ok();
+    }
+}
+
+/// Owns a cublasLtMatmulPreference_t.
+struct Pref(sys::cublasLtMatmulPreference_t);
+impl Drop for Pref {
+    fn drop(&mut self) {
+        // SAFETY: created by cublasLtMatmulPreferenceCreate, destroyed once.
+        unsafe { lt::destroy_matmul_pref(self.0) }.ok();
+    }
+}
+
+/// Sets one attribute of a matmul descriptor from a plain value.
+fn set_desc<V: Copy>(
+    desc: &Desc,
+    attr: sys::cublasLtMatmulDescAttributes_t,
+    value: &V,
+) -> Result<()> {
+    // SAFETY: value points at size_of::<V>() readable bytes; the caller passes the type the
+    // attribute expects (int32 for the transposes, uint32 for the epilogue, pointers as u64
+    // device addresses, int64 for leading dimensions).
+    unsafe {
+        lt::set_matmul_desc_attribute(
+            desc.0,
+            attr,
+            value as *const V as *const c_void,
+            size_of::<V>(),
+        )
+    }
+    .map_err(|e| anyhow!("cublasLtMatmulDescSetAttribute({attr:?}) failed: {e}"))
+}
+
+/// The cudaDataType of T.
+fn data_type<T: DeviceFloat>() -> sys::cudaDataType {
+    match T::PRECISION {
+        Precision::Fp32 => sys::cudaDataType_t::CUDA_R_32F,
+        Precision::Bf16 => sys::cudaDataType_t::CUDA_R_16BF,
+    }
+}
+
+/// Errors unless the device address `ptr` of `what` is 16-byte aligned.
+fn check_aligned(kernel: &str, what: &str, ptr: u64) -> Result<()> {
+    if !ptr.is_multiple_of(ALIGN) {
+        bail!(
+            "{kernel}: {what} is not {ALIGN}-byte aligned (device address {ptr:#x}); cuBLASLt \
+             needs aligned buffers here: pass a view that starts at a multiple of 16 bytes"
+        );
+    }
+    Ok(())
+}
+
+/// The dimension rules of the cuBLASLt launchers: positive sizes that fit cuBLASLt's types, in
+/// bf16 C and OC multiples of 8, with a GELU epilogue the aux leading dimension (`aux_ld`, OC or
+/// C) a multiple of 8.
+fn check_dims(
+    kernel: &str,
+    precision: Precision,
+    n: usize,
+    c: usize,
+    oc: usize,
+    aux_ld: Option<(&str, usize)>,
+) -> Result<()> {
+    for (what, x) in [("B*T", n), ("C", c), ("OC", oc)] {
+        if i32::try_from(x).is_err() {
+            bail!("{kernel}: {what} = {x} does not fit a 32-bit int");
+        }
+    }
+    if precision == Precision::Bf16 {
+        for (what, x) in [("C", c), ("OC", oc)] {
+            if !x.is_multiple_of(8) {
+                bail!(
+                    "{kernel}: in bf16 {what} must be a multiple of 8 (whole 16-byte rows for \
+                     the tensor cores), got {x}"
+                );
+            }
+        }
+    }
+    if let Some((what, ld)) = aux_ld {
+        if !ld.is_multiple_of(8) {
+            bail!(
+                "{kernel}: the GELU epilogue's aux leading dimension ({what} = {ld}) must be a \
+                 multiple of 8 (cuBLASLt's CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD rule)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A view's device address.
+fn ptr<T>(stream: &CudaStream, v: &impl DevicePtr<T>) -> u64 {
+    v.device_ptr(stream).0
+}
+
+/// A mutable view's device address.
+fn ptr_mut<T>(stream: &CudaStream, v: &mut impl DevicePtrMut<T>) -> u64 {
+    v.device_ptr_mut(stream).0
+}
+
+impl Gpu {
+    /// Runs one product on the stream (alpha 1), choosing its algorithm on first use.
+    fn lt_matmul<T: DeviceFloat>(&self, kernel: &str, p: &Product) -> Result<()> {
+        let tf32 = T::PRECISION == Precision::Fp32 && self.tf32();
+        let compute = if tf32 {
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+        } else {
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
+        };
+        let dt = data_type::<T>();
+        let err = |what: &str, e: lt::CublasError| anyhow!("{kernel}: {what} failed: {e}");
+
+        let desc = Desc(
+            lt::create_matmul_desc(compute, sys::cudaDataType_t::CUDA_R_32F)
+                .map_err(|e| err("cublasLtMatmulDescCreate", e))?,
+        );
+        use sys::cublasLtMatmulDescAttributes_t as A;
+        set_desc(&desc, A::CUBLASLT_MATMUL_DESC_TRANSA, &(p.transa as i32))
+            .with_context(|| kernel.to_string())?;
+        set_desc(&desc, A::CUBLASLT_MATMUL_DESC_TRANSB, &(p.transb as i32))
+            .with_context(|| kernel.to_string())?;
+        set_desc(
+            &desc,
+            A::CUBLASLT_MATMUL_DESC_EPILOGUE,
+            &(p.epilogue as u32),
+        )
+        .with_context(|| kernel.to_string())?;
+        if let Some(bias) = p.bias {
+            set_desc(&desc, A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)
+                .with_context(|| kernel.to_string())?;
+        }
+        if let Some((aux, aux_ld)) = p.aux {
+            set_desc(&desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux)
+                .with_context(|| kernel.to_string())?;
+            set_desc(&desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld)
+                .with_context(|| kernel.to_string())?;
+        }
+
+        let (a_rows, a_cols) = if p.transa { (p.k, p.m) } else { (p.m, p.k) };
+        let (b_rows, b_cols) = if p.transb { (p.n, p.k) } else { (p.k, p.n) };
+        let layout = |rows: u64, cols: u64, ld: i64| {
+            lt::create_matrix_layout(dt, rows, cols, ld)
+                .map(Layout)
+                .map_err(|e| err("cublasLtMatrixLayoutCreate", e))
+        };
+        let a_layout = layout(a_rows, a_cols, p.lda)?;
+        let b_layout = layout(b_rows, b_cols, p.ldb)?;
+        let d_layout = layout(p.m, p.n, p.ldd)?;
+
+        let key = AlgoKey {
+            data: T::PRECISION.bytes(),
+            tf32,
+            transa: p.transa,
+            transb: p.transb,
+            m: p.m,
+            n: p.n,
+            k: p.k,
+            lda: p.lda,
+            ldb: p.ldb,
+            ldd: p.ldd,
+            epilogue: p.epilogue as u32,
+            aux_ld: p.aux.map_or(0, |(_, ld)| ld),
+        };
+        let lt_state = &self.lt;
+        let cached = lt_state
+            .cache
+            .lock()
+            .map_err(|_| anyhow!("{kernel}: the cuBLASLt algorithm cache is poisoned"))?
+            .get(&key)
+            .copied();
+        let algo = match cached {
+            Some(algo) => algo,
+            None => {
+                let pref = Pref(
+                    lt::create_matmul_pref()
+                        .map_err(|e| err("cublasLtMatmulPreferenceCreate", e))?,
+                );
+                use sys::cublasLtMatmulPreferenceAttributes_t as P;
+                let ws = WORKSPACE_BYTES as u64;
+                let align = ALIGN as u32;
+                let prefs: [(P, *const c_void, usize); 5] = [
+                    (
+                        P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                        &ws as *const u64 as *const c_void,
+                        size_of::<u64>(),
+                    ),
+                    (
+                        P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                        &align as *const u32 as *const c_void,
+                        size_of::<u32>(),
+                    ),
+                    (
+                        P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                        &align as *const u32 as *const c_void,
+                        size_of::<u32>(),
+                    ),
+                    (
+                        P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                        &align as *const u32 as *const c_void,
+                        size_of::<u32>(),
+                    ),
+                    (
+                        P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                        &align as *const u32 as *const c_void,
+                        size_of::<u32>(),
+                    ),
+                ];
+                for (attr, value, size) in prefs {
+                    // SAFETY: value points at `size` readable bytes of the type the attribute
+                    // expects (uint64 workspace bytes, uint32 alignments), alive for the call.
+                    unsafe { lt::set_matmul_pref_attribute(pref.0, attr, value, size) }.map_err(
+                        |e| {
+                            err(
+                                &format!("cublasLtMatmulPreferenceSetAttribute({attr:?})"),
+                                e,
+                            )
+                        },
+                    )?;
+                }
+                // SAFETY: every descriptor is live and describes the product (the heuristic reads
+                // the bias/aux pointers' values, never their memory); D is also C.
+                let heuristic = unsafe {
+                    lt::get_matmul_algo_heuristic(
+                        lt_state.handle,
+                        desc.0,
+                        a_layout.0,
+                        b_layout.0,
+                        d_layout.0,
+                        d_layout.0,
+                        pref.0,
+                    )
+                }
+                .map_err(|e| {
+                    anyhow!(
+                        "{kernel}: cuBLASLt has no algorithm for this product ({:?} data, \
+                         epilogue {:?}, m={} n={} k={}): {e}",
+                        T::PRECISION,
+                        p.epilogue,
+                        p.m,
+                        p.n,
+                        p.k
+                    )
+                })?;
+                if heuristic.workspaceSize > WORKSPACE_BYTES {
+                    bail!(
+                        "{kernel}: cuBLASLt's algorithm wants {} bytes of workspace, more than \
+                         the {WORKSPACE_BYTES} offered",
+                        heuristic.workspaceSize
+                    );
+                }
+                lt_state
+                    .cache
+                    .lock()
+                    .map_err(|_| anyhow!("{kernel}: the cuBLASLt algorithm cache is poisoned"))?
+                    .insert(key, heuristic.algo);
+                heuristic.algo
+            }
+        };
+
+        let (alpha, beta) = (1.0f32, p.beta);
+        let (ws_ptr, _ws_record) = lt_state.workspace.device_ptr(&self.stream);
+        // SAFETY: A (a_rows x a_cols, ld lda), B and D (m x n, ld ldd) are device buffers the
+        // launcher checked to hold exactly what these layouts address, 16-byte aligned, in T
+        // (the layouts' data type); the bias (m elements of T) and aux (ld x n of T) likewise;
+        // alpha and beta are fp32 host scalars (the scale type); the algorithm was chosen for this
+        // very descriptor and layouts (the cache key covers them) with at most WORKSPACE_BYTES of
+        // workspace, which the workspace buffer holds; the stream is the engine's.
+        unsafe {
+            lt::matmul(
+                lt_state.handle,
+                desc.0,
+                &alpha as *const f32 as *const c_void,
+                &beta as *const f32 as *const c_void,
+                p.a as *const c_void,
+                a_layout.0,
+                p.b as *const c_void,
+                b_layout.0,
+                p.d as *const c_void,
+                d_layout.0,
+                p.d as *mut c_void,
+                d_layout.0,
+                &algo,
+                ws_ptr as *mut c_void,
+                WORKSPACE_BYTES,
+                self.stream.cu_stream() as sys::cudaStream_t,
+            )
+        }
+        .map_err(|e| anyhow!("{kernel}: cublasLtMatmul failed: {e}"))
+    }
+
+    /// out (B,T,OC) = inp (B,T,C) . weight (OC,C)^T + bias (OC) (bias optional), through cuBLASLt
+    /// with the bias fused (`CUBLASLT_EPILOGUE_BIAS`, or `DEFAULT` without bias). Overwrites out.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_forward_lt<T: DeviceFloat>(
+        &self,
+        out: &mut CudaViewMut<'_, T>,   // (B, T, OC)
+        inp: &CudaView<'_, T>,          // (B, T, C)
+        weight: &CudaView<'_, T>,       // (OC, C)
+        bias: Option<&CudaView<'_, T>>, // (OC)
+        b: usize,
+        t: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        const K: &str = "matmul_forward_lt";
+        let n = b * t;
+        check_len(K, "out", out.len(), n * oc, "B*T*OC")?;
+        check_len(K, "inp", inp.len(), n * c, "B*T*C")?;
+        check_len(K, "weight", weight.len(), oc * c, "OC*C")?;
+        if let Some(bias) = bias {
+            check_len(K, "bias", bias.len(), oc, "OC")?;
+        }
+        check_dims(K, T::PRECISION, n, c, oc, None)?;
+        if n == 0 || oc == 0 {
+            return Ok(());
+        }
+        if c == 0 {
+            bail!("{K}: C must be positive");
+        }
+        let s = &self.stream;
+        let (d_out, d_inp, d_w) = (ptr_mut(s, out), ptr(s, inp), ptr(s, weight));
+        let d_bias = bias.map(|v| ptr(s, v));
+        for (what, p) in [("out", d_out), ("inp", d_inp), ("weight", d_w)] {
+            check_aligned(K, what, p)?;
+        }
+        if let Some(p) = d_bias {
+            check_aligned(K, "bias", p)?;
+        }
+        let epilogue = if d_bias.is_some() {
+            sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS
+        } else {
+            sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT
+        };
+        // out^T (OC x BT, ld OC) = op_T(weight: C x OC, ld C) . inp^T (C x BT, ld C) + bias.
+        self.lt_matmul::<T>(
+            K,
+            &Product {
+                transa: true,
+                transb: false,
+                m: oc as u64,
+                n: n as u64,
+                k: c as u64,
+                a: d_w,
+                lda: c as i64,
+                b: d_inp,
+                ldb: c as i64,
+                d: d_out,
+                ldd: oc as i64,
+                beta: 0.0,
+                epilogue,
+                bias: d_bias,
+                aux: None,
+            },
+        )
+    }
+
+    /// pre_gelu (B,T,OC) = inp . weight^T + bias and out_gelu (B,T,OC) = gelu(pre_gelu) (the tanh
+    /// approximation, see the file doc) in one cuBLASLt call (`CUBLASLT_EPILOGUE_GELU_AUX_BIAS`,
+    /// pre_gelu written as the aux for [`Gpu::matmul_backward_dgelu_lt`]). Overwrites both. OC
+    /// must be a multiple of 8 (the aux leading dimension).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_forward_gelu_lt<T: DeviceFloat>(
+        &self,
+        out_gelu: &mut CudaViewMut<'_, T>, // (B, T, OC)
+        pre_gelu: &mut CudaViewMut<'_, T>, // (B, T, OC)
+        inp: &CudaView<'_, T>,             // (B, T, C)
+        weight: &CudaView<'_, T>,          // (OC, C)
+        bias: &CudaView<'_, T>,            // (OC)
+        b: usize,
+        t: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        const K: &str = "matmul_forward_gelu_lt";
+        let n = b * t;
+        check_len(K, "out_gelu", out_gelu.len(), n * oc, "B*T*OC")?;
+        check_len(K, "pre_gelu", pre_gelu.len(), n * oc, "B*T*OC")?;
+        check_len(K, "inp", inp.len(), n * c, "B*T*C")?;
+        check_len(K, "weight", weight.len(), oc * c, "OC*C")?;
+        check_len(K, "bias", bias.len(), oc, "OC")?;
+        check_dims(K, T::PRECISION, n, c, oc, Some(("OC", oc)))?;
+        if n == 0 || oc == 0 {
+            return Ok(());
+        }
+        if c == 0 {
+            bail!("{K}: C must be positive");
+        }
+        let s = &self.stream;
+        let (d_out, d_pre) = (ptr_mut(s, out_gelu), ptr_mut(s, pre_gelu));
+        let (d_inp, d_w, d_bias) = (ptr(s, inp), ptr(s, weight), ptr(s, bias));
+        for (what, p) in [
+            ("out_gelu", d_out),
+            ("pre_gelu", d_pre),
+            ("inp", d_inp),
+            ("weight", d_w),
+            ("bias", d_bias),
+        ] {
+            check_aligned(K, what, p)?;
+        }
+        // As matmul_forward_lt; the aux (pre_gelu^T, OC x BT) has leading dimension OC.
+        self.lt_matmul::<T>(
+            K,
+            &Product {
+                transa: true,
+                transb: false,
+                m: oc as u64,
+                n: n as u64,
+                k: c as u64,
+                a: d_w,
+                lda: c as i64,
+                b: d_inp,
+                ldb: c as i64,
+                d: d_out,
+                ldd: oc as i64,
+                beta: 0.0,
+                epilogue: sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+                bias: Some(d_bias),
+                aux: Some((d_pre, oc as i64)),
+            },
+        )
+    }
+
+    /// dinp (B,T,C) = (or += when `accumulate`) dout . weight; dweight (OC,C) += dout^T . inp
+    /// (ACCUMULATES); dbias (OC) += dout summed over B*T (ACCUMULATES; optional; a product with a
+    /// ones vector, see the file doc), all through cuBLASLt.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_backward_lt<T: DeviceFloat>(
+        &self,
+        dinp: &mut CudaViewMut<'_, T>,          // (B, T, C)
+        accumulate: bool,                       // dinp += (true) or = (false)
+        dweight: &mut CudaViewMut<'_, T>,       // (OC, C)
+        dbias: Option<&mut CudaViewMut<'_, T>>, // (OC)
+        dout: &CudaView<'_, T>,                 // (B, T, OC)
+        inp: &CudaView<'_, T>,                  // (B, T, C)
+        weight: &CudaView<'_, T>,               // (OC, C)
+        b: usize,
+        t: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        const K: &str = "matmul_backward_lt";
+        let n = b * t;
+        check_len(K, "dinp", dinp.len(), n * c, "B*T*C")?;
+        check_len(K, "dweight", dweight.len(), oc * c, "OC*C")?;
+        if let Some(dbias) = &dbias {
+            check_len(K, "dbias", dbias.len(), oc, "OC")?;
+        }
+        check_len(K, "dout", dout.len(), n * oc, "B*T*OC")?;
+        check_len(K, "inp", inp.len(), n * c, "B*T*C")?;
+        check_len(K, "weight", weight.len(), oc * c, "OC*C")?;
+        check_dims(K, T::PRECISION, n, c, oc, None)?;
+        if oc == 0 && !accumulate && n * c > 0 {
+            bail!("{K}: OC must be positive to overwrite dinp (it would be all zeros)");
+        }
+        if n == 0 || oc == 0 || c == 0 {
+            return Ok(());
+        }
+        let s = &self.stream;
+        let d_dinp = ptr_mut(s, dinp);
+        let (d_dout, d_inp, d_w) = (ptr(s, dout), ptr(s, inp), ptr(s, weight));
+        for (what, p) in [
+            ("dinp", d_dinp),
+            ("dout", d_dout),
+            ("inp", d_inp),
+            ("weight", d_w),
+        ] {
+            check_aligned(K, what, p)?;
+        }
+        let d_dw = ptr_mut(s, dweight);
+        check_aligned(K, "dweight", d_dw)?;
+        let d_db = match dbias {
+            Some(v) => {
+                let p = ptr_mut(s, v);
+                check_aligned(K, "dbias", p)?;
+                Some(p)
+            }
+            None => None,
+        };
+        self.lt_dinp::<T>(K, d_dinp, accumulate, d_dout, d_w, None, n, c, oc)?;
+        self.lt_dweight_dbias::<T>(K, d_dw, d_db, d_dout, d_inp, n, c, oc)
+    }
+
+    /// The GELU-fused backward of a matmul whose input was gelu(pre_gelu):
+    /// dpre (B,T,C) = (dout . weight) * gelu'(pre_gelu) (OVERWRITES: cuBLASLt's `DGELU` epilogue
+    /// takes beta 0), i.e. this matmul's dinp followed by `gelu_backward` into a zeroed buffer;
+    /// dweight (OC,C) += dout^T . inp (ACCUMULATES; inp = gelu(pre_gelu), the forward's input);
+    /// dbias (OC) += dout summed over B*T (ACCUMULATES; optional). C must be a multiple of 8 (the
+    /// aux leading dimension).
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul_backward_dgelu_lt<T: DeviceFloat>(
+        &self,
+        dpre: &mut CudaViewMut<'_, T>,          // (B, T, C)
+        dweight: &mut CudaViewMut<'_, T>,       // (OC, C)
+        dbias: Option<&mut CudaViewMut<'_, T>>, // (OC)
+        dout: &CudaView<'_, T>,                 // (B, T, OC)
+        inp: &CudaView<'_, T>,                  // (B, T, C)
+        weight: &CudaView<'_, T>,               // (OC, C)
+        pre_gelu: &CudaView<'_, T>,             // (B, T, C)
+        b: usize,
+        t: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        const K: &str = "matmul_backward_dgelu_lt";
+        let n = b * t;
+        check_len(K, "dpre", dpre.len(), n * c, "B*T*C")?;
+        check_len(K, "dweight", dweight.len(), oc * c, "OC*C")?;
+        if let Some(dbias) = &dbias {
+            check_len(K, "dbias", dbias.len(), oc, "OC")?;
+        }
+        check_len(K, "dout", dout.len(), n * oc, "B*T*OC")?;
+        check_len(K, "inp", inp.len(), n * c, "B*T*C")?;
+        check_len(K, "weight", weight.len(), oc * c, "OC*C")?;
+        check_len(K, "pre_gelu", pre_gelu.len(), n * c, "B*T*C")?;
+        check_dims(K, T::PRECISION, n, c, oc, Some(("C", c)))?;
+        if n == 0 || c == 0 {
+            return Ok(());
+        }
+        if oc == 0 {
+            bail!("{K}: OC must be positive (dpre would be all zeros, which DGELU cannot write)");
+        }
+        let s = &self.stream;
+        let d_dpre = ptr_mut(s, dpre);
+        let (d_dout, d_inp, d_w, d_pre) =
+            (ptr(s, dout), ptr(s, inp), ptr(s, weight), ptr(s, pre_gelu));
+        for (what, p) in [
+            ("dpre", d_dpre),
+            ("dout", d_dout),
+            ("inp", d_inp),
+            ("weight", d_w),
+            ("pre_gelu", d_pre),
+        ] {
+            check_aligned(K, what, p)?;
+        }
+        let d_dw = ptr_mut(s, dweight);
+        check_aligned(K, "dweight", d_dw)?;
+        let d_db = match dbias {
+            Some(v) => {
+                let p = ptr_mut(s, v);
+                check_aligned(K, "dbias", p)?;
+                Some(p)
+            }
+            None => None,
+        };
+        self.lt_dinp::<T>(K, d_dpre, false, d_dout, d_w, Some(d_pre), n, c, oc)?;
+        self.lt_dweight_dbias::<T>(K, d_dw, d_db, d_dout, d_inp, n, c, oc)
+    }
+
+    /// dinp^T (C x BT, ld C) = [beta dinp^T +] weight (C x OC, ld C) . dout^T (OC x BT, ld OC);
+    /// with `aux` (pre_gelu^T, C x BT, ld C) the DGELU epilogue multiplies by gelu'(aux), beta 0.
+    #[allow(clippy::too_many_arguments)]
+    fn lt_dinp<T: DeviceFloat>(
+        &self,
+        kernel: &str,
+        d_dinp: u64,
+        accumulate: bool,
+        d_dout: u64,
+        d_w: u64,
+        aux: Option<u64>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        let epilogue = match aux {
+            Some(_) => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DGELU,
+            None => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
+        };
+        self.lt_matmul::<T>(
+            kernel,
+            &Product {
+                transa: false,
+                transb: false,
+                m: c as u64,
+                n: n as u64,
+                k: oc as u64,
+                a: d_w,
+                lda: c as i64,
+                b: d_dout,
+                ldb: oc as i64,
+                d: d_dinp,
+                ldd: c as i64,
+                beta: if accumulate && aux.is_none() {
+                    1.0
+                } else {
+                    0.0
+                },
+                epilogue,
+                bias: None,
+                aux: aux.map(|p| (p, c as i64)),
+            },
+        )
+    }
+
+    /// dweight^T (C x OC, ld C) += inp^T (C x BT, ld C) . op_T(dout^T: OC x BT, ld OC); then, with
+    /// dbias, dbias (OC x 1) += dout^T (OC x BT, ld OC) . ones (BT x 1).
+    #[allow(clippy::too_many_arguments)]
+    fn lt_dweight_dbias<T: DeviceFloat>(
+        &self,
+        kernel: &str,
+        d_dw: u64,
+        d_db: Option<u64>,
+        d_dout: u64,
+        d_inp: u64,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        self.lt_matmul::<T>(
+            kernel,
+            &Product {
+                transa: false,
+                transb: true,
+                m: c as u64,
+                n: oc as u64,
+                k: n as u64,
+                a: d_inp,
+                lda: c as i64,
+                b: d_dout,
+                ldb: oc as i64,
+                d: d_dw,
+                ldd: c as i64,
+                beta: 1.0,
+                epilogue: sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
+                bias: None,
+                aux: None,
+            },
+        )?;
+        if let Some(d_db) = d_db {
+            // The ones vector stays locked (so neither replaced nor freed) until the product is
+            // queued; a replaced, shorter one is freed in stream order, after its queued uses.
+            let mut ones = self
+                .lt
+                .ones
+                .lock()
+                .map_err(|_| anyhow!("{kernel}: the cuBLASLt ones cache is poisoned"))?;
+            let key = T::PRECISION.bytes();
+            let bytes = n * size_of::<T>();
+            if ones.get(&key).is_none_or(|o| o.len() < bytes) {
+                let host = vec![T::from_f32(1.0); n];
+                // SAFETY: T is f32 or bf16: plain bytes, no padding; the slice covers exactly the
+                // vector's n * size_of::<T>() bytes, alive until the copy below returns.
+                let host_bytes =
+                    unsafe { std::slice::from_raw_parts(host.as_ptr() as *const u8, bytes) };
+                let dev = self
+                    .upload(host_bytes)
+                    .with_context(|| format!("{kernel}: uploading the ones vector"))?;
+                ones.insert(key, dev);
+            }
+            let d_ones = ptr(&self.stream, &ones[&key]);
+            check_aligned(kernel, "the ones vector", d_ones)?;
+            self.lt_matmul::<T>(
+                kernel,
+                &Product {
+                    transa: false,
+                    transb: false,
+                    m: oc as u64,
+                    n: 1,
+                    k: n as u64,
+                    a: d_dout,
+                    lda: oc as i64,
+                    b: d_ones,
+                    ldb: n as i64,
+                    d: d_db,
+                    ldd: oc as i64,
+                    beta: 1.0,
+                    epilogue: sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
+                    bias: None,
+                    aux: None,
+                },
+            )?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dims_rules() {
+        let k = "matmul_forward_gelu_lt";
+        assert!(check_dims(k, Precision::Fp32, 74, 100, 131, None).is_ok());
+        assert!(check_dims(k, Precision::Bf16, 74, 64, 192, Some(("OC", 192))).is_ok());
+        let e = check_dims(k, Precision::Bf16, 74, 100, 192, None).unwrap_err();
+        assert_eq!(
+            format!("{e}"),
+            "matmul_forward_gelu_lt: in bf16 C must be a multiple of 8 (whole 16-byte rows for \
+             the tensor cores), got 100"
+        );
+        let e = check_dims(k, Precision::Bf16, 74, 64, 131, None).unwrap_err();
+        assert!(
+            format!("{e}").contains("in bf16 OC must be a multiple of 8"),
+            "{e}"
+        );
+        let e = check_dims(k, Precision::Fp32, 74, 64, 131, Some(("OC", 131))).unwrap_err();
+        assert!(
+            format!("{e}").contains("aux leading dimension (OC = 131) must be a multiple of 8"),
+            "{e}"
+        );
+        let e = check_dims(k, Precision::Fp32, 1 << 31, 64, 64, None).unwrap_err();
+        assert!(
+            format!("{e}").contains("B*T = 2147483648 does not fit"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn alignment_rule() {
+        assert!(check_aligned("matmul_forward_lt", "inp", 0x7f00_0000_0100).is_ok());
+        let e = check_aligned("matmul_forward_lt", "inp", 0x7f00_0000_0104).unwrap_err();
+        assert!(
+            format!("{e}").starts_with("matmul_forward_lt: inp is not 16-byte aligned"),
+            "{e}"
+        );
+    }
+}

@@ -65,3 +65,48 @@ fn cpu_matches_pytorch_sharp_attention() {
 fn cpu_matches_pytorch_gpt2_vocab() {
     check_fixture("gpt2vocab");
 }
+
+/// The bf16 tolerances' budget: rounding the weights to bf16 (the first of the bf16 engine's
+/// roundings, and one it cannot avoid) and nothing else, the CPU path must stay within half of
+/// every `Tolerances::BF16` bound against PyTorch, leaving the other half for the rounding of
+/// activations and gradients. If this fails, the bf16 bounds are too tight for any bf16 engine.
+#[test]
+fn bf16_weight_rounding_uses_at_most_half_the_bf16_tolerances() {
+    for name in ["tiny", "sharp", "gpt2vocab", "hs64"] {
+        let ck = read_checkpoint(&fixture(&format!("ref_{name}_model.bin"))).unwrap();
+        let cfg = ck.config;
+        let state = read_debug_state(&fixture(&format!("ref_{name}_state.bin")), &cfg).unwrap();
+        let rounded: Vec<f32> = ck
+            .params
+            .iter()
+            .map(|&p| half::bf16::from_f32(p).to_f32())
+            .collect();
+        assert_ne!(rounded, ck.params);
+        let mut model = Gpt2Cpu::new(cfg, rounded, state.b, state.t).unwrap();
+        let out = verify::run_engine(&mut model, &state).unwrap();
+        let want = verify::Outputs {
+            logits: state.logits.clone(),
+            loss: state.loss,
+            grads: state.grads.clone(),
+        };
+        let half_tol = {
+            let t = Tolerances::BF16;
+            Tolerances {
+                logits: t.logits / 2.0,
+                loss: t.loss / 2.0,
+                grads: t.grads.map(|g| g / 2.0),
+                steps: t.steps / 2.0,
+            }
+        };
+        let rows = verify::compare_outputs(&cfg, &out, &want, &half_tol);
+        let table = verify::format_table(&format!("cpu, bf16-rounded weights, vs {name}"), &rows);
+        println!("{table}");
+        assert!(rows.iter().all(|r| r.pass), "{table}");
+        // and the rounding is visible: the fp32 bounds do not hold any more
+        let strict = verify::compare_outputs(&cfg, &out, &want, &Tolerances::FP32);
+        assert!(
+            strict.iter().any(|r| !r.pass),
+            "bf16 weights changed nothing on {name}"
+        );
+    }
+}

@@ -263,7 +263,7 @@ mod tests {
         assert!(Tolerances::BF16
             .grads
             .iter()
-            .all(|&t| t >= 5e-2 && t <= 1e-1));
+            .all(|&t| (5e-2..=1e-1).contains(&t)));
     }
 
     #[test]

@@ -409,6 +409,8 @@ fn bad_arguments_exit_with_status_2() {
         (&["--steps", "0"], "--steps '0'"),
         (&["--warmup", "x"], "--warmup 'x'"),
         (&["--device", "cpu", "--precision", "tf32"], "tf32"),
+        (&["--device", "cpu", "--kernels", "plain"], "--kernels chooses"),
+        (&["--kernels", "flash"], "invalid choice"),
         (&["--peak-tflops", "-3"], "--peak-tflops"),
         (&["--device", "tpu"], "invalid choice"),
         (&["--engine", "none", "--pytorch", "none"], "nothing to run"),
@@ -497,6 +499,28 @@ fn dry_run_prints_the_commands_and_runs_nothing() {
     );
     assert!(torch_lines[1].ends_with("--compile"), "{}", torch_lines[1]);
     assert!(torch_lines[11].ends_with("--compile --bf16"));
+
+    // --kernels goes to the engine only
+    let stdout = bench_ok(&[
+        "--dry-run",
+        "--engine",
+        &eng,
+        "--batch",
+        "8",
+        "--precision",
+        "bf16",
+        "--kernels",
+        "plain",
+    ]);
+    let engine_lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with(&eng)).collect();
+    assert_eq!(engine_lines.len(), 1, "{stdout}");
+    assert!(
+        engine_lines[0].ends_with("--precision bf16 --kernels plain"),
+        "{stdout}"
+    );
+    assert!(!stdout
+        .lines()
+        .any(|l| l.contains("bench_pytorch.py") && l.contains("--kernels")));
 }
 
 #[test]

@@ -362,6 +362,9 @@ def build_parser():
     p.add_argument("--pytorch", default="eager,compile",
                    help="PyTorch modes: eager, compile, both separated by a comma, or none")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    p.add_argument("--kernels", choices=["fused", "plain"],
+                   help="the engine's --kernels (default: the engine's own choice, fused in bf16 "
+                        "where the model allows); run twice to compare the two paths")
     p.add_argument("--python", default=os.environ.get("TORCH_PYTHON") or sys.executable,
                    help="the Python with PyTorch (default: $TORCH_PYTHON, else this Python)")
     p.add_argument("--out", help="write every raw result and the run's details as JSON here")
@@ -403,6 +406,8 @@ def check_args(a):
     a.precisions = precisions
     if a.device == "cpu" and "tf32" in precisions:
         raise UsageError("--precision tf32 is a GPU tensor-core mode: not with --device cpu")
+    if a.device == "cpu" and a.kernels:
+        raise UsageError("--kernels chooses the CUDA engine's kernels: not with --device cpu")
     modes = [m.strip() for m in a.pytorch.split(",")]
     if modes == ["none"]:
         modes = []
@@ -451,6 +456,8 @@ def engine_command(a, b, precision, out_dir):
     cmd += ["--precision", "bf16" if precision == "bf16" else "fp32"]
     if precision == "tf32":
         cmd.append("--tf32")
+    if a.kernels:
+        cmd += ["--kernels", a.kernels]
     return cmd
 
 

@@ -409,7 +409,10 @@ fn bad_arguments_exit_with_status_2() {
         (&["--steps", "0"], "--steps '0'"),
         (&["--warmup", "x"], "--warmup 'x'"),
         (&["--device", "cpu", "--precision", "tf32"], "tf32"),
-        (&["--device", "cpu", "--kernels", "plain"], "--kernels chooses"),
+        (
+            &["--device", "cpu", "--kernels", "plain"],
+            "--kernels chooses",
+        ),
         (&["--kernels", "flash"], "invalid choice"),
         (&["--peak-tflops", "-3"], "--peak-tflops"),
         (&["--device", "tpu"], "invalid choice"),

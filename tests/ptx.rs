@@ -44,6 +44,25 @@ const EXPECTED: &[(&str, &[&str])] = &[
         ],
     ),
     (
+        "kernels/flash_attention.cu",
+        &[
+            "flash_attention_forward_hs64",
+            "flash_attention_forward_hs64_bf16",
+            "flash_attention_forward_hs128",
+            "flash_attention_forward_hs128_bf16",
+            "flash_attention_backward_d",
+            "flash_attention_backward_d_bf16",
+            "flash_attention_backward_dkdv_hs64",
+            "flash_attention_backward_dkdv_hs64_bf16",
+            "flash_attention_backward_dkdv_hs128",
+            "flash_attention_backward_dkdv_hs128_bf16",
+            "flash_attention_backward_dq_hs64",
+            "flash_attention_backward_dq_hs64_bf16",
+            "flash_attention_backward_dq_hs128",
+            "flash_attention_backward_dq_hs128_bf16",
+        ],
+    ),
+    (
         "kernels/fused_residual_layernorm.cu",
         &[
             "residual_layernorm_forward",

@@ -7,6 +7,7 @@ pub mod adamw;
 pub mod attention;
 pub mod classifier;
 pub mod encoder;
+pub mod flash_attention;
 pub mod fused_residual_layernorm;
 pub mod gelu;
 pub mod layernorm;

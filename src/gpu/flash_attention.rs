@@ -1,48 +1,238 @@
-//! Placeholder for the flash attention launchers (being written on branch `flash-attention`):
-//! the API the fused path calls, failing with a clear error until the kernels land.
-#![allow(clippy::too_many_arguments)]
+//! Flash attention on the GPU (`kernels/flash_attention.cu`): causal multi-head self-attention
+//! fused into one kernel per pass with an online softmax over key tiles, never materialising the
+//! (B,NH,T,T) scores; twin of `cpu::flash_attention`. The forward writes `out` and the
+//! log-sum-exp `lse` (B,NH,T) of every softmax row; the backward recomputes the probabilities
+//! from `lse` and ACCUMULATES into `dqkv`, deterministically (no atomics: three launches, see the
+//! kernel file). Generic over the storage type `T` (f32: CUDA-core FMA reference path; bf16:
+//! tensor cores, mma.sync m16n8k16 with fp32 accumulators); softmax statistics are fp32 always.
+//!
+//! Head sizes: the kernels are compiled for HS = C/NH in [`FLASH_ATTENTION_HEAD_SIZES`]; any
+//! other is an error. Every `T` buffer must be 16-byte aligned (device allocations are; a view
+//! at an odd offset is an error). T may be anything >= 1; B*T == 0 is a no-op.
 
 use anyhow::{bail, Result};
-use cudarc::driver::{CudaView, CudaViewMut};
+use cudarc::driver::{CudaFunction, CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
 
+use super::context::{check_len, dim, grid_1d, launched, Gpu, BLOCK};
 use super::float::DeviceFloat;
-use super::Gpu;
 
 /// Head sizes the kernels are compiled for.
 pub const FLASH_ATTENTION_HEAD_SIZES: [usize; 2] = [64, 128];
 
-/// f32 elements of scratch `flash_attention_backward` needs.
-pub fn flash_attention_backward_scratch_len(b: usize, t: usize, _c: usize, nh: usize) -> usize {
+/// Queries (or keys) per block of the fused kernels, 16 per warp (`BLOCK_ROWS` in the kernel file).
+const BLOCK_ROWS: usize = 64;
+/// Threads per block of the fused kernels (4 warps).
+const THREADS: u32 = 128;
+/// The largest grid y and z (NH and B).
+const MAX_GRID_YZ: usize = 65535;
+
+/// f32 elements of scratch flash_attention_backward needs: D = rowsum(dO*O), (B,NH,T).
+pub fn flash_attention_backward_scratch_len(b: usize, t: usize, c: usize, nh: usize) -> usize {
+    let _ = c;
     b * nh * t
 }
 
+/// The checked dimensions of one call.
+struct Dims {
+    b: i32,
+    t: i32,
+    nh: i32,
+    hs: i32,
+    /// B*T*C
+    btc: usize,
+    /// B*NH*T
+    bnht: usize,
+    /// the fused kernels' grid
+    grid: LaunchConfig,
+}
+
+fn dims(kernel: &str, b: usize, t: usize, c: usize, nh: usize) -> Result<Dims> {
+    if nh == 0 || !c.is_multiple_of(nh) {
+        bail!("{kernel}: C = {c} is not divisible by NH = {nh}");
+    }
+    let hs = c / nh;
+    if !FLASH_ATTENTION_HEAD_SIZES.contains(&hs) {
+        bail!(
+            "{kernel}: head size HS = C/NH = {c}/{nh} = {hs} is not supported (the kernels are \
+             compiled for HS in {FLASH_ATTENTION_HEAD_SIZES:?})"
+        );
+    }
+    dim(kernel, "B*T*3C", 3 * b * t * c)?;
+    dim(kernel, "B*NH*T", b * nh * t)?;
+    if nh > MAX_GRID_YZ || b > MAX_GRID_YZ {
+        bail!("{kernel}: NH = {nh} and B = {b} must be at most {MAX_GRID_YZ} (grid y and z)");
+    }
+    Ok(Dims {
+        b: dim(kernel, "B", b)?,
+        t: dim(kernel, "T", t)?,
+        nh: dim(kernel, "NH", nh)?,
+        hs: dim(kernel, "HS", hs)?,
+        btc: b * t * c,
+        bnht: b * nh * t,
+        grid: LaunchConfig {
+            grid_dim: (t.div_ceil(BLOCK_ROWS) as u32, nh as u32, b as u32),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        },
+    })
+}
+
 impl Gpu {
-    pub fn flash_attention_forward<T: DeviceFloat>(
-        &self,
-        _out: &mut CudaViewMut<'_, T>,   // (B, T, C)
-        _lse: &mut CudaViewMut<'_, f32>, // (B, NH, T)
-        _qkv: &CudaView<'_, T>,          // (B, T, 3C)
-        _b: usize,
-        _t: usize,
-        _c: usize,
-        _nh: usize,
-    ) -> Result<()> {
-        bail!("flash_attention_forward: not built yet")
+    /// An error unless the buffer `what` starts on a 16-byte boundary (the kernels' 128-bit loads).
+    fn check_aligned16<T>(&self, kernel: &str, what: &str, buf: &impl DevicePtr<T>) -> Result<()> {
+        let (ptr, _sync) = buf.device_ptr(&self.stream);
+        if ptr % 16 != 0 {
+            bail!("{kernel}: {what} is not 16-byte aligned (device address {ptr:#x})");
+        }
+        Ok(())
     }
 
+    /// The kernel of family `fam` (forward, dkdv, dq) for head size `hs` and storage type `T`.
+    fn flash_kernel<T: DeviceFloat>(&self, fam: Family, hs: i32) -> &CudaFunction {
+        let k = &self.k;
+        match (fam, hs) {
+            (Family::Forward, 64) => T::pick(
+                &k.flash_attention_forward_hs64,
+                &k.flash_attention_forward_hs64_bf16,
+            ),
+            (Family::Forward, _) => T::pick(
+                &k.flash_attention_forward_hs128,
+                &k.flash_attention_forward_hs128_bf16,
+            ),
+            (Family::Dkdv, 64) => T::pick(
+                &k.flash_attention_backward_dkdv_hs64,
+                &k.flash_attention_backward_dkdv_hs64_bf16,
+            ),
+            (Family::Dkdv, _) => T::pick(
+                &k.flash_attention_backward_dkdv_hs128,
+                &k.flash_attention_backward_dkdv_hs128_bf16,
+            ),
+            (Family::Dq, 64) => T::pick(
+                &k.flash_attention_backward_dq_hs64,
+                &k.flash_attention_backward_dq_hs64_bf16,
+            ),
+            (Family::Dq, _) => T::pick(
+                &k.flash_attention_backward_dq_hs128,
+                &k.flash_attention_backward_dq_hs128_bf16,
+            ),
+        }
+    }
+
+    /// out (B,T,C) = causal softmax(q k^T / sqrt(HS)) v per head, and lse (B,NH,T) the natural
+    /// log of each softmax row's denominator (of the scaled scores), from qkv (B,T,3C).
+    #[allow(clippy::too_many_arguments)]
+    pub fn flash_attention_forward<T: DeviceFloat>(
+        &self,
+        out: &mut CudaViewMut<'_, T>,   // (B, T, C)
+        lse: &mut CudaViewMut<'_, f32>, // (B, NH, T)
+        qkv: &CudaView<'_, T>,          // (B, T, 3C)
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+    ) -> Result<()> {
+        const K: &str = "flash_attention_forward";
+        let d = dims(K, b, t, c, nh)?;
+        check_len(K, "out", out.len(), d.btc, "B*T*C")?;
+        check_len(K, "lse", lse.len(), d.bnht, "B*NH*T")?;
+        check_len(K, "qkv", qkv.len(), 3 * d.btc, "B*T*3C")?;
+        if d.btc == 0 {
+            return Ok(());
+        }
+        self.check_aligned16(K, "out", out)?;
+        self.check_aligned16(K, "qkv", qkv)?;
+        let mut lb = self
+            .stream
+            .launch_builder(self.flash_kernel::<T>(Family::Forward, d.hs));
+        lb.arg(out).arg(lse).arg(qkv).arg(&d.b).arg(&d.t).arg(&d.nh);
+        // SAFETY: the arguments match flash_attention_forward_hs{64,128}(_bf16) (out, lse, qkv, B,
+        // T, NH) in kernels/flash_attention.cu, compiled for this HS; out holds B*T*C, lse B*NH*T
+        // and qkv B*T*3C elements (checked), 16-byte aligned (checked); the grid is
+        // (ceil(T/64), NH, B) blocks of 128 threads, as the kernel expects.
+        launched(K, unsafe { lb.launch(d.grid) })
+    }
+
+    /// The backward of [`Gpu::flash_attention_forward`]: dqkv (B,T,3C) += the gradients of q, k, v,
+    /// from dout (B,T,C), qkv, the forward's out and lse. `scratch`: at least
+    /// [`flash_attention_backward_scratch_len`] floats, garbage on return. Deterministic.
+    #[allow(clippy::too_many_arguments)]
     pub fn flash_attention_backward<T: DeviceFloat>(
         &self,
-        _dqkv: &mut CudaViewMut<'_, T>, // (B, T, 3C)
-        _dout: &CudaView<'_, T>,        // (B, T, C)
-        _qkv: &CudaView<'_, T>,         // (B, T, 3C)
-        _out: &CudaView<'_, T>,         // (B, T, C)
-        _lse: &CudaView<'_, f32>,       // (B, NH, T)
-        _b: usize,
-        _t: usize,
-        _c: usize,
-        _nh: usize,
-        _scratch: &mut CudaViewMut<'_, f32>,
+        dqkv: &mut CudaViewMut<'_, T>, // (B, T, 3C)
+        dout: &CudaView<'_, T>,        // (B, T, C)
+        qkv: &CudaView<'_, T>,         // (B, T, 3C)
+        out: &CudaView<'_, T>,         // (B, T, C)
+        lse: &CudaView<'_, f32>,       // (B, NH, T)
+        b: usize,
+        t: usize,
+        c: usize,
+        nh: usize,
+        scratch: &mut CudaViewMut<'_, f32>, // (B, NH, T) at least
     ) -> Result<()> {
-        bail!("flash_attention_backward: not built yet")
+        const K: &str = "flash_attention_backward";
+        let d = dims(K, b, t, c, nh)?;
+        check_len(K, "dqkv", dqkv.len(), 3 * d.btc, "B*T*3C")?;
+        check_len(K, "dout", dout.len(), d.btc, "B*T*C")?;
+        check_len(K, "qkv", qkv.len(), 3 * d.btc, "B*T*3C")?;
+        check_len(K, "out", out.len(), d.btc, "B*T*C")?;
+        check_len(K, "lse", lse.len(), d.bnht, "B*NH*T")?;
+        let need = flash_attention_backward_scratch_len(b, t, c, nh);
+        if scratch.len() < need {
+            bail!(
+                "{K}: scratch has {} elements, needs B*NH*T = {need}",
+                scratch.len()
+            );
+        }
+        if d.btc == 0 {
+            return Ok(());
+        }
+        self.check_aligned16(K, "dqkv", dqkv)?;
+        self.check_aligned16(K, "dout", dout)?;
+        self.check_aligned16(K, "qkv", qkv)?;
+        self.check_aligned16(K, "out", out)?;
+        let (mut dvec, _) = scratch.split_at_mut(need); // (B, NH, T)
+
+        // 1. D = rowsum(dout * out), one warp per (b, t, h) row.
+        let kernel = T::pick(
+            &self.k.flash_attention_backward_d,
+            &self.k.flash_attention_backward_d_bf16,
+        );
+        let rows_per_block = BLOCK as usize / 32;
+        let mut lb = self.stream.launch_builder(kernel);
+        lb.arg(&mut dvec).arg(dout).arg(out);
+        lb.arg(&d.b).arg(&d.t).arg(&d.nh).arg(&d.hs);
+        // SAFETY: the arguments match flash_attention_backward_d(_bf16) (d, dout, out, B, T, NH,
+        // HS); d holds B*NH*T floats (split from the checked scratch), dout and out B*T*C elements
+        // (checked); one warp per row, rows < B*T*NH.
+        launched("flash_attention_backward_d", unsafe {
+            lb.launch(grid_1d(d.bnht.div_ceil(rows_per_block), BLOCK))
+        })?;
+
+        // 2. dK, dV per key tile; 3. dQ per query tile. Each writes disjoint thirds of dqkv.
+        let dvec = dvec.as_view();
+        for (fam, name) in [
+            (Family::Dkdv, "flash_attention_backward_dkdv"),
+            (Family::Dq, "flash_attention_backward_dq"),
+        ] {
+            let mut lb = self
+                .stream
+                .launch_builder(self.flash_kernel::<T>(fam, d.hs));
+            lb.arg(&mut *dqkv).arg(dout).arg(qkv).arg(lse).arg(&dvec);
+            lb.arg(&d.b).arg(&d.t).arg(&d.nh);
+            // SAFETY: the arguments match flash_attention_backward_{dkdv,dq}_hs{64,128}(_bf16)
+            // (dqkv, dout, qkv, lse, d, B, T, NH), compiled for this HS; dqkv and qkv hold B*T*3C,
+            // dout B*T*C, lse and d B*NH*T elements (checked), the T buffers 16-byte aligned
+            // (checked); the grid is (ceil(T/64), NH, B) blocks of 128 threads.
+            launched(name, unsafe { lb.launch(d.grid) })?;
+        }
+        Ok(())
     }
+}
+
+/// The fused kernels, for [`Gpu::flash_kernel`].
+#[derive(Clone, Copy)]
+enum Family {
+    Forward,
+    Dkdv,
+    Dq,
 }

@@ -11,7 +11,7 @@
 //! no CUDA driver library), [`Gpu::new`] returns a "no CUDA GPU available: ..." error, never a panic.
 //!
 //! Files: `context.rs` (Gpu, start-up, upload/download), then one file per layer family, as in
-//! `cpu/`: encoder, layernorm, matmul, attention, gelu, residual, classifier, adamw (with the
+//! `cpu/`: encoder, layernorm, matmul, attention (and flash_attention, the fused causal attention), gelu, residual, classifier, adamw (with the
 //! global norm); `model.rs` composes them into GPT-2 ([`Gpt2Gpu`], the CUDA `Engine`). `ptx.rs`
 //! embeds the PTX. `nvtx.rs`: NVTX ranges for Nsight Systems (in every build; no-ops without the
 //! NVTX headers); `profile.rs`: the CUDA-event timing behind `--profile`.
@@ -39,7 +39,7 @@ mod context;
 #[cfg(has_cuda)]
 mod encoder;
 #[cfg(has_cuda)]
-mod flash_attention;
+pub mod flash_attention;
 #[cfg(has_cuda)]
 pub mod float;
 #[cfg(has_cuda)]
@@ -70,6 +70,8 @@ pub use attention::{attention_backward_scratch_len, attention_forward_scratch_le
 pub use context::Gpu;
 #[cfg(has_cuda)]
 pub use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
+#[cfg(has_cuda)]
+pub use flash_attention::{flash_attention_backward_scratch_len, FLASH_ATTENTION_HEAD_SIZES};
 #[cfg(has_cuda)]
 pub use float::DeviceFloat;
 #[cfg(has_cuda)]

@@ -23,6 +23,7 @@ pub const ADAMW: PtxFile = ptx_file!("adamw");
 pub const ATTENTION: PtxFile = ptx_file!("attention");
 pub const CLASSIFIER: PtxFile = ptx_file!("classifier");
 pub const ENCODER: PtxFile = ptx_file!("encoder");
+pub const FLASH_ATTENTION: PtxFile = ptx_file!("flash_attention");
 pub const FUSED_RESIDUAL_LAYERNORM: PtxFile = ptx_file!("fused_residual_layernorm");
 pub const GELU: PtxFile = ptx_file!("gelu");
 pub const GLOBAL_NORM: PtxFile = ptx_file!("global_norm");
@@ -31,11 +32,12 @@ pub const MATMUL: PtxFile = ptx_file!("matmul");
 pub const RESIDUAL: PtxFile = ptx_file!("residual");
 
 /// Every kernel file, in name order.
-pub const ALL: [PtxFile; 10] = [
+pub const ALL: [PtxFile; 11] = [
     ADAMW,
     ATTENTION,
     CLASSIFIER,
     ENCODER,
+    FLASH_ATTENTION,
     FUSED_RESIDUAL_LAYERNORM,
     GELU,
     GLOBAL_NORM,

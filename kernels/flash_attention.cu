@@ -1,0 +1,728 @@
+// Flash attention: causal multi-head self-attention fused into one kernel per pass, with an online
+// softmax, so that the (B,NH,T,T) scores never exist in memory (gpu::flash_attention_forward/
+// backward; CPU twin: cpu::flash_attention, which computes the same algorithm).
+//
+// Shapes: qkv (B,T,3C) holds q|k|v for each position, each C = NH*HS wide with head h at channels
+// h*HS..(h+1)*HS; out and dout (B,T,C); lse and D (B,NH,T) in fp32. HS is a template parameter
+// (64 or 128); C = NH*HS is then a multiple of 64, and the launcher checks that every T buffer is
+// 16-byte aligned, so the 128-bit and 32-bit accesses below are always aligned.
+//
+// Notation: s = q.k * scale * log2(e) (scores in base-2 units, scale = 1/sqrt(HS)), so that
+// exp(scale q.k - x) = exp2(s - x log2(e)); lse = ln(sum over keys <= t of exp(scale q.k)).
+//
+// Forward, one block of 4 warps per (64-query tile, h, b); warp w owns queries q0+16w..q0+16w+15:
+//   for each 64-key tile j that holds a key <= the tile's last query (fully masked tiles skipped):
+//     stage K_j, V_j (64 x HS) in shared memory (128-bit loads), then per warp
+//     S = Q K_j^T (16 x 64, tensor cores), masked (key > query, or key >= T) to -inf,
+//     m' = max(m, rowmax S); P = exp2(S - m'); l = l exp2(m - m') + rowsum P;
+//     O = O exp2(m - m') + P V_j (tensor cores; P rounded to T for the product); m = m'.
+//   out = O / l, lse = (m + log2 l) ln 2.
+// Backward (deterministic: every output element has one owner that sums in a fixed order, no
+// atomics), three launches:
+//   1. D = rowsum(dout * out), one warp per (b, t, h) row, into the scratch (B,NH,T).
+//   2. dK, dV: one block per (64-key tile, h, b); warp w owns 16 keys; loop over the query tiles
+//      that hold a query >= the tile's first key: P^T = exp2(K Q^T - lse log2 e) (masked),
+//      dV += P^T dO, dP^T = V dO^T, dS^T = P^T (dP^T - D), dK += dS^T Q; then
+//      dqkv's k and v thirds += scale dK and dV.
+//   3. dQ: one block per (64-query tile, h, b); loop over the key tiles as in the forward:
+//      P = exp2(Q K^T - lse log2 e), dP = dO V^T, dS = P (dP - D), dQ += dS K; dqkv's q third +=
+//      scale dQ.
+//
+// Tensor cores: mma.sync m16n8k16 (bf16 inputs, fp32 accumulators), whose fragment layouts are
+// fixed by the PTX ISA (lane = 4 g + t, g = group 0..7, t = thread in group 0..3):
+//   A (16x16, row major): pair p (elements 2p, 2p+1) = row g + 8 (p & 1), columns
+//     2t + 8 (p >> 1) + {0, 1};
+//   B (16x8, "col"): pair p = rows (k) 2t + 8p + {0, 1}, column (n) g;
+//   C (16x8, fp32): element e = row g + 8 (e >> 1), column 2t + (e & 1).
+// The C fragments of two adjacent n-tiles are exactly the A fragment of the next product (S -> P).
+// For T = float the same fragments hold fp32 values and `mma` is a plain-FMA emulation of the
+// instruction built from warp shuffles (the slow reference path: no rounding of P to bf16).
+// Softmax statistics, accumulators and every sum are fp32 in both precisions.
+#include "common.h"
+
+namespace flash {
+
+constexpr int WARPS = 4;
+constexpr int THREADS = 32 * WARPS;
+// Queries (forward, dQ) or keys (dK dV) per block: 16 per warp.
+constexpr int BLOCK_ROWS = 16 * WARPS;
+// Shared-memory rows are padded by 8 elements: 16-byte aligned, and the fragment loads below
+// fall on distinct banks.
+constexpr int PAD = 8;
+constexpr float LOG2E = 1.4426950408889634f;
+constexpr float LN2 = 0.6931471805599453f;
+constexpr unsigned FULL = 0xffffffffu;
+
+// ---- fragments -----------------------------------------------------------------------------
+struct FragC {
+    float x[4];
+};
+template <typename T> struct FragA;
+template <> struct FragA<float> {
+    float x[8];
+};
+template <> struct FragA<__nv_bfloat16> {
+    unsigned x[4];
+};
+template <typename T> struct FragB;
+template <> struct FragB<float> {
+    float x[4];
+};
+template <> struct FragB<__nv_bfloat16> {
+    unsigned x[2];
+};
+
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<unsigned*>(&v);
+}
+
+// Pair p of a fragment from two adjacent elements src[0], src[1] (one 32- or 64-bit load).
+__device__ __forceinline__ void set_pair(FragA<float>& a, int p, const float* src) {
+    const float2 v = *reinterpret_cast<const float2*>(src);
+    a.x[2 * p] = v.x;
+    a.x[2 * p + 1] = v.y;
+}
+__device__ __forceinline__ void set_pair(FragA<__nv_bfloat16>& a, int p, const __nv_bfloat16* src) {
+    a.x[p] = *reinterpret_cast<const unsigned*>(src);
+}
+__device__ __forceinline__ void set_pair(FragB<float>& b, int p, const float* src) {
+    const float2 v = *reinterpret_cast<const float2*>(src);
+    b.x[2 * p] = v.x;
+    b.x[2 * p + 1] = v.y;
+}
+__device__ __forceinline__ void set_pair(FragB<__nv_bfloat16>& b, int p, const __nv_bfloat16* src) {
+    b.x[p] = *reinterpret_cast<const unsigned*>(src);
+}
+// Pair p from src[0] and src[stride] (two loads).
+__device__ __forceinline__ void set_pair_strided(FragB<float>& b, int p, const float* src, int stride) {
+    b.x[2 * p] = src[0];
+    b.x[2 * p + 1] = src[stride];
+}
+__device__ __forceinline__ void set_pair_strided(FragB<__nv_bfloat16>& b, int p, const __nv_bfloat16* src,
+                                                 int stride) {
+    const unsigned lo = __bfloat16_as_ushort(src[0]);
+    const unsigned hi = __bfloat16_as_ushort(src[stride]);
+    b.x[p] = lo | (hi << 16);
+}
+// Pair p from two fp32 values (rounded to nearest even in bf16).
+__device__ __forceinline__ void set_pair_values(FragA<float>& a, int p, float lo, float hi) {
+    a.x[2 * p] = lo;
+    a.x[2 * p + 1] = hi;
+}
+__device__ __forceinline__ void set_pair_values(FragA<__nv_bfloat16>& a, int p, float lo, float hi) {
+    a.x[p] = pack_bf16(lo, hi);
+}
+
+// The A fragment (16 rows x 16 columns kk*16..) of the products P V, dS K, P^T dO, dS^T Q: the C
+// fragments of n-tiles 2kk and 2kk+1.
+template <typename T> __device__ __forceinline__ FragA<T> a_from_c(const FragC& c0, const FragC& c1) {
+    FragA<T> a;
+    set_pair_values(a, 0, c0.x[0], c0.x[1]);
+    set_pair_values(a, 1, c0.x[2], c0.x[3]);
+    set_pair_values(a, 2, c1.x[0], c1.x[1]);
+    set_pair_values(a, 3, c1.x[2], c1.x[3]);
+    return a;
+}
+
+// The A fragment of rows row0..row0+15, columns col0..col0+15 of a row-major matrix in global
+// memory (row stride `stride` elements); rows >= rows_valid read as zero.
+template <typename T>
+__device__ __forceinline__ FragA<T> load_a_global(const T* m, size_t stride, int row0, int rows_valid, int col0) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    FragA<T> a;
+#pragma unroll
+    for (int p = 0; p < 4; ++p) {
+        const int row = row0 + g + 8 * (p & 1);
+        const int col = col0 + 2 * t + 8 * (p >> 1);
+        if (row < rows_valid) {
+            set_pair(a, p, m + (size_t)row * stride + col);
+        } else {
+            set_pair_values(a, p, 0.0f, 0.0f);
+        }
+    }
+    return a;
+}
+
+// B fragment with B(k, n) = M[n0 + n][k0 + k], M row-major in shared memory with LD columns (the
+// K of Q K^T, the Q of K Q^T, ...): pairs are adjacent in memory.
+template <typename T, int LD>
+__device__ __forceinline__ FragB<T> load_b_nk(const T (*m)[LD], int n0, int k0) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    FragB<T> b;
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+        set_pair(b, p, &m[n0 + g][k0 + 2 * t + 8 * p]);
+    }
+    return b;
+}
+
+// B fragment with B(k, n) = M[k0 + k][n0 + n] (the V of P V, the K of dS K, ...): pairs are a
+// column apart.
+template <typename T, int LD>
+__device__ __forceinline__ FragB<T> load_b_kn(const T (*m)[LD], int k0, int n0) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    FragB<T> b;
+#pragma unroll
+    for (int p = 0; p < 2; ++p) {
+        set_pair_strided(b, p, &m[k0 + 2 * t + 8 * p][n0 + g], LD);
+    }
+    return b;
+}
+
+// ---- the 16x8x16 product: c += a b ------------------------------------------------------------
+// MMA_BF16_BEGIN
+__device__ __forceinline__ void mma(FragC& c, const FragA<__nv_bfloat16>& a, const FragB<__nv_bfloat16>& b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c.x[0]), "+f"(c.x[1]), "+f"(c.x[2]), "+f"(c.x[3])
+                 : "r"(a.x[0]), "r"(a.x[1]), "r"(a.x[2]), "r"(a.x[3]), "r"(b.x[0]), "r"(b.x[1]));
+}
+// MMA_BF16_END
+
+// The fp32 twin of the instruction, same fragments: lane (g, t) needs rows g and g+8 of A (held
+// by lanes 4g..4g+3) and columns 2t and 2t+1 of B (held by lanes 8t..8t+3 and 8t+4..8t+7); source
+// lane q of each group holds the k = 2q, 2q+1, 2q+8, 2q+9 slice. Fixed order: deterministic.
+// MMA_F32_BEGIN
+__device__ __forceinline__ void mma(FragC& c, const FragA<float>& a, const FragB<float>& b) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+        float av[8], b0[4], b1[4];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+            av[e] = __shfl_sync(FULL, a.x[e], 4 * g + q);
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            b0[e] = __shfl_sync(FULL, b.x[e], 8 * t + q);
+            b1[e] = __shfl_sync(FULL, b.x[e], 8 * t + 4 + q);
+        }
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            c.x[0] += av[j] * b0[j];
+            c.x[0] += av[4 + j] * b0[2 + j];
+            c.x[1] += av[j] * b1[j];
+            c.x[1] += av[4 + j] * b1[2 + j];
+            c.x[2] += av[2 + j] * b0[j];
+            c.x[2] += av[6 + j] * b0[2 + j];
+            c.x[3] += av[2 + j] * b1[j];
+            c.x[3] += av[6 + j] * b1[2 + j];
+        }
+    }
+}
+// MMA_F32_END
+
+// ---- helpers ---------------------------------------------------------------------------------
+// dst (ROWS x HS, row stride HS + PAD) <- rows 0..ROWS-1 of src (row stride `stride`), with 128-bit
+// loads; rows >= rows_valid are zero. Every thread of the block calls it.
+template <typename T, int HS, int ROWS>
+__device__ __forceinline__ void stage_rows(T (*dst)[HS + PAD], const T* src, size_t stride, int rows_valid) {
+    constexpr int P = Packed<T>::size;
+    constexpr int PER_ROW = HS / P;
+    for (int i = threadIdx.x; i < ROWS * PER_ROW; i += THREADS) {
+        const int r = i / PER_ROW;
+        const int c = (i % PER_ROW) * P;
+        Packed<T> v;
+        if (r < rows_valid) {
+            v = load_packed(src + (size_t)r * stride + c);
+        } else {
+#pragma unroll
+            for (int j = 0; j < P; ++j) {
+                v.v[j] = from_float<T>(0.0f);
+            }
+        }
+        store_packed(&dst[r][c], v);
+    }
+}
+
+// The max of v over the 4 lanes of a group (the lanes that hold one row of a C fragment).
+__device__ __forceinline__ float group_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(FULL, v, 1));
+    return fmaxf(v, __shfl_xor_sync(FULL, v, 2));
+}
+__device__ __forceinline__ float group_sum(float v) {
+    v += __shfl_xor_sync(FULL, v, 1);
+    return v + __shfl_xor_sync(FULL, v, 2);
+}
+
+// dst[0..1] = (a, b) rounded to T, one 32/64-bit store (dst is 8-byte aligned for float, 4 for bf16).
+__device__ __forceinline__ void store_pair(float* dst, float a, float b) {
+    *reinterpret_cast<float2*>(dst) = make_float2(a, b);
+}
+__device__ __forceinline__ void store_pair(__nv_bfloat16* dst, float a, float b) {
+    *reinterpret_cast<unsigned*>(dst) = pack_bf16(a, b);
+}
+// dst[0..1] += (a, b): read, add in fp32, round once.
+template <typename T> __device__ __forceinline__ void add_pair(T* dst, float a, float b) {
+    store_pair(dst, to_float(dst[0]) + a, to_float(dst[1]) + b);
+}
+
+// ---- forward -----------------------------------------------------------------------------------
+template <typename T, int HS> struct FwdConfig {
+    // keys per tile (fp32 HS=128 uses 32 to keep K and V under 48 KB of shared memory)
+    static constexpr int BK = (sizeof(T) == 2 || HS == 64) ? 64 : 32;
+};
+
+template <typename T, int HS>
+__device__ __forceinline__ void forward_impl(T* out, float* lse, const T* qkv, int B, int T_, int NH) {
+    constexpr int BK = FwdConfig<T, HS>::BK;
+    constexpr int LD = HS + PAD;
+    constexpr int NT = BK / 8;  // n8-tiles of S
+    constexpr int KS = HS / 16; // k16-steps over the head dimension
+    constexpr int NO = HS / 8;  // n8-tiles of O
+    __shared__ __align__(16) T ks[BK][LD]; // (BK, HS) keys of the tile
+    __shared__ __align__(16) T vs[BK][LD]; // (BK, HS) values of the tile
+    (void)B;
+
+    const int C = NH * HS;
+    const size_t C3 = 3 * (size_t)C;
+    // heaviest tiles (the last queries) first
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * BLOCK_ROWS;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+    const int w0 = q0 + 16 * warp;                // the warp's first query
+    const int w_last = min(w0 + 15, T_ - 1);      // its last real query (< w0: none)
+    const int q_last = min(q0 + BLOCK_ROWS - 1, T_ - 1);
+    const T* head = qkv + (size_t)b * T_ * C3 + (size_t)h * HS; // q of (b, position 0, h)
+    const float sl2 = LOG2E / sqrtf((float)HS);
+
+    FragA<T> qf[KS]; // (16, HS) the warp's queries
+#pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+        qf[kk] = load_a_global(head, C3, w0, T_, kk * 16);
+    }
+    FragC o[NO];
+#pragma unroll
+    for (int n = 0; n < NO; ++n) {
+        o[n] = FragC{{0.0f, 0.0f, 0.0f, 0.0f}};
+    }
+    // rows w0+g and w0+g+8: running max (base 2) and this lane's part of the running sum
+    float m[2] = {-INFINITY, -INFINITY};
+    float l[2] = {0.0f, 0.0f};
+
+    const int n_tiles = q_last / BK + 1;
+    for (int j = 0; j < n_tiles; ++j) {
+        const int k0 = j * BK;
+        __syncthreads(); // every warp is done with the previous tile
+        stage_rows<T, HS, BK>(ks, head + C + (size_t)k0 * C3, C3, T_ - k0);
+        stage_rows<T, HS, BK>(vs, head + 2 * C + (size_t)k0 * C3, C3, T_ - k0);
+        __syncthreads();
+        if (k0 > w_last) {
+            continue; // warp-uniform: no key of the tile is visible to this warp's queries
+        }
+        FragC s[NT];
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+            s[n] = FragC{{0.0f, 0.0f, 0.0f, 0.0f}};
+        }
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) {
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+                if (k0 + 8 * n <= w_last) { // warp-uniform; skipped n-tiles are all masked
+                    mma(s[n], qf[kk], load_b_nk<T, LD>(ks, 8 * n, 16 * kk));
+                }
+            }
+        }
+        float mx[2] = {m[0], m[1]};
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int row = w0 + g + 8 * (e >> 1);
+                const int key = k0 + 8 * n + 2 * t4 + (e & 1);
+                const float v = (key <= row && key < T_) ? s[n].x[e] * sl2 : -INFINITY;
+                s[n].x[e] = v;
+                mx[e >> 1] = fmaxf(mx[e >> 1], v);
+            }
+        }
+        float base[2], alpha[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            mx[i] = group_max(mx[i]);
+            base[i] = mx[i] == -INFINITY ? 0.0f : mx[i];
+            alpha[i] = exp2f(m[i] - base[i]);
+            m[i] = mx[i];
+        }
+        float ls[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float p = exp2f(s[n].x[e] - base[e >> 1]);
+                s[n].x[e] = p;
+                ls[e >> 1] += p;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            l[i] = l[i] * alpha[i] + ls[i];
+        }
+#pragma unroll
+        for (int n = 0; n < NO; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                o[n].x[e] *= alpha[e >> 1];
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; ++kk) {
+            if (k0 + 16 * kk <= w_last) {
+                const FragA<T> pa = a_from_c<T>(s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+                for (int n = 0; n < NO; ++n) {
+                    mma(o[n], pa, load_b_kn<T, LD>(vs, 16 * kk, 8 * n));
+                }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        l[i] = group_sum(l[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int row = w0 + g + 8 * i;
+        if (row < T_) {
+            const float inv = 1.0f / l[i];
+            T* dst = out + ((size_t)b * T_ + row) * C + (size_t)h * HS + 2 * t4;
+#pragma unroll
+            for (int n = 0; n < NO; ++n) {
+                store_pair(dst + 8 * n, o[n].x[2 * i] * inv, o[n].x[2 * i + 1] * inv);
+            }
+            if (t4 == 0) {
+                lse[((size_t)b * NH + h) * T_ + row] = (m[i] + log2f(l[i])) * LN2;
+            }
+        }
+    }
+}
+
+// ---- backward 1: D = rowsum(dout * out) --------------------------------------------------------
+// One warp per (b, t, h) row; D (B,NH,T).
+template <typename T>
+__device__ __forceinline__ void backward_d_impl(float* d, const T* dout, const T* out, int B, int T_, int NH,
+                                                int HS) {
+    const int lane = threadIdx.x & 31;
+    const size_t row = (size_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= (size_t)B * T_ * NH) {
+        return;
+    }
+    const int h = (int)(row % NH);
+    const size_t bt = row / NH;
+    const int t = (int)(bt % T_);
+    const size_t b = bt / T_;
+    const size_t off = bt * NH * HS + (size_t)h * HS;
+    float sum = 0.0f;
+    for (int i = lane; i < HS; i += 32) {
+        sum += to_float(dout[off + i]) * to_float(out[off + i]);
+    }
+    sum = warp_reduce_sum(sum);
+    if (lane == 0) {
+        d[(b * NH + h) * T_ + t] = sum;
+    }
+}
+
+// ---- backward 2: dK, dV ------------------------------------------------------------------------
+template <typename T, int HS> struct DkdvConfig {
+    // queries per tile
+    static constexpr int BQ = (sizeof(T) == 2 && HS == 64) ? 64 : 32;
+    // whether each warp keeps its K and V rows in registers (else reloads them, from L1/L2)
+    static constexpr bool KEEP = HS == 64;
+};
+
+template <typename T, int HS>
+__device__ __forceinline__ void backward_dkdv_impl(T* dqkv, const T* dout, const T* qkv, const float* lse,
+                                                   const float* d, int B, int T_, int NH) {
+    constexpr int BQ = DkdvConfig<T, HS>::BQ;
+    constexpr bool KEEP = DkdvConfig<T, HS>::KEEP;
+    constexpr int LD = HS + PAD;
+    constexpr int NT = BQ / 8;
+    constexpr int KS = HS / 16;
+    constexpr int NO = HS / 8;
+    __shared__ __align__(16) T qs[BQ][LD];  // (BQ, HS) queries of the tile
+    __shared__ __align__(16) T dos[BQ][LD]; // (BQ, HS) dout of the tile
+    __shared__ float lse2s[BQ];           // (BQ) lse * log2(e) of the tile's queries
+    __shared__ float ds[BQ];              // (BQ) D of the tile's queries
+    (void)B;
+
+    const int C = NH * HS;
+    const size_t C3 = 3 * (size_t)C;
+    const int k0 = blockIdx.x * BLOCK_ROWS; // heaviest (first keys) first
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+    const int w0 = k0 + 16 * warp; // the warp's first key
+    const T* head = qkv + (size_t)b * T_ * C3 + (size_t)h * HS;
+    const T* dhead = dout + (size_t)b * T_ * C + (size_t)h * HS;
+    const float* lse_h = lse + ((size_t)b * NH + h) * T_;
+    const float* d_h = d + ((size_t)b * NH + h) * T_;
+    const float sl2 = LOG2E / sqrtf((float)HS);
+    const float scale = 1.0f / sqrtf((float)HS);
+
+    FragA<T> kf[KEEP ? KS : 1], vf[KEEP ? KS : 1]; // (16, HS) the warp's keys and values
+    if constexpr (KEEP) {
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) {
+            kf[kk] = load_a_global(head + C, C3, w0, T_, 16 * kk);
+            vf[kk] = load_a_global(head + 2 * C, C3, w0, T_, 16 * kk);
+        }
+    }
+    FragC dk[NO], dv[NO];
+#pragma unroll
+    for (int n = 0; n < NO; ++n) {
+        dk[n] = FragC{{0.0f, 0.0f, 0.0f, 0.0f}};
+        dv[n] = FragC{{0.0f, 0.0f, 0.0f, 0.0f}};
+    }
+
+    for (int qq0 = (k0 / BQ) * BQ; qq0 < T_; qq0 += BQ) {
+        __syncthreads();
+        stage_rows<T, HS, BQ>(qs, head + (size_t)qq0 * C3, C3, T_ - qq0);
+        stage_rows<T, HS, BQ>(dos, dhead + (size_t)qq0 * C, C, T_ - qq0);
+        for (int i = threadIdx.x; i < BQ; i += THREADS) {
+            const bool real = qq0 + i < T_;
+            lse2s[i] = real ? lse_h[qq0 + i] * LOG2E : 0.0f;
+            ds[i] = real ? d_h[qq0 + i] : 0.0f;
+        }
+        __syncthreads();
+        if (w0 >= T_ || qq0 + BQ - 1 < w0) {
+            continue; // warp-uniform: no real key, or every query of the tile precedes every key
+        }
+        FragC st[NT], dpt[NT]; // (16, BQ) S^T and dP^T of the warp's keys
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+            st[n] = FragC{{0.0f, 0.0f, 0.0f, 0.0f}};
+            dpt[n] = FragC{{0.0f, 0.0f, 0.0f, 0.0f}};
+        }
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) {
+            FragA<T> ka, va;
+            if constexpr (KEEP) {
+                ka = kf[kk];
+                va = vf[kk];
+            } else {
+                ka = load_a_global(head + C, C3, w0, T_, 16 * kk);
+                va = load_a_global(head + 2 * C, C3, w0, T_, 16 * kk);
+            }
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+                const int n0 = qq0 + 8 * n;
+                if (n0 + 7 >= w0 && n0 < T_) { // warp-uniform; skipped n-tiles are all masked
+                    mma(st[n], ka, load_b_nk<T, LD>(qs, 8 * n, 16 * kk));
+                    mma(dpt[n], va, load_b_nk<T, LD>(dos, 8 * n, 16 * kk));
+                }
+            }
+        }
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int key = w0 + g + 8 * (e >> 1);
+                const int qi = 8 * n + 2 * t4 + (e & 1);
+                const int query = qq0 + qi;
+                const bool visible = key <= query && query < T_ && key < T_;
+                const float p = visible ? exp2f(st[n].x[e] * sl2 - lse2s[qi]) : 0.0f;
+                st[n].x[e] = p;
+                dpt[n].x[e] = p * (dpt[n].x[e] - ds[qi]);
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < BQ / 16; ++kk) {
+            const int n0 = qq0 + 16 * kk;
+            if (n0 + 15 >= w0 && n0 < T_) {
+                const FragA<T> pa = a_from_c<T>(st[2 * kk], st[2 * kk + 1]);
+                const FragA<T> dsa = a_from_c<T>(dpt[2 * kk], dpt[2 * kk + 1]);
+#pragma unroll
+                for (int n = 0; n < NO; ++n) {
+                    mma(dv[n], pa, load_b_kn<T, LD>(dos, 16 * kk, 8 * n));
+                    mma(dk[n], dsa, load_b_kn<T, LD>(qs, 16 * kk, 8 * n));
+                }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int key = w0 + g + 8 * i;
+        if (key < T_) {
+            T* dst = dqkv + ((size_t)b * T_ + key) * C3 + (size_t)h * HS + 2 * t4;
+#pragma unroll
+            for (int n = 0; n < NO; ++n) {
+                add_pair(dst + C + 8 * n, scale * dk[n].x[2 * i], scale * dk[n].x[2 * i + 1]);
+                add_pair(dst + 2 * C + 8 * n, dv[n].x[2 * i], dv[n].x[2 * i + 1]);
+            }
+        }
+    }
+}
+
+// ---- backward 3: dQ ----------------------------------------------------------------------------
+template <typename T, int HS> struct DqConfig {
+    // keys per tile
+    static constexpr int BK = (sizeof(T) == 2 && HS == 64) ? 64 : 32;
+    // whether each warp keeps its q and dout rows in registers (else reloads them)
+    static constexpr bool KEEP = sizeof(T) == 2 || HS == 64;
+};
+
+template <typename T, int HS>
+__device__ __forceinline__ void backward_dq_impl(T* dqkv, const T* dout, const T* qkv, const float* lse,
+                                                 const float* d, int B, int T_, int NH) {
+    constexpr int BK = DqConfig<T, HS>::BK;
+    constexpr bool KEEP = DqConfig<T, HS>::KEEP;
+    constexpr int LD = HS + PAD;
+    constexpr int NT = BK / 8;
+    constexpr int KS = HS / 16;
+    constexpr int NO = HS / 8;
+    __shared__ __align__(16) T ks[BK][LD]; // (BK, HS) keys of the tile
+    __shared__ __align__(16) T vs[BK][LD]; // (BK, HS) values of the tile
+    (void)B;
+
+    const int C = NH * HS;
+    const size_t C3 = 3 * (size_t)C;
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * BLOCK_ROWS;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+    const int w0 = q0 + 16 * warp;
+    const int w_last = min(w0 + 15, T_ - 1);
+    const int q_last = min(q0 + BLOCK_ROWS - 1, T_ - 1);
+    const T* head = qkv + (size_t)b * T_ * C3 + (size_t)h * HS;
+    const T* dhead = dout + (size_t)b * T_ * C + (size_t)h * HS;
+    const float sl2 = LOG2E / sqrtf((float)HS);
+    const float scale = 1.0f / sqrtf((float)HS);
+
+    FragA<T> qf[KEEP ? KS : 1], df[KEEP ? KS : 1]; // (16, HS) the warp's queries and dout
+    if constexpr (KEEP) {
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) {
+            qf[kk] = load_a_global(head, C3, w0, T_, 16 * kk);
+            df[kk] = load_a_global(dhead, (size_t)C, w0, T_, 16 * kk);
+        }
+    }
+    float lse2[2], dr[2]; // rows w0+g, w0+g+8
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int row = w0 + g + 8 * i;
+        const size_t at = ((size_t)b * NH + h) * T_ + row;
+        lse2[i] = row < T_ ? lse[at] * LOG2E : 0.0f;
+        dr[i] = row < T_ ? d[at] : 0.0f;
+    }
+    FragC dq[NO];
+#pragma unroll
+    for (int n = 0; n < NO; ++n) {
+        dq[n] = FragC{{0.0f, 0.0f, 0.0f, 0.0f}};
+    }
+
+    const int n_tiles = q_last / BK + 1;
+    for (int j = 0; j < n_tiles; ++j) {
+        const int k0 = j * BK;
+        __syncthreads();
+        stage_rows<T, HS, BK>(ks, head + C + (size_t)k0 * C3, C3, T_ - k0);
+        stage_rows<T, HS, BK>(vs, head + 2 * C + (size_t)k0 * C3, C3, T_ - k0);
+        __syncthreads();
+        if (k0 > w_last) {
+            continue;
+        }
+        FragC s[NT], dp[NT]; // (16, BK)
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+            s[n] = FragC{{0.0f, 0.0f, 0.0f, 0.0f}};
+            dp[n] = FragC{{0.0f, 0.0f, 0.0f, 0.0f}};
+        }
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) {
+            FragA<T> qa, da;
+            if constexpr (KEEP) {
+                qa = qf[kk];
+                da = df[kk];
+            } else {
+                qa = load_a_global(head, C3, w0, T_, 16 * kk);
+                da = load_a_global(dhead, (size_t)C, w0, T_, 16 * kk);
+            }
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+                if (k0 + 8 * n <= w_last) {
+                    mma(s[n], qa, load_b_nk<T, LD>(ks, 8 * n, 16 * kk));
+                    mma(dp[n], da, load_b_nk<T, LD>(vs, 8 * n, 16 * kk));
+                }
+            }
+        }
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int row = w0 + g + 8 * (e >> 1);
+                const int key = k0 + 8 * n + 2 * t4 + (e & 1);
+                const bool visible = key <= row && key < T_ && row < T_;
+                const float p = visible ? exp2f(s[n].x[e] * sl2 - lse2[e >> 1]) : 0.0f;
+                s[n].x[e] = p * (dp[n].x[e] - dr[e >> 1]);
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < BK / 16; ++kk) {
+            if (k0 + 16 * kk <= w_last) {
+                const FragA<T> dsa = a_from_c<T>(s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+                for (int n = 0; n < NO; ++n) {
+                    mma(dq[n], dsa, load_b_kn<T, LD>(ks, 16 * kk, 8 * n));
+                }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int row = w0 + g + 8 * i;
+        if (row < T_) {
+            T* dst = dqkv + ((size_t)b * T_ + row) * C3 + (size_t)h * HS + 2 * t4;
+#pragma unroll
+            for (int n = 0; n < NO; ++n) {
+                add_pair(dst + 8 * n, scale * dq[n].x[2 * i], scale * dq[n].x[2 * i + 1]);
+            }
+        }
+    }
+}
+
+} // namespace flash
+
+// ---- entry points ------------------------------------------------------------------------------
+// Forward: grid (ceil(T/64), NH, B), 128 threads. out (B,T,C), lse (B,NH,T), qkv (B,T,3C).
+#define FLASH_FORWARD(NAME, TYPE, HS)                                                                    \
+    extern "C" __global__ void __launch_bounds__(flash::THREADS)                                       \
+        NAME(TYPE* out, float* lse, const TYPE* qkv, int B, int T, int NH) {                           \
+        flash::forward_impl<TYPE, HS>(out, lse, qkv, B, T, NH);                                        \
+    }
+FLASH_FORWARD(flash_attention_forward_hs64, float, 64)
+FLASH_FORWARD(flash_attention_forward_hs64_bf16, __nv_bfloat16, 64)
+FLASH_FORWARD(flash_attention_forward_hs128, float, 128)
+FLASH_FORWARD(flash_attention_forward_hs128_bf16, __nv_bfloat16, 128)
+
+// D (B,NH,T) = rowsum(dout * out), dout and out (B,T,C); one warp per row, any HS.
+extern "C" __global__ void flash_attention_backward_d(float* d, const float* dout, const float* out, int B, int T,
+                                                      int NH, int HS) {
+    flash::backward_d_impl(d, dout, out, B, T, NH, HS);
+}
+extern "C" __global__ void flash_attention_backward_d_bf16(float* d, const __nv_bfloat16* dout,
+                                                           const __nv_bfloat16* out, int B, int T, int NH, int HS) {
+    flash::backward_d_impl(d, dout, out, B, T, NH, HS);
+}
+
+// dK, dV (accumulated into dqkv (B,T,3C)): grid (ceil(T/64), NH, B), 128 threads.
+#define FLASH_DKDV(NAME, TYPE, HS)                                                                       \
+    extern "C" __global__ void __launch_bounds__(flash::THREADS) NAME(                                 \
+        TYPE* dqkv, const TYPE* dout, const TYPE* qkv, const float* lse, const float* d, int B, int T, int NH) { \
+        flash::backward_dkdv_impl<TYPE, HS>(dqkv, dout, qkv, lse, d, B, T, NH);                        \
+    }
+FLASH_DKDV(flash_attention_backward_dkdv_hs64, float, 64)
+FLASH_DKDV(flash_attention_backward_dkdv_hs64_bf16, __nv_bfloat16, 64)
+FLASH_DKDV(flash_attention_backward_dkdv_hs128, float, 128)
+FLASH_DKDV(flash_attention_backward_dkdv_hs128_bf16, __nv_bfloat16, 128)
+
+// dQ (accumulated into dqkv (B,T,3C)): grid (ceil(T/64), NH, B), 128 threads.
+#define FLASH_DQ(NAME, TYPE, HS)                                                                         \
+    extern "C" __global__ void __launch_bounds__(flash::THREADS) NAME(                                 \
+        TYPE* dqkv, const TYPE* dout, const TYPE* qkv, const float* lse, const float* d, int B, int T, int NH) { \
+        flash::backward_dq_impl<TYPE, HS>(dqkv, dout, qkv, lse, d, B, T, NH);                          \
+    }
+FLASH_DQ(flash_attention_backward_dq_hs64, float, 64)
+FLASH_DQ(flash_attention_backward_dq_hs64_bf16, __nv_bfloat16, 64)
+FLASH_DQ(flash_attention_backward_dq_hs128, float, 128)
+FLASH_DQ(flash_attention_backward_dq_hs128_bf16, __nv_bfloat16, 128)

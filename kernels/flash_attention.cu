@@ -426,8 +426,8 @@ __device__ __forceinline__ void backward_d_impl(float* d, const T* dout, const T
 
 // ---- backward 2: dK, dV ------------------------------------------------------------------------
 template <typename T, int HS> struct DkdvConfig {
-    // queries per tile
-    static constexpr int BQ = (sizeof(T) == 2 && HS == 64) ? 64 : 32;
+    // queries per tile (fp32 HS=128: 16, to stay clear of register spills on sm_80)
+    static constexpr int BQ = (sizeof(T) == 2 && HS == 64) ? 64 : (sizeof(T) == 4 && HS == 128) ? 16 : 32;
     // whether each warp keeps its K and V rows in registers (else reloads them, from L1/L2)
     static constexpr bool KEEP = HS == 64;
 };

@@ -12,10 +12,17 @@ mkdir -p "$out"
 run=".gpu/on-gpu.sh"
 [ -f "$run" ] || { echo "no .gpu/: run ../shared/gpu/pack on the build machine first" >&2; exit 2; }
 declare -a summary
+# each check may take at most CHECK_TIMEOUT seconds (default 300), so that one hang cannot eat a
+# device session's whole budget
 check() { # name, command...
   local name=$1; shift
   echo "=== $name: $*"
-  if "$@" > "$out/$name.log" 2>&1; then summary+=("ok    $name"); else summary+=("FAIL  $name (see $name.log)"); fi
+  local start=$SECONDS
+  if timeout "${CHECK_TIMEOUT:-300}" "$@" > "$out/$name.log" 2>&1; then
+    summary+=("ok    $name ($((SECONDS - start)) s)")
+  else
+    summary+=("FAIL  $name ($((SECONDS - start)) s, see $name.log)")
+  fi
   tail -n 25 "$out/$name.log"
 }
 

@@ -46,18 +46,23 @@ impl Tolerances {
     /// (independent errors, growing about as sqrt(number of roundings) along the residual stream);
     /// products accumulate in fp32, so the error does not grow with C. For the committed fixtures
     /// (L = 2) that predicts logits within a few u of max|logit| and gradients within ~5-10u of
-    /// their max: the bounds are 3e-2 for the logits, 5e-2 for the gradients and 1e-1 for wpe and
-    /// the layernorm biases (sums over B*T positions of small terms of both signs, which lose the
-    /// most relative to their max), 5e-3 relative for the mean loss (per-position errors average
-    /// out over B*T) and 2e-2 relative for the 10-step losses (the stochastically rounded weights
-    /// add noise of up to u per update).
+    /// their max. Measured on the CPU with the bf16 engine's storage emulated
+    /// (`cpu::model::Storage::Bf16`, tests/reference.rs; docs/verification.md): logits <= 6.1e-3,
+    /// loss <= 1.9e-5, gradients <= 1.9e-2 (ln2w on `ref_sharp`). The bounds: 3e-2 for the
+    /// logits, 5e-2 for the gradients and 1e-1 for wpe and the layernorm biases (sums over B*T
+    /// positions of small terms of both signs, which can lose the most relative to their max),
+    /// 1e-3 relative for the mean loss (per-position errors average out over B*T) and 2e-2
+    /// relative for the 10-step losses (the stochastically rounded weights add noise of up to u
+    /// per update). tests/reference.rs keeps the emulation within half of every bound: the other
+    /// half is for what it does not emulate (the plain path's bf16 attention scores, cuBLAS's
+    /// summation orders).
     /// llm.c's own bf16 test allows a logit difference of 25 (absolute), a loss difference of 0.05
     /// (1% at its loss of 5.3), and per gradient element 7.9% of |ref| plus 5e-4 to 0.5 absolute.
-    /// These bounds are reasoned, not yet measured on a GPU (docs/verification.md records the
-    /// measurements once taken; tighten them then).
+    /// Not yet measured on a GPU (docs/verification.md records the measurements once taken;
+    /// tighten the bounds to about 3x the worst seen then).
     pub const BF16: Tolerances = Tolerances {
         logits: 3e-2,
-        loss: 5e-3,
+        loss: 1e-3,
         // checkpoint order (params::PARAM_NAMES):
         // wte   wpe   ln1w  ln1b  qkvw  qkvb  attprojw attprojb ln2w ln2b  fcw   fcb   fcprojw
         // fcprojb lnfw lnfb

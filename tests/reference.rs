@@ -89,16 +89,7 @@ fn bf16_weight_rounding_uses_at_most_half_the_bf16_tolerances() {
             loss: state.loss,
             grads: state.grads.clone(),
         };
-        let half_tol = {
-            let t = Tolerances::BF16;
-            Tolerances {
-                logits: t.logits / 2.0,
-                loss: t.loss / 2.0,
-                grads: t.grads.map(|g| g / 2.0),
-                steps: t.steps / 2.0,
-            }
-        };
-        let rows = verify::compare_outputs(&cfg, &out, &want, &half_tol);
+        let rows = verify::compare_outputs(&cfg, &out, &want, &half_of(Tolerances::BF16));
         let table = verify::format_table(&format!("cpu, bf16-rounded weights, vs {name}"), &rows);
         println!("{table}");
         assert!(rows.iter().all(|r| r.pass), "{table}");
@@ -108,5 +99,43 @@ fn bf16_weight_rounding_uses_at_most_half_the_bf16_tolerances() {
             strict.iter().any(|r| !r.pass),
             "bf16 weights changed nothing on {name}"
         );
+    }
+}
+
+/// The bf16 engine's storage emulated on the CPU (`Gpt2Cpu::emulating_bf16_storage`: the weights
+/// and every stored activation and gradient rounded to bf16, fp32 arithmetic) against PyTorch:
+/// what bf16 storage alone costs, measured. It must stay within `Tolerances::BF16` with room to
+/// spare (at most half of each bound), or the bounds would fail a correct bf16 engine.
+#[test]
+fn bf16_storage_emulation_uses_at_most_half_the_bf16_tolerances() {
+    for name in ["tiny", "sharp", "gpt2vocab", "hs64"] {
+        let ck = read_checkpoint(&fixture(&format!("ref_{name}_model.bin"))).unwrap();
+        let cfg = ck.config;
+        let state = read_debug_state(&fixture(&format!("ref_{name}_state.bin")), &cfg).unwrap();
+        let mut model = Gpt2Cpu::new(cfg, ck.params.clone(), state.b, state.t)
+            .unwrap()
+            .emulating_bf16_storage();
+        let out = verify::run_engine(&mut model, &state).unwrap();
+        // every logit and gradient the emulation reports is a bf16 value
+        let is_bf16 = |x: &f32| half::bf16::from_f32(*x).to_f32() == *x;
+        assert!(out.logits.iter().all(is_bf16) && out.grads.iter().all(is_bf16));
+        let want = verify::Outputs {
+            logits: state.logits.clone(),
+            loss: state.loss,
+            grads: state.grads.clone(),
+        };
+        let rows = verify::compare_outputs(&cfg, &out, &want, &half_of(Tolerances::BF16));
+        let table = verify::format_table(&format!("cpu, bf16 storage emulated, vs {name}"), &rows);
+        println!("{table}");
+        assert!(rows.iter().all(|r| r.pass), "{table}");
+    }
+}
+
+fn half_of(t: Tolerances) -> Tolerances {
+    Tolerances {
+        logits: t.logits / 2.0,
+        loss: t.loss / 2.0,
+        grads: t.grads.map(|g| g / 2.0),
+        steps: t.steps / 2.0,
     }
 }

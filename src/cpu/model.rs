@@ -16,6 +16,29 @@ use crate::config::GPT2Config;
 use crate::params::{self, num_parameters, Block};
 use anyhow::{bail, Result};
 
+/// How the model stores its tensors. `Fp32` is the reference: nothing is rounded beyond fp32.
+/// `Bf16` emulates the bf16 GPU engine's storage: the weights, and every activation, activation
+/// gradient and parameter gradient where that engine stores one in bf16, are rounded to bf16
+/// (round to nearest even) when written, while the arithmetic stays fp32 (as the engine's does).
+/// The layernorm statistics and the losses stay fp32, as there. The tests use it to measure how
+/// far bf16 storage alone moves the results (what `verify::Tolerances::BF16` must allow); the
+/// AdamW update is not emulated (it updates the fp32 parameters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Storage {
+    Fp32,
+    Bf16,
+}
+
+impl Storage {
+    /// Rounds `x` in place to what this storage keeps.
+    pub fn round(self, x: &mut [f32]) {
+        if self == Storage::Bf16 {
+            x.iter_mut()
+                .for_each(|v| *v = half::bf16::from_f32(*v).to_f32());
+        }
+    }
+}
+
 pub struct Gpt2Cpu {
     pub config: GPT2Config,
     /// The largest batch the activation arenas hold.
@@ -32,6 +55,7 @@ pub struct Gpt2Cpu {
     /// (B, T) of the last forward.
     pub b: usize,
     pub t: usize,
+    storage: Storage,
 }
 
 impl Gpt2Cpu {
@@ -54,7 +78,16 @@ impl Gpt2Cpu {
             targets: vec![0; max_b * max_t],
             b: 0,
             t: 0,
+            storage: Storage::Fp32,
         })
+    }
+
+    /// The same model emulating bf16 storage (see [`Storage`]): its weights are rounded to bf16
+    /// now, its activations and gradients whenever they are stored.
+    pub fn emulating_bf16_storage(mut self) -> Self {
+        self.storage = Storage::Bf16;
+        self.storage.round(&mut self.params);
+        self
     }
 
     /// Runs the forward pass on inputs (B, T); with targets also the loss, which it returns (the
@@ -82,7 +115,9 @@ impl Gpt2Cpu {
         let a = activations::split_mut(&cfg, b, t, &mut self.acts);
         let btc = b * t * c;
 
+        let s = self.storage;
         encoder_forward(a.encoded, inputs, p.wte, p.wpe, b, t, c);
+        s.round(a.encoded);
         let (layers, a) = a.by_layer(l_count);
         for (l, la) in layers.enumerate() {
             let w = p.block(l, l_count);
@@ -94,11 +129,13 @@ impl Gpt2Cpu {
                 &below[(l - 1) * btc..]
             };
             let residual3 = &mut this[..btc];
-            layer_forward(la, &w, residual, residual3, b, t, c, nh);
+            layer_forward(la, &w, residual, residual3, b, t, c, nh, s);
         }
         let last = &a.residual3[(l_count - 1) * btc..];
         layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, last, p.lnfw, p.lnfb, b, t, c);
+        s.round(a.lnf);
         matmul_forward(a.logits, a.lnf, p.wte, None, b, t, c, vp);
+        s.round(a.logits);
         softmax_forward(a.probs, a.logits, b, t, v, vp);
 
         let Some(targets) = targets else {
@@ -156,13 +193,20 @@ impl Gpt2Cpu {
 
         // the loss is the mean over B*T: each position's loss gets 1/(B*T)
         d.losses.fill(loss_scale / bt as f32);
+        let s = self.storage;
         crossentropy_softmax_backward(d.logits, d.losses, a.probs, targets, b, t, v, vp);
+        s.round(d.logits);
         matmul_backward(d.lnf, g.wte, None, d.logits, a.lnf, p.wte, b, t, c, vp);
+        s.round(d.lnf);
+        s.round(g.wte);
         let last = (l_count - 1) * btc;
         let (dlast, alast) = (&mut d.residual3[last..], &a.residual3[last..]);
         layernorm_backward(
             dlast, g.lnfw, g.lnfb, d.lnf, alast, p.lnfw, a.lnf_mean, a.lnf_rstd, b, t, c,
         );
+        s.round(dlast);
+        s.round(g.lnfw);
+        s.round(g.lnfb);
 
         let (layers, a) = a.by_layer(l_count);
         let (dlayers, d) = d.by_layer(l_count);
@@ -192,9 +236,12 @@ impl Gpt2Cpu {
                 t,
                 c,
                 nh,
+                s,
             );
         }
         encoder_backward(g.wte, g.wpe, d.encoded, inputs, b, t, c);
+        s.round(g.wte);
+        s.round(g.wpe);
     }
 
     /// The global L2 norm of the gradients.
@@ -220,17 +267,28 @@ impl Gpt2Cpu {
 /// the backward needs saved in `la`. One call per line in llm.c's order (rustfmt would stack them).
 #[rustfmt::skip]
 #[allow(clippy::too_many_arguments)]
-fn layer_forward(la: LayerActs<&mut [f32]>, w: &Block<&[f32]>, residual: &[f32], residual3: &mut [f32], b: usize, t: usize, c: usize, nh: usize) {
+fn layer_forward(la: LayerActs<&mut [f32]>, w: &Block<&[f32]>, residual: &[f32], residual3: &mut [f32], b: usize, t: usize, c: usize, nh: usize, s: Storage) {
     layernorm_forward(la.ln1, la.ln1_mean, la.ln1_rstd, residual, w.ln1w, w.ln1b, b, t, c);
+    s.round(la.ln1);
     matmul_forward(la.qkv, la.ln1, w.qkvw, Some(w.qkvb), b, t, c, 3 * c);
+    s.round(la.qkv);
     attention_forward(la.atty, la.preatt, la.att, la.qkv, b, t, c, nh);
+    s.round(la.atty);
+    s.round(la.att);
     matmul_forward(la.attproj, la.atty, w.attprojw, Some(w.attprojb), b, t, c, c);
+    s.round(la.attproj);
     residual_forward(la.residual2, residual, la.attproj);
+    s.round(la.residual2);
     layernorm_forward(la.ln2, la.ln2_mean, la.ln2_rstd, la.residual2, w.ln2w, w.ln2b, b, t, c);
+    s.round(la.ln2);
     matmul_forward(la.fch, la.ln2, w.fcw, Some(w.fcb), b, t, c, 4 * c);
+    s.round(la.fch);
     gelu_forward(la.fch_gelu, la.fch);
+    s.round(la.fch_gelu);
     matmul_forward(la.fcproj, la.fch_gelu, w.fcprojw, Some(w.fcprojb), b, t, 4 * c, c);
+    s.round(la.fcproj);
     residual_forward(residual3, la.residual2, la.fcproj);
+    s.round(residual3);
 }
 
 /// One transformer block backward, the forward read in reverse: from the gradient of the block's
@@ -238,17 +296,31 @@ fn layer_forward(la: LayerActs<&mut [f32]>, w: &Block<&[f32]>, residual: &[f32],
 /// parameters to `dw`; `dl` is this block's (zeroed) activation-gradient scratch.
 #[rustfmt::skip]
 #[allow(clippy::too_many_arguments)]
-fn layer_backward(dl: LayerActs<&mut [f32]>, dw: Block<&mut [f32]>, dresidual: &mut [f32], dresidual3: &[f32], la: LayerActs<&mut [f32]>, w: &Block<&[f32]>, residual: &[f32], b: usize, t: usize, c: usize, nh: usize) {
+fn layer_backward(dl: LayerActs<&mut [f32]>, dw: Block<&mut [f32]>, dresidual: &mut [f32], dresidual3: &[f32], la: LayerActs<&mut [f32]>, w: &Block<&[f32]>, residual: &[f32], b: usize, t: usize, c: usize, nh: usize, s: Storage) {
     residual_backward(dl.residual2, dl.fcproj, dresidual3);
     matmul_backward(dl.fch_gelu, dw.fcprojw, Some(dw.fcprojb), dl.fcproj, la.fch_gelu, w.fcprojw, b, t, 4 * c, c);
+    s.round(dl.fch_gelu);
     gelu_backward(dl.fch, la.fch, dl.fch_gelu);
+    s.round(dl.fch);
     matmul_backward(dl.ln2, dw.fcw, Some(dw.fcb), dl.fch, la.ln2, w.fcw, b, t, c, 4 * c);
+    s.round(dl.ln2);
     layernorm_backward(dl.residual2, dw.ln2w, dw.ln2b, dl.ln2, la.residual2, w.ln2w, la.ln2_mean, la.ln2_rstd, b, t, c);
+    s.round(dl.residual2);
     residual_backward(dresidual, dl.attproj, dl.residual2);
+    s.round(dl.attproj);
     matmul_backward(dl.atty, dw.attprojw, Some(dw.attprojb), dl.attproj, la.atty, w.attprojw, b, t, c, c);
+    s.round(dl.atty);
     attention_backward(dl.qkv, dl.preatt, dl.att, dl.atty, la.qkv, la.att, b, t, c, nh);
+    s.round(dl.qkv);
     matmul_backward(dl.ln1, dw.qkvw, Some(dw.qkvb), dl.qkv, la.ln1, w.qkvw, b, t, c, 3 * c);
+    s.round(dl.ln1);
     layernorm_backward(dresidual, dw.ln1w, dw.ln1b, dl.ln1, residual, w.ln1w, la.ln1_mean, la.ln1_rstd, b, t, c);
+    s.round(dresidual);
+    // every parameter gradient of the block is written once per backward: round it once
+    let Block { ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb } = dw;
+    for x in [ln1w, ln1b, qkvw, qkvb, attprojw, attprojb, ln2w, ln2b, fcw, fcb, fcprojw, fcprojb] {
+        s.round(x);
+    }
 }
 
 /// Checks a new model's arguments (both engines): the config, the parameter count, and the

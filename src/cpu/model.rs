@@ -14,15 +14,18 @@ use super::residual::{residual_backward, residual_forward};
 use crate::activations::{self, num_activations, LayerActs};
 use crate::config::GPT2Config;
 use crate::params::{self, num_parameters, Block};
+use crate::precision::{round_bf16_stochastic, rounding_bits};
 use anyhow::{bail, Result};
 
 /// How the model stores its tensors. `Fp32` is the reference: nothing is rounded beyond fp32.
 /// `Bf16` emulates the bf16 GPU engine's storage: the weights, and every activation, activation
 /// gradient and parameter gradient where that engine stores one in bf16, are rounded to bf16
 /// (round to nearest even) when written, while the arithmetic stays fp32 (as the engine's does).
-/// The layernorm statistics and the losses stay fp32, as there. The tests use it to measure how
-/// far bf16 storage alone moves the results (what `verify::Tolerances::BF16` must allow); the
-/// AdamW update is not emulated (it updates the fp32 parameters).
+/// The layernorm statistics and the losses stay fp32, as there. The update is the engine's too:
+/// AdamW on fp32 master weights, then the bf16 weights written from them with seeded stochastic
+/// rounding (`precision::round_bf16_stochastic`, seed = step, as `adamw_update_mixed`). The tests
+/// use it to measure how far bf16 alone moves the results (what `verify::Tolerances::BF16` must
+/// allow) and the loss curve (tests/loss_band.rs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Storage {
     Fp32,
@@ -56,6 +59,8 @@ pub struct Gpt2Cpu {
     pub b: usize,
     pub t: usize,
     storage: Storage,
+    /// (num_parameters) the fp32 master weights when emulating bf16 storage, else empty.
+    master: Vec<f32>,
 }
 
 impl Gpt2Cpu {
@@ -79,6 +84,7 @@ impl Gpt2Cpu {
             b: 0,
             t: 0,
             storage: Storage::Fp32,
+            master: Vec::new(),
         })
     }
 
@@ -86,6 +92,7 @@ impl Gpt2Cpu {
     /// now, its activations and gradients whenever they are stored.
     pub fn emulating_bf16_storage(mut self) -> Self {
         self.storage = Storage::Bf16;
+        self.master = self.params.clone();
         self.storage.round(&mut self.params);
         self
     }
@@ -251,15 +258,19 @@ impl Gpt2Cpu {
 
     /// One AdamW step (step counts from 1), with the gradients first multiplied by grad_scale.
     pub fn update(&mut self, hp: &AdamW, step: usize, grad_scale: f32) {
-        adamw_update(
-            &mut self.params,
-            &self.grads,
-            &mut self.m,
-            &mut self.v,
-            hp,
-            step,
-            grad_scale,
-        );
+        let (m, v) = (&mut self.m, &mut self.v);
+        match self.storage {
+            Storage::Fp32 => {
+                adamw_update(&mut self.params, &self.grads, m, v, hp, step, grad_scale)
+            }
+            Storage::Bf16 => {
+                adamw_update(&mut self.master, &self.grads, m, v, hp, step, grad_scale);
+                let seed = step as u32;
+                for (i, (p, &w)) in self.params.iter_mut().zip(&self.master).enumerate() {
+                    *p = round_bf16_stochastic(w, rounding_bits(seed, i as u32)).to_f32();
+                }
+            }
+        }
     }
 }
 

@@ -120,26 +120,25 @@ struct LayerGrads<S> {
 }
 
 impl LayerGrads<usize> {
-    /// The sizes for a batch of B x T; None on overflow.
-    /// Without `preatt` and `att` on the fused path (flash attention has none).
+    /// The sizes for a batch of B x T; None on overflow. The fused path stores only fch, ln2,
+    /// atty, qkv and ln1: it reads the residual stream's gradient where the plain path keeps the
+    /// copies residual2, fcproj and attproj, computes dfch in the product's GELU epilogue (no
+    /// fch_gelu), and flash attention has no (B, NH, T, T) preatt and att.
     fn sizes(cfg: &GPT2Config, b: usize, t: usize, fused: bool) -> Option<Self> {
         let (nh, c) = (cfg.num_heads, cfg.channels);
         let btc = b.checked_mul(t)?.checked_mul(c)?;
-        let btt = if fused {
-            0
-        } else {
-            b.checked_mul(nh)?.checked_mul(t)?.checked_mul(t)?
-        };
+        let btt = b.checked_mul(nh)?.checked_mul(t)?.checked_mul(t)?;
+        let plain = |n: usize| if fused { 0 } else { n };
         let sizes = LayerGrads {
-            residual2: btc,
-            fcproj: btc,
-            fch_gelu: btc.checked_mul(4)?,
+            residual2: plain(btc),
+            fcproj: plain(btc),
+            fch_gelu: plain(btc.checked_mul(4)?),
             fch: btc.checked_mul(4)?,
             ln2: btc,
-            attproj: btc,
+            attproj: plain(btc),
             atty: btc,
-            preatt: btt,
-            att: btt,
+            preatt: plain(btt),
+            att: plain(btt),
             qkv: btc.checked_mul(3)?,
             ln1: btc,
         };
@@ -1017,20 +1016,19 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
                 )
             },
         )?;
-        gpu.memset_zero(&mut dlnf)?;
         prof.run(Family::Matmul, Cost::matmul_backward(b, t, c, vp), || {
-            gpu.matmul_backward(
-                &mut dlnf,
-                &mut g.wte,
-                None,
-                &a.logits.as_view(),
-                &a.lnf.as_view(),
-                &p.wte,
-                b,
-                t,
-                c,
-                vp,
-            )
+            let (dlogits, lnf) = (a.logits.as_view(), a.lnf.as_view());
+            if fused {
+                // dlnf overwritten: no zeroing
+                gpu.matmul_backward_lt(
+                    &mut dlnf, false, &mut g.wte, None, &dlogits, &lnf, &p.wte, b, t, c, vp,
+                )
+            } else {
+                gpu.memset_zero(&mut dlnf)?;
+                gpu.matmul_backward(
+                    &mut dlnf, &mut g.wte, None, &dlogits, &lnf, &p.wte, b, t, c, vp,
+                )
+            }
         })?;
         let last = (l_count - 1) * btc;
         gpu.memset_zero(&mut dcur)?;
@@ -1058,6 +1056,130 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             } else {
                 a.residual3.slice((l - 1) * btc..l * btc)
             };
+            if fused {
+                // One gradient of the residual stream, dcur, as llm.c keeps it: a residual add's
+                // backward is the identity, so the products read dcur where the plain path reads
+                // its copies (dfcproj, dattproj), and each layernorm's backward adds into it,
+                // turning it into the gradient of residual2 and then of the layer's input. The
+                // products overwrite their input gradients: only flash attention's accumulating
+                // dqkv is zeroed.
+                let dl = self.dlayer.slice_mut(..dlayer_n);
+                layer_grads_mut!(d = dl, dlayer_sizes);
+                gpu.memset_zero(&mut d.qkv)?;
+                let fch = a.fch.slice(l * 4 * btc..(l + 1) * 4 * btc);
+                let fch_gelu = a.fch_gelu.slice(l * 4 * btc..(l + 1) * 4 * btc);
+                // dfch = (dresidual3 . fcprojw) * gelu'(fch), in the product's epilogue
+                prof.run(Family::Matmul, Cost::matmul_backward(b, t, c4, c), || {
+                    gpu.matmul_backward_dgelu_lt(
+                        &mut d.fch,
+                        &mut g.fcprojw.slice_mut(l * c * c4..(l + 1) * c * c4),
+                        Some(&mut g.fcprojb.slice_mut(l * c1..(l + 1) * c1)),
+                        &dcur.as_view(),
+                        &fch_gelu,
+                        &w.fcprojw,
+                        &fch,
+                        b,
+                        t,
+                        c4,
+                        c,
+                    )
+                })?;
+                prof.run(Family::Matmul, Cost::matmul_backward(b, t, c, c4), || {
+                    gpu.matmul_backward_lt(
+                        &mut d.ln2,
+                        false,
+                        &mut g.fcw.slice_mut(l * c4 * c..(l + 1) * c4 * c),
+                        Some(&mut g.fcb.slice_mut(l * c4..(l + 1) * c4)),
+                        &d.fch.as_view(),
+                        &a.ln2.slice(l * btc..(l + 1) * btc),
+                        &w.fcw,
+                        b,
+                        t,
+                        c,
+                        c4,
+                    )
+                })?;
+                // dcur += ln2's input gradient: now the gradient of residual2
+                prof.run(Family::Layernorm, Cost::layernorm_backward(b, t, c), || {
+                    gpu.layernorm_backward(
+                        &mut dcur,
+                        &mut g.ln2w.slice_mut(l * c1..(l + 1) * c1),
+                        &mut g.ln2b.slice_mut(l * c1..(l + 1) * c1),
+                        &d.ln2.as_view(),
+                        &a.residual2.slice(l * btc..(l + 1) * btc),
+                        &w.ln2w,
+                        &s.ln2_mean.slice(l * bt..(l + 1) * bt),
+                        &s.ln2_rstd.slice(l * bt..(l + 1) * bt),
+                        b,
+                        t,
+                        c,
+                    )
+                })?;
+                let atty = a.atty.slice(l * btc..(l + 1) * btc);
+                prof.run(Family::Matmul, Cost::matmul_backward(b, t, c, c), || {
+                    gpu.matmul_backward_lt(
+                        &mut d.atty,
+                        false,
+                        &mut g.attprojw.slice_mut(l * c * c..(l + 1) * c * c),
+                        Some(&mut g.attprojb.slice_mut(l * c1..(l + 1) * c1)),
+                        &dcur.as_view(),
+                        &atty,
+                        &w.attprojw,
+                        b,
+                        t,
+                        c,
+                        c,
+                    )
+                })?;
+                let qkv = a.qkv.slice(l * 3 * btc..(l + 1) * 3 * btc);
+                let lse = self.lse.slice(l * bnht..(l + 1) * bnht);
+                prof.run(Family::Attention, Cost::attention_backward(b, t, c), || {
+                    gpu.flash_attention_backward(
+                        &mut d.qkv,
+                        &d.atty.as_view(),
+                        &qkv,
+                        &atty,
+                        &lse,
+                        b,
+                        t,
+                        c,
+                        nh,
+                        &mut scratch32,
+                    )
+                })?;
+                prof.run(Family::Matmul, Cost::matmul_backward(b, t, c, c3), || {
+                    gpu.matmul_backward_lt(
+                        &mut d.ln1,
+                        false,
+                        &mut g.qkvw.slice_mut(l * c3 * c..(l + 1) * c3 * c),
+                        Some(&mut g.qkvb.slice_mut(l * c3..(l + 1) * c3)),
+                        &d.qkv.as_view(),
+                        &a.ln1.slice(l * btc..(l + 1) * btc),
+                        &w.qkvw,
+                        b,
+                        t,
+                        c,
+                        c3,
+                    )
+                })?;
+                // dcur += ln1's input gradient: now the gradient of the layer's input
+                prof.run(Family::Layernorm, Cost::layernorm_backward(b, t, c), || {
+                    gpu.layernorm_backward(
+                        &mut dcur,
+                        &mut g.ln1w.slice_mut(l * c1..(l + 1) * c1),
+                        &mut g.ln1b.slice_mut(l * c1..(l + 1) * c1),
+                        &d.ln1.as_view(),
+                        &residual,
+                        &w.ln1w,
+                        &s.ln1_mean.slice(l * bt..(l + 1) * bt),
+                        &s.ln1_rstd.slice(l * bt..(l + 1) * bt),
+                        b,
+                        t,
+                        c,
+                    )
+                })?;
+                continue;
+            }
             // this layer's output gradient, and the gradient of its input, accumulated from zero
             let dresidual3 = dcur.as_view();
             let dresidual = &mut dnext;
@@ -1073,42 +1195,23 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             let fch_gelu = a.fch_gelu.slice(l * 4 * btc..(l + 1) * 4 * btc);
             let mut dfcprojw = g.fcprojw.slice_mut(l * c * c4..(l + 1) * c * c4);
             let mut dfcprojb = g.fcprojb.slice_mut(l * c1..(l + 1) * c1);
-            if fused {
-                // dfch = (dfcproj . fcprojw) * gelu'(fch) in the matmul's epilogue: no dfch_gelu
-                prof.run(Family::Matmul, Cost::matmul_backward(b, t, c4, c), || {
-                    gpu.matmul_backward_dgelu_lt(
-                        &mut d.fch,
-                        &mut dfcprojw,
-                        Some(&mut dfcprojb),
-                        &d.fcproj.as_view(),
-                        &fch_gelu,
-                        &w.fcprojw,
-                        &fch,
-                        b,
-                        t,
-                        c4,
-                        c,
-                    )
-                })?;
-            } else {
-                prof.run(Family::Matmul, Cost::matmul_backward(b, t, c4, c), || {
-                    gpu.matmul_backward(
-                        &mut d.fch_gelu,
-                        &mut dfcprojw,
-                        Some(&mut dfcprojb),
-                        &d.fcproj.as_view(),
-                        &fch_gelu,
-                        &w.fcprojw,
-                        b,
-                        t,
-                        c4,
-                        c,
-                    )
-                })?;
-                prof.run(Family::Gelu, Cost::gelu_backward(4 * btc), || {
-                    gpu.gelu_backward(&mut d.fch, &fch, &d.fch_gelu.as_view())
-                })?;
-            }
+            prof.run(Family::Matmul, Cost::matmul_backward(b, t, c4, c), || {
+                gpu.matmul_backward(
+                    &mut d.fch_gelu,
+                    &mut dfcprojw,
+                    Some(&mut dfcprojb),
+                    &d.fcproj.as_view(),
+                    &fch_gelu,
+                    &w.fcprojw,
+                    b,
+                    t,
+                    c4,
+                    c,
+                )
+            })?;
+            prof.run(Family::Gelu, Cost::gelu_backward(4 * btc), || {
+                gpu.gelu_backward(&mut d.fch, &fch, &d.fch_gelu.as_view())
+            })?;
             prof.run(Family::Matmul, Cost::matmul_backward(b, t, c, c4), || {
                 gpu.matmul_backward(
                     &mut d.ln2,
@@ -1156,40 +1259,21 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
                 )
             })?;
             let qkv = a.qkv.slice(l * 3 * btc..(l + 1) * 3 * btc);
-            if fused {
-                let atty = a.atty.slice(l * btc..(l + 1) * btc);
-                let lse = self.lse.slice(l * bnht..(l + 1) * bnht);
-                prof.run(Family::Attention, Cost::attention_backward(b, t, c), || {
-                    gpu.flash_attention_backward(
-                        &mut d.qkv,
-                        &d.atty.as_view(),
-                        &qkv,
-                        &atty,
-                        &lse,
-                        b,
-                        t,
-                        c,
-                        nh,
-                        &mut scratch32,
-                    )
-                })?;
-            } else {
-                prof.run(Family::Attention, Cost::attention_backward(b, t, c), || {
-                    gpu.attention_backward(
-                        &mut d.qkv,
-                        &mut d.preatt,
-                        &mut d.att,
-                        &d.atty.as_view(),
-                        &qkv,
-                        &a.att.slice(l * att_n..(l + 1) * att_n),
-                        b,
-                        t,
-                        c,
-                        nh,
-                        &mut scratch,
-                    )
-                })?;
-            }
+            prof.run(Family::Attention, Cost::attention_backward(b, t, c), || {
+                gpu.attention_backward(
+                    &mut d.qkv,
+                    &mut d.preatt,
+                    &mut d.att,
+                    &d.atty.as_view(),
+                    &qkv,
+                    &a.att.slice(l * att_n..(l + 1) * att_n),
+                    b,
+                    t,
+                    c,
+                    nh,
+                    &mut scratch,
+                )
+            })?;
             prof.run(Family::Matmul, Cost::matmul_backward(b, t, c, c3), || {
                 gpu.matmul_backward(
                     &mut d.ln1,
@@ -1456,10 +1540,18 @@ mod tests {
         assert_eq!(d.att.len(), 150);
         assert_eq!(offset(base, d.qkv), 13 * btc + 300);
         assert_eq!(offset(base, d.ln1) + d.ln1.len(), n);
-        // the fused path keeps no (B, NH, T, T) gradients
+        // the fused path keeps fch, ln2, atty, qkv and ln1 only: 4 + 1 + 1 + 3 + 1 = 10 BTC
         let fused = LayerGrads::sizes(&cfg, b, t, true).unwrap();
-        assert_eq!((fused.preatt, fused.att), (0, 0));
-        assert_eq!(fused.total().unwrap(), 15 * 8 * 17);
+        assert_eq!((fused.preatt, fused.att, fused.residual2), (0, 0, 0));
+        assert_eq!(fused.total().unwrap(), 10 * 15 * 8);
+        let mut buf: Vec<usize> = (0..fused.total().unwrap()).collect();
+        let base = buf.as_ptr();
+        layer_grads_mut!(d = &mut buf[..], fused);
+        assert_eq!(offset(base, d.fch), 0);
+        assert_eq!(offset(base, d.ln2), 4 * btc);
+        assert_eq!(offset(base, d.atty), 5 * btc);
+        assert_eq!(offset(base, d.qkv), 6 * btc);
+        assert_eq!(offset(base, d.ln1) + d.ln1.len(), 10 * btc);
     }
 
     #[test]

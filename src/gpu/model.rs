@@ -995,7 +995,8 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         let mut scratch32 = self.att_scratch32.slice_mut(..);
         let mut dlnf = self.dlnf.slice_mut(..btc);
         // the gradient of the residual stream: dcur is the output gradient of the layer being
-        // processed, dnext receives the gradient of its input (the layer below's output)
+        // processed; on the plain path dnext receives the gradient of its input (the layer below's
+        // output) and the two swap, the fused path turns dcur into it in place
         let mut dres = self.dresidual.slice_mut(..2 * btc);
         let (mut dcur, mut dnext) = dres.split_at_mut(btc);
 

@@ -61,8 +61,9 @@ pub fn prepro(inputs: &[PathBuf], out_dir: &Path, split: ValSplit) -> Result<Pre
     }
     let tok = Tokenizer::gpt2()?;
     let eot = tok.eot();
-    // Tokenize the documents in parallel; each keeps its place in the input order.
-    let docs: Vec<Vec<u32>> = inputs
+    // Tokenize the documents in parallel; each keeps its place in the input order, and an error
+    // is the first file's in that order (not whichever thread failed first).
+    let docs: Vec<Result<Vec<u32>>> = inputs
         .par_iter()
         .map(|path| -> Result<Vec<u32>> {
             let bytes =
@@ -85,7 +86,8 @@ pub fn prepro(inputs: &[PathBuf], out_dir: &Path, split: ValSplit) -> Result<Pre
             );
             Ok(ids)
         })
-        .collect::<Result<_>>()?;
+        .collect();
+    let docs: Vec<Vec<u32>> = docs.into_iter().collect::<Result<_>>()?;
 
     let (train, val): (Vec<u32>, Vec<u32>) = match split {
         ValSplit::LastFiles(k) => {

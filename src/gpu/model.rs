@@ -1556,6 +1556,18 @@ mod tests {
     }
 
     #[test]
+    fn fused_path_needs_head_size_64_or_128_and_c_vp_multiples_of_8() {
+        let d12 = GPT2Config::from_descriptor("d12").unwrap();
+        assert!(fused_supported(&d12)); // HS 64, C 768, Vp 50304
+        let cfg = |nh, c, vp| GPT2Config::new(16, 100, vp, 1, nh, c).unwrap();
+        assert!(fused_supported(&cfg(2, 256, 128))); // HS 128
+        assert!(!fused_supported(&cfg(4, 128, 128))); // HS 32
+        assert!(!fused_supported(&cfg(2, 64, 128))); // HS 32
+        assert!(!fused_supported(&cfg(1, 64, 100))); // HS 64, Vp not a multiple of 8
+        assert!(fused_supported(&cfg(1, 64, 104)));
+    }
+
+    #[test]
     fn arena_sizes_split_the_stats_and_drop_attention_when_fused() {
         let cfg = GPT2Config::new(16, 10, 128, 2, 2, 8).unwrap();
         let (b, t) = (3, 5);

@@ -6,9 +6,9 @@
 //! parameters, gradients and the AdamW moments (one allocation each, checkpoint order), the
 //! activations (`activations::act_sizes_for` without `probs`: the fused classifier works from the
 //! logits, so the GPU never stores probabilities), ONE layer's worth of activation gradients
-//! (reused, and zeroed, by every layer of the backward pass), two (B,T,C) buffers for the
-//! residual-stream gradient (ping-pong between the layers), dlnf, the attention scratch and the
-//! tokens. A training step allocates nothing of its own (the launchers' small reduction scratch is
+//! (reused by every layer of the backward pass), one (B,T,C) buffer for the residual-stream
+//! gradient (updated in place through the layers, as llm.c does), dlnf, the attention scratch and
+//! the tokens. A training step allocates nothing of its own (the launchers' small reduction scratch is
 //! stream-ordered) and reads back only the loss (forward with targets) and the gradient norm.
 //!
 //! The backward pass overwrites the logits with their gradient (the fused classifier), so
@@ -21,7 +21,7 @@
 //! limit (`views`).
 
 use anyhow::{anyhow, bail, Context, Result};
-use cudarc::driver::{CudaSlice, CudaView};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use half::bf16;
 
 use super::attention::{attention_backward_scratch_len, attention_forward_scratch_len};
@@ -83,7 +83,7 @@ macro_rules! params_mut {
 macro_rules! layer_grads_mut {
     ($out:ident = $buf:expr, $sizes:expr) => {
         views_mut!($out = LayerGrads {
-            residual2, fcproj, fch_gelu, fch, ln2, attproj, atty, preatt, att, qkv, ln1,
+            fch_gelu, fch, ln2, atty, preatt, att, qkv, ln1,
         } from $buf, sizes $sizes);
     };
 }
@@ -102,40 +102,34 @@ fn views<'a, T, const N: usize>(
 }
 
 /// The gradients of one layer's activations: the per-layer tensors of `Acts` with the layer
-/// dimension dropped (the residual stream's gradients live in the ping-pong buffers instead).
-/// One arena of this layout is reused by every layer of the backward pass.
+/// dimension dropped, less those of the residual stream (residual2, fcproj, attproj: one buffer,
+/// `dresidual`, holds the stream's gradient, see `backward_layers`). One arena of this layout is
+/// reused by every layer of the backward pass.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct LayerGrads<S> {
-    residual2: S, // (B, T, C)
-    fcproj: S,    // (B, T, C)
-    fch_gelu: S,  // (B, T, 4*C)
-    fch: S,       // (B, T, 4*C)
-    ln2: S,       // (B, T, C)
-    attproj: S,   // (B, T, C)
-    atty: S,      // (B, T, C)
-    preatt: S,    // (B, NH, T, T)
-    att: S,       // (B, NH, T, T)
-    qkv: S,       // (B, T, 3*C)
-    ln1: S,       // (B, T, C)
+    fch_gelu: S, // (B, T, 4*C)
+    fch: S,      // (B, T, 4*C)
+    ln2: S,      // (B, T, C)
+    atty: S,     // (B, T, C)
+    preatt: S,   // (B, NH, T, T)
+    att: S,      // (B, NH, T, T)
+    qkv: S,      // (B, T, 3*C)
+    ln1: S,      // (B, T, C)
 }
 
 impl LayerGrads<usize> {
-    /// The sizes for a batch of B x T; None on overflow. The fused path stores only fch, ln2,
-    /// atty, qkv and ln1: it reads the residual stream's gradient where the plain path keeps the
-    /// copies residual2, fcproj and attproj, computes dfch in the product's GELU epilogue (no
-    /// fch_gelu), and flash attention has no (B, NH, T, T) preatt and att.
+    /// The sizes for a batch of B x T; None on overflow. The fused path computes dfch in the
+    /// product's GELU epilogue (no fch_gelu), and flash attention has no (B, NH, T, T) preatt and
+    /// att.
     fn sizes(cfg: &GPT2Config, b: usize, t: usize, fused: bool) -> Option<Self> {
         let (nh, c) = (cfg.num_heads, cfg.channels);
         let btc = b.checked_mul(t)?.checked_mul(c)?;
         let btt = b.checked_mul(nh)?.checked_mul(t)?.checked_mul(t)?;
         let plain = |n: usize| if fused { 0 } else { n };
         let sizes = LayerGrads {
-            residual2: plain(btc),
-            fcproj: plain(btc),
             fch_gelu: plain(btc.checked_mul(4)?),
             fch: btc.checked_mul(4)?,
             ln2: btc,
-            attproj: plain(btc),
             atty: btc,
             preatt: plain(btt),
             att: plain(btt),
@@ -149,23 +143,18 @@ impl LayerGrads<usize> {
     /// The total number of elements; None on overflow.
     fn total(&self) -> Option<usize> {
         let LayerGrads {
-            residual2,
-            fcproj,
             fch_gelu,
             fch,
             ln2,
-            attproj,
             atty,
             preatt,
             att,
             qkv,
             ln1,
         } = *self;
-        [
-            residual2, fcproj, fch_gelu, fch, ln2, attproj, atty, preatt, att, qkv, ln1,
-        ]
-        .iter()
-        .try_fold(0usize, |acc, &x| acc.checked_add(x))
+        [fch_gelu, fch, ln2, atty, preatt, att, qkv, ln1]
+            .iter()
+            .try_fold(0usize, |acc, &x| acc.checked_add(x))
     }
 }
 
@@ -302,6 +291,54 @@ pub fn fused_supported(cfg: &GPT2Config) -> bool {
         && cfg.padded_vocab_size.is_multiple_of(8)
 }
 
+/// out (B,T,OC) = inp (B,T,C) . weight^T + bias: through cuBLASLt with the bias in the epilogue
+/// on the fused path, cuBLAS and the bias kernel on the plain one.
+#[allow(clippy::too_many_arguments)]
+fn matmul_forward_on<T: DeviceFloat>(
+    gpu: &Gpu,
+    fused: bool,
+    out: &mut CudaViewMut<'_, T>,   // (B, T, OC)
+    inp: &CudaView<'_, T>,          // (B, T, C)
+    weight: &CudaView<'_, T>,       // (OC, C)
+    bias: Option<&CudaView<'_, T>>, // (OC)
+    b: usize,
+    t: usize,
+    c: usize,
+    oc: usize,
+) -> Result<()> {
+    if fused {
+        gpu.matmul_forward_lt(out, inp, weight, bias, b, t, c, oc)
+    } else {
+        gpu.matmul_forward(out, inp, weight, bias, b, t, c, oc)
+    }
+}
+
+/// dinp (B,T,C) = dout . weight, OVERWRITTEN; dweight (OC,C) += dout^T . inp and dbias (OC) +=
+/// dout summed over B*T, accumulated: cuBLASLt (beta 0 for dinp) on the fused path; on the plain
+/// one dinp is zeroed and cuBLAS's accumulating product adds into it.
+#[allow(clippy::too_many_arguments)]
+fn matmul_backward_on<T: DeviceFloat>(
+    gpu: &Gpu,
+    fused: bool,
+    dinp: &mut CudaViewMut<'_, T>,          // (B, T, C)
+    dweight: &mut CudaViewMut<'_, T>,       // (OC, C)
+    dbias: Option<&mut CudaViewMut<'_, T>>, // (OC)
+    dout: &CudaView<'_, T>,                 // (B, T, OC)
+    inp: &CudaView<'_, T>,                  // (B, T, C)
+    weight: &CudaView<'_, T>,               // (OC, C)
+    b: usize,
+    t: usize,
+    c: usize,
+    oc: usize,
+) -> Result<()> {
+    if fused {
+        gpu.matmul_backward_lt(dinp, false, dweight, dbias, dout, inp, weight, b, t, c, oc)
+    } else {
+        gpu.memset_zero(dinp)?;
+        gpu.matmul_backward(dinp, dweight, dbias, dout, inp, weight, b, t, c, oc)
+    }
+}
+
 /// GPT-2 on one CUDA GPU, its weights, activations and gradients stored in T (f32 or bf16); see
 /// the file comment.
 pub struct Gpt2Gpu<T: ModelFloat = f32> {
@@ -324,7 +361,7 @@ pub struct Gpt2Gpu<T: ModelFloat = f32> {
     stats: CudaSlice<f32>, // (arena_sizes(max_b, max_t).1 total) mean, rstd, losses
     lse: CudaSlice<f32>,  // (L, B, NH, T) flash attention's log-sum-exp (fused only)
     dlayer: CudaSlice<T>, // (LayerGrads total for max_b x max_t) one layer's gradients
-    dresidual: CudaSlice<T>, // (2, B, T, C) the residual stream's gradient, ping-pong
+    dresidual: CudaSlice<T>, // (B, T, C) the residual stream's gradient
     dlnf: CudaSlice<T>,   // (B, T, C)
     att_scratch: CudaSlice<T>, // attention forward/backward scratch (plain path)
     att_scratch32: CudaSlice<f32>, // flash attention backward scratch (fused path)
@@ -421,7 +458,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         let bytes_params = f(n) * (2.0 * e + 4.0 * (2.0 + masters));
         let bytes_acts = e * f(na) + 4.0 * (f(ns) + f(nlse));
         let bytes_grads =
-            e * (f(nd) + f(2 * btc) + f(btc) + f(nscratch)) + 4.0 * f(nscratch32) + 8.0 * f(bt);
+            e * (f(nd) + f(btc) + f(btc) + f(nscratch)) + 4.0 * f(nscratch32) + 8.0 * f(bt);
         let need = bytes_params + bytes_acts + bytes_grads;
         let what = format!(
             "the model (L={l}, C={c}, {:.1}M parameters, {}) at B={max_b}, T={max_t} needs \
@@ -468,7 +505,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         let stats = gpu.zeros::<f32>(ns).map_err(oom)?;
         let lse = gpu.zeros::<f32>(nlse.max(1)).map_err(oom)?;
         let dlayer = gpu.zeros::<T>(nd).map_err(oom)?;
-        let dresidual = gpu.zeros::<T>(2 * btc).map_err(oom)?;
+        let dresidual = gpu.zeros::<T>(btc).map_err(oom)?;
         let dlnf = gpu.zeros::<T>(btc).map_err(oom)?;
         let att_scratch = gpu.zeros::<T>(nscratch.max(1)).map_err(oom)?;
         let att_scratch32 = gpu.zeros::<f32>(nscratch32.max(1)).map_err(oom)?;
@@ -667,11 +704,18 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             }
             let ln1 = a.ln1.slice(l * btc..(l + 1) * btc);
             prof.run(Family::Matmul, Cost::matmul_forward(b, t, c, c3), || {
-                if fused {
-                    gpu.matmul_forward_lt(&mut qkv, &ln1, &w.qkvw, Some(&w.qkvb), b, t, c, c3)
-                } else {
-                    gpu.matmul_forward(&mut qkv, &ln1, &w.qkvw, Some(&w.qkvb), b, t, c, c3)
-                }
+                matmul_forward_on(
+                    gpu,
+                    fused,
+                    &mut qkv,
+                    &ln1,
+                    &w.qkvw,
+                    Some(&w.qkvb),
+                    b,
+                    t,
+                    c,
+                    c3,
+                )
             })?;
             if fused {
                 let mut lse = self.lse.slice_mut(l * bnht..(l + 1) * bnht);
@@ -696,30 +740,8 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
                 })?;
             }
             prof.run(Family::Matmul, Cost::matmul_forward(b, t, c, c), || {
-                let atty = atty.as_view();
-                if fused {
-                    gpu.matmul_forward_lt(
-                        &mut attproj,
-                        &atty,
-                        &w.attprojw,
-                        Some(&w.attprojb),
-                        b,
-                        t,
-                        c,
-                        c,
-                    )
-                } else {
-                    gpu.matmul_forward(
-                        &mut attproj,
-                        &atty,
-                        &w.attprojw,
-                        Some(&w.attprojb),
-                        b,
-                        t,
-                        c,
-                        c,
-                    )
-                }
+                let (atty, wb) = (atty.as_view(), Some(&w.attprojb));
+                matmul_forward_on(gpu, fused, &mut attproj, &atty, &w.attprojw, wb, b, t, c, c)
             })?;
             if fused {
                 let cost = Cost::residual_layernorm_forward(b, t, c);
@@ -780,30 +802,8 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
                 })?;
             }
             prof.run(Family::Matmul, Cost::matmul_forward(b, t, c4, c), || {
-                let fch_gelu = fch_gelu.as_view();
-                if fused {
-                    gpu.matmul_forward_lt(
-                        &mut fcproj,
-                        &fch_gelu,
-                        &w.fcprojw,
-                        Some(&w.fcprojb),
-                        b,
-                        t,
-                        c4,
-                        c,
-                    )
-                } else {
-                    gpu.matmul_forward(
-                        &mut fcproj,
-                        &fch_gelu,
-                        &w.fcprojw,
-                        Some(&w.fcprojb),
-                        b,
-                        t,
-                        c4,
-                        c,
-                    )
-                }
+                let (x, wb) = (fch_gelu.as_view(), Some(&w.fcprojb));
+                matmul_forward_on(gpu, fused, &mut fcproj, &x, &w.fcprojw, wb, b, t, c4, c)
             })?;
             if fused {
                 // residual3 = residual2 + fcproj, and the next layernorm of it: the next layer's
@@ -867,11 +867,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         }
         prof.run(Family::Matmul, Cost::matmul_forward(b, t, c, vp), || {
             let lnf = a.lnf.as_view();
-            if fused {
-                gpu.matmul_forward_lt(&mut a.logits, &lnf, &p.wte, None, b, t, c, vp)
-            } else {
-                gpu.matmul_forward(&mut a.logits, &lnf, &p.wte, None, b, t, c, vp)
-            }
+            matmul_forward_on(gpu, fused, &mut a.logits, &lnf, &p.wte, None, b, t, c, vp)
         })?;
         Ok(())
     }
@@ -994,11 +990,11 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         let mut scratch = self.att_scratch.slice_mut(..);
         let mut scratch32 = self.att_scratch32.slice_mut(..);
         let mut dlnf = self.dlnf.slice_mut(..btc);
-        // the gradient of the residual stream: dcur is the output gradient of the layer being
-        // processed; on the plain path dnext receives the gradient of its input (the layer below's
-        // output) and the two swap, the fused path turns dcur into it in place
-        let mut dres = self.dresidual.slice_mut(..2 * btc);
-        let (mut dcur, mut dnext) = dres.split_at_mut(btc);
+        // the gradient of the residual stream, as llm.c keeps it: a residual add's backward is the
+        // identity, so the products read dres directly (where dfcproj and dattproj would be copies
+        // of it) and each layernorm's backward adds into it, turning the gradient of a layer's
+        // output into that of residual2 and then of the layer's input, in place
+        let mut dres = self.dresidual.slice_mut(..btc);
 
         // the loss is the mean over B*T: each position's loss gets 1/(B*T); logits -> dlogits
         prof.run(
@@ -1019,23 +1015,15 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         )?;
         prof.run(Family::Matmul, Cost::matmul_backward(b, t, c, vp), || {
             let (dlogits, lnf) = (a.logits.as_view(), a.lnf.as_view());
-            if fused {
-                // dlnf overwritten: no zeroing
-                gpu.matmul_backward_lt(
-                    &mut dlnf, false, &mut g.wte, None, &dlogits, &lnf, &p.wte, b, t, c, vp,
-                )
-            } else {
-                gpu.memset_zero(&mut dlnf)?;
-                gpu.matmul_backward(
-                    &mut dlnf, &mut g.wte, None, &dlogits, &lnf, &p.wte, b, t, c, vp,
-                )
-            }
+            matmul_backward_on(
+                gpu, fused, &mut dlnf, &mut g.wte, None, &dlogits, &lnf, &p.wte, b, t, c, vp,
+            )
         })?;
         let last = (l_count - 1) * btc;
-        gpu.memset_zero(&mut dcur)?;
+        gpu.memset_zero(&mut dres)?;
         prof.run(Family::Layernorm, Cost::layernorm_backward(b, t, c), || {
             gpu.layernorm_backward(
-                &mut dcur,
+                &mut dres,
                 &mut g.lnfw,
                 &mut g.lnfb,
                 &dlnf.as_view(),
@@ -1057,25 +1045,25 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             } else {
                 a.residual3.slice((l - 1) * btc..l * btc)
             };
+            // the products overwrite their input gradients; dfch (plain path: gelu_backward) and
+            // dqkv (attention) accumulate, from zero
+            let dl = self.dlayer.slice_mut(..dlayer_n);
+            layer_grads_mut!(d = dl, dlayer_sizes);
+            gpu.memset_zero(&mut d.qkv)?;
+
+            // dres is the gradient of the layer's output, residual3 = residual2 + fcproj
+            let fch = a.fch.slice(l * 4 * btc..(l + 1) * 4 * btc);
+            let fch_gelu = a.fch_gelu.slice(l * 4 * btc..(l + 1) * 4 * btc);
+            let mut dfcprojw = g.fcprojw.slice_mut(l * c * c4..(l + 1) * c * c4);
+            let mut dfcprojb = g.fcprojb.slice_mut(l * c1..(l + 1) * c1);
             if fused {
-                // One gradient of the residual stream, dcur, as llm.c keeps it: a residual add's
-                // backward is the identity, so the products read dcur where the plain path reads
-                // its copies (dfcproj, dattproj), and each layernorm's backward adds into it,
-                // turning it into the gradient of residual2 and then of the layer's input. The
-                // products overwrite their input gradients: only flash attention's accumulating
-                // dqkv is zeroed.
-                let dl = self.dlayer.slice_mut(..dlayer_n);
-                layer_grads_mut!(d = dl, dlayer_sizes);
-                gpu.memset_zero(&mut d.qkv)?;
-                let fch = a.fch.slice(l * 4 * btc..(l + 1) * 4 * btc);
-                let fch_gelu = a.fch_gelu.slice(l * 4 * btc..(l + 1) * 4 * btc);
-                // dfch = (dresidual3 . fcprojw) * gelu'(fch), in the product's epilogue
+                // dfch = (dres . fcprojw) * gelu'(fch), in the product's epilogue
                 prof.run(Family::Matmul, Cost::matmul_backward(b, t, c4, c), || {
                     gpu.matmul_backward_dgelu_lt(
                         &mut d.fch,
-                        &mut g.fcprojw.slice_mut(l * c * c4..(l + 1) * c * c4),
-                        Some(&mut g.fcprojb.slice_mut(l * c1..(l + 1) * c1)),
-                        &dcur.as_view(),
+                        &mut dfcprojw,
+                        Some(&mut dfcprojb),
+                        &dres.as_view(),
                         &fch_gelu,
                         &w.fcprojw,
                         &fch,
@@ -1085,136 +1073,32 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
                         c,
                     )
                 })?;
-                prof.run(Family::Matmul, Cost::matmul_backward(b, t, c, c4), || {
-                    gpu.matmul_backward_lt(
-                        &mut d.ln2,
-                        false,
-                        &mut g.fcw.slice_mut(l * c4 * c..(l + 1) * c4 * c),
-                        Some(&mut g.fcb.slice_mut(l * c4..(l + 1) * c4)),
-                        &d.fch.as_view(),
-                        &a.ln2.slice(l * btc..(l + 1) * btc),
-                        &w.fcw,
+            } else {
+                prof.run(Family::Matmul, Cost::matmul_backward(b, t, c4, c), || {
+                    matmul_backward_on(
+                        gpu,
+                        fused,
+                        &mut d.fch_gelu,
+                        &mut dfcprojw,
+                        Some(&mut dfcprojb),
+                        &dres.as_view(),
+                        &fch_gelu,
+                        &w.fcprojw,
                         b,
                         t,
-                        c,
                         c4,
-                    )
-                })?;
-                // dcur += ln2's input gradient: now the gradient of residual2
-                prof.run(Family::Layernorm, Cost::layernorm_backward(b, t, c), || {
-                    gpu.layernorm_backward(
-                        &mut dcur,
-                        &mut g.ln2w.slice_mut(l * c1..(l + 1) * c1),
-                        &mut g.ln2b.slice_mut(l * c1..(l + 1) * c1),
-                        &d.ln2.as_view(),
-                        &a.residual2.slice(l * btc..(l + 1) * btc),
-                        &w.ln2w,
-                        &s.ln2_mean.slice(l * bt..(l + 1) * bt),
-                        &s.ln2_rstd.slice(l * bt..(l + 1) * bt),
-                        b,
-                        t,
                         c,
                     )
                 })?;
-                let atty = a.atty.slice(l * btc..(l + 1) * btc);
-                prof.run(Family::Matmul, Cost::matmul_backward(b, t, c, c), || {
-                    gpu.matmul_backward_lt(
-                        &mut d.atty,
-                        false,
-                        &mut g.attprojw.slice_mut(l * c * c..(l + 1) * c * c),
-                        Some(&mut g.attprojb.slice_mut(l * c1..(l + 1) * c1)),
-                        &dcur.as_view(),
-                        &atty,
-                        &w.attprojw,
-                        b,
-                        t,
-                        c,
-                        c,
-                    )
+                gpu.memset_zero(&mut d.fch)?;
+                prof.run(Family::Gelu, Cost::gelu_backward(4 * btc), || {
+                    gpu.gelu_backward(&mut d.fch, &fch, &d.fch_gelu.as_view())
                 })?;
-                let qkv = a.qkv.slice(l * 3 * btc..(l + 1) * 3 * btc);
-                let lse = self.lse.slice(l * bnht..(l + 1) * bnht);
-                prof.run(Family::Attention, Cost::attention_backward(b, t, c), || {
-                    gpu.flash_attention_backward(
-                        &mut d.qkv,
-                        &d.atty.as_view(),
-                        &qkv,
-                        &atty,
-                        &lse,
-                        b,
-                        t,
-                        c,
-                        nh,
-                        &mut scratch32,
-                    )
-                })?;
-                prof.run(Family::Matmul, Cost::matmul_backward(b, t, c, c3), || {
-                    gpu.matmul_backward_lt(
-                        &mut d.ln1,
-                        false,
-                        &mut g.qkvw.slice_mut(l * c3 * c..(l + 1) * c3 * c),
-                        Some(&mut g.qkvb.slice_mut(l * c3..(l + 1) * c3)),
-                        &d.qkv.as_view(),
-                        &a.ln1.slice(l * btc..(l + 1) * btc),
-                        &w.qkvw,
-                        b,
-                        t,
-                        c,
-                        c3,
-                    )
-                })?;
-                // dcur += ln1's input gradient: now the gradient of the layer's input
-                prof.run(Family::Layernorm, Cost::layernorm_backward(b, t, c), || {
-                    gpu.layernorm_backward(
-                        &mut dcur,
-                        &mut g.ln1w.slice_mut(l * c1..(l + 1) * c1),
-                        &mut g.ln1b.slice_mut(l * c1..(l + 1) * c1),
-                        &d.ln1.as_view(),
-                        &residual,
-                        &w.ln1w,
-                        &s.ln1_mean.slice(l * bt..(l + 1) * bt),
-                        &s.ln1_rstd.slice(l * bt..(l + 1) * bt),
-                        b,
-                        t,
-                        c,
-                    )
-                })?;
-                continue;
             }
-            // this layer's output gradient, and the gradient of its input, accumulated from zero
-            let dresidual3 = dcur.as_view();
-            let dresidual = &mut dnext;
-            gpu.memset_zero(dresidual)?;
-            let mut dl = self.dlayer.slice_mut(..dlayer_n);
-            gpu.memset_zero(&mut dl)?;
-            layer_grads_mut!(d = dl, dlayer_sizes);
-
-            prof.run(Family::Residual, Cost::residual_backward(btc), || {
-                gpu.residual_backward(&mut d.residual2, &mut d.fcproj, &dresidual3)
-            })?;
-            let fch = a.fch.slice(l * 4 * btc..(l + 1) * 4 * btc);
-            let fch_gelu = a.fch_gelu.slice(l * 4 * btc..(l + 1) * 4 * btc);
-            let mut dfcprojw = g.fcprojw.slice_mut(l * c * c4..(l + 1) * c * c4);
-            let mut dfcprojb = g.fcprojb.slice_mut(l * c1..(l + 1) * c1);
-            prof.run(Family::Matmul, Cost::matmul_backward(b, t, c4, c), || {
-                gpu.matmul_backward(
-                    &mut d.fch_gelu,
-                    &mut dfcprojw,
-                    Some(&mut dfcprojb),
-                    &d.fcproj.as_view(),
-                    &fch_gelu,
-                    &w.fcprojw,
-                    b,
-                    t,
-                    c4,
-                    c,
-                )
-            })?;
-            prof.run(Family::Gelu, Cost::gelu_backward(4 * btc), || {
-                gpu.gelu_backward(&mut d.fch, &fch, &d.fch_gelu.as_view())
-            })?;
             prof.run(Family::Matmul, Cost::matmul_backward(b, t, c, c4), || {
-                gpu.matmul_backward(
+                matmul_backward_on(
+                    gpu,
+                    fused,
                     &mut d.ln2,
                     &mut g.fcw.slice_mut(l * c4 * c..(l + 1) * c4 * c),
                     Some(&mut g.fcb.slice_mut(l * c4..(l + 1) * c4)),
@@ -1227,9 +1111,10 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
                     c4,
                 )
             })?;
+            // dres += ln2's input gradient: now the gradient of residual2 = residual + attproj
             prof.run(Family::Layernorm, Cost::layernorm_backward(b, t, c), || {
                 gpu.layernorm_backward(
-                    &mut d.residual2,
+                    &mut dres,
                     &mut g.ln2w.slice_mut(l * c1..(l + 1) * c1),
                     &mut g.ln2b.slice_mut(l * c1..(l + 1) * c1),
                     &d.ln2.as_view(),
@@ -1242,16 +1127,16 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
                     c,
                 )
             })?;
-            prof.run(Family::Residual, Cost::residual_backward(btc), || {
-                gpu.residual_backward(dresidual, &mut d.attproj, &d.residual2.as_view())
-            })?;
+            let atty = a.atty.slice(l * btc..(l + 1) * btc);
             prof.run(Family::Matmul, Cost::matmul_backward(b, t, c, c), || {
-                gpu.matmul_backward(
+                matmul_backward_on(
+                    gpu,
+                    fused,
                     &mut d.atty,
                     &mut g.attprojw.slice_mut(l * c * c..(l + 1) * c * c),
                     Some(&mut g.attprojb.slice_mut(l * c1..(l + 1) * c1)),
-                    &d.attproj.as_view(),
-                    &a.atty.slice(l * btc..(l + 1) * btc),
+                    &dres.as_view(),
+                    &atty,
                     &w.attprojw,
                     b,
                     t,
@@ -1261,22 +1146,40 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             })?;
             let qkv = a.qkv.slice(l * 3 * btc..(l + 1) * 3 * btc);
             prof.run(Family::Attention, Cost::attention_backward(b, t, c), || {
-                gpu.attention_backward(
-                    &mut d.qkv,
-                    &mut d.preatt,
-                    &mut d.att,
-                    &d.atty.as_view(),
-                    &qkv,
-                    &a.att.slice(l * att_n..(l + 1) * att_n),
-                    b,
-                    t,
-                    c,
-                    nh,
-                    &mut scratch,
-                )
+                if fused {
+                    let lse = self.lse.slice(l * bnht..(l + 1) * bnht);
+                    gpu.flash_attention_backward(
+                        &mut d.qkv,
+                        &d.atty.as_view(),
+                        &qkv,
+                        &atty,
+                        &lse,
+                        b,
+                        t,
+                        c,
+                        nh,
+                        &mut scratch32,
+                    )
+                } else {
+                    gpu.attention_backward(
+                        &mut d.qkv,
+                        &mut d.preatt,
+                        &mut d.att,
+                        &d.atty.as_view(),
+                        &qkv,
+                        &a.att.slice(l * att_n..(l + 1) * att_n),
+                        b,
+                        t,
+                        c,
+                        nh,
+                        &mut scratch,
+                    )
+                }
             })?;
             prof.run(Family::Matmul, Cost::matmul_backward(b, t, c, c3), || {
-                gpu.matmul_backward(
+                matmul_backward_on(
+                    gpu,
+                    fused,
                     &mut d.ln1,
                     &mut g.qkvw.slice_mut(l * c3 * c..(l + 1) * c3 * c),
                     Some(&mut g.qkvb.slice_mut(l * c3..(l + 1) * c3)),
@@ -1289,9 +1192,10 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
                     c3,
                 )
             })?;
+            // dres += ln1's input gradient: now the gradient of the layer's input
             prof.run(Family::Layernorm, Cost::layernorm_backward(b, t, c), || {
                 gpu.layernorm_backward(
-                    dresidual,
+                    &mut dres,
                     &mut g.ln1w.slice_mut(l * c1..(l + 1) * c1),
                     &mut g.ln1b.slice_mut(l * c1..(l + 1) * c1),
                     &d.ln1.as_view(),
@@ -1304,12 +1208,10 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
                     c,
                 )
             })?;
-            // the input gradient is the next (lower) layer's output gradient
-            std::mem::swap(&mut dcur, &mut dnext);
         }
-        // dcur now holds the gradient of the encoding
+        // dres now holds the gradient of the encoding
         prof.run(Family::Encoder, Cost::encoder_backward(b, t, c), || {
-            gpu.encoder_backward(&mut g.wte, &mut g.wpe, &dcur.as_view(), inputs, b, t, c)
+            gpu.encoder_backward(&mut g.wte, &mut g.wpe, &dres.as_view(), inputs, b, t, c)
         })?;
         Ok(())
     }
@@ -1528,22 +1430,21 @@ mod tests {
         let (b, t) = (3, 5);
         let sizes = LayerGrads::sizes(&cfg, b, t, false).unwrap();
         let n = sizes.total().unwrap();
-        // hand count: BTC * (1 + 1 + 4 + 4 + 1 + 1 + 1 + 3 + 1) + 2 * B*NH*T*T
-        assert_eq!(n, 15 * 8 * 17 + 2 * 3 * 2 * 25);
+        // hand count: BTC * (4 + 4 + 1 + 1 + 3 + 1) + 2 * B*NH*T*T
+        assert_eq!(n, 15 * 8 * 14 + 2 * 3 * 2 * 25);
         let mut buf: Vec<usize> = (0..n).collect();
         let base = buf.as_ptr();
         layer_grads_mut!(d = &mut buf[..], sizes);
         let btc = 15 * 8;
-        assert_eq!(offset(base, d.residual2), 0);
-        assert_eq!(offset(base, d.fch_gelu), 2 * btc);
+        assert_eq!(offset(base, d.fch_gelu), 0);
         assert_eq!(d.fch_gelu.len(), 4 * btc);
-        assert_eq!(offset(base, d.preatt), 13 * btc);
+        assert_eq!(offset(base, d.preatt), 10 * btc);
         assert_eq!(d.att.len(), 150);
-        assert_eq!(offset(base, d.qkv), 13 * btc + 300);
+        assert_eq!(offset(base, d.qkv), 10 * btc + 300);
         assert_eq!(offset(base, d.ln1) + d.ln1.len(), n);
         // the fused path keeps fch, ln2, atty, qkv and ln1 only: 4 + 1 + 1 + 3 + 1 = 10 BTC
         let fused = LayerGrads::sizes(&cfg, b, t, true).unwrap();
-        assert_eq!((fused.preatt, fused.att, fused.residual2), (0, 0, 0));
+        assert_eq!((fused.preatt, fused.att, fused.fch_gelu), (0, 0, 0));
         assert_eq!(fused.total().unwrap(), 10 * 15 * 8);
         let mut buf: Vec<usize> = (0..fused.total().unwrap()).collect();
         let base = buf.as_ptr();

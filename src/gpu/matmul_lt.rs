@@ -600,46 +600,11 @@ impl Gpu {
         c: usize,
         oc: usize,
     ) -> Result<()> {
-        const K: &str = "matmul_backward_lt";
-        let n = b * t;
-        check_len(K, "dinp", dinp.len(), n * c, "B*T*C")?;
-        check_len(K, "dweight", dweight.len(), oc * c, "OC*C")?;
-        if let Some(dbias) = &dbias {
-            check_len(K, "dbias", dbias.len(), oc, "OC")?;
-        }
-        check_len(K, "dout", dout.len(), n * oc, "B*T*OC")?;
-        check_len(K, "inp", inp.len(), n * c, "B*T*C")?;
-        check_len(K, "weight", weight.len(), oc * c, "OC*C")?;
-        check_dims(K, T::PRECISION, n, c, oc, None)?;
-        if oc == 0 && !accumulate && n * c > 0 {
-            bail!("{K}: OC must be positive to overwrite dinp (it would be all zeros)");
-        }
-        if n == 0 || oc == 0 || c == 0 {
-            return Ok(());
-        }
-        let s = &self.stream;
-        let d_dinp = ptr_mut(s, dinp);
-        let (d_dout, d_inp, d_w) = (ptr(s, dout), ptr(s, inp), ptr(s, weight));
-        for (what, p) in [
-            ("dinp", d_dinp),
-            ("dout", d_dout),
-            ("inp", d_inp),
-            ("weight", d_w),
-        ] {
-            check_aligned(K, what, p)?;
-        }
-        let d_dw = ptr_mut(s, dweight);
-        check_aligned(K, "dweight", d_dw)?;
-        let d_db = match dbias {
-            Some(v) => {
-                let p = ptr_mut(s, v);
-                check_aligned(K, "dbias", p)?;
-                Some(p)
-            }
-            None => None,
-        };
-        self.lt_dinp::<T>(K, d_dinp, accumulate, d_dout, d_w, None, n, c, oc)?;
-        self.lt_dweight_dbias::<T>(K, d_dw, d_db, d_dout, d_inp, n, c, oc)
+        let k = "matmul_backward_lt";
+        let dinp = (dinp, "dinp", accumulate);
+        self.backward_lt(
+            k, dinp, dweight, dbias, dout, inp, weight, None, b, t, c, oc,
+        )
     }
 
     /// The GELU-fused backward of a matmul whose input was gelu(pre_gelu):
@@ -663,49 +628,84 @@ impl Gpu {
         c: usize,
         oc: usize,
     ) -> Result<()> {
-        const K: &str = "matmul_backward_dgelu_lt";
+        let k = "matmul_backward_dgelu_lt";
+        let dpre = (dpre, "dpre", false);
+        let pre = Some(pre_gelu);
+        self.backward_lt(k, dpre, dweight, dbias, dout, inp, weight, pre, b, t, c, oc)
+    }
+
+    /// `matmul_backward_lt` and, with `pre_gelu`, `matmul_backward_dgelu_lt`: the checks of both,
+    /// then the input-gradient product (`dinp`: the buffer, its name in errors, whether it
+    /// accumulates) and the weight and bias gradients.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_lt<T: DeviceFloat>(
+        &self,
+        kernel: &str,
+        (dinp, dinp_name, accumulate): (&mut CudaViewMut<'_, T>, &str, bool), // (B, T, C)
+        dweight: &mut CudaViewMut<'_, T>,                                     // (OC, C)
+        dbias: Option<&mut CudaViewMut<'_, T>>,                               // (OC)
+        dout: &CudaView<'_, T>,                                               // (B, T, OC)
+        inp: &CudaView<'_, T>,                                                // (B, T, C)
+        weight: &CudaView<'_, T>,                                             // (OC, C)
+        pre_gelu: Option<&CudaView<'_, T>>,                                   // (B, T, C)
+        b: usize,
+        t: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        let k = kernel;
         let n = b * t;
-        check_len(K, "dpre", dpre.len(), n * c, "B*T*C")?;
-        check_len(K, "dweight", dweight.len(), oc * c, "OC*C")?;
+        check_len(k, dinp_name, dinp.len(), n * c, "B*T*C")?;
+        check_len(k, "dweight", dweight.len(), oc * c, "OC*C")?;
         if let Some(dbias) = &dbias {
-            check_len(K, "dbias", dbias.len(), oc, "OC")?;
+            check_len(k, "dbias", dbias.len(), oc, "OC")?;
         }
-        check_len(K, "dout", dout.len(), n * oc, "B*T*OC")?;
-        check_len(K, "inp", inp.len(), n * c, "B*T*C")?;
-        check_len(K, "weight", weight.len(), oc * c, "OC*C")?;
-        check_len(K, "pre_gelu", pre_gelu.len(), n * c, "B*T*C")?;
-        check_dims(K, T::PRECISION, n, c, oc, Some(("C", c)))?;
-        if n == 0 || c == 0 {
+        check_len(k, "dout", dout.len(), n * oc, "B*T*OC")?;
+        check_len(k, "inp", inp.len(), n * c, "B*T*C")?;
+        check_len(k, "weight", weight.len(), oc * c, "OC*C")?;
+        if let Some(pre) = pre_gelu {
+            check_len(k, "pre_gelu", pre.len(), n * c, "B*T*C")?;
+        }
+        let aux_ld = pre_gelu.map(|_| ("C", c));
+        check_dims(k, T::PRECISION, n, c, oc, aux_ld)?;
+        if oc == 0 && !accumulate && n * c > 0 {
+            match pre_gelu {
+                Some(_) => bail!(
+                    "{k}: OC must be positive (dpre would be all zeros, which DGELU cannot write)"
+                ),
+                None => bail!("{k}: OC must be positive to overwrite dinp (it would be all zeros)"),
+            }
+        }
+        if n == 0 || oc == 0 || c == 0 {
             return Ok(());
         }
-        if oc == 0 {
-            bail!("{K}: OC must be positive (dpre would be all zeros, which DGELU cannot write)");
-        }
         let s = &self.stream;
-        let d_dpre = ptr_mut(s, dpre);
-        let (d_dout, d_inp, d_w, d_pre) =
-            (ptr(s, dout), ptr(s, inp), ptr(s, weight), ptr(s, pre_gelu));
+        let d_dinp = ptr_mut(s, dinp);
+        let (d_dout, d_inp, d_w) = (ptr(s, dout), ptr(s, inp), ptr(s, weight));
+        let d_pre = pre_gelu.map(|v| ptr(s, v));
         for (what, p) in [
-            ("dpre", d_dpre),
+            (dinp_name, d_dinp),
             ("dout", d_dout),
             ("inp", d_inp),
             ("weight", d_w),
-            ("pre_gelu", d_pre),
         ] {
-            check_aligned(K, what, p)?;
+            check_aligned(k, what, p)?;
+        }
+        if let Some(p) = d_pre {
+            check_aligned(k, "pre_gelu", p)?;
         }
         let d_dw = ptr_mut(s, dweight);
-        check_aligned(K, "dweight", d_dw)?;
+        check_aligned(k, "dweight", d_dw)?;
         let d_db = match dbias {
             Some(v) => {
                 let p = ptr_mut(s, v);
-                check_aligned(K, "dbias", p)?;
+                check_aligned(k, "dbias", p)?;
                 Some(p)
             }
             None => None,
         };
-        self.lt_dinp::<T>(K, d_dpre, false, d_dout, d_w, Some(d_pre), n, c, oc)?;
-        self.lt_dweight_dbias::<T>(K, d_dw, d_db, d_dout, d_inp, n, c, oc)
+        self.lt_dinp::<T>(k, d_dinp, accumulate, d_dout, d_w, d_pre, n, c, oc)?;
+        self.lt_dweight_dbias::<T>(k, d_dw, d_db, d_dout, d_inp, n, c, oc)
     }
 
     /// dinp^T (C x BT, ld C) = [beta dinp^T +] weight (C x OC, ld C) . dout^T (OC x BT, ld OC);

@@ -202,8 +202,9 @@ pub fn attention_backward(
     );
 }
 
-/// A dot product in eight interleaved fp32 partial sums (so that it vectorises), combined pairwise.
-fn dot(x: &[f32], y: &[f32]) -> f32 {
+/// A dot product in eight interleaved fp32 partial sums (so that it vectorises), combined pairwise;
+/// shared with `cpu::flash_attention`, so that both compute the same scores.
+pub(super) fn dot(x: &[f32], y: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
     let (xr, yr) = (xc.remainder(), yc.remainder());

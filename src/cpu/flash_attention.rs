@@ -19,6 +19,7 @@
 // The signatures follow llm.c's (buffers, then dimensions), shared with the GPU launchers.
 #![allow(clippy::too_many_arguments)]
 
+use super::attention::dot;
 use rayon::prelude::*;
 
 /// Keys per tile of the forward's online softmax (the GPU's bf16 tile).
@@ -199,22 +200,6 @@ pub fn flash_attention_backward(
             }
         },
     );
-}
-
-/// A dot product in eight interleaved fp32 partial sums, combined pairwise (as `cpu::attention`).
-fn dot(x: &[f32], y: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (xc, yc) = (x.chunks_exact(8), y.chunks_exact(8));
-    let (xr, yr) = (xc.remainder(), yc.remainder());
-    for (xs, ys) in xc.zip(yc) {
-        for j in 0..8 {
-            acc[j] += xs[j] * ys[j];
-        }
-    }
-    for (j, (&a, &b)) in xr.iter().zip(yr).enumerate() {
-        acc[j] += a * b;
-    }
-    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
 }
 
 fn check_shapes(what: &str, b: usize, t: usize, c: usize, nh: usize, qkv_len: usize) {

@@ -20,6 +20,8 @@
 //!   most half an ulp, 2^-9 relative) plus atol 2e-5 (the fp32 differences above, which can move a
 //!   value across a rounding boundary).
 
+mod common;
+
 use train_gpt2_cuda::cpu;
 use train_gpt2_cuda::rng::Rng;
 
@@ -66,45 +68,13 @@ fn cpu_twin_is_residual_then_layernorm_bitwise() {
 
 #[cfg(has_cuda)]
 mod on_gpu {
+    use super::common::{assert_bitwise, assert_close, gpu};
     use super::rand;
     use half::bf16;
     use train_gpt2_cuda::cpu;
     use train_gpt2_cuda::gpu::float::{to_device_float, to_f32_vec};
     use train_gpt2_cuda::gpu::{DeviceFloat, Gpu};
     use train_gpt2_cuda::rng::Rng;
-
-    fn gpu() -> Gpu {
-        Gpu::new().unwrap_or_else(|e| panic!("{e:#}"))
-    }
-
-    #[track_caller]
-    fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
-        assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-        let mut worst = (0usize, 0.0f32);
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            let err = (g - w).abs();
-            let tol = atol + rtol * w.abs();
-            assert!(
-                err <= tol,
-                "{what}[{i}]: gpu {g} vs cpu {w} (|diff| {err} > tolerance {tol})"
-            );
-            if err > worst.1 {
-                worst = (i, err);
-            }
-        }
-        eprintln!("{what}: max |diff| {} at {}", worst.1, worst.0);
-    }
-
-    #[track_caller]
-    fn assert_bitwise(what: &str, got: &[f32], want: &[f32]) {
-        assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            assert!(
-                g.to_bits() == w.to_bits(),
-                "{what}[{i}]: gpu {g} vs cpu {w} (must be bitwise equal)"
-            );
-        }
-    }
 
     /// Runs the GPU launcher in precision T on inputs rounded to T, against the CPU twin on the
     /// same (widened) inputs; in bf16 the CPU's residual is rounded to bf16 before its LayerNorm,

@@ -22,10 +22,13 @@
 //!     key summed over the queries grow like ln T, ~6 at T = 257), then dqkv0 + g is rounded once
 //!     (u |result|): atol 8u, rtol 2u.
 
+mod common;
+
 use train_gpt2_cuda::gpu::Gpu;
 
 #[cfg(has_cuda)]
 mod on_gpu {
+    use super::common::*;
     use half::bf16;
     use train_gpt2_cuda::cpu::flash_attention::{
         flash_attention_backward, flash_attention_forward,
@@ -39,50 +42,6 @@ mod on_gpu {
     const B: usize = 2;
     const NH: usize = 2;
     const TS: [usize; 4] = [1, 17, 100, 257];
-    /// bf16's unit roundoff.
-    const BF16_U: f32 = 1.0 / 256.0;
-
-    fn gpu() -> Gpu {
-        Gpu::new().unwrap_or_else(|e| panic!("{e:#}"))
-    }
-
-    fn rand(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| (rng.uniform_f32() * 2.0 - 1.0) * scale)
-            .collect()
-    }
-
-    /// x rounded to T and back (exact for f32).
-    fn round<T: DeviceFloat>(x: &[f32]) -> Vec<f32> {
-        to_f32_vec(&to_device_float::<T>(x))
-    }
-
-    #[track_caller]
-    fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
-        assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-        let mut worst = (0usize, 0.0f32);
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            let err = (g - w).abs();
-            let tol = atol + rtol * w.abs();
-            assert!(
-                err <= tol,
-                "{what}[{i}]: gpu {g} vs cpu {w} (|diff| {err} > tolerance {tol})"
-            );
-            if err > worst.1 {
-                worst = (i, err);
-            }
-        }
-        eprintln!("{what}: max |diff| {} at {}", worst.1, worst.0);
-    }
-
-    #[track_caller]
-    fn assert_bitwise(what: &str, a: &[f32], b: &[f32]) {
-        assert_eq!(a.len(), b.len(), "{what}: lengths differ");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(x.to_bits() == y.to_bits(), "{what}[{i}]: {x} vs {y}");
-        }
-    }
-
     /// Tolerances (atol, rtol) of out, lse and dqkv for T.
     struct Tol {
         out: (f32, f32),
@@ -112,9 +71,9 @@ mod on_gpu {
         let tol = tolerances::<T>();
         let name = format!("{:?} HS={hs} T={t}", T::PRECISION);
         let mut rng = Rng::new(1000 + hs as u64 * 7 + t as u64);
-        let qkv = round::<T>(&rand(&mut rng, B * t * 3 * c, 1.5));
-        let dout = round::<T>(&rand(&mut rng, B * t * c, 1.0));
-        let dqkv0 = round::<T>(&rand(&mut rng, B * t * 3 * c, 1.0));
+        let qkv = round_to::<T>(&rand(&mut rng, B * t * 3 * c, 1.5));
+        let dout = round_to::<T>(&rand(&mut rng, B * t * c, 1.0));
+        let dqkv0 = round_to::<T>(&rand(&mut rng, B * t * 3 * c, 1.0));
 
         let (mut out, mut lse) = (vec![0.0; B * t * c], vec![0.0; B * NH * t]);
         flash_attention_forward(&mut out, &mut lse, &qkv, B, t, c, NH);

@@ -50,6 +50,8 @@
 //! The packed (128-bit) and scalar paths are both exercised: sizes that are and are not multiples
 //! of the pack, and views that start one element into their buffer (misaligned).
 
+mod common;
+
 use train_gpt2_cuda::gpu::Gpu;
 
 /// Gpu::new never panics: on a machine without a GPU (or a build without kernels) it is an error
@@ -78,9 +80,9 @@ fn gpu_new_is_a_clear_error_or_works() {
 
 #[cfg(has_cuda)]
 mod on_gpu {
+    use super::common::*;
     use half::bf16;
     use train_gpt2_cuda::cpu;
-    use train_gpt2_cuda::gpu::float::{to_device_float, to_f32_vec};
     use train_gpt2_cuda::gpu::{
         attention_backward_scratch_len, attention_forward_scratch_len, CudaSlice, DeviceFloat, Gpu,
     };
@@ -90,42 +92,12 @@ mod on_gpu {
     const B: usize = 3;
     const TS: [usize; 2] = [1, 37];
 
-    /// The unit roundoff of bf16 (8-bit significand, round to nearest even): one rounding moves a
-    /// value by at most BF16_U times its magnitude.
-    const BF16_U: f32 = 1.0 / 256.0;
-
-    fn gpu() -> Gpu {
-        Gpu::new().unwrap_or_else(|e| panic!("{e:#}"))
-    }
-
-    /// n values uniform in [-scale, scale).
-    fn rand(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| (rng.uniform_f32() * 2.0 - 1.0) * scale)
-            .collect()
-    }
-
     fn up(g: &Gpu, x: &[f32]) -> CudaSlice<f32> {
         g.upload(x).unwrap()
     }
 
     fn down(g: &Gpu, x: &CudaSlice<f32>) -> Vec<f32> {
         g.download(x).unwrap()
-    }
-
-    /// x rounded to T and uploaded.
-    fn up_t<T: DeviceFloat>(g: &Gpu, x: &[f32]) -> CudaSlice<T> {
-        g.upload(&to_device_float::<T>(x)).unwrap()
-    }
-
-    /// A device buffer of T, widened to f32.
-    fn down_t<T: DeviceFloat>(g: &Gpu, x: &CudaSlice<T>) -> Vec<f32> {
-        to_f32_vec(&g.download(x).unwrap())
-    }
-
-    /// x rounded to T and widened back (what the GPU sees as its T input): the identity for f32.
-    fn round_to<T: DeviceFloat>(x: &[f32]) -> Vec<f32> {
-        to_f32_vec(&to_device_float::<T>(x))
     }
 
     /// What one rounding to T adds to a relative tolerance: 0 for f32, BF16_U for bf16. The bounds
@@ -155,36 +127,6 @@ mod on_gpu {
     /// The largest |x| (0 for an empty slice).
     fn max_abs(x: &[f32]) -> f32 {
         x.iter().fold(0.0f32, |m, &v| m.max(v.abs()))
-    }
-
-    /// |got - want| <= atol + rtol * |want| everywhere (and no NaN where want has none).
-    #[track_caller]
-    fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
-        assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-        let mut worst = (0usize, 0.0f32);
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            let err = (g - w).abs();
-            let tol = atol + rtol * w.abs();
-            assert!(
-                err <= tol,
-                "{what}[{i}]: gpu {g} vs cpu {w} (|diff| {err} > tolerance {tol})"
-            );
-            if err > worst.1 {
-                worst = (i, err);
-            }
-        }
-        eprintln!("{what}: max |diff| {} at {}", worst.1, worst.0);
-    }
-
-    #[track_caller]
-    fn assert_bitwise(what: &str, got: &[f32], want: &[f32]) {
-        assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            assert!(
-                g.to_bits() == w.to_bits(),
-                "{what}[{i}]: gpu {g} vs cpu {w} (must be bitwise equal)"
-            );
-        }
     }
 
     // ---- encoder -----------------------------------------------------------------------------

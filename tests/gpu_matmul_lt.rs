@@ -27,61 +27,20 @@
 //!   gelu(pre_gelu) with an extra 1.13 * 2^-9 * |pre| (the epilogue may apply GELU to the fp32
 //!   pre-activation, the CPU to its bf16 rounding; |gelu'| <= 1.13).
 
+mod common;
+
 #[cfg(has_cuda)]
 mod on_gpu {
+    use super::common::*;
     use half::bf16;
     use train_gpt2_cuda::cpu;
-    use train_gpt2_cuda::gpu::float::{to_device_float, to_f32_vec};
-    use train_gpt2_cuda::gpu::{CudaSlice, DeviceFloat, Gpu};
+    use train_gpt2_cuda::gpu::{DeviceFloat, Gpu};
     use train_gpt2_cuda::precision::Precision;
     use train_gpt2_cuda::rng::Rng;
 
     const B: usize = 2;
     const T: usize = 37;
     const SHAPES: [(usize, usize); 2] = [(64, 192), (128, 256)];
-
-    fn gpu() -> Gpu {
-        Gpu::new().unwrap_or_else(|e| panic!("{e:#}"))
-    }
-
-    /// n values uniform in [-scale, scale).
-    fn rand(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| (rng.uniform_f32() * 2.0 - 1.0) * scale)
-            .collect()
-    }
-
-    /// x rounded to T and widened back (the values both sides see).
-    fn round<F: DeviceFloat>(x: Vec<f32>) -> Vec<f32> {
-        to_f32_vec::<F>(&to_device_float::<F>(&x))
-    }
-
-    fn up<F: DeviceFloat>(g: &Gpu, x: &[f32]) -> CudaSlice<F> {
-        g.upload(&to_device_float::<F>(x)).unwrap()
-    }
-
-    fn down<F: DeviceFloat>(g: &Gpu, x: &CudaSlice<F>) -> Vec<f32> {
-        to_f32_vec::<F>(&g.download(x).unwrap())
-    }
-
-    /// |got - want| <= tol(i, want) everywhere.
-    #[track_caller]
-    fn assert_within(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize, f32) -> f32) {
-        assert_eq!(got.len(), want.len(), "{what}: lengths differ");
-        let mut worst = (0usize, 0.0f32);
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            let err = (g - w).abs();
-            let t = tol(i, w);
-            assert!(
-                err <= t,
-                "{what}[{i}]: gpu {g} vs cpu {w} (|diff| {err} > tolerance {t})"
-            );
-            if err > worst.1 {
-                worst = (i, err);
-            }
-        }
-        eprintln!("{what}: max |diff| {} at {}", worst.1, worst.0);
-    }
 
     /// The products' tolerance for precision F (see the file doc).
     fn product_tol<F: DeviceFloat>() -> (f32, f32) {
@@ -102,17 +61,21 @@ mod on_gpu {
             let n = B * T;
             let what = format!("{:?} C={c} OC={oc}", F::PRECISION);
             let mut rng = Rng::new(10 + c as u64 + oc as u64);
-            let inp = round::<F>(rand(&mut rng, n * c, 1.0));
-            let weight = round::<F>(rand(&mut rng, oc * c, 4.0 / (c as f32).sqrt()));
-            let bias = round::<F>(rand(&mut rng, oc, 0.5));
-            let (d_inp, d_w, d_b) = (up::<F>(g, &inp), up::<F>(g, &weight), up::<F>(g, &bias));
+            let inp = round_to::<F>(&rand(&mut rng, n * c, 1.0));
+            let weight = round_to::<F>(&rand(&mut rng, oc * c, 4.0 / (c as f32).sqrt()));
+            let bias = round_to::<F>(&rand(&mut rng, oc, 0.5));
+            let (d_inp, d_w, d_b) = (
+                up_t::<F>(g, &inp),
+                up_t::<F>(g, &weight),
+                up_t::<F>(g, &bias),
+            );
 
             for with_bias in [true, false] {
                 let mut out = vec![0.0; n * oc];
                 let bias_opt = with_bias.then_some(bias.as_slice());
                 cpu::matmul::matmul_forward(&mut out, &inp, &weight, bias_opt, B, T, c, oc);
                 // Start from garbage: the launcher overwrites.
-                let mut d_out = up::<F>(g, &rand(&mut rng, n * oc, 3.0));
+                let mut d_out = up_t::<F>(g, &rand(&mut rng, n * oc, 3.0));
                 let d_bias_view = d_b.as_view();
                 g.matmul_forward_lt(
                     &mut d_out.as_view_mut(),
@@ -127,7 +90,7 @@ mod on_gpu {
                 .unwrap();
                 assert_product::<F>(
                     &format!("{what} bias={with_bias} out"),
-                    &down(g, &d_out),
+                    &down_t(g, &d_out),
                     &out,
                 );
             }
@@ -135,8 +98,8 @@ mod on_gpu {
             // GELU-fused: pre_gelu is the biased product, out_gelu its GELU.
             let mut pre = vec![0.0; n * oc];
             cpu::matmul::matmul_forward(&mut pre, &inp, &weight, Some(&bias), B, T, c, oc);
-            let mut d_out = up::<F>(g, &rand(&mut rng, n * oc, 3.0));
-            let mut d_pre = up::<F>(g, &rand(&mut rng, n * oc, 3.0));
+            let mut d_out = up_t::<F>(g, &rand(&mut rng, n * oc, 3.0));
+            let mut d_pre = up_t::<F>(g, &rand(&mut rng, n * oc, 3.0));
             g.matmul_forward_gelu_lt(
                 &mut d_out.as_view_mut(),
                 &mut d_pre.as_view_mut(),
@@ -149,14 +112,14 @@ mod on_gpu {
                 oc,
             )
             .unwrap();
-            let got_pre = down(g, &d_pre);
+            let got_pre = down_t(g, &d_pre);
             assert_product::<F>(&format!("{what} pre_gelu"), &got_pre, &pre);
             let spread = got_pre.iter().fold(0.0f32, |m, x| m.max(x.abs()));
             assert!(spread > 2.7, "{what}: pre-activations only reach {spread}");
             // The epilogue's GELU against the CPU's on the GPU's own pre-activations.
             let mut gelu_of_pre = vec![0.0; n * oc];
             cpu::gelu::gelu_forward(&mut gelu_of_pre, &got_pre);
-            let got_out = down(g, &d_out);
+            let got_out = down_t(g, &d_out);
             match F::PRECISION {
                 Precision::Fp32 => assert_within(
                     &format!("{what} out_gelu vs gelu(pre_gelu)"),
@@ -186,13 +149,17 @@ mod on_gpu {
             let n = B * T;
             let what = format!("{:?} C={c} OC={oc}", F::PRECISION);
             let mut rng = Rng::new(20 + c as u64 + oc as u64);
-            let inp = round::<F>(rand(&mut rng, n * c, 1.0));
-            let weight = round::<F>(rand(&mut rng, oc * c, 4.0 / (c as f32).sqrt()));
-            let dout = round::<F>(rand(&mut rng, n * oc, 1.0));
-            let dinp0 = round::<F>(rand(&mut rng, n * c, 1.0));
-            let dw0 = round::<F>(rand(&mut rng, oc * c, 1.0));
-            let db0 = round::<F>(rand(&mut rng, oc, 1.0));
-            let (d_inp, d_w, d_dout) = (up::<F>(g, &inp), up::<F>(g, &weight), up::<F>(g, &dout));
+            let inp = round_to::<F>(&rand(&mut rng, n * c, 1.0));
+            let weight = round_to::<F>(&rand(&mut rng, oc * c, 4.0 / (c as f32).sqrt()));
+            let dout = round_to::<F>(&rand(&mut rng, n * oc, 1.0));
+            let dinp0 = round_to::<F>(&rand(&mut rng, n * c, 1.0));
+            let dw0 = round_to::<F>(&rand(&mut rng, oc * c, 1.0));
+            let db0 = round_to::<F>(&rand(&mut rng, oc, 1.0));
+            let (d_inp, d_w, d_dout) = (
+                up_t::<F>(g, &inp),
+                up_t::<F>(g, &weight),
+                up_t::<F>(g, &dout),
+            );
 
             for accumulate in [true, false] {
                 // CPU: dinp accumulates onto dinp0, or onto zeros for the overwrite.
@@ -214,9 +181,9 @@ mod on_gpu {
                     c,
                     oc,
                 );
-                let mut d_dinp = up::<F>(g, &dinp0);
-                let mut d_dw = up::<F>(g, &dw0);
-                let mut d_db = up::<F>(g, &db0);
+                let mut d_dinp = up_t::<F>(g, &dinp0);
+                let mut d_dw = up_t::<F>(g, &dw0);
+                let mut d_db = up_t::<F>(g, &db0);
                 g.matmul_backward_lt(
                     &mut d_dinp.as_view_mut(),
                     accumulate,
@@ -232,14 +199,14 @@ mod on_gpu {
                 )
                 .unwrap();
                 let w = format!("{what} accumulate={accumulate}");
-                assert_product::<F>(&format!("{w} dinp"), &down(g, &d_dinp), &dinp);
-                assert_product::<F>(&format!("{w} dweight"), &down(g, &d_dw), &dw);
-                assert_product::<F>(&format!("{w} dbias"), &down(g, &d_db), &db);
+                assert_product::<F>(&format!("{w} dinp"), &down_t(g, &d_dinp), &dinp);
+                assert_product::<F>(&format!("{w} dweight"), &down_t(g, &d_dw), &dw);
+                assert_product::<F>(&format!("{w} dbias"), &down_t(g, &d_db), &db);
             }
 
             // Without dbias: dweight still accumulates, and a second call adds again.
-            let mut d_dinp = up::<F>(g, &dinp0);
-            let mut d_dw = up::<F>(g, &dw0);
+            let mut d_dinp = up_t::<F>(g, &dinp0);
+            let mut d_dw = up_t::<F>(g, &dw0);
             for _ in 0..2 {
                 g.matmul_backward_lt(
                     &mut d_dinp.as_view_mut(),
@@ -271,7 +238,7 @@ mod on_gpu {
                     c,
                     oc,
                 );
-                dw = round::<F>(dw);
+                dw = round_to::<F>(&dw);
             }
             let mut dinp = vec![0.0; n * c];
             cpu::matmul::matmul_backward(
@@ -286,10 +253,10 @@ mod on_gpu {
                 c,
                 oc,
             );
-            assert_product::<F>(&format!("{what} twice dweight"), &down(g, &d_dw), &dw);
+            assert_product::<F>(&format!("{what} twice dweight"), &down_t(g, &d_dw), &dw);
             assert_product::<F>(
                 &format!("{what} twice dinp (overwritten)"),
-                &down(g, &d_dinp),
+                &down_t(g, &d_dinp),
                 &dinp,
             );
         }
@@ -302,14 +269,14 @@ mod on_gpu {
             let n = B * T;
             let what = format!("{:?} C={c} OC={oc} dgelu", F::PRECISION);
             let mut rng = Rng::new(30 + c as u64 + oc as u64);
-            let pre = round::<F>(rand(&mut rng, n * c, 4.0));
+            let pre = round_to::<F>(&rand(&mut rng, n * c, 4.0));
             let mut inp = vec![0.0; n * c];
             cpu::gelu::gelu_forward(&mut inp, &pre);
-            let inp = round::<F>(inp);
-            let weight = round::<F>(rand(&mut rng, oc * c, 4.0 / (c as f32).sqrt()));
-            let dout = round::<F>(rand(&mut rng, n * oc, 1.0));
-            let dw0 = round::<F>(rand(&mut rng, oc * c, 1.0));
-            let db0 = round::<F>(rand(&mut rng, oc, 1.0));
+            let inp = round_to::<F>(&inp);
+            let weight = round_to::<F>(&rand(&mut rng, oc * c, 4.0 / (c as f32).sqrt()));
+            let dout = round_to::<F>(&rand(&mut rng, n * oc, 1.0));
+            let dw0 = round_to::<F>(&rand(&mut rng, oc * c, 1.0));
+            let db0 = round_to::<F>(&rand(&mut rng, oc, 1.0));
 
             // CPU: dinp of the matmul (from zeros), then the GELU backward into zeros.
             let (mut dinp, mut dw, mut db) = (vec![0.0; n * c], dw0.clone(), db0.clone());
@@ -328,12 +295,16 @@ mod on_gpu {
             let mut dpre = vec![0.0; n * c];
             cpu::gelu::gelu_backward(&mut dpre, &pre, &dinp);
 
-            let (d_inp, d_w, d_dout) = (up::<F>(g, &inp), up::<F>(g, &weight), up::<F>(g, &dout));
-            let d_pre = up::<F>(g, &pre);
+            let (d_inp, d_w, d_dout) = (
+                up_t::<F>(g, &inp),
+                up_t::<F>(g, &weight),
+                up_t::<F>(g, &dout),
+            );
+            let d_pre = up_t::<F>(g, &pre);
             // dpre starts from garbage: DGELU overwrites.
-            let mut d_dpre = up::<F>(g, &rand(&mut rng, n * c, 1.0));
-            let mut d_dw = up::<F>(g, &dw0);
-            let mut d_db = up::<F>(g, &db0);
+            let mut d_dpre = up_t::<F>(g, &rand(&mut rng, n * c, 1.0));
+            let mut d_dw = up_t::<F>(g, &dw0);
+            let mut d_db = up_t::<F>(g, &db0);
             g.matmul_backward_dgelu_lt(
                 &mut d_dpre.as_view_mut(),
                 &mut d_dw.as_view_mut(),
@@ -352,11 +323,14 @@ mod on_gpu {
                 Precision::Fp32 => (2e-4, 2e-4),
                 Precision::Bf16 => product_tol::<F>(),
             };
-            assert_within(&format!("{what} dpre"), &down(g, &d_dpre), &dpre, |_, w| {
-                atol + rtol * w.abs()
-            });
-            assert_product::<F>(&format!("{what} dweight"), &down(g, &d_dw), &dw);
-            assert_product::<F>(&format!("{what} dbias"), &down(g, &d_db), &db);
+            assert_within(
+                &format!("{what} dpre"),
+                &down_t(g, &d_dpre),
+                &dpre,
+                |_, w| atol + rtol * w.abs(),
+            );
+            assert_product::<F>(&format!("{what} dweight"), &down_t(g, &d_dw), &dw);
+            assert_product::<F>(&format!("{what} dbias"), &down_t(g, &d_db), &db);
         }
     }
 

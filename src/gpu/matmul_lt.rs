@@ -464,56 +464,8 @@ impl Gpu {
         c: usize,
         oc: usize,
     ) -> Result<()> {
-        const K: &str = "matmul_forward_lt";
-        let n = b * t;
-        check_len(K, "out", out.len(), n * oc, "B*T*OC")?;
-        check_len(K, "inp", inp.len(), n * c, "B*T*C")?;
-        check_len(K, "weight", weight.len(), oc * c, "OC*C")?;
-        if let Some(bias) = bias {
-            check_len(K, "bias", bias.len(), oc, "OC")?;
-        }
-        check_dims(K, T::PRECISION, n, c, oc, None)?;
-        if n == 0 || oc == 0 {
-            return Ok(());
-        }
-        if c == 0 {
-            bail!("{K}: C must be positive");
-        }
-        let s = &self.stream;
-        let (d_out, d_inp, d_w) = (ptr_mut(s, out), ptr(s, inp), ptr(s, weight));
-        let d_bias = bias.map(|v| ptr(s, v));
-        for (what, p) in [("out", d_out), ("inp", d_inp), ("weight", d_w)] {
-            check_aligned(K, what, p)?;
-        }
-        if let Some(p) = d_bias {
-            check_aligned(K, "bias", p)?;
-        }
-        let epilogue = if d_bias.is_some() {
-            sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS
-        } else {
-            sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT
-        };
-        // out^T (OC x BT, ld OC) = op_T(weight: C x OC, ld C) . inp^T (C x BT, ld C) + bias.
-        self.lt_matmul::<T>(
-            K,
-            &Product {
-                transa: true,
-                transb: false,
-                m: oc as u64,
-                n: n as u64,
-                k: c as u64,
-                a: d_w,
-                lda: c as i64,
-                b: d_inp,
-                ldb: c as i64,
-                d: d_out,
-                ldd: oc as i64,
-                beta: 0.0,
-                epilogue,
-                bias: d_bias,
-                aux: None,
-            },
-        )
+        let k = "matmul_forward_lt";
+        self.forward_lt(k, (out, "out"), None, inp, weight, bias, b, t, c, oc)
     }
 
     /// pre_gelu (B,T,OC) = inp . weight^T + bias and out_gelu (B,T,OC) = gelu(pre_gelu) (the tanh
@@ -533,35 +485,71 @@ impl Gpu {
         c: usize,
         oc: usize,
     ) -> Result<()> {
-        const K: &str = "matmul_forward_gelu_lt";
+        let k = "matmul_forward_gelu_lt";
+        let out = (out_gelu, "out_gelu");
+        self.forward_lt(k, out, Some(pre_gelu), inp, weight, Some(bias), b, t, c, oc)
+    }
+
+    /// `matmul_forward_lt` and, with `pre_gelu`, `matmul_forward_gelu_lt`: the checks of both,
+    /// then the product (`out`: the buffer and its name in errors).
+    #[allow(clippy::too_many_arguments)]
+    fn forward_lt<T: DeviceFloat>(
+        &self,
+        kernel: &str,
+        (out, out_name): (&mut CudaViewMut<'_, T>, &str), // (B, T, OC)
+        pre_gelu: Option<&mut CudaViewMut<'_, T>>,        // (B, T, OC)
+        inp: &CudaView<'_, T>,                            // (B, T, C)
+        weight: &CudaView<'_, T>,                         // (OC, C)
+        bias: Option<&CudaView<'_, T>>,                   // (OC)
+        b: usize,
+        t: usize,
+        c: usize,
+        oc: usize,
+    ) -> Result<()> {
+        let k = kernel;
         let n = b * t;
-        check_len(K, "out_gelu", out_gelu.len(), n * oc, "B*T*OC")?;
-        check_len(K, "pre_gelu", pre_gelu.len(), n * oc, "B*T*OC")?;
-        check_len(K, "inp", inp.len(), n * c, "B*T*C")?;
-        check_len(K, "weight", weight.len(), oc * c, "OC*C")?;
-        check_len(K, "bias", bias.len(), oc, "OC")?;
-        check_dims(K, T::PRECISION, n, c, oc, Some(("OC", oc)))?;
+        check_len(k, out_name, out.len(), n * oc, "B*T*OC")?;
+        if let Some(pre) = &pre_gelu {
+            check_len(k, "pre_gelu", pre.len(), n * oc, "B*T*OC")?;
+        }
+        check_len(k, "inp", inp.len(), n * c, "B*T*C")?;
+        check_len(k, "weight", weight.len(), oc * c, "OC*C")?;
+        if let Some(bias) = bias {
+            check_len(k, "bias", bias.len(), oc, "OC")?;
+        }
+        let aux_ld = pre_gelu.as_ref().map(|_| ("OC", oc));
+        check_dims(k, T::PRECISION, n, c, oc, aux_ld)?;
         if n == 0 || oc == 0 {
             return Ok(());
         }
         if c == 0 {
-            bail!("{K}: C must be positive");
+            bail!("{k}: C must be positive");
         }
         let s = &self.stream;
-        let (d_out, d_pre) = (ptr_mut(s, out_gelu), ptr_mut(s, pre_gelu));
-        let (d_inp, d_w, d_bias) = (ptr(s, inp), ptr(s, weight), ptr(s, bias));
-        for (what, p) in [
-            ("out_gelu", d_out),
-            ("pre_gelu", d_pre),
-            ("inp", d_inp),
-            ("weight", d_w),
-            ("bias", d_bias),
-        ] {
-            check_aligned(K, what, p)?;
+        let d_out = ptr_mut(s, out);
+        let d_pre = pre_gelu.map(|v| ptr_mut(s, v));
+        let (d_inp, d_w) = (ptr(s, inp), ptr(s, weight));
+        let d_bias = bias.map(|v| ptr(s, v));
+        check_aligned(k, out_name, d_out)?;
+        if let Some(p) = d_pre {
+            check_aligned(k, "pre_gelu", p)?;
         }
-        // As matmul_forward_lt; the aux (pre_gelu^T, OC x BT) has leading dimension OC.
+        for (what, p) in [("inp", d_inp), ("weight", d_w)] {
+            check_aligned(k, what, p)?;
+        }
+        if let Some(p) = d_bias {
+            check_aligned(k, "bias", p)?;
+        }
+        use sys::cublasLtEpilogue_t as E;
+        let epilogue = match (d_pre, d_bias) {
+            (Some(_), _) => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+            (None, Some(_)) => E::CUBLASLT_EPILOGUE_BIAS,
+            (None, None) => E::CUBLASLT_EPILOGUE_DEFAULT,
+        };
+        // out^T (OC x BT, ld OC) = op_T(weight: C x OC, ld C) . inp^T (C x BT, ld C) + bias; the
+        // GELU aux (pre_gelu^T, OC x BT) has leading dimension OC.
         self.lt_matmul::<T>(
-            K,
+            k,
             &Product {
                 transa: true,
                 transb: false,
@@ -575,9 +563,9 @@ impl Gpu {
                 d: d_out,
                 ldd: oc as i64,
                 beta: 0.0,
-                epilogue: sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
-                bias: Some(d_bias),
-                aux: Some((d_pre, oc as i64)),
+                epilogue,
+                bias: d_bias,
+                aux: d_pre.map(|p| (p, oc as i64)),
             },
         )
     }

@@ -270,17 +270,11 @@ fn gpu_engine_on(
     let precision = resolve_precision(opts.precision, Some(gpu.compute_capability()?))?;
     gpu.set_tf32(opts.tf32)?;
     use crate::gpu::Gpt2Gpu;
-    let fused = opts.kernels.map(|k| k == Kernels::Fused);
-    Ok(match (precision, fused) {
-        (Precision::Fp32, None) => Box::new(Gpt2Gpu::<f32>::new(gpu, cfg, params, max_b, max_t)?),
-        (Precision::Fp32, Some(f)) => {
-            Box::new(Gpt2Gpu::<f32>::new_with(gpu, cfg, params, max_b, max_t, f)?)
-        }
-        (Precision::Bf16, None) => {
-            Box::new(Gpt2Gpu::<half::bf16>::new(gpu, cfg, params, max_b, max_t)?)
-        }
-        (Precision::Bf16, Some(f)) => Box::new(Gpt2Gpu::<half::bf16>::new_with(
-            gpu, cfg, params, max_b, max_t, f,
+    let k = opts.kernels;
+    Ok(match precision {
+        Precision::Fp32 => Box::new(Gpt2Gpu::<f32>::new_with(gpu, cfg, params, max_b, max_t, k)?),
+        Precision::Bf16 => Box::new(Gpt2Gpu::<half::bf16>::new_with(
+            gpu, cfg, params, max_b, max_t, k,
         )?),
     })
 }

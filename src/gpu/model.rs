@@ -35,6 +35,7 @@ use crate::config::GPT2Config;
 use crate::cpu::adamw::AdamW;
 use crate::cpu::model::{check_forward, check_new};
 use crate::engine::Engine;
+use crate::engine::Kernels;
 use crate::params::{param_sizes, LayerSlice, Params};
 use crate::precision::Precision;
 use crate::profile::{Cost, Family, Profile};
@@ -399,20 +400,24 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         max_b: usize,
         max_t: usize,
     ) -> Result<Self> {
-        let fused = T::PRECISION == Precision::Bf16 && fused_supported(&config);
-        Self::new_with(gpu, config, params, max_b, max_t, fused)
+        Self::new_with(gpu, config, params, max_b, max_t, None)
     }
 
-    /// As [`Gpt2Gpu::new`], on the fused path or the plain one; the fused path needs a head size
-    /// the flash kernels support (`fused_supported`).
+    /// As [`Gpt2Gpu::new`], on the given kernels (None: the default for T and the model, fused
+    /// for bf16 where `fused_supported`); the fused path needs a head size the flash kernels
+    /// support.
     pub fn new_with(
         gpu: Gpu,
         config: GPT2Config,
         params: Vec<f32>,
         max_b: usize,
         max_t: usize,
-        fused: bool,
+        kernels: Option<Kernels>,
     ) -> Result<Self> {
+        let fused = match kernels {
+            Some(k) => k == Kernels::Fused,
+            None => T::PRECISION == Precision::Bf16 && fused_supported(&config),
+        };
         check_new(&config, &params, max_b, max_t)?;
         let (l, c, nh) = (config.num_layers, config.channels, config.num_heads);
         if fused && !fused_supported(&config) {

@@ -95,7 +95,9 @@ extern "C" __global__ void encoder_backward_wpe_bf16(__nv_bfloat16* dwpe, const 
 // dwte (Vp,C) [token, c] += the dout rows of the bucket's positions, in ascending position order.
 // buckets (u32): [0, nb) the token of each bucket; [nb, 2nb+1) each bucket's start in the position
 // list (the last entry is the end); then the position list (bt = b*T + t for every position).
-// grid: (nb, ceil(C / blockDim.x)); one thread per (bucket, channel).
+// grid: (nb, ceil(C / blockDim.x)); one thread per (bucket, channel). An empty bucket (start ==
+// end) is padding and writes nothing: the host pads the list to nb = B*T buckets, so that the
+// launch does not depend on how many distinct tokens a batch has (one CUDA graph for every batch).
 template <typename T>
 __device__ __forceinline__ void encoder_backward_wte_impl(T* dwte, const T* dout, const unsigned int* buckets,
                                                           int num_buckets, int C) {
@@ -104,9 +106,12 @@ __device__ __forceinline__ void encoder_backward_wte_impl(T* dwte, const T* dout
     if (bucket >= num_buckets || c >= C) {
         return;
     }
-    const unsigned int token = buckets[bucket];
     const unsigned int* starts = buckets + num_buckets;
     const unsigned int* positions = buckets + 2 * num_buckets + 1;
+    if (starts[bucket] == starts[bucket + 1]) {
+        return; // padding: its token may be another bucket's, whose row this must not touch
+    }
+    const unsigned int token = buckets[bucket];
     T* row = dwte + (size_t)token * C;
     float acc = to_float(row[c]);
     for (unsigned int i = starts[bucket]; i < starts[bucket + 1]; i++) {

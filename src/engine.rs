@@ -151,6 +151,9 @@ pub struct EngineOptions {
     /// The CUDA engine's kernels; None: fused in bf16 where the model's shapes allow, plain
     /// otherwise. Refused on `--device cpu` (the CPU engine has one path).
     pub kernels: Option<Kernels>,
+    /// Whether the CUDA engine replays its forward and backward passes as CUDA graphs (see
+    /// `gpu::graphs`); the CPU engine has none.
+    pub cuda_graphs: bool,
 }
 
 impl EngineOptions {
@@ -161,6 +164,7 @@ impl EngineOptions {
             precision: Some(Precision::Fp32),
             tf32: false,
             kernels: None,
+            cuda_graphs: true,
         }
     }
 
@@ -171,6 +175,7 @@ impl EngineOptions {
             precision: Some(precision),
             tf32: false,
             kernels: None,
+            cuda_graphs: true,
         }
     }
 }
@@ -272,10 +277,16 @@ fn gpu_engine_on(
     use crate::gpu::Gpt2Gpu;
     let k = opts.kernels;
     Ok(match precision {
-        Precision::Fp32 => Box::new(Gpt2Gpu::<f32>::new_with(gpu, cfg, params, max_b, max_t, k)?),
-        Precision::Bf16 => Box::new(Gpt2Gpu::<half::bf16>::new_with(
-            gpu, cfg, params, max_b, max_t, k,
-        )?),
+        Precision::Fp32 => {
+            let mut model = Gpt2Gpu::<f32>::new_with(gpu, cfg, params, max_b, max_t, k)?;
+            model.set_cuda_graphs(opts.cuda_graphs);
+            Box::new(model)
+        }
+        Precision::Bf16 => {
+            let mut model = Gpt2Gpu::<half::bf16>::new_with(gpu, cfg, params, max_b, max_t, k)?;
+            model.set_cuda_graphs(opts.cuda_graphs);
+            Box::new(model)
+        }
     })
 }
 

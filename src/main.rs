@@ -124,6 +124,9 @@ struct VerifyArgs {
     /// The GPU's kernels: fused or plain (default: fused in bf16 where the shapes allow).
     #[arg(long, value_enum)]
     kernels: Option<Kernels>,
+    /// Launch every GPU kernel from the host instead of replaying CUDA graphs.
+    #[arg(long)]
+    no_cuda_graphs: bool,
 }
 
 fn main() -> ExitCode {
@@ -201,6 +204,7 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
         precision: a.precision,
         tf32: false,
         kernels: None,
+        cuda_graphs: true,
     };
     let mut engine = create_engine(&engine_opts, cfg, ck.params, 1, window)?;
     print!("{}", a.prompt);
@@ -286,6 +290,7 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         }),
         tf32: a.tf32,
         kernels: if dev == Device::Cpu { None } else { a.kernels },
+        cuda_graphs: !a.no_cuda_graphs,
     };
     // each engine against the fp32 reference by its own precision; GPU vs CPU by the GPU's
     let tol_of = |dev: Device| {

@@ -109,6 +109,10 @@ pub struct TrainArgs {
     /// sizes 64 and 128) or plain. Default: fused in bf16 where the model allows, plain otherwise.
     #[arg(long, value_enum)]
     pub kernels: Option<crate::engine::Kernels>,
+    /// Launch every kernel from the host instead of replaying the forward and backward passes as
+    /// CUDA graphs (slower for small models; shows each kernel on an nsys timeline).
+    #[arg(long)]
+    pub no_cuda_graphs: bool,
     /// The device's peak TFLOP/s for the MFU column (default: from a table of A100, H100, H200).
     #[arg(long)]
     pub peak_tflops: Option<f64>,
@@ -152,6 +156,7 @@ impl TrainArgs {
             precision: self.precision,
             tf32: self.tf32,
             kernels: self.kernels,
+            cuda_graphs: !self.no_cuda_graphs,
         }
     }
 

@@ -503,7 +503,7 @@ fn dry_run_prints_the_commands_and_runs_nothing() {
     assert!(torch_lines[1].ends_with("--compile"), "{}", torch_lines[1]);
     assert!(torch_lines[11].ends_with("--compile --bf16"));
 
-    // --kernels goes to the engine only
+    // --kernels and --no-cuda-graphs go to the engine only
     let stdout = bench_ok(&[
         "--dry-run",
         "--engine",
@@ -514,16 +514,17 @@ fn dry_run_prints_the_commands_and_runs_nothing() {
         "bf16",
         "--kernels",
         "plain",
+        "--no-cuda-graphs",
     ]);
     let engine_lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with(&eng)).collect();
     assert_eq!(engine_lines.len(), 1, "{stdout}");
     assert!(
-        engine_lines[0].ends_with("--precision bf16 --kernels plain"),
+        engine_lines[0].ends_with("--precision bf16 --kernels plain --no-cuda-graphs"),
         "{stdout}"
     );
-    assert!(!stdout
-        .lines()
-        .any(|l| l.contains("bench_pytorch.py") && l.contains("--kernels")));
+    assert!(!stdout.lines().any(
+        |l| l.contains("bench_pytorch.py") && (l.contains("--kernels") || l.contains("graphs"))
+    ));
 }
 
 #[test]

@@ -27,6 +27,7 @@ fn opts(device: Device) -> EngineOptions {
         precision: None,
         tf32: false,
         kernels: None,
+        cuda_graphs: true,
     }
 }
 use train_gpt2_cuda::formats::checkpoint::read_checkpoint;
@@ -306,6 +307,53 @@ fn bf16_training(cfg: GPT2Config, kernels: Kernels) {
         again.params == got.params,
         "parameters differ between bf16 runs"
     );
+}
+
+/// CUDA graphs change the speed, never the numbers: the same training (a shape change and an
+/// inference forward in between) with the forward and backward passes replayed as graphs and with
+/// every kernel launched from the host gives bitwise the same losses, norms and parameters.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn cuda_graphs_give_bitwise_the_same_training() {
+    use train_gpt2_cuda::gpu::{Gpt2Gpu, Gpu};
+    fn check<T: train_gpt2_cuda::gpu::ModelFloat>(cfg: GPT2Config, kernels: Kernels) {
+        let (b, t, steps) = (2, 64, 4);
+        let params = init_params(&cfg, 42);
+        let model = |graphs: bool| {
+            let gpu = Gpu::new().unwrap_or_else(|e| panic!("{e:#}"));
+            let mut m = Gpt2Gpu::<T>::new_with(gpu, cfg, params.clone(), b, t, Some(kernels))
+                .unwrap_or_else(|e| panic!("{e:#}"));
+            m.set_cuda_graphs(graphs);
+            m
+        };
+        let (mut with, mut without) = (model(true), model(false));
+        let mut runs = Vec::new();
+        for m in [&mut with, &mut without] {
+            let first = train(m, steps, b, t, 7);
+            // an inference forward of another shape, then training at a smaller batch
+            let x: Vec<u32> = (0..17).map(|i| (i * 7 % cfg.vocab_size) as u32).collect();
+            m.forward(&x, None, 1, 17).unwrap();
+            let second = train(m, steps, 1, 32, 8);
+            runs.push((first, second, m.grads().unwrap()));
+        }
+        assert!(
+            with.cuda_graphs(),
+            "a capture failed and turned the graphs off"
+        );
+        // forward with targets and backward at (2, 64) and at (1, 32)
+        assert_eq!(with.cuda_graphs_captured(), 4, "pieces captured");
+        assert_eq!(without.cuda_graphs_captured(), 0);
+        let (g, e) = (&runs[0], &runs[1]);
+        for (a, b) in [(&g.0, &e.0), (&g.1, &e.1)] {
+            assert_eq!(a.losses, b.losses, "losses with and without graphs");
+            assert_eq!(a.norms, b.norms, "norms with and without graphs");
+            assert!(a.params == b.params, "parameters with and without graphs");
+        }
+        assert!(g.2 == e.2, "gradients with and without graphs");
+    }
+    check::<f32>(small_config(), Kernels::Plain);
+    check::<f32>(fused_config(), Kernels::Fused);
+    check::<half::bf16>(fused_config(), Kernels::Fused);
 }
 
 #[test]

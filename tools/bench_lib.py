@@ -365,6 +365,9 @@ def build_parser():
     p.add_argument("--kernels", choices=["fused", "plain"],
                    help="the engine's --kernels (default: the engine's own choice, fused in bf16 "
                         "where the model allows); run twice to compare the two paths")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="the engine's --no-cuda-graphs: every kernel launched from the host (run "
+                        "with and without to measure what the graphs save)")
     p.add_argument("--python", default=os.environ.get("TORCH_PYTHON") or sys.executable,
                    help="the Python with PyTorch (default: $TORCH_PYTHON, else this Python)")
     p.add_argument("--out", help="write every raw result and the run's details as JSON here")
@@ -458,6 +461,8 @@ def engine_command(a, b, precision, out_dir):
         cmd.append("--tf32")
     if a.kernels:
         cmd += ["--kernels", a.kernels]
+    if a.no_cuda_graphs:
+        cmd.append("--no-cuda-graphs")
     return cmd
 
 

@@ -68,6 +68,12 @@ done
 grep '^step' "$out/train-d12-bf16-run1.log" 2>/dev/null | sed 's/ | [0-9.]* ms .*//' > "$out/losses-bf16-1.txt"
 grep '^step' "$out/train-d12-bf16-run2.log" 2>/dev/null | sed 's/ | [0-9.]* ms .*//' > "$out/losses-bf16-2.txt"
 check same-seed-same-losses-bf16 diff "$out/losses-bf16-1.txt" "$out/losses-bf16-2.txt"
+# CUDA graphs change the speed, not the numbers: the same run with every kernel launched eagerly
+check train-d12-bf16-no-graphs bash "$run" exec train-gpt2-cuda --device cuda --model d12 --batch 4 \
+  --seq 64 --steps 50 --val-every 25 --seed 1337 --precision bf16 --no-cuda-graphs \
+  --out-dir "$out/train-bf16-nog"
+grep '^step' "$out/train-d12-bf16-no-graphs.log" 2>/dev/null | sed 's/ | [0-9.]* ms .*//' > "$out/losses-bf16-nog.txt"
+check graphs-same-losses-bf16 diff "$out/losses-bf16-1.txt" "$out/losses-bf16-nog.txt"
 # the bf16 loss curve tracks fp32 (same seed, same data) for 300 steps of d12 at B=8, T=256
 for p in fp32 bf16; do
   check "curve-$p" bash "$run" exec train-gpt2-cuda --device cuda --model d12 --batch 8 --seq 256 \

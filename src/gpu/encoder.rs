@@ -58,9 +58,10 @@ impl Gpu {
     ///
     /// Unlike the forward, `inp` is the HOST copy of the tokens (the same `&[u32]` as the CPU
     /// twin's): for a deterministic dwte without atomics the host groups the positions by token
-    /// into buckets (positions ascending), uploads them, and one GPU thread per (bucket, channel)
+    /// into buckets ([`token_buckets`]), uploads them, and one GPU thread per (bucket, channel)
     /// adds its bucket's rows in position order. Each element of dwte and dwpe then receives its
-    /// terms in the CPU reference's order. Token ids >= Vp are an error.
+    /// terms in the CPU reference's order. Token ids >= Vp are an error. (The model uploads the
+    /// buckets with the inputs, before the backward, and calls [`Gpu::encoder_backward_buckets`].)
     #[allow(clippy::too_many_arguments)]
     pub fn encoder_backward<T: DeviceFloat>(
         &self,
@@ -73,15 +74,42 @@ impl Gpu {
         c: usize,
     ) -> Result<()> {
         const K: &str = "encoder_backward";
-        check_len(K, "dout", dout.len(), b * t * c, "B*T*C")?;
         check_len(K, "inp", inp.len(), b * t, "B*T")?;
         let vp = embedding_rows(K, "dwte", dwte.len(), c)?;
+        if let Some((pos, &tok)) = inp.iter().enumerate().find(|&(_, &x)| x as usize >= vp) {
+            bail!("{K}: token id {tok} at position {pos} is not below Vp = {vp}");
+        }
+        let buckets = self.upload(&token_buckets(inp))?;
+        // SAFETY: the buckets are token_buckets of B*T token ids, each checked < Vp above.
+        unsafe { self.encoder_backward_buckets(dwte, dwpe, dout, &buckets.as_view(), b, t, c) }
+    }
+
+    /// [`Gpu::encoder_backward`] with the tokens as their buckets on the device: [`token_buckets`]
+    /// of the (B, T) inputs, uploaded. The launch depends on B, T and C only (the buckets are
+    /// padded to B*T), so it can be captured in a CUDA graph and replayed for any batch whose
+    /// buckets were uploaded to the same place.
+    ///
+    /// # Safety
+    /// `buckets` must hold [`token_buckets`] of B*T token ids that are all below Vp (the rows of
+    /// dwte): the kernel indexes dwte and dout with them unchecked.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn encoder_backward_buckets<T: DeviceFloat>(
+        &self,
+        dwte: &mut CudaViewMut<'_, T>, // (Vp, C)
+        dwpe: &mut CudaViewMut<'_, T>, // (maxT, C)
+        dout: &CudaView<'_, T>,        // (B, T, C)
+        buckets: &CudaView<'_, u32>,   // (3*B*T + 1) token_buckets of the inputs (B, T)
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
+        const K: &str = "encoder_backward";
+        check_len(K, "dout", dout.len(), b * t * c, "B*T*C")?;
+        check_len(K, "buckets", buckets.len(), buckets_len(b * t), "3*B*T+1")?;
+        embedding_rows(K, "dwte", dwte.len(), c)?;
         let maxt = embedding_rows(K, "dwpe", dwpe.len(), c)?;
         if t > maxt {
             bail!("{K}: T = {t} exceeds the {maxt} positions of dwpe");
-        }
-        if let Some((pos, &tok)) = inp.iter().enumerate().find(|&(_, &x)| x as usize >= vp) {
-            bail!("{K}: token id {tok} at position {pos} is not below Vp = {vp}");
         }
         if b * t == 0 || c == 0 {
             return Ok(());
@@ -102,25 +130,23 @@ impl Gpu {
             lb.launch(grid_1d((t * c).div_ceil(BLOCK as usize), BLOCK))
         })?;
 
-        // dwte: buckets of positions by token.
-        let buckets = token_buckets(inp);
-        let num_buckets = (buckets.len() - 1 - inp.len()) / 2;
-        let dev_buckets = self.upload(&buckets)?;
-        let nb = dim(K, "the number of distinct tokens", num_buckets)?;
+        // dwte: one block row per bucket (B*T of them, the padding skipped by the kernel).
+        let nb = dim(K, "B*T", b * t)?;
         let kernel = T::pick(
             &self.k.encoder_backward_wte,
             &self.k.encoder_backward_wte_bf16,
         );
         let mut lb = self.stream.launch_builder(kernel);
-        lb.arg(dwte).arg(dout).arg(&dev_buckets).arg(&nb).arg(&ci);
+        lb.arg(dwte).arg(dout).arg(buckets).arg(&nb).arg(&ci);
         let cfg = cudarc::driver::LaunchConfig {
-            grid_dim: (num_buckets as u32, c.div_ceil(BLOCK as usize) as u32, 1),
+            grid_dim: ((b * t) as u32, c.div_ceil(BLOCK as usize) as u32, 1),
             block_dim: (BLOCK, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: the arguments match encoder_backward_wte(_bf16) in kernels/encoder.cu; the bucket
-        // list holds num_buckets tokens (each < Vp, checked above), num_buckets + 1 offsets into
-        // the position list and B*T positions (each < B*T), so dwte and dout are indexed in bounds.
+        // SAFETY: the arguments match encoder_backward_wte(_bf16) in kernels/encoder.cu; the
+        // buckets (length checked; contents by the caller's contract) hold B*T tokens, each < Vp,
+        // B*T + 1 offsets into the position list, each <= B*T, and B*T positions, each < B*T, so
+        // dwte and dout are indexed in bounds.
         launched("encoder_backward_wte", unsafe { lb.launch(cfg) })
     }
 }
@@ -133,15 +159,23 @@ fn embedding_rows(kernel: &str, what: &str, len: usize, c: usize) -> Result<usiz
     Ok(len / c)
 }
 
+/// The length of [`token_buckets`] of `bt` tokens.
+pub fn buckets_len(bt: usize) -> usize {
+    3 * bt + 1
+}
+
 /// The positions of `inp` grouped by token, laid out for encoder_backward_wte:
-/// `[tokens (nb) | starts (nb + 1) | positions (B*T)]`, buckets in ascending token order and the
-/// positions ascending within each bucket.
-pub(super) fn token_buckets(inp: &[u32]) -> Vec<u32> {
-    let mut order: Vec<u32> = (0..inp.len() as u32).collect();
+/// `[tokens (nb) | starts (nb + 1) | positions (B*T)]` with nb = B*T, buckets in ascending token
+/// order and the positions ascending within each bucket. The distinct tokens fill the first
+/// buckets; the rest are empty padding (token 0, start = end = B*T), which the kernel skips, so
+/// that the layout depends on B*T only.
+pub fn token_buckets(inp: &[u32]) -> Vec<u32> {
+    let n = inp.len();
+    let mut order: Vec<u32> = (0..n as u32).collect();
     // Stable: equal tokens keep their ascending positions.
     order.sort_by_key(|&i| inp[i as usize]);
-    let mut tokens = Vec::new();
-    let mut starts = Vec::new();
+    let mut tokens = Vec::with_capacity(n);
+    let mut starts = Vec::with_capacity(n + 1);
     for (j, &i) in order.iter().enumerate() {
         let tok = inp[i as usize];
         if tokens.last() != Some(&tok) {
@@ -149,23 +183,35 @@ pub(super) fn token_buckets(inp: &[u32]) -> Vec<u32> {
             starts.push(j as u32);
         }
     }
-    starts.push(order.len() as u32);
+    tokens.resize(n, 0);
+    starts.resize(n + 1, n as u32);
     let mut out = tokens;
     out.extend_from_slice(&starts);
     out.extend_from_slice(&order);
+    debug_assert_eq!(out.len(), buckets_len(n));
     out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::token_buckets;
+    use super::{buckets_len, token_buckets};
 
     #[test]
     fn buckets_group_positions_by_token_in_order() {
         // tokens:          pos 0  1  2  3  4  5
         let b = token_buckets(&[7, 3, 7, 9, 3, 7]);
-        // 3 buckets: tokens 3, 7, 9; starts 0, 2, 5, 6; positions [1 4 | 0 2 5 | 3].
-        assert_eq!(b, vec![3, 7, 9, 0, 2, 5, 6, 1, 4, 0, 2, 5, 3]);
+        // 3 buckets: tokens 3, 7, 9; starts 0, 2, 5, 6; positions [1 4 | 0 2 5 | 3]; then 3
+        // empty buckets of padding (token 0, start = end = 6).
+        #[rustfmt::skip]
+        let want = vec![
+            3, 7, 9, 0, 0, 0,
+            0, 2, 5, 6, 6, 6, 6,
+            1, 4, 0, 2, 5, 3,
+        ];
+        assert_eq!(b, want);
+        assert_eq!(b.len(), buckets_len(6));
         assert_eq!(token_buckets(&[]), vec![0]);
+        // one distinct token: one bucket of every position, the rest padding
+        assert_eq!(token_buckets(&[5, 5]), vec![5, 0, 0, 2, 2, 0, 1]);
     }
 }

@@ -47,6 +47,8 @@ mod fused_residual_layernorm;
 #[cfg(has_cuda)]
 mod gelu;
 #[cfg(has_cuda)]
+mod graphs;
+#[cfg(has_cuda)]
 mod layernorm;
 #[cfg(has_cuda)]
 mod matmul;
@@ -75,7 +77,7 @@ pub use flash_attention::{flash_attention_backward_scratch_len, FLASH_ATTENTION_
 #[cfg(has_cuda)]
 pub use float::DeviceFloat;
 #[cfg(has_cuda)]
-pub use model::Gpt2Gpu;
+pub use model::{Gpt2Gpu, ModelFloat};
 
 /// The AdamW coefficients shared with `kernels/adamw.cu` (bindgen of `kernels/common.h`).
 #[cfg(has_cuda)]

@@ -11,6 +11,10 @@
 //! the tokens. A training step allocates nothing of its own (the launchers' small reduction scratch is
 //! stream-ordered) and reads back only the loss (forward with targets) and the gradient norm.
 //!
+//! The forward pass and the backward pass are each replayed as a CUDA graph once a shape has run
+//! twice (`gpu::graphs`; off with [`Gpt2Gpu::set_cuda_graphs`], and during profiled steps): the
+//! same launches in the same order, so the numbers do not change.
+//!
 //! The backward pass overwrites the logits with their gradient (the fused classifier), so
 //! `logits()` and `position_logits()` must be called between forward and backward; after a
 //! backward they are an error, as is a second backward without a new forward.
@@ -25,8 +29,10 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use half::bf16;
 
 use super::attention::{attention_backward_scratch_len, attention_forward_scratch_len};
+use super::encoder::{buckets_len, token_buckets};
 use super::flash_attention::{flash_attention_backward_scratch_len, FLASH_ATTENTION_HEAD_SIZES};
 use super::float::{to_device_float, to_f32_vec, DeviceFloat};
+use super::graphs::{Piece, StepGraphs};
 use super::nvtx;
 use super::profile::{GpuProfiler, METHOD};
 use super::Gpu;
@@ -368,7 +374,7 @@ pub struct Gpt2Gpu<T: ModelFloat = f32> {
     att_scratch32: CudaSlice<f32>, // flash attention backward scratch (fused path)
     inputs_dev: CudaSlice<u32>, // (B, T) of the last forward
     targets_dev: CudaSlice<u32>, // (B, T) of the last forward
-    inputs: Vec<u32>,     // (B, T) of the last forward, on the host (encoder_backward)
+    buckets_dev: CudaSlice<u32>, // (3*B*T + 1) token_buckets of the last forward's inputs
     /// (B, T) of the last forward.
     b: usize,
     t: usize,
@@ -380,6 +386,8 @@ pub struct Gpt2Gpu<T: ModelFloat = f32> {
     stage: Stage,
     /// Wraps every launcher call: NVTX ranges always, CUDA-event timing while profiling.
     prof: GpuProfiler,
+    /// The forward and backward passes captured as CUDA graphs, per shape.
+    graphs: StepGraphs,
 }
 
 /// Bytes as GiB, for messages.
@@ -463,7 +471,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         let bytes_params = f(n) * (2.0 * e + 4.0 * (2.0 + masters));
         let bytes_acts = e * f(na) + 4.0 * (f(ns) + f(nlse));
         let bytes_grads =
-            e * (f(nd) + f(btc) + f(btc) + f(nscratch)) + 4.0 * f(nscratch32) + 8.0 * f(bt);
+            e * (f(nd) + f(btc) + f(btc) + f(nscratch)) + 4.0 * f(nscratch32) + 20.0 * f(bt);
         let need = bytes_params + bytes_acts + bytes_grads;
         let what = format!(
             "the model (L={l}, C={c}, {:.1}M parameters, {}) at B={max_b}, T={max_t} needs \
@@ -516,6 +524,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         let att_scratch32 = gpu.zeros::<f32>(nscratch32.max(1)).map_err(oom)?;
         let inputs_dev = gpu.zeros::<u32>(bt).map_err(oom)?;
         let targets_dev = gpu.zeros::<u32>(bt).map_err(oom)?;
+        let buckets_dev = gpu.zeros::<u32>(buckets_len(bt)).map_err(oom)?;
         gpu.synchronize()
             .context("setting up the model on the GPU failed")?;
 
@@ -547,13 +556,14 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             att_scratch32,
             inputs_dev,
             targets_dev,
-            inputs: vec![0; bt],
+            buckets_dev,
             b: 0,
             t: 0,
             loss: None,
             peak_used: 0,
             stage: Stage::Empty,
             prof,
+            graphs: StepGraphs::new(true),
         })
         .map(|mut model| {
             model.sample_memory();
@@ -580,7 +590,36 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
 
     /// Lets the matmuls use TF32 tensor cores, or not (see [`Gpu::set_tf32`]).
     pub fn set_tf32(&mut self, on: bool) -> Result<()> {
+        // the graphs captured so far hold the products of the old mode
+        self.graphs.clear();
         self.gpu.set_tf32(on)
+    }
+
+    /// Replays the forward and backward passes as CUDA graphs (the default), or launches every
+    /// kernel from the host each time (off: what an nsys timeline of single kernels needs).
+    pub fn set_cuda_graphs(&mut self, on: bool) {
+        self.graphs.set_enabled(on);
+    }
+
+    /// Whether CUDA graphs are on (they turn themselves off when a capture fails).
+    pub fn cuda_graphs(&self) -> bool {
+        self.graphs.enabled()
+    }
+
+    /// How many pieces of a step (forward or backward, per shape) are captured as CUDA graphs.
+    pub fn cuda_graphs_captured(&self) -> usize {
+        self.graphs.captured()
+    }
+
+    /// Runs `work` as `piece` of a step through the graphs (see `gpu::graphs`); eager while a step
+    /// is profiled.
+    fn run_piece(&mut self, piece: Piece, work: impl Fn(&mut Self) -> Result<()>) -> Result<()> {
+        let mut graphs = std::mem::replace(&mut self.graphs, StepGraphs::new(false));
+        let stream = self.gpu.stream().clone();
+        let eager = self.prof.recording();
+        let done = graphs.run(&stream, piece, eager, || work(self));
+        self.graphs = graphs;
+        done
     }
 
     /// The largest batch (B, T) the arenas hold.
@@ -616,7 +655,6 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         self.b = b;
         self.t = t;
         let bt = b * t;
-        self.inputs[..bt].copy_from_slice(inputs);
         self.gpu
             .upload_into(inputs, &mut self.inputs_dev.slice_mut(..bt))
             .context("forward: uploading the inputs")?;
@@ -624,14 +662,36 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             self.gpu
                 .upload_into(tg, &mut self.targets_dev.slice_mut(..bt))
                 .context("forward: uploading the targets")?;
+            // for the backward's encoder (dwte): the positions grouped by token, uploaded now so
+            // that the backward pass is launches only
+            self.gpu
+                .upload_into(
+                    &token_buckets(inputs),
+                    &mut self.buckets_dev.slice_mut(..buckets_len(bt)),
+                )
+                .context("forward: uploading the token buckets")?;
         }
-        self.forward_layers(b, t)
-            .context("the GPU forward pass failed")?;
-        if targets.is_none() {
+        let with_targets = targets.is_some();
+        let piece = Piece::Forward {
+            b,
+            t,
+            targets: with_targets,
+        };
+        self.run_piece(piece, |m| {
+            m.forward_layers(b, t)?;
+            if with_targets {
+                m.losses(b, t)?;
+            }
+            Ok(())
+        })
+        .context("the GPU forward pass failed")?;
+        if !with_targets {
             self.stage = Stage::Forward { targets: false };
             return Ok(None);
         }
-        let losses = self.losses(b, t).context("the GPU forward pass failed")?;
+        let losses = self
+            .download_losses(b, t)
+            .context("the GPU forward pass failed")?;
         let mean = losses.iter().map(|&x| x as f64).sum::<f64>() / bt as f64;
         self.loss = Some(mean as f32);
         self.stage = Stage::Forward { targets: true };
@@ -877,8 +937,8 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         Ok(())
     }
 
-    /// The losses (B, T) of the logits in place against `targets_dev`, read back to the host.
-    fn losses(&mut self, b: usize, t: usize) -> Result<Vec<f32>> {
+    /// The losses (B, T) of the logits in place against `targets_dev`, into the stats arena.
+    fn losses(&mut self, b: usize, t: usize) -> Result<()> {
         let cfg = self.config;
         let (v, vp) = (cfg.vocab_size, cfg.padded_vocab_size);
         let (act_sizes, stat_sizes) =
@@ -890,8 +950,15 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         self.prof
             .run(Family::Classifier, Cost::classifier_losses(b, t, v), || {
                 gpu.classifier_losses(&a.logits.as_view(), &mut s.losses, &targets, b, t, v, vp)
-            })?;
-        gpu.download(&s.losses)
+            })
+    }
+
+    /// The losses (B, T) that [`Gpt2Gpu::losses`] computed, read back to the host.
+    fn download_losses(&mut self, b: usize, t: usize) -> Result<Vec<f32>> {
+        let (_, stat_sizes) =
+            arena_sizes(&self.config, b, t, self.fused).context("activation sizes overflow")?;
+        acts_mut!(s = self.stats.slice_mut(..), stat_sizes);
+        self.gpu.download(&s.losses)
     }
 
     /// An error unless the logits of the last forward are still in place.
@@ -961,7 +1028,13 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         }
         // whatever happens below, the logits are no longer the forward's
         self.stage = Stage::Backward;
-        self.backward_layers(loss_scale)
+        let (b, t) = (self.b, self.t);
+        let piece = Piece::Backward {
+            b,
+            t,
+            loss_scale: loss_scale.to_bits(),
+        };
+        self.run_piece(piece, |m| m.backward_layers(loss_scale))
             .context("the GPU backward pass failed")
     }
 
@@ -990,7 +1063,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         let dlayer_n = dlayer_sizes
             .total()
             .context("layer gradient sizes overflow")?;
-        let inputs = &self.inputs[..bt];
+        let buckets = self.buckets_dev.slice(..buckets_len(bt));
         let targets = self.targets_dev.slice(..bt);
         let mut scratch = self.att_scratch.slice_mut(..);
         let mut scratch32 = self.att_scratch32.slice_mut(..);
@@ -1216,7 +1289,19 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         }
         // dres now holds the gradient of the encoding
         prof.run(Family::Encoder, Cost::encoder_backward(b, t, c), || {
-            gpu.encoder_backward(&mut g.wte, &mut g.wpe, &dres.as_view(), inputs, b, t, c)
+            // SAFETY: the forward uploaded token_buckets of its inputs, which check_forward found
+            // to be below V <= Vp, the rows of dwte.
+            unsafe {
+                gpu.encoder_backward_buckets(
+                    &mut g.wte,
+                    &mut g.wpe,
+                    &dres.as_view(),
+                    &buckets,
+                    b,
+                    t,
+                    c,
+                )
+            }
         })?;
         Ok(())
     }
@@ -1296,8 +1381,13 @@ impl<T: ModelFloat> Engine for Gpt2Gpu<T> {
             ""
         };
         let path = if self.fused { "fused" } else { "plain" };
+        let graphs = if self.graphs.enabled() {
+            ", CUDA graphs"
+        } else {
+            ""
+        };
         format!(
-            "cuda: {}, {}{tf32}, {path} kernels",
+            "cuda: {}, {}{tf32}, {path} kernels{graphs}",
             self.device,
             T::PRECISION
         )

@@ -53,6 +53,11 @@ impl GpuProfiler {
         }
     }
 
+    /// Whether a step is being profiled now (its calls timed).
+    pub(super) fn recording(&self) -> bool {
+        self.recording
+    }
+
     /// A timing event on the stream's context.
     fn new_event(&self) -> Result<CudaEvent> {
         self.stream

@@ -329,27 +329,31 @@ fn cuda_graphs_give_bitwise_the_same_training() {
         let (mut with, mut without) = (model(true), model(false));
         let mut runs = Vec::new();
         for m in [&mut with, &mut without] {
-            let first = train(m, steps, b, t, 7);
-            // an inference forward of another shape, then training at a smaller batch
+            // a smaller batch first (so that nothing sized by the first batch may be replaced
+            // under a captured graph by the larger one), an inference forward of another shape,
+            // then the largest batch
+            let first = train(m, steps, 1, 32, 7);
             let x: Vec<u32> = (0..17).map(|i| (i * 7 % cfg.vocab_size) as u32).collect();
             m.forward(&x, None, 1, 17).unwrap();
-            let second = train(m, steps, 1, 32, 8);
-            runs.push((first, second, m.grads().unwrap()));
+            let second = train(m, steps, b, t, 8);
+            // and the smaller batch again: its graphs replayed after the larger batch ran
+            let third = train(m, 2, 1, 32, 9);
+            runs.push((first, second, third, m.grads().unwrap()));
         }
         assert!(
             with.cuda_graphs(),
             "a capture failed and turned the graphs off"
         );
-        // forward with targets and backward at (2, 64) and at (1, 32)
+        // forward with targets and backward at (1, 32) and at (2, 64)
         assert_eq!(with.cuda_graphs_captured(), 4, "pieces captured");
         assert_eq!(without.cuda_graphs_captured(), 0);
         let (g, e) = (&runs[0], &runs[1]);
-        for (a, b) in [(&g.0, &e.0), (&g.1, &e.1)] {
+        for (a, b) in [(&g.0, &e.0), (&g.1, &e.1), (&g.2, &e.2)] {
             assert_eq!(a.losses, b.losses, "losses with and without graphs");
             assert_eq!(a.norms, b.norms, "norms with and without graphs");
             assert!(a.params == b.params, "parameters with and without graphs");
         }
-        assert!(g.2 == e.2, "gradients with and without graphs");
+        assert!(g.3 == e.3, "gradients with and without graphs");
     }
     check::<f32>(small_config(), Kernels::Plain);
     check::<f32>(fused_config(), Kernels::Fused);

@@ -44,7 +44,7 @@
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::mem::size_of;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::cublaslt::result as lt;
@@ -570,6 +570,40 @@ impl Gpu {
         )
     }
 
+    /// The ones vector of the bias gradient in T, at least `n` long, locked: a longer one replaces
+    /// a shorter one (whose queued uses finish first: it is freed in stream order).
+    fn lt_ones<T: DeviceFloat>(
+        &self,
+        kernel: &str,
+        n: usize,
+    ) -> Result<MutexGuard<'_, HashMap<usize, CudaSlice<u8>>>> {
+        let mut ones = self
+            .lt
+            .ones
+            .lock()
+            .map_err(|_| anyhow!("{kernel}: the cuBLASLt ones cache is poisoned"))?;
+        let key = T::PRECISION.bytes();
+        let bytes = n * size_of::<T>();
+        if ones.get(&key).is_none_or(|o| o.len() < bytes) {
+            let host = vec![T::from_f32(1.0); n];
+            // SAFETY: T is f32 or bf16: plain bytes, no padding; the slice covers exactly the
+            // vector's n * size_of::<T>() bytes, alive until the copy below returns.
+            let host_bytes =
+                unsafe { std::slice::from_raw_parts(host.as_ptr() as *const u8, bytes) };
+            let dev = self
+                .upload(host_bytes)
+                .with_context(|| format!("{kernel}: uploading the ones vector"))?;
+            ones.insert(key, dev);
+        }
+        Ok(ones)
+    }
+
+    /// Makes the bias gradient's ones vector in T at least `n` long now, so that no product of up
+    /// to `n` rows replaces it later: a CUDA graph keeps the address it captured.
+    pub(super) fn reserve_lt_ones<T: DeviceFloat>(&self, n: usize) -> Result<()> {
+        self.lt_ones::<T>("cuBLASLt bias gradient", n).map(drop)
+    }
+
     /// dinp (B,T,C) = (or += when `accumulate`) dout . weight; dweight (OC,C) += dout^T . inp
     /// (ACCUMULATES); dbias (OC) += dout summed over B*T (ACCUMULATES; optional; a product with a
     /// ones vector, see the file doc), all through cuBLASLt.
@@ -778,24 +812,8 @@ impl Gpu {
         if let Some(d_db) = d_db {
             // The ones vector stays locked (so neither replaced nor freed) until the product is
             // queued; a replaced, shorter one is freed in stream order, after its queued uses.
-            let mut ones = self
-                .lt
-                .ones
-                .lock()
-                .map_err(|_| anyhow!("{kernel}: the cuBLASLt ones cache is poisoned"))?;
+            let ones = self.lt_ones::<T>(kernel, n)?;
             let key = T::PRECISION.bytes();
-            let bytes = n * size_of::<T>();
-            if ones.get(&key).is_none_or(|o| o.len() < bytes) {
-                let host = vec![T::from_f32(1.0); n];
-                // SAFETY: T is f32 or bf16: plain bytes, no padding; the slice covers exactly the
-                // vector's n * size_of::<T>() bytes, alive until the copy below returns.
-                let host_bytes =
-                    unsafe { std::slice::from_raw_parts(host.as_ptr() as *const u8, bytes) };
-                let dev = self
-                    .upload(host_bytes)
-                    .with_context(|| format!("{kernel}: uploading the ones vector"))?;
-                ones.insert(key, dev);
-            }
             let d_ones = ptr(&self.stream, &ones[&key]);
             check_aligned(kernel, "the ones vector", d_ones)?;
             self.lt_matmul::<T>(

@@ -4,9 +4,9 @@
 use anyhow::{bail, Result};
 use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
-use super::context::{check_len, dim, grid_1d, grid_stride, launched, Gpu, BLOCK};
+use super::context::{check_len, dim, grid_stride, launched, Gpu};
 use super::float::DeviceFloat;
-use super::residual::pack;
+use super::launch::{self, pack};
 
 impl Gpu {
     /// out (B,T,C) = wte (Vp,C) [inp (B,T)] + wpe (maxT,C) [t]. A token id >= Vp on the device
@@ -99,12 +99,12 @@ impl Gpu {
         // SAFETY: the arguments match encoder_backward_wpe(_bf16) in kernels/encoder.cu; the kernel
         // touches dwpe[0..T*C) (T <= maxT checked) and dout[0..B*T*C) (length checked).
         launched("encoder_backward_wpe", unsafe {
-            lb.launch(grid_1d((t * c).div_ceil(BLOCK as usize), BLOCK))
+            lb.launch(launch::per_element(t * c).into())
         })?;
 
         // dwte: buckets of positions by token.
-        let buckets = token_buckets(inp);
-        let num_buckets = (buckets.len() - 1 - inp.len()) / 2;
+        let buckets = launch::token_buckets(inp);
+        let num_buckets = launch::num_buckets(&buckets, inp.len());
         let dev_buckets = self.upload(&buckets)?;
         let nb = dim(K, "the number of distinct tokens", num_buckets)?;
         let kernel = T::pick(
@@ -113,11 +113,7 @@ impl Gpu {
         );
         let mut lb = self.stream.launch_builder(kernel);
         lb.arg(dwte).arg(dout).arg(&dev_buckets).arg(&nb).arg(&ci);
-        let cfg = cudarc::driver::LaunchConfig {
-            grid_dim: (num_buckets as u32, c.div_ceil(BLOCK as usize) as u32, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = launch::encoder_wte(num_buckets, c).into();
         // SAFETY: the arguments match encoder_backward_wte(_bf16) in kernels/encoder.cu; the bucket
         // list holds num_buckets tokens (each < Vp, checked above), num_buckets + 1 offsets into
         // the position list and B*T positions (each < B*T), so dwte and dout are indexed in bounds.
@@ -131,41 +127,4 @@ fn embedding_rows(kernel: &str, what: &str, len: usize, c: usize) -> Result<usiz
         bail!("{kernel}: {what} has {len} elements, not a whole number of rows of C = {c}");
     }
     Ok(len / c)
-}
-
-/// The positions of `inp` grouped by token, laid out for encoder_backward_wte:
-/// `[tokens (nb) | starts (nb + 1) | positions (B*T)]`, buckets in ascending token order and the
-/// positions ascending within each bucket.
-pub(super) fn token_buckets(inp: &[u32]) -> Vec<u32> {
-    let mut order: Vec<u32> = (0..inp.len() as u32).collect();
-    // Stable: equal tokens keep their ascending positions.
-    order.sort_by_key(|&i| inp[i as usize]);
-    let mut tokens = Vec::new();
-    let mut starts = Vec::new();
-    for (j, &i) in order.iter().enumerate() {
-        let tok = inp[i as usize];
-        if tokens.last() != Some(&tok) {
-            tokens.push(tok);
-            starts.push(j as u32);
-        }
-    }
-    starts.push(order.len() as u32);
-    let mut out = tokens;
-    out.extend_from_slice(&starts);
-    out.extend_from_slice(&order);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::token_buckets;
-
-    #[test]
-    fn buckets_group_positions_by_token_in_order() {
-        // tokens:          pos 0  1  2  3  4  5
-        let b = token_buckets(&[7, 3, 7, 9, 3, 7]);
-        // 3 buckets: tokens 3, 7, 9; starts 0, 2, 5, 6; positions [1 4 | 0 2 5 | 3].
-        assert_eq!(b, vec![3, 7, 9, 0, 2, 5, 6, 1, 4, 0, 2, 5, 3]);
-        assert_eq!(token_buckets(&[]), vec![0]);
-    }
 }

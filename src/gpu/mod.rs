@@ -46,6 +46,7 @@ pub mod float;
 mod fused_residual_layernorm;
 #[cfg(has_cuda)]
 mod gelu;
+pub mod launch;
 #[cfg(has_cuda)]
 mod layernorm;
 #[cfg(has_cuda)]

@@ -1278,3 +1278,103 @@ fn flash_attention_bf16_hs128_matches_cpu() {
         flash_case::<bf16>(128, t, 2);
     }
 }
+
+// ---- the emulation's self-test: it must catch the bugs it is for -----------------------------------
+
+/// Runs `f`, expecting a panic whose message contains `want`.
+fn expect_failure(what: &str, want: &str, f: impl FnOnce()) {
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .expect_err(&format!("{what}: the emulation did not catch it"));
+    let msg = err
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| err.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    assert!(msg.contains(want), "{what}: expected {want:?} in: {msg}");
+    eprintln!("{what}: caught: {msg}");
+}
+
+#[test]
+fn the_emulation_reports_divergence_faults_races_and_bad_launches() {
+    let k = emu::kernels_at(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/emu/selftest.cu"),
+    );
+    let out = up::<f32>(&k, &[0.0; 64], false);
+    let one_warp = launch::grid_1d(1, 32);
+    expect_failure("early return before a shuffle", "deadlock", || {
+        k.launch(
+            "early_return_before_shuffle",
+            one_warp,
+            &[Arg::Buf(&out)],
+            0,
+        )
+    });
+    // 40 floats end on a 16-byte boundary, against the guard page: the write faults; 39 leave 4
+    // bytes of canary slack: the write is found after the launch.
+    let short = up::<f32>(&k, &[0.0; 40], false);
+    let off_by_one = |buf: &emu::Buf, n: i32| {
+        k.launch(
+            "off_by_one_write",
+            one_warp,
+            &[Arg::Buf(buf), Arg::I32(n)],
+            0,
+        )
+    };
+    expect_failure(
+        "off-by-one write (fault)",
+        "0 bytes past the end of a 160-byte",
+        || off_by_one(&short, 40),
+    );
+    let odd = up::<f32>(&k, &[0.0; 39], false);
+    expect_failure(
+        "off-by-one write (canary)",
+        "write 0 bytes past the end",
+        || off_by_one(&odd, 39),
+    );
+    expect_failure("wild read", "SIGSEGV", || {
+        k.launch(
+            "wild_read",
+            one_warp,
+            &[Arg::Buf(&out), Arg::Buf(&short), Arg::I32(40)],
+            0,
+        )
+    });
+    expect_failure(
+        "barrier in divergent code",
+        "a barrier in divergent code",
+        || {
+            k.launch(
+                "divergent_barrier",
+                launch::grid_1d(1, 64),
+                &[Arg::Buf(&out)],
+                0,
+            )
+        },
+    );
+    expect_failure(
+        "more threads than __launch_bounds__",
+        "__launch_bounds__(64)",
+        || k.launch("bounded", launch::grid_1d(1, 128), &[Arg::Buf(&out)], 0),
+    );
+    // A race at barrier level: two schedules, two results.
+    let results: Vec<Vec<f32>> = [0, 1]
+        .into_iter()
+        .map(|schedule| {
+            let o = up::<f32>(&k, &[0.0; 64], false);
+            k.launch(
+                "missing_barrier",
+                launch::grid_1d(1, 64),
+                &[Arg::Buf(&o)],
+                schedule,
+            );
+            down::<f32>(&o)
+        })
+        .collect();
+    assert_ne!(
+        results[0], results[1],
+        "a missing barrier must show as schedule dependence"
+    );
+    // The launch after the failures works.
+    k.launch("bounded", launch::grid_1d(1, 64), &[Arg::Buf(&out)], 0);
+    assert!(down::<f32>(&out).iter().all(|&x| x == 1.0));
+}

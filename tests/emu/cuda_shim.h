@@ -3,7 +3,8 @@
 // (runtime.cpp); blocks run one after another. What the kernels see:
 // - threadIdx, blockIdx, blockDim, gridDim: the current fiber's / block's / launch's (uint3 / dim3
 //   of unsigned ints, as in CUDA, so the kernels' integer arithmetic is unchanged);
-// - __syncthreads(): a block barrier (exited threads count as arrived);
+// - __syncthreads(): a block barrier; every live thread must wait at the same one (source line);
+//   exited threads count as arrived;
 // - __shfl_*_sync: warp-wide exchanges: every lane of the mask must arrive at the same kind of
 //   shuffle with the same mask before any continues; a lane that never arrives (divergence, an
 //   early return) is reported as a deadlock by the runtime instead of hanging;
@@ -58,7 +59,8 @@ extern uint3 emu_grid_dim;
 #define blockDim (emu_block_dim)
 #define gridDim (emu_grid_dim)
 
-void emu_syncthreads();
+// The block barrier at source line `line` of `file` (all threads must wait at the same one).
+void emu_syncthreads(const char* file, int line);
 // The warp-wide exchange: this lane offers `value` and receives the value of the lane the
 // operation names (kind: 0 idx, 1 xor, 2 down, 3 up; arg: the lane, lane mask or delta).
 unsigned int emu_shfl(unsigned int mask, unsigned int value, int kind, int arg, int width);
@@ -68,9 +70,7 @@ void emu_mma_m16n8k16_row_col_f32_bf16_bf16_f32(float* c, const unsigned int* a,
 // The launch's dynamic shared memory (`extern __shared__ T name[]`).
 void* emu_dynamic_smem();
 
-inline void __syncthreads() {
-    emu_syncthreads();
-}
+#define __syncthreads() emu_syncthreads(__FILE__, __LINE__)
 
 template <typename T> inline T emu_shfl_t(unsigned int mask, T v, int kind, int arg, int width) {
     static_assert(sizeof(T) == 4, "the emulation shuffles 32-bit values");

@@ -138,6 +138,8 @@ struct Launch {
     std::vector<int> order; // the order in which runnable threads are resumed
     int live = 0;
     int at_barrier = 0;
+    const char* barrier_file = nullptr; // the barrier the waiting threads are at
+    int barrier_line = 0;
     bool failed = false;
     std::string error;
     Fiber* cur = nullptr;
@@ -308,7 +310,8 @@ std::string block_state() {
                         g.warps[w].mask);
         }
         if (barrier) {
-            s += format(" lanes %s wait at __syncthreads;", lanes_text(barrier).c_str());
+            s += format(" lanes %s wait at __syncthreads (%s:%d);", lanes_text(barrier).c_str(), g.barrier_file,
+                        g.barrier_line);
         }
         if (exited) {
             s += format(" lanes %s exited;", lanes_text(exited).c_str());
@@ -712,12 +715,20 @@ int launch_impl(const char* name, const unsigned* grid, const unsigned* block, u
 } // namespace
 
 // ---- what the kernels call -----------------------------------------------------------------------
-void emu_syncthreads() {
+void emu_syncthreads(const char* file, int line) {
     Fiber* f = g.cur;
     Warp& w = g.warps[f->warp];
     if (w.arrived != 0) {
         fail(format("%s: divergent warp: __syncthreads while lanes %s of its warp wait at %s", where(f).c_str(),
                     lanes_text(w.arrived).c_str(), op_name(w.op)));
+    }
+    if (g.at_barrier == 0) {
+        g.barrier_file = file;
+        g.barrier_line = line;
+    } else if (g.barrier_line != line || std::strcmp(g.barrier_file, file) != 0) {
+        fail(format("%s: __syncthreads at %s:%d while %d threads of the block wait at the one at %s:%d (a "
+                    "barrier in divergent code)",
+                    where(f).c_str(), file, line, g.at_barrier, g.barrier_file, g.barrier_line));
     }
     g.at_barrier++;
     if (g.at_barrier == g.live) {

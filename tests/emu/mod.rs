@@ -339,7 +339,9 @@ pub struct Kernels {
 
 /// The emulated kernels of `kernels/<stem>.cu` (built on first use, shared between tests).
 pub fn kernels(stem: &str) -> Arc<Kernels> {
-    static LIBS: OnceLock<Mutex<HashMap<String, Arc<OnceLock<Arc<Kernels>>>>>> = OnceLock::new();
+    // one cell per kernel file: built once, by whichever test asks first
+    type Cell = Arc<OnceLock<Arc<Kernels>>>;
+    static LIBS: OnceLock<Mutex<HashMap<String, Cell>>> = OnceLock::new();
     let cell = LIBS
         .get_or_init(Default::default)
         .lock()

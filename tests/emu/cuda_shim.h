@@ -111,16 +111,8 @@ inline int __float_as_int(float f) {
     std::memcpy(&i, &f, 4);
     return i;
 }
-inline float __uint_as_float(unsigned int u) {
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
-inline unsigned int __float_as_uint(float f) {
-    unsigned int u;
-    std::memcpy(&u, &f, 4);
-    return u;
-}
+inline float __uint_as_float(unsigned int u) { return emu_bits_float(u); }
+inline unsigned int __float_as_uint(float f) { return emu_float_bits(f); }
 
 // CUDA's integer min/max overloads (the kernels call min(int, int)).
 inline int min(int a, int b) { return a < b ? a : b; }

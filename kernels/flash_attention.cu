@@ -173,10 +173,16 @@ __device__ __forceinline__ FragB<T> load_b_kn(const T (*m)[LD], int k0, int n0) 
 // ---- the 16x8x16 product: c += a b ------------------------------------------------------------
 // MMA_BF16_BEGIN
 __device__ __forceinline__ void mma(FragC& c, const FragA<__nv_bfloat16>& a, const FragB<__nv_bfloat16>& b) {
+#ifdef CUDA_HOST_EMULATION
+    // The host emulation (tests/emu) has no tensor cores: the same warp-wide instruction, computed
+    // from the fragments as the PTX ISA lays them out.
+    emu_mma_m16n8k16_row_col_f32_bf16_bf16_f32(c.x, a.x, b.x);
+#else
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
                  "{%8, %9}, {%0, %1, %2, %3};\n"
                  : "+f"(c.x[0]), "+f"(c.x[1]), "+f"(c.x[2]), "+f"(c.x[3])
                  : "r"(a.x[0]), "r"(a.x[1]), "r"(a.x[2]), "r"(a.x[3]), "r"(b.x[0]), "r"(b.x[1]));
+#endif
 }
 // MMA_BF16_END
 

@@ -776,21 +776,8 @@ mod on_gpu {
             let logits = round_to::<T>(&logits);
             let targets: Vec<u32> = (0..n).map(|_| rng.below(v) as u32).collect();
             let dloss = 1.0 / n as f32;
-            let mut probs = vec![0.0; n * vp];
-            cpu::classifier::softmax_forward(&mut probs, &logits, B, t, v, vp);
-            let mut losses = vec![0.0; n];
-            cpu::classifier::crossentropy_forward(&mut losses, &probs, &targets, B, t, vp);
-            let mut dlogits = vec![0.0; n * vp];
-            cpu::classifier::crossentropy_softmax_backward(
-                &mut dlogits,
-                &vec![dloss; n],
-                &probs,
-                &targets,
-                B,
-                t,
-                v,
-                vp,
-            );
+            let (losses, dlogits) =
+                cpu::classifier::fused_classifier(&logits, dloss, &targets, B, t, v, vp);
             let d_targets = g.upload(&targets).unwrap();
             let mut d_logits = up_t::<T>(g, &logits);
             if losses_alone {

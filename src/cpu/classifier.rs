@@ -133,6 +133,28 @@ pub fn crossentropy_softmax_backward(
         });
 }
 
+/// The CPU twin of the GPU's fused classifier (`gpu::Gpu::fused_classifier`): softmax_forward,
+/// crossentropy_forward and crossentropy_softmax_backward with the same `dloss` for every position,
+/// returning (losses (B,T), dlogits (B,T,Vp), zero in the padding columns V..Vp).
+pub fn fused_classifier(
+    logits: &[f32],  // (B, T, Vp)
+    dloss: f32,      // the gradient of the mean loss per position's loss, e.g. 1 / (B*T)
+    targets: &[u32], // (B, T)
+    b: usize,
+    t: usize,
+    v: usize,
+    vp: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let n = b * t;
+    let mut probs = vec![0.0; n * vp];
+    softmax_forward(&mut probs, logits, b, t, v, vp);
+    let mut losses = vec![0.0; n];
+    crossentropy_forward(&mut losses, &probs, targets, b, t, vp);
+    let mut dlogits = vec![0.0; n * vp];
+    crossentropy_softmax_backward(&mut dlogits, &vec![dloss; n], &probs, targets, b, t, v, vp);
+    (losses, dlogits)
+}
+
 /// The f64 sum of `x` in eight interleaved partial sums (which vectorise and overlap, unlike one
 /// running sum), combined in a fixed order.
 fn sum_f64(x: &[f32]) -> f64 {

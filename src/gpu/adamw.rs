@@ -11,14 +11,8 @@ use half::bf16;
 use super::common::AdamWParams;
 use super::context::{check_len, grid_1d, grid_stride, launched, Gpu};
 use super::float::DeviceFloat;
-use super::residual::pack;
+use super::launch::{pack, NORM_BLOCKS, NORM_THREADS};
 use crate::cpu::adamw::AdamW;
-
-/// Blocks of the global norm's first stage: FIXED (not derived from the GPU) so that the sum's
-/// order, and thus the result, is the same on every device.
-const NORM_BLOCKS: usize = 512;
-/// Threads per block of both global-norm stages.
-const NORM_THREADS: u32 = 512;
 
 /// The f64 with the same shortest decimal representation as `x` (0.9f32 -> 0.9f64), as the CPU
 /// reference widens its hyperparameters.

@@ -21,11 +21,9 @@ use cudarc::cublas::sys::cublasOperation_t::{self, CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::{GemmConfig, StridedBatchedConfig};
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, PushKernelArg};
 
-use super::context::{check_len, dim, grid_1d, grid_stride, launched, Gpu, BLOCK};
+use super::context::{check_len, dim, grid_stride, launched, Gpu};
 use super::float::DeviceFloat;
-
-/// Rows per block of the warp-per-row softmax kernels.
-const ROWS_PER_BLOCK: usize = BLOCK as usize / 32;
+use super::launch;
 
 /// The scratch elements (of T) attention_forward needs: q, k, v (B,NH,T,HS) each (y reuses q's
 /// space).
@@ -177,7 +175,7 @@ impl Gpu {
         // and preatt hold B*NH*T*T elements (checked) and the kernel touches rows < B*NH*T of T
         // elements.
         launched("attention_softmax_forward", unsafe {
-            lb.launch(grid_1d((b * nh * t).div_ceil(ROWS_PER_BLOCK), BLOCK))
+            lb.launch(launch::warp_per_row(b * nh * t).into())
         })?;
 
         // y^T (HS x T) = v^T (HS x T, ld HS) . att^T (T x T, ld T); y goes into q's space.
@@ -321,7 +319,7 @@ impl Gpu {
         // SAFETY: the arguments match attention_softmax_backward(_bf16); dpreatt, datt and att hold
         // B*NH*T*T elements (checked); the kernel touches rows < B*NH*T of T elements.
         launched("attention_softmax_backward", unsafe {
-            lb.launch(grid_1d((b * nh * t).div_ceil(ROWS_PER_BLOCK), BLOCK))
+            lb.launch(launch::warp_per_row(b * nh * t).into())
         })?;
 
         // dq (T,HS) = scale dpreatt k: dq^T = k^T (HS x T) . dpreatt^T (T x T); into dy's space.

@@ -7,11 +7,9 @@
 use anyhow::{bail, Result};
 use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
-use super::context::{check_len, dim, grid_1d, launched, Gpu};
+use super::context::{check_len, dim, launched, Gpu};
 use super::float::DeviceFloat;
-
-/// Threads per row (one block per row).
-const CLASSIFIER_THREADS: u32 = 1024;
+use super::launch;
 
 impl Gpu {
     /// For each row (b, t), with p = softmax(logits[b, t, ..V]): losses (B,T) [b, t] =
@@ -44,7 +42,7 @@ impl Gpu {
         // SAFETY: the arguments match fused_classifier(_bf16) in kernels/classifier.cu; one block
         // per row of Vp elements over N = B*T rows (lengths checked); targets are bounds-checked in
         // the kernel before use.
-        launched(K, unsafe { lb.launch(grid_1d(b * t, CLASSIFIER_THREADS)) })
+        launched(K, unsafe { lb.launch(launch::classifier(b * t).into()) })
     }
 
     /// The losses (B,T) alone: -ln softmax(logits)[target] per row, the logits left intact (the
@@ -70,7 +68,7 @@ impl Gpu {
         lb.arg(logits).arg(losses).arg(&dloss).arg(targets);
         lb.arg(&ni).arg(&vi).arg(&vpi).arg(&write_dlogits);
         // SAFETY: as in fused_classifier; with write_dlogits = 0 the kernel only reads the logits.
-        launched(K, unsafe { lb.launch(grid_1d(b * t, CLASSIFIER_THREADS)) })
+        launched(K, unsafe { lb.launch(launch::classifier(b * t).into()) })
     }
 }
 

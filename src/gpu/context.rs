@@ -12,11 +12,9 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
+use super::launch;
 use super::matmul_lt::CublasLt;
 use super::ptx::{self, PtxFile};
-
-/// Threads per block of the elementwise and per-channel kernels.
-pub(super) const BLOCK: u32 = 256;
 
 /// Declares [`Kernels`], one `CudaFunction` field per kernel, and its loader: one module per
 /// kernel file, each function looked up by its `extern "C"` name.
@@ -366,25 +364,24 @@ pub(super) fn check_len(
     Ok(())
 }
 
-/// A launch of `n` work items in blocks of [`BLOCK`] threads for grid-stride kernels: enough blocks
-/// to cover `n`, capped (the loop covers the rest), at least one.
-pub(super) fn grid_stride(n: usize) -> LaunchConfig {
-    const MAX_BLOCKS: usize = 1 << 16;
-    let blocks = n.div_ceil(BLOCK as usize).clamp(1, MAX_BLOCKS) as u32;
-    LaunchConfig {
-        grid_dim: (blocks, 1, 1),
-        block_dim: (BLOCK, 1, 1),
-        shared_mem_bytes: 0,
+impl From<launch::Grid> for LaunchConfig {
+    fn from(g: launch::Grid) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: g.grid,
+            block_dim: g.block,
+            shared_mem_bytes: g.shared_bytes,
+        }
     }
 }
 
-/// A one-dimensional launch of `blocks` blocks of `threads` threads.
+/// [`launch::grid_stride`] as a cudarc launch.
+pub(super) fn grid_stride(n: usize) -> LaunchConfig {
+    launch::grid_stride(n).into()
+}
+
+/// [`launch::grid_1d`] as a cudarc launch.
 pub(super) fn grid_1d(blocks: usize, threads: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (blocks as u32, 1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
-    }
+    launch::grid_1d(blocks, threads).into()
 }
 
 /// A launch result with the kernel named in its error.

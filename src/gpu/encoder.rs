@@ -4,9 +4,9 @@
 use anyhow::{bail, Result};
 use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
-use super::context::{check_len, dim, grid_1d, grid_stride, launched, Gpu, BLOCK};
+use super::context::{check_len, dim, grid_stride, launched, Gpu};
 use super::float::DeviceFloat;
-use super::residual::pack;
+use super::launch::{self, buckets_len, pack, token_buckets};
 
 impl Gpu {
     /// out (B,T,C) = wte (Vp,C) [inp (B,T)] + wpe (maxT,C) [t]. A token id >= Vp on the device
@@ -127,7 +127,7 @@ impl Gpu {
         // SAFETY: the arguments match encoder_backward_wpe(_bf16) in kernels/encoder.cu; the kernel
         // touches dwpe[0..T*C) (T <= maxT checked) and dout[0..B*T*C) (length checked).
         launched("encoder_backward_wpe", unsafe {
-            lb.launch(grid_1d((t * c).div_ceil(BLOCK as usize), BLOCK))
+            lb.launch(launch::per_element(t * c).into())
         })?;
 
         // dwte: one block row per bucket (B*T of them, the padding skipped by the kernel).
@@ -138,11 +138,7 @@ impl Gpu {
         );
         let mut lb = self.stream.launch_builder(kernel);
         lb.arg(dwte).arg(dout).arg(buckets).arg(&nb).arg(&ci);
-        let cfg = cudarc::driver::LaunchConfig {
-            grid_dim: ((b * t) as u32, c.div_ceil(BLOCK as usize) as u32, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = launch::encoder_wte(b * t, c).into();
         // SAFETY: the arguments match encoder_backward_wte(_bf16) in kernels/encoder.cu; the
         // buckets (length checked; contents by the caller's contract) hold B*T tokens, each < Vp,
         // B*T + 1 offsets into the position list, each <= B*T, and B*T positions, each < B*T, so
@@ -157,61 +153,4 @@ fn embedding_rows(kernel: &str, what: &str, len: usize, c: usize) -> Result<usiz
         bail!("{kernel}: {what} has {len} elements, not a whole number of rows of C = {c}");
     }
     Ok(len / c)
-}
-
-/// The length of [`token_buckets`] of `bt` tokens.
-pub fn buckets_len(bt: usize) -> usize {
-    3 * bt + 1
-}
-
-/// The positions of `inp` grouped by token, laid out for encoder_backward_wte:
-/// `[tokens (nb) | starts (nb + 1) | positions (B*T)]` with nb = B*T, buckets in ascending token
-/// order and the positions ascending within each bucket. The distinct tokens fill the first
-/// buckets; the rest are empty padding (token 0, start = end = B*T), which the kernel skips, so
-/// that the layout depends on B*T only.
-pub fn token_buckets(inp: &[u32]) -> Vec<u32> {
-    let n = inp.len();
-    let mut order: Vec<u32> = (0..n as u32).collect();
-    // Stable: equal tokens keep their ascending positions.
-    order.sort_by_key(|&i| inp[i as usize]);
-    let mut tokens = Vec::with_capacity(n);
-    let mut starts = Vec::with_capacity(n + 1);
-    for (j, &i) in order.iter().enumerate() {
-        let tok = inp[i as usize];
-        if tokens.last() != Some(&tok) {
-            tokens.push(tok);
-            starts.push(j as u32);
-        }
-    }
-    tokens.resize(n, 0);
-    starts.resize(n + 1, n as u32);
-    let mut out = tokens;
-    out.extend_from_slice(&starts);
-    out.extend_from_slice(&order);
-    debug_assert_eq!(out.len(), buckets_len(n));
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{buckets_len, token_buckets};
-
-    #[test]
-    fn buckets_group_positions_by_token_in_order() {
-        // tokens:          pos 0  1  2  3  4  5
-        let b = token_buckets(&[7, 3, 7, 9, 3, 7]);
-        // 3 buckets: tokens 3, 7, 9; starts 0, 2, 5, 6; positions [1 4 | 0 2 5 | 3]; then 3
-        // empty buckets of padding (token 0, start = end = 6).
-        #[rustfmt::skip]
-        let want = vec![
-            3, 7, 9, 0, 0, 0,
-            0, 2, 5, 6, 6, 6, 6,
-            1, 4, 0, 2, 5, 3,
-        ];
-        assert_eq!(b, want);
-        assert_eq!(b.len(), buckets_len(6));
-        assert_eq!(token_buckets(&[]), vec![0]);
-        // one distinct token: one bucket of every position, the rest padding
-        assert_eq!(token_buckets(&[5, 5]), vec![5, 0, 0, 2, 2, 0, 1]);
-    }
 }

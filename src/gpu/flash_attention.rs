@@ -13,16 +13,13 @@
 use anyhow::{bail, Result};
 use cudarc::driver::{CudaFunction, CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
 
-use super::context::{check_len, dim, grid_1d, launched, Gpu, BLOCK};
+use super::context::{check_len, dim, launched, Gpu};
 use super::float::DeviceFloat;
+use super::launch;
 
 /// Head sizes the kernels are compiled for.
 pub const FLASH_ATTENTION_HEAD_SIZES: [usize; 2] = [64, 128];
 
-/// Queries (or keys) per block of the fused kernels, 16 per warp (`BLOCK_ROWS` in the kernel file).
-const BLOCK_ROWS: usize = 64;
-/// Threads per block of the fused kernels (4 warps).
-const THREADS: u32 = 128;
 /// The largest grid y and z (NH and B).
 const MAX_GRID_YZ: usize = 65535;
 
@@ -69,11 +66,7 @@ fn dims(kernel: &str, b: usize, t: usize, c: usize, nh: usize) -> Result<Dims> {
         hs: dim(kernel, "HS", hs)?,
         btc: b * t * c,
         bnht: b * nh * t,
-        grid: LaunchConfig {
-            grid_dim: (t.div_ceil(BLOCK_ROWS) as u32, nh as u32, b as u32),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        },
+        grid: launch::flash(b, t, nh).into(),
     })
 }
 
@@ -197,7 +190,6 @@ impl Gpu {
             &self.k.flash_attention_backward_d,
             &self.k.flash_attention_backward_d_bf16,
         );
-        let rows_per_block = BLOCK as usize / 32;
         let mut lb = self.stream.launch_builder(kernel);
         lb.arg(&mut dvec).arg(dout).arg(out);
         lb.arg(&d.b).arg(&d.t).arg(&d.nh).arg(&d.hs);
@@ -205,7 +197,7 @@ impl Gpu {
         // HS); d holds B*NH*T floats (split from the checked scratch), dout and out B*T*C elements
         // (checked); one warp per row, rows < B*T*NH.
         launched("flash_attention_backward_d", unsafe {
-            lb.launch(grid_1d(d.bnht.div_ceil(rows_per_block), BLOCK))
+            lb.launch(launch::warp_per_row(d.bnht).into())
         })?;
 
         // 2. dK, dV per key tile; 3. dQ per query tile. Each writes disjoint thirds of dqkv.

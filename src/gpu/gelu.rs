@@ -6,7 +6,7 @@ use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
 use super::context::{check_len, grid_stride, launched, Gpu};
 use super::float::DeviceFloat;
-use super::residual::pack;
+use super::launch::pack;
 
 impl Gpu {
     /// out = gelu(inp), elementwise; any shape.

@@ -3,19 +3,11 @@
 //! fp32 in both, and so is all arithmetic (one rounding per T output).
 
 use anyhow::Result;
-use cudarc::driver::{CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
-use super::context::{check_len, dim, grid_1d, launched, Gpu, BLOCK};
+use super::context::{check_len, dim, launched, Gpu};
 use super::float::DeviceFloat;
-
-/// Rows per block of the warp-per-row kernels (BLOCK / 32).
-const ROWS_PER_BLOCK: usize = BLOCK as usize / 32;
-
-/// Rows per chunk of the deterministic parameter-gradient reduction: each (chunk, channel) thread
-/// sums this many rows; grows only when N would need more than 65535 chunks (the grid's y limit).
-pub(super) fn rows_per_chunk(n: usize) -> usize {
-    64usize.max(n.div_ceil(65535))
-}
+use super::launch;
 
 impl Gpu {
     /// out (B,T,C) = (inp - mean) * rstd * weight + bias over each row's C channels (eps 1e-5);
@@ -57,9 +49,7 @@ impl Gpu {
         // SAFETY: the arguments match layernorm_forward(_bf16) in kernels/layernorm.cu; every
         // buffer's length was checked against N = B*T and C, and the kernel touches rows < N only
         // (its packed path only when C is a multiple of the pack and the pointers are aligned).
-        launched(K, unsafe {
-            lb.launch(grid_1d(n.div_ceil(ROWS_PER_BLOCK), BLOCK))
-        })
+        launched(K, unsafe { lb.launch(launch::warp_per_row(n).into()) })
     }
 
     /// dinp (B,T,C) += the input gradient; dweight (C) += sum of dout * norm; dbias (C) += sum of
@@ -111,11 +101,10 @@ impl Gpu {
         // SAFETY: the arguments match layernorm_backward_dinp(_bf16) in kernels/layernorm.cu; all
         // lengths were checked against N and C; the kernel touches rows < N only.
         launched("layernorm_backward_dinp", unsafe {
-            lb.launch(grid_1d(n.div_ceil(ROWS_PER_BLOCK), BLOCK))
+            lb.launch(launch::warp_per_row(n).into())
         })?;
 
-        let rpc = rows_per_chunk(n);
-        let chunks = n.div_ceil(rpc);
+        let (cfg, chunks, rpc) = launch::column_chunks(c, n);
         let mut partial = self.scratch(K, chunks * 2 * c)?;
         let rpci = dim(K, "rows per chunk", rpc)?;
         let chunksi = dim(K, "chunks", chunks)?;
@@ -126,16 +115,11 @@ impl Gpu {
         let mut lb = self.stream.launch_builder(kernel);
         lb.arg(&mut partial).arg(dout).arg(inp).arg(mean).arg(rstd);
         lb.arg(&ni).arg(&ci).arg(&rpci);
-        let cfg = LaunchConfig {
-            grid_dim: (c.div_ceil(BLOCK as usize) as u32, chunks as u32, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
         // SAFETY: the arguments match layernorm_backward_params_partial(_bf16); partial holds
         // chunks * 2C floats and the grid has exactly `chunks` rows of blocks, each thread writing
         // its two entries (so all of partial is written); rows stay below N.
         launched("layernorm_backward_params_partial", unsafe {
-            lb.launch(cfg)
+            lb.launch(cfg.into())
         })?;
 
         let kernel = T::pick(
@@ -152,7 +136,7 @@ impl Gpu {
         // written by the launch above (same stream, so in order); dweight and dbias hold C
         // elements.
         launched("layernorm_backward_params_reduce", unsafe {
-            lb.launch(grid_1d(c.div_ceil(BLOCK as usize), BLOCK))
+            lb.launch(launch::per_element(c).into())
         })
     }
 }

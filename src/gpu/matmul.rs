@@ -16,11 +16,11 @@ use cudarc::cublas::result::{self as blas, CublasError};
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
 use cudarc::cublas::{GemmConfig, StridedBatchedConfig};
-use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, PushKernelArg};
 
-use super::context::{check_len, dim, grid_1d, grid_stride, launched, Gpu, BLOCK};
+use super::context::{check_len, dim, grid_stride, launched, Gpu};
 use super::float::DeviceFloat;
-use super::layernorm::rows_per_chunk;
+use super::launch;
 use crate::precision::Precision;
 
 impl Gpu {
@@ -312,8 +312,7 @@ impl Gpu {
         oc: usize,
     ) -> Result<()> {
         const K: &str = "matmul_backward";
-        let rpc = rows_per_chunk(n);
-        let chunks = n.div_ceil(rpc);
+        let (cfg, chunks, rpc) = launch::column_chunks(oc, n);
         let mut partial = self.scratch(K, chunks * oc)?;
         let (ni, oci) = (dim(K, "B*T", n)?, dim(K, "OC", oc)?);
         let (rpci, chunksi) = (dim(K, "rows per chunk", rpc)?, dim(K, "chunks", chunks)?);
@@ -323,22 +322,17 @@ impl Gpu {
         );
         let mut lb = self.stream.launch_builder(kernel);
         lb.arg(&mut partial).arg(dout).arg(&ni).arg(&oci).arg(&rpci);
-        let cfg = LaunchConfig {
-            grid_dim: (oc.div_ceil(BLOCK as usize) as u32, chunks as u32, 1),
-            block_dim: (BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
         // SAFETY: the arguments match bias_backward_partial(_bf16) in kernels/matmul.cu; partial
         // holds chunks*OC floats, all written (one thread per (chunk, o)); dout holds N*OC
         // (checked).
-        launched("bias_backward_partial", unsafe { lb.launch(cfg) })?;
+        launched("bias_backward_partial", unsafe { lb.launch(cfg.into()) })?;
         let kernel = T::pick(&self.k.column_sum_reduce, &self.k.column_sum_reduce_bf16);
         let mut lb = self.stream.launch_builder(kernel);
         lb.arg(dbias).arg(&partial).arg(&chunksi).arg(&oci);
         // SAFETY: the arguments match column_sum_reduce(_bf16); partial is (chunks, OC) fp32,
         // fully written above on the same stream; dbias holds OC elements (checked).
         launched("column_sum_reduce", unsafe {
-            lb.launch(grid_1d(oc.div_ceil(BLOCK as usize), BLOCK))
+            lb.launch(launch::per_element(oc).into())
         })
     }
 }

@@ -48,6 +48,7 @@ mod fused_residual_layernorm;
 mod gelu;
 #[cfg(has_cuda)]
 mod graphs;
+pub mod launch;
 #[cfg(has_cuda)]
 mod layernorm;
 #[cfg(has_cuda)]

@@ -29,10 +29,10 @@ use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use half::bf16;
 
 use super::attention::{attention_backward_scratch_len, attention_forward_scratch_len};
-use super::encoder::{buckets_len, token_buckets};
 use super::flash_attention::{flash_attention_backward_scratch_len, FLASH_ATTENTION_HEAD_SIZES};
 use super::float::{to_device_float, to_f32_vec, DeviceFloat};
 use super::graphs::{Piece, StepGraphs};
+use super::launch::{buckets_len, token_buckets};
 use super::nvtx;
 use super::profile::{GpuProfiler, METHOD};
 use super::Gpu;

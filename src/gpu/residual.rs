@@ -6,11 +6,7 @@ use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
 use super::context::{check_len, grid_stride, launched, Gpu};
 use super::float::DeviceFloat;
-
-/// Elements of T in one 16-byte pack (the kernels' packed path).
-pub(super) fn pack<T>() -> usize {
-    16 / std::mem::size_of::<T>()
-}
+use super::launch::pack;
 
 impl Gpu {
     /// out = inp1 + inp2, elementwise.

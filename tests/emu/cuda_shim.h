@@ -1,0 +1,127 @@
+// CUDA on the host: with this header force-included (g++ -include cuda_shim.h) and __CUDACC__
+// defined, g++ compiles kernels/*.cu as ordinary C++. Each CUDA thread of a block runs as a fiber
+// (runtime.cpp); blocks run one after another. What the kernels see:
+// - threadIdx, blockIdx, blockDim, gridDim: the current fiber's / block's / launch's (uint3 / dim3
+//   of unsigned ints, as in CUDA, so the kernels' integer arithmetic is unchanged);
+// - __syncthreads(): a block barrier; every live thread must wait at the same one (source line);
+//   exited threads count as arrived;
+// - __shfl_*_sync: warp-wide exchanges: every lane of the mask must arrive at the same kind of
+//   shuffle with the same mask before any continues; a lane that never arrives (divergence, an
+//   early return) is reported as a deadlock by the runtime instead of hanging;
+// - __shared__: `static` (one block at a time, so one copy is enough); `extern __shared__` arrays
+//   are rewritten by the harness (tests/emu/mod.rs) to the launch's dynamic shared memory;
+// - the _rn intrinsics: plain IEEE fp32 operations (compiled with -ffp-contract=off: no FMA);
+//   expf, tanhf, ... : the host's libm (CUDA's differ by an ulp or two).
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "cuda_bf16.h"
+
+#define CUDA_HOST_EMULATION 1
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+#define __restrict__ __restrict
+#define __shared__ static
+
+struct uint3 {
+    unsigned int x, y, z;
+};
+typedef uint3 dim3;
+
+struct alignas(8) float2 {
+    float x, y;
+};
+inline float2 make_float2(float x, float y) {
+    return float2{x, y};
+}
+
+// ---- the runtime (runtime.cpp) ----------------------------------------------------------------
+struct EmuThread {
+    uint3 tid;
+};
+extern EmuThread* emu_current;
+extern uint3 emu_block_idx;
+extern uint3 emu_block_dim;
+extern uint3 emu_grid_dim;
+
+#define threadIdx (emu_current->tid)
+#define blockIdx (emu_block_idx)
+#define blockDim (emu_block_dim)
+#define gridDim (emu_grid_dim)
+
+// The block barrier at source line `line` of `file` (all threads must wait at the same one).
+void emu_syncthreads(const char* file, int line);
+// The warp-wide exchange: this lane offers `value` and receives the value of the lane the
+// operation names (kind: 0 idx, 1 xor, 2 down, 3 up; arg: the lane, lane mask or delta).
+unsigned int emu_shfl(unsigned int mask, unsigned int value, int kind, int arg, int width);
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {d}, {a}, {b}, {c} with d = c, for the whole
+// warp: every lane passes its fragments (PTX ISA layout), the product is formed when all 32 arrived.
+void emu_mma_m16n8k16_row_col_f32_bf16_bf16_f32(float* c, const unsigned int* a, const unsigned int* b);
+// The launch's dynamic shared memory (`extern __shared__ T name[]`).
+void* emu_dynamic_smem();
+
+#define __syncthreads() emu_syncthreads(__FILE__, __LINE__)
+
+template <typename T> inline T emu_shfl_t(unsigned int mask, T v, int kind, int arg, int width) {
+    static_assert(sizeof(T) == 4, "the emulation shuffles 32-bit values");
+    unsigned int u;
+    std::memcpy(&u, &v, 4);
+    u = emu_shfl(mask, u, kind, arg, width);
+    T r;
+    std::memcpy(&r, &u, 4);
+    return r;
+}
+template <typename T> inline T __shfl_sync(unsigned int mask, T v, int src, int width = 32) {
+    return emu_shfl_t(mask, v, 0, src, width);
+}
+template <typename T> inline T __shfl_xor_sync(unsigned int mask, T v, int lane_mask, int width = 32) {
+    return emu_shfl_t(mask, v, 1, lane_mask, width);
+}
+template <typename T> inline T __shfl_down_sync(unsigned int mask, T v, unsigned int delta, int width = 32) {
+    return emu_shfl_t(mask, v, 2, (int)delta, width);
+}
+template <typename T> inline T __shfl_up_sync(unsigned int mask, T v, unsigned int delta, int width = 32) {
+    return emu_shfl_t(mask, v, 3, (int)delta, width);
+}
+
+// ---- arithmetic ---------------------------------------------------------------------------------
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
+inline float rsqrtf(float a) { return 1.0f / std::sqrt(a); }
+inline float __int_as_float(int i) {
+    float f;
+    std::memcpy(&f, &i, 4);
+    return f;
+}
+inline int __float_as_int(float f) {
+    int i;
+    std::memcpy(&i, &f, 4);
+    return i;
+}
+inline float __uint_as_float(unsigned int u) { return emu_bits_float(u); }
+inline unsigned int __float_as_uint(float f) { return emu_float_bits(f); }
+
+// CUDA's integer min/max overloads (the kernels call min(int, int)).
+inline int min(int a, int b) { return a < b ? a : b; }
+inline int max(int a, int b) { return a > b ? a : b; }
+inline unsigned int min(unsigned int a, unsigned int b) { return a < b ? a : b; }
+inline unsigned int max(unsigned int a, unsigned int b) { return a > b ? a : b; }
+inline long long min(long long a, long long b) { return a < b ? a : b; }
+inline long long max(long long a, long long b) { return a > b ? a : b; }
+inline unsigned long min(unsigned long a, unsigned long b) { return a < b ? a : b; }
+inline unsigned long max(unsigned long a, unsigned long b) { return a > b ? a : b; }
+inline float min(float a, float b) { return fminf(a, b); }
+inline float max(float a, float b) { return fmaxf(a, b); }

@@ -16,23 +16,44 @@ __device__ __forceinline__ void softmax_merge(float& m, float& s, float m2, floa
     m = mn;
 }
 
+// Adds the value v to the online softmax (m, s) of one thread: s is the sum of exp(x - m) so far.
+__device__ __forceinline__ void softmax_add(float& m, float& s, float v) {
+    if (v > m) {
+        s = s * expf(m - v) + 1.0f;
+        m = v;
+    } else {
+        s += expf(v - m);
+    }
+}
+
 // For each row (b, t) of logits (N,Vp), N = B*T, with p = softmax(logits[row, 0..V]):
 //   losses (N) [row] = -log p[target], computed as log(sum) - (x[target] - max);
 //   logits[row, i] <- (p_i - [i == target]) * dloss for i < V, and 0 for V <= i < Vp,
 //   only when write_dlogits != 0 (with 0 it computes the losses and leaves the logits intact).
+// row_stats (N, 2), fp32, may be null: the row's max and sum of exp(x - max). With stats_given the
+// kernel takes them from there instead of reading the row for them (the backward after a forward
+// that saved them: one pass over the logits instead of two; the same numbers, since the forward
+// computed them from the same logits with this same code); otherwise, when row_stats is not null,
+// it writes them there.
 // targets (N) must be < V; a bad target gives a NaN loss (and no one-hot term) instead of a wild
-// access. One block per row, blockDim.x a multiple of 32 (at most 1024); pass 1: each thread keeps an online
-// (max, sum of exp) over its strided columns, merged by a fixed tree (deterministic); pass 2 writes.
+// access. One block per row, blockDim.x a multiple of 32 (at most 1024). Pass 1: each thread keeps
+// an online (max, sum of exp) over its strided columns, merged by a fixed tree (deterministic);
+// pass 2 writes. Both passes read whole 16-byte packs (8 bf16 or 4 floats per thread and step)
+// when Vp is a multiple of the pack and the logits are 16-byte aligned (every row then is), else
+// single elements; the pack path visits a thread's columns in another order, which changes the
+// rounding of the sums (not their tree, which stays fixed: still deterministic).
 template <typename T>
-__device__ __forceinline__ void fused_classifier_impl(T* logits, float* losses, float dloss,
+__device__ __forceinline__ void fused_classifier_impl(T* logits, float* losses, float* row_stats, float dloss,
                                                       const unsigned int* targets, int N, int V, int Vp,
-                                                      int write_dlogits) {
+                                                      int write_dlogits, int stats_given) {
     __shared__ float shared_m[32];
     __shared__ float shared_s[32];
     const int row = blockIdx.x;
     if (row >= N) {
         return;
     }
+    constexpr int P = Packed<T>::size;
+    const bool packed = Vp % P == 0 && aligned16(logits);
     T* x = logits + (size_t)row * Vp;
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -40,36 +61,49 @@ __device__ __forceinline__ void fused_classifier_impl(T* logits, float* losses, 
 
     float m = -INFINITY;
     float s = 0.0f;
-    for (int i = threadIdx.x; i < V; i += blockDim.x) {
-        const float v = to_float(x[i]);
-        if (v > m) {
-            s = s * expf(m - v) + 1.0f;
-            m = v;
+    if (stats_given) {
+        m = row_stats[2 * (size_t)row];
+        s = row_stats[2 * (size_t)row + 1];
+    } else {
+        if (packed) {
+            // i is a multiple of P below V <= Vp, and Vp a multiple of P: the pack is in the row
+            for (int i = threadIdx.x * P; i < V; i += blockDim.x * P) {
+                const Packed<T> p = load_packed(x + i);
+                for (int j = 0; j < P && i + j < V; j++) {
+                    softmax_add(m, s, to_float(p.v[j]));
+                }
+            }
         } else {
-            s += expf(v - m);
+            for (int i = threadIdx.x; i < V; i += blockDim.x) {
+                softmax_add(m, s, to_float(x[i]));
+            }
+        }
+        for (int offset = 16; offset > 0; offset >>= 1) {
+            const float m2 = __shfl_xor_sync(0xffffffffu, m, offset);
+            const float s2 = __shfl_xor_sync(0xffffffffu, s, offset);
+            softmax_merge(m, s, m2, s2);
+        }
+        if (lane == 0) {
+            shared_m[warp] = m;
+            shared_s[warp] = s;
+        }
+        __syncthreads();
+        m = lane < num_warps ? shared_m[lane] : -INFINITY;
+        s = lane < num_warps ? shared_s[lane] : 0.0f;
+        for (int offset = 16; offset > 0; offset >>= 1) {
+            const float m2 = __shfl_xor_sync(0xffffffffu, m, offset);
+            const float s2 = __shfl_xor_sync(0xffffffffu, s, offset);
+            softmax_merge(m, s, m2, s2);
+        }
+        // Lane 0's result is the same in every warp (same inputs, same tree); take it everywhere,
+        // since a contracted (FMA) merge is not bitwise symmetric between the lanes of a butterfly.
+        m = __shfl_sync(0xffffffffu, m, 0);
+        s = __shfl_sync(0xffffffffu, s, 0);
+        if (row_stats != nullptr && threadIdx.x == 0) {
+            row_stats[2 * (size_t)row] = m;
+            row_stats[2 * (size_t)row + 1] = s;
         }
     }
-    for (int offset = 16; offset > 0; offset >>= 1) {
-        const float m2 = __shfl_xor_sync(0xffffffffu, m, offset);
-        const float s2 = __shfl_xor_sync(0xffffffffu, s, offset);
-        softmax_merge(m, s, m2, s2);
-    }
-    if (lane == 0) {
-        shared_m[warp] = m;
-        shared_s[warp] = s;
-    }
-    __syncthreads();
-    m = lane < num_warps ? shared_m[lane] : -INFINITY;
-    s = lane < num_warps ? shared_s[lane] : 0.0f;
-    for (int offset = 16; offset > 0; offset >>= 1) {
-        const float m2 = __shfl_xor_sync(0xffffffffu, m, offset);
-        const float s2 = __shfl_xor_sync(0xffffffffu, s, offset);
-        softmax_merge(m, s, m2, s2);
-    }
-    // Lane 0's result is the same in every warp (same inputs, same tree); take it everywhere, since
-    // a contracted (FMA) merge is not bitwise symmetric between the lanes of a butterfly.
-    m = __shfl_sync(0xffffffffu, m, 0);
-    s = __shfl_sync(0xffffffffu, s, 0);
     // Every thread now holds the row's max m and sum s. Every thread must also have read its
     // logits before any is overwritten: thread 0 reads x[target] below, which another thread writes.
     const unsigned int target = targets[row];
@@ -83,25 +117,39 @@ __device__ __forceinline__ void fused_classifier_impl(T* logits, float* losses, 
         return;
     }
     const float inv = 1.0f / s;
-    for (int i = threadIdx.x; i < Vp; i += blockDim.x) {
-        if (i < V) {
-            const float p = expf(to_float(x[i]) - m) * inv;
-            const float indicator = (unsigned int)i == target ? 1.0f : 0.0f;
-            x[i] = from_float<T>((p - indicator) * dloss);
-        } else {
-            x[i] = from_float<T>(0.0f);
+    // (p - onehot) * dloss for a column below V, 0 in the padding
+    auto dlogit = [&](int i, float v) -> T {
+        if (i >= V) {
+            return from_float<T>(0.0f);
+        }
+        const float p = expf(v - m) * inv;
+        const float indicator = (unsigned int)i == target ? 1.0f : 0.0f;
+        return from_float<T>((p - indicator) * dloss);
+    };
+    if (packed) {
+        for (int i = threadIdx.x * P; i < Vp; i += blockDim.x * P) {
+            const Packed<T> p = load_packed(x + i);
+            Packed<T> d;
+            for (int j = 0; j < P; j++) {
+                d.v[j] = dlogit(i + j, to_float(p.v[j]));
+            }
+            store_packed(x + i, d);
+        }
+    } else {
+        for (int i = threadIdx.x; i < Vp; i += blockDim.x) {
+            x[i] = dlogit(i, to_float(x[i]));
         }
     }
 }
 
-extern "C" __global__ void __launch_bounds__(1024) fused_classifier(float* logits, float* losses, float dloss,
-                                                                    const unsigned int* targets, int N, int V,
-                                                                    int Vp, int write_dlogits) {
-    fused_classifier_impl(logits, losses, dloss, targets, N, V, Vp, write_dlogits);
+extern "C" __global__ void __launch_bounds__(1024)
+    fused_classifier(float* logits, float* losses, float* row_stats, float dloss, const unsigned int* targets,
+                     int N, int V, int Vp, int write_dlogits, int stats_given) {
+    fused_classifier_impl(logits, losses, row_stats, dloss, targets, N, V, Vp, write_dlogits, stats_given);
 }
 
 extern "C" __global__ void __launch_bounds__(1024)
-    fused_classifier_bf16(__nv_bfloat16* logits, float* losses, float dloss, const unsigned int* targets, int N,
-                          int V, int Vp, int write_dlogits) {
-    fused_classifier_impl(logits, losses, dloss, targets, N, V, Vp, write_dlogits);
+    fused_classifier_bf16(__nv_bfloat16* logits, float* losses, float* row_stats, float dloss,
+                          const unsigned int* targets, int N, int V, int Vp, int write_dlogits, int stats_given) {
+    fused_classifier_impl(logits, losses, row_stats, dloss, targets, N, V, Vp, write_dlogits, stats_given);
 }

@@ -837,58 +837,105 @@ fn attention_softmax_matches_cpu() {
 
 // ---- classifier --------------------------------------------------------------------------------------
 
+/// The fused classifier in T on both of its paths (Vp = 128: 16-byte packs; Vp = 103 or a
+/// misaligned buffer: single elements), as the model runs it: first the losses alone, saving each
+/// row's softmax max and sum (logits untouched), then the backward with those statistics; and the
+/// backward computing them itself, which must give bitwise the same dlogits and losses.
 fn classifier_case<T: Storage>(seed0: u64) {
     let k = kernels("classifier");
     let u = T::unit();
-    let (v, vp) = (101, 128);
-    for t in TS {
-        let n = B * t;
-        let mut rng = Rng::new(seed0 + t as u64);
-        let mut logits = rand(&mut rng, n * vp, 4.0);
-        for row in logits.chunks_mut(vp) {
-            row[v..].fill(1e4); // the padding must take no part
-        }
-        let logits = round_to::<T>(&logits);
-        let targets: Vec<u32> = (0..n).map(|_| rng.below(v) as u32).collect();
-        let dloss = 1.0 / n as f32;
-        let (losses, dlogits) =
-            cpu::classifier::fused_classifier(&logits, dloss, &targets, B, t, v, vp);
-        let d_targets = k.upload(&targets, false);
-        let d_logits = up::<T>(&k, &logits, false);
-        for write in [0, 1] {
-            let d_losses = up::<f32>(&k, &rand(&mut rng, n, 9.0), false);
-            k.launch(
-                &T::kernel("fused_classifier"),
-                launch::classifier(n),
-                &[
-                    Arg::Buf(&d_logits),
-                    Arg::Buf(&d_losses),
-                    Arg::F32(if write == 1 { dloss } else { 0.0 }),
-                    Arg::Buf(&d_targets),
-                    Arg::I32(n as i32),
-                    Arg::I32(v as i32),
-                    Arg::I32(vp as i32),
-                    Arg::I32(write),
-                ],
-                t as u32 + write as u32,
-            );
-            let what = |x: &str| label::<T>(&format!("classifier (write_dlogits {write})"), x);
-            assert_close(
-                &what("losses"),
-                &down::<f32>(&d_losses),
-                &losses,
-                1e-5,
-                1e-5,
-            );
-            let got = down::<T>(&d_logits);
-            if write == 0 {
-                assert_bitwise(&what("logits untouched"), &got, &logits);
-            } else {
-                assert_close(&what("dlogits"), &got, &dlogits, 1e-8, u + 1e-5);
-                for row in got.chunks(vp) {
-                    assert!(row[v..].iter().all(|&x| x == 0.0), "padding not zeroed");
-                }
+    let v = 101;
+    for (vp, misaligned) in [(128, false), (128, true), (103, false)] {
+        for t in TS {
+            let n = B * t;
+            let mut rng = Rng::new(seed0 + t as u64 + vp as u64);
+            let mut logits = rand(&mut rng, n * vp, 4.0);
+            for row in logits.chunks_mut(vp) {
+                row[v..].fill(1e4); // the padding must take no part
             }
+            let logits = round_to::<T>(&logits);
+            let targets: Vec<u32> = (0..n).map(|_| rng.below(v) as u32).collect();
+            let dloss = 1.0 / n as f32;
+            let (losses, dlogits) =
+                cpu::classifier::fused_classifier(&logits, dloss, &targets, B, t, v, vp);
+            let d_targets = k.upload(&targets, false);
+            let d_stats = up::<f32>(&k, &rand(&mut rng, 2 * n, 9.0), false);
+            let case = format!("classifier (Vp {vp}, misaligned {misaligned})");
+            // launches fused_classifier; stats: None passes a null row_stats
+            let run =
+                |logits: &emu::Buf, write: i32, stats: Option<(&emu::Buf, i32)>, order: u32| {
+                    let d_losses = up::<f32>(&k, &vec![f32::NAN; n], false);
+                    let stats_arg = match stats {
+                        Some((b, _)) => Arg::Buf(b),
+                        None => Arg::Usize(0),
+                    };
+                    k.launch(
+                        &T::kernel("fused_classifier"),
+                        launch::classifier(n),
+                        &[
+                            Arg::Buf(logits),
+                            Arg::Buf(&d_losses),
+                            stats_arg,
+                            Arg::F32(if write == 1 { dloss } else { 0.0 }),
+                            Arg::Buf(&d_targets),
+                            Arg::I32(n as i32),
+                            Arg::I32(v as i32),
+                            Arg::I32(vp as i32),
+                            Arg::I32(write),
+                            Arg::I32(stats.map_or(0, |(_, given)| given)),
+                        ],
+                        order,
+                    );
+                    down::<f32>(&d_losses)
+                };
+            let what = |step: &str, x: &str| label::<T>(&format!("{case} {step}"), x);
+
+            // the forward: losses and row statistics, the logits untouched
+            let d_logits = up::<T>(&k, &logits, misaligned);
+            let got = run(&d_logits, 0, Some((&d_stats, 0)), t as u32);
+            assert_close(&what("losses alone", "losses"), &got, &losses, 1e-5, 1e-5);
+            assert_bitwise(
+                &what("losses alone", "logits untouched"),
+                &down::<T>(&d_logits),
+                &logits,
+            );
+            let stats = down::<f32>(&d_stats);
+            for (row, x) in logits.chunks(vp).enumerate() {
+                let m = x[..v].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let sum: f64 = x[..v].iter().map(|&xi| ((xi - m) as f64).exp()).sum();
+                assert_eq!(stats[2 * row], m, "{case}: row {row} max");
+                let rel = (stats[2 * row + 1] as f64 - sum).abs() / sum;
+                assert!(
+                    rel <= 1e-5,
+                    "{case}: row {row} sum {} vs {sum}",
+                    stats[2 * row + 1]
+                );
+            }
+
+            // the backward with the saved statistics
+            let got = run(&d_logits, 1, Some((&d_stats, 1)), t as u32 + 1);
+            assert_close(&what("backward", "losses"), &got, &losses, 1e-5, 1e-5);
+            let with_stats = down::<T>(&d_logits);
+            assert_close(
+                &what("backward", "dlogits"),
+                &with_stats,
+                &dlogits,
+                1e-8,
+                u + 1e-5,
+            );
+            for row in with_stats.chunks(vp) {
+                assert!(row[v..].iter().all(|&x| x == 0.0), "padding not zeroed");
+            }
+
+            // the backward computing the statistics itself: the same bits
+            let d_fresh = up::<T>(&k, &logits, misaligned);
+            let got_fresh = run(&d_fresh, 1, None, t as u32 + 2);
+            assert_bitwise(
+                &what("backward without stats", "dlogits"),
+                &down::<T>(&d_fresh),
+                &with_stats,
+            );
+            assert_bitwise(&what("backward without stats", "losses"), &got_fresh, &got);
         }
     }
 }

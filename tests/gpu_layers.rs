@@ -760,27 +760,32 @@ mod on_gpu {
     // ---- classifier --------------------------------------------------------------------------
 
     /// The fused classifier in T (logits in, dlogits out; the losses f32) with logits rounded to
-    /// T. With `losses_alone`, first the forward half alone (`classifier_losses`: the losses, the
-    /// logits untouched), which draws its garbage losses from the rng before the fused call does.
-    fn classifier_case<T: DeviceFloat>(g: &Gpu, seed0: u64, losses_alone: bool) {
+    /// T, on both of its paths (Vp = 128: 16-byte packs; Vp = 103: single elements), as the model
+    /// runs it: the losses alone (`classifier_losses`, logits untouched) saving each row's softmax
+    /// statistics, then the backward with them; and the backward computing them itself, which
+    /// must give bitwise the same dlogits and losses.
+    fn classifier_case<T: DeviceFloat>(g: &Gpu, seed0: u64) {
         let u = unit::<T>();
-        let (v, vp) = (101, 128);
-        for t in TS {
-            let n = B * t;
-            let mut rng = Rng::new(seed0 + t as u64);
-            let mut logits = rand(&mut rng, n * vp, 4.0);
-            // Huge values in the padding: they must take no part in the softmax.
-            for row in logits.chunks_mut(vp) {
-                row[v..].fill(1e4);
-            }
-            let logits = round_to::<T>(&logits);
-            let targets: Vec<u32> = (0..n).map(|_| rng.below(v) as u32).collect();
-            let dloss = 1.0 / n as f32;
-            let (losses, dlogits) =
-                cpu::classifier::fused_classifier(&logits, dloss, &targets, B, t, v, vp);
-            let d_targets = g.upload(&targets).unwrap();
-            let mut d_logits = up_t::<T>(g, &logits);
-            if losses_alone {
+        let v = 101;
+        for vp in [128, 103] {
+            for t in TS {
+                let n = B * t;
+                let mut rng = Rng::new(seed0 + t as u64 + vp as u64);
+                let mut logits = rand(&mut rng, n * vp, 4.0);
+                // Huge values in the padding: they must take no part in the softmax.
+                for row in logits.chunks_mut(vp) {
+                    row[v..].fill(1e4);
+                }
+                let logits = round_to::<T>(&logits);
+                let targets: Vec<u32> = (0..n).map(|_| rng.below(v) as u32).collect();
+                let dloss = 1.0 / n as f32;
+                let (losses, dlogits) =
+                    cpu::classifier::fused_classifier(&logits, dloss, &targets, B, t, v, vp);
+                let d_targets = g.upload(&targets).unwrap();
+                let mut d_logits = up_t::<T>(g, &logits);
+                let mut d_stats = up(g, &rand(&mut rng, 2 * n, 9.0));
+                let case = format!("classifier_losses (Vp {vp})");
+                let what = |x: &str| label::<T>(&case, x);
                 let mut d_losses = up(g, &rand(&mut rng, n, 9.0));
                 g.classifier_losses(
                     &d_logits.as_view(),
@@ -790,33 +795,49 @@ mod on_gpu {
                     t,
                     v,
                     vp,
+                    Some(&mut d_stats.as_view_mut()),
                 )
                 .unwrap();
-                let what = |x: &str| label::<T>("classifier_losses", x);
                 assert_close(&what("losses"), &down(g, &d_losses), &losses, 1e-5, 1e-5);
                 assert_bitwise(&what("logits"), &down_t(g, &d_logits), &logits);
-            }
-            let mut d_losses = up(g, &rand(&mut rng, n, 9.0));
-            g.fused_classifier(
-                &mut d_logits.as_view_mut(),
-                &mut d_losses.as_view_mut(),
-                dloss,
-                &d_targets.as_view(),
-                B,
-                t,
-                v,
-                vp,
-            )
-            .unwrap();
-            // losses: f32 from the same logits in either precision: the fp32 tolerance
-            let what = |x: &str| label::<T>("classifier", x);
-            assert_close(&what("losses"), &down(g, &d_losses), &losses, 1e-5, 1e-5);
-            // dlogits are O(dloss) = O(1/B*T): the fp32 tolerance plus one rounding to T; the
-            // padding columns must be exactly 0.
-            let got = down_t(g, &d_logits);
-            assert_close(&what("dlogits"), &got, &dlogits, 1e-8, u + 1e-5);
-            for row in got.chunks(vp) {
-                assert!(row[v..].iter().all(|&x| x == 0.0), "padding not zeroed");
+                let stats = down(g, &d_stats);
+                for (row, x) in logits.chunks(vp).enumerate() {
+                    let m = x[..v].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                    assert_eq!(stats[2 * row], m, "{case}: row {row} max");
+                }
+
+                let backward = |d_logits: &mut CudaSlice<T>, stats: Option<&CudaSlice<f32>>| {
+                    let mut d_losses = up(g, &vec![f32::NAN; n]);
+                    g.fused_classifier(
+                        &mut d_logits.as_view_mut(),
+                        &mut d_losses.as_view_mut(),
+                        dloss,
+                        &d_targets.as_view(),
+                        B,
+                        t,
+                        v,
+                        vp,
+                        stats.map(|s| s.as_view()).as_ref(),
+                    )
+                    .unwrap();
+                    down(g, &d_losses)
+                };
+                // losses: f32 from the same logits in either precision: the fp32 tolerance
+                let case = format!("classifier (Vp {vp})");
+                let what = |x: &str| label::<T>(&case, x);
+                let got_losses = backward(&mut d_logits, Some(&d_stats));
+                assert_close(&what("losses"), &got_losses, &losses, 1e-5, 1e-5);
+                // dlogits are O(dloss) = O(1/B*T): the fp32 tolerance plus one rounding to T; the
+                // padding columns must be exactly 0.
+                let got = down_t(g, &d_logits);
+                assert_close(&what("dlogits"), &got, &dlogits, 1e-8, u + 1e-5);
+                for row in got.chunks(vp) {
+                    assert!(row[v..].iter().all(|&x| x == 0.0), "padding not zeroed");
+                }
+                let mut d_fresh = up_t::<T>(g, &logits);
+                let fresh_losses = backward(&mut d_fresh, None);
+                assert_bitwise(&what("dlogits without stats"), &down_t(g, &d_fresh), &got);
+                assert_bitwise(&what("losses without stats"), &fresh_losses, &got_losses);
             }
         }
     }
@@ -824,14 +845,13 @@ mod on_gpu {
     #[test]
     #[ignore = "needs a CUDA GPU"]
     fn fused_classifier_matches_cpu() {
-        classifier_case::<f32>(&gpu(), 600, false);
+        classifier_case::<f32>(&gpu(), 600);
     }
 
     #[test]
     #[ignore = "needs a CUDA GPU"]
     fn fused_classifier_bf16_matches_cpu() {
-        // and the forward half (`classifier_losses`) alone
-        classifier_case::<bf16>(&gpu(), 1600, true);
+        classifier_case::<bf16>(&gpu(), 1600);
     }
 
     // ---- AdamW, global norm, argument errors ---------------------------------------------------

@@ -17,7 +17,9 @@ impl Gpu {
     /// `(p - onehot(target)) * dloss` in columns < V, 0 in the padding V..Vp. `dloss` is the
     /// gradient of the mean loss with respect to each position's loss, 1 / (B*T) for a mean.
     /// Targets must be < V; a bad target (on the device, where the host cannot check it cheaply)
-    /// gives a NaN loss.
+    /// gives a NaN loss. `row_stats`: each row's softmax max and sum as [`Gpu::classifier_losses`]
+    /// saved them for these same logits, which saves a pass over the logits (the same numbers);
+    /// None computes them here.
     #[allow(clippy::too_many_arguments)]
     pub fn fused_classifier<T: DeviceFloat>(
         &self,
@@ -29,24 +31,41 @@ impl Gpu {
         t: usize,
         v: usize,
         vp: usize,
+        row_stats: Option<&CudaView<'_, f32>>, // (B, T, 2)
     ) -> Result<()> {
         const K: &str = "fused_classifier";
         let Some((ni, vi, vpi)) = check(K, logits.len(), losses, targets, b, t, v, vp)? else {
             return Ok(());
         };
-        let write_dlogits = 1i32;
+        if let Some(st) = &row_stats {
+            check_len(K, "row_stats", st.len(), 2 * b * t, "B*T*2")?;
+        }
+        let (write_dlogits, stats_given) = (1i32, row_stats.is_some() as i32);
+        let null = 0u64;
         let kernel = T::pick(&self.k.fused_classifier, &self.k.fused_classifier_bf16);
         let mut lb = self.stream.launch_builder(kernel);
-        lb.arg(logits).arg(losses).arg(&dloss).arg(targets);
-        lb.arg(&ni).arg(&vi).arg(&vpi).arg(&write_dlogits);
+        lb.arg(logits).arg(losses);
+        match row_stats {
+            Some(st) => lb.arg(st),
+            None => lb.arg(&null),
+        };
+        lb.arg(&dloss).arg(targets);
+        lb.arg(&ni)
+            .arg(&vi)
+            .arg(&vpi)
+            .arg(&write_dlogits)
+            .arg(&stats_given);
         // SAFETY: the arguments match fused_classifier(_bf16) in kernels/classifier.cu; one block
-        // per row of Vp elements over N = B*T rows (lengths checked); targets are bounds-checked in
-        // the kernel before use.
+        // per row of Vp elements over N = B*T rows (lengths checked; a pack never crosses a row's
+        // end, Vp being a multiple of it on the packed path); targets are bounds-checked in the
+        // kernel before use; row_stats is B*T*2 floats (checked) or null and then not read.
         launched(K, unsafe { lb.launch(launch::classifier(b * t).into()) })
     }
 
     /// The losses (B,T) alone: -ln softmax(logits)[target] per row, the logits left intact (the
-    /// forward half of [`Gpu::fused_classifier`]: the same kernel, the same numbers).
+    /// forward half of [`Gpu::fused_classifier`]: the same kernel, the same numbers). With
+    /// `row_stats`, each row's softmax max and sum of exps go there, for the backward's
+    /// [`Gpu::fused_classifier`].
     #[allow(clippy::too_many_arguments)]
     pub fn classifier_losses<T: DeviceFloat>(
         &self,
@@ -57,17 +76,32 @@ impl Gpu {
         t: usize,
         v: usize,
         vp: usize,
+        row_stats: Option<&mut CudaViewMut<'_, f32>>, // (B, T, 2)
     ) -> Result<()> {
         const K: &str = "fused_classifier";
         let Some((ni, vi, vpi)) = check(K, logits.len(), losses, targets, b, t, v, vp)? else {
             return Ok(());
         };
-        let (dloss, write_dlogits) = (0f32, 0i32);
+        if let Some(st) = &row_stats {
+            check_len(K, "row_stats", st.len(), 2 * b * t, "B*T*2")?;
+        }
+        let (dloss, write_dlogits, stats_given) = (0f32, 0i32, 0i32);
+        let null = 0u64;
         let kernel = T::pick(&self.k.fused_classifier, &self.k.fused_classifier_bf16);
         let mut lb = self.stream.launch_builder(kernel);
-        lb.arg(logits).arg(losses).arg(&dloss).arg(targets);
-        lb.arg(&ni).arg(&vi).arg(&vpi).arg(&write_dlogits);
-        // SAFETY: as in fused_classifier; with write_dlogits = 0 the kernel only reads the logits.
+        lb.arg(logits).arg(losses);
+        match row_stats {
+            Some(st) => lb.arg(st),
+            None => lb.arg(&null),
+        };
+        lb.arg(&dloss).arg(targets);
+        lb.arg(&ni)
+            .arg(&vi)
+            .arg(&vpi)
+            .arg(&write_dlogits)
+            .arg(&stats_given);
+        // SAFETY: as in fused_classifier; with write_dlogits = 0 the kernel only reads the logits,
+        // and writes row_stats (B*T*2 floats, checked) unless it is null.
         launched(K, unsafe { lb.launch(launch::classifier(b * t).into()) })
     }
 }

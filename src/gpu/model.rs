@@ -375,6 +375,7 @@ pub struct Gpt2Gpu<T: ModelFloat = f32> {
     inputs_dev: CudaSlice<u32>, // (B, T) of the last forward
     targets_dev: CudaSlice<u32>, // (B, T) of the last forward
     buckets_dev: CudaSlice<u32>, // (3*B*T + 1) token_buckets of the last forward's inputs
+    row_stats: CudaSlice<f32>, // (B, T, 2) the classifier's softmax max and sum per row
     /// (B, T) of the last forward.
     b: usize,
     t: usize,
@@ -471,7 +472,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         let bytes_params = f(n) * (2.0 * e + 4.0 * (2.0 + masters));
         let bytes_acts = e * f(na) + 4.0 * (f(ns) + f(nlse));
         let bytes_grads =
-            e * (f(nd) + f(btc) + f(btc) + f(nscratch)) + 4.0 * f(nscratch32) + 20.0 * f(bt);
+            e * (f(nd) + f(btc) + f(btc) + f(nscratch)) + 4.0 * f(nscratch32) + 28.0 * f(bt);
         let need = bytes_params + bytes_acts + bytes_grads;
         let what = format!(
             "the model (L={l}, C={c}, {:.1}M parameters, {}) at B={max_b}, T={max_t} needs \
@@ -525,6 +526,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         let inputs_dev = gpu.zeros::<u32>(bt).map_err(oom)?;
         let targets_dev = gpu.zeros::<u32>(bt).map_err(oom)?;
         let buckets_dev = gpu.zeros::<u32>(buckets_len(bt)).map_err(oom)?;
+        let row_stats = gpu.zeros::<f32>(2 * bt).map_err(oom)?;
         if fused {
             // the bias gradients' ones vector for the largest batch, allocated once: the graphs
             // keep the address they captured
@@ -562,6 +564,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             inputs_dev,
             targets_dev,
             buckets_dev,
+            row_stats,
             b: 0,
             t: 0,
             loss: None,
@@ -951,10 +954,20 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         acts_mut!(a = self.acts.slice_mut(..), act_sizes);
         acts_mut!(s = self.stats.slice_mut(..), stat_sizes);
         let targets = self.targets_dev.slice(..b * t);
+        let mut row_stats = self.row_stats.slice_mut(..2 * b * t);
         let gpu = &self.gpu;
         self.prof
             .run(Family::Classifier, Cost::classifier_losses(b, t, v), || {
-                gpu.classifier_losses(&a.logits.as_view(), &mut s.losses, &targets, b, t, v, vp)
+                gpu.classifier_losses(
+                    &a.logits.as_view(),
+                    &mut s.losses,
+                    &targets,
+                    b,
+                    t,
+                    v,
+                    vp,
+                    Some(&mut row_stats),
+                )
             })
     }
 
@@ -1079,7 +1092,9 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         // output into that of residual2 and then of the layer's input, in place
         let mut dres = self.dresidual.slice_mut(..btc);
 
-        // the loss is the mean over B*T: each position's loss gets 1/(B*T); logits -> dlogits
+        // the loss is the mean over B*T: each position's loss gets 1/(B*T); logits -> dlogits,
+        // with each row's softmax max and sum as the forward's losses saved them
+        let row_stats = self.row_stats.slice(..2 * bt);
         prof.run(
             Family::Classifier,
             Cost::classifier_fused(b, t, v, vp),
@@ -1093,6 +1108,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
                     t,
                     v,
                     vp,
+                    Some(&row_stats),
                 )
             },
         )?;

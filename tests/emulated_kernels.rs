@@ -1081,11 +1081,14 @@ fn adamw_mixed_is_bitwise_the_cpu_with_stochastic_rounding() {
     }
 }
 
-fn global_norm_case<T: Storage>(n: usize, seed: u64) {
+/// The global norm of n values of T, 16-byte aligned (the packed path, then the tail of n % pack)
+/// or one element off (`misaligned`: the scalar path), against the CPU's (f64): rtol 1e-5; three
+/// schedules agree bitwise.
+fn global_norm_case<T: Storage>(n: usize, seed: u64, misaligned: bool) {
     let k = kernels("global_norm");
     let mut rng = Rng::new(seed);
     let x = round_to::<T>(&rand(&mut rng, n, 0.5));
-    let d_x = up::<T>(&k, &x, false);
+    let d_x = up::<T>(&k, &x, misaligned);
     let mut totals = Vec::new();
     for schedule in [0, 1, 6] {
         let d_partial = up::<f32>(&k, &vec![f32::NAN; launch::NORM_BLOCKS], false);
@@ -1108,7 +1111,10 @@ fn global_norm_case<T: Storage>(n: usize, seed: u64) {
         );
         totals.push(down::<f32>(&d_total)[0]);
     }
-    let what = format!("global_norm {} (n = {n})", T::label());
+    let what = format!(
+        "global_norm {} (n = {n}, misaligned {misaligned})",
+        T::label()
+    );
     assert_close(
         &what,
         &[totals[0].sqrt()],
@@ -1121,9 +1127,19 @@ fn global_norm_case<T: Storage>(n: usize, seed: u64) {
 
 #[test]
 fn global_norm_matches_cpu_and_is_deterministic() {
-    global_norm_case::<f32>(100_003, 800);
-    global_norm_case::<f32>(77, 801); // fewer elements than threads
-    global_norm_case::<bf16>(70_001, 1800);
+    for misaligned in [false, true] {
+        let s = misaligned as u64;
+        // aligned: packs of 4 and a tail of 3; misaligned: the scalar path
+        global_norm_case::<f32>(100_003, 800 + s, misaligned);
+        // aligned: no tail
+        global_norm_case::<f32>(100_000, 802 + s, misaligned);
+        // fewer elements than threads (aligned: 19 packs and a tail of 1)
+        global_norm_case::<f32>(77, 804 + s, misaligned);
+        // aligned: packs of 8 and a tail of 1
+        global_norm_case::<bf16>(70_001, 1800 + s, misaligned);
+        // aligned: no tail
+        global_norm_case::<bf16>(64_000, 1802 + s, misaligned);
+    }
 }
 
 // ---- fused residual + layernorm ------------------------------------------------------------------------

@@ -13,8 +13,9 @@
 //! Tolerances, `|emulated - cpu| <= atol + rtol |cpu|` elementwise, and why:
 //! - bitwise: encoder, residual, AdamW (fp32 and mixed), attention permute/unpermute, add_bias,
 //!   and the chunked column sums (bias and layernorm dweight/dbias against a host twin of the
-//!   chunked order): the kernel performs the CPU's fp32 operations one for one, in the same order,
-//!   and g++ compiles them without FMA contraction (-ffp-contract=off), so every bit must agree.
+//!   chunked order; layernorm's packed first stage against its scalar one): the kernel performs
+//!   the CPU's fp32 operations one for one, in the same order, and g++ compiles them without FMA
+//!   contraction (-ffp-contract=off), so every bit must agree.
 //!   In bf16: the CPU's fp32 result rounded once.
 //! - gelu: 1e-6 / 1e-5 forward, 1e-5 / 1e-5 backward: the same formula, but tanhf (host libm here,
 //!   CUDA's on the GPU) differs from Rust's tanh in the last bits.

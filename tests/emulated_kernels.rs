@@ -348,24 +348,23 @@ fn layernorm_case<T: Storage>(cs: &[usize], seed0: u64, misaligned: bool) {
             // dbias is a plain column sum and dweight the column sum of dout * norm, norm = (x -
             // mean) * rstd from the kernels' mean and rstd: bitwise the chunked order's (then one
             // rounding).
-            let mut db_chunked = db0.clone();
-            chunked_column_sums(&mut db_chunked, &dout, n, c, rpc);
-            assert_bitwise(
-                &what("dbias (chunked order)"),
-                &down::<T>(&d_db),
-                &round_to::<T>(&db_chunked),
-            );
             let (km, ks) = (down::<f32>(&d_mean), down::<f32>(&d_rstd));
             let dout_norm: Vec<f32> = (0..n * c)
                 .map(|i| dout[i] * ((inp[i] - km[i / c]) * ks[i / c]))
                 .collect();
-            let mut dw_chunked = dw0.clone();
-            chunked_column_sums(&mut dw_chunked, &dout_norm, n, c, rpc);
-            assert_bitwise(
-                &what("dweight (chunked order)"),
-                &down::<T>(&d_dw),
-                &round_to::<T>(&dw_chunked),
-            );
+            for (name, d_got, acc0, x) in [
+                ("dbias", &d_db, &db0, &dout),
+                ("dweight", &d_dw, &dw0, &dout_norm),
+            ] {
+                let mut want = acc0.clone();
+                chunked_column_sums(&mut want, x, n, c, rpc);
+                let got = down::<T>(d_got);
+                assert_bitwise(
+                    &what(&format!("{name} (chunked order)")),
+                    &got,
+                    &round_to::<T>(&want),
+                );
+            }
         }
     }
 }

@@ -13,8 +13,9 @@
 //! Tolerances, `|emulated - cpu| <= atol + rtol |cpu|` elementwise, and why:
 //! - bitwise: encoder, residual, AdamW (fp32 and mixed), attention permute/unpermute, add_bias,
 //!   and the chunked column sums (bias and layernorm dweight/dbias against a host twin of the
-//!   chunked order): the kernel performs the CPU's fp32 operations one for one, in the same order,
-//!   and g++ compiles them without FMA contraction (-ffp-contract=off), so every bit must agree.
+//!   chunked order; layernorm's packed first stage against its scalar one): the kernel performs
+//!   the CPU's fp32 operations one for one, in the same order, and g++ compiles them without FMA
+//!   contraction (-ffp-contract=off), so every bit must agree.
 //!   In bf16: the CPU's fp32 result rounded once.
 //! - gelu: 1e-6 / 1e-5 forward, 1e-5 / 1e-5 backward: the same formula, but tanhf (host libm here,
 //!   CUDA's on the GPU) differs from Rust's tanh in the last bits.
@@ -191,13 +192,60 @@ fn chunked_column_sums(acc: &mut [f32], x: &[f32], n: usize, cols: usize, rpc: u
     }
 }
 
+/// Launches layernorm_backward_params_partial as gpu::layernorm_backward does (packed when
+/// `launch::rows_packable` says so for partial, dout, inp, unless `force_scalar`) and returns
+/// whether it took the packed path.
+#[allow(clippy::too_many_arguments)]
+fn layernorm_params_partial<T: Storage>(
+    k: &std::sync::Arc<emu::Kernels>,
+    partial: &emu::Buf, // (chunks, 2, C) fp32
+    dout: &emu::Buf,    // (N, C)
+    inp: &emu::Buf,     // (N, C)
+    mean: &emu::Buf,    // (N)
+    rstd: &emu::Buf,    // (N)
+    n: usize,
+    c: usize,
+    force_scalar: bool,
+    schedule: u32,
+) -> bool {
+    let packed =
+        !force_scalar && launch::rows_packable::<T>(c, &[partial.addr(), dout.addr(), inp.addr()]);
+    let (g, _, rpc) = launch::layernorm_params_partial::<T>(c, n, packed);
+    k.launch(
+        &T::kernel("layernorm_backward_params_partial"),
+        g,
+        &[
+            Arg::Buf(partial),
+            Arg::Buf(dout),
+            Arg::Buf(inp),
+            Arg::Buf(mean),
+            Arg::Buf(rstd),
+            Arg::I32(n as i32),
+            Arg::I32(c as i32),
+            Arg::I32(rpc as i32),
+            Arg::I32(packed as i32),
+        ],
+        schedule,
+    );
+    packed
+}
+
+/// Layernorm forward and backward in T for t in TS and c in `cs`, inp and dinp 16-byte aligned or
+/// one element off (`misaligned`). dinp's kernel takes its packed path by itself when C is a
+/// multiple of the pack and dinp, dout, inp, weight are aligned; the parameter gradients' first
+/// stage is launched packed when `launch::rows_packable` allows (C a multiple of the pack, partial,
+/// dout and inp aligned), and then also scalar: the partial sums must agree bitwise.
 fn layernorm_case<T: Storage>(cs: &[usize], seed0: u64, misaligned: bool) {
     let k = kernels("layernorm");
     let u = T::unit();
-    let what = |x: &str| label::<T>("layernorm", x);
     for t in TS {
         for &c in cs {
             let n = B * t;
+            let packable = !misaligned && c % launch::pack::<T>() == 0;
+            let what = |x: &str| {
+                let path = if packable { "packed" } else { "scalar" };
+                label::<T>("layernorm", &format!("{x} (C={c} T={t}, {path})"))
+            };
             let mut rng = Rng::new(seed0 + n as u64 + c as u64);
             let inp: Vec<f32> = rand(&mut rng, n * c, 2.0).iter().map(|x| x + 0.5).collect();
             let inp = round_to::<T>(&inp);
@@ -244,6 +292,11 @@ fn layernorm_case<T: Storage>(cs: &[usize], seed0: u64, misaligned: bool) {
             let d_dout = up::<T>(&k, &dout, false);
             let d_dinp = up::<T>(&k, &dinp0, misaligned);
             let (d_dw, d_db) = (up::<T>(&k, &dw0, false), up::<T>(&k, &db0, false));
+            let dinp_packed = launch::rows_packable::<T>(
+                c,
+                &[d_dinp.addr(), d_dout.addr(), d_inp.addr(), d_w.addr()],
+            );
+            assert_eq!(dinp_packed, packable, "{}", what("dinp's path"));
             k.launch(
                 &T::kernel("layernorm_backward_dinp"),
                 launch::warp_per_row(n),
@@ -260,23 +313,24 @@ fn layernorm_case<T: Storage>(cs: &[usize], seed0: u64, misaligned: bool) {
                 2,
             );
             assert_close(&what("dinp"), &down::<T>(&d_dinp), &dinp, 1e-5, u + 1e-5);
-            let (g, chunks, rpc) = launch::column_chunks(c, n);
+            let (_, chunks, rpc) = launch::column_chunks(c, n);
             let d_partial = up::<f32>(&k, &rand(&mut rng, chunks * 2 * c, 9.0), false);
-            k.launch(
-                &T::kernel("layernorm_backward_params_partial"),
-                g,
-                &[
-                    Arg::Buf(&d_partial),
-                    Arg::Buf(&d_dout),
-                    Arg::Buf(&d_inp),
-                    Arg::Buf(&d_mean),
-                    Arg::Buf(&d_rstd),
-                    Arg::I32(n as i32),
-                    Arg::I32(c as i32),
-                    Arg::I32(rpc as i32),
-                ],
-                3,
+            let packed = layernorm_params_partial::<T>(
+                &k, &d_partial, &d_dout, &d_inp, &d_mean, &d_rstd, n, c, false, 3,
             );
+            assert_eq!(packed, packable, "{}", what("params_partial's path"));
+            if packed {
+                // the scalar path on the same inputs: the same partial sums, bit for bit
+                let d_scalar = up::<f32>(&k, &rand(&mut rng, chunks * 2 * c, 9.0), false);
+                layernorm_params_partial::<T>(
+                    &k, &d_scalar, &d_dout, &d_inp, &d_mean, &d_rstd, n, c, true, 1,
+                );
+                assert_bitwise(
+                    &what("partial sums, packed vs scalar"),
+                    &down::<f32>(&d_partial),
+                    &down::<f32>(&d_scalar),
+                );
+            }
             k.launch(
                 &T::kernel("layernorm_backward_params_reduce"),
                 launch::per_element(c),
@@ -291,27 +345,43 @@ fn layernorm_case<T: Storage>(cs: &[usize], seed0: u64, misaligned: bool) {
             );
             assert_close(&what("dweight"), &down::<T>(&d_dw), &dw, 2e-5, u + 1e-5);
             assert_close(&what("dbias"), &down::<T>(&d_db), &db, 2e-5, u + 1e-5);
-            // dbias is a plain column sum: bitwise the chunked order's (then one rounding).
-            let mut db_chunked = db0.clone();
-            chunked_column_sums(&mut db_chunked, &dout, n, c, rpc);
-            assert_bitwise(
-                &what("dbias (chunked order)"),
-                &down::<T>(&d_db),
-                &round_to::<T>(&db_chunked),
-            );
+            // dbias is a plain column sum and dweight the column sum of dout * norm, norm = (x -
+            // mean) * rstd from the kernels' mean and rstd: bitwise the chunked order's (then one
+            // rounding).
+            let (km, ks) = (down::<f32>(&d_mean), down::<f32>(&d_rstd));
+            let dout_norm: Vec<f32> = (0..n * c)
+                .map(|i| dout[i] * ((inp[i] - km[i / c]) * ks[i / c]))
+                .collect();
+            for (name, d_got, acc0, x) in [
+                ("dbias", &d_db, &db0, &dout),
+                ("dweight", &d_dw, &dw0, &dout_norm),
+            ] {
+                let mut want = acc0.clone();
+                chunked_column_sums(&mut want, x, n, c, rpc);
+                let got = down::<T>(d_got);
+                assert_bitwise(
+                    &what(&format!("{name} (chunked order)")),
+                    &got,
+                    &round_to::<T>(&want),
+                );
+            }
         }
     }
 }
 
 #[test]
 fn layernorm_fp32_matches_cpu() {
-    layernorm_case::<f32>(&[72, 100], 100, false);
+    // packed (C a multiple of 4, aligned): 72, 100, 2056 (514 packs: 3 blocks of the parameter
+    // gradients' first stage); scalar: 37 and the misaligned inp/dinp
+    layernorm_case::<f32>(&[72, 100, 37, 2056], 100, false);
+    layernorm_case::<f32>(&[72], 101, true);
 }
 
 #[test]
 fn layernorm_bf16_matches_cpu() {
-    // 72, 64: the packed output pass; 100 and the misaligned input: the scalar one
-    layernorm_case::<bf16>(&[72, 100, 64], 1100, false);
+    // packed (C a multiple of 8, aligned): 72, 64, 2056 (257 packs: 2 blocks of the parameter
+    // gradients' first stage); scalar: 100 and the misaligned inp/dinp
+    layernorm_case::<bf16>(&[72, 100, 64, 2056], 1100, false);
     layernorm_case::<bf16>(&[64], 1101, true);
 }
 
@@ -1058,11 +1128,14 @@ fn adamw_mixed_is_bitwise_the_cpu_with_stochastic_rounding() {
     }
 }
 
-fn global_norm_case<T: Storage>(n: usize, seed: u64) {
+/// The global norm of n values of T, 16-byte aligned (the packed path, then the tail of n % pack)
+/// or one element off (`misaligned`: the scalar path), against the CPU's (f64): rtol 1e-5; three
+/// schedules agree bitwise.
+fn global_norm_case<T: Storage>(n: usize, seed: u64, misaligned: bool) {
     let k = kernels("global_norm");
     let mut rng = Rng::new(seed);
     let x = round_to::<T>(&rand(&mut rng, n, 0.5));
-    let d_x = up::<T>(&k, &x, false);
+    let d_x = up::<T>(&k, &x, misaligned);
     let mut totals = Vec::new();
     for schedule in [0, 1, 6] {
         let d_partial = up::<f32>(&k, &vec![f32::NAN; launch::NORM_BLOCKS], false);
@@ -1085,7 +1158,10 @@ fn global_norm_case<T: Storage>(n: usize, seed: u64) {
         );
         totals.push(down::<f32>(&d_total)[0]);
     }
-    let what = format!("global_norm {} (n = {n})", T::label());
+    let what = format!(
+        "global_norm {} (n = {n}, misaligned {misaligned})",
+        T::label()
+    );
     assert_close(
         &what,
         &[totals[0].sqrt()],
@@ -1098,9 +1174,19 @@ fn global_norm_case<T: Storage>(n: usize, seed: u64) {
 
 #[test]
 fn global_norm_matches_cpu_and_is_deterministic() {
-    global_norm_case::<f32>(100_003, 800);
-    global_norm_case::<f32>(77, 801); // fewer elements than threads
-    global_norm_case::<bf16>(70_001, 1800);
+    for misaligned in [false, true] {
+        let s = misaligned as u64;
+        // aligned: packs of 4 and a tail of 3; misaligned: the scalar path
+        global_norm_case::<f32>(100_003, 800 + s, misaligned);
+        // aligned: no tail
+        global_norm_case::<f32>(100_000, 802 + s, misaligned);
+        // fewer elements than threads (aligned: 19 packs and a tail of 1)
+        global_norm_case::<f32>(77, 804 + s, misaligned);
+        // aligned: packs of 8 and a tail of 1
+        global_norm_case::<bf16>(70_001, 1800 + s, misaligned);
+        // aligned: no tail
+        global_norm_case::<bf16>(64_000, 1802 + s, misaligned);
+    }
 }
 
 // ---- fused residual + layernorm ------------------------------------------------------------------------

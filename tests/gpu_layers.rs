@@ -10,8 +10,9 @@
 //! `round_to::<T>` (the identity for f32) and a bound "the fp32 tolerance plus one rounding" is
 //! written `rtol + unit::<T>()` (0 for f32, U below for bf16), so the fp32 tests keep exactly the
 //! fp32 tolerances below. What else the precisions do differently is in the arguments: seeds,
-//! channel sizes (bf16 adds C=64, a multiple of 8, to encoder and layernorm), misaligned views
-//! (bf16 gelu), the runs of the encoder backward, and the checks only bf16 makes.
+//! channel sizes (bf16 adds C=64 and, for layernorm, 768, multiples of 8, to encoder and layernorm;
+//! fp32 layernorm adds C=37, not a multiple of 4), misaligned views (bf16 gelu; layernorm in both),
+//! the runs of the encoder backward, and the checks only bf16 makes.
 //!
 //! Tolerances, each `|gpu - cpu| <= atol + rtol * |cpu|` elementwise, as small as the arithmetic
 //! allows:
@@ -240,13 +241,17 @@ mod on_gpu {
     // ---- layernorm ---------------------------------------------------------------------------
 
     /// Layernorm forward and backward in T (mean and rstd stay f32), for t in TS and c in `cs`, with
-    /// inputs rounded to T. The backward runs twice: dweight/dbias (reductions without atomics)
-    /// must agree bitwise.
-    fn layernorm_case<T: DeviceFloat>(g: &Gpu, cs: &[usize], seed0: u64) {
+    /// inputs rounded to T, inp and dinp views starting `offset` elements into their buffers
+    /// (offset 0 and C a multiple of the pack: the packed paths of the output pass, dinp and the
+    /// parameter gradients' first stage; offset 1 or another C: the scalar ones). The backward
+    /// runs twice: dweight/dbias (reductions without atomics) must agree bitwise.
+    fn layernorm_case<T: DeviceFloat>(g: &Gpu, cs: &[usize], seed0: u64, offset: usize) {
         let u = unit::<T>();
-        let what = |x: &str| label::<T>("layernorm", x);
         for t in TS {
             for &c in cs {
+                let what = |x: &str| {
+                    label::<T>("layernorm", &format!("{x} (C={c} T={t} offset {offset})"))
+                };
                 let n = B * t;
                 let mut rng = Rng::new(seed0 + n as u64 + c as u64);
                 // An offset mean and a spread so that mean and rstd matter.
@@ -259,7 +264,7 @@ mod on_gpu {
                     &mut out, &mut mean, &mut rstd, &inp, &weight, &bias, B, t, c,
                 );
                 let (d_inp, d_w, d_b) = (
-                    up_t::<T>(g, &inp),
+                    up_t::<T>(g, &padded(offset, &inp)),
                     up_t::<T>(g, &weight),
                     up_t::<T>(g, &bias),
                 );
@@ -270,7 +275,7 @@ mod on_gpu {
                     &mut d_out.as_view_mut(),
                     &mut d_mean.as_view_mut(),
                     &mut d_rstd.as_view_mut(),
-                    &d_inp.as_view(),
+                    &d_inp.slice(offset..),
                     &d_w.as_view(),
                     &d_b.as_view(),
                     B,
@@ -295,15 +300,15 @@ mod on_gpu {
                 let d_dout = up_t::<T>(g, &dout);
                 let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
                 for _run in 0..2 {
-                    let mut d_dinp = up_t::<T>(g, &dinp0);
+                    let mut d_dinp = up_t::<T>(g, &padded(offset, &dinp0));
                     let mut d_dw = up_t::<T>(g, &dw0);
                     let mut d_db = up_t::<T>(g, &db0);
                     g.layernorm_backward(
-                        &mut d_dinp.as_view_mut(),
+                        &mut d_dinp.slice_mut(offset..),
                         &mut d_dw.as_view_mut(),
                         &mut d_db.as_view_mut(),
                         &d_dout.as_view(),
-                        &d_inp.as_view(),
+                        &d_inp.slice(offset..),
                         &d_w.as_view(),
                         &d_mean.as_view(),
                         &d_rstd.as_view(),
@@ -313,7 +318,8 @@ mod on_gpu {
                     )
                     .unwrap();
                     // the fp32 tolerances plus one rounding to T
-                    assert_close(&what("dinp"), &down_t(g, &d_dinp), &dinp, 1e-5, u + 1e-5);
+                    let got = down_t(g, &d_dinp);
+                    assert_close(&what("dinp"), &got[offset..], &dinp, 1e-5, u + 1e-5);
                     // dweight/dbias sum B*T = up to 111 terms of size ~1.
                     let (gw, gb) = (down_t(g, &d_dw), down_t(g, &d_db));
                     assert_close(&what("dweight"), &gw, &dw, 2e-5, u + 1e-5);
@@ -333,14 +339,20 @@ mod on_gpu {
     #[test]
     #[ignore = "needs a CUDA GPU"]
     fn layernorm_matches_cpu() {
-        layernorm_case::<f32>(&gpu(), &[72, 100], 100);
+        let g = gpu();
+        // 72, 100: multiples of 4 (the packed paths); 37 and the misaligned views: the scalar ones
+        layernorm_case::<f32>(&g, &[72, 100, 37], 100, 0);
+        layernorm_case::<f32>(&g, &[72], 101, 1);
     }
 
     #[test]
     #[ignore = "needs a CUDA GPU"]
     fn layernorm_bf16_matches_cpu() {
-        // 72 and 64: multiples of 8 (the packed output pass); 100: the scalar one
-        layernorm_case::<bf16>(&gpu(), &[72, 100, 64], 1100);
+        let g = gpu();
+        // 72, 64 and 768: multiples of 8 (the packed paths); 100 and the misaligned views: the
+        // scalar ones
+        layernorm_case::<bf16>(&g, &[72, 100, 64, 768], 1100, 0);
+        layernorm_case::<bf16>(&g, &[64], 1101, 1);
     }
 
     // ---- matmul ------------------------------------------------------------------------------
@@ -866,18 +878,25 @@ mod on_gpu {
     };
 
     /// The global norm of x (already rounded to T) on the GPU in T against the CPU's (f64): rtol
-    /// 1e-5; a second run agrees bitwise.
-    fn check_global_norm<T: DeviceFloat>(g: &Gpu, d_x: &CudaSlice<T>, x: &[f32]) {
-        let norm = g.global_norm(&d_x.as_view()).unwrap();
-        let what = match T::PRECISION {
-            Precision::Fp32 => "global_norm",
-            Precision::Bf16 => "global_norm bf16",
-        };
-        assert_close(what, &[norm], &[cpu::adamw::global_norm(x)], 0.0, 1e-5);
-        assert_eq!(
-            norm.to_bits(),
-            g.global_norm(&d_x.as_view()).unwrap().to_bits()
-        );
+    /// 1e-5; a second run agrees bitwise. On a view 16-byte aligned (offset 0: the packed loads,
+    /// then the tail of n % pack) and one starting one element into its buffer (offset 1: the
+    /// scalar path).
+    fn check_global_norm<T: DeviceFloat>(g: &Gpu, x: &[f32]) {
+        for offset in [0, 1] {
+            let d_x = up_t::<T>(g, &padded(offset, x));
+            let view = d_x.slice(offset..);
+            let norm = g.global_norm(&view).unwrap();
+            let what = label::<T>(
+                "global_norm",
+                &format!("(n = {}, offset {offset})", x.len()),
+            );
+            assert_close(&what, &[norm], &[cpu::adamw::global_norm(x)], 0.0, 1e-5);
+            assert_eq!(
+                norm.to_bits(),
+                g.global_norm(&view).unwrap().to_bits(),
+                "{what}: a second run"
+            );
+        }
     }
 
     #[test]
@@ -893,7 +912,7 @@ mod on_gpu {
         for step in 1..=3 {
             let grads = rand(&mut rng, n, 0.5);
             let d_g = up(&g, &grads);
-            check_global_norm(&g, &d_g, &grads);
+            check_global_norm::<f32>(&g, &grads);
             let scale = if step == 2 { 0.7 } else { 1.0 };
             cpu::adamw::adamw_update(&mut params, &grads, &mut m, &mut v, &hp, step, scale);
             g.adamw_update(
@@ -1026,9 +1045,12 @@ mod on_gpu {
             format!("{e}").starts_with("adamw_update_mixed: grads has 9 elements"),
             "{e}"
         );
-        // global norm of bf16 gradients: fp32 accumulation of the widened values
+        // global norm of bf16 gradients: fp32 accumulation of the widened values (packs of 8 with
+        // a tail of 1, then none)
         let mut rng = Rng::new(1800);
-        let x = round_to::<bf16>(&rand(&mut rng, 70_001, 0.5));
-        check_global_norm(&g, &up_t::<bf16>(&g, &x), &x);
+        for n in [70_001, 64_000] {
+            let x = round_to::<bf16>(&rand(&mut rng, n, 0.5));
+            check_global_norm::<bf16>(&g, &x);
+        }
     }
 }

@@ -120,8 +120,10 @@ impl Gpu {
         })
     }
 
-    /// sqrt(sum of grads^2), deterministic (a fixed two-stage reduction in fp32, whatever T);
-    /// reads the total back to the host (waits for the stream).
+    /// sqrt(sum of grads^2), deterministic (a fixed two-stage reduction in fp32, whatever T, its
+    /// order fixed by N, the alignment of grads and the NORM_BLOCKS x NORM_THREADS launch; 128-bit
+    /// loads when grads is 16-byte aligned); reads the total back to the host (waits for the
+    /// stream).
     pub fn global_norm<T: DeviceFloat>(&self, grads: &CudaView<'_, T>) -> Result<f32> {
         const K: &str = "global_norm";
         let n = grads.len();
@@ -135,7 +137,8 @@ impl Gpu {
         lb.arg(&mut partial).arg(grads).arg(&n);
         // SAFETY: the arguments match global_norm_partial(_bf16) in kernels/global_norm.cu; the
         // grid has NORM_BLOCKS blocks, each writing partial[block] (so all of partial is written);
-        // the grid-stride loop reads grads[0..n).
+        // the grid-stride loops read grads[0..n): whole 16-byte packs below n / pack (only when
+        // grads is 16-byte aligned, which the kernel checks), then the scalar rest.
         launched("global_norm_partial", unsafe {
             lb.launch(grid_1d(NORM_BLOCKS, NORM_THREADS))
         })?;

@@ -87,6 +87,30 @@ pub fn column_chunks(cols: usize, n: usize) -> (Grid, usize, usize) {
     )
 }
 
+/// layernorm_backward_params_partial over `n` rows of `c` channels of T: (the launch, the number of
+/// chunks, rows per chunk). Scalar (`packed` false): [`column_chunks`], one thread per (channel,
+/// chunk). Packed (`packed` true, which needs `c` a multiple of the pack: see [`rows_packable`]):
+/// one thread per (pack of [`pack::<T>()`] channels, chunk), the same chunks; blocks of the packs
+/// rounded up to a warp, at most [`BLOCK`] threads (C = 768 in bf16: 96 packs, one block of 96),
+/// grid (ceil(packs / threads), chunks).
+pub fn layernorm_params_partial<T>(c: usize, n: usize, packed: bool) -> (Grid, usize, usize) {
+    let (scalar, chunks, rpc) = column_chunks(c, n);
+    if !packed {
+        return (scalar, chunks, rpc);
+    }
+    debug_assert!(
+        c.is_multiple_of(pack::<T>()),
+        "C = {c} is not a multiple of the pack"
+    );
+    let packs = c / pack::<T>();
+    let threads = packs.next_multiple_of(32).clamp(32, BLOCK as usize);
+    (
+        grid_2d(packs.div_ceil(threads), chunks, threads as u32),
+        chunks,
+        rpc,
+    )
+}
+
 /// encoder_backward_wte: one thread per (bucket, channel), grid (buckets, ceil(C / BLOCK)).
 pub fn encoder_wte(num_buckets: usize, c: usize) -> Grid {
     grid_2d(num_buckets, c.div_ceil(BLOCK as usize), BLOCK)
@@ -145,8 +169,8 @@ pub fn residual_layernorm_shape(c: usize) -> (usize, usize, bool) {
 }
 
 /// Whether rows of `c` elements of T in buffers at the addresses `ptrs` can be read and written
-/// 16 bytes at a time (the fused residual + layernorm's `vec`): C a multiple of the pack and every
-/// buffer 16-byte aligned.
+/// 16 bytes at a time (the fused residual + layernorm's `vec`, layernorm_backward_params_partial's
+/// `packed`): C a multiple of the pack and every buffer 16-byte aligned.
 pub fn rows_packable<T>(c: usize, ptrs: &[u64]) -> bool {
     c.is_multiple_of(pack::<T>()) && ptrs.iter().all(|&p| p.is_multiple_of(16))
 }
@@ -193,6 +217,30 @@ mod tests {
         assert_eq!(token_buckets(&[]), vec![0]);
         // one distinct token: one bucket of every position, the rest padding
         assert_eq!(token_buckets(&[5, 5]), vec![5, 0, 0, 2, 2, 0, 1]);
+    }
+
+    #[test]
+    fn layernorm_params_partial_covers_every_pack() {
+        // scalar: one thread per channel, as column_chunks
+        let (g, chunks, rpc) = layernorm_params_partial::<u16>(100, 130, false);
+        assert_eq!((g, chunks, rpc), column_chunks(100, 130));
+        // GPT-2 small in bf16: 96 packs of 8, one block of 96; 3 chunks of 64 rows
+        let (g, chunks, rpc) = layernorm_params_partial::<u16>(768, 130, true);
+        assert_eq!(
+            (g.grid, g.block, chunks, rpc),
+            ((1, 3, 1), (96, 1, 1), 3, 64)
+        );
+        // fp32: 192 packs of 4, one block of 192
+        let (g, _, _) = layernorm_params_partial::<f32>(768, 1, true);
+        assert_eq!((g.grid, g.block), ((1, 1, 1), (192, 1, 1)));
+        // 8 packs: one warp; 1600 bf16 channels: 200 packs; 12296: 1537 packs in 7 blocks of 256
+        assert_eq!(layernorm_params_partial::<u16>(64, 1, true).0.block.0, 32);
+        assert_eq!(
+            layernorm_params_partial::<u16>(1600, 1, true).0.block.0,
+            224
+        );
+        let (g, _, _) = layernorm_params_partial::<u16>(12296, 1, true);
+        assert_eq!((g.grid.0, g.block.0), (7, 256));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! fp32 in both, and so is all arithmetic (one rounding per T output).
 
 use anyhow::Result;
-use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, PushKernelArg};
 
 use super::context::{check_len, dim, launched, Gpu};
 use super::float::DeviceFloat;
@@ -99,25 +99,42 @@ impl Gpu {
             .arg(rstd);
         lb.arg(&ni).arg(&ci);
         // SAFETY: the arguments match layernorm_backward_dinp(_bf16) in kernels/layernorm.cu; all
-        // lengths were checked against N and C; the kernel touches rows < N only.
+        // lengths were checked against N and C; the kernel touches rows < N only (its packed
+        // path, whole 16-byte packs of each row, only when C is a multiple of the pack and dinp,
+        // dout, inp, weight are 16-byte aligned, which the kernel checks itself).
         launched("layernorm_backward_dinp", unsafe {
             lb.launch(launch::warp_per_row(n).into())
         })?;
 
-        let (cfg, chunks, rpc) = launch::column_chunks(c, n);
-        let mut partial = self.scratch(K, chunks * 2 * c)?;
+        let (_, chunks, _) = launch::column_chunks(c, n);
+        let mut partial = self.scratch(K, chunks * 2 * c)?; // (chunks, 2, C), fp32
+                                                            // One thread per pack of channels when every row of partial, dout and inp can be read and
+                                                            // written 16 bytes at a time, else one per channel (the same sums either way).
+        let packed = launch::rows_packable::<T>(
+            c,
+            &[
+                partial.device_ptr(&self.stream).0,
+                dout.device_ptr(&self.stream).0,
+                inp.device_ptr(&self.stream).0,
+            ],
+        );
+        let (cfg, _, rpc) = launch::layernorm_params_partial::<T>(c, n, packed);
         let rpci = dim(K, "rows per chunk", rpc)?;
         let chunksi = dim(K, "chunks", chunks)?;
+        let packedi = packed as i32;
         let kernel = T::pick(
             &self.k.layernorm_backward_params_partial,
             &self.k.layernorm_backward_params_partial_bf16,
         );
         let mut lb = self.stream.launch_builder(kernel);
         lb.arg(&mut partial).arg(dout).arg(inp).arg(mean).arg(rstd);
-        lb.arg(&ni).arg(&ci).arg(&rpci);
+        lb.arg(&ni).arg(&ci).arg(&rpci).arg(&packedi);
         // SAFETY: the arguments match layernorm_backward_params_partial(_bf16); partial holds
-        // chunks * 2C floats and the grid has exactly `chunks` rows of blocks, each thread writing
-        // its two entries (so all of partial is written); rows stay below N.
+        // chunks * 2C floats and the grid has exactly `chunks` rows of blocks. Scalar: a thread per
+        // channel c < C writes its two entries; packed (C a multiple of the pack, partial, dout and
+        // inp 16-byte aligned, as checked above): a thread per pack of channels c0 < C reads whole
+        // 16-byte packs of dout and inp and writes its 2 * pack entries; either way all of partial
+        // is written; rows stay below N.
         launched("layernorm_backward_params_partial", unsafe {
             lb.launch(cfg.into())
         })?;

@@ -5,7 +5,8 @@
 //! the dlogits are rounded once into T.
 
 use anyhow::{bail, Result};
-use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::sys::CUdeviceptr;
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, PushKernelArg};
 
 use super::context::{check_len, dim, launched, Gpu};
 use super::float::DeviceFloat;
@@ -33,33 +34,13 @@ impl Gpu {
         vp: usize,
         row_stats: Option<&CudaView<'_, f32>>, // (B, T, 2)
     ) -> Result<()> {
-        const K: &str = "fused_classifier";
-        let Some((ni, vi, vpi)) = check(K, logits.len(), losses, targets, b, t, v, vp)? else {
-            return Ok(());
+        let stats = match row_stats {
+            Some(st) => Stats::Read(st),
+            None => Stats::None,
         };
-        if let Some(st) = &row_stats {
-            check_len(K, "row_stats", st.len(), 2 * b * t, "B*T*2")?;
-        }
-        let (write_dlogits, stats_given) = (1i32, row_stats.is_some() as i32);
-        let null = 0u64;
-        let kernel = T::pick(&self.k.fused_classifier, &self.k.fused_classifier_bf16);
-        let mut lb = self.stream.launch_builder(kernel);
-        lb.arg(logits).arg(losses);
-        match row_stats {
-            Some(st) => lb.arg(st),
-            None => lb.arg(&null),
-        };
-        lb.arg(&dloss).arg(targets);
-        lb.arg(&ni)
-            .arg(&vi)
-            .arg(&vpi)
-            .arg(&write_dlogits)
-            .arg(&stats_given);
-        // SAFETY: the arguments match fused_classifier(_bf16) in kernels/classifier.cu; one block
-        // per row of Vp elements over N = B*T rows (lengths checked; a pack never crosses a row's
-        // end, Vp being a multiple of it on the packed path); targets are bounds-checked in the
-        // kernel before use; row_stats is B*T*2 floats (checked) or null and then not read.
-        launched(K, unsafe { lb.launch(launch::classifier(b * t).into()) })
+        let len = logits.len();
+        let (ptr, _in_use) = logits.device_ptr_mut(&self.stream);
+        self.launch_classifier::<T>((ptr, len), losses, stats, dloss, targets, b, t, v, vp)
     }
 
     /// The losses (B,T) alone: -ln softmax(logits)[target] per row, the logits left intact (the
@@ -78,21 +59,61 @@ impl Gpu {
         vp: usize,
         row_stats: Option<&mut CudaViewMut<'_, f32>>, // (B, T, 2)
     ) -> Result<()> {
+        let stats = match row_stats {
+            Some(st) => Stats::Write(st),
+            None => Stats::None,
+        };
+        let (ptr, _in_use) = logits.device_ptr(&self.stream);
+        self.launch_classifier::<T>(
+            (ptr, logits.len()),
+            losses,
+            stats,
+            0.0,
+            targets,
+            b,
+            t,
+            v,
+            vp,
+        )
+    }
+
+    /// Both launchers: checks the lengths and launches on the logits (device address, elements of
+    /// T; the caller holds the view). dloss = 0 computes the losses only (the logits left intact).
+    #[allow(clippy::too_many_arguments)]
+    fn launch_classifier<T: DeviceFloat>(
+        &self,
+        (logits, logits_len): (CUdeviceptr, usize), // (B, T, Vp)
+        losses: &mut CudaViewMut<'_, f32>,
+        stats: Stats<'_, '_>,
+        dloss: f32,
+        targets: &CudaView<'_, u32>,
+        b: usize,
+        t: usize,
+        v: usize,
+        vp: usize,
+    ) -> Result<()> {
         const K: &str = "fused_classifier";
-        let Some((ni, vi, vpi)) = check(K, logits.len(), losses, targets, b, t, v, vp)? else {
+        let Some((ni, vi, vpi)) = check(K, logits_len, losses, targets, b, t, v, vp)? else {
             return Ok(());
         };
-        if let Some(st) = &row_stats {
-            check_len(K, "row_stats", st.len(), 2 * b * t, "B*T*2")?;
+        let stats_len = match &stats {
+            Stats::None => None,
+            Stats::Read(st) => Some(st.len()),
+            Stats::Write(st) => Some(st.len()),
+        };
+        if let Some(len) = stats_len {
+            check_len(K, "row_stats", len, 2 * b * t, "B*T*2")?;
         }
-        let (dloss, write_dlogits, stats_given) = (0f32, 0i32, 0i32);
-        let null = 0u64;
+        let write_dlogits = (dloss != 0.0) as i32;
+        let stats_given = matches!(stats, Stats::Read(_)) as i32;
+        let null: CUdeviceptr = 0;
         let kernel = T::pick(&self.k.fused_classifier, &self.k.fused_classifier_bf16);
         let mut lb = self.stream.launch_builder(kernel);
-        lb.arg(logits).arg(losses);
-        match row_stats {
-            Some(st) => lb.arg(st),
-            None => lb.arg(&null),
+        lb.arg(&logits).arg(losses);
+        match stats {
+            Stats::None => lb.arg(&null),
+            Stats::Read(st) => lb.arg(st),
+            Stats::Write(st) => lb.arg(st),
         };
         lb.arg(&dloss).arg(targets);
         lb.arg(&ni)
@@ -100,10 +121,21 @@ impl Gpu {
             .arg(&vpi)
             .arg(&write_dlogits)
             .arg(&stats_given);
-        // SAFETY: as in fused_classifier; with write_dlogits = 0 the kernel only reads the logits,
-        // and writes row_stats (B*T*2 floats, checked) unless it is null.
+        // SAFETY: the arguments match fused_classifier(_bf16) in kernels/classifier.cu (the
+        // logits: the address of the caller's live view of B*T*Vp elements of T); one block per row of Vp elements
+        // over N = B*T rows (lengths checked; a pack never crosses a row's end, Vp being a
+        // multiple of it on the packed path); targets are bounds-checked in the kernel before use;
+        // row_stats is B*T*2 floats (checked) or null and then untouched. With write_dlogits = 0
+        // the kernel only reads the logits.
         launched(K, unsafe { lb.launch(launch::classifier(b * t).into()) })
     }
+}
+
+/// The classifier's per-row softmax statistics (B, T, 2): none, given (read), or to save (write).
+enum Stats<'s, 'a> {
+    None,
+    Read(&'s CudaView<'a, f32>),
+    Write(&'s mut CudaViewMut<'a, f32>),
 }
 
 /// Checks the classifier's lengths; Some((N, V, Vp)) as kernel ints, or None when N = 0.

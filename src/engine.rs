@@ -276,15 +276,24 @@ fn gpu_engine_on(
     gpu.set_tf32(opts.tf32)?;
     use crate::gpu::Gpt2Gpu;
     let k = opts.kernels;
+    // Under Nsight Systems the timeline should show each kernel inside its NVTX ranges, which a
+    // replayed graph does not have (its ranges were recorded once, at the capture).
+    let graphs = opts.cuda_graphs && !crate::gpu::nvtx::tool_attached();
+    if opts.cuda_graphs && !graphs {
+        eprintln!(
+            "note: an NVTX tool (nsys) is attached: CUDA graphs off, so that the timeline shows \
+             every kernel in its NVTX ranges"
+        );
+    }
     Ok(match precision {
         Precision::Fp32 => {
             let mut model = Gpt2Gpu::<f32>::new_with(gpu, cfg, params, max_b, max_t, k)?;
-            model.set_cuda_graphs(opts.cuda_graphs);
+            model.set_cuda_graphs(graphs);
             Box::new(model)
         }
         Precision::Bf16 => {
             let mut model = Gpt2Gpu::<half::bf16>::new_with(gpu, cfg, params, max_b, max_t, k)?;
-            model.set_cuda_graphs(opts.cuda_graphs);
+            model.set_cuda_graphs(graphs);
             Box::new(model)
         }
     })

@@ -23,6 +23,12 @@ extern "C" {
     fn tg_nvtx_pop();
 }
 
+/// Whether an NVTX tool (Nsight Systems, or another profiler) is attached to this process: NVTX
+/// loads the tool named by `NVTX_INJECTION64_PATH`, which `nsys profile` sets.
+pub fn tool_attached() -> bool {
+    std::env::var_os("NVTX_INJECTION64_PATH").is_some_and(|p| !p.is_empty())
+}
+
 /// An open NVTX range; dropping it closes the range. NVTX ranges belong to the thread that opened
 /// them, so the guard cannot move to another thread.
 #[must_use = "the range closes as soon as the guard is dropped"]

@@ -17,13 +17,13 @@
 //! y^T = v^T . att^T; the backward's products follow the same pattern (see each call).
 
 use anyhow::{anyhow, bail, Result};
-use cudarc::cublas::sys::cublasOperation_t::{self, CUBLAS_OP_N, CUBLAS_OP_T};
-use cudarc::cublas::{GemmConfig, StridedBatchedConfig};
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, PushKernelArg};
 
 use super::context::{check_len, dim, grid_stride, launched, Gpu};
 use super::float::DeviceFloat;
+use super::gemm_plan::{self, GemmPlan, Operand, Operand::*};
 use super::launch;
+use super::matmul::strided_batched_config;
 
 /// The scratch elements (of T) attention_forward needs: q, k, v (B,NH,T,HS) each (y reuses q's
 /// space).
@@ -68,43 +68,25 @@ fn dims(kernel: &str, b: usize, t: usize, c: usize, nh: usize) -> Result<Dims> {
 }
 
 impl Gpu {
-    /// Batched over the B*NH heads: C_h = alpha op(A_h) op(B_h) + beta C_h, column-major.
-    #[allow(clippy::too_many_arguments)]
+    /// Batched over the B*NH heads: C_h = alpha op(A_h) op(B_h) + beta C_h, column-major, as
+    /// `plan` (one of `gemm_plan::attention_forward`/`attention_backward`) says; `abc` names the
+    /// buffers passed as A, B and C, which must be the plan's.
     fn gemm_batched<T: DeviceFloat>(
         &self,
         what: &str,
-        d: &Dims,
-        (transa, transb): (cublasOperation_t, cublasOperation_t),
-        (m, n, k): (i32, i32, i32),
-        alpha: f32,
+        plan: &GemmPlan,
+        abc: (Operand, Operand, Operand),
         a: &impl DevicePtr<T>,
-        (lda, stride_a): (i32, usize),
         bm: &impl DevicePtr<T>,
-        (ldb, stride_b): (i32, usize),
         c: &mut impl DevicePtrMut<T>,
-        (ldc, stride_c): (i32, usize),
     ) -> Result<()> {
-        let cfg = StridedBatchedConfig {
-            gemm: GemmConfig {
-                transa,
-                transb,
-                m,
-                n,
-                k,
-                alpha,
-                lda,
-                ldb,
-                beta: 0.0f32,
-                ldc,
-            },
-            batch_size: d.bnh,
-            stride_a: stride_a as i64,
-            stride_b: stride_b as i64,
-            stride_c: stride_c as i64,
-        };
-        // SAFETY: every caller passes per-head matrices of (T,HS) or (T,T) elements with strides
-        // T*HS or T*T, over B*NH heads, inside buffers of B*T*C or B*NH*T*T elements (checked by
-        // the launchers), and leading dimensions equal to the matrices' row lengths.
+        plan.check_operands(what, abc).map_err(|e| anyhow!(e))?;
+        let cfg = strided_batched_config(what, plan)?;
+        // SAFETY: every attention plan has per-head matrices of (T,HS) or (T,T) elements with
+        // strides T*HS or T*T, over B*NH heads, and leading dimensions equal to the matrices' row
+        // lengths; the callers pass buffers of B*T*C or B*NH*T*T elements (checked by the
+        // launchers) as those operands (checked just above); tests/gemm_plans.rs runs each plan
+        // on host buffers of these lengths and refuses any access outside them.
         unsafe { self.gemm_strided_batched(cfg, a, bm, c) }
             .map_err(|e| anyhow!("{what}: cuBLAS strided batched gemm failed: {e}"))
     }
@@ -146,22 +128,15 @@ impl Gpu {
         let (mut v, _) = rest.split_at_mut(d.btc);
         self.permute(K, &mut q, &mut k, &mut v, inp, &d)?;
 
-        let (ti, hs) = (d.t, d.hs);
-        let (tt, ths) = (t * t, t * (c / nh));
-        let scale = 1.0 / ((c / nh) as f32).sqrt();
-        // preatt^T (T x T) = scale op_T(k^T (HS x T, ld HS)) . q^T (HS x T, ld HS)
+        let (preatt_plan, y_plan) = gemm_plan::attention_forward(b, t, c, nh);
+        // preatt^T (T x T, ld T) = scale op_T(k^T (HS x T, ld HS)) . q^T (HS x T, ld HS)
         self.gemm_batched(
             "attention_forward (preatt = q k^T)",
-            &d,
-            (CUBLAS_OP_T, CUBLAS_OP_N),
-            (ti, ti, hs),
-            scale,
+            &preatt_plan,
+            (Operand::K, Q, Preatt),
             &k,
-            (hs, ths),
             &q,
-            (hs, ths),
             preatt,
-            (ti, tt),
         )?;
 
         let bnh = d.bnh;
@@ -170,7 +145,7 @@ impl Gpu {
             &self.k.attention_softmax_forward_bf16,
         );
         let mut lb = self.stream.launch_builder(kernel);
-        lb.arg(&mut *att).arg(&mut *preatt).arg(&bnh).arg(&ti);
+        lb.arg(&mut *att).arg(&mut *preatt).arg(&bnh).arg(&d.t);
         // SAFETY: the arguments match attention_softmax_forward(_bf16) in kernels/attention.cu; att
         // and preatt hold B*NH*T*T elements (checked) and the kernel touches rows < B*NH*T of T
         // elements.
@@ -178,19 +153,14 @@ impl Gpu {
             lb.launch(launch::warp_per_row(b * nh * t).into())
         })?;
 
-        // y^T (HS x T) = v^T (HS x T, ld HS) . att^T (T x T, ld T); y goes into q's space.
+        // y^T (HS x T, ld HS) = v^T (HS x T, ld HS) . att^T (T x T, ld T); y goes into q's space.
         self.gemm_batched(
             "attention_forward (y = att v)",
-            &d,
-            (CUBLAS_OP_N, CUBLAS_OP_N),
-            (hs, ti, ti),
-            1.0,
+            &y_plan,
+            (V, Att, Y),
             &v,
-            (hs, ths),
             &*att,
-            (ti, tt),
             &mut q,
-            (hs, ths),
         )?;
 
         let y = q.as_view();
@@ -272,37 +242,25 @@ impl Gpu {
             lb.launch(grid_stride(d.btc))
         })?;
 
-        let (ti, hs) = (d.t, d.hs);
-        let (tt, ths) = (t * t, t * (c / nh));
-        let scale = 1.0 / ((c / nh) as f32).sqrt();
+        let [datt_plan, dv_plan, dq_plan, dk_plan] = gemm_plan::attention_backward(b, t, c, nh);
         // datt (T,T) = dy v^T: datt^T = op_T(v^T (HS x T)) . dy^T (HS x T)
         self.gemm_batched(
             "attention_backward (datt = dy v^T)",
-            &d,
-            (CUBLAS_OP_T, CUBLAS_OP_N),
-            (ti, ti, hs),
-            1.0,
+            &datt_plan,
+            (V, Dy, Datt),
             &v,
-            (hs, ths),
             &dy,
-            (hs, ths),
             datt,
-            (ti, tt),
         )?;
         // dv (T,HS) = att^T dy: dv^T (HS x T) = dy^T (HS x T) . op_T(att^T (T x T)); into v's
         // space.
         self.gemm_batched(
             "attention_backward (dv = att^T dy)",
-            &d,
-            (CUBLAS_OP_N, CUBLAS_OP_T),
-            (hs, ti, ti),
-            1.0,
+            &dv_plan,
+            (Dy, Att, Dv),
             &dy,
-            (hs, ths),
             att,
-            (ti, tt),
             &mut v,
-            (hs, ths),
         )?;
 
         let bnh = d.bnh;
@@ -315,7 +273,7 @@ impl Gpu {
             .arg(&mut *datt)
             .arg(att)
             .arg(&bnh)
-            .arg(&ti);
+            .arg(&d.t);
         // SAFETY: the arguments match attention_softmax_backward(_bf16); dpreatt, datt and att hold
         // B*NH*T*T elements (checked); the kernel touches rows < B*NH*T of T elements.
         launched("attention_softmax_backward", unsafe {
@@ -325,30 +283,20 @@ impl Gpu {
         // dq (T,HS) = scale dpreatt k: dq^T = k^T (HS x T) . dpreatt^T (T x T); into dy's space.
         self.gemm_batched(
             "attention_backward (dq = dpreatt k)",
-            &d,
-            (CUBLAS_OP_N, CUBLAS_OP_N),
-            (hs, ti, ti),
-            scale,
+            &dq_plan,
+            (Operand::K, Dpreatt, Dq),
             &k,
-            (hs, ths),
             &*dpreatt,
-            (ti, tt),
             &mut dy,
-            (hs, ths),
         )?;
         // dk (T,HS) = scale dpreatt^T q: dk^T = q^T (HS x T) . op_T(dpreatt^T (T x T)).
         self.gemm_batched(
             "attention_backward (dk = dpreatt^T q)",
-            &d,
-            (CUBLAS_OP_N, CUBLAS_OP_T),
-            (hs, ti, ti),
-            scale,
+            &dk_plan,
+            (Q, Dpreatt, Dk),
             &q,
-            (hs, ths),
             &*dpreatt,
-            (ti, tt),
             &mut dk,
-            (hs, ths),
         )?;
 
         let (dq, dk, dv) = (dy.as_view(), dk.as_view(), v.as_view());

@@ -13,13 +13,14 @@
 
 use anyhow::{anyhow, bail, Result};
 use cudarc::cublas::result::{self as blas, CublasError};
-use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+use cudarc::cublas::sys::cublasOperation_t::{self, CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
 use cudarc::cublas::{GemmConfig, StridedBatchedConfig};
 use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, DevicePtrMut, PushKernelArg};
 
 use super::context::{check_len, dim, grid_stride, launched, Gpu};
 use super::float::DeviceFloat;
+use super::gemm_plan::{self, GemmPlan, Operand::*};
 use super::launch;
 use crate::precision::Precision;
 
@@ -174,6 +175,49 @@ impl Gpu {
     }
 }
 
+/// cuBLAS's transpose flag.
+fn op(trans: bool) -> cublasOperation_t {
+    if trans {
+        CUBLAS_OP_T
+    } else {
+        CUBLAS_OP_N
+    }
+}
+
+/// The cuBLAS configuration of an unbatched plan (its batch and strides are ignored), every
+/// dimension checked to fit a 32-bit int.
+pub(super) fn gemm_config(kernel: &str, p: &GemmPlan) -> Result<GemmConfig<f32>> {
+    Ok(GemmConfig {
+        transa: op(p.transa),
+        transb: op(p.transb),
+        m: dim(kernel, "m", p.m)?,
+        n: dim(kernel, "n", p.n)?,
+        k: dim(kernel, "k", p.k)?,
+        alpha: p.alpha,
+        lda: dim(kernel, "lda", p.lda)?,
+        ldb: dim(kernel, "ldb", p.ldb)?,
+        beta: p.beta,
+        ldc: dim(kernel, "ldc", p.ldc)?,
+    })
+}
+
+/// The cuBLAS configuration of a strided-batched plan.
+pub(super) fn strided_batched_config(
+    kernel: &str,
+    p: &GemmPlan,
+) -> Result<StridedBatchedConfig<f32>> {
+    let stride = |what: &str, x: usize| {
+        i64::try_from(x).map_err(|_| anyhow!("{kernel}: {what} = {x} does not fit a 64-bit int"))
+    };
+    Ok(StridedBatchedConfig {
+        gemm: gemm_config(kernel, p)?,
+        batch_size: dim(kernel, "batch", p.batch)?,
+        stride_a: stride("stride_a", p.stride_a)?,
+        stride_b: stride("stride_b", p.stride_b)?,
+        stride_c: stride("stride_c", p.stride_c)?,
+    })
+}
+
 impl Gpu {
     /// out (B,T,OC) = inp (B,T,C) @ weight (OC,C)^T + bias (OC) (bias optional). In bf16 the
     /// product is rounded to bf16, then the bias added in fp32 and rounded again.
@@ -203,22 +247,17 @@ impl Gpu {
         if c == 0 {
             bail!("{K}: C must be positive");
         }
-        let (ni, ci, oci) = (dim(K, "B*T", n)?, dim(K, "C", c)?, dim(K, "OC", oc)?);
-        let cfg = GemmConfig {
-            transa: CUBLAS_OP_T,
-            transb: CUBLAS_OP_N,
-            m: oci,
-            n: ni,
-            k: ci,
-            alpha: 1.0f32,
-            lda: ci,
-            ldb: ci,
-            beta: 0.0f32,
-            ldc: oci,
-        };
-        // SAFETY: column-major out^T (OC x BT) = op_T(weight: C x OC, ld C) . inp (C x BT, ld C);
-        // the buffers hold exactly OC*C, BT*C and BT*OC elements (checked), which these
-        // dimensions and leading dimensions address.
+        dim(K, "B*T", n)?;
+        dim(K, "C", c)?;
+        let oci = dim(K, "OC", oc)?;
+        let plan = gemm_plan::matmul_forward(n, c, oc);
+        plan.check_operands(K, (Weight, Inp, Out))
+            .map_err(|e| anyhow!(e))?;
+        let cfg = gemm_config(K, &plan)?;
+        // SAFETY: the plan is column-major out^T (OC x BT, ld OC) = op_T(weight: C x OC, ld C) .
+        // inp^T (C x BT, ld C), beta 0; the buffers hold exactly OC*C, BT*C and BT*OC elements
+        // (checked), which these dimensions and leading dimensions address (tests/gemm_plans.rs
+        // runs the plan on host buffers of exactly these lengths and refuses any access outside).
         unsafe { self.gemm(cfg, weight, inp, out) }
             .map_err(|e| anyhow!("{K}: cuBLAS gemm failed: {e}"))?;
         if let Some(bias) = bias {
@@ -262,39 +301,25 @@ impl Gpu {
         if n == 0 || oc == 0 || c == 0 {
             return Ok(());
         }
-        let (ni, ci, oci) = (dim(K, "B*T", n)?, dim(K, "C", c)?, dim(K, "OC", oc)?);
-        // dinp^T (C x BT) += weight^T (C x OC, ld C) . dout^T (OC x BT, ld OC)
-        let cfg = GemmConfig {
-            transa: CUBLAS_OP_N,
-            transb: CUBLAS_OP_N,
-            m: ci,
-            n: ni,
-            k: oci,
-            alpha: 1.0f32,
-            lda: ci,
-            ldb: oci,
-            beta: 1.0f32,
-            ldc: ci,
-        };
-        // SAFETY: the dimensions above address exactly the checked lengths of weight (OC*C),
-        // dout (BT*OC) and dinp (BT*C).
+        dim(K, "B*T", n)?;
+        dim(K, "C", c)?;
+        dim(K, "OC", oc)?;
+        // dinp^T (C x BT, ld C) += weight^T (C x OC, ld C) . dout^T (OC x BT, ld OC), beta 1
+        let plan = gemm_plan::matmul_backward_dinp(n, c, oc);
+        plan.check_operands(K, (Weight, Dout, Dinp))
+            .map_err(|e| anyhow!(e))?;
+        let cfg = gemm_config(K, &plan)?;
+        // SAFETY: the plan's dimensions address exactly the checked lengths of weight (OC*C),
+        // dout (BT*OC) and dinp (BT*C) (checked on the host by tests/gemm_plans.rs).
         unsafe { self.gemm(cfg, weight, dout, dinp) }
             .map_err(|e| anyhow!("{K}: cuBLAS gemm (dinp) failed: {e}"))?;
-        // dweight^T (C x OC) += inp^T (C x BT, ld C) . op_T(dout^T (OC x BT, ld OC))
-        let cfg = GemmConfig {
-            transa: CUBLAS_OP_N,
-            transb: CUBLAS_OP_T,
-            m: ci,
-            n: oci,
-            k: ni,
-            alpha: 1.0f32,
-            lda: ci,
-            ldb: oci,
-            beta: 1.0f32,
-            ldc: ci,
-        };
-        // SAFETY: the dimensions above address exactly the checked lengths of inp (BT*C),
-        // dout (BT*OC) and dweight (OC*C).
+        // dweight^T (C x OC, ld C) += inp^T (C x BT, ld C) . op_T(dout^T: OC x BT, ld OC), beta 1
+        let plan = gemm_plan::matmul_backward_dweight(n, c, oc);
+        plan.check_operands(K, (Inp, Dout, Dweight))
+            .map_err(|e| anyhow!(e))?;
+        let cfg = gemm_config(K, &plan)?;
+        // SAFETY: the plan's dimensions address exactly the checked lengths of inp (BT*C),
+        // dout (BT*OC) and dweight (OC*C) (checked on the host by tests/gemm_plans.rs).
         unsafe { self.gemm(cfg, inp, dout, dweight) }
             .map_err(|e| anyhow!("{K}: cuBLAS gemm (dweight) failed: {e}"))?;
         if let Some(dbias) = dbias {

@@ -53,6 +53,7 @@ use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, De
 
 use super::context::{check_len, Gpu};
 use super::float::DeviceFloat;
+use super::gemm_plan::{self, Epilogue, GemmPlan, Operand, Operand::*};
 use crate::precision::Precision;
 
 /// The cuBLASLt workspace: 32 MiB, NVIDIA's recommendation for Hopper (4 MiB before it; more
@@ -128,7 +129,8 @@ struct AlgoKey {
 }
 
 /// A column-major product D (m x n, ld ldd) = alpha * op(A) . op(B) + beta * D, with an epilogue.
-/// Pointers are raw device addresses, taken from checked views by the launchers.
+/// Pointers are raw device addresses, taken from checked views by the launchers; the rest comes
+/// from a [`GemmPlan`] (see [`product`]).
 struct Product {
     transa: bool,
     transb: bool,
@@ -141,10 +143,53 @@ struct Product {
     ldb: i64,
     d: u64,
     ldd: i64,
+    alpha: f32,
     beta: f32,
     epilogue: sys::cublasLtEpilogue_t,
     bias: Option<u64>,
     aux: Option<(u64, i64)>,
+}
+
+/// The cuBLASLt product of `plan` (unbatched: its batch and strides are ignored), with the device
+/// address of each operand it names from `addr` (the launcher's buffers; an error names a missing
+/// one).
+fn product(
+    kernel: &str,
+    plan: &GemmPlan,
+    addr: impl Fn(Operand) -> Option<u64>,
+) -> Result<Product> {
+    let get = |what: &str, op: Operand| {
+        addr(op).ok_or_else(|| {
+            anyhow!("{kernel}: the plan's {what} is {op:?}, which this launcher lacks")
+        })
+    };
+    use sys::cublasLtEpilogue_t as E;
+    Ok(Product {
+        transa: plan.transa,
+        transb: plan.transb,
+        m: plan.m as u64,
+        n: plan.n as u64,
+        k: plan.k as u64,
+        a: get("A", plan.a)?,
+        lda: plan.lda as i64,
+        b: get("B", plan.b)?,
+        ldb: plan.ldb as i64,
+        d: get("D", plan.c)?,
+        ldd: plan.ldc as i64,
+        alpha: plan.alpha,
+        beta: plan.beta,
+        epilogue: match plan.epilogue {
+            Epilogue::Default => E::CUBLASLT_EPILOGUE_DEFAULT,
+            Epilogue::Bias => E::CUBLASLT_EPILOGUE_BIAS,
+            Epilogue::GeluAuxBias => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+            Epilogue::DGelu => E::CUBLASLT_EPILOGUE_DGELU,
+        },
+        bias: plan.bias.map(|op| get("bias", op)).transpose()?,
+        aux: plan
+            .aux
+            .map(|(op, ld)| get("aux", op).map(|p| (p, ld as i64)))
+            .transpose()?,
+    })
 }
 
 /// Owns a cublasLtMatmulDesc_t.
@@ -261,7 +306,7 @@ fn ptr_mut<T>(stream: &CudaStream, v: &mut impl DevicePtrMut<T>) -> u64 {
 }
 
 impl Gpu {
-    /// Runs one product on the stream (alpha 1), choosing its algorithm on first use.
+    /// Runs one product on the stream, choosing its algorithm on first use.
     fn lt_matmul<T: DeviceFloat>(&self, kernel: &str, p: &Product) -> Result<()> {
         let tf32 = T::PRECISION == Precision::Fp32 && self.tf32();
         let compute = if tf32 {
@@ -419,11 +464,13 @@ impl Gpu {
             }
         };
 
-        let (alpha, beta) = (1.0f32, p.beta);
+        let (alpha, beta) = (p.alpha, p.beta);
         let (ws_ptr, _ws_record) = lt_state.workspace.device_ptr(&self.stream);
         // SAFETY: A (a_rows x a_cols, ld lda), B and D (m x n, ld ldd) are device buffers the
-        // launcher checked to hold exactly what these layouts address, 16-byte aligned, in T
-        // (the layouts' data type); the bias (m elements of T) and aux (ld x n of T) likewise;
+        // launcher checked to hold exactly what these layouts address (they come from a
+        // `gemm_plan` plan, which tests/gemm_plans.rs runs on host buffers of those lengths),
+        // 16-byte aligned, in T (the layouts' data type); the bias (m elements of T) and aux
+        // (ld x n of T) likewise;
         // alpha and beta are fp32 host scalars (the scale type); the algorithm was chosen for this
         // very descriptor and layouts (the cache key covers them) with at most WORKSPACE_BYTES of
         // workspace, which the workspace buffer holds; the stream is the engine's.
@@ -540,34 +587,18 @@ impl Gpu {
         if let Some(p) = d_bias {
             check_aligned(k, "bias", p)?;
         }
-        use sys::cublasLtEpilogue_t as E;
-        let epilogue = match (d_pre, d_bias) {
-            (Some(_), _) => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
-            (None, Some(_)) => E::CUBLASLT_EPILOGUE_BIAS,
-            (None, None) => E::CUBLASLT_EPILOGUE_DEFAULT,
-        };
         // out^T (OC x BT, ld OC) = op_T(weight: C x OC, ld C) . inp^T (C x BT, ld C) + bias; the
         // GELU aux (pre_gelu^T, OC x BT) has leading dimension OC.
-        self.lt_matmul::<T>(
-            k,
-            &Product {
-                transa: true,
-                transb: false,
-                m: oc as u64,
-                n: n as u64,
-                k: c as u64,
-                a: d_w,
-                lda: c as i64,
-                b: d_inp,
-                ldb: c as i64,
-                d: d_out,
-                ldd: oc as i64,
-                beta: 0.0,
-                epilogue,
-                bias: d_bias,
-                aux: d_pre.map(|p| (p, oc as i64)),
-            },
-        )
+        let plan = gemm_plan::lt_forward(n, c, oc, d_bias.is_some(), d_pre.is_some());
+        let p = product(k, &plan, |op| match op {
+            Weight => Some(d_w),
+            Inp => Some(d_inp),
+            Out => Some(d_out),
+            Bias => d_bias,
+            PreGelu => d_pre,
+            _ => None,
+        })?;
+        self.lt_matmul::<T>(k, &p)
     }
 
     /// The ones vector of the bias gradient in T, at least `n` long, locked: a longer one replaces
@@ -745,34 +776,15 @@ impl Gpu {
         c: usize,
         oc: usize,
     ) -> Result<()> {
-        let epilogue = match aux {
-            Some(_) => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DGELU,
-            None => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
-        };
-        self.lt_matmul::<T>(
-            kernel,
-            &Product {
-                transa: false,
-                transb: false,
-                m: c as u64,
-                n: n as u64,
-                k: oc as u64,
-                a: d_w,
-                lda: c as i64,
-                b: d_dout,
-                ldb: oc as i64,
-                d: d_dinp,
-                ldd: c as i64,
-                beta: if accumulate && aux.is_none() {
-                    1.0
-                } else {
-                    0.0
-                },
-                epilogue,
-                bias: None,
-                aux: aux.map(|p| (p, c as i64)),
-            },
-        )
+        let plan = gemm_plan::lt_dinp(n, c, oc, accumulate, aux.is_some());
+        let p = product(kernel, &plan, |op| match op {
+            Weight => Some(d_w),
+            Dout => Some(d_dout),
+            Dinp => Some(d_dinp),
+            PreGelu => aux,
+            _ => None,
+        })?;
+        self.lt_matmul::<T>(kernel, &p)
     }
 
     /// dweight^T (C x OC, ld C) += inp^T (C x BT, ld C) . op_T(dout^T: OC x BT, ld OC); then, with
@@ -789,26 +801,14 @@ impl Gpu {
         c: usize,
         oc: usize,
     ) -> Result<()> {
-        self.lt_matmul::<T>(
-            kernel,
-            &Product {
-                transa: false,
-                transb: true,
-                m: c as u64,
-                n: oc as u64,
-                k: n as u64,
-                a: d_inp,
-                lda: c as i64,
-                b: d_dout,
-                ldb: oc as i64,
-                d: d_dw,
-                ldd: c as i64,
-                beta: 1.0,
-                epilogue: sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
-                bias: None,
-                aux: None,
-            },
-        )?;
+        let plan = gemm_plan::matmul_backward_dweight(n, c, oc);
+        let p = product(kernel, &plan, |op| match op {
+            Inp => Some(d_inp),
+            Dout => Some(d_dout),
+            Dweight => Some(d_dw),
+            _ => None,
+        })?;
+        self.lt_matmul::<T>(kernel, &p)?;
         if let Some(d_db) = d_db {
             // The ones vector stays locked (so neither replaced nor freed) until the product is
             // queued; a replaced, shorter one is freed in stream order, after its queued uses.
@@ -816,26 +816,14 @@ impl Gpu {
             let key = T::PRECISION.bytes();
             let d_ones = ptr(&self.stream, &ones[&key]);
             check_aligned(kernel, "the ones vector", d_ones)?;
-            self.lt_matmul::<T>(
-                kernel,
-                &Product {
-                    transa: false,
-                    transb: false,
-                    m: oc as u64,
-                    n: 1,
-                    k: n as u64,
-                    a: d_dout,
-                    lda: oc as i64,
-                    b: d_ones,
-                    ldb: n as i64,
-                    d: d_db,
-                    ldd: oc as i64,
-                    beta: 1.0,
-                    epilogue: sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
-                    bias: None,
-                    aux: None,
-                },
-            )?;
+            let plan = gemm_plan::lt_dbias(n, oc);
+            let p = product(kernel, &plan, |op| match op {
+                Dout => Some(d_dout),
+                Ones => Some(d_ones),
+                Dbias => Some(d_db),
+                _ => None,
+            })?;
+            self.lt_matmul::<T>(kernel, &p)?;
         }
         Ok(())
     }

@@ -14,7 +14,10 @@
 //! `cpu/`: encoder, layernorm, matmul, attention (and flash_attention, the fused causal attention), gelu, residual, classifier, adamw (with the
 //! global norm); `model.rs` composes them into GPT-2 ([`Gpt2Gpu`], the CUDA `Engine`). `ptx.rs`
 //! embeds the PTX. `nvtx.rs`: NVTX ranges for Nsight Systems (in every build; no-ops without the
-//! NVTX headers); `profile.rs`: the CUDA-event timing behind `--profile`.
+//! NVTX headers); `profile.rs`: the CUDA-event timing behind `--profile`. `launch.rs` (the kernels' launch
+//! geometry) and `gemm_plan.rs` (the cuBLAS/cuBLASLt products' parameters) are plain numbers,
+//! compiled in every build and checked on the CPU (`tests/emulated_kernels.rs`,
+//! `tests/gemm_plans.rs`).
 
 /// Whether this build has the CUDA kernels (nvcc was found when it was built).
 pub const HAS_CUDA: bool = cfg!(has_cuda);
@@ -46,6 +49,7 @@ pub mod float;
 mod fused_residual_layernorm;
 #[cfg(has_cuda)]
 mod gelu;
+pub mod gemm_plan;
 #[cfg(has_cuda)]
 mod graphs;
 pub mod launch;

@@ -34,6 +34,7 @@
 //! `TRAIN_GPT2_CUDA_ARCH`.
 
 use std::env;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -230,6 +231,18 @@ fn compile_kernels(root: &Path, out_dir: &Path, nvcc: &Path, arch: &str) {
             "CUDA kernels did not compile with {}:{failures}",
             nvcc.display()
         );
+    }
+    // What the crate embeds: each PTX deflated (src/gpu/ptx.rs inflates it), about 9x smaller,
+    // so that every binary and test executable holding the kernels stays small.
+    for entry in fs::read_dir(out_dir).expect("reading OUT_DIR") {
+        let path = entry.expect("reading OUT_DIR").path();
+        if path.extension().is_some_and(|e| e == "ptx") {
+            let text =
+                fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+            let packed = miniz_oxide::deflate::compress_to_vec(&text, 6);
+            let dst = path.with_extension("ptx.deflate");
+            fs::write(&dst, packed).unwrap_or_else(|e| panic!("writing {}: {e}", dst.display()));
+        }
     }
 }
 

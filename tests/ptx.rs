@@ -160,12 +160,14 @@ mod with_cuda {
     use std::path::PathBuf;
     use std::process::Command;
 
-    fn ptx_of(file: &str) -> &'static str {
+    /// The embedded PTX text of `file`, inflated.
+    fn ptx_of(file: &str) -> String {
         gpu::ptx::ALL
             .iter()
             .find(|p| p.file == file)
             .unwrap_or_else(|| panic!("{file} is not embedded in gpu::ptx::ALL"))
-            .ptx
+            .text()
+            .unwrap()
     }
 
     fn ptxas() -> PathBuf {
@@ -190,7 +192,7 @@ mod with_cuda {
         for f in gpu::ptx::ALL {
             let name = f.file.trim_start_matches("kernels/").replace(".cu", "");
             let src = dir.join(format!("{name}.ptx"));
-            std::fs::write(&src, f.ptx).unwrap();
+            std::fs::write(&src, f.text().unwrap()).unwrap();
             for arch in ["sm_80", "sm_90"] {
                 let cubin = dir.join(format!("{name}.{arch}.cubin"));
                 let out = Command::new(&ptxas)
@@ -240,9 +242,10 @@ mod with_cuda {
         // --use_fast_math turns '/', sqrtf and tanhf into these approximate instructions; the
         // accurate library versions never emit them (they may use rcp/ex2.approx internally).
         for f in gpu::ptx::ALL {
+            let ptx = f.text().unwrap();
             for marker in ["div.approx", "div.full", "sqrt.approx", "tanh.approx"] {
                 assert!(
-                    !f.ptx.contains(marker),
+                    !ptx.contains(marker),
                     "{} was compiled with fast math ({marker} in its PTX)",
                     f.file
                 );
@@ -254,7 +257,11 @@ mod with_cuda {
         let arch = gpu::CUDA_ARCH.expect("a has_cuda build records its architecture");
         let target = format!(".target {}", arch.replace("compute_", "sm_"));
         for f in gpu::ptx::ALL {
-            assert!(f.ptx.contains(&target), "{} lacks `{target}`", f.file);
+            assert!(
+                f.text().unwrap().contains(&target),
+                "{} lacks `{target}`",
+                f.file
+            );
         }
     }
 }

@@ -117,7 +117,8 @@ kernels! {
 }
 
 fn load_module(ctx: &Arc<CudaContext>, f: &PtxFile) -> Result<Arc<CudaModule>> {
-    ctx.load_module(Ptx::from_src(f.ptx)).with_context(|| {
+    let text = f.text().map_err(|e| anyhow!(e))?;
+    ctx.load_module(Ptx::from_src(text)).with_context(|| {
         format!(
             "loading the PTX of {} failed (built for {} by nvcc {}): the driver may be older than \
              that nvcc, or the GPU older than that architecture",

@@ -1,24 +1,35 @@
-//! The kernels' PTX, embedded at build time from `OUT_DIR/<name>.ptx` (build.rs compiles
-//! `kernels/<name>.cu`), loaded into the context once by `Gpu::new`.
+//! The kernels' PTX, embedded at build time from `OUT_DIR/<name>.ptx.deflate` (build.rs compiles
+//! `kernels/<name>.cu` to `<name>.ptx` and deflates it: PTX is verbose text, flash attention's
+//! 8 MB alone, and every binary and test executable that can reach the GPU embeds all of it), and
+//! inflated when `Gpu::new` loads it into the context.
 
 /// One kernel file's PTX.
 #[derive(Clone, Copy, Debug)]
 pub struct PtxFile {
     /// The source, relative to the crate root, e.g. `kernels/adamw.cu`.
     pub file: &'static str,
-    /// The PTX text nvcc produced from it.
-    pub ptx: &'static str,
+    /// The PTX text nvcc produced from it, deflated (raw deflate, miniz_oxide).
+    pub deflated: &'static [u8],
+}
+
+impl PtxFile {
+    /// The PTX text.
+    pub fn text(&self) -> Result<String, String> {
+        let bytes = miniz_oxide::inflate::decompress_to_vec(self.deflated)
+            .map_err(|e| format!("inflating the embedded PTX of {}: {e:?}", self.file))?;
+        String::from_utf8(bytes)
+            .map_err(|e| format!("the embedded PTX of {} is not UTF-8: {e}", self.file))
+    }
 }
 
 macro_rules! ptx_file {
     ($name:literal) => {
         PtxFile {
             file: concat!("kernels/", $name, ".cu"),
-            ptx: include_str!(concat!(env!("OUT_DIR"), "/", $name, ".ptx")),
+            deflated: include_bytes!(concat!(env!("OUT_DIR"), "/", $name, ".ptx.deflate")),
         }
     };
 }
-
 pub const ADAMW: PtxFile = ptx_file!("adamw");
 pub const ATTENTION: PtxFile = ptx_file!("attention");
 pub const CLASSIFIER: PtxFile = ptx_file!("classifier");

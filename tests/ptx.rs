@@ -216,6 +216,23 @@ mod with_cuda {
         std::fs::remove_dir_all(&dir).ok();
     }
 
+    /// Every binary and test executable that can reach the GPU embeds all the kernels, and the
+    /// GPU machines get them through `../shared/gpu/pack`'s `.gpu`, which the device tool carries
+    /// only up to 64 MiB in all (about 20 such executables): the embedded PTX must stay small.
+    /// Deflated it is about 1 MB today (9 MB of text, flash attention's 8 MB most of it).
+    #[test]
+    fn embedded_ptx_stays_small_enough_to_carry() {
+        let deflated: usize = gpu::ptx::ALL.iter().map(|f| f.deflated.len()).sum();
+        let text: usize = gpu::ptx::ALL.iter().map(|f| f.text().unwrap().len()).sum();
+        println!("embedded PTX: {text} bytes of text, {deflated} deflated");
+        assert!(
+            deflated < 3 << 20,
+            "the embedded PTX is {deflated} bytes deflated ({text} of text): each GPU test \
+             executable carries it, and .gpu must stay under the device tool's 64 MiB"
+        );
+        assert!(text > 4 * deflated, "the PTX is not stored deflated");
+    }
+
     #[test]
     fn every_expected_kernel_is_in_the_ptx() {
         assert!(kernels_built());

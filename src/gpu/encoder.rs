@@ -60,8 +60,9 @@ impl Gpu {
     /// twin's): for a deterministic dwte without atomics the host groups the positions by token
     /// into buckets ([`token_buckets`]), uploads them, and one GPU thread per (bucket, channel)
     /// adds its bucket's rows in position order. Each element of dwte and dwpe then receives its
-    /// terms in the CPU reference's order. Token ids >= Vp are an error. (The model uploads the
-    /// buckets with the inputs, before the backward, and calls [`Gpu::encoder_backward_buckets`].)
+    /// terms in the CPU reference's order. Token ids >= Vp are an error. (The model sorts and
+    /// uploads the buckets in its forward, while the GPU runs it, and calls
+    /// [`Gpu::encoder_backward_buckets`] in its backward.)
     #[allow(clippy::too_many_arguments)]
     pub fn encoder_backward<T: DeviceFloat>(
         &self,

@@ -670,14 +670,6 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             self.gpu
                 .upload_into(tg, &mut self.targets_dev.slice_mut(..bt))
                 .context("forward: uploading the targets")?;
-            // for the backward's encoder (dwte): the positions grouped by token, uploaded now so
-            // that the backward pass is launches only
-            self.gpu
-                .upload_into(
-                    &token_buckets(inputs),
-                    &mut self.buckets_dev.slice_mut(..buckets_len(bt)),
-                )
-                .context("forward: uploading the token buckets")?;
         }
         let with_targets = targets.is_some();
         let piece = Piece::Forward {
@@ -697,6 +689,15 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             self.stage = Stage::Forward { targets: false };
             return Ok(None);
         }
+        // for the backward's encoder (dwte): the positions grouped by token, sorted on the host
+        // while the GPU runs the forward, and uploaded (after it, in stream order) so that the
+        // backward pass is launches only
+        self.gpu
+            .upload_into(
+                &token_buckets(inputs),
+                &mut self.buckets_dev.slice_mut(..buckets_len(bt)),
+            )
+            .context("forward: uploading the token buckets")?;
         let losses = self
             .download_losses(b, t)
             .context("the GPU forward pass failed")?;

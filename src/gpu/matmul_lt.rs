@@ -121,75 +121,56 @@ struct AlgoKey {
     m: u64,
     n: u64,
     k: u64,
-    lda: i64,
-    ldb: i64,
-    ldd: i64,
-    epilogue: u32,
-    aux_ld: i64,
+    lda: usize,
+    ldb: usize,
+    ldd: usize,
+    epilogue: Epilogue,
+    aux_ld: usize,
 }
 
-/// A column-major product D (m x n, ld ldd) = alpha * op(A) . op(B) + beta * D, with an epilogue.
-/// Pointers are raw device addresses, taken from checked views by the launchers; the rest comes
-/// from a [`GemmPlan`] (see [`product`]).
-struct Product {
-    transa: bool,
-    transb: bool,
-    m: u64,
-    n: u64,
-    k: u64,
+/// A column-major product of a [`GemmPlan`] (D = alpha op(A) op(B) + beta D, then the epilogue),
+/// with its operands as raw device addresses, taken from checked views by the launchers.
+struct Product<'p> {
+    plan: &'p GemmPlan,
     a: u64,
-    lda: i64,
     b: u64,
-    ldb: i64,
     d: u64,
-    ldd: i64,
-    alpha: f32,
-    beta: f32,
-    epilogue: sys::cublasLtEpilogue_t,
     bias: Option<u64>,
-    aux: Option<(u64, i64)>,
+    aux: Option<u64>,
 }
 
 /// The cuBLASLt product of `plan` (unbatched: its batch and strides are ignored), with the device
 /// address of each operand it names from `addr` (the launcher's buffers; an error names a missing
 /// one).
-fn product(
+fn product<'p>(
     kernel: &str,
-    plan: &GemmPlan,
+    plan: &'p GemmPlan,
     addr: impl Fn(Operand) -> Option<u64>,
-) -> Result<Product> {
+) -> Result<Product<'p>> {
     let get = |what: &str, op: Operand| {
         addr(op).ok_or_else(|| {
             anyhow!("{kernel}: the plan's {what} is {op:?}, which this launcher lacks")
         })
     };
-    use sys::cublasLtEpilogue_t as E;
     Ok(Product {
-        transa: plan.transa,
-        transb: plan.transb,
-        m: plan.m as u64,
-        n: plan.n as u64,
-        k: plan.k as u64,
+        plan,
         a: get("A", plan.a)?,
-        lda: plan.lda as i64,
         b: get("B", plan.b)?,
-        ldb: plan.ldb as i64,
         d: get("D", plan.c)?,
-        ldd: plan.ldc as i64,
-        alpha: plan.alpha,
-        beta: plan.beta,
-        epilogue: match plan.epilogue {
-            Epilogue::Default => E::CUBLASLT_EPILOGUE_DEFAULT,
-            Epilogue::Bias => E::CUBLASLT_EPILOGUE_BIAS,
-            Epilogue::GeluAuxBias => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
-            Epilogue::DGelu => E::CUBLASLT_EPILOGUE_DGELU,
-        },
         bias: plan.bias.map(|op| get("bias", op)).transpose()?,
-        aux: plan
-            .aux
-            .map(|(op, ld)| get("aux", op).map(|p| (p, ld as i64)))
-            .transpose()?,
+        aux: plan.aux.map(|(op, _)| get("aux", op)).transpose()?,
     })
+}
+
+/// cuBLASLt's name of an epilogue.
+fn lt_epilogue(e: Epilogue) -> sys::cublasLtEpilogue_t {
+    use sys::cublasLtEpilogue_t as E;
+    match e {
+        Epilogue::Default => E::CUBLASLT_EPILOGUE_DEFAULT,
+        Epilogue::Bias => E::CUBLASLT_EPILOGUE_BIAS,
+        Epilogue::GeluAuxBias => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+        Epilogue::DGelu => E::CUBLASLT_EPILOGUE_DGELU,
+    }
 }
 
 /// Owns a cublasLtMatmulDesc_t.
@@ -219,8 +200,9 @@ impl Drop for Pref {
     }
 }
 
-/// Sets one attribute of a matmul descriptor from a plain value.
+/// Sets one attribute of a matmul descriptor from a plain value (errors name `kernel`).
 fn set_desc<V: Copy>(
+    kernel: &str,
     desc: &Desc,
     attr: sys::cublasLtMatmulDescAttributes_t,
     value: &V,
@@ -236,7 +218,7 @@ fn set_desc<V: Copy>(
             size_of::<V>(),
         )
     }
-    .map_err(|e| anyhow!("cublasLtMatmulDescSetAttribute({attr:?}) failed: {e}"))
+    .map_err(|e| anyhow!("{kernel}: cublasLtMatmulDescSetAttribute({attr:?}) failed: {e}"))
 }
 
 /// The cudaDataType of T.
@@ -308,163 +290,87 @@ fn ptr_mut<T>(stream: &CudaStream, v: &mut impl DevicePtrMut<T>) -> u64 {
 impl Gpu {
     /// Runs one product on the stream, choosing its algorithm on first use.
     fn lt_matmul<T: DeviceFloat>(&self, kernel: &str, p: &Product) -> Result<()> {
+        let plan = p.plan;
         let tf32 = T::PRECISION == Precision::Fp32 && self.tf32();
         let compute = if tf32 {
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
         } else {
             sys::cublasComputeType_t::CUBLAS_COMPUTE_32F
         };
-        let dt = data_type::<T>();
         let err = |what: &str, e: lt::CublasError| anyhow!("{kernel}: {what} failed: {e}");
 
         let desc = Desc(
             lt::create_matmul_desc(compute, sys::cudaDataType_t::CUDA_R_32F)
                 .map_err(|e| err("cublasLtMatmulDescCreate", e))?,
         );
+        let epilogue = lt_epilogue(plan.epilogue);
         use sys::cublasLtMatmulDescAttributes_t as A;
-        set_desc(&desc, A::CUBLASLT_MATMUL_DESC_TRANSA, &(p.transa as i32))
-            .with_context(|| kernel.to_string())?;
-        set_desc(&desc, A::CUBLASLT_MATMUL_DESC_TRANSB, &(p.transb as i32))
-            .with_context(|| kernel.to_string())?;
         set_desc(
+            kernel,
+            &desc,
+            A::CUBLASLT_MATMUL_DESC_TRANSA,
+            &(plan.transa as i32),
+        )?;
+        set_desc(
+            kernel,
+            &desc,
+            A::CUBLASLT_MATMUL_DESC_TRANSB,
+            &(plan.transb as i32),
+        )?;
+        set_desc(
+            kernel,
             &desc,
             A::CUBLASLT_MATMUL_DESC_EPILOGUE,
-            &(p.epilogue as u32),
-        )
-        .with_context(|| kernel.to_string())?;
+            &(epilogue as u32),
+        )?;
         if let Some(bias) = p.bias {
-            set_desc(&desc, A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)
-                .with_context(|| kernel.to_string())?;
+            set_desc(kernel, &desc, A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)?;
         }
-        if let Some((aux, aux_ld)) = p.aux {
-            set_desc(&desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux)
-                .with_context(|| kernel.to_string())?;
-            set_desc(&desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld)
-                .with_context(|| kernel.to_string())?;
+        if let (Some(aux), Some((_, aux_ld))) = (p.aux, plan.aux) {
+            set_desc(
+                kernel,
+                &desc,
+                A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                &aux,
+            )?;
+            set_desc(
+                kernel,
+                &desc,
+                A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                &(aux_ld as i64),
+            )?;
         }
 
-        let (a_rows, a_cols) = if p.transa { (p.k, p.m) } else { (p.m, p.k) };
-        let (b_rows, b_cols) = if p.transb { (p.n, p.k) } else { (p.k, p.n) };
-        let layout = |rows: u64, cols: u64, ld: i64| {
-            lt::create_matrix_layout(dt, rows, cols, ld)
+        let (m, n, k) = (plan.m as u64, plan.n as u64, plan.k as u64);
+        let (a_rows, a_cols) = if plan.transa { (k, m) } else { (m, k) };
+        let (b_rows, b_cols) = if plan.transb { (n, k) } else { (k, n) };
+        let layout = |rows: u64, cols: u64, ld: usize| {
+            lt::create_matrix_layout(data_type::<T>(), rows, cols, ld as i64)
                 .map(Layout)
                 .map_err(|e| err("cublasLtMatrixLayoutCreate", e))
         };
-        let a_layout = layout(a_rows, a_cols, p.lda)?;
-        let b_layout = layout(b_rows, b_cols, p.ldb)?;
-        let d_layout = layout(p.m, p.n, p.ldd)?;
+        let a_layout = layout(a_rows, a_cols, plan.lda)?;
+        let b_layout = layout(b_rows, b_cols, plan.ldb)?;
+        let d_layout = layout(m, n, plan.ldc)?;
 
         let key = AlgoKey {
             data: T::PRECISION.bytes(),
             tf32,
-            transa: p.transa,
-            transb: p.transb,
-            m: p.m,
-            n: p.n,
-            k: p.k,
-            lda: p.lda,
-            ldb: p.ldb,
-            ldd: p.ldd,
-            epilogue: p.epilogue as u32,
-            aux_ld: p.aux.map_or(0, |(_, ld)| ld),
+            transa: plan.transa,
+            transb: plan.transb,
+            m,
+            n,
+            k,
+            lda: plan.lda,
+            ldb: plan.ldb,
+            ldd: plan.ldc,
+            epilogue: plan.epilogue,
+            aux_ld: plan.aux.map_or(0, |(_, ld)| ld),
         };
-        let lt_state = &self.lt;
-        let cached = lt_state
-            .cache
-            .lock()
-            .map_err(|_| anyhow!("{kernel}: the cuBLASLt algorithm cache is poisoned"))?
-            .get(&key)
-            .copied();
-        let algo = match cached {
-            Some(algo) => algo,
-            None => {
-                let pref = Pref(
-                    lt::create_matmul_pref()
-                        .map_err(|e| err("cublasLtMatmulPreferenceCreate", e))?,
-                );
-                use sys::cublasLtMatmulPreferenceAttributes_t as P;
-                let ws = WORKSPACE_BYTES as u64;
-                let align = ALIGN as u32;
-                let prefs: [(P, *const c_void, usize); 5] = [
-                    (
-                        P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                        &ws as *const u64 as *const c_void,
-                        size_of::<u64>(),
-                    ),
-                    (
-                        P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                        &align as *const u32 as *const c_void,
-                        size_of::<u32>(),
-                    ),
-                    (
-                        P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                        &align as *const u32 as *const c_void,
-                        size_of::<u32>(),
-                    ),
-                    (
-                        P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                        &align as *const u32 as *const c_void,
-                        size_of::<u32>(),
-                    ),
-                    (
-                        P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                        &align as *const u32 as *const c_void,
-                        size_of::<u32>(),
-                    ),
-                ];
-                for (attr, value, size) in prefs {
-                    // SAFETY: value points at `size` readable bytes of the type the attribute
-                    // expects (uint64 workspace bytes, uint32 alignments), alive for the call.
-                    unsafe { lt::set_matmul_pref_attribute(pref.0, attr, value, size) }.map_err(
-                        |e| {
-                            err(
-                                &format!("cublasLtMatmulPreferenceSetAttribute({attr:?})"),
-                                e,
-                            )
-                        },
-                    )?;
-                }
-                // SAFETY: every descriptor is live and describes the product (the heuristic reads
-                // the bias/aux pointers' values, never their memory); D is also C.
-                let heuristic = unsafe {
-                    lt::get_matmul_algo_heuristic(
-                        lt_state.handle,
-                        desc.0,
-                        a_layout.0,
-                        b_layout.0,
-                        d_layout.0,
-                        d_layout.0,
-                        pref.0,
-                    )
-                }
-                .map_err(|e| {
-                    anyhow!(
-                        "{kernel}: cuBLASLt has no algorithm for this product ({:?} data, \
-                         epilogue {:?}, m={} n={} k={}): {e}",
-                        T::PRECISION,
-                        p.epilogue,
-                        p.m,
-                        p.n,
-                        p.k
-                    )
-                })?;
-                if heuristic.workspaceSize > WORKSPACE_BYTES {
-                    bail!(
-                        "{kernel}: cuBLASLt's algorithm wants {} bytes of workspace, more than \
-                         the {WORKSPACE_BYTES} offered",
-                        heuristic.workspaceSize
-                    );
-                }
-                lt_state
-                    .cache
-                    .lock()
-                    .map_err(|_| anyhow!("{kernel}: the cuBLASLt algorithm cache is poisoned"))?
-                    .insert(key, heuristic.algo);
-                heuristic.algo
-            }
-        };
+        let algo = self.lt_algorithm::<T>(kernel, key, &desc, [&a_layout, &b_layout, &d_layout])?;
 
-        let (alpha, beta) = (p.alpha, p.beta);
+        let (alpha, beta) = (plan.alpha, plan.beta);
+        let lt_state = &self.lt;
         let (ws_ptr, _ws_record) = lt_state.workspace.device_ptr(&self.stream);
         // SAFETY: A (a_rows x a_cols, ld lda), B and D (m x n, ld ldd) are device buffers the
         // launcher checked to hold exactly what these layouts address (they come from a
@@ -495,6 +401,91 @@ impl Gpu {
             )
         }
         .map_err(|e| anyhow!("{kernel}: cublasLtMatmul failed: {e}"))
+    }
+
+    /// The algorithm for the product `key` describes (`desc` and the layouts of A, B and D): from
+    /// the cache, or cuBLASLt's best by its heuristic (16-byte aligned operands, at most the
+    /// workspace), then cached.
+    fn lt_algorithm<T: DeviceFloat>(
+        &self,
+        kernel: &str,
+        key: AlgoKey,
+        desc: &Desc,
+        [a_layout, b_layout, d_layout]: [&Layout; 3],
+    ) -> Result<sys::cublasLtMatmulAlgo_t> {
+        let cache = || {
+            self.lt
+                .cache
+                .lock()
+                .map_err(|_| anyhow!("{kernel}: the cuBLASLt algorithm cache is poisoned"))
+        };
+        if let Some(&algo) = cache()?.get(&key) {
+            return Ok(algo);
+        }
+        let pref = Pref(
+            lt::create_matmul_pref()
+                .map_err(|e| anyhow!("{kernel}: cublasLtMatmulPreferenceCreate failed: {e}"))?,
+        );
+        use sys::cublasLtMatmulPreferenceAttributes_t as P;
+        let set = |attr: P, value: *const c_void, size: usize| {
+            // SAFETY: value points at `size` readable bytes of the type the attribute expects
+            // (uint64 workspace bytes, uint32 alignments), alive for the call.
+            unsafe { lt::set_matmul_pref_attribute(pref.0, attr, value, size) }.map_err(|e| {
+                anyhow!("{kernel}: cublasLtMatmulPreferenceSetAttribute({attr:?}) failed: {e}")
+            })
+        };
+        let ws = WORKSPACE_BYTES as u64;
+        set(
+            P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+            &ws as *const u64 as *const c_void,
+            size_of::<u64>(),
+        )?;
+        let align = ALIGN as u32;
+        for attr in [
+            P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+            P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+            P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+            P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+        ] {
+            set(
+                attr,
+                &align as *const u32 as *const c_void,
+                size_of::<u32>(),
+            )?;
+        }
+        // SAFETY: every descriptor is live and describes the product (the heuristic reads the
+        // bias/aux pointers' values, never their memory); D is also C.
+        let heuristic = unsafe {
+            lt::get_matmul_algo_heuristic(
+                self.lt.handle,
+                desc.0,
+                a_layout.0,
+                b_layout.0,
+                d_layout.0,
+                d_layout.0,
+                pref.0,
+            )
+        }
+        .map_err(|e| {
+            anyhow!(
+                "{kernel}: cuBLASLt has no algorithm for this product ({:?} data, epilogue {:?}, \
+                 m={} n={} k={}): {e}",
+                T::PRECISION,
+                key.epilogue,
+                key.m,
+                key.n,
+                key.k
+            )
+        })?;
+        if heuristic.workspaceSize > WORKSPACE_BYTES {
+            bail!(
+                "{kernel}: cuBLASLt's algorithm wants {} bytes of workspace, more than the \
+                 {WORKSPACE_BYTES} offered",
+                heuristic.workspaceSize
+            );
+        }
+        cache()?.insert(key, heuristic.algo);
+        Ok(heuristic.algo)
     }
 
     /// out (B,T,OC) = inp (B,T,C) . weight (OC,C)^T + bias (OC) (bias optional), through cuBLASLt

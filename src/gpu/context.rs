@@ -351,6 +351,28 @@ pub(super) fn dim(kernel: &str, what: &str, x: usize) -> Result<i32> {
     i32::try_from(x).map_err(|_| anyhow!("{kernel}: {what} = {x} does not fit a 32-bit int"))
 }
 
+/// A view's device address.
+pub(super) fn ptr<T>(stream: &CudaStream, v: &impl DevicePtr<T>) -> u64 {
+    v.device_ptr(stream).0
+}
+
+/// A mutable view's device address.
+pub(super) fn ptr_mut<T>(stream: &CudaStream, v: &mut impl DevicePtrMut<T>) -> u64 {
+    v.device_ptr_mut(stream).0
+}
+
+/// An error unless the device address `ptr` of `what` is 16-byte aligned, as the kernels' 128-bit
+/// loads and cuBLASLt's vectorised kernels want.
+pub(super) fn check_aligned16(kernel: &str, what: &str, ptr: u64) -> Result<()> {
+    if !ptr.is_multiple_of(16) {
+        bail!(
+            "{kernel}: {what} is not 16-byte aligned (device address {ptr:#x}): pass a view that \
+             starts at a multiple of 16 bytes"
+        );
+    }
+    Ok(())
+}
+
 /// An error unless the buffer `what` has exactly `expected` elements.
 pub(super) fn check_len(
     kernel: &str,

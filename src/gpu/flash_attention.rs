@@ -11,9 +11,9 @@
 //! at an odd offset is an error). T may be anything >= 1; B*T == 0 is a no-op.
 
 use anyhow::{bail, Result};
-use cudarc::driver::{CudaFunction, CudaView, CudaViewMut, DevicePtr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaView, CudaViewMut, LaunchConfig, PushKernelArg};
 
-use super::context::{check_len, dim, launched, Gpu};
+use super::context::{check_aligned16, check_len, dim, launched, ptr, Gpu};
 use super::float::DeviceFloat;
 use super::launch;
 
@@ -71,15 +71,6 @@ fn dims(kernel: &str, b: usize, t: usize, c: usize, nh: usize) -> Result<Dims> {
 }
 
 impl Gpu {
-    /// An error unless the buffer `what` starts on a 16-byte boundary (the kernels' 128-bit loads).
-    fn check_aligned16<T>(&self, kernel: &str, what: &str, buf: &impl DevicePtr<T>) -> Result<()> {
-        let (ptr, _sync) = buf.device_ptr(&self.stream);
-        if ptr % 16 != 0 {
-            bail!("{kernel}: {what} is not 16-byte aligned (device address {ptr:#x})");
-        }
-        Ok(())
-    }
-
     /// The kernel of family `fam` (forward, dkdv, dq) for head size `hs` and storage type `T`.
     fn flash_kernel<T: DeviceFloat>(&self, fam: Family, hs: i32) -> &CudaFunction {
         let k = &self.k;
@@ -132,8 +123,8 @@ impl Gpu {
         if d.btc == 0 {
             return Ok(());
         }
-        self.check_aligned16(K, "out", out)?;
-        self.check_aligned16(K, "qkv", qkv)?;
+        check_aligned16(K, "out", ptr(&self.stream, out))?;
+        check_aligned16(K, "qkv", ptr(&self.stream, qkv))?;
         let mut lb = self
             .stream
             .launch_builder(self.flash_kernel::<T>(Family::Forward, d.hs));
@@ -179,10 +170,10 @@ impl Gpu {
         if d.btc == 0 {
             return Ok(());
         }
-        self.check_aligned16(K, "dqkv", dqkv)?;
-        self.check_aligned16(K, "dout", dout)?;
-        self.check_aligned16(K, "qkv", qkv)?;
-        self.check_aligned16(K, "out", out)?;
+        check_aligned16(K, "dqkv", ptr(&self.stream, dqkv))?;
+        check_aligned16(K, "dout", ptr(&self.stream, dout))?;
+        check_aligned16(K, "qkv", ptr(&self.stream, qkv))?;
+        check_aligned16(K, "out", ptr(&self.stream, out))?;
         let (mut dvec, _) = scratch.split_at_mut(need); // (B, NH, T)
 
         // 1. D = rowsum(dout * out), one warp per (b, t, h) row.

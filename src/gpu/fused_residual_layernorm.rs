@@ -4,9 +4,9 @@
 //! LayerNorm reading it back twice.
 
 use anyhow::{bail, Result};
-use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
-use super::context::{check_len, dim, launched, Gpu};
+use super::context::{check_len, dim, launched, ptr, Gpu};
 use super::float::DeviceFloat;
 use super::launch::{self, MAX_DEFAULT_SHARED};
 
@@ -49,12 +49,12 @@ impl Gpu {
         dim(K, "B*T*C", n * c)?;
 
         let ptrs = [
-            residual_out.device_ptr(&self.stream).0,
-            ln_out.device_ptr(&self.stream).0,
-            inp1.device_ptr(&self.stream).0,
-            inp2.device_ptr(&self.stream).0,
-            weight.device_ptr(&self.stream).0,
-            bias.device_ptr(&self.stream).0,
+            ptr(&self.stream, residual_out),
+            ptr(&self.stream, ln_out),
+            ptr(&self.stream, inp1),
+            ptr(&self.stream, inp2),
+            ptr(&self.stream, weight),
+            ptr(&self.stream, bias),
         ];
         let vec = launch::rows_packable::<T>(c, &ptrs);
 

@@ -3,9 +3,9 @@
 //! fp32 in both, and so is all arithmetic (one rounding per T output).
 
 use anyhow::Result;
-use cudarc::driver::{CudaView, CudaViewMut, DevicePtr, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, PushKernelArg};
 
-use super::context::{check_len, dim, launched, Gpu};
+use super::context::{check_len, dim, launched, ptr, Gpu};
 use super::float::DeviceFloat;
 use super::launch;
 
@@ -113,9 +113,9 @@ impl Gpu {
         let packed = launch::rows_packable::<T>(
             c,
             &[
-                partial.device_ptr(&self.stream).0,
-                dout.device_ptr(&self.stream).0,
-                inp.device_ptr(&self.stream).0,
+                ptr(&self.stream, &partial),
+                ptr(&self.stream, dout),
+                ptr(&self.stream, inp),
             ],
         );
         let (cfg, _, rpc) = launch::layernorm_params_partial::<T>(c, n, packed);

@@ -49,9 +49,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::cublaslt::result as lt;
 use cudarc::cublaslt::sys;
-use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr};
 
-use super::context::{check_len, Gpu};
+use super::context::{check_aligned16, check_len, ptr, ptr_mut, Gpu};
 use super::float::DeviceFloat;
 use super::gemm_plan::{self, Epilogue, GemmPlan, Operand, Operand::*};
 use crate::precision::Precision;
@@ -229,17 +229,6 @@ fn data_type<T: DeviceFloat>() -> sys::cudaDataType {
     }
 }
 
-/// Errors unless the device address `ptr` of `what` is 16-byte aligned.
-fn check_aligned(kernel: &str, what: &str, ptr: u64) -> Result<()> {
-    if !ptr.is_multiple_of(ALIGN) {
-        bail!(
-            "{kernel}: {what} is not {ALIGN}-byte aligned (device address {ptr:#x}); cuBLASLt \
-             needs aligned buffers here: pass a view that starts at a multiple of 16 bytes"
-        );
-    }
-    Ok(())
-}
-
 /// The dimension rules of the cuBLASLt launchers: positive sizes that fit cuBLASLt's types, in
 /// bf16 C and OC multiples of 8, with a GELU epilogue the aux leading dimension (`aux_ld`, OC or
 /// C) a multiple of 8.
@@ -275,16 +264,6 @@ fn check_dims(
         }
     }
     Ok(())
-}
-
-/// A view's device address.
-fn ptr<T>(stream: &CudaStream, v: &impl DevicePtr<T>) -> u64 {
-    v.device_ptr(stream).0
-}
-
-/// A mutable view's device address.
-fn ptr_mut<T>(stream: &CudaStream, v: &mut impl DevicePtrMut<T>) -> u64 {
-    v.device_ptr_mut(stream).0
 }
 
 impl Gpu {
@@ -568,15 +547,15 @@ impl Gpu {
         let d_pre = pre_gelu.map(|v| ptr_mut(s, v));
         let (d_inp, d_w) = (ptr(s, inp), ptr(s, weight));
         let d_bias = bias.map(|v| ptr(s, v));
-        check_aligned(k, out_name, d_out)?;
+        check_aligned16(k, out_name, d_out)?;
         if let Some(p) = d_pre {
-            check_aligned(k, "pre_gelu", p)?;
+            check_aligned16(k, "pre_gelu", p)?;
         }
         for (what, p) in [("inp", d_inp), ("weight", d_w)] {
-            check_aligned(k, what, p)?;
+            check_aligned16(k, what, p)?;
         }
         if let Some(p) = d_bias {
-            check_aligned(k, "bias", p)?;
+            check_aligned16(k, "bias", p)?;
         }
         // out^T (OC x BT, ld OC) = op_T(weight: C x OC, ld C) . inp^T (C x BT, ld C) + bias; the
         // GELU aux (pre_gelu^T, OC x BT) has leading dimension OC.
@@ -733,17 +712,17 @@ impl Gpu {
             ("inp", d_inp),
             ("weight", d_w),
         ] {
-            check_aligned(k, what, p)?;
+            check_aligned16(k, what, p)?;
         }
         if let Some(p) = d_pre {
-            check_aligned(k, "pre_gelu", p)?;
+            check_aligned16(k, "pre_gelu", p)?;
         }
         let d_dw = ptr_mut(s, dweight);
-        check_aligned(k, "dweight", d_dw)?;
+        check_aligned16(k, "dweight", d_dw)?;
         let d_db = match dbias {
             Some(v) => {
                 let p = ptr_mut(s, v);
-                check_aligned(k, "dbias", p)?;
+                check_aligned16(k, "dbias", p)?;
                 Some(p)
             }
             None => None,
@@ -806,7 +785,7 @@ impl Gpu {
             let ones = self.lt_ones::<T>(kernel, n)?;
             let key = T::PRECISION.bytes();
             let d_ones = ptr(&self.stream, &ones[&key]);
-            check_aligned(kernel, "the ones vector", d_ones)?;
+            check_aligned16(kernel, "the ones vector", d_ones)?;
             let plan = gemm_plan::lt_dbias(n, oc);
             let p = product(kernel, &plan, |op| match op {
                 Dout => Some(d_dout),
@@ -854,8 +833,8 @@ mod tests {
 
     #[test]
     fn alignment_rule() {
-        assert!(check_aligned("matmul_forward_lt", "inp", 0x7f00_0000_0100).is_ok());
-        let e = check_aligned("matmul_forward_lt", "inp", 0x7f00_0000_0104).unwrap_err();
+        assert!(check_aligned16("matmul_forward_lt", "inp", 0x7f00_0000_0100).is_ok());
+        let e = check_aligned16("matmul_forward_lt", "inp", 0x7f00_0000_0104).unwrap_err();
         assert!(
             format!("{e}").starts_with("matmul_forward_lt: inp is not 16-byte aligned"),
             "{e}"

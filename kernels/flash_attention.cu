@@ -242,6 +242,14 @@ __device__ __forceinline__ void stage_rows(T (*dst)[HS + PAD], const T* src, siz
     }
 }
 
+// Sets every accumulator of a row of C fragments to 0.
+template <int N> __device__ __forceinline__ void zero(FragC (&f)[N]) {
+#pragma unroll
+    for (int n = 0; n < N; ++n) {
+        f[n] = FragC{{0.0f, 0.0f, 0.0f, 0.0f}};
+    }
+}
+
 // The max of v over the 4 lanes of a group (the lanes that hold one row of a C fragment).
 __device__ __forceinline__ float group_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(FULL, v, 1));
@@ -299,10 +307,7 @@ __device__ __forceinline__ void forward_impl(T* out, float* lse, const T* qkv, i
         qf[kk] = load_a_global(head, C3, w0, T_, kk * 16);
     }
     FragC o[NO];
-#pragma unroll
-    for (int n = 0; n < NO; ++n) {
-        o[n] = FragC{{0.0f, 0.0f, 0.0f, 0.0f}};
-    }
+    zero(o);
     // rows w0+g and w0+g+8: running max (base 2) and this lane's part of the running sum
     float m[2] = {-INFINITY, -INFINITY};
     float l[2] = {0.0f, 0.0f};
@@ -318,10 +323,7 @@ __device__ __forceinline__ void forward_impl(T* out, float* lse, const T* qkv, i
             continue; // warp-uniform: no key of the tile is visible to this warp's queries
         }
         FragC s[NT];
-#pragma unroll
-        for (int n = 0; n < NT; ++n) {
-            s[n] = FragC{{0.0f, 0.0f, 0.0f, 0.0f}};
-        }
+        zero(s);
 #pragma unroll
         for (int kk = 0; kk < KS; ++kk) {
 #pragma unroll
@@ -475,11 +477,8 @@ __device__ __forceinline__ void backward_dkdv_impl(T* dqkv, const T* dout, const
         }
     }
     FragC dk[NO], dv[NO];
-#pragma unroll
-    for (int n = 0; n < NO; ++n) {
-        dk[n] = FragC{{0.0f, 0.0f, 0.0f, 0.0f}};
-        dv[n] = FragC{{0.0f, 0.0f, 0.0f, 0.0f}};
-    }
+    zero(dk);
+    zero(dv);
 
     for (int qq0 = (k0 / BQ) * BQ; qq0 < T_; qq0 += BQ) {
         __syncthreads();
@@ -495,11 +494,8 @@ __device__ __forceinline__ void backward_dkdv_impl(T* dqkv, const T* dout, const
             continue; // warp-uniform: no real key, or every query of the tile precedes every key
         }
         FragC st[NT], dpt[NT]; // (16, BQ) S^T and dP^T of the warp's keys
-#pragma unroll
-        for (int n = 0; n < NT; ++n) {
-            st[n] = FragC{{0.0f, 0.0f, 0.0f, 0.0f}};
-            dpt[n] = FragC{{0.0f, 0.0f, 0.0f, 0.0f}};
-        }
+        zero(st);
+        zero(dpt);
 #pragma unroll
         for (int kk = 0; kk < KS; ++kk) {
             FragA<T> ka, va;
@@ -612,10 +608,7 @@ __device__ __forceinline__ void backward_dq_impl(T* dqkv, const T* dout, const T
         dr[i] = row < T_ ? d[at] : 0.0f;
     }
     FragC dq[NO];
-#pragma unroll
-    for (int n = 0; n < NO; ++n) {
-        dq[n] = FragC{{0.0f, 0.0f, 0.0f, 0.0f}};
-    }
+    zero(dq);
 
     const int n_tiles = q_last / BK + 1;
     for (int j = 0; j < n_tiles; ++j) {
@@ -628,11 +621,8 @@ __device__ __forceinline__ void backward_dq_impl(T* dqkv, const T* dout, const T
             continue;
         }
         FragC s[NT], dp[NT]; // (16, BK)
-#pragma unroll
-        for (int n = 0; n < NT; ++n) {
-            s[n] = FragC{{0.0f, 0.0f, 0.0f, 0.0f}};
-            dp[n] = FragC{{0.0f, 0.0f, 0.0f, 0.0f}};
-        }
+        zero(s);
+        zero(dp);
 #pragma unroll
         for (int kk = 0; kk < KS; ++kk) {
             FragA<T> qa, da;

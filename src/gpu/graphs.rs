@@ -6,7 +6,8 @@
 //! What makes a piece replayable: every launch in it depends only on the piece's key (B, T, and
 //! the loss scale of a backward) and on buffers at fixed addresses (the model's arenas; the inputs,
 //! targets and token buckets are uploaded to fixed buffers before the piece runs). The launchers'
-//! small stream-ordered scratch allocations become the graph's memory nodes. NVTX ranges are host
+//! small stream-ordered scratch allocations become the graph's memory nodes; what a launcher
+//! allocates once and reuses must outlive the graphs (cuBLASLt's ones vectors are never freed). NVTX ranges are host
 //! calls: they mark the capture, not the replays (`--no-cuda-graphs` for a per-kernel nsys
 //! timeline).
 //!

@@ -30,7 +30,8 @@
 //! for both precisions, rounds once, is deterministic (cuBLASLt with a fixed algorithm and no
 //! atomics), and costs one extra read of dout (B*T*OC elements, next to the 2*B*T*C*OC flops of
 //! the two products). The existing `bias_backward` kernels are fp32-only and private to
-//! `gpu::matmul`. The ones vector is kept per precision and grown on demand.
+//! `gpu::matmul`. The ones vector is kept per precision and grown on demand (the shorter ones kept
+//! alive for the CUDA graphs that captured them).
 //!
 //! Checks before any launch (errors name the launcher): buffer lengths against B, T, C, OC; every
 //! device pointer 16-byte aligned (the algorithm is chosen once per shape, and cuBLASLt picks it
@@ -44,7 +45,7 @@
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::mem::size_of;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::cublaslt::result as lt;
@@ -69,8 +70,9 @@ pub(super) struct CublasLt {
     handle: sys::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
     cache: Mutex<HashMap<AlgoKey, sys::cublasLtMatmulAlgo_t>>,
-    /// Keyed by the precision's bytes per element (4: fp32, 2: bf16).
-    ones: Mutex<HashMap<usize, CudaSlice<u8>>>,
+    /// Keyed by the precision's bytes per element (4: fp32, 2: bf16): every ones vector made so
+    /// far, the longest last (see `Gpu::lt_ones`).
+    ones: Mutex<HashMap<usize, Vec<CudaSlice<u8>>>>,
 }
 
 // SAFETY: the handle is only used through &self with the stream it was made for; cuBLASLt handles
@@ -571,21 +573,18 @@ impl Gpu {
         self.lt_matmul::<T>(k, &p)
     }
 
-    /// The ones vector of the bias gradient in T, at least `n` long, locked: a longer one replaces
-    /// a shorter one (whose queued uses finish first: it is freed in stream order).
-    fn lt_ones<T: DeviceFloat>(
-        &self,
-        kernel: &str,
-        n: usize,
-    ) -> Result<MutexGuard<'_, HashMap<usize, CudaSlice<u8>>>> {
+    /// The device address of the bias gradient's ones vector in T, at least `n` long. A longer
+    /// one is made when needed; the shorter ones are kept, never freed, since a captured CUDA graph
+    /// (`gpu::graphs`) may still hold their addresses.
+    fn lt_ones<T: DeviceFloat>(&self, kernel: &str, n: usize) -> Result<u64> {
         let mut ones = self
             .lt
             .ones
             .lock()
             .map_err(|_| anyhow!("{kernel}: the cuBLASLt ones cache is poisoned"))?;
-        let key = T::PRECISION.bytes();
+        let made = ones.entry(T::PRECISION.bytes()).or_default();
         let bytes = n * size_of::<T>();
-        if ones.get(&key).is_none_or(|o| o.len() < bytes) {
+        if made.last().is_none_or(|o| o.len() < bytes) {
             let host = vec![T::from_f32(1.0); n];
             // SAFETY: T is f32 or bf16: plain bytes, no padding; the slice covers exactly the
             // vector's n * size_of::<T>() bytes, alive until the copy below returns.
@@ -594,15 +593,10 @@ impl Gpu {
             let dev = self
                 .upload(host_bytes)
                 .with_context(|| format!("{kernel}: uploading the ones vector"))?;
-            ones.insert(key, dev);
+            made.push(dev);
         }
-        Ok(ones)
-    }
-
-    /// Makes the bias gradient's ones vector in T at least `n` long now, so that no product of up
-    /// to `n` rows replaces it later: a CUDA graph keeps the address it captured.
-    pub(super) fn reserve_lt_ones<T: DeviceFloat>(&self, n: usize) -> Result<()> {
-        self.lt_ones::<T>("cuBLASLt bias gradient", n).map(drop)
+        let longest = made.last().expect("a ones vector was just made");
+        Ok(ptr(&self.stream, longest))
     }
 
     /// dinp (B,T,C) = (or += when `accumulate`) dout . weight; dweight (OC,C) += dout^T . inp
@@ -780,11 +774,8 @@ impl Gpu {
         })?;
         self.lt_matmul::<T>(kernel, &p)?;
         if let Some(d_db) = d_db {
-            // The ones vector stays locked (so neither replaced nor freed) until the product is
-            // queued; a replaced, shorter one is freed in stream order, after its queued uses.
-            let ones = self.lt_ones::<T>(kernel, n)?;
-            let key = T::PRECISION.bytes();
-            let d_ones = ptr(&self.stream, &ones[&key]);
+            // ones vectors are never freed while the Gpu lives: the address stays valid
+            let d_ones = self.lt_ones::<T>(kernel, n)?;
             check_aligned16(kernel, "the ones vector", d_ones)?;
             let plan = gemm_plan::lt_dbias(n, oc);
             let p = product(kernel, &plan, |op| match op {

@@ -527,11 +527,6 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         let targets_dev = gpu.zeros::<u32>(bt).map_err(oom)?;
         let buckets_dev = gpu.zeros::<u32>(buckets_len(bt)).map_err(oom)?;
         let row_stats = gpu.zeros::<f32>(2 * bt).map_err(oom)?;
-        if fused {
-            // the bias gradients' ones vector for the largest batch, allocated once: the graphs
-            // keep the address they captured
-            gpu.reserve_lt_ones::<T>(bt).map_err(oom)?;
-        }
         gpu.synchronize()
             .context("setting up the model on the GPU failed")?;
 

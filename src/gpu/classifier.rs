@@ -40,7 +40,7 @@ impl Gpu {
         };
         let len = logits.len();
         let (ptr, _in_use) = logits.device_ptr_mut(&self.stream);
-        self.launch_classifier::<T>((ptr, len), losses, stats, dloss, targets, b, t, v, vp)
+        self.launch_classifier::<T>((ptr, len), losses, stats, Some(dloss), targets, b, t, v, vp)
     }
 
     /// The losses (B,T) alone: -ln softmax(logits)[target] per row, the logits left intact (the
@@ -68,7 +68,7 @@ impl Gpu {
             (ptr, logits.len()),
             losses,
             stats,
-            0.0,
+            None,
             targets,
             b,
             t,
@@ -78,14 +78,15 @@ impl Gpu {
     }
 
     /// Both launchers: checks the lengths and launches on the logits (device address, elements of
-    /// T; the caller holds the view). dloss = 0 computes the losses only (the logits left intact).
+    /// T; the caller holds the view). With `dloss` the logits are overwritten by their gradient;
+    /// None computes the losses only (the logits left intact).
     #[allow(clippy::too_many_arguments)]
     fn launch_classifier<T: DeviceFloat>(
         &self,
         (logits, logits_len): (CUdeviceptr, usize), // (B, T, Vp)
         losses: &mut CudaViewMut<'_, f32>,
         stats: Stats<'_, '_>,
-        dloss: f32,
+        dloss: Option<f32>,
         targets: &CudaView<'_, u32>,
         b: usize,
         t: usize,
@@ -104,7 +105,8 @@ impl Gpu {
         if let Some(len) = stats_len {
             check_len(K, "row_stats", len, 2 * b * t, "B*T*2")?;
         }
-        let write_dlogits = (dloss != 0.0) as i32;
+        let write_dlogits = dloss.is_some() as i32;
+        let dloss = dloss.unwrap_or(0.0);
         let stats_given = matches!(stats, Stats::Read(_)) as i32;
         let null: CUdeviceptr = 0;
         let kernel = T::pick(&self.k.fused_classifier, &self.k.fused_classifier_bf16);

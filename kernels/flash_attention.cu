@@ -250,6 +250,24 @@ template <int N> __device__ __forceinline__ void zero(FragC (&f)[N]) {
     }
 }
 
+// acc (16, 8*NO) += p (16, BK: the warp's C fragments, as an A operand in T) . m (BK, 8*NO, the
+// tile in shared memory, rows k), over the 16-column slices of p that start at or before
+// `last_visible` (a later slice's keys are all masked for this warp: its probabilities are 0).
+template <typename T, int LD, int BK, int NO>
+__device__ __forceinline__ void mma_tile(FragC (&acc)[NO], const FragC (&p)[BK / 8], const T (*m)[LD], int k0,
+                                         int last_visible) {
+#pragma unroll
+    for (int kk = 0; kk < BK / 16; ++kk) {
+        if (k0 + 16 * kk <= last_visible) {
+            const FragA<T> pa = a_from_c<T>(p[2 * kk], p[2 * kk + 1]);
+#pragma unroll
+            for (int n = 0; n < NO; ++n) {
+                mma(acc[n], pa, load_b_kn<T, LD>(m, 16 * kk, 8 * n));
+            }
+        }
+    }
+}
+
 // The max of v over the 4 lanes of a group (the lanes that hold one row of a C fragment).
 __device__ __forceinline__ float group_max(float v) {
     v = fmaxf(v, __shfl_xor_sync(FULL, v, 1));
@@ -374,16 +392,7 @@ __device__ __forceinline__ void forward_impl(T* out, float* lse, const T* qkv, i
                 o[n].x[e] *= alpha[e >> 1];
             }
         }
-#pragma unroll
-        for (int kk = 0; kk < BK / 16; ++kk) {
-            if (k0 + 16 * kk <= w_last) {
-                const FragA<T> pa = a_from_c<T>(s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-                for (int n = 0; n < NO; ++n) {
-                    mma(o[n], pa, load_b_kn<T, LD>(vs, 16 * kk, 8 * n));
-                }
-            }
-        }
+        mma_tile<T, LD, BK>(o, s, vs, k0, w_last); // o += p v
     }
 
 #pragma unroll
@@ -652,16 +661,7 @@ __device__ __forceinline__ void backward_dq_impl(T* dqkv, const T* dout, const T
                 s[n].x[e] = p * (dp[n].x[e] - dr[e >> 1]);
             }
         }
-#pragma unroll
-        for (int kk = 0; kk < BK / 16; ++kk) {
-            if (k0 + 16 * kk <= w_last) {
-                const FragA<T> dsa = a_from_c<T>(s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-                for (int n = 0; n < NO; ++n) {
-                    mma(dq[n], dsa, load_b_kn<T, LD>(ks, 16 * kk, 8 * n));
-                }
-            }
-        }
+        mma_tile<T, LD, BK>(dq, s, ks, k0, w_last); // dq += ds k
     }
 
 #pragma unroll

@@ -1,0 +1,213 @@
+// The one product both fake BLAS libraries compute (cublas.cpp, cublaslt.cpp), written from the
+// cuBLAS documentation: column-major; op(A) is m x k, op(B) k x n, C and D m x n; A is stored
+// k x m (rows x columns) when transposed, else m x k, with its leading dimension >= its rows;
+// batch i reads each matrix at i times its stride. D = alpha op(A) op(B) + beta C, then the
+// epilogue; with beta 0, C is not read (it may hold NaN, as the fake driver's fresh memory does).
+//
+// Numbers: the inputs are read in their type (fp32 or bf16) and, under TF32, rounded to TF32
+// (10 mantissa bits, to nearest, ties away: cvt.rna.tf32.f32); the sum is formed in double and
+// rounded once to fp32 (a real GPU sums in fp32 in its own order: the tests' tolerances cover
+// that); the result is stored in the output type, bf16 rounded to nearest even. The GELU is the
+// tanh form (see src/gpu/matmul_lt.rs), computed in fp32 from the fp32 result.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "fake_cuda.h"
+
+namespace fakegemm {
+
+// cudaDataType_t values the engine uses.
+constexpr int R_32F = 0;
+constexpr int R_16BF = 14;
+
+inline size_t type_bytes(int type) {
+    return type == R_16BF ? 2 : 4;
+}
+
+inline float bf16_to_float(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+inline uint16_t float_to_bf16(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        return (uint16_t)((u >> 16) | 0x40); // quiet NaN
+    }
+    u += 0x7fffu + ((u >> 16) & 1u); // round to nearest even
+    return (uint16_t)(u >> 16);
+}
+
+inline float to_tf32(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u) {
+        return f; // inf, NaN
+    }
+    u += 0x1000u; // to nearest, ties away from zero
+    u &= 0xffffe000u;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+inline float load(const void* p, int type, size_t i) {
+    if (type == R_16BF) {
+        return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+    }
+    return static_cast<const float*>(p)[i];
+}
+
+inline void store(void* p, int type, size_t i, float v) {
+    if (type == R_16BF) {
+        static_cast<uint16_t*>(p)[i] = float_to_bf16(v);
+    } else {
+        static_cast<float*>(p)[i] = v;
+    }
+}
+
+inline float gelu(float x) {
+    const float s = std::sqrt(2.0f / 3.14159265358979323846f);
+    const float cube = 0.044715f * x * x * x;
+    return 0.5f * x * (1.0f + std::tanh(s * (x + cube)));
+}
+
+inline float gelu_grad(float x) {
+    const float s = std::sqrt(2.0f / 3.14159265358979323846f);
+    const float cube = 0.044715f * x * x * x;
+    const float t = std::tanh(s * (x + cube));
+    const float sech2 = 1.0f - t * t;
+    return 0.5f * (1.0f + t) + 0.5f * x * sech2 * s * (1.0f + 3.0f * 0.044715f * x * x);
+}
+
+enum class Epilogue { Default, Bias, GeluAuxBias, DGelu };
+
+// One product (or a strided batch of them), with pointers already checked.
+struct Gemm {
+    bool transa = false, transb = false;
+    long long m = 0, n = 0, k = 0;
+    const void* a = nullptr;
+    long long lda = 0, stride_a = 0;
+    const void* b = nullptr;
+    long long ldb = 0, stride_b = 0;
+    const void* c = nullptr;
+    void* d = nullptr;
+    long long ldc = 0, ldd = 0, stride_c = 0;
+    long long batch = 1;
+    int type = R_32F; // A, B, C, D (and bias, aux) share it
+    bool tf32 = false;
+    float alpha = 1, beta = 0;
+    Epilogue epilogue = Epilogue::Default;
+    const void* bias = nullptr;
+    void* aux = nullptr;
+    long long aux_ld = 0;
+};
+
+// The elements a column-major rows x cols matrix with leading dimension ld spans.
+inline long long extent(long long rows, long long cols, long long ld) {
+    return rows == 0 || cols == 0 ? 0 : (cols - 1) * ld + rows;
+}
+
+// Whether every matrix of the product lies inside one device allocation: 0, or -1 with `what` set.
+inline int check_ranges(const Gemm& g, const char** what) {
+    const size_t e = type_bytes(g.type);
+    const long long a_rows = g.transa ? g.k : g.m, a_cols = g.transa ? g.m : g.k;
+    const long long b_rows = g.transb ? g.n : g.k, b_cols = g.transb ? g.k : g.n;
+    struct R {
+        const void* p;
+        long long elems;
+        long long stride;
+        const char* name;
+    } rs[] = {
+        {g.a, extent(a_rows, a_cols, g.lda), g.stride_a, "A"},
+        {g.b, extent(b_rows, b_cols, g.ldb), g.stride_b, "B"},
+        {g.beta != 0.0f ? g.c : nullptr, extent(g.m, g.n, g.ldc), g.stride_c, "C"},
+        {g.d, extent(g.m, g.n, g.ldd), g.stride_c, "D"},
+        {g.bias, g.m, 0, "the bias"},
+        {g.aux, extent(g.m, g.n, g.aux_ld), 0, "the aux"},
+    };
+    for (const R& r : rs) {
+        if (!r.p || r.elems == 0) {
+            continue;
+        }
+        const long long last = (g.batch - 1) * r.stride + r.elems;
+        if (fakecuda_check_range((unsigned long long)(uintptr_t)r.p, (size_t)last * e) != 0) {
+            *what = r.name;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+inline void run(const Gemm& g) {
+    const size_t e = type_bytes(g.type);
+    std::vector<float> opa((size_t)(g.m * g.k)), opb((size_t)(g.n * g.k));
+    for (long long bi = 0; bi < g.batch; bi++) {
+        const char* a = static_cast<const char*>(g.a) + (size_t)(bi * g.stride_a) * e;
+        const char* b = static_cast<const char*>(g.b) + (size_t)(bi * g.stride_b) * e;
+        const char* c = g.c ? static_cast<const char*>(g.c) + (size_t)(bi * g.stride_c) * e : nullptr;
+        char* d = static_cast<char*>(g.d) + (size_t)(bi * g.stride_c) * e;
+        // op(A) as m rows of k, op(B)^T as n rows of k: the sums run over contiguous memory.
+        for (long long i = 0; i < g.m; i++) {
+            for (long long l = 0; l < g.k; l++) {
+                const size_t idx = g.transa ? (size_t)(l + i * g.lda) : (size_t)(i + l * g.lda);
+                const float v = load(a, g.type, idx);
+                opa[(size_t)(i * g.k + l)] = g.tf32 ? to_tf32(v) : v;
+            }
+        }
+        for (long long j = 0; j < g.n; j++) {
+            for (long long l = 0; l < g.k; l++) {
+                const size_t idx = g.transb ? (size_t)(j + l * g.ldb) : (size_t)(l + j * g.ldb);
+                const float v = load(b, g.type, idx);
+                opb[(size_t)(j * g.k + l)] = g.tf32 ? to_tf32(v) : v;
+            }
+        }
+        for (long long j = 0; j < g.n; j++) {
+            for (long long i = 0; i < g.m; i++) {
+                double s = 0.0;
+                const float* ar = &opa[(size_t)(i * g.k)];
+                const float* br = &opb[(size_t)(j * g.k)];
+                for (long long l = 0; l < g.k; l++) {
+                    s += (double)ar[l] * (double)br[l];
+                }
+                float v = g.alpha * (float)s;
+                if (g.beta != 0.0f) {
+                    v += g.beta * load(c, g.type, (size_t)(i + j * g.ldc));
+                }
+                const size_t di = (size_t)(i + j * g.ldd);
+                switch (g.epilogue) {
+                case Epilogue::Default:
+                    break;
+                case Epilogue::Bias:
+                    v += load(g.bias, g.type, (size_t)i);
+                    break;
+                case Epilogue::GeluAuxBias:
+                    v += load(g.bias, g.type, (size_t)i);
+                    store(g.aux, g.type, (size_t)(i + j * g.aux_ld), v);
+                    v = gelu(v);
+                    break;
+                case Epilogue::DGelu:
+                    v *= gelu_grad(load(g.aux, g.type, (size_t)(i + j * g.aux_ld)));
+                    break;
+                }
+                store(d, g.type, di, v);
+            }
+        }
+    }
+}
+
+// Enqueues g on `stream` (run now, or recorded by a capture). Returns a CUresult.
+inline int enqueue(void* stream, const Gemm& g) {
+    Gemm* copy = new Gemm(g);
+    return fakecuda_enqueue(
+        stream, [](void* p) { run(*static_cast<Gemm*>(p)); }, copy,
+        [](void* p) { delete static_cast<Gemm*>(p); });
+}
+
+} // namespace fakegemm

@@ -29,6 +29,8 @@ use half::bf16;
 use train_gpt2_cuda::gpu::launch::Grid;
 use train_gpt2_cuda::rng::Rng;
 
+pub mod device;
+
 /// The project root: the run-time CARGO_MANIFEST_DIR when set (a GPU machine runs test binaries
 /// built elsewhere, with it set to the copy of the project there), else the build's.
 pub fn root() -> PathBuf {
@@ -37,11 +39,11 @@ pub fn root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
-fn emu_dir() -> PathBuf {
+pub(crate) fn emu_dir() -> PathBuf {
     root().join("tests/emu")
 }
 
-fn kernel_dir() -> PathBuf {
+pub(crate) fn kernel_dir() -> PathBuf {
     root().join("kernels")
 }
 const SHIM_FILES: [&str; 4] = [
@@ -68,7 +70,7 @@ const CXXFLAGS: [&str; 9] = [
 // ---- building --------------------------------------------------------------------------------
 
 /// The C++ compiler and its version line, or a panic that says how to get one.
-fn compiler() -> &'static (String, String) {
+pub(crate) fn compiler() -> &'static (String, String) {
     static CXX: OnceLock<(String, String)> = OnceLock::new();
     CXX.get_or_init(|| {
         let mut tried = Vec::new();
@@ -98,7 +100,7 @@ fn compiler() -> &'static (String, String) {
     })
 }
 
-fn out_dir() -> PathBuf {
+pub(crate) fn out_dir() -> PathBuf {
     // the build's target/tmp, or (test binaries copied to another machine) the system's temp
     let built = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let base = if built.is_dir() {
@@ -111,12 +113,12 @@ fn out_dir() -> PathBuf {
     d
 }
 
-fn read(p: &Path) -> String {
+pub(crate) fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
 }
 
 /// Runs the compiler with `args`; panics with its output on failure.
-fn cxx(args: &[&str], what: &str) -> String {
+pub(crate) fn cxx(args: &[&str], what: &str) -> String {
     let (cc, _) = compiler();
     let out = Command::new(cc)
         .args(args)
@@ -213,7 +215,7 @@ fn find_kernels(pre: &str) -> Vec<(String, String)> {
     kernels
 }
 
-fn hash_of(parts: &[&str]) -> String {
+pub(crate) fn hash_of(parts: &[&str]) -> String {
     let mut h = DefaultHasher::new();
     for p in parts {
         p.hash(&mut h);
@@ -271,7 +273,7 @@ fn runtime_object() -> &'static PathBuf {
 }
 
 /// The shared library of `path` (a .cu file), built if not cached; returns its path.
-fn build(path: &Path) -> PathBuf {
+pub(crate) fn build(path: &Path) -> PathBuf {
     let src = rewrite_extern_shared(&read(path));
     let common_h = read(&kernel_dir().join("common.h"));
     let stem = path.file_stem().unwrap().to_string_lossy().into_owned();

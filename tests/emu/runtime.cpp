@@ -9,8 +9,10 @@
 // SIGSEGV/SIGBUS handler that turns a fault inside a launch into an error naming the thread, the
 // block and the buffer the address belongs to.
 //
-// The C interface (emu_launch, emu_alloc, ...) is what the Rust harness calls through libloading.
-// One launch at a time per library (a mutex): the `static` __shared__ arrays are per library.
+// The C interface (emu_launch, emu_alloc, ...) is what the Rust harness calls through libloading,
+// and emu_launch_opt / emu_kernel_info / emu_set_address_describer what the emulated CUDA driver
+// (fake_cuda/cuda.cpp) calls. One launch at a time per library (a mutex): the `static` __shared__
+// arrays are per library.
 #include <algorithm>
 #include <csetjmp>
 #include <csignal>
@@ -525,6 +527,9 @@ void ensure_altstack() {
     done = true;
 }
 
+// Describes addresses outside this library's buffers (the emulated driver's device memory), or null.
+void (*g_describe_extra)(const void* addr, char* buf, size_t len) = nullptr;
+
 std::string describe_address(const void* p) {
     const char* a = static_cast<const char*>(p);
     for (const Alloc& al : g_allocs) {
@@ -541,6 +546,13 @@ std::string describe_address(const void* p) {
     for (const Fiber& f : g.fibers) {
         if (a >= f.stack && a < f.stack + PAGE) {
             return format("the guard page of %s's stack (stack overflow)", where(&f).c_str());
+        }
+    }
+    if (g_describe_extra) {
+        char buf[256] = "";
+        g_describe_extra(p, buf, sizeof buf);
+        if (buf[0]) {
+            return buf;
         }
     }
     return "not in any emulated buffer";
@@ -612,8 +624,10 @@ std::vector<int> permutation(int n, unsigned schedule, unsigned salt) {
     return p;
 }
 
-int launch_impl(const char* name, const unsigned* grid, const unsigned* block, unsigned smem, void** args,
-                unsigned schedule) {
+// 0 on success; 1 for a launch the GPU would refuse (nothing ran), 2 for a fault, 3 for another
+// failure while running (deadlock, divergence); t_error says what.
+int launch_impl(const char* name, const unsigned* grid, const unsigned* block, unsigned smem, unsigned smem_limit,
+                void** args, unsigned schedule) {
     const EmuKernelEntry* k = nullptr;
     for (int i = 0; i < emu_kernel_count; i++) {
         if (std::strcmp(emu_kernels[i].name, name) == 0) {
@@ -640,8 +654,12 @@ int launch_impl(const char* name, const unsigned* grid, const unsigned* block, u
         t_error = format("%s: invalid grid (%u,%u,%u)", name, grid[0], grid[1], grid[2]);
         return 1;
     }
-    if (smem > 48 * 1024) {
-        t_error = format("%s: %u bytes of dynamic shared memory exceed 48 KiB without an opt-in", name, smem);
+    if (smem > smem_limit) {
+        t_error = smem_limit == 48 * 1024
+                      ? format("%s: %u bytes of dynamic shared memory exceed 48 KiB without an opt-in", name, smem)
+                      : format("%s: %u bytes of dynamic shared memory exceed the kernel's limit of %u "
+                               "(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)",
+                               name, smem, smem_limit);
         return 1;
     }
     g = Launch();
@@ -682,7 +700,7 @@ int launch_impl(const char* name, const unsigned* grid, const unsigned* block, u
         t_error = format("%s: %s at address %p (%s) in %s", name, g_fault_sig == SIGSEGV ? "SIGSEGV" : "SIGBUS",
                          g_fault_addr, describe_address(g_fault_addr).c_str(),
                          g.cur ? where(g.cur).c_str() : "the scheduler");
-        return 1;
+        return 2;
     }
     g_in_launch = 1;
     for (unsigned long long bi = 0; bi < nblocks; bi++) {
@@ -705,7 +723,7 @@ int launch_impl(const char* name, const unsigned* grid, const unsigned* block, u
         if (!run_block()) {
             g_in_launch = 0;
             t_error = format("%s: %s", name, g.error.c_str());
-            return 1;
+            return 3;
         }
     }
     g_in_launch = 0;
@@ -774,10 +792,21 @@ void* emu_dynamic_smem() {
 // Runs kernel `name` on grid (grid[0..3]) of blocks (block[0..3]) with `smem` bytes of dynamic
 // shared memory; args as cuLaunchKernel's kernelParams. schedule: the order in which threads and
 // blocks run (0 ascending, 1 descending, >= 2 shuffled). 0 on success, else see emu_last_error.
+EMU_EXPORT int emu_launch_opt(const char* name, const unsigned* grid, const unsigned* block, unsigned smem,
+                              unsigned smem_limit, void** args, unsigned schedule);
+
 EMU_EXPORT int emu_launch(const char* name, const unsigned* grid, const unsigned* block, unsigned smem, void** args,
                           unsigned schedule) {
+    return emu_launch_opt(name, grid, block, smem, 48 * 1024, args, schedule);
+}
+
+// emu_launch with the kernel's dynamic shared memory limit: 48 KiB unless the caller opted in to
+// more (cuFuncSetAttribute(CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES)). Returns launch_impl's
+// codes (1 refused, 2 fault, 3 other failure).
+EMU_EXPORT int emu_launch_opt(const char* name, const unsigned* grid, const unsigned* block, unsigned smem,
+                              unsigned smem_limit, void** args, unsigned schedule) {
     std::lock_guard<std::mutex> lock(g_launch_mutex);
-    const int rc = launch_impl(name, grid, block, smem, args, schedule);
+    const int rc = launch_impl(name, grid, block, smem, smem_limit, args, schedule);
     if (g.smem) {
         std::lock_guard<std::mutex> alock(g_alloc_mutex);
         Alloc* a = find_alloc(g.smem);
@@ -805,6 +834,25 @@ EMU_EXPORT const char* emu_kernel_names() {
         }
     });
     return names.c_str();
+}
+
+// Kernel `name`'s parameter count and sizes and __launch_bounds__ (0: none); 0, or 1 when the
+// library has no such kernel.
+EMU_EXPORT int emu_kernel_info(const char* name, int* param_count, const size_t** param_sizes, int* max_threads) {
+    for (int i = 0; i < emu_kernel_count; i++) {
+        if (std::strcmp(emu_kernels[i].name, name) == 0) {
+            *param_count = emu_kernels[i].param_count;
+            *param_sizes = emu_kernels[i].param_sizes;
+            *max_threads = emu_kernels[i].max_threads;
+            return 0;
+        }
+    }
+    return 1;
+}
+
+// A fault's report asks `f` about an address outside this library's own buffers.
+EMU_EXPORT void emu_set_address_describer(void (*f)(const void* addr, char* buf, size_t len)) {
+    g_describe_extra = f;
 }
 
 EMU_EXPORT void* emu_alloc(size_t bytes, size_t misalign) {

@@ -16,9 +16,10 @@
 //!   the kernel sums in fp32 over warp trees, the CPU in f64; a few ulps of O(1) values (as
 //!   tests/gpu_layers.rs's layernorm). In bf16 the statistics are fp32 on the identical rounded
 //!   residual, so the same tolerances hold.
-//! - ln_out (bf16): rtol 2^-9 (one rounding of the fp32 result to bf16's 8-bit significand is at
-//!   most half an ulp, 2^-9 relative) plus atol 2e-5 (the fp32 differences above, which can move a
-//!   value across a rounding boundary).
+//! - ln_out (bf16): rtol 2^-8 (one rounding of the fp32 result to bf16's 8-bit significand is at
+//!   most half an ulp, which is 2^-8 relative just above a power of two: 1.0 and 1.0078125 are
+//!   neighbours) plus atol 2e-5 (the fp32 differences above, which can move a value across a
+//!   rounding boundary).
 
 mod common;
 
@@ -157,7 +158,7 @@ mod on_gpu {
         );
         let (atol, rtol) = match T::PRECISION {
             train_gpt2_cuda::precision::Precision::Fp32 => (1e-5, 1e-5),
-            train_gpt2_cuda::precision::Precision::Bf16 => (2e-5, 1.0 / 512.0),
+            train_gpt2_cuda::precision::Precision::Bf16 => (2e-5, 1.0 / 256.0),
         };
         assert_close(
             &format!("{what} ln_out"),

@@ -5,8 +5,9 @@
 //!   binary, rerun with FAKECUDA_CHILD naming the test): memory (0xFF-filled, guarded, a capacity),
 //!   copies, launches and the errors real CUDA gives (a refused launch; a fault, sticky), CUDA
 //!   graphs (recorded work replayed, graph allocations) and what a capture forbids.
-//! - `gpu_tests_run_on_the_emulated_device`: the GPU test binaries (`gpu_layers`, `gpu_flash_attention`,
-//!   normally `#[ignore = "needs a CUDA GPU"]`) run with `--include-ignored` against the fakes.
+//! - `gpu_*_tests_pass_on_the_emulated_device`: every GPU test binary (`gpu_layers`,
+//!   `gpu_flash_attention`, `gpu_matmul_lt`, `fused_residual_layernorm`, `profile`, `gpu_model`:
+//!   tests normally `#[ignore = "needs a CUDA GPU"]`) run with `--include-ignored` against the fakes.
 //!   They are found next to this binary (cargo builds every test target before running any); the
 //!   cuBLAS and cuBLASLt fakes must exist (`Gpu::new` loads both).
 
@@ -338,8 +339,8 @@ fn run_gpu_tests(binary: &str, skip: &[&str], min_passed: usize) {
     );
 }
 
-#[test]
-fn gpu_tests_run_on_the_emulated_device() {
+/// The cuBLAS and cuBLASLt fakes are there (`Gpu::new` loads both).
+fn check_blas_fakes() {
     let dir = fake_cuda_dir();
     let missing: Vec<&str> = ["libcublas.so", "libcublasLt.so"]
         .into_iter()
@@ -350,7 +351,24 @@ fn gpu_tests_run_on_the_emulated_device() {
         "the emulated device has no {missing:?}: Gpu::new loads cuBLAS and cuBLASLt, whose fakes \
          are tests/emu/fake_cuda/cublas.cpp and cublaslt.cpp"
     );
-    // every layer (the products through the cuBLAS fake), then flash attention
+}
+
+#[test]
+fn gpu_layer_tests_pass_on_the_emulated_device() {
+    check_blas_fakes();
+    // every layer (the products through the cuBLAS fake), flash attention, the cuBLASLt products
+    // with their epilogues, the fused residual + layernorm, the profiler's counts
     run_gpu_tests("gpu_layers", &[], 20);
     run_gpu_tests("gpu_flash_attention", &[], 5);
+    run_gpu_tests("gpu_matmul_lt", &[], 7);
+    run_gpu_tests("fused_residual_layernorm", &[], 4);
+    run_gpu_tests("profile", &[], 4);
+}
+
+#[test]
+fn gpu_model_tests_pass_on_the_emulated_device() {
+    check_blas_fakes();
+    // the whole engine: fixtures against PyTorch and the CPU in both precisions and on both kernel
+    // sets, training, determinism, CUDA graphs (about 5 minutes on 2 cores)
+    run_gpu_tests("gpu_model", &[], 19);
 }

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "fake_cuda.h"
@@ -145,42 +146,91 @@ inline int check_ranges(const Gemm& g, const char** what) {
     return 0;
 }
 
+// The sum of a[l] * b[l] over l < k in double, in four interleaved partial sums (a fixed order:
+// the result does not depend on the thread that computes it).
+inline double dot(const float* a, const float* b, long long k) {
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    long long l = 0;
+    for (; l + 4 <= k; l += 4) {
+        s0 += (double)a[l] * (double)b[l];
+        s1 += (double)a[l + 1] * (double)b[l + 1];
+        s2 += (double)a[l + 2] * (double)b[l + 2];
+        s3 += (double)a[l + 3] * (double)b[l + 3];
+    }
+    for (; l < k; l++) {
+        s0 += (double)a[l] * (double)b[l];
+    }
+    return (s0 + s1) + (s2 + s3);
+}
+
+// Runs body(begin, end) over [0, n) split into contiguous ranges on up to 8 threads (one when the
+// work is small); each index is handled by exactly one call.
+template <typename F> void parallel_ranges(long long n, double work, F body) {
+    unsigned hw = std::thread::hardware_concurrency();
+    long long threads = work < 4e6 ? 1 : (long long)(hw == 0 ? 1 : (hw > 8 ? 8 : hw));
+    if (threads > n) {
+        threads = n;
+    }
+    if (threads <= 1) {
+        body(0LL, n);
+        return;
+    }
+    std::vector<std::thread> pool;
+    const long long per = (n + threads - 1) / threads;
+    for (long long t = 1; t < threads; t++) {
+        const long long b = t * per, e = b + per < n ? b + per : n;
+        if (b < e) {
+            pool.emplace_back([=] { body(b, e); });
+        }
+    }
+    body(0LL, per < n ? per : n);
+    for (std::thread& t : pool) {
+        t.join();
+    }
+}
+
 inline void run(const Gemm& g) {
     const size_t e = type_bytes(g.type);
     std::vector<float> opa((size_t)(g.m * g.k)), opb((size_t)(g.n * g.k));
+    const double work = (double)g.m * (double)g.n * (double)g.k;
     for (long long bi = 0; bi < g.batch; bi++) {
         const char* a = static_cast<const char*>(g.a) + (size_t)(bi * g.stride_a) * e;
         const char* b = static_cast<const char*>(g.b) + (size_t)(bi * g.stride_b) * e;
         const char* c = g.c ? static_cast<const char*>(g.c) + (size_t)(bi * g.stride_c) * e : nullptr;
         char* d = static_cast<char*>(g.d) + (size_t)(bi * g.stride_c) * e;
-        // op(A) as m rows of k, op(B)^T as n rows of k: the sums run over contiguous memory.
-        for (long long i = 0; i < g.m; i++) {
-            for (long long l = 0; l < g.k; l++) {
-                const size_t idx = g.transa ? (size_t)(l + i * g.lda) : (size_t)(i + l * g.lda);
-                const float v = load(a, g.type, idx);
-                opa[(size_t)(i * g.k + l)] = g.tf32 ? to_tf32(v) : v;
-            }
+        // op(A) as m rows of k, op(B)^T as n rows of k, so that every sum runs over contiguous
+        // memory; the loops read the stored matrices in memory order.
+        auto put = [&](std::vector<float>& dst, long long row, long long l, const char* src, size_t idx) {
+            const float v = load(src, g.type, idx);
+            dst[(size_t)(row * g.k + l)] = g.tf32 ? to_tf32(v) : v;
+        };
+        if (g.transa) {
+            for (long long i = 0; i < g.m; i++)
+                for (long long l = 0; l < g.k; l++)
+                    put(opa, i, l, a, (size_t)(l + i * g.lda));
+        } else {
+            for (long long l = 0; l < g.k; l++)
+                for (long long i = 0; i < g.m; i++)
+                    put(opa, i, l, a, (size_t)(i + l * g.lda));
         }
-        for (long long j = 0; j < g.n; j++) {
-            for (long long l = 0; l < g.k; l++) {
-                const size_t idx = g.transb ? (size_t)(j + l * g.ldb) : (size_t)(l + j * g.ldb);
-                const float v = load(b, g.type, idx);
-                opb[(size_t)(j * g.k + l)] = g.tf32 ? to_tf32(v) : v;
-            }
+        if (g.transb) {
+            for (long long l = 0; l < g.k; l++)
+                for (long long j = 0; j < g.n; j++)
+                    put(opb, j, l, b, (size_t)(j + l * g.ldb));
+        } else {
+            for (long long j = 0; j < g.n; j++)
+                for (long long l = 0; l < g.k; l++)
+                    put(opb, j, l, b, (size_t)(l + j * g.ldb));
         }
-        for (long long j = 0; j < g.n; j++) {
-            for (long long i = 0; i < g.m; i++) {
-                double s = 0.0;
-                const float* ar = &opa[(size_t)(i * g.k)];
-                const float* br = &opb[(size_t)(j * g.k)];
-                for (long long l = 0; l < g.k; l++) {
-                    s += (double)ar[l] * (double)br[l];
-                }
+        // every output once, in column-major order split across threads
+        parallel_ranges(g.m * g.n, work, [&](long long begin, long long end) {
+            for (long long idx = begin; idx < end; idx++) {
+                const long long i = idx % g.m, j = idx / g.m;
+                const double s = dot(&opa[(size_t)(i * g.k)], &opb[(size_t)(j * g.k)], g.k);
                 float v = g.alpha * (float)s;
                 if (g.beta != 0.0f) {
                     v += g.beta * load(c, g.type, (size_t)(i + j * g.ldc));
                 }
-                const size_t di = (size_t)(i + j * g.ldd);
                 switch (g.epilogue) {
                 case Epilogue::Default:
                     break;
@@ -196,9 +246,9 @@ inline void run(const Gemm& g) {
                     v *= gelu_grad(load(g.aux, g.type, (size_t)(i + j * g.aux_ld)));
                     break;
                 }
-                store(d, g.type, di, v);
+                store(d, g.type, (size_t)(i + j * g.ldd), v);
             }
-        }
+        });
     }
 }
 

@@ -1,0 +1,226 @@
+//! The `train-gpt2-cuda` command itself on the emulated device (tests/emu/device.rs: the fake
+//! libcuda, libcublas and libcublasLt over the host emulation of the kernels): what a user types,
+//! with every GPU code path of the engine behind it. `verify --device both` against the committed
+//! PyTorch fixtures in both precisions and on both kernel sets, and training runs whose
+//! checkpoints must be bitwise the same with and without CUDA graphs, and between two runs of the
+//! same seed. The numbers come from the emulation (gemms summed in double, the host's libm), not
+//! from a GPU: what this shows is that the engine's orchestration (arenas, launch order, shapes,
+//! graphs, the checkpoint and the logs) is right; the GPU tests (`--include-ignored` on a GPU
+//! machine) show the real device's rounding.
+
+#![cfg(has_cuda)]
+
+mod emu;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(name: &str) -> String {
+    root()
+        .join("tests/fixtures")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// Runs the binary on the emulated device with `args`; panics with its output unless it exits 0.
+fn run_ok(args: &[&str], dir: &Path) -> String {
+    let out = run(args, dir);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "train-gpt2-cuda {} failed on the emulated device ({}):\n{text}",
+        args.join(" "),
+        out.status
+    );
+    text
+}
+
+fn run(args: &[&str], dir: &Path) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_train-gpt2-cuda"));
+    cmd.args(args).current_dir(dir);
+    for (k, v) in emu::device::fake_cuda_env() {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("running train-gpt2-cuda")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("emulated-cli")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// `verify --device both` on a fixture, with its 10 AdamW steps against PyTorch's losses.
+fn verify_both(name: &str, extra: &[&str]) -> String {
+    let dir = scratch(&format!(
+        "verify-{name}-{}",
+        extra.join("").replace("-", "")
+    ));
+    let (model, state, losses) = (
+        fixture(&format!("ref_{name}_model.bin")),
+        fixture(&format!("ref_{name}_state.bin")),
+        fixture(&format!("ref_{name}_losses.txt")),
+    );
+    let mut args = vec![
+        "verify",
+        "--device",
+        "both",
+        "--model",
+        &model,
+        "--state",
+        &state,
+        "--steps",
+        "10",
+        "--expect-losses",
+        &losses,
+    ];
+    args.extend_from_slice(extra);
+    let text = run_ok(&args, &dir);
+    assert!(
+        text.contains("cuda: Emulated CUDA device (host)")
+            && text.contains("verify: all tensors pass"),
+        "verify --device both {name} {extra:?}: the GPU side did not run or did not pass:\n{text}"
+    );
+    text
+}
+
+#[test]
+fn verify_both_passes_in_fp32_on_the_plain_kernels() {
+    for name in ["tiny", "sharp", "hs64", "gpt2vocab"] {
+        verify_both(name, &["--kernels", "plain"]);
+    }
+}
+
+#[test]
+fn verify_both_passes_in_fp32_on_the_fused_kernels() {
+    verify_both("hs64", &["--kernels", "fused"]);
+}
+
+#[test]
+fn verify_both_passes_in_bf16() {
+    verify_both("hs64", &["--precision", "bf16"]);
+    verify_both("hs64", &["--precision", "bf16", "--kernels", "plain"]);
+    verify_both("sharp", &["--precision", "bf16"]);
+}
+
+/// The bytes of the last checkpoint a training run wrote in `dir`.
+fn last_checkpoint(dir: &Path) -> Vec<u8> {
+    let out = dir.join("ckpt");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", out.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "bin"))
+        .collect();
+    files.sort();
+    let last = files
+        .last()
+        .unwrap_or_else(|| panic!("no checkpoint in {}", out.display()));
+    std::fs::read(last).unwrap()
+}
+
+/// The `step ... | loss X` values of a training log.
+fn losses(log: &str) -> Vec<f32> {
+    log.lines()
+        .filter(|l| l.starts_with("step "))
+        .map(|l| {
+            let f = l.split('|').nth(1).expect("a '| loss X |' field");
+            f.trim()
+                .strip_prefix("loss ")
+                .expect("loss field")
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn train(name: &str, extra: &[&str]) -> (String, Vec<u8>) {
+    let dir = scratch(name);
+    let mut args = vec![
+        "--model",
+        "d1",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--steps",
+        "4",
+        "--seed",
+        "7",
+        "--sample-tokens",
+        "8",
+        "--val-batches",
+        "2",
+        "--out-dir",
+        "ckpt",
+    ];
+    args.extend_from_slice(extra);
+    let log = run_ok(&args, &dir);
+    let ck = last_checkpoint(&dir);
+    (log, ck)
+}
+
+#[test]
+fn training_on_the_emulated_device_is_deterministic_with_and_without_graphs() {
+    for precision in ["fp32", "bf16"] {
+        let (log_a, ck_a) = train(
+            &format!("train-{precision}-a"),
+            &["--device", "cuda", "--precision", precision],
+        );
+        assert!(
+            log_a.contains("Emulated CUDA device"),
+            "not on the emulated device:\n{log_a}"
+        );
+        assert_eq!(losses(&log_a).len(), 4, "{log_a}");
+        let (log_b, ck_b) = train(
+            &format!("train-{precision}-b"),
+            &["--device", "cuda", "--precision", precision],
+        );
+        assert_eq!(losses(&log_a), losses(&log_b));
+        assert!(ck_a == ck_b, "{precision}: two runs with one seed differ");
+        let (log_c, ck_c) = train(
+            &format!("train-{precision}-c"),
+            &[
+                "--device",
+                "cuda",
+                "--precision",
+                precision,
+                "--no-cuda-graphs",
+            ],
+        );
+        assert_eq!(losses(&log_a), losses(&log_c));
+        assert!(
+            ck_a == ck_c,
+            "{precision}: CUDA graphs changed the trained parameters"
+        );
+    }
+}
+
+#[test]
+fn training_on_the_emulated_device_tracks_the_cpu() {
+    let (gpu, _) = train(
+        "train-vs-cpu-gpu",
+        &["--device", "cuda", "--kernels", "plain"],
+    );
+    let (cpu, _) = train("train-vs-cpu-cpu", &["--device", "cpu"]);
+    let (g, c) = (losses(&gpu), losses(&cpu));
+    assert_eq!(g.len(), c.len());
+    for (i, (a, b)) in g.iter().zip(&c).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-3,
+            "step {}: loss {a} on the emulated device, {b} on the CPU",
+            i + 1
+        );
+    }
+}

@@ -1234,30 +1234,27 @@ API CUresult cuStreamDestroy_v2(void* h) {
     return CUDA_SUCCESS;
 }
 
-API CUresult cuStreamSynchronize(void* h) {
+// cuStreamSynchronize and cuStreamQuery: the work is done already (streams run synchronously);
+// both are forbidden on, and during, a capture.
+static CUresult stream_wait(void* h, const char* call) {
     LOCK;
     Stream* s;
     CUresult rc = stream_of(h, &s);
     if (rc != CUDA_SUCCESS) {
         return rc;
     }
-    if ((rc = not_on_capturing(s, "cuStreamSynchronize")) != CUDA_SUCCESS) {
+    if ((rc = not_on_capturing(s, call)) != CUDA_SUCCESS) {
         return rc;
     }
-    return unsafe_call("cuStreamSynchronize");
+    return unsafe_call(call);
+}
+
+API CUresult cuStreamSynchronize(void* h) {
+    return stream_wait(h, "cuStreamSynchronize");
 }
 
 API CUresult cuStreamQuery(void* h) {
-    LOCK;
-    Stream* s;
-    CUresult rc = stream_of(h, &s);
-    if (rc != CUDA_SUCCESS) {
-        return rc;
-    }
-    if ((rc = not_on_capturing(s, "cuStreamQuery")) != CUDA_SUCCESS) {
-        return rc;
-    }
-    return unsafe_call("cuStreamQuery");
+    return stream_wait(h, "cuStreamQuery");
 }
 
 API CUresult cuStreamWaitEvent(void* h, void* ev, unsigned) {

@@ -11,22 +11,12 @@ use train_gpt2_cuda::config::GPT2Config;
 use train_gpt2_cuda::mfu::{flops_per_token, peak_tflops, Precision, PEAK_TFLOPS};
 use train_gpt2_cuda::params::num_parameters;
 
-fn root() -> PathBuf {
-    PathBuf::from(
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
-    )
-}
+mod engine_bin;
+use engine_bin::root;
 
-/// The engine cargo built, or (on a GPU machine, where the build path does not exist) the one
-/// `shared/gpu/pack` put in `.gpu/bin`.
+/// The engine binary's path as a string (for tools/bench's --engine).
 fn engine() -> String {
-    let built = PathBuf::from(env!("CARGO_BIN_EXE_train-gpt2-cuda"));
-    let path = if built.exists() {
-        built
-    } else {
-        root().join(".gpu/bin/train-gpt2-cuda")
-    };
-    path.to_string_lossy().into_owned()
+    engine_bin::engine().to_string_lossy().into_owned()
 }
 
 /// `python3 tools/bench ARGS`: (output, stdout, stderr).

@@ -5,15 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_train-gpt2-cuda"))
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into()),
-    )
-}
+mod engine_bin;
+use engine_bin::{bin, root};
 
 fn fixture(name: &str) -> String {
     root()

@@ -13,11 +13,10 @@
 mod emu;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+mod engine_bin;
+use engine_bin::{bin, root};
 
 fn fixture(name: &str) -> String {
     root()
@@ -45,7 +44,7 @@ fn run_ok(args: &[&str], dir: &Path) -> String {
 }
 
 fn run(args: &[&str], dir: &Path) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_train-gpt2-cuda"));
+    let mut cmd = bin();
     cmd.args(args).current_dir(dir);
     for (k, v) in emu::device::fake_cuda_env() {
         cmd.env(k, v);
@@ -54,9 +53,14 @@ fn run(args: &[&str], dir: &Path) -> Output {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join("emulated-cli")
-        .join(name);
+    // the build's target/tmp, or (test executables copied to another machine) the system's
+    let built = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let base = if built.is_dir() {
+        built
+    } else {
+        std::env::temp_dir()
+    };
+    let d = base.join("emulated-cli").join(name);
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -97,19 +101,19 @@ fn verify_both(name: &str, extra: &[&str]) -> String {
 }
 
 #[test]
-fn verify_both_passes_in_fp32_on_the_plain_kernels() {
+fn verify_both_passes_on_the_emulated_device_in_fp32_on_the_plain_kernels() {
     for name in ["tiny", "sharp", "hs64", "gpt2vocab"] {
         verify_both(name, &["--kernels", "plain"]);
     }
 }
 
 #[test]
-fn verify_both_passes_in_fp32_on_the_fused_kernels() {
+fn verify_both_passes_on_the_emulated_device_in_fp32_on_the_fused_kernels() {
     verify_both("hs64", &["--kernels", "fused"]);
 }
 
 #[test]
-fn verify_both_passes_in_bf16() {
+fn verify_both_passes_on_the_emulated_device_in_bf16() {
     verify_both("hs64", &["--precision", "bf16"]);
     verify_both("hs64", &["--precision", "bf16", "--kernels", "plain"]);
     verify_both("sharp", &["--precision", "bf16"]);

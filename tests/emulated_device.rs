@@ -47,7 +47,7 @@ fn run_child(name: &str, env: &[(&str, &str)]) -> String {
 }
 
 #[cfg(has_cuda)]
-mod driver {
+mod emulated_device_driver {
     use std::sync::Arc;
 
     use cudarc::driver::sys::{CUresult, CUstreamCaptureMode};
@@ -93,9 +93,9 @@ mod driver {
 
     #[test]
     fn driver_memory_copies_and_launches() {
-        if !is_child("driver::driver_memory_copies_and_launches") {
+        if !is_child("emulated_device_driver::driver_memory_copies_and_launches") {
             run_child(
-                "driver::driver_memory_copies_and_launches",
+                "emulated_device_driver::driver_memory_copies_and_launches",
                 &[("FAKECUDA_MEMORY_BYTES", "67108864")],
             );
             return;
@@ -178,8 +178,8 @@ mod driver {
 
     #[test]
     fn driver_fault_is_sticky() {
-        if !is_child("driver::driver_fault_is_sticky") {
-            let stderr = run_child("driver::driver_fault_is_sticky", &[]);
+        if !is_child("emulated_device_driver::driver_fault_is_sticky") {
+            let stderr = run_child("emulated_device_driver::driver_fault_is_sticky", &[]);
             assert!(
                 stderr.contains("past the end of a 400-byte device allocation"),
                 "the fault report names the buffer:\n{stderr}"
@@ -214,8 +214,11 @@ mod driver {
 
     #[test]
     fn driver_graphs_replay_recorded_work() {
-        if !is_child("driver::driver_graphs_replay_recorded_work") {
-            let stderr = run_child("driver::driver_graphs_replay_recorded_work", &[]);
+        if !is_child("emulated_device_driver::driver_graphs_replay_recorded_work") {
+            let stderr = run_child(
+                "emulated_device_driver::driver_graphs_replay_recorded_work",
+                &[],
+            );
             assert!(
                 stderr.contains("a graph can only free its own allocations"),
                 "{stderr}"

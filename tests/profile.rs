@@ -5,7 +5,6 @@
 //! go through the `Engine` trait, so they compile in every build.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use train_gpt2_cuda::config::GPT2Config;
 use train_gpt2_cuda::cpu::adamw::AdamW;
@@ -27,9 +26,8 @@ use train_gpt2_cuda::profile::{Family, Profile};
 use train_gpt2_cuda::rng::Rng;
 use train_gpt2_cuda::train::Device;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_train-gpt2-cuda"))
-}
+mod engine_bin;
+use engine_bin::bin;
 
 fn tmp_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("train-gpt2-profile-{}-{name}", std::process::id()));

@@ -154,6 +154,10 @@ pub struct EngineOptions {
     /// Whether the CUDA engine replays its forward and backward passes as CUDA graphs (see
     /// `gpu::graphs`); the CPU engine has none.
     pub cuda_graphs: bool,
+    /// The CUDA engine's classifier in chunks of this many sequences, so that the logits never
+    /// exist for more (`gpu::Gpt2Gpu::new_with_chunks`); None: the whole batch at once. Refused
+    /// on `--device cpu`.
+    pub classifier_chunk: Option<usize>,
 }
 
 impl EngineOptions {
@@ -165,6 +169,7 @@ impl EngineOptions {
             tf32: false,
             kernels: None,
             cuda_graphs: true,
+            classifier_chunk: None,
         }
     }
 
@@ -176,6 +181,7 @@ impl EngineOptions {
             tf32: false,
             kernels: None,
             cuda_graphs: true,
+            classifier_chunk: None,
         }
     }
 }
@@ -229,6 +235,10 @@ pub fn create_engine(
             "--kernels chooses the CUDA engine's kernels; the CPU engine has one path (drop \
              --kernels, or use --device cuda)"
         ),
+        Device::Cpu if opts.classifier_chunk.is_some() => anyhow::bail!(
+            "--classifier-chunk splits the CUDA engine's classifier; the CPU engine has one path \
+             (drop --classifier-chunk, or use --device cuda)"
+        ),
         Device::Cpu => cpu(params),
         Device::Cuda => {
             let gpu = crate::gpu::Gpu::new()?;
@@ -275,7 +285,7 @@ fn gpu_engine_on(
     let precision = resolve_precision(opts.precision, Some(gpu.compute_capability()?))?;
     gpu.set_tf32(opts.tf32)?;
     use crate::gpu::Gpt2Gpu;
-    let k = opts.kernels;
+    let (k, chunk) = (opts.kernels, opts.classifier_chunk);
     // Under Nsight Systems the timeline should show each kernel inside its NVTX ranges, which a
     // replayed graph does not have (its ranges were recorded once, at the capture).
     let graphs = opts.cuda_graphs && !crate::gpu::nvtx::tool_attached();
@@ -287,12 +297,14 @@ fn gpu_engine_on(
     }
     Ok(match precision {
         Precision::Fp32 => {
-            let mut model = Gpt2Gpu::<f32>::new_with(gpu, cfg, params, max_b, max_t, k)?;
+            let mut model =
+                Gpt2Gpu::<f32>::new_with_chunks(gpu, cfg, params, max_b, max_t, k, chunk)?;
             model.set_cuda_graphs(graphs);
             Box::new(model)
         }
         Precision::Bf16 => {
-            let mut model = Gpt2Gpu::<half::bf16>::new_with(gpu, cfg, params, max_b, max_t, k)?;
+            let mut model =
+                Gpt2Gpu::<half::bf16>::new_with_chunks(gpu, cfg, params, max_b, max_t, k, chunk)?;
             model.set_cuda_graphs(graphs);
             Box::new(model)
         }

@@ -205,6 +205,7 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
         tf32: false,
         kernels: None,
         cuda_graphs: true,
+        classifier_chunk: None,
     };
     let mut engine = create_engine(&engine_opts, cfg, ck.params, 1, window)?;
     print!("{}", a.prompt);
@@ -291,6 +292,7 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         tf32: a.tf32,
         kernels: if dev == Device::Cpu { None } else { a.kernels },
         cuda_graphs: !a.no_cuda_graphs,
+        classifier_chunk: None,
     };
     // each engine against the fp32 reference by its own precision; GPU vs CPU by the GPU's
     let tol_of = |dev: Device| {

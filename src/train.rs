@@ -113,6 +113,11 @@ pub struct TrainArgs {
     /// CUDA graphs (slower for small models; shows each kernel on an nsys timeline).
     #[arg(long)]
     pub no_cuda_graphs: bool,
+    /// The GPU's classifier in chunks of this many sequences: the logits (B, T, Vp) then never
+    /// exist for more than that many at once, at the cost of computing each chunk's logits twice
+    /// (forward and backward). For batches whose logits do not fit; default: the whole batch.
+    #[arg(long, value_name = "SEQUENCES")]
+    pub classifier_chunk: Option<usize>,
     /// The device's peak TFLOP/s for the MFU column (default: from a table of A100, H100, H200).
     #[arg(long)]
     pub peak_tflops: Option<f64>,
@@ -157,6 +162,7 @@ impl TrainArgs {
             tf32: self.tf32,
             kernels: self.kernels,
             cuda_graphs: !self.no_cuda_graphs,
+            classifier_chunk: self.classifier_chunk,
         }
     }
 
@@ -171,6 +177,9 @@ impl TrainArgs {
         }
         if self.grad_accum == 0 {
             bail!("--grad-accum must be at least 1");
+        }
+        if self.classifier_chunk == Some(0) {
+            bail!("--classifier-chunk must be at least 1 sequence");
         }
         if self.steps == 0 {
             bail!("--steps must be at least 1");

@@ -255,6 +255,14 @@ fn bad_inputs_give_clear_errors() {
         &["the CPU engine has one path"],
     );
     expect_error(
+        &["--device", "cpu", "--classifier-chunk", "2", "--steps", "1"],
+        &["--classifier-chunk splits the CUDA engine's classifier"],
+    );
+    expect_error(
+        &["--device", "cpu", "--classifier-chunk", "0"],
+        &["--classifier-chunk must be at least 1 sequence"],
+    );
+    expect_error(
         &[
             "verify",
             "--model",

@@ -238,7 +238,7 @@ fn training_on_the_emulated_device_tracks_the_cpu() {
             "2",
         ],
     );
-    let cases: [(&str, &[&str], bool, f32); 4] = [
+    let cases: [(&str, &[&str], bool, f32); 5] = [
         (
             "fp32-plain",
             &["--precision", "fp32", "--kernels", "plain"],
@@ -256,6 +256,19 @@ fn training_on_the_emulated_device_tracks_the_cpu() {
             &["--precision", "bf16", "--kernels", "fused"],
             false,
             1e-2,
+        ),
+        (
+            "fp32-plain-chunks",
+            &[
+                "--precision",
+                "fp32",
+                "--kernels",
+                "plain",
+                "--classifier-chunk",
+                "1",
+            ],
+            false,
+            1e-3,
         ),
         (
             "fp32-plain-accum",

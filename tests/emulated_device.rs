@@ -318,6 +318,21 @@ fn test_binary(name: &str) -> PathBuf {
 /// tests named in `skip`; panics unless at least `min_passed` ran and all passed.
 fn run_gpu_tests(binary: &str, skip: &[&str], min_passed: usize) {
     let bin = test_binary(binary);
+    // `cargo test` builds every test target before running any; `cargo test --test
+    // emulated_device` builds only this one, and a sibling built before a change to the library
+    // would test the old code
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(theirs), Some(ours)) =
+        (modified(&bin), modified(&std::env::current_exe().unwrap()))
+    {
+        if theirs < ours {
+            eprintln!(
+                "note: {} is older than this test binary; if the library changed since, run \
+                 `cargo test --no-run` (or plain `cargo test`) first",
+                bin.display()
+            );
+        }
+    }
     let mut cmd = Command::new(&bin);
     cmd.args(["--include-ignored", "--test-threads=1"]);
     for s in skip {
@@ -373,5 +388,5 @@ fn gpu_model_tests_pass_on_the_emulated_device() {
     check_blas_fakes();
     // the whole engine: fixtures against PyTorch and the CPU in both precisions and on both kernel
     // sets, training, determinism, CUDA graphs (about 5 minutes on 2 cores)
-    run_gpu_tests("gpu_model", &[], 19);
+    run_gpu_tests("gpu_model", &[], 20);
 }

@@ -28,6 +28,7 @@ fn opts(device: Device) -> EngineOptions {
         tf32: false,
         kernels: None,
         cuda_graphs: true,
+        classifier_chunk: None,
     }
 }
 use train_gpt2_cuda::formats::checkpoint::read_checkpoint;
@@ -307,6 +308,69 @@ fn bf16_training(cfg: GPT2Config, kernels: Kernels) {
         again.params == got.params,
         "parameters differ between bf16 runs"
     );
+}
+
+/// The classifier in chunks (`--classifier-chunk`, `Gpt2Gpu::new_with_chunks`) computes the same
+/// model: B = 3 in chunks of 2 (a full chunk and a 1-sequence tail), T = 33, against the whole
+/// batch at once, 3 steps of 2 micro-batches in fp32 on the plain kernels and bf16 on the fused
+/// ones. The chunks change only how dwte's sum is grouped (per chunk, then added) and, in bf16,
+/// where it is rounded: fp32 losses and norms within 1e-5 relative and parameters within 1e-5
+/// (normalised); bf16 within its step tolerance (a bf16 rounding of dwte per chunk, amplified by
+/// AdamW at the updated embedding rows). Then the logits: kept and equal for a batch of one
+/// chunk, an error (not stale data) for a larger one, and a forward without targets over more
+/// than a chunk is an error.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn classifier_chunks_compute_the_same_model() {
+    use train_gpt2_cuda::gpu::{Gpt2Gpu, Gpu, ModelFloat};
+    fn check<T: ModelFloat>(cfg: GPT2Config, kernels: Kernels, tol: f64) {
+        let (b, t, steps) = (3, 33, 3);
+        let params = init_params(&cfg, 42);
+        let model = |chunk: Option<usize>| {
+            let gpu = Gpu::new().unwrap_or_else(|e| panic!("{e:#}"));
+            Gpt2Gpu::<T>::new_with_chunks(gpu, cfg, params.clone(), b, t, Some(kernels), chunk)
+                .unwrap_or_else(|e| panic!("{e:#}"))
+        };
+        let (mut whole, mut chunked) = (model(None), model(Some(2)));
+        let want = train(&mut whole, steps, b, t, 7);
+        let got = train(&mut chunked, steps, b, t, 7);
+        let what = format!("{:?} {kernels:?}", T::PRECISION);
+        for i in 0..steps {
+            assert!(
+                rel(got.losses[i], want.losses[i]) <= tol,
+                "{what} step {i}: loss chunked {} whole {}",
+                got.losses[i],
+                want.losses[i]
+            );
+            assert!(
+                rel(got.norms[i], want.norms[i]) <= tol,
+                "{what} step {i}: norm chunked {} whole {}",
+                got.norms[i],
+                want.norms[i]
+            );
+        }
+        let err = normalised_err(&got.params, &want.params);
+        assert!(err <= tol, "{what}: parameters differ by {err:.2e}");
+
+        // logits: one chunk's batch keeps them, a larger one does not
+        let mut rng = Rng::new(5);
+        let x = tokens(&mut rng, 2 * t, cfg.vocab_size);
+        let y = tokens(&mut rng, 2 * t, cfg.vocab_size);
+        whole.forward(&x, Some(&y), 2, t).unwrap();
+        chunked.forward(&x, Some(&y), 2, t).unwrap();
+        let (lw, lc) = (whole.logits().unwrap(), chunked.logits().unwrap());
+        let err = normalised_err(&lc, &lw);
+        assert!(err <= tol, "{what}: one chunk's logits differ by {err:.2e}");
+        let x3 = tokens(&mut rng, b * t, cfg.vocab_size);
+        let y3 = tokens(&mut rng, b * t, cfg.vocab_size);
+        chunked.forward(&x3, Some(&y3), b, t).unwrap();
+        let e = format!("{:#}", chunked.logits().unwrap_err());
+        assert!(e.contains("chunks of 2 sequences"), "{e}");
+        let e = format!("{:#}", chunked.forward(&x3, None, b, t).unwrap_err());
+        assert!(e.contains("without targets") && e.contains("B = 3"), "{e}");
+    }
+    check::<f32>(small_config(), Kernels::Plain, 1e-5);
+    check::<half::bf16>(fused_config(), Kernels::Fused, Tolerances::BF16.steps);
 }
 
 /// CUDA graphs change the speed, never the numbers: the same training (a shape change and an

@@ -19,6 +19,7 @@ fn opts(device: Device) -> EngineOptions {
         tf32: false,
         kernels: None,
         cuda_graphs: true,
+        classifier_chunk: None,
     }
 }
 use train_gpt2_cuda::params::{init_params, num_parameters};

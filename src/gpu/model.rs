@@ -17,7 +17,9 @@
 //!
 //! The backward pass overwrites the logits with their gradient (the fused classifier), so
 //! `logits()` and `position_logits()` must be called between forward and backward; after a
-//! backward they are an error, as is a second backward without a new forward.
+//! backward they are an error, as is a second backward without a new forward. With the classifier
+//! in chunks ([`Gpt2Gpu::new_with_chunks`]) the logits of a batch larger than one chunk are never
+//! kept whole: reading them is an error too.
 //!
 //! Views: one `CudaSlice` is split into many disjoint `CudaViewMut`s with `split_at_mut`, which
 //! borrows the view it splits, so the split cannot be returned from a helper; `views_mut!`
@@ -265,14 +267,17 @@ impl ModelFloat for bf16 {
 /// statistics (the layernorms' mean and rstd, the per-position losses), as two `Acts` size sets,
 /// each zero where the other holds the tensor. The GPU never stores `probs` (the fused classifier
 /// works from the logits), nor, with fused attention, `preatt` and `att` (B, NH, T, T): the flash
-/// kernels recompute them from q, k and the saved log-sum-exp. None on overflow.
+/// kernels recompute them from q, k and the saved log-sum-exp. The logits hold at most `chunk_b`
+/// sequences: (min(B, chunk_b), T, Vp) (see [`Gpt2Gpu::new_with_chunks`]). None on overflow.
 fn arena_sizes(
     cfg: &GPT2Config,
     b: usize,
     t: usize,
     fused: bool,
+    chunk_b: usize,
 ) -> Option<(Acts<usize>, Acts<usize>)> {
     let mut stored = checked_act_sizes(cfg, b, t, false)?;
+    stored.logits = b.min(chunk_b) * t * cfg.padded_vocab_size;
     if fused {
         stored.preatt = 0;
         stored.att = 0;
@@ -286,6 +291,15 @@ fn arena_sizes(
     }
     move_to_stats!(ln1_mean, ln1_rstd, ln2_mean, ln2_rstd, lnf_mean, lnf_rstd, losses);
     Some((stored, stats))
+}
+
+/// The classifier's chunks of a batch of B sequences, at most `chunk_b` each: (first sequence,
+/// sequences), covering 0..B in order; one chunk of B when `chunk_b` >= B.
+fn classifier_chunks(b: usize, chunk_b: usize) -> Vec<(usize, usize)> {
+    (0..b)
+        .step_by(chunk_b)
+        .map(|b0| (b0, chunk_b.min(b - b0)))
+        .collect()
 }
 
 /// Whether the fused path can run this model: flash attention has kernels for head sizes
@@ -376,6 +390,8 @@ pub struct Gpt2Gpu<T: ModelFloat = f32> {
     targets_dev: CudaSlice<u32>, // (B, T) of the last forward
     buckets_dev: CudaSlice<u32>, // (3*B*T + 1) token_buckets of the last forward's inputs
     row_stats: CudaSlice<f32>, // (B, T, 2) the classifier's softmax max and sum per row
+    /// The sequences the logits hold at once (max_b: all; see [`Gpt2Gpu::new_with_chunks`]).
+    chunk_b: usize,
     /// (B, T) of the last forward.
     b: usize,
     t: usize,
@@ -423,6 +439,31 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         max_t: usize,
         kernels: Option<Kernels>,
     ) -> Result<Self> {
+        Self::new_with_chunks(gpu, config, params, max_b, max_t, kernels, None)
+    }
+
+    /// As [`Gpt2Gpu::new_with`], with the classifier in chunks of `classifier_chunk` sequences
+    /// (None: all of them). The logits then never exist for more than that many sequences at
+    /// once, (chunk, T, Vp) instead of (B, T, Vp): the forward computes each chunk's logits and
+    /// losses in turn (keeping each row's softmax max and sum), and the backward computes each
+    /// chunk's logits again, then its dlogits, dlnf and dwte. That costs one more (chunk, T, C) x
+    /// (C, Vp) product per chunk, about a third more work in the classifier, for (B - chunk) x T
+    /// x Vp elements of memory. The logits of a forward of more than `classifier_chunk` sequences
+    /// are not kept (`logits()` is an error), and a forward without targets must fit one chunk.
+    pub fn new_with_chunks(
+        gpu: Gpu,
+        config: GPT2Config,
+        params: Vec<f32>,
+        max_b: usize,
+        max_t: usize,
+        kernels: Option<Kernels>,
+        classifier_chunk: Option<usize>,
+    ) -> Result<Self> {
+        let chunk_b = match classifier_chunk {
+            None => max_b,
+            Some(0) => bail!("the classifier chunk must be at least one sequence, got 0"),
+            Some(n) => n.min(max_b),
+        };
         let fused = match kernels {
             Some(k) => k == Kernels::Fused,
             None => T::PRECISION == Precision::Bf16 && fused_supported(&config),
@@ -445,7 +486,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             )
         };
         let (act_sizes, stat_sizes) =
-            arena_sizes(&config, max_b, max_t, fused).ok_or_else(too_big)?;
+            arena_sizes(&config, max_b, max_t, fused, chunk_b).ok_or_else(too_big)?;
         let dlayer_sizes = LayerGrads::sizes(&config, max_b, max_t, fused).ok_or_else(too_big)?;
         // every size below is at most the activation total, which fits a usize
         let n = params.len();
@@ -494,7 +535,18 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             ),
             Err(e) => format!("the GPU's free memory could not be queried ({e})"),
         };
-        let advice = "use a smaller batch (-b) or sequence length (-t), or a smaller model";
+        let logits_bytes = e * f(max_b.min(chunk_b) * max_t * config.padded_vocab_size);
+        let advice = if chunk_b > 1 {
+            format!(
+                "use a smaller batch (-b) or sequence length (-t), a smaller model, or the \
+                 classifier in chunks (--classifier-chunk N sequences: the logits take {:.2} GiB \
+                 for {} sequences)",
+                gib(logits_bytes),
+                max_b.min(chunk_b)
+            )
+        } else {
+            "use a smaller batch (-b) or sequence length (-t), or a smaller model".to_string()
+        };
         if let Ok((free, _)) = free {
             if need > free as f64 {
                 bail!("not enough GPU memory: {what}, {free_text}; {advice}");
@@ -560,6 +612,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             targets_dev,
             buckets_dev,
             row_stats,
+            chunk_b,
             b: 0,
             t: 0,
             loss: None,
@@ -653,6 +706,13 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         let _phase = nvtx::range(c"forward");
         let cfg = self.config;
         check_forward(&cfg, (self.max_b, self.max_t), inputs, targets, b, t)?;
+        if targets.is_none() && b > self.chunk_b {
+            bail!(
+                "a forward without targets keeps the logits, which hold {} sequences at once \
+                 (the classifier's chunk); this batch has B = {b}",
+                self.chunk_b
+            );
+        }
         self.stage = Stage::Empty;
         self.loss = None;
         self.b = b;
@@ -719,7 +779,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         );
         let p = Params::from_array(views(self.params.as_view(), param_sizes(&cfg).into_array()));
         let (act_sizes, stat_sizes) =
-            arena_sizes(&cfg, b, t, fused).context("activation sizes overflow")?;
+            arena_sizes(&cfg, b, t, fused, self.chunk_b).context("activation sizes overflow")?;
         acts_mut!(a = self.acts.slice_mut(..), act_sizes);
         acts_mut!(s = self.stats.slice_mut(..), stat_sizes);
         let inputs = self.inputs_dev.slice(..b * t);
@@ -934,43 +994,64 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
                 )
             })?;
         }
-        prof.run(Family::Matmul, Cost::matmul_forward(b, t, c, vp), || {
-            let lnf = a.lnf.as_view();
-            matmul_forward_on(gpu, fused, &mut a.logits, &lnf, &p.wte, None, b, t, c, vp)
-        })?;
+        if b <= self.chunk_b {
+            prof.run(Family::Matmul, Cost::matmul_forward(b, t, c, vp), || {
+                let lnf = a.lnf.as_view();
+                matmul_forward_on(gpu, fused, &mut a.logits, &lnf, &p.wte, None, b, t, c, vp)
+            })?;
+        } // else the losses compute the logits chunk by chunk
         Ok(())
     }
 
-    /// The losses (B, T) of the logits in place against `targets_dev`, into the stats arena.
+    /// The losses (B, T) of the logits against `targets_dev`, into the stats arena, with each
+    /// row's softmax max and sum: of the logits in place, or, when the batch is larger than the
+    /// classifier's chunk, of each chunk's logits computed in turn.
     fn losses(&mut self, b: usize, t: usize) -> Result<()> {
         let cfg = self.config;
-        let (v, vp) = (cfg.vocab_size, cfg.padded_vocab_size);
-        let (act_sizes, stat_sizes) =
-            arena_sizes(&cfg, b, t, self.fused).context("activation sizes overflow")?;
+        let (c, v, vp) = (cfg.channels, cfg.vocab_size, cfg.padded_vocab_size);
+        let (act_sizes, stat_sizes) = arena_sizes(&cfg, b, t, self.fused, self.chunk_b)
+            .context("activation sizes overflow")?;
+        let chunks = classifier_chunks(b, self.chunk_b);
+        let p = Params::from_array(views(self.params.as_view(), param_sizes(&cfg).into_array()));
         acts_mut!(a = self.acts.slice_mut(..), act_sizes);
         acts_mut!(s = self.stats.slice_mut(..), stat_sizes);
-        let targets = self.targets_dev.slice(..b * t);
-        let mut row_stats = self.row_stats.slice_mut(..2 * b * t);
-        let gpu = &self.gpu;
-        self.prof
-            .run(Family::Classifier, Cost::classifier_losses(b, t, v), || {
-                gpu.classifier_losses(
-                    &a.logits.as_view(),
-                    &mut s.losses,
-                    &targets,
-                    b,
-                    t,
-                    v,
-                    vp,
-                    Some(&mut row_stats),
-                )
-            })
+        let (gpu, fused, prof) = (&self.gpu, self.fused, &mut self.prof);
+        for (b0, bc) in chunks {
+            let rows = b0 * t..(b0 + bc) * t;
+            let mut logits = a.logits.slice_mut(..bc * t * vp);
+            if bc < b {
+                prof.run(Family::Matmul, Cost::matmul_forward(bc, t, c, vp), || {
+                    let lnf = a.lnf.slice(rows.start * c..rows.end * c);
+                    matmul_forward_on(gpu, fused, &mut logits, &lnf, &p.wte, None, bc, t, c, vp)
+                })?;
+            }
+            let targets = self.targets_dev.slice(rows.clone());
+            let mut losses = s.losses.slice_mut(rows.clone());
+            let mut row_stats = self.row_stats.slice_mut(2 * rows.start..2 * rows.end);
+            prof.run(
+                Family::Classifier,
+                Cost::classifier_losses(bc, t, v),
+                || {
+                    gpu.classifier_losses(
+                        &logits.as_view(),
+                        &mut losses,
+                        &targets,
+                        bc,
+                        t,
+                        v,
+                        vp,
+                        Some(&mut row_stats),
+                    )
+                },
+            )?;
+        }
+        Ok(())
     }
 
     /// The losses (B, T) that [`Gpt2Gpu::losses`] computed, read back to the host.
     fn download_losses(&mut self, b: usize, t: usize) -> Result<Vec<f32>> {
-        let (_, stat_sizes) =
-            arena_sizes(&self.config, b, t, self.fused).context("activation sizes overflow")?;
+        let (_, stat_sizes) = arena_sizes(&self.config, b, t, self.fused, self.chunk_b)
+            .context("activation sizes overflow")?;
         acts_mut!(s = self.stats.slice_mut(..), stat_sizes);
         self.gpu.download(&s.losses)
     }
@@ -978,6 +1059,12 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
     /// An error unless the logits of the last forward are still in place.
     fn check_logits(&self) -> Result<()> {
         match self.stage {
+            Stage::Forward { .. } if self.b > self.chunk_b => bail!(
+                "the logits of the last forward (B = {}) were computed in chunks of {} sequences \
+                 and not kept: read logits with a batch of at most that many, or without chunks",
+                self.b,
+                self.chunk_b
+            ),
             Stage::Forward { .. } => Ok(()),
             Stage::Empty => bail!("no logits: run a forward pass first"),
             Stage::Backward => bail!(
@@ -990,8 +1077,8 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
     /// The logits (B, T, Vp) of the last forward, in place.
     fn logits_view(&self) -> Result<CudaView<'_, T>> {
         let (b, t) = (self.b, self.t);
-        let (act_sizes, _) =
-            arena_sizes(&self.config, b, t, self.fused).context("activation sizes overflow")?;
+        let (act_sizes, _) = arena_sizes(&self.config, b, t, self.fused, self.chunk_b)
+            .context("activation sizes overflow")?;
         let all = views(self.acts.as_view(), act_sizes.into_array());
         Ok(Acts::from_array(all).logits)
     }
@@ -1066,10 +1153,11 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             cfg.padded_vocab_size,
         );
         let (btc, bt, att_n, bnht) = (b * t * c, b * t, b * nh * t * t, b * nh * t);
+        let chunks = classifier_chunks(b, self.chunk_b);
         let p = Params::from_array(views(self.params.as_view(), param_sizes(&cfg).into_array()));
         params_mut!(g = self.grads.slice_mut(..), param_sizes(&cfg));
         let (act_sizes, stat_sizes) =
-            arena_sizes(&cfg, b, t, fused).context("activation sizes overflow")?;
+            arena_sizes(&cfg, b, t, fused, self.chunk_b).context("activation sizes overflow")?;
         acts_mut!(a = self.acts.slice_mut(..), act_sizes);
         acts_mut!(s = self.stats.slice_mut(..), stat_sizes);
         let dlayer_sizes =
@@ -1089,31 +1177,46 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         let mut dres = self.dresidual.slice_mut(..btc);
 
         // the loss is the mean over B*T: each position's loss gets 1/(B*T); logits -> dlogits,
-        // with each row's softmax max and sum as the forward's losses saved them
-        let row_stats = self.row_stats.slice(..2 * bt);
-        prof.run(
-            Family::Classifier,
-            Cost::classifier_fused(b, t, v, vp),
-            || {
-                gpu.fused_classifier(
-                    &mut a.logits,
-                    &mut s.losses,
-                    loss_scale / bt as f32,
-                    &targets,
-                    b,
-                    t,
-                    v,
-                    vp,
-                    Some(&row_stats),
+        // with each row's softmax max and sum as the forward's losses saved them; then dlnf and
+        // dwte. In chunks (see `new_with_chunks`) each chunk's logits are computed again first.
+        for (b0, bc) in chunks {
+            let rows = b0 * t..(b0 + bc) * t;
+            let (rc, lnf) = (rows.start * c..rows.end * c, a.lnf.as_view());
+            let lnf = lnf.slice(rc.clone());
+            let mut logits = a.logits.slice_mut(..bc * t * vp);
+            if bc < b {
+                prof.run(Family::Matmul, Cost::matmul_forward(bc, t, c, vp), || {
+                    matmul_forward_on(gpu, fused, &mut logits, &lnf, &p.wte, None, bc, t, c, vp)
+                })?;
+            }
+            let row_stats = self.row_stats.slice(2 * rows.start..2 * rows.end);
+            let targets = targets.slice(rows.clone());
+            let mut losses = s.losses.slice_mut(rows.clone());
+            prof.run(
+                Family::Classifier,
+                Cost::classifier_fused(bc, t, v, vp),
+                || {
+                    gpu.fused_classifier(
+                        &mut logits,
+                        &mut losses,
+                        loss_scale / bt as f32,
+                        &targets,
+                        bc,
+                        t,
+                        v,
+                        vp,
+                        Some(&row_stats),
+                    )
+                },
+            )?;
+            let mut dlnf = dlnf.slice_mut(rc);
+            prof.run(Family::Matmul, Cost::matmul_backward(bc, t, c, vp), || {
+                let dlogits = logits.as_view();
+                matmul_backward_on(
+                    gpu, fused, &mut dlnf, &mut g.wte, None, &dlogits, &lnf, &p.wte, bc, t, c, vp,
                 )
-            },
-        )?;
-        prof.run(Family::Matmul, Cost::matmul_backward(b, t, c, vp), || {
-            let (dlogits, lnf) = (a.logits.as_view(), a.lnf.as_view());
-            matmul_backward_on(
-                gpu, fused, &mut dlnf, &mut g.wte, None, &dlogits, &lnf, &p.wte, b, t, c, vp,
-            )
-        })?;
+            })?;
+        }
         let last = (l_count - 1) * btc;
         gpu.memset_zero(&mut dres)?;
         prof.run(Family::Layernorm, Cost::layernorm_backward(b, t, c), || {
@@ -1586,7 +1689,7 @@ mod tests {
         let (b, t) = (3, 5);
         let all = activations::act_sizes_for(&cfg, b, t, false);
         for fused in [false, true] {
-            let (stored, stats) = arena_sizes(&cfg, b, t, fused).unwrap();
+            let (stored, stats) = arena_sizes(&cfg, b, t, fused, b).unwrap();
             let (stored, stats, all) = (stored.into_array(), stats.into_array(), all.into_array());
             let named = |a: [usize; activations::NUM_ACTIVATION_TENSORS]| Acts::from_array(a);
             // every tensor is in exactly one arena, except attention's on the fused path

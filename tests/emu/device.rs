@@ -102,6 +102,8 @@ pub fn fake_cuda_dir() -> PathBuf {
             parts.push(p.display().to_string());
             parts.push(read(p));
         }
+        // gemm.h includes the emulation's bf16 header
+        parts.push(read(&emu_dir().join("cuda_bf16.h")));
         parts.push(FAKE_CXXFLAGS.join(" "));
         parts.push(compiler().1.clone());
         parts.extend(libs.iter().map(|(_, l)| l.display().to_string()));

@@ -786,6 +786,17 @@ CUresult replay(Context* ctx, const std::shared_ptr<GraphData>& g) {
 // Every context/stream/event/module call takes the global lock first.
 #define LOCK Lock lock_(g_mu)
 
+// Destroys the handle h of a kind whose live handles are `live`: CUDA_ERROR_INVALID_HANDLE for one
+// that is not (or no longer) live.
+template <typename T> CUresult destroy_handle(std::set<T*>& live, void* h) {
+    T* p = static_cast<T*>(h);
+    if (!live.erase(p)) {
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    delete p;
+    return CUDA_SUCCESS;
+}
+
 } // namespace
 
 // ==== the driver API ================================================================================
@@ -1225,13 +1236,7 @@ API CUresult cuStreamCreateWithPriority(void** out, unsigned flags, int) {
 
 API CUresult cuStreamDestroy_v2(void* h) {
     LOCK;
-    Stream* s = static_cast<Stream*>(h);
-    if (!g_streams.count(s)) {
-        return CUDA_ERROR_INVALID_HANDLE;
-    }
-    g_streams.erase(s);
-    delete s;
-    return CUDA_SUCCESS;
+    return destroy_handle(g_streams, h);
 }
 
 // cuStreamSynchronize and cuStreamQuery: the work is done already (streams run synchronously);
@@ -1362,12 +1367,7 @@ API CUresult cuEventCreate(void** out, unsigned flags) {
 
 API CUresult cuEventDestroy_v2(void* h) {
     LOCK;
-    Event* e = static_cast<Event*>(h);
-    if (!g_events.erase(e)) {
-        return CUDA_ERROR_INVALID_HANDLE;
-    }
-    delete e;
-    return CUDA_SUCCESS;
+    return destroy_handle(g_events, h);
 }
 
 API CUresult cuEventRecord(void* h, void* stream) {
@@ -1681,22 +1681,12 @@ API CUresult cuGraphUpload(void* h, void* stream) {
 
 API CUresult cuGraphExecDestroy(void* h) {
     LOCK;
-    GraphExec* e = static_cast<GraphExec*>(h);
-    if (!g_execs.erase(e)) {
-        return CUDA_ERROR_INVALID_HANDLE;
-    }
-    delete e;
-    return CUDA_SUCCESS;
+    return destroy_handle(g_execs, h);
 }
 
 API CUresult cuGraphDestroy(void* h) {
     LOCK;
-    Graph* g = static_cast<Graph*>(h);
-    if (!g_graphs.erase(g)) {
-        return CUDA_ERROR_INVALID_HANDLE;
-    }
-    delete g;
-    return CUDA_SUCCESS;
+    return destroy_handle(g_graphs, h);
 }
 
 API CUresult cuProfilerStart() {

@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "cuda_bf16.h" // the emulation's bf16 (tests/emu): conversions as CUDA's
 #include "fake_cuda.h"
 
 namespace fakegemm {
@@ -27,23 +28,6 @@ constexpr int R_16BF = 14;
 
 inline size_t type_bytes(int type) {
     return type == R_16BF ? 2 : 4;
-}
-
-inline float bf16_to_float(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
-
-inline uint16_t float_to_bf16(float f) {
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) {
-        return (uint16_t)((u >> 16) | 0x40); // quiet NaN
-    }
-    u += 0x7fffu + ((u >> 16) & 1u); // round to nearest even
-    return (uint16_t)(u >> 16);
 }
 
 inline float to_tf32(float f) {
@@ -60,14 +44,14 @@ inline float to_tf32(float f) {
 
 inline float load(const void* p, int type, size_t i) {
     if (type == R_16BF) {
-        return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+        return __bfloat162float(static_cast<const __nv_bfloat16*>(p)[i]);
     }
     return static_cast<const float*>(p)[i];
 }
 
 inline void store(void* p, int type, size_t i, float v) {
     if (type == R_16BF) {
-        static_cast<uint16_t*>(p)[i] = float_to_bf16(v);
+        static_cast<__nv_bfloat16*>(p)[i] = __float2bfloat16_rn(v); // to nearest even
     } else {
         static_cast<float*>(p)[i] = v;
     }
@@ -189,6 +173,26 @@ template <typename F> void parallel_ranges(long long n, double work, F body) {
     }
 }
 
+// dst (rows x k, row-major, in fp32, TF32-rounded under TF32) from the stored column-major matrix
+// src with leading dimension ld: element (r, l) is src[l + r*ld] when `rows_contiguous`, else
+// src[r + l*ld]. The loops read src in memory order.
+inline void pack(const Gemm& g, std::vector<float>& dst, const void* src, long long rows, long long ld,
+                 bool rows_contiguous) {
+    auto put = [&](long long r, long long l, size_t idx) {
+        const float v = load(src, g.type, idx);
+        dst[(size_t)(r * g.k + l)] = g.tf32 ? to_tf32(v) : v;
+    };
+    if (rows_contiguous) {
+        for (long long r = 0; r < rows; r++)
+            for (long long l = 0; l < g.k; l++)
+                put(r, l, (size_t)(l + r * ld));
+    } else {
+        for (long long l = 0; l < g.k; l++)
+            for (long long r = 0; r < rows; r++)
+                put(r, l, (size_t)(r + l * ld));
+    }
+}
+
 inline void run(const Gemm& g) {
     const size_t e = type_bytes(g.type);
     std::vector<float> opa((size_t)(g.m * g.k)), opb((size_t)(g.n * g.k));
@@ -199,29 +203,9 @@ inline void run(const Gemm& g) {
         const char* c = g.c ? static_cast<const char*>(g.c) + (size_t)(bi * g.stride_c) * e : nullptr;
         char* d = static_cast<char*>(g.d) + (size_t)(bi * g.stride_c) * e;
         // op(A) as m rows of k, op(B)^T as n rows of k, so that every sum runs over contiguous
-        // memory; the loops read the stored matrices in memory order.
-        auto put = [&](std::vector<float>& dst, long long row, long long l, const char* src, size_t idx) {
-            const float v = load(src, g.type, idx);
-            dst[(size_t)(row * g.k + l)] = g.tf32 ? to_tf32(v) : v;
-        };
-        if (g.transa) {
-            for (long long i = 0; i < g.m; i++)
-                for (long long l = 0; l < g.k; l++)
-                    put(opa, i, l, a, (size_t)(l + i * g.lda));
-        } else {
-            for (long long l = 0; l < g.k; l++)
-                for (long long i = 0; i < g.m; i++)
-                    put(opa, i, l, a, (size_t)(i + l * g.lda));
-        }
-        if (g.transb) {
-            for (long long l = 0; l < g.k; l++)
-                for (long long j = 0; j < g.n; j++)
-                    put(opb, j, l, b, (size_t)(j + l * g.ldb));
-        } else {
-            for (long long j = 0; j < g.n; j++)
-                for (long long l = 0; l < g.k; l++)
-                    put(opb, j, l, b, (size_t)(l + j * g.ldb));
-        }
+        // memory: A's rows are contiguous in memory when transposed, op(B)^T's when B is not
+        pack(g, opa, a, g.m, g.lda, g.transa);
+        pack(g, opb, b, g.n, g.ldb, !g.transb);
         // every output once, in column-major order split across threads
         parallel_ranges(g.m * g.n, work, [&](long long begin, long long end) {
             for (long long idx = begin; idx < end; idx++) {

@@ -114,8 +114,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub no_cuda_graphs: bool,
     /// The GPU's classifier in chunks of this many sequences: the logits (B, T, Vp) then never
-    /// exist for more than that many at once, at the cost of computing each chunk's logits twice
-    /// (forward and backward). For batches whose logits do not fit; default: the whole batch.
+    /// exist for more than that many at once, at the cost of computing every chunk's logits but the
+    /// last twice (forward and backward). For batches whose logits do not fit; default: the whole batch.
     #[arg(long, value_name = "SEQUENCES")]
     pub classifier_chunk: Option<usize>,
     /// The device's peak TFLOP/s for the MFU column (default: from a table of A100, H100, H200).

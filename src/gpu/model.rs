@@ -360,6 +360,25 @@ fn matmul_backward_on<T: DeviceFloat>(
     }
 }
 
+/// The logits (B, T, Vp) = lnf (B, T, C) . wte^T (the tied classifier), timed as a matmul.
+#[allow(clippy::too_many_arguments)]
+fn lm_head_forward<T: DeviceFloat>(
+    gpu: &Gpu,
+    fused: bool,
+    prof: &mut GpuProfiler,
+    logits: &mut CudaViewMut<'_, T>, // (B, T, Vp)
+    lnf: &CudaView<'_, T>,           // (B, T, C)
+    wte: &CudaView<'_, T>,           // (Vp, C)
+    b: usize,
+    t: usize,
+    c: usize,
+    vp: usize,
+) -> Result<()> {
+    prof.run(Family::Matmul, Cost::matmul_forward(b, t, c, vp), || {
+        matmul_forward_on(gpu, fused, logits, lnf, wte, None, b, t, c, vp)
+    })
+}
+
 /// GPT-2 on one CUDA GPU, its weights, activations and gradients stored in T (f32 or bf16); see
 /// the file comment.
 pub struct Gpt2Gpu<T: ModelFloat = f32> {
@@ -445,9 +464,10 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
     /// As [`Gpt2Gpu::new_with`], with the classifier in chunks of `classifier_chunk` sequences
     /// (None: all of them). The logits then never exist for more than that many sequences at
     /// once, (chunk, T, Vp) instead of (B, T, Vp): the forward computes each chunk's logits and
-    /// losses in turn (keeping each row's softmax max and sum), and the backward computes each
-    /// chunk's logits again, then its dlogits, dlnf and dwte. That costs one more (chunk, T, C) x
-    /// (C, Vp) product per chunk, about a third more work in the classifier, for (B - chunk) x T
+    /// losses in turn (keeping each row's softmax max and sum), and the backward, last chunk first (the
+    /// forward left its logits in place), computes every other chunk's logits again, then each
+    /// chunk's dlogits, dlnf and dwte. That costs one more (chunk, T, C) x (C, Vp) product per
+    /// chunk but the last, up to a third more work in the classifier, for (B - chunk) x T
     /// x Vp elements of memory. The logits of a forward of more than `classifier_chunk` sequences
     /// are not kept (`logits()` is an error), and a forward without targets must fit one chunk.
     pub fn new_with_chunks(
@@ -734,10 +754,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         };
         self.run_piece(piece, |m| {
             m.forward_layers(b, t)?;
-            if with_targets {
-                m.losses(b, t)?;
-            }
-            Ok(())
+            m.classifier_forward(b, t, with_targets)
         })
         .context("the GPU forward pass failed")?;
         if !with_targets {
@@ -762,7 +779,8 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         Ok(self.loss)
     }
 
-    /// The layers of the forward pass up to the logits, for the (B, T) tokens in `inputs_dev`.
+    /// The layers of the forward pass up to lnf (`classifier_forward` then computes the logits), for
+    /// the (B, T) tokens in `inputs_dev`.
     /// On the fused path the residual add that ends a layer also computes the next layernorm (the
     /// next layer's ln1, or lnf after the last layer), the MLP's first matmul applies the bias
     /// and GELU in its epilogue, and attention is one flash kernel.
@@ -771,12 +789,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         let fused = self.fused;
         let gpu = &self.gpu;
         let prof = &mut self.prof;
-        let (l_count, nh, c, vp) = (
-            cfg.num_layers,
-            cfg.num_heads,
-            cfg.channels,
-            cfg.padded_vocab_size,
-        );
+        let (l_count, nh, c) = (cfg.num_layers, cfg.num_heads, cfg.channels);
         let p = Params::from_array(views(self.params.as_view(), param_sizes(&cfg).into_array()));
         let (act_sizes, stat_sizes) =
             arena_sizes(&cfg, b, t, fused, self.chunk_b).context("activation sizes overflow")?;
@@ -994,19 +1007,14 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
                 )
             })?;
         }
-        if b <= self.chunk_b {
-            prof.run(Family::Matmul, Cost::matmul_forward(b, t, c, vp), || {
-                let lnf = a.lnf.as_view();
-                matmul_forward_on(gpu, fused, &mut a.logits, &lnf, &p.wte, None, b, t, c, vp)
-            })?;
-        } // else the losses compute the logits chunk by chunk
         Ok(())
     }
 
-    /// The losses (B, T) of the logits against `targets_dev`, into the stats arena, with each
-    /// row's softmax max and sum: of the logits in place, or, when the batch is larger than the
-    /// classifier's chunk, of each chunk's logits computed in turn.
-    fn losses(&mut self, b: usize, t: usize) -> Result<()> {
+    /// The logits (B, T, Vp) = lnf . wte^T and, with targets, the losses (B, T) against
+    /// `targets_dev` into the stats arena, with each row's softmax max and sum: chunk by chunk
+    /// (one chunk when the logits hold the whole batch), so that after it the logits of the last
+    /// chunk are in place.
+    fn classifier_forward(&mut self, b: usize, t: usize, targets: bool) -> Result<()> {
         let cfg = self.config;
         let (c, v, vp) = (cfg.channels, cfg.vocab_size, cfg.padded_vocab_size);
         let (act_sizes, stat_sizes) = arena_sizes(&cfg, b, t, self.fused, self.chunk_b)
@@ -1019,11 +1027,10 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         for (b0, bc) in chunks {
             let rows = b0 * t..(b0 + bc) * t;
             let mut logits = a.logits.slice_mut(..bc * t * vp);
-            if bc < b {
-                prof.run(Family::Matmul, Cost::matmul_forward(bc, t, c, vp), || {
-                    let lnf = a.lnf.slice(rows.start * c..rows.end * c);
-                    matmul_forward_on(gpu, fused, &mut logits, &lnf, &p.wte, None, bc, t, c, vp)
-                })?;
+            let lnf = a.lnf.slice(rows.start * c..rows.end * c);
+            lm_head_forward(gpu, fused, prof, &mut logits, &lnf, &p.wte, bc, t, c, vp)?;
+            if !targets {
+                continue;
             }
             let targets = self.targets_dev.slice(rows.clone());
             let mut losses = s.losses.slice_mut(rows.clone());
@@ -1048,7 +1055,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         Ok(())
     }
 
-    /// The losses (B, T) that [`Gpt2Gpu::losses`] computed, read back to the host.
+    /// The losses (B, T) that [`Gpt2Gpu::classifier_forward`] computed, read back to the host.
     fn download_losses(&mut self, b: usize, t: usize) -> Result<Vec<f32>> {
         let (_, stat_sizes) = arena_sizes(&self.config, b, t, self.fused, self.chunk_b)
             .context("activation sizes overflow")?;
@@ -1178,16 +1185,15 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
 
         // the loss is the mean over B*T: each position's loss gets 1/(B*T); logits -> dlogits,
         // with each row's softmax max and sum as the forward's losses saved them; then dlnf and
-        // dwte. In chunks (see `new_with_chunks`) each chunk's logits are computed again first.
-        for (b0, bc) in chunks {
+        // dwte. In chunks (see `new_with_chunks`), last chunk first: its logits are the ones the
+        // forward left in place; every other chunk's are computed again.
+        for (b0, bc) in chunks.into_iter().rev() {
             let rows = b0 * t..(b0 + bc) * t;
             let (rc, lnf) = (rows.start * c..rows.end * c, a.lnf.as_view());
             let lnf = lnf.slice(rc.clone());
             let mut logits = a.logits.slice_mut(..bc * t * vp);
-            if bc < b {
-                prof.run(Family::Matmul, Cost::matmul_forward(bc, t, c, vp), || {
-                    matmul_forward_on(gpu, fused, &mut logits, &lnf, &p.wte, None, bc, t, c, vp)
-                })?;
+            if b0 + bc < b {
+                lm_head_forward(gpu, fused, prof, &mut logits, &lnf, &p.wte, bc, t, c, vp)?;
             }
             let row_stats = self.row_stats.slice(2 * rows.start..2 * rows.end);
             let targets = targets.slice(rows.clone());

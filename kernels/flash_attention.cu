@@ -189,10 +189,12 @@ __device__ __forceinline__ void mma(FragC& c, const FragA<__nv_bfloat16>& a, con
 // The fp32 twin of the instruction, same fragments: lane (g, t) needs rows g and g+8 of A (held
 // by lanes 4g..4g+3) and columns 2t and 2t+1 of B (held by lanes 8t..8t+3 and 8t+4..8t+7); source
 // lane q of each group holds the k = 2q, 2q+1, 2q+8, 2q+9 slice. Fixed order: deterministic.
+// The loop over q stays a loop: unrolled, the fp32 kernels' PTX was 8 MB (the driver's JIT took
+// 33 s of ptxas time to compile it at every cold start); as a loop it is 3.6 MB and 8 s.
 // MMA_F32_BEGIN
 __device__ __forceinline__ void mma(FragC& c, const FragA<float>& a, const FragB<float>& b) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-#pragma unroll
+#pragma unroll 1
     for (int q = 0; q < 4; ++q) {
         float av[8], b0[4], b1[4];
 #pragma unroll

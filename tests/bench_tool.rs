@@ -382,6 +382,63 @@ fn formats_a_results_file() {
     );
 }
 
+/// `--report A B`: one table of two runs' rows (a sweep split over two device calls), the
+/// engine/PyTorch ratio taken across the files; files of different configurations are refused.
+#[test]
+fn merges_results_files_into_one_table() {
+    let dir = tmp_dir("merge");
+    let engine_run = r#"{"meta": {"device": "cuda", "device_text": "NVIDIA H200, driver 580.00, 143,771 MiB",
+ "gpu_name": "NVIDIA H200", "peak_tflops": null, "date": "2026-12-02 10:00 UTC",
+ "command": "tools/bench --precision bf16 --batch 8 --pytorch none", "ran": "train-gpt2-cuda",
+ "model": "d12", "params": 124475904, "T": 1024, "steps": 20, "warmup": 3},
+ "rows": [{"impl": "train-gpt2-cuda", "precision": "bf16", "B": 8, "T": 1024, "status": "ok",
+   "ms_per_step": 16.0, "peak_mem_bytes": null}]}"#;
+    let torch_run = engine_run
+        .replace("10:00 UTC", "10:05 UTC")
+        .replace("--pytorch none", "--engine none --pytorch compile")
+        .replace("\"ran\": \"train-gpt2-cuda\"", "\"ran\": \"PyTorch 2.9\"")
+        .replace(
+            "train-gpt2-cuda\", \"precision",
+            "pytorch-compile\", \"precision",
+        )
+        .replace("16.0", "20.0");
+    let (a, b) = (dir.join("a.json"), dir.join("b.json"));
+    std::fs::write(&a, engine_run).unwrap();
+    std::fs::write(&b, &torch_run).unwrap();
+    let report = bench_ok(&["--report", a.to_str().unwrap(), b.to_str().unwrap()]);
+    let rows = table_rows(&report);
+    // 8 * 1024 / 0.016 s = 512,000 tokens/s; 8 * 1024 / 0.020 s = 409,600; ratio 1.25
+    assert_eq!(rows.len(), 2, "{report}");
+    assert_eq!(
+        rows[0][..6],
+        ["train-gpt2-cuda", "bf16", "8", "1024", "16.0", "512,000"]
+    );
+    assert_eq!(rows[1][0], "pytorch-compile");
+    assert_eq!(rows[1][5], "409,600");
+    assert_eq!(rows[1][8], "1.25x", "{report}");
+    assert!(
+        report.contains(
+            "- date: 2026-12-02 10:00 UTC to 2026-12-02 10:05 UTC\n- command: `tools/bench \
+             --precision bf16 --batch 8 --pytorch none` and `tools/bench --precision bf16 --batch \
+             8 --engine none --pytorch compile`\n- ran: train-gpt2-cuda; then PyTorch 2.9\n"
+        ),
+        "{report}"
+    );
+    // another T is another table
+    let other = dir.join("other.json");
+    std::fs::write(
+        &other,
+        torch_run.replace("\"T\": 1024, \"steps", "\"T\": 512, \"steps"),
+    )
+    .unwrap();
+    let (out, _, stderr) = bench(&["--report", a.to_str().unwrap(), other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("other.json: T is 512, but") && stderr.contains("not one table"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn bad_arguments_exit_with_status_2() {
     let eng = engine();

@@ -377,7 +377,9 @@ def build_parser():
     p.add_argument("--peak-tflops", help="peak TFLOP/s for MFU, instead of the table")
     p.add_argument("-v", "--verbose", action="store_true", help="print each run's output on stderr")
     tools = p.add_argument_group("tools that run nothing (for tests and for re-reading results)")
-    tools.add_argument("--report", metavar="RESULTS.json", help="print the table of a saved --out file")
+    tools.add_argument("--report", metavar="RESULTS.json", nargs="+",
+                       help="print the table of a saved --out file; of several, one table of all "
+                       "their rows (same device, model, T and timing)")
     tools.add_argument("--parse-log", metavar="FILE", help="parse an engine log (with --warmup) to JSON")
     tools.add_argument("--mfu-info", action="store_true",
                        help="print N, FLOPs/token (--model, --seq) and the peaks for --gpu-name as JSON")
@@ -798,16 +800,45 @@ def bench(a):
     return 1 if any(r["status"] == "error" for r in rows) else 0
 
 
+def read_results(path):
+    """(meta, rows) of a tools/bench --out file."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        meta, rows = saved["meta"], saved["rows"]
+        if not isinstance(meta, dict) or not isinstance(rows, list):
+            raise TypeError("'meta' must be an object and 'rows' a list")
+        return meta, rows
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"{path}: not a results file of tools/bench --out ({e})")
+
+
+# What the results of several runs must share to stand in one table.
+SAME_IN_ONE_TABLE = ["device", "gpu_name", "peak_tflops", "model", "T", "steps", "warmup"]
+
+
+def merge_results(results, paths):
+    """One (meta, rows) of the results of several runs (e.g. a sweep split over device calls):
+    their rows in order, their commands, dates and what ran joined."""
+    meta, rows = dict(results[0][0]), list(results[0][1])
+    for (m, r), path in zip(results[1:], paths[1:]):
+        for key in SAME_IN_ONE_TABLE:
+            if m.get(key) != meta.get(key):
+                raise UsageError(f"{path}: {key} is {m.get(key)!r}, but {paths[0]} has "
+                                 f"{meta.get(key)!r}: not one table")
+        for key, sep in (("command", "` and `"), ("ran", "; then ")):
+            meta[key] = f"{meta[key]}{sep}{m[key]}"
+        if m["date"] != meta["date"].split(" to ")[-1]:
+            meta["date"] = f"{meta['date'].split(' to ')[0]} to {m['date']}"
+        rows += r
+    return meta, rows
+
+
 def main(argv=None):
     a = build_parser().parse_args(argv)
     try:
         if a.report:
-            try:
-                with open(a.report) as f:
-                    saved = json.load(f)
-                meta, rows = saved["meta"], saved["rows"]
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise UsageError(f"{a.report}: not a results file of tools/bench --out ({e})")
+            meta, rows = merge_results([read_results(path) for path in a.report], a.report)
             print(format_report(meta, rows), end="")
             return 0
         if a.parse_log:

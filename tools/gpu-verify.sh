@@ -1,101 +1,185 @@
 #!/usr/bin/env bash
-# Every GPU check in one go, for the GPU machine (no Rust there). Here, first:
+# Every GPU check, most important first, for the GPU machine (no Rust there). Here, first:
 #     ../shared/gpu/pack
 # then on the GPU machine, from the project root (the device tool: carry [".gpu"]):
-#     bash tools/gpu-verify.sh "$OUT"
-# It writes one log per check into the folder given (default gpu-verify-out/) and a summary at
-# the end; the exit status is 0 only if every check passed.
+#     DEADLINE_S=560 bash tools/gpu-verify.sh "$OUT"        # with timeout_s 600
+# and, if the summary says checks were left for lack of time, the same command again at once
+# (while the machine is warm): it skips every check that already finished.
+#
+# What comes back in the folder given (default gpu-verify-out/): summary.txt (one line per
+# check: ok, FAIL, cut (the deadline stopped it) or left (no time to start it)) and
+# gpu-verify-logs.tar.gz (every check's log, the bench JSONs, the dumps, the loss lists). The
+# device tool returns at most 8 files, so nothing else goes there. Both are rewritten after every
+# check, so a call that runs out of time still returns what finished. The exit status is 0 only if
+# every check ran and passed.
+#
+# Knobs (environment):
+#   DEADLINE_S=N   start no check after N seconds from now, and cut a running one at N
+#   ONLY=REGEX     only the checks whose names match (e.g. ONLY='^(info|gpu-tests)$')
+#   SKIP=REGEX     not the checks whose names match
+#   GPU_VERIFY_STATE=DIR  logs and the record of finished checks (default /tmp/gpu-verify; it
+#                  lives as long as the machine: a fresh machine starts from the first check)
+#   CHECK_TIMEOUT=N  one check's limit in seconds (default 300; some checks set their own)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out=${1:-gpu-verify-out}
 mkdir -p "$out"
+out=$(cd "$out" && pwd)
 run=".gpu/on-gpu.sh"
 [ -f "$run" ] || { echo "no .gpu/: run ../shared/gpu/pack on the build machine first" >&2; exit 2; }
-declare -a summary
-# each check may take at most CHECK_TIMEOUT seconds (default 300), so that one hang cannot eat a
-# device session's whole budget
-# ONLY=REGEX runs just the checks whose names match (e.g. ONLY='^(info|tests)$', or
-# ONLY='train|curve|bf16-tracks'), to split the whole set over several device calls.
-check() { # name, command...
-  local name=$1; shift
-  if [[ -n "${ONLY:-}" && ! "$name" =~ $ONLY ]]; then return 0; fi
-  echo "=== $name: $*"
-  local start=$SECONDS
-  if timeout "${CHECK_TIMEOUT:-300}" "$@" > "$out/$name.log" 2>&1; then
-    summary+=("ok    $name ($((SECONDS - start)) s)")
-  else
-    summary+=("FAIL  $name ($((SECONDS - start)) s, see $name.log)")
-  fi
-  tail -n 25 "$out/$name.log"
-}
+state=${GPU_VERIFY_STATE:-/tmp/gpu-verify}
+logs="$state/logs"
+mkdir -p "$logs"
+touch "$state/status"
+start=$SECONDS
+deadline=${DEADLINE_S:-}
 
-check info bash "$run" info
-# every test, the GPU ones included (--include-ignored), one thread; longer than the other checks
-# (the driver compiles the kernels' PTX for the GPU in the first process, about 10 MB of it; the
-# host emulation builds its C++), so give it a device call of its own: ONLY='^(info|tests)$'.
-# Skipped here: the tests on the emulated device (every name has "emulated_device" in it), which
-# run the same GPU tests on fake CUDA libraries on the CPU; CI runs them, the GPU machine's time is
-# for the real device.
-CHECK_TIMEOUT=${TESTS_TIMEOUT:-540} check tests bash "$run" tests --skip emulated_device
-# the engine against the PyTorch fixtures and against the CPU path, with the 10-step trajectories
+# The status file holds one line per check that ran: "ok NAME (S s)", "FAIL NAME (...)" or
+# "cut NAME (...)"; ok and FAIL are final, a cut check runs again next time.
+status_of() { awk -v n="$1" '$2 == n { s = $1 } END { print s }' "$state/status"; }
+declare -a order
+publish() {
+  {
+    echo "gpu-verify at $(git rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u '+%Y-%m-%d %H:%M UTC')"
+    for name in "${order[@]}"; do
+      line=$(awk -v n="$name" '$2 == n { l = $0 } END { print l }' "$state/status")
+      echo "  ${line:-left $name}"
+    done
+  } > "$out/summary.txt"
+  tar -C "$state" -czf "$out/gpu-verify-logs.tar.gz" logs 2> /dev/null
+}
+check() { # name, timeout seconds, command...
+  local name=$1 limit=$2; shift 2
+  if [[ -n "${ONLY:-}" && ! "$name" =~ $ONLY ]] || [[ -n "${SKIP:-}" && "$name" =~ $SKIP ]]; then
+    return 0
+  fi
+  order+=("$name")
+  case "$(status_of "$name")" in ok | FAIL) echo "=== $name: done before"; return 0 ;; esac
+  local cut_by_deadline=0
+  if [ -n "$deadline" ]; then
+    local left=$((deadline - (SECONDS - start)))
+    if [ "$left" -lt 30 ]; then echo "=== $name: left (no time)"; publish; return 0; fi
+    if [ "$left" -lt "$limit" ]; then limit=$left; cut_by_deadline=1; fi
+  fi
+  echo "=== $name: $*"
+  local t0=$SECONDS rc
+  timeout --kill-after=10 "$limit" bash -c '"$@"' check "$@" > "$logs/$name.log" 2>&1
+  rc=$?
+  local took=$((SECONDS - t0))
+  if [ "$rc" -eq 0 ]; then
+    echo "ok $name ($took s)" >> "$state/status"
+  elif [ "$cut_by_deadline" -eq 1 ] && { [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; }; then
+    echo "cut $name ($took s: the deadline stopped it; it runs again next time)" >> "$state/status"
+  else
+    echo "FAIL $name ($took s, exit $rc, see logs/$name.log)" >> "$state/status"
+  fi
+  tail -n 15 "$logs/$name.log"
+  publish
+}
+eng() { bash "$run" exec train-gpt2-cuda "$@"; }
+# the step lines of a training log without their timings: what two runs must agree on
+losses() { grep '^step' "$logs/$1.log" 2> /dev/null | sed 's/ | [0-9.]* ms .*//' > "$logs/$2"; }
+# two loss lists, equal and not empty (two failed runs print no steps)
+same() { [ -s "$logs/$1" ] && [ -s "$logs/$2" ] && diff "$logs/$1" "$logs/$2"; }
+# each test executable of .gpu/tests with the given arguments (on-gpu.sh's environment: its exec
+# runs .gpu/bin/NAME, and ../tests/NAME is the test executable)
+tests() {
+  local rc=0 t
+  for t in .gpu/tests/*; do
+    echo "=== $(basename "$t")"
+    bash "$run" exec "../tests/$(basename "$t")" --test-threads=1 "$@" || rc=1
+  done
+  return $rc
+}
+# (check runs its command in a child bash under `timeout`: it needs these)
+export run logs
+export -f eng same tests
+
+# 1. What the machine is.
+check info 60 bash "$run" info
+# 2. The GPU tests (every #[ignore = "needs a CUDA GPU"] test, and the bench tool's PyTorch test):
+# each kernel family against its CPU twin, the model, the graphs, the profiler. The first process
+# JIT-compiles the PTX for the GPU (the driver caches it for the rest). Not here: the ignored
+# corpus regeneration (it reads ../shared) and the tests on the emulated device (CI runs those).
+check gpu-tests 420 tests --ignored --skip regenerate_default_corpus --skip emulated_device
+# 3. The engine against the PyTorch fixtures and the CPU path, with the 10-step trajectories: fp32,
+# then bf16 at verify::Tolerances::BF16, then the fused kernels in fp32 and the plain ones in bf16.
 for f in tiny sharp gpt2vocab hs64; do
-  check "verify-$f" bash "$run" exec train-gpt2-cuda verify --device both \
+  check "verify-$f" 120 eng verify --device both \
     --model "tests/fixtures/ref_${f}_model.bin" --state "tests/fixtures/ref_${f}_state.bin" \
-    --steps 10 --expect-losses "tests/fixtures/ref_${f}_losses.txt" --dump "$out/dump_${f}.bin"
+    --steps 10 --expect-losses "tests/fixtures/ref_${f}_losses.txt" --dump "$logs/dump_${f}.bin"
 done
-# the bf16 engine: against PyTorch (fp32) and the CPU at the bf16 tolerances (verify::Tolerances::BF16)
 for f in tiny sharp gpt2vocab hs64; do
-  check "verify-bf16-$f" bash "$run" exec train-gpt2-cuda verify --device both --precision bf16 \
+  check "verify-bf16-$f" 120 eng verify --device both --precision bf16 \
     --model "tests/fixtures/ref_${f}_model.bin" --state "tests/fixtures/ref_${f}_state.bin" \
     --steps 10 --expect-losses "tests/fixtures/ref_${f}_losses.txt"
 done
-# the fused kernels in fp32 (flash attention, cuBLASLt epilogues, residual + layernorm) at the fp32
-# tolerances, and the plain kernels in bf16 on the same head-size-64 fixture
-check verify-fused-fp32-hs64 bash "$run" exec train-gpt2-cuda verify --device both --precision fp32 \
-  --kernels fused --model tests/fixtures/ref_hs64_model.bin --state tests/fixtures/ref_hs64_state.bin \
+check verify-fused-fp32-hs64 120 eng verify --device both --precision fp32 --kernels fused \
+  --model tests/fixtures/ref_hs64_model.bin --state tests/fixtures/ref_hs64_state.bin \
   --steps 10 --expect-losses tests/fixtures/ref_hs64_losses.txt
-check verify-plain-bf16-hs64 bash "$run" exec train-gpt2-cuda verify --device both --precision bf16 \
-  --kernels plain --model tests/fixtures/ref_hs64_model.bin --state tests/fixtures/ref_hs64_state.bin \
+check verify-plain-bf16-hs64 120 eng verify --device both --precision bf16 --kernels plain \
+  --model tests/fixtures/ref_hs64_model.bin --state tests/fixtures/ref_hs64_state.bin \
   --steps 10 --expect-losses tests/fixtures/ref_hs64_losses.txt
-# training d12 on the default corpus, twice with the same seed: the losses must be identical
-for i in 1 2; do
-  check "train-d12-run$i" bash "$run" exec train-gpt2-cuda --device cuda --model d12 --batch 4 \
-    --seq 64 --steps 50 --val-every 25 --seed 1337 --precision fp32 --out-dir "$out/train$i"
-done
-grep '^step' "$out/train-d12-run1.log" 2>/dev/null | sed 's/ | [0-9.]* ms .*//' > "$out/losses1.txt"
-grep '^step' "$out/train-d12-run2.log" 2>/dev/null | sed 's/ | [0-9.]* ms .*//' > "$out/losses2.txt"
-check same-seed-same-losses diff "$out/losses1.txt" "$out/losses2.txt"
-# the same in bf16 (stochastic rounding is seeded: still bitwise reproducible)
-for i in 1 2; do
-  check "train-d12-bf16-run$i" bash "$run" exec train-gpt2-cuda --device cuda --model d12 --batch 4 \
-    --seq 64 --steps 50 --val-every 25 --seed 1337 --precision bf16 --out-dir "$out/train-bf16-$i"
-done
-grep '^step' "$out/train-d12-bf16-run1.log" 2>/dev/null | sed 's/ | [0-9.]* ms .*//' > "$out/losses-bf16-1.txt"
-grep '^step' "$out/train-d12-bf16-run2.log" 2>/dev/null | sed 's/ | [0-9.]* ms .*//' > "$out/losses-bf16-2.txt"
-check same-seed-same-losses-bf16 diff "$out/losses-bf16-1.txt" "$out/losses-bf16-2.txt"
-# CUDA graphs change the speed, not the numbers: the same run with every kernel launched eagerly
-check train-d12-bf16-no-graphs bash "$run" exec train-gpt2-cuda --device cuda --model d12 --batch 4 \
-  --seq 64 --steps 50 --val-every 25 --seed 1337 --precision bf16 --no-cuda-graphs \
-  --out-dir "$out/train-bf16-nog"
-grep '^step' "$out/train-d12-bf16-no-graphs.log" 2>/dev/null | sed 's/ | [0-9.]* ms .*//' > "$out/losses-bf16-nog.txt"
-check graphs-same-losses-bf16 diff "$out/losses-bf16-1.txt" "$out/losses-bf16-nog.txt"
-# the bf16 loss curve tracks fp32 (same seed, same data) for 300 steps of d12 at B=8, T=256
+# 4. d12 on the default corpus, twice with the same seed: identical losses; in bf16 too
+# (stochastic rounding is seeded), and with CUDA graphs off (they change the speed, not the numbers).
+train() { # name, args...
+  local name=$1; shift
+  check "$name" 180 eng --device cuda --model d12 --batch 4 --seq 64 --steps 50 --val-every 25 \
+    --seed 1337 --out-dir "$state/$name" "$@"
+}
+train train-d12-run1 --precision fp32
+train train-d12-run2 --precision fp32
+losses train-d12-run1 losses1.txt; losses train-d12-run2 losses2.txt
+check same-seed-same-losses 10 same losses1.txt losses2.txt
+train train-d12-bf16-run1 --precision bf16
+train train-d12-bf16-run2 --precision bf16
+losses train-d12-bf16-run1 losses-bf16-1.txt; losses train-d12-bf16-run2 losses-bf16-2.txt
+check same-seed-same-losses-bf16 10 same losses-bf16-1.txt losses-bf16-2.txt
+train train-d12-bf16-no-graphs --precision bf16 --no-cuda-graphs
+losses train-d12-bf16-no-graphs losses-bf16-nog.txt
+check graphs-same-losses-bf16 10 same losses-bf16-1.txt losses-bf16-nog.txt
+# 5. The bf16 loss curve tracks fp32 (same seed, same data): 300 steps of d12 at B=8, T=256.
 for p in fp32 bf16; do
-  check "curve-$p" bash "$run" exec train-gpt2-cuda --device cuda --model d12 --batch 8 --seq 256 \
-    --steps 300 --lr 6e-4 --warmup 20 --val-every 50 --seed 1337 --precision $p --sample-tokens 0 \
-    --out-dir "$out/curve-$p"
+  check "curve-$p" 240 eng --device cuda --model d12 --batch 8 --seq 256 --steps 300 --lr 6e-4 \
+    --warmup 20 --val-every 50 --seed 1337 --precision $p --sample-tokens 0 --out-dir "$state/curve-$p"
 done
-check bf16-tracks-fp32 python3 tools/loss_band.py "$out/curve-fp32.log" "$out/curve-bf16.log" \
+check bf16-tracks-fp32 30 python3 tools/loss_band.py "$logs/curve-fp32.log" "$logs/curve-bf16.log" \
   --window 25 --band 0.02 --val-band 0.02
-# memory errors and races in a short run
+# 6. Speed: the engine against PyTorch eager and torch.compile (about a minute of compilation per
+# torch.compile row), then the --profile tables of the fused and the plain kernels.
+bench() { # name, args...
+  local name=$1; shift
+  check "$name" 540 python3 tools/bench --out "$logs/$name.json" "$@"
+}
+bench bench-bf16 --precision bf16 --batch 4,8,16 --pytorch eager,compile
+profile() { # name, args...
+  local name=$1; shift
+  check "$name" 120 eng --device cuda --model d12 --batch 8 --seq 1024 --steps 12 --profile \
+    --val-every 0 --sample-tokens 0 --out-dir "$state/$name" "$@"
+}
+profile profile-bf16-fused
+profile profile-bf16-plain --kernels plain
+bench bench-bf16-plain --precision bf16 --batch 8 --pytorch none --kernels plain
+bench bench-bf16-no-graphs --precision bf16 --batch 8 --pytorch none --no-cuda-graphs
+bench bench-d6 --model d6 --seq 64 --batch 4 --precision bf16 --pytorch eager
+bench bench-d6-no-graphs --model d6 --seq 64 --batch 4 --precision bf16 --pytorch none --no-cuda-graphs
+bench bench-fp32 --precision fp32 tf32 --batch 4,8 --pytorch eager
+# 7. Memory errors in short runs.
 if command -v compute-sanitizer > /dev/null; then
-  check sanitizer compute-sanitizer --tool memcheck --target-processes all --error-exitcode 1 \
-    bash "$run" exec train-gpt2-cuda --device cuda --model d2 --batch 2 --seq 33 --steps 2 --val-batches 1 --sample-tokens 4 --precision fp32 --out-dir "$out/san"
-  check sanitizer-bf16 compute-sanitizer --tool memcheck --target-processes all --error-exitcode 1 \
-    bash "$run" exec train-gpt2-cuda --device cuda --model d2 --batch 2 --seq 33 --steps 2 --val-batches 1 --sample-tokens 4 --precision bf16 --out-dir "$out/san-bf16"
-  check sanitizer-fused-fp32 compute-sanitizer --tool memcheck --target-processes all --error-exitcode 1 \
-    bash "$run" exec train-gpt2-cuda --device cuda --model d2 --batch 2 --seq 33 --steps 2 --val-batches 1 --sample-tokens 4 --precision fp32 --kernels fused --out-dir "$out/san-fused"
+  san() { # name, args...
+    local name=$1; shift
+    check "$name" 240 compute-sanitizer --tool memcheck --target-processes all --error-exitcode 1 \
+      bash "$run" exec train-gpt2-cuda --device cuda --model d2 --batch 2 --seq 33 --steps 2 \
+      --val-batches 1 --sample-tokens 4 --out-dir "$state/$name" "$@"
+  }
+  san sanitizer --precision fp32
+  san sanitizer-bf16 --precision bf16
+  san sanitizer-fused-fp32 --precision fp32 --kernels fused
 fi
-echo; echo "summary:"; printf '  %s\n' "${summary[@]}"
-printf '%s\n' "${summary[@]}" | grep -q FAIL && exit 1
+# 8. Every other test, with a GPU present (CI runs them without one).
+check other-tests 420 tests --skip emulated_device
+
+publish
+echo; cat "$out/summary.txt"
+if grep -qvE '^gpu-verify|^  ok ' "$out/summary.txt"; then exit 1; fi
 exit 0

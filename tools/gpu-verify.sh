@@ -176,7 +176,18 @@ if command -v compute-sanitizer > /dev/null; then
   san sanitizer-bf16 --precision bf16
   san sanitizer-fused-fp32 --precision fp32 --kernels fused
 fi
-# 8. Every other test, with a GPU present (CI runs them without one).
+# 8. Nsight Compute over the second step of d12 at B=8, T=1024 (bf16, fused kernels, eagerly
+# launched): each kernel's achieved bandwidth and throughput against the GPU's peaks, occupancy and
+# launch shape, the cuBLASLt products included, for choosing block sizes (ncu.csv in the logs).
+ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2> /dev/null || true)
+if [ -n "$ncu" ]; then
+  check ncu 300 "$ncu" --target-processes all --nvtx --nvtx-include "step/" --launch-skip 260 \
+    --launch-count 280 --section SpeedOfLight --section Occupancy --section LaunchStats --csv \
+    --page details --log-file "$logs/ncu.csv" bash "$run" exec train-gpt2-cuda --device cuda \
+    --model d12 --batch 8 --seq 1024 --steps 3 --val-every 0 --sample-tokens 0 --no-cuda-graphs \
+    --out-dir "$state/ncu"
+fi
+# 9. Every other test, with a GPU present (CI runs them without one).
 check other-tests 420 tests --skip emulated_device
 
 publish

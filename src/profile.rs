@@ -9,10 +9,13 @@
 //!   is one product of (B*T, C) by (C, OC), its backward two (dinp and dweight); attention's
 //!   forward is q k^T and att v over the B*NH heads, 2 * 2*B*NH*T*T*HS = 4*B*T*T*C (the full T*T,
 //!   as cuBLAS computes it, not the causal half), its backward four such products, 8*B*T*T*C.
-//! - bytes (every other family): each tensor argument read once and/or written once at 4 bytes an
-//!   element (fp32 values, u32 tokens); a gradient that is accumulated (`+=`) counts as read and
-//!   written. A kernel's own scratch (partial sums) is not counted, and neither are re-reads, so
-//!   the GB/s column is the effective bandwidth, comparable with the device's peak.
+//! - bytes (every other family): each tensor argument read once and/or written once; a gradient
+//!   that is accumulated (`+=`) counts as read and written. Activations, parameters and their
+//!   gradients are elements of the model's storage type (4 bytes in fp32, 2 in bf16: the
+//!   [`Profile`]'s `elem_bytes`); the layernorm statistics, the losses, AdamW's moments and master
+//!   weights are fp32 and the tokens u32 in either (4 bytes). A kernel's own scratch (partial
+//!   sums) is not counted, and neither are re-reads, so the GB/s column is the effective
+//!   bandwidth, comparable with the device's peak.
 //!
 //! The table's "other" row is the step time that no family's calls account for: memsets, host <->
 //! device copies, and the device idling while the host waits (the loss and the gradient norm are
@@ -84,8 +87,11 @@ impl Family {
 pub struct Cost {
     /// Floating-point operations (matmul and attention; 0 for the others).
     pub flops: f64,
-    /// Bytes read plus bytes written (the memory-bound families; 0 for matmul and attention).
-    pub bytes: f64,
+    /// Elements of the storage type read plus written (the memory-bound families).
+    pub elems: f64,
+    /// Bytes read plus written at a fixed width whatever the storage type: fp32 statistics,
+    /// losses and AdamW state, u32 tokens.
+    pub fixed_bytes: f64,
 }
 
 /// The FLOPs of one matrix product of (M, K) by (K, N): a multiply and an add per term.
@@ -93,7 +99,7 @@ pub fn matmul_flops(m: usize, n: usize, k: usize) -> f64 {
     2.0 * m as f64 * n as f64 * k as f64
 }
 
-/// `n` fp32 elements (or u32 tokens) as bytes.
+/// `n` fp32 values or u32 tokens as bytes.
 fn b4(n: f64) -> f64 {
     4.0 * n
 }
@@ -101,12 +107,24 @@ fn b4(n: f64) -> f64 {
 impl Cost {
     /// A cost of `flops` FLOPs.
     pub fn flops(flops: f64) -> Cost {
-        Cost { flops, bytes: 0.0 }
+        Cost {
+            flops,
+            ..Cost::default()
+        }
     }
 
-    /// A cost of `bytes` bytes.
-    pub fn bytes(bytes: f64) -> Cost {
-        Cost { flops: 0.0, bytes }
+    /// A cost of `elems` elements of the storage type and `fixed_bytes` bytes at a fixed width.
+    pub fn memory(elems: f64, fixed_bytes: f64) -> Cost {
+        Cost {
+            flops: 0.0,
+            elems,
+            fixed_bytes,
+        }
+    }
+
+    /// The bytes moved when the storage type has `elem_bytes` bytes an element.
+    pub fn bytes(&self, elem_bytes: f64) -> f64 {
+        self.elems * elem_bytes + self.fixed_bytes
     }
 
     /// matmul_forward: out (B,T,OC) = inp (B,T,C) @ weight (OC,C)^T (+ bias).
@@ -133,28 +151,28 @@ impl Cost {
     /// written.
     pub fn encoder_forward(b: usize, t: usize, c: usize) -> Cost {
         let (bt, btc) = ((b * t) as f64, (b * t * c) as f64);
-        Cost::bytes(b4(bt + 3.0 * btc))
+        Cost::memory(3.0 * btc, b4(bt))
     }
 
     /// encoder_backward: tokens (B,T) and dout (B,T,C) read; a row of dwte per position (an upper
     /// bound when tokens repeat) and dwpe (T,C) accumulated.
     pub fn encoder_backward(b: usize, t: usize, c: usize) -> Cost {
         let (bt, btc, tc) = ((b * t) as f64, (b * t * c) as f64, (t * c) as f64);
-        Cost::bytes(b4(bt + btc + 2.0 * btc + 2.0 * tc))
+        Cost::memory(btc + 2.0 * btc + 2.0 * tc, b4(bt))
     }
 
     /// layernorm_forward: inp (B,T,C), weight and bias (C) read; out (B,T,C), mean and rstd (B,T)
     /// written.
     pub fn layernorm_forward(b: usize, t: usize, c: usize) -> Cost {
         let (bt, btc, c) = ((b * t) as f64, (b * t * c) as f64, c as f64);
-        Cost::bytes(b4(2.0 * btc + 2.0 * c + 2.0 * bt))
+        Cost::memory(2.0 * btc + 2.0 * c, b4(2.0 * bt))
     }
 
     /// layernorm_backward: dout and inp (B,T,C), weight (C), mean and rstd (B,T) read; dinp
     /// (B,T,C), dweight and dbias (C) accumulated.
     pub fn layernorm_backward(b: usize, t: usize, c: usize) -> Cost {
         let (bt, btc, c) = ((b * t) as f64, (b * t * c) as f64, c as f64);
-        Cost::bytes(b4(4.0 * btc + 5.0 * c + 2.0 * bt))
+        Cost::memory(4.0 * btc + 5.0 * c, b4(2.0 * bt))
     }
 
     /// residual_layernorm_forward: inp1 and inp2 (B,T,C), weight and bias (C) read; the sum and
@@ -162,51 +180,58 @@ impl Cost {
     /// layernorm_forward less one write and one read of the sum.
     pub fn residual_layernorm_forward(b: usize, t: usize, c: usize) -> Cost {
         let (bt, btc, c) = ((b * t) as f64, (b * t * c) as f64, c as f64);
-        Cost::bytes(b4(4.0 * btc + 2.0 * c + 2.0 * bt))
+        Cost::memory(4.0 * btc + 2.0 * c, b4(2.0 * bt))
     }
 
     /// gelu_forward on N elements: inp read, out written.
     pub fn gelu_forward(n: usize) -> Cost {
-        Cost::bytes(b4(2.0 * n as f64))
+        Cost::memory(2.0 * n as f64, 0.0)
     }
 
     /// gelu_backward on N elements: inp and dout read, dinp accumulated.
     pub fn gelu_backward(n: usize) -> Cost {
-        Cost::bytes(b4(4.0 * n as f64))
+        Cost::memory(4.0 * n as f64, 0.0)
     }
 
     /// residual_forward on N elements: two inputs read, out written.
     pub fn residual_forward(n: usize) -> Cost {
-        Cost::bytes(b4(3.0 * n as f64))
+        Cost::memory(3.0 * n as f64, 0.0)
     }
 
     /// residual_backward on N elements: dout read, dinp1 and dinp2 accumulated.
     pub fn residual_backward(n: usize) -> Cost {
-        Cost::bytes(b4(5.0 * n as f64))
+        Cost::memory(5.0 * n as f64, 0.0)
     }
 
     /// The classifier's losses alone: the logits' V real columns and the targets (B,T) read,
     /// losses (B,T) written.
     pub fn classifier_losses(b: usize, t: usize, v: usize) -> Cost {
         let (bt, btv) = ((b * t) as f64, (b * t * v) as f64);
-        Cost::bytes(b4(btv + 2.0 * bt))
+        Cost::memory(btv, b4(2.0 * bt))
     }
 
     /// The fused classifier: as [`Cost::classifier_losses`], and dlogits (B,T,Vp) written over
     /// the logits.
     pub fn classifier_fused(b: usize, t: usize, v: usize, vp: usize) -> Cost {
         let (bt, btv, btvp) = ((b * t) as f64, (b * t * v) as f64, (b * t * vp) as f64);
-        Cost::bytes(b4(btv + btvp + 2.0 * bt))
+        Cost::memory(btv + btvp, b4(2.0 * bt))
     }
 
-    /// adamw_update on N parameters: params, grads, m and v read, params, m and v written.
-    pub fn adamw(n: usize) -> Cost {
-        Cost::bytes(b4(7.0 * n as f64))
+    /// adamw_update on N parameters: params, grads, m and v read, params, m and v written. With
+    /// `master_weights` (bf16 storage) the fp32 master weights are read and written and the
+    /// params only written: 28 bytes a parameter in both precisions.
+    pub fn adamw(n: usize, master_weights: bool) -> Cost {
+        let n = n as f64;
+        if master_weights {
+            Cost::memory(2.0 * n, b4(6.0 * n))
+        } else {
+            Cost::memory(3.0 * n, b4(4.0 * n))
+        }
     }
 
     /// global_norm of N gradients: each read once.
     pub fn global_norm(n: usize) -> Cost {
-        Cost::bytes(b4(n as f64))
+        Cost::memory(n as f64, 0.0)
     }
 }
 
@@ -231,6 +256,9 @@ pub struct Profile {
     pub families: [FamilyTotals; NUM_FAMILIES],
     /// How the times were taken, for the table's title, e.g. "CUDA events".
     pub method: String,
+    /// Bytes per element of the model's storage type (4 for fp32, 2 for bf16): what a
+    /// [`Cost`]'s elements weigh.
+    pub elem_bytes: f64,
 }
 
 /// One line of the table, per step (the totals divided by the number of steps).
@@ -250,10 +278,12 @@ pub struct ProfileRow {
 }
 
 impl Profile {
-    /// An empty profile whose times are taken by `method`.
-    pub fn new(method: &str) -> Profile {
+    /// An empty profile whose times are taken by `method`, of a model whose storage type has
+    /// `elem_bytes` bytes an element.
+    pub fn new(method: &str, elem_bytes: usize) -> Profile {
         Profile {
             method: method.to_string(),
+            elem_bytes: elem_bytes as f64,
             ..Profile::default()
         }
     }
@@ -264,7 +294,7 @@ impl Profile {
         f.calls += 1;
         f.ms += ms;
         f.flops += cost.flops;
-        f.bytes += cost.bytes;
+        f.bytes += cost.bytes(self.elem_bytes);
     }
 
     /// Adds one step that took `ms` milliseconds (its calls added with [`Profile::add_call`]).
@@ -382,7 +412,7 @@ mod tests {
         // B*T = 256 rows of C = 768 into 3C = 2304: 2 * 256 * 768 * 2304
         let f = Cost::matmul_forward(4, 64, 768, 2304);
         assert_eq!(f.flops, 905_969_664.0);
-        assert_eq!(f.bytes, 0.0);
+        assert_eq!((f.elems, f.fixed_bytes), (0.0, 0.0));
         assert_eq!(
             Cost::matmul_backward(4, 64, 768, 2304).flops,
             1_811_939_328.0
@@ -404,25 +434,50 @@ mod tests {
 
     #[test]
     fn memory_bound_bytes_by_hand() {
-        // B=2, T=3, C=4: BT = 6, BTC = 24
-        // layernorm forward: reads 24 + 4 + 4, writes 24 + 6 + 6 -> 68 floats
-        assert_eq!(Cost::layernorm_forward(2, 3, 4), Cost::bytes(272.0));
-        // backward: reads dout 24, inp 24, w 4, mean 6, rstd 6; dinp 24+24, dw 4+4, db 4+4 -> 128
-        assert_eq!(Cost::layernorm_backward(2, 3, 4).bytes, 512.0);
-        // encoder forward: tokens 6, wte rows 24, wpe rows 24, out 24 -> 78
-        assert_eq!(Cost::encoder_forward(2, 3, 4).bytes, 312.0);
-        // encoder backward: tokens 6, dout 24, dwte rows 24+24, dwpe (T,C) 12+12 -> 102
-        assert_eq!(Cost::encoder_backward(2, 3, 4).bytes, 408.0);
-        assert_eq!(Cost::gelu_forward(10).bytes, 80.0);
-        assert_eq!(Cost::gelu_backward(10).bytes, 160.0);
-        assert_eq!(Cost::residual_forward(10).bytes, 120.0);
-        assert_eq!(Cost::residual_backward(10).bytes, 200.0);
-        // classifier at V=5, Vp=8: losses reads 6*5 + 6 targets, writes 6 -> 42 floats
-        assert_eq!(Cost::classifier_losses(2, 3, 5).bytes, 168.0);
-        // fused: and writes 6*8 dlogits -> 90 floats
-        assert_eq!(Cost::classifier_fused(2, 3, 5, 8).bytes, 360.0);
-        assert_eq!(Cost::adamw(100).bytes, 2800.0);
-        assert_eq!(Cost::global_norm(100), Cost::bytes(400.0));
+        // B=2, T=3, C=4: BT = 6, BTC = 24. (fp32 bytes, bf16 bytes) of each cost.
+        let both = |c: Cost| (c.bytes(4.0), c.bytes(2.0));
+        // layernorm forward: reads 24 + 4 + 4, writes 24 (storage type) and mean, rstd 6 + 6
+        // (fp32): 56 elements and 12 floats
+        assert_eq!(Cost::layernorm_forward(2, 3, 4), Cost::memory(56.0, 48.0));
+        assert_eq!(both(Cost::layernorm_forward(2, 3, 4)), (272.0, 160.0));
+        // backward: reads dout 24, inp 24, w 4; dinp 24+24, dw 4+4, db 4+4 -> 116 elements; mean
+        // and rstd 6 + 6 floats
+        assert_eq!(both(Cost::layernorm_backward(2, 3, 4)), (512.0, 280.0));
+        // residual + layernorm: inp1, inp2 24 + 24, w, b 4 + 4, sum and out 24 + 24 -> 104; 12 floats
+        assert_eq!(
+            both(Cost::residual_layernorm_forward(2, 3, 4)),
+            (464.0, 256.0)
+        );
+        // encoder forward: wte rows 24, wpe rows 24, out 24 -> 72 elements; tokens 6 (u32)
+        assert_eq!(both(Cost::encoder_forward(2, 3, 4)), (312.0, 168.0));
+        // encoder backward: dout 24, dwte rows 24+24, dwpe (T,C) 12+12 -> 96; tokens 6
+        assert_eq!(both(Cost::encoder_backward(2, 3, 4)), (408.0, 216.0));
+        assert_eq!(both(Cost::gelu_forward(10)), (80.0, 40.0));
+        assert_eq!(both(Cost::gelu_backward(10)), (160.0, 80.0));
+        assert_eq!(both(Cost::residual_forward(10)), (120.0, 60.0));
+        assert_eq!(both(Cost::residual_backward(10)), (200.0, 100.0));
+        // classifier at V=5, Vp=8: losses reads 6*5 logits; 6 targets read, 6 losses written
+        assert_eq!(both(Cost::classifier_losses(2, 3, 5)), (168.0, 108.0));
+        // fused: and writes 6*8 dlogits
+        assert_eq!(both(Cost::classifier_fused(2, 3, 5, 8)), (360.0, 204.0));
+        // AdamW, fp32: params r/w, grads r (3 elements), m and v r/w (4 floats) = 28 bytes; bf16
+        // with master weights: grads r, params w (2 elements), master, m and v r/w (6 floats) =
+        // 4 + 24 = 28 bytes too
+        assert_eq!(Cost::adamw(100, false).bytes(4.0), 2800.0);
+        assert_eq!(Cost::adamw(100, true).bytes(2.0), 2800.0);
+        assert_eq!(Cost::adamw(100, true).bytes(4.0), 3200.0);
+        assert_eq!(both(Cost::global_norm(100)), (400.0, 200.0));
+    }
+
+    /// A profile adds each call's bytes at its storage type's width.
+    #[test]
+    fn bytes_at_the_profiles_element_width() {
+        for (elem_bytes, want) in [(4, 272.0 + 2800.0), (2, 160.0 + 2800.0)] {
+            let mut p = Profile::new("test", elem_bytes);
+            p.add_call(Family::Layernorm, 1.0, Cost::layernorm_forward(2, 3, 4));
+            p.add_call(Family::Layernorm, 1.0, Cost::adamw(100, elem_bytes == 2));
+            assert_eq!(p.family(Family::Layernorm).bytes, want);
+        }
     }
 
     #[test]
@@ -450,7 +505,7 @@ mod tests {
     /// Two steps of 10 ms: matmul 3 qkv-sized calls a step, 6 ms a step; layernorm 2 calls a step,
     /// 2 ms a step, of B=4, T=64, C=768; the rest of the step (2 ms) is "other".
     fn two_steps() -> Profile {
-        let mut p = Profile::new("CUDA events");
+        let mut p = Profile::new("CUDA events", 4);
         for _ in 0..2 {
             for _ in 0..3 {
                 p.add_call(Family::Matmul, 2.0, Cost::matmul_forward(4, 64, 768, 2304));
@@ -498,7 +553,7 @@ mod tests {
 
     #[test]
     fn families_longer_than_the_step_leave_no_other() {
-        let mut p = Profile::new("test");
+        let mut p = Profile::new("test", 4);
         p.add_call(Family::Gelu, 3.0, Cost::gelu_forward(1000));
         p.add_call(Family::Residual, 2.0, Cost::residual_forward(1000));
         p.add_step(4.0);
@@ -539,7 +594,7 @@ mod tests {
         );
         assert_eq!(lines.len(), NUM_FAMILIES + 4);
         assert_eq!(
-            Profile::new("x").table(),
+            Profile::new("x", 4).table(),
             "profile: no steps were profiled\n"
         );
     }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use train_gpt2_cuda::config::GPT2Config;
 use train_gpt2_cuda::cpu::adamw::AdamW;
-use train_gpt2_cuda::engine::{create_engine, create_gpu_engine, Engine, EngineOptions};
+use train_gpt2_cuda::engine::{create_engine, create_gpu_engine, Engine, EngineOptions, Kernels};
 use train_gpt2_cuda::precision::Precision;
 
 /// `device` with the default precision, TF32 off.
@@ -182,7 +182,7 @@ fn gpu_profile_times_every_family_with_hand_counted_calls_and_flops() {
     // attention: 4*B*T*T*C a layer forward, 8*B*T*T*C backward
     let att = 12.0 * l as f64 * (b * t * t) as f64 * c;
     assert_eq!(p.family(Family::Attention).flops, 2.0 * att);
-    // AdamW moves 7 floats per parameter
+    // AdamW moves 7 floats per parameter (fp32: no master weights)
     let n = num_parameters(&cfg) as f64;
     assert_eq!(p.family(Family::Adamw).bytes, 2.0 * 28.0 * n);
 
@@ -204,6 +204,40 @@ fn gpu_profile_times_every_family_with_hand_counted_calls_and_flops() {
             assert!(r.gbps.is_some() != r.tflops.is_some(), "{r:?}");
         }
     }
+}
+
+/// In bf16 the profile counts activations and gradients at 2 bytes an element and the fp32 state
+/// at 4: the gradient norm reads 2 bytes a parameter, AdamW still moves 28 (fp32 master weights,
+/// m and v read and written, bf16 gradients read and parameters written), GELU 2 + 2 + 2 + 2
+/// bytes an element backward.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_profile_counts_bf16_bytes_at_their_width() {
+    let cfg = GPT2Config::new(64, 50257, 50304, 2, 2, 64).unwrap();
+    let (b, t) = (4usize, 32usize);
+    let params = init_params(&cfg, 7);
+    let opts = EngineOptions {
+        kernels: Some(Kernels::Plain),
+        ..EngineOptions::cuda(Precision::Bf16)
+    };
+    let mut gpu = create_engine(&opts, cfg, params, b, t).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut rng = Rng::new(11);
+    step(gpu.as_mut(), &mut rng, b, t, 1);
+    gpu.profile_step_begin().unwrap();
+    step(gpu.as_mut(), &mut rng, b, t, 2);
+    gpu.profile_step_end().unwrap();
+    let p: Profile = gpu.profile().unwrap();
+    let n = num_parameters(&cfg) as f64;
+    assert_eq!(p.family(Family::GlobalNorm).bytes, 2.0 * n);
+    assert_eq!(p.family(Family::Adamw).bytes, 28.0 * n);
+    // plain kernels: GELU forward (inp, out) and backward (inp, dout, dinp read and written) on
+    // (B, T, 4C) per layer
+    let n4 = (b * t * 4 * cfg.channels) as f64;
+    let layers = cfg.num_layers as f64;
+    assert_eq!(
+        p.family(Family::Gelu).bytes,
+        layers * 2.0 * (2.0 + 4.0) * n4
+    );
 }
 
 #[test]

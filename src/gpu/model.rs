@@ -1452,9 +1452,11 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         // the stochastic rounding's seed: the step, hashed with each element's index
         let seed = step as u32;
         self.prof
-            .run(Family::Adamw, Cost::adamw(params.len()), || {
-                T::adamw(gpu, params, master, grads, m, v, hp, step, grad_scale, seed)
-            })
+            .run(
+                Family::Adamw,
+                Cost::adamw(params.len(), T::MASTER_WEIGHTS),
+                || T::adamw(gpu, params, master, grads, m, v, hp, step, grad_scale, seed),
+            )
             .context("update")?;
         self.sample_memory();
         Ok(())

@@ -32,10 +32,6 @@ pub(super) struct GpuProfiler {
     /// Around the whole step: (start, end).
     step_events: Option<(CudaEvent, CudaEvent)>,
     totals: Profile,
-    /// Bytes per element of the model's storage type over the 4 that `Cost` counts: 1 for fp32,
-    /// 0.5 for bf16 (the small fp32 statistics and AdamW state are counted at that width too, so
-    /// a bf16 family's GB/s is approximate).
-    bytes_scale: f64,
 }
 
 impl GpuProfiler {
@@ -43,13 +39,12 @@ impl GpuProfiler {
     /// `elem_bytes`: bytes per element of the model's storage type (4 or 2).
     pub(super) fn new(stream: Arc<CudaStream>, elem_bytes: usize) -> GpuProfiler {
         GpuProfiler {
-            bytes_scale: elem_bytes as f64 / 4.0,
             stream,
             recording: false,
             events: Vec::new(),
             calls: Vec::new(),
             step_events: None,
-            totals: Profile::new(METHOD),
+            totals: Profile::new(METHOD, elem_bytes),
         }
     }
 
@@ -91,10 +86,6 @@ impl GpuProfiler {
         self.events[2 * i + 1]
             .record(&self.stream)
             .context("profile: recording a CUDA event failed")?;
-        let cost = Cost {
-            bytes: cost.bytes * self.bytes_scale,
-            ..cost
-        };
         self.calls.push((family, cost));
         Ok(out)
     }

@@ -62,6 +62,14 @@ pub fn mfu(cfg: &GPT2Config, t: usize, tokens: usize, seconds: f64, peak_tflops:
     achieved / (peak_tflops * 1e12)
 }
 
+/// The peak memory bandwidth in GB/s (10^9 bytes per second) of a device whose memory runs at
+/// `memory_clock_khz` (as the driver reports it) on a bus of `bus_width_bits`: two transfers per
+/// clock. None when the driver reports no figures (0).
+pub fn peak_bandwidth_gbps(memory_clock_khz: i32, bus_width_bits: i32) -> Option<f64> {
+    (memory_clock_khz > 0 && bus_width_bits > 0)
+        .then(|| 2.0 * memory_clock_khz as f64 * 1e3 * bus_width_bits as f64 / 8.0 / 1e9)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +85,18 @@ mod tests {
         let m = mfu(&cfg, 1024, 16 * 1024, 0.1, 989.4);
         assert!((m - 16384.0 * 803_478_528.0 / 0.1 / 989.4e12).abs() < 1e-12);
         assert!((m - 0.13305).abs() < 1e-4, "{m}");
+    }
+
+    #[test]
+    fn peak_bandwidth_from_the_drivers_figures() {
+        // H100 SXM: 2,619 MHz on 5,120 bits = 3,352 GB/s (data sheet: 3.35 TB/s); A100 80GB SXM:
+        // 1,593 MHz, 5,120 bits = 2,039 GB/s (data sheet: 2,039 GB/s)
+        let h100 = peak_bandwidth_gbps(2_619_000, 5120).unwrap();
+        assert!((h100 - 3352.32).abs() < 1e-9, "{h100}");
+        let a100 = peak_bandwidth_gbps(1_593_000, 5120).unwrap();
+        assert!((a100 - 2039.04).abs() < 1e-9, "{a100}");
+        assert_eq!(peak_bandwidth_gbps(0, 5120), None);
+        assert_eq!(peak_bandwidth_gbps(2_619_000, 0), None);
     }
 
     #[test]

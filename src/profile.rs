@@ -259,6 +259,10 @@ pub struct Profile {
     /// Bytes per element of the model's storage type (4 for fp32, 2 for bf16): what a
     /// [`Cost`]'s elements weigh.
     pub elem_bytes: f64,
+    /// The device's peak TFLOP/s in the precision in use and its peak memory bandwidth in GB/s,
+    /// when known: what the "% peak" column divides by.
+    pub peak_tflops: Option<f64>,
+    pub peak_gbps: Option<f64>,
 }
 
 /// One line of the table, per step (the totals divided by the number of steps).
@@ -275,6 +279,9 @@ pub struct ProfileRow {
     pub gbps: Option<f64>,
     /// Achieved TFLOP/s (10^12 FLOPs per second), for the families with a FLOP count.
     pub tflops: Option<f64>,
+    /// The achieved rate in percent of the device's peak (TFLOP/s or GB/s, whichever the family
+    /// has), when the peak is known.
+    pub percent_of_peak: Option<f64>,
 }
 
 impl Profile {
@@ -285,6 +292,16 @@ impl Profile {
             method: method.to_string(),
             elem_bytes: elem_bytes as f64,
             ..Profile::default()
+        }
+    }
+
+    /// The same profile, its rates compared with the device's peaks: `tflops` TFLOP/s in the
+    /// precision in use and `gbps` GB/s of memory bandwidth.
+    pub fn with_peaks(self, tflops: Option<f64>, gbps: Option<f64>) -> Profile {
+        Profile {
+            peak_tflops: tflops,
+            peak_gbps: gbps,
+            ..self
         }
     }
 
@@ -328,13 +345,17 @@ impl Profile {
                 let f = self.family(fam);
                 let secs = f.ms / 1e3;
                 let rate = |x: f64, unit: f64| (x > 0.0 && secs > 0.0).then(|| x / secs / unit);
+                let (gbps, tflops) = (rate(f.bytes, 1e9), rate(f.flops, 1e12));
+                let of_peak = |x: Option<f64>, peak: Option<f64>| Some(100.0 * x? / peak?);
                 ProfileRow {
                     name: fam.name(),
                     calls_per_step: Some(f.calls as f64 / steps),
                     ms_per_step: f.ms / steps,
                     percent: percent(f.ms),
-                    gbps: rate(f.bytes, 1e9),
-                    tflops: rate(f.flops, 1e12),
+                    gbps,
+                    tflops,
+                    percent_of_peak: of_peak(tflops, self.peak_tflops)
+                        .or(of_peak(gbps, self.peak_gbps)),
                 }
             })
             .collect();
@@ -346,6 +367,7 @@ impl Profile {
             percent: percent(other),
             gbps: None,
             tflops: None,
+            percent_of_peak: None,
         });
         rows
     }
@@ -369,10 +391,20 @@ impl Profile {
             self.step_ms / steps,
             self.method
         );
+        let peak = |x: Option<f64>, unit: &str| match x {
+            Some(x) => format!("{x:.1} {unit}"),
+            None => format!("unknown {unit}"),
+        };
         let _ = writeln!(
             s,
-            "{:<12} {:>10} {:>10} {:>9} {:>9} {:>9}",
-            "family", "calls/step", "ms/step", "% step", "GB/s", "TFLOP/s"
+            "% peak: of the device's {} and {} (memory)",
+            peak(self.peak_tflops, "TFLOP/s"),
+            peak(self.peak_gbps, "GB/s")
+        );
+        let _ = writeln!(
+            s,
+            "{:<12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>8}",
+            "family", "calls/step", "ms/step", "% step", "GB/s", "TFLOP/s", "% peak"
         );
         let opt = |x: Option<f64>, digits: usize| match x {
             Some(x) => format!("{x:.digits$}"),
@@ -381,13 +413,14 @@ impl Profile {
         for r in self.rows() {
             let _ = writeln!(
                 s,
-                "{:<12} {:>10} {:>10.3} {:>9.1} {:>9} {:>9}",
+                "{:<12} {:>10} {:>10.3} {:>9.1} {:>9} {:>9} {:>8}",
                 r.name,
                 opt(r.calls_per_step, 1),
                 r.ms_per_step,
                 r.percent,
                 opt(r.gbps, 1),
                 opt(r.tflops, 2),
+                opt(r.percent_of_peak, 1),
             );
         }
         let _ = writeln!(
@@ -574,25 +607,45 @@ mod tests {
         );
         assert_eq!(
             lines[1],
-            "family       calls/step    ms/step    % step      GB/s   TFLOP/s"
+            "% peak: of the device's unknown TFLOP/s and unknown GB/s (memory)"
         );
         assert_eq!(
             lines[2],
-            "matmul              3.0      6.000      60.0         -      0.45"
+            "family       calls/step    ms/step    % step      GB/s   TFLOP/s   % peak"
         );
         assert_eq!(
             lines[3],
-            "layernorm           2.0      2.000      20.0       1.6         -"
+            "matmul              3.0      6.000      60.0         -      0.45        -"
         );
         assert_eq!(
-            lines[NUM_FAMILIES + 2],
-            "other                 -      2.000      20.0         -         -"
+            lines[4],
+            "layernorm           2.0      2.000      20.0       1.6         -        -"
         );
         assert_eq!(
             lines[NUM_FAMILIES + 3],
+            "other                 -      2.000      20.0         -         -        -"
+        );
+        assert_eq!(
+            lines[NUM_FAMILIES + 4],
             "total                       10.000     100.0"
         );
-        assert_eq!(lines.len(), NUM_FAMILIES + 4);
+        assert_eq!(lines.len(), NUM_FAMILIES + 5);
+        // with the device's peaks: matmul 0.452984832 TFLOP/s of 2 = 22.6%, layernorm 1.581056
+        // GB/s of 4 = 39.5%
+        let table = two_steps().with_peaks(Some(2.0), Some(4.0)).table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines[1],
+            "% peak: of the device's 2.0 TFLOP/s and 4.0 GB/s (memory)"
+        );
+        assert_eq!(
+            lines[3],
+            "matmul              3.0      6.000      60.0         -      0.45     22.6"
+        );
+        assert_eq!(
+            lines[4],
+            "layernorm           2.0      2.000      20.0       1.6         -     39.5"
+        );
         assert_eq!(
             Profile::new("x", 4).table(),
             "profile: no steps were profiled\n"

@@ -204,6 +204,15 @@ fn gpu_profile_times_every_family_with_hand_counted_calls_and_flops() {
             assert!(r.gbps.is_some() != r.tflops.is_some(), "{r:?}");
         }
     }
+    // the memory families against the device's bandwidth (from its memory clock and bus width:
+    // every GPU reports them); A100, H100, H200: between 1.5 and 5 TB/s
+    let peak = p
+        .peak_gbps
+        .expect("the driver reports the memory clock and bus width");
+    assert!((1000.0..6000.0).contains(&peak), "{peak} GB/s");
+    let ln = rows.iter().find(|r| r.name == "layernorm").unwrap();
+    let want = 100.0 * ln.gbps.unwrap() / peak;
+    assert!((ln.percent_of_peak.unwrap() - want).abs() < 1e-9, "{ln:?}");
 }
 
 /// In bf16 the profile counts activations and gradients at 2 bytes an element and the fp32 state

@@ -242,6 +242,21 @@ impl Gpu {
             .context("querying the compute capability failed")
     }
 
+    /// The device memory's peak bandwidth in GB/s, from the memory clock and bus width the
+    /// driver reports (None when it reports neither).
+    pub fn peak_bandwidth_gbps(&self) -> Option<f64> {
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let clock = self
+            .ctx
+            .attribute(A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)
+            .ok()?;
+        let bus = self
+            .ctx
+            .attribute(A::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)
+            .ok()?;
+        crate::mfu::peak_bandwidth_gbps(clock, bus)
+    }
+
     /// The context (for allocations beyond the helpers here).
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx

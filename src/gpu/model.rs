@@ -1577,7 +1577,8 @@ impl<T: ModelFloat> Engine for Gpt2Gpu<T> {
         Gpt2Gpu::profile_step_end(self)
     }
     fn profile(&self) -> Option<Profile> {
-        Some(Gpt2Gpu::profile(self).clone())
+        let peaks = (self.peak_tflops(), self.gpu.peak_bandwidth_gbps());
+        Some(Gpt2Gpu::profile(self).clone().with_peaks(peaks.0, peaks.1))
     }
 }
 

@@ -91,19 +91,10 @@ __device__ __forceinline__ void set_pair(FragB<float>& b, int p, const float* sr
     b.x[2 * p] = v.x;
     b.x[2 * p + 1] = v.y;
 }
-__device__ __forceinline__ void set_pair(FragB<__nv_bfloat16>& b, int p, const __nv_bfloat16* src) {
-    b.x[p] = *reinterpret_cast<const unsigned*>(src);
-}
-// Pair p from src[0] and src[stride] (two loads).
+// Pair p from src[0] and src[stride] (two loads; fp32 only: bf16 fragments come from ldmatrix).
 __device__ __forceinline__ void set_pair_strided(FragB<float>& b, int p, const float* src, int stride) {
     b.x[2 * p] = src[0];
     b.x[2 * p + 1] = src[stride];
-}
-__device__ __forceinline__ void set_pair_strided(FragB<__nv_bfloat16>& b, int p, const __nv_bfloat16* src,
-                                                 int stride) {
-    const unsigned lo = __bfloat16_as_ushort(src[0]);
-    const unsigned hi = __bfloat16_as_ushort(src[stride]);
-    b.x[p] = lo | (hi << 16);
 }
 // Pair p from two fp32 values (rounded to nearest even in bf16).
 __device__ __forceinline__ void set_pair_values(FragA<float>& a, int p, float lo, float hi) {
@@ -144,28 +135,63 @@ __device__ __forceinline__ FragA<T> load_a_global(const T* m, size_t stride, int
     return a;
 }
 
+// ldmatrix.sync.aligned.m8n8.x2{.trans}.shared.b16: two 8x8 matrices of 16-bit elements from
+// shared memory, lane 8i + r giving the address of row r of matrix i (16-byte aligned; lanes 16-31
+// give valid addresses that are not used). Lane 4r + w receives in r[i] the elements (r, 2w) and
+// (r, 2w + 1) of matrix i, or with .trans (2w, r) and (2w + 1, r): exactly the pairs of an mma B
+// fragment (g = r, t = w). One instruction for what takes two 32-bit loads, or four 16-bit loads
+// and two packs, otherwise.
+// LDMATRIX_BEGIN
+template <bool TRANS> __device__ __forceinline__ void ldmatrix_x2(unsigned (&r)[2], const __nv_bfloat16* row) {
+#ifdef CUDA_HOST_EMULATION
+    // The host emulation (tests/emu): the same warp-wide load, as the PTX ISA defines it.
+    emu_ldmatrix(r, row, 2, TRANS);
+#else
+    const unsigned addr = (unsigned)__cvta_generic_to_shared(row);
+    if constexpr (TRANS) {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];\n"
+                     : "=r"(r[0]), "=r"(r[1])
+                     : "r"(addr));
+    } else {
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0, %1}, [%2];\n"
+                     : "=r"(r[0]), "=r"(r[1])
+                     : "r"(addr));
+    }
+#endif
+}
+// LDMATRIX_END
+
 // B fragment with B(k, n) = M[n0 + n][k0 + k], M row-major in shared memory with LD columns (the
-// K of Q K^T, the Q of K Q^T, ...): pairs are adjacent in memory.
+// K of Q K^T, the Q of K Q^T, ...): pairs are adjacent in memory. bf16: matrix p of ldmatrix is
+// rows n0..n0+7, columns k0+8p..k0+8p+7.
 template <typename T, int LD>
 __device__ __forceinline__ FragB<T> load_b_nk(const T (*m)[LD], int n0, int k0) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     FragB<T> b;
+    if constexpr (sizeof(T) == 2) {
+        ldmatrix_x2<false>(b.x, &m[n0 + (lane & 7)][k0 + 8 * ((lane >> 3) & 1)]);
+    } else {
 #pragma unroll
-    for (int p = 0; p < 2; ++p) {
-        set_pair(b, p, &m[n0 + g][k0 + 2 * t + 8 * p]);
+        for (int p = 0; p < 2; ++p) {
+            set_pair(b, p, &m[n0 + g][k0 + 2 * t + 8 * p]);
+        }
     }
     return b;
 }
 
 // B fragment with B(k, n) = M[k0 + k][n0 + n] (the V of P V, the K of dS K, ...): pairs are a
-// column apart.
+// column apart. bf16: matrix p of ldmatrix.trans is rows k0+8p..k0+8p+7, columns n0..n0+7.
 template <typename T, int LD>
 __device__ __forceinline__ FragB<T> load_b_kn(const T (*m)[LD], int k0, int n0) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     FragB<T> b;
+    if constexpr (sizeof(T) == 2) {
+        ldmatrix_x2<true>(b.x, &m[k0 + (lane & 15)][n0]);
+    } else {
 #pragma unroll
-    for (int p = 0; p < 2; ++p) {
-        set_pair_strided(b, p, &m[k0 + 2 * t + 8 * p][n0 + g], LD);
+        for (int p = 0; p < 2; ++p) {
+            set_pair_strided(b, p, &m[k0 + 2 * t + 8 * p][n0 + g], LD);
+        }
     }
     return b;
 }

@@ -67,6 +67,9 @@ unsigned int emu_shfl(unsigned int mask, unsigned int value, int kind, int arg, 
 // mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {d}, {a}, {b}, {c} with d = c, for the whole
 // warp: every lane passes its fragments (PTX ISA layout), the product is formed when all 32 arrived.
 void emu_mma_m16n8k16_row_col_f32_bf16_bf16_f32(float* c, const unsigned int* a, const unsigned int* b);
+// ldmatrix.sync.aligned.m8n8.x{num}{.trans if trans}.shared.b16 for the whole warp: every lane
+// passes its row address (lane 8i + r: row r of matrix i) and receives num 32-bit registers.
+void emu_ldmatrix(unsigned int* dst, const void* row, int num, int trans);
 // The launch's dynamic shared memory (`extern __shared__ T name[]`).
 void* emu_dynamic_smem();
 

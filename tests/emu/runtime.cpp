@@ -17,6 +17,7 @@
 #include <csetjmp>
 #include <csignal>
 #include <cstdarg>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -85,7 +86,18 @@ const size_t PAGE = 4096;
 const size_t STACK_BYTES = 256 * 1024;
 
 enum State { RUNNABLE, AT_BARRIER, AT_WARP_OP, EXITED };
-enum WarpOp { OP_NONE = -1, OP_SHFL_IDX = 0, OP_SHFL_XOR = 1, OP_SHFL_DOWN = 2, OP_SHFL_UP = 3, OP_MMA = 4 };
+enum WarpOp {
+    OP_NONE = -1,
+    OP_SHFL_IDX = 0,
+    OP_SHFL_XOR = 1,
+    OP_SHFL_DOWN = 2,
+    OP_SHFL_UP = 3,
+    OP_MMA = 4,
+    OP_LDMATRIX_X2 = 5,
+    OP_LDMATRIX_X2_TRANS = 6,
+    OP_LDMATRIX_X4 = 7,
+    OP_LDMATRIX_X4_TRANS = 8,
+};
 
 const char* op_name(int op) {
     switch (op) {
@@ -94,6 +106,10 @@ const char* op_name(int op) {
     case OP_SHFL_DOWN: return "__shfl_down_sync";
     case OP_SHFL_UP: return "__shfl_up_sync";
     case OP_MMA: return "mma.sync.m16n8k16";
+    case OP_LDMATRIX_X2: return "ldmatrix.x2";
+    case OP_LDMATRIX_X2_TRANS: return "ldmatrix.x2.trans";
+    case OP_LDMATRIX_X4: return "ldmatrix.x4";
+    case OP_LDMATRIX_X4_TRANS: return "ldmatrix.x4.trans";
     default: return "?";
     }
 }
@@ -123,6 +139,8 @@ struct Warp {
     float* c[32];
     const unsigned* a[32];
     const unsigned* b[32];
+    const void* row[32]; // ldmatrix: each lane's row address
+    unsigned* dst[32];   // and its destination registers
 };
 
 struct Alloc {
@@ -780,6 +798,45 @@ void emu_mma_m16n8k16_row_col_f32_bf16_bf16_f32(float* c, const unsigned int* a,
     w.b[f->lane] = b;
     if (warp_arrive(OP_MMA, 0xffffffffu, 32)) {
         complete_mma(w);
+        warp_release();
+    }
+}
+
+// ldmatrix: matrix i's row r comes from lane 8i + r's address (8 16-bit elements, 16-byte
+// aligned); lane 4r + w receives word w of row r of each matrix, or with .trans word w of row r of
+// its transpose (elements (2w, r) and (2w + 1, r)).
+void complete_ldmatrix(Warp& w, int num, bool trans) {
+    uint16_t rows[4][8][8];
+    for (int i = 0; i < num; i++) {
+        for (int r = 0; r < 8; r++) {
+            const void* p = w.row[8 * i + r];
+            if (reinterpret_cast<uintptr_t>(p) % 16 != 0) {
+                fail(format("%s: lane %d's row address %p is not 16-byte aligned", op_name(w.op), 8 * i + r, p));
+            }
+            std::memcpy(rows[i][r], p, 16);
+        }
+    }
+    for (int l = 0; l < 32; l++) {
+        const int r = l >> 2, wd = l & 3;
+        for (int i = 0; i < num; i++) {
+            const uint16_t lo = trans ? rows[i][2 * wd][r] : rows[i][r][2 * wd];
+            const uint16_t hi = trans ? rows[i][2 * wd + 1][r] : rows[i][r][2 * wd + 1];
+            w.dst[l][i] = lo | (unsigned)hi << 16;
+        }
+    }
+}
+
+void emu_ldmatrix(unsigned int* dst, const void* row, int num, int trans) {
+    Fiber* f = g.cur;
+    if (num != 2 && num != 4) {
+        fail(format("%s: ldmatrix of %d matrices (the kernels use x2 and x4)", where(f).c_str(), num));
+    }
+    Warp& w = g.warps[f->warp];
+    w.row[f->lane] = row;
+    w.dst[f->lane] = dst;
+    const int op = (num == 4 ? OP_LDMATRIX_X4 : OP_LDMATRIX_X2) + (trans ? 1 : 0);
+    if (warp_arrive(op, 0xffffffffu, 32)) {
+        complete_ldmatrix(w, num, trans != 0);
         warp_release();
     }
 }

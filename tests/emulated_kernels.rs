@@ -1416,6 +1416,54 @@ fn expect_failure(what: &str, want: &str, f: impl FnOnce()) {
     eprintln!("{what}: caught: {msg}");
 }
 
+/// The emulated ldmatrix gives each lane the words the PTX ISA assigns it ("Warp-level matrix
+/// load instruction: ldmatrix"): lane 8i + r supplies the address of row r of matrix i; lane
+/// 4r + w receives, in register i, elements (r, 2w) and (r, 2w + 1) of matrix i (low half first),
+/// or with .trans elements (2w, r) and (2w + 1, r). The flash attention kernels build their mma B
+/// fragments on exactly this.
+#[test]
+fn the_emulated_ldmatrix_follows_the_ptx_isa_layout() {
+    let k = emu::kernels_at(&emu::root().join("tests/emu/selftest.cu"));
+    // the tile: v(r, c) = 256 + 16 r + c; lane p points at row p & 15, column 8 (p >> 4), so
+    // matrix i (lanes 8i..8i+7) is rows 8 (i & 1).., columns 8 (i >> 1)..
+    let v = |r: usize, c: usize| (256 + 16 * r + c) as u32;
+    for num in [2usize, 4] {
+        for trans in [false, true] {
+            let regs = k.upload(&[0u32; 128], false);
+            k.launch(
+                "ldmatrix_layout",
+                launch::grid_1d(1, 32),
+                &[
+                    Arg::Buf(&regs),
+                    Arg::I32(num as i32),
+                    Arg::I32(trans as i32),
+                    Arg::I32(0),
+                ],
+                0,
+            );
+            let got = regs.read::<u32>();
+            for lane in 0..32 {
+                let (r, w) = (lane / 4, lane % 4);
+                for i in 0..4 {
+                    let (r0, c0) = (8 * (i & 1), 8 * (i >> 1));
+                    let want = if i >= num {
+                        0
+                    } else if trans {
+                        v(r0 + 2 * w, c0 + r) | v(r0 + 2 * w + 1, c0 + r) << 16
+                    } else {
+                        v(r0 + r, c0 + 2 * w) | v(r0 + r, c0 + 2 * w + 1) << 16
+                    };
+                    assert_eq!(
+                        got[4 * lane + i],
+                        want,
+                        "x{num} trans={trans}: lane {lane}, register {i}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn the_emulation_reports_divergence_faults_races_and_bad_launches() {
     let k = emu::kernels_at(&emu::root().join("tests/emu/selftest.cu"));
@@ -1494,6 +1542,24 @@ fn the_emulation_reports_divergence_faults_races_and_bad_launches() {
         results[0], results[1],
         "a missing barrier must show as schedule dependence"
     );
+    // ldmatrix from a misaligned row address
+    let regs = k.upload(&[0u32; 128], false);
+    let ldmatrix = |num: i32, trans: i32, offset: i32| {
+        k.launch(
+            "ldmatrix_layout",
+            one_warp,
+            &[
+                Arg::Buf(&regs),
+                Arg::I32(num),
+                Arg::I32(trans),
+                Arg::I32(offset),
+            ],
+            0,
+        )
+    };
+    expect_failure("misaligned ldmatrix", "not 16-byte aligned", || {
+        ldmatrix(4, 0, 1)
+    });
     // The launch after the failures works.
     k.launch("bounded", launch::grid_1d(1, 64), &[Arg::Buf(&out)], 0);
     assert!(down::<f32>(&out).iter().all(|&x| x == 1.0));

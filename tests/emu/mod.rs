@@ -361,23 +361,23 @@ pub struct Kernels {
 
 /// The emulated kernels of `kernels/<stem>.cu` (built on first use, shared between tests).
 pub fn kernels(stem: &str) -> Arc<Kernels> {
+    kernels_at(&kernel_dir().join(format!("{stem}.cu")))
+}
+
+/// The emulated kernels of any .cu file (also the harness's own self-test kernels), built on
+/// first use and shared between tests.
+pub fn kernels_at(path: &Path) -> Arc<Kernels> {
     // one cell per kernel file: built once, by whichever test asks first
     type Cell = Arc<OnceLock<Arc<Kernels>>>;
-    static LIBS: OnceLock<Mutex<HashMap<String, Cell>>> = OnceLock::new();
+    static LIBS: OnceLock<Mutex<HashMap<PathBuf, Cell>>> = OnceLock::new();
     let cell = LIBS
         .get_or_init(Default::default)
         .lock()
         .unwrap()
-        .entry(stem.to_string())
+        .entry(path.to_path_buf())
         .or_default()
         .clone();
-    cell.get_or_init(|| Arc::new(Kernels::load(&kernel_dir().join(format!("{stem}.cu")))))
-        .clone()
-}
-
-/// The emulated kernels of any .cu file (the harness's own self-test kernels).
-pub fn kernels_at(path: &Path) -> Arc<Kernels> {
-    Arc::new(Kernels::load(path))
+    cell.get_or_init(|| Arc::new(Kernels::load(path))).clone()
 }
 
 impl Kernels {

@@ -44,3 +44,21 @@ extern "C" __global__ void divergent_barrier(float* out) {
 extern "C" __global__ void __launch_bounds__(64) bounded(float* out) {
     out[threadIdx.x] = 1.0f;
 }
+
+// Not a bug: ldmatrix's layout. A 16x16 tile of 16-bit values v(r, c) = 256 + 16 r + c in shared
+// memory (rows of 24 elements: 48 bytes, so every row starts 16-byte aligned); lane l points at
+// row l & 15, column 8 (l >> 4) (plus `offset` elements: 1 misaligns every address); out[4 l + i]
+// is the lane's register i after ldmatrix.x{num}{.trans}.
+extern "C" __global__ void ldmatrix_layout(unsigned* out, int num, int trans, int offset) {
+    __shared__ __align__(16) unsigned short tile[16][24];
+    for (int i = threadIdx.x; i < 16 * 24; i += blockDim.x) {
+        tile[i / 24][i % 24] = (unsigned short)(256 + 16 * (i / 24) + i % 24);
+    }
+    __syncthreads();
+    unsigned r[4] = {0, 0, 0, 0};
+    const int l = threadIdx.x;
+    emu_ldmatrix(r, &tile[l & 15][8 * (l >> 4) + offset], num, trans);
+    for (int i = 0; i < 4; i++) {
+        out[4 * l + i] = r[i];
+    }
+}

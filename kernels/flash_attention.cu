@@ -318,6 +318,36 @@ template <typename T> __device__ __forceinline__ void add_pair(T* dst, float a, 
     store_pair(dst, to_float(dst[0]) + a, to_float(dst[1]) + b);
 }
 
+// ---- the causal mask ---------------------------------------------------------------------------
+// Each kernel tests every element of a tile against the mask only where the tile needs it: at the
+// diagonal and past the end of the sequence. The others (at T = 1024 with 64-key tiles, 15 of a
+// warp's 16 tiles in the forward) skip the tests (MASK = false), which otherwise are about a
+// quarter of a tile's instructions.
+
+// Whether key `key` is visible to query `query` (causal: key <= query; both before the end).
+__device__ __forceinline__ bool visible(int key, int query, int T_) {
+    return key <= query && query < T_ && key < T_;
+}
+
+// Forward: s (16 rows w0.., BK keys k0..) <- the scores in base-2 units, s * sl2, and -inf where
+// the key is hidden (MASK); mx (rows w0+g, w0+g+8) <- max(mx, the row's scores).
+template <bool MASK, int NT>
+__device__ __forceinline__ void scores_and_max(FragC (&s)[NT], float (&mx)[2], float sl2, int w0, int k0, int T_) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int row = w0 + g + 8 * (e >> 1);
+            const int key = k0 + 8 * n + 2 * t4 + (e & 1);
+            // (rows past the end are never stored: only the key's bound matters for them)
+            const float v = (!MASK || (key <= row && key < T_)) ? s[n].x[e] * sl2 : -INFINITY;
+            s[n].x[e] = v;
+            mx[e >> 1] = fmaxf(mx[e >> 1], v);
+        }
+    }
+}
+
 // ---- forward -----------------------------------------------------------------------------------
 template <typename T, int HS> struct FwdConfig {
     // keys per tile (fp32 HS=128 uses 32 to keep K and V under 48 KB of shared memory)
@@ -380,16 +410,10 @@ __device__ __forceinline__ void forward_impl(T* out, float* lse, const T* qkv, i
             }
         }
         float mx[2] = {m[0], m[1]};
-#pragma unroll
-        for (int n = 0; n < NT; ++n) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int row = w0 + g + 8 * (e >> 1);
-                const int key = k0 + 8 * n + 2 * t4 + (e & 1);
-                const float v = (key <= row && key < T_) ? s[n].x[e] * sl2 : -INFINITY;
-                s[n].x[e] = v;
-                mx[e >> 1] = fmaxf(mx[e >> 1], v);
-            }
+        if (k0 + BK - 1 <= w0 && k0 + BK <= T_) { // warp-uniform: no key of the tile is hidden
+            scores_and_max<false>(s, mx, sl2, w0, k0, T_);
+        } else {
+            scores_and_max<true>(s, mx, sl2, w0, k0, T_);
         }
         float base[2], alpha[2];
 #pragma unroll
@@ -470,6 +494,25 @@ __device__ __forceinline__ void backward_d_impl(float* d, const T* dout, const T
 }
 
 // ---- backward 2: dK, dV ------------------------------------------------------------------------
+// st (16 keys w0.., BQ queries qq0..) <- P^T = exp2(st sl2 - lse log2 e) where the query sees the
+// key (MASK; else 0), dpt <- dS^T = P^T (dP^T - D); lse2s and ds: the tile's lse log2 e and D.
+template <bool MASK, int NT>
+__device__ __forceinline__ void dkdv_scores(FragC (&st)[NT], FragC (&dpt)[NT], const float* lse2s, const float* ds,
+                                            float sl2, int w0, int qq0, int T_) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int key = w0 + g + 8 * (e >> 1);
+            const int qi = 8 * n + 2 * t4 + (e & 1);
+            const float p = (!MASK || visible(key, qq0 + qi, T_)) ? exp2f(st[n].x[e] * sl2 - lse2s[qi]) : 0.0f;
+            st[n].x[e] = p;
+            dpt[n].x[e] = p * (dpt[n].x[e] - ds[qi]);
+        }
+    }
+}
+
 template <typename T, int HS> struct DkdvConfig {
     // queries per tile (fp32 HS=128: 16, to stay clear of register spills on sm_80)
     static constexpr int BQ = (sizeof(T) == 2 && HS == 64) ? 64 : (sizeof(T) == 4 && HS == 128) ? 16 : 32;
@@ -552,18 +595,10 @@ __device__ __forceinline__ void backward_dkdv_impl(T* dqkv, const T* dout, const
                 }
             }
         }
-#pragma unroll
-        for (int n = 0; n < NT; ++n) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int key = w0 + g + 8 * (e >> 1);
-                const int qi = 8 * n + 2 * t4 + (e & 1);
-                const int query = qq0 + qi;
-                const bool visible = key <= query && query < T_ && key < T_;
-                const float p = visible ? exp2f(st[n].x[e] * sl2 - lse2s[qi]) : 0.0f;
-                st[n].x[e] = p;
-                dpt[n].x[e] = p * (dpt[n].x[e] - ds[qi]);
-            }
+        if (w0 + 15 <= qq0 && qq0 + BQ <= T_) { // warp-uniform: no query of the tile hidden
+            dkdv_scores<false>(st, dpt, lse2s, ds, sl2, w0, qq0, T_);
+        } else {
+            dkdv_scores<true>(st, dpt, lse2s, ds, sl2, w0, qq0, T_);
         }
 #pragma unroll
         for (int kk = 0; kk < BQ / 16; ++kk) {
@@ -595,6 +630,24 @@ __device__ __forceinline__ void backward_dkdv_impl(T* dqkv, const T* dout, const
 }
 
 // ---- backward 3: dQ ----------------------------------------------------------------------------
+// s (16 rows w0.., BK keys k0..) <- dS = P (dP - D), P = exp2(s sl2 - lse log2 e) where the key
+// is visible (MASK; else 0).
+template <bool MASK, int NT>
+__device__ __forceinline__ void dq_scores(FragC (&s)[NT], const FragC (&dp)[NT], const float (&lse2)[2],
+                                          const float (&dr)[2], float sl2, int w0, int k0, int T_) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int row = w0 + g + 8 * (e >> 1);
+            const int key = k0 + 8 * n + 2 * t4 + (e & 1);
+            const float p = (!MASK || visible(key, row, T_)) ? exp2f(s[n].x[e] * sl2 - lse2[e >> 1]) : 0.0f;
+            s[n].x[e] = p * (dp[n].x[e] - dr[e >> 1]);
+        }
+    }
+}
+
 template <typename T, int HS> struct DqConfig {
     // keys per tile
     static constexpr int BK = (sizeof(T) == 2 && HS == 64) ? 64 : 32;
@@ -678,16 +731,10 @@ __device__ __forceinline__ void backward_dq_impl(T* dqkv, const T* dout, const T
                 }
             }
         }
-#pragma unroll
-        for (int n = 0; n < NT; ++n) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int row = w0 + g + 8 * (e >> 1);
-                const int key = k0 + 8 * n + 2 * t4 + (e & 1);
-                const bool visible = key <= row && key < T_ && row < T_;
-                const float p = visible ? exp2f(s[n].x[e] * sl2 - lse2[e >> 1]) : 0.0f;
-                s[n].x[e] = p * (dp[n].x[e] - dr[e >> 1]);
-            }
+        if (k0 + BK - 1 <= w0 && k0 + BK <= T_ && w0 + 15 < T_) { // warp-uniform: none hidden
+            dq_scores<false>(s, dp, lse2, dr, sl2, w0, k0, T_);
+        } else {
+            dq_scores<true>(s, dp, lse2, dr, sl2, w0, k0, T_);
         }
         mma_tile<T, LD, BK>(dq, s, ks, k0, w_last); // dq += ds k
     }

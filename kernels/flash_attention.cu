@@ -12,7 +12,8 @@
 //
 // Forward, one block of 4 warps per (64-query tile, h, b); warp w owns queries q0+16w..q0+16w+15:
 //   for each 64-key tile j that holds a key <= the tile's last query (fully masked tiles skipped):
-//     stage K_j, V_j (64 x HS) in shared memory (128-bit loads), then per warp
+//     stage K_j, V_j (64 x HS) in shared memory (cp.async, 16 bytes a copy; where two tiles fit,
+//     K_j+1, V_j+1 are loaded into a second buffer while tile j is computed on), then per warp
 //     S = Q K_j^T (16 x 64, tensor cores), masked (key > query, or key >= T) to -inf,
 //     m' = max(m, rowmax S); P = exp2(S - m'); l = l exp2(m - m') + rowsum P;
 //     O = O exp2(m - m') + P V_j (tensor cores; P rounded to T for the product); m = m'.
@@ -248,26 +249,85 @@ __device__ __forceinline__ void mma(FragC& c, const FragA<float>& a, const FragB
 // MMA_F32_END
 
 // ---- helpers ---------------------------------------------------------------------------------
-// dst (ROWS x HS, row stride HS + PAD) <- rows 0..ROWS-1 of src (row stride `stride`), with 128-bit
-// loads; rows >= rows_valid are zero. Every thread of the block calls it.
+// cp.async: 16 bytes from global to shared memory without passing through registers, the
+// bytes past `src_bytes` (0 or 16) zero-filled; .cg: cached in L2 only (each tile is read once
+// per block). commit_group closes the thread's copies issued so far into a group; wait_group N
+// waits until at most N of its groups are still in flight. The copies are then this thread's:
+// a barrier makes them every thread's.
+// CP_ASYNC_BEGIN
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+#ifdef CUDA_HOST_EMULATION
+    // The host emulation (tests/emu) defers each copy to the wait that covers it, so that a read
+    // before the wait sees the old contents, as it may on a GPU.
+    emu_cp_async(dst, src, 16, src_bytes);
+#else
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes));
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef CUDA_HOST_EMULATION
+    emu_cp_async_commit();
+#else
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+#ifdef CUDA_HOST_EMULATION
+    emu_cp_async_wait(N);
+#else
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+// CP_ASYNC_END
+
+// dst (ROWS x HS, row stride HS + PAD) <- rows 0..ROWS-1 of src (row stride `stride`), 16 bytes
+// per cp.async; rows >= rows_valid (>= 1) are zero. Every thread of the block calls it; the
+// copies land at the thread's next cp_async_wait that covers them.
 template <typename T, int HS, int ROWS>
 __device__ __forceinline__ void stage_rows(T (*dst)[HS + PAD], const T* src, size_t stride, int rows_valid) {
-    constexpr int P = Packed<T>::size;
+    constexpr int P = 16 / sizeof(T);
     constexpr int PER_ROW = HS / P;
     for (int i = threadIdx.x; i < ROWS * PER_ROW; i += THREADS) {
         const int r = i / PER_ROW;
         const int c = (i % PER_ROW) * P;
-        Packed<T> v;
-        if (r < rows_valid) {
-            v = load_packed(src + (size_t)r * stride + c);
-        } else {
-#pragma unroll
-            for (int j = 0; j < P; ++j) {
-                v.v[j] = from_float<T>(0.0f);
-            }
-        }
-        store_packed(&dst[r][c], v);
+        const bool real = r < rows_valid;
+        // a row past the end reads nothing (0 bytes) from a valid address: row 0's
+        cp_async16(&dst[r][c], src + (size_t)(real ? r : 0) * stride + c, real ? 16 : 0);
     }
+}
+
+// The tiles first..n_tiles-1 of a kernel's loop through shared memory: STAGES (1 or 2) buffers
+// filled by `stage(j)` (tile j's copies). Called by every thread at the top of iteration j, after
+// a barrier that ends every warp's use of the previous tile:
+//   2 buffers: stage tile j+1 into the other buffer (the first iteration stages tile j too), then
+//              wait for tile j: tile j+1's loads run while tile j is computed on;
+//   1 buffer:  stage tile j and wait for it.
+// A barrier after this makes tile j every thread's.
+template <int STAGES, typename Stage>
+__device__ __forceinline__ void next_tile(int j, int first, int n_tiles, Stage&& stage) {
+    static_assert(STAGES == 1 || STAGES == 2, "one or two buffers");
+    if constexpr (STAGES == 2) {
+        if (j == first) {
+            stage(j);
+            cp_async_commit();
+        }
+        if (j + 1 < n_tiles) {
+            stage(j + 1);
+        }
+        cp_async_commit(); // (empty at the last tile: the wait below still counts one group)
+        cp_async_wait<1>();
+    } else {
+        stage(j);
+        cp_async_commit();
+        cp_async_wait<0>();
+    }
+}
+
+// Two buffers where two tiles of `bytes` fit in the 48 KiB of static shared memory with `other`
+// bytes besides, else one.
+constexpr int stages_for(int bytes, int other) {
+    return 2 * bytes + other <= 48 * 1024 ? 2 : 1;
 }
 
 // Sets every accumulator of a row of C fragments to 0.
@@ -352,17 +412,20 @@ __device__ __forceinline__ void scores_and_max(FragC (&s)[NT], float (&mx)[2], f
 template <typename T, int HS> struct FwdConfig {
     // keys per tile (fp32 HS=128 uses 32 to keep K and V under 48 KB of shared memory)
     static constexpr int BK = (sizeof(T) == 2 || HS == 64) ? 64 : 32;
+    // K and V tiles in flight: two where they fit (bf16 HS=64)
+    static constexpr int STAGES = stages_for(2 * BK * (HS + PAD) * (int)sizeof(T), 0);
 };
 
 template <typename T, int HS>
 __device__ __forceinline__ void forward_impl(T* out, float* lse, const T* qkv, int B, int T_, int NH) {
     constexpr int BK = FwdConfig<T, HS>::BK;
+    constexpr int STAGES = FwdConfig<T, HS>::STAGES;
     constexpr int LD = HS + PAD;
     constexpr int NT = BK / 8;  // n8-tiles of S
     constexpr int KS = HS / 16; // k16-steps over the head dimension
     constexpr int NO = HS / 8;  // n8-tiles of O
-    __shared__ __align__(16) T ks[BK][LD]; // (BK, HS) keys of the tile
-    __shared__ __align__(16) T vs[BK][LD]; // (BK, HS) values of the tile
+    __shared__ __align__(16) T ks[STAGES][BK][LD]; // (STAGES, BK, HS) keys of the tiles in flight
+    __shared__ __align__(16) T vs[STAGES][BK][LD]; // (STAGES, BK, HS) their values
     (void)B;
 
     const int C = NH * HS;
@@ -389,12 +452,18 @@ __device__ __forceinline__ void forward_impl(T* out, float* lse, const T* qkv, i
     float l[2] = {0.0f, 0.0f};
 
     const int n_tiles = q_last / BK + 1;
+    const auto stage = [&](int j) {
+        const int k0 = j * BK;
+        stage_rows<T, HS, BK>(ks[j % STAGES], head + C + (size_t)k0 * C3, C3, T_ - k0);
+        stage_rows<T, HS, BK>(vs[j % STAGES], head + 2 * C + (size_t)k0 * C3, C3, T_ - k0);
+    };
     for (int j = 0; j < n_tiles; ++j) {
         const int k0 = j * BK;
+        const T(*kt)[LD] = ks[j % STAGES];
+        const T(*vt)[LD] = vs[j % STAGES];
         __syncthreads(); // every warp is done with the previous tile
-        stage_rows<T, HS, BK>(ks, head + C + (size_t)k0 * C3, C3, T_ - k0);
-        stage_rows<T, HS, BK>(vs, head + 2 * C + (size_t)k0 * C3, C3, T_ - k0);
-        __syncthreads();
+        next_tile<STAGES>(j, 0, n_tiles, stage);
+        __syncthreads(); // tile j is in shared memory
         if (k0 > w_last) {
             continue; // warp-uniform: no key of the tile is visible to this warp's queries
         }
@@ -405,7 +474,7 @@ __device__ __forceinline__ void forward_impl(T* out, float* lse, const T* qkv, i
 #pragma unroll
             for (int n = 0; n < NT; ++n) {
                 if (k0 + 8 * n <= w_last) { // warp-uniform; skipped n-tiles are all masked
-                    mma(s[n], qf[kk], load_b_nk<T, LD>(ks, 8 * n, 16 * kk));
+                    mma(s[n], qf[kk], load_b_nk<T, LD>(kt, 8 * n, 16 * kk));
                 }
             }
         }
@@ -444,7 +513,7 @@ __device__ __forceinline__ void forward_impl(T* out, float* lse, const T* qkv, i
                 o[n].x[e] *= alpha[e >> 1];
             }
         }
-        mma_tile<T, LD, BK>(o, s, vs, k0, w_last); // o += p v
+        mma_tile<T, LD, BK>(o, s, vt, k0, w_last); // o += p v
     }
 
 #pragma unroll
@@ -518,6 +587,8 @@ template <typename T, int HS> struct DkdvConfig {
     static constexpr int BQ = (sizeof(T) == 2 && HS == 64) ? 64 : (sizeof(T) == 4 && HS == 128) ? 16 : 32;
     // whether each warp keeps its K and V rows in registers (else reloads them, from L1/L2)
     static constexpr bool KEEP = HS == 64;
+    // Q, dO, lse and D tiles in flight: two where they fit (bf16 HS=64)
+    static constexpr int STAGES = stages_for(2 * BQ * (HS + PAD) * (int)sizeof(T) + 8 * BQ, 0);
 };
 
 template <typename T, int HS>
@@ -525,14 +596,15 @@ __device__ __forceinline__ void backward_dkdv_impl(T* dqkv, const T* dout, const
                                                    const float* d, int B, int T_, int NH) {
     constexpr int BQ = DkdvConfig<T, HS>::BQ;
     constexpr bool KEEP = DkdvConfig<T, HS>::KEEP;
+    constexpr int STAGES = DkdvConfig<T, HS>::STAGES;
     constexpr int LD = HS + PAD;
     constexpr int NT = BQ / 8;
     constexpr int KS = HS / 16;
     constexpr int NO = HS / 8;
-    __shared__ __align__(16) T qs[BQ][LD];  // (BQ, HS) queries of the tile
-    __shared__ __align__(16) T dos[BQ][LD]; // (BQ, HS) dout of the tile
-    __shared__ float lse2s[BQ];           // (BQ) lse * log2(e) of the tile's queries
-    __shared__ float ds[BQ];              // (BQ) D of the tile's queries
+    __shared__ __align__(16) T qs_[STAGES][BQ][LD];  // (STAGES, BQ, HS) queries of the tiles in flight
+    __shared__ __align__(16) T dos_[STAGES][BQ][LD]; // (STAGES, BQ, HS) their dout
+    __shared__ float lse2s_[STAGES][BQ];             // (STAGES, BQ) their lse * log2(e)
+    __shared__ float ds_[STAGES][BQ];                // (STAGES, BQ) their D
     (void)B;
 
     const int C = NH * HS;
@@ -560,16 +632,27 @@ __device__ __forceinline__ void backward_dkdv_impl(T* dqkv, const T* dout, const
     zero(dk);
     zero(dv);
 
-    for (int qq0 = (k0 / BQ) * BQ; qq0 < T_; qq0 += BQ) {
-        __syncthreads();
-        stage_rows<T, HS, BQ>(qs, head + (size_t)qq0 * C3, C3, T_ - qq0);
-        stage_rows<T, HS, BQ>(dos, dhead + (size_t)qq0 * C, C, T_ - qq0);
+    // query tiles from the one that holds the block's first key to the end
+    const int first = k0 / BQ, n_tiles = (T_ + BQ - 1) / BQ;
+    const auto stage = [&](int j) {
+        const int qq0 = j * BQ, buf = j % STAGES;
+        stage_rows<T, HS, BQ>(qs_[buf], head + (size_t)qq0 * C3, C3, T_ - qq0);
+        stage_rows<T, HS, BQ>(dos_[buf], dhead + (size_t)qq0 * C, C, T_ - qq0);
         for (int i = threadIdx.x; i < BQ; i += THREADS) {
             const bool real = qq0 + i < T_;
-            lse2s[i] = real ? lse_h[qq0 + i] * LOG2E : 0.0f;
-            ds[i] = real ? d_h[qq0 + i] : 0.0f;
+            lse2s_[buf][i] = real ? lse_h[qq0 + i] * LOG2E : 0.0f;
+            ds_[buf][i] = real ? d_h[qq0 + i] : 0.0f;
         }
-        __syncthreads();
+    };
+    for (int j = first; j < n_tiles; ++j) {
+        const int qq0 = j * BQ;
+        const T(*qs)[LD] = qs_[j % STAGES];
+        const T(*dos)[LD] = dos_[j % STAGES];
+        const float* lse2s = lse2s_[j % STAGES];
+        const float* ds = ds_[j % STAGES];
+        __syncthreads(); // every warp is done with the previous tile
+        next_tile<STAGES>(j, first, n_tiles, stage);
+        __syncthreads(); // tile j is in shared memory
         if (w0 >= T_ || qq0 + BQ - 1 < w0) {
             continue; // warp-uniform: no real key, or every query of the tile precedes every key
         }
@@ -653,6 +736,8 @@ template <typename T, int HS> struct DqConfig {
     static constexpr int BK = (sizeof(T) == 2 && HS == 64) ? 64 : 32;
     // whether each warp keeps its q and dout rows in registers (else reloads them)
     static constexpr bool KEEP = sizeof(T) == 2 || HS == 64;
+    // K and V tiles in flight: two where they fit (bf16 HS=64)
+    static constexpr int STAGES = stages_for(2 * BK * (HS + PAD) * (int)sizeof(T), 0);
 };
 
 template <typename T, int HS>
@@ -660,12 +745,13 @@ __device__ __forceinline__ void backward_dq_impl(T* dqkv, const T* dout, const T
                                                  const float* d, int B, int T_, int NH) {
     constexpr int BK = DqConfig<T, HS>::BK;
     constexpr bool KEEP = DqConfig<T, HS>::KEEP;
+    constexpr int STAGES = DqConfig<T, HS>::STAGES;
     constexpr int LD = HS + PAD;
     constexpr int NT = BK / 8;
     constexpr int KS = HS / 16;
     constexpr int NO = HS / 8;
-    __shared__ __align__(16) T ks[BK][LD]; // (BK, HS) keys of the tile
-    __shared__ __align__(16) T vs[BK][LD]; // (BK, HS) values of the tile
+    __shared__ __align__(16) T ks_[STAGES][BK][LD]; // (STAGES, BK, HS) keys of the tiles in flight
+    __shared__ __align__(16) T vs_[STAGES][BK][LD]; // (STAGES, BK, HS) their values
     (void)B;
 
     const int C = NH * HS;
@@ -701,12 +787,18 @@ __device__ __forceinline__ void backward_dq_impl(T* dqkv, const T* dout, const T
     zero(dq);
 
     const int n_tiles = q_last / BK + 1;
+    const auto stage = [&](int j) {
+        const int k0 = j * BK;
+        stage_rows<T, HS, BK>(ks_[j % STAGES], head + C + (size_t)k0 * C3, C3, T_ - k0);
+        stage_rows<T, HS, BK>(vs_[j % STAGES], head + 2 * C + (size_t)k0 * C3, C3, T_ - k0);
+    };
     for (int j = 0; j < n_tiles; ++j) {
         const int k0 = j * BK;
-        __syncthreads();
-        stage_rows<T, HS, BK>(ks, head + C + (size_t)k0 * C3, C3, T_ - k0);
-        stage_rows<T, HS, BK>(vs, head + 2 * C + (size_t)k0 * C3, C3, T_ - k0);
-        __syncthreads();
+        const T(*ks)[LD] = ks_[j % STAGES];
+        const T(*vs)[LD] = vs_[j % STAGES];
+        __syncthreads(); // every warp is done with the previous tile
+        next_tile<STAGES>(j, 0, n_tiles, stage);
+        __syncthreads(); // tile j is in shared memory
         if (k0 > w_last) {
             continue;
         }
@@ -756,15 +848,17 @@ __device__ __forceinline__ void backward_dq_impl(T* dqkv, const T* dout, const T
 
 // ---- entry points ------------------------------------------------------------------------------
 // Forward: grid (ceil(T/64), NH, B), 128 threads. out (B,T,C), lse (B,NH,T), qkv (B,T,3C).
-#define FLASH_FORWARD(NAME, TYPE, HS)                                                                    \
-    extern "C" __global__ void __launch_bounds__(flash::THREADS)                                       \
+// MIN_BLOCKS: blocks per SM that the registers must leave room for (bf16 HS=64: 4, at most 128
+// registers a thread, which it needs without spilling; 135 unbounded, 3 blocks).
+#define FLASH_FORWARD(NAME, TYPE, HS, MIN_BLOCKS)                                                        \
+    extern "C" __global__ void __launch_bounds__(flash::THREADS, MIN_BLOCKS)                           \
         NAME(TYPE* out, float* lse, const TYPE* qkv, int B, int T, int NH) {                           \
         flash::forward_impl<TYPE, HS>(out, lse, qkv, B, T, NH);                                        \
     }
-FLASH_FORWARD(flash_attention_forward_hs64, float, 64)
-FLASH_FORWARD(flash_attention_forward_hs64_bf16, __nv_bfloat16, 64)
-FLASH_FORWARD(flash_attention_forward_hs128, float, 128)
-FLASH_FORWARD(flash_attention_forward_hs128_bf16, __nv_bfloat16, 128)
+FLASH_FORWARD(flash_attention_forward_hs64, float, 64, 1)
+FLASH_FORWARD(flash_attention_forward_hs64_bf16, __nv_bfloat16, 64, 4)
+FLASH_FORWARD(flash_attention_forward_hs128, float, 128, 1)
+FLASH_FORWARD(flash_attention_forward_hs128_bf16, __nv_bfloat16, 128, 1)
 
 // D (B,NH,T) = rowsum(dout * out), dout and out (B,T,C); one warp per row, any HS.
 extern "C" __global__ void flash_attention_backward_d(float* d, const float* dout, const float* out, int B, int T,

@@ -70,6 +70,11 @@ void emu_mma_m16n8k16_row_col_f32_bf16_bf16_f32(float* c, const unsigned int* a,
 // ldmatrix.sync.aligned.m8n8.x{num}{.trans if trans}.shared.b16 for the whole warp: every lane
 // passes its row address (lane 8i + r: row r of matrix i) and receives num 32-bit registers.
 void emu_ldmatrix(unsigned int* dst, const void* row, int num, int trans);
+// cp.async.cg.shared.global [dst], [src], bytes, src_bytes; cp.async.commit_group;
+// cp.async.wait_group n: for the calling thread, each copy made at the wait that covers it.
+void emu_cp_async(void* dst, const void* src, int bytes, int src_bytes);
+void emu_cp_async_commit();
+void emu_cp_async_wait(int n);
 // The launch's dynamic shared memory (`extern __shared__ T name[]`).
 void* emu_dynamic_smem();
 

@@ -114,7 +114,19 @@ const char* op_name(int op) {
     }
 }
 
+// A cp.async copy issued but not yet waited for (it lands at the wait that covers its group).
+struct PendingCopy {
+    void* dst;
+    const void* src;
+    int bytes;     // the copy's size
+    int src_bytes; // how many of them come from src (the rest are zero)
+    int group;     // the commit group it belongs to (the fiber's count of commits when issued)
+    bool landed;   // made already (at issue)
+};
+
 struct Fiber {
+    std::vector<PendingCopy> copies; // cp.async copies in flight, in issue order
+    int commits = 0;                 // cp.async.commit_group calls so far
     EmuThread t;
     int warp = 0;
     int lane = 0;
@@ -156,6 +168,7 @@ struct Launch {
     std::vector<Fiber> fibers;
     std::vector<Warp> warps;
     std::vector<int> order; // the order in which runnable threads are resumed
+    unsigned schedule = 0;  // the launch's schedule (its parity also decides when cp.async lands)
     int live = 0;
     int at_barrier = 0;
     const char* barrier_file = nullptr; // the barrier the waiting threads are at
@@ -280,6 +293,10 @@ void release_barrier() {
 }
 
 void on_exit_thread() {
+    if (!g.cur->copies.empty()) {
+        fail(format("%s: the thread exits with %zu cp.async copies it never waited for", where(g.cur).c_str(),
+                    g.cur->copies.size()));
+    }
     g.live--;
     if (g.at_barrier > 0 && g.at_barrier == g.live) {
         release_barrier();
@@ -344,7 +361,15 @@ std::string block_state() {
 }
 
 // Runs one block to completion; false (g.error set) on a failure.
+// Runs the block's threads until all exit. Each pass resumes every runnable thread in the
+// schedule's order, each until it waits (at a barrier or a warp-wide operation) or exits. Under an
+// odd schedule a resumed thread's warp then runs on until every lane of it waits at a barrier or
+// has exited: one warp goes through a whole stretch between two barriers before the next starts,
+// the most skew between warps a GPU could show (a shared buffer refilled without a barrier after
+// its last readers shows up this way); under an even one the warps advance together, one
+// warp-wide operation a pass.
 bool run_block() {
+    const bool greedy = g.schedule & 1;
     for (;;) {
         bool progressed = false;
         for (int i : g.order) {
@@ -356,6 +381,19 @@ bool run_block() {
             resume(f);
             if (g.failed) {
                 return false;
+            }
+            for (bool more = greedy; more;) {
+                more = false;
+                for (int k : g.order) {
+                    Fiber& m = g.fibers[k];
+                    if (m.warp == f.warp && m.state == RUNNABLE) {
+                        more = true;
+                        resume(m);
+                        if (g.failed) {
+                            return false;
+                        }
+                    }
+                }
             }
         }
         if (g.live == 0) {
@@ -701,6 +739,7 @@ int launch_impl(const char* name, const unsigned* grid, const unsigned* block, u
         g.warps[f.warp].present |= 1u << f.lane;
     }
     g.order = permutation(n, schedule, 17);
+    g.schedule = schedule;
     g.smem_bytes = smem;
     g.smem = guarded_alloc(smem, 0);
     const unsigned long long nblocks = (unsigned long long)grid[0] * grid[1] * grid[2];
@@ -730,6 +769,8 @@ int launch_impl(const char* name, const unsigned* grid, const unsigned* block, u
         }
         for (Fiber& f : g.fibers) {
             f.state = RUNNABLE;
+            f.copies.clear();
+            f.commits = 0;
             start_fiber(f);
         }
         for (Warp& w : g.warps) {
@@ -839,6 +880,57 @@ void emu_ldmatrix(unsigned int* dst, const void* row, int num, int trans) {
         complete_ldmatrix(w, num, trans != 0);
         warp_release();
     }
+}
+
+// cp.async: a GPU makes the copy at any time between the instruction and the wait that covers
+// it. The emulation takes the two ends: under an even schedule the copy lands at that wait (a
+// read of the destination before it sees the old contents), under an odd one at once (a thread
+// still reading the old contents, because a barrier is missing before the buffer is refilled,
+// sees the new ones). A kernel correct under both is correct at any time in between.
+void land(const PendingCopy& c) {
+    std::memcpy(c.dst, c.src, (size_t)c.src_bytes);
+    std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, (size_t)(c.bytes - c.src_bytes));
+}
+
+void emu_cp_async(void* dst, const void* src, int bytes, int src_bytes) {
+    Fiber* f = g.cur;
+    if (bytes != 4 && bytes != 8 && bytes != 16) {
+        fail(format("%s: cp.async of %d bytes (4, 8 or 16)", where(f).c_str(), bytes));
+    }
+    if (src_bytes < 0 || src_bytes > bytes) {
+        fail(format("%s: cp.async of %d bytes with src-size %d", where(f).c_str(), bytes, src_bytes));
+    }
+    if (reinterpret_cast<uintptr_t>(dst) % bytes != 0 || reinterpret_cast<uintptr_t>(src) % bytes != 0) {
+        fail(format("%s: cp.async of %d bytes from %p to %p: both must be %d-byte aligned", where(f).c_str(), bytes,
+                    src, dst, bytes));
+    }
+    PendingCopy c{dst, src, bytes, src_bytes, f->commits, false};
+    if (g.schedule & 1) {
+        land(c);
+        c.landed = true;
+    }
+    f->copies.push_back(c);
+}
+
+void emu_cp_async_commit() {
+    g.cur->commits++;
+}
+
+// cp.async.wait_group n: the copies of every committed group but the n most recent land.
+void emu_cp_async_wait(int n) {
+    Fiber* f = g.cur;
+    const int upto = f->commits - n; // groups [0, upto) complete
+    size_t kept = 0;
+    for (const PendingCopy& c : f->copies) {
+        if (c.group < upto) {
+            if (!c.landed) {
+                land(c);
+            }
+        } else {
+            f->copies[kept++] = c;
+        }
+    }
+    f->copies.resize(kept);
 }
 
 void* emu_dynamic_smem() {

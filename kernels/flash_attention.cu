@@ -276,7 +276,9 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 #ifdef CUDA_HOST_EMULATION
     emu_cp_async_wait(N);
 #else
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+    // "memory": no load or store of shared memory moves across the wait (nor the wait across the
+    // barrier after it)
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }
 // CP_ASYNC_END

@@ -175,6 +175,13 @@ if command -v compute-sanitizer > /dev/null; then
   san sanitizer --precision fp32
   san sanitizer-bf16 --precision bf16
   san sanitizer-fused-fp32 --precision fp32 --kernels fused
+  # shared-memory races and barrier misuse in the kernels, flash attention's cp.async pipeline
+  # above all: T = 199 gives its query blocks up to four key tiles (two buffers refilled)
+  for tool in racecheck synccheck; do
+    check "sanitizer-$tool" 240 compute-sanitizer --tool $tool --target-processes all --error-exitcode 1 \
+      bash "$run" exec train-gpt2-cuda --device cuda --model d2 --batch 1 --seq 199 --steps 2 \
+      --val-batches 1 --sample-tokens 0 --precision bf16 --out-dir "$state/san-$tool"
+  done
 fi
 # 8. Nsight Compute over the second step of d12 at B=8, T=1024 (bf16, fused kernels, eagerly
 # launched): each kernel's achieved bandwidth and throughput against the GPU's peaks, occupancy and

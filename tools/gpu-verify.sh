@@ -97,11 +97,13 @@ export -f eng same tests
 
 # 1. What the machine is.
 check info 60 bash "$run" info
-# 2. The GPU tests (every #[ignore = "needs a CUDA GPU"] test, and the bench tool's PyTorch test):
-# each kernel family against its CPU twin, the model, the graphs, the profiler. The first process
-# JIT-compiles the PTX for the GPU (the driver caches it for the rest). Not here: the ignored
-# corpus regeneration (it reads ../shared) and the tests on the emulated device (CI runs those).
-check gpu-tests 420 tests --ignored --skip regenerate_default_corpus --skip emulated_device
+# 2. The GPU tests (every #[ignore = "needs a CUDA GPU"] test): each kernel family against its CPU
+# twin, the model, the graphs, the profiler. The first process JIT-compiles the PTX for the GPU
+# (the driver caches it for the rest). Not here: the ignored corpus regeneration (it reads
+# ../shared), the tests on the emulated device (CI runs those) and the bench tool's PyTorch tests
+# (about a minute of process starts: after the benchmarks, below).
+check gpu-tests 420 tests --ignored --skip regenerate_default_corpus --skip emulated_device \
+  --skip engine_and_pytorch
 # 3. The engine against the PyTorch fixtures and the CPU path, with the 10-step trajectories: fp32,
 # then bf16 at verify::Tolerances::BF16, then the fused kernels in fp32 and the plain ones in bf16.
 for f in tiny sharp gpt2vocab hs64; do
@@ -164,6 +166,8 @@ bench bench-bf16-no-graphs --precision bf16 --batch 8 --pytorch none --no-cuda-g
 bench bench-d6 --model d6 --seq 64 --batch 4 --precision bf16 --pytorch eager
 bench bench-d6-no-graphs --model d6 --seq 64 --batch 4 --precision bf16 --pytorch none --no-cuda-graphs
 bench bench-fp32 --precision fp32 tf32 --batch 4,8 --pytorch eager
+# tools/bench's own tests with PyTorch (d1 and d2 runs, on the CPU and the GPU)
+check bench-tool-tests 300 tests --ignored engine_and_pytorch
 # 7. Memory errors in short runs.
 if command -v compute-sanitizer > /dev/null; then
   san() { # name, args...

@@ -257,8 +257,8 @@ __device__ __forceinline__ void mma(FragC& c, const FragA<float>& a, const FragB
 // CP_ASYNC_BEGIN
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
 #ifdef CUDA_HOST_EMULATION
-    // The host emulation (tests/emu) defers each copy to the wait that covers it, so that a read
-    // before the wait sees the old contents, as it may on a GPU.
+    // The host emulation (tests/emu) lands the copy at the wait that covers it or at once,
+    // depending on the schedule: the two ends of when a GPU may land it.
     emu_cp_async(dst, src, 16, src_bytes);
 #else
     const unsigned d = (unsigned)__cvta_generic_to_shared(dst);

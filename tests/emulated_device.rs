@@ -317,6 +317,13 @@ fn test_binary(name: &str) -> PathBuf {
 /// Runs `binary` (a test target) with its ignored tests on the emulated device, skipping the
 /// tests named in `skip`; panics unless at least `min_passed` ran and all passed.
 fn run_gpu_tests(binary: &str, skip: &[&str], min_passed: usize) {
+    run_gpu_tests_scheduled(binary, skip, min_passed, None);
+}
+
+/// As [`run_gpu_tests`], with the emulated threads in the order of `schedule` when given
+/// (`FAKECUDA_SCHEDULE`, else the caller's environment decides): an odd one runs each warp alone
+/// up to its next barrier and lands every cp.async copy at once (tests/emu/runtime.cpp).
+fn run_gpu_tests_scheduled(binary: &str, skip: &[&str], min_passed: usize, schedule: Option<u32>) {
     let bin = test_binary(binary);
     // `cargo test` builds every test target before running any; `cargo test --test
     // emulated_device` builds only this one, and a sibling built before a change to the library
@@ -337,6 +344,9 @@ fn run_gpu_tests(binary: &str, skip: &[&str], min_passed: usize) {
     cmd.args(["--include-ignored", "--test-threads=1"]);
     for s in skip {
         cmd.args(["--skip", s]);
+    }
+    if let Some(s) = schedule {
+        cmd.env("FAKECUDA_SCHEDULE", s.to_string());
     }
     let out = cmd
         .envs(fake_cuda_env())
@@ -378,6 +388,9 @@ fn gpu_layer_tests_pass_on_the_emulated_device() {
     // with their epilogues, the fused residual + layernorm, the profiler's counts
     run_gpu_tests("gpu_layers", &[], 20);
     run_gpu_tests("gpu_flash_attention", &[], 5);
+    // and once more with the warps far apart and the cp.async copies landing at once: flash
+    // attention's double-buffered tiles through the launchers, at T = 257
+    run_gpu_tests_scheduled("gpu_flash_attention", &[], 5, Some(1));
     run_gpu_tests("gpu_matmul_lt", &[], 7);
     run_gpu_tests("fused_residual_layernorm", &[], 4);
     run_gpu_tests("profile", &[], 5);

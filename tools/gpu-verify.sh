@@ -2,7 +2,7 @@
 # Every GPU check, most important first, for the GPU machine (no Rust there). Here, first:
 #     ../shared/gpu/pack
 # then on the GPU machine, from the project root (the device tool: carry [".gpu"]):
-#     DEADLINE_S=560 bash tools/gpu-verify.sh "$OUT"        # with timeout_s 600
+#     DEADLINE_S=540 bash tools/gpu-verify.sh "$OUT"        # with timeout_s 600
 # and, if the summary says checks were left for lack of time, the same command again at once
 # (while the machine is warm): it skips every check that already finished.
 #

@@ -48,8 +48,11 @@ publish() {
   } > "$out/summary.txt"
   tar -C "$state" -czf "$out/gpu-verify-logs.tar.gz" logs 2> /dev/null
 }
+# check NAME LIMIT COMMAND...: runs COMMAND for at most LIMIT seconds. With a deadline, a check
+# is not started when less than NEED seconds (default 30; set it before the call, NEED=N check
+# ...) are left: a check that cannot finish would only be cut and run again.
 check() { # name, timeout seconds, command...
-  local name=$1 limit=$2; shift 2
+  local name=$1 limit=$2 need=${NEED:-30}; shift 2
   if [[ -n "${ONLY:-}" && ! "$name" =~ $ONLY ]] || [[ -n "${SKIP:-}" && "$name" =~ $SKIP ]]; then
     return 0
   fi
@@ -58,7 +61,7 @@ check() { # name, timeout seconds, command...
   local cut_by_deadline=0
   if [ -n "$deadline" ]; then
     local left=$((deadline - (SECONDS - start)))
-    if [ "$left" -lt 30 ]; then echo "=== $name: left (no time)"; publish; return 0; fi
+    if [ "$left" -lt "$need" ]; then echo "=== $name: left (needs $need s, $left left)"; publish; return 0; fi
     if [ "$left" -lt "$limit" ]; then limit=$left; cut_by_deadline=1; fi
   fi
   echo "=== $name: $*"
@@ -102,7 +105,7 @@ check info 60 bash "$run" info
 # (the driver caches it for the rest). Not here: the ignored corpus regeneration (it reads
 # ../shared), the tests on the emulated device (CI runs those) and the bench tool's PyTorch tests
 # (about a minute of process starts: after the benchmarks, below).
-check gpu-tests 420 tests --ignored --skip regenerate_default_corpus --skip emulated_device \
+NEED=120 check gpu-tests 420 tests --ignored --skip regenerate_default_corpus --skip emulated_device \
   --skip engine_and_pytorch
 # 3. The engine against the PyTorch fixtures and the CPU path, with the 10-step trajectories: fp32,
 # then bf16 at verify::Tolerances::BF16, then the fused kernels in fp32 and the plain ones in bf16.
@@ -126,7 +129,7 @@ check verify-plain-bf16-hs64 120 eng verify --device both --precision bf16 --ker
 # (stochastic rounding is seeded), and with CUDA graphs off (they change the speed, not the numbers).
 train() { # name, args...
   local name=$1; shift
-  check "$name" 180 eng --device cuda --model d12 --batch 4 --seq 64 --steps 50 --val-every 25 \
+  NEED=40 check "$name" 180 eng --device cuda --model d12 --batch 4 --seq 64 --steps 50 --val-every 25 \
     --seed 1337 --out-dir "$state/$name" "$@"
 }
 train train-d12-run1 --precision fp32
@@ -142,18 +145,20 @@ losses train-d12-bf16-no-graphs losses-bf16-nog.txt
 check graphs-same-losses-bf16 10 same losses-bf16-1.txt losses-bf16-nog.txt
 # 5. The bf16 loss curve tracks fp32 (same seed, same data): 300 steps of d12 at B=8, T=256.
 for p in fp32 bf16; do
-  check "curve-$p" 240 eng --device cuda --model d12 --batch 8 --seq 256 --steps 300 --lr 6e-4 \
+  NEED=60 check "curve-$p" 240 eng --device cuda --model d12 --batch 8 --seq 256 --steps 300 --lr 6e-4 \
     --warmup 20 --val-every 50 --seed 1337 --precision $p --sample-tokens 0 --out-dir "$state/curve-$p"
 done
 check bf16-tracks-fp32 30 python3 tools/loss_band.py "$logs/curve-fp32.log" "$logs/curve-bf16.log" \
   --window 25 --band 0.02 --val-band 0.02
 # 6. Speed: the engine against PyTorch eager and torch.compile (about a minute of compilation per
 # torch.compile row), then the --profile tables of the fused and the plain kernels.
-bench() { # name, args...
-  local name=$1; shift
-  check "$name" 540 python3 tools/bench --out "$logs/$name.json" "$@"
+bench() { # name, seconds it needs at least, args...
+  local name=$1 need=$2; shift 2
+  NEED=$need check "$name" 540 python3 tools/bench --out "$logs/$name.json" "$@"
 }
-bench bench-bf16 --precision bf16 --batch 4,8,16 --pytorch eager,compile
+# (one table of the two: python3 tools/bench --report bench-bf16.json bench-bf16-compile.json)
+bench bench-bf16 90 --precision bf16 --batch 4,8,16 --pytorch eager
+bench bench-bf16-compile 240 --engine none --precision bf16 --batch 4,8,16 --pytorch compile
 profile() { # name, args...
   local name=$1; shift
   check "$name" 120 eng --device cuda --model d12 --batch 8 --seq 1024 --steps 12 --profile \
@@ -161,18 +166,18 @@ profile() { # name, args...
 }
 profile profile-bf16-fused
 profile profile-bf16-plain --kernels plain
-bench bench-bf16-plain --precision bf16 --batch 8 --pytorch none --kernels plain
-bench bench-bf16-no-graphs --precision bf16 --batch 8 --pytorch none --no-cuda-graphs
-bench bench-d6 --model d6 --seq 64 --batch 4 --precision bf16 --pytorch eager
-bench bench-d6-no-graphs --model d6 --seq 64 --batch 4 --precision bf16 --pytorch none --no-cuda-graphs
-bench bench-fp32 --precision fp32 tf32 --batch 4,8 --pytorch eager
+bench bench-bf16-plain 40 --precision bf16 --batch 8 --pytorch none --kernels plain
+bench bench-bf16-no-graphs 40 --precision bf16 --batch 8 --pytorch none --no-cuda-graphs
+bench bench-d6 40 --model d6 --seq 64 --batch 4 --precision bf16 --pytorch eager
+bench bench-d6-no-graphs 30 --model d6 --seq 64 --batch 4 --precision bf16 --pytorch none --no-cuda-graphs
+bench bench-fp32 90 --precision fp32 tf32 --batch 4,8 --pytorch eager
 # tools/bench's own tests with PyTorch (d1 and d2 runs, on the CPU and the GPU)
-check bench-tool-tests 300 tests --ignored engine_and_pytorch
+NEED=90 check bench-tool-tests 300 tests --ignored engine_and_pytorch
 # 7. Memory errors in short runs.
 if command -v compute-sanitizer > /dev/null; then
   san() { # name, args...
     local name=$1; shift
-    check "$name" 240 compute-sanitizer --tool memcheck --target-processes all --error-exitcode 1 \
+    NEED=60 check "$name" 240 compute-sanitizer --tool memcheck --target-processes all --error-exitcode 1 \
       bash "$run" exec train-gpt2-cuda --device cuda --model d2 --batch 2 --seq 33 --steps 2 \
       --val-batches 1 --sample-tokens 4 --out-dir "$state/$name" "$@"
   }
@@ -182,7 +187,7 @@ if command -v compute-sanitizer > /dev/null; then
   # shared-memory races and barrier misuse in the kernels, flash attention's cp.async pipeline
   # above all: T = 199 gives its query blocks up to four key tiles (two buffers refilled)
   for tool in racecheck synccheck; do
-    check "sanitizer-$tool" 240 compute-sanitizer --tool $tool --target-processes all --error-exitcode 1 \
+    NEED=90 check "sanitizer-$tool" 240 compute-sanitizer --tool $tool --target-processes all --error-exitcode 1 \
       bash "$run" exec train-gpt2-cuda --device cuda --model d2 --batch 1 --seq 199 --steps 2 \
       --val-batches 1 --sample-tokens 0 --precision bf16 --out-dir "$state/san-$tool"
   done
@@ -192,14 +197,14 @@ fi
 # launch shape, the cuBLASLt products included, for choosing block sizes (ncu.csv in the logs).
 ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2> /dev/null || true)
 if [ -n "$ncu" ]; then
-  check ncu 300 "$ncu" --target-processes all --nvtx --nvtx-include "step/" --launch-skip 260 \
+  NEED=150 check ncu 300 "$ncu" --target-processes all --nvtx --nvtx-include "step/" --launch-skip 260 \
     --launch-count 280 --section SpeedOfLight --section Occupancy --section LaunchStats --csv \
     --page details --log-file "$logs/ncu.csv" bash "$run" exec train-gpt2-cuda --device cuda \
     --model d12 --batch 8 --seq 1024 --steps 3 --val-every 0 --sample-tokens 0 --no-cuda-graphs \
     --out-dir "$state/ncu"
 fi
 # 9. Every other test, with a GPU present (CI runs them without one).
-check other-tests 420 tests --skip emulated_device
+NEED=150 check other-tests 420 tests --skip emulated_device
 
 publish
 echo; cat "$out/summary.txt"

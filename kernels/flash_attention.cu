@@ -167,11 +167,12 @@ template <bool TRANS> __device__ __forceinline__ void ldmatrix_x2(unsigned (&r)[
 // rows n0..n0+7, columns k0+8p..k0+8p+7.
 template <typename T, int LD>
 __device__ __forceinline__ FragB<T> load_b_nk(const T (*m)[LD], int n0, int k0) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int lane = threadIdx.x & 31;
     FragB<T> b;
     if constexpr (sizeof(T) == 2) {
         ldmatrix_x2<false>(b.x, &m[n0 + (lane & 7)][k0 + 8 * ((lane >> 3) & 1)]);
     } else {
+        const int g = lane >> 2, t = lane & 3;
 #pragma unroll
         for (int p = 0; p < 2; ++p) {
             set_pair(b, p, &m[n0 + g][k0 + 2 * t + 8 * p]);
@@ -184,11 +185,12 @@ __device__ __forceinline__ FragB<T> load_b_nk(const T (*m)[LD], int n0, int k0) 
 // column apart. bf16: matrix p of ldmatrix.trans is rows k0+8p..k0+8p+7, columns n0..n0+7.
 template <typename T, int LD>
 __device__ __forceinline__ FragB<T> load_b_kn(const T (*m)[LD], int k0, int n0) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int lane = threadIdx.x & 31;
     FragB<T> b;
     if constexpr (sizeof(T) == 2) {
         ldmatrix_x2<true>(b.x, &m[k0 + (lane & 15)][n0]);
     } else {
+        const int g = lane >> 2, t = lane & 3;
 #pragma unroll
         for (int p = 0; p < 2; ++p) {
             set_pair_strided(b, p, &m[k0 + 2 * t + 8 * p][n0 + g], LD);
@@ -326,10 +328,9 @@ __device__ __forceinline__ void next_tile(int j, int first, int n_tiles, Stage&&
     }
 }
 
-// Two buffers where two tiles of `bytes` fit in the 48 KiB of static shared memory with `other`
-// bytes besides, else one.
-constexpr int stages_for(int bytes, int other) {
-    return 2 * bytes + other <= 48 * 1024 ? 2 : 1;
+// Two buffers where two tiles of `bytes` each fit in the 48 KiB of static shared memory, else one.
+constexpr int stages_for(int bytes) {
+    return 2 * bytes <= 48 * 1024 ? 2 : 1;
 }
 
 // Sets every accumulator of a row of C fragments to 0.
@@ -415,7 +416,7 @@ template <typename T, int HS> struct FwdConfig {
     // keys per tile (fp32 HS=128 uses 32 to keep K and V under 48 KB of shared memory)
     static constexpr int BK = (sizeof(T) == 2 || HS == 64) ? 64 : 32;
     // K and V tiles in flight: two where they fit (bf16 HS=64)
-    static constexpr int STAGES = stages_for(2 * BK * (HS + PAD) * (int)sizeof(T), 0);
+    static constexpr int STAGES = stages_for(2 * BK * (HS + PAD) * (int)sizeof(T));
 };
 
 template <typename T, int HS>
@@ -590,7 +591,7 @@ template <typename T, int HS> struct DkdvConfig {
     // whether each warp keeps its K and V rows in registers (else reloads them, from L1/L2)
     static constexpr bool KEEP = HS == 64;
     // Q, dO, lse and D tiles in flight: two where they fit (bf16 HS=64)
-    static constexpr int STAGES = stages_for(2 * BQ * (HS + PAD) * (int)sizeof(T) + 8 * BQ, 0);
+    static constexpr int STAGES = stages_for(2 * BQ * (HS + PAD) * (int)sizeof(T) + 8 * BQ);
 };
 
 template <typename T, int HS>
@@ -739,7 +740,7 @@ template <typename T, int HS> struct DqConfig {
     // whether each warp keeps its q and dout rows in registers (else reloads them)
     static constexpr bool KEEP = sizeof(T) == 2 || HS == 64;
     // K and V tiles in flight: two where they fit (bf16 HS=64)
-    static constexpr int STAGES = stages_for(2 * BK * (HS + PAD) * (int)sizeof(T), 0);
+    static constexpr int STAGES = stages_for(2 * BK * (HS + PAD) * (int)sizeof(T));
 };
 
 template <typename T, int HS>

@@ -10,11 +10,13 @@
 // Notation: s = q.k * scale * log2(e) (scores in base-2 units, scale = 1/sqrt(HS)), so that
 // exp(scale q.k - x) = exp2(s - x log2(e)); lse = ln(sum over keys <= t of exp(scale q.k)).
 //
-// Forward, one block of 4 warps per (64-query tile, h, b); warp w owns queries q0+16w..q0+16w+15:
+// Forward, one block of 4 warps per (64 M-query tile, h, b); warp w owns queries q0+16Mw..
+// q0+16Mw+16M-1 (M = 1, or 2 in the bf16 HS 64 `_q32` kernel: two row blocks of 16 per warp,
+// which share every K and V fragment the warp loads):
 //   for each 64-key tile j that holds a key <= the tile's last query (fully masked tiles skipped):
 //     stage K_j, V_j (64 x HS) in shared memory (cp.async, 16 bytes a copy; where two tiles fit,
 //     K_j+1, V_j+1 are loaded into a second buffer while tile j is computed on), then per warp
-//     S = Q K_j^T (16 x 64, tensor cores), masked (key > query, or key >= T) to -inf,
+//     S = Q K_j^T (16M x 64, tensor cores), masked (key > query, or key >= T) to -inf,
 //     m' = max(m, rowmax S); P = exp2(S - m'); l = l exp2(m - m') + rowsum P;
 //     O = O exp2(m - m') + P V_j (tensor cores; P rounded to T for the product); m = m'.
 //   out = O / l, lse = (m + log2 l) ln 2.
@@ -45,7 +47,7 @@ namespace flash {
 
 constexpr int WARPS = 4;
 constexpr int THREADS = 32 * WARPS;
-// Queries (forward, dQ) or keys (dK dV) per block: 16 per warp.
+// Queries (dQ; the forward's M = 1 kernels) or keys (dK dV) per block: 16 per warp.
 constexpr int BLOCK_ROWS = 16 * WARPS;
 // Shared-memory rows are padded by 8 elements: 16-byte aligned, and the fragment loads below
 // fall on distinct banks.
@@ -341,19 +343,30 @@ template <int N> __device__ __forceinline__ void zero(FragC (&f)[N]) {
     }
 }
 
-// acc (16, 8*NO) += p (16, BK: the warp's C fragments, as an A operand in T) . m (BK, 8*NO, the
-// tile in shared memory, rows k), over the 16-column slices of p that start at or before
-// `last_visible` (a later slice's keys are all masked for this warp: its probabilities are 0).
-template <typename T, int LD, int BK, int NO>
-__device__ __forceinline__ void mma_tile(FragC (&acc)[NO], const FragC (&p)[BK / 8], const T (*m)[LD], int k0,
-                                         int last_visible) {
+// acc (16 M, 8*NO) += p (16 M, BK: the warp's C fragments, M row blocks of 16, as an A operand
+// in T) . m (BK, 8*NO, the tile in shared memory, rows k), over the 16-column slices of p that
+// start at or before `last_visible[i]` for row block i (a later slice's keys are all masked for
+// those rows: their probabilities are 0). Each B fragment is loaded once for the M products.
+template <typename T, int LD, int BK, int NO, int M>
+__device__ __forceinline__ void mma_tile(FragC (&acc)[M][NO], const FragC (&p)[M][BK / 8], const T (*m)[LD], int k0,
+                                         const int (&last_visible)[M]) {
 #pragma unroll
     for (int kk = 0; kk < BK / 16; ++kk) {
-        if (k0 + 16 * kk <= last_visible) {
-            const FragA<T> pa = a_from_c<T>(p[2 * kk], p[2 * kk + 1]);
+        if (k0 + 16 * kk <= last_visible[M - 1]) { // row blocks in order: the last sees the most
+            FragA<T> pa[M];
+#pragma unroll
+            for (int i = 0; i < M; ++i) {
+                pa[i] = a_from_c<T>(p[i][2 * kk], p[i][2 * kk + 1]);
+            }
 #pragma unroll
             for (int n = 0; n < NO; ++n) {
-                mma(acc[n], pa, load_b_kn<T, LD>(m, 16 * kk, 8 * n));
+                const FragB<T> v = load_b_kn<T, LD>(m, 16 * kk, 8 * n);
+#pragma unroll
+                for (int i = 0; i < M; ++i) {
+                    if (k0 + 16 * kk <= last_visible[i]) {
+                        mma(acc[i][n], pa[i], v);
+                    }
+                }
             }
         }
     }
@@ -412,17 +425,25 @@ __device__ __forceinline__ void scores_and_max(FragC (&s)[NT], float (&mx)[2], f
 }
 
 // ---- forward -----------------------------------------------------------------------------------
-template <typename T, int HS> struct FwdConfig {
+// M: row blocks of 16 queries per warp (1 or 2). With M = 2 (32 queries a warp, 128 a block, as
+// FlashAttention 2's forward) each K or V fragment loaded from shared memory feeds two products
+// instead of one, and each K, V tile staged serves twice the queries, for about twice the
+// registers of the scores and the accumulators.
+template <typename T, int HS, int M> struct FwdConfig {
     // keys per tile (fp32 HS=128 uses 32 to keep K and V under 48 KB of shared memory)
     static constexpr int BK = (sizeof(T) == 2 || HS == 64) ? 64 : 32;
     // K and V tiles in flight: two where they fit (bf16 HS=64)
     static constexpr int STAGES = stages_for(2 * BK * (HS + PAD) * (int)sizeof(T));
+    // queries per warp and per block
+    static constexpr int WARP_ROWS = 16 * M;
+    static constexpr int ROWS = WARP_ROWS * WARPS;
 };
 
-template <typename T, int HS>
+template <typename T, int HS, int M>
 __device__ __forceinline__ void forward_impl(T* out, float* lse, const T* qkv, int B, int T_, int NH) {
-    constexpr int BK = FwdConfig<T, HS>::BK;
-    constexpr int STAGES = FwdConfig<T, HS>::STAGES;
+    using Cfg = FwdConfig<T, HS, M>;
+    constexpr int BK = Cfg::BK;
+    constexpr int STAGES = Cfg::STAGES;
     constexpr int LD = HS + PAD;
     constexpr int NT = BK / 8;  // n8-tiles of S
     constexpr int KS = HS / 16; // k16-steps over the head dimension
@@ -434,25 +455,40 @@ __device__ __forceinline__ void forward_impl(T* out, float* lse, const T* qkv, i
     const int C = NH * HS;
     const size_t C3 = 3 * (size_t)C;
     // heaviest tiles (the last queries) first
-    const int q0 = (gridDim.x - 1 - blockIdx.x) * BLOCK_ROWS;
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * Cfg::ROWS;
     const int h = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
-    const int w0 = q0 + 16 * warp;                // the warp's first query
-    const int w_last = min(w0 + 15, T_ - 1);      // its last real query (< w0: none)
-    const int q_last = min(q0 + BLOCK_ROWS - 1, T_ - 1);
+    const int w0 = q0 + Cfg::WARP_ROWS * warp; // the warp's first query; row block i's is w0 + 16 i
+    int r_last[M];                             // row block i's last real query (< its first: none)
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+        r_last[i] = min(w0 + 16 * i + 15, T_ - 1);
+    }
+    const int w_last = r_last[M - 1]; // the warp's last real query
+    const int q_last = min(q0 + Cfg::ROWS - 1, T_ - 1);
     const T* head = qkv + (size_t)b * T_ * C3 + (size_t)h * HS; // q of (b, position 0, h)
     const float sl2 = LOG2E / sqrtf((float)HS);
 
-    FragA<T> qf[KS]; // (16, HS) the warp's queries
+    FragA<T> qf[M][KS]; // (16 M, HS) the warp's queries
 #pragma unroll
-    for (int kk = 0; kk < KS; ++kk) {
-        qf[kk] = load_a_global(head, C3, w0, T_, kk * 16);
+    for (int i = 0; i < M; ++i) {
+#pragma unroll
+        for (int kk = 0; kk < KS; ++kk) {
+            qf[i][kk] = load_a_global(head, C3, w0 + 16 * i, T_, kk * 16);
+        }
     }
-    FragC o[NO];
-    zero(o);
-    // rows w0+g and w0+g+8: running max (base 2) and this lane's part of the running sum
-    float m[2] = {-INFINITY, -INFINITY};
-    float l[2] = {0.0f, 0.0f};
+    FragC o[M][NO]; // (16 M, HS)
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+        zero(o[i]);
+    }
+    // rows w0+16i+g and w0+16i+g+8: running max (base 2) and this lane's part of the running sum
+    float m[M][2], l[M][2];
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+        m[i][0] = m[i][1] = -INFINITY;
+        l[i][0] = l[i][1] = 0.0f;
+    }
 
     const int n_tiles = q_last / BK + 1;
     const auto stage = [&](int j) {
@@ -470,71 +506,84 @@ __device__ __forceinline__ void forward_impl(T* out, float* lse, const T* qkv, i
         if (k0 > w_last) {
             continue; // warp-uniform: no key of the tile is visible to this warp's queries
         }
-        FragC s[NT];
-        zero(s);
+        FragC s[M][NT]; // (16 M, BK)
+#pragma unroll
+        for (int i = 0; i < M; ++i) {
+            zero(s[i]);
+        }
 #pragma unroll
         for (int kk = 0; kk < KS; ++kk) {
 #pragma unroll
             for (int n = 0; n < NT; ++n) {
                 if (k0 + 8 * n <= w_last) { // warp-uniform; skipped n-tiles are all masked
-                    mma(s[n], qf[kk], load_b_nk<T, LD>(kt, 8 * n, 16 * kk));
+                    const FragB<T> kb = load_b_nk<T, LD>(kt, 8 * n, 16 * kk);
+#pragma unroll
+                    for (int i = 0; i < M; ++i) {
+                        if (k0 + 8 * n <= r_last[i]) {
+                            mma(s[i][n], qf[i][kk], kb);
+                        }
+                    }
                 }
             }
         }
-        float mx[2] = {m[0], m[1]};
-        if (k0 + BK - 1 <= w0 && k0 + BK <= T_) { // warp-uniform: no key of the tile is hidden
-            scores_and_max<false>(s, mx, sl2, w0, k0, T_);
-        } else {
-            scores_and_max<true>(s, mx, sl2, w0, k0, T_);
-        }
-        float base[2], alpha[2];
 #pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            mx[i] = group_max(mx[i]);
-            base[i] = mx[i] == -INFINITY ? 0.0f : mx[i];
-            alpha[i] = exp2f(m[i] - base[i]);
-            m[i] = mx[i];
-        }
-        float ls[2] = {0.0f, 0.0f};
+        for (int i = 0; i < M; ++i) {
+            const int r0 = w0 + 16 * i;
+            float mx[2] = {m[i][0], m[i][1]};
+            if (k0 + BK - 1 <= r0 && k0 + BK <= T_) { // warp-uniform: no key of the tile is hidden
+                scores_and_max<false>(s[i], mx, sl2, r0, k0, T_);
+            } else {
+                scores_and_max<true>(s[i], mx, sl2, r0, k0, T_);
+            }
+            float base[2], alpha[2];
 #pragma unroll
-        for (int n = 0; n < NT; ++n) {
+            for (int r = 0; r < 2; ++r) {
+                mx[r] = group_max(mx[r]);
+                base[r] = mx[r] == -INFINITY ? 0.0f : mx[r];
+                alpha[r] = exp2f(m[i][r] - base[r]);
+                m[i][r] = mx[r];
+            }
+            float ls[2] = {0.0f, 0.0f};
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const float p = exp2f(s[n].x[e] - base[e >> 1]);
-                s[n].x[e] = p;
-                ls[e >> 1] += p;
+            for (int n = 0; n < NT; ++n) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const float p = exp2f(s[i][n].x[e] - base[e >> 1]);
+                    s[i][n].x[e] = p;
+                    ls[e >> 1] += p;
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                l[i][r] = l[i][r] * alpha[r] + ls[r];
+            }
+#pragma unroll
+            for (int n = 0; n < NO; ++n) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    o[i][n].x[e] *= alpha[e >> 1];
+                }
             }
         }
-#pragma unroll
-        for (int i = 0; i < 2; ++i) {
-            l[i] = l[i] * alpha[i] + ls[i];
-        }
-#pragma unroll
-        for (int n = 0; n < NO; ++n) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                o[n].x[e] *= alpha[e >> 1];
-            }
-        }
-        mma_tile<T, LD, BK>(o, s, vt, k0, w_last); // o += p v
+        mma_tile<T, LD, BK, NO, M>(o, s, vt, k0, r_last); // o += p v
     }
 
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        l[i] = group_sum(l[i]);
-    }
+    for (int i = 0; i < M; ++i) {
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        const int row = w0 + g + 8 * i;
-        if (row < T_) {
-            const float inv = 1.0f / l[i];
-            T* dst = out + ((size_t)b * T_ + row) * C + (size_t)h * HS + 2 * t4;
+        for (int r = 0; r < 2; ++r) {
+            const int row = w0 + 16 * i + g + 8 * r;
+            const float sum = group_sum(l[i][r]);
+            if (row < T_) {
+                const float inv = 1.0f / sum;
+                T* dst = out + ((size_t)b * T_ + row) * C + (size_t)h * HS + 2 * t4;
 #pragma unroll
-            for (int n = 0; n < NO; ++n) {
-                store_pair(dst + 8 * n, o[n].x[2 * i] * inv, o[n].x[2 * i + 1] * inv);
-            }
-            if (t4 == 0) {
-                lse[((size_t)b * NH + h) * T_ + row] = (m[i] + log2f(l[i])) * LN2;
+                for (int n = 0; n < NO; ++n) {
+                    store_pair(dst + 8 * n, o[i][n].x[2 * r] * inv, o[i][n].x[2 * r + 1] * inv);
+                }
+                if (t4 == 0) {
+                    lse[((size_t)b * NH + h) * T_ + row] = (m[i][r] + log2f(sum)) * LN2;
+                }
             }
         }
     }
@@ -786,8 +835,9 @@ __device__ __forceinline__ void backward_dq_impl(T* dqkv, const T* dout, const T
         lse2[i] = row < T_ ? lse[at] * LOG2E : 0.0f;
         dr[i] = row < T_ ? d[at] : 0.0f;
     }
-    FragC dq[NO];
-    zero(dq);
+    FragC dq[1][NO]; // (16, HS) (one row block: mma_tile's M = 1)
+    zero(dq[0]);
+    const int last[1] = {w_last};
 
     const int n_tiles = q_last / BK + 1;
     const auto stage = [&](int j) {
@@ -805,8 +855,8 @@ __device__ __forceinline__ void backward_dq_impl(T* dqkv, const T* dout, const T
         if (k0 > w_last) {
             continue;
         }
-        FragC s[NT], dp[NT]; // (16, BK)
-        zero(s);
+        FragC s[1][NT], dp[NT]; // (16, BK)
+        zero(s[0]);
         zero(dp);
 #pragma unroll
         for (int kk = 0; kk < KS; ++kk) {
@@ -821,17 +871,17 @@ __device__ __forceinline__ void backward_dq_impl(T* dqkv, const T* dout, const T
 #pragma unroll
             for (int n = 0; n < NT; ++n) {
                 if (k0 + 8 * n <= w_last) {
-                    mma(s[n], qa, load_b_nk<T, LD>(ks, 8 * n, 16 * kk));
+                    mma(s[0][n], qa, load_b_nk<T, LD>(ks, 8 * n, 16 * kk));
                     mma(dp[n], da, load_b_nk<T, LD>(vs, 8 * n, 16 * kk));
                 }
             }
         }
         if (k0 + BK - 1 <= w0 && k0 + BK <= T_ && w0 + 15 < T_) { // warp-uniform: none hidden
-            dq_scores<false>(s, dp, lse2, dr, sl2, w0, k0, T_);
+            dq_scores<false>(s[0], dp, lse2, dr, sl2, w0, k0, T_);
         } else {
-            dq_scores<true>(s, dp, lse2, dr, sl2, w0, k0, T_);
+            dq_scores<true>(s[0], dp, lse2, dr, sl2, w0, k0, T_);
         }
-        mma_tile<T, LD, BK>(dq, s, ks, k0, w_last); // dq += ds k
+        mma_tile<T, LD, BK, NO, 1>(dq, s, ks, k0, last); // dq += ds k
     }
 
 #pragma unroll
@@ -841,7 +891,7 @@ __device__ __forceinline__ void backward_dq_impl(T* dqkv, const T* dout, const T
             T* dst = dqkv + ((size_t)b * T_ + row) * C3 + (size_t)h * HS + 2 * t4;
 #pragma unroll
             for (int n = 0; n < NO; ++n) {
-                add_pair(dst + 8 * n, scale * dq[n].x[2 * i], scale * dq[n].x[2 * i + 1]);
+                add_pair(dst + 8 * n, scale * dq[0][n].x[2 * i], scale * dq[0][n].x[2 * i + 1]);
             }
         }
     }
@@ -850,18 +900,20 @@ __device__ __forceinline__ void backward_dq_impl(T* dqkv, const T* dout, const T
 } // namespace flash
 
 // ---- entry points ------------------------------------------------------------------------------
-// Forward: grid (ceil(T/64), NH, B), 128 threads. out (B,T,C), lse (B,NH,T), qkv (B,T,3C).
-// MIN_BLOCKS: blocks per SM that the registers must leave room for (bf16 HS=64: 4, at most 128
-// registers a thread, which it needs without spilling; 135 unbounded, 3 blocks).
-#define FLASH_FORWARD(NAME, TYPE, HS, MIN_BLOCKS)                                                        \
+// Forward: grid (ceil(T/ROWS), NH, B), 128 threads, ROWS = 64 M queries a block (M row blocks
+// of 16 per warp). out (B,T,C), lse (B,NH,T), qkv (B,T,3C). MIN_BLOCKS: blocks per SM that the
+// registers must leave room for (bf16 HS=64, M=1: 4, at most 128 registers a thread, which it
+// needs without spilling; 135 unbounded, 3 blocks). The _q32 kernel is M = 2 (32 queries a warp).
+#define FLASH_FORWARD(NAME, TYPE, HS, M, MIN_BLOCKS)                                                     \
     extern "C" __global__ void __launch_bounds__(flash::THREADS, MIN_BLOCKS)                           \
         NAME(TYPE* out, float* lse, const TYPE* qkv, int B, int T, int NH) {                           \
-        flash::forward_impl<TYPE, HS>(out, lse, qkv, B, T, NH);                                        \
+        flash::forward_impl<TYPE, HS, M>(out, lse, qkv, B, T, NH);                                     \
     }
-FLASH_FORWARD(flash_attention_forward_hs64, float, 64, 1)
-FLASH_FORWARD(flash_attention_forward_hs64_bf16, __nv_bfloat16, 64, 4)
-FLASH_FORWARD(flash_attention_forward_hs128, float, 128, 1)
-FLASH_FORWARD(flash_attention_forward_hs128_bf16, __nv_bfloat16, 128, 1)
+FLASH_FORWARD(flash_attention_forward_hs64, float, 64, 1, 1)
+FLASH_FORWARD(flash_attention_forward_hs64_bf16, __nv_bfloat16, 64, 1, 4)
+FLASH_FORWARD(flash_attention_forward_hs64_bf16_q32, __nv_bfloat16, 64, 2, 2)
+FLASH_FORWARD(flash_attention_forward_hs128, float, 128, 1, 1)
+FLASH_FORWARD(flash_attention_forward_hs128_bf16, __nv_bfloat16, 128, 1, 1)
 
 // D (B,NH,T) = rowsum(dout * out), dout and out (B,T,C); one warp per row, any HS.
 extern "C" __global__ void flash_attention_backward_d(float* d, const float* dout, const float* out, int B, int T,

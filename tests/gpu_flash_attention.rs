@@ -1,6 +1,7 @@
 //! The GPU flash attention (`Gpu::flash_attention_forward/backward`, kernels/flash_attention.cu)
 //! against its CPU twin (`cpu::flash_attention`), fp32 and bf16, HS 64 and 128, T in {1, 17, 100,
-//! 257} (not multiples of the 64-row tiles), B = 2, NH = 2; accumulation into a pre-filled dqkv,
+//! 257} (not multiples of the 64-row tiles), B = 2, NH = 2, and both bf16 HS 64 forwards (16 and
+//! 32 queries a warp); accumulation into a pre-filled dqkv,
 //! bitwise determinism of two runs, and the errors. Every GPU test is
 //! `#[ignore = "needs a CUDA GPU"]`: run them with
 //! `cargo test --test gpu_flash_attention -- --ignored` on a machine with one.
@@ -34,6 +35,7 @@ mod on_gpu {
         flash_attention_backward, flash_attention_forward,
     };
     use train_gpt2_cuda::gpu::float::{to_device_float, to_f32_vec};
+    use train_gpt2_cuda::gpu::launch::FlashForward;
     use train_gpt2_cuda::gpu::{
         flash_attention_backward_scratch_len, DeviceFloat, Gpu, FLASH_ATTENTION_HEAD_SIZES,
     };
@@ -69,7 +71,11 @@ mod on_gpu {
     fn check<T: DeviceFloat>(g: &Gpu, hs: usize, t: usize) {
         let c = NH * hs;
         let tol = tolerances::<T>();
-        let name = format!("{:?} HS={hs} T={t}", T::PRECISION);
+        let name = format!(
+            "{:?} HS={hs} T={t} (forward {:?})",
+            T::PRECISION,
+            g.flash_forward()
+        );
         let mut rng = Rng::new(1000 + hs as u64 * 7 + t as u64);
         let qkv = round_to::<T>(&rand(&mut rng, B * t * 3 * c, 1.5));
         let dout = round_to::<T>(&rand(&mut rng, B * t * c, 1.0));
@@ -152,11 +158,17 @@ mod on_gpu {
     #[test]
     #[ignore = "needs a CUDA GPU"]
     fn bf16_matches_cpu() {
-        let g = gpu();
+        let mut g = gpu();
+        // the forward with 16 queries a warp, then (HS 64 only: the others have no variant) 32
+        g.set_flash_forward(FlashForward::Q16);
         for hs in FLASH_ATTENTION_HEAD_SIZES {
             for t in TS {
                 check::<bf16>(&g, hs, t);
             }
+        }
+        g.set_flash_forward(FlashForward::Q32);
+        for t in TS {
+            check::<bf16>(&g, 64, t);
         }
     }
 

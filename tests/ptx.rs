@@ -48,6 +48,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
         &[
             "flash_attention_forward_hs64",
             "flash_attention_forward_hs64_bf16",
+            "flash_attention_forward_hs64_bf16_q32",
             "flash_attention_forward_hs128",
             "flash_attention_forward_hs128_bf16",
             "flash_attention_backward_d",

@@ -12,7 +12,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-use super::launch;
+use super::launch::{self, FlashForward};
 use super::matmul_lt::CublasLt;
 use super::ptx::{self, PtxFile};
 
@@ -65,6 +65,7 @@ kernels! {
     FLASH_ATTENTION: [
         flash_attention_forward_hs64,
         flash_attention_forward_hs64_bf16,
+        flash_attention_forward_hs64_bf16_q32,
         flash_attention_forward_hs128,
         flash_attention_forward_hs128_bf16,
         flash_attention_backward_d,
@@ -161,6 +162,8 @@ pub struct Gpu {
     pub(super) lt: CublasLt,
     pub(super) k: Kernels,
     tf32: bool,
+    /// the bf16 HS 64 flash attention forward's kernel (`launch::FlashForward::ENV`)
+    pub(super) flash_forward: FlashForward,
 }
 
 impl Gpu {
@@ -217,6 +220,8 @@ impl Gpu {
         }
         let lt =
             no_panic(|| CublasLt::new(&stream)).context("creating the cuBLASLt handle failed")?;
+        let flash_forward = FlashForward::parse(std::env::var(FlashForward::ENV).ok().as_deref())
+            .map_err(|e| anyhow!(e))?;
         let k = Kernels::load(&ctx)?;
         let mut gpu = Gpu {
             ctx,
@@ -225,6 +230,7 @@ impl Gpu {
             lt,
             k,
             tf32: false,
+            flash_forward,
         };
         gpu.set_tf32(false)?;
         Ok(gpu)
@@ -270,6 +276,17 @@ impl Gpu {
     /// Whether the cuBLAS matmuls may use TF32 tensor cores (10-bit mantissa inputs).
     pub fn tf32(&self) -> bool {
         self.tf32
+    }
+
+    /// The bf16 HS 64 flash attention forward's variant (from `TRAIN_GPT2_FLASH_FORWARD` at
+    /// start-up; see [`FlashForward`]).
+    pub fn flash_forward(&self) -> FlashForward {
+        self.flash_forward
+    }
+
+    /// Chooses the bf16 HS 64 flash attention forward's variant (16 or 32 queries a warp).
+    pub fn set_flash_forward(&mut self, variant: FlashForward) {
+        self.flash_forward = variant;
     }
 
     /// Lets cuBLAS use TF32 tensor cores for the fp32 matmuls (`CUBLAS_TF32_TENSOR_OP_MATH`), or

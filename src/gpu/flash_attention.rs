@@ -15,7 +15,8 @@ use cudarc::driver::{CudaFunction, CudaView, CudaViewMut, LaunchConfig, PushKern
 
 use super::context::{check_aligned16, check_len, dim, launched, ptr, Gpu};
 use super::float::DeviceFloat;
-use super::launch;
+use super::launch::{self, FlashForward};
+use crate::precision::Precision;
 
 /// Head sizes the kernels are compiled for.
 pub const FLASH_ATTENTION_HEAD_SIZES: [usize; 2] = [64, 128];
@@ -39,7 +40,7 @@ struct Dims {
     btc: usize,
     /// B*NH*T
     bnht: usize,
-    /// the fused kernels' grid
+    /// the backward's dK dV and dQ kernels' grid
     grid: LaunchConfig,
 }
 
@@ -71,14 +72,27 @@ fn dims(kernel: &str, b: usize, t: usize, c: usize, nh: usize) -> Result<Dims> {
 }
 
 impl Gpu {
+    /// The forward variant that runs for head size `hs` and storage type `T`: the chosen one for
+    /// bf16 at HS 64, Q16 (the only one compiled) otherwise.
+    fn flash_forward_variant<T: DeviceFloat>(&self, hs: i32) -> FlashForward {
+        if T::PRECISION == Precision::Bf16 && hs == 64 {
+            self.flash_forward
+        } else {
+            FlashForward::Q16
+        }
+    }
+
     /// The kernel of family `fam` (forward, dkdv, dq) for head size `hs` and storage type `T`.
     fn flash_kernel<T: DeviceFloat>(&self, fam: Family, hs: i32) -> &CudaFunction {
         let k = &self.k;
         match (fam, hs) {
-            (Family::Forward, 64) => T::pick(
-                &k.flash_attention_forward_hs64,
-                &k.flash_attention_forward_hs64_bf16,
-            ),
+            (Family::Forward, 64) => match self.flash_forward_variant::<T>(hs) {
+                FlashForward::Q32 => &k.flash_attention_forward_hs64_bf16_q32,
+                FlashForward::Q16 => T::pick(
+                    &k.flash_attention_forward_hs64,
+                    &k.flash_attention_forward_hs64_bf16,
+                ),
+            },
             (Family::Forward, _) => T::pick(
                 &k.flash_attention_forward_hs128,
                 &k.flash_attention_forward_hs128_bf16,
@@ -129,11 +143,13 @@ impl Gpu {
             .stream
             .launch_builder(self.flash_kernel::<T>(Family::Forward, d.hs));
         lb.arg(out).arg(lse).arg(qkv).arg(&d.b).arg(&d.t).arg(&d.nh);
-        // SAFETY: the arguments match flash_attention_forward_hs{64,128}(_bf16) (out, lse, qkv, B,
-        // T, NH) in kernels/flash_attention.cu, compiled for this HS; out holds B*T*C, lse B*NH*T
-        // and qkv B*T*3C elements (checked), 16-byte aligned (checked); the grid is
-        // (ceil(T/64), NH, B) blocks of 128 threads, as the kernel expects.
-        launched(K, unsafe { lb.launch(d.grid) })
+        let grid = launch::flash_forward(b, t, nh, self.flash_forward_variant::<T>(d.hs));
+        // SAFETY: the arguments match flash_attention_forward_hs{64,128}(_bf16)(_q32) (out, lse,
+        // qkv, B, T, NH) in kernels/flash_attention.cu, compiled for this HS; out holds B*T*C,
+        // lse B*NH*T and qkv B*T*3C elements (checked), 16-byte aligned (checked); the grid is
+        // (ceil(T/rows), NH, B) blocks of 128 threads with the rows a block of the kernel picked
+        // by the same variant (64, or 128 for _q32), as the kernel expects.
+        launched(K, unsafe { lb.launch(grid.into()) })
     }
 
     /// The backward of [`Gpu::flash_attention_forward`]: dqkv (B,T,3C) += the gradients of q, k, v,

@@ -189,8 +189,53 @@ pub fn residual_layernorm(n: usize, c: usize) -> (Grid, bool) {
 /// The fused flash attention kernels (forward, dK dV, dQ): grid (ceil(T/64), NH, B) of
 /// [`FLASH_THREADS`].
 pub fn flash(b: usize, t: usize, nh: usize) -> Grid {
+    flash_forward(b, t, nh, FlashForward::Q16)
+}
+
+/// The flash attention forward's kernels for bf16 at HS 64 (GPT-2's case; the others are Q16):
+/// 16 queries a warp (64 a block: `flash_attention_forward_hs64_bf16`) or 32 (128 a block, each
+/// K or V fragment feeding two products: `flash_attention_forward_hs64_bf16_q32`). Q32 is the
+/// default; [`FlashForward::ENV`] chooses, so that a GPU session can time both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlashForward {
+    Q16,
+    Q32,
+}
+
+impl FlashForward {
+    /// The environment variable that chooses the variant: `q16` or `q32` (unset or empty: q32).
+    pub const ENV: &'static str = "TRAIN_GPT2_FLASH_FORWARD";
+
+    /// Queries per block (`FwdConfig::ROWS` in kernels/flash_attention.cu).
+    pub fn rows_per_block(self) -> usize {
+        match self {
+            FlashForward::Q16 => FLASH_BLOCK_ROWS,
+            FlashForward::Q32 => 2 * FLASH_BLOCK_ROWS,
+        }
+    }
+
+    /// The variant [`FlashForward::ENV`]'s value names (None: unset or empty), or a message.
+    pub fn parse(value: Option<&str>) -> Result<FlashForward, String> {
+        match value.map(str::trim) {
+            None | Some("") | Some("q32") => Ok(FlashForward::Q32),
+            Some("q16") => Ok(FlashForward::Q16),
+            Some(v) => Err(format!(
+                "{}={v:?} is not a flash attention forward variant (q16 or q32)",
+                FlashForward::ENV
+            )),
+        }
+    }
+}
+
+/// The flash attention forward of `variant`: grid (ceil(T/rows), NH, B) of [`FLASH_THREADS`],
+/// rows = [`FlashForward::rows_per_block`].
+pub fn flash_forward(b: usize, t: usize, nh: usize, variant: FlashForward) -> Grid {
     Grid {
-        grid: (t.div_ceil(FLASH_BLOCK_ROWS) as u32, nh as u32, b as u32),
+        grid: (
+            t.div_ceil(variant.rows_per_block()) as u32,
+            nh as u32,
+            b as u32,
+        ),
         block: (FLASH_THREADS, 1, 1),
         shared_bytes: 0,
     }
@@ -252,5 +297,25 @@ mod tests {
         // Exactly one row fits, then none.
         assert_eq!(residual_layernorm_shape(12288), (1, 49152, true));
         assert_eq!(residual_layernorm_shape(12289), (8, 0, false));
+    }
+
+    #[test]
+    fn flash_forward_variants_and_their_grids() {
+        assert_eq!(FlashForward::parse(None), Ok(FlashForward::Q32));
+        assert_eq!(FlashForward::parse(Some(" ")), Ok(FlashForward::Q32));
+        assert_eq!(FlashForward::parse(Some("q16")), Ok(FlashForward::Q16));
+        assert_eq!(FlashForward::parse(Some("q32")), Ok(FlashForward::Q32));
+        let e = FlashForward::parse(Some("q64")).unwrap_err();
+        assert!(e.contains("TRAIN_GPT2_FLASH_FORWARD=\"q64\"") && e.contains("q16 or q32"));
+        // T = 1024: 16 blocks of 64 queries or 8 of 128; T = 129: 3 or 2 (the last one partial)
+        let g = |t, v| flash_forward(4, t, 12, v).grid;
+        assert_eq!(g(1024, FlashForward::Q16), (16, 12, 4));
+        assert_eq!(g(1024, FlashForward::Q32), (8, 12, 4));
+        assert_eq!(g(129, FlashForward::Q16), (3, 12, 4));
+        assert_eq!(g(129, FlashForward::Q32), (2, 12, 4));
+        assert_eq!(
+            flash(4, 129, 12),
+            flash_forward(4, 129, 12, FlashForward::Q16)
+        );
     }
 }

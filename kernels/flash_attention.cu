@@ -17,7 +17,8 @@
 //     stage K_j, V_j (64 x HS) in shared memory (cp.async, 16 bytes a copy; where two tiles fit,
 //     K_j+1, V_j+1 are loaded into a second buffer while tile j is computed on), then per warp
 //     S = Q K_j^T (16M x 64, tensor cores), masked (key > query, or key >= T) to -inf,
-//     m' = max(m, rowmax S); P = exp2(S - m'); l = l exp2(m - m') + rowsum P;
+//     m' = max(m, rowmax S); P = exp2(S - m'); l = l exp2(m - m') + rowsum P (S scaled inside
+//     the exponent's FFMA);
 //     O = O exp2(m - m') + P V_j (tensor cores; P rounded to T for the product); m = m'.
 //   out = O / l, lse = (m + log2 l) ln 2.
 // Backward (deterministic: every output element has one owner that sums in a fixed order, no
@@ -405,21 +406,26 @@ __device__ __forceinline__ bool visible(int key, int query, int T_) {
     return key <= query && query < T_ && key < T_;
 }
 
-// Forward: s (16 rows w0.., BK keys k0..) <- the scores in base-2 units, s * sl2, and -inf where
-// the key is hidden (MASK); mx (rows w0+g, w0+g+8) <- max(mx, the row's scores).
+// Forward: s (16 rows w0.., BK keys k0..: the products q.k, unscaled) <- -inf where the key is
+// hidden (MASK); mx (rows w0+g, w0+g+8) <- max(mx, the row's scores). The scale comes with the
+// exponent, one FFMA a score (exp2(s sl2 - m sl2), as FlashAttention 2): sl2 > 0, so the max of
+// the unscaled scores, scaled, is the max of the scaled ones.
 template <bool MASK, int NT>
-__device__ __forceinline__ void scores_and_max(FragC (&s)[NT], float (&mx)[2], float sl2, int w0, int k0, int T_) {
+__device__ __forceinline__ void scores_and_max(FragC (&s)[NT], float (&mx)[2], int w0, int k0, int T_) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
 #pragma unroll
     for (int n = 0; n < NT; ++n) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-            const int row = w0 + g + 8 * (e >> 1);
-            const int key = k0 + 8 * n + 2 * t4 + (e & 1);
-            // (rows past the end are never stored: only the key's bound matters for them)
-            const float v = (!MASK || (key <= row && key < T_)) ? s[n].x[e] * sl2 : -INFINITY;
-            s[n].x[e] = v;
-            mx[e >> 1] = fmaxf(mx[e >> 1], v);
+            if constexpr (MASK) {
+                const int row = w0 + g + 8 * (e >> 1);
+                const int key = k0 + 8 * n + 2 * t4 + (e & 1);
+                // (rows past the end are never stored: only the key's bound matters for them)
+                if (!(key <= row && key < T_)) {
+                    s[n].x[e] = -INFINITY;
+                }
+            }
+            mx[e >> 1] = fmaxf(mx[e >> 1], s[n].x[e]);
         }
     }
 }
@@ -482,7 +488,8 @@ __device__ __forceinline__ void forward_impl(T* out, float* lse, const T* qkv, i
     for (int i = 0; i < M; ++i) {
         zero(o[i]);
     }
-    // rows w0+16i+g and w0+16i+g+8: running max (base 2) and this lane's part of the running sum
+    // rows w0+16i+g and w0+16i+g+8: running max (of q.k, unscaled) and this lane's part of the
+    // running sum
     float m[M][2], l[M][2];
 #pragma unroll
     for (int i = 0; i < M; ++i) {
@@ -531,16 +538,16 @@ __device__ __forceinline__ void forward_impl(T* out, float* lse, const T* qkv, i
             const int r0 = w0 + 16 * i;
             float mx[2] = {m[i][0], m[i][1]};
             if (k0 + BK - 1 <= r0 && k0 + BK <= T_) { // warp-uniform: no key of the tile is hidden
-                scores_and_max<false>(s[i], mx, sl2, r0, k0, T_);
+                scores_and_max<false>(s[i], mx, r0, k0, T_);
             } else {
-                scores_and_max<true>(s[i], mx, sl2, r0, k0, T_);
+                scores_and_max<true>(s[i], mx, r0, k0, T_);
             }
-            float base[2], alpha[2];
+            float base[2], alpha[2]; // base: the new max in base-2 units (0 while it is -inf)
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
                 mx[r] = group_max(mx[r]);
-                base[r] = mx[r] == -INFINITY ? 0.0f : mx[r];
-                alpha[r] = exp2f(m[i][r] - base[r]);
+                base[r] = mx[r] == -INFINITY ? 0.0f : mx[r] * sl2;
+                alpha[r] = exp2f(fmaf(m[i][r], sl2, -base[r]));
                 m[i][r] = mx[r];
             }
             float ls[2] = {0.0f, 0.0f};
@@ -548,7 +555,7 @@ __device__ __forceinline__ void forward_impl(T* out, float* lse, const T* qkv, i
             for (int n = 0; n < NT; ++n) {
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    const float p = exp2f(s[i][n].x[e] - base[e >> 1]);
+                    const float p = exp2f(fmaf(s[i][n].x[e], sl2, -base[e >> 1]));
                     s[i][n].x[e] = p;
                     ls[e >> 1] += p;
                 }
@@ -582,7 +589,7 @@ __device__ __forceinline__ void forward_impl(T* out, float* lse, const T* qkv, i
                     store_pair(dst + 8 * n, o[i][n].x[2 * r] * inv, o[i][n].x[2 * r + 1] * inv);
                 }
                 if (t4 == 0) {
-                    lse[((size_t)b * NH + h) * T_ + row] = (m[i][r] + log2f(sum)) * LN2;
+                    lse[((size_t)b * NH + h) * T_ + row] = fmaf(m[i][r], sl2, log2f(sum)) * LN2;
                 }
             }
         }

@@ -17,6 +17,10 @@
 //!   sums) is not counted, and neither are re-reads, so the GB/s column is the effective
 //!   bandwidth, comparable with the device's peak.
 //!
+//! Each call belongs to a [`Pass`] of the step (forward, backward, update), and the table splits
+//! each family's time into its forward and its backward calls' ("fwd ms", "bwd ms"): the two
+//! passes of one family are often different kernels (flash attention's forward and backward).
+//!
 //! The table's "other" row is the step time that no family's calls account for: memsets, host <->
 //! device copies, and the device idling while the host waits (the loss and the gradient norm are
 //! read back within a step) or launches. With the families it sums to 100% of the step.
@@ -80,6 +84,15 @@ impl Family {
     pub fn index(self) -> usize {
         self as usize
     }
+}
+
+/// The part of a training step a call belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Pass {
+    Forward,
+    Backward,
+    /// The gradient norm and the optimizer step.
+    Update,
 }
 
 /// What one call must compute and move at the least (see the file comment).
@@ -241,6 +254,12 @@ pub struct FamilyTotals {
     pub calls: u64,
     /// Milliseconds, summed over the calls.
     pub ms: f64,
+    /// The part of `ms` in forward calls and in backward calls (the rest is update calls).
+    pub forward_ms: f64,
+    pub backward_ms: f64,
+    /// How many of the calls were forward and backward calls.
+    pub forward_calls: u64,
+    pub backward_calls: u64,
     pub flops: f64,
     pub bytes: f64,
 }
@@ -273,6 +292,10 @@ pub struct ProfileRow {
     /// None for "other".
     pub calls_per_step: Option<f64>,
     pub ms_per_step: f64,
+    /// The part of `ms_per_step` in forward and in backward calls; None where the family had no
+    /// call in that pass (and for "other").
+    pub forward_ms_per_step: Option<f64>,
+    pub backward_ms_per_step: Option<f64>,
     /// Percent of the step; the rows sum to 100.
     pub percent: f64,
     /// Achieved GB/s (10^9 bytes per second), for the families with a byte count.
@@ -305,11 +328,22 @@ impl Profile {
         }
     }
 
-    /// Adds one call of `family` that took `ms` milliseconds and costs `cost`.
-    pub fn add_call(&mut self, family: Family, ms: f64, cost: Cost) {
+    /// Adds one call of `family` in `pass` that took `ms` milliseconds and costs `cost`.
+    pub fn add_call(&mut self, family: Family, pass: Pass, ms: f64, cost: Cost) {
         let f = &mut self.families[family.index()];
         f.calls += 1;
         f.ms += ms;
+        match pass {
+            Pass::Forward => {
+                f.forward_calls += 1;
+                f.forward_ms += ms;
+            }
+            Pass::Backward => {
+                f.backward_calls += 1;
+                f.backward_ms += ms;
+            }
+            Pass::Update => {}
+        }
         f.flops += cost.flops;
         f.bytes += cost.bytes(self.elem_bytes);
     }
@@ -347,10 +381,13 @@ impl Profile {
                 let rate = |x: f64, unit: f64| (x > 0.0 && secs > 0.0).then(|| x / secs / unit);
                 let (gbps, tflops) = (rate(f.bytes, 1e9), rate(f.flops, 1e12));
                 let of_peak = |x: Option<f64>, peak: Option<f64>| Some(100.0 * x? / peak?);
+                let in_pass = |calls: u64, ms: f64| (calls > 0).then(|| ms / steps);
                 ProfileRow {
                     name: fam.name(),
                     calls_per_step: Some(f.calls as f64 / steps),
                     ms_per_step: f.ms / steps,
+                    forward_ms_per_step: in_pass(f.forward_calls, f.forward_ms),
+                    backward_ms_per_step: in_pass(f.backward_calls, f.backward_ms),
                     percent: percent(f.ms),
                     gbps,
                     tflops,
@@ -364,6 +401,8 @@ impl Profile {
             name: "other",
             calls_per_step: None,
             ms_per_step: other / steps,
+            forward_ms_per_step: None,
+            backward_ms_per_step: None,
             percent: percent(other),
             gbps: None,
             tflops: None,
@@ -403,8 +442,16 @@ impl Profile {
         );
         let _ = writeln!(
             s,
-            "{:<12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>8}",
-            "family", "calls/step", "ms/step", "% step", "GB/s", "TFLOP/s", "% peak"
+            "{:<12} {:>10} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}",
+            "family",
+            "calls/step",
+            "ms/step",
+            "fwd ms",
+            "bwd ms",
+            "% step",
+            "GB/s",
+            "TFLOP/s",
+            "% peak"
         );
         let opt = |x: Option<f64>, digits: usize| match x {
             Some(x) => format!("{x:.digits$}"),
@@ -413,10 +460,12 @@ impl Profile {
         for r in self.rows() {
             let _ = writeln!(
                 s,
-                "{:<12} {:>10} {:>10.3} {:>9.1} {:>9} {:>9} {:>8}",
+                "{:<12} {:>10} {:>10.3} {:>9} {:>9} {:>9.1} {:>9} {:>9} {:>8}",
                 r.name,
                 opt(r.calls_per_step, 1),
                 r.ms_per_step,
+                opt(r.forward_ms_per_step, 3),
+                opt(r.backward_ms_per_step, 3),
                 r.percent,
                 opt(r.gbps, 1),
                 opt(r.tflops, 2),
@@ -425,8 +474,8 @@ impl Profile {
         }
         let _ = writeln!(
             s,
-            "{:<12} {:>10} {:>10.3} {:>9.1}",
-            "total", "", total, 100.0
+            "{:<12} {:>10} {:>10.3} {:>9} {:>9} {:>9.1}",
+            "total", "", total, "", "", 100.0
         );
         s
     }
@@ -507,8 +556,10 @@ mod tests {
     fn bytes_at_the_profiles_element_width() {
         for (elem_bytes, want) in [(4, 272.0 + 2800.0), (2, 160.0 + 2800.0)] {
             let mut p = Profile::new("test", elem_bytes);
-            p.add_call(Family::Layernorm, 1.0, Cost::layernorm_forward(2, 3, 4));
-            p.add_call(Family::Layernorm, 1.0, Cost::adamw(100, elem_bytes == 2));
+            let lnf = Cost::layernorm_forward(2, 3, 4);
+            p.add_call(Family::Layernorm, Pass::Forward, 1.0, lnf);
+            let adamw = Cost::adamw(100, elem_bytes == 2);
+            p.add_call(Family::Layernorm, Pass::Update, 1.0, adamw);
             assert_eq!(p.family(Family::Layernorm).bytes, want);
         }
     }
@@ -535,16 +586,23 @@ mod tests {
         }
     }
 
-    /// Two steps of 10 ms: matmul 3 qkv-sized calls a step, 6 ms a step; layernorm 2 calls a step,
-    /// 2 ms a step, of B=4, T=64, C=768; the rest of the step (2 ms) is "other".
+    /// Two steps of 10 ms: matmul 3 qkv-sized calls a step (2 forward, 1 backward), 6 ms a step;
+    /// layernorm 2 forward calls a step, 2 ms a step, of B=4, T=64, C=768; the rest of the step
+    /// (2 ms) is "other".
     fn two_steps() -> Profile {
         let mut p = Profile::new("CUDA events", 4);
         for _ in 0..2 {
-            for _ in 0..3 {
-                p.add_call(Family::Matmul, 2.0, Cost::matmul_forward(4, 64, 768, 2304));
+            for pass in [Pass::Forward, Pass::Forward, Pass::Backward] {
+                p.add_call(
+                    Family::Matmul,
+                    pass,
+                    2.0,
+                    Cost::matmul_forward(4, 64, 768, 2304),
+                );
             }
             for _ in 0..2 {
-                p.add_call(Family::Layernorm, 1.0, Cost::layernorm_forward(4, 64, 768));
+                let cost = Cost::layernorm_forward(4, 64, 768);
+                p.add_call(Family::Layernorm, Pass::Forward, 1.0, cost);
             }
             p.add_step(10.0);
         }
@@ -559,18 +617,24 @@ mod tests {
         let mm = row("matmul");
         assert_eq!(mm.calls_per_step, Some(3.0));
         assert_eq!(mm.ms_per_step, 6.0);
+        // 2 forward calls of 2 ms a step, 1 backward
+        assert_eq!(mm.forward_ms_per_step, Some(4.0));
+        assert_eq!(mm.backward_ms_per_step, Some(2.0));
         assert!(close(mm.percent, 60.0));
         // 3 * 905,969,664 FLOPs in 6 ms = 0.452984832 TFLOP/s
         assert!(close(mm.tflops.unwrap(), 0.452984832), "{:?}", mm.tflops);
         assert_eq!(mm.gbps, None);
         let ln = row("layernorm");
         assert_eq!(ln.calls_per_step, Some(2.0));
+        assert_eq!(ln.forward_ms_per_step, Some(2.0));
+        assert_eq!(ln.backward_ms_per_step, None);
         assert!(close(ln.percent, 20.0));
         // 2 * 4 * (2*196608 + 2*768 + 2*256) bytes = 3,162,112 bytes in 2 ms = 1.581056 GB/s
         assert!(close(ln.gbps.unwrap(), 1.581056), "{:?}", ln.gbps);
         assert_eq!(ln.tflops, None);
         let other = row("other");
         assert_eq!(other.calls_per_step, None);
+        assert_eq!(other.forward_ms_per_step, None);
         assert!(close(other.ms_per_step, 2.0));
         assert!(close(other.percent, 20.0));
         // slowest first, "other" last; families never called have 0 calls and no rates
@@ -587,8 +651,13 @@ mod tests {
     #[test]
     fn families_longer_than_the_step_leave_no_other() {
         let mut p = Profile::new("test", 4);
-        p.add_call(Family::Gelu, 3.0, Cost::gelu_forward(1000));
-        p.add_call(Family::Residual, 2.0, Cost::residual_forward(1000));
+        p.add_call(Family::Gelu, Pass::Forward, 3.0, Cost::gelu_forward(1000));
+        p.add_call(
+            Family::Residual,
+            Pass::Backward,
+            2.0,
+            Cost::residual_forward(1000),
+        );
         p.add_step(4.0);
         let rows = p.rows();
         let pct = |name: &str| rows.iter().find(|r| r.name == name).unwrap().percent;
@@ -611,23 +680,23 @@ mod tests {
         );
         assert_eq!(
             lines[2],
-            "family       calls/step    ms/step    % step      GB/s   TFLOP/s   % peak"
+            "family       calls/step    ms/step    fwd ms    bwd ms    % step      GB/s   TFLOP/s   % peak"
         );
         assert_eq!(
             lines[3],
-            "matmul              3.0      6.000      60.0         -      0.45        -"
+            "matmul              3.0      6.000     4.000     2.000      60.0         -      0.45        -"
         );
         assert_eq!(
             lines[4],
-            "layernorm           2.0      2.000      20.0       1.6         -        -"
+            "layernorm           2.0      2.000     2.000         -      20.0       1.6         -        -"
         );
         assert_eq!(
             lines[NUM_FAMILIES + 3],
-            "other                 -      2.000      20.0         -         -        -"
+            "other                 -      2.000         -         -      20.0         -         -        -"
         );
         assert_eq!(
             lines[NUM_FAMILIES + 4],
-            "total                       10.000     100.0"
+            "total                       10.000                         100.0"
         );
         assert_eq!(lines.len(), NUM_FAMILIES + 5);
         // with the device's peaks: matmul 0.452984832 TFLOP/s of 2 = 22.6%, layernorm 1.581056
@@ -640,11 +709,11 @@ mod tests {
         );
         assert_eq!(
             lines[3],
-            "matmul              3.0      6.000      60.0         -      0.45     22.6"
+            "matmul              3.0      6.000     4.000     2.000      60.0         -      0.45     22.6"
         );
         assert_eq!(
             lines[4],
-            "layernorm           2.0      2.000      20.0       1.6         -     39.5"
+            "layernorm           2.0      2.000     2.000         -      20.0       1.6         -     39.5"
         );
         assert_eq!(
             Profile::new("x", 4).table(),

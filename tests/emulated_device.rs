@@ -13,7 +13,7 @@
 
 mod emu;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use emu::device::{fake_cuda_dir, fake_cuda_env};
@@ -305,13 +305,59 @@ fn test_binary(name: &str) -> PathBuf {
         })
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .max();
-    newest.map(|(_, p)| p).unwrap_or_else(|| {
+    let (built, path) = newest.unwrap_or_else(|| {
         panic!(
             "no {name} test binary in {}: build it first (`cargo test --no-run`, or run `cargo \
              test` for every target)",
             deps.display()
         )
-    })
+    });
+    // `cargo test --test emulated_device` alone rebuilds only this file's binary: the one found
+    // may predate its sources (and test old code) unless every target was built. Its sources: the
+    // crate (src, kernels, build.rs), tests/NAME.rs and the modules it declares (`mod common;`).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let test_file = root.join("tests").join(format!("{name}.rs"));
+    let mut sources = vec![
+        root.join("src"),
+        root.join("kernels"),
+        root.join("build.rs"),
+    ];
+    let text = std::fs::read_to_string(&test_file).unwrap_or_default();
+    for module in text
+        .lines()
+        .filter_map(|l| l.strip_prefix("mod ")?.strip_suffix(';'))
+    {
+        sources.push(root.join("tests").join(module));
+        sources.push(root.join("tests").join(format!("{module}.rs")));
+    }
+    sources.push(test_file);
+    if let Some((changed, file)) = sources.iter().filter_map(|p| newest_file(p)).max() {
+        assert!(
+            built >= changed,
+            "{} is older than {} (changed since it was built): rebuild every test first \
+             (`cargo test --no-run`, with --release if this run is), or run `cargo test`",
+            path.display(),
+            file.display()
+        );
+    }
+    path
+}
+
+/// The most recently modified file at or under `path` and its time (None: no file).
+fn newest_file(path: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    if path.is_file() {
+        let modified = std::fs::metadata(path).and_then(|m| m.modified());
+        return modified.ok().map(|t| (t, path.to_path_buf()));
+    }
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(path).ok()?.filter_map(|e| e.ok()) {
+        if let Some(f) = newest_file(&entry.path()) {
+            if newest.as_ref().is_none_or(|n| f.0 > n.0) {
+                newest = Some(f);
+            }
+        }
+    }
+    newest
 }
 
 /// Runs `binary` (a test target) with its ignored tests on the emulated device, skipping the

@@ -109,28 +109,34 @@ fn cli_profile_on_the_cpu_says_it_is_gpu_only_and_trains() {
     assert!(!stdout.contains("calls/step"), "{stdout}");
 }
 
-/// Calls per step of each family for one micro-batch of an L-layer model, counted from the
-/// forward and backward passes (`gpu::model`), on the plain kernels or the fused ones (where the
-/// GELU is the matmul's epilogue and the residual add is fused into the next layernorm).
-fn calls_per_step(family: Family, l: u64, fused: bool) -> u64 {
+/// Calls per step of each family for one micro-batch of an L-layer model in the forward, the
+/// backward and the update, counted from the passes (`gpu::model`), on the plain kernels or the
+/// fused ones (where the GELU is the matmul's epilogue and the residual add is fused into the
+/// next layernorm).
+fn calls_per_pass(family: Family, l: u64, fused: bool) -> (u64, u64, u64) {
     match family {
-        Family::Gelu | Family::Residual if fused => 0,
-        // forward and backward
-        Family::Encoder => 2,
-        // ln1, ln2 per layer and lnf, forward and backward
-        Family::Layernorm => 2 * (2 * l + 1),
-        // qkv, attproj, fc, fcproj per layer and the logits, forward and backward
-        Family::Matmul => 2 * (4 * l + 1),
-        Family::Attention => 2 * l,
-        Family::Gelu => 2 * l,
+        Family::Gelu | Family::Residual if fused => (0, 0, 0),
+        Family::Encoder => (1, 1, 0),
+        // ln1, ln2 per layer and lnf
+        Family::Layernorm => (2 * l + 1, 2 * l + 1, 0),
+        // qkv, attproj, fc, fcproj per layer and the logits
+        Family::Matmul => (4 * l + 1, 4 * l + 1, 0),
+        Family::Attention => (l, l, 0),
+        Family::Gelu => (l, l, 0),
         // two per layer in the forward; the backward passes the residual stream's gradient
         // through in place (no kernel)
-        Family::Residual => 2 * l,
+        Family::Residual => (2 * l, 0, 0),
         // the losses in the forward, the fused softmax + cross-entropy backward
-        Family::Classifier => 2,
-        Family::Adamw => 1,
-        Family::GlobalNorm => 1,
+        Family::Classifier => (1, 1, 0),
+        Family::Adamw => (0, 0, 1),
+        Family::GlobalNorm => (0, 0, 1),
     }
+}
+
+/// Calls per step of each family, every pass.
+fn calls_per_step(family: Family, l: u64, fused: bool) -> u64 {
+    let (f, b, u) = calls_per_pass(family, l, fused);
+    f + b + u
 }
 
 #[test]
@@ -167,8 +173,23 @@ fn gpu_profile_times_every_family_with_hand_counted_calls_and_flops() {
     let l = cfg.num_layers as u64;
     for fam in Family::ALL {
         let f = p.family(fam);
+        let (fwd, bwd, _) = calls_per_pass(fam, l, false);
         assert_eq!(f.calls, 2 * calls_per_step(fam, l, false), "{}", fam.name());
+        assert_eq!(f.forward_calls, 2 * fwd, "{} forward", fam.name());
+        assert_eq!(f.backward_calls, 2 * bwd, "{} backward", fam.name());
         assert!(f.ms > 0.0, "{} has no time", fam.name());
+        // the passes' times are parts of the family's, each > 0 where the pass has calls
+        assert_eq!(f.forward_ms > 0.0, fwd > 0, "{}", fam.name());
+        assert_eq!(f.backward_ms > 0.0, bwd > 0, "{}", fam.name());
+        assert!(
+            f.forward_ms + f.backward_ms <= f.ms * (1.0 + 1e-9),
+            "{}",
+            fam.name()
+        );
+        if fwd + bwd == calls_per_step(fam, l, false) {
+            let parts = f.forward_ms + f.backward_ms;
+            assert!((parts - f.ms).abs() <= 1e-9 * f.ms, "{}", fam.name());
+        }
     }
     // matmul FLOPs per step: per layer 2*BT*C*(3C + C + 4C) forward for qkv, attproj, fc and
     // 2*BT*4C*C for fcproj = 24*BT*C^2, plus the logits 2*BT*C*Vp; the backward twice that
@@ -289,15 +310,27 @@ fn cli_profile_on_the_gpu_prints_the_table() {
         .lines()
         .skip_while(|l| !l.starts_with("family "))
         .collect();
-    assert!(table[0].contains("calls/step"), "{stdout}");
+    assert!(
+        table[0].contains("calls/step") && table[0].contains(" fwd ms    bwd ms "),
+        "{stdout}"
+    );
     for fam in Family::ALL {
         let line = table
             .iter()
             .find(|l| l.split_whitespace().next() == Some(fam.name()))
             .unwrap_or_else(|| panic!("no {} row:\n{stdout}", fam.name()));
         // calls per step of d2 at grad-accum 1, on the default (bf16, fused) kernels
-        let calls: f64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let calls: f64 = cols[1].parse().unwrap();
         assert_eq!(calls, calls_per_step(fam, 2, true) as f64, "{line}");
+        // "fwd ms" and "bwd ms": a time where the pass has calls, else "-"
+        let (fwd, bwd, _) = calls_per_pass(fam, 2, true);
+        for (col, n) in [(cols[3], fwd), (cols[4], bwd)] {
+            assert_eq!(col != "-", n > 0, "{line}");
+            if n > 0 {
+                assert!(col.parse::<f64>().unwrap() >= 0.0, "{line}");
+            }
+        }
     }
     assert!(table.iter().any(|l| l.starts_with("other ")), "{stdout}");
     assert!(table.iter().any(|l| l.starts_with("total ")), "{stdout}");

@@ -46,7 +46,7 @@ use crate::engine::Engine;
 use crate::engine::Kernels;
 use crate::params::{param_sizes, LayerSlice, Params};
 use crate::precision::Precision;
-use crate::profile::{Cost, Family, Profile};
+use crate::profile::{Cost, Family, Pass, Profile};
 
 /// Splits `$buf` (anything with `split_at_mut(mid) -> (head, tail)`: a `CudaViewMut`, or a host
 /// `&mut [T]` in the tests) into consecutive views named and sized by the same-named fields of
@@ -724,6 +724,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         t: usize,
     ) -> Result<Option<f32>> {
         let _phase = nvtx::range(c"forward");
+        self.prof.set_pass(Pass::Forward);
         let cfg = self.config;
         check_forward(&cfg, (self.max_b, self.max_t), inputs, targets, b, t)?;
         if targets.is_none() && b > self.chunk_b {
@@ -1124,6 +1125,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
     /// `loss_scale * mean loss` to the gradients. Overwrites the logits with their gradient.
     pub fn backward(&mut self, loss_scale: f32) -> Result<()> {
         let _phase = nvtx::range(c"backward");
+        self.prof.set_pass(Pass::Backward);
         match self.stage {
             Stage::Forward { targets: true } => {}
             Stage::Forward { targets: false } => {
@@ -1434,6 +1436,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
 
     /// The global L2 norm of the gradients (one read-back).
     pub fn grad_norm(&mut self) -> Result<f32> {
+        self.prof.set_pass(Pass::Update);
         let (gpu, grads) = (&self.gpu, &self.grads);
         self.prof
             .run(Family::GlobalNorm, Cost::global_norm(grads.len()), || {
@@ -1446,6 +1449,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
     /// multiplied by grad_scale.
     pub fn update(&mut self, hp: &AdamW, step: usize, grad_scale: f32) -> Result<()> {
         let _phase = nvtx::range(c"update");
+        self.prof.set_pass(Pass::Update);
         let gpu = &self.gpu;
         let (params, master, grads) = (&mut self.params, self.master.as_mut(), &self.grads);
         let (m, v) = (&mut self.m, &mut self.v);

@@ -15,7 +15,7 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaEvent, CudaStream};
 
 use super::nvtx;
-use crate::profile::{Cost, Family, Profile};
+use crate::profile::{Cost, Family, Pass, Profile};
 
 /// How the GPU engine times its kernel families, for the table's title.
 pub const METHOD: &str = "CUDA events around each kernel-family call";
@@ -27,8 +27,10 @@ pub(super) struct GpuProfiler {
     recording: bool,
     /// Reused from step to step: events[2i] and events[2i + 1] bracket calls[i].
     events: Vec<CudaEvent>,
-    /// The family and cost of each call of the step being profiled.
-    calls: Vec<(Family, Cost)>,
+    /// The pass the model is in (set by its forward, backward and update): the calls' pass.
+    pass: Pass,
+    /// The family, pass and cost of each call of the step being profiled.
+    calls: Vec<(Family, Pass, Cost)>,
     /// Around the whole step: (start, end).
     step_events: Option<(CudaEvent, CudaEvent)>,
     totals: Profile,
@@ -42,10 +44,16 @@ impl GpuProfiler {
             stream,
             recording: false,
             events: Vec::new(),
+            pass: Pass::Forward,
             calls: Vec::new(),
             step_events: None,
             totals: Profile::new(METHOD, elem_bytes),
         }
+    }
+
+    /// The calls from here on belong to `pass` (in the table's "fwd ms" and "bwd ms" columns).
+    pub(super) fn set_pass(&mut self, pass: Pass) {
+        self.pass = pass;
     }
 
     /// Whether a step is being profiled now (its calls timed).
@@ -86,7 +94,7 @@ impl GpuProfiler {
         self.events[2 * i + 1]
             .record(&self.stream)
             .context("profile: recording a CUDA event failed")?;
-        self.calls.push((family, cost));
+        self.calls.push((family, self.pass, cost));
         Ok(out)
     }
 
@@ -118,11 +126,11 @@ impl GpuProfiler {
         let step_ms = start
             .elapsed_ms(end)
             .context("profile: timing the step failed")?;
-        for (i, &(family, cost)) in self.calls.iter().enumerate() {
+        for (i, &(family, pass, cost)) in self.calls.iter().enumerate() {
             let ms = self.events[2 * i]
                 .elapsed_ms(&self.events[2 * i + 1])
                 .with_context(|| format!("profile: timing a {} call failed", family.name()))?;
-            self.totals.add_call(family, ms as f64, cost);
+            self.totals.add_call(family, pass, ms as f64, cost);
         }
         self.totals.add_step(step_ms as f64);
         self.calls.clear();

@@ -790,21 +790,28 @@ __device__ __forceinline__ void dq_scores(FragC (&s)[NT], const FragC (&dp)[NT],
     }
 }
 
-template <typename T, int HS> struct DqConfig {
+// M: row blocks of 16 queries per warp (1 or 2), as in the forward. With M = 2 (the bf16 HS 64
+// `_q32` kernel) each K or V fragment feeds two products, and the key tiles are 32 keys, to keep
+// the scores, dP and the accumulators of 32 rows in registers.
+template <typename T, int HS, int M> struct DqConfig {
     // keys per tile
-    static constexpr int BK = (sizeof(T) == 2 && HS == 64) ? 64 : 32;
+    static constexpr int BK = (sizeof(T) == 2 && HS == 64 && M == 1) ? 64 : 32;
     // whether each warp keeps its q and dout rows in registers (else reloads them)
     static constexpr bool KEEP = sizeof(T) == 2 || HS == 64;
     // K and V tiles in flight: two where they fit (bf16 HS=64)
     static constexpr int STAGES = stages_for(2 * BK * (HS + PAD) * (int)sizeof(T));
+    // queries per warp and per block
+    static constexpr int WARP_ROWS = 16 * M;
+    static constexpr int ROWS = WARP_ROWS * WARPS;
 };
 
-template <typename T, int HS>
+template <typename T, int HS, int M>
 __device__ __forceinline__ void backward_dq_impl(T* dqkv, const T* dout, const T* qkv, const float* lse,
                                                  const float* d, int B, int T_, int NH) {
-    constexpr int BK = DqConfig<T, HS>::BK;
-    constexpr bool KEEP = DqConfig<T, HS>::KEEP;
-    constexpr int STAGES = DqConfig<T, HS>::STAGES;
+    using Cfg = DqConfig<T, HS, M>;
+    constexpr int BK = Cfg::BK;
+    constexpr bool KEEP = Cfg::KEEP;
+    constexpr int STAGES = Cfg::STAGES;
     constexpr int LD = HS + PAD;
     constexpr int NT = BK / 8;
     constexpr int KS = HS / 16;
@@ -815,36 +822,49 @@ __device__ __forceinline__ void backward_dq_impl(T* dqkv, const T* dout, const T
 
     const int C = NH * HS;
     const size_t C3 = 3 * (size_t)C;
-    const int q0 = (gridDim.x - 1 - blockIdx.x) * BLOCK_ROWS;
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * Cfg::ROWS;
     const int h = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
-    const int w0 = q0 + 16 * warp;
-    const int w_last = min(w0 + 15, T_ - 1);
-    const int q_last = min(q0 + BLOCK_ROWS - 1, T_ - 1);
+    const int w0 = q0 + Cfg::WARP_ROWS * warp; // the warp's first query; row block i's is w0 + 16 i
+    int r_last[M];                             // row block i's last real query (< its first: none)
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+        r_last[i] = min(w0 + 16 * i + 15, T_ - 1);
+    }
+    const int w_last = r_last[M - 1];
+    const int q_last = min(q0 + Cfg::ROWS - 1, T_ - 1);
     const T* head = qkv + (size_t)b * T_ * C3 + (size_t)h * HS;
     const T* dhead = dout + (size_t)b * T_ * C + (size_t)h * HS;
     const float sl2 = LOG2E / sqrtf((float)HS);
     const float scale = 1.0f / sqrtf((float)HS);
 
-    FragA<T> qf[KEEP ? KS : 1], df[KEEP ? KS : 1]; // (16, HS) the warp's queries and dout
+    FragA<T> qf[M][KEEP ? KS : 1], df[M][KEEP ? KS : 1]; // (16 M, HS) the warp's queries and dout
     if constexpr (KEEP) {
 #pragma unroll
-        for (int kk = 0; kk < KS; ++kk) {
-            qf[kk] = load_a_global(head, C3, w0, T_, 16 * kk);
-            df[kk] = load_a_global(dhead, (size_t)C, w0, T_, 16 * kk);
+        for (int i = 0; i < M; ++i) {
+#pragma unroll
+            for (int kk = 0; kk < KS; ++kk) {
+                qf[i][kk] = load_a_global(head, C3, w0 + 16 * i, T_, 16 * kk);
+                df[i][kk] = load_a_global(dhead, (size_t)C, w0 + 16 * i, T_, 16 * kk);
+            }
         }
     }
-    float lse2[2], dr[2]; // rows w0+g, w0+g+8
+    float lse2[M][2], dr[M][2]; // rows w0+16i+g, w0+16i+g+8
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        const int row = w0 + g + 8 * i;
-        const size_t at = ((size_t)b * NH + h) * T_ + row;
-        lse2[i] = row < T_ ? lse[at] * LOG2E : 0.0f;
-        dr[i] = row < T_ ? d[at] : 0.0f;
+    for (int i = 0; i < M; ++i) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int row = w0 + 16 * i + g + 8 * r;
+            const size_t at = ((size_t)b * NH + h) * T_ + row;
+            lse2[i][r] = row < T_ ? lse[at] * LOG2E : 0.0f;
+            dr[i][r] = row < T_ ? d[at] : 0.0f;
+        }
     }
-    FragC dq[1][NO]; // (16, HS) (one row block: mma_tile's M = 1)
-    zero(dq[0]);
-    const int last[1] = {w_last};
+    FragC dq[M][NO]; // (16 M, HS)
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+        zero(dq[i]);
+    }
 
     const int n_tiles = q_last / BK + 1;
     const auto stage = [&](int j) {
@@ -860,45 +880,65 @@ __device__ __forceinline__ void backward_dq_impl(T* dqkv, const T* dout, const T
         next_tile<STAGES>(j, 0, n_tiles, stage);
         __syncthreads(); // tile j is in shared memory
         if (k0 > w_last) {
-            continue;
+            continue; // warp-uniform: no key of the tile is visible to this warp's queries
         }
-        FragC s[1][NT], dp[NT]; // (16, BK)
-        zero(s[0]);
-        zero(dp);
+        FragC s[M][NT], dp[M][NT]; // (16 M, BK)
+#pragma unroll
+        for (int i = 0; i < M; ++i) {
+            zero(s[i]);
+            zero(dp[i]);
+        }
 #pragma unroll
         for (int kk = 0; kk < KS; ++kk) {
-            FragA<T> qa, da;
-            if constexpr (KEEP) {
-                qa = qf[kk];
-                da = df[kk];
-            } else {
-                qa = load_a_global(head, C3, w0, T_, 16 * kk);
-                da = load_a_global(dhead, (size_t)C, w0, T_, 16 * kk);
+            FragA<T> qa[M], da[M];
+#pragma unroll
+            for (int i = 0; i < M; ++i) {
+                if constexpr (KEEP) {
+                    qa[i] = qf[i][kk];
+                    da[i] = df[i][kk];
+                } else {
+                    qa[i] = load_a_global(head, C3, w0 + 16 * i, T_, 16 * kk);
+                    da[i] = load_a_global(dhead, (size_t)C, w0 + 16 * i, T_, 16 * kk);
+                }
             }
 #pragma unroll
             for (int n = 0; n < NT; ++n) {
-                if (k0 + 8 * n <= w_last) {
-                    mma(s[0][n], qa, load_b_nk<T, LD>(ks, 8 * n, 16 * kk));
-                    mma(dp[n], da, load_b_nk<T, LD>(vs, 8 * n, 16 * kk));
+                if (k0 + 8 * n <= w_last) { // warp-uniform; skipped n-tiles are all masked
+                    const FragB<T> kb = load_b_nk<T, LD>(ks, 8 * n, 16 * kk);
+                    const FragB<T> vb = load_b_nk<T, LD>(vs, 8 * n, 16 * kk);
+#pragma unroll
+                    for (int i = 0; i < M; ++i) {
+                        if (k0 + 8 * n <= r_last[i]) {
+                            mma(s[i][n], qa[i], kb);
+                            mma(dp[i][n], da[i], vb);
+                        }
+                    }
                 }
             }
         }
-        if (k0 + BK - 1 <= w0 && k0 + BK <= T_ && w0 + 15 < T_) { // warp-uniform: none hidden
-            dq_scores<false>(s[0], dp, lse2, dr, sl2, w0, k0, T_);
-        } else {
-            dq_scores<true>(s[0], dp, lse2, dr, sl2, w0, k0, T_);
+#pragma unroll
+        for (int i = 0; i < M; ++i) {
+            const int r0 = w0 + 16 * i;
+            if (k0 + BK - 1 <= r0 && k0 + BK <= T_ && r0 + 15 < T_) { // warp-uniform: none hidden
+                dq_scores<false>(s[i], dp[i], lse2[i], dr[i], sl2, r0, k0, T_);
+            } else {
+                dq_scores<true>(s[i], dp[i], lse2[i], dr[i], sl2, r0, k0, T_);
+            }
         }
-        mma_tile<T, LD, BK, NO, 1>(dq, s, ks, k0, last); // dq += ds k
+        mma_tile<T, LD, BK, NO, M>(dq, s, ks, k0, r_last); // dq += ds k
     }
 
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-        const int row = w0 + g + 8 * i;
-        if (row < T_) {
-            T* dst = dqkv + ((size_t)b * T_ + row) * C3 + (size_t)h * HS + 2 * t4;
+    for (int i = 0; i < M; ++i) {
 #pragma unroll
-            for (int n = 0; n < NO; ++n) {
-                add_pair(dst + 8 * n, scale * dq[0][n].x[2 * i], scale * dq[0][n].x[2 * i + 1]);
+        for (int r = 0; r < 2; ++r) {
+            const int row = w0 + 16 * i + g + 8 * r;
+            if (row < T_) {
+                T* dst = dqkv + ((size_t)b * T_ + row) * C3 + (size_t)h * HS + 2 * t4;
+#pragma unroll
+                for (int n = 0; n < NO; ++n) {
+                    add_pair(dst + 8 * n, scale * dq[i][n].x[2 * r], scale * dq[i][n].x[2 * r + 1]);
+                }
             }
         }
     }
@@ -943,13 +983,15 @@ FLASH_DKDV(flash_attention_backward_dkdv_hs64_bf16, __nv_bfloat16, 64)
 FLASH_DKDV(flash_attention_backward_dkdv_hs128, float, 128)
 FLASH_DKDV(flash_attention_backward_dkdv_hs128_bf16, __nv_bfloat16, 128)
 
-// dQ (accumulated into dqkv (B,T,3C)): grid (ceil(T/64), NH, B), 128 threads.
-#define FLASH_DQ(NAME, TYPE, HS)                                                                         \
+// dQ (accumulated into dqkv (B,T,3C)): grid (ceil(T/ROWS), NH, B), 128 threads, ROWS = 64 M
+// (the _q32 kernel: M = 2, 32 queries a warp).
+#define FLASH_DQ(NAME, TYPE, HS, M)                                                                      \
     extern "C" __global__ void __launch_bounds__(flash::THREADS) NAME(                                 \
         TYPE* dqkv, const TYPE* dout, const TYPE* qkv, const float* lse, const float* d, int B, int T, int NH) { \
-        flash::backward_dq_impl<TYPE, HS>(dqkv, dout, qkv, lse, d, B, T, NH);                          \
+        flash::backward_dq_impl<TYPE, HS, M>(dqkv, dout, qkv, lse, d, B, T, NH);                       \
     }
-FLASH_DQ(flash_attention_backward_dq_hs64, float, 64)
-FLASH_DQ(flash_attention_backward_dq_hs64_bf16, __nv_bfloat16, 64)
-FLASH_DQ(flash_attention_backward_dq_hs128, float, 128)
-FLASH_DQ(flash_attention_backward_dq_hs128_bf16, __nv_bfloat16, 128)
+FLASH_DQ(flash_attention_backward_dq_hs64, float, 64, 1)
+FLASH_DQ(flash_attention_backward_dq_hs64_bf16, __nv_bfloat16, 64, 1)
+FLASH_DQ(flash_attention_backward_dq_hs64_bf16_q32, __nv_bfloat16, 64, 2)
+FLASH_DQ(flash_attention_backward_dq_hs128, float, 128, 1)
+FLASH_DQ(flash_attention_backward_dq_hs128_bf16, __nv_bfloat16, 128, 1)

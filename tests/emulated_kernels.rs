@@ -1338,7 +1338,7 @@ fn flash_case<T: Storage>(hs: usize, t: usize, nh: usize) {
             args.extend(dims());
             k.launch(
                 "flash_attention_forward_hs64_bf16_q32",
-                launch::flash_forward(b, t, nh, launch::FlashForward::Q32),
+                launch::flash_with(b, t, nh, launch::FlashQueries::Q32),
                 &args,
                 schedule,
             );
@@ -1374,23 +1374,37 @@ fn flash_case<T: Storage>(hs: usize, t: usize, nh: usize) {
             ],
             schedule,
         );
-        for fam in ["dkdv", "dq"] {
+        let backward = |dqkv: &emu::Buf, fam: &str, kernel: &str, grid| {
             let mut args = vec![
-                Arg::Buf(&d_dqkv),
+                Arg::Buf(dqkv),
                 Arg::Buf(&d_dout),
                 Arg::Buf(&d_qkv),
                 Arg::Buf(&d_lse),
                 Arg::Buf(&d_d),
             ];
             args.extend(dims());
+            let name = format!("flash_attention_backward_{fam}_{suffix}");
             k.launch(
-                &T::kernel(&format!("flash_attention_backward_{fam}_{suffix}")),
-                launch::flash(b, t, nh),
+                &format!("{}{kernel}", T::kernel(&name)),
+                grid,
                 &args,
                 schedule,
             );
-        }
+        };
+        backward(&d_dqkv, "dkdv", "", launch::flash(b, t, nh));
+        backward(&d_dqkv, "dq", "", launch::flash(b, t, nh));
         runs.push(down::<T>(&d_dqkv));
+        if T::BF16 && hs == 64 {
+            // dQ with 32 queries a warp (and 32-key tiles): every row's S, dP and dS are the same
+            // and its dQ sums the same 16-key slices in the same order, so dqkv is bitwise that of
+            // 16 a warp
+            let d_dqkv2 = up::<T>(&k, &dqkv0, false);
+            backward(&d_dqkv2, "dkdv", "", launch::flash(b, t, nh));
+            let q32 = launch::flash_with(b, t, nh, launch::FlashQueries::Q32);
+            backward(&d_dqkv2, "dq", "_q32", q32);
+            let what = format!("{name} dqkv, dQ of 32 queries a warp (schedule {schedule})");
+            assert_bitwise(&what, &down::<T>(&d_dqkv2), runs.last().unwrap());
+        }
     }
     assert_close(&format!("{name} dqkv"), &runs[0], &dqkv, da, dr);
     assert_bitwise(&format!("{name} dqkv, two schedules"), &runs[1], &runs[0]);

@@ -35,7 +35,7 @@ mod on_gpu {
         flash_attention_backward, flash_attention_forward,
     };
     use train_gpt2_cuda::gpu::float::{to_device_float, to_f32_vec};
-    use train_gpt2_cuda::gpu::launch::FlashForward;
+    use train_gpt2_cuda::gpu::launch::FlashQueries;
     use train_gpt2_cuda::gpu::{
         flash_attention_backward_scratch_len, DeviceFloat, Gpu, FLASH_ATTENTION_HEAD_SIZES,
     };
@@ -74,7 +74,7 @@ mod on_gpu {
         let name = format!(
             "{:?} HS={hs} T={t} (forward {:?})",
             T::PRECISION,
-            g.flash_forward()
+            g.flash_queries()
         );
         let mut rng = Rng::new(1000 + hs as u64 * 7 + t as u64);
         let qkv = round_to::<T>(&rand(&mut rng, B * t * 3 * c, 1.5));
@@ -160,13 +160,13 @@ mod on_gpu {
     fn bf16_matches_cpu() {
         let mut g = gpu();
         // the forward with 16 queries a warp, then (HS 64 only: the others have no variant) 32
-        g.set_flash_forward(FlashForward::Q16);
+        g.set_flash_queries(FlashQueries::Q16);
         for hs in FLASH_ATTENTION_HEAD_SIZES {
             for t in TS {
                 check::<bf16>(&g, hs, t);
             }
         }
-        g.set_flash_forward(FlashForward::Q32);
+        g.set_flash_queries(FlashQueries::Q32);
         for t in TS {
             check::<bf16>(&g, 64, t);
         }

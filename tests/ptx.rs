@@ -59,6 +59,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
             "flash_attention_backward_dkdv_hs128_bf16",
             "flash_attention_backward_dq_hs64",
             "flash_attention_backward_dq_hs64_bf16",
+            "flash_attention_backward_dq_hs64_bf16_q32",
             "flash_attention_backward_dq_hs128",
             "flash_attention_backward_dq_hs128_bf16",
         ],

@@ -165,8 +165,9 @@ profile() { # name, args...
     --val-every 0 --sample-tokens 0 --out-dir "$state/$name" "$@"
 }
 profile profile-bf16-fused
-# the flash attention forward with 16 queries a warp (the default is 32): which is faster
-TRAIN_GPT2_FLASH_FORWARD=q16 profile profile-bf16-fused-q16
+# flash attention's forward and dQ kernels with 16 queries a warp (the default is 32): which is
+# faster (the attention row's fwd ms and bwd ms)
+TRAIN_GPT2_FLASH_QUERIES=16 profile profile-bf16-fused-q16
 profile profile-bf16-plain --kernels plain
 bench bench-bf16-plain 40 --precision bf16 --batch 8 --pytorch none --kernels plain
 bench bench-bf16-no-graphs 40 --precision bf16 --batch 8 --pytorch none --no-cuda-graphs

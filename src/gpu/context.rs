@@ -12,7 +12,7 @@ use cudarc::driver::{
 };
 use cudarc::nvrtc::Ptx;
 
-use super::launch::{self, FlashForward};
+use super::launch::{self, FlashQueries};
 use super::matmul_lt::CublasLt;
 use super::ptx::{self, PtxFile};
 
@@ -76,6 +76,7 @@ kernels! {
         flash_attention_backward_dkdv_hs128_bf16,
         flash_attention_backward_dq_hs64,
         flash_attention_backward_dq_hs64_bf16,
+        flash_attention_backward_dq_hs64_bf16_q32,
         flash_attention_backward_dq_hs128,
         flash_attention_backward_dq_hs128_bf16,
     ],
@@ -162,8 +163,8 @@ pub struct Gpu {
     pub(super) lt: CublasLt,
     pub(super) k: Kernels,
     tf32: bool,
-    /// the bf16 HS 64 flash attention forward's kernel (`launch::FlashForward::ENV`)
-    pub(super) flash_forward: FlashForward,
+    /// queries a warp of the bf16 HS 64 flash attention forward and dQ (`launch::FlashQueries::ENV`)
+    pub(super) flash_queries: FlashQueries,
 }
 
 impl Gpu {
@@ -220,7 +221,7 @@ impl Gpu {
         }
         let lt =
             no_panic(|| CublasLt::new(&stream)).context("creating the cuBLASLt handle failed")?;
-        let flash_forward = FlashForward::parse(std::env::var(FlashForward::ENV).ok().as_deref())
+        let flash_queries = FlashQueries::parse(std::env::var(FlashQueries::ENV).ok().as_deref())
             .map_err(|e| anyhow!(e))?;
         let k = Kernels::load(&ctx)?;
         let mut gpu = Gpu {
@@ -230,7 +231,7 @@ impl Gpu {
             lt,
             k,
             tf32: false,
-            flash_forward,
+            flash_queries,
         };
         gpu.set_tf32(false)?;
         Ok(gpu)
@@ -278,15 +279,15 @@ impl Gpu {
         self.tf32
     }
 
-    /// The bf16 HS 64 flash attention forward's variant (from `TRAIN_GPT2_FLASH_FORWARD` at
-    /// start-up; see [`FlashForward`]).
-    pub fn flash_forward(&self) -> FlashForward {
-        self.flash_forward
+    /// Queries a warp of the bf16 HS 64 flash attention forward and dQ kernels (from
+    /// `TRAIN_GPT2_FLASH_QUERIES` at start-up; see [`FlashQueries`]).
+    pub fn flash_queries(&self) -> FlashQueries {
+        self.flash_queries
     }
 
-    /// Chooses the bf16 HS 64 flash attention forward's variant (16 or 32 queries a warp).
-    pub fn set_flash_forward(&mut self, variant: FlashForward) {
-        self.flash_forward = variant;
+    /// Chooses the queries a warp (16 or 32) of the bf16 HS 64 flash attention forward and dQ.
+    pub fn set_flash_queries(&mut self, q: FlashQueries) {
+        self.flash_queries = q;
     }
 
     /// Lets cuBLAS use TF32 tensor cores for the fp32 matmuls (`CUBLAS_TF32_TENSOR_OP_MATH`), or

@@ -15,7 +15,7 @@ use cudarc::driver::{CudaFunction, CudaView, CudaViewMut, LaunchConfig, PushKern
 
 use super::context::{check_aligned16, check_len, dim, launched, ptr, Gpu};
 use super::float::DeviceFloat;
-use super::launch::{self, FlashForward};
+use super::launch::{self, FlashQueries};
 use crate::precision::Precision;
 
 /// Head sizes the kernels are compiled for.
@@ -40,8 +40,6 @@ struct Dims {
     btc: usize,
     /// B*NH*T
     bnht: usize,
-    /// the backward's dK dV and dQ kernels' grid
-    grid: LaunchConfig,
 }
 
 fn dims(kernel: &str, b: usize, t: usize, c: usize, nh: usize) -> Result<Dims> {
@@ -67,28 +65,34 @@ fn dims(kernel: &str, b: usize, t: usize, c: usize, nh: usize) -> Result<Dims> {
         hs: dim(kernel, "HS", hs)?,
         btc: b * t * c,
         bnht: b * nh * t,
-        grid: launch::flash(b, t, nh).into(),
     })
 }
 
 impl Gpu {
-    /// The forward variant that runs for head size `hs` and storage type `T`: the chosen one for
-    /// bf16 at HS 64, Q16 (the only one compiled) otherwise.
-    fn flash_forward_variant<T: DeviceFloat>(&self, hs: i32) -> FlashForward {
-        if T::PRECISION == Precision::Bf16 && hs == 64 {
-            self.flash_forward
+    /// The queries a warp of family `fam`'s kernel for head size `hs` and storage type `T`: the
+    /// chosen ones for the bf16 HS 64 forward and dQ, 16 (the only kernels compiled) otherwise.
+    fn flash_queries_for<T: DeviceFloat>(&self, fam: Family, hs: i32) -> FlashQueries {
+        let choice = matches!(fam, Family::Forward | Family::Dq);
+        if choice && T::PRECISION == Precision::Bf16 && hs == 64 {
+            self.flash_queries
         } else {
-            FlashForward::Q16
+            FlashQueries::Q16
         }
+    }
+
+    /// The grid of family `fam`'s kernel (its blocks hold 64 or 128 rows).
+    fn flash_grid<T: DeviceFloat>(&self, fam: Family, d: &Dims) -> LaunchConfig {
+        let q = self.flash_queries_for::<T>(fam, d.hs);
+        launch::flash_with(d.b as usize, d.t as usize, d.nh as usize, q).into()
     }
 
     /// The kernel of family `fam` (forward, dkdv, dq) for head size `hs` and storage type `T`.
     fn flash_kernel<T: DeviceFloat>(&self, fam: Family, hs: i32) -> &CudaFunction {
         let k = &self.k;
         match (fam, hs) {
-            (Family::Forward, 64) => match self.flash_forward_variant::<T>(hs) {
-                FlashForward::Q32 => &k.flash_attention_forward_hs64_bf16_q32,
-                FlashForward::Q16 => T::pick(
+            (Family::Forward, 64) => match self.flash_queries_for::<T>(fam, hs) {
+                FlashQueries::Q32 => &k.flash_attention_forward_hs64_bf16_q32,
+                FlashQueries::Q16 => T::pick(
                     &k.flash_attention_forward_hs64,
                     &k.flash_attention_forward_hs64_bf16,
                 ),
@@ -105,10 +109,13 @@ impl Gpu {
                 &k.flash_attention_backward_dkdv_hs128,
                 &k.flash_attention_backward_dkdv_hs128_bf16,
             ),
-            (Family::Dq, 64) => T::pick(
-                &k.flash_attention_backward_dq_hs64,
-                &k.flash_attention_backward_dq_hs64_bf16,
-            ),
+            (Family::Dq, 64) => match self.flash_queries_for::<T>(fam, hs) {
+                FlashQueries::Q32 => &k.flash_attention_backward_dq_hs64_bf16_q32,
+                FlashQueries::Q16 => T::pick(
+                    &k.flash_attention_backward_dq_hs64,
+                    &k.flash_attention_backward_dq_hs64_bf16,
+                ),
+            },
             (Family::Dq, _) => T::pick(
                 &k.flash_attention_backward_dq_hs128,
                 &k.flash_attention_backward_dq_hs128_bf16,
@@ -143,13 +150,13 @@ impl Gpu {
             .stream
             .launch_builder(self.flash_kernel::<T>(Family::Forward, d.hs));
         lb.arg(out).arg(lse).arg(qkv).arg(&d.b).arg(&d.t).arg(&d.nh);
-        let grid = launch::flash_forward(b, t, nh, self.flash_forward_variant::<T>(d.hs));
+        let grid = self.flash_grid::<T>(Family::Forward, &d);
         // SAFETY: the arguments match flash_attention_forward_hs{64,128}(_bf16)(_q32) (out, lse,
         // qkv, B, T, NH) in kernels/flash_attention.cu, compiled for this HS; out holds B*T*C,
         // lse B*NH*T and qkv B*T*3C elements (checked), 16-byte aligned (checked); the grid is
         // (ceil(T/rows), NH, B) blocks of 128 threads with the rows a block of the kernel picked
         // by the same variant (64, or 128 for _q32), as the kernel expects.
-        launched(K, unsafe { lb.launch(grid.into()) })
+        launched(K, unsafe { lb.launch(grid) })
     }
 
     /// The backward of [`Gpu::flash_attention_forward`]: dqkv (B,T,3C) += the gradients of q, k, v,
@@ -218,11 +225,13 @@ impl Gpu {
                 .launch_builder(self.flash_kernel::<T>(fam, d.hs));
             lb.arg(&mut *dqkv).arg(dout).arg(qkv).arg(lse).arg(&dvec);
             lb.arg(&d.b).arg(&d.t).arg(&d.nh);
+            let grid = self.flash_grid::<T>(fam, &d);
             // SAFETY: the arguments match flash_attention_backward_{dkdv,dq}_hs{64,128}(_bf16)
-            // (dqkv, dout, qkv, lse, d, B, T, NH), compiled for this HS; dqkv and qkv hold B*T*3C,
-            // dout B*T*C, lse and d B*NH*T elements (checked), the T buffers 16-byte aligned
-            // (checked); the grid is (ceil(T/64), NH, B) blocks of 128 threads.
-            launched(name, unsafe { lb.launch(d.grid) })?;
+            // (_q32) (dqkv, dout, qkv, lse, d, B, T, NH), compiled for this HS; dqkv and qkv hold
+            // B*T*3C, dout B*T*C, lse and d B*NH*T elements (checked), the T buffers 16-byte
+            // aligned (checked); the grid is (ceil(T/rows), NH, B) blocks of 128 threads with the
+            // rows a block of the kernel picked by the same choice (64, or 128 for _q32).
+            launched(name, unsafe { lb.launch(grid) })?;
         }
         Ok(())
     }

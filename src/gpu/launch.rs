@@ -186,56 +186,58 @@ pub fn residual_layernorm(n: usize, c: usize) -> (Grid, bool) {
     (g, cache_row)
 }
 
-/// The fused flash attention kernels (forward, dK dV, dQ): grid (ceil(T/64), NH, B) of
-/// [`FLASH_THREADS`].
+/// The fused flash attention kernels of 16 queries (or keys) a warp (forward, dK dV, dQ): grid
+/// (ceil(T/64), NH, B) of [`FLASH_THREADS`].
 pub fn flash(b: usize, t: usize, nh: usize) -> Grid {
-    flash_forward(b, t, nh, FlashForward::Q16)
+    flash_with(b, t, nh, FlashQueries::Q16)
 }
 
-/// The flash attention forward's kernels for bf16 at HS 64 (GPT-2's case; the others are Q16):
-/// 16 queries a warp (64 a block: `flash_attention_forward_hs64_bf16`) or 32 (128 a block, each
-/// K or V fragment feeding two products: `flash_attention_forward_hs64_bf16_q32`). Q32 is the
-/// default; [`FlashForward::ENV`] chooses, so that a GPU session can time both.
+/// Queries a warp of the flash attention forward and dQ kernels for bf16 at HS 64 (GPT-2's case;
+/// the others have 16): 16 (64 a block: `flash_attention_forward_hs64_bf16`,
+/// `flash_attention_backward_dq_hs64_bf16`) or 32 (128 a block, each K or V fragment feeding two
+/// products: the `_q32` kernels). Q32 is the default; [`FlashQueries::ENV`] chooses, so that a GPU
+/// session can time both. The dK dV kernel always has 16 keys a warp.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FlashForward {
+pub enum FlashQueries {
     Q16,
     Q32,
 }
 
-impl FlashForward {
-    /// The environment variable that chooses the variant: `q16` or `q32` (unset or empty: q32).
-    pub const ENV: &'static str = "TRAIN_GPT2_FLASH_FORWARD";
+impl FlashQueries {
+    /// The environment variable that chooses: `16` or `32` (unset or empty: 32).
+    pub const ENV: &'static str = "TRAIN_GPT2_FLASH_QUERIES";
 
-    /// Queries per block (`FwdConfig::ROWS` in kernels/flash_attention.cu).
+    /// Queries per block (`ROWS` of `FwdConfig` and `DqConfig` in kernels/flash_attention.cu).
     pub fn rows_per_block(self) -> usize {
         match self {
-            FlashForward::Q16 => FLASH_BLOCK_ROWS,
-            FlashForward::Q32 => 2 * FLASH_BLOCK_ROWS,
+            FlashQueries::Q16 => FLASH_BLOCK_ROWS,
+            FlashQueries::Q32 => 2 * FLASH_BLOCK_ROWS,
         }
     }
 
-    /// The variant [`FlashForward::ENV`]'s value names (None: unset or empty), or a message.
-    pub fn parse(value: Option<&str>) -> Result<FlashForward, String> {
+    /// Queries a warp: 16 or 32.
+    pub fn per_warp(self) -> usize {
+        self.rows_per_block() / (FLASH_THREADS as usize / 32)
+    }
+
+    /// The choice [`FlashQueries::ENV`]'s value names (None: unset or empty), or a message.
+    pub fn parse(value: Option<&str>) -> Result<FlashQueries, String> {
         match value.map(str::trim) {
-            None | Some("") | Some("q32") => Ok(FlashForward::Q32),
-            Some("q16") => Ok(FlashForward::Q16),
+            None | Some("") | Some("32") => Ok(FlashQueries::Q32),
+            Some("16") => Ok(FlashQueries::Q16),
             Some(v) => Err(format!(
-                "{}={v:?} is not a flash attention forward variant (q16 or q32)",
-                FlashForward::ENV
+                "{}={v:?}: the flash attention kernels' queries a warp are 16 or 32",
+                FlashQueries::ENV
             )),
         }
     }
 }
 
-/// The flash attention forward of `variant`: grid (ceil(T/rows), NH, B) of [`FLASH_THREADS`],
-/// rows = [`FlashForward::rows_per_block`].
-pub fn flash_forward(b: usize, t: usize, nh: usize, variant: FlashForward) -> Grid {
+/// The flash attention forward or dQ kernel of `q` queries a warp: grid (ceil(T/rows), NH, B) of
+/// [`FLASH_THREADS`], rows = [`FlashQueries::rows_per_block`].
+pub fn flash_with(b: usize, t: usize, nh: usize, q: FlashQueries) -> Grid {
     Grid {
-        grid: (
-            t.div_ceil(variant.rows_per_block()) as u32,
-            nh as u32,
-            b as u32,
-        ),
+        grid: (t.div_ceil(q.rows_per_block()) as u32, nh as u32, b as u32),
         block: (FLASH_THREADS, 1, 1),
         shared_bytes: 0,
     }
@@ -300,22 +302,26 @@ mod tests {
     }
 
     #[test]
-    fn flash_forward_variants_and_their_grids() {
-        assert_eq!(FlashForward::parse(None), Ok(FlashForward::Q32));
-        assert_eq!(FlashForward::parse(Some(" ")), Ok(FlashForward::Q32));
-        assert_eq!(FlashForward::parse(Some("q16")), Ok(FlashForward::Q16));
-        assert_eq!(FlashForward::parse(Some("q32")), Ok(FlashForward::Q32));
-        let e = FlashForward::parse(Some("q64")).unwrap_err();
-        assert!(e.contains("TRAIN_GPT2_FLASH_FORWARD=\"q64\"") && e.contains("q16 or q32"));
-        // T = 1024: 16 blocks of 64 queries or 8 of 128; T = 129: 3 or 2 (the last one partial)
-        let g = |t, v| flash_forward(4, t, 12, v).grid;
-        assert_eq!(g(1024, FlashForward::Q16), (16, 12, 4));
-        assert_eq!(g(1024, FlashForward::Q32), (8, 12, 4));
-        assert_eq!(g(129, FlashForward::Q16), (3, 12, 4));
-        assert_eq!(g(129, FlashForward::Q32), (2, 12, 4));
-        assert_eq!(
-            flash(4, 129, 12),
-            flash_forward(4, 129, 12, FlashForward::Q16)
+    fn flash_queries_and_their_grids() {
+        assert_eq!(FlashQueries::parse(None), Ok(FlashQueries::Q32));
+        assert_eq!(FlashQueries::parse(Some(" ")), Ok(FlashQueries::Q32));
+        assert_eq!(FlashQueries::parse(Some("16")), Ok(FlashQueries::Q16));
+        assert_eq!(FlashQueries::parse(Some("32")), Ok(FlashQueries::Q32));
+        let e = FlashQueries::parse(Some("64")).unwrap_err();
+        assert!(
+            e.contains("TRAIN_GPT2_FLASH_QUERIES=\"64\"") && e.contains("16 or 32"),
+            "{e}"
         );
+        assert_eq!(
+            (FlashQueries::Q16.per_warp(), FlashQueries::Q32.per_warp()),
+            (16, 32)
+        );
+        // T = 1024: 16 blocks of 64 queries or 8 of 128; T = 129: 3 or 2 (the last one partial)
+        let g = |t, v| flash_with(4, t, 12, v).grid;
+        assert_eq!(g(1024, FlashQueries::Q16), (16, 12, 4));
+        assert_eq!(g(1024, FlashQueries::Q32), (8, 12, 4));
+        assert_eq!(g(129, FlashQueries::Q16), (3, 12, 4));
+        assert_eq!(g(129, FlashQueries::Q32), (2, 12, 4));
+        assert_eq!(flash(4, 129, 12), flash_with(4, 129, 12, FlashQueries::Q16));
     }
 }

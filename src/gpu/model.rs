@@ -34,7 +34,7 @@ use super::attention::{attention_backward_scratch_len, attention_forward_scratch
 use super::flash_attention::{flash_attention_backward_scratch_len, FLASH_ATTENTION_HEAD_SIZES};
 use super::float::{to_device_float, to_f32_vec, DeviceFloat};
 use super::graphs::{Piece, StepGraphs};
-use super::launch::{buckets_len, token_buckets, FlashForward};
+use super::launch::{buckets_len, token_buckets, FlashQueries};
 use super::nvtx;
 use super::profile::{GpuProfiler, METHOD};
 use super::Gpu;
@@ -1513,12 +1513,12 @@ impl<T: ModelFloat> Engine for Gpt2Gpu<T> {
             ""
         };
         let path = if self.fused { "fused" } else { "plain" };
-        // the flash attention forward's variant where there is a choice (TRAIN_GPT2_FLASH_FORWARD)
+        // flash attention's queries a warp where there is a choice (TRAIN_GPT2_FLASH_QUERIES)
         let flash =
             if self.fused && T::PRECISION == Precision::Bf16 && self.config.head_size() == 64 {
-                match self.gpu.flash_forward() {
-                    FlashForward::Q16 => " (flash forward q16)",
-                    FlashForward::Q32 => " (flash forward q32)",
+                match self.gpu.flash_queries() {
+                    FlashQueries::Q16 => " (flash q16)",
+                    FlashQueries::Q32 => " (flash q32)",
                 }
             } else {
                 ""

@@ -155,7 +155,7 @@ impl Gpu {
         // qkv, B, T, NH) in kernels/flash_attention.cu, compiled for this HS; out holds B*T*C,
         // lse B*NH*T and qkv B*T*3C elements (checked), 16-byte aligned (checked); the grid is
         // (ceil(T/rows), NH, B) blocks of 128 threads with the rows a block of the kernel picked
-        // by the same variant (64, or 128 for _q32), as the kernel expects.
+        // by the same choice (64, or 128 for _q32), as the kernel expects.
         launched(K, unsafe { lb.launch(grid) })
     }
 

@@ -48,7 +48,8 @@ namespace flash {
 
 constexpr int WARPS = 4;
 constexpr int THREADS = 32 * WARPS;
-// Queries (dQ; the forward's M = 1 kernels) or keys (dK dV) per block: 16 per warp.
+// Keys per block of the dK dV kernel: 16 per warp. (The forward's and dQ's queries per block are
+// their configs' ROWS: 16 or 32 per warp.)
 constexpr int BLOCK_ROWS = 16 * WARPS;
 // Shared-memory rows are padded by 8 elements: 16-byte aligned, and the fragment loads below
 // fall on distinct banks.
@@ -336,11 +337,26 @@ constexpr int stages_for(int bytes) {
     return 2 * bytes <= 48 * 1024 ? 2 : 1;
 }
 
-// Sets every accumulator of a row of C fragments to 0.
+// Sets every accumulator of a row of C fragments (or of M rows) to 0.
 template <int N> __device__ __forceinline__ void zero(FragC (&f)[N]) {
 #pragma unroll
     for (int n = 0; n < N; ++n) {
         f[n] = FragC{{0.0f, 0.0f, 0.0f, 0.0f}};
+    }
+}
+template <int M, int N> __device__ __forceinline__ void zero(FragC (&f)[M][N]) {
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+        zero(f[i]);
+    }
+}
+
+// r_last[i] <- the last real query of row block i of a warp whose first query is w0 (row block i
+// holds queries w0 + 16 i .. w0 + 16 i + 15): T - 1 at most, less than its first when it has none.
+template <int M> __device__ __forceinline__ void row_block_lasts(int (&r_last)[M], int w0, int T_) {
+#pragma unroll
+    for (int i = 0; i < M; ++i) {
+        r_last[i] = min(w0 + 16 * i + 15, T_ - 1);
     }
 }
 
@@ -465,11 +481,8 @@ __device__ __forceinline__ void forward_impl(T* out, float* lse, const T* qkv, i
     const int h = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
     const int w0 = q0 + Cfg::WARP_ROWS * warp; // the warp's first query; row block i's is w0 + 16 i
-    int r_last[M];                             // row block i's last real query (< its first: none)
-#pragma unroll
-    for (int i = 0; i < M; ++i) {
-        r_last[i] = min(w0 + 16 * i + 15, T_ - 1);
-    }
+    int r_last[M]; // row block i's last real query
+    row_block_lasts(r_last, w0, T_);
     const int w_last = r_last[M - 1]; // the warp's last real query
     const int q_last = min(q0 + Cfg::ROWS - 1, T_ - 1);
     const T* head = qkv + (size_t)b * T_ * C3 + (size_t)h * HS; // q of (b, position 0, h)
@@ -484,10 +497,7 @@ __device__ __forceinline__ void forward_impl(T* out, float* lse, const T* qkv, i
         }
     }
     FragC o[M][NO]; // (16 M, HS)
-#pragma unroll
-    for (int i = 0; i < M; ++i) {
-        zero(o[i]);
-    }
+    zero(o);
     // rows w0+16i+g and w0+16i+g+8: running max (of q.k, unscaled) and this lane's part of the
     // running sum
     float m[M][2], l[M][2];
@@ -514,10 +524,7 @@ __device__ __forceinline__ void forward_impl(T* out, float* lse, const T* qkv, i
             continue; // warp-uniform: no key of the tile is visible to this warp's queries
         }
         FragC s[M][NT]; // (16 M, BK)
-#pragma unroll
-        for (int i = 0; i < M; ++i) {
-            zero(s[i]);
-        }
+        zero(s);
 #pragma unroll
         for (int kk = 0; kk < KS; ++kk) {
 #pragma unroll
@@ -826,11 +833,8 @@ __device__ __forceinline__ void backward_dq_impl(T* dqkv, const T* dout, const T
     const int h = blockIdx.y, b = blockIdx.z;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
     const int w0 = q0 + Cfg::WARP_ROWS * warp; // the warp's first query; row block i's is w0 + 16 i
-    int r_last[M];                             // row block i's last real query (< its first: none)
-#pragma unroll
-    for (int i = 0; i < M; ++i) {
-        r_last[i] = min(w0 + 16 * i + 15, T_ - 1);
-    }
+    int r_last[M]; // row block i's last real query
+    row_block_lasts(r_last, w0, T_);
     const int w_last = r_last[M - 1];
     const int q_last = min(q0 + Cfg::ROWS - 1, T_ - 1);
     const T* head = qkv + (size_t)b * T_ * C3 + (size_t)h * HS;
@@ -861,10 +865,7 @@ __device__ __forceinline__ void backward_dq_impl(T* dqkv, const T* dout, const T
         }
     }
     FragC dq[M][NO]; // (16 M, HS)
-#pragma unroll
-    for (int i = 0; i < M; ++i) {
-        zero(dq[i]);
-    }
+    zero(dq);
 
     const int n_tiles = q_last / BK + 1;
     const auto stage = [&](int j) {
@@ -883,11 +884,8 @@ __device__ __forceinline__ void backward_dq_impl(T* dqkv, const T* dout, const T
             continue; // warp-uniform: no key of the tile is visible to this warp's queries
         }
         FragC s[M][NT], dp[M][NT]; // (16 M, BK)
-#pragma unroll
-        for (int i = 0; i < M; ++i) {
-            zero(s[i]);
-            zero(dp[i]);
-        }
+        zero(s);
+        zero(dp);
 #pragma unroll
         for (int kk = 0; kk < KS; ++kk) {
             FragA<T> qa[M], da[M];

@@ -69,15 +69,20 @@ fn dims(kernel: &str, b: usize, t: usize, c: usize, nh: usize) -> Result<Dims> {
 }
 
 impl Gpu {
-    /// The queries a warp of family `fam`'s kernel for head size `hs` and storage type `T`: the
-    /// chosen ones for the bf16 HS 64 forward and dQ, 16 (the only kernels compiled) otherwise.
+    /// The chosen queries a warp of the forward and dQ kernels where they have a choice (bf16 at
+    /// HS 64: the `_q32` kernels), None where only the 16-query kernels are compiled.
+    pub(super) fn flash_choice<T: DeviceFloat>(&self, hs: usize) -> Option<FlashQueries> {
+        (T::PRECISION == Precision::Bf16 && hs == 64).then_some(self.flash_queries)
+    }
+
+    /// The queries a warp of family `fam`'s kernel for head size `hs` and storage type `T` (the
+    /// dK dV kernel has 16 keys a warp always).
     fn flash_queries_for<T: DeviceFloat>(&self, fam: Family, hs: i32) -> FlashQueries {
-        let choice = matches!(fam, Family::Forward | Family::Dq);
-        if choice && T::PRECISION == Precision::Bf16 && hs == 64 {
-            self.flash_queries
-        } else {
-            FlashQueries::Q16
+        match fam {
+            Family::Forward | Family::Dq => self.flash_choice::<T>(hs as usize),
+            Family::Dkdv => None,
         }
+        .unwrap_or(FlashQueries::Q16)
     }
 
     /// The grid of family `fam`'s kernel (its blocks hold 64 or 128 rows).

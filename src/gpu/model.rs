@@ -1514,15 +1514,12 @@ impl<T: ModelFloat> Engine for Gpt2Gpu<T> {
         };
         let path = if self.fused { "fused" } else { "plain" };
         // flash attention's queries a warp where there is a choice (TRAIN_GPT2_FLASH_QUERIES)
-        let flash =
-            if self.fused && T::PRECISION == Precision::Bf16 && self.config.head_size() == 64 {
-                match self.gpu.flash_queries() {
-                    FlashQueries::Q16 => " (flash q16)",
-                    FlashQueries::Q32 => " (flash q32)",
-                }
-            } else {
-                ""
-            };
+        let choice = self.gpu.flash_choice::<T>(self.config.head_size());
+        let flash = match choice.filter(|_| self.fused) {
+            Some(FlashQueries::Q16) => " (flash q16)",
+            Some(FlashQueries::Q32) => " (flash q32)",
+            None => "",
+        };
         let graphs = if self.graphs.enabled() {
             ", CUDA graphs"
         } else {

@@ -296,12 +296,18 @@ template <typename T, int HS, int ROWS>
 __device__ __forceinline__ void stage_rows(T (*dst)[HS + PAD], const T* src, size_t stride, int rows_valid) {
     constexpr int P = 16 / sizeof(T);
     constexpr int PER_ROW = HS / P;
-    for (int i = threadIdx.x; i < ROWS * PER_ROW; i += THREADS) {
-        const int r = i / PER_ROW;
-        const int c = (i % PER_ROW) * P;
-        const bool real = r < rows_valid;
-        // a row past the end reads nothing (0 bytes) from a valid address: row 0's
-        cp_async16(&dst[r][c], src + (size_t)(real ? r : 0) * stride + c, real ? 16 : 0);
+    constexpr int COPIES = ROWS * PER_ROW;
+    // unrolled, a thread's copies are a fixed row apart: no division or loop test per copy
+#pragma unroll
+    for (int k = 0; k < (COPIES + THREADS - 1) / THREADS; ++k) {
+        const int i = threadIdx.x + k * THREADS;
+        if (COPIES % THREADS == 0 || i < COPIES) {
+            const int r = i / PER_ROW;
+            const int c = (i % PER_ROW) * P;
+            const bool real = r < rows_valid;
+            // a row past the end reads nothing (0 bytes) from a valid address: row 0's
+            cp_async16(&dst[r][c], src + (size_t)(real ? r : 0) * stride + c, real ? 16 : 0);
+        }
     }
 }
 
@@ -364,12 +370,13 @@ template <int M> __device__ __forceinline__ void row_block_lasts(int (&r_last)[M
 // in T) . m (BK, 8*NO, the tile in shared memory, rows k), over the 16-column slices of p that
 // start at or before `last_visible[i]` for row block i (a later slice's keys are all masked for
 // those rows: their probabilities are 0). Each B fragment is loaded once for the M products.
-template <typename T, int LD, int BK, int NO, int M>
+// EDGE false: the caller knows every slice is visible to every row block (an interior tile).
+template <typename T, int LD, int BK, int NO, int M, bool EDGE>
 __device__ __forceinline__ void mma_tile(FragC (&acc)[M][NO], const FragC (&p)[M][BK / 8], const T (*m)[LD], int k0,
                                          const int (&last_visible)[M]) {
 #pragma unroll
     for (int kk = 0; kk < BK / 16; ++kk) {
-        if (k0 + 16 * kk <= last_visible[M - 1]) { // row blocks in order: the last sees the most
+        if (!EDGE || k0 + 16 * kk <= last_visible[M - 1]) { // row blocks in order: the last sees the most
             FragA<T> pa[M];
 #pragma unroll
             for (int i = 0; i < M; ++i) {
@@ -380,7 +387,7 @@ __device__ __forceinline__ void mma_tile(FragC (&acc)[M][NO], const FragC (&p)[M
                 const FragB<T> v = load_b_kn<T, LD>(m, 16 * kk, 8 * n);
 #pragma unroll
                 for (int i = 0; i < M; ++i) {
-                    if (k0 + 16 * kk <= last_visible[i]) {
+                    if (!EDGE || k0 + 16 * kk <= last_visible[i]) {
                         mma(acc[i][n], pa[i], v);
                     }
                 }
@@ -397,6 +404,24 @@ __device__ __forceinline__ float group_max(float v) {
 __device__ __forceinline__ float group_sum(float v) {
     v += __shfl_xor_sync(FULL, v, 1);
     return v + __shfl_xor_sync(FULL, v, 2);
+}
+
+// 2^x, with results below 2^-126 flushed to zero: one `ex2.approx.ftz` (MUFU.EX2 in SASS) per
+// score, where exp2f keeps subnormal results and ptxas wraps each of its `ex2.approx` in a range
+// test and two multiplies (sm_90: four instructions a score, next to the tensor cores' 2 HS
+// multiply-adds in each of the two products). Same accuracy otherwise (2 ulp). Every argument
+// here is <= 0 up to rounding (a score less its row's max or log-sum-exp), and a flushed
+// probability below 2^-126 weighs nothing next to the row's largest, which is about 1;
+// exp2(-inf) is still 0.
+__device__ __forceinline__ float exp2_ftz(float x) {
+#ifdef CUDA_HOST_EMULATION
+    const float y = exp2f(x);
+    return y < 1.17549435e-38f ? 0.0f : y; // FLT_MIN
+#else
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#endif
 }
 
 // dst[0..1] = (a, b) rounded to T, one 32/64-bit store (dst is 8-byte aligned for float, 4 for bf16).
@@ -416,6 +441,27 @@ template <typename T> __device__ __forceinline__ void add_pair(T* dst, float a, 
 // diagonal and past the end of the sequence. The others (at T = 1024 with 64-key tiles, 15 of a
 // warp's 16 tiles in the forward) skip the tests (MASK = false), which otherwise are about a
 // quarter of a tile's instructions.
+
+// Beyond the mask, every kernel's products skip the slices of a tile that are hidden from all of
+// a warp's (or a row block's) queries, with a warp-uniform test per `mma`; ptxas cannot tell that
+// the tests are warp-uniform and puts a branch and a warp barrier around each product. So each
+// loop's body is written once, over a compile-time flag EDGE (`Edge<true>` or `Edge<false>`):
+// the interior tiles (no key hidden from any query of the warp) run it without a single test.
+template <bool V> struct Edge {
+    static constexpr bool value = V;
+};
+// tile(Edge<false>{}) where `interior`, else tile(Edge<true>{}). Only the bf16 kernels have the
+// interior body: in the fp32 ones each emulated product is about 200 instructions, next to which
+// the tests weigh nothing, and one body keeps their PTX half the size.
+template <typename T, typename Tile> __device__ __forceinline__ void run_tile(bool interior, Tile&& tile) {
+    if constexpr (sizeof(T) == 2) {
+        if (interior) {
+            tile(Edge<false>{});
+            return;
+        }
+    }
+    tile(Edge<true>{});
+}
 
 // Whether key `key` is visible to query `query` (causal: key <= query; both before the end).
 __device__ __forceinline__ bool visible(int key, int query, int T_) {
@@ -523,63 +569,68 @@ __device__ __forceinline__ void forward_impl(T* out, float* lse, const T* qkv, i
         if (k0 > w_last) {
             continue; // warp-uniform: no key of the tile is visible to this warp's queries
         }
-        FragC s[M][NT]; // (16 M, BK)
-        zero(s);
+        // the tile's products and the softmax update (EDGE: with the tests, see `Edge`)
+        const auto tile = [&](auto edge) {
+            constexpr bool EDGE = decltype(edge)::value;
+            FragC s[M][NT]; // (16 M, BK)
+            zero(s);
 #pragma unroll
-        for (int kk = 0; kk < KS; ++kk) {
+            for (int kk = 0; kk < KS; ++kk) {
 #pragma unroll
-            for (int n = 0; n < NT; ++n) {
-                if (k0 + 8 * n <= w_last) { // warp-uniform; skipped n-tiles are all masked
-                    const FragB<T> kb = load_b_nk<T, LD>(kt, 8 * n, 16 * kk);
+                for (int n = 0; n < NT; ++n) {
+                    if (!EDGE || k0 + 8 * n <= w_last) { // warp-uniform; skipped n-tiles are all masked
+                        const FragB<T> kb = load_b_nk<T, LD>(kt, 8 * n, 16 * kk);
 #pragma unroll
-                    for (int i = 0; i < M; ++i) {
-                        if (k0 + 8 * n <= r_last[i]) {
-                            mma(s[i][n], qf[i][kk], kb);
+                        for (int i = 0; i < M; ++i) {
+                            if (!EDGE || k0 + 8 * n <= r_last[i]) {
+                                mma(s[i][n], qf[i][kk], kb);
+                            }
                         }
                     }
                 }
             }
-        }
 #pragma unroll
-        for (int i = 0; i < M; ++i) {
-            const int r0 = w0 + 16 * i;
-            float mx[2] = {m[i][0], m[i][1]};
-            if (k0 + BK - 1 <= r0 && k0 + BK <= T_) { // warp-uniform: no key of the tile is hidden
-                scores_and_max<false>(s[i], mx, r0, k0, T_);
-            } else {
-                scores_and_max<true>(s[i], mx, r0, k0, T_);
-            }
-            float base[2], alpha[2]; // base: the new max in base-2 units (0 while it is -inf)
+            for (int i = 0; i < M; ++i) {
+                const int r0 = w0 + 16 * i;
+                float mx[2] = {m[i][0], m[i][1]};
+                if (!EDGE || (k0 + BK - 1 <= r0 && k0 + BK <= T_)) { // warp-uniform: no key of the tile is hidden
+                    scores_and_max<false>(s[i], mx, r0, k0, T_);
+                } else {
+                    scores_and_max<true>(s[i], mx, r0, k0, T_);
+                }
+                float base[2], alpha[2]; // base: the new max in base-2 units (0 while it is -inf)
 #pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                mx[r] = group_max(mx[r]);
-                base[r] = mx[r] == -INFINITY ? 0.0f : mx[r] * sl2;
-                alpha[r] = exp2f(fmaf(m[i][r], sl2, -base[r]));
-                m[i][r] = mx[r];
-            }
-            float ls[2] = {0.0f, 0.0f};
+                for (int r = 0; r < 2; ++r) {
+                    mx[r] = group_max(mx[r]);
+                    base[r] = mx[r] == -INFINITY ? 0.0f : mx[r] * sl2;
+                    alpha[r] = exp2_ftz(fmaf(m[i][r], sl2, -base[r]));
+                    m[i][r] = mx[r];
+                }
+                float ls[2] = {0.0f, 0.0f};
 #pragma unroll
-            for (int n = 0; n < NT; ++n) {
+                for (int n = 0; n < NT; ++n) {
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const float p = exp2f(fmaf(s[i][n].x[e], sl2, -base[e >> 1]));
-                    s[i][n].x[e] = p;
-                    ls[e >> 1] += p;
+                    for (int e = 0; e < 4; ++e) {
+                        const float p = exp2_ftz(fmaf(s[i][n].x[e], sl2, -base[e >> 1]));
+                        s[i][n].x[e] = p;
+                        ls[e >> 1] += p;
+                    }
+                }
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+                    l[i][r] = l[i][r] * alpha[r] + ls[r];
+                }
+#pragma unroll
+                for (int n = 0; n < NO; ++n) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        o[i][n].x[e] *= alpha[e >> 1];
+                    }
                 }
             }
-#pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                l[i][r] = l[i][r] * alpha[r] + ls[r];
-            }
-#pragma unroll
-            for (int n = 0; n < NO; ++n) {
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    o[i][n].x[e] *= alpha[e >> 1];
-                }
-            }
-        }
-        mma_tile<T, LD, BK, NO, M>(o, s, vt, k0, r_last); // o += p v
+            mma_tile<T, LD, BK, NO, M, EDGE>(o, s, vt, k0, r_last); // o += p v
+        };
+        run_tile<T>(k0 + BK - 1 <= w0 && k0 + BK <= T_, tile); // every key visible to every query
     }
 
 #pragma unroll
@@ -641,7 +692,7 @@ __device__ __forceinline__ void dkdv_scores(FragC (&st)[NT], FragC (&dpt)[NT], c
         for (int e = 0; e < 4; ++e) {
             const int key = w0 + g + 8 * (e >> 1);
             const int qi = 8 * n + 2 * t4 + (e & 1);
-            const float p = (!MASK || visible(key, qq0 + qi, T_)) ? exp2f(st[n].x[e] * sl2 - lse2s[qi]) : 0.0f;
+            const float p = (!MASK || visible(key, qq0 + qi, T_)) ? exp2_ftz(st[n].x[e] * sl2 - lse2s[qi]) : 0.0f;
             st[n].x[e] = p;
             dpt[n].x[e] = p * (dpt[n].x[e] - ds[qi]);
         }
@@ -704,7 +755,9 @@ __device__ __forceinline__ void backward_dkdv_impl(T* dqkv, const T* dout, const
         const int qq0 = j * BQ, buf = j % STAGES;
         stage_rows<T, HS, BQ>(qs_[buf], head + (size_t)qq0 * C3, C3, T_ - qq0);
         stage_rows<T, HS, BQ>(dos_[buf], dhead + (size_t)qq0 * C, C, T_ - qq0);
-        for (int i = threadIdx.x; i < BQ; i += THREADS) {
+        static_assert(BQ <= THREADS, "one thread per query of the tile");
+        const int i = threadIdx.x;
+        if (i < BQ) {
             const bool real = qq0 + i < T_;
             lse2s_[buf][i] = real ? lse_h[qq0 + i] * LOG2E : 0.0f;
             ds_[buf][i] = real ? d_h[qq0 + i] : 0.0f;
@@ -722,46 +775,51 @@ __device__ __forceinline__ void backward_dkdv_impl(T* dqkv, const T* dout, const
         if (w0 >= T_ || qq0 + BQ - 1 < w0) {
             continue; // warp-uniform: no real key, or every query of the tile precedes every key
         }
-        FragC st[NT], dpt[NT]; // (16, BQ) S^T and dP^T of the warp's keys
-        zero(st);
-        zero(dpt);
+        // the tile's products, dS and dK dV's updates (EDGE: with the tests, see `Edge`)
+        const auto tile = [&](auto edge) {
+            constexpr bool EDGE = decltype(edge)::value;
+            FragC st[NT], dpt[NT]; // (16, BQ) S^T and dP^T of the warp's keys
+            zero(st);
+            zero(dpt);
 #pragma unroll
-        for (int kk = 0; kk < KS; ++kk) {
-            FragA<T> ka, va;
-            if constexpr (KEEP) {
-                ka = kf[kk];
-                va = vf[kk];
+            for (int kk = 0; kk < KS; ++kk) {
+                FragA<T> ka, va;
+                if constexpr (KEEP) {
+                    ka = kf[kk];
+                    va = vf[kk];
+                } else {
+                    ka = load_a_global(head + C, C3, w0, T_, 16 * kk);
+                    va = load_a_global(head + 2 * C, C3, w0, T_, 16 * kk);
+                }
+#pragma unroll
+                for (int n = 0; n < NT; ++n) {
+                    const int n0 = qq0 + 8 * n;
+                    if (!EDGE || (n0 + 7 >= w0 && n0 < T_)) { // warp-uniform; skipped n-tiles are all masked
+                        mma(st[n], ka, load_b_nk<T, LD>(qs, 8 * n, 16 * kk));
+                        mma(dpt[n], va, load_b_nk<T, LD>(dos, 8 * n, 16 * kk));
+                    }
+                }
+            }
+            if (!EDGE) { // (else some query of the tile does not see some key)
+                dkdv_scores<false>(st, dpt, lse2s, ds, sl2, w0, qq0, T_);
             } else {
-                ka = load_a_global(head + C, C3, w0, T_, 16 * kk);
-                va = load_a_global(head + 2 * C, C3, w0, T_, 16 * kk);
+                dkdv_scores<true>(st, dpt, lse2s, ds, sl2, w0, qq0, T_);
             }
 #pragma unroll
-            for (int n = 0; n < NT; ++n) {
-                const int n0 = qq0 + 8 * n;
-                if (n0 + 7 >= w0 && n0 < T_) { // warp-uniform; skipped n-tiles are all masked
-                    mma(st[n], ka, load_b_nk<T, LD>(qs, 8 * n, 16 * kk));
-                    mma(dpt[n], va, load_b_nk<T, LD>(dos, 8 * n, 16 * kk));
+            for (int kk = 0; kk < BQ / 16; ++kk) {
+                const int n0 = qq0 + 16 * kk;
+                if (!EDGE || (n0 + 15 >= w0 && n0 < T_)) {
+                    const FragA<T> pa = a_from_c<T>(st[2 * kk], st[2 * kk + 1]);
+                    const FragA<T> dsa = a_from_c<T>(dpt[2 * kk], dpt[2 * kk + 1]);
+#pragma unroll
+                    for (int n = 0; n < NO; ++n) {
+                        mma(dv[n], pa, load_b_kn<T, LD>(dos, 16 * kk, 8 * n));
+                        mma(dk[n], dsa, load_b_kn<T, LD>(qs, 16 * kk, 8 * n));
+                    }
                 }
             }
-        }
-        if (w0 + 15 <= qq0 && qq0 + BQ <= T_) { // warp-uniform: no query of the tile hidden
-            dkdv_scores<false>(st, dpt, lse2s, ds, sl2, w0, qq0, T_);
-        } else {
-            dkdv_scores<true>(st, dpt, lse2s, ds, sl2, w0, qq0, T_);
-        }
-#pragma unroll
-        for (int kk = 0; kk < BQ / 16; ++kk) {
-            const int n0 = qq0 + 16 * kk;
-            if (n0 + 15 >= w0 && n0 < T_) {
-                const FragA<T> pa = a_from_c<T>(st[2 * kk], st[2 * kk + 1]);
-                const FragA<T> dsa = a_from_c<T>(dpt[2 * kk], dpt[2 * kk + 1]);
-#pragma unroll
-                for (int n = 0; n < NO; ++n) {
-                    mma(dv[n], pa, load_b_kn<T, LD>(dos, 16 * kk, 8 * n));
-                    mma(dk[n], dsa, load_b_kn<T, LD>(qs, 16 * kk, 8 * n));
-                }
-            }
-        }
+        };
+        run_tile<T>(w0 + 15 <= qq0 && qq0 + BQ <= T_, tile); // every query sees every key
     }
 
 #pragma unroll
@@ -791,7 +849,7 @@ __device__ __forceinline__ void dq_scores(FragC (&s)[NT], const FragC (&dp)[NT],
         for (int e = 0; e < 4; ++e) {
             const int row = w0 + g + 8 * (e >> 1);
             const int key = k0 + 8 * n + 2 * t4 + (e & 1);
-            const float p = (!MASK || visible(key, row, T_)) ? exp2f(s[n].x[e] * sl2 - lse2[e >> 1]) : 0.0f;
+            const float p = (!MASK || visible(key, row, T_)) ? exp2_ftz(s[n].x[e] * sl2 - lse2[e >> 1]) : 0.0f;
             s[n].x[e] = p * (dp[n].x[e] - dr[e >> 1]);
         }
     }
@@ -883,47 +941,52 @@ __device__ __forceinline__ void backward_dq_impl(T* dqkv, const T* dout, const T
         if (k0 > w_last) {
             continue; // warp-uniform: no key of the tile is visible to this warp's queries
         }
-        FragC s[M][NT], dp[M][NT]; // (16 M, BK)
-        zero(s);
-        zero(dp);
+        // the tile's products, dS and dQ's update (EDGE: with the tests, see `Edge`)
+        const auto tile = [&](auto edge) {
+            constexpr bool EDGE = decltype(edge)::value;
+            FragC s[M][NT], dp[M][NT]; // (16 M, BK)
+            zero(s);
+            zero(dp);
 #pragma unroll
-        for (int kk = 0; kk < KS; ++kk) {
-            FragA<T> qa[M], da[M];
+            for (int kk = 0; kk < KS; ++kk) {
+                FragA<T> qa[M], da[M];
 #pragma unroll
-            for (int i = 0; i < M; ++i) {
-                if constexpr (KEEP) {
-                    qa[i] = qf[i][kk];
-                    da[i] = df[i][kk];
-                } else {
-                    qa[i] = load_a_global(head, C3, w0 + 16 * i, T_, 16 * kk);
-                    da[i] = load_a_global(dhead, (size_t)C, w0 + 16 * i, T_, 16 * kk);
+                for (int i = 0; i < M; ++i) {
+                    if constexpr (KEEP) {
+                        qa[i] = qf[i][kk];
+                        da[i] = df[i][kk];
+                    } else {
+                        qa[i] = load_a_global(head, C3, w0 + 16 * i, T_, 16 * kk);
+                        da[i] = load_a_global(dhead, (size_t)C, w0 + 16 * i, T_, 16 * kk);
+                    }
                 }
-            }
 #pragma unroll
-            for (int n = 0; n < NT; ++n) {
-                if (k0 + 8 * n <= w_last) { // warp-uniform; skipped n-tiles are all masked
-                    const FragB<T> kb = load_b_nk<T, LD>(ks, 8 * n, 16 * kk);
-                    const FragB<T> vb = load_b_nk<T, LD>(vs, 8 * n, 16 * kk);
+                for (int n = 0; n < NT; ++n) {
+                    if (!EDGE || k0 + 8 * n <= w_last) { // warp-uniform; skipped n-tiles are all masked
+                        const FragB<T> kb = load_b_nk<T, LD>(ks, 8 * n, 16 * kk);
+                        const FragB<T> vb = load_b_nk<T, LD>(vs, 8 * n, 16 * kk);
 #pragma unroll
-                    for (int i = 0; i < M; ++i) {
-                        if (k0 + 8 * n <= r_last[i]) {
-                            mma(s[i][n], qa[i], kb);
-                            mma(dp[i][n], da[i], vb);
+                        for (int i = 0; i < M; ++i) {
+                            if (!EDGE || k0 + 8 * n <= r_last[i]) {
+                                mma(s[i][n], qa[i], kb);
+                                mma(dp[i][n], da[i], vb);
+                            }
                         }
                     }
                 }
             }
-        }
 #pragma unroll
-        for (int i = 0; i < M; ++i) {
-            const int r0 = w0 + 16 * i;
-            if (k0 + BK - 1 <= r0 && k0 + BK <= T_ && r0 + 15 < T_) { // warp-uniform: none hidden
-                dq_scores<false>(s[i], dp[i], lse2[i], dr[i], sl2, r0, k0, T_);
-            } else {
-                dq_scores<true>(s[i], dp[i], lse2[i], dr[i], sl2, r0, k0, T_);
+            for (int i = 0; i < M; ++i) {
+                const int r0 = w0 + 16 * i;
+                if (!EDGE || (k0 + BK - 1 <= r0 && k0 + BK <= T_ && r0 + 15 < T_)) { // warp-uniform: none hidden
+                    dq_scores<false>(s[i], dp[i], lse2[i], dr[i], sl2, r0, k0, T_);
+                } else {
+                    dq_scores<true>(s[i], dp[i], lse2[i], dr[i], sl2, r0, k0, T_);
+                }
             }
-        }
-        mma_tile<T, LD, BK, NO, M>(dq, s, ks, k0, r_last); // dq += ds k
+            mma_tile<T, LD, BK, NO, M, EDGE>(dq, s, ks, k0, r_last); // dq += ds k
+        };
+        run_tile<T>(k0 + BK - 1 <= w0 && k0 + BK <= T_ && w0 + Cfg::WARP_ROWS <= T_, tile); // none hidden
     }
 
 #pragma unroll
@@ -982,14 +1045,16 @@ FLASH_DKDV(flash_attention_backward_dkdv_hs128, float, 128)
 FLASH_DKDV(flash_attention_backward_dkdv_hs128_bf16, __nv_bfloat16, 128)
 
 // dQ (accumulated into dqkv (B,T,3C)): grid (ceil(T/ROWS), NH, B), 128 threads, ROWS = 64 M
-// (the _q32 kernel: M = 2, 32 queries a warp).
-#define FLASH_DQ(NAME, TYPE, HS, M)                                                                      \
-    extern "C" __global__ void __launch_bounds__(flash::THREADS) NAME(                                 \
+// (the _q32 kernel: M = 2, 32 queries a warp). MIN_BLOCKS as the forward's (bf16 HS=64, M=1: 3,
+// at most 168 registers, which it needs without spilling; unbounded it took 170, which the
+// allocation's granularity of 8 rounds to 176: 2 blocks).
+#define FLASH_DQ(NAME, TYPE, HS, M, MIN_BLOCKS)                                                          \
+    extern "C" __global__ void __launch_bounds__(flash::THREADS, MIN_BLOCKS) NAME(                     \
         TYPE* dqkv, const TYPE* dout, const TYPE* qkv, const float* lse, const float* d, int B, int T, int NH) { \
         flash::backward_dq_impl<TYPE, HS, M>(dqkv, dout, qkv, lse, d, B, T, NH);                       \
     }
-FLASH_DQ(flash_attention_backward_dq_hs64, float, 64, 1)
-FLASH_DQ(flash_attention_backward_dq_hs64_bf16, __nv_bfloat16, 64, 1)
-FLASH_DQ(flash_attention_backward_dq_hs64_bf16_q32, __nv_bfloat16, 64, 2)
-FLASH_DQ(flash_attention_backward_dq_hs128, float, 128, 1)
-FLASH_DQ(flash_attention_backward_dq_hs128_bf16, __nv_bfloat16, 128, 1)
+FLASH_DQ(flash_attention_backward_dq_hs64, float, 64, 1, 1)
+FLASH_DQ(flash_attention_backward_dq_hs64_bf16, __nv_bfloat16, 64, 1, 3)
+FLASH_DQ(flash_attention_backward_dq_hs64_bf16_q32, __nv_bfloat16, 64, 2, 2)
+FLASH_DQ(flash_attention_backward_dq_hs128, float, 128, 1, 1)
+FLASH_DQ(flash_attention_backward_dq_hs128_bf16, __nv_bfloat16, 128, 1, 1)

@@ -16,13 +16,45 @@ __device__ __forceinline__ void softmax_merge(float& m, float& s, float m2, floa
     m = mn;
 }
 
-// Adds the value v to the online softmax (m, s) of one thread: s is the sum of exp(x - m) so far.
-__device__ __forceinline__ void softmax_add(float& m, float& s, float v) {
-    if (v > m) {
-        s = s * expf(m - v) + 1.0f;
-        m = v;
+constexpr float LOG2E = 1.4426950408889634f;
+
+// exp(x - m) for a row's softmax, from base = row_exp_base<T>(m). fp32 logits: expf (the reference
+// path, within an ulp of the CPU twin's). bf16 logits: 2^(x log2 e - m log2 e), one FFMA and one
+// ex2.approx.ftz where expf is about eight instructions; the exponent's rounding adds at most
+// about 2e-6 relative at the row's smallest terms (|x - m| log2 e < 32), far inside bf16's 2^-9.
+template <typename T> __device__ __forceinline__ float row_exp_base(float m) {
+    return sizeof(T) == 2 ? m * LOG2E : m;
+}
+template <typename T> __device__ __forceinline__ float row_exp(float x, float base) {
+    if constexpr (sizeof(T) == 2) {
+        return exp2_ftz(fmaf(x, LOG2E, -base));
     } else {
-        s += expf(v - m);
+        return expf(x - base);
+    }
+}
+
+// Adds the first n of the N values v (n >= 1) to the online softmax (m, s) of one thread: s is
+// the sum of exp(x - m) so far. The values' max first, so that s is rescaled at most once and
+// each value costs one exponential, with no branch per value. A NaN value makes s NaN.
+template <typename T, int N>
+__device__ __forceinline__ void softmax_add(float& m, float& s, const float (&v)[N], int n) {
+    float mx = m;
+#pragma unroll
+    for (int j = 0; j < N; j++) {
+        if (j < n) {
+            mx = fmaxf(mx, v[j]);
+        }
+    }
+    const float base = row_exp_base<T>(mx);
+    if (mx > m) {
+        s *= row_exp<T>(m, base); // (0 while m is -inf)
+        m = mx;
+    }
+#pragma unroll
+    for (int j = 0; j < N; j++) {
+        if (j < n) {
+            s += row_exp<T>(v[j], base);
+        }
     }
 }
 
@@ -69,13 +101,17 @@ __device__ __forceinline__ void fused_classifier_impl(T* logits, float* losses, 
             // i is a multiple of P below V <= Vp, and Vp a multiple of P: the pack is in the row
             for (int i = threadIdx.x * P; i < V; i += blockDim.x * P) {
                 const Packed<T> p = load_packed(x + i);
-                for (int j = 0; j < P && i + j < V; j++) {
-                    softmax_add(m, s, to_float(p.v[j]));
+                float v[P];
+#pragma unroll
+                for (int j = 0; j < P; j++) {
+                    v[j] = to_float(p.v[j]);
                 }
+                softmax_add<T>(m, s, v, min(P, V - i));
             }
         } else {
             for (int i = threadIdx.x; i < V; i += blockDim.x) {
-                softmax_add(m, s, to_float(x[i]));
+                const float v[1] = {to_float(x[i])};
+                softmax_add<T>(m, s, v, 1);
             }
         }
         for (int offset = 16; offset > 0; offset >>= 1) {
@@ -117,12 +153,13 @@ __device__ __forceinline__ void fused_classifier_impl(T* logits, float* losses, 
         return;
     }
     const float inv = 1.0f / s;
+    const float base = row_exp_base<T>(m);
     // (p - onehot) * dloss for a column below V, 0 in the padding
     auto dlogit = [&](int i, float v) -> T {
         if (i >= V) {
             return from_float<T>(0.0f);
         }
-        const float p = expf(v - m) * inv;
+        const float p = row_exp<T>(v, base) * inv;
         const float indicator = (unsigned int)i == target ? 1.0f : 0.0f;
         return from_float<T>((p - indicator) * dloss);
     };

@@ -406,24 +406,6 @@ __device__ __forceinline__ float group_sum(float v) {
     return v + __shfl_xor_sync(FULL, v, 2);
 }
 
-// 2^x, with results below 2^-126 flushed to zero: one `ex2.approx.ftz` (MUFU.EX2 in SASS) per
-// score, where exp2f keeps subnormal results and ptxas wraps each of its `ex2.approx` in a range
-// test and two multiplies (sm_90: four instructions a score, next to the tensor cores' 2 HS
-// multiply-adds in each of the two products). Same accuracy otherwise (2 ulp). Every argument
-// here is <= 0 up to rounding (a score less its row's max or log-sum-exp), and a flushed
-// probability below 2^-126 weighs nothing next to the row's largest, which is about 1;
-// exp2(-inf) is still 0.
-__device__ __forceinline__ float exp2_ftz(float x) {
-#ifdef CUDA_HOST_EMULATION
-    const float y = exp2f(x);
-    return y < 1.17549435e-38f ? 0.0f : y; // FLT_MIN
-#else
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-#endif
-}
-
 // dst[0..1] = (a, b) rounded to T, one 32/64-bit store (dst is 8-byte aligned for float, 4 for bf16).
 __device__ __forceinline__ void store_pair(float* dst, float a, float b) {
     *reinterpret_cast<float2*>(dst) = make_float2(a, b);

@@ -910,13 +910,21 @@ fn attention_softmax_matches_cpu() {
 /// The fused classifier in T on both of its paths (Vp = 128: 16-byte packs; Vp = 103 or a
 /// misaligned buffer: single elements), as the model runs it: first the losses alone, saving each
 /// row's softmax max and sum (logits untouched), then the backward with those statistics; and the
-/// backward computing them itself, which must give bitwise the same dlogits and losses.
+/// backward computing them itself, which must give bitwise the same dlogits and losses. The rows
+/// of V = 20011 (one sequence, T = 1) give each of a block's threads several packs or elements,
+/// so that its running max rises and its sum must be rescaled.
 fn classifier_case<T: Storage>(seed0: u64) {
     let k = kernels("classifier");
     let u = T::unit();
-    let v = 101;
-    for (vp, misaligned) in [(128, false), (128, true), (103, false)] {
-        for t in TS {
+    for (v, vp, misaligned) in [
+        (101, 128, false),
+        (101, 128, true),
+        (101, 103, false),
+        (20011, 20016, false),
+        (20011, 20011, false),
+    ] {
+        let ts: &[usize] = if v > 1000 { &[1] } else { &TS };
+        for &t in ts {
             let n = B * t;
             let mut rng = Rng::new(seed0 + t as u64 + vp as u64);
             let mut logits = rand(&mut rng, n * vp, 4.0);
@@ -930,7 +938,7 @@ fn classifier_case<T: Storage>(seed0: u64) {
                 cpu::classifier::fused_classifier(&logits, dloss, &targets, B, t, v, vp);
             let d_targets = k.upload(&targets, false);
             let d_stats = up::<f32>(&k, &rand(&mut rng, 2 * n, 9.0), false);
-            let case = format!("classifier (Vp {vp}, misaligned {misaligned})");
+            let case = format!("classifier (V {v}, Vp {vp}, misaligned {misaligned})");
             // launches fused_classifier; stats: None passes a null row_stats
             let run =
                 |logits: &emu::Buf, write: i32, stats: Option<(&emu::Buf, i32)>, order: u32| {

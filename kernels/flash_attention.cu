@@ -435,7 +435,12 @@ template <bool V> struct Edge {
 // tile(Edge<false>{}) where `interior`, else tile(Edge<true>{}). Only the bf16 kernels have the
 // interior body: in the fp32 ones each emulated product is about 200 instructions, next to which
 // the tests weigh nothing, and one body keeps their PTX half the size.
+// (Compiled with -DFLASH_COUNT_INTERIOR, every tile takes the interior body: wrong results, but
+// the loop then holds that body alone, for `tools/sass-stats --interior` to count.)
 template <typename T, typename Tile> __device__ __forceinline__ void run_tile(bool interior, Tile&& tile) {
+#ifdef FLASH_COUNT_INTERIOR
+    interior = true;
+#endif
     if constexpr (sizeof(T) == 2) {
         if (interior) {
             tile(Edge<false>{});

@@ -2,18 +2,15 @@
 //! validation losses compared by hand, a run that drifts fails, bad input is exit status 2; then
 //! on real curves: the bf16 engine emulated on the CPU against fp32, on the default corpus.
 
+mod python_tool;
+
 use std::path::PathBuf;
-use std::process::Command;
 use train_gpt2_cuda::config::GPT2Config;
 use train_gpt2_cuda::cpu::adamw::AdamW;
 use train_gpt2_cuda::cpu::model::Gpt2Cpu;
 use train_gpt2_cuda::data::{self, DataLoader};
 use train_gpt2_cuda::params::init_params;
 use train_gpt2_cuda::train;
-
-fn root() -> String {
-    std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())
-}
 
 /// A log of `losses` (one `step` line each) with validation losses `vals` (first, last).
 fn log(dir: &std::path::Path, name: &str, losses: &[f32], vals: [f32; 2]) -> PathBuf {
@@ -32,14 +29,7 @@ fn log(dir: &std::path::Path, name: &str, losses: &[f32], vals: [f32; 2]) -> Pat
 }
 
 fn run(args: &[&str]) -> (i32, String) {
-    let out = Command::new("python3")
-        .arg(format!("{}/tools/loss_band.py", root()))
-        .args(args)
-        .output()
-        .expect("python3 runs");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
+    python_tool::run("loss_band.py", args)
 }
 
 #[test]

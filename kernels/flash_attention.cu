@@ -787,7 +787,7 @@ __device__ __forceinline__ void backward_dkdv_impl(T* dqkv, const T* dout, const
                     }
                 }
             }
-            if (!EDGE) { // (else some query of the tile does not see some key)
+            if (!EDGE || (w0 + 15 <= qq0 && qq0 + BQ <= T_)) { // warp-uniform: no query of the tile hidden
                 dkdv_scores<false>(st, dpt, lse2s, ds, sl2, w0, qq0, T_);
             } else {
                 dkdv_scores<true>(st, dpt, lse2s, ds, sl2, w0, qq0, T_);

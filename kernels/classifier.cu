@@ -16,8 +16,6 @@ __device__ __forceinline__ void softmax_merge(float& m, float& s, float m2, floa
     m = mn;
 }
 
-constexpr float LOG2E = 1.4426950408889634f;
-
 // exp(x - m) for a row's softmax, from base = row_exp_base<T>(m). fp32 logits: expf (the reference
 // path, within an ulp of the CPU twin's). bf16 logits: 2^(x log2 e - m log2 e), one FFMA and one
 // ex2.approx.ftz where expf is about eight instructions; the exponent's rounding adds at most

@@ -64,6 +64,9 @@ __device__ __forceinline__ bool aligned16(const void* p) {
 }
 
 // ---- fast exponentials -----------------------------------------------------------------------
+// log2(e): exp(x) = exp2(x log2 e), for the kernels that take their exponentials through exp2.
+constexpr float LOG2E = 1.4426950408889634f;
+
 // 2^x, with results below 2^-126 flushed to zero: one `ex2.approx.ftz` (MUFU.EX2 in SASS), where
 // exp2f keeps subnormal results and ptxas wraps each of its `ex2.approx` in a range test and two
 // multiplies; expf is about eight instructions. Same accuracy otherwise (2 ulp). For softmaxes,

@@ -54,7 +54,6 @@ constexpr int BLOCK_ROWS = 16 * WARPS;
 // Shared-memory rows are padded by 8 elements: 16-byte aligned, and the fragment loads below
 // fall on distinct banks.
 constexpr int PAD = 8;
-constexpr float LOG2E = 1.4426950408889634f;
 constexpr float LN2 = 0.6931471805599453f;
 constexpr unsigned FULL = 0xffffffffu;
 
@@ -455,6 +454,11 @@ __device__ __forceinline__ bool visible(int key, int query, int T_) {
     return key <= query && query < T_ && key < T_;
 }
 
+// Whether every key k0..k0+BK-1 of a tile is real and visible to every query from `first` on.
+__device__ __forceinline__ bool tile_visible_from(int k0, int BK, int first, int T_) {
+    return k0 + BK - 1 <= first && k0 + BK <= T_;
+}
+
 // Forward: s (16 rows w0.., BK keys k0..: the products q.k, unscaled) <- -inf where the key is
 // hidden (MASK); mx (rows w0+g, w0+g+8) <- max(mx, the row's scores). The scale comes with the
 // exponent, one FFMA a score (exp2(s sl2 - m sl2), as FlashAttention 2): sl2 > 0, so the max of
@@ -580,7 +584,7 @@ __device__ __forceinline__ void forward_impl(T* out, float* lse, const T* qkv, i
             for (int i = 0; i < M; ++i) {
                 const int r0 = w0 + 16 * i;
                 float mx[2] = {m[i][0], m[i][1]};
-                if (!EDGE || (k0 + BK - 1 <= r0 && k0 + BK <= T_)) { // warp-uniform: no key of the tile is hidden
+                if (!EDGE || tile_visible_from(k0, BK, r0, T_)) { // warp-uniform: no key of the tile is hidden
                     scores_and_max<false>(s[i], mx, r0, k0, T_);
                 } else {
                     scores_and_max<true>(s[i], mx, r0, k0, T_);
@@ -617,7 +621,7 @@ __device__ __forceinline__ void forward_impl(T* out, float* lse, const T* qkv, i
             }
             mma_tile<T, LD, BK, NO, M, EDGE>(o, s, vt, k0, r_last); // o += p v
         };
-        run_tile<T>(k0 + BK - 1 <= w0 && k0 + BK <= T_, tile); // every key visible to every query
+        run_tile<T>(tile_visible_from(k0, BK, w0, T_), tile);
     }
 
 #pragma unroll
@@ -965,7 +969,7 @@ __device__ __forceinline__ void backward_dq_impl(T* dqkv, const T* dout, const T
 #pragma unroll
             for (int i = 0; i < M; ++i) {
                 const int r0 = w0 + 16 * i;
-                if (!EDGE || (k0 + BK - 1 <= r0 && k0 + BK <= T_ && r0 + 15 < T_)) { // warp-uniform: none hidden
+                if (!EDGE || (tile_visible_from(k0, BK, r0, T_) && r0 + 15 < T_)) { // warp-uniform: none hidden
                     dq_scores<false>(s[i], dp[i], lse2[i], dr[i], sl2, r0, k0, T_);
                 } else {
                     dq_scores<true>(s[i], dp[i], lse2[i], dr[i], sl2, r0, k0, T_);
@@ -973,7 +977,7 @@ __device__ __forceinline__ void backward_dq_impl(T* dqkv, const T* dout, const T
             }
             mma_tile<T, LD, BK, NO, M, EDGE>(dq, s, ks, k0, r_last); // dq += ds k
         };
-        run_tile<T>(k0 + BK - 1 <= w0 && k0 + BK <= T_ && w0 + Cfg::WARP_ROWS <= T_, tile); // none hidden
+        run_tile<T>(tile_visible_from(k0, BK, w0, T_) && w0 + Cfg::WARP_ROWS <= T_, tile); // rows all real
     }
 
 #pragma unroll

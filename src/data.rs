@@ -224,20 +224,37 @@ impl DataLoader {
         self.rng = self.seed.map(Rng::new);
         self.epoch = 0;
         self.batches_served = 0;
-        self.start_epoch()
+        self.start_epoch();
+        self.load_shard()
+    }
+
+    /// Moves on `n` batches as if [`next_batch`](Self::next_batch) had served them (the same
+    /// epochs, shard and chunk orders), reading only the shard it stops in: how a resumed run
+    /// finds its place in the data.
+    pub fn skip_batches(&mut self, mut n: u64) -> Result<()> {
+        while n > 0 {
+            if self.chunk_pos == self.chunk_order.len() {
+                self.next_shard();
+            }
+            let left = (self.chunk_order.len() - self.chunk_pos) as u64;
+            let k = n.min(left);
+            self.chunk_pos += k as usize;
+            self.batches_served += k as usize;
+            n -= k;
+        }
+        // at the end of a shard, the next batch comes from the next one (next_batch reads it)
+        if self.chunk_pos < self.chunk_order.len() {
+            self.load_shard()?;
+        }
+        Ok(())
     }
 
     /// The next batch: (inputs (B, T), targets (B, T)), targets[i] = the token after inputs[i].
     /// Wraps around to a new epoch after the last batch. Errors if a shard it loads is bad.
     pub fn next_batch(&mut self) -> Result<(&[u32], &[u32])> {
         if self.chunk_pos == self.chunk_order.len() {
-            self.shard_pos += 1;
-            if self.shard_pos == self.shard_order.len() {
-                self.epoch += 1;
-                self.start_epoch()?;
-            } else {
-                self.enter_shard()?;
-            }
+            self.next_shard();
+            self.load_shard()?;
         }
         let bt = self.b * self.t;
         let off = self.chunk_order[self.chunk_pos] * bt;
@@ -292,39 +309,58 @@ impl DataLoader {
     }
 
     /// Starts an epoch: a shard order (permuted in shuffled mode) and its first shard.
-    fn start_epoch(&mut self) -> Result<()> {
+    fn start_epoch(&mut self) {
         self.shard_order = (0..self.files.len()).collect();
         if let Some(rng) = self.rng.as_mut() {
             rng.shuffle(&mut self.shard_order);
         }
         self.shard_pos = 0;
-        self.enter_shard()
+        self.enter_shard();
     }
 
-    /// Loads the shard at `shard_pos` (unless it is already loaded) and orders its chunks.
-    fn enter_shard(&mut self) -> Result<()> {
-        let idx = self.shard_order[self.shard_pos];
-        if self.loaded != Some(idx) {
-            let path = &self.files[idx];
-            let tokens = read_shard(path)?;
-            if tokens.len() != self.lens[idx] {
-                bail!(
-                    "{}: the shard changed while training: it had {} tokens, now {}",
-                    path.display(),
-                    self.lens[idx],
-                    tokens.len()
-                );
-            }
-            check_tokens(path, &tokens, self.vocab_size)?;
-            self.tokens = tokens;
-            self.loaded = Some(idx);
+    /// The next shard of the epoch, or the first of the next epoch after the last.
+    fn next_shard(&mut self) {
+        self.shard_pos += 1;
+        if self.shard_pos == self.shard_order.len() {
+            self.epoch += 1;
+            self.start_epoch();
+        } else {
+            self.enter_shard();
         }
+    }
+
+    /// Orders the chunks of the shard at `shard_pos` (permuted in shuffled mode); its tokens are
+    /// read by [`load_shard`](Self::load_shard).
+    fn enter_shard(&mut self) {
+        let idx = self.shard_order[self.shard_pos];
         let chunks = (self.lens[idx] - 1) / (self.b * self.t);
         self.chunk_order = (0..chunks).collect();
         if let Some(rng) = self.rng.as_mut() {
             rng.shuffle(&mut self.chunk_order);
         }
         self.chunk_pos = 0;
+    }
+
+    /// Reads the tokens of the shard at `shard_pos` unless they are already loaded, checking
+    /// them.
+    fn load_shard(&mut self) -> Result<()> {
+        let idx = self.shard_order[self.shard_pos];
+        if self.loaded == Some(idx) {
+            return Ok(());
+        }
+        let path = &self.files[idx];
+        let tokens = read_shard(path)?;
+        if tokens.len() != self.lens[idx] {
+            bail!(
+                "{}: the shard changed while training: it had {} tokens, now {}",
+                path.display(),
+                self.lens[idx],
+                tokens.len()
+            );
+        }
+        check_tokens(path, &tokens, self.vocab_size)?;
+        self.tokens = tokens;
+        self.loaded = Some(idx);
         Ok(())
     }
 }

@@ -9,6 +9,30 @@ use crate::cpu::model::Gpt2Cpu;
 use crate::precision::Precision;
 use anyhow::Result;
 
+/// AdamW's state on the host (what `--resume` restores beside the model file): the moments and,
+/// for an engine with bf16 weights, the fp32 master weights they are rounded from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OptimizerState {
+    pub m: Vec<f32>, // (num_parameters) first moment
+    pub v: Vec<f32>, // (num_parameters) second moment
+    /// (num_parameters) fp32 master weights; None for an engine that updates fp32 weights.
+    pub master: Option<Vec<f32>>,
+}
+
+impl OptimizerState {
+    /// An error unless every array holds `n` values (a model of `n` parameters).
+    pub fn check_len(&self, n: usize) -> Result<()> {
+        let lens = [Some(&self.m), Some(&self.v), self.master.as_ref()];
+        if let Some(bad) = lens.into_iter().flatten().find(|a| a.len() != n) {
+            anyhow::bail!(
+                "the optimizer state has arrays of {} values, the model {n} parameters",
+                bad.len()
+            );
+        }
+        Ok(())
+    }
+}
+
 pub trait Engine {
     /// The model's dimensions.
     fn config(&self) -> &GPT2Config;
@@ -34,6 +58,13 @@ pub trait Engine {
     fn params(&mut self) -> Result<Vec<f32>>;
     /// The parameter gradients, on the host, in checkpoint order.
     fn grads(&mut self) -> Result<Vec<f32>>;
+    /// AdamW's moments (and master weights), on the host, in checkpoint order.
+    fn optimizer_state(&mut self) -> Result<OptimizerState>;
+    /// Restores what [`optimizer_state`](Self::optimizer_state) gave, to continue a run. Master
+    /// weights become those of an engine that keeps them; an engine without them computes with
+    /// them instead (a bf16 run continued in fp32). An engine with master weights given none
+    /// keeps its own: the fp32 parameters it was built with (an fp32 run continued in bf16).
+    fn set_optimizer_state(&mut self, state: &OptimizerState) -> Result<()>;
     /// The logits (B, T, Vp) of the last forward (call before backward).
     fn logits(&mut self) -> Result<Vec<f32>>;
     /// The logits (Vp) at batch row `bi`, position `ti` of the last forward.
@@ -107,6 +138,12 @@ impl Engine for Gpt2Cpu {
     }
     fn grads(&mut self) -> Result<Vec<f32>> {
         Ok(self.grads.clone())
+    }
+    fn optimizer_state(&mut self) -> Result<OptimizerState> {
+        Ok(Gpt2Cpu::optimizer_state(self))
+    }
+    fn set_optimizer_state(&mut self, state: &OptimizerState) -> Result<()> {
+        Gpt2Cpu::set_optimizer_state(self, state)
     }
     fn logits(&mut self) -> Result<Vec<f32>> {
         Ok(Gpt2Cpu::logits(self).to_vec())

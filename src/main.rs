@@ -149,9 +149,22 @@ fn main() -> ExitCode {
 
 fn run_train(args: &TrainArgs) -> Result<ExitCode> {
     args.validate()?;
-    let (cfg, params) = train::load_model(&args.model, args.seed)?;
+    // --resume: the model is the checkpoint written with the training state
+    let resume = args
+        .resume
+        .as_deref()
+        .map(train::Resume::open)
+        .transpose()?;
+    let model = match &resume {
+        Some(r) => {
+            r.check_args(args)?;
+            r.model_path.to_string_lossy().into_owned()
+        }
+        None => args.model.clone(),
+    };
+    let (cfg, params) = train::load_model(&model, args.seed)?;
     let mut engine = create_engine(&args.engine_options(), cfg, params, args.batch, args.seq)?;
-    train::train(args, engine.as_mut())?;
+    train::train(args, engine.as_mut(), resume.as_ref())?;
     Ok(ExitCode::SUCCESS)
 }
 

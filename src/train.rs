@@ -8,11 +8,12 @@ use crate::cpu::adamw::AdamW;
 use crate::data::DataLoader;
 use crate::engine::Engine;
 use crate::formats::checkpoint::{read_checkpoint, write_checkpoint, CheckpointPrecision};
+use crate::formats::train_state::{read_train_state, write_train_state, DataPosition, TrainState};
 use crate::mfu::mfu;
 use crate::precision::Precision;
 use crate::sample::{generate, SampleOptions};
 use crate::tokenizer::Tokenizer;
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -89,6 +90,16 @@ pub struct TrainArgs {
     /// Where checkpoints go.
     #[arg(long, default_value = "out")]
     pub out_dir: PathBuf,
+    /// Continue a run exactly where its last checkpoint left it: from a training state
+    /// (state_NNNNNN.bin, written beside each model_NNNNNN.bin) or the latest one in a folder. The
+    /// model, AdamW's moments, the step and the place in the training data come from there; give
+    /// the run's other flags again (--steps may grow).
+    #[arg(long, value_name = "STATE_OR_DIR", conflicts_with = "model")]
+    pub resume: Option<PathBuf>,
+    /// Write no training state beside the checkpoints (it is 2 or 3 times the fp32 model's size:
+    /// AdamW's moments, and the fp32 master weights of a bf16 run); the run then cannot be resumed.
+    #[arg(long)]
+    pub no_state: bool,
     /// Tokens of text to sample at the end (0: none).
     #[arg(long, default_value_t = 64)]
     pub sample_tokens: usize,
@@ -225,6 +236,142 @@ pub fn load_model(model: &str, seed: u64) -> Result<(GPT2Config, Vec<f32>)> {
     Ok((cfg, crate::params::init_params(&cfg, seed)))
 }
 
+/// A checkpoint's file name: `model_000040.bin`, `state_000040.bin`.
+pub fn checkpoint_name(kind: &str, step: usize) -> String {
+    format!("{kind}_{step:06}.bin")
+}
+
+/// A run to continue (`--resume`): its training state and the model checkpoint written with it.
+#[derive(Debug)]
+pub struct Resume {
+    pub state_path: PathBuf,
+    pub model_path: PathBuf,
+    pub state: TrainState,
+}
+
+impl Resume {
+    /// Reads the training state `path` names (a state file, or the latest in a folder whose model
+    /// checkpoint is there too) and finds the model checkpoint of its step beside it.
+    pub fn open(path: &Path) -> Result<Resume> {
+        let state_path = if path.is_dir() {
+            latest_state(path)?
+        } else {
+            path.to_path_buf()
+        };
+        let state = read_train_state(&state_path)?;
+        let dir = state_path.parent().unwrap_or(Path::new("."));
+        let model_path = dir.join(checkpoint_name("model", state.step));
+        if !model_path.is_file() {
+            bail!(
+                "{}: the model checkpoint of its step {} ({}) is missing",
+                state_path.display(),
+                state.step,
+                model_path.display()
+            );
+        }
+        Ok(Resume {
+            state_path,
+            model_path,
+            state,
+        })
+    }
+
+    /// Checks that `args` continue the run: the same batches and data order, and steps left.
+    pub fn check_args(&self, args: &TrainArgs) -> Result<()> {
+        let (d, path) = (&self.state.data, self.state_path.display());
+        if (d.batch, d.seq) != (args.batch, args.seq) {
+            bail!(
+                "{path}: the run trained on batches of B={} x T={}; resume it with --batch {} --seq \
+                 {} (got --batch {} --seq {})",
+                d.batch,
+                d.seq,
+                d.batch,
+                d.seq,
+                args.batch,
+                args.seq
+            );
+        }
+        let order = |seed: Option<u64>| match seed {
+            Some(s) => format!("shuffled with seed {s} (--shuffle --seed {s})"),
+            None => "in order (no --shuffle)".to_string(),
+        };
+        let shuffle = args.shuffle.then_some(args.seed);
+        if d.shuffle_seed != shuffle {
+            bail!(
+                "{path}: the run read its training data {}; resume it the same way (got {})",
+                order(d.shuffle_seed),
+                order(shuffle)
+            );
+        }
+        if self.state.step >= args.steps {
+            bail!(
+                "{path}: the run is at step {} and --steps is {}: nothing left to train (give a \
+                 larger --steps)",
+                self.state.step,
+                args.steps
+            );
+        }
+        Ok(())
+    }
+
+    /// Puts the run's optimizer state into `engine` and `loader` where the run left its
+    /// training data (after checking it is the same data); returns the steps done.
+    fn restore(&self, engine: &mut dyn Engine, loader: &mut DataLoader) -> Result<usize> {
+        let (d, path) = (&self.state.data, self.state_path.display());
+        let have = (loader.num_tokens() as u64, loader.files().len());
+        if (d.tokens, d.shards) != have {
+            bail!(
+                "{path}: the run trained on {} shard(s) of {} tokens in all, --train '{}' has {} \
+                 of {}: resume it with the same training data",
+                d.shards,
+                d.tokens,
+                loader.pattern(),
+                have.1,
+                have.0
+            );
+        }
+        engine
+            .set_optimizer_state(&self.state.optimizer)
+            .with_context(|| format!("{path}: cannot resume"))?;
+        loader.skip_batches(d.batches_served)?;
+        Ok(self.state.step)
+    }
+}
+
+/// The training state of the highest step in `dir` whose model checkpoint is there too.
+fn latest_state(dir: &Path) -> Result<PathBuf> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))?;
+    let mut best: Option<(usize, PathBuf)> = None;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("{}: cannot list", dir.display()))?;
+        let name = entry.file_name();
+        let Some(digits) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("state_")?.strip_suffix(".bin"))
+        else {
+            continue;
+        };
+        if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(step) = digits.parse::<usize>() else {
+            continue;
+        };
+        let model = dir.join(format!("model_{digits}.bin"));
+        if model.is_file() && best.as_ref().is_none_or(|(s, _)| step > *s) {
+            best = Some((step, entry.path()));
+        }
+    }
+    best.map(|(_, p)| p).ok_or_else(|| {
+        anyhow!(
+            "{}: no training state to resume from (a run writes state_NNNNNN.bin beside each \
+             model_NNNNNN.bin checkpoint, unless --no-state)",
+            dir.display()
+        )
+    })
+}
+
 /// The average loss over `batches` batches of `loader` (from its start).
 pub fn evaluate(engine: &mut dyn Engine, loader: &mut DataLoader, batches: usize) -> Result<f32> {
     let _range = crate::gpu::nvtx::range(c"validation");
@@ -239,9 +386,17 @@ pub fn evaluate(engine: &mut dyn Engine, loader: &mut DataLoader, batches: usize
     Ok((sum / batches as f64) as f32)
 }
 
-/// Trains with `args` on `engine` (already holding the initial parameters).
-pub fn train(args: &TrainArgs, engine: &mut dyn Engine) -> Result<TrainSummary> {
+/// Trains with `args` on `engine` (already holding the initial parameters: the resumed run's
+/// model checkpoint, with `resume`).
+pub fn train(
+    args: &TrainArgs,
+    engine: &mut dyn Engine,
+    resume: Option<&Resume>,
+) -> Result<TrainSummary> {
     args.validate()?;
+    if let Some(r) = resume {
+        r.check_args(args)?;
+    }
     let cfg = *engine.config();
     let (b, t) = (args.batch, args.seq);
     crate::cpu::model::check_batch(&cfg, b, t)?;
@@ -256,6 +411,10 @@ pub fn train(args: &TrainArgs, engine: &mut dyn Engine) -> Result<TrainSummary> 
     let shuffle = args.shuffle.then_some(args.seed);
     let mut train_loader = DataLoader::new(&train_pattern, b, t, cfg.vocab_size, shuffle)?;
     let mut val_loader = DataLoader::new(&val_pattern, b, t, cfg.vocab_size, None)?;
+    let start = match resume {
+        Some(r) => r.restore(engine, &mut train_loader)?,
+        None => 0,
+    };
     let val_batches = args.val_batches.min(val_loader.num_batches().max(1));
     std::fs::create_dir_all(&args.out_dir).with_context(|| {
         format!(
@@ -284,6 +443,14 @@ pub fn train(args: &TrainArgs, engine: &mut dyn Engine) -> Result<TrainSummary> 
         args.steps,
         b * t * args.grad_accum
     );
+    if let Some(r) = resume {
+        println!(
+            "resume: {} at step {start} ({} batches of the training data served), model {}",
+            r.state_path.display(),
+            train_loader.batches_served(),
+            r.model_path.display()
+        );
+    }
 
     let mut summary = TrainSummary::default();
     let tokens_per_step = (b * t * args.grad_accum) as f64;
@@ -291,7 +458,8 @@ pub fn train(args: &TrainArgs, engine: &mut dyn Engine) -> Result<TrainSummary> 
     let profiled = if !args.profile {
         0..0
     } else if let Some(method) = engine.profile_method() {
-        let steps = profiled_steps(args.steps);
+        let steps = profiled_steps(args.steps - start);
+        let steps = start + steps.start..start + steps.end;
         println!(
             "profile: timing the kernel families of steps {}..={} by {method}",
             steps.start + 1,
@@ -306,7 +474,7 @@ pub fn train(args: &TrainArgs, engine: &mut dyn Engine) -> Result<TrainSummary> 
         );
         0..0
     };
-    for step in 0..args.steps {
+    for step in start..args.steps {
         let profile_this = profiled.contains(&step);
         let last = step + 1 == args.steps;
         if args.val_every > 0 && step % args.val_every == 0 {
@@ -374,7 +542,7 @@ pub fn train(args: &TrainArgs, engine: &mut dyn Engine) -> Result<TrainSummary> 
 
         let ckpt_due = args.checkpoint_every > 0 && (step + 1) % args.checkpoint_every == 0;
         if ckpt_due || last {
-            let path = args.out_dir.join(format!("model_{:06}.bin", step + 1));
+            let path = args.out_dir.join(checkpoint_name("model", step + 1));
             // the checkpoint holds the weights the engine computes with: version 3 (fp32) from
             // an fp32 engine, version 5 (bf16, exact) from a bf16 one
             let precision = match engine.precision() {
@@ -384,6 +552,24 @@ pub fn train(args: &TrainArgs, engine: &mut dyn Engine) -> Result<TrainSummary> 
             write_checkpoint(&path, &cfg, &engine.params()?, precision)?;
             println!("wrote {}", path.display());
             summary.checkpoint = Some(path);
+            // after the model: a state is only ever found beside its model (see latest_state)
+            if !args.no_state {
+                let state = TrainState {
+                    step: step + 1,
+                    data: DataPosition {
+                        batch: b,
+                        seq: t,
+                        shuffle_seed: shuffle,
+                        batches_served: train_loader.batches_served() as u64,
+                        tokens: train_loader.num_tokens() as u64,
+                        shards: train_loader.files().len(),
+                    },
+                    optimizer: engine.optimizer_state()?,
+                };
+                let path = args.out_dir.join(checkpoint_name("state", step + 1));
+                write_train_state(&path, &state)?;
+                println!("wrote {}", path.display());
+            }
         }
     }
     let val = evaluate(engine, &mut val_loader, val_batches)?;

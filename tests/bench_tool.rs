@@ -531,6 +531,7 @@ fn dry_run_prints_the_commands_and_runs_nothing() {
         "--steps 9",
         "--val-every 0",
         "--sample-tokens 0",
+        "--no-state",
     ] {
         assert!(first.contains(flag), "{first} lacks {flag}");
     }

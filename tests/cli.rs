@@ -203,6 +203,207 @@ fn trains_a_small_model_then_samples_from_its_checkpoint() {
     assert!(stdout.trim().len() > "ROMEO:".len(), "{stdout}");
 }
 
+/// A training log's step and validation lines without their timings: what a run and its resumed
+/// twin must print alike.
+fn log_numbers(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("step ") || l.starts_with("val loss"))
+        .map(|l| l.split(" | ").take(4).collect::<Vec<_>>().join(" | "))
+        .collect()
+}
+
+/// A run stopped at a checkpoint and resumed from its training state continues exactly: the same
+/// losses, gradient norms and validation losses, the same sample, byte-identical model and state
+/// at the end. The data are shuffled, so the resumed loader must find its place in the shuffled
+/// order, and the learning rate decays, so the step must be right too. With --no-state no state
+/// is written; errors for what cannot continue the run.
+#[test]
+fn a_resumed_run_continues_exactly() {
+    let dir = tmp_dir("resume");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let common = [
+        "--device",
+        "cpu",
+        "--batch",
+        "2",
+        "--lr",
+        "1e-2",
+        "--warmup",
+        "1",
+        "--val-every",
+        "2",
+        "--val-batches",
+        "2",
+        "--sample-tokens",
+        "8",
+        "--shuffle",
+        "--grad-accum",
+        "2",
+    ];
+    // the common flags, --seq 16 and --seed 5 unless `extra` gives its own, then `extra`
+    fn args<'a>(common: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        let mut a = common.to_vec();
+        for (flag, value) in [("--seq", "16"), ("--seed", "5")] {
+            if !extra.contains(&flag) {
+                a.extend([flag, value]);
+            }
+        }
+        a.extend_from_slice(extra);
+        a
+    }
+    let train = |extra: &[&str]| {
+        let (out, stdout, stderr) = run(bin().args(args(&common, extra)));
+        assert!(out.status.success(), "{extra:?}:\n{stdout}\n{stderr}");
+        stdout
+    };
+    let whole = train(&[
+        "--model",
+        "d1",
+        "--steps",
+        "7",
+        "--checkpoint-every",
+        "3",
+        "--out-dir",
+        &d("whole"),
+    ]);
+    for f in [
+        "model_000003.bin",
+        "state_000003.bin",
+        "model_000006.bin",
+        "state_000006.bin",
+    ] {
+        assert!(dir.join("whole").join(f).is_file(), "{f}:\n{whole}");
+    }
+    // from the state file of step 3
+    let from3 = train(&[
+        "--steps",
+        "7",
+        "--resume",
+        &d("whole/state_000003.bin"),
+        "--out-dir",
+        &d("from3"),
+    ]);
+    assert!(
+        from3.contains("resume: ") && from3.contains("at step 3 (6 batches"),
+        "{from3}"
+    );
+    let want = log_numbers(&whole);
+    assert_eq!(want.len(), 7 + 5, "7 steps and 5 validations:\n{whole}");
+    // the whole run's lines from step 4 on (validations at 4, 6 and the end)
+    assert_eq!(
+        log_numbers(&from3),
+        want[want.len() - 7..],
+        "{whole}\n{from3}"
+    );
+    let sample = |log: &str| log.split("top-k 40):").nth(1).map(str::to_owned);
+    assert!(sample(&whole).is_some());
+    assert_eq!(sample(&from3), sample(&whole));
+    for f in ["model_000007.bin", "state_000007.bin"] {
+        let a = std::fs::read(dir.join("whole").join(f)).unwrap();
+        let b = std::fs::read(dir.join("from3").join(f)).unwrap();
+        assert!(
+            a == b,
+            "{f} differs between the whole run and the resumed one"
+        );
+    }
+    // from the folder: its latest state whose model is there (step 6 once model 7 is gone); it
+    // validates at step 6 first, as the whole run did
+    std::fs::remove_file(dir.join("whole/model_000007.bin")).unwrap();
+    let from6 = train(&[
+        "--steps",
+        "7",
+        "--resume",
+        &d("whole"),
+        "--out-dir",
+        &d("from6"),
+    ]);
+    assert!(from6.contains("state_000006.bin at step 6"), "{from6}");
+    assert_eq!(
+        log_numbers(&from6),
+        want[want.len() - 3..],
+        "{whole}\n{from6}"
+    );
+    // --steps may grow: step 8 continues the decay of a 9-step schedule
+    let longer = train(&[
+        "--steps",
+        "9",
+        "--resume",
+        &d("from3"),
+        "--out-dir",
+        &d("longer"),
+    ]);
+    assert!(
+        log_numbers(&longer)[0].starts_with("step     8/9"),
+        "{longer}"
+    );
+
+    let no_state = train(&[
+        "--model",
+        "d1",
+        "--steps",
+        "1",
+        "--no-state",
+        "--out-dir",
+        &d("none"),
+    ]);
+    assert!(dir.join("none/model_000001.bin").is_file(), "{no_state}");
+    assert!(!dir.join("none/state_000001.bin").exists(), "{no_state}");
+
+    let resume_error = |extra: &[&str], needles: &[&str]| {
+        expect_error(&args(&common, extra), needles);
+    };
+    let state3 = d("whole/state_000003.bin");
+    resume_error(
+        &["--steps", "3", "--resume", &state3],
+        &["the run is at step 3 and --steps is 3: nothing left to train"],
+    );
+    resume_error(
+        &["--steps", "7", "--resume", &state3, "--seq", "17"],
+        &["the run trained on batches of B=2 x T=16; resume it with --batch 2 --seq 16"],
+    );
+    resume_error(
+        &["--steps", "7", "--resume", &state3, "--seed", "6"],
+        &["shuffled with seed 5 (--shuffle --seed 5)"],
+    );
+    resume_error(
+        &[
+            "--steps",
+            "7",
+            "--resume",
+            &state3,
+            "--train",
+            &fixture("../../data/shakespeare/val.bin"),
+        ],
+        &[
+            "the run trained on 1 shard(s) of",
+            "resume it with the same training data",
+        ],
+    );
+    resume_error(
+        &["--steps", "7", "--resume", &d("whole/model_000003.bin")],
+        &["this is a model checkpoint, not a training state"],
+    );
+    resume_error(
+        &["--steps", "7", "--resume", &d("none")],
+        &["no training state to resume from"],
+    );
+    std::fs::remove_file(dir.join("whole/model_000003.bin")).unwrap();
+    resume_error(
+        &["--steps", "7", "--resume", &state3],
+        &["the model checkpoint of its step 3", "is missing"],
+    );
+    let state6 = std::fs::read(dir.join("whole/state_000006.bin")).unwrap();
+    write(
+        &dir.join("whole/state_000006.bin"),
+        &state6[..state6.len() - 4],
+    );
+    resume_error(
+        &["--steps", "7", "--resume", &d("whole")],
+        &["state_000006.bin: training state is truncated"],
+    );
+}
+
 #[test]
 fn tokenizer_command_writes_gpt2_vocabulary() {
     let dir = tmp_dir("tok");

@@ -368,6 +368,45 @@ fn shuffled_is_reproducible_and_covers_every_chunk_once_per_epoch() {
     assert_ne!(chunk_starts(&mut other, 9), e1);
 }
 
+/// Skipping k batches lands where serving k batches does, shuffled or not, across shards and
+/// epochs (k = 0 to three epochs), and counts them; the shards passed over are not read (one of
+/// them is broken after the loader has checked it).
+#[test]
+fn skipping_batches_lands_where_serving_them_does() {
+    let dir = tmp_dir("skip");
+    // Shards a, b, c of 5, 4 and 3 chunks (B=2, T=4: 8 tokens a chunk): 12 batches an epoch.
+    ramp_shard(&dir.join("a.bin"), 1000, 41);
+    ramp_shard(&dir.join("b.bin"), 2000, 33);
+    ramp_shard(&dir.join("c.bin"), 3000, 25);
+    let pat = dir.join("*.bin").to_string_lossy().into_owned();
+    for seed in [None, Some(42)] {
+        let mut served = DataLoader::new(&pat, 2, 4, V, seed).unwrap();
+        let stream = chunk_starts(&mut served, 40);
+        for k in [0usize, 1, 4, 5, 9, 11, 12, 13, 30, 36] {
+            let mut dl = DataLoader::new(&pat, 2, 4, V, seed).unwrap();
+            dl.skip_batches(k as u64).unwrap();
+            assert_eq!(dl.batches_served(), k);
+            assert_eq!(dl.epoch(), k.saturating_sub(1) / 12, "seed {seed:?}, k {k}");
+            assert_eq!(
+                chunk_starts(&mut dl, 4),
+                &stream[k..k + 4],
+                "seed {seed:?}: after skipping {k}"
+            );
+        }
+    }
+    // Without shuffling the epoch is a, b, c: skipping 9 batches passes over a and b, then
+    // reads c only. b broken after the loader checked its length: not read, so no error.
+    let mut dl = DataLoader::new(&pat, 2, 4, V, None).unwrap();
+    let mut into_b = DataLoader::new(&pat, 2, 4, V, None).unwrap();
+    ramp_shard(&dir.join("b.bin"), 2000, 30);
+    dl.skip_batches(9).unwrap();
+    assert_eq!(dl.next_batch().unwrap().0[0], 3000);
+    // ... while serving from it is the loader's usual error
+    into_b.skip_batches(5).unwrap();
+    let e = err_text(into_b.next_batch());
+    assert_contains(&e, &["b.bin", "the shard changed while training"]);
+}
+
 #[test]
 fn loader_argument_errors() {
     let dir = tmp_dir("loader_errors");

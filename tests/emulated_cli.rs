@@ -119,13 +119,16 @@ fn verify_both_passes_on_the_emulated_device_in_bf16() {
     verify_both("sharp", &["--precision", "bf16"]);
 }
 
-/// The bytes of the last checkpoint a training run wrote in `dir`.
+/// The bytes of the last model checkpoint a training run wrote in `dir`.
 fn last_checkpoint(dir: &Path) -> Vec<u8> {
     let out = dir.join("ckpt");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&out)
         .unwrap_or_else(|e| panic!("reading {}: {e}", out.display()))
         .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "bin"))
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with("model_") && name.ends_with(".bin")
+        })
         .collect();
     files.sort();
     let last = files
@@ -300,6 +303,111 @@ fn training_on_the_emulated_device_tracks_the_cpu() {
                 "{name} step {}: loss {a} on the emulated device, {b} on the CPU",
                 i + 1
             );
+        }
+    }
+}
+
+/// A training log's step lines without their timings.
+fn step_lines(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.starts_with("step "))
+        .map(|l| l.split(" | ").take(4).collect::<Vec<_>>().join(" | "))
+        .collect()
+}
+
+/// A run on the emulated device stopped at a checkpoint and resumed from its training state
+/// continues exactly: the same step lines and byte-identical model and state at the end, in fp32
+/// and in bf16 (whose state carries the fp32 master weights: without them the bf16 weights of the
+/// checkpoint would be the master weights and the run would drift). And a bf16 run continues on
+/// the CPU in fp32 from its master weights, near the bf16 run's losses.
+#[test]
+fn training_on_the_emulated_device_resumes_exactly() {
+    for precision in ["fp32", "bf16"] {
+        let dir = scratch(&format!("resume-{precision}"));
+        let common = [
+            "--precision",
+            precision,
+            "--batch",
+            "2",
+            "--seq",
+            "16",
+            "--seed",
+            "7",
+            "--lr",
+            "1e-2",
+            "--val-every",
+            "0",
+            "--val-batches",
+            "1",
+            "--sample-tokens",
+            "0",
+            "--steps",
+            "4",
+        ];
+        let cuda = |extra: &[&str]| {
+            let args: Vec<&str> = ["--device", "cuda"]
+                .iter()
+                .chain(&common)
+                .chain(extra)
+                .copied()
+                .collect();
+            run_ok(&args, &dir)
+        };
+        let whole = cuda(&[
+            "--model",
+            "d1",
+            "--checkpoint-every",
+            "2",
+            "--out-dir",
+            "whole",
+        ]);
+        assert!(whole.contains("Emulated CUDA device"), "{whole}");
+        let resumed = cuda(&["--resume", "whole/state_000002.bin", "--out-dir", "resumed"]);
+        let want = step_lines(&whole);
+        assert_eq!(want.len(), 4, "{whole}");
+        assert_eq!(
+            step_lines(&resumed),
+            want[2..],
+            "{precision}:\n{whole}\n{resumed}"
+        );
+        for f in ["model_000004.bin", "state_000004.bin"] {
+            let a = std::fs::read(dir.join("whole").join(f)).unwrap();
+            let b = std::fs::read(dir.join("resumed").join(f)).unwrap();
+            assert!(
+                a == b,
+                "{precision}: {f} differs between the whole run and the resumed one"
+            );
+        }
+        let state = std::fs::metadata(dir.join("whole/state_000002.bin"))
+            .unwrap()
+            .len();
+        let model = std::fs::metadata(dir.join("whole/model_000002.bin"))
+            .unwrap()
+            .len();
+        // header + m + v (+ master weights), against a model of 4 (fp32) or 2 (bf16) bytes each
+        let (arrays, bytes_per_param) = if precision == "bf16" { (3, 2) } else { (2, 4) };
+        assert_eq!(
+            (state - 1024) * bytes_per_param,
+            (model - 1024) * 4 * arrays,
+            "{precision}: the state's arrays"
+        );
+        if precision == "bf16" {
+            let bf16_steps = losses(&whole);
+            let cpu: Vec<&str> = ["--device", "cpu"]
+                .iter()
+                .chain(&common[2..])
+                .chain(&["--resume", "whole/state_000002.bin", "--out-dir", "on-cpu"])
+                .copied()
+                .collect();
+            let on_cpu = run_ok(&cpu, &dir);
+            let got = losses(&on_cpu);
+            assert_eq!(got.len(), 2, "{on_cpu}");
+            for (a, b) in got.iter().zip(&bf16_steps[2..]) {
+                assert!(
+                    (a - b).abs() < 1e-2,
+                    "bf16 continued in fp32 on the CPU: {got:?} against {bf16_steps:?}"
+                );
+            }
         }
     }
 }

@@ -126,27 +126,36 @@ check verify-plain-bf16-hs64 120 eng verify --device both --precision bf16 --ker
   --model tests/fixtures/ref_hs64_model.bin --state tests/fixtures/ref_hs64_state.bin \
   --steps 10 --expect-losses tests/fixtures/ref_hs64_losses.txt
 # 4. d12 on the default corpus, twice with the same seed: identical losses; in bf16 too
-# (stochastic rounding is seeded), and with CUDA graphs off (they change the speed, not the numbers).
+# (stochastic rounding is seeded), with CUDA graphs off (they change the speed, not the numbers),
+# and resumed at step 25 from the first bf16 run's training state (its master weights included).
+# Only that run writes a state (1.5 GB at d12 in bf16); the others pass --no-state.
 train() { # name, args...
   local name=$1; shift
   NEED=40 check "$name" 180 eng --device cuda --model d12 --batch 4 --seq 64 --steps 50 --val-every 25 \
     --seed 1337 --out-dir "$state/$name" "$@"
 }
-train train-d12-run1 --precision fp32
-train train-d12-run2 --precision fp32
+train train-d12-run1 --precision fp32 --no-state
+train train-d12-run2 --precision fp32 --no-state
 losses train-d12-run1 losses1.txt; losses train-d12-run2 losses2.txt
 check same-seed-same-losses 10 same losses1.txt losses2.txt
-train train-d12-bf16-run1 --precision bf16
-train train-d12-bf16-run2 --precision bf16
+train train-d12-bf16-run1 --precision bf16 --checkpoint-every 25
+train train-d12-bf16-run2 --precision bf16 --no-state
 losses train-d12-bf16-run1 losses-bf16-1.txt; losses train-d12-bf16-run2 losses-bf16-2.txt
 check same-seed-same-losses-bf16 10 same losses-bf16-1.txt losses-bf16-2.txt
-train train-d12-bf16-no-graphs --precision bf16 --no-cuda-graphs
+train train-d12-bf16-no-graphs --precision bf16 --no-cuda-graphs --no-state
 losses train-d12-bf16-no-graphs losses-bf16-nog.txt
 check graphs-same-losses-bf16 10 same losses-bf16-1.txt losses-bf16-nog.txt
+NEED=40 check train-d12-bf16-resumed 180 eng --device cuda --batch 4 --seq 64 --steps 50 --val-every 25 \
+  --seed 1337 --precision bf16 --no-state --resume "$state/train-d12-bf16-run1/state_000025.bin" \
+  --out-dir "$state/train-d12-bf16-resumed"
+losses train-d12-bf16-resumed losses-bf16-resumed.txt
+# the whole run's steps 26 to 50
+check resumed-same-losses-bf16 10 bash -c 'tail -n 25 "$logs/losses-bf16-1.txt" > "$logs/losses-bf16-26.txt" &&
+  same losses-bf16-26.txt losses-bf16-resumed.txt' 
 # 5. The bf16 loss curve tracks fp32 (same seed, same data): 300 steps of d12 at B=8, T=256.
 for p in fp32 bf16; do
   NEED=60 check "curve-$p" 240 eng --device cuda --model d12 --batch 8 --seq 256 --steps 300 --lr 6e-4 \
-    --warmup 20 --val-every 50 --seed 1337 --precision $p --sample-tokens 0 --out-dir "$state/curve-$p"
+    --warmup 20 --val-every 50 --seed 1337 --precision $p --sample-tokens 0 --no-state --out-dir "$state/curve-$p"
 done
 check bf16-tracks-fp32 30 python3 tools/loss_band.py "$logs/curve-fp32.log" "$logs/curve-bf16.log" \
   --window 25 --band 0.02 --val-band 0.02
@@ -162,7 +171,7 @@ bench bench-bf16-compile 240 --engine none --precision bf16 --batch 4,8,16 --pyt
 profile() { # name, args...
   local name=$1; shift
   check "$name" 120 eng --device cuda --model d12 --batch 8 --seq 1024 --steps 12 --profile \
-    --val-every 0 --sample-tokens 0 --out-dir "$state/$name" "$@"
+    --val-every 0 --sample-tokens 0 --no-state --out-dir "$state/$name" "$@"
 }
 profile profile-bf16-fused
 # flash attention's forward and dQ kernels with 16 queries a warp (the default is 32): which is
@@ -203,7 +212,7 @@ if [ -n "$ncu" ]; then
   NEED=150 check ncu 300 "$ncu" --target-processes all --nvtx --nvtx-include "step/" --launch-skip 260 \
     --launch-count 280 --section SpeedOfLight --section Occupancy --section LaunchStats --csv \
     --page details --log-file "$logs/ncu.csv" bash "$run" exec train-gpt2-cuda --device cuda \
-    --model d12 --batch 8 --seq 1024 --steps 3 --val-every 0 --sample-tokens 0 --no-cuda-graphs \
+    --model d12 --batch 8 --seq 1024 --steps 3 --val-every 0 --sample-tokens 0 --no-cuda-graphs --no-state \
     --out-dir "$state/ncu"
 fi
 # 9. Every other test, with a GPU present (CI runs them without one).

@@ -13,6 +13,7 @@ use super::matmul::{matmul_backward, matmul_forward};
 use super::residual::{residual_backward, residual_forward};
 use crate::activations::{self, num_activations, LayerActs};
 use crate::config::GPT2Config;
+use crate::engine::OptimizerState;
 use crate::params::{self, num_parameters, Block};
 use crate::precision::{round_bf16_stochastic, rounding_bits};
 use anyhow::{bail, Result};
@@ -271,6 +272,30 @@ impl Gpt2Cpu {
                 }
             }
         }
+    }
+
+    /// AdamW's moments and, emulating bf16 storage, the master weights (see
+    /// [`Engine::optimizer_state`](crate::engine::Engine::optimizer_state)).
+    pub fn optimizer_state(&self) -> OptimizerState {
+        OptimizerState {
+            m: self.m.clone(),
+            v: self.v.clone(),
+            master: (self.storage == Storage::Bf16).then(|| self.master.clone()),
+        }
+    }
+
+    /// Restores an optimizer state (see
+    /// [`Engine::set_optimizer_state`](crate::engine::Engine::set_optimizer_state)).
+    pub fn set_optimizer_state(&mut self, state: &OptimizerState) -> Result<()> {
+        state.check_len(self.params.len())?;
+        self.m.copy_from_slice(&state.m);
+        self.v.copy_from_slice(&state.v);
+        match (self.storage, &state.master) {
+            (Storage::Bf16, Some(w)) => self.master.copy_from_slice(w),
+            (Storage::Fp32, Some(w)) => self.params.copy_from_slice(w),
+            (_, None) => {}
+        }
+        Ok(())
     }
 }
 

@@ -12,7 +12,7 @@
 //! model is never held in memory twice.
 
 use super::HEADER_BYTES;
-use super::{check_magic_version, new_header, parse_header, write_file_atomic_with, Header};
+use super::{check_magic_version, new_header, open_with_header, write_file_atomic_with, Header};
 use crate::config::GPT2Config;
 use crate::params::num_parameters;
 use anyhow::{anyhow, bail, Context, Result};
@@ -145,18 +145,7 @@ struct OpenCheckpoint {
 
 /// Opens a checkpoint and checks its header and its size.
 fn open_checkpoint(path: &Path) -> Result<OpenCheckpoint> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let actual = file
-        .metadata()
-        .with_context(|| format!("{}: cannot read the file size", path.display()))?
-        .len();
-    let mut head = Vec::with_capacity(HEADER_BYTES);
-    (&mut file)
-        .take(HEADER_BYTES as u64)
-        .read_to_end(&mut head)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    let h = parse_header(path, &head)?;
+    let (file, actual, h) = open_with_header(path)?;
     check_magic_version(
         path,
         &h,

@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod debug_state;
 pub mod shard;
 pub mod tokenizer_file;
+pub mod train_state;
 
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
@@ -41,6 +42,24 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
         *v = i32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap());
     }
     Ok(h)
+}
+
+/// Opens `path` and reads its header: (the file, positioned after the header; the file's size in
+/// bytes; the header). Errors name the file, a file shorter than the header included.
+pub fn open_with_header(path: &Path) -> Result<(std::fs::File, u64, Header)> {
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let size = file
+        .metadata()
+        .with_context(|| format!("{}: cannot read the file size", path.display()))?
+        .len();
+    let mut head = Vec::with_capacity(HEADER_BYTES);
+    (&mut file)
+        .take(HEADER_BYTES as u64)
+        .read_to_end(&mut head)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    let h = parse_header(path, &head)?;
+    Ok((file, size, h))
 }
 
 /// Checks the magic number and that the version is one of `versions`.

@@ -53,19 +53,7 @@ pub fn read_shard(path: &Path) -> Result<Vec<u16>> {
 /// Reads only the header of the shard at `path`, checks it against the file's size, and returns
 /// the token count N. Cheap: reads 1024 bytes.
 pub fn read_shard_len(path: &Path) -> Result<usize> {
-    use anyhow::Context;
-    use std::io::Read;
-    let f =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let size = f
-        .metadata()
-        .with_context(|| format!("{}: cannot read its size", path.display()))?
-        .len();
-    let mut head = Vec::with_capacity(HEADER_BYTES);
-    f.take(HEADER_BYTES as u64)
-        .read_to_end(&mut head)
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    let h = parse_header(path, &head)?;
+    let (_, size, h) = super::open_with_header(path)?;
     check_magic_version(path, &h, "token shard", SHARD_MAGIC, &[SHARD_VERSION])?;
     let n = header_count(path, h[2])?;
     check_size(path, n, size)?;

@@ -42,8 +42,8 @@ use crate::activations::{checked_act_sizes, Acts};
 use crate::config::GPT2Config;
 use crate::cpu::adamw::AdamW;
 use crate::cpu::model::{check_forward, check_new};
-use crate::engine::Engine;
 use crate::engine::Kernels;
+use crate::engine::{Engine, OptimizerState};
 use crate::params::{param_sizes, LayerSlice, Params};
 use crate::precision::Precision;
 use crate::profile::{Cost, Family, Pass, Profile};
@@ -1500,6 +1500,37 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             .context("reading the gradients")?;
         Ok(to_f32_vec(&g))
     }
+
+    /// AdamW's moments and (bf16) the fp32 master weights, copied to the host.
+    pub fn optimizer_state(&mut self) -> Result<OptimizerState> {
+        let gpu = &self.gpu;
+        let read = || -> Result<OptimizerState> {
+            Ok(OptimizerState {
+                m: gpu.download(&self.m)?,
+                v: gpu.download(&self.v)?,
+                master: self.master.as_ref().map(|w| gpu.download(w)).transpose()?,
+            })
+        };
+        read().context("reading the optimizer state")
+    }
+
+    /// Restores an optimizer state (see [`Engine::set_optimizer_state`]): the buffers keep their
+    /// addresses, so the captured CUDA graphs stay valid.
+    pub fn set_optimizer_state(&mut self, state: &OptimizerState) -> Result<()> {
+        state.check_len(self.params.len())?;
+        let gpu = &self.gpu;
+        let mut write = || -> Result<()> {
+            gpu.upload_into(&state.m, &mut self.m)?;
+            gpu.upload_into(&state.v, &mut self.v)?;
+            match (self.master.as_mut(), &state.master) {
+                (Some(master), Some(w)) => gpu.upload_into(w, master)?,
+                (None, Some(w)) => gpu.upload_into(&to_device_float::<T>(w), &mut self.params)?,
+                (_, None) => {}
+            }
+            gpu.synchronize()
+        };
+        write().context("restoring the optimizer state")
+    }
 }
 
 impl<T: ModelFloat> Engine for Gpt2Gpu<T> {
@@ -1571,6 +1602,12 @@ impl<T: ModelFloat> Engine for Gpt2Gpu<T> {
     }
     fn grads(&mut self) -> Result<Vec<f32>> {
         Gpt2Gpu::grads(self)
+    }
+    fn optimizer_state(&mut self) -> Result<OptimizerState> {
+        Gpt2Gpu::optimizer_state(self)
+    }
+    fn set_optimizer_state(&mut self, state: &OptimizerState) -> Result<()> {
+        Gpt2Gpu::set_optimizer_state(self, state)
     }
     fn logits(&mut self) -> Result<Vec<f32>> {
         Gpt2Gpu::logits(self)

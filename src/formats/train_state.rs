@@ -1,0 +1,298 @@
+//! The training state written beside each checkpoint (`state_NNNNNN.bin` next to
+//! `model_NNNNNN.bin`): what `--resume` needs to continue a run exactly where it stopped. The model
+//! file holds the weights the engine computes with; this file holds the rest: the steps done, the
+//! training data's position, AdamW's moments and, for a bf16 run, the fp32 master weights.
+//!
+//! Layout, little-endian (this project's own: llm.c's state file, magic 20240527, lays out its
+//! data loader differently):
+//! - header: 256 x i32: [0] = 20261202 (magic), [1] = 1 (version), [2] = steps done, [3] = B,
+//!   [4] = T, [5] = 1 if master weights follow (else 0), [6] = 1 if the training data is
+//!   shuffled, [8..10] = the shuffle seed, [10..12] = batches the training data served,
+//!   [12..14] = num_parameters, [14..16] = tokens in the training shards, [16] = training shards
+//!   (each u64 as two words, low first); the rest is zero.
+//! - AdamW's m, then v (num_parameters f32 each), then the master weights (num_parameters f32)
+//!   when header[5] is 1.
+//!
+//! Reading checks the magic, the version, every field's range and that the file is exactly
+//! header + arrays long; the arrays are streamed in chunks, as a checkpoint's.
+
+use super::checkpoint::CHECKPOINT_MAGIC;
+use super::{check_magic_version, new_header, open_with_header, write_file_atomic_with, Header};
+use super::{put_f32s, HEADER_BYTES};
+use crate::engine::OptimizerState;
+use anyhow::{bail, Context, Result};
+use std::io::Read;
+use std::path::Path;
+
+/// The state file's magic number (header[0]).
+pub const STATE_MAGIC: i32 = 20261202;
+/// header[1].
+pub const STATE_VERSION: i32 = 1;
+
+/// f32 values read or written per chunk.
+const CHUNK: usize = 1 << 18;
+
+/// Where the training data stood, and what it was: a resumed run must read the same shards in
+/// the same batches to continue the same stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataPosition {
+    /// B and T of the batches.
+    pub batch: usize,
+    pub seq: usize,
+    /// The shuffle seed (None: the shards in order).
+    pub shuffle_seed: Option<u64>,
+    /// Batches served since the start of training (micro-batches: steps x grad-accum).
+    pub batches_served: u64,
+    /// The training shards' total tokens and their number (what identifies the data).
+    pub tokens: u64,
+    pub shards: usize,
+}
+
+/// Everything a run needs besides the model file to continue exactly.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainState {
+    /// Optimizer steps done.
+    pub step: usize,
+    pub data: DataPosition,
+    pub optimizer: OptimizerState,
+}
+
+fn put_u64(h: &mut Header, idx: usize, x: u64) {
+    h[idx] = x as u32 as i32;
+    h[idx + 1] = (x >> 32) as u32 as i32;
+}
+
+fn get_u64(h: &Header, idx: usize) -> u64 {
+    h[idx] as u32 as u64 | (h[idx + 1] as u32 as u64) << 32
+}
+
+/// A header field that must be a count in `min..`, as a usize; `name` names it in errors.
+fn header_count(path: &Path, h: &Header, idx: usize, name: &str, min: i32) -> Result<usize> {
+    if h[idx] < min {
+        bail!(
+            "{}: training state field {name} (header[{idx}]) is {}, must be at least {min}",
+            path.display(),
+            h[idx]
+        );
+    }
+    Ok(h[idx] as usize)
+}
+
+/// A header field that must be 0 or 1.
+fn header_flag(path: &Path, h: &Header, idx: usize, name: &str) -> Result<bool> {
+    match h[idx] {
+        0 => Ok(false),
+        1 => Ok(true),
+        x => bail!(
+            "{}: training state field {name} (header[{idx}]) is {x}, must be 0 or 1",
+            path.display()
+        ),
+    }
+}
+
+/// Writes `state` to `path` (through a temporary file and a rename, as checkpoints are).
+pub fn write_train_state(path: &Path, state: &TrainState) -> Result<()> {
+    let (o, d) = (&state.optimizer, &state.data);
+    let n = o.m.len();
+    if o.v.len() != n || o.master.as_ref().is_some_and(|w| w.len() != n) {
+        bail!(
+            "{}: cannot write the training state: m, v and the master weights differ in length",
+            path.display()
+        );
+    }
+    let int = |x: usize, name: &str| {
+        i32::try_from(x).with_context(|| {
+            format!(
+                "{}: cannot write the training state: {name} = {x} does not fit the header",
+                path.display()
+            )
+        })
+    };
+    let mut h = new_header(STATE_MAGIC, STATE_VERSION);
+    h[2] = int(state.step, "the step")?;
+    h[3] = int(d.batch, "B")?;
+    h[4] = int(d.seq, "T")?;
+    h[5] = o.master.is_some() as i32;
+    h[6] = d.shuffle_seed.is_some() as i32;
+    put_u64(&mut h, 8, d.shuffle_seed.unwrap_or(0));
+    put_u64(&mut h, 10, d.batches_served);
+    put_u64(&mut h, 12, n as u64);
+    put_u64(&mut h, 14, d.tokens);
+    h[16] = int(d.shards, "the number of shards")?;
+    write_file_atomic_with(path, |w| {
+        let mut buf = Vec::with_capacity(HEADER_BYTES.max(CHUNK * 4));
+        super::put_header(&mut buf, &h);
+        w.write_all(&buf)?;
+        for array in [Some(&o.m), Some(&o.v), o.master.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            for chunk in array.chunks(CHUNK) {
+                buf.clear();
+                put_f32s(&mut buf, chunk);
+                w.write_all(&buf)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Reads a training state, checking its header and its size.
+pub fn read_train_state(path: &Path) -> Result<TrainState> {
+    let (mut file, actual, h) = open_with_header(path)?;
+    if h[0] == CHECKPOINT_MAGIC {
+        bail!(
+            "{}: this is a model checkpoint, not a training state (state_NNNNNN.bin, written \
+             beside it)",
+            path.display()
+        );
+    }
+    check_magic_version(path, &h, "training state", STATE_MAGIC, &[STATE_VERSION])?;
+    let step = header_count(path, &h, 2, "step", 0)?;
+    let batch = header_count(path, &h, 3, "B", 1)?;
+    let seq = header_count(path, &h, 4, "T", 1)?;
+    let has_master = header_flag(path, &h, 5, "master weights")?;
+    let shuffled = header_flag(path, &h, 6, "shuffle")?;
+    let shards = header_count(path, &h, 16, "shards", 1)?;
+    let n = get_u64(&h, 12);
+    let arrays = 2 + has_master as u128;
+    let expected = HEADER_BYTES as u128 + arrays * 4 * n as u128;
+    if actual as u128 != expected {
+        bail!(
+            "{}: training state is {}: expected {expected} bytes ({HEADER_BYTES}-byte header + \
+             {arrays} arrays of {n} f32), found {actual}",
+            path.display(),
+            if (actual as u128) < expected {
+                "truncated"
+            } else {
+                "too long"
+            }
+        );
+    }
+    let n = usize::try_from(n).with_context(|| format!("{}: too large", path.display()))?;
+    let mut read_array = |what: &str| -> Result<Vec<f32>> {
+        let mut out = vec![0f32; n]; // (num_parameters)
+        let mut buf = vec![0u8; CHUNK * 4];
+        for chunk in out.chunks_mut(CHUNK) {
+            let bytes = &mut buf[..chunk.len() * 4];
+            file.read_exact(bytes)
+                .with_context(|| format!("{}: cannot read {what}", path.display()))?;
+            for (o, b) in chunk.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        Ok(out)
+    };
+    let m = read_array("AdamW's m")?;
+    let v = read_array("AdamW's v")?;
+    let master = if has_master {
+        Some(read_array("the master weights")?)
+    } else {
+        None
+    };
+    Ok(TrainState {
+        step,
+        data: DataPosition {
+            batch,
+            seq,
+            shuffle_seed: shuffled.then(|| get_u64(&h, 8)),
+            batches_served: get_u64(&h, 10),
+            tokens: get_u64(&h, 14),
+            shards,
+        },
+        optimizer: OptimizerState { m, v, master },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::parse_header;
+
+    fn state(master: bool) -> TrainState {
+        let n = 5;
+        let f = |k: f32| (0..n).map(|i| k * i as f32 - 0.5).collect::<Vec<f32>>();
+        TrainState {
+            step: 40,
+            data: DataPosition {
+                batch: 4,
+                seq: 64,
+                shuffle_seed: Some(0x1234_5678_9abc_def0),
+                batches_served: (1 << 33) + 7,
+                tokens: 338_025,
+                shards: 1,
+            },
+            optimizer: OptimizerState {
+                m: f(0.25),
+                v: f(1e-3),
+                master: master.then(|| f(-3.0)),
+            },
+        }
+    }
+
+    #[test]
+    fn round_trips_and_lays_out_the_header_as_documented() {
+        let dir = std::env::temp_dir().join(format!("train-state-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for master in [false, true] {
+            let path = dir.join(format!("state_{master}.bin"));
+            let s = state(master);
+            write_train_state(&path, &s).unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(bytes.len(), HEADER_BYTES + 4 * 5 * (2 + master as usize));
+            let h = parse_header(&path, &bytes).unwrap();
+            assert_eq!(
+                &h[..7],
+                &[20261202, 1, 40, 4, 64, master as i32, 1],
+                "magic, version, step, B, T, master, shuffle"
+            );
+            assert_eq!(h[8] as u32, 0x9abc_def0);
+            assert_eq!(h[9] as u32, 0x1234_5678);
+            assert_eq!((h[10], h[11]), (7, 2), "batches served, low word first");
+            assert_eq!((h[12], h[13], h[14], h[16]), (5, 0, 338_025, 1));
+            // the arrays follow the header: m[1] = 0.25 - 0.5
+            let m1 = f32::from_le_bytes(
+                bytes[HEADER_BYTES + 4..HEADER_BYTES + 8]
+                    .try_into()
+                    .unwrap(),
+            );
+            assert_eq!(m1, -0.25);
+            assert_eq!(read_train_state(&path).unwrap(), s);
+        }
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn bad_files_are_clear_errors() {
+        let dir = std::env::temp_dir().join(format!("train-state-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.bin");
+        write_train_state(&path, &state(true)).unwrap();
+        let good = std::fs::read(&path).unwrap();
+        let err = |bytes: &[u8]| {
+            std::fs::write(&path, bytes).unwrap();
+            format!("{:#}", read_train_state(&path).unwrap_err())
+        };
+        assert!(err(&good[..good.len() - 4]).contains("training state is truncated"));
+        let mut long = good.clone();
+        long.extend_from_slice(&[0; 4]);
+        assert!(err(&long).contains("training state is too long"));
+        assert!(err(&good[..100]).contains("shorter than the 1024-byte header"));
+        let mut bad = good.clone();
+        bad[0] ^= 1;
+        assert!(err(&bad).contains("bad magic number"));
+        let mut bad = good.clone();
+        bad[..4].copy_from_slice(&CHECKPOINT_MAGIC.to_le_bytes());
+        assert!(err(&bad).contains("this is a model checkpoint, not a training state"));
+        let mut bad = good.clone();
+        bad[4] = 2;
+        assert!(err(&bad).contains("unsupported training state version 2"));
+        let mut bad = good.clone();
+        bad[20] = 2; // header[5], the master weights flag
+        assert!(err(&bad).contains("master weights (header[5]) is 2, must be 0 or 1"));
+        let mut bad = good.clone();
+        bad[12..16].copy_from_slice(&0i32.to_le_bytes()); // header[3], B
+        assert!(err(&bad).contains("B (header[3]) is 0, must be at least 1"));
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -4,11 +4,13 @@
 //! Map of the crate:
 //! - [`config`]: the model's dimensions (Config); [`params`]: the 16 parameter tensors in one
 //!   allocation with named slices (Weights).
-//! - [`formats`]: llm.c-compatible files: checkpoints, token shards, debug states, tokenizer files.
+//! - [`formats`]: llm.c-compatible files: checkpoints, token shards, debug states, tokenizer files;
+//!   and the training state that `--resume` continues a run from.
 //! - [`tokenizer`]: the GPT-2 BPE; [`prepro`]: text -> token shards; [`data`]: the batch loader.
 //! - [`cpu`]: the CPU reference, one file per layer family with forward and backward side by side.
 //! - [`gpu`]: the CUDA engine: kernels in `kernels/*.cu`, launchers with the CPU twins' names.
 //! - [`profile`]: the `--profile` table (time, FLOPs and bytes by kernel family).
+//! - [`train`]: the training loop; [`interrupt`]: Ctrl-C ends it after a checkpoint.
 
 pub mod activations;
 pub mod config;
@@ -17,6 +19,7 @@ pub mod data;
 pub mod engine;
 pub mod formats;
 pub mod gpu;
+pub mod interrupt;
 pub mod mfu;
 pub mod params;
 pub mod precision;

@@ -164,8 +164,15 @@ fn run_train(args: &TrainArgs) -> Result<ExitCode> {
     };
     let (cfg, params) = train::load_model(&model, args.seed)?;
     let mut engine = create_engine(&args.engine_options(), cfg, params, args.batch, args.seq)?;
-    train::train(args, engine.as_mut(), resume.as_ref())?;
-    Ok(ExitCode::SUCCESS)
+    // Ctrl-C from here on: finish the step, write its checkpoint and state, exit 130 (a second
+    // Ctrl-C ends the process at once)
+    train_gpt2_cuda::interrupt::catch_ctrl_c();
+    let summary = train::train(args, engine.as_mut(), resume.as_ref())?;
+    Ok(if summary.interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn run_prepro(a: &PreproArgs) -> Result<ExitCode> {

@@ -541,7 +541,9 @@ pub fn train(
         summary.losses.push(loss);
 
         let ckpt_due = args.checkpoint_every > 0 && (step + 1) % args.checkpoint_every == 0;
-        if ckpt_due || last {
+        // Ctrl-C (crate::interrupt): this step's checkpoint, then stop
+        let stop = crate::interrupt::requested();
+        if ckpt_due || last || stop {
             let path = args.out_dir.join(checkpoint_name("model", step + 1));
             // the checkpoint holds the weights the engine computes with: version 3 (fp32) from
             // an fp32 engine, version 5 (bf16, exact) from a bf16 one
@@ -570,6 +572,24 @@ pub fn train(
                 write_train_state(&path, &state)?;
                 println!("wrote {}", path.display());
             }
+        }
+        if stop {
+            if args.no_state {
+                println!(
+                    "interrupted (Ctrl-C) after step {}: the model is saved; without a training \
+                     state (--no-state) the run cannot be resumed",
+                    step + 1
+                );
+            } else {
+                println!(
+                    "interrupted (Ctrl-C) after step {}: continue with the same flags and \
+                     --resume {}",
+                    step + 1,
+                    args.out_dir.display()
+                );
+            }
+            summary.interrupted = true;
+            return Ok(summary);
         }
     }
     let val = evaluate(engine, &mut val_loader, val_batches)?;
@@ -621,6 +641,8 @@ pub struct TrainSummary {
     pub sample: String,
     /// The kernel-family profile, with `--profile` on an engine that has one.
     pub profile: Option<crate::profile::Profile>,
+    /// Whether Ctrl-C stopped the run (after writing the checkpoint of its last step).
+    pub interrupted: bool,
 }
 
 #[cfg(test)]

@@ -404,6 +404,96 @@ fn a_resumed_run_continues_exactly() {
     );
 }
 
+/// Ctrl-C (SIGINT) during training: the run finishes its step, writes that step's checkpoint and
+/// training state, says how to continue and exits with status 130; `--resume` then continues
+/// from that step.
+#[cfg(unix)]
+#[test]
+fn ctrl_c_checkpoints_and_the_run_resumes() {
+    use std::io::{BufRead, BufReader};
+    let dir = tmp_dir("ctrl-c");
+    let out = dir.join("out").to_string_lossy().into_owned();
+    let flags = [
+        "--device",
+        "cpu",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--val-every",
+        "0",
+        "--sample-tokens",
+        "0",
+        "--out-dir",
+        &out,
+    ];
+    let mut child = bin()
+        .args(flags)
+        .args(["--model", "d1", "--steps", "2000"]) // about 30 s if Ctrl-C did nothing
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the binary");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut log = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        log += &line;
+        log.push('\n');
+        let step = line
+            .strip_prefix("step ")
+            .and_then(|l| l.trim_start().split('/').next());
+        if step.and_then(|n| n.parse::<usize>().ok()) >= Some(3) {
+            break;
+        }
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(kill.success());
+    for line in lines {
+        log += &line.unwrap();
+        log.push('\n');
+    }
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{log}");
+    let last: usize = log
+        .lines()
+        .filter_map(|l| l.strip_prefix("step "))
+        .next_back()
+        .and_then(|l| l.trim_start().split('/').next()?.parse().ok())
+        .expect("a step line");
+    assert!(last >= 3, "{log}");
+    assert!(
+        log.contains(&format!(
+            "interrupted (Ctrl-C) after step {last}: continue with the same flags and --resume"
+        )),
+        "{log}"
+    );
+    assert!(
+        !log.contains("val loss"),
+        "no final validation after Ctrl-C:\n{log}"
+    );
+    for kind in ["model", "state"] {
+        let f = dir.join("out").join(format!("{kind}_{last:06}.bin"));
+        assert!(f.is_file(), "{} missing:\n{log}", f.display());
+    }
+    let steps = (last + 1).to_string();
+    let (out, stdout, stderr) = run(bin()
+        .args(flags)
+        .args(["--steps", &steps, "--resume", &out]));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let first = stdout
+        .lines()
+        .find(|l| l.starts_with("step "))
+        .unwrap_or("");
+    assert!(
+        first.contains(&format!("{}/{}", last + 1, last + 1)),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn tokenizer_command_writes_gpt2_vocabulary() {
     let dir = tmp_dir("tok");

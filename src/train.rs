@@ -87,6 +87,10 @@ pub struct TrainArgs {
     /// Write a checkpoint every this many steps (0: only at the end).
     #[arg(long, default_value_t = 0)]
     pub checkpoint_every: usize,
+    /// Keep only this run's last N checkpoints (model and state), removing older ones as new ones
+    /// are written (0: keep all).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_checkpoints: usize,
     /// Where checkpoints go.
     #[arg(long, default_value = "out")]
     pub out_dir: PathBuf,
@@ -338,6 +342,19 @@ impl Resume {
     }
 }
 
+/// Removes the model checkpoint and training state of `step` from `dir` (a warning where that
+/// fails: training goes on).
+fn remove_checkpoint(dir: &Path, step: usize) {
+    for kind in ["model", "state"] {
+        let path = dir.join(checkpoint_name(kind, step));
+        match std::fs::remove_file(&path) {
+            Ok(()) => println!("removed {}", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!("warning: cannot remove {}: {e}", path.display()),
+        }
+    }
+}
+
 /// The training state of the highest step in `dir` whose model checkpoint is there too.
 fn latest_state(dir: &Path) -> Result<PathBuf> {
     let entries =
@@ -474,6 +491,8 @@ pub fn train(
         );
         0..0
     };
+    // the steps of this run's checkpoints still on disk, oldest first (for --keep-checkpoints)
+    let mut kept = std::collections::VecDeque::new();
     for step in start..args.steps {
         let profile_this = profiled.contains(&step);
         let last = step + 1 == args.steps;
@@ -571,6 +590,11 @@ pub fn train(
                 let path = args.out_dir.join(checkpoint_name("state", step + 1));
                 write_train_state(&path, &state)?;
                 println!("wrote {}", path.display());
+            }
+            kept.push_back(step + 1);
+            while args.keep_checkpoints > 0 && kept.len() > args.keep_checkpoints {
+                let old = kept.pop_front().expect("more than 0 kept");
+                remove_checkpoint(&args.out_dir, old);
             }
         }
         if stop {

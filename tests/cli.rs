@@ -404,6 +404,56 @@ fn a_resumed_run_continues_exactly() {
     );
 }
 
+/// --keep-checkpoints 2 with a checkpoint every 2 of 7 steps: steps 2, 4, 6 and the final 7 are
+/// written, and only 6 and 7 (model and state) are left; a file of another run stays.
+#[test]
+fn keep_checkpoints_removes_this_runs_older_ones() {
+    let dir = tmp_dir("keep");
+    std::fs::write(dir.join("model_000001.bin"), b"another run's").unwrap();
+    let (out, stdout, stderr) = run(bin().args([
+        "--device",
+        "cpu",
+        "--model",
+        "d1",
+        "--batch",
+        "1",
+        "--seq",
+        "8",
+        "--steps",
+        "7",
+        "--val-every",
+        "0",
+        "--val-batches",
+        "1",
+        "--sample-tokens",
+        "0",
+        "--checkpoint-every",
+        "2",
+        "--keep-checkpoints",
+        "2",
+        "--out-dir",
+        dir.to_str().unwrap(),
+    ]));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "model_000001.bin",
+            "model_000006.bin",
+            "model_000007.bin",
+            "state_000006.bin",
+            "state_000007.bin"
+        ],
+        "{stdout}"
+    );
+    assert_eq!(stdout.matches("removed ").count(), 4, "{stdout}");
+}
+
 /// Ctrl-C (SIGINT) during training: the run finishes its step, writes that step's checkpoint and
 /// training state, says how to continue and exits with status 130; `--resume` then continues
 /// from that step.

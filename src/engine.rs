@@ -9,28 +9,39 @@ use crate::cpu::model::Gpt2Cpu;
 use crate::precision::Precision;
 use anyhow::Result;
 
-/// AdamW's state on the host (what `--resume` restores beside the model file): the moments and,
-/// for an engine with bf16 weights, the fp32 master weights they are rounded from.
-#[derive(Clone, Debug, PartialEq)]
-pub struct OptimizerState {
-    pub m: Vec<f32>, // (num_parameters) first moment
-    pub v: Vec<f32>, // (num_parameters) second moment
-    /// (num_parameters) fp32 master weights; None for an engine that updates fp32 weights.
-    pub master: Option<Vec<f32>>,
+/// One of AdamW's arrays (num_parameters f32 each, checkpoint order), in the order a training
+/// state (`formats::train_state`) stores them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OptimizerArray {
+    /// The first moment.
+    M,
+    /// The second moment.
+    V,
+    /// The fp32 master weights of an engine with bf16 weights.
+    Master,
 }
 
-impl OptimizerState {
-    /// An error unless every array holds `n` values (a model of `n` parameters).
-    pub fn check_len(&self, n: usize) -> Result<()> {
-        let lens = [Some(&self.m), Some(&self.v), self.master.as_ref()];
-        if let Some(bad) = lens.into_iter().flatten().find(|a| a.len() != n) {
-            anyhow::bail!(
-                "the optimizer state has arrays of {} values, the model {n} parameters",
-                bad.len()
-            );
+impl OptimizerArray {
+    /// "m", "v" or "master weights", for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            OptimizerArray::M => "m",
+            OptimizerArray::V => "v",
+            OptimizerArray::Master => "master weights",
         }
-        Ok(())
     }
+}
+
+/// An error unless `values` holds one value per parameter (`n`).
+pub fn check_optimizer_array(which: OptimizerArray, values: &[f32], n: usize) -> Result<()> {
+    if values.len() != n {
+        anyhow::bail!(
+            "AdamW's {} has {} values, the model {n} parameters",
+            which.name(),
+            values.len()
+        );
+    }
+    Ok(())
 }
 
 pub trait Engine {
@@ -58,13 +69,16 @@ pub trait Engine {
     fn params(&mut self) -> Result<Vec<f32>>;
     /// The parameter gradients, on the host, in checkpoint order.
     fn grads(&mut self) -> Result<Vec<f32>>;
-    /// AdamW's moments (and master weights), on the host, in checkpoint order.
-    fn optimizer_state(&mut self) -> Result<OptimizerState>;
-    /// Restores what [`optimizer_state`](Self::optimizer_state) gave, to continue a run. Master
-    /// weights become those of an engine that keeps them; an engine without them computes with
-    /// them instead (a bf16 run continued in fp32). An engine with master weights given none
-    /// keeps its own: the fp32 parameters it was built with (an fp32 run continued in bf16).
-    fn set_optimizer_state(&mut self, state: &OptimizerState) -> Result<()>;
+    /// Whether the engine keeps fp32 master weights beside lower-precision weights (bf16).
+    fn has_master_weights(&self) -> bool;
+    /// One of AdamW's arrays, copied to the host (the master weights: an error for an engine
+    /// without them).
+    fn optimizer_array(&mut self, which: OptimizerArray) -> Result<Vec<f32>>;
+    /// Sets one of AdamW's arrays, to continue a run. Master weights given to an engine without
+    /// them become its weights (a bf16 run continued in fp32); an engine with master weights that
+    /// is not given them keeps its own: the fp32 parameters it was built with (an fp32 run
+    /// continued in bf16).
+    fn set_optimizer_array(&mut self, which: OptimizerArray, values: &[f32]) -> Result<()>;
     /// The logits (B, T, Vp) of the last forward (call before backward).
     fn logits(&mut self) -> Result<Vec<f32>>;
     /// The logits (Vp) at batch row `bi`, position `ti` of the last forward.
@@ -139,11 +153,14 @@ impl Engine for Gpt2Cpu {
     fn grads(&mut self) -> Result<Vec<f32>> {
         Ok(self.grads.clone())
     }
-    fn optimizer_state(&mut self) -> Result<OptimizerState> {
-        Ok(Gpt2Cpu::optimizer_state(self))
+    fn has_master_weights(&self) -> bool {
+        Gpt2Cpu::has_master_weights(self)
     }
-    fn set_optimizer_state(&mut self, state: &OptimizerState) -> Result<()> {
-        Gpt2Cpu::set_optimizer_state(self, state)
+    fn optimizer_array(&mut self, which: OptimizerArray) -> Result<Vec<f32>> {
+        Gpt2Cpu::optimizer_array(self, which)
+    }
+    fn set_optimizer_array(&mut self, which: OptimizerArray, values: &[f32]) -> Result<()> {
+        Gpt2Cpu::set_optimizer_array(self, which, values)
     }
     fn logits(&mut self) -> Result<Vec<f32>> {
         Ok(Gpt2Cpu::logits(self).to_vec())

@@ -8,7 +8,9 @@ use crate::cpu::adamw::AdamW;
 use crate::data::DataLoader;
 use crate::engine::Engine;
 use crate::formats::checkpoint::{read_checkpoint, write_checkpoint, CheckpointPrecision};
-use crate::formats::train_state::{read_train_state, write_train_state, DataPosition, TrainState};
+use crate::formats::train_state::{
+    read_train_state, read_train_state_arrays, write_train_state, DataPosition, TrainState,
+};
 use crate::mfu::mfu;
 use crate::precision::Precision;
 use crate::sample::{generate, SampleOptions};
@@ -334,9 +336,17 @@ impl Resume {
                 have.0
             );
         }
-        engine
-            .set_optimizer_state(&self.state.optimizer)
-            .with_context(|| format!("{path}: cannot resume"))?;
+        let n = crate::params::num_parameters(engine.config());
+        if self.state.num_parameters != n {
+            bail!(
+                "{path}: the state holds AdamW's arrays for {} parameters, the model has {n}",
+                self.state.num_parameters
+            );
+        }
+        read_train_state_arrays(&self.state_path, &self.state, |which, values| {
+            engine.set_optimizer_array(which, values)
+        })
+        .with_context(|| format!("{path}: cannot resume"))?;
         loader.skip_batches(d.batches_served)?;
         Ok(self.state.step)
     }
@@ -576,6 +586,8 @@ pub fn train(
             // after the model: a state is only ever found beside its model (see latest_state)
             if !args.no_state {
                 let state = TrainState {
+                    num_parameters: crate::params::num_parameters(&cfg),
+                    master_weights: engine.has_master_weights(),
                     step: step + 1,
                     data: DataPosition {
                         batch: b,
@@ -585,10 +597,9 @@ pub fn train(
                         tokens: train_loader.num_tokens() as u64,
                         shards: train_loader.files().len(),
                     },
-                    optimizer: engine.optimizer_state()?,
                 };
                 let path = args.out_dir.join(checkpoint_name("state", step + 1));
-                write_train_state(&path, &state)?;
+                write_train_state(&path, &state, |which| engine.optimizer_array(which))?;
                 println!("wrote {}", path.display());
             }
             kept.push_back(step + 1);

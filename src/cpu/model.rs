@@ -13,7 +13,7 @@ use super::matmul::{matmul_backward, matmul_forward};
 use super::residual::{residual_backward, residual_forward};
 use crate::activations::{self, num_activations, LayerActs};
 use crate::config::GPT2Config;
-use crate::engine::OptimizerState;
+use crate::engine::{check_optimizer_array, OptimizerArray};
 use crate::params::{self, num_parameters, Block};
 use crate::precision::{round_bf16_stochastic, rounding_bits};
 use anyhow::{bail, Result};
@@ -274,27 +274,33 @@ impl Gpt2Cpu {
         }
     }
 
-    /// AdamW's moments and, emulating bf16 storage, the master weights (see
-    /// [`Engine::optimizer_state`](crate::engine::Engine::optimizer_state)).
-    pub fn optimizer_state(&self) -> OptimizerState {
-        OptimizerState {
-            m: self.m.clone(),
-            v: self.v.clone(),
-            master: (self.storage == Storage::Bf16).then(|| self.master.clone()),
-        }
+    /// Whether the model keeps fp32 master weights (emulating bf16 storage).
+    pub fn has_master_weights(&self) -> bool {
+        self.storage == Storage::Bf16
     }
 
-    /// Restores an optimizer state (see
-    /// [`Engine::set_optimizer_state`](crate::engine::Engine::set_optimizer_state)).
-    pub fn set_optimizer_state(&mut self, state: &OptimizerState) -> Result<()> {
-        state.check_len(self.params.len())?;
-        self.m.copy_from_slice(&state.m);
-        self.v.copy_from_slice(&state.v);
-        match (self.storage, &state.master) {
-            (Storage::Bf16, Some(w)) => self.master.copy_from_slice(w),
-            (Storage::Fp32, Some(w)) => self.params.copy_from_slice(w),
-            (_, None) => {}
-        }
+    /// One of AdamW's arrays (see
+    /// [`Engine::optimizer_array`](crate::engine::Engine::optimizer_array)).
+    pub fn optimizer_array(&self, which: OptimizerArray) -> Result<Vec<f32>> {
+        Ok(match which {
+            OptimizerArray::M => self.m.clone(),
+            OptimizerArray::V => self.v.clone(),
+            OptimizerArray::Master if self.has_master_weights() => self.master.clone(),
+            OptimizerArray::Master => bail!("an fp32 model has no master weights"),
+        })
+    }
+
+    /// Sets one of AdamW's arrays (see
+    /// [`Engine::set_optimizer_array`](crate::engine::Engine::set_optimizer_array)).
+    pub fn set_optimizer_array(&mut self, which: OptimizerArray, values: &[f32]) -> Result<()> {
+        check_optimizer_array(which, values, self.params.len())?;
+        let dst = match which {
+            OptimizerArray::M => &mut self.m,
+            OptimizerArray::V => &mut self.v,
+            OptimizerArray::Master if self.has_master_weights() => &mut self.master,
+            OptimizerArray::Master => &mut self.params,
+        };
+        dst.copy_from_slice(values);
         Ok(())
     }
 }

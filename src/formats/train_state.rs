@@ -14,12 +14,13 @@
 //!   when header[5] is 1.
 //!
 //! Reading checks the magic, the version, every field's range and that the file is exactly
-//! header + arrays long; the arrays are streamed in chunks, as a checkpoint's.
+//! header + arrays long. The arrays pass one at a time between the file and the engine, in chunks
+//! on the file's side, so the host holds at most one of them (4 GB at 1B parameters, not 12).
 
 use super::checkpoint::CHECKPOINT_MAGIC;
 use super::{check_magic_version, new_header, open_with_header, write_file_atomic_with, Header};
 use super::{put_f32s, HEADER_BYTES};
-use crate::engine::OptimizerState;
+use crate::engine::OptimizerArray;
 use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::path::Path;
@@ -48,13 +49,29 @@ pub struct DataPosition {
     pub shards: usize,
 }
 
-/// Everything a run needs besides the model file to continue exactly.
-#[derive(Clone, Debug, PartialEq)]
+/// A training state's header: everything a run needs besides the model file and AdamW's arrays
+/// to continue exactly.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrainState {
     /// Optimizer steps done.
     pub step: usize,
     pub data: DataPosition,
-    pub optimizer: OptimizerState,
+    /// The length of each array: the model's num_parameters.
+    pub num_parameters: usize,
+    /// Whether the fp32 master weights follow the moments (a bf16 run).
+    pub master_weights: bool,
+}
+
+impl TrainState {
+    /// The arrays the file holds, in its order.
+    pub fn arrays(&self) -> &'static [OptimizerArray] {
+        use OptimizerArray::*;
+        if self.master_weights {
+            &[M, V, Master]
+        } else {
+            &[M, V]
+        }
+    }
 }
 
 fn put_u64(h: &mut Header, idx: usize, x: u64) {
@@ -90,16 +107,14 @@ fn header_flag(path: &Path, h: &Header, idx: usize, name: &str) -> Result<bool> 
     }
 }
 
-/// Writes `state` to `path` (through a temporary file and a rename, as checkpoints are).
-pub fn write_train_state(path: &Path, state: &TrainState) -> Result<()> {
-    let (o, d) = (&state.optimizer, &state.data);
-    let n = o.m.len();
-    if o.v.len() != n || o.master.as_ref().is_some_and(|w| w.len() != n) {
-        bail!(
-            "{}: cannot write the training state: m, v and the master weights differ in length",
-            path.display()
-        );
-    }
+/// Writes `state` to `path` (through a temporary file and a rename, as checkpoints are), each of
+/// its arrays as `array` gives it (num_parameters values), one at a time.
+pub fn write_train_state(
+    path: &Path,
+    state: &TrainState,
+    mut array: impl FnMut(OptimizerArray) -> Result<Vec<f32>>,
+) -> Result<()> {
+    let d = &state.data;
     let int = |x: usize, name: &str| {
         i32::try_from(x).with_context(|| {
             format!(
@@ -112,22 +127,30 @@ pub fn write_train_state(path: &Path, state: &TrainState) -> Result<()> {
     h[2] = int(state.step, "the step")?;
     h[3] = int(d.batch, "B")?;
     h[4] = int(d.seq, "T")?;
-    h[5] = o.master.is_some() as i32;
+    h[5] = state.master_weights as i32;
     h[6] = d.shuffle_seed.is_some() as i32;
     put_u64(&mut h, 8, d.shuffle_seed.unwrap_or(0));
     put_u64(&mut h, 10, d.batches_served);
-    put_u64(&mut h, 12, n as u64);
+    put_u64(&mut h, 12, state.num_parameters as u64);
     put_u64(&mut h, 14, d.tokens);
     h[16] = int(d.shards, "the number of shards")?;
+    // the engine's errors cross write_file_atomic_with's io::Result as io::Error::other
+    let other = |e: anyhow::Error| std::io::Error::other(format!("{e:#}"));
     write_file_atomic_with(path, |w| {
         let mut buf = Vec::with_capacity(HEADER_BYTES.max(CHUNK * 4));
         super::put_header(&mut buf, &h);
         w.write_all(&buf)?;
-        for array in [Some(&o.m), Some(&o.v), o.master.as_ref()]
-            .into_iter()
-            .flatten()
-        {
-            for chunk in array.chunks(CHUNK) {
+        for &which in state.arrays() {
+            let values = array(which).map_err(other)?;
+            if values.len() != state.num_parameters {
+                return Err(other(anyhow::anyhow!(
+                    "AdamW's {} has {} values, the model {} parameters",
+                    which.name(),
+                    values.len(),
+                    state.num_parameters
+                )));
+            }
+            for chunk in values.chunks(CHUNK) {
                 buf.clear();
                 put_f32s(&mut buf, chunk);
                 w.write_all(&buf)?;
@@ -137,9 +160,10 @@ pub fn write_train_state(path: &Path, state: &TrainState) -> Result<()> {
     })
 }
 
-/// Reads a training state, checking its header and its size.
-pub fn read_train_state(path: &Path) -> Result<TrainState> {
-    let (mut file, actual, h) = open_with_header(path)?;
+/// Opens a training state and checks its header and its size: the state, and the file positioned
+/// at its first array.
+fn open_train_state(path: &Path) -> Result<(TrainState, std::fs::File)> {
+    let (file, actual, h) = open_with_header(path)?;
     if h[0] == CHECKPOINT_MAGIC {
         bail!(
             "{}: this is a model checkpoint, not a training state (state_NNNNNN.bin, written \
@@ -151,11 +175,11 @@ pub fn read_train_state(path: &Path) -> Result<TrainState> {
     let step = header_count(path, &h, 2, "step", 0)?;
     let batch = header_count(path, &h, 3, "B", 1)?;
     let seq = header_count(path, &h, 4, "T", 1)?;
-    let has_master = header_flag(path, &h, 5, "master weights")?;
+    let master_weights = header_flag(path, &h, 5, "master weights")?;
     let shuffled = header_flag(path, &h, 6, "shuffle")?;
     let shards = header_count(path, &h, 16, "shards", 1)?;
     let n = get_u64(&h, 12);
-    let arrays = 2 + has_master as u128;
+    let arrays = 2 + master_weights as u128;
     let expected = HEADER_BYTES as u128 + arrays * 4 * n as u128;
     if actual as u128 != expected {
         bail!(
@@ -169,28 +193,9 @@ pub fn read_train_state(path: &Path) -> Result<TrainState> {
             }
         );
     }
-    let n = usize::try_from(n).with_context(|| format!("{}: too large", path.display()))?;
-    let mut read_array = |what: &str| -> Result<Vec<f32>> {
-        let mut out = vec![0f32; n]; // (num_parameters)
-        let mut buf = vec![0u8; CHUNK * 4];
-        for chunk in out.chunks_mut(CHUNK) {
-            let bytes = &mut buf[..chunk.len() * 4];
-            file.read_exact(bytes)
-                .with_context(|| format!("{}: cannot read {what}", path.display()))?;
-            for (o, b) in chunk.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        }
-        Ok(out)
-    };
-    let m = read_array("AdamW's m")?;
-    let v = read_array("AdamW's v")?;
-    let master = if has_master {
-        Some(read_array("the master weights")?)
-    } else {
-        None
-    };
-    Ok(TrainState {
+    let num_parameters =
+        usize::try_from(n).with_context(|| format!("{}: too large", path.display()))?;
+    let state = TrainState {
         step,
         data: DataPosition {
             batch,
@@ -200,8 +205,47 @@ pub fn read_train_state(path: &Path) -> Result<TrainState> {
             tokens: get_u64(&h, 14),
             shards,
         },
-        optimizer: OptimizerState { m, v, master },
-    })
+        num_parameters,
+        master_weights,
+    };
+    Ok((state, file))
+}
+
+/// Reads a training state's header (checking it and the file's size); its arrays are read by
+/// [`read_train_state_arrays`].
+pub fn read_train_state(path: &Path) -> Result<TrainState> {
+    Ok(open_train_state(path)?.0)
+}
+
+/// Reads the arrays of the training state `state` (what [`read_train_state`] gave for `path`),
+/// handing each to `each` in turn.
+pub fn read_train_state_arrays(
+    path: &Path,
+    state: &TrainState,
+    mut each: impl FnMut(OptimizerArray, &[f32]) -> Result<()>,
+) -> Result<()> {
+    let (now, mut file) = open_train_state(path)?;
+    if now != *state {
+        bail!(
+            "{}: the training state changed while it was read",
+            path.display()
+        );
+    }
+    let mut values = vec![0f32; state.num_parameters]; // (num_parameters)
+    let mut buf = vec![0u8; CHUNK * 4];
+    for &which in state.arrays() {
+        for chunk in values.chunks_mut(CHUNK) {
+            let bytes = &mut buf[..chunk.len() * 4];
+            file.read_exact(bytes).with_context(|| {
+                format!("{}: cannot read AdamW's {}", path.display(), which.name())
+            })?;
+            for (o, b) in chunk.iter_mut().zip(bytes.chunks_exact(4)) {
+                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+            }
+        }
+        each(which, &values)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -210,8 +254,6 @@ mod tests {
     use crate::formats::parse_header;
 
     fn state(master: bool) -> TrainState {
-        let n = 5;
-        let f = |k: f32| (0..n).map(|i| k * i as f32 - 0.5).collect::<Vec<f32>>();
         TrainState {
             step: 40,
             data: DataPosition {
@@ -222,12 +264,23 @@ mod tests {
                 tokens: 338_025,
                 shards: 1,
             },
-            optimizer: OptimizerState {
-                m: f(0.25),
-                v: f(1e-3),
-                master: master.then(|| f(-3.0)),
-            },
+            num_parameters: 5,
+            master_weights: master,
         }
+    }
+
+    /// Five distinct values for each array.
+    fn values(which: OptimizerArray) -> Vec<f32> {
+        let k = match which {
+            OptimizerArray::M => 0.25,
+            OptimizerArray::V => 1e-3,
+            OptimizerArray::Master => -3.0,
+        };
+        (0..5).map(|i| k * i as f32 - 0.5).collect()
+    }
+
+    fn write(path: &Path, s: &TrainState) -> Result<()> {
+        write_train_state(path, s, |which| Ok(values(which)))
     }
 
     #[test]
@@ -237,7 +290,17 @@ mod tests {
         for master in [false, true] {
             let path = dir.join(format!("state_{master}.bin"));
             let s = state(master);
-            write_train_state(&path, &s).unwrap();
+            let mut asked = Vec::new();
+            write_train_state(&path, &s, |which| {
+                asked.push(which);
+                Ok(values(which))
+            })
+            .unwrap();
+            assert_eq!(
+                asked,
+                s.arrays(),
+                "each array asked for once, in the file's order"
+            );
             let bytes = std::fs::read(&path).unwrap();
             assert_eq!(bytes.len(), HEADER_BYTES + 4 * 5 * (2 + master as usize));
             let h = parse_header(&path, &bytes).unwrap();
@@ -258,6 +321,14 @@ mod tests {
             );
             assert_eq!(m1, -0.25);
             assert_eq!(read_train_state(&path).unwrap(), s);
+            let mut read = Vec::new();
+            read_train_state_arrays(&path, &s, |which, v| {
+                read.push((which, v.to_vec()));
+                Ok(())
+            })
+            .unwrap();
+            let want: Vec<_> = s.arrays().iter().map(|&w| (w, values(w))).collect();
+            assert_eq!(read, want);
         }
         std::fs::remove_dir_all(&dir).ok();
     }
@@ -267,7 +338,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("train-state-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("state.bin");
-        write_train_state(&path, &state(true)).unwrap();
+        write(&path, &state(true)).unwrap();
         let good = std::fs::read(&path).unwrap();
         let err = |bytes: &[u8]| {
             std::fs::write(&path, bytes).unwrap();
@@ -293,6 +364,13 @@ mod tests {
         let mut bad = good.clone();
         bad[12..16].copy_from_slice(&0i32.to_le_bytes()); // header[3], B
         assert!(err(&bad).contains("B (header[3]) is 0, must be at least 1"));
+        // an array of the wrong length, or the engine's error, fails the write and leaves no file
+        std::fs::remove_file(&path).unwrap();
+        let e = write_train_state(&path, &state(false), |_| Ok(vec![0.0; 4])).unwrap_err();
+        assert!(format!("{e:#}").contains("AdamW's m has 4 values, the model 5 parameters"));
+        let e = write_train_state(&path, &state(false), |_| anyhow::bail!("no GPU")).unwrap_err();
+        assert!(format!("{e:#}").contains("no GPU"));
+        assert!(!path.exists() && !dir.join("state.bin.tmp").exists());
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -43,7 +43,7 @@ use crate::config::GPT2Config;
 use crate::cpu::adamw::AdamW;
 use crate::cpu::model::{check_forward, check_new};
 use crate::engine::Kernels;
-use crate::engine::{Engine, OptimizerState};
+use crate::engine::{check_optimizer_array, Engine, OptimizerArray};
 use crate::params::{param_sizes, LayerSlice, Params};
 use crate::precision::Precision;
 use crate::profile::{Cost, Family, Pass, Profile};
@@ -1501,35 +1501,36 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         Ok(to_f32_vec(&g))
     }
 
-    /// AdamW's moments and (bf16) the fp32 master weights, copied to the host.
-    pub fn optimizer_state(&mut self) -> Result<OptimizerState> {
-        let gpu = &self.gpu;
-        let read = || -> Result<OptimizerState> {
-            Ok(OptimizerState {
-                m: gpu.download(&self.m)?,
-                v: gpu.download(&self.v)?,
-                master: self.master.as_ref().map(|w| gpu.download(w)).transpose()?,
-            })
+    /// One of AdamW's arrays, copied to the host (see [`Engine::optimizer_array`]).
+    pub fn optimizer_array(&mut self, which: OptimizerArray) -> Result<Vec<f32>> {
+        let buf = match which {
+            OptimizerArray::M => &self.m,
+            OptimizerArray::V => &self.v,
+            OptimizerArray::Master => self
+                .master
+                .as_ref()
+                .ok_or_else(|| anyhow!("an fp32 model has no master weights"))?,
         };
-        read().context("reading the optimizer state")
+        self.gpu
+            .download(buf)
+            .with_context(|| format!("reading AdamW's {}", which.name()))
     }
 
-    /// Restores an optimizer state (see [`Engine::set_optimizer_state`]): the buffers keep their
+    /// Sets one of AdamW's arrays (see [`Engine::set_optimizer_array`]): the buffers keep their
     /// addresses, so the captured CUDA graphs stay valid.
-    pub fn set_optimizer_state(&mut self, state: &OptimizerState) -> Result<()> {
-        state.check_len(self.params.len())?;
+    pub fn set_optimizer_array(&mut self, which: OptimizerArray, values: &[f32]) -> Result<()> {
+        check_optimizer_array(which, values, self.params.len())?;
         let gpu = &self.gpu;
-        let mut write = || -> Result<()> {
-            gpu.upload_into(&state.m, &mut self.m)?;
-            gpu.upload_into(&state.v, &mut self.v)?;
-            match (self.master.as_mut(), &state.master) {
-                (Some(master), Some(w)) => gpu.upload_into(w, master)?,
-                (None, Some(w)) => gpu.upload_into(&to_device_float::<T>(w), &mut self.params)?,
-                (_, None) => {}
+        match (which, self.master.as_mut()) {
+            (OptimizerArray::M, _) => gpu.upload_into(values, &mut self.m),
+            (OptimizerArray::V, _) => gpu.upload_into(values, &mut self.v),
+            (OptimizerArray::Master, Some(master)) => gpu.upload_into(values, master),
+            (OptimizerArray::Master, None) => {
+                gpu.upload_into(&to_device_float::<T>(values), &mut self.params)
             }
-            gpu.synchronize()
-        };
-        write().context("restoring the optimizer state")
+        }
+        .and_then(|()| gpu.synchronize())
+        .with_context(|| format!("restoring AdamW's {}", which.name()))
     }
 }
 
@@ -1603,11 +1604,14 @@ impl<T: ModelFloat> Engine for Gpt2Gpu<T> {
     fn grads(&mut self) -> Result<Vec<f32>> {
         Gpt2Gpu::grads(self)
     }
-    fn optimizer_state(&mut self) -> Result<OptimizerState> {
-        Gpt2Gpu::optimizer_state(self)
+    fn has_master_weights(&self) -> bool {
+        T::MASTER_WEIGHTS
     }
-    fn set_optimizer_state(&mut self, state: &OptimizerState) -> Result<()> {
-        Gpt2Gpu::set_optimizer_state(self, state)
+    fn optimizer_array(&mut self, which: OptimizerArray) -> Result<Vec<f32>> {
+        Gpt2Gpu::optimizer_array(self, which)
+    }
+    fn set_optimizer_array(&mut self, which: OptimizerArray, values: &[f32]) -> Result<()> {
+        Gpt2Gpu::set_optimizer_array(self, which, values)
     }
     fn logits(&mut self) -> Result<Vec<f32>> {
         Gpt2Gpu::logits(self)

@@ -352,6 +352,47 @@ impl Resume {
     }
 }
 
+/// Writes the checkpoint of `step` (steps done) to `--out-dir`: the model and, unless
+/// `--no-state`, the training state beside it (the data's position from `loader`). Returns the
+/// model's path.
+fn save_checkpoint(
+    args: &TrainArgs,
+    engine: &mut dyn Engine,
+    loader: &DataLoader,
+    step: usize,
+) -> Result<PathBuf> {
+    let cfg = *engine.config();
+    let path = args.out_dir.join(checkpoint_name("model", step));
+    // the checkpoint holds the weights the engine computes with: version 3 (fp32) from an fp32
+    // engine, version 5 (bf16, exact) from a bf16 one
+    let precision = match engine.precision() {
+        Precision::Fp32 => CheckpointPrecision::Fp32,
+        Precision::Bf16 => CheckpointPrecision::Bf16,
+    };
+    write_checkpoint(&path, &cfg, &engine.params()?, precision)?;
+    println!("wrote {}", path.display());
+    // after the model: a state is only ever found beside its model (see latest_state)
+    if !args.no_state {
+        let state = TrainState {
+            step,
+            data: DataPosition {
+                batch: args.batch,
+                seq: args.seq,
+                shuffle_seed: args.shuffle.then_some(args.seed),
+                batches_served: loader.batches_served() as u64,
+                tokens: loader.num_tokens() as u64,
+                shards: loader.files().len(),
+            },
+            num_parameters: crate::params::num_parameters(&cfg),
+            master_weights: engine.has_master_weights(),
+        };
+        let state_path = args.out_dir.join(checkpoint_name("state", step));
+        write_train_state(&state_path, &state, |which| engine.optimizer_array(which))?;
+        println!("wrote {}", state_path.display());
+    }
+    Ok(path)
+}
+
 /// Removes the model checkpoint and training state of `step` from `dir` (a warning where that
 /// fails: training goes on).
 fn remove_checkpoint(dir: &Path, step: usize) {
@@ -573,35 +614,8 @@ pub fn train(
         // Ctrl-C (crate::interrupt): this step's checkpoint, then stop
         let stop = crate::interrupt::requested();
         if ckpt_due || last || stop {
-            let path = args.out_dir.join(checkpoint_name("model", step + 1));
-            // the checkpoint holds the weights the engine computes with: version 3 (fp32) from
-            // an fp32 engine, version 5 (bf16, exact) from a bf16 one
-            let precision = match engine.precision() {
-                Precision::Fp32 => CheckpointPrecision::Fp32,
-                Precision::Bf16 => CheckpointPrecision::Bf16,
-            };
-            write_checkpoint(&path, &cfg, &engine.params()?, precision)?;
-            println!("wrote {}", path.display());
+            let path = save_checkpoint(args, engine, &train_loader, step + 1)?;
             summary.checkpoint = Some(path);
-            // after the model: a state is only ever found beside its model (see latest_state)
-            if !args.no_state {
-                let state = TrainState {
-                    num_parameters: crate::params::num_parameters(&cfg),
-                    master_weights: engine.has_master_weights(),
-                    step: step + 1,
-                    data: DataPosition {
-                        batch: b,
-                        seq: t,
-                        shuffle_seed: shuffle,
-                        batches_served: train_loader.batches_served() as u64,
-                        tokens: train_loader.num_tokens() as u64,
-                        shards: train_loader.files().len(),
-                    },
-                };
-                let path = args.out_dir.join(checkpoint_name("state", step + 1));
-                write_train_state(&path, &state, |which| engine.optimizer_array(which))?;
-                println!("wrote {}", path.display());
-            }
             kept.push_back(step + 1);
             while args.keep_checkpoints > 0 && kept.len() > args.keep_checkpoints {
                 let old = kept.pop_front().expect("more than 0 kept");

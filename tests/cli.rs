@@ -384,6 +384,10 @@ fn a_resumed_run_continues_exactly() {
         &["--steps", "7", "--resume", &d("whole/model_000003.bin")],
         &["this is a model checkpoint, not a training state"],
     );
+    expect_error(
+        &["sample", "--model", &state3],
+        &["this is a training state (for --resume), not a model checkpoint"],
+    );
     resume_error(
         &["--steps", "7", "--resume", &d("none")],
         &["no training state to resume from"],

@@ -10,9 +10,11 @@
 //! - [`cpu`]: the CPU reference, one file per layer family with forward and backward side by side.
 //! - [`gpu`]: the CUDA engine: kernels in `kernels/*.cu`, launchers with the CPU twins' names.
 //! - [`profile`]: the `--profile` table (time, FLOPs and bytes by kernel family).
-//! - [`train`]: the training loop; [`interrupt`]: Ctrl-C ends it after a checkpoint.
+//! - [`train`]: the training loop; [`checkpoints`]: writing, keeping and resuming from them;
+//!   [`interrupt`]: Ctrl-C ends a run after a checkpoint.
 
 pub mod activations;
+pub mod checkpoints;
 pub mod config;
 pub mod cpu;
 pub mod data;

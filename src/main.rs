@@ -153,7 +153,7 @@ fn run_train(args: &TrainArgs) -> Result<ExitCode> {
     let resume = args
         .resume
         .as_deref()
-        .map(train::Resume::open)
+        .map(train_gpt2_cuda::checkpoints::Resume::open)
         .transpose()?;
     let model = match &resume {
         Some(r) => {

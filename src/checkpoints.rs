@@ -1,0 +1,217 @@
+//! A run's checkpoints on disk: writing one (the model, then the training state that `--resume`
+//! continues from), keeping only the last N (`--keep-checkpoints`), and finding and restoring a
+//! run to resume. File names: `model_NNNNNN.bin` (an llm.c checkpoint) and `state_NNNNNN.bin`
+//! (`formats::train_state`), NNNNNN the steps done.
+
+use crate::data::DataLoader;
+use crate::engine::Engine;
+use crate::formats::checkpoint::{write_checkpoint, CheckpointPrecision};
+use crate::formats::train_state::{
+    read_train_state, read_train_state_arrays, write_train_state, DataPosition, TrainState,
+};
+use crate::precision::Precision;
+use crate::train::TrainArgs;
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+/// A checkpoint's file name: `model_000040.bin`, `state_000040.bin`.
+pub fn checkpoint_name(kind: &str, step: usize) -> String {
+    format!("{kind}_{step:06}.bin")
+}
+
+/// A run to continue (`--resume`): its training state and the model checkpoint written with it.
+#[derive(Debug)]
+pub struct Resume {
+    pub state_path: PathBuf,
+    pub model_path: PathBuf,
+    pub state: TrainState,
+}
+
+impl Resume {
+    /// Reads the training state `path` names (a state file, or the latest in a folder whose model
+    /// checkpoint is there too) and finds the model checkpoint of its step beside it.
+    pub fn open(path: &Path) -> Result<Resume> {
+        let state_path = if path.is_dir() {
+            latest_state(path)?
+        } else {
+            path.to_path_buf()
+        };
+        let state = read_train_state(&state_path)?;
+        let dir = state_path.parent().unwrap_or(Path::new("."));
+        let model_path = dir.join(checkpoint_name("model", state.step));
+        if !model_path.is_file() {
+            bail!(
+                "{}: the model checkpoint of its step {} ({}) is missing",
+                state_path.display(),
+                state.step,
+                model_path.display()
+            );
+        }
+        Ok(Resume {
+            state_path,
+            model_path,
+            state,
+        })
+    }
+
+    /// Checks that `args` continue the run: the same batches and data order, and steps left.
+    pub fn check_args(&self, args: &TrainArgs) -> Result<()> {
+        let (d, path) = (&self.state.data, self.state_path.display());
+        if (d.batch, d.seq) != (args.batch, args.seq) {
+            bail!(
+                "{path}: the run trained on batches of B={} x T={}; resume it with --batch {} --seq \
+                 {} (got --batch {} --seq {})",
+                d.batch,
+                d.seq,
+                d.batch,
+                d.seq,
+                args.batch,
+                args.seq
+            );
+        }
+        let order = |seed: Option<u64>| match seed {
+            Some(s) => format!("shuffled with seed {s} (--shuffle --seed {s})"),
+            None => "in order (no --shuffle)".to_string(),
+        };
+        let shuffle = args.shuffle.then_some(args.seed);
+        if d.shuffle_seed != shuffle {
+            bail!(
+                "{path}: the run read its training data {}; resume it the same way (got {})",
+                order(d.shuffle_seed),
+                order(shuffle)
+            );
+        }
+        if self.state.step >= args.steps {
+            bail!(
+                "{path}: the run is at step {} and --steps is {}: nothing left to train (give a \
+                 larger --steps)",
+                self.state.step,
+                args.steps
+            );
+        }
+        Ok(())
+    }
+
+    /// Puts the run's optimizer state into `engine` and `loader` where the run left its
+    /// training data (after checking it is the same data); returns the steps done.
+    pub(crate) fn restore(
+        &self,
+        engine: &mut dyn Engine,
+        loader: &mut DataLoader,
+    ) -> Result<usize> {
+        let (d, path) = (&self.state.data, self.state_path.display());
+        let have = (loader.num_tokens() as u64, loader.files().len());
+        if (d.tokens, d.shards) != have {
+            bail!(
+                "{path}: the run trained on {} shard(s) of {} tokens in all, --train '{}' has {} \
+                 of {}: resume it with the same training data",
+                d.shards,
+                d.tokens,
+                loader.pattern(),
+                have.1,
+                have.0
+            );
+        }
+        let n = crate::params::num_parameters(engine.config());
+        if self.state.num_parameters != n {
+            bail!(
+                "{path}: the state holds AdamW's arrays for {} parameters, the model has {n}",
+                self.state.num_parameters
+            );
+        }
+        read_train_state_arrays(&self.state_path, &self.state, |which, values| {
+            engine.set_optimizer_array(which, values)
+        })
+        .with_context(|| format!("{path}: cannot resume"))?;
+        loader.skip_batches(d.batches_served)?;
+        Ok(self.state.step)
+    }
+}
+
+/// Writes the checkpoint of `step` (steps done) to `--out-dir`: the model and, unless
+/// `--no-state`, the training state beside it (the data's position from `loader`). Returns the
+/// model's path.
+pub(crate) fn save_checkpoint(
+    args: &TrainArgs,
+    engine: &mut dyn Engine,
+    loader: &DataLoader,
+    step: usize,
+) -> Result<PathBuf> {
+    let cfg = *engine.config();
+    let path = args.out_dir.join(checkpoint_name("model", step));
+    // the checkpoint holds the weights the engine computes with: version 3 (fp32) from an fp32
+    // engine, version 5 (bf16, exact) from a bf16 one
+    let precision = match engine.precision() {
+        Precision::Fp32 => CheckpointPrecision::Fp32,
+        Precision::Bf16 => CheckpointPrecision::Bf16,
+    };
+    write_checkpoint(&path, &cfg, &engine.params()?, precision)?;
+    println!("wrote {}", path.display());
+    // after the model: a state is only ever found beside its model (see latest_state)
+    if !args.no_state {
+        let state = TrainState {
+            step,
+            data: DataPosition {
+                batch: args.batch,
+                seq: args.seq,
+                shuffle_seed: args.shuffle.then_some(args.seed),
+                batches_served: loader.batches_served() as u64,
+                tokens: loader.num_tokens() as u64,
+                shards: loader.files().len(),
+            },
+            num_parameters: crate::params::num_parameters(&cfg),
+            master_weights: engine.has_master_weights(),
+        };
+        let state_path = args.out_dir.join(checkpoint_name("state", step));
+        write_train_state(&state_path, &state, |which| engine.optimizer_array(which))?;
+        println!("wrote {}", state_path.display());
+    }
+    Ok(path)
+}
+
+/// Removes the model checkpoint and training state of `step` from `dir` (a warning where that
+/// fails: training goes on).
+pub(crate) fn remove_checkpoint(dir: &Path, step: usize) {
+    for kind in ["model", "state"] {
+        let path = dir.join(checkpoint_name(kind, step));
+        match std::fs::remove_file(&path) {
+            Ok(()) => println!("removed {}", path.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => eprintln!("warning: cannot remove {}: {e}", path.display()),
+        }
+    }
+}
+
+/// The training state of the highest step in `dir` whose model checkpoint is there too.
+fn latest_state(dir: &Path) -> Result<PathBuf> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))?;
+    let mut best: Option<(usize, PathBuf)> = None;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("{}: cannot list", dir.display()))?;
+        let name = entry.file_name();
+        let Some(digits) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("state_")?.strip_suffix(".bin"))
+        else {
+            continue;
+        };
+        if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(step) = digits.parse::<usize>() else {
+            continue;
+        };
+        let model = dir.join(format!("model_{digits}.bin"));
+        if model.is_file() && best.as_ref().is_none_or(|(s, _)| step > *s) {
+            best = Some((step, entry.path()));
+        }
+    }
+    best.map(|(_, p)| p).ok_or_else(|| {
+        anyhow!(
+            "{}: no training state to resume from (a run writes state_NNNNNN.bin beside each \
+             model_NNNNNN.bin checkpoint, unless --no-state)",
+            dir.display()
+        )
+    })
+}

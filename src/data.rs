@@ -249,7 +249,7 @@ impl DataLoader {
         Ok(())
     }
 
-    /// The next batch: (inputs (B, T), targets (B, T)), targets[i] = the token after inputs[i].
+    /// The next batch: (inputs (B, T), targets (B, T)), `targets[i]` = the token after `inputs[i]`.
     /// Wraps around to a new epoch after the last batch. Errors if a shard it loads is bad.
     pub fn next_batch(&mut self) -> Result<(&[u32], &[u32])> {
         if self.chunk_pos == self.chunk_order.len() {

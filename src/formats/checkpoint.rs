@@ -1,8 +1,9 @@
 //! llm.c model checkpoints (`gpt2_124M.bin`, `gpt2_124M_bf16.bin`, and what training writes).
 //!
 //! Layout, little-endian:
-//! - header: 256 x i32: [0] = 20240326 (magic), [1] = version (3: fp32 parameters, 5: bf16
-//!   parameters), [2] = maxT, [3] = V, [4] = L, [5] = NH, [6] = C, [7] = Vp; the rest is zero.
+//! - header: 256 x i32: `[0]` = 20240326 (magic), `[1]` = version (3: fp32 parameters, 5: bf16
+//!   parameters), `[2]` = maxT, `[3]` = V, `[4]` = L, `[5]` = NH, `[6]` = C, `[7]` = Vp; the rest
+//!   is zero.
 //! - the parameters: the 16 tensors in [`PARAM_NAMES`](crate::params::PARAM_NAMES) order with the
 //!   sizes of [`param_sizes`](crate::params::param_sizes) (wte has Vp rows), back to back, as f32
 //!   (version 3) or bf16 (version 5).
@@ -20,11 +21,11 @@ use half::bf16;
 use std::io::Read;
 use std::path::Path;
 
-/// The checkpoint magic number (header[0]).
+/// The checkpoint magic number (`header[0]`).
 pub const CHECKPOINT_MAGIC: i32 = 20240326;
-/// header[1] of a checkpoint with fp32 parameters.
+/// `header[1]` of a checkpoint with fp32 parameters.
 pub const CHECKPOINT_VERSION_FP32: i32 = 3;
-/// header[1] of a checkpoint with bf16 parameters.
+/// `header[1]` of a checkpoint with bf16 parameters.
 pub const CHECKPOINT_VERSION_BF16: i32 = 5;
 
 /// Parameters read or converted per chunk when streaming a checkpoint.

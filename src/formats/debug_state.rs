@@ -2,8 +2,8 @@
 //! reference a training step is checked against.
 //!
 //! Layout, little-endian:
-//! - header: 256 x i32: [0] = 20240327 (magic), [1] = 2 (version), [2] = B, [3] = T; the rest is
-//!   zero.
+//! - header: 256 x i32: `[0]` = 20240327 (magic), `[1]` = 2 (version), `[2]` = B, `[3]` = T; the
+//!   rest is zero.
 //! - x: B*T i32 input tokens; y: B*T i32 target tokens.
 //! - the expected logits: B*T*V f32 (V unpadded); the expected loss: 1 f32.
 //! - the expected gradients: every parameter's gradient as f32 in checkpoint order, wte padded to
@@ -19,9 +19,9 @@ use crate::config::GPT2Config;
 use anyhow::{anyhow, bail, Result};
 use std::path::Path;
 
-/// The debug state magic number (header[0]).
+/// The debug state magic number (`header[0]`).
 pub const DEBUG_STATE_MAGIC: i32 = 20240327;
-/// The only debug state version (header[1]).
+/// The only debug state version (`header[1]`).
 pub const DEBUG_STATE_VERSION: i32 = 2;
 
 /// One batch and PyTorch's results for it.

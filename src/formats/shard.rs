@@ -1,7 +1,7 @@
 //! llm.c token shards (`*.bin` from llm.c's `dev/data` scripts).
 //!
-//! Layout: a 256 x i32 header (little-endian): header[0] = magic 20240520, header[1] = version 1,
-//! header[2] = N the token count; then N tokens as u16 little-endian. The file is exactly
+//! Layout: a 256 x i32 header (little-endian): `header[0]` = magic 20240520, `header[1]` = version
+//! 1, `header[2]` = N the token count; then N tokens as u16 little-endian. The file is exactly
 //! 1024 + 2 * N bytes.
 
 use anyhow::{bail, Result};
@@ -9,9 +9,9 @@ use std::path::Path;
 
 use super::{check_magic_version, new_header, parse_header, put_header, read_file, HEADER_BYTES};
 
-/// header[0] of a token shard.
+/// `header[0]` of a token shard.
 pub const SHARD_MAGIC: i32 = 20240520;
-/// header[1] of a token shard.
+/// `header[1]` of a token shard.
 pub const SHARD_VERSION: i32 = 1;
 
 /// Writes `tokens` (N,) as a shard at `path` (atomically). A token > 65535 is an error.

@@ -2,9 +2,9 @@
 //! generated tokens.
 //!
 //! Layout, little-endian:
-//! - header: 256 x i32: [0] = 20240328 (magic), [1] = version (1 or 2), [2] = the number of tokens,
-//!   [3] = the end-of-text token id (version 2 only; version 1 has no such field, and llm.c
-//!   assumes 50256, GPT-2's); the rest is zero.
+//! - header: 256 x i32: `[0]` = 20240328 (magic), `[1]` = version (1 or 2), `[2]` = the number of
+//!   tokens, `[3]` = the end-of-text token id (version 2 only; version 1 has no such field, and
+//!   llm.c assumes 50256, GPT-2's); the rest is zero.
 //! - for each token id in order: one u8 length (1..=255) and that many bytes.
 
 use super::{check_magic_version, new_header, parse_header, put_header};
@@ -12,11 +12,11 @@ use super::{read_file, write_file_atomic, HEADER_BYTES};
 use anyhow::{bail, Result};
 use std::path::Path;
 
-/// The tokenizer file magic number (header[0]).
+/// The tokenizer file magic number (`header[0]`).
 pub const TOKENIZER_MAGIC: i32 = 20240328;
 /// The version without an EOT field.
 pub const TOKENIZER_VERSION_1: i32 = 1;
-/// The version with the EOT id in header[3]; the one we write.
+/// The version with the EOT id in `header[3]`; the one we write.
 pub const TOKENIZER_VERSION_2: i32 = 2;
 
 /// The contents of a tokenizer file.

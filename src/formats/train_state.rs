@@ -5,13 +5,13 @@
 //!
 //! Layout, little-endian (this project's own: llm.c's state file, magic 20240527, lays out its
 //! data loader differently):
-//! - header: 256 x i32: [0] = 20261202 (magic), [1] = 1 (version), [2] = steps done, [3] = B,
-//!   [4] = T, [5] = 1 if master weights follow (else 0), [6] = 1 if the training data is
-//!   shuffled, [8..10] = the shuffle seed, [10..12] = batches the training data served,
-//!   [12..14] = num_parameters, [14..16] = tokens in the training shards, [16] = training shards
-//!   (each u64 as two words, low first); the rest is zero.
+//! - header: 256 x i32: `[0]` = 20261202 (magic), `[1]` = 1 (version), `[2]` = steps done, `[3]` =
+//!   B, `[4]` = T, `[5]` = 1 if master weights follow (else 0), `[6]` = 1 if the training data is
+//!   shuffled, `[8..10]` = the shuffle seed, `[10..12]` = batches the training data served,
+//!   `[12..14]` = num_parameters, `[14..16]` = tokens in the training shards, `[16]` = training
+//!   shards (each u64 as two words, low first); the rest is zero.
 //! - AdamW's m, then v (num_parameters f32 each), then the master weights (num_parameters f32)
-//!   when header[5] is 1.
+//!   when `header[5]` is 1.
 //!
 //! Reading checks the magic, the version, every field's range and that the file is exactly
 //! header + arrays long. The arrays pass one at a time between the file and the engine, in chunks
@@ -25,9 +25,9 @@ use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::path::Path;
 
-/// The state file's magic number (header[0]).
+/// The state file's magic number (`header[0]`).
 pub const STATE_MAGIC: i32 = 20261202;
-/// header[1].
+/// `header[1]`.
 pub const STATE_VERSION: i32 = 1;
 
 /// f32 values read or written per chunk.

@@ -14,7 +14,7 @@ use super::launch;
 
 impl Gpu {
     /// For each row (b, t), with p = softmax(logits[b, t, ..V]): losses (B,T) [b, t] =
-    /// -ln p[target], and the logits are OVERWRITTEN by their gradient:
+    /// -ln `p[target]`, and the logits are OVERWRITTEN by their gradient:
     /// `(p - onehot(target)) * dloss` in columns < V, 0 in the padding V..Vp. `dloss` is the
     /// gradient of the mean loss with respect to each position's loss, 1 / (B*T) for a mean.
     /// Targets must be < V; a bad target (on the device, where the host cannot check it cheaply)
@@ -43,7 +43,7 @@ impl Gpu {
         self.launch_classifier::<T>((ptr, len), losses, stats, Some(dloss), targets, b, t, v, vp)
     }
 
-    /// The losses (B,T) alone: -ln softmax(logits)[target] per row, the logits left intact (the
+    /// The losses (B,T) alone: -ln `softmax(logits)[target]` per row, the logits left intact (the
     /// forward half of [`Gpu::fused_classifier`]: the same kernel, the same numbers). With
     /// `row_stats`, each row's softmax max and sum of exps go there, for the backward's
     /// [`Gpu::fused_classifier`].

@@ -9,8 +9,9 @@ use super::float::DeviceFloat;
 use super::launch::{self, buckets_len, pack, token_buckets};
 
 impl Gpu {
-    /// out (B,T,C) = wte (Vp,C) [inp (B,T)] + wpe (maxT,C) [t]. A token id >= Vp on the device
-    /// (which the host cannot check without a copy) gives NaN in that row, not a wild read.
+    /// out (B,T,C) = `wte[inp]` + `wpe[t]` (wte (Vp,C), inp (B,T), wpe (maxT,C)). A token id >= Vp
+    /// on the device (which the host cannot check without a copy) gives NaN in that row, not a
+    /// wild read.
     #[allow(clippy::too_many_arguments)]
     pub fn encoder_forward<T: DeviceFloat>(
         &self,

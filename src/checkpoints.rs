@@ -6,9 +6,7 @@
 use crate::data::DataLoader;
 use crate::engine::Engine;
 use crate::formats::checkpoint::{write_checkpoint, CheckpointPrecision};
-use crate::formats::train_state::{
-    read_train_state, read_train_state_arrays, write_train_state, DataPosition, TrainState,
-};
+use crate::formats::train_state::{write_train_state, DataPosition, TrainState, TrainStateFile};
 use crate::precision::Precision;
 use crate::train::TrainArgs;
 use anyhow::{anyhow, bail, Context, Result};
@@ -19,44 +17,27 @@ pub fn checkpoint_name(kind: &str, step: usize) -> String {
     format!("{kind}_{step:06}.bin")
 }
 
-/// A run to continue (`--resume`): its training state and the model checkpoint written with it.
+/// A run to continue (`--resume`): its training state, checked against the flags given, and the
+/// model checkpoint written with it.
 #[derive(Debug)]
 pub struct Resume {
-    pub state_path: PathBuf,
+    pub state: TrainStateFile,
     pub model_path: PathBuf,
-    pub state: TrainState,
 }
 
 impl Resume {
-    /// Reads the training state `path` names (a state file, or the latest in a folder whose model
-    /// checkpoint is there too) and finds the model checkpoint of its step beside it.
-    pub fn open(path: &Path) -> Result<Resume> {
+    /// Opens the training state `path` names (a state file, or the latest in a folder whose model
+    /// checkpoint is there too), checks that `args` continue its run (the same batches and data
+    /// order, and steps left) and finds the model checkpoint of its step beside it.
+    pub fn open(path: &Path, args: &TrainArgs) -> Result<Resume> {
         let state_path = if path.is_dir() {
             latest_state(path)?
         } else {
             path.to_path_buf()
         };
-        let state = read_train_state(&state_path)?;
-        let dir = state_path.parent().unwrap_or(Path::new("."));
-        let model_path = dir.join(checkpoint_name("model", state.step));
-        if !model_path.is_file() {
-            bail!(
-                "{}: the model checkpoint of its step {} ({}) is missing",
-                state_path.display(),
-                state.step,
-                model_path.display()
-            );
-        }
-        Ok(Resume {
-            state_path,
-            model_path,
-            state,
-        })
-    }
-
-    /// Checks that `args` continue the run: the same batches and data order, and steps left.
-    pub fn check_args(&self, args: &TrainArgs) -> Result<()> {
-        let (d, path) = (&self.state.data, self.state_path.display());
+        let state = TrainStateFile::open(&state_path)?;
+        let (h, path) = (&state.header, state_path.display());
+        let d = &h.data;
         if (d.batch, d.seq) != (args.batch, args.seq) {
             bail!(
                 "{path}: the run trained on batches of B={} x T={}; resume it with --batch {} --seq \
@@ -81,25 +62,32 @@ impl Resume {
                 order(shuffle)
             );
         }
-        if self.state.step >= args.steps {
+        if h.step >= args.steps {
             bail!(
                 "{path}: the run is at step {} and --steps is {}: nothing left to train (give a \
                  larger --steps)",
-                self.state.step,
+                h.step,
                 args.steps
             );
         }
-        Ok(())
+        let dir = state_path.parent().unwrap_or(Path::new("."));
+        let model_path = dir.join(checkpoint_name("model", h.step));
+        if !model_path.is_file() {
+            bail!(
+                "{path}: the model checkpoint of its step {} ({}) is missing",
+                h.step,
+                model_path.display()
+            );
+        }
+        Ok(Resume { state, model_path })
     }
 
     /// Puts the run's optimizer state into `engine` and `loader` where the run left its
     /// training data (after checking it is the same data); returns the steps done.
-    pub(crate) fn restore(
-        &self,
-        engine: &mut dyn Engine,
-        loader: &mut DataLoader,
-    ) -> Result<usize> {
-        let (d, path) = (&self.state.data, self.state_path.display());
+    pub(crate) fn restore(self, engine: &mut dyn Engine, loader: &mut DataLoader) -> Result<usize> {
+        let (h, path) = (&self.state.header, self.state.path.display().to_string());
+        let (step, served) = (h.step, h.data.batches_served);
+        let d = &h.data;
         let have = (loader.num_tokens() as u64, loader.files().len());
         if (d.tokens, d.shards) != have {
             bail!(
@@ -113,18 +101,17 @@ impl Resume {
             );
         }
         let n = crate::params::num_parameters(engine.config());
-        if self.state.num_parameters != n {
+        if h.num_parameters != n {
             bail!(
                 "{path}: the state holds AdamW's arrays for {} parameters, the model has {n}",
-                self.state.num_parameters
+                h.num_parameters
             );
         }
-        read_train_state_arrays(&self.state_path, &self.state, |which, values| {
-            engine.set_optimizer_array(which, values)
-        })
-        .with_context(|| format!("{path}: cannot resume"))?;
-        loader.skip_batches(d.batches_served)?;
-        Ok(self.state.step)
+        self.state
+            .read_arrays(|which, values| engine.set_optimizer_array(which, values))
+            .with_context(|| format!("{path}: cannot resume"))?;
+        loader.skip_batches(served)?;
+        Ok(step)
     }
 }
 
@@ -189,22 +176,20 @@ fn latest_state(dir: &Path) -> Result<PathBuf> {
     let mut best: Option<(usize, PathBuf)> = None;
     for entry in entries {
         let entry = entry.with_context(|| format!("{}: cannot list", dir.display()))?;
+        // a state's canonical name (checkpoint_name), whose model is there too
         let name = entry.file_name();
-        let Some(digits) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("state_")?.strip_suffix(".bin"))
-        else {
+        let Some(name) = name.to_str() else {
             continue;
         };
-        if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(step) = digits.parse::<usize>() else {
-            continue;
-        };
-        let model = dir.join(format!("model_{digits}.bin"));
-        if model.is_file() && best.as_ref().is_none_or(|(s, _)| step > *s) {
-            best = Some((step, entry.path()));
+        let step: Option<usize> = name
+            .strip_prefix("state_")
+            .and_then(|n| n.strip_suffix(".bin")?.parse().ok())
+            .filter(|&step| name == checkpoint_name("state", step));
+        if let Some(step) = step {
+            let model = dir.join(checkpoint_name("model", step));
+            if model.is_file() && best.as_ref().is_none_or(|(s, _)| step > *s) {
+                best = Some((step, entry.path()));
+            }
         }
     }
     best.map(|(_, p)| p).ok_or_else(|| {

@@ -150,24 +150,22 @@ fn main() -> ExitCode {
 fn run_train(args: &TrainArgs) -> Result<ExitCode> {
     args.validate()?;
     // --resume: the model is the checkpoint written with the training state
-    let resume = args
-        .resume
-        .as_deref()
-        .map(train_gpt2_cuda::checkpoints::Resume::open)
-        .transpose()?;
-    let model = match &resume {
-        Some(r) => {
-            r.check_args(args)?;
-            r.model_path.to_string_lossy().into_owned()
-        }
-        None => args.model.clone(),
+    let resume = match &args.resume {
+        Some(path) => Some(train_gpt2_cuda::checkpoints::Resume::open(path, args)?),
+        None => None,
     };
-    let (cfg, params) = train::load_model(&model, args.seed)?;
+    let (cfg, params) = match &resume {
+        Some(r) => {
+            let ck = checkpoint::read_checkpoint(&r.model_path)?;
+            (ck.config, ck.params)
+        }
+        None => train::load_model(&args.model, args.seed)?,
+    };
     let mut engine = create_engine(&args.engine_options(), cfg, params, args.batch, args.seq)?;
     // Ctrl-C from here on: finish the step, write its checkpoint and state, exit 130 (a second
     // Ctrl-C ends the process at once)
     train_gpt2_cuda::interrupt::catch_ctrl_c();
-    let summary = train::train(args, engine.as_mut(), resume.as_ref())?;
+    let summary = train::train(args, engine.as_mut(), resume)?;
     Ok(if summary.interrupted {
         ExitCode::from(130)
     } else {

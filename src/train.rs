@@ -259,12 +259,9 @@ pub fn evaluate(engine: &mut dyn Engine, loader: &mut DataLoader, batches: usize
 pub fn train(
     args: &TrainArgs,
     engine: &mut dyn Engine,
-    resume: Option<&Resume>,
+    resume: Option<Resume>,
 ) -> Result<TrainSummary> {
     args.validate()?;
-    if let Some(r) = resume {
-        r.check_args(args)?;
-    }
     let cfg = *engine.config();
     let (b, t) = (args.batch, args.seq);
     crate::cpu::model::check_batch(&cfg, b, t)?;
@@ -279,10 +276,6 @@ pub fn train(
     let shuffle = args.shuffle.then_some(args.seed);
     let mut train_loader = DataLoader::new(&train_pattern, b, t, cfg.vocab_size, shuffle)?;
     let mut val_loader = DataLoader::new(&val_pattern, b, t, cfg.vocab_size, None)?;
-    let start = match resume {
-        Some(r) => r.restore(engine, &mut train_loader)?,
-        None => 0,
-    };
     let val_batches = args.val_batches.min(val_loader.num_batches().max(1));
     std::fs::create_dir_all(&args.out_dir).with_context(|| {
         format!(
@@ -311,14 +304,20 @@ pub fn train(
         args.steps,
         b * t * args.grad_accum
     );
-    if let Some(r) = resume {
-        println!(
-            "resume: {} at step {start} ({} batches of the training data served), model {}",
-            r.state_path.display(),
-            train_loader.batches_served(),
-            r.model_path.display()
-        );
-    }
+    let start = match resume {
+        Some(r) => {
+            let h = &r.state.header;
+            println!(
+                "resume: {} at step {} ({} batches of the training data served), model {}",
+                r.state.path.display(),
+                h.step,
+                h.data.batches_served,
+                r.model_path.display()
+            );
+            r.restore(engine, &mut train_loader)?
+        }
+        None => 0,
+    };
 
     let mut summary = TrainSummary::default();
     let tokens_per_step = (b * t * args.grad_accum) as f64;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod engine_bin;
-use engine_bin::{bin, root};
+use engine_bin::{assert_same_files, bin, log_lines, root, step_number};
 
 fn fixture(name: &str) -> String {
     root()
@@ -203,15 +203,8 @@ fn trains_a_small_model_then_samples_from_its_checkpoint() {
     assert!(stdout.trim().len() > "ROMEO:".len(), "{stdout}");
 }
 
-/// A training log's step and validation lines without their timings: what a run and its resumed
-/// twin must print alike.
-fn log_numbers(stdout: &str) -> Vec<String> {
-    stdout
-        .lines()
-        .filter(|l| l.starts_with("step ") || l.starts_with("val loss"))
-        .map(|l| l.split(" | ").take(4).collect::<Vec<_>>().join(" | "))
-        .collect()
-}
+/// The log lines a run and its resumed twin must print alike.
+const LOGGED: &[&str] = &["step ", "val loss"];
 
 /// A run stopped at a checkpoint and resumed from its training state continues exactly: the same
 /// losses, gradient norms and validation losses, the same sample, byte-identical model and state
@@ -288,25 +281,23 @@ fn a_resumed_run_continues_exactly() {
         from3.contains("resume: ") && from3.contains("at step 3 (6 batches"),
         "{from3}"
     );
-    let want = log_numbers(&whole);
+    let want = log_lines(&whole, LOGGED);
     assert_eq!(want.len(), 7 + 5, "7 steps and 5 validations:\n{whole}");
     // the whole run's lines from step 4 on (validations at 4, 6 and the end)
     assert_eq!(
-        log_numbers(&from3),
+        log_lines(&from3, LOGGED),
         want[want.len() - 7..],
         "{whole}\n{from3}"
     );
     let sample = |log: &str| log.split("top-k 40):").nth(1).map(str::to_owned);
     assert!(sample(&whole).is_some());
     assert_eq!(sample(&from3), sample(&whole));
-    for f in ["model_000007.bin", "state_000007.bin"] {
-        let a = std::fs::read(dir.join("whole").join(f)).unwrap();
-        let b = std::fs::read(dir.join("from3").join(f)).unwrap();
-        assert!(
-            a == b,
-            "{f} differs between the whole run and the resumed one"
-        );
-    }
+    assert_same_files(
+        &dir.join("whole"),
+        &dir.join("from3"),
+        &["model_000007.bin", "state_000007.bin"],
+        "the whole run and the one resumed at step 3",
+    );
     // from the folder: its latest state whose model is there (step 6 once model 7 is gone); it
     // validates at step 6 first, as the whole run did
     std::fs::remove_file(dir.join("whole/model_000007.bin")).unwrap();
@@ -320,7 +311,7 @@ fn a_resumed_run_continues_exactly() {
     ]);
     assert!(from6.contains("state_000006.bin at step 6"), "{from6}");
     assert_eq!(
-        log_numbers(&from6),
+        log_lines(&from6, LOGGED),
         want[want.len() - 3..],
         "{whole}\n{from6}"
     );
@@ -334,7 +325,7 @@ fn a_resumed_run_continues_exactly() {
         &d("longer"),
     ]);
     assert!(
-        log_numbers(&longer)[0].starts_with("step     8/9"),
+        log_lines(&longer, LOGGED)[0].starts_with("step     8/9"),
         "{longer}"
     );
 
@@ -494,10 +485,7 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
         let line = line.unwrap();
         log += &line;
         log.push('\n');
-        let step = line
-            .strip_prefix("step ")
-            .and_then(|l| l.trim_start().split('/').next());
-        if step.and_then(|n| n.parse::<usize>().ok()) >= Some(3) {
+        if step_number(&line) >= Some(3) {
             break;
         }
     }
@@ -512,11 +500,10 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
     }
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(130), "{log}");
-    let last: usize = log
+    let last = log
         .lines()
-        .filter_map(|l| l.strip_prefix("step "))
+        .filter_map(step_number)
         .next_back()
-        .and_then(|l| l.trim_start().split('/').next()?.parse().ok())
         .expect("a step line");
     assert!(last >= 3, "{log}");
     assert!(

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod engine_bin;
-use engine_bin::{bin, root};
+use engine_bin::{assert_same_files, bin, log_lines, root};
 
 fn fixture(name: &str) -> String {
     root()
@@ -307,14 +307,6 @@ fn training_on_the_emulated_device_tracks_the_cpu() {
     }
 }
 
-/// A training log's step lines without their timings.
-fn step_lines(log: &str) -> Vec<String> {
-    log.lines()
-        .filter(|l| l.starts_with("step "))
-        .map(|l| l.split(" | ").take(4).collect::<Vec<_>>().join(" | "))
-        .collect()
-}
-
 /// A run on the emulated device stopped at a checkpoint and resumed from its training state
 /// continues exactly: the same step lines and byte-identical model and state at the end, in fp32
 /// and in bf16 (whose state carries the fp32 master weights: without them the bf16 weights of the
@@ -363,21 +355,19 @@ fn training_on_the_emulated_device_resumes_exactly() {
         ]);
         assert!(whole.contains("Emulated CUDA device"), "{whole}");
         let resumed = cuda(&["--resume", "whole/state_000002.bin", "--out-dir", "resumed"]);
-        let want = step_lines(&whole);
+        let want = log_lines(&whole, &["step "]);
         assert_eq!(want.len(), 4, "{whole}");
         assert_eq!(
-            step_lines(&resumed),
+            log_lines(&resumed, &["step "]),
             want[2..],
             "{precision}:\n{whole}\n{resumed}"
         );
-        for f in ["model_000004.bin", "state_000004.bin"] {
-            let a = std::fs::read(dir.join("whole").join(f)).unwrap();
-            let b = std::fs::read(dir.join("resumed").join(f)).unwrap();
-            assert!(
-                a == b,
-                "{precision}: {f} differs between the whole run and the resumed one"
-            );
-        }
+        assert_same_files(
+            &dir.join("whole"),
+            &dir.join("resumed"),
+            &["model_000004.bin", "state_000004.bin"],
+            &format!("{precision}: the whole run and the one resumed at step 2"),
+        );
         let state = std::fs::metadata(dir.join("whole/state_000002.bin"))
             .unwrap()
             .len();

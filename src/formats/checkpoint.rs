@@ -147,13 +147,6 @@ struct OpenCheckpoint {
 /// Opens a checkpoint and checks its header and its size.
 fn open_checkpoint(path: &Path) -> Result<OpenCheckpoint> {
     let (file, actual, h) = open_with_header(path)?;
-    if h[0] == super::train_state::STATE_MAGIC {
-        bail!(
-            "{}: this is a training state (for --resume), not a model checkpoint: the model is \
-             the model_NNNNNN.bin beside it",
-            path.display()
-        );
-    }
     check_magic_version(
         path,
         &h,

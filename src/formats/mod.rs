@@ -62,6 +62,24 @@ pub fn open_with_header(path: &Path) -> Result<(std::fs::File, u64, Header)> {
     Ok((file, size, h))
 }
 
+/// Every format's magic number, its name and what it is for: a file of one format given where
+/// another is expected is named as what it is.
+const FORMATS: [(i32, &str, &str); 5] = [
+    (checkpoint::CHECKPOINT_MAGIC, "a model checkpoint", ""),
+    (
+        debug_state::DEBUG_STATE_MAGIC,
+        "a debug state",
+        " (for verify)",
+    ),
+    (shard::SHARD_MAGIC, "a token shard", ""),
+    (tokenizer_file::TOKENIZER_MAGIC, "a tokenizer file", ""),
+    (
+        train_state::STATE_MAGIC,
+        "a training state",
+        " (for --resume)",
+    ),
+];
+
 /// Checks the magic number and that the version is one of `versions`.
 pub fn check_magic_version(
     path: &Path,
@@ -71,8 +89,15 @@ pub fn check_magic_version(
     versions: &[i32],
 ) -> Result<()> {
     if h[0] != magic {
+        let format = |m: i32| FORMATS.iter().find(|f| f.0 == m);
+        let known = match (format(h[0]), format(magic)) {
+            (Some((_, found, aside)), Some((_, expected, _))) => {
+                format!(": this is {found}{aside}, not {expected}")
+            }
+            _ => String::new(),
+        };
         bail!(
-            "{}: bad magic number {} (expected {magic} for {what})",
+            "{}: bad magic number {} (expected {magic} for {what}){known}",
             path.display(),
             h[0]
         );

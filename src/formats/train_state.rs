@@ -17,13 +17,12 @@
 //! header + arrays long. The arrays pass one at a time between the file and the engine, in chunks
 //! on the file's side, so the host holds at most one of them (4 GB at 1B parameters, not 12).
 
-use super::checkpoint::CHECKPOINT_MAGIC;
 use super::{check_magic_version, new_header, open_with_header, write_file_atomic_with, Header};
 use super::{put_f32s, HEADER_BYTES};
 use crate::engine::OptimizerArray;
 use anyhow::{bail, Context, Result};
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The state file's magic number (`header[0]`).
 pub const STATE_MAGIC: i32 = 20261202;
@@ -160,92 +159,85 @@ pub fn write_train_state(
     })
 }
 
-/// Opens a training state and checks its header and its size: the state, and the file positioned
-/// at its first array.
-fn open_train_state(path: &Path) -> Result<(TrainState, std::fs::File)> {
-    let (file, actual, h) = open_with_header(path)?;
-    if h[0] == CHECKPOINT_MAGIC {
-        bail!(
-            "{}: this is a model checkpoint, not a training state (state_NNNNNN.bin, written \
-             beside it)",
-            path.display()
-        );
-    }
-    check_magic_version(path, &h, "training state", STATE_MAGIC, &[STATE_VERSION])?;
-    let step = header_count(path, &h, 2, "step", 0)?;
-    let batch = header_count(path, &h, 3, "B", 1)?;
-    let seq = header_count(path, &h, 4, "T", 1)?;
-    let master_weights = header_flag(path, &h, 5, "master weights")?;
-    let shuffled = header_flag(path, &h, 6, "shuffle")?;
-    let shards = header_count(path, &h, 16, "shards", 1)?;
-    let n = get_u64(&h, 12);
-    let arrays = 2 + master_weights as u128;
-    let expected = HEADER_BYTES as u128 + arrays * 4 * n as u128;
-    if actual as u128 != expected {
-        bail!(
-            "{}: training state is {}: expected {expected} bytes ({HEADER_BYTES}-byte header + \
-             {arrays} arrays of {n} f32), found {actual}",
-            path.display(),
-            if (actual as u128) < expected {
-                "truncated"
-            } else {
-                "too long"
-            }
-        );
-    }
-    let num_parameters =
-        usize::try_from(n).with_context(|| format!("{}: too large", path.display()))?;
-    let state = TrainState {
-        step,
-        data: DataPosition {
-            batch,
-            seq,
-            shuffle_seed: shuffled.then(|| get_u64(&h, 8)),
-            batches_served: get_u64(&h, 10),
-            tokens: get_u64(&h, 14),
-            shards,
-        },
-        num_parameters,
-        master_weights,
-    };
-    Ok((state, file))
+/// A training state whose header and size have been checked, open at its first array.
+#[derive(Debug)]
+pub struct TrainStateFile {
+    pub path: PathBuf,
+    pub header: TrainState,
+    file: std::fs::File,
 }
 
-/// Reads a training state's header (checking it and the file's size); its arrays are read by
-/// [`read_train_state_arrays`].
-pub fn read_train_state(path: &Path) -> Result<TrainState> {
-    Ok(open_train_state(path)?.0)
-}
-
-/// Reads the arrays of the training state `state` (what [`read_train_state`] gave for `path`),
-/// handing each to `each` in turn.
-pub fn read_train_state_arrays(
-    path: &Path,
-    state: &TrainState,
-    mut each: impl FnMut(OptimizerArray, &[f32]) -> Result<()>,
-) -> Result<()> {
-    let (now, mut file) = open_train_state(path)?;
-    if now != *state {
-        bail!(
-            "{}: the training state changed while it was read",
-            path.display()
-        );
-    }
-    let mut values = vec![0f32; state.num_parameters]; // (num_parameters)
-    let mut buf = vec![0u8; CHUNK * 4];
-    for &which in state.arrays() {
-        for chunk in values.chunks_mut(CHUNK) {
-            let bytes = &mut buf[..chunk.len() * 4];
-            file.read_exact(bytes).with_context(|| {
-                format!("{}: cannot read AdamW's {}", path.display(), which.name())
-            })?;
-            for (o, b) in chunk.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
+impl TrainStateFile {
+    /// Opens a training state and checks its header and its size; its arrays are read by
+    /// [`read_arrays`](Self::read_arrays).
+    pub fn open(path: &Path) -> Result<TrainStateFile> {
+        let (file, actual, h) = open_with_header(path)?;
+        check_magic_version(path, &h, "training state", STATE_MAGIC, &[STATE_VERSION])?;
+        let step = header_count(path, &h, 2, "step", 0)?;
+        let batch = header_count(path, &h, 3, "B", 1)?;
+        let seq = header_count(path, &h, 4, "T", 1)?;
+        let master_weights = header_flag(path, &h, 5, "master weights")?;
+        let shuffled = header_flag(path, &h, 6, "shuffle")?;
+        let shards = header_count(path, &h, 16, "shards", 1)?;
+        let n = get_u64(&h, 12);
+        let arrays = 2 + master_weights as u128;
+        let expected = HEADER_BYTES as u128 + arrays * 4 * n as u128;
+        if actual as u128 != expected {
+            bail!(
+                "{}: training state is {}: expected {expected} bytes ({HEADER_BYTES}-byte header + \
+                 {arrays} arrays of {n} f32), found {actual}",
+                path.display(),
+                if (actual as u128) < expected {
+                    "truncated"
+                } else {
+                    "too long"
+                }
+            );
         }
-        each(which, &values)?;
+        let num_parameters =
+            usize::try_from(n).with_context(|| format!("{}: too large", path.display()))?;
+        let state = TrainState {
+            step,
+            data: DataPosition {
+                batch,
+                seq,
+                shuffle_seed: shuffled.then(|| get_u64(&h, 8)),
+                batches_served: get_u64(&h, 10),
+                tokens: get_u64(&h, 14),
+                shards,
+            },
+            num_parameters,
+            master_weights,
+        };
+        Ok(TrainStateFile {
+            path: path.to_path_buf(),
+            header: state,
+            file,
+        })
     }
-    Ok(())
+
+    /// Reads the arrays, handing each to `each` in turn.
+    pub fn read_arrays(
+        mut self,
+        mut each: impl FnMut(OptimizerArray, &[f32]) -> Result<()>,
+    ) -> Result<()> {
+        let path = self.path.display();
+        let mut values = vec![0f32; self.header.num_parameters]; // (num_parameters)
+        let mut buf = vec![0u8; CHUNK * 4];
+        for &which in self.header.arrays() {
+            for chunk in values.chunks_mut(CHUNK) {
+                let bytes = &mut buf[..chunk.len() * 4];
+                self.file
+                    .read_exact(bytes)
+                    .with_context(|| format!("{path}: cannot read AdamW's {}", which.name()))?;
+                for (o, b) in chunk.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            each(which, &values)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -320,9 +312,10 @@ mod tests {
                     .unwrap(),
             );
             assert_eq!(m1, -0.25);
-            assert_eq!(read_train_state(&path).unwrap(), s);
+            let file = TrainStateFile::open(&path).unwrap();
+            assert_eq!(file.header, s);
             let mut read = Vec::new();
-            read_train_state_arrays(&path, &s, |which, v| {
+            file.read_arrays(|which, v| {
                 read.push((which, v.to_vec()));
                 Ok(())
             })
@@ -342,7 +335,7 @@ mod tests {
         let good = std::fs::read(&path).unwrap();
         let err = |bytes: &[u8]| {
             std::fs::write(&path, bytes).unwrap();
-            format!("{:#}", read_train_state(&path).unwrap_err())
+            format!("{:#}", TrainStateFile::open(&path).unwrap_err())
         };
         assert!(err(&good[..good.len() - 4]).contains("training state is truncated"));
         let mut long = good.clone();
@@ -353,7 +346,7 @@ mod tests {
         bad[0] ^= 1;
         assert!(err(&bad).contains("bad magic number"));
         let mut bad = good.clone();
-        bad[..4].copy_from_slice(&CHECKPOINT_MAGIC.to_le_bytes());
+        bad[..4].copy_from_slice(&crate::formats::checkpoint::CHECKPOINT_MAGIC.to_le_bytes());
         assert!(err(&bad).contains("this is a model checkpoint, not a training state"));
         let mut bad = good.clone();
         bad[4] = 2;

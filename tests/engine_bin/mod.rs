@@ -2,9 +2,10 @@
 //! engine cargo built, or, on a GPU machine (test executables built elsewhere and copied by
 //! `../shared/gpu/pack`, where the build path does not exist), the one the pack put in
 //! `.gpu/bin`; the project root from the run-time CARGO_MANIFEST_DIR when set (on-gpu.sh sets it).
+//! And what those files read in its output and its files.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The project root.
@@ -27,4 +28,36 @@ pub fn engine() -> PathBuf {
 /// A command running the engine binary.
 pub fn bin() -> Command {
     Command::new(engine())
+}
+
+/// The lines of a training log that start with one of `kinds` (e.g. "step ", "val loss"), each
+/// without its timings (the fields after loss, lr and norm): what two runs of the same numbers
+/// print alike.
+pub fn log_lines(log: &str, kinds: &[&str]) -> Vec<String> {
+    log.lines()
+        .filter(|l| kinds.iter().any(|k| l.starts_with(k)))
+        .map(|l| l.split(" | ").take(4).collect::<Vec<_>>().join(" | "))
+        .collect()
+}
+
+/// N of a step line `step N/STEPS | ...`; None for any other line.
+pub fn step_number(line: &str) -> Option<usize> {
+    line.strip_prefix("step ")?
+        .trim_start()
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Panics unless each of `files` has the same bytes in folders `a` and `b`; `what` says which
+/// runs they are.
+pub fn assert_same_files(a: &Path, b: &Path, files: &[&str], what: &str) {
+    for f in files {
+        let (x, y) = (
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+        );
+        assert!(x == y, "{what}: {f} differs");
+    }
 }

@@ -150,7 +150,6 @@ fn open_checkpoint(path: &Path) -> Result<OpenCheckpoint> {
     check_magic_version(
         path,
         &h,
-        "a model checkpoint",
         CHECKPOINT_MAGIC,
         &[CHECKPOINT_VERSION_FP32, CHECKPOINT_VERSION_BF16],
     )?;

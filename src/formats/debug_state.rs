@@ -99,13 +99,7 @@ pub fn read_debug_state(path: &Path, cfg: &GPT2Config) -> Result<DebugState> {
     let what = "debug state";
     let bytes = read_file(path)?;
     let h = parse_header(path, &bytes)?;
-    check_magic_version(
-        path,
-        &h,
-        "a debug state",
-        DEBUG_STATE_MAGIC,
-        &[DEBUG_STATE_VERSION],
-    )?;
+    check_magic_version(path, &h, DEBUG_STATE_MAGIC, &[DEBUG_STATE_VERSION])?;
     let n = check_dims(path, what, cfg, h[2] as i64, h[3] as i64)?;
     // Both positive i32 now.
     let (b, t) = (h[2] as usize, h[3] as usize);

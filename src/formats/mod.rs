@@ -62,42 +62,36 @@ pub fn open_with_header(path: &Path) -> Result<(std::fs::File, u64, Header)> {
     Ok((file, size, h))
 }
 
-/// Every format's magic number, its name and what it is for: a file of one format given where
-/// another is expected is named as what it is.
+/// Every format's magic number, its name and what it is for (for messages: a file of one format
+/// given where another is expected is named as what it is).
 const FORMATS: [(i32, &str, &str); 5] = [
-    (checkpoint::CHECKPOINT_MAGIC, "a model checkpoint", ""),
+    (checkpoint::CHECKPOINT_MAGIC, "model checkpoint", ""),
     (
         debug_state::DEBUG_STATE_MAGIC,
-        "a debug state",
+        "debug state",
         " (for verify)",
     ),
-    (shard::SHARD_MAGIC, "a token shard", ""),
-    (tokenizer_file::TOKENIZER_MAGIC, "a tokenizer file", ""),
+    (shard::SHARD_MAGIC, "token shard", ""),
+    (tokenizer_file::TOKENIZER_MAGIC, "tokenizer file", ""),
     (
         train_state::STATE_MAGIC,
-        "a training state",
+        "training state",
         " (for --resume)",
     ),
 ];
 
-/// Checks the magic number and that the version is one of `versions`.
-pub fn check_magic_version(
-    path: &Path,
-    h: &Header,
-    what: &str,
-    magic: i32,
-    versions: &[i32],
-) -> Result<()> {
+/// Checks that the magic number is `magic` (one of the formats here) and the version one of
+/// `versions`.
+pub fn check_magic_version(path: &Path, h: &Header, magic: i32, versions: &[i32]) -> Result<()> {
+    let format = |m: i32| FORMATS.iter().find(|f| f.0 == m);
+    let what = format(magic).map_or("file of this kind", |f| f.1);
     if h[0] != magic {
-        let format = |m: i32| FORMATS.iter().find(|f| f.0 == m);
-        let known = match (format(h[0]), format(magic)) {
-            (Some((_, found, aside)), Some((_, expected, _))) => {
-                format!(": this is {found}{aside}, not {expected}")
-            }
-            _ => String::new(),
+        let found = match format(h[0]) {
+            Some((_, name, aside)) => format!(": this is a {name}{aside}, not a {what}"),
+            None => String::new(),
         };
         bail!(
-            "{}: bad magic number {} (expected {magic} for {what}){known}",
+            "{}: bad magic number {} (expected {magic} for a {what}){found}",
             path.display(),
             h[0]
         );

@@ -54,7 +54,7 @@ pub fn read_shard(path: &Path) -> Result<Vec<u16>> {
 /// the token count N. Cheap: reads 1024 bytes.
 pub fn read_shard_len(path: &Path) -> Result<usize> {
     let (_, size, h) = super::open_with_header(path)?;
-    check_magic_version(path, &h, "token shard", SHARD_MAGIC, &[SHARD_VERSION])?;
+    check_magic_version(path, &h, SHARD_MAGIC, &[SHARD_VERSION])?;
     let n = header_count(path, h[2])?;
     check_size(path, n, size)?;
     Ok(n)
@@ -63,7 +63,7 @@ pub fn read_shard_len(path: &Path) -> Result<usize> {
 /// Checks the header and size of a whole shard file's bytes; returns N.
 fn check_shard_bytes(path: &Path, bytes: &[u8]) -> Result<usize> {
     let h = parse_header(path, bytes)?;
-    check_magic_version(path, &h, "token shard", SHARD_MAGIC, &[SHARD_VERSION])?;
+    check_magic_version(path, &h, SHARD_MAGIC, &[SHARD_VERSION])?;
     let n = header_count(path, h[2])?;
     check_size(path, n, bytes.len() as u64)?;
     Ok(n)

@@ -35,7 +35,6 @@ pub fn read_tokenizer_file(path: &Path) -> Result<TokenizerFile> {
     check_magic_version(
         path,
         &h,
-        "a tokenizer file",
         TOKENIZER_MAGIC,
         &[TOKENIZER_VERSION_1, TOKENIZER_VERSION_2],
     )?;

@@ -172,7 +172,7 @@ impl TrainStateFile {
     /// [`read_arrays`](Self::read_arrays).
     pub fn open(path: &Path) -> Result<TrainStateFile> {
         let (file, actual, h) = open_with_header(path)?;
-        check_magic_version(path, &h, "training state", STATE_MAGIC, &[STATE_VERSION])?;
+        check_magic_version(path, &h, STATE_MAGIC, &[STATE_VERSION])?;
         let step = header_count(path, &h, 2, "step", 0)?;
         let batch = header_count(path, &h, 3, "B", 1)?;
         let seq = header_count(path, &h, 4, "T", 1)?;

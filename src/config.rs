@@ -108,6 +108,22 @@ impl GPT2Config {
     }
 }
 
+/// `L=12 NH=12 C=768 V=50257 Vp=50304 maxT=1024`, as the run's model line prints it.
+impl std::fmt::Display for GPT2Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "L={} NH={} C={} V={} Vp={} maxT={}",
+            self.num_layers,
+            self.num_heads,
+            self.channels,
+            self.vocab_size,
+            self.padded_vocab_size,
+            self.max_seq_len
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

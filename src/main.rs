@@ -1,5 +1,5 @@
-//! The `train-gpt2-cuda` command line: training (the default), `prepro`, `sample`, `verify`, and
-//! `tokenizer` (writes llm.c's gpt2_tokenizer.bin). Every error is printed with its causes and
+//! The `train-gpt2-cuda` command line: training (the default), `prepro`, `sample`, `verify`,
+//! `convert` (any model to an llm.c checkpoint) and `tokenizer` (writes llm.c's gpt2_tokenizer.bin). Every error is printed with its causes and
 //! exits with status 1; nothing the user types makes it panic.
 
 use anyhow::{bail, Context, Result};
@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use train_gpt2_cuda::engine::{create_engine, EngineOptions, Kernels};
-use train_gpt2_cuda::formats::{checkpoint, debug_state};
+use train_gpt2_cuda::formats::{checkpoint, debug_state, read_model};
 use train_gpt2_cuda::precision::Precision;
 use train_gpt2_cuda::sample::{generate, SampleOptions};
 use train_gpt2_cuda::tokenizer::Tokenizer;
@@ -36,6 +36,8 @@ enum Command {
     Sample(SampleArgs),
     /// Compare forward and backward with a debug state (PyTorch or llm.c) tensor by tensor.
     Verify(VerifyArgs),
+    /// Write a model (a Hugging Face GPT-2, or an llm.c checkpoint) as an llm.c checkpoint.
+    Convert(ConvertArgs),
     /// Write the GPT-2 vocabulary as llm.c's gpt2_tokenizer.bin.
     Tokenizer {
         /// The file to write.
@@ -61,8 +63,23 @@ struct PreproArgs {
 }
 
 #[derive(clap::Args, Debug)]
+struct ConvertArgs {
+    /// The model: a Hugging Face GPT-2 (a directory with config.json and model.safetensors), or an
+    /// llm.c checkpoint.
+    #[arg(long)]
+    model: PathBuf,
+    /// The llm.c checkpoint to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// fp32 (version 3) or bf16 (version 5, rounded to nearest).
+    #[arg(long, value_enum, default_value = "fp32")]
+    precision: Precision,
+}
+
+#[derive(clap::Args, Debug)]
 struct SampleArgs {
-    /// An llm.c model checkpoint (fp32 or bf16).
+    /// The model: an llm.c checkpoint (fp32 or bf16), or a Hugging Face GPT-2 (a directory with
+    /// config.json and model.safetensors).
     #[arg(long)]
     model: PathBuf,
     /// Text to continue (default: start from the end-of-text token).
@@ -98,7 +115,7 @@ enum VerifyDevice {
 
 #[derive(clap::Args, Debug)]
 struct VerifyArgs {
-    /// The llm.c model checkpoint the state was made with.
+    /// The model the state was made with: an llm.c checkpoint, or a Hugging Face GPT-2.
     #[arg(long)]
     model: PathBuf,
     /// The debug state: batch, logits, loss and gradients.
@@ -136,6 +153,7 @@ fn main() -> ExitCode {
         Some(Command::Prepro(a)) => run_prepro(&a),
         Some(Command::Sample(a)) => run_sample(&a),
         Some(Command::Verify(a)) => run_verify(&a),
+        Some(Command::Convert(a)) => run_convert(&a),
         Some(Command::Tokenizer { out }) => run_tokenizer(&out),
     };
     match result {
@@ -197,7 +215,7 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
         top_k: a.top_k,
     };
     opts.validate()?;
-    let ck = checkpoint::read_checkpoint(&a.model)?;
+    let ck = read_model(&a.model)?;
     let cfg = ck.config;
     let window = a.window.unwrap_or(cfg.max_seq_len);
     if window == 0 || window > cfg.max_seq_len {
@@ -254,6 +272,23 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn run_convert(a: &ConvertArgs) -> Result<ExitCode> {
+    let ck = read_model(&a.model)?;
+    let precision = match a.precision {
+        Precision::Fp32 => checkpoint::CheckpointPrecision::Fp32,
+        Precision::Bf16 => checkpoint::CheckpointPrecision::Bf16,
+    };
+    checkpoint::write_checkpoint(&a.out, &ck.config, &ck.params, precision)?;
+    println!(
+        "wrote {} ({} parameters, {}: {})",
+        a.out.display(),
+        ck.params.len(),
+        a.precision.name(),
+        ck.config
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run_tokenizer(out: &std::path::Path) -> Result<ExitCode> {
     let tok = Tokenizer::gpt2()?;
     let tokens = tok.decoder().all_token_bytes();
@@ -268,31 +303,22 @@ fn run_tokenizer(out: &std::path::Path) -> Result<ExitCode> {
 }
 
 fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
-    let ck = checkpoint::read_checkpoint(&a.model)?;
+    let ck = read_model(&a.model)?;
     let cfg = ck.config;
     let state = debug_state::read_debug_state(&a.state, &cfg)?;
     println!(
-        "verify: {} with {} (B={}, T={}, L={}, NH={}, C={}, V={}, Vp={})",
+        "verify: {} with {} (B={} T={} {cfg})",
         a.model.display(),
         a.state.display(),
         state.b,
-        state.t,
-        cfg.num_layers,
-        cfg.num_heads,
-        cfg.channels,
-        cfg.vocab_size,
-        cfg.padded_vocab_size
+        state.t
     );
     let devices: &[Device] = match a.device {
         VerifyDevice::Cpu => &[Device::Cpu],
         VerifyDevice::Cuda => &[Device::Cuda],
         VerifyDevice::Both => &[Device::Cpu, Device::Cuda],
     };
-    let reference = verify::Outputs {
-        logits: state.logits.clone(),
-        loss: state.loss,
-        grads: state.grads.clone(),
-    };
+    let reference = verify::Outputs::expected(&state);
     if a.precision == Precision::Bf16 && a.device == VerifyDevice::Cpu {
         bail!("--precision bf16 needs --device cuda or both: the CPU engine computes in fp32 only");
     }

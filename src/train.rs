@@ -8,7 +8,7 @@ use crate::config::GPT2Config;
 use crate::cpu::adamw::AdamW;
 use crate::data::DataLoader;
 use crate::engine::Engine;
-use crate::formats::checkpoint::read_checkpoint;
+use crate::formats::read_model;
 use crate::mfu::mfu;
 use crate::precision::Precision;
 use crate::sample::{generate, SampleOptions};
@@ -35,8 +35,9 @@ pub struct TrainArgs {
     /// Where to run: auto (GPU if there is one), cpu or cuda.
     #[arg(long, value_enum, default_value = "auto")]
     pub device: Device,
-    /// The model: a descriptor dN (L=N, NH=N, C=64N; d12 is GPT-2 124M), or an llm.c checkpoint to
-    /// continue from.
+    /// The model: a descriptor dN (L=N, NH=N, C=64N; d12 is GPT-2 124M) for a new one, or one to
+    /// continue from (finetune): an llm.c checkpoint, or a Hugging Face GPT-2 (a directory with
+    /// config.json and model.safetensors).
     #[arg(long, default_value = "d12")]
     pub model: String,
     /// Training shards (a glob such as 'dir/train_*.bin'); default: the bundled Shakespeare corpus.
@@ -229,11 +230,12 @@ impl TrainArgs {
     }
 }
 
-/// Resolves `--model`: a descriptor builds a fresh seeded model, a file path loads a checkpoint.
+/// Resolves `--model`: a descriptor builds a fresh seeded model, a path loads a checkpoint (llm.c's,
+/// or a Hugging Face GPT-2: [`read_model`]).
 pub fn load_model(model: &str, seed: u64) -> Result<(GPT2Config, Vec<f32>)> {
     let path = Path::new(model);
     if path.exists() || model.ends_with(".bin") {
-        let ck = read_checkpoint(path)?;
+        let ck = read_model(path)?;
         return Ok((ck.config, ck.params));
     }
     let cfg = GPT2Config::from_descriptor(model)?;
@@ -285,13 +287,7 @@ pub fn train(
     })?;
 
     println!(
-        "model: L={} NH={} C={} V={} Vp={} maxT={} ({:.1}M parameters) on {}",
-        cfg.num_layers,
-        cfg.num_heads,
-        cfg.channels,
-        cfg.vocab_size,
-        cfg.padded_vocab_size,
-        cfg.max_seq_len,
+        "model: {cfg} ({:.1}M parameters) on {}",
         crate::params::num_parameters(&cfg) as f64 / 1e6,
         engine.describe()
     );

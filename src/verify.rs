@@ -152,6 +152,17 @@ pub struct Outputs {
     pub grads: Vec<f32>, // (num_parameters)
 }
 
+impl Outputs {
+    /// What the debug state says an engine must compute on its batch.
+    pub fn expected(state: &DebugState) -> Outputs {
+        Outputs {
+            logits: state.logits.clone(),
+            loss: state.loss,
+            grads: state.grads.clone(),
+        }
+    }
+}
+
 /// Forward and backward on the state's batch.
 pub fn run_engine(engine: &mut dyn Engine, state: &DebugState) -> Result<Outputs> {
     let cfg = *engine.config();

@@ -177,11 +177,7 @@ fn check_fixture_with(name: &str, precision: Precision, kernels: Option<Kernels>
     let mut cpu = Gpt2Cpu::new(cfg, ck.params.clone(), state.b, state.t).unwrap();
     let got = verify::run_engine(&mut *gpu, &state).unwrap();
     let want_cpu = verify::run_engine(&mut cpu, &state).unwrap();
-    let want_ref = verify::Outputs {
-        logits: state.logits.clone(),
-        loss: state.loss,
-        grads: state.grads.clone(),
-    };
+    let want_ref = verify::Outputs::expected(&state);
     for (what, want) in [("cpu", &want_cpu), ("pytorch", &want_ref)] {
         let rows = verify::compare_outputs(&cfg, &got, want, &tol);
         let table = verify::format_table(&format!("gpu {precision} vs {what} on {name}"), &rows);

@@ -20,11 +20,7 @@ fn check_fixture(name: &str) {
     let state = read_debug_state(&fixture(&format!("ref_{name}_state.bin")), &cfg).unwrap();
     let mut model = Gpt2Cpu::new(cfg, ck.params.clone(), state.b, state.t).unwrap();
     let out = verify::run_engine(&mut model, &state).unwrap();
-    let want = verify::Outputs {
-        logits: state.logits.clone(),
-        loss: state.loss,
-        grads: state.grads.clone(),
-    };
+    let want = verify::Outputs::expected(&state);
     let rows = verify::compare_outputs(&cfg, &out, &want, &Tolerances::FP32);
     let table = verify::format_table(&format!("cpu vs {name}"), &rows);
     println!("{table}");
@@ -84,11 +80,7 @@ fn bf16_weight_rounding_uses_at_most_half_the_bf16_tolerances() {
         assert_ne!(rounded, ck.params);
         let mut model = Gpt2Cpu::new(cfg, rounded, state.b, state.t).unwrap();
         let out = verify::run_engine(&mut model, &state).unwrap();
-        let want = verify::Outputs {
-            logits: state.logits.clone(),
-            loss: state.loss,
-            grads: state.grads.clone(),
-        };
+        let want = verify::Outputs::expected(&state);
         let rows = verify::compare_outputs(&cfg, &out, &want, &half_of(Tolerances::BF16));
         let table = verify::format_table(&format!("cpu, bf16-rounded weights, vs {name}"), &rows);
         println!("{table}");
@@ -119,11 +111,7 @@ fn bf16_storage_emulation_uses_at_most_half_the_bf16_tolerances() {
         // every logit and gradient the emulation reports is a bf16 value
         let is_bf16 = |x: &f32| half::bf16::from_f32(*x).to_f32() == *x;
         assert!(out.logits.iter().all(is_bf16) && out.grads.iter().all(is_bf16));
-        let want = verify::Outputs {
-            logits: state.logits.clone(),
-            loss: state.loss,
-            grads: state.grads.clone(),
-        };
+        let want = verify::Outputs::expected(&state);
         let rows = verify::compare_outputs(&cfg, &out, &want, &half_of(Tolerances::BF16));
         let table = verify::format_table(&format!("cpu, bf16 storage emulated, vs {name}"), &rows);
         println!("{table}");

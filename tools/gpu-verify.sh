@@ -114,6 +114,9 @@ for f in tiny sharp gpt2vocab hs64; do
     --model "tests/fixtures/ref_${f}_model.bin" --state "tests/fixtures/ref_${f}_state.bin" \
     --steps 10 --expect-losses "tests/fixtures/ref_${f}_losses.txt" --dump "$logs/dump_${f}.bin"
 done
+# the engine on a Hugging Face GPT-2 directory against transformers' own logits, loss and gradients
+check verify-hf-tiny 120 eng verify --device both --model tests/fixtures/hf_tiny \
+  --state tests/fixtures/hf_tiny_state.bin
 for f in tiny sharp gpt2vocab hs64; do
   check "verify-bf16-$f" 120 eng verify --device both --precision bf16 \
     --model "tests/fixtures/ref_${f}_model.bin" --state "tests/fixtures/ref_${f}_state.bin" \

@@ -22,4 +22,7 @@ python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-loca
   'nvidia-cuda-nvcc==13.0.*' 'nvidia-cuda-crt==13.0.*' 'nvidia-cuda-runtime==13.0.*' \
   'nvidia-nvvm==13.0.*' 'nvidia-cuda-cccl==13.0.*' 'nvidia-nvtx==13.0.*' 'libclang==18.1.1'
 touch "$stamp"
+# A build made before this install watched no stamp (there was no .cuda/): touching build.rs
+# (watched always) makes the next cargo build look for nvcc again and compile the kernels.
+touch "$root/build.rs"
 echo "setup-cuda: done"

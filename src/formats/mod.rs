@@ -1,9 +1,13 @@
 //! llm.c-compatible file formats, byte for byte. Every file starts with a header of 256 i32 values
 //! (little-endian): magic, version, then format-specific fields; the rest of the header is zero.
 //! Readers check the magic, the version and the size, and name the file in every error.
+//!
+//! Models are also read from Hugging Face's format (`safetensors`, `hf_gpt2`): [`read_model`].
 
 pub mod checkpoint;
 pub mod debug_state;
+pub mod hf_gpt2;
+pub mod safetensors;
 pub mod shard;
 pub mod tokenizer_file;
 pub mod train_state;
@@ -80,6 +84,19 @@ const FORMATS: [(i32, &str, &str); 5] = [
     ),
 ];
 
+/// The first four bytes of a zip archive, as an i32: what `torch.save` writes (`pytorch_model.bin`).
+const ZIP_MAGIC: i32 = 0x0403_4b50;
+
+/// Reads a model: an llm.c checkpoint (version 3 or 5), or a Hugging Face GPT-2 (a directory with
+/// `config.json` and `model.safetensors`, or one of its safetensors files or its shard index).
+pub fn read_model(path: &Path) -> Result<checkpoint::Checkpoint> {
+    if hf_gpt2::is_hf_model(path) {
+        hf_gpt2::read_hf_gpt2(path)
+    } else {
+        checkpoint::read_checkpoint(path)
+    }
+}
+
 /// Checks that the magic number is `magic` (one of the formats here) and the version one of
 /// `versions`.
 pub fn check_magic_version(path: &Path, h: &Header, magic: i32, versions: &[i32]) -> Result<()> {
@@ -88,6 +105,10 @@ pub fn check_magic_version(path: &Path, h: &Header, magic: i32, versions: &[i32]
     if h[0] != magic {
         let found = match format(h[0]) {
             Some((_, name, aside)) => format!(": this is a {name}{aside}, not a {what}"),
+            None if h[0] == ZIP_MAGIC => ": this is a zip archive, as PyTorch's torch.save writes \
+                 (pytorch_model.bin), which is not read; a Hugging Face GPT-2 is read from its \
+                 model.safetensors and config.json"
+                .to_string(),
             None => String::new(),
         };
         bail!(

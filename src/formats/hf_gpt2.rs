@@ -1,0 +1,352 @@
+//! A Hugging Face GPT-2 (transformers' `GPT2LMHeadModel`: `openai-community/gpt2`, `gpt2-medium`,
+//! a model finetuned and saved with `save_pretrained`) read as a [`Checkpoint`], so that `--model`
+//! can start a finetuning run from it.
+//!
+//! What is read: a directory holding `config.json` and either `model.safetensors` or a sharded
+//! `model.safetensors.index.json` with its shards; or one of those two files, with `config.json`
+//! beside it. PyTorch pickles (`pytorch_model.bin`) are not read.
+//!
+//! `config.json` gives the dimensions: `n_layer` (L), `n_head` (NH), `n_embd` (C), `n_positions`
+//! (maxT), `vocab_size` (V; Vp is V rounded up to 128, the padded rows of wte zero). A missing key
+//! takes transformers' default (GPT-2 124M's). A config whose model the engine does not compute
+//! is refused, naming the key: another `model_type`, an `activation_function` other than the
+//! tanh GELU (`gelu_new`), `n_inner` other than 4C, `layer_norm_epsilon` other than 1e-5, unscaled
+//! or layer-scaled attention, cross-attention.
+//!
+//! The tensors, with or without the `transformer.` prefix `save_pretrained` adds:
+//! `wte.weight` (V, C), `wpe.weight` (maxT, C), `ln_f.weight`/`.bias` (C) and, for each layer
+//! `h.N.`: `ln_1`, `ln_2` (weight, bias: C), `attn.c_attn` (weight (C, 3C), bias 3C),
+//! `attn.c_proj` (C, C; C), `mlp.c_fc` (C, 4C; 4C), `mlp.c_proj` (4C, C; C). GPT-2's `Conv1D`
+//! stores a weight as (in, out); the checkpoint (like `nn.Linear`) as (out, in), so the four
+//! weights are transposed. The causal-mask buffers `h.N.attn.bias` and `h.N.attn.masked_bias` are
+//! skipped; `lm_head.weight`, where present, must equal `wte.weight` (the engine ties the two). Any
+//! other tensor, a missing one or a wrong shape is an error. F32, F16, BF16 and F64 are read (as
+//! f32).
+
+use super::checkpoint::Checkpoint;
+use super::safetensors::{looks_like_safetensors, SafeTensors, TensorInfo};
+use crate::config::{pad_vocab, GPT2Config, GPT2_VOCAB_SIZE};
+use crate::params::{num_parameters, split_mut};
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+const CONFIG_FILE: &str = "config.json";
+const SINGLE_FILE: &str = "model.safetensors";
+const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// Whether `path` is (or is in) a Hugging Face model rather than an llm.c checkpoint: a directory,
+/// a safetensors file or a shard index.
+pub fn is_hf_model(path: &Path) -> bool {
+    path.is_dir() || is_index(path) || looks_like_safetensors(path)
+}
+
+fn is_index(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.ends_with(".safetensors.index.json"))
+}
+
+/// The config file and the safetensors files of the model at `path`.
+fn locate(path: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
+    let p = path.display();
+    let (dir, weights) = if path.is_dir() {
+        let single = path.join(SINGLE_FILE);
+        let index = path.join(INDEX_FILE);
+        let weights = if single.is_file() {
+            single
+        } else if index.is_file() {
+            index
+        } else if path.join("pytorch_model.bin").exists() {
+            bail!(
+                "{p}: holds pytorch_model.bin but no {SINGLE_FILE}: PyTorch pickles are not read; \
+                 save the model with save_pretrained(dir) (safetensors, transformers' default) or \
+                 download its model.safetensors"
+            );
+        } else {
+            bail!(
+                "{p}: a directory without {SINGLE_FILE} or {INDEX_FILE}: not a Hugging Face model"
+            );
+        };
+        (path.to_path_buf(), weights)
+    } else {
+        let dir = path
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        (dir, path.to_path_buf())
+    };
+    let config = dir.join(CONFIG_FILE);
+    if !config.is_file() {
+        bail!(
+            "{}: no {CONFIG_FILE} beside {}: it gives the model's dimensions (n_layer, n_head, ...)",
+            dir.display(),
+            weights.display()
+        );
+    }
+    let files = if is_index(&weights) {
+        shard_files(&weights)?
+    } else {
+        vec![weights]
+    };
+    Ok((config, files))
+}
+
+/// Reads a JSON file.
+fn read_json(path: &Path) -> Result<Value> {
+    let text = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    serde_json::from_slice(&text).map_err(|e| anyhow!("{}: not valid JSON: {e}", path.display()))
+}
+
+/// The shards a `model.safetensors.index.json` names (its `weight_map` values), each once.
+fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
+    let json = read_json(index)?;
+    let map = json
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| anyhow!("{}: no \"weight_map\" object", index.display()))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    let mut files: Vec<PathBuf> = Vec::new();
+    for file in map.values() {
+        let name = file
+            .as_str()
+            .filter(|n| !n.contains('/') && !n.contains('\\') && !n.is_empty())
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: \"weight_map\" names {file}, not a file beside it",
+                    index.display()
+                )
+            })?;
+        let f = dir.join(name);
+        if !files.contains(&f) {
+            files.push(f);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The model config from `config.json`, refusing what the engine does not compute.
+fn read_config(path: &Path) -> Result<GPT2Config> {
+    let p = path.display();
+    let json = read_json(path)?;
+    let obj = json
+        .as_object()
+        .ok_or_else(|| anyhow!("{p}: not a JSON object"))?;
+    let present = |k: &str| obj.get(k).filter(|v| !v.is_null());
+    let dim = |k: &str, default: usize| -> Result<usize> {
+        match present(k) {
+            None => Ok(default),
+            Some(v) => v
+                .as_u64()
+                .filter(|&x| x > 0)
+                .and_then(|x| usize::try_from(x).ok())
+                .ok_or_else(|| anyhow!("{p}: \"{k}\" is {v}, not a positive integer")),
+        }
+    };
+    let flag = |k: &str, default: bool| -> Result<bool> {
+        match present(k) {
+            None => Ok(default),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| anyhow!("{p}: \"{k}\" is {v}, not true or false")),
+        }
+    };
+    if let Some(t) = present("model_type") {
+        if t.as_str() != Some("gpt2") {
+            bail!("{p}: \"model_type\" is {t}: only GPT-2 (\"gpt2\") models are read");
+        }
+    }
+    let l = dim("n_layer", 12)?;
+    let nh = dim("n_head", 12)?;
+    let c = dim("n_embd", 768)?;
+    let maxt = dim("n_positions", 1024)?;
+    let v = dim("vocab_size", GPT2_VOCAB_SIZE)?;
+    let refuse = |k: &str, found: &Value, engine: &str| -> Result<()> {
+        bail!("{p}: \"{k}\" is {found}, but the engine computes {engine}")
+    };
+    if let Some(f) = present("activation_function") {
+        if !matches!(f.as_str(), Some("gelu_new" | "gelu_pytorch_tanh")) {
+            refuse("activation_function", f, "GPT-2's tanh GELU (\"gelu_new\")")?;
+        }
+    }
+    if let Some(n) = present("n_inner") {
+        if n.as_u64() != Some(4 * c as u64) {
+            refuse("n_inner", n, &format!("an MLP of 4 * n_embd = {}", 4 * c))?;
+        }
+    }
+    if let Some(e) = present("layer_norm_epsilon") {
+        if e.as_f64().is_none_or(|x| (x - 1e-5).abs() > 1e-12) {
+            refuse("layer_norm_epsilon", e, "LayerNorm with eps 1e-5")?;
+        }
+    }
+    if !flag("scale_attn_weights", true)? {
+        refuse(
+            "scale_attn_weights",
+            &Value::Bool(false),
+            "attention scaled by 1/sqrt(head size)",
+        )?;
+    }
+    if flag("scale_attn_by_inverse_layer_idx", false)? {
+        refuse(
+            "scale_attn_by_inverse_layer_idx",
+            &Value::Bool(true),
+            "the same attention scale in every layer",
+        )?;
+    }
+    if flag("add_cross_attention", false)? {
+        refuse(
+            "add_cross_attention",
+            &Value::Bool(true),
+            "self-attention only",
+        )?;
+    }
+    GPT2Config::new(maxt, v, pad_vocab(v), l, nh, c).map_err(|e| anyhow!("{p}: {e}"))
+}
+
+/// Where a tensor is: the index of its file among the open ones, its entry.
+type Found = (usize, TensorInfo);
+
+/// Every tensor of the open files by its name without the `transformer.` prefix.
+fn index_tensors(files: &[SafeTensors]) -> Result<BTreeMap<String, Found>> {
+    let mut found: BTreeMap<String, Found> = BTreeMap::new();
+    for (i, f) in files.iter().enumerate() {
+        for (name, info) in f.tensors() {
+            let short = name.strip_prefix("transformer.").unwrap_or(name);
+            if let Some((j, _)) = found.insert(short.to_string(), (i, info.clone())) {
+                bail!(
+                    "tensor \"{short}\" is stored twice: in {} and in {}",
+                    files[j].path().display(),
+                    f.path().display()
+                );
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Reads one tensor of shape `shape` (as stored) into `out`: as stored, or transposed from
+/// (rows, cols) to (cols, rows) when `transpose`.
+fn read_tensor(
+    files: &mut [SafeTensors],
+    found: &BTreeMap<String, Found>,
+    name: &str,
+    shape: &[usize],
+    transpose: bool,
+    out: &mut [f32],
+) -> Result<()> {
+    let (i, info) = found.get(name).ok_or_else(|| {
+        anyhow!(
+            "{}: no tensor \"{name}\" (nor \"transformer.{name}\"): not a complete GPT-2",
+            files[0].path().display()
+        )
+    })?;
+    let file = &mut files[*i];
+    if info.shape != shape {
+        bail!(
+            "{}: tensor \"{name}\" has shape {:?}, but config.json's dimensions give {shape:?}",
+            file.path().display(),
+            info.shape
+        );
+    }
+    let stored_name = if file.tensors().contains_key(name) {
+        name.to_string()
+    } else {
+        format!("transformer.{name}")
+    };
+    if !transpose {
+        return file.read_f32(&stored_name, out);
+    }
+    let (rows, cols) = (shape[0], shape[1]);
+    let mut stored = vec![0f32; rows * cols]; // (rows, cols)
+    file.read_f32(&stored_name, &mut stored)?;
+    for (r, row) in stored.chunks_exact(cols).enumerate() {
+        for (c, &x) in row.iter().enumerate() {
+            out[c * rows + r] = x; // (cols, rows)
+        }
+    }
+    Ok(())
+}
+
+/// Reads the Hugging Face GPT-2 at `path` (a directory, its `model.safetensors` or its
+/// `model.safetensors.index.json`) as a checkpoint: the llm.c layout, wte padded to Vp rows.
+pub fn read_hf_gpt2(path: &Path) -> Result<Checkpoint> {
+    let (config_path, paths) = locate(path)?;
+    let cfg = read_config(&config_path)?;
+    let mut files = paths
+        .iter()
+        .map(|p| SafeTensors::open(p))
+        .collect::<Result<Vec<_>>>()?;
+    let found = index_tensors(&files)?;
+    let GPT2Config {
+        max_seq_len: maxt,
+        vocab_size: v,
+        num_layers: l,
+        channels: c,
+        ..
+    } = cfg;
+    let mut params = vec![0f32; num_parameters(&cfg)]; // (num_parameters)
+    let mut used: Vec<String> = Vec::new();
+    {
+        let mut p = split_mut(&cfg, &mut params);
+        let mut read = |name: String, shape: &[usize], transpose: bool, out: &mut [f32]| {
+            read_tensor(&mut files, &found, &name, shape, transpose, out)?;
+            used.push(name);
+            Ok::<(), anyhow::Error>(())
+        };
+        read("wte.weight".into(), &[v, c], false, &mut p.wte[..v * c])?; // rows V..Vp stay 0
+        read("wpe.weight".into(), &[maxt, c], false, p.wpe)?;
+        for layer in 0..l {
+            let b = p.block_mut(layer, l);
+            let h = |s: &str| format!("h.{layer}.{s}");
+            read(h("ln_1.weight"), &[c], false, b.ln1w)?;
+            read(h("ln_1.bias"), &[c], false, b.ln1b)?;
+            read(h("attn.c_attn.weight"), &[c, 3 * c], true, b.qkvw)?;
+            read(h("attn.c_attn.bias"), &[3 * c], false, b.qkvb)?;
+            read(h("attn.c_proj.weight"), &[c, c], true, b.attprojw)?;
+            read(h("attn.c_proj.bias"), &[c], false, b.attprojb)?;
+            read(h("ln_2.weight"), &[c], false, b.ln2w)?;
+            read(h("ln_2.bias"), &[c], false, b.ln2b)?;
+            read(h("mlp.c_fc.weight"), &[c, 4 * c], true, b.fcw)?;
+            read(h("mlp.c_fc.bias"), &[4 * c], false, b.fcb)?;
+            read(h("mlp.c_proj.weight"), &[4 * c, c], true, b.fcprojw)?;
+            read(h("mlp.c_proj.bias"), &[c], false, b.fcprojb)?;
+        }
+        read("ln_f.weight".into(), &[c], false, p.lnfw)?;
+        read("ln_f.bias".into(), &[c], false, p.lnfb)?;
+    }
+    if found.contains_key("lm_head.weight") {
+        let mut head = vec![0f32; v * c]; // (V, C)
+        read_tensor(
+            &mut files,
+            &found,
+            "lm_head.weight",
+            &[v, c],
+            false,
+            &mut head,
+        )?;
+        if head[..] != params[..v * c] {
+            bail!(
+                "{}: lm_head.weight differs from wte.weight: the engine ties the output layer to \
+                 the token embedding, as GPT-2 does",
+                path.display()
+            );
+        }
+        used.push("lm_head.weight".into());
+    }
+    let skipped = |n: &str| n.ends_with(".attn.bias") || n.ends_with(".attn.masked_bias");
+    if let Some(extra) = found
+        .keys()
+        .find(|n| !skipped(n) && !used.iter().any(|u| u == *n))
+    {
+        bail!(
+            "{}: unexpected tensor \"{extra}\": not part of a GPT-2 language model with {l} layers \
+             (config.json's n_layer)",
+            path.display()
+        );
+    }
+    Ok(Checkpoint {
+        config: cfg,
+        params,
+    })
+}

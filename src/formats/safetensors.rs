@@ -1,0 +1,274 @@
+//! Hugging Face's safetensors files (`model.safetensors`): read only, one tensor at a time.
+//!
+//! Layout, little-endian:
+//! - 8 bytes: N, the header's length (u64);
+//! - N bytes: the header, a JSON object: for each tensor, by name,
+//!   `{"dtype": "F32", "shape": [768, 2304], "data_offsets": [BEGIN, END]}`, and optionally
+//!   `"__metadata__": {string: string}`; it may end in spaces;
+//! - the data: each tensor's bytes at `[BEGIN, END)` counted from the end of the header, row-major
+//!   (C order), in its dtype.
+//!
+//! Opening checks the header (its length, its JSON, every entry) and that every tensor's range
+//! holds exactly its shape's elements, lies inside the file and overlaps no other. Reading converts
+//! F32, F16, BF16 and F64 to f32 (exactly, except F64, which rounds to nearest).
+
+use anyhow::{anyhow, bail, Context, Result};
+use half::{bf16, f16};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// The longest header accepted (the format's own limit: 100 MB).
+const MAX_HEADER_BYTES: u64 = 100 << 20;
+
+/// Bytes converted per read when loading a tensor.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// A tensor's element type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dtype {
+    F64,
+    F32,
+    F16,
+    BF16,
+}
+
+impl Dtype {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "F64" => Some(Dtype::F64),
+            "F32" => Some(Dtype::F32),
+            "F16" => Some(Dtype::F16),
+            "BF16" => Some(Dtype::BF16),
+            _ => None,
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F64 => 8,
+            Dtype::F32 => 4,
+            Dtype::F16 | Dtype::BF16 => 2,
+        }
+    }
+
+    /// One element from its little-endian bytes (`b.len() == self.size()`).
+    fn to_f32(self, b: &[u8]) -> f32 {
+        match self {
+            Dtype::F64 => f64::from_le_bytes(b.try_into().unwrap()) as f32,
+            Dtype::F32 => f32::from_le_bytes(b.try_into().unwrap()),
+            Dtype::F16 => f16::from_le_bytes([b[0], b[1]]).to_f32(),
+            Dtype::BF16 => bf16::from_le_bytes([b[0], b[1]]).to_f32(),
+        }
+    }
+}
+
+/// One tensor's entry in the header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// The element type, or the name of one this reader cannot convert (an integer type, say).
+    pub dtype: std::result::Result<Dtype, String>,
+    pub shape: Vec<usize>,
+    /// Byte range in the data section.
+    pub begin: u64,
+    pub end: u64,
+}
+
+impl TensorInfo {
+    /// The number of elements (1 for a scalar of shape `[]`).
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// An open safetensors file whose header has been checked.
+pub struct SafeTensors {
+    path: PathBuf,
+    file: std::fs::File,
+    /// Where the data section starts in the file (8 + N).
+    data_start: u64,
+    tensors: BTreeMap<String, TensorInfo>,
+}
+
+/// The value `v` as a non-negative integer that fits a u64, or an error naming `what`.
+fn as_u64(v: &Value, what: &str) -> Result<u64> {
+    v.as_u64()
+        .ok_or_else(|| anyhow!("{what} is {v}, not a non-negative integer"))
+}
+
+/// Parses one header entry.
+fn tensor_info(entry: &Value) -> Result<TensorInfo> {
+    let obj = entry
+        .as_object()
+        .ok_or_else(|| anyhow!("the entry is {entry}, not an object"))?;
+    let field = |k: &str| obj.get(k).ok_or_else(|| anyhow!("no \"{k}\" field"));
+    let dtype_name = field("dtype")?
+        .as_str()
+        .ok_or_else(|| anyhow!("\"dtype\" is not a string"))?;
+    let dtype = Dtype::parse(dtype_name).ok_or_else(|| dtype_name.to_string());
+    let shape = field("shape")?
+        .as_array()
+        .ok_or_else(|| anyhow!("\"shape\" is not an array"))?
+        .iter()
+        .map(|d| {
+            let d = as_u64(d, "a dimension")?;
+            usize::try_from(d).map_err(|_| anyhow!("dimension {d} is too large"))
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    let offsets = field("data_offsets")?
+        .as_array()
+        .filter(|a| a.len() == 2)
+        .ok_or_else(|| anyhow!("\"data_offsets\" is not a [begin, end] pair"))?;
+    let begin = as_u64(&offsets[0], "the begin offset")?;
+    let end = as_u64(&offsets[1], "the end offset")?;
+    if end < begin {
+        bail!("\"data_offsets\" [{begin}, {end}] ends before it begins");
+    }
+    let numel = shape
+        .iter()
+        .try_fold(1u128, |n, &d| n.checked_mul(d as u128))
+        .ok_or_else(|| anyhow!("shape {shape:?} has too many elements"))?;
+    if let Ok(dt) = dtype {
+        let bytes = numel * dt.size() as u128;
+        if bytes != (end - begin) as u128 {
+            bail!(
+                "shape {shape:?} of {dtype_name} is {bytes} bytes, but \"data_offsets\" \
+                 [{begin}, {end}] hold {}",
+                end - begin
+            );
+        }
+    }
+    Ok(TensorInfo {
+        dtype,
+        shape,
+        begin,
+        end,
+    })
+}
+
+impl SafeTensors {
+    /// Opens `path` and checks its header and every tensor's byte range.
+    pub fn open(path: &Path) -> Result<Self> {
+        let p = path.display();
+        let mut file = std::fs::File::open(path).with_context(|| format!("{p}: cannot open"))?;
+        let size = file
+            .metadata()
+            .with_context(|| format!("{p}: cannot read the file size"))?
+            .len();
+        let mut len = [0u8; 8];
+        file.read_exact(&mut len)
+            .map_err(|_| anyhow!("{p}: not a safetensors file: shorter than its 8-byte length"))?;
+        let n = u64::from_le_bytes(len);
+        let after = size.saturating_sub(8);
+        if n > MAX_HEADER_BYTES || n > after {
+            bail!(
+                "{p}: not a safetensors file, or truncated: the header length {n} exceeds {}",
+                if n > MAX_HEADER_BYTES {
+                    format!("the format's limit of {MAX_HEADER_BYTES} bytes")
+                } else {
+                    format!("the {after} bytes after it")
+                }
+            );
+        }
+        let mut header = vec![0u8; n as usize];
+        file.read_exact(&mut header)
+            .with_context(|| format!("{p}: cannot read the header"))?;
+        let json: Value = serde_json::from_slice(&header)
+            .map_err(|e| anyhow!("{p}: not a safetensors file: its header is not JSON ({e})"))?;
+        let entries = json
+            .as_object()
+            .ok_or_else(|| anyhow!("{p}: the safetensors header is not a JSON object"))?;
+        let data_len = after - n;
+        let mut tensors = BTreeMap::new();
+        for (name, entry) in entries {
+            if name == "__metadata__" {
+                continue;
+            }
+            let info = tensor_info(entry)
+                .map_err(|e| anyhow!("{p}: tensor \"{name}\" in the header: {e}"))?;
+            if info.end > data_len {
+                bail!(
+                    "{p}: safetensors file is truncated: tensor \"{name}\" ends at byte {} of the \
+                     data, which has {data_len} bytes",
+                    info.end
+                );
+            }
+            tensors.insert(name.clone(), info);
+        }
+        let mut ranges: Vec<(&String, &TensorInfo)> =
+            tensors.iter().filter(|(_, t)| t.end > t.begin).collect();
+        ranges.sort_by_key(|(_, t)| t.begin);
+        for w in ranges.windows(2) {
+            if w[1].1.begin < w[0].1.end {
+                bail!(
+                    "{p}: tensors \"{}\" and \"{}\" overlap in the data",
+                    w[0].0,
+                    w[1].0
+                );
+            }
+        }
+        Ok(SafeTensors {
+            path: path.to_path_buf(),
+            file,
+            data_start: 8 + n,
+            tensors,
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every tensor, by name (in name order).
+    pub fn tensors(&self) -> &BTreeMap<String, TensorInfo> {
+        &self.tensors
+    }
+
+    /// Reads tensor `name` into `out` as f32 (`out.len()` must be its number of elements).
+    pub fn read_f32(&mut self, name: &str, out: &mut [f32]) -> Result<()> {
+        let p = self.path.display();
+        let info = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| anyhow!("{p}: no tensor \"{name}\""))?;
+        let dtype = match &info.dtype {
+            Ok(d) => *d,
+            Err(other) => {
+                bail!("{p}: tensor \"{name}\" is {other}: only F32, F16, BF16 and F64 can be read")
+            }
+        };
+        assert_eq!(out.len(), info.numel(), "tensor {name}: output size");
+        self.file
+            .seek(SeekFrom::Start(self.data_start + info.begin))
+            .with_context(|| format!("{p}: cannot seek to tensor \"{name}\""))?;
+        let size = dtype.size();
+        let mut buf = vec![0u8; CHUNK_BYTES.min(out.len() * size)];
+        for chunk in out.chunks_mut((CHUNK_BYTES / size).max(1)) {
+            let bytes = &mut buf[..chunk.len() * size];
+            self.file
+                .read_exact(bytes)
+                .with_context(|| format!("{p}: cannot read tensor \"{name}\""))?;
+            for (o, b) in chunk.iter_mut().zip(bytes.chunks_exact(size)) {
+                *o = dtype.to_f32(b);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether the file at `path` starts as a safetensors file does: a plausible header length
+/// followed by `{`.
+pub fn looks_like_safetensors(path: &Path) -> bool {
+    let mut head = [0u8; 9];
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    if f.read_exact(&mut head).is_err() {
+        return false;
+    }
+    let n = u64::from_le_bytes(head[..8].try_into().unwrap());
+    (2..=MAX_HEADER_BYTES).contains(&n) && head[8] == b'{'
+}

@@ -1,0 +1,467 @@
+//! Hugging Face GPT-2 models read as checkpoints (`src/formats/hf_gpt2.rs`), checked against
+//! transformers' own GPT-2: the fixtures `tests/fixtures/hf_tiny*` and `hf_tiny_state.bin` were
+//! written by `tools/write_hf_fixture.py` (transformers' `GPT2LMHeadModel`, `save_pretrained`, and
+//! its logits, loss and gradients on one batch). Every layout of the same model (one file,
+//! shards, the Hub's names in bf16) reads to the same parameters; a finetuning run starts from
+//! transformers' loss; every malformed model gives an error that names what is wrong.
+
+use std::path::{Path, PathBuf};
+use train_gpt2_cuda::cpu::model::Gpt2Cpu;
+use train_gpt2_cuda::formats::checkpoint::read_checkpoint;
+use train_gpt2_cuda::formats::debug_state::read_debug_state;
+use train_gpt2_cuda::formats::read_model;
+use train_gpt2_cuda::formats::shard::write_shard;
+use train_gpt2_cuda::params::split;
+use train_gpt2_cuda::verify::{self, Tolerances};
+
+mod engine_bin;
+use engine_bin::{bin, log_lines, root};
+
+fn fixture(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+
+fn tmp_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("train-gpt2-hf-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Runs the command, expects success and returns its stdout.
+fn run_ok(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().expect("run the binary");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{cmd:?}:\n{stdout}{stderr}");
+    stdout
+}
+
+/// The CPU engine on hf_tiny against transformers: logits, loss and all 16 gradients within the
+/// fp32 tolerances (the same as against tools/pytorch_reference.py; docs/verification.md).
+#[test]
+fn a_hugging_face_gpt2_computes_what_transformers_computes() {
+    let ck = read_model(&fixture("hf_tiny")).unwrap();
+    let cfg = ck.config;
+    assert_eq!(
+        (cfg.num_layers, cfg.num_heads, cfg.channels, cfg.max_seq_len),
+        (2, 4, 32, 16)
+    );
+    assert_eq!((cfg.vocab_size, cfg.padded_vocab_size), (100, 128));
+    let state = read_debug_state(&fixture("hf_tiny_state.bin"), &cfg).unwrap();
+    let mut model = Gpt2Cpu::new(cfg, ck.params.clone(), state.b, state.t).unwrap();
+    let out = verify::run_engine(&mut model, &state).unwrap();
+    let want = verify::Outputs::expected(&state);
+    let rows = verify::compare_outputs(&cfg, &out, &want, &Tolerances::FP32);
+    let table = verify::format_table("cpu on hf_tiny vs transformers", &rows);
+    println!("{table}");
+    assert!(rows.iter().all(|r| r.pass), "{table}");
+    // the padded rows of wte are zero, as llm.c's
+    let p = split(&cfg, &ck.params);
+    assert!(p.wte[100 * 32..].iter().all(|&x| x == 0.0));
+}
+
+/// One file, its path, the shards (directory and index) and the Hub's layout (no prefix, mask
+/// buffers, an explicit tied lm_head, bf16) read to the same parameters: bit for bit, and for bf16
+/// each the fp32 value rounded to nearest even.
+#[test]
+fn every_layout_of_a_model_reads_the_same() {
+    let fp32 = read_model(&fixture("hf_tiny")).unwrap();
+    for path in [
+        fixture("hf_tiny/model.safetensors"),
+        fixture("hf_tiny_sharded"),
+        fixture("hf_tiny_sharded/model.safetensors.index.json"),
+    ] {
+        let ck = read_model(&path).unwrap();
+        assert_eq!(ck.config, fp32.config, "{}", path.display());
+        assert!(ck.params == fp32.params, "{}", path.display());
+    }
+    let shards = std::fs::read_dir(fixture("hf_tiny_sharded"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "safetensors")
+        .count();
+    assert!(shards >= 3, "the sharded fixture has {shards} shards");
+    let hub = read_model(&fixture("hf_tiny_hub_bf16")).unwrap();
+    assert_eq!(hub.config, fp32.config);
+    let rounded: Vec<f32> = fp32
+        .params
+        .iter()
+        .map(|&x| half::bf16::from_f32(x).to_f32())
+        .collect();
+    assert!(hub.params == rounded);
+    assert!(
+        hub.params != fp32.params,
+        "the bf16 copy must differ from fp32"
+    );
+}
+
+/// `convert` writes the model as an llm.c checkpoint that reads back to the same parameters.
+#[test]
+fn convert_writes_an_llmc_checkpoint() {
+    let dir = tmp_dir("convert");
+    let out_path = dir.join("hf_tiny.bin");
+    let stdout = run_ok(
+        bin()
+            .args(["convert", "--model"])
+            .arg(fixture("hf_tiny"))
+            .arg("--out")
+            .arg(&out_path),
+    );
+    assert!(stdout.contains("30080 parameters"), "{stdout}");
+    let ck = read_checkpoint(&out_path).unwrap();
+    assert_eq!(ck, read_model(&fixture("hf_tiny")).unwrap());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Finetuning from a Hugging Face directory: the run's first loss, on a shard holding the state's
+/// batch, is transformers' loss; the run trains and writes llm.c checkpoints.
+#[test]
+fn a_finetuning_run_starts_from_transformers_loss() {
+    let cfg = read_model(&fixture("hf_tiny")).unwrap().config;
+    let state = read_debug_state(&fixture("hf_tiny_state.bin"), &cfg).unwrap();
+    // x = tokens[..B*T], y = tokens[1..]: the shard's first batch is the state's
+    let mut tokens: Vec<u32> = state.x.clone();
+    tokens.push(*state.y.last().unwrap());
+    let dir = tmp_dir("finetune");
+    let shard = dir.join("train.bin");
+    write_shard(&shard, &tokens).unwrap();
+    let stdout = run_ok(
+        bin()
+            .args(["--device", "cpu", "--model"])
+            .arg(fixture("hf_tiny"))
+            .args(["--train", shard.to_str().unwrap()])
+            .args(["--val", shard.to_str().unwrap()])
+            .args(["--batch", "2", "--seq", "16", "--steps", "3"])
+            .args(["--lr", "1e-3", "--warmup", "0", "--sample-tokens", "0"])
+            .arg("--out-dir")
+            .arg(&dir),
+    );
+    let losses: Vec<f32> = log_lines(&stdout, &["step "])
+        .iter()
+        .map(|l| {
+            let after = l.split("loss ").nth(1).unwrap();
+            after.split_whitespace().next().unwrap().parse().unwrap()
+        })
+        .collect();
+    assert_eq!(losses.len(), 3, "{stdout}");
+    // the step line prints 4 decimals: within half of the last one (ln V = 4.605 is 0.027 away)
+    assert!(
+        (losses[0] - state.loss).abs() <= 5e-5 + state.loss * Tolerances::FP32.loss as f32,
+        "first loss {} vs transformers' {}",
+        losses[0],
+        state.loss
+    );
+    assert!(losses[2] < losses[0], "{losses:?}");
+    assert!(dir.join("model_000003.bin").exists(), "{stdout}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+// ---------------------------------------------------------------------------------------------
+// malformed models
+
+/// A safetensors file with these tensors: (name, dtype, shape, bytes).
+fn write_safetensors(path: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, dtype, shape, bytes) in tensors {
+        let begin = data.len();
+        data.extend_from_slice(bytes);
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [begin, data.len()]}),
+        );
+    }
+    let header = serde_json::Value::Object(header).to_string();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(&data);
+    std::fs::write(path, out).unwrap();
+}
+
+/// hf_tiny's tensors, as (name, dtype, shape, bytes), in the file's order.
+fn hf_tiny_tensors() -> Vec<(String, String, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(fixture("hf_tiny/model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let mut out = Vec::new();
+    for (name, e) in header.as_object().unwrap() {
+        if name == "__metadata__" {
+            continue;
+        }
+        let off: Vec<usize> = e["data_offsets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
+        let shape = e["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as usize)
+            .collect();
+        out.push((
+            name.clone(),
+            e["dtype"].as_str().unwrap().to_string(),
+            shape,
+            data[off[0]..off[1]].to_vec(),
+        ));
+    }
+    out
+}
+
+/// A copy of hf_tiny in a fresh directory, its config edited by `edit_config` and its tensors by
+/// `edit_tensors`.
+fn variant(
+    name: &str,
+    edit_config: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+    edit_tensors: impl FnOnce(&mut Vec<(String, String, Vec<usize>, Vec<u8>)>),
+) -> PathBuf {
+    let dir = tmp_dir(name);
+    let text = std::fs::read(fixture("hf_tiny/config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    edit_config(config.as_object_mut().unwrap());
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let mut tensors = hf_tiny_tensors();
+    edit_tensors(&mut tensors);
+    let borrowed: Vec<(&str, &str, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.as_str(), d.as_str(), s.clone(), b.clone()))
+        .collect();
+    write_safetensors(&dir.join("model.safetensors"), &borrowed);
+    dir
+}
+
+fn expect_err(path: &Path, needles: &[&str]) {
+    let err = match read_model(path) {
+        Ok(_) => panic!("{}: read without error", path.display()),
+        Err(e) => format!("{e:#}"),
+    };
+    for n in needles {
+        assert!(
+            err.contains(n),
+            "{}: error lacks '{n}': {err}",
+            path.display()
+        );
+    }
+    if path.starts_with(std::env::temp_dir()) {
+        std::fs::remove_dir_all(path).ok();
+    }
+}
+
+fn keep<T>(_: &mut T) {}
+
+#[test]
+fn an_unchanged_copy_reads_like_the_fixture() {
+    // the variants below differ from this only by what each edits
+    let dir = variant("unchanged", keep, keep);
+    let ck = read_model(&dir).unwrap();
+    assert_eq!(ck, read_model(&fixture("hf_tiny")).unwrap());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_config_the_engine_does_not_compute_is_refused() {
+    use serde_json::json;
+    let cases: Vec<(&str, &str, serde_json::Value, &str)> = vec![
+        ("llama", "model_type", json!("llama"), "only GPT-2"),
+        (
+            "erf-gelu",
+            "activation_function",
+            json!("gelu"),
+            "tanh GELU",
+        ),
+        ("n-inner", "n_inner", json!(64), "4 * n_embd = 128"),
+        ("eps", "layer_norm_epsilon", json!(1e-6), "eps 1e-5"),
+        ("unscaled", "scale_attn_weights", json!(false), "1/sqrt"),
+        (
+            "by-layer",
+            "scale_attn_by_inverse_layer_idx",
+            json!(true),
+            "same attention scale",
+        ),
+        (
+            "cross",
+            "add_cross_attention",
+            json!(true),
+            "self-attention only",
+        ),
+        ("zero-heads", "n_head", json!(0), "not a positive integer"),
+        (
+            "odd-heads",
+            "n_head",
+            json!(3),
+            "C=32 is not divisible by heads NH=3",
+        ),
+    ];
+    for (name, key, value, needle) in cases {
+        let dir = variant(name, |c| drop(c.insert(key.into(), value)), keep);
+        let key_named = if name == "odd-heads" {
+            "config.json"
+        } else {
+            key
+        };
+        expect_err(&dir, &[key_named, needle]);
+    }
+}
+
+#[test]
+fn missing_extra_and_misshapen_tensors_are_named() {
+    use serde_json::json;
+    // the config says 3 layers, the file holds 2
+    let dir = variant(
+        "three",
+        |c| drop(c.insert("n_layer".into(), json!(3))),
+        keep,
+    );
+    expect_err(&dir, &["no tensor \"h.2.ln_1.weight\""]);
+    // the config says 1 layer, the file holds 2
+    let dir = variant("one", |c| drop(c.insert("n_layer".into(), json!(1))), keep);
+    expect_err(&dir, &["unexpected tensor \"h.1.", "1 layers"]);
+    // a wider model
+    let dir = variant("wide", |c| drop(c.insert("n_embd".into(), json!(64))), keep);
+    expect_err(&dir, &["\"wte.weight\" has shape [100, 32]", "[100, 64]"]);
+    // a classification head
+    let dir = variant("score", keep, |t| {
+        t.push((
+            "score.weight".into(),
+            "F32".into(),
+            vec![2, 32],
+            vec![0; 256],
+        ))
+    });
+    expect_err(&dir, &["unexpected tensor \"score.weight\""]);
+    // an output layer not tied to wte
+    let dir = variant("untied", keep, |t| {
+        let wte = t.iter().find(|x| x.0 == "transformer.wte.weight").unwrap();
+        let mut head = wte.clone();
+        head.0 = "lm_head.weight".into();
+        head.3[0] ^= 1;
+        t.push(head);
+    });
+    expect_err(&dir, &["lm_head.weight differs from wte.weight"]);
+    // an integer tensor where a weight is expected
+    let dir = variant("int", keep, |t| {
+        let x = t
+            .iter_mut()
+            .find(|x| x.0 == "transformer.ln_f.bias")
+            .unwrap();
+        x.1 = "I32".into();
+    });
+    expect_err(
+        &dir,
+        &["\"transformer.ln_f.bias\" is I32", "only F32, F16, BF16"],
+    );
+    // the same tensor with and without the prefix
+    let dir = variant("twice", keep, |t| {
+        let mut x = t
+            .iter()
+            .find(|x| x.0 == "transformer.wpe.weight")
+            .unwrap()
+            .clone();
+        x.0 = "wpe.weight".into();
+        t.push(x);
+    });
+    expect_err(&dir, &["\"wpe.weight\" is stored twice"]);
+}
+
+#[test]
+fn broken_files_and_directories_give_clear_errors() {
+    let tiny = std::fs::read(fixture("hf_tiny/model.safetensors")).unwrap();
+    let config = std::fs::read(fixture("hf_tiny/config.json")).unwrap();
+    let with = |name: &str, model: &[u8]| {
+        let dir = tmp_dir(name);
+        std::fs::write(dir.join("config.json"), &config).unwrap();
+        std::fs::write(dir.join("model.safetensors"), model).unwrap();
+        dir
+    };
+    // truncated: the last tensor ends past the end of the file
+    let dir = with("truncated", &tiny[..tiny.len() - 4]);
+    expect_err(&dir, &["safetensors file is truncated"]);
+    // a header length beyond the file
+    let mut bad = tiny.clone();
+    bad[..8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let dir = with("huge-header", &bad);
+    expect_err(&dir, &["header length 1099511627776", "format's limit"]);
+    // a header that is not JSON
+    let mut bad = tiny.clone();
+    bad[8] = b'[';
+    bad[9] = b'!';
+    let dir = with("not-json", &bad);
+    expect_err(&dir, &["its header is not JSON"]);
+    // shorter than the length field
+    let dir = with("tiny", &tiny[..5]);
+    expect_err(&dir, &["shorter than its 8-byte length"]);
+    // overlapping tensors
+    let dir = tmp_dir("overlap");
+    std::fs::write(dir.join("config.json"), &config).unwrap();
+    let text = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#;
+    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(text.as_bytes());
+    bytes.extend_from_slice(&[0; 12]);
+    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+    expect_err(&dir, &["tensors \"a\" and \"b\" overlap"]);
+    // a shape that does not match its byte range
+    let dir = variant("short-range", keep, |t| t[0].2 = vec![97]);
+    expect_err(&dir, &["shape [97] of F32 is 388 bytes", "hold 384"]);
+    // no config.json
+    let dir = tmp_dir("no-config");
+    std::fs::write(dir.join("model.safetensors"), &tiny).unwrap();
+    expect_err(&dir, &["no config.json beside"]);
+    // a PyTorch pickle only
+    let dir = tmp_dir("pickle");
+    std::fs::write(dir.join("config.json"), &config).unwrap();
+    std::fs::write(dir.join("pytorch_model.bin"), b"PK\x03\x04rest").unwrap();
+    expect_err(&dir, &["PyTorch pickles are not read", "save_pretrained"]);
+    // nothing at all
+    let dir = tmp_dir("empty");
+    expect_err(
+        &dir,
+        &["without model.safetensors or model.safetensors.index.json"],
+    );
+    // a shard index naming a file outside its directory
+    let dir = tmp_dir("index");
+    std::fs::write(dir.join("config.json"), &config).unwrap();
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        r#"{"weight_map": {"wte.weight": "../elsewhere.safetensors"}}"#,
+    )
+    .unwrap();
+    expect_err(&dir, &["not a file beside it"]);
+    // a missing shard
+    let dir = tmp_dir("missing-shard");
+    std::fs::write(dir.join("config.json"), &config).unwrap();
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        r#"{"weight_map": {"wte.weight": "model-00001-of-00002.safetensors"}}"#,
+    )
+    .unwrap();
+    expect_err(&dir, &["model-00001-of-00002.safetensors: cannot open"]);
+}
+
+/// A PyTorch pickle given as the model file is named as one (it is a zip archive).
+#[test]
+fn a_pytorch_pickle_given_as_a_checkpoint_is_named() {
+    let dir = tmp_dir("pickle-file");
+    let path = dir.join("pytorch_model.bin");
+    let mut bytes = b"PK\x03\x04".to_vec();
+    bytes.resize(2048, 0);
+    std::fs::write(&path, bytes).unwrap();
+    let out = bin()
+        .args(["sample", "--device", "cpu", "--model"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("zip archive, as PyTorch's torch.save writes"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("model.safetensors and config.json"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -6,8 +6,9 @@
 // adamw_kernel: fp32 parameters and gradients, updated in place. adamw_mixed_kernel (bf16 mixed
 // precision): the same fp32 update on the fp32 master weights, from the widened bf16 gradients,
 // then the bf16 parameters are written from the new master weights with stochastic rounding
-// (round_bf16_stochastic with rounding_bits(seed, i), i the element's index: independent of the
-// launch configuration). Both take a packed path (PACK elements per thread) when every pointer is
+// (round_bf16_stochastic with rounding_bits(seed, first + i), first + i the element's index in the
+// whole parameter buffer: independent of the launch configuration, and of how the update is cut
+// into launches, one per range of tensors with the same weight decay). Both take a packed path (PACK elements per thread) when every pointer is
 // 16-byte aligned, then a scalar tail; every element is computed identically on either path.
 #include "common.h"
 
@@ -59,11 +60,13 @@ extern "C" __global__ void adamw_kernel(float* params, const float* grads, float
 }
 
 // params (n) bf16, written; master (n) fp32 master weights, updated; grads (n) bf16; m, v (n) fp32,
-// updated. n < 2^32 (the launcher checks it): element indexes are the 32-bit rounding counters.
+// updated; first: the index of element 0 in the whole parameter buffer. first + n <= 2^32 (the
+// launcher checks it): element indexes are the 32-bit rounding counters.
 // Packed path: 8 elements per thread (one Packed<bf16> of params and grads, two Packed<float> of
 // master, m and v).
 extern "C" __global__ void adamw_mixed_kernel(__nv_bfloat16* params, float* master, const __nv_bfloat16* grads,
-                                              float* m, float* v, size_t n, AdamWParams hp, unsigned int seed) {
+                                              float* m, float* v, size_t n, AdamWParams hp, unsigned int seed,
+                                              unsigned int first) {
     constexpr int PACK = Packed<__nv_bfloat16>::size; // 8 = 2 * Packed<float>::size
     constexpr int HALF = Packed<float>::size;
     const size_t stride = (size_t)gridDim.x * blockDim.x;
@@ -82,7 +85,7 @@ extern "C" __global__ void adamw_mixed_kernel(__nv_bfloat16* params, float* mast
                 Packed<float> vp = load_packed(v + j);
                 for (int k = 0; k < HALF; k++) {
                     adamw_step(p.v[k], mp.v[k], vp.v[k], to_float(g.v[h * HALF + k]), hp);
-                    out.v[h * HALF + k] = round_bf16_stochastic(p.v[k], rounding_bits(seed, (unsigned int)(j + k)));
+                    out.v[h * HALF + k] = round_bf16_stochastic(p.v[k], rounding_bits(seed, first + (unsigned int)(j + k)));
                 }
                 store_packed(master + j, p);
                 store_packed(m + j, mp);
@@ -100,6 +103,6 @@ extern "C" __global__ void adamw_mixed_kernel(__nv_bfloat16* params, float* mast
         m[i] = mi;
         v[i] = vi;
         master[i] = p;
-        params[i] = round_bf16_stochastic(p, rounding_bits(seed, (unsigned int)i));
+        params[i] = round_bf16_stochastic(p, rounding_bits(seed, first + (unsigned int)i));
     }
 }

@@ -13,6 +13,14 @@ pub const PARAM_NAMES: [&str; NUM_PARAMETER_TENSORS] = [
     "fcb", "fcprojw", "fcprojb", "lnfw", "lnfb",
 ];
 
+/// Whether each tensor (checkpoint order) is a matrix or an embedding (2-D: wte, wpe, qkvw,
+/// attprojw, fcw, fcprojw) rather than a bias or a LayerNorm parameter (1-D per layer): the
+/// tensors GPT-2's recipe applies weight decay to.
+pub const IS_MATRIX: [bool; NUM_PARAMETER_TENSORS] = [
+    true, true, false, false, true, false, true, false, false, false, true, false, true, false,
+    false, false,
+];
+
 /// One value per parameter tensor, by name. `Params<&[f32]>` is a set of named slices into one
 /// allocation; `Params<usize>` holds sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

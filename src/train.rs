@@ -5,7 +5,7 @@
 
 use crate::checkpoints::{remove_checkpoint, save_checkpoint, Resume};
 use crate::config::GPT2Config;
-use crate::cpu::adamw::AdamW;
+use crate::cpu::adamw::{AdamW, DecayOn};
 use crate::data::DataLoader;
 use crate::engine::Engine;
 use crate::formats::read_model;
@@ -67,7 +67,8 @@ pub struct TrainArgs {
     /// The cosine decay ends at this fraction of the peak learning rate (1 keeps it constant).
     #[arg(long, default_value_t = 0.1)]
     pub lr_final_frac: f32,
-    /// AdamW weight decay.
+    /// AdamW weight decay, on the matrices and embeddings only (not biases and LayerNorm
+    /// parameters), as GPT-2, llm.c and nanoGPT.
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f32,
     #[arg(long, default_value_t = 0.9)]
@@ -380,6 +381,7 @@ pub fn train(
             beta2: args.beta2,
             eps: args.eps,
             weight_decay: args.weight_decay,
+            decay_on: DecayOn::Matrices,
         };
         engine.update(&hp, step + 1, grad_scale)?;
         let secs = start.elapsed().as_secs_f64();

@@ -8,7 +8,7 @@
 //! relative error over the entries larger than 1% of that magnitude.
 
 use crate::config::GPT2Config;
-use crate::cpu::adamw::AdamW;
+use crate::cpu::adamw::{AdamW, DecayOn};
 use crate::engine::Engine;
 use crate::formats::debug_state::DebugState;
 use crate::params::{self, PARAM_NAMES};
@@ -212,6 +212,7 @@ pub const VERIFY_ADAMW: AdamW = AdamW {
     beta2: 0.999,
     eps: 1e-8,
     weight_decay: 0.01,
+    decay_on: DecayOn::All,
 };
 
 /// Runs `steps` AdamW steps on the state's batch and returns each step's loss (before its update).

@@ -771,6 +771,7 @@ fn adamw_two_steps_match_the_formula() {
         beta2: beta2 as f32,
         eps: eps as f32,
         weight_decay: wd as f32,
+        decay_on: train_gpt2_cuda::cpu::adamw::DecayOn::All,
     };
     let mut rng = Rng::new(9);
     let n = 40_000; // several rayon chunks
@@ -815,6 +816,7 @@ fn adamw_first_step_moves_by_lr_times_sign() {
         beta2: 0.999,
         eps: 1e-8,
         weight_decay: 0.0,
+        decay_on: train_gpt2_cuda::cpu::adamw::DecayOn::All,
     };
     let mut params = vec![1.0f32, 1.0, 1.0];
     let (mut m, mut v) = (vec![0.0f32; 3], vec![0.0f32; 3]);

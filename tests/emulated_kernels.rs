@@ -1032,6 +1032,7 @@ const ADAMW_HP: cpu::adamw::AdamW = cpu::adamw::AdamW {
     beta2: 0.95,
     eps: 1e-8,
     weight_decay: 0.1,
+    decay_on: train_gpt2_cuda::cpu::adamw::DecayOn::All,
 };
 
 /// The kernel's AdamWParams (eight floats, `kernels/common.h`) as the launcher derives them.
@@ -1095,6 +1096,8 @@ fn adamw_mixed_is_bitwise_the_cpu_with_stochastic_rounding() {
     let k = kernels("adamw");
     for misaligned in [false, true] {
         let n = 10_003;
+        // the rounding counters start at `first` (the slice's place in a whole parameter buffer)
+        let first = if misaligned { 3_000_000_001u32 } else { 0 };
         let mut rng = Rng::new(1700 + misaligned as u64);
         let mut master = rand(&mut rng, n, 1.0);
         let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
@@ -1118,6 +1121,7 @@ fn adamw_mixed_is_bitwise_the_cpu_with_stochastic_rounding() {
                     Arg::Usize(n),
                     adamw_params(step, 1.0),
                     Arg::U32(seed),
+                    Arg::U32(first),
                 ],
                 step as u32 + 1,
             );
@@ -1125,7 +1129,7 @@ fn adamw_mixed_is_bitwise_the_cpu_with_stochastic_rounding() {
             assert_bitwise("adamw mixed m", &down::<f32>(&d_m), &m);
             assert_bitwise("adamw mixed v", &down::<f32>(&d_v), &v);
             for (i, (p, &w)) in d_params.read::<bf16>().iter().zip(&master).enumerate() {
-                let want = round_bf16_stochastic(w, rounding_bits(seed, i as u32));
+                let want = round_bf16_stochastic(w, rounding_bits(seed, first + i as u32));
                 assert_eq!(
                     p.to_bits(),
                     want.to_bits(),

@@ -875,6 +875,7 @@ mod on_gpu {
         beta2: 0.95,
         eps: 1e-8,
         weight_decay: 0.1,
+        decay_on: train_gpt2_cuda::cpu::adamw::DecayOn::All,
     };
 
     /// The global norm of x (already rounded to T) on the GPU in T against the CPU's (f64): rtol
@@ -955,8 +956,9 @@ mod on_gpu {
     fn adamw_mixed_matches_cpu_bitwise_and_rounds_stochastically() {
         let g = gpu();
         let hp = ADAMW_HP;
-        // offset 0: packed path (8 per thread) with a tail of 3; offset 1: the scalar path
-        for offset in [0usize, 1] {
+        // offset 0: packed path (8 per thread) with a tail of 3; offset 1: the scalar path; the
+        // rounding counters start at `first` (the slice's place in a whole parameter buffer)
+        for (offset, first) in [(0usize, 0usize), (1, 3_000_000_001)] {
             let n = 100_003;
             let mut rng = Rng::new(1700 + offset as u64);
             let mut master = rand(&mut rng, n, 1.0);
@@ -982,6 +984,7 @@ mod on_gpu {
                     step,
                     scale,
                     seed,
+                    first,
                 )
                 .unwrap();
                 assert_bitwise(
@@ -993,7 +996,7 @@ mod on_gpu {
                 assert_bitwise("adamw mixed v", &down(&g, &d_v)[offset..], &v);
                 let params = g.download(&d_params).unwrap();
                 for (i, (&p, &w)) in params[offset..].iter().zip(&master).enumerate() {
-                    let want = round_bf16_stochastic(w, rounding_bits(seed, i as u32));
+                    let want = round_bf16_stochastic(w, rounding_bits(seed, (first + i) as u32));
                     assert_eq!(
                         p.to_bits(),
                         want.to_bits(),
@@ -1023,28 +1026,34 @@ mod on_gpu {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.0,
+            decay_on: train_gpt2_cuda::cpu::adamw::DecayOn::All,
         };
         let mut p = g.zeros::<bf16>(10).unwrap();
         let mut master = g.zeros::<f32>(10).unwrap();
-        let grads = g.zeros::<bf16>(9).unwrap();
         let (mut m, mut v) = (g.zeros::<f32>(10).unwrap(), g.zeros::<f32>(10).unwrap());
-        let e = g
-            .adamw_update_mixed(
-                &mut p.as_view_mut(),
-                &mut master.as_view_mut(),
-                &grads.as_view(),
-                &mut m.as_view_mut(),
-                &mut v.as_view_mut(),
-                &hp,
-                1,
-                1.0,
-                0,
-            )
-            .unwrap_err();
-        assert!(
-            format!("{e}").starts_with("adamw_update_mixed: grads has 9 elements"),
-            "{e}"
-        );
+        // 9 gradients for 10 weights; 10 elements from 2^32 - 9 (the last rounding counter would
+        // wrap)
+        for (grads_len, first, error) in [
+            (9, 0, "adamw_update_mixed: grads has 9 elements"),
+            (10, (1usize << 32) - 9, "needs them below 2^32"),
+        ] {
+            let grads = g.zeros::<bf16>(grads_len).unwrap();
+            let e = g
+                .adamw_update_mixed(
+                    &mut p.as_view_mut(),
+                    &mut master.as_view_mut(),
+                    &grads.as_view(),
+                    &mut m.as_view_mut(),
+                    &mut v.as_view_mut(),
+                    &hp,
+                    1,
+                    1.0,
+                    0,
+                    first,
+                )
+                .unwrap_err();
+            assert!(format!("{e}").contains(error), "{e}");
+        }
         // global norm of bf16 gradients: fp32 accumulation of the widened values (packs of 8 with
         // a tail of 1, then none)
         let mut rng = Rng::new(1800);

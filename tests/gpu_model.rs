@@ -15,10 +15,12 @@
 
 use std::path::PathBuf;
 use train_gpt2_cuda::config::GPT2Config;
-use train_gpt2_cuda::cpu::adamw::AdamW;
+use train_gpt2_cuda::cpu::adamw::{AdamW, DecayOn};
 use train_gpt2_cuda::cpu::model::Gpt2Cpu;
-use train_gpt2_cuda::engine::{create_engine, create_gpu_engine, Engine, EngineOptions, Kernels};
-use train_gpt2_cuda::precision::Precision;
+use train_gpt2_cuda::engine::{
+    create_engine, create_gpu_engine, Engine, EngineOptions, Kernels, OptimizerArray,
+};
+use train_gpt2_cuda::precision::{round_bf16_stochastic, rounding_bits, Precision};
 
 /// `device` with the default precision, TF32 off.
 fn opts(device: Device) -> EngineOptions {
@@ -33,7 +35,7 @@ fn opts(device: Device) -> EngineOptions {
 }
 use train_gpt2_cuda::formats::checkpoint::read_checkpoint;
 use train_gpt2_cuda::formats::debug_state::read_debug_state;
-use train_gpt2_cuda::params::init_params;
+use train_gpt2_cuda::params::{init_params, split, IS_MATRIX, PARAM_NAMES};
 use train_gpt2_cuda::rng::Rng;
 use train_gpt2_cuda::train::Device;
 use train_gpt2_cuda::verify::{self, Tolerances};
@@ -122,6 +124,97 @@ fn normalised_err(got: &[f32], want: &[f32]) -> f64 {
 
 fn rel(got: f32, want: f32) -> f64 {
     ((got as f64 - want as f64) / want as f64).abs()
+}
+
+/// The fp32 weights AdamW updates: the master weights where the engine keeps them, else the
+/// parameters.
+fn fp32_weights(engine: &mut dyn Engine) -> Vec<f32> {
+    if engine.has_master_weights() {
+        engine.optimizer_array(OptimizerArray::Master).unwrap()
+    } else {
+        engine.params().unwrap()
+    }
+}
+
+/// Weight decay by hand: with zero gradients (and zero moments) an AdamW step is the decay alone
+/// (m = v = 0, the step term is -0), so one update multiplies each tensor the decay applies to by
+/// (1 - lr * wd) rounded to f32, bit for bit, and leaves every other tensor as it was. With
+/// `DecayOn::Matrices` (training): wte, wpe, qkvw, attprojw, fcw, fcprojw; with `All`: every
+/// tensor.
+fn check_weight_decay(engine: &mut dyn Engine) {
+    let cfg = *engine.config();
+    let decay = (1.0 - 0.01f64 * 0.1f64) as f32;
+    for (step, decay_on) in [(1, DecayOn::Matrices), (2, DecayOn::All)] {
+        let hp = AdamW {
+            lr: 0.01,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            decay_on,
+        };
+        let before = fp32_weights(engine);
+        engine.zero_grad().unwrap();
+        engine.update(&hp, step, 1.0).unwrap();
+        let after = fp32_weights(engine);
+        let (b, a) = (split(&cfg, &before), split(&cfg, &after));
+        let tensors = b.into_array().into_iter().zip(a.into_array());
+        for (i, (b, a)) in tensors.enumerate() {
+            let decayed = decay_on == DecayOn::All || IS_MATRIX[i];
+            let want: Vec<f32> = if decayed {
+                b.iter().map(|&x| x * decay).collect()
+            } else {
+                b.to_vec()
+            };
+            let what = format!("{} after a step with {decay_on:?}", PARAM_NAMES[i]);
+            assert!(a == &want[..], "{what}: {}", engine.describe());
+            assert!(
+                b.iter().any(|&x| x != 0.0),
+                "{what}: all zero, tests nothing"
+            );
+        }
+        // bf16: the weights are the master weights rounded stochastically, each element with
+        // its index in the whole buffer as the counter (across the update's ranges)
+        if engine.has_master_weights() {
+            let params = engine.params().unwrap();
+            for (i, (&p, &w)) in params.iter().zip(&after).enumerate() {
+                let want = round_bf16_stochastic(w, rounding_bits(step as u32, i as u32)).to_f32();
+                assert_eq!(p.to_bits(), want.to_bits(), "weight {i} after step {step}");
+            }
+        }
+    }
+}
+
+fn perturbed_params(cfg: &GPT2Config) -> Vec<f32> {
+    // biases and LayerNorm parameters away from 0 and 1, so that leaving them alone shows
+    let mut rng = Rng::new(77);
+    init_params(cfg, 5)
+        .iter()
+        .map(|&x| x + 0.01 * (rng.uniform_f32() - 0.5))
+        .collect()
+}
+
+#[test]
+fn cpu_weight_decay_applies_to_the_matrices() {
+    let cfg = small_config();
+    let mut cpu = Gpt2Cpu::new(cfg, perturbed_params(&cfg), 1, 8).unwrap();
+    check_weight_decay(&mut cpu);
+    let mut cpu_bf16 = Gpt2Cpu::new(cfg, perturbed_params(&cfg), 1, 8)
+        .unwrap()
+        .emulating_bf16_storage();
+    check_weight_decay(&mut cpu_bf16);
+}
+
+/// The GPU's update cut into ranges of tensors (one launch each), in fp32 and bf16 (where the
+/// stochastic rounding counters continue across the ranges).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_weight_decay_applies_to_the_matrices() {
+    let cfg = small_config();
+    for precision in [Precision::Fp32, Precision::Bf16] {
+        let mut gpu = gpu_engine_in(precision, cfg, perturbed_params(&cfg), 1, 8);
+        check_weight_decay(gpu.as_mut());
+    }
 }
 
 /// Runs everywhere: without a GPU (or without kernels) the CUDA engine is a clear error, never a
@@ -456,6 +549,7 @@ fn train(engine: &mut dyn Engine, steps: usize, b: usize, t: usize, seed: u64) -
         beta2: 0.999,
         eps: 1e-8,
         weight_decay: 0.1,
+        decay_on: DecayOn::Matrices,
     };
     let mut rng = Rng::new(seed);
     let (mut losses, mut norms) = (Vec::new(), Vec::new());

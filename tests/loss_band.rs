@@ -108,6 +108,7 @@ fn train_log(mut model: Gpt2Cpu, steps: usize, b: usize, t: usize) -> String {
             beta2: 0.95,
             eps: 1e-8,
             weight_decay: 0.0,
+            decay_on: train_gpt2_cuda::cpu::adamw::DecayOn::Matrices,
         };
         let (x, y) = train.next_batch().unwrap();
         let loss = model.forward(x, Some(y), b, t).unwrap().unwrap();

@@ -53,6 +53,7 @@ fn step(engine: &mut dyn Engine, rng: &mut Rng, b: usize, t: usize, n: usize) {
         beta2: 0.999,
         eps: 1e-8,
         weight_decay: 0.0,
+        decay_on: train_gpt2_cuda::cpu::adamw::DecayOn::Matrices,
     };
     engine.update(&hp, n, 1.0).unwrap();
 }

@@ -20,7 +20,21 @@
 //! Hyperparameters arrive as f32; each is widened to f64 through its shortest decimal form
 //! ("0.9", not 0.899999976...), which is the Python float a user of PyTorch would have written.
 
+use crate::config::GPT2Config;
+use crate::params::{param_sizes, IS_MATRIX};
 use rayon::prelude::*;
+use std::ops::Range;
+
+/// Which parameter tensors the weight decay applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecayOn {
+    /// Every tensor: PyTorch's AdamW given all parameters in one group, as the reference
+    /// fixtures are made (`verify --steps`).
+    All,
+    /// The matrices and embeddings (wte, wpe, qkvw, attprojw, fcw, fcprojw), not the biases and
+    /// LayerNorm parameters: GPT-2's recipe, as llm.c and nanoGPT train (and `train`).
+    Matrices,
+}
 
 /// AdamW hyperparameters.
 #[derive(Clone, Copy, Debug)]
@@ -30,6 +44,31 @@ pub struct AdamW {
     pub beta2: f32,
     pub eps: f32,
     pub weight_decay: f32,
+    pub decay_on: DecayOn,
+}
+
+/// The parameter buffer (`num_parameters`, checkpoint order) cut into contiguous ranges that
+/// cover it in order, each with the hyperparameters that apply there: `hp`, with the weight
+/// decay 0 on the tensors `hp.decay_on` leaves out. Neighbouring tensors alike share a range: one
+/// range when the decay is 0 or on every tensor, 11 for GPT-2's recipe.
+pub fn update_ranges(cfg: &GPT2Config, hp: &AdamW) -> Vec<(Range<usize>, AdamW)> {
+    let no_decay = AdamW {
+        weight_decay: 0.0,
+        ..*hp
+    };
+    let mut ranges: Vec<(Range<usize>, AdamW)> = Vec::new();
+    let mut start = 0;
+    for (size, is_matrix) in param_sizes(cfg).into_array().into_iter().zip(IS_MATRIX) {
+        let decays = hp.decay_on == DecayOn::All || is_matrix || hp.weight_decay == 0.0;
+        let this = if decays { *hp } else { no_decay };
+        let end = start + size;
+        match ranges.last_mut() {
+            Some((r, last)) if last.weight_decay == this.weight_decay => r.end = end,
+            _ => ranges.push((start..end, this)),
+        }
+        start = end;
+    }
+    ranges
 }
 
 /// Elements per rayon job.
@@ -115,7 +154,62 @@ fn decimal_f64(x: f32) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::decimal_f64;
+    use super::{decimal_f64, update_ranges, AdamW, DecayOn};
+    use crate::config::GPT2Config;
+    use crate::params::{num_parameters, param_sizes};
+
+    #[test]
+    fn weight_decay_ranges_follow_gpt2s_recipe() {
+        // maxT=8, V=10 (Vp=16), L=2, NH=2, C=4
+        let cfg = GPT2Config::new(8, 10, 16, 2, 2, 4).unwrap();
+        let s = param_sizes(&cfg);
+        let hp = |weight_decay, decay_on| AdamW {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay,
+            decay_on,
+        };
+        let summary = |hp: AdamW| -> Vec<(usize, usize, f32)> {
+            let ranges = update_ranges(&cfg, &hp);
+            ranges
+                .iter()
+                .map(|(r, h)| {
+                    assert_eq!((h.lr, h.beta2, h.decay_on), (hp.lr, hp.beta2, hp.decay_on));
+                    (r.start, r.end, h.weight_decay)
+                })
+                .collect()
+        };
+        let n = num_parameters(&cfg);
+        // one range where the decay is the same everywhere
+        assert_eq!(summary(hp(0.1, DecayOn::All)), vec![(0, n, 0.1)]);
+        assert_eq!(summary(hp(0.0, DecayOn::Matrices)), vec![(0, n, 0.0)]);
+        // GPT-2's: wte+wpe | ln1w+ln1b | qkvw | qkvb | attprojw | attprojb+ln2w+ln2b | fcw | fcb
+        // | fcprojw | fcprojb+lnfw+lnfb
+        let lens = [
+            (s.wte + s.wpe, 0.1),
+            (s.ln1w + s.ln1b, 0.0),
+            (s.qkvw, 0.1),
+            (s.qkvb, 0.0),
+            (s.attprojw, 0.1),
+            (s.attprojb + s.ln2w + s.ln2b, 0.0),
+            (s.fcw, 0.1),
+            (s.fcb, 0.0),
+            (s.fcprojw, 0.1),
+            (s.fcprojb + s.lnfw + s.lnfb, 0.0),
+        ];
+        let mut want = Vec::new();
+        let mut start = 0;
+        for (len, wd) in lens {
+            want.push((start, start + len, wd));
+            start += len;
+        }
+        assert_eq!(start, n);
+        // by hand: wte 16*4 + wpe 8*4 = 96 decayed, then ln1 2*2*4 = 16 not
+        assert_eq!((want[0].1, want[1].1), (96, 112));
+        assert_eq!(summary(hp(0.1, DecayOn::Matrices)), want);
+    }
 
     #[test]
     fn hyperparameters_widen_through_their_decimal() {

@@ -3,7 +3,7 @@
 //! and their gradients each live in one allocation, sized once for the largest batch; a step
 //! allocates nothing.
 
-use super::adamw::{adamw_update, global_norm, AdamW};
+use super::adamw::{adamw_update, global_norm, update_ranges, AdamW};
 use super::attention::{attention_backward, attention_forward};
 use super::classifier::{crossentropy_forward, crossentropy_softmax_backward, softmax_forward};
 use super::encoder::{encoder_backward, encoder_forward};
@@ -257,15 +257,28 @@ impl Gpt2Cpu {
         global_norm(&self.grads)
     }
 
-    /// One AdamW step (step counts from 1), with the gradients first multiplied by grad_scale.
+    /// One AdamW step (step counts from 1), with the gradients first multiplied by grad_scale;
+    /// the weight decay on the tensors `hp.decay_on` names.
     pub fn update(&mut self, hp: &AdamW, step: usize, grad_scale: f32) {
-        let (m, v) = (&mut self.m, &mut self.v);
+        let weights = match self.storage {
+            Storage::Fp32 => &mut self.params,
+            Storage::Bf16 => &mut self.master,
+        };
+        for (r, hp) in update_ranges(&self.config, hp) {
+            let (m, v) = (&mut self.m[r.clone()], &mut self.v[r.clone()]);
+            adamw_update(
+                &mut weights[r.clone()],
+                &self.grads[r],
+                m,
+                v,
+                &hp,
+                step,
+                grad_scale,
+            );
+        }
         match self.storage {
-            Storage::Fp32 => {
-                adamw_update(&mut self.params, &self.grads, m, v, hp, step, grad_scale)
-            }
+            Storage::Fp32 => {}
             Storage::Bf16 => {
-                adamw_update(&mut self.master, &self.grads, m, v, hp, step, grad_scale);
                 let seed = step as u32;
                 for (i, (p, &w)) in self.params.iter_mut().zip(&self.master).enumerate() {
                     *p = round_bf16_stochastic(w, rounding_bits(seed, i as u32)).to_f32();

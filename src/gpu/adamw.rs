@@ -80,8 +80,10 @@ impl Gpu {
     /// One mixed-precision AdamW step: the fp32 update of [`Gpu::adamw_update`] on the fp32
     /// master weights `master` (with m, v), from the bf16 gradients widened to fp32 (bitwise
     /// `cpu::adamw::adamw_update` on those widened gradients), then
-    /// `params[i] = round_bf16_stochastic(master[i], rounding_bits(seed, i))` (the host twins are
-    /// in `crate::precision`). `step` counts from 1; N must be below 2^32 (the rounding counter).
+    /// `params[i] = round_bf16_stochastic(master[i], rounding_bits(seed, first + i))` (the host
+    /// twins are in `crate::precision`): `first` is the index of element 0 in the whole parameter
+    /// buffer, so that an update cut into ranges rounds as one over the whole buffer. `step`
+    /// counts from 1; first + N must be at most 2^32 (the rounding counter).
     #[allow(clippy::too_many_arguments)]
     pub fn adamw_update_mixed(
         &self,
@@ -94,6 +96,7 @@ impl Gpu {
         step: usize,
         grad_scale: f32,
         seed: u32,
+        first: usize,
     ) -> Result<()> {
         const K: &str = "adamw_update_mixed";
         let n = params.len();
@@ -104,17 +107,22 @@ impl Gpu {
         if step == 0 {
             bail!("{K}: step counts from 1, got 0");
         }
-        if u32::try_from(n).is_err() {
-            bail!("{K}: N = {n} parameters; the stochastic rounding counter needs N < 2^32");
-        }
+        let first_u32 = match u32::try_from(first) {
+            Ok(f) if n as u64 + first as u64 <= 1 << 32 => f,
+            _ => bail!(
+                "{K}: elements {first}..{} of the parameters; the stochastic rounding counter \
+                 needs them below 2^32",
+                first as u64 + n as u64
+            ),
+        };
         let p = adamw_params(hp, step, grad_scale);
         let mut lb = self.stream.launch_builder(&self.k.adamw_mixed_kernel);
         lb.arg(params).arg(master).arg(grads).arg(m).arg(v);
-        lb.arg(&n).arg(&p).arg(&seed);
+        lb.arg(&n).arg(&p).arg(&seed).arg(&first_u32);
         // SAFETY: the arguments match adamw_mixed_kernel in kernels/adamw.cu (bf16 params, f32
-        // master, bf16 grads, f32 m and v, n a size_t, the params struct by value, seed a u32);
-        // all five buffers hold n elements (checked); packed path: whole packs of 8 below n, then
-        // the scalar tail; n < 2^32 so the 32-bit element indexes do not wrap.
+        // master, bf16 grads, f32 m and v, n a size_t, the params struct by value, seed and first
+        // u32s); all five buffers hold n elements (checked); packed path: whole packs of 8 below
+        // n, then the scalar tail; first + n <= 2^32 so the 32-bit element indexes do not wrap.
         launched("adamw_mixed_kernel", unsafe {
             lb.launch(grid_stride(n.div_ceil(pack::<bf16>())))
         })

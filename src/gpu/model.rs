@@ -29,6 +29,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 use half::bf16;
+use std::ops::Range;
 
 use super::attention::{attention_backward_scratch_len, attention_forward_scratch_len};
 use super::flash_attention::{flash_attention_backward_scratch_len, FLASH_ATTENTION_HEAD_SIZES};
@@ -40,7 +41,7 @@ use super::profile::{GpuProfiler, METHOD};
 use super::Gpu;
 use crate::activations::{checked_act_sizes, Acts};
 use crate::config::GPT2Config;
-use crate::cpu::adamw::AdamW;
+use crate::cpu::adamw::{update_ranges, AdamW};
 use crate::cpu::model::{check_forward, check_new};
 use crate::engine::Kernels;
 use crate::engine::{check_optimizer_array, Engine, OptimizerArray};
@@ -191,8 +192,9 @@ impl<T> LayerSlice for CudaView<'_, T> {
 pub trait ModelFloat: DeviceFloat {
     /// Whether the model keeps fp32 master weights beside its T weights.
     const MASTER_WEIGHTS: bool;
-    /// One AdamW step (from 1) of `params` (T) with `master` (fp32, None without master
-    /// weights), moments `m` and `v`; `seed` seeds the stochastic rounding.
+    /// One AdamW step (from 1) of the elements `range` of `params` (T) with `master` (fp32,
+    /// None without master weights), moments `m` and `v`; `seed` seeds the stochastic rounding
+    /// (of each element by its index in the whole buffer).
     #[allow(clippy::too_many_arguments)]
     fn adamw(
         gpu: &Gpu,
@@ -201,6 +203,7 @@ pub trait ModelFloat: DeviceFloat {
         grads: &CudaSlice<Self>,             // (num_parameters)
         m: &mut CudaSlice<f32>,              // (num_parameters)
         v: &mut CudaSlice<f32>,              // (num_parameters)
+        range: Range<usize>,
         hp: &AdamW,
         step: usize,
         grad_scale: f32,
@@ -217,16 +220,17 @@ impl ModelFloat for f32 {
         grads: &CudaSlice<f32>,
         m: &mut CudaSlice<f32>,
         v: &mut CudaSlice<f32>,
+        range: Range<usize>,
         hp: &AdamW,
         step: usize,
         grad_scale: f32,
         _seed: u32,
     ) -> Result<()> {
         gpu.adamw_update(
-            &mut params.slice_mut(..),
-            &grads.as_view(),
-            &mut m.slice_mut(..),
-            &mut v.slice_mut(..),
+            &mut params.slice_mut(range.clone()),
+            &grads.slice(range.clone()),
+            &mut m.slice_mut(range.clone()),
+            &mut v.slice_mut(range),
             hp,
             step,
             grad_scale,
@@ -243,22 +247,25 @@ impl ModelFloat for bf16 {
         grads: &CudaSlice<bf16>,
         m: &mut CudaSlice<f32>,
         v: &mut CudaSlice<f32>,
+        range: Range<usize>,
         hp: &AdamW,
         step: usize,
         grad_scale: f32,
         seed: u32,
     ) -> Result<()> {
         let master = master.ok_or_else(|| anyhow!("bf16 weights need fp32 master weights"))?;
+        let first = range.start;
         gpu.adamw_update_mixed(
-            &mut params.slice_mut(..),
-            &mut master.slice_mut(..),
-            &grads.as_view(),
-            &mut m.slice_mut(..),
-            &mut v.slice_mut(..),
+            &mut params.slice_mut(range.clone()),
+            &mut master.slice_mut(range.clone()),
+            &grads.slice(range.clone()),
+            &mut m.slice_mut(range.clone()),
+            &mut v.slice_mut(range),
             hp,
             step,
             grad_scale,
             seed,
+            first,
         )
     }
 }
@@ -1446,20 +1453,30 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
     }
 
     /// One AdamW step (step counts from 1) over all parameters, with the gradients first
-    /// multiplied by grad_scale.
+    /// multiplied by grad_scale; the weight decay on the tensors `hp.decay_on` names (one launch
+    /// per range of [`update_ranges`]).
     pub fn update(&mut self, hp: &AdamW, step: usize, grad_scale: f32) -> Result<()> {
         let _phase = nvtx::range(c"update");
         self.prof.set_pass(Pass::Update);
         let gpu = &self.gpu;
-        let (params, master, grads) = (&mut self.params, self.master.as_mut(), &self.grads);
+        let (params, mut master, grads) = (&mut self.params, self.master.as_mut(), &self.grads);
         let (m, v) = (&mut self.m, &mut self.v);
         // the stochastic rounding's seed: the step, hashed with each element's index
         let seed = step as u32;
+        let ranges = update_ranges(&self.config, hp);
         self.prof
             .run(
                 Family::Adamw,
                 Cost::adamw(params.len(), T::MASTER_WEIGHTS),
-                || T::adamw(gpu, params, master, grads, m, v, hp, step, grad_scale, seed),
+                || {
+                    for (r, hp) in ranges {
+                        let master = master.as_deref_mut();
+                        T::adamw(
+                            gpu, params, master, grads, m, v, r, &hp, step, grad_scale, seed,
+                        )?;
+                    }
+                    Ok(())
+                },
             )
             .context("update")?;
         self.sample_memory();

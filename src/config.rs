@@ -88,8 +88,8 @@ impl GPT2Config {
         let depth: usize = match desc.strip_prefix('d').map(str::parse) {
             Some(Ok(n)) if (1..=256).contains(&n) => n,
             _ => bail!(
-                "unknown model descriptor '{desc}': expected dN with N in 1..=256 (d12 is GPT-2 124M) \
-                 or the path of a checkpoint file"
+                "unknown model descriptor '{desc}': expected dN with N in 1..=256 (d12 is GPT-2 124M), \
+                 the path of a checkpoint file or a Hugging Face GPT-2 folder"
             ),
         };
         GPT2Config::new(

@@ -440,6 +440,32 @@ fn broken_files_and_directories_give_clear_errors() {
     expect_err(&dir, &["model-00001-of-00002.safetensors: cannot open"]);
 }
 
+/// A model named as on the Hugging Face Hub is not downloaded: the error says how to fetch it.
+#[test]
+fn a_hub_name_says_how_to_download_the_model() {
+    for (name, repo, dir) in [
+        ("gpt2", "openai-community/gpt2", "gpt2"),
+        (
+            "openai-community/gpt2-xl",
+            "openai-community/gpt2-xl",
+            "gpt2-xl",
+        ),
+        ("distilgpt2", "distilbert/distilgpt2", "distilgpt2"),
+    ] {
+        let out = bin()
+            .args(["--device", "cpu", "--model", name])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let want = format!(
+            "huggingface-cli download {repo} config.json model.safetensors --local-dir {dir}`, \
+             then give --model {dir}"
+        );
+        assert!(stderr.contains(&want), "{stderr}");
+    }
+}
+
 /// A PyTorch pickle given as the model file is named as one (it is a zip archive).
 #[test]
 fn a_pytorch_pickle_given_as_a_checkpoint_is_named() {

@@ -36,7 +36,8 @@ enum Command {
     Sample(SampleArgs),
     /// Compare forward and backward with a debug state (PyTorch or llm.c) tensor by tensor.
     Verify(VerifyArgs),
-    /// Write a model (a Hugging Face GPT-2, or an llm.c checkpoint) as an llm.c checkpoint.
+    /// Write a model (a Hugging Face GPT-2, or an llm.c checkpoint) as an llm.c checkpoint or as
+    /// a Hugging Face GPT-2.
     Convert(ConvertArgs),
     /// Write the GPT-2 vocabulary as llm.c's gpt2_tokenizer.bin.
     Tokenizer {
@@ -68,12 +69,22 @@ struct ConvertArgs {
     /// llm.c checkpoint.
     #[arg(long)]
     model: PathBuf,
-    /// The llm.c checkpoint to write.
+    /// What to write: an llm.c checkpoint file, or (--format hf) a folder.
     #[arg(long)]
     out: PathBuf,
-    /// fp32 (version 3) or bf16 (version 5, rounded to nearest).
+    /// llmc: an llm.c checkpoint; hf: a Hugging Face GPT-2 folder (config.json and
+    /// model.safetensors, as save_pretrained writes them).
+    #[arg(long, value_enum, default_value = "llmc")]
+    format: ModelFormat,
+    /// fp32, or bf16 (rounded to nearest even; an llm.c checkpoint of version 5).
     #[arg(long, value_enum, default_value = "fp32")]
     precision: Precision,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ModelFormat {
+    Llmc,
+    Hf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -273,12 +284,20 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
 }
 
 fn run_convert(a: &ConvertArgs) -> Result<ExitCode> {
+    use train_gpt2_cuda::formats::{hf_gpt2, safetensors::Dtype};
     let ck = read_model(&a.model)?;
-    let precision = match a.precision {
-        Precision::Fp32 => checkpoint::CheckpointPrecision::Fp32,
-        Precision::Bf16 => checkpoint::CheckpointPrecision::Bf16,
-    };
-    checkpoint::write_checkpoint(&a.out, &ck.config, &ck.params, precision)?;
+    match (a.format, a.precision) {
+        (ModelFormat::Llmc, Precision::Fp32) => {
+            let p = checkpoint::CheckpointPrecision::Fp32;
+            checkpoint::write_checkpoint(&a.out, &ck.config, &ck.params, p)?
+        }
+        (ModelFormat::Llmc, Precision::Bf16) => {
+            let p = checkpoint::CheckpointPrecision::Bf16;
+            checkpoint::write_checkpoint(&a.out, &ck.config, &ck.params, p)?
+        }
+        (ModelFormat::Hf, Precision::Fp32) => hf_gpt2::write_hf_gpt2(&a.out, &ck, Dtype::F32)?,
+        (ModelFormat::Hf, Precision::Bf16) => hf_gpt2::write_hf_gpt2(&a.out, &ck, Dtype::BF16)?,
+    }
     println!(
         "wrote {} ({} parameters, {}: {})",
         a.out.display(),

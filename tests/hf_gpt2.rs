@@ -113,6 +113,83 @@ fn convert_writes_an_llmc_checkpoint() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `convert --format hf` writes what transformers writes: the tensors of hf_tiny's
+/// model.safetensors (save_pretrained, fp32) with the same names, shapes, dtypes and bytes and, in
+/// bf16, those of hf_tiny_hub_bf16 (torch's rounding to nearest even), less the mask buffers and
+/// lm_head; and a config.json with the fixture's dimensions and settings. (transformers' own
+/// from_pretrained on such a folder computes the state's logits exactly:
+/// `tools/write_hf_fixture.py --check-export`.)
+#[test]
+fn convert_writes_a_hugging_face_gpt2() {
+    let dir = tmp_dir("export");
+    let strip = |t: Vec<(String, String, Vec<usize>, Vec<u8>)>| {
+        let mut t: Vec<_> = t
+            .into_iter()
+            .filter(|x| !x.0.ends_with(".attn.bias") && x.0 != "lm_head.weight")
+            .map(|(n, d, s, b)| (n.trim_start_matches("transformer.").to_string(), d, s, b))
+            .collect();
+        t.sort();
+        t
+    };
+    for (precision, reference) in [("fp32", "hf_tiny"), ("bf16", "hf_tiny_hub_bf16")] {
+        let out = dir.join(precision);
+        run_ok(
+            bin()
+                .args([
+                    "convert",
+                    "--format",
+                    "hf",
+                    "--precision",
+                    precision,
+                    "--model",
+                ])
+                .arg(fixture("hf_tiny"))
+                .arg("--out")
+                .arg(&out),
+        );
+        let got = strip(tensors_in(&out.join("model.safetensors")));
+        let want = strip(tensors_in(&fixture(&format!(
+            "{reference}/model.safetensors"
+        ))));
+        assert_eq!(got.len(), 2 + 2 * 12 + 2, "{precision}");
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!((&g.0, &g.1, &g.2), (&w.0, &w.1, &w.2), "{precision}");
+            assert!(
+                g.3 == w.3,
+                "{precision}: {} differs from {reference}'s",
+                g.0
+            );
+        }
+        // save_pretrained's names: with the prefix
+        assert!(tensors_in(&out.join("model.safetensors"))
+            .iter()
+            .all(|t| t.0.starts_with("transformer.")));
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        let fixture_config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(fixture("hf_tiny/config.json")).unwrap())
+                .unwrap();
+        for key in [
+            "model_type",
+            "vocab_size",
+            "n_positions",
+            "n_embd",
+            "n_layer",
+            "n_head",
+            "n_inner",
+            "activation_function",
+            "layer_norm_epsilon",
+            "scale_attn_weights",
+            "tie_word_embeddings",
+        ] {
+            assert_eq!(config[key], fixture_config[key], "{precision}: {key}");
+        }
+        let back = read_model(&out).unwrap();
+        assert_eq!(back.config, read_model(&fixture("hf_tiny")).unwrap().config);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// Finetuning from a Hugging Face directory: the run's first loss, on a shard holding the state's
 /// batch, is transformers' loss; the run trains and writes llm.c checkpoints.
 #[test]
@@ -180,7 +257,13 @@ fn write_safetensors(path: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)])
 
 /// hf_tiny's tensors, as (name, dtype, shape, bytes), in the file's order.
 fn hf_tiny_tensors() -> Vec<(String, String, Vec<usize>, Vec<u8>)> {
-    let bytes = std::fs::read(fixture("hf_tiny/model.safetensors")).unwrap();
+    tensors_in(&fixture("hf_tiny/model.safetensors"))
+}
+
+/// A safetensors file's tensors, as (name, dtype, shape, bytes), in name order (parsed here, not
+/// by the engine's reader).
+fn tensors_in(path: &Path) -> Vec<(String, String, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     let data = &bytes[8 + n..];

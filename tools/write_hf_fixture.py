@@ -31,6 +31,10 @@ Loss: mean cross-entropy of logits against y.
 
 Usage (tests/fixtures/README.md gives the versions the committed files were made with):
   python tools/write_hf_fixture.py --out-dir tests/fixtures
+  python tools/write_hf_fixture.py --check-export DIR [--state tests/fixtures/hf_tiny_state.bin]
+The second loads DIR (e.g. `train-gpt2-cuda convert --model tests/fixtures/hf_tiny --out DIR
+--format hf`) with transformers' from_pretrained and compares its logits and loss on the state's
+batch with the state's (exit status 1 beyond 1e-5 relative to the largest logit).
 """
 
 import argparse
@@ -128,12 +132,40 @@ def write_hub_bf16(out, model, config_src):
     shutil.copy(config_src, os.path.join(out, "config.json"))
 
 
+def check_export(model_dir, state_path):
+    """transformers on a model the engine wrote, against the state's logits and loss."""
+    model = GPT2LMHeadModel.from_pretrained(model_dir, attn_implementation="eager").float().eval()
+    v = model.config.vocab_size
+    raw = open(state_path, "rb").read()
+    header = np.frombuffer(raw[:4 * 256], dtype="<i4")
+    assert header[0] == STATE_MAGIC, "not a debug state"
+    b, t = int(header[2]), int(header[3])
+    ints = np.frombuffer(raw[4 * 256:4 * 256 + 8 * b * t], dtype="<i4")
+    x = torch.from_numpy(ints[:b * t].astype(np.int64)).view(b, t)
+    y = torch.from_numpy(ints[b * t:].astype(np.int64)).view(b, t)
+    floats = np.frombuffer(raw[4 * 256 + 8 * b * t:], dtype="<f4")
+    want_logits = torch.from_numpy(floats[:b * t * v].copy()).view(b, t, v)
+    want_loss = float(floats[b * t * v])
+    with torch.no_grad():
+        logits = model(input_ids=x).logits
+        loss = F.cross_entropy(logits.reshape(-1, v), y.reshape(-1)).item()
+    err = ((logits - want_logits).abs().max() / want_logits.abs().max()).item()
+    loss_err = abs(loss - want_loss) / abs(want_loss)
+    print(f"{model_dir}: logits err/max|ref| {err:.2e}, loss {loss:.9g} vs {want_loss:.9g} "
+          f"(rel {loss_err:.2e})")
+    return err <= 1e-5 and loss_err <= 1e-5
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out-dir", default="tests/fixtures")
     ap.add_argument("--seed", type=int, default=2026)
+    ap.add_argument("--check-export", metavar="DIR")
+    ap.add_argument("--state", default="tests/fixtures/hf_tiny_state.bin")
     args = ap.parse_args()
     torch.use_deterministic_algorithms(True)
+    if args.check_export:
+        sys.exit(0 if check_export(args.check_export, args.state) else 1)
     model = build_model(args.seed)
     tiny = os.path.join(args.out_dir, "hf_tiny")
     sharded = os.path.join(args.out_dir, "hf_tiny_sharded")

@@ -24,12 +24,16 @@
 //! f32).
 
 use super::checkpoint::Checkpoint;
-use super::safetensors::{looks_like_safetensors, SafeTensors, TensorInfo};
-use crate::config::{pad_vocab, GPT2Config, GPT2_VOCAB_SIZE};
-use crate::params::{num_parameters, split_mut};
+use super::safetensors::{
+    looks_like_safetensors, write_safetensors, Dtype, SafeTensors, TensorInfo,
+};
+use super::write_file_atomic;
+use crate::config::{pad_vocab, GPT2Config, GPT2_EOT, GPT2_VOCAB_SIZE};
+use crate::params::{num_parameters, param_sizes};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 const CONFIG_FILE: &str = "config.json";
@@ -225,16 +229,89 @@ fn index_tensors(files: &[SafeTensors]) -> Result<BTreeMap<String, Found>> {
     Ok(found)
 }
 
-/// Reads one tensor of shape `shape` (as stored) into `out`: as stored, or transposed from
-/// (rows, cols) to (cols, rows) when `transpose`.
+/// One tensor of a Hugging Face GPT-2 and where it lives in the llm.c parameter buffer.
+struct HfTensor {
+    /// Its name without the `transformer.` prefix, e.g. `h.3.attn.c_attn.weight`.
+    name: String,
+    /// Its shape as transformers stores it (GPT-2's `Conv1D` weights as (in, out)).
+    shape: Vec<usize>,
+    /// The elements it occupies in the parameter buffer (`num_parameters`, checkpoint order).
+    range: Range<usize>,
+    /// Stored as the transpose of the llm.c layout (the four `Conv1D` weights).
+    transposed: bool,
+}
+
+/// Every tensor of a GPT-2 of `cfg`, in llm.c's checkpoint order (wte's V real rows only).
+fn hf_tensors(cfg: &GPT2Config) -> Vec<HfTensor> {
+    let GPT2Config {
+        max_seq_len: maxt,
+        vocab_size: v,
+        num_layers: l,
+        channels: c,
+        ..
+    } = *cfg;
+    let sizes = param_sizes(cfg).into_array();
+    let start = |i: usize| -> usize { sizes[..i].iter().sum() };
+    // (tensor index, HF name in layer, HF shape, transposed) of the per-layer tensors
+    let per_layer: [(usize, &str, Vec<usize>, bool); 12] = [
+        (2, "ln_1.weight", vec![c], false),
+        (3, "ln_1.bias", vec![c], false),
+        (4, "attn.c_attn.weight", vec![c, 3 * c], true),
+        (5, "attn.c_attn.bias", vec![3 * c], false),
+        (6, "attn.c_proj.weight", vec![c, c], true),
+        (7, "attn.c_proj.bias", vec![c], false),
+        (8, "ln_2.weight", vec![c], false),
+        (9, "ln_2.bias", vec![c], false),
+        (10, "mlp.c_fc.weight", vec![c, 4 * c], true),
+        (11, "mlp.c_fc.bias", vec![4 * c], false),
+        (12, "mlp.c_proj.weight", vec![4 * c, c], true),
+        (13, "mlp.c_proj.bias", vec![c], false),
+    ];
+    let whole = |i: usize, name: &str, shape: Vec<usize>| HfTensor {
+        name: name.to_string(),
+        range: start(i)..start(i) + shape.iter().product::<usize>(),
+        shape,
+        transposed: false,
+    };
+    let mut out = vec![
+        whole(0, "wte.weight", vec![v, c]), // rows V..Vp of the buffer stay 0
+        whole(1, "wpe.weight", vec![maxt, c]),
+    ];
+    for (i, name, shape, transposed) in per_layer {
+        let n = sizes[i] / l;
+        for layer in 0..l {
+            out.push(HfTensor {
+                name: format!("h.{layer}.{name}"),
+                shape: shape.clone(),
+                range: start(i) + layer * n..start(i) + (layer + 1) * n,
+                transposed,
+            });
+        }
+    }
+    out.push(whole(14, "ln_f.weight", vec![c]));
+    out.push(whole(15, "ln_f.bias", vec![c]));
+    out
+}
+
+/// `x` (rows, cols) transposed: (cols, rows).
+fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; rows * cols]; // (cols, rows)
+    for (r, row) in x.chunks_exact(cols).enumerate() {
+        for (c, &v) in row.iter().enumerate() {
+            out[c * rows + r] = v;
+        }
+    }
+    out
+}
+
+/// Reads one tensor into `out` (its place in the llm.c layout).
 fn read_tensor(
     files: &mut [SafeTensors],
     found: &BTreeMap<String, Found>,
-    name: &str,
-    shape: &[usize],
-    transpose: bool,
+    t: &HfTensor,
     out: &mut [f32],
 ) -> Result<()> {
+    let name = &t.name;
     let (i, info) = found.get(name).ok_or_else(|| {
         anyhow!(
             "{}: no tensor \"{name}\" (nor \"transformer.{name}\"): not a complete GPT-2",
@@ -242,11 +319,12 @@ fn read_tensor(
         )
     })?;
     let file = &mut files[*i];
-    if info.shape != shape {
+    if info.shape != t.shape {
         bail!(
-            "{}: tensor \"{name}\" has shape {:?}, but config.json's dimensions give {shape:?}",
+            "{}: tensor \"{name}\" has shape {:?}, but config.json's dimensions give {:?}",
             file.path().display(),
-            info.shape
+            info.shape,
+            t.shape
         );
     }
     let stored_name = if file.tensors().contains_key(name) {
@@ -254,17 +332,12 @@ fn read_tensor(
     } else {
         format!("transformer.{name}")
     };
-    if !transpose {
+    if !t.transposed {
         return file.read_f32(&stored_name, out);
     }
-    let (rows, cols) = (shape[0], shape[1]);
-    let mut stored = vec![0f32; rows * cols]; // (rows, cols)
+    let mut stored = vec![0f32; out.len()]; // (in, out)
     file.read_f32(&stored_name, &mut stored)?;
-    for (r, row) in stored.chunks_exact(cols).enumerate() {
-        for (c, &x) in row.iter().enumerate() {
-            out[c * rows + r] = x; // (cols, rows)
-        }
-    }
+    out.copy_from_slice(&transpose(&stored, t.shape[0], t.shape[1]));
     Ok(())
 }
 
@@ -278,53 +351,21 @@ pub fn read_hf_gpt2(path: &Path) -> Result<Checkpoint> {
         .map(|p| SafeTensors::open(p))
         .collect::<Result<Vec<_>>>()?;
     let found = index_tensors(&files)?;
-    let GPT2Config {
-        max_seq_len: maxt,
-        vocab_size: v,
-        num_layers: l,
-        channels: c,
-        ..
-    } = cfg;
     let mut params = vec![0f32; num_parameters(&cfg)]; // (num_parameters)
-    let mut used: Vec<String> = Vec::new();
-    {
-        let mut p = split_mut(&cfg, &mut params);
-        let mut read = |name: String, shape: &[usize], transpose: bool, out: &mut [f32]| {
-            read_tensor(&mut files, &found, &name, shape, transpose, out)?;
-            used.push(name);
-            Ok::<(), anyhow::Error>(())
-        };
-        read("wte.weight".into(), &[v, c], false, &mut p.wte[..v * c])?; // rows V..Vp stay 0
-        read("wpe.weight".into(), &[maxt, c], false, p.wpe)?;
-        for layer in 0..l {
-            let b = p.block_mut(layer, l);
-            let h = |s: &str| format!("h.{layer}.{s}");
-            read(h("ln_1.weight"), &[c], false, b.ln1w)?;
-            read(h("ln_1.bias"), &[c], false, b.ln1b)?;
-            read(h("attn.c_attn.weight"), &[c, 3 * c], true, b.qkvw)?;
-            read(h("attn.c_attn.bias"), &[3 * c], false, b.qkvb)?;
-            read(h("attn.c_proj.weight"), &[c, c], true, b.attprojw)?;
-            read(h("attn.c_proj.bias"), &[c], false, b.attprojb)?;
-            read(h("ln_2.weight"), &[c], false, b.ln2w)?;
-            read(h("ln_2.bias"), &[c], false, b.ln2b)?;
-            read(h("mlp.c_fc.weight"), &[c, 4 * c], true, b.fcw)?;
-            read(h("mlp.c_fc.bias"), &[4 * c], false, b.fcb)?;
-            read(h("mlp.c_proj.weight"), &[4 * c, c], true, b.fcprojw)?;
-            read(h("mlp.c_proj.bias"), &[c], false, b.fcprojb)?;
-        }
-        read("ln_f.weight".into(), &[c], false, p.lnfw)?;
-        read("ln_f.bias".into(), &[c], false, p.lnfb)?;
+    let tensors = hf_tensors(&cfg);
+    for t in &tensors {
+        read_tensor(&mut files, &found, t, &mut params[t.range.clone()])?;
     }
+    let (v, c) = (cfg.vocab_size, cfg.channels);
     if found.contains_key("lm_head.weight") {
+        let lm_head = HfTensor {
+            name: "lm_head.weight".into(),
+            shape: vec![v, c],
+            range: 0..v * c,
+            transposed: false,
+        };
         let mut head = vec![0f32; v * c]; // (V, C)
-        read_tensor(
-            &mut files,
-            &found,
-            "lm_head.weight",
-            &[v, c],
-            false,
-            &mut head,
-        )?;
+        read_tensor(&mut files, &found, &lm_head, &mut head)?;
         if head[..] != params[..v * c] {
             bail!(
                 "{}: lm_head.weight differs from wte.weight: the engine ties the output layer to \
@@ -332,21 +373,84 @@ pub fn read_hf_gpt2(path: &Path) -> Result<Checkpoint> {
                 path.display()
             );
         }
-        used.push("lm_head.weight".into());
     }
-    let skipped = |n: &str| n.ends_with(".attn.bias") || n.ends_with(".attn.masked_bias");
-    if let Some(extra) = found
-        .keys()
-        .find(|n| !skipped(n) && !used.iter().any(|u| u == *n))
-    {
+    let known = |n: &str| {
+        n == "lm_head.weight"
+            || n.ends_with(".attn.bias")
+            || n.ends_with(".attn.masked_bias")
+            || tensors.iter().any(|t| t.name == n)
+    };
+    if let Some(extra) = found.keys().find(|n| !known(n)) {
         bail!(
-            "{}: unexpected tensor \"{extra}\": not part of a GPT-2 language model with {l} layers \
+            "{}: unexpected tensor \"{extra}\": not part of a GPT-2 language model with {} layers \
              (config.json's n_layer)",
-            path.display()
+            path.display(),
+            cfg.num_layers
         );
     }
     Ok(Checkpoint {
         config: cfg,
         params,
     })
+}
+
+/// config.json for `cfg`: what transformers needs to build the same `GPT2LMHeadModel`.
+fn config_json(cfg: &GPT2Config, dtype: Dtype) -> Value {
+    // GPT-2's end-of-text token, where the vocabulary has it
+    let eot = (cfg.vocab_size > GPT2_EOT as usize).then_some(GPT2_EOT);
+    serde_json::json!({
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.max_seq_len,
+        "n_embd": cfg.channels,
+        "n_layer": cfg.num_layers,
+        "n_head": cfg.num_heads,
+        "n_inner": null,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5,
+        "scale_attn_weights": true,
+        "scale_attn_by_inverse_layer_idx": false,
+        "tie_word_embeddings": true,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
+        "torch_dtype": match dtype {
+            Dtype::BF16 => "bfloat16",
+            _ => "float32",
+        },
+    })
+}
+
+/// Writes `ck` as a Hugging Face GPT-2 in the directory `dir` (created if needed): config.json and
+/// model.safetensors, its tensors named and laid out as `save_pretrained` writes them
+/// (`transformer.` prefix, `Conv1D` weights as (in, out), wte's V rows, lm_head left out as tied),
+/// in `dtype` (F32, or BF16 rounded to nearest even). transformers' `from_pretrained(dir)` and
+/// [`read_hf_gpt2`] read it.
+pub fn write_hf_gpt2(dir: &Path, ck: &Checkpoint, dtype: Dtype) -> Result<()> {
+    let d = dir.display();
+    std::fs::create_dir_all(dir).with_context(|| format!("{d}: cannot create the folder"))?;
+    let tensors = hf_tensors(&ck.config);
+    let entries: Vec<(String, Vec<usize>)> = tensors
+        .iter()
+        .map(|t| (format!("transformer.{}", t.name), t.shape.clone()))
+        .collect();
+    write_safetensors(
+        &dir.join(SINGLE_FILE),
+        dtype,
+        &entries,
+        &[("format", "pt")],
+        |i| {
+            let t = &tensors[i];
+            let x = &ck.params[t.range.clone()];
+            if t.transposed {
+                // llm.c's (out, in) to Conv1D's (in, out)
+                transpose(x, t.shape[1], t.shape[0])
+            } else {
+                x.to_vec()
+            }
+        },
+    )?;
+    let config = serde_json::to_string_pretty(&config_json(&ck.config, dtype))
+        .expect("a JSON value serialises");
+    write_file_atomic(&dir.join(CONFIG_FILE), config.as_bytes())
 }

@@ -10,7 +10,9 @@
 //!
 //! Opening checks the header (its length, its JSON, every entry) and that every tensor's range
 //! holds exactly its shape's elements, lies inside the file and overlaps no other. Reading converts
-//! F32, F16, BF16 and F64 to f32 (exactly, except F64, which rounds to nearest).
+//! F32, F16, BF16 and F64 to f32 (exactly, except F64, which rounds to nearest). Writing
+//! ([`write_safetensors`]) stores F32 or BF16, the tensors back to back in the order given, the
+//! header padded with spaces to a multiple of 8 bytes (as the reference implementation does).
 
 use anyhow::{anyhow, bail, Context, Result};
 use half::{bf16, f16};
@@ -271,4 +273,61 @@ pub fn looks_like_safetensors(path: &Path) -> bool {
     }
     let n = u64::from_le_bytes(head[..8].try_into().unwrap());
     (2..=MAX_HEADER_BYTES).contains(&n) && head[8] == b'{'
+}
+
+/// Writes a safetensors file of the tensors `entries` (name, shape), in that order, stored as
+/// `dtype` (F32, or BF16 rounded to nearest even), with `metadata` as its `__metadata__`;
+/// `values(i)` gives tensor i's values (row-major), one tensor at a time.
+pub fn write_safetensors(
+    path: &Path,
+    dtype: Dtype,
+    entries: &[(String, Vec<usize>)],
+    metadata: &[(&str, &str)],
+    mut values: impl FnMut(usize) -> Vec<f32>,
+) -> Result<()> {
+    let (name, size) = match dtype {
+        Dtype::F32 => ("F32", 4),
+        Dtype::BF16 => ("BF16", 2),
+        other => bail!("{}: writing {other:?} is not supported", path.display()),
+    };
+    let mut header = serde_json::Map::new();
+    let meta: serde_json::Map<String, Value> = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), Value::from(*v)))
+        .collect();
+    header.insert("__metadata__".into(), Value::Object(meta));
+    let mut offset = 0usize;
+    for (tensor, shape) in entries {
+        let end = offset + shape.iter().product::<usize>() * size;
+        let entry =
+            serde_json::json!({"dtype": name, "shape": shape, "data_offsets": [offset, end]});
+        header.insert(tensor.clone(), entry);
+        offset = end;
+    }
+    let mut text = Value::Object(header).to_string().into_bytes();
+    text.resize(text.len().div_ceil(8) * 8, b' ');
+    super::write_file_atomic_with(path, |w| {
+        w.write_all(&(text.len() as u64).to_le_bytes())?;
+        w.write_all(&text)?;
+        let mut buf = Vec::new();
+        for (i, (_, shape)) in entries.iter().enumerate() {
+            let x = values(i);
+            assert_eq!(
+                x.len(),
+                shape.iter().product::<usize>(),
+                "tensor {i}'s values"
+            );
+            buf.clear();
+            match dtype {
+                Dtype::BF16 => {
+                    for v in x {
+                        buf.extend_from_slice(&bf16::from_f32(v).to_le_bytes());
+                    }
+                }
+                _ => super::put_f32s(&mut buf, &x),
+            }
+            w.write_all(&buf)?;
+        }
+        Ok(())
+    })
 }

@@ -51,7 +51,8 @@ pub fn prepro(inputs: &[PathBuf], out_dir: &Path, split: ValSplit) -> Result<Pre
     match split {
         ValSplit::LastFiles(k) if k == 0 || k >= inputs.len() => bail!(
             "prepro: cannot put the last {k} of {} input files in val: train and val must both \
-             get at least one file",
+             get at least one file (or split by tokens: --val-fraction 0.1 puts the last tenth \
+             of the tokens in val)",
             inputs.len()
         ),
         ValSplit::Fraction(f) if !(f > 0.0 && f < 1.0) => {

@@ -728,7 +728,10 @@ fn bad_inputs_give_clear_errors() {
     );
     expect_error(
         &["prepro", &d("missing.txt"), "--out-dir", &d("pp")],
-        &["train and val must both get at least one file"],
+        &[
+            "train and val must both get at least one file",
+            "--val-fraction 0.1",
+        ],
     );
 }
 

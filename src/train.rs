@@ -8,6 +8,7 @@ use crate::config::GPT2Config;
 use crate::cpu::adamw::{AdamW, DecayOn};
 use crate::data::DataLoader;
 use crate::engine::Engine;
+use crate::formats::hf_gpt2::hub_repo;
 use crate::formats::read_model;
 use crate::mfu::mfu;
 use crate::precision::Precision;
@@ -235,34 +236,12 @@ impl TrainArgs {
 /// or a Hugging Face GPT-2: [`read_model`]).
 pub fn load_model(model: &str, seed: u64) -> Result<(GPT2Config, Vec<f32>)> {
     let path = Path::new(model);
-    if path.exists() || model.ends_with(".bin") {
+    if path.exists() || model.ends_with(".bin") || hub_repo(model).is_some() {
         let ck = read_model(path)?;
         return Ok((ck.config, ck.params));
     }
-    if let Some(repo) = hub_name(model) {
-        let dir = repo.rsplit('/').next().unwrap_or(model);
-        bail!(
-            "'{model}' is not a file or folder here: models are not downloaded; fetch the Hugging \
-             Face GPT-2 first, e.g. `huggingface-cli download {repo} config.json model.safetensors \
-             --local-dir {dir}`, then give --model {dir}"
-        );
-    }
     let cfg = GPT2Config::from_descriptor(model)?;
     Ok((cfg, crate::params::init_params(&cfg, seed)))
-}
-
-/// The Hugging Face repository of a GPT-2 named as on the Hub (`gpt2`, `gpt2-medium`,
-/// `openai-community/gpt2-xl`, `distilgpt2`, ...).
-fn hub_name(model: &str) -> Option<String> {
-    let name = model.strip_prefix("openai-community/").unwrap_or(model);
-    let name = name.strip_prefix("distilbert/").unwrap_or(name);
-    match name {
-        "gpt2" | "gpt2-medium" | "gpt2-large" | "gpt2-xl" => {
-            Some(format!("openai-community/{name}"))
-        }
-        "distilgpt2" => Some("distilbert/distilgpt2".to_string()),
-        _ => None,
-    }
 }
 
 /// The average loss over `batches` batches of `loader` (from its start).

@@ -535,17 +535,20 @@ fn a_hub_name_says_how_to_download_the_model() {
         ),
         ("distilgpt2", "distilbert/distilgpt2", "distilgpt2"),
     ] {
-        let out = bin()
-            .args(["--device", "cpu", "--model", name])
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{stderr}");
         let want = format!(
             "huggingface-cli download {repo} config.json model.safetensors --local-dir {dir}`, \
              then give --model {dir}"
         );
-        assert!(stderr.contains(&want), "{stderr}");
+        for command in [&["--device", "cpu"][..], &["sample", "--device", "cpu"]] {
+            let out = bin()
+                .args(command)
+                .args(["--model", name])
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{stderr}");
+            assert!(stderr.contains(&want), "{stderr}");
+        }
     }
 }
 

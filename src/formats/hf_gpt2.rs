@@ -1,6 +1,7 @@
 //! A Hugging Face GPT-2 (transformers' `GPT2LMHeadModel`: `openai-community/gpt2`, `gpt2-medium`,
 //! a model finetuned and saved with `save_pretrained`) read as a [`Checkpoint`], so that `--model`
-//! can start a finetuning run from it.
+//! can start a finetuning run from it ([`read_hf_gpt2`]), and a checkpoint written as one, so
+//! that transformers can take a model trained here (`convert --format hf`, [`write_hf_gpt2`]).
 //!
 //! What is read: a directory holding `config.json` and either `model.safetensors` or a sharded
 //! `model.safetensors.index.json` with its shards; or one of those two files, with `config.json`
@@ -39,6 +40,21 @@ use std::path::{Path, PathBuf};
 const CONFIG_FILE: &str = "config.json";
 const SINGLE_FILE: &str = "model.safetensors";
 const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// The Hugging Face repository of a GPT-2 named as on the Hub (`gpt2`, `gpt2-medium`,
+/// `openai-community/gpt2-xl`, `distilgpt2`, ...): a name a user may give for a folder they have
+/// not downloaded.
+pub fn hub_repo(name: &str) -> Option<String> {
+    let short = name.strip_prefix("openai-community/").unwrap_or(name);
+    let short = short.strip_prefix("distilbert/").unwrap_or(short);
+    match short {
+        "gpt2" | "gpt2-medium" | "gpt2-large" | "gpt2-xl" => {
+            Some(format!("openai-community/{short}"))
+        }
+        "distilgpt2" => Some("distilbert/distilgpt2".to_string()),
+        _ => None,
+    }
+}
 
 /// Whether `path` is (or is in) a Hugging Face model rather than an llm.c checkpoint: a directory,
 /// a safetensors file or a shard index.

@@ -90,6 +90,15 @@ const ZIP_MAGIC: i32 = 0x0403_4b50;
 /// Reads a model: an llm.c checkpoint (version 3 or 5), or a Hugging Face GPT-2 (a directory with
 /// `config.json` and `model.safetensors`, or one of its safetensors files or its shard index).
 pub fn read_model(path: &Path) -> Result<checkpoint::Checkpoint> {
+    if let (false, Some(repo)) = (path.exists(), hf_gpt2::hub_repo(&path.to_string_lossy())) {
+        let dir = repo.rsplit('/').next().unwrap_or(&repo);
+        let p = path.display();
+        bail!(
+            "'{p}' is not a file or folder here: models are not downloaded; fetch the Hugging Face \
+             GPT-2 first, e.g. `huggingface-cli download {repo} config.json model.safetensors \
+             --local-dir {dir}`, then give --model {dir}"
+        );
+    }
     if hf_gpt2::is_hf_model(path) {
         hf_gpt2::read_hf_gpt2(path)
     } else {

@@ -37,6 +37,13 @@ fn run_ok(cmd: &mut std::process::Command) -> String {
     stdout
 }
 
+/// `train-gpt2-cuda convert --model MODEL --out OUT` with `flags`; its stdout.
+fn convert(flags: &[&str], model: &Path, out: &Path) -> String {
+    let mut cmd = bin();
+    cmd.arg("convert").args(flags).arg("--model").arg(model);
+    run_ok(cmd.arg("--out").arg(out))
+}
+
 /// The CPU engine on hf_tiny against transformers: logits, loss and all 16 gradients within the
 /// fp32 tolerances (the same as against tools/pytorch_reference.py; docs/verification.md).
 #[test]
@@ -100,13 +107,7 @@ fn every_layout_of_a_model_reads_the_same() {
 fn convert_writes_an_llmc_checkpoint() {
     let dir = tmp_dir("convert");
     let out_path = dir.join("hf_tiny.bin");
-    let stdout = run_ok(
-        bin()
-            .args(["convert", "--model"])
-            .arg(fixture("hf_tiny"))
-            .arg("--out")
-            .arg(&out_path),
-    );
+    let stdout = convert(&[], &fixture("hf_tiny"), &out_path);
     assert!(stdout.contains("30080 parameters"), "{stdout}");
     let ck = read_checkpoint(&out_path).unwrap();
     assert_eq!(ck, read_model(&fixture("hf_tiny")).unwrap());
@@ -133,20 +134,8 @@ fn convert_writes_a_hugging_face_gpt2() {
     };
     for (precision, reference) in [("fp32", "hf_tiny"), ("bf16", "hf_tiny_hub_bf16")] {
         let out = dir.join(precision);
-        run_ok(
-            bin()
-                .args([
-                    "convert",
-                    "--format",
-                    "hf",
-                    "--precision",
-                    precision,
-                    "--model",
-                ])
-                .arg(fixture("hf_tiny"))
-                .arg("--out")
-                .arg(&out),
-        );
+        let flags = ["--format", "hf", "--precision", precision];
+        convert(&flags, &fixture("hf_tiny"), &out);
         let got = strip(tensors_in(&out.join("model.safetensors")));
         let want = strip(tensors_in(&fixture(&format!(
             "{reference}/model.safetensors"
@@ -187,6 +176,54 @@ fn convert_writes_a_hugging_face_gpt2() {
         let back = read_model(&out).unwrap();
         assert_eq!(back.config, read_model(&fixture("hf_tiny")).unwrap().config);
     }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A model with GPT-2's vocabulary goes out with GPT-2's tokenizer files: vocab.json (50257
+/// ids, spelled through GPT-2's byte-to-character table), merges.txt (the 50000 merges, token
+/// 256 + i made by merge i) and tokenizer_config.json. (transformers' AutoTokenizer on them
+/// tokenizes the bundled plays to the shards' ids: `tools/write_hf_fixture.py --check-export`.)
+#[test]
+fn a_gpt2_vocabulary_goes_out_with_its_tokenizer() {
+    let dir = tmp_dir("tokenizer");
+    let out = dir.join("hf");
+    convert(
+        &["--format", "hf"],
+        &fixture("ref_gpt2vocab_model.bin"),
+        &out,
+    );
+    let read_json = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(out.join(name)).unwrap()).unwrap()
+    };
+    let vocab = read_json("vocab.json");
+    let vocab = vocab.as_object().unwrap();
+    assert_eq!(vocab.len(), 50257);
+    assert_eq!(vocab["<|endoftext|>"], 50256);
+    // " the" is token 262, "\n" 198, "!" 0 (GPT-2's encoder.json)
+    assert_eq!(
+        (
+            vocab["Ġthe"].clone(),
+            vocab["Ċ"].clone(),
+            vocab["!"].clone()
+        ),
+        (262.into(), 198.into(), 0.into())
+    );
+    let merges = std::fs::read_to_string(out.join("merges.txt")).unwrap();
+    let lines: Vec<&str> = merges.lines().collect();
+    assert_eq!(lines.len(), 50001);
+    assert_eq!(lines[..4], ["#version: 0.2", "Ġ t", "Ġ a", "h e"]);
+    // merge i joins two tokens into token 256 + i
+    for (i, line) in lines[1..].iter().enumerate() {
+        let (a, b) = line.split_once(' ').unwrap();
+        assert_eq!(vocab[&format!("{a}{b}")], 256 + i, "{line}");
+    }
+    let config = read_json("tokenizer_config.json");
+    assert_eq!(config["model_max_length"], 8); // the fixture's maxT
+    assert_eq!(config["eos_token"], "<|endoftext|>");
+    // a model with another vocabulary gets none
+    let other = dir.join("other");
+    convert(&["--format", "hf"], &fixture("hf_tiny"), &other);
+    assert!(!other.join("vocab.json").exists() && !other.join("merges.txt").exists());
     std::fs::remove_dir_all(&dir).ok();
 }
 

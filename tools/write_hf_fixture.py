@@ -34,7 +34,10 @@ Usage (tests/fixtures/README.md gives the versions the committed files were made
   python tools/write_hf_fixture.py --check-export DIR [--state tests/fixtures/hf_tiny_state.bin]
 The second loads DIR (e.g. `train-gpt2-cuda convert --model tests/fixtures/hf_tiny --out DIR
 --format hf`) with transformers' from_pretrained and compares its logits and loss on the state's
-batch with the state's (exit status 1 beyond 1e-5 relative to the largest logit).
+batch with the state's (exit status 1 beyond 1e-5 relative to the largest logit); for a folder
+with GPT-2's tokenizer files (a model with GPT-2's vocabulary), it instead tokenizes the bundled
+plays with transformers' AutoTokenizer from those files and compares the ids with the engine's
+shards in data/shakespeare.
 """
 
 import argparse
@@ -156,6 +159,37 @@ def check_export(model_dir, state_path):
     return err <= 1e-5 and loss_err <= 1e-5
 
 
+def check_tokenizer(model_dir, corpus="data/shakespeare"):
+    """transformers' GPT-2 tokenizer from the folder's vocab.json and merges.txt on the bundled
+    plays, against the engine's shards (tiktoken's r50k_base): the same ids, document by
+    document, and the text back from them."""
+    from transformers import AutoTokenizer
+    docs = []
+    for shard in ("train.bin", "val.bin"):
+        raw = open(os.path.join(corpus, shard), "rb").read()
+        tokens = np.frombuffer(raw[4 * 256:], dtype="<u2").tolist()
+        doc = []
+        for t in tokens[1:] + [50256]:  # each play follows an EOT
+            if t == 50256:
+                docs.append(doc)
+                doc = []
+            else:
+                doc.append(t)
+    plays = sorted(f for f in os.listdir(corpus) if f.endswith(".txt"))
+    val = "midsummer_nights_dream.txt"
+    plays = [p for p in plays if p != val] + [val]
+    ok = len(plays) == len(docs)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    for play, want in zip(plays, docs):
+        text = open(os.path.join(corpus, play), encoding="utf-8").read()
+        got = tok(text)["input_ids"]
+        same = got == want and tok.decode(got) == text
+        ok &= same
+        print(f"{type(tok).__name__} {play}: {len(got)} tokens, "
+              f"{'the same ids and text' if same else 'DIFFERENT'}")
+    return ok
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out-dir", default="tests/fixtures")
@@ -165,6 +199,8 @@ def main():
     args = ap.parse_args()
     torch.use_deterministic_algorithms(True)
     if args.check_export:
+        if os.path.exists(os.path.join(args.check_export, "vocab.json")):
+            sys.exit(0 if check_tokenizer(args.check_export) else 1)
         sys.exit(0 if check_export(args.check_export, args.state) else 1)
     model = build_model(args.seed)
     tiny = os.path.join(args.out_dir, "hf_tiny")

@@ -25,12 +25,14 @@
 //! f32).
 
 use super::checkpoint::Checkpoint;
+use super::hf_tokenizer::write_hf_tokenizer;
 use super::safetensors::{
     looks_like_safetensors, write_safetensors, Dtype, SafeTensors, TensorInfo,
 };
 use super::write_file_atomic;
 use crate::config::{pad_vocab, GPT2Config, GPT2_EOT, GPT2_VOCAB_SIZE};
 use crate::params::{num_parameters, param_sizes};
+use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -440,8 +442,9 @@ fn config_json(cfg: &GPT2Config, dtype: Dtype) -> Value {
 /// Writes `ck` as a Hugging Face GPT-2 in the directory `dir` (created if needed): config.json and
 /// model.safetensors, its tensors named and laid out as `save_pretrained` writes them
 /// (`transformer.` prefix, `Conv1D` weights as (in, out), wte's V rows, lm_head left out as tied),
-/// in `dtype` (F32, or BF16 rounded to nearest even). transformers' `from_pretrained(dir)` and
-/// [`read_hf_gpt2`] read it.
+/// in `dtype` (F32, or BF16 rounded to nearest even); with GPT-2's vocabulary, GPT-2's tokenizer
+/// files too ([`write_hf_tokenizer`]). transformers' `from_pretrained(dir)` and [`read_hf_gpt2`]
+/// read it.
 pub fn write_hf_gpt2(dir: &Path, ck: &Checkpoint, dtype: Dtype) -> Result<()> {
     let d = dir.display();
     std::fs::create_dir_all(dir).with_context(|| format!("{d}: cannot create the folder"))?;
@@ -466,6 +469,9 @@ pub fn write_hf_gpt2(dir: &Path, ck: &Checkpoint, dtype: Dtype) -> Result<()> {
             }
         },
     )?;
+    if ck.config.vocab_size == GPT2_VOCAB_SIZE {
+        write_hf_tokenizer(dir, &Tokenizer::gpt2()?, ck.config.max_seq_len)?;
+    }
     let config = serde_json::to_string_pretty(&config_json(&ck.config, dtype))
         .expect("a JSON value serialises");
     write_file_atomic(&dir.join(CONFIG_FILE), config.as_bytes())

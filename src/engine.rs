@@ -227,6 +227,19 @@ impl EngineOptions {
         }
     }
 
+    /// The engine `device` picks, in `precision` (None: the device's default), with the default
+    /// kernels: what `sample` and `eval` run.
+    pub fn on(device: crate::train::Device, precision: Option<Precision>) -> EngineOptions {
+        EngineOptions {
+            device,
+            precision,
+            tf32: false,
+            kernels: None,
+            cuda_graphs: true,
+            classifier_chunk: None,
+        }
+    }
+
     /// The CUDA engine in `precision`, TF32 off.
     pub fn cuda(precision: Precision) -> EngineOptions {
         EngineOptions {

@@ -34,6 +34,8 @@ enum Command {
     Prepro(PreproArgs),
     /// Generate text from a checkpoint.
     Sample(SampleArgs),
+    /// The loss (and perplexity) of a model on token shards, without training.
+    Eval(EvalArgs),
     /// Compare forward and backward with a debug state (PyTorch or llm.c) tensor by tensor.
     Verify(VerifyArgs),
     /// Write a model (a Hugging Face GPT-2, or an llm.c checkpoint) as an llm.c checkpoint or as
@@ -116,6 +118,30 @@ struct SampleArgs {
     precision: Option<Precision>,
 }
 
+#[derive(clap::Args, Debug)]
+struct EvalArgs {
+    /// The model: an llm.c checkpoint, or a Hugging Face GPT-2 (a directory with config.json and
+    /// model.safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Token shards (a glob such as 'dir/val_*.bin'); default: the bundled Shakespeare val shard.
+    #[arg(long)]
+    data: Option<String>,
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// The sequence length (default: the model's maxT, at most 1024).
+    #[arg(long)]
+    seq: Option<usize>,
+    /// Evaluate this many batches (default: every whole batch of the data).
+    #[arg(long)]
+    batches: Option<usize>,
+    #[arg(long, value_enum, default_value = "auto")]
+    device: Device,
+    /// fp32 or bf16 (GPU only); default: bf16 on GPUs that have it, fp32 elsewhere.
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum VerifyDevice {
     Cpu,
@@ -163,6 +189,7 @@ fn main() -> ExitCode {
         None => run_train(&cli.train),
         Some(Command::Prepro(a)) => run_prepro(&a),
         Some(Command::Sample(a)) => run_sample(&a),
+        Some(Command::Eval(a)) => run_eval(&a),
         Some(Command::Verify(a)) => run_verify(&a),
         Some(Command::Convert(a)) => run_convert(&a),
         Some(Command::Tokenizer { out }) => run_tokenizer(&out),
@@ -246,14 +273,7 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
     }
     let mut prompt = vec![tok.eot()];
     prompt.extend(tok.encode(&a.prompt));
-    let engine_opts = EngineOptions {
-        device: a.device,
-        precision: a.precision,
-        tf32: false,
-        kernels: None,
-        cuda_graphs: true,
-        classifier_chunk: None,
-    };
+    let engine_opts = EngineOptions::on(a.device, a.precision);
     let mut engine = create_engine(&engine_opts, cfg, ck.params, 1, window)?;
     print!("{}", a.prompt);
     // Print whole words as they come: decode the growing tail and print what is new.
@@ -280,6 +300,50 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
         },
     )?;
     println!();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_eval(a: &EvalArgs) -> Result<ExitCode> {
+    use train_gpt2_cuda::data::{default_val_pattern, DataLoader};
+    let ck = read_model(&a.model)?;
+    let cfg = ck.config;
+    let t = a.seq.unwrap_or(cfg.max_seq_len.min(1024));
+    if a.batch == 0 || t == 0 || t > cfg.max_seq_len {
+        bail!(
+            "--batch must be at least 1 and --seq in 1..={} (the model's maxT); got B={}, T={t}",
+            cfg.max_seq_len,
+            a.batch
+        );
+    }
+    let pattern = a.data.clone().unwrap_or_else(default_val_pattern);
+    let mut loader = DataLoader::new(&pattern, a.batch, t, cfg.vocab_size, None)?;
+    let all = loader.num_batches();
+    let n = a.batches.unwrap_or(all);
+    if n == 0 || n > all {
+        bail!(
+            "--batches must be in 1..={all} (the data's whole batches of {}x{t}); got {n}",
+            a.batch
+        );
+    }
+    let mut engine = create_engine(
+        &EngineOptions::on(a.device, a.precision),
+        cfg,
+        ck.params,
+        a.batch,
+        t,
+    )?;
+    println!(
+        "eval: {} ({cfg}) on {} on {pattern}: {n} of {all} batches of {}x{t}",
+        a.model.display(),
+        engine.describe(),
+        a.batch
+    );
+    let loss = train::evaluate(engine.as_mut(), &mut loader, n)?;
+    println!(
+        "loss {loss:.6} (perplexity {:.3}) over {} tokens",
+        (loss as f64).exp(),
+        n * a.batch * t
+    );
     Ok(ExitCode::SUCCESS)
 }
 

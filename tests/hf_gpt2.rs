@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use train_gpt2_cuda::cpu::model::Gpt2Cpu;
 use train_gpt2_cuda::formats::checkpoint::read_checkpoint;
-use train_gpt2_cuda::formats::debug_state::read_debug_state;
+use train_gpt2_cuda::formats::debug_state::{read_debug_state, DebugState};
 use train_gpt2_cuda::formats::read_model;
 use train_gpt2_cuda::formats::shard::write_shard;
 use train_gpt2_cuda::params::split;
@@ -227,18 +227,77 @@ fn a_gpt2_vocabulary_goes_out_with_its_tokenizer() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A shard in `dir` whose first batch (B=2, T=16) is hf_tiny_state.bin's, and that state.
+fn state_batch_shard(dir: &Path) -> (PathBuf, DebugState) {
+    let cfg = read_model(&fixture("hf_tiny")).unwrap().config;
+    let state = read_debug_state(&fixture("hf_tiny_state.bin"), &cfg).unwrap();
+    // x = tokens[..B*T], y = tokens[1..]
+    let mut tokens: Vec<u32> = state.x.clone();
+    tokens.push(*state.y.last().unwrap());
+    let shard = dir.join("batch.bin");
+    write_shard(&shard, &tokens).unwrap();
+    (shard, state)
+}
+
+/// `eval` on the state's batch gives transformers' loss; what it cannot evaluate is an error.
+#[test]
+fn eval_gives_transformers_loss() {
+    let dir = tmp_dir("eval");
+    let (shard, state) = state_batch_shard(&dir);
+    let eval = |extra: &[&str]| {
+        let mut cmd = bin();
+        cmd.args(["eval", "--device", "cpu", "--model"])
+            .arg(fixture("hf_tiny"));
+        cmd.args(["--data", shard.to_str().unwrap()]);
+        cmd.args(extra).output().unwrap()
+    };
+    let out = eval(&["--batch", "2", "--seq", "16"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 of 1 batches of 2x16"), "{stdout}");
+    let line = stdout.lines().find(|l| l.starts_with("loss ")).unwrap();
+    let loss: f32 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    // within 1e-5: the print's 6 decimals and the fp32 tolerance against transformers (1e-6
+    // relative); ln V is 0.027 away
+    assert!(
+        (loss - state.loss).abs() <= 1e-5,
+        "{loss} vs transformers' {}",
+        state.loss
+    );
+    let perplexity = (state.loss as f64).exp();
+    assert!(
+        line.contains(&format!("(perplexity {perplexity:.3}) over 32 tokens")),
+        "{line}"
+    );
+    for (extra, error) in [
+        (&["--batch", "2", "--seq", "17"][..], "--seq in 1..=16"),
+        (
+            &["--batch", "2", "--seq", "16", "--batches", "2"],
+            "--batches must be in 1..=1",
+        ),
+        (
+            &["--seq", "8", "--batch", "0"],
+            "--batch must be at least 1",
+        ),
+    ] {
+        let out = eval(extra);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(stderr.contains(error), "{extra:?}: {stderr}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// Finetuning from a Hugging Face directory: the run's first loss, on a shard holding the state's
 /// batch, is transformers' loss; the run trains and writes llm.c checkpoints.
 #[test]
 fn a_finetuning_run_starts_from_transformers_loss() {
-    let cfg = read_model(&fixture("hf_tiny")).unwrap().config;
-    let state = read_debug_state(&fixture("hf_tiny_state.bin"), &cfg).unwrap();
-    // x = tokens[..B*T], y = tokens[1..]: the shard's first batch is the state's
-    let mut tokens: Vec<u32> = state.x.clone();
-    tokens.push(*state.y.last().unwrap());
     let dir = tmp_dir("finetune");
-    let shard = dir.join("train.bin");
-    write_shard(&shard, &tokens).unwrap();
+    let (shard, state) = state_batch_shard(&dir);
     let stdout = run_ok(
         bin()
             .args(["--device", "cpu", "--model"])

@@ -7,7 +7,6 @@ use crate::data::DataLoader;
 use crate::engine::Engine;
 use crate::formats::checkpoint::{write_checkpoint, CheckpointPrecision};
 use crate::formats::train_state::{write_train_state, DataPosition, TrainState, TrainStateFile};
-use crate::precision::Precision;
 use crate::train::TrainArgs;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -128,10 +127,7 @@ pub(crate) fn save_checkpoint(
     let path = args.out_dir.join(checkpoint_name("model", step));
     // the checkpoint holds the weights the engine computes with: version 3 (fp32) from an fp32
     // engine, version 5 (bf16, exact) from a bf16 one
-    let precision = match engine.precision() {
-        Precision::Fp32 => CheckpointPrecision::Fp32,
-        Precision::Bf16 => CheckpointPrecision::Bf16,
-    };
+    let precision = CheckpointPrecision::from(engine.precision());
     write_checkpoint(&path, &cfg, &engine.params()?, precision)?;
     println!("wrote {}", path.display());
     // after the model: a state is only ever found beside its model (see latest_state)

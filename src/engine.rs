@@ -217,14 +217,7 @@ pub struct EngineOptions {
 impl EngineOptions {
     /// The CPU reference engine (fp32).
     pub fn cpu() -> EngineOptions {
-        EngineOptions {
-            device: crate::train::Device::Cpu,
-            precision: Some(Precision::Fp32),
-            tf32: false,
-            kernels: None,
-            cuda_graphs: true,
-            classifier_chunk: None,
-        }
+        EngineOptions::on(crate::train::Device::Cpu, Some(Precision::Fp32))
     }
 
     /// The engine `device` picks, in `precision` (None: the device's default), with the default
@@ -242,14 +235,7 @@ impl EngineOptions {
 
     /// The CUDA engine in `precision`, TF32 off.
     pub fn cuda(precision: Precision) -> EngineOptions {
-        EngineOptions {
-            device: crate::train::Device::Cuda,
-            precision: Some(precision),
-            tf32: false,
-            kernels: None,
-            cuda_graphs: true,
-            classifier_chunk: None,
-        }
+        EngineOptions::on(crate::train::Device::Cuda, Some(precision))
     }
 }
 

@@ -1,5 +1,6 @@
-//! The `train-gpt2-cuda` command line: training (the default), `prepro`, `sample`, `verify`,
-//! `convert` (any model to an llm.c checkpoint) and `tokenizer` (writes llm.c's gpt2_tokenizer.bin). Every error is printed with its causes and
+//! The `train-gpt2-cuda` command line: training (the default), `prepro`, `sample`, `eval`,
+//! `verify`, `convert` (any model to an llm.c checkpoint or a Hugging Face folder) and `tokenizer`
+//! (writes llm.c's gpt2_tokenizer.bin). Every error is printed with its causes and
 //! exits with status 1; nothing the user types makes it panic.
 
 use anyhow::{bail, Context, Result};
@@ -348,19 +349,15 @@ fn run_eval(a: &EvalArgs) -> Result<ExitCode> {
 }
 
 fn run_convert(a: &ConvertArgs) -> Result<ExitCode> {
-    use train_gpt2_cuda::formats::{hf_gpt2, safetensors::Dtype};
     let ck = read_model(&a.model)?;
-    match (a.format, a.precision) {
-        (ModelFormat::Llmc, Precision::Fp32) => {
-            let p = checkpoint::CheckpointPrecision::Fp32;
-            checkpoint::write_checkpoint(&a.out, &ck.config, &ck.params, p)?
+    let precision = a.precision.into();
+    match a.format {
+        ModelFormat::Llmc => {
+            checkpoint::write_checkpoint(&a.out, &ck.config, &ck.params, precision)?
         }
-        (ModelFormat::Llmc, Precision::Bf16) => {
-            let p = checkpoint::CheckpointPrecision::Bf16;
-            checkpoint::write_checkpoint(&a.out, &ck.config, &ck.params, p)?
+        ModelFormat::Hf => {
+            train_gpt2_cuda::formats::hf_gpt2::write_hf_gpt2(&a.out, &ck, precision)?
         }
-        (ModelFormat::Hf, Precision::Fp32) => hf_gpt2::write_hf_gpt2(&a.out, &ck, Dtype::F32)?,
-        (ModelFormat::Hf, Precision::Bf16) => hf_gpt2::write_hf_gpt2(&a.out, &ck, Dtype::BF16)?,
     }
     println!(
         "wrote {} ({} parameters, {}: {})",

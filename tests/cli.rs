@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod engine_bin;
-use engine_bin::{assert_same_files, bin, log_lines, root, step_number};
+use engine_bin::{assert_same_files, bin, flags, log_lines, root, step_number};
 
 fn fixture(name: &str) -> String {
     root()
@@ -215,25 +215,10 @@ const LOGGED: &[&str] = &["step ", "val loss"];
 fn a_resumed_run_continues_exactly() {
     let dir = tmp_dir("resume");
     let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
-    let common = [
-        "--device",
-        "cpu",
-        "--batch",
-        "2",
-        "--lr",
-        "1e-2",
-        "--warmup",
-        "1",
-        "--val-every",
-        "2",
-        "--val-batches",
-        "2",
-        "--sample-tokens",
-        "8",
-        "--shuffle",
-        "--grad-accum",
-        "2",
-    ];
+    let common = flags(
+        "--device cpu --batch 2 --lr 1e-2 --warmup 1 --val-every 2 --val-batches 2 \
+         --sample-tokens 8 --shuffle --grad-accum 2",
+    );
     // the common flags, --seq 16 and --seed 5 unless `extra` gives its own, then `extra`
     fn args<'a>(common: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
         let mut a = common.to_vec();
@@ -405,30 +390,19 @@ fn a_resumed_run_continues_exactly() {
 fn keep_checkpoints_removes_this_runs_older_ones() {
     let dir = tmp_dir("keep");
     std::fs::write(dir.join("model_000001.bin"), b"another run's").unwrap();
-    let (out, stdout, stderr) = run(bin().args([
-        "--device",
-        "cpu",
-        "--model",
-        "d1",
-        "--batch",
-        "1",
-        "--seq",
-        "8",
-        "--steps",
-        "7",
-        "--val-every",
-        "0",
-        "--val-batches",
-        "1",
-        "--sample-tokens",
-        "0",
-        "--checkpoint-every",
-        "2",
-        "--keep-checkpoints",
-        "2",
-        "--out-dir",
-        dir.to_str().unwrap(),
-    ]));
+    let (out, stdout, stderr) = run(bin()
+        .args(flags(
+            "--device cpu --model d1 --batch 1 --seq 8 --steps 7 --val-every 0",
+        ))
+        .args(flags(
+            "--val-batches 1 --sample-tokens 0 --checkpoint-every 2",
+        ))
+        .args([
+            "--keep-checkpoints",
+            "2",
+            "--out-dir",
+            dir.to_str().unwrap(),
+        ]));
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
@@ -458,22 +432,10 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
     use std::io::{BufRead, BufReader};
     let dir = tmp_dir("ctrl-c");
     let out = dir.join("out").to_string_lossy().into_owned();
-    let flags = [
-        "--device",
-        "cpu",
-        "--batch",
-        "2",
-        "--seq",
-        "16",
-        "--val-every",
-        "0",
-        "--sample-tokens",
-        "0",
-        "--out-dir",
-        &out,
-    ];
+    let mut common = flags("--device cpu --batch 2 --seq 16 --val-every 0 --sample-tokens 0");
+    common.extend(["--out-dir", &out]);
     let mut child = bin()
-        .args(flags)
+        .args(&common)
         .args(["--model", "d1", "--steps", "2000"]) // about 30 s if Ctrl-C did nothing
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -522,7 +484,7 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
     }
     let steps = (last + 1).to_string();
     let (out, stdout, stderr) = run(bin()
-        .args(flags)
+        .args(&common)
         .args(["--steps", &steps, "--resume", &out]));
     assert!(out.status.success(), "{stdout}\n{stderr}");
     let first = stdout

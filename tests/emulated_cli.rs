@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod engine_bin;
-use engine_bin::{assert_same_files, bin, log_lines, root};
+use engine_bin::{assert_same_files, bin, flags, log_lines, root};
 
 fn fixture(name: &str) -> String {
     root()
@@ -316,26 +316,11 @@ fn training_on_the_emulated_device_tracks_the_cpu() {
 fn training_on_the_emulated_device_resumes_exactly() {
     for precision in ["fp32", "bf16"] {
         let dir = scratch(&format!("resume-{precision}"));
-        let common = [
-            "--precision",
-            precision,
-            "--batch",
-            "2",
-            "--seq",
-            "16",
-            "--seed",
-            "7",
-            "--lr",
-            "1e-2",
-            "--val-every",
-            "0",
-            "--val-batches",
-            "1",
-            "--sample-tokens",
-            "0",
-            "--steps",
-            "4",
-        ];
+        let mut common = vec!["--precision", precision];
+        common.extend(flags(
+            "--batch 2 --seq 16 --seed 7 --lr 1e-2 --val-every 0 --val-batches 1 \
+             --sample-tokens 0 --steps 4",
+        ));
         let cuda = |extra: &[&str]| {
             let args: Vec<&str> = ["--device", "cuda"]
                 .iter()

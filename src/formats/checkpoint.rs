@@ -16,6 +16,7 @@ use super::HEADER_BYTES;
 use super::{check_magic_version, new_header, open_with_header, write_file_atomic_with, Header};
 use crate::config::GPT2Config;
 use crate::params::num_parameters;
+use crate::precision::Precision;
 use anyhow::{anyhow, bail, Context, Result};
 use half::bf16;
 use std::io::Read;
@@ -38,6 +39,16 @@ pub enum CheckpointPrecision {
     Fp32,
     /// Version 5: bf16 parameters (f32 rounded to nearest, ties to even, when written).
     Bf16,
+}
+
+/// A checkpoint stores the weights in the precision an engine computes in.
+impl From<Precision> for CheckpointPrecision {
+    fn from(p: Precision) -> Self {
+        match p {
+            Precision::Fp32 => CheckpointPrecision::Fp32,
+            Precision::Bf16 => CheckpointPrecision::Bf16,
+        }
+    }
 }
 
 impl CheckpointPrecision {

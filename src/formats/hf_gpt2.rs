@@ -24,7 +24,7 @@
 //! other tensor, a missing one or a wrong shape is an error. F32, F16, BF16 and F64 are read (as
 //! f32).
 
-use super::checkpoint::Checkpoint;
+use super::checkpoint::{Checkpoint, CheckpointPrecision};
 use super::hf_tokenizer::write_hf_tokenizer;
 use super::safetensors::{
     looks_like_safetensors, write_safetensors, Dtype, SafeTensors, TensorInfo,
@@ -166,14 +166,6 @@ fn read_config(path: &Path) -> Result<GPT2Config> {
                 .ok_or_else(|| anyhow!("{p}: \"{k}\" is {v}, not a positive integer")),
         }
     };
-    let flag = |k: &str, default: bool| -> Result<bool> {
-        match present(k) {
-            None => Ok(default),
-            Some(v) => v
-                .as_bool()
-                .ok_or_else(|| anyhow!("{p}: \"{k}\" is {v}, not true or false")),
-        }
-    };
     if let Some(t) = present("model_type") {
         if t.as_str() != Some("gpt2") {
             bail!("{p}: \"model_type\" is {t}: only GPT-2 (\"gpt2\") models are read");
@@ -202,26 +194,26 @@ fn read_config(path: &Path) -> Result<GPT2Config> {
             refuse("layer_norm_epsilon", e, "LayerNorm with eps 1e-5")?;
         }
     }
-    if !flag("scale_attn_weights", true)? {
-        refuse(
+    // the flags whose other value the engine does not compute: (key, transformers' default and
+    // the engine's value, what the engine computes)
+    for (key, engine_value, engine) in [
+        (
             "scale_attn_weights",
-            &Value::Bool(false),
+            true,
             "attention scaled by 1/sqrt(head size)",
-        )?;
-    }
-    if flag("scale_attn_by_inverse_layer_idx", false)? {
-        refuse(
+        ),
+        (
             "scale_attn_by_inverse_layer_idx",
-            &Value::Bool(true),
+            false,
             "the same attention scale in every layer",
-        )?;
-    }
-    if flag("add_cross_attention", false)? {
-        refuse(
-            "add_cross_attention",
-            &Value::Bool(true),
-            "self-attention only",
-        )?;
+        ),
+        ("add_cross_attention", false, "self-attention only"),
+    ] {
+        if let Some(v) = present(key) {
+            if v.as_bool() != Some(engine_value) {
+                refuse(key, v, engine)?;
+            }
+        }
     }
     GPT2Config::new(maxt, v, pad_vocab(v), l, nh, c).map_err(|e| anyhow!("{p}: {e}"))
 }
@@ -261,13 +253,12 @@ struct HfTensor {
 
 /// Every tensor of a GPT-2 of `cfg`, in llm.c's checkpoint order (wte's V real rows only).
 fn hf_tensors(cfg: &GPT2Config) -> Vec<HfTensor> {
-    let GPT2Config {
-        max_seq_len: maxt,
-        vocab_size: v,
-        num_layers: l,
-        channels: c,
-        ..
-    } = *cfg;
+    let (maxt, v, l, c) = (
+        cfg.max_seq_len,
+        cfg.vocab_size,
+        cfg.num_layers,
+        cfg.channels,
+    );
     let sizes = param_sizes(cfg).into_array();
     let start = |i: usize| -> usize { sizes[..i].iter().sum() };
     // (tensor index, HF name in layer, HF shape, transposed) of the per-layer tensors
@@ -413,7 +404,7 @@ pub fn read_hf_gpt2(path: &Path) -> Result<Checkpoint> {
 }
 
 /// config.json for `cfg`: what transformers needs to build the same `GPT2LMHeadModel`.
-fn config_json(cfg: &GPT2Config, dtype: Dtype) -> Value {
+fn config_json(cfg: &GPT2Config, precision: CheckpointPrecision) -> Value {
     // GPT-2's end-of-text token, where the vocabulary has it
     let eot = (cfg.vocab_size > GPT2_EOT as usize).then_some(GPT2_EOT);
     serde_json::json!({
@@ -432,9 +423,9 @@ fn config_json(cfg: &GPT2Config, dtype: Dtype) -> Value {
         "tie_word_embeddings": true,
         "bos_token_id": eot,
         "eos_token_id": eot,
-        "torch_dtype": match dtype {
-            Dtype::BF16 => "bfloat16",
-            _ => "float32",
+        "torch_dtype": match precision {
+            CheckpointPrecision::Fp32 => "float32",
+            CheckpointPrecision::Bf16 => "bfloat16",
         },
     })
 }
@@ -442,10 +433,10 @@ fn config_json(cfg: &GPT2Config, dtype: Dtype) -> Value {
 /// Writes `ck` as a Hugging Face GPT-2 in the directory `dir` (created if needed): config.json and
 /// model.safetensors, its tensors named and laid out as `save_pretrained` writes them
 /// (`transformer.` prefix, `Conv1D` weights as (in, out), wte's V rows, lm_head left out as tied),
-/// in `dtype` (F32, or BF16 rounded to nearest even); with GPT-2's vocabulary, GPT-2's tokenizer
+/// in `precision` (fp32, or bf16 rounded to nearest even); with GPT-2's vocabulary, GPT-2's tokenizer
 /// files too ([`write_hf_tokenizer`]). transformers' `from_pretrained(dir)` and [`read_hf_gpt2`]
 /// read it.
-pub fn write_hf_gpt2(dir: &Path, ck: &Checkpoint, dtype: Dtype) -> Result<()> {
+pub fn write_hf_gpt2(dir: &Path, ck: &Checkpoint, precision: CheckpointPrecision) -> Result<()> {
     let d = dir.display();
     std::fs::create_dir_all(dir).with_context(|| format!("{d}: cannot create the folder"))?;
     let tensors = hf_tensors(&ck.config);
@@ -453,6 +444,10 @@ pub fn write_hf_gpt2(dir: &Path, ck: &Checkpoint, dtype: Dtype) -> Result<()> {
         .iter()
         .map(|t| (format!("transformer.{}", t.name), t.shape.clone()))
         .collect();
+    let dtype = match precision {
+        CheckpointPrecision::Fp32 => Dtype::F32,
+        CheckpointPrecision::Bf16 => Dtype::BF16,
+    };
     write_safetensors(
         &dir.join(SINGLE_FILE),
         dtype,
@@ -472,7 +467,7 @@ pub fn write_hf_gpt2(dir: &Path, ck: &Checkpoint, dtype: Dtype) -> Result<()> {
     if ck.config.vocab_size == GPT2_VOCAB_SIZE {
         write_hf_tokenizer(dir, &Tokenizer::gpt2()?, ck.config.max_seq_len)?;
     }
-    let config = serde_json::to_string_pretty(&config_json(&ck.config, dtype))
+    let config = serde_json::to_string_pretty(&config_json(&ck.config, precision))
         .expect("a JSON value serialises");
     write_file_atomic(&dir.join(CONFIG_FILE), config.as_bytes())
 }

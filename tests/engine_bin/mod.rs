@@ -30,6 +30,11 @@ pub fn bin() -> Command {
     Command::new(engine())
 }
 
+/// The words of a command line written as one string ("--batch 2 --seq 16"), as arguments.
+pub fn flags(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
 /// The lines of a training log that start with one of `kinds` (e.g. "step ", "val loss"), each
 /// without its timings (the fields after loss, lr and norm): what two runs of the same numbers
 /// print alike.

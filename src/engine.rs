@@ -5,6 +5,7 @@
 
 use crate::config::GPT2Config;
 use crate::cpu::adamw::AdamW;
+use crate::cpu::decode::Decoder;
 use crate::cpu::model::Gpt2Cpu;
 use crate::precision::Precision;
 use anyhow::Result;
@@ -83,6 +84,13 @@ pub trait Engine {
     fn logits(&mut self) -> Result<Vec<f32>>;
     /// The logits (Vp) at batch row `bi`, position `ti` of the last forward.
     fn position_logits(&mut self, bi: usize, ti: usize) -> Result<Vec<f32>>;
+    /// A generation cache over this engine's model for contexts of up to `window` tokens, where
+    /// the engine has one: the CPU engine (`cpu::decode`, whose logits are the full forward's).
+    /// None elsewhere: `sample::generate` then runs a full forward of the context for each token,
+    /// which costs the GPU engine little.
+    fn decoder(&self, _window: usize) -> Result<Option<Decoder<'_>>> {
+        Ok(None)
+    }
     /// The precision the engine computes in (the CPU engine: fp32).
     fn precision(&self) -> Precision {
         Precision::Fp32
@@ -169,6 +177,9 @@ impl Engine for Gpt2Cpu {
         let (t, vp) = (self.t, self.config.padded_vocab_size);
         let row = bi * t + ti;
         Ok(Gpt2Cpu::logits(self)[row * vp..(row + 1) * vp].to_vec())
+    }
+    fn decoder(&self, window: usize) -> Result<Option<Decoder<'_>>> {
+        Decoder::new(self, window).map(Some)
     }
     fn peak_memory_bytes(&self) -> Option<u64> {
         host_peak_rss_bytes()

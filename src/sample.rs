@@ -59,7 +59,9 @@ pub fn sample_token(logits: &[f32], v: usize, opts: &SampleOptions, rng: &mut Rn
 }
 
 /// Continues `prompt` (at least one token) by `n` tokens; the model sees at most the last `window`
-/// tokens. Calls `on_token` with each new token as it is produced.
+/// tokens. Calls `on_token` with each new token as it is produced. The CPU engine runs only the
+/// new position of each context (its `decoder`, a key/value cache); other engines a full forward
+/// of the context. Both give the same logits, hence the same tokens.
 pub fn generate(
     engine: &mut dyn Engine,
     prompt: &[u32],
@@ -67,6 +69,27 @@ pub fn generate(
     window: usize,
     opts: &SampleOptions,
     seed: u64,
+    on_token: impl FnMut(u32),
+) -> Result<Vec<u32>> {
+    let v = engine.config().vocab_size;
+    let args = (prompt, n, window, opts, seed);
+    if let Some(mut decoder) = engine.decoder(window.max(1))? {
+        return generate_with(|ctx| decoder.next_logits(ctx), v, args, on_token);
+    }
+    let full_forward = |ctx: &[u32]| {
+        let t = ctx.len();
+        engine.forward(ctx, None, 1, t)?;
+        engine.position_logits(0, t - 1)
+    };
+    generate_with(full_forward, v, args, on_token)
+}
+
+/// [`generate`] with the logits at the last position of a context from `next_logits`, for a
+/// vocabulary of `v` tokens; `args` are generate's (prompt, n, window, opts, seed).
+pub fn generate_with(
+    mut next_logits: impl FnMut(&[u32]) -> Result<Vec<f32>>,
+    v: usize,
+    (prompt, n, window, opts, seed): (&[u32], usize, usize, &SampleOptions, u64),
     mut on_token: impl FnMut(u32),
 ) -> Result<Vec<u32>> {
     opts.validate()?;
@@ -76,15 +99,11 @@ pub fn generate(
     if window == 0 {
         bail!("the context window must be at least 1 token");
     }
-    let v = engine.config().vocab_size;
     let mut rng = Rng::new(seed);
     let mut tokens = prompt.to_vec();
     for _ in 0..n {
         let ctx = &tokens[tokens.len().saturating_sub(window)..];
-        let t = ctx.len();
-        engine.forward(ctx, None, 1, t)?;
-        let logits = engine.position_logits(0, t - 1)?;
-        let next = sample_token(&logits, v, opts, &mut rng);
+        let next = sample_token(&next_logits(ctx)?, v, opts, &mut rng);
         tokens.push(next);
         on_token(next);
     }

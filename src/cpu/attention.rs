@@ -12,7 +12,8 @@
 
 use rayon::prelude::*;
 
-/// Forward; see the file comment.
+/// Forward; see the file comment. Each sequence is [`attention_forward_cached`] with nothing
+/// cached.
 pub fn attention_forward(
     out: &mut [f32],    // (B, T, C)
     preatt: &mut [f32], // (B, NH, T, T)
@@ -37,28 +38,76 @@ pub fn attention_forward(
     if b * t * c == 0 {
         return;
     }
+    let seqs = out
+        .chunks_exact_mut(t * c)
+        .zip(preatt.chunks_exact_mut(nh * t * t))
+        .zip(att.chunks_exact_mut(nh * t * t))
+        .zip(inp.chunks_exact(t * 3 * c));
+    for (((out, preatt), att), inp) in seqs {
+        attention_forward_cached(out, preatt, att, inp, 0, t, c, nh);
+    }
+}
+
+/// The forward of the last T of P + T positions of one sequence, for generation with a cache
+/// (`cpu::decode`): `inp` holds the q, k and v of all P + T positions, the P cached ones first;
+/// `out`, `preatt` and `att` are those of the T new positions, whose queries attend to every
+/// position up to their own. Each row is computed as [`attention_forward`] computes it, so `out`
+/// is bit for bit the last T rows of that forward over all P + T positions.
+pub fn attention_forward_cached(
+    out: &mut [f32],    // (T, C)
+    preatt: &mut [f32], // (NH, T, P+T)
+    att: &mut [f32],    // (NH, T, P+T)
+    inp: &[f32],        // (P+T, 3C)
+    p: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+) {
+    let s = p + t;
+    assert!(
+        nh > 0 && c.is_multiple_of(nh),
+        "attention_forward_cached: C = {c} is not divisible by NH = {nh}"
+    );
+    assert_eq!(
+        out.len(),
+        t * c,
+        "attention_forward_cached: out must be (T, C)"
+    );
+    assert_eq!(
+        inp.len(),
+        s * 3 * c,
+        "attention_forward_cached: inp must be (P+T, 3C)"
+    );
+    assert_eq!(
+        (preatt.len(), att.len()),
+        (nh * t * s, nh * t * s),
+        "attention_forward_cached: preatt and att must be (NH, T, P+T)"
+    );
+    if t * c == 0 {
+        return;
+    }
     let hs = c / nh;
     let c3 = 3 * c;
     let scale = 1.0 / (hs as f32).sqrt();
-    // Scores and softmax, one (b, h, t) row per job.
+    // head h's part of position t2's q (part 0), k (1) or v (2)
+    let part = |t2: usize, which: usize, h: usize| &inp[t2 * c3 + which * c + h * hs..][..hs];
+    // Scores and softmax, one (h, t) row per job: preatt[t2] = q_t . k_t2 * scale for t2 <= t,
+    // att = their softmax (the sum in f64), both zero beyond t.
     preatt
-        .par_chunks_mut(t)
-        .zip(att.par_chunks_mut(t))
+        .par_chunks_mut(s)
+        .zip(att.par_chunks_mut(s))
         .enumerate()
         .for_each(|(row, (preatt_row, att_row))| {
-            let (bi, ti) = (row / (nh * t), row % t);
-            let h = (row / t) % nh;
-            let q = &inp[(bi * t + ti) * c3 + h * hs..][..hs];
+            let (h, ti) = (row / t, p + row % t);
+            let q = part(ti, 0, h);
             let mut maxval = f32::NEG_INFINITY;
-            for (t2, p) in preatt_row.iter_mut().enumerate().take(ti + 1) {
-                let k = &inp[(bi * t + t2) * c3 + c + h * hs..][..hs];
-                let dot = dot(q, k);
-                *p = dot * scale;
-                maxval = maxval.max(*p);
+            for (t2, x) in preatt_row.iter_mut().enumerate().take(ti + 1) {
+                *x = dot(q, part(t2, 1, h)) * scale;
+                maxval = maxval.max(*x);
             }
             let mut sum = 0.0f64;
-            for (a, &p) in att_row.iter_mut().zip(preatt_row.iter()).take(ti + 1) {
-                *a = (p - maxval).exp();
+            for (a, &x) in att_row.iter_mut().zip(preatt_row.iter()).take(ti + 1) {
+                *a = (x - maxval).exp();
                 sum += *a as f64;
             }
             let inv = (1.0 / sum) as f32;
@@ -68,16 +117,15 @@ pub fn attention_forward(
             preatt_row[ti + 1..].fill(0.0);
             att_row[ti + 1..].fill(0.0);
         });
-    // Weighted sums of values, one (b, t) row of out per job.
+    // Weighted sums of values, one row of out per job: out_t = sum over t2 <= t of att[t2] * v_t2.
     let att = &*att;
-    out.par_chunks_mut(c).enumerate().for_each(|(row, out_bt)| {
-        let (bi, ti) = (row / t, row % t);
-        for (h, out_h) in out_bt.chunks_exact_mut(hs).enumerate() {
+    out.par_chunks_mut(c).enumerate().for_each(|(i, out_t)| {
+        let ti = p + i;
+        for (h, out_h) in out_t.chunks_exact_mut(hs).enumerate() {
             out_h.fill(0.0);
-            let att_row = &att[((bi * nh + h) * t + ti) * t..][..=ti];
+            let att_row = &att[(h * t + i) * s..][..=ti];
             for (t2, &a) in att_row.iter().enumerate() {
-                let v = &inp[(bi * t + t2) * c3 + 2 * c + h * hs..][..hs];
-                for (o, &vi) in out_h.iter_mut().zip(v) {
+                for (o, &vi) in out_h.iter_mut().zip(part(t2, 2, h)) {
                     *o += a * vi;
                 }
             }

@@ -137,7 +137,10 @@ impl Gpt2Cpu {
                 &below[(l - 1) * btc..]
             };
             let residual3 = &mut this[..btc];
-            layer_forward(la, &w, residual, residual3, b, t, c, nh, s);
+            let attend = |atty: &mut [f32], preatt: &mut [f32], att: &mut [f32], qkv: &[f32]| {
+                attention_forward(atty, preatt, att, qkv, b, t, c, nh)
+            };
+            layer_forward(la, &w, residual, residual3, b, t, c, s, attend);
         }
         let last = &a.residual3[(l_count - 1) * btc..];
         layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, last, p.lnfw, p.lnfb, b, t, c);
@@ -287,6 +290,11 @@ impl Gpt2Cpu {
         }
     }
 
+    /// How the model stores its tensors.
+    pub fn storage(&self) -> Storage {
+        self.storage
+    }
+
     /// Whether the model keeps fp32 master weights (emulating bf16 storage).
     pub fn has_master_weights(&self) -> bool {
         self.storage == Storage::Bf16
@@ -319,15 +327,17 @@ impl Gpt2Cpu {
 }
 
 /// One transformer block forward: `residual` (B,T,C) in, `residual3` (B,T,C) out, and everything
-/// the backward needs saved in `la`. One call per line in llm.c's order (rustfmt would stack them).
+/// the backward needs saved in `la`. `attend(atty, preatt, att, qkv)` is the attention:
+/// `attention_forward` in training, the attention to the cached positions too in generation
+/// (`cpu::decode`). One call per line in llm.c's order (rustfmt would stack them).
 #[rustfmt::skip]
 #[allow(clippy::too_many_arguments)]
-fn layer_forward(la: LayerActs<&mut [f32]>, w: &Block<&[f32]>, residual: &[f32], residual3: &mut [f32], b: usize, t: usize, c: usize, nh: usize, s: Storage) {
+pub(super) fn layer_forward(la: LayerActs<&mut [f32]>, w: &Block<&[f32]>, residual: &[f32], residual3: &mut [f32], b: usize, t: usize, c: usize, s: Storage, attend: impl FnOnce(&mut [f32], &mut [f32], &mut [f32], &[f32])) {
     layernorm_forward(la.ln1, la.ln1_mean, la.ln1_rstd, residual, w.ln1w, w.ln1b, b, t, c);
     s.round(la.ln1);
     matmul_forward(la.qkv, la.ln1, w.qkvw, Some(w.qkvb), b, t, c, 3 * c);
     s.round(la.qkv);
-    attention_forward(la.atty, la.preatt, la.att, la.qkv, b, t, c, nh);
+    attend(la.atty, la.preatt, la.att, la.qkv);
     s.round(la.atty);
     s.round(la.att);
     matmul_forward(la.attproj, la.atty, w.attprojw, Some(w.attprojb), b, t, c, c);

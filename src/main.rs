@@ -107,6 +107,10 @@ struct SampleArgs {
     /// Sample among the k most likely tokens (0: all).
     #[arg(long, default_value_t = 40)]
     top_k: usize,
+    /// Then among the most likely tokens whose probabilities first add up to P (nucleus
+    /// sampling; 1: all).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
     #[arg(long, default_value_t = 1337)]
     seed: u64,
     /// The context the model sees (default: the model's maxT).
@@ -252,6 +256,7 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
     let opts = SampleOptions {
         temperature: a.temperature,
         top_k: a.top_k,
+        top_p: a.top_p,
     };
     opts.validate()?;
     let ck = read_model(&a.model)?;

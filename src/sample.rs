@@ -1,4 +1,5 @@
-//! Text generation: temperature and top-k sampling from the logits of any [`Engine`], seeded.
+//! Text generation: temperature, top-k and top-p (nucleus) sampling from the logits of any
+//! [`Engine`], seeded.
 
 use crate::engine::Engine;
 use crate::rng::Rng;
@@ -11,6 +12,20 @@ pub struct SampleOptions {
     pub temperature: f32,
     /// Keep only the k most likely tokens (0 keeps all).
     pub top_k: usize,
+    /// Then keep only the most likely tokens whose probabilities first add up to top_p (nucleus
+    /// sampling; at least one token); must be in (0, 1], 1 keeps all.
+    pub top_p: f32,
+}
+
+impl Default for SampleOptions {
+    /// Plain sampling from the softmax: temperature 1, every token.
+    fn default() -> Self {
+        SampleOptions {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+        }
+    }
 }
 
 impl SampleOptions {
@@ -20,6 +35,9 @@ impl SampleOptions {
                 "temperature must be a positive number, got {}",
                 self.temperature
             );
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            bail!("top-p must be in (0, 1], got {}", self.top_p);
         }
         Ok(())
     }
@@ -43,10 +61,13 @@ pub fn sample_token(logits: &[f32], v: usize, opts: &SampleOptions, rng: &mut Rn
         .iter()
         .map(|&i| logits[i as usize])
         .fold(f32::NEG_INFINITY, f32::max);
-    let weights: Vec<f64> = idx
+    let mut weights: Vec<f64> = idx
         .iter()
         .map(|&i| (((logits[i as usize] - max) / opts.temperature) as f64).exp())
         .collect();
+    if opts.top_p < 1.0 {
+        (idx, weights) = nucleus(idx, weights, opts.top_p as f64);
+    }
     let total: f64 = weights.iter().sum();
     let mut r = rng.uniform_f64() * total;
     for (&i, &w) in idx.iter().zip(&weights) {
@@ -56,6 +77,29 @@ pub fn sample_token(logits: &[f32], v: usize, opts: &SampleOptions, rng: &mut Rn
         }
     }
     *idx.last().unwrap()
+}
+
+/// The most likely of the tokens `idx` (in increasing order, with unnormalised probabilities
+/// `weights`) whose probabilities first add up to `top_p` of the total, ties taken by the lower
+/// id: at least one token, in increasing order, with their weights.
+fn nucleus(idx: Vec<u32>, weights: Vec<f64>, top_p: f64) -> (Vec<u32>, Vec<f64>) {
+    let mut order: Vec<usize> = (0..idx.len()).collect();
+    order.sort_by(|&a, &b| weights[b].total_cmp(&weights[a]).then(a.cmp(&b)));
+    let target = top_p * weights.iter().sum::<f64>();
+    let mut sum = 0.0;
+    let reached = order.iter().position(|&j| {
+        sum += weights[j];
+        sum >= target
+    });
+    let mut keep = vec![false; idx.len()];
+    for &j in &order[..reached.map_or(order.len(), |k| k + 1)] {
+        keep[j] = true;
+    }
+    idx.into_iter()
+        .zip(weights)
+        .zip(keep)
+        .filter_map(|(iw, k)| k.then_some(iw))
+        .unzip()
 }
 
 /// Continues `prompt` (at least one token) by `n` tokens; the model sees at most the last `window`
@@ -119,8 +163,8 @@ mod tests {
         let logits = [0.1, 3.0, -1.0, 2.9, 100.0];
         let mut rng = Rng::new(1);
         let greedy = SampleOptions {
-            temperature: 1.0,
             top_k: 1,
+            ..Default::default()
         };
         // column 4 is padding (v = 4): never chosen even though its logit is largest
         for _ in 0..20 {
@@ -132,10 +176,7 @@ mod tests {
     fn sampling_frequencies_follow_the_softmax() {
         // logits ln(1), ln(2), ln(3), ln(4): probabilities 0.1, 0.2, 0.3, 0.4
         let logits: Vec<f32> = [1f32, 2.0, 3.0, 4.0].iter().map(|x| x.ln()).collect();
-        let opts = SampleOptions {
-            temperature: 1.0,
-            top_k: 0,
-        };
+        let opts = SampleOptions::default();
         let mut rng = Rng::new(5);
         let mut counts = [0usize; 4];
         let n = 100_000;
@@ -150,8 +191,8 @@ mod tests {
         }
         // top-k 2 keeps ids 2 and 3 with probabilities 3/7 and 4/7
         let opts = SampleOptions {
-            temperature: 1.0,
             top_k: 2,
+            ..Default::default()
         };
         let mut counts = [0usize; 4];
         for _ in 0..n {
@@ -166,12 +207,97 @@ mod tests {
         );
     }
 
+    /// How often each of the first `v` ids is drawn in `n` samples.
+    fn counts(logits: &[f32], opts: &SampleOptions, n: usize, seed: u64) -> Vec<usize> {
+        let mut rng = Rng::new(seed);
+        let mut counts = vec![0; logits.len()];
+        for _ in 0..n {
+            counts[sample_token(logits, logits.len(), opts, &mut rng) as usize] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn top_p_keeps_the_most_likely_tokens_up_to_p() {
+        // probabilities 0.1, 0.2, 0.3, 0.4; by hand, the nucleus of p is the fewest most likely
+        // tokens adding up to p: 0.5 -> {3, 2} (0.7), 0.85 -> {3, 2, 1} (0.9), 0.95 -> all four,
+        // tiny -> {3}
+        let logits: Vec<f32> = [1f32, 2.0, 3.0, 4.0].iter().map(|x| x.ln()).collect();
+        let n = 100_000;
+        for (top_p, top_k, want) in [
+            (0.5, 0, [0.0, 0.0, 3.0 / 7.0, 4.0 / 7.0]),
+            (0.85, 0, [0.0, 2.0 / 9.0, 3.0 / 9.0, 4.0 / 9.0]),
+            (0.95, 0, [0.1, 0.2, 0.3, 0.4]),
+            (1e-6, 0, [0.0, 0.0, 0.0, 1.0]),
+            // top-k first: {1, 2, 3} with 2/9, 3/9, 4/9, whose nucleus of 0.5 is {3, 2} (7/9)
+            (0.5, 3, [0.0, 0.0, 3.0 / 7.0, 4.0 / 7.0]),
+        ] {
+            let opts = SampleOptions {
+                top_p,
+                top_k,
+                ..Default::default()
+            };
+            let c = counts(&logits, &opts, n, 9);
+            for (i, (&c, &p)) in c.iter().zip(&want).enumerate() {
+                if p == 0.0 {
+                    assert_eq!(c, 0, "top-p {top_p}, id {i}: {c:?}");
+                    continue;
+                }
+                let sd = (n as f64 * p * (1.0 - p)).sqrt().max(1.0);
+                let dev = (c as f64 - n as f64 * p).abs();
+                assert!(
+                    dev < 5.0 * sd,
+                    "top-p {top_p}, id {i}: {c} of {n}, want p = {p}"
+                );
+            }
+        }
+        // equal probabilities: the nucleus of 0.5 is two tokens, the lower ids
+        let opts = SampleOptions {
+            top_p: 0.5,
+            ..Default::default()
+        };
+        let c = counts(&[0.0; 4], &opts, 1000, 3);
+        assert!(c[0] > 400 && c[1] > 400 && c[2] + c[3] == 0, "{c:?}");
+    }
+
+    #[test]
+    fn top_p_of_one_changes_nothing() {
+        // the same draws, hence the same tokens, as before top-p existed: no sorting, no cut
+        let logits: Vec<f32> = (0..50).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
+        let plain = counts(&logits, &SampleOptions::default(), 2000, 4);
+        let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let w: Vec<f64> = logits.iter().map(|&l| ((l - max) as f64).exp()).collect();
+        let mut rng = Rng::new(4);
+        let mut again = vec![0; 50];
+        for _ in 0..2000 {
+            let mut r = rng.uniform_f64() * w.iter().sum::<f64>();
+            let i = w.iter().position(|&x| {
+                r -= x;
+                r < 0.0
+            });
+            again[i.unwrap_or(49)] += 1;
+        }
+        assert_eq!(plain, again);
+    }
+
+    #[test]
+    fn bad_top_p_is_an_error() {
+        for p in [0.0, -0.5, 1.5, f32::NAN] {
+            let o = SampleOptions {
+                top_p: p,
+                ..Default::default()
+            };
+            let err = o.validate().unwrap_err().to_string();
+            assert!(err.contains("top-p must be in (0, 1]"), "{err}");
+        }
+    }
+
     #[test]
     fn bad_temperature_is_an_error() {
         for t in [0.0, -1.0, f32::NAN] {
             let o = SampleOptions {
                 temperature: t,
-                top_k: 0,
+                ..Default::default()
             };
             assert!(o
                 .validate()

@@ -456,8 +456,8 @@ pub fn train(
     if args.sample_tokens > 0 {
         let tok = Tokenizer::gpt2()?;
         let opts = SampleOptions {
-            temperature: 1.0,
             top_k: 40,
+            ..Default::default()
         };
         println!("sample ({} tokens, top-k 40):\n---", args.sample_tokens);
         let window = t.min(cfg.max_seq_len);

@@ -197,6 +197,8 @@ fn trains_a_small_model_then_samples_from_its_checkpoint() {
         "5",
         "--window",
         "16",
+        "--top-p",
+        "0.9",
     ]));
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.starts_with("ROMEO:"), "{stdout}");
@@ -654,18 +656,19 @@ fn bad_inputs_give_clear_errors() {
         &["nostate.bin"],
     );
     expect_error(&["sample", "--model", &d("none.bin")], &["none.bin"]);
-    expect_error(
-        &[
-            "sample",
-            "--device",
-            "cpu",
-            "--model",
-            &fixture("ref_tiny_model.bin"),
+    for (flag, value, message) in [
+        (
             "--temperature",
             "0",
-        ],
-        &["temperature"],
-    );
+            "temperature must be a positive number",
+        ),
+        ("--top-p", "1.5", "top-p must be in (0, 1], got 1.5"),
+        ("--top-p", "0", "top-p must be in (0, 1], got 0"),
+    ] {
+        let model = fixture("ref_tiny_model.bin");
+        let args = ["sample", "--device", "cpu", "--model", &model, flag, value];
+        expect_error(&args, &[message]);
+    }
     // the tiny fixture's vocabulary is not GPT-2's: its samples cannot be decoded
     expect_error(
         &[

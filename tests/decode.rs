@@ -176,7 +176,7 @@ fn sampling_with_the_cache_picks_the_tokens_sampling_without_it_picks() {
                // small error in them change the tokens (a wrong position embedding in the decoder does)
     let opts = SampleOptions {
         temperature: 0.3,
-        top_k: 0,
+        ..Default::default()
     };
     let prompt = [3u32, 1, 4];
     let mut model = Gpt2Cpu::new(cfg, ck.params.clone(), 1, w).unwrap();

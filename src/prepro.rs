@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use crate::data::{default_corpus_dir, DEFAULT_TRAIN_FILE, DEFAULT_VAL_FILE};
 use crate::formats::shard::write_shard;
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{split_for_encoding, Tokenizer};
 
 /// Which part of the input goes to the validation shard.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -61,7 +61,6 @@ pub fn prepro(inputs: &[PathBuf], out_dir: &Path, split: ValSplit) -> Result<Pre
         _ => {}
     }
     let tok = Tokenizer::gpt2()?;
-    let eot = tok.eot();
     // Tokenize the documents in parallel; each keeps its place in the input order, and an error
     // is the first file's in that order (not whichever thread failed first).
     let docs: Vec<Result<Vec<u32>>> = inputs
@@ -76,9 +75,11 @@ pub fn prepro(inputs: &[PathBuf], out_dir: &Path, split: ValSplit) -> Result<Pre
                     e.valid_up_to()
                 )
             })?;
-            let mut ids = Vec::with_capacity(1 + text.len() / 3);
-            ids.push(eot);
-            ids.extend(tok.encode(text));
+            let mb = text.len() as f64 / 1e6;
+            let ids = encode_document(&tok, text, PROGRESS_BYTES, |done| {
+                let pct = 100.0 * done as f64 / text.len() as f64;
+                println!("prepro: {}: {pct:.0}% of {mb:.1} MB", path.display());
+            });
             println!(
                 "prepro: {}: {} bytes -> {} tokens",
                 path.display(),
@@ -129,6 +130,35 @@ pub fn prepro(inputs: &[PathBuf], out_dir: &Path, split: ValSplit) -> Result<Pre
         train_tokens: train.len(),
         val_tokens: val.len(),
     })
+}
+
+/// A document larger than this is tokenized this much at a time, with a progress line after each.
+pub const PROGRESS_BYTES: usize = 64 << 20;
+/// The pieces a document is cut into to be tokenized in parallel (`Tokenizer::encode_parallel`).
+const PIECE_BYTES: usize = 1 << 20;
+
+/// The ids of one document: the end-of-text token, then `text` (encoded in parallel pieces, the
+/// same ids as in one). A text longer than `progress_bytes` goes in parts of about that size,
+/// and `on_progress` gets the bytes done after each.
+pub fn encode_document(
+    tok: &Tokenizer,
+    text: &str,
+    progress_bytes: usize,
+    mut on_progress: impl FnMut(usize),
+) -> Vec<u32> {
+    let mut ids = Vec::with_capacity(1 + text.len() / 3);
+    ids.push(tok.eot());
+    if text.len() <= progress_bytes {
+        ids.extend(tok.encode_parallel(text, PIECE_BYTES));
+        return ids;
+    }
+    let mut done = 0;
+    for part in split_for_encoding(text, progress_bytes) {
+        ids.extend(tok.encode_parallel(part, PIECE_BYTES));
+        done += part.len();
+        on_progress(done);
+    }
+    ids
 }
 
 /// The default corpus's inputs in `text_dir`: every `*.txt` except [`DEFAULT_VAL_PLAY`] in sorted

@@ -109,6 +109,15 @@ impl Tokenizer {
         self.bpe.encode_ordinary(text)
     }
 
+    /// [`encode`](Self::encode) of a large text in pieces of about `piece_bytes` bytes (see
+    /// [`split_for_encoding`]), encoded in parallel: the same ids.
+    pub fn encode_parallel(&self, text: &str, piece_bytes: usize) -> Vec<u32> {
+        use rayon::prelude::*;
+        let pieces = split_for_encoding(text, piece_bytes);
+        let ids: Vec<Vec<u32>> = pieces.par_iter().map(|p| self.encode(p)).collect();
+        ids.concat()
+    }
+
     /// The decoding table.
     pub fn decoder(&self) -> &Decoder {
         &self.decoder
@@ -138,4 +147,42 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.decoder.decode(ids)
     }
+}
+
+/// Cuts `text` into consecutive pieces of at least `piece_bytes` bytes (the last may be shorter;
+/// one piece when there is nowhere to cut) whose ids, encoded one by one and concatenated, are the
+/// ids of the whole text.
+///
+/// A cut goes just before a single space between two characters that are not whitespace, as in
+/// "word word". GPT-2's pre-tokenizer (the regex `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+|
+/// ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`, which splits the text into words before the byte-pair
+/// merges, and no merge crosses its words) always has a word end there: no word that takes the
+/// character on the left can take a space, and the word on the right begins with the space
+/// (" word"), whatever came before. The one lookahead, `(?!\S)`, ends whitespace runs, and the
+/// cut ends none. Cutting inside a run of spaces, or after a newline, is not safe:
+/// "a  b" is the words "a", " ", " b", but "a " alone is "a", " ".
+pub fn split_for_encoding(text: &str, piece_bytes: usize) -> Vec<&str> {
+    let bytes = text.as_bytes();
+    let cut_ok = |i: usize| {
+        // a byte 0x20 is always the character ' ' (UTF-8 never uses it inside another one)
+        let before = text[..i].chars().next_back();
+        let after = text[i + 1..].chars().next();
+        matches!((before, after), (Some(b), Some(a)) if !b.is_whitespace() && !a.is_whitespace())
+    };
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    while text.len() - start > piece_bytes.max(1) {
+        let from = start + piece_bytes.max(1);
+        let cut = bytes[from..]
+            .iter()
+            .enumerate()
+            .filter(|&(_, &b)| b == b' ')
+            .map(|(k, _)| from + k)
+            .find(|&i| cut_ok(i));
+        let Some(cut) = cut else { break };
+        pieces.push(&text[start..cut]);
+        start = cut;
+    }
+    pieces.push(&text[start..]);
+    pieces
 }

@@ -10,7 +10,8 @@ use train_gpt2_cuda::data::{
 };
 use train_gpt2_cuda::formats::shard::{check_tokens, read_shard, read_shard_len, write_shard};
 use train_gpt2_cuda::prepro::{
-    default_corpus_inputs, prepro, prepro_default_corpus, ValSplit, DEFAULT_VAL_PLAY,
+    default_corpus_inputs, encode_document, prepro, prepro_default_corpus, ValSplit,
+    DEFAULT_VAL_PLAY,
 };
 use train_gpt2_cuda::tokenizer::Tokenizer;
 
@@ -526,6 +527,39 @@ fn prepro_puts_eot_before_each_document() {
     assert_eq!(train[0], 50256);
     assert!(!train[1..].contains(&50256), "{train:?}");
     assert_eq!(shard_u32(&out.join("val.bin")), vec![50256]);
+}
+
+#[test]
+fn a_large_document_is_tokenized_in_parts_with_progress() {
+    let tok = Tokenizer::gpt2().unwrap();
+    let inputs = default_corpus_inputs(&default_corpus_dir()).unwrap();
+    let text: String = inputs
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    let mut done = Vec::new();
+    let ids = encode_document(&tok, &text, 100_000, |d| done.push(d));
+    let mut want = vec![tok.eot()];
+    want.extend(tok.encode(&text));
+    assert!(
+        ids == want,
+        "the ids of the parts differ from the whole text's"
+    );
+    // about 1 MB in parts of at least 100 kB but the last: a progress call after each, up to
+    // the whole text
+    assert!((9..=11).contains(&done.len()), "{done:?}");
+    let sizes: Vec<usize> = done
+        .iter()
+        .scan(0, |prev, &d| Some(d - std::mem::replace(prev, d)))
+        .collect();
+    assert!(
+        sizes[..sizes.len() - 1].iter().all(|&n| n >= 100_000),
+        "{done:?}"
+    );
+    assert_eq!(done.last(), Some(&text.len()));
+    // a document no longer than the part size: one go, no progress
+    let ids = encode_document(&tok, "Hello world", 11, |_| panic!("progress"));
+    assert_eq!(ids, [50256, 15496, 995]);
 }
 
 #[test]

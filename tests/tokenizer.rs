@@ -1,9 +1,9 @@
 //! The GPT-2 tokenizer against ids published by tiktoken users (independent references), GPT-2's
 //! byte-to-token table recomputed here, and exact round trips of unicode text and the whole
-//! default corpus.
+//! default corpus; a large text encoded in pieces gives the whole text's ids.
 
 use train_gpt2_cuda::data::default_corpus_dir;
-use train_gpt2_cuda::tokenizer::{Decoder, Tokenizer};
+use train_gpt2_cuda::tokenizer::{split_for_encoding, Decoder, Tokenizer};
 
 fn tok() -> Tokenizer {
     Tokenizer::gpt2().unwrap()
@@ -91,16 +91,21 @@ fn unicode_round_trips() {
     assert!(tk.decode(&ids[..1]).unwrap().contains('\u{FFFD}'));
 }
 
-#[test]
-fn whole_default_corpus_round_trips() {
-    let tk = tok();
-    let dir = default_corpus_dir();
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
+/// The bundled plays' text files, in name order.
+fn plays() -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(default_corpus_dir())
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "txt"))
         .collect();
     files.sort();
+    files
+}
+
+#[test]
+fn whole_default_corpus_round_trips() {
+    let tk = tok();
+    let files = plays();
     assert_eq!(files.len(), 8, "{files:?}");
     let mut total_bytes = 0;
     for f in &files {
@@ -161,4 +166,62 @@ fn decoder_from_token_bytes() {
         .unwrap()
         .to_string();
     assert!(e.contains("token table is empty"), "{e}");
+}
+
+/// Texts where a cut in the wrong place changes the ids: runs of spaces, newlines before and after
+/// spaces, tabs, a no-break space, contractions, digits, punctuation, CJK and emoji.
+const TRICKY: &[&str] = &[
+    "a  b c   d",
+    "line one \nline two\n next \n\n  after",
+    "don't 's 're 've 'm 'll 'd it's",
+    "tab\t x\t\ty z",
+    "no\u{a0}break x\u{a0} y",
+    "1 2 34 567 8.9 10,000 -5 +6",
+    "!! ?? ... ,, -- \"quoted\" (paren)",
+    "数字 123 中文 文本 ok",
+    "emoji 🦀 crab 🦀🦀 end",
+    "  leading and trailing  ",
+    " ",
+    "",
+];
+
+#[test]
+fn pieces_encode_to_the_whole_text_s_ids() {
+    let tk = tok();
+    // the rule matters: cutting before every whitespace character (not only before the safe
+    // spaces) changes the ids of some of these texts ("\n\n" is one token, "\n" "\n" two)
+    let naive = |t: &str| -> Vec<u32> {
+        let mut ids = Vec::new();
+        let mut start = 0;
+        for (i, _) in t.char_indices().filter(|(_, ch)| ch.is_whitespace()) {
+            ids.extend(tk.encode(&t[start..i]));
+            start = i;
+        }
+        ids.extend(tk.encode(&t[start..]));
+        ids
+    };
+    assert!(TRICKY.iter().any(|t| naive(t) != tk.encode(t)));
+    for text in TRICKY {
+        // pieces of at least 1 byte: a cut at every safe place
+        let pieces = split_for_encoding(text, 1);
+        assert_eq!(pieces.concat(), *text);
+        let ids: Vec<u32> = pieces.iter().flat_map(|p| tk.encode(p)).collect();
+        assert_eq!(ids, tk.encode(text), "{text:?} cut as {pieces:?}");
+    }
+    // "a  b c   d": the only safe cut is before " c" (the others are inside runs of spaces)
+    assert_eq!(split_for_encoding("a  b c   d", 1), ["a  b", " c   d"]);
+
+    // the bundled plays as one text, cut into about 1,000 pieces of at least 1,000 bytes
+    let text: String = plays()
+        .iter()
+        .map(|f| std::fs::read_to_string(f).unwrap())
+        .collect();
+    let pieces = split_for_encoding(&text, 1000);
+    assert!(pieces.len() > 900, "{} pieces", pieces.len());
+    assert!(pieces[..pieces.len() - 1].iter().all(|p| p.len() >= 1000));
+    assert_eq!(pieces.concat(), text);
+    let whole = tk.encode(&text);
+    assert_eq!(tk.encode_parallel(&text, 1000), whole);
+    // and the shards hold these ids (with an end-of-text before each play)
+    assert!(whole.len() > 250_000);
 }

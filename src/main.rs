@@ -64,6 +64,10 @@ struct PreproArgs {
     /// Instead: this fraction of all tokens (the end of the stream) goes to the validation shard.
     #[arg(long, conflicts_with = "val_files")]
     val_fraction: Option<f64>,
+    /// The most tokens of a shard: a larger part goes into numbered shards (train_000000.bin,
+    /// ...; `--train 'DIR/train_??????.bin'`).
+    #[arg(long, default_value_t = train_gpt2_cuda::prepro::DEFAULT_SHARD_TOKENS)]
+    shard_tokens: usize,
 }
 
 #[derive(clap::Args, Debug)]
@@ -235,12 +239,12 @@ fn run_train(args: &TrainArgs) -> Result<ExitCode> {
 }
 
 fn run_prepro(a: &PreproArgs) -> Result<ExitCode> {
-    use train_gpt2_cuda::prepro::{prepro, ValSplit};
+    use train_gpt2_cuda::prepro::{prepro_sharded, ValSplit};
     let split = match a.val_fraction {
         Some(f) => ValSplit::Fraction(f),
         None => ValSplit::LastFiles(a.val_files),
     };
-    let s = prepro(&a.inputs, &a.out_dir, split)?;
+    let s = prepro_sharded(&a.inputs, &a.out_dir, split, a.shard_tokens)?;
     println!(
         "{} documents: {} train tokens -> {}, {} val tokens -> {}",
         s.documents,
@@ -249,6 +253,13 @@ fn run_prepro(a: &PreproArgs) -> Result<ExitCode> {
         s.val_tokens,
         s.val_path.display()
     );
+    if s.train_shards.len() > 1 || s.val_shards.len() > 1 {
+        println!(
+            "train on them with --train '{}' --val '{}'",
+            s.train_path.display(),
+            s.val_path.display()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

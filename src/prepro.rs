@@ -9,13 +9,20 @@
 //! The split into train and val is either by files (the last K input files are val) or by a
 //! fraction of tokens (the token stream of all documents in input order is cut, and its last part
 //! is val; the cut may fall inside a document).
+//!
+//! Each part is written as one shard, `train.bin` / `val.bin`, when it fits in one of at most
+//! `shard_tokens` tokens (100M by default, llm.c's FineWeb shard size), else as numbered shards
+//! `train_000000.bin`, `train_000001.bin`, ... (`--train 'DIR/train_??????.bin'`): the data
+//! loader holds one shard in memory at a time, and shuffles the shards' order. Shards of either
+//! naming left in the folder by an earlier prepro are removed, so a pattern never mixes two
+//! corpora. Tokens are held as u16 (as in the shards), 2 bytes each.
 
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
-use crate::data::{default_corpus_dir, DEFAULT_TRAIN_FILE, DEFAULT_VAL_FILE};
-use crate::formats::shard::write_shard;
+use crate::data::default_corpus_dir;
+use crate::formats::shard::{to_u16, write_shard_u16};
 use crate::tokenizer::{split_for_encoding, Tokenizer};
 
 /// Which part of the input goes to the validation shard.
@@ -30,8 +37,12 @@ pub enum ValSplit {
 /// What [`prepro`] wrote.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PreproSummary {
+    /// The train shard, or the pattern of the train shards when there are several (for `--train`).
     pub train_path: PathBuf,
+    /// Likewise for val (for `--val`).
     pub val_path: PathBuf,
+    pub train_shards: Vec<PathBuf>,
+    pub val_shards: Vec<PathBuf>,
     /// The number of input files (documents).
     pub documents: usize,
     pub train_tokens: usize,
@@ -41,12 +52,31 @@ pub struct PreproSummary {
 /// The default corpus's validation play (the other plays are train).
 pub const DEFAULT_VAL_PLAY: &str = "midsummer_nights_dream.txt";
 
-/// Tokenizes `inputs` (each file one document, EOT before each) and writes
-/// `<out_dir>/train.bin` and `<out_dir>/val.bin` (creating `out_dir`). Both must be non-empty.
-/// Prints one line per file.
+/// The most tokens of a shard [`prepro`] writes (llm.c's FineWeb shards hold as many).
+pub const DEFAULT_SHARD_TOKENS: usize = 100_000_000;
+
+/// Tokenizes `inputs` (each file one document, EOT before each) and writes `<out_dir>/train.bin`
+/// and `<out_dir>/val.bin` (creating `out_dir`), or numbered shards for a part of more than
+/// [`DEFAULT_SHARD_TOKENS`]. Both parts must be non-empty. Prints one line per file and shard.
 pub fn prepro(inputs: &[PathBuf], out_dir: &Path, split: ValSplit) -> Result<PreproSummary> {
+    prepro_sharded(inputs, out_dir, split, DEFAULT_SHARD_TOKENS)
+}
+
+/// [`prepro`] with shards of at most `shard_tokens` tokens.
+pub fn prepro_sharded(
+    inputs: &[PathBuf],
+    out_dir: &Path,
+    split: ValSplit,
+    shard_tokens: usize,
+) -> Result<PreproSummary> {
     if inputs.is_empty() {
         bail!("prepro: no input files");
+    }
+    if shard_tokens == 0 || shard_tokens > i32::MAX as usize {
+        bail!(
+            "prepro: the shard size must be in 1..={} tokens, got {shard_tokens}",
+            i32::MAX
+        );
     }
     match split {
         ValSplit::LastFiles(k) if k == 0 || k >= inputs.len() => bail!(
@@ -63,9 +93,9 @@ pub fn prepro(inputs: &[PathBuf], out_dir: &Path, split: ValSplit) -> Result<Pre
     let tok = Tokenizer::gpt2()?;
     // Tokenize the documents in parallel; each keeps its place in the input order, and an error
     // is the first file's in that order (not whichever thread failed first).
-    let docs: Vec<Result<Vec<u32>>> = inputs
+    let docs: Vec<Result<Vec<u16>>> = inputs
         .par_iter()
-        .map(|path| -> Result<Vec<u32>> {
+        .map(|path| -> Result<Vec<u16>> {
             let bytes =
                 std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
             let text = std::str::from_utf8(&bytes).map_err(|e| {
@@ -86,12 +116,17 @@ pub fn prepro(inputs: &[PathBuf], out_dir: &Path, split: ValSplit) -> Result<Pre
                 bytes.len(),
                 ids.len()
             );
-            Ok(ids)
+            to_u16(&ids).map_err(|(pos, id)| {
+                anyhow::anyhow!(
+                    "{}: token id {id} at {pos} does not fit a shard's u16",
+                    path.display()
+                )
+            })
         })
         .collect();
-    let docs: Vec<Vec<u32>> = docs.into_iter().collect::<Result<_>>()?;
+    let docs: Vec<Vec<u16>> = docs.into_iter().collect::<Result<_>>()?;
 
-    let (train, val): (Vec<u32>, Vec<u32>) = match split {
+    let (train, val): (Vec<u16>, Vec<u16>) = match split {
         ValSplit::LastFiles(k) => {
             let cut = docs.len() - k;
             (docs[..cut].concat(), docs[cut..].concat())
@@ -112,24 +147,62 @@ pub fn prepro(inputs: &[PathBuf], out_dir: &Path, split: ValSplit) -> Result<Pre
     }
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("{}: cannot create the directory", out_dir.display()))?;
-    let train_path = out_dir.join(DEFAULT_TRAIN_FILE);
-    let val_path = out_dir.join(DEFAULT_VAL_FILE);
-    write_shard(&train_path, &train)?;
-    write_shard(&val_path, &val)?;
-    println!(
-        "prepro: wrote {} ({} tokens) and {} ({} tokens)",
-        train_path.display(),
-        train.len(),
-        val_path.display(),
-        val.len()
-    );
+    let (train_path, train_shards) = write_part(out_dir, "train", &train, shard_tokens)?;
+    let (val_path, val_shards) = write_part(out_dir, "val", &val, shard_tokens)?;
     Ok(PreproSummary {
         train_path,
         val_path,
+        train_shards,
+        val_shards,
         documents: docs.len(),
         train_tokens: train.len(),
         val_tokens: val.len(),
     })
+}
+
+/// Writes `tokens` as `<dir>/<name>.bin` when they fit in one shard of `shard_tokens`, else as
+/// `<dir>/<name>_000000.bin`, ...; then removes the shards of either naming that an earlier
+/// prepro left there. Returns the shard or the shards' pattern, and the shards.
+fn write_part(
+    dir: &Path,
+    name: &str,
+    tokens: &[u16],
+    shard_tokens: usize,
+) -> Result<(PathBuf, Vec<PathBuf>)> {
+    let chunks: Vec<&[u16]> = tokens.chunks(shard_tokens).collect();
+    let (pattern, paths): (PathBuf, Vec<PathBuf>) = if chunks.len() == 1 {
+        let path = dir.join(format!("{name}.bin"));
+        (path.clone(), vec![path])
+    } else {
+        let paths = (0..chunks.len())
+            .map(|i| dir.join(format!("{name}_{i:06}.bin")))
+            .collect();
+        (dir.join(format!("{name}_??????.bin")), paths)
+    };
+    for (path, chunk) in paths.iter().zip(&chunks) {
+        write_shard_u16(path, chunk)?;
+        println!("prepro: wrote {} ({} tokens)", path.display(), chunk.len());
+    }
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("{}: cannot list the directory", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let file = path.file_name().unwrap_or_default().to_string_lossy();
+        let ours = file == format!("{name}.bin")
+            || file
+                .strip_prefix(&format!("{name}_"))
+                .and_then(|rest| rest.strip_suffix(".bin"))
+                .is_some_and(|n| n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()));
+        if ours && !paths.contains(&path) {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("{}: cannot remove this earlier shard", path.display()))?;
+            println!(
+                "prepro: removed {} (an earlier prepro's shard)",
+                path.display()
+            );
+        }
+    }
+    Ok((pattern, paths))
 }
 
 /// A document larger than this is tokenized this much at a time, with a progress line after each.

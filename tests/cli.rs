@@ -718,4 +718,23 @@ fn prepro_tokenizes_text_files_into_shards() {
     // EOT before each document; "Hello world" = [15496, 995]; " the end" = [262, 886]
     assert_eq!(train, vec![50256, 15496, 995]);
     assert_eq!(val, vec![50256, 262, 886]);
+
+    // in shards of 2 tokens: numbered shards, and the patterns to train on them
+    let (a, b, out_dir) = (dir.join("a.txt"), dir.join("b.txt"), dir.join("out"));
+    let args = format!(
+        "prepro {} {} --out-dir {} --shard-tokens 2",
+        a.display(),
+        b.display(),
+        out_dir.display()
+    );
+    let (out, stdout, stderr) = run(bin().args(args.split(' ')));
+    assert!(out.status.success(), "{stdout} {stderr}");
+    let hint = format!(
+        "--train '{0}/train_??????.bin' --val '{0}/val_??????.bin'",
+        out_dir.display()
+    );
+    assert!(stdout.contains(&hint), "{stdout}");
+    assert!(!out_dir.join("train.bin").exists());
+    let shard = train_gpt2_cuda::formats::shard::read_shard(&out_dir.join("train_000001.bin"));
+    assert_eq!(shard.unwrap(), vec![995]);
 }

@@ -10,8 +10,8 @@ use train_gpt2_cuda::data::{
 };
 use train_gpt2_cuda::formats::shard::{check_tokens, read_shard, read_shard_len, write_shard};
 use train_gpt2_cuda::prepro::{
-    default_corpus_inputs, encode_document, prepro, prepro_default_corpus, ValSplit,
-    DEFAULT_VAL_PLAY,
+    default_corpus_inputs, encode_document, prepro, prepro_default_corpus, prepro_sharded,
+    ValSplit, DEFAULT_VAL_PLAY,
 };
 use train_gpt2_cuda::tokenizer::Tokenizer;
 
@@ -483,6 +483,18 @@ fn write_docs(dir: &Path, docs: &[(&str, &[u8])]) -> Vec<PathBuf> {
         .collect()
 }
 
+/// "Hello world", " the" and "hello world": [50256, 15496, 995], [50256, 262], [50256, 31373, 995].
+fn three_docs(dir: &Path) -> Vec<PathBuf> {
+    write_docs(
+        dir,
+        &[
+            ("1.txt", b"Hello world"),
+            ("2.txt", b" the"),
+            ("3.txt", b"hello world"),
+        ],
+    )
+}
+
 fn shard_u32(path: &Path) -> Vec<u32> {
     read_shard(path)
         .unwrap()
@@ -494,14 +506,7 @@ fn shard_u32(path: &Path) -> Vec<u32> {
 #[test]
 fn prepro_puts_eot_before_each_document() {
     let dir = tmp_dir("prepro");
-    let inputs = write_docs(
-        &dir,
-        &[
-            ("1.txt", b"Hello world"),
-            ("2.txt", b" the"),
-            ("3.txt", b"hello world"),
-        ],
-    );
+    let inputs = three_docs(&dir);
     let out = dir.join("out");
     let s = prepro(&inputs, &out, ValSplit::LastFiles(1)).unwrap();
     assert_eq!((s.documents, s.train_tokens, s.val_tokens), (3, 5, 3));
@@ -527,6 +532,82 @@ fn prepro_puts_eot_before_each_document() {
     assert_eq!(train[0], 50256);
     assert!(!train[1..].contains(&50256), "{train:?}");
     assert_eq!(shard_u32(&out.join("val.bin")), vec![50256]);
+}
+
+#[test]
+fn prepro_writes_numbered_shards_for_a_large_part_and_removes_stale_ones() {
+    let dir = tmp_dir("prepro_shards");
+    let inputs = three_docs(&dir);
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    // files that are not prepro's shards stay
+    let keep = [
+        "train_notes.bin",
+        "train_1.bin",
+        "mytrain.bin",
+        "val_0000001.bin",
+    ];
+    for k in keep {
+        std::fs::write(out.join(k), b"mine").unwrap();
+    }
+    // train: 5 tokens in shards of 2; val: 3 tokens
+    let s = prepro_sharded(&inputs, &out, ValSplit::LastFiles(1), 2).unwrap();
+    let names = |paths: &[PathBuf]| -> Vec<String> {
+        paths
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(&s.train_shards),
+        ["train_000000.bin", "train_000001.bin", "train_000002.bin"]
+    );
+    assert_eq!(names(&s.val_shards), ["val_000000.bin", "val_000001.bin"]);
+    assert_eq!(s.train_path, out.join("train_??????.bin"));
+    assert_eq!(s.val_path, out.join("val_??????.bin"));
+    let read =
+        |paths: &[PathBuf]| -> Vec<Vec<u32>> { paths.iter().map(|p| shard_u32(p)).collect() };
+    assert_eq!(
+        read(&s.train_shards),
+        [vec![50256, 15496], vec![995, 50256], vec![262]]
+    );
+    assert_eq!(read(&s.val_shards), [vec![50256, 31373], vec![995]]);
+    // the pattern finds exactly them, not the files that are not shards
+    let found = glob_files(&s.train_path.to_string_lossy()).unwrap();
+    assert_eq!(found, s.train_shards);
+
+    // again with shards of 3: train_000002.bin is stale and goes; val fits in one shard, so
+    // val.bin is written and both numbered val shards go
+    let s = prepro_sharded(&inputs, &out, ValSplit::LastFiles(1), 3).unwrap();
+    assert_eq!(
+        names(&s.train_shards),
+        ["train_000000.bin", "train_000001.bin"]
+    );
+    assert_eq!(s.val_path, out.join("val.bin"));
+    assert_eq!(
+        read(&s.train_shards),
+        [vec![50256, 15496, 995], vec![50256, 262]]
+    );
+    // and with the default size, one shard each: every numbered shard is gone
+    let s = prepro(&inputs, &out, ValSplit::LastFiles(1)).unwrap();
+    assert_eq!((s.train_shards.len(), s.val_shards.len()), (1, 1));
+    let mut left: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    let mut want: Vec<String> = keep.iter().map(|k| k.to_string()).collect();
+    want.extend(["train.bin".into(), "val.bin".into()]);
+    want.sort();
+    assert_eq!(left, want);
+
+    for bad in [0, 1 << 31] {
+        let err = err_text(prepro_sharded(&inputs, &out, ValSplit::LastFiles(1), bad));
+        assert!(
+            err.contains("the shard size must be in 1..=2147483647"),
+            "{err}"
+        );
+    }
 }
 
 #[test]

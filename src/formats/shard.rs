@@ -16,6 +16,22 @@ pub const SHARD_VERSION: i32 = 1;
 
 /// Writes `tokens` (N,) as a shard at `path` (atomically). A token > 65535 is an error.
 pub fn write_shard(path: &Path, tokens: &[u32]) -> Result<()> {
+    let tokens = to_u16(tokens)
+        .map_err(|(pos, id)| anyhow::anyhow!("{}: cannot write token id {id} at position {pos}: shards store u16 tokens (at most 65535)", path.display()))?;
+    write_shard_u16(path, &tokens)
+}
+
+/// `tokens` as u16, or the first (position, id) that does not fit.
+pub fn to_u16(tokens: &[u32]) -> std::result::Result<Vec<u16>, (usize, u32)> {
+    tokens
+        .iter()
+        .enumerate()
+        .map(|(pos, &id)| u16::try_from(id).map_err(|_| (pos, id)))
+        .collect()
+}
+
+/// Writes `tokens` (N,) as a shard at `path` (atomically).
+pub fn write_shard_u16(path: &Path, tokens: &[u16]) -> Result<()> {
     let n = tokens.len();
     if n > i32::MAX as usize {
         bail!(
@@ -28,14 +44,8 @@ pub fn write_shard(path: &Path, tokens: &[u32]) -> Result<()> {
     h[2] = n as i32;
     let mut out = Vec::with_capacity(HEADER_BYTES + 2 * n);
     put_header(&mut out, &h);
-    for (pos, &id) in tokens.iter().enumerate() {
-        let Ok(id16) = u16::try_from(id) else {
-            bail!(
-                "{}: cannot write token id {id} at position {pos}: shards store u16 tokens (at most 65535)",
-                path.display()
-            );
-        };
-        out.extend_from_slice(&id16.to_le_bytes());
+    for &id in tokens {
+        out.extend_from_slice(&id.to_le_bytes());
     }
     super::write_file_atomic(path, &out)
 }

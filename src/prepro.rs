@@ -116,12 +116,7 @@ pub fn prepro_sharded(
                 bytes.len(),
                 ids.len()
             );
-            to_u16(&ids).map_err(|(pos, id)| {
-                anyhow::anyhow!(
-                    "{}: token id {id} at {pos} does not fit a shard's u16",
-                    path.display()
-                )
-            })
+            to_u16(&ids, &path.display())
         })
         .collect();
     let docs: Vec<Vec<u16>> = docs.into_iter().collect::<Result<_>>()?;

@@ -16,18 +16,22 @@ pub const SHARD_VERSION: i32 = 1;
 
 /// Writes `tokens` (N,) as a shard at `path` (atomically). A token > 65535 is an error.
 pub fn write_shard(path: &Path, tokens: &[u32]) -> Result<()> {
-    let tokens = to_u16(tokens)
-        .map_err(|(pos, id)| anyhow::anyhow!("{}: cannot write token id {id} at position {pos}: shards store u16 tokens (at most 65535)", path.display()))?;
-    write_shard_u16(path, &tokens)
+    write_shard_u16(path, &to_u16(tokens, &path.display())?)
 }
 
-/// `tokens` as u16, or the first (position, id) that does not fit.
-pub fn to_u16(tokens: &[u32]) -> std::result::Result<Vec<u16>, (usize, u32)> {
-    tokens
-        .iter()
-        .enumerate()
-        .map(|(pos, &id)| u16::try_from(id).map_err(|_| (pos, id)))
-        .collect()
+/// `tokens` as a shard stores them (u16); a token > 65535 is an error naming `what` (the file).
+pub fn to_u16(tokens: &[u32], what: &dyn std::fmt::Display) -> Result<Vec<u16>> {
+    let mut out = Vec::with_capacity(tokens.len());
+    for (pos, &id) in tokens.iter().enumerate() {
+        let Ok(id16) = u16::try_from(id) else {
+            bail!(
+                "{what}: cannot write token id {id} at position {pos}: shards store u16 tokens \
+                 (at most 65535)"
+            );
+        };
+        out.push(id16);
+    }
+    Ok(out)
 }
 
 /// Writes `tokens` (N,) as a shard at `path` (atomically).

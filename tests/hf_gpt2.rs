@@ -2,7 +2,7 @@
 //! transformers' own GPT-2: the fixtures `tests/fixtures/hf_tiny*` and `hf_tiny_state.bin` were
 //! written by `tools/write_hf_fixture.py` (transformers' `GPT2LMHeadModel`, `save_pretrained`, and
 //! its logits, loss and gradients on one batch). Every layout of the same model (one file,
-//! shards, the Hub's names in bf16) reads to the same parameters; a finetuning run starts from
+//! shards, the Hub's names in bf16, PyTorch's pytorch_model.bin) reads to the same parameters; a finetuning run starts from
 //! transformers' loss; every malformed model gives an error that names what is wrong.
 
 use std::path::{Path, PathBuf};
@@ -10,7 +10,9 @@ use train_gpt2_cuda::cpu::model::Gpt2Cpu;
 use train_gpt2_cuda::formats::checkpoint::read_checkpoint;
 use train_gpt2_cuda::formats::debug_state::{read_debug_state, DebugState};
 use train_gpt2_cuda::formats::read_model;
+use train_gpt2_cuda::formats::safetensors::Dtype;
 use train_gpt2_cuda::formats::shard::write_shard;
+use train_gpt2_cuda::formats::torch_zip::open_torch_zip;
 use train_gpt2_cuda::params::split;
 use train_gpt2_cuda::verify::{self, Tolerances};
 
@@ -588,16 +590,14 @@ fn broken_files_and_directories_give_clear_errors() {
     let dir = tmp_dir("no-config");
     std::fs::write(dir.join("model.safetensors"), &tiny).unwrap();
     expect_err(&dir, &["no config.json beside"]);
-    // a PyTorch pickle only
-    let dir = tmp_dir("pickle");
-    std::fs::write(dir.join("config.json"), &config).unwrap();
-    std::fs::write(dir.join("pytorch_model.bin"), b"PK\x03\x04rest").unwrap();
-    expect_err(&dir, &["PyTorch pickles are not read", "save_pretrained"]);
     // nothing at all
     let dir = tmp_dir("empty");
     expect_err(
         &dir,
-        &["without model.safetensors or model.safetensors.index.json"],
+        &[
+            "without model.safetensors, model.safetensors.index.json, pytorch_model.bin or \
+           pytorch_model.bin.index.json",
+        ],
     );
     // a shard index naming a file outside its directory
     let dir = tmp_dir("index");
@@ -648,28 +648,96 @@ fn a_hub_name_says_how_to_download_the_model() {
     }
 }
 
-/// A PyTorch pickle given as the model file is named as one (it is a zip archive).
+/// PyTorch's `pytorch_model.bin` (torch.save's zip archive, read without running its pickle):
+/// the state dict of the whole model (fp32, lm_head sharing wte's storage) reads to hf_tiny's
+/// parameters bit for bit, from the folder or the file; the Hub's old layout in bf16 (mask
+/// buffers, a scalar masked_bias) to hf_tiny_hub_bf16's.
 #[test]
-fn a_pytorch_pickle_given_as_a_checkpoint_is_named() {
-    let dir = tmp_dir("pickle-file");
-    let path = dir.join("pytorch_model.bin");
-    let mut bytes = b"PK\x03\x04".to_vec();
+fn pytorch_model_bin_reads_as_the_safetensors_do() {
+    let fp32 = read_model(&fixture("hf_tiny")).unwrap();
+    for path in [
+        fixture("hf_tiny_torch"),
+        fixture("hf_tiny_torch/pytorch_model.bin"),
+    ] {
+        let ck = read_model(&path).unwrap();
+        assert_eq!(ck.config, fp32.config, "{}", path.display());
+        assert!(ck.params == fp32.params, "{}", path.display());
+    }
+    let bf16 = read_model(&fixture("hf_tiny_torch_bf16")).unwrap();
+    assert!(bf16.params == read_model(&fixture("hf_tiny_hub_bf16")).unwrap().params);
+    assert!(bf16.params != fp32.params);
+    // the file's tensors: names, shapes, dtypes as torch saved them
+    let t = open_torch_zip(&fixture("hf_tiny_torch_bf16/pytorch_model.bin")).unwrap();
+    let masked = &t.tensors()["h.0.attn.masked_bias"];
+    assert_eq!(
+        (masked.shape.clone(), masked.dtype.clone()),
+        (vec![], Ok(Dtype::F32))
+    );
+    assert_eq!(t.tensors()["wte.weight"].dtype, Ok(Dtype::BF16));
+    assert_eq!(t.tensors()["h.1.attn.bias"].shape, [1, 1, 16, 16]);
+}
+
+/// What the torch reader refuses, each with a message: a view that is not contiguous, an integer
+/// tensor read as weights (a file holding one still opens), an archive cut short anywhere, the
+/// legacy format, and a pickle given directly without config.json.
+#[test]
+fn pytorch_files_it_cannot_read_give_clear_errors() {
+    let mut odd = open_torch_zip(&fixture("torch_odd.bin")).unwrap();
+    let mut w = vec![0f32; 6];
+    odd.read_f32("w", &mut w).unwrap();
+    assert_eq!(w, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    // a view from element 4 of its storage (torch saves the whole storage)
+    let mut tail = vec![0f32; 6];
+    odd.read_f32("tail", &mut tail).unwrap();
+    assert_eq!(tail, [4.0, 5.0, 6.0, 7.0, 8.0, 9.0]);
+    let err = odd.read_f32("ids", &mut [0f32; 5]).unwrap_err().to_string();
+    assert!(err.contains("\"ids\" is torch.LongStorage"), "{err}");
+    let err = open_torch_zip(&fixture("torch_transposed.bin"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("shape [3, 2] with strides [1, 3]: not contiguous"),
+        "{err}"
+    );
+    // cut anywhere: an error, never a panic or a wrong model
+    let whole = std::fs::read(fixture("hf_tiny_torch/pytorch_model.bin")).unwrap();
+    let config = std::fs::read(fixture("hf_tiny/config.json")).unwrap();
+    let dir = tmp_dir("torch-cut");
+    std::fs::write(dir.join("config.json"), &config).unwrap();
+    for cut in [
+        4,
+        100,
+        1000,
+        whole.len() / 2,
+        whole.len() - 30,
+        whole.len() - 1,
+    ] {
+        std::fs::write(dir.join("pytorch_model.bin"), &whole[..cut]).unwrap();
+        let err = format!(
+            "{:#}",
+            read_model(&dir).expect_err("a cut archive must fail")
+        );
+        assert!(err.contains("pytorch_model.bin"), "cut at {cut}: {err}");
+    }
+    // PyTorch's legacy format (a bare pickle, before 1.6) is named, not read
+    let legacy = dir.join("legacy.bin");
+    let mut bytes = b"\x80\x02\x8a\x0a".to_vec(); // how torch.save's legacy files begin
     bytes.resize(2048, 0);
-    std::fs::write(&path, bytes).unwrap();
+    std::fs::write(&legacy, bytes).unwrap();
+    let err = format!("{:#}", read_model(&legacy).expect_err("legacy"));
+    assert!(err.contains("PyTorch's legacy format"), "{err}");
+    // a pickle file on its own: it needs the config
+    let alone = tmp_dir("torch-alone");
+    std::fs::copy(fixture("torch_odd.bin"), alone.join("pytorch_model.bin")).unwrap();
     let out = bin()
         .args(["sample", "--device", "cpu", "--model"])
-        .arg(&path)
+        .arg(alone.join("pytorch_model.bin"))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("zip archive, as PyTorch's torch.save writes"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("model.safetensors and config.json"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("no config.json beside"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(&alone).ok();
 }

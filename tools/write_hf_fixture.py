@@ -13,6 +13,16 @@ Writes, under --out-dir (tests/fixtures):
   hf_tiny_hub_bf16/   the Hub's layout (as openai-community/gpt2's model.safetensors): names without
                       the "transformer." prefix, the attention's causal-mask buffers "h.N.attn.bias"
                       kept, in bf16, plus an explicit "lm_head.weight" equal to wte; config.json
+  hf_tiny_torch/       PyTorch's format: config.json and pytorch_model.bin, torch.save of the model's
+                      state_dict() (the zip archive; fp32; lm_head.weight sharing wte's storage)
+  hf_tiny_torch_bf16/  the same in the Hub's old layout: pytorch_model.bin of the transformer's tensors
+                      in bf16 without the prefix, the mask buffers "h.N.attn.bias" and the scalar
+                      "h.N.attn.masked_bias" (fp32) kept; config.json
+  torch_odd.bin        torch.save of {"ids": arange(5) in int64, "w": arange(6.0).view(2, 3),
+                      "tail": arange(10.0)[4:]}: a file the reader opens, whose integers it refuses
+                      only when they are read, and a tensor at an offset into its storage
+  torch_transposed.bin torch.save of {"t": arange(6.0).view(2, 3).t()}: a view that is not
+                      contiguous, which the reader refuses
   hf_tiny_state.bin   llm.c debug state (magic 20240327, version 2, header [magic, 2, B, T]): x, y
                       (B*T int32), logits (B*T*V fp32), loss (fp32), then the gradients of the 16
                       tensors in llm.c's checkpoint order and layout, computed by transformers'
@@ -135,6 +145,26 @@ def write_hub_bf16(out, model, config_src):
     shutil.copy(config_src, os.path.join(out, "config.json"))
 
 
+def write_torch(out_dir, model, config_src):
+    """PyTorch's format: torch.save of the state dict, as save_pretrained(safe_serialization=False)
+    wrote it, fp32 and (in the Hub's old layout) bf16; and a file of tensors the reader refuses."""
+    fp32 = os.path.join(out_dir, "hf_tiny_torch")
+    os.makedirs(fp32, exist_ok=True)
+    torch.save(model.state_dict(), os.path.join(fp32, "pytorch_model.bin"))
+    shutil.copy(config_src, os.path.join(fp32, "config.json"))
+    bf16 = os.path.join(out_dir, "hf_tiny_torch_bf16")
+    os.makedirs(bf16, exist_ok=True)
+    tensors = {n: p.detach().to(torch.bfloat16) for n, p in model.transformer.state_dict().items()}
+    for l in range(L):
+        tensors[f"h.{l}.attn.bias"] = torch.tril(torch.ones(MAXT, MAXT)).view(1, 1, MAXT, MAXT)
+        tensors[f"h.{l}.attn.masked_bias"] = torch.tensor(-1e4)
+    torch.save(tensors, os.path.join(bf16, "pytorch_model.bin"))
+    shutil.copy(config_src, os.path.join(bf16, "config.json"))
+    odd = {"ids": torch.arange(5), "w": torch.arange(6.0).view(2, 3), "tail": torch.arange(10.0)[4:]}
+    torch.save(odd, os.path.join(out_dir, "torch_odd.bin"))
+    torch.save({"t": torch.arange(6.0).view(2, 3).t()}, os.path.join(out_dir, "torch_transposed.bin"))
+
+
 def check_export(model_dir, state_path):
     """transformers on a model the engine wrote, against the state's logits and loss."""
     model = GPT2LMHeadModel.from_pretrained(model_dir, attn_implementation="eager").float().eval()
@@ -215,6 +245,7 @@ def main():
             os.remove(gen_cfg)
     write_hub_bf16(os.path.join(args.out_dir, "hf_tiny_hub_bf16"), model,
                    os.path.join(tiny, "config.json"))
+    write_torch(args.out_dir, model, os.path.join(tiny, "config.json"))
     loss = write_state(os.path.join(args.out_dir, "hf_tiny_state.bin"), model, args.seed)
     shards = sorted(f for f in os.listdir(sharded) if f.endswith(".safetensors"))
     print(f"loss {loss:.9g} (ln V = {np.log(V):.6f}); {len(shards)} shards;",

@@ -3,9 +3,10 @@
 //! can start a finetuning run from it ([`read_hf_gpt2`]), and a checkpoint written as one, so
 //! that transformers can take a model trained here (`convert --format hf`, [`write_hf_gpt2`]).
 //!
-//! What is read: a directory holding `config.json` and either `model.safetensors` or a sharded
-//! `model.safetensors.index.json` with its shards; or one of those two files, with `config.json`
-//! beside it. PyTorch pickles (`pytorch_model.bin`) are not read.
+//! What is read: a directory holding `config.json` and the weights: `model.safetensors`, a sharded
+//! `model.safetensors.index.json` with its shards, or else PyTorch's `pytorch_model.bin` (read by
+//! `formats::torch_zip`, which runs none of the pickle's code) or its sharded
+//! `pytorch_model.bin.index.json`; or one of those files, with `config.json` beside it.
 //!
 //! `config.json` gives the dimensions: `n_layer` (L), `n_head` (NH), `n_embd` (C), `n_positions`
 //! (maxT), `vocab_size` (V; Vp is V rounded up to 128, the padded rows of wte zero). A missing key
@@ -29,6 +30,7 @@ use super::hf_tokenizer::write_hf_tokenizer;
 use super::safetensors::{
     looks_like_safetensors, write_safetensors, Dtype, SafeTensors, TensorInfo,
 };
+use super::torch_zip::{looks_like_zip, open_torch_zip};
 use super::write_file_atomic;
 use crate::config::{pad_vocab, GPT2Config, GPT2_EOT, GPT2_VOCAB_SIZE};
 use crate::params::{num_parameters, param_sizes};
@@ -42,6 +44,8 @@ use std::path::{Path, PathBuf};
 const CONFIG_FILE: &str = "config.json";
 const SINGLE_FILE: &str = "model.safetensors";
 const INDEX_FILE: &str = "model.safetensors.index.json";
+const TORCH_FILE: &str = "pytorch_model.bin";
+const TORCH_INDEX_FILE: &str = "pytorch_model.bin.index.json";
 
 /// The Hugging Face repository of a GPT-2 named as on the Hub (`gpt2`, `gpt2-medium`,
 /// `openai-community/gpt2-xl`, `distilgpt2`, ...): a name a user may give for a folder they have
@@ -61,34 +65,38 @@ pub fn hub_repo(name: &str) -> Option<String> {
 /// Whether `path` is (or is in) a Hugging Face model rather than an llm.c checkpoint: a directory,
 /// a safetensors file or a shard index.
 pub fn is_hf_model(path: &Path) -> bool {
-    path.is_dir() || is_index(path) || looks_like_safetensors(path)
+    path.is_dir() || is_index(path) || looks_like_safetensors(path) || looks_like_zip(path)
 }
 
 fn is_index(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
-        .is_some_and(|n| n.ends_with(".safetensors.index.json"))
+        .is_some_and(|n| n.ends_with(".safetensors.index.json") || n.ends_with(".bin.index.json"))
+}
+
+/// Opens a file of weights: a `torch.save` archive, or a safetensors file.
+fn open_weights(path: &Path) -> Result<SafeTensors> {
+    if looks_like_zip(path) {
+        open_torch_zip(path)
+    } else {
+        SafeTensors::open(path)
+    }
 }
 
 /// The config file and the safetensors files of the model at `path`.
 fn locate(path: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
     let p = path.display();
     let (dir, weights) = if path.is_dir() {
-        let single = path.join(SINGLE_FILE);
-        let index = path.join(INDEX_FILE);
-        let weights = if single.is_file() {
-            single
-        } else if index.is_file() {
-            index
-        } else if path.join("pytorch_model.bin").exists() {
+        // safetensors first, as transformers prefers them
+        let candidates = [SINGLE_FILE, INDEX_FILE, TORCH_FILE, TORCH_INDEX_FILE];
+        let Some(weights) = candidates
+            .iter()
+            .map(|f| path.join(f))
+            .find(|f| f.is_file())
+        else {
             bail!(
-                "{p}: holds pytorch_model.bin but no {SINGLE_FILE}: PyTorch pickles are not read; \
-                 save the model with save_pretrained(dir) (safetensors, transformers' default) or \
-                 download its model.safetensors"
-            );
-        } else {
-            bail!(
-                "{p}: a directory without {SINGLE_FILE} or {INDEX_FILE}: not a Hugging Face model"
+                "{p}: a directory without {SINGLE_FILE}, {INDEX_FILE}, {TORCH_FILE} or \
+                 {TORCH_INDEX_FILE}: not a Hugging Face model"
             );
         };
         (path.to_path_buf(), weights)
@@ -350,14 +358,14 @@ fn read_tensor(
     Ok(())
 }
 
-/// Reads the Hugging Face GPT-2 at `path` (a directory, its `model.safetensors` or its
-/// `model.safetensors.index.json`) as a checkpoint: the llm.c layout, wte padded to Vp rows.
+/// Reads the Hugging Face GPT-2 at `path` (a directory, or one of its weight files or shard
+/// indexes) as a checkpoint: the llm.c layout, wte padded to Vp rows.
 pub fn read_hf_gpt2(path: &Path) -> Result<Checkpoint> {
     let (config_path, paths) = locate(path)?;
     let cfg = read_config(&config_path)?;
     let mut files = paths
         .iter()
-        .map(|p| SafeTensors::open(p))
+        .map(|p| open_weights(p))
         .collect::<Result<Vec<_>>>()?;
     let found = index_tensors(&files)?;
     let mut params = vec![0f32; num_parameters(&cfg)]; // (num_parameters)

@@ -2,7 +2,8 @@
 //! (little-endian): magic, version, then format-specific fields; the rest of the header is zero.
 //! Readers check the magic, the version and the size, and name the file in every error.
 //!
-//! Models are also read from Hugging Face's format (`safetensors`, `hf_gpt2`): [`read_model`].
+//! Models are also read from Hugging Face's formats (`safetensors`, `torch_zip` for
+//! `pytorch_model.bin`, `hf_gpt2`): [`read_model`].
 
 pub mod checkpoint;
 pub mod debug_state;
@@ -11,6 +12,7 @@ pub mod hf_tokenizer;
 pub mod safetensors;
 pub mod shard;
 pub mod tokenizer_file;
+pub mod torch_zip;
 pub mod train_state;
 
 use anyhow::{bail, Context, Result};
@@ -87,9 +89,13 @@ const FORMATS: [(i32, &str, &str); 5] = [
 
 /// The first four bytes of a zip archive, as an i32: what `torch.save` writes (`pytorch_model.bin`).
 const ZIP_MAGIC: i32 = 0x0403_4b50;
+/// The first four bytes of PyTorch's legacy format (before 1.6: a bare pickle, protocol 2, that
+/// begins with torch's magic number as a LONG1), as an i32.
+const LEGACY_TORCH_MAGIC: i32 = 0x0a8a_0280;
 
 /// Reads a model: an llm.c checkpoint (version 3 or 5), or a Hugging Face GPT-2 (a directory with
-/// `config.json` and `model.safetensors`, or one of its safetensors files or its shard index).
+/// `config.json` and `model.safetensors` or `pytorch_model.bin`, or one of its weight files or
+/// shard indexes).
 pub fn read_model(path: &Path) -> Result<checkpoint::Checkpoint> {
     if let (false, Some(repo)) = (path.exists(), hf_gpt2::hub_repo(&path.to_string_lossy())) {
         let dir = repo.rsplit('/').next().unwrap_or(&repo);
@@ -116,8 +122,10 @@ pub fn check_magic_version(path: &Path, h: &Header, magic: i32, versions: &[i32]
         let found = match format(h[0]) {
             Some((_, name, aside)) => format!(": this is a {name}{aside}, not a {what}"),
             None if h[0] == ZIP_MAGIC => ": this is a zip archive, as PyTorch's torch.save writes \
-                 (pytorch_model.bin), which is not read; a Hugging Face GPT-2 is read from its \
-                 model.safetensors and config.json"
+                 (pytorch_model.bin): give it to --model with the model's config.json beside it"
+                .to_string(),
+            None if h[0] == LEGACY_TORCH_MAGIC => ": this is PyTorch's legacy format (torch.save \
+                 before PyTorch 1.6), which is not read: save it again with a current PyTorch"
                 .to_string(),
             None => String::new(),
         };
@@ -145,6 +153,17 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
     f.read_to_end(&mut bytes)
         .with_context(|| format!("{}: cannot read", path.display()))?;
     Ok(bytes)
+}
+
+/// Opens `path` for reading, with its size in bytes.
+pub fn open_with_size(path: &Path) -> Result<(std::fs::File, u64)> {
+    let p = path.display();
+    let file = std::fs::File::open(path).with_context(|| format!("{p}: cannot open"))?;
+    let size = file
+        .metadata()
+        .with_context(|| format!("{p}: cannot read the file size"))?
+        .len();
+    Ok((file, size))
 }
 
 /// Appends a header to `out`.

@@ -154,11 +154,7 @@ impl SafeTensors {
     /// Opens `path` and checks its header and every tensor's byte range.
     pub fn open(path: &Path) -> Result<Self> {
         let p = path.display();
-        let mut file = std::fs::File::open(path).with_context(|| format!("{p}: cannot open"))?;
-        let size = file
-            .metadata()
-            .with_context(|| format!("{p}: cannot read the file size"))?
-            .len();
+        let (mut file, size) = super::open_with_size(path)?;
         let mut len = [0u8; 8];
         file.read_exact(&mut len)
             .map_err(|_| anyhow!("{p}: not a safetensors file: shorter than its 8-byte length"))?;
@@ -217,6 +213,22 @@ impl SafeTensors {
             data_start: 8 + n,
             tensors,
         })
+    }
+
+    /// A file whose tensors lie at the given byte ranges from its start, not in a safetensors
+    /// layout (a `torch.save` archive: `formats::torch_zip`); ranges may overlap (tensors that
+    /// share a storage). The caller has checked them against the file.
+    pub(super) fn from_ranges(
+        path: &Path,
+        file: std::fs::File,
+        tensors: BTreeMap<String, TensorInfo>,
+    ) -> Self {
+        SafeTensors {
+            path: path.to_path_buf(),
+            file,
+            data_start: 0,
+            tensors,
+        }
     }
 
     /// The file's path.

@@ -650,7 +650,7 @@ fn a_hub_name_says_how_to_download_the_model() {
 
 /// PyTorch's `pytorch_model.bin` (torch.save's zip archive, read without running its pickle):
 /// the state dict of the whole model (fp32, lm_head sharing wte's storage) reads to hf_tiny's
-/// parameters bit for bit, from the folder or the file; the Hub's old layout in bf16 (mask
+/// parameters bit for bit, from the folder, the file or two shards with their index; the Hub's old layout in bf16 (mask
 /// buffers, a scalar masked_bias) to hf_tiny_hub_bf16's.
 #[test]
 fn pytorch_model_bin_reads_as_the_safetensors_do() {
@@ -658,6 +658,7 @@ fn pytorch_model_bin_reads_as_the_safetensors_do() {
     for path in [
         fixture("hf_tiny_torch"),
         fixture("hf_tiny_torch/pytorch_model.bin"),
+        fixture("hf_tiny_torch_sharded"),
     ] {
         let ck = read_model(&path).unwrap();
         assert_eq!(ck.config, fp32.config, "{}", path.display());

@@ -15,6 +15,8 @@ Writes, under --out-dir (tests/fixtures):
                       kept, in bf16, plus an explicit "lm_head.weight" equal to wte; config.json
   hf_tiny_torch/       PyTorch's format: config.json and pytorch_model.bin, torch.save of the model's
                       state_dict() (the zip archive; fp32; lm_head.weight sharing wte's storage)
+  hf_tiny_torch_sharded/ the fp32 state dict in two torch.save shards, pytorch_model-0000K-of-00002.bin,
+                      and pytorch_model.bin.index.json, as transformers wrote sharded pickles
   hf_tiny_torch_bf16/  the same in the Hub's old layout: pytorch_model.bin of the transformer's tensors
                       in bf16 without the prefix, the mask buffers "h.N.attn.bias" and the scalar
                       "h.N.attn.masked_bias" (fp32) kept; config.json
@@ -152,6 +154,18 @@ def write_torch(out_dir, model, config_src):
     os.makedirs(fp32, exist_ok=True)
     torch.save(model.state_dict(), os.path.join(fp32, "pytorch_model.bin"))
     shutil.copy(config_src, os.path.join(fp32, "config.json"))
+    sharded = os.path.join(out_dir, "hf_tiny_torch_sharded")
+    os.makedirs(sharded, exist_ok=True)
+    state = model.state_dict()
+    names = list(state)
+    weight_map = {}
+    for k, part in enumerate([names[:len(names) // 2], names[len(names) // 2:]]):
+        shard = f"pytorch_model-{k + 1:05d}-of-00002.bin"
+        torch.save({n: state[n] for n in part}, os.path.join(sharded, shard))
+        weight_map.update({n: shard for n in part})
+    with open(os.path.join(sharded, "pytorch_model.bin.index.json"), "w") as f:
+        json.dump({"metadata": {}, "weight_map": weight_map}, f, indent=2)
+    shutil.copy(config_src, os.path.join(sharded, "config.json"))
     bf16 = os.path.join(out_dir, "hf_tiny_torch_bf16")
     os.makedirs(bf16, exist_ok=True)
     tensors = {n: p.detach().to(torch.bfloat16) for n, p in model.transformer.state_dict().items()}

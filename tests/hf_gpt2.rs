@@ -721,6 +721,23 @@ fn pytorch_files_it_cannot_read_give_clear_errors() {
         );
         assert!(err.contains("pytorch_model.bin"), "cut at {cut}: {err}");
     }
+    // any one byte of a small archive changed: an error or a file that opens, never a panic
+    let small = std::fs::read(fixture("torch_odd.bin")).unwrap();
+    let damaged = dir.join("damaged.bin");
+    for i in 0..small.len() {
+        for x in [0x00, 0xFF, small[i] ^ 0x01] {
+            let mut bytes = small.clone();
+            bytes[i] = x;
+            std::fs::write(&damaged, &bytes).unwrap();
+            if let Ok(mut t) = open_torch_zip(&damaged) {
+                let names: Vec<String> = t.tensors().keys().cloned().collect();
+                for name in names {
+                    let n = t.tensors()[&name].numel();
+                    let _ = t.read_f32(&name, &mut vec![0f32; n]);
+                }
+            }
+        }
+    }
     // PyTorch's legacy format (a bare pickle, before 1.6) is named, not read
     let legacy = dir.join("legacy.bin");
     let mut bytes = b"\x80\x02\x8a\x0a".to_vec(); // how torch.save's legacy files begin

@@ -145,7 +145,10 @@ fn zip_entries(file: &mut std::fs::File, size: u64) -> Result<BTreeMap<String, E
     let mut entries = BTreeMap::new();
     let mut i = 0;
     for _ in 0..count {
-        if !cd[i..].starts_with(b"PK\x01\x02") {
+        if !cd
+            .get(i..)
+            .is_some_and(|rest| rest.starts_with(b"PK\x01\x02"))
+        {
             bail!("a damaged zip directory");
         }
         let method = le(&cd, i + 10, 2)?;

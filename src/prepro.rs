@@ -21,7 +21,7 @@ use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
-use crate::data::default_corpus_dir;
+use crate::data::{default_corpus_dir, DEFAULT_TRAIN_FILE, DEFAULT_VAL_FILE};
 use crate::formats::shard::{to_u16, write_shard_u16};
 use crate::tokenizer::{split_for_encoding, Tokenizer};
 
@@ -142,8 +142,8 @@ pub fn prepro_sharded(
     }
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("{}: cannot create the directory", out_dir.display()))?;
-    let (train_path, train_shards) = write_part(out_dir, "train", &train, shard_tokens)?;
-    let (val_path, val_shards) = write_part(out_dir, "val", &val, shard_tokens)?;
+    let (train_path, train_shards) = write_part(out_dir, DEFAULT_TRAIN_FILE, &train, shard_tokens)?;
+    let (val_path, val_shards) = write_part(out_dir, DEFAULT_VAL_FILE, &val, shard_tokens)?;
     Ok(PreproSummary {
         train_path,
         val_path,
@@ -155,18 +155,20 @@ pub fn prepro_sharded(
     })
 }
 
-/// Writes `tokens` as `<dir>/<name>.bin` when they fit in one shard of `shard_tokens`, else as
-/// `<dir>/<name>_000000.bin`, ...; then removes the shards of either naming that an earlier
-/// prepro left there. Returns the shard or the shards' pattern, and the shards.
+/// Writes `tokens` as `<dir>/<name>.bin` (`file`, e.g. `train.bin`) when they fit in one shard of
+/// `shard_tokens`, else as `<dir>/<name>_000000.bin`, ...; then removes the shards of either
+/// naming that an earlier prepro left there. Returns the shard or the shards' pattern, and the
+/// shards.
 fn write_part(
     dir: &Path,
-    name: &str,
+    file: &str,
     tokens: &[u16],
     shard_tokens: usize,
 ) -> Result<(PathBuf, Vec<PathBuf>)> {
+    let name = file.strip_suffix(".bin").unwrap_or(file);
     let chunks: Vec<&[u16]> = tokens.chunks(shard_tokens).collect();
     let (pattern, paths): (PathBuf, Vec<PathBuf>) = if chunks.len() == 1 {
-        let path = dir.join(format!("{name}.bin"));
+        let path = dir.join(file);
         (path.clone(), vec![path])
     } else {
         let paths = (0..chunks.len())
@@ -182,9 +184,9 @@ fn write_part(
         .with_context(|| format!("{}: cannot list the directory", dir.display()))?;
     for entry in entries {
         let path = entry?.path();
-        let file = path.file_name().unwrap_or_default().to_string_lossy();
-        let ours = file == format!("{name}.bin")
-            || file
+        let found = path.file_name().unwrap_or_default().to_string_lossy();
+        let ours = found == file
+            || found
                 .strip_prefix(&format!("{name}_"))
                 .and_then(|rest| rest.strip_suffix(".bin"))
                 .is_some_and(|n| n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()));

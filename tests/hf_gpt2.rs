@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use train_gpt2_cuda::cpu::model::Gpt2Cpu;
-use train_gpt2_cuda::formats::checkpoint::read_checkpoint;
+use train_gpt2_cuda::formats::checkpoint::{read_checkpoint, Checkpoint};
 use train_gpt2_cuda::formats::debug_state::{read_debug_state, DebugState};
 use train_gpt2_cuda::formats::read_model;
 use train_gpt2_cuda::formats::safetensors::Dtype;
@@ -70,21 +70,30 @@ fn a_hugging_face_gpt2_computes_what_transformers_computes() {
     assert!(p.wte[100 * 32..].iter().all(|&x| x == 0.0));
 }
 
+/// Reads each fixture and asserts it is `want`: the same config and the same parameters, bit for
+/// bit.
+fn assert_each_reads_as(want: &Checkpoint, fixtures: &[&str]) {
+    for name in fixtures {
+        let ck = read_model(&fixture(name)).unwrap();
+        assert_eq!(ck.config, want.config, "{name}");
+        assert!(ck.params == want.params, "{name}");
+    }
+}
+
 /// One file, its path, the shards (directory and index) and the Hub's layout (no prefix, mask
 /// buffers, an explicit tied lm_head, bf16) read to the same parameters: bit for bit, and for bf16
 /// each the fp32 value rounded to nearest even.
 #[test]
 fn every_layout_of_a_model_reads_the_same() {
     let fp32 = read_model(&fixture("hf_tiny")).unwrap();
-    for path in [
-        fixture("hf_tiny/model.safetensors"),
-        fixture("hf_tiny_sharded"),
-        fixture("hf_tiny_sharded/model.safetensors.index.json"),
-    ] {
-        let ck = read_model(&path).unwrap();
-        assert_eq!(ck.config, fp32.config, "{}", path.display());
-        assert!(ck.params == fp32.params, "{}", path.display());
-    }
+    assert_each_reads_as(
+        &fp32,
+        &[
+            "hf_tiny/model.safetensors",
+            "hf_tiny_sharded",
+            "hf_tiny_sharded/model.safetensors.index.json",
+        ],
+    );
     let shards = std::fs::read_dir(fixture("hf_tiny_sharded"))
         .unwrap()
         .filter(|e| e.as_ref().unwrap().path().extension().unwrap() == "safetensors")
@@ -650,20 +659,19 @@ fn a_hub_name_says_how_to_download_the_model() {
 
 /// PyTorch's `pytorch_model.bin` (torch.save's zip archive, read without running its pickle):
 /// the state dict of the whole model (fp32, lm_head sharing wte's storage) reads to hf_tiny's
-/// parameters bit for bit, from the folder, the file or two shards with their index; the Hub's old layout in bf16 (mask
-/// buffers, a scalar masked_bias) to hf_tiny_hub_bf16's.
+/// parameters bit for bit, from the folder, the file or two shards with their index; the Hub's
+/// old layout in bf16 (mask buffers, a scalar masked_bias) to hf_tiny_hub_bf16's.
 #[test]
 fn pytorch_model_bin_reads_as_the_safetensors_do() {
     let fp32 = read_model(&fixture("hf_tiny")).unwrap();
-    for path in [
-        fixture("hf_tiny_torch"),
-        fixture("hf_tiny_torch/pytorch_model.bin"),
-        fixture("hf_tiny_torch_sharded"),
-    ] {
-        let ck = read_model(&path).unwrap();
-        assert_eq!(ck.config, fp32.config, "{}", path.display());
-        assert!(ck.params == fp32.params, "{}", path.display());
-    }
+    assert_each_reads_as(
+        &fp32,
+        &[
+            "hf_tiny_torch",
+            "hf_tiny_torch/pytorch_model.bin",
+            "hf_tiny_torch_sharded",
+        ],
+    );
     let bf16 = read_model(&fixture("hf_tiny_torch_bf16")).unwrap();
     assert!(bf16.params == read_model(&fixture("hf_tiny_hub_bf16")).unwrap().params);
     assert!(bf16.params != fp32.params);

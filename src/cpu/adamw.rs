@@ -59,7 +59,7 @@ pub fn update_ranges(cfg: &GPT2Config, hp: &AdamW) -> Vec<(Range<usize>, AdamW)>
     let mut ranges: Vec<(Range<usize>, AdamW)> = Vec::new();
     let mut start = 0;
     for (size, is_matrix) in param_sizes(cfg).into_array().into_iter().zip(IS_MATRIX) {
-        let decays = hp.decay_on == DecayOn::All || is_matrix || hp.weight_decay == 0.0;
+        let decays = hp.decay_on == DecayOn::All || is_matrix;
         let this = if decays { *hp } else { no_decay };
         let end = start + size;
         match ranges.last_mut() {

@@ -101,15 +101,20 @@ struct Entry {
     size: u64,
 }
 
-/// Little-endian integers at `at` in `b`, or an error when `b` is too short.
+/// The unsigned little-endian integer of up to 8 bytes (the zip's fields and the pickle's).
+fn le_uint(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .rev()
+        .fold(0u64, |acc, &x| (acc << 8) | x as u64)
+}
+
+/// The little-endian integer of `n` bytes at `at` in `b`, or an error when `b` is too short.
 fn le(b: &[u8], at: usize, n: usize) -> Result<u64> {
     let bytes = b
         .get(at..at + n)
         .ok_or_else(|| anyhow!("the zip directory is truncated"))?;
-    Ok(bytes
-        .iter()
-        .rev()
-        .fold(0u64, |acc, &x| (acc << 8) | x as u64))
+    Ok(le_uint(bytes))
 }
 
 /// Every entry of the archive by name, from its central directory (zip64 included); an entry that
@@ -201,11 +206,12 @@ fn zip_entries(file: &mut std::fs::File, size: u64) -> Result<BTreeMap<String, E
 // ------------------------------------------------------------------------------------------------
 // The pickle
 
-/// A storage: its element type (or the name of a type this reader does not convert), its entry
-/// `data/<key>` and its number of elements.
+/// A storage: its element type (or the name of a type this reader does not convert) and size in
+/// bytes, its entry `data/<key>` and its number of elements.
 #[derive(Clone, Debug, PartialEq)]
 struct Storage {
     dtype: std::result::Result<Dtype, String>,
+    elem_size: usize,
     key: String,
     numel: u64,
 }
@@ -232,7 +238,6 @@ fn storage_type(name: &str) -> Option<(usize, std::result::Result<Dtype, String>
 #[derive(Clone, Debug, PartialEq)]
 struct Tensor {
     storage: Storage,
-    elem_size: usize,
     /// In elements.
     offset: u64,
     shape: Vec<usize>,
@@ -242,7 +247,7 @@ impl Tensor {
     /// Its place in the file, given its storage entry's.
     fn info(&self, entry_offset: u64, entry_size: u64) -> Result<TensorInfo> {
         let numel = self.shape.iter().product::<usize>() as u64;
-        let es = self.elem_size as u64;
+        let es = self.storage.elem_size as u64;
         if self.storage.numel.saturating_mul(es) > entry_size {
             bail!(
                 "its storage holds {} elements of {es} bytes, but data/{} has {entry_size} bytes",
@@ -281,7 +286,7 @@ enum Py {
     Dict(Vec<(Py, Py)>),
     /// A global the machine accepts, as "module.name".
     Global(String),
-    Storage(Storage, usize),
+    Storage(Storage),
     Tensor(Tensor),
 }
 
@@ -298,7 +303,7 @@ impl Py {
             Py::List(_) => "a list",
             Py::Dict(_) => "a dict",
             Py::Global(_) => "a class or function",
-            Py::Storage(..) => "a storage",
+            Py::Storage(_) => "a storage",
             Py::Tensor(_) => "a tensor",
         }
     }
@@ -378,7 +383,7 @@ impl Machine {
             *pc += n;
             Ok(b)
         };
-        let uint = |b: &[u8]| b.iter().rev().fold(0u64, |acc, &x| (acc << 8) | x as u64);
+        let uint = le_uint;
         loop {
             let op = *take(&mut pc, 1)?.first().unwrap();
             match op {
@@ -536,14 +541,19 @@ impl Machine {
                             let Py::Global(ty) = &t[1] else {
                                 bail!("a storage whose type is {}", t[1].kind());
                             };
-                            let (size, dtype) = storage_type(ty)
+                            let (elem_size, dtype) = storage_type(ty)
                                 .ok_or_else(|| anyhow!("a storage of type {ty}"))?;
                             let key = match &t[2] {
                                 Py::Str(k) => k.clone(),
                                 other => bail!("a storage key that is {}", other.kind()),
                             };
                             let numel = u64::try_from(t[4].int()?)?;
-                            Py::Storage(Storage { dtype, key, numel }, size)
+                            Py::Storage(Storage {
+                                dtype,
+                                elem_size,
+                                key,
+                                numel,
+                            })
                         }
                         other => {
                             bail!("a persistent id that is {} and not a storage", other.kind())
@@ -603,7 +613,7 @@ fn call(f: &Py, args: Vec<Py>) -> Result<Py> {
             _ => bail!("a parameter that is not a tensor"),
         },
         "torch._utils._rebuild_tensor_v2" if args.len() >= 4 => {
-            let Py::Storage(storage, elem_size) = &args[0] else {
+            let Py::Storage(storage) = &args[0] else {
                 bail!("a tensor whose storage is {}", args[0].kind());
             };
             let offset = u64::try_from(args[1].int()?)?;
@@ -624,7 +634,6 @@ fn call(f: &Py, args: Vec<Py>) -> Result<Py> {
             }
             Ok(Py::Tensor(Tensor {
                 storage: storage.clone(),
-                elem_size: *elem_size,
                 offset,
                 shape,
             }))

@@ -239,12 +239,16 @@ fn run_train(args: &TrainArgs) -> Result<ExitCode> {
 }
 
 fn run_prepro(a: &PreproArgs) -> Result<ExitCode> {
-    use train_gpt2_cuda::prepro::{prepro_sharded, ValSplit};
+    use train_gpt2_cuda::prepro::{prepro_with, PreproOptions, ValSplit};
     let split = match a.val_fraction {
         Some(f) => ValSplit::Fraction(f),
         None => ValSplit::LastFiles(a.val_files),
     };
-    let s = prepro_sharded(&a.inputs, &a.out_dir, split, a.shard_tokens)?;
+    let opts = PreproOptions {
+        shard_tokens: a.shard_tokens,
+        ..PreproOptions::default()
+    };
+    let s = prepro_with(&a.inputs, &a.out_dir, split, &opts)?;
     println!(
         "{} documents: {} train tokens -> {}, {} val tokens -> {}",
         s.documents,

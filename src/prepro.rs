@@ -15,15 +15,18 @@
 //! `train_000000.bin`, `train_000001.bin`, ... (`--train 'DIR/train_??????.bin'`): the data
 //! loader holds one shard in memory at a time, and shuffles the shards' order. Shards of either
 //! naming left in the folder by an earlier prepro are removed, so a pattern never mixes two
-//! corpora. Tokens are held as u16 (as in the shards), 2 bytes each.
+//! corpora.
+//!
+//! The corpus streams through: files are read a part at a time, and each shard is written when
+//! it fills (under a temporary name until the end), so memory does not grow with the corpus.
 
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
 use crate::data::{default_corpus_dir, DEFAULT_TRAIN_FILE, DEFAULT_VAL_FILE};
-use crate::formats::shard::{to_u16, write_shard_u16};
-use crate::tokenizer::{split_for_encoding, Tokenizer};
+use crate::formats::shard::{read_shard, to_u16, write_shard_u16};
+use crate::tokenizer::{for_each_text_part, Tokenizer};
 
 /// Which part of the input goes to the validation shard.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -55,30 +58,67 @@ pub const DEFAULT_VAL_PLAY: &str = "midsummer_nights_dream.txt";
 /// The most tokens of a shard [`prepro`] writes (llm.c's FineWeb shards hold as many).
 pub const DEFAULT_SHARD_TOKENS: usize = 100_000_000;
 
+/// How [`prepro_with`] cuts its work. The defaults suit any corpus; tests make them small.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PreproOptions {
+    /// The most tokens of a shard (`--shard-tokens`).
+    pub shard_tokens: usize,
+    /// A file is read and tokenized this many bytes at a time (a progress line after each part
+    /// of a larger file): memory holds a part, not the file.
+    pub part_bytes: usize,
+    /// Consecutive files no larger than a part are tokenized in parallel, in groups of about
+    /// this many bytes: memory holds a group's tokens, not the corpus's.
+    pub group_bytes: u64,
+}
+
+impl Default for PreproOptions {
+    fn default() -> Self {
+        PreproOptions {
+            shard_tokens: DEFAULT_SHARD_TOKENS,
+            part_bytes: PROGRESS_BYTES,
+            group_bytes: GROUP_BYTES,
+        }
+    }
+}
+
+/// A file larger than this is tokenized this much at a time, with a progress line after each.
+pub const PROGRESS_BYTES: usize = 64 << 20;
+/// The pieces a part is cut into to be tokenized in parallel (`Tokenizer::encode_parallel`).
+const PIECE_BYTES: usize = 1 << 20;
+/// The bytes of text in a group of small files tokenized in parallel.
+const GROUP_BYTES: u64 = 256 << 20;
+
 /// Tokenizes `inputs` (each file one document, EOT before each) and writes `<out_dir>/train.bin`
 /// and `<out_dir>/val.bin` (creating `out_dir`), or numbered shards for a part of more than
 /// [`DEFAULT_SHARD_TOKENS`]. Both parts must be non-empty. Prints one line per file and shard.
 pub fn prepro(inputs: &[PathBuf], out_dir: &Path, split: ValSplit) -> Result<PreproSummary> {
-    prepro_sharded(inputs, out_dir, split, DEFAULT_SHARD_TOKENS)
+    prepro_with(inputs, out_dir, split, &PreproOptions::default())
 }
 
-/// [`prepro`] with shards of at most `shard_tokens` tokens.
-pub fn prepro_sharded(
+/// [`prepro`] with the shard size and the sizes of its work set by `opts`.
+///
+/// Memory holds a group of files' tokens, or a part of a large file, and the shard being filled
+/// of each part (200 MB at the default 100M tokens), whatever the corpus's size. The shards are
+/// written under temporary names (`.train_000000.bin.partial`, ...) as they fill and renamed at
+/// the end, so a prepro that fails (a file that is not UTF-8, say) leaves the folder's earlier
+/// shards as they were.
+pub fn prepro_with(
     inputs: &[PathBuf],
     out_dir: &Path,
     split: ValSplit,
-    shard_tokens: usize,
+    opts: &PreproOptions,
 ) -> Result<PreproSummary> {
     if inputs.is_empty() {
         bail!("prepro: no input files");
     }
+    let shard_tokens = opts.shard_tokens;
     if shard_tokens == 0 || shard_tokens > i32::MAX as usize {
         bail!(
             "prepro: the shard size must be in 1..={} tokens, got {shard_tokens}",
             i32::MAX
         );
     }
-    match split {
+    let train_documents = match split {
         ValSplit::LastFiles(k) if k == 0 || k >= inputs.len() => bail!(
             "prepro: cannot put the last {k} of {} input files in val: train and val must both \
              get at least one file (or split by tokens: --val-fraction 0.1 puts the last tenth \
@@ -88,147 +128,318 @@ pub fn prepro_sharded(
         ValSplit::Fraction(f) if !(f > 0.0 && f < 1.0) => {
             bail!("prepro: the val fraction {f} must be strictly between 0 and 1")
         }
-        _ => {}
-    }
-    let tok = Tokenizer::gpt2()?;
-    // Tokenize the documents in parallel; each keeps its place in the input order, and an error
-    // is the first file's in that order (not whichever thread failed first).
-    let docs: Vec<Result<Vec<u16>>> = inputs
-        .par_iter()
-        .map(|path| -> Result<Vec<u16>> {
-            let bytes =
-                std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-            let text = std::str::from_utf8(&bytes).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: not UTF-8 text (invalid byte at offset {})",
-                    path.display(),
-                    e.valid_up_to()
-                )
-            })?;
-            let mb = text.len() as f64 / 1e6;
-            let ids = encode_document(&tok, text, PROGRESS_BYTES, |done| {
-                let pct = 100.0 * done as f64 / text.len() as f64;
-                println!("prepro: {}: {pct:.0}% of {mb:.1} MB", path.display());
-            });
-            println!(
-                "prepro: {}: {} bytes -> {} tokens",
-                path.display(),
-                bytes.len(),
-                ids.len()
-            );
-            to_u16(&ids, &path.display())
-        })
-        .collect();
-    let docs: Vec<Vec<u16>> = docs.into_iter().collect::<Result<_>>()?;
-
-    let (train, val): (Vec<u16>, Vec<u16>) = match split {
-        ValSplit::LastFiles(k) => {
-            let cut = docs.len() - k;
-            (docs[..cut].concat(), docs[cut..].concat())
-        }
-        ValSplit::Fraction(f) => {
-            let all = docs.concat();
-            let n_val = ((all.len() as f64) * f).round() as usize;
-            let cut = all.len() - n_val.min(all.len());
-            (all[..cut].to_vec(), all[cut..].to_vec())
-        }
+        ValSplit::LastFiles(k) => inputs.len() - k,
+        ValSplit::Fraction(_) => inputs.len(),
     };
-    if train.is_empty() || val.is_empty() {
+    // Every input's size first: a missing file fails now, not after hours of tokenizing.
+    let sizes = inputs
+        .iter()
+        .map(|path| {
+            let meta = std::fs::metadata(path)
+                .with_context(|| format!("{}: cannot read", path.display()))?;
+            if meta.is_dir() {
+                bail!("{}: a directory, not a text file", path.display());
+            }
+            Ok(meta.len())
+        })
+        .collect::<Result<Vec<u64>>>()?;
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("{}: cannot create the directory", out_dir.display()))?;
+    let tok = Tokenizer::gpt2()?;
+    let mut train = PartWriter::new(out_dir, DEFAULT_TRAIN_FILE, shard_tokens);
+    let mut val = PartWriter::new(out_dir, DEFAULT_VAL_FILE, shard_tokens);
+    for_each_document(&tok, inputs, &sizes, opts, |doc, ids| {
+        if doc < train_documents {
+            train.push(ids)
+        } else {
+            val.push(ids)
+        }
+    })?;
+    if let ValSplit::Fraction(f) = split {
+        let n_val = ((train.len() as f64) * f).round() as usize;
+        train.move_tail(n_val.min(train.len()), &mut val)?;
+    }
+    if train.len() == 0 || val.len() == 0 {
         bail!(
             "prepro: the split {split:?} leaves {} train and {} val tokens: both must be non-empty",
             train.len(),
             val.len()
         );
     }
-    std::fs::create_dir_all(out_dir)
-        .with_context(|| format!("{}: cannot create the directory", out_dir.display()))?;
-    let (train_path, train_shards) = write_part(out_dir, DEFAULT_TRAIN_FILE, &train, shard_tokens)?;
-    let (val_path, val_shards) = write_part(out_dir, DEFAULT_VAL_FILE, &val, shard_tokens)?;
+    let (train_tokens, val_tokens) = (train.len(), val.len());
+    let (train_path, train_shards) = train.commit()?;
+    let (val_path, val_shards) = val.commit()?;
     Ok(PreproSummary {
         train_path,
         val_path,
         train_shards,
         val_shards,
-        documents: docs.len(),
-        train_tokens: train.len(),
-        val_tokens: val.len(),
+        documents: inputs.len(),
+        train_tokens,
+        val_tokens,
     })
 }
 
-/// Writes `tokens` as `<dir>/<name>.bin` (`file`, e.g. `train.bin`) when they fit in one shard of
-/// `shard_tokens`, else as `<dir>/<name>_000000.bin`, ...; then removes the shards of either
-/// naming that an earlier prepro left there. Returns the shard or the shards' pattern, and the
-/// shards.
-fn write_part(
-    dir: &Path,
-    file: &str,
-    tokens: &[u16],
-    shard_tokens: usize,
-) -> Result<(PathBuf, Vec<PathBuf>)> {
-    let name = file.strip_suffix(".bin").unwrap_or(file);
-    let chunks: Vec<&[u16]> = tokens.chunks(shard_tokens).collect();
-    let (pattern, paths): (PathBuf, Vec<PathBuf>) = if chunks.len() == 1 {
-        let path = dir.join(file);
-        (path.clone(), vec![path])
-    } else {
-        let paths = (0..chunks.len())
-            .map(|i| dir.join(format!("{name}_{i:06}.bin")))
-            .collect();
-        (dir.join(format!("{name}_??????.bin")), paths)
-    };
-    for (path, chunk) in paths.iter().zip(&chunks) {
-        write_shard_u16(path, chunk)?;
-        println!("prepro: wrote {} ({} tokens)", path.display(), chunk.len());
-    }
-    let entries = std::fs::read_dir(dir)
-        .with_context(|| format!("{}: cannot list the directory", dir.display()))?;
-    for entry in entries {
-        let path = entry?.path();
-        let found = path.file_name().unwrap_or_default().to_string_lossy();
-        let ours = found == file
-            || found
-                .strip_prefix(&format!("{name}_"))
-                .and_then(|rest| rest.strip_suffix(".bin"))
-                .is_some_and(|n| n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()));
-        if ours && !paths.contains(&path) {
-            std::fs::remove_file(&path)
-                .with_context(|| format!("{}: cannot remove this earlier shard", path.display()))?;
-            println!(
-                "prepro: removed {} (an earlier prepro's shard)",
-                path.display()
-            );
+/// Tokenizes the files of `inputs` (of `sizes` bytes) in order and hands each document's tokens
+/// to `emit` with its index, in order: a document larger than a part in parts as they are
+/// tokenized, smaller ones whole, in groups tokenized in parallel. An error is the first file's
+/// in the input order (not whichever thread failed first).
+fn for_each_document(
+    tok: &Tokenizer,
+    inputs: &[PathBuf],
+    sizes: &[u64],
+    opts: &PreproOptions,
+    mut emit: impl FnMut(usize, &[u16]) -> Result<()>,
+) -> Result<()> {
+    let small = |i: usize| sizes[i] <= opts.part_bytes as u64;
+    let mut i = 0;
+    while i < inputs.len() {
+        if !small(i) {
+            encode_file(tok, &inputs[i], sizes[i], opts.part_bytes, |ids| {
+                emit(i, ids)
+            })?;
+            i += 1;
+            continue;
         }
+        let mut end = i + 1;
+        let mut bytes = sizes[i];
+        while end < inputs.len() && small(end) && bytes + sizes[end] <= opts.group_bytes {
+            bytes += sizes[end];
+            end += 1;
+        }
+        let docs: Vec<Result<Vec<u16>>> = (i..end)
+            .into_par_iter()
+            .map(|d| {
+                let mut doc = Vec::new();
+                encode_file(tok, &inputs[d], sizes[d], opts.part_bytes, |ids| {
+                    doc.extend_from_slice(ids);
+                    Ok(())
+                })?;
+                Ok(doc)
+            })
+            .collect();
+        for (d, doc) in (i..end).zip(docs) {
+            emit(d, &doc?)?;
+        }
+        i = end;
     }
-    Ok((pattern, paths))
+    Ok(())
 }
 
-/// A document larger than this is tokenized this much at a time, with a progress line after each.
-pub const PROGRESS_BYTES: usize = 64 << 20;
-/// The pieces a document is cut into to be tokenized in parallel (`Tokenizer::encode_parallel`).
-const PIECE_BYTES: usize = 1 << 20;
-
-/// The ids of one document: the end-of-text token, then `text` (encoded in parallel pieces, the
-/// same ids as in one). A text longer than `progress_bytes` goes in parts of about that size,
-/// and `on_progress` gets the bytes done after each.
-pub fn encode_document(
+/// One file as a document: [`encode_stream`] of it, with a progress line after each part of a
+/// file larger than a part, and a line at the end.
+fn encode_file(
     tok: &Tokenizer,
-    text: &str,
-    progress_bytes: usize,
-    mut on_progress: impl FnMut(usize),
-) -> Vec<u32> {
-    let mut ids = Vec::with_capacity(1 + text.len() / 3);
-    ids.push(tok.eot());
-    if text.len() <= progress_bytes {
-        ids.extend(tok.encode_parallel(text, PIECE_BYTES));
-        return ids;
-    }
+    path: &Path,
+    size: u64,
+    part_bytes: usize,
+    mut on_ids: impl FnMut(&[u16]) -> Result<()>,
+) -> Result<()> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut tokens = 0;
+    let bytes = encode_stream(
+        tok,
+        file,
+        part_bytes,
+        &path.display(),
+        |ids| {
+            tokens += ids.len();
+            on_ids(&to_u16(ids, &path.display())?)
+        },
+        |done| {
+            if size > part_bytes as u64 {
+                let pct = 100.0 * done as f64 / size.max(done) as f64;
+                println!(
+                    "prepro: {}: {pct:.0}% of {:.1} MB",
+                    path.display(),
+                    size as f64 / 1e6
+                );
+            }
+        },
+    )?;
+    println!(
+        "prepro: {}: {bytes} bytes -> {tokens} tokens",
+        path.display()
+    );
+    Ok(())
+}
+
+/// The ids of one document read from `reader`: the end-of-text token, then the text, read and
+/// encoded a part of about `part_bytes` at a time (each part in parallel pieces; the same ids as
+/// the whole text's, see [`crate::tokenizer::split_for_encoding`]) and handed to `on_ids` part by part, with
+/// `on_progress(bytes done)` after each part. `what` names the input in errors. Returns the
+/// text's length in bytes.
+pub fn encode_stream(
+    tok: &Tokenizer,
+    reader: impl std::io::Read,
+    part_bytes: usize,
+    what: &dyn std::fmt::Display,
+    mut on_ids: impl FnMut(&[u32]) -> Result<()>,
+    mut on_progress: impl FnMut(u64),
+) -> Result<u64> {
+    on_ids(&[tok.eot()])?;
     let mut done = 0;
-    for part in split_for_encoding(text, progress_bytes) {
-        ids.extend(tok.encode_parallel(part, PIECE_BYTES));
-        done += part.len();
+    for_each_text_part(reader, part_bytes, what, |part| {
+        on_ids(&tok.encode_parallel(part, PIECE_BYTES))?;
+        done += part.len() as u64;
         on_progress(done);
+        Ok(())
+    })
+}
+
+/// One part (train or val) as it is written: each shard goes to a temporary file when it is full
+/// (`.train_000000.bin.partial`, ...), and [`PartWriter::commit`] names them at the end:
+/// `train.bin` when there is one, else `train_000000.bin`, `train_000001.bin`, .... Dropped
+/// uncommitted, it removes its temporary files.
+struct PartWriter {
+    dir: PathBuf,
+    /// The part's file when it fits in one shard, e.g. `train.bin`.
+    file: &'static str,
+    shard_tokens: usize,
+    /// The temporary files of the full shards, in order.
+    full: Vec<PathBuf>,
+    /// (< shard_tokens,) the tokens after them.
+    rest: Vec<u16>,
+    committed: bool,
+}
+
+impl PartWriter {
+    fn new(dir: &Path, file: &'static str, shard_tokens: usize) -> PartWriter {
+        PartWriter {
+            dir: dir.to_path_buf(),
+            file,
+            shard_tokens,
+            full: Vec::new(),
+            rest: Vec::new(),
+            committed: false,
+        }
     }
-    ids
+
+    /// `train` of `train.bin`: the numbered shards' prefix.
+    fn name(&self) -> &'static str {
+        self.file.strip_suffix(".bin").unwrap_or(self.file)
+    }
+
+    fn temp_path(&self, shard: usize) -> PathBuf {
+        self.dir
+            .join(format!(".{}_{shard:06}.bin.partial", self.name()))
+    }
+
+    /// The tokens pushed so far.
+    fn len(&self) -> usize {
+        self.full.len() * self.shard_tokens + self.rest.len()
+    }
+
+    /// Appends `tokens`, writing each shard that fills.
+    fn push(&mut self, mut tokens: &[u16]) -> Result<()> {
+        while !tokens.is_empty() {
+            let take = (self.shard_tokens - self.rest.len()).min(tokens.len());
+            self.rest.extend_from_slice(&tokens[..take]);
+            tokens = &tokens[take..];
+            if self.rest.len() == self.shard_tokens {
+                let path = self.temp_path(self.full.len());
+                write_shard_u16(&path, &self.rest)?;
+                self.full.push(path);
+                self.rest.clear();
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the last `n` tokens to the end of `into`, reading back the full shards they are in
+    /// one at a time.
+    fn move_tail(&mut self, n: usize, into: &mut PartWriter) -> Result<()> {
+        let cut = self.len() - n;
+        // the shard holding the cut (its index == full.len(): the tokens after the full shards)
+        let (shard, at) = (cut / self.shard_tokens, cut % self.shard_tokens);
+        if shard == self.full.len() {
+            into.push(&self.rest[at..])?;
+            self.rest.truncate(at);
+            return Ok(());
+        }
+        let mut head = read_shard(&self.full[shard])?;
+        into.push(&head[at..])?;
+        for path in &self.full[shard + 1..] {
+            into.push(&read_shard(path)?)?;
+        }
+        into.push(&self.rest)?;
+        for path in self.full.drain(shard..) {
+            remove(&path)?;
+        }
+        head.truncate(at);
+        self.rest = head;
+        Ok(())
+    }
+
+    /// Writes the last shard and gives every shard its name (replacing the files there), then
+    /// removes the shards of either naming that an earlier prepro left in the folder. Returns
+    /// the shard or the shards' pattern, and the shards.
+    fn commit(mut self) -> Result<(PathBuf, Vec<PathBuf>)> {
+        let mut counts = vec![self.shard_tokens; self.full.len()];
+        if !self.rest.is_empty() || self.full.is_empty() {
+            let path = self.temp_path(self.full.len());
+            write_shard_u16(&path, &self.rest)?;
+            self.full.push(path);
+            counts.push(self.rest.len());
+        }
+        let (file, name) = (self.file, self.name());
+        let (pattern, paths): (PathBuf, Vec<PathBuf>) = if self.full.len() == 1 {
+            let path = self.dir.join(file);
+            (path.clone(), vec![path])
+        } else {
+            let paths = (0..self.full.len())
+                .map(|i| self.dir.join(format!("{name}_{i:06}.bin")))
+                .collect();
+            (self.dir.join(format!("{name}_??????.bin")), paths)
+        };
+        for ((temp, path), n) in self.full.iter().zip(&paths).zip(counts) {
+            std::fs::rename(temp, path)
+                .with_context(|| format!("{}: cannot write", path.display()))?;
+            println!("prepro: wrote {} ({n} tokens)", path.display());
+        }
+        self.committed = true;
+        let entries = std::fs::read_dir(&self.dir)
+            .with_context(|| format!("{}: cannot list the directory", self.dir.display()))?;
+        for entry in entries {
+            let path = entry?.path();
+            let found = path.file_name().unwrap_or_default().to_string_lossy();
+            let numbered = |s: &str| {
+                s.strip_prefix(&format!("{name}_"))
+                    .and_then(|rest| rest.strip_suffix(".bin"))
+                    .is_some_and(|n| n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()))
+            };
+            let partial = found
+                .strip_prefix('.')
+                .and_then(|s| s.strip_suffix(".partial"))
+                .is_some_and(numbered);
+            if (found == file || numbered(&found)) && !paths.contains(&path) {
+                remove(&path)?;
+                println!(
+                    "prepro: removed {} (an earlier prepro's shard)",
+                    path.display()
+                );
+            } else if partial {
+                // a shard of a prepro that did not finish
+                remove(&path)?;
+            }
+        }
+        Ok((pattern, paths))
+    }
+}
+
+impl Drop for PartWriter {
+    fn drop(&mut self) {
+        if !self.committed {
+            for path in &self.full {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+fn remove(path: &Path) -> Result<()> {
+    std::fs::remove_file(path).with_context(|| format!("{}: cannot remove", path.display()))
 }
 
 /// The default corpus's inputs in `text_dir`: every `*.txt` except [`DEFAULT_VAL_PLAY`] in sorted

@@ -186,3 +186,71 @@ pub fn split_for_encoding(text: &str, piece_bytes: usize) -> Vec<&str> {
     pieces.push(&text[start..]);
     pieces
 }
+
+/// The most bytes [`for_each_text_part`] reads at a time.
+const READ_BLOCK_BYTES: usize = 8 << 20;
+
+/// Reads UTF-8 text from `reader` and hands it to `on_part` in the pieces that
+/// [`split_for_encoding`]`(whole text, part_bytes)` cuts (empty pieces skipped), while holding
+/// only about one part and one read (at most 8 MiB) of it in memory, never the whole text.
+///
+/// Every piece but the last is cut where [`split_for_encoding`] cuts the whole text: a cut depends
+/// only on the characters beside it, and a piece is handed on only once the text read so far has
+/// a cut after it. `what` names the input in errors; the offset of an invalid byte is counted
+/// from the start of the input, as `std::str::from_utf8` of the whole would give it. Returns the
+/// text's length in bytes.
+pub fn for_each_text_part(
+    mut reader: impl std::io::Read,
+    part_bytes: usize,
+    what: &dyn std::fmt::Display,
+    mut on_part: impl FnMut(&str) -> Result<()>,
+) -> Result<u64> {
+    use std::io::Read;
+    let block_bytes = part_bytes.clamp(1, READ_BLOCK_BYTES) as u64;
+    // text[..] is the text read and not yet handed on; it starts at byte `handed` of the input
+    let mut text = String::new();
+    let mut handed: u64 = 0;
+    // the bytes of a character the last read cut in two (at most 3)
+    let mut bytes: Vec<u8> = Vec::new();
+    loop {
+        let n = reader
+            .by_ref()
+            .take(block_bytes)
+            .read_to_end(&mut bytes)
+            .map_err(|e| anyhow!("{what}: cannot read: {e}"))?;
+        // a read shorter than asked for is the end of the input
+        let end = (n as u64) < block_bytes;
+        let valid = match std::str::from_utf8(&bytes) {
+            Ok(s) => {
+                text.push_str(s);
+                bytes.len()
+            }
+            Err(e) => {
+                let valid = e.valid_up_to();
+                text.push_str(std::str::from_utf8(&bytes[..valid]).expect("checked just now"));
+                if e.error_len().is_some() || end {
+                    bail!(
+                        "{what}: not UTF-8 text (invalid byte at offset {})",
+                        handed + text.len() as u64
+                    );
+                }
+                valid
+            }
+        };
+        bytes.drain(..valid);
+        let pieces = split_for_encoding(&text, part_bytes);
+        let ready = if end { pieces.len() } else { pieces.len() - 1 };
+        let mut done = 0;
+        for piece in &pieces[..ready] {
+            if !piece.is_empty() {
+                on_part(piece)?;
+            }
+            done += piece.len();
+        }
+        handed += done as u64;
+        text.drain(..done);
+        if end {
+            return Ok(handed);
+        }
+    }
+}

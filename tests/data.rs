@@ -10,8 +10,8 @@ use train_gpt2_cuda::data::{
 };
 use train_gpt2_cuda::formats::shard::{check_tokens, read_shard, read_shard_len, write_shard};
 use train_gpt2_cuda::prepro::{
-    default_corpus_inputs, encode_document, prepro, prepro_default_corpus, prepro_sharded,
-    ValSplit, DEFAULT_VAL_PLAY,
+    default_corpus_inputs, encode_stream, prepro, prepro_default_corpus, prepro_with,
+    PreproOptions, ValSplit, DEFAULT_VAL_PLAY,
 };
 use train_gpt2_cuda::tokenizer::Tokenizer;
 
@@ -495,6 +495,13 @@ fn three_docs(dir: &Path) -> Vec<PathBuf> {
     )
 }
 
+fn shards_of(shard_tokens: usize) -> PreproOptions {
+    PreproOptions {
+        shard_tokens,
+        ..PreproOptions::default()
+    }
+}
+
 fn shard_u32(path: &Path) -> Vec<u32> {
     read_shard(path)
         .unwrap()
@@ -551,7 +558,7 @@ fn prepro_writes_numbered_shards_for_a_large_part_and_removes_stale_ones() {
         std::fs::write(out.join(k), b"mine").unwrap();
     }
     // train: 5 tokens in shards of 2; val: 3 tokens
-    let s = prepro_sharded(&inputs, &out, ValSplit::LastFiles(1), 2).unwrap();
+    let s = prepro_with(&inputs, &out, ValSplit::LastFiles(1), &shards_of(2)).unwrap();
     let names = |paths: &[PathBuf]| -> Vec<String> {
         paths
             .iter()
@@ -578,7 +585,7 @@ fn prepro_writes_numbered_shards_for_a_large_part_and_removes_stale_ones() {
 
     // again with shards of 3: train_000002.bin is stale and goes; val fits in one shard, so
     // val.bin is written and both numbered val shards go
-    let s = prepro_sharded(&inputs, &out, ValSplit::LastFiles(1), 3).unwrap();
+    let s = prepro_with(&inputs, &out, ValSplit::LastFiles(1), &shards_of(3)).unwrap();
     assert_eq!(
         names(&s.train_shards),
         ["train_000000.bin", "train_000001.bin"]
@@ -602,12 +609,36 @@ fn prepro_writes_numbered_shards_for_a_large_part_and_removes_stale_ones() {
     assert_eq!(left, want);
 
     for bad in [0, 1 << 31] {
-        let err = err_text(prepro_sharded(&inputs, &out, ValSplit::LastFiles(1), bad));
+        let err = err_text(prepro_with(
+            &inputs,
+            &out,
+            ValSplit::LastFiles(1),
+            &shards_of(bad),
+        ));
         assert!(
             err.contains("the shard size must be in 1..=2147483647"),
             "{err}"
         );
     }
+}
+
+/// [`encode_stream`] of `text` read from memory: its ids, and the progress calls.
+fn encode_text(tok: &Tokenizer, text: &str, part_bytes: usize) -> (Vec<u32>, Vec<u64>) {
+    let (mut ids, mut done) = (Vec::new(), Vec::new());
+    let n = encode_stream(
+        tok,
+        text.as_bytes(),
+        part_bytes,
+        &"text",
+        |part| {
+            ids.extend_from_slice(part);
+            Ok(())
+        },
+        |d| done.push(d),
+    )
+    .unwrap();
+    assert_eq!(n, text.len() as u64);
+    (ids, done)
 }
 
 #[test]
@@ -618,8 +649,7 @@ fn a_large_document_is_tokenized_in_parts_with_progress() {
         .iter()
         .map(|f| std::fs::read_to_string(f).unwrap())
         .collect();
-    let mut done = Vec::new();
-    let ids = encode_document(&tok, &text, 100_000, |d| done.push(d));
+    let (ids, done) = encode_text(&tok, &text, 100_000);
     let mut want = vec![tok.eot()];
     want.extend(tok.encode(&text));
     assert!(
@@ -629,7 +659,7 @@ fn a_large_document_is_tokenized_in_parts_with_progress() {
     // about 1 MB in parts of at least 100 kB but the last: a progress call after each, up to
     // the whole text
     assert!((9..=11).contains(&done.len()), "{done:?}");
-    let sizes: Vec<usize> = done
+    let sizes: Vec<u64> = done
         .iter()
         .scan(0, |prev, &d| Some(d - std::mem::replace(prev, d)))
         .collect();
@@ -637,10 +667,181 @@ fn a_large_document_is_tokenized_in_parts_with_progress() {
         sizes[..sizes.len() - 1].iter().all(|&n| n >= 100_000),
         "{done:?}"
     );
-    assert_eq!(done.last(), Some(&text.len()));
-    // a document no longer than the part size: one go, no progress
-    let ids = encode_document(&tok, "Hello world", 11, |_| panic!("progress"));
-    assert_eq!(ids, [50256, 15496, 995]);
+    assert_eq!(done.last(), Some(&(text.len() as u64)));
+    // a document no longer than the part size: one part
+    assert_eq!(
+        encode_text(&tok, "Hello world", 11),
+        (vec![50256, 15496, 995], vec![11])
+    );
+    // an empty document is its end-of-text token
+    assert_eq!(encode_text(&tok, "", 11), (vec![50256], vec![]));
+}
+
+/// Every file (name, bytes) in `dir`, hidden ones included, in name order.
+fn folder(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&p).unwrap())
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Three plays and a few tricky small texts, in an order that mixes large and small files.
+fn streaming_docs(dir: &Path) -> Vec<PathBuf> {
+    let plays = default_corpus_inputs(&default_corpus_dir()).unwrap();
+    let mut docs = write_docs(
+        dir,
+        &[
+            ("a.txt", "don't  stop \n\n  me 数字 🦀".as_bytes()),
+            ("b.txt", b""),
+            ("c.txt", b" x"),
+        ],
+    );
+    docs.insert(1, plays[0].clone());
+    docs.insert(2, plays[3].clone());
+    docs.push(plays[5].clone());
+    docs
+}
+
+#[test]
+fn prepro_streams_the_corpus_into_the_shards_of_the_whole_token_stream() {
+    let dir = tmp_dir("prepro_streaming");
+    let inputs = streaming_docs(&dir);
+    let out = dir.join("out");
+    // the reference: each document's ids from one encode of its whole text, end to end
+    let tok = Tokenizer::gpt2().unwrap();
+    let docs: Vec<Vec<u32>> = inputs
+        .iter()
+        .map(|p| {
+            let mut ids = vec![tok.eot()];
+            ids.extend(tok.encode(&std::fs::read_to_string(p).unwrap()));
+            ids
+        })
+        .collect();
+    let all = docs.concat();
+    let total = all.len();
+    assert!(total > 60_000, "{total}");
+    let last_two = docs[docs.len() - 2..].iter().map(Vec::len).sum::<usize>();
+    // (val tokens, shard size, what the case exercises)
+    let cases = [
+        (last_two, 1_000_000, "by files, one shard each"),
+        (last_two, 7_919, "by files, numbered shards"),
+        (
+            1_234,
+            10_000,
+            "by fraction: the cut in the last shard being filled",
+        ),
+        (
+            total - 3 * 10_000,
+            10_000,
+            "by fraction: the cut on a shard's boundary",
+        ),
+        (
+            total - 25_000,
+            10_000,
+            "by fraction: the cut inside a full shard",
+        ),
+        (total - 1, 9_999, "by fraction: one train token"),
+        (
+            total / 2,
+            total,
+            "by fraction: the whole stream is one shard",
+        ),
+    ];
+    let small_parts = PreproOptions {
+        shard_tokens: 0,
+        part_bytes: 20_000,
+        group_bytes: 1,
+    };
+    let default = PreproOptions::default();
+    let grouped = PreproOptions {
+        group_bytes: 30,
+        ..default
+    };
+    for (i, &(n_val, shard_tokens, what)) in cases.iter().enumerate() {
+        let split = if i < 2 {
+            ValSplit::LastFiles(2)
+        } else {
+            // round(total * f) == n_val
+            ValSplit::Fraction((n_val as f64 + 0.25) / total as f64)
+        };
+        let cut = total - n_val;
+        let want = |part: &[u32]| -> Vec<Vec<u32>> {
+            part.chunks(shard_tokens).map(<[u32]>::to_vec).collect()
+        };
+        // whole files in parallel groups, files in parts of 20 kB one at a time, and small
+        // groups: the same shards
+        for opts in [default, small_parts, grouped] {
+            let opts = PreproOptions {
+                shard_tokens,
+                ..opts
+            };
+            let s = prepro_with(&inputs, &out, split, &opts).unwrap();
+            let read = |paths: &[PathBuf]| -> Vec<Vec<u32>> {
+                paths.iter().map(|p| shard_u32(p)).collect()
+            };
+            let case = format!("{what} ({n_val} val tokens, {opts:?})");
+            assert_eq!((s.train_tokens, s.val_tokens), (cut, n_val), "{case}");
+            assert!(read(&s.train_shards) == want(&all[..cut]), "{case}");
+            assert!(read(&s.val_shards) == want(&all[cut..]), "{case}");
+            // nothing else is left in the folder
+            let mut shards = [s.train_shards, s.val_shards].concat();
+            shards.sort();
+            let files: Vec<PathBuf> = folder(&out).into_iter().map(|(n, _)| out.join(n)).collect();
+            assert_eq!(files, shards, "{case}");
+        }
+    }
+}
+
+#[test]
+fn a_failed_prepro_leaves_the_earlier_shards_as_they_were() {
+    let dir = tmp_dir("prepro_failed");
+    let inputs = streaming_docs(&dir);
+    let out = dir.join("out");
+    let opts = PreproOptions {
+        shard_tokens: 5_000,
+        part_bytes: 20_000,
+        group_bytes: 1,
+    };
+    prepro_with(&inputs, &out, ValSplit::LastFiles(1), &opts).unwrap();
+    let before = folder(&out);
+    assert!(before.len() > 10, "{}", before.len());
+    // a file that is not UTF-8 at the end, after most shards were written
+    let bad = write_docs(&dir, &[("bad.txt", b"ok \xff")]);
+    let mut with_bad = inputs.clone();
+    with_bad.push(bad[0].clone());
+    for split in [
+        ValSplit::LastFiles(1),
+        ValSplit::LastFiles(2),
+        ValSplit::Fraction(0.5),
+    ] {
+        let e = err_text(prepro_with(&with_bad, &out, split, &opts));
+        assert_contains(&e, &["bad.txt", "invalid byte at offset 3"]);
+        assert!(folder(&out) == before, "{split:?}: the folder changed");
+    }
+    // a split that leaves val empty, found once every shard is written
+    let e = err_text(prepro_with(&inputs, &out, ValSplit::Fraction(1e-9), &opts));
+    assert_contains(&e, &["0 val tokens"]);
+    assert!(folder(&out) == before, "the folder changed");
+
+    // the temporary shards of a prepro that was killed go at the next one's end; files that
+    // are not ours stay
+    for f in [".train_000042.bin.partial", ".val_000000.bin.partial"] {
+        std::fs::write(out.join(f), b"killed").unwrap();
+    }
+    std::fs::write(out.join(".train_notes.partial"), b"mine").unwrap();
+    prepro_with(&inputs, &out, ValSplit::LastFiles(1), &opts).unwrap();
+    let mut after = folder(&out);
+    assert_eq!(
+        after.remove(0),
+        (".train_notes.partial".into(), b"mine".to_vec())
+    );
+    assert!(after == before, "a killed prepro's shards were left");
 }
 
 #[test]
@@ -686,6 +887,12 @@ fn prepro_errors() {
         ValSplit::LastFiles(1),
     ));
     assert_contains(&e, &["missing.txt", "cannot read"]);
+    let e = err_text(prepro(
+        &[inputs[0].clone(), dir.clone()],
+        &out,
+        ValSplit::LastFiles(1),
+    ));
+    assert_contains(&e, &["a directory, not a text file"]);
 }
 
 // ---------------------------------------------------------------- default corpus

@@ -3,7 +3,7 @@
 //! default corpus; a large text encoded in pieces gives the whole text's ids.
 
 use train_gpt2_cuda::data::default_corpus_dir;
-use train_gpt2_cuda::tokenizer::{split_for_encoding, Decoder, Tokenizer};
+use train_gpt2_cuda::tokenizer::{for_each_text_part, split_for_encoding, Decoder, Tokenizer};
 
 fn tok() -> Tokenizer {
     Tokenizer::gpt2().unwrap()
@@ -224,4 +224,125 @@ fn pieces_encode_to_the_whole_text_s_ids() {
     assert_eq!(tk.encode_parallel(&text, 1000), whole);
     // and the shards hold these ids (with an end-of-text before each play)
     assert!(whole.len() > 250_000);
+}
+
+/// A reader that hands out at most `step` bytes per call (and a different number each time), so
+/// that reads end inside characters and inside runs of spaces.
+struct Trickle<'a> {
+    bytes: &'a [u8],
+    step: usize,
+    calls: usize,
+}
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.calls += 1;
+        let n = (1 + self.calls % self.step)
+            .min(buf.len())
+            .min(self.bytes.len());
+        buf[..n].copy_from_slice(&self.bytes[..n]);
+        self.bytes = &self.bytes[n..];
+        Ok(n)
+    }
+}
+
+fn parts_of(bytes: &[u8], step: usize, part_bytes: usize) -> anyhow::Result<(Vec<String>, u64)> {
+    let mut parts = Vec::new();
+    let reader = Trickle {
+        bytes,
+        step,
+        calls: 0,
+    };
+    let n = for_each_text_part(reader, part_bytes, &"text", |p| {
+        parts.push(p.to_string());
+        Ok(())
+    })?;
+    Ok((parts, n))
+}
+
+#[test]
+fn text_read_in_parts_is_cut_where_the_whole_text_is() {
+    let mut texts: Vec<String> = TRICKY.iter().map(|t| t.to_string()).collect();
+    texts.push(TRICKY.join(" "));
+    texts.push(TRICKY.concat());
+    for text in &texts {
+        for part_bytes in [1, 2, 3, 5, 8, 13, 40, 1000] {
+            for step in [1, 3, 7, 64] {
+                let (parts, n) = parts_of(text.as_bytes(), step, part_bytes).unwrap();
+                let want: Vec<&str> = split_for_encoding(text, part_bytes)
+                    .into_iter()
+                    .filter(|p| !p.is_empty())
+                    .collect();
+                assert_eq!(
+                    parts, want,
+                    "{text:?} in parts of {part_bytes}, reads of {step}"
+                );
+                assert_eq!(n, text.len() as u64);
+            }
+        }
+    }
+    // a play read 4 kB at a time through std's reader: the same ~1,000 pieces
+    let text = std::fs::read_to_string(&plays()[0]).unwrap();
+    let (parts, _) = parts_of(text.as_bytes(), 4096, 1000).unwrap();
+    assert!(parts.len() > 100, "{}", parts.len());
+    assert_eq!(parts, split_for_encoding(&text, 1000));
+}
+
+#[test]
+fn text_read_in_parts_reports_the_first_invalid_byte_of_the_whole_input() {
+    let text = "数字 123 🦀 crab é x".as_bytes();
+    // every byte replaced by one that cannot be in UTF-8, and every cut of the text (a character
+    // cut short at the end); the offset is the whole input's, whatever the reads and parts
+    let mut cases: Vec<Vec<u8>> = (0..text.len())
+        .map(|i| {
+            let mut b = text.to_vec();
+            b[i] = 0xff;
+            b
+        })
+        .collect();
+    cases.extend((1..text.len()).map(|n| text[..n].to_vec()));
+    let mut failed = 0;
+    for bytes in &cases {
+        let whole = std::str::from_utf8(bytes);
+        for (part_bytes, step) in [(1, 1), (2, 3), (4, 2), (7, 5), (100, 64)] {
+            let got = parts_of(bytes, step, part_bytes);
+            match whole {
+                Ok(s) => assert_eq!(got.unwrap().1, s.len() as u64),
+                Err(e) => {
+                    let msg = got.unwrap_err().to_string();
+                    let want = format!(
+                        "text: not UTF-8 text (invalid byte at offset {})",
+                        e.valid_up_to()
+                    );
+                    assert_eq!(
+                        msg, want,
+                        "{bytes:?}, parts of {part_bytes}, reads of {step}"
+                    );
+                    failed += 1;
+                }
+            }
+        }
+    }
+    // most of the cases are invalid (cuts between characters are valid text)
+    assert!(failed > 5 * text.len(), "{failed}");
+
+    // a read that fails names the input
+    struct Broken;
+    impl std::io::Read for Broken {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("disk on fire"))
+        }
+    }
+    let e = for_each_text_part(Broken, 10, &"f.txt", |_| Ok(()))
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "f.txt: cannot read: disk on fire");
+    // and an error of the caller's stops the reading
+    let mut calls = 0;
+    let e = for_each_text_part("a b c d e".as_bytes(), 1, &"t", |_| {
+        calls += 1;
+        anyhow::bail!("enough")
+    })
+    .unwrap_err();
+    assert_eq!((e.to_string(), calls), ("enough".to_string(), 1));
 }

@@ -46,12 +46,16 @@ pub fn write_shard_u16(path: &Path, tokens: &[u16]) -> Result<()> {
     }
     let mut h = new_header(SHARD_MAGIC, SHARD_VERSION);
     h[2] = n as i32;
-    let mut out = Vec::with_capacity(HEADER_BYTES + 2 * n);
-    put_header(&mut out, &h);
-    for &id in tokens {
-        out.extend_from_slice(&id.to_le_bytes());
-    }
-    super::write_file_atomic(path, &out)
+    let mut header = Vec::with_capacity(HEADER_BYTES);
+    put_header(&mut header, &h);
+    // streamed through a buffered writer: a 100M-token shard is not copied into 200 MB of bytes
+    super::write_file_atomic_with(path, |w| {
+        w.write_all(&header)?;
+        for &id in tokens {
+            w.write_all(&id.to_le_bytes())?;
+        }
+        Ok(())
+    })
 }
 
 /// Reads the shard at `path` and returns its tokens (N,).

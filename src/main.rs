@@ -52,7 +52,8 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct PreproArgs {
-    /// Text files, one document each.
+    /// Text files (one document each) and JSON Lines files (`*.jsonl`: one document per line,
+    /// its "text" field).
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// The folder that receives train.bin and val.bin.
@@ -68,6 +69,9 @@ struct PreproArgs {
     /// ...; `--train 'DIR/train_??????.bin'`).
     #[arg(long, default_value_t = train_gpt2_cuda::prepro::DEFAULT_SHARD_TOKENS)]
     shard_tokens: usize,
+    /// The field of each JSON Lines record that holds its text.
+    #[arg(long, default_value = "text")]
+    text_field: String,
 }
 
 #[derive(clap::Args, Debug)]
@@ -246,6 +250,7 @@ fn run_prepro(a: &PreproArgs) -> Result<ExitCode> {
     };
     let opts = PreproOptions {
         shard_tokens: a.shard_tokens,
+        text_field: a.text_field.clone(),
         ..PreproOptions::default()
     };
     let s = prepro_with(&a.inputs, &a.out_dir, split, &opts)?;

@@ -737,4 +737,36 @@ fn prepro_tokenizes_text_files_into_shards() {
     assert!(!out_dir.join("train.bin").exists());
     let shard = train_gpt2_cuda::formats::shard::read_shard(&out_dir.join("train_000001.bin"));
     assert_eq!(shard.unwrap(), vec![995]);
+
+    // JSON Lines: a document per record, from the field --text-field names
+    let jsonl = dir.join("c.jsonl");
+    write(
+        &jsonl,
+        b"{\"body\": \"Hello world\"}\n{\"body\": \" the end\"}\n",
+    );
+    let args = format!(
+        "prepro {} --out-dir {} --val-fraction 0.5 --text-field body",
+        jsonl.display(),
+        out_dir.display()
+    );
+    let (out, stdout, stderr) = run(bin().args(args.split(' ')));
+    assert!(out.status.success(), "{stdout} {stderr}");
+    assert!(
+        stdout.contains("c.jsonl: 2 documents, 45 bytes -> 6 tokens"),
+        "{stdout}"
+    );
+    let val = train_gpt2_cuda::formats::shard::read_shard(&out_dir.join("val.bin"));
+    assert_eq!(val.unwrap(), vec![50256, 262, 886]);
+    // without it, the record's fields are named
+    let args = format!(
+        "prepro {} --out-dir {} --val-fraction 0.5",
+        jsonl.display(),
+        out_dir.display()
+    );
+    let (out, _, stderr) = run(bin().args(args.split(' ')));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("c.jsonl: line 1: no \"text\" field (the record's fields: body)"),
+        "{stderr}"
+    );
 }

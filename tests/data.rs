@@ -753,16 +753,7 @@ fn prepro_streams_the_corpus_into_the_shards_of_the_whole_token_stream() {
             "by fraction: the whole stream is one shard",
         ),
     ];
-    let small_parts = PreproOptions {
-        shard_tokens: 0,
-        part_bytes: 20_000,
-        group_bytes: 1,
-    };
     let default = PreproOptions::default();
-    let grouped = PreproOptions {
-        group_bytes: 30,
-        ..default
-    };
     for (i, &(n_val, shard_tokens, what)) in cases.iter().enumerate() {
         let split = if i < 2 {
             ValSplit::LastFiles(2)
@@ -776,10 +767,17 @@ fn prepro_streams_the_corpus_into_the_shards_of_the_whole_token_stream() {
         };
         // whole files in parallel groups, files in parts of 20 kB one at a time, and small
         // groups: the same shards
-        for opts in [default, small_parts, grouped] {
+        let sizes = [
+            (default.part_bytes, default.group_bytes),
+            (20_000, 1),
+            (default.part_bytes, 30),
+        ];
+        for (part_bytes, group_bytes) in sizes {
             let opts = PreproOptions {
                 shard_tokens,
-                ..opts
+                part_bytes,
+                group_bytes,
+                ..PreproOptions::default()
             };
             let s = prepro_with(&inputs, &out, split, &opts).unwrap();
             let read = |paths: &[PathBuf]| -> Vec<Vec<u32>> {
@@ -807,6 +805,7 @@ fn a_failed_prepro_leaves_the_earlier_shards_as_they_were() {
         shard_tokens: 5_000,
         part_bytes: 20_000,
         group_bytes: 1,
+        ..PreproOptions::default()
     };
     prepro_with(&inputs, &out, ValSplit::LastFiles(1), &opts).unwrap();
     let before = folder(&out);
@@ -842,6 +841,147 @@ fn a_failed_prepro_leaves_the_earlier_shards_as_they_were() {
         (".train_notes.partial".into(), b"mine".to_vec())
     );
     assert!(after == before, "a killed prepro's shards were left");
+}
+
+/// A JSON Lines file written by hand: escapes (\u00e9, a surrogate pair, \n, \", \\, \t), other
+/// fields, a nested "text" that is not the record's, blank lines, CRLF, an empty text, and no
+/// newline at the end. Returns its records' texts.
+fn write_jsonl(path: &Path) -> Vec<String> {
+    let lines = concat!(
+        "{\"id\": 1, \"text\": \"Hello world\"}\n",
+        "{\"text\": \"caf\\u00e9 \\ud83e\\udd80 crab\\n\\nnext \\\"quoted\\\" back\\\\slash\\ttab\", \"url\": \"x\"}\n",
+        "\n",
+        "   \n",
+        "{\"meta\": {\"text\": \"not this\"}, \"text\": \"\"}\n",
+        "{\"text\": \"windows line\"}\r\n",
+        "{\"text\": \"数字 no newline\"}",
+    );
+    std::fs::write(path, lines).unwrap();
+    [
+        "Hello world",
+        "café 🦀 crab\n\nnext \"quoted\" back\\slash\ttab",
+        "",
+        "windows line",
+        "数字 no newline",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[test]
+fn prepro_reads_each_json_lines_record_as_a_document() {
+    let dir = tmp_dir("prepro_jsonl");
+    let tok = Tokenizer::gpt2().unwrap();
+    let doc = |text: &str| -> Vec<u32> {
+        let mut ids = vec![tok.eot()];
+        ids.extend(tok.encode(text));
+        ids
+    };
+    let mut texts = write_jsonl(&dir.join("hand.jsonl"));
+    // and a second file with a play as one record (serde_json writes its escapes)
+    let play =
+        std::fs::read_to_string(&default_corpus_inputs(&default_corpus_dir()).unwrap()[0]).unwrap();
+    let record = serde_json::json!({ "title": "a play", "text": play });
+    std::fs::write(dir.join("play.JSONL"), format!("{record}\n{record}\n")).unwrap();
+    texts.extend([play.clone(), play]);
+    let inputs = [
+        write_docs(&dir, &[("a.txt", b"before")]),
+        vec![dir.join("hand.jsonl"), dir.join("play.JSONL")],
+        write_docs(&dir, &[("z.txt", b" after")]),
+    ]
+    .concat();
+    let out = dir.join("out");
+    let want_train: Vec<u32> = [
+        doc("before"),
+        texts.iter().map(|t| doc(t)).collect::<Vec<_>>().concat(),
+    ]
+    .concat();
+    // records in batches of whatever fits in 64 MiB, and one at a time: the same shards
+    for part_bytes in [PreproOptions::default().part_bytes, 1] {
+        let opts = PreproOptions {
+            part_bytes,
+            ..PreproOptions::default()
+        };
+        let s = prepro_with(&inputs, &out, ValSplit::LastFiles(1), &opts).unwrap();
+        assert_eq!(s.documents, 1 + 7 + 1);
+        assert!(shard_u32(&s.train_path) == want_train);
+        assert_eq!(shard_u32(&s.val_path), doc(" after"));
+    }
+    // the text in another field
+    std::fs::write(
+        dir.join("content.jsonl"),
+        "{\"content\": \"one\"}\n{\"content\": \"two\", \"text\": 3}\n",
+    )
+    .unwrap();
+    let opts = PreproOptions {
+        text_field: "content".into(),
+        ..PreproOptions::default()
+    };
+    let s = prepro_with(
+        &[dir.join("content.jsonl")],
+        &out,
+        ValSplit::Fraction(0.5),
+        &opts,
+    )
+    .unwrap();
+    assert_eq!(s.documents, 2);
+    assert_eq!(
+        [shard_u32(&s.train_path), shard_u32(&s.val_path)].concat(),
+        [doc("one"), doc("two")].concat()
+    );
+}
+
+#[test]
+fn prepro_names_the_line_of_a_bad_json_lines_record() {
+    let dir = tmp_dir("prepro_jsonl_errors");
+    let out = dir.join("out");
+    let good = write_docs(&dir, &[("good.txt", b"fine")]);
+    let cases: [(&[u8], &str); 7] = [
+        (
+            b"{\"text\": 5}",
+            "line 3: \"text\" is a number, not a string",
+        ),
+        (
+            b"{\"text\": null}",
+            "line 3: \"text\" is null, not a string",
+        ),
+        (
+            b"[1, 2]",
+            "line 3: an array, not an object with a \"text\" field",
+        ),
+        (
+            b"{\"id\": 3, \"content\": \"x\"}",
+            "line 3: no \"text\" field (the record's fields: content, id): --text-field names \
+             the one that holds the text",
+        ),
+        (
+            b"{}",
+            "line 3: no \"text\" field (the record's fields: none)",
+        ),
+        (
+            b"{\"text\": \"unterminated",
+            "line 3: not a JSON record: EOF while parsing a string (column 22)",
+        ),
+        // the first two lines are 16 bytes, so the bad byte is at 16 + 13
+        (
+            b"{\"text\": \"ok \xff\"}",
+            "line 3: not UTF-8 text (invalid byte at offset 29)",
+        ),
+    ];
+    for (line, want) in cases {
+        let bad = dir.join("bad.jsonl");
+        let mut bytes = b"{\"text\": \"ok\"}\n\n".to_vec();
+        assert_eq!(bytes.len(), 16);
+        bytes.extend_from_slice(line);
+        bytes.extend_from_slice(b"\n{\"text\": \"after\"}\n");
+        std::fs::write(&bad, &bytes).unwrap();
+        let e = err_text(prepro(
+            &[good[0].clone(), bad],
+            &out,
+            ValSplit::LastFiles(1),
+        ));
+        assert_contains(&e, &["bad.jsonl: line", want]);
+    }
 }
 
 #[test]

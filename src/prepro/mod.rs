@@ -1,10 +1,11 @@
 //! Text files -> llm.c token shards (`train.bin` and `val.bin`) with the GPT-2 tokenizer.
 //!
-//! Each input file is one document. Following llm.c (`dev/data/fineweb.py`), the end-of-text token
+//! Each text file is one document, and each record of a JSON Lines file (`*.jsonl`, see
+//! [`jsonl`]). Following llm.c (`dev/data/fineweb.py`), the end-of-text token
 //! (50256) goes BEFORE each document: it delimits documents, and each shard that starts on a
 //! document boundary starts with it, so the first token of every document is predicted from
 //! "<|endoftext|>" as in GPT-2's training. Text inside a file is encoded as ordinary text: a
-//! literal "<|endoftext|>" in a file is not the special token.
+//! literal "<|endoftext|>" in a document is not the special token.
 //!
 //! The split into train and val is either by files (the last K input files are val) or by a
 //! fraction of tokens (the token stream of all documents in input order is cut, and its last part
@@ -25,13 +26,18 @@ use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
 use crate::data::{default_corpus_dir, DEFAULT_TRAIN_FILE, DEFAULT_VAL_FILE};
-use crate::formats::shard::{read_shard, to_u16, write_shard_u16};
+use crate::formats::shard::to_u16;
 use crate::tokenizer::{for_each_text_part, Tokenizer};
+
+pub mod jsonl;
+mod part_writer;
+
+use part_writer::PartWriter;
 
 /// Which part of the input goes to the validation shard.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum ValSplit {
-    /// The last K input files (documents) are val, the others train.
+    /// The last K input files are val, the others train.
     LastFiles(usize),
     /// The last `f` (0 < f < 1) of the token stream is val, rounded to whole tokens.
     Fraction(f64),
@@ -46,7 +52,7 @@ pub struct PreproSummary {
     pub val_path: PathBuf,
     pub train_shards: Vec<PathBuf>,
     pub val_shards: Vec<PathBuf>,
-    /// The number of input files (documents).
+    /// The number of documents: one per text file, one per record of a JSON Lines file.
     pub documents: usize,
     pub train_tokens: usize,
     pub val_tokens: usize,
@@ -58,8 +64,9 @@ pub const DEFAULT_VAL_PLAY: &str = "midsummer_nights_dream.txt";
 /// The most tokens of a shard [`prepro`] writes (llm.c's FineWeb shards hold as many).
 pub const DEFAULT_SHARD_TOKENS: usize = 100_000_000;
 
-/// How [`prepro_with`] cuts its work. The defaults suit any corpus; tests make them small.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// How [`prepro_with`] reads its inputs and cuts its work. The defaults suit any corpus; tests
+/// make the sizes small.
+#[derive(Clone, Debug, PartialEq)]
 pub struct PreproOptions {
     /// The most tokens of a shard (`--shard-tokens`).
     pub shard_tokens: usize,
@@ -69,6 +76,8 @@ pub struct PreproOptions {
     /// Consecutive files no larger than a part are tokenized in parallel, in groups of about
     /// this many bytes: memory holds a group's tokens, not the corpus's.
     pub group_bytes: u64,
+    /// The field of a JSON Lines record (`*.jsonl` inputs) that holds its text (`--text-field`).
+    pub text_field: String,
 }
 
 impl Default for PreproOptions {
@@ -77,6 +86,7 @@ impl Default for PreproOptions {
             shard_tokens: DEFAULT_SHARD_TOKENS,
             part_bytes: PROGRESS_BYTES,
             group_bytes: GROUP_BYTES,
+            text_field: "text".into(),
         }
     }
 }
@@ -84,11 +94,11 @@ impl Default for PreproOptions {
 /// A file larger than this is tokenized this much at a time, with a progress line after each.
 pub const PROGRESS_BYTES: usize = 64 << 20;
 /// The pieces a part is cut into to be tokenized in parallel (`Tokenizer::encode_parallel`).
-const PIECE_BYTES: usize = 1 << 20;
+pub(crate) const PIECE_BYTES: usize = 1 << 20;
 /// The bytes of text in a group of small files tokenized in parallel.
 const GROUP_BYTES: u64 = 256 << 20;
 
-/// Tokenizes `inputs` (each file one document, EOT before each) and writes `<out_dir>/train.bin`
+/// Tokenizes `inputs` (each text file one document, each JSON Lines record one; EOT before each) and writes `<out_dir>/train.bin`
 /// and `<out_dir>/val.bin` (creating `out_dir`), or numbered shards for a part of more than
 /// [`DEFAULT_SHARD_TOKENS`]. Both parts must be non-empty. Prints one line per file and shard.
 pub fn prepro(inputs: &[PathBuf], out_dir: &Path, split: ValSplit) -> Result<PreproSummary> {
@@ -118,7 +128,7 @@ pub fn prepro_with(
             i32::MAX
         );
     }
-    let train_documents = match split {
+    let train_files = match split {
         ValSplit::LastFiles(k) if k == 0 || k >= inputs.len() => bail!(
             "prepro: cannot put the last {k} of {} input files in val: train and val must both \
              get at least one file (or split by tokens: --val-fraction 0.1 puts the last tenth \
@@ -148,8 +158,8 @@ pub fn prepro_with(
     let tok = Tokenizer::gpt2()?;
     let mut train = PartWriter::new(out_dir, DEFAULT_TRAIN_FILE, shard_tokens);
     let mut val = PartWriter::new(out_dir, DEFAULT_VAL_FILE, shard_tokens);
-    for_each_document(&tok, inputs, &sizes, opts, |doc, ids| {
-        if doc < train_documents {
+    let documents = for_each_document(&tok, inputs, &sizes, opts, |file, ids| {
+        if file < train_files {
             train.push(ids)
         } else {
             val.push(ids)
@@ -174,30 +184,40 @@ pub fn prepro_with(
         val_path,
         train_shards,
         val_shards,
-        documents: inputs.len(),
+        documents,
         train_tokens,
         val_tokens,
     })
 }
 
 /// Tokenizes the files of `inputs` (of `sizes` bytes) in order and hands each document's tokens
-/// to `emit` with its index, in order: a document larger than a part in parts as they are
-/// tokenized, smaller ones whole, in groups tokenized in parallel. An error is the first file's
-/// in the input order (not whichever thread failed first).
+/// to `emit` with its file's index, in order: a text file larger than a part in parts as they
+/// are tokenized, smaller ones whole, in groups tokenized in parallel; a JSON Lines file's
+/// records one by one. An error is the first file's in the input order (not whichever thread
+/// failed first). Returns the number of documents.
 fn for_each_document(
     tok: &Tokenizer,
     inputs: &[PathBuf],
     sizes: &[u64],
     opts: &PreproOptions,
     mut emit: impl FnMut(usize, &[u16]) -> Result<()>,
-) -> Result<()> {
-    let small = |i: usize| sizes[i] <= opts.part_bytes as u64;
-    let mut i = 0;
+) -> Result<usize> {
+    let small = |i: usize| sizes[i] <= opts.part_bytes as u64 && !jsonl::is_jsonl(&inputs[i]);
+    let (mut i, mut documents) = (0, 0);
     while i < inputs.len() {
+        if jsonl::is_jsonl(&inputs[i]) {
+            let (path, field) = (&inputs[i], &opts.text_field);
+            documents += jsonl::encode_jsonl(tok, path, sizes[i], field, opts.part_bytes, |ids| {
+                emit(i, ids)
+            })?;
+            i += 1;
+            continue;
+        }
         if !small(i) {
             encode_file(tok, &inputs[i], sizes[i], opts.part_bytes, |ids| {
                 emit(i, ids)
             })?;
+            documents += 1;
             i += 1;
             continue;
         }
@@ -221,9 +241,10 @@ fn for_each_document(
         for (d, doc) in (i..end).zip(docs) {
             emit(d, &doc?)?;
         }
+        documents += end - i;
         i = end;
     }
-    Ok(())
+    Ok(documents)
 }
 
 /// One file as a document: [`encode_stream`] of it, with a progress line after each part of a
@@ -286,160 +307,6 @@ pub fn encode_stream(
         on_progress(done);
         Ok(())
     })
-}
-
-/// One part (train or val) as it is written: each shard goes to a temporary file when it is full
-/// (`.train_000000.bin.partial`, ...), and [`PartWriter::commit`] names them at the end:
-/// `train.bin` when there is one, else `train_000000.bin`, `train_000001.bin`, .... Dropped
-/// uncommitted, it removes its temporary files.
-struct PartWriter {
-    dir: PathBuf,
-    /// The part's file when it fits in one shard, e.g. `train.bin`.
-    file: &'static str,
-    shard_tokens: usize,
-    /// The temporary files of the full shards, in order.
-    full: Vec<PathBuf>,
-    /// (< shard_tokens,) the tokens after them.
-    rest: Vec<u16>,
-    committed: bool,
-}
-
-impl PartWriter {
-    fn new(dir: &Path, file: &'static str, shard_tokens: usize) -> PartWriter {
-        PartWriter {
-            dir: dir.to_path_buf(),
-            file,
-            shard_tokens,
-            full: Vec::new(),
-            rest: Vec::new(),
-            committed: false,
-        }
-    }
-
-    /// `train` of `train.bin`: the numbered shards' prefix.
-    fn name(&self) -> &'static str {
-        self.file.strip_suffix(".bin").unwrap_or(self.file)
-    }
-
-    fn temp_path(&self, shard: usize) -> PathBuf {
-        self.dir
-            .join(format!(".{}_{shard:06}.bin.partial", self.name()))
-    }
-
-    /// The tokens pushed so far.
-    fn len(&self) -> usize {
-        self.full.len() * self.shard_tokens + self.rest.len()
-    }
-
-    /// Appends `tokens`, writing each shard that fills.
-    fn push(&mut self, mut tokens: &[u16]) -> Result<()> {
-        while !tokens.is_empty() {
-            let take = (self.shard_tokens - self.rest.len()).min(tokens.len());
-            self.rest.extend_from_slice(&tokens[..take]);
-            tokens = &tokens[take..];
-            if self.rest.len() == self.shard_tokens {
-                let path = self.temp_path(self.full.len());
-                write_shard_u16(&path, &self.rest)?;
-                self.full.push(path);
-                self.rest.clear();
-            }
-        }
-        Ok(())
-    }
-
-    /// Moves the last `n` tokens to the end of `into`, reading back the full shards they are in
-    /// one at a time.
-    fn move_tail(&mut self, n: usize, into: &mut PartWriter) -> Result<()> {
-        let cut = self.len() - n;
-        // the shard holding the cut (its index == full.len(): the tokens after the full shards)
-        let (shard, at) = (cut / self.shard_tokens, cut % self.shard_tokens);
-        if shard == self.full.len() {
-            into.push(&self.rest[at..])?;
-            self.rest.truncate(at);
-            return Ok(());
-        }
-        let mut head = read_shard(&self.full[shard])?;
-        into.push(&head[at..])?;
-        for path in &self.full[shard + 1..] {
-            into.push(&read_shard(path)?)?;
-        }
-        into.push(&self.rest)?;
-        for path in self.full.drain(shard..) {
-            remove(&path)?;
-        }
-        head.truncate(at);
-        self.rest = head;
-        Ok(())
-    }
-
-    /// Writes the last shard and gives every shard its name (replacing the files there), then
-    /// removes the shards of either naming that an earlier prepro left in the folder. Returns
-    /// the shard or the shards' pattern, and the shards.
-    fn commit(mut self) -> Result<(PathBuf, Vec<PathBuf>)> {
-        let mut counts = vec![self.shard_tokens; self.full.len()];
-        if !self.rest.is_empty() || self.full.is_empty() {
-            let path = self.temp_path(self.full.len());
-            write_shard_u16(&path, &self.rest)?;
-            self.full.push(path);
-            counts.push(self.rest.len());
-        }
-        let (file, name) = (self.file, self.name());
-        let (pattern, paths): (PathBuf, Vec<PathBuf>) = if self.full.len() == 1 {
-            let path = self.dir.join(file);
-            (path.clone(), vec![path])
-        } else {
-            let paths = (0..self.full.len())
-                .map(|i| self.dir.join(format!("{name}_{i:06}.bin")))
-                .collect();
-            (self.dir.join(format!("{name}_??????.bin")), paths)
-        };
-        for ((temp, path), n) in self.full.iter().zip(&paths).zip(counts) {
-            std::fs::rename(temp, path)
-                .with_context(|| format!("{}: cannot write", path.display()))?;
-            println!("prepro: wrote {} ({n} tokens)", path.display());
-        }
-        self.committed = true;
-        let entries = std::fs::read_dir(&self.dir)
-            .with_context(|| format!("{}: cannot list the directory", self.dir.display()))?;
-        for entry in entries {
-            let path = entry?.path();
-            let found = path.file_name().unwrap_or_default().to_string_lossy();
-            let numbered = |s: &str| {
-                s.strip_prefix(&format!("{name}_"))
-                    .and_then(|rest| rest.strip_suffix(".bin"))
-                    .is_some_and(|n| n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()))
-            };
-            let partial = found
-                .strip_prefix('.')
-                .and_then(|s| s.strip_suffix(".partial"))
-                .is_some_and(numbered);
-            if (found == file || numbered(&found)) && !paths.contains(&path) {
-                remove(&path)?;
-                println!(
-                    "prepro: removed {} (an earlier prepro's shard)",
-                    path.display()
-                );
-            } else if partial {
-                // a shard of a prepro that did not finish
-                remove(&path)?;
-            }
-        }
-        Ok((pattern, paths))
-    }
-}
-
-impl Drop for PartWriter {
-    fn drop(&mut self) {
-        if !self.committed {
-            for path in &self.full {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-    }
-}
-
-fn remove(path: &Path) -> Result<()> {
-    std::fs::remove_file(path).with_context(|| format!("{}: cannot remove", path.display()))
 }
 
 /// The default corpus's inputs in `text_dir`: every `*.txt` except [`DEFAULT_VAL_PLAY`] in sorted

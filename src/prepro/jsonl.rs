@@ -1,0 +1,147 @@
+//! JSON Lines inputs (`*.jsonl`, as Hugging Face datasets write them with `to_json(...,
+//! lines=True)`): one JSON object per line, whose text field (`"text"` unless `--text-field`
+//! names another) is one document. Blank lines are skipped; every other line must be an object
+//! with that field holding a string.
+
+use anyhow::{anyhow, bail, Context, Result};
+use rayon::prelude::*;
+use std::io::BufRead;
+use std::path::Path;
+
+use super::PIECE_BYTES;
+use crate::formats::shard::to_u16;
+use crate::tokenizer::Tokenizer;
+
+/// Whether `path` is read as JSON Lines: its name ends in `.jsonl`.
+pub fn is_jsonl(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("jsonl"))
+}
+
+/// Reads the JSON Lines file at `path` (`size` bytes, for progress lines) and hands each record's
+/// document, the end-of-text token then its text's ids, to `on_doc` in the file's order. Records
+/// are tokenized in parallel batches of about `batch_bytes` of text, with a progress line after
+/// each batch of a file larger than one. Returns the number of documents.
+pub(super) fn encode_jsonl(
+    tok: &Tokenizer,
+    path: &Path,
+    size: u64,
+    field: &str,
+    batch_bytes: usize,
+    mut on_doc: impl FnMut(&[u16]) -> Result<()>,
+) -> Result<usize> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut batch: Vec<String> = Vec::new();
+    let mut batch_text = 0;
+    let (mut documents, mut tokens) = (0, 0);
+    let mut flush = |batch: &mut Vec<String>| -> Result<()> {
+        let docs: Vec<Vec<u32>> = batch
+            .par_iter()
+            .map(|text| tok.encode_parallel(text, PIECE_BYTES))
+            .collect();
+        for ids in docs {
+            let mut doc = Vec::with_capacity(1 + ids.len());
+            doc.push(tok.eot());
+            doc.extend(ids);
+            on_doc(&to_u16(&doc, &path.display())?)?;
+            tokens += doc.len();
+            documents += 1;
+        }
+        batch.clear();
+        Ok(())
+    };
+    let mut line = Vec::new();
+    let (mut line_no, mut offset) = (0, 0u64);
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        let text = record_text(&line, field, offset)
+            .with_context(|| format!("{}: line {line_no}", path.display()))?;
+        offset += n as u64;
+        if let Some(text) = text {
+            batch_text += text.len();
+            batch.push(text);
+        }
+        if batch_text >= batch_bytes {
+            flush(&mut batch)?;
+            batch_text = 0;
+            let pct = 100.0 * offset as f64 / size.max(offset) as f64;
+            println!(
+                "prepro: {}: {pct:.0}% of {:.1} MB",
+                path.display(),
+                size as f64 / 1e6
+            );
+        }
+    }
+    flush(&mut batch)?;
+    println!(
+        "prepro: {}: {documents} documents, {offset} bytes -> {tokens} tokens",
+        path.display()
+    );
+    Ok(documents)
+}
+
+/// The text of one line's record (None for a blank line); `offset` is the line's in the file,
+/// for the place of a byte that is not UTF-8.
+fn record_text(line: &[u8], field: &str, offset: u64) -> Result<Option<String>> {
+    let line = std::str::from_utf8(line).map_err(|e| {
+        anyhow!(
+            "not UTF-8 text (invalid byte at offset {})",
+            offset + e.valid_up_to() as u64
+        )
+    })?;
+    if line.trim().is_empty() {
+        return Ok(None);
+    }
+    let line = line.strip_suffix('\n').unwrap_or(line);
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    let value: serde_json::Value = serde_json::from_str(line).map_err(|e| {
+        // serde's "at line 1 column N": the line is the caller's to name
+        let at = format!(" at line {} column {}", e.line(), e.column());
+        let what = e.to_string();
+        let what = what.strip_suffix(&at).unwrap_or(&what);
+        anyhow!("not a JSON record: {what} (column {})", e.column())
+    })?;
+    let serde_json::Value::Object(mut record) = value else {
+        bail!(
+            "{}, not an object with a \"{field}\" field",
+            json_kind(&value)
+        );
+    };
+    match record.remove(field) {
+        Some(serde_json::Value::String(text)) => Ok(Some(text)),
+        Some(other) => bail!("\"{field}\" is {}, not a string", json_kind(&other)),
+        None => {
+            let fields: Vec<&str> = record.keys().map(String::as_str).collect();
+            bail!(
+                "no \"{field}\" field (the record's fields: {}): --text-field names the one that \
+                 holds the text",
+                if fields.is_empty() {
+                    "none".to_string()
+                } else {
+                    fields.join(", ")
+                }
+            )
+        }
+    }
+}
+
+/// "a number", "an array", ... for errors.
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}

@@ -84,6 +84,9 @@ pub trait Engine {
     fn logits(&mut self) -> Result<Vec<f32>>;
     /// The logits (Vp) at batch row `bi`, position `ti` of the last forward.
     fn position_logits(&mut self, bi: usize, ti: usize) -> Result<Vec<f32>>;
+    /// The losses (B, T) of the last forward, which must have had targets: each position's
+    /// cross-entropy of its target (the mean loss is their mean).
+    fn losses(&mut self) -> Result<Vec<f32>>;
     /// A generation cache over this engine's model for contexts of up to `window` tokens, where
     /// the engine has one: the CPU engine (`cpu::decode`, whose logits are the full forward's).
     /// None elsewhere: `sample::generate` then runs a full forward of the context for each token,
@@ -177,6 +180,9 @@ impl Engine for Gpt2Cpu {
         let (t, vp) = (self.t, self.config.padded_vocab_size);
         let row = bi * t + ti;
         Ok(Gpt2Cpu::logits(self)[row * vp..(row + 1) * vp].to_vec())
+    }
+    fn losses(&mut self) -> Result<Vec<f32>> {
+        Gpt2Cpu::losses(self).map(<[f32]>::to_vec)
     }
     fn decoder(&self, window: usize) -> Result<Option<Decoder<'_>>> {
         Decoder::new(self, window).map(Some)

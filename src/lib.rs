@@ -7,6 +7,7 @@
 //! - [`formats`]: llm.c-compatible files: checkpoints, token shards, debug states, tokenizer files;
 //!   and the training state that `--resume` continues a run from.
 //! - [`tokenizer`]: the GPT-2 BPE; [`prepro`]: text -> token shards; [`data`]: the batch loader.
+//! - [`hellaswag`]: the HellaSwag benchmark (`eval --hellaswag`).
 //! - [`cpu`]: the CPU reference, one file per layer family with forward and backward side by side.
 //! - [`gpu`]: the CUDA engine: kernels in `kernels/*.cu`, launchers with the CPU twins' names.
 //! - [`profile`]: the `--profile` table (time, FLOPs and bytes by kernel family).
@@ -21,6 +22,7 @@ pub mod data;
 pub mod engine;
 pub mod formats;
 pub mod gpu;
+pub mod hellaswag;
 pub mod interrupt;
 pub mod mfu;
 pub mod params;

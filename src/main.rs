@@ -140,14 +140,22 @@ struct EvalArgs {
     /// Token shards (a glob such as 'dir/val_*.bin'); default: the bundled Shakespeare val shard.
     #[arg(long)]
     data: Option<String>,
+    /// Sequences a forward (with --hellaswag a multiple of 4: an example is 4 sequences).
     #[arg(long, default_value_t = 4)]
     batch: usize,
     /// The sequence length (default: the model's maxT, at most 1024).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "hellaswag")]
     seq: Option<usize>,
     /// Evaluate this many batches (default: every whole batch of the data).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "hellaswag")]
     batches: Option<usize>,
+    /// Instead of a loss: HellaSwag accuracy on this file (hellaswag_val.jsonl, as llm.c's
+    /// dev/data/hellaswag.py downloads it).
+    #[arg(long, conflicts_with = "data")]
+    hellaswag: Option<PathBuf>,
+    /// With --hellaswag: only the first N examples.
+    #[arg(long, requires = "hellaswag")]
+    examples: Option<usize>,
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
     /// fp32 or bf16 (GPU only); default: bf16 on GPUs that have it, fp32 elsewhere.
@@ -331,6 +339,9 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
 
 fn run_eval(a: &EvalArgs) -> Result<ExitCode> {
     use train_gpt2_cuda::data::{default_val_pattern, DataLoader};
+    if let Some(path) = &a.hellaswag {
+        return run_hellaswag(a, path);
+    }
     let ck = read_model(&a.model)?;
     let cfg = ck.config;
     let t = a.seq.unwrap_or(cfg.max_seq_len.min(1024));
@@ -351,13 +362,7 @@ fn run_eval(a: &EvalArgs) -> Result<ExitCode> {
             a.batch
         );
     }
-    let mut engine = create_engine(
-        &EngineOptions::on(a.device, a.precision),
-        cfg,
-        ck.params,
-        a.batch,
-        t,
-    )?;
+    let mut engine = eval_engine(a, cfg, ck.params, t)?;
     println!(
         "eval: {} ({cfg}) on {} on {pattern}: {n} of {all} batches of {}x{t}",
         a.model.display(),
@@ -369,6 +374,70 @@ fn run_eval(a: &EvalArgs) -> Result<ExitCode> {
         "loss {loss:.6} (perplexity {:.3}) over {} tokens",
         (loss as f64).exp(),
         n * a.batch * t
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The engine `eval` asks for, with arenas for batches of --batch x `t`.
+fn eval_engine(
+    a: &EvalArgs,
+    cfg: train_gpt2_cuda::config::GPT2Config,
+    params: Vec<f32>,
+    t: usize,
+) -> Result<Box<dyn train_gpt2_cuda::engine::Engine>> {
+    create_engine(
+        &EngineOptions::on(a.device, a.precision),
+        cfg,
+        params,
+        a.batch,
+        t,
+    )
+}
+
+fn run_hellaswag(a: &EvalArgs, path: &std::path::Path) -> Result<ExitCode> {
+    use train_gpt2_cuda::hellaswag::{evaluate, load, ENDINGS};
+    if a.batch == 0 || !a.batch.is_multiple_of(ENDINGS) {
+        bail!(
+            "with --hellaswag, --batch must be a multiple of {ENDINGS} (each example is {ENDINGS} \
+             sequences, one per ending); got {}",
+            a.batch
+        );
+    }
+    let ck = read_model(&a.model)?;
+    let cfg = ck.config;
+    let (rendered, t) =
+        load(path, a.examples, &cfg, cfg.max_seq_len, "the model's maxT").context("--hellaswag")?;
+    let per_batch = a.batch / ENDINGS;
+    let mut engine = eval_engine(a, cfg, ck.params, t)?;
+    let n = rendered.len();
+    println!(
+        "hellaswag: {} ({cfg}) on {} on {}: {n} examples, {per_batch} a batch of {}x{t}",
+        a.model.display(),
+        engine.describe(),
+        path.display(),
+        a.batch
+    );
+    // a progress line about every tenth of the way
+    let every = n.div_ceil(10).max(1);
+    let mut next = every;
+    let (total, _) = evaluate(engine.as_mut(), &rendered, per_batch, t, |so_far| {
+        if so_far.examples >= next && so_far.examples < n {
+            println!(
+                "hellaswag: {}/{n} examples, acc_norm {:.4}",
+                so_far.examples,
+                so_far.acc_norm()
+            );
+            while next <= so_far.examples {
+                next += every;
+            }
+        }
+    })?;
+    println!(
+        "hellaswag: acc_norm {:.4} ({}/{n}), acc {:.4} ({}/{n})",
+        total.acc_norm(),
+        total.correct_norm,
+        total.acc(),
+        total.correct_sum
     );
     Ok(ExitCode::SUCCESS)
 }

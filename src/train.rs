@@ -87,6 +87,13 @@ pub struct TrainArgs {
     /// Batches averaged for a validation loss.
     #[arg(long, default_value_t = 8)]
     pub val_batches: usize,
+    /// At each validation, also HellaSwag's accuracy on this file (hellaswag_val.jsonl), as
+    /// llm.c's `-h 1`: needs --batch of at least 4 and --seq as long as its longest row.
+    #[arg(long, value_name = "FILE")]
+    pub hellaswag: Option<PathBuf>,
+    /// With --hellaswag: only its first N examples.
+    #[arg(long, value_name = "N", requires = "hellaswag")]
+    pub hellaswag_examples: Option<usize>,
     /// Write a checkpoint every this many steps (0: only at the end).
     #[arg(long, default_value_t = 0)]
     pub checkpoint_every: usize,
@@ -196,6 +203,13 @@ impl TrainArgs {
         if self.grad_accum == 0 {
             bail!("--grad-accum must be at least 1");
         }
+        if self.hellaswag.is_some() && self.batch < crate::hellaswag::ENDINGS {
+            bail!(
+                "--hellaswag needs --batch of at least {0} (an example is {0} sequences), got {1}",
+                crate::hellaswag::ENDINGS,
+                self.batch
+            );
+        }
         if self.classifier_chunk == Some(0) {
             bail!("--classifier-chunk must be at least 1 sequence");
         }
@@ -281,6 +295,19 @@ pub fn train(
     let mut train_loader = DataLoader::new(&train_pattern, b, t, cfg.vocab_size, shuffle)?;
     let mut val_loader = DataLoader::new(&val_pattern, b, t, cfg.vocab_size, None)?;
     let val_batches = args.val_batches.min(val_loader.num_batches().max(1));
+    let hellaswag = match &args.hellaswag {
+        Some(path) => {
+            let (examples, hs_t) =
+                crate::hellaswag::load(path, args.hellaswag_examples, &cfg, t, "--seq")
+                    .context("--hellaswag")?;
+            Some(Hellaswag {
+                examples,
+                t: hs_t,
+                per_batch: b / crate::hellaswag::ENDINGS,
+            })
+        }
+        None => None,
+    };
     std::fs::create_dir_all(&args.out_dir).with_context(|| {
         format!(
             "{}: cannot create the output folder",
@@ -339,15 +366,41 @@ pub fn train(
         );
         0..0
     };
+    if let (Some(hs), Some(path)) = (&hellaswag, &args.hellaswag) {
+        println!(
+            "hellaswag: {} examples of {} at each validation, {} a batch of {}x{}",
+            hs.examples.len(),
+            path.display(),
+            hs.per_batch,
+            hs.per_batch * crate::hellaswag::ENDINGS,
+            hs.t
+        );
+    }
+    // the validation loss, and HellaSwag's accuracy when asked for
+    let mut validate = |engine: &mut dyn Engine, step: usize, summary: &mut TrainSummary| {
+        let val = evaluate(engine, &mut val_loader, val_batches)?;
+        println!("val loss {val:.4}");
+        summary.val_losses.push((step, val));
+        if let Some(hs) = &hellaswag {
+            let (total, _) =
+                crate::hellaswag::evaluate(engine, &hs.examples, hs.per_batch, hs.t, |_| {})?;
+            println!(
+                "hellaswag acc_norm {:.4} ({}/{})",
+                total.acc_norm(),
+                total.correct_norm,
+                total.examples
+            );
+            summary.hellaswag.push((step, total.acc_norm()));
+        }
+        anyhow::Ok(())
+    };
     // the steps of this run's checkpoints still on disk, oldest first (for --keep-checkpoints)
     let mut kept = std::collections::VecDeque::new();
     for step in start..args.steps {
         let profile_this = profiled.contains(&step);
         let last = step + 1 == args.steps;
         if args.val_every > 0 && step % args.val_every == 0 {
-            let val = evaluate(engine, &mut val_loader, val_batches)?;
-            println!("val loss {val:.4}");
-            summary.val_losses.push((step, val));
+            validate(engine, step, &mut summary)?;
         }
 
         let step_range = crate::gpu::nvtx::range(c"step");
@@ -439,9 +492,7 @@ pub fn train(
             return Ok(summary);
         }
     }
-    let val = evaluate(engine, &mut val_loader, val_batches)?;
-    println!("val loss {val:.4}");
-    summary.val_losses.push((args.steps, val));
+    validate(engine, args.steps, &mut summary)?;
 
     if let Some(bytes) = engine.peak_memory_bytes() {
         println!("peak memory: {:.1} MiB", bytes as f64 / (1 << 20) as f64);
@@ -484,12 +535,23 @@ pub struct TrainSummary {
     pub losses: Vec<f32>,
     /// (step, validation loss).
     pub val_losses: Vec<(usize, f32)>,
+    /// (step, HellaSwag's acc_norm), with --hellaswag.
+    pub hellaswag: Vec<(usize, f64)>,
     pub checkpoint: Option<PathBuf>,
     pub sample: String,
     /// The kernel-family profile, with `--profile` on an engine that has one.
     pub profile: Option<crate::profile::Profile>,
     /// Whether Ctrl-C stopped the run (after writing the checkpoint of its last step).
     pub interrupted: bool,
+}
+
+/// `--hellaswag`'s examples, ready to score.
+struct Hellaswag {
+    examples: Vec<crate::hellaswag::Rendered>,
+    /// The rows' length.
+    t: usize,
+    /// Examples a forward.
+    per_batch: usize,
 }
 
 #[cfg(test)]

@@ -770,3 +770,133 @@ fn prepro_tokenizes_text_files_into_shards() {
         "{stderr}"
     );
 }
+
+/// `--device cpu --model MODEL --hellaswag DATA`.
+fn cpu_hellaswag<'a>(model: &'a str, data: &'a str) -> [&'a str; 6] {
+    ["--device", "cpu", "--model", model, "--hellaswag", data]
+}
+
+#[test]
+fn eval_hellaswag_prints_the_accuracies() {
+    // tests/hellaswag.rs checks these scores against transformers: acc_norm 1/5, acc 3/5
+    let model = fixture("ref_gpt2vocab_model.bin");
+    let data = fixture("hellaswag_tiny.jsonl");
+    let args = [&["eval"][..], &cpu_hellaswag(&model, &data)].concat();
+    for (extra, want) in [
+        (
+            &[][..],
+            "hellaswag: acc_norm 0.2000 (1/5), acc 0.6000 (3/5)",
+        ),
+        (
+            &["--batch", "8"][..],
+            "hellaswag: acc_norm 0.2000 (1/5), acc 0.6000 (3/5)",
+        ),
+        (
+            &["--examples", "2"][..],
+            "hellaswag: acc_norm 0.5000 (1/2), acc 1.0000 (2/2)",
+        ),
+    ] {
+        let (out, stdout, stderr) = run(bin().args(&args).args(extra));
+        assert!(out.status.success(), "{stdout} {stderr}");
+        assert!(stdout.contains(want), "{extra:?}: {stdout}");
+    }
+    expect_error(
+        &[&args[..], &["--batch", "6"]].concat(),
+        &["with --hellaswag, --batch must be a multiple of 4 (each example is 4 sequences, one per ending); got 6"],
+    );
+    expect_error(
+        &[&args[..], &["--examples", "6"]].concat(),
+        &["hellaswag_tiny.jsonl: 6 examples asked for, of the file's 5: ask for 1 to 5"],
+    );
+    let tiny = fixture("ref_tiny_model.bin");
+    expect_error(
+        &[
+            "eval",
+            "--device",
+            "cpu",
+            "--model",
+            &tiny,
+            "--hellaswag",
+            &data,
+        ],
+        &["HellaSwag is tokenized with GPT-2's vocabulary (V = 50257); this model has V = "],
+    );
+    expect_error(
+        &[
+            "eval",
+            "--device",
+            "cpu",
+            "--model",
+            &model,
+            "--hellaswag",
+            "/nonexistent.jsonl",
+        ],
+        &["/nonexistent.jsonl: cannot read"],
+    );
+}
+
+#[test]
+fn training_reports_hellaswag_at_each_validation() {
+    let dir = tmp_dir("train-hellaswag");
+    let out_dir = dir.join("out");
+    let model = fixture("ref_gpt2vocab_model.bin");
+    let data = fixture("hellaswag_tiny.jsonl");
+    let args = [
+        &cpu_hellaswag(&model, &data)[..],
+        &[
+            "--out-dir",
+            out_dir.to_str().unwrap(),
+            "--sample-tokens",
+            "0",
+        ][..],
+    ]
+    .concat();
+    let train = [
+        "--batch",
+        "4",
+        "--seq",
+        "8",
+        "--steps",
+        "2",
+        "--val-every",
+        "1",
+        "--lr",
+        "0.1",
+    ];
+    let (out, stdout, stderr) = run(bin().args(&args).args(train));
+    assert!(out.status.success(), "{stdout} {stderr}");
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("hellaswag acc_norm "))
+        .collect();
+    // before steps 1 and 2, and at the end
+    assert_eq!(lines.len(), 3, "{stdout}");
+    // the untrained model: transformers' acc_norm (tests/hellaswag.rs)
+    assert_eq!(lines[0], "hellaswag acc_norm 0.2000 (1/5)");
+    // the end: what eval finds on the checkpoint
+    let ckpt = out_dir.join("model_000002.bin");
+    let (out, eval, stderr) = run(bin().args([
+        "eval",
+        "--device",
+        "cpu",
+        "--model",
+        ckpt.to_str().unwrap(),
+        "--hellaswag",
+        &data,
+    ]));
+    assert!(out.status.success(), "{eval} {stderr}");
+    let acc = lines[2].strip_prefix("hellaswag ").unwrap();
+    assert!(
+        eval.contains(&format!("hellaswag: {acc}, acc ")),
+        "{acc} vs {eval}"
+    );
+
+    expect_error(
+        &[&args[..], &["--batch", "2", "--seq", "8"]].concat(),
+        &["--hellaswag needs --batch of at least 4 (an example is 4 sequences), got 2"],
+    );
+    expect_error(
+        &[&args[..], &["--batch", "4", "--seq", "6"]].concat(),
+        &["--hellaswag: HellaSwag example 1 has a row of 7 tokens (context and ending), more than --seq = 6"],
+    );
+}

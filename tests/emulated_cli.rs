@@ -120,6 +120,40 @@ fn verify_both_passes_on_the_emulated_device_in_bf16() {
 }
 
 /// The bytes of the last model checkpoint a training run wrote in `dir`.
+/// `eval --hellaswag` through the GPU engine: the accuracies tests/hellaswag.rs checks on the CPU
+/// against transformers, in fp32 and in bf16 (whose rounding may move a close call: only the
+/// count of examples is asserted there).
+#[test]
+fn hellaswag_on_the_emulated_device() {
+    let dir = scratch("hellaswag");
+    let (model, data) = (
+        fixture("ref_gpt2vocab_model.bin"),
+        fixture("hellaswag_tiny.jsonl"),
+    );
+    let args = [
+        "eval",
+        "--device",
+        "cuda",
+        "--model",
+        &model,
+        "--hellaswag",
+        &data,
+    ];
+    let text = run_ok(
+        &[&args[..], &["--precision", "fp32", "--batch", "8"]].concat(),
+        &dir,
+    );
+    assert!(
+        text.contains("hellaswag: acc_norm 0.2000 (1/5), acc 0.6000 (3/5)"),
+        "{text}"
+    );
+    let text = run_ok(&[&args[..], &["--precision", "bf16"]].concat(), &dir);
+    assert!(
+        text.contains(", bf16") && text.contains("/5), acc "),
+        "{text}"
+    );
+}
+
 fn last_checkpoint(dir: &Path) -> Vec<u8> {
     let out = dir.join("ckpt");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&out)

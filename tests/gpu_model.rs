@@ -780,3 +780,35 @@ fn fused_kernels_on_an_unsupported_shape_are_a_clear_error() {
         "{e:#}"
     );
 }
+
+/// `eval --hellaswag` on the GPU: the fixture's five examples (tests/hellaswag.rs checks the CPU's
+/// scores against transformers) score as on the CPU, in batches of two examples and a last one.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_hellaswag_scores_match_the_cpu() {
+    use train_gpt2_cuda::hellaswag::{evaluate, read_examples, render, row_length, ENDINGS};
+    let tok = train_gpt2_cuda::tokenizer::Tokenizer::gpt2().unwrap();
+    let examples = read_examples(&fixture("hellaswag_tiny.jsonl")).unwrap();
+    let rendered: Vec<_> = examples.iter().map(|ex| render(&tok, ex)).collect();
+    let ck = read_checkpoint(&fixture("ref_gpt2vocab_model.bin")).unwrap();
+    let t = row_length(&rendered, ck.config.max_seq_len, "maxT").unwrap();
+    let b = ENDINGS * 2;
+    let mut cpu = create_engine(&opts(Device::Cpu), ck.config, ck.params.clone(), b, t).unwrap();
+    let mut gpu = gpu_engine(ck.config, ck.params, b, t);
+    let (want, want_scores) = evaluate(cpu.as_mut(), &rendered, 2, t, |_| {}).unwrap();
+    let (got, got_scores) = evaluate(gpu.as_mut(), &rendered, 2, t, |_| {}).unwrap();
+    assert_eq!(got, want);
+    for (i, (g, w)) in got_scores.iter().zip(&want_scores).enumerate() {
+        assert_eq!(g.count, w.count);
+        for e in 0..ENDINGS {
+            // sums of about 7 losses of 10.8 (fp32, TF32 off)
+            assert!(
+                (g.sum[e] - w.sum[e]).abs() < 1e-4,
+                "example {i} ending {e}: {} vs {}",
+                g.sum[e],
+                w.sum[e]
+            );
+        }
+        assert_eq!((g.pred_sum, g.pred_norm), (w.pred_sum, w.pred_norm));
+    }
+}

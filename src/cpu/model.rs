@@ -59,6 +59,8 @@ pub struct Gpt2Cpu {
     /// (B, T) of the last forward.
     pub b: usize,
     pub t: usize,
+    /// Whether the last forward had targets (the activations then hold its losses).
+    with_targets: bool,
     storage: Storage,
     /// (num_parameters) the fp32 master weights when emulating bf16 storage, else empty.
     master: Vec<f32>,
@@ -84,6 +86,7 @@ impl Gpt2Cpu {
             targets: vec![0; max_b * max_t],
             b: 0,
             t: 0,
+            with_targets: false,
             storage: Storage::Fp32,
             master: Vec::new(),
         })
@@ -111,6 +114,7 @@ impl Gpt2Cpu {
         check_forward(&cfg, (self.max_b, self.max_t), inputs, targets, b, t)?;
         self.b = b;
         self.t = t;
+        self.with_targets = targets.is_some();
         self.inputs[..b * t].copy_from_slice(inputs);
         let (l_count, nh, c, v, vp) = (
             cfg.num_layers,
@@ -164,6 +168,17 @@ impl Gpt2Cpu {
         let (b, t) = (self.b, self.t);
         let a = activations::split_mut(&self.config, b, t, &mut self.acts);
         a.logits
+    }
+
+    /// The losses (B, T) of the last forward (each position's cross-entropy of its target); an
+    /// error if it had no targets.
+    pub fn losses(&mut self) -> Result<&[f32]> {
+        if !self.with_targets {
+            bail!("the last forward had no targets, so it computed no losses");
+        }
+        let (b, t) = (self.b, self.t);
+        let a = activations::split_mut(&self.config, b, t, &mut self.acts);
+        Ok(a.losses)
     }
 
     /// The probabilities (B, T, Vp) of the last forward (zero in the padded columns).

@@ -423,6 +423,9 @@ pub struct Gpt2Gpu<T: ModelFloat = f32> {
     t: usize,
     /// The mean loss of the last forward with targets.
     loss: Option<f32>,
+    /// (B, T) the losses of the last forward with targets (read back for the mean; empty after
+    /// one without).
+    losses: Vec<f32>,
     /// The most device memory seen in use (total - free, as the driver reports it: the context,
     /// the arenas and the stream-ordered scratch pool), sampled after each update.
     peak_used: u64,
@@ -643,6 +646,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             b: 0,
             t: 0,
             loss: None,
+            losses: Vec::new(),
             peak_used: 0,
             stage: Stage::Empty,
             prof,
@@ -743,6 +747,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         }
         self.stage = Stage::Empty;
         self.loss = None;
+        self.losses.clear();
         self.b = b;
         self.t = t;
         let bt = b * t;
@@ -783,6 +788,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             .context("the GPU forward pass failed")?;
         let mean = losses.iter().map(|&x| x as f64).sum::<f64>() / bt as f64;
         self.loss = Some(mean as f32);
+        self.losses = losses;
         self.stage = Stage::Forward { targets: true };
         Ok(self.loss)
     }
@@ -1635,6 +1641,12 @@ impl<T: ModelFloat> Engine for Gpt2Gpu<T> {
     }
     fn position_logits(&mut self, bi: usize, ti: usize) -> Result<Vec<f32>> {
         Gpt2Gpu::position_logits(self, bi, ti)
+    }
+    fn losses(&mut self) -> Result<Vec<f32>> {
+        if self.loss.is_none() {
+            bail!("the last forward had no targets, so it computed no losses");
+        }
+        Ok(self.losses.clone())
     }
     fn profile_method(&self) -> Option<&'static str> {
         Some(METHOD)

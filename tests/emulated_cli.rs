@@ -53,17 +53,7 @@ fn run(args: &[&str], dir: &Path) -> Output {
 }
 
 fn scratch(name: &str) -> PathBuf {
-    // the build's target/tmp, or (test executables copied to another machine) the system's
-    let built = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let base = if built.is_dir() {
-        built
-    } else {
-        std::env::temp_dir()
-    };
-    let d = base.join("emulated-cli").join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    engine_bin::scratch(&format!("emulated-cli/{name}"))
 }
 
 /// `verify --device both` on a fixture, with its 10 AdamW steps against PyTorch's losses.

@@ -11,10 +11,10 @@ use train_gpt2_cuda::hellaswag::{
 };
 use train_gpt2_cuda::tokenizer::Tokenizer;
 
+mod engine_bin;
+
 fn fixture(name: &str) -> PathBuf {
-    let root =
-        std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into());
-    Path::new(&root).join("tests/fixtures").join(name)
+    engine_bin::root().join("tests/fixtures").join(name)
 }
 
 /// The reference's example: rows, context length, sums, counts, predictions.
@@ -162,7 +162,7 @@ fn score_counts_the_ending_s_tokens_and_breaks_ties_to_the_first() {
 
 /// Writes `lines` to a file of its own and reads it as examples.
 fn read_lines(name: &str, lines: &str) -> anyhow::Result<Vec<Example>> {
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("hellaswag-{name}.jsonl"));
+    let path = engine_bin::scratch(&format!("hellaswag-{name}")).join("examples.jsonl");
     std::fs::write(&path, lines).unwrap();
     read_examples(&path)
 }
@@ -219,7 +219,10 @@ fn bad_examples_are_named_by_their_line() {
         assert!(e.contains(want), "{e}");
     }
     let e = format!("{:#}", read_lines("empty", "\n\n").unwrap_err());
-    assert!(e.ends_with("hellaswag-empty.jsonl: no examples"), "{e}");
+    assert!(
+        e.ends_with("hellaswag-empty/examples.jsonl: no examples"),
+        "{e}"
+    );
     let e = format!(
         "{:#}",
         read_examples(Path::new("/nonexistent.jsonl")).unwrap_err()

@@ -15,6 +15,21 @@ pub fn root() -> PathBuf {
     )
 }
 
+/// A fresh, empty folder `name` for a test: under the build's target/tmp, or the system's temp
+/// folder where the build path does not exist (test executables copied to a GPU machine).
+pub fn scratch(name: &str) -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let base = if built.is_dir() {
+        built
+    } else {
+        std::env::temp_dir()
+    };
+    let d = base.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 /// The engine binary.
 pub fn engine() -> PathBuf {
     let built = PathBuf::from(env!("CARGO_BIN_EXE_train-gpt2-cuda"));

@@ -30,6 +30,7 @@ pub mod precision;
 pub mod prepro;
 pub mod profile;
 pub mod rng;
+pub mod run_log;
 pub mod sample;
 pub mod tokenizer;
 pub mod train;

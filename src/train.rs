@@ -12,6 +12,7 @@ use crate::formats::hf_gpt2::hub_repo;
 use crate::formats::read_model;
 use crate::mfu::mfu;
 use crate::precision::Precision;
+use crate::run_log::{RunLog, StepRecord};
 use crate::sample::{generate, SampleOptions};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
@@ -329,9 +330,13 @@ pub fn train(
         args.steps,
         b * t * args.grad_accum
     );
+    // the log a resumed run continues: the one beside its state
+    let mut earlier_log = None;
     let start = match resume {
         Some(r) => {
             let h = &r.state.header;
+            let dir = r.state.path.parent().unwrap_or(Path::new("."));
+            earlier_log = Some(dir.join(crate::run_log::LOG_FILE));
             println!(
                 "resume: {} at step {} ({} batches of the training data served), model {}",
                 r.state.path.display(),
@@ -343,6 +348,8 @@ pub fn train(
         }
         None => 0,
     };
+    let mut log = RunLog::create(&args.out_dir, earlier_log.as_deref().map(|p| (p, start)))?;
+    println!("log: {}", log.path().display());
 
     let mut summary = TrainSummary::default();
     let tokens_per_step = (b * t * args.grad_accum) as f64;
@@ -377,30 +384,33 @@ pub fn train(
         );
     }
     // the validation loss, and HellaSwag's accuracy when asked for
-    let mut validate = |engine: &mut dyn Engine, step: usize, summary: &mut TrainSummary| {
-        let val = evaluate(engine, &mut val_loader, val_batches)?;
-        println!("val loss {val:.4}");
-        summary.val_losses.push((step, val));
-        if let Some(hs) = &hellaswag {
-            let (total, _) =
-                crate::hellaswag::evaluate(engine, &hs.examples, hs.per_batch, hs.t, |_| {})?;
-            println!(
-                "hellaswag acc_norm {:.4} ({}/{})",
-                total.acc_norm(),
-                total.correct_norm,
-                total.examples
-            );
-            summary.hellaswag.push((step, total.acc_norm()));
-        }
-        anyhow::Ok(())
-    };
+    let mut validate =
+        |engine: &mut dyn Engine, step: usize, summary: &mut TrainSummary, log: &mut RunLog| {
+            let val = evaluate(engine, &mut val_loader, val_batches)?;
+            println!("val loss {val:.4}");
+            summary.val_losses.push((step, val));
+            let mut acc_norm = None;
+            if let Some(hs) = &hellaswag {
+                let (total, _) =
+                    crate::hellaswag::evaluate(engine, &hs.examples, hs.per_batch, hs.t, |_| {})?;
+                println!(
+                    "hellaswag acc_norm {:.4} ({}/{})",
+                    total.acc_norm(),
+                    total.correct_norm,
+                    total.examples
+                );
+                summary.hellaswag.push((step, total.acc_norm()));
+                acc_norm = Some(total.acc_norm());
+            }
+            log.validation(step, val, acc_norm)
+        };
     // the steps of this run's checkpoints still on disk, oldest first (for --keep-checkpoints)
     let mut kept = std::collections::VecDeque::new();
     for step in start..args.steps {
         let profile_this = profiled.contains(&step);
         let last = step + 1 == args.steps;
         if args.val_every > 0 && step % args.val_every == 0 {
-            validate(engine, step, &mut summary)?;
+            validate(engine, step, &mut summary, &mut log)?;
         }
 
         let step_range = crate::gpu::nvtx::range(c"step");
@@ -444,11 +454,9 @@ pub fn train(
             engine.profile_step_end()?;
         }
         drop(step_range);
-        let mfu = match peak {
-            Some(p) => format!(
-                "{:.1}%",
-                100.0 * mfu(&cfg, t, tokens_per_step as usize, secs, p)
-            ),
+        let step_mfu = peak.map(|p| mfu(&cfg, t, tokens_per_step as usize, secs, p));
+        let mfu = match step_mfu {
+            Some(m) => format!("{:.1}%", 100.0 * m),
             None => "-".to_string(),
         };
         println!(
@@ -460,6 +468,15 @@ pub fn train(
         );
         std::io::stdout().flush().ok();
         summary.losses.push(loss);
+        log.step(&StepRecord {
+            step: step + 1,
+            loss,
+            lr,
+            norm,
+            ms: secs * 1e3,
+            tokens_per_s: tokens_per_step / secs,
+            mfu: step_mfu,
+        })?;
 
         let ckpt_due = args.checkpoint_every > 0 && (step + 1) % args.checkpoint_every == 0;
         // Ctrl-C (crate::interrupt): this step's checkpoint, then stop
@@ -492,7 +509,7 @@ pub fn train(
             return Ok(summary);
         }
     }
-    validate(engine, args.steps, &mut summary)?;
+    validate(engine, args.steps, &mut summary, &mut log)?;
 
     if let Some(bytes) = engine.peak_memory_bytes() {
         println!("peak memory: {:.1} MiB", bytes as f64 / (1 << 20) as f64);

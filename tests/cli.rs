@@ -208,6 +208,22 @@ fn trains_a_small_model_then_samples_from_its_checkpoint() {
 /// The log lines a run and its resumed twin must print alike.
 const LOGGED: &[&str] = &["step ", "val loss"];
 
+/// The records of `<dir>/log.jsonl` without the timings (ms, tokens/s, MFU), which differ from run
+/// to run.
+fn run_log(dir: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+    text.lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let record = v.as_object_mut().unwrap();
+            for timing in ["ms", "tokens_per_s", "mfu"] {
+                record.remove(timing);
+            }
+            v
+        })
+        .collect()
+}
+
 /// A run stopped at a checkpoint and resumed from its training state continues exactly: the same
 /// losses, gradient norms and validation losses, the same sample, byte-identical model and state
 /// at the end. The data are shuffled, so the resumed loader must find its place in the shuffled
@@ -270,6 +286,42 @@ fn a_resumed_run_continues_exactly() {
     );
     let want = log_lines(&whole, LOGGED);
     assert_eq!(want.len(), 7 + 5, "7 steps and 5 validations:\n{whole}");
+    // log.jsonl holds what the run printed, in order: 7 steps and 5 validations
+    let whole_log = run_log(&dir.join("whole"));
+    assert_eq!(whole_log.len(), want.len());
+    for (record, line) in whole_log.iter().zip(&want) {
+        let printed = |key: &str| -> f64 {
+            let at = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
+            line[at..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        // the printed value is the logged one rounded to `decimals`
+        let near = |key: &str, printed: f64, decimals: i32| {
+            let logged = record[key].as_f64().unwrap();
+            let half = 0.5 * 10f64.powi(-decimals) + 1e-6;
+            assert!((logged - printed).abs() <= half, "{record} vs {line}");
+        };
+        if line.starts_with("val loss") {
+            near("val_loss", printed("val loss "), 4);
+        } else {
+            near("loss", printed("| loss "), 4);
+            near("norm", printed("| norm "), 3);
+            let step: u64 = line["step".len()..]
+                .trim_start()
+                .split('/')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(record["step"], step);
+        }
+    }
+    // the resumed run's log: the whole run's records before step 3, then its own: the same
+    assert_eq!(run_log(&dir.join("from3")), whole_log);
     // the whole run's lines from step 4 on (validations at 4, 6 and the end)
     assert_eq!(
         log_lines(&from3, LOGGED),
@@ -297,6 +349,7 @@ fn a_resumed_run_continues_exactly() {
         &d("from6"),
     ]);
     assert!(from6.contains("state_000006.bin at step 6"), "{from6}");
+    assert_eq!(run_log(&dir.join("from6")), whole_log);
     assert_eq!(
         log_lines(&from6, LOGGED),
         want[want.len() - 3..],
@@ -387,7 +440,8 @@ fn a_resumed_run_continues_exactly() {
 }
 
 /// --keep-checkpoints 2 with a checkpoint every 2 of 7 steps: steps 2, 4, 6 and the final 7 are
-/// written, and only 6 and 7 (model and state) are left; a file of another run stays.
+/// written, and only 6 and 7 (model and state) are left, beside the run's log; a file of another
+/// run stays.
 #[test]
 fn keep_checkpoints_removes_this_runs_older_ones() {
     let dir = tmp_dir("keep");
@@ -414,6 +468,7 @@ fn keep_checkpoints_removes_this_runs_older_ones() {
     assert_eq!(
         files,
         [
+            "log.jsonl",
             "model_000001.bin",
             "model_000006.bin",
             "model_000007.bin",
@@ -873,6 +928,14 @@ fn training_reports_hellaswag_at_each_validation() {
     assert_eq!(lines.len(), 3, "{stdout}");
     // the untrained model: transformers' acc_norm (tests/hellaswag.rs)
     assert_eq!(lines[0], "hellaswag acc_norm 0.2000 (1/5)");
+    // and the run's log.jsonl has them beside the validation losses
+    let logged: Vec<String> = run_log(&out_dir)
+        .iter()
+        .filter_map(|r| r.get("hellaswag_acc_norm"))
+        .map(|a| format!("hellaswag acc_norm {:.4}", a.as_f64().unwrap()))
+        .collect();
+    let printed: Vec<&str> = lines.iter().map(|l| &l[..l.find(" (").unwrap()]).collect();
+    assert_eq!(logged, printed);
     // the end: what eval finds on the checkpoint
     let ckpt = out_dir.join("model_000002.bin");
     let (out, eval, stderr) = run(bin().args([

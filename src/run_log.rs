@@ -1,0 +1,126 @@
+//! `<out-dir>/log.jsonl`: a training run's numbers, one JSON record a line, for plotting
+//! (`pandas.read_json("out/log.jsonl", lines=True)`):
+//! - after each step N (from 1): `{"step": N, "loss": .., "lr": .., "norm": .., "ms": ..,
+//!   "tokens_per_s": .., "mfu": ..}` (`mfu` null where the device's peak is unknown);
+//! - at each validation, after N steps (from 0): `{"step": N, "val_loss": ..}`, with
+//!   `"hellaswag_acc_norm": ..` when the run has `--hellaswag`.
+//!
+//! Each line is flushed as it is written, so the log of a run that stops is whole up to there. A
+//! new run replaces the folder's log; a resumed run (`--resume`) starts from the log beside the
+//! state it resumes, keeping the records of the steps before it (the steps after it, and the
+//! validation at it, run again) and goes on from there.
+
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The log's file name in the output folder.
+pub const LOG_FILE: &str = "log.jsonl";
+
+/// One training step's numbers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepRecord {
+    /// Steps done, this one included (from 1).
+    pub step: usize,
+    pub loss: f32,
+    pub lr: f32,
+    /// The gradient norm before clipping.
+    pub norm: f32,
+    pub ms: f64,
+    pub tokens_per_s: f64,
+    /// Model FLOPs utilisation, 0..1, where the device's peak is known.
+    pub mfu: Option<f64>,
+}
+
+/// The open log of a run.
+pub struct RunLog {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+}
+
+impl RunLog {
+    /// Creates `<out_dir>/log.jsonl`. A resumed run gives `resumed`: the log it continues (beside
+    /// its training state; it may be this one, or missing) and the steps its state has done; the
+    /// records before them are copied first.
+    pub fn create(out_dir: &Path, resumed: Option<(&Path, usize)>) -> Result<RunLog> {
+        let path = out_dir.join(LOG_FILE);
+        let mut kept = Vec::new();
+        if let Some((earlier, step)) = resumed {
+            if let Ok(text) = std::fs::read_to_string(earlier) {
+                kept.extend(text.lines().filter(|l| before(l, step)).map(String::from));
+            }
+        }
+        let file = std::fs::File::create(&path)
+            .with_context(|| format!("{}: cannot write the run's log", path.display()))?;
+        let mut log = RunLog {
+            path,
+            out: std::io::BufWriter::new(file),
+        };
+        for line in kept {
+            log.line(&line)?;
+        }
+        Ok(log)
+    }
+
+    /// The log's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Logs one step.
+    pub fn step(&mut self, r: &StepRecord) -> Result<()> {
+        let line = format!(
+            r#"{{"step": {}, "loss": {}, "lr": {}, "norm": {}, "ms": {}, "tokens_per_s": {}, "mfu": {}}}"#,
+            r.step,
+            num(r.loss),
+            num(r.lr),
+            num(r.norm),
+            num(r.ms as f32),
+            num(r.tokens_per_s as f32),
+            r.mfu.map_or("null".into(), |m| num(m as f32)),
+        );
+        self.line(&line)
+    }
+
+    /// Logs a validation after `step` steps.
+    pub fn validation(&mut self, step: usize, val_loss: f32, hellaswag: Option<f64>) -> Result<()> {
+        let mut line = format!(r#"{{"step": {step}, "val_loss": {}"#, num(val_loss));
+        if let Some(acc) = hellaswag {
+            line += &format!(r#", "hellaswag_acc_norm": {}"#, num(acc as f32));
+        }
+        self.line(&(line + "}"))
+    }
+
+    fn line(&mut self, line: &str) -> Result<()> {
+        writeln!(self.out, "{line}")
+            .and_then(|_| self.out.flush())
+            .with_context(|| format!("{}: cannot write the run's log", self.path.display()))
+    }
+}
+
+/// `x` in JSON: its shortest decimal that reads back as the same f32, or null for NaN and the
+/// infinities (which JSON cannot spell).
+fn num(x: f32) -> String {
+    if x.is_finite() {
+        format!("{x}")
+    } else {
+        "null".into()
+    }
+}
+
+/// Whether a record of an earlier log comes before a run resumed after `step` steps: a step's
+/// record up to `step`, a validation's before it (the resumed run validates at `step` again). A
+/// line that is not such a record is dropped.
+fn before(line: &str, step: usize) -> bool {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        return false;
+    };
+    let Some(n) = v.get("step").and_then(|s| s.as_u64()) else {
+        return false;
+    };
+    if v.get("val_loss").is_some() {
+        n < step as u64
+    } else {
+        v.get("loss").is_some() && n <= step as u64
+    }
+}

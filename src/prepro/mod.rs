@@ -98,9 +98,10 @@ pub(crate) const PIECE_BYTES: usize = 1 << 20;
 /// The bytes of text in a group of small files tokenized in parallel.
 const GROUP_BYTES: u64 = 256 << 20;
 
-/// Tokenizes `inputs` (each text file one document, each JSON Lines record one; EOT before each) and writes `<out_dir>/train.bin`
-/// and `<out_dir>/val.bin` (creating `out_dir`), or numbered shards for a part of more than
-/// [`DEFAULT_SHARD_TOKENS`]. Both parts must be non-empty. Prints one line per file and shard.
+/// Tokenizes `inputs` (each text file one document, each JSON Lines record one; EOT before each)
+/// and writes `<out_dir>/train.bin` and `<out_dir>/val.bin` (creating `out_dir`), or numbered
+/// shards for a part of more than [`DEFAULT_SHARD_TOKENS`]. Both parts must be non-empty. Prints
+/// one line per file and shard.
 pub fn prepro(inputs: &[PathBuf], out_dir: &Path, split: ValSplit) -> Result<PreproSummary> {
     prepro_with(inputs, out_dir, split, &PreproOptions::default())
 }
@@ -288,9 +289,9 @@ fn encode_file(
 
 /// The ids of one document read from `reader`: the end-of-text token, then the text, read and
 /// encoded a part of about `part_bytes` at a time (each part in parallel pieces; the same ids as
-/// the whole text's, see [`crate::tokenizer::split_for_encoding`]) and handed to `on_ids` part by part, with
-/// `on_progress(bytes done)` after each part. `what` names the input in errors. Returns the
-/// text's length in bytes.
+/// the whole text's, see [`crate::tokenizer::split_for_encoding`]) and handed to `on_ids` part by
+/// part, with `on_progress(bytes done)` after each part. `what` names the input in errors.
+/// Returns the text's length in bytes.
 pub fn encode_stream(
     tok: &Tokenizer,
     reader: impl std::io::Read,

@@ -953,6 +953,28 @@ fn training_reports_hellaswag_at_each_validation() {
         eval.contains(&format!("hellaswag: {acc}, acc ")),
         "{acc} vs {eval}"
     );
+    // and HellaSwag's forwards between the steps changed nothing: the run without it trains to
+    // the same checkpoint, bit for bit
+    let plain_dir = dir.join("plain");
+    let plain = [
+        "--device",
+        "cpu",
+        "--model",
+        &model,
+        "--out-dir",
+        plain_dir.to_str().unwrap(),
+        "--sample-tokens",
+        "0",
+    ];
+    let (out, stdout, stderr) = run(bin().args(plain).args(train));
+    assert!(out.status.success(), "{stdout} {stderr}");
+    assert!(!stdout.contains("hellaswag acc_norm"), "{stdout}");
+    assert_same_files(
+        &out_dir,
+        &plain_dir,
+        &["model_000002.bin", "state_000002.bin"],
+        "the runs with and without --hellaswag",
+    );
 
     expect_error(
         &[&args[..], &["--batch", "2", "--seq", "8"]].concat(),

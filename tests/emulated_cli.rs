@@ -244,6 +244,36 @@ fn training_on_the_emulated_device_is_deterministic_with_and_without_graphs() {
     }
 }
 
+/// HellaSwag between training steps (`--hellaswag`, at each validation: forwards of another shape,
+/// and their CUDA graphs) leaves training as it was: the same losses and the same checkpoint, bit
+/// for bit, as the run without it, in fp32 and bf16.
+#[test]
+fn hellaswag_during_training_on_the_emulated_device_changes_nothing_else() {
+    let hs = fixture("hellaswag_tiny.jsonl");
+    for precision in ["fp32", "bf16"] {
+        let base = [
+            "--device",
+            "cuda",
+            "--precision",
+            precision,
+            "--batch",
+            "4",
+            "--val-every",
+            "2",
+        ];
+        let (log_a, ck_a) = train(&format!("hs-{precision}-without"), &base);
+        let with = [&base[..], &["--hellaswag", &hs]].concat();
+        let (log_b, ck_b) = train(&format!("hs-{precision}-with"), &with);
+        // validations at steps 0 and 2, and at the end
+        assert_eq!(log_b.matches("hellaswag acc_norm ").count(), 3, "{log_b}");
+        assert_eq!(losses(&log_a), losses(&log_b), "{precision}");
+        assert!(
+            ck_a == ck_b,
+            "{precision}: HellaSwag changed the trained parameters"
+        );
+    }
+}
+
 /// Training on the emulated device against the CPU path, same seed and data, 4 steps of d1 with
 /// GPT-2's vocabulary at a learning rate (1e-2) that moves the loss (10.80 to 10.09 on the CPU,
 /// so a step that does not train shows): the printed losses (4 decimals) within `atol`. fp32

@@ -53,7 +53,7 @@ enum Command {
 #[derive(clap::Args, Debug)]
 struct PreproArgs {
     /// Text files (one document each) and JSON Lines files (`*.jsonl`: one document per line,
-    /// its "text" field).
+    /// its "text" field), either gzipped (`*.txt.gz`, `*.jsonl.gz`).
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// The folder that receives train.bin and val.bin.

@@ -5,6 +5,7 @@
 //! would abort the test process). The errors' texts are checked elsewhere (tests/formats.rs,
 //! tests/data.rs, tests/hf_gpt2.rs, tests/hellaswag.rs); here only that nothing crashes.
 
+use std::io::Read;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
@@ -12,6 +13,7 @@ use train_gpt2_cuda::config::GPT2Config;
 use train_gpt2_cuda::data::DataLoader;
 use train_gpt2_cuda::formats::checkpoint::{read_checkpoint, read_checkpoint_bf16};
 use train_gpt2_cuda::formats::debug_state::read_debug_state;
+use train_gpt2_cuda::formats::gzip::GzReader;
 use train_gpt2_cuda::formats::read_model;
 use train_gpt2_cuda::formats::shard::{read_shard, read_shard_len};
 use train_gpt2_cuda::formats::tokenizer_file::read_tokenizer_file;
@@ -211,6 +213,19 @@ fn damaged_hugging_face_models_never_panic() {
         header,
         |_| read_model(&model),
     );
+}
+
+#[test]
+fn damaged_gzip_files_never_panic() {
+    let dir = scratch("gzip");
+    for name in ["all_flags.gz", "members.gz"] {
+        let good = std::fs::read(fixture("gzip").join(name)).unwrap();
+        never_panics(name, &dir.join(name), &good, 2048, |p| {
+            let mut text = Vec::new();
+            GzReader::new(std::fs::File::open(p)?).read_to_end(&mut text)?;
+            Ok(text)
+        });
+    }
 }
 
 #[test]

@@ -931,6 +931,53 @@ fn prepro_reads_each_json_lines_record_as_a_document() {
     );
 }
 
+/// gzip files (tools/write_gzip_fixtures.py, by Python's zlib) are read as their text: a text
+/// file, one of several members, JSON Lines and a whole play, in parts of 3,000 bytes or whole.
+#[test]
+fn prepro_reads_gzip_files_as_their_text() {
+    let dir = tmp_dir("prepro_gzip");
+    let tok = Tokenizer::gpt2().unwrap();
+    let doc = |text: &str| -> Vec<u32> {
+        let mut ids = vec![tok.eot()];
+        ids.extend(tok.encode(text));
+        ids
+    };
+    let play = std::fs::read_to_string(default_corpus_dir().join("hamlet.txt")).unwrap();
+    let text = &play[..20000];
+    let gz = |name: &str| fixture("gzip").join(name);
+    let inputs = [
+        gz("plain.gz"),
+        gz("members.gz"),
+        gz("records.jsonl.gz"),
+        gz("play.gz"),
+    ];
+    let mut train = [doc(text), doc(text)].concat();
+    for i in (0..20000).step_by(2000) {
+        train.extend(doc(&text[i..i + 2000]));
+    }
+    for part_bytes in [PreproOptions::default().part_bytes, 3000] {
+        let opts = PreproOptions {
+            part_bytes,
+            ..PreproOptions::default()
+        };
+        let s = prepro_with(&inputs, &dir, ValSplit::LastFiles(1), &opts).unwrap();
+        assert_eq!(s.documents, 1 + 1 + 10 + 1);
+        assert!(shard_u32(&s.train_path) == train, "parts of {part_bytes}");
+        assert!(
+            shard_u32(&s.val_path) == doc(&play),
+            "parts of {part_bytes}"
+        );
+    }
+    // a damaged one is named
+    let mut bytes = std::fs::read(gz("plain.gz")).unwrap();
+    let n = bytes.len();
+    bytes[n - 8] ^= 1;
+    let bad = dir.join("bad.txt.gz");
+    std::fs::write(&bad, &bytes).unwrap();
+    let e = err_text(prepro(&[gz("plain.gz"), bad], &dir, ValSplit::LastFiles(1)));
+    assert_contains(&e, &["bad.txt.gz", "damaged: the CRC-32 of the data is"]);
+}
+
 #[test]
 fn prepro_names_the_line_of_a_bad_json_lines_record() {
     let dir = tmp_dir("prepro_jsonl_errors");

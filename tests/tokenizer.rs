@@ -2,6 +2,9 @@
 //! byte-to-token table recomputed here, and exact round trips of unicode text and the whole
 //! default corpus; a large text encoded in pieces gives the whole text's ids.
 
+mod engine_bin;
+
+use engine_bin::Trickle;
 use train_gpt2_cuda::data::default_corpus_dir;
 use train_gpt2_cuda::tokenizer::{for_each_text_part, split_for_encoding, Decoder, Tokenizer};
 
@@ -226,34 +229,9 @@ fn pieces_encode_to_the_whole_text_s_ids() {
     assert!(whole.len() > 250_000);
 }
 
-/// A reader that hands out at most `step` bytes per call (and a different number each time), so
-/// that reads end inside characters and inside runs of spaces.
-struct Trickle<'a> {
-    bytes: &'a [u8],
-    step: usize,
-    calls: usize,
-}
-
-impl std::io::Read for Trickle<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.calls += 1;
-        let n = (1 + self.calls % self.step)
-            .min(buf.len())
-            .min(self.bytes.len());
-        buf[..n].copy_from_slice(&self.bytes[..n]);
-        self.bytes = &self.bytes[n..];
-        Ok(n)
-    }
-}
-
 fn parts_of(bytes: &[u8], step: usize, part_bytes: usize) -> anyhow::Result<(Vec<String>, u64)> {
     let mut parts = Vec::new();
-    let reader = Trickle {
-        bytes,
-        step,
-        calls: 0,
-    };
-    let n = for_each_text_part(reader, part_bytes, &"text", |p| {
+    let n = for_each_text_part(Trickle::new(bytes, step), part_bytes, &"text", |p| {
         parts.push(p.to_string());
         Ok(())
     })?;

@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod debug_state;
+pub mod gzip;
 pub mod hf_gpt2;
 pub mod hf_tokenizer;
 pub mod safetensors;

@@ -9,11 +9,17 @@ use std::io::BufRead;
 use std::path::Path;
 
 use super::PIECE_BYTES;
+use crate::formats::gzip::is_gzip;
 use crate::formats::shard::to_u16;
 use crate::tokenizer::Tokenizer;
 
-/// Whether `path` is read as JSON Lines: its name ends in `.jsonl`.
+/// Whether `path` is read as JSON Lines: its name ends in `.jsonl` (or `.jsonl.gz`).
 pub fn is_jsonl(path: &Path) -> bool {
+    let path = if is_gzip(path) {
+        Path::new(path.file_stem().unwrap_or_default())
+    } else {
+        path
+    };
     path.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("jsonl"))
 }
@@ -30,9 +36,8 @@ pub(super) fn encode_jsonl(
     batch_bytes: usize,
     mut on_doc: impl FnMut(&[u16]) -> Result<()>,
 ) -> Result<usize> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, super::open_input(path)?);
+    let mut progress = super::Progress::new(path, size, batch_bytes);
     let mut batch: Vec<String> = Vec::new();
     let mut batch_text = 0;
     let (mut documents, mut tokens) = (0, 0);
@@ -73,12 +78,7 @@ pub(super) fn encode_jsonl(
         if batch_text >= batch_bytes {
             flush(&mut batch)?;
             batch_text = 0;
-            let pct = 100.0 * offset as f64 / size.max(offset) as f64;
-            println!(
-                "prepro: {}: {pct:.0}% of {:.1} MB",
-                path.display(),
-                size as f64 / 1e6
-            );
+            progress.update(offset);
         }
     }
     flush(&mut batch)?;

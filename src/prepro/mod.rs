@@ -1,7 +1,8 @@
 //! Text files -> llm.c token shards (`train.bin` and `val.bin`) with the GPT-2 tokenizer.
 //!
 //! Each text file is one document, and each record of a JSON Lines file (`*.jsonl`, see
-//! [`jsonl`]). Following llm.c (`dev/data/fineweb.py`), the end-of-text token
+//! [`jsonl`]); either may be gzipped (`*.txt.gz`, `*.jsonl.gz`, read through
+//! [`crate::formats::gzip`]). Following llm.c (`dev/data/fineweb.py`), the end-of-text token
 //! (50256) goes BEFORE each document: it delimits documents, and each shard that starts on a
 //! document boundary starts with it, so the first token of every document is predicted from
 //! "<|endoftext|>" as in GPT-2's training. Text inside a file is encoded as ordinary text: a
@@ -26,6 +27,7 @@ use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
 use crate::data::{default_corpus_dir, DEFAULT_TRAIN_FILE, DEFAULT_VAL_FILE};
+use crate::formats::gzip::{is_gzip, GzReader};
 use crate::formats::shard::to_u16;
 use crate::tokenizer::{for_each_text_part, Tokenizer};
 
@@ -203,7 +205,10 @@ fn for_each_document(
     opts: &PreproOptions,
     mut emit: impl FnMut(usize, &[u16]) -> Result<()>,
 ) -> Result<usize> {
-    let small = |i: usize| sizes[i] <= opts.part_bytes as u64 && !jsonl::is_jsonl(&inputs[i]);
+    // a gzip file's size says little of its text's: it is read alone, a part at a time
+    let small = |i: usize| {
+        sizes[i] <= opts.part_bytes as u64 && !jsonl::is_jsonl(&inputs[i]) && !is_gzip(&inputs[i])
+    };
     let (mut i, mut documents) = (0, 0);
     while i < inputs.len() {
         if jsonl::is_jsonl(&inputs[i]) {
@@ -257,34 +262,72 @@ fn encode_file(
     part_bytes: usize,
     mut on_ids: impl FnMut(&[u16]) -> Result<()>,
 ) -> Result<()> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
     let mut tokens = 0;
+    let mut progress = Progress::new(path, size, part_bytes);
     let bytes = encode_stream(
         tok,
-        file,
+        open_input(path)?,
         part_bytes,
         &path.display(),
         |ids| {
             tokens += ids.len();
             on_ids(&to_u16(ids, &path.display())?)
         },
-        |done| {
-            if size > part_bytes as u64 {
-                let pct = 100.0 * done as f64 / size.max(done) as f64;
-                println!(
-                    "prepro: {}: {pct:.0}% of {:.1} MB",
-                    path.display(),
-                    size as f64 / 1e6
-                );
-            }
-        },
+        |done| progress.update(done),
     )?;
     println!(
         "prepro: {}: {bytes} bytes -> {tokens} tokens",
         path.display()
     );
     Ok(())
+}
+
+/// `path` opened for reading its text: through [`GzReader`] for a `*.gz` file.
+pub(crate) fn open_input(path: &Path) -> Result<Box<dyn std::io::Read + Send>> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(if is_gzip(path) {
+        Box::new(GzReader::new(std::io::BufReader::new(file)))
+    } else {
+        Box::new(file)
+    })
+}
+
+/// The progress lines of a file of `size` bytes read a part at a time: a percentage after each
+/// part of a file larger than one; for a gzip file, whose text's size is not known before the
+/// end, the text read so far after each whole part.
+pub(crate) struct Progress<'a> {
+    path: &'a Path,
+    size: u64,
+    part_bytes: u64,
+    gzip: bool,
+}
+
+impl<'a> Progress<'a> {
+    pub(crate) fn new(path: &'a Path, size: u64, part_bytes: usize) -> Progress<'a> {
+        Progress {
+            path,
+            size,
+            part_bytes: part_bytes as u64,
+            gzip: is_gzip(path),
+        }
+    }
+
+    /// After `done` bytes of text.
+    pub(crate) fn update(&mut self, done: u64) {
+        let path = self.path.display();
+        if self.gzip {
+            if done >= self.part_bytes {
+                println!("prepro: {path}: {:.1} MB of text so far", done as f64 / 1e6);
+            }
+        } else if self.size > self.part_bytes {
+            let pct = 100.0 * done as f64 / self.size.max(done) as f64;
+            println!(
+                "prepro: {path}: {pct:.0}% of {:.1} MB",
+                self.size as f64 / 1e6
+            );
+        }
+    }
 }
 
 /// The ids of one document read from `reader`: the end-of-text token, then the text, read and

@@ -2,7 +2,7 @@
 //! engine cargo built, or, on a GPU machine (test executables built elsewhere and copied by
 //! `../shared/gpu/pack`, where the build path does not exist), the one the pack put in
 //! `.gpu/bin`; the project root from the run-time CARGO_MANIFEST_DIR when set (on-gpu.sh sets it).
-//! And what those files read in its output and its files.
+//! And what those files read in its output and its files, and a reader for tests of readers.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
@@ -28,6 +28,36 @@ pub fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+/// A reader that hands out at most `step` bytes per call, a different number each time (1 to
+/// `step`), so that reads end inside characters, runs of spaces and compressed blocks.
+pub struct Trickle<'a> {
+    bytes: &'a [u8],
+    step: usize,
+    calls: usize,
+}
+
+impl<'a> Trickle<'a> {
+    pub fn new(bytes: &'a [u8], step: usize) -> Trickle<'a> {
+        Trickle {
+            bytes,
+            step,
+            calls: 0,
+        }
+    }
+}
+
+impl std::io::Read for Trickle<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.calls += 1;
+        let n = (1 + self.calls % self.step)
+            .min(buf.len())
+            .min(self.bytes.len());
+        buf[..n].copy_from_slice(&self.bytes[..n]);
+        self.bytes = &self.bytes[n..];
+        Ok(n)
+    }
 }
 
 /// The engine binary.

@@ -1,0 +1,256 @@
+//! gzip files (RFC 1952), read as a stream: `prepro` takes `*.txt.gz` and `*.jsonl.gz` as they
+//! are, without unpacking them to disk first.
+//!
+//! A gzip file is one or more members, each a header (magic 1f 8b, method 8 = deflate, flags,
+//! time, extra flags, OS, then the optional extra field, file name, comment and header CRC the
+//! flags announce), a raw deflate stream (inflated by `miniz_oxide`), and a trailer: the CRC-32
+//! and the length mod 2^32 of the member's uncompressed bytes, both checked. Members follow each
+//! other until the file ends (`cat a.gz b.gz` is a gzip file of both).
+
+use miniz_oxide::inflate::stream::{inflate, InflateState};
+use miniz_oxide::{DataFormat, MZError, MZFlush, MZStatus};
+use std::io::{self, Read};
+
+/// Whether `path` names a gzip file: its name ends in `.gz`.
+pub fn is_gzip(path: &std::path::Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gz"))
+}
+
+/// The uncompressed bytes of a gzip stream. Errors (`io::ErrorKind::InvalidData`) say what is
+/// wrong: not gzip, an unknown method, damaged data, a CRC or length that does not match, a file
+/// that ends early.
+pub struct GzReader<R: Read> {
+    inner: R,
+    /// Compressed bytes read from `inner`, `buf[pos..]` not yet used.
+    buf: Vec<u8>,
+    pos: usize,
+    /// `inner` has no more bytes.
+    eof: bool,
+    stage: Stage,
+    state: Box<InflateState>,
+    /// The CRC-32 and length (mod 2^32) of the current member's output so far.
+    crc: u32,
+    len: u32,
+    /// Uncompressed bytes handed out, for error messages.
+    out_total: u64,
+    /// Members read whole.
+    members: usize,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Stage {
+    Header,
+    Body,
+    Trailer,
+    Done,
+}
+
+/// The compressed bytes read from the inner reader at a time.
+const READ_BYTES: usize = 1 << 16;
+
+impl<R: Read> GzReader<R> {
+    pub fn new(inner: R) -> GzReader<R> {
+        GzReader {
+            inner,
+            buf: Vec::new(),
+            pos: 0,
+            eof: false,
+            stage: Stage::Header,
+            state: InflateState::new_boxed(DataFormat::Raw),
+            crc: 0,
+            len: 0,
+            out_total: 0,
+            members: 0,
+        }
+    }
+
+    /// Reads more compressed bytes; false at the end of the input.
+    fn fill(&mut self) -> io::Result<bool> {
+        if self.eof {
+            return Ok(false);
+        }
+        self.buf.drain(..self.pos);
+        self.pos = 0;
+        let old = self.buf.len();
+        self.buf.resize(old + READ_BYTES, 0);
+        let n = loop {
+            match self.inner.read(&mut self.buf[old..]) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.buf.truncate(old);
+                    return Err(e);
+                }
+            }
+        };
+        self.buf.truncate(old + n);
+        self.eof = n == 0;
+        Ok(n > 0)
+    }
+
+    /// The next `n` compressed bytes (consumed), or an error naming `what` if the input ends first.
+    fn take(&mut self, n: usize, what: &str) -> io::Result<Vec<u8>> {
+        while self.buf.len() - self.pos < n {
+            if !self.fill()? {
+                return Err(bad(format!("the file ends inside {what}: truncated?")));
+            }
+        }
+        let out = self.buf[self.pos..self.pos + n].to_vec();
+        self.pos += n;
+        Ok(out)
+    }
+
+    /// Skips a zero-terminated field of the header.
+    fn skip_zero_terminated(&mut self, what: &str) -> io::Result<()> {
+        while self.take(1, what)?[0] != 0 {}
+        Ok(())
+    }
+
+    /// Reads a member's header.
+    fn header(&mut self) -> io::Result<()> {
+        if self.members > 0 {
+            // what follows a member must be another
+            while self.buf.len() - self.pos < 2 && self.fill()? {}
+            let next = &self.buf[self.pos..self.buf.len().min(self.pos + 2)];
+            if next != [0x1f, 0x8b] {
+                let hex: Vec<String> = next.iter().map(|b| format!("{b:02x}")).collect();
+                return Err(bad(format!(
+                    "bytes that are not another gzip member follow the gzip data ({} ...)",
+                    hex.join(" ")
+                )));
+            }
+        }
+        let h = self.take(10, "a gzip header")?;
+        if h[..2] != [0x1f, 0x8b] {
+            return Err(bad(format!(
+                "not gzip: the file starts with {:02x} {:02x}, not 1f 8b",
+                h[0], h[1]
+            )));
+        }
+        if h[2] != 8 {
+            return Err(bad(format!(
+                "compression method {} (gzip's is 8, deflate)",
+                h[2]
+            )));
+        }
+        let flags = h[3];
+        if flags & 0xe0 != 0 {
+            return Err(bad(format!("reserved header flags set ({flags:#04x})")));
+        }
+        if flags & 0x04 != 0 {
+            let n = self.take(2, "the header's extra field")?;
+            self.take(
+                u16::from_le_bytes([n[0], n[1]]) as usize,
+                "the header's extra field",
+            )?;
+        }
+        if flags & 0x08 != 0 {
+            self.skip_zero_terminated("the header's file name")?;
+        }
+        if flags & 0x10 != 0 {
+            self.skip_zero_terminated("the header's comment")?;
+        }
+        if flags & 0x02 != 0 {
+            self.take(2, "the header's CRC")?;
+        }
+        self.state.reset(DataFormat::Raw);
+        self.crc = 0;
+        self.len = 0;
+        self.stage = Stage::Body;
+        Ok(())
+    }
+
+    /// Checks a member's trailer; then another member follows, or the file ends.
+    fn trailer(&mut self) -> io::Result<()> {
+        let t = self.take(8, "a gzip trailer")?;
+        let crc = u32::from_le_bytes([t[0], t[1], t[2], t[3]]);
+        let len = u32::from_le_bytes([t[4], t[5], t[6], t[7]]);
+        if crc != self.crc {
+            return Err(bad(format!(
+                "damaged: the CRC-32 of the data is {:08x}, the trailer says {crc:08x}",
+                self.crc
+            )));
+        }
+        if len != self.len {
+            return Err(bad(format!(
+                "damaged: the data is {} bytes (mod 2^32), the trailer says {len}",
+                self.len
+            )));
+        }
+        self.members += 1;
+        self.stage = if self.pos < self.buf.len() || self.fill()? {
+            Stage::Header
+        } else {
+            Stage::Done
+        };
+        Ok(())
+    }
+}
+
+impl<R: Read> Read for GzReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            match self.stage {
+                Stage::Done => return Ok(0),
+                Stage::Header => self.header()?,
+                Stage::Trailer => self.trailer()?,
+                Stage::Body => {
+                    let r = inflate(&mut self.state, &self.buf[self.pos..], out, MZFlush::None);
+                    self.pos += r.bytes_consumed;
+                    let written = &out[..r.bytes_written];
+                    self.crc = crc32(self.crc, written);
+                    self.len = self.len.wrapping_add(written.len() as u32);
+                    self.out_total += written.len() as u64;
+                    match r.status {
+                        Ok(MZStatus::StreamEnd) => self.stage = Stage::Trailer,
+                        Ok(_) | Err(MZError::Buf) => {}
+                        Err(e) => {
+                            return Err(bad(format!(
+                                "damaged compressed data ({e:?}) after {} bytes of output",
+                                self.out_total
+                            )))
+                        }
+                    }
+                    if !written.is_empty() {
+                        return Ok(written.len());
+                    }
+                    if self.stage == Stage::Body && r.bytes_consumed == 0 && !self.fill()? {
+                        return Err(bad(format!(
+                            "the file ends inside compressed data, after {} bytes of output: \
+                             truncated?",
+                            self.out_total
+                        )));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn bad(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// The CRC-32 (IEEE 802.3, reflected, polynomial 0xedb88320) of `bytes`, continuing from `crc`
+/// (0 to start).
+pub fn crc32(crc: u32, bytes: &[u8]) -> u32 {
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        std::array::from_fn(|i| {
+            (0..8).fold(i as u32, |c, _| {
+                if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                }
+            })
+        })
+    });
+    !bytes.iter().fold(!crc, |c, &b| {
+        table[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8)
+    })
+}

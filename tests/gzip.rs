@@ -1,0 +1,131 @@
+//! The gzip reader (`formats::gzip`) against files Python's zlib wrote
+//! (tools/write_gzip_fixtures.py): every header field, stored blocks, several members, a file of
+//! many reads; and each kind of damage, which must be named.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use train_gpt2_cuda::formats::gzip::{crc32, GzReader};
+
+mod engine_bin;
+use engine_bin::Trickle;
+
+fn fixture(name: &str) -> PathBuf {
+    engine_bin::root().join("tests/fixtures/gzip").join(name)
+}
+
+fn hamlet() -> Vec<u8> {
+    std::fs::read(engine_bin::root().join("data/shakespeare/hamlet.txt")).unwrap()
+}
+
+/// `gz` inflated through a reader of `step` bytes a call, into reads of `out` bytes at a time.
+fn inflate(gz: &[u8], step: usize, out: usize) -> std::io::Result<Vec<u8>> {
+    let mut r = GzReader::new(Trickle::new(gz, step));
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; out];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(all);
+        }
+        all.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[test]
+fn crc32_is_the_ieee_one() {
+    // the standard check value, and a continued CRC equals the whole one
+    assert_eq!(crc32(0, b"123456789"), 0xcbf4_3926);
+    assert_eq!(crc32(0, b""), 0);
+    assert_eq!(crc32(crc32(0, b"12345"), b"6789"), 0xcbf4_3926);
+}
+
+#[test]
+fn reads_what_python_wrote() {
+    let play = hamlet();
+    let text = &play[..20000];
+    for (name, want) in [
+        ("plain.gz", text),
+        ("all_flags.gz", text),
+        ("stored.gz", text),
+        ("members.gz", text),
+        ("play.gz", &play[..]),
+    ] {
+        let gz = std::fs::read(fixture(name)).unwrap();
+        // whole, through std's read_to_end; and a few bytes at a time, in and out
+        let mut whole = Vec::new();
+        GzReader::new(&gz[..]).read_to_end(&mut whole).unwrap();
+        assert!(whole == want, "{name}");
+        for (step, out) in [(1, 7), (13, 1), (100, 4096)] {
+            let got = inflate(&gz, step, out).unwrap();
+            assert!(got == want, "{name}, reads of {step}, {out}");
+        }
+    }
+}
+
+fn error_of(gz: &[u8]) -> String {
+    let mut out = Vec::new();
+    match GzReader::new(gz).read_to_end(&mut out) {
+        Ok(_) => panic!("no error"),
+        Err(e) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+            e.to_string()
+        }
+    }
+}
+
+#[test]
+fn damage_is_named() {
+    let gz = std::fs::read(fixture("plain.gz")).unwrap();
+    let n = gz.len();
+    assert_eq!(
+        error_of(b"plain text"),
+        "not gzip: the file starts with 70 6c, not 1f 8b"
+    );
+    let mut method = gz.clone();
+    method[2] = 7;
+    assert_eq!(
+        error_of(&method),
+        "compression method 7 (gzip's is 8, deflate)"
+    );
+    let mut reserved = gz.clone();
+    reserved[3] = 0x20;
+    assert_eq!(error_of(&reserved), "reserved header flags set (0x20)");
+    // the CRC and the length in the trailer
+    let mut crc = gz.clone();
+    crc[n - 8] ^= 1;
+    assert!(
+        error_of(&crc).starts_with("damaged: the CRC-32 of the data is "),
+        "{}",
+        error_of(&crc)
+    );
+    let mut len = gz.clone();
+    len[n - 4] ^= 1;
+    assert_eq!(
+        error_of(&len),
+        "damaged: the data is 20000 bytes (mod 2^32), the trailer says 20001"
+    );
+    // cut anywhere: a header, the data or the trailer ends early
+    for cut in (0..n).step_by(7).chain([1, 9, n - 8, n - 1]) {
+        if cut == 0 {
+            continue;
+        }
+        let e = error_of(&gz[..cut]);
+        assert!(e.contains("truncated?"), "cut to {cut}: {e}");
+    }
+    // an empty file is no gzip file
+    assert!(error_of(b"").contains("the file ends inside a gzip header"));
+    // bytes after the last member that are not another member
+    for (junk, starts) in [
+        (&b"\n"[..], "0a"),
+        (b"\n\n", "0a 0a"),
+        (b"0123456789", "30 31"),
+    ] {
+        let mut tail = gz.clone();
+        tail.extend_from_slice(junk);
+        assert_eq!(
+            error_of(&tail),
+            format!("bytes that are not another gzip member follow the gzip data ({starts} ...)")
+        );
+    }
+}

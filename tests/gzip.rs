@@ -113,8 +113,13 @@ fn damage_is_named() {
         let e = error_of(&gz[..cut]);
         assert!(e.contains("truncated?"), "cut to {cut}: {e}");
     }
-    // an empty file is no gzip file
+    // an empty file, or one byte, is a header cut short; 8 bytes of text are not gzip
     assert!(error_of(b"").contains("the file ends inside a gzip header"));
+    assert!(error_of(&[0x1f]).contains("the file ends inside a gzip header"));
+    assert_eq!(
+        error_of(b"not gzip"),
+        "not gzip: the file starts with 6e 6f, not 1f 8b"
+    );
     // bytes after the last member that are not another member
     for (junk, starts) in [
         (&b"\n"[..], "0a"),

@@ -109,25 +109,21 @@ impl<R: Read> GzReader<R> {
 
     /// Reads a member's header.
     fn header(&mut self) -> io::Result<()> {
-        if self.members > 0 {
-            // what follows a member must be another
-            while self.buf.len() - self.pos < 2 && self.fill()? {}
-            let next = &self.buf[self.pos..self.buf.len().min(self.pos + 2)];
-            if next != [0x1f, 0x8b] {
-                let hex: Vec<String> = next.iter().map(|b| format!("{b:02x}")).collect();
-                return Err(bad(format!(
-                    "bytes that are not another gzip member follow the gzip data ({} ...)",
-                    hex.join(" ")
-                )));
-            }
+        // the magic number first, so that a file that is not gzip is called that
+        while self.buf.len() - self.pos < 2 && self.fill()? {}
+        let next = &self.buf[self.pos..self.buf.len().min(self.pos + 2)];
+        let short = next.len() < 2;
+        if next != [0x1f, 0x8b] && (self.members > 0 || !short) {
+            let hex: Vec<String> = next.iter().map(|b| format!("{b:02x}")).collect();
+            let hex = hex.join(" ");
+            return Err(bad(if self.members == 0 {
+                format!("not gzip: the file starts with {hex}, not 1f 8b")
+            } else {
+                // what follows a member must be another
+                format!("bytes that are not another gzip member follow the gzip data ({hex} ...)")
+            }));
         }
         let h = self.take(10, "a gzip header")?;
-        if h[..2] != [0x1f, 0x8b] {
-            return Err(bad(format!(
-                "not gzip: the file starts with {:02x} {:02x}, not 1f 8b",
-                h[0], h[1]
-            )));
-        }
         if h[2] != 8 {
             return Err(bad(format!(
                 "compression method {} (gzip's is 8, deflate)",

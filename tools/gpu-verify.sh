@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check, most important first, for the GPU machine (no Rust there). Here, first:
-#     ../shared/gpu/pack
+#     bash tools/gpu-pack      # ../shared/gpu/pack with the test executables that hold GPU tests,
+#                              # and a check that what travels fits the device tool's 64 MiB
 # then on the GPU machine, from the project root (the device tool: carry [".gpu"]):
 #     DEADLINE_S=540 bash tools/gpu-verify.sh "$OUT"        # with timeout_s 600
 # and, if the summary says checks were left for lack of time, the same command again at once
@@ -26,7 +27,7 @@ out=${1:-gpu-verify-out}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 run=".gpu/on-gpu.sh"
-[ -f "$run" ] || { echo "no .gpu/: run ../shared/gpu/pack on the build machine first" >&2; exit 2; }
+[ -f "$run" ] || { echo "no .gpu/: run bash tools/gpu-pack on the build machine first" >&2; exit 2; }
 state=${GPU_VERIFY_STATE:-/tmp/gpu-verify}
 logs="$state/logs"
 mkdir -p "$logs"
@@ -218,7 +219,8 @@ if [ -n "$ncu" ]; then
     --model d12 --batch 8 --seq 1024 --steps 3 --val-every 0 --sample-tokens 0 --no-cuda-graphs --no-state \
     --out-dir "$state/ncu"
 fi
-# 9. Every other test, with a GPU present (CI runs them without one).
+# 9. Every other test of the packed executables (those that hold GPU tests), with a GPU present
+# (CI runs them, and the CPU-only executables, without one).
 NEED=150 check other-tests 420 tests --skip emulated_device
 
 publish

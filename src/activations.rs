@@ -187,9 +187,14 @@ pub fn split_mut<'a, T>(
     cfg: &GPT2Config,
     b: usize,
     t: usize,
-    mut buf: &'a mut [T],
+    buf: &'a mut [T],
 ) -> Acts<&'a mut [T]> {
-    let sizes = act_sizes(cfg, b, t).into_array();
+    split_sizes_mut(act_sizes(cfg, b, t), buf)
+}
+
+/// Splits the front of `buf` into tensors of the given sizes, in the layout's order.
+pub fn split_sizes_mut<T>(sizes: Acts<usize>, mut buf: &mut [T]) -> Acts<&mut [T]> {
+    let sizes = sizes.into_array();
     assert!(
         buf.len() >= sizes.iter().sum::<usize>(),
         "activation buffer too small"

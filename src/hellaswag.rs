@@ -150,13 +150,14 @@ pub fn score(r: &Rendered, losses: &[f32], t: usize) -> Scored {
     }
     let argmin =
         |x: [f64; ENDINGS]| (1..ENDINGS).fold(0, |best, i| if x[i] < x[best] { i } else { best });
-    let avg = std::array::from_fn(|i| sum[i] / count[i] as f64);
-    Scored {
+    let mut scored = Scored {
         sum,
         count,
         pred_sum: argmin(sum),
-        pred_norm: argmin(avg),
-    }
+        pred_norm: 0,
+    };
+    scored.pred_norm = argmin(scored.avg());
+    scored
 }
 
 /// What [`evaluate`] found.

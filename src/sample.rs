@@ -91,15 +91,10 @@ fn nucleus(idx: Vec<u32>, weights: Vec<f64>, top_p: f64) -> (Vec<u32>, Vec<f64>)
         sum += weights[j];
         sum >= target
     });
-    let mut keep = vec![false; idx.len()];
-    for &j in &order[..reached.map_or(order.len(), |k| k + 1)] {
-        keep[j] = true;
-    }
-    idx.into_iter()
-        .zip(weights)
-        .zip(keep)
-        .filter_map(|(iw, k)| k.then_some(iw))
-        .unzip()
+    // the kept places, back in increasing order (idx is)
+    let mut kept = order[..reached.map_or(order.len(), |k| k + 1)].to_vec();
+    kept.sort_unstable();
+    kept.iter().map(|&j| (idx[j], weights[j])).unzip()
 }
 
 /// Continues `prompt` (at least one token) by `n` tokens; the model sees at most the last `window`

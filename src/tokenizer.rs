@@ -162,24 +162,12 @@ impl Tokenizer {
 /// cut ends none. Cutting inside a run of spaces, or after a newline, is not safe:
 /// "a  b" is the words "a", " ", " b", but "a " alone is "a", " ".
 pub fn split_for_encoding(text: &str, piece_bytes: usize) -> Vec<&str> {
-    let bytes = text.as_bytes();
-    let cut_ok = |i: usize| {
-        // a byte 0x20 is always the character ' ' (UTF-8 never uses it inside another one)
-        let before = text[..i].chars().next_back();
-        let after = text[i + 1..].chars().next();
-        matches!((before, after), (Some(b), Some(a)) if !b.is_whitespace() && !a.is_whitespace())
-    };
     let mut pieces = Vec::new();
     let mut start = 0;
     while text.len() - start > piece_bytes.max(1) {
-        let from = start + piece_bytes.max(1);
-        let cut = bytes[from..]
-            .iter()
-            .enumerate()
-            .filter(|&(_, &b)| b == b' ')
-            .map(|(k, _)| from + k)
-            .find(|&i| cut_ok(i));
-        let Some(cut) = cut else { break };
+        let Some(cut) = next_cut(text, start + piece_bytes.max(1)) else {
+            break;
+        };
         pieces.push(&text[start..cut]);
         start = cut;
     }
@@ -187,12 +175,33 @@ pub fn split_for_encoding(text: &str, piece_bytes: usize) -> Vec<&str> {
     pieces
 }
 
+/// The first place at or after byte `from` of `text` where [`split_for_encoding`] may cut: a
+/// single space between two characters that are not whitespace. A space at the very end is no
+/// such place (what follows it is not known).
+fn next_cut(text: &str, from: usize) -> Option<usize> {
+    let cut_ok = |i: usize| {
+        // a byte 0x20 is always the character ' ' (UTF-8 never uses it inside another one)
+        let before = text[..i].chars().next_back();
+        let after = text[i + 1..].chars().next();
+        matches!((before, after), (Some(b), Some(a)) if !b.is_whitespace() && !a.is_whitespace())
+    };
+    text.as_bytes()
+        .get(from..)?
+        .iter()
+        .enumerate()
+        .filter(|&(_, &b)| b == b' ')
+        .map(|(k, _)| from + k)
+        .find(|&i| cut_ok(i))
+}
+
 /// The most bytes [`for_each_text_part`] reads at a time.
 const READ_BLOCK_BYTES: usize = 8 << 20;
 
 /// Reads UTF-8 text from `reader` and hands it to `on_part` in the pieces that
 /// [`split_for_encoding`]`(whole text, part_bytes)` cuts (empty pieces skipped), while holding
-/// only about one part and one read (at most 8 MiB) of it in memory, never the whole text.
+/// only about one part and one read (at most 8 MiB) of it in memory, not the whole text. (A
+/// stretch of text with no place to cut, such as Chinese without spaces, is one piece however
+/// long: only so are its ids the whole text's.)
 ///
 /// Every piece but the last is cut where [`split_for_encoding`] cuts the whole text: a cut depends
 /// only on the characters beside it, and a piece is handed on only once the text read so far has
@@ -210,6 +219,9 @@ pub fn for_each_text_part(
     // text[..] is the text read and not yet handed on; it starts at byte `handed` of the input
     let mut text = String::new();
     let mut handed: u64 = 0;
+    // text[part_bytes..scan] holds no cut: the search resumes there after the next read, so
+    // that a long stretch without one is searched once, not again after every read
+    let mut scan = 0;
     // the bytes of a character the last read cut in two (at most 3)
     let mut bytes: Vec<u8> = Vec::new();
     loop {
@@ -238,19 +250,27 @@ pub fn for_each_text_part(
             }
         };
         bytes.drain(..valid);
-        let pieces = split_for_encoding(&text, part_bytes);
-        let ready = if end { pieces.len() } else { pieces.len() - 1 };
+        // the pieces split_for_encoding cuts, as far as the text read so far has a cut after them
+        let part = part_bytes.max(1);
         let mut done = 0;
-        for piece in &pieces[..ready] {
-            if !piece.is_empty() {
-                on_part(piece)?;
+        while text.len() - done > part {
+            let Some(cut) = next_cut(&text, (done + part).max(scan)) else {
+                // none up to the last byte, which may become one when the next character comes
+                scan = text.len() - 1;
+                break;
+            };
+            on_part(&text[done..cut])?;
+            done = cut;
+            scan = 0;
+        }
+        if end {
+            if done < text.len() {
+                on_part(&text[done..])?;
             }
-            done += piece.len();
+            return Ok(handed + text.len() as u64);
         }
         handed += done as u64;
         text.drain(..done);
-        if end {
-            return Ok(handed);
-        }
+        scan = scan.saturating_sub(done);
     }
 }

@@ -495,6 +495,14 @@ fn three_docs(dir: &Path) -> Vec<PathBuf> {
     )
 }
 
+/// The ids prepro gives a document: the end-of-text token, then `text` encoded whole (the
+/// reference for prepro's parts, pieces and streams).
+fn document(tok: &Tokenizer, text: &str) -> Vec<u32> {
+    let mut ids = vec![tok.eot()];
+    ids.extend(tok.encode(text));
+    ids
+}
+
 fn shards_of(shard_tokens: usize) -> PreproOptions {
     PreproOptions {
         shard_tokens,
@@ -717,11 +725,7 @@ fn prepro_streams_the_corpus_into_the_shards_of_the_whole_token_stream() {
     let tok = Tokenizer::gpt2().unwrap();
     let docs: Vec<Vec<u32>> = inputs
         .iter()
-        .map(|p| {
-            let mut ids = vec![tok.eot()];
-            ids.extend(tok.encode(&std::fs::read_to_string(p).unwrap()));
-            ids
-        })
+        .map(|p| document(&tok, &std::fs::read_to_string(p).unwrap()))
         .collect();
     let all = docs.concat();
     let total = all.len();
@@ -872,11 +876,7 @@ fn write_jsonl(path: &Path) -> Vec<String> {
 fn prepro_reads_each_json_lines_record_as_a_document() {
     let dir = tmp_dir("prepro_jsonl");
     let tok = Tokenizer::gpt2().unwrap();
-    let doc = |text: &str| -> Vec<u32> {
-        let mut ids = vec![tok.eot()];
-        ids.extend(tok.encode(text));
-        ids
-    };
+    let doc = |text: &str| document(&tok, text);
     let mut texts = write_jsonl(&dir.join("hand.jsonl"));
     // and a second file with a play as one record (serde_json writes its escapes)
     let play =
@@ -937,11 +937,7 @@ fn prepro_reads_each_json_lines_record_as_a_document() {
 fn prepro_reads_gzip_files_as_their_text() {
     let dir = tmp_dir("prepro_gzip");
     let tok = Tokenizer::gpt2().unwrap();
-    let doc = |text: &str| -> Vec<u32> {
-        let mut ids = vec![tok.eot()];
-        ids.extend(tok.encode(text));
-        ids
-    };
+    let doc = |text: &str| document(&tok, text);
     let play = std::fs::read_to_string(default_corpus_dir().join("hamlet.txt")).unwrap();
     let text = &play[..20000];
     let gz = |name: &str| fixture("gzip").join(name);

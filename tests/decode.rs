@@ -62,7 +62,7 @@ fn cached_attention_is_the_full_forward_s_last_rows_bit_for_bit() {
             vec![f32::NAN; nh * t * s],
             vec![f32::NAN; nh * t * s],
         );
-        attention_forward_cached(&mut o, &mut pr, &mut a, &inp, p, t, c, nh);
+        attention_forward_cached(&mut o, &mut pr, &mut a, &inp, 1, p, t, c, nh);
         assert_same_bits(&format!("out, P={p}"), &o, &out[p * c..]);
         for h in 0..nh {
             let rows = |x: &[f32]| x[(h * s + p) * s..(h + 1) * s * s].to_vec();

@@ -12,8 +12,7 @@
 
 use rayon::prelude::*;
 
-/// Forward; see the file comment. Each sequence is [`attention_forward_cached`] with nothing
-/// cached.
+/// Forward; see the file comment. It is [`attention_forward_cached`] with nothing cached (P = 0).
 pub fn attention_forward(
     out: &mut [f32],    // (B, T, C)
     preatt: &mut [f32], // (B, NH, T, T)
@@ -24,85 +23,59 @@ pub fn attention_forward(
     c: usize,
     nh: usize,
 ) {
-    check_shapes(
-        "attention_forward",
-        out.len(),
-        preatt.len(),
-        att.len(),
-        inp.len(),
-        b,
-        t,
-        c,
-        nh,
-    );
-    if b * t * c == 0 {
-        return;
-    }
-    let seqs = out
-        .chunks_exact_mut(t * c)
-        .zip(preatt.chunks_exact_mut(nh * t * t))
-        .zip(att.chunks_exact_mut(nh * t * t))
-        .zip(inp.chunks_exact(t * 3 * c));
-    for (((out, preatt), att), inp) in seqs {
-        attention_forward_cached(out, preatt, att, inp, 0, t, c, nh);
-    }
+    attention_forward_cached(out, preatt, att, inp, b, 0, t, c, nh);
 }
 
-/// The forward of the last T of P + T positions of one sequence, for generation with a cache
-/// (`cpu::decode`): `inp` holds the q, k and v of all P + T positions, the P cached ones first;
-/// `out`, `preatt` and `att` are those of the T new positions, whose queries attend to every
-/// position up to their own. Each row is computed as [`attention_forward`] computes it, so `out`
-/// is bit for bit the last T rows of that forward over all P + T positions.
+/// The forward of the last T of P + T positions of B sequences, for generation with a cache
+/// (`cpu::decode`, B = 1): `inp` holds the q, k and v of all P + T positions, the P cached ones
+/// first; `out`, `preatt` and `att` are those of the T new positions, whose queries attend to
+/// every position up to their own. Each row is computed as the full forward computes it, so
+/// `out` is bit for bit the last T rows of [`attention_forward`] over all P + T positions, which
+/// is this function with P = 0.
 pub fn attention_forward_cached(
-    out: &mut [f32],    // (T, C)
-    preatt: &mut [f32], // (NH, T, P+T)
-    att: &mut [f32],    // (NH, T, P+T)
-    inp: &[f32],        // (P+T, 3C)
+    out: &mut [f32],    // (B, T, C)
+    preatt: &mut [f32], // (B, NH, T, P+T)
+    att: &mut [f32],    // (B, NH, T, P+T)
+    inp: &[f32],        // (B, P+T, 3C)
+    b: usize,
     p: usize,
     t: usize,
     c: usize,
     nh: usize,
 ) {
     let s = p + t;
-    assert!(
-        nh > 0 && c.is_multiple_of(nh),
-        "attention_forward_cached: C = {c} is not divisible by NH = {nh}"
-    );
-    assert_eq!(
+    check_shapes(
+        "attention_forward",
         out.len(),
-        t * c,
-        "attention_forward_cached: out must be (T, C)"
-    );
-    assert_eq!(
+        preatt.len(),
+        att.len(),
         inp.len(),
-        s * 3 * c,
-        "attention_forward_cached: inp must be (P+T, 3C)"
+        (b, t, s),
+        c,
+        nh,
     );
-    assert_eq!(
-        (preatt.len(), att.len()),
-        (nh * t * s, nh * t * s),
-        "attention_forward_cached: preatt and att must be (NH, T, P+T)"
-    );
-    if t * c == 0 {
+    if b * t * c == 0 {
         return;
     }
     let hs = c / nh;
     let c3 = 3 * c;
     let scale = 1.0 / (hs as f32).sqrt();
-    // head h's part of position t2's q (part 0), k (1) or v (2)
-    let part = |t2: usize, which: usize, h: usize| &inp[t2 * c3 + which * c + h * hs..][..hs];
-    // Scores and softmax, one (h, t) row per job: preatt[t2] = q_t . k_t2 * scale for t2 <= t,
+    // head h's part of sequence bi's position t2's q (part 0), k (1) or v (2)
+    let part = |bi: usize, t2: usize, which: usize, h: usize| {
+        &inp[(bi * s + t2) * c3 + which * c + h * hs..][..hs]
+    };
+    // Scores and softmax, one (b, h, t) row per job: preatt[t2] = q_t . k_t2 * scale for t2 <= t,
     // att = their softmax (the sum in f64), both zero beyond t.
     preatt
         .par_chunks_mut(s)
         .zip(att.par_chunks_mut(s))
         .enumerate()
         .for_each(|(row, (preatt_row, att_row))| {
-            let (h, ti) = (row / t, p + row % t);
-            let q = part(ti, 0, h);
+            let (bi, h, ti) = (row / (nh * t), (row / t) % nh, p + row % t);
+            let q = part(bi, ti, 0, h);
             let mut maxval = f32::NEG_INFINITY;
             for (t2, x) in preatt_row.iter_mut().enumerate().take(ti + 1) {
-                *x = dot(q, part(t2, 1, h)) * scale;
+                *x = dot(q, part(bi, t2, 1, h)) * scale;
                 maxval = maxval.max(*x);
             }
             let mut sum = 0.0f64;
@@ -119,13 +92,14 @@ pub fn attention_forward_cached(
         });
     // Weighted sums of values, one row of out per job: out_t = sum over t2 <= t of att[t2] * v_t2.
     let att = &*att;
-    out.par_chunks_mut(c).enumerate().for_each(|(i, out_t)| {
+    out.par_chunks_mut(c).enumerate().for_each(|(row, out_t)| {
+        let (bi, i) = (row / t, row % t);
         let ti = p + i;
         for (h, out_h) in out_t.chunks_exact_mut(hs).enumerate() {
             out_h.fill(0.0);
-            let att_row = &att[(h * t + i) * s..][..=ti];
+            let att_row = &att[((bi * nh + h) * t + i) * s..][..=ti];
             for (t2, &a) in att_row.iter().enumerate() {
-                for (o, &vi) in out_h.iter_mut().zip(part(t2, 2, h)) {
+                for (o, &vi) in out_h.iter_mut().zip(part(bi, t2, 2, h)) {
                     *o += a * vi;
                 }
             }
@@ -154,8 +128,7 @@ pub fn attention_backward(
         dpreatt.len(),
         datt.len(),
         inp.len(),
-        b,
-        t,
+        (b, t, t),
         c,
         nh,
     );
@@ -267,14 +240,15 @@ pub(super) fn dot(x: &[f32], y: &[f32]) -> f32 {
     ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
 }
 
+/// The shapes of B sequences' T queries against S keys (S = T, but for generation's cache).
+#[allow(clippy::too_many_arguments)]
 fn check_shapes(
     what: &str,
     out_len: usize,
     preatt_len: usize,
     att_len: usize,
     inp_len: usize,
-    b: usize,
-    t: usize,
+    (b, t, s): (usize, usize, usize),
     c: usize,
     nh: usize,
 ) {
@@ -283,15 +257,15 @@ fn check_shapes(
         "{what}: C = {c} is not divisible by NH = {nh}"
     );
     assert_eq!(out_len, b * t * c, "{what}: out/dout must be (B, T, C)");
-    assert_eq!(inp_len, b * t * 3 * c, "{what}: inp must be (B, T, 3C)");
+    assert_eq!(inp_len, b * s * 3 * c, "{what}: inp must be (B, S, 3C)");
     assert_eq!(
         preatt_len,
-        b * nh * t * t,
-        "{what}: preatt/dpreatt must be (B, NH, T, T)"
+        b * nh * t * s,
+        "{what}: preatt/dpreatt must be (B, NH, T, S)"
     );
     assert_eq!(
         att_len,
-        b * nh * t * t,
-        "{what}: att/datt must be (B, NH, T, T)"
+        b * nh * t * s,
+        "{what}: att/datt must be (B, NH, T, S)"
     );
 }

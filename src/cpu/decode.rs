@@ -19,7 +19,7 @@ use super::encoder::encoder_forward;
 use super::layernorm::layernorm_forward;
 use super::matmul::matmul_forward;
 use super::model::{check_tokens, layer_forward, Gpt2Cpu};
-use crate::activations::{act_sizes, Acts, LayerActs};
+use crate::activations::{act_sizes, split_sizes_mut, Acts, LayerActs};
 use crate::config::GPT2Config;
 use crate::params;
 use anyhow::{bail, Result};
@@ -109,7 +109,7 @@ impl<'m> Decoder<'m> {
             let cache = &mut self.cache[l * self.capacity * c3..][..(p + t) * c3];
             let attend = |atty: &mut [f32], preatt: &mut [f32], att: &mut [f32], qkv: &[f32]| {
                 cache[p * c3..].copy_from_slice(qkv);
-                attention_forward_cached(atty, preatt, att, cache, p, t, c, nh);
+                attention_forward_cached(atty, preatt, att, cache, 1, p, t, c, nh);
             };
             layer_forward(
                 la,
@@ -166,18 +166,11 @@ fn layer_acts<'b>(
         probs: 0,
         losses: 0,
         ..act_sizes(&one_layer, 1, t)
-    }
-    .into_array();
-    let total: usize = sizes.iter().sum();
+    };
+    let total: usize = sizes.into_array().iter().sum();
     if buf.len() < total {
         buf.resize(total, 0.0);
     }
-    let mut rest = &mut buf[..];
-    let acts = Acts::from_array(sizes.map(|n| {
-        let (head, tail) = std::mem::take(&mut rest).split_at_mut(n);
-        rest = tail;
-        head
-    }));
-    let (mut layers, _) = acts.by_layer(1);
+    let (mut layers, _) = split_sizes_mut(sizes, &mut buf[..]).by_layer(1);
     layers.next().expect("one layer")
 }

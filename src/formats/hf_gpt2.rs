@@ -28,9 +28,9 @@
 use super::checkpoint::{Checkpoint, CheckpointPrecision};
 use super::hf_tokenizer::write_hf_tokenizer;
 use super::safetensors::{
-    looks_like_safetensors, write_safetensors, Dtype, SafeTensors, TensorInfo,
+    starts_like_safetensors, write_safetensors, Dtype, SafeTensors, TensorInfo,
 };
-use super::torch_zip::{looks_like_zip, open_torch_zip};
+use super::torch_zip::{open_torch_zip, starts_like_zip};
 use super::write_file_atomic;
 use crate::config::{pad_vocab, GPT2Config, GPT2_EOT, GPT2_VOCAB_SIZE};
 use crate::params::{num_parameters, param_sizes};
@@ -38,6 +38,7 @@ use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -63,9 +64,35 @@ pub fn hub_repo(name: &str) -> Option<String> {
 }
 
 /// Whether `path` is (or is in) a Hugging Face model rather than an llm.c checkpoint: a directory,
-/// a safetensors file or a shard index.
+/// a weights file (safetensors, or a `torch.save` archive) or a shard index.
 pub fn is_hf_model(path: &Path) -> bool {
-    path.is_dir() || is_index(path) || looks_like_safetensors(path) || looks_like_zip(path)
+    path.is_dir() || is_index(path) || weights_file(path).is_some()
+}
+
+/// What a weights file is, by its first bytes.
+#[derive(Clone, Copy, PartialEq)]
+enum WeightsFile {
+    /// A `torch.save` archive (`pytorch_model.bin`).
+    TorchZip,
+    SafeTensors,
+}
+
+/// Reads the first bytes of `path` once and says which weights file it is; None for anything
+/// else, or a file that cannot be read.
+fn weights_file(path: &Path) -> Option<WeightsFile> {
+    let mut head = Vec::with_capacity(9);
+    std::fs::File::open(path)
+        .ok()?
+        .take(9)
+        .read_to_end(&mut head)
+        .ok()?;
+    if starts_like_zip(&head) {
+        Some(WeightsFile::TorchZip)
+    } else if starts_like_safetensors(&head) {
+        Some(WeightsFile::SafeTensors)
+    } else {
+        None
+    }
 }
 
 fn is_index(path: &Path) -> bool {
@@ -76,7 +103,7 @@ fn is_index(path: &Path) -> bool {
 
 /// Opens a file of weights: a `torch.save` archive, or a safetensors file.
 fn open_weights(path: &Path) -> Result<SafeTensors> {
-    if looks_like_zip(path) {
+    if weights_file(path) == Some(WeightsFile::TorchZip) {
         open_torch_zip(path)
     } else {
         SafeTensors::open(path)

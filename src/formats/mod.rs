@@ -55,12 +55,7 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
 /// Opens `path` and reads its header: (the file, positioned after the header; the file's size in
 /// bytes; the header). Errors name the file, a file shorter than the header included.
 pub fn open_with_header(path: &Path) -> Result<(std::fs::File, u64, Header)> {
-    let mut file =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let size = file
-        .metadata()
-        .with_context(|| format!("{}: cannot read the file size", path.display()))?
-        .len();
+    let (mut file, size) = open_with_size(path)?;
     let mut head = Vec::with_capacity(HEADER_BYTES);
     (&mut file)
         .take(HEADER_BYTES as u64)
@@ -89,7 +84,7 @@ const FORMATS: [(i32, &str, &str); 5] = [
 ];
 
 /// The first four bytes of a zip archive, as an i32: what `torch.save` writes (`pytorch_model.bin`).
-const ZIP_MAGIC: i32 = 0x0403_4b50;
+const ZIP_MAGIC: i32 = i32::from_le_bytes(torch_zip::ZIP_MAGIC);
 /// The first four bytes of PyTorch's legacy format (before 1.6: a bare pickle, protocol 2, that
 /// begins with torch's magic number as a LONG1), as an i32.
 const LEGACY_TORCH_MAGIC: i32 = 0x0a8a_0280;

@@ -273,16 +273,12 @@ impl SafeTensors {
     }
 }
 
-/// Whether the file at `path` starts as a safetensors file does: a plausible header length
-/// followed by `{`.
-pub fn looks_like_safetensors(path: &Path) -> bool {
-    let mut head = [0u8; 9];
-    let Ok(mut f) = std::fs::File::open(path) else {
+/// Whether `head`, a file's first bytes (9 are enough), starts as a safetensors file does: a
+/// plausible header length followed by `{`.
+pub fn starts_like_safetensors(head: &[u8]) -> bool {
+    let Some(head) = head.get(..9) else {
         return false;
     };
-    if f.read_exact(&mut head).is_err() {
-        return false;
-    }
     let n = u64::from_le_bytes(head[..8].try_into().unwrap());
     (2..=MAX_HEADER_BYTES).contains(&n) && head[8] == b'{'
 }

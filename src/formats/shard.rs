@@ -16,11 +16,13 @@ pub const SHARD_VERSION: i32 = 1;
 
 /// Writes `tokens` (N,) as a shard at `path` (atomically). A token > 65535 is an error.
 pub fn write_shard(path: &Path, tokens: &[u32]) -> Result<()> {
-    write_shard_u16(path, &to_u16(tokens, &path.display())?)
+    write_shard_u16(path, &to_u16(tokens, path)?)
 }
 
-/// `tokens` as a shard stores them (u16); a token > 65535 is an error naming `what` (the file).
-pub fn to_u16(tokens: &[u32], what: &dyn std::fmt::Display) -> Result<Vec<u16>> {
+/// `tokens` as a shard stores them (u16); a token > 65535 is an error naming `path` (the file
+/// they are written to, or read from).
+pub fn to_u16(tokens: &[u32], path: &Path) -> Result<Vec<u16>> {
+    let what = path.display();
     let mut out = Vec::with_capacity(tokens.len());
     for (pos, &id) in tokens.iter().enumerate() {
         let Ok(id16) = u16::try_from(id) else {

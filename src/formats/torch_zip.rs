@@ -24,13 +24,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-/// Whether the file at `path` starts as a zip archive does (`PK\x03\x04`).
-pub fn looks_like_zip(path: &Path) -> bool {
-    let mut head = [0u8; 4];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .is_ok()
-        && head == *b"PK\x03\x04"
+/// The first four bytes of a zip archive (and of each entry's local header).
+pub const ZIP_MAGIC: [u8; 4] = *b"PK\x03\x04";
+
+/// Whether `head`, a file's first bytes, starts as a zip archive does.
+pub fn starts_like_zip(head: &[u8]) -> bool {
+    head.starts_with(&ZIP_MAGIC)
 }
 
 /// Opens the `torch.save` archive at `path` and finds every tensor of its state dict.
@@ -38,9 +37,9 @@ pub fn open_torch_zip(path: &Path) -> Result<SafeTensors> {
     let p = path.display();
     let (mut file, size) = super::open_with_size(path)?;
     let entries = zip_entries(&mut file, size).map_err(|e| anyhow!("{p}: {e}"))?;
-    let pkl = entries
-        .keys()
-        .find(|n| n.ends_with("/data.pkl") || *n == "data.pkl")
+    let (pkl, pickle_entry) = entries
+        .iter()
+        .find(|(n, _)| n.ends_with("/data.pkl") || *n == "data.pkl")
         .ok_or_else(|| anyhow!("{p}: a zip archive without data.pkl: not a torch.save file"))?;
     let prefix = pkl.strip_suffix("data.pkl").unwrap_or("").to_string();
     if let Some(order) = entries.get(&format!("{prefix}byteorder")) {
@@ -52,7 +51,6 @@ pub fn open_torch_zip(path: &Path) -> Result<SafeTensors> {
             );
         }
     }
-    let pickle_entry = &entries[pkl];
     let pickle = read_at(&mut file, pickle_entry.offset, pickle_entry.size)?;
     let object = Machine::default()
         .run(&pickle)
@@ -190,7 +188,7 @@ fn zip_entries(file: &mut std::fs::File, size: u64) -> Result<BTreeMap<String, E
             bail!("entry {name} is compressed (method {method}); torch.save stores its entries uncompressed");
         }
         let head = read_at(file, local, 30)?;
-        if !head.starts_with(b"PK\x03\x04") {
+        if !starts_like_zip(&head) {
             bail!("entry {name}: no local header where the directory says");
         }
         let offset = local + 30 + le(&head, 26, 2)? + le(&head, 28, 2)?;
@@ -383,7 +381,6 @@ impl Machine {
             *pc += n;
             Ok(b)
         };
-        let uint = le_uint;
         loop {
             let op = *take(&mut pc, 1)?.first().unwrap();
             match op {
@@ -395,20 +392,20 @@ impl Machine {
                 0x88 => self.stack.push(Py::Bool(true)),
                 0x89 => self.stack.push(Py::Bool(false)),
                 b'K' => {
-                    let v = uint(take(&mut pc, 1)?);
+                    let v = le_uint(take(&mut pc, 1)?);
                     self.stack.push(Py::Int(v as i64))
                 }
                 b'M' => {
-                    let v = uint(take(&mut pc, 2)?);
+                    let v = le_uint(take(&mut pc, 2)?);
                     self.stack.push(Py::Int(v as i64))
                 }
                 b'J' => {
-                    let v = uint(take(&mut pc, 4)?) as u32 as i32;
+                    let v = le_uint(take(&mut pc, 4)?) as u32 as i32;
                     self.stack.push(Py::Int(v as i64))
                 }
                 0x8a => {
                     // LONG1: n bytes, little-endian two's complement
-                    let n = uint(take(&mut pc, 1)?) as usize;
+                    let n = le_uint(take(&mut pc, 1)?) as usize;
                     if n > 8 {
                         bail!("an integer of {n} bytes");
                     }
@@ -417,7 +414,7 @@ impl Machine {
                         0
                     } else {
                         let shift = 64 - 8 * n as u32;
-                        ((uint(b) << shift) as i64) >> shift
+                        ((le_uint(b) << shift) as i64) >> shift
                     };
                     self.stack.push(Py::Int(v))
                 }
@@ -428,9 +425,9 @@ impl Machine {
                 }
                 b'X' | 0x8c | 0x8d | b'U' | b'T' => {
                     let n = match op {
-                        b'X' | b'T' => uint(take(&mut pc, 4)?),
-                        0x8d => uint(take(&mut pc, 8)?),
-                        _ => uint(take(&mut pc, 1)?),
+                        b'X' | b'T' => le_uint(take(&mut pc, 4)?),
+                        0x8d => le_uint(take(&mut pc, 8)?),
+                        _ => le_uint(take(&mut pc, 1)?),
                     };
                     let b = take(&mut pc, usize::try_from(n)?)?;
                     let s = if matches!(op, b'U' | b'T') {
@@ -494,15 +491,15 @@ impl Machine {
                 }
                 b'q' | b'r' | 0x94 => {
                     let idx = match op {
-                        b'q' => uint(take(&mut pc, 1)?),
-                        b'r' => uint(take(&mut pc, 4)?),
+                        b'q' => le_uint(take(&mut pc, 1)?),
+                        b'r' => le_uint(take(&mut pc, 4)?),
                         _ => self.memo.len() as u64,
                     };
                     let v = self.top()?.clone();
                     self.memo.insert(idx, v);
                 }
                 b'h' | b'j' => {
-                    let idx = uint(take(&mut pc, if op == b'h' { 1 } else { 4 })?);
+                    let idx = le_uint(take(&mut pc, if op == b'h' { 1 } else { 4 })?);
                     let v = self
                         .memo
                         .get(&idx)

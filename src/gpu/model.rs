@@ -421,10 +421,8 @@ pub struct Gpt2Gpu<T: ModelFloat = f32> {
     /// (B, T) of the last forward.
     b: usize,
     t: usize,
-    /// The mean loss of the last forward with targets.
-    loss: Option<f32>,
-    /// (B, T) the losses of the last forward with targets (read back for the mean; empty after
-    /// one without).
+    /// (B, T) the losses of the last forward with targets (read back for the mean); empty after
+    /// one without (B * T is at least 1).
     losses: Vec<f32>,
     /// The most device memory seen in use (total - free, as the driver reports it: the context,
     /// the arenas and the stream-ordered scratch pool), sampled after each update.
@@ -645,7 +643,6 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             chunk_b,
             b: 0,
             t: 0,
-            loss: None,
             losses: Vec::new(),
             peak_used: 0,
             stage: Stage::Empty,
@@ -719,11 +716,6 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         (self.b, self.t)
     }
 
-    /// The mean loss of the last forward, if it had targets.
-    pub fn loss(&self) -> Option<f32> {
-        self.loss
-    }
-
     /// Runs the forward pass on inputs (B, T); with targets also the loss, which it returns (the
     /// mean over B*T, summed in f64 on the host from the (B, T) losses: the one read-back of a
     /// forward). The logits of the last forward are in `logits()` until the next backward.
@@ -746,7 +738,6 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             );
         }
         self.stage = Stage::Empty;
-        self.loss = None;
         self.losses.clear();
         self.b = b;
         self.t = t;
@@ -787,10 +778,9 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             .download_losses(b, t)
             .context("the GPU forward pass failed")?;
         let mean = losses.iter().map(|&x| x as f64).sum::<f64>() / bt as f64;
-        self.loss = Some(mean as f32);
         self.losses = losses;
         self.stage = Stage::Forward { targets: true };
-        Ok(self.loss)
+        Ok(Some(mean as f32))
     }
 
     /// The layers of the forward pass up to lnf (`classifier_forward` then computes the logits), for
@@ -1643,7 +1633,7 @@ impl<T: ModelFloat> Engine for Gpt2Gpu<T> {
         Gpt2Gpu::position_logits(self, bi, ti)
     }
     fn losses(&mut self) -> Result<Vec<f32>> {
-        if self.loss.is_none() {
+        if self.losses.is_empty() {
             bail!("the last forward had no targets, so it computed no losses");
         }
         Ok(self.losses.clone())

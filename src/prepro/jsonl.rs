@@ -42,15 +42,18 @@ pub(super) fn encode_jsonl(
     let mut batch_text = 0;
     let (mut documents, mut tokens) = (0, 0);
     let mut flush = |batch: &mut Vec<String>| -> Result<()> {
-        let docs: Vec<Vec<u32>> = batch
+        // each record's document (EOT, then its ids) as a shard stores it, in parallel
+        let docs: Vec<Result<Vec<u16>>> = batch
             .par_iter()
-            .map(|text| tok.encode_parallel(text, PIECE_BYTES))
+            .map(|text| {
+                let mut doc = vec![tok.eot()];
+                doc.extend(tok.encode_parallel(text, PIECE_BYTES));
+                to_u16(&doc, path)
+            })
             .collect();
-        for ids in docs {
-            let mut doc = Vec::with_capacity(1 + ids.len());
-            doc.push(tok.eot());
-            doc.extend(ids);
-            on_doc(&to_u16(&doc, &path.display())?)?;
+        for doc in docs {
+            let doc = doc?;
+            on_doc(&doc)?;
             tokens += doc.len();
             documents += 1;
         }

@@ -211,22 +211,20 @@ fn for_each_document(
     };
     let (mut i, mut documents) = (0, 0);
     while i < inputs.len() {
-        if jsonl::is_jsonl(&inputs[i]) {
-            let (path, field) = (&inputs[i], &opts.text_field);
-            documents += jsonl::encode_jsonl(tok, path, sizes[i], field, opts.part_bytes, |ids| {
-                emit(i, ids)
-            })?;
-            i += 1;
-            continue;
-        }
+        // one file alone: a JSON Lines file's records, or a large (or gzipped) text in parts
         if !small(i) {
-            encode_file(tok, &inputs[i], sizes[i], opts.part_bytes, |ids| {
-                emit(i, ids)
-            })?;
-            documents += 1;
+            let (path, size) = (&inputs[i], sizes[i]);
+            documents += if jsonl::is_jsonl(path) {
+                let field = &opts.text_field;
+                jsonl::encode_jsonl(tok, path, size, field, opts.part_bytes, |ids| emit(i, ids))?
+            } else {
+                encode_file(tok, path, size, opts.part_bytes, |ids| emit(i, ids))?;
+                1
+            };
             i += 1;
             continue;
         }
+        // a group of small text files, tokenized in parallel
         let mut end = i + 1;
         let mut bytes = sizes[i];
         while end < inputs.len() && small(end) && bytes + sizes[end] <= opts.group_bytes {
@@ -271,7 +269,7 @@ fn encode_file(
         &path.display(),
         |ids| {
             tokens += ids.len();
-            on_ids(&to_u16(ids, &path.display())?)
+            on_ids(&to_u16(ids, path)?)
         },
         |done| progress.update(done),
     )?;
@@ -287,7 +285,8 @@ pub(crate) fn open_input(path: &Path) -> Result<Box<dyn std::io::Read + Send>> {
     let file =
         std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
     Ok(if is_gzip(path) {
-        Box::new(GzReader::new(std::io::BufReader::new(file)))
+        // (GzReader reads the file 64 KiB at a time: no BufReader needed)
+        Box::new(GzReader::new(file))
     } else {
         Box::new(file)
     })

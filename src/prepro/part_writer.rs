@@ -19,7 +19,6 @@ pub(super) struct PartWriter {
     full: Vec<PathBuf>,
     /// (< shard_tokens,) the tokens after them.
     rest: Vec<u16>,
-    committed: bool,
 }
 
 impl PartWriter {
@@ -30,7 +29,6 @@ impl PartWriter {
             shard_tokens,
             full: Vec::new(),
             rest: Vec::new(),
-            committed: false,
         }
     }
 
@@ -94,12 +92,12 @@ impl PartWriter {
     /// removes the shards of either naming that an earlier prepro left in the folder. Returns
     /// the shard or the shards' pattern, and the shards.
     pub(super) fn commit(mut self) -> Result<(PathBuf, Vec<PathBuf>)> {
-        let mut counts = vec![self.shard_tokens; self.full.len()];
+        // the full shards, then (when there are tokens after them, or none at all) the last
+        let n_full = self.full.len();
         if !self.rest.is_empty() || self.full.is_empty() {
-            let path = self.temp_path(self.full.len());
+            let path = self.temp_path(n_full);
             write_shard_u16(&path, &self.rest)?;
             self.full.push(path);
-            counts.push(self.rest.len());
         }
         let (file, name) = (self.file, self.name());
         let (pattern, paths): (PathBuf, Vec<PathBuf>) = if self.full.len() == 1 {
@@ -111,19 +109,26 @@ impl PartWriter {
                 .collect();
             (self.dir.join(format!("{name}_??????.bin")), paths)
         };
-        for ((temp, path), n) in self.full.iter().zip(&paths).zip(counts) {
+        for (i, (temp, path)) in self.full.iter().zip(&paths).enumerate() {
             std::fs::rename(temp, path)
                 .with_context(|| format!("{}: cannot write", path.display()))?;
+            let n = if i < n_full {
+                self.shard_tokens
+            } else {
+                self.rest.len()
+            };
             println!("prepro: wrote {} ({n} tokens)", path.display());
         }
-        self.committed = true;
+        // no temporary files left for Drop to remove
+        self.full.clear();
+        let numbered_prefix = format!("{name}_");
         let entries = std::fs::read_dir(&self.dir)
             .with_context(|| format!("{}: cannot list the directory", self.dir.display()))?;
         for entry in entries {
             let path = entry?.path();
             let found = path.file_name().unwrap_or_default().to_string_lossy();
             let numbered = |s: &str| {
-                s.strip_prefix(&format!("{name}_"))
+                s.strip_prefix(&numbered_prefix)
                     .and_then(|rest| rest.strip_suffix(".bin"))
                     .is_some_and(|n| n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()))
             };
@@ -147,11 +152,10 @@ impl PartWriter {
 }
 
 impl Drop for PartWriter {
+    /// Removes the temporary files of a part that was not committed.
     fn drop(&mut self) {
-        if !self.committed {
-            for path in &self.full {
-                let _ = std::fs::remove_file(path);
-            }
+        for path in &self.full {
+            let _ = std::fs::remove_file(path);
         }
     }
 }

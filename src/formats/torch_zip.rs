@@ -244,7 +244,12 @@ struct Tensor {
 impl Tensor {
     /// Its place in the file, given its storage entry's.
     fn info(&self, entry_offset: u64, entry_size: u64) -> Result<TensorInfo> {
-        let numel = self.shape.iter().product::<usize>() as u64;
+        // (a damaged or crafted pickle's shape and offset may be anything: no sum may overflow)
+        let numel = self
+            .shape
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+            .ok_or_else(|| anyhow!("a shape of {:?} elements: too many", self.shape))?;
         let es = self.storage.elem_size as u64;
         if self.storage.numel.saturating_mul(es) > entry_size {
             bail!(
@@ -253,14 +258,15 @@ impl Tensor {
                 self.storage.key
             );
         }
-        if self.offset + numel > self.storage.numel {
+        if self.offset as u128 + numel as u128 > self.storage.numel as u128 {
             bail!(
                 "elements {}..{} of a storage of {}",
                 self.offset,
-                self.offset + numel,
+                self.offset as u128 + numel as u128,
                 self.storage.numel
             );
         }
+        // now offset + numel <= the storage's elements, whose bytes fit in its entry
         let begin = entry_offset + self.offset * es;
         Ok(TensorInfo {
             dtype: self.storage.dtype.clone(),
@@ -627,7 +633,8 @@ fn call(f: &Py, args: Vec<Py>) -> Result<Py> {
                          (save its .contiguous() copy)"
                     );
                 }
-                want *= n;
+                // (saturating: a shape too large for its count is refused by Tensor::info)
+                want = want.saturating_mul(n);
             }
             Ok(Py::Tensor(Tensor {
                 storage: storage.clone(),
@@ -642,6 +649,33 @@ fn call(f: &Py, args: Vec<Py>) -> Result<Py> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tensor_s_place_never_overflows() {
+        let tensor = |shape: Vec<usize>, offset: u64| Tensor {
+            storage: Storage {
+                dtype: Ok(Dtype::F32),
+                elem_size: 4,
+                key: "0".into(),
+                numel: 6,
+            },
+            offset,
+            shape,
+        };
+        // a good one: elements 2..6 of the storage, bytes 8..24 of an entry at 100
+        let info = tensor(vec![2, 2], 2).info(100, 24).unwrap();
+        assert_eq!((info.begin, info.end), (108, 124));
+        let err = |t: Tensor| t.info(100, 24).unwrap_err().to_string();
+        assert_eq!(
+            err(tensor(vec![1 << 40, 1 << 40], 0)),
+            "a shape of [1099511627776, 1099511627776] elements: too many"
+        );
+        assert_eq!(
+            err(tensor(vec![2], u64::MAX)),
+            "elements 18446744073709551615..18446744073709551617 of a storage of 6"
+        );
+        assert_eq!(err(tensor(vec![7], 0)), "elements 0..7 of a storage of 6");
+    }
 
     #[test]
     fn a_pickle_that_calls_anything_else_is_refused() {

@@ -24,6 +24,7 @@ pub mod formats;
 pub mod gpu;
 pub mod hellaswag;
 pub mod interrupt;
+pub mod lr_schedule;
 pub mod mfu;
 pub mod params;
 pub mod precision;

@@ -3,7 +3,9 @@
 //! - after each step N (from 1): `{"step": N, "loss": .., "lr": .., "norm": .., "ms": ..,
 //!   "tokens_per_s": .., "mfu": ..}` (`mfu` null where the device's peak is unknown);
 //! - at each validation, after N steps (from 0): `{"step": N, "val_loss": ..}`, with
-//!   `"hellaswag_acc_norm": ..` when the run has `--hellaswag`.
+//!   `"hellaswag_acc_norm": ..` when the run has `--hellaswag`;
+//! - with each text sample (`--sample-every`, and the one at the end): `{"step": N, "sample":
+//!   ".."}`.
 //!
 //! Each line is flushed as it is written, so the log of a run that stops is whole up to there. A
 //! new run replaces the folder's log; a resumed run (`--resume`) starts from the log beside the
@@ -91,6 +93,12 @@ impl RunLog {
         self.line(&(line + "}"))
     }
 
+    /// Logs a text sample drawn after `step` steps.
+    pub fn sample(&mut self, step: usize, text: &str) -> Result<()> {
+        let text = serde_json::to_string(text).expect("a string is JSON");
+        self.line(&format!(r#"{{"step": {step}, "sample": {text}}}"#))
+    }
+
     fn line(&mut self, line: &str) -> Result<()> {
         writeln!(self.out, "{line}")
             .and_then(|_| self.out.flush())
@@ -109,8 +117,8 @@ fn num(x: f32) -> String {
 }
 
 /// Whether a record of an earlier log comes before a run resumed after `step` steps: a step's
-/// record up to `step`, a validation's before it (the resumed run validates at `step` again). A
-/// line that is not such a record is dropped.
+/// record up to `step`, a validation's or a sample's before it (the resumed run validates, and
+/// samples, at `step` again). A line that is not such a record is dropped.
 fn before(line: &str, step: usize) -> bool {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
         return false;
@@ -118,7 +126,7 @@ fn before(line: &str, step: usize) -> bool {
     let Some(n) = v.get("step").and_then(|s| s.as_u64()) else {
         return false;
     };
-    if v.get("val_loss").is_some() {
+    if v.get("val_loss").is_some() || v.get("sample").is_some() {
         n < step as u64
     } else {
         v.get("loss").is_some() && n <= step as u64

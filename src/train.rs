@@ -1,5 +1,6 @@
-//! The training loop shared by both engines: data, learning-rate schedule, gradient accumulation
-//! and clipping, AdamW, progress lines, validation, checkpoints and a sample at the end. With
+//! The training loop shared by both engines: data, learning-rate schedule
+//! ([`crate::lr_schedule`]), gradient accumulation and clipping, AdamW, progress lines,
+//! validation, checkpoints, and text samples (every `--sample-every` steps and at the end). With
 //! `--profile`, the engine times its kernel families over the steps after the first (see
 //! [`profiled_steps`]) and the run ends with their table (`crate::profile`).
 
@@ -10,6 +11,7 @@ use crate::data::DataLoader;
 use crate::engine::Engine;
 use crate::formats::hf_gpt2::hub_repo;
 use crate::formats::read_model;
+use crate::lr_schedule::{LrSchedule, LrShape};
 use crate::mfu::mfu;
 use crate::precision::Precision;
 use crate::run_log::{RunLog, StepRecord};
@@ -57,6 +59,10 @@ pub struct TrainArgs {
     /// Micro-batches accumulated into each step.
     #[arg(long, default_value_t = 1)]
     pub grad_accum: usize,
+    /// Instead of --grad-accum: the tokens of each step (llm.c's `-d`, e.g. 524288 for GPT-2's
+    /// 0.5M), a multiple of B x T; the micro-batches accumulated are that over B x T.
+    #[arg(long, value_name = "TOKENS", conflicts_with = "grad_accum")]
+    pub total_batch: Option<usize>,
     /// Optimizer steps.
     #[arg(long, default_value_t = 100)]
     pub steps: usize,
@@ -66,9 +72,15 @@ pub struct TrainArgs {
     /// Linear warm-up steps.
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
-    /// The cosine decay ends at this fraction of the peak learning rate (1 keeps it constant).
+    /// The learning rate after the warm-up (llm.c's `-k`).
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub lr_schedule: LrShape,
+    /// The decay ends, on the last step, at this fraction of the peak learning rate.
     #[arg(long, default_value_t = 0.1)]
     pub lr_final_frac: f32,
+    /// With --lr-schedule wsd: the fraction of the steps, at the end, over which the rate decays.
+    #[arg(long, default_value_t = 0.2)]
+    pub lr_decay_frac: f32,
     /// AdamW weight decay, on the matrices and embeddings only (not biases and LayerNorm
     /// parameters), as GPT-2, llm.c and nanoGPT.
     #[arg(long, default_value_t = 0.0)]
@@ -118,6 +130,14 @@ pub struct TrainArgs {
     /// Tokens of text to sample at the end (0: none).
     #[arg(long, default_value_t = 64)]
     pub sample_tokens: usize,
+    /// Also sample every this many steps during training (llm.c's `-s`; 0: only at the end). Each
+    /// sample draws with --seed, so they differ only by what the model has learned.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub sample_every: usize,
+    /// Train on the first batch of the training data over and over (llm.c's `-a 1`): the loss
+    /// should fall towards zero; a check that a model change still learns.
+    #[arg(long)]
+    pub overfit_batch: bool,
     /// Seed of the initialisation, the data order and the sample.
     #[arg(long, default_value_t = 1337)]
     pub seed: u64,
@@ -163,23 +183,28 @@ pub fn profiled_steps(steps: usize) -> std::ops::Range<usize> {
     }
 }
 
-/// The learning rate at step `step` (from 0) of `steps`: linear warm-up to `lr`, then cosine decay
-/// to `lr * final_frac` at the last step.
-pub fn lr_at(step: usize, steps: usize, lr: f32, warmup: usize, final_frac: f32) -> f32 {
-    if step < warmup {
-        return lr * (step + 1) as f32 / warmup as f32;
-    }
-    let decay_steps = steps.saturating_sub(warmup + 1);
-    if decay_steps == 0 {
-        return lr;
-    }
-    let progress = ((step - warmup) as f64 / decay_steps as f64).min(1.0);
-    let coeff = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
-    let min = lr as f64 * final_frac as f64;
-    (min + coeff * (lr as f64 - min)) as f32
-}
-
 impl TrainArgs {
+    /// The micro-batches of a step: --grad-accum, or --total-batch over B x T (checked by
+    /// [`TrainArgs::validate`]).
+    pub fn micro_batches(&self) -> usize {
+        match self.total_batch {
+            Some(tokens) => tokens / self.batch.saturating_mul(self.seq).max(1),
+            None => self.grad_accum,
+        }
+    }
+
+    /// The learning-rate schedule of these flags.
+    pub fn schedule(&self) -> LrSchedule {
+        LrSchedule {
+            shape: self.lr_schedule,
+            lr: self.lr,
+            steps: self.steps,
+            warmup: self.warmup,
+            final_frac: self.lr_final_frac,
+            decay_frac: self.lr_decay_frac,
+        }
+    }
+
     /// The engine these flags ask for.
     pub fn engine_options(&self) -> crate::engine::EngineOptions {
         crate::engine::EngineOptions {
@@ -204,6 +229,19 @@ impl TrainArgs {
         if self.grad_accum == 0 {
             bail!("--grad-accum must be at least 1");
         }
+        if let Some(tokens) = self.total_batch {
+            let bt = self.batch.saturating_mul(self.seq);
+            if tokens < bt || tokens % bt != 0 {
+                let below = (tokens / bt).max(1) * bt;
+                bail!(
+                    "--total-batch {tokens} is not a multiple of a micro-batch's B x T = {} x {} \
+                     = {bt} tokens (try {below} or {})",
+                    self.batch,
+                    self.seq,
+                    below.saturating_add(bt)
+                );
+            }
+        }
         if self.hellaswag.is_some() && self.batch < crate::hellaswag::ENDINGS {
             bail!(
                 "--hellaswag needs --batch of at least {0} (an example is {0} sequences), got {1}",
@@ -225,6 +263,15 @@ impl TrainArgs {
                 "--lr-final-frac must be in [0, 1], got {}",
                 self.lr_final_frac
             );
+        }
+        if !(0.0..=1.0).contains(&self.lr_decay_frac) {
+            bail!(
+                "--lr-decay-frac must be in [0, 1], got {}",
+                self.lr_decay_frac
+            );
+        }
+        if self.sample_every > 0 && self.sample_tokens == 0 {
+            bail!("--sample-every needs --sample-tokens of at least 1");
         }
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
             bail!("--beta1 and --beta2 must be in [0, 1)");
@@ -294,6 +341,16 @@ pub fn train(
         .unwrap_or_else(crate::data::default_val_pattern);
     let shuffle = args.shuffle.then_some(args.seed);
     let mut train_loader = DataLoader::new(&train_pattern, b, t, cfg.vocab_size, shuffle)?;
+    // --overfit-batch: the first batch a fresh loader serves, every time (the run's loader, whose
+    // place a training state records, is left at its start)
+    let overfit = if args.overfit_batch {
+        let mut first = DataLoader::new(&train_pattern, b, t, cfg.vocab_size, shuffle)?;
+        let (x, y) = first.next_batch()?;
+        Some((x.to_vec(), y.to_vec()))
+    } else {
+        None
+    };
+    let micro = args.micro_batches();
     let mut val_loader = DataLoader::new(&val_pattern, b, t, cfg.vocab_size, None)?;
     let val_batches = args.val_batches.min(val_loader.num_batches().max(1));
     let hellaswag = match &args.hellaswag {
@@ -328,7 +385,7 @@ pub fn train(
         val_pattern,
         val_loader.num_batches(),
         args.steps,
-        b * t * args.grad_accum
+        b * t * micro
     );
     // the log a resumed run continues: the one beside its state
     let mut earlier_log = None;
@@ -352,7 +409,7 @@ pub fn train(
     println!("log: {}", log.path().display());
 
     let mut summary = TrainSummary::default();
-    let tokens_per_step = (b * t * args.grad_accum) as f64;
+    let tokens_per_step = (b * t * micro) as f64;
     let peak = args.peak_tflops.or_else(|| engine.peak_tflops());
     let profiled = if !args.profile {
         0..0
@@ -404,6 +461,33 @@ pub fn train(
             }
             log.validation(step, val, acc_norm)
         };
+    // a text sample after `step` steps (the same seed each time: only the model changes)
+    let sample = |engine: &mut dyn Engine, step: usize, log: &mut RunLog| -> Result<String> {
+        let tok = Tokenizer::gpt2()?;
+        let opts = SampleOptions {
+            top_k: 40,
+            ..Default::default()
+        };
+        println!(
+            "sample after step {step} ({} tokens, top-k 40):\n---",
+            args.sample_tokens
+        );
+        let window = t.min(cfg.max_seq_len);
+        let ids = generate(
+            engine,
+            &[tok.eot()],
+            args.sample_tokens,
+            window,
+            &opts,
+            args.seed,
+            |_| {},
+        )?;
+        let text = tok.decode(&ids)?;
+        println!("{text}\n---");
+        log.sample(step, &text)?;
+        Ok(text)
+    };
+    let schedule = args.schedule();
     // the steps of this run's checkpoints still on disk, oldest first (for --keep-checkpoints)
     let mut kept = std::collections::VecDeque::new();
     for step in start..args.steps {
@@ -411,6 +495,9 @@ pub fn train(
         let last = step + 1 == args.steps;
         if args.val_every > 0 && step % args.val_every == 0 {
             validate(engine, step, &mut summary, &mut log)?;
+        }
+        if args.sample_every > 0 && step > 0 && step % args.sample_every == 0 {
+            sample(engine, step, &mut log)?;
         }
 
         let step_range = crate::gpu::nvtx::range(c"step");
@@ -420,11 +507,14 @@ pub fn train(
         }
         engine.zero_grad()?;
         let mut loss = 0.0f32;
-        for _ in 0..args.grad_accum {
-            let (x, y) = train_loader.next_batch()?;
+        for _ in 0..micro {
+            let (x, y) = match &overfit {
+                Some((x, y)) => (&x[..], &y[..]),
+                None => train_loader.next_batch()?,
+            };
             let l = engine.forward(x, Some(y), b, t)?.expect("targets given");
-            engine.backward(1.0 / args.grad_accum as f32)?;
-            loss += l / args.grad_accum as f32;
+            engine.backward(1.0 / micro as f32)?;
+            loss += l / micro as f32;
         }
         if !loss.is_finite() {
             bail!(
@@ -438,7 +528,7 @@ pub fn train(
         } else {
             1.0
         };
-        let lr = lr_at(step, args.steps, args.lr, args.warmup, args.lr_final_frac);
+        let lr = schedule.at(step);
         let hp = AdamW {
             lr,
             beta1: args.beta1,
@@ -522,25 +612,7 @@ pub fn train(
     }
 
     if args.sample_tokens > 0 {
-        let tok = Tokenizer::gpt2()?;
-        let opts = SampleOptions {
-            top_k: 40,
-            ..Default::default()
-        };
-        println!("sample ({} tokens, top-k 40):\n---", args.sample_tokens);
-        let window = t.min(cfg.max_seq_len);
-        let ids = generate(
-            engine,
-            &[tok.eot()],
-            args.sample_tokens,
-            window,
-            &opts,
-            args.seed,
-            |_| {},
-        )?;
-        let text = tok.decode(&ids)?;
-        println!("{text}\n---");
-        summary.sample = text;
+        summary.sample = sample(engine, args.steps, &mut log)?;
     }
     Ok(summary)
 }
@@ -574,19 +646,6 @@ struct Hellaswag {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn schedule_warms_up_then_decays_to_the_final_fraction() {
-        let (lr, steps, warm, frac) = (1.0, 11, 2, 0.1);
-        assert_eq!(lr_at(0, steps, lr, warm, frac), 0.5);
-        assert_eq!(lr_at(1, steps, lr, warm, frac), 1.0);
-        assert_eq!(lr_at(2, steps, lr, warm, frac), 1.0);
-        // halfway through the decay (step 2 + 4 of 8): the cosine is at 0, so (1 + 0.1) / 2
-        assert!((lr_at(6, steps, lr, warm, frac) - 0.55).abs() < 1e-6);
-        assert!((lr_at(10, steps, lr, warm, frac) - 0.1).abs() < 1e-6);
-        // a constant schedule
-        assert_eq!(lr_at(5, 10, 0.3, 0, 1.0), 0.3);
-    }
 
     #[test]
     fn profile_skips_the_first_step_unless_it_is_the_only_one() {

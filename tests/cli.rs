@@ -181,7 +181,7 @@ fn trains_a_small_model_then_samples_from_its_checkpoint() {
     // a fresh GPT-2 predicts ~uniformly over 50257 tokens: ln(50257) = 10.825
     assert!((losses[0] - 10.825).abs() < 0.3, "{losses:?}");
     assert!(stdout.matches("val loss").count() >= 3, "{stdout}");
-    assert!(stdout.contains("sample (8 tokens"), "{stdout}");
+    assert!(stdout.contains("sample after step 4 (8 tokens"), "{stdout}");
     let ckpt = dir.join("model_000004.bin");
     assert!(ckpt.exists(), "{stdout}");
 
@@ -235,7 +235,7 @@ fn a_resumed_run_continues_exactly() {
     let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
     let common = flags(
         "--device cpu --batch 2 --lr 1e-2 --warmup 1 --val-every 2 --val-batches 2 \
-         --sample-tokens 8 --shuffle --grad-accum 2",
+         --sample-tokens 8 --sample-every 2 --shuffle --grad-accum 2",
     );
     // the common flags, --seq 16 and --seed 5 unless `extra` gives its own, then `extra`
     fn args<'a>(common: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
@@ -286,10 +286,29 @@ fn a_resumed_run_continues_exactly() {
     );
     let want = log_lines(&whole, LOGGED);
     assert_eq!(want.len(), 7 + 5, "7 steps and 5 validations:\n{whole}");
-    // log.jsonl holds what the run printed, in order: 7 steps and 5 validations
+    // log.jsonl holds what the run printed, in order: 7 steps and 5 validations, and the samples
+    // after steps 2, 4 and 6 (--sample-every 2) and at the end
     let whole_log = run_log(&dir.join("whole"));
-    assert_eq!(whole_log.len(), want.len());
-    for (record, line) in whole_log.iter().zip(&want) {
+    let (samples, numbers): (Vec<_>, Vec<_>) =
+        whole_log.iter().partition(|r| r.get("sample").is_some());
+    let printed_samples: Vec<(u64, &str)> = whole
+        .split("sample after step ")
+        .skip(1)
+        .map(|s| {
+            let step = s.split(' ').next().unwrap().parse().unwrap();
+            let text = s.split("---\n").nth(1).unwrap();
+            (step, text.strip_suffix('\n').unwrap())
+        })
+        .collect();
+    let logged_samples: Vec<(u64, &str)> = samples
+        .iter()
+        .map(|r| (r["step"].as_u64().unwrap(), r["sample"].as_str().unwrap()))
+        .collect();
+    assert_eq!(logged_samples, printed_samples, "{whole}");
+    let sample_steps: Vec<u64> = printed_samples.iter().map(|s| s.0).collect();
+    assert_eq!(sample_steps, [2, 4, 6, 7], "{whole}");
+    assert_eq!(numbers.len(), want.len());
+    for (record, line) in numbers.iter().zip(&want) {
         let printed = |key: &str| -> f64 {
             let at = line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len();
             line[at..]
@@ -328,7 +347,8 @@ fn a_resumed_run_continues_exactly() {
         want[want.len() - 7..],
         "{whole}\n{from3}"
     );
-    let sample = |log: &str| log.split("top-k 40):").nth(1).map(str::to_owned);
+    // the sample at the end
+    let sample = |log: &str| log.rsplit("top-k 40):").next().map(str::to_owned);
     assert!(sample(&whole).is_some());
     assert_eq!(sample(&from3), sample(&whole));
     assert_same_files(
@@ -984,4 +1004,212 @@ fn training_reports_hellaswag_at_each_validation() {
         &[&args[..], &["--batch", "4", "--seq", "6"]].concat(),
         &["--hellaswag: HellaSwag example 1 has a row of 7 tokens (context and ending), more than --seq = 6"],
     );
+}
+
+/// The lr of each step of a run's log.jsonl.
+fn logged_rates(dir: &Path) -> Vec<f64> {
+    run_log(dir)
+        .iter()
+        .filter_map(|r| r.get("lr").and_then(|x| x.as_f64()))
+        .collect()
+}
+
+/// llm.c's training flags, each against what it must equal: `--total-batch` (its `-d`) trains as
+/// the same micro-batches through `--grad-accum`, bit for bit; `--lr-schedule` (its `-k`) gives
+/// the rates computed here by hand; `--sample-every` (its `-s`) prints and logs what `sample`
+/// draws from that step's checkpoint, and changes nothing else; `--overfit-batch` (its `-a 1`)
+/// trains as a corpus of that one batch does; and their bad values are refused.
+#[test]
+fn llmc_training_flags() {
+    let dir = tmp_dir("llmc-flags");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let base =
+        flags("--device cpu --model d1 --batch 2 --seq 16 --val-every 0 --val-batches 1 --seed 3");
+    // a run with `extra` into the folder `out`
+    let train = |extra: &str, out: &str| {
+        let (status, stdout, stderr) = run(bin()
+            .args(&base)
+            .args(flags(extra))
+            .args(["--out-dir", &d(out)]));
+        assert!(status.status.success(), "{extra}:\n{stdout}\n{stderr}");
+        stdout
+    };
+
+    // --total-batch 64 at B x T = 2 x 16: two micro-batches a step
+    train(
+        "--lr 1e-2 --steps 3 --sample-tokens 0 --grad-accum 2",
+        "accum",
+    );
+    let total = train(
+        "--lr 1e-2 --steps 3 --sample-tokens 0 --total-batch 64",
+        "total",
+    );
+    assert!(total.contains("3 steps of 64 tokens"), "{total}");
+    assert_same_files(
+        &dir.join("accum"),
+        &dir.join("total"),
+        &["model_000003.bin", "state_000003.bin"],
+        "--grad-accum 2 and --total-batch 64",
+    );
+
+    // the schedules, by hand
+    let schedule = |name: &str, extra: &str| {
+        train(&format!("--sample-tokens 0 --lr 1e-3 {extra}"), name);
+        logged_rates(&dir.join(name))
+    };
+    let near = |got: &[f64], want: &[f64]| {
+        got.len() == want.len()
+            && got
+                .iter()
+                .zip(want)
+                .all(|(g, w)| (g - w).abs() <= 1e-6 * w.abs() + 1e-12)
+    };
+    // linear: the peak after 1 warm-up step, then down by (1 - 0.2) / 4 of it a step
+    let linear = schedule(
+        "linear",
+        "--steps 6 --warmup 1 --lr-schedule linear --lr-final-frac 0.2",
+    );
+    let want = [1e-3, 1e-3, 0.8e-3, 0.6e-3, 0.4e-3, 0.2e-3];
+    assert!(near(&linear, &want), "{linear:?}");
+    // wsd: 2 warm-up steps, the peak to step 7 (the last 3 of 10 steps decay), 1 - sqrt(k / 2)
+    let wsd = schedule(
+        "wsd",
+        "--steps 10 --warmup 2 --lr-schedule wsd --lr-decay-frac 0.3 --lr-final-frac 0",
+    );
+    let want = [
+        0.5e-3,
+        1e-3,
+        1e-3,
+        1e-3,
+        1e-3,
+        1e-3,
+        1e-3,
+        1e-3,
+        (1.0 - 0.5f64.sqrt()) * 1e-3,
+        0.0,
+    ];
+    assert!(near(&wsd, &want), "{wsd:?}");
+    let constant = schedule("constant", "--steps 3 --warmup 2 --lr-schedule constant");
+    assert!(near(&constant, &[0.5e-3, 1e-3, 1e-3]), "{constant:?}");
+    // the default stays the cosine: 1, its middle (1 + 0.1) / 2, 0.1
+    let cosine = schedule("cosine", "--steps 3");
+    assert!(near(&cosine, &[1e-3, 0.55e-3, 0.1e-3]), "{cosine:?}");
+
+    // --sample-every 2: a sample after step 2, what `sample` draws from that step's checkpoint,
+    // and one at the end; training as without it
+    let sampled = train(
+        "--lr 1e-2 --steps 4 --sample-tokens 6 --sample-every 2 --checkpoint-every 2",
+        "sampled",
+    );
+    let (out, drawn, stderr) = run(bin().args([
+        "sample",
+        "--device",
+        "cpu",
+        "--model",
+        &d("sampled/model_000002.bin"),
+        "--tokens",
+        "6",
+        "--top-k",
+        "40",
+        "--seed",
+        "3",
+        "--window",
+        "16",
+    ]));
+    assert!(out.status.success(), "{stderr}");
+    let after2 = sampled
+        .split("sample after step 2 (6 tokens, top-k 40):\n---\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no sample after step 2:\n{sampled}"));
+    assert!(
+        after2.starts_with(&format!("{drawn}---\n")),
+        "{drawn:?} vs {sampled}"
+    );
+    assert!(
+        sampled.contains("sample after step 4 (6 tokens"),
+        "{sampled}"
+    );
+    let logged: Vec<u64> = run_log(&dir.join("sampled"))
+        .iter()
+        .filter(|r| r.get("sample").is_some())
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(logged, [2, 4]);
+    train(
+        "--lr 1e-2 --steps 4 --sample-tokens 6 --checkpoint-every 2",
+        "unsampled",
+    );
+    assert_same_files(
+        &dir.join("sampled"),
+        &dir.join("unsampled"),
+        &["model_000004.bin", "state_000004.bin"],
+        "the runs with and without --sample-every",
+    );
+
+    // --overfit-batch on the corpus trains as a corpus of its first batch alone (2 x 16 + 1
+    // tokens, served again and again), and that batch's loss falls fast
+    let first: Vec<u32> =
+        train_gpt2_cuda::formats::shard::read_shard(&root().join("data/shakespeare/train.bin"))
+            .unwrap()[..33]
+            .iter()
+            .map(|&x| x as u32)
+            .collect();
+    let one = dir.join("one_batch.bin");
+    train_gpt2_cuda::formats::shard::write_shard(&one, &first).unwrap();
+    let steps = "--lr 1e-2 --steps 8 --sample-tokens 0";
+    let overfit = train(&format!("--overfit-batch {steps}"), "overfit");
+    let alone = train(&format!("--train {} {steps}", one.display()), "alone");
+    assert_eq!(
+        log_lines(&overfit, &["step "]),
+        log_lines(&alone, &["step "])
+    );
+    assert_same_files(
+        &dir.join("overfit"),
+        &dir.join("alone"),
+        &["model_000008.bin"],
+        "--overfit-batch and a corpus of one batch",
+    );
+    let losses: Vec<f64> = run_log(&dir.join("overfit"))
+        .iter()
+        .filter_map(|r| r.get("loss").and_then(|x| x.as_f64()))
+        .collect();
+    assert!(losses[7] < losses[0] - 3.0, "{losses:?}");
+
+    for (extra, needle) in [
+        (
+            "--total-batch 100",
+            "--total-batch 100 is not a multiple of a micro-batch's B x T = 2 x 16 = 32 tokens \
+             (try 96 or 128)",
+        ),
+        (
+            "--total-batch 16",
+            "--total-batch 16 is not a multiple of a micro-batch's B x T = 2 x 16 = 32 tokens \
+             (try 32 or 64)",
+        ),
+        (
+            "--lr-decay-frac 1.5",
+            "--lr-decay-frac must be in [0, 1], got 1.5",
+        ),
+        (
+            "--sample-every 2 --sample-tokens 0",
+            "--sample-every needs --sample-tokens of at least 1",
+        ),
+    ] {
+        expect_error(&[&base[..], &flags(extra)[..]].concat(), &[needle]);
+    }
+    // what clap refuses, as a usage error (status 2)
+    for (extra, needle) in [
+        (
+            "--total-batch 64 --grad-accum 2",
+            "'--total-batch <TOKENS>' cannot be used with '--grad-accum <GRAD_ACCUM>'",
+        ),
+        (
+            "--lr-schedule step",
+            "invalid value 'step' for '--lr-schedule",
+        ),
+    ] {
+        let (out, _, stderr) = run(bin().args(&base).args(flags(extra)));
+        assert_eq!(out.status.code(), Some(2), "{extra}: {stderr}");
+        assert!(stderr.contains(needle), "{extra}: {stderr}");
+    }
 }

@@ -274,6 +274,29 @@ fn hellaswag_during_training_on_the_emulated_device_changes_nothing_else() {
     }
 }
 
+/// Text samples between training steps (`--sample-every`: forwards without targets, one length
+/// after another, which the graphs leave eager) leave training as it was: the same losses and
+/// the same checkpoint, bit for bit, as the run without them, in fp32 and bf16; and the last
+/// sample is the one the run without them draws at the end.
+#[test]
+fn samples_during_training_on_the_emulated_device_change_nothing_else() {
+    for precision in ["fp32", "bf16"] {
+        let base = ["--device", "cuda", "--precision", precision];
+        let (log_a, ck_a) = train(&format!("se-{precision}-without"), &base);
+        let with = [&base[..], &["--sample-every", "2"]].concat();
+        let (log_b, ck_b) = train(&format!("se-{precision}-with"), &with);
+        // after step 2, and at the end (step 4): the same lengths again
+        assert_eq!(log_b.matches("sample after step ").count(), 2, "{log_b}");
+        assert_eq!(losses(&log_a), losses(&log_b), "{precision}");
+        let last = |log: &str| log.rsplit("top-k 40):").next().map(str::to_owned);
+        assert_eq!(last(&log_a), last(&log_b), "{precision}");
+        assert!(
+            ck_a == ck_b,
+            "{precision}: sampling changed the trained parameters"
+        );
+    }
+}
+
 /// Training on the emulated device against the CPU path, same seed and data, 4 steps of d1 with
 /// GPT-2's vocabulary at a learning rate (1e-2) that moves the loss (10.80 to 10.09 on the CPU,
 /// so a step that does not train shows): the printed losses (4 decimals) within `atol`. fp32

@@ -483,10 +483,11 @@ fn cuda_graphs_give_bitwise_the_same_training() {
         let mut runs = Vec::new();
         for m in [&mut with, &mut without] {
             // a smaller batch first (so that nothing sized by the first batch may be replaced
-            // under a captured graph by the larger one), an inference forward of another shape,
-            // then the largest batch
+            // under a captured graph by the larger one), inference forwards of another shape
+            // (twice: generation is never captured), then the largest batch
             let first = train(m, steps, 1, 32, 7);
             let x: Vec<u32> = (0..17).map(|i| (i * 7 % cfg.vocab_size) as u32).collect();
+            m.forward(&x, None, 1, 17).unwrap();
             m.forward(&x, None, 1, 17).unwrap();
             let second = train(m, steps, b, t, 8);
             // and the smaller batch again: its graphs replayed after the larger batch ran
@@ -497,7 +498,7 @@ fn cuda_graphs_give_bitwise_the_same_training() {
             with.cuda_graphs(),
             "a capture failed and turned the graphs off"
         );
-        // forward with targets and backward at (1, 32) and at (2, 64)
+        // forward with targets and backward at (1, 32) and at (2, 64); not the inference forward
         assert_eq!(with.cuda_graphs_captured(), 4, "pieces captured");
         assert_eq!(without.cuda_graphs_captured(), 0);
         let (g, e) = (&runs[0], &runs[1]);

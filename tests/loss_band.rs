@@ -9,8 +9,8 @@ use train_gpt2_cuda::config::GPT2Config;
 use train_gpt2_cuda::cpu::adamw::AdamW;
 use train_gpt2_cuda::cpu::model::Gpt2Cpu;
 use train_gpt2_cuda::data::{self, DataLoader};
+use train_gpt2_cuda::lr_schedule::{LrSchedule, LrShape};
 use train_gpt2_cuda::params::init_params;
-use train_gpt2_cuda::train;
 
 /// A log of `losses` (one `step` line each) with validation losses `vals` (first, last).
 fn log(dir: &std::path::Path, name: &str, losses: &[f32], vals: [f32; 2]) -> PathBuf {
@@ -101,9 +101,17 @@ fn train_log(mut model: Gpt2Cpu, steps: usize, b: usize, t: usize) -> String {
         sum
     };
     let mut log = format!("val loss {:.4}\n", val_loss(&mut model));
+    let schedule = LrSchedule {
+        shape: LrShape::Cosine,
+        lr: 1e-3,
+        steps,
+        warmup: 10,
+        final_frac: 0.1,
+        decay_frac: 0.0,
+    };
     for step in 0..steps {
         let hp = AdamW {
-            lr: train::lr_at(step, steps, 1e-3, 10, 0.1),
+            lr: schedule.at(step),
             beta1: 0.9,
             beta2: 0.95,
             eps: 1e-8,

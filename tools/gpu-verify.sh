@@ -130,8 +130,9 @@ check verify-plain-bf16-hs64 120 eng verify --device both --precision bf16 --ker
   --model tests/fixtures/ref_hs64_model.bin --state tests/fixtures/ref_hs64_state.bin \
   --steps 10 --expect-losses tests/fixtures/ref_hs64_losses.txt
 # 4. d12 on the default corpus, twice with the same seed: identical losses; in bf16 too
-# (stochastic rounding is seeded), with CUDA graphs off (they change the speed, not the numbers),
-# and resumed at step 25 from the first bf16 run's training state (its master weights included).
+# (stochastic rounding is seeded; the second run also samples text after step 25, which must
+# change nothing), with CUDA graphs off (they change the speed, not the numbers), and resumed at
+# step 25 from the first bf16 run's training state (its master weights included).
 # Only that run writes a state (1.5 GB at d12 in bf16); the others pass --no-state.
 train() { # name, args...
   local name=$1; shift
@@ -143,7 +144,7 @@ train train-d12-run2 --precision fp32 --no-state
 losses train-d12-run1 losses1.txt; losses train-d12-run2 losses2.txt
 check same-seed-same-losses 10 same losses1.txt losses2.txt
 train train-d12-bf16-run1 --precision bf16 --checkpoint-every 25
-train train-d12-bf16-run2 --precision bf16 --no-state
+train train-d12-bf16-run2 --precision bf16 --no-state --sample-every 25
 losses train-d12-bf16-run1 losses-bf16-1.txt; losses train-d12-bf16-run2 losses-bf16-2.txt
 check same-seed-same-losses-bf16 10 same losses-bf16-1.txt losses-bf16-2.txt
 train train-d12-bf16-no-graphs --precision bf16 --no-cuda-graphs --no-state

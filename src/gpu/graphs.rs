@@ -87,9 +87,12 @@ impl StepGraphs {
 
     /// What to do with `piece` now: eager when graphs are off or `eager` is asked for (a profiled
     /// step, whose events must sit between the kernels), and the first time a piece runs; then
-    /// capture; then replay.
+    /// capture; then replay. A forward without targets is always eager: it is generation, whose T
+    /// grows by one with every token, so a sample drawn twice (`--sample-every`) would capture a
+    /// graph for every length, each replayed once a sample.
     pub(super) fn plan(&self, piece: Piece, eager: bool) -> Action {
-        if !self.enabled || eager {
+        let generating = matches!(piece, Piece::Forward { targets: false, .. });
+        if !self.enabled || eager || generating {
             Action::Eager
         } else if self.graphs.contains_key(&piece) {
             Action::Replay
@@ -185,6 +188,14 @@ mod tests {
         assert_eq!(g.plan(other, false), Action::Eager);
         // a profiled step is always eager
         assert_eq!(g.plan(F, true), Action::Eager);
+        // and generation (a forward without targets), however often its shape has run
+        let generation = Piece::Forward {
+            b: 1,
+            t: 5,
+            targets: false,
+        };
+        g.seen.insert(generation);
+        assert_eq!(g.plan(generation, false), Action::Eager);
     }
 
     #[test]

@@ -379,13 +379,23 @@ pub fn train(
         engine.describe()
     );
     println!(
-        "data: train {} ({} batches of {b}x{t}), val {} ({} batches); {} steps of {} tokens",
+        "data: train {} ({} batches of {b}x{t}), val {} ({} batches); {} steps of {} tokens{}{}",
         train_pattern,
         train_loader.num_batches(),
         val_pattern,
         val_loader.num_batches(),
         args.steps,
-        b * t * micro
+        b * t * micro,
+        if micro > 1 {
+            format!(" ({micro} micro-batches of {b}x{t})")
+        } else {
+            String::new()
+        },
+        if overfit.is_some() {
+            "; overfitting the first batch"
+        } else {
+            ""
+        }
     );
     // the log a resumed run continues: the one beside its state
     let mut earlier_log = None;

@@ -1044,7 +1044,10 @@ fn llmc_training_flags() {
         "--lr 1e-2 --steps 3 --sample-tokens 0 --total-batch 64",
         "total",
     );
-    assert!(total.contains("3 steps of 64 tokens"), "{total}");
+    assert!(
+        total.contains("3 steps of 64 tokens (2 micro-batches of 2x16)"),
+        "{total}"
+    );
     assert_same_files(
         &dir.join("accum"),
         &dir.join("total"),
@@ -1158,6 +1161,10 @@ fn llmc_training_flags() {
     train_gpt2_cuda::formats::shard::write_shard(&one, &first).unwrap();
     let steps = "--lr 1e-2 --steps 8 --sample-tokens 0";
     let overfit = train(&format!("--overfit-batch {steps}"), "overfit");
+    assert!(
+        overfit.contains("8 steps of 32 tokens; overfitting the first batch"),
+        "{overfit}"
+    );
     let alone = train(&format!("--train {} {steps}", one.display()), "alone");
     assert_eq!(
         log_lines(&overfit, &["step "]),

@@ -230,7 +230,13 @@ impl TrainArgs {
             bail!("--grad-accum must be at least 1");
         }
         if let Some(tokens) = self.total_batch {
-            let bt = self.batch.saturating_mul(self.seq);
+            let Some(bt) = self.batch.checked_mul(self.seq) else {
+                bail!(
+                    "--total-batch: B x T = {} x {} is too large",
+                    self.batch,
+                    self.seq
+                );
+            };
             if tokens < bt || tokens % bt != 0 {
                 let below = (tokens / bt).max(1) * bt;
                 bail!(

@@ -1204,6 +1204,10 @@ fn llmc_training_flags() {
     ] {
         expect_error(&[&base[..], &flags(extra)[..]].concat(), &[needle]);
     }
+    expect_error(
+        &flags("--device cpu --model d1 --batch 4294967296 --seq 4294967296 --total-batch 8"),
+        &["--total-batch: B x T = 4294967296 x 4294967296 is too large"],
+    );
     // what clap refuses, as a usage error (status 2)
     for (extra, needle) in [
         (

@@ -1,7 +1,8 @@
 //! The learning rate of each step (`--lr-schedule`, `--warmup`, `--lr-final-frac`,
 //! `--lr-decay-frac`): a linear warm-up to the peak, then one of llm.c's four shapes (its `-k`,
-//! `llmc/schedulers.h`). Every shape but `constant` ends at `lr * final_frac` on the last step
-//! itself (llm.c's stops one step short of it).
+//! `llmc/schedulers.h`). A decay's first step runs at the peak and its last at `lr * final_frac`
+//! (llm.c's stops one step short of it), so a decay needs two steps to fall at all: a run whose
+//! warm-up, or whose `wsd` stable part, leaves it fewer stays at the peak to its end.
 
 /// The shape of the schedule after the warm-up.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -30,7 +31,8 @@ pub struct LrSchedule {
     pub warmup: usize,
     /// The last step's rate, as a fraction of the peak.
     pub final_frac: f32,
-    /// `Wsd`: the fraction of the run's steps, at its end, over which the rate decays.
+    /// `Wsd`: the fraction of the run's steps, at its end, over which the rate decays (the last
+    /// round(decay_frac x steps) of them, halves rounded up).
     pub decay_frac: f32,
 }
 
@@ -48,7 +50,9 @@ impl LrSchedule {
             LrShape::Constant => return self.lr,
             LrShape::Cosine | LrShape::Linear => self.warmup,
             LrShape::Wsd => {
-                let decay = (self.decay_frac as f64 * self.steps as f64).round() as usize;
+                // (nudged up by a millionth: 0.7 as an f32 is 0.69999999, and 0.7 x 5 is 3.5)
+                let decay = (self.decay_frac as f64 * self.steps as f64 * (1.0 + 1e-6)).round();
+                let decay = decay as usize;
                 self.steps.saturating_sub(decay).max(self.warmup)
             }
         };
@@ -142,6 +146,13 @@ mod tests {
             .chain((0..3).map(|k| (0.1 + 0.9 * (1.0 - (k as f64 / 2.0).sqrt())) as f32))
             .collect();
         assert!(close(&rates(&long), &want), "{:?}", rates(&long));
+        // a fraction that is half a step rounds up: 0.7 x 5 = 3.5 -> the last 4 steps decay
+        let half = LrSchedule {
+            decay_frac: 0.7,
+            ..schedule(LrShape::Wsd, 5, 0)
+        };
+        assert_eq!(half.at(0), 1.0);
+        assert!(half.at(1) == 1.0 && half.at(2) < 1.0, "{:?}", rates(&half));
         // no decay: the peak to the end
         let flat = LrSchedule {
             decay_frac: 0.0,

@@ -10,7 +10,7 @@
 //! Each line is flushed as it is written, so the log of a run that stops is whole up to there. A
 //! new run replaces the folder's log; a resumed run (`--resume`) starts from the log beside the
 //! state it resumes, keeping the records of the steps before it (the steps after it, and the
-//! validation at it, run again) and goes on from there.
+//! validation and sample at it, run again) and goes on from there.
 
 use anyhow::{Context, Result};
 use std::io::Write;

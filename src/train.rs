@@ -75,7 +75,8 @@ pub struct TrainArgs {
     /// The learning rate after the warm-up (llm.c's `-k`).
     #[arg(long, value_enum, default_value = "cosine")]
     pub lr_schedule: LrShape,
-    /// The decay ends, on the last step, at this fraction of the peak learning rate.
+    /// The decay ends, on the last step, at this fraction of the peak learning rate (a decay of
+    /// fewer than two steps stays at the peak).
     #[arg(long, default_value_t = 0.1)]
     pub lr_final_frac: f32,
     /// With --lr-schedule wsd: the fraction of the steps, at the end, over which the rate decays.
@@ -127,7 +128,7 @@ pub struct TrainArgs {
     /// AdamW's moments, and the fp32 master weights of a bf16 run); the run then cannot be resumed.
     #[arg(long)]
     pub no_state: bool,
-    /// Tokens of text to sample at the end (0: none).
+    /// Tokens of each text sample: at the end, and with --sample-every during training (0: none).
     #[arg(long, default_value_t = 64)]
     pub sample_tokens: usize,
     /// Also sample every this many steps during training (llm.c's `-s`; 0: only at the end). Each
@@ -229,14 +230,18 @@ impl TrainArgs {
         if self.grad_accum == 0 {
             bail!("--grad-accum must be at least 1");
         }
+        let Some(bt) = self.batch.checked_mul(self.seq) else {
+            bail!("B x T = {} x {} is too large", self.batch, self.seq);
+        };
+        if bt.checked_mul(self.grad_accum).is_none() {
+            bail!(
+                "a step of B x T x --grad-accum = {} x {} x {} tokens is too large",
+                self.batch,
+                self.seq,
+                self.grad_accum
+            );
+        }
         if let Some(tokens) = self.total_batch {
-            let Some(bt) = self.batch.checked_mul(self.seq) else {
-                bail!(
-                    "--total-batch: B x T = {} x {} is too large",
-                    self.batch,
-                    self.seq
-                );
-            };
             if tokens < bt || tokens % bt != 0 {
                 let below = (tokens / bt).max(1) * bt;
                 bail!(
@@ -347,12 +352,13 @@ pub fn train(
         .unwrap_or_else(crate::data::default_val_pattern);
     let shuffle = args.shuffle.then_some(args.seed);
     let mut train_loader = DataLoader::new(&train_pattern, b, t, cfg.vocab_size, shuffle)?;
-    // --overfit-batch: the first batch a fresh loader serves, every time (the run's loader, whose
-    // place a training state records, is left at its start)
+    // --overfit-batch: the loader's first batch, every time (the loader, whose place a training
+    // state records, is put back at its start)
     let overfit = if args.overfit_batch {
-        let mut first = DataLoader::new(&train_pattern, b, t, cfg.vocab_size, shuffle)?;
-        let (x, y) = first.next_batch()?;
-        Some((x.to_vec(), y.to_vec()))
+        let (x, y) = train_loader.next_batch()?;
+        let first = (x.to_vec(), y.to_vec());
+        train_loader.reset()?;
+        Some(first)
     } else {
         None
     };

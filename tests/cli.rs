@@ -348,7 +348,7 @@ fn a_resumed_run_continues_exactly() {
         "{whole}\n{from3}"
     );
     // the sample at the end
-    let sample = |log: &str| log.rsplit("top-k 40):").next().map(str::to_owned);
+    let sample = |log: &str| log.rsplit_once("top-k 40):").map(|(_, s)| s.to_owned());
     assert!(sample(&whole).is_some());
     assert_eq!(sample(&from3), sample(&whole));
     assert_same_files(
@@ -1194,6 +1194,10 @@ fn llmc_training_flags() {
              (try 32 or 64)",
         ),
         (
+            "--grad-accum 18446744073709551615",
+            "a step of B x T x --grad-accum = 2 x 16 x 18446744073709551615 tokens is too large",
+        ),
+        (
             "--lr-decay-frac 1.5",
             "--lr-decay-frac must be in [0, 1], got 1.5",
         ),
@@ -1206,7 +1210,7 @@ fn llmc_training_flags() {
     }
     expect_error(
         &flags("--device cpu --model d1 --batch 4294967296 --seq 4294967296 --total-batch 8"),
-        &["--total-batch: B x T = 4294967296 x 4294967296 is too large"],
+        &["B x T = 4294967296 x 4294967296 is too large"],
     );
     // what clap refuses, as a usage error (status 2)
     for (extra, needle) in [

@@ -13,7 +13,7 @@
 //!
 //! The first run of a key is eager (it also warms up cuBLAS and picks the cuBLASLt algorithms,
 //! which must not happen during a capture); the second is captured and launched; later runs
-//! replay. A capture that fails turns the graphs off for the rest of the run, with a note on
+//! replay. Generation (a forward without targets) always runs eagerly (see [`StepGraphs::plan`]). A capture that fails turns the graphs off for the rest of the run, with a note on
 //! stderr, and the piece runs eagerly: graphs change the speed, never the numbers (the launches
 //! are the same, in the same order, on the same stream).
 
@@ -91,8 +91,7 @@ impl StepGraphs {
     /// grows by one with every token, so a sample drawn twice (`--sample-every`) would capture a
     /// graph for every length, each replayed once a sample.
     pub(super) fn plan(&self, piece: Piece, eager: bool) -> Action {
-        let generating = matches!(piece, Piece::Forward { targets: false, .. });
-        if !self.enabled || eager || generating {
+        if !self.enabled || eager || generation(piece) {
             Action::Eager
         } else if self.graphs.contains_key(&piece) {
             Action::Replay
@@ -114,7 +113,7 @@ impl StepGraphs {
         match self.plan(piece, eager) {
             Action::Eager => {
                 work()?;
-                if self.enabled && !eager {
+                if self.enabled && !eager && !generation(piece) {
                     self.seen.insert(piece);
                 }
                 Ok(())
@@ -141,6 +140,11 @@ impl StepGraphs {
             },
         }
     }
+}
+
+/// Whether `piece` is generation: a forward without targets.
+fn generation(piece: Piece) -> bool {
+    matches!(piece, Piece::Forward { targets: false, .. })
 }
 
 /// The launches of `work` on `stream`, captured and instantiated; an error (with the stream out of

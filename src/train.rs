@@ -484,8 +484,15 @@ pub fn train(
             log.validation(step, val, acc_norm)
         };
     // a text sample after `step` steps (the same seed each time: only the model changes)
+    // (GPT-2's tokenizer is built once, for a run that samples at all)
+    let tokenizer = match args.sample_tokens {
+        0 => None,
+        _ => Some(Tokenizer::gpt2()?),
+    };
     let sample = |engine: &mut dyn Engine, step: usize, log: &mut RunLog| -> Result<String> {
-        let tok = Tokenizer::gpt2()?;
+        let Some(tok) = &tokenizer else {
+            return Ok(String::new());
+        };
         let opts = SampleOptions {
             top_k: 40,
             ..Default::default()

@@ -13,9 +13,10 @@
 //!
 //! The first run of a key is eager (it also warms up cuBLAS and picks the cuBLASLt algorithms,
 //! which must not happen during a capture); the second is captured and launched; later runs
-//! replay. Generation (a forward without targets) always runs eagerly (see [`StepGraphs::plan`]). A capture that fails turns the graphs off for the rest of the run, with a note on
-//! stderr, and the piece runs eagerly: graphs change the speed, never the numbers (the launches
-//! are the same, in the same order, on the same stream).
+//! replay. Generation (a forward without targets) always runs eagerly (see [`StepGraphs::plan`]).
+//! A capture that fails turns the graphs off for the rest of the run, with a note on stderr, and
+//! the piece runs eagerly: graphs change the speed, never the numbers (the launches are the same,
+//! in the same order, on the same stream).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -91,7 +92,7 @@ impl StepGraphs {
     /// grows by one with every token, so a sample drawn twice (`--sample-every`) would capture a
     /// graph for every length, each replayed once a sample.
     pub(super) fn plan(&self, piece: Piece, eager: bool) -> Action {
-        if !self.enabled || eager || generation(piece) {
+        if !self.graphable(piece, eager) {
             Action::Eager
         } else if self.graphs.contains_key(&piece) {
             Action::Replay
@@ -100,6 +101,12 @@ impl StepGraphs {
         } else {
             Action::Eager
         }
+    }
+
+    /// Whether `piece` may run as a graph now: graphs are on, the step is not profiled (`eager`),
+    /// and it is not generation (a forward without targets).
+    fn graphable(&self, piece: Piece, eager: bool) -> bool {
+        self.enabled && !eager && !matches!(piece, Piece::Forward { targets: false, .. })
     }
 
     /// Runs `piece`: `work` launches its kernels on `stream` (see [`StepGraphs::plan`]).
@@ -113,7 +120,8 @@ impl StepGraphs {
         match self.plan(piece, eager) {
             Action::Eager => {
                 work()?;
-                if self.enabled && !eager && !generation(piece) {
+                if self.graphable(piece, eager) {
+                    // its warm-up: captured next time
                     self.seen.insert(piece);
                 }
                 Ok(())
@@ -140,11 +148,6 @@ impl StepGraphs {
             },
         }
     }
-}
-
-/// Whether `piece` is generation: a forward without targets.
-fn generation(piece: Piece) -> bool {
-    matches!(piece, Piece::Forward { targets: false, .. })
 }
 
 /// The launches of `work` on `stream`, captured and instantiated; an error (with the stream out of

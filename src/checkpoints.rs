@@ -7,6 +7,7 @@ use crate::data::DataLoader;
 use crate::engine::Engine;
 use crate::formats::checkpoint::{write_checkpoint, CheckpointPrecision};
 use crate::formats::train_state::{write_train_state, DataPosition, TrainState, TrainStateFile};
+use crate::outliers::Outliers;
 use crate::train::TrainArgs;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -82,10 +83,15 @@ impl Resume {
     }
 
     /// Puts the run's optimizer state into `engine` and `loader` where the run left its
-    /// training data (after checking it is the same data); returns the steps done.
-    pub(crate) fn restore(self, engine: &mut dyn Engine, loader: &mut DataLoader) -> Result<usize> {
+    /// training data (after checking it is the same data); returns the steps done and the run's
+    /// outlier windows.
+    pub(crate) fn restore(
+        self,
+        engine: &mut dyn Engine,
+        loader: &mut DataLoader,
+    ) -> Result<(usize, Outliers)> {
         let (h, path) = (&self.state.header, self.state.path.display().to_string());
-        let (step, served) = (h.step, h.data.batches_served);
+        let (step, served, outliers) = (h.step, h.data.batches_served, h.outliers.clone());
         let d = &h.data;
         let have = (loader.num_tokens() as u64, loader.files().len());
         if (d.tokens, d.shards) != have {
@@ -110,17 +116,18 @@ impl Resume {
             .read_arrays(|which, values| engine.set_optimizer_array(which, values))
             .with_context(|| format!("{path}: cannot resume"))?;
         loader.skip_batches(served)?;
-        Ok(step)
+        Ok((step, outliers))
     }
 }
 
 /// Writes the checkpoint of `step` (steps done) to `--out-dir`: the model and, unless
-/// `--no-state`, the training state beside it (the data's position from `loader`). Returns the
-/// model's path.
+/// `--no-state`, the training state beside it (the data's position from `loader`, and the
+/// run's `outliers`). Returns the model's path.
 pub(crate) fn save_checkpoint(
     args: &TrainArgs,
     engine: &mut dyn Engine,
     loader: &DataLoader,
+    outliers: &Outliers,
     step: usize,
 ) -> Result<PathBuf> {
     let cfg = *engine.config();
@@ -144,6 +151,7 @@ pub(crate) fn save_checkpoint(
             },
             num_parameters: crate::params::num_parameters(&cfg),
             master_weights: engine.has_master_weights(),
+            outliers: outliers.clone(),
         };
         let state_path = args.out_dir.join(checkpoint_name("state", step));
         write_train_state(&state_path, &state, |which| engine.optimizer_array(which))?;

@@ -11,7 +11,8 @@
 //! - [`cpu`]: the CPU reference, one file per layer family with forward and backward side by side.
 //! - [`gpu`]: the CUDA engine: kernels in `kernels/*.cu`, launchers with the CPU twins' names.
 //! - [`profile`]: the `--profile` table (time, FLOPs and bytes by kernel family).
-//! - [`train`]: the training loop; [`checkpoints`]: writing, keeping and resuming from them;
+//! - [`train`]: the training loop; [`lr_schedule`]: its learning rates; [`outliers`]: skipping
+//!   the updates of outlier steps; [`checkpoints`]: writing, keeping and resuming from them;
 //!   [`interrupt`]: Ctrl-C ends a run after a checkpoint.
 
 pub mod activations;
@@ -26,6 +27,7 @@ pub mod hellaswag;
 pub mod interrupt;
 pub mod lr_schedule;
 pub mod mfu;
+pub mod outliers;
 pub mod params;
 pub mod precision;
 pub mod prepro;

@@ -1,7 +1,9 @@
 //! `<out-dir>/log.jsonl`: a training run's numbers, one JSON record a line, for plotting
 //! (`pandas.read_json("out/log.jsonl", lines=True)`):
 //! - after each step N (from 1): `{"step": N, "loss": .., "lr": .., "norm": .., "ms": ..,
-//!   "tokens_per_s": .., "mfu": ..}` (`mfu` null where the device's peak is unknown);
+//!   "tokens_per_s": .., "mfu": ..}` (`mfu` null where the device's peak is unknown), and with
+//!   `--skip-loss-z` or `--skip-norm-z` also `"loss_z": .., "norm_z": .., "skipped": false`
+//!   (the z-scores null while their windows fill; `skipped` true where the update was left out);
 //! - at each validation, after N steps (from 0): `{"step": N, "val_loss": ..}`, with
 //!   `"hellaswag_acc_norm": ..` when the run has `--hellaswag`;
 //! - with each text sample (`--sample-every`, and the one at the end): `{"step": N, "sample":
@@ -32,6 +34,17 @@ pub struct StepRecord {
     pub tokens_per_s: f64,
     /// Model FLOPs utilisation, 0..1, where the device's peak is known.
     pub mfu: Option<f64>,
+    /// With `--skip-loss-z` or `--skip-norm-z`: the loss's and the norm's z-scores
+    /// (`crate::outliers`; None while the windows fill), and whether the update was skipped.
+    pub outliers: Option<StepOutliers>,
+}
+
+/// A step's outlier judgement, for its record.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepOutliers {
+    pub loss_z: Option<f64>,
+    pub norm_z: Option<f64>,
+    pub skipped: bool,
 }
 
 /// The open log of a run.
@@ -81,6 +94,19 @@ impl RunLog {
             num(r.tokens_per_s as f32),
             r.mfu.map_or("null".into(), |m| num(m as f32)),
         );
+        let line = match &r.outliers {
+            None => line,
+            Some(o) => {
+                let z = |z: Option<f64>| z.map_or("null".into(), |z| num(z as f32));
+                format!(
+                    r#"{}, "loss_z": {}, "norm_z": {}, "skipped": {}}}"#,
+                    line.strip_suffix('}').expect("a record ends with }"),
+                    z(o.loss_z),
+                    z(o.norm_z),
+                    o.skipped
+                )
+            }
+        };
         self.line(&line)
     }
 

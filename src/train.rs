@@ -1,8 +1,9 @@
 //! The training loop shared by both engines: data, learning-rate schedule
-//! ([`crate::lr_schedule`]), gradient accumulation and clipping, AdamW, progress lines,
-//! validation, checkpoints, and text samples (every `--sample-every` steps and at the end). With
-//! `--profile`, the engine times its kernel families over the steps after the first (see
-//! [`profiled_steps`]) and the run ends with their table (`crate::profile`).
+//! ([`crate::lr_schedule`]), gradient accumulation and clipping, skipping outlier steps
+//! ([`crate::outliers`]), AdamW, progress lines, validation, checkpoints, and text samples (every
+//! `--sample-every` steps and at the end). With `--profile`, the engine times its kernel families
+//! over the steps after the first (see [`profiled_steps`]) and the run ends with their table
+//! (`crate::profile`).
 
 use crate::checkpoints::{remove_checkpoint, save_checkpoint, Resume};
 use crate::config::GPT2Config;
@@ -13,8 +14,9 @@ use crate::formats::hf_gpt2::hub_repo;
 use crate::formats::read_model;
 use crate::lr_schedule::{LrSchedule, LrShape};
 use crate::mfu::mfu;
+use crate::outliers::{Outliers, Verdict};
 use crate::precision::Precision;
-use crate::run_log::{RunLog, StepRecord};
+use crate::run_log::{RunLog, StepOutliers, StepRecord};
 use crate::sample::{generate, SampleOptions};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
@@ -95,6 +97,14 @@ pub struct TrainArgs {
     /// Clip the global gradient norm to this (0 turns clipping off).
     #[arg(long, default_value_t = 1.0)]
     pub grad_clip: f32,
+    /// Skip the update of a step whose loss is more than Z standard deviations above the mean of
+    /// the last 64 steps' (llm.c's `-sl`; 0: off). A loss that is not finite is skipped too; at
+    /// most two steps in a row are skipped.
+    #[arg(long, value_name = "Z", default_value_t = 0.0)]
+    pub skip_loss_z: f32,
+    /// The same for the gradient norm before clipping (llm.c's `-sg`; 0: off).
+    #[arg(long, value_name = "Z", default_value_t = 0.0)]
+    pub skip_norm_z: f32,
     /// Validate every this many steps (0: only at the end).
     #[arg(long, default_value_t = 25)]
     pub val_every: usize,
@@ -206,6 +216,12 @@ impl TrainArgs {
         }
     }
 
+    /// `--skip-loss-z` and `--skip-norm-z` as thresholds (None: off).
+    pub fn skip_thresholds(&self) -> (Option<f32>, Option<f32>) {
+        let on = |z: f32| (z > 0.0).then_some(z);
+        (on(self.skip_loss_z), on(self.skip_norm_z))
+    }
+
     /// The engine these flags ask for.
     pub fn engine_options(&self) -> crate::engine::EngineOptions {
         crate::engine::EngineOptions {
@@ -292,6 +308,14 @@ impl TrainArgs {
         if !positive(self.eps) || !not_negative(self.weight_decay) || !not_negative(self.grad_clip)
         {
             bail!("--eps must be positive, --weight-decay and --grad-clip not negative");
+        }
+        if !not_negative(self.skip_loss_z) || !not_negative(self.skip_norm_z) {
+            bail!(
+                "--skip-loss-z and --skip-norm-z must be numbers of at least 0 (0: off), got {} \
+                 and {}",
+                self.skip_loss_z,
+                self.skip_norm_z
+            );
         }
         if let Some(p) = self.peak_tflops {
             if !(p > 0.0 && p.is_finite()) {
@@ -411,7 +435,7 @@ pub fn train(
     );
     // the log a resumed run continues: the one beside its state
     let mut earlier_log = None;
-    let start = match resume {
+    let (start, mut outliers) = match resume {
         Some(r) => {
             let h = &r.state.header;
             let dir = r.state.path.parent().unwrap_or(Path::new("."));
@@ -425,7 +449,7 @@ pub fn train(
             );
             r.restore(engine, &mut train_loader)?
         }
-        None => 0,
+        None => (0, Outliers::default()),
     };
     let mut log = RunLog::create(&args.out_dir, earlier_log.as_deref().map(|p| (p, start)))?;
     println!("log: {}", log.path().display());
@@ -545,13 +569,36 @@ pub fn train(
             engine.backward(1.0 / micro as f32)?;
             loss += l / micro as f32;
         }
-        if !loss.is_finite() {
+        // --skip-loss-z, --skip-norm-z: an outlier's update is left out (crate::outliers); the
+        // norm is judged only when the loss is taken
+        let (loss_z, norm_z) = args.skip_thresholds();
+        let loss_verdict = outliers.loss.judge(loss, loss_z);
+        if loss_verdict == Verdict::Diverged {
             bail!(
-                "the loss became {loss} at step {}: training diverged (try a lower --lr)",
-                step + 1
+                "the loss became {loss} at step {}{}: training diverged (try a lower --lr)",
+                step + 1,
+                in_a_row(loss_z)
             );
         }
         let norm = engine.grad_norm()?;
+        let norm_verdict = match loss_verdict {
+            Verdict::Skipped { .. } => None,
+            _ => Some(outliers.norm.judge(norm, norm_z)),
+        };
+        if norm_verdict == Some(Verdict::Diverged) {
+            bail!(
+                "the gradient norm became {norm} at step {} (its loss {loss}){}: training \
+                 diverged (try a lower --lr)",
+                step + 1,
+                in_a_row(norm_z)
+            );
+        }
+        // why the update is left out, if it is
+        let skip = match (loss_verdict, norm_verdict) {
+            (Verdict::Skipped { z }, _) => Some(("loss", z, loss_z)),
+            (_, Some(Verdict::Skipped { z })) => Some(("norm", z, norm_z)),
+            _ => None,
+        };
         let grad_scale = if args.grad_clip > 0.0 && norm > args.grad_clip {
             args.grad_clip / norm
         } else {
@@ -566,7 +613,11 @@ pub fn train(
             weight_decay: args.weight_decay,
             decay_on: DecayOn::Matrices,
         };
-        engine.update(&hp, step + 1, grad_scale)?;
+        if skip.is_none() {
+            engine.update(&hp, step + 1, grad_scale)?;
+        } else {
+            summary.skipped.push(step + 1);
+        }
         let secs = start.elapsed().as_secs_f64();
         if profile_this {
             // after the step's clock: the wait for the device does not count in its line
@@ -578,8 +629,25 @@ pub fn train(
             Some(m) => format!("{:.1}%", 100.0 * m),
             None => "-".to_string(),
         };
+        // with skipping on: the z-scores, and what was skipped
+        let judged = (loss_z.is_some() || norm_z.is_some()).then(|| StepOutliers {
+            loss_z: loss_verdict.z(),
+            norm_z: norm_verdict.and_then(|v| v.z()),
+            skipped: skip.is_some(),
+        });
+        let judged_text = match (&judged, skip) {
+            (None, _) => String::new(),
+            (Some(o), None) => format!(" | z loss {} norm {}", z_text(o.loss_z), z_text(o.norm_z)),
+            (Some(_), Some((what, z, threshold))) => format!(
+                " | update skipped: {what} {}",
+                match (z, threshold) {
+                    (Some(z), Some(t)) => format!("z {z:+.2} > {t}"),
+                    _ => "not finite".to_string(),
+                }
+            ),
+        };
         println!(
-            "step {:>5}/{} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.3} | {:.1} ms | {:.0} tok/s | MFU {mfu}",
+            "step {:>5}/{} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.3} | {:.1} ms | {:.0} tok/s | MFU {mfu}{judged_text}",
             step + 1,
             args.steps,
             secs * 1e3,
@@ -595,13 +663,14 @@ pub fn train(
             ms: secs * 1e3,
             tokens_per_s: tokens_per_step / secs,
             mfu: step_mfu,
+            outliers: judged,
         })?;
 
         let ckpt_due = args.checkpoint_every > 0 && (step + 1) % args.checkpoint_every == 0;
         // Ctrl-C (crate::interrupt): this step's checkpoint, then stop
         let stop = crate::interrupt::requested();
         if ckpt_due || last || stop {
-            let path = save_checkpoint(args, engine, &train_loader, step + 1)?;
+            let path = save_checkpoint(args, engine, &train_loader, &outliers, step + 1)?;
             summary.checkpoint = Some(path);
             kept.push_back(step + 1);
             while args.keep_checkpoints > 0 && kept.len() > args.keep_checkpoints {
@@ -629,6 +698,15 @@ pub fn train(
         }
     }
     validate(engine, args.steps, &mut summary, &mut log)?;
+    if !summary.skipped.is_empty() {
+        let steps: Vec<String> = summary.skipped.iter().map(|s| s.to_string()).collect();
+        println!(
+            "updates skipped (outliers): {} of {} steps (step {})",
+            steps.len(),
+            args.steps - start,
+            steps.join(", ")
+        );
+    }
 
     if let Some(bytes) = engine.peak_memory_bytes() {
         println!("peak memory: {:.1} MiB", bytes as f64 / (1 << 20) as f64);
@@ -661,6 +739,24 @@ pub struct TrainSummary {
     pub profile: Option<crate::profile::Profile>,
     /// Whether Ctrl-C stopped the run (after writing the checkpoint of its last step).
     pub interrupted: bool,
+    /// The steps (from 1) whose update was skipped (`--skip-loss-z`, `--skip-norm-z`).
+    pub skipped: Vec<usize>,
+}
+
+/// A z-score for a step line: `+1.23`, or `-` where there is none.
+fn z_text(z: Option<f64>) -> String {
+    z.map_or("-".into(), |z| format!("{z:+.2}"))
+}
+
+/// What a divergence message adds when skipping was on: the run of outliers it ended.
+fn in_a_row(threshold: Option<f32>) -> String {
+    match threshold {
+        Some(_) => format!(
+            ", after {} steps skipped in a row",
+            crate::outliers::MAX_SKIPPED_IN_A_ROW
+        ),
+        None => String::new(),
+    }
 }
 
 /// `--hellaswag`'s examples, ready to score.
@@ -675,6 +771,157 @@ struct Hellaswag {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::OptimizerArray;
+    use clap::Parser;
+
+    /// The CPU engine with the loss or the gradient norm of chosen steps replaced, recording the
+    /// steps it updated.
+    struct Faulty {
+        inner: Box<dyn Engine>,
+        /// The step under way (from 1: zero_grad starts one).
+        step: usize,
+        bad_loss: Vec<(usize, f32)>,
+        bad_norm: Vec<(usize, f32)>,
+        updated: Vec<usize>,
+    }
+
+    impl Engine for Faulty {
+        fn config(&self) -> &GPT2Config {
+            self.inner.config()
+        }
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        fn forward(
+            &mut self,
+            x: &[u32],
+            y: Option<&[u32]>,
+            b: usize,
+            t: usize,
+        ) -> Result<Option<f32>> {
+            let loss = self.inner.forward(x, y, b, t)?;
+            let bad = self.bad_loss.iter().find(|(s, _)| *s == self.step);
+            Ok(loss.map(|l| bad.map_or(l, |&(_, v)| v)))
+        }
+        fn zero_grad(&mut self) -> Result<()> {
+            self.step += 1;
+            self.inner.zero_grad()
+        }
+        fn backward(&mut self, loss_scale: f32) -> Result<()> {
+            self.inner.backward(loss_scale)
+        }
+        fn grad_norm(&mut self) -> Result<f32> {
+            let norm = self.inner.grad_norm()?;
+            let bad = self.bad_norm.iter().find(|(s, _)| *s == self.step);
+            Ok(bad.map_or(norm, |&(_, v)| v))
+        }
+        fn update(&mut self, hp: &AdamW, step: usize, grad_scale: f32) -> Result<()> {
+            assert_eq!(step, self.step);
+            self.updated.push(step);
+            self.inner.update(hp, step, grad_scale)
+        }
+        fn params(&mut self) -> Result<Vec<f32>> {
+            self.inner.params()
+        }
+        fn grads(&mut self) -> Result<Vec<f32>> {
+            self.inner.grads()
+        }
+        fn has_master_weights(&self) -> bool {
+            self.inner.has_master_weights()
+        }
+        fn optimizer_array(&mut self, which: OptimizerArray) -> Result<Vec<f32>> {
+            self.inner.optimizer_array(which)
+        }
+        fn set_optimizer_array(&mut self, which: OptimizerArray, values: &[f32]) -> Result<()> {
+            self.inner.set_optimizer_array(which, values)
+        }
+        fn logits(&mut self) -> Result<Vec<f32>> {
+            self.inner.logits()
+        }
+        fn position_logits(&mut self, bi: usize, ti: usize) -> Result<Vec<f32>> {
+            self.inner.position_logits(bi, ti)
+        }
+        fn losses(&mut self) -> Result<Vec<f32>> {
+            self.inner.losses()
+        }
+    }
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: TrainArgs,
+    }
+
+    /// Trains d1 for 5 steps with `flags`, the loss and the norm of some steps replaced: the steps
+    /// updated, and the run's summary or its error.
+    fn faulty_run(
+        flags: &str,
+        bad_loss: &[(usize, f32)],
+        bad_norm: &[(usize, f32)],
+    ) -> (Vec<usize>, std::result::Result<TrainSummary, String>) {
+        let out = std::env::temp_dir().join(format!("faulty-run-{}", std::process::id()));
+        let line = format!(
+            "train --device cpu --model d1 --batch 2 --seq 16 --steps 5 --val-every 0 \
+             --val-batches 1 --sample-tokens 0 --no-state --out-dir {} {flags}",
+            out.display()
+        );
+        let args = Cli::parse_from(line.split_whitespace()).args;
+        let (cfg, params) = load_model(&args.model, args.seed).unwrap();
+        let inner =
+            crate::engine::create_engine(&args.engine_options(), cfg, params, 2, 16).unwrap();
+        let mut engine = Faulty {
+            inner,
+            step: 0,
+            bad_loss: bad_loss.to_vec(),
+            bad_norm: bad_norm.to_vec(),
+            updated: Vec::new(),
+        };
+        let result = train(&args, &mut engine, None).map_err(|e| format!("{e:#}"));
+        std::fs::remove_dir_all(&out).ok();
+        (engine.updated, result)
+    }
+
+    #[test]
+    fn losses_and_norms_that_are_not_finite() {
+        let (nan, inf) = (f32::NAN, f32::INFINITY);
+        // without skipping, the run ends before the update of the step
+        let (updated, r) = faulty_run("", &[(2, nan)], &[]);
+        assert_eq!(updated, [1]);
+        let e = r.unwrap_err();
+        assert!(
+            e.contains("the loss became NaN at step 2: training diverged (try a lower --lr)"),
+            "{e}"
+        );
+        let (updated, r) = faulty_run("", &[], &[(3, nan)]);
+        assert_eq!(updated, [1, 2]);
+        let e = r.unwrap_err();
+        assert!(
+            e.contains("the gradient norm became NaN at step 3 (its loss "),
+            "{e}"
+        );
+        // skipping the loss: the update of a NaN loss is left out, the run goes on
+        let (updated, r) = faulty_run("--skip-loss-z 5", &[(2, nan)], &[]);
+        assert_eq!(updated, [1, 3, 4, 5]);
+        assert_eq!(r.unwrap().skipped, [2]);
+        // ... but not a third in a row
+        let (updated, r) = faulty_run("--skip-loss-z 5", &[(2, inf), (3, nan), (4, nan)], &[]);
+        assert_eq!(updated, [1]);
+        let e = r.unwrap_err();
+        assert!(
+            e.contains("the loss became NaN at step 4, after 2 steps skipped in a row"),
+            "{e}"
+        );
+        // the norm's flag skips a norm that is not finite, not a loss
+        let (updated, r) = faulty_run("--skip-norm-z 5", &[], &[(3, inf)]);
+        assert_eq!(updated, [1, 2, 4, 5]);
+        assert_eq!(r.unwrap().skipped, [3]);
+        let (_, r) = faulty_run("--skip-norm-z 5", &[(2, nan)], &[]);
+        assert!(r.unwrap_err().contains("the loss became NaN at step 2"));
+        // a step skipped for its loss is not judged on its norm
+        let (updated, r) = faulty_run("--skip-loss-z 5", &[(2, nan)], &[(2, nan)]);
+        assert_eq!(updated, [1, 3, 4, 5]);
+        assert_eq!(r.unwrap().skipped, [2]);
+    }
 
     #[test]
     fn profile_skips_the_first_step_unless_it_is_the_only_one() {

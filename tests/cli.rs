@@ -1228,3 +1228,143 @@ fn llmc_training_flags() {
         assert!(stderr.contains(needle), "{extra}: {stderr}");
     }
 }
+
+/// `--skip-loss-z` and `--skip-norm-z` (llm.c's `-sl`, `-sg`): on a corpus of one repeated
+/// pattern with a batch of random tokens at step 101, that step's update (and only it) is left
+/// out: its model is byte for byte the one before it. Its logged z-score is the one computed here
+/// from the logged losses of the 64 steps before it. A resumed run judges exactly as the whole one
+/// (the windows travel in the training state). (Losses and norms that are not finite: the unit
+/// tests of `train`.)
+#[test]
+fn outlier_steps_are_skipped() {
+    use train_gpt2_cuda::formats::shard::write_shard;
+    let dir = tmp_dir("outliers");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    // 105 batches of 2 x 16 of the pattern 10 11 12 13 ..., chunk 100's targets random (its last
+    // one, the next chunk's first input, stays the pattern's)
+    let pattern = |n: usize| -> Vec<u32> { (0..n).map(|i| 10 + (i % 4) as u32).collect() };
+    let mut tokens = pattern(105 * 32 + 1);
+    let mut rng = train_gpt2_cuda::rng::Rng::new(5);
+    for tok in &mut tokens[100 * 32 + 1..101 * 32] {
+        *tok = 100 + rng.below(50_000) as u32;
+    }
+    write_shard(&dir.join("spike.bin"), &tokens).unwrap();
+    write_shard(&dir.join("pattern.bin"), &pattern(4 * 32 + 1)).unwrap();
+    let base = format!(
+        "--device cpu --batch 2 --seq 16 --val-every 0 --val-batches 1 --seed 3 --lr 3e-3 \
+         --lr-schedule constant --sample-tokens 0 --val {}",
+        d("pattern.bin")
+    );
+    let spike = format!("--train {}", d("spike.bin"));
+    let train = |extra: &str, out: &str| {
+        let (status, stdout, stderr) = run(bin()
+            .args(flags(&base))
+            .args(flags(&spike))
+            .args(["--model", "d1"])
+            .args(flags(extra))
+            .args(["--out-dir", &d(out)]));
+        assert!(status.status.success(), "{extra}:\n{stdout}\n{stderr}");
+        stdout
+    };
+    let step_line = |log: &str, n: usize| -> String {
+        log.lines()
+            .find(|l| step_number(l) == Some(n))
+            .unwrap_or_else(|| panic!("no step {n}:\n{log}"))
+            .to_string()
+    };
+
+    // the whole run, skipping on the loss
+    let whole = train(
+        "--steps 105 --checkpoint-every 100 --skip-loss-z 5",
+        "whole",
+    );
+    assert!(
+        step_line(&whole, 101).contains(" | update skipped: loss z +"),
+        "{whole}"
+    );
+    assert!(step_line(&whole, 100).contains(" | z loss -"), "{whole}");
+    assert!(
+        step_line(&whole, 64).ends_with(" | z loss - norm -"),
+        "{whole}"
+    );
+    assert!(
+        whole.contains("updates skipped (outliers): 1 of 105 steps (step 101)"),
+        "{whole}"
+    );
+    let log = run_log(&dir.join("whole"));
+    let steps: Vec<&serde_json::Value> = log.iter().filter(|r| r.get("loss").is_some()).collect();
+    assert_eq!(steps.len(), 105);
+    for r in &steps {
+        let step = r["step"].as_u64().unwrap();
+        assert_eq!(r["skipped"].as_bool(), Some(step == 101), "{r}");
+        assert_eq!(r["loss_z"].is_null(), step <= 64, "{r}");
+    }
+    // the z-scores of steps 101 and 102, from the logged losses of steps 37 to 100 (the 64
+    // taken before each: 101's stays out)
+    let loss = |i: usize| steps[i]["loss"].as_f64().unwrap() as f32 as f64;
+    let window: Vec<f64> = (36..100).map(loss).collect();
+    let mean = window.iter().sum::<f64>() / 64.0;
+    let sd = (window.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 64.0).sqrt();
+    for i in [100, 101] {
+        let (want, z) = ((loss(i) - mean) / sd, steps[i]["loss_z"].as_f64().unwrap());
+        assert!(
+            (want - z).abs() <= 1e-5 * want.abs(),
+            "step {}: {z} vs {want}",
+            i + 1
+        );
+    }
+    let z = steps[100]["loss_z"].as_f64().unwrap();
+    assert!(z > 5.0 && steps[99]["loss_z"].as_f64().unwrap() < 5.0);
+
+    // the skipped update changed no weight; without skipping it does
+    train(
+        "--steps 101 --checkpoint-every 100 --no-state --skip-loss-z 5",
+        "to101",
+    );
+    let model = |run: &str, step: usize| {
+        std::fs::read(dir.join(run).join(format!("model_{step:06}.bin"))).unwrap()
+    };
+    assert!(
+        model("to101", 100) == model("to101", 101),
+        "step 101 updated the model"
+    );
+    let plain = train("--steps 101 --checkpoint-every 100 --no-state", "plain");
+    assert!(model("plain", 100) != model("plain", 101));
+    assert!(!step_line(&plain, 101).contains(" | z "), "{plain}");
+    assert!(run_log(&dir.join("plain"))
+        .iter()
+        .all(|r| r.get("loss_z").is_none() && r.get("skipped").is_none()));
+    // the norm's flag alone skips it too
+    let norm = train("--steps 101 --no-state --skip-norm-z 5", "norm");
+    assert!(
+        step_line(&norm, 101).contains(" | update skipped: norm z +"),
+        "{norm}"
+    );
+
+    // resumed at step 100, the run skips step 101 as the whole run did
+    let (out, resumed, stderr) = run(bin()
+        .args(flags(&base))
+        .args(flags(&spike))
+        .args(flags("--steps 105 --skip-loss-z 5"))
+        .args(["--resume", &d("whole/state_000100.bin")])
+        .args(["--out-dir", &d("resumed")]));
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        log_lines(&resumed, &["step "]),
+        log_lines(&whole, &["step "])[100..]
+    );
+    assert_eq!(run_log(&dir.join("resumed")), log);
+    assert_same_files(
+        &dir.join("whole"),
+        &dir.join("resumed"),
+        &["model_000105.bin", "state_000105.bin"],
+        "the whole run and the one resumed at step 100",
+    );
+
+    for extra in ["--skip-loss-z=-1", "--skip-norm-z nan"] {
+        expect_error(
+            &[&flags(&base)[..], &flags(extra)[..]].concat(),
+            &["--skip-loss-z and --skip-norm-z must be numbers of at least 0 (0: off)"],
+        );
+    }
+}

@@ -21,6 +21,7 @@ use train_gpt2_cuda::formats::train_state::{
     write_train_state, DataPosition, TrainState, TrainStateFile,
 };
 use train_gpt2_cuda::hellaswag::read_examples;
+use train_gpt2_cuda::outliers::{OutlierWindow, Outliers};
 
 mod engine_bin;
 
@@ -168,6 +169,10 @@ fn damaged_debug_and_training_states_never_panic() {
         },
         num_parameters: 300,
         master_weights: true,
+        outliers: Outliers {
+            loss: OutlierWindow::from_parts(&[3.5; 40], 1),
+            norm: OutlierWindow::from_parts(&[0.25; 64], 0),
+        },
     };
     let path = dir.join("state.bin");
     write_train_state(&path, &state, |_| Ok(vec![0.5; 300])).unwrap();

@@ -9,7 +9,11 @@
 //!   B, `[4]` = T, `[5]` = 1 if master weights follow (else 0), `[6]` = 1 if the training data is
 //!   shuffled, `[8..10]` = the shuffle seed, `[10..12]` = batches the training data served,
 //!   `[12..14]` = num_parameters, `[14..16]` = tokens in the training shards, `[16]` = training
-//!   shards (each u64 as two words, low first); the rest is zero.
+//!   shards (each u64 as two words, low first); the outlier windows (`crate::outliers`): `[17]`
+//!   = the losses in the loss window, `[18]` = its outliers skipped in a row, `[19]`, `[20]` = the
+//!   same for the gradient norms, `[32..96]` = the losses (f32 bits, oldest first), `[96..160]` =
+//!   the norms; the rest is zero. (States written before the windows were added have zeros
+//!   there: empty windows, which is what they read as.)
 //! - AdamW's m, then v (num_parameters f32 each), then the master weights (num_parameters f32)
 //!   when `header[5]` is 1.
 //!
@@ -20,6 +24,7 @@
 use super::{check_magic_version, new_header, open_with_header, write_file_atomic_with, Header};
 use super::{put_f32s, HEADER_BYTES};
 use crate::engine::OptimizerArray;
+use crate::outliers::{OutlierWindow, Outliers, MAX_SKIPPED_IN_A_ROW, WINDOW};
 use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -50,7 +55,7 @@ pub struct DataPosition {
 
 /// A training state's header: everything a run needs besides the model file and AdamW's arrays
 /// to continue exactly.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TrainState {
     /// Optimizer steps done.
     pub step: usize,
@@ -59,7 +64,13 @@ pub struct TrainState {
     pub num_parameters: usize,
     /// Whether the fp32 master weights follow the moments (a bf16 run).
     pub master_weights: bool,
+    /// The recent losses and gradient norms that `--skip-loss-z` and `--skip-norm-z` judge by.
+    pub outliers: Outliers,
 }
+
+/// Where each outlier window lies in the header: (its count's word, its skipped-in-a-row word, its
+/// first value's word).
+const WINDOWS_AT: [(usize, usize, usize); 2] = [(17, 18, 32), (19, 20, 32 + WINDOW)];
 
 impl TrainState {
     /// The arrays the file holds, in its order.
@@ -133,6 +144,14 @@ pub fn write_train_state(
     put_u64(&mut h, 12, state.num_parameters as u64);
     put_u64(&mut h, 14, d.tokens);
     h[16] = int(d.shards, "the number of shards")?;
+    let o = &state.outliers;
+    for (w, (count, skipped, first)) in [&o.loss, &o.norm].into_iter().zip(WINDOWS_AT) {
+        h[count] = w.values().len() as i32;
+        h[skipped] = w.skipped_in_a_row() as i32;
+        for (i, v) in w.values().enumerate() {
+            h[first + i] = v.to_bits() as i32;
+        }
+    }
     // the engine's errors cross write_file_atomic_with's io::Result as io::Error::other
     let other = |e: anyhow::Error| std::io::Error::other(format!("{e:#}"));
     write_file_atomic_with(path, |w| {
@@ -196,6 +215,35 @@ impl TrainStateFile {
         }
         let num_parameters =
             usize::try_from(n).with_context(|| format!("{}: too large", path.display()))?;
+        let mut windows = WINDOWS_AT.into_iter().map(|(count, skipped, first)| {
+            let n = header_count(path, &h, count, "outlier window count", 0)?;
+            let s = header_count(path, &h, skipped, "outliers skipped in a row", 0)?;
+            if n > WINDOW || s > MAX_SKIPPED_IN_A_ROW {
+                bail!(
+                    "{}: training state's outlier window (header[{count}], header[{skipped}]) \
+                     holds {n} values and {s} skipped, at most {WINDOW} and \
+                     {MAX_SKIPPED_IN_A_ROW}",
+                    path.display()
+                );
+            }
+            let values: Vec<f32> = h[first..first + n]
+                .iter()
+                .map(|&b| f32::from_bits(b as u32))
+                .collect();
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                bail!(
+                    "{}: training state's outlier window value (header[{}]) is {}",
+                    path.display(),
+                    first + i,
+                    values[i]
+                );
+            }
+            Ok(OutlierWindow::from_parts(&values, s))
+        });
+        let outliers = Outliers {
+            loss: windows.next().expect("two windows")?,
+            norm: windows.next().expect("two windows")?,
+        };
         let state = TrainState {
             step,
             data: DataPosition {
@@ -208,6 +256,7 @@ impl TrainStateFile {
             },
             num_parameters,
             master_weights,
+            outliers,
         };
         Ok(TrainStateFile {
             path: path.to_path_buf(),
@@ -258,6 +307,10 @@ mod tests {
             },
             num_parameters: 5,
             master_weights: master,
+            outliers: Outliers {
+                loss: OutlierWindow::from_parts(&[10.5, 9.25, 8.0], 1),
+                norm: OutlierWindow::from_parts(&[0.75; WINDOW], 0),
+            },
         }
     }
 
@@ -305,6 +358,13 @@ mod tests {
             assert_eq!(h[9] as u32, 0x1234_5678);
             assert_eq!((h[10], h[11]), (7, 2), "batches served, low word first");
             assert_eq!((h[12], h[13], h[14], h[16]), (5, 0, 338_025, 1));
+            // the outlier windows: counts, skipped in a row, values
+            assert_eq!(&h[17..21], &[3, 1, 64, 0]);
+            assert_eq!(h[32..35], [10.5f32, 9.25, 8.0].map(|v| v.to_bits() as i32));
+            assert_eq!(h[35], 0);
+            assert_eq!(h[96], 0.75f32.to_bits() as i32);
+            assert_eq!(h[159], 0.75f32.to_bits() as i32);
+            assert!(h[160..].iter().all(|&w| w == 0));
             // the arrays follow the header: m[1] = 0.25 - 0.5
             let m1 = f32::from_le_bytes(
                 bytes[HEADER_BYTES + 4..HEADER_BYTES + 8]
@@ -357,6 +417,21 @@ mod tests {
         let mut bad = good.clone();
         bad[12..16].copy_from_slice(&0i32.to_le_bytes()); // header[3], B
         assert!(err(&bad).contains("B (header[3]) is 0, must be at least 1"));
+        let mut bad = good.clone();
+        bad[4 * 19..4 * 20].copy_from_slice(&65i32.to_le_bytes()); // the norm window's count
+        assert!(err(&bad).contains("holds 65 values and 0 skipped, at most 64 and 2"));
+        let mut bad = good.clone();
+        bad[4 * 18..4 * 19].copy_from_slice(&3i32.to_le_bytes()); // the loss's skipped in a row
+        assert!(err(&bad).contains("holds 3 values and 3 skipped"));
+        let mut bad = good.clone();
+        bad[4 * 33..4 * 34].copy_from_slice(&f32::NAN.to_le_bytes()); // the second loss
+        assert!(err(&bad).contains("outlier window value (header[33]) is NaN"));
+        // a state from before the windows (zeros there) reads with empty ones
+        let mut old = good.clone();
+        old[4 * 17..4 * 160].fill(0);
+        std::fs::write(&path, &old).unwrap();
+        let h = TrainStateFile::open(&path).unwrap().header;
+        assert_eq!(h.outliers, Outliers::default());
         // an array of the wrong length, or the engine's error, fails the write and leaves no file
         std::fs::remove_file(&path).unwrap();
         let e = write_train_state(&path, &state(false), |_| Ok(vec![0.0; 4])).unwrap_err();

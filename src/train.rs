@@ -554,7 +554,7 @@ pub fn train(
         }
 
         let step_range = crate::gpu::nvtx::range(c"step");
-        let start = Instant::now();
+        let clock = Instant::now();
         if profile_this {
             engine.profile_step_begin()?;
         }
@@ -572,26 +572,43 @@ pub fn train(
         // --skip-loss-z, --skip-norm-z: an outlier's update is left out (crate::outliers); the
         // norm is judged only when the loss is taken
         let (loss_z, norm_z) = args.skip_thresholds();
+        let windows_before = outliers.clone();
         let loss_verdict = outliers.loss.judge(loss, loss_z);
-        if loss_verdict == Verdict::Diverged {
-            bail!(
-                "the loss became {loss} at step {}{}: training diverged (try a lower --lr)",
-                step + 1,
-                in_a_row(loss_z)
-            );
-        }
         let norm = engine.grad_norm()?;
         let norm_verdict = match loss_verdict {
-            Verdict::Skipped { .. } => None,
+            Verdict::Skipped { .. } | Verdict::Diverged => None,
             _ => Some(outliers.norm.judge(norm, norm_z)),
         };
-        if norm_verdict == Some(Verdict::Diverged) {
-            bail!(
-                "the gradient norm became {norm} at step {} (its loss {loss}){}: training \
-                 diverged (try a lower --lr)",
+        let diverged = match (loss_verdict, norm_verdict) {
+            (Verdict::Diverged, _) => Some(format!(
+                "the loss became {loss} at step {}{}",
+                step + 1,
+                in_a_row(loss_z)
+            )),
+            (_, Some(Verdict::Diverged)) => Some(format!(
+                "the gradient norm became {norm} at step {} (its loss {loss}){}",
                 step + 1,
                 in_a_row(norm_z)
-            );
+            )),
+            _ => None,
+        };
+        if let Some(what) = diverged {
+            // nothing of this run's earlier steps is lost
+            let saved = if step > start {
+                let rewind = if overfit.is_some() { 0 } else { micro };
+                save_before_divergence(
+                    args,
+                    engine,
+                    &mut train_loader,
+                    &windows_before,
+                    step,
+                    rewind,
+                )
+                .unwrap_or_else(|e| format!("; saving the run after step {step} failed: {e:#}"))
+            } else {
+                String::new()
+            };
+            bail!("{what}: training diverged (try a lower --lr){saved}");
         }
         // why the update is left out, if it is
         let skip = match (loss_verdict, norm_verdict) {
@@ -618,7 +635,7 @@ pub fn train(
         } else {
             summary.skipped.push(step + 1);
         }
-        let secs = start.elapsed().as_secs_f64();
+        let secs = clock.elapsed().as_secs_f64();
         if profile_this {
             // after the step's clock: the wait for the device does not count in its line
             engine.profile_step_end()?;
@@ -743,6 +760,36 @@ pub struct TrainSummary {
     pub skipped: Vec<usize>,
 }
 
+/// After a step that diverged, `step` steps done before it: their checkpoint, with the training
+/// data put back `rewind` batches to where they left it (a resumed run serves the diverged step's
+/// batches again). Returns what the error adds.
+fn save_before_divergence(
+    args: &TrainArgs,
+    engine: &mut dyn Engine,
+    loader: &mut DataLoader,
+    outliers: &Outliers,
+    step: usize,
+    rewind: usize,
+) -> Result<String> {
+    if rewind > 0 {
+        let served = loader.batches_served() - rewind;
+        loader.reset()?;
+        loader.skip_batches(served as u64)?;
+    }
+    let path = save_checkpoint(args, engine, loader, outliers, step)?;
+    Ok(if args.no_state {
+        format!(
+            "; the model after step {step} is saved ({})",
+            path.display()
+        )
+    } else {
+        format!(
+            "; the run after step {step} is saved: --resume {} continues from there",
+            args.out_dir.display()
+        )
+    })
+}
+
 /// A z-score for a step line: `+1.23`, or `-` where there is none.
 fn z_text(z: Option<f64>) -> String {
     z.map_or("-".into(), |z| format!("{z:+.2}"))
@@ -852,18 +899,23 @@ mod tests {
         args: TrainArgs,
     }
 
-    /// Trains d1 for 5 steps with `flags`, the loss and the norm of some steps replaced: the steps
-    /// updated, and the run's summary or its error.
+    /// A folder for this process's runs of [`faulty_run`].
+    fn faulty_dir() -> PathBuf {
+        std::env::temp_dir().join(format!("faulty-runs-{}", std::process::id()))
+    }
+
+    /// Trains d1 for 5 steps with `flags` into `faulty_dir()/out`, the loss and the norm of some
+    /// steps replaced: the steps updated, and the run's summary or its error.
     fn faulty_run(
         flags: &str,
+        out: &str,
         bad_loss: &[(usize, f32)],
         bad_norm: &[(usize, f32)],
     ) -> (Vec<usize>, std::result::Result<TrainSummary, String>) {
-        let out = std::env::temp_dir().join(format!("faulty-run-{}", std::process::id()));
         let line = format!(
             "train --device cpu --model d1 --batch 2 --seq 16 --steps 5 --val-every 0 \
-             --val-batches 1 --sample-tokens 0 --no-state --out-dir {} {flags}",
-            out.display()
+             --val-batches 1 --sample-tokens 0 --out-dir {} {flags}",
+            faulty_dir().join(out).display()
         );
         let args = Cli::parse_from(line.split_whitespace()).args;
         let (cfg, params) = load_model(&args.model, args.seed).unwrap();
@@ -877,7 +929,6 @@ mod tests {
             updated: Vec::new(),
         };
         let result = train(&args, &mut engine, None).map_err(|e| format!("{e:#}"));
-        std::fs::remove_dir_all(&out).ok();
         (engine.updated, result)
     }
 
@@ -885,14 +936,14 @@ mod tests {
     fn losses_and_norms_that_are_not_finite() {
         let (nan, inf) = (f32::NAN, f32::INFINITY);
         // without skipping, the run ends before the update of the step
-        let (updated, r) = faulty_run("", &[(2, nan)], &[]);
+        let (updated, r) = faulty_run("--no-state", "plain", &[(2, nan)], &[]);
         assert_eq!(updated, [1]);
         let e = r.unwrap_err();
         assert!(
             e.contains("the loss became NaN at step 2: training diverged (try a lower --lr)"),
             "{e}"
         );
-        let (updated, r) = faulty_run("", &[], &[(3, nan)]);
+        let (updated, r) = faulty_run("--no-state", "plain", &[], &[(3, nan)]);
         assert_eq!(updated, [1, 2]);
         let e = r.unwrap_err();
         assert!(
@@ -900,11 +951,16 @@ mod tests {
             "{e}"
         );
         // skipping the loss: the update of a NaN loss is left out, the run goes on
-        let (updated, r) = faulty_run("--skip-loss-z 5", &[(2, nan)], &[]);
+        let (updated, r) = faulty_run("--no-state --skip-loss-z 5", "plain", &[(2, nan)], &[]);
         assert_eq!(updated, [1, 3, 4, 5]);
         assert_eq!(r.unwrap().skipped, [2]);
         // ... but not a third in a row
-        let (updated, r) = faulty_run("--skip-loss-z 5", &[(2, inf), (3, nan), (4, nan)], &[]);
+        let (updated, r) = faulty_run(
+            "--no-state --skip-loss-z 5",
+            "plain",
+            &[(2, inf), (3, nan), (4, nan)],
+            &[],
+        );
         assert_eq!(updated, [1]);
         let e = r.unwrap_err();
         assert!(
@@ -912,15 +968,58 @@ mod tests {
             "{e}"
         );
         // the norm's flag skips a norm that is not finite, not a loss
-        let (updated, r) = faulty_run("--skip-norm-z 5", &[], &[(3, inf)]);
+        let (updated, r) = faulty_run("--no-state --skip-norm-z 5", "plain", &[], &[(3, inf)]);
         assert_eq!(updated, [1, 2, 4, 5]);
         assert_eq!(r.unwrap().skipped, [3]);
-        let (_, r) = faulty_run("--skip-norm-z 5", &[(2, nan)], &[]);
+        let (_, r) = faulty_run("--no-state --skip-norm-z 5", "plain", &[(2, nan)], &[]);
         assert!(r.unwrap_err().contains("the loss became NaN at step 2"));
         // a step skipped for its loss is not judged on its norm
-        let (updated, r) = faulty_run("--skip-loss-z 5", &[(2, nan)], &[(2, nan)]);
+        let (updated, r) = faulty_run(
+            "--no-state --skip-loss-z 5",
+            "plain",
+            &[(2, nan)],
+            &[(2, nan)],
+        );
         assert_eq!(updated, [1, 3, 4, 5]);
         assert_eq!(r.unwrap().skipped, [2]);
+        // a run that diverges keeps what its earlier steps learned: the checkpoint and state of
+        // step 2, the data put back to where step 2 left it (the shuffled order), the windows
+        // without step 3's loss: what an unbroken run writes at step 2
+        let shuffled = "--shuffle --seed 5 --checkpoint-every 2";
+        let (_, r) = faulty_run(shuffled, "unbroken", &[], &[]);
+        r.unwrap();
+        let unbroken = faulty_dir().join("unbroken");
+        for (bad_loss, bad_norm) in [(vec![(3, nan)], vec![]), (vec![], vec![(3, inf)])] {
+            let (updated, r) = faulty_run(shuffled, "diverged", &bad_loss, &bad_norm);
+            assert_eq!(updated, [1, 2]);
+            let e = r.unwrap_err();
+            let out = faulty_dir().join("diverged");
+            let hint = format!(
+                "; the run after step 2 is saved: --resume {} continues",
+                out.display()
+            );
+            assert!(e.contains(&hint), "{e}");
+            for f in ["model_000002.bin", "state_000002.bin"] {
+                let same =
+                    std::fs::read(out.join(f)).unwrap() == std::fs::read(unbroken.join(f)).unwrap();
+                assert!(same, "{bad_loss:?} {bad_norm:?}: {f} differs");
+            }
+            std::fs::remove_dir_all(&out).unwrap();
+        }
+        // with --no-state, the model; nothing when the first step diverges
+        let (_, r) = faulty_run("--no-state", "model", &[(4, nan)], &[]);
+        assert!(r
+            .unwrap_err()
+            .contains("; the model after step 3 is saved ("));
+        assert!(faulty_dir().join("model/model_000003.bin").is_file());
+        let (_, r) = faulty_run("", "first", &[(1, nan)], &[]);
+        let e = r.unwrap_err();
+        assert!(
+            e.ends_with("at step 1: training diverged (try a lower --lr)"),
+            "{e}"
+        );
+        assert!(!faulty_dir().join("first/model_000000.bin").exists());
+        std::fs::remove_dir_all(faulty_dir()).ok();
     }
 
     #[test]

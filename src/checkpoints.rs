@@ -64,10 +64,14 @@ impl Resume {
         }
         if h.step >= args.steps {
             bail!(
-                "{path}: the run is at step {} and --steps is {}: nothing left to train (give a \
+                "{path}: the run is at step {} and --steps is {}{}: nothing left to train (give a \
                  larger --steps)",
                 h.step,
-                args.steps
+                args.steps,
+                match args.epochs {
+                    Some(f) => format!(" (--epochs {f})"),
+                    None => String::new(),
+                }
             );
         }
         let dir = state_path.parent().unwrap_or(Path::new("."));

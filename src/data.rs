@@ -133,6 +133,39 @@ pub fn glob_files(pattern: &str) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// The shards matching `pattern` and their token counts, each checked to hold at least one batch
+/// of `b` x `t` (B*T+1 tokens).
+fn shard_lengths(pattern: &str, b: usize, t: usize) -> Result<(Vec<PathBuf>, Vec<usize>)> {
+    if b == 0 || t == 0 {
+        bail!("data loader for '{pattern}': batch size B={b} and sequence length T={t} must both be positive");
+    }
+    let bt1 = b
+        .checked_mul(t)
+        .and_then(|bt| bt.checked_add(1))
+        .with_context(|| format!("data loader for '{pattern}': B*T is too large (B={b}, T={t})"))?;
+    let files = glob_files(pattern)?;
+    let mut lens = Vec::with_capacity(files.len());
+    for f in &files {
+        let n = read_shard_len(f)?;
+        if n < bt1 {
+            bail!(
+                "{}: the shard has {n} tokens, fewer than B*T+1 = {bt1} needed for one batch \
+                 (B={b}, T={t})",
+                f.display()
+            );
+        }
+        lens.push(n);
+    }
+    Ok((files, lens))
+}
+
+/// The batches of `b` x `t` in one epoch of the shards matching `pattern` (what
+/// [`DataLoader::num_batches`] counts), from the shards' headers alone.
+pub fn epoch_batches(pattern: &str, b: usize, t: usize) -> Result<usize> {
+    let (_, lens) = shard_lengths(pattern, b, t)?;
+    Ok(lens.iter().map(|&n| (n - 1) / (b * t)).sum())
+}
+
 /// Serves (inputs, targets) batches of B x T tokens from token shards.
 pub struct DataLoader {
     pattern: String,
@@ -173,28 +206,8 @@ impl DataLoader {
         vocab_size: usize,
         shuffle_seed: Option<u64>,
     ) -> Result<DataLoader> {
-        if b == 0 || t == 0 {
-            bail!("data loader for '{pattern}': batch size B={b} and sequence length T={t} must both be positive");
-        }
-        let bt1 = b
-            .checked_mul(t)
-            .and_then(|bt| bt.checked_add(1))
-            .with_context(|| {
-                format!("data loader for '{pattern}': B*T is too large (B={b}, T={t})")
-            })?;
-        let files = glob_files(pattern)?;
-        let mut lens = Vec::with_capacity(files.len());
-        for f in &files {
-            let n = read_shard_len(f)?;
-            if n < bt1 {
-                bail!(
-                    "{}: the shard has {n} tokens, fewer than B*T+1 = {bt1} needed for one batch \
-                     (B={b}, T={t})",
-                    f.display()
-                );
-            }
-            lens.push(n);
-        }
+        let (files, lens) = shard_lengths(pattern, b, t)?;
+        let bt1 = b * t + 1;
         let mut dl = DataLoader {
             pattern: pattern.to_string(),
             files,

@@ -225,7 +225,8 @@ fn main() -> ExitCode {
 }
 
 fn run_train(args: &TrainArgs) -> Result<ExitCode> {
-    args.validate()?;
+    // (--epochs becomes --steps here: a resumed run is checked against them)
+    let args = &args.resolved()?;
     // --resume: the model is the checkpoint written with the training state
     let resume = match &args.resume {
         Some(path) => Some(train_gpt2_cuda::checkpoints::Resume::open(path, args)?),

@@ -68,6 +68,10 @@ pub struct TrainArgs {
     /// Optimizer steps.
     #[arg(long, default_value_t = 100)]
     pub steps: usize,
+    /// Instead of --steps: F passes over the training data (llm.c's `-x -1` is --epochs 1); the
+    /// steps are F x an epoch's batches over a step's micro-batches, rounded down.
+    #[arg(long, value_name = "F", conflicts_with = "steps")]
+    pub epochs: Option<f64>,
     /// Peak learning rate.
     #[arg(long, default_value_t = 3e-4)]
     pub lr: f32,
@@ -202,6 +206,42 @@ impl TrainArgs {
             Some(tokens) => tokens / self.batch.saturating_mul(self.seq).max(1),
             None => self.grad_accum,
         }
+    }
+
+    /// These flags with `--epochs` turned into `--steps`, from the training shards' headers (the
+    /// flags themselves when there is no `--epochs`). Checks the flags first.
+    pub fn resolved(&self) -> Result<TrainArgs> {
+        let mut args = self.clone();
+        if let Some(f) = self.epochs {
+            if !(f > 0.0 && f.is_finite()) {
+                bail!("--epochs must be a positive number, got {f}");
+            }
+            // (validate() checks --steps: 1 until it is known)
+            args.steps = 1;
+            args.validate()?;
+            let pattern = self.train_pattern();
+            let batches = crate::data::epoch_batches(&pattern, self.batch, self.seq)?;
+            let micro = self.micro_batches();
+            let steps = (f * batches as f64 / micro as f64).floor();
+            if steps < 1.0 {
+                bail!(
+                    "--epochs {f} is less than one step: an epoch of '{pattern}' is {batches} \
+                     batches of {}x{}, a step {micro}",
+                    self.batch,
+                    self.seq
+                );
+            }
+            args.steps = steps as usize;
+        }
+        args.validate()?;
+        Ok(args)
+    }
+
+    /// `--train`, or the bundled corpus's training shard.
+    pub fn train_pattern(&self) -> String {
+        self.train
+            .clone()
+            .unwrap_or_else(crate::data::default_train_pattern)
     }
 
     /// The learning-rate schedule of these flags.
@@ -362,14 +402,11 @@ pub fn train(
     engine: &mut dyn Engine,
     resume: Option<Resume>,
 ) -> Result<TrainSummary> {
-    args.validate()?;
+    let args = &args.resolved()?;
     let cfg = *engine.config();
     let (b, t) = (args.batch, args.seq);
     crate::cpu::model::check_batch(&cfg, b, t)?;
-    let train_pattern = args
-        .train
-        .clone()
-        .unwrap_or_else(crate::data::default_train_pattern);
+    let train_pattern = args.train_pattern();
     let val_pattern = args
         .val
         .clone()
@@ -415,12 +452,16 @@ pub fn train(
         engine.describe()
     );
     println!(
-        "data: train {} ({} batches of {b}x{t}), val {} ({} batches); {} steps of {} tokens{}{}",
+        "data: train {} ({} batches of {b}x{t}), val {} ({} batches); {} steps{} of {} tokens{}{}",
         train_pattern,
         train_loader.num_batches(),
         val_pattern,
         val_loader.num_batches(),
         args.steps,
+        match args.epochs {
+            Some(f) => format!(" (--epochs {f})"),
+            None => String::new(),
+        },
         b * t * micro,
         if micro > 1 {
             format!(" ({micro} micro-batches of {b}x{t})")

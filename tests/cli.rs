@@ -1368,3 +1368,90 @@ fn outlier_steps_are_skipped() {
         );
     }
 }
+
+/// `--epochs F` (llm.c's `-x -1` is `--epochs 1`): F passes over the training data, as steps of a
+/// step's micro-batches, rounded down; a resumed run counts them the same way.
+#[test]
+fn epochs_count_the_steps() {
+    use train_gpt2_cuda::formats::shard::write_shard;
+    let dir = tmp_dir("epochs");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    // 10 batches of 2 x 16 (and 20 tokens more: not a batch)
+    let tokens: Vec<u32> = (0..10 * 32 + 21).map(|i| (i * 7 % 1000) as u32).collect();
+    write_shard(&dir.join("ten.bin"), &tokens).unwrap();
+    let base = format!(
+        "--device cpu --batch 2 --seq 16 --val-every 0 --val-batches 1 --seed 3 --lr 1e-3 \
+         --sample-tokens 0 --train {} --val {}",
+        d("ten.bin"),
+        d("ten.bin")
+    );
+    let train = |extra: &str, out: &str| {
+        let (status, stdout, stderr) = run(bin()
+            .args(flags(&base))
+            .args(flags(extra))
+            .args(["--out-dir", &d(out)]));
+        (status.status.code(), stdout, stderr)
+    };
+    let last_step = |log: &str| log.lines().rev().find_map(step_number);
+    // one epoch: 10 steps; 2.5 epochs of 2 micro-batches: 25 / 2 = 12 steps
+    let (code, one, _) = train("--model d1 --epochs 1 --no-state", "one");
+    assert_eq!(code, Some(0));
+    assert!(
+        one.contains("; 10 steps (--epochs 1) of 32 tokens"),
+        "{one}"
+    );
+    assert_eq!(last_step(&one), Some(10));
+    assert!(one.contains("step    10/10 |"), "{one}");
+    let (code, accum, _) = train("--model d1 --epochs 2.5 --grad-accum 2 --no-state", "accum");
+    assert_eq!(code, Some(0));
+    assert!(
+        accum.contains("; 12 steps (--epochs 2.5) of 64 tokens"),
+        "{accum}"
+    );
+    assert_eq!(last_step(&accum), Some(12));
+
+    // --epochs 2 resumed at step 10 ends as the whole run; at step 20, one epoch is done already
+    let (code, _, _) = train("--model d1 --epochs 2 --checkpoint-every 10", "whole");
+    assert_eq!(code, Some(0));
+    let (code, resumed, stderr) = train(
+        &format!("--epochs 2 --resume {}", d("whole/state_000010.bin")),
+        "resumed",
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(last_step(&resumed), Some(20));
+    assert_same_files(
+        &dir.join("whole"),
+        &dir.join("resumed"),
+        &["model_000020.bin", "state_000020.bin"],
+        "--epochs 2, whole and resumed at step 10",
+    );
+    let resume20 = format!("--epochs 1 --resume {}", d("whole/state_000020.bin"));
+    let (code, _, stderr) = train(&resume20, "again");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the run is at step 20 and --steps is 10 (--epochs 1): nothing left"),
+        "{stderr}"
+    );
+
+    for (extra, needle) in [
+        (
+            "--epochs 0.05",
+            "--epochs 0.05 is less than one step: an epoch of",
+        ),
+        ("--epochs=-1", "--epochs must be a positive number, got -1"),
+        (
+            "--epochs inf",
+            "--epochs must be a positive number, got inf",
+        ),
+    ] {
+        let (code, _, stderr) = train(&format!("--model d1 {extra}"), "bad");
+        assert_eq!(code, Some(1), "{extra}: {stderr}");
+        assert!(stderr.contains(needle), "{extra}: {stderr}");
+    }
+    let (code, _, stderr) = train("--model d1 --epochs 1 --steps 5", "bad");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("'--epochs <F>' cannot be used with '--steps <STEPS>'"),
+        "{stderr}"
+    );
+}

@@ -130,6 +130,98 @@ pub struct Outliers {
     pub norm: OutlierWindow,
 }
 
+impl Outliers {
+    /// Judges a step's loss and gradient norm with `--skip-loss-z` and `--skip-norm-z` (None:
+    /// off). The norm is judged only when the loss is taken.
+    pub fn judge_step(
+        &mut self,
+        loss: f32,
+        norm: f32,
+        loss_z: Option<f32>,
+        norm_z: Option<f32>,
+    ) -> StepVerdict {
+        let loss_verdict = self.loss.judge(loss, loss_z);
+        let norm_verdict = match loss_verdict {
+            Verdict::Taken { .. } => Some(self.norm.judge(norm, norm_z)),
+            Verdict::Skipped { .. } | Verdict::Diverged => None,
+        };
+        StepVerdict {
+            loss: (loss, loss_z, loss_verdict),
+            norm: (norm, norm_z, norm_verdict),
+        }
+    }
+}
+
+/// What became of a step: for the loss and the norm, (the value, its threshold, its verdict:
+/// None for a norm left unjudged).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepVerdict {
+    pub loss: (f32, Option<f32>, Verdict),
+    pub norm: (f32, Option<f32>, Option<Verdict>),
+}
+
+impl StepVerdict {
+    /// Why the run cannot go on after step `step` (from 1), if it cannot: "the loss became NaN
+    /// at step 4, after 2 steps skipped in a row".
+    pub fn diverged(&self, step: usize) -> Option<String> {
+        let ((loss, loss_z, lv), (norm, norm_z, nv)) = (self.loss, self.norm);
+        let in_a_row = |threshold: Option<f32>| match threshold {
+            Some(_) => format!(", after {MAX_SKIPPED_IN_A_ROW} steps skipped in a row"),
+            None => String::new(),
+        };
+        if lv == Verdict::Diverged {
+            Some(format!(
+                "the loss became {loss} at step {step}{}",
+                in_a_row(loss_z)
+            ))
+        } else if nv == Some(Verdict::Diverged) {
+            Some(format!(
+                "the gradient norm became {norm} at step {step} (its loss {loss}){}",
+                in_a_row(norm_z)
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// Why the step's update is left out, if it is: "loss z +7.31 > 5", "norm not finite".
+    pub fn skipped(&self) -> Option<String> {
+        let why = |what: &str, z: Option<f64>, threshold: Option<f32>| match (z, threshold) {
+            (Some(z), Some(t)) => format!("{what} z {z:+.2} > {t}"),
+            _ => format!("{what} not finite"),
+        };
+        match (self.loss.2, self.norm.2) {
+            (Verdict::Skipped { z }, _) => Some(why("loss", z, self.loss.1)),
+            (_, Some(Verdict::Skipped { z })) => Some(why("norm", z, self.norm.1)),
+            _ => None,
+        }
+    }
+
+    /// Whether skipping is on at all (either flag).
+    pub fn judging(&self) -> bool {
+        self.loss.1.is_some() || self.norm.1.is_some()
+    }
+
+    /// The loss's and the norm's z-scores, where they were judged.
+    pub fn z_scores(&self) -> (Option<f64>, Option<f64>) {
+        (self.loss.2.z(), self.norm.2.and_then(|v| v.z()))
+    }
+
+    /// The end of the step's line when skipping is on: " | z loss -0.55 norm +0.10" (`-` where
+    /// there is no z-score) or " | update skipped: loss z +7.31 > 5"; empty when it is off.
+    pub fn line_suffix(&self) -> String {
+        let z = |z: Option<f64>| z.map_or("-".into(), |z| format!("{z:+.2}"));
+        match (self.judging(), self.skipped()) {
+            (false, _) => String::new(),
+            (true, Some(why)) => format!(" | update skipped: {why}"),
+            (true, None) => {
+                let (l, n) = self.z_scores();
+                format!(" | z loss {} norm {}", z(l), z(n))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +285,47 @@ mod tests {
         assert_eq!(
             w.judge(-100.0, Some(1.0)),
             Verdict::Taken { z: Some(-203.0) }
+        );
+    }
+
+    #[test]
+    fn a_steps_verdict_and_how_it_reads() {
+        let full = Outliers {
+            loss: window(),
+            norm: window(),
+        };
+        // off: nothing to say
+        let v = full.clone().judge_step(5.0, 5.0, None, None);
+        assert_eq!(
+            (v.skipped(), v.diverged(7), v.line_suffix()),
+            (None, None, String::new())
+        );
+        // taken: both z-scores
+        let v = full.clone().judge_step(1.5, 2.5, Some(5.0), None);
+        assert_eq!(v.line_suffix(), " | z loss +0.00 norm +2.00");
+        // the loss skipped: the norm not judged (and left out of its window)
+        let mut o = full.clone();
+        let v = o.judge_step(5.0, 5.0, Some(5.0), Some(5.0));
+        assert_eq!(v.skipped().as_deref(), Some("loss z +7.00 > 5"));
+        assert_eq!(v.z_scores(), (Some(7.0), None));
+        assert_eq!(o.norm, full.norm);
+        assert_eq!(o.loss.skipped_in_a_row(), 1);
+        assert_eq!(v.line_suffix(), " | update skipped: loss z +7.00 > 5");
+        // the norm skipped, the loss taken
+        let mut o = full.clone();
+        let v = o.judge_step(1.0, f32::INFINITY, Some(5.0), Some(5.0));
+        assert_eq!(v.skipped().as_deref(), Some("norm not finite"));
+        assert_eq!(o.loss.values().last(), Some(1.0));
+        // diverged
+        let v = full.clone().judge_step(f32::NAN, 1.0, None, None);
+        assert_eq!(
+            v.diverged(3).as_deref(),
+            Some("the loss became NaN at step 3")
+        );
+        let v = full.clone().judge_step(1.0, f32::NAN, Some(5.0), None);
+        assert_eq!(
+            v.diverged(3).as_deref(),
+            Some("the gradient norm became NaN at step 3 (its loss 1)")
         );
     }
 

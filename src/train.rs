@@ -14,7 +14,7 @@ use crate::formats::hf_gpt2::hub_repo;
 use crate::formats::read_model;
 use crate::lr_schedule::{LrSchedule, LrShape};
 use crate::mfu::mfu;
-use crate::outliers::{Outliers, Verdict};
+use crate::outliers::Outliers;
 use crate::precision::Precision;
 use crate::run_log::{RunLog, StepOutliers, StepRecord};
 use crate::sample::{generate, SampleOptions};
@@ -610,30 +610,12 @@ pub fn train(
             engine.backward(1.0 / micro as f32)?;
             loss += l / micro as f32;
         }
-        // --skip-loss-z, --skip-norm-z: an outlier's update is left out (crate::outliers); the
-        // norm is judged only when the loss is taken
-        let (loss_z, norm_z) = args.skip_thresholds();
-        let windows_before = outliers.clone();
-        let loss_verdict = outliers.loss.judge(loss, loss_z);
+        // --skip-loss-z, --skip-norm-z: an outlier's update is left out (crate::outliers)
         let norm = engine.grad_norm()?;
-        let norm_verdict = match loss_verdict {
-            Verdict::Skipped { .. } | Verdict::Diverged => None,
-            _ => Some(outliers.norm.judge(norm, norm_z)),
-        };
-        let diverged = match (loss_verdict, norm_verdict) {
-            (Verdict::Diverged, _) => Some(format!(
-                "the loss became {loss} at step {}{}",
-                step + 1,
-                in_a_row(loss_z)
-            )),
-            (_, Some(Verdict::Diverged)) => Some(format!(
-                "the gradient norm became {norm} at step {} (its loss {loss}){}",
-                step + 1,
-                in_a_row(norm_z)
-            )),
-            _ => None,
-        };
-        if let Some(what) = diverged {
+        let windows_before = outliers.clone();
+        let (loss_z, norm_z) = args.skip_thresholds();
+        let verdict = outliers.judge_step(loss, norm, loss_z, norm_z);
+        if let Some(what) = verdict.diverged(step + 1) {
             // nothing of this run's earlier steps is lost
             let saved = if step > start {
                 let rewind = if overfit.is_some() { 0 } else { micro };
@@ -651,12 +633,7 @@ pub fn train(
             };
             bail!("{what}: training diverged (try a lower --lr){saved}");
         }
-        // why the update is left out, if it is
-        let skip = match (loss_verdict, norm_verdict) {
-            (Verdict::Skipped { z }, _) => Some(("loss", z, loss_z)),
-            (_, Some(Verdict::Skipped { z })) => Some(("norm", z, norm_z)),
-            _ => None,
-        };
+        let skipped = verdict.skipped().is_some();
         let grad_scale = if args.grad_clip > 0.0 && norm > args.grad_clip {
             args.grad_clip / norm
         } else {
@@ -671,10 +648,10 @@ pub fn train(
             weight_decay: args.weight_decay,
             decay_on: DecayOn::Matrices,
         };
-        if skip.is_none() {
-            engine.update(&hp, step + 1, grad_scale)?;
-        } else {
+        if skipped {
             summary.skipped.push(step + 1);
+        } else {
+            engine.update(&hp, step + 1, grad_scale)?;
         }
         let secs = clock.elapsed().as_secs_f64();
         if profile_this {
@@ -687,29 +664,13 @@ pub fn train(
             Some(m) => format!("{:.1}%", 100.0 * m),
             None => "-".to_string(),
         };
-        // with skipping on: the z-scores, and what was skipped
-        let judged = (loss_z.is_some() || norm_z.is_some()).then(|| StepOutliers {
-            loss_z: loss_verdict.z(),
-            norm_z: norm_verdict.and_then(|v| v.z()),
-            skipped: skip.is_some(),
-        });
-        let judged_text = match (&judged, skip) {
-            (None, _) => String::new(),
-            (Some(o), None) => format!(" | z loss {} norm {}", z_text(o.loss_z), z_text(o.norm_z)),
-            (Some(_), Some((what, z, threshold))) => format!(
-                " | update skipped: {what} {}",
-                match (z, threshold) {
-                    (Some(z), Some(t)) => format!("z {z:+.2} > {t}"),
-                    _ => "not finite".to_string(),
-                }
-            ),
-        };
         println!(
-            "step {:>5}/{} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.3} | {:.1} ms | {:.0} tok/s | MFU {mfu}{judged_text}",
+            "step {:>5}/{} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.3} | {:.1} ms | {:.0} tok/s | MFU {mfu}{}",
             step + 1,
             args.steps,
             secs * 1e3,
-            tokens_per_step / secs
+            tokens_per_step / secs,
+            verdict.line_suffix()
         );
         std::io::stdout().flush().ok();
         summary.losses.push(loss);
@@ -721,7 +682,14 @@ pub fn train(
             ms: secs * 1e3,
             tokens_per_s: tokens_per_step / secs,
             mfu: step_mfu,
-            outliers: judged,
+            outliers: verdict.judging().then(|| {
+                let (loss_z, norm_z) = verdict.z_scores();
+                StepOutliers {
+                    loss_z,
+                    norm_z,
+                    skipped,
+                }
+            }),
         })?;
 
         let ckpt_due = args.checkpoint_every > 0 && (step + 1) % args.checkpoint_every == 0;
@@ -831,22 +799,6 @@ fn save_before_divergence(
     })
 }
 
-/// A z-score for a step line: `+1.23`, or `-` where there is none.
-fn z_text(z: Option<f64>) -> String {
-    z.map_or("-".into(), |z| format!("{z:+.2}"))
-}
-
-/// What a divergence message adds when skipping was on: the run of outliers it ended.
-fn in_a_row(threshold: Option<f32>) -> String {
-    match threshold {
-        Some(_) => format!(
-            ", after {} steps skipped in a row",
-            crate::outliers::MAX_SKIPPED_IN_A_ROW
-        ),
-        None => String::new(),
-    }
-}
-
 /// `--hellaswag`'s examples, ready to score.
 struct Hellaswag {
     examples: Vec<crate::hellaswag::Rendered>,
@@ -859,209 +811,6 @@ struct Hellaswag {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::OptimizerArray;
-    use clap::Parser;
-
-    /// The CPU engine with the loss or the gradient norm of chosen steps replaced, recording the
-    /// steps it updated.
-    struct Faulty {
-        inner: Box<dyn Engine>,
-        /// The step under way (from 1: zero_grad starts one).
-        step: usize,
-        bad_loss: Vec<(usize, f32)>,
-        bad_norm: Vec<(usize, f32)>,
-        updated: Vec<usize>,
-    }
-
-    impl Engine for Faulty {
-        fn config(&self) -> &GPT2Config {
-            self.inner.config()
-        }
-        fn describe(&self) -> String {
-            self.inner.describe()
-        }
-        fn forward(
-            &mut self,
-            x: &[u32],
-            y: Option<&[u32]>,
-            b: usize,
-            t: usize,
-        ) -> Result<Option<f32>> {
-            let loss = self.inner.forward(x, y, b, t)?;
-            let bad = self.bad_loss.iter().find(|(s, _)| *s == self.step);
-            Ok(loss.map(|l| bad.map_or(l, |&(_, v)| v)))
-        }
-        fn zero_grad(&mut self) -> Result<()> {
-            self.step += 1;
-            self.inner.zero_grad()
-        }
-        fn backward(&mut self, loss_scale: f32) -> Result<()> {
-            self.inner.backward(loss_scale)
-        }
-        fn grad_norm(&mut self) -> Result<f32> {
-            let norm = self.inner.grad_norm()?;
-            let bad = self.bad_norm.iter().find(|(s, _)| *s == self.step);
-            Ok(bad.map_or(norm, |&(_, v)| v))
-        }
-        fn update(&mut self, hp: &AdamW, step: usize, grad_scale: f32) -> Result<()> {
-            assert_eq!(step, self.step);
-            self.updated.push(step);
-            self.inner.update(hp, step, grad_scale)
-        }
-        fn params(&mut self) -> Result<Vec<f32>> {
-            self.inner.params()
-        }
-        fn grads(&mut self) -> Result<Vec<f32>> {
-            self.inner.grads()
-        }
-        fn has_master_weights(&self) -> bool {
-            self.inner.has_master_weights()
-        }
-        fn optimizer_array(&mut self, which: OptimizerArray) -> Result<Vec<f32>> {
-            self.inner.optimizer_array(which)
-        }
-        fn set_optimizer_array(&mut self, which: OptimizerArray, values: &[f32]) -> Result<()> {
-            self.inner.set_optimizer_array(which, values)
-        }
-        fn logits(&mut self) -> Result<Vec<f32>> {
-            self.inner.logits()
-        }
-        fn position_logits(&mut self, bi: usize, ti: usize) -> Result<Vec<f32>> {
-            self.inner.position_logits(bi, ti)
-        }
-        fn losses(&mut self) -> Result<Vec<f32>> {
-            self.inner.losses()
-        }
-    }
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: TrainArgs,
-    }
-
-    /// A folder for this process's runs of [`faulty_run`].
-    fn faulty_dir() -> PathBuf {
-        std::env::temp_dir().join(format!("faulty-runs-{}", std::process::id()))
-    }
-
-    /// Trains d1 for 5 steps with `flags` into `faulty_dir()/out`, the loss and the norm of some
-    /// steps replaced: the steps updated, and the run's summary or its error.
-    fn faulty_run(
-        flags: &str,
-        out: &str,
-        bad_loss: &[(usize, f32)],
-        bad_norm: &[(usize, f32)],
-    ) -> (Vec<usize>, std::result::Result<TrainSummary, String>) {
-        let line = format!(
-            "train --device cpu --model d1 --batch 2 --seq 16 --steps 5 --val-every 0 \
-             --val-batches 1 --sample-tokens 0 --out-dir {} {flags}",
-            faulty_dir().join(out).display()
-        );
-        let args = Cli::parse_from(line.split_whitespace()).args;
-        let (cfg, params) = load_model(&args.model, args.seed).unwrap();
-        let inner =
-            crate::engine::create_engine(&args.engine_options(), cfg, params, 2, 16).unwrap();
-        let mut engine = Faulty {
-            inner,
-            step: 0,
-            bad_loss: bad_loss.to_vec(),
-            bad_norm: bad_norm.to_vec(),
-            updated: Vec::new(),
-        };
-        let result = train(&args, &mut engine, None).map_err(|e| format!("{e:#}"));
-        (engine.updated, result)
-    }
-
-    #[test]
-    fn losses_and_norms_that_are_not_finite() {
-        let (nan, inf) = (f32::NAN, f32::INFINITY);
-        // without skipping, the run ends before the update of the step
-        let (updated, r) = faulty_run("--no-state", "plain", &[(2, nan)], &[]);
-        assert_eq!(updated, [1]);
-        let e = r.unwrap_err();
-        assert!(
-            e.contains("the loss became NaN at step 2: training diverged (try a lower --lr)"),
-            "{e}"
-        );
-        let (updated, r) = faulty_run("--no-state", "plain", &[], &[(3, nan)]);
-        assert_eq!(updated, [1, 2]);
-        let e = r.unwrap_err();
-        assert!(
-            e.contains("the gradient norm became NaN at step 3 (its loss "),
-            "{e}"
-        );
-        // skipping the loss: the update of a NaN loss is left out, the run goes on
-        let (updated, r) = faulty_run("--no-state --skip-loss-z 5", "plain", &[(2, nan)], &[]);
-        assert_eq!(updated, [1, 3, 4, 5]);
-        assert_eq!(r.unwrap().skipped, [2]);
-        // ... but not a third in a row
-        let (updated, r) = faulty_run(
-            "--no-state --skip-loss-z 5",
-            "plain",
-            &[(2, inf), (3, nan), (4, nan)],
-            &[],
-        );
-        assert_eq!(updated, [1]);
-        let e = r.unwrap_err();
-        assert!(
-            e.contains("the loss became NaN at step 4, after 2 steps skipped in a row"),
-            "{e}"
-        );
-        // the norm's flag skips a norm that is not finite, not a loss
-        let (updated, r) = faulty_run("--no-state --skip-norm-z 5", "plain", &[], &[(3, inf)]);
-        assert_eq!(updated, [1, 2, 4, 5]);
-        assert_eq!(r.unwrap().skipped, [3]);
-        let (_, r) = faulty_run("--no-state --skip-norm-z 5", "plain", &[(2, nan)], &[]);
-        assert!(r.unwrap_err().contains("the loss became NaN at step 2"));
-        // a step skipped for its loss is not judged on its norm
-        let (updated, r) = faulty_run(
-            "--no-state --skip-loss-z 5",
-            "plain",
-            &[(2, nan)],
-            &[(2, nan)],
-        );
-        assert_eq!(updated, [1, 3, 4, 5]);
-        assert_eq!(r.unwrap().skipped, [2]);
-        // a run that diverges keeps what its earlier steps learned: the checkpoint and state of
-        // step 2, the data put back to where step 2 left it (the shuffled order), the windows
-        // without step 3's loss: what an unbroken run writes at step 2
-        let shuffled = "--shuffle --seed 5 --checkpoint-every 2";
-        let (_, r) = faulty_run(shuffled, "unbroken", &[], &[]);
-        r.unwrap();
-        let unbroken = faulty_dir().join("unbroken");
-        for (bad_loss, bad_norm) in [(vec![(3, nan)], vec![]), (vec![], vec![(3, inf)])] {
-            let (updated, r) = faulty_run(shuffled, "diverged", &bad_loss, &bad_norm);
-            assert_eq!(updated, [1, 2]);
-            let e = r.unwrap_err();
-            let out = faulty_dir().join("diverged");
-            let hint = format!(
-                "; the run after step 2 is saved: --resume {} continues",
-                out.display()
-            );
-            assert!(e.contains(&hint), "{e}");
-            for f in ["model_000002.bin", "state_000002.bin"] {
-                let same =
-                    std::fs::read(out.join(f)).unwrap() == std::fs::read(unbroken.join(f)).unwrap();
-                assert!(same, "{bad_loss:?} {bad_norm:?}: {f} differs");
-            }
-            std::fs::remove_dir_all(&out).unwrap();
-        }
-        // with --no-state, the model; nothing when the first step diverges
-        let (_, r) = faulty_run("--no-state", "model", &[(4, nan)], &[]);
-        assert!(r
-            .unwrap_err()
-            .contains("; the model after step 3 is saved ("));
-        assert!(faulty_dir().join("model/model_000003.bin").is_file());
-        let (_, r) = faulty_run("", "first", &[(1, nan)], &[]);
-        let e = r.unwrap_err();
-        assert!(
-            e.ends_with("at step 1: training diverged (try a lower --lr)"),
-            "{e}"
-        );
-        assert!(!faulty_dir().join("first/model_000000.bin").exists());
-        std::fs::remove_dir_all(faulty_dir()).ok();
-    }
 
     #[test]
     fn profile_skips_the_first_step_unless_it_is_the_only_one() {

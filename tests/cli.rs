@@ -1233,8 +1233,8 @@ fn llmc_training_flags() {
 /// pattern with a batch of random tokens at step 101, that step's update (and only it) is left
 /// out: its model is byte for byte the one before it. Its logged z-score is the one computed here
 /// from the logged losses of the 64 steps before it. A resumed run judges exactly as the whole one
-/// (the windows travel in the training state). (Losses and norms that are not finite: the unit
-/// tests of `train`.)
+/// (the windows travel in the training state). (Losses and norms that are not finite:
+/// `tests/divergence.rs`.)
 #[test]
 fn outlier_steps_are_skipped() {
     use train_gpt2_cuda::formats::shard::write_shard;

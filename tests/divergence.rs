@@ -1,0 +1,207 @@
+//! The training loop when a step's loss or gradient norm is not finite: the CPU engine wrapped so
+//! that chosen steps' losses or norms are NaN or inf (a real model cannot be made to diverge on
+//! cue). Without `--skip-loss-z` / `--skip-norm-z` the run ends before the step's update; with
+//! them the update is left out and the run goes on, until a third in a row; a run that ends so
+//! first writes the checkpoint and state of its last good step, those of an unbroken run.
+
+use anyhow::Result;
+use clap::Parser;
+use std::path::PathBuf;
+use train_gpt2_cuda::config::GPT2Config;
+use train_gpt2_cuda::cpu::adamw::AdamW;
+use train_gpt2_cuda::engine::{create_engine, Engine, OptimizerArray};
+use train_gpt2_cuda::train::{load_model, train, TrainArgs, TrainSummary};
+
+/// The CPU engine with the loss or the gradient norm of chosen steps replaced, recording the
+/// steps it updated.
+struct Faulty {
+    inner: Box<dyn Engine>,
+    /// The step under way (from 1: zero_grad starts one).
+    step: usize,
+    bad_loss: Vec<(usize, f32)>,
+    bad_norm: Vec<(usize, f32)>,
+    updated: Vec<usize>,
+}
+
+impl Engine for Faulty {
+    fn config(&self) -> &GPT2Config {
+        self.inner.config()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn forward(&mut self, x: &[u32], y: Option<&[u32]>, b: usize, t: usize) -> Result<Option<f32>> {
+        let loss = self.inner.forward(x, y, b, t)?;
+        let bad = self.bad_loss.iter().find(|(s, _)| *s == self.step);
+        Ok(loss.map(|l| bad.map_or(l, |&(_, v)| v)))
+    }
+    fn zero_grad(&mut self) -> Result<()> {
+        self.step += 1;
+        self.inner.zero_grad()
+    }
+    fn backward(&mut self, loss_scale: f32) -> Result<()> {
+        self.inner.backward(loss_scale)
+    }
+    fn grad_norm(&mut self) -> Result<f32> {
+        let norm = self.inner.grad_norm()?;
+        let bad = self.bad_norm.iter().find(|(s, _)| *s == self.step);
+        Ok(bad.map_or(norm, |&(_, v)| v))
+    }
+    fn update(&mut self, hp: &AdamW, step: usize, grad_scale: f32) -> Result<()> {
+        assert_eq!(step, self.step);
+        self.updated.push(step);
+        self.inner.update(hp, step, grad_scale)
+    }
+    fn params(&mut self) -> Result<Vec<f32>> {
+        self.inner.params()
+    }
+    fn grads(&mut self) -> Result<Vec<f32>> {
+        self.inner.grads()
+    }
+    fn has_master_weights(&self) -> bool {
+        self.inner.has_master_weights()
+    }
+    fn optimizer_array(&mut self, which: OptimizerArray) -> Result<Vec<f32>> {
+        self.inner.optimizer_array(which)
+    }
+    fn set_optimizer_array(&mut self, which: OptimizerArray, values: &[f32]) -> Result<()> {
+        self.inner.set_optimizer_array(which, values)
+    }
+    fn logits(&mut self) -> Result<Vec<f32>> {
+        self.inner.logits()
+    }
+    fn position_logits(&mut self, bi: usize, ti: usize) -> Result<Vec<f32>> {
+        self.inner.position_logits(bi, ti)
+    }
+    fn losses(&mut self) -> Result<Vec<f32>> {
+        self.inner.losses()
+    }
+}
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: TrainArgs,
+}
+
+/// A folder for this process's runs of [`faulty_run`].
+fn faulty_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("faulty-runs-{}", std::process::id()))
+}
+
+/// Trains d1 for 5 steps with `flags` into `faulty_dir()/out`, the loss and the norm of some
+/// steps replaced: the steps updated, and the run's summary or its error.
+fn faulty_run(
+    flags: &str,
+    out: &str,
+    bad_loss: &[(usize, f32)],
+    bad_norm: &[(usize, f32)],
+) -> (Vec<usize>, std::result::Result<TrainSummary, String>) {
+    let line = format!(
+        "train --device cpu --model d1 --batch 2 --seq 16 --steps 5 --val-every 0 \
+         --val-batches 1 --sample-tokens 0 --out-dir {} {flags}",
+        faulty_dir().join(out).display()
+    );
+    let args = Cli::parse_from(line.split_whitespace()).args;
+    let (cfg, params) = load_model(&args.model, args.seed).unwrap();
+    let inner = create_engine(&args.engine_options(), cfg, params, 2, 16).unwrap();
+    let mut engine = Faulty {
+        inner,
+        step: 0,
+        bad_loss: bad_loss.to_vec(),
+        bad_norm: bad_norm.to_vec(),
+        updated: Vec::new(),
+    };
+    let result = train(&args, &mut engine, None).map_err(|e| format!("{e:#}"));
+    (engine.updated, result)
+}
+
+#[test]
+fn losses_and_norms_that_are_not_finite() {
+    let (nan, inf) = (f32::NAN, f32::INFINITY);
+    // without skipping, the run ends before the update of the step
+    let (updated, r) = faulty_run("--no-state", "plain", &[(2, nan)], &[]);
+    assert_eq!(updated, [1]);
+    let e = r.unwrap_err();
+    assert!(
+        e.contains("the loss became NaN at step 2: training diverged (try a lower --lr)"),
+        "{e}"
+    );
+    let (updated, r) = faulty_run("--no-state", "plain", &[], &[(3, nan)]);
+    assert_eq!(updated, [1, 2]);
+    let e = r.unwrap_err();
+    assert!(
+        e.contains("the gradient norm became NaN at step 3 (its loss "),
+        "{e}"
+    );
+    // skipping the loss: the update of a NaN loss is left out, the run goes on
+    let (updated, r) = faulty_run("--no-state --skip-loss-z 5", "plain", &[(2, nan)], &[]);
+    assert_eq!(updated, [1, 3, 4, 5]);
+    assert_eq!(r.unwrap().skipped, [2]);
+    // ... but not a third in a row
+    let (updated, r) = faulty_run(
+        "--no-state --skip-loss-z 5",
+        "plain",
+        &[(2, inf), (3, nan), (4, nan)],
+        &[],
+    );
+    assert_eq!(updated, [1]);
+    let e = r.unwrap_err();
+    assert!(
+        e.contains("the loss became NaN at step 4, after 2 steps skipped in a row"),
+        "{e}"
+    );
+    // the norm's flag skips a norm that is not finite, not a loss
+    let (updated, r) = faulty_run("--no-state --skip-norm-z 5", "plain", &[], &[(3, inf)]);
+    assert_eq!(updated, [1, 2, 4, 5]);
+    assert_eq!(r.unwrap().skipped, [3]);
+    let (_, r) = faulty_run("--no-state --skip-norm-z 5", "plain", &[(2, nan)], &[]);
+    assert!(r.unwrap_err().contains("the loss became NaN at step 2"));
+    // a step skipped for its loss is not judged on its norm
+    let (updated, r) = faulty_run(
+        "--no-state --skip-loss-z 5",
+        "plain",
+        &[(2, nan)],
+        &[(2, nan)],
+    );
+    assert_eq!(updated, [1, 3, 4, 5]);
+    assert_eq!(r.unwrap().skipped, [2]);
+    // a run that diverges keeps what its earlier steps learned: the checkpoint and state of
+    // step 2, the data put back to where step 2 left it (the shuffled order), the windows
+    // without step 3's loss: what an unbroken run writes at step 2
+    let shuffled = "--shuffle --seed 5 --checkpoint-every 2";
+    let (_, r) = faulty_run(shuffled, "unbroken", &[], &[]);
+    r.unwrap();
+    let unbroken = faulty_dir().join("unbroken");
+    for (bad_loss, bad_norm) in [(vec![(3, nan)], vec![]), (vec![], vec![(3, inf)])] {
+        let (updated, r) = faulty_run(shuffled, "diverged", &bad_loss, &bad_norm);
+        assert_eq!(updated, [1, 2]);
+        let e = r.unwrap_err();
+        let out = faulty_dir().join("diverged");
+        let hint = format!(
+            "; the run after step 2 is saved: --resume {} continues",
+            out.display()
+        );
+        assert!(e.contains(&hint), "{e}");
+        for f in ["model_000002.bin", "state_000002.bin"] {
+            let same =
+                std::fs::read(out.join(f)).unwrap() == std::fs::read(unbroken.join(f)).unwrap();
+            assert!(same, "{bad_loss:?} {bad_norm:?}: {f} differs");
+        }
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    // with --no-state, the model; nothing when the first step diverges
+    let (_, r) = faulty_run("--no-state", "model", &[(4, nan)], &[]);
+    assert!(r
+        .unwrap_err()
+        .contains("; the model after step 3 is saved ("));
+    assert!(faulty_dir().join("model/model_000003.bin").is_file());
+    let (_, r) = faulty_run("", "first", &[(1, nan)], &[]);
+    let e = r.unwrap_err();
+    assert!(
+        e.ends_with("at step 1: training diverged (try a lower --lr)"),
+        "{e}"
+    );
+    assert!(!faulty_dir().join("first/model_000000.bin").exists());
+    std::fs::remove_dir_all(faulty_dir()).ok();
+}

@@ -298,6 +298,14 @@ pub fn create_engine(
     crate::cpu::model::check_batch(&cfg, max_b, max_t)?;
     let cpu = |params| -> Result<Box<dyn Engine>> {
         resolve_precision(opts.precision, None)?;
+        // (flags for the GPU that cannot change a CPU run's numbers: a note, not an error, so
+        // that one command runs on either)
+        if opts.tf32 {
+            eprintln!("note: --tf32 does nothing on the CPU engine (its products are plain fp32)");
+        }
+        if !opts.cuda_graphs {
+            eprintln!("note: --no-cuda-graphs does nothing on the CPU engine");
+        }
         Ok(Box::new(Gpt2Cpu::new(cfg, params, max_b, max_t)?))
     };
     match opts.device {

@@ -508,9 +508,9 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         } else {
             a.precision
         }),
-        tf32: a.tf32,
+        tf32: a.tf32 && dev != Device::Cpu,
         kernels: if dev == Device::Cpu { None } else { a.kernels },
-        cuda_graphs: !a.no_cuda_graphs,
+        cuda_graphs: !a.no_cuda_graphs || dev == Device::Cpu,
         classifier_chunk: None,
     };
     // each engine against the fp32 reference by its own precision; GPU vs CPU by the GPU's

@@ -237,6 +237,32 @@ impl TrainArgs {
         Ok(args)
     }
 
+    /// What these flags ask for that the run will not do: notes for the user (flags that the
+    /// schedule ignores, a run that is all warm-up).
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        let shape = |s: LrShape| format!("{s:?}").to_lowercase();
+        if self.lr_decay_frac != 0.2 && self.lr_schedule != LrShape::Wsd {
+            notes.push(format!(
+                "--lr-decay-frac is for --lr-schedule wsd; the {} schedule ignores it",
+                shape(self.lr_schedule)
+            ));
+        }
+        if self.lr_final_frac != 0.1 && self.lr_schedule == LrShape::Constant {
+            notes.push("--lr-final-frac does nothing with --lr-schedule constant".into());
+        }
+        if self.warmup > self.steps {
+            notes.push(format!(
+                "--warmup {} is longer than the run's {} steps: the learning rate never reaches \
+                 --lr (it ends at {:.2e})",
+                self.warmup,
+                self.steps,
+                self.schedule().at(self.steps - 1)
+            ));
+        }
+        notes
+    }
+
     /// `--train`, or the bundled corpus's training shard.
     pub fn train_pattern(&self) -> String {
         self.train
@@ -403,6 +429,9 @@ pub fn train(
     resume: Option<Resume>,
 ) -> Result<TrainSummary> {
     let args = &args.resolved()?;
+    for note in args.notes() {
+        eprintln!("note: {note}");
+    }
     let cfg = *engine.config();
     let (b, t) = (args.batch, args.seq);
     crate::cpu::model::check_batch(&cfg, b, t)?;

@@ -1455,3 +1455,53 @@ fn epochs_count_the_steps() {
         "{stderr}"
     );
 }
+
+/// Flags that a run cannot act on get a note on stderr, not an error (one command line runs on
+/// either engine), and a run without them gets none.
+#[test]
+fn notes_for_flags_that_do_nothing() {
+    let dir = tmp_dir("notes");
+    let base = flags(
+        "--device cpu --model d1 --batch 2 --seq 16 --steps 2 --val-batches 1 --sample-tokens 0 \
+         --no-state",
+    );
+    for (extra, want) in [
+        ("", &[][..]),
+        (
+            "--tf32 --no-cuda-graphs",
+            &[
+                "note: --tf32 does nothing on the CPU engine",
+                "note: --no-cuda-graphs does nothing on the CPU engine",
+            ][..],
+        ),
+        (
+            "--lr-decay-frac 0.5",
+            &["note: --lr-decay-frac is for --lr-schedule wsd; the cosine schedule ignores it"],
+        ),
+        ("--lr-decay-frac 0.5 --lr-schedule wsd", &[]),
+        (
+            "--lr-schedule constant --lr-final-frac 0",
+            &["note: --lr-final-frac does nothing with --lr-schedule constant"],
+        ),
+        // step 2 of a 4-step warm-up: 2/4 of 1e-3
+        (
+            "--warmup 4 --lr 1e-3",
+            &[
+                "note: --warmup 4 is longer than the run's 2 steps: the learning rate never \
+               reaches --lr (it ends at 5.00e-4)",
+            ],
+        ),
+        ("--warmup 2", &[]),
+    ] {
+        let (out, _, stderr) = run(bin()
+            .args(&base)
+            .args(flags(extra))
+            .args(["--out-dir", &dir.join("out").to_string_lossy()]));
+        assert!(out.status.success(), "{extra}: {stderr}");
+        let notes: Vec<&str> = stderr.lines().filter(|l| l.starts_with("note:")).collect();
+        assert_eq!(notes.len(), want.len(), "{extra}: {stderr}");
+        for w in want {
+            assert!(stderr.contains(w), "{extra}: {stderr}");
+        }
+    }
+}

@@ -35,156 +35,166 @@ pub enum Device {
     Cuda,
 }
 
+// The headings of `train-gpt2-cuda --help`.
+const MODEL_AND_DATA: &str = "Model and data";
+const OPTIMIZATION: &str = "Steps and optimizer";
+const EVALUATION: &str = "Validation and samples";
+const CHECKPOINTS: &str = "Checkpoints";
+const GPU: &str = "GPU";
+
 /// Everything `train-gpt2-cuda` (training) takes.
 #[derive(Clone, Debug, clap::Args)]
 pub struct TrainArgs {
     /// Where to run: auto (GPU if there is one), cpu or cuda.
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(help_heading = MODEL_AND_DATA, long, value_enum, default_value = "auto")]
     pub device: Device,
     /// The model: a descriptor dN (L=N, NH=N, C=64N; d12 is GPT-2 124M) for a new one, or one to
     /// continue from (finetune): an llm.c checkpoint, or a Hugging Face GPT-2 (a directory with
     /// config.json and model.safetensors).
-    #[arg(long, default_value = "d12")]
+    #[arg(help_heading = MODEL_AND_DATA, long, default_value = "d12")]
     pub model: String,
     /// Training shards (a glob such as 'dir/train_*.bin'); default: the bundled Shakespeare corpus.
-    #[arg(long)]
+    #[arg(help_heading = MODEL_AND_DATA, long, value_name = "GLOB")]
     pub train: Option<String>,
     /// Validation shards (a glob); default: the bundled Shakespeare corpus.
-    #[arg(long)]
+    #[arg(help_heading = MODEL_AND_DATA, long, value_name = "GLOB")]
     pub val: Option<String>,
     /// B: sequences per micro-batch.
-    #[arg(long, short = 'b', default_value_t = 4)]
+    #[arg(help_heading = MODEL_AND_DATA, long, value_name = "B", short = 'b', default_value_t = 4)]
     pub batch: usize,
     /// T: tokens per sequence.
-    #[arg(long, short = 't', default_value_t = 64)]
+    #[arg(help_heading = MODEL_AND_DATA, long, value_name = "T", short = 't', default_value_t = 64)]
     pub seq: usize,
     /// Micro-batches accumulated into each step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(help_heading = MODEL_AND_DATA, long, value_name = "K", default_value_t = 1)]
     pub grad_accum: usize,
     /// Instead of --grad-accum: the tokens of each step (llm.c's `-d`, e.g. 524288 for GPT-2's
     /// 0.5M), a multiple of B x T; the micro-batches accumulated are that over B x T.
-    #[arg(long, value_name = "TOKENS", conflicts_with = "grad_accum")]
+    #[arg(help_heading = MODEL_AND_DATA, long, value_name = "TOKENS", conflicts_with = "grad_accum")]
     pub total_batch: Option<usize>,
     /// Optimizer steps.
-    #[arg(long, default_value_t = 100)]
+    #[arg(help_heading = OPTIMIZATION, long, value_name = "N", default_value_t = 100)]
     pub steps: usize,
     /// Instead of --steps: F passes over the training data (llm.c's `-x -1` is --epochs 1); the
     /// steps are F x an epoch's batches over a step's micro-batches, rounded down.
-    #[arg(long, value_name = "F", conflicts_with = "steps")]
+    #[arg(help_heading = OPTIMIZATION, long, value_name = "F", conflicts_with = "steps")]
     pub epochs: Option<f64>,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 3e-4)]
+    #[arg(help_heading = OPTIMIZATION, long, value_name = "LR", default_value_t = 3e-4)]
     pub lr: f32,
     /// Linear warm-up steps.
-    #[arg(long, default_value_t = 0)]
+    #[arg(help_heading = OPTIMIZATION, long, value_name = "N", default_value_t = 0)]
     pub warmup: usize,
     /// The learning rate after the warm-up (llm.c's `-k`).
-    #[arg(long, value_enum, default_value = "cosine")]
+    #[arg(help_heading = OPTIMIZATION, long, value_enum, default_value = "cosine")]
     pub lr_schedule: LrShape,
     /// The decay ends, on the last step, at this fraction of the peak learning rate (a decay of
     /// fewer than two steps stays at the peak).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(help_heading = OPTIMIZATION, long, value_name = "F", default_value_t = 0.1)]
     pub lr_final_frac: f32,
     /// With --lr-schedule wsd: the fraction of the steps, at the end, over which the rate decays.
-    #[arg(long, default_value_t = 0.2)]
+    #[arg(help_heading = OPTIMIZATION, long, value_name = "F", default_value_t = 0.2)]
     pub lr_decay_frac: f32,
     /// AdamW weight decay, on the matrices and embeddings only (not biases and LayerNorm
     /// parameters), as GPT-2, llm.c and nanoGPT.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(help_heading = OPTIMIZATION, long, value_name = "WD", default_value_t = 0.0)]
     pub weight_decay: f32,
-    #[arg(long, default_value_t = 0.9)]
+    /// AdamW's beta1: the decay of its first moment (the gradient's running mean).
+    #[arg(help_heading = OPTIMIZATION, long, default_value_t = 0.9)]
     pub beta1: f32,
-    #[arg(long, default_value_t = 0.999)]
+    /// AdamW's beta2: the decay of its second moment (the squared gradient's running mean).
+    #[arg(help_heading = OPTIMIZATION, long, default_value_t = 0.999)]
     pub beta2: f32,
-    #[arg(long, default_value_t = 1e-8)]
+    /// AdamW's epsilon, added to the second moment's square root.
+    #[arg(help_heading = OPTIMIZATION, long, default_value_t = 1e-8)]
     pub eps: f32,
     /// Clip the global gradient norm to this (0 turns clipping off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(help_heading = OPTIMIZATION, long, value_name = "X", default_value_t = 1.0)]
     pub grad_clip: f32,
     /// Skip the update of a step whose loss is more than Z standard deviations above the mean of
     /// the last 64 steps' (llm.c's `-sl`; 0: off). A loss that is not finite is skipped too; at
     /// most two steps in a row are skipped.
-    #[arg(long, value_name = "Z", default_value_t = 0.0)]
+    #[arg(help_heading = OPTIMIZATION, long, value_name = "Z", default_value_t = 0.0)]
     pub skip_loss_z: f32,
     /// The same for the gradient norm before clipping (llm.c's `-sg`; 0: off).
-    #[arg(long, value_name = "Z", default_value_t = 0.0)]
+    #[arg(help_heading = OPTIMIZATION, long, value_name = "Z", default_value_t = 0.0)]
     pub skip_norm_z: f32,
     /// Validate every this many steps (0: only at the end).
-    #[arg(long, default_value_t = 25)]
+    #[arg(help_heading = EVALUATION, long, value_name = "N", default_value_t = 25)]
     pub val_every: usize,
     /// Batches averaged for a validation loss.
-    #[arg(long, default_value_t = 8)]
+    #[arg(help_heading = EVALUATION, long, value_name = "N", default_value_t = 8)]
     pub val_batches: usize,
     /// At each validation, also HellaSwag's accuracy on this file (hellaswag_val.jsonl), as
     /// llm.c's `-h 1`: needs --batch of at least 4 and --seq as long as its longest row.
-    #[arg(long, value_name = "FILE")]
+    #[arg(help_heading = EVALUATION, long, value_name = "FILE")]
     pub hellaswag: Option<PathBuf>,
     /// With --hellaswag: only its first N examples.
-    #[arg(long, value_name = "N", requires = "hellaswag")]
+    #[arg(help_heading = EVALUATION, long, value_name = "N", requires = "hellaswag")]
     pub hellaswag_examples: Option<usize>,
     /// Write a checkpoint every this many steps (0: only at the end).
-    #[arg(long, default_value_t = 0)]
+    #[arg(help_heading = CHECKPOINTS, long, value_name = "N", default_value_t = 0)]
     pub checkpoint_every: usize,
     /// Keep only this run's last N checkpoints (model and state), removing older ones as new ones
     /// are written (0: keep all).
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(help_heading = CHECKPOINTS, long, value_name = "N", default_value_t = 0)]
     pub keep_checkpoints: usize,
     /// Where checkpoints go.
-    #[arg(long, default_value = "out")]
+    #[arg(help_heading = CHECKPOINTS, long, value_name = "DIR", default_value = "out")]
     pub out_dir: PathBuf,
     /// Continue a run exactly where its last checkpoint left it: from a training state
     /// (state_NNNNNN.bin, written beside each model_NNNNNN.bin) or the latest one in a folder. The
     /// model, AdamW's moments, the step and the place in the training data come from there; give
     /// the run's other flags again (--steps may grow).
-    #[arg(long, value_name = "STATE_OR_DIR", conflicts_with = "model")]
+    #[arg(help_heading = CHECKPOINTS, long, value_name = "STATE_OR_DIR", conflicts_with = "model")]
     pub resume: Option<PathBuf>,
     /// Write no training state beside the checkpoints (it is 2 or 3 times the fp32 model's size:
     /// AdamW's moments, and the fp32 master weights of a bf16 run); the run then cannot be resumed.
-    #[arg(long)]
+    #[arg(help_heading = CHECKPOINTS, long)]
     pub no_state: bool,
     /// Tokens of each text sample: at the end, and with --sample-every during training (0: none).
-    #[arg(long, default_value_t = 64)]
+    #[arg(help_heading = EVALUATION, long, value_name = "N", default_value_t = 64)]
     pub sample_tokens: usize,
     /// Also sample every this many steps during training (llm.c's `-s`; 0: only at the end). Each
     /// sample draws with --seed, so they differ only by what the model has learned.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(help_heading = EVALUATION, long, value_name = "N", default_value_t = 0)]
     pub sample_every: usize,
     /// Train on the first batch of the training data over and over (llm.c's `-a 1`): the loss
     /// should fall towards zero; a check that a model change still learns.
-    #[arg(long)]
+    #[arg(help_heading = MODEL_AND_DATA, long)]
     pub overfit_batch: bool,
     /// Seed of the initialisation, the data order and the sample.
-    #[arg(long, default_value_t = 1337)]
+    #[arg(help_heading = MODEL_AND_DATA, long, value_name = "SEED", default_value_t = 1337)]
     pub seed: u64,
     /// Shuffle the training data (seeded).
-    #[arg(long)]
+    #[arg(help_heading = MODEL_AND_DATA, long)]
     pub shuffle: bool,
     /// fp32 or bf16 (bf16 parameters, activations and gradients with fp32 master weights; GPU
     /// only). Default: bf16 on GPUs with bf16 tensor cores (sm_80+), fp32 elsewhere.
-    #[arg(long, value_enum)]
+    #[arg(help_heading = GPU, long, value_enum)]
     pub precision: Option<Precision>,
     /// Use TF32 tensor cores for fp32 matrix products on the GPU.
-    #[arg(long)]
+    #[arg(help_heading = GPU, long)]
     pub tf32: bool,
     /// The GPU's kernels: fused (flash attention, cuBLASLt epilogues, residual + layernorm; head
     /// sizes 64 and 128) or plain. Default: fused in bf16 where the model allows, plain otherwise.
-    #[arg(long, value_enum)]
+    #[arg(help_heading = GPU, long, value_enum)]
     pub kernels: Option<crate::engine::Kernels>,
     /// Launch every kernel from the host instead of replaying the forward and backward passes as
     /// CUDA graphs (slower for small models; shows each kernel on an nsys timeline).
-    #[arg(long)]
+    #[arg(help_heading = GPU, long)]
     pub no_cuda_graphs: bool,
     /// The GPU's classifier in chunks of this many sequences: the logits (B, T, Vp) then never
     /// exist for more than that many at once, at the cost of computing every chunk's logits but the
     /// last twice (forward and backward). For batches whose logits do not fit; default: the whole batch.
-    #[arg(long, value_name = "SEQUENCES")]
+    #[arg(help_heading = GPU, long, value_name = "SEQUENCES")]
     pub classifier_chunk: Option<usize>,
     /// The device's peak TFLOP/s for the MFU column (default: from a table of A100, H100, H200).
-    #[arg(long)]
+    #[arg(help_heading = GPU, long, value_name = "TFLOPS")]
     pub peak_tflops: Option<f64>,
     /// Time each kernel family (CUDA events, on the GPU engine) over the steps after the first
     /// and print where a step's time goes: calls, ms and % of the step, GB/s or TFLOP/s.
-    #[arg(long)]
+    #[arg(help_heading = GPU, long)]
     pub profile: bool,
 }
 

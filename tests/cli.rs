@@ -1216,7 +1216,7 @@ fn llmc_training_flags() {
     for (extra, needle) in [
         (
             "--total-batch 64 --grad-accum 2",
-            "'--total-batch <TOKENS>' cannot be used with '--grad-accum <GRAD_ACCUM>'",
+            "'--total-batch <TOKENS>' cannot be used with '--grad-accum <K>'",
         ),
         (
             "--lr-schedule step",
@@ -1451,7 +1451,7 @@ fn epochs_count_the_steps() {
     let (code, _, stderr) = train("--model d1 --epochs 1 --steps 5", "bad");
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
-        stderr.contains("'--epochs <F>' cannot be used with '--steps <STEPS>'"),
+        stderr.contains("'--epochs <F>' cannot be used with '--steps <N>'"),
         "{stderr}"
     );
 }
@@ -1502,6 +1502,58 @@ fn notes_for_flags_that_do_nothing() {
         assert_eq!(notes.len(), want.len(), "{extra}: {stderr}");
         for w in want {
             assert!(stderr.contains(w), "{extra}: {stderr}");
+        }
+    }
+}
+
+/// `--help` groups the training flags under headings, each flag under its own.
+#[test]
+fn help_groups_the_flags() {
+    let (out, help, _) = run(bin().arg("--help"));
+    assert!(out.status.success());
+    let at = |s: &str| {
+        help.find(s)
+            .unwrap_or_else(|| panic!("no '{s}' in:\n{help}"))
+    };
+    let headings = [
+        "Model and data:",
+        "Steps and optimizer:",
+        "Validation and samples:",
+        "Checkpoints:",
+        "GPU:",
+    ];
+    let flags = [
+        &[
+            "--model <MODEL>",
+            "--batch <B>",
+            "--total-batch <TOKENS>",
+            "--shuffle",
+        ][..],
+        &[
+            "--steps <N>",
+            "--lr-schedule <LR_SCHEDULE>",
+            "--beta2 <BETA2>",
+            "--skip-norm-z <Z>",
+        ],
+        &[
+            "--val-every <N>",
+            "--hellaswag <FILE>",
+            "--sample-every <N>",
+        ],
+        &["--resume <STATE_OR_DIR>", "--no-state"],
+        &[
+            "--precision <PRECISION>",
+            "--classifier-chunk <SEQUENCES>",
+            "--profile",
+        ],
+    ];
+    for (i, (h, fs)) in headings.iter().zip(flags).enumerate() {
+        let end = headings.get(i + 1).map_or(help.len(), |n| at(n));
+        for f in fs {
+            assert!(
+                (at(h)..end).contains(&at(f)),
+                "{f} is not under {h}:\n{help}"
+            );
         }
     }
 }

@@ -35,6 +35,11 @@ pub enum Device {
     Cuda,
 }
 
+/// `--lr-final-frac`'s default.
+const DEFAULT_LR_FINAL_FRAC: f32 = 0.1;
+/// `--lr-decay-frac`'s default: llm.c's fixed fraction for `wsd`.
+const DEFAULT_LR_DECAY_FRAC: f32 = 0.2;
+
 // The headings of `train-gpt2-cuda --help`.
 const MODEL_AND_DATA: &str = "Model and data";
 const OPTIMIZATION: &str = "Steps and optimizer";
@@ -90,10 +95,10 @@ pub struct TrainArgs {
     pub lr_schedule: LrShape,
     /// The decay ends, on the last step, at this fraction of the peak learning rate (a decay of
     /// fewer than two steps stays at the peak).
-    #[arg(help_heading = OPTIMIZATION, long, value_name = "F", default_value_t = 0.1)]
+    #[arg(help_heading = OPTIMIZATION, long, value_name = "F", default_value_t = DEFAULT_LR_FINAL_FRAC)]
     pub lr_final_frac: f32,
     /// With --lr-schedule wsd: the fraction of the steps, at the end, over which the rate decays.
-    #[arg(help_heading = OPTIMIZATION, long, value_name = "F", default_value_t = 0.2)]
+    #[arg(help_heading = OPTIMIZATION, long, value_name = "F", default_value_t = DEFAULT_LR_DECAY_FRAC)]
     pub lr_decay_frac: f32,
     /// AdamW weight decay, on the matrices and embeddings only (not biases and LayerNorm
     /// parameters), as GPT-2, llm.c and nanoGPT.
@@ -251,14 +256,18 @@ impl TrainArgs {
     /// schedule ignores, a run that is all warm-up).
     pub fn notes(&self) -> Vec<String> {
         let mut notes = Vec::new();
-        let shape = |s: LrShape| format!("{s:?}").to_lowercase();
-        if self.lr_decay_frac != 0.2 && self.lr_schedule != LrShape::Wsd {
+        if self.lr_decay_frac != DEFAULT_LR_DECAY_FRAC && self.lr_schedule != LrShape::Wsd {
+            use clap::ValueEnum;
+            let shape = self
+                .lr_schedule
+                .to_possible_value()
+                .expect("every shape is a value");
             notes.push(format!(
                 "--lr-decay-frac is for --lr-schedule wsd; the {} schedule ignores it",
-                shape(self.lr_schedule)
+                shape.get_name()
             ));
         }
-        if self.lr_final_frac != 0.1 && self.lr_schedule == LrShape::Constant {
+        if self.lr_final_frac != DEFAULT_LR_FINAL_FRAC && self.lr_schedule == LrShape::Constant {
             notes.push("--lr-final-frac does nothing with --lr-schedule constant".into());
         }
         if self.warmup > self.steps {

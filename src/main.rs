@@ -110,6 +110,8 @@ struct SampleArgs {
     /// How many tokens to generate.
     #[arg(long, default_value_t = 128)]
     tokens: usize,
+    /// Divides the logits before sampling: below 1 sharper, above 1 flatter (must be positive;
+    /// --top-k 1 takes the most likely token).
     #[arg(long, default_value_t = 1.0)]
     temperature: f32,
     /// Sample among the k most likely tokens (0: all).
@@ -119,11 +121,13 @@ struct SampleArgs {
     /// sampling; 1: all).
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
+    /// Seed of the draws: the same seed, model and flags give the same text.
     #[arg(long, default_value_t = 1337)]
     seed: u64,
     /// The context the model sees (default: the model's maxT).
     #[arg(long)]
     window: Option<usize>,
+    /// Where to run: auto (the GPU if there is one), cpu or cuda.
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
     /// fp32 or bf16 (GPU only); default: bf16 on GPUs that have it, fp32 elsewhere.
@@ -156,6 +160,7 @@ struct EvalArgs {
     /// With --hellaswag: only the first N examples.
     #[arg(long, requires = "hellaswag")]
     examples: Option<usize>,
+    /// Where to run: auto (the GPU if there is one), cpu or cuda.
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
     /// fp32 or bf16 (GPU only); default: bf16 on GPUs that have it, fp32 elsewhere.
@@ -179,6 +184,8 @@ struct VerifyArgs {
     /// The debug state: batch, logits, loss and gradients.
     #[arg(long)]
     state: PathBuf,
+    /// The engine to check: cpu, cuda, or both (each against the reference, and the GPU against
+    /// the CPU).
     #[arg(long, value_enum, default_value = "cpu")]
     device: VerifyDevice,
     /// Then run this many AdamW steps on the same batch, printing `step I loss X`.

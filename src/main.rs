@@ -377,7 +377,13 @@ fn run_eval(a: &EvalArgs) -> Result<ExitCode> {
         engine.describe(),
         a.batch
     );
-    let loss = train::evaluate(engine.as_mut(), &mut loader, n)?;
+    // a progress line about every tenth of the way
+    let every = n.div_ceil(10).max(1);
+    let loss = train::evaluate_with(engine.as_mut(), &mut loader, n, |done, so_far| {
+        if done % every == 0 && done < n {
+            println!("eval: {done}/{n} batches, loss so far {so_far:.6}");
+        }
+    })?;
     println!(
         "loss {loss:.6} (perplexity {:.3}) over {} tokens",
         (loss as f64).exp(),

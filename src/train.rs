@@ -428,14 +428,25 @@ pub fn load_model(model: &str, seed: u64) -> Result<(GPT2Config, Vec<f32>)> {
 
 /// The average loss over `batches` batches of `loader` (from its start).
 pub fn evaluate(engine: &mut dyn Engine, loader: &mut DataLoader, batches: usize) -> Result<f32> {
+    evaluate_with(engine, loader, batches, |_, _| {})
+}
+
+/// [`evaluate`], calling `each(batches done, their average loss)` after every batch.
+pub fn evaluate_with(
+    engine: &mut dyn Engine,
+    loader: &mut DataLoader,
+    batches: usize,
+    mut each: impl FnMut(usize, f32),
+) -> Result<f32> {
     let _range = crate::gpu::nvtx::range(c"validation");
     loader.reset()?;
     let (b, t) = (loader.batch_size(), loader.seq_len());
     let mut sum = 0.0f64;
-    for _ in 0..batches {
+    for done in 1..=batches {
         let (x, y) = loader.next_batch()?;
         let loss = engine.forward(x, Some(y), b, t)?.expect("targets given");
         sum += loss as f64;
+        each(done, (sum / done as f64) as f32);
     }
     Ok((sum / batches as f64) as f32)
 }

@@ -1557,3 +1557,44 @@ fn help_groups_the_flags() {
         }
     }
 }
+
+/// `eval` prints its progress about every tenth of the way, each line the loss of the batches so
+/// far: what `eval --batches K` reports for the first K.
+#[test]
+fn eval_shows_its_progress() {
+    let eval = |batches: &str| {
+        let (out, stdout, stderr) = run(bin().args([
+            "eval",
+            "--device",
+            "cpu",
+            "--model",
+            &fixture("ref_gpt2vocab_model.bin"),
+            "--batch",
+            "2",
+            "--seq",
+            "8",
+            "--batches",
+            batches,
+        ]));
+        assert!(out.status.success(), "{stderr}");
+        stdout
+    };
+    let loss_of = |stdout: &str| -> String {
+        let line = stdout.lines().find(|l| l.starts_with("loss ")).unwrap();
+        line.split_whitespace().nth(1).unwrap().to_string()
+    };
+    let all = eval("25");
+    let progress: Vec<&str> = all
+        .lines()
+        .filter(|l| l.starts_with("eval: ") && l.contains(" batches, loss so far "))
+        .collect();
+    let done: Vec<&str> = progress
+        .iter()
+        .map(|l| l["eval: ".len()..].split('/').next().unwrap())
+        .collect();
+    assert_eq!(done, ["3", "6", "9", "12", "15", "18", "21", "24"], "{all}");
+    for (k, line) in [(3, progress[0]), (12, progress[3])] {
+        let so_far = line.rsplit_once("loss so far ").unwrap().1;
+        assert_eq!(so_far, loss_of(&eval(&k.to_string())), "{line}");
+    }
+}

@@ -20,6 +20,7 @@ use train_gpt2_cuda::formats::tokenizer_file::read_tokenizer_file;
 use train_gpt2_cuda::formats::train_state::{
     write_train_state, DataPosition, TrainState, TrainStateFile,
 };
+use train_gpt2_cuda::formats::zstd::ZstdReader;
 use train_gpt2_cuda::hellaswag::read_examples;
 use train_gpt2_cuda::outliers::{OutlierWindow, Outliers};
 
@@ -228,6 +229,19 @@ fn damaged_gzip_files_never_panic() {
         never_panics(name, &dir.join(name), &good, 2048, |p| {
             let mut text = Vec::new();
             GzReader::new(std::fs::File::open(p)?).read_to_end(&mut text)?;
+            Ok(text)
+        });
+    }
+}
+
+#[test]
+fn damaged_zstd_files_never_panic() {
+    let dir = scratch("zstd");
+    for name in ["plain.zst", "frames.zst", "skippable.zst"] {
+        let good = std::fs::read(fixture("zstd").join(name)).unwrap();
+        never_panics(name, &dir.join(name), &good, 2048, |p| {
+            let mut text = Vec::new();
+            ZstdReader::new(std::fs::File::open(p)?).read_to_end(&mut text)?;
             Ok(text)
         });
     }

@@ -931,47 +931,71 @@ fn prepro_reads_each_json_lines_record_as_a_document() {
     );
 }
 
-/// gzip files (tools/write_gzip_fixtures.py, by Python's zlib) are read as their text: a text
-/// file, one of several members, JSON Lines and a whole play, in parts of 3,000 bytes or whole.
+/// gzip files (tools/write_gzip_fixtures.py, by Python's zlib) and zstd files
+/// (tools/write_zstd_fixtures.py, by the zstd tool) are read as their text: a text file, one of
+/// several members or frames, JSON Lines and a whole play, in parts of 3,000 bytes or whole.
 #[test]
-fn prepro_reads_gzip_files_as_their_text() {
-    let dir = tmp_dir("prepro_gzip");
+fn prepro_reads_compressed_files_as_their_text() {
+    let dir = tmp_dir("prepro_compressed");
     let tok = Tokenizer::gpt2().unwrap();
     let doc = |text: &str| document(&tok, text);
     let play = std::fs::read_to_string(default_corpus_dir().join("hamlet.txt")).unwrap();
     let text = &play[..20000];
     let gz = |name: &str| fixture("gzip").join(name);
-    let inputs = [
-        gz("plain.gz"),
-        gz("members.gz"),
-        gz("records.jsonl.gz"),
-        gz("play.gz"),
-    ];
+    let zst = |name: &str| fixture("zstd").join(name);
     let mut train = [doc(text), doc(text)].concat();
     for i in (0..20000).step_by(2000) {
         train.extend(doc(&text[i..i + 2000]));
     }
-    for part_bytes in [PreproOptions::default().part_bytes, 3000] {
-        let opts = PreproOptions {
-            part_bytes,
-            ..PreproOptions::default()
-        };
-        let s = prepro_with(&inputs, &dir, ValSplit::LastFiles(1), &opts).unwrap();
-        assert_eq!(s.documents, 1 + 1 + 10 + 1);
-        assert!(shard_u32(&s.train_path) == train, "parts of {part_bytes}");
-        assert!(
-            shard_u32(&s.val_path) == doc(&play),
-            "parts of {part_bytes}"
-        );
+    for inputs in [
+        [
+            gz("plain.gz"),
+            gz("members.gz"),
+            gz("records.jsonl.gz"),
+            gz("play.gz"),
+        ],
+        [
+            zst("plain.zst"),
+            zst("frames.zst"),
+            zst("records.jsonl.zst"),
+            zst("play.zst"),
+        ],
+    ] {
+        for part_bytes in [PreproOptions::default().part_bytes, 3000] {
+            let opts = PreproOptions {
+                part_bytes,
+                ..PreproOptions::default()
+            };
+            let s = prepro_with(&inputs, &dir, ValSplit::LastFiles(1), &opts).unwrap();
+            let what = format!("{inputs:?}, parts of {part_bytes}");
+            assert_eq!(s.documents, 1 + 1 + 10 + 1, "{what}");
+            assert!(shard_u32(&s.train_path) == train, "{what}");
+            assert!(shard_u32(&s.val_path) == doc(&play), "{what}");
+        }
     }
-    // a damaged one is named
-    let mut bytes = std::fs::read(gz("plain.gz")).unwrap();
-    let n = bytes.len();
-    bytes[n - 8] ^= 1;
-    let bad = dir.join("bad.txt.gz");
-    std::fs::write(&bad, &bytes).unwrap();
-    let e = err_text(prepro(&[gz("plain.gz"), bad], &dir, ValSplit::LastFiles(1)));
-    assert_contains(&e, &["bad.txt.gz", "damaged: the CRC-32 of the data is"]);
+    // a damaged one is named (a byte of gzip's CRC-32, of zstd's checksum)
+    for (good, from_end, bad, needle) in [
+        (
+            gz("plain.gz"),
+            8,
+            "bad.txt.gz",
+            "damaged: the CRC-32 of the data is",
+        ),
+        (
+            zst("plain.zst"),
+            1,
+            "bad.txt.zst",
+            "frame 1: the content checksum does not match",
+        ),
+    ] {
+        let mut bytes = std::fs::read(&good).unwrap();
+        let n = bytes.len();
+        bytes[n - from_end] ^= 1;
+        let bad = dir.join(bad);
+        std::fs::write(&bad, &bytes).unwrap();
+        let e = err_text(prepro(&[good, bad.clone()], &dir, ValSplit::LastFiles(1)));
+        assert_contains(&e, &[&bad.file_name().unwrap().to_string_lossy(), needle]);
+    }
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use train_gpt2_cuda::formats::gzip::{crc32, GzReader};
 
 mod engine_bin;
-use engine_bin::Trickle;
+use engine_bin::{invalid_data_error, read_in_pieces, Trickle};
 
 fn fixture(name: &str) -> PathBuf {
     engine_bin::root().join("tests/fixtures/gzip").join(name)
@@ -18,18 +18,9 @@ fn hamlet() -> Vec<u8> {
     std::fs::read(engine_bin::root().join("data/shakespeare/hamlet.txt")).unwrap()
 }
 
-/// `gz` inflated through a reader of `step` bytes a call, into reads of `out` bytes at a time.
-fn inflate(gz: &[u8], step: usize, out: usize) -> std::io::Result<Vec<u8>> {
-    let mut r = GzReader::new(Trickle::new(gz, step));
-    let mut all = Vec::new();
-    let mut buf = vec![0u8; out];
-    loop {
-        let n = r.read(&mut buf)?;
-        if n == 0 {
-            return Ok(all);
-        }
-        all.extend_from_slice(&buf[..n]);
-    }
+/// `bytes` inflated through a reader of about `step` bytes a call, into reads of `out` bytes.
+fn inflate(bytes: &[u8], step: usize, out: usize) -> std::io::Result<Vec<u8>> {
+    read_in_pieces(GzReader::new(Trickle::new(bytes, step)), out)
 }
 
 #[test]
@@ -63,15 +54,8 @@ fn reads_what_python_wrote() {
     }
 }
 
-fn error_of(gz: &[u8]) -> String {
-    let mut out = Vec::new();
-    match GzReader::new(gz).read_to_end(&mut out) {
-        Ok(_) => panic!("no error"),
-        Err(e) => {
-            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
-            e.to_string()
-        }
-    }
+fn error_of(bytes: &[u8]) -> String {
+    invalid_data_error(GzReader::new(bytes))
 }
 
 #[test]

@@ -15,6 +15,7 @@ pub mod shard;
 pub mod tokenizer_file;
 pub mod torch_zip;
 pub mod train_state;
+pub mod zstd;
 
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};

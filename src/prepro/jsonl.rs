@@ -9,13 +9,12 @@ use std::io::BufRead;
 use std::path::Path;
 
 use super::PIECE_BYTES;
-use crate::formats::gzip::is_gzip;
 use crate::formats::shard::to_u16;
 use crate::tokenizer::Tokenizer;
 
-/// Whether `path` is read as JSON Lines: its name ends in `.jsonl` (or `.jsonl.gz`).
+/// Whether `path` is read as JSON Lines: its name ends in `.jsonl` (or `.jsonl.gz`, `.jsonl.zst`).
 pub fn is_jsonl(path: &Path) -> bool {
-    let path = if is_gzip(path) {
+    let path = if super::is_compressed(path) {
         Path::new(path.file_stem().unwrap_or_default())
     } else {
         path

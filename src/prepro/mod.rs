@@ -1,8 +1,8 @@
 //! Text files -> llm.c token shards (`train.bin` and `val.bin`) with the GPT-2 tokenizer.
 //!
 //! Each text file is one document, and each record of a JSON Lines file (`*.jsonl`, see
-//! [`jsonl`]); either may be gzipped (`*.txt.gz`, `*.jsonl.gz`, read through
-//! [`crate::formats::gzip`]). Following llm.c (`dev/data/fineweb.py`), the end-of-text token
+//! [`jsonl`]); either may be compressed with gzip (`*.txt.gz`, `*.jsonl.gz`, read through
+//! [`crate::formats::gzip`]) or zstd (`*.txt.zst`, `*.jsonl.zst`, [`crate::formats::zstd`]). Following llm.c (`dev/data/fineweb.py`), the end-of-text token
 //! (50256) goes BEFORE each document: it delimits documents, and each shard that starts on a
 //! document boundary starts with it, so the first token of every document is predicted from
 //! "<|endoftext|>" as in GPT-2's training. Text inside a file is encoded as ordinary text: a
@@ -28,6 +28,13 @@ use std::path::{Path, PathBuf};
 
 use crate::data::{default_corpus_dir, DEFAULT_TRAIN_FILE, DEFAULT_VAL_FILE};
 use crate::formats::gzip::{is_gzip, GzReader};
+use crate::formats::zstd::{is_zstd, ZstdReader};
+
+/// Whether `path` is read through a decompressor (`*.gz`, `*.zst`): its text's size is not known
+/// until its end.
+pub(crate) fn is_compressed(path: &Path) -> bool {
+    is_gzip(path) || is_zstd(path)
+}
 use crate::formats::shard::to_u16;
 use crate::tokenizer::{for_each_text_part, Tokenizer};
 
@@ -205,13 +212,15 @@ fn for_each_document(
     opts: &PreproOptions,
     mut emit: impl FnMut(usize, &[u16]) -> Result<()>,
 ) -> Result<usize> {
-    // a gzip file's size says little of its text's: it is read alone, a part at a time
+    // a compressed file's size says little of its text's: it is read alone, a part at a time
     let small = |i: usize| {
-        sizes[i] <= opts.part_bytes as u64 && !jsonl::is_jsonl(&inputs[i]) && !is_gzip(&inputs[i])
+        sizes[i] <= opts.part_bytes as u64
+            && !jsonl::is_jsonl(&inputs[i])
+            && !is_compressed(&inputs[i])
     };
     let (mut i, mut documents) = (0, 0);
     while i < inputs.len() {
-        // one file alone: a JSON Lines file's records, or a large (or gzipped) text in parts
+        // one file alone: a JSON Lines file's records, or a large (or compressed) text in parts
         if !small(i) {
             let (path, size) = (&inputs[i], sizes[i]);
             documents += if jsonl::is_jsonl(path) {
@@ -280,26 +289,29 @@ fn encode_file(
     Ok(())
 }
 
-/// `path` opened for reading its text: through [`GzReader`] for a `*.gz` file.
+/// `path` opened for reading its text: through [`GzReader`] for a `*.gz` file, [`ZstdReader`]
+/// for a `*.zst` one.
 pub(crate) fn open_input(path: &Path) -> Result<Box<dyn std::io::Read + Send>> {
     let file =
         std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    // (both read the file 64 KiB at a time: no BufReader needed)
     Ok(if is_gzip(path) {
-        // (GzReader reads the file 64 KiB at a time: no BufReader needed)
         Box::new(GzReader::new(file))
+    } else if is_zstd(path) {
+        Box::new(ZstdReader::new(file))
     } else {
         Box::new(file)
     })
 }
 
 /// The progress lines of a file of `size` bytes read a part at a time: a percentage after each
-/// part of a file larger than one; for a gzip file, whose text's size is not known before the
-/// end, the text read so far after each whole part.
+/// part of a file larger than one; for a compressed file, whose text's size is not known before
+/// the end, the text read so far after each whole part.
 pub(crate) struct Progress<'a> {
     path: &'a Path,
     size: u64,
     part_bytes: u64,
-    gzip: bool,
+    compressed: bool,
 }
 
 impl<'a> Progress<'a> {
@@ -308,14 +320,14 @@ impl<'a> Progress<'a> {
             path,
             size,
             part_bytes: part_bytes as u64,
-            gzip: is_gzip(path),
+            compressed: is_compressed(path),
         }
     }
 
     /// After `done` bytes of text.
     pub(crate) fn update(&mut self, done: u64) {
         let path = self.path.display();
-        if self.gzip {
+        if self.compressed {
             if done >= self.part_bytes {
                 println!("prepro: {path}: {:.1} MB of text so far", done as f64 / 1e6);
             }

@@ -48,6 +48,32 @@ impl<'a> Trickle<'a> {
     }
 }
 
+/// Everything `r` reads, asked for `out` bytes at a time.
+pub fn read_in_pieces(mut r: impl std::io::Read, out: usize) -> std::io::Result<Vec<u8>> {
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; out];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            return Ok(all);
+        }
+        all.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The message of the error that reading all of `r` ends with, which must be
+/// `io::ErrorKind::InvalidData` (panics if it reads without one).
+pub fn invalid_data_error(mut r: impl std::io::Read) -> String {
+    let mut out = Vec::new();
+    match r.read_to_end(&mut out) {
+        Ok(_) => panic!("no error"),
+        Err(e) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+            e.to_string()
+        }
+    }
+}
+
 impl std::io::Read for Trickle<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         self.calls += 1;

@@ -84,6 +84,12 @@ fn damage_is_named() {
             "cut to {cut}: {e}"
         );
     }
+    // a frame header asking for a 256 MiB window (window descriptor 0x90: 2^(10 + 18) bytes)
+    assert_eq!(
+        error_of(b"\x28\xb5\x2f\xfd\x00\x90"),
+        "frame 1 needs a window of 256 MiB, more than the 128 MiB this reader allows (as `zstd \
+         -d` without --memory): recompress it without --long (or --long=27 at most)"
+    );
     // a skippable frame cut short
     let skippable = std::fs::read(fixture("skippable.zst")).unwrap();
     assert_eq!(

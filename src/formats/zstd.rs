@@ -115,6 +115,15 @@ impl<R: Read> ZstdReader<R> {
                         )
                     }));
                 }
+                Err(FrameDecoderError::WindowSizeTooBig { requested, max }) => {
+                    return Err(invalid(format!(
+                        "frame {frame} needs a window of {} MiB, more than the {} MiB this \
+                         reader allows (as `zstd -d` without --memory): recompress it without \
+                         --long (or --long=27 at most)",
+                        requested >> 20,
+                        max >> 20
+                    )));
+                }
                 Err(e) => {
                     let at_end = self.source.fill_buf().is_ok_and(|b| b.is_empty());
                     return Err(invalid(if at_end {

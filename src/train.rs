@@ -367,6 +367,19 @@ impl TrainArgs {
         if self.steps == 0 {
             bail!("--steps must be at least 1");
         }
+        // (a training state records the step in 32 bits)
+        if self.steps > i32::MAX as usize {
+            bail!(
+                "--steps {} is too many: at most {} (a training state records the step in 32 \
+                 bits){}",
+                self.steps,
+                i32::MAX,
+                match self.epochs {
+                    Some(f) => format!("; --epochs {f} asks for that many"),
+                    None => String::new(),
+                }
+            );
+        }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("--lr must be a positive number, got {}", self.lr);
         }

@@ -1443,6 +1443,12 @@ fn epochs_count_the_steps() {
             "--epochs inf",
             "--epochs must be a positive number, got inf",
         ),
+        (
+            "--epochs 1e9",
+            "--steps 10000000000 is too many: at most 2147483647 (a training state records the \
+             step in 32 bits); --epochs 1000000000 asks for that many",
+        ),
+        ("--steps 2147483648", "--steps 2147483648 is too many"),
     ] {
         let (code, _, stderr) = train(&format!("--model d1 {extra}"), "bad");
         assert_eq!(code, Some(1), "{extra}: {stderr}");

@@ -53,7 +53,8 @@ enum Command {
 #[derive(clap::Args, Debug)]
 struct PreproArgs {
     /// Text files (one document each) and JSON Lines files (`*.jsonl`: one document per line,
-    /// its "text" field), either gzipped (`*.txt.gz`, `*.jsonl.gz`).
+    /// its "text" field), either compressed with gzip (`*.txt.gz`, `*.jsonl.gz`) or zstd
+    /// (`*.txt.zst`, `*.jsonl.zst`).
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// The folder that receives train.bin and val.bin.
@@ -201,6 +202,7 @@ struct VerifyArgs {
     /// (checked against the bf16 tolerances; the CPU side always computes in fp32).
     #[arg(long, value_enum, default_value = "fp32")]
     precision: Precision,
+    /// Use TF32 tensor cores for the GPU's fp32 matrix products.
     #[arg(long)]
     tf32: bool,
     /// The GPU's kernels: fused or plain (default: fused in bf16 where the shapes allow).
@@ -491,6 +493,9 @@ fn run_tokenizer(out: &std::path::Path) -> Result<ExitCode> {
 }
 
 fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
+    if a.device == VerifyDevice::Cpu && (a.tf32 || a.no_cuda_graphs) {
+        eprintln!("note: --tf32 and --no-cuda-graphs do nothing with --device cpu");
+    }
     let ck = read_model(&a.model)?;
     let cfg = ck.config;
     let state = debug_state::read_debug_state(&a.state, &cfg)?;

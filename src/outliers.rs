@@ -4,18 +4,23 @@
 //! such a step can set the model back by many steps, or start a divergence. Leaving it out costs
 //! one batch.
 //!
-//! Each quantity keeps a window of the last [`WINDOW`] values taken. A new value's z-score is its
-//! distance from the window's mean in the window's (population) standard deviations; a value more
-//! than the threshold above the mean is an outlier: the step's update is skipped, and the value
-//! stays out of the window, so that spikes do not widen what counts as normal. Up to
-//! [`MAX_SKIPPED_IN_A_ROW`] outliers in a row are skipped; the next one is taken, update and
-//! window both (a level that stays up is the new normal, and a run must not stall on it). Nothing
-//! is judged while the window fills (the run's first [`WINDOW`] steps taken) or when all its
-//! values are equal.
+//! Each quantity keeps a window of its last [`WINDOW`] values taken. A new value's z-score is its
+//! distance from the window's mean in the window's (population) standard deviations, the value
+//! itself not counted; a value more than the threshold above the mean is an outlier. A step with
+//! an outlier (either quantity, under its flag) is skipped: no update, and neither of its values
+//! goes into the windows, so that spikes do not widen what counts as normal. At most
+//! [`MAX_SKIPPED_IN_A_ROW`] steps in a row are skipped; the next is taken, update and windows (a
+//! level that stays up is the new normal, and a run must not stall on it). Nothing is judged while
+//! a window fills (the run's first [`WINDOW`] steps taken) or when all its values are equal.
 //!
-//! A loss or norm that is not finite (inf, NaN) is an outlier too when its flag is given (kept out
-//! of the window, and a run of them longer than [`MAX_SKIPPED_IN_A_ROW`] ends the run as diverged);
-//! without the flag it ends the run at once, as without skipping.
+//! llm.c's detector counts the new value in its own window, so its z-score never exceeds
+//! sqrt(63) (about 7.9) and means a little less than this one: its `-sl Z` is about
+//! `--skip-loss-z` Z sqrt(64 / (63 - Z^2)) here (3 is 3.3, 5 is 6.5); and it lets a third
+//! outlier into the window, but still skips its update.
+//!
+//! A loss or norm that is not finite (inf, NaN) cannot be taken: under its flag it makes the step
+//! an outlier (the norm of a step with such a loss is not looked at); otherwise, or after
+//! [`MAX_SKIPPED_IN_A_ROW`] skipped steps, the run has diverged.
 //!
 //! The windows are kept whether or not skipping is on, and travel in the training state, so a
 //! resumed run judges exactly as the run that never stopped, and `--skip-*-z` may be turned on
@@ -25,7 +30,7 @@ use std::collections::VecDeque;
 
 /// The values a window holds (llm.c's `OUTLIER_DETECTOR_WINDOW_SIZE`).
 pub const WINDOW: usize = 64;
-/// Outliers skipped in a row at most; the next one is taken.
+/// Steps skipped in a row at most; the next one is taken.
 pub const MAX_SKIPPED_IN_A_ROW: usize = 2;
 
 /// The recent values of one quantity (the loss, or the gradient norm).
@@ -33,52 +38,20 @@ pub const MAX_SKIPPED_IN_A_ROW: usize = 2;
 pub struct OutlierWindow {
     /// The last values taken (at most [`WINDOW`]), oldest first.
     values: VecDeque<f32>,
-    /// Outliers skipped in a row, just before now.
-    skipped_in_a_row: usize,
-}
-
-/// What [`OutlierWindow::judge`] made of a value.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Verdict {
-    /// Taken into the window; its z-score when the window could judge it.
-    Taken { z: Option<f64> },
-    /// An outlier, left out (the step's update is to be skipped); its z-score, or None for a value
-    /// that is not finite.
-    Skipped { z: Option<f64> },
-    /// Not finite, and either skipping is off or the outliers before it in a row are already
-    /// [`MAX_SKIPPED_IN_A_ROW`]: the run cannot go on.
-    Diverged,
-}
-
-impl Verdict {
-    /// The value's z-score, where it was judged.
-    pub fn z(&self) -> Option<f64> {
-        match *self {
-            Verdict::Taken { z } | Verdict::Skipped { z } => z,
-            Verdict::Diverged => None,
-        }
-    }
 }
 
 impl OutlierWindow {
-    /// A window holding `values` (oldest first; the last [`WINDOW`] of them) with
-    /// `skipped_in_a_row` outliers just skipped.
-    pub fn from_parts(values: &[f32], skipped_in_a_row: usize) -> OutlierWindow {
+    /// A window holding the last [`WINDOW`] of `values` (oldest first).
+    pub fn from_values(values: &[f32]) -> OutlierWindow {
         let start = values.len().saturating_sub(WINDOW);
         OutlierWindow {
             values: values[start..].iter().copied().collect(),
-            skipped_in_a_row,
         }
     }
 
     /// The values taken, oldest first.
     pub fn values(&self) -> impl ExactSizeIterator<Item = f32> + '_ {
         self.values.iter().copied()
-    }
-
-    /// Outliers skipped in a row, just before now.
-    pub fn skipped_in_a_row(&self) -> usize {
-        self.skipped_in_a_row
     }
 
     /// `x`'s z-score against the window: None while it holds fewer than [`WINDOW`] values or when
@@ -98,41 +71,81 @@ impl OutlierWindow {
         (var > 0.0).then(|| (x as f64 - mean) / var.sqrt())
     }
 
-    /// Judges `x` with `threshold` (None: nothing is an outlier) and takes it into the window
-    /// unless it is skipped (see the module's doc).
-    pub fn judge(&mut self, x: f32, threshold: Option<f32>) -> Verdict {
-        if !x.is_finite() {
-            if threshold.is_none() || self.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW {
-                return Verdict::Diverged;
-            }
-            self.skipped_in_a_row += 1;
-            return Verdict::Skipped { z: None };
-        }
-        let z = self.z_score(x);
-        let outlier = matches!((z, threshold), (Some(z), Some(t)) if z > t as f64);
-        if outlier && self.skipped_in_a_row < MAX_SKIPPED_IN_A_ROW {
-            self.skipped_in_a_row += 1;
-            return Verdict::Skipped { z };
-        }
-        self.skipped_in_a_row = 0;
+    /// Takes `x` into the window (the oldest value drops out of a full one).
+    fn take(&mut self, x: f32) {
         if self.values.len() == WINDOW {
             self.values.pop_front();
         }
         self.values.push_back(x);
-        Verdict::Taken { z }
     }
 }
 
-/// The two windows of a run: its steps' losses and gradient norms (before clipping).
+/// One quantity of a step, as judged: its value, its threshold (None: its flag is off) and its
+/// z-score (None while its window cannot judge, or for a value that is not finite).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Judged {
+    pub value: f32,
+    pub threshold: Option<f32>,
+    pub z: Option<f64>,
+}
+
+impl Judged {
+    fn of(window: &OutlierWindow, value: f32, threshold: Option<f32>) -> Judged {
+        let z = if value.is_finite() {
+            window.z_score(value)
+        } else {
+            None
+        };
+        Judged {
+            value,
+            threshold,
+            z,
+        }
+    }
+
+    /// Whether this value asks for its step to be skipped: under its flag, above the threshold
+    /// or not finite.
+    fn outlier(&self) -> bool {
+        match (self.threshold, self.z) {
+            (None, _) => false,
+            (Some(_), _) if !self.value.is_finite() => true,
+            (Some(t), Some(z)) => z > t as f64,
+            (Some(_), None) => false,
+        }
+    }
+}
+
+/// Which quantity a step was skipped, or the run ended, for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quantity {
+    Loss,
+    Norm,
+}
+
+/// What becomes of a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Updated; its values taken into the windows.
+    Taken,
+    /// Not updated, for an outlier in this quantity.
+    Skipped(Quantity),
+    /// This quantity is not finite and cannot be skipped: the run cannot go on.
+    Diverged(Quantity),
+}
+
+/// A run's outlier windows: its steps' losses and gradient norms (before clipping), and how many
+/// steps were skipped just before now.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Outliers {
     pub loss: OutlierWindow,
     pub norm: OutlierWindow,
+    /// Steps skipped in a row, just before now (at most [`MAX_SKIPPED_IN_A_ROW`]).
+    pub skipped_in_a_row: usize,
 }
 
 impl Outliers {
     /// Judges a step's loss and gradient norm with `--skip-loss-z` and `--skip-norm-z` (None:
-    /// off). The norm is judged only when the loss is taken.
+    /// off), and takes them into the windows if the step is taken (see the module's doc).
     pub fn judge_step(
         &mut self,
         loss: f32,
@@ -140,71 +153,93 @@ impl Outliers {
         loss_z: Option<f32>,
         norm_z: Option<f32>,
     ) -> StepVerdict {
-        let loss_verdict = self.loss.judge(loss, loss_z);
-        let norm_verdict = match loss_verdict {
-            Verdict::Taken { .. } => Some(self.norm.judge(norm, norm_z)),
-            Verdict::Skipped { .. } | Verdict::Diverged => None,
+        let loss_j = Judged::of(&self.loss, loss, loss_z);
+        let norm_j = Judged::of(&self.norm, norm, norm_z);
+        let skipped_before = self.skipped_in_a_row;
+        // (a step with a loss that is not finite is about its loss, whatever its norm)
+        let outlier = if loss_j.outlier() {
+            Some(Quantity::Loss)
+        } else if loss.is_finite() && norm_j.outlier() {
+            Some(Quantity::Norm)
+        } else {
+            None
         };
+        let outcome = match outlier {
+            Some(q) if skipped_before < MAX_SKIPPED_IN_A_ROW => Outcome::Skipped(q),
+            _ if !loss.is_finite() => Outcome::Diverged(Quantity::Loss),
+            _ if !norm.is_finite() => Outcome::Diverged(Quantity::Norm),
+            _ => Outcome::Taken,
+        };
+        match outcome {
+            Outcome::Skipped(_) => self.skipped_in_a_row += 1,
+            Outcome::Taken => {
+                self.skipped_in_a_row = 0;
+                self.loss.take(loss);
+                self.norm.take(norm);
+            }
+            Outcome::Diverged(_) => {}
+        }
         StepVerdict {
-            loss: (loss, loss_z, loss_verdict),
-            norm: (norm, norm_z, norm_verdict),
+            loss: loss_j,
+            norm: norm_j,
+            outcome,
+            skipped_before,
         }
     }
 }
 
-/// What became of a step: for the loss and the norm, (the value, its threshold, its verdict:
-/// None for a norm left unjudged).
+/// What became of a step, and why.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepVerdict {
-    pub loss: (f32, Option<f32>, Verdict),
-    pub norm: (f32, Option<f32>, Option<Verdict>),
+    pub loss: Judged,
+    pub norm: Judged,
+    pub outcome: Outcome,
+    /// Steps skipped in a row just before this one.
+    pub skipped_before: usize,
 }
 
 impl StepVerdict {
     /// Why the run cannot go on after step `step` (from 1), if it cannot: "the loss became NaN
     /// at step 4, after 2 steps skipped in a row".
     pub fn diverged(&self, step: usize) -> Option<String> {
-        let ((loss, loss_z, lv), (norm, norm_z, nv)) = (self.loss, self.norm);
-        let in_a_row = |threshold: Option<f32>| match threshold {
-            Some(_) => format!(", after {MAX_SKIPPED_IN_A_ROW} steps skipped in a row"),
-            None => String::new(),
+        let after = match self.skipped_before {
+            0 => String::new(),
+            1 => ", after a step skipped".to_string(),
+            k => format!(", after {k} steps skipped in a row"),
         };
-        if lv == Verdict::Diverged {
-            Some(format!(
-                "the loss became {loss} at step {step}{}",
-                in_a_row(loss_z)
-            ))
-        } else if nv == Some(Verdict::Diverged) {
-            Some(format!(
-                "the gradient norm became {norm} at step {step} (its loss {loss}){}",
-                in_a_row(norm_z)
-            ))
-        } else {
-            None
+        let (loss, norm) = (self.loss.value, self.norm.value);
+        match self.outcome {
+            Outcome::Diverged(Quantity::Loss) => {
+                Some(format!("the loss became {loss} at step {step}{after}"))
+            }
+            Outcome::Diverged(Quantity::Norm) => Some(format!(
+                "the gradient norm became {norm} at step {step} (its loss {loss}){after}"
+            )),
+            _ => None,
         }
     }
 
     /// Why the step's update is left out, if it is: "loss z +7.31 > 5", "norm not finite".
     pub fn skipped(&self) -> Option<String> {
-        let why = |what: &str, z: Option<f64>, threshold: Option<f32>| match (z, threshold) {
-            (Some(z), Some(t)) => format!("{what} z {z:+.2} > {t}"),
-            _ => format!("{what} not finite"),
+        let (name, j) = match self.outcome {
+            Outcome::Skipped(Quantity::Loss) => ("loss", self.loss),
+            Outcome::Skipped(Quantity::Norm) => ("norm", self.norm),
+            _ => return None,
         };
-        match (self.loss.2, self.norm.2) {
-            (Verdict::Skipped { z }, _) => Some(why("loss", z, self.loss.1)),
-            (_, Some(Verdict::Skipped { z })) => Some(why("norm", z, self.norm.1)),
-            _ => None,
-        }
+        Some(match (j.z, j.threshold) {
+            (Some(z), Some(t)) if j.value.is_finite() => format!("{name} z {z:+.2} > {t}"),
+            _ => format!("{name} not finite"),
+        })
     }
 
     /// Whether skipping is on at all (either flag).
     pub fn judging(&self) -> bool {
-        self.loss.1.is_some() || self.norm.1.is_some()
+        self.loss.threshold.is_some() || self.norm.threshold.is_some()
     }
 
-    /// The loss's and the norm's z-scores, where they were judged.
+    /// The loss's and the norm's z-scores, where their windows could judge them.
     pub fn z_scores(&self) -> (Option<f64>, Option<f64>) {
-        (self.loss.2.z(), self.norm.2.and_then(|v| v.z()))
+        (self.loss.z, self.norm.z)
     }
 
     /// The end of the step's line when skipping is on: " | z loss -0.55 norm +0.10" (`-` where
@@ -229,7 +264,16 @@ mod tests {
     /// A full window of 1, 2, 1, 2, ...: mean 1.5, standard deviation 0.5.
     fn window() -> OutlierWindow {
         let values: Vec<f32> = (0..WINDOW).map(|i| 1.0 + (i % 2) as f32).collect();
-        OutlierWindow::from_parts(&values, 0)
+        OutlierWindow::from_values(&values)
+    }
+
+    /// Both windows full of 1, 2, 1, 2, ...
+    fn full() -> Outliers {
+        Outliers {
+            loss: window(),
+            norm: window(),
+            skipped_in_a_row: 0,
+        }
     }
 
     #[test]
@@ -239,115 +283,137 @@ mod tests {
         assert_eq!(w.z_score(4.0), Some(5.0)); // (4 - 1.5) / 0.5
         assert_eq!(w.z_score(0.5), Some(-2.0));
         // not yet full, or no spread: no judgement
-        let short = OutlierWindow::from_parts(&[1.0, 2.0, 1.0], 0);
+        let short = OutlierWindow::from_values(&[1.0, 2.0, 1.0]);
         assert_eq!(short.z_score(100.0), None);
-        let flat = OutlierWindow::from_parts(&[3.0; WINDOW], 0);
+        let flat = OutlierWindow::from_values(&[3.0; WINDOW]);
         assert_eq!(flat.z_score(100.0), None);
-        // from_parts keeps the last WINDOW values
+        // from_values keeps the last WINDOW values
         let long: Vec<f32> = (0..WINDOW + 5).map(|i| i as f32).collect();
-        let w = OutlierWindow::from_parts(&long, 0);
+        let w = OutlierWindow::from_values(&long);
         assert_eq!(w.values().next(), Some(5.0));
         assert_eq!(w.values().len(), WINDOW);
     }
 
     #[test]
-    fn outliers_are_skipped_and_kept_out_two_in_a_row_at_most() {
-        let mut w = window();
-        // z = 5 is not above 5: taken (the oldest value, 1, drops out)
-        assert_eq!(w.judge(4.0, Some(5.0)), Verdict::Taken { z: Some(5.0) });
-        assert_eq!(w.values().next(), Some(2.0));
-        assert_eq!(w.values().last(), Some(4.0));
-        let mut w = window();
-        let before = w.clone();
-        // z = 7: skipped twice, and the window does not change
-        assert_eq!(w.judge(5.0, Some(5.0)), Verdict::Skipped { z: Some(7.0) });
-        assert_eq!(w.judge(5.0, Some(5.0)), Verdict::Skipped { z: Some(7.0) });
+    fn outlier_steps_are_skipped_and_kept_out_two_in_a_row_at_most() {
+        let on = Some(5.0);
+        // z = 5 is not above 5: taken, both values (the oldest, 1, drops out of each window)
+        let mut o = full();
+        let v = o.judge_step(4.0, 1.5, on, on);
         assert_eq!(
-            w.values().collect::<Vec<_>>(),
-            before.values().collect::<Vec<_>>()
+            (v.outcome, v.z_scores()),
+            (Outcome::Taken, (Some(5.0), Some(0.0)))
         );
-        assert_eq!(w.skipped_in_a_row(), 2);
-        // the third in a row is taken, and the count starts again
-        assert_eq!(w.judge(5.0, Some(5.0)), Verdict::Taken { z: Some(7.0) });
-        assert_eq!(w.skipped_in_a_row(), 0);
-        assert_eq!(w.values().last(), Some(5.0));
-        // a normal value between two outliers restarts the count
-        let mut w = window();
-        assert!(matches!(w.judge(5.0, Some(5.0)), Verdict::Skipped { .. }));
-        assert!(matches!(w.judge(1.0, Some(5.0)), Verdict::Taken { .. }));
-        assert!(matches!(w.judge(6.0, Some(5.0)), Verdict::Skipped { .. }));
-        assert!(matches!(w.judge(6.0, Some(5.0)), Verdict::Skipped { .. }));
-        // off: everything is taken, and judged
-        let mut w = window();
-        assert_eq!(w.judge(5.0, None), Verdict::Taken { z: Some(7.0) });
-        // below the mean is never an outlier
-        let mut w = window();
-        assert_eq!(
-            w.judge(-100.0, Some(1.0)),
-            Verdict::Taken { z: Some(-203.0) }
-        );
-    }
-
-    #[test]
-    fn a_steps_verdict_and_how_it_reads() {
-        let full = Outliers {
-            loss: window(),
-            norm: window(),
-        };
-        // off: nothing to say
-        let v = full.clone().judge_step(5.0, 5.0, None, None);
-        assert_eq!(
-            (v.skipped(), v.diverged(7), v.line_suffix()),
-            (None, None, String::new())
-        );
-        // taken: both z-scores
-        let v = full.clone().judge_step(1.5, 2.5, Some(5.0), None);
-        assert_eq!(v.line_suffix(), " | z loss +0.00 norm +2.00");
-        // the loss skipped: the norm not judged (and left out of its window)
-        let mut o = full.clone();
-        let v = o.judge_step(5.0, 5.0, Some(5.0), Some(5.0));
+        assert_eq!(o.loss.values().next(), Some(2.0));
+        assert_eq!(o.loss.values().last(), Some(4.0));
+        assert_eq!(o.norm.values().last(), Some(1.5));
+        // z = 7 (loss), then 7 (norm): two steps skipped, the windows unchanged
+        let mut o = full();
+        let v = o.judge_step(5.0, 1.0, on, on);
+        assert_eq!(v.outcome, Outcome::Skipped(Quantity::Loss));
         assert_eq!(v.skipped().as_deref(), Some("loss z +7.00 > 5"));
-        assert_eq!(v.z_scores(), (Some(7.0), None));
-        assert_eq!(o.norm, full.norm);
-        assert_eq!(o.loss.skipped_in_a_row(), 1);
-        assert_eq!(v.line_suffix(), " | update skipped: loss z +7.00 > 5");
-        // the norm skipped, the loss taken
-        let mut o = full.clone();
-        let v = o.judge_step(1.0, f32::INFINITY, Some(5.0), Some(5.0));
-        assert_eq!(v.skipped().as_deref(), Some("norm not finite"));
-        assert_eq!(o.loss.values().last(), Some(1.0));
-        // diverged
-        let v = full.clone().judge_step(f32::NAN, 1.0, None, None);
+        let v = o.judge_step(1.0, 5.0, on, on);
+        assert_eq!(v.outcome, Outcome::Skipped(Quantity::Norm));
+        assert_eq!((o.loss.clone(), o.norm.clone()), (window(), window()));
+        assert_eq!(o.skipped_in_a_row, 2);
+        // the third outlier step in a row is taken, whichever quantity, and the count restarts
+        let v = o.judge_step(5.0, 5.0, on, on);
+        assert_eq!((v.outcome, v.skipped_before), (Outcome::Taken, 2));
+        assert_eq!(o.skipped_in_a_row, 0);
+        assert_eq!(o.loss.values().last(), Some(5.0));
+        assert_eq!(o.norm.values().last(), Some(5.0));
+        // a normal step between two outliers restarts the count
+        let mut o = full();
         assert_eq!(
-            v.diverged(3).as_deref(),
-            Some("the loss became NaN at step 3")
+            o.judge_step(5.0, 1.0, on, on).outcome,
+            Outcome::Skipped(Quantity::Loss)
         );
-        let v = full.clone().judge_step(1.0, f32::NAN, Some(5.0), None);
+        assert_eq!(o.judge_step(1.0, 1.0, on, on).outcome, Outcome::Taken);
         assert_eq!(
-            v.diverged(3).as_deref(),
-            Some("the gradient norm became NaN at step 3 (its loss 1)")
+            o.judge_step(6.0, 1.0, on, on).outcome,
+            Outcome::Skipped(Quantity::Loss)
+        );
+        assert_eq!(
+            o.judge_step(6.0, 1.0, on, on).outcome,
+            Outcome::Skipped(Quantity::Loss)
+        );
+        // off: everything is taken, and judged
+        let mut o = full();
+        let v = o.judge_step(5.0, 5.0, None, None);
+        assert_eq!(
+            (v.outcome, v.z_scores()),
+            (Outcome::Taken, (Some(7.0), Some(7.0)))
+        );
+        // one flag judges its own quantity only; below the mean is never an outlier
+        let mut o = full();
+        assert_eq!(o.judge_step(1.0, 9.0, on, None).outcome, Outcome::Taken);
+        assert_eq!(
+            o.judge_step(-100.0, 1.0, Some(1.0), None).outcome,
+            Outcome::Taken
         );
     }
 
     #[test]
     fn values_that_are_not_finite() {
+        let on = Some(5.0);
         for bad in [f32::NAN, f32::INFINITY] {
-            // without the flag, at once
-            assert_eq!(window().judge(bad, None), Verdict::Diverged);
-            // with it, skipped twice (even while the window fills), then the run has diverged
-            for mut w in [window(), OutlierWindow::default()] {
-                assert_eq!(w.judge(bad, Some(5.0)), Verdict::Skipped { z: None });
-                assert_eq!(w.judge(bad, Some(5.0)), Verdict::Skipped { z: None });
-                assert_eq!(w.judge(bad, Some(5.0)), Verdict::Diverged);
+            // without the flag, at once (the loss's first)
+            let v = full().judge_step(bad, bad, None, None);
+            assert_eq!(v.outcome, Outcome::Diverged(Quantity::Loss));
+            let v = full().judge_step(1.0, bad, None, None);
+            assert_eq!(v.outcome, Outcome::Diverged(Quantity::Norm));
+            // with it, skipped twice (even while the windows fill), then the run has diverged
+            for mut o in [full(), Outliers::default()] {
+                for _ in 0..2 {
+                    let v = o.judge_step(bad, 1.0, on, None);
+                    assert_eq!(v.outcome, Outcome::Skipped(Quantity::Loss));
+                    assert_eq!(v.skipped().as_deref(), Some("loss not finite"));
+                }
+                let v = o.judge_step(bad, 1.0, on, None);
+                assert_eq!(v.outcome, Outcome::Diverged(Quantity::Loss));
             }
+            // a loss that is not finite under its flag: its norm is not looked at
+            let v = full().judge_step(bad, bad, on, None);
+            assert_eq!(v.outcome, Outcome::Skipped(Quantity::Loss));
+            // the norm's flag skips a norm that is not finite, not a loss
+            let v = full().judge_step(1.0, bad, None, on);
+            assert_eq!(v.outcome, Outcome::Skipped(Quantity::Norm));
+            let v = full().judge_step(bad, bad, None, on);
+            assert_eq!(v.outcome, Outcome::Diverged(Quantity::Loss));
         }
-        // a finite outlier after two skipped is taken; a non-finite one is not
-        let mut w = window();
-        assert!(matches!(
-            w.judge(f32::NAN, Some(5.0)),
-            Verdict::Skipped { .. }
-        ));
-        assert!(matches!(w.judge(9.0, Some(5.0)), Verdict::Skipped { .. }));
-        assert_eq!(w.judge(f32::NAN, Some(5.0)), Verdict::Diverged);
+        // after two skipped steps a finite outlier is taken, one that is not finite is not
+        let mut o = full();
+        o.judge_step(f32::NAN, 1.0, Some(5.0), None);
+        o.judge_step(9.0, 1.0, Some(5.0), None);
+        let v = o.judge_step(1.0, f32::NAN, Some(5.0), Some(5.0));
+        assert_eq!(v.outcome, Outcome::Diverged(Quantity::Norm));
+    }
+
+    #[test]
+    fn how_a_verdict_reads() {
+        let on = Some(5.0);
+        let v = full().judge_step(5.0, 5.0, None, None);
+        assert_eq!(
+            (v.skipped(), v.diverged(7), v.line_suffix()),
+            (None, None, String::new())
+        );
+        let v = full().judge_step(1.5, 2.5, on, None);
+        assert_eq!(v.line_suffix(), " | z loss +0.00 norm +2.00");
+        let v = Outliers::default().judge_step(1.5, 2.5, on, None);
+        assert_eq!(v.line_suffix(), " | z loss - norm -");
+        let v = full().judge_step(5.0, 5.0, on, on);
+        assert_eq!(v.line_suffix(), " | update skipped: loss z +7.00 > 5");
+        let v = full().judge_step(f32::NAN, 1.0, None, None);
+        assert_eq!(
+            v.diverged(3).as_deref(),
+            Some("the loss became NaN at step 3")
+        );
+        let mut o = full();
+        o.judge_step(9.0, 1.0, on, None);
+        let v = o.judge_step(1.0, f32::NAN, on, None);
+        assert_eq!(
+            v.diverged(3).as_deref(),
+            Some("the gradient norm became NaN at step 3 (its loss 1), after a step skipped")
+        );
     }
 }

@@ -5,7 +5,7 @@
 //! over the steps after the first (see [`profiled_steps`]) and the run ends with their table
 //! (`crate::profile`).
 
-use crate::checkpoints::{remove_checkpoint, save_checkpoint, Resume};
+use crate::checkpoints::{checkpoint_name, remove_checkpoint, save_checkpoint, Resume};
 use crate::config::GPT2Config;
 use crate::cpu::adamw::{AdamW, DecayOn};
 use crate::data::DataLoader;
@@ -224,7 +224,8 @@ impl TrainArgs {
     }
 
     /// These flags with `--epochs` turned into `--steps`, from the training shards' headers (the
-    /// flags themselves when there is no `--epochs`). Checks the flags first.
+    /// flags themselves when there is no `--epochs`), checked. Resolving resolved flags gives
+    /// them again (`train` resolves what `main` resolved, for callers that did not).
     pub fn resolved(&self) -> Result<TrainArgs> {
         let mut args = self.clone();
         if let Some(f) = self.epochs {
@@ -237,7 +238,9 @@ impl TrainArgs {
             let pattern = self.train_pattern();
             let batches = crate::data::epoch_batches(&pattern, self.batch, self.seq)?;
             let micro = self.micro_batches();
-            let steps = (f * batches as f64 / micro as f64).floor();
+            // (nudged up by a millionth of a step: 0.29 x 100 batches is 28.999999999999996 in
+            // f64, whose error is far below that for any count of steps a state can hold)
+            let steps = (f * batches as f64 / micro as f64 + 1e-6).floor();
             if steps < 1.0 {
                 bail!(
                     "--epochs {f} is less than one step: an epoch of '{pattern}' is {batches} \
@@ -269,6 +272,13 @@ impl TrainArgs {
         }
         if self.lr_final_frac != DEFAULT_LR_FINAL_FRAC && self.lr_schedule == LrShape::Constant {
             notes.push("--lr-final-frac does nothing with --lr-schedule constant".into());
+        }
+        if self.overfit_batch && self.epochs.is_some() {
+            notes.push(
+                "--epochs counts passes over the training data, but --overfit-batch trains on \
+                 its first batch only"
+                    .into(),
+            );
         }
         if self.warmup > self.steps {
             notes.push(format!(
@@ -684,22 +694,14 @@ pub fn train(
         }
         // --skip-loss-z, --skip-norm-z: an outlier's update is left out (crate::outliers)
         let norm = engine.grad_norm()?;
-        let windows_before = outliers.clone();
         let (loss_z, norm_z) = args.skip_thresholds();
         let verdict = outliers.judge_step(loss, norm, loss_z, norm_z);
         if let Some(what) = verdict.diverged(step + 1) {
             // nothing of this run's earlier steps is lost
             let saved = if step > start {
                 let rewind = if overfit.is_some() { 0 } else { micro };
-                save_before_divergence(
-                    args,
-                    engine,
-                    &mut train_loader,
-                    &windows_before,
-                    step,
-                    rewind,
-                )
-                .unwrap_or_else(|e| format!("; saving the run after step {step} failed: {e:#}"))
+                save_before_divergence(args, engine, &mut train_loader, &outliers, step, rewind)
+                    .unwrap_or_else(|e| format!("; saving the run after step {step} failed: {e:#}"))
             } else {
                 String::new()
             };
@@ -784,11 +786,13 @@ pub fn train(
                     step + 1
                 );
             } else {
+                // (the exact state: the folder may hold a later one from an earlier attempt)
+                let state = args.out_dir.join(checkpoint_name("state", step + 1));
                 println!(
                     "interrupted (Ctrl-C) after step {}: continue with the same flags and \
                      --resume {}",
                     step + 1,
-                    args.out_dir.display()
+                    state.display()
                 );
             }
             summary.interrupted = true;
@@ -797,12 +801,24 @@ pub fn train(
     }
     validate(engine, args.steps, &mut summary, &mut log)?;
     if !summary.skipped.is_empty() {
-        let steps: Vec<String> = summary.skipped.iter().map(|s| s.to_string()).collect();
+        // (the first 20 steps: the log has every one)
+        let shown: Vec<String> = summary
+            .skipped
+            .iter()
+            .take(20)
+            .map(|s| s.to_string())
+            .collect();
+        let more = summary.skipped.len() - shown.len();
         println!(
-            "updates skipped (outliers): {} of {} steps (step {})",
-            steps.len(),
+            "updates skipped (outliers): {} of {} steps (step {}{})",
+            summary.skipped.len(),
             args.steps - start,
-            steps.join(", ")
+            shown.join(", "),
+            if more > 0 {
+                format!(", and {more} more")
+            } else {
+                String::new()
+            }
         );
     }
 
@@ -866,7 +882,7 @@ fn save_before_divergence(
     } else {
         format!(
             "; the run after step {step} is saved: --resume {} continues from there",
-            args.out_dir.display()
+            args.out_dir.join(checkpoint_name("state", step)).display()
         )
     })
 }

@@ -547,7 +547,10 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
     assert!(last >= 3, "{log}");
     assert!(
         log.contains(&format!(
-            "interrupted (Ctrl-C) after step {last}: continue with the same flags and --resume"
+            "interrupted (Ctrl-C) after step {last}: continue with the same flags and --resume {}",
+            dir.join("out")
+                .join(format!("state_{last:06}.bin"))
+                .display()
         )),
         "{log}"
     );
@@ -1409,6 +1412,33 @@ fn epochs_count_the_steps() {
         "{accum}"
     );
     assert_eq!(last_step(&accum), Some(12));
+    let (code, _, stderr) = train(
+        "--model d1 --epochs 1 --overfit-batch --no-state",
+        "overfit",
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "note: --epochs counts passes over the training data, but --overfit-batch trains on \
+             its first batch only"
+        ),
+        "{stderr}"
+    );
+    // 0.29 x 100 batches is 29 steps (28.999999999999996 in f64)
+    let hundred: Vec<u32> = (0..100 * 32 + 1).map(|i| (i * 7 % 1000) as u32).collect();
+    write_shard(&dir.join("hundred.bin"), &hundred).unwrap();
+    let (out, stdout, stderr) = run(bin()
+        .args(flags(
+            "--device cpu --model d1 --batch 2 --seq 16 --val-every 0 --val-batches 1 \
+             --sample-tokens 0 --no-state --epochs 0.29",
+        ))
+        .args(["--train", &d("hundred.bin"), "--val", &d("ten.bin")])
+        .args(["--out-dir", &d("hundred")]));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("; 29 steps (--epochs 0.29) of 32 tokens"),
+        "{stdout}"
+    );
 
     // --epochs 2 resumed at step 10 ends as the whole run; at step 20, one epoch is done already
     let (code, _, _) = train("--model d1 --epochs 2 --checkpoint-every 10", "whole");
@@ -1510,6 +1540,20 @@ fn notes_for_flags_that_do_nothing() {
             assert!(stderr.contains(w), "{extra}: {stderr}");
         }
     }
+    // verify: the CPU alone has no use for them either
+    let (out, _, stderr) = run(bin().args([
+        "verify",
+        "--model",
+        &fixture("ref_tiny_model.bin"),
+        "--state",
+        &fixture("ref_tiny_state.bin"),
+        "--tf32",
+    ]));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("note: --tf32 and --no-cuda-graphs do nothing with --device cpu"),
+        "{stderr}"
+    );
 }
 
 /// `--help` groups the training flags under headings, each flag under its own.

@@ -171,8 +171,9 @@ fn damaged_debug_and_training_states_never_panic() {
         num_parameters: 300,
         master_weights: true,
         outliers: Outliers {
-            loss: OutlierWindow::from_parts(&[3.5; 40], 1),
-            norm: OutlierWindow::from_parts(&[0.25; 64], 0),
+            loss: OutlierWindow::from_values(&[3.5; 40]),
+            norm: OutlierWindow::from_values(&[0.25; 64]),
+            skipped_in_a_row: 1,
         },
     };
     let path = dir.join("state.bin");

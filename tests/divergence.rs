@@ -167,20 +167,25 @@ fn losses_and_norms_that_are_not_finite() {
     assert_eq!(updated, [1, 3, 4, 5]);
     assert_eq!(r.unwrap().skipped, [2]);
     // a run that diverges keeps what its earlier steps learned: the checkpoint and state of
-    // step 2, the data put back to where step 2 left it (the shuffled order), the windows
-    // without step 3's loss: what an unbroken run writes at step 2
-    let shuffled = "--shuffle --seed 5 --checkpoint-every 2";
-    let (_, r) = faulty_run(shuffled, "unbroken", &[], &[]);
+    // step 2 (written only because step 3 diverged), the data put back to where step 2 left it
+    // (the shuffled order), the windows without step 3's values: what an unbroken run writes at
+    // step 2
+    let (_, r) = faulty_run(
+        "--shuffle --seed 5 --checkpoint-every 2",
+        "unbroken",
+        &[],
+        &[],
+    );
     r.unwrap();
     let unbroken = faulty_dir().join("unbroken");
     for (bad_loss, bad_norm) in [(vec![(3, nan)], vec![]), (vec![], vec![(3, inf)])] {
-        let (updated, r) = faulty_run(shuffled, "diverged", &bad_loss, &bad_norm);
+        let (updated, r) = faulty_run("--shuffle --seed 5", "diverged", &bad_loss, &bad_norm);
         assert_eq!(updated, [1, 2]);
         let e = r.unwrap_err();
         let out = faulty_dir().join("diverged");
         let hint = format!(
             "; the run after step 2 is saved: --resume {} continues",
-            out.display()
+            out.join("state_000002.bin").display()
         );
         assert!(e.contains(&hint), "{e}");
         for f in ["model_000002.bin", "state_000002.bin"] {

@@ -33,6 +33,8 @@ fn reads_what_the_zstd_tool_wrote() {
         ("frames.zst", text),
         ("skippable.zst", text),
         ("play.zst", &play[..]),
+        ("window.zst", &play[..]),
+        ("only_skippable.zst", b""),
     ] {
         let zst = std::fs::read(fixture(name)).unwrap();
         let mut whole = Vec::new();
@@ -124,4 +126,46 @@ fn the_checksum_catches_every_damaged_byte() {
         }
     }
     assert!(refused > zst.len() * 9 / 10, "{refused} of {}", zst.len());
+}
+
+/// A source that counts the bytes read from it.
+struct Counted<'a> {
+    bytes: &'a [u8],
+    read: std::rc::Rc<std::cell::Cell<usize>>,
+}
+
+impl Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.bytes.read(buf)?;
+        self.read.set(self.read.get() + n);
+        Ok(n)
+    }
+}
+
+/// The reader streams: a frame with a small window (1 KiB) hands out its text long before the
+/// frame ends; and an empty read reads nothing.
+#[test]
+fn text_comes_out_before_the_frame_ends() {
+    let zst = std::fs::read(fixture("window.zst")).unwrap();
+    let read = std::rc::Rc::new(std::cell::Cell::new(0));
+    let mut r = ZstdReader::new(Counted {
+        bytes: &zst,
+        read: read.clone(),
+    });
+    assert_eq!(r.read(&mut []).unwrap(), 0);
+    assert_eq!(read.get(), 0);
+    let mut first = vec![0u8; 10_000];
+    r.read_exact(&mut first).unwrap();
+    assert!(first == hamlet()[..10_000]);
+    // (the reader's buffer takes 64 KiB of the 100 KB file at a time)
+    assert!(
+        read.get() < zst.len(),
+        "{} of {} bytes read",
+        read.get(),
+        zst.len()
+    );
+    let mut rest = Vec::new();
+    r.read_to_end(&mut rest).unwrap();
+    assert!(rest == hamlet()[10_000..]);
+    assert_eq!(read.get(), zst.len());
 }

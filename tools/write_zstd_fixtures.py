@@ -12,9 +12,13 @@ whole play), each a different shape of the format (RFC 8878):
 - skippable.zst: a skippable frame (magic 0x184D2A53, 11 bytes of payload), plain.zst's frame,
   and another skippable frame (magic 0x184D2A5F, empty) at the end;
 - play.zst: the whole play (190 KB) at level 19: more than one block (at most 128 KiB each);
+- window.zst: the whole play with a 1 KiB window (`--zstd=wlog=10`), so that the decoder hands
+  out text before the frame ends;
+- only_skippable.zst: one skippable frame and nothing else (its text is empty, as `zstd -d`
+  finds);
 - records.jsonl.zst: JSON Lines, one record {"text": ...} per 2,000 bytes of the 20,000.
-The uncompressed text of every file but play.zst and records.jsonl.zst is the 20,000 bytes;
-play.zst's is the play. Each is checked by `zstd -d` before it is written.
+The uncompressed text of every file but play.zst, window.zst, only_skippable.zst and
+records.jsonl.zst is the 20,000 bytes; play.zst's and window.zst's is the play. Each is checked by `zstd -d` before it is written.
 """
 import json
 import os
@@ -54,9 +58,12 @@ def main():
         "skippable.zst": skippable(0x184D2A53, b"not zstd!!\n") + plain
         + skippable(0x184D2A5F, b""),
         "play.zst": zstd(play, "-19"),
+        "window.zst": zstd(play, "--zstd=wlog=10"),
     }
     for name, data in files.items():
-        assert unzstd(data) == (play if name == "play.zst" else text), name
+        assert unzstd(data) == (play if name in ("play.zst", "window.zst") else text), name
+    files["only_skippable.zst"] = skippable(0x184D2A50, b"abc")
+    assert unzstd(files["only_skippable.zst"]) == b""
     records = b"".join(json.dumps({"text": text[i:i + 2000].decode()}).encode() + b"\n"
                        for i in range(0, len(text), 2000))
     files["records.jsonl.zst"] = zstd(records, "-3")

@@ -10,10 +10,10 @@
 //!   shuffled, `[8..10]` = the shuffle seed, `[10..12]` = batches the training data served,
 //!   `[12..14]` = num_parameters, `[14..16]` = tokens in the training shards, `[16]` = training
 //!   shards (each u64 as two words, low first); the outlier windows (`crate::outliers`): `[17]`
-//!   = the losses in the loss window, `[18]` = its outliers skipped in a row, `[19]`, `[20]` = the
-//!   same for the gradient norms, `[32..96]` = the losses (f32 bits, oldest first), `[96..160]` =
-//!   the norms; the rest is zero. (States written before the windows were added have zeros
-//!   there: empty windows, which is what they read as.)
+//!   = the losses in the loss window, `[18]` = the norms in the norm window, `[19]` = the steps
+//!   skipped in a row, `[32..96]` = the losses (f32 bits, oldest first), `[96..160]` = the norms;
+//!   the rest is zero. (States written before the windows were added have zeros there: empty
+//!   windows, which is what they read as.)
 //! - AdamW's m, then v (num_parameters f32 each), then the master weights (num_parameters f32)
 //!   when `header[5]` is 1.
 //!
@@ -25,6 +25,11 @@ use super::{check_magic_version, new_header, open_with_header, write_file_atomic
 use super::{put_f32s, HEADER_BYTES};
 use crate::engine::OptimizerArray;
 use crate::outliers::{OutlierWindow, Outliers, MAX_SKIPPED_IN_A_ROW, WINDOW};
+
+/// Where the outlier windows lie in the header: each window's count word and first value's word,
+/// loss then norm; and the word of the steps skipped in a row.
+const WINDOWS_AT: [(usize, usize); 2] = [(17, 32), (18, 32 + WINDOW)];
+const SKIPPED_AT: usize = 19;
 use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -67,10 +72,6 @@ pub struct TrainState {
     /// The recent losses and gradient norms that `--skip-loss-z` and `--skip-norm-z` judge by.
     pub outliers: Outliers,
 }
-
-/// Where each outlier window lies in the header: (its count's word, its skipped-in-a-row word, its
-/// first value's word).
-const WINDOWS_AT: [(usize, usize, usize); 2] = [(17, 18, 32), (19, 20, 32 + WINDOW)];
 
 impl TrainState {
     /// The arrays the file holds, in its order.
@@ -145,13 +146,13 @@ pub fn write_train_state(
     put_u64(&mut h, 14, d.tokens);
     h[16] = int(d.shards, "the number of shards")?;
     let o = &state.outliers;
-    for (w, (count, skipped, first)) in [&o.loss, &o.norm].into_iter().zip(WINDOWS_AT) {
+    for (w, (count, first)) in [&o.loss, &o.norm].into_iter().zip(WINDOWS_AT) {
         h[count] = w.values().len() as i32;
-        h[skipped] = w.skipped_in_a_row() as i32;
         for (i, v) in w.values().enumerate() {
             h[first + i] = v.to_bits() as i32;
         }
     }
+    h[SKIPPED_AT] = o.skipped_in_a_row as i32;
     // the engine's errors cross write_file_atomic_with's io::Result as io::Error::other
     let other = |e: anyhow::Error| std::io::Error::other(format!("{e:#}"));
     write_file_atomic_with(path, |w| {
@@ -215,14 +216,12 @@ impl TrainStateFile {
         }
         let num_parameters =
             usize::try_from(n).with_context(|| format!("{}: too large", path.display()))?;
-        let mut windows = WINDOWS_AT.into_iter().map(|(count, skipped, first)| {
+        let mut windows = WINDOWS_AT.into_iter().map(|(count, first)| {
             let n = header_count(path, &h, count, "outlier window count", 0)?;
-            let s = header_count(path, &h, skipped, "outliers skipped in a row", 0)?;
-            if n > WINDOW || s > MAX_SKIPPED_IN_A_ROW {
+            if n > WINDOW {
                 bail!(
-                    "{}: training state's outlier window (header[{count}], header[{skipped}]) \
-                     holds {n} values and {s} skipped, at most {WINDOW} and \
-                     {MAX_SKIPPED_IN_A_ROW}",
+                    "{}: training state's outlier window (header[{count}]) holds {n} values, at \
+                     most {WINDOW}",
                     path.display()
                 );
             }
@@ -238,11 +237,22 @@ impl TrainStateFile {
                     values[i]
                 );
             }
-            Ok(OutlierWindow::from_parts(&values, s))
+            Ok(OutlierWindow::from_values(&values))
         });
+        let loss = windows.next().expect("two windows")?;
+        let norm = windows.next().expect("two windows")?;
+        let skipped_in_a_row = header_count(path, &h, SKIPPED_AT, "steps skipped in a row", 0)?;
+        if skipped_in_a_row > MAX_SKIPPED_IN_A_ROW {
+            bail!(
+                "{}: training state's steps skipped in a row (header[{SKIPPED_AT}]) is \
+                 {skipped_in_a_row}, at most {MAX_SKIPPED_IN_A_ROW}",
+                path.display()
+            );
+        }
         let outliers = Outliers {
-            loss: windows.next().expect("two windows")?,
-            norm: windows.next().expect("two windows")?,
+            loss,
+            norm,
+            skipped_in_a_row,
         };
         let state = TrainState {
             step,
@@ -308,8 +318,9 @@ mod tests {
             num_parameters: 5,
             master_weights: master,
             outliers: Outliers {
-                loss: OutlierWindow::from_parts(&[10.5, 9.25, 8.0], 1),
-                norm: OutlierWindow::from_parts(&[0.75; WINDOW], 0),
+                loss: OutlierWindow::from_values(&[10.5, 9.25, 8.0]),
+                norm: OutlierWindow::from_values(&[0.75; WINDOW]),
+                skipped_in_a_row: 1,
             },
         }
     }
@@ -359,7 +370,7 @@ mod tests {
             assert_eq!((h[10], h[11]), (7, 2), "batches served, low word first");
             assert_eq!((h[12], h[13], h[14], h[16]), (5, 0, 338_025, 1));
             // the outlier windows: counts, skipped in a row, values
-            assert_eq!(&h[17..21], &[3, 1, 64, 0]);
+            assert_eq!(&h[17..21], &[3, 64, 1, 0]);
             assert_eq!(h[32..35], [10.5f32, 9.25, 8.0].map(|v| v.to_bits() as i32));
             assert_eq!(h[35], 0);
             assert_eq!(h[96], 0.75f32.to_bits() as i32);
@@ -418,11 +429,11 @@ mod tests {
         bad[12..16].copy_from_slice(&0i32.to_le_bytes()); // header[3], B
         assert!(err(&bad).contains("B (header[3]) is 0, must be at least 1"));
         let mut bad = good.clone();
-        bad[4 * 19..4 * 20].copy_from_slice(&65i32.to_le_bytes()); // the norm window's count
-        assert!(err(&bad).contains("holds 65 values and 0 skipped, at most 64 and 2"));
+        bad[4 * 18..4 * 19].copy_from_slice(&65i32.to_le_bytes()); // the norm window's count
+        assert!(err(&bad).contains("outlier window (header[18]) holds 65 values, at most 64"));
         let mut bad = good.clone();
-        bad[4 * 18..4 * 19].copy_from_slice(&3i32.to_le_bytes()); // the loss's skipped in a row
-        assert!(err(&bad).contains("holds 3 values and 3 skipped"));
+        bad[4 * 19..4 * 20].copy_from_slice(&3i32.to_le_bytes()); // steps skipped in a row
+        assert!(err(&bad).contains("steps skipped in a row (header[19]) is 3, at most 2"));
         let mut bad = good.clone();
         bad[4 * 33..4 * 34].copy_from_slice(&f32::NAN.to_le_bytes()); // the second loss
         assert!(err(&bad).contains("outlier window value (header[33]) is NaN"));

@@ -28,14 +28,8 @@ use std::path::{Path, PathBuf};
 
 use crate::data::{default_corpus_dir, DEFAULT_TRAIN_FILE, DEFAULT_VAL_FILE};
 use crate::formats::gzip::{is_gzip, GzReader};
-use crate::formats::zstd::{is_zstd, ZstdReader};
-
-/// Whether `path` is read through a decompressor (`*.gz`, `*.zst`): its text's size is not known
-/// until its end.
-pub(crate) fn is_compressed(path: &Path) -> bool {
-    is_gzip(path) || is_zstd(path)
-}
 use crate::formats::shard::to_u16;
+use crate::formats::zstd::{is_zstd, ZstdReader};
 use crate::tokenizer::{for_each_text_part, Tokenizer};
 
 pub mod jsonl;
@@ -287,6 +281,12 @@ fn encode_file(
         path.display()
     );
     Ok(())
+}
+
+/// Whether `path` is read through a decompressor (`*.gz`, `*.zst`): its text's size is not known
+/// until its end.
+pub(crate) fn is_compressed(path: &Path) -> bool {
+    is_gzip(path) || is_zstd(path)
 }
 
 /// `path` opened for reading its text: through [`GzReader`] for a `*.gz` file, [`ZstdReader`]

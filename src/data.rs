@@ -163,7 +163,13 @@ fn shard_lengths(pattern: &str, b: usize, t: usize) -> Result<(Vec<PathBuf>, Vec
 /// [`DataLoader::num_batches`] counts), from the shards' headers alone.
 pub fn epoch_batches(pattern: &str, b: usize, t: usize) -> Result<usize> {
     let (_, lens) = shard_lengths(pattern, b, t)?;
-    Ok(lens.iter().map(|&n| (n - 1) / (b * t)).sum())
+    Ok(batches_in(&lens, b * t))
+}
+
+/// The batches of `bt` tokens (and the next one's first, the last target) in shards of `lens`
+/// tokens: the sum over shards of (N - 1) / (B*T).
+fn batches_in(lens: &[usize], bt: usize) -> usize {
+    lens.iter().map(|&n| (n - 1) / bt).sum()
 }
 
 /// Serves (inputs, targets) batches of B x T tokens from token shards.
@@ -281,8 +287,7 @@ impl DataLoader {
 
     /// The number of batches in one epoch: the sum over shards of (N - 1) / (B*T).
     pub fn num_batches(&self) -> usize {
-        let bt = self.b * self.t;
-        self.lens.iter().map(|&n| (n - 1) / bt).sum()
+        batches_in(&self.lens, self.b * self.t)
     }
 
     /// The epoch (from 0) of the last batch served: the number of wrap-arounds since construction

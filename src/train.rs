@@ -84,6 +84,9 @@ pub struct TrainArgs {
     /// steps are F x an epoch's batches over a step's micro-batches, rounded down.
     #[arg(help_heading = OPTIMIZATION, long, value_name = "F", conflicts_with = "steps")]
     pub epochs: Option<f64>,
+    /// Whether `steps` was counted from `epochs` already ([`TrainArgs::resolved`]).
+    #[arg(skip)]
+    pub steps_from_epochs: bool,
     /// Peak learning rate.
     #[arg(help_heading = OPTIMIZATION, long, value_name = "LR", default_value_t = 3e-4)]
     pub lr: f32,
@@ -224,11 +227,11 @@ impl TrainArgs {
     }
 
     /// These flags with `--epochs` turned into `--steps`, from the training shards' headers (the
-    /// flags themselves when there is no `--epochs`), checked. Resolving resolved flags gives
-    /// them again (`train` resolves what `main` resolved, for callers that did not).
+    /// flags themselves when there is no `--epochs`), checked. Resolved flags are not counted
+    /// again (`train` resolves what `main` resolved, for callers that did not).
     pub fn resolved(&self) -> Result<TrainArgs> {
         let mut args = self.clone();
-        if let Some(f) = self.epochs {
+        if let (Some(f), false) = (self.epochs, self.steps_from_epochs) {
             if !(f > 0.0 && f.is_finite()) {
                 bail!("--epochs must be a positive number, got {f}");
             }
@@ -250,6 +253,7 @@ impl TrainArgs {
                 );
             }
             args.steps = steps as usize;
+            args.steps_from_epochs = true;
         }
         args.validate()?;
         Ok(args)

@@ -210,6 +210,18 @@ pub enum Kernels {
     Plain,
 }
 
+/// What the CUDA engine's backward pass computes again instead of storing it in the forward
+/// (llm.c's `-r`): memory for a little more work.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Recompute {
+    /// Keep every activation the backward pass reads.
+    #[default]
+    None,
+    /// Keep one layer's GELU output, not all L: the backward computes each layer's again from
+    /// GELU's input, one kernel per layer (llm.c's -r 1; see `gpu::ModelOptions::recompute`).
+    Gelu,
+}
+
 /// How to build an engine: where it runs and in which precision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EngineOptions {
@@ -226,9 +238,12 @@ pub struct EngineOptions {
     /// `gpu::graphs`); the CPU engine has none.
     pub cuda_graphs: bool,
     /// The CUDA engine's classifier in chunks of this many sequences, so that the logits never
-    /// exist for more (`gpu::Gpt2Gpu::new_with_chunks`); None: the whole batch at once. Refused
+    /// exist for more (`gpu::ModelOptions::classifier_chunk`); None: the whole batch at once. Refused
     /// on `--device cpu`.
     pub classifier_chunk: Option<usize>,
+    /// What the CUDA engine's backward pass computes again instead of keeping it; the CPU engine
+    /// keeps everything.
+    pub recompute: Recompute,
 }
 
 impl EngineOptions {
@@ -247,6 +262,7 @@ impl EngineOptions {
             kernels: None,
             cuda_graphs: true,
             classifier_chunk: None,
+            recompute: Recompute::None,
         }
     }
 
@@ -306,6 +322,11 @@ pub fn create_engine(
         if !opts.cuda_graphs {
             eprintln!("note: --no-cuda-graphs does nothing on the CPU engine");
         }
+        if opts.recompute != Recompute::None {
+            eprintln!(
+                "note: --recompute does nothing on the CPU engine (it keeps every activation)"
+            );
+        }
         Ok(Box::new(Gpt2Cpu::new(cfg, params, max_b, max_t)?))
     };
     match opts.device {
@@ -363,7 +384,12 @@ fn gpu_engine_on(
     let precision = resolve_precision(opts.precision, Some(gpu.compute_capability()?))?;
     gpu.set_tf32(opts.tf32)?;
     use crate::gpu::Gpt2Gpu;
-    let (k, chunk) = (opts.kernels, opts.classifier_chunk);
+    use crate::gpu::ModelOptions;
+    let layout = ModelOptions {
+        kernels: opts.kernels,
+        classifier_chunk: opts.classifier_chunk,
+        recompute: opts.recompute,
+    };
     // Under Nsight Systems the timeline should show each kernel inside its NVTX ranges, which a
     // replayed graph does not have (its ranges were recorded once, at the capture).
     let graphs = opts.cuda_graphs && !crate::gpu::nvtx::tool_attached();
@@ -376,13 +402,13 @@ fn gpu_engine_on(
     Ok(match precision {
         Precision::Fp32 => {
             let mut model =
-                Gpt2Gpu::<f32>::new_with_chunks(gpu, cfg, params, max_b, max_t, k, chunk)?;
+                Gpt2Gpu::<f32>::new_with_options(gpu, cfg, params, max_b, max_t, layout)?;
             model.set_cuda_graphs(graphs);
             Box::new(model)
         }
         Precision::Bf16 => {
             let mut model =
-                Gpt2Gpu::<half::bf16>::new_with_chunks(gpu, cfg, params, max_b, max_t, k, chunk)?;
+                Gpt2Gpu::<half::bf16>::new_with_options(gpu, cfg, params, max_b, max_t, layout)?;
             model.set_cuda_graphs(graphs);
             Box::new(model)
         }

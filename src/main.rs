@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use train_gpt2_cuda::engine::{create_engine, EngineOptions, Kernels};
+use train_gpt2_cuda::engine::{create_engine, EngineOptions, Kernels, Recompute};
 use train_gpt2_cuda::formats::{checkpoint, debug_state, read_model};
 use train_gpt2_cuda::precision::Precision;
 use train_gpt2_cuda::sample::{generate, SampleOptions};
@@ -211,6 +211,9 @@ struct VerifyArgs {
     /// Launch every GPU kernel from the host instead of replaying CUDA graphs.
     #[arg(long)]
     no_cuda_graphs: bool,
+    /// What the GPU's backward pass computes again instead of keeping it (gelu: GELU's output).
+    #[arg(long, value_enum, value_name = "WHAT", default_value = "none")]
+    recompute: Recompute,
 }
 
 fn main() -> ExitCode {
@@ -518,6 +521,9 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
     if a.kernels.is_some() && a.device == VerifyDevice::Cpu {
         bail!("--kernels chooses the GPU's kernels: it needs --device cuda or both");
     }
+    if a.recompute != Recompute::None && a.device == VerifyDevice::Cpu {
+        bail!("--recompute changes the GPU's backward pass: it needs --device cuda or both");
+    }
     // the CPU always runs fp32; the GPU in --precision
     let options = |dev: Device| EngineOptions {
         device: dev,
@@ -530,6 +536,11 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         kernels: if dev == Device::Cpu { None } else { a.kernels },
         cuda_graphs: !a.no_cuda_graphs || dev == Device::Cpu,
         classifier_chunk: None,
+        recompute: if dev == Device::Cpu {
+            Recompute::None
+        } else {
+            a.recompute
+        },
     };
     // each engine against the fp32 reference by its own precision; GPU vs CPU by the GPU's
     let tol_of = |dev: Device| {

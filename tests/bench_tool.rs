@@ -460,6 +460,10 @@ fn bad_arguments_exit_with_status_2() {
             &["--device", "cpu", "--kernels", "plain"],
             "--kernels chooses",
         ),
+        (
+            &["--device", "cpu", "--recompute", "gelu"],
+            "--recompute changes the CUDA engine's backward pass",
+        ),
         (&["--kernels", "flash"], "invalid choice"),
         (&["--peak-tflops", "-3"], "--peak-tflops"),
         (&["--device", "tpu"], "invalid choice"),
@@ -551,7 +555,7 @@ fn dry_run_prints_the_commands_and_runs_nothing() {
     assert!(torch_lines[1].ends_with("--compile"), "{}", torch_lines[1]);
     assert!(torch_lines[11].ends_with("--compile --bf16"));
 
-    // --kernels and --no-cuda-graphs go to the engine only
+    // --kernels, --no-cuda-graphs and --recompute go to the engine only
     let stdout = bench_ok(&[
         "--dry-run",
         "--engine",
@@ -563,16 +567,18 @@ fn dry_run_prints_the_commands_and_runs_nothing() {
         "--kernels",
         "plain",
         "--no-cuda-graphs",
+        "--recompute",
+        "gelu",
     ]);
     let engine_lines: Vec<&str> = stdout.lines().filter(|l| l.starts_with(&eng)).collect();
     assert_eq!(engine_lines.len(), 1, "{stdout}");
     assert!(
-        engine_lines[0].ends_with("--precision bf16 --kernels plain --no-cuda-graphs"),
+        engine_lines[0]
+            .ends_with("--precision bf16 --kernels plain --no-cuda-graphs --recompute gelu"),
         "{stdout}"
     );
-    assert!(!stdout.lines().any(
-        |l| l.contains("bench_pytorch.py") && (l.contains("--kernels") || l.contains("graphs"))
-    ));
+    assert!(!stdout.lines().any(|l| l.contains("bench_pytorch.py")
+        && (l.contains("--kernels") || l.contains("graphs") || l.contains("recompute"))));
 }
 
 #[test]

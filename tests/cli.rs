@@ -648,6 +648,18 @@ fn bad_inputs_give_clear_errors() {
         ],
         &["--kernels chooses the GPU's kernels"],
     );
+    expect_error(
+        &[
+            "verify",
+            "--model",
+            &fixture("ref_tiny_model.bin"),
+            "--state",
+            &fixture("ref_tiny_state.bin"),
+            "--recompute",
+            "gelu",
+        ],
+        &["--recompute changes the GPU's backward pass: it needs --device cuda or both"],
+    );
 
     // a missing checkpoint, one with a wrong magic number, a truncated one
     expect_error(
@@ -1504,12 +1516,14 @@ fn notes_for_flags_that_do_nothing() {
     for (extra, want) in [
         ("", &[][..]),
         (
-            "--tf32 --no-cuda-graphs",
+            "--tf32 --no-cuda-graphs --recompute gelu",
             &[
                 "note: --tf32 does nothing on the CPU engine",
                 "note: --no-cuda-graphs does nothing on the CPU engine",
+                "note: --recompute does nothing on the CPU engine (it keeps every activation)",
             ][..],
         ),
+        ("--recompute none", &[]),
         (
             "--lr-decay-frac 0.5",
             &["note: --lr-decay-frac is for --lr-schedule wsd; the cosine schedule ignores it"],
@@ -1594,6 +1608,7 @@ fn help_groups_the_flags() {
         &[
             "--precision <PRECISION>",
             "--classifier-chunk <SEQUENCES>",
+            "--recompute <WHAT>",
             "--profile",
         ],
     ];

@@ -107,6 +107,9 @@ fn verify_both_passes_on_the_emulated_device_in_bf16() {
     verify_both("hs64", &["--precision", "bf16"]);
     verify_both("hs64", &["--precision", "bf16", "--kernels", "plain"]);
     verify_both("sharp", &["--precision", "bf16"]);
+    // GELU's output computed again in the backward, not kept: the same tolerances
+    let text = verify_both("hs64", &["--precision", "bf16", "--recompute", "gelu"]);
+    assert!(text.contains("GELU recomputed"), "{text}");
 }
 
 /// The bytes of the last model checkpoint a training run wrote in `dir`.

@@ -31,6 +31,7 @@ fn opts(device: Device) -> EngineOptions {
         kernels: None,
         cuda_graphs: true,
         classifier_chunk: None,
+        recompute: Default::default(),
     }
 }
 use train_gpt2_cuda::formats::checkpoint::read_checkpoint;
@@ -399,7 +400,7 @@ fn bf16_training(cfg: GPT2Config, kernels: Kernels) {
     );
 }
 
-/// The classifier in chunks (`--classifier-chunk`, `Gpt2Gpu::new_with_chunks`) computes the same
+/// The classifier in chunks (`--classifier-chunk`, `ModelOptions::classifier_chunk`) computes the same
 /// model: B = 3 in chunks of 2 (a full chunk and a 1-sequence tail), T = 33, against the whole
 /// batch at once, 3 steps of 2 micro-batches in fp32 on the plain kernels and bf16 on the fused
 /// ones. The chunks change only how dwte's sum is grouped (per chunk, then added) and, in bf16,
@@ -411,13 +412,18 @@ fn bf16_training(cfg: GPT2Config, kernels: Kernels) {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn classifier_chunks_compute_the_same_model() {
-    use train_gpt2_cuda::gpu::{Gpt2Gpu, Gpu, ModelFloat};
+    use train_gpt2_cuda::gpu::{Gpt2Gpu, Gpu, ModelFloat, ModelOptions};
     fn check<T: ModelFloat>(cfg: GPT2Config, kernels: Kernels, tol: f64) {
         let (b, t, steps) = (3, 33, 3);
         let params = init_params(&cfg, 42);
         let model = |chunk: Option<usize>| {
             let gpu = Gpu::new().unwrap_or_else(|e| panic!("{e:#}"));
-            Gpt2Gpu::<T>::new_with_chunks(gpu, cfg, params.clone(), b, t, Some(kernels), chunk)
+            let opts = ModelOptions {
+                kernels: Some(kernels),
+                classifier_chunk: chunk,
+                ..ModelOptions::default()
+            };
+            Gpt2Gpu::<T>::new_with_options(gpu, cfg, params.clone(), b, t, opts)
                 .unwrap_or_else(|e| panic!("{e:#}"))
         };
         let (mut whole, mut chunked) = (model(None), model(Some(2)));
@@ -460,6 +466,72 @@ fn classifier_chunks_compute_the_same_model() {
     }
     check::<f32>(small_config(), Kernels::Plain, 1e-5);
     check::<half::bf16>(fused_config(), Kernels::Fused, Tolerances::BF16.steps);
+}
+
+/// `--recompute gelu` (`EngineOptions::recompute`) keeps one layer's GELU output and computes
+/// each layer's again in the backward: the same training, 3 steps of 2 micro-batches at B = 2,
+/// T = 33 (CUDA graphs on, so the recomputing kernel is captured and replayed too), against
+/// keeping every layer's. On the plain kernels the same GELU kernel computes the same values
+/// again, so losses, norms and parameters agree bitwise, fp32 and bf16. On the fused path the
+/// forward's GELU comes from the product's epilogue and the recomputed one from the GELU kernel,
+/// which may differ in the last bits, and so the MLP's second weight gradient: fp32 within 1e-5
+/// relative (losses, norms; parameters normalised, as the classifier chunks), bf16 within its step
+/// tolerance (`Tolerances::BF16.steps`). The engine says that it recomputes.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn recomputing_gelu_computes_the_same_model() {
+    use train_gpt2_cuda::engine::Recompute;
+    let cases = [
+        (Precision::Fp32, Kernels::Plain, small_config(), 0.0),
+        (Precision::Bf16, Kernels::Plain, small_config(), 0.0),
+        (Precision::Fp32, Kernels::Fused, fused_config(), 1e-5),
+        (
+            Precision::Bf16,
+            Kernels::Fused,
+            fused_config(),
+            Tolerances::BF16.steps,
+        ),
+    ];
+    for (precision, kernels, cfg, tol) in cases {
+        let (b, t, steps) = (2, 33, 3);
+        let params = init_params(&cfg, 42);
+        let engine = |recompute: Recompute| {
+            let opts = EngineOptions {
+                kernels: Some(kernels),
+                recompute,
+                ..EngineOptions::cuda(precision)
+            };
+            create_engine(&opts, cfg, params.clone(), b, t).unwrap_or_else(|e| panic!("{e:#}"))
+        };
+        let (mut keep, mut again) = (engine(Recompute::None), engine(Recompute::Gelu));
+        let what = format!("{precision} {kernels:?}");
+        assert!(!keep.describe().contains("GELU"), "{}", keep.describe());
+        assert!(
+            again.describe().contains("GELU recomputed"),
+            "{}",
+            again.describe()
+        );
+        let want = train(keep.as_mut(), steps, b, t, 7);
+        let got = train(again.as_mut(), steps, b, t, 7);
+        if tol == 0.0 {
+            assert_eq!(got.losses, want.losses, "{what}: losses");
+            assert_eq!(got.norms, want.norms, "{what}: norms");
+            assert!(got.params == want.params, "{what}: parameters differ");
+            continue;
+        }
+        for i in 0..steps {
+            let (l, n) = (
+                rel(got.losses[i], want.losses[i]),
+                rel(got.norms[i], want.norms[i]),
+            );
+            assert!(
+                l <= tol && n <= tol,
+                "{what} step {i}: loss {l:.2e}, norm {n:.2e}"
+            );
+        }
+        let err = normalised_err(&got.params, &want.params);
+        assert!(err <= tol, "{what}: parameters differ by {err:.2e}");
+    }
 }
 
 /// CUDA graphs change the speed, never the numbers: the same training (a shape change and an
@@ -754,6 +826,13 @@ fn bad_input_is_an_error_not_a_panic() {
     let e = gpu_engine_error(cfg, params.clone(), 100_000, 64);
     assert!(e.starts_with("not enough GPU memory"), "{e}");
     assert!(e.contains("GiB free"), "{e}");
+    // what the memory-saving flags would save: the logits (B, T, Vp) and (L - 1) layers' GELU
+    // outputs (B, T, 4C), in fp32
+    assert!(
+        e.contains("the logits take 1199.34 GiB for 100000 sequences"),
+        "{e}"
+    );
+    assert!(e.contains("(--recompute gelu: 6.10 GiB less)"), "{e}");
     let e = gpu_engine_error(cfg, params, usize::MAX / 64, 64);
     assert!(e.contains("do not fit in memory"), "{e}");
 }

@@ -20,6 +20,7 @@ fn opts(device: Device) -> EngineOptions {
         kernels: None,
         cuda_graphs: true,
         classifier_chunk: None,
+        recompute: Default::default(),
     }
 }
 use train_gpt2_cuda::params::{init_params, num_parameters};

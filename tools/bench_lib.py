@@ -368,6 +368,9 @@ def build_parser():
     p.add_argument("--no-cuda-graphs", action="store_true",
                    help="the engine's --no-cuda-graphs: every kernel launched from the host (run "
                         "with and without to measure what the graphs save)")
+    p.add_argument("--recompute", choices=["none", "gelu"],
+                   help="the engine's --recompute: gelu keeps one layer's GELU output and computes "
+                        "each layer's again in the backward (less memory, one kernel a layer more)")
     p.add_argument("--python", default=os.environ.get("TORCH_PYTHON") or sys.executable,
                    help="the Python with PyTorch (default: $TORCH_PYTHON, else this Python)")
     p.add_argument("--out", help="write every raw result and the run's details as JSON here")
@@ -413,6 +416,8 @@ def check_args(a):
         raise UsageError("--precision tf32 is a GPU tensor-core mode: not with --device cpu")
     if a.device == "cpu" and a.kernels:
         raise UsageError("--kernels chooses the CUDA engine's kernels: not with --device cpu")
+    if a.device == "cpu" and a.recompute:
+        raise UsageError("--recompute changes the CUDA engine's backward pass: not with --device cpu")
     modes = [m.strip() for m in a.pytorch.split(",")]
     if modes == ["none"]:
         modes = []
@@ -467,6 +472,8 @@ def engine_command(a, b, precision, out_dir):
         cmd += ["--kernels", a.kernels]
     if a.no_cuda_graphs:
         cmd.append("--no-cuda-graphs")
+    if a.recompute:
+        cmd += ["--recompute", a.recompute]
     return cmd
 
 

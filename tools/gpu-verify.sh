@@ -185,6 +185,8 @@ TRAIN_GPT2_FLASH_QUERIES=16 profile profile-bf16-fused-q16
 profile profile-bf16-plain --kernels plain
 bench bench-bf16-plain 40 --precision bf16 --batch 8 --pytorch none --kernels plain
 bench bench-bf16-no-graphs 40 --precision bf16 --batch 8 --pytorch none --no-cuda-graphs
+# GELU recomputed in the backward: the peak memory it saves (about 1 GiB at B=16) for its ms
+bench bench-bf16-recompute 40 --precision bf16 --batch 16 --pytorch none --recompute gelu
 bench bench-d6 40 --model d6 --seq 64 --batch 4 --precision bf16 --pytorch eager
 bench bench-d6-no-graphs 30 --model d6 --seq 64 --batch 4 --precision bf16 --pytorch none --no-cuda-graphs
 bench bench-fp32 90 --precision fp32 tf32 --batch 4,8 --pytorch eager

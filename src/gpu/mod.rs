@@ -82,7 +82,7 @@ pub use flash_attention::{flash_attention_backward_scratch_len, FLASH_ATTENTION_
 #[cfg(has_cuda)]
 pub use float::DeviceFloat;
 #[cfg(has_cuda)]
-pub use model::{Gpt2Gpu, ModelFloat};
+pub use model::{Gpt2Gpu, ModelFloat, ModelOptions};
 
 /// The AdamW coefficients shared with `kernels/adamw.cu` (bindgen of `kernels/common.h`).
 #[cfg(has_cuda)]

@@ -18,7 +18,7 @@
 //! The backward pass overwrites the logits with their gradient (the fused classifier), so
 //! `logits()` and `position_logits()` must be called between forward and backward; after a
 //! backward they are an error, as is a second backward without a new forward. With the classifier
-//! in chunks ([`Gpt2Gpu::new_with_chunks`]) the logits of a batch larger than one chunk are never
+//! in chunks ([`Gpt2Gpu::new_with_options`]) the logits of a batch larger than one chunk are never
 //! kept whole: reading them is an error too.
 //!
 //! Views: one `CudaSlice` is split into many disjoint `CudaViewMut`s with `split_at_mut`, which
@@ -43,8 +43,8 @@ use crate::activations::{checked_act_sizes, Acts};
 use crate::config::GPT2Config;
 use crate::cpu::adamw::{update_ranges, AdamW};
 use crate::cpu::model::{check_forward, check_new};
-use crate::engine::Kernels;
 use crate::engine::{check_optimizer_array, Engine, OptimizerArray};
+use crate::engine::{Kernels, Recompute};
 use crate::params::{param_sizes, LayerSlice, Params};
 use crate::precision::Precision;
 use crate::profile::{Cost, Family, Pass, Profile};
@@ -275,16 +275,21 @@ impl ModelFloat for bf16 {
 /// each zero where the other holds the tensor. The GPU never stores `probs` (the fused classifier
 /// works from the logits), nor, with fused attention, `preatt` and `att` (B, NH, T, T): the flash
 /// kernels recompute them from q, k and the saved log-sum-exp. The logits hold at most `chunk_b`
-/// sequences: (min(B, chunk_b), T, Vp) (see [`Gpt2Gpu::new_with_chunks`]). None on overflow.
+/// sequences: (min(B, chunk_b), T, Vp) (see [`Gpt2Gpu::new_with_options`]), and with
+/// [`Recompute::Gelu`] `fch_gelu` holds one layer's, (B, T, 4*C). None on overflow.
 fn arena_sizes(
     cfg: &GPT2Config,
     b: usize,
     t: usize,
     fused: bool,
     chunk_b: usize,
+    recompute: Recompute,
 ) -> Option<(Acts<usize>, Acts<usize>)> {
     let mut stored = checked_act_sizes(cfg, b, t, false)?;
     stored.logits = b.min(chunk_b) * t * cfg.padded_vocab_size;
+    if recompute == Recompute::Gelu {
+        stored.fch_gelu /= cfg.num_layers;
+    }
     if fused {
         stored.preatt = 0;
         stored.att = 0;
@@ -416,8 +421,10 @@ pub struct Gpt2Gpu<T: ModelFloat = f32> {
     targets_dev: CudaSlice<u32>, // (B, T) of the last forward
     buckets_dev: CudaSlice<u32>, // (3*B*T + 1) token_buckets of the last forward's inputs
     row_stats: CudaSlice<f32>, // (B, T, 2) the classifier's softmax max and sum per row
-    /// The sequences the logits hold at once (max_b: all; see [`Gpt2Gpu::new_with_chunks`]).
+    /// The sequences the logits hold at once (max_b: all; see [`Gpt2Gpu::new_with_options`]).
     chunk_b: usize,
+    /// What the backward pass computes again instead of reading it from `acts`.
+    recompute: Recompute,
     /// (B, T) of the last forward.
     b: usize,
     t: usize,
@@ -437,6 +444,42 @@ pub struct Gpt2Gpu<T: ModelFloat = f32> {
 /// Bytes as GiB, for messages.
 fn gib(bytes: f64) -> f64 {
     bytes / (1u64 << 30) as f64
+}
+
+/// Bytes as GiB, or MiB under one GiB, for messages.
+fn size_text(bytes: f64) -> String {
+    if bytes >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", gib(bytes))
+    } else {
+        format!("{:.1} MiB", bytes / (1u64 << 20) as f64)
+    }
+}
+
+/// How a [`Gpt2Gpu`] computes, beyond its precision: its arenas are laid out for these.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ModelOptions {
+    /// The kernels (None: the default for the precision and the model, fused for bf16 where
+    /// `fused_supported`); the fused path needs a head size the flash kernels support.
+    pub kernels: Option<Kernels>,
+    /// The classifier in chunks of this many sequences (None: all of them). The logits then never
+    /// exist for more than that many sequences at once, (chunk, T, Vp) instead of (B, T, Vp): the
+    /// forward computes each chunk's logits and losses in turn (keeping each row's softmax max
+    /// and sum), and the backward, last chunk first (the forward left its logits in place),
+    /// computes every other chunk's logits again, then each chunk's dlogits, dlnf and dwte. That
+    /// costs one more (chunk, T, C) x (C, Vp) product per chunk but the last, up to a third more
+    /// work in the classifier, for (B - chunk) x T x Vp elements of memory. The logits of a
+    /// forward of more than `classifier_chunk` sequences are not kept (`logits()` is an error),
+    /// and a forward without targets must fit one chunk.
+    pub classifier_chunk: Option<usize>,
+    /// With [`Recompute::Gelu`], GELU's output is kept for one layer, (B, T, 4*C) instead of
+    /// (L, B, T, 4*C): the forward writes each layer's there (the fused path from its product's
+    /// epilogue), and the backward computes each layer's again with the GELU kernel from the
+    /// stored input, fch, before the MLP's second product reads it for its weight gradient. One
+    /// memory-bound kernel per layer for (L - 1) x B x T x 4*C elements. On the plain path the
+    /// numbers are those of keeping it, bit for bit (the same kernel computes the same values);
+    /// on the fused path the epilogue's GELU and the kernel's may differ in the last bits, and so
+    /// the weight gradient of the second product by as much.
+    pub recompute: Recompute,
 }
 
 impl<T: ModelFloat> Gpt2Gpu<T> {
@@ -466,27 +509,28 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         max_t: usize,
         kernels: Option<Kernels>,
     ) -> Result<Self> {
-        Self::new_with_chunks(gpu, config, params, max_b, max_t, kernels, None)
+        let opts = ModelOptions {
+            kernels,
+            ..ModelOptions::default()
+        };
+        Self::new_with_options(gpu, config, params, max_b, max_t, opts)
     }
 
-    /// As [`Gpt2Gpu::new_with`], with the classifier in chunks of `classifier_chunk` sequences
-    /// (None: all of them). The logits then never exist for more than that many sequences at
-    /// once, (chunk, T, Vp) instead of (B, T, Vp): the forward computes each chunk's logits and
-    /// losses in turn (keeping each row's softmax max and sum), and the backward, last chunk first (the
-    /// forward left its logits in place), computes every other chunk's logits again, then each
-    /// chunk's dlogits, dlnf and dwte. That costs one more (chunk, T, C) x (C, Vp) product per
-    /// chunk but the last, up to a third more work in the classifier, for (B - chunk) x T
-    /// x Vp elements of memory. The logits of a forward of more than `classifier_chunk` sequences
-    /// are not kept (`logits()` is an error), and a forward without targets must fit one chunk.
-    pub fn new_with_chunks(
+    /// As [`Gpt2Gpu::new_with`], with the kernels, the classifier's chunks and what the backward
+    /// computes again as `opts` says (see [`ModelOptions`]).
+    pub fn new_with_options(
         gpu: Gpu,
         config: GPT2Config,
         params: Vec<f32>,
         max_b: usize,
         max_t: usize,
-        kernels: Option<Kernels>,
-        classifier_chunk: Option<usize>,
+        opts: ModelOptions,
     ) -> Result<Self> {
+        let ModelOptions {
+            kernels,
+            classifier_chunk,
+            recompute,
+        } = opts;
         let chunk_b = match classifier_chunk {
             None => max_b,
             Some(0) => bail!("the classifier chunk must be at least one sequence, got 0"),
@@ -514,7 +558,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             )
         };
         let (act_sizes, stat_sizes) =
-            arena_sizes(&config, max_b, max_t, fused, chunk_b).ok_or_else(too_big)?;
+            arena_sizes(&config, max_b, max_t, fused, chunk_b, recompute).ok_or_else(too_big)?;
         let dlayer_sizes = LayerGrads::sizes(&config, max_b, max_t, fused).ok_or_else(too_big)?;
         // every size below is at most the activation total, which fits a usize
         let n = params.len();
@@ -563,17 +607,30 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             ),
             Err(e) => format!("the GPU's free memory could not be queried ({e})"),
         };
-        let logits_bytes = e * f(max_b.min(chunk_b) * max_t * config.padded_vocab_size);
-        let advice = if chunk_b > 1 {
-            format!(
-                "use a smaller batch (-b) or sequence length (-t), a smaller model, or the \
-                 classifier in chunks (--classifier-chunk N sequences: the logits take {:.2} GiB \
-                 for {} sequences)",
-                gib(logits_bytes),
+        // what the flags that trade work for memory would save
+        let mut savings = Vec::new();
+        if chunk_b > 1 {
+            let logits_bytes = e * f(max_b.min(chunk_b) * max_t * config.padded_vocab_size);
+            savings.push(format!(
+                "the classifier in chunks (--classifier-chunk N sequences: the logits take {} for \
+                 {} sequences)",
+                size_text(logits_bytes),
                 max_b.min(chunk_b)
-            )
-        } else {
+            ));
+        }
+        if recompute == Recompute::None && l > 1 {
+            savings.push(format!(
+                "GELU recomputed (--recompute gelu: {} less)",
+                size_text(e * f((l - 1) * 4 * btc))
+            ));
+        }
+        let advice = if savings.is_empty() {
             "use a smaller batch (-b) or sequence length (-t), or a smaller model".to_string()
+        } else {
+            format!(
+                "use a smaller batch (-b) or sequence length (-t), a smaller model, or {}",
+                savings.join(", or ")
+            )
         };
         if let Ok((free, _)) = free {
             if need > free as f64 {
@@ -641,6 +698,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             buckets_dev,
             row_stats,
             chunk_b,
+            recompute,
             b: 0,
             t: 0,
             losses: Vec::new(),
@@ -795,8 +853,8 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         let prof = &mut self.prof;
         let (l_count, nh, c) = (cfg.num_layers, cfg.num_heads, cfg.channels);
         let p = Params::from_array(views(self.params.as_view(), param_sizes(&cfg).into_array()));
-        let (act_sizes, stat_sizes) =
-            arena_sizes(&cfg, b, t, fused, self.chunk_b).context("activation sizes overflow")?;
+        let (act_sizes, stat_sizes) = arena_sizes(&cfg, b, t, fused, self.chunk_b, self.recompute)
+            .context("activation sizes overflow")?;
         acts_mut!(a = self.acts.slice_mut(..), act_sizes);
         acts_mut!(s = self.stats.slice_mut(..), stat_sizes);
         let inputs = self.inputs_dev.slice(..b * t);
@@ -826,7 +884,12 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             let mut ln2_mean = s.ln2_mean.slice_mut(l * bt..(l + 1) * bt);
             let mut ln2_rstd = s.ln2_rstd.slice_mut(l * bt..(l + 1) * bt);
             let mut fch = a.fch.slice_mut(l * 4 * btc..(l + 1) * 4 * btc);
-            let mut fch_gelu = a.fch_gelu.slice_mut(l * 4 * btc..(l + 1) * 4 * btc);
+            // (recomputed in the backward: every layer's in the one layer's buffer)
+            let gelu_at = match self.recompute {
+                Recompute::None => l * 4 * btc,
+                Recompute::Gelu => 0,
+            };
+            let mut fch_gelu = a.fch_gelu.slice_mut(gelu_at..gelu_at + 4 * btc);
             let mut fcproj = a.fcproj.slice_mut(l * btc..(l + 1) * btc);
 
             // on the fused path, the previous layer's last kernel already wrote this ln1
@@ -1021,8 +1084,9 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
     fn classifier_forward(&mut self, b: usize, t: usize, targets: bool) -> Result<()> {
         let cfg = self.config;
         let (c, v, vp) = (cfg.channels, cfg.vocab_size, cfg.padded_vocab_size);
-        let (act_sizes, stat_sizes) = arena_sizes(&cfg, b, t, self.fused, self.chunk_b)
-            .context("activation sizes overflow")?;
+        let (act_sizes, stat_sizes) =
+            arena_sizes(&cfg, b, t, self.fused, self.chunk_b, self.recompute)
+                .context("activation sizes overflow")?;
         let chunks = classifier_chunks(b, self.chunk_b);
         let p = Params::from_array(views(self.params.as_view(), param_sizes(&cfg).into_array()));
         acts_mut!(a = self.acts.slice_mut(..), act_sizes);
@@ -1061,8 +1125,9 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
 
     /// The losses (B, T) that [`Gpt2Gpu::classifier_forward`] computed, read back to the host.
     fn download_losses(&mut self, b: usize, t: usize) -> Result<Vec<f32>> {
-        let (_, stat_sizes) = arena_sizes(&self.config, b, t, self.fused, self.chunk_b)
-            .context("activation sizes overflow")?;
+        let (_, stat_sizes) =
+            arena_sizes(&self.config, b, t, self.fused, self.chunk_b, self.recompute)
+                .context("activation sizes overflow")?;
         acts_mut!(s = self.stats.slice_mut(..), stat_sizes);
         self.gpu.download(&s.losses)
     }
@@ -1088,8 +1153,9 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
     /// The logits (B, T, Vp) of the last forward, in place.
     fn logits_view(&self) -> Result<CudaView<'_, T>> {
         let (b, t) = (self.b, self.t);
-        let (act_sizes, _) = arena_sizes(&self.config, b, t, self.fused, self.chunk_b)
-            .context("activation sizes overflow")?;
+        let (act_sizes, _) =
+            arena_sizes(&self.config, b, t, self.fused, self.chunk_b, self.recompute)
+                .context("activation sizes overflow")?;
         let all = views(self.acts.as_view(), act_sizes.into_array());
         Ok(Acts::from_array(all).logits)
     }
@@ -1168,8 +1234,8 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         let chunks = classifier_chunks(b, self.chunk_b);
         let p = Params::from_array(views(self.params.as_view(), param_sizes(&cfg).into_array()));
         params_mut!(g = self.grads.slice_mut(..), param_sizes(&cfg));
-        let (act_sizes, stat_sizes) =
-            arena_sizes(&cfg, b, t, fused, self.chunk_b).context("activation sizes overflow")?;
+        let (act_sizes, stat_sizes) = arena_sizes(&cfg, b, t, fused, self.chunk_b, self.recompute)
+            .context("activation sizes overflow")?;
         acts_mut!(a = self.acts.slice_mut(..), act_sizes);
         acts_mut!(s = self.stats.slice_mut(..), stat_sizes);
         let dlayer_sizes =
@@ -1190,7 +1256,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
 
         // the loss is the mean over B*T: each position's loss gets 1/(B*T); logits -> dlogits,
         // with each row's softmax max and sum as the forward's losses saved them; then dlnf and
-        // dwte. In chunks (see `new_with_chunks`), last chunk first: its logits are the ones the
+        // dwte. In chunks (see `new_with_options`), last chunk first: its logits are the ones the
         // forward left in place; every other chunk's are computed again.
         for (b0, bc) in chunks.into_iter().rev() {
             let rows = b0 * t..(b0 + bc) * t;
@@ -1262,7 +1328,18 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
 
             // dres is the gradient of the layer's output, residual3 = residual2 + fcproj
             let fch = a.fch.slice(l * 4 * btc..(l + 1) * 4 * btc);
-            let fch_gelu = a.fch_gelu.slice(l * 4 * btc..(l + 1) * 4 * btc);
+            let fch_gelu = match self.recompute {
+                Recompute::None => a.fch_gelu.slice(l * 4 * btc..(l + 1) * 4 * btc),
+                Recompute::Gelu => {
+                    // fch_gelu = gelu(fch), as the forward computed it (the fused forward in its
+                    // product's epilogue), into the one layer's buffer
+                    let mut out = a.fch_gelu.slice_mut(..4 * btc);
+                    prof.run(Family::Gelu, Cost::gelu_forward(4 * btc), || {
+                        gpu.gelu_forward(&mut out, &fch)
+                    })?;
+                    a.fch_gelu.slice(..4 * btc)
+                }
+            };
             let mut dfcprojw = g.fcprojw.slice_mut(l * c * c4..(l + 1) * c * c4);
             let mut dfcprojb = g.fcprojb.slice_mut(l * c1..(l + 1) * c1);
             if fused {
@@ -1570,8 +1647,12 @@ impl<T: ModelFloat> Engine for Gpt2Gpu<T> {
         } else {
             ""
         };
+        let recompute = match self.recompute {
+            Recompute::None => "",
+            Recompute::Gelu => ", GELU recomputed",
+        };
         format!(
-            "cuda: {}, {}{tf32}, {path} kernels{flash}{graphs}",
+            "cuda: {}, {}{tf32}, {path} kernels{flash}{recompute}{graphs}",
             self.device,
             T::PRECISION
         )
@@ -1769,7 +1850,7 @@ mod tests {
         let (b, t) = (3, 5);
         let all = activations::act_sizes_for(&cfg, b, t, false);
         for fused in [false, true] {
-            let (stored, stats) = arena_sizes(&cfg, b, t, fused, b).unwrap();
+            let (stored, stats) = arena_sizes(&cfg, b, t, fused, b, Recompute::None).unwrap();
             let (stored, stats, all) = (stored.into_array(), stats.into_array(), all.into_array());
             let named = |a: [usize; activations::NUM_ACTIVATION_TENSORS]| Acts::from_array(a);
             // every tensor is in exactly one arena, except attention's on the fused path
@@ -1790,6 +1871,25 @@ mod tests {
                 cfg.num_layers * b * cfg.num_heads * t * t
             };
             assert_eq!((s.preatt, s.att), (att, att));
+            assert_eq!(s.fch_gelu, a.fch_gelu);
+        }
+    }
+
+    #[test]
+    fn recomputing_gelu_keeps_one_layers_output() {
+        // L = 3, C = 8 at B = 2, T = 5: fch_gelu (L, B, T, 4C) = 3 * 2 * 5 * 32 = 960 elements
+        let cfg = GPT2Config::new(16, 10, 128, 3, 2, 8).unwrap();
+        let (b, t) = (2, 5);
+        for fused in [false, true] {
+            let (keep, keep_stats) = arena_sizes(&cfg, b, t, fused, b, Recompute::None).unwrap();
+            let (re, re_stats) = arena_sizes(&cfg, b, t, fused, b, Recompute::Gelu).unwrap();
+            assert_eq!(keep.fch_gelu, 960);
+            assert_eq!(re.fch_gelu, 320, "one layer's (B, T, 4C)");
+            assert_eq!(re_stats, keep_stats);
+            // nothing else changes
+            let (mut keep, mut re) = (keep, re);
+            (keep.fch_gelu, re.fch_gelu) = (0, 0);
+            assert_eq!(keep, re);
         }
     }
 }

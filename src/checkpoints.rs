@@ -1,12 +1,15 @@
 //! A run's checkpoints on disk: writing one (the model, then the training state that `--resume`
 //! continues from), keeping only the last N (`--keep-checkpoints`), and finding and restoring a
 //! run to resume. File names: `model_NNNNNN.bin` (an llm.c checkpoint) and `state_NNNNNN.bin`
-//! (`formats::train_state`), NNNNNN the steps done.
+//! (`formats::train_state`), NNNNNN the steps done; and `model_best.bin`, the model of the
+//! lowest validation loss so far (`--keep-best`).
 
 use crate::data::DataLoader;
 use crate::engine::Engine;
 use crate::formats::checkpoint::{write_checkpoint, CheckpointPrecision};
-use crate::formats::train_state::{write_train_state, DataPosition, TrainState, TrainStateFile};
+use crate::formats::train_state::{
+    write_train_state, BestVal, DataPosition, TrainState, TrainStateFile,
+};
 use crate::outliers::Outliers;
 use crate::train::TrainArgs;
 use anyhow::{anyhow, bail, Context, Result};
@@ -16,6 +19,9 @@ use std::path::{Path, PathBuf};
 pub fn checkpoint_name(kind: &str, step: usize) -> String {
     format!("{kind}_{step:06}.bin")
 }
+
+/// The file name of `--keep-best`'s model.
+pub const BEST_MODEL: &str = "model_best.bin";
 
 /// A run to continue (`--resume`): its training state, checked against the flags given, and the
 /// model checkpoint written with it.
@@ -87,15 +93,16 @@ impl Resume {
     }
 
     /// Puts the run's optimizer state into `engine` and `loader` where the run left its
-    /// training data (after checking it is the same data); returns the steps done and the run's
-    /// outlier windows.
+    /// training data (after checking it is the same data); returns the steps done, the run's
+    /// outlier windows and its lowest validation loss so far.
     pub(crate) fn restore(
         self,
         engine: &mut dyn Engine,
         loader: &mut DataLoader,
-    ) -> Result<(usize, Outliers)> {
+    ) -> Result<(usize, Outliers, Option<BestVal>)> {
         let (h, path) = (&self.state.header, self.state.path.display().to_string());
         let (step, served, outliers) = (h.step, h.data.batches_served, h.outliers.clone());
+        let best_val = h.best_val;
         let d = &h.data;
         let have = (loader.num_tokens() as u64, loader.files().len());
         if (d.tokens, d.shards) != have {
@@ -120,26 +127,23 @@ impl Resume {
             .read_arrays(|which, values| engine.set_optimizer_array(which, values))
             .with_context(|| format!("{path}: cannot resume"))?;
         loader.skip_batches(served)?;
-        Ok((step, outliers))
+        Ok((step, outliers, best_val))
     }
 }
 
 /// Writes the checkpoint of `step` (steps done) to `--out-dir`: the model and, unless
-/// `--no-state`, the training state beside it (the data's position from `loader`, and the
-/// run's `outliers`). Returns the model's path.
+/// `--no-state`, the training state beside it (the data's position from `loader`, the run's
+/// `outliers` and its lowest validation loss, `best_val`). Returns the model's path.
 pub(crate) fn save_checkpoint(
     args: &TrainArgs,
     engine: &mut dyn Engine,
     loader: &DataLoader,
-    outliers: &Outliers,
+    (outliers, best_val): (&Outliers, Option<BestVal>),
     step: usize,
 ) -> Result<PathBuf> {
     let cfg = *engine.config();
     let path = args.out_dir.join(checkpoint_name("model", step));
-    // the checkpoint holds the weights the engine computes with: version 3 (fp32) from an fp32
-    // engine, version 5 (bf16, exact) from a bf16 one
-    let precision = CheckpointPrecision::from(engine.precision());
-    write_checkpoint(&path, &cfg, &engine.params()?, precision)?;
+    write_model(engine, &path)?;
     println!("wrote {}", path.display());
     // after the model: a state is only ever found beside its model (see latest_state)
     if !args.no_state {
@@ -156,12 +160,48 @@ pub(crate) fn save_checkpoint(
             num_parameters: crate::params::num_parameters(&cfg),
             master_weights: engine.has_master_weights(),
             outliers: outliers.clone(),
+            best_val,
         };
         let state_path = args.out_dir.join(checkpoint_name("state", step));
         write_train_state(&state_path, &state, |which| engine.optimizer_array(which))?;
         println!("wrote {}", state_path.display());
     }
     Ok(path)
+}
+
+/// Writes the engine's model to `path` as an llm.c checkpoint of the weights it computes with:
+/// version 3 (fp32) from an fp32 engine, version 5 (bf16, exact) from a bf16 one.
+fn write_model(engine: &mut dyn Engine, path: &Path) -> Result<()> {
+    let cfg = *engine.config();
+    let precision = CheckpointPrecision::from(engine.precision());
+    write_checkpoint(path, &cfg, &engine.params()?, precision)
+}
+
+/// `--keep-best`: after a validation of loss `val` at `step` steps done, writes the model as
+/// [`BEST_MODEL`] in `--out-dir` when `val` is the run's lowest so far (`best`, which it then
+/// becomes). A loss that is not finite is never the best.
+pub(crate) fn keep_best(
+    args: &TrainArgs,
+    engine: &mut dyn Engine,
+    best: &mut Option<BestVal>,
+    step: usize,
+    val: f32,
+) -> Result<()> {
+    if !(val.is_finite() && best.is_none_or(|b| val < b.loss)) {
+        return Ok(());
+    }
+    let path = args.out_dir.join(BEST_MODEL);
+    write_model(engine, &path)?;
+    println!(
+        "wrote {} (val loss {val:.4} after step {step}, the lowest so far{})",
+        path.display(),
+        match best {
+            Some(b) => format!("; was {:.4} after step {}", b.loss, b.step),
+            None => String::new(),
+        }
+    );
+    *best = Some(BestVal { step, loss: val });
+    Ok(())
 }
 
 /// Removes the model checkpoint and training state of `step` from `dir` (a warning where that

@@ -5,7 +5,7 @@
 //! over the steps after the first (see [`profiled_steps`]) and the run ends with their table
 //! (`crate::profile`).
 
-use crate::checkpoints::{checkpoint_name, remove_checkpoint, save_checkpoint, Resume};
+use crate::checkpoints::{checkpoint_name, keep_best, remove_checkpoint, save_checkpoint, Resume};
 use crate::config::GPT2Config;
 use crate::cpu::adamw::{AdamW, DecayOn};
 use crate::data::DataLoader;
@@ -147,6 +147,11 @@ pub struct TrainArgs {
     /// are written (0: keep all).
     #[arg(help_heading = CHECKPOINTS, long, value_name = "N", default_value_t = 0)]
     pub keep_checkpoints: usize,
+    /// At each validation whose loss is the run's lowest so far, write the model as
+    /// model_best.bin in --out-dir (kept whatever --keep-checkpoints removes; a resumed run
+    /// remembers the best from its training state).
+    #[arg(help_heading = CHECKPOINTS, long)]
+    pub keep_best: bool,
     /// Where checkpoints go.
     #[arg(help_heading = CHECKPOINTS, long, value_name = "DIR", default_value = "out")]
     pub out_dir: PathBuf,
@@ -286,6 +291,13 @@ impl TrainArgs {
             notes.push(
                 "--epochs counts passes over the training data, but --overfit-batch trains on \
                  its first batch only"
+                    .into(),
+            );
+        }
+        if self.keep_best && self.val_every == 0 {
+            notes.push(
+                "--keep-best with --val-every 0: the run validates only at its end, so \
+                 model_best.bin is the final model"
                     .into(),
             );
         }
@@ -568,7 +580,7 @@ pub fn train(
     );
     // the log a resumed run continues: the one beside its state
     let mut earlier_log = None;
-    let (start, mut outliers) = match resume {
+    let (start, mut outliers, best_val) = match resume {
         Some(r) => {
             let h = &r.state.header;
             let dir = r.state.path.parent().unwrap_or(Path::new("."));
@@ -582,12 +594,15 @@ pub fn train(
             );
             r.restore(engine, &mut train_loader)?
         }
-        None => (0, Outliers::default()),
+        None => (0, Outliers::default(), None),
     };
     let mut log = RunLog::create(&args.out_dir, earlier_log.as_deref().map(|p| (p, start)))?;
     println!("log: {}", log.path().display());
 
-    let mut summary = TrainSummary::default();
+    let mut summary = TrainSummary {
+        best_val,
+        ..TrainSummary::default()
+    };
     let tokens_per_step = (b * t * micro) as f64;
     let peak = args.peak_tflops.or_else(|| engine.peak_tflops());
     let profiled = if !args.profile {
@@ -625,6 +640,9 @@ pub fn train(
             let val = evaluate(engine, &mut val_loader, val_batches)?;
             println!("val loss {val:.4}");
             summary.val_losses.push((step, val));
+            if args.keep_best {
+                keep_best(args, engine, &mut summary.best_val, step, val)?;
+            }
             let mut acc_norm = None;
             if let Some(hs) = &hellaswag {
                 let (total, _) =
@@ -710,7 +728,8 @@ pub fn train(
             // nothing of this run's earlier steps is lost
             let saved = if step > start {
                 let rewind = if overfit.is_some() { 0 } else { micro };
-                save_before_divergence(args, engine, &mut train_loader, &outliers, step, rewind)
+                let record = (&outliers, summary.best_val);
+                save_before_divergence(args, engine, &mut train_loader, record, step, rewind)
                     .unwrap_or_else(|e| format!("; saving the run after step {step} failed: {e:#}"))
             } else {
                 String::new()
@@ -776,11 +795,17 @@ pub fn train(
             }),
         })?;
 
+        // the final validation, before the last checkpoint: its state then holds the best loss
+        // that --keep-best's model has
+        if last {
+            validate(engine, args.steps, &mut summary, &mut log)?;
+        }
         let ckpt_due = args.checkpoint_every > 0 && (step + 1) % args.checkpoint_every == 0;
         // Ctrl-C (crate::interrupt): this step's checkpoint, then stop
         let stop = crate::interrupt::requested();
         if ckpt_due || last || stop {
-            let path = save_checkpoint(args, engine, &train_loader, &outliers, step + 1)?;
+            let record = (&outliers, summary.best_val);
+            let path = save_checkpoint(args, engine, &train_loader, record, step + 1)?;
             summary.checkpoint = Some(path);
             kept.push_back(step + 1);
             while args.keep_checkpoints > 0 && kept.len() > args.keep_checkpoints {
@@ -809,7 +834,6 @@ pub fn train(
             return Ok(summary);
         }
     }
-    validate(engine, args.steps, &mut summary, &mut log)?;
     if !summary.skipped.is_empty() {
         // (the first 20 steps: the log has every one)
         let shown: Vec<String> = summary
@@ -865,6 +889,8 @@ pub struct TrainSummary {
     pub interrupted: bool,
     /// The steps (from 1) whose update was skipped (`--skip-loss-z`, `--skip-norm-z`).
     pub skipped: Vec<usize>,
+    /// The run's lowest validation loss (with `--keep-best`; a resumed run's from its state).
+    pub best_val: Option<crate::formats::train_state::BestVal>,
 }
 
 /// After a step that diverged, `step` steps done before it: their checkpoint, with the training
@@ -874,7 +900,7 @@ fn save_before_divergence(
     args: &TrainArgs,
     engine: &mut dyn Engine,
     loader: &mut DataLoader,
-    outliers: &Outliers,
+    record: (&Outliers, Option<crate::formats::train_state::BestVal>),
     step: usize,
     rewind: usize,
 ) -> Result<String> {
@@ -883,7 +909,7 @@ fn save_before_divergence(
         loader.reset()?;
         loader.skip_batches(served as u64)?;
     }
-    let path = save_checkpoint(args, engine, loader, outliers, step)?;
+    let path = save_checkpoint(args, engine, loader, record, step)?;
     Ok(if args.no_state {
         format!(
             "; the model after step {step} is saved ({})",

@@ -500,6 +500,94 @@ fn keep_checkpoints_removes_this_runs_older_ones() {
     assert_eq!(stdout.matches("removed ").count(), 4, "{stdout}");
 }
 
+/// `--keep-best`: model_best.bin is the model of the lowest validation loss, written at each new
+/// lowest (a constant rate of 3e-2 on d1 makes the loss fall for 3 steps, then rise: the best
+/// is step 3's, not the last), and kept whatever --keep-checkpoints removes. A run stopped at the
+/// best step and resumed to 8 ends with the same model_best.bin as the run that never stopped,
+/// and writes it no more: the training state carries the best loss (the stopped run's final
+/// validation included), so no later, worse loss is written over it.
+#[test]
+fn keep_best_keeps_the_model_of_the_lowest_validation_loss() {
+    let dir = tmp_dir("keep-best");
+    let train = |out: &str, steps: usize, extra: &str| {
+        let (o, stdout, stderr) = run(bin()
+            .args(flags(
+                "--device cpu --batch 2 --seq 16 --val-every 1 --val-batches 2 --lr 3e-2",
+            ))
+            .args(flags(
+                "--warmup 1 --lr-schedule constant --sample-tokens 0 --keep-best",
+            ))
+            // (a resumed run's model is its state's)
+            .args(if extra.contains("--resume") {
+                &[][..]
+            } else {
+                &["--model", "d1"][..]
+            })
+            .args(["--steps", &steps.to_string()])
+            .args(["--out-dir", &dir.join(out).to_string_lossy()])
+            .args(flags(extra)));
+        assert!(o.status.success(), "{stdout}\n{stderr}");
+        stdout
+    };
+    // (step, val loss) of each validation, and the steps whose model_best.bin was written
+    let vals = |stdout: &str| -> Vec<f32> {
+        let v = stdout.lines().filter_map(|l| l.strip_prefix("val loss "));
+        v.map(|x| x.parse().unwrap()).collect()
+    };
+    let writes = |stdout: &str| -> Vec<usize> {
+        let w = stdout
+            .lines()
+            .filter(|l| l.contains("model_best.bin (val loss"));
+        w.map(|l| {
+            let after = l.split(" after step ").nth(1).unwrap();
+            after.split(',').next().unwrap().parse().unwrap()
+        })
+        .collect()
+    };
+    let full = train("full", 8, "--checkpoint-every 1 --keep-checkpoints 2");
+    let v = vals(&full);
+    assert_eq!(v.len(), 9, "steps 0 to 8:\n{full}");
+    // every new lowest, in order: each written once
+    let mut lowest = f32::INFINITY;
+    let want: Vec<usize> = (0..v.len())
+        .filter(|&s| {
+            let new = v[s] < lowest;
+            lowest = lowest.min(v[s]);
+            new
+        })
+        .collect();
+    assert_eq!(writes(&full), want, "{full}");
+    let best = *want.last().unwrap();
+    assert!(
+        best > 0 && best < 8,
+        "the test wants a best before the end: {v:?}"
+    );
+    assert!(
+        !dir.join("full/model_000003.bin").exists(),
+        "--keep-checkpoints 2 keeps 7 and 8"
+    );
+
+    // stopped at the best step, resumed to 8: the first run's last validation (the best) is in
+    // its state, so the resumed run, which validates that step again, writes nothing
+    let first = train("resumed", best, "");
+    // the best model is that step's: the same weights as its checkpoint
+    assert!(
+        std::fs::read(dir.join("full/model_best.bin")).unwrap()
+            == std::fs::read(dir.join(format!("resumed/model_{best:06}.bin"))).unwrap(),
+        "model_best.bin is not step {best}'s model"
+    );
+    let state = dir.join(format!("resumed/state_{best:06}.bin"));
+    let second = train("resumed", 8, &format!("--resume {}", state.display()));
+    assert_eq!(writes(&first), want, "{first}");
+    assert_eq!(writes(&second), Vec::<usize>::new(), "{second}");
+    assert_eq!(vals(&second)[1..], v[best + 1..], "the same run");
+    assert!(
+        std::fs::read(dir.join("full/model_best.bin")).unwrap()
+            == std::fs::read(dir.join("resumed/model_best.bin")).unwrap(),
+        "the resumed run's model_best.bin differs"
+    );
+}
+
 /// Ctrl-C (SIGINT) during training: the run finishes its step, writes that step's checkpoint and
 /// training state, says how to continue and exits with status 130; `--resume` then continues
 /// from that step.
@@ -1542,6 +1630,14 @@ fn notes_for_flags_that_do_nothing() {
             ],
         ),
         ("--warmup 2", &[]),
+        (
+            "--keep-best --val-every 0",
+            &[
+                "note: --keep-best with --val-every 0: the run validates only at its end, so \
+               model_best.bin is the final model",
+            ],
+        ),
+        ("--keep-best --val-every 1", &[]),
     ] {
         let (out, _, stderr) = run(bin()
             .args(&base)
@@ -1604,7 +1700,7 @@ fn help_groups_the_flags() {
             "--hellaswag <FILE>",
             "--sample-every <N>",
         ],
-        &["--resume <STATE_OR_DIR>", "--no-state"],
+        &["--resume <STATE_OR_DIR>", "--no-state", "--keep-best"],
         &[
             "--precision <PRECISION>",
             "--classifier-chunk <SEQUENCES>",

@@ -18,7 +18,7 @@ use train_gpt2_cuda::formats::read_model;
 use train_gpt2_cuda::formats::shard::{read_shard, read_shard_len};
 use train_gpt2_cuda::formats::tokenizer_file::read_tokenizer_file;
 use train_gpt2_cuda::formats::train_state::{
-    write_train_state, DataPosition, TrainState, TrainStateFile,
+    write_train_state, BestVal, DataPosition, TrainState, TrainStateFile,
 };
 use train_gpt2_cuda::formats::zstd::ZstdReader;
 use train_gpt2_cuda::hellaswag::read_examples;
@@ -175,6 +175,10 @@ fn damaged_debug_and_training_states_never_panic() {
             norm: OutlierWindow::from_values(&[0.25; 64]),
             skipped_in_a_row: 1,
         },
+        best_val: Some(BestVal {
+            step: 30,
+            loss: 3.25,
+        }),
     };
     let path = dir.join("state.bin");
     write_train_state(&path, &state, |_| Ok(vec![0.5; 300])).unwrap();

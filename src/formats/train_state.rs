@@ -12,8 +12,10 @@
 //!   shards (each u64 as two words, low first); the outlier windows (`crate::outliers`): `[17]`
 //!   = the losses in the loss window, `[18]` = the norms in the norm window, `[19]` = the steps
 //!   skipped in a row, `[32..96]` = the losses (f32 bits, oldest first), `[96..160]` = the norms;
-//!   the rest is zero. (States written before the windows were added have zeros there: empty
-//!   windows, which is what they read as.)
+//!   the lowest validation loss so far (`--keep-best`): `[20]` = 1 if there is one, `[21]` = its
+//!   step, `[22]` = the loss (f32 bits); the rest is zero. (States written before the windows
+//!   or the best loss were added have zeros there: empty windows and no best loss, which is what
+//!   they read as.)
 //! - AdamW's m, then v (num_parameters f32 each), then the master weights (num_parameters f32)
 //!   when `header[5]` is 1.
 //!
@@ -30,6 +32,8 @@ use crate::outliers::{OutlierWindow, Outliers, MAX_SKIPPED_IN_A_ROW, WINDOW};
 /// loss then norm; and the word of the steps skipped in a row.
 const WINDOWS_AT: [(usize, usize); 2] = [(17, 32), (18, 32 + WINDOW)];
 const SKIPPED_AT: usize = 19;
+/// Where the lowest validation loss lies in the header: whether there is one, its step, its bits.
+const BEST_AT: [usize; 3] = [20, 21, 22];
 use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -71,6 +75,15 @@ pub struct TrainState {
     pub master_weights: bool,
     /// The recent losses and gradient norms that `--skip-loss-z` and `--skip-norm-z` judge by.
     pub outliers: Outliers,
+    /// The run's lowest validation loss so far, whose model `--keep-best` wrote.
+    pub best_val: Option<BestVal>,
+}
+
+/// A validation loss and the steps done when it was measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BestVal {
+    pub step: usize,
+    pub loss: f32,
 }
 
 impl TrainState {
@@ -153,6 +166,12 @@ pub fn write_train_state(
         }
     }
     h[SKIPPED_AT] = o.skipped_in_a_row as i32;
+    if let Some(best) = state.best_val {
+        let [flag, step, loss] = BEST_AT;
+        h[flag] = 1;
+        h[step] = int(best.step, "the best validation loss's step")?;
+        h[loss] = best.loss.to_bits() as i32;
+    }
     // the engine's errors cross write_file_atomic_with's io::Result as io::Error::other
     let other = |e: anyhow::Error| std::io::Error::other(format!("{e:#}"));
     write_file_atomic_with(path, |w| {
@@ -254,6 +273,31 @@ impl TrainStateFile {
             norm,
             skipped_in_a_row,
         };
+        let [flag, best_step, best_loss] = BEST_AT;
+        let best_val = if header_flag(path, &h, flag, "best validation loss")? {
+            let best = BestVal {
+                step: header_count(path, &h, best_step, "best validation loss's step", 0)?,
+                loss: f32::from_bits(h[best_loss] as u32),
+            };
+            if best.step > step {
+                bail!(
+                    "{}: training state's best validation loss is of step {} (header[{best_step}]), \
+                     after its step {step}",
+                    path.display(),
+                    best.step
+                );
+            }
+            if !(best.loss.is_finite() && best.loss >= 0.0) {
+                bail!(
+                    "{}: training state's best validation loss (header[{best_loss}]) is {}",
+                    path.display(),
+                    best.loss
+                );
+            }
+            Some(best)
+        } else {
+            None
+        };
         let state = TrainState {
             step,
             data: DataPosition {
@@ -267,6 +311,7 @@ impl TrainStateFile {
             num_parameters,
             master_weights,
             outliers,
+            best_val,
         };
         Ok(TrainStateFile {
             path: path.to_path_buf(),
@@ -322,6 +367,10 @@ mod tests {
                 norm: OutlierWindow::from_values(&[0.75; WINDOW]),
                 skipped_in_a_row: 1,
             },
+            best_val: Some(BestVal {
+                step: 30,
+                loss: 3.75,
+            }),
         }
     }
 
@@ -370,7 +419,10 @@ mod tests {
             assert_eq!((h[10], h[11]), (7, 2), "batches served, low word first");
             assert_eq!((h[12], h[13], h[14], h[16]), (5, 0, 338_025, 1));
             // the outlier windows: counts, skipped in a row, values
-            assert_eq!(&h[17..21], &[3, 64, 1, 0]);
+            assert_eq!(&h[17..20], &[3, 64, 1]);
+            // the best validation loss: there is one, of step 30, 3.75
+            assert_eq!(&h[20..23], &[1, 30, 3.75f32.to_bits() as i32]);
+            assert!(h[23..32].iter().all(|&w| w == 0));
             assert_eq!(h[32..35], [10.5f32, 9.25, 8.0].map(|v| v.to_bits() as i32));
             assert_eq!(h[35], 0);
             assert_eq!(h[96], 0.75f32.to_bits() as i32);
@@ -437,12 +489,29 @@ mod tests {
         let mut bad = good.clone();
         bad[4 * 33..4 * 34].copy_from_slice(&f32::NAN.to_le_bytes()); // the second loss
         assert!(err(&bad).contains("outlier window value (header[33]) is NaN"));
-        // a state from before the windows (zeros there) reads with empty ones
+        let mut bad = good.clone();
+        bad[4 * 20..4 * 21].copy_from_slice(&2i32.to_le_bytes()); // the best loss's flag
+        assert!(err(&bad).contains("best validation loss (header[20]) is 2, must be 0 or 1"));
+        let mut bad = good.clone();
+        bad[4 * 21..4 * 22].copy_from_slice(&41i32.to_le_bytes()); // its step, after the state's
+        assert!(err(&bad)
+            .contains("best validation loss is of step 41 (header[21]), after its step 40"));
+        for v in [f32::NAN, f32::INFINITY, -1.0] {
+            let mut bad = good.clone();
+            bad[4 * 22..4 * 23].copy_from_slice(&v.to_le_bytes());
+            assert!(
+                err(&bad).contains(&format!("best validation loss (header[22]) is {v}")),
+                "{v}"
+            );
+        }
+        // a state from before the windows and the best loss (zeros there) reads with empty
+        // windows and no best loss
         let mut old = good.clone();
         old[4 * 17..4 * 160].fill(0);
         std::fs::write(&path, &old).unwrap();
         let h = TrainStateFile::open(&path).unwrap().header;
         assert_eq!(h.outliers, Outliers::default());
+        assert_eq!(h.best_val, None);
         // an array of the wrong length, or the engine's error, fails the write and leaves no file
         std::fs::remove_file(&path).unwrap();
         let e = write_train_state(&path, &state(false), |_| Ok(vec![0.0; 4])).unwrap_err();

@@ -856,6 +856,14 @@ pub fn train(
         );
     }
 
+    if let (true, Some(best)) = (args.keep_best, summary.best_val) {
+        println!(
+            "best val loss {:.4} after step {}: {}",
+            best.loss,
+            best.step,
+            args.out_dir.join(crate::checkpoints::BEST_MODEL).display()
+        );
+    }
     if let Some(bytes) = engine.peak_memory_bytes() {
         println!("peak memory: {:.1} MiB", bytes as f64 / (1 << 20) as f64);
     }

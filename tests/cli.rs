@@ -558,6 +558,12 @@ fn keep_best_keeps_the_model_of_the_lowest_validation_loss() {
         .collect();
     assert_eq!(writes(&full), want, "{full}");
     let best = *want.last().unwrap();
+    let end = format!(
+        "best val loss {:.4} after step {best}: {}",
+        v[best],
+        dir.join("full/model_best.bin").display()
+    );
+    assert!(full.contains(&end), "{full}");
     assert!(
         best > 0 && best < 8,
         "the test wants a best before the end: {v:?}"
@@ -580,6 +586,10 @@ fn keep_best_keeps_the_model_of_the_lowest_validation_loss() {
     let second = train("resumed", 8, &format!("--resume {}", state.display()));
     assert_eq!(writes(&first), want, "{first}");
     assert_eq!(writes(&second), Vec::<usize>::new(), "{second}");
+    assert!(
+        second.contains(&end.replace("/full/", "/resumed/")),
+        "{second}"
+    );
     assert_eq!(vals(&second)[1..], v[best + 1..], "the same run");
     assert!(
         std::fs::read(dir.join("full/model_best.bin")).unwrap()

@@ -54,7 +54,8 @@ enum Command {
 struct PreproArgs {
     /// Text files (one document each) and JSON Lines files (`*.jsonl`: one document per line,
     /// its "text" field), either compressed with gzip (`*.txt.gz`, `*.jsonl.gz`) or zstd
-    /// (`*.txt.zst`, `*.jsonl.zst`).
+    /// (`*.txt.zst`, `*.jsonl.zst`); Parquet files (`*.parquet`: one document per row, its "text"
+    /// column).
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// The folder that receives train.bin and val.bin.
@@ -70,7 +71,7 @@ struct PreproArgs {
     /// ...; `--train 'DIR/train_??????.bin'`).
     #[arg(long, default_value_t = train_gpt2_cuda::prepro::DEFAULT_SHARD_TOKENS)]
     shard_tokens: usize,
-    /// The field of each JSON Lines record that holds its text.
+    /// The field of each JSON Lines record, or the column of a Parquet file, that holds the text.
     #[arg(long, default_value = "text")]
     text_field: String,
 }

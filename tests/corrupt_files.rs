@@ -14,6 +14,7 @@ use train_gpt2_cuda::data::DataLoader;
 use train_gpt2_cuda::formats::checkpoint::{read_checkpoint, read_checkpoint_bf16};
 use train_gpt2_cuda::formats::debug_state::read_debug_state;
 use train_gpt2_cuda::formats::gzip::GzReader;
+use train_gpt2_cuda::formats::parquet::read_text_column;
 use train_gpt2_cuda::formats::read_model;
 use train_gpt2_cuda::formats::shard::{read_shard, read_shard_len};
 use train_gpt2_cuda::formats::tokenizer_file::read_tokenizer_file;
@@ -248,6 +249,31 @@ fn damaged_zstd_files_never_panic() {
             let mut text = Vec::new();
             ZstdReader::new(std::fs::File::open(p)?).read_to_end(&mut text)?;
             Ok(text)
+        });
+    }
+}
+
+/// Every byte of each Parquet layout damaged (the footer's Thrift, the page headers, the levels,
+/// the dictionary indices, the compressed pages of each codec) and every cut.
+#[test]
+fn damaged_parquet_files_never_panic() {
+    let dir = scratch("parquet");
+    for name in [
+        "plain_snappy.parquet",
+        "dict_zstd_v2.parquet",
+        "nulls_gzip_groups.parquet",
+        "nulls_v2_plain.parquet",
+        "required_none.parquet",
+        "columns.parquet",
+    ] {
+        let good = std::fs::read(fixture("parquet").join(name)).unwrap();
+        never_panics(name, &dir.join(name), &good, good.len(), |p| {
+            let mut bytes = 0;
+            read_text_column(p, "text", |v| {
+                bytes += v.map_or(0, str::len);
+                Ok(())
+            })?;
+            Ok(bytes)
         });
     }
 }

@@ -931,6 +931,64 @@ fn prepro_reads_each_json_lines_record_as_a_document() {
     );
 }
 
+/// Parquet files (tools/write_parquet_fixtures.py, by pyarrow): each row's text one document, in
+/// the file's order, null rows skipped: row groups of 7 rows with nulls (gzip, dictionary), and
+/// the text column after an int, a struct and before a list (snappy), between two text files;
+/// in batches of 64 MiB of text or one row at a time. A column that is not there is an error
+/// that names the file and the columns there are.
+#[test]
+fn prepro_reads_each_parquet_row_as_a_document() {
+    let dir = tmp_dir("prepro_parquet");
+    let tok = Tokenizer::gpt2().unwrap();
+    let doc = |text: &str| document(&tok, text);
+    let texts: std::collections::BTreeMap<String, Vec<Option<String>>> = serde_json::from_str(
+        &std::fs::read_to_string(fixture("parquet").join("texts.json")).unwrap(),
+    )
+    .unwrap();
+    let files = ["nulls_gzip_groups.parquet", "columns.parquet"];
+    let inputs = [
+        write_docs(&dir, &[("a.txt", b"before")]),
+        files.map(|f| fixture("parquet").join(f)).to_vec(),
+        write_docs(&dir, &[("z.txt", b" after")]),
+    ]
+    .concat();
+    let rows: Vec<&String> = files
+        .iter()
+        .flat_map(|f| texts[*f].iter().flatten())
+        .collect();
+    assert_eq!(
+        rows.len(),
+        33 + 40,
+        "7 of the first file's 40 rows are null"
+    );
+    let want_train: Vec<u32> = [
+        doc("before"),
+        rows.iter().map(|t| doc(t)).collect::<Vec<_>>().concat(),
+    ]
+    .concat();
+    let out = dir.join("out");
+    for part_bytes in [PreproOptions::default().part_bytes, 1] {
+        let opts = PreproOptions {
+            part_bytes,
+            ..PreproOptions::default()
+        };
+        let s = prepro_with(&inputs, &out, ValSplit::LastFiles(1), &opts).unwrap();
+        assert_eq!(s.documents, 1 + 33 + 40 + 1);
+        assert!(shard_u32(&s.train_path) == want_train);
+        assert_eq!(shard_u32(&s.val_path), doc(" after"));
+    }
+    let opts = PreproOptions {
+        text_field: "body".into(),
+        ..PreproOptions::default()
+    };
+    let e = prepro_with(&inputs, &out, ValSplit::LastFiles(1), &opts).unwrap_err();
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("nulls_gzip_groups.parquet: no column 'body' (the file has 'text')"),
+        "{e}"
+    );
+}
+
 /// gzip files (tools/write_gzip_fixtures.py, by Python's zlib) and zstd files
 /// (tools/write_zstd_fixtures.py, by the zstd tool) are read as their text: a text file, one of
 /// several members or frames, JSON Lines and a whole play, in parts of 3,000 bytes or whole.

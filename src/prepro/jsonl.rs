@@ -4,12 +4,10 @@
 //! with that field holding a string.
 
 use anyhow::{anyhow, bail, Context, Result};
-use rayon::prelude::*;
 use std::io::BufRead;
 use std::path::Path;
 
-use super::PIECE_BYTES;
-use crate::formats::shard::to_u16;
+use super::records::RecordBatches;
 use crate::tokenizer::Tokenizer;
 
 /// Whether `path` is read as JSON Lines: its name ends in `.jsonl` (or `.jsonl.gz`, `.jsonl.zst`).
@@ -37,28 +35,7 @@ pub(super) fn encode_jsonl(
 ) -> Result<usize> {
     let mut reader = std::io::BufReader::with_capacity(1 << 20, super::open_input(path)?);
     let mut progress = super::Progress::new(path, size, batch_bytes);
-    let mut batch: Vec<String> = Vec::new();
-    let mut batch_text = 0;
-    let (mut documents, mut tokens) = (0, 0);
-    let mut flush = |batch: &mut Vec<String>| -> Result<()> {
-        // each record's document (EOT, then its ids) as a shard stores it, in parallel
-        let docs: Vec<Result<Vec<u16>>> = batch
-            .par_iter()
-            .map(|text| {
-                let mut doc = vec![tok.eot()];
-                doc.extend(tok.encode_parallel(text, PIECE_BYTES));
-                to_u16(&doc, path)
-            })
-            .collect();
-        for doc in docs {
-            let doc = doc?;
-            on_doc(&doc)?;
-            tokens += doc.len();
-            documents += 1;
-        }
-        batch.clear();
-        Ok(())
-    };
+    let mut batches = RecordBatches::new(tok, path, batch_bytes, &mut on_doc);
     let mut line = Vec::new();
     let (mut line_no, mut offset) = (0, 0u64);
     loop {
@@ -74,16 +51,12 @@ pub(super) fn encode_jsonl(
             .with_context(|| format!("{}: line {line_no}", path.display()))?;
         offset += n as u64;
         if let Some(text) = text {
-            batch_text += text.len();
-            batch.push(text);
-        }
-        if batch_text >= batch_bytes {
-            flush(&mut batch)?;
-            batch_text = 0;
-            progress.update(offset);
+            if batches.push(text)? {
+                progress.update(offset);
+            }
         }
     }
-    flush(&mut batch)?;
+    let (documents, tokens) = batches.finish()?;
     println!(
         "prepro: {}: {documents} documents, {offset} bytes -> {tokens} tokens",
         path.display()

@@ -2,7 +2,9 @@
 //!
 //! Each text file is one document, and each record of a JSON Lines file (`*.jsonl`, see
 //! [`jsonl`]); either may be compressed with gzip (`*.txt.gz`, `*.jsonl.gz`, read through
-//! [`crate::formats::gzip`]) or zstd (`*.txt.zst`, `*.jsonl.zst`, [`crate::formats::zstd`]). Following llm.c (`dev/data/fineweb.py`), the end-of-text token
+//! [`crate::formats::gzip`]) or zstd (`*.txt.zst`, `*.jsonl.zst`, [`crate::formats::zstd`]). Each
+//! row of a Parquet file's text column is one document too (`*.parquet`,
+//! [`crate::formats::parquet`]). Following llm.c (`dev/data/fineweb.py`), the end-of-text token
 //! (50256) goes BEFORE each document: it delimits documents, and each shard that starts on a
 //! document boundary starts with it, so the first token of every document is predicted from
 //! "<|endoftext|>" as in GPT-2's training. Text inside a file is encoded as ordinary text: a
@@ -28,12 +30,15 @@ use std::path::{Path, PathBuf};
 
 use crate::data::{default_corpus_dir, DEFAULT_TRAIN_FILE, DEFAULT_VAL_FILE};
 use crate::formats::gzip::{is_gzip, GzReader};
+use crate::formats::parquet::is_parquet;
 use crate::formats::shard::to_u16;
 use crate::formats::zstd::{is_zstd, ZstdReader};
 use crate::tokenizer::{for_each_text_part, Tokenizer};
 
 pub mod jsonl;
+mod parquet;
 mod part_writer;
+mod records;
 
 use part_writer::PartWriter;
 
@@ -210,16 +215,21 @@ fn for_each_document(
     let small = |i: usize| {
         sizes[i] <= opts.part_bytes as u64
             && !jsonl::is_jsonl(&inputs[i])
+            && !is_parquet(&inputs[i])
             && !is_compressed(&inputs[i])
     };
     let (mut i, mut documents) = (0, 0);
     while i < inputs.len() {
-        // one file alone: a JSON Lines file's records, or a large (or compressed) text in parts
+        // one file alone: a JSON Lines file's records, a Parquet file's rows, or a large (or
+        // compressed) text in parts
         if !small(i) {
-            let (path, size) = (&inputs[i], sizes[i]);
+            let (path, size, field) = (&inputs[i], sizes[i], &opts.text_field);
             documents += if jsonl::is_jsonl(path) {
-                let field = &opts.text_field;
                 jsonl::encode_jsonl(tok, path, size, field, opts.part_bytes, |ids| emit(i, ids))?
+            } else if is_parquet(path) {
+                parquet::encode_parquet(tok, path, size, field, opts.part_bytes, |ids| {
+                    emit(i, ids)
+                })?
             } else {
                 encode_file(tok, path, size, opts.part_bytes, |ids| emit(i, ids))?;
                 1
@@ -320,7 +330,8 @@ impl<'a> Progress<'a> {
             path,
             size,
             part_bytes: part_bytes as u64,
-            compressed: is_compressed(path),
+            // (a Parquet file's size is of its compressed columns, not of its text)
+            compressed: is_compressed(path) || is_parquet(path),
         }
     }
 

@@ -1,0 +1,81 @@
+//! Documents from records (a JSON Lines file's lines, a Parquet file's rows): each record's text
+//! one document, tokenized in parallel batches of about `batch_bytes` of text and handed on in
+//! the file's order.
+
+use anyhow::Result;
+use rayon::prelude::*;
+use std::path::Path;
+
+use super::PIECE_BYTES;
+use crate::formats::shard::to_u16;
+use crate::tokenizer::Tokenizer;
+
+/// Collects records' texts and tokenizes them a batch at a time.
+pub(super) struct RecordBatches<'a, F: FnMut(&[u16]) -> Result<()>> {
+    tok: &'a Tokenizer,
+    /// The file, for errors.
+    path: &'a Path,
+    batch_bytes: usize,
+    batch: Vec<String>,
+    batch_text: usize,
+    /// Gets each document: the end-of-text token, then its text's ids.
+    on_doc: F,
+    pub documents: usize,
+    pub tokens: usize,
+}
+
+impl<'a, F: FnMut(&[u16]) -> Result<()>> RecordBatches<'a, F> {
+    pub(super) fn new(tok: &'a Tokenizer, path: &'a Path, batch_bytes: usize, on_doc: F) -> Self {
+        RecordBatches {
+            tok,
+            path,
+            batch_bytes,
+            batch: Vec::new(),
+            batch_text: 0,
+            on_doc,
+            documents: 0,
+            tokens: 0,
+        }
+    }
+
+    /// Adds one record's text; returns whether that filled a batch, which was then tokenized
+    /// and handed on (a time for a progress line).
+    pub(super) fn push(&mut self, text: String) -> Result<bool> {
+        self.batch_text += text.len();
+        self.batch.push(text);
+        if self.batch_text < self.batch_bytes {
+            return Ok(false);
+        }
+        self.flush()?;
+        Ok(true)
+    }
+
+    /// Tokenizes and hands on what is left; returns (documents, tokens).
+    pub(super) fn finish(mut self) -> Result<(usize, usize)> {
+        self.flush()?;
+        Ok((self.documents, self.tokens))
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let (tok, path) = (self.tok, self.path);
+        // each record's document (EOT, then its ids) as a shard stores it, in parallel
+        let docs: Vec<Result<Vec<u16>>> = self
+            .batch
+            .par_iter()
+            .map(|text| {
+                let mut doc = vec![tok.eot()];
+                doc.extend(tok.encode_parallel(text, PIECE_BYTES));
+                to_u16(&doc, path)
+            })
+            .collect();
+        for doc in docs {
+            let doc = doc?;
+            (self.on_doc)(&doc)?;
+            self.tokens += doc.len();
+            self.documents += 1;
+        }
+        self.batch.clear();
+        self.batch_text = 0;
+        Ok(())
+    }
+}

@@ -147,6 +147,10 @@ pub struct TrainArgs {
     /// are written (0: keep all).
     #[arg(help_heading = CHECKPOINTS, long, value_name = "N", default_value_t = 0)]
     pub keep_checkpoints: usize,
+    /// With --keep-checkpoints: also keep every checkpoint whose step is a multiple of this
+    /// (llm.c's -nm: "major" checkpoints, never removed).
+    #[arg(help_heading = CHECKPOINTS, long, value_name = "N")]
+    pub keep_every: Option<usize>,
     /// At each validation whose loss is the run's lowest so far, write the model as
     /// model_best.bin in --out-dir (kept whatever --keep-checkpoints removes; a resumed run
     /// remembers the best from its training state).
@@ -294,6 +298,12 @@ impl TrainArgs {
                     .into(),
             );
         }
+        if self.keep_every.is_some() && self.keep_checkpoints == 0 {
+            notes.push(
+                "--keep-every does nothing without --keep-checkpoints (every checkpoint is kept)"
+                    .into(),
+            );
+        }
         if self.keep_best && self.val_every == 0 {
             notes.push(
                 "--keep-best with --val-every 0: the run validates only at its end, so \
@@ -392,6 +402,9 @@ impl TrainArgs {
                 crate::hellaswag::ENDINGS,
                 self.batch
             );
+        }
+        if self.keep_every == Some(0) {
+            bail!("--keep-every must be at least 1 step");
         }
         if self.classifier_chunk == Some(0) {
             bail!("--classifier-chunk must be at least 1 sequence");
@@ -810,7 +823,10 @@ pub fn train(
             kept.push_back(step + 1);
             while args.keep_checkpoints > 0 && kept.len() > args.keep_checkpoints {
                 let old = kept.pop_front().expect("more than 0 kept");
-                remove_checkpoint(&args.out_dir, old);
+                // (--keep-every's steps stay)
+                if args.keep_every.is_none_or(|n| old % n != 0) {
+                    remove_checkpoint(&args.out_dir, old);
+                }
             }
         }
         if stop {

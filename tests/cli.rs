@@ -498,6 +498,30 @@ fn keep_checkpoints_removes_this_runs_older_ones() {
         "{stdout}"
     );
     assert_eq!(stdout.matches("removed ").count(), 4, "{stdout}");
+
+    // --keep-every 4 also keeps step 4's (llm.c's -nm): checkpoints 2, 4, 6 and 7, the last two
+    // kept and 4, a multiple of 4
+    let dir = tmp_dir("keep-every");
+    let (out, stdout, stderr) = run(bin()
+        .args(flags(
+            "--device cpu --model d1 --batch 1 --seq 8 --steps 7 --val-every 0 --val-batches 1",
+        ))
+        .args(flags(
+            "--sample-tokens 0 --checkpoint-every 2 --keep-checkpoints 2 --keep-every 4",
+        ))
+        .args(["--out-dir", dir.to_str().unwrap()]));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("model_"))
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        ["model_000004.bin", "model_000006.bin", "model_000007.bin"],
+        "{stdout}"
+    );
 }
 
 /// `--keep-best`: model_best.bin is the model of the lowest validation loss, written at each new
@@ -729,6 +753,10 @@ fn bad_inputs_give_clear_errors() {
     expect_error(
         &["--device", "cpu", "--classifier-chunk", "2", "--steps", "1"],
         &["--classifier-chunk splits the CUDA engine's classifier"],
+    );
+    expect_error(
+        &["--device", "cpu", "--keep-every", "0"],
+        &["--keep-every must be at least 1 step"],
     );
     expect_error(
         &["--device", "cpu", "--classifier-chunk", "0"],
@@ -1648,6 +1676,11 @@ fn notes_for_flags_that_do_nothing() {
             ],
         ),
         ("--keep-best --val-every 1", &[]),
+        (
+            "--keep-every 2",
+            &["note: --keep-every does nothing without --keep-checkpoints (every checkpoint is kept)"],
+        ),
+        ("--keep-every 2 --keep-checkpoints 1", &[]),
     ] {
         let (out, _, stderr) = run(bin()
             .args(&base)
@@ -1710,7 +1743,12 @@ fn help_groups_the_flags() {
             "--hellaswag <FILE>",
             "--sample-every <N>",
         ],
-        &["--resume <STATE_OR_DIR>", "--no-state", "--keep-best"],
+        &[
+            "--resume <STATE_OR_DIR>",
+            "--no-state",
+            "--keep-best",
+            "--keep-every <N>",
+        ],
         &[
             "--precision <PRECISION>",
             "--classifier-chunk <SEQUENCES>",

@@ -265,6 +265,7 @@ fn damaged_parquet_files_never_panic() {
         "nulls_v2_plain.parquet",
         "required_none.parquet",
         "columns.parquet",
+        "lz4.parquet",
     ] {
         let good = std::fs::read(fixture("parquet").join(name)).unwrap();
         never_panics(name, &dir.join(name), &good, good.len(), |p| {

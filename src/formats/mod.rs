@@ -10,6 +10,7 @@ pub mod debug_state;
 pub mod gzip;
 pub mod hf_gpt2;
 pub mod hf_tokenizer;
+pub mod lz4;
 pub mod parquet;
 pub mod safetensors;
 pub mod shard;

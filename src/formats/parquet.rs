@@ -6,13 +6,13 @@
 //! `FileMetaData`), its length (u32 LE) and "PAR1". The footer's schema names the columns; each
 //! row group's `ColumnChunk` says where the chosen column's pages lie. A chunk is an optional
 //! dictionary page, then data pages (v1 or v2), each a Thrift `PageHeader` and its bytes,
-//! compressed with the chunk's codec (none, snappy, gzip or zstd). A data page holds the column's
+//! compressed with the chunk's codec (none, snappy, gzip, zstd or lz4). A data page holds the column's
 //! definition levels (which rows are null, for an optional column: an RLE / bit-packed hybrid of
 //! 1-bit values) and the non-null values, PLAIN (u32 LE length + bytes) or dictionary indices
 //! (a bit width, then an RLE / bit-packed hybrid).
 //!
 //! Read here: flat (top-level) BYTE_ARRAY columns, required or optional; encodings PLAIN,
-//! PLAIN_DICTIONARY and RLE_DICTIONARY; codecs UNCOMPRESSED, SNAPPY, GZIP and ZSTD. Anything
+//! PLAIN_DICTIONARY and RLE_DICTIONARY; codecs UNCOMPRESSED, SNAPPY, GZIP, ZSTD and LZ4_RAW. Anything
 //! else (a nested or repeated column, another encoding or codec, a column in another file) is
 //! refused with what it is. Nothing panics on a damaged file: every offset and length is checked.
 
@@ -528,9 +528,13 @@ fn decompress(codec: i32, data: &[u8], size: usize) -> Result<Vec<u8>> {
                 .context("zstd")?;
             out
         }
-        3 => bail!("the LZO codec is not read here (recompress with snappy, gzip or zstd)"),
-        4 => bail!("the BROTLI codec is not read here (recompress with snappy, gzip or zstd)"),
-        5 | 7 => bail!("the LZ4 codec is not read here (recompress with snappy, gzip or zstd)"),
+        3 => bail!("the LZO codec is not read here (recompress with snappy, gzip, zstd or lz4)"),
+        4 => bail!("the BROTLI codec is not read here (recompress with snappy, gzip, zstd or lz4)"),
+        7 => super::lz4::decompress(data, size)?,
+        5 => bail!(
+            "the LZ4 codec with Hadoop's framing (deprecated) is not read here (recompress with \
+             lz4 (LZ4_RAW), snappy, gzip or zstd)"
+        ),
         c => bail!("an unknown codec {c}"),
     };
     if out.len() != size {

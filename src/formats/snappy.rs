@@ -38,7 +38,7 @@ pub fn decompress(block: &[u8]) -> Result<Vec<u8>> {
                     bail!("snappy: a literal of {n} bytes runs past the end of the block");
                 };
                 if out.len() + n > len {
-                    bail!("snappy: more than the {len} bytes the block says it holds");
+                    bail!("snappy: more than the {len} bytes it says it holds");
                 }
                 out.extend_from_slice(lit);
                 pos += n;
@@ -73,26 +73,40 @@ pub fn decompress(block: &[u8]) -> Result<Vec<u8>> {
                 (1 + (tag >> 2) as usize, offset as usize)
             }
         };
-        if offset == 0 || offset > out.len() {
-            bail!(
-                "snappy: a copy from {offset} bytes back, with {} bytes written",
-                out.len()
-            );
-        }
-        if out.len() + copy_len > len {
-            bail!("snappy: more than the {len} bytes the block says it holds");
-        }
-        // byte by byte: the source may overlap what this copy writes
-        let start = out.len() - offset;
-        for i in 0..copy_len {
-            let b = out[start + i];
-            out.push(b);
-        }
+        copy_back(&mut out, offset, copy_len, len, "snappy")?;
     }
     if out.len() != len {
         bail!("snappy: the block holds {} bytes, it says {len}", out.len());
     }
     Ok(out)
+}
+
+/// Appends `len` bytes copied from `offset` bytes back in `out` (LZ77's match, as snappy and lz4
+/// store them), byte by byte: the source may overlap what the copy writes (offset 1 repeats the
+/// last byte). An error where the offset is 0 or before the output's start, or where `out` would
+/// grow past `limit` bytes; `codec` names the format in errors.
+pub(crate) fn copy_back(
+    out: &mut Vec<u8>,
+    offset: usize,
+    len: usize,
+    limit: usize,
+    codec: &str,
+) -> Result<()> {
+    if offset == 0 || offset > out.len() {
+        bail!(
+            "{codec}: a copy from {offset} bytes back, with {} bytes written",
+            out.len()
+        );
+    }
+    if out.len() + len > limit {
+        bail!("{codec}: more than the {limit} bytes it says it holds");
+    }
+    let start = out.len() - offset;
+    for i in 0..len {
+        let b = out[start + i];
+        out.push(b);
+    }
+    Ok(())
 }
 
 /// A little-endian base-128 varint of at most 32 bits (snappy's lengths) at `pos`.

@@ -266,6 +266,8 @@ fn damaged_parquet_files_never_panic() {
         "required_none.parquet",
         "columns.parquet",
         "lz4.parquet",
+        "delta.parquet",
+        "delta_length_many.parquet",
     ] {
         let good = std::fs::read(fixture("parquet").join(name)).unwrap();
         never_panics(name, &dir.join(name), &good, good.len(), |p| {

@@ -1,6 +1,7 @@
 //! The Parquet reader (`formats::parquet`) against files pyarrow wrote
 //! (`tools/write_parquet_fixtures.py`, tests/fixtures/parquet/): each layout's text column row by
-//! row as pyarrow was given it (`texts.json`): PLAIN and dictionary values, data pages v1 and v2,
+//! row as pyarrow was given it (`texts.json`): PLAIN, dictionary, DELTA_BYTE_ARRAY and
+//! DELTA_LENGTH_BYTE_ARRAY values (320 rows: several blocks of lengths), data pages v1 and v2,
 //! snappy, gzip, zstd, lz4 and none, nulls, many row groups and pages, a required column, and a
 //! column after others (an int, a struct of two leaves, then a list after it). The layouts not read are
 //! refused with what they are, as are a missing column or one that is not a string, and a
@@ -40,12 +41,12 @@ fn err(path: &std::path::Path, field: &str) -> String {
 #[test]
 fn every_layout_reads_as_pyarrow_wrote_it() {
     let want = expected();
-    assert_eq!(want.len(), 7);
+    assert_eq!(want.len(), 9);
     for (name, rows) in &want {
         let (got, summary) =
             read(&fixture(name), "text").unwrap_or_else(|e| panic!("{name}: {e:#}"));
         assert_eq!(&got, rows, "{name}");
-        assert_eq!(summary.rows, 40, "{name}");
+        assert_eq!(summary.rows, rows.len() as u64, "{name}");
         let nulls = rows.iter().filter(|r| r.is_none()).count() as u64;
         assert_eq!(summary.nulls, nulls, "{name}");
     }
@@ -65,9 +66,10 @@ fn every_layout_reads_as_pyarrow_wrote_it() {
 
 #[test]
 fn what_is_not_read_is_refused_clearly() {
-    let e = err(&fixture("delta.parquet"), "text");
+    let e = err(&fixture("brotli.parquet"), "text");
     assert!(
-        e.contains("DELTA_BYTE_ARRAY encoding, not read here"),
+        e.contains("brotli.parquet: row group 0, column 'text'")
+            && e.contains("the BROTLI codec is not read here"),
         "{e}"
     );
     let e = err(&fixture("columns.parquet"), "body");

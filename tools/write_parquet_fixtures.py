@@ -75,9 +75,18 @@ def main():
     # LZ4 (LZ4_RAW: one block a page)
     write("lz4.parquet", pa.table({"text": text}), compression="lz4")
     expect["lz4.parquet"] = TEXTS
-    # refused: the DELTA_BYTE_ARRAY encoding
+    # DELTA_BYTE_ARRAY (prefixes shared with the value before), pages v1
     write("delta.parquet", pa.table({"text": text}), compression="none", use_dictionary=False,
           column_encoding={"text": "DELTA_BYTE_ARRAY"})
+    expect["delta.parquet"] = TEXTS
+    # DELTA_LENGTH_BYTE_ARRAY, pages v2, nulls, 320 rows (blocks of 128 lengths), zstd
+    many = NULLS * 8
+    write("delta_length_many.parquet", pa.table({"text": pa.array(many, pa.string())}),
+          compression="zstd", use_dictionary=False, data_page_version="2.0",
+          column_encoding={"text": "DELTA_LENGTH_BYTE_ARRAY"})
+    expect["delta_length_many.parquet"] = many
+    # refused: the BROTLI codec
+    write("brotli.parquet", pa.table({"text": text}), compression="brotli")
     with open(os.path.join(OUT, "texts.json"), "w", encoding="utf-8") as f:
         json.dump(expect, f, ensure_ascii=False, indent=0)
         f.write("\n")

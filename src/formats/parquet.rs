@@ -8,11 +8,12 @@
 //! dictionary page, then data pages (v1 or v2), each a Thrift `PageHeader` and its bytes,
 //! compressed with the chunk's codec (none, snappy, gzip, zstd or lz4). A data page holds the column's
 //! definition levels (which rows are null, for an optional column: an RLE / bit-packed hybrid of
-//! 1-bit values) and the non-null values, PLAIN (u32 LE length + bytes) or dictionary indices
-//! (a bit width, then an RLE / bit-packed hybrid).
+//! 1-bit values) and the non-null values, PLAIN (u32 LE length + bytes), dictionary indices
+//! (a bit width, then an RLE / bit-packed hybrid), or DELTA_LENGTH_BYTE_ARRAY / DELTA_BYTE_ARRAY
+//! (lengths, and prefixes shared with the value before, as DELTA_BINARY_PACKED integers).
 //!
 //! Read here: flat (top-level) BYTE_ARRAY columns, required or optional; encodings PLAIN,
-//! PLAIN_DICTIONARY and RLE_DICTIONARY; codecs UNCOMPRESSED, SNAPPY, GZIP, ZSTD and LZ4_RAW. Anything
+//! PLAIN_DICTIONARY, RLE_DICTIONARY, DELTA_LENGTH_BYTE_ARRAY and DELTA_BYTE_ARRAY; codecs UNCOMPRESSED, SNAPPY, GZIP, ZSTD and LZ4_RAW. Anything
 //! else (a nested or repeated column, another encoding or codec, a column in another file) is
 //! refused with what it is. Nothing panics on a damaged file: every offset and length is checked.
 
@@ -715,8 +716,13 @@ impl ColumnReader<'_> {
         } else {
             n
         };
+        let owned: Vec<String>;
         let strings: Vec<&str> = match encoding {
             0 => plain_strings(values, present)?,
+            6 | 7 => {
+                owned = delta_strings(values, present, encoding == 7)?;
+                owned.iter().map(String::as_str).collect()
+            }
             2 | 8 => {
                 let Some((&width, rest)) = values.split_first() else {
                     bail!("a data page without its dictionary indices");
@@ -738,8 +744,8 @@ impl ColumnReader<'_> {
                     .collect::<Result<_>>()?
             }
             e => bail!(
-                "column '{}' is stored with the {} encoding, not read here (PLAIN and dictionary \
-                 encodings are: pyarrow's and most writers' defaults)",
+                "column '{}' is stored with the {} encoding, not read here (PLAIN, dictionary and \
+                 DELTA_* encodings are)",
                 self.field,
                 encoding_name(e)
             ),
@@ -769,6 +775,107 @@ fn encoding_name(e: i32) -> String {
         9 => "BYTE_STREAM_SPLIT".into(),
         e => format!("unknown ({e})"),
     }
+}
+
+/// `n` integers of DELTA_BINARY_PACKED at the start of `bytes`, and the bytes it takes. Its
+/// header: values a block, miniblocks a block, the total count and the first value (varints, the
+/// last zigzag); then blocks: the least delta (zigzag), a bit width per miniblock, and the
+/// miniblocks, each `values a block / miniblocks` deltas above the least, bit-packed least
+/// significant bit first. The miniblocks of the last block after its last value are not stored.
+fn delta_binary_packed(bytes: &[u8], n: usize) -> Result<(Vec<i64>, usize)> {
+    let mut t = Thrift::new(bytes);
+    let block = t.varint()?;
+    let miniblocks = t.varint()?;
+    let total = t.varint()?;
+    let first = t.zigzag()?;
+    if block == 0 || miniblocks == 0 || !block.is_multiple_of(miniblocks) || block > 1 << 20 {
+        bail!("DELTA_BINARY_PACKED blocks of {block} values in {miniblocks} miniblocks");
+    }
+    let per_mini = (block / miniblocks) as usize;
+    if !per_mini.is_multiple_of(8) {
+        bail!("DELTA_BINARY_PACKED miniblocks of {per_mini} values, not a multiple of 8");
+    }
+    if total != n as u64 {
+        bail!("DELTA_BINARY_PACKED of {total} values where {n} are wanted");
+    }
+    let mut out = Vec::with_capacity(n.min(bytes.len() * 8 + 1));
+    if n == 0 {
+        return Ok((out, t.pos));
+    }
+    out.push(first);
+    let mut last = first;
+    while out.len() < n {
+        let min_delta = t.zigzag()?;
+        let widths_at = t.pos;
+        let Some(widths) = bytes.get(widths_at..widths_at + miniblocks as usize) else {
+            bail!("DELTA_BINARY_PACKED bit widths run past the page's end");
+        };
+        t.pos += miniblocks as usize;
+        for &width in widths {
+            if out.len() == n {
+                break;
+            }
+            if width > 64 {
+                bail!("DELTA_BINARY_PACKED bit width {width}");
+            }
+            let nbytes = per_mini * width as usize / 8;
+            let Some(mini) = bytes.get(t.pos..t.pos + nbytes) else {
+                bail!("a DELTA_BINARY_PACKED miniblock runs past the page's end");
+            };
+            t.pos += nbytes;
+            for i in 0..per_mini.min(n - out.len()) {
+                let bit = i * width as usize;
+                let mut v = 0u64;
+                for k in 0..width as usize {
+                    let b = bit + k;
+                    v |= (((mini[b / 8] >> (b % 8)) & 1) as u64) << k;
+                }
+                last = last.wrapping_add(min_delta).wrapping_add(v as i64);
+                out.push(last);
+            }
+        }
+    }
+    Ok((out, t.pos))
+}
+
+/// `n` DELTA_LENGTH_BYTE_ARRAY values (their lengths DELTA_BINARY_PACKED, then their bytes one
+/// after another) or, with `prefixed`, DELTA_BYTE_ARRAY values (each value's length of prefix
+/// shared with the one before, DELTA_BINARY_PACKED, then the suffixes as DELTA_LENGTH_BYTE_ARRAY),
+/// each UTF-8.
+fn delta_strings(bytes: &[u8], n: usize, prefixed: bool) -> Result<Vec<String>> {
+    let (prefixes, at) = if prefixed {
+        delta_binary_packed(bytes, n)?
+    } else {
+        (vec![0; n], 0)
+    };
+    let (lengths, used) = delta_binary_packed(&bytes[at..], n)?;
+    let mut pos = at + used;
+    let mut out: Vec<String> = Vec::with_capacity(n.min(bytes.len()));
+    let mut value: Vec<u8> = Vec::new();
+    for (i, (&prefix, &len)) in prefixes.iter().zip(&lengths).enumerate() {
+        let (Ok(prefix), Ok(len)) = (usize::try_from(prefix), usize::try_from(len)) else {
+            bail!("value {i} of a page has a negative length");
+        };
+        if prefix > value.len() {
+            bail!(
+                "value {i} of a page shares {prefix} bytes with one of {}",
+                value.len()
+            );
+        }
+        let Some(suffix) = bytes.get(pos..pos.saturating_add(len)) else {
+            bail!("value {i} of a page ({len} bytes) runs past the page's end");
+        };
+        pos += len;
+        value.truncate(prefix);
+        value.extend_from_slice(suffix);
+        out.push(String::from_utf8(value.clone()).map_err(|e| {
+            anyhow!(
+                "a value that is not UTF-8 text (invalid byte at its offset {})",
+                e.utf8_error().valid_up_to()
+            )
+        })?);
+    }
+    Ok(out)
 }
 
 /// `n` PLAIN BYTE_ARRAY values (u32 LE length, bytes), each UTF-8.
@@ -941,6 +1048,36 @@ mod tests {
             "2 in 1 bit"
         );
         assert!(read_hybrid(&[3], 1, 8, &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn delta_binary_packed_as_the_spec_describes() {
+        // the spec's example 1: 1, 2, 3, 4, 5 -> deltas 1, 1, 1, 1: least delta 1, all 0 above
+        // it. Header: block 128, 4 miniblocks, 5 values, first 1 (zigzag 2); block: least delta 1
+        // (zigzag 2), widths 0, 0, 0, 0, no miniblock bytes
+        let bytes = [0x80, 0x01, 4, 5, 2, 2, 0, 0, 0, 0];
+        let (v, used) = delta_binary_packed(&bytes, 5).unwrap();
+        assert_eq!((v, used), (vec![1, 2, 3, 4, 5], bytes.len()));
+        // example 2: 7, 5, 3, 1, 2, 3, 4, 5 -> deltas -2 -2 -2 1 1 1 1, least -2, above it
+        // 0 0 0 3 3 3 3 in 2 bits: one miniblock of 32 values, 8 bytes (0b11000000, 0b11111111)
+        let mut bytes = vec![0x80, 0x01, 4, 8, 14, 3, 2, 0, 0, 0];
+        bytes.extend([0b1100_0000, 0b0011_1111, 0, 0, 0, 0, 0, 0]);
+        let (v, used) = delta_binary_packed(&bytes, 8).unwrap();
+        assert_eq!((v, used), (vec![7, 5, 3, 1, 2, 3, 4, 5], bytes.len()));
+        assert!(
+            delta_binary_packed(&bytes[..12], 8).is_err(),
+            "a miniblock cut short"
+        );
+        assert!(
+            delta_binary_packed(&bytes, 9).is_err(),
+            "8 values where 9 are wanted"
+        );
+        // DELTA_LENGTH_BYTE_ARRAY "ab", "", "cde": lengths 2, 0, 3 (deltas -2, 3: least -2,
+        // above it 0 and 5 in 3 bits)
+        let mut bytes = vec![0x80, 0x01, 4, 3, 4, 3, 3, 0, 0, 0];
+        bytes.extend([0b0010_1000, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        bytes.extend(b"abcde");
+        assert_eq!(delta_strings(&bytes, 3, false).unwrap(), ["ab", "", "cde"]);
     }
 
     #[test]

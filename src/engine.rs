@@ -385,7 +385,7 @@ fn gpu_engine_on(
     gpu.set_tf32(opts.tf32)?;
     use crate::gpu::Gpt2Gpu;
     use crate::gpu::ModelOptions;
-    let layout = ModelOptions {
+    let model_opts = ModelOptions {
         kernels: opts.kernels,
         classifier_chunk: opts.classifier_chunk,
         recompute: opts.recompute,
@@ -402,13 +402,14 @@ fn gpu_engine_on(
     Ok(match precision {
         Precision::Fp32 => {
             let mut model =
-                Gpt2Gpu::<f32>::new_with_options(gpu, cfg, params, max_b, max_t, layout)?;
+                Gpt2Gpu::<f32>::new_with_options(gpu, cfg, params, max_b, max_t, model_opts)?;
             model.set_cuda_graphs(graphs);
             Box::new(model)
         }
         Precision::Bf16 => {
-            let mut model =
-                Gpt2Gpu::<half::bf16>::new_with_options(gpu, cfg, params, max_b, max_t, layout)?;
+            let mut model = Gpt2Gpu::<half::bf16>::new_with_options(
+                gpu, cfg, params, max_b, max_t, model_opts,
+            )?;
             model.set_cuda_graphs(graphs);
             Box::new(model)
         }

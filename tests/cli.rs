@@ -762,30 +762,21 @@ fn bad_inputs_give_clear_errors() {
         &["--device", "cpu", "--classifier-chunk", "0"],
         &["--classifier-chunk must be at least 1 sequence"],
     );
-    expect_error(
-        &[
-            "verify",
-            "--model",
-            &fixture("ref_tiny_model.bin"),
-            "--state",
-            &fixture("ref_tiny_state.bin"),
-            "--kernels",
-            "plain",
-        ],
-        &["--kernels chooses the GPU's kernels"],
-    );
-    expect_error(
-        &[
-            "verify",
-            "--model",
-            &fixture("ref_tiny_model.bin"),
-            "--state",
-            &fixture("ref_tiny_state.bin"),
+    // verify on the CPU alone (its default) with a flag for the GPU's kernels
+    let (model, state) = (fixture("ref_tiny_model.bin"), fixture("ref_tiny_state.bin"));
+    for (flag, value, message) in [
+        ("--kernels", "plain", "--kernels chooses the GPU's kernels"),
+        (
             "--recompute",
             "gelu",
-        ],
-        &["--recompute changes the GPU's backward pass: it needs --device cuda or both"],
-    );
+            "--recompute changes the GPU's backward pass: it needs --device cuda or both",
+        ),
+    ] {
+        expect_error(
+            &["verify", "--model", &model, "--state", &state, flag, value],
+            &[message],
+        );
+    }
 
     // a missing checkpoint, one with a wrong magic number, a truncated one
     expect_error(

@@ -5,10 +5,8 @@
 //! match: a 2-byte little-endian offset back into the output and that many bytes copied (which
 //! may overlap what the copy writes). The last sequence is literals only.
 
+use super::{copy_back, MAX_RESERVE};
 use anyhow::{bail, Result};
-
-/// The most bytes reserved up front, whatever a (possibly damaged) page claims to hold.
-const MAX_RESERVE: usize = 64 << 20;
 
 /// Decompresses one LZ4 block into exactly `size` bytes. Errors (never panics) on a damaged
 /// block: a length past the input, a match from before the output's start, or output longer or
@@ -39,7 +37,7 @@ pub fn decompress(block: &[u8], size: usize) -> Result<Vec<u8>> {
         let offset = u16::from_le_bytes([o[0], o[1]]) as usize;
         pos += 2;
         let len = read_length(block, &mut pos, (token & 0x0f) as usize)? + 4;
-        super::snappy::copy_back(&mut out, offset, len, size, "lz4")?;
+        copy_back(&mut out, offset, len, size, "lz4")?;
     }
     if out.len() != size {
         bail!(

@@ -32,6 +32,38 @@ pub const HEADER_BYTES: usize = HEADER_INTS * 4;
 /// A file's 256-int header.
 pub type Header = [i32; HEADER_INTS];
 
+/// The most bytes a decompressor reserves up front, whatever a (possibly damaged) input claims
+/// to hold (snappy, lz4 and Parquet's pages: the output grows past it only as it is written).
+pub(crate) const MAX_RESERVE: usize = 64 << 20;
+
+/// Appends `len` bytes copied from `offset` bytes back in `out` (LZ77's match, as snappy and lz4
+/// store them), byte by byte: the source may overlap what the copy writes (offset 1 repeats the
+/// last byte). An error where the offset is 0 or before the output's start, or where `out` would
+/// grow past `limit` bytes; `codec` names the format in errors.
+pub(crate) fn copy_back(
+    out: &mut Vec<u8>,
+    offset: usize,
+    len: usize,
+    limit: usize,
+    codec: &str,
+) -> Result<()> {
+    if offset == 0 || offset > out.len() {
+        bail!(
+            "{codec}: a copy from {offset} bytes back, with {} bytes written",
+            out.len()
+        );
+    }
+    if out.len() + len > limit {
+        bail!("{codec}: more than the {limit} bytes it says it holds");
+    }
+    let start = out.len() - offset;
+    for i in 0..len {
+        let b = out[start + i];
+        out.push(b);
+    }
+    Ok(())
+}
+
 /// A zeroed header with the magic and version set.
 pub fn new_header(magic: i32, version: i32) -> Header {
     let mut h = [0i32; HEADER_INTS];

@@ -18,6 +18,7 @@
 //! refused with what it is. Nothing panics on a damaged file: every offset and length is checked.
 
 use anyhow::{anyhow, bail, Context, Result};
+use std::borrow::Cow;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
@@ -508,30 +509,16 @@ fn read_page_header(t: &mut Thrift) -> Result<PageHeader> {
     Ok(h)
 }
 
-/// `data` decompressed by the chunk's `codec` into `size` bytes.
-fn decompress(codec: i32, data: &[u8], size: usize) -> Result<Vec<u8>> {
+/// `data` decompressed by the chunk's `codec` into `size` bytes (uncompressed: `data` itself).
+fn decompress(codec: i32, data: &[u8], size: usize) -> Result<Cow<'_, [u8]>> {
     let out = match codec {
-        0 => data.to_vec(),
-        1 => super::snappy::decompress(data)?,
-        2 => {
-            let mut out = Vec::with_capacity(size.min(64 << 20));
-            super::gzip::GzReader::new(data)
-                .take(size as u64 + 1)
-                .read_to_end(&mut out)
-                .context("gzip")?;
-            out
-        }
-        6 => {
-            let mut out = Vec::with_capacity(size.min(64 << 20));
-            super::zstd::ZstdReader::new(data)
-                .take(size as u64 + 1)
-                .read_to_end(&mut out)
-                .context("zstd")?;
-            out
-        }
+        0 => Cow::Borrowed(data),
+        1 => Cow::Owned(super::snappy::decompress(data)?),
+        2 => Cow::Owned(read_page(super::gzip::GzReader::new(data), size).context("gzip")?),
+        6 => Cow::Owned(read_page(super::zstd::ZstdReader::new(data), size).context("zstd")?),
         3 => bail!("the LZO codec is not read here (recompress with snappy, gzip, zstd or lz4)"),
         4 => bail!("the BROTLI codec is not read here (recompress with snappy, gzip, zstd or lz4)"),
-        7 => super::lz4::decompress(data, size)?,
+        7 => Cow::Owned(super::lz4::decompress(data, size)?),
         5 => bail!(
             "the LZ4 codec with Hadoop's framing (deprecated) is not read here (recompress with \
              lz4 (LZ4_RAW), snappy, gzip or zstd)"
@@ -544,6 +531,14 @@ fn decompress(codec: i32, data: &[u8], size: usize) -> Result<Vec<u8>> {
             out.len()
         );
     }
+    Ok(out)
+}
+
+/// A page's bytes from a decompressing reader: at most `size` + 1 (one more than the header says
+/// is enough to see that it holds too many).
+fn read_page(reader: impl Read, size: usize) -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(size.min(super::MAX_RESERVE));
+    reader.take(size as u64 + 1).read_to_end(&mut out)?;
     Ok(out)
 }
 
@@ -604,6 +599,8 @@ struct ColumnReader<'a> {
     field: &'a str,
     optional: bool,
     dictionary: Vec<String>,
+    /// The null rows handed on so far.
+    nulls: u64,
 }
 
 impl ColumnReader<'_> {
@@ -663,7 +660,7 @@ impl ColumnReader<'_> {
                         read_hybrid(b, 1, n, &mut levels)?;
                         at = 4 + len;
                     }
-                    self.emit_rows(&page[at..], h.encoding, n, &levels, on_row)?;
+                    self.nulls += self.emit_rows(&page[at..], h.encoding, n, &levels, on_row)?;
                 }
                 DATA_PAGE_V2 => {
                     let (Ok(dl), Ok(rl)) = (
@@ -686,12 +683,12 @@ impl ColumnReader<'_> {
                     let page = if h.compressed {
                         decompress(codec, rest, values_size)?
                     } else {
-                        rest.to_vec()
+                        Cow::Borrowed(rest)
                     };
                     if !self.optional && h.num_nulls != 0 {
                         bail!("a required column with {} nulls", h.num_nulls);
                     }
-                    self.emit_rows(&page, h.encoding, n, &levels, on_row)?;
+                    self.nulls += self.emit_rows(&page, h.encoding, n, &levels, on_row)?;
                 }
                 // index pages and others: skipped
                 _ => continue,
@@ -702,7 +699,7 @@ impl ColumnReader<'_> {
     }
 
     /// Hands `n` rows of a data page to `on_row`: `levels` (empty for a required column) say
-    /// which are null; `values` holds the others, encoded by `encoding`.
+    /// which are null; `values` holds the others, encoded by `encoding`. Returns the nulls.
     fn emit_rows(
         &self,
         values: &[u8],
@@ -710,7 +707,7 @@ impl ColumnReader<'_> {
         n: usize,
         levels: &[u32],
         on_row: &mut dyn FnMut(Option<&str>) -> Result<()>,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let present = if self.optional {
             levels.iter().filter(|&&l| l == 1).count()
         } else {
@@ -751,14 +748,15 @@ impl ColumnReader<'_> {
             ),
         };
         if !self.optional {
-            return strings.into_iter().try_for_each(|s| on_row(Some(s)));
+            strings.into_iter().try_for_each(|s| on_row(Some(s)))?;
+            return Ok(0);
         }
         let mut next = strings.into_iter();
         for &level in levels {
             let value = (level == 1).then(|| next.next().expect("one value per present row"));
             on_row(value)?;
         }
-        Ok(())
+        Ok((n - present) as u64)
     }
 }
 
@@ -951,13 +949,10 @@ pub fn read_text_column(
         field,
         optional,
         dictionary: Vec::new(),
+        nulls: 0,
     };
-    let (rows_read, nulls) = (std::cell::Cell::new(0u64), std::cell::Cell::new(0u64));
-    let mut count = |v: Option<&str>| {
-        rows_read.set(rows_read.get() + 1);
-        nulls.set(nulls.get() + v.is_none() as u64);
-        on_row(v)
-    };
+    // (a flat column's values are its rows, nulls included)
+    let mut rows_read = 0u64;
     for (g, (columns, rows)) in meta.row_groups.iter().enumerate() {
         let ctx = || format!("{what}: row group {g}, column '{field}'");
         let Some(c) = columns.get(column) else {
@@ -997,11 +992,11 @@ pub fn read_text_column(
             );
         }
         let chunk = read_at(&mut file, start, len as usize).with_context(ctx)?;
-        let before = rows_read.get();
         let values = reader
-            .read_chunk(&chunk, c.codec, &mut count)
+            .read_chunk(&chunk, c.codec, &mut on_row)
             .with_context(ctx)?;
-        if values != c.num_values as u64 || rows_read.get() - before != *rows as u64 {
+        rows_read += values;
+        if values != c.num_values as u64 || values != *rows as u64 {
             bail!(
                 "{}: {values} values in the pages, the footer says {} values in {rows} rows",
                 ctx(),
@@ -1009,16 +1004,15 @@ pub fn read_text_column(
             );
         }
     }
-    if rows_read.get() != meta.num_rows as u64 {
+    if rows_read != meta.num_rows as u64 {
         bail!(
-            "{what}: {} rows in the row groups, the footer says {}",
-            rows_read.get(),
+            "{what}: {rows_read} rows in the row groups, the footer says {}",
             meta.num_rows
         );
     }
     Ok(ColumnSummary {
-        rows: rows_read.get(),
-        nulls: nulls.get(),
+        rows: rows_read,
+        nulls: reader.nulls,
         row_groups: meta.row_groups.len(),
     })
 }

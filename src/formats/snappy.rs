@@ -3,10 +3,8 @@
 //! varint), then elements: a literal (its bytes follow) or a copy of earlier output (a length and
 //! an offset back, which may overlap what it writes: offset 1 repeats the last byte).
 
+use super::{copy_back, MAX_RESERVE};
 use anyhow::{bail, Result};
-
-/// The most bytes reserved up front, whatever a (possibly damaged) block claims to hold.
-const MAX_RESERVE: usize = 64 << 20;
 
 /// Decompresses one raw snappy block. Errors (never panics) on a damaged block: a length that
 /// runs past the input, a copy from before the output's start, or output longer or shorter than
@@ -79,34 +77,6 @@ pub fn decompress(block: &[u8]) -> Result<Vec<u8>> {
         bail!("snappy: the block holds {} bytes, it says {len}", out.len());
     }
     Ok(out)
-}
-
-/// Appends `len` bytes copied from `offset` bytes back in `out` (LZ77's match, as snappy and lz4
-/// store them), byte by byte: the source may overlap what the copy writes (offset 1 repeats the
-/// last byte). An error where the offset is 0 or before the output's start, or where `out` would
-/// grow past `limit` bytes; `codec` names the format in errors.
-pub(crate) fn copy_back(
-    out: &mut Vec<u8>,
-    offset: usize,
-    len: usize,
-    limit: usize,
-    codec: &str,
-) -> Result<()> {
-    if offset == 0 || offset > out.len() {
-        bail!(
-            "{codec}: a copy from {offset} bytes back, with {} bytes written",
-            out.len()
-        );
-    }
-    if out.len() + len > limit {
-        bail!("{codec}: more than the {limit} bytes it says it holds");
-    }
-    let start = out.len() - offset;
-    for i in 0..len {
-        let b = out[start + i];
-        out.push(b);
-    }
-    Ok(())
 }
 
 /// A little-endian base-128 varint of at most 32 bits (snappy's lengths) at `pos`.

@@ -713,6 +713,13 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         })
     }
 
+    /// The arenas' layouts for a batch of B x T on this model's path, chunks and recomputation
+    /// (see [`arena_sizes`]).
+    fn arena_sizes(&self, b: usize, t: usize) -> Result<(Acts<usize>, Acts<usize>)> {
+        arena_sizes(&self.config, b, t, self.fused, self.chunk_b, self.recompute)
+            .context("activation sizes overflow")
+    }
+
     /// Whether the model runs the fused path (see [`Gpt2Gpu::new_with`]).
     pub fn fused(&self) -> bool {
         self.fused
@@ -847,14 +854,13 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
     /// next layer's ln1, or lnf after the last layer), the MLP's first matmul applies the bias
     /// and GELU in its epilogue, and attention is one flash kernel.
     fn forward_layers(&mut self, b: usize, t: usize) -> Result<()> {
+        let (act_sizes, stat_sizes) = self.arena_sizes(b, t)?;
         let cfg = self.config;
         let fused = self.fused;
         let gpu = &self.gpu;
         let prof = &mut self.prof;
         let (l_count, nh, c) = (cfg.num_layers, cfg.num_heads, cfg.channels);
         let p = Params::from_array(views(self.params.as_view(), param_sizes(&cfg).into_array()));
-        let (act_sizes, stat_sizes) = arena_sizes(&cfg, b, t, fused, self.chunk_b, self.recompute)
-            .context("activation sizes overflow")?;
         acts_mut!(a = self.acts.slice_mut(..), act_sizes);
         acts_mut!(s = self.stats.slice_mut(..), stat_sizes);
         let inputs = self.inputs_dev.slice(..b * t);
@@ -1084,9 +1090,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
     fn classifier_forward(&mut self, b: usize, t: usize, targets: bool) -> Result<()> {
         let cfg = self.config;
         let (c, v, vp) = (cfg.channels, cfg.vocab_size, cfg.padded_vocab_size);
-        let (act_sizes, stat_sizes) =
-            arena_sizes(&cfg, b, t, self.fused, self.chunk_b, self.recompute)
-                .context("activation sizes overflow")?;
+        let (act_sizes, stat_sizes) = self.arena_sizes(b, t)?;
         let chunks = classifier_chunks(b, self.chunk_b);
         let p = Params::from_array(views(self.params.as_view(), param_sizes(&cfg).into_array()));
         acts_mut!(a = self.acts.slice_mut(..), act_sizes);
@@ -1125,9 +1129,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
 
     /// The losses (B, T) that [`Gpt2Gpu::classifier_forward`] computed, read back to the host.
     fn download_losses(&mut self, b: usize, t: usize) -> Result<Vec<f32>> {
-        let (_, stat_sizes) =
-            arena_sizes(&self.config, b, t, self.fused, self.chunk_b, self.recompute)
-                .context("activation sizes overflow")?;
+        let (_, stat_sizes) = self.arena_sizes(b, t)?;
         acts_mut!(s = self.stats.slice_mut(..), stat_sizes);
         self.gpu.download(&s.losses)
     }
@@ -1152,10 +1154,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
 
     /// The logits (B, T, Vp) of the last forward, in place.
     fn logits_view(&self) -> Result<CudaView<'_, T>> {
-        let (b, t) = (self.b, self.t);
-        let (act_sizes, _) =
-            arena_sizes(&self.config, b, t, self.fused, self.chunk_b, self.recompute)
-                .context("activation sizes overflow")?;
+        let (act_sizes, _) = self.arena_sizes(self.b, self.t)?;
         let all = views(self.acts.as_view(), act_sizes.into_array());
         Ok(Acts::from_array(all).logits)
     }
@@ -1218,11 +1217,12 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
     }
 
     fn backward_layers(&mut self, loss_scale: f32) -> Result<()> {
+        let (b, t) = (self.b, self.t);
+        let (act_sizes, stat_sizes) = self.arena_sizes(b, t)?;
         let cfg = self.config;
         let fused = self.fused;
         let gpu = &self.gpu;
         let prof = &mut self.prof;
-        let (b, t) = (self.b, self.t);
         let (l_count, nh, c, v, vp) = (
             cfg.num_layers,
             cfg.num_heads,
@@ -1234,8 +1234,6 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         let chunks = classifier_chunks(b, self.chunk_b);
         let p = Params::from_array(views(self.params.as_view(), param_sizes(&cfg).into_array()));
         params_mut!(g = self.grads.slice_mut(..), param_sizes(&cfg));
-        let (act_sizes, stat_sizes) = arena_sizes(&cfg, b, t, fused, self.chunk_b, self.recompute)
-            .context("activation sizes overflow")?;
         acts_mut!(a = self.acts.slice_mut(..), act_sizes);
         acts_mut!(s = self.stats.slice_mut(..), stat_sizes);
         let dlayer_sizes =

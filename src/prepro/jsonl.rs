@@ -34,8 +34,7 @@ pub(super) fn encode_jsonl(
     mut on_doc: impl FnMut(&[u16]) -> Result<()>,
 ) -> Result<usize> {
     let mut reader = std::io::BufReader::with_capacity(1 << 20, super::open_input(path)?);
-    let mut progress = super::Progress::new(path, size, batch_bytes);
-    let mut batches = RecordBatches::new(tok, path, batch_bytes, &mut on_doc);
+    let mut batches = RecordBatches::new(tok, path, size, batch_bytes, &mut on_doc);
     let mut line = Vec::new();
     let (mut line_no, mut offset) = (0, 0u64);
     loop {
@@ -51,9 +50,7 @@ pub(super) fn encode_jsonl(
             .with_context(|| format!("{}: line {line_no}", path.display()))?;
         offset += n as u64;
         if let Some(text) = text {
-            if batches.push(text)? {
-                progress.update(offset);
-            }
+            batches.push(text, offset)?;
         }
     }
     let (documents, tokens) = batches.finish()?;

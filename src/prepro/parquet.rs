@@ -21,15 +21,12 @@ pub(super) fn encode_parquet(
     batch_bytes: usize,
     mut on_doc: impl FnMut(&[u16]) -> Result<()>,
 ) -> Result<usize> {
-    let mut progress = super::Progress::new(path, size, batch_bytes);
-    let mut batches = RecordBatches::new(tok, path, batch_bytes, &mut on_doc);
+    let mut batches = RecordBatches::new(tok, path, size, batch_bytes, &mut on_doc);
     let mut text_bytes = 0u64;
     let summary = read_text_column(path, field, |text| {
         if let Some(text) = text {
             text_bytes += text.len() as u64;
-            if batches.push(text.to_owned())? {
-                progress.update(text_bytes);
-            }
+            batches.push(text.to_owned(), text_bytes)?;
         }
         Ok(())
     })?;

@@ -1,12 +1,12 @@
 //! Documents from records (a JSON Lines file's lines, a Parquet file's rows): each record's text
 //! one document, tokenized in parallel batches of about `batch_bytes` of text and handed on in
-//! the file's order.
+//! the file's order, with a progress line after each batch.
 
 use anyhow::Result;
 use rayon::prelude::*;
 use std::path::Path;
 
-use super::PIECE_BYTES;
+use super::{Progress, PIECE_BYTES};
 use crate::formats::shard::to_u16;
 use crate::tokenizer::Tokenizer;
 
@@ -16,6 +16,7 @@ pub(super) struct RecordBatches<'a, F: FnMut(&[u16]) -> Result<()>> {
     /// The file, for errors.
     path: &'a Path,
     batch_bytes: usize,
+    progress: Progress<'a>,
     batch: Vec<String>,
     batch_text: usize,
     /// Gets each document: the end-of-text token, then its text's ids.
@@ -25,11 +26,19 @@ pub(super) struct RecordBatches<'a, F: FnMut(&[u16]) -> Result<()>> {
 }
 
 impl<'a, F: FnMut(&[u16]) -> Result<()>> RecordBatches<'a, F> {
-    pub(super) fn new(tok: &'a Tokenizer, path: &'a Path, batch_bytes: usize, on_doc: F) -> Self {
+    /// Batches of the records of the file at `path` (`size` bytes, for the progress lines).
+    pub(super) fn new(
+        tok: &'a Tokenizer,
+        path: &'a Path,
+        size: u64,
+        batch_bytes: usize,
+        on_doc: F,
+    ) -> Self {
         RecordBatches {
             tok,
             path,
             batch_bytes,
+            progress: Progress::new(path, size, batch_bytes),
             batch: Vec::new(),
             batch_text: 0,
             on_doc,
@@ -38,16 +47,16 @@ impl<'a, F: FnMut(&[u16]) -> Result<()>> RecordBatches<'a, F> {
         }
     }
 
-    /// Adds one record's text; returns whether that filled a batch, which was then tokenized
-    /// and handed on (a time for a progress line).
-    pub(super) fn push(&mut self, text: String) -> Result<bool> {
+    /// Adds one record's text, `done` bytes into the file (as its progress lines count them);
+    /// a batch it fills is tokenized and handed on, and a progress line printed.
+    pub(super) fn push(&mut self, text: String, done: u64) -> Result<()> {
         self.batch_text += text.len();
         self.batch.push(text);
-        if self.batch_text < self.batch_bytes {
-            return Ok(false);
+        if self.batch_text >= self.batch_bytes {
+            self.flush()?;
+            self.progress.update(done);
         }
-        self.flush()?;
-        Ok(true)
+        Ok(())
     }
 
     /// Tokenizes and hands on what is left; returns (documents, tokens).

@@ -51,10 +51,16 @@ template <typename T> struct alignas(16) Packed {
 };
 
 template <typename T> __device__ __forceinline__ Packed<T> load_packed(const T* p) {
+#ifdef CUDA_HOST_EMULATION
+    emu_check_aligned(p, 16, "load_packed");
+#endif
     return *reinterpret_cast<const Packed<T>*>(p);
 }
 
 template <typename T> __device__ __forceinline__ void store_packed(T* p, const Packed<T>& x) {
+#ifdef CUDA_HOST_EMULATION
+    emu_check_aligned(p, 16, "store_packed");
+#endif
     *reinterpret_cast<Packed<T>*>(p) = x;
 }
 

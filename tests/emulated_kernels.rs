@@ -5,8 +5,12 @@
 //!
 //! Each kernel is launched with the launch geometry its Rust launcher uses (`gpu::launch`, shared
 //! with the launchers) and the arguments in the launcher's order, on awkward sizes (T = 1, sizes
-//! that are not multiples of 32 or of the block, buffers 16-byte aligned and one element off so
-//! that both the packed and the scalar paths run), in fp32 and bf16. Threads and blocks run in
+//! that are not multiples of 32 or of the block), in fp32 and bf16. Its buffers are all 16-byte
+//! aligned, or one of them is one element off: a kernel takes its packed path only when every
+//! buffer it packs is aligned, and one misaligned buffer is what tells a test of all of them from
+//! a test of some (the emulation fails a packed access to a misaligned address, as the GPU does).
+//! The grid-stride kernels also run on 3 blocks (`with_both_grids`), so that their loops run more
+//! than once, as they do on the GPU past 2^16 blocks. Threads and blocks run in
 //! ascending, descending or shuffled order (`schedule`); a kernel whose result depends on that
 //! order (a race at barrier level) fails the bitwise comparisons of two schedules below.
 //!
@@ -41,6 +45,33 @@ fn label<T: Storage>(family: &str, what: &str) -> String {
     format!("{family} {} {what}", T::label())
 }
 
+thread_local! {
+    /// Whether [`grid_stride`] gives few blocks (set by [`with_both_grids`]).
+    static FEW_BLOCKS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The grid of a grid-stride launch over `n` items: the launchers' (`launch::grid_stride`), or
+/// inside [`with_both_grids`]'s second run at most 3 blocks. The launchers' grid covers every
+/// item of the sizes tested here at once; on the GPU it stops at 2^16 blocks (16.7M items), past
+/// which each thread's loop runs more than once (AdamW over d12's 124M parameters): 3 blocks make
+/// the loops here run several times too.
+fn grid_stride(n: usize) -> launch::Grid {
+    let g = launch::grid_stride(n);
+    if FEW_BLOCKS.get() {
+        launch::grid_1d((g.grid.0 as usize).min(3), launch::BLOCK)
+    } else {
+        g
+    }
+}
+
+/// Runs `f` with the launchers' grids, then again with grid-stride launches of at most 3 blocks.
+fn with_both_grids(f: impl Fn()) {
+    f();
+    FEW_BLOCKS.set(true);
+    f();
+    FEW_BLOCKS.set(false);
+}
+
 // ---- encoder -------------------------------------------------------------------------------------
 
 fn encoder_case<T: Storage>(cs: &[usize], seed0: u64, misaligned: bool) {
@@ -60,7 +91,7 @@ fn encoder_case<T: Storage>(cs: &[usize], seed0: u64, misaligned: bool) {
             // gpu::encoder_forward: a grid-stride launch over the packs
             k.launch(
                 &T::kernel("encoder_forward"),
-                launch::grid_stride((B * t * c).div_ceil(launch::pack::<T>())),
+                grid_stride((B * t * c).div_ceil(launch::pack::<T>())),
                 &[
                     Arg::Buf(&d_out),
                     Arg::Buf(&d_inp),
@@ -132,45 +163,53 @@ fn encoder_case<T: Storage>(cs: &[usize], seed0: u64, misaligned: bool) {
 
 #[test]
 fn encoder_fp32_is_bitwise_the_cpu() {
-    // 72: packed path (multiple of 4), 100: too; 37: scalar path
-    encoder_case::<f32>(&[72, 37], 1, false);
-    encoder_case::<f32>(&[72], 2, true);
+    with_both_grids(|| {
+        // 72: packed path (multiple of 4), 100: too; 37: scalar path
+        encoder_case::<f32>(&[72, 37], 1, false);
+        encoder_case::<f32>(&[72], 2, true);
+    });
 }
 
 #[test]
 fn encoder_bf16_is_the_cpu_rounded_once() {
-    // 64: packed (multiple of 8); 100: scalar; misaligned wte: scalar
-    encoder_case::<bf16>(&[64, 100], 1000, false);
-    encoder_case::<bf16>(&[64], 1001, true);
+    with_both_grids(|| {
+        // 64: packed (multiple of 8); 100: scalar; misaligned wte: scalar
+        encoder_case::<bf16>(&[64, 100], 1000, false);
+        encoder_case::<bf16>(&[64], 1001, true);
+    });
 }
 
 #[test]
 fn encoder_bad_token_gives_nan_not_a_wild_read() {
     let k = kernels("encoder");
-    let (b, t, c, vp) = (1, 2, 8, 4);
-    let inp = [1u32, 1_000_000];
-    let d_inp = k.upload(&inp, false);
-    let d_wte = up::<f32>(&k, &vec![1.0; vp * c], false);
-    let d_wpe = up::<f32>(&k, &vec![2.0; t * c], false);
-    let d_out = up::<f32>(&k, &vec![0.0; b * t * c], false);
-    k.launch(
-        "encoder_forward",
-        launch::grid_stride((b * t * c).div_ceil(4)),
-        &[
-            Arg::Buf(&d_out),
-            Arg::Buf(&d_inp),
-            Arg::Buf(&d_wte),
-            Arg::Buf(&d_wpe),
-            Arg::I32(b as i32),
-            Arg::I32(t as i32),
-            Arg::I32(c as i32),
-            Arg::I32(vp as i32),
-        ],
-        0,
-    );
-    let out = down::<f32>(&d_out);
-    assert!(out[..c].iter().all(|&x| x == 3.0), "{out:?}");
-    assert!(out[c..].iter().all(|x| x.is_nan()), "{out:?}");
+    // token Vp is the first past wte's rows (its row would start at the guard page after wte)
+    let (b, t, c, vp) = (1, 3, 8, 4);
+    let inp = [1u32, vp as u32, 1_000_000];
+    // wte aligned (the packed path) or one element off (the scalar path)
+    for misaligned in [false, true] {
+        let d_inp = k.upload(&inp, false);
+        let d_wte = up::<f32>(&k, &vec![1.0; vp * c], misaligned);
+        let d_wpe = up::<f32>(&k, &vec![2.0; t * c], false);
+        let d_out = up::<f32>(&k, &vec![0.0; b * t * c], false);
+        k.launch(
+            "encoder_forward",
+            grid_stride((b * t * c).div_ceil(4)),
+            &[
+                Arg::Buf(&d_out),
+                Arg::Buf(&d_inp),
+                Arg::Buf(&d_wte),
+                Arg::Buf(&d_wpe),
+                Arg::I32(b as i32),
+                Arg::I32(t as i32),
+                Arg::I32(c as i32),
+                Arg::I32(vp as i32),
+            ],
+            0,
+        );
+        let out = down::<f32>(&d_out);
+        assert!(out[..c].iter().all(|&x| x == 3.0), "{out:?}");
+        assert!(out[c..].iter().all(|x| x.is_nan()), "{out:?}");
+    }
 }
 
 // ---- layernorm -----------------------------------------------------------------------------------
@@ -387,8 +426,8 @@ fn layernorm_bf16_matches_cpu() {
 
 // ---- residual and gelu -----------------------------------------------------------------------------
 
-/// Residual forward and backward in T on buffers 16-byte aligned or one element off: the CPU's
-/// fp32 result rounded once to T, bitwise.
+/// Residual forward and backward in T on buffers 16-byte aligned, or with one of them one element
+/// off (`misaligned`): the CPU's fp32 result rounded once to T, bitwise.
 fn residual_case<T: Storage>(misaligned: bool, seed: u64) {
     let k = kernels("residual");
     let n = B * 37 * 100 + 3;
@@ -397,9 +436,9 @@ fn residual_case<T: Storage>(misaligned: bool, seed: u64) {
     let b = round_to::<T>(&rand(&mut rng, n, 1.0));
     let mut out = vec![0.0; n];
     cpu::residual::residual_forward(&mut out, &a, &b);
-    let (d_a, d_b) = (up::<T>(&k, &a, misaligned), up::<T>(&k, &b, misaligned));
+    let (d_a, d_b) = (up::<T>(&k, &a, false), up::<T>(&k, &b, false));
     let d_out = up::<T>(&k, &vec![0.0; n], misaligned);
-    let g = launch::grid_stride(n.div_ceil(launch::pack::<T>()));
+    let g = grid_stride(n.div_ceil(launch::pack::<T>()));
     k.launch(
         &T::kernel("residual_forward"),
         g,
@@ -417,9 +456,9 @@ fn residual_case<T: Storage>(misaligned: bool, seed: u64) {
     let dout = round_to::<T>(&rand(&mut rng, n, 1.0));
     let mut d1 = round_to::<T>(&rand(&mut rng, n, 1.0));
     let mut d2 = round_to::<T>(&rand(&mut rng, n, 1.0));
-    let (g1, g2) = (up::<T>(&k, &d1, misaligned), up::<T>(&k, &d2, misaligned));
+    let (g1, g2) = (up::<T>(&k, &d1, false), up::<T>(&k, &d2, misaligned));
     cpu::residual::residual_backward(&mut d1, &mut d2, &dout);
-    let d_dout = up::<T>(&k, &dout, misaligned);
+    let d_dout = up::<T>(&k, &dout, false);
     k.launch(
         &T::kernel("residual_backward"),
         g,
@@ -438,10 +477,12 @@ fn residual_case<T: Storage>(misaligned: bool, seed: u64) {
 
 #[test]
 fn residual_is_bitwise_the_cpu_in_both_precisions_and_paths() {
-    for misaligned in [false, true] {
-        residual_case::<f32>(misaligned, 500 + misaligned as u64);
-        residual_case::<bf16>(misaligned, 1500 + misaligned as u64);
-    }
+    with_both_grids(|| {
+        for misaligned in [false, true] {
+            residual_case::<f32>(misaligned, 500 + misaligned as u64);
+            residual_case::<bf16>(misaligned, 1500 + misaligned as u64);
+        }
+    });
 }
 
 fn gelu_case<T: Storage>(seed: u64, misaligned: bool) {
@@ -457,8 +498,8 @@ fn gelu_case<T: Storage>(seed: u64, misaligned: bool) {
     let dinp0 = round_to::<T>(&rand(&mut rng, n, 1.0));
     let mut dinp = dinp0.clone();
     cpu::gelu::gelu_backward(&mut dinp, &inp, &dout);
-    let g = launch::grid_stride(n.div_ceil(launch::pack::<T>()));
-    let d_inp = up::<T>(&k, &inp, misaligned);
+    let g = grid_stride(n.div_ceil(launch::pack::<T>()));
+    let d_inp = up::<T>(&k, &inp, false);
     let d_out = up::<T>(&k, &vec![0.0; n], misaligned);
     k.launch(
         &T::kernel("gelu_forward"),
@@ -467,7 +508,7 @@ fn gelu_case<T: Storage>(seed: u64, misaligned: bool) {
         0,
     );
     assert_close(&what("out"), &down::<T>(&d_out), &out, 1e-6, u + 1e-5);
-    let d_dinp = up::<T>(&k, &dinp0, misaligned);
+    let d_dinp = up::<T>(&k, &dinp0, false);
     let d_dout = up::<T>(&k, &dout, misaligned);
     k.launch(
         &T::kernel("gelu_backward"),
@@ -485,10 +526,12 @@ fn gelu_case<T: Storage>(seed: u64, misaligned: bool) {
 
 #[test]
 fn gelu_matches_cpu_in_both_precisions_and_paths() {
-    for misaligned in [false, true] {
-        gelu_case::<f32>(400, misaligned);
-        gelu_case::<bf16>(1400, misaligned);
-    }
+    with_both_grids(|| {
+        for misaligned in [false, true] {
+            gelu_case::<f32>(400, misaligned);
+            gelu_case::<bf16>(1400, misaligned);
+        }
+    });
 }
 
 // ---- matmul: bias add and bias gradient (the products are cuBLAS) ---------------------------------
@@ -513,7 +556,7 @@ fn matmul_bias_case<T: Storage>(seed0: u64, misaligned: bool) {
         // gpu::matmul_forward: one grid-stride thread per element
         k.launch(
             &T::kernel("add_bias"),
-            launch::grid_stride(n * oc),
+            grid_stride(n * oc),
             &[
                 Arg::Buf(&d_out),
                 Arg::Buf(&d_bias),
@@ -591,9 +634,11 @@ fn matmul_bias_case<T: Storage>(seed0: u64, misaligned: bool) {
 
 #[test]
 fn matmul_bias_kernels_match_cpu() {
-    matmul_bias_case::<f32>(200, false);
-    matmul_bias_case::<bf16>(1200, false);
-    matmul_bias_case::<bf16>(1201, true);
+    with_both_grids(|| {
+        matmul_bias_case::<f32>(200, false);
+        matmul_bias_case::<bf16>(1200, false);
+        matmul_bias_case::<bf16>(1201, true);
+    });
 }
 
 #[test]
@@ -672,12 +717,7 @@ fn attention_permute_case<T: Storage>(seed: u64) {
                 Arg::I32(x) => Arg::I32(*x),
                 _ => unreachable!(),
             }));
-            k.launch(
-                &T::kernel("attention_permute"),
-                launch::grid_stride(btc),
-                &args,
-                1,
-            );
+            k.launch(&T::kernel("attention_permute"), grid_stride(btc), &args, 1);
             let mut want = vec![vec![0.0; btc]; 3];
             let mut y = vec![0.0; btc];
             let y_host = rand(&mut rng, btc, 1.0);
@@ -709,7 +749,7 @@ fn attention_permute_case<T: Storage>(seed: u64) {
             let d_o = up::<T>(&k, &rand(&mut rng, btc, 9.0), false);
             k.launch(
                 &T::kernel("attention_unpermute"),
-                launch::grid_stride(btc),
+                grid_stride(btc),
                 &[
                     Arg::Buf(&d_o),
                     Arg::Buf(&d_y),
@@ -729,7 +769,7 @@ fn attention_permute_case<T: Storage>(seed: u64) {
             let d_dy = up::<T>(&k, &rand(&mut rng, btc, 9.0), false);
             k.launch(
                 &T::kernel("attention_unpermute_backward"),
-                launch::grid_stride(btc),
+                grid_stride(btc),
                 &[
                     Arg::Buf(&d_dy),
                     Arg::Buf(&d_o),
@@ -762,7 +802,7 @@ fn attention_permute_case<T: Storage>(seed: u64) {
             let d_dinp = up::<T>(&k, &dinp0, false);
             k.launch(
                 &T::kernel("attention_permute_backward"),
-                launch::grid_stride(btc),
+                grid_stride(btc),
                 &[
                     Arg::Buf(&d_dinp),
                     Arg::Buf(&qkv[0]),
@@ -786,8 +826,10 @@ fn attention_permute_case<T: Storage>(seed: u64) {
 
 #[test]
 fn attention_permutations_are_bitwise() {
-    attention_permute_case::<f32>(300);
-    attention_permute_case::<bf16>(1300);
+    with_both_grids(|| {
+        attention_permute_case::<f32>(300);
+        attention_permute_case::<bf16>(1300);
+    });
 }
 
 /// The causal softmax forward and backward kernels fed the CPU twin's preatt and datt (with
@@ -1056,88 +1098,100 @@ fn adamw_params(step: usize, grad_scale: f32) -> Arg<'static> {
 #[cfg(has_cuda)]
 #[test]
 fn adamw_fp32_is_bitwise_the_cpu() {
-    let k = kernels("adamw");
-    for misaligned in [false, true] {
-        let n = 10_003;
-        let mut rng = Rng::new(700 + misaligned as u64);
-        let mut params = rand(&mut rng, n, 1.0);
-        let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
-        let d_p = up::<f32>(&k, &params, misaligned);
-        let (d_m, d_v) = (up::<f32>(&k, &m, misaligned), up::<f32>(&k, &v, misaligned));
-        for step in 1..=3 {
-            let grads = rand(&mut rng, n, 0.5);
-            let d_g = up::<f32>(&k, &grads, misaligned);
-            let scale = if step == 2 { 0.7 } else { 1.0 };
-            cpu::adamw::adamw_update(&mut params, &grads, &mut m, &mut v, &ADAMW_HP, step, scale);
-            k.launch(
-                "adamw_kernel",
-                launch::grid_stride(n.div_ceil(launch::pack::<f32>())),
-                &[
-                    Arg::Buf(&d_p),
-                    Arg::Buf(&d_g),
-                    Arg::Buf(&d_m),
-                    Arg::Buf(&d_v),
-                    Arg::Usize(n),
-                    adamw_params(step, scale),
-                ],
-                step as u32,
-            );
-            assert_bitwise("adamw params", &down::<f32>(&d_p), &params);
-            assert_bitwise("adamw m", &down::<f32>(&d_m), &m);
-            assert_bitwise("adamw v", &down::<f32>(&d_v), &v);
+    with_both_grids(|| {
+        let k = kernels("adamw");
+        for misaligned in [false, true] {
+            let n = 10_003;
+            let mut rng = Rng::new(700 + misaligned as u64);
+            let mut params = rand(&mut rng, n, 1.0);
+            let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+            let d_p = up::<f32>(&k, &params, false);
+            let (d_m, d_v) = (up::<f32>(&k, &m, false), up::<f32>(&k, &v, misaligned));
+            for step in 1..=3 {
+                let grads = rand(&mut rng, n, 0.5);
+                let d_g = up::<f32>(&k, &grads, false);
+                let scale = if step == 2 { 0.7 } else { 1.0 };
+                cpu::adamw::adamw_update(
+                    &mut params,
+                    &grads,
+                    &mut m,
+                    &mut v,
+                    &ADAMW_HP,
+                    step,
+                    scale,
+                );
+                k.launch(
+                    "adamw_kernel",
+                    grid_stride(n.div_ceil(launch::pack::<f32>())),
+                    &[
+                        Arg::Buf(&d_p),
+                        Arg::Buf(&d_g),
+                        Arg::Buf(&d_m),
+                        Arg::Buf(&d_v),
+                        Arg::Usize(n),
+                        adamw_params(step, scale),
+                    ],
+                    step as u32,
+                );
+                assert_bitwise("adamw params", &down::<f32>(&d_p), &params);
+                assert_bitwise("adamw m", &down::<f32>(&d_m), &m);
+                assert_bitwise("adamw v", &down::<f32>(&d_v), &v);
+            }
         }
-    }
+    });
 }
 
 #[cfg(has_cuda)]
 #[test]
 fn adamw_mixed_is_bitwise_the_cpu_with_stochastic_rounding() {
-    use train_gpt2_cuda::precision::{round_bf16_stochastic, rounding_bits};
-    let k = kernels("adamw");
-    for misaligned in [false, true] {
-        let n = 10_003;
-        // the rounding counters start at `first` (the slice's place in a whole parameter buffer)
-        let first = if misaligned { 3_000_000_001u32 } else { 0 };
-        let mut rng = Rng::new(1700 + misaligned as u64);
-        let mut master = rand(&mut rng, n, 1.0);
-        let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
-        let d_params = up::<bf16>(&k, &vec![0.0; n], misaligned);
-        let d_master = up::<f32>(&k, &master, misaligned);
-        let (d_m, d_v) = (up::<f32>(&k, &m, misaligned), up::<f32>(&k, &v, misaligned));
-        for step in 1..=2 {
-            let grads = round_to::<bf16>(&rand(&mut rng, n, 0.5));
-            let d_g = up::<bf16>(&k, &grads, misaligned);
-            let seed = 0x9e37_79b9u32.wrapping_mul(step as u32 + 7 * misaligned as u32);
-            cpu::adamw::adamw_update(&mut master, &grads, &mut m, &mut v, &ADAMW_HP, step, 1.0);
-            k.launch(
-                "adamw_mixed_kernel",
-                launch::grid_stride(n.div_ceil(launch::pack::<bf16>())),
-                &[
-                    Arg::Buf(&d_params),
-                    Arg::Buf(&d_master),
-                    Arg::Buf(&d_g),
-                    Arg::Buf(&d_m),
-                    Arg::Buf(&d_v),
-                    Arg::Usize(n),
-                    adamw_params(step, 1.0),
-                    Arg::U32(seed),
-                    Arg::U32(first),
-                ],
-                step as u32 + 1,
-            );
-            assert_bitwise("adamw mixed master", &down::<f32>(&d_master), &master);
-            assert_bitwise("adamw mixed m", &down::<f32>(&d_m), &m);
-            assert_bitwise("adamw mixed v", &down::<f32>(&d_v), &v);
-            for (i, (p, &w)) in d_params.read::<bf16>().iter().zip(&master).enumerate() {
-                let want = round_bf16_stochastic(w, rounding_bits(seed, first + i as u32));
-                assert_eq!(
-                    p.to_bits(),
-                    want.to_bits(),
-                    "adamw mixed params[{i}] (step {step})"
+    with_both_grids(|| {
+        use train_gpt2_cuda::precision::{round_bf16_stochastic, rounding_bits};
+        let k = kernels("adamw");
+        for misaligned in [false, true] {
+            let n = 10_003;
+            // the rounding counters start at `first` (the slice's place in a whole parameter buffer)
+            let first = if misaligned { 3_000_000_001u32 } else { 0 };
+            let mut rng = Rng::new(1700 + misaligned as u64);
+            let mut master = rand(&mut rng, n, 1.0);
+            let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+            let d_params = up::<bf16>(&k, &vec![0.0; n], misaligned);
+            let d_master = up::<f32>(&k, &master, false);
+            let (d_m, d_v) = (up::<f32>(&k, &m, false), up::<f32>(&k, &v, false));
+            for step in 1..=2 {
+                let grads = round_to::<bf16>(&rand(&mut rng, n, 0.5));
+                let d_g = up::<bf16>(&k, &grads, false);
+                let seed = 0x9e37_79b9u32.wrapping_mul(step as u32 + 7 * misaligned as u32);
+                cpu::adamw::adamw_update(&mut master, &grads, &mut m, &mut v, &ADAMW_HP, step, 1.0);
+                k.launch(
+                    "adamw_mixed_kernel",
+                    grid_stride(n.div_ceil(launch::pack::<bf16>())),
+                    &[
+                        Arg::Buf(&d_params),
+                        Arg::Buf(&d_master),
+                        Arg::Buf(&d_g),
+                        Arg::Buf(&d_m),
+                        Arg::Buf(&d_v),
+                        Arg::Usize(n),
+                        adamw_params(step, 1.0),
+                        Arg::U32(seed),
+                        Arg::U32(first),
+                    ],
+                    step as u32 + 1,
                 );
+                assert_bitwise("adamw mixed master", &down::<f32>(&d_master), &master);
+                assert_bitwise("adamw mixed m", &down::<f32>(&d_m), &m);
+                assert_bitwise("adamw mixed v", &down::<f32>(&d_v), &v);
+                for (i, (p, &w)) in d_params.read::<bf16>().iter().zip(&master).enumerate() {
+                    let want = round_bf16_stochastic(w, rounding_bits(seed, first + i as u32));
+                    assert_eq!(
+                        p.to_bits(),
+                        want.to_bits(),
+                        "adamw mixed params[{i}] (step {step})"
+                    );
+                }
             }
         }
-    }
+    });
 }
 
 /// The global norm of n values of T, 16-byte aligned (the packed path, then the tail of n % pack)
@@ -1192,6 +1246,9 @@ fn global_norm_matches_cpu_and_is_deterministic() {
         global_norm_case::<f32>(100_003, 800 + s, misaligned);
         // aligned: no tail
         global_norm_case::<f32>(100_000, 802 + s, misaligned);
+        // more than NORM_BLOCKS x NORM_THREADS packs (aligned) or elements (misaligned): each
+        // thread's loop runs more than once, as on the GPU (d12: 124M parameters)
+        global_norm_case::<f32>(1_100_003, 806 + s, misaligned);
         // fewer elements than threads (aligned: 19 packs and a tail of 1)
         global_norm_case::<f32>(77, 804 + s, misaligned);
         // aligned: packs of 8 and a tail of 1
@@ -1199,6 +1256,30 @@ fn global_norm_matches_cpu_and_is_deterministic() {
         // aligned: no tail
         global_norm_case::<bf16>(64_000, 1802 + s, misaligned);
     }
+    // The final stage is written for any number of partials: over more than its threads (each
+    // thread's loop runs twice), the f64 sum within fp32 roundoff.
+    let k = kernels("global_norm");
+    let partials = rand(&mut Rng::new(810), 1000, 1.0);
+    let d_partials = up::<f32>(&k, &partials, false);
+    let d_total = up::<f32>(&k, &[f32::NAN], false);
+    k.launch(
+        "global_norm_final",
+        launch::grid_1d(1, launch::NORM_THREADS),
+        &[
+            Arg::Buf(&d_total),
+            Arg::Buf(&d_partials),
+            Arg::I32(partials.len() as i32),
+        ],
+        1,
+    );
+    let want = partials.iter().map(|&x| x as f64).sum::<f64>() as f32;
+    assert_close(
+        "global_norm_final over 1000 partials",
+        &down::<f32>(&d_total),
+        &[want],
+        1e-4,
+        1e-6,
+    );
 }
 
 // ---- fused residual + layernorm ------------------------------------------------------------------------
@@ -1612,6 +1693,60 @@ fn the_emulation_reports_divergence_faults_races_and_bad_launches() {
     expect_failure("misaligned ldmatrix", "not 16-byte aligned", || {
         ldmatrix(4, 0, 1)
     });
+    // a packed load from an address one float off a 16-byte boundary (the GPU faults; the host's
+    // own load would not)
+    let four = [1.0f32, 2.0, 3.0, 4.0];
+    let packed_load = |inp: &emu::Buf| {
+        k.launch(
+            "unchecked_packed_load",
+            one_warp,
+            &[Arg::Buf(&out), Arg::Buf(inp)],
+            0,
+        )
+    };
+    packed_load(&up::<f32>(&k, &four, false));
+    assert_eq!(&down::<f32>(&out)[..4], &four);
+    expect_failure(
+        "misaligned packed load",
+        "load_packed of 16 bytes at",
+        || packed_load(&up::<f32>(&k, &four, true)),
+    );
+    // Memory nothing wrote: static shared memory is NaN bytes at each block's start (the first
+    // block's writes do not reach the second), a local 0xfe bytes (where the compiler can
+    // initialise them so), not the zeros a sum would pass for initialised with.
+    let unwritten = up::<f32>(&k, &[0.0; 128], false);
+    k.launch(
+        "unwritten_memory",
+        launch::grid_1d(2, 32),
+        &[Arg::Buf(&unwritten)],
+        0,
+    );
+    let seen = down::<f32>(&unwritten);
+    for b in 0..2 {
+        let shared = &seen[64 * b..64 * b + 32];
+        assert!(
+            shared.iter().all(|x| x.is_nan()),
+            "block {b} read static shared memory nothing wrote as {shared:?}, not NaN"
+        );
+        let local = &seen[64 * b + 32..64 * b + 64];
+        if emu::initialises_locals() {
+            assert!(
+                local.iter().all(|x| x.to_bits() == 0xfefe_fefe),
+                "block {b} read a local nothing wrote as {local:?}, not the 0xfe pattern"
+            );
+        }
+    }
+    // An endless loop fails the launch when the watchdog expires, instead of hanging the test.
+    k.set_launch_limit(0.5);
+    expect_failure("endless loop", "still running after 0.5 s", || {
+        k.launch(
+            "endless_loop",
+            one_warp,
+            &[Arg::Buf(&out), Arg::I32(2000)],
+            0,
+        )
+    });
+    k.set_launch_limit(0.0);
     // The launch after the failures works.
     k.launch("bounded", launch::grid_1d(1, 64), &[Arg::Buf(&out)], 0);
     assert!(down::<f32>(&out).iter().all(|&x| x == 1.0));

@@ -8,8 +8,12 @@
 // - __shfl_*_sync: warp-wide exchanges: every lane of the mask must arrive at the same kind of
 //   shuffle with the same mask before any continues; a lane that never arrives (divergence, an
 //   early return) is reported as a deadlock by the runtime instead of hanging;
-// - __shared__: `static` (one block at a time, so one copy is enough); `extern __shared__` arrays
-//   are rewritten by the harness (tests/emu/mod.rs) to the launch's dynamic shared memory;
+// - __shared__: `static` (one block at a time, so one copy is enough), NaN bytes at each block's
+//   start; `extern __shared__` arrays are rewritten by the harness (tests/emu/mod.rs) to the
+//   launch's dynamic shared memory (NaN bytes too);
+// - locals: compiled with -ftrivial-auto-var-init=pattern where the compiler has it (g++ 12,
+//   clang 8), so a variable read before it is written holds 0xfe bytes (-1.7e38 as a float), not
+//   whatever the stack had (often 0, which would pass for an initialised sum);
 // - the _rn intrinsics: plain IEEE fp32 operations (compiled with -ffp-contract=off: no FMA);
 //   expf, tanhf, ... : the host's libm (CUDA's differ by an ulp or two).
 #pragma once
@@ -31,7 +35,10 @@
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 #define __restrict__ __restrict
-#define __shared__ static
+// static shared memory: one copy (blocks run one at a time), in a section of its own that the
+// runtime fills with 0xff bytes (NaN in fp32 and bf16) before each block, as it does the dynamic
+// shared memory: a read of shared memory no thread of the block wrote shows up
+#define __shared__ static __attribute__((section("emu_shared")))
 
 struct uint3 {
     unsigned int x, y, z;
@@ -77,6 +84,10 @@ void emu_cp_async_commit();
 void emu_cp_async_wait(int n);
 // The launch's dynamic shared memory (`extern __shared__ T name[]`).
 void* emu_dynamic_smem();
+// A `bytes`-byte access at p (one of the kernels' packed 128-bit loads and stores): fails the
+// launch unless p is `bytes`-aligned, as the GPU does (a misaligned address); the host's own
+// loads would not notice.
+void emu_check_aligned(const void* p, int bytes, const char* what);
 
 #define __syncthreads() emu_syncthreads(__FILE__, __LINE__)
 

@@ -229,6 +229,7 @@ fn common_args() -> Vec<String> {
         a.retain(|f| f != "-O2");
         a.extend(["-O0".to_string(), "-g".to_string()]);
     }
+    a.extend(auto_var_init().map(str::to_string));
     a.extend([
         "-I".to_string(),
         emu_dir().display().to_string(),
@@ -236,6 +237,36 @@ fn common_args() -> Vec<String> {
         kernel_dir().display().to_string(),
     ]);
     a
+}
+
+/// `-ftrivial-auto-var-init=pattern` if the compiler has it (g++ 12, clang 8): a kernel's local
+/// read before it is written then holds 0xfe bytes (-1.7e38 as a float), where the stack often
+/// holds zeros that would pass for an initialised sum (a register on the GPU holds anything).
+/// Without it (an older compiler) the emulation runs and says once on stderr what it cannot see.
+fn auto_var_init() -> Option<&'static str> {
+    const FLAG: &str = "-ftrivial-auto-var-init=pattern";
+    static HAS: OnceLock<bool> = OnceLock::new();
+    let has = *HAS.get_or_init(|| {
+        let (cc, version) = compiler();
+        let has = Command::new(cc)
+            .args([FLAG, "-x", "c++", "-fsyntax-only", "-"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !has {
+            eprintln!(
+                "note: {cc} ({version}) has no {FLAG}: the kernel emulation cannot tell a local \
+                 read before it is written"
+            );
+        }
+        has
+    });
+    has.then_some(FLAG)
+}
+
+/// Whether the emulated kernels' locals start as 0xfe bytes ([`auto_var_init`]).
+pub fn initialises_locals() -> bool {
+    auto_var_init().is_some()
 }
 
 /// The hash of the shim and the flags (part of every library's key).
@@ -325,6 +356,7 @@ pub(crate) fn build(path: &Path) -> PathBuf {
         "-o".to_string(),
         tmp.display().to_string(),
         "-lpthread".to_string(),
+        "-lrt".to_string(), // timer_create before glibc 2.34
     ]);
     let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     cxx(&refs, &format!("compiling {} for the host", path.display()));
@@ -350,6 +382,7 @@ struct Api {
     alloc: unsafe extern "C" fn(usize, usize) -> *mut c_void,
     free: unsafe extern "C" fn(*mut c_void),
     check: unsafe extern "C" fn(*mut c_void) -> i32,
+    set_launch_limit: unsafe extern "C" fn(f64),
 }
 
 /// One emulated kernel file.
@@ -396,6 +429,7 @@ impl Kernels {
                 alloc: *lib.get(b"emu_alloc").unwrap(),
                 free: *lib.get(b"emu_free").unwrap(),
                 check: *lib.get(b"emu_check").unwrap(),
+                set_launch_limit: *lib.get(b"emu_set_launch_limit").unwrap(),
             }
         };
         Kernels {
@@ -410,6 +444,13 @@ impl Kernels {
         unsafe { CStr::from_ptr((self.api.last_error)()) }
             .to_string_lossy()
             .into_owned()
+    }
+
+    /// Fails this library's launches that run longer than `seconds` of CPU time (an endless
+    /// loop); 0 restores the default (`EMU_LAUNCH_TIMEOUT_S`, or 120 s).
+    pub fn set_launch_limit(&self, seconds: f64) {
+        // SAFETY: a plain setter of the library's own limit.
+        unsafe { (self.api.set_launch_limit)(seconds) }
     }
 
     /// The kernels the library holds.

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <csetjmp>
 #include <csignal>
+#include <ctime>
 #include <cstdarg>
 #include <cstdint>
 #include <cstdio>
@@ -26,6 +27,7 @@
 #include <vector>
 
 #include <pthread.h>
+#include <sys/syscall.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -42,6 +44,12 @@ EmuThread* emu_current = nullptr;
 uint3 emu_block_idx;
 uint3 emu_block_dim;
 uint3 emu_grid_dim;
+
+// The bounds of the kernels' static __shared__ arrays (cuda_shim.h puts them in the section
+// emu_shared): the linker defines them in a library that has any, and they are null in one that
+// has none.
+extern "C" char __start_emu_shared[] __attribute__((weak, visibility("hidden")));
+extern "C" char __stop_emu_shared[] __attribute__((weak, visibility("hidden")));
 
 namespace {
 
@@ -200,6 +208,9 @@ void* volatile g_fault_addr = nullptr;
 volatile int g_fault_sig = 0;
 struct sigaction g_prev_segv, g_prev_bus;
 std::once_flag g_handler_once;
+// The watchdog's signal: a launch still running after launch_limit_s() seconds of its thread's CPU
+// time fails (an endless loop would otherwise hang the test, as it hangs the GPU).
+constexpr int WATCHDOG_SIGNAL = SIGXCPU;
 
 std::string format(const char* fmt, ...) {
     char buf[1024];
@@ -554,6 +565,15 @@ void on_fault(int sig, siginfo_t* si, void* uc) {
     chain(sig, si, uc);
 }
 
+// The watchdog's expiry: leave the launch as a fault does (a late expiry outside it is ignored).
+void on_watchdog(int sig, siginfo_t*, void*) {
+    if (g_in_launch && pthread_equal(pthread_self(), g_owner)) {
+        g_fault_addr = nullptr;
+        g_fault_sig = sig;
+        siglongjmp(g_fault_env, 1);
+    }
+}
+
 void install_handlers() {
     struct sigaction sa;
     std::memset(&sa, 0, sizeof sa);
@@ -562,7 +582,52 @@ void install_handlers() {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGSEGV, &sa, &g_prev_segv);
     sigaction(SIGBUS, &sa, &g_prev_bus);
+    sa.sa_sigaction = on_watchdog;
+    sigaction(WATCHDOG_SIGNAL, &sa, nullptr);
 }
+
+// The longest a launch may run, in seconds of CPU time: emu_set_launch_limit's, or
+// EMU_LAUNCH_TIMEOUT_S, or 120 (the longest launch of the tests takes a few seconds).
+double g_launch_limit_s = 0.0;
+double launch_limit_s() {
+    static const double from_env = [] {
+        const char* e = std::getenv("EMU_LAUNCH_TIMEOUT_S");
+        const double v = e ? std::atof(e) : 0.0;
+        return v > 0.0 ? v : 120.0;
+    }();
+    return g_launch_limit_s > 0.0 ? g_launch_limit_s : from_env;
+}
+
+// A timer on the calling thread's CPU time that sends it WATCHDOG_SIGNAL after launch_limit_s();
+// disarmed and deleted when it goes out of scope.
+struct Watchdog {
+    timer_t timer{};
+    bool armed = false;
+    Watchdog() {
+        struct sigevent sev;
+        std::memset(&sev, 0, sizeof sev);
+        sev.sigev_notify = SIGEV_THREAD_ID;
+        sev.sigev_signo = WATCHDOG_SIGNAL;
+        sev._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+        if (timer_create(CLOCK_THREAD_CPUTIME_ID, &sev, &timer) != 0) {
+            return; // no watchdog: an endless loop hangs, as it would without one
+        }
+        const double limit = launch_limit_s();
+        struct itimerspec its;
+        std::memset(&its, 0, sizeof its);
+        its.it_value.tv_sec = (time_t)limit;
+        its.it_value.tv_nsec = (long)((limit - (double)(time_t)limit) * 1e9);
+        armed = timer_settime(timer, 0, &its, nullptr) == 0;
+        if (!armed) {
+            timer_delete(timer);
+        }
+    }
+    ~Watchdog() {
+        if (armed) {
+            timer_delete(timer);
+        }
+    }
+};
 
 // A signal stack for this OS thread (a fault on a fiber's overflowing stack needs another).
 void ensure_altstack() {
@@ -752,8 +817,14 @@ int launch_impl(const char* name, const unsigned* grid, const unsigned* block, u
     ensure_altstack();
     std::call_once(g_handler_once, install_handlers);
     g_owner = pthread_self();
+    const Watchdog watchdog;
     if (sigsetjmp(g_fault_env, 1) != 0) {
         g_in_launch = 0;
+        if (g_fault_sig == WATCHDOG_SIGNAL) {
+            t_error = format("%s: still running after %g s (EMU_LAUNCH_TIMEOUT_S) in %s: an endless loop?", name,
+                             launch_limit_s(), g.cur ? where(g.cur).c_str() : "the scheduler");
+            return 4;
+        }
         t_error = format("%s: %s at address %p (%s) in %s", name, g_fault_sig == SIGSEGV ? "SIGSEGV" : "SIGBUS",
                          g_fault_addr, describe_address(g_fault_addr).c_str(),
                          g.cur ? where(g.cur).c_str() : "the scheduler");
@@ -766,6 +837,9 @@ int launch_impl(const char* name, const unsigned* grid, const unsigned* block, u
                               (unsigned)(b / ((unsigned long long)grid[0] * grid[1]))};
         if (g.smem) {
             std::memset(g.smem, 0xff, smem); // uninitialised shared memory reads as NaN
+        }
+        if (__start_emu_shared != __stop_emu_shared) { // the kernels' static __shared__ arrays
+            std::memset(__start_emu_shared, 0xff, (size_t)(__stop_emu_shared - __start_emu_shared));
         }
         for (Fiber& f : g.fibers) {
             f.state = RUNNABLE;
@@ -892,6 +966,13 @@ void land(const PendingCopy& c) {
     std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, (size_t)(c.bytes - c.src_bytes));
 }
 
+void emu_check_aligned(const void* p, int bytes, const char* what) {
+    if (reinterpret_cast<uintptr_t>(p) % bytes != 0) {
+        fail(format("%s: %s of %d bytes at %p, which is not %d-byte aligned (a misaligned address on a GPU)",
+                    where(g.cur).c_str(), what, bytes, p, bytes));
+    }
+}
+
 void emu_cp_async(void* dst, const void* src, int bytes, int src_bytes) {
     Fiber* f = g.cur;
     if (bytes != 4 && bytes != 8 && bytes != 16) {
@@ -1002,6 +1083,12 @@ EMU_EXPORT int emu_kernel_info(const char* name, int* param_count, const size_t*
 // A fault's report asks `f` about an address outside this library's own buffers.
 EMU_EXPORT void emu_set_address_describer(void (*f)(const void* addr, char* buf, size_t len)) {
     g_describe_extra = f;
+}
+
+// This library's launch time limit in seconds (0: EMU_LAUNCH_TIMEOUT_S or the default again).
+EMU_EXPORT void emu_set_launch_limit(double seconds) {
+    std::lock_guard<std::mutex> lock(g_launch_mutex);
+    g_launch_limit_s = seconds;
 }
 
 EMU_EXPORT void* emu_alloc(size_t bytes, size_t misalign) {

@@ -41,6 +41,37 @@ extern "C" __global__ void divergent_barrier(float* out) {
     out[threadIdx.x] = 1.0f;
 }
 
+// A packed (16-byte) load from wherever it is given, aligned or not (the kernels test aligned16
+// first and take their scalar path otherwise).
+extern "C" __global__ void unchecked_packed_load(float* out, const float* inp) {
+    const Packed<float> x = load_packed(inp);
+    out[threadIdx.x] = x.v[threadIdx.x % 4];
+}
+
+// Not a bug in itself: what a kernel reads where nothing was written. Each of its blocks of 32
+// threads writes, at out[64 b + t], shared memory that no thread of the block wrote yet (the
+// block before wrote it: blocks do not share it) and, at out[64 b + 32 + t], a local never written.
+extern "C" __global__ void unwritten_memory(float* out) {
+    __shared__ float s[32];
+    float acc[2];
+    acc[1] = 1.0f;
+    const int i = blockIdx.x * 64 + threadIdx.x;
+    out[i] = s[threadIdx.x];
+    out[i + 32] = acc[threadIdx.x & 0];
+    __syncthreads();
+    s[threadIdx.x] = 1.0f + acc[1];
+}
+
+// Loops for ever (`n` is never reached: i wraps before it), as a grid-stride loop whose stride
+// is lost does.
+extern "C" __global__ void endless_loop(float* out, int n) {
+    volatile unsigned int spins = 0;
+    for (int i = 0; i < n; i = (i + 1) & 1023) {
+        spins++;
+    }
+    out[threadIdx.x] = (float)spins;
+}
+
 extern "C" __global__ void __launch_bounds__(64) bounded(float* out) {
     out[threadIdx.x] = 1.0f;
 }

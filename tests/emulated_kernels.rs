@@ -949,8 +949,9 @@ fn attention_softmax_matches_cpu() {
 
 // ---- classifier --------------------------------------------------------------------------------------
 
-/// The fused classifier in T on both of its paths (Vp = 128: 16-byte packs; Vp = 103 or a
-/// misaligned buffer: single elements), as the model runs it: first the losses alone, saving each
+/// The fused classifier in T on both of its paths (Vp = 128: 16-byte packs, V = Vp among them, so
+/// that a pack read past V would be the next row's; Vp = 103 or a misaligned buffer: single
+/// elements), as the model runs it: first the losses alone, saving each
 /// row's softmax max and sum (logits untouched), then the backward with those statistics; and the
 /// backward computing them itself, which must give bitwise the same dlogits and losses. The rows
 /// of V = 20011 (one sequence, T = 1) give each of a block's threads several packs or elements,
@@ -964,6 +965,7 @@ fn classifier_case<T: Storage>(seed0: u64) {
         (101, 103, false),
         (20011, 20016, false),
         (20011, 20011, false),
+        (128, 128, false),
     ] {
         let ts: &[usize] = if v > 1000 { &[1] } else { &TS };
         for &t in ts {

@@ -64,6 +64,19 @@ fn grid_stride(n: usize) -> launch::Grid {
     }
 }
 
+/// Asserts that the last launch on `k` in this thread took its packed path (16-byte loads and
+/// stores) if `packed`, its scalar path otherwise: a kernel that stopped packing would still
+/// compute the same numbers, only slower.
+fn assert_path(k: &emu::Kernels, what: &str, packed: bool) {
+    let n = k.last_vector_accesses();
+    assert_eq!(
+        n > 0,
+        packed,
+        "{what}: {n} packed loads and stores, where the {} path should run",
+        if packed { "packed" } else { "scalar" }
+    );
+}
+
 /// Runs `f` with the launchers' grids, then again with grid-stride launches of at most 3 blocks.
 fn with_both_grids(f: impl Fn()) {
     f();
@@ -103,6 +116,11 @@ fn encoder_case<T: Storage>(cs: &[usize], seed0: u64, misaligned: bool) {
                     Arg::I32(vp as i32),
                 ],
                 t as u32 % 3,
+            );
+            assert_path(
+                &k,
+                &label::<T>("encoder_forward", "path"),
+                !misaligned && c % launch::pack::<T>() == 0,
             );
             assert_bitwise(
                 &label::<T>("encoder_forward", "out"),
@@ -451,6 +469,7 @@ fn residual_case<T: Storage>(misaligned: bool, seed: u64) {
         seed as u32,
     );
     let what = format!("residual {} out (misaligned {misaligned})", T::label());
+    assert_path(&k, &what, !misaligned);
     assert_bitwise(&what, &down::<T>(&d_out), &round_to::<T>(&out));
 
     let dout = round_to::<T>(&rand(&mut rng, n, 1.0));
@@ -471,6 +490,7 @@ fn residual_case<T: Storage>(misaligned: bool, seed: u64) {
         1,
     );
     let what = format!("residual {} dinp (misaligned {misaligned})", T::label());
+    assert_path(&k, &what, !misaligned);
     assert_bitwise(&what, &down::<T>(&g1), &round_to::<T>(&d1));
     assert_bitwise(&what, &down::<T>(&g2), &round_to::<T>(&d2));
 }
@@ -507,6 +527,7 @@ fn gelu_case<T: Storage>(seed: u64, misaligned: bool) {
         &[Arg::Buf(&d_out), Arg::Buf(&d_inp), Arg::Usize(n)],
         0,
     );
+    assert_path(&k, &what("out"), !misaligned);
     assert_close(&what("out"), &down::<T>(&d_out), &out, 1e-6, u + 1e-5);
     let d_dinp = up::<T>(&k, &dinp0, false);
     let d_dout = up::<T>(&k, &dout, misaligned);
@@ -521,6 +542,7 @@ fn gelu_case<T: Storage>(seed: u64, misaligned: bool) {
         ],
         1,
     );
+    assert_path(&k, &what("dinp"), !misaligned);
     assert_close(&what("dinp"), &down::<T>(&d_dinp), &dinp, 1e-5, u + 1e-5);
 }
 
@@ -1015,6 +1037,11 @@ fn classifier_case<T: Storage>(seed0: u64) {
             // the forward: losses and row statistics, the logits untouched
             let d_logits = up::<T>(&k, &logits, misaligned);
             let got = run(&d_logits, 0, Some((&d_stats, 0)), t as u32);
+            assert_path(
+                &k,
+                &what("losses alone", "path"),
+                !misaligned && vp % launch::pack::<T>() == 0,
+            );
             assert_close(&what("losses alone", "losses"), &got, &losses, 1e-5, 1e-5);
             assert_bitwise(
                 &what("losses alone", "logits untouched"),
@@ -1135,6 +1162,7 @@ fn adamw_fp32_is_bitwise_the_cpu() {
                     ],
                     step as u32,
                 );
+                assert_path(&k, "adamw", !misaligned);
                 assert_bitwise("adamw params", &down::<f32>(&d_p), &params);
                 assert_bitwise("adamw m", &down::<f32>(&d_m), &m);
                 assert_bitwise("adamw v", &down::<f32>(&d_v), &v);
@@ -1180,6 +1208,7 @@ fn adamw_mixed_is_bitwise_the_cpu_with_stochastic_rounding() {
                     ],
                     step as u32 + 1,
                 );
+                assert_path(&k, "adamw mixed", !misaligned);
                 assert_bitwise("adamw mixed master", &down::<f32>(&d_master), &master);
                 assert_bitwise("adamw mixed m", &down::<f32>(&d_m), &m);
                 assert_bitwise("adamw mixed v", &down::<f32>(&d_v), &v);
@@ -1214,6 +1243,7 @@ fn global_norm_case<T: Storage>(n: usize, seed: u64, misaligned: bool) {
             &[Arg::Buf(&d_partial), Arg::Buf(&d_x), Arg::Usize(n)],
             schedule,
         );
+        assert_path(&k, "global_norm_partial", !misaligned);
         k.launch(
             "global_norm_final",
             launch::grid_1d(1, launch::NORM_THREADS),

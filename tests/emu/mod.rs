@@ -383,6 +383,7 @@ struct Api {
     free: unsafe extern "C" fn(*mut c_void),
     check: unsafe extern "C" fn(*mut c_void) -> i32,
     set_launch_limit: unsafe extern "C" fn(f64),
+    vector_accesses: unsafe extern "C" fn() -> u64,
 }
 
 /// One emulated kernel file.
@@ -430,6 +431,7 @@ impl Kernels {
                 free: *lib.get(b"emu_free").unwrap(),
                 check: *lib.get(b"emu_check").unwrap(),
                 set_launch_limit: *lib.get(b"emu_set_launch_limit").unwrap(),
+                vector_accesses: *lib.get(b"emu_last_vector_accesses").unwrap(),
             }
         };
         Kernels {
@@ -451,6 +453,13 @@ impl Kernels {
     pub fn set_launch_limit(&self, seconds: f64) {
         // SAFETY: a plain setter of the library's own limit.
         unsafe { (self.api.set_launch_limit)(seconds) }
+    }
+
+    /// How many vector (packed) loads and stores this thread's last launch made: whether a
+    /// kernel took its packed path (tests on the same library in other threads do not count).
+    pub fn last_vector_accesses(&self) -> u64 {
+        // SAFETY: a plain getter of the library's thread-local count.
+        unsafe { (self.api.vector_accesses)() }
     }
 
     /// The kernels the library holds.

@@ -199,6 +199,8 @@ std::mutex g_alloc_mutex;
 std::vector<Alloc> g_allocs;
 std::vector<char*> g_stacks; // reused between launches
 thread_local std::string t_error;
+// The vector (packed) accesses of this thread's last launch: emu_check_aligned's calls.
+thread_local unsigned long long t_vector_accesses = 0;
 
 // fault handling
 volatile sig_atomic_t g_in_launch = 0;
@@ -749,6 +751,7 @@ std::vector<int> permutation(int n, unsigned schedule, unsigned salt) {
 // failure while running (deadlock, divergence); t_error says what.
 int launch_impl(const char* name, const unsigned* grid, const unsigned* block, unsigned smem, unsigned smem_limit,
                 void** args, unsigned schedule) {
+    t_vector_accesses = 0;
     const EmuKernelEntry* k = nullptr;
     for (int i = 0; i < emu_kernel_count; i++) {
         if (std::strcmp(emu_kernels[i].name, name) == 0) {
@@ -967,6 +970,7 @@ void land(const PendingCopy& c) {
 }
 
 void emu_check_aligned(const void* p, int bytes, const char* what) {
+    t_vector_accesses++;
     if (reinterpret_cast<uintptr_t>(p) % bytes != 0) {
         fail(format("%s: %s of %d bytes at %p, which is not %d-byte aligned (a misaligned address on a GPU)",
                     where(g.cur).c_str(), what, bytes, p, bytes));
@@ -1051,6 +1055,11 @@ EMU_EXPORT int emu_launch_opt(const char* name, const unsigned* grid, const unsi
 
 EMU_EXPORT const char* emu_last_error() {
     return t_error.c_str();
+}
+
+// How many vector (packed) loads and stores the calling thread's last launch made.
+EMU_EXPORT unsigned long long emu_last_vector_accesses() {
+    return t_vector_accesses;
 }
 
 // The names of the kernels in this library, one per line.

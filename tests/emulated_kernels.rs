@@ -182,7 +182,7 @@ fn encoder_case<T: Storage>(cs: &[usize], seed0: u64, misaligned: bool) {
 #[test]
 fn encoder_fp32_is_bitwise_the_cpu() {
     with_both_grids(|| {
-        // 72: packed path (multiple of 4), 100: too; 37: scalar path
+        // 72: packed path (multiple of 4); 37: scalar path
         encoder_case::<f32>(&[72, 37], 1, false);
         encoder_case::<f32>(&[72], 2, true);
     });

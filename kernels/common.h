@@ -40,6 +40,14 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
     return __float2bfloat16_rn(x);
 }
 
+// A vector load or store at p of `bytes` bytes must be aligned to them: the GPU faults otherwise.
+// The host emulation checks it (and counts the access, see tests/emu); on the GPU it is nothing.
+#ifdef CUDA_HOST_EMULATION
+#define CHECK_ALIGNED(p, bytes, what) emu_check_aligned((p), (bytes), (what))
+#else
+#define CHECK_ALIGNED(p, bytes, what) ((void)0)
+#endif
+
 // ---- 128-bit packed access -------------------------------------------------------------------
 // Packed<T>: 16 bytes of T (4 floats or 8 bf16), loaded and stored with one 128-bit instruction.
 // Only for addresses that are 16-byte aligned: a kernel takes its packed path only when every
@@ -51,16 +59,12 @@ template <typename T> struct alignas(16) Packed {
 };
 
 template <typename T> __device__ __forceinline__ Packed<T> load_packed(const T* p) {
-#ifdef CUDA_HOST_EMULATION
-    emu_check_aligned(p, 16, "load_packed");
-#endif
+    CHECK_ALIGNED(p, 16, "load_packed");
     return *reinterpret_cast<const Packed<T>*>(p);
 }
 
 template <typename T> __device__ __forceinline__ void store_packed(T* p, const Packed<T>& x) {
-#ifdef CUDA_HOST_EMULATION
-    emu_check_aligned(p, 16, "store_packed");
-#endif
+    CHECK_ALIGNED(p, 16, "store_packed");
     *reinterpret_cast<Packed<T>*>(p) = x;
 }
 

@@ -83,23 +83,17 @@ __device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
 
 // Pair p of a fragment from two adjacent elements src[0], src[1] (one 32- or 64-bit load).
 __device__ __forceinline__ void set_pair(FragA<float>& a, int p, const float* src) {
-#ifdef CUDA_HOST_EMULATION
-    emu_check_aligned(src, 8, "set_pair");
-#endif
+    CHECK_ALIGNED(src, 8, "set_pair");
     const float2 v = *reinterpret_cast<const float2*>(src);
     a.x[2 * p] = v.x;
     a.x[2 * p + 1] = v.y;
 }
 __device__ __forceinline__ void set_pair(FragA<__nv_bfloat16>& a, int p, const __nv_bfloat16* src) {
-#ifdef CUDA_HOST_EMULATION
-    emu_check_aligned(src, 4, "set_pair");
-#endif
+    CHECK_ALIGNED(src, 4, "set_pair");
     a.x[p] = *reinterpret_cast<const unsigned*>(src);
 }
 __device__ __forceinline__ void set_pair(FragB<float>& b, int p, const float* src) {
-#ifdef CUDA_HOST_EMULATION
-    emu_check_aligned(src, 8, "set_pair");
-#endif
+    CHECK_ALIGNED(src, 8, "set_pair");
     const float2 v = *reinterpret_cast<const float2*>(src);
     b.x[2 * p] = v.x;
     b.x[2 * p + 1] = v.y;
@@ -416,15 +410,11 @@ __device__ __forceinline__ float group_sum(float v) {
 
 // dst[0..1] = (a, b) rounded to T, one 32/64-bit store (dst is 8-byte aligned for float, 4 for bf16).
 __device__ __forceinline__ void store_pair(float* dst, float a, float b) {
-#ifdef CUDA_HOST_EMULATION
-    emu_check_aligned(dst, 8, "store_pair");
-#endif
+    CHECK_ALIGNED(dst, 8, "store_pair");
     *reinterpret_cast<float2*>(dst) = make_float2(a, b);
 }
 __device__ __forceinline__ void store_pair(__nv_bfloat16* dst, float a, float b) {
-#ifdef CUDA_HOST_EMULATION
-    emu_check_aligned(dst, 4, "store_pair");
-#endif
+    CHECK_ALIGNED(dst, 4, "store_pair");
     *reinterpret_cast<unsigned*>(dst) = pack_bf16(a, b);
 }
 // dst[0..1] += (a, b): read, add in fp32, round once.

@@ -25,17 +25,13 @@ struct alignas(sizeof(T) * V) Pack {
 
 template <typename T, int V>
 __device__ __forceinline__ Pack<T, V> load_pack(const T* p) {
-#ifdef CUDA_HOST_EMULATION
-    emu_check_aligned(p, (int)sizeof(Pack<T, V>), "load_pack");
-#endif
+    CHECK_ALIGNED(p, (int)sizeof(Pack<T, V>), "load_pack");
     return *reinterpret_cast<const Pack<T, V>*>(p);
 }
 
 template <typename T, int V>
 __device__ __forceinline__ void store_pack(T* p, const Pack<T, V>& x) {
-#ifdef CUDA_HOST_EMULATION
-    emu_check_aligned(p, (int)sizeof(Pack<T, V>), "store_pack");
-#endif
+    CHECK_ALIGNED(p, (int)sizeof(Pack<T, V>), "store_pack");
     *reinterpret_cast<Pack<T, V>*>(p) = x;
 }
 

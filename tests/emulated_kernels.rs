@@ -87,6 +87,31 @@ fn with_both_grids(f: impl Fn()) {
 
 // ---- encoder -------------------------------------------------------------------------------------
 
+/// gpu::encoder_forward's launch in T: out (B, T, C) = wte[inp] + wpe, a grid-stride launch over
+/// the packs; `dims` is (B, T, C, Vp).
+fn encoder_forward<T: Storage>(
+    k: &emu::Kernels,
+    [out, inp, wte, wpe]: [&emu::Buf; 4],
+    (b, t, c, vp): (usize, usize, usize, usize),
+    schedule: u32,
+) {
+    k.launch(
+        &T::kernel("encoder_forward"),
+        grid_stride((b * t * c).div_ceil(launch::pack::<T>())),
+        &[
+            Arg::Buf(out),
+            Arg::Buf(inp),
+            Arg::Buf(wte),
+            Arg::Buf(wpe),
+            Arg::I32(b as i32),
+            Arg::I32(t as i32),
+            Arg::I32(c as i32),
+            Arg::I32(vp as i32),
+        ],
+        schedule,
+    );
+}
+
 fn encoder_case<T: Storage>(cs: &[usize], seed0: u64, misaligned: bool) {
     let k = kernels("encoder");
     let (vp, maxt) = (128, 40);
@@ -101,20 +126,10 @@ fn encoder_case<T: Storage>(cs: &[usize], seed0: u64, misaligned: bool) {
             let d_inp = k.upload(&inp, false);
             let (d_wte, d_wpe) = (up::<T>(&k, &wte, misaligned), up::<T>(&k, &wpe, false));
             let d_out = up::<T>(&k, &rand(&mut rng, B * t * c, 9.0), misaligned);
-            // gpu::encoder_forward: a grid-stride launch over the packs
-            k.launch(
-                &T::kernel("encoder_forward"),
-                grid_stride((B * t * c).div_ceil(launch::pack::<T>())),
-                &[
-                    Arg::Buf(&d_out),
-                    Arg::Buf(&d_inp),
-                    Arg::Buf(&d_wte),
-                    Arg::Buf(&d_wpe),
-                    Arg::I32(B as i32),
-                    Arg::I32(t as i32),
-                    Arg::I32(c as i32),
-                    Arg::I32(vp as i32),
-                ],
+            encoder_forward::<T>(
+                &k,
+                [&d_out, &d_inp, &d_wte, &d_wpe],
+                (B, t, c, vp),
                 t as u32 % 3,
             );
             assert_path(
@@ -209,21 +224,7 @@ fn encoder_bad_token_gives_nan_not_a_wild_read() {
         let d_wte = up::<f32>(&k, &vec![1.0; vp * c], misaligned);
         let d_wpe = up::<f32>(&k, &vec![2.0; t * c], false);
         let d_out = up::<f32>(&k, &vec![0.0; b * t * c], false);
-        k.launch(
-            "encoder_forward",
-            grid_stride((b * t * c).div_ceil(4)),
-            &[
-                Arg::Buf(&d_out),
-                Arg::Buf(&d_inp),
-                Arg::Buf(&d_wte),
-                Arg::Buf(&d_wpe),
-                Arg::I32(b as i32),
-                Arg::I32(t as i32),
-                Arg::I32(c as i32),
-                Arg::I32(vp as i32),
-            ],
-            0,
-        );
+        encoder_forward::<f32>(&k, [&d_out, &d_inp, &d_wte, &d_wpe], (b, t, c, vp), 0);
         let out = down::<f32>(&d_out);
         assert!(out[..c].iter().all(|&x| x == 3.0), "{out:?}");
         assert!(out[c..].iter().all(|x| x.is_nan()), "{out:?}");

@@ -430,9 +430,13 @@ fn check_blas_fakes() {
 #[test]
 fn gpu_layer_tests_pass_on_the_emulated_device() {
     check_blas_fakes();
-    // every layer (the products through the cuBLAS fake), flash attention, the cuBLASLt products
-    // with their epilogues, the fused residual + layernorm, the profiler's counts
+    // every layer (the products through the cuBLAS fake), the launchers' argument checks, flash
+    // attention, the cuBLASLt products with their epilogues, the fused residual + layernorm, the
+    // profiler's counts
     run_gpu_tests("gpu_layers", &[], 20);
+    // every launcher refuses a buffer of the wrong length (or misaligned, where it must not be),
+    // naming it, and an empty batch is no work
+    run_gpu_tests("gpu_lengths", &[], 4);
     run_gpu_tests("gpu_flash_attention", &[], 5);
     // and once more with the warps far apart and the cp.async copies landing at once: flash
     // attention's double-buffered tiles through the launchers, at T = 257

@@ -6,7 +6,8 @@
 //! Sizes: B=3, T=1 and 37, C=72, 100 and 768 (the brief's awkward sizes: all take the kernel's
 //! 128-bit path in fp32, C=100 the scalar path in bf16), plus C=101 (scalar in both), C=100 on
 //! views offset by one element (misaligned: scalar) and C=12400 (the row does not fit in shared
-//! memory: the kernel re-reads residual_out).
+//! memory: the kernel re-reads residual_out), and C=1 (variance 0, ln_out the bias; a launcher
+//! that returned early for one channel as it does for none failed no test before).
 //!
 //! Tolerances, `|gpu - cpu| <= atol + rtol * |cpu|` elementwise:
 //! - residual_out: bitwise, in both precisions. fp32: one IEEE add, as the CPU. bf16: the CPU
@@ -180,6 +181,8 @@ mod on_gpu {
             check::<f32>(&g, 3, t, 100, 1, 2000 + t as u64);
         }
         check::<f32>(&g, 1, 2, 12400, 0, 3000);
+        // one channel: every row's variance is 0 and ln_out is the bias
+        check::<f32>(&g, 3, 5, 1, 0, 3100);
     }
 
     #[test]
@@ -193,6 +196,7 @@ mod on_gpu {
             check::<bf16>(&g, 3, t, 72, 1, 5000 + t as u64);
         }
         check::<bf16>(&g, 1, 2, 12400, 0, 6000);
+        check::<bf16>(&g, 3, 5, 1, 0, 6100);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The GPU launchers against their CPU twins (`cpu::*`, the reference), on the same random inputs
-//! of awkward sizes: B=3, T=1 and T=37, C=72 and 100 (not multiples of 32), NH=3 and 4, OC=131,
-//! V=101 with Vp=128. Gradient buffers start from random values, not zeros, so that "accumulates"
-//! (+=) and "overwrites" are both checked. Every GPU test is `#[ignore = "needs a CUDA GPU"]`:
-//! run them with `cargo test --test gpu_layers -- --ignored` on a machine with one.
+//! of awkward sizes: B=3, T=1 and T=37, C=72 and 100 (not multiples of 32; matmul also C=1), NH=3
+//! and 4, OC=131, V=101 with Vp=128. Gradient buffers start from random values, not zeros, so
+//! that "accumulates" (+=) and "overwrites" are both checked. Every GPU test is `#[ignore = "needs
+//! a CUDA GPU"]`: run them with `cargo test --test gpu_layers -- --ignored` on a machine with one.
 //!
 //! Each kernel family (encoder, layernorm, matmul, attention, gelu, residual, classifier) is one
 //! function generic over the storage type `T: DeviceFloat` (`*_case::<T>`), called by an fp32 test
@@ -364,8 +364,10 @@ mod on_gpu {
         let u = unit::<T>();
         let what = |x: &str| label::<T>("matmul", x);
         let oc = 131;
+        // C = 1 too: a product over one channel (a backward that returned early at C = 1, as it
+        // does at C = 0, failed no test before)
         for t in TS {
-            for c in [72, 100] {
+            for c in [72, 100, 1] {
                 for with_bias in [true, false] {
                     let n = B * t;
                     let mut rng = Rng::new(seed0 + n as u64 + c as u64);

@@ -2,7 +2,8 @@
 //! `matmul_backward_dgelu_lt`) against the CPU twins `cpu::matmul::{matmul_forward,
 //! matmul_backward}` and `cpu::gelu::{gelu_forward, gelu_backward}`, in fp32 (TF32 off: full fp32)
 //! and bf16 (the CPU gets the same bf16-rounded inputs, widened to f32). Sizes: B=2, T=37
-//! (B*T = 74, not a multiple of 8), (C, OC) = (64, 192) and (128, 256) (bf16 needs multiples of 8).
+//! (B*T = 74, not a multiple of 8), (C, OC) = (64, 192) and (128, 256) (bf16 needs multiples of 8),
+//! and B = T = 1 with (64, 192).
 //! Gradient buffers start from random values, so "accumulates" and "overwrites" are both checked
 //! (dinp both ways, through the `accumulate` flag). Every test here needs a GPU and is
 //! `#[ignore = "needs a CUDA GPU"]`: run `cargo test --test gpu_matmul_lt -- --ignored` on one.
@@ -41,7 +42,10 @@ mod on_gpu {
 
     const B: usize = 2;
     const T: usize = 37;
-    const SHAPES: [(usize, usize); 2] = [(64, 192), (128, 256)];
+    /// (B, T, C, OC); B*T = 1 too (the backward once returned early at B*T = 1 as at 0, and no test
+    /// noticed).
+    const SHAPES: [(usize, usize, usize, usize); 3] =
+        [(B, T, 64, 192), (B, T, 128, 256), (1, 1, 64, 192)];
 
     /// The products' tolerance for precision F (see the file doc).
     fn product_tol<F: DeviceFloat>() -> (f32, f32) {
@@ -58,8 +62,8 @@ mod on_gpu {
     }
 
     fn forward<F: DeviceFloat>(g: &Gpu) {
-        for (c, oc) in SHAPES {
-            let n = B * T;
+        for (b, t, c, oc) in SHAPES {
+            let n = b * t;
             let what = format!("{:?} C={c} OC={oc}", F::PRECISION);
             let mut rng = Rng::new(10 + c as u64 + oc as u64);
             let inp = round_to::<F>(&rand(&mut rng, n * c, 1.0));
@@ -74,7 +78,7 @@ mod on_gpu {
             for with_bias in [true, false] {
                 let mut out = vec![0.0; n * oc];
                 let bias_opt = with_bias.then_some(bias.as_slice());
-                cpu::matmul::matmul_forward(&mut out, &inp, &weight, bias_opt, B, T, c, oc);
+                cpu::matmul::matmul_forward(&mut out, &inp, &weight, bias_opt, b, t, c, oc);
                 // Start from garbage: the launcher overwrites.
                 let mut d_out = up_t::<F>(g, &rand(&mut rng, n * oc, 3.0));
                 let d_bias_view = d_b.as_view();
@@ -83,8 +87,8 @@ mod on_gpu {
                     &d_inp.as_view(),
                     &d_w.as_view(),
                     with_bias.then_some(&d_bias_view),
-                    B,
-                    T,
+                    b,
+                    t,
                     c,
                     oc,
                 )
@@ -98,7 +102,7 @@ mod on_gpu {
 
             // GELU-fused: pre_gelu is the biased product, out_gelu its GELU.
             let mut pre = vec![0.0; n * oc];
-            cpu::matmul::matmul_forward(&mut pre, &inp, &weight, Some(&bias), B, T, c, oc);
+            cpu::matmul::matmul_forward(&mut pre, &inp, &weight, Some(&bias), b, t, c, oc);
             let mut d_out = up_t::<F>(g, &rand(&mut rng, n * oc, 3.0));
             let mut d_pre = up_t::<F>(g, &rand(&mut rng, n * oc, 3.0));
             g.matmul_forward_gelu_lt(
@@ -107,8 +111,8 @@ mod on_gpu {
                 &d_inp.as_view(),
                 &d_w.as_view(),
                 &d_b.as_view(),
-                B,
-                T,
+                b,
+                t,
                 c,
                 oc,
             )
@@ -146,8 +150,8 @@ mod on_gpu {
     }
 
     fn backward<F: DeviceFloat>(g: &Gpu) {
-        for (c, oc) in SHAPES {
-            let n = B * T;
+        for (b, t, c, oc) in SHAPES {
+            let n = b * t;
             let what = format!("{:?} C={c} OC={oc}", F::PRECISION);
             let mut rng = Rng::new(20 + c as u64 + oc as u64);
             let inp = round_to::<F>(&rand(&mut rng, n * c, 1.0));
@@ -177,8 +181,8 @@ mod on_gpu {
                     &dout,
                     &inp,
                     &weight,
-                    B,
-                    T,
+                    b,
+                    t,
                     c,
                     oc,
                 );
@@ -193,8 +197,8 @@ mod on_gpu {
                     &d_dout.as_view(),
                     &d_inp.as_view(),
                     &d_w.as_view(),
-                    B,
-                    T,
+                    b,
+                    t,
                     c,
                     oc,
                 )
@@ -217,8 +221,8 @@ mod on_gpu {
                     &d_dout.as_view(),
                     &d_inp.as_view(),
                     &d_w.as_view(),
-                    B,
-                    T,
+                    b,
+                    t,
                     c,
                     oc,
                 )
@@ -234,8 +238,8 @@ mod on_gpu {
                     &dout,
                     &inp,
                     &weight,
-                    B,
-                    T,
+                    b,
+                    t,
                     c,
                     oc,
                 );
@@ -249,8 +253,8 @@ mod on_gpu {
                 &dout,
                 &inp,
                 &weight,
-                B,
-                T,
+                b,
+                t,
                 c,
                 oc,
             );
@@ -266,8 +270,8 @@ mod on_gpu {
     fn backward_dgelu<F: DeviceFloat>(g: &Gpu) {
         // This matmul's input is gelu(pre) of C channels: (C, OC) = (4C', C') in GPT-2's MLP, but
         // any shape will do; C must be a multiple of 8 (the aux leading dimension).
-        for (c, oc) in SHAPES {
-            let n = B * T;
+        for (b, t, c, oc) in SHAPES {
+            let n = b * t;
             let what = format!("{:?} C={c} OC={oc} dgelu", F::PRECISION);
             let mut rng = Rng::new(30 + c as u64 + oc as u64);
             let pre = round_to::<F>(&rand(&mut rng, n * c, 4.0));
@@ -288,8 +292,8 @@ mod on_gpu {
                 &dout,
                 &inp,
                 &weight,
-                B,
-                T,
+                b,
+                t,
                 c,
                 oc,
             );
@@ -314,8 +318,8 @@ mod on_gpu {
                 &d_inp.as_view(),
                 &d_w.as_view(),
                 &d_pre.as_view(),
-                B,
-                T,
+                b,
+                t,
                 c,
                 oc,
             )

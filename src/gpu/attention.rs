@@ -337,3 +337,27 @@ impl Gpu {
         .map_err(|e| e.context(format!("in {kernel}")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernels take their dimensions as 32-bit ints: a product that does not fit is an error
+    /// that names it, at the exact edge (no GPU needed).
+    #[test]
+    fn dims_refuse_what_does_not_fit_the_kernels_ints() {
+        let e = |r: Result<Dims>| format!("{}", r.err().expect("an error"));
+        // B*T*3C: the largest C with 3C <= i32::MAX passes, one more fails (B*NH*T*T is 1)
+        let c = i32::MAX as usize / 3;
+        assert!(dims("k", 1, 1, c, 1).is_ok());
+        assert!(e(dims("k", 1, 1, c + 1, 1)).contains("B*T*3C"));
+        // B*NH*T*T: 46340^2 fits, 46341^2 does not
+        assert!(dims("k", 1, 46340, 1, 1).is_ok());
+        assert!(e(dims("k", 1, 46341, 1, 1)).contains("B*NH*T*T"));
+        assert!(e(dims("k", 1, 1, 8, 3)).contains("not divisible by NH = 3"));
+        assert!(e(dims("k", 1, 1, 8, 0)).contains("not divisible by NH = 0"));
+        let d = dims("k", 2, 3, 8, 2).unwrap();
+        assert_eq!((d.b, d.t, d.nh, d.hs, d.bnh), (2, 3, 2, 4, 4));
+        assert_eq!((d.btc, d.btt), (48, 36));
+    }
+}

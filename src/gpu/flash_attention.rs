@@ -249,3 +249,30 @@ enum Family {
     Dkdv,
     Dq,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The limits of one launch (32-bit ints, grid y and z), each at its exact edge (no GPU
+    /// needed).
+    #[test]
+    fn dims_refuse_what_one_launch_cannot_cover() {
+        let e = |r: Result<Dims>| format!("{}", r.err().expect("an error"));
+        // B*T*3C with C = 64: T = 11184810 gives 2^31 - 128, one more 2^31 + 64
+        assert!(dims("k", 1, 11_184_810, 64, 1).is_ok());
+        assert!(e(dims("k", 1, 11_184_811, 64, 1)).contains("B*T*3C"));
+        // B and NH: at most 65535 (grid z and y)
+        assert!(dims("k", 65_535, 1, 64, 1).is_ok());
+        assert!(e(dims("k", 65_536, 1, 64, 1)).contains("at most 65535"));
+        assert!(dims("k", 1, 1, 64 * 65_535, 65_535).is_ok());
+        assert!(e(dims("k", 1, 1, 64 * 65_536, 65_536)).contains("at most 65535"));
+        assert!(e(dims("k", 1, 1, 96, 1)).contains("HS = C/NH = 96/1 = 96 is not supported"));
+        assert!(e(dims("k", 1, 1, 128, 3)).contains("not divisible by NH = 3"));
+        let d = dims("k", 2, 3, 256, 2).unwrap();
+        assert_eq!(
+            (d.b, d.t, d.nh, d.hs, d.btc, d.bnht),
+            (2, 3, 2, 128, 1536, 12)
+        );
+    }
+}

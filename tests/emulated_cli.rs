@@ -247,6 +247,58 @@ fn training_on_the_emulated_device_is_deterministic_with_and_without_graphs() {
     }
 }
 
+/// A CUDA graph capture that fails (the fake driver invalidates every capture with
+/// FAKECUDA_INVALIDATE_CAPTURES=1, as the real one does a capture that did something forbidden)
+/// turns the graphs off once, with one note, and the step runs eagerly: the same losses and
+/// checkpoint, bit for bit, as a run without graphs.
+#[test]
+fn a_failed_graph_capture_falls_back_to_eager_launches() {
+    let (log_a, ck_a) = train("capture-eager", &["--device", "cuda", "--no-cuda-graphs"]);
+    let dir = scratch("capture-fails");
+    let mut cmd = bin();
+    cmd.args([
+        "--model",
+        "d1",
+        "--seq",
+        "16",
+        "--steps",
+        "4",
+        "--seed",
+        "7",
+        "--sample-tokens",
+        "8",
+        "--val-batches",
+        "2",
+        "--out-dir",
+        "ckpt",
+        "--batch",
+        "2",
+        "--device",
+        "cuda",
+    ])
+    .current_dir(&dir)
+    .envs(emu::device::fake_cuda_env())
+    .env("FAKECUDA_INVALIDATE_CAPTURES", "1");
+    let out = cmd.output().expect("running train-gpt2-cuda");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{log}");
+    let notes = log.matches("note: capturing a CUDA graph of").count();
+    assert_eq!(
+        notes, 1,
+        "one failed capture, one note, graphs off after it:\n{log}"
+    );
+    assert!(log.contains("STREAM_CAPTURE_INVALIDATED"), "{log}");
+    assert_eq!(losses(&log), losses(&log_a), "{log}");
+    assert!(
+        last_checkpoint(&dir) == ck_a,
+        "the run whose capture failed trained other parameters"
+    );
+}
+
 /// HellaSwag between training steps (`--hellaswag`, at each validation: forwards of another shape,
 /// and their CUDA graphs) leaves training as it was: the same losses and the same checkpoint, bit
 /// for bit, as the run without it, in fp32 and bf16.

@@ -7,6 +7,7 @@
 # The fakes are built by the tests: run `cargo test --test emulated_device` once first (again
 # after changing tests/emu/ or kernels/). FAKECUDA_MEMORY_BYTES sets the device's memory (default
 # 4 GiB), FAKECUDA_SCHEDULE the emulated threads' order (0 ascending, 1 descending, >= 2 shuffled).
+# FAKECUDA_INVALIDATE_CAPTURES=1 makes every CUDA graph capture fail (the engine then runs eagerly).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 [ $# -gt 0 ] || { sed -n '2,9p' "$0" >&2; exit 2; }

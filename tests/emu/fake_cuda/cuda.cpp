@@ -1331,6 +1331,12 @@ API CUresult cuStreamEndCapture(void* h, void** graph) {
     }
     std::unique_ptr<Capture> cap = std::move(s->cap);
     *graph = nullptr;
+    // FAKECUDA_INVALIDATE_CAPTURES=1: every capture fails here, as one would that did something a
+    // capture forbids (the tests of the engine's fallback to eager launches)
+    const char* fail = std::getenv("FAKECUDA_INVALIDATE_CAPTURES");
+    if (fail && std::string(fail) == "1") {
+        cap->invalid = true;
+    }
     if (cap->invalid) {
         return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED; // the recorded graph is dropped
     }

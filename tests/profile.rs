@@ -152,6 +152,8 @@ fn gpu_profile_times_every_family_with_hand_counted_calls_and_flops() {
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(gpu.profile_method().unwrap().contains("CUDA events"));
     let mut rng = Rng::new(11);
+    // ending a step before any was begun is an error, not a panic (and nothing is recording yet)
+    assert!(gpu.profile_step_end().is_err());
     // step 1 unprofiled (warm-up), steps 2 and 3 profiled, step 4 unprofiled again
     step(gpu.as_mut(), &mut rng, b, t, 1);
     assert_eq!(gpu.profile().unwrap().steps, 0);

@@ -28,7 +28,12 @@ fn fixture(name: &str) -> String {
 
 /// Runs the binary on the emulated device with `args`; panics with its output unless it exits 0.
 fn run_ok(args: &[&str], dir: &Path) -> String {
-    let out = run(args, dir);
+    run_ok_with(args, dir, &[])
+}
+
+/// [`run_ok`] with more environment variables (for the fake driver).
+fn run_ok_with(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> String {
+    let out = run_with(args, dir, env);
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -43,12 +48,13 @@ fn run_ok(args: &[&str], dir: &Path) -> String {
     text
 }
 
-fn run(args: &[&str], dir: &Path) -> Output {
+fn run_with(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
     let mut cmd = bin();
     cmd.args(args).current_dir(dir);
     for (k, v) in emu::device::fake_cuda_env() {
         cmd.env(k, v);
     }
+    cmd.envs(env.iter().copied());
     cmd.output().expect("running train-gpt2-cuda")
 }
 
@@ -182,6 +188,11 @@ fn losses(log: &str) -> Vec<f32> {
 /// A 4-step d1 training run (B=2, T=16 unless `extra` sets the batch) in a fresh directory, with
 /// `extra` flags: its log and its last checkpoint.
 fn train(name: &str, extra: &[&str]) -> (String, Vec<u8>) {
+    train_with(name, extra, &[])
+}
+
+/// [`train`] with more environment variables (for the fake driver).
+fn train_with(name: &str, extra: &[&str], env: &[(&str, &str)]) -> (String, Vec<u8>) {
     let dir = scratch(name);
     let batch = if extra.contains(&"--batch") {
         &[][..]
@@ -206,7 +217,7 @@ fn train(name: &str, extra: &[&str]) -> (String, Vec<u8>) {
     ];
     args.extend_from_slice(batch);
     args.extend_from_slice(extra);
-    let log = run_ok(&args, &dir);
+    let log = run_ok_with(&args, &dir, env);
     let ck = last_checkpoint(&dir);
     (log, ck)
 }
@@ -254,38 +265,11 @@ fn training_on_the_emulated_device_is_deterministic_with_and_without_graphs() {
 #[test]
 fn a_failed_graph_capture_falls_back_to_eager_launches() {
     let (log_a, ck_a) = train("capture-eager", &["--device", "cuda", "--no-cuda-graphs"]);
-    let dir = scratch("capture-fails");
-    let mut cmd = bin();
-    cmd.args([
-        "--model",
-        "d1",
-        "--seq",
-        "16",
-        "--steps",
-        "4",
-        "--seed",
-        "7",
-        "--sample-tokens",
-        "8",
-        "--val-batches",
-        "2",
-        "--out-dir",
-        "ckpt",
-        "--batch",
-        "2",
-        "--device",
-        "cuda",
-    ])
-    .current_dir(&dir)
-    .envs(emu::device::fake_cuda_env())
-    .env("FAKECUDA_INVALIDATE_CAPTURES", "1");
-    let out = cmd.output().expect("running train-gpt2-cuda");
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let (log, ck) = train_with(
+        "capture-fails",
+        &["--device", "cuda"],
+        &[("FAKECUDA_INVALIDATE_CAPTURES", "1")],
     );
-    assert!(out.status.success(), "{log}");
     let notes = log.matches("note: capturing a CUDA graph of").count();
     assert_eq!(
         notes, 1,
@@ -294,7 +278,7 @@ fn a_failed_graph_capture_falls_back_to_eager_launches() {
     assert!(log.contains("STREAM_CAPTURE_INVALIDATED"), "{log}");
     assert_eq!(losses(&log), losses(&log_a), "{log}");
     assert!(
-        last_checkpoint(&dir) == ck_a,
+        ck == ck_a,
         "the run whose capture failed trained other parameters"
     );
 }

@@ -188,16 +188,8 @@ impl Engine for Gpt2Cpu {
         Decoder::new(self, window).map(Some)
     }
     fn peak_memory_bytes(&self) -> Option<u64> {
-        host_peak_rss_bytes()
+        crate::host_memory::peak_rss_bytes()
     }
-}
-
-/// The process's peak resident memory (VmHWM in /proc/self/status), where Linux reports it.
-pub fn host_peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// Which kernels the CUDA engine runs a layer with.

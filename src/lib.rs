@@ -8,7 +8,8 @@
 //!   and the training state that `--resume` continues a run from.
 //! - [`tokenizer`]: the GPT-2 BPE; [`prepro`]: text -> token shards; [`data`]: the batch loader.
 //! - [`hellaswag`]: the HellaSwag benchmark (`eval --hellaswag`).
-//! - [`cpu`]: the CPU reference, one file per layer family with forward and backward side by side.
+//! - [`cpu`]: the CPU reference, one file per layer family with forward and backward side by side;
+//!   [`host_memory`]: what the host can still allocate, and allocations that fail with an error.
 //! - [`gpu`]: the CUDA engine: kernels in `kernels/*.cu`, launchers with the CPU twins' names.
 //! - [`profile`]: the `--profile` table (time, FLOPs and bytes by kernel family).
 //! - [`train`]: the training loop; [`lr_schedule`]: its learning rates; [`outliers`]: skipping
@@ -24,6 +25,7 @@ pub mod engine;
 pub mod formats;
 pub mod gpu;
 pub mod hellaswag;
+pub mod host_memory;
 pub mod interrupt;
 pub mod lr_schedule;
 pub mod mfu;

@@ -758,6 +758,23 @@ fn bad_inputs_give_clear_errors() {
         &["--device", "cpu", "--keep-every", "0"],
         &["--keep-every must be at least 1 step"],
     );
+    // a batch larger than the machine's memory: an error before anything is allocated (not the
+    // allocator's abort, exit status 134); d1's activations at B x T = 100000 x 64 are 4.75 TiB
+    // for the forward and as much for the backward
+    expect_error(
+        &["--device", "cpu", "--model", "d1", "--batch", "100000"],
+        &[
+            "not enough memory: the model (L=1, C=64, 3.3M parameters, fp32, on the CPU) at \
+             B=100000, T=64 needs 4864.93 GiB (parameters, gradients and AdamW state 50.9 MiB, \
+             activations and their gradients 4864.84 GiB), the machine has ",
+            "use a smaller batch (-b) or sequence length (-t)",
+        ],
+    );
+    // and one whose activations overflow the address space (not a panic, exit status 101)
+    expect_error(
+        &["--device", "cpu", "--model", "d1", "--batch", "1000000000000000"],
+        &["the activations of B=1000000000000000, T=64 do not fit in this machine's address space"],
+    );
     expect_error(
         &["--device", "cpu", "--classifier-chunk", "0"],
         &["--classifier-chunk must be at least 1 sequence"],

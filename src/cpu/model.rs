@@ -11,9 +11,10 @@ use super::gelu::{gelu_backward, gelu_forward};
 use super::layernorm::{layernorm_backward, layernorm_forward};
 use super::matmul::{matmul_backward, matmul_forward};
 use super::residual::{residual_backward, residual_forward};
-use crate::activations::{self, num_activations, LayerActs};
+use crate::activations::{self, checked_act_sizes, num_activations, LayerActs};
 use crate::config::GPT2Config;
 use crate::engine::{check_optimizer_array, OptimizerArray};
+use crate::host_memory::{self, host_memory, size_text, HostMemory};
 use crate::params::{self, num_parameters, Block};
 use crate::precision::{round_bf16_stochastic, rounding_bits};
 use anyhow::{bail, Result};
@@ -71,19 +72,34 @@ impl Gpt2Cpu {
     pub fn new(config: GPT2Config, params: Vec<f32>, max_b: usize, max_t: usize) -> Result<Self> {
         check_new(&config, &params, max_b, max_t)?;
         let n = params.len();
-        let na = num_activations(&config, max_b, max_t);
+        let Some(na) = checked_act_sizes(&config, max_b, max_t, true)
+            .and_then(|sizes| {
+                sizes
+                    .into_array()
+                    .iter()
+                    .try_fold(0usize, |a, &x| a.checked_add(x))
+            })
+            .filter(|na| na.checked_mul(8).is_some())
+        else {
+            bail!(
+                "the activations of B={max_b}, T={max_t} do not fit in this machine's address \
+                 space: use a smaller batch (-b) or sequence length (-t)"
+            );
+        };
+        check_host_memory(&config, n, na, (max_b, max_t), host_memory())?;
+        let floats = |n, what| host_memory::zeroed::<f32>(n, what);
         Ok(Gpt2Cpu {
             config,
             max_b,
             max_t,
+            grads: floats(n, "the parameter gradients")?,
+            m: floats(n, "AdamW's first moment")?,
+            v: floats(n, "AdamW's second moment")?,
+            acts: floats(na, "the activations")?,
+            grad_acts: floats(na, "the activation gradients")?,
+            inputs: host_memory::zeroed(max_b * max_t, "the inputs")?,
+            targets: host_memory::zeroed(max_b * max_t, "the targets")?,
             params,
-            grads: vec![0.0; n],
-            m: vec![0.0; n],
-            v: vec![0.0; n],
-            acts: vec![0.0; na],
-            grad_acts: vec![0.0; na],
-            inputs: vec![0; max_b * max_t],
-            targets: vec![0; max_b * max_t],
             b: 0,
             t: 0,
             with_targets: false,
@@ -417,6 +433,48 @@ pub fn check_new(cfg: &GPT2Config, params: &[f32], max_b: usize, max_t: usize) -
     check_batch(cfg, max_b, max_t)
 }
 
+/// The CPU engine's footprint for n parameters and na activation elements at B x T, counted
+/// before anything is allocated: an error when what is still to be allocated (all but the
+/// parameters) is more than `mem` has available (the host's, [`host_memory`]), saying what it
+/// needs and what to change.
+pub fn check_host_memory(
+    cfg: &GPT2Config,
+    n: usize,
+    na: usize,
+    (b, t): (usize, usize),
+    mem: Option<HostMemory>,
+) -> Result<()> {
+    let Some(mem) = mem else {
+        // (unknown: an allocation that fails is still an error, not an abort)
+        return Ok(());
+    };
+    let f = |x: usize| x as f64;
+    // fp32 parameters, gradients and AdamW moments; activations and their gradients; the inputs
+    // and targets
+    let bytes_params = 16.0 * f(n);
+    let bytes_acts = 8.0 * f(na);
+    let to_allocate = 12.0 * f(n) + bytes_acts + 8.0 * f(b) * f(t);
+    if to_allocate <= mem.available as f64 {
+        return Ok(());
+    }
+    bail!(
+        "not enough memory: the model (L={}, C={}, {:.1}M parameters, fp32, on the CPU) at \
+         B={}, T={} needs {} (parameters, gradients and AdamW state {}, activations and their \
+         gradients {}), the machine has {} available of {}; use a smaller batch (-b) or \
+         sequence length (-t), or a smaller model",
+        cfg.num_layers,
+        cfg.channels,
+        f(n) / 1e6,
+        b,
+        t,
+        size_text(4.0 * f(n) + to_allocate),
+        size_text(bytes_params),
+        size_text(bytes_acts),
+        size_text(mem.available as f64),
+        size_text(mem.total as f64),
+    )
+}
+
 /// Checks a forward's arguments (both engines): the batch shape against the config and against
 /// the largest batch the arenas were sized for, and every token id against the vocabulary.
 pub fn check_forward(
@@ -468,4 +526,51 @@ pub fn check_tokens(cfg: &GPT2Config, tokens: &[u32], n: usize, what: &str) -> R
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_check_refuses_one_byte_short() {
+        let cfg = GPT2Config::from_descriptor("d1").unwrap();
+        let (n, na) = (num_parameters(&cfg), num_activations(&cfg, 2, 3));
+        // gradients and both moments, activations and their gradients, inputs and targets
+        let need = (12 * n + 8 * na + 8 * 2 * 3) as u64;
+        let mem = |available| {
+            Some(HostMemory {
+                available,
+                total: 1 << 40,
+            })
+        };
+        check_host_memory(&cfg, n, na, (2, 3), mem(need)).unwrap();
+        let e = check_host_memory(&cfg, n, na, (2, 3), mem(need - 1)).unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.starts_with("not enough memory: the model (L=1, C=64, "),
+            "{e}"
+        );
+        assert!(e.contains(" at B=2, T=3 needs "), "{e}");
+        assert!(e.ends_with("of 1024.00 GiB; use a smaller batch (-b) or sequence length (-t), or a smaller model"), "{e}");
+        // the host's memory unknown: no check (an allocation that fails is still an error)
+        check_host_memory(&cfg, n, na, (2, 3), None).unwrap();
+    }
+
+    #[test]
+    fn a_model_too_large_for_the_machine_is_an_error_not_an_abort() {
+        let cfg = GPT2Config::from_descriptor("d1").unwrap();
+        let params = vec![0.0; num_parameters(&cfg)];
+        // 4.75 TiB of activations, twice
+        let e = Gpt2Cpu::new(cfg, params.clone(), 100_000, 64)
+            .err()
+            .unwrap();
+        assert!(e.to_string().starts_with("not enough memory"), "{e}");
+        let e = Gpt2Cpu::new(cfg, params, 1 << 50, 64).err().unwrap();
+        assert!(
+            e.to_string()
+                .contains("do not fit in this machine's address space"),
+            "{e}"
+        );
+    }
 }

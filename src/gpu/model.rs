@@ -45,6 +45,7 @@ use crate::cpu::adamw::{update_ranges, AdamW};
 use crate::cpu::model::{check_forward, check_new};
 use crate::engine::{check_optimizer_array, Engine, OptimizerArray};
 use crate::engine::{Kernels, Recompute};
+use crate::host_memory::size_text;
 use crate::params::{param_sizes, LayerSlice, Params};
 use crate::precision::Precision;
 use crate::profile::{Cost, Family, Pass, Profile};
@@ -444,15 +445,6 @@ pub struct Gpt2Gpu<T: ModelFloat = f32> {
 /// Bytes as GiB, for messages.
 fn gib(bytes: f64) -> f64 {
     bytes / (1u64 << 30) as f64
-}
-
-/// Bytes as GiB, or MiB under one GiB, for messages.
-fn size_text(bytes: f64) -> String {
-    if bytes >= (1u64 << 30) as f64 {
-        format!("{:.2} GiB", gib(bytes))
-    } else {
-        format!("{:.1} MiB", bytes / (1u64 << 20) as f64)
-    }
 }
 
 /// How a [`Gpt2Gpu`] computes, beyond its precision: its arenas are laid out for these.

@@ -143,18 +143,23 @@ impl Engine for Gpt2Cpu {
     ) -> Result<Option<f32>> {
         Gpt2Cpu::forward(self, inputs, targets, b, t)
     }
+    // (the calls that train allocate training's arenas first, in a model made for inference)
     fn zero_grad(&mut self) -> Result<()> {
+        self.prepare_training()?;
         Gpt2Cpu::zero_grad(self);
         Ok(())
     }
     fn backward(&mut self, loss_scale: f32) -> Result<()> {
+        self.prepare_training()?;
         Gpt2Cpu::backward(self, loss_scale);
         Ok(())
     }
     fn grad_norm(&mut self) -> Result<f32> {
+        self.prepare_training()?;
         Ok(Gpt2Cpu::grad_norm(self))
     }
     fn update(&mut self, hp: &AdamW, step: usize, grad_scale: f32) -> Result<()> {
+        self.prepare_training()?;
         Gpt2Cpu::update(self, hp, step, grad_scale);
         Ok(())
     }
@@ -162,15 +167,18 @@ impl Engine for Gpt2Cpu {
         Ok(self.params.clone())
     }
     fn grads(&mut self) -> Result<Vec<f32>> {
+        self.prepare_training()?;
         Ok(self.grads.clone())
     }
     fn has_master_weights(&self) -> bool {
         Gpt2Cpu::has_master_weights(self)
     }
     fn optimizer_array(&mut self, which: OptimizerArray) -> Result<Vec<f32>> {
+        self.prepare_training()?;
         Gpt2Cpu::optimizer_array(self, which)
     }
     fn set_optimizer_array(&mut self, which: OptimizerArray, values: &[f32]) -> Result<()> {
+        self.prepare_training()?;
         Gpt2Cpu::set_optimizer_array(self, which, values)
     }
     fn logits(&mut self) -> Result<Vec<f32>> {
@@ -236,6 +244,10 @@ pub struct EngineOptions {
     /// What the CUDA engine's backward pass computes again instead of keeping it; the CPU engine
     /// keeps everything.
     pub recompute: Recompute,
+    /// Whether the engine is built for forwards (`eval`, `sample`): the CPU engine then leaves
+    /// out the arenas only training needs (more than half of its footprint) until it is asked to
+    /// train after all (`Gpt2Cpu::for_inference`). The CUDA engine allocates them all either way.
+    pub forwards_only: bool,
 }
 
 impl EngineOptions {
@@ -255,6 +267,16 @@ impl EngineOptions {
             cuda_graphs: true,
             classifier_chunk: None,
             recompute: Recompute::None,
+            forwards_only: false,
+        }
+    }
+
+    /// These options for an engine that is built for forwards (see
+    /// [`forwards_only`](Self::forwards_only)).
+    pub fn for_forwards(self) -> EngineOptions {
+        EngineOptions {
+            forwards_only: true,
+            ..self
         }
     }
 
@@ -319,7 +341,11 @@ pub fn create_engine(
                 "note: --recompute does nothing on the CPU engine (it keeps every activation)"
             );
         }
-        Ok(Box::new(Gpt2Cpu::new(cfg, params, max_b, max_t)?))
+        Ok(Box::new(if opts.forwards_only {
+            Gpt2Cpu::for_inference(cfg, params, max_b, max_t)?
+        } else {
+            Gpt2Cpu::new(cfg, params, max_b, max_t)?
+        }))
     };
     match opts.device {
         Device::Cpu if opts.kernels.is_some() => anyhow::bail!(

@@ -321,7 +321,7 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
     }
     let mut prompt = vec![tok.eot()];
     prompt.extend(tok.encode(&a.prompt));
-    let engine_opts = EngineOptions::on(a.device, a.precision);
+    let engine_opts = EngineOptions::on(a.device, a.precision).for_forwards();
     let mut engine = create_engine(&engine_opts, cfg, ck.params, 1, window)?;
     print!("{}", a.prompt);
     // Print whole words as they come: decode the growing tail and print what is new.
@@ -406,7 +406,7 @@ fn eval_engine(
     t: usize,
 ) -> Result<Box<dyn train_gpt2_cuda::engine::Engine>> {
     create_engine(
-        &EngineOptions::on(a.device, a.precision),
+        &EngineOptions::on(a.device, a.precision).for_forwards(),
         cfg,
         params,
         a.batch,
@@ -542,6 +542,7 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         } else {
             a.recompute
         },
+        forwards_only: false,
     };
     // each engine against the fp32 reference by its own precision; GPU vs CPU by the GPU's
     let tol_of = |dev: Device| {

@@ -358,6 +358,7 @@ impl TrainArgs {
             cuda_graphs: !self.no_cuda_graphs,
             classifier_chunk: self.classifier_chunk,
             recompute: self.recompute,
+            forwards_only: false,
         }
     }
 

@@ -32,6 +32,7 @@ fn opts(device: Device) -> EngineOptions {
         cuda_graphs: true,
         classifier_chunk: None,
         recompute: Default::default(),
+        forwards_only: false,
     }
 }
 use train_gpt2_cuda::formats::checkpoint::read_checkpoint;

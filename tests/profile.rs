@@ -21,6 +21,7 @@ fn opts(device: Device) -> EngineOptions {
         cuda_graphs: true,
         classifier_chunk: None,
         recompute: Default::default(),
+        forwards_only: false,
     }
 }
 use train_gpt2_cuda::params::{init_params, num_parameters};

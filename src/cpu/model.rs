@@ -68,10 +68,33 @@ pub struct Gpt2Cpu {
 }
 
 impl Gpt2Cpu {
-    /// A model with the given parameters whose arenas hold batches up to max_b x max_t.
+    /// A model for training with the given parameters, whose arenas hold batches up to
+    /// max_b x max_t: all of them allocated now, or an error before any is when they do not fit
+    /// in the host's memory (`host_memory`).
     pub fn new(config: GPT2Config, params: Vec<f32>, max_b: usize, max_t: usize) -> Result<Self> {
+        Self::with_arenas(config, params, (max_b, max_t), true)
+    }
+
+    /// A model for forwards only (`eval`, `sample`): the arenas that training needs beyond a
+    /// forward (the gradients, AdamW's moments, the activation gradients: more than half of
+    /// training's footprint) are allocated by [`prepare_training`](Self::prepare_training),
+    /// which the [`Engine`](crate::engine::Engine) calls that train call first.
+    pub fn for_inference(
+        config: GPT2Config,
+        params: Vec<f32>,
+        max_b: usize,
+        max_t: usize,
+    ) -> Result<Self> {
+        Self::with_arenas(config, params, (max_b, max_t), false)
+    }
+
+    fn with_arenas(
+        config: GPT2Config,
+        params: Vec<f32>,
+        (max_b, max_t): (usize, usize),
+        training: bool,
+    ) -> Result<Self> {
         check_new(&config, &params, max_b, max_t)?;
-        let n = params.len();
         let Some(na) = checked_act_sizes(&config, max_b, max_t, true)
             .and_then(|sizes| {
                 sizes
@@ -86,26 +109,80 @@ impl Gpt2Cpu {
                  space: use a smaller batch (-b) or sequence length (-t)"
             );
         };
-        check_host_memory(&config, n, na, (max_b, max_t), host_memory())?;
-        let floats = |n, what| host_memory::zeroed::<f32>(n, what);
-        Ok(Gpt2Cpu {
+        let footprint = Footprint::of(&config, (max_b, max_t));
+        let allocating = if training {
+            Allocating::Training
+        } else {
+            Allocating::Forward
+        };
+        check_host_memory(&footprint, allocating, host_memory())?;
+        let mut model = Gpt2Cpu {
             config,
             max_b,
             max_t,
-            grads: floats(n, "the parameter gradients")?,
-            m: floats(n, "AdamW's first moment")?,
-            v: floats(n, "AdamW's second moment")?,
-            acts: floats(na, "the activations")?,
-            grad_acts: floats(na, "the activation gradients")?,
+            params,
+            grads: Vec::new(),
+            m: Vec::new(),
+            v: Vec::new(),
+            acts: host_memory::zeroed(na, "the activations")?,
+            grad_acts: Vec::new(),
             inputs: host_memory::zeroed(max_b * max_t, "the inputs")?,
             targets: host_memory::zeroed(max_b * max_t, "the targets")?,
-            params,
             b: 0,
             t: 0,
             with_targets: false,
             storage: Storage::Fp32,
             master: Vec::new(),
-        })
+        };
+        if training {
+            model.allocate_training()?;
+        }
+        Ok(model)
+    }
+
+    /// Allocates what training needs beyond a forward, where a model made
+    /// [`for_inference`](Self::for_inference) has not yet: an error when it does not fit in what
+    /// the host has left. A model from [`new`](Self::new) has it all.
+    pub fn prepare_training(&mut self) -> Result<()> {
+        if !self.grads.is_empty() {
+            return Ok(());
+        }
+        let footprint = Footprint::of(&self.config, (self.max_b, self.max_t));
+        check_host_memory(&footprint, Allocating::TrainingAfterForward, host_memory())?;
+        self.allocate_training()
+    }
+
+    /// An error for AdamW's moments of a model made for inference before [`prepare_training`].
+    ///
+    /// [`prepare_training`]: Self::prepare_training
+    fn check_has_moments(&self, which: OptimizerArray) -> Result<()> {
+        if matches!(which, OptimizerArray::M | OptimizerArray::V) && self.m.is_empty() {
+            bail!(
+                "a model made for inference has no AdamW moments (prepare_training allocates them)"
+            );
+        }
+        Ok(())
+    }
+
+    /// The training calls of a model made for inference need [`prepare_training`] first (the
+    /// [`Engine`](crate::engine::Engine)'s call it).
+    ///
+    /// [`prepare_training`]: Self::prepare_training
+    fn assert_trainable(&self) {
+        assert!(
+            !self.grads.is_empty(),
+            "a model made for inference: call prepare_training before training it"
+        );
+    }
+
+    fn allocate_training(&mut self) -> Result<()> {
+        let (n, na) = (self.params.len(), self.acts.len());
+        let floats = |n, what| host_memory::zeroed::<f32>(n, what);
+        self.grads = floats(n, "the parameter gradients")?;
+        self.m = floats(n, "AdamW's first moment")?;
+        self.v = floats(n, "AdamW's second moment")?;
+        self.grad_acts = floats(na, "the activation gradients")?;
+        Ok(())
     }
 
     /// The same model emulating bf16 storage (see [`Storage`]): its weights are rounded to bf16
@@ -206,6 +283,7 @@ impl Gpt2Cpu {
 
     /// Sets every parameter gradient to zero (before the first micro-batch of a step).
     pub fn zero_grad(&mut self) {
+        self.assert_trainable();
         self.grads.fill(0.0);
     }
 
@@ -216,6 +294,7 @@ impl Gpt2Cpu {
         let cfg = self.config;
         let (b, t) = (self.b, self.t);
         assert!(b > 0, "backward before forward");
+        self.assert_trainable();
         let (l_count, nh, c, v, vp) = (
             cfg.num_layers,
             cfg.num_heads,
@@ -288,12 +367,14 @@ impl Gpt2Cpu {
 
     /// The global L2 norm of the gradients.
     pub fn grad_norm(&self) -> f32 {
+        self.assert_trainable();
         global_norm(&self.grads)
     }
 
     /// One AdamW step (step counts from 1), with the gradients first multiplied by grad_scale;
     /// the weight decay on the tensors `hp.decay_on` names.
     pub fn update(&mut self, hp: &AdamW, step: usize, grad_scale: f32) {
+        self.assert_trainable();
         let weights = match self.storage {
             Storage::Fp32 => &mut self.params,
             Storage::Bf16 => &mut self.master,
@@ -334,6 +415,7 @@ impl Gpt2Cpu {
     /// One of AdamW's arrays (see
     /// [`Engine::optimizer_array`](crate::engine::Engine::optimizer_array)).
     pub fn optimizer_array(&self, which: OptimizerArray) -> Result<Vec<f32>> {
+        self.check_has_moments(which)?;
         Ok(match which {
             OptimizerArray::M => self.m.clone(),
             OptimizerArray::V => self.v.clone(),
@@ -346,6 +428,7 @@ impl Gpt2Cpu {
     /// [`Engine::set_optimizer_array`](crate::engine::Engine::set_optimizer_array)).
     pub fn set_optimizer_array(&mut self, which: OptimizerArray, values: &[f32]) -> Result<()> {
         check_optimizer_array(which, values, self.params.len())?;
+        self.check_has_moments(which)?;
         let dst = match which {
             OptimizerArray::M => &mut self.m,
             OptimizerArray::V => &mut self.v,
@@ -433,43 +516,106 @@ pub fn check_new(cfg: &GPT2Config, params: &[f32], max_b: usize, max_t: usize) -
     check_batch(cfg, max_b, max_t)
 }
 
-/// The CPU engine's footprint for n parameters and na activation elements at B x T, counted
-/// before anything is allocated: an error when what is still to be allocated (all but the
-/// parameters) is more than `mem` has available (the host's, [`host_memory`]), saying what it
-/// needs and what to change.
+/// What the CPU engine holds at its largest batch, in bytes (all fp32).
+#[derive(Clone, Copy, Debug)]
+pub struct Footprint {
+    /// For the message: L, C, the parameters' count, B and T.
+    model: (usize, usize, usize, usize, usize),
+    /// The parameters (allocated before the engine: they are its input).
+    params: f64,
+    /// The activations.
+    acts: f64,
+    /// The inputs and targets.
+    tokens: f64,
+    /// The parameter gradients and AdamW's two moments.
+    optimizer: f64,
+    /// The activation gradients.
+    grad_acts: f64,
+}
+
+impl Footprint {
+    /// The footprint of `cfg` at B x T (whose activation count must fit in a usize).
+    pub fn of(cfg: &GPT2Config, (b, t): (usize, usize)) -> Footprint {
+        let (n, na) = (num_parameters(cfg), num_activations(cfg, b, t));
+        Footprint {
+            model: (cfg.num_layers, cfg.channels, n, b, t),
+            params: 4.0 * n as f64,
+            acts: 4.0 * na as f64,
+            tokens: 8.0 * b as f64 * t as f64,
+            optimizer: 12.0 * n as f64,
+            grad_acts: 4.0 * na as f64,
+        }
+    }
+}
+
+/// Which of a [`Footprint`]'s parts are being allocated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allocating {
+    /// A model for training: the forward's and training's parts.
+    Training,
+    /// A model for forwards only.
+    Forward,
+    /// Training's part, for a model that has the forward's.
+    TrainingAfterForward,
+}
+
+/// Checks, before anything is allocated, that what is about to be (`allocating`) fits in what
+/// the host has available (`mem`, from [`host_memory`]; None: unknown, no check, and an
+/// allocation that fails is still an error): an error saying what the model needs and what to
+/// change when it does not.
 pub fn check_host_memory(
-    cfg: &GPT2Config,
-    n: usize,
-    na: usize,
-    (b, t): (usize, usize),
+    f: &Footprint,
+    allocating: Allocating,
     mem: Option<HostMemory>,
 ) -> Result<()> {
     let Some(mem) = mem else {
-        // (unknown: an allocation that fails is still an error, not an abort)
         return Ok(());
     };
-    let f = |x: usize| x as f64;
-    // fp32 parameters, gradients and AdamW moments; activations and their gradients; the inputs
-    // and targets
-    let bytes_params = 16.0 * f(n);
-    let bytes_acts = 8.0 * f(na);
-    let to_allocate = 12.0 * f(n) + bytes_acts + 8.0 * f(b) * f(t);
+    let (to_allocate, needs, held) = match allocating {
+        Allocating::Training => (
+            f.acts + f.tokens + f.optimizer + f.grad_acts,
+            format!(
+                "needs {} (parameters, gradients and AdamW state {}, activations and their \
+                 gradients {})",
+                size_text(f.params + f.acts + f.tokens + f.optimizer + f.grad_acts),
+                size_text(f.params + f.optimizer),
+                size_text(f.acts + f.grad_acts),
+            ),
+            String::new(),
+        ),
+        Allocating::Forward => (
+            f.acts + f.tokens,
+            format!(
+                "needs {} for its forwards (parameters {}, activations {})",
+                size_text(f.params + f.acts + f.tokens),
+                size_text(f.params),
+                size_text(f.acts),
+            ),
+            String::new(),
+        ),
+        Allocating::TrainingAfterForward => (
+            f.optimizer + f.grad_acts,
+            format!(
+                "needs {} more to train (gradients and AdamW state {}, activation gradients {})",
+                size_text(f.optimizer + f.grad_acts),
+                size_text(f.optimizer),
+                size_text(f.grad_acts),
+            ),
+            format!(
+                " besides the {} it holds",
+                size_text(f.params + f.acts + f.tokens)
+            ),
+        ),
+    };
     if to_allocate <= mem.available as f64 {
         return Ok(());
     }
+    let (l, c, n, b, t) = f.model;
     bail!(
-        "not enough memory: the model (L={}, C={}, {:.1}M parameters, fp32, on the CPU) at \
-         B={}, T={} needs {} (parameters, gradients and AdamW state {}, activations and their \
-         gradients {}), the machine has {} available of {}; use a smaller batch (-b) or \
-         sequence length (-t), or a smaller model",
-        cfg.num_layers,
-        cfg.channels,
-        f(n) / 1e6,
-        b,
-        t,
-        size_text(4.0 * f(n) + to_allocate),
-        size_text(bytes_params),
-        size_text(bytes_acts),
+        "not enough memory: the model (L={l}, C={c}, {:.1}M parameters, fp32, on the CPU) at \
+         B={b}, T={t} {needs}, the machine has {} available{held} of {}; use a smaller batch \
+         (-b) or sequence length (-t), or a smaller model",
+        n as f64 / 1e6,
         size_text(mem.available as f64),
         size_text(mem.total as f64),
     )
@@ -531,46 +677,119 @@ pub fn check_tokens(cfg: &GPT2Config, tokens: &[u32], n: usize, what: &str) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Engine;
+
+    fn mem(available: u64) -> Option<HostMemory> {
+        Some(HostMemory {
+            available,
+            total: 1 << 40,
+        })
+    }
 
     #[test]
     fn the_memory_check_refuses_one_byte_short() {
         let cfg = GPT2Config::from_descriptor("d1").unwrap();
         let (n, na) = (num_parameters(&cfg), num_activations(&cfg, 2, 3));
-        // gradients and both moments, activations and their gradients, inputs and targets
-        let need = (12 * n + 8 * na + 8 * 2 * 3) as u64;
-        let mem = |available| {
-            Some(HostMemory {
-                available,
-                total: 1 << 40,
-            })
-        };
-        check_host_memory(&cfg, n, na, (2, 3), mem(need)).unwrap();
-        let e = check_host_memory(&cfg, n, na, (2, 3), mem(need - 1)).unwrap_err();
-        let e = e.to_string();
-        assert!(
-            e.starts_with("not enough memory: the model (L=1, C=64, "),
-            "{e}"
-        );
-        assert!(e.contains(" at B=2, T=3 needs "), "{e}");
-        assert!(e.ends_with("of 1024.00 GiB; use a smaller batch (-b) or sequence length (-t), or a smaller model"), "{e}");
-        // the host's memory unknown: no check (an allocation that fails is still an error)
-        check_host_memory(&cfg, n, na, (2, 3), None).unwrap();
+        let f = Footprint::of(&cfg, (2, 3));
+        // what each is about to allocate: the activations and the inputs and targets; the
+        // gradients and both moments and the activation gradients; both
+        let forward = (4 * na + 8 * 2 * 3) as u64;
+        let training = (12 * n + 4 * na) as u64;
+        for (allocating, need, says) in [
+            (
+                Allocating::Forward,
+                forward,
+                " for its forwards (parameters ",
+            ),
+            (
+                Allocating::TrainingAfterForward,
+                training,
+                " more to train (gradients ",
+            ),
+            (
+                Allocating::Training,
+                forward + training,
+                " (parameters, gradients and AdamW ",
+            ),
+        ] {
+            check_host_memory(&f, allocating, mem(need)).unwrap();
+            let e = check_host_memory(&f, allocating, mem(need - 1)).unwrap_err();
+            let e = e.to_string();
+            assert!(
+                e.starts_with("not enough memory: the model (L=1, C=64, "),
+                "{e}"
+            );
+            assert!(e.contains(" at B=2, T=3 needs "), "{e}");
+            assert!(e.contains(says), "{e}");
+            assert!(
+                e.ends_with(
+                    "of 1024.00 GiB; use a smaller batch (-b) or sequence length (-t), or a \
+                     smaller model"
+                ),
+                "{e}"
+            );
+            // the host's memory unknown: no check (an allocation that fails is still an error)
+            check_host_memory(&f, allocating, None).unwrap();
+        }
     }
 
     #[test]
     fn a_model_too_large_for_the_machine_is_an_error_not_an_abort() {
         let cfg = GPT2Config::from_descriptor("d1").unwrap();
         let params = vec![0.0; num_parameters(&cfg)];
-        // 4.75 TiB of activations, twice
-        let e = Gpt2Cpu::new(cfg, params.clone(), 100_000, 64)
-            .err()
-            .unwrap();
-        assert!(e.to_string().starts_with("not enough memory"), "{e}");
-        let e = Gpt2Cpu::new(cfg, params, 1 << 50, 64).err().unwrap();
-        assert!(
-            e.to_string()
-                .contains("do not fit in this machine's address space"),
-            "{e}"
+        // 4.75 TiB of activations (and as much again for their gradients)
+        for model in [Gpt2Cpu::new, Gpt2Cpu::for_inference] {
+            let e = model(cfg, params.clone(), 100_000, 64).err().unwrap();
+            assert!(e.to_string().starts_with("not enough memory"), "{e}");
+            let e = model(cfg, params.clone(), 1 << 50, 64).err().unwrap();
+            let e = e.to_string();
+            assert!(
+                e.contains("do not fit in this machine's address space"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_model_for_inference_allocates_training_when_it_is_asked_to_train() {
+        let cfg = GPT2Config::from_descriptor("d1").unwrap();
+        let params = params::init_params(&cfg, 3);
+        let (b, t) = (2usize, 5usize);
+        let tokens: Vec<u32> = (0..(b * t) as u32).map(|i| i * 7 + 1).collect();
+        let targets: Vec<u32> = (0..(b * t) as u32).map(|i| i * 5 + 2).collect();
+        let mut full = Gpt2Cpu::new(cfg, params.clone(), b, t).unwrap();
+        let mut lazy = Gpt2Cpu::for_inference(cfg, params, b, t).unwrap();
+        assert!(lazy.grads.is_empty() && lazy.m.is_empty() && lazy.grad_acts.is_empty());
+        let e = lazy.optimizer_array(OptimizerArray::M).unwrap_err();
+        assert!(e.to_string().contains("no AdamW moments"), "{e}");
+        // a forward needs none of it
+        let want = full.forward(&tokens, Some(&targets), b, t).unwrap();
+        let got = Gpt2Cpu::forward(&mut lazy, &tokens, Some(&targets), b, t).unwrap();
+        assert_eq!(got, want);
+        assert!(lazy.grads.is_empty());
+        // the Engine's training calls allocate it: the same gradients and update
+        full.zero_grad();
+        full.backward(1.0);
+        Engine::zero_grad(&mut lazy).unwrap();
+        Engine::backward(&mut lazy, 1.0).unwrap();
+        assert_eq!(lazy.grads.len(), num_parameters(&cfg));
+        assert_eq!(lazy.grad_acts.len(), lazy.acts.len());
+        assert_eq!(lazy.grads, full.grads);
+        assert_eq!(Engine::grad_norm(&mut lazy).unwrap(), full.grad_norm());
+        let hp = AdamW {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            decay_on: crate::cpu::adamw::DecayOn::Matrices,
+        };
+        full.update(&hp, 1, 1.0);
+        Engine::update(&mut lazy, &hp, 1, 1.0).unwrap();
+        assert_eq!(lazy.params, full.params);
+        assert_eq!(
+            Engine::optimizer_array(&mut lazy, OptimizerArray::V).unwrap(),
+            full.v
         );
     }
 }

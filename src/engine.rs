@@ -244,9 +244,11 @@ pub struct EngineOptions {
     /// What the CUDA engine's backward pass computes again instead of keeping it; the CPU engine
     /// keeps everything.
     pub recompute: Recompute,
-    /// Whether the engine is built for forwards (`eval`, `sample`): the CPU engine then leaves
-    /// out the arenas only training needs (more than half of its footprint) until it is asked to
-    /// train after all (`Gpt2Cpu::for_inference`). The CUDA engine allocates them all either way.
+    /// Whether the engine is built for forwards (`eval`, `sample`): it then leaves out the
+    /// arenas only training needs (gradients, AdamW's moments, master weights, activation
+    /// gradients). The CPU engine allocates them if it is asked to train after all
+    /// (`Gpt2Cpu::for_inference`); to the CUDA engine that is an error
+    /// (`gpu::ModelOptions::forwards_only`).
     pub forwards_only: bool,
 }
 
@@ -407,6 +409,7 @@ fn gpu_engine_on(
         kernels: opts.kernels,
         classifier_chunk: opts.classifier_chunk,
         recompute: opts.recompute,
+        forwards_only: opts.forwards_only,
     };
     // Under Nsight Systems the timeline should show each kernel inside its NVTX ranges, which a
     // replayed graph does not have (its ranges were recorded once, at the capture).

@@ -535,6 +535,111 @@ fn recomputing_gelu_computes_the_same_model() {
     }
 }
 
+/// A model built for forwards only (`eval`, `sample`) computes the same logits and losses, bit
+/// for bit, as one built for training, holds less device memory by the arenas it leaves out, and
+/// refuses the calls that train with a clear error; `eval`'s and `sample`'s options build one.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_model_for_forwards_only_computes_the_same_forwards() {
+    let cases = [
+        (Precision::Fp32, Kernels::Plain, small_config()),
+        (Precision::Bf16, Kernels::Fused, fused_config()),
+    ];
+    for (precision, kernels, cfg) in cases {
+        let (b, t) = (2, 33);
+        let params = init_params(&cfg, 5);
+        let engine = |forwards_only: bool| {
+            let opts = EngineOptions {
+                kernels: Some(kernels),
+                forwards_only,
+                ..EngineOptions::cuda(precision)
+            };
+            create_engine(&opts, cfg, params.clone(), b, t).unwrap_or_else(|e| panic!("{e:#}"))
+        };
+        let what = format!("{precision} {kernels:?}");
+        let mut full = engine(false);
+        let full_bytes = full.peak_memory_bytes().expect("the driver reports memory");
+        drop(full);
+        let mut lean = engine(true);
+        let lean_bytes = lean.peak_memory_bytes().expect("the driver reports memory");
+        full = engine(false);
+        // at least the gradients and both moments (and the master weights in bf16) are left out
+        let n = params.len() as u64;
+        let elem = if precision == Precision::Bf16 { 2 } else { 4 };
+        let master = if precision == Precision::Bf16 { 4 } else { 0 };
+        assert!(
+            full_bytes - lean_bytes >= n * (elem + 8 + master),
+            "{what}: {full_bytes} vs {lean_bytes} bytes"
+        );
+        assert!(!lean.has_master_weights(), "{what}");
+        assert_eq!(full.has_master_weights(), precision == Precision::Bf16);
+
+        let mut rng = Rng::new(3);
+        let x = tokens(&mut rng, b * t, cfg.vocab_size);
+        let y = tokens(&mut rng, b * t, cfg.vocab_size);
+        for targets in [Some(&y[..]), None] {
+            let want = full.forward(&x, targets, b, t).unwrap();
+            let got = lean.forward(&x, targets, b, t).unwrap();
+            assert_eq!(got, want, "{what}: loss");
+            assert!(
+                lean.logits().unwrap() == full.logits().unwrap(),
+                "{what}: logits"
+            );
+            // a shorter batch, as sampling runs
+            let want = full.forward(&x[..5], None, 1, 5).unwrap();
+            assert_eq!(lean.forward(&x[..5], None, 1, 5).unwrap(), want);
+            assert!(lean.position_logits(0, 4).unwrap() == full.position_logits(0, 4).unwrap());
+        }
+        assert!(lean.forward(&x, Some(&y), b, t).unwrap().is_some());
+        let hp = AdamW {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            decay_on: DecayOn::Matrices,
+        };
+        let refused = [
+            ("zero_grad", lean.zero_grad().err()),
+            ("backward", lean.backward(1.0).err()),
+            ("grad_norm", lean.grad_norm().err()),
+            ("update", lean.update(&hp, 1, 1.0).err()),
+            ("reading the gradients", lean.grads().err()),
+            (
+                "reading AdamW's m",
+                lean.optimizer_array(OptimizerArray::M).err(),
+            ),
+            (
+                "restoring AdamW's v",
+                lean.set_optimizer_array(OptimizerArray::V, &vec![0.0; params.len()])
+                    .err(),
+            ),
+        ];
+        for (call, e) in refused {
+            let e = format!("{:#}", e.unwrap_or_else(|| panic!("{what}: {call} worked")));
+            assert!(
+                e.starts_with(&format!("{call}: this model was built for forwards only")),
+                "{what}: {e}"
+            );
+        }
+        // still the same forwards after the refusals
+        let want = full.forward(&x, Some(&y), b, t).unwrap();
+        assert_eq!(lean.forward(&x, Some(&y), b, t).unwrap(), want, "{what}");
+    }
+    // the message when even the forwards do not fit names them
+    let cfg = small_config();
+    let opts = EngineOptions {
+        forwards_only: true,
+        ..EngineOptions::cuda(Precision::Fp32)
+    };
+    let e = create_engine(&opts, cfg, init_params(&cfg, 5), 100_000, 64)
+        .err()
+        .map(|e| format!("{e:#}"))
+        .expect("1.2 TiB of logits do not fit");
+    assert!(e.starts_with("not enough GPU memory"), "{e}");
+    assert!(e.contains(" GiB for its forwards (parameters "), "{e}");
+}
+
 /// CUDA graphs change the speed, never the numbers: the same training (a shape change and an
 /// inference forward in between) with the forward and backward passes replayed as graphs and with
 /// every kernel launched from the host gives bitwise the same losses, norms and parameters.

@@ -157,6 +157,12 @@ losses train-d12-bf16-resumed losses-bf16-resumed.txt
 # the whole run's steps 26 to 50
 check resumed-same-losses-bf16 10 bash -c 'tail -n 25 "$logs/losses-bf16-1.txt" > "$logs/losses-bf16-26.txt" &&
   same losses-bf16-26.txt losses-bf16-resumed.txt' 
+# eval and sample of that run's model build the engine for forwards only (no gradients, AdamW
+# state or master weights: gpu::ModelOptions::forwards_only)
+check eval-d12-bf16 60 eng eval --device cuda --model "$state/train-d12-bf16-run1/model_000050.bin" \
+  --batch 4 --seq 64 --batches 10
+check sample-d12-bf16 60 eng sample --device cuda --model "$state/train-d12-bf16-run1/model_000050.bin" \
+  --tokens 32
 # 5. The bf16 loss curve tracks fp32 (same seed, same data): 300 steps of d12 at B=8, T=256.
 for p in fp32 bf16; do
   NEED=60 check "curve-$p" 240 eng --device cuda --model d12 --batch 8 --seq 256 --steps 300 --lr 6e-4 \

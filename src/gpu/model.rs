@@ -426,6 +426,9 @@ pub struct Gpt2Gpu<T: ModelFloat = f32> {
     chunk_b: usize,
     /// What the backward pass computes again instead of reading it from `acts`.
     recompute: Recompute,
+    /// Built for forwards only (see [`ModelOptions::forwards_only`]): the training arenas are
+    /// one-element placeholders and `master` is None.
+    forwards_only: bool,
     /// (B, T) of the last forward.
     b: usize,
     t: usize,
@@ -472,6 +475,10 @@ pub struct ModelOptions {
     /// on the fused path the epilogue's GELU and the kernel's may differ in the last bits, and so
     /// the weight gradient of the second product by as much.
     pub recompute: Recompute,
+    /// A model for forwards only (`eval`, `sample`): no gradients, AdamW moments, master weights
+    /// or backward scratch are allocated (for d12 in bf16, 2 + 4 + 4 + 4 bytes a parameter and
+    /// the activation gradients), and the calls that train are an error.
+    pub forwards_only: bool,
 }
 
 impl<T: ModelFloat> Gpt2Gpu<T> {
@@ -522,6 +529,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             kernels,
             classifier_chunk,
             recompute,
+            forwards_only,
         } = opts;
         let chunk_b = match classifier_chunk {
             None => max_b,
@@ -559,36 +567,48 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         let nd = dlayer_sizes.total().ok_or_else(too_big)?;
         let (bt, btc) = (max_b * max_t, max_b * max_t * c);
         let nlse = if fused { l * max_b * nh * max_t } else { 0 };
-        let (nscratch, nscratch32) = if fused {
-            (0, flash_attention_backward_scratch_len(max_b, max_t, c, nh))
-        } else {
-            (
+        let (nscratch, nscratch32) = match (fused, forwards_only) {
+            (true, false) => (0, flash_attention_backward_scratch_len(max_b, max_t, c, nh)),
+            (true, true) => (0, 0),
+            (false, false) => (
                 attention_forward_scratch_len(max_b, max_t, c)
                     .max(attention_backward_scratch_len(max_b, max_t, c)),
                 0,
-            )
+            ),
+            (false, true) => (attention_forward_scratch_len(max_b, max_t, c), 0),
         };
+        // the arenas only training uses: none for forwards only (one-element placeholders)
+        let training = |x: usize| if forwards_only { 0 } else { x };
+        let (ngrads, nd, nbtc) = (training(n), training(nd), training(btc));
+        let masters = T::MASTER_WEIGHTS && !forwards_only;
 
         // the whole footprint, counted before allocating, for a clear message when it does not fit
         let e = std::mem::size_of::<T>() as f64;
         let f = |x: usize| x as f64;
-        let masters = if T::MASTER_WEIGHTS { 1.0 } else { 0.0 };
         // T weights and gradients, fp32 moments (and master weights)
-        let bytes_params = f(n) * (2.0 * e + 4.0 * (2.0 + masters));
+        let bytes_params = e * f(n + ngrads) + 4.0 * f(2 * ngrads + if masters { n } else { 0 });
         let bytes_acts = e * f(na) + 4.0 * (f(ns) + f(nlse));
         let bytes_grads =
-            e * (f(nd) + f(btc) + f(btc) + f(nscratch)) + 4.0 * f(nscratch32) + 28.0 * f(bt);
+            e * (f(nd) + f(nbtc) + f(nbtc) + f(nscratch)) + 4.0 * f(nscratch32) + 28.0 * f(bt);
         let need = bytes_params + bytes_acts + bytes_grads;
+        let (p, a, g) = (gib(bytes_params), gib(bytes_acts), gib(bytes_grads));
+        let parts = if forwards_only {
+            format!(
+                "for its forwards (parameters {p:.2} GiB, activations {a:.2} GiB, scratch \
+                 {g:.2} GiB)"
+            )
+        } else {
+            format!(
+                "(parameters, gradients and AdamW state {p:.2} GiB, activations {a:.2} GiB, \
+                 activation gradients and scratch {g:.2} GiB)"
+            )
+        };
         let what = format!(
             "the model (L={l}, C={c}, {:.1}M parameters, {}) at B={max_b}, T={max_t} needs \
-             {:.2} GiB (parameters, gradients and AdamW state {:.2} GiB, activations {:.2} GiB, \
-             activation gradients and scratch {:.2} GiB)",
+             {:.2} GiB {parts}",
             n as f64 / 1e6,
             T::PRECISION,
             gib(need),
-            gib(bytes_params),
-            gib(bytes_acts),
-            gib(bytes_grads),
         );
         let free = gpu.context().mem_get_info();
         let free_text = match free {
@@ -636,20 +656,20 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         };
 
         let params_dev = gpu.upload(&to_device_float::<T>(&params)).map_err(oom)?;
-        let master = if T::MASTER_WEIGHTS {
+        let master = if masters {
             Some(gpu.upload(&params).map_err(oom)?)
         } else {
             None
         };
-        let grads = gpu.zeros::<T>(n).map_err(oom)?;
-        let m = gpu.zeros::<f32>(n).map_err(oom)?;
-        let v = gpu.zeros::<f32>(n).map_err(oom)?;
+        let grads = gpu.zeros::<T>(ngrads.max(1)).map_err(oom)?;
+        let m = gpu.zeros::<f32>(ngrads.max(1)).map_err(oom)?;
+        let v = gpu.zeros::<f32>(ngrads.max(1)).map_err(oom)?;
         let acts = gpu.zeros::<T>(na).map_err(oom)?;
         let stats = gpu.zeros::<f32>(ns).map_err(oom)?;
         let lse = gpu.zeros::<f32>(nlse.max(1)).map_err(oom)?;
-        let dlayer = gpu.zeros::<T>(nd).map_err(oom)?;
-        let dresidual = gpu.zeros::<T>(btc).map_err(oom)?;
-        let dlnf = gpu.zeros::<T>(btc).map_err(oom)?;
+        let dlayer = gpu.zeros::<T>(nd.max(1)).map_err(oom)?;
+        let dresidual = gpu.zeros::<T>(nbtc.max(1)).map_err(oom)?;
+        let dlnf = gpu.zeros::<T>(nbtc.max(1)).map_err(oom)?;
         let att_scratch = gpu.zeros::<T>(nscratch.max(1)).map_err(oom)?;
         let att_scratch32 = gpu.zeros::<f32>(nscratch32.max(1)).map_err(oom)?;
         let inputs_dev = gpu.zeros::<u32>(bt).map_err(oom)?;
@@ -691,6 +711,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             row_stats,
             chunk_b,
             recompute,
+            forwards_only,
             b: 0,
             t: 0,
             losses: Vec::new(),
@@ -1173,8 +1194,20 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         ))
     }
 
+    /// An error for the calls that train, in a model built for forwards only.
+    fn check_trains(&self, what: &str) -> Result<()> {
+        if self.forwards_only {
+            bail!(
+                "{what}: this model was built for forwards only (eval, sample): it has no \
+                 gradients or AdamW state (build it without ModelOptions::forwards_only to train)"
+            );
+        }
+        Ok(())
+    }
+
     /// Sets every parameter gradient to zero (before the first micro-batch of a step).
     pub fn zero_grad(&mut self) -> Result<()> {
+        self.check_trains("zero_grad")?;
         let _phase = nvtx::range(c"zero_grad");
         self.gpu
             .memset_zero(&mut self.grads.slice_mut(..))
@@ -1184,6 +1217,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
     /// The backward pass of the last forward (which must have had targets): adds the gradient of
     /// `loss_scale * mean loss` to the gradients. Overwrites the logits with their gradient.
     pub fn backward(&mut self, loss_scale: f32) -> Result<()> {
+        self.check_trains("backward")?;
         let _phase = nvtx::range(c"backward");
         self.prof.set_pass(Pass::Backward);
         match self.stage {
@@ -1506,6 +1540,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
 
     /// The global L2 norm of the gradients (one read-back).
     pub fn grad_norm(&mut self) -> Result<f32> {
+        self.check_trains("grad_norm")?;
         self.prof.set_pass(Pass::Update);
         let (gpu, grads) = (&self.gpu, &self.grads);
         self.prof
@@ -1519,6 +1554,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
     /// multiplied by grad_scale; the weight decay on the tensors `hp.decay_on` names (one launch
     /// per range of [`update_ranges`]).
     pub fn update(&mut self, hp: &AdamW, step: usize, grad_scale: f32) -> Result<()> {
+        self.check_trains("update")?;
         let _phase = nvtx::range(c"update");
         self.prof.set_pass(Pass::Update);
         let gpu = &self.gpu;
@@ -1574,6 +1610,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
 
     /// The parameter gradients, copied to the host, in checkpoint order.
     pub fn grads(&mut self) -> Result<Vec<f32>> {
+        self.check_trains("reading the gradients")?;
         let g = self
             .gpu
             .download(&self.grads)
@@ -1583,6 +1620,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
 
     /// One of AdamW's arrays, copied to the host (see [`Engine::optimizer_array`]).
     pub fn optimizer_array(&mut self, which: OptimizerArray) -> Result<Vec<f32>> {
+        self.check_trains(&format!("reading AdamW's {}", which.name()))?;
         let buf = match which {
             OptimizerArray::M => &self.m,
             OptimizerArray::V => &self.v,
@@ -1600,6 +1638,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
     /// addresses, so the captured CUDA graphs stay valid.
     pub fn set_optimizer_array(&mut self, which: OptimizerArray, values: &[f32]) -> Result<()> {
         check_optimizer_array(which, values, self.params.len())?;
+        self.check_trains(&format!("restoring AdamW's {}", which.name()))?;
         let gpu = &self.gpu;
         match (which, self.master.as_mut()) {
             (OptimizerArray::M, _) => gpu.upload_into(values, &mut self.m),
@@ -1689,7 +1728,8 @@ impl<T: ModelFloat> Engine for Gpt2Gpu<T> {
         Gpt2Gpu::grads(self)
     }
     fn has_master_weights(&self) -> bool {
-        T::MASTER_WEIGHTS
+        // (none in a model for forwards only)
+        self.master.is_some()
     }
     fn optimizer_array(&mut self, which: OptimizerArray) -> Result<Vec<f32>> {
         Gpt2Gpu::optimizer_array(self, which)

@@ -121,6 +121,11 @@ pub trait Engine {
     fn profile_step_end(&mut self) -> Result<()> {
         Ok(())
     }
+    /// Ends the step begun by `profile_step_begin` without adding it to the totals: a step whose
+    /// update was skipped (an outlier), whose times would lack the update's.
+    fn profile_step_discard(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// The totals of the steps profiled so far; None when the engine cannot profile.
     fn profile(&self) -> Option<crate::profile::Profile> {
         None

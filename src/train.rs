@@ -771,7 +771,11 @@ pub fn train(
             engine.update(&hp, step + 1, grad_scale)?;
         }
         let secs = clock.elapsed().as_secs_f64();
-        if profile_this {
+        if profile_this && skipped {
+            // its times lack the update's: kept out of the averages
+            engine.profile_step_discard()?;
+            summary.profile_discarded += 1;
+        } else if profile_this {
             // after the step's clock: the wait for the device does not count in its line
             engine.profile_step_end()?;
         }
@@ -886,6 +890,14 @@ pub fn train(
     }
     if !profiled.is_empty() {
         if let Some(profile) = engine.profile() {
+            if summary.profile_discarded > 0 {
+                println!(
+                    "profile: {} of the {} steps timed left out: their updates were skipped \
+                     (outliers)",
+                    summary.profile_discarded,
+                    profile.steps as usize + summary.profile_discarded
+                );
+            }
             print!("{}", profile.table());
             summary.profile = Some(profile);
         }
@@ -914,6 +926,9 @@ pub struct TrainSummary {
     pub interrupted: bool,
     /// The steps (from 1) whose update was skipped (`--skip-loss-z`, `--skip-norm-z`).
     pub skipped: Vec<usize>,
+    /// How many of the steps `--profile` timed were left out of its table because their update
+    /// was skipped.
+    pub profile_discarded: usize,
     /// The run's lowest validation loss (with `--keep-best`; a resumed run's from its state).
     pub best_val: Option<crate::formats::train_state::BestVal>,
 }

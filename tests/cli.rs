@@ -1386,19 +1386,10 @@ fn llmc_training_flags() {
 /// `tests/divergence.rs`.)
 #[test]
 fn outlier_steps_are_skipped() {
-    use train_gpt2_cuda::formats::shard::write_shard;
     let dir = tmp_dir("outliers");
     let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
-    // 105 batches of 2 x 16 of the pattern 10 11 12 13 ..., chunk 100's targets random (its last
-    // one, the next chunk's first input, stays the pattern's)
-    let pattern = |n: usize| -> Vec<u32> { (0..n).map(|i| 10 + (i % 4) as u32).collect() };
-    let mut tokens = pattern(105 * 32 + 1);
-    let mut rng = train_gpt2_cuda::rng::Rng::new(5);
-    for tok in &mut tokens[100 * 32 + 1..101 * 32] {
-        *tok = 100 + rng.below(50_000) as u32;
-    }
-    write_shard(&dir.join("spike.bin"), &tokens).unwrap();
-    write_shard(&dir.join("pattern.bin"), &pattern(4 * 32 + 1)).unwrap();
+    // 105 batches of 2 x 16 of the pattern 10 11 12 13 ..., batch 100's targets random
+    engine_bin::write_spike_corpus(&dir, 105, 100);
     let base = format!(
         "--device cpu --batch 2 --seq 16 --val-every 0 --val-batches 1 --seed 3 --lr 3e-3 \
          --lr-schedule constant --sample-tokens 0 --val {}",

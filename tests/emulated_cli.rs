@@ -503,3 +503,40 @@ fn training_on_the_emulated_device_resumes_exactly() {
         }
     }
 }
+
+/// `--profile` leaves a step whose update was skipped (`--skip-loss-z`) out of its table: its
+/// times lack the update's, and would lower the update's share. A d1 run of 100 steps on a corpus
+/// of one repeated pattern whose 97th batch has random targets (judged against the losses of steps
+/// 33 to 96, long after the pattern was learnt): step 97 is skipped, and the table averages the 98
+/// other steps it timed (steps 2 to 100).
+#[test]
+fn profile_leaves_out_the_steps_whose_update_was_skipped() {
+    let dir = scratch("profile-skipped");
+    engine_bin::write_spike_corpus(&dir, 100, 96);
+    let log = run_ok(
+        &flags(
+            "--device cuda --model d1 --batch 2 --seq 16 --steps 100 --val-every 0 \
+             --val-batches 1 --seed 3 --lr 3e-3 --lr-schedule constant --sample-tokens 0 \
+             --no-state --skip-loss-z 5 --profile --train spike.bin --val pattern.bin \
+             --out-dir ckpt",
+        ),
+        &dir,
+    );
+    let skipped: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("update skipped"))
+        .collect();
+    assert_eq!(skipped.len(), 1, "{log}");
+    assert!(skipped[0].starts_with("step    97/100 |"), "{log}");
+    assert!(
+        log.contains("profile: timing the kernel families of steps 2..=100 by CUDA events"),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "profile: 1 of the 99 steps timed left out: their updates were skipped (outliers)"
+        ),
+        "{log}"
+    );
+    assert!(log.contains("profile: 98 steps, "), "{log}");
+}

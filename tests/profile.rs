@@ -258,10 +258,19 @@ fn gpu_profile_counts_bf16_bytes_at_their_width() {
     let mut gpu = create_engine(&opts, cfg, params, b, t).unwrap_or_else(|e| panic!("{e:#}"));
     let mut rng = Rng::new(11);
     step(gpu.as_mut(), &mut rng, b, t, 1);
+    // a discarded step (an outlier's, whose update was skipped) adds nothing; discarding or
+    // ending a step that was not begun is an error
+    gpu.profile_step_begin().unwrap();
+    step(gpu.as_mut(), &mut rng, b, t, 3);
+    gpu.profile_step_discard().unwrap();
+    assert_eq!(gpu.profile().unwrap().steps, 0);
+    assert!(gpu.profile_step_discard().is_err());
+    assert!(gpu.profile_step_end().is_err());
     gpu.profile_step_begin().unwrap();
     step(gpu.as_mut(), &mut rng, b, t, 2);
     gpu.profile_step_end().unwrap();
     let p: Profile = gpu.profile().unwrap();
+    assert_eq!(p.steps, 1);
     let n = num_parameters(&cfg) as f64;
     assert_eq!(p.family(Family::GlobalNorm).bytes, 2.0 * n);
     assert_eq!(p.family(Family::Adamw).bytes, 28.0 * n);

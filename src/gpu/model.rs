@@ -1593,6 +1593,12 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         self.prof.end_step()
     }
 
+    /// Ends the profiled step without adding it to the totals (see
+    /// [`Engine::profile_step_discard`]).
+    pub fn profile_step_discard(&mut self) -> Result<()> {
+        self.prof.discard_step()
+    }
+
     /// The totals of the steps profiled so far.
     pub fn profile(&self) -> &Profile {
         self.prof.totals()
@@ -1757,6 +1763,9 @@ impl<T: ModelFloat> Engine for Gpt2Gpu<T> {
     }
     fn profile_step_end(&mut self) -> Result<()> {
         Gpt2Gpu::profile_step_end(self)
+    }
+    fn profile_step_discard(&mut self) -> Result<()> {
+        Gpt2Gpu::profile_step_discard(self)
     }
     fn profile(&self) -> Option<Profile> {
         let peaks = (self.peak_tflops(), self.gpu.peak_bandwidth_gbps());

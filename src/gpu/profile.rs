@@ -137,6 +137,17 @@ impl GpuProfiler {
         Ok(())
     }
 
+    /// Ends the step begun by [`GpuProfiler::begin_step`] without adding it to the totals (its
+    /// events are recorded again by the next profiled step).
+    pub(super) fn discard_step(&mut self) -> Result<()> {
+        if !self.recording {
+            bail!("profile: a step was discarded that was not begun (profile_step_begin was not called)");
+        }
+        self.recording = false;
+        self.calls.clear();
+        Ok(())
+    }
+
     /// The totals of the steps profiled so far.
     pub(super) fn totals(&self) -> &Profile {
         &self.totals

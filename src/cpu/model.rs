@@ -602,7 +602,7 @@ pub fn check_host_memory(
                 size_text(f.grad_acts),
             ),
             format!(
-                " besides the {} it holds",
+                " (the model holds {} of it already)",
                 size_text(f.params + f.acts + f.tokens)
             ),
         ),
@@ -613,7 +613,7 @@ pub fn check_host_memory(
     let (l, c, n, b, t) = f.model;
     bail!(
         "not enough memory: the model (L={l}, C={c}, {:.1}M parameters, fp32, on the CPU) at \
-         B={b}, T={t} {needs}, the machine has {} available{held} of {}; use a smaller batch \
+         B={b}, T={t} {needs}, the machine has {} available of {}{held}; use a smaller batch \
          (-b) or sequence length (-t), or a smaller model",
         n as f64 / 1e6,
         size_text(mem.available as f64),
@@ -721,10 +721,15 @@ mod tests {
             );
             assert!(e.contains(" at B=2, T=3 needs "), "{e}");
             assert!(e.contains(says), "{e}");
+            let held = if allocating == Allocating::TrainingAfterForward {
+                " (the model holds "
+            } else {
+                " of 1024.00 GiB; use"
+            };
+            assert!(e.contains(held), "{e}");
             assert!(
                 e.ends_with(
-                    "of 1024.00 GiB; use a smaller batch (-b) or sequence length (-t), or a \
-                     smaller model"
+                    "; use a smaller batch (-b) or sequence length (-t), or a smaller model"
                 ),
                 "{e}"
             );

@@ -141,7 +141,10 @@ impl GpuProfiler {
     /// events are recorded again by the next profiled step).
     pub(super) fn discard_step(&mut self) -> Result<()> {
         if !self.recording {
-            bail!("profile: a step was discarded that was not begun (profile_step_begin was not called)");
+            bail!(
+                "profile: a step was discarded that was not begun (profile_step_begin was not \
+                 called)"
+            );
         }
         self.recording = false;
         self.calls.clear();

@@ -560,7 +560,7 @@ pub enum Allocating {
 }
 
 /// Checks, before anything is allocated, that what is about to be (`allocating`) fits in what
-/// the host has available (`mem`, from [`host_memory`]; None: unknown, no check, and an
+/// the host has available (`mem`, from [`host_memory()`]; None: unknown, no check, and an
 /// allocation that fails is still an error): an error saying what the model needs and what to
 /// change when it does not.
 pub fn check_host_memory(

@@ -14,16 +14,17 @@ pub struct HostMemory {
 }
 
 /// This machine's memory, where Linux reports it (`/proc/meminfo`): available is MemAvailable
-/// plus SwapFree, total MemTotal plus SwapTotal; within a cgroup v2 memory limit
-/// (`/sys/fs/cgroup/memory.max`, as a container sees its own) the limit less the cgroup's use
-/// where that is less.
+/// plus SwapFree, total MemTotal plus SwapTotal; within the memory limits of the process's
+/// cgroups where those are tighter ([`cgroup_memory`]: a container's, a Slurm job's).
 pub fn host_memory() -> Option<HostMemory> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let read = |name: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{name}")).ok();
-    let cgroup = read("memory.max").zip(read("memory.current"));
-    let mem = parse_meminfo(&meminfo)?;
-    Some(match cgroup {
-        Some((max, current)) => within_cgroup(mem, &max, &current),
+    let mem = parse_meminfo(&std::fs::read_to_string("/proc/meminfo").ok()?)?;
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    Some(match cgroup_memory(&cgroups, read) {
+        Some(cg) => HostMemory {
+            available: mem.available.min(cg.available),
+            total: mem.total.min(cg.total),
+        },
         None => mem,
     })
 }
@@ -43,16 +44,69 @@ pub fn parse_meminfo(text: &str) -> Option<HostMemory> {
     })
 }
 
-/// `mem` within a cgroup v2 limit: `max` and `current` are the texts of its `memory.max` (bytes,
-/// or "max" for none) and `memory.current`.
-pub fn within_cgroup(mem: HostMemory, max: &str, current: &str) -> HostMemory {
-    let (Ok(max), Ok(current)) = (max.trim().parse::<u64>(), current.trim().parse::<u64>()) else {
-        return mem;
-    };
-    HostMemory {
-        available: mem.available.min(max.saturating_sub(current)),
-        total: mem.total.min(max),
+/// The memory the cgroups of this process (`self_cgroup`: the text of `/proc/self/cgroup`) still
+/// let it allocate, through `read` (a file's text): for each cgroup from the process's up to the
+/// root of the mounted hierarchy, its limit less its use, the page cache not counted as use (the
+/// kernel reclaims it before it refuses memory), the tightest of them; and the tightest limit as
+/// the total. cgroup v2 ("0::/PATH": `/sys/fs/cgroup/PATH/memory.max`, `memory.current` and
+/// `memory.stat`'s `file`) and v1 (the memory controller's line:
+/// `/sys/fs/cgroup/memory/PATH/memory.limit_in_bytes`, `memory.usage_in_bytes` and
+/// `memory.stat`'s `total_cache`). None where no cgroup on the way has a limit. A cgroup
+/// namespace shows its own root as "/"; a cgroup whose folder is not there is skipped.
+pub fn cgroup_memory(
+    self_cgroup: &str,
+    read: impl Fn(&str) -> Option<String>,
+) -> Option<HostMemory> {
+    let mut tightest: Option<HostMemory> = None;
+    for line in self_cgroup.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        // (folder, limit file, use file, the page cache's line in memory.stat)
+        let (root, limit_file, use_file, cache) = if controllers.is_empty() {
+            ("/sys/fs/cgroup", "memory.max", "memory.current", "file")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (
+                "/sys/fs/cgroup/memory",
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+                "total_cache",
+            )
+        } else {
+            continue;
+        };
+        // the process's cgroup, then each one above it
+        let mut dir = path.trim_end_matches('/').to_string();
+        loop {
+            let file = |name: &str| read(&format!("{root}{dir}/{name}"));
+            let number = |name: &str| file(name)?.trim().parse::<u64>().ok();
+            // "max" (v2) or a number near 2^63 (v1): no limit
+            if let Some(limit) = number(limit_file).filter(|&l| l < 1 << 62) {
+                let used = number(use_file).unwrap_or(0);
+                let cached = file("memory.stat")
+                    .and_then(|stat| {
+                        let line = stat.lines().find(|l| l.split(' ').next() == Some(cache))?;
+                        line.split_whitespace().nth(1)?.parse::<u64>().ok()
+                    })
+                    .unwrap_or(0);
+                let left = limit.saturating_sub(used.saturating_sub(cached));
+                let t = tightest.get_or_insert(HostMemory {
+                    available: left,
+                    total: limit,
+                });
+                t.available = t.available.min(left);
+                t.total = t.total.min(limit);
+            }
+            match dir.rfind('/') {
+                Some(i) => dir.truncate(i),
+                None => break,
+            }
+        }
     }
+    tightest
 }
 
 /// The process's peak resident memory (VmHWM in /proc/self/status), where Linux reports it.
@@ -129,25 +183,118 @@ mod tests {
         );
     }
 
+    /// A fake cgroup file system: (path, text).
+    fn files(entries: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: std::collections::HashMap<String, String> = entries
+            .iter()
+            .map(|(p, t)| (p.to_string(), t.to_string()))
+            .collect();
+        move |path: &str| map.get(path).cloned()
+    }
+
     #[test]
-    fn a_cgroup_limit_caps_what_is_available() {
-        let mem = HostMemory {
-            available: 20 << 30,
-            total: 24 << 30,
-        };
-        let capped = within_cgroup(mem, "8589934592\n", "1073741824\n");
+    fn cgroup_v2_limits_on_the_way_to_the_root_count_the_tightest() {
+        const GIB: u64 = 1 << 30;
+        let fs = files(&[
+            // a Slurm job's cgroup: 8 GiB, 3 GiB used of which 1 GiB page cache
+            ("/sys/fs/cgroup/slurm/job_7/memory.max", "8589934592\n"),
+            ("/sys/fs/cgroup/slurm/job_7/memory.current", "3221225472\n"),
+            (
+                "/sys/fs/cgroup/slurm/job_7/memory.stat",
+                "anon 2147483648\nfile 1073741824\nfile_mapped 0\n",
+            ),
+            // its parent: no limit; the root: no files
+            ("/sys/fs/cgroup/slurm/memory.max", "max\n"),
+            ("/sys/fs/cgroup/slurm/memory.current", "99999999999\n"),
+        ]);
+        let got = cgroup_memory("0::/slurm/job_7\n", &fs).unwrap();
         assert_eq!(
-            capped,
+            got,
             HostMemory {
-                available: 7 << 30,
-                total: 8 << 30
+                available: 6 * GIB,
+                total: 8 * GIB
             }
         );
-        // no limit, or a cgroup over its limit
-        assert_eq!(within_cgroup(mem, "max\n", "1073741824\n"), mem);
-        assert_eq!(within_cgroup(mem, "100", "200").available, 0);
-        // a limit above the machine's memory: the machine's
-        assert_eq!(within_cgroup(mem, &(64u64 << 30).to_string(), "0"), mem);
+        // a parent with less left than the child: its
+        let fs = files(&[
+            ("/sys/fs/cgroup/a/b/memory.max", "8589934592"),
+            ("/sys/fs/cgroup/a/b/memory.current", "0"),
+            ("/sys/fs/cgroup/a/memory.max", "4294967296"),
+            ("/sys/fs/cgroup/a/memory.current", "3221225472"),
+        ]);
+        let got = cgroup_memory("0::/a/b\n", &fs).unwrap();
+        assert_eq!(
+            got,
+            HostMemory {
+                available: GIB,
+                total: 4 * GIB
+            }
+        );
+        // a container's namespace: "/" is its own cgroup, whose files are at the mount's root
+        let fs = files(&[
+            ("/sys/fs/cgroup/memory.max", "2147483648"),
+            ("/sys/fs/cgroup/memory.current", "3000000000"),
+        ]);
+        let got = cgroup_memory("0::/\n", &fs).unwrap();
+        assert_eq!(
+            got,
+            HostMemory {
+                available: 0,
+                total: 2 * GIB
+            }
+        );
+        // no limit anywhere, no cgroup file system, a line of another kind
+        let fs = files(&[("/sys/fs/cgroup/memory.max", "max")]);
+        assert_eq!(cgroup_memory("0::/\n", &fs), None);
+        assert_eq!(cgroup_memory("0::/user.slice\n", files(&[])), None);
+        assert_eq!(cgroup_memory("", files(&[])), None);
+        assert_eq!(cgroup_memory("garbage\n", files(&[])), None);
+    }
+
+    #[test]
+    fn cgroup_v1_reads_the_memory_controllers_hierarchy() {
+        const GIB: u64 = 1 << 30;
+        // this machine's layout (2026-12-03): v1, the memory controller's cgroup two levels down
+        let text = "9:name=systemd:/\n4:memory:/process_api/5f80\n3:cpuset:/\n0::/\n";
+        let dir = "/sys/fs/cgroup/memory/process_api/5f80";
+        let fs = files(&[
+            (&format!("{dir}/memory.limit_in_bytes"), "17179869184\n"),
+            (&format!("{dir}/memory.usage_in_bytes"), "9888473088\n"),
+            (
+                &format!("{dir}/memory.stat"),
+                "cache 100\nrss 5\ntotal_cache 5368709120\ntotal_rss 7\n",
+            ),
+            // v1's "no limit": 2^63 less a page
+            (
+                "/sys/fs/cgroup/memory/process_api/memory.limit_in_bytes",
+                "9223372036854771712\n",
+            ),
+        ]);
+        let got = cgroup_memory(text, &fs).unwrap();
+        let used = 9888473088 - 5 * GIB;
+        assert_eq!(
+            got,
+            HostMemory {
+                available: 16 * GIB - used,
+                total: 16 * GIB
+            }
+        );
+        // the memory controller among others on one line
+        let fs = files(&[("/sys/fs/cgroup/memory/j/memory.limit_in_bytes", "1024")]);
+        let got = cgroup_memory("5:cpu,memory:/j\n", &fs).unwrap();
+        assert_eq!(
+            got,
+            HostMemory {
+                available: 1024,
+                total: 1024
+            }
+        );
+        // unlimited everywhere: none
+        let fs = files(&[(
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "9223372036854771712",
+        )]);
+        assert_eq!(cgroup_memory("4:memory:/\n", &fs), None);
     }
 
     #[test]

@@ -32,11 +32,7 @@ pub fn host_memory() -> Option<HostMemory> {
 /// [`HostMemory`] from the text of `/proc/meminfo` (sizes in kB), or None without MemTotal and
 /// MemAvailable.
 pub fn parse_meminfo(text: &str) -> Option<HostMemory> {
-    let field = |name: &str| -> Option<u64> {
-        let line = text.lines().find(|l| l.split(':').next() == Some(name))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        kib.checked_mul(1024)
-    };
+    let field = |name| kib_field(text, name);
     let swap = |name| field(name).unwrap_or(0);
     Some(HostMemory {
         available: field("MemAvailable")?.saturating_add(swap("SwapFree")),
@@ -109,12 +105,17 @@ pub fn cgroup_memory(
     tightest
 }
 
+/// The bytes of the line `NAME:   N kB` of a /proc file's `text` (`/proc/meminfo`,
+/// `/proc/self/status`).
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.split(':').next() == Some(name))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
 /// The process's peak resident memory (VmHWM in /proc/self/status), where Linux reports it.
 pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    kib_field(&std::fs::read_to_string("/proc/self/status").ok()?, "VmHWM")
 }
 
 /// The element types that [`zeroed`] allocates: those for which all-zero bytes are a value (0).

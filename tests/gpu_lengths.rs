@@ -34,11 +34,11 @@ fn gpu_new_does_not_panic() {
 mod on_gpu {
     use anyhow::Result;
     use half::bf16;
-    use train_gpt2_cuda::cpu::adamw::{AdamW, DecayOn};
     use train_gpt2_cuda::gpu::{
         attention_backward_scratch_len, attention_forward_scratch_len,
         flash_attention_backward_scratch_len, CudaSlice, CudaView, CudaViewMut, Gpu,
     };
+    use train_gpt2_cuda::verify::VERIFY_ADAMW;
 
     // Small sizes, none equal to another (a check against the wrong dimension would pass
     // otherwise): B*T = 6 rows, C = 8 (64 for flash attention: HS = 64), NH = 2, OC = 16 (a
@@ -174,17 +174,6 @@ mod on_gpu {
         };
     }
 
-    fn hp() -> AdamW {
-        AdamW {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            decay_on: DecayOn::All,
-        }
-    }
-
     fn cases(d: &D) -> Vec<Case> {
         use Kind::{Bf16, HostU32, F32, U32};
         use Sets::{AtLeast, Exact, N as SetsN};
@@ -209,7 +198,7 @@ mod on_gpu {
                         &gr.fv(),
                         &mut m.fm(),
                         &mut v.fm(),
-                        &hp(),
+                        &VERIFY_ADAMW,
                         1,
                         1.0,
                     )
@@ -234,7 +223,7 @@ mod on_gpu {
                         &gr.hv(),
                         &mut m.fm(),
                         &mut v.fm(),
-                        &hp(),
+                        &VERIFY_ADAMW,
                         1,
                         1.0,
                         7,

@@ -591,14 +591,7 @@ fn a_model_for_forwards_only_computes_the_same_forwards() {
             assert!(lean.position_logits(0, 4).unwrap() == full.position_logits(0, 4).unwrap());
         }
         assert!(lean.forward(&x, Some(&y), b, t).unwrap().is_some());
-        let hp = AdamW {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            decay_on: DecayOn::Matrices,
-        };
+        let hp = verify::VERIFY_ADAMW;
         let refused = [
             ("zero_grad", lean.zero_grad().err()),
             ("backward", lean.backward(1.0).err()),

@@ -1,5 +1,7 @@
 """What tools/kernel-mutants and tools/rust-mutants share: the copy of the tree a sweep mutates,
-and the summary of its results (TSV: file, place, old, new, verdict, seconds, the changed line)."""
+a mutation's edit, the test executables cargo builds, and the summary of its results (TSV: file,
+place, old, new, verdict, seconds, the changed line)."""
+import json
 import os
 import shutil
 import subprocess
@@ -16,6 +18,36 @@ def copy_tree(root, dest):
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             if not os.path.exists(dst) or open(src, "rb").read() != open(dst, "rb").read():
                 shutil.copy2(src, dst)
+
+
+def mutate(text, site):
+    """The text with the mutation site = (line index, column, old, new) applied, and the changed
+    line as shown: old == the whole line deletes it."""
+    i, col, old, new = site
+    lines = text.split("\n")
+    if old == lines[i]:
+        lines[i] = ""
+        shown = "deleted: " + old.strip()
+    else:
+        assert lines[i][col:col + len(old)] == old, (site, lines[i])
+        lines[i] = lines[i][:col] + new + lines[i][col + len(old):]
+        shown = lines[i].strip()
+    return "\n".join(lines), shown
+
+
+def cargo_executables(args, cwd, env=None):
+    """Runs `cargo test --no-run --message-format=json ARGS` in cwd: ({target name: executable},
+    None), or (None, cargo's stderr) when it fails."""
+    out = subprocess.run(["cargo", "test", "--no-run", "--message-format=json"] + args,
+                         cwd=cwd, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        return None, out.stderr
+    exes = {}
+    for line in out.stdout.splitlines():
+        msg = json.loads(line)
+        if msg.get("reason") == "compiler-artifact" and msg.get("executable"):
+            exes[msg["target"]["name"]] = msg["executable"]
+    return exes, None
 
 
 def summary(path, suffix=""):

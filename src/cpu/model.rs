@@ -95,20 +95,14 @@ impl Gpt2Cpu {
         training: bool,
     ) -> Result<Self> {
         check_new(&config, &params, max_b, max_t)?;
-        let Some(na) = checked_act_sizes(&config, max_b, max_t, true)
-            .and_then(|sizes| {
-                sizes
-                    .into_array()
-                    .iter()
-                    .try_fold(0usize, |a, &x| a.checked_add(x))
-            })
-            .filter(|na| na.checked_mul(8).is_some())
-        else {
+        // (each size and their total fit in a usize: num_activations below cannot overflow)
+        if checked_act_sizes(&config, max_b, max_t, true).is_none() {
             bail!(
                 "the activations of B={max_b}, T={max_t} do not fit in this machine's address \
                  space: use a smaller batch (-b) or sequence length (-t)"
             );
-        };
+        }
+        let na = num_activations(&config, max_b, max_t);
         let footprint = Footprint::of(&config, (max_b, max_t));
         let allocating = if training {
             Allocating::Training
@@ -781,14 +775,7 @@ mod tests {
         assert_eq!(lazy.grad_acts.len(), lazy.acts.len());
         assert_eq!(lazy.grads, full.grads);
         assert_eq!(Engine::grad_norm(&mut lazy).unwrap(), full.grad_norm());
-        let hp = AdamW {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.1,
-            decay_on: crate::cpu::adamw::DecayOn::Matrices,
-        };
+        let hp = crate::verify::VERIFY_ADAMW;
         full.update(&hp, 1, 1.0);
         Engine::update(&mut lazy, &hp, 1, 1.0).unwrap();
         assert_eq!(lazy.params, full.params);

@@ -11,6 +11,7 @@ use crate::formats::train_state::{
     write_train_state, BestVal, DataPosition, TrainState, TrainStateFile,
 };
 use crate::outliers::Outliers;
+use crate::outln;
 use crate::train::TrainArgs;
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -144,7 +145,7 @@ pub(crate) fn save_checkpoint(
     let cfg = *engine.config();
     let path = args.out_dir.join(checkpoint_name("model", step));
     write_model(engine, &path)?;
-    println!("wrote {}", path.display());
+    outln!("wrote {}", path.display());
     // after the model: a state is only ever found beside its model (see latest_state)
     if !args.no_state {
         let state = TrainState {
@@ -164,7 +165,7 @@ pub(crate) fn save_checkpoint(
         };
         let state_path = args.out_dir.join(checkpoint_name("state", step));
         write_train_state(&state_path, &state, |which| engine.optimizer_array(which))?;
-        println!("wrote {}", state_path.display());
+        outln!("wrote {}", state_path.display());
     }
     Ok(path)
 }
@@ -192,7 +193,7 @@ pub(crate) fn keep_best(
     }
     let path = args.out_dir.join(BEST_MODEL);
     write_model(engine, &path)?;
-    println!(
+    outln!(
         "wrote {} (val loss {val:.4} after step {step}, the lowest so far{})",
         path.display(),
         match best {
@@ -210,7 +211,7 @@ pub(crate) fn remove_checkpoint(dir: &Path, step: usize) {
     for kind in ["model", "state"] {
         let path = dir.join(checkpoint_name(kind, step));
         match std::fs::remove_file(&path) {
-            Ok(()) => println!("removed {}", path.display()),
+            Ok(()) => outln!("removed {}", path.display()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => eprintln!("warning: cannot remove {}: {e}", path.display()),
         }

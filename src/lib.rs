@@ -14,11 +14,13 @@
 //! - [`profile`]: the `--profile` table (time, FLOPs and bytes by kernel family).
 //! - [`train`]: the training loop; [`lr_schedule`]: its learning rates; [`outliers`]: skipping
 //!   the updates of outlier steps; [`checkpoints`]: writing, keeping and resuming from them;
-//!   [`interrupt`]: Ctrl-C ends a run after a checkpoint.
+//!   [`interrupt`]: Ctrl-C ends a run after a checkpoint; [`console`]: stdout that a closed pipe
+//!   cannot bring down.
 
 pub mod activations;
 pub mod checkpoints;
 pub mod config;
+pub mod console;
 pub mod cpu;
 pub mod data;
 pub mod engine;

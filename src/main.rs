@@ -14,6 +14,7 @@ use train_gpt2_cuda::sample::{generate, SampleOptions};
 use train_gpt2_cuda::tokenizer::Tokenizer;
 use train_gpt2_cuda::train::{self, Device, TrainArgs};
 use train_gpt2_cuda::verify::{self, Tolerances};
+use train_gpt2_cuda::{out, outln};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -276,7 +277,7 @@ fn run_prepro(a: &PreproArgs) -> Result<ExitCode> {
         ..PreproOptions::default()
     };
     let s = prepro_with(&a.inputs, &a.out_dir, split, &opts)?;
-    println!(
+    outln!(
         "{} documents: {} train tokens -> {}, {} val tokens -> {}",
         s.documents,
         s.train_tokens,
@@ -285,7 +286,7 @@ fn run_prepro(a: &PreproArgs) -> Result<ExitCode> {
         s.val_path.display()
     );
     if s.train_shards.len() > 1 || s.val_shards.len() > 1 {
-        println!(
+        outln!(
             "train on them with --train '{}' --val '{}'",
             s.train_path.display(),
             s.val_path.display()
@@ -293,6 +294,9 @@ fn run_prepro(a: &PreproArgs) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Why `sample` stopped early: its output was closed.
+const OUTPUT_CLOSED: &str = "standard output closed";
 
 fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
     let opts = SampleOptions {
@@ -323,12 +327,12 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
     prompt.extend(tok.encode(&a.prompt));
     let engine_opts = EngineOptions::on(a.device, a.precision).for_forwards();
     let mut engine = create_engine(&engine_opts, cfg, ck.params, 1, window)?;
-    print!("{}", a.prompt);
-    // Print whole words as they come: decode the growing tail and print what is new.
+    out!("{}", a.prompt);
+    // Print whole words as they come: decode the growing tail and print what is new. The text is
+    // all sample makes: when stdout closes (`sample ... | head`), it stops, and that is success.
     let mut generated = Vec::new();
     let mut printed = 0;
-    let mut out = std::io::stdout();
-    generate(
+    let done = generate(
         engine.as_mut(),
         &prompt,
         a.tokens,
@@ -339,15 +343,23 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
             generated.push(id);
             if let Ok(text) = tok.decode(&generated) {
                 if !text.ends_with('\u{FFFD}') {
-                    use std::io::Write;
-                    print!("{}", &text[printed..]);
-                    out.flush().ok();
+                    out!("{}", &text[printed..]);
                     printed = text.len();
                 }
             }
+            if train_gpt2_cuda::console::is_closed() {
+                bail!(OUTPUT_CLOSED);
+            }
+            Ok(())
         },
-    )?;
-    println!();
+    );
+    match done {
+        Err(e) if train_gpt2_cuda::console::is_closed() && e.to_string() == OUTPUT_CLOSED => {}
+        other => {
+            other?;
+        }
+    }
+    outln!();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -377,7 +389,7 @@ fn run_eval(a: &EvalArgs) -> Result<ExitCode> {
         );
     }
     let mut engine = eval_engine(a, cfg, ck.params, t)?;
-    println!(
+    outln!(
         "eval: {} ({cfg}) on {} on {pattern}: {n} of {all} batches of {}x{t}",
         a.model.display(),
         engine.describe(),
@@ -387,10 +399,10 @@ fn run_eval(a: &EvalArgs) -> Result<ExitCode> {
     let every = n.div_ceil(10).max(1);
     let loss = train::evaluate_with(engine.as_mut(), &mut loader, n, |done, so_far| {
         if done % every == 0 && done < n {
-            println!("eval: {done}/{n} batches, loss so far {so_far:.6}");
+            outln!("eval: {done}/{n} batches, loss so far {so_far:.6}");
         }
     })?;
-    println!(
+    outln!(
         "loss {loss:.6} (perplexity {:.3}) over {} tokens",
         (loss as f64).exp(),
         n * a.batch * t
@@ -430,7 +442,7 @@ fn run_hellaswag(a: &EvalArgs, path: &std::path::Path) -> Result<ExitCode> {
     let per_batch = a.batch / ENDINGS;
     let mut engine = eval_engine(a, cfg, ck.params, t)?;
     let n = rendered.len();
-    println!(
+    outln!(
         "hellaswag: {} ({cfg}) on {} on {}: {n} examples, {per_batch} a batch of {}x{t}",
         a.model.display(),
         engine.describe(),
@@ -442,7 +454,7 @@ fn run_hellaswag(a: &EvalArgs, path: &std::path::Path) -> Result<ExitCode> {
     let mut next = every;
     let (total, _) = evaluate(engine.as_mut(), &rendered, per_batch, t, |so_far| {
         if so_far.examples >= next && so_far.examples < n {
-            println!(
+            outln!(
                 "hellaswag: {}/{n} examples, acc_norm {:.4}",
                 so_far.examples,
                 so_far.acc_norm()
@@ -452,7 +464,7 @@ fn run_hellaswag(a: &EvalArgs, path: &std::path::Path) -> Result<ExitCode> {
             }
         }
     })?;
-    println!(
+    outln!(
         "hellaswag: acc_norm {:.4} ({}/{n}), acc {:.4} ({}/{n})",
         total.acc_norm(),
         total.correct_norm,
@@ -473,7 +485,7 @@ fn run_convert(a: &ConvertArgs) -> Result<ExitCode> {
             train_gpt2_cuda::formats::hf_gpt2::write_hf_gpt2(&a.out, &ck, precision)?
         }
     }
-    println!(
+    outln!(
         "wrote {} ({} parameters, {}: {})",
         a.out.display(),
         ck.params.len(),
@@ -487,7 +499,7 @@ fn run_tokenizer(out: &std::path::Path) -> Result<ExitCode> {
     let tok = Tokenizer::gpt2()?;
     let tokens = tok.decoder().all_token_bytes();
     train_gpt2_cuda::formats::tokenizer_file::write_tokenizer_file(out, tokens, tok.eot())?;
-    println!(
+    outln!(
         "wrote {} ({} tokens, EOT {})",
         out.display(),
         tokens.len(),
@@ -503,7 +515,7 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
     let ck = read_model(&a.model)?;
     let cfg = ck.config;
     let state = debug_state::read_debug_state(&a.state, &cfg)?;
-    println!(
+    outln!(
         "verify: {} with {} (B={} T={} {cfg})",
         a.model.display(),
         a.state.display(),
@@ -524,6 +536,9 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
     }
     if a.recompute != Recompute::None && a.device == VerifyDevice::Cpu {
         bail!("--recompute changes the GPU's backward pass: it needs --device cuda or both");
+    }
+    if a.expect_losses.is_some() && a.steps == 0 {
+        bail!("--expect-losses checks the losses of AdamW steps: it needs --steps N (N > 0)");
     }
     // the CPU always runs fp32; the GPU in --precision
     let options = |dev: Device| EngineOptions {
@@ -560,7 +575,7 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         let out = verify::run_engine(engine.as_mut(), &state)?;
         let rows = verify::compare_outputs(&cfg, &out, &reference, &tol_of(dev));
         all_pass &= rows.iter().all(|r| r.pass);
-        print!(
+        out!(
             "{}",
             verify::format_table(&format!("\n{name} vs {}", a.state.display()), &rows)
         );
@@ -569,7 +584,7 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
     if let [(_, n0, o0), (_, n1, o1)] = results.as_slice() {
         let rows = verify::compare_outputs(&cfg, o1, o0, &tol_of(Device::Cuda));
         all_pass &= rows.iter().all(|r| r.pass);
-        print!(
+        out!(
             "{}",
             verify::format_table(&format!("\n{n1} vs {n0}"), &rows)
         );
@@ -586,7 +601,7 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
             grads: out.grads.clone(),
         };
         debug_state::write_debug_state(path, &cfg, &dumped)?;
-        println!("\nwrote {} ({name})", path.display());
+        outln!("\nwrote {} ({name})", path.display());
     }
     if a.steps > 0 {
         let expected = match &a.expect_losses {
@@ -611,7 +626,7 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
             // a fresh engine from the checkpoint's parameters (the first ones were dropped)
             let mut engine =
                 create_engine(&options(*dev), cfg, ck.params.clone(), state.b, state.t)?;
-            println!(
+            outln!(
                 "\n{name}: {} AdamW steps (lr 1e-4, betas 0.9/0.999, eps 1e-8, weight decay 0.01)",
                 a.steps
             );
@@ -622,18 +637,18 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
                         let rel = ((l - e[i]) / e[i]).abs() as f64;
                         let ok = rel <= tol_of(*dev).steps;
                         all_pass &= ok;
-                        println!(
+                        outln!(
                             "step {i} loss {l:.6}  (expected {:.6}, rel err {rel:.1e}{})",
                             e[i],
                             if ok { "" } else { " FAIL" }
                         );
                     }
-                    None => println!("step {i} loss {l:.6}"),
+                    None => outln!("step {i} loss {l:.6}"),
                 }
             }
         }
     }
-    println!(
+    outln!(
         "\n{}",
         if all_pass {
             "verify: all tensors pass"

@@ -19,8 +19,8 @@ use crate::precision::Precision;
 use crate::run_log::{RunLog, StepOutliers, StepRecord};
 use crate::sample::{generate, SampleOptions};
 use crate::tokenizer::Tokenizer;
+use crate::{out, outln};
 use anyhow::{bail, Context, Result};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -564,12 +564,12 @@ pub fn train(
         )
     })?;
 
-    println!(
+    outln!(
         "model: {cfg} ({:.1}M parameters) on {}",
         crate::params::num_parameters(&cfg) as f64 / 1e6,
         engine.describe()
     );
-    println!(
+    outln!(
         "data: train {} ({} batches of {b}x{t}), val {} ({} batches); {} steps{} of {} tokens{}{}",
         train_pattern,
         train_loader.num_batches(),
@@ -599,7 +599,7 @@ pub fn train(
             let h = &r.state.header;
             let dir = r.state.path.parent().unwrap_or(Path::new("."));
             earlier_log = Some(dir.join(crate::run_log::LOG_FILE));
-            println!(
+            outln!(
                 "resume: {} at step {} ({} batches of the training data served), model {}",
                 r.state.path.display(),
                 h.step,
@@ -611,7 +611,7 @@ pub fn train(
         None => (0, Outliers::default(), None),
     };
     let mut log = RunLog::create(&args.out_dir, earlier_log.as_deref().map(|p| (p, start)))?;
-    println!("log: {}", log.path().display());
+    outln!("log: {}", log.path().display());
 
     let mut summary = TrainSummary {
         best_val,
@@ -624,14 +624,14 @@ pub fn train(
     } else if let Some(method) = engine.profile_method() {
         let steps = profiled_steps(args.steps - start);
         let steps = start + steps.start..start + steps.end;
-        println!(
+        outln!(
             "profile: timing the kernel families of steps {}..={} by {method}",
             steps.start + 1,
             steps.end
         );
         steps
     } else {
-        println!(
+        outln!(
             "profile: {} has no kernel timers (--profile times kernel families on the CUDA \
              engine only); training without a profile",
             engine.describe()
@@ -639,7 +639,7 @@ pub fn train(
         0..0
     };
     if let (Some(hs), Some(path)) = (&hellaswag, &args.hellaswag) {
-        println!(
+        outln!(
             "hellaswag: {} examples of {} at each validation, {} a batch of {}x{}",
             hs.examples.len(),
             path.display(),
@@ -652,7 +652,7 @@ pub fn train(
     let mut validate =
         |engine: &mut dyn Engine, step: usize, summary: &mut TrainSummary, log: &mut RunLog| {
             let val = evaluate(engine, &mut val_loader, val_batches)?;
-            println!("val loss {val:.4}");
+            outln!("val loss {val:.4}");
             summary.val_losses.push((step, val));
             if args.keep_best {
                 keep_best(args, engine, &mut summary.best_val, step, val)?;
@@ -661,7 +661,7 @@ pub fn train(
             if let Some(hs) = &hellaswag {
                 let (total, _) =
                     crate::hellaswag::evaluate(engine, &hs.examples, hs.per_batch, hs.t, |_| {})?;
-                println!(
+                outln!(
                     "hellaswag acc_norm {:.4} ({}/{})",
                     total.acc_norm(),
                     total.correct_norm,
@@ -686,7 +686,7 @@ pub fn train(
             top_k: 40,
             ..Default::default()
         };
-        println!(
+        outln!(
             "sample after step {step} ({} tokens, top-k 40):\n---",
             args.sample_tokens
         );
@@ -698,10 +698,10 @@ pub fn train(
             window,
             &opts,
             args.seed,
-            |_| {},
+            |_| Ok(()),
         )?;
         let text = tok.decode(&ids)?;
-        println!("{text}\n---");
+        outln!("{text}\n---");
         log.sample(step, &text)?;
         Ok(text)
     };
@@ -785,7 +785,7 @@ pub fn train(
             Some(m) => format!("{:.1}%", 100.0 * m),
             None => "-".to_string(),
         };
-        println!(
+        outln!(
             "step {:>5}/{} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.3} | {:.1} ms | {:.0} tok/s | MFU {mfu}{}",
             step + 1,
             args.steps,
@@ -793,7 +793,6 @@ pub fn train(
             tokens_per_step / secs,
             verdict.line_suffix()
         );
-        std::io::stdout().flush().ok();
         summary.losses.push(loss);
         log.step(&StepRecord {
             step: step + 1,
@@ -836,7 +835,7 @@ pub fn train(
         }
         if stop {
             if args.no_state {
-                println!(
+                outln!(
                     "interrupted (Ctrl-C) after step {}: the model is saved; without a training \
                      state (--no-state) the run cannot be resumed",
                     step + 1
@@ -844,7 +843,7 @@ pub fn train(
             } else {
                 // (the exact state: the folder may hold a later one from an earlier attempt)
                 let state = args.out_dir.join(checkpoint_name("state", step + 1));
-                println!(
+                outln!(
                     "interrupted (Ctrl-C) after step {}: continue with the same flags and \
                      --resume {}",
                     step + 1,
@@ -864,7 +863,7 @@ pub fn train(
             .map(|s| s.to_string())
             .collect();
         let more = summary.skipped.len() - shown.len();
-        println!(
+        outln!(
             "updates skipped (outliers): {} of {} steps (step {}{})",
             summary.skipped.len(),
             args.steps - start,
@@ -878,7 +877,7 @@ pub fn train(
     }
 
     if let (true, Some(best)) = (args.keep_best, summary.best_val) {
-        println!(
+        outln!(
             "best val loss {:.4} after step {}: {}",
             best.loss,
             best.step,
@@ -886,19 +885,19 @@ pub fn train(
         );
     }
     if let Some(bytes) = engine.peak_memory_bytes() {
-        println!("peak memory: {:.1} MiB", bytes as f64 / (1 << 20) as f64);
+        outln!("peak memory: {:.1} MiB", bytes as f64 / (1 << 20) as f64);
     }
     if !profiled.is_empty() {
         if let Some(profile) = engine.profile() {
             if summary.profile_discarded > 0 {
-                println!(
+                outln!(
                     "profile: {} of the {} steps timed left out: their updates were skipped \
                      (outliers)",
                     summary.profile_discarded,
                     profile.steps as usize + summary.profile_discarded
                 );
             }
-            print!("{}", profile.table());
+            out!("{}", profile.table());
             summary.profile = Some(profile);
         }
     }

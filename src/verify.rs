@@ -101,7 +101,8 @@ pub fn compare(name: &str, got: &[f32], want: &[f32], tol: f64) -> Row {
     let mut max_rel = 0f64;
     let mut finite = true;
     for (&g, &w) in got.iter().zip(want) {
-        if !g.is_finite() {
+        // a NaN on either side fails the row: f64::max would pass over its NaN difference
+        if !g.is_finite() || !w.is_finite() {
             finite = false;
         }
         let d = (g as f64 - w as f64).abs();
@@ -296,6 +297,10 @@ mod tests {
             !compare("x", &[f32::NAN], &[1.0], 1.0).pass,
             "NaN never passes"
         );
+        // nor in the reference, where |got - NaN| would be passed over by max
+        let r = compare("x", &[1.0, 2.0], &[1.0, f32::NAN], 1.0);
+        assert!(!r.pass, "a NaN reference never passes");
+        assert!(!compare("x", &[1.0], &[f32::INFINITY], 1.0).pass);
     }
 
     #[test]

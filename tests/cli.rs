@@ -99,7 +99,23 @@ fn verify_fails_on_a_state_from_another_model() {
             "--state",
             &fixture("ref_sharp_state.bin"),
         ],
-        &["ref_sharp_state.bin"],
+        &[
+            "ref_sharp_state.bin",
+            "a state made with another model does not fit",
+        ],
+    );
+    // losses to compare with, but no steps to compare them with
+    expect_error(
+        &[
+            "verify",
+            "--model",
+            &fixture("ref_tiny_model.bin"),
+            "--state",
+            &fixture("ref_tiny_state.bin"),
+            "--expect-losses",
+            &fixture("ref_tiny_losses.txt"),
+        ],
+        &["--expect-losses", "needs --steps"],
     );
 }
 
@@ -203,6 +219,66 @@ fn trains_a_small_model_then_samples_from_its_checkpoint() {
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.starts_with("ROMEO:"), "{stdout}");
     assert!(stdout.trim().len() > "ROMEO:".len(), "{stdout}");
+}
+
+/// A standard output that closes (`train-gpt2-cuda ... | head`) or fills (`> /dev/full`) is noted
+/// once on stderr and ends nothing: the run trains to its last step and writes its checkpoint.
+/// `sample`, whose output is all it makes, stops early with success.
+#[test]
+fn a_closed_or_full_stdout_ends_nothing() {
+    use std::process::Stdio;
+    let dir = tmp_dir("stdout");
+    let train = |name: &str, stdout: Stdio| {
+        let out_dir = dir.join(name);
+        let mut child = bin()
+            .args(flags(
+                "--device cpu --model d1 --batch 2 --seq 16 --steps 3 --sample-tokens 4",
+            ))
+            .arg("--out-dir")
+            .arg(&out_dir)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // a pipe whose reader is gone: the first write fails with EPIPE
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{name}: {stderr}");
+        assert_eq!(
+            stderr
+                .matches("note: cannot write to standard output")
+                .count(),
+            1,
+            "{name}: {stderr}"
+        );
+        assert!(
+            out_dir.join("model_000003.bin").exists(),
+            "{name}: {stderr}"
+        );
+        let log = std::fs::read_to_string(out_dir.join("log.jsonl")).unwrap();
+        assert_eq!(log.matches("\"loss\": ").count(), 3, "{name}: {log}");
+        out_dir.join("model_000003.bin")
+    };
+    train("closed", Stdio::piped());
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let model = train("full", Stdio::from(full));
+
+    let mut child = bin()
+        .args(["sample", "--device", "cpu", "--tokens", "100000", "--model"])
+        .arg(&model)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("Broken pipe"), "{stderr}");
 }
 
 /// The log lines a run and its resumed twin must print alike.

@@ -181,16 +181,20 @@ fn sampling_with_the_cache_picks_the_tokens_sampling_without_it_picks() {
     let prompt = [3u32, 1, 4];
     let mut model = Gpt2Cpu::new(cfg, ck.params.clone(), 1, w).unwrap();
     let mut streamed = Vec::new();
-    let cached = generate(&mut model, &prompt, 40, w, &opts, 7, |id| streamed.push(id)).unwrap();
+    let cached = generate(&mut model, &prompt, 40, w, &opts, 7, |id| {
+        streamed.push(id);
+        Ok(())
+    })
+    .unwrap();
     assert_eq!(cached, streamed);
     assert_eq!(cached.len(), 40);
     let mut full = Gpt2Cpu::new(cfg, ck.params, 1, w).unwrap();
     let recompute = |ctx: &[u32]| Ok(full_forward_logits(&mut full, ctx));
     let args = (&prompt[..], 40, w, &opts, 7);
-    let uncached = generate_with(recompute, cfg.vocab_size, args, |_| {}).unwrap();
+    let uncached = generate_with(recompute, cfg.vocab_size, args, |_| Ok(())).unwrap();
     assert_eq!(cached, uncached);
     // and the tokens depend on the seed (the comparison above is not of two constant streams)
-    let other = generate(&mut model, &prompt, 40, w, &opts, 8, |_| {}).unwrap();
+    let other = generate(&mut model, &prompt, 40, w, &opts, 8, |_| Ok(())).unwrap();
     assert_ne!(cached, other);
 }
 

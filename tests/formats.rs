@@ -575,6 +575,39 @@ fn bad_debug_states_are_errors_that_say_what_is_wrong() {
         &["x[0] (b=0, t=0) = -1 is not a token id"],
     );
 
+    // A reference that is not finite: logits start at 1024 + 8*B*T, the loss follows them, then
+    // the gradients.
+    let set_f32 = |bytes: &[u8], at: usize, v: f32| set_i32(bytes, at, v.to_bits() as i32);
+    let logits_at = 1024 + 8 * B * T;
+    let loss_at = logits_at + 4 * B * T * V;
+    for (name, at, v, what) in [
+        (
+            "logit-nan",
+            logits_at + 4 * 7,
+            f32::NAN,
+            "NaN in its logits (element 7)",
+        ),
+        (
+            "loss-inf",
+            loss_at,
+            f32::INFINITY,
+            "inf in its loss (element 0)",
+        ),
+        (
+            "grad-nan",
+            loss_at + 4 + 4 * 3,
+            f32::NAN,
+            "NaN in its gradients (element 3)",
+        ),
+    ] {
+        let p = dir.file(&format!("{name}.bin"), &set_f32(&good, at, v));
+        assert_msg(
+            &err(read_debug_state(&p, &cfg)),
+            &p,
+            &[what, "a reference must be finite"],
+        );
+    }
+
     // The writer checks the same things.
     let out = dir.path("out.bin");
     let mut s = fixture_state();

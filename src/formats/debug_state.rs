@@ -111,7 +111,8 @@ pub fn read_debug_state(path: &Path, cfg: &GPT2Config) -> Result<DebugState> {
     let describe = || {
         format!(
             "expected {expected} bytes ({HEADER_BYTES}-byte header + x, y ({b}*{t} i32 each) + \
-             logits ({b}*{t}*{v} f32) + loss (1 f32) + gradients ({n} f32)), found {actual}"
+             logits ({b}*{t}*{v} f32) + loss (1 f32) + gradients ({n} f32)) for the model given, \
+             found {actual} (a state made with another model does not fit)"
         )
     };
     if actual < expected {
@@ -146,6 +147,19 @@ pub fn read_debug_state(path: &Path, cfg: &GPT2Config) -> Result<DebugState> {
     let logits = get_f32s(take(bt * v)); // (B, T, V)
     let loss = get_f32s(take(1))[0];
     let grads = get_f32s(take(n)); // (num_parameters)
+                                   // a reference that is not finite would compare as nothing: |got - NaN| is NaN
+    for (name, values) in [
+        ("logits", &logits[..]),
+        ("loss", &[loss]),
+        ("gradients", &grads),
+    ] {
+        if let Some((i, x)) = values.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+            bail!(
+                "{}: {what}: {x} in its {name} (element {i}): a reference must be finite",
+                path.display()
+            );
+        }
+    }
     Ok(DebugState {
         b,
         t,

@@ -3,6 +3,7 @@
 //! names another) is one document. Blank lines are skipped; every other line must be an object
 //! with that field holding a string.
 
+use crate::outln;
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::BufRead;
 use std::path::Path;
@@ -54,7 +55,7 @@ pub(super) fn encode_jsonl(
         }
     }
     let (documents, tokens) = batches.finish()?;
-    println!(
+    outln!(
         "prepro: {}: {documents} documents, {offset} bytes -> {tokens} tokens",
         path.display()
     );

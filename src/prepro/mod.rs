@@ -24,6 +24,7 @@
 //! The corpus streams through: files are read a part at a time, and each shard is written when
 //! it fills (under a temporary name until the end), so memory does not grow with the corpus.
 
+use crate::outln;
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -286,7 +287,7 @@ fn encode_file(
         },
         |done| progress.update(done),
     )?;
-    println!(
+    outln!(
         "prepro: {}: {bytes} bytes -> {tokens} tokens",
         path.display()
     );
@@ -340,11 +341,11 @@ impl<'a> Progress<'a> {
         let path = self.path.display();
         if self.compressed {
             if done >= self.part_bytes {
-                println!("prepro: {path}: {:.1} MB of text so far", done as f64 / 1e6);
+                outln!("prepro: {path}: {:.1} MB of text so far", done as f64 / 1e6);
             }
         } else if self.size > self.part_bytes {
             let pct = 100.0 * done as f64 / self.size.max(done) as f64;
-            println!(
+            outln!(
                 "prepro: {path}: {pct:.0}% of {:.1} MB",
                 self.size as f64 / 1e6
             );

@@ -2,6 +2,7 @@
 //! mirrors, most others): each row's text column (`"text"` unless `--text-field` names another)
 //! one document, read by [`crate::formats::parquet`]; rows whose text is null are skipped.
 
+use crate::outln;
 use anyhow::Result;
 use std::path::Path;
 
@@ -35,7 +36,7 @@ pub(super) fn encode_parquet(
         0 => String::new(),
         n => format!(" ({n} rows of null text skipped)"),
     };
-    println!(
+    outln!(
         "prepro: {}: {documents} documents{nulls}, {text_bytes} bytes of text -> {tokens} tokens",
         path.display()
     );

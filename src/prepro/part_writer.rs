@@ -1,6 +1,7 @@
 //! One part of prepro's output (train or val) as it is written: shards under temporary names as
 //! they fill, renamed at the end.
 
+use crate::outln;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -117,7 +118,7 @@ impl PartWriter {
             } else {
                 self.rest.len()
             };
-            println!("prepro: wrote {} ({n} tokens)", path.display());
+            outln!("prepro: wrote {} ({n} tokens)", path.display());
         }
         // no temporary files left for Drop to remove
         self.full.clear();
@@ -138,7 +139,7 @@ impl PartWriter {
                 .is_some_and(numbered);
             if (found == file || numbered(&found)) && !paths.contains(&path) {
                 remove(&path)?;
-                println!(
+                outln!(
                     "prepro: removed {} (an earlier prepro's shard)",
                     path.display()
                 );

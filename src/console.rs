@@ -1,0 +1,63 @@
+//! Standard output that a closed pipe or a full disk cannot bring down.
+//!
+//! `println!` panics when a write to stdout fails: `train-gpt2-cuda ... | head`, a `tee` that
+//! died, `> /dev/full`. A training run would end there, without its checkpoint. [`out!`] and
+//! [`outln!`] write instead through [`write`]: the first failure is noted once on stderr, later
+//! output is dropped, and the work goes on (a run's `log.jsonl` still records every step).
+//! Commands whose only product is their output (`sample`) ask [`is_closed`] and stop.
+//!
+//! [`out!`]: crate::out
+//! [`outln!`]: crate::outln
+
+use std::fmt;
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Set after the first failed write: nothing more is written.
+static CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// Writes `args` to stdout and flushes it (the output is progress, to be seen as it comes). The
+/// first failure is noted on stderr; from then on nothing is written. Returns whether the text
+/// was written.
+pub fn write(args: fmt::Arguments) -> bool {
+    if CLOSED.load(Ordering::Relaxed) {
+        return false;
+    }
+    let mut out = std::io::stdout().lock();
+    match out.write_fmt(args).and_then(|()| out.flush()) {
+        Ok(()) => true,
+        Err(e) => {
+            CLOSED.store(true, Ordering::Relaxed);
+            // a stderr that fails too has nobody to tell
+            let _ = writeln!(
+                std::io::stderr(),
+                "note: cannot write to standard output ({e}): nothing more is printed there"
+            );
+            false
+        }
+    }
+}
+
+/// Whether a write to stdout has failed (see [`write`]).
+pub fn is_closed() -> bool {
+    CLOSED.load(Ordering::Relaxed)
+}
+
+/// `print!` that never panics: see [`console`](crate::console).
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        $crate::console::write(format_args!($($arg)*));
+    }};
+}
+
+/// `println!` that never panics: see [`console`](crate::console).
+#[macro_export]
+macro_rules! outln {
+    () => {{
+        $crate::console::write(format_args!("\n"));
+    }};
+    ($($arg:tt)*) => {{
+        $crate::console::write(format_args!("{}\n", format_args!($($arg)*)));
+    }};
+}

@@ -594,8 +594,12 @@ pub fn train(
     );
     // the log a resumed run continues: the one beside its state
     let mut earlier_log = None;
+    // where a run that diverges can go back to: the state it resumed from, and (below) the
+    // checkpoints it has written and not removed
+    let mut resumed_from = None;
     let (start, mut outliers, best_val) = match resume {
         Some(r) => {
+            resumed_from = Some(r.state.path.clone());
             let h = &r.state.header;
             let dir = r.state.path.parent().unwrap_or(Path::new("."));
             earlier_log = Some(dir.join(crate::run_log::LOG_FILE));
@@ -708,6 +712,8 @@ pub fn train(
     let schedule = args.schedule();
     // the steps of this run's checkpoints still on disk, oldest first (for --keep-checkpoints)
     let mut kept = std::collections::VecDeque::new();
+    // ... and with those --keep-every keeps (for a run that diverges)
+    let mut on_disk = std::collections::BTreeSet::new();
     for step in start..args.steps {
         let profile_this = profiled.contains(&step);
         let last = step + 1 == args.steps;
@@ -739,6 +745,16 @@ pub fn train(
         let (loss_z, norm_z) = args.skip_thresholds();
         let verdict = outliers.judge_step(loss, norm, loss_z, norm_z);
         if let Some(what) = verdict.diverged(step + 1) {
+            // where to go back to: the newest checkpoint before the weights that diverged
+            let back = match on_disk.range(..step).next_back() {
+                _ if args.no_state => None,
+                Some(&k) => Some((k, args.out_dir.join(checkpoint_name("state", k)))),
+                None => resumed_from
+                    .clone()
+                    .filter(|_| start < step)
+                    .map(|p| (start, p)),
+            };
+            let advice = divergence_advice(step, start, back.as_ref().map(|(k, p)| (*k, &**p)));
             // nothing of this run's earlier steps is lost
             let saved = if step > start {
                 let rewind = if overfit.is_some() { 0 } else { micro };
@@ -748,7 +764,7 @@ pub fn train(
             } else {
                 String::new()
             };
-            bail!("{what}: training diverged (try a lower --lr){saved}");
+            bail!("{what}: training diverged; {advice}{saved}");
         }
         let skipped = verdict.skipped().is_some();
         let grad_scale = if args.grad_clip > 0.0 && norm > args.grad_clip {
@@ -825,11 +841,13 @@ pub fn train(
             let path = save_checkpoint(args, engine, &train_loader, record, step + 1)?;
             summary.checkpoint = Some(path);
             kept.push_back(step + 1);
+            on_disk.insert(step + 1);
             while args.keep_checkpoints > 0 && kept.len() > args.keep_checkpoints {
                 let old = kept.pop_front().expect("more than 0 kept");
                 // (--keep-every's steps stay)
                 if args.keep_every.is_none_or(|n| old % n != 0) {
                     remove_checkpoint(&args.out_dir, old);
+                    on_disk.remove(&old);
                 }
             }
         }
@@ -956,10 +974,42 @@ fn save_before_divergence(
         )
     } else {
         format!(
-            "; the run after step {step} is saved: --resume {} continues from there",
-            args.out_dir.join(checkpoint_name("state", step)).display()
+            "; the run after step {step} is saved too ({}): resuming from it gives step {}'s \
+             batch to the same weights again, which helps against a bad batch (with \
+             --skip-loss-z or --skip-norm-z) or a bf16 overflow (with --precision fp32), not \
+             against too high a learning rate",
+            args.out_dir.join(checkpoint_name("state", step)).display(),
+            step + 1
         )
     })
+}
+
+/// What to do after step `step + 1` (from 1) diverged, `step` steps done, the run having started
+/// at step `start`: its loss or norm came from the weights the update of step `step` left, so a
+/// lower learning rate must start before that update, from `back` (the step and state of the
+/// newest checkpoint before it), or from the start.
+fn divergence_advice(step: usize, start: usize, back: Option<(usize, &Path)>) -> String {
+    if step == 0 {
+        return "the model gives it before any update: check the model (--model) and the \
+                training data"
+            .to_string();
+    }
+    let weights = if step == start {
+        format!("the weights of the state resumed from (step {step}) give it")
+    } else {
+        format!("the weights that the update of step {step} left give it")
+    };
+    match back {
+        Some((k, state)) => format!(
+            "{weights}: go back to an earlier checkpoint with a lower --lr (--resume {}, \
+             step {k})",
+            state.display()
+        ),
+        None => format!(
+            "{weights}: start again with a lower --lr (no training state of this run before \
+             step {step} is on disk)"
+        ),
+    }
 }
 
 /// `--hellaswag`'s examples, ready to score.
@@ -974,6 +1024,24 @@ struct Hellaswag {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn divergence_advice_goes_back_before_the_update_that_diverged() {
+        let state = Path::new("out/state_000040.bin");
+        assert!(divergence_advice(0, 0, None).starts_with("the model gives it before any update"));
+        // a run resumed at step 50 that diverges at its first step: the state it resumed from
+        // gave it; back to step 40
+        assert_eq!(
+            divergence_advice(50, 50, Some((40, state))),
+            "the weights of the state resumed from (step 50) give it: go back to an earlier \
+             checkpoint with a lower --lr (--resume out/state_000040.bin, step 40)"
+        );
+        assert_eq!(
+            divergence_advice(60, 50, None),
+            "the weights that the update of step 60 left give it: start again with a lower --lr \
+             (no training state of this run before step 60 is on disk)"
+        );
+    }
 
     #[test]
     fn profile_skips_the_first_step_unless_it_is_the_only_one() {

@@ -651,6 +651,54 @@ fn gelu_gradient_by_finite_differences() {
     assert_grad("gelu dinp", &dinp, &numeric);
 }
 
+/// GELU and its gradient far out on both sides, where pre-activations of a model that trains
+/// with a high learning rate go: finite, and equal to the f64 formula (gelu' from tanh in f64,
+/// whose sech^2 = 1 - tanh^2 is exactly 0 there). The backward once overflowed to -inf below
+/// x = -10 (4 * exp(-2u) beyond f32's range).
+#[test]
+fn gelu_far_from_zero() {
+    let x = [
+        -1e15f32, -1e6, -1000.0, -50.0, -20.0, -12.0, -10.5, -10.0, -9.0, -6.0, 6.0, 9.0, 10.5,
+        12.0, 50.0, 1000.0, 1e6, 1e15,
+    ];
+    let n = x.len();
+    let mut out = vec![0.0f32; n];
+    gelu_forward(&mut out, &x);
+    let want: Vec<f64> = x.iter().map(|&v| gelu64(v as f64)).collect();
+    for i in 0..n {
+        let tol = 1e-6 * want[i].abs().max(1.0);
+        assert!(
+            (out[i] as f64 - want[i]).abs() <= tol,
+            "gelu({}) = {}, want {}",
+            x[i],
+            out[i],
+            want[i]
+        );
+    }
+    let mut dinp = vec![0.5f32; n];
+    gelu_backward(&mut dinp, &x, &vec![2.0; n]);
+    for i in 0..n {
+        let x64 = x[i] as f64;
+        let c = (2.0 / std::f64::consts::PI).sqrt();
+        let th = (c * (x64 + 0.044715 * x64 * x64 * x64)).tanh();
+        let sech2 = 1.0 - th * th;
+        let dudx = c * (1.0 + 3.0 * 0.044715 * x64 * x64);
+        let d = 0.5 * (1.0 + th)
+            + if sech2 == 0.0 {
+                0.0
+            } else {
+                0.5 * x64 * sech2 * dudx
+            };
+        let want = 0.5 + 2.0 * d;
+        assert!(
+            (dinp[i] as f64 - want).abs() <= 1e-5,
+            "gelu'({}): dinp {}, want {want}",
+            x[i],
+            dinp[i]
+        );
+    }
+}
+
 #[test]
 fn residual_forward_and_backward() {
     let mut rng = Rng::new(7);
@@ -697,7 +745,7 @@ fn softmax_crossentropy_hand_case_with_padding() {
         "padding columns get probability exactly 0"
     );
     let mut losses = vec![0.0f32; 2];
-    crossentropy_forward(&mut losses, &probs, &[2, 0], 1, 2, vp);
+    crossentropy_forward(&mut losses, &probs, &logits, &[2, 0], 1, 2, v, vp);
     assert_close(
         "losses",
         &losses,
@@ -731,7 +779,7 @@ fn classifier_gradient_by_finite_differences() {
     let mut probs = vec![0.0f32; b * t * vp];
     softmax_forward(&mut probs, &logits, b, t, v, vp);
     let mut losses = vec![0.0f32; b * t];
-    crossentropy_forward(&mut losses, &probs, &targets, b, t, vp);
+    crossentropy_forward(&mut losses, &probs, &logits, &targets, b, t, v, vp);
     assert_close(
         "losses",
         &losses,

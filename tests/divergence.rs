@@ -124,7 +124,11 @@ fn losses_and_norms_that_are_not_finite() {
     assert_eq!(updated, [1]);
     let e = r.unwrap_err();
     assert!(
-        e.contains("the loss became NaN at step 2: training diverged (try a lower --lr)"),
+        e.contains(
+            "the loss became NaN at step 2: training diverged; the weights that the update of \
+             step 1 left give it: start again with a lower --lr (no training state of this run \
+             before step 1 is on disk)"
+        ),
         "{e}"
     );
     let (updated, r) = faulty_run("--no-state", "plain", &[], &[(3, nan)]);
@@ -184,7 +188,8 @@ fn losses_and_norms_that_are_not_finite() {
         let e = r.unwrap_err();
         let out = faulty_dir().join("diverged");
         let hint = format!(
-            "; the run after step 2 is saved: --resume {} continues",
+            "; the run after step 2 is saved too ({}): resuming from it gives step 3's batch to \
+             the same weights again",
             out.join("state_000002.bin").display()
         );
         assert!(e.contains(&hint), "{e}");
@@ -195,6 +200,16 @@ fn losses_and_norms_that_are_not_finite() {
         }
         std::fs::remove_dir_all(&out).unwrap();
     }
+    // a lower learning rate must start before the update that gave the weights which diverged:
+    // from the newest checkpoint before it (step 2 when step 4 diverges; not step 3's)
+    let (_, r) = faulty_run("--checkpoint-every 1", "back", &[(4, nan)], &[]);
+    let e = r.unwrap_err();
+    let back = format!(
+        "the weights that the update of step 3 left give it: go back to an earlier checkpoint \
+         with a lower --lr (--resume {}, step 2); the run after step 3 is saved too",
+        faulty_dir().join("back/state_000002.bin").display()
+    );
+    assert!(e.contains(&back), "{e}");
     // with --no-state, the model; nothing when the first step diverges
     let (_, r) = faulty_run("--no-state", "model", &[(4, nan)], &[]);
     assert!(r
@@ -204,7 +219,10 @@ fn losses_and_norms_that_are_not_finite() {
     let (_, r) = faulty_run("", "first", &[(1, nan)], &[]);
     let e = r.unwrap_err();
     assert!(
-        e.ends_with("at step 1: training diverged (try a lower --lr)"),
+        e.ends_with(
+            "at step 1: training diverged; the model gives it before any update: check the \
+             model (--model) and the training data"
+        ),
         "{e}"
     );
     assert!(!faulty_dir().join("first/model_000000.bin").exists());

@@ -49,13 +49,19 @@ pub fn softmax_forward(
         });
 }
 
-/// Cross-entropy: `losses[b, t] = -ln(probs[b, t, targets[b, t]])`.
+/// Cross-entropy: `losses[b, t] = -ln(probs[b, t, targets[b, t]])`. Where that probability is
+/// below f32's normal range (the target's logit 87 or more under the row's largest), the loss is
+/// taken from the logits instead, as `ln(sum exp(logits - max)) - (logits[target] - max)` in f64,
+/// as the GPU's fused classifier and PyTorch's cross_entropy compute it: a large finite loss, not
+/// the inf of `-ln(0)`.
 pub fn crossentropy_forward(
     losses: &mut [f32], // (B, T)
     probs: &[f32],      // (B, T, Vp)
+    logits: &[f32],     // (B, T, Vp)
     targets: &[u32],    // (B, T)
     b: usize,
     t: usize,
+    v: usize,
     vp: usize,
 ) {
     assert_eq!(
@@ -69,16 +75,30 @@ pub fn crossentropy_forward(
         "crossentropy_forward: probs must be (B, T, Vp)"
     );
     assert_eq!(
+        logits.len(),
+        b * t * vp,
+        "crossentropy_forward: logits must be (B, T, Vp)"
+    );
+    assert_eq!(
         targets.len(),
         b * t,
         "crossentropy_forward: targets must be (B, T)"
     );
-    check_targets("crossentropy_forward", targets, vp);
+    check_targets("crossentropy_forward", targets, v);
     losses
         .par_iter_mut()
-        .zip(probs.par_chunks(vp).zip(targets.par_iter()))
-        .for_each(|(loss, (p, &tgt))| {
-            *loss = -p[tgt as usize].ln();
+        .zip(probs.par_chunks(vp).zip(logits.par_chunks(vp)))
+        .zip(targets.par_iter())
+        .for_each(|((loss, (p, l)), &tgt)| {
+            let p_target = p[tgt as usize];
+            *loss = if p_target >= f32::MIN_POSITIVE {
+                -p_target.ln()
+            } else {
+                let l = &l[..v];
+                let max = l.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+                let sum: f64 = l.iter().map(|&x| (x as f64 - max).exp()).sum();
+                (sum.ln() - (l[tgt as usize] as f64 - max)) as f32
+            };
         });
 }
 
@@ -149,7 +169,7 @@ pub fn fused_classifier(
     let mut probs = vec![0.0; n * vp];
     softmax_forward(&mut probs, logits, b, t, v, vp);
     let mut losses = vec![0.0; n];
-    crossentropy_forward(&mut losses, &probs, targets, b, t, vp);
+    crossentropy_forward(&mut losses, &probs, logits, targets, b, t, v, vp);
     let mut dlogits = vec![0.0; n * vp];
     crossentropy_softmax_backward(&mut dlogits, &vec![dloss; n], &probs, targets, b, t, v, vp);
     (losses, dlogits)
@@ -175,5 +195,28 @@ fn sum_f64(x: &[f32]) -> f64 {
 fn check_targets(what: &str, targets: &[u32], limit: usize) {
     if let Some(&bad) = targets.iter().find(|&&x| x as usize >= limit) {
         panic!("{what}: target id {bad} is out of range (must be below {limit})");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loss of a row whose target probability underflows f32 is the log-sum-exp of its
+    /// logits, finite (hand-computed: logits [0, 200, 100] with target 0 give
+    /// 200 + ln(1 + e^-100 + e^-200) = 200); other rows keep -ln(p).
+    #[test]
+    fn an_underflowing_target_probability_gives_a_finite_loss() {
+        let (v, vp) = (3, 4);
+        let logits = [0.0, 200.0, 100.0, 0.0, 1.0, 2.0, 3.0, 0.0];
+        let mut probs = [0.0; 8];
+        softmax_forward(&mut probs, &logits, 1, 2, v, vp);
+        assert_eq!(probs[0], 0.0, "e^-200 underflows f32");
+        let mut losses = [0.0; 2];
+        crossentropy_forward(&mut losses, &probs, &logits, &[0, 2], 1, 2, v, vp);
+        assert_eq!(losses[0], 200.0);
+        // target 2 of [1, 2, 3]: ln(e^-2 + e^-1 + 1) = 0.40760596
+        assert_eq!(losses[1], -probs[6].ln());
+        assert!((losses[1] - 0.407_605_96).abs() < 1e-6, "{}", losses[1]);
     }
 }

@@ -54,9 +54,20 @@ pub fn gelu_backward(dinp: &mut [f32], inp: &[f32], dout: &[f32]) {
                 let u = GELU_SCALE * (x + GELU_KAPPA * (x * x * x));
                 let e = exp_f32(-2.0 * u);
                 let s = 1.0 / (1.0 + e);
-                let sech2 = 4.0 * e * s * s;
+                // e * s = e / (1 + e) <= 1 first: 4 * e alone overflows once e nears f32's max
+                let sech2 = 4.0 * (e * s) * s;
                 let dudx = GELU_SCALE * (1.0 + 3.0 * GELU_KAPPA * (x * x));
-                let grad = s + 0.5 * x * sech2 * dudx;
+                // Beyond |u| = 40, gelu' is 0 or 1 within f32 (sech^2(40) = 7e-35); the formula
+                // is not, where exp_f32 clamps and x^3 or x^2 overflow (|x| above ~1e12).
+                let grad = if u.abs() > 40.0 {
+                    if u > 0.0 {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                } else {
+                    s + 0.5 * x * sech2 * dudx
+                };
                 *di += grad * d;
             }
         });

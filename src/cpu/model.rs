@@ -245,7 +245,7 @@ impl Gpt2Cpu {
         };
         let bt = b * t;
         self.targets[..bt].copy_from_slice(targets);
-        crossentropy_forward(a.losses, a.probs, targets, b, t, vp);
+        crossentropy_forward(a.losses, a.probs, a.logits, targets, b, t, v, vp);
         let mean = a.losses.iter().map(|&x| x as f64).sum::<f64>() / bt as f64;
         Ok(Some(mean as f32))
     }

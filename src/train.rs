@@ -731,14 +731,45 @@ pub fn train(
         }
         engine.zero_grad()?;
         let mut loss = 0.0f32;
-        for _ in 0..micro {
-            let (x, y) = match &overfit {
-                Some((x, y)) => (&x[..], &y[..]),
-                None => train_loader.next_batch()?,
+        // a shard that turns out bad when it is loaded (a token id out of range, a file changed
+        // since the start): its error, and the micro-batches this step had served before it
+        let mut bad_data = None;
+        for served in 0..micro {
+            let batch = match &overfit {
+                Some((x, y)) => Ok((&x[..], &y[..])),
+                None => train_loader.next_batch(),
+            };
+            let (x, y) = match batch {
+                Ok(xy) => xy,
+                Err(e) => {
+                    bad_data = Some((e, served));
+                    break;
+                }
             };
             let l = engine.forward(x, Some(y), b, t)?.expect("targets given");
             engine.backward(1.0 / micro as f32)?;
             loss += l / micro as f32;
+        }
+        if let Some((e, served)) = bad_data {
+            // nothing of this run's earlier steps is lost (a shard may be hours into a corpus)
+            let saved = if step > start {
+                let record = (&outliers, summary.best_val);
+                match save_run_so_far(args, engine, &mut train_loader, record, step, served) {
+                    Ok(_) if args.no_state => format!(
+                        "; the model after step {step} is saved (without a training state, \
+                         --no-state, the run cannot be resumed)"
+                    ),
+                    Ok(_) => format!(
+                        "; the run after step {step} is saved: with the shard mended (its \
+                         tokens as many as before), --resume {} continues it",
+                        args.out_dir.join(checkpoint_name("state", step)).display()
+                    ),
+                    Err(e) => format!("; saving the run after step {step} failed: {e:#}"),
+                }
+            } else {
+                String::new()
+            };
+            bail!("step {}: {e:#}{saved}", step + 1);
         }
         // --skip-loss-z, --skip-norm-z: an outlier's update is left out (crate::outliers)
         let norm = engine.grad_norm()?;
@@ -759,8 +790,10 @@ pub fn train(
             let saved = if step > start {
                 let rewind = if overfit.is_some() { 0 } else { micro };
                 let record = (&outliers, summary.best_val);
-                save_before_divergence(args, engine, &mut train_loader, record, step, rewind)
-                    .unwrap_or_else(|e| format!("; saving the run after step {step} failed: {e:#}"))
+                match save_run_so_far(args, engine, &mut train_loader, record, step, rewind) {
+                    Ok(path) => saved_before_divergence(args, step, &path),
+                    Err(e) => format!("; saving the run after step {step} failed: {e:#}"),
+                }
             } else {
                 String::new()
             };
@@ -950,24 +983,30 @@ pub struct TrainSummary {
     pub best_val: Option<crate::formats::train_state::BestVal>,
 }
 
-/// After a step that diverged, `step` steps done before it: their checkpoint, with the training
-/// data put back `rewind` batches to where they left it (a resumed run serves the diverged step's
-/// batches again). Returns what the error adds.
-fn save_before_divergence(
+/// The checkpoint of the run after `step` steps, when the next step cannot be completed (it
+/// diverged, or a shard it loaded is bad), with the training data put back `rewind` batches to
+/// where step `step` left it (a resumed run serves that next step's batches again). Returns the
+/// model checkpoint's path.
+fn save_run_so_far(
     args: &TrainArgs,
     engine: &mut dyn Engine,
     loader: &mut DataLoader,
     record: (&Outliers, Option<crate::formats::train_state::BestVal>),
     step: usize,
     rewind: usize,
-) -> Result<String> {
-    if rewind > 0 {
-        let served = loader.batches_served() - rewind;
-        loader.reset()?;
-        loader.skip_batches(served as u64)?;
-    }
-    let path = save_checkpoint(args, engine, loader, record, step)?;
-    Ok(if args.no_state {
+) -> Result<PathBuf> {
+    // (always from the start: a shard that failed to load leaves the loader part-way into the
+    // next shard, or the next epoch's order)
+    let served = loader.batches_served() - rewind;
+    loader.reset()?;
+    loader.skip_batches(served as u64)?;
+    save_checkpoint(args, engine, loader, record, step)
+}
+
+/// What the error of a step that diverged adds once [`save_run_so_far`] saved the run after
+/// `step` steps into the model checkpoint `path`.
+fn saved_before_divergence(args: &TrainArgs, step: usize, path: &Path) -> String {
+    if args.no_state {
         format!(
             "; the model after step {step} is saved ({})",
             path.display()
@@ -981,7 +1020,7 @@ fn save_before_divergence(
             args.out_dir.join(checkpoint_name("state", step)).display(),
             step + 1
         )
-    })
+    }
 }
 
 /// What to do after step `step + 1` (from 1) diverged, `step` steps done, the run having started

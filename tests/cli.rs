@@ -281,6 +281,59 @@ fn a_closed_or_full_stdout_ends_nothing() {
     assert!(stderr.contains("Broken pipe"), "{stderr}");
 }
 
+/// A shard that turns out bad only when the loader reaches it (its token ids are checked as it is
+/// loaded, maybe hours into a run) ends the run with its error, after saving the run so far: once
+/// the shard is mended, resuming from that state gives the model and state of a run that never
+/// met the bad shard, byte for byte.
+#[test]
+fn a_bad_shard_met_mid_run_loses_nothing() {
+    use train_gpt2_cuda::formats::shard::write_shard;
+    let dir = tmp_dir("bad-shard");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    // a.bin: 4 batches of 2 x 16; b.bin: 4 more, token 40 out of the vocabulary
+    let good: Vec<u32> = (0..129).map(|i| 100 + (i * 7 % 50) as u32).collect();
+    std::fs::create_dir_all(dir.join("data")).unwrap();
+    write_shard(&dir.join("data/a.bin"), &good).unwrap();
+    let mut bad = good.clone();
+    bad[40] = 60000;
+    write_shard(&dir.join("data/b.bin"), &bad).unwrap();
+    let run = |out: &str, extra: &[&str]| {
+        let mut args = flags(
+            "--device cpu --batch 2 --seq 16 --steps 7 --val-every 0 --sample-tokens 0 \
+             --lr 1e-3",
+        );
+        let (train, val, out) = (d("data/*.bin"), d("data/a.bin"), d(out));
+        args.extend(["--train", &train, "--val", &val, "--out-dir", &out]);
+        args.extend(extra);
+        run(bin().args(&args))
+    };
+    let (out, _, stderr) = run("broken", &["--model", "d1"]);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let state = d("broken/state_000004.bin");
+    for needle in [
+        "error: step 5: ",
+        "b.bin: token id 60000 at position 40 is out of range",
+        &format!(
+            "; the run after step 4 is saved: with the shard mended (its tokens as many as \
+             before), --resume {state} continues it"
+        ),
+    ] {
+        assert!(stderr.contains(needle), "lacks {needle:?}: {stderr}");
+    }
+    // mended, the run resumes where it stopped and ends as one that never stopped
+    write_shard(&dir.join("data/b.bin"), &good).unwrap();
+    let (out, _, stderr) = run("broken", &["--resume", &state]);
+    assert!(out.status.success(), "{stderr}");
+    let (out, _, stderr) = run("unbroken", &["--model", "d1"]);
+    assert!(out.status.success(), "{stderr}");
+    assert_same_files(
+        &dir.join("broken"),
+        &dir.join("unbroken"),
+        &["model_000007.bin", "state_000007.bin"],
+        "resumed after the shard was mended",
+    );
+}
+
 /// The log lines a run and its resumed twin must print alike.
 const LOGGED: &[&str] = &["step ", "val loss"];
 

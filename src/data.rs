@@ -96,11 +96,26 @@ pub fn glob_files(pattern: &str) -> Result<Vec<PathBuf>> {
              not in the directory"
         );
     }
+    // (only * and ? are wildcards: say so where a shell's [...] or {a,b} may have been meant)
+    let no_match = || {
+        let hint = if name.contains(['[', '{']) {
+            " (only * and ? are wildcards here, not [...] or {a,b})"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("no file matches the pattern '{pattern}'{hint}")
+    };
     if !name.contains(['*', '?']) {
         if path.is_file() {
             return Ok(vec![path.to_path_buf()]);
         }
-        bail!("no file matches the pattern '{pattern}'");
+        if path.is_dir() {
+            bail!(
+                "'{pattern}' is a directory: give a pattern of its shards, such as '{}'",
+                path.join("*.bin").display()
+            );
+        }
+        return Err(no_match());
     }
     let read_from = if dir.as_os_str().is_empty() {
         Path::new(".")
@@ -118,16 +133,15 @@ pub fn glob_files(pattern: &str) -> Result<Vec<PathBuf>> {
         let entry =
             entry.with_context(|| format!("{}: cannot list the directory", read_from.display()))?;
         let file_name = entry.file_name();
-        let Some(file_name) = file_name.to_str() else {
-            continue;
-        };
-        let candidate = dir.join(file_name);
-        if wildcard_match(name, file_name) && candidate.is_file() {
+        // (a name that is not UTF-8 is matched with U+FFFD for its bad bytes: `*` and `?` still
+        // take it in, as a shell's glob would)
+        let candidate = dir.join(&file_name);
+        if wildcard_match(name, &file_name.to_string_lossy()) && candidate.is_file() {
             files.push(candidate);
         }
     }
     if files.is_empty() {
-        bail!("no file matches the pattern '{pattern}'");
+        return Err(no_match());
     }
     files.sort();
     Ok(files)

@@ -430,8 +430,8 @@ fn run_hellaswag(a: &EvalArgs, path: &std::path::Path) -> Result<ExitCode> {
     use train_gpt2_cuda::hellaswag::{evaluate, load, ENDINGS};
     if a.batch == 0 || !a.batch.is_multiple_of(ENDINGS) {
         bail!(
-            "with --hellaswag, --batch must be a multiple of {ENDINGS} (each example is {ENDINGS} \
-             sequences, one per ending); got {}",
+            "with --hellaswag, --batch must be a positive multiple of {ENDINGS} (each example is \
+             {ENDINGS} sequences, one per ending); got {}",
             a.batch
         );
     }

@@ -266,6 +266,19 @@ impl TrainArgs {
                     self.seq
                 );
             }
+            if steps > i32::MAX as f64 {
+                // (1e300 as typed, not its 301 digits)
+                let f = if f >= 1e9 {
+                    format!("{f:e}")
+                } else {
+                    f.to_string()
+                };
+                bail!(
+                    "--epochs {f} makes {steps:.3e} steps: at most {} (a training state records \
+                     the step in 32 bits)",
+                    i32::MAX
+                );
+            }
             args.steps = steps as usize;
             args.steps_from_epochs = true;
         }
@@ -386,6 +399,9 @@ impl TrainArgs {
             );
         }
         if let Some(tokens) = self.total_batch {
+            if tokens == 0 {
+                bail!("--total-batch must be at least one micro-batch's B x T = {bt} tokens");
+            }
             if tokens < bt || tokens % bt != 0 {
                 let below = (tokens / bt).max(1) * bt;
                 bail!(
@@ -417,13 +433,9 @@ impl TrainArgs {
         if self.steps > i32::MAX as usize {
             bail!(
                 "--steps {} is too many: at most {} (a training state records the step in 32 \
-                 bits){}",
+                 bits)",
                 self.steps,
                 i32::MAX,
-                match self.epochs {
-                    Some(f) => format!("; --epochs {f} asks for that many"),
-                    None => String::new(),
-                }
             );
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
@@ -449,9 +461,20 @@ impl TrainArgs {
         }
         let positive = |x: f32| x > 0.0 && x.is_finite();
         let not_negative = |x: f32| x >= 0.0 && x.is_finite();
-        if !positive(self.eps) || !not_negative(self.weight_decay) || !not_negative(self.grad_clip)
-        {
-            bail!("--eps must be positive, --weight-decay and --grad-clip not negative");
+        if !positive(self.eps) {
+            bail!("--eps must be a positive number, got {}", self.eps);
+        }
+        if !not_negative(self.weight_decay) {
+            bail!(
+                "--weight-decay must be a number of at least 0, got {}",
+                self.weight_decay
+            );
+        }
+        if !not_negative(self.grad_clip) {
+            bail!(
+                "--grad-clip must be a number of at least 0 (0: no clipping), got {}",
+                self.grad_clip
+            );
         }
         if !not_negative(self.skip_loss_z) || !not_negative(self.skip_norm_z) {
             bail!(
@@ -543,6 +566,14 @@ pub fn train(
     };
     let micro = args.micro_batches();
     let mut val_loader = DataLoader::new(&val_pattern, b, t, cfg.vocab_size, None)?;
+    // an easy slip: prepro writes train.bin and val.bin side by side, and 'dir/*.bin' takes both
+    for shared in shared_files(train_loader.files(), val_loader.files()) {
+        eprintln!(
+            "note: {} is a validation shard and a training shard too (--train '{train_pattern}'): \
+             the validation loss is measured on data the model trains on",
+            shared.display()
+        );
+    }
     let val_batches = args.val_batches.min(val_loader.num_batches().max(1));
     let hellaswag = match &args.hellaswag {
         Some(path) => {
@@ -1021,6 +1052,15 @@ fn saved_before_divergence(args: &TrainArgs, step: usize, path: &Path) -> String
             step + 1
         )
     }
+}
+
+/// The files of `val` that are also files of `train` (the same file, by its canonical path).
+fn shared_files<'a>(train: &[PathBuf], val: &'a [PathBuf]) -> Vec<&'a PathBuf> {
+    let canonical = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+    let train: std::collections::HashSet<PathBuf> = train.iter().map(canonical).collect();
+    val.iter()
+        .filter(|v| train.contains(&canonical(v)))
+        .collect()
 }
 
 /// What to do after step `step + 1` (from 1) diverged, `step` steps done, the run having started

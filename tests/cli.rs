@@ -309,6 +309,12 @@ fn a_bad_shard_met_mid_run_loses_nothing() {
     };
     let (out, _, stderr) = run("broken", &["--model", "d1"]);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // (--val's shard is one of --train's too, and a note says so)
+    let note = format!(
+        "note: {} is a validation shard and a training shard too",
+        d("data/a.bin")
+    );
+    assert!(stderr.contains(&note), "{stderr}");
     let state = d("broken/state_000004.bin");
     for needle in [
         "error: step 5: ",
@@ -1155,7 +1161,7 @@ fn eval_hellaswag_prints_the_accuracies() {
     }
     expect_error(
         &[&args[..], &["--batch", "6"]].concat(),
-        &["with --hellaswag, --batch must be a multiple of 4 (each example is 4 sequences, one per ending); got 6"],
+        &["with --hellaswag, --batch must be a positive multiple of 4 (each example is 4 sequences, one per ending); got 6"],
     );
     expect_error(
         &[&args[..], &["--examples", "6"]].concat(),
@@ -1741,10 +1747,28 @@ fn epochs_count_the_steps() {
         ),
         (
             "--epochs 1e9",
-            "--steps 10000000000 is too many: at most 2147483647 (a training state records the \
-             step in 32 bits); --epochs 1000000000 asks for that many",
+            "--epochs 1e9 makes 1.000e10 steps: at most 2147483647 (a training state records \
+             the step in 32 bits)",
         ),
+        ("--epochs 1e300", "--epochs 1e300 makes 1.000e301 steps"),
         ("--steps 2147483648", "--steps 2147483648 is too many"),
+        (
+            "--total-batch 0",
+            "--total-batch must be at least one micro-batch's",
+        ),
+        ("--eps 0", "--eps must be a positive number, got 0"),
+        (
+            "--weight-decay=-0.1",
+            "--weight-decay must be a number of at least 0, got -0.1",
+        ),
+        (
+            "--grad-clip inf",
+            "--grad-clip must be a number of at least 0",
+        ),
+        (
+            "--grad-clip NaN",
+            "--grad-clip must be a number of at least 0",
+        ),
     ] {
         let (code, _, stderr) = train(&format!("--model d1 {extra}"), "bad");
         assert_eq!(code, Some(1), "{extra}: {stderr}");

@@ -221,6 +221,29 @@ fn wildcards() {
         &err_text(glob_files(&pat)),
         &[&format!("no file matches the pattern '{pat}'")],
     );
+    // a shell's [...] is not a wildcard here, and the error says so
+    let pat = dir.join("[ab]_01.bin").to_string_lossy().into_owned();
+    assert_contains(
+        &err_text(glob_files(&pat)),
+        &["only * and ? are wildcards here, not [...] or {a,b}"],
+    );
+    // a directory is not a pattern of shards
+    let pat = dir.to_string_lossy().into_owned();
+    assert_contains(
+        &err_text(glob_files(&pat)),
+        &[
+            "is a directory: give a pattern of its shards, such as",
+            "*.bin",
+        ],
+    );
+    // a name that is not UTF-8 is not left out
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = dir.join(std::ffi::OsStr::from_bytes(b"b_\xff.bin"));
+        std::fs::write(&odd, b"").unwrap();
+        let pat = dir.join("b_*.bin").to_string_lossy().into_owned();
+        assert_eq!(glob_files(&pat).unwrap(), vec![dir.join("b_01.bin"), odd]);
+    }
     let pat = dir.join("*").join("x.bin").to_string_lossy().into_owned();
     assert_contains(
         &err_text(glob_files(&pat)),

@@ -1,6 +1,7 @@
 //! Ctrl-C during training: the first one asks the run to stop after the step it is on, write a
 //! checkpoint and its training state (so that `--resume` continues it) and exit; a second one
-//! ends the process at once, as Ctrl-C does by default.
+//! ends the process at once, as Ctrl-C does by default. During prepro the first one stops it and
+//! removes the shards it wrote (`prepro::prepro_with` reads the flag between documents).
 //!
 //! The handler only stores to an atomic flag and restores the default action (both
 //! async-signal-safe); the training loop reads the flag between steps.

@@ -276,7 +276,19 @@ fn run_prepro(a: &PreproArgs) -> Result<ExitCode> {
         text_field: a.text_field.clone(),
         ..PreproOptions::default()
     };
-    let s = prepro_with(&a.inputs, &a.out_dir, split, &opts)?;
+    // Ctrl-C from here on: the shards written so far are removed, the folder left as it was (a
+    // second Ctrl-C ends the process at once; the next prepro removes what that leaves)
+    train_gpt2_cuda::interrupt::catch_ctrl_c();
+    let s = match prepro_with(&a.inputs, &a.out_dir, split, &opts) {
+        Err(_) if train_gpt2_cuda::interrupt::requested() => {
+            eprintln!(
+                "prepro: interrupted (Ctrl-C): {} is as it was",
+                a.out_dir.display()
+            );
+            return Ok(ExitCode::from(130));
+        }
+        result => result?,
+    };
     outln!(
         "{} documents: {} train tokens -> {}, {} val tokens -> {}",
         s.documents,
@@ -475,6 +487,10 @@ fn run_hellaswag(a: &EvalArgs, path: &std::path::Path) -> Result<ExitCode> {
 }
 
 fn run_convert(a: &ConvertArgs) -> Result<ExitCode> {
+    if a.format == ModelFormat::Llmc {
+        check_out_file(&a.out)?;
+    }
+    check_not_the_input(&a.model, a)?;
     let ck = read_model(&a.model)?;
     let precision = a.precision.into();
     match a.format {
@@ -495,7 +511,63 @@ fn run_convert(a: &ConvertArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Checks that `--out` names a file, before any work: a directory there is an error, not a
+/// temporary file written beside it.
+fn check_out_file(out: &std::path::Path) -> Result<()> {
+    if out.is_dir() || out.as_os_str().to_string_lossy().ends_with('/') {
+        bail!("{} is a directory: --out takes a file name", out.display());
+    }
+    Ok(())
+}
+
+/// Checks that `convert` writes none of the files it reads: `--out` is not `--model` (the
+/// same checkpoint, or the same Hugging Face folder) nor one of the model folder's files, which
+/// would be replaced by the model converted (or half of it, where the write fails).
+fn check_not_the_input(model: &std::path::Path, a: &ConvertArgs) -> Result<()> {
+    let Ok(m) = std::fs::canonicalize(model) else {
+        return Ok(()); // (read_model says what is missing)
+    };
+    let mut read = vec![m.clone()];
+    if let Ok(entries) = std::fs::read_dir(&m) {
+        read.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
+    }
+    let mut written = vec![a.out.clone()];
+    if a.format == ModelFormat::Hf {
+        written.extend(["model.safetensors", "config.json"].map(|f| a.out.join(f)));
+    }
+    for path in written {
+        if read.contains(&resolved(&path)) {
+            bail!(
+                "--out {} would overwrite the model being converted ({}): give another --out",
+                a.out.display(),
+                model.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `path` with its folder resolved (`canonicalize`), and the file too where it exists: a file to
+/// be written compares with the files read.
+fn resolved(path: &std::path::Path) -> std::path::PathBuf {
+    if let Ok(p) = std::fs::canonicalize(path) {
+        return p;
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => {
+            let dir = if dir.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                dir
+            };
+            std::fs::canonicalize(dir).map_or(path.to_path_buf(), |d| d.join(name))
+        }
+        _ => path.to_path_buf(),
+    }
+}
+
 fn run_tokenizer(out: &std::path::Path) -> Result<ExitCode> {
+    check_out_file(out)?;
     let tok = Tokenizer::gpt2()?;
     let tokens = tok.decoder().all_token_bytes();
     train_gpt2_cuda::formats::tokenizer_file::write_tokenizer_file(out, tokens, tok.eot())?;

@@ -1050,13 +1050,141 @@ fn bad_inputs_give_clear_errors() {
         ],
         &["missing.txt", "cannot read"],
     );
+    // a missing file or a folder is named as one, before the split counts the files
     expect_error(
         &["prepro", &d("missing.txt"), "--out-dir", &d("pp")],
+        &["missing.txt: cannot read: No such file"],
+    );
+    expect_error(
+        &["prepro", dir.to_str().unwrap(), "--out-dir", &d("pp")],
+        &["is a directory: prepro takes text files", "/*.txt"],
+    );
+    write(&dir.join("one.txt"), b"one");
+    expect_error(
+        &["prepro", &d("one.txt"), "--out-dir", &d("pp")],
         &[
             "train and val must both get at least one file",
             "--val-fraction 0.1",
         ],
     );
+}
+
+#[test]
+fn out_must_name_a_file_and_may_be_a_device_or_a_link() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tmp_dir("out_file");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    let model = fixture("ref_tiny_model.bin");
+    for out in [d("sub"), d("sub/"), d(".")] {
+        expect_error(
+            &["tokenizer", "--out", &out],
+            &["is a directory: --out takes a file name"],
+        );
+        expect_error(
+            &["convert", "--model", &model, "--out", &out],
+            &["is a directory: --out takes a file name"],
+        );
+    }
+    let mut left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["sub"], "a temporary file was left");
+    assert_eq!(std::fs::read_dir(dir.join("sub")).unwrap().count(), 0);
+    // /dev/null stays the device
+    for args in [
+        &["tokenizer", "--out", "/dev/null"][..],
+        &["convert", "--model", &model, "--out", "/dev/null"][..],
+    ] {
+        let (out, stdout, stderr) = run(bin().args(args));
+        assert!(out.status.success(), "{args:?}: {stdout} {stderr}");
+    }
+    let null = std::fs::metadata("/dev/null").unwrap();
+    assert!(null.file_type().is_char_device());
+    // a link stays a link to the file written
+    std::os::unix::fs::symlink("real.bin", dir.join("link.bin")).unwrap();
+    let (out, _, stderr) = run(bin().args(["tokenizer", "--out", &d("link.bin")]));
+    assert!(out.status.success(), "{stderr}");
+    let link = std::fs::symlink_metadata(dir.join("link.bin")).unwrap();
+    assert!(link.file_type().is_symlink());
+    let f = train_gpt2_cuda::formats::tokenizer_file::read_tokenizer_file(&dir.join("real.bin"));
+    assert_eq!(f.unwrap().tokens.len(), 50257);
+    // convert --out its own --model
+    std::fs::copy(&model, dir.join("same.bin")).unwrap();
+    let same = d("same.bin");
+    expect_error(
+        &["convert", "--model", &same, "--out", &same],
+        &["would overwrite the model being converted"],
+    );
+    assert_eq!(
+        std::fs::read(&same).unwrap(),
+        std::fs::read(&model).unwrap()
+    );
+}
+
+/// Ctrl-C during prepro: it stops, removes the shards it wrote, and exits 130.
+#[test]
+fn prepro_interrupted_leaves_the_folder_as_it_was() {
+    let dir = tmp_dir("prepro_ctrl_c");
+    let plays = root().join("data/shakespeare");
+    // a corpus of the plays several times over, in shards of 100 tokens: thousands of shards,
+    // written long after the first
+    let mut inputs = Vec::new();
+    for copy in 0..6 {
+        for entry in std::fs::read_dir(&plays).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "txt") {
+                let to = dir.join(format!(
+                    "{copy}_{}",
+                    path.file_name().unwrap().to_string_lossy()
+                ));
+                std::fs::copy(&path, &to).unwrap();
+                inputs.push(to);
+            }
+        }
+    }
+    let out = dir.join("out");
+    let mut child = bin()
+        .arg("prepro")
+        .args(&inputs)
+        .args(["--shard-tokens", "100", "--out-dir"])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let partial = |out: &Path| {
+        std::fs::read_dir(out).is_ok_and(|mut d| {
+            d.any(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".partial")
+            })
+        })
+    };
+    while !partial(&out) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "prepro ended before writing a shard"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let kill = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    assert!(kill.unwrap().success());
+    let done = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert_eq!(done.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted (Ctrl-C)"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
 }
 
 #[test]

@@ -171,7 +171,7 @@ fn wrong_magic() {
 #[test]
 fn wrong_version() {
     let path = edited_fixture("version", |b| b[4..8].copy_from_slice(&2i32.to_le_bytes()));
-    assert_bad_shard(&path, &["unsupported token shard version 2"]);
+    assert_bad_shard(&path, &["unsupported token shard version 2 (supported: 1)"]);
 }
 
 #[test]
@@ -857,7 +857,11 @@ fn a_failed_prepro_leaves_the_earlier_shards_as_they_were() {
 
     // the temporary shards of a prepro that was killed go at the next one's end; files that
     // are not ours stay
-    for f in [".train_000042.bin.partial", ".val_000000.bin.partial"] {
+    for f in [
+        ".train_000042.bin.partial",
+        ".val_000000.bin.partial",
+        ".train_000013.bin.partial.tmp",
+    ] {
         std::fs::write(out.join(f), b"killed").unwrap();
     }
     std::fs::write(out.join(".train_notes.partial"), b"mine").unwrap();
@@ -868,6 +872,60 @@ fn a_failed_prepro_leaves_the_earlier_shards_as_they_were() {
         (".train_notes.partial".into(), b"mine".to_vec())
     );
     assert!(after == before, "a killed prepro's shards were left");
+}
+
+#[test]
+fn a_prepro_that_fails_writing_val_leaves_train_as_it_was() {
+    let dir = tmp_dir("prepro_failed_val");
+    let inputs = three_docs(&dir);
+    let out = dir.join("out");
+    prepro(&inputs, &out, ValSplit::LastFiles(1)).unwrap();
+    let before = folder(&out);
+    // val's shard cannot be written (as on a full disk): a directory holds its temporary name
+    std::fs::create_dir(out.join(".val_000000.bin.partial")).unwrap();
+    let swapped = [inputs[2].clone(), inputs[0].clone(), inputs[1].clone()];
+    let e = err_text(prepro(&swapped, &out, ValSplit::LastFiles(1)));
+    assert_contains(&e, &[".val_000000.bin.partial", "cannot write"]);
+    std::fs::remove_dir(out.join(".val_000000.bin.partial")).unwrap();
+    assert!(
+        folder(&out) == before,
+        "train.bin was replaced, or a temporary left"
+    );
+}
+
+#[test]
+fn prepro_never_overwrites_or_removes_an_input_or_a_file_that_is_not_a_shard() {
+    let dir = tmp_dir("prepro_own_input");
+    let text = b"Hello world, a text that happens to be named as a shard";
+    let inputs = write_docs(&dir, &[("train.bin", text), ("b.txt", b" the end")]);
+    for opts in [shards_of(4), PreproOptions::default()] {
+        let e = err_text(prepro_with(&inputs, &dir, ValSplit::LastFiles(1), &opts));
+        assert_contains(
+            &e,
+            &[
+                "train.bin: an input that prepro would overwrite or remove",
+                "--out-dir",
+            ],
+        );
+        assert_eq!(std::fs::read(&inputs[0]).unwrap(), text);
+    }
+    // the same file through another path: the folder resolved
+    let sub = dir.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let e = err_text(prepro(&inputs, &sub.join(".."), ValSplit::LastFiles(1)));
+    assert_contains(&e, &["an input that prepro would overwrite or remove"]);
+    // a file of the user's named like a shard is not replaced or removed
+    let out = dir.join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("val_000001.bin"), b"my notes").unwrap();
+    let docs = three_docs(&sub);
+    let e = err_text(prepro(&docs, &out, ValSplit::LastFiles(1)));
+    assert_contains(&e, &["val_000001.bin: not a token shard", "move it"]);
+    assert_eq!(
+        std::fs::read(out.join("val_000001.bin")).unwrap(),
+        b"my notes"
+    );
+    assert_eq!(folder(&out).len(), 1);
 }
 
 /// A JSON Lines file written by hand: escapes (\u00e9, a surrogate pair, \n, \", \\, \t), other
@@ -1152,7 +1210,7 @@ fn prepro_errors() {
     // 4 tokens; 0.01 of them rounds to no val token.
     assert_contains(
         &err_text(prepro(&inputs, &out, ValSplit::Fraction(0.01))),
-        &["leaves 4 train and 0 val tokens"],
+        &["the split --val-fraction 0.01 leaves 4 train and 0 val tokens"],
     );
     assert_contains(
         &err_text(prepro(&[], &out, ValSplit::LastFiles(1))),
@@ -1180,7 +1238,31 @@ fn prepro_errors() {
         &out,
         ValSplit::LastFiles(1),
     ));
-    assert_contains(&e, &["a directory, not a text file"]);
+    assert_contains(&e, &["is a directory: prepro takes text files", "*.txt"]);
+    // the inputs are checked before the split counts them
+    let missing = dir.join("missing.txt");
+    let e = err_text(prepro(&[missing], &out, ValSplit::LastFiles(1)));
+    assert_contains(&e, &["missing.txt: cannot read: No such file"]);
+    let e = err_text(prepro(
+        std::slice::from_ref(&dir),
+        &out,
+        ValSplit::LastFiles(1),
+    ));
+    assert_contains(&e, &["is a directory: prepro takes text files"]);
+}
+
+#[test]
+fn prepro_expands_a_pattern_the_shell_did_not() {
+    let dir = tmp_dir("prepro_glob");
+    let inputs = three_docs(&dir);
+    let (out, by_pattern) = (dir.join("out"), dir.join("out_pattern"));
+    let s = prepro(&inputs, &out, ValSplit::LastFiles(1)).unwrap();
+    let p = prepro(&[dir.join("?.txt")], &by_pattern, ValSplit::LastFiles(1)).unwrap();
+    assert_eq!((p.documents, p.train_tokens, p.val_tokens), (3, 5, 3));
+    assert_eq!(shard_u32(&p.train_path), shard_u32(&s.train_path));
+    assert_eq!(shard_u32(&p.val_path), shard_u32(&s.val_path));
+    let e = err_text(prepro(&[dir.join("*.md")], &out, ValSplit::LastFiles(1)));
+    assert_contains(&e, &["no file matches the pattern", "*.md"]);
 }
 
 // ---------------------------------------------------------------- default corpus

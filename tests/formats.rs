@@ -16,6 +16,7 @@ use train_gpt2_cuda::formats::debug_state::{read_debug_state, write_debug_state,
 use train_gpt2_cuda::formats::tokenizer_file::{
     read_tokenizer_file, write_tokenizer_file, TokenizerFile,
 };
+use train_gpt2_cuda::formats::{write_file_atomic, write_file_atomic_with, StagedFiles};
 use train_gpt2_cuda::params::{num_parameters, split};
 
 // ---------------------------------------------------------------------------------------------
@@ -818,4 +819,120 @@ fn bad_tokenizer_files_are_errors_that_say_what_is_wrong() {
 /// where the compile-time path does not exist), else the one compiled in.
 fn root() -> String {
     std::env::var("CARGO_MANIFEST_DIR").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing files: through a temporary file and a rename, but never over what is not a file.
+
+#[test]
+fn a_write_follows_a_symbolic_link_and_keeps_it() {
+    let dir = TempDir::new("write-link");
+    let target = dir.file("target.bin", b"old");
+    let link = dir.path("link.bin");
+    std::os::unix::fs::symlink("target.bin", &link).unwrap();
+    write_file_atomic(&link, b"new").unwrap();
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(std::fs::read(&target).unwrap(), b"new");
+    // a link to a file not there yet: the file is created where it points
+    let dangling = dir.path("dangling.bin");
+    std::os::unix::fs::symlink("made.bin", &dangling).unwrap();
+    write_file_atomic(&dangling, b"made").unwrap();
+    assert_eq!(std::fs::read(dir.path("made.bin")).unwrap(), b"made");
+    assert!(std::fs::symlink_metadata(&dangling)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+#[test]
+fn a_write_to_a_device_or_a_fifo_writes_into_it() {
+    use std::os::unix::fs::FileTypeExt;
+    let null = Path::new("/dev/null");
+    write_file_atomic(null, b"nothing").unwrap();
+    write_file_atomic_with(null, |w| w.write_all(b"nothing")).unwrap();
+    assert!(std::fs::metadata(null)
+        .unwrap()
+        .file_type()
+        .is_char_device());
+    // a FIFO: what is written comes out of it, and it stays a FIFO
+    let dir = TempDir::new("write-fifo");
+    let fifo = dir.path("fifo");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("no mkfifo: the FIFO case is not checked");
+        return;
+    }
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    write_file_atomic(&fifo, b"through the pipe").unwrap();
+    // (before the join: a FIFO replaced by a file would leave the reader waiting)
+    assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+    assert_eq!(reader.join().unwrap(), b"through the pipe");
+    assert!(!dir.path("fifo.tmp").exists());
+}
+
+#[test]
+fn a_write_to_a_directory_is_an_error_that_writes_nothing() {
+    let dir = TempDir::new("write-dir");
+    let sub = dir.path("sub");
+    std::fs::create_dir(&sub).unwrap();
+    for path in [sub.clone(), dir.path("sub/"), dir.path("missing/")] {
+        let e = err(write_file_atomic(&path, b"x"));
+        assert!(e.contains("directory"), "{e}");
+        assert!(e.contains("give the name of a file"), "{e}");
+    }
+    let mut left: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["sub"], "a temporary file was left");
+    assert_eq!(std::fs::read_dir(&sub).unwrap().count(), 0);
+}
+
+#[test]
+fn a_failed_write_leaves_the_file_as_it_was_and_no_temporary() {
+    let dir = TempDir::new("write-fail");
+    let path = dir.file("model.bin", b"old");
+    let e = err(write_file_atomic_with(&path, |w| {
+        w.write_all(b"half")?;
+        Err(std::io::Error::other("disk full"))
+    }));
+    assert!(e.contains("model.bin: cannot write: disk full"), "{e}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"old");
+    assert!(!dir.path("model.bin.tmp").exists());
+
+    // several files: the second fails, so the first keeps its old contents too
+    let a = dir.file("a.txt", b"old a");
+    let b = dir.file("b.txt", b"old b");
+    let mut files = StagedFiles::new();
+    files.write(&a, b"new a").unwrap();
+    let e = err(files.write_with(&b, |_| Err(std::io::Error::other("disk full"))));
+    assert!(e.contains("b.txt: cannot write"), "{e}");
+    drop(files);
+    assert_eq!(std::fs::read(&a).unwrap(), b"old a");
+    assert_eq!(std::fs::read(&b).unwrap(), b"old b");
+    let mut left: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["a.txt", "b.txt", "model.bin"]);
+    // and committed, both are new
+    let mut files = StagedFiles::new();
+    files.write(&a, b"new a").unwrap();
+    files.write(&b, b"new b").unwrap();
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        b"old a",
+        "named only at the commit"
+    );
+    files.commit().unwrap();
+    assert_eq!(std::fs::read(&a).unwrap(), b"new a");
+    assert_eq!(std::fs::read(&b).unwrap(), b"new b");
 }

@@ -238,6 +238,78 @@ fn a_gpt2_vocabulary_goes_out_with_its_tokenizer() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `convert --format hf` into a folder that holds a model writes all of its files or none: a
+/// failure on the last (config.json, as on a full disk) leaves the earlier weights and config
+/// together, and no temporary file; nor does it write over its own `--model`.
+#[test]
+fn a_failed_hugging_face_write_leaves_the_folder_as_it_was() {
+    let dir = tmp_dir("hf_failed");
+    let out = dir.join("hf");
+    convert(&["--format", "hf"], &fixture("hf_tiny"), &out);
+    let folder = |dir: &Path| -> Vec<(String, Vec<u8>)> {
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                let bytes = std::fs::read(&p).unwrap_or_default();
+                (p.file_name().unwrap().to_string_lossy().into_owned(), bytes)
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = folder(&out);
+    // config.json cannot be written: a directory holds its temporary name
+    std::fs::create_dir(out.join("config.json.tmp")).unwrap();
+    let mut cmd = bin();
+    cmd.args([
+        "convert",
+        "--format",
+        "hf",
+        "--precision",
+        "bf16",
+        "--model",
+    ]);
+    let run = cmd
+        .arg(fixture("hf_tiny"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("config.json: cannot write"), "{stderr}");
+    std::fs::remove_dir(out.join("config.json.tmp")).unwrap();
+    assert!(folder(&out) == before, "the folder changed");
+    // --out the model itself
+    for (flags, model, to) in [
+        (
+            &[][..],
+            out.join("model.safetensors"),
+            out.join("model.safetensors"),
+        ),
+        (&["--format", "hf"][..], out.clone(), out.clone()),
+    ] {
+        let run = bin()
+            .arg("convert")
+            .args(flags)
+            .arg("--model")
+            .arg(&model)
+            .arg("--out")
+            .arg(&to)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("would overwrite the model being converted"),
+            "{stderr}"
+        );
+    }
+    assert!(folder(&out) == before, "the model was overwritten");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// A shard in `dir` whose first batch (B=2, T=16) is hf_tiny_state.bin's, and that state.
 fn state_batch_shard(dir: &Path) -> (PathBuf, DebugState) {
     let cfg = read_model(&fixture("hf_tiny")).unwrap().config;

@@ -168,7 +168,7 @@ fn open_checkpoint(path: &Path) -> Result<OpenCheckpoint> {
     let config = config_from_header(path, &h)?;
     let n = checked_num_parameters(&config).ok_or_else(|| {
         anyhow!(
-            "{}: the model config {config:?} has too many parameters",
+            "{}: the model config {config} has too many parameters",
             path.display()
         )
     })?;
@@ -272,7 +272,7 @@ pub fn write_checkpoint(
         .map_err(|e| anyhow!("{}: cannot write checkpoint: {e}", path.display()))?;
     let n = checked_num_parameters(cfg).ok_or_else(|| {
         anyhow!(
-            "{}: cannot write checkpoint: the model config {cfg:?} has too many parameters",
+            "{}: cannot write checkpoint: the model config {cfg} has too many parameters",
             path.display()
         )
     })?;

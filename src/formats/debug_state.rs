@@ -45,7 +45,7 @@ fn check_dims(path: &Path, what: &str, cfg: &GPT2Config, b: i64, t: i64) -> Resu
         .map_err(|e| anyhow!("{}: {what}: {e}", path.display()))?;
     let n = checked_num_parameters(cfg).ok_or_else(|| {
         anyhow!(
-            "{}: {what}: the model config {cfg:?} has too many parameters",
+            "{}: {what}: the model config {cfg} has too many parameters",
             path.display()
         )
     })?;

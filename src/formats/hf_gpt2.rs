@@ -31,7 +31,7 @@ use super::safetensors::{
     starts_like_safetensors, write_safetensors, Dtype, SafeTensors, TensorInfo,
 };
 use super::torch_zip::{open_torch_zip, starts_like_zip};
-use super::write_file_atomic;
+use super::StagedFiles;
 use crate::config::{pad_vocab, GPT2Config, GPT2_EOT, GPT2_VOCAB_SIZE};
 use crate::params::{num_parameters, param_sizes};
 use crate::tokenizer::Tokenizer;
@@ -483,7 +483,11 @@ pub fn write_hf_gpt2(dir: &Path, ck: &Checkpoint, precision: CheckpointPrecision
         CheckpointPrecision::Fp32 => Dtype::F32,
         CheckpointPrecision::Bf16 => Dtype::BF16,
     };
+    // every file under a temporary name first, then all renamed: a failure midway (a full disk)
+    // leaves an earlier model in the folder whole, not new weights beside an old config
+    let mut files = StagedFiles::new();
     write_safetensors(
+        &mut files,
         &dir.join(SINGLE_FILE),
         dtype,
         &entries,
@@ -500,9 +504,10 @@ pub fn write_hf_gpt2(dir: &Path, ck: &Checkpoint, precision: CheckpointPrecision
         },
     )?;
     if ck.config.vocab_size == GPT2_VOCAB_SIZE {
-        write_hf_tokenizer(dir, &Tokenizer::gpt2()?, ck.config.max_seq_len)?;
+        write_hf_tokenizer(&mut files, dir, &Tokenizer::gpt2()?, ck.config.max_seq_len)?;
     }
     let config = serde_json::to_string_pretty(&config_json(&ck.config, precision))
         .expect("a JSON value serialises");
-    write_file_atomic(&dir.join(CONFIG_FILE), config.as_bytes())
+    files.write(&dir.join(CONFIG_FILE), config.as_bytes())?;
+    files.commit()
 }

@@ -9,7 +9,7 @@
 //! lower rank only, which must leave exactly two tokens. Merge i of `merges.txt` makes token
 //! 256 + i, as in GPT-2's own files.
 
-use super::write_file_atomic;
+use super::StagedFiles;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
 use std::collections::HashMap;
@@ -76,8 +76,14 @@ pub fn recover_merges(tokens: &[Vec<u8>]) -> Result<Vec<(u32, u32)>> {
 }
 
 /// Writes `vocab.json`, `merges.txt` and `tokenizer_config.json` of GPT-2's tokenizer into `dir`,
-/// for a model whose longest sequence is `max_len`.
-pub fn write_hf_tokenizer(dir: &Path, tok: &Tokenizer, max_len: usize) -> Result<()> {
+/// for a model whose longest sequence is `max_len`: three of `files`, named when they are
+/// committed.
+pub fn write_hf_tokenizer(
+    files: &mut StagedFiles,
+    dir: &Path,
+    tok: &Tokenizer,
+    max_len: usize,
+) -> Result<()> {
     let chars = byte_chars();
     let tokens = tok.decoder().all_token_bytes();
     let eot = tok.eot() as usize;
@@ -101,10 +107,10 @@ pub fn write_hf_tokenizer(dir: &Path, tok: &Tokenizer, max_len: usize) -> Result
         "add_prefix_space": false,
     });
     let vocab = serde_json::Value::Object(vocab).to_string();
-    write_file_atomic(&dir.join("vocab.json"), vocab.as_bytes())?;
-    write_file_atomic(&dir.join("merges.txt"), merges.as_bytes())?;
+    files.write(&dir.join("vocab.json"), vocab.as_bytes())?;
+    files.write(&dir.join("merges.txt"), merges.as_bytes())?;
     let config = serde_json::to_string_pretty(&config).expect("a JSON value serialises");
-    write_file_atomic(&dir.join("tokenizer_config.json"), config.as_bytes())
+    files.write(&dir.join("tokenizer_config.json"), config.as_bytes())
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ pub mod zstd;
 
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The number of i32 values in every header.
 pub const HEADER_INTS: usize = 256;
@@ -169,9 +169,14 @@ pub fn check_magic_version(path: &Path, h: &Header, magic: i32, versions: &[i32]
     }
     if !versions.contains(&h[1]) {
         bail!(
-            "{}: unsupported {what} version {} (supported: {versions:?})",
+            "{}: unsupported {what} version {} (supported: {})",
             path.display(),
-            h[1]
+            h[1],
+            versions
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     Ok(())
@@ -222,40 +227,140 @@ pub fn get_f32s(bytes: &[u8]) -> Vec<f32> {
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so that an interrupted write
-/// never leaves a half-written file under the final name.
+/// never leaves a half-written file under the final name (see [`write_file_atomic_with`]).
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().with_context(|| format!("{}: cannot write", path.display()))
+    write_file_atomic_with(path, |w| w.write_all(bytes))
 }
 
 /// Like [`write_file_atomic`], but `fill` streams the contents into a buffered writer, so that a
 /// large file (a checkpoint) is never held in memory as one byte buffer.
+///
+/// A symbolic link is followed: its target is written (atomically), the link stays. A path that
+/// is not a regular file (`/dev/null`, a FIFO) is written into directly: a rename would replace
+/// the device or the pipe with a file. A directory is an error before anything is written.
 pub fn write_file_atomic_with(
     path: &Path,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = std::path::PathBuf::from(tmp);
+    let mut files = StagedFiles::new();
+    files.write_with(path, fill)?;
+    files.commit()
+}
+
+/// Files written under temporary names (`NAME.tmp` beside each) and given their names together by
+/// [`StagedFiles::commit`], so that a failure while writing any of them (a full disk) leaves every
+/// one of them as it was: a Hugging Face folder never holds new weights with an old config.
+/// Dropped uncommitted, it removes its temporary files.
+#[derive(Default)]
+pub struct StagedFiles {
+    /// (temporary file, the name it gets), in the order written.
+    staged: Vec<(PathBuf, PathBuf)>,
+}
+
+impl StagedFiles {
+    pub fn new() -> StagedFiles {
+        StagedFiles::default()
+    }
+
+    /// Writes `bytes` as the file `path` will be.
+    pub fn write(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+        self.write_with(path, |w| w.write_all(bytes))
+    }
+
+    /// Writes what `fill` streams as the file `path` will be: under a temporary name, or straight
+    /// into `path` where that is not a regular file (a device, a FIFO: nothing to rename over).
+    pub fn write_with(
+        &mut self,
+        path: &Path,
+        fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<()> {
+        let target = write_target(path)?;
+        if is_special_file(&target) {
+            let write = || -> std::io::Result<()> {
+                let f = std::fs::OpenOptions::new().write(true).open(&target)?;
+                let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+                fill(&mut w)?;
+                w.flush()
+            };
+            return write().with_context(|| format!("{}: cannot write", path.display()));
+        }
+        let mut tmp = target.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        write_new_file(&tmp, fill).with_context(|| format!("{}: cannot write", path.display()))?;
+        self.staged.push((tmp, target));
+        Ok(())
+    }
+
+    /// Renames every temporary file to its name.
+    pub fn commit(mut self) -> Result<()> {
+        for (tmp, path) in std::mem::take(&mut self.staged) {
+            if let Err(e) = std::fs::rename(&tmp, &path) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e).with_context(|| format!("{}: cannot write", path.display()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for StagedFiles {
+    /// Removes the temporary files that were not renamed.
+    fn drop(&mut self) {
+        for (tmp, _) in &self.staged {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
+}
+
+/// Creates `path` (replacing a file there) with what `fill` streams into it, synced to the disk;
+/// on failure removes what was written (best effort), so that no partial file is left behind.
+pub fn write_new_file(
+    path: &Path,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let write = || -> std::io::Result<()> {
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
         fill(&mut w)?;
         let f = w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        f.sync_all()
     };
     let result = write();
     if result.is_err() {
-        // Best effort: do not leave the partial temporary file behind.
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(path);
     }
-    result.with_context(|| format!("{}: cannot write", path.display()))
+    result
+}
+
+/// The file a write to `path` goes to: `path`, or where its symbolic links lead (a link to a
+/// missing file included: the file is created there). An error for a directory, which a file
+/// cannot replace: `--out .` would otherwise write `..tmp` and fail on the rename.
+fn write_target(path: &Path) -> Result<PathBuf> {
+    let p = path.display();
+    if path.as_os_str().to_string_lossy().ends_with('/') {
+        bail!("{p} ends in '/', a directory's name: give the name of a file to write");
+    }
+    let mut target = path.to_path_buf();
+    // (40: the kernel's own limit on the links of one path)
+    for _ in 0..40 {
+        match std::fs::symlink_metadata(&target) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let link = std::fs::read_link(&target)
+                    .with_context(|| format!("{p}: cannot read the symbolic link"))?;
+                let dir = target.parent().unwrap_or(Path::new(""));
+                target = dir.join(link);
+            }
+            Ok(meta) if meta.is_dir() => {
+                bail!("{p} is a directory: give the name of a file to write")
+            }
+            _ => return Ok(target),
+        }
+    }
+    bail!("{p}: too many levels of symbolic links")
+}
+
+/// Whether `path` exists and is neither a regular file nor a directory: a device (`/dev/null`), a
+/// FIFO or a socket, written into rather than replaced.
+fn is_special_file(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir())
 }

@@ -285,8 +285,10 @@ pub fn starts_like_safetensors(head: &[u8]) -> bool {
 
 /// Writes a safetensors file of the tensors `entries` (name, shape), in that order, stored as
 /// `dtype` (F32, or BF16 rounded to nearest even), with `metadata` as its `__metadata__`;
-/// `values(i)` gives tensor i's values (row-major), one tensor at a time.
+/// `values(i)` gives tensor i's values (row-major), one tensor at a time. The file is one of
+/// `files`, named when they are committed.
 pub fn write_safetensors(
+    files: &mut super::StagedFiles,
     path: &Path,
     dtype: Dtype,
     entries: &[(String, Vec<usize>)],
@@ -314,7 +316,7 @@ pub fn write_safetensors(
     }
     let mut text = Value::Object(header).to_string().into_bytes();
     text.resize(text.len().div_ceil(8) * 8, b' ');
-    super::write_file_atomic_with(path, |w| {
+    files.write_with(path, |w| {
         w.write_all(&(text.len() as u64).to_le_bytes())?;
         w.write_all(&text)?;
         let mut buf = Vec::new();

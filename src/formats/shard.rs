@@ -4,7 +4,8 @@
 //! 1, `header[2]` = N the token count; then N tokens as u16 little-endian. The file is exactly
 //! 1024 + 2 * N bytes.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use std::io::Write;
 use std::path::Path;
 
 use super::{check_magic_version, new_header, parse_header, put_header, read_file, HEADER_BYTES};
@@ -38,7 +39,21 @@ pub fn to_u16(tokens: &[u32], path: &Path) -> Result<Vec<u16>> {
 
 /// Writes `tokens` (N,) as a shard at `path` (atomically).
 pub fn write_shard_u16(path: &Path, tokens: &[u16]) -> Result<()> {
-    let n = tokens.len();
+    let header = shard_header(path, tokens.len())?;
+    super::write_file_atomic_with(path, |w| put_shard(w, &header, tokens))
+}
+
+/// Writes `tokens` (N,) as a shard at `path`, a file of one's own (prepro's temporary shards):
+/// straight into it, with no temporary file of its own; a failed write removes it.
+pub fn write_shard_u16_new(path: &Path, tokens: &[u16]) -> Result<()> {
+    let header = shard_header(path, tokens.len())?;
+    super::write_new_file(path, |w| put_shard(w, &header, tokens))
+        .with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// The header bytes of a shard of `n` tokens; an error naming `path` where a shard cannot hold so
+/// many.
+fn shard_header(path: &Path, n: usize) -> Result<Vec<u8>> {
     if n > i32::MAX as usize {
         bail!(
             "{}: cannot write {n} tokens: a shard holds at most {} tokens",
@@ -50,14 +65,24 @@ pub fn write_shard_u16(path: &Path, tokens: &[u16]) -> Result<()> {
     h[2] = n as i32;
     let mut header = Vec::with_capacity(HEADER_BYTES);
     put_header(&mut header, &h);
-    // streamed through a buffered writer: a 100M-token shard is not copied into 200 MB of bytes
-    super::write_file_atomic_with(path, |w| {
-        w.write_all(&header)?;
-        for &id in tokens {
-            w.write_all(&id.to_le_bytes())?;
-        }
-        Ok(())
-    })
+    Ok(header)
+}
+
+/// Streams a shard, `header` then `tokens`, through a buffered writer: a 100M-token shard is not
+/// copied into 200 MB of bytes.
+fn put_shard(w: &mut dyn Write, header: &[u8], tokens: &[u16]) -> std::io::Result<()> {
+    w.write_all(header)?;
+    for &id in tokens {
+        w.write_all(&id.to_le_bytes())?;
+    }
+    Ok(())
+}
+
+/// Whether the file at `path` starts as a token shard does (its magic number): prepro removes
+/// or replaces an earlier shard only when it is one, never a file of the user's that happens to
+/// be named like one.
+pub fn is_shard_file(path: &Path) -> bool {
+    super::open_with_header(path).is_ok_and(|(_, _, h)| h[0] == SHARD_MAGIC)
 }
 
 /// Reads the shard at `path` and returns its tokens (N,).

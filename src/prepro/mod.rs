@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use crate::data::{default_corpus_dir, DEFAULT_TRAIN_FILE, DEFAULT_VAL_FILE};
 use crate::formats::gzip::{is_gzip, GzReader};
 use crate::formats::parquet::is_parquet;
-use crate::formats::shard::to_u16;
+use crate::formats::shard::{is_shard_file, to_u16};
 use crate::formats::zstd::{is_zstd, ZstdReader};
 use crate::tokenizer::{for_each_text_part, Tokenizer};
 
@@ -50,6 +50,17 @@ pub enum ValSplit {
     LastFiles(usize),
     /// The last `f` (0 < f < 1) of the token stream is val, rounded to whole tokens.
     Fraction(f64),
+}
+
+impl std::fmt::Display for ValSplit {
+    /// The split as the flag that asks for it, for messages: `--val-files 1`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ValSplit::LastFiles(k) => write!(f, "--val-files {k}"),
+            // (Debug: 1e-9, where Display writes 0.000000001)
+            ValSplit::Fraction(x) => write!(f, "--val-fraction {x:?}"),
+        }
+    }
 }
 
 /// What [`prepro`] wrote.
@@ -131,6 +142,10 @@ pub fn prepro_with(
     if inputs.is_empty() {
         bail!("prepro: no input files");
     }
+    // the inputs first: a missing file is named as missing, not counted by the split
+    let inputs = &expand_inputs(inputs)?;
+    let sizes = input_sizes(inputs)?;
+    check_out_dir(inputs, out_dir)?;
     let shard_tokens = opts.shard_tokens;
     if shard_tokens == 0 || shard_tokens > i32::MAX as usize {
         bail!(
@@ -151,24 +166,15 @@ pub fn prepro_with(
         ValSplit::LastFiles(k) => inputs.len() - k,
         ValSplit::Fraction(_) => inputs.len(),
     };
-    // Every input's size first: a missing file fails now, not after hours of tokenizing.
-    let sizes = inputs
-        .iter()
-        .map(|path| {
-            let meta = std::fs::metadata(path)
-                .with_context(|| format!("{}: cannot read", path.display()))?;
-            if meta.is_dir() {
-                bail!("{}: a directory, not a text file", path.display());
-            }
-            Ok(meta.len())
-        })
-        .collect::<Result<Vec<u64>>>()?;
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("{}: cannot create the directory", out_dir.display()))?;
     let tok = Tokenizer::gpt2()?;
     let mut train = PartWriter::new(out_dir, DEFAULT_TRAIN_FILE, shard_tokens);
     let mut val = PartWriter::new(out_dir, DEFAULT_VAL_FILE, shard_tokens);
     let documents = for_each_document(&tok, inputs, &sizes, opts, |file, ids| {
+        if crate::interrupt::requested() {
+            bail!("prepro: interrupted (Ctrl-C): nothing was written");
+        }
         if file < train_files {
             train.push(ids)
         } else {
@@ -181,14 +187,21 @@ pub fn prepro_with(
     }
     if train.len() == 0 || val.len() == 0 {
         bail!(
-            "prepro: the split {split:?} leaves {} train and {} val tokens: both must be non-empty",
+            "prepro: the split {split} leaves {} train and {} val tokens: both must be non-empty",
             train.len(),
             val.len()
         );
     }
     let (train_tokens, val_tokens) = (train.len(), val.len());
-    let (train_path, train_shards) = train.commit()?;
-    let (val_path, val_shards) = val.commit()?;
+    // every shard of both parts on the disk under its temporary name, then all named: a failure
+    // before (a full disk) leaves the folder as it was, not a new train.bin beside an old val.bin
+    train.finish()?;
+    val.finish()?;
+    let (train_path, train_shards) = train.rename()?;
+    let (val_path, val_shards) = val.rename()?;
+    let written = [&train_shards[..], &val_shards[..]].concat();
+    train.remove_stale(&written)?;
+    val.remove_stale(&written)?;
     Ok(PreproSummary {
         train_path,
         val_path,
@@ -198,6 +211,98 @@ pub fn prepro_with(
         train_tokens,
         val_tokens,
     })
+}
+
+/// `inputs` with each one that is not a file but holds `*` or `?` replaced by the files it
+/// matches ([`crate::data::glob_files`], as `--train` reads patterns): a pattern in quotes, which
+/// the shell did not expand.
+fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::with_capacity(inputs.len());
+    for path in inputs {
+        let text = path.to_string_lossy();
+        if !path.exists() && text.contains(['*', '?']) {
+            files.extend(crate::data::glob_files(&text).context("prepro")?);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// Every input's size: a missing file or a directory fails now, not after hours of tokenizing.
+fn input_sizes(inputs: &[PathBuf]) -> Result<Vec<u64>> {
+    inputs
+        .iter()
+        .map(|path| {
+            let p = path.display();
+            let meta = std::fs::metadata(path).with_context(|| format!("{p}: cannot read"))?;
+            if meta.is_dir() {
+                bail!("{p} is a directory: prepro takes text files (all of its texts: {p}/*.txt)");
+            }
+            Ok(meta.len())
+        })
+        .collect()
+}
+
+/// Checks that prepro can write into `out_dir` without losing a file of the user's: no input is
+/// one of the files it replaces or removes there (`train.bin`, `val_000003.bin`, ...: a text
+/// named so would be gone), and each such file already there is a token shard (an earlier
+/// prepro's), not a directory or another file.
+fn check_out_dir(inputs: &[PathBuf], out_dir: &Path) -> Result<()> {
+    let Ok(out) = std::fs::canonicalize(out_dir) else {
+        return Ok(()); // (not there yet: created empty)
+    };
+    let o = out_dir.display();
+    let ours = |name: &str| {
+        [DEFAULT_TRAIN_FILE, DEFAULT_VAL_FILE].iter().any(|part| {
+            let part = part.strip_suffix(".bin").unwrap_or(part);
+            part_writer::is_shard_name(part, name) || part_writer::is_leftover_name(part, name)
+        })
+    };
+    // an input's folder resolved, and the file itself resolved (a link to a shard is one too)
+    let in_out = |path: &Path| {
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return false;
+        };
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        std::fs::canonicalize(dir).is_ok_and(|d| d == out) && ours(&name.to_string_lossy())
+    };
+    for input in inputs {
+        let resolved = std::fs::canonicalize(input).unwrap_or_else(|_| input.clone());
+        if in_out(input) || in_out(&resolved) {
+            bail!(
+                "{}: an input that prepro would overwrite or remove: it writes train.bin, val.bin \
+                 or numbered shards (train_000000.bin, ...) into {o}; give another --out-dir",
+                input.display()
+            );
+        }
+    }
+    let entries =
+        std::fs::read_dir(out_dir).with_context(|| format!("{o}: cannot list the directory"))?;
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("{o}: cannot list the directory"))?
+            .path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if !ours(&name) || name.starts_with('.') {
+            continue;
+        }
+        let p = path.display();
+        if path.is_dir() {
+            bail!("{p} is a directory, where prepro writes a shard: move it or give another --out-dir");
+        }
+        if !is_shard_file(&path) {
+            bail!(
+                "{p}: not a token shard, and prepro would replace or remove it (it writes its \
+                 shards under such names): move it or give another --out-dir"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Tokenizes the files of `inputs` (of `sizes` bytes) in order and hands each document's tokens

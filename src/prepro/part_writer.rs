@@ -1,16 +1,17 @@
 //! One part of prepro's output (train or val) as it is written: shards under temporary names as
-//! they fill, renamed at the end.
+//! they fill, renamed at the end (once both parts are written: a failure in either leaves the
+//! folder as it was).
 
 use crate::outln;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
-use crate::formats::shard::{read_shard, write_shard_u16};
+use crate::formats::shard::{is_shard_file, read_shard, write_shard_u16_new};
 
 /// One part (train or val) as it is written: each shard goes to a temporary file when it is full
-/// (`.train_000000.bin.partial`, ...), and [`PartWriter::commit`] names them at the end:
-/// `train.bin` when there is one, else `train_000000.bin`, `train_000001.bin`, .... Dropped
-/// uncommitted, it removes its temporary files.
+/// (`.train_000000.bin.partial`, ...), [`PartWriter::finish`] writes the last, and
+/// [`PartWriter::rename`] names them: `train.bin` when there is one, else `train_000000.bin`,
+/// `train_000001.bin`, .... Dropped before that, it removes its temporary files.
 pub(super) struct PartWriter {
     dir: PathBuf,
     /// The part's file when it fits in one shard, e.g. `train.bin`.
@@ -20,6 +21,8 @@ pub(super) struct PartWriter {
     full: Vec<PathBuf>,
     /// (< shard_tokens,) the tokens after them.
     rest: Vec<u16>,
+    /// The temporary file of the last shard, `rest`, once [`PartWriter::finish`] wrote it.
+    last: Option<PathBuf>,
 }
 
 impl PartWriter {
@@ -30,6 +33,7 @@ impl PartWriter {
             shard_tokens,
             full: Vec::new(),
             rest: Vec::new(),
+            last: None,
         }
     }
 
@@ -56,7 +60,7 @@ impl PartWriter {
             tokens = &tokens[take..];
             if self.rest.len() == self.shard_tokens {
                 let path = self.temp_path(self.full.len());
-                write_shard_u16(&path, &self.rest)?;
+                write_shard_u16_new(&path, &self.rest)?;
                 self.full.push(path);
                 self.rest.clear();
             }
@@ -89,28 +93,41 @@ impl PartWriter {
         Ok(())
     }
 
-    /// Writes the last shard and gives every shard its name (replacing the files there), then
-    /// removes the shards of either naming that an earlier prepro left in the folder. Returns
-    /// the shard or the shards' pattern, and the shards.
-    pub(super) fn commit(mut self) -> Result<(PathBuf, Vec<PathBuf>)> {
-        // the full shards, then (when there are tokens after them, or none at all) the last
-        let n_full = self.full.len();
+    /// Writes the last shard (when there are tokens after the full shards, or none at all) under
+    /// its temporary name: after this every shard of the part is on the disk, none yet named.
+    pub(super) fn finish(&mut self) -> Result<()> {
         if !self.rest.is_empty() || self.full.is_empty() {
-            let path = self.temp_path(n_full);
-            write_shard_u16(&path, &self.rest)?;
-            self.full.push(path);
+            let path = self.temp_path(self.full.len());
+            write_shard_u16_new(&path, &self.rest)?;
+            self.last = Some(path);
         }
+        Ok(())
+    }
+
+    /// The shards' names once [`PartWriter::finish`]ed: `train.bin` when there is one shard, else
+    /// `train_000000.bin`, ...; and the part's path for `--train`, the pattern of the numbered
+    /// ones.
+    pub(super) fn names(&self) -> (PathBuf, Vec<PathBuf>) {
         let (file, name) = (self.file, self.name());
-        let (pattern, paths): (PathBuf, Vec<PathBuf>) = if self.full.len() == 1 {
+        let shards = self.full.len() + usize::from(self.last.is_some());
+        if shards == 1 {
             let path = self.dir.join(file);
             (path.clone(), vec![path])
         } else {
-            let paths = (0..self.full.len())
+            let paths = (0..shards)
                 .map(|i| self.dir.join(format!("{name}_{i:06}.bin")))
                 .collect();
             (self.dir.join(format!("{name}_??????.bin")), paths)
-        };
-        for (i, (temp, path)) in self.full.iter().zip(&paths).enumerate() {
+        }
+    }
+
+    /// Gives every shard written by [`PartWriter::finish`] its name (replacing the files there).
+    /// Returns the shard or the shards' pattern, and the shards.
+    pub(super) fn rename(&mut self) -> Result<(PathBuf, Vec<PathBuf>)> {
+        let (pattern, paths) = self.names();
+        let n_full = self.full.len();
+        let temps = self.full.iter().chain(&self.last);
+        for (i, (temp, path)) in temps.zip(&paths).enumerate() {
             std::fs::rename(temp, path)
                 .with_context(|| format!("{}: cannot write", path.display()))?;
             let n = if i < n_full {
@@ -122,40 +139,72 @@ impl PartWriter {
         }
         // no temporary files left for Drop to remove
         self.full.clear();
-        let numbered_prefix = format!("{name}_");
+        self.last = None;
+        Ok((pattern, paths))
+    }
+
+    /// Removes the shards of either naming that an earlier prepro left in the folder (those that
+    /// are token shards: a file of the user's named like one stays, with a note), and the
+    /// temporary files of a prepro that did not finish (killed, say). `keep` are this prepro's.
+    pub(super) fn remove_stale(&self, keep: &[PathBuf]) -> Result<()> {
         let entries = std::fs::read_dir(&self.dir)
             .with_context(|| format!("{}: cannot list the directory", self.dir.display()))?;
         for entry in entries {
             let path = entry?.path();
             let found = path.file_name().unwrap_or_default().to_string_lossy();
-            let numbered = |s: &str| {
-                s.strip_prefix(&numbered_prefix)
-                    .and_then(|rest| rest.strip_suffix(".bin"))
-                    .is_some_and(|n| n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()))
-            };
-            let partial = found
-                .strip_prefix('.')
-                .and_then(|s| s.strip_suffix(".partial"))
-                .is_some_and(numbered);
-            if (found == file || numbered(&found)) && !paths.contains(&path) {
-                remove(&path)?;
-                outln!(
-                    "prepro: removed {} (an earlier prepro's shard)",
-                    path.display()
-                );
-            } else if partial {
-                // a shard of a prepro that did not finish
+            if is_shard_name(self.name(), &found) && !keep.contains(&path) {
+                if is_shard_file(&path) {
+                    remove(&path)?;
+                    outln!(
+                        "prepro: removed {} (an earlier prepro's shard)",
+                        path.display()
+                    );
+                } else {
+                    outln!(
+                        "prepro: left {}: named like a shard, but not a token shard",
+                        path.display()
+                    );
+                }
+            } else if is_leftover_name(self.name(), &found) {
                 remove(&path)?;
             }
         }
-        Ok((pattern, paths))
+        Ok(())
     }
+}
+
+/// Whether a file named `found` is one of the shards of the part `name` (`train`): `train.bin`,
+/// or `train_` and six digits `.bin`. Prepro replaces or removes such files.
+pub(super) fn is_shard_name(name: &str, found: &str) -> bool {
+    found.strip_suffix(".bin") == Some(name) || is_numbered(name, found)
+}
+
+/// `train_000042.bin` of `train`.
+fn is_numbered(name: &str, found: &str) -> bool {
+    found
+        .strip_prefix(name)
+        .and_then(|s| s.strip_prefix('_'))
+        .and_then(|rest| rest.strip_suffix(".bin"))
+        .is_some_and(|n| n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether a file named `found` is a temporary file of the part `name` that a prepro which did
+/// not finish left: `.train_000042.bin.partial`, or the `.partial.tmp` that earlier versions
+/// wrote it through.
+pub(super) fn is_leftover_name(name: &str, found: &str) -> bool {
+    found
+        .strip_prefix('.')
+        .and_then(|s| {
+            s.strip_suffix(".partial")
+                .or(s.strip_suffix(".partial.tmp"))
+        })
+        .is_some_and(|s| is_numbered(name, s))
 }
 
 impl Drop for PartWriter {
     /// Removes the temporary files of a part that was not committed.
     fn drop(&mut self) {
-        for path in &self.full {
+        for path in self.full.iter().chain(&self.last) {
             let _ = std::fs::remove_file(path);
         }
     }

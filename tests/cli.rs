@@ -1185,6 +1185,7 @@ fn prepro_interrupted_leaves_the_folder_as_it_was() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

@@ -765,6 +765,7 @@ pub fn train(
         // a shard that turns out bad when it is loaded (a token id out of range, a file changed
         // since the start): its error, and the micro-batches this step had served before it
         let mut bad_data = None;
+        let mut noted = Instant::now();
         for served in 0..micro {
             let batch = match &overfit {
                 Some((x, y)) => Ok((&x[..], &y[..])),
@@ -780,6 +781,17 @@ pub fn train(
             let l = engine.forward(x, Some(y), b, t)?.expect("targets given");
             engine.backward(1.0 / micro as f32)?;
             loss += l / micro as f32;
+            // a step of many micro-batches (a large --total-batch on a small machine) shows
+            // that it is under way
+            if served + 1 < micro && noted.elapsed() >= PROGRESS_EVERY {
+                outln!(
+                    "step {:>5}/{}: {} of {micro} micro-batches",
+                    step + 1,
+                    args.steps,
+                    served + 1
+                );
+                noted = Instant::now();
+            }
         }
         if let Some((e, served)) = bad_data {
             // nothing of this run's earlier steps is lost (a shard may be hours into a corpus)
@@ -1053,6 +1065,9 @@ fn saved_before_divergence(args: &TrainArgs, step: usize, path: &Path) -> String
         )
     }
 }
+
+/// How often a step of many micro-batches says how far it has come.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The files of `val` that are also files of `train` (the same file, by its canonical path).
 fn shared_files<'a>(train: &[PathBuf], val: &'a [PathBuf]) -> Vec<&'a PathBuf> {

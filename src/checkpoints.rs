@@ -1,6 +1,6 @@
 //! A run's checkpoints on disk: writing one (the model, then the training state that `--resume`
-//! continues from), keeping only the last N (`--keep-checkpoints`), and finding and restoring a
-//! run to resume. File names: `model_NNNNNN.bin` (an llm.c checkpoint) and `state_NNNNNN.bin`
+//! continues from), keeping only the last N (`--keep-checkpoints`), finding and restoring a run
+//! to resume, and keeping one run to a folder (`set_aside_earlier_run`). File names: `model_NNNNNN.bin` (an llm.c checkpoint) and `state_NNNNNN.bin`
 //! (`formats::train_state`), NNNNNN the steps done; and `model_best.bin`, the model of the
 //! lowest validation loss so far (`--keep-best`).
 
@@ -13,7 +13,7 @@ use crate::formats::train_state::{
 use crate::outliers::Outliers;
 use crate::outln;
 use crate::train::TrainArgs;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 /// A checkpoint's file name: `model_000040.bin`, `state_000040.bin`.
@@ -69,6 +69,7 @@ impl Resume {
                 order(shuffle)
             );
         }
+        check_micro_batches(&path.to_string(), h.step, d.batches_served, args)?;
         if h.step >= args.steps {
             bail!(
                 "{path}: the run is at step {} and --steps is {}{}: nothing left to train (give a \
@@ -91,6 +92,24 @@ impl Resume {
             );
         }
         Ok(Resume { state, model_path })
+    }
+
+    /// With `--resume`, `--model` may be given too (the flags of the run, as the Ctrl-C line
+    /// asks), but the model is the checkpoint's (`config`): `model` must describe the same one,
+    /// a descriptor dN or a model file (or Hugging Face folder) of the same dimensions.
+    pub fn check_model(&self, model: &str, config: &crate::config::GPT2Config) -> Result<()> {
+        let given = crate::train::model_config(model)
+            .with_context(|| format!("--model {model} (given with --resume)"))?;
+        if given != *config {
+            bail!(
+                "--model {model} is {given}, but the run resumed from {} trained {config} ({}): \
+                 give the run's own --model, or leave --model out (a resumed run's model is its \
+                 checkpoint's)",
+                self.state.path.display(),
+                self.model_path.display()
+            );
+        }
+        Ok(())
     }
 
     /// Puts the run's optimizer state into `engine` and `loader` where the run left its
@@ -130,6 +149,42 @@ impl Resume {
         loader.skip_batches(served)?;
         Ok((step, outliers, best_val))
     }
+}
+
+/// Checks that a run resumed from the state at `path` (`step` steps done, `served` batches of
+/// its training data served) takes the micro-batches a step it took: `--grad-accum` (or
+/// `--total-batch`) and `--overfit-batch`, which the state does not record but its counts show. A
+/// run serves every step's micro-batches (a skipped step's too; a divergence's checkpoint puts
+/// back its step's), so `served` is `step` x the micro-batches, or 0 for `--overfit-batch`, which
+/// trains on the first batch without moving on. A count that is neither (a state of a run that
+/// was resumed with other flags) cannot say, and is let through.
+fn check_micro_batches(path: &str, step: usize, served: u64, args: &TrainArgs) -> Result<()> {
+    let (step, given) = (step as u64, args.micro_batches() as u64);
+    if step == 0 || !served.is_multiple_of(step) {
+        return Ok(());
+    }
+    let took = served / step;
+    if took == 0 && !args.overfit_batch {
+        bail!(
+            "{path}: the run trained on its first batch only (--overfit-batch: {served} batches \
+             of the training data served in {step} steps); resume it with --overfit-batch"
+        );
+    }
+    if took > 0 && args.overfit_batch {
+        bail!(
+            "{path}: the run read its training data ({served} batches in {step} steps), it did \
+             not overfit one batch; resume it without --overfit-batch"
+        );
+    }
+    if took > 0 && took != given {
+        let (b, t) = (args.batch, args.seq);
+        bail!(
+            "{path}: the run took {took} micro-batch(es) a step ({served} batches of {b}x{t} in \
+             {step} steps); resume it with --grad-accum {took} (or --total-batch {}), got {given}",
+            took as usize * b * t
+        );
+    }
+    Ok(())
 }
 
 /// Writes the checkpoint of `step` (steps done) to `--out-dir`: the model and, unless
@@ -218,34 +273,234 @@ pub(crate) fn remove_checkpoint(dir: &Path, step: usize) {
     }
 }
 
-/// The training state of the highest step in `dir` whose model checkpoint is there too.
-fn latest_state(dir: &Path) -> Result<PathBuf> {
+/// The step of a checkpoint's file name of `kind` (`model_000040.bin`: 40), if it is one's
+/// canonical name ([`checkpoint_name`]; `model_best.bin` and `state_000040.bin.tmp` are not).
+fn checkpoint_step(kind: &str, name: &str) -> Option<usize> {
+    let step: usize = name
+        .strip_prefix(kind)?
+        .strip_prefix('_')?
+        .strip_suffix(".bin")?
+        .parse()
+        .ok()?;
+    (name == checkpoint_name(kind, step)).then_some(step)
+}
+
+/// The file names in `dir` (those that are not UTF-8 are no run's).
+fn file_names(dir: &Path) -> Result<Vec<String>> {
     let entries =
         std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))?;
-    let mut best: Option<(usize, PathBuf)> = None;
+    let mut names = Vec::new();
     for entry in entries {
         let entry = entry.with_context(|| format!("{}: cannot list", dir.display()))?;
-        // a state's canonical name (checkpoint_name), whose model is there too
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            continue;
-        };
-        let step: Option<usize> = name
-            .strip_prefix("state_")
-            .and_then(|n| n.strip_suffix(".bin")?.parse().ok())
-            .filter(|&step| name == checkpoint_name("state", step));
-        if let Some(step) = step {
-            let model = dir.join(checkpoint_name("model", step));
-            if model.is_file() && best.as_ref().is_none_or(|(s, _)| step > *s) {
-                best = Some((step, entry.path()));
-            }
+        if let Ok(name) = entry.file_name().into_string() {
+            names.push(name);
         }
     }
-    best.map(|(_, p)| p).ok_or_else(|| {
-        anyhow!(
+    Ok(names)
+}
+
+/// The training state of the highest step in `dir`, which must have its model checkpoint beside
+/// it. A newest state without its model is an error, not a reason to fall back on an older one:
+/// the run would go on from further back than the user thinks and, step by step, write over the
+/// newer state (a model removed by hand, or a copy that missed it). Naming the older state
+/// explicitly says that is what is meant.
+fn latest_state(dir: &Path) -> Result<PathBuf> {
+    let names = file_names(dir)?;
+    let steps = |kind: &str| -> Vec<usize> {
+        let mut steps: Vec<usize> = names
+            .iter()
+            .filter_map(|n| checkpoint_step(kind, n))
+            .collect();
+        steps.sort_unstable();
+        steps
+    };
+    let (states, models) = (steps("state"), steps("model"));
+    let Some(&newest) = states.last() else {
+        bail!(
             "{}: no training state to resume from (a run writes state_NNNNNN.bin beside each \
              model_NNNNNN.bin checkpoint, unless --no-state)",
             dir.display()
+        );
+    };
+    if !models.contains(&newest) {
+        let older = states
+            .iter()
+            .rev()
+            .find(|s| models.contains(s))
+            .map(|&s| {
+                format!(
+                    "; to go on from an older one, name it: --resume {}",
+                    dir.join(checkpoint_name("state", s)).display()
+                )
+            })
+            .unwrap_or_default();
+        bail!(
+            "{}: the newest training state, {}, has no model checkpoint beside it ({} is \
+             missing), so it cannot be resumed{older}",
+            dir.display(),
+            checkpoint_name("state", newest),
+            checkpoint_name("model", newest)
+        );
+    }
+    Ok(dir.join(checkpoint_name("state", newest)))
+}
+
+/// Whether `a` and `b` name the same folder (the same path, or both found and the same once
+/// canonical).
+pub(crate) fn same_dir(a: &Path, b: &Path) -> bool {
+    a == b
+        || matches!(
+            (a.canonicalize(), b.canonicalize()),
+            (Ok(a), Ok(b)) if a == b
         )
-    })
+}
+
+/// Clears `--out-dir` of what another run left there, before a run writes to it: a fresh run
+/// (`resumed_at` None) moves every file of a run (`model_NNNNNN.bin`, `state_NNNNNN.bin`,
+/// `model_best.bin`, `log.jsonl`, and a `.tmp` of any of them) into a new subfolder
+/// `earlier_run_N`; a run resumed from a state in this folder after `step` steps moves only the
+/// checkpoints of steps after it (those of an attempt it replaces). Returns the subfolder, when
+/// anything was moved.
+///
+/// Why move rather than refuse or overwrite: a fresh run that left the earlier run's files beside
+/// its own mixed two runs in one folder: the log was replaced, and `--resume DIR` would later
+/// pick the newest state, the other run's (of another model, or further along), without a word.
+/// Refusing would break running the same command twice (the README's own, whose checkpoints go
+/// to the default `out`), and removing would lose a run. A rename loses nothing, costs nothing,
+/// and leaves the folder holding exactly one run; the earlier files are where the note says.
+pub(crate) fn set_aside_earlier_run(out_dir: &Path, resumed_at: Option<usize>) -> Result<()> {
+    let earlier = |name: &str| -> bool {
+        let name = name.strip_suffix(".tmp").unwrap_or(name);
+        let step = checkpoint_step("model", name).or_else(|| checkpoint_step("state", name));
+        match resumed_at {
+            None => step.is_some() || name == BEST_MODEL || name == crate::run_log::LOG_FILE,
+            Some(at) => step.is_some_and(|s| s > at),
+        }
+    };
+    let mut names: Vec<String> = file_names(out_dir)?
+        .into_iter()
+        .filter(|n| earlier(n) && out_dir.join(n).is_file())
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    names.sort();
+    let aside = (1..)
+        .map(|n| out_dir.join(format!("earlier_run_{n}")))
+        .find(|p| !p.exists())
+        .expect("a free name");
+    std::fs::create_dir(&aside).with_context(|| {
+        format!(
+            "{}: cannot create it to move the files of an earlier run in {} into",
+            aside.display(),
+            out_dir.display()
+        )
+    })?;
+    for name in &names {
+        std::fs::rename(out_dir.join(name), aside.join(name)).with_context(|| {
+            format!(
+                "{}: cannot move it into {} (it is an earlier run's, and would mix with this \
+                 run's files); move or remove it, or give another --out-dir",
+                out_dir.join(name).display(),
+                aside.display()
+            )
+        })?;
+    }
+    let shown = match names.len() {
+        n if n > 4 => format!("{}, ... ({n} files)", names[..3].join(", ")),
+        _ => names.join(", "),
+    };
+    // (on stdout, with the run's other file lines: "wrote", "removed")
+    outln!(
+        "{} held {} ({shown}): moved to {} so that they do not mix with this run's (remove \
+         that folder when you no longer need it)",
+        out_dir.display(),
+        match resumed_at {
+            None => "the files of an earlier run".to_string(),
+            Some(at) => format!("checkpoints after step {at}, of the attempt this run replaces"),
+        },
+        aside.display()
+    );
+    Ok(())
+}
+
+/// The steps, oldest first, of the checkpoints (models) up to `step` in `dir`:
+/// what a run resumed there after `step` steps wrote before, for `--keep-checkpoints` to count
+/// with its own. (The folder holds one run: see [`set_aside_earlier_run`].)
+pub(crate) fn earlier_checkpoints(dir: &Path, step: usize) -> Result<Vec<usize>> {
+    let names = file_names(dir)?;
+    let mut steps: Vec<usize> = names
+        .iter()
+        .filter_map(|n| checkpoint_step("model", n))
+        .filter(|&s| s <= step)
+        .collect();
+    steps.sort_unstable();
+    Ok(steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_canonical_names_are_checkpoints() {
+        assert_eq!(checkpoint_step("state", "state_000040.bin"), Some(40));
+        assert_eq!(checkpoint_step("model", "model_1234567.bin"), Some(1234567));
+        for name in [
+            "state_000040.bin.tmp",
+            "state_40.bin",
+            "model_best.bin",
+            "model_000040.bin",
+            "state_-00040.bin",
+        ] {
+            assert_eq!(checkpoint_step("state", name), None, "{name}");
+        }
+    }
+
+    /// A fresh run sets aside every file of a run (a `.tmp` too) and nothing else; a resumed one
+    /// only the checkpoints after its step; a second set-aside gets a folder of its own.
+    #[test]
+    fn earlier_runs_are_set_aside_not_lost() {
+        let dir = std::env::temp_dir().join(format!("set-aside-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = |d: &Path| -> Vec<String> {
+            let mut f = file_names(d).unwrap();
+            f.sort();
+            f
+        };
+        let put = |names: &[&str]| {
+            for n in names {
+                std::fs::write(dir.join(n), n).unwrap();
+            }
+        };
+        put(&["model_000002.bin", "state_000002.bin", "model_000004.bin"]);
+        put(&["state_000004.bin", "state_000006.bin.tmp", "train.bin"]);
+        set_aside_earlier_run(&dir, Some(2)).unwrap();
+        assert_eq!(
+            files(&dir.join("earlier_run_1")),
+            [
+                "model_000004.bin",
+                "state_000004.bin",
+                "state_000006.bin.tmp"
+            ]
+        );
+        assert_eq!(earlier_checkpoints(&dir, 2).unwrap(), [2]);
+        put(&["log.jsonl", "model_best.bin"]);
+        set_aside_earlier_run(&dir, None).unwrap();
+        assert_eq!(
+            files(&dir.join("earlier_run_2")),
+            [
+                "log.jsonl",
+                "model_000002.bin",
+                "model_best.bin",
+                "state_000002.bin"
+            ]
+        );
+        assert_eq!(files(&dir), ["earlier_run_1", "earlier_run_2", "train.bin"]);
+        // nothing to set aside: no new folder
+        set_aside_earlier_run(&dir, None).unwrap();
+        assert!(!dir.join("earlier_run_3").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

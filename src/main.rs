@@ -4,7 +4,7 @@
 //! exits with status 1; nothing the user types makes it panic.
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use train_gpt2_cuda::engine::{create_engine, EngineOptions, Kernels, Recompute};
@@ -219,9 +219,12 @@ struct VerifyArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // (--model's default is no model to check a resumed run's against)
+    let model_given = matches.value_source("model") == Some(clap::parser::ValueSource::CommandLine);
     let result = match cli.command {
-        None => run_train(&cli.train),
+        None => run_train(&cli.train, model_given),
         Some(Command::Prepro(a)) => run_prepro(&a),
         Some(Command::Sample(a)) => run_sample(&a),
         Some(Command::Eval(a)) => run_eval(&a),
@@ -238,7 +241,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_train(args: &TrainArgs) -> Result<ExitCode> {
+/// Trains; `model_given`: whether the command line gave --model (with --resume, it must be the
+/// resumed run's).
+fn run_train(args: &TrainArgs, model_given: bool) -> Result<ExitCode> {
     // (--epochs becomes --steps here: a resumed run is checked against them)
     let args = &args.resolved()?;
     // --resume: the model is the checkpoint written with the training state
@@ -249,19 +254,21 @@ fn run_train(args: &TrainArgs) -> Result<ExitCode> {
     let (cfg, params) = match &resume {
         Some(r) => {
             let ck = checkpoint::read_checkpoint(&r.model_path)?;
+            if model_given {
+                r.check_model(&args.model, &ck.config)?;
+            }
             (ck.config, ck.params)
         }
         None => train::load_model(&args.model, args.seed)?,
     };
     let mut engine = create_engine(&args.engine_options(), cfg, params, args.batch, args.seq)?;
-    // Ctrl-C from here on: finish the step, write its checkpoint and state, exit 130 (a second
-    // Ctrl-C ends the process at once)
+    // Ctrl-C or SIGTERM from here on: finish the step, write its checkpoint and state, exit 130
+    // or 143 (a second one ends the process at once)
     train_gpt2_cuda::interrupt::catch_ctrl_c();
     let summary = train::train(args, engine.as_mut(), resume)?;
-    Ok(if summary.interrupted {
-        ExitCode::from(130)
-    } else {
-        ExitCode::SUCCESS
+    Ok(match summary.interrupted {
+        Some(signal) => ExitCode::from(signal.exit_status()),
+        None => ExitCode::SUCCESS,
     })
 }
 
@@ -279,16 +286,16 @@ fn run_prepro(a: &PreproArgs) -> Result<ExitCode> {
     // Ctrl-C from here on: the shards written so far are removed, the folder left as it was (a
     // second Ctrl-C ends the process at once; the next prepro removes what that leaves)
     train_gpt2_cuda::interrupt::catch_ctrl_c();
-    let s = match prepro_with(&a.inputs, &a.out_dir, split, &opts) {
-        Err(_) if train_gpt2_cuda::interrupt::requested() => {
-            eprintln!(
-                "prepro: interrupted (Ctrl-C): {} is as it was",
-                a.out_dir.display()
-            );
-            return Ok(ExitCode::from(130));
-        }
-        result => result?,
-    };
+    let result = prepro_with(&a.inputs, &a.out_dir, split, &opts);
+    if let (Err(_), Some(stop)) = (&result, train_gpt2_cuda::interrupt::requested()) {
+        eprintln!(
+            "prepro: interrupted ({}): {} is as it was",
+            stop.name(),
+            a.out_dir.display()
+        );
+        return Ok(ExitCode::from(stop.exit_status()));
+    }
+    let s = result?;
     outln!(
         "{} documents: {} train tokens -> {}, {} val tokens -> {}",
         s.documents,

@@ -51,6 +51,8 @@ pub struct StepOutliers {
 pub struct RunLog {
     path: PathBuf,
     out: std::io::BufWriter<std::fs::File>,
+    /// The steps whose update was skipped among the records copied from the earlier log.
+    skipped: Vec<usize>,
 }
 
 impl RunLog {
@@ -67,9 +69,11 @@ impl RunLog {
         }
         let file = std::fs::File::create(&path)
             .with_context(|| format!("{}: cannot write the run's log", path.display()))?;
+        let skipped = kept.iter().filter_map(|l| skipped_step(l)).collect();
         let mut log = RunLog {
             path,
             out: std::io::BufWriter::new(file),
+            skipped,
         };
         for line in kept {
             log.line(&line)?;
@@ -80,6 +84,12 @@ impl RunLog {
     /// The log's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The steps (from 1) the earlier log of a resumed run records as skipped, in order: the run's
+    /// outlier summary counts the whole run's.
+    pub fn skipped_steps(&self) -> &[usize] {
+        &self.skipped
     }
 
     /// Logs one step.
@@ -140,6 +150,15 @@ fn num(x: f32) -> String {
     } else {
         "null".into()
     }
+}
+
+/// The step of a step's record whose update was skipped (`"skipped": true`).
+fn skipped_step(line: &str) -> Option<usize> {
+    let v = serde_json::from_str::<serde_json::Value>(line).ok()?;
+    if v.get("skipped")?.as_bool()? {
+        return v.get("step")?.as_u64().map(|s| s as usize);
+    }
+    None
 }
 
 /// Whether a record of an earlier log comes before a run resumed after `step` steps: a step's

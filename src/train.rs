@@ -144,7 +144,7 @@ pub struct TrainArgs {
     #[arg(help_heading = CHECKPOINTS, long, value_name = "N", default_value_t = 0)]
     pub checkpoint_every: usize,
     /// Keep only this run's last N checkpoints (model and state), removing older ones as new ones
-    /// are written (0: keep all).
+    /// are written (0: keep all; a resumed run counts those it wrote before).
     #[arg(help_heading = CHECKPOINTS, long, value_name = "N", default_value_t = 0)]
     pub keep_checkpoints: usize,
     /// With --keep-checkpoints: also keep every checkpoint whose step is a multiple of this
@@ -156,14 +156,15 @@ pub struct TrainArgs {
     /// remembers the best from its training state).
     #[arg(help_heading = CHECKPOINTS, long)]
     pub keep_best: bool,
-    /// Where checkpoints go.
+    /// Where checkpoints and the log go: one run's (another run's files there are first moved
+    /// into a new subfolder, earlier_run_N).
     #[arg(help_heading = CHECKPOINTS, long, value_name = "DIR", default_value = "out")]
     pub out_dir: PathBuf,
     /// Continue a run exactly where its last checkpoint left it: from a training state
     /// (state_NNNNNN.bin, written beside each model_NNNNNN.bin) or the latest one in a folder. The
     /// model, AdamW's moments, the step and the place in the training data come from there; give
-    /// the run's other flags again (--steps may grow).
-    #[arg(help_heading = CHECKPOINTS, long, value_name = "STATE_OR_DIR", conflicts_with = "model")]
+    /// the run's other flags again (--steps may grow; --model, if given, must be the run's).
+    #[arg(help_heading = CHECKPOINTS, long, value_name = "STATE_OR_DIR")]
     pub resume: Option<PathBuf>,
     /// Write no training state beside the checkpoints (it is 2 or 3 times the fp32 model's size:
     /// AdamW's moments, and the fp32 master weights of a bf16 run); the run then cannot be resumed.
@@ -508,6 +509,19 @@ pub fn load_model(model: &str, seed: u64) -> Result<(GPT2Config, Vec<f32>)> {
     Ok((cfg, crate::params::init_params(&cfg, seed)))
 }
 
+/// The dimensions of the model `--model` names, as [`load_model`] would load it, without its
+/// weights where the file allows (an llm.c checkpoint's header).
+pub fn model_config(model: &str) -> Result<GPT2Config> {
+    let path = Path::new(model);
+    if path.exists() || model.ends_with(".bin") || hub_repo(model).is_some() {
+        if path.is_file() && !crate::formats::hf_gpt2::is_hf_model(path) {
+            return Ok(crate::formats::checkpoint::read_checkpoint_config(path)?.0);
+        }
+        return Ok(read_model(path)?.config);
+    }
+    GPT2Config::from_descriptor(model)
+}
+
 /// The average loss over `batches` batches of `loader` (from its start).
 pub fn evaluate(engine: &mut dyn Engine, loader: &mut DataLoader, batches: usize) -> Result<f32> {
     evaluate_with(engine, loader, batches, |_, _| {})
@@ -628,12 +642,22 @@ pub fn train(
     // where a run that diverges can go back to: the state it resumed from, and (below) the
     // checkpoints it has written and not removed
     let mut resumed_from = None;
+    // a run resumed in its own folder: the checkpoints it wrote before (--keep-checkpoints)
+    let mut resumed_here = None;
     let (start, mut outliers, best_val) = match resume {
         Some(r) => {
             resumed_from = Some(r.state.path.clone());
             let h = &r.state.header;
             let dir = r.state.path.parent().unwrap_or(Path::new("."));
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
             earlier_log = Some(dir.join(crate::run_log::LOG_FILE));
+            if crate::checkpoints::same_dir(dir, &args.out_dir) {
+                resumed_here = Some(h.step);
+            }
             outln!(
                 "resume: {} at step {} ({} batches of the training data served), model {}",
                 r.state.path.display(),
@@ -645,11 +669,16 @@ pub fn train(
         }
         None => (0, Outliers::default(), None),
     };
+    // one run a folder: another run's files are set aside (and an abandoned attempt's later
+    // checkpoints, when resuming in the run's own folder)
+    crate::checkpoints::set_aside_earlier_run(&args.out_dir, resumed_here)?;
     let mut log = RunLog::create(&args.out_dir, earlier_log.as_deref().map(|p| (p, start)))?;
     outln!("log: {}", log.path().display());
 
     let mut summary = TrainSummary {
         best_val,
+        // (a resumed run's, from the log it continues)
+        skipped: log.skipped_steps().to_vec(),
         ..TrainSummary::default()
     };
     let tokens_per_step = (b * t * micro) as f64;
@@ -741,10 +770,15 @@ pub fn train(
         Ok(text)
     };
     let schedule = args.schedule();
-    // the steps of this run's checkpoints still on disk, oldest first (for --keep-checkpoints)
-    let mut kept = std::collections::VecDeque::new();
+    // the steps of this run's checkpoints still on disk, oldest first (for --keep-checkpoints):
+    // a run resumed in its folder counts those it wrote before, or they would pile up over
+    // interrupted and resumed runs
+    let mut kept: std::collections::VecDeque<usize> = match resumed_here {
+        Some(at) => crate::checkpoints::earlier_checkpoints(&args.out_dir, at)?.into(),
+        None => Default::default(),
+    };
     // ... and with those --keep-every keeps (for a run that diverges)
-    let mut on_disk = std::collections::BTreeSet::new();
+    let mut on_disk: std::collections::BTreeSet<usize> = kept.iter().copied().collect();
     for step in start..args.steps {
         let profile_this = profiled.contains(&step);
         let last = step + 1 == args.steps;
@@ -910,9 +944,9 @@ pub fn train(
             validate(engine, args.steps, &mut summary, &mut log)?;
         }
         let ckpt_due = args.checkpoint_every > 0 && (step + 1) % args.checkpoint_every == 0;
-        // Ctrl-C (crate::interrupt): this step's checkpoint, then stop
+        // Ctrl-C or SIGTERM (crate::interrupt): this step's checkpoint, then stop
         let stop = crate::interrupt::requested();
-        if ckpt_due || last || stop {
+        if ckpt_due || last || stop.is_some() {
             let record = (&outliers, summary.best_val);
             let path = save_checkpoint(args, engine, &train_loader, record, step + 1)?;
             summary.checkpoint = Some(path);
@@ -921,34 +955,45 @@ pub fn train(
             while args.keep_checkpoints > 0 && kept.len() > args.keep_checkpoints {
                 let old = kept.pop_front().expect("more than 0 kept");
                 // (--keep-every's steps stay)
-                if args.keep_every.is_none_or(|n| old % n != 0) {
+                if args.keep_every.is_none_or(|n| !old.is_multiple_of(n)) {
                     remove_checkpoint(&args.out_dir, old);
                     on_disk.remove(&old);
                 }
             }
         }
-        if stop {
+        if let Some(signal) = stop {
             if args.no_state {
                 outln!(
-                    "interrupted (Ctrl-C) after step {}: the model is saved; without a training \
+                    "interrupted ({}) after step {}: the model is saved; without a training \
                      state (--no-state) the run cannot be resumed",
+                    signal.name(),
                     step + 1
                 );
             } else {
                 // (the exact state: the folder may hold a later one from an earlier attempt)
                 let state = args.out_dir.join(checkpoint_name("state", step + 1));
+                // (a --resume of a state, or of another folder, would not find this one)
+                let instead = match &args.resume {
+                    Some(r) if !crate::checkpoints::same_dir(r, &args.out_dir) => {
+                        format!(" (in place of --resume {})", r.display())
+                    }
+                    _ => String::new(),
+                };
                 outln!(
-                    "interrupted (Ctrl-C) after step {}: continue with the same flags and \
-                     --resume {}",
+                    "interrupted ({}) after step {}: continue with the same flags and \
+                     --resume {}{instead}",
+                    signal.name(),
                     step + 1,
                     state.display()
                 );
             }
-            summary.interrupted = true;
+            summary.interrupted = Some(signal);
             return Ok(summary);
         }
     }
-    if !summary.skipped.is_empty() {
+    // the whole run's (a resumed one's too), whenever skipping is on
+    let skipping = args.skip_thresholds() != (None, None);
+    if skipping || !summary.skipped.is_empty() {
         // (the first 20 steps: the log has every one)
         let shown: Vec<String> = summary
             .skipped
@@ -958,14 +1003,13 @@ pub fn train(
             .collect();
         let more = summary.skipped.len() - shown.len();
         outln!(
-            "updates skipped (outliers): {} of {} steps (step {}{})",
+            "updates skipped (outliers): {} of {} steps{}",
             summary.skipped.len(),
-            args.steps - start,
-            shown.join(", "),
-            if more > 0 {
-                format!(", and {more} more")
-            } else {
-                String::new()
+            args.steps,
+            match (shown.is_empty(), more) {
+                (true, _) => String::new(),
+                (false, 0) => format!(" (step {})", shown.join(", ")),
+                (false, _) => format!(" (step {}, and {more} more)", shown.join(", ")),
             }
         );
     }
@@ -1015,9 +1059,11 @@ pub struct TrainSummary {
     pub sample: String,
     /// The kernel-family profile, with `--profile` on an engine that has one.
     pub profile: Option<crate::profile::Profile>,
-    /// Whether Ctrl-C stopped the run (after writing the checkpoint of its last step).
-    pub interrupted: bool,
-    /// The steps (from 1) whose update was skipped (`--skip-loss-z`, `--skip-norm-z`).
+    /// The signal (Ctrl-C, SIGTERM) that stopped the run, after it wrote the checkpoint of its
+    /// last step.
+    pub interrupted: Option<crate::interrupt::Stop>,
+    /// The steps (from 1) whose update was skipped (`--skip-loss-z`, `--skip-norm-z`); a
+    /// resumed run's include those its log records before it.
     pub skipped: Vec<usize>,
     /// How many of the steps `--profile` timed were left out of its table because their update
     /// was skipped.

@@ -492,9 +492,22 @@ fn a_resumed_run_continues_exactly() {
         &["model_000007.bin", "state_000007.bin"],
         "the whole run and the one resumed at step 3",
     );
-    // from the folder: its latest state whose model is there (step 6 once model 7 is gone); it
-    // validates at step 6 first, as the whole run did
+    // from the folder: its newest state, which must have its model: with model 7 gone, that
+    // is an error naming both (not a silent fall back on step 6, whose run would write over
+    // state 7); a stale .tmp of an unfinished write counts for nothing
     std::fs::remove_file(dir.join("whole/model_000007.bin")).unwrap();
+    std::fs::write(dir.join("whole/state_000009.bin.tmp"), b"cut short").unwrap();
+    expect_error(
+        &args(&common, &["--steps", "8", "--resume", &d("whole")]),
+        &[
+            "the newest training state, state_000007.bin, has no model checkpoint beside it \
+             (model_000007.bin is missing)",
+            &format!("name it: --resume {}", d("whole/state_000006.bin")),
+        ],
+    );
+    // without state 7, the folder's newest is step 6's; it validates at step 6 first, as the
+    // whole run did
+    std::fs::remove_file(dir.join("whole/state_000007.bin")).unwrap();
     let from6 = train(&[
         "--steps",
         "7",
@@ -601,6 +614,7 @@ fn a_resumed_run_continues_exactly() {
 fn keep_checkpoints_removes_this_runs_older_ones() {
     let dir = tmp_dir("keep");
     std::fs::write(dir.join("model_000001.bin"), b"another run's").unwrap();
+    std::fs::write(dir.join("notes.txt"), b"not a run's").unwrap();
     let (out, stdout, stderr) = run(bin()
         .args(flags(
             "--device cpu --model d1 --batch 1 --seq 8 --steps 7 --val-every 0",
@@ -623,16 +637,22 @@ fn keep_checkpoints_removes_this_runs_older_ones() {
     assert_eq!(
         files,
         [
+            "earlier_run_1",
             "log.jsonl",
-            "model_000001.bin",
             "model_000006.bin",
             "model_000007.bin",
+            "notes.txt",
             "state_000006.bin",
             "state_000007.bin"
         ],
         "{stdout}"
     );
     assert_eq!(stdout.matches("removed ").count(), 4, "{stdout}");
+    assert_eq!(
+        std::fs::read(dir.join("earlier_run_1/model_000001.bin")).unwrap(),
+        b"another run's"
+    );
+    assert!(stdout.contains("moved to "), "{stdout}");
 
     // --keep-every 4 also keeps step 4's (llm.c's -nm): checkpoints 2, 4, 6 and 7, the last two
     // kept and 4, a multiple of 4
@@ -655,6 +675,134 @@ fn keep_checkpoints_removes_this_runs_older_ones() {
     assert_eq!(
         files,
         ["model_000004.bin", "model_000006.bin", "model_000007.bin"],
+        "{stdout}"
+    );
+}
+
+/// A folder holds one run. A fresh run into a folder of another run's files (here a d2 run's,
+/// further along) moves them aside into `earlier_run_1`, so that `--resume DIR` continues the new
+/// run, not the other. A run resumed in its folder counts the checkpoints it wrote before for
+/// `--keep-checkpoints` (2, of a run stopped at 6 and resumed to 10: 9 and 10 are left, not 5,
+/// 6, 9 and 10), and moves aside the checkpoints after its step (an attempt it replaces).
+/// `--model` with `--resume` must be the run's model; `--grad-accum` and `--overfit-batch` the
+/// run's too.
+#[test]
+fn a_folder_holds_one_run() {
+    let dir = tmp_dir("one-run");
+    let od = dir.join("od").to_string_lossy().into_owned();
+    let common =
+        flags("--device cpu --batch 2 --seq 16 --val-every 0 --val-batches 1 --sample-tokens 0");
+    let cmd = |extra: &str| {
+        let mut c = bin();
+        c.args(&common).args(["--out-dir", &od]).args(flags(extra));
+        c
+    };
+    let train = |extra: &str| {
+        let (o, stdout, stderr) = run(&mut cmd(extra));
+        assert!(o.status.success(), "{extra}:\n{stdout}\n{stderr}");
+        (stdout, stderr)
+    };
+    let files = |sub: &str| -> Vec<String> {
+        let mut f: Vec<String> = std::fs::read_dir(dir.join(sub))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        f.sort();
+        f
+    };
+    train("--model d2 --steps 10 --checkpoint-every 5");
+    let (stdout, _) = train("--model d1 --steps 6 --checkpoint-every 1 --keep-checkpoints 2");
+    assert!(
+        stdout.contains("held the files of an earlier run") && stdout.contains("earlier_run_1"),
+        "{stdout}"
+    );
+    assert_eq!(
+        files("od/earlier_run_1"),
+        [
+            "log.jsonl",
+            "model_000005.bin",
+            "model_000010.bin",
+            "state_000005.bin",
+            "state_000010.bin"
+        ]
+    );
+    // --resume with the run's --model (as the Ctrl-C line says: the same flags): the d1 run
+    let (stdout, _) = train(&format!(
+        "--model d1 --steps 10 --checkpoint-every 1 --keep-checkpoints 2 --resume {od}"
+    ));
+    assert!(stdout.contains("state_000006.bin at step 6"), "{stdout}");
+    assert!(stdout.contains("model: L=1 NH=1 C=64"), "{stdout}");
+    assert_eq!(
+        files("od"),
+        [
+            "earlier_run_1",
+            "log.jsonl",
+            "model_000009.bin",
+            "model_000010.bin",
+            "state_000009.bin",
+            "state_000010.bin"
+        ],
+        "{stdout}"
+    );
+    // resumed from step 9 (its state named), step 10's checkpoint is set aside: it is the
+    // attempt this one replaces
+    let state9 = dir
+        .join("od/state_000009.bin")
+        .to_string_lossy()
+        .into_owned();
+    let (stdout, _) = train(&format!(
+        "--steps 10 --resume {state9} --checkpoint-every 5"
+    ));
+    assert!(
+        stdout.contains("checkpoints after step 9, of the attempt this run replaces"),
+        "{stdout}"
+    );
+    assert_eq!(
+        files("od/earlier_run_2"),
+        ["model_000010.bin", "state_000010.bin"]
+    );
+
+    // what does not continue the run
+    let resume_error = |extra: &str, needles: &[&str]| {
+        let (o, _, stderr) = run(&mut cmd(&format!("--steps 12 --resume {state9} {extra}")));
+        assert_eq!(o.status.code(), Some(1), "{extra}: {stderr}");
+        for n in needles {
+            assert!(stderr.contains(n), "{extra}: stderr lacks '{n}':\n{stderr}");
+        }
+    };
+    resume_error(
+        "--model d2",
+        &[
+            "--model d2 is L=2 NH=2 C=128",
+            "trained L=1 NH=1 C=64",
+            "give the run's own --model, or leave --model out",
+        ],
+    );
+    let d2_model = dir.join("od/earlier_run_1/model_000010.bin");
+    resume_error(
+        &format!("--model {}", d2_model.display()),
+        &["is L=2 NH=2 C=128"],
+    );
+    resume_error(
+        "--grad-accum 2",
+        &[
+            "the run took 1 micro-batch(es) a step (9 batches of 2x16 in 9 steps); resume it \
+             with --grad-accum 1 (or --total-batch 32), got 2",
+        ],
+    );
+    resume_error(
+        "--overfit-batch",
+        &["it did not overfit one batch; resume it without --overfit-batch"],
+    );
+    // the model file the run started from is its model too; with skipping on, a run that
+    // skipped nothing says so
+    let (stdout, _) = train(&format!(
+        "--model {} --steps 10 --resume {state9} --skip-norm-z 9",
+        dir.join("od/model_000009.bin").display()
+    ));
+    assert!(stdout.contains("step    10/10"), "{stdout}");
+    assert!(
+        stdout.contains("updates skipped (outliers): 0 of 10 steps\n"),
         "{stdout}"
     );
 }
@@ -758,19 +906,27 @@ fn keep_best_keeps_the_model_of_the_lowest_validation_loss() {
 }
 
 /// Ctrl-C (SIGINT) during training: the run finishes its step, writes that step's checkpoint and
-/// training state, says how to continue and exits with status 130; `--resume` then continues
-/// from that step.
+/// training state, says how to continue and exits with status 130; SIGTERM (`kill`'s, `timeout`'s
+/// and Slurm's) the same with status 143. Following the line, the same flags (`--model` too) and
+/// `--resume`, continues from that step.
 #[cfg(unix)]
 #[test]
 fn ctrl_c_checkpoints_and_the_run_resumes() {
+    for (signal, status, name) in [("-INT", 130, "Ctrl-C"), ("-TERM", 143, "SIGTERM")] {
+        stop_and_resume(signal, status, name);
+    }
+}
+
+#[cfg(unix)]
+fn stop_and_resume(signal: &str, status: i32, name: &str) {
     use std::io::{BufRead, BufReader};
-    let dir = tmp_dir("ctrl-c");
+    let dir = tmp_dir(&format!("stop{signal}"));
     let out = dir.join("out").to_string_lossy().into_owned();
     let mut common = flags("--device cpu --batch 2 --seq 16 --val-every 0 --sample-tokens 0");
-    common.extend(["--out-dir", &out]);
+    common.extend(["--out-dir", &out, "--model", "d1"]);
     let mut child = bin()
         .args(&common)
-        .args(["--model", "d1", "--steps", "2000"]) // about 30 s if Ctrl-C did nothing
+        .args(["--steps", "2000"]) // about 30 s if the signal did nothing
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -786,7 +942,7 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
         }
     }
     let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([signal, &child.id().to_string()])
         .status()
         .expect("run kill");
     assert!(kill.success());
@@ -794,8 +950,8 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
         log += &line.unwrap();
         log.push('\n');
     }
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(130), "{log}");
+    let code = child.wait().unwrap();
+    assert_eq!(code.code(), Some(status), "{signal}: {log}");
     let last = log
         .lines()
         .filter_map(step_number)
@@ -804,7 +960,7 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
     assert!(last >= 3, "{log}");
     assert!(
         log.contains(&format!(
-            "interrupted (Ctrl-C) after step {last}: continue with the same flags and --resume {}",
+            "interrupted ({name}) after step {last}: continue with the same flags and --resume {}",
             dir.join("out")
                 .join(format!("state_{last:06}.bin"))
                 .display()
@@ -813,12 +969,19 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
     );
     assert!(
         !log.contains("val loss"),
-        "no final validation after Ctrl-C:\n{log}"
+        "no final validation after {name}:\n{log}"
     );
     for kind in ["model", "state"] {
         let f = dir.join("out").join(format!("{kind}_{last:06}.bin"));
         assert!(f.is_file(), "{} missing:\n{log}", f.display());
     }
+    let tmp: Vec<_> = std::fs::read_dir(dir.join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(tmp.is_empty(), "{tmp:?}");
+    // the same flags (--model d1 among them) and --resume
     let steps = (last + 1).to_string();
     let (out, stdout, stderr) = run(bin()
         .args(&common)
@@ -1764,6 +1927,24 @@ fn outlier_steps_are_skipped() {
         &["model_000105.bin", "state_000105.bin"],
         "the whole run and the one resumed at step 100",
     );
+
+    assert!(
+        resumed.contains("updates skipped (outliers): 1 of 105 steps (step 101)"),
+        "{resumed}"
+    );
+    // resumed after the skipped step, the run's summary still counts it (from the log)
+    let (out, after, stderr) = run(bin()
+        .args(flags(&base))
+        .args(flags(&spike))
+        .args(flags("--steps 106 --skip-loss-z 5"))
+        .args(["--resume", &d("whole/state_000105.bin")])
+        .args(["--out-dir", &d("after")]));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        after.contains("updates skipped (outliers): 1 of 106 steps (step 101)"),
+        "{after}"
+    );
+    assert!(!plain.contains("updates skipped"), "{plain}");
 
     for extra in ["--skip-loss-z=-1", "--skip-norm-z nan"] {
         expect_error(

@@ -172,8 +172,8 @@ pub fn prepro_with(
     let mut train = PartWriter::new(out_dir, DEFAULT_TRAIN_FILE, shard_tokens);
     let mut val = PartWriter::new(out_dir, DEFAULT_VAL_FILE, shard_tokens);
     let documents = for_each_document(&tok, inputs, &sizes, opts, |file, ids| {
-        if crate::interrupt::requested() {
-            bail!("prepro: interrupted (Ctrl-C): nothing was written");
+        if crate::interrupt::requested().is_some() {
+            bail!("prepro: interrupted: nothing was written");
         }
         if file < train_files {
             train.push(ids)

@@ -818,8 +818,9 @@ pub fn train(
             // a step of many micro-batches (a large --total-batch on a small machine) shows
             // that it is under way
             if served + 1 < micro && noted.elapsed() >= PROGRESS_EVERY {
+                // (indented: parsers of the log take the lines that start with "step")
                 outln!(
-                    "step {:>5}/{}: {} of {micro} micro-batches",
+                    "  (step {}/{}: {} of {micro} micro-batches)",
                     step + 1,
                     args.steps,
                     served + 1

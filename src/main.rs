@@ -502,6 +502,11 @@ fn run_convert(a: &ConvertArgs) -> Result<ExitCode> {
     let precision = a.precision.into();
     match a.format {
         ModelFormat::Llmc => {
+            // (as --format hf makes its folder, and prepro its --out-dir)
+            if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("{}: cannot create the directory", dir.display()))?;
+            }
             checkpoint::write_checkpoint(&a.out, &ck.config, &ck.params, precision)?
         }
         ModelFormat::Hf => {

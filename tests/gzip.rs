@@ -117,4 +117,17 @@ fn damage_is_named() {
             format!("bytes that are not another gzip member follow the gzip data ({starts} ...)")
         );
     }
+    // zeros after it are padding (GNU gzip: "trailing zero bytes ignored"), read in any pieces;
+    // something after the zeros is not
+    let mut padded = gz.clone();
+    padded.extend_from_slice(&[0; 5000]);
+    for (step, out) in [(1, 7), (13, 1), (100, 4096), (10000, 4096)] {
+        let got = inflate(&padded, step, out).unwrap();
+        assert!(got == hamlet()[..20000], "padded, reads of {step}, {out}");
+    }
+    padded.push(b'x');
+    assert_eq!(
+        error_of(&padded),
+        "bytes that are not another gzip member follow the gzip data and its zero padding (78 ...)"
+    );
 }

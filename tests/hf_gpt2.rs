@@ -113,11 +113,12 @@ fn every_layout_of_a_model_reads_the_same() {
     );
 }
 
-/// `convert` writes the model as an llm.c checkpoint that reads back to the same parameters.
+/// `convert` writes the model as an llm.c checkpoint that reads back to the same parameters (into
+/// a folder it makes, as --format hf does).
 #[test]
 fn convert_writes_an_llmc_checkpoint() {
     let dir = tmp_dir("convert");
-    let out_path = dir.join("hf_tiny.bin");
+    let out_path = dir.join("new/folder/hf_tiny.bin");
     let stdout = convert(&[], &fixture("hf_tiny"), &out_path);
     assert!(stdout.contains("30080 parameters"), "{stdout}");
     let ck = read_checkpoint(&out_path).unwrap();

@@ -109,6 +109,24 @@ impl<R: Read> GzReader<R> {
 
     /// Reads a member's header.
     fn header(&mut self) -> io::Result<()> {
+        // zeros after the last member (a tape's or a block device's padding) end the data, as
+        // GNU gzip takes them; anything else after them is not another member
+        if self.members > 0 && self.buf.get(self.pos) == Some(&0) {
+            loop {
+                if let Some(i) = self.buf[self.pos..].iter().position(|&b| b != 0) {
+                    return Err(bad(format!(
+                        "bytes that are not another gzip member follow the gzip data and its \
+                         zero padding ({:02x} ...)",
+                        self.buf[self.pos + i]
+                    )));
+                }
+                self.pos = self.buf.len();
+                if !self.fill()? {
+                    self.stage = Stage::Done;
+                    return Ok(());
+                }
+            }
+        }
         // the magic number first, so that a file that is not gzip is called that
         while self.buf.len() - self.pos < 2 && self.fill()? {}
         let next = &self.buf[self.pos..self.buf.len().min(self.pos + 2)];

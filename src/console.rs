@@ -2,7 +2,7 @@
 //!
 //! `println!` panics when a write to stdout fails: `train-gpt2-cuda ... | head`, a `tee` that
 //! died, `> /dev/full`. A training run would end there, without its checkpoint. [`out!`] and
-//! [`outln!`] write instead through [`write`]: the first failure is noted once on stderr, later
+//! [`outln!`] write instead through [`write()`]: the first failure is noted once on stderr, later
 //! output is dropped, and the work goes on (a run's `log.jsonl` still records every step).
 //! Commands whose only product is their output (`sample`) ask [`is_closed`] and stop.
 //!
@@ -38,7 +38,7 @@ pub fn write(args: fmt::Arguments) -> bool {
     }
 }
 
-/// Whether a write to stdout has failed (see [`write`]).
+/// Whether a write to stdout has failed (see [`write()`]).
 pub fn is_closed() -> bool {
     CLOSED.load(Ordering::Relaxed)
 }

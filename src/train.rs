@@ -830,23 +830,16 @@ pub fn train(
         }
         if let Some((e, served)) = bad_data {
             // nothing of this run's earlier steps is lost (a shard may be hours into a corpus)
-            let saved = if step > start {
-                let record = (&outliers, summary.best_val);
-                match save_run_so_far(args, engine, &mut train_loader, record, step, served) {
-                    Ok(_) if args.no_state => format!(
-                        "; the model after step {step} is saved (without a training state, \
-                         --no-state, the run cannot be resumed)"
-                    ),
-                    Ok(_) => format!(
-                        "; the run after step {step} is saved: with the shard mended (its \
-                         tokens as many as before), --resume {} continues it",
-                        args.out_dir.join(checkpoint_name("state", step)).display()
-                    ),
-                    Err(e) => format!("; saving the run after step {step} failed: {e:#}"),
-                }
-            } else {
-                String::new()
-            };
+            let record = (&outliers, summary.best_val);
+            let saved = save_for_error(
+                args,
+                engine,
+                &mut train_loader,
+                record,
+                (start, step),
+                served,
+            )
+            .map_or_else(|said| said, |_| saved_before_bad_shard(args, step));
             bail!("step {}: {e:#}{saved}", step + 1);
         }
         // --skip-loss-z, --skip-norm-z: an outlier's update is left out (crate::outliers)
@@ -865,16 +858,20 @@ pub fn train(
             };
             let advice = divergence_advice(step, start, back.as_ref().map(|(k, p)| (*k, &**p)));
             // nothing of this run's earlier steps is lost
-            let saved = if step > start {
-                let rewind = if overfit.is_some() { 0 } else { micro };
-                let record = (&outliers, summary.best_val);
-                match save_run_so_far(args, engine, &mut train_loader, record, step, rewind) {
-                    Ok(path) => saved_before_divergence(args, step, &path),
-                    Err(e) => format!("; saving the run after step {step} failed: {e:#}"),
-                }
-            } else {
-                String::new()
-            };
+            let rewind = if overfit.is_some() { 0 } else { micro };
+            let record = (&outliers, summary.best_val);
+            let saved = save_for_error(
+                args,
+                engine,
+                &mut train_loader,
+                record,
+                (start, step),
+                rewind,
+            )
+            .map_or_else(
+                |said| said,
+                |path| saved_before_divergence(args, step, &path),
+            );
             bail!("{what}: training diverged; {advice}{saved}");
         }
         let skipped = verdict.skipped().is_some();
@@ -1091,6 +1088,41 @@ fn save_run_so_far(
     loader.reset()?;
     loader.skip_batches(served as u64)?;
     save_checkpoint(args, engine, loader, record, step)
+}
+
+/// [`save_run_so_far`] for a run that stops with an error at step `step + 1`, having started at
+/// `start` (`steps` = (start, step)): Ok(the model checkpoint's path), or Err(what the error says
+/// instead: nothing when the run had done no step, or why the save failed).
+fn save_for_error(
+    args: &TrainArgs,
+    engine: &mut dyn Engine,
+    loader: &mut DataLoader,
+    record: (&Outliers, Option<crate::formats::train_state::BestVal>),
+    (start, step): (usize, usize),
+    rewind: usize,
+) -> std::result::Result<PathBuf, String> {
+    if step == start {
+        return Err(String::new());
+    }
+    save_run_so_far(args, engine, loader, record, step, rewind)
+        .map_err(|e| format!("; saving the run after step {step} failed: {e:#}"))
+}
+
+/// What the error of a step whose shard was bad adds once [`save_run_so_far`] saved the run
+/// after `step` steps.
+fn saved_before_bad_shard(args: &TrainArgs, step: usize) -> String {
+    if args.no_state {
+        format!(
+            "; the model after step {step} is saved (without a training state, --no-state, the \
+             run cannot be resumed)"
+        )
+    } else {
+        format!(
+            "; the run after step {step} is saved: with the shard mended (its tokens as many as \
+             before), --resume {} continues it",
+            args.out_dir.join(checkpoint_name("state", step)).display()
+        )
+    }
 }
 
 /// What the error of a step that diverged adds once [`save_run_so_far`] saved the run after

@@ -44,10 +44,7 @@ fn bench_ok(args: &[&str]) -> String {
 }
 
 fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("bench-tool-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    engine_bin::temp_folder("bench-tool", name)
 }
 
 /// The text after `"key": ` in a one-level JSON object, up to the next comma or brace (or the

@@ -17,10 +17,7 @@ fn fixture(name: &str) -> String {
 }
 
 fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("train-gpt2-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    engine_bin::temp_folder("train-gpt2-cli", name)
 }
 
 fn run(cmd: &mut Command) -> (Output, String, String) {

@@ -24,10 +24,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("train-gpt2-hf-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    engine_bin::temp_folder("train-gpt2-hf", name)
 }
 
 /// Runs the command, expects success and returns its stdout.

@@ -33,10 +33,7 @@ mod engine_bin;
 use engine_bin::bin;
 
 fn tmp_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("train-gpt2-profile-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    engine_bin::temp_folder("train-gpt2-profile", name)
 }
 
 /// One training step: zero_grad, forward and backward on a random batch, norm, update.

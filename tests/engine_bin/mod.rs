@@ -30,6 +30,39 @@ pub fn scratch(name: &str) -> PathBuf {
     d
 }
 
+/// A fresh, empty folder `PREFIX-PID-NAME` in the system's temp folder, for a test of this process
+/// (PID). The first call of a process for a prefix also removes the folders that earlier test
+/// processes left under it and that are gone (no /proc/PID): the tests' runs write checkpoints
+/// (one file of `tests/cli.rs` leaves a few GB), and they must not pile up run after run.
+pub fn temp_folder(prefix: &str, name: &str) -> PathBuf {
+    static SWEPT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let tmp = std::env::temp_dir();
+    let mut swept = SWEPT.lock().unwrap_or_else(|e| e.into_inner());
+    if !swept.iter().any(|p| p == prefix) {
+        swept.push(prefix.to_string());
+        let head = format!("{prefix}-");
+        for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let file_name = entry.file_name();
+            let pid = file_name
+                .to_str()
+                .and_then(|n| n.strip_prefix(&head))
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|pid| pid.parse::<u32>().ok());
+            if let Some(pid) = pid {
+                let gone = !Path::new(&format!("/proc/{pid}")).exists();
+                if pid != std::process::id() && gone {
+                    let _ = std::fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+    drop(swept);
+    let d = tmp.join(format!("{prefix}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 /// A reader that hands out at most `step` bytes per call, a different number each time (1 to
 /// `step`), so that reads end inside characters, runs of spaces and compressed blocks.
 pub struct Trickle<'a> {

@@ -368,7 +368,21 @@ pub(crate) fn same_dir(a: &Path, b: &Path) -> bool {
 /// Refusing would break running the same command twice (the README's own, whose checkpoints go
 /// to the default `out`), and removing would lose a run. A rename loses nothing, costs nothing,
 /// and leaves the folder holding exactly one run; the earlier files are where the note says.
-pub(crate) fn set_aside_earlier_run(out_dir: &Path, resumed_at: Option<usize>) -> Result<()> {
+///
+/// `start`: the model a fresh run starts from. One of those files (`--model out/model_000500.bin
+/// --out-dir out`) is an error: moved, the same command could not run again nor follow its own
+/// Ctrl-C hint; left, the run would write its own checkpoint of that step over it.
+pub(crate) fn set_aside_earlier_run(
+    out_dir: &Path,
+    resumed_at: Option<usize>,
+    start: Option<&Path>,
+) -> Result<()> {
+    let start = start.and_then(|k| k.canonicalize().ok());
+    let is_start = |name: &str| {
+        start
+            .as_ref()
+            .is_some_and(|k| out_dir.join(name).canonicalize().is_ok_and(|p| &p == k))
+    };
     let earlier = |name: &str| -> bool {
         let name = name.strip_suffix(".tmp").unwrap_or(name);
         let step = checkpoint_step("model", name).or_else(|| checkpoint_step("state", name));
@@ -381,6 +395,15 @@ pub(crate) fn set_aside_earlier_run(out_dir: &Path, resumed_at: Option<usize>) -
         .into_iter()
         .filter(|n| earlier(n) && out_dir.join(n).is_file())
         .collect();
+    if let Some(name) = names.iter().find(|n| is_start(n)) {
+        bail!(
+            "--model {} is a checkpoint of the run in {}, which a new run there would set aside \
+             (or overwrite): continue that run with --resume, or give the new run another \
+             --out-dir",
+            out_dir.join(name).display(),
+            out_dir.display()
+        );
+    }
     if names.is_empty() {
         return Ok(());
     }
@@ -410,17 +433,18 @@ pub(crate) fn set_aside_earlier_run(out_dir: &Path, resumed_at: Option<usize>) -
         n if n > 4 => format!("{}, ... ({n} files)", names[..3].join(", ")),
         _ => names.join(", "),
     };
-    // (on stdout, with the run's other file lines: "wrote", "removed")
-    outln!(
+    // (on stdout, with the run's other file lines: "wrote", "removed"; on stderr when stdout
+    // has failed: where files went must not be lost)
+    crate::console::write_or_stderr(format_args!(
         "{} held {} ({shown}): moved to {} so that they do not mix with this run's (remove \
-         that folder when you no longer need it)",
+         that folder when you no longer need it)\n",
         out_dir.display(),
         match resumed_at {
             None => "the files of an earlier run".to_string(),
             Some(at) => format!("checkpoints after step {at}, of the attempt this run replaces"),
         },
         aside.display()
-    );
+    ));
     Ok(())
 }
 
@@ -476,7 +500,7 @@ mod tests {
         };
         put(&["model_000002.bin", "state_000002.bin", "model_000004.bin"]);
         put(&["state_000004.bin", "state_000006.bin.tmp", "train.bin"]);
-        set_aside_earlier_run(&dir, Some(2)).unwrap();
+        set_aside_earlier_run(&dir, Some(2), None).unwrap();
         assert_eq!(
             files(&dir.join("earlier_run_1")),
             [
@@ -487,7 +511,7 @@ mod tests {
         );
         assert_eq!(earlier_checkpoints(&dir, 2).unwrap(), [2]);
         put(&["log.jsonl", "model_best.bin"]);
-        set_aside_earlier_run(&dir, None).unwrap();
+        set_aside_earlier_run(&dir, None, None).unwrap();
         assert_eq!(
             files(&dir.join("earlier_run_2")),
             [
@@ -499,7 +523,7 @@ mod tests {
         );
         assert_eq!(files(&dir), ["earlier_run_1", "earlier_run_2", "train.bin"]);
         // nothing to set aside: no new folder
-        set_aside_earlier_run(&dir, None).unwrap();
+        set_aside_earlier_run(&dir, None, None).unwrap();
         assert!(!dir.join("earlier_run_3").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }

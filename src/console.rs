@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Set after the first failed write: nothing more is written.
 static CLOSED: AtomicBool = AtomicBool::new(false);
+/// The kind of that failure.
+static FAILURE: std::sync::Mutex<Option<std::io::ErrorKind>> = std::sync::Mutex::new(None);
 
 /// Writes `args` to stdout and flushes it (the output is progress, to be seen as it comes). The
 /// first failure is noted on stderr; from then on nothing is written. Returns whether the text
@@ -28,6 +30,7 @@ pub fn write(args: fmt::Arguments) -> bool {
         Ok(()) => true,
         Err(e) => {
             CLOSED.store(true, Ordering::Relaxed);
+            *FAILURE.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.kind());
             // a stderr that fails too has nobody to tell
             let _ = writeln!(
                 std::io::stderr(),
@@ -36,6 +39,19 @@ pub fn write(args: fmt::Arguments) -> bool {
             false
         }
     }
+}
+
+/// [`write()`], or stderr once stdout has failed: for what the user must see (how to resume).
+pub fn write_or_stderr(args: fmt::Arguments) {
+    if !write(args) {
+        let _ = std::io::stderr().write_fmt(args);
+    }
+}
+
+/// How stdout failed, if it did: a closed pipe (`| head`) is the reader's choice; anything else
+/// (a full disk) lost output that a command whose output is its result must report.
+pub fn failure() -> Option<std::io::ErrorKind> {
+    *FAILURE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Whether a write to stdout has failed (see [`write()`]).

@@ -59,7 +59,13 @@ mod sys {
         /// POSIX `signal` (libc): installs `handler` (a function's address, or SIG_DFL) for `sig`
         /// and returns the previous one, or SIG_ERR.
         pub fn signal(sig: c_int, handler: usize) -> usize;
+        /// POSIX `write` (libc): async-signal-safe, unlike Rust's printing.
+        pub fn write(fd: c_int, buf: *const u8, count: usize) -> isize;
     }
+
+    /// What the first signal prints at once (the run may take a while to reach its checkpoint:
+    /// a step of many micro-batches, a long sample), so that nobody presses Ctrl-C again.
+    const ACK: &[u8] = b"\nstopping (a second Ctrl-C or SIGTERM ends the process at once)\n";
 
     pub extern "C" fn on_signal(sig: c_int) {
         // (the first one is the one the run reports)
@@ -69,11 +75,13 @@ mod sys {
             super::Ordering::SeqCst,
             super::Ordering::SeqCst,
         );
-        // SAFETY: signal() is async-signal-safe (POSIX); SIG_DFL makes the next Ctrl-C or
-        // SIGTERM end the process as usual.
+        // SAFETY: signal() and write() are async-signal-safe (POSIX); SIG_DFL makes the next
+        // Ctrl-C or SIGTERM end the process as usual; ACK is a static buffer of its length, and
+        // stderr (2) failing to take it changes nothing.
         unsafe {
             signal(SIGINT, SIG_DFL);
             signal(SIGTERM, SIG_DFL);
+            write(2, ACK.as_ptr(), ACK.len());
         }
     }
 }

@@ -286,7 +286,12 @@ fn run_prepro(a: &PreproArgs) -> Result<ExitCode> {
     // Ctrl-C from here on: the shards written so far are removed, the folder left as it was (a
     // second Ctrl-C ends the process at once; the next prepro removes what that leaves)
     train_gpt2_cuda::interrupt::catch_ctrl_c();
+    let existed = a.out_dir.exists();
     let result = prepro_with(&a.inputs, &a.out_dir, split, &opts);
+    if result.is_err() && !existed {
+        // (the folder it made, if empty: remove_dir leaves one that holds anything)
+        let _ = std::fs::remove_dir(&a.out_dir);
+    }
     if let (Err(_), Some(stop)) = (&result, train_gpt2_cuda::interrupt::requested()) {
         eprintln!(
             "prepro: interrupted ({}): {} is as it was",
@@ -312,6 +317,17 @@ fn run_prepro(a: &PreproArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Ok unless stdout failed other than by a closed pipe (`| head`, the reader's choice): a command
+/// whose output is its result (`what`) must not exit 0 when a full disk lost it.
+fn output_complete(what: &str) -> Result<()> {
+    match train_gpt2_cuda::console::failure() {
+        Some(kind) if kind != std::io::ErrorKind::BrokenPipe => {
+            bail!("{what} could not be written to standard output ({kind})")
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Why `sample` stopped early: its output was closed.
@@ -378,6 +394,7 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
             other?;
         }
     }
+    output_complete("the sample")?;
     outln!();
     Ok(ExitCode::SUCCESS)
 }
@@ -426,6 +443,7 @@ fn run_eval(a: &EvalArgs) -> Result<ExitCode> {
         (loss as f64).exp(),
         n * a.batch * t
     );
+    output_complete("the loss")?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -490,6 +508,7 @@ fn run_hellaswag(a: &EvalArgs, path: &std::path::Path) -> Result<ExitCode> {
         total.acc(),
         total.correct_sum
     );
+    output_complete("the accuracies")?;
     Ok(ExitCode::SUCCESS)
 }
 

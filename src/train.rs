@@ -501,7 +501,7 @@ impl TrainArgs {
 /// or a Hugging Face GPT-2: [`read_model`]).
 pub fn load_model(model: &str, seed: u64) -> Result<(GPT2Config, Vec<f32>)> {
     let path = Path::new(model);
-    if path.exists() || model.ends_with(".bin") || hub_repo(model).is_some() {
+    if names_a_stored_model(model) {
         let ck = read_model(path)?;
         return Ok((ck.config, ck.params));
     }
@@ -509,11 +509,23 @@ pub fn load_model(model: &str, seed: u64) -> Result<(GPT2Config, Vec<f32>)> {
     Ok((cfg, crate::params::init_params(&cfg, seed)))
 }
 
+/// Whether `--model`'s text names a model to read (a file, a Hugging Face folder or repo) rather
+/// than a descriptor dN. A descriptor wins over a folder of its name that holds no model: the
+/// run folder of `--model d12 --out-dir d12`, when that command runs again or resumes.
+fn names_a_stored_model(model: &str) -> bool {
+    let path = Path::new(model);
+    let folder_without_model = path.is_dir() && !path.join("config.json").exists();
+    if GPT2Config::from_descriptor(model).is_ok() && (!path.exists() || folder_without_model) {
+        return false;
+    }
+    path.exists() || model.ends_with(".bin") || hub_repo(model).is_some()
+}
+
 /// The dimensions of the model `--model` names, as [`load_model`] would load it, without its
 /// weights where the file allows (an llm.c checkpoint's header).
 pub fn model_config(model: &str) -> Result<GPT2Config> {
     let path = Path::new(model);
-    if path.exists() || model.ends_with(".bin") || hub_repo(model).is_some() {
+    if names_a_stored_model(model) {
         if path.is_file() && !crate::formats::hf_gpt2::is_hf_model(path) {
             return Ok(crate::formats::checkpoint::read_checkpoint_config(path)?.0);
         }
@@ -671,7 +683,10 @@ pub fn train(
     };
     // one run a folder: another run's files are set aside (and an abandoned attempt's later
     // checkpoints, when resuming in the run's own folder)
-    crate::checkpoints::set_aside_earlier_run(&args.out_dir, resumed_here)?;
+    // (a fresh run may not start from one of those files)
+    let start_model = Path::new(&args.model);
+    let start_model = (args.resume.is_none() && start_model.is_file()).then_some(start_model);
+    crate::checkpoints::set_aside_earlier_run(&args.out_dir, resumed_here, start_model)?;
     let mut log = RunLog::create(&args.out_dir, earlier_log.as_deref().map(|p| (p, start)))?;
     outln!("log: {}", log.path().display());
 
@@ -762,8 +777,19 @@ pub fn train(
             window,
             &opts,
             args.seed,
-            |_| Ok(()),
-        )?;
+            // (Ctrl-C or SIGTERM cuts the sample short: it can take minutes on a large model)
+            |_| match crate::interrupt::requested() {
+                Some(_) => bail!(SAMPLE_CUT),
+                None => Ok(()),
+            },
+        );
+        let ids = match ids {
+            Err(e) if e.to_string() == SAMPLE_CUT => {
+                outln!("(the sample is cut short)\n---");
+                return Ok(String::new());
+            }
+            other => other?,
+        };
         let text = tok.decode(&ids)?;
         outln!("{text}\n---");
         log.sample(step, &text)?;
@@ -851,24 +877,30 @@ pub fn train(
             let back = match on_disk.range(..step).next_back() {
                 _ if args.no_state => None,
                 Some(&k) => Some((k, args.out_dir.join(checkpoint_name("state", k)))),
+                // (unless --keep-checkpoints has removed it since)
                 None => resumed_from
                     .clone()
-                    .filter(|_| start < step)
+                    .filter(|p| start < step && p.exists())
                     .map(|p| (start, p)),
             };
             let advice = divergence_advice(step, start, back.as_ref().map(|(k, p)| (*k, &**p)));
             // nothing of this run's earlier steps is lost
             let rewind = if overfit.is_some() { 0 } else { micro };
             let record = (&outliers, summary.best_val);
-            let saved = save_for_error(
-                args,
-                engine,
-                &mut train_loader,
-                record,
-                (start, step),
-                rewind,
-            )
-            .map_or_else(
+            // (the checkpoint of that step may be on disk already: --checkpoint-every)
+            let saved = if on_disk.contains(&step) {
+                Ok(args.out_dir.join(checkpoint_name("model", step)))
+            } else {
+                save_for_error(
+                    args,
+                    engine,
+                    &mut train_loader,
+                    record,
+                    (start, step),
+                    rewind,
+                )
+            };
+            let saved = saved.map_or_else(
                 |said| said,
                 |path| saved_before_divergence(args, step, &path),
             );
@@ -960,13 +992,20 @@ pub fn train(
             }
         }
         if let Some(signal) = stop {
-            if args.no_state {
-                outln!(
-                    "interrupted ({}) after step {}: the model is saved; without a training \
-                     state (--no-state) the run cannot be resumed",
+            if last {
+                crate::console::write_or_stderr(format_args!(
+                    "interrupted ({}) at the run's last step ({}): its checkpoint is written, \
+                     nothing is left to train (the final sample is left out)\n",
                     signal.name(),
                     step + 1
-                );
+                ));
+            } else if args.no_state {
+                crate::console::write_or_stderr(format_args!(
+                    "interrupted ({}) after step {}: the model is saved; without a training \
+                     state (--no-state) the run cannot be resumed\n",
+                    signal.name(),
+                    step + 1
+                ));
             } else {
                 // (the exact state: the folder may hold a later one from an earlier attempt)
                 let state = args.out_dir.join(checkpoint_name("state", step + 1));
@@ -977,13 +1016,13 @@ pub fn train(
                     }
                     _ => String::new(),
                 };
-                outln!(
+                crate::console::write_or_stderr(format_args!(
                     "interrupted ({}) after step {}: continue with the same flags and \
-                     --resume {}{instead}",
+                     --resume {}{instead}\n",
                     signal.name(),
                     step + 1,
                     state.display()
-                );
+                ));
             }
             summary.interrupted = Some(signal);
             return Ok(summary);
@@ -1040,6 +1079,15 @@ pub fn train(
 
     if args.sample_tokens > 0 {
         summary.sample = sample(engine, args.steps, &mut log)?;
+        // a signal during the sample cut it short: the run is done, and says it was stopped
+        if let Some(signal) = crate::interrupt::requested() {
+            crate::console::write_or_stderr(format_args!(
+                "interrupted ({}) during the final sample: the run's checkpoint is written, \
+                 nothing is left to train\n",
+                signal.name()
+            ));
+            summary.interrupted = Some(signal);
+        }
     }
     Ok(summary)
 }
@@ -1144,6 +1192,9 @@ fn saved_before_divergence(args: &TrainArgs, step: usize, path: &Path) -> String
         )
     }
 }
+
+/// Why a training sample stopped early: a signal asked the run to stop.
+const SAMPLE_CUT: &str = "the sample was cut short by a signal";
 
 /// How often a step of many micro-batches says how far it has come.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);

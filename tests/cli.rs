@@ -276,6 +276,52 @@ fn a_closed_or_full_stdout_ends_nothing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("Broken pipe"), "{stderr}");
+    // a full disk lost the sample: not a success
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = bin()
+        .args(["sample", "--device", "cpu", "--tokens", "20", "--model"])
+        .arg(&model)
+        .stdout(Stdio::from(full))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the sample could not be written to standard output"),
+        "{stderr}"
+    );
+}
+
+/// `--model d1 --out-dir d1` runs twice: the descriptor wins over the run folder of its name.
+/// A new run may not start from a checkpoint of the run in its --out-dir (it would set it aside,
+/// or write its own checkpoint of that step over it).
+#[test]
+fn a_run_folder_named_as_a_descriptor_and_a_start_inside_it() {
+    let dir = tmp_dir("descriptor-folder");
+    let train = |extra: &str| {
+        let mut cmd = bin();
+        cmd.current_dir(&dir).args(flags(
+            "--device cpu --batch 2 --seq 16 --steps 1 --sample-tokens 0 --val-batches 1",
+        ));
+        run(cmd.args(flags(extra)))
+    };
+    for _ in 0..2 {
+        let (out, stdout, stderr) = train("--model d1 --out-dir d1");
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+    }
+    assert!(dir.join("d1/earlier_run_1/model_000001.bin").is_file());
+    let (out, _, stderr) = train("--model d1/model_000001.bin --out-dir d1");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "--model d1/model_000001.bin is a checkpoint of the run in d1, which a new run there \
+             would set aside (or overwrite)"
+        ),
+        "{stderr}"
+    );
 }
 
 /// A shard that turns out bad only when the loader reaches it (its token ids are checked as it is
@@ -1340,11 +1386,11 @@ fn prepro_interrupted_leaves_the_folder_as_it_was() {
     let stderr = String::from_utf8_lossy(&done.stderr);
     assert_eq!(done.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted (Ctrl-C)"), "{stderr}");
+    // (the folder was not there before: prepro made it, and removes it)
     let left: Vec<_> = std::fs::read_dir(&out)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert!(left.is_empty(), "left behind: {left:?}");
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty() && !out.exists(), "left behind: {left:?}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -285,6 +285,16 @@ fn checkpoint_step(kind: &str, name: &str) -> Option<usize> {
     (name == checkpoint_name(kind, step)).then_some(step)
 }
 
+/// The steps of the checkpoints of `kind` among file `names`, oldest first.
+fn checkpoint_steps(names: &[String], kind: &str) -> Vec<usize> {
+    let mut steps: Vec<usize> = names
+        .iter()
+        .filter_map(|n| checkpoint_step(kind, n))
+        .collect();
+    steps.sort_unstable();
+    steps
+}
+
 /// The file names in `dir` (those that are not UTF-8 are no run's).
 fn file_names(dir: &Path) -> Result<Vec<String>> {
     let entries =
@@ -306,15 +316,10 @@ fn file_names(dir: &Path) -> Result<Vec<String>> {
 /// explicitly says that is what is meant.
 fn latest_state(dir: &Path) -> Result<PathBuf> {
     let names = file_names(dir)?;
-    let steps = |kind: &str| -> Vec<usize> {
-        let mut steps: Vec<usize> = names
-            .iter()
-            .filter_map(|n| checkpoint_step(kind, n))
-            .collect();
-        steps.sort_unstable();
-        steps
-    };
-    let (states, models) = (steps("state"), steps("model"));
+    let (states, models) = (
+        checkpoint_steps(&names, "state"),
+        checkpoint_steps(&names, "model"),
+    );
     let Some(&newest) = states.last() else {
         bail!(
             "{}: no training state to resume from (a run writes state_NNNNNN.bin beside each \
@@ -359,8 +364,7 @@ pub(crate) fn same_dir(a: &Path, b: &Path) -> bool {
 /// (`resumed_at` None) moves every file of a run (`model_NNNNNN.bin`, `state_NNNNNN.bin`,
 /// `model_best.bin`, `log.jsonl`, and a `.tmp` of any of them) into a new subfolder
 /// `earlier_run_N`; a run resumed from a state in this folder after `step` steps moves only the
-/// checkpoints of steps after it (those of an attempt it replaces). Returns the subfolder, when
-/// anything was moved.
+/// checkpoints of steps after it (those of an attempt it replaces).
 ///
 /// Why move rather than refuse or overwrite: a fresh run that left the earlier run's files beside
 /// its own mixed two runs in one folder: the log was replaced, and `--resume DIR` would later
@@ -452,13 +456,8 @@ pub(crate) fn set_aside_earlier_run(
 /// what a run resumed there after `step` steps wrote before, for `--keep-checkpoints` to count
 /// with its own. (The folder holds one run: see [`set_aside_earlier_run`].)
 pub(crate) fn earlier_checkpoints(dir: &Path, step: usize) -> Result<Vec<usize>> {
-    let names = file_names(dir)?;
-    let mut steps: Vec<usize> = names
-        .iter()
-        .filter_map(|n| checkpoint_step("model", n))
-        .filter(|&s| s <= step)
-        .collect();
-    steps.sort_unstable();
+    let mut steps = checkpoint_steps(&file_names(dir)?, "model");
+    steps.retain(|&s| s <= step);
     Ok(steps)
 }
 

@@ -11,26 +11,24 @@
 
 use std::fmt;
 use std::io::Write;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
-/// Set after the first failed write: nothing more is written.
-static CLOSED: AtomicBool = AtomicBool::new(false);
-/// The kind of that failure.
-static FAILURE: std::sync::Mutex<Option<std::io::ErrorKind>> = std::sync::Mutex::new(None);
+/// How the first failed write failed; once set, nothing more is written.
+static FAILURE: Mutex<Option<std::io::ErrorKind>> = Mutex::new(None);
 
 /// Writes `args` to stdout and flushes it (the output is progress, to be seen as it comes). The
 /// first failure is noted on stderr; from then on nothing is written. Returns whether the text
 /// was written.
 pub fn write(args: fmt::Arguments) -> bool {
-    if CLOSED.load(Ordering::Relaxed) {
+    let mut failure = FAILURE.lock().unwrap_or_else(|e| e.into_inner());
+    if failure.is_some() {
         return false;
     }
     let mut out = std::io::stdout().lock();
     match out.write_fmt(args).and_then(|()| out.flush()) {
         Ok(()) => true,
         Err(e) => {
-            CLOSED.store(true, Ordering::Relaxed);
-            *FAILURE.lock().unwrap_or_else(|e| e.into_inner()) = Some(e.kind());
+            *failure = Some(e.kind());
             // a stderr that fails too has nobody to tell
             let _ = writeln!(
                 std::io::stderr(),
@@ -56,7 +54,7 @@ pub fn failure() -> Option<std::io::ErrorKind> {
 
 /// Whether a write to stdout has failed (see [`write()`]).
 pub fn is_closed() -> bool {
-    CLOSED.load(Ordering::Relaxed)
+    failure().is_some()
 }
 
 /// `print!` that never panics: see [`console`](crate::console).

@@ -117,11 +117,7 @@ pub fn glob_files(pattern: &str) -> Result<Vec<PathBuf>> {
         }
         return Err(no_match());
     }
-    let read_from = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
+    let read_from = crate::formats::folder_of(path);
     let entries = std::fs::read_dir(read_from).with_context(|| {
         format!(
             "no file matches the pattern '{pattern}': cannot read the directory '{}'",

@@ -330,9 +330,6 @@ fn output_complete(what: &str) -> Result<()> {
     }
 }
 
-/// Why `sample` stopped early: its output was closed.
-const OUTPUT_CLOSED: &str = "standard output closed";
-
 fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
     let opts = SampleOptions {
         temperature: a.temperature,
@@ -367,7 +364,7 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
     // all sample makes: when stdout closes (`sample ... | head`), it stops, and that is success.
     let mut generated = Vec::new();
     let mut printed = 0;
-    let done = generate(
+    generate(
         engine.as_mut(),
         &prompt,
         a.tokens,
@@ -383,17 +380,12 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
                 }
             }
             if train_gpt2_cuda::console::is_closed() {
-                bail!(OUTPUT_CLOSED);
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
             }
-            Ok(())
         },
-    );
-    match done {
-        Err(e) if train_gpt2_cuda::console::is_closed() && e.to_string() == OUTPUT_CLOSED => {}
-        other => {
-            other?;
-        }
-    }
+    )?;
     output_complete("the sample")?;
     outln!();
     Ok(ExitCode::SUCCESS)
@@ -584,15 +576,9 @@ fn resolved(path: &std::path::Path) -> std::path::PathBuf {
     if let Ok(p) = std::fs::canonicalize(path) {
         return p;
     }
-    match (path.parent(), path.file_name()) {
-        (Some(dir), Some(name)) => {
-            let dir = if dir.as_os_str().is_empty() {
-                std::path::Path::new(".")
-            } else {
-                dir
-            };
-            std::fs::canonicalize(dir).map_or(path.to_path_buf(), |d| d.join(name))
-        }
+    let folder = train_gpt2_cuda::formats::folder_of(path);
+    match (std::fs::canonicalize(folder), path.file_name()) {
+        (Ok(dir), Some(name)) => dir.join(name),
         _ => path.to_path_buf(),
     }
 }

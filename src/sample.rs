@@ -4,6 +4,7 @@
 use crate::engine::Engine;
 use crate::rng::Rng;
 use anyhow::{bail, Result};
+use std::ops::ControlFlow;
 
 /// How to pick the next token.
 #[derive(Clone, Copy, Debug)]
@@ -98,8 +99,8 @@ fn nucleus(idx: Vec<u32>, weights: Vec<f64>, top_p: f64) -> (Vec<u32>, Vec<f64>)
 }
 
 /// Continues `prompt` (at least one token) by `n` tokens; the model sees at most the last `window`
-/// tokens. Calls `on_token` with each new token as it is produced (an error from it ends the
-/// generation with that error). The CPU engine runs only the
+/// tokens. Calls `on_token` with each new token as it is produced; its `Break` ends the
+/// generation there (its output closed, a signal), with the tokens so far. The CPU engine runs only the
 /// new position of each context (its `decoder`, a key/value cache); other engines a full forward
 /// of the context. Both give the same logits, hence the same tokens.
 pub fn generate(
@@ -109,7 +110,7 @@ pub fn generate(
     window: usize,
     opts: &SampleOptions,
     seed: u64,
-    on_token: impl FnMut(u32) -> Result<()>,
+    on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> Result<Vec<u32>> {
     let v = engine.config().vocab_size;
     let args = (prompt, n, window, opts, seed);
@@ -130,7 +131,7 @@ pub fn generate_with(
     mut next_logits: impl FnMut(&[u32]) -> Result<Vec<f32>>,
     v: usize,
     (prompt, n, window, opts, seed): (&[u32], usize, usize, &SampleOptions, u64),
-    mut on_token: impl FnMut(u32) -> Result<()>,
+    mut on_token: impl FnMut(u32) -> ControlFlow<()>,
 ) -> Result<Vec<u32>> {
     opts.validate()?;
     if prompt.is_empty() {
@@ -145,7 +146,9 @@ pub fn generate_with(
         let ctx = &tokens[tokens.len().saturating_sub(window)..];
         let next = sample_token(&next_logits(ctx)?, v, opts, &mut rng);
         tokens.push(next);
-        on_token(next)?;
+        if on_token(next).is_break() {
+            break;
+        }
     }
     Ok(tokens[prompt.len()..].to_vec())
 }

@@ -11,7 +11,7 @@ use crate::cpu::adamw::{AdamW, DecayOn};
 use crate::data::DataLoader;
 use crate::engine::Engine;
 use crate::formats::hf_gpt2::hub_repo;
-use crate::formats::read_model;
+use crate::formats::{folder_of, read_model};
 use crate::lr_schedule::{LrSchedule, LrShape};
 use crate::mfu::mfu;
 use crate::outliers::Outliers;
@@ -21,6 +21,7 @@ use crate::sample::{generate, SampleOptions};
 use crate::tokenizer::Tokenizer;
 use crate::{out, outln};
 use anyhow::{bail, Context, Result};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -654,22 +655,11 @@ pub fn train(
     // where a run that diverges can go back to: the state it resumed from, and (below) the
     // checkpoints it has written and not removed
     let mut resumed_from = None;
-    // a run resumed in its own folder: the checkpoints it wrote before (--keep-checkpoints)
-    let mut resumed_here = None;
     let (start, mut outliers, best_val) = match resume {
         Some(r) => {
             resumed_from = Some(r.state.path.clone());
             let h = &r.state.header;
-            let dir = r.state.path.parent().unwrap_or(Path::new("."));
-            let dir = if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            };
-            earlier_log = Some(dir.join(crate::run_log::LOG_FILE));
-            if crate::checkpoints::same_dir(dir, &args.out_dir) {
-                resumed_here = Some(h.step);
-            }
+            earlier_log = Some(folder_of(&r.state.path).join(crate::run_log::LOG_FILE));
             outln!(
                 "resume: {} at step {} ({} batches of the training data served), model {}",
                 r.state.path.display(),
@@ -681,6 +671,11 @@ pub fn train(
         }
         None => (0, Outliers::default(), None),
     };
+    // a run resumed in its own folder: the checkpoints it wrote before are this run's too
+    let resumed_here = resumed_from
+        .as_deref()
+        .filter(|p| crate::checkpoints::same_dir(folder_of(p), &args.out_dir))
+        .map(|_| start);
     // one run a folder: another run's files are set aside (and an abandoned attempt's later
     // checkpoints, when resuming in the run's own folder)
     // (a fresh run may not start from one of those files)
@@ -779,32 +774,29 @@ pub fn train(
             args.seed,
             // (Ctrl-C or SIGTERM cuts the sample short: it can take minutes on a large model)
             |_| match crate::interrupt::requested() {
-                Some(_) => bail!(SAMPLE_CUT),
-                None => Ok(()),
+                Some(_) => ControlFlow::Break(()),
+                None => ControlFlow::Continue(()),
             },
-        );
-        let ids = match ids {
-            Err(e) if e.to_string() == SAMPLE_CUT => {
-                outln!("(the sample is cut short)\n---");
-                return Ok(String::new());
-            }
-            other => other?,
-        };
+        )?;
+        if ids.len() < args.sample_tokens {
+            outln!("(the sample is cut short)\n---");
+            return Ok(String::new());
+        }
         let text = tok.decode(&ids)?;
         outln!("{text}\n---");
         log.sample(step, &text)?;
         Ok(text)
     };
     let schedule = args.schedule();
-    // the steps of this run's checkpoints still on disk, oldest first (for --keep-checkpoints):
-    // a run resumed in its folder counts those it wrote before, or they would pile up over
-    // interrupted and resumed runs
-    let mut kept: std::collections::VecDeque<usize> = match resumed_here {
-        Some(at) => crate::checkpoints::earlier_checkpoints(&args.out_dir, at)?.into(),
+    // the steps of this run's checkpoints on disk (for --keep-checkpoints, and where a run that
+    // diverges can go back to): a run resumed in its folder counts those it wrote before, or
+    // they would pile up over interrupted and resumed runs
+    let mut on_disk: std::collections::BTreeSet<usize> = match resumed_here {
+        Some(at) => crate::checkpoints::earlier_checkpoints(&args.out_dir, at)?
+            .into_iter()
+            .collect(),
         None => Default::default(),
     };
-    // ... and with those --keep-every keeps (for a run that diverges)
-    let mut on_disk: std::collections::BTreeSet<usize> = kept.iter().copied().collect();
     for step in start..args.steps {
         let profile_this = profiled.contains(&step);
         let last = step + 1 == args.steps;
@@ -857,15 +849,9 @@ pub fn train(
         if let Some((e, served)) = bad_data {
             // nothing of this run's earlier steps is lost (a shard may be hours into a corpus)
             let record = (&outliers, summary.best_val);
-            let saved = save_for_error(
-                args,
-                engine,
-                &mut train_loader,
-                record,
-                (start, step),
-                served,
-            )
-            .map_or_else(|said| said, |_| saved_before_bad_shard(args, step));
+            let steps = (start, step, &on_disk);
+            let saved = save_for_error(args, engine, &mut train_loader, record, steps, served)
+                .map_or_else(|said| said, |_| saved_before_bad_shard(args, step));
             bail!("step {}: {e:#}{saved}", step + 1);
         }
         // --skip-loss-z, --skip-norm-z: an outlier's update is left out (crate::outliers)
@@ -887,23 +873,12 @@ pub fn train(
             // nothing of this run's earlier steps is lost
             let rewind = if overfit.is_some() { 0 } else { micro };
             let record = (&outliers, summary.best_val);
-            // (the checkpoint of that step may be on disk already: --checkpoint-every)
-            let saved = if on_disk.contains(&step) {
-                Ok(args.out_dir.join(checkpoint_name("model", step)))
-            } else {
-                save_for_error(
-                    args,
-                    engine,
-                    &mut train_loader,
-                    record,
-                    (start, step),
-                    rewind,
-                )
-            };
-            let saved = saved.map_or_else(
-                |said| said,
-                |path| saved_before_divergence(args, step, &path),
-            );
+            let steps = (start, step, &on_disk);
+            let saved = save_for_error(args, engine, &mut train_loader, record, steps, rewind)
+                .map_or_else(
+                    |said| said,
+                    |path| saved_before_divergence(args, step, &path),
+                );
             bail!("{what}: training diverged; {advice}{saved}");
         }
         let skipped = verdict.skipped().is_some();
@@ -980,14 +955,19 @@ pub fn train(
             let record = (&outliers, summary.best_val);
             let path = save_checkpoint(args, engine, &train_loader, record, step + 1)?;
             summary.checkpoint = Some(path);
-            kept.push_back(step + 1);
             on_disk.insert(step + 1);
-            while args.keep_checkpoints > 0 && kept.len() > args.keep_checkpoints {
-                let old = kept.pop_front().expect("more than 0 kept");
-                // (--keep-every's steps stay)
-                if args.keep_every.is_none_or(|n| !old.is_multiple_of(n)) {
-                    remove_checkpoint(&args.out_dir, old);
-                    on_disk.remove(&old);
+            // --keep-checkpoints N: the last N stay, and older ones --keep-every keeps
+            if args.keep_checkpoints > 0 {
+                let old: Vec<usize> = on_disk
+                    .iter()
+                    .rev()
+                    .skip(args.keep_checkpoints)
+                    .filter(|&&s| args.keep_every.is_none_or(|n| !s.is_multiple_of(n)))
+                    .copied()
+                    .collect();
+                for s in old {
+                    remove_checkpoint(&args.out_dir, s);
+                    on_disk.remove(&s);
                 }
             }
         }
@@ -1139,18 +1119,22 @@ fn save_run_so_far(
 }
 
 /// [`save_run_so_far`] for a run that stops with an error at step `step + 1`, having started at
-/// `start` (`steps` = (start, step)): Ok(the model checkpoint's path), or Err(what the error says
+/// `start`, its checkpoints `on_disk` (`steps` = (start, step, on_disk)): Ok(the model
+/// checkpoint's path; one on disk already is not written again), or Err(what the error says
 /// instead: nothing when the run had done no step, or why the save failed).
 fn save_for_error(
     args: &TrainArgs,
     engine: &mut dyn Engine,
     loader: &mut DataLoader,
     record: (&Outliers, Option<crate::formats::train_state::BestVal>),
-    (start, step): (usize, usize),
+    (start, step, on_disk): (usize, usize, &std::collections::BTreeSet<usize>),
     rewind: usize,
 ) -> std::result::Result<PathBuf, String> {
     if step == start {
         return Err(String::new());
+    }
+    if on_disk.contains(&step) {
+        return Ok(args.out_dir.join(checkpoint_name("model", step)));
     }
     save_run_so_far(args, engine, loader, record, step, rewind)
         .map_err(|e| format!("; saving the run after step {step} failed: {e:#}"))
@@ -1192,9 +1176,6 @@ fn saved_before_divergence(args: &TrainArgs, step: usize, path: &Path) -> String
         )
     }
 }
-
-/// Why a training sample stopped early: a signal asked the run to stop.
-const SAMPLE_CUT: &str = "the sample was cut short by a signal";
 
 /// How often a step of many micro-batches says how far it has come.
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(10);

@@ -3,6 +3,7 @@
 //! logits of a Hugging Face GPT-2 decoded token by token are transformers' own, and sampling
 //! with the cache picks the tokens it picks without.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use train_gpt2_cuda::config::GPT2Config;
 use train_gpt2_cuda::cpu::attention::{attention_forward, attention_forward_cached};
@@ -183,7 +184,7 @@ fn sampling_with_the_cache_picks_the_tokens_sampling_without_it_picks() {
     let mut streamed = Vec::new();
     let cached = generate(&mut model, &prompt, 40, w, &opts, 7, |id| {
         streamed.push(id);
-        Ok(())
+        ControlFlow::Continue(())
     })
     .unwrap();
     assert_eq!(cached, streamed);
@@ -191,10 +192,16 @@ fn sampling_with_the_cache_picks_the_tokens_sampling_without_it_picks() {
     let mut full = Gpt2Cpu::new(cfg, ck.params, 1, w).unwrap();
     let recompute = |ctx: &[u32]| Ok(full_forward_logits(&mut full, ctx));
     let args = (&prompt[..], 40, w, &opts, 7);
-    let uncached = generate_with(recompute, cfg.vocab_size, args, |_| Ok(())).unwrap();
+    let uncached = generate_with(recompute, cfg.vocab_size, args, |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     assert_eq!(cached, uncached);
     // and the tokens depend on the seed (the comparison above is not of two constant streams)
-    let other = generate(&mut model, &prompt, 40, w, &opts, 8, |_| Ok(())).unwrap();
+    let other = generate(&mut model, &prompt, 40, w, &opts, 8, |_| {
+        ControlFlow::Continue(())
+    })
+    .unwrap();
     assert_ne!(cached, other);
 }
 

@@ -226,6 +226,15 @@ pub fn get_f32s(bytes: &[u8]) -> Vec<f32> {
         .collect()
 }
 
+/// The folder `path` is in: its parent, `.` for a bare file name (whose parent is empty, which
+/// neither `read_dir` nor `canonicalize` takes).
+pub fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
 /// Writes `bytes` to `path` through a temporary file and a rename, so that an interrupted write
 /// never leaves a half-written file under the final name (see [`write_file_atomic_with`]).
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -261,15 +261,11 @@ fn check_out_dir(inputs: &[PathBuf], out_dir: &Path) -> Result<()> {
     };
     // an input's folder resolved, and the file itself resolved (a link to a shard is one too)
     let in_out = |path: &Path| {
-        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        let Some(name) = path.file_name() else {
             return false;
         };
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        std::fs::canonicalize(dir).is_ok_and(|d| d == out) && ours(&name.to_string_lossy())
+        std::fs::canonicalize(crate::formats::folder_of(path)).is_ok_and(|d| d == out)
+            && ours(&name.to_string_lossy())
     };
     for input in inputs {
         let resolved = std::fs::canonicalize(input).unwrap_or_else(|_| input.clone());

@@ -348,6 +348,13 @@ pub fn create_engine(
                 "note: --recompute does nothing on the CPU engine (it keeps every activation)"
             );
         }
+        // (with --device cpu these two are errors, below; here the GPU was not found)
+        if opts.kernels.is_some() {
+            eprintln!("note: --kernels does nothing on the CPU engine (it has one path)");
+        }
+        if opts.classifier_chunk.is_some() {
+            eprintln!("note: --classifier-chunk does nothing on the CPU engine (it has one path)");
+        }
         Ok(Box::new(if opts.forwards_only {
             Gpt2Cpu::for_inference(cfg, params, max_b, max_t)?
         } else {
@@ -407,7 +414,13 @@ fn gpu_engine_on(
     opts: &EngineOptions,
 ) -> Result<Box<dyn Engine>> {
     let precision = resolve_precision(opts.precision, Some(gpu.compute_capability()?))?;
-    gpu.set_tf32(opts.tf32)?;
+    // TF32 is a mode of fp32 products: bf16 has none, and cuBLAS's TF32 mode would let its bf16
+    // products reduce partial sums in bf16 (`Gpu::set_tf32`)
+    let tf32 = opts.tf32 && precision == Precision::Fp32;
+    if opts.tf32 && !tf32 {
+        eprintln!("note: --tf32 does nothing in bf16 (it is a mode of the fp32 products)");
+    }
+    gpu.set_tf32(tf32)?;
     use crate::gpu::Gpt2Gpu;
     use crate::gpu::ModelOptions;
     let model_opts = ModelOptions {

@@ -34,10 +34,10 @@ pub struct Example {
 }
 
 /// Reads the examples of a HellaSwag JSON Lines file (blank lines skipped). The label may be a
-/// number or a string of one (as some copies of the dataset store it). An error names the line.
+/// number or a string of one (as some copies of the dataset store it). A `*.gz` or `*.zst` file
+/// is decompressed as it is read. An error names the line.
 pub fn read_examples(path: &Path) -> Result<Vec<Example>> {
-    let file =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let file = crate::prepro::open_input(path)?;
     let mut examples = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line =
@@ -127,6 +127,8 @@ pub struct Scored {
     pub pred_sum: usize,
     /// The ending of the lowest average (acc_norm).
     pub pred_norm: usize,
+    /// Whether every ending's loss is finite; an example where one is not counts as wrong.
+    pub finite: bool,
 }
 
 impl Scored {
@@ -148,13 +150,17 @@ pub fn score(r: &Rendered, losses: &[f32], t: usize) -> Scored {
             count[i] += 1;
         }
     }
-    let argmin =
-        |x: [f64; ENDINGS]| (1..ENDINGS).fold(0, |best, i| if x[i] < x[best] { i } else { best });
+    // (a NaN loss never wins: comparisons with it are false)
+    let key = |x: f64| if x.is_nan() { f64::INFINITY } else { x };
+    let argmin = |x: [f64; ENDINGS]| {
+        (1..ENDINGS).fold(0, |best, i| if key(x[i]) < key(x[best]) { i } else { best })
+    };
     let mut scored = Scored {
         sum,
         count,
         pred_sum: argmin(sum),
         pred_norm: 0,
+        finite: sum.iter().all(|x| x.is_finite()),
     };
     scored.pred_norm = argmin(scored.avg());
     scored
@@ -168,6 +174,8 @@ pub struct HellaSwag {
     pub correct_norm: usize,
     /// Right by the lowest summed loss (acc).
     pub correct_sum: usize,
+    /// Examples with a loss that is NaN or infinite (an overflow), counted as wrong.
+    pub non_finite: usize,
 }
 
 impl HellaSwag {
@@ -177,6 +185,30 @@ impl HellaSwag {
     pub fn acc(&self) -> f64 {
         self.correct_sum as f64 / self.examples as f64
     }
+    /// What to add to a line of results: nothing, or how many examples had a non-finite loss.
+    pub fn non_finite_note(&self) -> String {
+        match self.non_finite {
+            0 => String::new(),
+            n => format!(
+                " ({n} of {} examples with a loss that is not finite, counted wrong)",
+                self.examples
+            ),
+        }
+    }
+}
+
+/// "1 example", "5 examples".
+pub fn count_text(n: usize) -> String {
+    format!("{n} example{}", if n == 1 { "" } else { "s" })
+}
+
+/// How the examples are batched: `per_batch` examples of 4 rows of `t` tokens a forward.
+pub fn batches_text(per_batch: usize, t: usize) -> String {
+    format!(
+        "{} a forward (batches of {}x{t})",
+        count_text(per_batch),
+        per_batch * ENDINGS
+    )
 }
 
 /// The row length every batch is padded to: the longest row of `examples`; an error when it is
@@ -229,7 +261,8 @@ pub fn load(
     }
     let tok = Tokenizer::gpt2()?;
     let rendered: Vec<Rendered> = examples.iter().map(|ex| render(&tok, ex)).collect();
-    let t = row_length(&rendered, max_t, what_max)?;
+    let t =
+        row_length(&rendered, max_t, what_max).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     Ok((rendered, t))
 }
 
@@ -259,8 +292,9 @@ pub fn evaluate(
         for (k, r) in batch.iter().enumerate() {
             let s = score(r, &losses[k * ENDINGS * t..(k + 1) * ENDINGS * t], t);
             total.examples += 1;
-            total.correct_norm += usize::from(s.pred_norm == r.label);
-            total.correct_sum += usize::from(s.pred_sum == r.label);
+            total.correct_norm += usize::from(s.finite && s.pred_norm == r.label);
+            total.correct_sum += usize::from(s.finite && s.pred_sum == r.label);
+            total.non_finite += usize::from(!s.finite);
             scores.push(s);
         }
         on_batch(&total);

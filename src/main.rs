@@ -21,7 +21,9 @@ use train_gpt2_cuda::{out, outln};
     name = "train-gpt2-cuda",
     version,
     about = "Train GPT-2 on an NVIDIA GPU (or the CPU reference path)",
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    // (so that `--lr -1` is refused by its check, with its message, not as an unknown flag)
+    allow_negative_numbers = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,15 +35,20 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Tokenize text files into train and val token shards (llm.c format).
+    #[command(allow_negative_numbers = true)]
     Prepro(PreproArgs),
     /// Generate text from a checkpoint.
+    #[command(allow_negative_numbers = true)]
     Sample(SampleArgs),
     /// The loss (and perplexity) of a model on token shards, without training.
+    #[command(allow_negative_numbers = true)]
     Eval(EvalArgs),
     /// Compare forward and backward with a debug state (PyTorch or llm.c) tensor by tensor.
+    #[command(allow_negative_numbers = true)]
     Verify(VerifyArgs),
     /// Write a model (a Hugging Face GPT-2, or an llm.c checkpoint) as an llm.c checkpoint or as
     /// a Hugging Face GPT-2.
+    #[command(allow_negative_numbers = true)]
     Convert(ConvertArgs),
     /// Write the GPT-2 vocabulary as llm.c's gpt2_tokenizer.bin.
     Tokenizer {
@@ -204,7 +211,8 @@ struct VerifyArgs {
     /// (checked against the bf16 tolerances; the CPU side always computes in fp32).
     #[arg(long, value_enum, default_value = "fp32")]
     precision: Precision,
-    /// Use TF32 tensor cores for the GPU's fp32 matrix products.
+    /// Use TF32 tensor cores for the GPU's fp32 matrix products (checked against the TF32
+    /// tolerances).
     #[arg(long)]
     tf32: bool,
     /// The GPU's kernels: fused or plain (default: fused in bf16 where the shapes allow).
@@ -436,6 +444,12 @@ fn run_eval(a: &EvalArgs) -> Result<ExitCode> {
         n * a.batch * t
     );
     output_complete("the loss")?;
+    if !loss.is_finite() {
+        bail!(
+            "the loss is not finite: the forward overflowed on some batch{}",
+            overflow_hint(engine.precision())
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -455,6 +469,15 @@ fn eval_engine(
     )
 }
 
+/// What may help when an evaluation's loss is not finite (the model's parameters are finite:
+/// `read_model` checks them).
+fn overflow_hint(precision: Precision) -> &'static str {
+    match precision {
+        Precision::Fp32 => "",
+        Precision::Bf16 => " (in bf16: --precision fp32 may avoid the overflow)",
+    }
+}
+
 fn run_hellaswag(a: &EvalArgs, path: &std::path::Path) -> Result<ExitCode> {
     use train_gpt2_cuda::hellaswag::{evaluate, load, ENDINGS};
     if a.batch == 0 || !a.batch.is_multiple_of(ENDINGS) {
@@ -472,11 +495,12 @@ fn run_hellaswag(a: &EvalArgs, path: &std::path::Path) -> Result<ExitCode> {
     let mut engine = eval_engine(a, cfg, ck.params, t)?;
     let n = rendered.len();
     outln!(
-        "hellaswag: {} ({cfg}) on {} on {}: {n} examples, {per_batch} a batch of {}x{t}",
+        "hellaswag: {} ({cfg}) on {} on {}: {}, {}",
         a.model.display(),
         engine.describe(),
         path.display(),
-        a.batch
+        train_gpt2_cuda::hellaswag::count_text(n),
+        train_gpt2_cuda::hellaswag::batches_text(per_batch, t)
     );
     // a progress line about every tenth of the way
     let every = n.div_ceil(10).max(1);
@@ -494,21 +518,39 @@ fn run_hellaswag(a: &EvalArgs, path: &std::path::Path) -> Result<ExitCode> {
         }
     })?;
     outln!(
-        "hellaswag: acc_norm {:.4} ({}/{n}), acc {:.4} ({}/{n})",
+        "hellaswag: acc_norm {:.4} ({}/{n}), acc {:.4} ({}/{n}){}",
         total.acc_norm(),
         total.correct_norm,
         total.acc(),
-        total.correct_sum
+        total.correct_sum,
+        total.non_finite_note()
     );
     output_complete("the accuracies")?;
+    if total.non_finite > 0 {
+        bail!(
+            "the model's loss was not finite (NaN or inf) on {} of {n} examples: the accuracies \
+             count them as wrong{}",
+            total.non_finite,
+            overflow_hint(engine.precision())
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
 fn run_convert(a: &ConvertArgs) -> Result<ExitCode> {
-    if a.format == ModelFormat::Llmc {
-        check_out_file(&a.out)?;
+    let mut written = vec![a.out.clone()];
+    match a.format {
+        ModelFormat::Llmc => check_out_file("--out", &a.out)?,
+        ModelFormat::Hf => {
+            written.extend(["model.safetensors", "config.json"].map(|f| a.out.join(f)))
+        }
     }
-    check_not_the_input(&a.model, a)?;
+    check_not_an_input(
+        "--out",
+        &a.out,
+        &written,
+        &[("the model being converted", &a.model)],
+    )?;
     let ck = read_model(&a.model)?;
     let precision = a.precision.into();
     match a.format {
@@ -534,36 +576,44 @@ fn run_convert(a: &ConvertArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Checks that `--out` names a file, before any work: a directory there is an error, not a
-/// temporary file written beside it.
-fn check_out_file(out: &std::path::Path) -> Result<()> {
-    if out.is_dir() || out.as_os_str().to_string_lossy().ends_with('/') {
-        bail!("{} is a directory: --out takes a file name", out.display());
+/// Checks that `flag`'s `out` names a file, before any work: a directory there is an error, not
+/// a temporary file written beside it.
+fn check_out_file(flag: &str, out: &std::path::Path) -> Result<()> {
+    if out.is_dir() {
+        bail!("{} is a directory: {flag} takes a file name", out.display());
+    }
+    if out.as_os_str().to_string_lossy().ends_with('/') {
+        bail!(
+            "{} names a folder (it ends in '/'): {flag} takes a file name",
+            out.display()
+        );
     }
     Ok(())
 }
 
-/// Checks that `convert` writes none of the files it reads: `--out` is not `--model` (the
-/// same checkpoint, or the same Hugging Face folder) nor one of the model folder's files, which
-/// would be replaced by the model converted (or half of it, where the write fails).
-fn check_not_the_input(model: &std::path::Path, a: &ConvertArgs) -> Result<()> {
-    let Ok(m) = std::fs::canonicalize(model) else {
-        return Ok(()); // (read_model says what is missing)
-    };
-    let mut read = vec![m.clone()];
-    if let Ok(entries) = std::fs::read_dir(&m) {
-        read.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
-    }
-    let mut written = vec![a.out.clone()];
-    if a.format == ModelFormat::Hf {
-        written.extend(["model.safetensors", "config.json"].map(|f| a.out.join(f)));
-    }
-    for path in written {
-        if read.contains(&resolved(&path)) {
+/// Checks, before any work, that a command writes none of the files it reads: none of `written`
+/// (the files that `flag` `out` makes) is one of `inputs` (what each is, and its path), nor a file
+/// in an input that is a folder (a Hugging Face model): it would be replaced by the output, or by
+/// half of it where the write fails.
+fn check_not_an_input(
+    flag: &str,
+    out: &std::path::Path,
+    written: &[std::path::PathBuf],
+    inputs: &[(&str, &std::path::Path)],
+) -> Result<()> {
+    for &(what, input) in inputs {
+        let Ok(m) = std::fs::canonicalize(input) else {
+            continue; // (its reader says what is missing)
+        };
+        let mut read = vec![m.clone()];
+        if let Ok(entries) = std::fs::read_dir(&m) {
+            read.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
+        }
+        if written.iter().any(|w| read.contains(&resolved(w))) {
             bail!(
-                "--out {} would overwrite the model being converted ({}): give another --out",
-                a.out.display(),
-                model.display()
+                "{flag} {} would overwrite {what} ({}): give another {flag}",
+                out.display(),
+                input.display()
             );
         }
     }
@@ -584,7 +634,7 @@ fn resolved(path: &std::path::Path) -> std::path::PathBuf {
 }
 
 fn run_tokenizer(out: &std::path::Path) -> Result<ExitCode> {
-    check_out_file(out)?;
+    check_out_file("--out", out)?;
     let tok = Tokenizer::gpt2()?;
     let tokens = tok.decoder().all_token_bytes();
     train_gpt2_cuda::formats::tokenizer_file::write_tokenizer_file(out, tokens, tok.eot())?;
@@ -598,6 +648,18 @@ fn run_tokenizer(out: &std::path::Path) -> Result<ExitCode> {
 }
 
 fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
+    // (before any work: the dump is written at the end)
+    if let Some(dump) = &a.dump {
+        check_out_file("--dump", dump)?;
+        let mut inputs = vec![
+            ("the model", a.model.as_path()),
+            ("the reference state", &a.state),
+        ];
+        if let Some(losses) = &a.expect_losses {
+            inputs.push(("the expected losses", losses));
+        }
+        check_not_an_input("--dump", dump, std::slice::from_ref(dump), &inputs)?;
+    }
     if a.device == VerifyDevice::Cpu && (a.tf32 || a.no_cuda_graphs) {
         eprintln!("note: --tf32 and --no-cuda-graphs do nothing with --device cpu");
     }
@@ -649,12 +711,9 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         forwards_only: false,
     };
     // each engine against the fp32 reference by its own precision; GPU vs CPU by the GPU's
-    let tol_of = |dev: Device| {
-        Tolerances::for_precision(if dev == Device::Cpu {
-            Precision::Fp32
-        } else {
-            a.precision
-        })
+    let tol_of = |dev: Device| match dev {
+        Device::Cpu => Tolerances::FP32,
+        _ => Tolerances::for_engine(a.precision, a.tf32),
     };
     let mut all_pass = true;
     let mut results = Vec::new();

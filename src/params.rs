@@ -206,6 +206,16 @@ pub fn num_parameters(cfg: &GPT2Config) -> usize {
     param_sizes(cfg).into_array().iter().sum()
 }
 
+/// A number of parameters as a person reads it: "124.5M", "59.9K", or the number itself below
+/// 10,000.
+pub fn count_text(n: usize) -> String {
+    match n {
+        1_000_000.. => format!("{:.1}M", n as f64 / 1e6),
+        10_000.. => format!("{:.1}K", n as f64 / 1e3),
+        _ => n.to_string(),
+    }
+}
+
 /// Splits one allocation of `num_parameters` elements into the 16 named tensors.
 pub fn split<'a, T>(cfg: &GPT2Config, mut buf: &'a [T]) -> Params<&'a [T]> {
     assert_eq!(buf.len(), num_parameters(cfg), "parameter buffer size");

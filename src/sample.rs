@@ -33,7 +33,7 @@ impl SampleOptions {
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             bail!(
-                "temperature must be a positive number, got {}",
+                "temperature must be a finite number above 0, got {}",
                 self.temperature
             );
         }

@@ -535,6 +535,87 @@ pub fn model_config(model: &str) -> Result<GPT2Config> {
     GPT2Config::from_descriptor(model)
 }
 
+/// Records the checkpoint of `step` just written among those `on_disk`, and removes those that
+/// `--keep-checkpoints N` no longer keeps: the newest N stay, and older ones `--keep-every` keeps.
+fn keep_checkpoints(
+    args: &TrainArgs,
+    on_disk: &mut std::collections::BTreeSet<usize>,
+    step: usize,
+) {
+    on_disk.insert(step);
+    if args.keep_checkpoints == 0 {
+        return;
+    }
+    let old: Vec<usize> = on_disk
+        .iter()
+        .rev()
+        .skip(args.keep_checkpoints)
+        .filter(|&&s| args.keep_every.is_none_or(|n| !s.is_multiple_of(n)))
+        .copied()
+        .collect();
+    for s in old {
+        remove_checkpoint(&args.out_dir, s);
+        on_disk.remove(&s);
+    }
+}
+
+/// Says how a run stopped by `signal` after `steps` steps (its checkpoint written) goes on;
+/// `last`: those were all the run's steps.
+fn say_stopped(args: &TrainArgs, signal: crate::interrupt::Stop, steps: usize, last: bool) {
+    if last {
+        crate::console::write_or_stderr(format_args!(
+            "interrupted ({}) at the run's last step ({steps}): its checkpoint is written, \
+             nothing is left to train (the final sample is left out)\n",
+            signal.name(),
+        ));
+    } else if args.no_state {
+        crate::console::write_or_stderr(format_args!(
+            "interrupted ({}) after step {steps}: the model is saved; without a training state \
+             (--no-state) the run cannot be resumed\n",
+            signal.name(),
+        ));
+    } else {
+        // (the exact state: the folder may hold a later one from an earlier attempt)
+        let state = args.out_dir.join(checkpoint_name("state", steps));
+        crate::console::write_or_stderr(format_args!(
+            "interrupted ({}) after step {steps}: continue with the same flags and --resume \
+             {}{}\n",
+            signal.name(),
+            state.display(),
+            in_place_of_resume(args)
+        ));
+    }
+}
+
+/// Says that a run stopped by `signal` before its first step (`start`: the steps its state had
+/// done) trained nothing, and so saved nothing.
+fn say_stopped_before_training(args: &TrainArgs, signal: crate::interrupt::Stop, start: usize) {
+    match &args.resume {
+        Some(r) => crate::console::write_or_stderr(format_args!(
+            "interrupted ({}) before step {}: nothing more is trained; --resume {} continues \
+             from where it did\n",
+            signal.name(),
+            start + 1,
+            r.display()
+        )),
+        None => crate::console::write_or_stderr(format_args!(
+            "interrupted ({}) before the first step: nothing is trained, nothing saved\n",
+            signal.name()
+        )),
+    }
+}
+
+/// " (in place of --resume R)" where the run was resumed from a state file, or from another
+/// folder: that --resume would not find this run's newest state.
+fn in_place_of_resume(args: &TrainArgs) -> String {
+    match &args.resume {
+        Some(r) if !crate::checkpoints::same_dir(r, &args.out_dir) => {
+            format!(" (in place of --resume {})", r.display())
+        }
+        _ => String::new(),
+    }
+}
+
 /// The average loss over `batches` batches of `loader` (from its start).
 pub fn evaluate(engine: &mut dyn Engine, loader: &mut DataLoader, batches: usize) -> Result<f32> {
     evaluate_with(engine, loader, batches, |_, _| {})
@@ -623,8 +704,8 @@ pub fn train(
     })?;
 
     outln!(
-        "model: {cfg} ({:.1}M parameters) on {}",
-        crate::params::num_parameters(&cfg) as f64 / 1e6,
+        "model: {cfg} ({} parameters) on {}",
+        crate::params::count_text(crate::params::num_parameters(&cfg)),
         engine.describe()
     );
     outln!(
@@ -699,7 +780,7 @@ pub fn train(
         let steps = profiled_steps(args.steps - start);
         let steps = start + steps.start..start + steps.end;
         outln!(
-            "profile: timing the kernel families of steps {}..={} by {method}",
+            "profile: timing the kernel families of steps {} to {} by {method}",
             steps.start + 1,
             steps.end
         );
@@ -714,12 +795,10 @@ pub fn train(
     };
     if let (Some(hs), Some(path)) = (&hellaswag, &args.hellaswag) {
         outln!(
-            "hellaswag: {} examples of {} at each validation, {} a batch of {}x{}",
-            hs.examples.len(),
+            "hellaswag: {} of {} at each validation, {}",
+            crate::hellaswag::count_text(hs.examples.len()),
             path.display(),
-            hs.per_batch,
-            hs.per_batch * crate::hellaswag::ENDINGS,
-            hs.t
+            crate::hellaswag::batches_text(hs.per_batch, hs.t)
         );
     }
     // the validation loss, and HellaSwag's accuracy when asked for
@@ -736,10 +815,11 @@ pub fn train(
                 let (total, _) =
                     crate::hellaswag::evaluate(engine, &hs.examples, hs.per_batch, hs.t, |_| {})?;
                 outln!(
-                    "hellaswag acc_norm {:.4} ({}/{})",
+                    "hellaswag acc_norm {:.4} ({}/{}){}",
                     total.acc_norm(),
                     total.correct_norm,
-                    total.examples
+                    total.examples,
+                    total.non_finite_note()
                 );
                 summary.hellaswag.push((step, total.acc_norm()));
                 acc_norm = Some(total.acc_norm());
@@ -752,6 +832,19 @@ pub fn train(
         0 => None,
         _ => Some(Tokenizer::gpt2()?),
     };
+    // (a model of another vocabulary, a test fixture say, trains on its own token ids)
+    let tokenizer = tokenizer.filter(|tok| {
+        let same = tok.vocab_size() == cfg.vocab_size;
+        if !same {
+            eprintln!(
+                "note: no text samples: the model's vocabulary has {} tokens, the GPT-2 tokenizer \
+                 {} (--sample-tokens 0 says so without this note)",
+                cfg.vocab_size,
+                tok.vocab_size()
+            );
+        }
+        same
+    });
     let sample = |engine: &mut dyn Engine, step: usize, log: &mut RunLog| -> Result<String> {
         let Some(tok) = &tokenizer else {
             return Ok(String::new());
@@ -805,6 +898,23 @@ pub fn train(
         }
         if args.sample_every > 0 && step > 0 && step % args.sample_every == 0 {
             sample(engine, step, &mut log)?;
+        }
+        // Ctrl-C or SIGTERM during that validation or sample (or the start-up): stop before
+        // training another step, which may take long
+        if let Some(signal) = crate::interrupt::requested() {
+            if step == start {
+                say_stopped_before_training(args, signal, start);
+            } else {
+                if !on_disk.contains(&step) {
+                    let record = (&outliers, summary.best_val);
+                    let path = save_checkpoint(args, engine, &train_loader, record, step)?;
+                    summary.checkpoint = Some(path);
+                    keep_checkpoints(args, &mut on_disk, step);
+                }
+                say_stopped(args, signal, step, false);
+            }
+            summary.interrupted = Some(signal);
+            return Ok(summary);
         }
 
         let step_range = crate::gpu::nvtx::range(c"step");
@@ -955,55 +1065,10 @@ pub fn train(
             let record = (&outliers, summary.best_val);
             let path = save_checkpoint(args, engine, &train_loader, record, step + 1)?;
             summary.checkpoint = Some(path);
-            on_disk.insert(step + 1);
-            // --keep-checkpoints N: the last N stay, and older ones --keep-every keeps
-            if args.keep_checkpoints > 0 {
-                let old: Vec<usize> = on_disk
-                    .iter()
-                    .rev()
-                    .skip(args.keep_checkpoints)
-                    .filter(|&&s| args.keep_every.is_none_or(|n| !s.is_multiple_of(n)))
-                    .copied()
-                    .collect();
-                for s in old {
-                    remove_checkpoint(&args.out_dir, s);
-                    on_disk.remove(&s);
-                }
-            }
+            keep_checkpoints(args, &mut on_disk, step + 1);
         }
         if let Some(signal) = stop {
-            if last {
-                crate::console::write_or_stderr(format_args!(
-                    "interrupted ({}) at the run's last step ({}): its checkpoint is written, \
-                     nothing is left to train (the final sample is left out)\n",
-                    signal.name(),
-                    step + 1
-                ));
-            } else if args.no_state {
-                crate::console::write_or_stderr(format_args!(
-                    "interrupted ({}) after step {}: the model is saved; without a training \
-                     state (--no-state) the run cannot be resumed\n",
-                    signal.name(),
-                    step + 1
-                ));
-            } else {
-                // (the exact state: the folder may hold a later one from an earlier attempt)
-                let state = args.out_dir.join(checkpoint_name("state", step + 1));
-                // (a --resume of a state, or of another folder, would not find this one)
-                let instead = match &args.resume {
-                    Some(r) if !crate::checkpoints::same_dir(r, &args.out_dir) => {
-                        format!(" (in place of --resume {})", r.display())
-                    }
-                    _ => String::new(),
-                };
-                crate::console::write_or_stderr(format_args!(
-                    "interrupted ({}) after step {}: continue with the same flags and \
-                     --resume {}{instead}\n",
-                    signal.name(),
-                    step + 1,
-                    state.display()
-                ));
-            }
+            say_stopped(args, signal, step + 1, last);
             summary.interrupted = Some(signal);
             return Ok(summary);
         }

@@ -960,16 +960,16 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
     }
 }
 
+/// Runs `cmd`, sends it `signal` (kill's flag, e.g. "-INT") once a line of its stdout satisfies
+/// `when`, and waits for it: its exit status, its stdout and its stderr.
 #[cfg(unix)]
-fn stop_and_resume(signal: &str, status: i32, name: &str) {
-    use std::io::{BufRead, BufReader};
-    let dir = tmp_dir(&format!("stop{signal}"));
-    let out = dir.join("out").to_string_lossy().into_owned();
-    let mut common = flags("--device cpu --batch 2 --seq 16 --val-every 0 --sample-tokens 0");
-    common.extend(["--out-dir", &out, "--model", "d1"]);
-    let mut child = bin()
-        .args(&common)
-        .args(["--steps", "2000"]) // about 30 s if the signal did nothing
+fn signal_when(
+    cmd: &mut Command,
+    signal: &str,
+    when: impl Fn(&str) -> bool,
+) -> (std::process::ExitStatus, String, String) {
+    use std::io::{BufRead, BufReader, Read};
+    let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -980,7 +980,7 @@ fn stop_and_resume(signal: &str, status: i32, name: &str) {
         let line = line.unwrap();
         log += &line;
         log.push('\n');
-        if step_number(&line) >= Some(3) {
+        if when(&line) {
             break;
         }
     }
@@ -993,7 +993,26 @@ fn stop_and_resume(signal: &str, status: i32, name: &str) {
         log += &line.unwrap();
         log.push('\n');
     }
-    let code = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (child.wait().unwrap(), log, stderr)
+}
+
+#[cfg(unix)]
+fn stop_and_resume(signal: &str, status: i32, name: &str) {
+    let dir = tmp_dir(&format!("stop{signal}"));
+    let out = dir.join("out").to_string_lossy().into_owned();
+    let mut common = flags("--device cpu --batch 2 --seq 16 --val-every 0 --sample-tokens 0");
+    common.extend(["--out-dir", &out, "--model", "d1"]);
+    // (--steps 2000: about 30 s if the signal did nothing)
+    let (code, log, _) = signal_when(bin().args(&common).args(["--steps", "2000"]), signal, |l| {
+        step_number(l) >= Some(3)
+    });
     assert_eq!(code.code(), Some(status), "{signal}: {log}");
     let last = log
         .lines()
@@ -1040,6 +1059,184 @@ fn stop_and_resume(signal: &str, status: i32, name: &str) {
     );
 }
 
+/// A signal during a text sample between steps (or a validation) stops the run there, not after
+/// one more step (which may take minutes): the checkpoint of the steps done so far, the line to
+/// continue, status 130. Resumed so, the run goes on from that step.
+#[cfg(unix)]
+#[test]
+fn a_signal_during_a_sample_between_steps_stops_before_the_next_step() {
+    let dir = tmp_dir("stop-in-sample");
+    let out = dir.join("out").to_string_lossy().into_owned();
+    // a sample of a million tokens: minutes, unless the signal cuts it short
+    let mut common = flags(
+        "--device cpu --model d1 --batch 2 --seq 16 --val-every 0 --sample-every 3 \
+         --sample-tokens 1000000",
+    );
+    common.extend(["--out-dir", &out]);
+    let (code, log, stderr) =
+        signal_when(bin().args(&common).args(["--steps", "6"]), "-INT", |l| {
+            l.starts_with("sample after step 3")
+        });
+    assert_eq!(code.code(), Some(130), "{log}\n{stderr}");
+    assert!(log.contains("(the sample is cut short)"), "{log}");
+    assert_eq!(
+        log.lines().filter_map(step_number).next_back(),
+        Some(3),
+        "no step after the sample:\n{log}"
+    );
+    let state = dir.join("out").join("state_000003.bin");
+    assert!(
+        log.contains(&format!(
+            "interrupted (Ctrl-C) after step 3: continue with the same flags and --resume {}",
+            state.display()
+        )),
+        "{log}\n{stderr}"
+    );
+    assert!(state.is_file(), "{log}");
+    // continued with no samples (the same numbers: samples change nothing)
+    let mut again = common.clone();
+    again.retain(|f| !["--sample-every", "3", "--sample-tokens", "1000000"].contains(f));
+    let (done, stdout, stderr) = run(bin()
+        .args(&again)
+        .args(["--steps", "4", "--sample-tokens", "0", "--resume"])
+        .arg(&state));
+    assert!(done.status.success(), "{stdout}\n{stderr}");
+    let steps: Vec<_> = stdout.lines().filter_map(step_number).collect();
+    assert_eq!(steps, [4], "{stdout}");
+}
+
+/// A model of another vocabulary than GPT-2's (a test fixture, V = 64) trains on its own token
+/// ids; its samples cannot be decoded, so there are none, with a note, instead of an error at
+/// the first sample that lost the run.
+#[test]
+fn a_model_of_another_vocabulary_trains_without_samples() {
+    use train_gpt2_cuda::formats::shard::write_shard;
+    let dir = tmp_dir("other-vocab");
+    let tokens: Vec<u32> = (0..4000u32).map(|i| (i * 7 + i / 13) % 64).collect();
+    write_shard(&dir.join("train.bin"), &tokens).unwrap();
+    write_shard(&dir.join("val.bin"), &tokens[..1000]).unwrap();
+    let model = root().join("tests/fixtures/ref_tiny_model.bin");
+    let (out, stdout, stderr) = run(bin()
+        .args(flags(
+            "--device cpu --batch 2 --seq 8 --steps 4 --sample-every 2 --sample-tokens 4",
+        ))
+        .arg("--model")
+        .arg(&model)
+        .arg("--train")
+        .arg(dir.join("train.bin"))
+        .arg("--val")
+        .arg(dir.join("val.bin"))
+        .arg("--out-dir")
+        .arg(dir.join("out")));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(
+            "note: no text samples: the model's vocabulary has 64 tokens, the GPT-2 tokenizer 50257"
+        ),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("sample after"), "{stdout}");
+    assert_eq!(
+        stdout.lines().filter_map(step_number).collect::<Vec<_>>(),
+        [1, 2, 3, 4],
+        "{stdout}"
+    );
+    assert!(dir.join("out/model_000004.bin").is_file());
+}
+
+/// `verify --dump` refuses to overwrite what it reads (the model, the reference state, the
+/// expected losses), before any work: it used to replace the model with a debug state.
+#[test]
+fn verify_dump_never_overwrites_its_inputs() {
+    let dir = tmp_dir("verify-dump");
+    let fixtures = root().join("tests/fixtures");
+    for f in [
+        "ref_tiny_model.bin",
+        "ref_tiny_state.bin",
+        "ref_tiny_losses.txt",
+    ] {
+        std::fs::copy(fixtures.join(f), dir.join(f)).unwrap();
+    }
+    let before = std::fs::read(dir.join("ref_tiny_model.bin")).unwrap();
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let verify = |dump: &str| {
+        run(bin().args([
+            "verify",
+            "--device",
+            "cpu",
+            "--model",
+            &d("ref_tiny_model.bin"),
+            "--state",
+            &d("ref_tiny_state.bin"),
+            "--steps",
+            "2",
+            "--expect-losses",
+            &d("ref_tiny_losses.txt"),
+            "--dump",
+            dump,
+        ]))
+    };
+    for (file, what) in [
+        ("ref_tiny_model.bin", "the model"),
+        ("ref_tiny_state.bin", "the reference state"),
+        ("ref_tiny_losses.txt", "the expected losses"),
+    ] {
+        let (out, stdout, stderr) = verify(&d(file));
+        assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+        assert!(
+            stderr.contains(&format!("--dump {} would overwrite {what}", d(file))),
+            "{stderr}"
+        );
+        assert!(stdout.is_empty(), "no work before the refusal: {stdout}");
+    }
+    assert_eq!(
+        std::fs::read(dir.join("ref_tiny_model.bin")).unwrap(),
+        before
+    );
+    // a folder, named with or without one
+    let (out, _, stderr) = verify(&d("sub/"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("names a folder (it ends in '/'): --dump takes a file name"),
+        "{stderr}"
+    );
+    // another file is written
+    let (out, stdout, stderr) = verify(&d("dump.bin"));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(dir.join("dump.bin").is_file());
+}
+
+/// A model with a NaN or infinite parameter is refused where it is read, naming the tensor:
+/// `eval` printed "loss NaN" with success, `sample` one token over and over.
+#[test]
+fn a_model_with_a_non_finite_parameter_is_refused() {
+    let dir = tmp_dir("nan-model");
+    let mut bytes = std::fs::read(root().join("tests/fixtures/ref_gpt2vocab_model.bin")).unwrap();
+    // the last parameters are lnfb's: two of them
+    let n = bytes.len();
+    bytes[n - 4..].copy_from_slice(&f32::NAN.to_le_bytes());
+    bytes[n - 8..n - 4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    let model = dir.join("nan.bin");
+    write(&model, &bytes);
+    let m = model.to_string_lossy().into_owned();
+    for args in [
+        vec![
+            "eval", "--device", "cpu", "--model", &m, "--batch", "1", "--seq", "8",
+        ],
+        vec!["sample", "--device", "cpu", "--model", &m, "--tokens", "2"],
+        vec!["--device", "cpu", "--model", &m, "--steps", "1"],
+    ] {
+        let (out, stdout, stderr) = run(bin().args(&args));
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stdout}\n{stderr}");
+        assert!(
+            stderr.contains(
+                "the model holds 2 parameters that are not finite, the first inf in lnfb["
+            ),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
 #[test]
 fn tokenizer_command_writes_gpt2_vocabulary() {
     let dir = tmp_dir("tok");
@@ -1066,6 +1263,11 @@ fn bad_inputs_give_clear_errors() {
     expect_error(
         &["--device", "cpu", "--batch", "0"],
         &["--batch and --seq must be at least 1"],
+    );
+    // a negative number is the flag's value, refused by its own check (clap took it for a flag)
+    expect_error(
+        &["--device", "cpu", "--lr", "-1"],
+        &["--lr must be a positive number, got -1"],
     );
     expect_error(
         &["--device", "cpu", "--seq", "0"],
@@ -1225,7 +1427,7 @@ fn bad_inputs_give_clear_errors() {
         (
             "--temperature",
             "0",
-            "temperature must be a positive number",
+            "temperature must be a finite number above 0",
         ),
         ("--top-p", "1.5", "top-p must be in (0, 1], got 1.5"),
         ("--top-p", "0", "top-p must be in (0, 1], got 0"),

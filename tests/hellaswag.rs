@@ -158,6 +158,18 @@ fn score_counts_the_ending_s_tokens_and_breaks_ties_to_the_first() {
     losses[1] = 9.0;
     let s = score(&r, &losses, t);
     assert_eq!((s.pred_sum, s.pred_norm), (1, 1));
+    assert!(s.finite);
+    // a NaN loss never wins (comparisons with NaN are false: ending 0 won every one), and the
+    // example is marked, to be counted wrong
+    losses[1] = f32::NAN;
+    let s = score(&r, &losses, t);
+    assert_eq!((s.pred_sum, s.pred_norm), (1, 1));
+    assert!(!s.finite);
+    losses[1] = 0.5;
+    losses[t + 1] = f32::INFINITY;
+    let s = score(&r, &losses, t);
+    assert_eq!((s.pred_sum, s.pred_norm), (0, 0));
+    assert!(!s.finite);
 }
 
 /// Writes `lines` to a file of its own and reads it as examples.
@@ -165,6 +177,23 @@ fn read_lines(name: &str, lines: &str) -> anyhow::Result<Vec<Example>> {
     let path = engine_bin::scratch(&format!("hellaswag-{name}")).join("examples.jsonl");
     std::fs::write(&path, lines).unwrap();
     read_examples(&path)
+}
+
+/// A gzipped file (`*.gz`) is read as its text (it said "stream did not contain valid UTF-8").
+#[test]
+fn a_gzipped_file_reads_as_its_text() {
+    let good = r#"{"ctx": "A", "endings": ["b", "c", "d", "e"], "label": 2}"#;
+    let text = format!("{good}\n{good}\n");
+    let mut gz = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+    gz.extend(miniz_oxide::deflate::compress_to_vec(text.as_bytes(), 6));
+    let crc = train_gpt2_cuda::formats::gzip::crc32(0, text.as_bytes());
+    gz.extend(crc.to_le_bytes());
+    gz.extend((text.len() as u32).to_le_bytes());
+    let path = engine_bin::scratch("hellaswag-gz").join("examples.jsonl.gz");
+    std::fs::write(&path, gz).unwrap();
+    let ex = read_examples(&path).unwrap();
+    assert_eq!(ex.len(), 2);
+    assert_eq!((ex[1].label, ex[1].endings[3].as_str()), (2, "e"));
 }
 
 #[test]

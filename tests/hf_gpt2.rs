@@ -696,6 +696,40 @@ fn broken_files_and_directories_give_clear_errors() {
     )
     .unwrap();
     expect_err(&dir, &["model-00001-of-00002.safetensors: cannot open"]);
+    // a shard index naming no shard (it panicked)
+    let dir = tmp_dir("no-shard");
+    std::fs::write(dir.join("config.json"), &config).unwrap();
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        r#"{"weight_map": {}}"#,
+    )
+    .unwrap();
+    expect_err(
+        &dir,
+        &["model.safetensors.index.json: \"weight_map\" names no shard"],
+    );
+    // PyTorch's legacy format as a folder's pytorch_model.bin: named, not read as safetensors
+    let dir = tmp_dir("legacy-in-folder");
+    std::fs::write(dir.join("config.json"), &config).unwrap();
+    let mut bytes = b"\x80\x02\x8a\x0a".to_vec();
+    bytes.resize(2048, 0);
+    std::fs::write(dir.join("pytorch_model.bin"), bytes).unwrap();
+    expect_err(
+        &dir,
+        &["pytorch_model.bin: this is PyTorch's legacy format"],
+    );
+    // untied (tie_word_embeddings false) without lm_head.weight: its output layer is missing
+    let dir = variant(
+        "untied-no-head",
+        |c| {
+            c.insert("tie_word_embeddings".into(), false.into());
+        },
+        keep,
+    );
+    expect_err(
+        &dir,
+        &["\"tie_word_embeddings\" is false, but there is no lm_head.weight"],
+    );
 }
 
 /// A model named as on the Hugging Face Hub is not downloaded: the error says how to fetch it.

@@ -606,10 +606,10 @@ pub fn check_host_memory(
     }
     let (l, c, n, b, t) = f.model;
     bail!(
-        "not enough memory: the model (L={l}, C={c}, {:.1}M parameters, fp32, on the CPU) at \
+        "not enough memory: the model (L={l}, C={c}, {} parameters, fp32, on the CPU) at \
          B={b}, T={t} {needs}, the machine has {} available of {}{held}; use a smaller batch \
          (-b) or sequence length (-t), or a smaller model",
-        n as f64 / 1e6,
+        crate::params::count_text(n),
         size_text(mem.available as f64),
         size_text(mem.total as f64),
     )

@@ -104,10 +104,16 @@ fn is_index(path: &Path) -> bool {
 /// Opens a file of weights: a `torch.save` archive, or a safetensors file.
 fn open_weights(path: &Path) -> Result<SafeTensors> {
     if weights_file(path) == Some(WeightsFile::TorchZip) {
-        open_torch_zip(path)
-    } else {
-        SafeTensors::open(path)
+        return open_torch_zip(path);
     }
+    let mut head = Vec::with_capacity(4);
+    if let Ok(file) = std::fs::File::open(path) {
+        let _ = file.take(4).read_to_end(&mut head);
+    }
+    if super::starts_like_legacy_torch(&head) {
+        bail!("{}: {}", path.display(), super::LEGACY_TORCH);
+    }
+    SafeTensors::open(path)
 }
 
 /// The config file and the safetensors files of the model at `path`.
@@ -178,6 +184,9 @@ fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
         if !files.contains(&f) {
             files.push(f);
         }
+    }
+    if files.is_empty() {
+        bail!("{}: \"weight_map\" names no shard", index.display());
     }
     files.sort();
     Ok(files)
@@ -417,6 +426,13 @@ pub fn read_hf_gpt2(path: &Path) -> Result<Checkpoint> {
                 path.display()
             );
         }
+    } else if read_json(&config_path)?.get("tie_word_embeddings") == Some(&Value::Bool(false)) {
+        // transformers would start such an output layer at random: not the model it describes
+        bail!(
+            "{}: \"tie_word_embeddings\" is false, but there is no lm_head.weight: the output layer \
+             is missing (the engine ties it to the token embedding, as GPT-2 does)",
+            config_path.display()
+        );
     }
     let known = |n: &str| {
         n == "lm_head.weight"

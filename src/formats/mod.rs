@@ -124,6 +124,14 @@ const ZIP_MAGIC: i32 = i32::from_le_bytes(torch_zip::ZIP_MAGIC);
 /// The first four bytes of PyTorch's legacy format (before 1.6: a bare pickle, protocol 2, that
 /// begins with torch's magic number as a LONG1), as an i32.
 const LEGACY_TORCH_MAGIC: i32 = 0x0a8a_0280;
+/// What is said of a file in PyTorch's legacy format.
+pub(crate) const LEGACY_TORCH: &str = "this is PyTorch's legacy format (torch.save before PyTorch \
+     1.6), which is not read: save it again with a current PyTorch";
+
+/// Whether `head` (a file's first bytes) begins PyTorch's legacy format.
+pub(crate) fn starts_like_legacy_torch(head: &[u8]) -> bool {
+    head.get(..4) == Some(&LEGACY_TORCH_MAGIC.to_le_bytes()[..])
+}
 
 /// Reads a model: an llm.c checkpoint (version 3 or 5), or a Hugging Face GPT-2 (a directory with
 /// `config.json` and `model.safetensors` or `pytorch_model.bin`, or one of its weight files or
@@ -138,11 +146,37 @@ pub fn read_model(path: &Path) -> Result<checkpoint::Checkpoint> {
              --local-dir {dir}`, then give --model {dir}"
         );
     }
-    if hf_gpt2::is_hf_model(path) {
-        hf_gpt2::read_hf_gpt2(path)
+    let ck = if hf_gpt2::is_hf_model(path) {
+        hf_gpt2::read_hf_gpt2(path)?
     } else {
-        checkpoint::read_checkpoint(path)
+        checkpoint::read_checkpoint(path)?
+    };
+    check_finite(path, &ck)?;
+    Ok(ck)
+}
+
+/// Refuses a model with a parameter that is NaN or infinite: nothing can be computed with it (its
+/// losses are NaN, its samples one token repeated), and training from it diverges at once.
+fn check_finite(path: &Path, ck: &checkpoint::Checkpoint) -> Result<()> {
+    let tensors = crate::params::split(&ck.config, &ck.params).into_array();
+    let mut bad = tensors.iter().enumerate().flat_map(|(k, x)| {
+        x.iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_finite())
+            .map(move |(i, v)| (k, i, *v))
+    });
+    if let Some((k, i, v)) = bad.next() {
+        let n = 1 + bad.count();
+        bail!(
+            "{}: the model holds {n} parameter{} that {} not finite, the first {v} in {}[{i}]: \
+             it cannot be evaluated, sampled or trained (a checkpoint of a run that diverged?)",
+            path.display(),
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "is" } else { "are" },
+            crate::params::PARAM_NAMES[k]
+        );
     }
+    Ok(())
 }
 
 /// Checks that the magic number is `magic` (one of the formats here) and the version one of
@@ -156,9 +190,7 @@ pub fn check_magic_version(path: &Path, h: &Header, magic: i32, versions: &[i32]
             None if h[0] == ZIP_MAGIC => ": this is a zip archive, as PyTorch's torch.save writes \
                  (pytorch_model.bin): give it to --model with the model's config.json beside it"
                 .to_string(),
-            None if h[0] == LEGACY_TORCH_MAGIC => ": this is PyTorch's legacy format (torch.save \
-                 before PyTorch 1.6), which is not read: save it again with a current PyTorch"
-                .to_string(),
+            None if h[0] == LEGACY_TORCH_MAGIC => format!(": {LEGACY_TORCH}"),
             None => String::new(),
         };
         bail!(

@@ -34,6 +34,22 @@ pub(super) enum Piece {
     Backward { b: usize, t: usize, loss_scale: u32 },
 }
 
+impl std::fmt::Display for Piece {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Piece::Forward { b, t, targets } => {
+                let with = if targets { ", with its losses" } else { "" };
+                write!(f, "the forward pass of a batch of {b}x{t}{with}")
+            }
+            Piece::Backward { b, t, loss_scale } => write!(
+                f,
+                "the backward pass of a batch of {b}x{t} (loss scale {})",
+                f32::from_bits(loss_scale)
+            ),
+        }
+    }
+}
+
 /// What [`StepGraphs::run`] does with a piece.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Action {
@@ -128,18 +144,18 @@ impl StepGraphs {
             }
             Action::Replay => self.graphs[&piece]
                 .launch()
-                .map_err(|e| anyhow!("launching the CUDA graph of {piece:?} failed: {e}")),
+                .map_err(|e| anyhow!("launching the CUDA graph of {piece} failed: {e}")),
             Action::Capture => match capture(stream, &mut work) {
                 Ok(graph) => {
-                    graph.launch().map_err(|e| {
-                        anyhow!("launching the CUDA graph of {piece:?} failed: {e}")
-                    })?;
+                    graph
+                        .launch()
+                        .map_err(|e| anyhow!("launching the CUDA graph of {piece} failed: {e}"))?;
                     self.graphs.insert(piece, graph);
                     Ok(())
                 }
                 Err(why) => {
                     eprintln!(
-                        "note: capturing a CUDA graph of {piece:?} failed ({why:#}); running \
+                        "note: capturing a CUDA graph of {piece} failed ({why:#}); running \
                          without CUDA graphs"
                     );
                     self.set_enabled(false);

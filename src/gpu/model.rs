@@ -544,9 +544,11 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         let (l, c, nh) = (config.num_layers, config.channels, config.num_heads);
         if fused && !fused_supported(&config) {
             bail!(
-                "the fused path needs a head size of {:?} and C, Vp multiples of 8 (this model: \
+                "the fused path needs a head size of {} and C, Vp multiples of 8 (this model: \
                  HS = C/NH = {c}/{nh} = {}, Vp = {})",
-                FLASH_ATTENTION_HEAD_SIZES,
+                FLASH_ATTENTION_HEAD_SIZES
+                    .map(|h| h.to_string())
+                    .join(" or "),
                 c / nh,
                 config.padded_vocab_size
             );
@@ -604,9 +606,9 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             )
         };
         let what = format!(
-            "the model (L={l}, C={c}, {:.1}M parameters, {}) at B={max_b}, T={max_t} needs \
+            "the model (L={l}, C={c}, {} parameters, {}) at B={max_b}, T={max_t} needs \
              {:.2} GiB {parts}",
-            n as f64 / 1e6,
+            crate::params::count_text(n),
             T::PRECISION,
             gib(need),
         );

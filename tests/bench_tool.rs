@@ -1,7 +1,9 @@
 //! `tools/bench` (Python, standard library only) in the modes that need no GPU: its model
 //! arithmetic against the crate's (`mfu.rs`, `params.rs`), its parser on captured engine logs, its
-//! table formatter on a hand-written results file, its argument errors (exit status 2), the dry
-//! run, and a real engine-only run on the CPU with the engine cargo built. A run that includes
+//! table formatter on a hand-written results file (and the files it refuses), its argument errors
+//! (exit status 2), the dry run, GPU runs with stand-ins for the engine, PyTorch and nvidia-smi
+//! (an engine that finds no GPU among them), and a real engine-only run on the CPU with the engine
+//! cargo built. A run that includes
 //! PyTorch (CPU) and one on a GPU are ignored tests: `cargo test --test bench_tool --
 //! --include-ignored` with PyTorch importable (`TORCH_PYTHON=/path/to/python`, else `python3`).
 
@@ -21,9 +23,15 @@ fn engine() -> String {
 
 /// `python3 tools/bench ARGS`: (output, stdout, stderr).
 fn bench(args: &[&str]) -> (Output, String, String) {
+    bench_env(args, &[])
+}
+
+/// `python3 tools/bench ARGS` with the environment variables `env` set.
+fn bench_env(args: &[&str], env: &[(&str, &str)]) -> (Output, String, String) {
     let out = Command::new("python3")
         .arg(root().join("tools/bench"))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(root())
         .output()
         .expect("python3 runs (tools/bench needs Python 3 on the PATH)");
@@ -379,6 +387,70 @@ fn formats_a_results_file() {
     );
 }
 
+/// `--report` on JSON that is not what `--out` writes: one line naming the file and what is wrong
+/// (exit status 2, as for a bad argument), never a traceback.
+#[test]
+fn report_names_what_is_wrong_with_a_results_file() {
+    let dir = tmp_dir("bad-report");
+    let meta_only = &RESULTS[..RESULTS.find("\"rows\"").unwrap()];
+    let cases = [
+        (
+            r#"{"meta": {}, "rows": []}"#.to_string(),
+            "meta: no 'device'",
+        ),
+        (
+            RESULTS.replace("\"model\": \"d12\", ", ""),
+            "meta: no 'model'",
+        ),
+        (
+            RESULTS.replace("\"model\": \"d12\"", "\"model\": \"gpt2\""),
+            "meta: 'model' is \"gpt2\", expected a descriptor dN",
+        ),
+        (
+            RESULTS.replacen("\"status\": \"ok\", ", "", 1),
+            "rows[0]: no 'status'",
+        ),
+        (
+            format!("{meta_only}\"rows\": [1, 2]}}"),
+            "rows[0] is 1, not an object",
+        ),
+        (format!("{meta_only}\"rows\": []}}"), "'rows' is empty"),
+        (
+            RESULTS.replacen("\"B\": 4", "\"B\": \"x\"", 1),
+            "rows[0]: 'B' is \"x\", expected a positive integer",
+        ),
+        (
+            RESULTS.replacen("\"ms_per_step\": 100.0", "\"ms_per_step\": 0", 1),
+            "rows[0]: 'ms_per_step' is 0, expected a number > 0",
+        ),
+        (
+            RESULTS.replace("\"note\": \"exit status 1: boom\"", "\"note\": 7"),
+            "rows[3]: 'note' is 7, expected a string or null",
+        ),
+        ("[1, 2]".to_string(), "not a JSON object"),
+        ("{\"meta\": ".to_string(), "not JSON"),
+    ];
+    let path = dir.join("results.json");
+    let file = path.to_str().unwrap();
+    for (json, what) in &cases {
+        std::fs::write(&path, json).unwrap();
+        let (out, stdout, stderr) = bench(&["--report", file]);
+        let want = format!("error: {file}: not a results file of tools/bench: {what}");
+        assert_eq!(out.status.code(), Some(2), "{json}\n{stdout}{stderr}");
+        assert!(
+            stderr.starts_with(&want),
+            "{json}\nwant '{want}' in:\n{stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+    }
+    // a file that is not there cannot be read, which is another error
+    let missing = dir.join("missing.json");
+    let (out, _, stderr) = bench(&["--report", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("missing.json: cannot read"), "{stderr}");
+}
+
 /// `--report A B`: one table of two runs' rows (a sweep split over two device calls), the
 /// engine/PyTorch ratio taken across the files; files of different configurations are refused.
 #[test]
@@ -463,6 +535,22 @@ fn bad_arguments_exit_with_status_2() {
         ),
         (&["--kernels", "flash"], "invalid choice"),
         (&["--peak-tflops", "-3"], "--peak-tflops"),
+        (
+            &["--peak-tflops", "0"],
+            "--peak-tflops must be a positive number, got '0'",
+        ),
+        (
+            &["--peak-tflops", "inf"],
+            "--peak-tflops must be a positive number, got 'inf'",
+        ),
+        (
+            &["--peak-tflops", "nan"],
+            "--peak-tflops must be a positive number, got 'nan'",
+        ),
+        (
+            &["--peak-tflops", "x"],
+            "--peak-tflops must be a positive number, got 'x'",
+        ),
         (&["--device", "tpu"], "invalid choice"),
         (&["--engine", "none", "--pytorch", "none"], "nothing to run"),
     ];
@@ -477,6 +565,20 @@ fn bad_arguments_exit_with_status_2() {
         );
         assert!(stdout.is_empty(), "{all:?}: {stdout}");
     }
+    // --mfu-info checks --peak-tflops as a run does (and gives it as the peak of every precision)
+    for bad in ["0", "-1", "inf", "1e999", "nan"] {
+        let (out, stdout, stderr) = bench(&["--mfu-info", "--peak-tflops", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}: {stdout}{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "--peak-tflops must be a positive number, got '{bad}'"
+            )),
+            "{bad}: {stderr}"
+        );
+        assert!(stdout.is_empty(), "{bad}: {stdout}");
+    }
+    let json = bench_ok(&["--mfu-info", "--peak-tflops", "100"]);
+    assert_eq!(json_f64(&json, "bf16"), 100.0, "{json}");
     // a missing engine binary: an error when it would run, a warning in a dry run
     let missing = root().join("no/such/train-gpt2-cuda");
     let missing = missing.to_str().unwrap();
@@ -576,6 +678,47 @@ fn dry_run_prints_the_commands_and_runs_nothing() {
     );
     assert!(!stdout.lines().any(|l| l.contains("bench_pytorch.py")
         && (l.contains("--kernels") || l.contains("graphs") || l.contains("recompute"))));
+}
+
+/// `--batch 4,4` runs B=4 once, with a note, as `--precision` and `--pytorch` do with a repeat.
+#[test]
+fn a_value_given_twice_runs_once() {
+    let eng = engine();
+    let (out, stdout, stderr) = bench(&[
+        "--dry-run",
+        "--engine",
+        &eng,
+        "--batch",
+        "4,8,4,8,16",
+        "--precision",
+        "fp32,bf16",
+        "FP32",
+        "--pytorch",
+        "eager,eager",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    let engine_batches: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with(&eng))
+        .map(|l| {
+            l.split("--batch ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(engine_batches, ["4", "8", "16", "4", "8", "16"], "{stdout}");
+    let torch_lines = stdout.lines().filter(|l| l.contains("bench_pytorch.py"));
+    assert_eq!(torch_lines.count(), 6, "{stdout}");
+    for note in [
+        "note: --batch: 4, 8 given more than once, run once",
+        "note: --precision: fp32 given more than once, run once",
+        "note: --pytorch: eager given more than once, run once",
+    ] {
+        assert!(stderr.contains(note), "no '{note}' in:\n{stderr}");
+    }
 }
 
 #[test]
@@ -764,6 +907,147 @@ fn out_of_memory_on_either_side_is_an_oom_row() {
     let rows = table_rows(&stdout);
     assert_eq!(
         rows[0][4], "error (exit status 1: error: something else)",
+        "{stdout}"
+    );
+}
+
+/// An engine that cannot run on a GPU (no GPU, no driver): the benchmark stops at its first run
+/// with one line that holds the engine's whole error line, exit status 1, no table (so no MFU line
+/// about a GPU called 'None'); nothing else runs, PyTorch included, and no --out file is written.
+#[test]
+fn an_engine_without_a_gpu_stops_the_benchmark_at_its_first_run() {
+    let dir = tmp_dir("nogpu");
+    let runs = dir.join("runs");
+    let error = "error: no CUDA GPU available: the CUDA driver library (libcuda.so) could not be \
+                 loaded; is the NVIDIA driver installed?";
+    let eng = script(
+        &dir.join("engine"),
+        &format!(
+            "echo run >> '{}'\necho 'model: L=12 NH=12 C=768'\necho '{error}' >&2\nexit 1\n",
+            runs.display()
+        ),
+    );
+    let py = fake_python(&dir, true, "{}");
+    let results = dir.join("results.json");
+    let no_smi = dir.join("no-nvidia-smi");
+    let (out, stdout, stderr) = bench_env(
+        &[
+            "--device",
+            "cuda",
+            "--batch",
+            "4,8",
+            "--precision",
+            "fp32",
+            "bf16",
+            "--pytorch",
+            "eager",
+            "--engine",
+            &eng,
+            "--python",
+            &py,
+            "--out",
+            results.to_str().unwrap(),
+        ],
+        &[("BENCH_NVIDIA_SMI", no_smi.to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.is_empty(), "no table: {stdout}");
+    // 2 precisions x 2 batch sizes x (the engine, PyTorch eager): 7 runs after the first
+    assert_eq!(
+        stderr.lines().last().unwrap(),
+        format!(
+            "error: train-gpt2-cuda cannot run on a GPU here, so tools/bench stopped (7 other runs \
+             skipped): train-gpt2-cuda fp32 B=4 ended with exit status 1: {error}"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("peak table") && !stderr.contains("[2/8]"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_to_string(&runs).unwrap(), "run\n");
+    assert!(!results.exists());
+
+    // The engine itself, d1 on --device cuda: where it cannot run on a GPU (a build without
+    // kernels, a machine without a GPU), its error is one tools/bench knows; elsewhere it runs.
+    let eng = engine();
+    let args = [
+        "--device",
+        "cuda",
+        "--model",
+        "d1",
+        "--seq",
+        "32",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--pytorch",
+        "none",
+        "--engine",
+        &eng,
+    ];
+    let (out, stdout, stderr) = bench(&args);
+    if stderr.contains("cannot run on a GPU here") {
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stdout.is_empty(), "{stdout}");
+        assert!(
+            stderr.contains("ended with exit status 1: error: this build has no CUDA kernels")
+                || stderr.contains("ended with exit status 1: error: no CUDA GPU available"),
+            "{stderr}"
+        );
+    } else {
+        assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    }
+}
+
+/// Any other engine failure is an error row, its cell cut to fit the table; the engine's whole
+/// error line (its first 'error:' line, not the last line it printed) follows the table on
+/// stderr. With no GPU name from nvidia-smi or a run, the MFU line says so (not 'None').
+#[test]
+fn an_engine_error_is_told_whole_after_the_table() {
+    let dir = tmp_dir("engine-error");
+    let error = format!(
+        "error: cannot read data/x.bin: {}the end",
+        "one reason after another, ".repeat(6)
+    );
+    let eng = script(
+        &dir.join("engine"),
+        &format!(
+            "echo 'note: a note' >&2\necho '{error}' >&2\necho 'hint: see above' >&2\nexit 1\n"
+        ),
+    );
+    let no_smi = dir.join("no-nvidia-smi");
+    let (out, stdout, stderr) = bench_env(
+        &[
+            "--device",
+            "cuda",
+            "--batch",
+            "4",
+            "--pytorch",
+            "none",
+            "--engine",
+            &eng,
+        ],
+        &[("BENCH_NVIDIA_SMI", no_smi.to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let rows = table_rows(&stdout);
+    assert!(
+        rows[0][4].starts_with("error (exit status 1: error: cannot read data/x.bin: one reason")
+            && rows[0][4].ends_with("...)"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stderr.lines().last().unwrap(),
+        format!("error: train-gpt2-cuda fp32 B=4 T=1024: exit status 1: {error}"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("- MFU: not computed: the GPU's name is unknown")
+            && !stdout.contains("'None'"),
         "{stdout}"
     );
 }

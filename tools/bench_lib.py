@@ -4,7 +4,8 @@ For each batch size B (and each precision asked for) it runs the engine's traini
 warm-up + timed steps, parses its step lines (median ms/step over the timed steps), its MFU and
 its peak memory, then runs tools/bench_pytorch.py once per PyTorch mode (eager, torch.compile) on
 the same B and T, and prints one markdown table with header lines saying where, when and how the
-figures were taken. Out-of-memory on either side is an "OOM" row, never a crash.
+figures were taken. Out-of-memory on either side is an "OOM" row, never a crash; an engine that
+cannot run on a GPU there ("no CUDA GPU available") stops the benchmark at its first run.
 
 The model arithmetic mirrors the Rust crate (tests/bench_tool.rs checks that they agree):
 src/config.rs (the dN descriptors), src/params.rs (the parameter count) and src/mfu.rs (FLOPs per
@@ -17,6 +18,7 @@ Besides the benchmark itself there are modes that need neither a GPU nor PyTorch
 import argparse
 import datetime
 import json
+import math
 import os
 import re
 import shlex
@@ -54,6 +56,11 @@ PEAK_TFLOPS = [
 
 class UsageError(Exception):
     """A bad argument: reported as 'error: ...' with exit status 2."""
+
+
+class Stop(Exception):
+    """A failure that ends the benchmark before its other runs (the engine cannot use the GPU,
+    so neither can they): reported as 'error: ...' with exit status 1, and no table."""
 
 
 def parse_model(desc):
@@ -296,8 +303,11 @@ def format_report(meta, rows):
                    f"{meta['peak_tflops']} TFLOP/s (--peak-tflops)")
     else:
         peaks = [peak_tflops(meta.get("gpu_name"), p) for p in PRECISIONS]
-        if peaks[0] is None:
-            out.append(f"- MFU: '{meta.get('gpu_name')}' is not in the peak table (give --peak-tflops)")
+        if peaks[0] is None and meta.get("gpu_name"):
+            out.append(f"- MFU: '{meta['gpu_name']}' is not in the peak table (give --peak-tflops)")
+        elif peaks[0] is None:
+            out.append("- MFU: not computed: the GPU's name is unknown (no nvidia-smi, and no run "
+                       "printed it); give --gpu-name or --peak-tflops")
         else:
             out.append(
                 f"- MFU = {flops} FLOPs/token ({meta['model']}, T={t}: 6N + 6LCT) x tokens/s / peak; "
@@ -341,6 +351,28 @@ def positive_int_list(text, flag):
     return values
 
 
+def without_repeats(values, flag):
+    """`values` with each value once, in the order first given; a note on stderr for a repeat
+    (--batch 4,4 runs B=4 once, as --precision fp32,fp32 runs fp32 once)."""
+    once = list(dict.fromkeys(values))
+    repeated = list(dict.fromkeys(v for i, v in enumerate(values) if v in values[:i]))
+    if repeated:
+        print(f"note: {flag}: {', '.join(str(v) for v in repeated)} given more than once, run once",
+              file=sys.stderr)
+    return once
+
+
+def positive_number(text, flag):
+    """A finite number > 0, as the engine's own check of its --peak-tflops (src/train.rs)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise UsageError(f"{flag} must be a positive number, got '{text}'")
+    return value
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         prog="tools/bench",
@@ -348,7 +380,9 @@ def build_parser():
         "prints one markdown table: implementation, precision, B, T, ms/step, tokens/s, MFU, peak "
         "memory, and the engine/PyTorch tokens/s ratio.",
         epilog="Exit status: 0 when every run gave a figure, OOM or n/a; 1 when a run failed "
-        "otherwise; 2 for a bad argument.",
+        "otherwise (an engine that cannot run on a GPU there stops the benchmark at its first run); "
+        "2 for a bad argument or a bad --report file. A value given twice in --batch, --precision or "
+        "--pytorch runs once.",
     )
     p.add_argument("--engine", help="the engine binary, or 'none' for PyTorch only (default: "
                    ".gpu/bin/train-gpt2-cuda if present, else target/release/train-gpt2-cuda)")
@@ -385,14 +419,15 @@ def build_parser():
                        "their rows (same device, model, T and timing)")
     tools.add_argument("--parse-log", metavar="FILE", help="parse an engine log (with --warmup) to JSON")
     tools.add_argument("--mfu-info", action="store_true",
-                       help="print N, FLOPs/token (--model, --seq) and the peaks for --gpu-name as JSON")
+                       help="print N, FLOPs/token (--model, --seq) and the peaks for --gpu-name (or "
+                       "--peak-tflops) as JSON")
     return p
 
 
 def check_args(a):
     """Validates and normalises the arguments in place; UsageError on anything wrong."""
     a.depth = parse_model(a.model)
-    a.batches = positive_int_list(a.batch, "--batch")
+    a.batches = without_repeats(positive_int_list(a.batch, "--batch"), "--batch")
     if "," in a.seq:
         raise UsageError(f"--seq '{a.seq}': one T per run")
     (a.t,) = positive_int_list(a.seq, "--seq")
@@ -409,9 +444,8 @@ def check_args(a):
             p = p.strip().lower()
             if p not in PRECISIONS:
                 raise UsageError(f"--precision: unknown precision '{p}': expected fp32, tf32 or bf16")
-            if p not in precisions:
-                precisions.append(p)
-    a.precisions = precisions
+            precisions.append(p)
+    a.precisions = precisions = without_repeats(precisions, "--precision")
     if a.device == "cpu" and "tf32" in precisions:
         raise UsageError("--precision tf32 is a GPU tensor-core mode: not with --device cpu")
     if a.device == "cpu" and a.kernels:
@@ -424,14 +458,9 @@ def check_args(a):
     for m in modes:
         if m not in PYTORCH_MODES:
             raise UsageError(f"--pytorch: unknown mode '{m}': expected eager, compile, both, or none")
-    a.modes = list(dict.fromkeys(modes))
+    a.modes = without_repeats(modes, "--pytorch")
     if a.peak_tflops is not None:
-        try:
-            a.peak_tflops = float(a.peak_tflops)
-        except ValueError:
-            a.peak_tflops = -1.0
-        if not a.peak_tflops > 0:
-            raise UsageError("--peak-tflops must be a positive number")
+        a.peak_tflops = positive_number(a.peak_tflops, "--peak-tflops")
     if a.engine is None:
         gpu = os.path.join(REPO, ".gpu", "bin", ENGINE)
         a.engine = gpu if os.path.exists(gpu) else os.path.join(REPO, "target", "release", ENGINE)
@@ -590,13 +619,28 @@ def last_line(text):
     return lines[-1].strip()[:300] if lines else "no output"
 
 
-def failure_row(row, rc, out, err, timeout):
+def error_line(out, err):
+    """The engine's error, whole: its first 'error: ...' line on stderr (src/main.rs prints the
+    error and its causes on one), else the last line of its output."""
+    for line in err.splitlines():
+        if line.startswith("error:"):
+            return line.strip()
+    return last_line(err or out)
+
+
+# The engine's errors that say it cannot run on a GPU at all here (src/gpu/context.rs, and
+# src/gpu/mod.rs for a build without kernels): no other run can do better.
+NO_GPU_ERRORS = ("no CUDA GPU available", "this build has no CUDA kernels")
+
+
+def failure_row(row, rc, out, err, timeout, line):
+    """`row` as a failed run: an OOM, a timeout or an error, `line` its output's telling line."""
     if rc is None:
         row.update(status="error", note=f"timed out after {timeout} s")
     elif is_oom_text(err + out) or rc == -9:
-        row.update(status="oom", note="killed by SIGKILL (host out of memory?)" if rc == -9 else last_line(err))
+        row.update(status="oom", note="killed by SIGKILL (host out of memory?)" if rc == -9 else line)
     else:
-        row.update(status="error", note=f"exit status {rc}: {last_line(err or out)}")
+        row.update(status="error", note=f"exit status {rc}: {line}")
     return row
 
 
@@ -618,7 +662,7 @@ def run_engine(a, b, precision, tmp, env):
     shutil.rmtree(out_dir, ignore_errors=True)  # the final checkpoint
     row["log"] = out[-20000:]
     if rc != 0:
-        return failure_row(row, rc, out, err, a.timeout_s)
+        return failure_row(row, rc, out, err, a.timeout_s, error_line(out, err))
     try:
         parsed = parse_engine_log(out, a.warmup_n)
     except LogError as e:
@@ -654,7 +698,7 @@ def run_pytorch(a, mode, precision, b):
     if rc != 0 or result is None:
         if rc == 0:
             rc = "0 but no result line"
-        return failure_row(row, rc, out, err, a.timeout_s)
+        return failure_row(row, rc, out, err, a.timeout_s, last_line(err or out))
     row.update({k: v for k, v in result.items() if k not in ("impl", "precision", "B", "T")})
     if "params" in result and result["params"] != num_parameters(a.depth):
         row["note"] = (f"warning: PyTorch's model has {result.get('params')} parameters, the engine's "
@@ -671,7 +715,7 @@ def describe_device(a):
         info = smi("name", "driver_version", "memory.total")
         if info and len(info) == 3:
             return f"{info[0]}, driver {info[1]}, {int(info[2]):,} MiB", info[0]
-        return "a CUDA GPU (nvidia-smi not found: name from the runs)", None
+        return "a CUDA GPU (no nvidia-smi, and no run printed its name)", None
     name = "cpu"
     try:
         with open("/proc/cpuinfo") as f:
@@ -761,6 +805,12 @@ def bench(a):
             else:
                 row = run_pytorch(a, mode, precision, b)
             rows.append(row)
+            if mode is None and row["status"] == "error" and any(e in row["note"] for e in NO_GPU_ERRORS):
+                sys.stderr.write(f"failed ({time.time() - start:.0f} s)\n")
+                left = len(runs) - i - 1
+                raise Stop(f"{ENGINE} cannot run on a GPU here, so tools/bench stopped"
+                           + (f" ({plural(left, 'other run')} skipped)" if left else "")
+                           + f": {impl} {precision} B={b} ended with {row['note']}")
             if row["status"] == "ok":
                 what = f"{row['ms_per_step']:.1f} ms/step"
             else:
@@ -806,20 +856,124 @@ def bench(a):
         with open(a.out, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)
             f.write("\n")
-    return 1 if any(r["status"] == "error" for r in rows) else 0
+    failed = [r for r in rows if r["status"] == "error"]
+    for r in failed:  # the whole line of what the table's cell may cut short
+        print(f"error: {r['impl']} {r['precision']} B={r['B']} T={r['T']}: {r['note']}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def read_results(path):
-    """(meta, rows) of a tools/bench --out file."""
+    """(meta, rows) of a tools/bench --out file; UsageError naming what is wrong with it."""
     try:
-        with open(path) as f:
-            saved = json.load(f)
-        meta, rows = saved["meta"], saved["rows"]
-        if not isinstance(meta, dict) or not isinstance(rows, list):
-            raise TypeError("'meta' must be an object and 'rows' a list")
-        return meta, rows
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UsageError(f"{path}: not a results file of tools/bench --out ({e})")
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read ({e.strerror})")
+    try:
+        saved = json.loads(data)
+    except ValueError as e:  # (UnicodeDecodeError included)
+        why = f"not JSON ({e})"
+    else:
+        why = results_problem(saved)
+    if why:
+        raise UsageError(f"{path}: not a results file of tools/bench: {why}")
+    return saved["meta"], saved["rows"]
+
+
+def is_int(v, least):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= least
+
+
+def is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def is_model(v):
+    try:
+        return isinstance(v, str) and parse_model(v) > 0
+    except UsageError:
+        return False
+
+
+def is_text(v):
+    return isinstance(v, str)
+
+
+def is_text_or_null(v):
+    return v is None or isinstance(v, str)
+
+
+# What format_report and merge_results read of a results file: (key, whether it must be there,
+# the check of its value, what the check wants).
+META_FIELDS = [
+    ("device", True, lambda v: v in ("cuda", "cpu"), "\"cuda\" or \"cpu\""),
+    ("device_text", True, is_text, "a string"),
+    ("gpu_name", False, is_text_or_null, "a string or null"),
+    ("peak_tflops", False, lambda v: v is None or (is_number(v) and v > 0), "a number > 0 or null"),
+    ("date", True, is_text, "a string"),
+    ("command", True, is_text, "a string"),
+    ("ran", True, is_text, "a string"),
+    ("model", True, is_model, f"a descriptor dN with N in 1..={MAX_DEPTH}"),
+    ("T", True, lambda v: is_int(v, 1), "a positive integer"),
+    ("steps", True, lambda v: is_int(v, 1), "a positive integer"),
+    ("warmup", True, lambda v: is_int(v, 0), "an integer >= 0"),
+]
+ROW_STATUSES = ("ok", "oom", "n/a", "error")
+ROW_FIELDS = [
+    ("impl", True, is_text, "a string"),
+    ("precision", True, lambda v: v in PRECISIONS, "fp32, tf32 or bf16"),
+    ("B", True, lambda v: is_int(v, 1), "a positive integer"),
+    ("T", True, lambda v: is_int(v, 1), "a positive integer"),
+    ("status", True, lambda v: v in ROW_STATUSES, ", ".join(ROW_STATUSES)),
+    ("note", False, is_text_or_null, "a string or null"),
+]
+OK_ROW_FIELDS = [  # and of a row with status ok
+    ("ms_per_step", True, lambda v: is_number(v) and v > 0, "a number > 0"),
+    ("peak_mem_bytes", False, lambda v: v is None or (is_number(v) and v >= 0), "a number >= 0 or null"),
+    ("peak_mem_source", False, is_text_or_null, "a string or null"),
+]
+
+
+def shown(v):
+    """A JSON value as the file has it, cut to 60 characters."""
+    text = json.dumps(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def fields_problem(obj, fields, where):
+    for key, required, check, wanted in fields:
+        if key not in obj:
+            if required:
+                return f"{where}: no '{key}'"
+        elif not check(obj[key]):
+            return f"{where}: '{key}' is {shown(obj[key])}, expected {wanted}"
+    return None
+
+
+def results_problem(saved):
+    """What keeps `saved` (a parsed JSON file) from being a tools/bench --out file's results, or
+    None: the fields that the report reads, each of the type it needs."""
+    if not isinstance(saved, dict):
+        return "not a JSON object with 'meta' and 'rows'"
+    for key, kind, what in (("meta", dict, "an object"), ("rows", list, "a list")):
+        if key not in saved:
+            return f"no '{key}'"
+        if not isinstance(saved[key], kind):
+            return f"'{key}' is not {what}"
+    why = fields_problem(saved["meta"], META_FIELDS, "meta")
+    if why:
+        return why
+    if not saved["rows"]:
+        return "'rows' is empty"
+    for i, row in enumerate(saved["rows"]):
+        if not isinstance(row, dict):
+            return f"rows[{i}] is {shown(row)}, not an object"
+        why = fields_problem(row, ROW_FIELDS, f"rows[{i}]")
+        if not why and row["status"] == "ok":
+            why = fields_problem(row, OK_ROW_FIELDS, f"rows[{i}]")
+        if why:
+            return why
+    return None
 
 
 # What the results of several runs must share to stand in one table.
@@ -872,6 +1026,9 @@ def main(argv=None):
             if a.gpu_name is not None:
                 info["gpu_name"] = a.gpu_name
                 info["peak_tflops"] = {p: peak_tflops(a.gpu_name, p) for p in PRECISIONS}
+            if a.peak_tflops is not None:  # what a run would take instead of the table
+                peak = positive_number(a.peak_tflops, "--peak-tflops")
+                info["peak_tflops"] = {p: peak for p in PRECISIONS}
             print(json.dumps(info))
             return 0
         check_args(a)
@@ -879,3 +1036,6 @@ def main(argv=None):
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except Stop as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

@@ -31,6 +31,7 @@ pub mod host_memory;
 pub mod interrupt;
 pub mod lr_schedule;
 pub mod mfu;
+pub mod out_of_memory;
 pub mod outliers;
 pub mod params;
 pub mod precision;

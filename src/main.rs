@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use train_gpt2_cuda::engine::{create_engine, EngineOptions, Kernels, Recompute};
 use train_gpt2_cuda::formats::{checkpoint, debug_state, read_model};
+use train_gpt2_cuda::out_of_memory::{for_command, Knobs};
 use train_gpt2_cuda::precision::Precision;
 use train_gpt2_cuda::sample::{generate, SampleOptions};
 use train_gpt2_cuda::tokenizer::Tokenizer;
@@ -366,7 +367,8 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
     let mut prompt = vec![tok.eot()];
     prompt.extend(tok.encode(&a.prompt));
     let engine_opts = EngineOptions::on(a.device, a.precision).for_forwards();
-    let mut engine = create_engine(&engine_opts, cfg, ck.params, 1, window)?;
+    let mut engine = create_engine(&engine_opts, cfg, ck.params, 1, window)
+        .map_err(|e| for_command(e, Knobs::Sample))?;
     out!("{}", a.prompt);
     // Print whole words as they come: decode the growing tail and print what is new. The text is
     // all sample makes: when stdout closes (`sample ... | head`), it stops, and that is success.
@@ -424,7 +426,7 @@ fn run_eval(a: &EvalArgs) -> Result<ExitCode> {
             a.batch
         );
     }
-    let mut engine = eval_engine(a, cfg, ck.params, t)?;
+    let mut engine = eval_engine(a, cfg, ck.params, t).map_err(|e| for_command(e, Knobs::Eval))?;
     outln!(
         "eval: {} ({cfg}) on {} on {pattern}: {n} of {all} batches of {}x{t}",
         a.model.display(),
@@ -492,7 +494,8 @@ fn run_hellaswag(a: &EvalArgs, path: &std::path::Path) -> Result<ExitCode> {
     let (rendered, t) =
         load(path, a.examples, &cfg, cfg.max_seq_len, "the model's maxT").context("--hellaswag")?;
     let per_batch = a.batch / ENDINGS;
-    let mut engine = eval_engine(a, cfg, ck.params, t)?;
+    let mut engine =
+        eval_engine(a, cfg, ck.params, t).map_err(|e| for_command(e, Knobs::Hellaswag))?;
     let n = rendered.len();
     outln!(
         "hellaswag: {} ({cfg}) on {} on {}: {}, {}",
@@ -718,7 +721,8 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
     let mut all_pass = true;
     let mut results = Vec::new();
     for &dev in devices {
-        let mut engine = create_engine(&options(dev), cfg, ck.params.clone(), state.b, state.t)?;
+        let mut engine = create_engine(&options(dev), cfg, ck.params.clone(), state.b, state.t)
+            .map_err(|e| for_command(e, Knobs::Verify))?;
         let name = engine.describe();
         let out = verify::run_engine(engine.as_mut(), &state)?;
         let rows = verify::compare_outputs(&cfg, &out, &reference, &tol_of(dev));
@@ -773,7 +777,8 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         for (dev, name, _) in &results {
             // a fresh engine from the checkpoint's parameters (the first ones were dropped)
             let mut engine =
-                create_engine(&options(*dev), cfg, ck.params.clone(), state.b, state.t)?;
+                create_engine(&options(*dev), cfg, ck.params.clone(), state.b, state.t)
+                    .map_err(|e| for_command(e, Knobs::Verify))?;
             outln!(
                 "\n{name}: {} AdamW steps (lr 1e-4, betas 0.9/0.999, eps 1e-8, weight decay 0.01)",
                 a.steps

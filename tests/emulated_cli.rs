@@ -132,6 +132,72 @@ fn verify_both_passes_on_the_emulated_device_with_tf32() {
     assert!(!text.contains("TF32 matmuls"), "{text}");
 }
 
+/// A model that does not fit in the GPU's memory: each command's error names its own flags
+/// (`sample` has no -b or -t, `eval` no --classifier-chunk), and parameters that alone do not fit
+/// ask for a smaller model, not a smaller batch. (The fake device's memory is set just above the
+/// 64 MiB of the cuBLAS and cuBLASLt workspaces.)
+#[test]
+fn out_of_memory_advice_names_each_command_s_flags() {
+    let dir = scratch("oom-advice");
+    let model = fixture("ref_gpt2vocab_model.bin");
+    let fails = |args: &[&str], bytes: &str| {
+        let out = run_with(args, &dir, &[("FAKECUDA_MEMORY_BYTES", bytes)]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("error: not enough GPU memory: the model"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("(-b)"), "{args:?}: {stderr}");
+        stderr
+    };
+    let e = fails(
+        &[
+            "eval", "--device", "cuda", "--model", &model, "--batch", "64",
+        ],
+        "80000000",
+    );
+    assert!(e.contains("; use a smaller --batch or --seq\n"), "{e}");
+    let e = fails(
+        &[
+            "sample", "--device", "cuda", "--model", &model, "--tokens", "3",
+        ],
+        "68000000",
+    );
+    assert!(e.contains("; use a smaller --window\n"), "{e}");
+    let e = fails(
+        &[
+            "sample", "--device", "cuda", "--model", &model, "--tokens", "3",
+        ],
+        "67200000",
+    );
+    assert!(
+        e.contains("of it does not depend on the batch (the parameters): use a smaller model"),
+        "{e}"
+    );
+    let out = dir.join("train").to_string_lossy().into_owned();
+    let e = fails(
+        &[
+            "--device",
+            "cuda",
+            "--model",
+            "d1",
+            "--steps",
+            "1",
+            "--out-dir",
+            &out,
+        ],
+        "90000000",
+    );
+    assert!(
+        e.contains(
+            "50.9 MiB of it does not depend on the batch (the parameters and their gradients \
+             and AdamW state): use a smaller model"
+        ),
+        "{e}"
+    );
+}
+
 /// The bytes of the last model checkpoint a training run wrote in `dir`.
 /// `eval --hellaswag` through the GPU engine: the accuracies tests/hellaswag.rs checks on the CPU
 /// against transformers, in fp32 and in bf16 (whose rounding may move a close call: only the

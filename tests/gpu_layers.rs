@@ -93,6 +93,33 @@ mod on_gpu {
     const B: usize = 3;
     const TS: [usize; 2] = [1, 37];
 
+    /// The device's memory pool keeps what the stream frees (the launchers' scratch) for the next
+    /// step: its release threshold is the largest, not the default 0 (which gives it back to the
+    /// system at every synchronize).
+    #[test]
+    #[ignore = "needs a CUDA GPU"]
+    fn the_memory_pool_keeps_freed_memory() {
+        use cudarc::driver::sys;
+        let _gpu = Gpu::new().unwrap();
+        let mut pool = std::ptr::null_mut();
+        // SAFETY: writes device 0's default pool into `pool`; then reads a u64 attribute of it.
+        let threshold = unsafe {
+            assert_eq!(
+                sys::cuDeviceGetDefaultMemPool(&mut pool, 0),
+                sys::CUresult::CUDA_SUCCESS
+            );
+            let mut v = 0u64;
+            let rc = sys::cuMemPoolGetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut v as *mut u64).cast(),
+            );
+            assert_eq!(rc, sys::CUresult::CUDA_SUCCESS);
+            v
+        };
+        assert_eq!(threshold, u64::MAX);
+    }
+
     fn up(g: &Gpu, x: &[f32]) -> CudaSlice<f32> {
         g.upload(x).unwrap()
     }

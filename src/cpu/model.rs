@@ -15,6 +15,7 @@ use crate::activations::{self, checked_act_sizes, num_activations, LayerActs};
 use crate::config::GPT2Config;
 use crate::engine::{check_optimizer_array, OptimizerArray};
 use crate::host_memory::{self, host_memory, size_text, HostMemory};
+use crate::out_of_memory::{Knobs, OutOfMemory};
 use crate::params::{self, num_parameters, Block};
 use crate::precision::{round_bf16_stochastic, rounding_bits};
 use anyhow::{bail, Result};
@@ -565,7 +566,7 @@ pub fn check_host_memory(
     let Some(mem) = mem else {
         return Ok(());
     };
-    let (to_allocate, needs, held) = match allocating {
+    let (to_allocate, needs, held, fixed) = match allocating {
         Allocating::Training => (
             f.acts + f.tokens + f.optimizer + f.grad_acts,
             format!(
@@ -576,6 +577,7 @@ pub fn check_host_memory(
                 size_text(f.acts + f.grad_acts),
             ),
             String::new(),
+            f.optimizer, // (the parameters are held already)
         ),
         Allocating::Forward => (
             f.acts + f.tokens,
@@ -586,6 +588,7 @@ pub fn check_host_memory(
                 size_text(f.acts),
             ),
             String::new(),
+            0.0, // (the parameters are held already)
         ),
         Allocating::TrainingAfterForward => (
             f.optimizer + f.grad_acts,
@@ -599,20 +602,28 @@ pub fn check_host_memory(
                 " (the model holds {} of it already)",
                 size_text(f.params + f.acts + f.tokens)
             ),
+            f.optimizer,
         ),
     };
     if to_allocate <= mem.available as f64 {
         return Ok(());
     }
     let (l, c, n, b, t) = f.model;
-    bail!(
-        "not enough memory: the model (L={l}, C={c}, {} parameters, fp32, on the CPU) at \
-         B={b}, T={t} {needs}, the machine has {} available of {}{held}; use a smaller batch \
-         (-b) or sequence length (-t), or a smaller model",
-        crate::params::count_text(n),
-        size_text(mem.available as f64),
-        size_text(mem.total as f64),
-    )
+    Err(OutOfMemory {
+        what: format!(
+            "not enough memory: the model (L={l}, C={c}, {} parameters, fp32, on the CPU) at \
+             B={b}, T={t} {needs}, the machine has {} available of {}{held}",
+            crate::params::count_text(n),
+            size_text(mem.available as f64),
+            size_text(mem.total as f64),
+        ),
+        need: to_allocate,
+        fixed,
+        free: Some(mem.available as f64),
+        savings: Vec::new(),
+        knobs: Knobs::default(),
+    }
+    .into())
 }
 
 /// Checks a forward's arguments (both engines): the batch shape against the config and against

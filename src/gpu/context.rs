@@ -154,11 +154,41 @@ fn no_panic<T, E: std::fmt::Display>(f: impl FnOnce() -> Result<T, E>) -> Result
     }
 }
 
+/// Keeps the memory freed on the stream (the launchers' scratch, `Gpu::scratch`) in the device's
+/// pool for the next step, rather than giving it back to the system at every synchronize (the
+/// pool's default release threshold, 0): a step launched eagerly (`--no-cuda-graphs`,
+/// `--profile`) would otherwise map its scratch afresh each time.
+fn keep_freed_memory(ctx: &CudaContext) -> Result<()> {
+    use cudarc::driver::sys;
+    let mut pool = std::ptr::null_mut();
+    // SAFETY: writes the device's default pool handle into `pool`.
+    let rc = unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) };
+    if rc != sys::CUresult::CUDA_SUCCESS {
+        bail!("cuDeviceGetDefaultMemPool failed: {rc:?}");
+    }
+    let mut threshold = u64::MAX;
+    // SAFETY: the pool is the device's (it lives as long as the device); the attribute's value
+    // is a u64 (cuuint64_t), read during the call.
+    let rc = unsafe {
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold as *mut u64).cast(),
+        )
+    };
+    if rc != sys::CUresult::CUDA_SUCCESS {
+        bail!("setting the memory pool's release threshold failed: {rc:?}");
+    }
+    Ok(())
+}
+
 /// The CUDA engine: one device, one stream, one cuBLAS handle, every kernel loaded.
 pub struct Gpu {
     ctx: Arc<CudaContext>,
     pub(super) stream: Arc<CudaStream>,
     pub(super) blas: CudaBlas,
+    /// cuBLAS's workspace (`cublasSetWorkspace`), held as long as the handle: see `Gpu::new_on`.
+    _blas_workspace: CudaSlice<u8>,
     /// cuBLASLt: handle, workspace, chosen algorithms (`matmul_lt.rs`).
     pub(super) lt: CublasLt,
     pub(super) k: Kernels,
@@ -198,6 +228,9 @@ impl Gpu {
         // SAFETY: called before any buffer exists. The engine runs everything on its one stream,
         // so there is no cross-stream use for cudarc's per-buffer events to order.
         unsafe { ctx.disable_event_tracking() };
+        if ctx.has_async_alloc() {
+            keep_freed_memory(&ctx)?;
+        }
         let stream = ctx
             .new_stream()
             .context("creating the CUDA stream failed")?;
@@ -211,6 +244,27 @@ impl Gpu {
         }
         let blas = no_panic(|| CudaBlas::new(stream.clone()))
             .context("creating the cuBLAS handle failed")?;
+        // cuBLAS's workspace, ours rather than its own: the same memory for a product launched
+        // eagerly and one captured in a CUDA graph (where cuBLAS would otherwise allocate one per
+        // graph), as cuBLASLt has (`matmul_lt::WORKSPACE_BYTES`, the size NVIDIA recommends)
+        // SAFETY: uninitialised bytes are fine for a workspace, which cuBLAS only writes first.
+        let blas_workspace = unsafe { stream.alloc::<u8>(super::matmul_lt::WORKSPACE_BYTES) }
+            .context("allocating the cuBLAS workspace failed")?;
+        {
+            let (ptr, _record) = blas_workspace.device_ptr(&stream);
+            // SAFETY: the handle is live; the workspace is a device allocation of the size given,
+            // kept (in the Gpu) as long as the handle.
+            let status = unsafe {
+                cublas_sys::cublasSetWorkspace_v2(
+                    *blas.handle(),
+                    ptr as *mut std::ffi::c_void,
+                    super::matmul_lt::WORKSPACE_BYTES,
+                )
+            };
+            if status != cublas_sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+                bail!("cublasSetWorkspace failed: {status:?}");
+            }
+        }
         // SAFETY: only tries to dlopen libcublasLt under its usual names.
         if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
             bail!(
@@ -228,6 +282,7 @@ impl Gpu {
             ctx,
             stream,
             blas,
+            _blas_workspace: blas_workspace,
             lt,
             k,
             tf32: false,

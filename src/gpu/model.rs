@@ -46,6 +46,7 @@ use crate::cpu::model::{check_forward, check_new};
 use crate::engine::{check_optimizer_array, Engine, OptimizerArray};
 use crate::engine::{Kernels, Recompute};
 use crate::host_memory::size_text;
+use crate::out_of_memory::{Knobs, OutOfMemory, Saving};
 use crate::params::{param_sizes, LayerSlice, Params};
 use crate::precision::Precision;
 use crate::profile::{Cost, Family, Pass, Profile};
@@ -445,11 +446,6 @@ pub struct Gpt2Gpu<T: ModelFloat = f32> {
     graphs: StepGraphs,
 }
 
-/// Bytes as GiB, for messages.
-fn gib(bytes: f64) -> f64 {
-    bytes / (1u64 << 30) as f64
-}
-
 /// How a [`Gpt2Gpu`] computes, beyond its precision: its arenas are laid out for these.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ModelOptions {
@@ -593,31 +589,25 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         let bytes_grads =
             e * (f(nd) + f(nbtc) + f(nbtc) + f(nscratch)) + 4.0 * f(nscratch32) + 28.0 * f(bt);
         let need = bytes_params + bytes_acts + bytes_grads;
-        let (p, a, g) = (gib(bytes_params), gib(bytes_acts), gib(bytes_grads));
+        let (p, a, g) = (
+            size_text(bytes_params),
+            size_text(bytes_acts),
+            size_text(bytes_grads),
+        );
         let parts = if forwards_only {
-            format!(
-                "for its forwards (parameters {p:.2} GiB, activations {a:.2} GiB, scratch \
-                 {g:.2} GiB)"
-            )
+            format!("for its forwards (parameters {p}, activations {a}, scratch {g})")
         } else {
             format!(
-                "(parameters, gradients and AdamW state {p:.2} GiB, activations {a:.2} GiB, \
-                 activation gradients and scratch {g:.2} GiB)"
+                "(parameters, gradients and AdamW state {p}, activations {a}, activation \
+                 gradients and scratch {g})"
             )
         };
-        let what = format!(
-            "the model (L={l}, C={c}, {} parameters, {}) at B={max_b}, T={max_t} needs \
-             {:.2} GiB {parts}",
-            crate::params::count_text(n),
-            T::PRECISION,
-            gib(need),
-        );
         let free = gpu.context().mem_get_info();
         let free_text = match free {
             Ok((free, total)) => format!(
-                "the GPU has {:.2} GiB free of {:.2} GiB",
-                gib(free as f64),
-                gib(total as f64)
+                "the GPU has {} free of {}",
+                size_text(free as f64),
+                size_text(total as f64)
             ),
             Err(e) => format!("the GPU's free memory could not be queried ({e})"),
         };
@@ -625,37 +615,49 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         let mut savings = Vec::new();
         if chunk_b > 1 {
             let logits_bytes = e * f(max_b.min(chunk_b) * max_t * config.padded_vocab_size);
-            savings.push(format!(
-                "the classifier in chunks (--classifier-chunk N sequences: the logits take {} for \
-                 {} sequences)",
-                size_text(logits_bytes),
-                max_b.min(chunk_b)
-            ));
+            let chunk_bytes = e * f(max_t * config.padded_vocab_size);
+            savings.push(Saving {
+                flag: "--classifier-chunk",
+                text: format!(
+                    "the classifier in chunks (--classifier-chunk N sequences: the logits take {} \
+                     for {} sequences)",
+                    size_text(logits_bytes),
+                    max_b.min(chunk_b)
+                ),
+                bytes: logits_bytes - chunk_bytes,
+            });
         }
         if recompute == Recompute::None && l > 1 {
-            savings.push(format!(
-                "GELU recomputed (--recompute gelu: {} less)",
-                size_text(e * f((l - 1) * 4 * btc))
-            ));
+            let bytes = e * f((l - 1) * 4 * btc);
+            savings.push(Saving {
+                flag: "--recompute",
+                text: format!(
+                    "GELU recomputed (--recompute gelu: {} less)",
+                    size_text(bytes)
+                ),
+                bytes,
+            });
         }
-        let advice = if savings.is_empty() {
-            "use a smaller batch (-b) or sequence length (-t), or a smaller model".to_string()
-        } else {
-            format!(
-                "use a smaller batch (-b) or sequence length (-t), a smaller model, or {}",
-                savings.join(", or ")
-            )
+        let out_of_memory = OutOfMemory {
+            what: format!(
+                "not enough GPU memory: the model (L={l}, C={c}, {} parameters, {}) at B={max_b}, \
+                 T={max_t} needs {} {parts}, {free_text}",
+                crate::params::count_text(n),
+                T::PRECISION,
+                size_text(need),
+            ),
+            need,
+            fixed: bytes_params,
+            free: free.as_ref().ok().map(|&(free, _)| free as f64),
+            savings,
+            knobs: Knobs::default(),
         };
         if let Ok((free, _)) = free {
             if need > free as f64 {
-                bail!("not enough GPU memory: {what}, {free_text}; {advice}");
+                return Err(out_of_memory.into());
             }
         }
-        let oom = |e: anyhow::Error| {
-            e.context(format!(
-                "not enough GPU memory: {what}, {free_text}; {advice}"
-            ))
-        };
+        let oom = |e: anyhow::Error| e.context(out_of_memory.clone());
 
         let params_dev = gpu.upload(&to_device_float::<T>(&params)).map_err(oom)?;
         let master = if masters {
@@ -1688,8 +1690,13 @@ impl<T: ModelFloat> Engine for Gpt2Gpu<T> {
             Recompute::None => "",
             Recompute::Gelu => ", GELU recomputed",
         };
+        let chunks = if self.chunk_b < self.max_b {
+            format!(", classifier in chunks of {}", self.chunk_b)
+        } else {
+            String::new()
+        };
         format!(
-            "cuda: {}, {}{tf32}, {path} kernels{flash}{recompute}{graphs}",
+            "cuda: {}, {}{tf32}, {path} kernels{flash}{recompute}{chunks}{graphs}",
             self.device,
             T::PRECISION
         )

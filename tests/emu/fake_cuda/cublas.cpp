@@ -27,6 +27,8 @@ constexpr int COMPUTE_32F = 68, COMPUTE_32F_FAST_TF32 = 77;
 struct Handle {
     void* stream = nullptr;
     int math = 0;
+    void* workspace = nullptr;
+    size_t workspace_bytes = 0;
 };
 
 std::mutex g_mutex;
@@ -139,6 +141,20 @@ EXPORT int cublasGetStream_v2(Handle* h, void** stream) {
         return NOT_INITIALIZED;
     }
     *stream = h->stream;
+    return SUCCESS;
+}
+
+// The workspace given is recorded (nothing here needs one): a size without memory is refused,
+// as cuBLAS does.
+EXPORT int cublasSetWorkspace_v2(Handle* h, void* workspace, size_t bytes) {
+    if (!live(h)) {
+        return NOT_INITIALIZED;
+    }
+    if (bytes > 0 && !workspace) {
+        return fail("cublasSetWorkspace_v2", INVALID_VALUE, "a workspace size without memory");
+    }
+    h->workspace = workspace;
+    h->workspace_bytes = bytes;
     return SUCCESS;
 }
 

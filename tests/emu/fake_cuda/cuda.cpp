@@ -1110,6 +1110,51 @@ API CUresult cuMemFreeAsync(CUdeviceptr p, void* stream) {
     return free_async(p, s);
 }
 
+// cuDeviceGetDefaultMemPool and cuMemPoolSetAttribute: the device's one pool, whose release
+// threshold (CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, the only attribute set here) is kept and read
+// back; it changes nothing, as freed memory is not held for reuse here.
+static char g_default_pool;
+static uint64_t g_release_threshold = 0;
+
+API CUresult cuDeviceGetDefaultMemPool(void** pool, CUdevice d) {
+    LOCK;
+    if (!g_initialised) {
+        return CUDA_ERROR_NOT_INITIALIZED;
+    }
+    if (d != 0) {
+        return CUDA_ERROR_INVALID_DEVICE;
+    }
+    if (!pool) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    *pool = &g_default_pool;
+    return CUDA_SUCCESS;
+}
+
+API CUresult cuMemPoolSetAttribute(void* pool, int attr, void* value) {
+    LOCK;
+    if (pool != &g_default_pool || !value) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (attr != 4) { // CU_MEMPOOL_ATTR_RELEASE_THRESHOLD
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
+    g_release_threshold = *static_cast<const uint64_t*>(value);
+    return CUDA_SUCCESS;
+}
+
+API CUresult cuMemPoolGetAttribute(void* pool, int attr, void* value) {
+    LOCK;
+    if (pool != &g_default_pool || !value) {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    if (attr != 4) {
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
+    *static_cast<uint64_t*>(value) = g_release_threshold;
+    return CUDA_SUCCESS;
+}
+
 API CUresult cuMemHostAlloc(void** p, size_t bytes, unsigned) {
     LOCK;
     Context* ctx;

@@ -1823,7 +1823,7 @@ fn training_reports_hellaswag_at_each_validation() {
     );
     expect_error(
         &[&args[..], &["--batch", "4", "--seq", "6"]].concat(),
-        &["--hellaswag: HellaSwag example 1 has a row of 7 tokens (context and ending), more than --seq = 6"],
+        &["--hellaswag: ", "hellaswag_tiny.jsonl: HellaSwag example 1 has a row of 7 tokens (context and ending), more than --seq = 6"],
     );
 }
 

@@ -925,13 +925,13 @@ fn bad_input_is_an_error_not_a_panic() {
     let e = gpu_engine_error(cfg, params.clone(), 100_000, 64);
     assert!(e.starts_with("not enough GPU memory"), "{e}");
     assert!(e.contains("GiB free"), "{e}");
-    // what the memory-saving flags would save: the logits (B, T, Vp) and (L - 1) layers' GELU
-    // outputs (B, T, 4C), in fp32
+    // what the memory-saving flags would save: the logits (B, T, Vp), in fp32; not (L - 1)
+    // layers' GELU outputs (B, T, 4C), 6.10 GiB of 1308 (under 1%: not worth its work)
     assert!(
         e.contains("the logits take 1199.34 GiB for 100000 sequences"),
         "{e}"
     );
-    assert!(e.contains("(--recompute gelu: 6.10 GiB less)"), "{e}");
+    assert!(!e.contains("--recompute gelu"), "{e}");
     let e = gpu_engine_error(cfg, params, usize::MAX / 64, 64);
     assert!(e.contains("do not fit in memory"), "{e}");
 }

@@ -29,6 +29,25 @@ fn crc32_is_the_ieee_one() {
     assert_eq!(crc32(0, b"123456789"), 0xcbf4_3926);
     assert_eq!(crc32(0, b""), 0);
     assert_eq!(crc32(crc32(0, b"12345"), b"6789"), 0xcbf4_3926);
+    // 16 bytes a step: the same as one bit at a time, for every length, start and split
+    let bitwise = |crc: u32, bytes: &[u8]| {
+        !bytes.iter().fold(!crc, |c, &b| {
+            (0..8).fold(c ^ b as u32, |c, _| {
+                (c >> 1) ^ (0xedb8_8320 & (c & 1).wrapping_neg())
+            })
+        })
+    };
+    let bytes: Vec<u8> = (0..200u32).map(|i| (i * 73 + 11) as u8).collect();
+    for start in 0..20 {
+        for len in 0..bytes.len() - start {
+            let b = &bytes[start..start + len];
+            assert_eq!(crc32(5, b), bitwise(5, b), "start {start}, length {len}");
+        }
+    }
+    for split in 0..bytes.len() {
+        let (a, b) = bytes.split_at(split);
+        assert_eq!(crc32(crc32(0, a), b), crc32(0, &bytes), "split at {split}");
+    }
 }
 
 #[test]

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use train_gpt2_cuda::cpu::model::Gpt2Cpu;
 use train_gpt2_cuda::formats::checkpoint::{read_checkpoint, Checkpoint};
 use train_gpt2_cuda::formats::debug_state::{read_debug_state, DebugState};
+use train_gpt2_cuda::formats::gzip::crc32;
 use train_gpt2_cuda::formats::read_model;
 use train_gpt2_cuda::formats::safetensors::Dtype;
 use train_gpt2_cuda::formats::shard::write_shard;
@@ -17,7 +18,7 @@ use train_gpt2_cuda::params::split;
 use train_gpt2_cuda::verify::{self, Tolerances};
 
 mod engine_bin;
-use engine_bin::{bin, log_lines, root};
+use engine_bin::{bin, engine, log_lines, root};
 
 fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
@@ -870,4 +871,161 @@ fn pytorch_files_it_cannot_read_give_clear_errors() {
     assert!(stderr.contains("no config.json beside"), "{stderr}");
     std::fs::remove_dir_all(&dir).ok();
     std::fs::remove_dir_all(&alone).ok();
+}
+
+/// Where entry `name`'s bytes begin in the zip archive `zip`: after its local header.
+fn entry_data(zip: &[u8], name: &str) -> usize {
+    let at = (0..zip.len() - 30)
+        .find(|&i| {
+            zip[i..].starts_with(b"PK\x03\x04") && zip[i + 30..].starts_with(name.as_bytes())
+        })
+        .unwrap_or_else(|| panic!("no entry {name}"));
+    let u16_at = |i: usize| u16::from_le_bytes([zip[i], zip[i + 1]]) as usize;
+    at + 30 + u16_at(at + 26) + u16_at(at + 28)
+}
+
+/// Each entry's CRC-32 is checked: one byte changed in a tensor's storage, or in a key of the
+/// pickle (which would still read, as another name), is an error that names the entry and the
+/// file, not a model with other weights.
+#[test]
+fn a_damaged_pytorch_model_bin_is_named_by_its_crc() {
+    let whole = std::fs::read(fixture("hf_tiny_torch/pytorch_model.bin")).unwrap();
+    let dir = tmp_dir("torch-crc");
+    std::fs::copy(fixture("hf_tiny/config.json"), dir.join("config.json")).unwrap();
+    let file = dir.join("pytorch_model.bin");
+    // the unchanged copy reads; each change is found wherever it is in the entry
+    std::fs::write(&file, &whole).unwrap();
+    read_model(&dir).unwrap();
+    let storage = entry_data(&whole, "pytorch_model/data/4");
+    for at in [storage, storage + 5000, storage + 12287] {
+        let mut bytes = whole.clone();
+        bytes[at] ^= 0x10;
+        std::fs::write(&file, &bytes).unwrap();
+        let Err(e) = read_model(&dir) else {
+            panic!("byte {at} changed: read without error")
+        };
+        let err = format!("{e:#}");
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        assert!(
+            err.contains("pytorch_model/data/4: CRC-32 mismatch (stored 54129a90, computed "),
+            "{err}"
+        );
+        assert!(err.contains("the file is damaged"), "{err}");
+    }
+    // "wpe" read as "wqe": the pickle still runs
+    let pickle = entry_data(&whole, "pytorch_model/data.pkl");
+    let wpe = pickle
+        + whole[pickle..]
+            .windows(3)
+            .position(|w| w == b"wpe")
+            .unwrap();
+    let mut bytes = whole.clone();
+    bytes[wpe + 1] = b'q';
+    std::fs::write(&file, &bytes).unwrap();
+    let Err(e) = read_model(&dir) else {
+        panic!("a key changed: read without error")
+    };
+    let err = format!("{e:#}");
+    assert!(
+        err.contains("pytorch_model/data.pkl: CRC-32 mismatch (stored e33bfd25"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A zip archive of `entries`, stored (as torch.save writes them), with their CRC-32s.
+fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    let (mut out, mut directory) = (Vec::new(), Vec::new());
+    for (name, data) in entries {
+        let (crc, size, name_len) = (crc32(0, data), data.len() as u32, name.len() as u16);
+        let local = out.len() as u32;
+        // version 20, no flags, stored, no time
+        let common = [
+            &20u16.to_le_bytes()[..],
+            &[0; 8],
+            &crc.to_le_bytes(),
+            &size.to_le_bytes(),
+        ];
+        out.extend(b"PK\x03\x04");
+        out.extend(common.concat());
+        out.extend(size.to_le_bytes());
+        out.extend(name_len.to_le_bytes());
+        out.extend([0, 0]); // no extra field
+        out.extend(name.as_bytes());
+        out.extend(*data);
+        directory.extend(b"PK\x01\x02");
+        directory.extend(20u16.to_le_bytes()); // made by
+        directory.extend(common.concat());
+        directory.extend(size.to_le_bytes());
+        directory.extend(name_len.to_le_bytes());
+        directory.extend([0; 12]); // extra, comment, disk, attributes
+        directory.extend(local.to_le_bytes());
+        directory.extend(name.as_bytes());
+    }
+    // the directory, and the record at the end that says where it is
+    let (count, at, len) = (
+        entries.len() as u16,
+        out.len() as u32,
+        directory.len() as u32,
+    );
+    out.extend(directory);
+    out.extend(b"PK\x05\x06\0\0\0\0"); // this disk, the directory's
+    out.extend([count.to_le_bytes(), count.to_le_bytes()].concat());
+    out.extend(len.to_le_bytes());
+    out.extend(at.to_le_bytes());
+    out.extend([0, 0]); // no comment
+    out
+}
+
+/// Small crafted pickles that would take all memory (a list holding the previous memo entry twice,
+/// 40 times over: 2^40 values from 326 bytes) or overflow the stack (lists 200,000 deep) are errors
+/// at once, under a limit of 2 GB of address space.
+#[test]
+fn a_crafted_pickle_is_refused_within_bounded_memory() {
+    let mut doubling = b"\x80\x02]q\x00".to_vec();
+    for i in 1..=40u8 {
+        doubling.extend([b'(', b'h', i - 1, b'h', i - 1, b'l', b'q', i]);
+    }
+    doubling.push(b'.');
+    let deep = [
+        &b"\x80\x02"[..],
+        &b"(".repeat(200_000),
+        &b"l".repeat(200_000),
+        b".",
+    ]
+    .concat();
+    for (what, pickle, want) in [
+        (
+            "doubling",
+            doubling,
+            "data.pkl: the pickle builds more objects than a state dict could (over 1304 from 326 \
+             bytes)",
+        ),
+        (
+            "deep",
+            deep,
+            "data.pkl: the pickle nests containers more than 1000 deep: not a state dict",
+        ),
+    ] {
+        let dir = tmp_dir(&format!("torch-{what}"));
+        std::fs::copy(fixture("hf_tiny/config.json"), dir.join("config.json")).unwrap();
+        let zip = zip_of(&[
+            ("archive/data.pkl", &pickle),
+            ("archive/byteorder", b"little"),
+        ]);
+        std::fs::write(dir.join("pytorch_model.bin"), zip).unwrap();
+        let out = std::process::Command::new("sh")
+            .args(["-c", "ulimit -v 2000000 && exec \"$0\" \"$@\""])
+            .arg(engine())
+            .args(["convert", "--model"])
+            .arg(&dir)
+            .arg("--out")
+            .arg(dir.join("out.bin"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert!(stderr.contains(want), "{what}: {stderr}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

@@ -16,13 +16,24 @@
 //! tensor at its byte range in the file, read and converted as a safetensors file's are.
 //!
 //! Containers are copied, not shared, when the pickle fetches them again from its memo: exact for
-//! a state dict, whose containers are filled before anything refers back to them.
+//! a state dict, whose containers are filled before anything refers back to them. So that a small
+//! crafted pickle cannot build a huge object (a list holding the previous one twice, twenty times
+//! over, is a million values), each value made or copied is charged to a budget of
+//! `VALUES_PER_BYTE` a byte of pickle, and containers nest at most `MAX_DEPTH` deep (a state
+//! dict is five), which also bounds the recursion of dropping or copying one.
+//!
+//! The CRC-32 of each entry read (`data.pkl`, `byteorder`, and every storage a tensor is in) is
+//! checked against the zip directory's when the archive is opened, the storages on all cores: a
+//! damaged file is an error that names the entry, not a model with changed weights.
 
+use super::gzip::crc32;
 use super::safetensors::{Dtype, SafeTensors, TensorInfo};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use std::rc::Rc;
 
 /// The first four bytes of a zip archive (and of each entry's local header).
 pub const ZIP_MAGIC: [u8; 4] = *b"PK\x03\x04";
@@ -42,8 +53,12 @@ pub fn open_torch_zip(path: &Path) -> Result<SafeTensors> {
         .find(|(n, _)| n.ends_with("/data.pkl") || *n == "data.pkl")
         .ok_or_else(|| anyhow!("{p}: a zip archive without data.pkl: not a torch.save file"))?;
     let prefix = pkl.strip_suffix("data.pkl").unwrap_or("").to_string();
-    if let Some(order) = entries.get(&format!("{prefix}byteorder")) {
+    let byteorder = format!("{prefix}byteorder");
+    if let Some(order) = entries.get(&byteorder) {
         let bytes = read_at(&mut file, order.offset, order.size.min(16))?;
+        if bytes.len() as u64 == order.size {
+            check_crc(order, crc32(0, &bytes)).map_err(|e| anyhow!("{p}: {byteorder}: {e}"))?;
+        }
         if bytes != b"little" {
             bail!(
                 "{p}: the tensors are stored {}-endian: only little-endian ones are read",
@@ -51,7 +66,9 @@ pub fn open_torch_zip(path: &Path) -> Result<SafeTensors> {
             );
         }
     }
-    let pickle = read_at(&mut file, pickle_entry.offset, pickle_entry.size)?;
+    let pickle = read_at(&mut file, pickle_entry.offset, pickle_entry.size)
+        .with_context(|| format!("{p}: cannot read {pkl}"))?;
+    check_crc(pickle_entry, crc32(0, &pickle)).map_err(|e| anyhow!("{p}: {pkl}: {e}"))?;
     let object = Machine::default()
         .run(&pickle)
         .map_err(|e| anyhow!("{p}: data.pkl: {e}"))?;
@@ -59,6 +76,8 @@ pub fn open_torch_zip(path: &Path) -> Result<SafeTensors> {
         bail!("{p}: data.pkl holds {}, not a state dict", object.kind());
     };
     let mut tensors = BTreeMap::new();
+    // the entries of the storages the tensors are in, each checked once
+    let mut storages = BTreeMap::new();
     for (key, value) in items {
         let Py::Str(name) = key else {
             bail!("{p}: a state dict key is {}, not a string", key.kind());
@@ -66,20 +85,58 @@ pub fn open_torch_zip(path: &Path) -> Result<SafeTensors> {
         let Py::Tensor(t) = value else {
             bail!("{p}: \"{name}\" is {}, not a tensor", value.kind());
         };
-        let storage = entries
-            .get(&format!("{prefix}data/{}", t.storage.key))
-            .ok_or_else(|| {
-                anyhow!(
-                    "{p}: tensor \"{name}\": its storage data/{} is not in the archive",
-                    t.storage.key
-                )
-            })?;
+        let entry_name = format!("{prefix}data/{}", t.storage.key);
+        let storage = entries.get(&entry_name).ok_or_else(|| {
+            anyhow!(
+                "{p}: tensor \"{name}\": its storage data/{} is not in the archive",
+                t.storage.key
+            )
+        })?;
         let info = t
             .info(storage.offset, storage.size)
             .map_err(|e| anyhow!("{p}: tensor \"{name}\": {e}"))?;
-        tensors.insert(name, info);
+        tensors.insert(name.to_string(), info);
+        storages.insert(entry_name, storage);
     }
+    // each entry through its own handle, on all cores (about 2 GB/s a core), the largest first:
+    // GPT-2's wte is a third of its bytes
+    let mut storages: Vec<_> = storages.into_iter().collect();
+    storages.sort_by_key(|(_, entry)| std::cmp::Reverse(entry.size));
+    storages.par_iter().try_for_each(|(name, entry)| {
+        verify_entry(path, entry).map_err(|e| anyhow!("{p}: {name}: {e:#}"))
+    })?;
     Ok(SafeTensors::from_ranges(path, file, tensors))
+}
+
+/// The bytes read at a time when an entry's CRC-32 is checked.
+const CRC_CHUNK: usize = 1 << 20;
+
+/// Checks the CRC-32 of `entry`'s bytes in the file at `path` against the zip directory's,
+/// reading them in chunks.
+fn verify_entry(path: &Path, entry: &Entry) -> Result<()> {
+    let mut file = std::fs::File::open(path).context("cannot open the file again")?;
+    file.seek(SeekFrom::Start(entry.offset))
+        .context("cannot seek to it")?;
+    let mut buf = vec![0u8; CRC_CHUNK.min(usize::try_from(entry.size)?)];
+    let (mut left, mut crc) = (entry.size, 0);
+    while left > 0 {
+        let bytes = &mut buf[..left.min(CRC_CHUNK as u64) as usize];
+        file.read_exact(bytes).context("cannot read it")?;
+        crc = crc32(crc, bytes);
+        left -= bytes.len() as u64;
+    }
+    check_crc(entry, crc)
+}
+
+/// An error unless `computed`, the CRC-32 of `entry`'s bytes, is the one the directory holds.
+fn check_crc(entry: &Entry, computed: u32) -> Result<()> {
+    if computed != entry.crc {
+        bail!(
+            "CRC-32 mismatch (stored {:08x}, computed {computed:08x}): the file is damaged",
+            entry.crc
+        );
+    }
+    Ok(())
 }
 
 /// Reads `len` bytes at `offset`.
@@ -93,10 +150,11 @@ fn read_at(file: &mut std::fs::File, offset: u64, len: u64) -> Result<Vec<u8>> {
 // ------------------------------------------------------------------------------------------------
 // The zip archive
 
-/// Where an entry's bytes are in the file.
+/// Where an entry's bytes are in the file, and their CRC-32 as the zip directory holds it.
 struct Entry {
     offset: u64,
     size: u64,
+    crc: u32,
 }
 
 /// The unsigned little-endian integer of up to 8 bytes (the zip's fields and the pickle's).
@@ -155,6 +213,7 @@ fn zip_entries(file: &mut std::fs::File, size: u64) -> Result<BTreeMap<String, E
             bail!("a damaged zip directory");
         }
         let method = le(&cd, i + 10, 2)?;
+        let crc = le(&cd, i + 16, 4)? as u32;
         let (mut comp, mut len) = (le(&cd, i + 20, 4)?, le(&cd, i + 24, 4)?);
         let (name_len, extra_len, comment_len) = (
             le(&cd, i + 28, 2)? as usize,
@@ -195,7 +254,14 @@ fn zip_entries(file: &mut std::fs::File, size: u64) -> Result<BTreeMap<String, E
         if offset.saturating_add(len) > size {
             bail!("entry {name} ends beyond the end of the file: truncated?");
         }
-        entries.insert(name, Entry { offset, size: len });
+        entries.insert(
+            name,
+            Entry {
+                offset,
+                size: len,
+                crc,
+            },
+        );
         i += 46 + name_len + extra_len + comment_len;
     }
     Ok(entries)
@@ -210,7 +276,7 @@ fn zip_entries(file: &mut std::fs::File, size: u64) -> Result<BTreeMap<String, E
 struct Storage {
     dtype: std::result::Result<Dtype, String>,
     elem_size: usize,
-    key: String,
+    key: Rc<str>,
     numel: u64,
 }
 
@@ -277,21 +343,22 @@ impl Tensor {
     }
 }
 
-/// A value on the pickle machine's stack.
+/// A value on the pickle machine's stack. Strings are shared, not copied, when the memo gives them
+/// again, and storages and tensors boxed: a value is 32 bytes, and copying one makes one.
 #[derive(Clone, Debug, PartialEq)]
 enum Py {
     None,
     Bool(bool),
     Int(i64),
     Float(f64),
-    Str(String),
+    Str(Rc<str>),
     Tuple(Vec<Py>),
     List(Vec<Py>),
     Dict(Vec<(Py, Py)>),
     /// A global the machine accepts, as "module.name".
-    Global(String),
-    Storage(Storage),
-    Tensor(Tensor),
+    Global(Rc<str>),
+    Storage(Box<Storage>),
+    Tensor(Box<Tensor>),
 }
 
 impl Py {
@@ -338,29 +405,93 @@ const GLOBALS: [&str; 3] = [
     "torch._utils._rebuild_parameter",
 ];
 
-/// The pickle machine: its stack, the positions of its marks, and its memo.
+/// How deep containers may nest in the pickle: a state dict is five deep (the dict, a tensor's
+/// arguments, its size), so this is generous; it bounds the recursion of copying and dropping a
+/// value (about 300 bytes of stack a level, so 300 KB at most).
+const MAX_DEPTH: usize = 1000;
+
+/// The values the pickle machine may make or copy (as [`Held::size`] counts them) per byte of
+/// pickle. Without its memo each instruction, a byte or more, makes one value at most; a state
+/// dict's copies from the memo (each small tuple once, the globals and strings it refers back to)
+/// bring `torch.save`'s pickles to 0.4 to 0.6 a byte. A value is 32 bytes, so a pickle, however
+/// crafted, takes at most a few hundred times its length in memory (140 MB for 1 MB that copies
+/// one list from the memo again and again).
+const VALUES_PER_BYTE: u64 = 4;
+
+/// A value on the machine's stack or in its memo, with its depth and size, known without walking
+/// it.
+#[derive(Clone)]
+struct Held {
+    value: Py,
+    /// How many containers deep it is: 0 for a value that is not one, 1 for an empty one.
+    depth: usize,
+    /// What copying it makes: one for each value in it (itself included) and for each dimension of
+    /// its tensors (strings are shared).
+    size: u64,
+}
+
+impl Held {
+    /// A value that holds no other: a number, a string, a global, a storage, a tensor, or an empty
+    /// container.
+    fn leaf(value: Py) -> Held {
+        let (depth, dims) = match &value {
+            Py::Tensor(t) => (0, t.shape.len()),
+            Py::Tuple(_) | Py::List(_) | Py::Dict(_) => (1, 0),
+            _ => (0, 0),
+        };
+        Held {
+            value,
+            depth,
+            size: 1 + dims as u64,
+        }
+    }
+
+    /// A container (`make` of their values) that holds `items`, which are moved into it.
+    fn container(items: Vec<Held>, make: impl FnOnce(Vec<Py>) -> Result<Py>) -> Result<Held> {
+        let depth = 1 + items.iter().map(|h| h.depth).max().unwrap_or(0);
+        let size = 1 + items.iter().map(|h| h.size).sum::<u64>();
+        let value = make(items.into_iter().map(|h| h.value).collect())?;
+        Ok(Held { value, depth, size })
+    }
+
+    /// Counts `items`, which the caller moves into this container, as part of it: their depth and
+    /// size add to its own.
+    fn took(&mut self, items: &[Held]) {
+        for h in items {
+            self.depth = self.depth.max(h.depth + 1);
+            self.size += h.size;
+        }
+    }
+}
+
+/// The pickle machine: its stack, the positions of its marks, its memo, and what it has made so
+/// far against what it may.
 #[derive(Default)]
 struct Machine {
-    stack: Vec<Py>,
+    stack: Vec<Held>,
     marks: Vec<usize>,
-    memo: HashMap<u64, Py>,
+    memo: HashMap<u64, Held>,
+    made: u64,
+    budget: u64,
+    /// The pickle's length, for the message when the budget runs out.
+    code_len: usize,
 }
 
 impl Machine {
-    fn pop(&mut self) -> Result<Py> {
+    fn pop(&mut self) -> Result<Held> {
         self.stack
             .pop()
             .ok_or_else(|| anyhow!("the stack is empty"))
     }
 
-    fn top(&mut self) -> Result<&mut Py> {
+    fn top(&mut self) -> Result<&mut Held> {
         self.stack
             .last_mut()
             .ok_or_else(|| anyhow!("the stack is empty"))
     }
 
     /// The values above the last mark, which is removed.
-    fn pop_mark(&mut self) -> Result<Vec<Py>> {
+    fn pop_mark(&mut self) -> Result<Vec<Held>> {
         let m = self.marks.pop().ok_or_else(|| anyhow!("no mark"))?;
         if m > self.stack.len() {
             bail!("a mark above the stack");
@@ -368,10 +499,49 @@ impl Machine {
         Ok(self.stack.split_off(m))
     }
 
+    /// Counts `n` values made or copied against the budget: an error once it is spent (before the
+    /// copy is made).
+    fn charge(&mut self, n: u64) -> Result<()> {
+        self.made = self.made.saturating_add(n);
+        if self.made > self.budget {
+            bail!(
+                "the pickle builds more objects than a state dict could (over {} from {} bytes)",
+                self.budget,
+                self.code_len
+            );
+        }
+        Ok(())
+    }
+
+    /// Pushes `h`, whose values the caller has charged, unless it nests too deep.
+    fn push(&mut self, h: Held) -> Result<()> {
+        check_depth(h.depth)?;
+        self.stack.push(h);
+        Ok(())
+    }
+
+    /// Pushes a new value that holds no other, charging it.
+    fn push_leaf(&mut self, value: Py) -> Result<()> {
+        let h = Held::leaf(value);
+        self.charge(h.size)?;
+        self.push(h)
+    }
+
+    /// Pushes a new container of `items`, charging the container (its items are moved into it).
+    fn push_container(
+        &mut self,
+        items: Vec<Held>,
+        make: impl FnOnce(Vec<Py>) -> Result<Py>,
+    ) -> Result<()> {
+        self.charge(1)?;
+        let h = Held::container(items, make)?;
+        self.push(h)
+    }
+
     fn global(&self, module: &str, name: &str) -> Result<Py> {
         let full = format!("{module}.{name}");
         if GLOBALS.contains(&full.as_str()) || storage_type(&full).is_some() {
-            Ok(Py::Global(full))
+            Ok(Py::Global(full.into()))
         } else {
             bail!("it calls {full}, which this reader does not run (only a state dict of tensors is read)")
         }
@@ -379,6 +549,8 @@ impl Machine {
 
     /// Runs the pickle and returns the object it builds.
     fn run(mut self, code: &[u8]) -> Result<Py> {
+        self.code_len = code.len();
+        self.budget = VALUES_PER_BYTE.saturating_mul(code.len() as u64);
         let mut pc = 0usize;
         let take = |pc: &mut usize, n: usize| -> Result<&[u8]> {
             let b = code
@@ -392,22 +564,22 @@ impl Machine {
             match op {
                 0x80 => _ = take(&mut pc, 1)?,             // PROTO
                 0x95 => _ = take(&mut pc, 8)?,             // FRAME
-                b'.' => return self.pop(),                 // STOP
+                b'.' => return Ok(self.pop()?.value),      // STOP
                 b'(' => self.marks.push(self.stack.len()), // MARK
-                b'N' => self.stack.push(Py::None),
-                0x88 => self.stack.push(Py::Bool(true)),
-                0x89 => self.stack.push(Py::Bool(false)),
+                b'N' => self.push_leaf(Py::None)?,
+                0x88 => self.push_leaf(Py::Bool(true))?,
+                0x89 => self.push_leaf(Py::Bool(false))?,
                 b'K' => {
                     let v = le_uint(take(&mut pc, 1)?);
-                    self.stack.push(Py::Int(v as i64))
+                    self.push_leaf(Py::Int(v as i64))?
                 }
                 b'M' => {
                     let v = le_uint(take(&mut pc, 2)?);
-                    self.stack.push(Py::Int(v as i64))
+                    self.push_leaf(Py::Int(v as i64))?
                 }
                 b'J' => {
                     let v = le_uint(take(&mut pc, 4)?) as u32 as i32;
-                    self.stack.push(Py::Int(v as i64))
+                    self.push_leaf(Py::Int(v as i64))?
                 }
                 0x8a => {
                     // LONG1: n bytes, little-endian two's complement
@@ -422,12 +594,11 @@ impl Machine {
                         let shift = 64 - 8 * n as u32;
                         ((le_uint(b) << shift) as i64) >> shift
                     };
-                    self.stack.push(Py::Int(v))
+                    self.push_leaf(Py::Int(v))?
                 }
                 b'G' => {
                     let b = take(&mut pc, 8)?;
-                    self.stack
-                        .push(Py::Float(f64::from_be_bytes(b.try_into().unwrap())))
+                    self.push_leaf(Py::Float(f64::from_be_bytes(b.try_into().unwrap())))?
                 }
                 b'X' | 0x8c | 0x8d | b'U' | b'T' => {
                     let n = match op {
@@ -436,28 +607,28 @@ impl Machine {
                         _ => le_uint(take(&mut pc, 1)?),
                     };
                     let b = take(&mut pc, usize::try_from(n)?)?;
-                    let s = if matches!(op, b'U' | b'T') {
+                    let s: String = if matches!(op, b'U' | b'T') {
                         b.iter().map(|&c| c as char).collect() // latin-1
                     } else {
                         String::from_utf8(b.to_vec())
                             .map_err(|_| anyhow!("a string that is not UTF-8"))?
                     };
-                    self.stack.push(Py::Str(s))
+                    self.push_leaf(Py::Str(s.into()))?
                 }
-                b'}' => self.stack.push(Py::Dict(Vec::new())),
-                b']' => self.stack.push(Py::List(Vec::new())),
-                b')' => self.stack.push(Py::Tuple(Vec::new())),
+                b'}' => self.push_leaf(Py::Dict(Vec::new()))?,
+                b']' => self.push_leaf(Py::List(Vec::new()))?,
+                b')' => self.push_leaf(Py::Tuple(Vec::new()))?,
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Py::Tuple(items))
+                    self.push_container(items, |v| Ok(Py::Tuple(v)))?
                 }
                 b'l' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Py::List(items))
+                    self.push_container(items, |v| Ok(Py::List(v)))?
                 }
                 b'd' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Py::Dict(pairs(items)?))
+                    self.push_container(items, |v| Ok(Py::Dict(pairs(v)?)))?
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -465,23 +636,25 @@ impl Machine {
                         bail!("the stack is empty");
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
-                    self.stack.push(Py::Tuple(items))
+                    self.push_container(items, |v| Ok(Py::Tuple(v)))?
                 }
-                b'a' => {
-                    let v = self.pop()?;
-                    match self.top()? {
-                        Py::List(l) => l.push(v),
+                b'a' | b'e' => {
+                    // APPEND, APPENDS
+                    let items = if op == b'a' {
+                        vec![self.pop()?]
+                    } else {
+                        self.pop_mark()?
+                    };
+                    let top = self.top()?;
+                    top.took(&items);
+                    check_depth(top.depth)?;
+                    match &mut top.value {
+                        Py::List(l) => l.extend(items.into_iter().map(|h| h.value)),
                         other => bail!("APPEND to {}", other.kind()),
                     }
                 }
-                b'e' => {
-                    let items = self.pop_mark()?;
-                    match self.top()? {
-                        Py::List(l) => l.extend(items),
-                        other => bail!("APPENDS to {}", other.kind()),
-                    }
-                }
                 b's' | b'u' => {
+                    // SETITEM, SETITEMS
                     let items = if op == b's' {
                         let v = self.pop()?;
                         let k = self.pop()?;
@@ -489,29 +662,38 @@ impl Machine {
                     } else {
                         self.pop_mark()?
                     };
-                    let new = pairs(items)?;
-                    match self.top()? {
+                    let top = self.top()?;
+                    top.took(&items);
+                    check_depth(top.depth)?;
+                    let new = pairs(items.into_iter().map(|h| h.value).collect())?;
+                    match &mut top.value {
                         Py::Dict(d) => d.extend(new),
                         other => bail!("SETITEM on {}", other.kind()),
                     }
                 }
                 b'q' | b'r' | 0x94 => {
+                    // BINPUT, LONG_BINPUT, MEMOIZE: a copy of the top
                     let idx = match op {
                         b'q' => le_uint(take(&mut pc, 1)?),
                         b'r' => le_uint(take(&mut pc, 4)?),
                         _ => self.memo.len() as u64,
                     };
+                    let size = self.top()?.size;
+                    self.charge(size)?;
                     let v = self.top()?.clone();
                     self.memo.insert(idx, v);
                 }
                 b'h' | b'j' => {
+                    // BINGET, LONG_BINGET: a copy of a memo entry
                     let idx = le_uint(take(&mut pc, if op == b'h' { 1 } else { 4 })?);
-                    let v = self
+                    let size = self
                         .memo
                         .get(&idx)
                         .ok_or_else(|| anyhow!("memo {idx} is empty"))?
-                        .clone();
-                    self.stack.push(v)
+                        .size;
+                    self.charge(size)?;
+                    let v = self.memo[&idx].clone();
+                    self.push(v)?
                 }
                 b'c' => {
                     let mut line = || -> Result<String> {
@@ -525,20 +707,20 @@ impl Machine {
                     };
                     let (module, name) = (line()?, line()?);
                     let g = self.global(&module, &name)?;
-                    self.stack.push(g)
+                    self.push_leaf(g)?
                 }
                 0x93 => {
-                    let name = self.pop()?;
-                    let module = self.pop()?;
+                    let name = self.pop()?.value;
+                    let module = self.pop()?.value;
                     let (Py::Str(module), Py::Str(name)) = (module, name) else {
                         bail!("STACK_GLOBAL of values that are not strings");
                     };
                     let g = self.global(&module, &name)?;
-                    self.stack.push(g)
+                    self.push_leaf(g)?
                 }
                 b'Q' => {
                     // BINPERSID: ("storage", storage type, key, location, numel)
-                    let pid = self.pop()?;
+                    let pid = self.pop()?.value;
                     let storage = match pid {
                         Py::Tuple(t) if t.len() == 5 && t[0] == Py::Str("storage".into()) => {
                             let Py::Global(ty) = &t[1] else {
@@ -551,33 +733,33 @@ impl Machine {
                                 other => bail!("a storage key that is {}", other.kind()),
                             };
                             let numel = u64::try_from(t[4].int()?)?;
-                            Py::Storage(Storage {
+                            Py::Storage(Box::new(Storage {
                                 dtype,
                                 elem_size,
                                 key,
                                 numel,
-                            })
+                            }))
                         }
                         other => {
                             bail!("a persistent id that is {} and not a storage", other.kind())
                         }
                     };
-                    self.stack.push(storage)
+                    self.push_leaf(storage)?
                 }
                 b'R' | 0x81 => {
                     // REDUCE / NEWOBJ: callable(*args)
-                    let args = self.pop()?;
-                    let f = self.pop()?;
+                    let args = self.pop()?.value;
+                    let f = self.pop()?.value;
                     let Py::Tuple(args) = args else {
                         bail!("a call whose arguments are {}", args.kind());
                     };
                     let v = call(&f, args)?;
-                    self.stack.push(v)
+                    self.push_leaf(v)?
                 }
                 b'b' => {
                     // BUILD: the state of an OrderedDict (its `_metadata`) is not needed
                     let _state = self.pop()?;
-                    match self.top()? {
+                    match &self.top()?.value {
                         Py::Dict(_) => {}
                         other => bail!("BUILD on {}", other.kind()),
                     }
@@ -589,6 +771,14 @@ impl Machine {
             }
         }
     }
+}
+
+/// An error for a value nested deeper than [`MAX_DEPTH`].
+fn check_depth(depth: usize) -> Result<()> {
+    if depth > MAX_DEPTH {
+        bail!("the pickle nests containers more than {MAX_DEPTH} deep: not a state dict");
+    }
+    Ok(())
 }
 
 /// Key-value pairs from a flat list.
@@ -609,7 +799,7 @@ fn call(f: &Py, args: Vec<Py>) -> Result<Py> {
     let Py::Global(name) = f else {
         bail!("a call of {}", f.kind());
     };
-    match name.as_str() {
+    match &**name {
         "collections.OrderedDict" if args.is_empty() => Ok(Py::Dict(Vec::new())),
         "torch._utils._rebuild_parameter" => match args.into_iter().next() {
             Some(t @ Py::Tensor(_)) => Ok(t),
@@ -636,11 +826,11 @@ fn call(f: &Py, args: Vec<Py>) -> Result<Py> {
                 // (saturating: a shape too large for its count is refused by Tensor::info)
                 want = want.saturating_mul(n);
             }
-            Ok(Py::Tensor(Tensor {
-                storage: storage.clone(),
+            Ok(Py::Tensor(Box::new(Tensor {
+                storage: (**storage).clone(),
                 offset,
                 shape,
-            }))
+            })))
         }
         other => bail!("a call of {other} with {} arguments", args.len()),
     }
@@ -731,6 +921,114 @@ mod tests {
             b"\xff",
         ] {
             assert!(Machine::default().run(code).is_err(), "{code:?}");
+        }
+    }
+
+    /// The error `code` gives (without printing what it built where it gives none).
+    fn refused(code: &[u8]) -> String {
+        let Err(e) = Machine::default().run(code) else {
+            panic!("{} bytes read without error", code.len());
+        };
+        e.to_string()
+    }
+
+    /// A list holding the previous memo entry twice, `n` times over: 2^n values from 8n bytes.
+    fn doubling(n: u8) -> Vec<u8> {
+        let mut code = b"\x80\x02]q\x00".to_vec();
+        for i in 1..=n {
+            code.extend([b'(', b'h', i - 1, b'h', i - 1, b'l', b'q', i]);
+        }
+        code.push(b'.');
+        code
+    }
+
+    #[test]
+    fn a_pickle_that_multiplies_its_memo_is_refused() {
+        // 2^18 values would be 8 MB; 2^60 more than any machine holds: both stop at once
+        for n in [18, 60] {
+            let code = doubling(n);
+            let start = std::time::Instant::now();
+            let err = refused(&code);
+            assert!(
+                err.contains("the pickle builds more objects than a state dict could"),
+                "{err}"
+            );
+            assert!(err.contains(&format!("from {} bytes", code.len())), "{err}");
+            assert!(start.elapsed().as_secs() < 2, "{:?}", start.elapsed());
+        }
+        // a few doublings fit the budget, and the copies are what they were
+        let v = Machine::default().run(&doubling(3)).unwrap();
+        let two = |x: Py| Py::List(vec![x.clone(), x]);
+        assert_eq!(v, two(two(two(Py::List(vec![])))));
+        // what the budget's claim on memory rests on
+        assert_eq!(std::mem::size_of::<Py>(), 32);
+    }
+
+    /// How many containers deep `v` is (as `Held::depth` counts), walked without recursion.
+    fn depth(v: &Py) -> usize {
+        let mut deepest = 0;
+        // each value with the number of containers around it
+        let mut todo = vec![(v, 0)];
+        while let Some((v, around)) = todo.pop() {
+            let inner = around + 1;
+            match v {
+                Py::Tuple(xs) | Py::List(xs) => todo.extend(xs.iter().map(|x| (x, inner))),
+                Py::Dict(kv) => todo.extend(kv.iter().flat_map(|(k, v)| [(k, inner), (v, inner)])),
+                _ => {
+                    deepest = deepest.max(around);
+                    continue;
+                }
+            }
+            deepest = deepest.max(inner);
+        }
+        deepest
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_and_the_deepest_allowed_is_safe() {
+        let lists = |n: usize| [&b"\x80\x02"[..], &b"(".repeat(n), &b"l".repeat(n), b"."].concat();
+        let tuples = |n: usize| [&b"\x80\x02)"[..], &b"\x85".repeat(n - 1), b"."].concat();
+        // ]]]...a a a: each list appended to the one below it
+        let appends =
+            |n: usize| [&b"\x80\x02"[..], &b"]".repeat(n), &b"a".repeat(n - 1), b"."].concat();
+        // {N{N{...{ s s s: each dict set (at key None) in the one below it
+        let dicts = |n: usize| {
+            [
+                &b"\x80\x02"[..],
+                &b"}N".repeat(n - 1),
+                b"}",
+                &b"s".repeat(n - 1),
+                b".",
+            ]
+            .concat()
+        };
+        for (what, make) in [
+            ("lists", &lists as &dyn Fn(usize) -> Vec<u8>),
+            ("tuples", &tuples),
+            ("appends", &appends),
+            ("dicts", &dicts),
+        ] {
+            // as deep as allowed: read, copied into the memo and out, and dropped (recursive
+            // clones and drops, about 300 bytes of stack a level) on 1 MiB of stack (a thread's
+            // default is 2 MiB, the main thread's 8 MiB)
+            let mut code = make(MAX_DEPTH);
+            code.truncate(code.len() - 1);
+            code.extend(b"q\x00h\x00.");
+            let deepest = std::thread::Builder::new()
+                .stack_size(1 << 20)
+                .spawn(move || depth(&Machine::default().run(&code).unwrap()))
+                .unwrap()
+                .join()
+                .unwrap();
+            assert_eq!(deepest, MAX_DEPTH, "{what}");
+            // one deeper, and far deeper (200,000 overflowed the stack): errors
+            for n in [MAX_DEPTH + 1, 200_000] {
+                let err = refused(&make(n));
+                assert!(
+                    err.contains("the pickle nests containers more than 1000 deep"),
+                    "{what}, {n}: {err}"
+                );
+            }
         }
     }
 }

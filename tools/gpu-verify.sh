@@ -129,6 +129,11 @@ check verify-fused-fp32-hs64 120 eng verify --device both --precision fp32 --ker
 check verify-plain-bf16-hs64 120 eng verify --device both --precision bf16 --kernels plain \
   --model tests/fixtures/ref_hs64_model.bin --state tests/fixtures/ref_hs64_state.bin \
   --steps 10 --expect-losses tests/fixtures/ref_hs64_losses.txt
+# TF32 products (verify::Tolerances::TF32, so far measured on the emulated device only): the
+# fixture of the largest errors there
+check verify-tf32-gpt2vocab 120 eng verify --device both --tf32 \
+  --model tests/fixtures/ref_gpt2vocab_model.bin --state tests/fixtures/ref_gpt2vocab_state.bin \
+  --steps 10 --expect-losses tests/fixtures/ref_gpt2vocab_losses.txt
 # 4. d12 on the default corpus, twice with the same seed: identical losses; in bf16 too
 # (stochastic rounding is seeded; the second run also samples text after step 25, which must
 # change nothing), with CUDA graphs off (they change the speed, not the numbers), and resumed at

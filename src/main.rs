@@ -116,7 +116,7 @@ struct SampleArgs {
     #[arg(long)]
     model: PathBuf,
     /// Text to continue (default: start from the end-of-text token).
-    #[arg(long, default_value = "")]
+    #[arg(allow_hyphen_values = true, long, default_value = "")]
     prompt: String,
     /// How many tokens to generate.
     #[arg(long, default_value_t = 128)]
@@ -263,12 +263,26 @@ fn run_train(args: &TrainArgs, model_given: bool) -> Result<ExitCode> {
     let (cfg, params) = match &resume {
         Some(r) => {
             let ck = checkpoint::read_checkpoint(&r.model_path)?;
+            train_gpt2_cuda::formats::check_finite(&r.model_path, &ck)?;
             if model_given {
                 r.check_model(&args.model, &ck.config)?;
             }
             (ck.config, ck.params)
         }
-        None => train::load_model(&args.model, args.seed)?,
+        None => {
+            // a new model for the CPU that cannot fit is refused before its weights are drawn
+            // (minutes for a large one); the engine checks again, exactly
+            let on_cpu = match args.device {
+                Device::Cpu => true,
+                Device::Cuda => false,
+                Device::Auto => !train_gpt2_cuda::gpu::may_have_a_gpu(),
+            };
+            if on_cpu && train_gpt2_cuda::config::GPT2Config::from_descriptor(&args.model).is_ok() {
+                let cfg = train::model_config(&args.model)?;
+                train_gpt2_cuda::cpu::model::check_fits(&cfg, args.batch, args.seq)?;
+            }
+            train::load_model(&args.model, args.seed)?
+        }
     };
     let mut engine = create_engine(&args.engine_options(), cfg, params, args.batch, args.seq)?;
     // Ctrl-C or SIGTERM from here on: finish the step, write its checkpoint and state, exit 130
@@ -610,7 +624,12 @@ fn check_not_an_input(
         };
         let mut read = vec![m.clone()];
         if let Ok(entries) = std::fs::read_dir(&m) {
-            read.extend(entries.filter_map(|e| e.ok().map(|e| e.path())));
+            // each file as named, and where it links to (a Hugging Face hub cache's snapshot
+            // folder is links into its blobs)
+            for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+                read.extend(std::fs::canonicalize(&path).ok());
+                read.push(path);
+            }
         }
         if written.iter().any(|w| read.contains(&resolved(w))) {
             bail!(
@@ -651,7 +670,20 @@ fn run_tokenizer(out: &std::path::Path) -> Result<ExitCode> {
 }
 
 fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
-    // (before any work: the dump is written at the end)
+    // the flags, before any work
+    if a.precision == Precision::Bf16 && a.device == VerifyDevice::Cpu {
+        bail!("--precision bf16 needs --device cuda or both: the CPU engine computes in fp32 only");
+    }
+    if a.kernels.is_some() && a.device == VerifyDevice::Cpu {
+        bail!("--kernels chooses the GPU's kernels: it needs --device cuda or both");
+    }
+    if a.recompute != Recompute::None && a.device == VerifyDevice::Cpu {
+        bail!("--recompute changes the GPU's backward pass: it needs --device cuda or both");
+    }
+    if a.expect_losses.is_some() && a.steps == 0 {
+        bail!("--expect-losses checks the losses of AdamW steps: it needs --steps N (N > 0)");
+    }
+    // (the dump is written at the end)
     if let Some(dump) = &a.dump {
         check_out_file("--dump", dump)?;
         let mut inputs = vec![
@@ -682,18 +714,6 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         VerifyDevice::Both => &[Device::Cpu, Device::Cuda],
     };
     let reference = verify::Outputs::expected(&state);
-    if a.precision == Precision::Bf16 && a.device == VerifyDevice::Cpu {
-        bail!("--precision bf16 needs --device cuda or both: the CPU engine computes in fp32 only");
-    }
-    if a.kernels.is_some() && a.device == VerifyDevice::Cpu {
-        bail!("--kernels chooses the GPU's kernels: it needs --device cuda or both");
-    }
-    if a.recompute != Recompute::None && a.device == VerifyDevice::Cpu {
-        bail!("--recompute changes the GPU's backward pass: it needs --device cuda or both");
-    }
-    if a.expect_losses.is_some() && a.steps == 0 {
-        bail!("--expect-losses checks the losses of AdamW steps: it needs --steps N (N > 0)");
-    }
     // the CPU always runs fp32; the GPU in --precision
     let options = |dev: Device| EngineOptions {
         device: dev,
@@ -752,6 +772,11 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
             loss: out.loss,
             grads: out.grads.clone(),
         };
+        // (as convert makes its --out's folder)
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("{}: cannot create the directory", dir.display()))?;
+        }
         debug_state::write_debug_state(path, &cfg, &dumped)?;
         outln!("\nwrote {} ({name})", path.display());
     }

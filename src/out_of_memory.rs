@@ -39,11 +39,9 @@ pub struct OutOfMemory {
     pub what: String,
     /// Everything the model needs, in bytes.
     pub need: f64,
-    /// What of it no batch shape changes (the parameters, and for training their gradients,
-    /// AdamW state and master weights), less what is held already.
-    pub fixed: f64,
-    /// The memory the device has free (or available), when known.
-    pub free: Option<f64>,
+    /// What no batch shape changes (the parameters, and for training their gradients, AdamW
+    /// state and master weights), when that alone does not fit: a smaller batch cannot help.
+    pub fixed_alone: Option<f64>,
     /// The flags that trade work for memory, and what each would save.
     pub savings: Vec<Saving>,
     /// Whose flags to name (training's unless a command says otherwise).
@@ -53,14 +51,14 @@ pub struct OutOfMemory {
 impl OutOfMemory {
     /// What would help, for the command's flags.
     pub fn advice(&self) -> String {
-        if self.free.is_some_and(|free| self.fixed > free) {
+        if let Some(fixed) = self.fixed_alone {
             return format!(
-                "{} of it does not depend on the batch (the parameters{}): use a smaller model",
-                size_text(self.fixed),
+                "the parameters{} alone take {}, whatever the batch: use a smaller model",
                 match self.knobs {
                     Knobs::Train => " and their gradients and AdamW state",
                     _ => "",
-                }
+                },
+                size_text(fixed)
             );
         }
         let base = match self.knobs {
@@ -110,12 +108,11 @@ pub fn for_command(mut e: anyhow::Error, knobs: Knobs) -> anyhow::Error {
 mod tests {
     use super::*;
 
-    fn oom(free: f64) -> OutOfMemory {
+    fn oom(fixed_alone: Option<f64>) -> OutOfMemory {
         OutOfMemory {
             what: "not enough GPU memory: the model needs 2.00 GiB".into(),
             need: 2048.0 * 1048576.0,
-            fixed: 512.0 * 1048576.0,
-            free: Some(free * 1048576.0),
+            fixed_alone: fixed_alone.map(|m| m * 1048576.0),
             savings: vec![
                 Saving {
                     flag: "--classifier-chunk",
@@ -134,7 +131,7 @@ mod tests {
 
     #[test]
     fn each_command_is_told_its_own_flags() {
-        let mut e = oom(1024.0);
+        let mut e = oom(None);
         // 10 MiB of 2 GiB is under 1%: not worth naming
         assert_eq!(
             e.advice(),
@@ -163,23 +160,23 @@ mod tests {
 
     #[test]
     fn parameters_that_alone_do_not_fit_ask_for_a_smaller_model() {
-        let mut e = oom(500.0);
+        let mut e = oom(Some(512.0));
         assert_eq!(
             e.advice(),
-            "512.0 MiB of it does not depend on the batch (the parameters and their gradients and \
-             AdamW state): use a smaller model"
+            "the parameters and their gradients and AdamW state alone take 512.0 MiB, whatever \
+             the batch: use a smaller model"
         );
         e.knobs = Knobs::Sample;
         assert_eq!(
             e.advice(),
-            "512.0 MiB of it does not depend on the batch (the parameters): use a smaller model"
+            "the parameters alone take 512.0 MiB, whatever the batch: use a smaller model"
         );
     }
 
     #[test]
     fn a_command_finds_the_error_under_a_context() {
         let e = anyhow::Error::new(std::io::Error::other("CUDA_ERROR_OUT_OF_MEMORY"))
-            .context(oom(1024.0));
+            .context(oom(None));
         let e = for_command(e, Knobs::Eval);
         assert!(
             format!("{e:#}").contains("use a smaller --batch or --seq"),

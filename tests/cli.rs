@@ -1200,10 +1200,104 @@ fn verify_dump_never_overwrites_its_inputs() {
         stderr.contains("names a folder (it ends in '/'): --dump takes a file name"),
         "{stderr}"
     );
-    // another file is written
-    let (out, stdout, stderr) = verify(&d("dump.bin"));
+    // another file is written, its folder made
+    let (out, stdout, stderr) = verify(&d("new/dump.bin"));
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(dir.join("dump.bin").is_file());
+    assert!(dir.join("new/dump.bin").is_file());
+    // a Hugging Face model as the hub's cache keeps it: a snapshot folder of links to blobs (the
+    // dump named through the link, or the blob itself)
+    #[cfg(unix)]
+    {
+        let hub = dir.join("hub");
+        std::fs::create_dir_all(hub.join("blobs")).unwrap();
+        std::fs::create_dir_all(hub.join("snapshot")).unwrap();
+        for (file, blob) in [("config.json", "b1"), ("model.safetensors", "b2")] {
+            std::fs::copy(
+                root().join("tests/fixtures/hf_tiny").join(file),
+                hub.join("blobs").join(blob),
+            )
+            .unwrap();
+            std::os::unix::fs::symlink(format!("../blobs/{blob}"), hub.join("snapshot").join(file))
+                .unwrap();
+        }
+        let blob = std::fs::read(hub.join("blobs/b2")).unwrap();
+        for dump in [hub.join("snapshot/model.safetensors"), hub.join("blobs/b2")] {
+            let (out, stdout, stderr) = run(bin()
+                .args(["verify", "--device", "cpu", "--model"])
+                .arg(hub.join("snapshot"))
+                .arg("--state")
+                .arg(root().join("tests/fixtures/hf_tiny_state.bin"))
+                .arg("--dump")
+                .arg(&dump));
+            assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+            assert!(stderr.contains("would overwrite the model"), "{stderr}");
+        }
+        assert_eq!(std::fs::read(hub.join("blobs/b2")).unwrap(), blob);
+    }
+}
+
+/// `--resume` refuses a checkpoint with a NaN parameter, and a training state whose AdamW moments
+/// no run writes (NaN, or a negative second moment), naming what is wrong: it trained a step on
+/// them, wrote a checkpoint of NaN, and blamed the learning rate.
+#[test]
+fn a_damaged_state_is_refused_on_resume() {
+    use train_gpt2_cuda::formats::HEADER_BYTES;
+    let dir = tmp_dir("damaged-state");
+    let out = dir.join("out").to_string_lossy().into_owned();
+    let common =
+        flags("--device cpu --model d1 --batch 2 --seq 16 --val-every 0 --sample-tokens 0");
+    let (done, stdout, stderr) = run(bin()
+        .args(&common)
+        .args(["--steps", "2", "--out-dir", &out]));
+    assert!(done.status.success(), "{stdout}\n{stderr}");
+    let (model, state) = (
+        dir.join("out/model_000002.bin"),
+        dir.join("out/state_000002.bin"),
+    );
+    let (model_bytes, state_bytes) = (
+        std::fs::read(&model).unwrap(),
+        std::fs::read(&state).unwrap(),
+    );
+    let n = (model_bytes.len() - HEADER_BYTES) / 4; // (d1's parameters)
+    let resume = || {
+        run(bin()
+            .args(&common)
+            .args(["--steps", "3", "--out-dir", &out, "--resume"])
+            .arg(&state))
+    };
+    let put = |bytes: &[u8], at: usize, x: f32| {
+        let mut b = bytes.to_vec();
+        b[HEADER_BYTES + 4 * at..HEADER_BYTES + 4 * at + 4].copy_from_slice(&x.to_le_bytes());
+        b
+    };
+    let cases = [
+        (
+            &model,
+            put(&model_bytes, n - 1, f32::NAN),
+            "the model holds 1 parameter that is not finite, the first NaN in lnfb[",
+        ),
+        (
+            &state,
+            put(&state_bytes, 10, f32::NAN),
+            "AdamW's m holds 1 value not finite, the first NaN at element 10",
+        ),
+        (
+            &state,
+            put(&state_bytes, n + 3, -1.0),
+            "AdamW's v holds 1 value not finite or negative, the first -1 at element 3",
+        ),
+    ];
+    for (file, bytes, want) in cases {
+        write(file, &bytes);
+        let (done, stdout, stderr) = resume();
+        assert_eq!(done.status.code(), Some(1), "{stdout}\n{stderr}");
+        assert!(stderr.contains(want), "{stderr}");
+        assert!(!stdout.contains("step 3/3"), "no step trained: {stdout}");
+        write(&model, &model_bytes);
+        write(&state, &state_bytes);
+    }
+    let (done, stdout, stderr) = resume();
+    assert!(done.status.success(), "{stdout}\n{stderr}");
 }
 
 /// A model with a NaN or infinite parameter is refused where it is read, naming the tensor:
@@ -1235,6 +1329,29 @@ fn a_model_with_a_non_finite_parameter_is_refused() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+/// A prompt may start with a hyphen (clap took it for a flag), and a negative number reaches the
+/// flag's own check.
+#[test]
+fn a_prompt_may_start_with_a_hyphen() {
+    let model = fixture("ref_gpt2vocab_model.bin");
+    let sample = |extra: &[&str]| {
+        run(bin()
+            .args([
+                "sample", "--device", "cpu", "--model", &model, "--tokens", "2",
+            ])
+            .args(extra))
+    };
+    let (out, stdout, stderr) = sample(&["--prompt", "-- hello"]);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.starts_with("-- hello"), "{stdout}");
+    let (out, _, stderr) = sample(&["--temperature", "-1"]);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--temperature must be a finite number above 0, got -1"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -1311,6 +1428,18 @@ fn bad_inputs_give_clear_errors() {
              B=100000, T=64 needs 4864.93 GiB (parameters, gradients and AdamW state 50.9 MiB, \
              activations and their gradients 4864.84 GiB), the machine has ",
             "use a smaller batch (-b) or sequence length (-t)",
+        ],
+    );
+    // a model whose parameters and AdamW state alone do not fit (d96: 43.6B parameters, 16 bytes
+    // each): refused before its weights are drawn (which would take hours), a smaller batch
+    // not suggested
+    expect_error(
+        &[
+            "--device", "cpu", "--model", "d96", "--batch", "1", "--seq", "8",
+        ],
+        &[
+            "the parameters and their gradients and AdamW state alone take",
+            "use a smaller model",
         ],
     );
     // and one whose activations overflow the address space (not a panic, exit status 101)
@@ -1427,10 +1556,10 @@ fn bad_inputs_give_clear_errors() {
         (
             "--temperature",
             "0",
-            "temperature must be a finite number above 0",
+            "--temperature must be a finite number above 0",
         ),
-        ("--top-p", "1.5", "top-p must be in (0, 1], got 1.5"),
-        ("--top-p", "0", "top-p must be in (0, 1], got 0"),
+        ("--top-p", "1.5", "--top-p must be in (0, 1], got 1.5"),
+        ("--top-p", "0", "--top-p must be in (0, 1], got 0"),
     ] {
         let model = fixture("ref_tiny_model.bin");
         let args = ["sample", "--device", "cpu", "--model", &model, flag, value];

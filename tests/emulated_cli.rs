@@ -172,7 +172,7 @@ fn out_of_memory_advice_names_each_command_s_flags() {
         "67200000",
     );
     assert!(
-        e.contains("of it does not depend on the batch (the parameters): use a smaller model"),
+        e.contains("the parameters alone take 0.8 MiB, whatever the batch: use a smaller model"),
         "{e}"
     );
     let out = dir.join("train").to_string_lossy().into_owned();
@@ -191,8 +191,8 @@ fn out_of_memory_advice_names_each_command_s_flags() {
     );
     assert!(
         e.contains(
-            "50.9 MiB of it does not depend on the batch (the parameters and their gradients \
-             and AdamW state): use a smaller model"
+            "the parameters and their gradients and AdamW state alone take 50.9 MiB, whatever the \
+             batch: use a smaller model"
         ),
         "{e}"
     );

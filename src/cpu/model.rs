@@ -97,12 +97,7 @@ impl Gpt2Cpu {
     ) -> Result<Self> {
         check_new(&config, &params, max_b, max_t)?;
         // (each size and their total fit in a usize: num_activations below cannot overflow)
-        if checked_act_sizes(&config, max_b, max_t, true).is_none() {
-            bail!(
-                "the activations of B={max_b}, T={max_t} do not fit in this machine's address \
-                 space: use a smaller batch (-b) or sequence length (-t)"
-            );
-        }
+        check_address_space(&config, max_b, max_t)?;
         let na = num_activations(&config, max_b, max_t);
         let footprint = Footprint::of(&config, (max_b, max_t));
         let allocating = if training {
@@ -543,6 +538,26 @@ impl Footprint {
     }
 }
 
+/// An error when the activations of a batch of `b` x `t` do not fit in the address space.
+fn check_address_space(cfg: &GPT2Config, b: usize, t: usize) -> Result<()> {
+    if checked_act_sizes(cfg, b, t, true).is_none() {
+        bail!(
+            "the activations of B={b}, T={t} do not fit in this machine's address space: use a \
+             smaller batch (-b) or sequence length (-t)"
+        );
+    }
+    Ok(())
+}
+
+/// Checks, before its parameters exist, that a model of `cfg` can train at `b` x `t` on the
+/// CPU: a new model that cannot is refused before its weights are drawn (minutes for a large
+/// one). Building the engine checks again, exactly ([`check_host_memory`]).
+pub fn check_fits(cfg: &GPT2Config, b: usize, t: usize) -> Result<()> {
+    check_address_space(cfg, b, t)?;
+    let footprint = Footprint::of(cfg, (b, t));
+    check_host_memory(&footprint, Allocating::Training, host_memory())
+}
+
 /// Which of a [`Footprint`]'s parts are being allocated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Allocating {
@@ -566,6 +581,7 @@ pub fn check_host_memory(
     let Some(mem) = mem else {
         return Ok(());
     };
+    // (fixed: what of to_allocate no batch shape changes; the parameters are held already)
     let (to_allocate, needs, held, fixed) = match allocating {
         Allocating::Training => (
             f.acts + f.tokens + f.optimizer + f.grad_acts,
@@ -577,7 +593,7 @@ pub fn check_host_memory(
                 size_text(f.acts + f.grad_acts),
             ),
             String::new(),
-            f.optimizer, // (the parameters are held already)
+            Some(f.optimizer),
         ),
         Allocating::Forward => (
             f.acts + f.tokens,
@@ -588,7 +604,7 @@ pub fn check_host_memory(
                 size_text(f.acts),
             ),
             String::new(),
-            0.0, // (the parameters are held already)
+            None,
         ),
         Allocating::TrainingAfterForward => (
             f.optimizer + f.grad_acts,
@@ -602,7 +618,7 @@ pub fn check_host_memory(
                 " (the model holds {} of it already)",
                 size_text(f.params + f.acts + f.tokens)
             ),
-            f.optimizer,
+            Some(f.optimizer),
         ),
     };
     if to_allocate <= mem.available as f64 {
@@ -618,8 +634,9 @@ pub fn check_host_memory(
             size_text(mem.total as f64),
         ),
         need: to_allocate,
-        fixed,
-        free: Some(mem.available as f64),
+        fixed_alone: fixed
+            .filter(|&x| x > mem.available as f64)
+            .map(|x| x + f.params),
         savings: Vec::new(),
         knobs: Knobs::default(),
     }

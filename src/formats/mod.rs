@@ -157,7 +157,7 @@ pub fn read_model(path: &Path) -> Result<checkpoint::Checkpoint> {
 
 /// Refuses a model with a parameter that is NaN or infinite: nothing can be computed with it (its
 /// losses are NaN, its samples one token repeated), and training from it diverges at once.
-fn check_finite(path: &Path, ck: &checkpoint::Checkpoint) -> Result<()> {
+pub fn check_finite(path: &Path, ck: &checkpoint::Checkpoint) -> Result<()> {
     let tensors = crate::params::split(&ck.config, &ck.params).into_array();
     let mut bad = tensors.iter().enumerate().flat_map(|(k, x)| {
         x.iter()
@@ -167,9 +167,15 @@ fn check_finite(path: &Path, ck: &checkpoint::Checkpoint) -> Result<()> {
     });
     if let Some((k, i, v)) = bad.next() {
         let n = 1 + bad.count();
+        // (wte's rows past V pad it to Vp: no token reads them)
+        let padding = if k == 0 && i >= ck.config.vocab_size * ck.config.channels {
+            " (a padding row, past V)"
+        } else {
+            ""
+        };
         bail!(
-            "{}: the model holds {n} parameter{} that {} not finite, the first {v} in {}[{i}]: \
-             it cannot be evaluated, sampled or trained (a checkpoint of a run that diverged?)",
+            "{}: the model holds {n} parameter{} that {} not finite, the first {v} in \
+             {}[{i}]{padding}: the file is damaged, or from a run that diverged",
             path.display(),
             if n == 1 { "" } else { "s" },
             if n == 1 { "is" } else { "are" },

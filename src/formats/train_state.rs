@@ -338,10 +338,33 @@ impl TrainStateFile {
                     *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                 }
             }
+            check_values(&self.path, which, &values)?;
             each(which, &values)?;
         }
         Ok(())
     }
+}
+
+/// Refuses an array that no run writes: a value that is NaN or infinite, or a second moment below
+/// zero (a sum of squares). Resumed, it would train on and write checkpoints of NaN.
+fn check_values(path: &Path, which: OptimizerArray, values: &[f32]) -> Result<()> {
+    let bad = |x: &f32| !x.is_finite() || (which == OptimizerArray::V && *x < 0.0);
+    if let Some(i) = values.iter().position(bad) {
+        let n = values.iter().filter(|x| bad(x)).count();
+        let what = match which {
+            OptimizerArray::V => "not finite or negative",
+            _ => "not finite",
+        };
+        bail!(
+            "{}: AdamW's {} holds {n} value{} {what}, the first {} at element {i}: the state is \
+             damaged; resume from another one",
+            path.display(),
+            which.name(),
+            if n == 1 { "" } else { "s" },
+            values[i]
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

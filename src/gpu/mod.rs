@@ -22,6 +22,13 @@
 /// Whether this build has the CUDA kernels (nvcc was found when it was built).
 pub const HAS_CUDA: bool = cfg!(has_cuda);
 
+/// Whether a GPU could run here at all: this build has the kernels and the CUDA driver library
+/// loads (a device may still be missing). Without either, `--device auto` runs on the CPU.
+pub fn may_have_a_gpu() -> bool {
+    // SAFETY: only tries to dlopen the driver library under its usual names.
+    HAS_CUDA && unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
 /// The nvcc that compiled the kernels (the PTX test finds ptxas next to it); None without CUDA.
 pub const BUILD_NVCC: Option<&str> = option_env!("TRAIN_GPT2_NVCC");
 

@@ -647,8 +647,10 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
                 size_text(need),
             ),
             need,
-            fixed: bytes_params,
-            free: free.as_ref().ok().map(|&(free, _)| free as f64),
+            fixed_alone: match free {
+                Ok((free, _)) if bytes_params > free as f64 => Some(bytes_params),
+                _ => None,
+            },
             savings,
             knobs: Knobs::default(),
         };

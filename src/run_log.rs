@@ -152,6 +152,19 @@ fn num(x: f32) -> String {
     }
 }
 
+/// The learning rate that the log at `path` records for `step` (its last record of that step);
+/// None when it has none, or cannot be read.
+pub fn logged_lr(path: &Path, step: usize) -> Option<f32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().rev().find_map(|line| {
+        let v = serde_json::from_str::<serde_json::Value>(line).ok()?;
+        if v.get("step")?.as_u64()? != step as u64 {
+            return None;
+        }
+        v.get("lr")?.as_f64().map(|x| x as f32)
+    })
+}
+
 /// The step of a step's record whose update was skipped (`"skipped": true`).
 fn skipped_step(line: &str) -> Option<usize> {
     let v = serde_json::from_str::<serde_json::Value>(line).ok()?;

@@ -660,6 +660,13 @@ pub fn train(
         .val
         .clone()
         .unwrap_or_else(crate::data::default_val_pattern);
+    // (the bundled corpus measures a model trained on other data by text it has not learnt)
+    if args.train.is_some() && args.val.is_none() {
+        eprintln!(
+            "note: --train without --val: the validation loss is measured on the bundled \
+             Shakespeare corpus ({val_pattern}), not on your data"
+        );
+    }
     let shuffle = args.shuffle.then_some(args.seed);
     let mut train_loader = DataLoader::new(&train_pattern, b, t, cfg.vocab_size, shuffle)?;
     // --overfit-batch: the loader's first batch, every time (the loader, whose place a training
@@ -683,6 +690,15 @@ pub fn train(
         );
     }
     let val_batches = args.val_batches.min(val_loader.num_batches().max(1));
+    if val_batches < args.val_batches {
+        eprintln!(
+            "note: the validation data holds {val_batches} batch{} of {b}x{t}: each validation \
+             averages {}, not --val-batches {}",
+            if val_batches == 1 { "" } else { "es" },
+            if val_batches == 1 { "it" } else { "those" },
+            args.val_batches
+        );
+    }
     let hellaswag = match &args.hellaswag {
         Some(path) => {
             let (examples, hs_t) =
@@ -709,12 +725,13 @@ pub fn train(
         engine.describe()
     );
     outln!(
-        "data: train {} ({} batches of {b}x{t}), val {} ({} batches); {} steps{} of {} tokens{}{}",
+        "data: train {} ({} batches of {b}x{t}), val {} ({} batches); {} step{}{} of {} tokens{}{}",
         train_pattern,
         train_loader.num_batches(),
         val_pattern,
         val_loader.num_batches(),
         args.steps,
+        if args.steps == 1 { "" } else { "s" },
         match args.epochs {
             Some(f) => format!(" (--epochs {f})"),
             None => String::new(),
@@ -881,6 +898,22 @@ pub fn train(
         Ok(text)
     };
     let schedule = args.schedule();
+    // a resumed run given another --steps (or other schedule flags) than the run had: the rates
+    // from here follow another curve than the run's (its log says which it had)
+    if let Some(before) = (start > 0)
+        .then(|| earlier_log.as_deref())
+        .flatten()
+        .and_then(|log| crate::run_log::logged_lr(log, start))
+    {
+        let now = schedule.at(start - 1);
+        if now != before {
+            eprintln!(
+                "note: the learning rate of step {start} was {before:.3e} in the run resumed, \
+                 {now:.3e} with these flags: the schedule has changed (--steps, --lr, --warmup or \
+                 --lr-*), and the rates from here follow the new one"
+            );
+        }
+    }
     // the steps of this run's checkpoints on disk (for --keep-checkpoints, and where a run that
     // diverges can go back to): a run resumed in its folder counts those it wrote before, or
     // they would pile up over interrupted and resumed runs

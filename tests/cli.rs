@@ -1354,6 +1354,67 @@ fn a_prompt_may_start_with_a_hyphen() {
     );
 }
 
+/// A resumed run given another --steps than the run had follows another learning-rate curve
+/// from there: a note says so, from the rate its log records for the step resumed at. The
+/// validation set smaller than --val-batches, and --train without --val, are noted too.
+#[test]
+fn notes_for_a_changed_schedule_and_the_validation_data() {
+    let dir = tmp_dir("schedule-note");
+    let out = dir.join("out").to_string_lossy().into_owned();
+    let common = flags(
+        "--device cpu --model d1 --batch 1 --seq 8 --warmup 2 --lr 1e-3 --val-every 0 \
+         --val-batches 1 --sample-tokens 0",
+    );
+    let (done, stdout, stderr) = run(bin().args(&common).args([
+        "--steps",
+        "6",
+        "--checkpoint-every",
+        "3",
+        "--out-dir",
+        &out,
+    ]));
+    assert!(done.status.success(), "{stdout}\n{stderr}");
+    let resume = |steps: &str, at: &str| {
+        run(bin()
+            .args(&common)
+            .args(["--steps", steps, "--out-dir", &out, "--resume"])
+            .arg(dir.join(format!("out/state_00000{at}.bin"))))
+    };
+    // the run's own flags, resumed at step 3: no note (the curve is the run's)
+    let (done, stdout, stderr) = resume("6", "3");
+    assert!(done.status.success(), "{stdout}\n{stderr}");
+    assert!(!stderr.contains("learning rate"), "{stderr}");
+    // a longer run: cosine over 12 steps, where step 6 had 1e-4 (the final rate of 6)
+    let (done, stdout, stderr) = resume("12", "6");
+    assert!(done.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(
+            "note: the learning rate of step 6 was 1.000e-4 in the run resumed, 7.750e-4 with \
+             these flags: the schedule has changed"
+        ),
+        "{stderr}"
+    );
+    // the bundled validation set at B x T = 64 x 64: 44 batches, not 1000
+    let train = root().join("data/shakespeare/train.bin");
+    let (done, stdout, stderr) = run(bin()
+        .args(flags(
+            "--device cpu --model d1 --batch 64 --seq 64 --steps 1 --val-batches 1000 \
+             --sample-tokens 0 --no-state --train",
+        ))
+        .arg(&train)
+        .arg("--out-dir")
+        .arg(dir.join("val")));
+    assert!(done.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("each validation averages those, not --val-batches 1000"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("note: --train without --val: the validation loss is measured on the"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn tokenizer_command_writes_gpt2_vocabulary() {
     let dir = tmp_dir("tok");

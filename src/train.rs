@@ -900,11 +900,8 @@ pub fn train(
     let schedule = args.schedule();
     // a resumed run given another --steps (or other schedule flags) than the run had: the rates
     // from here follow another curve than the run's (its log says which it had)
-    if let Some(before) = (start > 0)
-        .then(|| earlier_log.as_deref())
-        .flatten()
-        .and_then(|log| crate::run_log::logged_lr(log, start))
-    {
+    let logged = earlier_log.as_deref().filter(|_| start > 0);
+    if let Some(before) = logged.and_then(|log| crate::run_log::logged_lr(log, start)) {
         let now = schedule.at(start - 1);
         if now != before {
             eprintln!(

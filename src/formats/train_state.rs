@@ -405,7 +405,11 @@ mod tests {
             OptimizerArray::Master => -3.0,
         };
         // (a second moment is never negative: reading refuses one)
-        let offset = if which == OptimizerArray::V { 0.0 } else { -0.5 };
+        let offset = if which == OptimizerArray::V {
+            0.0
+        } else {
+            -0.5
+        };
         (0..5).map(|i| k * i as f32 + offset).collect()
     }
 

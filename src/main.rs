@@ -573,10 +573,7 @@ fn run_convert(a: &ConvertArgs) -> Result<ExitCode> {
     match a.format {
         ModelFormat::Llmc => {
             // (as --format hf makes its folder, and prepro its --out-dir)
-            if let Some(dir) = a.out.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("{}: cannot create the directory", dir.display()))?;
-            }
+            make_folder_of(&a.out)?;
             checkpoint::write_checkpoint(&a.out, &ck.config, &ck.params, precision)?
         }
         ModelFormat::Hf => {
@@ -591,6 +588,15 @@ fn run_convert(a: &ConvertArgs) -> Result<ExitCode> {
         ck.config
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Makes the folder a file is about to be written in (an output's, as prepro makes its --out-dir).
+fn make_folder_of(path: &std::path::Path) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create the directory", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// Checks that `flag`'s `out` names a file, before any work: a directory there is an error, not
@@ -772,11 +778,7 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
             loss: out.loss,
             grads: out.grads.clone(),
         };
-        // (as convert makes its --out's folder)
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("{}: cannot create the directory", dir.display()))?;
-        }
+        make_folder_of(path)?;
         debug_state::write_debug_state(path, &cfg, &dumped)?;
         outln!("\nwrote {} ({name})", path.display());
     }

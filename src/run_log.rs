@@ -53,6 +53,8 @@ pub struct RunLog {
     out: std::io::BufWriter<std::fs::File>,
     /// The steps whose update was skipped among the records copied from the earlier log.
     skipped: Vec<usize>,
+    /// The learning rate the earlier log records for the step the run resumes after.
+    resumed_lr: Option<f32>,
 }
 
 impl RunLog {
@@ -70,15 +72,23 @@ impl RunLog {
         let file = std::fs::File::create(&path)
             .with_context(|| format!("{}: cannot write the run's log", path.display()))?;
         let skipped = kept.iter().filter_map(|l| skipped_step(l)).collect();
+        let resumed_lr = resumed.and_then(|(_, step)| logged_lr(&kept, step));
         let mut log = RunLog {
             path,
             out: std::io::BufWriter::new(file),
             skipped,
+            resumed_lr,
         };
         for line in kept {
             log.line(&line)?;
         }
         Ok(log)
+    }
+
+    /// The learning rate the earlier log records for the step a resumed run continues after
+    /// (None for a new run, or a log without it).
+    pub fn resumed_lr(&self) -> Option<f32> {
+        self.resumed_lr
     }
 
     /// The log's path.
@@ -152,11 +162,9 @@ fn num(x: f32) -> String {
     }
 }
 
-/// The learning rate that the log at `path` records for `step` (its last record of that step);
-/// None when it has none, or cannot be read.
-pub fn logged_lr(path: &Path, step: usize) -> Option<f32> {
-    let text = std::fs::read_to_string(path).ok()?;
-    text.lines().rev().find_map(|line| {
+/// The learning rate that `lines` (a log's records) give `step` (its last record of that step).
+fn logged_lr(lines: &[String], step: usize) -> Option<f32> {
+    lines.iter().rev().find_map(|line| {
         let v = serde_json::from_str::<serde_json::Value>(line).ok()?;
         if v.get("step")?.as_u64()? != step as u64 {
             return None;

@@ -900,8 +900,7 @@ pub fn train(
     let schedule = args.schedule();
     // a resumed run given another --steps (or other schedule flags) than the run had: the rates
     // from here follow another curve than the run's (its log says which it had)
-    let logged = earlier_log.as_deref().filter(|_| start > 0);
-    if let Some(before) = logged.and_then(|log| crate::run_log::logged_lr(log, start)) {
+    if let Some(before) = log.resumed_lr().filter(|_| start > 0) {
         let now = schedule.at(start - 1);
         if now != before {
             eprintln!(

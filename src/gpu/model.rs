@@ -278,7 +278,9 @@ impl ModelFloat for bf16 {
 /// works from the logits), nor, with fused attention, `preatt` and `att` (B, NH, T, T): the flash
 /// kernels recompute them from q, k and the saved log-sum-exp. The logits hold at most `chunk_b`
 /// sequences: (min(B, chunk_b), T, Vp) (see [`Gpt2Gpu::new_with_options`]), and with
-/// [`Recompute::Gelu`] `fch_gelu` holds one layer's, (B, T, 4*C). None on overflow.
+/// [`Recompute::Gelu`] `fch_gelu` holds one layer's, (B, T, 4*C). A model for forwards only
+/// keeps one layer's tensors, each layer overwriting the last's, and two layers' residual3, the
+/// layer's input and its output, in turn (see [`residual_slot`]). None on overflow.
 fn arena_sizes(
     cfg: &GPT2Config,
     b: usize,
@@ -286,11 +288,35 @@ fn arena_sizes(
     fused: bool,
     chunk_b: usize,
     recompute: Recompute,
+    forwards_only: bool,
 ) -> Option<(Acts<usize>, Acts<usize>)> {
     let mut stored = checked_act_sizes(cfg, b, t, false)?;
     stored.logits = b.min(chunk_b) * t * cfg.padded_vocab_size;
-    if recompute == Recompute::Gelu {
-        stored.fch_gelu /= cfg.num_layers;
+    let l = cfg.num_layers;
+    if forwards_only {
+        let s = &mut stored;
+        for per_layer in [
+            &mut s.ln1,
+            &mut s.ln1_mean,
+            &mut s.ln1_rstd,
+            &mut s.qkv,
+            &mut s.atty,
+            &mut s.preatt,
+            &mut s.att,
+            &mut s.attproj,
+            &mut s.residual2,
+            &mut s.ln2,
+            &mut s.ln2_mean,
+            &mut s.ln2_rstd,
+            &mut s.fch,
+            &mut s.fch_gelu,
+            &mut s.fcproj,
+        ] {
+            *per_layer /= l;
+        }
+        s.residual3 = s.residual3 / l * l.min(2);
+    } else if recompute == Recompute::Gelu {
+        stored.fch_gelu /= l;
     }
     if fused {
         stored.preatt = 0;
@@ -305,6 +331,27 @@ fn arena_sizes(
     }
     move_to_stats!(ln1_mean, ln1_rstd, ln2_mean, ln2_rstd, lnf_mean, lnf_rstd, losses);
     Some((stored, stats))
+}
+
+/// Where layer l's tensors lie in the arenas, in layers from the start of each: l itself, or for
+/// a model for forwards only 0, each layer overwriting the last's (see [`arena_sizes`]).
+fn layer_slot(l: usize, forwards_only: bool) -> usize {
+    if forwards_only {
+        0
+    } else {
+        l
+    }
+}
+
+/// Where layer l's output, residual3, lies in its arena, in layers: l, or for a model for
+/// forwards only l % 2, so that a layer reads its input from one slot and writes its output to
+/// the other (see [`arena_sizes`]).
+fn residual_slot(l: usize, forwards_only: bool) -> usize {
+    if forwards_only {
+        l % 2
+    } else {
+        l
+    }
 }
 
 /// The classifier's chunks of a batch of B sequences, at most `chunk_b` each: (first sequence,
@@ -555,8 +602,16 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
                  in memory: use a smaller batch (-b) or sequence length (-t)"
             )
         };
-        let (act_sizes, stat_sizes) =
-            arena_sizes(&config, max_b, max_t, fused, chunk_b, recompute).ok_or_else(too_big)?;
+        let (act_sizes, stat_sizes) = arena_sizes(
+            &config,
+            max_b,
+            max_t,
+            fused,
+            chunk_b,
+            recompute,
+            forwards_only,
+        )
+        .ok_or_else(too_big)?;
         let dlayer_sizes = LayerGrads::sizes(&config, max_b, max_t, fused).ok_or_else(too_big)?;
         // every size below is at most the activation total, which fits a usize
         let n = params.len();
@@ -564,7 +619,13 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         let ns: usize = stat_sizes.into_array().iter().sum();
         let nd = dlayer_sizes.total().ok_or_else(too_big)?;
         let (bt, btc) = (max_b * max_t, max_b * max_t * c);
-        let nlse = if fused { l * max_b * nh * max_t } else { 0 };
+        // (L, B, NH, T); one layer's for forwards only
+        let lse_layers = if forwards_only { 1 } else { l };
+        let nlse = if fused {
+            lse_layers * max_b * nh * max_t
+        } else {
+            0
+        };
         let (nscratch, nscratch32) = match (fused, forwards_only) {
             (true, false) => (0, flash_attention_backward_scratch_len(max_b, max_t, c, nh)),
             (true, true) => (0, 0),
@@ -627,7 +688,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
                 bytes: logits_bytes - chunk_bytes,
             });
         }
-        if recompute == Recompute::None && l > 1 {
+        if recompute == Recompute::None && l > 1 && !forwards_only {
             let bytes = e * f((l - 1) * 4 * btc);
             savings.push(Saving {
                 flag: "--recompute",
@@ -735,8 +796,16 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
     /// The arenas' layouts for a batch of B x T on this model's path, chunks and recomputation
     /// (see [`arena_sizes`]).
     fn arena_sizes(&self, b: usize, t: usize) -> Result<(Acts<usize>, Acts<usize>)> {
-        arena_sizes(&self.config, b, t, self.fused, self.chunk_b, self.recompute)
-            .context("activation sizes overflow")
+        arena_sizes(
+            &self.config,
+            b,
+            t,
+            self.fused,
+            self.chunk_b,
+            self.recompute,
+            self.forwards_only,
+        )
+        .context("activation sizes overflow")
     }
 
     /// Whether the model runs the fused path (see [`Gpt2Gpu::new_with`]).
@@ -886,6 +955,11 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         let mut scratch = self.att_scratch.slice_mut(..);
         let (btc, bt, att_n, bnht) = (b * t * c, b * t, b * nh * t * t, b * nh * t);
         let (c3, c4) = (3 * c, 4 * c);
+        // where each layer's tensors lie: every layer's are kept for the backward, or for
+        // forwards only one layer's and two residual streams (see `arena_sizes`)
+        let forwards_only = self.forwards_only;
+        let slot = |l: usize| layer_slot(l, forwards_only);
+        let rslot = |l: usize| residual_slot(l, forwards_only);
 
         prof.run(Family::Encoder, Cost::encoder_forward(b, t, c), || {
             gpu.encoder_forward(&mut a.encoded, &inputs, &p.wte, &p.wpe, b, t, c)
@@ -893,35 +967,41 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         for l in 0..l_count {
             let w = p.block(l, l_count);
             let _layer = nvtx::range(nvtx::layer_name(l));
-            // this layer's input (the encoding or the previous layer's output) and its output
-            let (below, mut this) = a.residual3.split_at_mut(l * btc);
-            let residual = if l == 0 {
-                a.encoded.as_view()
-            } else {
-                below.slice((l - 1) * btc..)
+            // this layer's input (the encoding or the previous layer's output) and its output,
+            // which lies above or (forwards only, in turn) below the input in the arena
+            let (out, input) = (rslot(l), l.checked_sub(1).map(rslot));
+            let split = match input {
+                Some(i) if i > out => i * btc,
+                _ => out * btc,
             };
-            let mut residual3 = this.slice_mut(..btc);
-            let mut qkv = a.qkv.slice_mut(l * 3 * btc..(l + 1) * 3 * btc);
-            let mut atty = a.atty.slice_mut(l * btc..(l + 1) * btc);
-            let mut attproj = a.attproj.slice_mut(l * btc..(l + 1) * btc);
-            let mut residual2 = a.residual2.slice_mut(l * btc..(l + 1) * btc);
-            let mut ln2 = a.ln2.slice_mut(l * btc..(l + 1) * btc);
-            let mut ln2_mean = s.ln2_mean.slice_mut(l * bt..(l + 1) * bt);
-            let mut ln2_rstd = s.ln2_rstd.slice_mut(l * bt..(l + 1) * bt);
-            let mut fch = a.fch.slice_mut(l * 4 * btc..(l + 1) * 4 * btc);
+            let (mut lo, mut hi) = a.residual3.split_at_mut(split);
+            let (residual, mut residual3) = match input {
+                None => (a.encoded.as_view(), hi.slice_mut(..btc)),
+                Some(i) if i < out => (lo.slice(i * btc..(i + 1) * btc), hi.slice_mut(..btc)),
+                Some(_) => (hi.slice(..btc), lo.slice_mut(out * btc..(out + 1) * btc)),
+            };
+            let k = slot(l);
+            let mut qkv = a.qkv.slice_mut(k * 3 * btc..(k + 1) * 3 * btc);
+            let mut atty = a.atty.slice_mut(k * btc..(k + 1) * btc);
+            let mut attproj = a.attproj.slice_mut(k * btc..(k + 1) * btc);
+            let mut residual2 = a.residual2.slice_mut(k * btc..(k + 1) * btc);
+            let mut ln2 = a.ln2.slice_mut(k * btc..(k + 1) * btc);
+            let mut ln2_mean = s.ln2_mean.slice_mut(k * bt..(k + 1) * bt);
+            let mut ln2_rstd = s.ln2_rstd.slice_mut(k * bt..(k + 1) * bt);
+            let mut fch = a.fch.slice_mut(k * 4 * btc..(k + 1) * 4 * btc);
             // (recomputed in the backward: every layer's in the one layer's buffer)
             let gelu_at = match self.recompute {
-                Recompute::None => l * 4 * btc,
+                Recompute::None => k * 4 * btc,
                 Recompute::Gelu => 0,
             };
             let mut fch_gelu = a.fch_gelu.slice_mut(gelu_at..gelu_at + 4 * btc);
-            let mut fcproj = a.fcproj.slice_mut(l * btc..(l + 1) * btc);
+            let mut fcproj = a.fcproj.slice_mut(k * btc..(k + 1) * btc);
 
             // on the fused path, the previous layer's last kernel already wrote this ln1
             if !fused || l == 0 {
-                let mut ln1 = a.ln1.slice_mut(l * btc..(l + 1) * btc);
-                let mut ln1_mean = s.ln1_mean.slice_mut(l * bt..(l + 1) * bt);
-                let mut ln1_rstd = s.ln1_rstd.slice_mut(l * bt..(l + 1) * bt);
+                let mut ln1 = a.ln1.slice_mut(k * btc..(k + 1) * btc);
+                let mut ln1_mean = s.ln1_mean.slice_mut(k * bt..(k + 1) * bt);
+                let mut ln1_rstd = s.ln1_rstd.slice_mut(k * bt..(k + 1) * bt);
                 prof.run(Family::Layernorm, Cost::layernorm_forward(b, t, c), || {
                     gpu.layernorm_forward(
                         &mut ln1,
@@ -936,7 +1016,7 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
                     )
                 })?;
             }
-            let ln1 = a.ln1.slice(l * btc..(l + 1) * btc);
+            let ln1 = a.ln1.slice(k * btc..(k + 1) * btc);
             prof.run(Family::Matmul, Cost::matmul_forward(b, t, c, c3), || {
                 matmul_forward_on(
                     gpu,
@@ -952,13 +1032,13 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
                 )
             })?;
             if fused {
-                let mut lse = self.lse.slice_mut(l * bnht..(l + 1) * bnht);
+                let mut lse = self.lse.slice_mut(k * bnht..(k + 1) * bnht);
                 prof.run(Family::Attention, Cost::attention_forward(b, t, c), || {
                     gpu.flash_attention_forward(&mut atty, &mut lse, &qkv.as_view(), b, t, c, nh)
                 })?;
             } else {
-                let mut preatt = a.preatt.slice_mut(l * att_n..(l + 1) * att_n);
-                let mut att = a.att.slice_mut(l * att_n..(l + 1) * att_n);
+                let mut preatt = a.preatt.slice_mut(k * att_n..(k + 1) * att_n);
+                let mut att = a.att.slice_mut(k * att_n..(k + 1) * att_n);
                 prof.run(Family::Attention, Cost::attention_forward(b, t, c), || {
                     gpu.attention_forward(
                         &mut atty,
@@ -1044,11 +1124,11 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
                 // ln1, or lnf after the last layer
                 let (mut next_ln, mut next_mean, mut next_rstd, next_w, next_b) = if l + 1 < l_count
                 {
-                    let nw = p.block(l + 1, l_count);
+                    let (nw, nk) = (p.block(l + 1, l_count), slot(l + 1));
                     (
-                        a.ln1.slice_mut((l + 1) * btc..(l + 2) * btc),
-                        s.ln1_mean.slice_mut((l + 1) * bt..(l + 2) * bt),
-                        s.ln1_rstd.slice_mut((l + 1) * bt..(l + 2) * bt),
+                        a.ln1.slice_mut(nk * btc..(nk + 1) * btc),
+                        s.ln1_mean.slice_mut(nk * bt..(nk + 1) * bt),
+                        s.ln1_rstd.slice_mut(nk * bt..(nk + 1) * bt),
                         nw.ln1w,
                         nw.ln1b,
                     )
@@ -1084,7 +1164,8 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             }
         }
         if !fused {
-            let last = a.residual3.slice((l_count - 1) * btc..l_count * btc);
+            let last = rslot(l_count - 1);
+            let last = a.residual3.slice(last * btc..(last + 1) * btc);
             prof.run(Family::Layernorm, Cost::layernorm_forward(b, t, c), || {
                 gpu.layernorm_forward(
                     &mut a.lnf,
@@ -1900,7 +1981,8 @@ mod tests {
         let (b, t) = (3, 5);
         let all = activations::act_sizes_for(&cfg, b, t, false);
         for fused in [false, true] {
-            let (stored, stats) = arena_sizes(&cfg, b, t, fused, b, Recompute::None).unwrap();
+            let (stored, stats) =
+                arena_sizes(&cfg, b, t, fused, b, Recompute::None, false).unwrap();
             let (stored, stats, all) = (stored.into_array(), stats.into_array(), all.into_array());
             let named = |a: [usize; activations::NUM_ACTIVATION_TENSORS]| Acts::from_array(a);
             // every tensor is in exactly one arena, except attention's on the fused path
@@ -1931,8 +2013,9 @@ mod tests {
         let cfg = GPT2Config::new(16, 10, 128, 3, 2, 8).unwrap();
         let (b, t) = (2, 5);
         for fused in [false, true] {
-            let (keep, keep_stats) = arena_sizes(&cfg, b, t, fused, b, Recompute::None).unwrap();
-            let (re, re_stats) = arena_sizes(&cfg, b, t, fused, b, Recompute::Gelu).unwrap();
+            let (keep, keep_stats) =
+                arena_sizes(&cfg, b, t, fused, b, Recompute::None, false).unwrap();
+            let (re, re_stats) = arena_sizes(&cfg, b, t, fused, b, Recompute::Gelu, false).unwrap();
             assert_eq!(keep.fch_gelu, 960);
             assert_eq!(re.fch_gelu, 320, "one layer's (B, T, 4C)");
             assert_eq!(re_stats, keep_stats);
@@ -1941,5 +2024,71 @@ mod tests {
             (keep.fch_gelu, re.fch_gelu) = (0, 0);
             assert_eq!(keep, re);
         }
+    }
+
+    #[test]
+    fn forwards_keep_one_layer_and_two_residual_streams() {
+        // L = 3, NH = 2, C = 8, V = 10, Vp = 16 at B = 2, T = 5: B*T = 10, B*T*C = 80
+        let cfg = GPT2Config::new(16, 10, 16, 3, 2, 8).unwrap();
+        let (b, t) = (2, 5);
+        for fused in [false, true] {
+            for recompute in [Recompute::None, Recompute::Gelu] {
+                let (s, st) = arena_sizes(&cfg, b, t, fused, b, recompute, true).unwrap();
+                let att = if fused { 0 } else { 2 * 2 * 5 * 5 }; // (B, NH, T, T)
+                let want = Acts {
+                    encoded: 80,
+                    ln1: 80,
+                    ln1_mean: 0,
+                    ln1_rstd: 0,
+                    qkv: 240,
+                    atty: 80,
+                    preatt: att,
+                    att,
+                    attproj: 80,
+                    residual2: 80,
+                    ln2: 80,
+                    ln2_mean: 0,
+                    ln2_rstd: 0,
+                    fch: 320,
+                    fch_gelu: 320,
+                    fcproj: 80,
+                    residual3: 160, // two layers'
+                    lnf: 80,
+                    lnf_mean: 0,
+                    lnf_rstd: 0,
+                    logits: 160,
+                    probs: 0,
+                    losses: 0,
+                };
+                assert_eq!(s, want, "fused {fused}, {recompute:?}");
+                let stats = Acts {
+                    ln1_mean: 10,
+                    ln1_rstd: 10,
+                    ln2_mean: 10,
+                    ln2_rstd: 10,
+                    lnf_mean: 10,
+                    lnf_rstd: 10,
+                    losses: 10,
+                    ..Acts::from_array([0; activations::NUM_ACTIVATION_TENSORS])
+                };
+                assert_eq!(st, stats, "fused {fused}, {recompute:?}");
+            }
+        }
+        // one layer: one residual stream
+        let cfg = GPT2Config::new(16, 10, 16, 1, 2, 8).unwrap();
+        let (s, _) = arena_sizes(&cfg, b, t, true, b, Recompute::None, true).unwrap();
+        assert_eq!((s.residual3, s.qkv), (80, 240));
+    }
+
+    #[test]
+    fn a_forward_reads_each_layer_s_input_where_the_last_wrote_it() {
+        // training keeps every layer's; forwards alternate two slots, and one for the rest
+        let slots = |fo: bool| -> Vec<_> {
+            (0..5)
+                .map(|l| (layer_slot(l, fo), residual_slot(l, fo)))
+                .collect()
+        };
+        assert_eq!(slots(false), [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4)]);
+        assert_eq!(slots(true), [(0, 0), (0, 1), (0, 0), (0, 1), (0, 0)]);
     }
 }

@@ -364,7 +364,10 @@ pub(crate) fn same_dir(a: &Path, b: &Path) -> bool {
 /// (`resumed_at` None) moves every file of a run (`model_NNNNNN.bin`, `state_NNNNNN.bin`,
 /// `model_best.bin`, `log.jsonl`, and a `.tmp` of any of them) into a new subfolder
 /// `earlier_run_N`; a run resumed from a state in this folder after `step` steps moves only the
-/// checkpoints of steps after it (those of an attempt it replaces).
+/// checkpoints of steps after it (those of an attempt it replaces), and copies there the log and
+/// `model_best.bin` when that attempt went past `step` (the resumed run drops the log's later
+/// records, and may write a best model over the attempt's; the copy of the best model is a hard
+/// link where the file system allows, since it is replaced, never written into).
 ///
 /// Why move rather than refuse or overwrite: a fresh run that left the earlier run's files beside
 /// its own mixed two runs in one folder: the log was replaced, and `--resume DIR` would later
@@ -408,7 +411,23 @@ pub(crate) fn set_aside_earlier_run(
             out_dir.display()
         );
     }
-    if names.is_empty() {
+    // the replaced attempt's log and best model, when it went past the resume point
+    let copied: Vec<&str> = match resumed_at {
+        Some(at)
+            if !names.is_empty()
+                || crate::run_log::logs_steps_after(
+                    &out_dir.join(crate::run_log::LOG_FILE),
+                    at,
+                ) =>
+        {
+            [crate::run_log::LOG_FILE, BEST_MODEL]
+                .into_iter()
+                .filter(|n| out_dir.join(n).is_file())
+                .collect()
+        }
+        _ => Vec::new(),
+    };
+    if names.is_empty() && copied.is_empty() {
         return Ok(());
     }
     names.sort();
@@ -433,21 +452,49 @@ pub(crate) fn set_aside_earlier_run(
             )
         })?;
     }
+    for name in &copied {
+        let (from, to) = (out_dir.join(name), aside.join(name));
+        std::fs::hard_link(&from, &to)
+            .or_else(|_| std::fs::copy(&from, &to).map(|_| ()))
+            .with_context(|| {
+                format!(
+                    "{}: cannot copy it into {} (the attempt this run replaces wrote it); copy \
+                     it yourself, or give another --out-dir",
+                    from.display(),
+                    aside.display()
+                )
+            })?;
+    }
     let shown = match names.len() {
         n if n > 4 => format!("{}, ... ({n} files)", names[..3].join(", ")),
         _ => names.join(", "),
     };
+    let copies = copied.join(" and ");
+    let (out, aside) = (out_dir.display(), aside.display());
+    let forget = "remove that folder when you no longer need it";
     // (on stdout, with the run's other file lines: "wrote", "removed"; on stderr when stdout
     // has failed: where files went must not be lost)
     crate::console::write_or_stderr(format_args!(
-        "{} held {} ({shown}): moved to {} so that they do not mix with this run's (remove \
-         that folder when you no longer need it)\n",
-        out_dir.display(),
+        "{}\n",
         match resumed_at {
-            None => "the files of an earlier run".to_string(),
-            Some(at) => format!("checkpoints after step {at}, of the attempt this run replaces"),
-        },
-        aside.display()
+            None => format!(
+                "{out} held the files of an earlier run ({shown}): moved to {aside} so that they \
+                 do not mix with this run's ({forget})"
+            ),
+            Some(at) if names.is_empty() => format!(
+                "{out} held the log of an attempt past step {at}, which this run replaces: its \
+                 {copies} copied to {aside} ({forget})"
+            ),
+            Some(at) if copied.is_empty() => format!(
+                "{out} held checkpoints after step {at}, of the attempt this run replaces \
+                 ({shown}): moved to {aside} so that they do not mix with this run's ({forget})"
+            ),
+            Some(at) => format!(
+                "{out} held checkpoints after step {at}, of the attempt this run replaces \
+                 ({shown}): moved to {aside} so that they do not mix with this run's, and its \
+                 {copies} copied there ({forget})"
+            ),
+        }
     ));
     Ok(())
 }
@@ -524,6 +571,40 @@ mod tests {
         // nothing to set aside: no new folder
         set_aside_earlier_run(&dir, None, None).unwrap();
         assert!(!dir.join("earlier_run_3").exists());
+        // a resumed run replacing an attempt that went past its step: the attempt's log and best
+        // model are copied aside too (the resumed run drops the log's later records, and may
+        // write a best model over the attempt's); not when the attempt stopped at the step
+        let record = |step: usize| format!("{{\"step\": {step}, \"loss\": 5.0}}\n");
+        std::fs::write(dir.join("log.jsonl"), record(1) + &record(2)).unwrap();
+        put(&["model_best.bin"]);
+        set_aside_earlier_run(&dir, Some(2), None).unwrap();
+        assert!(!dir.join("earlier_run_3").exists());
+        std::fs::write(dir.join("log.jsonl"), record(2) + &record(3)).unwrap();
+        set_aside_earlier_run(&dir, Some(2), None).unwrap();
+        assert_eq!(
+            files(&dir.join("earlier_run_3")),
+            ["log.jsonl", "model_best.bin"]
+        );
+        put(&["state_000004.bin"]);
+        std::fs::write(dir.join("log.jsonl"), record(2)).unwrap();
+        set_aside_earlier_run(&dir, Some(2), None).unwrap();
+        assert_eq!(
+            files(&dir.join("earlier_run_4")),
+            ["log.jsonl", "model_best.bin", "state_000004.bin"]
+        );
+        // copied, not moved: the resumed run continues the log and may keep the best model
+        assert_eq!(
+            files(&dir),
+            [
+                "earlier_run_1",
+                "earlier_run_2",
+                "earlier_run_3",
+                "earlier_run_4",
+                "log.jsonl",
+                "model_best.bin",
+                "train.bin"
+            ]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

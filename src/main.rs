@@ -1,7 +1,9 @@
 //! The `train-gpt2-cuda` command line: training (the default), `prepro`, `sample`, `eval`,
 //! `verify`, `convert` (any model to an llm.c checkpoint or a Hugging Face folder) and `tokenizer`
 //! (writes llm.c's gpt2_tokenizer.bin). Every error is printed with its causes and
-//! exits with status 1; nothing the user types makes it panic.
+//! exits with status 1, except a usage error that the command-line parser catches (a value that
+//! does not parse, two flags that conflict), which exits with clap's status 2; nothing the user
+//! types makes it panic.
 
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};

@@ -182,6 +182,23 @@ fn skipped_step(line: &str) -> Option<usize> {
     None
 }
 
+/// Whether the log at `path` records a step after `step`: an attempt that a run resumed after
+/// `step` steps replaces, whose records [`RunLog::create`] leaves out (false when it cannot be
+/// read).
+pub(crate) fn logs_steps_after(path: &Path, step: usize) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    text.lines().any(|line| {
+        serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| {
+            v.get("loss").is_some()
+                && v.get("step")
+                    .and_then(|s| s.as_u64())
+                    .is_some_and(|n| n > step as u64)
+        })
+    })
+}
+
 /// Whether a record of an earlier log comes before a run resumed after `step` steps: a step's
 /// record up to `step`, a validation's or a sample's before it (the resumed run validates, and
 /// samples, at `step` again). A line that is not such a record is dropped.

@@ -998,17 +998,24 @@ pub fn train(
         let (loss_z, norm_z) = args.skip_thresholds();
         let verdict = outliers.judge_step(loss, norm, loss_z, norm_z);
         if let Some(what) = verdict.diverged(step + 1) {
-            // where to go back to: the newest checkpoint before the weights that diverged
-            let back = match on_disk.range(..step).next_back() {
+            // the update that left the weights that diverged: the newest not skipped (the log
+            // of a resumed run records the earlier skips too), and where to go back to: the
+            // newest checkpoint before it (the checkpoints after it hold the same weights)
+            let update = (1..=step)
+                .rev()
+                .find(|s| !summary.skipped.contains(s))
+                .unwrap_or(0);
+            let back = match on_disk.range(..update).next_back() {
                 _ if args.no_state => None,
                 Some(&k) => Some((k, args.out_dir.join(checkpoint_name("state", k)))),
                 // (unless --keep-checkpoints has removed it since)
                 None => resumed_from
                     .clone()
-                    .filter(|p| start < step && p.exists())
+                    .filter(|p| start < update && p.exists())
                     .map(|p| (start, p)),
             };
-            let advice = divergence_advice(step, start, back.as_ref().map(|(k, p)| (*k, &**p)));
+            let back = back.as_ref().map(|(k, p)| (*k, &**p));
+            let advice = divergence_advice(step, start, update, back);
             // nothing of this run's earlier steps is lost
             let rewind = if overfit.is_some() { 0 } else { micro };
             let record = (&outliers, summary.best_val);
@@ -1284,19 +1291,31 @@ fn shared_files<'a>(train: &[PathBuf], val: &'a [PathBuf]) -> Vec<&'a PathBuf> {
 }
 
 /// What to do after step `step + 1` (from 1) diverged, `step` steps done, the run having started
-/// at step `start`: its loss or norm came from the weights the update of step `step` left, so a
+/// at step `start`: its loss or norm came from the weights that the update of step `update` left
+/// (`step`, or earlier when the updates after it were skipped as outliers; 0: none yet), so a
 /// lower learning rate must start before that update, from `back` (the step and state of the
 /// newest checkpoint before it), or from the start.
-fn divergence_advice(step: usize, start: usize, back: Option<(usize, &Path)>) -> String {
-    if step == 0 {
+fn divergence_advice(
+    step: usize,
+    start: usize,
+    update: usize,
+    back: Option<(usize, &Path)>,
+) -> String {
+    if update == 0 {
         return "the model gives it before any update: check the model (--model) and the \
                 training data"
             .to_string();
     }
-    let weights = if step == start {
+    let skipped = match step - update {
+        0 => String::new(),
+        1 => format!(" (step {step} skipped its update)"),
+        2 => format!(" (steps {} and {step} skipped their updates)", update + 1),
+        _ => format!(" (steps {} to {step} skipped their updates)", update + 1),
+    };
+    let weights = if step == start && update == step {
         format!("the weights of the state resumed from (step {step}) give it")
     } else {
-        format!("the weights that the update of step {step} left give it")
+        format!("the weights that the update of step {update} left give it{skipped}")
     };
     match back {
         Some((k, state)) => format!(
@@ -1306,7 +1325,7 @@ fn divergence_advice(step: usize, start: usize, back: Option<(usize, &Path)>) ->
         ),
         None => format!(
             "{weights}: start again with a lower --lr (no training state of this run before \
-             step {step} is on disk)"
+             step {update} is on disk)"
         ),
     }
 }
@@ -1327,18 +1346,36 @@ mod tests {
     #[test]
     fn divergence_advice_goes_back_before_the_update_that_diverged() {
         let state = Path::new("out/state_000040.bin");
-        assert!(divergence_advice(0, 0, None).starts_with("the model gives it before any update"));
+        let first = "the model gives it before any update";
+        assert!(divergence_advice(0, 0, 0, None).starts_with(first));
+        // every update so far skipped: still the model's own weights
+        assert!(divergence_advice(2, 0, 0, None).starts_with(first));
         // a run resumed at step 50 that diverges at its first step: the state it resumed from
         // gave it; back to step 40
         assert_eq!(
-            divergence_advice(50, 50, Some((40, state))),
+            divergence_advice(50, 50, 50, Some((40, state))),
             "the weights of the state resumed from (step 50) give it: go back to an earlier \
              checkpoint with a lower --lr (--resume out/state_000040.bin, step 40)"
         );
         assert_eq!(
-            divergence_advice(60, 50, None),
+            divergence_advice(60, 50, 60, None),
             "the weights that the update of step 60 left give it: start again with a lower --lr \
              (no training state of this run before step 60 is on disk)"
+        );
+        // skipped updates: the weights are older than the step
+        assert_eq!(
+            divergence_advice(60, 50, 59, None),
+            "the weights that the update of step 59 left give it (step 60 skipped its update): \
+             start again with a lower --lr (no training state of this run before step 59 is on \
+             disk)"
+        );
+        assert!(divergence_advice(60, 50, 58, None)
+            .contains("step 58 left give it (steps 59 and 60 skipped their updates)"));
+        assert_eq!(
+            divergence_advice(50, 50, 45, Some((40, state))),
+            "the weights that the update of step 45 left give it (steps 46 to 50 skipped their \
+             updates): go back to an earlier checkpoint with a lower --lr (--resume \
+             out/state_000040.bin, step 40)"
         );
     }
 

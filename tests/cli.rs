@@ -788,7 +788,7 @@ fn a_folder_holds_one_run() {
         "{stdout}"
     );
     // resumed from step 9 (its state named), step 10's checkpoint is set aside: it is the
-    // attempt this one replaces
+    // attempt this one replaces; so is a copy of its log, which the resumed run cuts at step 9
     let state9 = dir
         .join("od/state_000009.bin")
         .to_string_lossy()
@@ -800,10 +800,16 @@ fn a_folder_holds_one_run() {
         stdout.contains("checkpoints after step 9, of the attempt this run replaces"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("and its log.jsonl copied there"),
+        "{stdout}"
+    );
     assert_eq!(
         files("od/earlier_run_2"),
-        ["model_000010.bin", "state_000010.bin"]
+        ["log.jsonl", "model_000010.bin", "state_000010.bin"]
     );
+    let log = std::fs::read_to_string(dir.join("od/earlier_run_2/log.jsonl")).unwrap();
+    assert!(log.contains("{\"step\": 10, \"loss\": "), "{log}");
 
     // what does not continue the run
     let resume_error = |extra: &str, needles: &[&str]| {

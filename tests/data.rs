@@ -1310,18 +1310,10 @@ fn prepro_reproduces_the_committed_default_corpus() {
     for f in ["train.bin", "val.bin"] {
         assert!(
             std::fs::read(out.join(f)).unwrap() == std::fs::read(dir.join(f)).unwrap(),
-            "{f} differs from the committed file: regenerate it (data/shakespeare/README.md)"
+            "{f} differs from the committed file: regenerate it (cargo run --release --example \
+             regenerate_default_corpus)"
         );
     }
-}
-
-/// Regenerates data/shakespeare/train.bin and val.bin:
-/// `cargo test --test data -- --ignored regenerate_default_corpus`
-#[test]
-#[ignore]
-fn regenerate_default_corpus() {
-    let s = prepro_default_corpus(&default_corpus_dir()).unwrap();
-    println!("{s:?}");
 }
 
 /// The crate root: `CARGO_MANIFEST_DIR` at run time (cargo, or .gpu/on-gpu.sh on the GPU machine,

@@ -210,6 +210,23 @@ fn losses_and_norms_that_are_not_finite() {
         faulty_dir().join("back/state_000002.bin").display()
     );
     assert!(e.contains(&back), "{e}");
+    // ... and before the update actually taken: with steps 3 and 4 skipped (their checkpoints
+    // hold step 2's weights), a divergence at step 5 goes back to step 1
+    let (updated, r) = faulty_run(
+        "--checkpoint-every 1 --skip-loss-z 5",
+        "skipped",
+        &[(3, nan), (4, nan), (5, nan)],
+        &[],
+    );
+    assert_eq!(updated, [1, 2]);
+    let e = r.unwrap_err();
+    let back = format!(
+        "the weights that the update of step 2 left give it (steps 3 and 4 skipped their \
+         updates): go \
+         back to an earlier checkpoint with a lower --lr (--resume {}, step 1)",
+        faulty_dir().join("skipped/state_000001.bin").display()
+    );
+    assert!(e.contains(&back), "{e}");
     // with --no-state, the model; nothing when the first step diverges
     let (_, r) = faulty_run("--no-state", "model", &[(4, nan)], &[]);
     assert!(r

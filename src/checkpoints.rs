@@ -268,7 +268,7 @@ pub(crate) fn remove_checkpoint(dir: &Path, step: usize) {
         match std::fs::remove_file(&path) {
             Ok(()) => outln!("removed {}", path.display()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => eprintln!("warning: cannot remove {}: {e}", path.display()),
+            Err(e) => crate::errln!("warning: cannot remove {}: {e}", path.display()),
         }
     }
 }
@@ -358,6 +358,42 @@ pub(crate) fn same_dir(a: &Path, b: &Path) -> bool {
             (a.canonicalize(), b.canonicalize()),
             (Ok(a), Ok(b)) if a == b
         )
+}
+
+/// A run's hold on its `--out-dir`: an exclusive lock on the folder itself (flock, so the system
+/// releases it when the process ends, however it ends), kept for the run's duration. Two runs
+/// writing into one folder at once, or a `--resume` of a run that is still going, would replace
+/// each other's checkpoints without a word (one run's model beside the other's state), move the
+/// live run's log aside, and interleave the log's lines.
+#[derive(Debug)]
+pub(crate) struct OutDirLock {
+    _folder: Option<std::fs::File>,
+}
+
+/// Takes the lock on `out_dir` (which exists), or an error when another process holds it. Where
+/// the file system cannot lock (some network file systems), a note says so and the run goes on
+/// unlocked.
+pub(crate) fn lock_out_dir(out_dir: &Path) -> Result<OutDirLock> {
+    let folder = std::fs::File::open(out_dir)
+        .with_context(|| format!("{}: cannot open the output folder", out_dir.display()))?;
+    match folder.try_lock() {
+        Ok(()) => Ok(OutDirLock {
+            _folder: Some(folder),
+        }),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{}: another run is writing into this folder (it holds the folder's lock): wait for \
+             it to end, or give this run another --out-dir",
+            out_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            crate::console::write_err(format_args!(
+                "note: {}: the output folder cannot be locked ({e}): nothing stops another run \
+                 from writing into it at the same time\n",
+                out_dir.display()
+            ));
+            Ok(OutDirLock { _folder: None })
+        }
+    }
 }
 
 /// Clears `--out-dir` of what another run left there, before a run writes to it: a fresh run

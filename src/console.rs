@@ -6,8 +6,13 @@
 //! output is dropped, and the work goes on (a run's `log.jsonl` still records every step).
 //! Commands whose only product is their output (`sample`) ask [`is_closed`] and stop.
 //!
+//! `eprintln!` panics the same way when stderr fails (a batch job's error log on a full disk):
+//! before anything ran, at the first note, or after a checkpoint. [`errln!`] writes through
+//! [`write_err`] instead, which drops what cannot be written.
+//!
 //! [`out!`]: crate::out
 //! [`outln!`]: crate::outln
+//! [`errln!`]: crate::errln
 
 use std::fmt;
 use std::io::Write;
@@ -29,11 +34,9 @@ pub fn write(args: fmt::Arguments) -> bool {
         Ok(()) => true,
         Err(e) => {
             *failure = Some(e.kind());
-            // a stderr that fails too has nobody to tell
-            let _ = writeln!(
-                std::io::stderr(),
-                "note: cannot write to standard output ({e}): nothing more is printed there"
-            );
+            write_err(format_args!(
+                "note: cannot write to standard output ({e}): nothing more is printed there\n"
+            ));
             false
         }
     }
@@ -42,8 +45,14 @@ pub fn write(args: fmt::Arguments) -> bool {
 /// [`write()`], or stderr once stdout has failed: for what the user must see (how to resume).
 pub fn write_or_stderr(args: fmt::Arguments) {
     if !write(args) {
-        let _ = std::io::stderr().write_fmt(args);
+        write_err(args);
     }
+}
+
+/// Writes `args` to stderr; a failure is dropped (a stderr that fails has nobody to tell, and the
+/// work goes on: notes and errors are also in the exit status, the checkpoints and the log).
+pub fn write_err(args: fmt::Arguments) {
+    let _ = std::io::stderr().write_fmt(args);
 }
 
 /// How stdout failed, if it did: a closed pipe (`| head`) is the reader's choice; anything else
@@ -73,5 +82,13 @@ macro_rules! outln {
     }};
     ($($arg:tt)*) => {{
         $crate::console::write(format_args!("{}\n", format_args!($($arg)*)));
+    }};
+}
+
+/// `eprintln!` that never panics: see [`console`](crate::console).
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        $crate::console::write_err(format_args!("{}\n", format_args!($($arg)*)));
     }};
 }

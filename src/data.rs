@@ -31,13 +31,17 @@ pub const DEFAULT_TRAIN_FILE: &str = "train.bin";
 pub const DEFAULT_VAL_FILE: &str = "val.bin";
 
 /// The directory of the default corpus: `<crate root>/data/shakespeare`, where the crate root is
-/// `CARGO_MANIFEST_DIR` from the environment at run time if set (under cargo), else the crate's
-/// directory at compile time.
+/// `CARGO_MANIFEST_DIR` from the environment at run time where that holds the corpus (under
+/// cargo, or on a GPU machine that runs a copy of the tree elsewhere), else the crate's directory
+/// at compile time. (Another crate's cargo, running this binary from its tests, sets
+/// `CARGO_MANIFEST_DIR` to its own root: that one holds no corpus and is passed over.)
 pub fn default_corpus_dir() -> PathBuf {
-    let root = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
-    root.join("data").join("shakespeare")
+    let corpus = |root: PathBuf| root.join("data").join("shakespeare");
+    let compiled = corpus(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    match std::env::var_os("CARGO_MANIFEST_DIR").map(|r| corpus(PathBuf::from(r))) {
+        Some(dir) if dir.join(DEFAULT_TRAIN_FILE).is_file() || !compiled.is_dir() => dir,
+        _ => compiled,
+    }
 }
 
 /// The default training shard pattern (a plain path: one shard).

@@ -338,22 +338,26 @@ pub fn create_engine(
         // (flags for the GPU that cannot change a CPU run's numbers: a note, not an error, so
         // that one command runs on either)
         if opts.tf32 {
-            eprintln!("note: --tf32 does nothing on the CPU engine (its products are plain fp32)");
+            crate::errln!(
+                "note: --tf32 does nothing on the CPU engine (its products are plain fp32)"
+            );
         }
         if !opts.cuda_graphs {
-            eprintln!("note: --no-cuda-graphs does nothing on the CPU engine");
+            crate::errln!("note: --no-cuda-graphs does nothing on the CPU engine");
         }
         if opts.recompute != Recompute::None {
-            eprintln!(
+            crate::errln!(
                 "note: --recompute does nothing on the CPU engine (it keeps every activation)"
             );
         }
         // (with --device cpu these two are errors, below; here the GPU was not found)
         if opts.kernels.is_some() {
-            eprintln!("note: --kernels does nothing on the CPU engine (it has one path)");
+            crate::errln!("note: --kernels does nothing on the CPU engine (it has one path)");
         }
         if opts.classifier_chunk.is_some() {
-            eprintln!("note: --classifier-chunk does nothing on the CPU engine (it has one path)");
+            crate::errln!(
+                "note: --classifier-chunk does nothing on the CPU engine (it has one path)"
+            );
         }
         Ok(Box::new(if opts.forwards_only {
             Gpt2Cpu::for_inference(cfg, params, max_b, max_t)?
@@ -378,7 +382,7 @@ pub fn create_engine(
         Device::Auto => match crate::gpu::Gpu::new() {
             Ok(gpu) => gpu_engine_on(gpu, cfg, params, max_b, max_t, opts),
             Err(why) => {
-                eprintln!("note: running on the CPU ({why:#})");
+                crate::errln!("note: running on the CPU ({why:#})");
                 cpu(params)
             }
         },
@@ -418,7 +422,7 @@ fn gpu_engine_on(
     // products reduce partial sums in bf16 (`Gpu::set_tf32`)
     let tf32 = opts.tf32 && precision == Precision::Fp32;
     if opts.tf32 && !tf32 {
-        eprintln!("note: --tf32 does nothing in bf16 (it is a mode of the fp32 products)");
+        crate::errln!("note: --tf32 does nothing in bf16 (it is a mode of the fp32 products)");
     }
     gpu.set_tf32(tf32)?;
     use crate::gpu::Gpt2Gpu;
@@ -433,7 +437,7 @@ fn gpu_engine_on(
     // replayed graph does not have (its ranges were recorded once, at the capture).
     let graphs = opts.cuda_graphs && !crate::gpu::nvtx::tool_attached();
     if opts.cuda_graphs && !graphs {
-        eprintln!(
+        crate::errln!(
             "note: an NVTX tool (nsys) is attached: CUDA graphs off, so that the timeline shows \
              every kernel in its NVTX ranges"
         );

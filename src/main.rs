@@ -246,7 +246,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            train_gpt2_cuda::errln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -318,7 +318,7 @@ fn run_prepro(a: &PreproArgs) -> Result<ExitCode> {
         let _ = std::fs::remove_dir(&a.out_dir);
     }
     if let (Err(_), Some(stop)) = (&result, train_gpt2_cuda::interrupt::requested()) {
-        eprintln!(
+        train_gpt2_cuda::errln!(
             "prepro: interrupted ({}): {} is as it was",
             stop.name(),
             a.out_dir.display()
@@ -704,7 +704,7 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         check_not_an_input("--dump", dump, std::slice::from_ref(dump), &inputs)?;
     }
     if a.device == VerifyDevice::Cpu && (a.tf32 || a.no_cuda_graphs) {
-        eprintln!("note: --tf32 and --no-cuda-graphs do nothing with --device cpu");
+        train_gpt2_cuda::errln!("note: --tf32 and --no-cuda-graphs do nothing with --device cpu");
     }
     let ck = read_model(&a.model)?;
     let cfg = ck.config;

@@ -9,10 +9,16 @@
 //! - with each text sample (`--sample-every`, and the one at the end): `{"step": N, "sample":
 //!   ".."}`.
 //!
-//! Each line is flushed as it is written, so the log of a run that stops is whole up to there. A
+//! Each line is written as it comes, so the log of a run that stops is whole up to there. A
 //! new run replaces the folder's log; a resumed run (`--resume`) starts from the log beside the
 //! state it resumes, keeping the records of the steps before it (the steps after it, and the
-//! validation and sample at it, run again) and goes on from there.
+//! validation and sample at it, run again) and goes on from there. That log is rewritten under a
+//! temporary name and renamed, so a failure on the way (a full disk) leaves the old one whole.
+//!
+//! A record that cannot be written (a full disk) does not end the run, which would lose every
+//! step since its last checkpoint: the log is cut back to its last whole line, a note says so
+//! once, and the run goes on (the checkpoints hold what it trains; later records are written
+//! when they can be).
 
 use anyhow::{Context, Result};
 use std::io::Write;
@@ -50,7 +56,11 @@ pub struct StepOutliers {
 /// The open log of a run.
 pub struct RunLog {
     path: PathBuf,
-    out: std::io::BufWriter<std::fs::File>,
+    out: std::fs::File,
+    /// The bytes of whole lines written: where a failed write is cut back to.
+    len: u64,
+    /// Whether a record could not be written (noted once).
+    failed: bool,
     /// The steps whose update was skipped among the records copied from the earlier log.
     skipped: Vec<usize>,
     /// The learning rate the earlier log records for the step the run resumes after.
@@ -69,20 +79,21 @@ impl RunLog {
                 kept.extend(text.lines().filter(|l| before(l, step)).map(String::from));
             }
         }
-        let file = std::fs::File::create(&path)
+        let text: String = kept.iter().map(|l| format!("{l}\n")).collect();
+        crate::formats::write_file_atomic(&path, text.as_bytes())
+            .context("cannot write the run's log")?;
+        let out = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
             .with_context(|| format!("{}: cannot write the run's log", path.display()))?;
-        let skipped = kept.iter().filter_map(|l| skipped_step(l)).collect();
-        let resumed_lr = resumed.and_then(|(_, step)| logged_lr(&kept, step));
-        let mut log = RunLog {
+        Ok(RunLog {
             path,
-            out: std::io::BufWriter::new(file),
-            skipped,
-            resumed_lr,
-        };
-        for line in kept {
-            log.line(&line)?;
-        }
-        Ok(log)
+            out,
+            len: text.len() as u64,
+            failed: false,
+            skipped: kept.iter().filter_map(|l| skipped_step(l)).collect(),
+            resumed_lr: resumed.and_then(|(_, step)| logged_lr(&kept, step)),
+        })
     }
 
     /// The learning rate the earlier log records for the step a resumed run continues after
@@ -103,7 +114,7 @@ impl RunLog {
     }
 
     /// Logs one step.
-    pub fn step(&mut self, r: &StepRecord) -> Result<()> {
+    pub fn step(&mut self, r: &StepRecord) {
         let line = format!(
             r#"{{"step": {}, "loss": {}, "lr": {}, "norm": {}, "ms": {}, "tokens_per_s": {}, "mfu": {}}}"#,
             r.step,
@@ -131,7 +142,7 @@ impl RunLog {
     }
 
     /// Logs a validation after `step` steps.
-    pub fn validation(&mut self, step: usize, val_loss: f32, hellaswag: Option<f64>) -> Result<()> {
+    pub fn validation(&mut self, step: usize, val_loss: f32, hellaswag: Option<f64>) {
         let mut line = format!(r#"{{"step": {step}, "val_loss": {}"#, num(val_loss));
         if let Some(acc) = hellaswag {
             line += &format!(r#", "hellaswag_acc_norm": {}"#, num(acc as f32));
@@ -140,15 +151,34 @@ impl RunLog {
     }
 
     /// Logs a text sample drawn after `step` steps.
-    pub fn sample(&mut self, step: usize, text: &str) -> Result<()> {
+    pub fn sample(&mut self, step: usize, text: &str) {
         let text = serde_json::to_string(text).expect("a string is JSON");
         self.line(&format!(r#"{{"step": {step}, "sample": {text}}}"#))
     }
 
-    fn line(&mut self, line: &str) -> Result<()> {
-        writeln!(self.out, "{line}")
-            .and_then(|_| self.out.flush())
-            .with_context(|| format!("{}: cannot write the run's log", self.path.display()))
+    /// Appends `line` (one write, so a record is whole or cut back); see the file comment.
+    fn line(&mut self, line: &str) {
+        let bytes = format!("{line}\n");
+        match self.out.write_all(bytes.as_bytes()) {
+            Ok(()) => self.len += bytes.len() as u64,
+            Err(e) => {
+                // (a part written is cut off, so that every line stays a record)
+                let cut = self.out.set_len(self.len).is_ok();
+                if !self.failed {
+                    self.failed = true;
+                    crate::console::write_err(format_args!(
+                        "note: {}: cannot write the run's log ({e}): training goes on, and \
+                         records that cannot be written are left out{}\n",
+                        self.path.display(),
+                        if cut {
+                            ""
+                        } else {
+                            " (its last line may be cut short)"
+                        }
+                    ));
+                }
+            }
+        }
     }
 }
 

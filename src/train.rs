@@ -650,7 +650,7 @@ pub fn train(
 ) -> Result<TrainSummary> {
     let args = &args.resolved()?;
     for note in args.notes() {
-        eprintln!("note: {note}");
+        crate::errln!("note: {note}");
     }
     let cfg = *engine.config();
     let (b, t) = (args.batch, args.seq);
@@ -662,7 +662,7 @@ pub fn train(
         .unwrap_or_else(crate::data::default_val_pattern);
     // (the bundled corpus measures a model trained on other data by text it has not learnt)
     if args.train.is_some() && args.val.is_none() {
-        eprintln!(
+        crate::errln!(
             "note: --train without --val: the validation loss is measured on the bundled \
              Shakespeare corpus ({val_pattern}), not on your data"
         );
@@ -683,7 +683,7 @@ pub fn train(
     let mut val_loader = DataLoader::new(&val_pattern, b, t, cfg.vocab_size, None)?;
     // an easy slip: prepro writes train.bin and val.bin side by side, and 'dir/*.bin' takes both
     for shared in shared_files(train_loader.files(), val_loader.files()) {
-        eprintln!(
+        crate::errln!(
             "note: {} is a validation shard and a training shard too (--train '{train_pattern}'): \
              the validation loss is measured on data the model trains on",
             shared.display()
@@ -691,7 +691,7 @@ pub fn train(
     }
     let val_batches = args.val_batches.min(val_loader.num_batches().max(1));
     if val_batches < args.val_batches {
-        eprintln!(
+        crate::errln!(
             "note: the validation data holds {val_batches} batch{} of {b}x{t}: each validation \
              averages {}, not --val-batches {}",
             if val_batches == 1 { "" } else { "es" },
@@ -718,6 +718,8 @@ pub fn train(
             args.out_dir.display()
         )
     })?;
+    // one run writes into a folder at a time (held until this function returns)
+    let _lock = crate::checkpoints::lock_out_dir(&args.out_dir)?;
 
     outln!(
         "model: {cfg} ({} parameters) on {}",
@@ -819,30 +821,34 @@ pub fn train(
         );
     }
     // the validation loss, and HellaSwag's accuracy when asked for
-    let mut validate =
-        |engine: &mut dyn Engine, step: usize, summary: &mut TrainSummary, log: &mut RunLog| {
-            let val = evaluate(engine, &mut val_loader, val_batches)?;
-            outln!("val loss {val:.4}");
-            summary.val_losses.push((step, val));
-            if args.keep_best {
-                keep_best(args, engine, &mut summary.best_val, step, val)?;
-            }
-            let mut acc_norm = None;
-            if let Some(hs) = &hellaswag {
-                let (total, _) =
-                    crate::hellaswag::evaluate(engine, &hs.examples, hs.per_batch, hs.t, |_| {})?;
-                outln!(
-                    "hellaswag acc_norm {:.4} ({}/{}){}",
-                    total.acc_norm(),
-                    total.correct_norm,
-                    total.examples,
-                    total.non_finite_note()
-                );
-                summary.hellaswag.push((step, total.acc_norm()));
-                acc_norm = Some(total.acc_norm());
-            }
-            log.validation(step, val, acc_norm)
-        };
+    let mut validate = |engine: &mut dyn Engine,
+                        step: usize,
+                        summary: &mut TrainSummary,
+                        log: &mut RunLog|
+     -> Result<()> {
+        let val = evaluate(engine, &mut val_loader, val_batches)?;
+        outln!("val loss {val:.4}");
+        summary.val_losses.push((step, val));
+        if args.keep_best {
+            keep_best(args, engine, &mut summary.best_val, step, val)?;
+        }
+        let mut acc_norm = None;
+        if let Some(hs) = &hellaswag {
+            let (total, _) =
+                crate::hellaswag::evaluate(engine, &hs.examples, hs.per_batch, hs.t, |_| {})?;
+            outln!(
+                "hellaswag acc_norm {:.4} ({}/{}){}",
+                total.acc_norm(),
+                total.correct_norm,
+                total.examples,
+                total.non_finite_note()
+            );
+            summary.hellaswag.push((step, total.acc_norm()));
+            acc_norm = Some(total.acc_norm());
+        }
+        log.validation(step, val, acc_norm);
+        Ok(())
+    };
     // a text sample after `step` steps (the same seed each time: only the model changes)
     // (GPT-2's tokenizer is built once, for a run that samples at all)
     let tokenizer = match args.sample_tokens {
@@ -853,7 +859,7 @@ pub fn train(
     let tokenizer = tokenizer.filter(|tok| {
         let same = tok.vocab_size() == cfg.vocab_size;
         if !same {
-            eprintln!(
+            crate::errln!(
                 "note: no text samples: the model's vocabulary has {} tokens, the GPT-2 tokenizer \
                  {} (--sample-tokens 0 says so without this note)",
                 cfg.vocab_size,
@@ -894,7 +900,7 @@ pub fn train(
         }
         let text = tok.decode(&ids)?;
         outln!("{text}\n---");
-        log.sample(step, &text)?;
+        log.sample(step, &text);
         Ok(text)
     };
     let schedule = args.schedule();
@@ -903,7 +909,7 @@ pub fn train(
     if let Some(before) = log.resumed_lr().filter(|_| start > 0) {
         let now = schedule.at(start - 1);
         if now != before {
-            eprintln!(
+            crate::errln!(
                 "note: the learning rate of step {start} was {before:.3e} in the run resumed, \
                  {now:.3e} with these flags: the schedule has changed (--steps, --lr, --warmup or \
                  --lr-*), and the rates from here follow the new one"
@@ -1087,7 +1093,7 @@ pub fn train(
                     skipped,
                 }
             }),
-        })?;
+        });
 
         // the final validation, before the last checkpoint: its state then holds the best loss
         // that --keep-best's model has
@@ -1099,7 +1105,22 @@ pub fn train(
         let stop = crate::interrupt::requested();
         if ckpt_due || last || stop.is_some() {
             let record = (&outliers, summary.best_val);
-            let path = save_checkpoint(args, engine, &train_loader, record, step + 1)?;
+            let path =
+                save_checkpoint(args, engine, &train_loader, record, step + 1).map_err(|e| {
+                    let back = newest_state(args, &on_disk, resumed_from.as_deref(), start);
+                    anyhow::anyhow!(
+                        "{e:#}; the run stops after step {}, unsaved: {}",
+                        step + 1,
+                        match back {
+                            Some((k, state)) => format!(
+                                "free the space (or mend the folder) and continue from the \
+                                 newest state on disk with --resume {} (step {k})",
+                                state.display()
+                            ),
+                            None => "no training state of this run is on disk".to_string(),
+                        }
+                    )
+                })?;
             summary.checkpoint = Some(path);
             keep_checkpoints(args, &mut on_disk, step + 1);
         }
@@ -1275,6 +1296,25 @@ fn saved_before_divergence(args: &TrainArgs, step: usize, path: &Path) -> String
             args.out_dir.join(checkpoint_name("state", step)).display(),
             step + 1
         )
+    }
+}
+
+/// The newest training state of this run on disk, with its step: its newest checkpoint's, or the
+/// state it resumed from; None with `--no-state`.
+fn newest_state(
+    args: &TrainArgs,
+    on_disk: &std::collections::BTreeSet<usize>,
+    resumed_from: Option<&Path>,
+    start: usize,
+) -> Option<(usize, PathBuf)> {
+    if args.no_state {
+        return None;
+    }
+    match on_disk.iter().next_back() {
+        Some(&k) => Some((k, args.out_dir.join(checkpoint_name("state", k)))),
+        None => resumed_from
+            .filter(|p| p.exists())
+            .map(|p| (start, p.to_path_buf())),
     }
 }
 

@@ -295,6 +295,156 @@ fn a_closed_or_full_stdout_ends_nothing() {
     );
 }
 
+/// A stderr that fails (a batch job's error log on a full disk) ends nothing either: a run with a
+/// note trains and writes its checkpoint, and an error still exits with status 1, not a panic's
+/// 101.
+#[test]
+fn a_full_stderr_ends_nothing() {
+    use std::process::Stdio;
+    let dir = tmp_dir("stderr");
+    let full = || {
+        let f = std::fs::OpenOptions::new().write(true).open("/dev/full");
+        Stdio::from(f.unwrap())
+    };
+    // (--warmup 10 with 2 steps: a note on stderr before anything runs)
+    let out = bin()
+        .args(flags(
+            "--device cpu --model d1 --batch 2 --seq 16 --steps 2 --warmup 10 --sample-tokens 0",
+        ))
+        .arg("--out-dir")
+        .arg(dir.join("out"))
+        .stderr(full())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(dir.join("out/model_000002.bin").is_file(), "{stdout}");
+    let out = bin()
+        .args(["--device", "cpu", "--model"])
+        .arg(dir.join("missing.bin"))
+        .stderr(full())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+/// The bundled corpus is found when the binary runs under another crate's cargo, whose
+/// `CARGO_MANIFEST_DIR` names a root without it.
+#[test]
+fn the_bundled_corpus_is_found_under_another_crate_s_cargo() {
+    let dir = tmp_dir("other-crate");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (o, stdout, stderr) = run(bin()
+        .env("CARGO_MANIFEST_DIR", &dir)
+        .args(flags(
+            "--device cpu --model d1 --batch 2 --seq 16 --steps 1 --sample-tokens 0",
+        ))
+        .arg("--out-dir")
+        .arg(dir.join("out")));
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    let corpus = root().join("data/shakespeare/train.bin");
+    assert!(
+        stdout.contains(&format!("data: train {} (", corpus.display())),
+        "{stdout}"
+    );
+}
+
+/// A log that cannot be written (here a file-size limit, as a full disk) does not end the run: it
+/// trains every step, the log keeps whole records only, and a note says so once. (The limit then
+/// also refuses the final checkpoint, which is an error, as it should be.)
+#[cfg(unix)]
+#[test]
+fn a_log_that_cannot_be_written_ends_nothing() {
+    let dir = tmp_dir("log-limit");
+    let out = dir.join("out");
+    // (SIGXFSZ ignored: a write past the limit fails with EFBIG instead of killing the process;
+    // 2 KiB holds about a dozen records)
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 2; exec {} --device cpu --model d1 --batch 2 --seq 16 \
+         --steps 30 --val-every 0 --sample-tokens 0 --out-dir {}",
+        engine_bin::engine().display(),
+        out.display()
+    );
+    let (o, stdout, stderr) = run(Command::new("bash").args(["-c", &script]));
+    assert_eq!(o.status.code(), Some(1), "{stdout}\n{stderr}");
+    let steps = stdout.lines().filter_map(step_number).max();
+    assert_eq!(steps, Some(30), "{stdout}\n{stderr}");
+    assert_eq!(
+        stderr.matches("cannot write the run's log").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "model_000030.bin: cannot write: File too large (os error 27); the run stops after \
+             step 30, unsaved: no training state of this run is on disk"
+        ),
+        "{stderr}"
+    );
+    let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+    assert!(log.lines().count() >= 5, "{log}");
+    assert!(log.ends_with('\n'), "{log}");
+    for line in log.lines() {
+        assert!(
+            line.starts_with("{\"step\": ") && line.ends_with('}'),
+            "{line}"
+        );
+    }
+}
+
+/// One run writes into a folder at a time: a second run into a folder where a run is going, or a
+/// `--resume` of that run, is refused at once (it would replace the live run's checkpoints, move
+/// its log aside and interleave their lines), and the live run goes on unharmed.
+#[cfg(unix)]
+#[test]
+fn a_folder_holds_one_live_run() {
+    use std::cell::RefCell;
+    let dir = tmp_dir("live");
+    let out = dir.join("out").to_string_lossy().into_owned();
+    let mut common = flags("--device cpu --model d1 --batch 2 --seq 16 --sample-tokens 0");
+    common.extend(["--val-every", "0", "--out-dir", &out]);
+    let others = RefCell::new(Vec::new());
+    // (--steps 2000: about 30 s if the signal did nothing)
+    let mut long = bin();
+    long.args(&common)
+        .args(["--steps", "2000", "--checkpoint-every", "2"]);
+    let (code, log, _) = signal_when(&mut long, "-INT", |l| {
+        if step_number(l) < Some(3) {
+            return false;
+        }
+        // step 2's checkpoint is on disk
+        for extra in [
+            "--steps 4",
+            "--steps 4 --seed 7",
+            &format!("--steps 5000 --resume {out}"),
+        ] {
+            let (o, _, stderr) = run(bin().args(&common).args(flags(extra)));
+            others
+                .borrow_mut()
+                .push((extra.to_string(), o.status.code(), stderr));
+        }
+        true
+    });
+    for (extra, code, stderr) in others.into_inner() {
+        assert_eq!(code, Some(1), "{extra}: {stderr}");
+        assert!(
+            stderr.contains("out: another run is writing into this folder"),
+            "{extra}: {stderr}"
+        );
+    }
+    assert_eq!(code.code(), Some(130), "{log}");
+    assert!(!dir.join("out/earlier_run_1").exists(), "{log}");
+    let steps = log.lines().filter_map(step_number).max().unwrap();
+    let records = std::fs::read_to_string(dir.join("out/log.jsonl")).unwrap();
+    assert_eq!(records.lines().count(), steps, "{records}");
+    // and once it has ended, the folder is free: the run resumes there
+    let (o, stdout, stderr) =
+        run(bin()
+            .args(&common)
+            .args(["--steps", &(steps + 1).to_string(), "--resume", &out]));
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+}
+
 /// `--model d1 --out-dir d1` runs twice: the descriptor wins over the run folder of its name.
 /// A new run may not start from a checkpoint of the run in its --out-dir (it would set it aside,
 /// or write its own checkpoint of that step over it).

@@ -154,7 +154,7 @@ impl StepGraphs {
                     Ok(())
                 }
                 Err(why) => {
-                    eprintln!(
+                    crate::errln!(
                         "note: capturing a CUDA graph of {piece} failed ({why:#}); running \
                          without CUDA graphs"
                     );

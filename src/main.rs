@@ -160,10 +160,12 @@ struct EvalArgs {
     /// Sequences a forward (with --hellaswag a multiple of 4: an example is 4 sequences).
     #[arg(long, default_value_t = 4)]
     batch: usize,
-    /// The sequence length (default: the model's maxT, at most 1024).
+    /// The sequence length (default: the model's maxT, at most 1024; not with --hellaswag, whose
+    /// rows fit its longest example).
     #[arg(long, conflicts_with = "hellaswag")]
     seq: Option<usize>,
-    /// Evaluate this many batches (default: every whole batch of the data).
+    /// Evaluate this many batches (default: every whole batch of the data; not with
+    /// --hellaswag, which has --examples).
     #[arg(long, conflicts_with = "hellaswag")]
     batches: Option<usize>,
     /// Instead of a loss: HellaSwag accuracy on this file (hellaswag_val.jsonl, as llm.c's
@@ -183,7 +185,9 @@ struct EvalArgs {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum VerifyDevice {
+    /// The CPU engine against the reference.
     Cpu,
+    /// The GPU engine against the reference.
     Cuda,
     /// Both, each against the reference and against each other.
     Both,
@@ -665,6 +669,7 @@ fn resolved(path: &std::path::Path) -> std::path::PathBuf {
 
 fn run_tokenizer(out: &std::path::Path) -> Result<ExitCode> {
     check_out_file("--out", out)?;
+    make_folder_of(out)?;
     let tok = Tokenizer::gpt2()?;
     let tokens = tok.decoder().all_token_bytes();
     train_gpt2_cuda::formats::tokenizer_file::write_tokenizer_file(out, tokens, tok.eot())?;

@@ -16,10 +16,10 @@ use half::bf16;
 /// The precision the engine computes in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Precision {
-    /// fp32 everywhere (the reference; the CPU engine's only precision).
+    /// 32-bit floats (the reference, and the only precision the CPU engine computes in).
     Fp32,
-    /// bf16 parameters, activations and gradients; fp32 accumulation, master weights and AdamW
-    /// moments (GPU only).
+    /// bfloat16 weights; a GPU engine also keeps activations and gradients in bf16, with fp32
+    /// sums, master weights and AdamW moments.
     Bf16,
 }
 

@@ -54,7 +54,7 @@ pub struct TrainArgs {
     /// Where to run: auto (GPU if there is one), cpu or cuda.
     #[arg(help_heading = MODEL_AND_DATA, long, value_enum, default_value = "auto")]
     pub device: Device,
-    /// The model: a descriptor dN (L=N, NH=N, C=64N; d12 is GPT-2 124M) for a new one, or one to
+    /// The model: a descriptor dN (N from 1 to 256: L=N, NH=N, C=64N; d12 is GPT-2 124M) for a new one, or one to
     /// continue from (finetune): an llm.c checkpoint, or a Hugging Face GPT-2 (a directory with
     /// config.json and model.safetensors).
     #[arg(help_heading = MODEL_AND_DATA, long, default_value = "d12")]
@@ -71,7 +71,7 @@ pub struct TrainArgs {
     /// T: tokens per sequence.
     #[arg(help_heading = MODEL_AND_DATA, long, value_name = "T", short = 't', default_value_t = 64)]
     pub seq: usize,
-    /// Micro-batches accumulated into each step.
+    /// Micro-batches accumulated into each step (or --total-batch instead).
     #[arg(help_heading = MODEL_AND_DATA, long, value_name = "K", default_value_t = 1)]
     pub grad_accum: usize,
     /// Instead of --grad-accum: the tokens of each step (llm.c's `-d`, e.g. 524288 for GPT-2's
@@ -405,13 +405,17 @@ impl TrainArgs {
                 bail!("--total-batch must be at least one micro-batch's B x T = {bt} tokens");
             }
             if tokens < bt || tokens % bt != 0 {
+                // (the multiples around it; at least one micro-batch; none past the largest)
                 let below = (tokens / bt).max(1) * bt;
+                let tries = match below.checked_add(bt) {
+                    Some(above) => format!("{below} or {above}"),
+                    None => below.to_string(),
+                };
                 bail!(
                     "--total-batch {tokens} is not a multiple of a micro-batch's B x T = {} x {} \
-                     = {bt} tokens (try {below} or {})",
+                     = {bt} tokens (try {tries})",
                     self.batch,
                     self.seq,
-                    below.saturating_add(bt)
                 );
             }
         }

@@ -1574,7 +1574,8 @@ fn notes_for_a_changed_schedule_and_the_validation_data() {
 #[test]
 fn tokenizer_command_writes_gpt2_vocabulary() {
     let dir = tmp_dir("tok");
-    let path = dir.join("gpt2_tokenizer.bin");
+    // (into a folder that does not exist yet: made, as convert's --out)
+    let path = dir.join("new/gpt2_tokenizer.bin");
     let (out, stdout, _) = run(bin().args(["tokenizer", "--out", path.to_str().unwrap()]));
     assert!(out.status.success(), "{stdout}");
     let f = train_gpt2_cuda::formats::tokenizer_file::read_tokenizer_file(&path).unwrap();
@@ -2359,6 +2360,12 @@ fn llmc_training_flags() {
             "--total-batch 16",
             "--total-batch 16 is not a multiple of a micro-batch's B x T = 2 x 16 = 32 tokens \
              (try 32 or 64)",
+        ),
+        // (no multiple above the largest number)
+        (
+            "--total-batch 18446744073709551615",
+            "--total-batch 18446744073709551615 is not a multiple of a micro-batch's B x T = 2 x \
+             16 = 32 tokens (try 18446744073709551584)",
         ),
         (
             "--grad-accum 18446744073709551615",

@@ -1,7 +1,8 @@
 //! `<out-dir>/log.jsonl`: a training run's numbers, one JSON record a line, for plotting
 //! (`pandas.read_json("out/log.jsonl", lines=True)`):
 //! - after each step N (from 1): `{"step": N, "loss": .., "lr": .., "norm": .., "ms": ..,
-//!   "tokens_per_s": .., "mfu": ..}` (`mfu` null where the device's peak is unknown), and with
+//!   "tokens_per_s": .., "mfu": .., "epoch": ..}` (`mfu` null where the device's peak is unknown;
+//!   `epoch` the passes over the training data done, absent with `--overfit-batch`), and with
 //!   `--skip-loss-z` or `--skip-norm-z` also `"loss_z": .., "norm_z": .., "skipped": false`
 //!   (the z-scores null while their windows fill; `skipped` true where the update was left out);
 //! - at each validation, after N steps (from 0): `{"step": N, "val_loss": ..}`, with
@@ -40,6 +41,9 @@ pub struct StepRecord {
     pub tokens_per_s: f64,
     /// Model FLOPs utilisation, 0..1, where the device's peak is known.
     pub mfu: Option<f64>,
+    /// The passes over the training data done after this step (batches served over an epoch's
+    /// batches: 1.5 is halfway through the second); None with `--overfit-batch`.
+    pub epoch: Option<f64>,
     /// With `--skip-loss-z` or `--skip-norm-z`: the loss's and the norm's z-scores
     /// (`crate::outliers`; None while the windows fill), and whether the update was skipped.
     pub outliers: Option<StepOutliers>,
@@ -125,6 +129,14 @@ impl RunLog {
             num(r.tokens_per_s as f32),
             r.mfu.map_or("null".into(), |m| num(m as f32)),
         );
+        let line = match r.epoch {
+            None => line,
+            Some(e) => format!(
+                r#"{}, "epoch": {}}}"#,
+                line.strip_suffix('}').expect("a record ends with }"),
+                num(e as f32)
+            ),
+        };
         let line = match &r.outliers {
             None => line,
             Some(o) => {

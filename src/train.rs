@@ -1072,12 +1072,21 @@ pub fn train(
             Some(m) => format!("{:.1}%", 100.0 * m),
             None => "-".to_string(),
         };
+        // (--overfit-batch serves no data)
+        let epoch = overfit.is_none().then(|| {
+            train_loader.batches_served() as f64 / train_loader.num_batches().max(1) as f64
+        });
         outln!(
-            "step {:>5}/{} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.3} | {:.1} ms | {:.0} tok/s | MFU {mfu}{}",
+            "step {:>5}/{} | loss {loss:.4} | lr {lr:.2e} | norm {norm:.3} | {:.1} ms | {:.0} tok/s | MFU {mfu}{}{}",
             step + 1,
             args.steps,
             secs * 1e3,
             tokens_per_step / secs,
+            // a run counted in epochs shows where it is in them
+            match (args.epochs, epoch) {
+                (Some(_), Some(e)) => format!(" | epoch {e:.2}"),
+                _ => String::new(),
+            },
             verdict.line_suffix()
         );
         summary.losses.push(loss);
@@ -1089,6 +1098,7 @@ pub fn train(
             ms: secs * 1e3,
             tokens_per_s: tokens_per_step / secs,
             mfu: step_mfu,
+            epoch,
             outliers: verdict.judging().then(|| {
                 let (loss_z, norm_z) = verdict.z_scores();
                 StepOutliers {

@@ -2592,11 +2592,33 @@ fn epochs_count_the_steps() {
         "{accum}"
     );
     assert_eq!(last_step(&accum), Some(12));
+    // where the run is in its epochs, on the step line and in the log: 2 micro-batches of the
+    // 10 an epoch holds a step, so 1.2 after step 6 and 2.4 after step 12
+    assert!(accum.contains("MFU - | epoch 1.20\n"), "{accum}");
+    assert!(accum.contains("MFU - | epoch 2.40\n"), "{accum}");
+    let epochs: Vec<f64> = run_log(&dir.join("accum"))
+        .iter()
+        .filter_map(|r| r.get("epoch").and_then(|e| e.as_f64()))
+        .collect();
+    assert_eq!(epochs.len(), 12, "{epochs:?}");
+    for (i, e) in epochs.iter().enumerate() {
+        assert!(
+            (e - 0.2 * (i + 1) as f64).abs() < 1e-6,
+            "step {}: {e}",
+            i + 1
+        );
+    }
     let (code, _, stderr) = train(
         "--model d1 --epochs 1 --overfit-batch --no-state",
         "overfit",
     );
     assert_eq!(code, Some(0), "{stderr}");
+    // (the batch overfitted is no pass over the data)
+    let log = std::fs::read_to_string(dir.join("overfit/log.jsonl")).unwrap();
+    assert!(
+        log.contains("\"loss\": ") && !log.contains("epoch"),
+        "{log}"
+    );
     assert!(
         stderr.contains(
             "note: --epochs counts passes over the training data, but --overfit-batch trains on \

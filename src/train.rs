@@ -780,6 +780,10 @@ pub fn train(
     let start_model = Path::new(&args.model);
     let start_model = (args.resume.is_none() && start_model.is_file()).then_some(start_model);
     crate::checkpoints::set_aside_earlier_run(&args.out_dir, resumed_here, start_model)?;
+    if args.keep_best {
+        // (a resumed run's model_best.bin, read-only, is refused now, not at a validation later)
+        crate::formats::check_replaceable(&args.out_dir.join(crate::checkpoints::BEST_MODEL))?;
+    }
     let mut log = RunLog::create(&args.out_dir, earlier_log.as_deref().map(|p| (p, start)))?;
     outln!("log: {}", log.path().display());
 

@@ -1434,6 +1434,99 @@ fn tokenizer_command_writes_gpt2_vocabulary() {
     assert_eq!(f.tokens[995], b" world");
 }
 
+/// Sets `path`'s permission bits.
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// `path`'s permission bits.
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// An output written again keeps its permissions (a private model stays private); a read-only
+/// one (`chmod 444`) is refused before any work, by every command that writes a file the user
+/// names, and by a resumed run whose `model_best.bin` is read-only.
+#[test]
+fn a_rewritten_output_keeps_its_permissions_and_a_read_only_one_is_refused() {
+    let dir = tmp_dir("read-only");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let model = fixture("ref_tiny_model.bin");
+    let convert = |out: &str| run(bin().args(["convert", "--model", &model, "--out", out]));
+    let (out, stdout, stderr) = convert(&d("p.bin"));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    chmod(&dir.join("p.bin"), 0o600);
+    let (out, stdout, stderr) = convert(&d("p.bin"));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(mode(&dir.join("p.bin")), 0o600, "not private any more");
+    // read-only: refused, unchanged, nothing done
+    write(&dir.join("p.bin"), b"kept");
+    chmod(&dir.join("p.bin"), 0o444);
+    std::fs::create_dir(dir.join("hf")).unwrap();
+    write(&dir.join("hf/config.json"), b"kept");
+    chmod(&dir.join("hf/config.json"), 0o444);
+    let verify = ["verify", "--model", &model, "--state"];
+    let state = fixture("ref_tiny_state.bin");
+    for (args, file) in [
+        (
+            &["convert", "--model", &model, "--out", &d("p.bin")][..],
+            "p.bin",
+        ),
+        (&["tokenizer", "--out", &d("p.bin")][..], "p.bin"),
+        (
+            &[&verify[..], &[&state, "--dump", &d("p.bin")]].concat()[..],
+            "p.bin",
+        ),
+        (
+            &[
+                "convert",
+                "--model",
+                &model,
+                "--format",
+                "hf",
+                "--out",
+                &d("hf"),
+            ][..],
+            "hf/config.json",
+        ),
+    ] {
+        let (out, stdout, stderr) = run(bin().args(args));
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stdout}\n{stderr}");
+        let want = format!("{} is read-only", d(file));
+        assert!(stderr.contains(&want), "{args:?}: {stderr}");
+        assert!(
+            stdout.is_empty(),
+            "{args:?}: work before the refusal: {stdout}"
+        );
+    }
+    assert_eq!(std::fs::read(dir.join("p.bin")).unwrap(), b"kept");
+    assert_eq!(std::fs::read(dir.join("hf/config.json")).unwrap(), b"kept");
+    assert_eq!(std::fs::read_dir(dir.join("hf")).unwrap().count(), 1);
+    // a run resumed in its folder, whose model_best.bin is read-only, stops before its first step
+    let train = |extra: &str| {
+        run(bin()
+            .args(flags(
+                "--device cpu --batch 2 --seq 16 --val-every 1 --val-batches 1",
+            ))
+            .args(flags("--sample-tokens 0 --keep-best"))
+            .args(["--out-dir", &d("run")])
+            .args(flags(extra)))
+    };
+    let (out, stdout, stderr) = train("--model d1 --steps 1");
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    chmod(&dir.join("run/model_best.bin"), 0o444);
+    let (out, stdout, stderr) = train(&format!("--resume {} --steps 2", d("run")));
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let want = format!("{} is read-only", d("run/model_best.bin"));
+    assert!(stderr.contains(&want), "{stderr}");
+    assert!(
+        !stdout.contains("step 2"),
+        "a step before the refusal: {stdout}"
+    );
+}
+
 fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }

@@ -322,6 +322,7 @@ impl StagedFiles {
         fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
     ) -> Result<()> {
         let target = write_target(path)?;
+        let permissions = replaced_permissions(path, &target)?;
         if is_special_file(&target) {
             let write = || -> std::io::Result<()> {
                 let f = std::fs::OpenOptions::new().write(true).open(&target)?;
@@ -334,7 +335,8 @@ impl StagedFiles {
         let mut tmp = target.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        write_new_file(&tmp, fill).with_context(|| format!("{}: cannot write", path.display()))?;
+        write_new_file_with(&tmp, permissions, fill)
+            .with_context(|| format!("{}: cannot write", path.display()))?;
         self.staged.push((tmp, target));
         Ok(())
     }
@@ -366,8 +368,23 @@ pub fn write_new_file(
     path: &Path,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
+    write_new_file_with(path, None, fill)
+}
+
+/// Like [`write_new_file`], with `permissions` (those of the file it is about to replace) set as
+/// soon as the file is created, before anything is written into it: a private file's new
+/// contents are never readable by others, not even while they are being written.
+fn write_new_file_with(
+    path: &Path,
+    permissions: Option<std::fs::Permissions>,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let write = || -> std::io::Result<()> {
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+        let file = std::fs::File::create(path)?;
+        if let Some(permissions) = permissions {
+            file.set_permissions(permissions)?;
+        }
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
         fill(&mut w)?;
         let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()
@@ -404,6 +421,35 @@ fn write_target(path: &Path) -> Result<PathBuf> {
         }
     }
     bail!("{p}: too many levels of symbolic links")
+}
+
+/// Checks, before any work, that a write to `path` may replace what is there: an error naming the
+/// file where it is a regular file that no one may write (`chmod 444`: a file its owner protected
+/// against being overwritten, which a rename would otherwise replace without a word). A path that
+/// is not there yet, or a device, is fine.
+pub fn check_replaceable(path: &Path) -> Result<()> {
+    replaced_permissions(path, &write_target(path)?).map(|_| ())
+}
+
+/// The permissions of the regular file at `target` (where a write to `path` goes) that a write
+/// replaces, for its new contents (`chmod 600` stays private: a new file would get the umask's,
+/// usually world-readable); None where there is no file. An error where the file is read-only
+/// (see [`check_replaceable`]).
+fn replaced_permissions(path: &Path, target: &Path) -> Result<Option<std::fs::Permissions>> {
+    let Ok(meta) = std::fs::metadata(target) else {
+        return Ok(None);
+    };
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    if meta.permissions().readonly() {
+        bail!(
+            "{} is read-only (no one may write it): it is not replaced; give another name, or \
+             make it writable first (chmod u+w) to replace it",
+            path.display()
+        );
+    }
+    Ok(Some(meta.permissions()))
 }
 
 /// Whether `path` exists and is neither a regular file nor a directory: a device (`/dev/null`), a

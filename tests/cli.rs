@@ -1527,6 +1527,80 @@ fn a_rewritten_output_keeps_its_permissions_and_a_read_only_one_is_refused() {
     );
 }
 
+/// Runs the engine with `args` under an address-space limit of `kib` KiB (`ulimit -v`), on one
+/// rayon thread: a read or an allocation that would take all the memory fails there at once.
+fn run_limited(kib: u64, args: &[&str]) -> (Output, String, String) {
+    run(Command::new("bash")
+        .args(["-c", &format!("ulimit -v {kib} && exec \"$0\" \"$@\"")])
+        .arg(engine_bin::engine())
+        .args(args)
+        .env("RAYON_NUM_THREADS", "1"))
+}
+
+/// A model or a state given through a pipe (`<(cat model.bin)`) or as a device is refused by
+/// name: a pipe's first bytes went to telling its format, and the rest read as a "bad magic
+/// number"; `/dev/zero` as a state was read until the memory ran out (4 GB and growing).
+#[test]
+fn a_pipe_or_a_device_is_refused_where_a_model_or_a_state_is_read() {
+    let dir = tmp_dir("not-regular");
+    let out = dir.join("out.bin").to_string_lossy().into_owned();
+    let model = fixture("ref_tiny_model.bin");
+    let refused = "is not a regular file (a pipe or a device): give the file itself";
+    let (o, stdout, stderr) = run(Command::new("bash")
+        .args([
+            "-c",
+            "exec \"$0\" sample --model <(cat \"$1\") --device cpu --tokens 3",
+        ])
+        .arg(engine_bin::engine())
+        .arg(&model));
+    assert_eq!(o.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("/dev/fd/") && stderr.contains(refused),
+        "{stderr}"
+    );
+    let cases = [
+        "sample --model /dev/zero --device cpu --tokens 3".to_string(),
+        "eval --model /dev/null --device cpu".into(),
+        format!("convert --model /dev/zero --out {out}"),
+        format!("verify --model {model} --state /dev/zero"),
+        "--model /dev/zero --device cpu --batch 2 --seq 16".into(),
+        "--resume /dev/zero --device cpu --batch 2 --seq 16".into(),
+    ];
+    for line in &cases {
+        let (o, stdout, stderr) = run_limited(2_000_000, &flags(line));
+        assert_eq!(o.status.code(), Some(1), "{line}: {stdout}\n{stderr}");
+        assert!(stderr.contains(refused), "{line}: {stderr}");
+        assert!(stderr.contains("/dev/"), "{line}: {stderr}");
+    }
+    assert!(!dir.join("out.bin").exists());
+}
+
+/// A debug state far larger than its header says is refused by its size, before it is read (it
+/// was read whole first: 8 GiB here, sparse on the disk).
+#[test]
+fn a_state_far_larger_than_its_header_says_is_not_read() {
+    let dir = tmp_dir("large-state");
+    let big = dir.join("big.bin");
+    std::fs::copy(fixture("ref_tiny_state.bin"), &big).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
+    file.set_len(8 << 30).unwrap();
+    let model = fixture("ref_tiny_model.bin");
+    let args = [
+        "verify",
+        "--model",
+        &model,
+        "--state",
+        big.to_str().unwrap(),
+    ];
+    let (o, stdout, stderr) = run_limited(2_000_000, &args);
+    assert_eq!(o.status.code(), Some(1), "{stdout}\n{stderr}");
+    let want = format!("{}: debug state has ", big.display());
+    assert!(
+        stderr.contains(&want) && stderr.contains("trailing bytes"),
+        "{stderr}"
+    );
+}
+
 fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }

@@ -146,6 +146,8 @@ pub fn read_model(path: &Path) -> Result<checkpoint::Checkpoint> {
              --local-dir {dir}`, then give --model {dir}"
         );
     }
+    // (before the Hugging Face formats are told apart by their first bytes)
+    check_not_special(path)?;
     let ck = if hf_gpt2::is_hf_model(path) {
         hf_gpt2::read_hf_gpt2(path)?
     } else {
@@ -220,18 +222,20 @@ pub fn check_magic_version(path: &Path, h: &Header, magic: i32, versions: &[i32]
     Ok(())
 }
 
-/// Reads a whole file, naming it in the error.
+/// Reads a whole file, naming it in the error; a pipe or a device is refused ([`open_with_size`]).
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let (mut f, _) = open_with_size(path)?;
     let mut bytes = Vec::new();
     f.read_to_end(&mut bytes)
         .with_context(|| format!("{}: cannot read", path.display()))?;
     Ok(bytes)
 }
 
-/// Opens `path` for reading, with its size in bytes.
+/// Opens `path` for reading, with its size in bytes. A pipe or a device is an error
+/// ([`check_not_special`]: its size is not what it holds), before it is opened (a FIFO's open
+/// waits for a writer).
 pub fn open_with_size(path: &Path) -> Result<(std::fs::File, u64)> {
+    check_not_special(path)?;
     let p = path.display();
     let file = std::fs::File::open(path).with_context(|| format!("{p}: cannot open"))?;
     let size = file
@@ -239,6 +243,26 @@ pub fn open_with_size(path: &Path) -> Result<(std::fs::File, u64)> {
         .with_context(|| format!("{p}: cannot read the file size"))?
         .len();
     Ok((file, size))
+}
+
+/// Refuses `path` where it is there but is neither a regular file nor a directory: a pipe (as
+/// `<(cat model.bin)` gives) or a device (`/dev/zero`). A model's format is told from its first
+/// bytes before it is read again from the start, which a pipe's bytes, once read, cannot be (the
+/// rest read as a wrong magic number); every reader checks a file's size against its header,
+/// which a pipe or a device does not have; and a device such as `/dev/zero` never ends.
+pub fn check_not_special(path: &Path) -> Result<()> {
+    if is_special_file(path) {
+        bail!(not_a_regular_file(path));
+    }
+    Ok(())
+}
+
+/// What is said of a pipe or a device given where a file is read.
+fn not_a_regular_file(path: &Path) -> String {
+    format!(
+        "{} is not a regular file (a pipe or a device): give the file itself",
+        path.display()
+    )
 }
 
 /// Appends a header to `out`.

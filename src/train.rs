@@ -507,7 +507,7 @@ pub fn load_model(model: &str, seed: u64) -> Result<(GPT2Config, Vec<f32>)> {
         return Ok((ck.config, ck.params));
     }
     let cfg = GPT2Config::from_descriptor(model)?;
-    Ok((cfg, crate::params::init_params(&cfg, seed)))
+    Ok((cfg, crate::params::try_init_params(&cfg, seed)?))
 }
 
 /// Whether `--model`'s text names a model to read (a file, a Hugging Face folder or repo) rather

@@ -1601,6 +1601,48 @@ fn a_state_far_larger_than_its_header_says_is_not_read() {
     );
 }
 
+/// Parameters that cannot be allocated (under `ulimit -v`) are an error naming them, as the
+/// activations' are: a new d12 (475 MiB of parameters) ended in the allocator's abort ("memory
+/// allocation of 497903616 bytes failed", exit status 134), and so did a checkpoint's read.
+#[test]
+fn parameters_that_cannot_be_allocated_are_an_error() {
+    let dir = tmp_dir("no-memory");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let new = "--model d12 --batch 1 --seq 16 --steps 1 --device cpu --sample-tokens 0";
+    let run_dir = d("run");
+    let args = [&flags(new)[..], &["--out-dir", &run_dir]].concat();
+    let (o, stdout, stderr) = run_limited(400_000, &args);
+    assert_eq!(o.status.code(), Some(1), "{stdout}\n{stderr}");
+    let want = "the parameters: could not allocate 474.8 MiB (124475904 elements)";
+    assert!(stderr.contains(want), "{stderr}");
+    // a d12 checkpoint (a sparse file: its header, then zeros)
+    use train_gpt2_cuda::formats::{new_header, put_header, HEADER_BYTES};
+    let mut h = new_header(20240326, 3);
+    h[2..8].copy_from_slice(&[1024, 50257, 12, 12, 768, 50304]);
+    let mut bytes = Vec::new();
+    put_header(&mut bytes, &h);
+    write(&dir.join("d12.bin"), &bytes);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("d12.bin"));
+    file.unwrap()
+        .set_len(HEADER_BYTES as u64 + 4 * 124475904)
+        .unwrap();
+    let args = [
+        "sample",
+        "--model",
+        &d("d12.bin"),
+        "--device",
+        "cpu",
+        "--tokens",
+        "1",
+    ];
+    let (o, stdout, stderr) = run_limited(400_000, &args);
+    assert_eq!(o.status.code(), Some(1), "{stdout}\n{stderr}");
+    let want = format!("{}: {want}", d("d12.bin"));
+    assert!(stderr.contains(&want), "{stderr}");
+}
+
 fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }

@@ -510,6 +510,27 @@ pub fn load_model(model: &str, seed: u64) -> Result<(GPT2Config, Vec<f32>)> {
     Ok((cfg, crate::params::try_init_params(&cfg, seed)?))
 }
 
+/// Makes `--out-dir` where it is not there yet. A file of that name is named as what it is (the
+/// system's "File exists" said nothing of what to do), and so is a symbolic link to nothing.
+fn make_out_dir(dir: &Path) -> Result<()> {
+    let d = dir.display();
+    match (std::fs::symlink_metadata(dir), std::fs::metadata(dir)) {
+        (_, Ok(m)) if !m.is_dir() => {
+            bail!("--out-dir {d} is a file, not a folder: give a folder's name for the run's files")
+        }
+        (Ok(link), Err(_)) if link.file_type().is_symlink() => {
+            let to = std::fs::read_link(dir).unwrap_or_default();
+            bail!(
+                "--out-dir {d} is a symbolic link to {}, which is not there: make that folder, \
+                 or give another --out-dir",
+                to.display()
+            )
+        }
+        _ => std::fs::create_dir_all(dir)
+            .with_context(|| format!("{d}: cannot create the output folder")),
+    }
+}
+
 /// Whether `--model`'s text names a model to read (a file, a Hugging Face folder or repo) rather
 /// than a descriptor dN. A descriptor wins over a folder of its name that holds no model: the
 /// run folder of `--model d12 --out-dir d12`, when that command runs again or resumes.
@@ -712,12 +733,7 @@ pub fn train(
         }
         None => None,
     };
-    std::fs::create_dir_all(&args.out_dir).with_context(|| {
-        format!(
-            "{}: cannot create the output folder",
-            args.out_dir.display()
-        )
-    })?;
+    make_out_dir(&args.out_dir)?;
 
     outln!(
         "model: {cfg} ({} parameters) on {}",

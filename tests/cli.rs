@@ -1643,6 +1643,34 @@ fn parameters_that_cannot_be_allocated_are_an_error() {
     assert!(stderr.contains(&want), "{stderr}");
 }
 
+/// An `--out-dir` that is a file, or a symbolic link to nothing, is named as what it is (it was
+/// "cannot create the output folder: File exists").
+#[test]
+fn an_out_dir_that_is_a_file_is_named_as_one() {
+    let dir = tmp_dir("out-dir-file");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    write(&dir.join("afile"), b"kept");
+    std::os::unix::fs::symlink("nowhere/x", dir.join("dangling")).unwrap();
+    let train = "--model d1 --batch 2 --seq 16 --steps 1 --device cpu --sample-tokens 0";
+    for (out_dir, want) in [
+        (
+            d("afile"),
+            format!("--out-dir {} is a file, not a folder", d("afile")),
+        ),
+        (
+            d("dangling"),
+            format!(
+                "--out-dir {} is a symbolic link to nowhere/x, which is not there",
+                d("dangling")
+            ),
+        ),
+    ] {
+        let args = [&flags(train)[..], &["--out-dir", &out_dir]].concat();
+        expect_error(&args, &[&want]);
+    }
+    assert_eq!(std::fs::read(dir.join("afile")).unwrap(), b"kept");
+}
+
 fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }

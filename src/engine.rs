@@ -132,12 +132,17 @@ pub trait Engine {
     }
 }
 
+/// The CPU engine's [`Engine::describe`]: "cpu (1 thread)", "cpu (2 threads)".
+fn threads_text(n: usize) -> String {
+    format!("cpu ({n} thread{})", if n == 1 { "" } else { "s" })
+}
+
 impl Engine for Gpt2Cpu {
     fn config(&self) -> &GPT2Config {
         &self.config
     }
     fn describe(&self) -> String {
-        format!("cpu ({} threads)", rayon::current_num_threads())
+        threads_text(rayon::current_num_threads())
     }
     fn forward(
         &mut self,
@@ -476,6 +481,23 @@ fn gpu_engine_on(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cpu_engine_counts_its_threads_in_words() {
+        let cfg = GPT2Config::from_descriptor("d1").unwrap();
+        let params = crate::params::init_params(&cfg, 1);
+        let engine = Gpt2Cpu::for_inference(cfg, params, 1, 1).unwrap();
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        assert_eq!(one.install(|| engine.describe()), "cpu (1 thread)");
+        let two = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        assert_eq!(two.install(|| engine.describe()), "cpu (2 threads)");
+    }
 
     #[test]
     fn precision_defaults_and_refusals() {

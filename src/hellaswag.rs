@@ -15,7 +15,7 @@
 //! from changing the row's losses, and its losses are not counted.
 
 use anyhow::{anyhow, bail, Context, Result};
-use std::io::BufRead;
+use std::io::{BufRead, Read};
 use std::path::Path;
 
 use crate::engine::Engine;
@@ -33,26 +33,54 @@ pub struct Example {
     pub label: usize,
 }
 
+/// The longest line read from a HellaSwag file, in bytes: a record is 2 to 5 KB, so a longer
+/// line means a file of another kind, or a device that never ends a line (`/dev/zero`), which is
+/// refused here rather than read until the memory runs out.
+pub const MAX_LINE: usize = 1 << 20;
+
 /// Reads the examples of a HellaSwag JSON Lines file (blank lines skipped). The label may be a
 /// number or a string of one (as some copies of the dataset store it). A `*.gz` or `*.zst` file
-/// is decompressed as it is read. An error names the line.
+/// is decompressed as it is read; a pipe is read as a stream. An error names the line.
 pub fn read_examples(path: &Path) -> Result<Vec<Example>> {
-    let file = crate::prepro::open_input(path)?;
+    let mut reader = std::io::BufReader::new(crate::prepro::open_input(path)?);
     let mut examples = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line =
-            line.with_context(|| format!("{}: line {}: cannot read", path.display(), i + 1))?;
+    let mut line = Vec::new();
+    for number in 1.. {
+        let at = || format!("{}: line {number}", path.display());
+        if !read_line(&mut reader, &mut line).with_context(at)? {
+            break;
+        }
+        let line = std::str::from_utf8(&line)
+            .map_err(|e| anyhow!("not UTF-8 text (byte {})", e.valid_up_to() + 1))
+            .with_context(at)?;
         if line.trim().is_empty() {
             continue;
         }
-        let example =
-            parse_example(&line).with_context(|| format!("{}: line {}", path.display(), i + 1))?;
-        examples.push(example);
+        examples.push(parse_example(line).with_context(at)?);
     }
     if examples.is_empty() {
         bail!("{}: no examples", path.display());
     }
     Ok(examples)
+}
+
+/// Reads the next line of `reader` into `line` (its newline kept); false at the end of the
+/// input. An error where the line is longer than [`MAX_LINE`], read no further.
+fn read_line(reader: &mut impl BufRead, line: &mut Vec<u8>) -> Result<bool> {
+    line.clear();
+    let limit = MAX_LINE as u64 + 1; // (the line, and its newline)
+    let n = reader
+        .take(limit)
+        .read_until(b'\n', line)
+        .context("cannot read")?;
+    if line.len() as u64 == limit && line.last() != Some(&b'\n') {
+        bail!(
+            "longer than {} without a line's end: not a HellaSwag JSON Lines file (one record a \
+             line, a few KB each)",
+            crate::host_memory::size_text(MAX_LINE as f64)
+        );
+    }
+    Ok(n > 0)
 }
 
 fn parse_example(line: &str) -> Result<Example> {

@@ -122,6 +122,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
 pub trait Zeroable: Copy {}
 impl Zeroable for f32 {}
 impl Zeroable for u32 {}
+impl Zeroable for half::bf16 {}
 
 /// `n` zeros, or an error naming `what` where the allocation fails (where `vec![0; n]` would abort
 /// the process). Like `vec![0; n]` it asks the allocator for zeroed memory, whose pages the system

@@ -574,6 +574,11 @@ fn run_convert(a: &ConvertArgs) -> Result<ExitCode> {
         &written,
         &[("the model being converted", &a.model)],
     )?;
+    // (--out itself, for llmc, was checked with check_out_file; the folder's other files, written
+    // with them, are checked again as they are written)
+    for file in &written[1..] {
+        train_gpt2_cuda::formats::check_replaceable(file)?;
+    }
     let ck = read_model(&a.model)?;
     let precision = a.precision.into();
     match a.format {
@@ -605,8 +610,8 @@ fn make_folder_of(path: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// Checks that `flag`'s `out` names a file, before any work: a directory there is an error, not
-/// a temporary file written beside it.
+/// Checks that `flag`'s `out` names a file that may be replaced, before any work: a directory
+/// there is an error, not a temporary file written beside it, and so is a read-only file.
 fn check_out_file(flag: &str, out: &std::path::Path) -> Result<()> {
     if out.is_dir() {
         bail!("{} is a directory: {flag} takes a file name", out.display());
@@ -617,7 +622,7 @@ fn check_out_file(flag: &str, out: &std::path::Path) -> Result<()> {
             out.display()
         );
     }
-    Ok(())
+    train_gpt2_cuda::formats::check_replaceable(out)
 }
 
 /// Checks, before any work, that a command writes none of the files it reads: none of `written`

@@ -240,13 +240,28 @@ pub fn split_mut<'a, T>(cfg: &GPT2Config, mut buf: &'a mut [T]) -> Params<&'a mu
 
 /// GPT-2's random initialisation, seeded and reproducible: weights N(0, 0.02), the two residual
 /// projections (attprojw, fcprojw) scaled by 1/sqrt(2L), layernorm weights 1, biases 0, and the
-/// padded wte rows V..Vp zero.
+/// padded wte rows V..Vp zero. Allocated as `vec!` does, which aborts where the memory is short:
+/// for tests and small models; a model the user names goes through [`try_init_params`].
 pub fn init_params(cfg: &GPT2Config, seed: u64) -> Vec<f32> {
     let mut buf = vec![0f32; num_parameters(cfg)];
+    fill_init_params(cfg, seed, &mut buf);
+    buf
+}
+
+/// [`init_params`], or an error naming the parameters where they cannot be allocated (under a
+/// memory limit, `ulimit -v`), not the allocator's abort.
+pub fn try_init_params(cfg: &GPT2Config, seed: u64) -> anyhow::Result<Vec<f32>> {
+    let mut buf = crate::host_memory::zeroed(num_parameters(cfg), "the parameters")?;
+    fill_init_params(cfg, seed, &mut buf);
+    Ok(buf)
+}
+
+/// Writes [`init_params`]' values into `buf` (num_parameters zeros).
+fn fill_init_params(cfg: &GPT2Config, seed: u64, buf: &mut [f32]) {
     let mut rng = crate::rng::Rng::new(seed);
     let std = 0.02f32;
     let residual_std = std / (2.0 * cfg.num_layers as f32).sqrt();
-    let p = split_mut(cfg, &mut buf);
+    let p = split_mut(cfg, buf);
     rng.fill_normal(&mut p.wte[..cfg.vocab_size * cfg.channels], std);
     rng.fill_normal(p.wpe, std);
     rng.fill_normal(p.qkvw, std);
@@ -256,7 +271,6 @@ pub fn init_params(cfg: &GPT2Config, seed: u64) -> Vec<f32> {
     for w in [p.ln1w, p.ln2w, p.lnfw] {
         w.fill(1.0);
     }
-    buf
 }
 
 #[cfg(test)]

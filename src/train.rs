@@ -511,7 +511,28 @@ pub fn load_model(model: &str, seed: u64) -> Result<(GPT2Config, Vec<f32>)> {
         return Ok((ck.config, ck.params));
     }
     let cfg = GPT2Config::from_descriptor(model)?;
-    Ok((cfg, crate::params::init_params(&cfg, seed)))
+    Ok((cfg, crate::params::try_init_params(&cfg, seed)?))
+}
+
+/// Makes `--out-dir` where it is not there yet. A file of that name is named as what it is (the
+/// system's "File exists" said nothing of what to do), and so is a symbolic link to nothing.
+fn make_out_dir(dir: &Path) -> Result<()> {
+    let d = dir.display();
+    match (std::fs::symlink_metadata(dir), std::fs::metadata(dir)) {
+        (_, Ok(m)) if !m.is_dir() => {
+            bail!("--out-dir {d} is a file, not a folder: give a folder's name for the run's files")
+        }
+        (Ok(link), Err(_)) if link.file_type().is_symlink() => {
+            let to = std::fs::read_link(dir).unwrap_or_default();
+            bail!(
+                "--out-dir {d} is a symbolic link to {}, which is not there: make that folder, \
+                 or give another --out-dir",
+                to.display()
+            )
+        }
+        _ => std::fs::create_dir_all(dir)
+            .with_context(|| format!("{d}: cannot create the output folder")),
+    }
 }
 
 /// Whether `--model`'s text names a model to read (a file, a Hugging Face folder or repo) rather
@@ -716,12 +737,7 @@ pub fn train(
         }
         None => None,
     };
-    std::fs::create_dir_all(&args.out_dir).with_context(|| {
-        format!(
-            "{}: cannot create the output folder",
-            args.out_dir.display()
-        )
-    })?;
+    make_out_dir(&args.out_dir)?;
     // one run writes into a folder at a time (held until this function returns)
     let _lock = crate::checkpoints::lock_out_dir(&args.out_dir)?;
 
@@ -786,6 +802,10 @@ pub fn train(
     let start_model = Path::new(&args.model);
     let start_model = (args.resume.is_none() && start_model.is_file()).then_some(start_model);
     crate::checkpoints::set_aside_earlier_run(&args.out_dir, resumed_here, start_model)?;
+    if args.keep_best {
+        // (a resumed run's model_best.bin, read-only, is refused now, not at a validation later)
+        crate::formats::check_replaceable(&args.out_dir.join(crate::checkpoints::BEST_MODEL))?;
+    }
     let mut log = RunLog::create(&args.out_dir, earlier_log.as_deref().map(|p| (p, start)))?;
     outln!("log: {}", log.path().display());
 

@@ -1585,6 +1585,243 @@ fn tokenizer_command_writes_gpt2_vocabulary() {
     assert_eq!(f.tokens[995], b" world");
 }
 
+/// Sets `path`'s permission bits.
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// `path`'s permission bits.
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// An output written again keeps its permissions (a private model stays private); a read-only
+/// one (`chmod 444`) is refused before any work, by every command that writes a file the user
+/// names, and by a resumed run whose `model_best.bin` is read-only.
+#[test]
+fn a_rewritten_output_keeps_its_permissions_and_a_read_only_one_is_refused() {
+    let dir = tmp_dir("read-only");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let model = fixture("ref_tiny_model.bin");
+    let convert = |out: &str| run(bin().args(["convert", "--model", &model, "--out", out]));
+    let (out, stdout, stderr) = convert(&d("p.bin"));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    chmod(&dir.join("p.bin"), 0o600);
+    let (out, stdout, stderr) = convert(&d("p.bin"));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(mode(&dir.join("p.bin")), 0o600, "not private any more");
+    // read-only: refused, unchanged, nothing done
+    write(&dir.join("p.bin"), b"kept");
+    chmod(&dir.join("p.bin"), 0o444);
+    std::fs::create_dir(dir.join("hf")).unwrap();
+    write(&dir.join("hf/config.json"), b"kept");
+    chmod(&dir.join("hf/config.json"), 0o444);
+    let verify = ["verify", "--model", &model, "--state"];
+    let state = fixture("ref_tiny_state.bin");
+    for (args, file) in [
+        (
+            &["convert", "--model", &model, "--out", &d("p.bin")][..],
+            "p.bin",
+        ),
+        (&["tokenizer", "--out", &d("p.bin")][..], "p.bin"),
+        (
+            &[&verify[..], &[&state, "--dump", &d("p.bin")]].concat()[..],
+            "p.bin",
+        ),
+        (
+            &[
+                "convert",
+                "--model",
+                &model,
+                "--format",
+                "hf",
+                "--out",
+                &d("hf"),
+            ][..],
+            "hf/config.json",
+        ),
+    ] {
+        let (out, stdout, stderr) = run(bin().args(args));
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stdout}\n{stderr}");
+        let want = format!("{} is read-only", d(file));
+        assert!(stderr.contains(&want), "{args:?}: {stderr}");
+        assert!(
+            stdout.is_empty(),
+            "{args:?}: work before the refusal: {stdout}"
+        );
+    }
+    assert_eq!(std::fs::read(dir.join("p.bin")).unwrap(), b"kept");
+    assert_eq!(std::fs::read(dir.join("hf/config.json")).unwrap(), b"kept");
+    assert_eq!(std::fs::read_dir(dir.join("hf")).unwrap().count(), 1);
+    // a run resumed in its folder, whose model_best.bin is read-only, stops before its first step
+    let train = |extra: &str| {
+        run(bin()
+            .args(flags(
+                "--device cpu --batch 2 --seq 16 --val-every 1 --val-batches 1",
+            ))
+            .args(flags("--sample-tokens 0 --keep-best"))
+            .args(["--out-dir", &d("run")])
+            .args(flags(extra)))
+    };
+    let (out, stdout, stderr) = train("--model d1 --steps 1");
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    chmod(&dir.join("run/model_best.bin"), 0o444);
+    let (out, stdout, stderr) = train(&format!("--resume {} --steps 2", d("run")));
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let want = format!("{} is read-only", d("run/model_best.bin"));
+    assert!(stderr.contains(&want), "{stderr}");
+    assert!(
+        !stdout.contains("step 2"),
+        "a step before the refusal: {stdout}"
+    );
+}
+
+/// Runs the engine with `args` under an address-space limit of `kib` KiB (`ulimit -v`), on one
+/// rayon thread: a read or an allocation that would take all the memory fails there at once.
+fn run_limited(kib: u64, args: &[&str]) -> (Output, String, String) {
+    run(Command::new("bash")
+        .args(["-c", &format!("ulimit -v {kib} && exec \"$0\" \"$@\"")])
+        .arg(engine_bin::engine())
+        .args(args)
+        .env("RAYON_NUM_THREADS", "1"))
+}
+
+/// A model or a state given through a pipe (`<(cat model.bin)`) or as a device is refused by
+/// name: a pipe's first bytes went to telling its format, and the rest read as a "bad magic
+/// number"; `/dev/zero` as a state was read until the memory ran out (4 GB and growing).
+#[test]
+fn a_pipe_or_a_device_is_refused_where_a_model_or_a_state_is_read() {
+    let dir = tmp_dir("not-regular");
+    let out = dir.join("out.bin").to_string_lossy().into_owned();
+    let model = fixture("ref_tiny_model.bin");
+    let refused = "is not a regular file (a pipe or a device): give the file itself";
+    let (o, stdout, stderr) = run(Command::new("bash")
+        .args([
+            "-c",
+            "exec \"$0\" sample --model <(cat \"$1\") --device cpu --tokens 3",
+        ])
+        .arg(engine_bin::engine())
+        .arg(&model));
+    assert_eq!(o.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("/dev/fd/") && stderr.contains(refused),
+        "{stderr}"
+    );
+    let cases = [
+        "sample --model /dev/zero --device cpu --tokens 3".to_string(),
+        "eval --model /dev/null --device cpu".into(),
+        format!("convert --model /dev/zero --out {out}"),
+        format!("verify --model {model} --state /dev/zero"),
+        "--model /dev/zero --device cpu --batch 2 --seq 16".into(),
+        "--resume /dev/zero --device cpu --batch 2 --seq 16".into(),
+    ];
+    for line in &cases {
+        let (o, stdout, stderr) = run_limited(2_000_000, &flags(line));
+        assert_eq!(o.status.code(), Some(1), "{line}: {stdout}\n{stderr}");
+        assert!(stderr.contains(refused), "{line}: {stderr}");
+        assert!(stderr.contains("/dev/"), "{line}: {stderr}");
+    }
+    assert!(!dir.join("out.bin").exists());
+}
+
+/// A debug state far larger than its header says is refused by its size, before it is read (it
+/// was read whole first: 8 GiB here, sparse on the disk).
+#[test]
+fn a_state_far_larger_than_its_header_says_is_not_read() {
+    let dir = tmp_dir("large-state");
+    let big = dir.join("big.bin");
+    std::fs::copy(fixture("ref_tiny_state.bin"), &big).unwrap();
+    let file = std::fs::OpenOptions::new().write(true).open(&big).unwrap();
+    file.set_len(8 << 30).unwrap();
+    let model = fixture("ref_tiny_model.bin");
+    let args = [
+        "verify",
+        "--model",
+        &model,
+        "--state",
+        big.to_str().unwrap(),
+    ];
+    let (o, stdout, stderr) = run_limited(2_000_000, &args);
+    assert_eq!(o.status.code(), Some(1), "{stdout}\n{stderr}");
+    let want = format!("{}: debug state has ", big.display());
+    assert!(
+        stderr.contains(&want) && stderr.contains("trailing bytes"),
+        "{stderr}"
+    );
+}
+
+/// Parameters that cannot be allocated (under `ulimit -v`) are an error naming them, as the
+/// activations' are: a new d12 (475 MiB of parameters) ended in the allocator's abort ("memory
+/// allocation of 497903616 bytes failed", exit status 134), and so did a checkpoint's read.
+#[test]
+fn parameters_that_cannot_be_allocated_are_an_error() {
+    let dir = tmp_dir("no-memory");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let new = "--model d12 --batch 1 --seq 16 --steps 1 --device cpu --sample-tokens 0";
+    let run_dir = d("run");
+    let args = [&flags(new)[..], &["--out-dir", &run_dir]].concat();
+    let (o, stdout, stderr) = run_limited(400_000, &args);
+    assert_eq!(o.status.code(), Some(1), "{stdout}\n{stderr}");
+    let want = "the parameters: could not allocate 474.8 MiB (124475904 elements)";
+    assert!(stderr.contains(want), "{stderr}");
+    // a d12 checkpoint (a sparse file: its header, then zeros)
+    use train_gpt2_cuda::formats::{new_header, put_header, HEADER_BYTES};
+    let mut h = new_header(20240326, 3);
+    h[2..8].copy_from_slice(&[1024, 50257, 12, 12, 768, 50304]);
+    let mut bytes = Vec::new();
+    put_header(&mut bytes, &h);
+    write(&dir.join("d12.bin"), &bytes);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("d12.bin"));
+    file.unwrap()
+        .set_len(HEADER_BYTES as u64 + 4 * 124475904)
+        .unwrap();
+    let args = [
+        "sample",
+        "--model",
+        &d("d12.bin"),
+        "--device",
+        "cpu",
+        "--tokens",
+        "1",
+    ];
+    let (o, stdout, stderr) = run_limited(400_000, &args);
+    assert_eq!(o.status.code(), Some(1), "{stdout}\n{stderr}");
+    let want = format!("{}: {want}", d("d12.bin"));
+    assert!(stderr.contains(&want), "{stderr}");
+}
+
+/// An `--out-dir` that is a file, or a symbolic link to nothing, is named as what it is (it was
+/// "cannot create the output folder: File exists").
+#[test]
+fn an_out_dir_that_is_a_file_is_named_as_one() {
+    let dir = tmp_dir("out-dir-file");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    write(&dir.join("afile"), b"kept");
+    std::os::unix::fs::symlink("nowhere/x", dir.join("dangling")).unwrap();
+    let train = "--model d1 --batch 2 --seq 16 --steps 1 --device cpu --sample-tokens 0";
+    for (out_dir, want) in [
+        (
+            d("afile"),
+            format!("--out-dir {} is a file, not a folder", d("afile")),
+        ),
+        (
+            d("dangling"),
+            format!(
+                "--out-dir {} is a symbolic link to nowhere/x, which is not there",
+                d("dangling")
+            ),
+        ),
+    ] {
+        let args = [&flags(train)[..], &["--out-dir", &out_dir]].concat();
+        expect_error(&args, &[&want]);
+    }
+    assert_eq!(std::fs::read(dir.join("afile")).unwrap(), b"kept");
+}
+
 fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }

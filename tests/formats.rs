@@ -936,3 +936,66 @@ fn a_failed_write_leaves_the_file_as_it_was_and_no_temporary() {
     assert_eq!(std::fs::read(&a).unwrap(), b"new a");
     assert_eq!(std::fs::read(&b).unwrap(), b"new b");
 }
+
+/// The permission bits of `path`.
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn a_rewritten_file_keeps_its_permissions() {
+    let dir = TempDir::new("write-mode");
+    let path = dir.file("private.bin", b"old");
+    chmod(&path, 0o600);
+    write_file_atomic(&path, b"new").unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"new");
+    assert_eq!(mode(&path), 0o600, "a private file stays private");
+    chmod(&path, 0o640);
+    write_file_atomic_with(&path, |w| w.write_all(b"newer")).unwrap();
+    assert_eq!(mode(&path), 0o640);
+    // through a link: the file it points to keeps its own
+    let link = dir.path("link.bin");
+    std::os::unix::fs::symlink("private.bin", &link).unwrap();
+    let mut files = StagedFiles::new();
+    files.write(&link, b"newest").unwrap();
+    files.commit().unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"newest");
+    assert_eq!(mode(&path), 0o640);
+}
+
+#[test]
+fn a_read_only_file_is_not_replaced() {
+    let dir = TempDir::new("write-read-only");
+    let path = dir.file("kept.bin", b"old");
+    chmod(&path, 0o444);
+    let link = dir.path("link.bin");
+    std::os::unix::fs::symlink("kept.bin", &link).unwrap();
+    for p in [&path, &link] {
+        let e = err(train_gpt2_cuda::formats::check_replaceable(p));
+        assert_msg(&e, p, &["is read-only", "chmod u+w"]);
+        let e = err(write_file_atomic(p, b"new"));
+        assert_msg(&e, p, &["is read-only"]);
+        let mut files = StagedFiles::new();
+        let e = err(files.write(p, b"new"));
+        assert_msg(&e, p, &["is read-only"]);
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), b"old");
+    assert_eq!(mode(&path), 0o444);
+    let mut left: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["kept.bin", "link.bin"], "a temporary file was left");
+    // writable again, it is replaced; a new file, or a device, is fine
+    chmod(&path, 0o644);
+    write_file_atomic(&path, b"new").unwrap();
+    train_gpt2_cuda::formats::check_replaceable(&dir.path("new.bin")).unwrap();
+    train_gpt2_cuda::formats::check_replaceable(Path::new("/dev/null")).unwrap();
+}

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use train_gpt2_cuda::engine::{create_engine, EngineOptions};
 use train_gpt2_cuda::formats::checkpoint::read_checkpoint;
 use train_gpt2_cuda::hellaswag::{
-    evaluate, read_examples, render, row_length, score, Example, Rendered, ENDINGS,
+    evaluate, read_examples, render, row_length, score, Example, Rendered, ENDINGS, MAX_LINE,
 };
 use train_gpt2_cuda::tokenizer::Tokenizer;
 
@@ -273,4 +273,42 @@ fn a_row_longer_than_the_model_s_context_is_refused() {
         "HellaSwag example 4 has a row of 9 tokens (context and ending), more than the model's \
          maxT = 8"
     );
+}
+
+/// A line longer than any record (1 MiB) is an error naming it, not read on until the memory runs
+/// out (`--hellaswag /dev/zero` took 23 GB before the OOM killer ended it); a line just within
+/// the limit is read, and a pipe is read as a stream.
+#[test]
+fn an_endless_line_is_refused_by_its_number() {
+    let good = r#"{"ctx": "A", "endings": ["b", "c", "d", "e"], "label": 1}"#;
+    let long = format!("{good}\n\n{}\n{good}\n", "x".repeat(MAX_LINE + 1));
+    let e = format!("{:#}", read_lines("long", &long).unwrap_err());
+    assert!(
+        e.contains(
+            "hellaswag-long/examples.jsonl: line 3: longer than 1.0 MiB without a line's end"
+        ),
+        "{e}"
+    );
+    // a record padded to the limit, its newline past it: read
+    let padded = format!("{good}{}\n", " ".repeat(MAX_LINE - good.len()));
+    assert_eq!(read_lines("padded", &padded).unwrap().len(), 1);
+    let bytes = engine_bin::scratch("hellaswag-utf8").join("examples.jsonl");
+    std::fs::write(&bytes, [good.as_bytes(), b"\n\n\"\xff\"\n"].concat()).unwrap();
+    let e = format!("{:#}", read_examples(&bytes).unwrap_err());
+    assert!(e.contains("line 3: not UTF-8 text (byte 2)"), "{e}");
+    let e = format!("{:#}", read_examples(Path::new("/dev/zero")).unwrap_err());
+    assert!(e.contains("/dev/zero: line 1: longer than 1.0 MiB"), "{e}");
+    // a FIFO (as `<(zcat hellaswag_val.jsonl.gz)` gives)
+    let fifo = engine_bin::scratch("hellaswag-fifo").join("examples.jsonl");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("no mkfifo: the FIFO case is not checked");
+        return;
+    }
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::write(fifo, format!("{good}\n{good}\n")).unwrap())
+    };
+    assert_eq!(read_examples(&fifo).unwrap().len(), 2);
+    writer.join().unwrap();
 }

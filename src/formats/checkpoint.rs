@@ -15,6 +15,7 @@
 use super::HEADER_BYTES;
 use super::{check_magic_version, new_header, open_with_header, write_file_atomic_with, Header};
 use crate::config::GPT2Config;
+use crate::host_memory::{zeroed, Zeroable};
 use crate::params::num_parameters;
 use crate::precision::Precision;
 use anyhow::{anyhow, bail, Context, Result};
@@ -206,14 +207,16 @@ fn open_checkpoint(path: &Path) -> Result<OpenCheckpoint> {
 
 /// Reads the parameters of an open checkpoint, converting each stored value with `from_f32`
 /// (version 3) or `from_bf16` (version 5).
-fn read_params<T: Copy + Default>(
+fn read_params<T: Zeroable>(
     path: &Path,
     ck: &mut OpenCheckpoint,
     from_f32: impl Fn(f32) -> T,
     from_bf16: impl Fn(bf16) -> T,
 ) -> Result<Vec<T>> {
     let bpp = ck.precision.bytes_per_param();
-    let mut out = vec![T::default(); ck.n]; // (num_parameters)
+    // (an error, not the allocator's abort, where the memory is short)
+    let what = format!("{}: the parameters", path.display());
+    let mut out = zeroed::<T>(ck.n, &what)?; // (num_parameters)
     let mut buf = vec![0u8; CHUNK_PARAMS * bpp];
     for chunk in out.chunks_mut(CHUNK_PARAMS) {
         let bytes = &mut buf[..chunk.len() * bpp];

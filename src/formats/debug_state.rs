@@ -13,10 +13,11 @@
 //! state belongs to.
 
 use super::checkpoint::checked_num_parameters;
-use super::{check_magic_version, get_f32s, new_header, parse_header, put_f32s, put_header};
-use super::{read_file, write_file_atomic, HEADER_BYTES};
+use super::{check_magic_version, get_f32s, new_header, open_with_header, put_f32s, put_header};
+use super::{write_file_atomic, HEADER_BYTES};
 use crate::config::GPT2Config;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::Read;
 use std::path::Path;
 
 /// The debug state magic number (`header[0]`).
@@ -97,8 +98,9 @@ fn check_tokens(
 /// Reads a debug state; `cfg` is the config of the model checkpoint it belongs to.
 pub fn read_debug_state(path: &Path, cfg: &GPT2Config) -> Result<DebugState> {
     let what = "debug state";
-    let bytes = read_file(path)?;
-    let h = parse_header(path, &bytes)?;
+    // the header first: the rest is read only once the file's size is the one it gives (a file
+    // far larger than that, or a device that never ends, is not read into memory)
+    let (mut file, actual, h) = open_with_header(path)?;
     check_magic_version(path, &h, DEBUG_STATE_MAGIC, &[DEBUG_STATE_VERSION])?;
     let n = check_dims(path, what, cfg, h[2] as i64, h[3] as i64)?;
     // Both positive i32 now.
@@ -107,7 +109,7 @@ pub fn read_debug_state(path: &Path, cfg: &GPT2Config) -> Result<DebugState> {
     let bt = b as u128 * t as u128;
     let floats = 2 * bt + bt * v as u128 + 1 + n as u128;
     let expected = HEADER_BYTES as u128 + 4 * floats;
-    let actual = bytes.len() as u128;
+    let actual = actual as u128;
     let describe = || {
         format!(
             "expected {expected} bytes ({HEADER_BYTES}-byte header + x, y ({b}*{t} i32 each) + \
@@ -128,7 +130,8 @@ pub fn read_debug_state(path: &Path, cfg: &GPT2Config) -> Result<DebugState> {
     }
     // The size matched, so every count below fits in memory.
     let bt = b * t;
-    let mut rest = &bytes[HEADER_BYTES..];
+    let body = read_body(path, &mut file, (expected - HEADER_BYTES as u128) as usize)?;
+    let mut rest = &body[..];
     let mut take = |count: usize| {
         let (head, tail) = rest.split_at(4 * count);
         rest = tail;
@@ -169,6 +172,29 @@ pub fn read_debug_state(path: &Path, cfg: &GPT2Config) -> Result<DebugState> {
         loss,
         grads,
     })
+}
+
+/// The `len` bytes after the header of the debug state `path` (`file`, positioned there); an
+/// error naming the file where they cannot be allocated or read.
+fn read_body(path: &Path, file: &mut std::fs::File, len: usize) -> Result<Vec<u8>> {
+    let mut body = Vec::new();
+    body.try_reserve_exact(len).map_err(|_| {
+        anyhow!(
+            "{}: debug state: could not allocate {} to read it",
+            path.display(),
+            crate::host_memory::size_text(len as f64)
+        )
+    })?;
+    file.take(len as u64)
+        .read_to_end(&mut body)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    if body.len() < len {
+        bail!(
+            "{}: debug state: cut short while it was read",
+            path.display()
+        );
+    }
+    Ok(body)
 }
 
 /// Writes a debug state for a model with config `cfg`.

@@ -33,6 +33,7 @@ use super::safetensors::{
 use super::torch_zip::{open_torch_zip, starts_like_zip};
 use super::StagedFiles;
 use crate::config::{pad_vocab, GPT2Config, GPT2_EOT, GPT2_VOCAB_SIZE};
+use crate::host_memory::zeroed;
 use crate::params::{num_parameters, param_sizes};
 use crate::tokenizer::Tokenizer;
 use anyhow::{anyhow, bail, Context, Result};
@@ -349,12 +350,17 @@ fn hf_tensors(cfg: &GPT2Config) -> Vec<HfTensor> {
 /// `x` (rows, cols) transposed: (cols, rows).
 fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut out = vec![0f32; rows * cols]; // (cols, rows)
+    transpose_into(x, rows, cols, &mut out);
+    out
+}
+
+/// Writes `x` (rows, cols) transposed into `out` (cols, rows).
+fn transpose_into(x: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
     for (r, row) in x.chunks_exact(cols).enumerate() {
         for (c, &v) in row.iter().enumerate() {
             out[c * rows + r] = v;
         }
     }
-    out
 }
 
 /// Reads one tensor into `out` (its place in the llm.c layout).
@@ -388,9 +394,10 @@ fn read_tensor(
     if !t.transposed {
         return file.read_f32(&stored_name, out);
     }
-    let mut stored = vec![0f32; out.len()]; // (in, out)
+    let what = format!("{}: {stored_name}", file.path().display());
+    let mut stored = zeroed(out.len(), &what)?; // (in, out)
     file.read_f32(&stored_name, &mut stored)?;
-    out.copy_from_slice(&transpose(&stored, t.shape[0], t.shape[1]));
+    transpose_into(&stored, t.shape[0], t.shape[1], out);
     Ok(())
 }
 
@@ -404,7 +411,9 @@ pub fn read_hf_gpt2(path: &Path) -> Result<Checkpoint> {
         .map(|p| open_weights(p))
         .collect::<Result<Vec<_>>>()?;
     let found = index_tensors(&files)?;
-    let mut params = vec![0f32; num_parameters(&cfg)]; // (num_parameters)
+    // (an error, not the allocator's abort, where the memory is short)
+    let what = format!("{}: the parameters", path.display());
+    let mut params = zeroed(num_parameters(&cfg), &what)?; // (num_parameters)
     let tensors = hf_tensors(&cfg);
     for t in &tensors {
         read_tensor(&mut files, &found, t, &mut params[t.range.clone()])?;
@@ -417,7 +426,7 @@ pub fn read_hf_gpt2(path: &Path) -> Result<Checkpoint> {
             range: 0..v * c,
             transposed: false,
         };
-        let mut head = vec![0f32; v * c]; // (V, C)
+        let mut head = zeroed(v * c, &format!("{}: lm_head.weight", path.display()))?; // (V, C)
         read_tensor(&mut files, &found, &lm_head, &mut head)?;
         if head[..] != params[..v * c] {
             bail!(

@@ -146,6 +146,8 @@ pub fn read_model(path: &Path) -> Result<checkpoint::Checkpoint> {
              --local-dir {dir}`, then give --model {dir}"
         );
     }
+    // (before the Hugging Face formats are told apart by their first bytes)
+    check_not_special(path)?;
     let ck = if hf_gpt2::is_hf_model(path) {
         hf_gpt2::read_hf_gpt2(path)?
     } else {
@@ -220,18 +222,20 @@ pub fn check_magic_version(path: &Path, h: &Header, magic: i32, versions: &[i32]
     Ok(())
 }
 
-/// Reads a whole file, naming it in the error.
+/// Reads a whole file, naming it in the error; a pipe or a device is refused ([`open_with_size`]).
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
-    let mut f =
-        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let (mut f, _) = open_with_size(path)?;
     let mut bytes = Vec::new();
     f.read_to_end(&mut bytes)
         .with_context(|| format!("{}: cannot read", path.display()))?;
     Ok(bytes)
 }
 
-/// Opens `path` for reading, with its size in bytes.
+/// Opens `path` for reading, with its size in bytes. A pipe or a device is an error
+/// ([`check_not_special`]: its size is not what it holds), before it is opened (a FIFO's open
+/// waits for a writer).
 pub fn open_with_size(path: &Path) -> Result<(std::fs::File, u64)> {
+    check_not_special(path)?;
     let p = path.display();
     let file = std::fs::File::open(path).with_context(|| format!("{p}: cannot open"))?;
     let size = file
@@ -239,6 +243,26 @@ pub fn open_with_size(path: &Path) -> Result<(std::fs::File, u64)> {
         .with_context(|| format!("{p}: cannot read the file size"))?
         .len();
     Ok((file, size))
+}
+
+/// Refuses `path` where it is there but is neither a regular file nor a directory: a pipe (as
+/// `<(cat model.bin)` gives) or a device (`/dev/zero`). A model's format is told from its first
+/// bytes before it is read again from the start, which a pipe's bytes, once read, cannot be (the
+/// rest read as a wrong magic number); every reader checks a file's size against its header,
+/// which a pipe or a device does not have; and a device such as `/dev/zero` never ends.
+pub fn check_not_special(path: &Path) -> Result<()> {
+    if is_special_file(path) {
+        bail!(not_a_regular_file(path));
+    }
+    Ok(())
+}
+
+/// What is said of a pipe or a device given where a file is read.
+fn not_a_regular_file(path: &Path) -> String {
+    format!(
+        "{} is not a regular file (a pipe or a device): give the file itself",
+        path.display()
+    )
 }
 
 /// Appends a header to `out`.
@@ -322,6 +346,7 @@ impl StagedFiles {
         fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
     ) -> Result<()> {
         let target = write_target(path)?;
+        let permissions = replaced_permissions(path, &target)?;
         if is_special_file(&target) {
             let write = || -> std::io::Result<()> {
                 let f = std::fs::OpenOptions::new().write(true).open(&target)?;
@@ -334,7 +359,8 @@ impl StagedFiles {
         let mut tmp = target.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        write_new_file(&tmp, fill).with_context(|| format!("{}: cannot write", path.display()))?;
+        write_new_file_with(&tmp, permissions, fill)
+            .with_context(|| format!("{}: cannot write", path.display()))?;
         self.staged.push((tmp, target));
         Ok(())
     }
@@ -366,8 +392,23 @@ pub fn write_new_file(
     path: &Path,
     fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
+    write_new_file_with(path, None, fill)
+}
+
+/// Like [`write_new_file`], with `permissions` (those of the file it is about to replace) set as
+/// soon as the file is created, before anything is written into it: a private file's new
+/// contents are never readable by others, not even while they are being written.
+fn write_new_file_with(
+    path: &Path,
+    permissions: Option<std::fs::Permissions>,
+    fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let write = || -> std::io::Result<()> {
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+        let file = std::fs::File::create(path)?;
+        if let Some(permissions) = permissions {
+            file.set_permissions(permissions)?;
+        }
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
         fill(&mut w)?;
         let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()
@@ -404,6 +445,35 @@ fn write_target(path: &Path) -> Result<PathBuf> {
         }
     }
     bail!("{p}: too many levels of symbolic links")
+}
+
+/// Checks, before any work, that a write to `path` may replace what is there: an error naming the
+/// file where it is a regular file that no one may write (`chmod 444`: a file its owner protected
+/// against being overwritten, which a rename would otherwise replace without a word). A path that
+/// is not there yet, or a device, is fine.
+pub fn check_replaceable(path: &Path) -> Result<()> {
+    replaced_permissions(path, &write_target(path)?).map(|_| ())
+}
+
+/// The permissions of the regular file at `target` (where a write to `path` goes) that a write
+/// replaces, for its new contents (`chmod 600` stays private: a new file would get the umask's,
+/// usually world-readable); None where there is no file. An error where the file is read-only
+/// (see [`check_replaceable`]).
+fn replaced_permissions(path: &Path, target: &Path) -> Result<Option<std::fs::Permissions>> {
+    let Ok(meta) = std::fs::metadata(target) else {
+        return Ok(None);
+    };
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    if meta.permissions().readonly() {
+        bail!(
+            "{} is read-only (no one may write it): it is not replaced; give another name, or \
+             make it writable first (chmod u+w) to replace it",
+            path.display()
+        );
+    }
+    Ok(Some(meta.permissions()))
 }
 
 /// Whether `path` exists and is neither a regular file nor a directory: a device (`/dev/null`), a

@@ -26,6 +26,7 @@
 use super::{check_magic_version, new_header, open_with_header, write_file_atomic_with, Header};
 use super::{put_f32s, HEADER_BYTES};
 use crate::engine::OptimizerArray;
+use crate::host_memory::zeroed;
 use crate::outliers::{OutlierWindow, Outliers, MAX_SKIPPED_IN_A_ROW, WINDOW};
 
 /// Where the outlier windows lie in the header: each window's count word and first value's word,
@@ -326,7 +327,9 @@ impl TrainStateFile {
         mut each: impl FnMut(OptimizerArray, &[f32]) -> Result<()>,
     ) -> Result<()> {
         let path = self.path.display();
-        let mut values = vec![0f32; self.header.num_parameters]; // (num_parameters)
+        // (an error, not the allocator's abort, where the memory is short)
+        let what = format!("{path}: AdamW's state");
+        let mut values = zeroed(self.header.num_parameters, &what)?; // (num_parameters)
         let mut buf = vec![0u8; CHUNK * 4];
         for &which in self.header.arrays() {
             for chunk in values.chunks_mut(CHUNK) {

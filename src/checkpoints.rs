@@ -365,21 +365,50 @@ pub(crate) fn same_dir(a: &Path, b: &Path) -> bool {
 /// writing into one folder at once, or a `--resume` of a run that is still going, would replace
 /// each other's checkpoints without a word (one run's model beside the other's state), move the
 /// live run's log aside, and interleave the log's lines.
+///
+/// The command takes it before it loads the model where the folder exists already (a second run
+/// is refused at once, not after minutes of loading, nor with a GPU out of memory beside the live
+/// run), and the run takes it again when it has made the folder: within one process a folder
+/// locked already is not locked a second time (a second flock from this process would wait on
+/// the first).
 #[derive(Debug)]
-pub(crate) struct OutDirLock {
-    _folder: Option<std::fs::File>,
+pub struct OutDirLock {
+    /// The folder held, while this lock is the one that took it.
+    held: Option<(PathBuf, std::fs::File)>,
+}
+
+/// The folders this process holds locks on (canonical paths).
+static LOCKED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+impl Drop for OutDirLock {
+    fn drop(&mut self) {
+        if let Some((path, _)) = self.held.take() {
+            let mut locked = LOCKED.lock().unwrap_or_else(|e| e.into_inner());
+            locked.retain(|p| p != &path);
+        }
+    }
 }
 
 /// Takes the lock on `out_dir` (which exists), or an error when another process holds it. Where
 /// the file system cannot lock (some network file systems), a note says so and the run goes on
 /// unlocked.
-pub(crate) fn lock_out_dir(out_dir: &Path) -> Result<OutDirLock> {
+pub fn lock_out_dir(out_dir: &Path) -> Result<OutDirLock> {
     let folder = std::fs::File::open(out_dir)
         .with_context(|| format!("{}: cannot open the output folder", out_dir.display()))?;
+    let canonical = out_dir
+        .canonicalize()
+        .with_context(|| format!("{}: cannot open the output folder", out_dir.display()))?;
+    let mut locked = LOCKED.lock().unwrap_or_else(|e| e.into_inner());
+    if locked.contains(&canonical) {
+        return Ok(OutDirLock { held: None });
+    }
     match folder.try_lock() {
-        Ok(()) => Ok(OutDirLock {
-            _folder: Some(folder),
-        }),
+        Ok(()) => {
+            locked.push(canonical.clone());
+            Ok(OutDirLock {
+                held: Some((canonical, folder)),
+            })
+        }
         Err(std::fs::TryLockError::WouldBlock) => bail!(
             "{}: another run is writing into this folder (it holds the folder's lock): wait for \
              it to end, or give this run another --out-dir",
@@ -391,7 +420,7 @@ pub(crate) fn lock_out_dir(out_dir: &Path) -> Result<OutDirLock> {
                  from writing into it at the same time\n",
                 out_dir.display()
             ));
-            Ok(OutDirLock { _folder: None })
+            Ok(OutDirLock { held: None })
         }
     }
 }

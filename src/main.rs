@@ -157,7 +157,8 @@ struct EvalArgs {
     /// Token shards (a glob such as 'dir/val_*.bin'); default: the bundled Shakespeare val shard.
     #[arg(long)]
     data: Option<String>,
-    /// Sequences a forward (with --hellaswag a multiple of 4: an example is 4 sequences).
+    /// B: the sequences of each forward pass (with --hellaswag a multiple of 4: an example is 4
+    /// sequences).
     #[arg(long, default_value_t = 4)]
     batch: usize,
     /// The sequence length (default: the model's maxT, at most 1024; not with --hellaswag, whose
@@ -261,6 +262,13 @@ fn main() -> ExitCode {
 fn run_train(args: &TrainArgs, model_given: bool) -> Result<ExitCode> {
     // (--epochs becomes --steps here: a resumed run is checked against them)
     let args = &args.resolved()?;
+    // a folder where another run is live is refused before the model loads (train() takes the
+    // lock again once it has made the folder; held here until the run ends)
+    let _lock = if args.out_dir.is_dir() {
+        Some(train_gpt2_cuda::checkpoints::lock_out_dir(&args.out_dir)?)
+    } else {
+        None
+    };
     // --resume: the model is the checkpoint written with the training state
     let resume = match &args.resume {
         Some(path) => Some(train_gpt2_cuda::checkpoints::Resume::open(path, args)?),
@@ -331,8 +339,9 @@ fn run_prepro(a: &PreproArgs) -> Result<ExitCode> {
     }
     let s = result?;
     outln!(
-        "{} documents: {} train tokens -> {}, {} val tokens -> {}",
+        "{} document{}: {} train tokens -> {}, {} val tokens -> {}",
         s.documents,
+        if s.documents == 1 { "" } else { "s" },
         s.train_tokens,
         s.train_path.display(),
         s.val_tokens,

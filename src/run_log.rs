@@ -63,8 +63,8 @@ pub struct RunLog {
     out: std::fs::File,
     /// The bytes of whole lines written: where a failed write is cut back to.
     len: u64,
-    /// Whether a record could not be written (noted once).
-    failed: bool,
+    /// The records that could not be written (the first one noted at once).
+    lost: usize,
     /// The steps whose update was skipped among the records copied from the earlier log.
     skipped: Vec<usize>,
     /// The learning rate the earlier log records for the step the run resumes after.
@@ -94,7 +94,7 @@ impl RunLog {
             path,
             out,
             len: text.len() as u64,
-            failed: false,
+            lost: 0,
             skipped: kept.iter().filter_map(|l| skipped_step(l)).collect(),
             resumed_lr: resumed.and_then(|(_, step)| logged_lr(&kept, step)),
         })
@@ -104,6 +104,11 @@ impl RunLog {
     /// (None for a new run, or a log without it).
     pub fn resumed_lr(&self) -> Option<f32> {
         self.resumed_lr
+    }
+
+    /// How many records could not be written (see the file comment).
+    pub fn records_lost(&self) -> usize {
+        self.lost
     }
 
     /// The log's path.
@@ -176,8 +181,8 @@ impl RunLog {
             Err(e) => {
                 // (a part written is cut off, so that every line stays a record)
                 let cut = self.out.set_len(self.len).is_ok();
-                if !self.failed {
-                    self.failed = true;
+                self.lost += 1;
+                if self.lost == 1 {
                     crate::console::write_err(format_args!(
                         "note: {}: cannot write the run's log ({e}): training goes on, and \
                          records that cannot be written are left out{}\n",
@@ -255,5 +260,47 @@ fn before(line: &str, step: usize) -> bool {
         n < step as u64
     } else {
         v.get("loss").is_some() && n <= step as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record that cannot be written (a full disk: /dev/full) is counted, not an error, and the
+    /// records that can be written after it are (the run's `log.jsonl` then lacks only those).
+    #[test]
+    fn records_that_cannot_be_written_are_counted() {
+        let full = std::fs::OpenOptions::new()
+            .append(true)
+            .open("/dev/full")
+            .unwrap();
+        let mut log = RunLog {
+            path: PathBuf::from("/dev/full"),
+            out: full,
+            len: 0,
+            lost: 0,
+            skipped: Vec::new(),
+            resumed_lr: None,
+        };
+        log.validation(0, 10.5, None);
+        log.sample(0, "ROMEO:");
+        assert_eq!(log.records_lost(), 2);
+        assert_eq!(log.len, 0);
+        // the disk has room again: written, and counted as written
+        let dir = std::env::temp_dir().join(format!("run-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log.jsonl");
+        std::fs::write(&path, "").unwrap();
+        log.out = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        log.validation(25, 7.25, None);
+        assert_eq!(log.records_lost(), 2);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"step\": 25, \"val_loss\": 7.25}\n");
+        assert_eq!(log.len, text.len() as u64);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -986,6 +986,8 @@ pub fn train(
         // a shard that turns out bad when it is loaded (a token id out of range, a file changed
         // since the start): its error, and the micro-batches this step had served before it
         let mut bad_data = None;
+        // Ctrl-C or SIGTERM between micro-batches: the signal, and the micro-batches served
+        let mut stopped = None;
         let mut noted = Instant::now();
         for served in 0..micro {
             let batch = match &overfit {
@@ -1002,8 +1004,16 @@ pub fn train(
             let l = engine.forward(x, Some(y), b, t)?.expect("targets given");
             engine.backward(1.0 / micro as f32)?;
             loss += l / micro as f32;
-            // a step of many micro-batches (a large --total-batch on a small machine) shows
-            // that it is under way
+            // a step of many micro-batches may take long (a large --total-batch on a small
+            // machine): a signal stops it here, not at its end, which may come after a
+            // scheduler's SIGKILL
+            if served + 1 < micro {
+                if let Some(signal) = crate::interrupt::requested() {
+                    stopped = Some((signal, served + 1));
+                    break;
+                }
+            }
+            // ... and it shows that it is under way
             if served + 1 < micro && noted.elapsed() >= PROGRESS_EVERY {
                 // (indented: parsers of the log take the lines that start with "step")
                 outln!(
@@ -1014,6 +1024,25 @@ pub fn train(
                 );
                 noted = Instant::now();
             }
+        }
+        if let Some((signal, served)) = stopped {
+            // the weights are still those after step `step`: the part of a gradient is dropped
+            // and the data put back, so the run stops as between steps
+            if step == start {
+                say_stopped_before_training(args, signal, start);
+            } else {
+                if !on_disk.contains(&step) {
+                    let rewind = if overfit.is_some() { 0 } else { served };
+                    let record = (&outliers, summary.best_val);
+                    let path =
+                        save_run_so_far(args, engine, &mut train_loader, record, step, rewind)?;
+                    summary.checkpoint = Some(path);
+                    keep_checkpoints(args, &mut on_disk, step);
+                }
+                say_stopped(args, signal, step, false);
+            }
+            summary.interrupted = Some(signal);
+            return Ok(summary);
         }
         if let Some((e, served)) = bad_data {
             // nothing of this run's earlier steps is lost (a shard may be hours into a corpus)
@@ -1163,6 +1192,13 @@ pub fn train(
             summary.interrupted = Some(signal);
             return Ok(summary);
         }
+    }
+    if log.records_lost() > 0 {
+        crate::errln!(
+            "note: {} lacks {} of this run's records, which could not be written",
+            log.path().display(),
+            log.records_lost()
+        );
     }
     // the whole run's (a resumed one's too), whenever skipping is on
     let skipping = args.skip_thresholds() != (None, None);

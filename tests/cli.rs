@@ -413,8 +413,9 @@ fn a_folder_holds_one_live_run() {
             return false;
         }
         // step 2's checkpoint is on disk
+        // (--warmup 10 with 4 steps would give a note)
         for extra in [
-            "--steps 4",
+            "--steps 4 --warmup 10",
             "--steps 4 --seed 7",
             &format!("--steps 5000 --resume {out}"),
         ] {
@@ -427,8 +428,10 @@ fn a_folder_holds_one_live_run() {
     });
     for (extra, code, stderr) in others.into_inner() {
         assert_eq!(code, Some(1), "{extra}: {stderr}");
+        // (at once: before the model loads, and so before any note)
         assert!(
-            stderr.contains("out: another run is writing into this folder"),
+            stderr.starts_with("error: ")
+                && stderr.contains("out: another run is writing into this folder"),
             "{extra}: {stderr}"
         );
     }
@@ -1212,6 +1215,55 @@ fn stop_and_resume(signal: &str, status: i32, name: &str) {
     assert!(
         first.contains(&format!("{}/{}", last + 1, last + 1)),
         "{stdout}"
+    );
+}
+
+/// A signal between the micro-batches of a long step (a large --grad-accum) stops the run at once,
+/// not at the step's end (which may come after a scheduler's SIGKILL): the part of the gradient is
+/// dropped, the data put back, and the run after the last whole step saved. Resumed, it ends as
+/// a run that was never stopped.
+#[cfg(unix)]
+#[test]
+fn a_signal_within_a_step_of_many_micro_batches_stops_it_there() {
+    let dir = tmp_dir("stop-accum");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    // (150 micro-batches a step: a second or two each)
+    let common = flags(
+        "--device cpu --model d1 --batch 2 --seq 16 --grad-accum 150 --val-every 0 \
+         --sample-tokens 0 --shuffle --seed 4",
+    );
+    let (o, stdout, stderr) =
+        run(bin()
+            .args(&common)
+            .args(["--steps", "2", "--out-dir", &d("unbroken")]));
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    let mut cmd = bin();
+    cmd.args(&common)
+        .args(["--steps", "2", "--out-dir", &d("broken")]);
+    let (code, log, _) = signal_when(&mut cmd, "-TERM", |l| step_number(l) == Some(1));
+    assert_eq!(code.code(), Some(143), "{log}");
+    assert!(!log.contains("step     2/2"), "{log}");
+    let state = d("broken/state_000001.bin");
+    assert!(
+        log.contains(&format!(
+            "interrupted (SIGTERM) after step 1: continue with the same flags and --resume {state}"
+        )),
+        "{log}"
+    );
+    let (o, stdout, stderr) = run(bin().args(&common).args([
+        "--steps",
+        "2",
+        "--out-dir",
+        &d("broken"),
+        "--resume",
+        &state,
+    ]));
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    assert_same_files(
+        &dir.join("broken"),
+        &dir.join("unbroken"),
+        &["model_000002.bin", "state_000002.bin"],
+        "stopped within step 2 and resumed",
     );
 }
 

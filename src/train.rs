@@ -514,13 +514,22 @@ pub fn load_model(model: &str, seed: u64) -> Result<(GPT2Config, Vec<f32>)> {
     Ok((cfg, crate::params::try_init_params(&cfg, seed)?))
 }
 
-/// Makes `--out-dir` where it is not there yet. A file of that name is named as what it is (the
-/// system's "File exists" said nothing of what to do), and so is a symbolic link to nothing.
+/// Makes `--out-dir` where it is not there yet (see [`check_out_dir_name`]).
 fn make_out_dir(dir: &Path) -> Result<()> {
+    check_out_dir_name(dir)?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create the output folder", dir.display()))
+}
+
+/// An error where `--out-dir` (of a run, or of prepro) names a file, or a symbolic link to
+/// nothing, saying so: the system's "File exists" or "Not a directory" said nothing of what to do.
+pub(crate) fn check_out_dir_name(dir: &Path) -> Result<()> {
     let d = dir.display();
     match (std::fs::symlink_metadata(dir), std::fs::metadata(dir)) {
         (_, Ok(m)) if !m.is_dir() => {
-            bail!("--out-dir {d} is a file, not a folder: give a folder's name for the run's files")
+            bail!(
+                "--out-dir {d} is a file, not a folder: give a folder's name for the output files"
+            )
         }
         (Ok(link), Err(_)) if link.file_type().is_symlink() => {
             let to = std::fs::read_link(dir).unwrap_or_default();
@@ -530,8 +539,7 @@ fn make_out_dir(dir: &Path) -> Result<()> {
                 to.display()
             )
         }
-        _ => std::fs::create_dir_all(dir)
-            .with_context(|| format!("{d}: cannot create the output folder")),
+        _ => Ok(()),
     }
 }
 

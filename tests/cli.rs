@@ -1847,7 +1847,8 @@ fn parameters_that_cannot_be_allocated_are_an_error() {
 }
 
 /// An `--out-dir` that is a file, or a symbolic link to nothing, is named as what it is (it was
-/// "cannot create the output folder: File exists").
+/// "cannot create the output folder: File exists"), for a run and for prepro (which said "cannot
+/// list the directory: Not a directory").
 #[test]
 fn an_out_dir_that_is_a_file_is_named_as_one() {
     let dir = tmp_dir("out-dir-file");
@@ -1870,6 +1871,9 @@ fn an_out_dir_that_is_a_file_is_named_as_one() {
     ] {
         let args = [&flags(train)[..], &["--out-dir", &out_dir]].concat();
         expect_error(&args, &[&want]);
+        let text = d("play.txt");
+        write(Path::new(&text), b"To be, or not to be.");
+        expect_error(&["prepro", &text, "--out-dir", &out_dir], &[&want]);
     }
     assert_eq!(std::fs::read(dir.join("afile")).unwrap(), b"kept");
 }

@@ -249,6 +249,7 @@ fn input_sizes(inputs: &[PathBuf]) -> Result<Vec<u64>> {
 /// named so would be gone), and each such file already there is a token shard (an earlier
 /// prepro's), not a directory or another file.
 fn check_out_dir(inputs: &[PathBuf], out_dir: &Path) -> Result<()> {
+    crate::train::check_out_dir_name(out_dir)?;
     let Ok(out) = std::fs::canonicalize(out_dir) else {
         return Ok(()); // (not there yet: created empty)
     };

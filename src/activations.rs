@@ -167,6 +167,82 @@ pub fn checked_act_sizes(
     Some(sizes)
 }
 
+impl Acts<usize> {
+    /// The sizes of a model for forwards only (`eval`, `sample`), from the sizes that training
+    /// keeps: one layer's tensors, each layer overwriting the last's ([`layer_slot`]), and two
+    /// layers' `residual3`, a layer's input and its output in turn ([`residual_slot`]). Nothing
+    /// reads a layer's tensors after the next layer has run when there is no backward pass.
+    pub fn forwards_only(self, num_layers: usize) -> Acts<usize> {
+        let l = num_layers;
+        let one = |x: usize| x / l;
+        Acts {
+            ln1: one(self.ln1),
+            ln1_mean: one(self.ln1_mean),
+            ln1_rstd: one(self.ln1_rstd),
+            qkv: one(self.qkv),
+            atty: one(self.atty),
+            preatt: one(self.preatt),
+            att: one(self.att),
+            attproj: one(self.attproj),
+            residual2: one(self.residual2),
+            ln2: one(self.ln2),
+            ln2_mean: one(self.ln2_mean),
+            ln2_rstd: one(self.ln2_rstd),
+            fch: one(self.fch),
+            fch_gelu: one(self.fch_gelu),
+            fcproj: one(self.fcproj),
+            residual3: one(self.residual3) * l.min(2),
+            ..self
+        }
+    }
+}
+
+/// Where layer l's tensors lie in the per-layer activations, in layers from their start: l
+/// itself, or for a model for forwards only 0, each layer overwriting the last's (see
+/// [`Acts::forwards_only`]).
+pub fn layer_slot(l: usize, forwards_only: bool) -> usize {
+    if forwards_only {
+        0
+    } else {
+        l
+    }
+}
+
+/// Where layer l's output, `residual3`, lies in its tensor, in layers: l, or for a model for
+/// forwards only l % 2, so that a layer reads its input from one slot and writes its output to
+/// the other (see [`Acts::forwards_only`]).
+pub fn residual_slot(l: usize, forwards_only: bool) -> usize {
+    if forwards_only {
+        l % 2
+    } else {
+        l
+    }
+}
+
+/// Layer l's input (`encoded` for layer 0, else layer l-1's output) and its output, each
+/// (B, T, C), from the `residual3` tensor of the training layout or of the forwards-only one
+/// ([`residual_slot`]); `btc` is B*T*C.
+pub fn layer_io<'a, T>(
+    encoded: &'a [T],
+    residual3: &'a mut [T],
+    l: usize,
+    btc: usize,
+    forwards_only: bool,
+) -> (&'a [T], &'a mut [T]) {
+    let out = residual_slot(l, forwards_only);
+    if l == 0 {
+        return (encoded, &mut residual3[out * btc..(out + 1) * btc]);
+    }
+    let input = residual_slot(l - 1, forwards_only);
+    if input < out {
+        let (below, this) = residual3.split_at_mut(out * btc);
+        (&below[input * btc..(input + 1) * btc], &mut this[..btc])
+    } else {
+        let (below, this) = residual3.split_at_mut(input * btc);
+        (&this[..btc], &mut below[out * btc..(out + 1) * btc])
+    }
+}
+
 /// The total number of activation elements for a batch of B x T.
 pub fn num_activations(cfg: &GPT2Config, b: usize, t: usize) -> usize {
     num_activations_for(cfg, b, t, true)
@@ -224,6 +300,30 @@ pub struct LayerActs<S> {
     pub fch: S,       // (B, T, 4*C)
     pub fch_gelu: S,  // (B, T, 4*C)
     pub fcproj: S,    // (B, T, C)
+}
+
+impl<T> LayerActs<&mut [T]> {
+    /// The same tensors, borrowed again: a model for forwards only runs every layer in one
+    /// layer's tensors.
+    pub fn reborrow(&mut self) -> LayerActs<&mut [T]> {
+        LayerActs {
+            ln1: &mut *self.ln1,
+            ln1_mean: &mut *self.ln1_mean,
+            ln1_rstd: &mut *self.ln1_rstd,
+            qkv: &mut *self.qkv,
+            atty: &mut *self.atty,
+            preatt: &mut *self.preatt,
+            att: &mut *self.att,
+            attproj: &mut *self.attproj,
+            residual2: &mut *self.residual2,
+            ln2: &mut *self.ln2,
+            ln2_mean: &mut *self.ln2_mean,
+            ln2_rstd: &mut *self.ln2_rstd,
+            fch: &mut *self.fch,
+            fch_gelu: &mut *self.fch_gelu,
+            fcproj: &mut *self.fcproj,
+        }
+    }
 }
 
 /// The per-layer tensors of an [`Acts`], by layer.
@@ -415,6 +515,47 @@ mod tests {
         assert!(checked_act_sizes(&cfg, usize::MAX / 2, 1024, false).is_none());
         // B*T fits; the per-layer tensors times L do not
         assert!(checked_act_sizes(&cfg, 1 << 40, 1024, true).is_none());
+    }
+
+    #[test]
+    fn forwards_keep_one_layer_and_take_turns_in_two_residual_slots() {
+        let cfg = GPT2Config::new(16, 10, 128, 3, 2, 8).unwrap();
+        let (b, t) = (2, 3);
+        let all = act_sizes(&cfg, b, t);
+        let fo = all.forwards_only(3);
+        assert_eq!(
+            (fo.qkv, fo.att, fo.ln2_rstd),
+            (b * t * 24, b * 2 * t * t, b * t)
+        );
+        assert_eq!(fo.residual3, 2 * b * t * 8);
+        assert_eq!(
+            (fo.encoded, fo.logits, fo.probs),
+            (all.encoded, all.logits, all.probs)
+        );
+        // one layer: as training's
+        let cfg1 = GPT2Config::new(16, 10, 128, 1, 2, 8).unwrap();
+        assert_eq!(
+            act_sizes(&cfg1, b, t).forwards_only(1),
+            act_sizes(&cfg1, b, t)
+        );
+        // each layer reads where the last wrote: in training layer l-1's slot and l's; for
+        // forwards only the two slots in turn (btc = 2 here)
+        let encoded = [-1, -2];
+        for (fo, slots) in [(false, [0, 1, 2, 3]), (true, [0, 1, 0, 1])] {
+            let mut residual3: Vec<i32> = (0..8).collect();
+            for (l, &out) in slots.iter().enumerate() {
+                let (input, output) = layer_io(&encoded, &mut residual3[..], l, 2, fo);
+                let want_in = if l == 0 {
+                    vec![-1, -2]
+                } else {
+                    vec![100 + l as i32 - 1; 2]
+                };
+                assert_eq!(input, &want_in[..], "layer {l}, forwards only {fo}");
+                assert_eq!(output.len(), 2);
+                output.fill(100 + l as i32);
+                assert_eq!(residual3[2 * out..2 * out + 2], [100 + l as i32; 2]);
+            }
+        }
     }
 
     #[test]

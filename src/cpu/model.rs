@@ -11,7 +11,8 @@ use super::gelu::{gelu_backward, gelu_forward};
 use super::layernorm::{layernorm_backward, layernorm_forward};
 use super::matmul::{matmul_backward, matmul_forward};
 use super::residual::{residual_backward, residual_forward};
-use crate::activations::{self, checked_act_sizes, num_activations, LayerActs};
+use crate::activations::{self, act_sizes, checked_act_sizes, layer_io, residual_slot};
+use crate::activations::{num_activations, split_sizes_mut, Acts, LayerActs};
 use crate::config::GPT2Config;
 use crate::engine::{check_optimizer_array, OptimizerArray};
 use crate::host_memory::{self, host_memory, size_text, HostMemory};
@@ -54,7 +55,7 @@ pub struct Gpt2Cpu {
     pub grads: Vec<f32>,  // (num_parameters)
     m: Vec<f32>,          // (num_parameters) AdamW first moment
     v: Vec<f32>,          // (num_parameters) AdamW second moment
-    acts: Vec<f32>,       // (num_activations(max_b, max_t))
+    acts: Vec<f32>,       // (num_activations(max_b, max_t)), or for forwards only see `sizes`
     grad_acts: Vec<f32>,  // (num_activations(max_b, max_t))
     inputs: Vec<u32>,     // (B, T) of the last forward
     targets: Vec<u32>,    // (B, T) of the last forward
@@ -66,6 +67,9 @@ pub struct Gpt2Cpu {
     storage: Storage,
     /// (num_parameters) the fp32 master weights when emulating bf16 storage, else empty.
     master: Vec<f32>,
+    /// Made for forwards only and not yet asked to train: the activations then hold one
+    /// layer's tensors (see [`Acts::forwards_only`]).
+    forwards_only: bool,
 }
 
 impl Gpt2Cpu {
@@ -76,10 +80,11 @@ impl Gpt2Cpu {
         Self::with_arenas(config, params, (max_b, max_t), true)
     }
 
-    /// A model for forwards only (`eval`, `sample`): the arenas that training needs beyond a
-    /// forward (the gradients, AdamW's moments, the activation gradients: more than half of
-    /// training's footprint) are allocated by [`prepare_training`](Self::prepare_training),
-    /// which the [`Engine`](crate::engine::Engine) calls that train call first.
+    /// A model for forwards only (`eval`, `sample`): its activations hold one layer's tensors
+    /// (see [`Acts::forwards_only`]), and the arenas that training needs beyond a forward (the
+    /// gradients, AdamW's moments, the activation gradients: more than half of training's
+    /// footprint) are left out; [`prepare_training`](Self::prepare_training), which the
+    /// [`Engine`](crate::engine::Engine) calls that train call first, allocates training's.
     pub fn for_inference(
         config: GPT2Config,
         params: Vec<f32>,
@@ -98,8 +103,11 @@ impl Gpt2Cpu {
         check_new(&config, &params, max_b, max_t)?;
         // (each size and their total fit in a usize: num_activations below cannot overflow)
         check_address_space(&config, max_b, max_t)?;
-        let na = num_activations(&config, max_b, max_t);
         let footprint = Footprint::of(&config, (max_b, max_t));
+        let na = layout(&config, max_b, max_t, !training)
+            .into_array()
+            .iter()
+            .sum();
         let allocating = if training {
             Allocating::Training
         } else {
@@ -123,6 +131,7 @@ impl Gpt2Cpu {
             with_targets: false,
             storage: Storage::Fp32,
             master: Vec::new(),
+            forwards_only: !training,
         };
         if training {
             model.allocate_training()?;
@@ -132,14 +141,33 @@ impl Gpt2Cpu {
 
     /// Allocates what training needs beyond a forward, where a model made
     /// [`for_inference`](Self::for_inference) has not yet: an error when it does not fit in what
-    /// the host has left. A model from [`new`](Self::new) has it all.
+    /// the host has left. A model from [`new`](Self::new) has it all. The activations grow to
+    /// every layer's, and the last forward, if any, runs again to fill them: its backward can
+    /// follow.
     pub fn prepare_training(&mut self) -> Result<()> {
-        if !self.grads.is_empty() {
+        if !self.forwards_only {
             return Ok(());
         }
         let footprint = Footprint::of(&self.config, (self.max_b, self.max_t));
         check_host_memory(&footprint, Allocating::TrainingAfterForward, host_memory())?;
-        self.allocate_training()
+        let na = num_activations(&self.config, self.max_b, self.max_t);
+        self.acts = Vec::new();
+        self.acts = host_memory::zeroed(na, "the activations")?;
+        self.forwards_only = false;
+        self.allocate_training()?;
+        let (b, t) = (self.b, self.t);
+        if b > 0 {
+            let inputs = self.inputs[..b * t].to_vec();
+            let targets = self.with_targets.then(|| self.targets[..b * t].to_vec());
+            self.forward(&inputs, targets.as_deref(), b, t)?;
+        }
+        Ok(())
+    }
+
+    /// The activations' layout at B x T (see [`layout`]).
+    fn split_acts(&mut self, b: usize, t: usize) -> Acts<&mut [f32]> {
+        let sizes = layout(&self.config, b, t, self.forwards_only);
+        split_sizes_mut(sizes, &mut self.acts)
     }
 
     /// An error for AdamW's moments of a model made for inference before [`prepare_training`].
@@ -207,29 +235,31 @@ impl Gpt2Cpu {
             cfg.padded_vocab_size,
         );
         let p = params::split(&cfg, &self.params);
-        let a = activations::split_mut(&cfg, b, t, &mut self.acts);
+        let a = split_sizes_mut(layout(&cfg, b, t, self.forwards_only), &mut self.acts);
         let btc = b * t * c;
 
         let s = self.storage;
         encoder_forward(a.encoded, inputs, p.wte, p.wpe, b, t, c);
         s.round(a.encoded);
-        let (layers, a) = a.by_layer(l_count);
-        for (l, la) in layers.enumerate() {
+        // every layer's tensors, or for forwards only one layer's, which each layer overwrites
+        let fo = self.forwards_only;
+        let (mut layers, a) = a.by_layer(if fo { 1 } else { l_count });
+        let mut only = if fo { layers.next() } else { None };
+        for l in 0..l_count {
+            let la = match &mut only {
+                Some(one) => one.reborrow(),
+                None => layers.next().expect("one slice per layer"),
+            };
             let w = p.block(l, l_count);
             // this layer's input (the encoding or the previous layer's output) and its output
-            let (below, this) = a.residual3.split_at_mut(l * btc);
-            let residual: &[f32] = if l == 0 {
-                &*a.encoded
-            } else {
-                &below[(l - 1) * btc..]
-            };
-            let residual3 = &mut this[..btc];
+            let (residual, residual3) = layer_io(&*a.encoded, &mut *a.residual3, l, btc, fo);
             let attend = |atty: &mut [f32], preatt: &mut [f32], att: &mut [f32], qkv: &[f32]| {
                 attention_forward(atty, preatt, att, qkv, b, t, c, nh)
             };
             layer_forward(la, &w, residual, residual3, b, t, c, s, attend);
         }
-        let last = &a.residual3[(l_count - 1) * btc..];
+        let last_slot = residual_slot(l_count - 1, fo);
+        let last = &a.residual3[last_slot * btc..(last_slot + 1) * btc];
         layernorm_forward(a.lnf, a.lnf_mean, a.lnf_rstd, last, p.lnfw, p.lnfb, b, t, c);
         s.round(a.lnf);
         matmul_forward(a.logits, a.lnf, p.wte, None, b, t, c, vp);
@@ -249,8 +279,7 @@ impl Gpt2Cpu {
     /// The logits (B, T, Vp) of the last forward.
     pub fn logits(&mut self) -> &[f32] {
         let (b, t) = (self.b, self.t);
-        let a = activations::split_mut(&self.config, b, t, &mut self.acts);
-        a.logits
+        self.split_acts(b, t).logits
     }
 
     /// The losses (B, T) of the last forward (each position's cross-entropy of its target); an
@@ -260,15 +289,13 @@ impl Gpt2Cpu {
             bail!("the last forward had no targets, so it computed no losses");
         }
         let (b, t) = (self.b, self.t);
-        let a = activations::split_mut(&self.config, b, t, &mut self.acts);
-        Ok(a.losses)
+        Ok(self.split_acts(b, t).losses)
     }
 
     /// The probabilities (B, T, Vp) of the last forward (zero in the padded columns).
     pub fn probs(&mut self) -> &[f32] {
         let (b, t) = (self.b, self.t);
-        let a = activations::split_mut(&self.config, b, t, &mut self.acts);
-        a.probs
+        self.split_acts(b, t).probs
     }
 
     /// Sets every parameter gradient to zero (before the first micro-batch of a step).
@@ -506,6 +533,17 @@ pub fn check_new(cfg: &GPT2Config, params: &[f32], max_b: usize, max_t: usize) -
     check_batch(cfg, max_b, max_t)
 }
 
+/// The CPU engine's activation layout at B x T: every layer's tensors, or for a model for
+/// forwards only one layer's ([`Acts::forwards_only`]). The CPU keeps `probs`.
+fn layout(cfg: &GPT2Config, b: usize, t: usize, forwards_only: bool) -> Acts<usize> {
+    let sizes = act_sizes(cfg, b, t);
+    if forwards_only {
+        sizes.forwards_only(cfg.num_layers)
+    } else {
+        sizes
+    }
+}
+
 /// What the CPU engine holds at its largest batch, in bytes (all fp32).
 #[derive(Clone, Copy, Debug)]
 pub struct Footprint {
@@ -515,6 +553,8 @@ pub struct Footprint {
     params: f64,
     /// The activations.
     acts: f64,
+    /// The activations of a model for forwards only (one layer's: see [`layout`]).
+    forward_acts: f64,
     /// The inputs and targets.
     tokens: f64,
     /// The parameter gradients and AdamW's two moments.
@@ -527,10 +567,12 @@ impl Footprint {
     /// The footprint of `cfg` at B x T (whose activation count must fit in a usize).
     pub fn of(cfg: &GPT2Config, (b, t): (usize, usize)) -> Footprint {
         let (n, na) = (num_parameters(cfg), num_activations(cfg, b, t));
+        let na_forward: usize = layout(cfg, b, t, true).into_array().iter().sum();
         Footprint {
             model: (cfg.num_layers, cfg.channels, n, b, t),
             params: 4.0 * n as f64,
             acts: 4.0 * na as f64,
+            forward_acts: 4.0 * na_forward as f64,
             tokens: 8.0 * b as f64 * t as f64,
             optimizer: 12.0 * n as f64,
             grad_acts: 4.0 * na as f64,
@@ -596,27 +638,29 @@ pub fn check_host_memory(
             Some(f.optimizer),
         ),
         Allocating::Forward => (
-            f.acts + f.tokens,
+            f.forward_acts + f.tokens,
             format!(
-                "needs {} for its forwards (parameters {}, activations {})",
-                size_text(f.params + f.acts + f.tokens),
+                "needs {} for its forwards (parameters {}, one layer's activations {})",
+                size_text(f.params + f.forward_acts + f.tokens),
                 size_text(f.params),
-                size_text(f.acts),
+                size_text(f.forward_acts),
             ),
             String::new(),
             None,
         ),
+        // (the forwards' activations are freed for every layer's)
         Allocating::TrainingAfterForward => (
-            f.optimizer + f.grad_acts,
+            f.optimizer + f.acts - f.forward_acts + f.grad_acts,
             format!(
-                "needs {} more to train (gradients and AdamW state {}, activation gradients {})",
-                size_text(f.optimizer + f.grad_acts),
+                "needs {} more to train (gradients and AdamW state {}, every layer's \
+                 activations and their gradients {})",
+                size_text(f.optimizer + f.acts - f.forward_acts + f.grad_acts),
                 size_text(f.optimizer),
-                size_text(f.grad_acts),
+                size_text(f.acts - f.forward_acts + f.grad_acts),
             ),
             format!(
                 " (the model holds {} of it already)",
-                size_text(f.params + f.acts + f.tokens)
+                size_text(f.params + f.forward_acts + f.tokens)
             ),
             Some(f.optimizer),
         ),
@@ -779,27 +823,40 @@ mod tests {
 
     #[test]
     fn a_model_for_inference_allocates_training_when_it_is_asked_to_train() {
-        let cfg = GPT2Config::from_descriptor("d1").unwrap();
+        // L = 3, NH = 2, C = 8, V = 10, Vp = 16: three layers share one layer's tensors
+        let cfg = GPT2Config::new(16, 10, 16, 3, 2, 8).unwrap();
         let params = params::init_params(&cfg, 3);
         let (b, t) = (2usize, 5usize);
-        let tokens: Vec<u32> = (0..(b * t) as u32).map(|i| i * 7 + 1).collect();
-        let targets: Vec<u32> = (0..(b * t) as u32).map(|i| i * 5 + 2).collect();
+        let tokens: Vec<u32> = (0..(b * t) as u32).map(|i| (i * 7 + 1) % 10).collect();
+        let targets: Vec<u32> = (0..(b * t) as u32).map(|i| (i * 5 + 2) % 10).collect();
         let mut full = Gpt2Cpu::new(cfg, params.clone(), b, t).unwrap();
         let mut lazy = Gpt2Cpu::for_inference(cfg, params, b, t).unwrap();
         assert!(lazy.grads.is_empty() && lazy.m.is_empty() && lazy.grad_acts.is_empty());
+        // one layer's tensors, two layers' residual3, of the 3 that training keeps: per layer
+        // B*T*(18C + 4) + 2*B*NH*T*T = 10*148 + 200 = 1680, and B*T*C = 80 in residual3
+        assert_eq!(full.acts.len() - lazy.acts.len(), 2 * 1680 - 80);
         let e = lazy.optimizer_array(OptimizerArray::M).unwrap_err();
         assert!(e.to_string().contains("no AdamW moments"), "{e}");
-        // a forward needs none of it
-        let want = full.forward(&tokens, Some(&targets), b, t).unwrap();
-        let got = Gpt2Cpu::forward(&mut lazy, &tokens, Some(&targets), b, t).unwrap();
-        assert_eq!(got, want);
+        // a forward needs none of it, and gives the same logits, probabilities and losses at
+        // the largest batch and at a smaller one (whose layout is another)
+        for (b, t) in [(1, 3), (b, t)] {
+            let (tokens, targets) = (&tokens[..b * t], &targets[..b * t]);
+            let want = full.forward(tokens, Some(targets), b, t).unwrap();
+            let got = Gpt2Cpu::forward(&mut lazy, tokens, Some(targets), b, t).unwrap();
+            assert_eq!(got, want);
+            assert_eq!(lazy.logits(), full.logits());
+            assert_eq!(lazy.probs(), full.probs());
+            assert_eq!(lazy.losses().unwrap(), full.losses().unwrap());
+        }
         assert!(lazy.grads.is_empty());
-        // the Engine's training calls allocate it: the same gradients and update
+        // the Engine's training calls allocate it, every layer's activations too, and run the
+        // last forward again to fill them: the same gradients and update
         full.zero_grad();
         full.backward(1.0);
         Engine::zero_grad(&mut lazy).unwrap();
         Engine::backward(&mut lazy, 1.0).unwrap();
         assert_eq!(lazy.grads.len(), num_parameters(&cfg));
+        assert_eq!(lazy.acts.len(), full.acts.len());
         assert_eq!(lazy.grad_acts.len(), lazy.acts.len());
         assert_eq!(lazy.grads, full.grads);
         assert_eq!(Engine::grad_norm(&mut lazy).unwrap(), full.grad_norm());

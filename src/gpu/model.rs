@@ -39,7 +39,7 @@ use super::launch::{buckets_len, token_buckets, FlashQueries};
 use super::nvtx;
 use super::profile::{GpuProfiler, METHOD};
 use super::Gpu;
-use crate::activations::{checked_act_sizes, Acts};
+use crate::activations::{checked_act_sizes, layer_slot, residual_slot, Acts};
 use crate::config::GPT2Config;
 use crate::cpu::adamw::{update_ranges, AdamW};
 use crate::cpu::model::{check_forward, check_new};
@@ -280,7 +280,7 @@ impl ModelFloat for bf16 {
 /// sequences: (min(B, chunk_b), T, Vp) (see [`Gpt2Gpu::new_with_options`]), and with
 /// [`Recompute::Gelu`] `fch_gelu` holds one layer's, (B, T, 4*C). A model for forwards only
 /// keeps one layer's tensors, each layer overwriting the last's, and two layers' residual3, the
-/// layer's input and its output, in turn (see [`residual_slot`]). None on overflow.
+/// layer's input and its output, in turn (see [`Acts::forwards_only`]). None on overflow.
 fn arena_sizes(
     cfg: &GPT2Config,
     b: usize,
@@ -294,27 +294,7 @@ fn arena_sizes(
     stored.logits = b.min(chunk_b) * t * cfg.padded_vocab_size;
     let l = cfg.num_layers;
     if forwards_only {
-        let s = &mut stored;
-        for per_layer in [
-            &mut s.ln1,
-            &mut s.ln1_mean,
-            &mut s.ln1_rstd,
-            &mut s.qkv,
-            &mut s.atty,
-            &mut s.preatt,
-            &mut s.att,
-            &mut s.attproj,
-            &mut s.residual2,
-            &mut s.ln2,
-            &mut s.ln2_mean,
-            &mut s.ln2_rstd,
-            &mut s.fch,
-            &mut s.fch_gelu,
-            &mut s.fcproj,
-        ] {
-            *per_layer /= l;
-        }
-        s.residual3 = s.residual3 / l * l.min(2);
+        stored = stored.forwards_only(l);
     } else if recompute == Recompute::Gelu {
         stored.fch_gelu /= l;
     }
@@ -331,27 +311,6 @@ fn arena_sizes(
     }
     move_to_stats!(ln1_mean, ln1_rstd, ln2_mean, ln2_rstd, lnf_mean, lnf_rstd, losses);
     Some((stored, stats))
-}
-
-/// Where layer l's tensors lie in the arenas, in layers from the start of each: l itself, or for
-/// a model for forwards only 0, each layer overwriting the last's (see [`arena_sizes`]).
-fn layer_slot(l: usize, forwards_only: bool) -> usize {
-    if forwards_only {
-        0
-    } else {
-        l
-    }
-}
-
-/// Where layer l's output, residual3, lies in its arena, in layers: l, or for a model for
-/// forwards only l % 2, so that a layer reads its input from one slot and writes its output to
-/// the other (see [`arena_sizes`]).
-fn residual_slot(l: usize, forwards_only: bool) -> usize {
-    if forwards_only {
-        l % 2
-    } else {
-        l
-    }
 }
 
 /// The classifier's chunks of a batch of B sequences, at most `chunk_b` each: (first sequence,

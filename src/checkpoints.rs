@@ -7,9 +7,8 @@
 use crate::data::DataLoader;
 use crate::engine::Engine;
 use crate::formats::checkpoint::{write_checkpoint, CheckpointPrecision};
-use crate::formats::train_state::{
-    write_train_state, BestVal, DataPosition, TrainState, TrainStateFile,
-};
+use crate::formats::train_state::{weights_fingerprint, write_train_state, BestVal};
+use crate::formats::train_state::{DataPosition, OptimizerSettings, TrainState, TrainStateFile};
 use crate::outliers::Outliers;
 use crate::outln;
 use crate::train::TrainArgs;
@@ -91,7 +90,29 @@ impl Resume {
                 model_path.display()
             );
         }
+        optimizer_notes(&state_path, state.header.optimizer, args);
         Ok(Resume { state, model_path })
+    }
+
+    /// Checks that `params`, read from [`model_path`](Self::model_path), are the weights written
+    /// with the state (where it recorded their fingerprint): another model in that file's place
+    /// (copied over it, converted) would not continue the run the state's moments belong to.
+    pub fn check_weights(&self, params: &[f32]) -> Result<()> {
+        let Some(want) = self.state.header.model_fingerprint else {
+            return Ok(());
+        };
+        if weights_fingerprint(params) != want {
+            bail!(
+                "{}: these are not the weights written with {} (their fingerprint differs): the \
+                 file was replaced or changed since; resume from a state whose model is as it \
+                 was written, or train from this model as a new run (--model {} without \
+                 --resume)",
+                self.model_path.display(),
+                self.state.path.display(),
+                self.model_path.display()
+            );
+        }
+        Ok(())
     }
 
     /// With `--resume`, `--model` may be given too (the flags of the run, as the Ctrl-C line
@@ -151,6 +172,50 @@ impl Resume {
     }
 }
 
+/// The folder of the run `--resume` names (a folder, or a state file in one): where a resumed
+/// run goes on when no `--out-dir` is given.
+pub fn folder_of_resumed(resume: &Path) -> PathBuf {
+    if resume.is_dir() {
+        return resume.to_path_buf();
+    }
+    match resume.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Notes each optimizer setting (`--beta1`, `--beta2`, `--eps`, `--weight-decay`,
+/// `--grad-clip`) that `args` give another value than the run resumed from `path` took its steps
+/// with (`recorded`; None: a state from before they were recorded, which cannot say). A run may
+/// change them on purpose (a tighter clip after a spike), but then it no longer continues the
+/// same run exactly, and the note says so.
+fn optimizer_notes(path: &Path, recorded: Option<OptimizerSettings>, args: &TrainArgs) {
+    let Some(before) = recorded else {
+        return;
+    };
+    let now = args.optimizer_settings();
+    for ((flag, was), (_, is)) in before.named().into_iter().zip(now.named()) {
+        if was.to_bits() != is.to_bits() {
+            crate::errln!(
+                "note: the run resumed from {} took its steps with {flag} {}, these flags give {}: \
+                 the steps from here use the new value",
+                path.display(),
+                flag_value(was),
+                flag_value(is)
+            );
+        }
+    }
+}
+
+/// `x` as a flag would give it: 1e-8, not 0.00000001.
+fn flag_value(x: f32) -> String {
+    if x != 0.0 && !(1e-3..1e6).contains(&x.abs()) {
+        format!("{x:e}")
+    } else {
+        x.to_string()
+    }
+}
+
 /// Checks that a run resumed from the state at `path` (`step` steps done, `served` batches of
 /// its training data served) takes the micro-batches a step it took: `--grad-accum` (or
 /// `--total-batch`) and `--overfit-batch`, which the state does not record but its counts show. A
@@ -199,7 +264,7 @@ pub(crate) fn save_checkpoint(
 ) -> Result<PathBuf> {
     let cfg = *engine.config();
     let path = args.out_dir.join(checkpoint_name("model", step));
-    write_model(engine, &path)?;
+    let fingerprint = write_model(engine, &path)?;
     outln!("wrote {}", path.display());
     // after the model: a state is only ever found beside its model (see latest_state)
     if !args.no_state {
@@ -217,6 +282,8 @@ pub(crate) fn save_checkpoint(
             master_weights: engine.has_master_weights(),
             outliers: outliers.clone(),
             best_val,
+            optimizer: Some(args.optimizer_settings()),
+            model_fingerprint: Some(fingerprint),
         };
         let state_path = args.out_dir.join(checkpoint_name("state", step));
         write_train_state(&state_path, &state, |which| engine.optimizer_array(which))?;
@@ -226,11 +293,14 @@ pub(crate) fn save_checkpoint(
 }
 
 /// Writes the engine's model to `path` as an llm.c checkpoint of the weights it computes with:
-/// version 3 (fp32) from an fp32 engine, version 5 (bf16, exact) from a bf16 one.
-fn write_model(engine: &mut dyn Engine, path: &Path) -> Result<()> {
+/// version 3 (fp32) from an fp32 engine, version 5 (bf16, exact) from a bf16 one. Returns the
+/// weights' [`weights_fingerprint`] (of the values the file gives back: bf16 ones are exact).
+fn write_model(engine: &mut dyn Engine, path: &Path) -> Result<u64> {
     let cfg = *engine.config();
     let precision = CheckpointPrecision::from(engine.precision());
-    write_checkpoint(path, &cfg, &engine.params()?, precision)
+    let params = engine.params()?;
+    write_checkpoint(path, &cfg, &params, precision)?;
+    Ok(weights_fingerprint(&params))
 }
 
 /// `--keep-best`: after a validation of loss `val` at `step` steps done, writes the model as

@@ -238,9 +238,10 @@ fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // (--model's default is no model to check a resumed run's against)
-    let model_given = matches.value_source("model") == Some(clap::parser::ValueSource::CommandLine);
+    let given = |flag| matches.value_source(flag) == Some(clap::parser::ValueSource::CommandLine);
+    let (model_given, out_dir_given) = (given("model"), given("out_dir"));
     let result = match cli.command {
-        None => run_train(&cli.train, model_given),
+        None => run_train(&cli.train, model_given, out_dir_given),
         Some(Command::Prepro(a)) => run_prepro(&a),
         Some(Command::Sample(a)) => run_sample(&a),
         Some(Command::Eval(a)) => run_eval(&a),
@@ -258,8 +259,13 @@ fn main() -> ExitCode {
 }
 
 /// Trains; `model_given`: whether the command line gave --model (with --resume, it must be the
-/// resumed run's).
-fn run_train(args: &TrainArgs, model_given: bool) -> Result<ExitCode> {
+/// resumed run's); `out_dir_given`: whether it gave --out-dir (else a resumed run goes on in
+/// its own folder).
+fn run_train(args: &TrainArgs, model_given: bool, out_dir_given: bool) -> Result<ExitCode> {
+    let mut args = args.clone();
+    if let (Some(resume), false) = (&args.resume, out_dir_given) {
+        args.out_dir = train_gpt2_cuda::checkpoints::folder_of_resumed(resume);
+    }
     // (--epochs becomes --steps here: a resumed run is checked against them)
     let args = &args.resolved()?;
     // a folder where another run is live is refused before the model loads (train() takes the
@@ -278,6 +284,7 @@ fn run_train(args: &TrainArgs, model_given: bool) -> Result<ExitCode> {
         Some(r) => {
             let ck = checkpoint::read_checkpoint(&r.model_path)?;
             train_gpt2_cuda::formats::check_finite(&r.model_path, &ck)?;
+            r.check_weights(&ck.params)?;
             if model_given {
                 r.check_model(&args.model, &ck.config)?;
             }

@@ -158,13 +158,17 @@ pub struct TrainArgs {
     #[arg(help_heading = CHECKPOINTS, long)]
     pub keep_best: bool,
     /// Where checkpoints and the log go: one run's (another run's files there are first moved
-    /// into a new subfolder, earlier_run_N).
+    /// into a new subfolder, earlier_run_N). Default: out, or with --resume the resumed run's
+    /// folder.
     #[arg(help_heading = CHECKPOINTS, long, value_name = "DIR", default_value = "out")]
     pub out_dir: PathBuf,
     /// Continue a run exactly where its last checkpoint left it: from a training state
     /// (state_NNNNNN.bin, written beside each model_NNNNNN.bin) or the latest one in a folder. The
     /// model, AdamW's moments, the step and the place in the training data come from there; give
-    /// the run's other flags again (--steps may grow; --model, if given, must be the run's).
+    /// the run's other flags again (--steps may grow; --model, if given, must be the run's). The
+    /// run goes on in that folder unless --out-dir names another; a state records the optimizer's
+    /// settings (a note names any given otherwise) and its model's fingerprint (another model
+    /// in that file's place is refused).
     #[arg(help_heading = CHECKPOINTS, long, value_name = "STATE_OR_DIR")]
     pub resume: Option<PathBuf>,
     /// Write no training state beside the checkpoints (it is 2 or 3 times the fp32 model's size:
@@ -239,6 +243,19 @@ impl TrainArgs {
         match self.total_batch {
             Some(tokens) => tokens / self.batch.saturating_mul(self.seq).max(1),
             None => self.grad_accum,
+        }
+    }
+
+    /// The optimizer settings a training state records (see [`OptimizerSettings`]).
+    ///
+    /// [`OptimizerSettings`]: crate::formats::train_state::OptimizerSettings
+    pub fn optimizer_settings(&self) -> crate::formats::train_state::OptimizerSettings {
+        crate::formats::train_state::OptimizerSettings {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            grad_clip: self.grad_clip,
         }
     }
 

@@ -1624,6 +1624,100 @@ fn notes_for_a_changed_schedule_and_the_validation_data() {
 }
 
 #[test]
+fn a_resume_goes_on_in_its_folder_and_checks_its_model_and_settings() {
+    let dir = tmp_dir("resume-folder");
+    let run_dir = dir.join("run");
+    let common = flags(
+        "--device cpu --model d1 --batch 1 --seq 8 --lr 1e-3 --val-every 0 --sample-tokens 0",
+    );
+    let train = |extra: &[&str]| run(bin().current_dir(&dir).args(&common).args(extra));
+    let (done, stdout, stderr) = train(&[
+        "--steps",
+        "4",
+        "--checkpoint-every",
+        "2",
+        "--out-dir",
+        "run",
+    ]);
+    assert!(done.status.success(), "{stdout}\n{stderr}");
+    let whole = std::fs::read(run_dir.join("model_000004.bin")).unwrap();
+    // set the run's end aside, and resume it from its folder without --out-dir: it goes on
+    // there (no ./out), and writes the same model
+    let aside = dir.join("aside");
+    std::fs::create_dir_all(&aside).unwrap();
+    for f in ["model_000004.bin", "state_000004.bin"] {
+        std::fs::rename(run_dir.join(f), aside.join(f)).unwrap();
+    }
+    let (done, stdout, stderr) = train(&["--steps", "4", "--resume", "run"]);
+    assert!(done.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("log: run/log.jsonl"), "{stdout}");
+    assert!(!dir.join("out").exists(), "{stdout}");
+    assert_eq!(
+        std::fs::read(run_dir.join("model_000004.bin")).unwrap(),
+        whole
+    );
+    assert!(!stderr.contains("note: the run resumed"), "{stderr}");
+    // from a state file: its folder; other optimizer settings are named, each
+    let (done, stdout, stderr) = train(&[
+        "--steps",
+        "4",
+        "--resume",
+        "run/state_000002.bin",
+        "--weight-decay",
+        "0.5",
+        "--eps",
+        "1e-6",
+    ]);
+    assert!(done.status.success(), "{stdout}\n{stderr}");
+    assert!(!dir.join("out").exists(), "{stdout}");
+    for note in [
+        "note: the run resumed from run/state_000002.bin took its steps with --weight-decay 0, \
+         these flags give 0.5: the steps from here use the new value",
+        "took its steps with --eps 1e-8, these flags give 1e-6",
+    ] {
+        assert!(stderr.contains(note), "{note}:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains("--beta1") && !stderr.contains("--grad-clip"),
+        "{stderr}"
+    );
+    assert_ne!(
+        std::fs::read(run_dir.join("model_000004.bin")).unwrap(),
+        whole
+    );
+    // another model in the state's model's place is refused, naming both files
+    std::fs::copy(
+        aside.join("model_000004.bin"),
+        run_dir.join("model_000002.bin"),
+    )
+    .unwrap();
+    let (done, stdout, stderr) = train(&["--steps", "4", "--resume", "run/state_000002.bin"]);
+    assert_eq!(done.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(
+            "error: run/model_000002.bin: these are not the weights written with \
+             run/state_000002.bin (their fingerprint differs)"
+        ),
+        "{stderr}"
+    );
+    // --out-dir given: the run goes on there
+    std::fs::copy(
+        aside.join("model_000004.bin"),
+        run_dir.join("model_000004.bin"),
+    )
+    .unwrap();
+    std::fs::copy(
+        aside.join("state_000004.bin"),
+        run_dir.join("state_000004.bin"),
+    )
+    .unwrap();
+    let (done, stdout, stderr) = train(&["--steps", "5", "--resume", "run", "--out-dir", "more"]);
+    assert!(done.status.success(), "{stdout}\n{stderr}");
+    assert!(dir.join("more/model_000005.bin").is_file(), "{stdout}");
+    assert!(!run_dir.join("model_000005.bin").exists(), "{stdout}");
+}
+
+#[test]
 fn tokenizer_command_writes_gpt2_vocabulary() {
     let dir = tmp_dir("tok");
     // (into a folder that does not exist yet: made, as convert's --out)

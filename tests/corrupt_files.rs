@@ -19,7 +19,7 @@ use train_gpt2_cuda::formats::read_model;
 use train_gpt2_cuda::formats::shard::{read_shard, read_shard_len};
 use train_gpt2_cuda::formats::tokenizer_file::read_tokenizer_file;
 use train_gpt2_cuda::formats::train_state::{
-    write_train_state, BestVal, DataPosition, TrainState, TrainStateFile,
+    write_train_state, BestVal, DataPosition, OptimizerSettings, TrainState, TrainStateFile,
 };
 use train_gpt2_cuda::formats::zstd::ZstdReader;
 use train_gpt2_cuda::hellaswag::read_examples;
@@ -180,6 +180,14 @@ fn damaged_debug_and_training_states_never_panic() {
             step: 30,
             loss: 3.25,
         }),
+        optimizer: Some(OptimizerSettings {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+        }),
+        model_fingerprint: Some(u64::MAX - 5),
     };
     let path = dir.join("state.bin");
     write_train_state(&path, &state, |_| Ok(vec![0.5; 300])).unwrap();

@@ -13,9 +13,12 @@
 //!   = the losses in the loss window, `[18]` = the norms in the norm window, `[19]` = the steps
 //!   skipped in a row, `[32..96]` = the losses (f32 bits, oldest first), `[96..160]` = the norms;
 //!   the lowest validation loss so far (`--keep-best`): `[20]` = 1 if there is one, `[21]` = its
-//!   step, `[22]` = the loss (f32 bits); the rest is zero. (States written before the windows
-//!   or the best loss were added have zeros there: empty windows and no best loss, which is what
-//!   they read as.)
+//!   step, `[22]` = the loss (f32 bits); the optimizer's settings: `[23]` = 1 if they are
+//!   recorded, `[24..29]` = beta1, beta2, eps, the weight decay and the gradient clip (f32 bits);
+//!   the model checkpoint written with the state: `[29]` = 1 if recorded, `[30..32]` = its
+//!   weights' fingerprint ([`weights_fingerprint`]); the rest is zero. (States written before
+//!   the windows, the best loss, the settings or the fingerprint were added have zeros there:
+//!   empty windows, no best loss, nothing recorded, which is what they read as.)
 //! - AdamW's m, then v (num_parameters f32 each), then the master weights (num_parameters f32)
 //!   when `header[5]` is 1.
 //!
@@ -35,6 +38,11 @@ const WINDOWS_AT: [(usize, usize); 2] = [(17, 32), (18, 32 + WINDOW)];
 const SKIPPED_AT: usize = 19;
 /// Where the lowest validation loss lies in the header: whether there is one, its step, its bits.
 const BEST_AT: [usize; 3] = [20, 21, 22];
+/// Where the optimizer's settings lie in the header: whether they are recorded, and the first of
+/// their five values.
+const OPTIMIZER_AT: [usize; 2] = [23, 24];
+/// Where the model's fingerprint lies in the header: whether it is recorded, and its two words.
+const FINGERPRINT_AT: [usize; 2] = [29, 30];
 use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -78,6 +86,44 @@ pub struct TrainState {
     pub outliers: Outliers,
     /// The run's lowest validation loss so far, whose model `--keep-best` wrote.
     pub best_val: Option<BestVal>,
+    /// The optimizer's settings the run took its steps with (None: a state written before they
+    /// were recorded).
+    pub optimizer: Option<OptimizerSettings>,
+    /// The [`weights_fingerprint`] of the model checkpoint written with this state (None: a
+    /// state written before it was recorded).
+    pub model_fingerprint: Option<u64>,
+}
+
+/// The flags that shape AdamW's steps besides the learning rate (whose schedule a resumed run's
+/// log records): what a resumed run compares its own with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OptimizerSettings {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub grad_clip: f32,
+}
+
+impl OptimizerSettings {
+    /// The settings with their flags' names, in the header's order.
+    pub fn named(&self) -> [(&'static str, f32); 5] {
+        [
+            ("--beta1", self.beta1),
+            ("--beta2", self.beta2),
+            ("--eps", self.eps),
+            ("--weight-decay", self.weight_decay),
+            ("--grad-clip", self.grad_clip),
+        ]
+    }
+}
+
+/// A fingerprint of a model's weights (their f32 bits, in order: FNV-1a over 32-bit words), so
+/// that a resumed run can tell the model written with its state from another in its place.
+pub fn weights_fingerprint(params: &[f32]) -> u64 {
+    params.iter().fold(0xcbf2_9ce4_8422_2325, |h, x| {
+        (h ^ x.to_bits() as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// A validation loss and the steps done when it was measured.
@@ -172,6 +218,18 @@ pub fn write_train_state(
         h[flag] = 1;
         h[step] = int(best.step, "the best validation loss's step")?;
         h[loss] = best.loss.to_bits() as i32;
+    }
+    if let Some(o) = &state.optimizer {
+        let [flag, first] = OPTIMIZER_AT;
+        h[flag] = 1;
+        for (i, (_, x)) in o.named().into_iter().enumerate() {
+            h[first + i] = x.to_bits() as i32;
+        }
+    }
+    if let Some(f) = state.model_fingerprint {
+        let [flag, at] = FINGERPRINT_AT;
+        h[flag] = 1;
+        put_u64(&mut h, at, f);
     }
     // the engine's errors cross write_file_atomic_with's io::Result as io::Error::other
     let other = |e: anyhow::Error| std::io::Error::other(format!("{e:#}"));
@@ -299,6 +357,32 @@ impl TrainStateFile {
         } else {
             None
         };
+        let [flag, first] = OPTIMIZER_AT;
+        let optimizer = if header_flag(path, &h, flag, "optimizer settings")? {
+            let x: Vec<f32> = (0..5)
+                .map(|i| f32::from_bits(h[first + i] as u32))
+                .collect();
+            if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+                bail!(
+                    "{}: training state's optimizer setting (header[{}]) is {}",
+                    path.display(),
+                    first + i,
+                    x[i]
+                );
+            }
+            Some(OptimizerSettings {
+                beta1: x[0],
+                beta2: x[1],
+                eps: x[2],
+                weight_decay: x[3],
+                grad_clip: x[4],
+            })
+        } else {
+            None
+        };
+        let [flag, at] = FINGERPRINT_AT;
+        let model_fingerprint =
+            header_flag(path, &h, flag, "model fingerprint")?.then(|| get_u64(&h, at));
         let state = TrainState {
             step,
             data: DataPosition {
@@ -313,6 +397,8 @@ impl TrainStateFile {
             master_weights,
             outliers,
             best_val,
+            optimizer,
+            model_fingerprint,
         };
         Ok(TrainStateFile {
             path: path.to_path_buf(),
@@ -375,6 +461,27 @@ mod tests {
     use super::*;
     use crate::formats::parse_header;
 
+    #[test]
+    fn the_fingerprint_is_fnv_1a_over_the_weights_bits() {
+        // FNV-1a 64 by hand: the offset basis, then (h ^ word) * prime per word
+        let (basis, prime) = (0xcbf2_9ce4_8422_2325u64, 0x100_0000_01b3u64);
+        assert_eq!(weights_fingerprint(&[]), basis);
+        let one = (basis ^ 1.0f32.to_bits() as u64).wrapping_mul(prime);
+        assert_eq!(weights_fingerprint(&[1.0]), one);
+        let two = (one ^ (-0.0f32).to_bits() as u64).wrapping_mul(prime);
+        assert_eq!(weights_fingerprint(&[1.0, -0.0]), two);
+        // a sign, an order or one bit of one weight changes it
+        let w = [0.5f32, -2.0, 3.25];
+        let f = weights_fingerprint(&w);
+        for other in [
+            [0.5, 2.0, 3.25],
+            [-2.0, 0.5, 3.25],
+            [0.5, -2.0, f32::from_bits(3.25f32.to_bits() ^ 1)],
+        ] {
+            assert_ne!(weights_fingerprint(&other), f, "{other:?}");
+        }
+    }
+
     fn state(master: bool) -> TrainState {
         TrainState {
             step: 40,
@@ -397,6 +504,14 @@ mod tests {
                 step: 30,
                 loss: 3.75,
             }),
+            optimizer: Some(OptimizerSettings {
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-8,
+                weight_decay: 0.1,
+                grad_clip: 0.0,
+            }),
+            model_fingerprint: Some(0x0123_4567_89ab_cdef),
         }
     }
 
@@ -454,7 +569,12 @@ mod tests {
             assert_eq!(&h[17..20], &[3, 64, 1]);
             // the best validation loss: there is one, of step 30, 3.75
             assert_eq!(&h[20..23], &[1, 30, 3.75f32.to_bits() as i32]);
-            assert!(h[23..32].iter().all(|&w| w == 0));
+            // the optimizer's settings: recorded, beta1, beta2, eps, weight decay, clip
+            let bits = |x: f32| x.to_bits() as i32;
+            assert_eq!(h[23], 1);
+            assert_eq!(h[24..29], [0.9, 0.95, 1e-8, 0.1, 0.0].map(bits));
+            // the model's fingerprint: recorded, low word first
+            assert_eq!(&h[29..32], &[1, 0x89ab_cdefu32 as i32, 0x0123_4567]);
             assert_eq!(h[32..35], [10.5f32, 9.25, 8.0].map(|v| v.to_bits() as i32));
             assert_eq!(h[35], 0);
             assert_eq!(h[96], 0.75f32.to_bits() as i32);
@@ -536,14 +656,24 @@ mod tests {
                 "{v}"
             );
         }
-        // a state from before the windows and the best loss (zeros there) reads with empty
-        // windows and no best loss
+        let mut bad = good.clone();
+        bad[4 * 23..4 * 24].copy_from_slice(&3i32.to_le_bytes()); // the settings' flag
+        assert!(err(&bad).contains("optimizer settings (header[23]) is 3, must be 0 or 1"));
+        let mut bad = good.clone();
+        bad[4 * 26..4 * 27].copy_from_slice(&f32::INFINITY.to_le_bytes()); // eps
+        assert!(err(&bad).contains("optimizer setting (header[26]) is inf"));
+        let mut bad = good.clone();
+        bad[4 * 29..4 * 30].copy_from_slice(&(-1i32).to_le_bytes()); // the fingerprint's flag
+        assert!(err(&bad).contains("model fingerprint (header[29]) is -1, must be 0 or 1"));
+        // a state from before the windows, the best loss, the settings and the fingerprint
+        // (zeros there) reads with empty windows and nothing else recorded
         let mut old = good.clone();
         old[4 * 17..4 * 160].fill(0);
         std::fs::write(&path, &old).unwrap();
         let h = TrainStateFile::open(&path).unwrap().header;
         assert_eq!(h.outliers, Outliers::default());
         assert_eq!(h.best_val, None);
+        assert_eq!((h.optimizer, h.model_fingerprint), (None, None));
         // an array of the wrong length, or the engine's error, fails the write and leaves no file
         std::fs::remove_file(&path).unwrap();
         let e = write_train_state(&path, &state(false), |_| Ok(vec![0.0; 4])).unwrap_err();

@@ -3005,6 +3005,65 @@ fn epochs_count_the_steps() {
     );
 }
 
+/// Shards that hold no whole batch are passed over, with one note for the set: a run and eval
+/// count the other shards' batches; a set none of whose shards holds one is an error.
+#[test]
+fn shards_without_a_batch_are_passed_over() {
+    use train_gpt2_cuda::formats::shard::write_shard;
+    let dir = tmp_dir("short-shards");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let ramp = |n: u32| (0..n).map(|i| i * 7 % 1000).collect::<Vec<u32>>();
+    // batches of 2 x 16 (33 tokens): train_0 holds 10, train_1 none; val_0 one, val_1 none
+    write_shard(&dir.join("train_0.bin"), &ramp(10 * 32 + 1)).unwrap();
+    write_shard(&dir.join("train_1.bin"), &ramp(20)).unwrap();
+    write_shard(&dir.join("val_0.bin"), &ramp(40)).unwrap();
+    write_shard(&dir.join("val_1.bin"), &ramp(10)).unwrap();
+    let (train, val) = (d("train_?.bin"), d("val_?.bin"));
+    let note = |pattern: &str, short: &str, n: usize| {
+        format!(
+            "note: 1 of the 2 shards of '{pattern}' holds fewer than B*T+1 = 33 tokens, no whole \
+             batch of 2x16, and is passed over: {} ({n} tokens)\n",
+            d(short)
+        )
+    };
+    let (out, stdout, stderr) = run(bin()
+        .args(flags(
+            "--device cpu --model d1 --batch 2 --seq 16 --val-every 0 --sample-tokens 0 \
+             --no-state --epochs 1",
+        ))
+        .args(["--train", &train, "--val", &val, "--out-dir", &d("run")]));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "data: train {train} (10 batches of 2x16), val {val} (1 batches); 10 steps \
+             (--epochs 1)"
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("step    10/10 |"), "{stdout}");
+    assert!(
+        stderr.contains(&note(&train, "train_1.bin", 20)),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&note(&val, "val_1.bin", 10)), "{stderr}");
+
+    let model = d("run/model_000010.bin");
+    let eval = ["eval", "--model", &model, "--data", &val, "--device", "cpu"];
+    let (out, stdout, stderr) = run(bin().args(eval).args(flags("--batch 2 --seq 16")));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains(": 1 of 1 batches of 2x16"), "{stdout}");
+    assert_eq!(stderr, note(&val, "val_1.bin", 10));
+    // no shard holds a batch of 2 x 32
+    expect_error(
+        &[&eval[..], &flags("--batch 2 --seq 32")].concat(),
+        &[&format!(
+            "no shard of '{val}' holds one batch: the largest of its 2, {}, has 40 tokens, \
+             fewer than B*T+1 = 65 needed for one batch (B=2, T=32)",
+            d("val_0.bin")
+        )],
+    );
+}
+
 /// Flags that a run cannot act on get a note on stderr, not an error (one command line runs on
 /// either engine), and a run without them gets none.
 #[test]

@@ -1878,6 +1878,82 @@ fn an_out_dir_that_is_a_file_is_named_as_one() {
     assert_eq!(std::fs::read(dir.join("afile")).unwrap(), b"kept");
 }
 
+/// A folder an output goes in that cannot be made because it, or a folder above it, is a file or
+/// a link to nothing is named, as is what cannot be made, before any work: a run's and prepro's
+/// `--out-dir`, convert's `--out` (a folder for hf, a file for llmc), tokenizer's `--out` and
+/// verify's `--dump` (they said "File exists" or "Not a directory", naming neither).
+#[test]
+fn an_output_under_a_file_is_named() {
+    let dir = tmp_dir("output-under-file");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    write(&dir.join("afile"), b"kept");
+    std::os::unix::fs::symlink("nowhere", dir.join("dangling")).unwrap();
+    let text = d("play.txt");
+    write(Path::new(&text), b"To be, or not to be.");
+    let (model, state) = (fixture("ref_tiny_model.bin"), fixture("ref_tiny_state.bin"));
+    let hf = fixture("hf_tiny");
+    let train = "--model d1 --batch 2 --seq 16 --steps 1 --device cpu --sample-tokens 0";
+    let under = |at: &str, flag: &str, out: &str, made: &str| {
+        format!(
+            "{at} is a file, not a folder, so {flag} {out} cannot be {made}: give another {flag}"
+        )
+    };
+    let (sub, x) = (d("afile/sub"), d("afile/sub/x.bin"));
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            [&flags(train)[..], &["--out-dir", &sub]].concat(),
+            under(&d("afile"), "--out-dir", &sub, "made"),
+        ),
+        (
+            vec!["prepro", &text, "--out-dir", &sub],
+            under(&d("afile"), "--out-dir", &sub, "made"),
+        ),
+        (
+            vec!["convert", "--model", &hf, "--format", "hf", "--out", &sub],
+            under(&d("afile"), "--out", &sub, "made"),
+        ),
+        (
+            vec!["convert", "--model", &hf, "--out", &x],
+            under(&d("afile"), "--out", &x, "written"),
+        ),
+        (
+            vec!["tokenizer", "--out", &x],
+            under(&d("afile"), "--out", &x, "written"),
+        ),
+        (
+            vec!["verify", "--model", &model, "--state", &state, "--dump", &x],
+            under(&d("afile"), "--dump", &x, "written"),
+        ),
+    ];
+    for (args, want) in &cases {
+        let (out, stdout, stderr) = run(bin().args(args));
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr, format!("error: {want}\n"), "{args:?}");
+        // (verify's check comes before its work, whose table would be on stdout)
+        assert_eq!(stdout, "", "{args:?}");
+    }
+    // the folder itself a file, or a link to nothing
+    let convert = ["convert", "--model", &hf, "--format", "hf", "--out"];
+    expect_error(
+        &[&convert[..], &[&d("afile")]].concat(),
+        &[&format!(
+            "--out {} is a file, not a folder: give a folder's name for the output files",
+            d("afile")
+        )],
+    );
+    expect_error(
+        &[&convert[..], &[&d("dangling/sub")]].concat(),
+        &[&format!(
+            "{} is a symbolic link to nowhere, which is not there, so --out {} cannot be made: \
+             make that folder, or give another --out",
+            d("dangling"),
+            d("dangling/sub")
+        )],
+    );
+    assert_eq!(std::fs::read(dir.join("afile")).unwrap(), b"kept");
+    assert!(!dir.join("nowhere").exists());
+}
+
 fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }

@@ -490,15 +490,14 @@ fn config_json(cfg: &GPT2Config, precision: CheckpointPrecision) -> Value {
     })
 }
 
-/// Writes `ck` as a Hugging Face GPT-2 in the directory `dir` (created if needed): config.json and
+/// Writes `ck` as a Hugging Face GPT-2 in the folder `dir` (which [`make_folder`](super::make_folder)
+/// makes): config.json and
 /// model.safetensors, its tensors named and laid out as `save_pretrained` writes them
 /// (`transformer.` prefix, `Conv1D` weights as (in, out), wte's V rows, lm_head left out as tied),
 /// in `precision` (fp32, or bf16 rounded to nearest even); with GPT-2's vocabulary, GPT-2's tokenizer
 /// files too ([`write_hf_tokenizer`]). transformers' `from_pretrained(dir)` and [`read_hf_gpt2`]
 /// read it.
 pub fn write_hf_gpt2(dir: &Path, ck: &Checkpoint, precision: CheckpointPrecision) -> Result<()> {
-    let d = dir.display();
-    std::fs::create_dir_all(dir).with_context(|| format!("{d}: cannot create the folder"))?;
     let tensors = hf_tensors(&ck.config);
     let entries: Vec<(String, Vec<usize>)> = tensors
         .iter()

@@ -297,6 +297,65 @@ pub fn folder_of(path: &Path) -> &Path {
     }
 }
 
+/// Makes the folder `dir` (and the folders above it) where it is not there yet: the folder of an
+/// output that `flag` names (`--out-dir`, or `--out` for a folder), checked first with
+/// [`check_folder`].
+pub fn make_folder(flag: &str, dir: &Path) -> Result<()> {
+    check_folder(flag, dir, dir)?;
+    create_folder(dir)
+}
+
+/// Makes the folder that `flag`'s file `path` is about to be written in (see [`make_folder`]).
+pub fn make_folder_of(flag: &str, path: &Path) -> Result<()> {
+    let dir = folder_of(path);
+    check_folder(flag, dir, path)?;
+    create_folder(dir)
+}
+
+fn create_folder(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create the folder", dir.display()))
+}
+
+/// An error where the folder `dir` cannot be made because it, or a folder above it, is a file or
+/// a symbolic link to nothing, naming which and `flag`'s `target` (`dir` itself, or a file to be
+/// written in it): the system's "File exists" or "Not a directory" named neither, nor what to do.
+pub fn check_folder(flag: &str, dir: &Path, target: &Path) -> Result<()> {
+    let t = target.display();
+    // the nearest of `dir` and the folders above it that is there decides
+    for at in dir.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+        let Ok(link) = std::fs::symlink_metadata(at) else {
+            continue; // (not there, or under a file: the folder above says)
+        };
+        let dangling = link.file_type().is_symlink();
+        let what = match std::fs::metadata(at) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) => "a file, not a folder".to_string(),
+            Err(_) if dangling => {
+                let to = std::fs::read_link(at).unwrap_or_default();
+                format!("a symbolic link to {}, which is not there", to.display())
+            }
+            Err(_) => return Ok(()), // (cannot tell: creating it says why)
+        };
+        let advice = if dangling {
+            format!("make that folder, or give another {flag}")
+        } else if at == target {
+            "give a folder's name for the output files".to_string()
+        } else {
+            format!("give another {flag}")
+        };
+        if at == target {
+            bail!("{flag} {t} is {what}: {advice}");
+        }
+        let made = if dir == target { "made" } else { "written" };
+        bail!(
+            "{} is {what}, so {flag} {t} cannot be {made}: {advice}",
+            at.display()
+        );
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` through a temporary file and a rename, so that an interrupted write
 /// never leaves a half-written file under the final name (see [`write_file_atomic_with`]).
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -26,7 +26,7 @@
 //! f32).
 
 use super::checkpoint::{Checkpoint, CheckpointPrecision};
-use super::hf_tokenizer::write_hf_tokenizer;
+use super::hf_tokenizer::{write_hf_tokenizer, GPT2_TOKENIZER_FILES, TOKENIZER_FILES};
 use super::safetensors::{
     starts_like_safetensors, write_safetensors, Dtype, SafeTensors, TensorInfo,
 };
@@ -498,6 +498,8 @@ fn config_json(cfg: &GPT2Config, precision: CheckpointPrecision) -> Value {
 /// files too ([`write_hf_tokenizer`]). transformers' `from_pretrained(dir)` and [`read_hf_gpt2`]
 /// read it.
 pub fn write_hf_gpt2(dir: &Path, ck: &Checkpoint, precision: CheckpointPrecision) -> Result<()> {
+    let gpt2_vocab = ck.config.vocab_size == GPT2_VOCAB_SIZE;
+    check_no_other_tokenizer(dir, &ck.config, gpt2_vocab)?;
     let tensors = hf_tensors(&ck.config);
     let entries: Vec<(String, Vec<usize>)> = tensors
         .iter()
@@ -527,11 +529,44 @@ pub fn write_hf_gpt2(dir: &Path, ck: &Checkpoint, precision: CheckpointPrecision
             }
         },
     )?;
-    if ck.config.vocab_size == GPT2_VOCAB_SIZE {
+    if gpt2_vocab {
         write_hf_tokenizer(&mut files, dir, &Tokenizer::gpt2()?, ck.config.max_seq_len)?;
     }
     let config = serde_json::to_string_pretty(&config_json(&ck.config, precision))
         .expect("a JSON value serialises");
     files.write(&dir.join(CONFIG_FILE), config.as_bytes())?;
     files.commit()
+}
+
+/// Refuses to write a model of `cfg` (with GPT-2's tokenizer where `gpt2_vocab`) into `dir` where
+/// `dir` holds tokenizer files the write would not replace: `AutoTokenizer` would load them with
+/// the new model (GPT-2's 50257 tokens, from an earlier convert, beside a model of 100).
+fn check_no_other_tokenizer(dir: &Path, cfg: &GPT2Config, gpt2_vocab: bool) -> Result<()> {
+    let written: &[&str] = if gpt2_vocab {
+        &GPT2_TOKENIZER_FILES
+    } else {
+        &[]
+    };
+    let other: Vec<&str> = TOKENIZER_FILES
+        .into_iter()
+        .filter(|f| !written.contains(f) && dir.join(f).symlink_metadata().is_ok())
+        .collect();
+    if other.is_empty() {
+        return Ok(());
+    }
+    let why = if gpt2_vocab {
+        format!("GPT-2's tokenizer is written as {}", written.join(", "))
+    } else {
+        format!(
+            "the model's vocabulary of {} tokens is not GPT-2's, so no tokenizer is written",
+            cfg.vocab_size
+        )
+    };
+    bail!(
+        "{} holds tokenizer files that this convert would not write again: {} ({why}); \
+         transformers' AutoTokenizer would load them with the new model: remove them, or give \
+         another --out",
+        dir.display(),
+        other.join(", ")
+    )
 }

@@ -600,8 +600,11 @@ fn run_convert(a: &ConvertArgs) -> Result<ExitCode> {
             checkpoint::write_checkpoint(&a.out, &ck.config, &ck.params, precision)?
         }
         ModelFormat::Hf => {
+            use train_gpt2_cuda::formats::hf_gpt2::{write_hf_gpt2, TokenIds};
+            // (a Hugging Face model's own, as transformers' save_pretrained keeps them)
+            let ids = TokenIds::of_model(&a.model, &ck.config)?;
             make_folder("--out", &a.out)?;
-            train_gpt2_cuda::formats::hf_gpt2::write_hf_gpt2(&a.out, &ck, precision)?
+            write_hf_gpt2(&a.out, &ck, precision, ids)?
         }
     }
     outln!(

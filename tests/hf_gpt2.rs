@@ -237,6 +237,51 @@ fn a_gpt2_vocabulary_goes_out_with_its_tokenizer() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `convert --format hf` of a Hugging Face model keeps the `bos_token_id` and `eos_token_id` of
+/// its config.json (hf_tiny's 99, not null), each where it is a token of the vocabulary; a model
+/// without them (an llm.c checkpoint) names GPT-2's end of text where the vocabulary has it.
+#[test]
+fn convert_keeps_a_hugging_face_model_s_token_ids() {
+    let dir = tmp_dir("token_ids");
+    let config = |folder: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(folder.join("config.json")).unwrap()).unwrap()
+    };
+    let hf = |model: &Path, name: &str| {
+        let out = dir.join(name);
+        convert(&["--format", "hf"], model, &out);
+        let c = config(&out);
+        (c["bos_token_id"].clone(), c["eos_token_id"].clone())
+    };
+    let null = serde_json::Value::Null;
+    assert_eq!(hf(&fixture("hf_tiny"), "tiny"), (99.into(), 99.into()));
+    // through an llm.c checkpoint the ids are lost: GPT-2's end of text is not among 100 tokens
+    convert(&[], &fixture("hf_tiny"), &dir.join("tiny.bin"));
+    assert_eq!(
+        hf(&dir.join("tiny.bin"), "via_llmc"),
+        (null.clone(), null.clone())
+    );
+    // ids of its own, one of them not a token of the vocabulary
+    let edited = dir.join("edited");
+    std::fs::create_dir(&edited).unwrap();
+    let weights = "model.safetensors";
+    std::fs::copy(fixture("hf_tiny").join(weights), edited.join(weights)).unwrap();
+    let mut c = config(&fixture("hf_tiny"));
+    (c["bos_token_id"], c["eos_token_id"]) = (3.into(), 100.into());
+    std::fs::write(edited.join("config.json"), c.to_string()).unwrap();
+    assert_eq!(hf(&edited, "own"), (3.into(), null));
+    // GPT-2's vocabulary: 50256 from a checkpoint, and a folder's own ids kept
+    let gpt2 = dir.join("gpt2");
+    assert_eq!(
+        hf(&fixture("ref_gpt2vocab_model.bin"), "gpt2"),
+        (50256.into(), 50256.into())
+    );
+    let mut c = config(&gpt2);
+    c["bos_token_id"] = 0.into();
+    std::fs::write(gpt2.join("config.json"), c.to_string()).unwrap();
+    assert_eq!(hf(&gpt2, "gpt2_again"), (0.into(), 50256.into()));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// The names and bytes of the files in `dir` (a folder's bytes empty), sorted.
 fn folder_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut files: Vec<_> = std::fs::read_dir(dir)

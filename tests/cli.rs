@@ -477,6 +477,28 @@ fn a_run_folder_named_as_a_descriptor_and_a_start_inside_it() {
     );
 }
 
+/// A descriptor given where a model is read (sample, eval, verify, convert) says that it makes new
+/// models only in training (it said "d1: cannot open: No such file or directory").
+#[test]
+fn a_descriptor_is_no_model_to_read() {
+    let dir = tmp_dir("descriptor-read");
+    let state = fixture("ref_tiny_state.bin");
+    let want = "error: 'd2' is not a file or folder here: a descriptor makes a new, untrained \
+                model, and only in training (train-gpt2-cuda --model d2); this command needs a \
+                trained checkpoint (such as out/model_000100.bin) or a Hugging Face GPT-2 folder\n";
+    for args in [
+        &["sample", "--model", "d2", "--tokens", "5"][..],
+        &["eval", "--model", "d2", "--device", "cpu"],
+        &["verify", "--model", "d2", "--state", &state],
+        &["convert", "--model", "d2", "--out", "d2.bin"],
+    ] {
+        let (out, stdout, stderr) = run(bin().current_dir(&dir).args(args));
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!((stdout.as_str(), stderr.as_str()), ("", want), "{args:?}");
+    }
+    assert!(!dir.join("d2.bin").exists());
+}
+
 /// A shard that turns out bad only when the loader reaches it (its token ids are checked as it is
 /// loaded, maybe hours into a run) ends the run with its error, after saving the run so far: once
 /// the shard is mended, resuming from that state gives the model and state of a run that never

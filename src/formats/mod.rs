@@ -137,9 +137,18 @@ pub(crate) fn starts_like_legacy_torch(head: &[u8]) -> bool {
 /// `config.json` and `model.safetensors` or `pytorch_model.bin`, or one of its weight files or
 /// shard indexes).
 pub fn read_model(path: &Path) -> Result<checkpoint::Checkpoint> {
+    let p = path.display();
+    // (a run makes a new model from a descriptor without reading one: see train::load_model)
+    let descriptor = crate::config::GPT2Config::from_descriptor(&path.to_string_lossy()).is_ok();
+    if descriptor && path.symlink_metadata().is_err() {
+        bail!(
+            "'{p}' is not a file or folder here: a descriptor makes a new, untrained model, and \
+             only in training (train-gpt2-cuda --model {p}); this command needs a trained \
+             checkpoint (such as out/model_000100.bin) or a Hugging Face GPT-2 folder"
+        );
+    }
     if let (false, Some(repo)) = (path.exists(), hf_gpt2::hub_repo(&path.to_string_lossy())) {
         let dir = repo.rsplit('/').next().unwrap_or(&repo);
-        let p = path.display();
         bail!(
             "'{p}' is not a file or folder here: models are not downloaded; fetch the Hugging Face \
              GPT-2 first, e.g. `huggingface-cli download {repo} config.json model.safetensors \

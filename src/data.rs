@@ -4,8 +4,10 @@
 //! Shards are named by a pattern whose file-name part may hold `*` (any run of characters) and
 //! `?` (one character); the matches are taken in sorted path order. A shard of N tokens holds
 //! (N - 1) / (B*T) chunks: chunk k is tokens [k*B*T, k*B*T + B*T + 1), whose first B*T tokens are
-//! the inputs and whose last B*T tokens are the targets (the inputs shifted by one). An epoch
-//! serves every chunk of every shard once; at its end the loader wraps around to the next epoch.
+//! the inputs and whose last B*T tokens are the targets (the inputs shifted by one); a shard of
+//! B*T tokens or fewer holds none and is passed over (with a note on stderr), and only a set none
+//! of whose shards holds a chunk is an error. An epoch serves every chunk of every shard once; at
+//! its end the loader wraps around to the next epoch.
 //!
 //! Sequential mode serves shards in order and chunks in order. Shuffled mode (with a seed, as in
 //! llm.c) permutes the shard order at the start of each epoch and the chunk order each time a
@@ -147,8 +149,10 @@ pub fn glob_files(pattern: &str) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// The shards matching `pattern` and their token counts, each checked to hold at least one batch
-/// of `b` x `t` (B*T+1 tokens).
+/// The shards matching `pattern` and their token counts, checked to hold at least one batch of
+/// `b` x `t` (B*T+1 tokens) between them: a shard of fewer tokens holds no batch and is passed
+/// over (see [`DataLoader::passed_over`]), a set none of whose shards holds one is an error
+/// naming the largest.
 fn shard_lengths(pattern: &str, b: usize, t: usize) -> Result<(Vec<PathBuf>, Vec<usize>)> {
     if b == 0 || t == 0 {
         bail!("data loader for '{pattern}': batch size B={b} and sequence length T={t} must both be positive");
@@ -158,17 +162,27 @@ fn shard_lengths(pattern: &str, b: usize, t: usize) -> Result<(Vec<PathBuf>, Vec
         .and_then(|bt| bt.checked_add(1))
         .with_context(|| format!("data loader for '{pattern}': B*T is too large (B={b}, T={t})"))?;
     let files = glob_files(pattern)?;
-    let mut lens = Vec::with_capacity(files.len());
-    for f in &files {
-        let n = read_shard_len(f)?;
-        if n < bt1 {
-            bail!(
-                "{}: the shard has {n} tokens, fewer than B*T+1 = {bt1} needed for one batch \
-                 (B={b}, T={t})",
-                f.display()
-            );
-        }
-        lens.push(n);
+    let lens = files
+        .iter()
+        .map(|f| read_shard_len(f))
+        .collect::<Result<Vec<_>>>()?;
+    // (glob_files finds at least one shard)
+    let largest = (0..files.len()).max_by_key(|&i| lens[i]).unwrap_or(0);
+    let n = lens[largest];
+    if n < bt1 {
+        let path = files[largest].display();
+        let which = if files.len() == 1 {
+            format!("{path}: the shard has")
+        } else {
+            format!(
+                "no shard of '{pattern}' holds one batch: the largest of its {}, {path}, has",
+                files.len()
+            )
+        };
+        bail!(
+            "{which} {n} tokens, fewer than B*T+1 = {bt1} needed for one batch (B={b}, T={t}): \
+             give a smaller --batch or --seq"
+        );
     }
     Ok((files, lens))
 }
@@ -177,13 +191,13 @@ fn shard_lengths(pattern: &str, b: usize, t: usize) -> Result<(Vec<PathBuf>, Vec
 /// [`DataLoader::num_batches`] counts), from the shards' headers alone.
 pub fn epoch_batches(pattern: &str, b: usize, t: usize) -> Result<usize> {
     let (_, lens) = shard_lengths(pattern, b, t)?;
-    Ok(batches_in(&lens, b * t))
+    Ok(lens.iter().map(|&n| chunks_in(n, b * t)).sum())
 }
 
-/// The batches of `bt` tokens (and the next one's first, the last target) in shards of `lens`
-/// tokens: the sum over shards of (N - 1) / (B*T).
-fn batches_in(lens: &[usize], bt: usize) -> usize {
-    lens.iter().map(|&n| (n - 1) / bt).sum()
+/// The batches of `bt` tokens (and the next one's first, the last target) in a shard of `n`
+/// tokens: (N - 1) / (B*T), 0 for a shard of B*T tokens or fewer.
+fn chunks_in(n: usize, bt: usize) -> usize {
+    n.saturating_sub(1) / bt
 }
 
 /// Serves (inputs, targets) batches of B x T tokens from token shards.
@@ -247,8 +261,54 @@ impl DataLoader {
             epoch: 0,
             batches_served: 0,
         };
+        dl.note_passed_over();
         dl.reset()?;
         Ok(dl)
+    }
+
+    /// The shards with no whole batch of B x T (B*T+1 tokens or fewer), which the loader passes
+    /// over: they count toward [`num_tokens`](Self::num_tokens) and [`files`](Self::files), not
+    /// toward [`num_batches`](Self::num_batches).
+    pub fn passed_over(&self) -> Vec<&Path> {
+        self.short_shards()
+            .map(|i| self.files[i].as_path())
+            .collect()
+    }
+
+    /// The indices of the [passed over](Self::passed_over) shards.
+    fn short_shards(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.files.len()).filter(|&i| self.chunks(i) == 0)
+    }
+
+    /// Says on stderr which shards are [passed over](Self::passed_over), if any: one note for
+    /// the set, naming the first few.
+    fn note_passed_over(&self) {
+        const NAMED: usize = 5;
+        let short = self.short_shards().count();
+        if short == 0 {
+            return;
+        }
+        let mut names: Vec<String> = self
+            .short_shards()
+            .take(NAMED)
+            .map(|i| format!("{} ({} tokens)", self.files[i].display(), self.lens[i]))
+            .collect();
+        if short > NAMED {
+            names.push(format!("and {} more", short - NAMED));
+        }
+        let one = short == 1;
+        crate::errln!(
+            "note: {short} of the {} shards of '{}' {} fewer than B*T+1 = {} tokens, no whole \
+             batch of {}x{}, and {} passed over: {}",
+            self.files.len(),
+            self.pattern,
+            if one { "holds" } else { "hold" },
+            self.b * self.t + 1,
+            self.b,
+            self.t,
+            if one { "is" } else { "are" },
+            names.join(", ")
+        );
     }
 
     /// Back to the state right after construction: epoch 0, first batch, and (in shuffled mode)
@@ -301,7 +361,12 @@ impl DataLoader {
 
     /// The number of batches in one epoch: the sum over shards of (N - 1) / (B*T).
     pub fn num_batches(&self) -> usize {
-        batches_in(&self.lens, self.b * self.t)
+        (0..self.files.len()).map(|i| self.chunks(i)).sum()
+    }
+
+    /// The batches in shard `idx`: (N - 1) / (B*T).
+    fn chunks(&self, idx: usize) -> usize {
+        chunks_in(self.lens[idx], self.b * self.t)
     }
 
     /// The epoch (from 0) of the last batch served: the number of wrap-arounds since construction
@@ -340,9 +405,12 @@ impl DataLoader {
         self.t
     }
 
-    /// Starts an epoch: a shard order (permuted in shuffled mode) and its first shard.
+    /// Starts an epoch: a shard order (permuted in shuffled mode) of the shards that hold a batch
+    /// (one at least: see [`shard_lengths`]), and its first shard.
     fn start_epoch(&mut self) {
-        self.shard_order = (0..self.files.len()).collect();
+        self.shard_order = (0..self.files.len())
+            .filter(|&i| self.chunks(i) > 0)
+            .collect();
         if let Some(rng) = self.rng.as_mut() {
             rng.shuffle(&mut self.shard_order);
         }
@@ -364,8 +432,7 @@ impl DataLoader {
     /// Orders the chunks of the shard at `shard_pos` (permuted in shuffled mode); its tokens are
     /// read by [`load_shard`](Self::load_shard).
     fn enter_shard(&mut self) {
-        let idx = self.shard_order[self.shard_pos];
-        let chunks = (self.lens[idx] - 1) / (self.b * self.t);
+        let chunks = self.chunks(self.shard_order[self.shard_pos]);
         self.chunk_order = (0..chunks).collect();
         if let Some(rng) = self.rng.as_mut() {
             rng.shuffle(&mut self.chunk_order);

@@ -10,7 +10,9 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use train_gpt2_cuda::engine::{create_engine, EngineOptions, Kernels, Recompute};
-use train_gpt2_cuda::formats::{checkpoint, debug_state, read_model};
+use train_gpt2_cuda::formats::{
+    check_folder, checkpoint, debug_state, make_folder, make_folder_of, read_model,
+};
 use train_gpt2_cuda::out_of_memory::{for_command, Knobs};
 use train_gpt2_cuda::precision::Precision;
 use train_gpt2_cuda::sample::{generate, SampleOptions};
@@ -581,6 +583,7 @@ fn run_convert(a: &ConvertArgs) -> Result<ExitCode> {
     match a.format {
         ModelFormat::Llmc => check_out_file("--out", &a.out)?,
         ModelFormat::Hf => {
+            check_folder("--out", &a.out, &a.out)?;
             written.extend(["model.safetensors", "config.json"].map(|f| a.out.join(f)))
         }
     }
@@ -600,11 +603,15 @@ fn run_convert(a: &ConvertArgs) -> Result<ExitCode> {
     match a.format {
         ModelFormat::Llmc => {
             // (as --format hf makes its folder, and prepro its --out-dir)
-            make_folder_of(&a.out)?;
+            make_folder_of("--out", &a.out)?;
             checkpoint::write_checkpoint(&a.out, &ck.config, &ck.params, precision)?
         }
         ModelFormat::Hf => {
-            train_gpt2_cuda::formats::hf_gpt2::write_hf_gpt2(&a.out, &ck, precision)?
+            use train_gpt2_cuda::formats::hf_gpt2::{write_hf_gpt2, TokenIds};
+            // (a Hugging Face model's own, as transformers' save_pretrained keeps them)
+            let ids = TokenIds::of_model(&a.model, &ck.config)?;
+            make_folder("--out", &a.out)?;
+            write_hf_gpt2(&a.out, &ck, precision, ids)?
         }
     }
     outln!(
@@ -617,17 +624,9 @@ fn run_convert(a: &ConvertArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Makes the folder a file is about to be written in (an output's, as prepro makes its --out-dir).
-fn make_folder_of(path: &std::path::Path) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("{}: cannot create the directory", dir.display()))?;
-    }
-    Ok(())
-}
-
 /// Checks that `flag`'s `out` names a file that may be replaced, before any work: a directory
-/// there is an error, not a temporary file written beside it, and so is a read-only file.
+/// there is an error, not a temporary file written beside it, and so is a read-only file, or a
+/// folder to write it in that cannot be made.
 fn check_out_file(flag: &str, out: &std::path::Path) -> Result<()> {
     if out.is_dir() {
         bail!("{} is a directory: {flag} takes a file name", out.display());
@@ -638,6 +637,7 @@ fn check_out_file(flag: &str, out: &std::path::Path) -> Result<()> {
             out.display()
         );
     }
+    check_folder(flag, train_gpt2_cuda::formats::folder_of(out), out)?;
     train_gpt2_cuda::formats::check_replaceable(out)
 }
 
@@ -690,7 +690,7 @@ fn resolved(path: &std::path::Path) -> std::path::PathBuf {
 
 fn run_tokenizer(out: &std::path::Path) -> Result<ExitCode> {
     check_out_file("--out", out)?;
-    make_folder_of(out)?;
+    make_folder_of("--out", out)?;
     let tok = Tokenizer::gpt2()?;
     let tokens = tok.decoder().all_token_bytes();
     train_gpt2_cuda::formats::tokenizer_file::write_tokenizer_file(out, tokens, tok.eot())?;
@@ -806,7 +806,7 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
             loss: out.loss,
             grads: out.grads.clone(),
         };
-        make_folder_of(path)?;
+        make_folder_of("--dump", path)?;
         debug_state::write_debug_state(path, &cfg, &dumped)?;
         outln!("\nwrote {} ({name})", path.display());
     }

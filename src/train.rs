@@ -531,35 +531,6 @@ pub fn load_model(model: &str, seed: u64) -> Result<(GPT2Config, Vec<f32>)> {
     Ok((cfg, crate::params::try_init_params(&cfg, seed)?))
 }
 
-/// Makes `--out-dir` where it is not there yet (see [`check_out_dir_name`]).
-fn make_out_dir(dir: &Path) -> Result<()> {
-    check_out_dir_name(dir)?;
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("{}: cannot create the output folder", dir.display()))
-}
-
-/// An error where `--out-dir` (of a run, or of prepro) names a file, or a symbolic link to
-/// nothing, saying so: the system's "File exists" or "Not a directory" said nothing of what to do.
-pub(crate) fn check_out_dir_name(dir: &Path) -> Result<()> {
-    let d = dir.display();
-    match (std::fs::symlink_metadata(dir), std::fs::metadata(dir)) {
-        (_, Ok(m)) if !m.is_dir() => {
-            bail!(
-                "--out-dir {d} is a file, not a folder: give a folder's name for the output files"
-            )
-        }
-        (Ok(link), Err(_)) if link.file_type().is_symlink() => {
-            let to = std::fs::read_link(dir).unwrap_or_default();
-            bail!(
-                "--out-dir {d} is a symbolic link to {}, which is not there: make that folder, \
-                 or give another --out-dir",
-                to.display()
-            )
-        }
-        _ => Ok(()),
-    }
-}
-
 /// Whether `--model`'s text names a model to read (a file, a Hugging Face folder or repo) rather
 /// than a descriptor dN. A descriptor wins over a folder of its name that holds no model: the
 /// run folder of `--model d12 --out-dir d12`, when that command runs again or resumes.
@@ -762,7 +733,7 @@ pub fn train(
         }
         None => None,
     };
-    make_out_dir(&args.out_dir)?;
+    crate::formats::make_folder("--out-dir", &args.out_dir)?;
     // one run writes into a folder at a time (held until this function returns)
     let _lock = crate::checkpoints::lock_out_dir(&args.out_dir)?;
 

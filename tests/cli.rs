@@ -477,6 +477,28 @@ fn a_run_folder_named_as_a_descriptor_and_a_start_inside_it() {
     );
 }
 
+/// A descriptor given where a model is read (sample, eval, verify, convert) says that it makes new
+/// models only in training (it said "d1: cannot open: No such file or directory").
+#[test]
+fn a_descriptor_is_no_model_to_read() {
+    let dir = tmp_dir("descriptor-read");
+    let state = fixture("ref_tiny_state.bin");
+    let want = "error: 'd2' is not a file or folder here: a descriptor makes a new, untrained \
+                model, and only in training (train-gpt2-cuda --model d2); this command needs a \
+                trained checkpoint (such as out/model_000100.bin) or a Hugging Face GPT-2 folder\n";
+    for args in [
+        &["sample", "--model", "d2", "--tokens", "5"][..],
+        &["eval", "--model", "d2", "--device", "cpu"],
+        &["verify", "--model", "d2", "--state", &state],
+        &["convert", "--model", "d2", "--out", "d2.bin"],
+    ] {
+        let (out, stdout, stderr) = run(bin().current_dir(&dir).args(args));
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!((stdout.as_str(), stderr.as_str()), ("", want), "{args:?}");
+    }
+    assert!(!dir.join("d2.bin").exists());
+}
+
 /// A shard that turns out bad only when the loader reaches it (its token ids are checked as it is
 /// loaded, maybe hours into a run) ends the run with its error, after saving the run so far: once
 /// the shard is mended, resuming from that state gives the model and state of a run that never
@@ -1972,6 +1994,82 @@ fn an_out_dir_that_is_a_file_is_named_as_one() {
     assert_eq!(std::fs::read(dir.join("afile")).unwrap(), b"kept");
 }
 
+/// A folder an output goes in that cannot be made because it, or a folder above it, is a file or
+/// a link to nothing is named, as is what cannot be made, before any work: a run's and prepro's
+/// `--out-dir`, convert's `--out` (a folder for hf, a file for llmc), tokenizer's `--out` and
+/// verify's `--dump` (they said "File exists" or "Not a directory", naming neither).
+#[test]
+fn an_output_under_a_file_is_named() {
+    let dir = tmp_dir("output-under-file");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    write(&dir.join("afile"), b"kept");
+    std::os::unix::fs::symlink("nowhere", dir.join("dangling")).unwrap();
+    let text = d("play.txt");
+    write(Path::new(&text), b"To be, or not to be.");
+    let (model, state) = (fixture("ref_tiny_model.bin"), fixture("ref_tiny_state.bin"));
+    let hf = fixture("hf_tiny");
+    let train = "--model d1 --batch 2 --seq 16 --steps 1 --device cpu --sample-tokens 0";
+    let under = |at: &str, flag: &str, out: &str, made: &str| {
+        format!(
+            "{at} is a file, not a folder, so {flag} {out} cannot be {made}: give another {flag}"
+        )
+    };
+    let (sub, x) = (d("afile/sub"), d("afile/sub/x.bin"));
+    let cases: Vec<(Vec<&str>, String)> = vec![
+        (
+            [&flags(train)[..], &["--out-dir", &sub]].concat(),
+            under(&d("afile"), "--out-dir", &sub, "made"),
+        ),
+        (
+            vec!["prepro", &text, "--out-dir", &sub],
+            under(&d("afile"), "--out-dir", &sub, "made"),
+        ),
+        (
+            vec!["convert", "--model", &hf, "--format", "hf", "--out", &sub],
+            under(&d("afile"), "--out", &sub, "made"),
+        ),
+        (
+            vec!["convert", "--model", &hf, "--out", &x],
+            under(&d("afile"), "--out", &x, "written"),
+        ),
+        (
+            vec!["tokenizer", "--out", &x],
+            under(&d("afile"), "--out", &x, "written"),
+        ),
+        (
+            vec!["verify", "--model", &model, "--state", &state, "--dump", &x],
+            under(&d("afile"), "--dump", &x, "written"),
+        ),
+    ];
+    for (args, want) in &cases {
+        let (out, stdout, stderr) = run(bin().args(args));
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert_eq!(stderr, format!("error: {want}\n"), "{args:?}");
+        // (verify's check comes before its work, whose table would be on stdout)
+        assert_eq!(stdout, "", "{args:?}");
+    }
+    // the folder itself a file, or a link to nothing
+    let convert = ["convert", "--model", &hf, "--format", "hf", "--out"];
+    expect_error(
+        &[&convert[..], &[&d("afile")]].concat(),
+        &[&format!(
+            "--out {} is a file, not a folder: give a folder's name for the output files",
+            d("afile")
+        )],
+    );
+    expect_error(
+        &[&convert[..], &[&d("dangling/sub")]].concat(),
+        &[&format!(
+            "{} is a symbolic link to nowhere, which is not there, so --out {} cannot be made: \
+             make that folder, or give another --out",
+            d("dangling"),
+            d("dangling/sub")
+        )],
+    );
+    assert_eq!(std::fs::read(dir.join("afile")).unwrap(), b"kept");
+    assert!(!dir.join("nowhere").exists());
+}
+
 fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).unwrap();
 }
@@ -3096,6 +3194,65 @@ fn epochs_count_the_steps() {
     assert!(
         stderr.contains("'--epochs <F>' cannot be used with '--steps <N>'"),
         "{stderr}"
+    );
+}
+
+/// Shards that hold no whole batch are passed over, with one note for the set: a run and eval
+/// count the other shards' batches; a set none of whose shards holds one is an error.
+#[test]
+fn shards_without_a_batch_are_passed_over() {
+    use train_gpt2_cuda::formats::shard::write_shard;
+    let dir = tmp_dir("short-shards");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let ramp = |n: u32| (0..n).map(|i| i * 7 % 1000).collect::<Vec<u32>>();
+    // batches of 2 x 16 (33 tokens): train_0 holds 10, train_1 none; val_0 one, val_1 none
+    write_shard(&dir.join("train_0.bin"), &ramp(10 * 32 + 1)).unwrap();
+    write_shard(&dir.join("train_1.bin"), &ramp(20)).unwrap();
+    write_shard(&dir.join("val_0.bin"), &ramp(40)).unwrap();
+    write_shard(&dir.join("val_1.bin"), &ramp(10)).unwrap();
+    let (train, val) = (d("train_?.bin"), d("val_?.bin"));
+    let note = |pattern: &str, short: &str, n: usize| {
+        format!(
+            "note: 1 of the 2 shards of '{pattern}' holds fewer than B*T+1 = 33 tokens, no whole \
+             batch of 2x16, and is passed over: {} ({n} tokens)\n",
+            d(short)
+        )
+    };
+    let (out, stdout, stderr) = run(bin()
+        .args(flags(
+            "--device cpu --model d1 --batch 2 --seq 16 --val-every 0 --sample-tokens 0 \
+             --no-state --epochs 1",
+        ))
+        .args(["--train", &train, "--val", &val, "--out-dir", &d("run")]));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "data: train {train} (10 batches of 2x16), val {val} (1 batches); 10 steps \
+             (--epochs 1)"
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("step    10/10 |"), "{stdout}");
+    assert!(
+        stderr.contains(&note(&train, "train_1.bin", 20)),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&note(&val, "val_1.bin", 10)), "{stderr}");
+
+    let model = d("run/model_000010.bin");
+    let eval = ["eval", "--model", &model, "--data", &val, "--device", "cpu"];
+    let (out, stdout, stderr) = run(bin().args(eval).args(flags("--batch 2 --seq 16")));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains(": 1 of 1 batches of 2x16"), "{stdout}");
+    assert_eq!(stderr, note(&val, "val_1.bin", 10));
+    // no shard holds a batch of 2 x 32
+    expect_error(
+        &[&eval[..], &flags("--batch 2 --seq 32")].concat(),
+        &[&format!(
+            "no shard of '{val}' holds one batch: the largest of its 2, {}, has 40 tokens, \
+             fewer than B*T+1 = 65 needed for one batch (B=2, T=32)",
+            d("val_0.bin")
+        )],
     );
 }
 

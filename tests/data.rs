@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 
 use train_gpt2_cuda::data::{
-    default_corpus_dir, default_train_pattern, default_val_pattern, glob_files, wildcard_match,
-    DataLoader,
+    default_corpus_dir, default_train_pattern, default_val_pattern, epoch_batches, glob_files,
+    wildcard_match, DataLoader,
 };
 use train_gpt2_cuda::formats::shard::{check_tokens, read_shard, read_shard_len, write_shard};
 use train_gpt2_cuda::prepro::{
@@ -429,6 +429,74 @@ fn skipping_batches_lands_where_serving_them_does() {
     into_b.skip_batches(5).unwrap();
     let e = err_text(into_b.next_batch());
     assert_contains(&e, &["b.bin", "the shard changed while training"]);
+}
+
+/// A shard with no whole batch (B*T tokens or fewer, none at all among them) is passed over: an
+/// epoch is the other shards' batches, which are served, shuffled and skipped as if it were not
+/// there, while the set's tokens and shards (what a training state records) still count it.
+#[test]
+fn a_shard_without_a_batch_is_passed_over() {
+    let dir = tmp_dir("short");
+    // B=2, T=4: a holds 5 chunks, b 8 tokens (one short of a batch), c 3 chunks, d none
+    ramp_shard(&dir.join("a.bin"), 1000, 41);
+    ramp_shard(&dir.join("b.bin"), 2000, 8);
+    ramp_shard(&dir.join("c.bin"), 3000, 25);
+    write_shard(&dir.join("d.bin"), &[]).unwrap();
+    let pat = dir.join("*.bin").to_string_lossy().into_owned();
+    assert_eq!(epoch_batches(&pat, 2, 4).unwrap(), 8);
+    let mut dl = DataLoader::new(&pat, 2, 4, V, None).unwrap();
+    assert_eq!(dl.num_batches(), 8);
+    assert_eq!(dl.passed_over(), [dir.join("b.bin"), dir.join("d.bin")]);
+    assert_eq!((dl.num_tokens(), dl.files().len()), (41 + 8 + 25, 4));
+    assert_eq!(
+        chunk_starts(&mut dl, 9),
+        [1000, 1008, 1016, 1024, 1032, 3000, 3008, 3016, 1000]
+    );
+    assert_eq!((dl.epoch(), dl.batches_served()), (1, 9));
+    // with a batch of 2 x 3 (7 tokens) b holds one, and only d is passed over
+    let dl = DataLoader::new(&pat, 2, 3, V, None).unwrap();
+    assert_eq!(dl.num_batches(), 6 + 1 + 4);
+    assert_eq!(dl.passed_over(), [dir.join("d.bin")]);
+
+    let all: Vec<u32> = (0..5)
+        .map(|k| 1000 + 8 * k)
+        .chain((0..3).map(|k| 3000 + 8 * k))
+        .collect();
+    let mut shuffled = DataLoader::new(&pat, 2, 4, V, Some(42)).unwrap();
+    let stream = chunk_starts(&mut shuffled, 24);
+    for epoch in stream.chunks(8) {
+        let mut sorted = epoch.to_vec();
+        sorted.sort();
+        assert_eq!(sorted, all, "every chunk once per epoch: {epoch:?}");
+    }
+    for k in [0usize, 3, 5, 8, 13, 16] {
+        let mut dl = DataLoader::new(&pat, 2, 4, V, Some(42)).unwrap();
+        dl.skip_batches(k as u64).unwrap();
+        assert_eq!(dl.epoch(), k.saturating_sub(1) / 8, "k {k}");
+        assert_eq!(
+            chunk_starts(&mut dl, 4),
+            &stream[k..k + 4],
+            "after skipping {k}"
+        );
+    }
+}
+
+/// A set none of whose shards holds a batch is an error naming the largest shard.
+#[test]
+fn a_set_without_a_batch_is_an_error() {
+    let dir = tmp_dir("all_short");
+    ramp_shard(&dir.join("a.bin"), 0, 3);
+    ramp_shard(&dir.join("b.bin"), 0, 6);
+    let pat = dir.join("*.bin").to_string_lossy().into_owned();
+    let want = format!(
+        "no shard of '{pat}' holds one batch: the largest of its 2, {}, has 6 tokens, fewer \
+         than B*T+1 = 7 needed for one batch (B=2, T=3): give a smaller --batch or --seq",
+        dir.join("b.bin").display()
+    );
+    assert_contains(&err_text(DataLoader::new(&pat, 2, 3, V, None)), &[&want]);
+    assert_contains(&err_text(epoch_batches(&pat, 2, 3)), &[&want]);
+    // one batch of 1 x 5 in b: a is passed over
+    assert_eq!(epoch_batches(&pat, 1, 5).unwrap(), 1);
 }
 
 #[test]

@@ -237,6 +237,124 @@ fn a_gpt2_vocabulary_goes_out_with_its_tokenizer() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// `convert --format hf` of a Hugging Face model keeps the `bos_token_id` and `eos_token_id` of
+/// its config.json (hf_tiny's 99, not null), each where it is a token of the vocabulary; a model
+/// without them (an llm.c checkpoint) names GPT-2's end of text where the vocabulary has it.
+#[test]
+fn convert_keeps_a_hugging_face_model_s_token_ids() {
+    let dir = tmp_dir("token_ids");
+    let config = |folder: &Path| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(folder.join("config.json")).unwrap()).unwrap()
+    };
+    let hf = |model: &Path, name: &str| {
+        let out = dir.join(name);
+        convert(&["--format", "hf"], model, &out);
+        let c = config(&out);
+        (c["bos_token_id"].clone(), c["eos_token_id"].clone())
+    };
+    let null = serde_json::Value::Null;
+    assert_eq!(hf(&fixture("hf_tiny"), "tiny"), (99.into(), 99.into()));
+    // through an llm.c checkpoint the ids are lost: GPT-2's end of text is not among 100 tokens
+    convert(&[], &fixture("hf_tiny"), &dir.join("tiny.bin"));
+    assert_eq!(
+        hf(&dir.join("tiny.bin"), "via_llmc"),
+        (null.clone(), null.clone())
+    );
+    // ids of its own, one of them not a token of the vocabulary
+    let edited = dir.join("edited");
+    std::fs::create_dir(&edited).unwrap();
+    let weights = "model.safetensors";
+    std::fs::copy(fixture("hf_tiny").join(weights), edited.join(weights)).unwrap();
+    let mut c = config(&fixture("hf_tiny"));
+    (c["bos_token_id"], c["eos_token_id"]) = (3.into(), 100.into());
+    std::fs::write(edited.join("config.json"), c.to_string()).unwrap();
+    assert_eq!(hf(&edited, "own"), (3.into(), null));
+    // GPT-2's vocabulary: 50256 from a checkpoint, and a folder's own ids kept
+    let gpt2 = dir.join("gpt2");
+    assert_eq!(
+        hf(&fixture("ref_gpt2vocab_model.bin"), "gpt2"),
+        (50256.into(), 50256.into())
+    );
+    let mut c = config(&gpt2);
+    c["bos_token_id"] = 0.into();
+    std::fs::write(gpt2.join("config.json"), c.to_string()).unwrap();
+    assert_eq!(hf(&gpt2, "gpt2_again"), (0.into(), 50256.into()));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The names and bytes of the files in `dir` (a folder's bytes empty), sorted.
+fn folder_files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let bytes = std::fs::read(&p).unwrap_or_default();
+            (p.file_name().unwrap().to_string_lossy().into_owned(), bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// `convert --format hf` into a folder that holds tokenizer files it would not write again is
+/// refused before anything is written, naming them: GPT-2's (an earlier convert's) where the
+/// model's vocabulary is another (transformers would load a 50257-token tokenizer for a model of
+/// 100), a `tokenizer.json` beside GPT-2's own three.
+#[test]
+fn a_folder_with_another_tokenizer_is_refused() {
+    let dir = tmp_dir("other_tokenizer");
+    let out = dir.join("hf");
+    let gpt2_vocab = fixture("ref_gpt2vocab_model.bin");
+    convert(&["--format", "hf"], &gpt2_vocab, &out);
+    let refused = |model: &Path| {
+        let before = folder_files(&out);
+        let run = bin()
+            .args(["convert", "--format", "hf", "--model"])
+            .arg(model)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert_eq!(run.status.code(), Some(1), "{stderr}");
+        assert!(folder_files(&out) == before, "the folder changed");
+        stderr
+    };
+    let d = out.display();
+    assert_eq!(
+        refused(&fixture("hf_tiny")),
+        format!(
+            "error: {d} holds tokenizer files that this convert would not write again: \
+             vocab.json, merges.txt, tokenizer_config.json (the model's vocabulary of 100 tokens \
+             is not GPT-2's, so no tokenizer is written); transformers' AutoTokenizer would load \
+             them with the new model: remove them, or give another --out\n"
+        )
+    );
+    // GPT-2's vocabulary again: its own three are written again
+    convert(&["--format", "hf"], &gpt2_vocab, &out);
+    std::fs::write(out.join("tokenizer.json"), b"{}").unwrap();
+    let stderr = refused(&gpt2_vocab);
+    assert!(
+        stderr.contains(&format!(
+            "{d} holds tokenizer files that this convert would not write again: tokenizer.json \
+             (GPT-2's tokenizer is written as vocab.json, merges.txt, tokenizer_config.json)"
+        )),
+        "{stderr}"
+    );
+    // without them, the model of 100 tokens goes in
+    for f in [
+        "tokenizer.json",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+    ] {
+        std::fs::remove_file(out.join(f)).unwrap();
+    }
+    convert(&["--format", "hf"], &fixture("hf_tiny"), &out);
+    assert_eq!(read_model(&out).unwrap().config.vocab_size, 100);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 /// `convert --format hf` into a folder that holds a model writes all of its files or none: a
 /// failure on the last (config.json, as on a full disk) leaves the earlier weights and config
 /// together, and no temporary file; nor does it write over its own `--model`.
@@ -245,19 +363,7 @@ fn a_failed_hugging_face_write_leaves_the_folder_as_it_was() {
     let dir = tmp_dir("hf_failed");
     let out = dir.join("hf");
     convert(&["--format", "hf"], &fixture("hf_tiny"), &out);
-    let folder = |dir: &Path| -> Vec<(String, Vec<u8>)> {
-        let mut files: Vec<_> = std::fs::read_dir(dir)
-            .unwrap()
-            .map(|e| {
-                let p = e.unwrap().path();
-                let bytes = std::fs::read(&p).unwrap_or_default();
-                (p.file_name().unwrap().to_string_lossy().into_owned(), bytes)
-            })
-            .collect();
-        files.sort();
-        files
-    };
-    let before = folder(&out);
+    let before = folder_files(&out);
     // config.json cannot be written: a directory holds its temporary name
     std::fs::create_dir(out.join("config.json.tmp")).unwrap();
     let mut cmd = bin();
@@ -279,7 +385,7 @@ fn a_failed_hugging_face_write_leaves_the_folder_as_it_was() {
     assert_eq!(run.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("config.json: cannot write"), "{stderr}");
     std::fs::remove_dir(out.join("config.json.tmp")).unwrap();
-    assert!(folder(&out) == before, "the folder changed");
+    assert!(folder_files(&out) == before, "the folder changed");
     // --out the model itself
     for (flags, model, to) in [
         (
@@ -305,7 +411,7 @@ fn a_failed_hugging_face_write_leaves_the_folder_as_it_was() {
             "{stderr}"
         );
     }
-    assert!(folder(&out) == before, "the model was overwritten");
+    assert!(folder_files(&out) == before, "the model was overwritten");
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -26,7 +26,7 @@
 //! f32).
 
 use super::checkpoint::{Checkpoint, CheckpointPrecision};
-use super::hf_tokenizer::write_hf_tokenizer;
+use super::hf_tokenizer::{write_hf_tokenizer, GPT2_TOKENIZER_FILES, TOKENIZER_FILES};
 use super::safetensors::{
     starts_like_safetensors, write_safetensors, Dtype, SafeTensors, TensorInfo,
 };
@@ -463,10 +463,46 @@ pub fn read_hf_gpt2(path: &Path) -> Result<Checkpoint> {
     })
 }
 
-/// config.json for `cfg`: what transformers needs to build the same `GPT2LMHeadModel`.
-fn config_json(cfg: &GPT2Config, precision: CheckpointPrecision) -> Value {
-    // GPT-2's end-of-text token, where the vocabulary has it
-    let eot = (cfg.vocab_size > GPT2_EOT as usize).then_some(GPT2_EOT);
+/// The beginning- and end-of-text tokens a written config.json names (`bos_token_id`,
+/// `eos_token_id`; none is `null`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TokenIds {
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+}
+
+impl TokenIds {
+    /// GPT-2's end-of-text token for both, where the vocabulary of `cfg` has it; else none.
+    pub fn gpt2(cfg: &GPT2Config) -> TokenIds {
+        let eot = (cfg.vocab_size > GPT2_EOT as usize).then_some(GPT2_EOT);
+        TokenIds { bos: eot, eos: eot }
+    }
+
+    /// The ids the model at `model` names, as written again for it (of `cfg`, read from it): a
+    /// Hugging Face GPT-2's `bos_token_id` and `eos_token_id`, each where its config.json gives
+    /// a token of the vocabulary; [`TokenIds::gpt2`]'s otherwise (an llm.c checkpoint has none).
+    pub fn of_model(model: &Path, cfg: &GPT2Config) -> Result<TokenIds> {
+        let gpt2 = TokenIds::gpt2(cfg);
+        if !is_hf_model(model) {
+            return Ok(gpt2);
+        }
+        let json = read_json(&locate(model)?.0)?;
+        let id = |key: &str| {
+            json.get(key)
+                .and_then(Value::as_u64)
+                .filter(|&id| id < cfg.vocab_size as u64)
+                .map(|id| id as u32)
+        };
+        Ok(TokenIds {
+            bos: id("bos_token_id").or(gpt2.bos),
+            eos: id("eos_token_id").or(gpt2.eos),
+        })
+    }
+}
+
+/// config.json for `cfg`, naming `ids`: what transformers needs to build the same
+/// `GPT2LMHeadModel`.
+fn config_json(cfg: &GPT2Config, precision: CheckpointPrecision, ids: TokenIds) -> Value {
     serde_json::json!({
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -481,8 +517,8 @@ fn config_json(cfg: &GPT2Config, precision: CheckpointPrecision) -> Value {
         "scale_attn_weights": true,
         "scale_attn_by_inverse_layer_idx": false,
         "tie_word_embeddings": true,
-        "bos_token_id": eot,
-        "eos_token_id": eot,
+        "bos_token_id": ids.bos,
+        "eos_token_id": ids.eos,
         "torch_dtype": match precision {
             CheckpointPrecision::Fp32 => "float32",
             CheckpointPrecision::Bf16 => "bfloat16",
@@ -490,15 +526,21 @@ fn config_json(cfg: &GPT2Config, precision: CheckpointPrecision) -> Value {
     })
 }
 
-/// Writes `ck` as a Hugging Face GPT-2 in the directory `dir` (created if needed): config.json and
+/// Writes `ck` as a Hugging Face GPT-2 in the folder `dir` (which
+/// [`make_folder`](super::make_folder) makes): config.json, naming the tokens `ids`, and
 /// model.safetensors, its tensors named and laid out as `save_pretrained` writes them
 /// (`transformer.` prefix, `Conv1D` weights as (in, out), wte's V rows, lm_head left out as tied),
-/// in `precision` (fp32, or bf16 rounded to nearest even); with GPT-2's vocabulary, GPT-2's tokenizer
-/// files too ([`write_hf_tokenizer`]). transformers' `from_pretrained(dir)` and [`read_hf_gpt2`]
-/// read it.
-pub fn write_hf_gpt2(dir: &Path, ck: &Checkpoint, precision: CheckpointPrecision) -> Result<()> {
-    let d = dir.display();
-    std::fs::create_dir_all(dir).with_context(|| format!("{d}: cannot create the folder"))?;
+/// in `precision` (fp32, or bf16 rounded to nearest even); with GPT-2's vocabulary, GPT-2's
+/// tokenizer files too ([`write_hf_tokenizer`]), and never beside another tokenizer's. transformers'
+/// `from_pretrained(dir)` and [`read_hf_gpt2`] read it.
+pub fn write_hf_gpt2(
+    dir: &Path,
+    ck: &Checkpoint,
+    precision: CheckpointPrecision,
+    ids: TokenIds,
+) -> Result<()> {
+    let gpt2_vocab = ck.config.vocab_size == GPT2_VOCAB_SIZE;
+    check_no_other_tokenizer(dir, &ck.config, gpt2_vocab)?;
     let tensors = hf_tensors(&ck.config);
     let entries: Vec<(String, Vec<usize>)> = tensors
         .iter()
@@ -528,11 +570,44 @@ pub fn write_hf_gpt2(dir: &Path, ck: &Checkpoint, precision: CheckpointPrecision
             }
         },
     )?;
-    if ck.config.vocab_size == GPT2_VOCAB_SIZE {
+    if gpt2_vocab {
         write_hf_tokenizer(&mut files, dir, &Tokenizer::gpt2()?, ck.config.max_seq_len)?;
     }
-    let config = serde_json::to_string_pretty(&config_json(&ck.config, precision))
+    let config = serde_json::to_string_pretty(&config_json(&ck.config, precision, ids))
         .expect("a JSON value serialises");
     files.write(&dir.join(CONFIG_FILE), config.as_bytes())?;
     files.commit()
+}
+
+/// Refuses to write a model of `cfg` (with GPT-2's tokenizer where `gpt2_vocab`) into `dir` where
+/// `dir` holds tokenizer files the write would not replace: `AutoTokenizer` would load them with
+/// the new model (GPT-2's 50257 tokens, from an earlier convert, beside a model of 100).
+fn check_no_other_tokenizer(dir: &Path, cfg: &GPT2Config, gpt2_vocab: bool) -> Result<()> {
+    let written: &[&str] = if gpt2_vocab {
+        &GPT2_TOKENIZER_FILES
+    } else {
+        &[]
+    };
+    let other: Vec<&str> = TOKENIZER_FILES
+        .into_iter()
+        .filter(|f| !written.contains(f) && dir.join(f).symlink_metadata().is_ok())
+        .collect();
+    if other.is_empty() {
+        return Ok(());
+    }
+    let why = if gpt2_vocab {
+        format!("GPT-2's tokenizer is written as {}", written.join(", "))
+    } else {
+        format!(
+            "the model's vocabulary of {} tokens is not GPT-2's, so no tokenizer is written",
+            cfg.vocab_size
+        )
+    };
+    bail!(
+        "{} holds tokenizer files that this convert would not write again: {} ({why}); \
+         transformers' AutoTokenizer would load them with the new model: remove them, or give \
+         another --out",
+        dir.display(),
+        other.join(", ")
+    )
 }

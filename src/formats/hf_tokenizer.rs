@@ -15,6 +15,24 @@ use anyhow::{bail, Result};
 use std::collections::HashMap;
 use std::path::Path;
 
+/// The files [`write_hf_tokenizer`] writes.
+pub const GPT2_TOKENIZER_FILES: [&str; 3] = ["vocab.json", "merges.txt", "tokenizer_config.json"];
+
+/// The files of a tokenizer that transformers' `AutoTokenizer` may read from a model's folder:
+/// GPT-2's, a fast tokenizer's `tokenizer.json`, their companions, and the vocabularies of other
+/// kinds (SentencePiece, WordPiece).
+pub const TOKENIZER_FILES: [&str; 9] = [
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.txt",
+];
+
 /// GPT-2's byte-to-character table: the printable bytes `!`..`~`, `¡`..`¬` and `®`..`ÿ` stand for
 /// themselves; the other 68 bytes, in order, for U+0100, U+0101, ... (so a space is `Ġ`, U+0120,
 /// and a newline `Ċ`, U+010A).
@@ -107,10 +125,11 @@ pub fn write_hf_tokenizer(
         "add_prefix_space": false,
     });
     let vocab = serde_json::Value::Object(vocab).to_string();
-    files.write(&dir.join("vocab.json"), vocab.as_bytes())?;
-    files.write(&dir.join("merges.txt"), merges.as_bytes())?;
     let config = serde_json::to_string_pretty(&config).expect("a JSON value serialises");
-    files.write(&dir.join("tokenizer_config.json"), config.as_bytes())
+    let [vocab_file, merges_file, config_file] = GPT2_TOKENIZER_FILES;
+    files.write(&dir.join(vocab_file), vocab.as_bytes())?;
+    files.write(&dir.join(merges_file), merges.as_bytes())?;
+    files.write(&dir.join(config_file), config.as_bytes())
 }
 
 #[cfg(test)]

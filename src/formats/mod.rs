@@ -137,9 +137,18 @@ pub(crate) fn starts_like_legacy_torch(head: &[u8]) -> bool {
 /// `config.json` and `model.safetensors` or `pytorch_model.bin`, or one of its weight files or
 /// shard indexes).
 pub fn read_model(path: &Path) -> Result<checkpoint::Checkpoint> {
+    let p = path.display();
+    // (a run makes a new model from a descriptor without reading one: see train::load_model)
+    let descriptor = crate::config::GPT2Config::from_descriptor(&path.to_string_lossy()).is_ok();
+    if descriptor && path.symlink_metadata().is_err() {
+        bail!(
+            "'{p}' is not a file or folder here: a descriptor makes a new, untrained model, and \
+             only in training (train-gpt2-cuda --model {p}); this command needs a trained \
+             checkpoint (such as out/model_000100.bin) or a Hugging Face GPT-2 folder"
+        );
+    }
     if let (false, Some(repo)) = (path.exists(), hf_gpt2::hub_repo(&path.to_string_lossy())) {
         let dir = repo.rsplit('/').next().unwrap_or(&repo);
-        let p = path.display();
         bail!(
             "'{p}' is not a file or folder here: models are not downloaded; fetch the Hugging Face \
              GPT-2 first, e.g. `huggingface-cli download {repo} config.json model.safetensors \
@@ -295,6 +304,65 @@ pub fn folder_of(path: &Path) -> &Path {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     }
+}
+
+/// Makes the folder `dir` (and the folders above it) where it is not there yet: the folder of an
+/// output that `flag` names (`--out-dir`, or `--out` for a folder), checked first with
+/// [`check_folder`].
+pub fn make_folder(flag: &str, dir: &Path) -> Result<()> {
+    check_folder(flag, dir, dir)?;
+    create_folder(dir)
+}
+
+/// Makes the folder that `flag`'s file `path` is about to be written in (see [`make_folder`]).
+pub fn make_folder_of(flag: &str, path: &Path) -> Result<()> {
+    let dir = folder_of(path);
+    check_folder(flag, dir, path)?;
+    create_folder(dir)
+}
+
+fn create_folder(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("{}: cannot create the folder", dir.display()))
+}
+
+/// An error where the folder `dir` cannot be made because it, or a folder above it, is a file or
+/// a symbolic link to nothing, naming which and `flag`'s `target` (`dir` itself, or a file to be
+/// written in it): the system's "File exists" or "Not a directory" named neither, nor what to do.
+pub fn check_folder(flag: &str, dir: &Path, target: &Path) -> Result<()> {
+    let t = target.display();
+    // the nearest of `dir` and the folders above it that is there decides
+    for at in dir.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+        let Ok(link) = std::fs::symlink_metadata(at) else {
+            continue; // (not there, or under a file: the folder above says)
+        };
+        let dangling = link.file_type().is_symlink();
+        let what = match std::fs::metadata(at) {
+            Ok(m) if m.is_dir() => return Ok(()),
+            Ok(_) => "a file, not a folder".to_string(),
+            Err(_) if dangling => {
+                let to = std::fs::read_link(at).unwrap_or_default();
+                format!("a symbolic link to {}, which is not there", to.display())
+            }
+            Err(_) => return Ok(()), // (cannot tell: creating it says why)
+        };
+        let advice = if dangling {
+            format!("make that folder, or give another {flag}")
+        } else if at == target {
+            "give a folder's name for the output files".to_string()
+        } else {
+            format!("give another {flag}")
+        };
+        if at == target {
+            bail!("{flag} {t} is {what}: {advice}");
+        }
+        let made = if dir == target { "made" } else { "written" };
+        bail!(
+            "{} is {what}, so {flag} {t} cannot be {made}: {advice}",
+            at.display()
+        );
+    }
+    Ok(())
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so that an interrupted write

@@ -166,8 +166,7 @@ pub fn prepro_with(
         ValSplit::LastFiles(k) => inputs.len() - k,
         ValSplit::Fraction(_) => inputs.len(),
     };
-    std::fs::create_dir_all(out_dir)
-        .with_context(|| format!("{}: cannot create the directory", out_dir.display()))?;
+    crate::formats::make_folder("--out-dir", out_dir)?;
     let tok = Tokenizer::gpt2()?;
     let mut train = PartWriter::new(out_dir, DEFAULT_TRAIN_FILE, shard_tokens);
     let mut val = PartWriter::new(out_dir, DEFAULT_VAL_FILE, shard_tokens);
@@ -249,7 +248,7 @@ fn input_sizes(inputs: &[PathBuf]) -> Result<Vec<u64>> {
 /// named so would be gone), and each such file already there is a token shard (an earlier
 /// prepro's), not a directory or another file.
 fn check_out_dir(inputs: &[PathBuf], out_dir: &Path) -> Result<()> {
-    crate::train::check_out_dir_name(out_dir)?;
+    crate::formats::check_folder("--out-dir", out_dir, out_dir)?;
     let Ok(out) = std::fs::canonicalize(out_dir) else {
         return Ok(()); // (not there yet: created empty)
     };

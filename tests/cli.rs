@@ -3084,6 +3084,87 @@ fn notes_for_flags_that_do_nothing() {
     );
 }
 
+/// `--precision bf16` where `--device auto` finds no GPU (hidden here with CUDA_VISIBLE_DEVICES)
+/// is a note, not an error, and the command computes in fp32: training writes what the same run
+/// in fp32 writes, byte for byte (an fp32 checkpoint, a state without master weights), so a
+/// resumed run sees an fp32 run; `sample` and `eval` print what fp32 prints. `--device cpu`
+/// still refuses it.
+#[test]
+fn bf16_without_a_gpu_is_a_note_under_auto() {
+    let dir = tmp_dir("bf16-auto");
+    let note =
+        "note: --precision bf16 needs the GPU: the CPU engine computes in fp32, and so does \
+                this run";
+    let no_gpu = |args: &[&str]| {
+        let (out, stdout, stderr) = run(bin().env("CUDA_VISIBLE_DEVICES", "").args(args));
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        (stdout, stderr)
+    };
+    let base = "--model d1 --batch 2 --seq 16 --steps 2 --val-batches 1 --sample-tokens 8";
+    let out = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let (bf16, stderr) = no_gpu(
+        &[
+            &flags(base)[..],
+            &["--precision", "bf16", "--out-dir", &out("bf16")],
+        ]
+        .concat(),
+    );
+    assert!(stderr.contains("note: running on the CPU"), "{stderr}");
+    assert!(stderr.contains(note), "{stderr}");
+    let (fp32, stderr) = no_gpu(
+        &[
+            &flags(base)[..],
+            &["--precision", "fp32", "--out-dir", &out("fp32")],
+        ]
+        .concat(),
+    );
+    assert!(!stderr.contains("--precision bf16"), "{stderr}");
+    assert_eq!(
+        log_lines(&bf16, &["step ", "val "]),
+        log_lines(&fp32, &["step ", "val "])
+    );
+    assert_same_files(
+        &dir.join("bf16"),
+        &dir.join("fp32"),
+        &["model_000002.bin", "state_000002.bin"],
+        "a bf16 run on the CPU and an fp32 one",
+    );
+    let model = dir.join("bf16/model_000002.bin");
+    use train_gpt2_cuda::formats::checkpoint::{read_checkpoint_config, CheckpointPrecision};
+    let (_, precision) = read_checkpoint_config(&model).unwrap();
+    assert_eq!(precision, CheckpointPrecision::Fp32);
+    let model = model.to_string_lossy().into_owned();
+    for command in [
+        &["sample", "--model", &model, "--tokens", "4"][..],
+        &[
+            "eval",
+            "--model",
+            &model,
+            "--batch",
+            "1",
+            "--seq",
+            "8",
+            "--batches",
+            "2",
+        ],
+    ] {
+        let (bf16, stderr) = no_gpu(&[command, &["--precision", "bf16"]].concat());
+        assert!(stderr.contains(note), "{command:?}: {stderr}");
+        let (fp32, _) = no_gpu(&[command, &["--precision", "fp32"]].concat());
+        assert_eq!(bf16, fp32, "{command:?}");
+        // --device cpu asks for the CPU: bf16 there is refused
+        let (out, _, stderr) =
+            run(bin().args([command, &["--device", "cpu", "--precision", "bf16"]].concat()));
+        assert_eq!(out.status.code(), Some(1), "{command:?}: {stderr}");
+        assert!(
+            stderr.contains(
+                "--precision bf16 needs the CUDA engine: the CPU engine computes in fp32 only"
+            ),
+            "{command:?}: {stderr}"
+        );
+    }
+}
+
 /// `--help` groups the training flags under headings, each flag under its own.
 #[test]
 fn help_groups_the_flags() {

@@ -697,7 +697,9 @@ fn run_tokenizer(out: &std::path::Path) -> Result<ExitCode> {
 }
 
 fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
-    // the flags, before any work
+    // the flags, before any work. Those that choose what is checked on the GPU are errors with
+    // --device cpu (its default), not notes as in training: the CPU alone would pass, and
+    // "all tensors pass" would claim bf16, the kernels or the recomputation checked.
     if a.precision == Precision::Bf16 && a.device == VerifyDevice::Cpu {
         bail!("--precision bf16 needs --device cuda or both: the CPU engine computes in fp32 only");
     }
@@ -705,7 +707,10 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         bail!("--kernels chooses the GPU's kernels: it needs --device cuda or both");
     }
     if a.recompute != Recompute::None && a.device == VerifyDevice::Cpu {
-        bail!("--recompute changes the GPU's backward pass: it needs --device cuda or both");
+        bail!(
+            "--recompute changes the GPU's backward pass: it needs --device cuda or both (the \
+             CPU keeps every activation, so it would pass without checking the recomputation)"
+        );
     }
     if a.expect_losses.is_some() && a.steps == 0 {
         bail!("--expect-losses checks the losses of AdamW steps: it needs --steps N (N > 0)");
@@ -722,8 +727,14 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         }
         check_not_an_input("--dump", dump, std::slice::from_ref(dump), &inputs)?;
     }
-    if a.device == VerifyDevice::Cpu && (a.tf32 || a.no_cuda_graphs) {
-        train_gpt2_cuda::errln!("note: --tf32 and --no-cuda-graphs do nothing with --device cpu");
+    // (how the GPU runs, not what it computes: a note, each flag given by name)
+    if a.device == VerifyDevice::Cpu && a.tf32 {
+        train_gpt2_cuda::errln!(
+            "note: --tf32 does nothing with --device cpu (the CPU's products are plain fp32)"
+        );
+    }
+    if a.device == VerifyDevice::Cpu && a.no_cuda_graphs {
+        train_gpt2_cuda::errln!("note: --no-cuda-graphs does nothing with --device cpu");
     }
     let ck = read_model(&a.model)?;
     let cfg = ck.config;

@@ -1969,7 +1969,8 @@ fn bad_inputs_give_clear_errors() {
         (
             "--recompute",
             "gelu",
-            "--recompute changes the GPU's backward pass: it needs --device cuda or both",
+            "--recompute changes the GPU's backward pass: it needs --device cuda or both (the \
+             CPU keeps every activation, so it would pass without checking the recomputation)",
         ),
     ] {
         expect_error(
@@ -3068,20 +3069,22 @@ fn notes_for_flags_that_do_nothing() {
             assert!(stderr.contains(w), "{extra}: {stderr}");
         }
     }
-    // verify: the CPU alone has no use for them either
-    let (out, _, stderr) = run(bin().args([
-        "verify",
-        "--model",
-        &fixture("ref_tiny_model.bin"),
-        "--state",
-        &fixture("ref_tiny_state.bin"),
-        "--tf32",
-    ]));
-    assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("note: --tf32 and --no-cuda-graphs do nothing with --device cpu"),
-        "{stderr}"
-    );
+    // verify: the CPU alone has no use for them either; each note names a flag given
+    let tf32 = "note: --tf32 does nothing with --device cpu (the CPU's products are plain fp32)";
+    let graphs = "note: --no-cuda-graphs does nothing with --device cpu";
+    for (extra, want) in [
+        ("--tf32", &[tf32][..]),
+        ("--no-cuda-graphs", &[graphs]),
+        ("--tf32 --no-cuda-graphs", &[tf32, graphs]),
+    ] {
+        let (out, _, stderr) = run(bin()
+            .args(["verify", "--model", &fixture("ref_tiny_model.bin")])
+            .args(["--state", &fixture("ref_tiny_state.bin")])
+            .args(flags(extra)));
+        assert!(out.status.success(), "{extra}: {stderr}");
+        let notes: Vec<&str> = stderr.lines().filter(|l| l.starts_with("note:")).collect();
+        assert_eq!(notes, want, "{extra}");
+    }
 }
 
 /// `--precision bf16` where `--device auto` finds no GPU (hidden here with CUDA_VISIBLE_DEVICES)

@@ -100,9 +100,22 @@ struct ConvertArgs {
     /// model.safetensors, as save_pretrained writes them).
     #[arg(long, value_enum, default_value = "llmc")]
     format: ModelFormat,
-    /// fp32, or bf16 (rounded to nearest even; an llm.c checkpoint of version 5).
-    #[arg(long, value_enum, default_value = "fp32")]
+    /// How the parameters are stored: fp32, or bf16 (half the size).
+    #[arg(long, value_parser = train_gpt2_cuda::precision::values(
+        "4 bytes a parameter (an llm.c checkpoint of version 3; F32 safetensors)",
+        "2 bytes a parameter, rounded to nearest even (an llm.c checkpoint of version 5; BF16 \
+         safetensors)",
+    ), default_value = "fp32")]
     precision: Precision,
+}
+
+/// `--precision` of the commands that only run forwards (`sample`, `eval`), which keep no
+/// gradients or AdamW moments.
+fn forwards_precision() -> impl clap::builder::TypedValueParser<Value = Precision> {
+    train_gpt2_cuda::precision::values(
+        "32-bit floats (the reference, and the only precision the CPU engine computes in)",
+        "bfloat16 weights and activations, with fp32 sums (GPU only)",
+    )
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -144,7 +157,7 @@ struct SampleArgs {
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
     /// fp32 or bf16 (GPU only); default: bf16 on GPUs that have it, fp32 elsewhere.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = forwards_precision())]
     precision: Option<Precision>,
 }
 
@@ -180,7 +193,7 @@ struct EvalArgs {
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
     /// fp32 or bf16 (GPU only); default: bf16 on GPUs that have it, fp32 elsewhere.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = forwards_precision())]
     precision: Option<Precision>,
 }
 

@@ -188,8 +188,8 @@ pub struct TrainArgs {
     /// Shuffle the training data (seeded).
     #[arg(help_heading = MODEL_AND_DATA, long)]
     pub shuffle: bool,
-    /// fp32 or bf16 (bf16 parameters, activations and gradients with fp32 master weights; GPU
-    /// only). Default: bf16 on GPUs with bf16 tensor cores (sm_80+), fp32 elsewhere.
+    /// fp32 or bf16 (GPU only). Default: bf16 on GPUs with bf16 tensor cores (sm_80+), fp32
+    /// elsewhere.
     #[arg(help_heading = GPU, long, value_enum)]
     pub precision: Option<Precision>,
     /// Use TF32 tensor cores for fp32 matrix products on the GPU.

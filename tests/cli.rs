@@ -3226,6 +3226,60 @@ fn help_groups_the_flags() {
     }
 }
 
+/// `--precision`'s values are described for what each command does with them: training (and
+/// `verify`, whose engine trains) keeps gradients and AdamW's moments, `eval` and `sample` run
+/// forwards only, `convert` stores a file; and each command parses its values alike.
+#[test]
+fn precision_values_are_described_for_each_command() {
+    let values = |command: &[&str]| -> String {
+        let (out, help, _) = run(bin().args(command).arg("--help"));
+        assert!(out.status.success(), "{command:?}");
+        let at = help.find("--precision <PRECISION>").expect("--precision");
+        let end = help[at..].find("\n  -").map_or(help.len(), |e| at + e);
+        help[at..end].to_string()
+    };
+    let training =
+        "- bf16: bfloat16 parameters, activations and gradients, with fp32 sums, master \
+                    weights and AdamW moments (GPU only)";
+    for command in [&[][..], &["verify"]] {
+        let text = values(command);
+        assert!(text.contains(training), "{command:?}: {text}");
+    }
+    for command in ["eval", "sample"] {
+        let text = values(&[command]);
+        assert!(
+            text.contains("- bf16: bfloat16 weights and activations, with fp32 sums (GPU only)"),
+            "{command}: {text}"
+        );
+        assert!(
+            !text.contains("gradients") && !text.contains("AdamW"),
+            "{command}: {text}"
+        );
+    }
+    let text = values(&["convert"]);
+    for want in [
+        "- fp32: 4 bytes a parameter (an llm.c checkpoint of version 3; F32 safetensors)",
+        "- bf16: 2 bytes a parameter, rounded to nearest even (an llm.c checkpoint of version 5; \
+         BF16 safetensors)",
+    ] {
+        assert!(text.contains(want), "convert: {text}");
+    }
+    assert!(
+        !text.contains("computes") && !text.contains("GPU"),
+        "convert: {text}"
+    );
+    // the values parse as before, and a wrong one is a usage error naming them
+    for command in ["eval", "sample", "convert"] {
+        let (out, _, stderr) = run(bin().args([command, "--precision", "bf17"]));
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains("invalid value 'bf17' for '--precision <PRECISION>'")
+                && stderr.contains("[possible values: fp32, bf16]"),
+            "{command}: {stderr}"
+        );
+    }
+}
+
 /// `eval` prints its progress about every tenth of the way, each line the loss of the batches so
 /// far: what `eval --batches K` reports for the first K.
 #[test]

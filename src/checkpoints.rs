@@ -247,6 +247,8 @@ pub(crate) fn keep_best(
         return Ok(());
     }
     let path = args.out_dir.join(BEST_MODEL);
+    // (made read-only since the run began)
+    check_best_replaceable(&args.out_dir)?;
     write_model(engine, &path)?;
     outln!(
         "wrote {} (val loss {val:.4} after step {step}, the lowest so far{})",
@@ -258,6 +260,15 @@ pub(crate) fn keep_best(
     );
     *best = Some(BestVal { step, loss: val });
     Ok(())
+}
+
+/// An error where [`BEST_MODEL`] in `out_dir` is read-only, saying what to do: no flag names that
+/// file, so another name is no way out.
+pub(crate) fn check_best_replaceable(out_dir: &Path) -> Result<()> {
+    crate::formats::check_replaceable_or(
+        &out_dir.join(BEST_MODEL),
+        "make it writable (chmod u+w), or drop --keep-best",
+    )
 }
 
 /// Removes the model checkpoint and training state of `step` from `dir` (a warning where that

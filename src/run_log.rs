@@ -84,8 +84,13 @@ impl RunLog {
             }
         }
         let text: String = kept.iter().map(|l| format!("{l}\n")).collect();
-        crate::formats::write_file_atomic(&path, text.as_bytes())
-            .context("cannot write the run's log")?;
+        // (a read-only log of the run resumed here: no flag names the file)
+        crate::formats::check_replaceable_or(
+            &path,
+            "make it writable (chmod u+w), or resume into another --out-dir",
+        )
+        .and_then(|()| crate::formats::write_file_atomic(&path, text.as_bytes()))
+        .context("cannot write the run's log")?;
         let out = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)

@@ -812,7 +812,7 @@ pub fn train(
     crate::checkpoints::set_aside_earlier_run(&args.out_dir, resumed_here, start_model)?;
     if args.keep_best {
         // (a resumed run's model_best.bin, read-only, is refused now, not at a validation later)
-        crate::formats::check_replaceable(&args.out_dir.join(crate::checkpoints::BEST_MODEL))?;
+        crate::checkpoints::check_best_replaceable(&args.out_dir)?;
     }
     let mut log = RunLog::create(&args.out_dir, earlier_log.as_deref().map(|p| (p, start)))?;
     outln!("log: {}", log.path().display());

@@ -1651,7 +1651,7 @@ fn mode(path: &Path) -> u32 {
 
 /// An output written again keeps its permissions (a private model stays private); a read-only
 /// one (`chmod 444`) is refused before any work, by every command that writes a file the user
-/// names, and by a resumed run whose `model_best.bin` is read-only.
+/// names, and by a resumed run whose `model_best.bin` or `log.jsonl` is read-only.
 #[test]
 fn a_rewritten_output_keeps_its_permissions_and_a_read_only_one_is_refused() {
     let dir = tmp_dir("read-only");
@@ -1720,14 +1720,31 @@ fn a_rewritten_output_keeps_its_permissions_and_a_read_only_one_is_refused() {
     let (out, stdout, stderr) = train("--model d1 --steps 1");
     assert!(out.status.success(), "{stdout}\n{stderr}");
     chmod(&dir.join("run/model_best.bin"), 0o444);
-    let (out, stdout, stderr) = train(&format!("--resume {} --steps 2", d("run")));
-    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
-    let want = format!("{} is read-only", d("run/model_best.bin"));
-    assert!(stderr.contains(&want), "{stderr}");
-    assert!(
-        !stdout.contains("step 2"),
-        "a step before the refusal: {stdout}"
-    );
+    // (no flag names these files: the way out is to make them writable, or not to write them)
+    for (file, advice) in [
+        (
+            "model_best.bin",
+            "make it writable (chmod u+w), or drop --keep-best",
+        ),
+        (
+            "log.jsonl",
+            "make it writable (chmod u+w), or resume into another --out-dir",
+        ),
+    ] {
+        chmod(&dir.join("run/model_best.bin"), 0o644);
+        chmod(&dir.join("run").join(file), 0o444);
+        let (out, stdout, stderr) = train(&format!("--resume {} --steps 2", d("run")));
+        assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+        let want = format!(
+            "{} is read-only (no one may write it): it is not replaced; {advice}\n",
+            d(&format!("run/{file}"))
+        );
+        assert!(stderr.contains(&want), "{stderr}");
+        assert!(
+            !stdout.contains("step 2"),
+            "a step before the refusal: {stdout}"
+        );
+    }
 }
 
 /// Runs the engine with `args` under an address-space limit of `kib` KiB (`ulimit -v`), on one

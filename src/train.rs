@@ -1162,6 +1162,7 @@ pub fn train(
                     loss_z,
                     norm_z,
                     skipped,
+                    outlier: verdict.outlier(),
                 }
             }),
         });
@@ -1223,10 +1224,11 @@ pub fn train(
             "updates skipped (outliers): {} of {} steps{}",
             summary.skipped.len(),
             args.steps,
-            match (shown.is_empty(), more) {
-                (true, _) => String::new(),
-                (false, 0) => format!(" (step {})", shown.join(", ")),
-                (false, _) => format!(" (step {}, and {more} more)", shown.join(", ")),
+            match (shown.len(), more) {
+                (0, _) => String::new(),
+                (1, 0) => format!(" (step {})", shown[0]),
+                (_, 0) => format!(" (steps {})", shown.join(", ")),
+                (_, _) => format!(" (steps {}, and {more} more)", shown.join(", ")),
             }
         );
     }

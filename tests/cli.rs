@@ -2725,7 +2725,7 @@ fn outlier_steps_are_skipped() {
     let dir = tmp_dir("outliers");
     let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
     // 105 batches of 2 x 16 of the pattern 10 11 12 13 ..., batch 100's targets random
-    engine_bin::write_spike_corpus(&dir, 105, 100);
+    engine_bin::write_spike_corpus(&dir, 105, 100..101);
     let base = format!(
         "--device cpu --batch 2 --seq 16 --val-every 0 --val-batches 1 --seed 3 --lr 3e-3 \
          --lr-schedule constant --sample-tokens 0 --val {}",
@@ -2773,6 +2773,7 @@ fn outlier_steps_are_skipped() {
     for r in &steps {
         let step = r["step"].as_u64().unwrap();
         assert_eq!(r["skipped"].as_bool(), Some(step == 101), "{r}");
+        assert_eq!(r["outlier"].as_bool(), Some(step == 101), "{r}");
         assert_eq!(r["loss_z"].is_null(), step <= 64, "{r}");
     }
     // the z-scores of steps 101 and 102, from the logged losses of steps 37 to 100 (the 64
@@ -2859,6 +2860,74 @@ fn outlier_steps_are_skipped() {
         expect_error(
             &[&flags(&base)[..], &flags(extra)[..]].concat(),
             &["--skip-loss-z and --skip-norm-z must be numbers of at least 0 (0: off)"],
+        );
+    }
+}
+
+/// After two skipped steps the third outlier in a row is taken (a level that stays up is the new
+/// normal), and its step line and log record say so, not only its z-scores: on a corpus whose
+/// batches 100 to 102 are random tokens, steps 101 and 102 are skipped and 103 is taken.
+#[test]
+fn the_third_outlier_in_a_row_is_taken_and_marked() {
+    let dir = tmp_dir("outliers-in-a-row");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    engine_bin::write_spike_corpus(&dir, 104, 100..103);
+    let (out, stdout, stderr) = run(bin()
+        .args(flags(
+            "--device cpu --model d1 --batch 2 --seq 16 --val-every 0 --val-batches 1 --seed 3 \
+             --lr 3e-3 --lr-schedule constant --sample-tokens 0 --no-state --steps 104 \
+             --skip-loss-z 5",
+        ))
+        .args(["--train", &d("spike.bin"), "--val", &d("pattern.bin")])
+        .args(["--out-dir", &d("out")]));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let line = |n: usize| {
+        stdout
+            .lines()
+            .find(|l| step_number(l) == Some(n))
+            .unwrap_or_else(|| panic!("no step {n}:\n{stdout}"))
+    };
+    for n in [101, 102] {
+        assert!(
+            line(n).contains(" | update skipped: loss z +"),
+            "{}",
+            line(n)
+        );
+    }
+    let taken = line(103);
+    let z = taken
+        .split(" | z loss ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|z| z.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no loss z: {taken}"));
+    assert!(z > 5.0, "{taken}");
+    assert!(
+        taken.ends_with(" | update taken: the third outlier in a row"),
+        "{taken}"
+    );
+    for n in [100, 104] {
+        assert!(!line(n).contains("update"), "{}", line(n));
+    }
+    assert!(
+        stdout.contains("updates skipped (outliers): 2 of 104 steps (steps 101, 102)"),
+        "{stdout}"
+    );
+    // the log: skipped as the lines say, and the three outliers marked
+    for r in run_log(&dir.join("out"))
+        .iter()
+        .filter(|r| r.get("loss").is_some())
+    {
+        let step = r["step"].as_u64().unwrap();
+        assert_eq!(
+            r["skipped"].as_bool(),
+            Some(step == 101 || step == 102),
+            "{r}"
+        );
+        assert_eq!(
+            r["outlier"].as_bool(),
+            Some((101..=103).contains(&step)),
+            "{r}"
         );
     }
 }

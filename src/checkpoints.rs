@@ -12,6 +12,7 @@ use crate::formats::train_state::{
 };
 use crate::outliers::Outliers;
 use crate::outln;
+use crate::text::count;
 use crate::train::TrainArgs;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -127,13 +128,13 @@ impl Resume {
         let have = (loader.num_tokens() as u64, loader.files().len());
         if (d.tokens, d.shards) != have {
             bail!(
-                "{path}: the run trained on {} shard(s) of {} tokens in all, --train '{}' has {} \
-                 of {}: resume it with the same training data",
-                d.shards,
-                d.tokens,
+                "{path}: the run trained on {} of {} in all, --train '{}' has {} of {}: resume it \
+                 with the same training data",
+                count(d.shards, "shard", "shards"),
+                count(d.tokens, "token", "tokens"),
                 loader.pattern(),
-                have.1,
-                have.0
+                count(have.1, "shard", "shards"),
+                count(have.0, "token", "tokens")
             );
         }
         let n = crate::params::num_parameters(engine.config());
@@ -164,23 +165,28 @@ fn check_micro_batches(path: &str, step: usize, served: u64, args: &TrainArgs) -
         return Ok(());
     }
     let took = served / step;
+    let (served, steps) = (
+        count(served, "batch", "batches"),
+        count(step, "step", "steps"),
+    );
     if took == 0 && !args.overfit_batch {
         bail!(
-            "{path}: the run trained on its first batch only (--overfit-batch: {served} batches \
-             of the training data served in {step} steps); resume it with --overfit-batch"
+            "{path}: the run trained on its first batch only (--overfit-batch: {served} of the \
+             training data served in {steps}); resume it with --overfit-batch"
         );
     }
     if took > 0 && args.overfit_batch {
         bail!(
-            "{path}: the run read its training data ({served} batches in {step} steps), it did \
-             not overfit one batch; resume it without --overfit-batch"
+            "{path}: the run read its training data ({served} in {steps}), it did not overfit \
+             one batch; resume it without --overfit-batch"
         );
     }
     if took > 0 && took != given {
         let (b, t) = (args.batch, args.seq);
         bail!(
-            "{path}: the run took {took} micro-batch(es) a step ({served} batches of {b}x{t} in \
-             {step} steps); resume it with --grad-accum {took} (or --total-batch {}), got {given}",
+            "{path}: the run took {} a step ({served} of {b}x{t} in {steps}); resume it with \
+             --grad-accum {took} (or --total-batch {}), got {given}",
+            count(took, "micro-batch", "micro-batches"),
             took as usize * b * t
         );
     }

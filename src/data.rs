@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use crate::formats::shard::{check_tokens, read_shard, read_shard_len};
 use crate::rng::Rng;
+use crate::text::count;
 
 /// The default corpus's training shard, relative to [`default_corpus_dir`].
 pub const DEFAULT_TRAIN_FILE: &str = "train.bin";
@@ -163,9 +164,10 @@ fn shard_lengths(pattern: &str, b: usize, t: usize) -> Result<(Vec<PathBuf>, Vec
         let n = read_shard_len(f)?;
         if n < bt1 {
             bail!(
-                "{}: the shard has {n} tokens, fewer than B*T+1 = {bt1} needed for one batch \
-                 (B={b}, T={t})",
-                f.display()
+                "{}: the shard has {}, fewer than B*T+1 = {bt1} needed for one batch (B={b}, \
+                 T={t})",
+                f.display(),
+                count(n, "token", "tokens")
             );
         }
         lens.push(n);
@@ -384,9 +386,9 @@ impl DataLoader {
         let tokens = read_shard(path)?;
         if tokens.len() != self.lens[idx] {
             bail!(
-                "{}: the shard changed while training: it had {} tokens, now {}",
+                "{}: the shard changed while training: it had {}, now {}",
                 path.display(),
-                self.lens[idx],
+                count(self.lens[idx], "token", "tokens"),
                 tokens.len()
             );
         }

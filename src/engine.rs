@@ -134,7 +134,7 @@ pub trait Engine {
 
 /// The CPU engine's [`Engine::describe`]: "cpu (1 thread)", "cpu (2 threads)".
 fn threads_text(n: usize) -> String {
-    format!("cpu ({n} thread{})", if n == 1 { "" } else { "s" })
+    format!("cpu ({})", crate::text::count(n, "thread", "threads"))
 }
 
 impl Engine for Gpt2Cpu {

@@ -14,6 +14,7 @@ use train_gpt2_cuda::formats::{checkpoint, debug_state, read_model};
 use train_gpt2_cuda::out_of_memory::{for_command, Knobs};
 use train_gpt2_cuda::precision::Precision;
 use train_gpt2_cuda::sample::{generate, SampleOptions};
+use train_gpt2_cuda::text::count;
 use train_gpt2_cuda::tokenizer::Tokenizer;
 use train_gpt2_cuda::train::{self, Device, TrainArgs};
 use train_gpt2_cuda::verify::{self, Tolerances};
@@ -352,12 +353,11 @@ fn run_prepro(a: &PreproArgs) -> Result<ExitCode> {
     }
     let s = result?;
     outln!(
-        "{} document{}: {} train tokens -> {}, {} val tokens -> {}",
-        s.documents,
-        if s.documents == 1 { "" } else { "s" },
-        s.train_tokens,
+        "{}: {} -> {}, {} -> {}",
+        count(s.documents, "document", "documents"),
+        count(s.train_tokens, "train token", "train tokens"),
         s.train_path.display(),
-        s.val_tokens,
+        count(s.val_tokens, "val token", "val tokens"),
         s.val_path.display()
     );
     if s.train_shards.len() > 1 || s.val_shards.len() > 1 {
@@ -470,9 +470,10 @@ fn run_eval(a: &EvalArgs) -> Result<ExitCode> {
     }
     let mut engine = eval_engine(a, cfg, ck.params, t).map_err(|e| for_command(e, Knobs::Eval))?;
     outln!(
-        "eval: {} ({cfg}) on {} on {pattern}: {n} of {all} batches of {}x{t}",
+        "eval: {} ({cfg}) on {} on {pattern}: {n} of {} of {}x{t}",
         a.model.display(),
         engine.describe(),
+        count(all, "batch", "batches"),
         a.batch
     );
     // a progress line about every tenth of the way
@@ -483,9 +484,9 @@ fn run_eval(a: &EvalArgs) -> Result<ExitCode> {
         }
     })?;
     outln!(
-        "loss {loss:.6} (perplexity {:.3}) over {} tokens",
+        "loss {loss:.6} (perplexity {:.3}) over {}",
         (loss as f64).exp(),
-        n * a.batch * t
+        count(n * a.batch * t, "token", "tokens")
     );
     output_complete("the loss")?;
     if !loss.is_finite() {
@@ -836,9 +837,9 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
                     .with_context(|| format!("{}: bad losses file", p.display()))?;
                 if l.len() < a.steps {
                     bail!(
-                        "{}: holds {} steps, fewer than --steps {}",
+                        "{}: holds {}, fewer than --steps {}",
                         p.display(),
-                        l.len(),
+                        count(l.len(), "step", "steps"),
                         a.steps
                     );
                 }

@@ -18,6 +18,7 @@ use crate::outliers::Outliers;
 use crate::precision::Precision;
 use crate::run_log::{RunLog, StepOutliers, StepRecord};
 use crate::sample::{generate, SampleOptions};
+use crate::text::count;
 use crate::tokenizer::Tokenizer;
 use crate::{out, outln};
 use anyhow::{bail, Context, Result};
@@ -262,8 +263,9 @@ impl TrainArgs {
             let steps = (f * batches as f64 / micro as f64 + 1e-6).floor();
             if steps < 1.0 {
                 bail!(
-                    "--epochs {f} is less than one step: an epoch of '{pattern}' is {batches} \
-                     batches of {}x{}, a step {micro}",
+                    "--epochs {f} is less than one step: an epoch of '{pattern}' is {} of {}x{}, \
+                     a step {micro}",
+                    count(batches, "batch", "batches"),
                     self.batch,
                     self.seq
                 );
@@ -725,9 +727,9 @@ pub fn train(
     let val_batches = args.val_batches.min(val_loader.num_batches().max(1));
     if val_batches < args.val_batches {
         crate::errln!(
-            "note: the validation data holds {val_batches} batch{} of {b}x{t}: each validation \
-             averages {}, not --val-batches {}",
-            if val_batches == 1 { "" } else { "es" },
+            "note: the validation data holds {} of {b}x{t}: each validation averages {}, not \
+             --val-batches {}",
+            count(val_batches, "batch", "batches"),
             if val_batches == 1 { "it" } else { "those" },
             args.val_batches
         );
@@ -755,18 +757,17 @@ pub fn train(
         engine.describe()
     );
     outln!(
-        "data: train {} ({} batches of {b}x{t}), val {} ({} batches); {} step{}{} of {} tokens{}{}",
+        "data: train {} ({} of {b}x{t}), val {} ({}); {}{} of {}{}{}",
         train_pattern,
-        train_loader.num_batches(),
+        count(train_loader.num_batches(), "batch", "batches"),
         val_pattern,
-        val_loader.num_batches(),
-        args.steps,
-        if args.steps == 1 { "" } else { "s" },
+        count(val_loader.num_batches(), "batch", "batches"),
+        count(args.steps, "step", "steps"),
         match args.epochs {
             Some(f) => format!(" (--epochs {f})"),
             None => String::new(),
         },
-        b * t * micro,
+        count(b * t * micro, "token", "tokens"),
         if micro > 1 {
             format!(" ({micro} micro-batches of {b}x{t})")
         } else {
@@ -789,10 +790,10 @@ pub fn train(
             let h = &r.state.header;
             earlier_log = Some(folder_of(&r.state.path).join(crate::run_log::LOG_FILE));
             outln!(
-                "resume: {} at step {} ({} batches of the training data served), model {}",
+                "resume: {} at step {} ({} of the training data served), model {}",
                 r.state.path.display(),
                 h.step,
-                h.data.batches_served,
+                count(h.data.batches_served, "batch", "batches"),
                 r.model_path.display()
             );
             r.restore(engine, &mut train_loader)?
@@ -909,8 +910,8 @@ pub fn train(
             ..Default::default()
         };
         outln!(
-            "sample after step {step} ({} tokens, top-k 40):\n---",
-            args.sample_tokens
+            "sample after step {step} ({}, top-k 40):\n---",
+            count(args.sample_tokens, "token", "tokens")
         );
         let window = t.min(cfg.max_seq_len);
         let ids = generate(
@@ -1246,12 +1247,16 @@ pub fn train(
     }
     if !profiled.is_empty() {
         if let Some(profile) = engine.profile() {
-            if summary.profile_discarded > 0 {
+            let left_out = summary.profile_discarded;
+            if left_out > 0 {
                 outln!(
-                    "profile: {} of the {} steps timed left out: their updates were skipped \
-                     (outliers)",
-                    summary.profile_discarded,
-                    profile.steps as usize + summary.profile_discarded
+                    "profile: {left_out} of the {} timed left out: {} (outliers)",
+                    count(profile.steps as usize + left_out, "step", "steps"),
+                    if left_out == 1 {
+                        "its update was skipped"
+                    } else {
+                        "their updates were skipped"
+                    }
                 );
             }
             out!("{}", profile.table());

@@ -771,7 +771,7 @@ fn a_resumed_run_continues_exactly() {
             &fixture("../../data/shakespeare/val.bin"),
         ],
         &[
-            "the run trained on 1 shard(s) of",
+            "the run trained on 1 shard of",
             "resume it with the same training data",
         ],
     );
@@ -988,8 +988,8 @@ fn a_folder_holds_one_run() {
     resume_error(
         "--grad-accum 2",
         &[
-            "the run took 1 micro-batch(es) a step (9 batches of 2x16 in 9 steps); resume it \
-             with --grad-accum 1 (or --total-batch 32), got 2",
+            "the run took 1 micro-batch a step (9 batches of 2x16 in 9 steps); resume it with \
+             --grad-accum 1 (or --total-batch 32), got 2",
         ],
     );
     resume_error(
@@ -3252,6 +3252,59 @@ fn bf16_without_a_gpu_is_a_note_under_auto() {
             "{command:?}: {stderr}"
         );
     }
+}
+
+/// A count of one takes the singular: "1 batch", "1 token", "1 step" (it said "1 batches").
+#[test]
+fn a_count_of_one_is_singular() {
+    let dir = tmp_dir("singular");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    // an epoch of one batch
+    expect_error(
+        &flags(&format!(
+            "--device cpu --model d1 --batch 2 --seq 8 --epochs 0.5 --train {}",
+            fixture("shard_small.bin")
+        )),
+        &["' is 1 batch of 2x8, a step 1"],
+    );
+    // prepro: an empty file is one token (EOT), and the validation shard
+    write(&dir.join("a.txt"), b"some text to train on");
+    write(&dir.join("b.txt"), b"");
+    let (out, stdout, stderr) = run(bin()
+        .args(["prepro", &d("a.txt"), &d("b.txt"), "--out-dir", &d("data")])
+        .current_dir(&dir));
+    assert!(out.status.success(), "{stderr}");
+    for want in [
+        "b.txt: 0 bytes -> 1 token\n",
+        &format!("prepro: wrote {} (1 token)\n", d("data/val.bin")),
+        ", 1 val token -> ",
+        "2 documents: ",
+    ] {
+        assert!(stdout.contains(want), "{want}: {stdout}");
+    }
+    // a run of one step and a sample of one token, resumed after one batch
+    let train = |extra: &str| {
+        let (out, stdout, stderr) = run(bin()
+            .args(flags(
+                "--device cpu --model d1 --batch 2 --seq 16 --val-batches 1 --sample-tokens 1",
+            ))
+            .args(["--out-dir", &d("run")])
+            .args(flags(extra)));
+        assert!(out.status.success(), "{extra}: {stderr}");
+        stdout
+    };
+    let stdout = train("--steps 1");
+    for want in [
+        "; 1 step of 32 tokens\n",
+        "sample after step 1 (1 token, top-k 40):",
+    ] {
+        assert!(stdout.contains(want), "{want}: {stdout}");
+    }
+    let stdout = train(&format!("--steps 2 --resume {}", d("run")));
+    assert!(
+        stdout.contains("at step 1 (1 batch of the training data served)"),
+        "{stdout}"
+    );
 }
 
 /// `--help` groups the training flags under headings, each flag under its own.

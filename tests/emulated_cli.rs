@@ -614,7 +614,7 @@ fn profile_leaves_out_the_steps_whose_update_was_skipped() {
     );
     assert!(
         log.contains(
-            "profile: 1 of the 99 steps timed left out: their updates were skipped (outliers)"
+            "profile: 1 of the 99 steps timed left out: its update was skipped (outliers)"
         ),
         "{log}"
     );

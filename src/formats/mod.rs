@@ -176,10 +176,10 @@ pub fn check_finite(path: &Path, ck: &checkpoint::Checkpoint) -> Result<()> {
             ""
         };
         bail!(
-            "{}: the model holds {n} parameter{} that {} not finite, the first {v} in \
-             {}[{i}]{padding}: the file is damaged, or from a run that diverged",
+            "{}: the model holds {} that {} not finite, the first {v} in {}[{i}]{padding}: the \
+             file is damaged, or from a run that diverged",
             path.display(),
-            if n == 1 { "" } else { "s" },
+            crate::text::count(n, "parameter", "parameters"),
             if n == 1 { "is" } else { "are" },
             crate::params::PARAM_NAMES[k]
         );

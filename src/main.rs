@@ -484,8 +484,9 @@ fn run_eval(a: &EvalArgs) -> Result<ExitCode> {
         }
     })?;
     outln!(
-        "loss {loss:.6} (perplexity {:.3}) over {}",
-        (loss as f64).exp(),
+        "loss {loss:.6} (perplexity {}) over {}",
+        // (from 1e6 in exponent form: a diverged model's is dozens of digits)
+        train_gpt2_cuda::text::magnitude((loss as f64).exp(), 3),
         count(n * a.batch * t, "token", "tokens")
     );
     output_complete("the loss")?;

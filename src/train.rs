@@ -18,7 +18,7 @@ use crate::outliers::Outliers;
 use crate::precision::Precision;
 use crate::run_log::{RunLog, StepOutliers, StepRecord};
 use crate::sample::{generate, SampleOptions};
-use crate::text::count;
+use crate::text::{count, typed};
 use crate::tokenizer::Tokenizer;
 use crate::{out, outln};
 use anyhow::{bail, Context, Result};
@@ -249,8 +249,10 @@ impl TrainArgs {
     pub fn resolved(&self) -> Result<TrainArgs> {
         let mut args = self.clone();
         if let (Some(f), false) = (self.epochs, self.steps_from_epochs) {
+            // (1e-300 and 1e300 as typed, not their 300 digits)
+            let typed = crate::text::typed(f);
             if !(f > 0.0 && f.is_finite()) {
-                bail!("--epochs must be a positive number, got {f}");
+                bail!("--epochs must be a positive number, got {typed}");
             }
             // (validate() checks --steps: 1 until it is known)
             args.steps = 1;
@@ -263,23 +265,17 @@ impl TrainArgs {
             let steps = (f * batches as f64 / micro as f64 + 1e-6).floor();
             if steps < 1.0 {
                 bail!(
-                    "--epochs {f} is less than one step: an epoch of '{pattern}' is {} of {}x{}, \
-                     a step {micro}",
+                    "--epochs {typed} is less than one step: an epoch of '{pattern}' is {} of \
+                     {}x{}, a step {micro}",
                     count(batches, "batch", "batches"),
                     self.batch,
                     self.seq
                 );
             }
             if steps > i32::MAX as f64 {
-                // (1e300 as typed, not its 301 digits)
-                let f = if f >= 1e9 {
-                    format!("{f:e}")
-                } else {
-                    f.to_string()
-                };
                 bail!(
-                    "--epochs {f} makes {steps:.3e} steps: at most {} (a training state records \
-                     the step in 32 bits)",
+                    "--epochs {typed} makes {steps:.3e} steps: at most {} (a training state \
+                     records the step in 32 bits)",
                     i32::MAX
                 );
             }
@@ -447,18 +443,18 @@ impl TrainArgs {
             );
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
-            bail!("--lr must be a positive number, got {}", self.lr);
+            bail!("--lr must be a positive number, got {}", typed(self.lr));
         }
         if !(0.0..=1.0).contains(&self.lr_final_frac) {
             bail!(
                 "--lr-final-frac must be in [0, 1], got {}",
-                self.lr_final_frac
+                typed(self.lr_final_frac)
             );
         }
         if !(0.0..=1.0).contains(&self.lr_decay_frac) {
             bail!(
                 "--lr-decay-frac must be in [0, 1], got {}",
-                self.lr_decay_frac
+                typed(self.lr_decay_frac)
             );
         }
         if self.sample_every > 0 && self.sample_tokens == 0 {
@@ -470,31 +466,31 @@ impl TrainArgs {
         let positive = |x: f32| x > 0.0 && x.is_finite();
         let not_negative = |x: f32| x >= 0.0 && x.is_finite();
         if !positive(self.eps) {
-            bail!("--eps must be a positive number, got {}", self.eps);
+            bail!("--eps must be a positive number, got {}", typed(self.eps));
         }
         if !not_negative(self.weight_decay) {
             bail!(
                 "--weight-decay must be a number of at least 0, got {}",
-                self.weight_decay
+                typed(self.weight_decay)
             );
         }
         if !not_negative(self.grad_clip) {
             bail!(
                 "--grad-clip must be a number of at least 0 (0: no clipping), got {}",
-                self.grad_clip
+                typed(self.grad_clip)
             );
         }
         if !not_negative(self.skip_loss_z) || !not_negative(self.skip_norm_z) {
             bail!(
                 "--skip-loss-z and --skip-norm-z must be numbers of at least 0 (0: off), got {} \
                  and {}",
-                self.skip_loss_z,
-                self.skip_norm_z
+                typed(self.skip_loss_z),
+                typed(self.skip_norm_z)
             );
         }
         if let Some(p) = self.peak_tflops {
             if !(p > 0.0 && p.is_finite()) {
-                bail!("--peak-tflops must be a positive number, got {p}");
+                bail!("--peak-tflops must be a positive number, got {}", typed(p));
             }
         }
         if self.val_batches == 0 {
@@ -764,7 +760,7 @@ pub fn train(
         count(val_loader.num_batches(), "batch", "batches"),
         count(args.steps, "step", "steps"),
         match args.epochs {
-            Some(f) => format!(" (--epochs {f})"),
+            Some(f) => format!(" (--epochs {})", typed(f)),
             None => String::new(),
         },
         count(b * t * micro, "token", "tokens"),

@@ -1539,6 +1539,59 @@ fn a_model_with_a_non_finite_parameter_is_refused() {
     }
 }
 
+/// `eval`'s perplexity reads as a number: fixed decimals for a model that predicts, the
+/// exponent form from 1e6 up (a diverged model's was 35 digits), and inf past f64's range. The
+/// models: the fixture, and the same with its final layernorm's weights and biases scaled up
+/// (logits that large make the loss large).
+#[test]
+fn eval_prints_a_large_perplexity_in_exponent_form() {
+    use train_gpt2_cuda::formats::checkpoint::{
+        read_checkpoint, write_checkpoint, CheckpointPrecision,
+    };
+    let dir = tmp_dir("perplexity");
+    let fixture_model = root().join("tests/fixtures/ref_gpt2vocab_model.bin");
+    let ck = read_checkpoint(&fixture_model).unwrap();
+    let c = ck.config.channels;
+    let eval = |model: &Path| -> (f32, String) {
+        let (out, stdout, stderr) = run(bin()
+            .args([
+                "eval",
+                "--device",
+                "cpu",
+                "--model",
+                &model.to_string_lossy(),
+            ])
+            .args(flags("--batch 1 --seq 8 --batches 2")));
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        let line = stdout.lines().find(|l| l.starts_with("loss ")).unwrap();
+        let loss = line["loss ".len()..].split(' ').next().unwrap();
+        let perplexity = line.split("(perplexity ").nth(1).unwrap().split(')').next();
+        (loss.parse().unwrap(), perplexity.unwrap().to_string())
+    };
+    let (loss, perplexity) = eval(&fixture_model);
+    assert!((loss as f64).exp() < 1e6, "{loss}");
+    assert_eq!(perplexity, format!("{:.3}", (loss as f64).exp()));
+    // scaled 300 times: a loss whose perplexity is past 1e6; 30000 times: past f64's range
+    for (scale, large) in [(300.0, true), (30000.0, false)] {
+        let mut params = ck.params.clone();
+        let n = params.len();
+        for p in &mut params[n - 2 * c..] {
+            *p *= scale;
+        }
+        let model = dir.join(format!("x{scale}.bin"));
+        write_checkpoint(&model, &ck.config, &params, CheckpointPrecision::Fp32).unwrap();
+        let (loss, perplexity) = eval(&model);
+        let p = (loss as f64).exp();
+        if large {
+            assert!((1e6..f64::MAX).contains(&p), "{loss}");
+            assert_eq!(perplexity, format!("{p:.3e}"));
+        } else {
+            assert!(p.is_infinite(), "{loss}");
+            assert_eq!(perplexity, "inf");
+        }
+    }
+}
+
 /// A prompt may start with a hyphen (clap took it for a flag), and a negative number reaches the
 /// flag's own check.
 #[test]
@@ -1925,6 +1978,11 @@ fn bad_inputs_give_clear_errors() {
     expect_error(
         &["--device", "cpu", "--lr=-1"],
         &["--lr must be a positive number"],
+    );
+    // (as typed, not 30 digits)
+    expect_error(
+        &["--device", "cpu", "--lr=-1e-30"],
+        &["--lr must be a positive number, got -1e-30\n"],
     );
     expect_error(
         &["--device", "cpu", "--model", "d1", "--seq", "2000"],
@@ -3061,6 +3119,15 @@ fn epochs_count_the_steps() {
              the step in 32 bits)",
         ),
         ("--epochs 1e300", "--epochs 1e300 makes 1.000e301 steps"),
+        // (as typed, not 300 digits)
+        (
+            "--epochs 1e-300",
+            "--epochs 1e-300 is less than one step: an epoch of",
+        ),
+        (
+            "--epochs=-1e-300",
+            "--epochs must be a positive number, got -1e-300\n",
+        ),
         ("--steps 2147483648", "--steps 2147483648 is too many"),
         (
             "--total-batch 0",

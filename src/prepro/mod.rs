@@ -34,7 +34,7 @@ use crate::formats::gzip::{is_gzip, GzReader};
 use crate::formats::parquet::is_parquet;
 use crate::formats::shard::{is_shard_file, to_u16};
 use crate::formats::zstd::{is_zstd, ZstdReader};
-use crate::text::count;
+use crate::text::{count, typed};
 use crate::tokenizer::{for_each_text_part, Tokenizer};
 
 pub mod jsonl;
@@ -58,8 +58,7 @@ impl std::fmt::Display for ValSplit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ValSplit::LastFiles(k) => write!(f, "--val-files {k}"),
-            // (Debug: 1e-9, where Display writes 0.000000001)
-            ValSplit::Fraction(x) => write!(f, "--val-fraction {x:?}"),
+            ValSplit::Fraction(x) => write!(f, "--val-fraction {}", typed(*x)),
         }
     }
 }
@@ -162,7 +161,10 @@ pub fn prepro_with(
             count(inputs.len(), "input file", "input files")
         ),
         ValSplit::Fraction(f) if !(f > 0.0 && f < 1.0) => {
-            bail!("prepro: the val fraction {f} must be strictly between 0 and 1")
+            bail!(
+                "prepro: the val fraction {} must be strictly between 0 and 1",
+                typed(f)
+            )
         }
         ValSplit::LastFiles(k) => inputs.len() - k,
         ValSplit::Fraction(_) => inputs.len(),

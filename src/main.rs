@@ -742,7 +742,7 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         }
         check_not_an_input("--dump", dump, std::slice::from_ref(dump), &inputs)?;
     }
-    // (how the GPU runs, not what it computes: a note, each flag given by name)
+    // (a note for each of these given, by name)
     if a.device == VerifyDevice::Cpu && a.tf32 {
         train_gpt2_cuda::errln!(
             "note: --tf32 does nothing with --device cpu (the CPU's products are plain fp32)"

@@ -11,6 +11,7 @@ use crate::formats::train_state::{weights_fingerprint, write_train_state, BestVa
 use crate::formats::train_state::{DataPosition, OptimizerSettings, TrainState, TrainStateFile};
 use crate::outliers::Outliers;
 use crate::outln;
+use crate::text::count;
 use crate::train::TrainArgs;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -148,13 +149,13 @@ impl Resume {
         let have = (loader.num_tokens() as u64, loader.files().len());
         if (d.tokens, d.shards) != have {
             bail!(
-                "{path}: the run trained on {} shard(s) of {} tokens in all, --train '{}' has {} \
-                 of {}: resume it with the same training data",
-                d.shards,
-                d.tokens,
+                "{path}: the run trained on {} of {} in all, --train '{}' has {} of {}: resume it \
+                 with the same training data",
+                count(d.shards, "shard", "shards"),
+                count(d.tokens, "token", "tokens"),
                 loader.pattern(),
-                have.1,
-                have.0
+                count(have.1, "shard", "shards"),
+                count(have.0, "token", "tokens")
             );
         }
         let n = crate::params::num_parameters(engine.config());
@@ -229,23 +230,28 @@ fn check_micro_batches(path: &str, step: usize, served: u64, args: &TrainArgs) -
         return Ok(());
     }
     let took = served / step;
+    let (served, steps) = (
+        count(served, "batch", "batches"),
+        count(step, "step", "steps"),
+    );
     if took == 0 && !args.overfit_batch {
         bail!(
-            "{path}: the run trained on its first batch only (--overfit-batch: {served} batches \
-             of the training data served in {step} steps); resume it with --overfit-batch"
+            "{path}: the run trained on its first batch only (--overfit-batch: {served} of the \
+             training data served in {steps}); resume it with --overfit-batch"
         );
     }
     if took > 0 && args.overfit_batch {
         bail!(
-            "{path}: the run read its training data ({served} batches in {step} steps), it did \
-             not overfit one batch; resume it without --overfit-batch"
+            "{path}: the run read its training data ({served} in {steps}), it did not overfit \
+             one batch; resume it without --overfit-batch"
         );
     }
     if took > 0 && took != given {
         let (b, t) = (args.batch, args.seq);
         bail!(
-            "{path}: the run took {took} micro-batch(es) a step ({served} batches of {b}x{t} in \
-             {step} steps); resume it with --grad-accum {took} (or --total-batch {}), got {given}",
+            "{path}: the run took {} a step ({served} of {b}x{t} in {steps}); resume it with \
+             --grad-accum {took} (or --total-batch {}), got {given}",
+            count(took, "micro-batch", "micro-batches"),
             took as usize * b * t
         );
     }
@@ -317,6 +323,8 @@ pub(crate) fn keep_best(
         return Ok(());
     }
     let path = args.out_dir.join(BEST_MODEL);
+    // (made read-only since the run began)
+    check_best_replaceable(&args.out_dir)?;
     write_model(engine, &path)?;
     outln!(
         "wrote {} (val loss {val:.4} after step {step}, the lowest so far{})",
@@ -328,6 +336,15 @@ pub(crate) fn keep_best(
     );
     *best = Some(BestVal { step, loss: val });
     Ok(())
+}
+
+/// An error where [`BEST_MODEL`] in `out_dir` is read-only, saying what to do: no flag names that
+/// file, so another name is no way out.
+pub(crate) fn check_best_replaceable(out_dir: &Path) -> Result<()> {
+    crate::formats::check_replaceable_or(
+        &out_dir.join(BEST_MODEL),
+        "make it writable (chmod u+w), or drop --keep-best",
+    )
 }
 
 /// Removes the model checkpoint and training state of `step` from `dir` (a warning where that

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use crate::formats::shard::{check_tokens, read_shard, read_shard_len};
 use crate::rng::Rng;
+use crate::text::count;
 
 /// The default corpus's training shard, relative to [`default_corpus_dir`].
 pub const DEFAULT_TRAIN_FILE: &str = "train.bin";
@@ -180,8 +181,9 @@ fn shard_lengths(pattern: &str, b: usize, t: usize) -> Result<(Vec<PathBuf>, Vec
             )
         };
         bail!(
-            "{which} {n} tokens, fewer than B*T+1 = {bt1} needed for one batch (B={b}, T={t}): \
-             give a smaller --batch or --seq"
+            "{which} {}, fewer than B*T+1 = {bt1} needed for one batch (B={b}, T={t}): give \
+             a smaller --batch or --seq",
+            count(n, "token", "tokens")
         );
     }
     Ok((files, lens))
@@ -291,7 +293,10 @@ impl DataLoader {
         let mut names: Vec<String> = self
             .short_shards()
             .take(NAMED)
-            .map(|i| format!("{} ({} tokens)", self.files[i].display(), self.lens[i]))
+            .map(|i| {
+                let n = count(self.lens[i], "token", "tokens");
+                format!("{} ({n})", self.files[i].display())
+            })
             .collect();
         if short > NAMED {
             names.push(format!("and {} more", short - NAMED));
@@ -451,9 +456,9 @@ impl DataLoader {
         let tokens = read_shard(path)?;
         if tokens.len() != self.lens[idx] {
             bail!(
-                "{}: the shard changed while training: it had {} tokens, now {}",
+                "{}: the shard changed while training: it had {}, now {}",
                 path.display(),
-                self.lens[idx],
+                count(self.lens[idx], "token", "tokens"),
                 tokens.len()
             );
         }

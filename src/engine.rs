@@ -134,7 +134,7 @@ pub trait Engine {
 
 /// The CPU engine's [`Engine::describe`]: "cpu (1 thread)", "cpu (2 threads)".
 fn threads_text(n: usize) -> String {
-    format!("cpu ({n} thread{})", if n == 1 { "" } else { "s" })
+    format!("cpu ({})", crate::text::count(n, "thread", "threads"))
 }
 
 impl Engine for Gpt2Cpu {
@@ -237,7 +237,8 @@ pub enum Recompute {
 pub struct EngineOptions {
     pub device: crate::train::Device,
     /// None: bf16 on a GPU that has bf16 tensor cores (sm_80 or newer), fp32 otherwise (and always
-    /// on the CPU).
+    /// on the CPU). bf16 is refused on `--device cpu`; where `Device::Auto` finds no GPU it gets a
+    /// note and the CPU's fp32.
     pub precision: Option<Precision>,
     /// TF32 tensor cores for the fp32 matrix products (GPU, fp32 only).
     pub tf32: bool,
@@ -326,8 +327,8 @@ pub fn resolve_precision(
 
 /// Builds the engine `opts` describe with the given parameters, its arenas sized for batches up to
 /// max_b x max_t. `Device::Auto` takes the GPU when one can be used and the CPU otherwise (with a
-/// note on stderr saying why; a requested bf16 is then an error, as on `--device cpu`); once a
-/// GPU was found, an error in building the GPU engine (e.g. not enough GPU memory) is reported,
+/// note on stderr saying why; a requested bf16 then gets a note too, and the engine computes in
+/// fp32, where `--device cpu` refuses it); once a GPU was found, an error in building the GPU engine (e.g. not enough GPU memory) is reported,
 /// not replaced by the CPU.
 pub fn create_engine(
     opts: &EngineOptions,
@@ -338,8 +339,9 @@ pub fn create_engine(
 ) -> Result<Box<dyn Engine>> {
     use crate::train::Device;
     crate::cpu::model::check_batch(&cfg, max_b, max_t)?;
-    let cpu = |params| -> Result<Box<dyn Engine>> {
-        resolve_precision(opts.precision, None)?;
+    // (`precision`: what the CPU is asked for, an error unless fp32)
+    let cpu = |params, precision| -> Result<Box<dyn Engine>> {
+        resolve_precision(precision, None)?;
         // (flags for the GPU that cannot change a CPU run's numbers: a note, not an error, so
         // that one command runs on either)
         if opts.tf32 {
@@ -379,7 +381,7 @@ pub fn create_engine(
             "--classifier-chunk splits the CUDA engine's classifier; the CPU engine has one path \
              (drop --classifier-chunk, or use --device cuda)"
         ),
-        Device::Cpu => cpu(params),
+        Device::Cpu => cpu(params, opts.precision),
         Device::Cuda => {
             let gpu = crate::gpu::Gpu::new()?;
             gpu_engine_on(gpu, cfg, params, max_b, max_t, opts)
@@ -388,7 +390,15 @@ pub fn create_engine(
             Ok(gpu) => gpu_engine_on(gpu, cfg, params, max_b, max_t, opts),
             Err(why) => {
                 crate::errln!("note: running on the CPU ({why:#})");
-                cpu(params)
+                // (as for the GPU's other flags: one command runs on either; with --device cpu
+                // it is an error)
+                if opts.precision == Some(Precision::Bf16) {
+                    crate::errln!(
+                        "note: --precision bf16 needs the GPU: the CPU engine computes in fp32, \
+                         and so does this run"
+                    );
+                }
+                cpu(params, Some(Precision::Fp32))
             }
         },
     }

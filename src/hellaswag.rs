@@ -227,7 +227,7 @@ impl HellaSwag {
 
 /// "1 example", "5 examples".
 pub fn count_text(n: usize) -> String {
-    format!("{n} example{}", if n == 1 { "" } else { "s" })
+    crate::text::count(n, "example", "examples")
 }
 
 /// How the examples are batched: `per_batch` examples of 4 rows of `t` tokens a forward.

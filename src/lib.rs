@@ -15,7 +15,7 @@
 //! - [`train`]: the training loop; [`lr_schedule`]: its learning rates; [`outliers`]: skipping
 //!   the updates of outlier steps; [`checkpoints`]: writing, keeping and resuming from them;
 //!   [`interrupt`]: Ctrl-C ends a run after a checkpoint; [`console`]: stdout that a closed pipe
-//!   cannot bring down.
+//!   cannot bring down; [`text`]: numbers in messages ("1 batch", "2 batches").
 
 pub mod activations;
 pub mod checkpoints;
@@ -40,6 +40,7 @@ pub mod profile;
 pub mod rng;
 pub mod run_log;
 pub mod sample;
+pub mod text;
 pub mod tokenizer;
 pub mod train;
 pub mod verify;

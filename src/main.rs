@@ -16,6 +16,7 @@ use train_gpt2_cuda::formats::{
 use train_gpt2_cuda::out_of_memory::{for_command, Knobs};
 use train_gpt2_cuda::precision::Precision;
 use train_gpt2_cuda::sample::{generate, SampleOptions};
+use train_gpt2_cuda::text::count;
 use train_gpt2_cuda::tokenizer::Tokenizer;
 use train_gpt2_cuda::train::{self, Device, TrainArgs};
 use train_gpt2_cuda::verify::{self, Tolerances};
@@ -102,9 +103,22 @@ struct ConvertArgs {
     /// model.safetensors, as save_pretrained writes them).
     #[arg(long, value_enum, default_value = "llmc")]
     format: ModelFormat,
-    /// fp32, or bf16 (rounded to nearest even; an llm.c checkpoint of version 5).
-    #[arg(long, value_enum, default_value = "fp32")]
+    /// How the parameters are stored: fp32, or bf16 (half the size).
+    #[arg(long, value_parser = train_gpt2_cuda::precision::values(
+        "4 bytes a parameter (an llm.c checkpoint of version 3; F32 safetensors)",
+        "2 bytes a parameter, rounded to nearest even (an llm.c checkpoint of version 5; BF16 \
+         safetensors)",
+    ), default_value = "fp32")]
     precision: Precision,
+}
+
+/// `--precision` of the commands that only run forwards (`sample`, `eval`), which keep no
+/// gradients or AdamW moments.
+fn forwards_precision() -> impl clap::builder::TypedValueParser<Value = Precision> {
+    train_gpt2_cuda::precision::values(
+        "32-bit floats (the reference, and the only precision the CPU engine computes in)",
+        "bfloat16 weights and activations, with fp32 sums (GPU only)",
+    )
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -146,7 +160,7 @@ struct SampleArgs {
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
     /// fp32 or bf16 (GPU only); default: bf16 on GPUs that have it, fp32 elsewhere.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = forwards_precision())]
     precision: Option<Precision>,
 }
 
@@ -182,7 +196,7 @@ struct EvalArgs {
     #[arg(long, value_enum, default_value = "auto")]
     device: Device,
     /// fp32 or bf16 (GPU only); default: bf16 on GPUs that have it, fp32 elsewhere.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = forwards_precision())]
     precision: Option<Precision>,
 }
 
@@ -348,12 +362,11 @@ fn run_prepro(a: &PreproArgs) -> Result<ExitCode> {
     }
     let s = result?;
     outln!(
-        "{} document{}: {} train tokens -> {}, {} val tokens -> {}",
-        s.documents,
-        if s.documents == 1 { "" } else { "s" },
-        s.train_tokens,
+        "{}: {} -> {}, {} -> {}",
+        count(s.documents, "document", "documents"),
+        count(s.train_tokens, "train token", "train tokens"),
         s.train_path.display(),
-        s.val_tokens,
+        count(s.val_tokens, "val token", "val tokens"),
         s.val_path.display()
     );
     if s.train_shards.len() > 1 || s.val_shards.len() > 1 {
@@ -466,9 +479,10 @@ fn run_eval(a: &EvalArgs) -> Result<ExitCode> {
     }
     let mut engine = eval_engine(a, cfg, ck.params, t).map_err(|e| for_command(e, Knobs::Eval))?;
     outln!(
-        "eval: {} ({cfg}) on {} on {pattern}: {n} of {all} batches of {}x{t}",
+        "eval: {} ({cfg}) on {} on {pattern}: {n} of {} of {}x{t}",
         a.model.display(),
         engine.describe(),
+        count(all, "batch", "batches"),
         a.batch
     );
     // a progress line about every tenth of the way
@@ -479,9 +493,10 @@ fn run_eval(a: &EvalArgs) -> Result<ExitCode> {
         }
     })?;
     outln!(
-        "loss {loss:.6} (perplexity {:.3}) over {} tokens",
-        (loss as f64).exp(),
-        n * a.batch * t
+        "loss {loss:.6} (perplexity {}) over {}",
+        // (from 1e6 in exponent form: a diverged model's is dozens of digits)
+        train_gpt2_cuda::text::magnitude((loss as f64).exp(), 3),
+        count(n * a.batch * t, "token", "tokens")
     );
     output_complete("the loss")?;
     if !loss.is_finite() {
@@ -704,7 +719,9 @@ fn run_tokenizer(out: &std::path::Path) -> Result<ExitCode> {
 }
 
 fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
-    // the flags, before any work
+    // the flags, before any work. Those that choose what is checked on the GPU are errors with
+    // --device cpu (its default), not notes as in training: the CPU alone would pass, and
+    // "all tensors pass" would claim bf16, the kernels or the recomputation checked.
     if a.precision == Precision::Bf16 && a.device == VerifyDevice::Cpu {
         bail!("--precision bf16 needs --device cuda or both: the CPU engine computes in fp32 only");
     }
@@ -712,7 +729,10 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         bail!("--kernels chooses the GPU's kernels: it needs --device cuda or both");
     }
     if a.recompute != Recompute::None && a.device == VerifyDevice::Cpu {
-        bail!("--recompute changes the GPU's backward pass: it needs --device cuda or both");
+        bail!(
+            "--recompute changes the GPU's backward pass: it needs --device cuda or both (the \
+             CPU keeps every activation, so it would pass without checking the recomputation)"
+        );
     }
     if a.expect_losses.is_some() && a.steps == 0 {
         bail!("--expect-losses checks the losses of AdamW steps: it needs --steps N (N > 0)");
@@ -729,8 +749,14 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         }
         check_not_an_input("--dump", dump, std::slice::from_ref(dump), &inputs)?;
     }
-    if a.device == VerifyDevice::Cpu && (a.tf32 || a.no_cuda_graphs) {
-        train_gpt2_cuda::errln!("note: --tf32 and --no-cuda-graphs do nothing with --device cpu");
+    // (a note for each of these given, by name)
+    if a.device == VerifyDevice::Cpu && a.tf32 {
+        train_gpt2_cuda::errln!(
+            "note: --tf32 does nothing with --device cpu (the CPU's products are plain fp32)"
+        );
+    }
+    if a.device == VerifyDevice::Cpu && a.no_cuda_graphs {
+        train_gpt2_cuda::errln!("note: --no-cuda-graphs does nothing with --device cpu");
     }
     let ck = read_model(&a.model)?;
     let cfg = ck.config;
@@ -819,9 +845,9 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
                     .with_context(|| format!("{}: bad losses file", p.display()))?;
                 if l.len() < a.steps {
                     bail!(
-                        "{}: holds {} steps, fewer than --steps {}",
+                        "{}: holds {}, fewer than --steps {}",
                         p.display(),
-                        l.len(),
+                        count(l.len(), "step", "steps"),
                         a.steps
                     );
                 }

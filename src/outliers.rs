@@ -156,15 +156,7 @@ impl Outliers {
         let loss_j = Judged::of(&self.loss, loss, loss_z);
         let norm_j = Judged::of(&self.norm, norm, norm_z);
         let skipped_before = self.skipped_in_a_row;
-        // (a step with a loss that is not finite is about its loss, whatever its norm)
-        let outlier = if loss_j.outlier() {
-            Some(Quantity::Loss)
-        } else if loss.is_finite() && norm_j.outlier() {
-            Some(Quantity::Norm)
-        } else {
-            None
-        };
-        let outcome = match outlier {
+        let outcome = match outlier(&loss_j, &norm_j) {
             Some(q) if skipped_before < MAX_SKIPPED_IN_A_ROW => Outcome::Skipped(q),
             _ if !loss.is_finite() => Outcome::Diverged(Quantity::Loss),
             _ if !norm.is_finite() => Outcome::Diverged(Quantity::Norm),
@@ -187,6 +179,21 @@ impl Outliers {
         }
     }
 }
+
+/// Which quantity makes a step an outlier, if one does. (A step with a loss that is not finite
+/// is about its loss, whatever its norm.)
+fn outlier(loss: &Judged, norm: &Judged) -> Option<Quantity> {
+    if loss.outlier() {
+        Some(Quantity::Loss)
+    } else if loss.value.is_finite() && norm.outlier() {
+        Some(Quantity::Norm)
+    } else {
+        None
+    }
+}
+
+// (the step lines call the outlier taken after the skipped ones "the third")
+const _: () = assert!(MAX_SKIPPED_IN_A_ROW == 2);
 
 /// What became of a step, and why.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -221,15 +228,33 @@ impl StepVerdict {
 
     /// Why the step's update is left out, if it is: "loss z +7.31 > 5", "norm not finite".
     pub fn skipped(&self) -> Option<String> {
-        let (name, j) = match self.outcome {
-            Outcome::Skipped(Quantity::Loss) => ("loss", self.loss),
-            Outcome::Skipped(Quantity::Norm) => ("norm", self.norm),
-            _ => return None,
+        match self.outcome {
+            Outcome::Skipped(q) => Some(self.why(q)),
+            _ => None,
+        }
+    }
+
+    /// Whether the step is an outlier that was taken all the same: the third in a row, after
+    /// [`MAX_SKIPPED_IN_A_ROW`] skipped steps.
+    pub fn taken_outlier(&self) -> bool {
+        self.outcome == Outcome::Taken && outlier(&self.loss, &self.norm).is_some()
+    }
+
+    /// Whether the step is an outlier, skipped or not.
+    pub fn outlier(&self) -> bool {
+        matches!(self.outcome, Outcome::Skipped(_)) || self.taken_outlier()
+    }
+
+    /// What makes `q` an outlier: "loss z +7.31 > 5", "norm not finite".
+    fn why(&self, q: Quantity) -> String {
+        let (name, j) = match q {
+            Quantity::Loss => ("loss", self.loss),
+            Quantity::Norm => ("norm", self.norm),
         };
-        Some(match (j.z, j.threshold) {
+        match (j.z, j.threshold) {
             (Some(z), Some(t)) if j.value.is_finite() => format!("{name} z {z:+.2} > {t}"),
             _ => format!("{name} not finite"),
-        })
+        }
     }
 
     /// Whether skipping is on at all (either flag).
@@ -243,7 +268,9 @@ impl StepVerdict {
     }
 
     /// The end of the step's line when skipping is on: " | z loss -0.55 norm +0.10" (`-` where
-    /// there is no z-score) or " | update skipped: loss z +7.31 > 5"; empty when it is off.
+    /// there is no z-score), " | update skipped: loss z +7.31 > 5", or for an outlier taken
+    /// after two skipped steps " | z loss +7.31 norm +0.10 | update taken: the third outlier in a
+    /// row"; empty when it is off.
     pub fn line_suffix(&self) -> String {
         let z = |z: Option<f64>| z.map_or("-".into(), |z| format!("{z:+.2}"));
         match (self.judging(), self.skipped()) {
@@ -251,7 +278,12 @@ impl StepVerdict {
             (true, Some(why)) => format!(" | update skipped: {why}"),
             (true, None) => {
                 let (l, n) = self.z_scores();
-                format!(" | z loss {} norm {}", z(l), z(n))
+                let taken = if self.taken_outlier() {
+                    " | update taken: the third outlier in a row"
+                } else {
+                    ""
+                };
+                format!(" | z loss {} norm {}{taken}", z(l), z(n))
             }
         }
     }
@@ -319,6 +351,7 @@ mod tests {
         // the third outlier step in a row is taken, whichever quantity, and the count restarts
         let v = o.judge_step(5.0, 5.0, on, on);
         assert_eq!((v.outcome, v.skipped_before), (Outcome::Taken, 2));
+        assert_eq!((v.taken_outlier(), v.outlier()), (true, true));
         assert_eq!(o.skipped_in_a_row, 0);
         assert_eq!(o.loss.values().last(), Some(5.0));
         assert_eq!(o.norm.values().last(), Some(5.0));
@@ -403,6 +436,26 @@ mod tests {
         assert_eq!(v.line_suffix(), " | z loss - norm -");
         let v = full().judge_step(5.0, 5.0, on, on);
         assert_eq!(v.line_suffix(), " | update skipped: loss z +7.00 > 5");
+        assert_eq!((v.taken_outlier(), v.outlier()), (false, true));
+        // after two skipped steps (loss z +7): the third outlier in a row, taken, is marked so
+        // beside its z-scores; an ordinary step, or an outlier under no flag, is not
+        let third = |loss: f32, norm: f32, norm_z: Option<f32>| {
+            let mut o = full();
+            for _ in 0..MAX_SKIPPED_IN_A_ROW {
+                assert!(o.judge_step(5.0, 1.5, on, norm_z).skipped().is_some());
+            }
+            o.judge_step(loss, norm, on, norm_z)
+        };
+        let v = third(1.5, 4.5, on);
+        assert_eq!(
+            v.line_suffix(),
+            " | z loss +0.00 norm +6.00 | update taken: the third outlier in a row"
+        );
+        let v = third(1.5, 2.0, on);
+        assert_eq!(v.line_suffix(), " | z loss +0.00 norm +1.00");
+        assert_eq!((v.taken_outlier(), v.outlier()), (false, false));
+        let v = third(1.5, 9.0, None);
+        assert_eq!(v.line_suffix(), " | z loss +0.00 norm +15.00");
         let v = full().judge_step(f32::NAN, 1.0, None, None);
         assert_eq!(
             v.diverged(3).as_deref(),

@@ -13,14 +13,36 @@ use std::fmt;
 
 use half::bf16;
 
-/// The precision the engine computes in.
+/// The precision the engine computes in. (Its values' help is training's; the commands that
+/// mean another thing by them describe them with [`values`].)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Precision {
     /// 32-bit floats (the reference, and the only precision the CPU engine computes in).
     Fp32,
-    /// bfloat16 weights; a GPU engine also keeps activations and gradients in bf16, with fp32
-    /// sums, master weights and AdamW moments.
+    /// bfloat16 parameters, activations and gradients, with fp32 sums, master weights and AdamW
+    /// moments (GPU only).
     Bf16,
+}
+
+/// A parser of `--precision` whose help describes fp32 and bf16 as `fp32` and `bf16` say: what
+/// they mean depends on the command (`eval` and `sample` keep no gradients or AdamW moments;
+/// `convert` stores a file).
+pub fn values(
+    fp32: &'static str,
+    bf16: &'static str,
+) -> impl clap::builder::TypedValueParser<Value = Precision> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new([
+        PossibleValue::new(Precision::Fp32.name()).help(fp32),
+        PossibleValue::new(Precision::Bf16.name()).help(bf16),
+    ])
+    .map(|name| {
+        if name == Precision::Bf16.name() {
+            Precision::Bf16
+        } else {
+            Precision::Fp32
+        }
+    })
 }
 
 impl Precision {

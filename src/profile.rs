@@ -424,9 +424,8 @@ impl Profile {
         let total = self.step_ms.max(in_families) / steps;
         let _ = writeln!(
             s,
-            "profile: {} step{}, {:.3} ms per step, timed by {}",
-            self.steps,
-            if self.steps == 1 { "" } else { "s" },
+            "profile: {}, {:.3} ms per step, timed by {}",
+            crate::text::count(self.steps, "step", "steps"),
             self.step_ms / steps,
             self.method
         );

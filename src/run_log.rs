@@ -3,8 +3,10 @@
 //! - after each step N (from 1): `{"step": N, "loss": .., "lr": .., "norm": .., "ms": ..,
 //!   "tokens_per_s": .., "mfu": .., "epoch": ..}` (`mfu` null where the device's peak is unknown;
 //!   `epoch` the passes over the training data done, absent with `--overfit-batch`), and with
-//!   `--skip-loss-z` or `--skip-norm-z` also `"loss_z": .., "norm_z": .., "skipped": false`
-//!   (the z-scores null while their windows fill; `skipped` true where the update was left out);
+//!   `--skip-loss-z` or `--skip-norm-z` also `"loss_z": .., "norm_z": .., "skipped": false,
+//!   "outlier": false` (the z-scores null while their windows fill; `skipped` true where the
+//!   update was left out, `outlier` where the step was judged one: skipped, or the third in a
+//!   row, whose update is taken);
 //! - at each validation, after N steps (from 0): `{"step": N, "val_loss": ..}`, with
 //!   `"hellaswag_acc_norm": ..` when the run has `--hellaswag`;
 //! - with each text sample (`--sample-every`, and the one at the end): `{"step": N, "sample":
@@ -45,7 +47,8 @@ pub struct StepRecord {
     /// batches: 1.5 is halfway through the second); None with `--overfit-batch`.
     pub epoch: Option<f64>,
     /// With `--skip-loss-z` or `--skip-norm-z`: the loss's and the norm's z-scores
-    /// (`crate::outliers`; None while the windows fill), and whether the update was skipped.
+    /// (`crate::outliers`; None while the windows fill), and whether the step was an outlier and
+    /// its update skipped.
     pub outliers: Option<StepOutliers>,
 }
 
@@ -55,6 +58,8 @@ pub struct StepOutliers {
     pub loss_z: Option<f64>,
     pub norm_z: Option<f64>,
     pub skipped: bool,
+    /// Skipped, or the third outlier in a row, whose update is taken.
+    pub outlier: bool,
 }
 
 /// The open log of a run.
@@ -84,8 +89,13 @@ impl RunLog {
             }
         }
         let text: String = kept.iter().map(|l| format!("{l}\n")).collect();
-        crate::formats::write_file_atomic(&path, text.as_bytes())
-            .context("cannot write the run's log")?;
+        // (a read-only log of the run resumed here: no flag names the file)
+        crate::formats::check_replaceable_or(
+            &path,
+            "make it writable (chmod u+w), or resume into another --out-dir",
+        )
+        .and_then(|()| crate::formats::write_file_atomic(&path, text.as_bytes()))
+        .context("cannot write the run's log")?;
         let out = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)
@@ -147,11 +157,12 @@ impl RunLog {
             Some(o) => {
                 let z = |z: Option<f64>| z.map_or("null".into(), |z| num(z as f32));
                 format!(
-                    r#"{}, "loss_z": {}, "norm_z": {}, "skipped": {}}}"#,
+                    r#"{}, "loss_z": {}, "norm_z": {}, "skipped": {}, "outlier": {}}}"#,
                     line.strip_suffix('}').expect("a record ends with }"),
                     z(o.loss_z),
                     z(o.norm_z),
-                    o.skipped
+                    o.skipped,
+                    o.outlier
                 )
             }
         };

@@ -34,11 +34,14 @@ impl SampleOptions {
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             bail!(
                 "--temperature must be a finite number above 0, got {}",
-                self.temperature
+                crate::text::typed(self.temperature)
             );
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            bail!("--top-p must be in (0, 1], got {}", self.top_p);
+            bail!(
+                "--top-p must be in (0, 1], got {}",
+                crate::text::typed(self.top_p)
+            );
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ use crate::outliers::Outliers;
 use crate::precision::Precision;
 use crate::run_log::{RunLog, StepOutliers, StepRecord};
 use crate::sample::{generate, SampleOptions};
+use crate::text::{count, typed};
 use crate::tokenizer::Tokenizer;
 use crate::{out, outln};
 use anyhow::{bail, Context, Result};
@@ -192,8 +193,8 @@ pub struct TrainArgs {
     /// Shuffle the training data (seeded).
     #[arg(help_heading = MODEL_AND_DATA, long)]
     pub shuffle: bool,
-    /// fp32 or bf16 (bf16 parameters, activations and gradients with fp32 master weights; GPU
-    /// only). Default: bf16 on GPUs with bf16 tensor cores (sm_80+), fp32 elsewhere.
+    /// fp32 or bf16 (GPU only). Default: bf16 on GPUs with bf16 tensor cores (sm_80+), fp32
+    /// elsewhere.
     #[arg(help_heading = GPU, long, value_enum)]
     pub precision: Option<Precision>,
     /// Use TF32 tensor cores for fp32 matrix products on the GPU.
@@ -265,8 +266,10 @@ impl TrainArgs {
     pub fn resolved(&self) -> Result<TrainArgs> {
         let mut args = self.clone();
         if let (Some(f), false) = (self.epochs, self.steps_from_epochs) {
+            // (1e-300 and 1e300 as typed, not their 300 digits)
+            let typed = crate::text::typed(f);
             if !(f > 0.0 && f.is_finite()) {
-                bail!("--epochs must be a positive number, got {f}");
+                bail!("--epochs must be a positive number, got {typed}");
             }
             // (validate() checks --steps: 1 until it is known)
             args.steps = 1;
@@ -279,22 +282,17 @@ impl TrainArgs {
             let steps = (f * batches as f64 / micro as f64 + 1e-6).floor();
             if steps < 1.0 {
                 bail!(
-                    "--epochs {f} is less than one step: an epoch of '{pattern}' is {batches} \
-                     batches of {}x{}, a step {micro}",
+                    "--epochs {typed} is less than one step: an epoch of '{pattern}' is {} of \
+                     {}x{}, a step {micro}",
+                    count(batches, "batch", "batches"),
                     self.batch,
                     self.seq
                 );
             }
             if steps > i32::MAX as f64 {
-                // (1e300 as typed, not its 301 digits)
-                let f = if f >= 1e9 {
-                    format!("{f:e}")
-                } else {
-                    f.to_string()
-                };
                 bail!(
-                    "--epochs {f} makes {steps:.3e} steps: at most {} (a training state records \
-                     the step in 32 bits)",
+                    "--epochs {typed} makes {steps:.3e} steps: at most {} (a training state \
+                     records the step in 32 bits)",
                     i32::MAX
                 );
             }
@@ -462,18 +460,18 @@ impl TrainArgs {
             );
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
-            bail!("--lr must be a positive number, got {}", self.lr);
+            bail!("--lr must be a positive number, got {}", typed(self.lr));
         }
         if !(0.0..=1.0).contains(&self.lr_final_frac) {
             bail!(
                 "--lr-final-frac must be in [0, 1], got {}",
-                self.lr_final_frac
+                typed(self.lr_final_frac)
             );
         }
         if !(0.0..=1.0).contains(&self.lr_decay_frac) {
             bail!(
                 "--lr-decay-frac must be in [0, 1], got {}",
-                self.lr_decay_frac
+                typed(self.lr_decay_frac)
             );
         }
         if self.sample_every > 0 && self.sample_tokens == 0 {
@@ -485,31 +483,31 @@ impl TrainArgs {
         let positive = |x: f32| x > 0.0 && x.is_finite();
         let not_negative = |x: f32| x >= 0.0 && x.is_finite();
         if !positive(self.eps) {
-            bail!("--eps must be a positive number, got {}", self.eps);
+            bail!("--eps must be a positive number, got {}", typed(self.eps));
         }
         if !not_negative(self.weight_decay) {
             bail!(
                 "--weight-decay must be a number of at least 0, got {}",
-                self.weight_decay
+                typed(self.weight_decay)
             );
         }
         if !not_negative(self.grad_clip) {
             bail!(
                 "--grad-clip must be a number of at least 0 (0: no clipping), got {}",
-                self.grad_clip
+                typed(self.grad_clip)
             );
         }
         if !not_negative(self.skip_loss_z) || !not_negative(self.skip_norm_z) {
             bail!(
                 "--skip-loss-z and --skip-norm-z must be numbers of at least 0 (0: off), got {} \
                  and {}",
-                self.skip_loss_z,
-                self.skip_norm_z
+                typed(self.skip_loss_z),
+                typed(self.skip_norm_z)
             );
         }
         if let Some(p) = self.peak_tflops {
             if !(p > 0.0 && p.is_finite()) {
-                bail!("--peak-tflops must be a positive number, got {p}");
+                bail!("--peak-tflops must be a positive number, got {}", typed(p));
             }
         }
         if self.val_batches == 0 {
@@ -713,9 +711,9 @@ pub fn train(
     let val_batches = args.val_batches.min(val_loader.num_batches().max(1));
     if val_batches < args.val_batches {
         crate::errln!(
-            "note: the validation data holds {val_batches} batch{} of {b}x{t}: each validation \
-             averages {}, not --val-batches {}",
-            if val_batches == 1 { "" } else { "es" },
+            "note: the validation data holds {} of {b}x{t}: each validation averages {}, not \
+             --val-batches {}",
+            count(val_batches, "batch", "batches"),
             if val_batches == 1 { "it" } else { "those" },
             args.val_batches
         );
@@ -743,18 +741,17 @@ pub fn train(
         engine.describe()
     );
     outln!(
-        "data: train {} ({} batches of {b}x{t}), val {} ({} batches); {} step{}{} of {} tokens{}{}",
+        "data: train {} ({} of {b}x{t}), val {} ({}); {}{} of {}{}{}",
         train_pattern,
-        train_loader.num_batches(),
+        count(train_loader.num_batches(), "batch", "batches"),
         val_pattern,
-        val_loader.num_batches(),
-        args.steps,
-        if args.steps == 1 { "" } else { "s" },
+        count(val_loader.num_batches(), "batch", "batches"),
+        count(args.steps, "step", "steps"),
         match args.epochs {
-            Some(f) => format!(" (--epochs {f})"),
+            Some(f) => format!(" (--epochs {})", typed(f)),
             None => String::new(),
         },
-        b * t * micro,
+        count(b * t * micro, "token", "tokens"),
         if micro > 1 {
             format!(" ({micro} micro-batches of {b}x{t})")
         } else {
@@ -777,10 +774,10 @@ pub fn train(
             let h = &r.state.header;
             earlier_log = Some(folder_of(&r.state.path).join(crate::run_log::LOG_FILE));
             outln!(
-                "resume: {} at step {} ({} batches of the training data served), model {}",
+                "resume: {} at step {} ({} of the training data served), model {}",
                 r.state.path.display(),
                 h.step,
-                h.data.batches_served,
+                count(h.data.batches_served, "batch", "batches"),
                 r.model_path.display()
             );
             r.restore(engine, &mut train_loader)?
@@ -800,7 +797,7 @@ pub fn train(
     crate::checkpoints::set_aside_earlier_run(&args.out_dir, resumed_here, start_model)?;
     if args.keep_best {
         // (a resumed run's model_best.bin, read-only, is refused now, not at a validation later)
-        crate::formats::check_replaceable(&args.out_dir.join(crate::checkpoints::BEST_MODEL))?;
+        crate::checkpoints::check_best_replaceable(&args.out_dir)?;
     }
     let mut log = RunLog::create(&args.out_dir, earlier_log.as_deref().map(|p| (p, start)))?;
     outln!("log: {}", log.path().display());
@@ -897,8 +894,8 @@ pub fn train(
             ..Default::default()
         };
         outln!(
-            "sample after step {step} ({} tokens, top-k 40):\n---",
-            args.sample_tokens
+            "sample after step {step} ({}, top-k 40):\n---",
+            count(args.sample_tokens, "token", "tokens")
         );
         let window = t.min(cfg.max_seq_len);
         let ids = generate(
@@ -1150,6 +1147,7 @@ pub fn train(
                     loss_z,
                     norm_z,
                     skipped,
+                    outlier: verdict.outlier(),
                 }
             }),
         });
@@ -1211,10 +1209,11 @@ pub fn train(
             "updates skipped (outliers): {} of {} steps{}",
             summary.skipped.len(),
             args.steps,
-            match (shown.is_empty(), more) {
-                (true, _) => String::new(),
-                (false, 0) => format!(" (step {})", shown.join(", ")),
-                (false, _) => format!(" (step {}, and {more} more)", shown.join(", ")),
+            match (shown.len(), more) {
+                (0, _) => String::new(),
+                (1, 0) => format!(" (step {})", shown[0]),
+                (_, 0) => format!(" (steps {})", shown.join(", ")),
+                (_, _) => format!(" (steps {}, and {more} more)", shown.join(", ")),
             }
         );
     }
@@ -1232,12 +1231,16 @@ pub fn train(
     }
     if !profiled.is_empty() {
         if let Some(profile) = engine.profile() {
-            if summary.profile_discarded > 0 {
+            let left_out = summary.profile_discarded;
+            if left_out > 0 {
                 outln!(
-                    "profile: {} of the {} steps timed left out: their updates were skipped \
-                     (outliers)",
-                    summary.profile_discarded,
-                    profile.steps as usize + summary.profile_discarded
+                    "profile: {left_out} of the {} timed left out: {} (outliers)",
+                    count(profile.steps as usize + left_out, "step", "steps"),
+                    if left_out == 1 {
+                        "its update was skipped"
+                    } else {
+                        "their updates were skipped"
+                    }
                 );
             }
             out!("{}", profile.table());

@@ -793,7 +793,7 @@ fn a_resumed_run_continues_exactly() {
             &fixture("../../data/shakespeare/val.bin"),
         ],
         &[
-            "the run trained on 1 shard(s) of",
+            "the run trained on 1 shard of",
             "resume it with the same training data",
         ],
     );
@@ -1010,8 +1010,8 @@ fn a_folder_holds_one_run() {
     resume_error(
         "--grad-accum 2",
         &[
-            "the run took 1 micro-batch(es) a step (9 batches of 2x16 in 9 steps); resume it \
-             with --grad-accum 1 (or --total-batch 32), got 2",
+            "the run took 1 micro-batch a step (9 batches of 2x16 in 9 steps); resume it with \
+             --grad-accum 1 (or --total-batch 32), got 2",
         ],
     );
     resume_error(
@@ -1561,6 +1561,59 @@ fn a_model_with_a_non_finite_parameter_is_refused() {
     }
 }
 
+/// `eval`'s perplexity reads as a number: fixed decimals for a model that predicts, the
+/// exponent form from 1e6 up (a diverged model's was 35 digits), and inf past f64's range. The
+/// models: the fixture, and the same with its final layernorm's weights and biases scaled up
+/// (logits that large make the loss large).
+#[test]
+fn eval_prints_a_large_perplexity_in_exponent_form() {
+    use train_gpt2_cuda::formats::checkpoint::{
+        read_checkpoint, write_checkpoint, CheckpointPrecision,
+    };
+    let dir = tmp_dir("perplexity");
+    let fixture_model = root().join("tests/fixtures/ref_gpt2vocab_model.bin");
+    let ck = read_checkpoint(&fixture_model).unwrap();
+    let c = ck.config.channels;
+    let eval = |model: &Path| -> (f32, String) {
+        let (out, stdout, stderr) = run(bin()
+            .args([
+                "eval",
+                "--device",
+                "cpu",
+                "--model",
+                &model.to_string_lossy(),
+            ])
+            .args(flags("--batch 1 --seq 8 --batches 2")));
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        let line = stdout.lines().find(|l| l.starts_with("loss ")).unwrap();
+        let loss = line["loss ".len()..].split(' ').next().unwrap();
+        let perplexity = line.split("(perplexity ").nth(1).unwrap().split(')').next();
+        (loss.parse().unwrap(), perplexity.unwrap().to_string())
+    };
+    let (loss, perplexity) = eval(&fixture_model);
+    assert!((loss as f64).exp() < 1e6, "{loss}");
+    assert_eq!(perplexity, format!("{:.3}", (loss as f64).exp()));
+    // scaled 300 times: a loss whose perplexity is past 1e6; 30000 times: past f64's range
+    for (scale, large) in [(300.0, true), (30000.0, false)] {
+        let mut params = ck.params.clone();
+        let n = params.len();
+        for p in &mut params[n - 2 * c..] {
+            *p *= scale;
+        }
+        let model = dir.join(format!("x{scale}.bin"));
+        write_checkpoint(&model, &ck.config, &params, CheckpointPrecision::Fp32).unwrap();
+        let (loss, perplexity) = eval(&model);
+        let p = (loss as f64).exp();
+        if large {
+            assert!((1e6..f64::MAX).contains(&p), "{loss}");
+            assert_eq!(perplexity, format!("{p:.3e}"));
+        } else {
+            assert!(p.is_infinite(), "{loss}");
+            assert_eq!(perplexity, "inf");
+        }
+    }
+}
+
 /// A prompt may start with a hyphen (clap took it for a flag), and a negative number reaches the
 /// flag's own check.
 #[test]
@@ -1767,7 +1820,7 @@ fn mode(path: &Path) -> u32 {
 
 /// An output written again keeps its permissions (a private model stays private); a read-only
 /// one (`chmod 444`) is refused before any work, by every command that writes a file the user
-/// names, and by a resumed run whose `model_best.bin` is read-only.
+/// names, and by a resumed run whose `model_best.bin` or `log.jsonl` is read-only.
 #[test]
 fn a_rewritten_output_keeps_its_permissions_and_a_read_only_one_is_refused() {
     let dir = tmp_dir("read-only");
@@ -1836,14 +1889,31 @@ fn a_rewritten_output_keeps_its_permissions_and_a_read_only_one_is_refused() {
     let (out, stdout, stderr) = train("--model d1 --steps 1");
     assert!(out.status.success(), "{stdout}\n{stderr}");
     chmod(&dir.join("run/model_best.bin"), 0o444);
-    let (out, stdout, stderr) = train(&format!("--resume {} --steps 2", d("run")));
-    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
-    let want = format!("{} is read-only", d("run/model_best.bin"));
-    assert!(stderr.contains(&want), "{stderr}");
-    assert!(
-        !stdout.contains("step 2"),
-        "a step before the refusal: {stdout}"
-    );
+    // (no flag names these files: the way out is to make them writable, or not to write them)
+    for (file, advice) in [
+        (
+            "model_best.bin",
+            "make it writable (chmod u+w), or drop --keep-best",
+        ),
+        (
+            "log.jsonl",
+            "make it writable (chmod u+w), or resume into another --out-dir",
+        ),
+    ] {
+        chmod(&dir.join("run/model_best.bin"), 0o644);
+        chmod(&dir.join("run").join(file), 0o444);
+        let (out, stdout, stderr) = train(&format!("--resume {} --steps 2", d("run")));
+        assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+        let want = format!(
+            "{} is read-only (no one may write it): it is not replaced; {advice}\n",
+            d(&format!("run/{file}"))
+        );
+        assert!(stderr.contains(&want), "{stderr}");
+        assert!(
+            !stdout.contains("step 2"),
+            "a step before the refusal: {stdout}"
+        );
+    }
 }
 
 /// Runs the engine with `args` under an address-space limit of `kib` KiB (`ulimit -v`), on one
@@ -2101,6 +2171,11 @@ fn bad_inputs_give_clear_errors() {
         &["--device", "cpu", "--lr=-1"],
         &["--lr must be a positive number"],
     );
+    // (as typed, not 30 digits)
+    expect_error(
+        &["--device", "cpu", "--lr=-1e-30"],
+        &["--lr must be a positive number, got -1e-30\n"],
+    );
     expect_error(
         &["--device", "cpu", "--model", "d1", "--seq", "2000"],
         &["T=2000 exceeds the model's maximum sequence length maxT=1024"],
@@ -2161,7 +2236,8 @@ fn bad_inputs_give_clear_errors() {
         (
             "--recompute",
             "gelu",
-            "--recompute changes the GPU's backward pass: it needs --device cuda or both",
+            "--recompute changes the GPU's backward pass: it needs --device cuda or both (the \
+             CPU keeps every activation, so it would pass without checking the recomputation)",
         ),
     ] {
         expect_error(
@@ -2899,7 +2975,7 @@ fn outlier_steps_are_skipped() {
     let dir = tmp_dir("outliers");
     let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
     // 105 batches of 2 x 16 of the pattern 10 11 12 13 ..., batch 100's targets random
-    engine_bin::write_spike_corpus(&dir, 105, 100);
+    engine_bin::write_spike_corpus(&dir, 105, 100..101);
     let base = format!(
         "--device cpu --batch 2 --seq 16 --val-every 0 --val-batches 1 --seed 3 --lr 3e-3 \
          --lr-schedule constant --sample-tokens 0 --val {}",
@@ -2947,6 +3023,7 @@ fn outlier_steps_are_skipped() {
     for r in &steps {
         let step = r["step"].as_u64().unwrap();
         assert_eq!(r["skipped"].as_bool(), Some(step == 101), "{r}");
+        assert_eq!(r["outlier"].as_bool(), Some(step == 101), "{r}");
         assert_eq!(r["loss_z"].is_null(), step <= 64, "{r}");
     }
     // the z-scores of steps 101 and 102, from the logged losses of steps 37 to 100 (the 64
@@ -3033,6 +3110,74 @@ fn outlier_steps_are_skipped() {
         expect_error(
             &[&flags(&base)[..], &flags(extra)[..]].concat(),
             &["--skip-loss-z and --skip-norm-z must be numbers of at least 0 (0: off)"],
+        );
+    }
+}
+
+/// After two skipped steps the third outlier in a row is taken (a level that stays up is the new
+/// normal), and its step line and log record say so, not only its z-scores: on a corpus whose
+/// batches 100 to 102 are random tokens, steps 101 and 102 are skipped and 103 is taken.
+#[test]
+fn the_third_outlier_in_a_row_is_taken_and_marked() {
+    let dir = tmp_dir("outliers-in-a-row");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    engine_bin::write_spike_corpus(&dir, 104, 100..103);
+    let (out, stdout, stderr) = run(bin()
+        .args(flags(
+            "--device cpu --model d1 --batch 2 --seq 16 --val-every 0 --val-batches 1 --seed 3 \
+             --lr 3e-3 --lr-schedule constant --sample-tokens 0 --no-state --steps 104 \
+             --skip-loss-z 5",
+        ))
+        .args(["--train", &d("spike.bin"), "--val", &d("pattern.bin")])
+        .args(["--out-dir", &d("out")]));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let line = |n: usize| {
+        stdout
+            .lines()
+            .find(|l| step_number(l) == Some(n))
+            .unwrap_or_else(|| panic!("no step {n}:\n{stdout}"))
+    };
+    for n in [101, 102] {
+        assert!(
+            line(n).contains(" | update skipped: loss z +"),
+            "{}",
+            line(n)
+        );
+    }
+    let taken = line(103);
+    let z = taken
+        .split(" | z loss ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|z| z.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no loss z: {taken}"));
+    assert!(z > 5.0, "{taken}");
+    assert!(
+        taken.ends_with(" | update taken: the third outlier in a row"),
+        "{taken}"
+    );
+    for n in [100, 104] {
+        assert!(!line(n).contains("update"), "{}", line(n));
+    }
+    assert!(
+        stdout.contains("updates skipped (outliers): 2 of 104 steps (steps 101, 102)"),
+        "{stdout}"
+    );
+    // the log: skipped as the lines say, and the three outliers marked
+    for r in run_log(&dir.join("out"))
+        .iter()
+        .filter(|r| r.get("loss").is_some())
+    {
+        let step = r["step"].as_u64().unwrap();
+        assert_eq!(
+            r["skipped"].as_bool(),
+            Some(step == 101 || step == 102),
+            "{r}"
+        );
+        assert_eq!(
+            r["outlier"].as_bool(),
+            Some((101..=103).contains(&step)),
+            "{r}"
         );
     }
 }
@@ -3166,6 +3311,15 @@ fn epochs_count_the_steps() {
              the step in 32 bits)",
         ),
         ("--epochs 1e300", "--epochs 1e300 makes 1.000e301 steps"),
+        // (as typed, not 300 digits)
+        (
+            "--epochs 1e-300",
+            "--epochs 1e-300 is less than one step: an epoch of",
+        ),
+        (
+            "--epochs=-1e-300",
+            "--epochs must be a positive number, got -1e-300\n",
+        ),
         ("--steps 2147483648", "--steps 2147483648 is too many"),
         (
             "--total-batch 0",
@@ -3227,7 +3381,7 @@ fn shards_without_a_batch_are_passed_over() {
     assert!(out.status.success(), "{stderr}");
     assert!(
         stdout.contains(&format!(
-            "data: train {train} (10 batches of 2x16), val {val} (1 batches); 10 steps \
+            "data: train {train} (10 batches of 2x16), val {val} (1 batch); 10 steps \
              (--epochs 1)"
         )),
         "{stdout}"
@@ -3243,7 +3397,7 @@ fn shards_without_a_batch_are_passed_over() {
     let eval = ["eval", "--model", &model, "--data", &val, "--device", "cpu"];
     let (out, stdout, stderr) = run(bin().args(eval).args(flags("--batch 2 --seq 16")));
     assert!(out.status.success(), "{stderr}");
-    assert!(stdout.contains(": 1 of 1 batches of 2x16"), "{stdout}");
+    assert!(stdout.contains(": 1 of 1 batch of 2x16"), "{stdout}");
     assert_eq!(stderr, note(&val, "val_1.bin", 10));
     // no shard holds a batch of 2 x 32
     expect_error(
@@ -3319,19 +3473,155 @@ fn notes_for_flags_that_do_nothing() {
             assert!(stderr.contains(w), "{extra}: {stderr}");
         }
     }
-    // verify: the CPU alone has no use for them either
-    let (out, _, stderr) = run(bin().args([
-        "verify",
-        "--model",
-        &fixture("ref_tiny_model.bin"),
-        "--state",
-        &fixture("ref_tiny_state.bin"),
-        "--tf32",
-    ]));
+    // verify: the CPU alone has no use for them either; each note names a flag given
+    let tf32 = "note: --tf32 does nothing with --device cpu (the CPU's products are plain fp32)";
+    let graphs = "note: --no-cuda-graphs does nothing with --device cpu";
+    for (extra, want) in [
+        ("--tf32", &[tf32][..]),
+        ("--no-cuda-graphs", &[graphs]),
+        ("--tf32 --no-cuda-graphs", &[tf32, graphs]),
+    ] {
+        let (out, _, stderr) = run(bin()
+            .args(["verify", "--model", &fixture("ref_tiny_model.bin")])
+            .args(["--state", &fixture("ref_tiny_state.bin")])
+            .args(flags(extra)));
+        assert!(out.status.success(), "{extra}: {stderr}");
+        let notes: Vec<&str> = stderr.lines().filter(|l| l.starts_with("note:")).collect();
+        assert_eq!(notes, want, "{extra}");
+    }
+}
+
+/// `--precision bf16` where `--device auto` finds no GPU (hidden here with CUDA_VISIBLE_DEVICES)
+/// is a note, not an error, and the command computes in fp32: training writes what the same run
+/// in fp32 writes, byte for byte (an fp32 checkpoint, a state without master weights), so a
+/// resumed run sees an fp32 run; `sample` and `eval` print what fp32 prints. `--device cpu`
+/// still refuses it.
+#[test]
+fn bf16_without_a_gpu_is_a_note_under_auto() {
+    let dir = tmp_dir("bf16-auto");
+    let note =
+        "note: --precision bf16 needs the GPU: the CPU engine computes in fp32, and so does \
+                this run";
+    let no_gpu = |args: &[&str]| {
+        let (out, stdout, stderr) = run(bin().env("CUDA_VISIBLE_DEVICES", "").args(args));
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        (stdout, stderr)
+    };
+    let base = "--model d1 --batch 2 --seq 16 --steps 2 --val-batches 1 --sample-tokens 8";
+    let out = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let (bf16, stderr) = no_gpu(
+        &[
+            &flags(base)[..],
+            &["--precision", "bf16", "--out-dir", &out("bf16")],
+        ]
+        .concat(),
+    );
+    assert!(stderr.contains("note: running on the CPU"), "{stderr}");
+    assert!(stderr.contains(note), "{stderr}");
+    let (fp32, stderr) = no_gpu(
+        &[
+            &flags(base)[..],
+            &["--precision", "fp32", "--out-dir", &out("fp32")],
+        ]
+        .concat(),
+    );
+    assert!(!stderr.contains("--precision bf16"), "{stderr}");
+    assert_eq!(
+        log_lines(&bf16, &["step ", "val "]),
+        log_lines(&fp32, &["step ", "val "])
+    );
+    assert_same_files(
+        &dir.join("bf16"),
+        &dir.join("fp32"),
+        &["model_000002.bin", "state_000002.bin"],
+        "a bf16 run on the CPU and an fp32 one",
+    );
+    let model = dir.join("bf16/model_000002.bin");
+    use train_gpt2_cuda::formats::checkpoint::{read_checkpoint_config, CheckpointPrecision};
+    let (_, precision) = read_checkpoint_config(&model).unwrap();
+    assert_eq!(precision, CheckpointPrecision::Fp32);
+    let model = model.to_string_lossy().into_owned();
+    for command in [
+        &["sample", "--model", &model, "--tokens", "4"][..],
+        &[
+            "eval",
+            "--model",
+            &model,
+            "--batch",
+            "1",
+            "--seq",
+            "8",
+            "--batches",
+            "2",
+        ],
+    ] {
+        let (bf16, stderr) = no_gpu(&[command, &["--precision", "bf16"]].concat());
+        assert!(stderr.contains(note), "{command:?}: {stderr}");
+        let (fp32, _) = no_gpu(&[command, &["--precision", "fp32"]].concat());
+        assert_eq!(bf16, fp32, "{command:?}");
+        // --device cpu asks for the CPU: bf16 there is refused
+        let (out, _, stderr) =
+            run(bin().args([command, &["--device", "cpu", "--precision", "bf16"]].concat()));
+        assert_eq!(out.status.code(), Some(1), "{command:?}: {stderr}");
+        assert!(
+            stderr.contains(
+                "--precision bf16 needs the CUDA engine: the CPU engine computes in fp32 only"
+            ),
+            "{command:?}: {stderr}"
+        );
+    }
+}
+
+/// A count of one takes the singular: "1 batch", "1 token", "1 step" (it said "1 batches").
+#[test]
+fn a_count_of_one_is_singular() {
+    let dir = tmp_dir("singular");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    // an epoch of one batch
+    expect_error(
+        &flags(&format!(
+            "--device cpu --model d1 --batch 2 --seq 8 --epochs 0.5 --train {}",
+            fixture("shard_small.bin")
+        )),
+        &["' is 1 batch of 2x8, a step 1"],
+    );
+    // prepro: an empty file is one token (EOT), and the validation shard
+    write(&dir.join("a.txt"), b"some text to train on");
+    write(&dir.join("b.txt"), b"");
+    let (out, stdout, stderr) = run(bin()
+        .args(["prepro", &d("a.txt"), &d("b.txt"), "--out-dir", &d("data")])
+        .current_dir(&dir));
     assert!(out.status.success(), "{stderr}");
+    for want in [
+        "b.txt: 0 bytes -> 1 token\n",
+        &format!("prepro: wrote {} (1 token)\n", d("data/val.bin")),
+        ", 1 val token -> ",
+        "2 documents: ",
+    ] {
+        assert!(stdout.contains(want), "{want}: {stdout}");
+    }
+    // a run of one step and a sample of one token, resumed after one batch
+    let train = |extra: &str| {
+        let (out, stdout, stderr) = run(bin()
+            .args(flags(
+                "--device cpu --model d1 --batch 2 --seq 16 --val-batches 1 --sample-tokens 1",
+            ))
+            .args(["--out-dir", &d("run")])
+            .args(flags(extra)));
+        assert!(out.status.success(), "{extra}: {stderr}");
+        stdout
+    };
+    let stdout = train("--steps 1");
+    for want in [
+        "; 1 step of 32 tokens\n",
+        "sample after step 1 (1 token, top-k 40):",
+    ] {
+        assert!(stdout.contains(want), "{want}: {stdout}");
+    }
+    let stdout = train(&format!("--steps 2 --resume {}", d("run")));
     assert!(
-        stderr.contains("note: --tf32 and --no-cuda-graphs do nothing with --device cpu"),
-        "{stderr}"
+        stdout.contains("at step 1 (1 batch of the training data served)"),
+        "{stdout}"
     );
 }
 
@@ -3390,6 +3680,60 @@ fn help_groups_the_flags() {
                 "{f} is not under {h}:\n{help}"
             );
         }
+    }
+}
+
+/// `--precision`'s values are described for what each command does with them: training (and
+/// `verify`, whose engine trains) keeps gradients and AdamW's moments, `eval` and `sample` run
+/// forwards only, `convert` stores a file; and each command parses its values alike.
+#[test]
+fn precision_values_are_described_for_each_command() {
+    let values = |command: &[&str]| -> String {
+        let (out, help, _) = run(bin().args(command).arg("--help"));
+        assert!(out.status.success(), "{command:?}");
+        let at = help.find("--precision <PRECISION>").expect("--precision");
+        let end = help[at..].find("\n  -").map_or(help.len(), |e| at + e);
+        help[at..end].to_string()
+    };
+    let training =
+        "- bf16: bfloat16 parameters, activations and gradients, with fp32 sums, master \
+                    weights and AdamW moments (GPU only)";
+    for command in [&[][..], &["verify"]] {
+        let text = values(command);
+        assert!(text.contains(training), "{command:?}: {text}");
+    }
+    for command in ["eval", "sample"] {
+        let text = values(&[command]);
+        assert!(
+            text.contains("- bf16: bfloat16 weights and activations, with fp32 sums (GPU only)"),
+            "{command}: {text}"
+        );
+        assert!(
+            !text.contains("gradients") && !text.contains("AdamW"),
+            "{command}: {text}"
+        );
+    }
+    let text = values(&["convert"]);
+    for want in [
+        "- fp32: 4 bytes a parameter (an llm.c checkpoint of version 3; F32 safetensors)",
+        "- bf16: 2 bytes a parameter, rounded to nearest even (an llm.c checkpoint of version 5; \
+         BF16 safetensors)",
+    ] {
+        assert!(text.contains(want), "convert: {text}");
+    }
+    assert!(
+        !text.contains("computes") && !text.contains("GPU"),
+        "convert: {text}"
+    );
+    // the values parse as before, and a wrong one is a usage error naming them
+    for command in ["eval", "sample", "convert"] {
+        let (out, _, stderr) = run(bin().args([command, "--precision", "bf17"]));
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains("invalid value 'bf17' for '--precision <PRECISION>'")
+                && stderr.contains("[possible values: fp32, bf16]"),
+            "{command}: {stderr}"
+        );
     }
 }
 

@@ -154,7 +154,7 @@ fn trailing_bytes() {
     assert_bad_shard(
         &path,
         &[
-            "1 trailing bytes",
+            "1 trailing byte:",
             "1058 bytes are expected, but the file has 1059 bytes",
         ],
     );
@@ -1269,6 +1269,10 @@ fn prepro_errors() {
             &[&format!("cannot put the last {k} of 2 input files in val")],
         );
     }
+    assert_contains(
+        &err_text(prepro(&inputs[..1], &out, ValSplit::LastFiles(1))),
+        &["cannot put the last 1 of 1 input file in val"],
+    );
     for f in [0.0, 1.0, -0.5, f64::NAN] {
         assert_contains(
             &err_text(prepro(&inputs, &out, ValSplit::Fraction(f))),
@@ -1278,7 +1282,7 @@ fn prepro_errors() {
     // 4 tokens; 0.01 of them rounds to no val token.
     assert_contains(
         &err_text(prepro(&inputs, &out, ValSplit::Fraction(0.01))),
-        &["the split --val-fraction 0.01 leaves 4 train and 0 val tokens"],
+        &["the split --val-fraction 0.01 leaves 4 train tokens and 0 val tokens"],
     );
     assert_contains(
         &err_text(prepro(&[], &out, ValSplit::LastFiles(1))),

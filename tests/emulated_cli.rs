@@ -592,7 +592,7 @@ fn training_on_the_emulated_device_resumes_exactly() {
 #[test]
 fn profile_leaves_out_the_steps_whose_update_was_skipped() {
     let dir = scratch("profile-skipped");
-    engine_bin::write_spike_corpus(&dir, 100, 96);
+    engine_bin::write_spike_corpus(&dir, 100, 96..97);
     let log = run_ok(
         &flags(
             "--device cuda --model d1 --batch 2 --seq 16 --steps 100 --val-every 0 \
@@ -614,7 +614,7 @@ fn profile_leaves_out_the_steps_whose_update_was_skipped() {
     );
     assert!(
         log.contains(
-            "profile: 1 of the 99 steps timed left out: their updates were skipped (outliers)"
+            "profile: 1 of the 99 steps timed left out: its update was skipped (outliers)"
         ),
         "{log}"
     );

@@ -511,7 +511,7 @@ fn bad_debug_states_are_errors_that_say_what_is_wrong() {
     long.push(0);
     let p = dir.file("trailing.bin", &long);
     let e = err(read_debug_state(&p, &cfg));
-    assert_msg(&e, &p, &["1 trailing bytes", "expected 3684", "found 3685"]);
+    assert_msg(&e, &p, &["1 trailing byte:", "expected 3684", "found 3685"]);
 
     // Read with the wrong model: V=11 needs 6 more logits, 24 more bytes.
     let other = GPT2Config::new(8, 11, 16, 2, 2, 4).unwrap();

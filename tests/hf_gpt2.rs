@@ -446,7 +446,7 @@ fn eval_gives_transformers_loss() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("1 of 1 batches of 2x16"), "{stdout}");
+    assert!(stdout.contains("1 of 1 batch of 2x16"), "{stdout}");
     let line = stdout.lines().find(|l| l.starts_with("loss ")).unwrap();
     let loss: f32 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     // within 1e-5: the print's 6 decimals and the fp32 tolerance against transformers (1e-6

@@ -62,6 +62,12 @@ fn every_layout_reads_as_pyarrow_wrote_it() {
         e.contains("column 'meta' is a group of 2 fields, not a string"),
         "{e}"
     );
+    // a list is a group of one field (its element)
+    let e = err(&fixture("columns.parquet"), "tags");
+    assert!(
+        e.contains("column 'tags' is a group of 1 field, not a string"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -191,9 +191,9 @@ fn open_checkpoint(path: &Path) -> Result<OpenCheckpoint> {
     }
     if (actual as u128) > expected {
         bail!(
-            "{}: checkpoint has {} trailing bytes: {}",
+            "{}: checkpoint has {}: {}",
             path.display(),
-            actual as u128 - expected,
+            crate::text::count(actual as u128 - expected, "trailing byte", "trailing bytes"),
             describe()
         );
     }

@@ -122,9 +122,9 @@ pub fn read_debug_state(path: &Path, cfg: &GPT2Config) -> Result<DebugState> {
     }
     if actual > expected {
         bail!(
-            "{}: {what} has {} trailing bytes: {}",
+            "{}: {what} has {}: {}",
             path.display(),
-            actual - expected,
+            crate::text::count(actual - expected, "trailing byte", "trailing bytes"),
             describe()
         );
     }

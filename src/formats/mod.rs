@@ -185,10 +185,10 @@ pub fn check_finite(path: &Path, ck: &checkpoint::Checkpoint) -> Result<()> {
             ""
         };
         bail!(
-            "{}: the model holds {n} parameter{} that {} not finite, the first {v} in \
-             {}[{i}]{padding}: the file is damaged, or from a run that diverged",
+            "{}: the model holds {} that {} not finite, the first {v} in {}[{i}]{padding}: the \
+             file is damaged, or from a run that diverged",
             path.display(),
-            if n == 1 { "" } else { "s" },
+            crate::text::count(n, "parameter", "parameters"),
             if n == 1 { "is" } else { "are" },
             crate::params::PARAM_NAMES[k]
         );
@@ -414,7 +414,7 @@ impl StagedFiles {
         fill: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
     ) -> Result<()> {
         let target = write_target(path)?;
-        let permissions = replaced_permissions(path, &target)?;
+        let permissions = replaced_permissions(path, &target, REPLACE_ADVICE)?;
         if is_special_file(&target) {
             let write = || -> std::io::Result<()> {
                 let f = std::fs::OpenOptions::new().write(true).open(&target)?;
@@ -520,14 +520,28 @@ fn write_target(path: &Path) -> Result<PathBuf> {
 /// against being overwritten, which a rename would otherwise replace without a word). A path that
 /// is not there yet, or a device, is fine.
 pub fn check_replaceable(path: &Path) -> Result<()> {
-    replaced_permissions(path, &write_target(path)?).map(|_| ())
+    check_replaceable_or(path, REPLACE_ADVICE)
 }
+
+/// [`check_replaceable`] for a file whose name the user does not give (a run's `model_best.bin`,
+/// its `log.jsonl`): its error ends with `advice`, what to do instead of giving another name.
+pub fn check_replaceable_or(path: &Path, advice: &str) -> Result<()> {
+    replaced_permissions(path, &write_target(path)?, advice).map(|_| ())
+}
+
+/// What a read-only file that a command was asked to write calls for, where the user named it.
+const REPLACE_ADVICE: &str =
+    "give another name, or make it writable first (chmod u+w) to replace it";
 
 /// The permissions of the regular file at `target` (where a write to `path` goes) that a write
 /// replaces, for its new contents (`chmod 600` stays private: a new file would get the umask's,
 /// usually world-readable); None where there is no file. An error where the file is read-only
-/// (see [`check_replaceable`]).
-fn replaced_permissions(path: &Path, target: &Path) -> Result<Option<std::fs::Permissions>> {
+/// (see [`check_replaceable`]), ending with `advice`.
+fn replaced_permissions(
+    path: &Path,
+    target: &Path,
+    advice: &str,
+) -> Result<Option<std::fs::Permissions>> {
     let Ok(meta) = std::fs::metadata(target) else {
         return Ok(None);
     };
@@ -536,8 +550,7 @@ fn replaced_permissions(path: &Path, target: &Path) -> Result<Option<std::fs::Pe
     }
     if meta.permissions().readonly() {
         bail!(
-            "{} is read-only (no one may write it): it is not replaced; give another name, or \
-             make it writable first (chmod u+w) to replace it",
+            "{} is read-only (no one may write it): it is not replaced; {advice}",
             path.display()
         );
     }

@@ -403,9 +403,9 @@ fn find_column(schema: &[SchemaElement], field: &str) -> Result<(usize, bool)> {
         if e.name == field {
             if e.num_children > 0 {
                 bail!(
-                    "column '{field}' is a group of {} fields, not a string: prepro reads a \
-                     top-level string column (--text-field)",
-                    e.num_children
+                    "column '{field}' is a group of {}, not a string: prepro reads a top-level \
+                     string column (--text-field)",
+                    crate::text::count(e.num_children, "field", "fields")
                 );
             }
             if e.ty != Some(6) {

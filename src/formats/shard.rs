@@ -9,6 +9,7 @@ use std::io::Write;
 use std::path::Path;
 
 use super::{check_magic_version, new_header, parse_header, put_header, read_file, HEADER_BYTES};
+use crate::text::count;
 
 /// `header[0]` of a token shard.
 pub const SHARD_MAGIC: i32 = 20240520;
@@ -128,17 +129,19 @@ fn check_size(path: &Path, n: usize, actual: u64) -> Result<()> {
     let expected = (HEADER_BYTES + 2 * n) as u64;
     if actual < expected {
         bail!(
-            "{}: token shard is truncated: the header says {n} tokens, so {expected} bytes \
-             are expected, but the file has {actual} bytes",
-            path.display()
+            "{}: token shard is truncated: the header says {}, so {expected} bytes are \
+             expected, but the file has {actual} bytes",
+            path.display(),
+            count(n, "token", "tokens")
         );
     }
     if actual > expected {
         bail!(
-            "{}: token shard has {} trailing bytes: the header says {n} tokens, so {expected} \
-             bytes are expected, but the file has {actual} bytes",
+            "{}: token shard has {}: the header says {}, so {expected} bytes are expected, but \
+             the file has {actual} bytes",
             path.display(),
-            actual - expected
+            count(actual - expected, "trailing byte", "trailing bytes"),
+            count(n, "token", "tokens")
         );
     }
     Ok(())

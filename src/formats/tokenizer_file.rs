@@ -89,10 +89,10 @@ pub fn read_tokenizer_file(path: &Path) -> Result<TokenizerFile> {
     }
     if pos != bytes.len() {
         bail!(
-            "{}: tokenizer file has {} trailing bytes after its {vocab} tokens \
-             (expected {pos} bytes, found {})",
+            "{}: tokenizer file has {} after its {vocab} tokens (expected {pos} bytes, found \
+             {})",
             path.display(),
-            bytes.len() - pos,
+            crate::text::count(bytes.len() - pos, "trailing byte", "trailing bytes"),
             bytes.len()
         );
     }

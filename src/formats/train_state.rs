@@ -445,11 +445,11 @@ fn check_values(path: &Path, which: OptimizerArray, values: &[f32]) -> Result<()
             _ => "not finite",
         };
         bail!(
-            "{}: AdamW's {} holds {n} value{} {what}, the first {} at element {i}: the state is \
-             damaged; resume from another one",
+            "{}: AdamW's {} holds {} {what}, the first {} at element {i}: the state is damaged; \
+             resume from another one",
             path.display(),
             which.name(),
-            if n == 1 { "" } else { "s" },
+            crate::text::count(n, "value", "values"),
             values[i]
         );
     }

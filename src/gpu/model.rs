@@ -640,9 +640,9 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
                 flag: "--classifier-chunk",
                 text: format!(
                     "the classifier in chunks (--classifier-chunk N sequences: the logits take {} \
-                     for {} sequences)",
+                     for {})",
                     size_text(logits_bytes),
-                    max_b.min(chunk_b)
+                    crate::text::count(max_b.min(chunk_b), "sequence", "sequences")
                 ),
                 bytes: logits_bytes - chunk_bytes,
             });
@@ -844,9 +844,9 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
         check_forward(&cfg, (self.max_b, self.max_t), inputs, targets, b, t)?;
         if targets.is_none() && b > self.chunk_b {
             bail!(
-                "a forward without targets keeps the logits, which hold {} sequences at once \
-                 (the classifier's chunk); this batch has B = {b}",
-                self.chunk_b
+                "a forward without targets keeps the logits, which hold {} at once (the \
+                 classifier's chunk); this batch has B = {b}",
+                crate::text::count(self.chunk_b, "sequence", "sequences")
             );
         }
         self.stage = Stage::Empty;
@@ -1197,10 +1197,10 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
     fn check_logits(&self) -> Result<()> {
         match self.stage {
             Stage::Forward { .. } if self.b > self.chunk_b => bail!(
-                "the logits of the last forward (B = {}) were computed in chunks of {} sequences \
-                 and not kept: read logits with a batch of at most that many, or without chunks",
+                "the logits of the last forward (B = {}) were computed in chunks of {} and not \
+                 kept: read logits with a batch of at most that many, or without chunks",
                 self.b,
-                self.chunk_b
+                crate::text::count(self.chunk_b, "sequence", "sequences")
             ),
             Stage::Forward { .. } => Ok(()),
             Stage::Empty => bail!("no logits: run a forward pass first"),

@@ -9,6 +9,7 @@ use std::io::BufRead;
 use std::path::Path;
 
 use super::records::RecordBatches;
+use crate::text::count;
 use crate::tokenizer::Tokenizer;
 
 /// Whether `path` is read as JSON Lines: its name ends in `.jsonl` (or `.jsonl.gz`, `.jsonl.zst`).
@@ -56,8 +57,11 @@ pub(super) fn encode_jsonl(
     }
     let (documents, tokens) = batches.finish()?;
     outln!(
-        "prepro: {}: {documents} documents, {offset} bytes -> {tokens} tokens",
-        path.display()
+        "prepro: {}: {}, {} -> {}",
+        path.display(),
+        count(documents, "document", "documents"),
+        count(offset, "byte", "bytes"),
+        count(tokens, "token", "tokens")
     );
     Ok(documents)
 }

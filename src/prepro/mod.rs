@@ -34,6 +34,7 @@ use crate::formats::gzip::{is_gzip, GzReader};
 use crate::formats::parquet::is_parquet;
 use crate::formats::shard::{is_shard_file, to_u16};
 use crate::formats::zstd::{is_zstd, ZstdReader};
+use crate::text::{count, typed};
 use crate::tokenizer::{for_each_text_part, Tokenizer};
 
 pub mod jsonl;
@@ -57,8 +58,7 @@ impl std::fmt::Display for ValSplit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ValSplit::LastFiles(k) => write!(f, "--val-files {k}"),
-            // (Debug: 1e-9, where Display writes 0.000000001)
-            ValSplit::Fraction(x) => write!(f, "--val-fraction {x:?}"),
+            ValSplit::Fraction(x) => write!(f, "--val-fraction {}", typed(*x)),
         }
     }
 }
@@ -155,13 +155,16 @@ pub fn prepro_with(
     }
     let train_files = match split {
         ValSplit::LastFiles(k) if k == 0 || k >= inputs.len() => bail!(
-            "prepro: cannot put the last {k} of {} input files in val: train and val must both \
-             get at least one file (or split by tokens: --val-fraction 0.1 puts the last tenth \
-             of the tokens in val)",
-            inputs.len()
+            "prepro: cannot put the last {k} of {} in val: train and val must both get at least \
+             one file (or split by tokens: --val-fraction 0.1 puts the last tenth of the tokens \
+             in val)",
+            count(inputs.len(), "input file", "input files")
         ),
         ValSplit::Fraction(f) if !(f > 0.0 && f < 1.0) => {
-            bail!("prepro: the val fraction {f} must be strictly between 0 and 1")
+            bail!(
+                "prepro: the val fraction {} must be strictly between 0 and 1",
+                typed(f)
+            )
         }
         ValSplit::LastFiles(k) => inputs.len() - k,
         ValSplit::Fraction(_) => inputs.len(),
@@ -186,9 +189,9 @@ pub fn prepro_with(
     }
     if train.len() == 0 || val.len() == 0 {
         bail!(
-            "prepro: the split {split} leaves {} train and {} val tokens: both must be non-empty",
-            train.len(),
-            val.len()
+            "prepro: the split {split} leaves {} and {}: both must be non-empty",
+            count(train.len(), "train token", "train tokens"),
+            count(val.len(), "val token", "val tokens")
         );
     }
     let (train_tokens, val_tokens) = (train.len(), val.len());
@@ -389,8 +392,10 @@ fn encode_file(
         |done| progress.update(done),
     )?;
     outln!(
-        "prepro: {}: {bytes} bytes -> {tokens} tokens",
-        path.display()
+        "prepro: {}: {} -> {}",
+        path.display(),
+        count(bytes, "byte", "bytes"),
+        count(tokens, "token", "tokens")
     );
     Ok(())
 }

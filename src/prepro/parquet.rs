@@ -8,6 +8,7 @@ use std::path::Path;
 
 use super::records::RecordBatches;
 use crate::formats::parquet::read_text_column;
+use crate::text::count;
 use crate::tokenizer::Tokenizer;
 
 /// Reads the Parquet file at `path` (`size` bytes) and hands each row's document, the end-of-text
@@ -34,11 +35,14 @@ pub(super) fn encode_parquet(
     let (documents, tokens) = batches.finish()?;
     let nulls = match summary.nulls {
         0 => String::new(),
-        n => format!(" ({n} rows of null text skipped)"),
+        n => format!(" ({} of null text skipped)", count(n, "row", "rows")),
     };
     outln!(
-        "prepro: {}: {documents} documents{nulls}, {text_bytes} bytes of text -> {tokens} tokens",
-        path.display()
+        "prepro: {}: {}{nulls}, {} of text -> {}",
+        path.display(),
+        count(documents, "document", "documents"),
+        count(text_bytes, "byte", "bytes"),
+        count(tokens, "token", "tokens")
     );
     Ok(documents)
 }

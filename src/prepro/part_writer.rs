@@ -135,7 +135,11 @@ impl PartWriter {
             } else {
                 self.rest.len()
             };
-            outln!("prepro: wrote {} ({n} tokens)", path.display());
+            outln!(
+                "prepro: wrote {} ({})",
+                path.display(),
+                crate::text::count(n, "token", "tokens")
+            );
         }
         // no temporary files left for Drop to remove
         self.full.clear();

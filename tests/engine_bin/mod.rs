@@ -172,15 +172,15 @@ pub fn assert_same_files(a: &Path, b: &Path, files: &[&str], what: &str) {
 }
 
 /// The corpus of the outlier tests, in `dir`: `spike.bin`, `batches` batches of 2 x 16 tokens of
-/// the repeated pattern 10 11 12 13, the targets of batch `spike` (from 0) random (its last one,
-/// the next batch's first input, stays the pattern's), and `pattern.bin`, 4 such batches without a
-/// spike (for validation).
-pub fn write_spike_corpus(dir: &Path, batches: usize, spike: usize) {
+/// the repeated pattern 10 11 12 13, the targets of the batches `spikes` (from 0) random (the last
+/// one's last target, the next batch's first input, stays the pattern's), and `pattern.bin`, 4
+/// such batches without a spike (for validation).
+pub fn write_spike_corpus(dir: &Path, batches: usize, spikes: std::ops::Range<usize>) {
     use train_gpt2_cuda::formats::shard::write_shard;
     let pattern = |n: usize| -> Vec<u32> { (0..n).map(|i| 10 + (i % 4) as u32).collect() };
     let mut tokens = pattern(batches * 32 + 1);
     let mut rng = train_gpt2_cuda::rng::Rng::new(5);
-    for tok in &mut tokens[spike * 32 + 1..(spike + 1) * 32] {
+    for tok in &mut tokens[spikes.start * 32 + 1..spikes.end * 32] {
         *tok = 100 + rng.below(50_000) as u32;
     }
     write_shard(&dir.join("spike.bin"), &tokens).unwrap();

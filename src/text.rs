@@ -1,0 +1,87 @@
+//! Numbers in messages, as a person reads them: a count with its noun in the right number ("1
+//! batch", "2 batches"), a flag's value as it was typed ("1e-300", not its 300 digits), and a
+//! large value in exponent form (a perplexity of "1.702e34").
+
+use std::fmt::{Display, LowerExp};
+
+/// `n` with its noun: `one` when `n` is 1, `many` otherwise ("1 batch", "0 batches", "9159
+/// batches").
+pub fn count<N: Display + PartialEq + From<u8>>(n: N, one: &str, many: &str) -> String {
+    let noun = if n == N::from(1) { one } else { many };
+    format!("{n} {noun}")
+}
+
+/// A flag's number as a person types it: "0.05", "3", "1e-300", "1e300", "-2.5e-7" (`{}` writes
+/// out every digit of 1e-300 and of 1e300): the exponent form below 1e-4 and from 1e9 up, in
+/// magnitude; the shortest digits that read back as `x` either way.
+pub fn typed<F: Display + LowerExp + Into<f64> + Copy>(x: F) -> String {
+    let v: f64 = x.into();
+    if v != 0.0 && v.is_finite() && (v.abs() < 1e-4 || v.abs() >= 1e9) {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
+}
+
+/// `x` with `decimals` decimals, or from 1e6 up (in magnitude) in exponent form with as many
+/// ("1.702e34", where the decimals would run to dozens of digits); "inf" and "NaN" as they are.
+pub fn magnitude(x: f64, decimals: usize) -> String {
+    if x.is_finite() && x.abs() >= 1e6 {
+        format!("{x:.decimals$e}")
+    } else {
+        format!("{x:.decimals$}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_count_takes_the_noun_of_its_number() {
+        assert_eq!(count(1usize, "batch", "batches"), "1 batch");
+        assert_eq!(count(0usize, "batch", "batches"), "0 batches");
+        assert_eq!(count(2u64, "token", "tokens"), "2 tokens");
+        assert_eq!(count(9159usize, "batch", "batches"), "9159 batches");
+        assert_eq!(count(1u64, "micro-batch", "micro-batches"), "1 micro-batch");
+    }
+
+    #[test]
+    fn a_flag_reads_as_typed() {
+        for (x, want) in [
+            (1e-300, "1e-300"),
+            (-1e-300, "-1e-300"),
+            (1e300, "1e300"),
+            (1e9, "1e9"),
+            (999999999.0, "999999999"),
+            (1e-4, "0.0001"),
+            (9.5e-5, "9.5e-5"),
+            (0.05, "0.05"),
+            (3.0, "3"),
+            (-1.0, "-1"),
+            (0.0, "0"),
+            (f64::INFINITY, "inf"),
+            (f64::NAN, "NaN"),
+        ] {
+            assert_eq!(typed(x), want, "{x:?}");
+        }
+        // an f32 in its own digits, not those of its f64 value (0.1f32 is 0.10000000149011612)
+        assert_eq!(typed(0.1f32), "0.1");
+        assert_eq!(typed(-1e-30f32), "-1e-30");
+        assert_eq!(typed(3e-3f32), "0.003");
+    }
+
+    #[test]
+    fn large_values_take_the_exponent_form() {
+        assert_eq!(
+            magnitude(17015020848397068543572306980503552.0, 3),
+            "1.702e34"
+        );
+        assert_eq!(magnitude(1e6, 3), "1.000e6");
+        assert_eq!(magnitude(999999.0, 3), "999999.000");
+        assert_eq!(magnitude(48.123456, 3), "48.123");
+        assert_eq!(magnitude(-2e7, 1), "-2.0e7");
+        assert_eq!(magnitude(f64::INFINITY, 3), "inf");
+        assert_eq!(magnitude(f64::NAN, 3), "NaN");
+    }
+}

@@ -325,7 +325,7 @@ pub(crate) fn keep_best(
     let path = args.out_dir.join(BEST_MODEL);
     // (made read-only since the run began)
     check_best_replaceable(&args.out_dir)?;
-    write_model(engine, &path)?;
+    let model = Some(write_model(engine, &path)?);
     outln!(
         "wrote {} (val loss {val:.4} after step {step}, the lowest so far{})",
         path.display(),
@@ -334,8 +334,92 @@ pub(crate) fn keep_best(
             None => String::new(),
         }
     );
-    *best = Some(BestVal { step, loss: val });
+    *best = Some(BestVal {
+        step,
+        loss: val,
+        model,
+    });
     Ok(())
+}
+
+/// `--keep-best` in a resumed run: makes [`BEST_MODEL`] in `out_dir` the model of the lowest
+/// validation loss its state records (`best`), which the run compares its own with. Where the
+/// file there is not that model (by the fingerprint the state records: an attempt past the
+/// resume point wrote a later best over it, which [`set_aside_earlier_run`] copied aside; or the
+/// run resumed from another folder, `resumed_dir`), it is copied from that folder's
+/// [`BEST_MODEL`] or from the checkpoint of that step, in either folder. Where none is that
+/// model, a note says so and the search for the lowest loss starts again (`best` None), so
+/// that the end of the run never names a file that is not its best model. A state from before
+/// the fingerprint was recorded trusts the file in `out_dir`, or copies `resumed_dir`'s.
+pub(crate) fn restore_best_model(
+    out_dir: &Path,
+    resumed_dir: &Path,
+    best: &mut Option<BestVal>,
+) -> Result<()> {
+    let Some(b) = *best else {
+        return Ok(());
+    };
+    let target = out_dir.join(BEST_MODEL);
+    let is_best = |path: &Path| {
+        path.is_file()
+            && b.model.is_none_or(|want| {
+                crate::formats::checkpoint::read_checkpoint(path)
+                    .is_ok_and(|ck| weights_fingerprint(&ck.params) == want)
+            })
+    };
+    if is_best(&target) {
+        return Ok(());
+    }
+    let at_step = checkpoint_name("model", b.step);
+    let candidates = [
+        resumed_dir.join(BEST_MODEL),
+        resumed_dir.join(&at_step),
+        out_dir.join(&at_step),
+    ];
+    let what = format!(
+        "the model of the run's lowest validation loss ({:.4} after step {})",
+        b.loss, b.step
+    );
+    match candidates
+        .iter()
+        .find(|c| !same_file(c, &target) && is_best(c))
+    {
+        Some(from) => {
+            let tmp = out_dir.join(format!("{BEST_MODEL}.tmp"));
+            std::fs::copy(from, &tmp)
+                .and_then(|_| std::fs::rename(&tmp, &target))
+                .with_context(|| {
+                    format!(
+                        "{}: cannot copy {} there ({what}); copy it yourself, or drop --keep-best",
+                        target.display(),
+                        from.display()
+                    )
+                })?;
+            outln!("copied {} to {} ({what})", from.display(), target.display());
+        }
+        None => {
+            crate::errln!(
+                "note: {what} is not on disk ({} is {}): --keep-best looks for the lowest loss \
+                 again among this run's validations",
+                target.display(),
+                if target.exists() {
+                    "another model"
+                } else {
+                    "not there"
+                }
+            );
+            *best = None;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `a` and `b` name the same file (false where either is not there).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
 }
 
 /// An error where [`BEST_MODEL`] in `out_dir` is read-only, saying what to do: no flag names that

@@ -768,7 +768,7 @@ pub fn train(
     // where a run that diverges can go back to: the state it resumed from, and (below) the
     // checkpoints it has written and not removed
     let mut resumed_from = None;
-    let (start, mut outliers, best_val) = match resume {
+    let (start, mut outliers, mut best_val) = match resume {
         Some(r) => {
             resumed_from = Some(r.state.path.clone());
             let h = &r.state.header;
@@ -798,6 +798,9 @@ pub fn train(
     if args.keep_best {
         // (a resumed run's model_best.bin, read-only, is refused now, not at a validation later)
         crate::checkpoints::check_best_replaceable(&args.out_dir)?;
+        if let Some(from) = &resumed_from {
+            crate::checkpoints::restore_best_model(&args.out_dir, folder_of(from), &mut best_val)?;
+        }
     }
     let mut log = RunLog::create(&args.out_dir, earlier_log.as_deref().map(|p| (p, start)))?;
     outln!("log: {}", log.path().display());

@@ -1129,6 +1129,109 @@ fn keep_best_keeps_the_model_of_the_lowest_validation_loss() {
     );
 }
 
+/// `--keep-best` in a resumed run: model_best.bin is the model of the lowest loss the state
+/// records, not what an attempt past the resume point wrote over it, nor missing from another
+/// --out-dir. A d1 run at a constant 3e-2 validated every step has its lowest loss at its last,
+/// step 3 (falling for 3 steps); its state of step 2 records step 1's (a state of step k holds
+/// the validations before step k's). Resumed from there with no validation before the end and
+/// a rate that makes the end's worse (1.0), the best stays step 1's.
+#[test]
+fn keep_best_follows_the_state_a_run_resumes() {
+    let dir = tmp_dir("keep-best-resumed");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let common = flags(
+        "--device cpu --batch 2 --seq 16 --val-batches 2 --lr-schedule constant --warmup 1 \
+         --sample-tokens 0 --keep-best --checkpoint-every 1",
+    );
+    let train = |extra: &[&str]| {
+        let (o, stdout, stderr) = run(bin().args(&common).args(extra));
+        assert!(o.status.success(), "{extra:?}\n{stdout}\n{stderr}");
+        (stdout, stderr)
+    };
+    let bytes = |p: &str| std::fs::read(d(p)).unwrap();
+    let (first, _) = train(&[
+        "--model",
+        "d1",
+        "--steps",
+        "3",
+        "--val-every",
+        "1",
+        "--lr",
+        "3e-2",
+        "--out-dir",
+        &d("a"),
+    ]);
+    let v: Vec<f32> = first
+        .lines()
+        .filter_map(|l| l.strip_prefix("val loss "))
+        .map(|x| x.parse().unwrap())
+        .collect();
+    assert!(v[1] < v[0] && v[2] < v[1] && v[3] < v[2], "{first}");
+    assert!(bytes("a/model_best.bin") == bytes("a/model_000003.bin"));
+    let best1 = bytes("a/model_000001.bin");
+    let end = |folder: &str, loss: f32, step: usize| {
+        format!(
+            "best val loss {loss:.4} after step {step}: {}/model_best.bin",
+            d(folder)
+        )
+    };
+    let resume = |folder: &str, state: &str| {
+        train(&[
+            "--steps",
+            "5",
+            "--val-every",
+            "0",
+            "--lr",
+            "1",
+            "--resume",
+            &d(state),
+            "--out-dir",
+            &d(folder),
+        ])
+    };
+    // into another folder: the state's best model comes along (a's model_best.bin is step 3's:
+    // step 1's checkpoint is the one)
+    std::fs::create_dir_all(d("c")).unwrap();
+    for f in ["model_000002.bin", "state_000002.bin", "model_best.bin"] {
+        std::fs::copy(d(&format!("a/{f}")), d(&format!("c/{f}"))).unwrap();
+    }
+    let (other, _) = resume("other", "a/state_000002.bin");
+    assert!(
+        other.contains(&format!("copied {}", d("a/model_000001.bin"))),
+        "{other}"
+    );
+    assert!(other.contains(&end("other", v[1], 1)), "{other}");
+    assert!(bytes("other/model_best.bin") == best1);
+    // in its own folder: the attempt's later best (step 3's, set aside with its checkpoints) is
+    // replaced by step 1's
+    let (here, _) = resume("a", "a/state_000002.bin");
+    assert!(here.contains(&end("a", v[1], 1)), "{here}");
+    assert!(bytes("a/model_best.bin") == best1);
+    let aside: Vec<_> = std::fs::read_dir(d("a"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(aside.iter().any(|n| n == "earlier_run_1"), "{aside:?}");
+    // neither the best model nor its step's checkpoint on disk (c holds step 2's and step 3's
+    // best): a note, and the search starts again: the end's validation is the best
+    let (lost, stderr) = resume("c", "c/state_000002.bin");
+    assert!(
+        stderr.contains(&format!(
+            "note: the model of the run's lowest validation loss ({:.4} after step 1) is not on \
+             disk ({} is another model)",
+            v[1],
+            d("c/model_best.bin")
+        )),
+        "{stderr}"
+    );
+    assert!(
+        lost.contains(&format!("{}/model_best.bin (val loss", d("c"))),
+        "{lost}"
+    );
+    assert!(bytes("c/model_best.bin") == bytes("c/model_000005.bin"));
+}
+
 /// Ctrl-C (SIGINT) during training: the run finishes its step, writes that step's checkpoint and
 /// training state, says how to continue and exits with status 130; SIGTERM (`kill`'s, `timeout`'s
 /// and Slurm's) the same with status 143. Following the line, the same flags (`--model` too) and

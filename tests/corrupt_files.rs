@@ -179,6 +179,7 @@ fn damaged_debug_and_training_states_never_panic() {
         best_val: Some(BestVal {
             step: 30,
             loss: 3.25,
+            model: Some(42),
         }),
         optimizer: Some(OptimizerSettings {
             beta1: 0.9,

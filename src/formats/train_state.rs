@@ -16,7 +16,9 @@
 //!   step, `[22]` = the loss (f32 bits); the optimizer's settings: `[23]` = 1 if they are
 //!   recorded, `[24..29]` = beta1, beta2, eps, the weight decay and the gradient clip (f32 bits);
 //!   the model checkpoint written with the state: `[29]` = 1 if recorded, `[30..32]` = its
-//!   weights' fingerprint ([`weights_fingerprint`]); the rest is zero. (States written before
+//!   weights' fingerprint ([`weights_fingerprint`]); the model `--keep-best` wrote for the lowest
+//!   validation loss: `[160]` = 1 if its fingerprint is recorded, `[161..163]` = the fingerprint;
+//!   the rest is zero. (States written before
 //!   the windows, the best loss, the settings or the fingerprint were added have zeros there:
 //!   empty windows, no best loss, nothing recorded, which is what they read as.)
 //! - AdamW's m, then v (num_parameters f32 each), then the master weights (num_parameters f32)
@@ -43,6 +45,8 @@ const BEST_AT: [usize; 3] = [20, 21, 22];
 const OPTIMIZER_AT: [usize; 2] = [23, 24];
 /// Where the model's fingerprint lies in the header: whether it is recorded, and its two words.
 const FINGERPRINT_AT: [usize; 2] = [29, 30];
+/// Where the best model's fingerprint lies in the header: whether it is recorded, its two words.
+const BEST_MODEL_AT: [usize; 2] = [160, 161];
 use anyhow::{bail, Context, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -131,6 +135,9 @@ pub fn weights_fingerprint(params: &[f32]) -> u64 {
 pub struct BestVal {
     pub step: usize,
     pub loss: f32,
+    /// The [`weights_fingerprint`] of the model `--keep-best` wrote for it (None: a state
+    /// written before it was recorded).
+    pub model: Option<u64>,
 }
 
 impl TrainState {
@@ -218,6 +225,11 @@ pub fn write_train_state(
         h[flag] = 1;
         h[step] = int(best.step, "the best validation loss's step")?;
         h[loss] = best.loss.to_bits() as i32;
+        if let Some(f) = best.model {
+            let [flag, at] = BEST_MODEL_AT;
+            h[flag] = 1;
+            put_u64(&mut h, at, f);
+        }
     }
     if let Some(o) = &state.optimizer {
         let [flag, first] = OPTIMIZER_AT;
@@ -337,6 +349,7 @@ impl TrainStateFile {
             let best = BestVal {
                 step: header_count(path, &h, best_step, "best validation loss's step", 0)?,
                 loss: f32::from_bits(h[best_loss] as u32),
+                model: None,
             };
             if best.step > step {
                 bail!(
@@ -353,7 +366,10 @@ impl TrainStateFile {
                     best.loss
                 );
             }
-            Some(best)
+            let [flag, at] = BEST_MODEL_AT;
+            let model =
+                header_flag(path, &h, flag, "best model fingerprint")?.then(|| get_u64(&h, at));
+            Some(BestVal { model, ..best })
         } else {
             None
         };
@@ -503,6 +519,7 @@ mod tests {
             best_val: Some(BestVal {
                 step: 30,
                 loss: 3.75,
+                model: Some(0xfedc_ba98_7654_3210),
             }),
             optimizer: Some(OptimizerSettings {
                 beta1: 0.9,
@@ -579,7 +596,9 @@ mod tests {
             assert_eq!(h[35], 0);
             assert_eq!(h[96], 0.75f32.to_bits() as i32);
             assert_eq!(h[159], 0.75f32.to_bits() as i32);
-            assert!(h[160..].iter().all(|&w| w == 0));
+            // the best model's fingerprint: recorded, low word first
+            assert_eq!(&h[160..163], &[1, 0x7654_3210, 0xfedc_ba98u32 as i32]);
+            assert!(h[163..].iter().all(|&w| w == 0));
             // the arrays follow the header: m[1] = 0.25 - 0.5
             let m1 = f32::from_le_bytes(
                 bytes[HEADER_BYTES + 4..HEADER_BYTES + 8]
@@ -665,10 +684,13 @@ mod tests {
         let mut bad = good.clone();
         bad[4 * 29..4 * 30].copy_from_slice(&(-1i32).to_le_bytes()); // the fingerprint's flag
         assert!(err(&bad).contains("model fingerprint (header[29]) is -1, must be 0 or 1"));
+        let mut bad = good.clone();
+        bad[4 * 160..4 * 161].copy_from_slice(&7i32.to_le_bytes()); // the best model's flag
+        assert!(err(&bad).contains("best model fingerprint (header[160]) is 7, must be 0 or 1"));
         // a state from before the windows, the best loss, the settings and the fingerprint
         // (zeros there) reads with empty windows and nothing else recorded
         let mut old = good.clone();
-        old[4 * 17..4 * 160].fill(0);
+        old[4 * 17..4 * 163].fill(0);
         std::fs::write(&path, &old).unwrap();
         let h = TrainStateFile::open(&path).unwrap().header;
         assert_eq!(h.outliers, Outliers::default());

@@ -76,6 +76,15 @@ pub struct RunLog {
     resumed_lr: Option<f32>,
 }
 
+/// An error where the log in `out_dir` is read-only (a run resumed there rewrites it), saying
+/// what to do: no flag names the file.
+pub fn check_replaceable(out_dir: &Path) -> Result<()> {
+    crate::formats::check_replaceable_or(
+        &out_dir.join(LOG_FILE),
+        "make it writable (chmod u+w), or resume into another --out-dir",
+    )
+}
+
 impl RunLog {
     /// Creates `<out_dir>/log.jsonl`. A resumed run gives `resumed`: the log it continues (beside
     /// its training state; it may be this one, or missing) and the steps its state has done; the
@@ -89,13 +98,9 @@ impl RunLog {
             }
         }
         let text: String = kept.iter().map(|l| format!("{l}\n")).collect();
-        // (a read-only log of the run resumed here: no flag names the file)
-        crate::formats::check_replaceable_or(
-            &path,
-            "make it writable (chmod u+w), or resume into another --out-dir",
-        )
-        .and_then(|()| crate::formats::write_file_atomic(&path, text.as_bytes()))
-        .context("cannot write the run's log")?;
+        check_replaceable(out_dir)
+            .and_then(|()| crate::formats::write_file_atomic(&path, text.as_bytes()))
+            .context("cannot write the run's log")?;
         let out = std::fs::OpenOptions::new()
             .append(true)
             .open(&path)

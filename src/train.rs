@@ -794,10 +794,16 @@ pub fn train(
     // (a fresh run may not start from one of those files)
     let start_model = Path::new(&args.model);
     let start_model = (args.resume.is_none() && start_model.is_file()).then_some(start_model);
+    // (the files a run resumed here rewrites, read-only, are refused before anything is moved,
+    // and a resumed run's model_best.bin now, not at a validation later)
+    if resumed_here.is_some() {
+        crate::run_log::check_replaceable(&args.out_dir).context("cannot write the run's log")?;
+    }
+    if args.keep_best {
+        crate::checkpoints::check_best_replaceable(&args.out_dir)?;
+    }
     crate::checkpoints::set_aside_earlier_run(&args.out_dir, resumed_here, start_model)?;
     if args.keep_best {
-        // (a resumed run's model_best.bin, read-only, is refused now, not at a validation later)
-        crate::checkpoints::check_best_replaceable(&args.out_dir)?;
         if let Some(from) = &resumed_from {
             crate::checkpoints::restore_best_model(&args.out_dir, folder_of(from), &mut best_val)?;
         }

@@ -1979,7 +1979,8 @@ fn a_rewritten_output_keeps_its_permissions_and_a_read_only_one_is_refused() {
     assert_eq!(std::fs::read(dir.join("p.bin")).unwrap(), b"kept");
     assert_eq!(std::fs::read(dir.join("hf/config.json")).unwrap(), b"kept");
     assert_eq!(std::fs::read_dir(dir.join("hf")).unwrap().count(), 1);
-    // a run resumed in its folder, whose model_best.bin is read-only, stops before its first step
+    // a run resumed in its folder, whose model_best.bin is read-only, stops before its first step,
+    // and before it sets aside the checkpoints of the attempt it replaces (step 2's)
     let train = |extra: &str| {
         run(bin()
             .args(flags(
@@ -1989,7 +1990,7 @@ fn a_rewritten_output_keeps_its_permissions_and_a_read_only_one_is_refused() {
             .args(["--out-dir", &d("run")])
             .args(flags(extra)))
     };
-    let (out, stdout, stderr) = train("--model d1 --steps 1");
+    let (out, stdout, stderr) = train("--model d1 --steps 2 --checkpoint-every 1");
     assert!(out.status.success(), "{stdout}\n{stderr}");
     chmod(&dir.join("run/model_best.bin"), 0o444);
     // (no flag names these files: the way out is to make them writable, or not to write them)
@@ -2005,8 +2006,11 @@ fn a_rewritten_output_keeps_its_permissions_and_a_read_only_one_is_refused() {
     ] {
         chmod(&dir.join("run/model_best.bin"), 0o644);
         chmod(&dir.join("run").join(file), 0o444);
-        let (out, stdout, stderr) = train(&format!("--resume {} --steps 2", d("run")));
+        let state = d("run/state_000001.bin");
+        let (out, stdout, stderr) = train(&format!("--resume {state} --steps 2"));
         assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+        assert!(!dir.join("run/earlier_run_1").exists(), "{stdout}");
+        assert!(dir.join("run/model_000002.bin").is_file(), "{stdout}");
         let want = format!(
             "{} is read-only (no one may write it): it is not replaced; {advice}\n",
             d(&format!("run/{file}"))

@@ -701,10 +701,7 @@ pub(crate) fn set_aside_earlier_run(
                 )
             })?;
     }
-    let shown = match names.len() {
-        n if n > 4 => format!("{}, ... ({n} files)", names[..3].join(", ")),
-        _ => names.join(", "),
-    };
+    let shown = shown_names(&names);
     let copies = copied.join(" and ");
     let (out, aside) = (out_dir.display(), aside.display());
     let forget = "remove that folder when you no longer need it";
@@ -735,6 +732,15 @@ pub(crate) fn set_aside_earlier_run(
     Ok(())
 }
 
+/// The files set aside, as the note names them: all of them up to four, else the first three and
+/// their count.
+fn shown_names(names: &[String]) -> String {
+    match names.len() {
+        n if n > 4 => format!("{}, ... ({n} files)", names[..3].join(", ")),
+        _ => names.join(", "),
+    }
+}
+
 /// The steps, oldest first, of the checkpoints (models) up to `step` in `dir`:
 /// what a run resumed there after `step` steps wrote before, for `--keep-checkpoints` to count
 /// with its own. (The folder holds one run: see [`set_aside_earlier_run`].)
@@ -761,6 +767,61 @@ mod tests {
         ] {
             assert_eq!(checkpoint_step("state", name), None, "{name}");
         }
+    }
+
+    /// The same folder however it is spelt (`--resume out/state_x.bin --out-dir ./out`), and the
+    /// same path even where nothing is there yet; another folder is not.
+    #[test]
+    fn the_same_folder_spelt_two_ways_is_the_same() {
+        let dir = std::env::temp_dir().join(format!("same-dir-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        assert!(same_dir(&dir, &dir));
+        assert!(same_dir(&dir, &dir.join("sub").join("..")));
+        assert!(same_dir(&dir.join("sub").join(".."), &dir));
+        let absent = Path::new("no/such/folder");
+        assert!(same_dir(absent, absent));
+        assert!(!same_dir(&dir, &dir.join("sub")));
+        assert!(!same_dir(absent, Path::new("no/such/other")));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A state's micro-batches a step: an `--overfit-batch` run's (none served) resumes with
+    /// `--overfit-batch` only; a run's that read its data without it, with its `--grad-accum`; a
+    /// count that is no multiple of the steps cannot say, and is let through.
+    #[test]
+    fn a_resume_takes_the_runs_micro_batches() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: TrainArgs,
+        }
+        let args =
+            |flags: &[&str]| <Cli as clap::Parser>::parse_from([&["train"], flags].concat()).args;
+        let (overfit, plain, accum2) = (
+            args(&["--overfit-batch"]),
+            args(&[]),
+            args(&["--grad-accum", "2"]),
+        );
+        let error = |r: Result<()>| r.unwrap_err().to_string();
+        assert!(check_micro_batches("s", 4, 0, &overfit).is_ok());
+        let e = error(check_micro_batches("s", 4, 0, &plain));
+        assert!(e.contains("resume it with --overfit-batch"), "{e}");
+        let e = error(check_micro_batches("s", 4, 4, &overfit));
+        assert!(e.contains("resume it without --overfit-batch"), "{e}");
+        assert!(check_micro_batches("s", 4, 8, &accum2).is_ok());
+        let e = error(check_micro_batches("s", 4, 8, &plain));
+        assert!(e.contains("resume it with --grad-accum 2"), "{e}");
+        assert!(check_micro_batches("s", 4, 7, &plain).is_ok());
+        assert!(check_micro_batches("s", 0, 7, &plain).is_ok());
+    }
+
+    /// The note names up to four files set aside, and the first three of more.
+    #[test]
+    fn a_note_names_four_files_and_counts_more() {
+        let names = |n: usize| -> Vec<String> { (1..=n).map(|i| format!("f{i}")).collect() };
+        assert_eq!(shown_names(&names(1)), "f1");
+        assert_eq!(shown_names(&names(4)), "f1, f2, f3, f4");
+        assert_eq!(shown_names(&names(5)), "f1, f2, f3, ... (5 files)");
     }
 
     /// A fresh run sets aside every file of a run (a `.tmp` too) and nothing else; a resumed one

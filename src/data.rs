@@ -282,13 +282,20 @@ impl DataLoader {
         (0..self.files.len()).filter(|&i| self.chunks(i) == 0)
     }
 
-    /// Says on stderr which shards are [passed over](Self::passed_over), if any: one note for
-    /// the set, naming the first few.
+    /// Says on stderr which shards are [passed over](Self::passed_over), if any.
     fn note_passed_over(&self) {
+        if let Some(note) = self.passed_over_note() {
+            crate::errln!("{note}");
+        }
+    }
+
+    /// The note on the [passed over](Self::passed_over) shards, if any: one for the set, naming
+    /// the first few.
+    fn passed_over_note(&self) -> Option<String> {
         const NAMED: usize = 5;
         let short = self.short_shards().count();
         if short == 0 {
-            return;
+            return None;
         }
         let mut names: Vec<String> = self
             .short_shards()
@@ -302,7 +309,7 @@ impl DataLoader {
             names.push(format!("and {} more", short - NAMED));
         }
         let one = short == 1;
-        crate::errln!(
+        Some(format!(
             "note: {short} of the {} shards of '{}' {} fewer than B*T+1 = {} tokens, no whole \
              batch of {}x{}, and {} passed over: {}",
             self.files.len(),
@@ -313,7 +320,7 @@ impl DataLoader {
             self.t,
             if one { "is" } else { "are" },
             names.join(", ")
-        );
+        ))
     }
 
     /// Back to the state right after construction: epoch 0, first batch, and (in shuffled mode)
@@ -466,5 +473,48 @@ impl DataLoader {
         self.tokens = tokens;
         self.loaded = Some(idx);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The note names five passed-over shards, and counts those past the fifth.
+    #[test]
+    fn the_note_names_five_short_shards_and_counts_the_rest() {
+        let dir = std::env::temp_dir().join(format!("passed-over-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let shard = |name: &str, n: u32| {
+            let tokens: Vec<u32> = (0..n).collect();
+            crate::formats::shard::write_shard(&dir.join(name), &tokens).unwrap();
+        };
+        // B=1, T=4: 5 tokens make a batch; shard a holds two
+        shard("a.bin", 9);
+        let short = |k: usize| {
+            (0..k)
+                .map(|i| format!("s{i}.bin (3 tokens)"))
+                .collect::<Vec<_>>()
+        };
+        for i in 0..5 {
+            shard(&format!("s{i}.bin"), 3);
+        }
+        let pattern = dir.join("*.bin").to_string_lossy().into_owned();
+        let names = |note: String| {
+            note.split(": ")
+                .last()
+                .unwrap()
+                .replace(&format!("{}/", dir.display()), "")
+        };
+        let dl = DataLoader::new(&pattern, 1, 4, 100, None).unwrap();
+        assert_eq!(names(dl.passed_over_note().unwrap()), short(5).join(", "));
+        shard("s5.bin", 3);
+        shard("s6.bin", 3);
+        let dl = DataLoader::new(&pattern, 1, 4, 100, None).unwrap();
+        let note = dl.passed_over_note().unwrap();
+        assert!(note.starts_with("note: 7 of the 8 shards of"), "{note}");
+        assert_eq!(names(note), short(5).join(", ") + ", and 2 more");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -191,6 +191,13 @@ impl RunLog {
 
     /// Appends `line` (one write, so a record is whole or cut back); see the file comment.
     fn line(&mut self, line: &str) {
+        if let Some(note) = self.write_line(line) {
+            crate::console::write_err(format_args!("{note}\n"));
+        }
+    }
+
+    /// [`line`](Self::line)'s write: the note to give when it is the run's first record lost.
+    fn write_line(&mut self, line: &str) -> Option<String> {
         let bytes = format!("{line}\n");
         match self.out.write_all(bytes.as_bytes()) {
             Ok(()) => self.len += bytes.len() as u64,
@@ -199,9 +206,9 @@ impl RunLog {
                 let cut = self.out.set_len(self.len).is_ok();
                 self.lost += 1;
                 if self.lost == 1 {
-                    crate::console::write_err(format_args!(
+                    return Some(format!(
                         "note: {}: cannot write the run's log ({e}): training goes on, and \
-                         records that cannot be written are left out{}\n",
+                         records that cannot be written are left out{}",
                         self.path.display(),
                         if cut {
                             ""
@@ -212,6 +219,7 @@ impl RunLog {
                 }
             }
         }
+        None
     }
 }
 
@@ -299,9 +307,16 @@ mod tests {
             skipped: Vec::new(),
             resumed_lr: None,
         };
+        // the first record lost gives the note, the others none
+        let note = log.write_line(r#"{"step": 0, "val_loss": 10.5}"#).unwrap();
+        assert!(
+            note.starts_with("note: /dev/full: cannot write the run's log ("),
+            "{note}"
+        );
+        assert_eq!(log.write_line(r#"{"step": 0, "sample": "a"}"#), None);
         log.validation(0, 10.5, None);
         log.sample(0, "ROMEO:");
-        assert_eq!(log.records_lost(), 2);
+        assert_eq!(log.records_lost(), 4);
         assert_eq!(log.len, 0);
         // the disk has room again: written, and counted as written
         let dir = std::env::temp_dir().join(format!("run-log-{}", std::process::id()));
@@ -313,10 +328,31 @@ mod tests {
             .open(&path)
             .unwrap();
         log.validation(25, 7.25, None);
-        assert_eq!(log.records_lost(), 2);
+        assert_eq!(log.records_lost(), 4);
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text, "{\"step\": 25, \"val_loss\": 7.25}\n");
         assert_eq!(log.len, text.len() as u64);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// What a run resumed after 5 steps keeps of the earlier log: the steps' records up to 5, the
+    /// validations and samples before 5 (it gives step 5's again); not a line without a step, nor
+    /// one that is not a record.
+    #[test]
+    fn a_resumed_log_keeps_the_records_before_its_step() {
+        for (line, kept) in [
+            (r#"{"step": 5, "loss": 3.5}"#, true),
+            (r#"{"step": 6, "loss": 3.5}"#, false),
+            (r#"{"step": 4, "val_loss": 3.5}"#, true),
+            (r#"{"step": 5, "val_loss": 3.5}"#, false),
+            (r#"{"step": 4, "sample": "a"}"#, true),
+            (r#"{"step": 5, "sample": "a"}"#, false),
+            (r#"{"step": 3}"#, false),
+            (r#"{"loss": 3.5}"#, false),
+            (r#"{"step": "3", "loss": 3.5}"#, false),
+            (r#"{"step": 3, "loss"#, false),
+        ] {
+            assert_eq!(before(line, 5), kept, "{line}");
+        }
     }
 }

@@ -219,6 +219,34 @@ mod tests {
         counts
     }
 
+    /// A temperature divides the logits: probabilities 0.1, 0.2, 0.3, 0.4 become, at 0.5, their
+    /// squares over their sum (1, 4, 9, 16 of 30), and at 2 their square roots over theirs.
+    #[test]
+    fn the_temperature_divides_the_logits() {
+        let logits: Vec<f32> = [1f32, 2.0, 3.0, 4.0].iter().map(|x| x.ln()).collect();
+        let n = 100_000;
+        let roots: Vec<f64> = (1..=4).map(|x| (x as f64).sqrt()).collect();
+        let root_sum: f64 = roots.iter().sum();
+        for (temperature, want) in [
+            (0.5, [1.0, 4.0, 9.0, 16.0].map(|x| x / 30.0)),
+            (2.0, [0, 1, 2, 3].map(|i| roots[i] / root_sum)),
+        ] {
+            let opts = SampleOptions {
+                temperature,
+                ..Default::default()
+            };
+            let c = counts(&logits, &opts, n, 11);
+            for (i, (&c, &p)) in c.iter().zip(&want).enumerate() {
+                let sd = (n as f64 * p * (1.0 - p)).sqrt();
+                let dev = (c as f64 - n as f64 * p).abs();
+                assert!(
+                    dev < 5.0 * sd,
+                    "temperature {temperature}, id {i}: {c} of {n}, want p = {p}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn top_p_keeps_the_most_likely_tokens_up_to_p() {
         // probabilities 0.1, 0.2, 0.3, 0.4; by hand, the nucleus of p is the fewest most likely

@@ -675,6 +675,16 @@ mod tests {
                 "{v}"
             );
         }
+        // a loss of 0 (a batch learnt to certainty: --overfit-batch) is a loss all the same
+        let mut zero = good.clone();
+        zero[4 * 22..4 * 23].copy_from_slice(&0f32.to_le_bytes());
+        std::fs::write(&path, &zero).unwrap();
+        let best = TrainStateFile::open(&path)
+            .unwrap()
+            .header
+            .best_val
+            .unwrap();
+        assert_eq!((best.step, best.loss), (30, 0.0));
         let mut bad = good.clone();
         bad[4 * 23..4 * 24].copy_from_slice(&3i32.to_le_bytes()); // the settings' flag
         assert!(err(&bad).contains("optimizer settings (header[23]) is 3, must be 0 or 1"));

@@ -201,19 +201,10 @@ fn optimizer_notes(path: &Path, recorded: Option<OptimizerSettings>, args: &Trai
                 "note: the run resumed from {} took its steps with {flag} {}, these flags give {}: \
                  the steps from here use the new value",
                 path.display(),
-                flag_value(was),
-                flag_value(is)
+                crate::text::typed(was),
+                crate::text::typed(is)
             );
         }
-    }
-}
-
-/// `x` as a flag would give it: 1e-8, not 0.00000001.
-fn flag_value(x: f32) -> String {
-    if x != 0.0 && !(1e-3..1e6).contains(&x.abs()) {
-        format!("{x:e}")
-    } else {
-        x.to_string()
     }
 }
 

@@ -180,9 +180,14 @@ fn shard_lengths(pattern: &str, b: usize, t: usize) -> Result<(Vec<PathBuf>, Vec
                 files.len()
             )
         };
+        // (a batch of 1x1 needs 2 tokens: a shorter shard holds none at any size)
+        let advice = if n < 2 {
+            "it holds no batch at any --batch and --seq (tokenize more text into it)"
+        } else {
+            "give a smaller --batch or --seq"
+        };
         bail!(
-            "{which} {}, fewer than B*T+1 = {bt1} needed for one batch (B={b}, T={t}): give \
-             a smaller --batch or --seq",
+            "{which} {}, fewer than B*T+1 = {bt1} needed for one batch (B={b}, T={t}): {advice}",
             count(n, "token", "tokens")
         );
     }

@@ -283,10 +283,11 @@ impl TrainArgs {
             if steps < 1.0 {
                 bail!(
                     "--epochs {typed} is less than one step: an epoch of '{pattern}' is {} of \
-                     {}x{}, a step {micro}",
+                     {}x{}, a step {}",
                     count(batches, "batch", "batches"),
                     self.batch,
-                    self.seq
+                    self.seq,
+                    count(micro, "batch", "batches")
                 );
             }
             if steps > i32::MAX as f64 {
@@ -593,6 +594,15 @@ fn say_stopped(args: &TrainArgs, signal: crate::interrupt::Stop, steps: usize, l
              (--no-state) the run cannot be resumed\n",
             signal.name(),
         ));
+    } else if let Some(r) = args.resume.as_ref().filter(|r| resumes_the_newest(r, args)) {
+        // (the same command line: its --resume finds this state)
+        crate::console::write_or_stderr(format_args!(
+            "interrupted ({}) after step {steps}: continue with the same command (its --resume \
+             {} finds {})\n",
+            signal.name(),
+            r.display(),
+            args.out_dir.join(checkpoint_name("state", steps)).display()
+        ));
     } else {
         // (the exact state: the folder may hold a later one from an earlier attempt)
         let state = args.out_dir.join(checkpoint_name("state", steps));
@@ -628,11 +638,17 @@ fn say_stopped_before_training(args: &TrainArgs, signal: crate::interrupt::Stop,
 /// folder: that --resume would not find this run's newest state.
 fn in_place_of_resume(args: &TrainArgs) -> String {
     match &args.resume {
-        Some(r) if !crate::checkpoints::same_dir(r, &args.out_dir) => {
+        Some(r) if !resumes_the_newest(r, args) => {
             format!(" (in place of --resume {})", r.display())
         }
         _ => String::new(),
     }
+}
+
+/// Whether `--resume r` names the run's own folder, where it finds the newest state the run
+/// writes (a state file, or another folder, names another).
+fn resumes_the_newest(r: &Path, args: &TrainArgs) -> bool {
+    r.is_dir() && crate::checkpoints::same_dir(r, &args.out_dir)
 }
 
 /// The average loss over `batches` batches of `loader` (from its start).

@@ -1341,6 +1341,29 @@ fn stop_and_resume(signal: &str, status: i32, name: &str) {
         first.contains(&format!("{}/{}", last + 1, last + 1)),
         "{stdout}"
     );
+    // resumed by its folder and stopped again: the same command line continues it (its
+    // --resume finds the newest state)
+    let more = last + 4;
+    let out = dir.join("out").to_string_lossy().into_owned();
+    let (code, log, _) = signal_when(
+        bin()
+            .args(&common)
+            .args(["--steps", "2000", "--resume", &out]),
+        signal,
+        |l| step_number(l) >= Some(more),
+    );
+    assert_eq!(code.code(), Some(status), "{signal}: {log}");
+    let stopped = log.lines().filter_map(step_number).next_back().unwrap();
+    assert!(
+        log.contains(&format!(
+            "interrupted ({name}) after step {stopped}: continue with the same command (its \
+             --resume {out} finds {})",
+            dir.join("out")
+                .join(format!("state_{stopped:06}.bin"))
+                .display()
+        )),
+        "{log}"
+    );
 }
 
 /// A signal between the micro-batches of a long step (a large --grad-accum) stops the run at once,

@@ -497,6 +497,14 @@ fn a_set_without_a_batch_is_an_error() {
     assert_contains(&err_text(epoch_batches(&pat, 2, 3)), &[&want]);
     // one batch of 1 x 5 in b: a is passed over
     assert_eq!(epoch_batches(&pat, 1, 5).unwrap(), 1);
+    // a shard of one token holds no batch at any size: no smaller --batch or --seq helps
+    ramp_shard(&dir.join("one.bin"), 0, 1);
+    let one = dir.join("one.bin").to_string_lossy().into_owned();
+    let want = format!(
+        "{one}: the shard has 1 token, fewer than B*T+1 = 2 needed for one batch (B=1, T=1): it \
+         holds no batch at any --batch and --seq (tokenize more text into it)"
+    );
+    assert_contains(&err_text(DataLoader::new(&one, 1, 1, V, None)), &[&want]);
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! `verify`, `convert` (any model to an llm.c checkpoint or a Hugging Face folder) and `tokenizer`
 //! (writes llm.c's gpt2_tokenizer.bin). Every error is printed with its causes and
 //! exits with status 1, except a usage error that the command-line parser catches (a value that
-//! does not parse, two flags that conflict), which exits with clap's status 2; nothing the user
+//! does not parse or that its type cannot hold, two flags that conflict), which exits with clap's
+//! status 2; nothing the user
 //! types makes it panic.
 
 use anyhow::{bail, Context, Result};
@@ -79,7 +80,7 @@ struct PreproArgs {
     #[arg(long, default_value_t = 1)]
     val_files: usize,
     /// Instead: this fraction of all tokens (the end of the stream) goes to the validation shard.
-    #[arg(long, conflicts_with = "val_files")]
+    #[arg(value_parser = train_gpt2_cuda::text::flag_number::<f64>, long, conflicts_with = "val_files")]
     val_fraction: Option<f64>,
     /// The most tokens of a shard: a larger part goes into numbered shards (train_000000.bin,
     /// ...; `--train 'DIR/train_??????.bin'`).
@@ -141,14 +142,14 @@ struct SampleArgs {
     tokens: usize,
     /// Divides the logits before sampling: below 1 sharper, above 1 flatter (must be positive;
     /// --top-k 1 takes the most likely token).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(value_parser = train_gpt2_cuda::text::flag_number::<f32>, long, default_value_t = 1.0)]
     temperature: f32,
     /// Sample among the k most likely tokens (0: all).
     #[arg(long, default_value_t = 40)]
     top_k: usize,
     /// Then among the most likely tokens whose probabilities first add up to P (nucleus
     /// sampling; 1: all).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(value_parser = train_gpt2_cuda::text::flag_number::<f32>, long, default_value_t = 1.0)]
     top_p: f32,
     /// Seed of the draws: the same seed, model and flags give the same text.
     #[arg(long, default_value_t = 1337)]

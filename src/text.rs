@@ -23,6 +23,31 @@ pub fn typed<F: Display + LowerExp + Into<f64> + Copy>(x: F) -> String {
     }
 }
 
+/// A flag's number, refused where its text names one that `F` cannot hold: beyond its range
+/// (it would read as inf) or, not zero, below its smallest (it would read as 0). The checks
+/// after parsing then never show a value other than the one typed (`--eps 1e-46` had been
+/// refused as "got 0"). clap's `value_parser` for every float flag.
+pub fn flag_number<F: std::str::FromStr + Into<f64> + Copy>(s: &str) -> Result<F, String> {
+    let x: F = s.parse().map_err(|_| format!("'{s}' is not a number"))?;
+    let v: f64 = x.into();
+    let lower = s.to_ascii_lowercase();
+    let kind = std::any::type_name::<F>();
+    if v.is_infinite() && !lower.contains("inf") {
+        return Err(format!("{s} is beyond the range of this flag's {kind}"));
+    }
+    let mantissa = lower
+        .trim_start_matches(['+', '-'])
+        .split('e')
+        .next()
+        .unwrap_or("");
+    if v == 0.0 && mantissa.chars().any(|c| ('1'..='9').contains(&c)) {
+        return Err(format!(
+            "{s} is too small for this flag's {kind}: it would read as 0"
+        ));
+    }
+    Ok(x)
+}
+
 /// `x` with `decimals` decimals, or from 1e6 up (in magnitude) in exponent form with as many
 /// ("1.702e34", where the decimals would run to dozens of digits); "inf" and "NaN" as they are.
 pub fn magnitude(x: f64, decimals: usize) -> String {
@@ -36,6 +61,38 @@ pub fn magnitude(x: f64, decimals: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flag_number_that_its_type_cannot_hold_is_refused_as_typed() {
+        assert_eq!(flag_number::<f32>("1e-8"), Ok(1e-8));
+        assert_eq!(flag_number::<f32>("-0.5"), Ok(-0.5));
+        assert_eq!(flag_number::<f32>("0"), Ok(0.0));
+        assert_eq!(flag_number::<f32>("0.000e5"), Ok(0.0));
+        assert_eq!(flag_number::<f32>("inf"), Ok(f32::INFINITY));
+        // f32's smallest subnormal is about 1.4e-45; f64's about 4.9e-324
+        assert_eq!(flag_number::<f32>("1e-45").map(|x| x > 0.0), Ok(true));
+        assert_eq!(
+            flag_number::<f32>("1e-46"),
+            Err("1e-46 is too small for this flag's f32: it would read as 0".to_string())
+        );
+        assert_eq!(
+            flag_number::<f64>("-1e-400"),
+            Err("-1e-400 is too small for this flag's f64: it would read as 0".to_string())
+        );
+        assert_eq!(flag_number::<f64>("1e-300"), Ok(1e-300));
+        assert_eq!(
+            flag_number::<f32>("1e39"),
+            Err("1e39 is beyond the range of this flag's f32".to_string())
+        );
+        assert_eq!(
+            flag_number::<f64>("1e400"),
+            Err("1e400 is beyond the range of this flag's f64".to_string())
+        );
+        assert_eq!(
+            flag_number::<f32>("x1"),
+            Err("'x1' is not a number".to_string())
+        );
+    }
 
     #[test]
     fn a_count_takes_the_noun_of_its_number() {

@@ -84,13 +84,13 @@ pub struct TrainArgs {
     pub steps: usize,
     /// Instead of --steps: F passes over the training data (llm.c's `-x -1` is --epochs 1); the
     /// steps are F x an epoch's batches over a step's micro-batches, rounded down.
-    #[arg(help_heading = OPTIMIZATION, long, value_name = "F", conflicts_with = "steps")]
+    #[arg(value_parser = crate::text::flag_number::<f64>, help_heading = OPTIMIZATION, long, value_name = "F", conflicts_with = "steps")]
     pub epochs: Option<f64>,
     /// Whether `steps` was counted from `epochs` already ([`TrainArgs::resolved`]).
     #[arg(skip)]
     pub steps_from_epochs: bool,
     /// Peak learning rate.
-    #[arg(help_heading = OPTIMIZATION, long, value_name = "LR", default_value_t = 3e-4)]
+    #[arg(value_parser = crate::text::flag_number::<f32>, help_heading = OPTIMIZATION, long, value_name = "LR", default_value_t = 3e-4)]
     pub lr: f32,
     /// Linear warm-up steps.
     #[arg(help_heading = OPTIMIZATION, long, value_name = "N", default_value_t = 0)]
@@ -100,34 +100,34 @@ pub struct TrainArgs {
     pub lr_schedule: LrShape,
     /// The decay ends, on the last step, at this fraction of the peak learning rate (a decay of
     /// fewer than two steps stays at the peak).
-    #[arg(help_heading = OPTIMIZATION, long, value_name = "F", default_value_t = DEFAULT_LR_FINAL_FRAC)]
+    #[arg(value_parser = crate::text::flag_number::<f32>, help_heading = OPTIMIZATION, long, value_name = "F", default_value_t = DEFAULT_LR_FINAL_FRAC)]
     pub lr_final_frac: f32,
     /// With --lr-schedule wsd: the fraction of the steps, at the end, over which the rate decays.
-    #[arg(help_heading = OPTIMIZATION, long, value_name = "F", default_value_t = DEFAULT_LR_DECAY_FRAC)]
+    #[arg(value_parser = crate::text::flag_number::<f32>, help_heading = OPTIMIZATION, long, value_name = "F", default_value_t = DEFAULT_LR_DECAY_FRAC)]
     pub lr_decay_frac: f32,
     /// AdamW weight decay, on the matrices and embeddings only (not biases and LayerNorm
     /// parameters), as GPT-2, llm.c and nanoGPT.
-    #[arg(help_heading = OPTIMIZATION, long, value_name = "WD", default_value_t = 0.0)]
+    #[arg(value_parser = crate::text::flag_number::<f32>, help_heading = OPTIMIZATION, long, value_name = "WD", default_value_t = 0.0)]
     pub weight_decay: f32,
     /// AdamW's beta1: the decay of its first moment (the gradient's running mean).
-    #[arg(help_heading = OPTIMIZATION, long, default_value_t = 0.9)]
+    #[arg(value_parser = crate::text::flag_number::<f32>, help_heading = OPTIMIZATION, long, default_value_t = 0.9)]
     pub beta1: f32,
     /// AdamW's beta2: the decay of its second moment (the squared gradient's running mean).
-    #[arg(help_heading = OPTIMIZATION, long, default_value_t = 0.999)]
+    #[arg(value_parser = crate::text::flag_number::<f32>, help_heading = OPTIMIZATION, long, default_value_t = 0.999)]
     pub beta2: f32,
     /// AdamW's epsilon, added to the second moment's square root.
-    #[arg(help_heading = OPTIMIZATION, long, default_value_t = 1e-8)]
+    #[arg(value_parser = crate::text::flag_number::<f32>, help_heading = OPTIMIZATION, long, default_value_t = 1e-8)]
     pub eps: f32,
     /// Clip the global gradient norm to this (0 turns clipping off).
-    #[arg(help_heading = OPTIMIZATION, long, value_name = "X", default_value_t = 1.0)]
+    #[arg(value_parser = crate::text::flag_number::<f32>, help_heading = OPTIMIZATION, long, value_name = "X", default_value_t = 1.0)]
     pub grad_clip: f32,
     /// Skip the update of a step whose loss is more than Z standard deviations above the mean of
     /// the last 64 steps' (llm.c's `-sl`; 0: off). A loss that is not finite is skipped too; at
     /// most two steps in a row are skipped.
-    #[arg(help_heading = OPTIMIZATION, long, value_name = "Z", default_value_t = 0.0)]
+    #[arg(value_parser = crate::text::flag_number::<f32>, help_heading = OPTIMIZATION, long, value_name = "Z", default_value_t = 0.0)]
     pub skip_loss_z: f32,
     /// The same for the gradient norm before clipping (llm.c's `-sg`; 0: off).
-    #[arg(help_heading = OPTIMIZATION, long, value_name = "Z", default_value_t = 0.0)]
+    #[arg(value_parser = crate::text::flag_number::<f32>, help_heading = OPTIMIZATION, long, value_name = "Z", default_value_t = 0.0)]
     pub skip_norm_z: f32,
     /// Validate every this many steps (0: only at the end).
     #[arg(help_heading = EVALUATION, long, value_name = "N", default_value_t = 25)]
@@ -219,7 +219,7 @@ pub struct TrainArgs {
     #[arg(help_heading = GPU, long, value_enum, value_name = "WHAT", default_value = "none")]
     pub recompute: crate::engine::Recompute,
     /// The device's peak TFLOP/s for the MFU column (default: from a table of A100, H100, H200).
-    #[arg(help_heading = GPU, long, value_name = "TFLOPS")]
+    #[arg(value_parser = crate::text::flag_number::<f64>, help_heading = GPU, long, value_name = "TFLOPS")]
     pub peak_tflops: Option<f64>,
     /// Time each kernel family (CUDA events, on the GPU engine) over the steps after the first
     /// and print where a step's time goes: calls, ms and % of the step, GB/s or TFLOP/s.

@@ -3473,6 +3473,24 @@ fn epochs_count_the_steps() {
         assert_eq!(code, Some(1), "{extra}: {stderr}");
         assert!(stderr.contains(needle), "{extra}: {stderr}");
     }
+    // a number the flag's type cannot hold is a usage error, as typed (it read as 0 or inf,
+    // and the checks after said "got 0")
+    for (extra, needle) in [
+        (
+            "--eps 1e-46",
+            "invalid value '1e-46' for '--eps <EPS>': 1e-46 is too small for this flag's f32: \
+             it would read as 0",
+        ),
+        (
+            "--epochs 1e400",
+            "invalid value '1e400' for '--epochs <F>': 1e400 is beyond the range of this flag's \
+             f64",
+        ),
+    ] {
+        let (code, _, stderr) = train(&format!("--model d1 {extra}"), "bad");
+        assert_eq!(code, Some(2), "{extra}: {stderr}");
+        assert!(stderr.contains(needle), "{extra}: {stderr}");
+    }
     let (code, _, stderr) = train("--model d1 --epochs 1 --steps 5", "bad");
     assert_eq!(code, Some(2), "{stderr}");
     assert!(

@@ -168,6 +168,11 @@ pub fn checked_act_sizes(
 }
 
 impl Acts<usize> {
+    /// The elements of all the tensors: what a layout of these sizes takes.
+    pub fn total(&self) -> usize {
+        self.into_array().iter().sum()
+    }
+
     /// The sizes of a model for forwards only (`eval`, `sample`), from the sizes that training
     /// keeps: one layer's tensors, each layer overwriting the last's ([`layer_slot`]), and two
     /// layers' `residual3`, a layer's input and its output in turn ([`residual_slot`]). Nothing
@@ -251,10 +256,7 @@ pub fn num_activations(cfg: &GPT2Config, b: usize, t: usize) -> usize {
 /// The total number of activation elements for a batch of B x T, with or without `probs` (see
 /// [`act_sizes_for`]).
 pub fn num_activations_for(cfg: &GPT2Config, b: usize, t: usize, with_probs: bool) -> usize {
-    act_sizes_for(cfg, b, t, with_probs)
-        .into_array()
-        .iter()
-        .sum()
+    act_sizes_for(cfg, b, t, with_probs).total()
 }
 
 /// Splits the front of `buf` into the named activation tensors of a B x T batch. `buf` may be

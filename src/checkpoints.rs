@@ -373,7 +373,7 @@ pub(crate) fn restore_best_model(
     );
     match candidates
         .iter()
-        .find(|c| !same_file(c, &target) && is_best(c))
+        .find(|c| !same_dir(c, &target) && is_best(c))
     {
         Some(from) => {
             let tmp = out_dir.join(format!("{BEST_MODEL}.tmp"));
@@ -403,14 +403,6 @@ pub(crate) fn restore_best_model(
         }
     }
     Ok(())
-}
-
-/// Whether `a` and `b` name the same file (false where either is not there).
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    }
 }
 
 /// An error where [`BEST_MODEL`] in `out_dir` is read-only, saying what to do: no flag names that
@@ -512,8 +504,8 @@ fn latest_state(dir: &Path) -> Result<PathBuf> {
     Ok(dir.join(checkpoint_name("state", newest)))
 }
 
-/// Whether `a` and `b` name the same folder (the same path, or both found and the same once
-/// canonical).
+/// Whether `a` and `b` name the same folder, or file (the same path, or both found and the
+/// same once canonical).
 pub(crate) fn same_dir(a: &Path, b: &Path) -> bool {
     a == b
         || matches!(

@@ -328,8 +328,8 @@ pub fn resolve_precision(
 /// Builds the engine `opts` describe with the given parameters, its arenas sized for batches up to
 /// max_b x max_t. `Device::Auto` takes the GPU when one can be used and the CPU otherwise (with a
 /// note on stderr saying why; a requested bf16 then gets a note too, and the engine computes in
-/// fp32, where `--device cpu` refuses it); once a GPU was found, an error in building the GPU engine (e.g. not enough GPU memory) is reported,
-/// not replaced by the CPU.
+/// fp32, where `--device cpu` refuses it); once a GPU was found, an error in building the GPU
+/// engine (e.g. not enough GPU memory) is reported, not replaced by the CPU.
 pub fn create_engine(
     opts: &EngineOptions,
     cfg: GPT2Config,

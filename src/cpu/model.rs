@@ -55,7 +55,7 @@ pub struct Gpt2Cpu {
     pub grads: Vec<f32>,  // (num_parameters)
     m: Vec<f32>,          // (num_parameters) AdamW first moment
     v: Vec<f32>,          // (num_parameters) AdamW second moment
-    acts: Vec<f32>,       // (num_activations(max_b, max_t)), or for forwards only see `sizes`
+    acts: Vec<f32>,       // (num_activations(max_b, max_t)), or for forwards only see `layout`
     grad_acts: Vec<f32>,  // (num_activations(max_b, max_t))
     inputs: Vec<u32>,     // (B, T) of the last forward
     targets: Vec<u32>,    // (B, T) of the last forward
@@ -104,10 +104,7 @@ impl Gpt2Cpu {
         // (each size and their total fit in a usize: num_activations below cannot overflow)
         check_address_space(&config, max_b, max_t)?;
         let footprint = Footprint::of(&config, (max_b, max_t));
-        let na = layout(&config, max_b, max_t, !training)
-            .into_array()
-            .iter()
-            .sum();
+        let na = layout(&config, max_b, max_t, !training).total();
         let allocating = if training {
             Allocating::Training
         } else {
@@ -151,6 +148,7 @@ impl Gpt2Cpu {
         let footprint = Footprint::of(&self.config, (self.max_b, self.max_t));
         check_host_memory(&footprint, Allocating::TrainingAfterForward, host_memory())?;
         let na = num_activations(&self.config, self.max_b, self.max_t);
+        // (the forwards' arena freed first: the peak is the new one, not both)
         self.acts = Vec::new();
         self.acts = host_memory::zeroed(na, "the activations")?;
         self.forwards_only = false;
@@ -567,7 +565,7 @@ impl Footprint {
     /// The footprint of `cfg` at B x T (whose activation count must fit in a usize).
     pub fn of(cfg: &GPT2Config, (b, t): (usize, usize)) -> Footprint {
         let (n, na) = (num_parameters(cfg), num_activations(cfg, b, t));
-        let na_forward: usize = layout(cfg, b, t, true).into_array().iter().sum();
+        let na_forward = layout(cfg, b, t, true).total();
         Footprint {
             model: (cfg.num_layers, cfg.channels, n, b, t),
             params: 4.0 * n as f64,

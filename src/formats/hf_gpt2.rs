@@ -26,7 +26,7 @@
 //! f32).
 
 use super::checkpoint::{Checkpoint, CheckpointPrecision};
-use super::hf_tokenizer::{write_hf_tokenizer, GPT2_TOKENIZER_FILES, TOKENIZER_FILES};
+use super::hf_tokenizer::{write_hf_tokenizer, GPT2_TOKENIZER_FILES, OTHER_TOKENIZER_FILES};
 use super::safetensors::{
     starts_like_safetensors, write_safetensors, Dtype, SafeTensors, TensorInfo,
 };
@@ -588,8 +588,9 @@ fn check_no_other_tokenizer(dir: &Path, cfg: &GPT2Config, gpt2_vocab: bool) -> R
     } else {
         &[]
     };
-    let other: Vec<&str> = TOKENIZER_FILES
+    let other: Vec<&str> = GPT2_TOKENIZER_FILES
         .into_iter()
+        .chain(OTHER_TOKENIZER_FILES)
         .filter(|f| !written.contains(f) && dir.join(f).symlink_metadata().is_ok())
         .collect();
     if other.is_empty() {

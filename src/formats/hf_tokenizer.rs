@@ -18,13 +18,10 @@ use std::path::Path;
 /// The files [`write_hf_tokenizer`] writes.
 pub const GPT2_TOKENIZER_FILES: [&str; 3] = ["vocab.json", "merges.txt", "tokenizer_config.json"];
 
-/// The files of a tokenizer that transformers' `AutoTokenizer` may read from a model's folder:
-/// GPT-2's, a fast tokenizer's `tokenizer.json`, their companions, and the vocabularies of other
-/// kinds (SentencePiece, WordPiece).
-pub const TOKENIZER_FILES: [&str; 9] = [
-    "vocab.json",
-    "merges.txt",
-    "tokenizer_config.json",
+/// The files of a tokenizer besides [`GPT2_TOKENIZER_FILES`] that transformers' `AutoTokenizer`
+/// may read from a model's folder: a fast tokenizer's `tokenizer.json`, its companions, and the
+/// vocabularies of other kinds (SentencePiece, WordPiece).
+pub const OTHER_TOKENIZER_FILES: [&str; 6] = [
     "tokenizer.json",
     "special_tokens_map.json",
     "added_tokens.json",

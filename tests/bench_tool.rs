@@ -178,7 +178,7 @@ fn peak_table_agrees_with_the_crate() {
     assert_eq!(json_f64(&json, "tf32"), 378.0);
 }
 
-/// Step lines as the engine prints them (src/train.rs), on a GPU with a known peak.
+/// Step lines as the engine prints them (src/train/run.rs), on a GPU with a known peak.
 const GPU_LOG: &str = "\
 model: L=12 NH=12 C=768 V=50257 Vp=50304 maxT=1024 (124.5M parameters) on cuda: NVIDIA H100 80GB HBM3 (sm_90)
 data: train data/shakespeare/train.bin (71 batches of 4x1024), val data/shakespeare/train.bin (71 batches); 5 steps of 4096 tokens

@@ -122,7 +122,7 @@ def mfu(depth, t, tokens_per_s, peak):
 
 
 # ---------------------------------------------------------------------------------------------
-# The engine's training log (src/train.rs):
+# The engine's training log (src/train/run.rs):
 #   model: L=12 NH=12 C=768 ... (124.5M parameters) on cuda: NVIDIA H100 80GB HBM3 (sm_90)
 #   step     3/23 | loss 10.1234 | lr 3.00e-4 | norm 1.234 | 123.4 ms | 33194 tok/s | MFU 39.9%
 #   peak memory: 5123.4 MiB
@@ -363,7 +363,7 @@ def without_repeats(values, flag):
 
 
 def positive_number(text, flag):
-    """A finite number > 0, as the engine's own check of its --peak-tflops (src/train.rs)."""
+    """A finite number > 0, as the engine's own check of its --peak-tflops (src/train/args.rs)."""
     try:
         value = float(text)
     except ValueError:

@@ -134,18 +134,10 @@ impl Resume {
         Ok(())
     }
 
-    /// Puts the run's optimizer state into `engine` and `loader` where the run left its
-    /// training data (after checking it is the same data); returns the steps done, the run's
-    /// outlier windows and its lowest validation loss so far.
-    pub(crate) fn restore(
-        self,
-        engine: &mut dyn Engine,
-        loader: &mut DataLoader,
-    ) -> Result<(usize, Outliers, Option<BestVal>)> {
-        let (h, path) = (&self.state.header, self.state.path.display().to_string());
-        let (step, served, outliers) = (h.step, h.data.batches_served, h.outliers.clone());
-        let best_val = h.best_val;
-        let d = &h.data;
+    /// Checks that `loader` serves the training data the run trained on (as many shards and
+    /// tokens): a run resumed on other data would not continue it.
+    pub fn check_data(&self, loader: &DataLoader) -> Result<()> {
+        let (d, path) = (&self.state.header.data, self.state.path.display());
         let have = (loader.num_tokens() as u64, loader.files().len());
         if (d.tokens, d.shards) != have {
             bail!(
@@ -158,6 +150,21 @@ impl Resume {
                 count(have.0, "token", "tokens")
             );
         }
+        Ok(())
+    }
+
+    /// Puts the run's optimizer state into `engine` and `loader` where the run left its
+    /// training data (after checking it is the same data: [`Resume::check_data`]); returns the
+    /// steps done, the run's outlier windows and its lowest validation loss so far.
+    pub(crate) fn restore(
+        self,
+        engine: &mut dyn Engine,
+        loader: &mut DataLoader,
+    ) -> Result<(usize, Outliers, Option<BestVal>)> {
+        self.check_data(loader)?;
+        let (h, path) = (&self.state.header, self.state.path.display().to_string());
+        let (step, served, outliers) = (h.step, h.data.batches_served, h.outliers.clone());
+        let best_val = h.best_val;
         let n = crate::params::num_parameters(engine.config());
         if h.num_parameters != n {
             bail!(

@@ -783,7 +783,9 @@ fn a_resumed_run_continues_exactly() {
         &["--steps", "7", "--resume", &state3, "--seed", "6"],
         &["shuffled with seed 5 (--shuffle --seed 5)"],
     );
-    resume_error(
+    // other training data is refused before the run's folder is made or anything is said
+    let (out, stdout, stderr) = run(bin().args(args(
+        &common,
         &[
             "--steps",
             "7",
@@ -791,12 +793,18 @@ fn a_resumed_run_continues_exactly() {
             &state3,
             "--train",
             &fixture("../../data/shakespeare/val.bin"),
+            "--out-dir",
+            &d("other-data"),
         ],
-        &[
-            "the run trained on 1 shard of",
-            "resume it with the same training data",
-        ],
+    )));
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the run trained on 1 shard of")
+            && stderr.contains("resume it with the same training data"),
+        "{stderr}"
     );
+    assert_eq!(stdout, "");
+    assert!(!dir.join("other-data").exists());
     resume_error(
         &["--steps", "7", "--resume", &d("whole/model_000003.bin")],
         &["this is a model checkpoint, not a training state"],

@@ -319,10 +319,10 @@ impl TrainArgs {
         }
         if self.warmup > self.steps {
             notes.push(format!(
-                "--warmup {} is longer than the run's {} steps: the learning rate never reaches \
-                 --lr (it ends at {:.2e})",
+                "--warmup {} is longer than the run's {}: the learning rate never reaches --lr \
+                 (it ends at {:.2e})",
                 self.warmup,
-                self.steps,
+                count(self.steps, "step", "steps"),
                 self.schedule().at(self.steps - 1)
             ));
         }
@@ -528,4 +528,41 @@ pub fn model_config(model: &str) -> Result<GPT2Config> {
         return Ok(read_model(path)?.config);
     }
     GPT2Config::from_descriptor(model)
+}
+
+/// The training flags of a command line (for the module's tests).
+#[cfg(test)]
+pub(super) fn parse(flags: &str) -> TrainArgs {
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: TrainArgs,
+    }
+    let words = std::iter::once("train").chain(flags.split_whitespace());
+    <Cli as clap::Parser>::parse_from(words).args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parse as args;
+
+    #[test]
+    fn a_warm_up_longer_than_the_run_says_where_the_rate_ends() {
+        // step 1 of a 5-step warm-up: 1/5 of 1e-3; one step, singular
+        assert_eq!(
+            args("--steps 1 --warmup 5 --lr 1e-3").notes(),
+            [
+                "--warmup 5 is longer than the run's 1 step: the learning rate never reaches --lr \
+              (it ends at 2.00e-4)"
+            ]
+        );
+        // step 3 of 4: 3/4 of 1e-3
+        assert_eq!(
+            args("--steps 3 --warmup 4 --lr 1e-3").notes(),
+            ["--warmup 4 is longer than the run's 3 steps: the learning rate never reaches --lr \
+              (it ends at 7.50e-4)"]
+        );
+        assert!(args("--steps 3 --warmup 3").notes().is_empty());
+    }
 }

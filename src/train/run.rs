@@ -230,6 +230,10 @@ impl<'a> Run<'a> {
         let (b, t) = (args.batch, args.seq);
         crate::cpu::model::check_batch(&cfg, b, t)?;
         let mut data = Data::open(args, &cfg)?;
+        // (before the run's folder is made, or anything said of the run)
+        if let Some(r) = &resume {
+            r.check_data(&data.train)?;
+        }
         let micro = args.micro_batches();
         let hellaswag = Hellaswag::load(args, &cfg)?;
         crate::formats::make_folder("--out-dir", &args.out_dir)?;

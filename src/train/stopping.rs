@@ -14,37 +14,42 @@ pub(super) fn say_stopped(
     steps: usize,
     last: bool,
 ) {
+    let text = stopped_text(args, steps, last);
+    crate::console::write_or_stderr(format_args!("interrupted ({}) {text}\n", signal.name()));
+}
+
+/// [`say_stopped`]'s line after "interrupted (signal) ".
+fn stopped_text(args: &TrainArgs, steps: usize, last: bool) -> String {
+    // (the exact state: the folder may hold a later one from an earlier attempt)
+    let state = args.out_dir.join(checkpoint_name("state", steps));
     if last {
-        crate::console::write_or_stderr(format_args!(
-            "interrupted ({}) at the run's last step ({steps}): its checkpoint is written, \
-             nothing is left to train (the final sample is left out)\n",
-            signal.name(),
-        ));
+        format!(
+            "at the run's last step ({steps}): its checkpoint is written, nothing is left to \
+             train{}",
+            if args.sample_tokens > 0 {
+                " (the final sample is left out)"
+            } else {
+                ""
+            }
+        )
     } else if args.no_state {
-        crate::console::write_or_stderr(format_args!(
-            "interrupted ({}) after step {steps}: the model is saved; without a training state \
-             (--no-state) the run cannot be resumed\n",
-            signal.name(),
-        ));
+        format!(
+            "after step {steps}: the model is saved; without a training state (--no-state) the \
+             run cannot be resumed"
+        )
     } else if let Some(r) = args.resume.as_ref().filter(|r| resumes_the_newest(r, args)) {
         // (the same command line: its --resume finds this state)
-        crate::console::write_or_stderr(format_args!(
-            "interrupted ({}) after step {steps}: continue with the same command (its --resume \
-             {} finds {})\n",
-            signal.name(),
+        format!(
+            "after step {steps}: continue with the same command (its --resume {} finds {})",
             r.display(),
-            args.out_dir.join(checkpoint_name("state", steps)).display()
-        ));
+            state.display()
+        )
     } else {
-        // (the exact state: the folder may hold a later one from an earlier attempt)
-        let state = args.out_dir.join(checkpoint_name("state", steps));
-        crate::console::write_or_stderr(format_args!(
-            "interrupted ({}) after step {steps}: continue with the same flags and --resume \
-             {}{}\n",
-            signal.name(),
+        format!(
+            "after step {steps}: continue with the same flags and --resume {}{}",
             state.display(),
             in_place_of_resume(args)
-        ));
+        )
     }
 }
 
@@ -166,6 +171,58 @@ pub(super) fn divergence_advice(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::args::parse;
+
+    #[test]
+    fn a_stopped_run_says_how_it_goes_on() {
+        let dir = std::env::temp_dir().join(format!("stopping-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("run")).unwrap();
+        let run = dir.join("run");
+        let out = format!("--out-dir {}", run.display());
+        let state = |k: usize| run.join(checkpoint_name("state", k)).display().to_string();
+        let text =
+            |flags: &str, steps, last| stopped_text(&parse(&format!("{out} {flags}")), steps, last);
+        // the last step: only a run that samples has a sample to leave out
+        let last =
+            "at the run's last step (8): its checkpoint is written, nothing is left to train";
+        assert_eq!(text("--sample-tokens 0", 8, true), last);
+        assert_eq!(
+            text("--sample-tokens 16", 8, true),
+            format!("{last} (the final sample is left out)")
+        );
+        assert_eq!(
+            text("--no-state", 3, false),
+            "after step 3: the model is saved; without a training state (--no-state) the run \
+             cannot be resumed"
+        );
+        assert_eq!(
+            text("", 3, false),
+            format!(
+                "after step 3: continue with the same flags and --resume {}",
+                state(3)
+            )
+        );
+        // resumed by its own folder: the same command finds the state; by a state file (or
+        // another folder), the state to give in its place
+        assert_eq!(
+            text(&format!("--resume {}", run.display()), 5, false),
+            format!(
+                "after step 5: continue with the same command (its --resume {} finds {})",
+                run.display(),
+                state(5)
+            )
+        );
+        assert_eq!(
+            text(&format!("--resume {}", state(3)), 5, false),
+            format!(
+                "after step 5: continue with the same flags and --resume {} (in place of \
+                 --resume {})",
+                state(5),
+                state(3)
+            )
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn divergence_advice_goes_back_before_the_update_that_diverged() {

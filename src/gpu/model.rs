@@ -272,6 +272,19 @@ impl ModelFloat for bf16 {
     }
 }
 
+/// What a model's arenas are laid out for, beyond the batch (see [`ModelOptions`]).
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    /// The fused path (see [`Gpt2Gpu::new_with`]).
+    fused: bool,
+    /// The sequences the logits hold at once.
+    chunk_b: usize,
+    /// What the backward pass computes again.
+    recompute: Recompute,
+    /// No training arenas.
+    forwards_only: bool,
+}
+
 /// The activation arenas' layouts for a batch of B x T: the tensors stored in T, and the fp32
 /// statistics (the layernorms' mean and rstd, the per-position losses), as two `Acts` size sets,
 /// each zero where the other holds the tensor. The GPU never stores `probs` (the fused classifier
@@ -285,20 +298,17 @@ fn arena_sizes(
     cfg: &GPT2Config,
     b: usize,
     t: usize,
-    fused: bool,
-    chunk_b: usize,
-    recompute: Recompute,
-    forwards_only: bool,
+    layout: Layout,
 ) -> Option<(Acts<usize>, Acts<usize>)> {
     let mut stored = checked_act_sizes(cfg, b, t, false)?;
-    stored.logits = b.min(chunk_b) * t * cfg.padded_vocab_size;
+    stored.logits = b.min(layout.chunk_b) * t * cfg.padded_vocab_size;
     let l = cfg.num_layers;
-    if forwards_only {
+    if layout.forwards_only {
         stored = stored.forwards_only(l);
-    } else if recompute == Recompute::Gelu {
+    } else if layout.recompute == Recompute::Gelu {
         stored.fch_gelu /= l;
     }
-    if fused {
+    if layout.fused {
         stored.preatt = 0;
         stored.att = 0;
     }
@@ -311,6 +321,180 @@ fn arena_sizes(
     }
     move_to_stats!(ln1_mean, ln1_rstd, ln2_mean, ln2_rstd, lnf_mean, lnf_rstd, losses);
     Some((stored, stats))
+}
+
+/// The lengths (elements) of a model's device arenas for batches up to B x T on its `layout`:
+/// what [`Gpt2Gpu::new_with_options`] allocates, counted first so that a model that does not fit
+/// is refused with what it needs ([`out_of_memory`]). Those only training uses are 0 for a model
+/// for forwards only.
+#[derive(Clone, Copy, Debug)]
+struct Arenas {
+    /// The largest batch, B x T.
+    b: usize,
+    t: usize,
+    params: usize,    // (NP,) weights in T
+    grads: usize,     // (NP,) gradients in T, and the fp32 AdamW moments m and v
+    masters: bool,    // (NP,) fp32 master weights (a bf16 model that trains)
+    acts: usize,      // (arena_sizes(B, T).0 total) activations in T
+    stats: usize,     // (arena_sizes(B, T).1 total) fp32 means, rstds, losses
+    lse: usize,       // (L, B, NH, T) fp32 log-sum-exps of flash attention (fused path)
+    dlayer: usize,    // (LayerGrads total) one layer's activation gradients in T
+    btc: usize,       // (B, T, C) dresidual and dlnf, each in T
+    scratch: usize,   // attention scratch in T (plain path)
+    scratch32: usize, // flash attention's backward scratch, fp32 (fused path)
+    bt: usize,        // (B, T) inputs and targets, with the token buckets and row statistics
+}
+
+impl Arenas {
+    /// The arenas of a model of `cfg` with `n` parameters (`masters`: its precision keeps fp32
+    /// master weights to train) for batches up to B x T on `layout`; an error when their sizes
+    /// overflow.
+    fn of(
+        cfg: &GPT2Config,
+        n: usize,
+        masters: bool,
+        (b, t): (usize, usize),
+        layout: Layout,
+    ) -> Result<Arenas> {
+        let (l, c, nh) = (cfg.num_layers, cfg.channels, cfg.num_heads);
+        let too_big = || {
+            anyhow!(
+                "the activations of the model (L={l}, C={c}) at B={b}, T={t} do not fit in \
+                 memory: use a smaller batch (-b) or sequence length (-t)"
+            )
+        };
+        let (acts, stats) = arena_sizes(cfg, b, t, layout).ok_or_else(too_big)?;
+        let dlayer = LayerGrads::sizes(cfg, b, t, layout.fused).ok_or_else(too_big)?;
+        // every size below is at most the activation total, which fits a usize
+        let dlayer = dlayer.total().ok_or_else(too_big)?;
+        let forwards_only = layout.forwards_only;
+        let lse_layers = if forwards_only { 1 } else { l };
+        let (scratch, scratch32) = match (layout.fused, forwards_only) {
+            (true, false) => (0, flash_attention_backward_scratch_len(b, t, c, nh)),
+            (true, true) => (0, 0),
+            (false, false) => (
+                attention_forward_scratch_len(b, t, c).max(attention_backward_scratch_len(b, t, c)),
+                0,
+            ),
+            (false, true) => (attention_forward_scratch_len(b, t, c), 0),
+        };
+        let training = |x: usize| if forwards_only { 0 } else { x };
+        Ok(Arenas {
+            b,
+            t,
+            params: n,
+            grads: training(n),
+            masters: masters && !forwards_only,
+            acts: acts.into_array().iter().sum(),
+            stats: stats.into_array().iter().sum(),
+            lse: if layout.fused {
+                lse_layers * b * nh * t
+            } else {
+                0
+            },
+            dlayer: training(dlayer),
+            btc: training(b * t * c),
+            scratch,
+            scratch32,
+            bt: b * t,
+        })
+    }
+
+    /// Their bytes, with weights of `e` bytes each: (the parameters, their gradients and AdamW
+    /// state; the activations; the activation gradients and scratch).
+    fn bytes(&self, e: f64) -> (f64, f64, f64) {
+        let f = |x: usize| x as f64;
+        let masters = if self.masters { self.params } else { 0 };
+        // T weights and gradients, fp32 moments (and master weights)
+        let params = e * f(self.params + self.grads) + 4.0 * f(2 * self.grads + masters);
+        let acts = e * f(self.acts) + 4.0 * (f(self.stats) + f(self.lse));
+        // (the tokens' 28 bytes a position: inputs, targets, 3 of buckets, 2 row statistics)
+        let grads = e * (f(self.dlayer) + f(self.btc) + f(self.btc) + f(self.scratch))
+            + 4.0 * f(self.scratch32)
+            + 28.0 * f(self.bt);
+        (params, acts, grads)
+    }
+}
+
+/// The error of a model of `cfg` in T whose `arenas` on `layout` need more than the GPU has
+/// `free` (free, total bytes; or why that could not be queried): what it needs, in parts, and
+/// what each flag that trades work for memory would save.
+fn out_of_memory<T: ModelFloat>(
+    cfg: &GPT2Config,
+    arenas: &Arenas,
+    layout: Layout,
+    free: &std::result::Result<(usize, usize), String>,
+) -> OutOfMemory {
+    let (l, c) = (cfg.num_layers, cfg.channels);
+    let (b, t) = (arenas.b, arenas.t);
+    let e = std::mem::size_of::<T>() as f64;
+    let (bytes_params, bytes_acts, bytes_grads) = arenas.bytes(e);
+    let need = bytes_params + bytes_acts + bytes_grads;
+    let (p, a, g) = (
+        size_text(bytes_params),
+        size_text(bytes_acts),
+        size_text(bytes_grads),
+    );
+    let parts = if layout.forwards_only {
+        format!("for its forwards (parameters {p}, activations {a}, scratch {g})")
+    } else {
+        format!(
+            "(parameters, gradients and AdamW state {p}, activations {a}, activation gradients \
+             and scratch {g})"
+        )
+    };
+    let free_text = match free {
+        Ok((free, total)) => format!(
+            "the GPU has {} free of {}",
+            size_text(*free as f64),
+            size_text(*total as f64)
+        ),
+        Err(e) => format!("the GPU's free memory could not be queried ({e})"),
+    };
+    // what the flags that trade work for memory would save
+    let mut savings = Vec::new();
+    let chunk_b = layout.chunk_b;
+    if chunk_b > 1 {
+        let logits_bytes = e * (b.min(chunk_b) * t * cfg.padded_vocab_size) as f64;
+        let chunk_bytes = e * (t * cfg.padded_vocab_size) as f64;
+        savings.push(Saving {
+            flag: "--classifier-chunk",
+            text: format!(
+                "the classifier in chunks (--classifier-chunk N sequences: the logits take {} for \
+                 {})",
+                size_text(logits_bytes),
+                crate::text::count(b.min(chunk_b), "sequence", "sequences")
+            ),
+            bytes: logits_bytes - chunk_bytes,
+        });
+    }
+    if layout.recompute == Recompute::None && l > 1 && !layout.forwards_only {
+        let bytes = e * ((l - 1) * 4 * b * t * c) as f64;
+        savings.push(Saving {
+            flag: "--recompute",
+            text: format!(
+                "GELU recomputed (--recompute gelu: {} less)",
+                size_text(bytes)
+            ),
+            bytes,
+        });
+    }
+    OutOfMemory {
+        what: format!(
+            "not enough GPU memory: the model (L={l}, C={c}, {} parameters, {}) at B={b}, T={t} \
+             needs {} {parts}, {free_text}",
+            crate::params::count_text(arenas.params),
+            T::PRECISION,
+            size_text(need),
+        ),
+        need,
+        fixed_alone: match free {
+            Ok((free, _)) if bytes_params > *free as f64 => Some(bytes_params),
+            _ => None,
+        },
+        savings,
+        knobs: Knobs::default(),
+    }
 }
 
 /// The classifier's chunks of a batch of B sequences, at most `chunk_b` each: (first sequence,
@@ -543,8 +727,8 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
             None => T::PRECISION == Precision::Bf16 && fused_supported(&config),
         };
         check_new(&config, &params, max_b, max_t)?;
-        let (l, c, nh) = (config.num_layers, config.channels, config.num_heads);
         if fused && !fused_supported(&config) {
+            let (c, nh) = (config.channels, config.num_heads);
             bail!(
                 "the fused path needs a head size of {} and C, Vp multiples of 8 (this model: \
                  HS = C/NH = {c}/{nh} = {}, Vp = {})",
@@ -555,153 +739,47 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
                 config.padded_vocab_size
             );
         }
-        let too_big = || {
-            anyhow!(
-                "the activations of the model (L={l}, C={c}) at B={max_b}, T={max_t} do not fit \
-                 in memory: use a smaller batch (-b) or sequence length (-t)"
-            )
-        };
-        let (act_sizes, stat_sizes) = arena_sizes(
-            &config,
-            max_b,
-            max_t,
+        let layout = Layout {
             fused,
             chunk_b,
             recompute,
             forwards_only,
-        )
-        .ok_or_else(too_big)?;
-        let dlayer_sizes = LayerGrads::sizes(&config, max_b, max_t, fused).ok_or_else(too_big)?;
-        // every size below is at most the activation total, which fits a usize
-        let n = params.len();
-        let na: usize = act_sizes.into_array().iter().sum();
-        let ns: usize = stat_sizes.into_array().iter().sum();
-        let nd = dlayer_sizes.total().ok_or_else(too_big)?;
-        let (bt, btc) = (max_b * max_t, max_b * max_t * c);
-        // (L, B, NH, T); one layer's for forwards only
-        let lse_layers = if forwards_only { 1 } else { l };
-        let nlse = if fused {
-            lse_layers * max_b * nh * max_t
-        } else {
-            0
         };
-        let (nscratch, nscratch32) = match (fused, forwards_only) {
-            (true, false) => (0, flash_attention_backward_scratch_len(max_b, max_t, c, nh)),
-            (true, true) => (0, 0),
-            (false, false) => (
-                attention_forward_scratch_len(max_b, max_t, c)
-                    .max(attention_backward_scratch_len(max_b, max_t, c)),
-                0,
-            ),
-            (false, true) => (attention_forward_scratch_len(max_b, max_t, c), 0),
-        };
-        // the arenas only training uses: none for forwards only (one-element placeholders)
-        let training = |x: usize| if forwards_only { 0 } else { x };
-        let (ngrads, nd, nbtc) = (training(n), training(nd), training(btc));
-        let masters = T::MASTER_WEIGHTS && !forwards_only;
-
+        let max_bt = (max_b, max_t);
+        let arenas = Arenas::of(&config, params.len(), T::MASTER_WEIGHTS, max_bt, layout)?;
         // the whole footprint, counted before allocating, for a clear message when it does not fit
-        let e = std::mem::size_of::<T>() as f64;
-        let f = |x: usize| x as f64;
-        // T weights and gradients, fp32 moments (and master weights)
-        let bytes_params = e * f(n + ngrads) + 4.0 * f(2 * ngrads + if masters { n } else { 0 });
-        let bytes_acts = e * f(na) + 4.0 * (f(ns) + f(nlse));
-        let bytes_grads =
-            e * (f(nd) + f(nbtc) + f(nbtc) + f(nscratch)) + 4.0 * f(nscratch32) + 28.0 * f(bt);
-        let need = bytes_params + bytes_acts + bytes_grads;
-        let (p, a, g) = (
-            size_text(bytes_params),
-            size_text(bytes_acts),
-            size_text(bytes_grads),
-        );
-        let parts = if forwards_only {
-            format!("for its forwards (parameters {p}, activations {a}, scratch {g})")
-        } else {
-            format!(
-                "(parameters, gradients and AdamW state {p}, activations {a}, activation \
-                 gradients and scratch {g})"
-            )
-        };
-        let free = gpu.context().mem_get_info();
-        let free_text = match free {
-            Ok((free, total)) => format!(
-                "the GPU has {} free of {}",
-                size_text(free as f64),
-                size_text(total as f64)
-            ),
-            Err(e) => format!("the GPU's free memory could not be queried ({e})"),
-        };
-        // what the flags that trade work for memory would save
-        let mut savings = Vec::new();
-        if chunk_b > 1 {
-            let logits_bytes = e * f(max_b.min(chunk_b) * max_t * config.padded_vocab_size);
-            let chunk_bytes = e * f(max_t * config.padded_vocab_size);
-            savings.push(Saving {
-                flag: "--classifier-chunk",
-                text: format!(
-                    "the classifier in chunks (--classifier-chunk N sequences: the logits take {} \
-                     for {})",
-                    size_text(logits_bytes),
-                    crate::text::count(max_b.min(chunk_b), "sequence", "sequences")
-                ),
-                bytes: logits_bytes - chunk_bytes,
-            });
-        }
-        if recompute == Recompute::None && l > 1 && !forwards_only {
-            let bytes = e * f((l - 1) * 4 * btc);
-            savings.push(Saving {
-                flag: "--recompute",
-                text: format!(
-                    "GELU recomputed (--recompute gelu: {} less)",
-                    size_text(bytes)
-                ),
-                bytes,
-            });
-        }
-        let out_of_memory = OutOfMemory {
-            what: format!(
-                "not enough GPU memory: the model (L={l}, C={c}, {} parameters, {}) at B={max_b}, \
-                 T={max_t} needs {} {parts}, {free_text}",
-                crate::params::count_text(n),
-                T::PRECISION,
-                size_text(need),
-            ),
-            need,
-            fixed_alone: match free {
-                Ok((free, _)) if bytes_params > free as f64 => Some(bytes_params),
-                _ => None,
-            },
-            savings,
-            knobs: Knobs::default(),
-        };
+        let free = gpu.context().mem_get_info().map_err(|e| e.to_string());
+        let out_of_memory = out_of_memory::<T>(&config, &arenas, layout, &free);
         if let Ok((free, _)) = free {
-            if need > free as f64 {
+            if out_of_memory.need > free as f64 {
                 return Err(out_of_memory.into());
             }
         }
         let oom = |e: anyhow::Error| e.context(out_of_memory.clone());
 
+        // (an arena of no elements is one: placeholders for what this model does not use)
+        let a = arenas;
         let params_dev = gpu.upload(&to_device_float::<T>(&params)).map_err(oom)?;
-        let master = if masters {
+        let master = if a.masters {
             Some(gpu.upload(&params).map_err(oom)?)
         } else {
             None
         };
-        let grads = gpu.zeros::<T>(ngrads.max(1)).map_err(oom)?;
-        let m = gpu.zeros::<f32>(ngrads.max(1)).map_err(oom)?;
-        let v = gpu.zeros::<f32>(ngrads.max(1)).map_err(oom)?;
-        let acts = gpu.zeros::<T>(na).map_err(oom)?;
-        let stats = gpu.zeros::<f32>(ns).map_err(oom)?;
-        let lse = gpu.zeros::<f32>(nlse.max(1)).map_err(oom)?;
-        let dlayer = gpu.zeros::<T>(nd.max(1)).map_err(oom)?;
-        let dresidual = gpu.zeros::<T>(nbtc.max(1)).map_err(oom)?;
-        let dlnf = gpu.zeros::<T>(nbtc.max(1)).map_err(oom)?;
-        let att_scratch = gpu.zeros::<T>(nscratch.max(1)).map_err(oom)?;
-        let att_scratch32 = gpu.zeros::<f32>(nscratch32.max(1)).map_err(oom)?;
-        let inputs_dev = gpu.zeros::<u32>(bt).map_err(oom)?;
-        let targets_dev = gpu.zeros::<u32>(bt).map_err(oom)?;
-        let buckets_dev = gpu.zeros::<u32>(buckets_len(bt)).map_err(oom)?;
-        let row_stats = gpu.zeros::<f32>(2 * bt).map_err(oom)?;
+        let grads = gpu.zeros::<T>(a.grads.max(1)).map_err(oom)?;
+        let m = gpu.zeros::<f32>(a.grads.max(1)).map_err(oom)?;
+        let v = gpu.zeros::<f32>(a.grads.max(1)).map_err(oom)?;
+        let acts = gpu.zeros::<T>(a.acts).map_err(oom)?;
+        let stats = gpu.zeros::<f32>(a.stats).map_err(oom)?;
+        let lse = gpu.zeros::<f32>(a.lse.max(1)).map_err(oom)?;
+        let dlayer = gpu.zeros::<T>(a.dlayer.max(1)).map_err(oom)?;
+        let dresidual = gpu.zeros::<T>(a.btc.max(1)).map_err(oom)?;
+        let dlnf = gpu.zeros::<T>(a.btc.max(1)).map_err(oom)?;
+        let att_scratch = gpu.zeros::<T>(a.scratch.max(1)).map_err(oom)?;
+        let att_scratch32 = gpu.zeros::<f32>(a.scratch32.max(1)).map_err(oom)?;
+        let inputs_dev = gpu.zeros::<u32>(a.bt).map_err(oom)?;
+        let targets_dev = gpu.zeros::<u32>(a.bt).map_err(oom)?;
+        let buckets_dev = gpu.zeros::<u32>(buckets_len(a.bt)).map_err(oom)?;
+        let row_stats = gpu.zeros::<f32>(2 * a.bt).map_err(oom)?;
         gpu.synchronize()
             .context("setting up the model on the GPU failed")?;
 
@@ -755,16 +833,13 @@ impl<T: ModelFloat> Gpt2Gpu<T> {
     /// The arenas' layouts for a batch of B x T on this model's path, chunks and recomputation
     /// (see [`arena_sizes`]).
     fn arena_sizes(&self, b: usize, t: usize) -> Result<(Acts<usize>, Acts<usize>)> {
-        arena_sizes(
-            &self.config,
-            b,
-            t,
-            self.fused,
-            self.chunk_b,
-            self.recompute,
-            self.forwards_only,
-        )
-        .context("activation sizes overflow")
+        let layout = Layout {
+            fused: self.fused,
+            chunk_b: self.chunk_b,
+            recompute: self.recompute,
+            forwards_only: self.forwards_only,
+        };
+        arena_sizes(&self.config, b, t, layout).context("activation sizes overflow")
     }
 
     /// Whether the model runs the fused path (see [`Gpt2Gpu::new_with`]).
@@ -1832,6 +1907,15 @@ mod tests {
     use crate::activations;
     use crate::params;
 
+    fn layout(fused: bool, chunk_b: usize, recompute: Recompute, forwards_only: bool) -> Layout {
+        Layout {
+            fused,
+            chunk_b,
+            recompute,
+            forwards_only,
+        }
+    }
+
     /// The offset of `x` in the allocation that starts at `base`, in elements.
     fn offset(base: *const usize, x: &[usize]) -> usize {
         (x.as_ptr() as usize - base as usize) / std::mem::size_of::<usize>()
@@ -1934,6 +2018,77 @@ mod tests {
         assert!(fused_supported(&cfg(1, 64, 104)));
     }
 
+    /// The footprint counted before allocating, by hand: L = 2, NH = 1, C = 64 (a head of 64, so
+    /// the fused path), Vp = 16, at B = 2, T = 4 (B*T = 8, B*T*C = 512), 1000 parameters.
+    #[test]
+    fn the_footprint_counts_every_arena() {
+        let cfg = GPT2Config::new(16, 10, 16, 2, 1, 64).unwrap();
+        let fused = layout(true, 2, Recompute::None, false);
+        let (acts, stats) = arena_sizes(&cfg, 2, 4, fused).unwrap();
+        let (acts, stats): (usize, usize) = (
+            acts.into_array().iter().sum(),
+            stats.into_array().iter().sum(),
+        );
+        // training in bf16 (2 bytes, fp32 master weights)
+        let a = Arenas::of(&cfg, 1000, true, (2, 4), fused).unwrap();
+        assert_eq!((a.grads, a.masters), (1000, true));
+        // one layer's fch 2048, ln2 512, atty 512, qkv 1536, ln1 512 (no fch_gelu, preatt, att)
+        assert_eq!((a.dlayer, a.btc, a.bt), (5120, 512, 8));
+        // (L, B, NH, T) log-sum-exps; flash attention's backward scratch (B, NH, T), fp32
+        assert_eq!((a.lse, a.scratch, a.scratch32), (16, 0, 8));
+        let (params, activations, grads) = a.bytes(2.0);
+        // weights and gradients 2 x 2 x 1000, m, v and master weights 3 x 4 x 1000
+        assert_eq!(params, 16_000.0);
+        assert_eq!(activations, (2 * acts + 4 * (stats + 16)) as f64);
+        // dlayer, dresidual, dlnf 2 x (5120 + 2 x 512), scratch 4 x 8, tokens 28 x 8
+        assert_eq!(grads, 12_544.0);
+
+        // forwards only: no gradients, moments, master weights or backward scratch; one
+        // layer's log-sum-exps
+        let forwards = layout(true, 2, Recompute::None, true);
+        let f = Arenas::of(&cfg, 1000, true, (2, 4), forwards).unwrap();
+        assert_eq!((f.grads, f.masters, f.dlayer, f.btc), (0, false, 0, 0));
+        assert_eq!((f.lse, f.scratch, f.scratch32), (8, 0, 0));
+        assert_eq!((f.bytes(2.0).0, f.bytes(2.0).2), (2000.0, 224.0));
+
+        // the error when it does not fit: the parameters alone do not fit 10000 bytes free; the
+        // classifier in chunks of 1 would save one sequence's logits (2 x 4 x 16 bytes), GELU
+        // recomputed one layer's (2 x 4 x 512)
+        let oom = out_of_memory::<bf16>(&cfg, &a, fused, &Ok((10_000, 1 << 30)));
+        assert_eq!(oom.need, 16_000.0 + activations + 12_544.0);
+        assert_eq!(oom.fixed_alone, Some(16_000.0));
+        let saved: Vec<_> = oom.savings.iter().map(|s| (s.flag, s.bytes)).collect();
+        assert_eq!(
+            saved,
+            [("--classifier-chunk", 128.0), ("--recompute", 4096.0)]
+        );
+        assert!(oom.what.contains("(L=2, C=64, "), "{}", oom.what);
+        assert!(
+            oom.what.contains(
+                "at B=2, T=4 needs 0.1 MiB (parameters, gradients and AdamW state 0.0 MiB"
+            ),
+            "{}",
+            oom.what
+        );
+        assert!(
+            oom.what.ends_with("the GPU has 0.0 MiB free of 1.00 GiB"),
+            "{}",
+            oom.what
+        );
+        // forwards only: nothing to recompute; free memory unknown
+        let oom = out_of_memory::<bf16>(&cfg, &f, forwards, &Err("no context".into()));
+        assert_eq!(oom.fixed_alone, None);
+        assert_eq!(oom.savings.len(), 1);
+        assert!(
+            oom.what.contains("for its forwards (parameters "),
+            "{}",
+            oom.what
+        );
+        assert!(oom
+            .what
+            .ends_with("the GPU's free memory could not be queried (no context)"));
+    }
+
     #[test]
     fn arena_sizes_split_the_stats_and_drop_attention_when_fused() {
         let cfg = GPT2Config::new(16, 10, 128, 2, 2, 8).unwrap();
@@ -1941,7 +2096,7 @@ mod tests {
         let all = activations::act_sizes_for(&cfg, b, t, false);
         for fused in [false, true] {
             let (stored, stats) =
-                arena_sizes(&cfg, b, t, fused, b, Recompute::None, false).unwrap();
+                arena_sizes(&cfg, b, t, layout(fused, b, Recompute::None, false)).unwrap();
             let (stored, stats, all) = (stored.into_array(), stats.into_array(), all.into_array());
             let named = |a: [usize; activations::NUM_ACTIVATION_TENSORS]| Acts::from_array(a);
             // every tensor is in exactly one arena, except attention's on the fused path
@@ -1973,8 +2128,9 @@ mod tests {
         let (b, t) = (2, 5);
         for fused in [false, true] {
             let (keep, keep_stats) =
-                arena_sizes(&cfg, b, t, fused, b, Recompute::None, false).unwrap();
-            let (re, re_stats) = arena_sizes(&cfg, b, t, fused, b, Recompute::Gelu, false).unwrap();
+                arena_sizes(&cfg, b, t, layout(fused, b, Recompute::None, false)).unwrap();
+            let (re, re_stats) =
+                arena_sizes(&cfg, b, t, layout(fused, b, Recompute::Gelu, false)).unwrap();
             assert_eq!(keep.fch_gelu, 960);
             assert_eq!(re.fch_gelu, 320, "one layer's (B, T, 4C)");
             assert_eq!(re_stats, keep_stats);
@@ -1992,7 +2148,7 @@ mod tests {
         let (b, t) = (2, 5);
         for fused in [false, true] {
             for recompute in [Recompute::None, Recompute::Gelu] {
-                let (s, st) = arena_sizes(&cfg, b, t, fused, b, recompute, true).unwrap();
+                let (s, st) = arena_sizes(&cfg, b, t, layout(fused, b, recompute, true)).unwrap();
                 let att = if fused { 0 } else { 2 * 2 * 5 * 5 }; // (B, NH, T, T)
                 let want = Acts {
                     encoded: 80,
@@ -2035,7 +2191,7 @@ mod tests {
         }
         // one layer: one residual stream
         let cfg = GPT2Config::new(16, 10, 16, 1, 2, 8).unwrap();
-        let (s, _) = arena_sizes(&cfg, b, t, true, b, Recompute::None, true).unwrap();
+        let (s, _) = arena_sizes(&cfg, b, t, layout(true, b, Recompute::None, true)).unwrap();
         assert_eq!((s.residual3, s.qkv), (80, 240));
     }
 

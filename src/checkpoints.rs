@@ -780,13 +780,7 @@ mod tests {
     /// count that is no multiple of the steps cannot say, and is let through.
     #[test]
     fn a_resume_takes_the_runs_micro_batches() {
-        #[derive(clap::Parser)]
-        struct Cli {
-            #[command(flatten)]
-            args: TrainArgs,
-        }
-        let args =
-            |flags: &[&str]| <Cli as clap::Parser>::parse_from([&["train"], flags].concat()).args;
+        let args = |flags: &[&str]| TrainArgs::from_flags(&flags.join(" "));
         let (overfit, plain, accum2) = (
             args(&["--overfit-batch"]),
             args(&[]),

@@ -530,28 +530,29 @@ pub fn model_config(model: &str) -> Result<GPT2Config> {
     GPT2Config::from_descriptor(model)
 }
 
-/// The training flags of a command line (for the module's tests).
 #[cfg(test)]
-pub(super) fn parse(flags: &str) -> TrainArgs {
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: TrainArgs,
+impl TrainArgs {
+    /// The training flags of a command line, words split at spaces (for the crate's tests).
+    pub(crate) fn from_flags(flags: &str) -> TrainArgs {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: TrainArgs,
+        }
+        let words = std::iter::once("train").chain(flags.split_whitespace());
+        <Cli as clap::Parser>::parse_from(words).args
     }
-    let words = std::iter::once("train").chain(flags.split_whitespace());
-    <Cli as clap::Parser>::parse_from(words).args
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use parse as args;
 
     #[test]
     fn a_warm_up_longer_than_the_run_says_where_the_rate_ends() {
         // step 1 of a 5-step warm-up: 1/5 of 1e-3; one step, singular
         assert_eq!(
-            args("--steps 1 --warmup 5 --lr 1e-3").notes(),
+            TrainArgs::from_flags("--steps 1 --warmup 5 --lr 1e-3").notes(),
             [
                 "--warmup 5 is longer than the run's 1 step: the learning rate never reaches --lr \
               (it ends at 2.00e-4)"
@@ -559,10 +560,12 @@ mod tests {
         );
         // step 3 of 4: 3/4 of 1e-3
         assert_eq!(
-            args("--steps 3 --warmup 4 --lr 1e-3").notes(),
+            TrainArgs::from_flags("--steps 3 --warmup 4 --lr 1e-3").notes(),
             ["--warmup 4 is longer than the run's 3 steps: the learning rate never reaches --lr \
               (it ends at 7.50e-4)"]
         );
-        assert!(args("--steps 3 --warmup 3").notes().is_empty());
+        assert!(TrainArgs::from_flags("--steps 3 --warmup 3")
+            .notes()
+            .is_empty());
     }
 }

@@ -171,7 +171,6 @@ pub(super) fn divergence_advice(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::args::parse;
 
     #[test]
     fn a_stopped_run_says_how_it_goes_on() {
@@ -180,8 +179,13 @@ mod tests {
         let run = dir.join("run");
         let out = format!("--out-dir {}", run.display());
         let state = |k: usize| run.join(checkpoint_name("state", k)).display().to_string();
-        let text =
-            |flags: &str, steps, last| stopped_text(&parse(&format!("{out} {flags}")), steps, last);
+        let text = |flags: &str, steps, last| {
+            stopped_text(
+                &TrainArgs::from_flags(&format!("{out} {flags}")),
+                steps,
+                last,
+            )
+        };
         // the last step: only a run that samples has a sample to leave out
         let last =
             "at the run's last step (8): its checkpoint is written, nothing is left to train";

@@ -189,13 +189,20 @@ finish() {
 # note: a free text line in the record
 note() { echo "### note: $*" >>"$REC"; }
 
+# call ARGS...: one call of the binary, its output in $RAW/$NCALL.out and .err; returns its
+# exit code
+call() {
+    NCALL=$((NCALL + 1))
+    timeout -k 5 240 "$EXE" "$@" >"$RAW/$NCALL.out" 2>"$RAW/$NCALL.err" </dev/null
+    local rc=$?
+    CALLS_RC+=" $rc"
+    return $rc
+}
+
 # t ARGS...: one training call (or any subcommand), recorded, with a snapshot of the files after
 t() {
-    NCALL=$((NCALL + 1))
-    local n=$NCALL rc
-    timeout -k 5 240 "$EXE" "$@" >"$RAW/$n.out" 2>"$RAW/$n.err" </dev/null
-    rc=$?
-    CALLS_RC+=" $rc"
+    call "$@"
+    local rc=$? n=$NCALL
     {
         echo "### call $n: $(cmdline "$@")"
         echo "exit: $rc"
@@ -210,11 +217,8 @@ t() {
 
 # quiet ARGS...: a call whose output is not recorded (only its exit code): set-up runs
 quiet() {
-    NCALL=$((NCALL + 1))
-    local n=$NCALL rc
-    timeout -k 5 240 "$EXE" "$@" >"$RAW/$n.out" 2>"$RAW/$n.err" </dev/null
-    rc=$?
-    CALLS_RC+=" $rc"
+    call "$@"
+    local rc=$? n=$NCALL
     echo "### call $n (set-up, output not recorded): $(cmdline "$@")" >>"$REC"
     echo "exit: $rc" >>"$REC"
     return $rc

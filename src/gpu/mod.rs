@@ -12,7 +12,7 @@
 //!
 //! Files: `context.rs` (Gpu, start-up, upload/download), then one file per layer family, as in
 //! `cpu/`: encoder, layernorm, matmul, attention (and flash_attention, the fused causal attention), gelu, residual, classifier, adamw (with the
-//! global norm); `model.rs` composes them into GPT-2 ([`Gpt2Gpu`], the CUDA `Engine`). `ptx.rs`
+//! global norm); `model/` composes them into GPT-2 ([`Gpt2Gpu`], the CUDA `Engine`: its forward pass, backward pass and footprint in files of their own). `ptx.rs`
 //! embeds the PTX. `nvtx.rs`: NVTX ranges for Nsight Systems (in every build; no-ops without the
 //! NVTX headers); `profile.rs`: the CUDA-event timing behind `--profile`. `launch.rs` (the kernels' launch
 //! geometry) and `gemm_plan.rs` (the cuBLAS/cuBLASLt products' parameters) are plain numbers,

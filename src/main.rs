@@ -257,6 +257,9 @@ fn main() -> ExitCode {
     // (--model's default is no model to check a resumed run's against)
     let given = |flag| matches.value_source(flag) == Some(clap::parser::ValueSource::CommandLine);
     let (model_given, out_dir_given) = (given("model"), given("out_dir"));
+    if let Some(Command::Eval(a)) = &cli.command {
+        check_eval_flags(a);
+    }
     let result = match cli.command {
         None => run_train(&cli.train, model_given, out_dir_given),
         Some(Command::Prepro(a)) => run_prepro(&a),
@@ -272,6 +275,23 @@ fn main() -> ExitCode {
             train_gpt2_cuda::errln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Exits with a usage error where clap lets a flag of `eval` through that does nothing: clap
+/// leaves `requires` unchecked when a flag that conflicts with the required one is given (clap
+/// issue 4520), so `--examples N --batches M` ran a loss eval, the examples unused.
+fn check_eval_flags(a: &EvalArgs) {
+    if a.examples.is_some() && a.hellaswag.is_none() {
+        let mut cli = Cli::command();
+        cli.build(); // (names the subcommand's usage "train-gpt2-cuda eval")
+        let eval = cli.find_subcommand_mut("eval").cloned();
+        eval.unwrap_or(cli)
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--examples counts HellaSwag examples: it needs --hellaswag <HELLASWAG>",
+            )
+            .exit();
     }
 }
 
@@ -750,6 +770,26 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         }
         check_not_an_input("--dump", dump, std::slice::from_ref(dump), &inputs)?;
     }
+    // the expected losses, read before any work (a missing or bad file was found after the
+    // comparison)
+    let expected = match &a.expect_losses {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("{}: cannot read", p.display()))?;
+            let l = verify::parse_losses(&text)
+                .with_context(|| format!("{}: bad losses file", p.display()))?;
+            if l.len() < a.steps {
+                bail!(
+                    "{}: holds {}, fewer than --steps {}",
+                    p.display(),
+                    count(l.len(), "step", "steps"),
+                    a.steps
+                );
+            }
+            Some(l)
+        }
+        None => None,
+    };
     // (a note for each of these given, by name)
     if a.device == VerifyDevice::Cpu && a.tf32 {
         train_gpt2_cuda::errln!(
@@ -801,9 +841,16 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
     };
     let mut all_pass = true;
     let mut results = Vec::new();
-    for &dev in devices {
-        let mut engine = create_engine(&options(dev), cfg, ck.params.clone(), state.b, state.t)
-            .map_err(|e| for_command(e, Knobs::Verify))?;
+    // every engine made before any runs: with --device both, a GPU that is not there (or too
+    // small) is an error before the CPU's check, not after it
+    let engines = devices
+        .iter()
+        .map(|&dev| {
+            let engine = create_engine(&options(dev), cfg, ck.params.clone(), state.b, state.t);
+            Ok((dev, engine.map_err(|e| for_command(e, Knobs::Verify))?))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for (dev, mut engine) in engines {
         let name = engine.describe();
         let out = verify::run_engine(engine.as_mut(), &state)?;
         let rows = verify::compare_outputs(&cfg, &out, &reference, &tol_of(dev));
@@ -838,24 +885,6 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
         outln!("\nwrote {} ({name})", path.display());
     }
     if a.steps > 0 {
-        let expected = match &a.expect_losses {
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("{}: cannot read", p.display()))?;
-                let l = verify::parse_losses(&text)
-                    .with_context(|| format!("{}: bad losses file", p.display()))?;
-                if l.len() < a.steps {
-                    bail!(
-                        "{}: holds {}, fewer than --steps {}",
-                        p.display(),
-                        count(l.len(), "step", "steps"),
-                        a.steps
-                    );
-                }
-                Some(l)
-            }
-            None => None,
-        };
         for (dev, name, _) in &results {
             // a fresh engine from the checkpoint's parameters (the first ones were dropped)
             let mut engine =

@@ -116,6 +116,52 @@ fn verify_fails_on_a_state_from_another_model() {
     );
 }
 
+/// verify's inputs and engines are checked before any engine runs: a bad losses file, or a GPU
+/// missing for `--device both` (hidden with CUDA_VISIBLE_DEVICES), was reported only after the
+/// CPU's whole check (minutes for d12).
+#[test]
+fn verify_checks_its_inputs_before_any_work() {
+    let dir = tmp_dir("verify-first");
+    let short = dir.join("short.txt");
+    std::fs::write(&short, "step 0 loss 4.15\n").unwrap();
+    let (model, state) = (fixture("ref_tiny_model.bin"), fixture("ref_tiny_state.bin"));
+    let verify = ["verify", "--model", &model, "--state", &state];
+    let missing = dir.join("missing.txt");
+    for (extra, env, needles) in [
+        (
+            vec!["--steps", "2", "--expect-losses", missing.to_str().unwrap()],
+            None,
+            &["missing.txt: cannot read"][..],
+        ),
+        (
+            vec!["--steps", "2", "--expect-losses", short.to_str().unwrap()],
+            None,
+            &["short.txt: holds 1 step, fewer than --steps 2"],
+        ),
+        // (either error: no GPU, or a build without kernels)
+        (
+            vec!["--device", "both"],
+            Some(""),
+            &["error: no CUDA GPU", "this build has no CUDA kernels"],
+        ),
+    ] {
+        let mut cmd = bin();
+        if let Some(devices) = env {
+            cmd.env("CUDA_VISIBLE_DEVICES", devices);
+        }
+        let (out, stdout, stderr) = run(cmd.args(verify).args(&extra));
+        assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
+        assert!(
+            needles.iter().any(|n| stderr.contains(n)),
+            "{extra:?}: {stderr}"
+        );
+        assert!(
+            !stdout.contains(" vs "),
+            "{extra:?}: a table came first: {stdout}"
+        );
+    }
+}
+
 #[test]
 fn verify_reports_failure_with_exit_status_1() {
     // the reference's loss trajectory, perturbed: the steps must fail the comparison
@@ -2750,6 +2796,25 @@ fn eval_hellaswag_prints_the_accuracies() {
         &[&args[..], &["--examples", "6"]].concat(),
         &["hellaswag_tiny.jsonl: 6 examples asked for, of the file's 5: ask for 1 to 5"],
     );
+    // --examples without --hellaswag is a usage error, also beside the flags of a loss eval
+    // (which clap alone let through: the examples went unused)
+    for extra in [&[][..], &["--batches", "1"], &["--seq", "16"]] {
+        let loss = [
+            "eval",
+            "--device",
+            "cpu",
+            "--model",
+            &model,
+            "--examples",
+            "3",
+        ];
+        let (out, _, stderr) = run(bin().args(loss).args(extra));
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains("--hellaswag <HELLASWAG>"),
+            "{extra:?}: {stderr}"
+        );
+    }
     let tiny = fixture("ref_tiny_model.bin");
     expect_error(
         &[

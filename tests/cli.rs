@@ -2645,12 +2645,29 @@ fn prepro_interrupted_leaves_the_folder_as_it_was() {
             }
         }
     }
-    let out = dir.join("out");
+    interrupt_prepro(&inputs, &["--shard-tokens", "100"], &dir.join("out"));
+    // one document (a play) in shards of one token, split by tokens: tens of thousands of shards
+    // from a single document, which prepro went on writing and naming after the interrupt, then
+    // exited 0
+    let play = std::fs::read_dir(&plays)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "txt"))
+        .unwrap();
+    let one_token = ["--shard-tokens", "1", "--val-fraction", "0.1"];
+    interrupt_prepro(&[play], &one_token, &dir.join("out1"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Runs prepro of `inputs` with `flags` into `out` (not there yet), sends it SIGINT once it has
+/// written a shard, and checks that it stops with 130 and removes `out`.
+fn interrupt_prepro(inputs: &[PathBuf], flags: &[&str], out: &Path) {
     let mut child = bin()
         .arg("prepro")
-        .args(&inputs)
-        .args(["--shard-tokens", "100", "--out-dir"])
-        .arg(&out)
+        .args(inputs)
+        .args(flags)
+        .arg("--out-dir")
+        .arg(out)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -2665,7 +2682,7 @@ fn prepro_interrupted_leaves_the_folder_as_it_was() {
             })
         })
     };
-    while !partial(&out) {
+    while !partial(out) {
         assert!(
             child.try_wait().unwrap().is_none(),
             "prepro ended before writing a shard"
@@ -2678,14 +2695,13 @@ fn prepro_interrupted_leaves_the_folder_as_it_was() {
     assert!(kill.unwrap().success());
     let done = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&done.stderr);
-    assert_eq!(done.status.code(), Some(130), "{stderr}");
+    assert_eq!(done.status.code(), Some(130), "{flags:?}: {stderr}");
     assert!(stderr.contains("interrupted (Ctrl-C)"), "{stderr}");
     // (the folder was not there before: prepro made it, and removes it)
-    let left: Vec<_> = std::fs::read_dir(&out)
+    let left: Vec<_> = std::fs::read_dir(out)
         .map(|d| d.map(|e| e.unwrap().file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty() && !out.exists(), "left behind: {left:?}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

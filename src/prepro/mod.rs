@@ -174,9 +174,7 @@ pub fn prepro_with(
     let mut train = PartWriter::new(out_dir, DEFAULT_TRAIN_FILE, shard_tokens);
     let mut val = PartWriter::new(out_dir, DEFAULT_VAL_FILE, shard_tokens);
     let documents = for_each_document(&tok, inputs, &sizes, opts, |file, ids| {
-        if crate::interrupt::requested().is_some() {
-            bail!("prepro: interrupted: nothing was written");
-        }
+        check_interrupt()?;
         if file < train_files {
             train.push(ids)
         } else {
@@ -196,9 +194,12 @@ pub fn prepro_with(
     }
     let (train_tokens, val_tokens) = (train.len(), val.len());
     // every shard of both parts on the disk under its temporary name, then all named: a failure
-    // before (a full disk) leaves the folder as it was, not a new train.bin beside an old val.bin
+    // or an interrupt before (a full disk, Ctrl-C) leaves the folder as it was, not a new
+    // train.bin beside an old val.bin; once they are named, prepro finishes
+    check_interrupt()?;
     train.finish()?;
     val.finish()?;
+    check_interrupt()?;
     let (train_path, train_shards) = train.rename()?;
     let (val_path, val_shards) = val.rename()?;
     let written = [&train_shards[..], &val_shards[..]].concat();
@@ -213,6 +214,16 @@ pub fn prepro_with(
         train_tokens,
         val_tokens,
     })
+}
+
+/// An error once Ctrl-C or SIGTERM came (see `crate::interrupt`): prepro stops before the next
+/// shard it would write, and before it names any; the temporary shards are removed as the
+/// [`PartWriter`]s drop.
+fn check_interrupt() -> Result<()> {
+    if crate::interrupt::requested().is_some() {
+        bail!("prepro: interrupted: nothing was written");
+    }
+    Ok(())
 }
 
 /// `inputs` with each one that is not a file but holds `*` or `?` replaced by the files it

@@ -59,6 +59,8 @@ impl PartWriter {
             self.rest.extend_from_slice(&tokens[..take]);
             tokens = &tokens[take..];
             if self.rest.len() == self.shard_tokens {
+                // (one document can fill many shards: an interrupt stops between them)
+                super::check_interrupt()?;
                 let path = self.temp_path(self.full.len());
                 write_shard_u16_new(&path, &self.rest)?;
                 self.full.push(path);

@@ -548,6 +548,65 @@ impl TrainArgs {
 mod tests {
     use super::*;
 
+    /// Each range flag at its bounds: the ends the message calls allowed pass, a step past them
+    /// is refused (a constant rate, --lr-final-frac 1, was refused by no test's account).
+    #[test]
+    fn range_flags_take_their_bounds() {
+        let base = "--model d1 --batch 2 --seq 8";
+        let check = |flags: &str| TrainArgs::from_flags(&format!("{base} {flags}")).validate();
+        for ok in [
+            "--lr-final-frac 0",
+            "--lr-final-frac 1",
+            "--lr-decay-frac 0",
+            "--lr-decay-frac 1",
+            "--beta1 0 --beta2 0",
+            "--beta1 0.999999 --beta2 0.999999",
+            "--weight-decay 0 --grad-clip 0 --skip-loss-z 0 --skip-norm-z 0",
+        ] {
+            assert!(check(ok).is_ok(), "{ok}: {:?}", check(ok));
+        }
+        for (bad, needle) in [
+            ("--lr-final-frac 1.001", "--lr-final-frac must be in [0, 1]"),
+            (
+                "--lr-final-frac=-0.001",
+                "--lr-final-frac must be in [0, 1]",
+            ),
+            ("--lr-decay-frac 1.001", "--lr-decay-frac must be in [0, 1]"),
+            ("--beta1 1", "--beta1 and --beta2 must be in [0, 1)"),
+            ("--beta2 1", "--beta1 and --beta2 must be in [0, 1)"),
+            (
+                "--weight-decay=-0.001",
+                "--weight-decay must be a number of at least 0",
+            ),
+        ] {
+            let e = check(bad).expect_err(bad).to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+
+    /// `--model`'s text: a descriptor builds a model unless a model is stored under its name; a
+    /// path that is there, a `.bin` that is not, or a hub repo is a model to read (so that a
+    /// missing checkpoint is named as missing, not as a bad descriptor).
+    #[test]
+    fn a_model_is_read_unless_its_name_is_a_descriptor() {
+        let dir = std::env::temp_dir().join(format!("names-a-model-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        assert!(
+            !names_a_stored_model("d12"),
+            "a descriptor (no folder of its name here)"
+        );
+        assert!(names_a_stored_model(&path("missing.bin")));
+        assert!(
+            names_a_stored_model(&dir.to_string_lossy()),
+            "a folder, not a descriptor"
+        );
+        assert!(names_a_stored_model("openai-community/gpt2"), "a hub repo");
+        let e = load_model(&path("missing.bin"), 1).unwrap_err();
+        assert!(!format!("{e:#}").contains("descriptor"), "{e:#}");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     #[test]
     fn a_warm_up_longer_than_the_run_says_where_the_rate_ends() {
         // step 1 of a 5-step warm-up: 1/5 of 1e-3; one step, singular

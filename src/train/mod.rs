@@ -75,13 +75,14 @@ pub struct TrainSummary {
     pub best_val: Option<crate::formats::train_state::BestVal>,
 }
 
-/// The steps (from 0) that `--profile` times out of `steps`: all but the first (which pays for
-/// warm-up: cuBLAS heuristics, first-touch allocations), or the only one of a 1-step run.
-pub fn profiled_steps(steps: usize) -> std::ops::Range<usize> {
-    if steps <= 1 {
-        0..steps
+/// The steps (from 0) that `--profile` times in a run of steps `start..steps` (`start`: the
+/// steps a resumed run's state had done): all but the first it runs (which pays for warm-up:
+/// cuBLAS heuristics, first-touch allocations), or the only one of a 1-step run.
+pub fn profiled_steps(start: usize, steps: usize) -> std::ops::Range<usize> {
+    if steps <= start + 1 {
+        start..steps.max(start)
     } else {
-        1..steps
+        start + 1..steps
     }
 }
 
@@ -116,9 +117,13 @@ mod tests {
 
     #[test]
     fn profile_skips_the_first_step_unless_it_is_the_only_one() {
-        assert_eq!(profiled_steps(10), 1..10);
-        assert_eq!(profiled_steps(2), 1..2);
-        assert_eq!(profiled_steps(1), 0..1);
-        assert_eq!(profiled_steps(0), 0..0);
+        assert_eq!(profiled_steps(0, 10), 1..10);
+        assert_eq!(profiled_steps(0, 2), 1..2);
+        assert_eq!(profiled_steps(0, 1), 0..1);
+        assert_eq!(profiled_steps(0, 0), 0..0);
+        // a resumed run's: from its first step on
+        assert_eq!(profiled_steps(4, 10), 5..10);
+        assert_eq!(profiled_steps(9, 10), 9..10);
+        assert_eq!(profiled_steps(10, 10), 10..10);
     }
 }

@@ -867,16 +867,8 @@ impl<'a> Run<'a> {
             return;
         };
         let left_out = self.summary.profile_discarded;
-        if left_out > 0 {
-            outln!(
-                "profile: {left_out} of the {} timed left out: {} (outliers)",
-                count(profile.steps as usize + left_out, "step", "steps"),
-                if left_out == 1 {
-                    "its update was skipped"
-                } else {
-                    "their updates were skipped"
-                }
-            );
+        if let Some(note) = left_out_note(profile.steps as usize, left_out) {
+            outln!("{note}");
         }
         out!("{}", profile.table());
         self.summary.profile = Some(profile);
@@ -954,6 +946,22 @@ fn take_the_folder(
     })
 }
 
+/// `--profile`'s line on the `left_out` steps it timed but leaves out of its table of `kept`
+/// (their updates were skipped as outliers); None when there are none.
+fn left_out_note(kept: usize, left_out: usize) -> Option<String> {
+    (left_out > 0).then(|| {
+        format!(
+            "profile: {left_out} of the {} timed left out: {} (outliers)",
+            count(kept + left_out, "step", "steps"),
+            if left_out == 1 {
+                "its update was skipped"
+            } else {
+                "their updates were skipped"
+            }
+        )
+    })
+}
+
 /// The steps (from 0) whose kernel families `--profile` times, on an engine that can, of a run
 /// that starts at `start` (none without the flag).
 fn profiled(args: &TrainArgs, engine: &dyn Engine, start: usize) -> Range<usize> {
@@ -968,8 +976,7 @@ fn profiled(args: &TrainArgs, engine: &dyn Engine, start: usize) -> Range<usize>
         );
         return 0..0;
     };
-    let steps = profiled_steps(args.steps - start);
-    let steps = start + steps.start..start + steps.end;
+    let steps = profiled_steps(start, args.steps);
     outln!(
         "profile: timing the kernel families of steps {} to {} by {method}",
         steps.start + 1,
@@ -995,4 +1002,22 @@ fn sample_tokenizer(args: &TrainArgs, cfg: &GPT2Config) -> Result<Option<Tokeniz
         return Ok(None);
     }
     Ok(Some(tok))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_profile_says_which_timed_steps_it_leaves_out() {
+        assert_eq!(left_out_note(9, 0), None);
+        assert_eq!(
+            left_out_note(8, 1).unwrap(),
+            "profile: 1 of the 9 steps timed left out: its update was skipped (outliers)"
+        );
+        assert_eq!(
+            left_out_note(1, 2).unwrap(),
+            "profile: 2 of the 3 steps timed left out: their updates were skipped (outliers)"
+        );
+    }
 }

@@ -60,18 +60,19 @@ pub(super) fn say_stopped_before_training(
     signal: crate::interrupt::Stop,
     start: usize,
 ) {
+    let text = stopped_before_training_text(args, start);
+    crate::console::write_or_stderr(format_args!("interrupted ({}) {text}\n", signal.name()));
+}
+
+/// [`say_stopped_before_training`]'s line after "interrupted (signal) ".
+fn stopped_before_training_text(args: &TrainArgs, start: usize) -> String {
     match &args.resume {
-        Some(r) => crate::console::write_or_stderr(format_args!(
-            "interrupted ({}) before step {}: nothing more is trained; --resume {} continues \
-             from where it did\n",
-            signal.name(),
+        Some(r) => format!(
+            "before step {}: nothing more is trained; --resume {} continues from where it did",
             start + 1,
             r.display()
-        )),
-        None => crate::console::write_or_stderr(format_args!(
-            "interrupted ({}) before the first step: nothing is trained, nothing saved\n",
-            signal.name()
-        )),
+        ),
+        None => "before the first step: nothing is trained, nothing saved".to_string(),
     }
 }
 
@@ -222,6 +223,21 @@ mod tests {
                 "after step 5: continue with the same flags and --resume {} (in place of \
                  --resume {})",
                 state(5),
+                state(3)
+            )
+        );
+        // before the first step of the run: a resumed one goes on from its state's step
+        let before = |flags: &str, start| {
+            stopped_before_training_text(&TrainArgs::from_flags(&format!("{out} {flags}")), start)
+        };
+        assert_eq!(
+            before("", 0),
+            "before the first step: nothing is trained, nothing saved"
+        );
+        assert_eq!(
+            before(&format!("--resume {}", state(3)), 3),
+            format!(
+                "before step 4: nothing more is trained; --resume {} continues from where it did",
                 state(3)
             )
         );

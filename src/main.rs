@@ -498,7 +498,8 @@ fn run_eval(a: &EvalArgs) -> Result<ExitCode> {
             a.batch
         );
     }
-    let mut engine = eval_engine(a, cfg, ck.params, t).map_err(|e| for_command(e, Knobs::Eval))?;
+    let mut engine =
+        eval_engine(a, cfg, ck.params, (a.batch, t)).map_err(|e| for_command(e, Knobs::Eval))?;
     outln!(
         "eval: {} ({cfg}) on {} on {pattern}: {n} of {} of {}x{t}",
         a.model.display(),
@@ -529,18 +530,18 @@ fn run_eval(a: &EvalArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The engine `eval` asks for, with arenas for batches of --batch x `t`.
+/// The engine `eval` asks for, with arenas for batches of B x T.
 fn eval_engine(
     a: &EvalArgs,
     cfg: train_gpt2_cuda::config::GPT2Config,
     params: Vec<f32>,
-    t: usize,
+    (b, t): (usize, usize),
 ) -> Result<Box<dyn train_gpt2_cuda::engine::Engine>> {
     create_engine(
         &EngineOptions::on(a.device, a.precision).for_forwards(),
         cfg,
         params,
-        a.batch,
+        b,
         t,
     )
 }
@@ -567,10 +568,11 @@ fn run_hellaswag(a: &EvalArgs, path: &std::path::Path) -> Result<ExitCode> {
     let cfg = ck.config;
     let (rendered, t) =
         load(path, a.examples, &cfg, cfg.max_seq_len, "the model's maxT").context("--hellaswag")?;
-    let per_batch = a.batch / ENDINGS;
-    let mut engine =
-        eval_engine(a, cfg, ck.params, t).map_err(|e| for_command(e, Knobs::Hellaswag))?;
     let n = rendered.len();
+    // (no larger than the examples: arenas for a --batch beyond them would be memory unused)
+    let per_batch = (a.batch / ENDINGS).min(n);
+    let mut engine = eval_engine(a, cfg, ck.params, (per_batch * ENDINGS, t))
+        .map_err(|e| for_command(e, Knobs::Hellaswag))?;
     outln!(
         "hellaswag: {} ({cfg}) on {} on {}: {}, {}",
         a.model.display(),

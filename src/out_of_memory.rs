@@ -49,6 +49,18 @@ pub struct OutOfMemory {
 }
 
 impl OutOfMemory {
+    /// A batch whose sizes overflow (`what` says which): no memory holds it, and the advice is a
+    /// smaller batch in the command's flags.
+    pub fn beyond_any_memory(what: String) -> OutOfMemory {
+        OutOfMemory {
+            what,
+            need: f64::INFINITY,
+            fixed_alone: None,
+            savings: Vec::new(),
+            knobs: Knobs::default(),
+        }
+    }
+
     /// What would help, for the command's flags.
     pub fn advice(&self) -> String {
         if let Some(fixed) = self.fixed_alone {
@@ -152,6 +164,17 @@ mod tests {
         assert_eq!(e.advice(), "use a smaller --batch or --seq");
         e.knobs = Knobs::Sample;
         assert_eq!(e.advice(), "use a smaller --window");
+        // a batch beyond any memory: the command's own batch flags
+        let mut huge = OutOfMemory::beyond_any_memory("B=2^60 overflows".into());
+        assert_eq!(
+            huge.to_string(),
+            "B=2^60 overflows; use a smaller batch (-b) or sequence length (-t), or a smaller model"
+        );
+        huge.knobs = Knobs::Hellaswag;
+        assert_eq!(
+            huge.to_string(),
+            "B=2^60 overflows; use a smaller --batch (a multiple of 4)"
+        );
         assert_eq!(
             e.to_string(),
             "not enough GPU memory: the model needs 2.00 GiB; use a smaller --window"

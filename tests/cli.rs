@@ -2799,6 +2799,12 @@ fn eval_hellaswag_prints_the_accuracies() {
             &["--examples", "2"][..],
             "hellaswag: acc_norm 0.5000 (1/2), acc 1.0000 (2/2)",
         ),
+        // a batch beyond the examples is theirs: 5 examples, 20 rows (2^64 - 4 rows overflowed
+        // the activations' sizes)
+        (
+            &["--batch", "18446744073709551612"][..],
+            "5 examples a forward (batches of 20x8)",
+        ),
     ] {
         let (out, stdout, stderr) = run(bin().args(&args).args(extra));
         assert!(out.status.success(), "{stdout} {stderr}");

@@ -581,10 +581,9 @@ impl Footprint {
 /// An error when the activations of a batch of `b` x `t` do not fit in the address space.
 fn check_address_space(cfg: &GPT2Config, b: usize, t: usize) -> Result<()> {
     if checked_act_sizes(cfg, b, t, true).is_none() {
-        bail!(
-            "the activations of B={b}, T={t} do not fit in this machine's address space: use a \
-             smaller batch (-b) or sequence length (-t)"
-        );
+        let what =
+            format!("the activations of B={b}, T={t} do not fit in this machine's address space");
+        return Err(OutOfMemory::beyond_any_memory(what).into());
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! and, for a model that does not fit, the error that says what it needs and what each flag that
 //! trades work for memory would save ([`out_of_memory`]).
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 
 use super::{LayerGrads, ModelFloat};
 use crate::activations::{checked_act_sizes, Acts};
@@ -100,10 +100,10 @@ impl Arenas {
     ) -> Result<Arenas> {
         let (l, c, nh) = (cfg.num_layers, cfg.channels, cfg.num_heads);
         let too_big = || {
-            anyhow!(
-                "the activations of the model (L={l}, C={c}) at B={b}, T={t} do not fit in \
-                 memory: use a smaller batch (-b) or sequence length (-t)"
-            )
+            let what = format!(
+                "the activations of the model (L={l}, C={c}) at B={b}, T={t} do not fit in memory"
+            );
+            anyhow::Error::from(OutOfMemory::beyond_any_memory(what))
         };
         let (acts, stats) = arena_sizes(cfg, b, t, layout).ok_or_else(too_big)?;
         let dlayer = LayerGrads::sizes(cfg, b, t, layout.fused).ok_or_else(too_big)?;

@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use train_gpt2_cuda::engine::{create_engine, EngineOptions, Kernels, Recompute};
 use train_gpt2_cuda::formats::{
-    check_folder, checkpoint, debug_state, make_folder, make_folder_of, read_model,
+    check_folder, check_replaceable_by, checkpoint, debug_state, make_folder, make_folder_of,
+    read_model,
 };
 use train_gpt2_cuda::out_of_memory::{for_command, Knobs};
 use train_gpt2_cuda::precision::Precision;
@@ -631,6 +632,10 @@ fn run_convert(a: &ConvertArgs) -> Result<ExitCode> {
         &written,
         &[("the model being converted", &a.model)],
     )?;
+    // (after the inputs: a file the convert reads is named as such, whatever it holds)
+    if a.format == ModelFormat::Llmc {
+        check_replaceable_by("--out", &a.out, checkpoint::CHECKPOINT_MAGIC)?;
+    }
     // (--out itself, for llmc, was checked with check_out_file; the folder's other files, written
     // with them, are checked again as they are written)
     for file in &written[1..] {
@@ -664,7 +669,8 @@ fn run_convert(a: &ConvertArgs) -> Result<ExitCode> {
 
 /// Checks that `flag`'s `out` names a file that may be replaced, before any work: a directory
 /// there is an error, not a temporary file written beside it, and so is a read-only file, or a
-/// folder to write it in that cannot be made.
+/// folder to write it in that cannot be made. (A file of another kind than the one written is
+/// refused by [`check_replaceable_by`], after the inputs are checked.)
 fn check_out_file(flag: &str, out: &std::path::Path) -> Result<()> {
     if out.is_dir() {
         bail!("{} is a directory: {flag} takes a file name", out.display());
@@ -727,7 +733,9 @@ fn resolved(path: &std::path::Path) -> std::path::PathBuf {
 }
 
 fn run_tokenizer(out: &std::path::Path) -> Result<ExitCode> {
+    use train_gpt2_cuda::formats::tokenizer_file::TOKENIZER_MAGIC;
     check_out_file("--out", out)?;
+    check_replaceable_by("--out", out, TOKENIZER_MAGIC)?;
     make_folder_of("--out", out)?;
     let tok = Tokenizer::gpt2()?;
     let tokens = tok.decoder().all_token_bytes();
@@ -771,6 +779,7 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
             inputs.push(("the expected losses", losses));
         }
         check_not_an_input("--dump", dump, std::slice::from_ref(dump), &inputs)?;
+        check_replaceable_by("--dump", dump, debug_state::DEBUG_STATE_MAGIC)?;
     }
     // the expected losses, read before any work (a missing or bad file was found after the
     // comparison)

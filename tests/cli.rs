@@ -2624,6 +2624,192 @@ fn out_must_name_a_file_and_may_be_a_device_or_a_link() {
     );
 }
 
+/// An output (`convert --out`, `tokenizer --out`, `verify --dump`) replaces an existing file only
+/// where it holds the kind written (or nothing): a typo such as `--out out/state_000001.bin`
+/// would otherwise destroy the state a `--resume` needs. A file of another kind is refused before
+/// any work, named with what it holds, and left byte for byte as it was.
+#[test]
+fn an_output_does_not_replace_a_file_of_another_kind() {
+    let dir = tmp_dir("other-kind");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let (out, stdout, stderr) = run(bin()
+        .args(flags(
+            "--device cpu --model d1 --batch 1 --seq 8 --steps 1 --sample-tokens 0 --out-dir",
+        ))
+        .arg(d("run")));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    write(&dir.join("notes.txt"), b"my notes\n");
+    let (model, state, notes) = (
+        d("run/model_000001.bin"),
+        d("run/state_000001.bin"),
+        d("notes.txt"),
+    );
+    let before: Vec<Vec<u8>> = [&model, &state, &notes]
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    let (tiny, tiny_state) = (fixture("ref_tiny_model.bin"), fixture("ref_tiny_state.bin"));
+    let verify = [
+        "verify",
+        "--device",
+        "cpu",
+        "--model",
+        &tiny,
+        "--state",
+        &tiny_state,
+    ];
+    let a_state = "a training state (for --resume)";
+    for (args, flag, victim, holds, writes) in [
+        (
+            &["convert", "--model", &model, "--out", &state][..],
+            "--out",
+            &state,
+            a_state,
+            "a model checkpoint",
+        ),
+        (
+            &["convert", "--model", &model, "--out", &notes][..],
+            "--out",
+            &notes,
+            "text",
+            "a model checkpoint",
+        ),
+        (
+            &["tokenizer", "--out", &model][..],
+            "--out",
+            &model,
+            "a model checkpoint",
+            "a tokenizer file",
+        ),
+        (
+            &[&verify[..], &["--dump", &state]].concat()[..],
+            "--dump",
+            &state,
+            a_state,
+            "a debug state",
+        ),
+    ] {
+        let (out, stdout, stderr) = run(bin().args(args));
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stdout}\n{stderr}");
+        let want = format!(
+            "{flag} {victim} holds {holds}, not {writes}: it is not replaced; remove it first, or \
+             give another {flag}"
+        );
+        assert!(stderr.contains(&want), "{args:?}: {stderr}");
+        assert!(
+            stdout.is_empty(),
+            "{args:?}: work before the refusal: {stdout}"
+        );
+    }
+    for (path, bytes) in [&model, &state, &notes].iter().zip(&before) {
+        assert!(&std::fs::read(path).unwrap() == bytes, "{path} changed");
+    }
+    // an empty file is replaced, and so is one of the kind written
+    write(&dir.join("empty.bin"), b"");
+    for _ in 0..2 {
+        let (out, stdout, stderr) = run(bin().args(["tokenizer", "--out", &d("empty.bin")]));
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+    }
+    let f = train_gpt2_cuda::formats::tokenizer_file::read_tokenizer_file(&dir.join("empty.bin"));
+    assert_eq!(f.unwrap().tokens.len(), 50257);
+}
+
+/// `--out /dev/stdout` and `--dump /dev/stdout` where stdout is a pipe (`| wc -c`; `output()`
+/// pipes it too): the file's bytes come through the pipe. (The path's links end in `/proc`'s
+/// `pipe:[N]`, which names no file: writing there failed with "No such file or directory".)
+#[test]
+fn an_output_to_dev_stdout_goes_through_a_pipe() {
+    let dir = tmp_dir("dev-stdout");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    let tiny = fixture("ref_tiny_model.bin");
+    let verify = [
+        "verify",
+        "--device",
+        "cpu",
+        "--model",
+        &tiny,
+        "--state",
+        &fixture("ref_tiny_state.bin"),
+        "--dump",
+    ];
+    for (args, file) in [
+        (&["tokenizer", "--out"][..], "tok.bin"),
+        (&["convert", "--model", &tiny, "--out"][..], "model.bin"),
+        (&verify[..], "dump.bin"),
+    ] {
+        let (out, _, stderr) = run(bin().args(args).arg(d(file)));
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        let want = std::fs::read(dir.join(file)).unwrap();
+        let out = bin().args(args).arg("/dev/stdout").output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?} /dev/stdout: {stderr}");
+        assert!(
+            out.stdout.windows(want.len()).any(|w| w == &want[..]),
+            "{args:?} /dev/stdout: the {} bytes of {file} did not come through the pipe \
+             ({} bytes did): {stderr}",
+            want.len(),
+            out.stdout.len()
+        );
+    }
+}
+
+/// A small file of another kind (a run's log, shorter than a header) where a model, a training
+/// state, a debug state or a token shard is read is named by its magic number, as a larger one
+/// is, not as a truncated file; a Hugging Face model's `config.json` points to its folder.
+#[test]
+fn a_small_file_of_another_kind_is_not_called_truncated() {
+    let dir = tmp_dir("small-other-kind");
+    let log = dir.join("log.jsonl");
+    write(
+        &log,
+        "{\"step\": 1, \"loss\": 10.98}\n".repeat(20).as_bytes(),
+    );
+    let log = log.to_string_lossy().into_owned();
+    let tiny = fixture("ref_tiny_model.bin");
+    let hf = fixture("hf_tiny");
+    let config = format!("{hf}/config.json");
+    let x = dir.join("x.bin").to_string_lossy().into_owned();
+    for (args, want) in [
+        (
+            &["sample", "--model", &log][..],
+            "20240326 for a model checkpoint",
+        ),
+        (
+            &["eval", "--model", &tiny, "--data", &log][..],
+            "20240520 for a token shard",
+        ),
+        (
+            &["verify", "--model", &tiny, "--state", &log][..],
+            "20240327 for a debug state",
+        ),
+        (
+            &["--device", "cpu", "--resume", &log][..],
+            "20261202 for a training state",
+        ),
+        (
+            &["convert", "--model", &config, "--out", &x][..],
+            "20240326 for a model checkpoint",
+        ),
+    ] {
+        let (out, _, stderr) = run(bin().args(args));
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(": bad magic number "), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("(expected {want})")),
+            "{args:?}: {stderr}"
+        );
+        assert!(!stderr.contains("truncated"), "{args:?}: {stderr}");
+    }
+    expect_error(
+        &["convert", "--model", &config, "--out", &x],
+        &[&format!(
+            "this is a file of the Hugging Face model in {hf}, which is read from its folder: give \
+             the folder instead (--model {hf})"
+        )],
+    );
+    assert!(!dir.join("x.bin").exists());
+}
+
 /// Ctrl-C during prepro: it stops, removes the shards it wrote, and exits 130.
 #[test]
 fn prepro_interrupted_leaves_the_folder_as_it_was() {

@@ -506,6 +506,28 @@ fn bad_debug_states_are_errors_that_say_what_is_wrong() {
         &p,
         &["truncated", "1024-byte header"],
     );
+    // cut short, it is named as truncated, not as another model's: for certain where no model's
+    // state ends there (inside a value, inside the tokens x and y, whose size the header gives),
+    // else with a whole file of another model as the other reading
+    for (len, aside) in [(2001, false), (1050, false), (2000, true)] {
+        let p = dir.file("cut.bin", &good[..len]);
+        let e = err(read_debug_state(&p, &cfg));
+        assert_msg(
+            &e,
+            &p,
+            &[
+                "debug state is truncated",
+                "expected 3684 bytes",
+                &format!("for the model given, found {len}"),
+            ],
+        );
+        assert!(
+            !e.contains("a state made with another model does not fit"),
+            "{e}"
+        );
+        let other = "(or, if the file is whole, it was made with a smaller model than this one)";
+        assert_eq!(e.contains(other), aside, "{e}");
+    }
 
     let mut long = good.clone();
     long.push(0);
@@ -815,6 +837,65 @@ fn bad_tokenizer_files_are_errors_that_say_what_is_wrong() {
     assert!(!out.exists());
 }
 
+/// A file shorter than a header but of another kind (a run's log, a JSON config) is named by its
+/// magic number, as a longer one is, by every reader: it is not called truncated. Where it is a
+/// file of a Hugging Face model, the model's folder is what to give.
+#[test]
+fn a_short_file_of_another_kind_is_named_by_its_magic_number_not_as_truncated() {
+    use train_gpt2_cuda::formats::read_model;
+    use train_gpt2_cuda::formats::shard::read_shard;
+    use train_gpt2_cuda::formats::train_state::TrainStateFile;
+    let dir = TempDir::new("short-other");
+    let log = "{\"step\": 1, \"loss\": 10.98, \"lr\": 0.0001}\n".repeat(20);
+    assert!(log.len() < 1024);
+    let p = dir.file("log.jsonl", log.as_bytes());
+    let magic = i32::from_le_bytes(log.as_bytes()[..4].try_into().unwrap());
+    let bad = format!("bad magic number {magic}");
+    let cases: [(&str, String); 6] = [
+        ("20240326 for a model checkpoint", err(read_checkpoint(&p))),
+        ("20240326 for a model checkpoint", err(read_model(&p))),
+        (
+            "20240327 for a debug state",
+            err(read_debug_state(&p, &cfg())),
+        ),
+        (
+            "20240328 for a tokenizer file",
+            err(read_tokenizer_file(&p)),
+        ),
+        ("20240520 for a token shard", err(read_shard(&p))),
+        (
+            "20261202 for a training state",
+            err(TrainStateFile::open(&p).map(|_| ())),
+        ),
+    ];
+    for (expected, e) in cases {
+        assert_msg(&e, &p, &[&bad, &format!("(expected {expected})")]);
+        assert!(!e.contains("truncated"), "{e}");
+    }
+    // a file of a Hugging Face model: give its folder
+    let hf = PathBuf::from(root()).join("tests/fixtures/hf_tiny");
+    let config = hf.join("config.json");
+    let e = err(read_model(&config));
+    assert_msg(
+        &e,
+        &config,
+        &[
+            "bad magic number",
+            &format!(
+                "this is a file of the Hugging Face model in {}, which is read from its folder: \
+                 give the folder instead (--model {})",
+                hf.display(),
+                hf.display()
+            ),
+        ],
+    );
+    // too short for a magic number, or of the right one: truncated
+    let p = dir.file("three.bin", b"abc");
+    assert_msg(&err(read_checkpoint(&p)), &p, &["truncated", "3 bytes"]);
+    let p = dir.file("short.bin", &20240326i32.to_le_bytes());
+    assert_msg(&err(read_checkpoint(&p)), &p, &["truncated", "4 bytes"]);
+}
+
 /// The crate root: `CARGO_MANIFEST_DIR` at run time (cargo, or .gpu/on-gpu.sh on the GPU machine,
 /// where the compile-time path does not exist), else the one compiled in.
 fn root() -> String {
@@ -874,6 +955,34 @@ fn a_write_to_a_device_or_a_fifo_writes_into_it() {
     assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
     assert_eq!(reader.join().unwrap(), b"through the pipe");
     assert!(!dir.path("fifo.tmp").exists());
+}
+
+/// A pipe named through a link whose target is no path (`/dev/stdout` of a process whose output
+/// is piped: `/proc/self/fd/1`, whose link reads `pipe:[1234]`) is written into, as named.
+#[test]
+fn a_write_to_a_pipe_through_a_proc_link_writes_into_it() {
+    use std::os::fd::AsRawFd;
+    use std::process::{Command, Stdio};
+    let Ok(mut cat) = Command::new("cat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("no cat: the pipe case is not checked");
+        return;
+    };
+    let stdin = cat.stdin.take().unwrap();
+    let path = PathBuf::from(format!("/proc/self/fd/{}", stdin.as_raw_fd()));
+    let link = std::fs::read_link(&path).unwrap();
+    assert!(link.to_string_lossy().starts_with("pipe:"), "{link:?}");
+    train_gpt2_cuda::formats::check_replaceable(&path).unwrap();
+    write_file_atomic(&path, b"through the pipe").unwrap();
+    let mut files = StagedFiles::new();
+    files.write(&path, b", twice").unwrap();
+    files.commit().unwrap();
+    drop(stdin);
+    let out = cat.wait_with_output().unwrap();
+    assert_eq!(out.stdout, b"through the pipe, twice");
 }
 
 #[test]
@@ -998,4 +1107,74 @@ fn a_read_only_file_is_not_replaced() {
     write_file_atomic(&path, b"new").unwrap();
     train_gpt2_cuda::formats::check_replaceable(&dir.path("new.bin")).unwrap();
     train_gpt2_cuda::formats::check_replaceable(Path::new("/dev/null")).unwrap();
+}
+
+/// An output replaces an existing regular file only where it holds the format written already
+/// (or nothing): a training state, a model or notes where a model is written are refused, named
+/// with what they hold, and left as they are; a device is written into.
+#[test]
+fn a_file_of_another_kind_is_not_replaced() {
+    use train_gpt2_cuda::formats::check_replaceable_by;
+    let dir = TempDir::new("write-other-kind");
+    let model = 20240326; // (the magic number of a checkpoint, what is written)
+    let mut state = 20261202i32.to_le_bytes().to_vec();
+    state.resize(4096, 7);
+    let mut zip = b"PK\x03\x04".to_vec();
+    zip.resize(100, 0);
+    for (name, bytes, holds) in [
+        (
+            "state_000500.bin",
+            &state[..],
+            "a training state (for --resume)",
+        ),
+        (
+            "debug.bin",
+            &std::fs::read(fixture("llmc_debug_state.bin")).unwrap()[..],
+            "a debug state (for verify)",
+        ),
+        ("notes.txt", "my notes, \u{e9}t\u{e9}\n".as_bytes(), "text"),
+        (
+            "pytorch_model.bin",
+            &zip[..],
+            "a zip archive (as PyTorch's torch.save writes)",
+        ),
+        ("odd.bin", &[1, 2, 0, 9, 255][..], "5 bytes of another kind"),
+        ("two.bin", &[b'h', b'i'][..], "text"),
+    ] {
+        let p = dir.file(name, bytes);
+        let e = err(check_replaceable_by("--out", &p, model));
+        assert!(
+            e.contains(&format!(
+                "--out {} holds {holds}, not a model checkpoint: it is not replaced; remove it \
+                 first, or give another --out",
+                p.display()
+            )),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&p).unwrap(), bytes);
+        // through a link too
+        let link = dir.path("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(name, &link).unwrap();
+        let e = err(check_replaceable_by("--out", &link, model));
+        assert!(e.contains(&format!("holds {holds}")), "{e}");
+    }
+    // a file of the kind written, an empty one, none, a device: fine
+    let p = dir.file(
+        "m.bin",
+        &std::fs::read(fixture("llmc_model_v5.bin")).unwrap(),
+    );
+    check_replaceable_by("--out", &p, model).unwrap();
+    let p = dir.file("empty.bin", b"");
+    check_replaceable_by("--out", &p, model).unwrap();
+    check_replaceable_by("--out", &dir.path("new.bin"), model).unwrap();
+    check_replaceable_by("--out", Path::new("/dev/null"), model).unwrap();
+    // a read-only file is named as such first
+    let p = dir.file("ro.bin", b"notes");
+    chmod(&p, 0o444);
+    assert_msg(
+        &err(check_replaceable_by("--out", &p, model)),
+        &p,
+        &["is read-only"],
+    );
 }

@@ -96,14 +96,37 @@ fn what_is_not_read_is_refused_clearly() {
     std::fs::create_dir_all(&dir).unwrap();
     let good = std::fs::read(fixture("nulls_gzip_groups.parquet")).unwrap();
     let path = dir.join("bad.parquet");
-    std::fs::write(&path, &good[..good.len() - 100]).unwrap();
+    // (cut: it starts as Parquet does, so it is named as cut short, not as another kind of file)
+    for len in [good.len() - 100, 3000] {
+        std::fs::write(&path, &good[..len]).unwrap();
+        let e = err(&path, "text");
+        assert!(
+            e.contains(&format!(
+                "bad.parquet: truncated or damaged: it starts with PAR1 as a Parquet file does, \
+                 but does not end with it ({len} bytes)"
+            )),
+            "{e}"
+        );
+    }
+    std::fs::write(&path, b"PAR1").unwrap();
     let e = err(&path, "text");
     assert!(
-        e.contains("bad.parquet: not a Parquet file (no PAR1 magic"),
+        e.contains("bad.parquet: truncated: 4 bytes")
+            && e.contains("shorter than its magic and footer"),
         "{e}"
     );
-    std::fs::write(&path, b"PAR1").unwrap();
-    assert!(err(&path, "text").contains("shorter than its magic and footer"));
+    std::fs::write(&path, b"{\"text\": \"not Parquet\"}\n").unwrap();
+    let e = err(&path, "text");
+    assert!(
+        e.contains("bad.parquet: not a Parquet file (no PAR1 magic at its start)"),
+        "{e}"
+    );
+    std::fs::write(&path, b"PAR").unwrap();
+    let e = err(&path, "text");
+    assert!(
+        e.contains("bad.parquet: not a Parquet file (3 bytes, shorter than its magic"),
+        "{e}"
+    );
     // the data cut out, the footer kept: the chunks run past the data
     let mut cut = good[..1000].to_vec();
     let footer_len = u32::from_le_bytes(good[good.len() - 8..good.len() - 4].try_into().unwrap());

@@ -158,7 +158,7 @@ struct OpenCheckpoint {
 
 /// Opens a checkpoint and checks its header and its size.
 fn open_checkpoint(path: &Path) -> Result<OpenCheckpoint> {
-    let (file, actual, h) = open_with_header(path)?;
+    let (file, actual, h) = open_with_header(path, CHECKPOINT_MAGIC)?;
     check_magic_version(
         path,
         &h,

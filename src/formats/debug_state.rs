@@ -95,12 +95,25 @@ fn check_tokens(
     Ok(())
 }
 
+/// What is said after the sizes of a debug state of `actual` bytes that is shorter than the model
+/// given needs, for B*T = `bt`: nothing where no model could explain its size (it ends inside its
+/// tokens x and y, whose size the header alone gives, or inside a 4-byte value), so it was cut
+/// short; else that a whole file of this size would be a smaller model's state.
+fn short_state_aside(actual: u128, bt: u128) -> &'static str {
+    let tokens_end = HEADER_BYTES as u128 + 8 * bt;
+    if actual < tokens_end || !(actual - HEADER_BYTES as u128).is_multiple_of(4) {
+        ""
+    } else {
+        " (or, if the file is whole, it was made with a smaller model than this one)"
+    }
+}
+
 /// Reads a debug state; `cfg` is the config of the model checkpoint it belongs to.
 pub fn read_debug_state(path: &Path, cfg: &GPT2Config) -> Result<DebugState> {
     let what = "debug state";
     // the header first: the rest is read only once the file's size is the one it gives (a file
     // far larger than that, or a device that never ends, is not read into memory)
-    let (mut file, actual, h) = open_with_header(path)?;
+    let (mut file, actual, h) = open_with_header(path, DEBUG_STATE_MAGIC)?;
     check_magic_version(path, &h, DEBUG_STATE_MAGIC, &[DEBUG_STATE_VERSION])?;
     let n = check_dims(path, what, cfg, h[2] as i64, h[3] as i64)?;
     // Both positive i32 now.
@@ -114,15 +127,20 @@ pub fn read_debug_state(path: &Path, cfg: &GPT2Config) -> Result<DebugState> {
         format!(
             "expected {expected} bytes ({HEADER_BYTES}-byte header + x, y ({b}*{t} i32 each) + \
              logits ({b}*{t}*{v} f32) + loss (1 f32) + gradients ({n} f32)) for the model given, \
-             found {actual} (a state made with another model does not fit)"
+             found {actual}"
         )
     };
     if actual < expected {
-        bail!("{}: {what} is truncated: {}", path.display(), describe());
+        bail!(
+            "{}: {what} is truncated: {}{}",
+            path.display(),
+            describe(),
+            short_state_aside(actual, bt)
+        );
     }
     if actual > expected {
         bail!(
-            "{}: {what} has {}: {}",
+            "{}: {what} has {}: {} (a state made with another model does not fit)",
             path.display(),
             crate::text::count(actual - expected, "trailing byte", "trailing bytes"),
             describe()

@@ -72,8 +72,14 @@ pub fn new_header(magic: i32, version: i32) -> Header {
     h
 }
 
-/// Decodes a header from the first 1024 bytes of `bytes`; `path` names the file in errors.
-pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
+/// Decodes a header from the first 1024 bytes of `bytes`; `path` names the file in errors. The
+/// magic number is checked against `magic` as soon as its 4 bytes are there, before the length:
+/// a short file of another kind (a log, a JSON config) is named as not this format, not as a
+/// truncated one.
+pub fn parse_header(path: &Path, bytes: &[u8], magic: i32) -> Result<Header> {
+    if let Some(first) = bytes.get(..4) {
+        check_magic(path, i32::from_le_bytes(first.try_into().unwrap()), magic)?;
+    }
     if bytes.len() < HEADER_BYTES {
         bail!(
             "{}: file is truncated: {} bytes, shorter than the {HEADER_BYTES}-byte header",
@@ -89,15 +95,16 @@ pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
 }
 
 /// Opens `path` and reads its header: (the file, positioned after the header; the file's size in
-/// bytes; the header). Errors name the file, a file shorter than the header included.
-pub fn open_with_header(path: &Path) -> Result<(std::fs::File, u64, Header)> {
+/// bytes; the header). Errors name the file, a file whose magic number is not `magic` or that is
+/// shorter than the header included ([`parse_header`]).
+pub fn open_with_header(path: &Path, magic: i32) -> Result<(std::fs::File, u64, Header)> {
     let (mut file, size) = open_with_size(path)?;
     let mut head = Vec::with_capacity(HEADER_BYTES);
     (&mut file)
         .take(HEADER_BYTES as u64)
         .read_to_end(&mut head)
         .with_context(|| format!("{}: cannot read", path.display()))?;
-    let h = parse_header(path, &head)?;
+    let h = parse_header(path, &head, magic)?;
     Ok((file, size, h))
 }
 
@@ -160,10 +167,29 @@ pub fn read_model(path: &Path) -> Result<checkpoint::Checkpoint> {
     let ck = if hf_gpt2::is_hf_model(path) {
         hf_gpt2::read_hf_gpt2(path)?
     } else {
-        checkpoint::read_checkpoint(path)?
+        checkpoint::read_checkpoint(path).map_err(|e| hf_folder_hint(path, e))?
     };
     check_finite(path, &ck)?;
     Ok(ck)
+}
+
+/// `e`, the error of reading `path` as a checkpoint, with a hint where `path` is not one but a
+/// file of a Hugging Face model's folder (its `config.json`, `tokenizer.json`, ...): the model is
+/// the folder, which is what to give.
+fn hf_folder_hint(path: &Path, e: anyhow::Error) -> anyhow::Error {
+    let dir = folder_of(path);
+    let mut head = Vec::with_capacity(4);
+    let read = std::fs::File::open(path).and_then(|f| f.take(4).read_to_end(&mut head));
+    let a_checkpoint = head.get(..4) == Some(&checkpoint::CHECKPOINT_MAGIC.to_le_bytes()[..]);
+    if read.is_err() || a_checkpoint || !dir.join("config.json").is_file() {
+        return e;
+    }
+    anyhow::anyhow!(
+        "{e:#}: this is a file of the Hugging Face model in {}, which is read from its folder: \
+         give the folder instead (--model {})",
+        dir.display(),
+        dir.display()
+    )
 }
 
 /// Refuses a model with a parameter that is NaN or infinite: nothing can be computed with it (its
@@ -199,23 +225,8 @@ pub fn check_finite(path: &Path, ck: &checkpoint::Checkpoint) -> Result<()> {
 /// Checks that the magic number is `magic` (one of the formats here) and the version one of
 /// `versions`.
 pub fn check_magic_version(path: &Path, h: &Header, magic: i32, versions: &[i32]) -> Result<()> {
-    let format = |m: i32| FORMATS.iter().find(|f| f.0 == m);
-    let what = format(magic).map_or("file of this kind", |f| f.1);
-    if h[0] != magic {
-        let found = match format(h[0]) {
-            Some((_, name, aside)) => format!(": this is a {name}{aside}, not a {what}"),
-            None if h[0] == ZIP_MAGIC => ": this is a zip archive, as PyTorch's torch.save writes \
-                 (pytorch_model.bin): give it to --model with the model's config.json beside it"
-                .to_string(),
-            None if h[0] == LEGACY_TORCH_MAGIC => format!(": {LEGACY_TORCH}"),
-            None => String::new(),
-        };
-        bail!(
-            "{}: bad magic number {} (expected {magic} for a {what}){found}",
-            path.display(),
-            h[0]
-        );
-    }
+    check_magic(path, h[0], magic)?;
+    let what = format_of(magic).map_or("file of this kind", |f| f.1);
     if !versions.contains(&h[1]) {
         bail!(
             "{}: unsupported {what} version {} (supported: {})",
@@ -229,6 +240,32 @@ pub fn check_magic_version(path: &Path, h: &Header, magic: i32, versions: &[i32]
         );
     }
     Ok(())
+}
+
+/// The format (of [`FORMATS`]) whose magic number is `magic`.
+fn format_of(magic: i32) -> Option<&'static (i32, &'static str, &'static str)> {
+    FORMATS.iter().find(|f| f.0 == magic)
+}
+
+/// Checks that `found`, a file's first four bytes, is `magic` (one of the formats here); the
+/// error names what the file is where that is known (another of these formats, a zip archive).
+fn check_magic(path: &Path, found: i32, magic: i32) -> Result<()> {
+    if found == magic {
+        return Ok(());
+    }
+    let what = format_of(magic).map_or("file of this kind", |f| f.1);
+    let is = match format_of(found) {
+        Some((_, name, aside)) => format!(": this is a {name}{aside}, not a {what}"),
+        None if found == ZIP_MAGIC => ": this is a zip archive, as PyTorch's torch.save writes \
+             (pytorch_model.bin): give it to --model with the model's config.json beside it"
+            .to_string(),
+        None if found == LEGACY_TORCH_MAGIC => format!(": {LEGACY_TORCH}"),
+        None => String::new(),
+    };
+    bail!(
+        "{}: bad magic number {found} (expected {magic} for a {what}){is}",
+        path.display()
+    );
 }
 
 /// Reads a whole file, naming it in the error; a pipe or a device is refused ([`open_with_size`]).
@@ -496,6 +533,11 @@ fn write_target(path: &Path) -> Result<PathBuf> {
     if path.as_os_str().to_string_lossy().ends_with('/') {
         bail!("{p} ends in '/', a directory's name: give the name of a file to write");
     }
+    // a device or a pipe is written into as named: where its links lead may not be a path
+    // (`/dev/stdout` leads to `/proc/self/fd/1`, whose link reads `pipe:[1234]` for a pipe)
+    if is_special_file(path) {
+        return Ok(path.to_path_buf());
+    }
     let mut target = path.to_path_buf();
     // (40: the kernel's own limit on the links of one path)
     for _ in 0..40 {
@@ -527,6 +569,61 @@ pub fn check_replaceable(path: &Path) -> Result<()> {
 /// its `log.jsonl`): its error ends with `advice`, what to do instead of giving another name.
 pub fn check_replaceable_or(path: &Path, advice: &str) -> Result<()> {
     replaced_permissions(path, &write_target(path)?, advice).map(|_| ())
+}
+
+/// Checks, before any work, that `flag`'s output `path` may be replaced by a file of the format
+/// whose magic number is `magic` ([`check_replaceable`], and more): a regular file there must be
+/// empty or of that format already. A file of another kind (a training state where a model goes,
+/// a model where the tokenizer goes, notes) is refused by name, with what it holds: a typo in an
+/// output's name would otherwise replace it without a word. A device or a pipe is written into.
+pub fn check_replaceable_by(flag: &str, path: &Path, magic: i32) -> Result<()> {
+    let target = write_target(path)?;
+    replaced_permissions(path, &target, REPLACE_ADVICE)?;
+    let p = path.display();
+    let Ok(meta) = std::fs::metadata(&target) else {
+        return Ok(());
+    };
+    if !meta.is_file() || meta.len() == 0 {
+        return Ok(());
+    }
+    let mut head = Vec::with_capacity(512);
+    std::fs::File::open(&target)
+        .and_then(|f| f.take(512).read_to_end(&mut head))
+        .with_context(|| {
+            format!("{p}: cannot read what it holds, to see whether {flag} may replace it")
+        })?;
+    let first = head
+        .get(..4)
+        .map(|b| i32::from_le_bytes(b.try_into().unwrap()));
+    if first == Some(magic) {
+        return Ok(());
+    }
+    let what = format_of(magic).map_or("file of this kind", |f| f.1);
+    let holds = match first.and_then(format_of) {
+        Some((_, name, aside)) => format!("a {name}{aside}"),
+        None if first == Some(ZIP_MAGIC) => "a zip archive (as PyTorch's torch.save writes)".into(),
+        None if starts_like_legacy_torch(&head) => "a PyTorch file (legacy format)".into(),
+        None if safetensors::starts_like_safetensors(&head) => "a safetensors file".into(),
+        None if looks_like_text(&head) => "text".into(),
+        None => format!(
+            "{} of another kind",
+            crate::text::count(meta.len(), "byte", "bytes")
+        ),
+    };
+    bail!(
+        "{flag} {p} holds {holds}, not a {what}: it is not replaced; remove it first, or give \
+         another {flag}"
+    );
+}
+
+/// Whether `head`, a file's first bytes, reads as text: UTF-8 without NUL bytes (where the bytes
+/// were cut inside a character, up to its cut).
+fn looks_like_text(head: &[u8]) -> bool {
+    let utf8 = match std::str::from_utf8(head) {
+        Ok(_) => true,
+        Err(e) => e.error_len().is_none(),
+    };
+    utf8 && !head.contains(&0)
 }
 
 /// What a read-only file that a command was asked to write calls for, where the user named it.

@@ -929,13 +929,29 @@ pub fn read_text_column(
         file.read_exact(&mut buf)?;
         Ok(buf)
     };
+    let head = read_at(&mut file, 0, size.min(4) as usize)
+        .with_context(|| format!("{what}: cannot read"))?;
+    // (a file that starts as Parquet does, but lacks its end, was cut short or damaged: it is
+    // not named as something else)
+    let starts = head == MAGIC;
     if size < 12 {
+        if starts {
+            bail!(
+                "{what}: truncated: {size} bytes, starting with PAR1 as a Parquet file does but \
+                 shorter than its magic and footer"
+            );
+        }
         bail!("{what}: not a Parquet file ({size} bytes, shorter than its magic and footer)");
     }
-    let head = read_at(&mut file, 0, 4).with_context(|| format!("{what}: cannot read"))?;
     let tail = read_at(&mut file, size - 8, 8).with_context(|| format!("{what}: cannot read"))?;
-    if head != MAGIC || &tail[4..] != MAGIC {
-        bail!("{what}: not a Parquet file (no PAR1 magic at its start and end)");
+    if !starts {
+        bail!("{what}: not a Parquet file (no PAR1 magic at its start)");
+    }
+    if &tail[4..] != MAGIC {
+        bail!(
+            "{what}: truncated or damaged: it starts with PAR1 as a Parquet file does, but does \
+             not end with it ({size} bytes): copy or download it again"
+        );
     }
     let footer_len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) as u64;
     if footer_len + 12 > size {

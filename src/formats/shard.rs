@@ -83,7 +83,7 @@ fn put_shard(w: &mut dyn Write, header: &[u8], tokens: &[u16]) -> std::io::Resul
 /// or replaces an earlier shard only when it is one, never a file of the user's that happens to
 /// be named like one.
 pub fn is_shard_file(path: &Path) -> bool {
-    super::open_with_header(path).is_ok_and(|(_, _, h)| h[0] == SHARD_MAGIC)
+    super::open_with_header(path, SHARD_MAGIC).is_ok()
 }
 
 /// Reads the shard at `path` and returns its tokens (N,).
@@ -99,7 +99,7 @@ pub fn read_shard(path: &Path) -> Result<Vec<u16>> {
 /// Reads only the header of the shard at `path`, checks it against the file's size, and returns
 /// the token count N. Cheap: reads 1024 bytes.
 pub fn read_shard_len(path: &Path) -> Result<usize> {
-    let (_, size, h) = super::open_with_header(path)?;
+    let (_, size, h) = super::open_with_header(path, SHARD_MAGIC)?;
     check_magic_version(path, &h, SHARD_MAGIC, &[SHARD_VERSION])?;
     let n = header_count(path, h[2])?;
     check_size(path, n, size)?;
@@ -108,7 +108,7 @@ pub fn read_shard_len(path: &Path) -> Result<usize> {
 
 /// Checks the header and size of a whole shard file's bytes; returns N.
 fn check_shard_bytes(path: &Path, bytes: &[u8]) -> Result<usize> {
-    let h = parse_header(path, bytes)?;
+    let h = parse_header(path, bytes, SHARD_MAGIC)?;
     check_magic_version(path, &h, SHARD_MAGIC, &[SHARD_VERSION])?;
     let n = header_count(path, h[2])?;
     check_size(path, n, bytes.len() as u64)?;

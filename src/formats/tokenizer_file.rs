@@ -31,7 +31,7 @@ pub struct TokenizerFile {
 /// Reads a version 1 or version 2 tokenizer file.
 pub fn read_tokenizer_file(path: &Path) -> Result<TokenizerFile> {
     let bytes = read_file(path)?;
-    let h = parse_header(path, &bytes)?;
+    let h = parse_header(path, &bytes, TOKENIZER_MAGIC)?;
     check_magic_version(
         path,
         &h,

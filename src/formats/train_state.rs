@@ -281,7 +281,7 @@ impl TrainStateFile {
     /// Opens a training state and checks its header and its size; its arrays are read by
     /// [`read_arrays`](Self::read_arrays).
     pub fn open(path: &Path) -> Result<TrainStateFile> {
-        let (file, actual, h) = open_with_header(path)?;
+        let (file, actual, h) = open_with_header(path, STATE_MAGIC)?;
         check_magic_version(path, &h, STATE_MAGIC, &[STATE_VERSION])?;
         let step = header_count(path, &h, 2, "step", 0)?;
         let batch = header_count(path, &h, 3, "B", 1)?;
@@ -572,7 +572,7 @@ mod tests {
             );
             let bytes = std::fs::read(&path).unwrap();
             assert_eq!(bytes.len(), HEADER_BYTES + 4 * 5 * (2 + master as usize));
-            let h = parse_header(&path, &bytes).unwrap();
+            let h = parse_header(&path, &bytes, STATE_MAGIC).unwrap();
             assert_eq!(
                 &h[..7],
                 &[20261202, 1, 40, 4, 64, master as i32, 1],

@@ -7,17 +7,30 @@ import shutil
 import subprocess
 
 
+# The folders of dest that copy_tree keeps to root's tracked files (no build output lives there).
+SOURCE_FOLDERS = ("src", "tests", "kernels", "examples", "tools")
+
+
 def copy_tree(root, dest):
     """The files git tracks under root (as they are in the working tree) under dest; a file
-    already there with the same bytes is left as it is (so an incremental build stays valid)."""
+    already there with the same bytes is left as it is (so an incremental build stays valid).
+    A file of SOURCE_FOLDERS that git no longer tracks (moved or deleted since the last copy) is
+    removed: src/gpu/model.rs beside src/gpu/model/mod.rs does not build."""
     files = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True,
                            check=True).stdout.decode().split("\0")
-    for f in filter(None, files):
+    tracked = set(filter(None, files))
+    for f in tracked:
         src, dst = os.path.join(root, f), os.path.join(dest, f)
         if os.path.isfile(src):
             os.makedirs(os.path.dirname(dst), exist_ok=True)
             if not os.path.exists(dst) or open(src, "rb").read() != open(dst, "rb").read():
                 shutil.copy2(src, dst)
+    for folder in SOURCE_FOLDERS:
+        for here, _, names in os.walk(os.path.join(dest, folder)):
+            for name in names:
+                rel = os.path.relpath(os.path.join(here, name), dest)
+                if rel not in tracked and os.path.exists(os.path.join(dest, rel)):
+                    os.remove(os.path.join(dest, rel))
 
 
 def mutate(text, site):

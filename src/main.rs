@@ -68,8 +68,8 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct PreproArgs {
-    /// Text files (one document each) and JSON Lines files (`*.jsonl`: one document per line,
-    /// its "text" field), either compressed with gzip (`*.txt.gz`, `*.jsonl.gz`) or zstd
+    /// Text files (one document each) and JSON Lines files (`*.jsonl`, `*.json`, `*.ndjson`: one
+    /// document per line, its "text" field), either compressed with gzip (`*.txt.gz`, `*.jsonl.gz`) or zstd
     /// (`*.txt.zst`, `*.jsonl.zst`); Parquet files (`*.parquet`: one document per row, its "text"
     /// column).
     #[arg(required = true)]

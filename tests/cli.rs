@@ -2811,6 +2811,49 @@ fn a_small_file_of_another_kind_is_not_called_truncated() {
 }
 
 /// Ctrl-C during prepro: it stops, removes the shards it wrote, and exits 130.
+/// prepro's notes on what does nothing: a --text-field for text files only, an empty text file
+/// (its document is the end-of-text token alone).
+#[test]
+fn prepro_notes_a_flag_and_a_file_that_add_nothing() {
+    let dir = tmp_dir("prepro_notes");
+    std::fs::write(dir.join("a.txt"), "to be").unwrap();
+    std::fs::write(dir.join("empty.txt"), "").unwrap();
+    let (out, _, stderr) = run(bin().current_dir(&dir).args([
+        "prepro",
+        "a.txt",
+        "empty.txt",
+        "--text-field",
+        "body",
+        "--out-dir",
+        "o",
+    ]));
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "note: --text-field body does nothing here: it names the field of JSON Lines records \
+             and the column of Parquet files, and these inputs are text files"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("note: empty.txt is empty: its document is the end-of-text token alone"),
+        "{stderr}"
+    );
+    // no notes where the flag reads a field and no file is empty
+    std::fs::write(dir.join("r.jsonl"), "{\"body\": \"x\"}\n").unwrap();
+    let (out, _, stderr) = run(bin().current_dir(&dir).args([
+        "prepro",
+        "a.txt",
+        "r.jsonl",
+        "--text-field",
+        "body",
+        "--out-dir",
+        "o",
+    ]));
+    assert!(out.status.success() && !stderr.contains("note"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn prepro_interrupted_leaves_the_folder_as_it_was() {
     let dir = tmp_dir("prepro_ctrl_c");

@@ -1086,6 +1086,58 @@ fn prepro_reads_each_json_lines_record_as_a_document() {
         [shard_u32(&s.train_path), shard_u32(&s.val_path)].concat(),
         [doc("one"), doc("two")].concat()
     );
+    // JSON Lines named .json (as datasets' to_json("x.json") writes them) or .ndjson: records,
+    // not the braces and keys as text
+    let lines = "{\"text\": \"one\"}\n{\"text\": \"two\"}\n";
+    for name in ["records.json", "records.NDJSON"] {
+        std::fs::write(dir.join(name), lines).unwrap();
+        let s = prepro(&[dir.join(name)], &out, ValSplit::Fraction(0.5)).unwrap();
+        assert_eq!(s.documents, 2, "{name}");
+        assert_eq!(
+            [shard_u32(&s.train_path), shard_u32(&s.val_path)].concat(),
+            [doc("one"), doc("two")].concat(),
+            "{name}"
+        );
+    }
+    // a JSON document over many lines is not read, and the error says what a .json must be
+    std::fs::write(dir.join("array.json"), "[\n  {\"text\": \"one\"}\n]\n").unwrap();
+    let e = err_text(prepro(
+        &[dir.join("array.json")],
+        &out,
+        ValSplit::Fraction(0.5),
+    ));
+    assert!(
+        e.contains("array.json: line 1 (a .json file is read as JSON Lines, one record a line"),
+        "{e}"
+    );
+}
+
+/// A file given twice, by one name, two names or a link, is refused before anything is written:
+/// its text would be in the shards twice (with two inputs, val would be train's own text).
+#[test]
+fn prepro_refuses_a_file_given_twice() {
+    let dir = tmp_dir("prepro_twice");
+    let a = write_docs(&dir, &[("a.txt", b"to be"), ("b.txt", b"or not")]);
+    std::os::unix::fs::symlink(&a[0], dir.join("link.txt")).unwrap();
+    let out = dir.join("out");
+    for (inputs, says) in [
+        (vec![a[0].clone(), a[0].clone()], "a.txt is given twice: "),
+        (
+            vec![a[0].clone(), a[1].clone(), dir.join("sub/../a.txt")],
+            "sub/../a.txt is given twice (as ",
+        ),
+        (
+            vec![a[0].clone(), dir.join("link.txt")],
+            "link.txt is given twice (as ",
+        ),
+    ] {
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let e = err_text(prepro(&inputs, &out, ValSplit::LastFiles(1)));
+        assert!(e.contains(says), "{e}");
+        assert!(!out.exists(), "{e}");
+    }
+    // each once: shards
+    prepro(&a, &out, ValSplit::LastFiles(1)).unwrap();
 }
 
 /// Parquet files (tools/write_parquet_fixtures.py, by pyarrow): each row's text one document, in

@@ -12,15 +12,28 @@ use super::records::RecordBatches;
 use crate::text::count;
 use crate::tokenizer::Tokenizer;
 
-/// Whether `path` is read as JSON Lines: its name ends in `.jsonl` (or `.jsonl.gz`, `.jsonl.zst`).
+/// Whether `path` is read as JSON Lines: its name ends in `.jsonl`, `.ndjson` or `.json` (or
+/// one of them `.gz`, `.zst`). A `.json` file is read as JSON Lines too: Hugging Face `datasets`'
+/// `to_json("x.json")` writes them so, and tokenized as text its braces and keys would be in
+/// every document.
 pub fn is_jsonl(path: &Path) -> bool {
+    let ext = extension_within(path);
+    ["jsonl", "ndjson", "json"]
+        .iter()
+        .any(|e| ext.eq_ignore_ascii_case(e))
+}
+
+/// The extension of `path`, or of its name without `.gz` or `.zst` where it is compressed.
+fn extension_within(path: &Path) -> String {
     let path = if super::is_compressed(path) {
         Path::new(path.file_stem().unwrap_or_default())
     } else {
         path
     };
     path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("jsonl"))
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Reads the JSON Lines file at `path` (`size` bytes, for progress lines) and hands each record's
@@ -48,8 +61,17 @@ pub(super) fn encode_jsonl(
             break;
         }
         line_no += 1;
-        let text = record_text(&line, field, offset)
-            .with_context(|| format!("{}: line {line_no}", path.display()))?;
+        let text = record_text(&line, field, offset).with_context(|| {
+            // (a .json file may be one JSON document over many lines, which this does not read)
+            let hint = if extension_within(path).eq_ignore_ascii_case("json") {
+                " (a .json file is read as JSON Lines, one record a line, as datasets' to_json \
+                 writes it; a JSON document over many lines, an array say, is not read: write \
+                 it as JSON Lines)"
+            } else {
+                ""
+            };
+            format!("{}: line {line_no}{hint}", path.display())
+        })?;
         offset += n as u64;
         if let Some(text) = text {
             batches.push(text, offset)?;

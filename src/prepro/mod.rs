@@ -144,6 +144,7 @@ pub fn prepro_with(
     }
     // the inputs first: a missing file is named as missing, not counted by the split
     let inputs = &expand_inputs(inputs)?;
+    check_each_once(inputs)?;
     let sizes = input_sizes(inputs)?;
     check_out_dir(inputs, out_dir)?;
     let shard_tokens = opts.shard_tokens;
@@ -169,6 +170,26 @@ pub fn prepro_with(
         ValSplit::LastFiles(k) => inputs.len() - k,
         ValSplit::Fraction(_) => inputs.len(),
     };
+    if opts.text_field != PreproOptions::default().text_field
+        && !inputs.iter().any(|p| jsonl::is_jsonl(p) || is_parquet(p))
+    {
+        crate::errln!(
+            "note: --text-field {} does nothing here: it names the field of JSON Lines records \
+             and the column of Parquet files, and these inputs are text files",
+            opts.text_field
+        );
+    }
+    // (an empty JSON Lines file has no records: no document)
+    for (path, _) in inputs
+        .iter()
+        .zip(&sizes)
+        .filter(|(p, &n)| n == 0 && !is_compressed(p) && !jsonl::is_jsonl(p))
+    {
+        crate::errln!(
+            "note: {} is empty: its document is the end-of-text token alone",
+            path.display()
+        );
+    }
     crate::formats::make_folder("--out-dir", out_dir)?;
     let tok = Tokenizer::gpt2()?;
     let mut train = PartWriter::new(out_dir, DEFAULT_TRAIN_FILE, shard_tokens);
@@ -240,6 +261,32 @@ fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
         }
     }
     Ok(files)
+}
+
+/// An error where one file is given twice (by two names, or a pattern and a name): its text would
+/// be in the shards twice, and with two files its copy would be all of val (train's own text).
+fn check_each_once(inputs: &[PathBuf]) -> Result<()> {
+    let mut seen: std::collections::HashMap<PathBuf, &PathBuf> =
+        std::collections::HashMap::with_capacity(inputs.len());
+    for input in inputs {
+        let Ok(resolved) = std::fs::canonicalize(input) else {
+            continue; // (a missing file is named by input_sizes)
+        };
+        if let Some(&first) = seen.get(&resolved) {
+            let same = if first == input {
+                String::new()
+            } else {
+                format!(" (as {})", first.display())
+            };
+            bail!(
+                "prepro: {} is given twice{same}: its text would be in the shards twice; give \
+                 each file once",
+                input.display()
+            );
+        }
+        seen.insert(resolved, input);
+    }
+    Ok(())
 }
 
 /// Every input's size: a missing file or a directory fails now, not after hours of tokenizing.

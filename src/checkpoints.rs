@@ -740,6 +740,13 @@ pub(crate) fn earlier_checkpoints(dir: &Path, step: usize) -> Result<Vec<usize>>
     Ok(steps)
 }
 
+/// The newest checkpoint (model) a training run wrote in `dir` (`model_NNNNNN.bin` of the
+/// largest step), if it holds any: what `--model DIR` of a run's folder meant.
+pub fn newest_model(dir: &Path) -> Option<PathBuf> {
+    let step = *checkpoint_steps(&file_names(dir).ok()?, "model").last()?;
+    Some(dir.join(checkpoint_name("model", step)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -262,6 +262,22 @@ fn trains_a_small_model_then_samples_from_its_checkpoint() {
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.starts_with("ROMEO:"), "{stdout}");
     assert!(stdout.trim().len() > "ROMEO:".len(), "{stdout}");
+    // the run's folder is not a model: its newest checkpoint is named (it was "a directory
+    // without model.safetensors, ...: not a Hugging Face model")
+    expect_error(
+        &[
+            "sample",
+            "--device",
+            "cpu",
+            "--model",
+            dir.to_str().unwrap(),
+        ],
+        &[&format!(
+            "is a training run's folder, not a model: give one of its checkpoints, such as its \
+             newest, --model {}",
+            ckpt.display()
+        )],
+    );
 }
 
 /// A standard output that closes (`train-gpt2-cuda ... | head`) or fills (`> /dev/full`) is noted

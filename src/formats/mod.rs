@@ -164,6 +164,16 @@ pub fn read_model(path: &Path) -> Result<checkpoint::Checkpoint> {
     }
     // (before the Hugging Face formats are told apart by their first bytes)
     check_not_special(path)?;
+    // a training run's folder (no config.json) is not a model, its checkpoints are
+    if path.is_dir() && !path.join("config.json").exists() {
+        if let Some(newest) = crate::checkpoints::newest_model(path) {
+            bail!(
+                "{p} is a training run's folder, not a model: give one of its checkpoints, such \
+                 as its newest, --model {}",
+                newest.display()
+            );
+        }
+    }
     let ck = if hf_gpt2::is_hf_model(path) {
         hf_gpt2::read_hf_gpt2(path)?
     } else {

@@ -646,11 +646,7 @@ impl<'a> Run<'a> {
         skipped: bool,
     ) -> Result<f32> {
         let args = self.args;
-        let grad_scale = if args.grad_clip > 0.0 && norm > args.grad_clip {
-            args.grad_clip / norm
-        } else {
-            1.0
-        };
+        let grad_scale = clip_scale(args.grad_clip, norm);
         let lr = self.schedule.at(step);
         let hp = AdamW {
             lr,
@@ -946,6 +942,16 @@ fn take_the_folder(
     })
 }
 
+/// The factor that clips a gradient of global norm `norm` to `grad_clip` (0: no clipping): 1
+/// unless the norm is larger.
+fn clip_scale(grad_clip: f32, norm: f32) -> f32 {
+    if grad_clip > 0.0 && norm > grad_clip {
+        grad_clip / norm
+    } else {
+        1.0
+    }
+}
+
 /// `--profile`'s line on the `left_out` steps it timed but leaves out of its table of `kept`
 /// (their updates were skipped as outliers); None when there are none.
 fn left_out_note(kept: usize, left_out: usize) -> Option<String> {
@@ -1007,6 +1013,16 @@ fn sample_tokenizer(args: &TrainArgs, cfg: &GPT2Config) -> Result<Option<Tokeniz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clipping_scales_a_larger_norm_down_to_the_limit() {
+        assert_eq!(clip_scale(1.0, 4.0), 0.25);
+        assert_eq!(clip_scale(2.0, 2.5), 0.8);
+        // at or under the limit, or no limit: unchanged
+        assert_eq!(clip_scale(1.0, 1.0), 1.0);
+        assert_eq!(clip_scale(1.0, 0.5), 1.0);
+        assert_eq!(clip_scale(0.0, 100.0), 1.0);
+    }
 
     #[test]
     fn the_profile_says_which_timed_steps_it_leaves_out() {

@@ -226,6 +226,16 @@ mod tests {
                 state(3)
             )
         );
+        std::fs::create_dir_all(dir.join("other")).unwrap();
+        let other = dir.join("other").display().to_string();
+        assert_eq!(
+            text(&format!("--resume {other}"), 5, false),
+            format!(
+                "after step 5: continue with the same flags and --resume {} (in place of \
+                 --resume {other})",
+                state(5)
+            )
+        );
         // before the first step of the run: a resumed one goes on from its state's step
         let before = |flags: &str, start| {
             stopped_before_training_text(&TrainArgs::from_flags(&format!("{out} {flags}")), start)

@@ -107,10 +107,8 @@ fn open_weights(path: &Path) -> Result<SafeTensors> {
     if weights_file(path) == Some(WeightsFile::TorchZip) {
         return open_torch_zip(path);
     }
-    let mut head = Vec::with_capacity(4);
-    if let Ok(file) = std::fs::File::open(path) {
-        let _ = file.take(4).read_to_end(&mut head);
-    }
+    // (a file that cannot be read is named by SafeTensors::open)
+    let head = super::file_head(path, 4).unwrap_or_default();
     if super::starts_like_legacy_torch(&head) {
         bail!("{}: {}", path.display(), super::LEGACY_TORCH);
     }

@@ -77,8 +77,8 @@ pub fn new_header(magic: i32, version: i32) -> Header {
 /// a short file of another kind (a log, a JSON config) is named as not this format, not as a
 /// truncated one.
 pub fn parse_header(path: &Path, bytes: &[u8], magic: i32) -> Result<Header> {
-    if let Some(first) = bytes.get(..4) {
-        check_magic(path, i32::from_le_bytes(first.try_into().unwrap()), magic)?;
+    if let Some(found) = magic_of(bytes) {
+        check_magic(path, found, magic)?;
     }
     if bytes.len() < HEADER_BYTES {
         bail!(
@@ -137,7 +137,21 @@ pub(crate) const LEGACY_TORCH: &str = "this is PyTorch's legacy format (torch.sa
 
 /// Whether `head` (a file's first bytes) begins PyTorch's legacy format.
 pub(crate) fn starts_like_legacy_torch(head: &[u8]) -> bool {
-    head.get(..4) == Some(&LEGACY_TORCH_MAGIC.to_le_bytes()[..])
+    magic_of(head) == Some(LEGACY_TORCH_MAGIC)
+}
+
+/// A file's magic number: its first four bytes, `head`'s, as a little-endian i32 (None when it is
+/// shorter).
+fn magic_of(head: &[u8]) -> Option<i32> {
+    Some(i32::from_le_bytes(head.get(..4)?.try_into().ok()?))
+}
+
+/// The first `n` bytes of the file at `path` (fewer when it is shorter): enough to tell what it
+/// holds by its magic number.
+pub(crate) fn file_head(path: &Path, n: u64) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(n as usize);
+    std::fs::File::open(path)?.take(n).read_to_end(&mut head)?;
+    Ok(head)
 }
 
 /// Reads a model: an llm.c checkpoint (version 3 or 5), or a Hugging Face GPT-2 (a directory with
@@ -188,10 +202,10 @@ pub fn read_model(path: &Path) -> Result<checkpoint::Checkpoint> {
 /// the folder, which is what to give.
 fn hf_folder_hint(path: &Path, e: anyhow::Error) -> anyhow::Error {
     let dir = folder_of(path);
-    let mut head = Vec::with_capacity(4);
-    let read = std::fs::File::open(path).and_then(|f| f.take(4).read_to_end(&mut head));
-    let a_checkpoint = head.get(..4) == Some(&checkpoint::CHECKPOINT_MAGIC.to_le_bytes()[..]);
-    if read.is_err() || a_checkpoint || !dir.join("config.json").is_file() {
+    let Ok(head) = file_head(path, 4) else {
+        return e;
+    };
+    if magic_of(&head) == Some(checkpoint::CHECKPOINT_MAGIC) || !dir.join("config.json").is_file() {
         return e;
     }
     anyhow::anyhow!(
@@ -596,15 +610,10 @@ pub fn check_replaceable_by(flag: &str, path: &Path, magic: i32) -> Result<()> {
     if !meta.is_file() || meta.len() == 0 {
         return Ok(());
     }
-    let mut head = Vec::with_capacity(512);
-    std::fs::File::open(&target)
-        .and_then(|f| f.take(512).read_to_end(&mut head))
-        .with_context(|| {
-            format!("{p}: cannot read what it holds, to see whether {flag} may replace it")
-        })?;
-    let first = head
-        .get(..4)
-        .map(|b| i32::from_le_bytes(b.try_into().unwrap()));
+    let head = file_head(&target, 512).with_context(|| {
+        format!("{p}: cannot read what it holds, to see whether {flag} may replace it")
+    })?;
+    let first = magic_of(&head);
     if first == Some(magic) {
         return Ok(());
     }

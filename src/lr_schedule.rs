@@ -4,6 +4,8 @@
 //! (llm.c's stops one step short of it), so a decay needs two steps to fall at all: a run whose
 //! warm-up, or whose `wsd` stable part, leaves it fewer stays at the peak to its end.
 
+use crate::text::decimal_f64;
+
 /// The shape of the schedule after the warm-up.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LrShape {
@@ -39,11 +41,13 @@ pub struct LrSchedule {
 impl LrSchedule {
     /// The rate of step `step` (from 0).
     pub fn at(&self, step: usize) -> f32 {
-        let lr = self.lr as f64;
+        // (the rates as typed: 1e-3, not the f32's 0.0010000000475, so that a warm-up step's
+        // 1e-3 / 5 is the f32 nearest 2e-4, as PyTorch computes it from the same flag)
+        let lr = decimal_f64(self.lr);
         if step < self.warmup {
             return (lr * (step + 1) as f64 / self.warmup as f64) as f32;
         }
-        let min = lr * self.final_frac as f64;
+        let min = lr * decimal_f64(self.final_frac);
         // where the decay starts, and how far into it this step is (0 at its first step, 1 at the
         // run's last)
         let start = match self.shape {

@@ -227,7 +227,12 @@ struct VerifyArgs {
     /// Then run this many AdamW steps on the same batch, printing `step I loss X`.
     #[arg(long, default_value_t = 0)]
     steps: usize,
-    /// Compare the steps' losses with this file of `step I loss X` lines.
+    /// Clip each step's gradients to this global norm, as `train --grad-clip` does (0: no
+    /// clipping, the default here).
+    #[arg(value_parser = train_gpt2_cuda::text::flag_number::<f32>, long, value_name = "X", default_value_t = 0.0)]
+    grad_clip: f32,
+    /// Compare the steps' losses (and gradient norms, where the file gives them) with this file
+    /// of `step I loss X [norm N]` lines.
     #[arg(long)]
     expect_losses: Option<PathBuf>,
     /// Write the engine's own x, y, logits, loss and gradients as a debug state.
@@ -768,6 +773,15 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
     if a.expect_losses.is_some() && a.steps == 0 {
         bail!("--expect-losses checks the losses of AdamW steps: it needs --steps N (N > 0)");
     }
+    if !(a.grad_clip >= 0.0 && a.grad_clip.is_finite()) {
+        bail!(
+            "--grad-clip must be a number of at least 0 (0: no clipping), got {}",
+            train_gpt2_cuda::text::typed(a.grad_clip)
+        );
+    }
+    if a.grad_clip > 0.0 && a.steps == 0 {
+        bail!("--grad-clip clips the gradients of AdamW steps: it needs --steps N (N > 0)");
+    }
     // (the dump is written at the end)
     if let Some(dump) = &a.dump {
         check_out_file("--dump", dump)?;
@@ -902,23 +916,35 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
                 create_engine(&options(*dev), cfg, ck.params.clone(), state.b, state.t)
                     .map_err(|e| for_command(e, Knobs::Verify))?;
             outln!(
-                "\n{name}: {} AdamW steps (lr 1e-4, betas 0.9/0.999, eps 1e-8, weight decay 0.01)",
-                a.steps
+                "\n{name}: {} AdamW steps (lr 1e-4, betas 0.9/0.999, eps 1e-8, weight decay 0.01{})",
+                a.steps,
+                if a.grad_clip > 0.0 {
+                    format!(", gradients clipped to norm {}", a.grad_clip)
+                } else {
+                    String::new()
+                }
             );
-            let losses = verify::run_steps(engine.as_mut(), &state, a.steps)?;
-            for (i, l) in losses.iter().enumerate() {
+            let steps = verify::run_steps(engine.as_mut(), &state, a.steps, a.grad_clip)?;
+            for (i, &got) in steps.iter().enumerate() {
+                let (l, n) = (got.loss, got.norm);
                 match &expected {
                     Some(e) => {
-                        let rel = ((l - e[i]) / e[i]).abs() as f64;
-                        let ok = rel <= tol_of(*dev).steps;
-                        all_pass &= ok;
+                        let c = verify::check_step(got, e[i], &tol_of(*dev));
+                        all_pass &= c.pass;
+                        let norm = match (e[i].norm, c.norm_rel) {
+                            (Some(want), Some(rel)) => {
+                                format!("; norm expected {want:.6}, rel err {rel:.1e}")
+                            }
+                            _ => String::new(),
+                        };
                         outln!(
-                            "step {i} loss {l:.6}  (expected {:.6}, rel err {rel:.1e}{})",
-                            e[i],
-                            if ok { "" } else { " FAIL" }
+                            "step {i} loss {l:.6} norm {n:.6}  (expected {:.6}, rel err {:.1e}{norm}{})",
+                            e[i].loss,
+                            c.loss_rel,
+                            if c.pass { "" } else { " FAIL" }
                         );
                     }
-                    None => outln!("step {i} loss {l:.6}"),
+                    None => outln!("step {i} loss {l:.6} norm {n:.6}"),
                 }
             }
         }

@@ -23,6 +23,16 @@ pub fn typed<F: Display + LowerExp + Into<f64> + Copy>(x: F) -> String {
     }
 }
 
+/// The f64 with the same shortest decimal representation as `x` (0.9f32 -> 0.9f64, where the
+/// plain widening gives 0.899999976...): the number the user typed, as Python would hold it, so
+/// that f64 arithmetic on a flag's value (AdamW's coefficients, the learning-rate schedule) is
+/// PyTorch's on the same flag.
+pub fn decimal_f64(x: f32) -> f64 {
+    // Display prints the shortest decimal that reads back as the same f32; parsing it as f64
+    // cannot fail for a finite value, and non-finite values fall back to the plain widening.
+    format!("{x}").parse::<f64>().unwrap_or(x as f64)
+}
+
 /// A flag's number, refused where its text names one that `F` cannot hold: beyond its range
 /// (it would read as inf) or, not zero, below its smallest (it would read as 0). The checks
 /// after parsing then never show a value other than the one typed (`--eps 1e-46` had been

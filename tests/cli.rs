@@ -85,6 +85,62 @@ fn verify_passes_on_the_pytorch_fixtures_with_steps_and_dump() {
     );
 }
 
+/// `--grad-clip` clips verify's steps as `train` clips its own: PyTorch's clipped trajectory
+/// (every step's norm is about 2) passes with `--grad-clip 1`, losses and norms, and fails without
+/// it; the flag's bounds are checked before any work.
+#[test]
+fn verify_clips_its_steps_with_grad_clip() {
+    let (model, state) = (fixture("ref_tiny_model.bin"), fixture("ref_tiny_state.bin"));
+    let losses = fixture("ref_tiny_clip_losses.txt");
+    let steps = [
+        "verify",
+        "--model",
+        &model,
+        "--state",
+        &state,
+        "--steps",
+        "10",
+        "--expect-losses",
+        &losses,
+    ];
+    let (out, stdout, stderr) = run(bin().args(steps).args(["--grad-clip", "1"]));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("weight decay 0.01, gradients clipped to norm 1)"),
+        "{stdout}"
+    );
+    let step9 = stdout.lines().find(|l| l.starts_with("step 9 ")).unwrap();
+    assert!(
+        step9.starts_with("step 9 loss 4.01321") && step9.contains("norm expected 1.926"),
+        "{step9}"
+    );
+    let (out, stdout, _) = run(bin().args(steps));
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let step9 = stdout.lines().find(|l| l.starts_with("step 9 ")).unwrap();
+    assert!(step9.contains(" FAIL"), "{step9}");
+    for (clip, needles) in [
+        (
+            "-1",
+            &["--grad-clip must be a number of at least 0", "got -1"][..],
+        ),
+        (
+            "1",
+            &["--grad-clip clips the gradients of AdamW steps: it needs --steps N"],
+        ),
+    ] {
+        let args = [
+            "verify",
+            "--model",
+            &model,
+            "--state",
+            &state,
+            "--grad-clip",
+            clip,
+        ];
+        expect_error(&args, needles);
+    }
+}
+
 #[test]
 fn verify_fails_on_a_state_from_another_model() {
     // the sharp fixture's batch and gradients do not belong to the tiny model: sizes differ

@@ -6,7 +6,8 @@
 //!   copies, launches and the errors real CUDA gives (a refused launch; a fault, sticky), CUDA
 //!   graphs (recorded work replayed, graph allocations) and what a capture forbids.
 //! - `gpu_*_tests_pass_on_the_emulated_device`: every GPU test binary (`gpu_layers`,
-//!   `gpu_flash_attention`, `gpu_matmul_lt`, `fused_residual_layernorm`, `profile`, `gpu_model`:
+//!   `gpu_flash_attention`, `gpu_matmul_lt`, `fused_residual_layernorm`, `profile`, `gpu_model`,
+//!   `train_reference`:
 //!   tests normally `#[ignore = "needs a CUDA GPU"]`) run with `--include-ignored` against the fakes.
 //!   They are found next to this binary (cargo builds every test target before running any); the
 //!   cuBLAS and cuBLASLt fakes must exist (`Gpu::new` loads both).
@@ -452,4 +453,6 @@ fn gpu_model_tests_pass_on_the_emulated_device() {
     // the whole engine: fixtures against PyTorch and the CPU in both precisions and on both kernel
     // sets, training, determinism, CUDA graphs (about 5 minutes on 2 cores)
     run_gpu_tests("gpu_model", &[], 20);
+    // the `train` command on the GPU against PyTorch's training loop, in fp32 and bf16
+    run_gpu_tests("train_reference", &[], 4);
 }

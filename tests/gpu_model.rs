@@ -36,7 +36,7 @@ fn opts(device: Device) -> EngineOptions {
     }
 }
 use train_gpt2_cuda::formats::checkpoint::read_checkpoint;
-use train_gpt2_cuda::formats::debug_state::read_debug_state;
+use train_gpt2_cuda::formats::debug_state::{read_debug_state, DebugState};
 use train_gpt2_cuda::params::{init_params, split, IS_MATRIX, PARAM_NAMES};
 use train_gpt2_cuda::rng::Rng;
 use train_gpt2_cuda::train::Device;
@@ -281,19 +281,57 @@ fn check_fixture_with(name: &str, precision: Precision, kernels: Option<Kernels>
         assert!(rows.iter().all(|r| r.pass), "{table}");
     }
 
-    let text = std::fs::read_to_string(fixture(&format!("ref_{name}_losses.txt"))).unwrap();
+    let gpu = gpu_engine_with(precision, kernels, cfg, ck.params, state.b, state.t);
+    let expected = check_steps(gpu, &state, &format!("ref_{name}_losses.txt"), 0.0, &tol);
+    assert!(
+        expected[9].loss < expected[0].loss - 1e-3,
+        "the trajectory must move"
+    );
+}
+
+/// The 10 AdamW steps of losses file `file` on `gpu` (gradients clipped to `grad_clip`, 0: not),
+/// each step's loss and gradient norm within `tol` (`steps`, `norms`) of the file's; returns the
+/// file's steps.
+fn check_steps(
+    mut gpu: Box<dyn Engine>,
+    state: &DebugState,
+    file: &str,
+    grad_clip: f32,
+    tol: &Tolerances,
+) -> Vec<verify::ExpectedStep> {
+    let text = std::fs::read_to_string(fixture(file)).unwrap();
     let expected = verify::parse_losses(&text).unwrap();
     assert_eq!(expected.len(), 10);
-    let mut gpu = gpu_engine_with(precision, kernels, cfg, ck.params, state.b, state.t);
-    let losses = verify::run_steps(&mut *gpu, &state, expected.len()).unwrap();
-    for (i, (&got, &want)) in losses.iter().zip(&expected).enumerate() {
-        println!(
-            "step {i} loss {got} expected {want} rel {:.2e}",
-            rel(got, want)
-        );
-        assert!(rel(got, want) <= tol.steps, "step {i}: {got} vs {want}");
+    assert!(
+        expected.iter().all(|s| s.norm.is_some()),
+        "{file} gives norms"
+    );
+    let steps = verify::run_steps(&mut *gpu, state, expected.len(), grad_clip).unwrap();
+    for (i, (&got, &want)) in steps.iter().zip(&expected).enumerate() {
+        let c = verify::check_step(got, want, tol);
+        println!("step {i} {got:?} expected {want:?} {c:?}");
+        assert!(c.pass, "step {i}: {got:?} vs {want:?} ({c:?})");
     }
-    assert!(expected[9] < expected[0] - 1e-3, "the trajectory must move");
+    expected
+}
+
+/// The GPU's gradient norm and clipping against PyTorch's `clip_grad_norm_` (ref_tiny, clipped to
+/// norm 1 at every step; tests/reference.rs shows that the file tells clipped from unclipped
+/// steps at the fp32 tolerance).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_matches_pytorch_with_gradient_clipping() {
+    let ck = read_checkpoint(&fixture("ref_tiny_model.bin")).unwrap();
+    let cfg = ck.config;
+    let state = read_debug_state(&fixture("ref_tiny_state.bin"), &cfg).unwrap();
+    let gpu = gpu_engine_with(Precision::Fp32, None, cfg, ck.params, state.b, state.t);
+    check_steps(
+        gpu,
+        &state,
+        "ref_tiny_clip_losses.txt",
+        1.0,
+        &Tolerances::FP32,
+    );
 }
 
 fn check_fixture(name: &str) {

@@ -27,18 +27,79 @@ fn check_fixture(name: &str) {
     assert!(rows.iter().all(|r| r.pass), "{table}");
 
     // the AdamW trajectory on the same batch, from the same start
-    let text = std::fs::read_to_string(fixture(&format!("ref_{name}_losses.txt"))).unwrap();
+    let expected = expected_steps(&format!("ref_{name}_losses.txt"));
+    let mut model = Gpt2Cpu::new(cfg, ck.params, state.b, state.t).unwrap();
+    let steps = verify::run_steps(&mut model, &state, expected.len(), 0.0).unwrap();
+    assert_within_fp32(&steps, &expected);
+    // the trajectory must actually move, or the comparison above says nothing about AdamW
+    assert!(expected[9].loss < expected[0].loss - 1e-3);
+}
+
+/// The 10 steps of a committed losses file, each with its gradient norm.
+fn expected_steps(file: &str) -> Vec<verify::ExpectedStep> {
+    let text = std::fs::read_to_string(fixture(file)).unwrap();
     let expected = verify::parse_losses(&text).unwrap();
     assert_eq!(expected.len(), 10);
-    let mut model = Gpt2Cpu::new(cfg, ck.params, state.b, state.t).unwrap();
-    let losses = verify::run_steps(&mut model, &state, expected.len()).unwrap();
-    for (i, (got, want)) in losses.iter().zip(&expected).enumerate() {
-        let rel = ((got - want) / want).abs() as f64;
-        println!("step {i} loss {got} expected {want} rel {rel:.2e}");
-        assert!(rel <= Tolerances::FP32.loss, "step {i}: {got} vs {want}");
+    assert!(
+        expected.iter().all(|s| s.norm.is_some()),
+        "{file} gives norms"
+    );
+    expected
+}
+
+/// The largest relative errors of the steps' losses and norms against the file's, each step
+/// printed.
+fn worst_step_errors(steps: &[verify::Step], expected: &[verify::ExpectedStep]) -> (f64, f64) {
+    assert_eq!(steps.len(), expected.len());
+    let (mut loss, mut norm) = (0.0f64, 0.0f64);
+    for (i, (&got, &want)) in steps.iter().zip(expected).enumerate() {
+        let any = Tolerances {
+            steps: f64::INFINITY,
+            norms: f64::INFINITY,
+            ..Tolerances::FP32
+        };
+        let c = verify::check_step(got, want, &any);
+        println!("step {i} {got:?} expected {want:?} rel {c:?}");
+        assert!(c.pass, "step {i}: not finite");
+        loss = loss.max(c.loss_rel);
+        norm = norm.max(c.norm_rel.unwrap_or(0.0));
     }
-    // the trajectory must actually move, or the comparison above says nothing about AdamW
-    assert!(expected[9] < expected[0] - 1e-3);
+    (loss, norm)
+}
+
+/// Every step's loss and norm within the fp32 tolerances of the file's.
+fn assert_within_fp32(steps: &[verify::Step], expected: &[verify::ExpectedStep]) {
+    let (loss, norm) = worst_step_errors(steps, expected);
+    let tol = Tolerances::FP32;
+    assert!(loss <= tol.steps, "worst loss error {loss:.2e}");
+    assert!(norm <= tol.norms, "worst norm error {norm:.2e}");
+}
+
+/// Gradient clipping against PyTorch's `clip_grad_norm_`: ref_tiny's 10 steps with the gradients
+/// clipped to norm 1, `train --grad-clip 1`'s rule (`cpu::adamw::clip_scale`). Every step's norm
+/// is about 2, so every step is clipped; AdamW is nearly blind to a constant scale, but the norm
+/// falls by 8% over the 10 steps, enough to move the losses by 5e-5 relative, 50 times the fp32
+/// tolerance: the same steps unclipped must miss the file by far, or it does not test clipping.
+#[test]
+fn cpu_matches_pytorch_with_gradient_clipping() {
+    let ck = read_checkpoint(&fixture("ref_tiny_model.bin")).unwrap();
+    let cfg = ck.config;
+    let state = read_debug_state(&fixture("ref_tiny_state.bin"), &cfg).unwrap();
+    let expected = expected_steps("ref_tiny_clip_losses.txt");
+    assert!(
+        expected.iter().all(|s| s.norm.unwrap() > 1.5),
+        "every step clipped"
+    );
+    let run = |clip| {
+        let mut model = Gpt2Cpu::new(cfg, ck.params.clone(), state.b, state.t).unwrap();
+        verify::run_steps(&mut model, &state, expected.len(), clip).unwrap()
+    };
+    assert_within_fp32(&run(1.0), &expected);
+    let (unclipped, _) = worst_step_errors(&run(0.0), &expected);
+    assert!(
+        unclipped > 20.0 * Tolerances::FP32.steps,
+        "unclipped steps miss the clipped file by only {unclipped:.2e}"
+    );
 }
 
 /// Head size 64 (C=64, NH=1) and T=72: the shapes the fused bf16 path (flash attention) runs.
@@ -125,5 +186,6 @@ fn half_of(t: Tolerances) -> Tolerances {
         loss: t.loss / 2.0,
         grads: t.grads.map(|g| g / 2.0),
         steps: t.steps / 2.0,
+        norms: t.norms / 2.0,
     }
 }

@@ -115,6 +115,10 @@ for f in tiny sharp gpt2vocab hs64; do
     --model "tests/fixtures/ref_${f}_model.bin" --state "tests/fixtures/ref_${f}_state.bin" \
     --steps 10 --expect-losses "tests/fixtures/ref_${f}_losses.txt" --dump "$logs/dump_${f}.bin"
 done
+# the GPU's gradient norm and clipping against PyTorch's clip_grad_norm_ (every step clipped)
+check verify-clip-tiny 120 eng verify --device both --model tests/fixtures/ref_tiny_model.bin \
+  --state tests/fixtures/ref_tiny_state.bin --steps 10 --grad-clip 1 \
+  --expect-losses tests/fixtures/ref_tiny_clip_losses.txt
 # the engine on a Hugging Face GPT-2 directory against transformers' own logits, loss and gradients
 check verify-hf-tiny 120 eng verify --device both --model tests/fixtures/hf_tiny \
   --state tests/fixtures/hf_tiny_state.bin

@@ -8,8 +8,14 @@ the Rust engine. For one random batch it writes:
   PATH_model.bin   llm.c checkpoint (magic 20240326, version 3): the parameters BEFORE any update
   PATH_state.bin   llm.c debug state (magic 20240327, version 2): x, y, logits, loss and the
                    gradients of every parameter for that batch, same model
-  PATH_losses.txt  `step I loss X` for N AdamW steps on the same batch (the loss before step I's
-                   update; X printed with 9 significant digits so the fp32 value is exact)
+  PATH_losses.txt  `step I loss X norm N` for N AdamW steps on the same batch: the loss before
+                   step I's update and the global L2 norm of its gradients before any clipping
+                   (both printed with 9 significant digits so the fp32 value is exact)
+
+With --grad-clip G each step's gradients are clipped to global norm G (torch.nn.utils.
+clip_grad_norm_, llm.c's and the engine's --grad-clip) before the update. With --losses-out PATH
+only the losses file is written, to PATH (the model and state files of PREFIX are left as they
+are: a second trajectory from the same start, as tests/fixtures/ref_tiny_clip_losses.txt is).
 
 Dimension names: V vocabulary, Vp V padded to a multiple of 128, maxT longest sequence, L layers,
 NH heads, C channels, hs = C / NH, B batch, T sequence length.
@@ -46,7 +52,9 @@ Usage (the fixtures in tests/fixtures are made by the commands in tests/fixtures
 import argparse
 import copy
 import math
+import os
 import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -364,7 +372,31 @@ def torch_param_for(model, name, index):
 # checks
 
 
-def check_files(prefix, args, losses):
+def check_losses_file(path, args, losses):
+    """The losses file's lines: `step I loss X norm N`, I from 0, X the fp32 loss exactly."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    assert len(lines) == args.steps, "losses.txt line count"
+    for i, line in enumerate(lines):
+        w = line.split()
+        assert len(w) == 6 and w[0] == "step" and int(w[1]) == i and w[2] == "loss", line
+        assert w[4] == "norm" and float(w[5]) > 0, line
+        assert np.float32(float(w[3])) == np.float32(losses[i]), f"losses.txt line {i} round trip"
+
+
+def check_start(prefix, model, vp):
+    """With --losses-out: PREFIX's checkpoint holds exactly the parameters this run started from
+    (so the trajectory written belongs to that model)."""
+    with open(prefix + "_model.bin", "rb") as f:
+        on_disk = f.read()
+    with tempfile.TemporaryDirectory() as d:
+        write_checkpoint(os.path.join(d, "m.bin"), model, vp)
+        with open(os.path.join(d, "m.bin"), "rb") as f:
+            assert f.read() == on_disk, f"{prefix}_model.bin is not the model this run starts from"
+    print(f"check ok: {prefix}_model.bin is this run's start")
+
+
+def check_files(prefix, args, losses, losses_path):
     """Re-reads the written files with numpy and checks sizes, header, padding, and that a model
     rebuilt from the checkpoint reproduces the state's logits, loss and gradients."""
     cfg, params = read_checkpoint(prefix + "_model.bin")
@@ -384,13 +416,7 @@ def check_files(prefix, args, losses):
     lnv = math.log(v)
     assert abs(st["loss"] - lnv) < 0.1, f"initial loss {st['loss']} is not close to ln(V)={lnv}"
     assert np.float32(losses[0]) == np.float32(st["loss"]), "losses.txt step 0 != state loss"
-    with open(prefix + "_losses.txt") as f:
-        lines = f.read().splitlines()
-    assert len(lines) == args.steps, "losses.txt line count"
-    for i, line in enumerate(lines):
-        w = line.split()
-        assert w[0] == "step" and int(w[1]) == i and w[2] == "loss", line
-        assert np.float32(float(w[3])) == np.float32(losses[i]), f"losses.txt line {i} round trip"
+    check_losses_file(losses_path, args, losses)
 
     # Rebuild from the file (by name and layer) and recompute: must match bit for bit.
     m = model_from_llmc(cfg, params)
@@ -458,6 +484,10 @@ def main():
     ap.add_argument("--token-file", help="with --tokens file: whitespace-separated token ids (>= B*T+1)")
     ap.add_argument("--qk-std", type=float, default=None,
                     help="std of the q and k rows of c_attn weights (default GPT-2's 0.02)")
+    ap.add_argument("--grad-clip", type=float, default=0.0,
+                    help="clip every step's gradients to this global norm (0: no clipping)")
+    ap.add_argument("--losses-out", default=None,
+                    help="write only the losses file, to this path (PREFIX's model and state stay)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--check", action="store_true", help="re-read and verify the written files")
     ap.add_argument("--fd-check", action="store_true",
@@ -475,6 +505,8 @@ def main():
         ap.error(f"--seq {t} must be in 1..=--max-seq {maxt}")
     if args.steps < 1:
         ap.error("--steps must be at least 1")
+    if not args.grad_clip >= 0:
+        ap.error("--grad-clip must be at least 0 (0: no clipping)")
 
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
@@ -507,27 +539,44 @@ def main():
     model.zero_grad(set_to_none=True)
     logits, loss = model(x, y)
     loss.backward()
-    write_checkpoint(args.out_prefix + "_model.bin", model, args.vp)
-    write_state(args.out_prefix + "_state.bin", model, args.vp, x, y, logits, loss.detach())
+    if args.losses_out is None:
+        write_checkpoint(args.out_prefix + "_model.bin", model, args.vp)
+        write_state(args.out_prefix + "_state.bin", model, args.vp, x, y, logits, loss.detach())
+
+    model_start = copy.deepcopy(model)  # (for --check with --losses-out)
 
     # N AdamW steps on the same batch; step 0's forward/backward is recomputed from scratch.
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8,
                             weight_decay=0.01, fused=False, foreach=False)
-    losses = []
+    # The norm written is that of the fp32 gradients summed in float64 (PyTorch's own fp32 norm,
+    # which clip_grad_norm_ uses, is off by 2.5e-5 relative on ref_gpt2vocab's 402,432-entry wte
+    # gradient; in the scale it clips by, that is noise AdamW does not see).
+    losses, norms = [], []
     for _ in range(args.steps):
         opt.zero_grad(set_to_none=True)
         _, loss = model(x, y)
         loss.backward()
+        norm = math.sqrt(sum(p.grad.double().square().sum().item() for p in model.parameters()))
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip, foreach=False)
         losses.append(loss.item())
+        norms.append(norm)
         opt.step()
-    with open(args.out_prefix + "_losses.txt", "w") as f:
-        for i, lv in enumerate(losses):
-            f.write(f"step {i} loss {float(np.float32(lv)):.9g}\n")
-    for i, lv in enumerate(losses):
-        print(f"step {i} loss {float(np.float32(lv)):.9g}")
+    lines = [f"step {i} loss {float(np.float32(lv)):.9g} norm {float(np.float32(n)):.9g}"
+             for i, (lv, n) in enumerate(zip(losses, norms))]
+    losses_path = args.losses_out or args.out_prefix + "_losses.txt"
+    with open(losses_path, "w") as f:
+        f.write("".join(line + "\n" for line in lines))
+    print("\n".join(lines))
+    if args.grad_clip > 0 and min(norms) <= args.grad_clip:
+        print(f"note: --grad-clip {args.grad_clip} left step {norms.index(min(norms))} unclipped "
+              f"(norm {min(norms):.4g})")
 
-    if args.check:
-        check_files(args.out_prefix, args, losses)
+    if args.check and args.losses_out is not None:
+        check_start(args.out_prefix, model_start, args.vp)
+        check_losses_file(losses_path, args, losses)
+    elif args.check:
+        check_files(args.out_prefix, args, losses, losses_path)
     if args.fd_check:
         # A few scalars spread over the tensors: wte (tied: embedding + output), wpe, q/k/v
         # thirds of qkvw, biases, LayerNorms, both MLP matrices, the last layer.

@@ -22,6 +22,7 @@
 
 use crate::config::GPT2Config;
 use crate::params::{param_sizes, IS_MATRIX};
+use crate::text::decimal_f64;
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -145,18 +146,33 @@ pub fn global_norm(grads: &[f32]) -> f32 {
     partial.iter().sum::<f64>().sqrt() as f32
 }
 
-/// The f64 with the same shortest decimal representation as `x` (0.9f32 -> 0.9f64).
-fn decimal_f64(x: f32) -> f64 {
-    // Display prints the shortest decimal that reads back as the same f32; parsing it as f64
-    // cannot fail for a finite value, and non-finite values fall back to the plain widening.
-    format!("{x}").parse::<f64>().unwrap_or(x as f64)
+/// The factor that clips a gradient of global norm `norm` to `grad_clip` (0: no clipping): 1
+/// unless the norm is larger (llm.c's rule; PyTorch's `clip_grad_norm_` divides by `norm + 1e-6`,
+/// a relative difference of 1e-6 / norm).
+pub fn clip_scale(grad_clip: f32, norm: f32) -> f32 {
+    if grad_clip > 0.0 && norm > grad_clip {
+        grad_clip / norm
+    } else {
+        1.0
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{decimal_f64, update_ranges, AdamW, DecayOn};
+    use super::{clip_scale, update_ranges, AdamW, DecayOn};
     use crate::config::GPT2Config;
     use crate::params::{num_parameters, param_sizes};
+    use crate::text::decimal_f64;
+
+    #[test]
+    fn clipping_scales_a_larger_norm_down_to_the_limit() {
+        assert_eq!(clip_scale(1.0, 4.0), 0.25);
+        assert_eq!(clip_scale(2.0, 2.5), 0.8);
+        // at or under the limit, or no limit: unchanged
+        assert_eq!(clip_scale(1.0, 1.0), 1.0);
+        assert_eq!(clip_scale(1.0, 0.5), 1.0);
+        assert_eq!(clip_scale(0.0, 100.0), 1.0);
+    }
 
     #[test]
     fn weight_decay_ranges_follow_gpt2s_recipe() {

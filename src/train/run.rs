@@ -14,7 +14,7 @@ use super::stopping::{
 use super::{evaluate, profiled_steps, TrainArgs, TrainSummary};
 use crate::checkpoints::{checkpoint_name, keep_best, remove_checkpoint, save_checkpoint, Resume};
 use crate::config::GPT2Config;
-use crate::cpu::adamw::{AdamW, DecayOn};
+use crate::cpu::adamw::{clip_scale, AdamW, DecayOn};
 use crate::data::DataLoader;
 use crate::engine::Engine;
 use crate::formats::folder_of;
@@ -942,16 +942,6 @@ fn take_the_folder(
     })
 }
 
-/// The factor that clips a gradient of global norm `norm` to `grad_clip` (0: no clipping): 1
-/// unless the norm is larger.
-fn clip_scale(grad_clip: f32, norm: f32) -> f32 {
-    if grad_clip > 0.0 && norm > grad_clip {
-        grad_clip / norm
-    } else {
-        1.0
-    }
-}
-
 /// `--profile`'s line on the `left_out` steps it timed but leaves out of its table of `kept`
 /// (their updates were skipped as outliers); None when there are none.
 fn left_out_note(kept: usize, left_out: usize) -> Option<String> {
@@ -1013,16 +1003,6 @@ fn sample_tokenizer(args: &TrainArgs, cfg: &GPT2Config) -> Result<Option<Tokeniz
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn clipping_scales_a_larger_norm_down_to_the_limit() {
-        assert_eq!(clip_scale(1.0, 4.0), 0.25);
-        assert_eq!(clip_scale(2.0, 2.5), 0.8);
-        // at or under the limit, or no limit: unchanged
-        assert_eq!(clip_scale(1.0, 1.0), 1.0);
-        assert_eq!(clip_scale(1.0, 0.5), 1.0);
-        assert_eq!(clip_scale(0.0, 100.0), 1.0);
-    }
 
     #[test]
     fn the_profile_says_which_timed_steps_it_leaves_out() {

@@ -8,6 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+pub mod pytorch_train;
+
 /// The project root.
 pub fn root() -> PathBuf {
     PathBuf::from(

@@ -1,0 +1,111 @@
+//! `train` against PyTorch's training loop (tools/pytorch_train_reference.py): the recipe's flags,
+//! the committed run's files, and the comparison of a run's log.jsonl with PyTorch's steps.
+
+use std::path::Path;
+
+use super::root;
+
+/// The flags of the committed PyTorch run (tests/fixtures/README.md gives its command): ref_tiny's
+/// model on a 700-token shard, 2 micro-batches of 2 x 8 per step (so its 43 chunks wrap into a
+/// second epoch at step 22), warm-up, cosine decay, weight decay on the matrices, clipping.
+pub fn recipe() -> Vec<String> {
+    let fixtures = root().join("tests/fixtures");
+    let f = |name: &str| fixtures.join(name).display().to_string();
+    let mut args: Vec<String> = vec![
+        "--model".into(),
+        f("ref_tiny_model.bin"),
+        "--train".into(),
+        f("train_tiny_shard.bin"),
+        "--val".into(),
+        f("train_tiny_shard.bin"),
+    ];
+    let rest = "--batch 2 --seq 8 --grad-accum 2 --steps 30 --lr 1e-3 --warmup 5 \
+                --lr-final-frac 0.1 --weight-decay 0.1 --grad-clip 1 --val-every 0 --no-state";
+    args.extend(rest.split(' ').map(String::from));
+    args
+}
+
+/// `args` with flag `flag`'s value replaced by `value`.
+pub fn with_flag(mut args: Vec<String>, flag: &str, value: &str) -> Vec<String> {
+    let at = args
+        .iter()
+        .position(|a| a == flag)
+        .expect("a flag of the recipe");
+    args[at + 1] = value.to_string();
+    args
+}
+
+/// PyTorch's step of the committed run: loss, learning rate, gradient norm (before clipping).
+#[derive(Clone, Copy, Debug)]
+pub struct Step {
+    pub loss: f32,
+    pub lr: f32,
+    pub norm: f32,
+}
+
+/// The committed run's 30 steps, from tests/fixtures/train_tiny_steps.txt (`step S loss X lr L
+/// norm N`, S from 1).
+pub fn expected() -> Vec<Step> {
+    let text = std::fs::read_to_string(root().join("tests/fixtures/train_tiny_steps.txt")).unwrap();
+    let steps: Vec<Step> = text
+        .lines()
+        .enumerate()
+        .map(|(i, line)| {
+            let w: Vec<&str> = line.split_whitespace().collect();
+            let n = (i + 1).to_string();
+            assert_eq!(w[..2], ["step", n.as_str()], "{line}");
+            assert_eq!((w[2], w[4], w[6]), ("loss", "lr", "norm"), "{line}");
+            let num = |s: &str| s.parse::<f32>().unwrap();
+            Step {
+                loss: num(w[3]),
+                lr: num(w[5]),
+                norm: num(w[7]),
+            }
+        })
+        .collect();
+    assert_eq!(steps.len(), 30);
+    steps
+}
+
+/// The steps a run's log.jsonl (in `out_dir`) records, in order.
+pub fn logged(out_dir: &Path) -> Vec<Step> {
+    let text = std::fs::read_to_string(out_dir.join("log.jsonl")).unwrap();
+    text.lines()
+        .filter_map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            let num = |k: &str| v.get(k)?.as_f64().map(|x| x as f32);
+            // (the step records: the validation and summary records have no norm)
+            Some(Step {
+                loss: num("loss")?,
+                lr: num("lr")?,
+                norm: num("norm")?,
+            })
+        })
+        .collect()
+}
+
+/// The largest relative errors (loss, lr, norm) of a run's steps against PyTorch's, each step
+/// printed.
+pub fn worst_errors(got: &[Step], want: &[Step]) -> (f64, f64, f64) {
+    assert_eq!(got.len(), want.len(), "steps logged");
+    let rel = |g: f32, w: f32| ((g as f64 - w as f64) / w as f64).abs();
+    let mut worst = (0.0f64, 0.0f64, 0.0f64);
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        let e = (rel(g.loss, w.loss), rel(g.lr, w.lr), rel(g.norm, w.norm));
+        println!(
+            "step {}: {g:?} pytorch {w:?} rel {:.1e} {:.1e} {:.1e}",
+            i + 1,
+            e.0,
+            e.1,
+            e.2
+        );
+        // (NaN compares false: a NaN step fails below as an infinite error)
+        let e = (
+            if e.0.is_nan() { f64::INFINITY } else { e.0 },
+            if e.1.is_nan() { f64::INFINITY } else { e.1 },
+            if e.2.is_nan() { f64::INFINITY } else { e.2 },
+        );
+        worst = (worst.0.max(e.0), worst.1.max(e.1), worst.2.max(e.2));
+    }
+    worst
+}

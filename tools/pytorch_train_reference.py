@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""PyTorch's side of `train`: GPT-2's training recipe as the engine's `train` runs it, written
+here independently, on a checkpoint and a token shard, writing each step's loss, learning rate and
+gradient norm. tests/train_reference.rs runs `train` on the same files and compares its log.jsonl.
+
+The model is tools/pytorch_reference.py's GPT (fp32, explicit-matmul attention), built from the
+llm.c checkpoint given. Per step s (from 0) of --steps, with K = --grad-accum micro-batches:
+
+  data      the shard's tokens in order (`train` without --shuffle): micro-batch m (from 0) of the
+            run is chunk m mod n_chunks, tokens [k*B*T, k*B*T + B*T + 1) with k that chunk,
+            n_chunks = (N - 1) // (B*T); x its first B*T tokens, y its last B*T, both (B, T)
+  gradient  the mean of the K micro-batches' mean cross-entropy (each backward scaled by 1/K);
+            the step's loss the same mean of their losses
+  norm      the global L2 norm of the gradients (fp32 gradients summed in float64), before any
+            clipping; then torch.nn.utils.clip_grad_norm_(max_norm=--grad-clip) if it is > 0
+  lr        a linear warm-up over --warmup steps (step s < warmup: lr * (s + 1) / warmup), then
+            half a cosine from lr down to lr * --lr-final-frac: step s >= warmup at
+            min + (lr - min) * (1 + cos(pi * p)) / 2, p = (s - warmup) / (steps - warmup - 1)
+            (p = 0 where that span is 0), so the first decay step runs at the peak and the last at
+            the final rate; the rate is rounded to fp32, as `train` passes it on
+  AdamW     torch.optim.AdamW(betas, eps, fused=False, foreach=False) with two groups: weight
+            decay --weight-decay on the parameters of two or more dimensions (wte, wpe and the
+            four linear weights of each layer), 0 on the biases and LayerNorm parameters
+
+The output file has one line per step, numbered from 1 as `train` numbers its steps:
+  `step S loss X lr L norm N` (X, L and N with 9 significant digits: exact fp32 values).
+
+With --write-shard the shard is written first (llm.c format: 256 int32 header, magic 20240520,
+version 1, token count; uint16 tokens): --shard-tokens tokens, a random phrase of --phrase tokens
+from [0, V) repeated, each token replaced by a random one with probability 0.1 (a corpus a model
+can learn in a few steps), from a torch.Generator seeded with --seed.
+
+Usage (the fixture of tests/train_reference.rs; tests/fixtures/README.md):
+  python tools/pytorch_train_reference.py --model tests/fixtures/ref_tiny_model.bin \\
+      --shard tests/fixtures/train_tiny_shard.bin --write-shard --shard-tokens 700 --seed 5 \\
+      --batch 2 --seq 8 --grad-accum 2 --steps 30 --lr 1e-3 --warmup 5 --lr-final-frac 0.1 \\
+      --weight-decay 0.1 --grad-clip 1 --out tests/fixtures/train_tiny_steps.txt
+"""
+
+import argparse
+import math
+import os
+import struct
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pytorch_reference import model_from_llmc, read_checkpoint  # noqa: E402
+
+SHARD_MAGIC = 20240520
+SHARD_VERSION = 1
+
+
+def write_shard(path, n, v, phrase_len, seed):
+    gen = torch.Generator().manual_seed(seed)
+    phrase = torch.randint(0, v, (phrase_len,), generator=gen)
+    tokens = phrase.repeat(n // phrase_len + 1)[:n].clone()
+    noise = torch.rand(n, generator=gen) < 0.1
+    tokens[noise] = torch.randint(0, v, (int(noise.sum()),), generator=gen)
+    header = [SHARD_MAGIC, SHARD_VERSION, n] + [0] * 253
+    with open(path, "wb") as f:
+        f.write(struct.pack("<256i", *header))
+        f.write(struct.pack(f"<{n}H", *tokens.tolist()))
+
+
+def read_shard(path):
+    raw = np.fromfile(path, dtype="<u1")
+    h = raw[:1024].view("<i4")
+    if h[0] != SHARD_MAGIC or h[1] != SHARD_VERSION:
+        raise ValueError(f"{path}: bad magic/version {h[0]} {h[1]}")
+    tokens = raw[1024:].view("<u2")
+    if tokens.size != h[2]:
+        raise ValueError(f"{path}: {tokens.size} tokens, the header says {h[2]}")
+    return tokens.astype(np.int64)
+
+
+def lr_at(s, args):
+    """The rate of step s (from 0), as a Python float of the fp32 value `train` uses."""
+    if s < args.warmup:
+        lr = args.lr * (s + 1) / args.warmup
+    else:
+        low = args.lr * args.lr_final_frac
+        span = args.steps - args.warmup - 1
+        p = (s - args.warmup) / span if span > 0 else 0.0
+        lr = low + (args.lr - low) * 0.5 * (1.0 + math.cos(math.pi * p))
+    # rounded to fp32, then as the shortest decimal that reads back as it (what a user of
+    # PyTorch would have written, and what the engine widens an f32 rate to)
+    return float(str(np.float32(lr)))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True, help="llm.c checkpoint (version 3) to start from")
+    ap.add_argument("--shard", required=True, help="the training shard")
+    ap.add_argument("--write-shard", action="store_true", help="write the shard first")
+    ap.add_argument("--shard-tokens", type=int, default=700)
+    ap.add_argument("--phrase", type=int, default=37)
+    ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--batch", type=int, required=True, help="B")
+    ap.add_argument("--seq", type=int, required=True, help="T")
+    ap.add_argument("--grad-accum", type=int, default=1, help="K")
+    ap.add_argument("--steps", type=int, required=True)
+    ap.add_argument("--lr", type=float, required=True)
+    ap.add_argument("--warmup", type=int, default=0)
+    ap.add_argument("--lr-final-frac", type=float, default=0.0)
+    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--beta1", type=float, default=0.9)
+    ap.add_argument("--beta2", type=float, default=0.999)
+    ap.add_argument("--eps", type=float, default=1e-8)
+    ap.add_argument("--grad-clip", type=float, default=1.0)
+    ap.add_argument("--out", required=True, help="the steps file to write")
+    args = ap.parse_args()
+
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    torch.set_float32_matmul_precision("highest")
+
+    cfg, params = read_checkpoint(args.model)
+    if args.write_shard:
+        write_shard(args.shard, args.shard_tokens, cfg["v"], args.phrase, args.seed)
+    tokens = read_shard(args.shard)
+    b, t, k = args.batch, args.seq, args.grad_accum
+    n_chunks = (tokens.size - 1) // (b * t)
+    if n_chunks == 0:
+        ap.error(f"{args.shard}: {tokens.size} tokens hold no chunk of B*T+1 = {b * t + 1}")
+    if tokens.max() >= cfg["v"]:
+        ap.error(f"{args.shard}: a token id is outside [0, V={cfg['v']})")
+
+    model = model_from_llmc(cfg, params)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps, fused=False, foreach=False)
+
+    lines = []
+    micro = 0
+    for s in range(args.steps):
+        opt.zero_grad(set_to_none=True)
+        loss_sum = np.float32(0.0)
+        for _ in range(k):
+            c = micro % n_chunks
+            chunk = torch.from_numpy(tokens[c * b * t: c * b * t + b * t + 1])
+            x, y = chunk[:-1].view(b, t), chunk[1:].view(b, t)
+            micro += 1
+            _, loss = model(x, y)
+            (loss / k).backward()
+            # (summed in fp32 as the engine sums it)
+            loss_sum = np.float32(loss_sum + np.float32(loss.item()) / np.float32(k))
+        norm = math.sqrt(sum(p.grad.double().square().sum().item() for p in model.parameters()))
+        if args.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip, foreach=False)
+        lr = lr_at(s, args)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        opt.step()
+        lines.append(f"step {s + 1} loss {float(loss_sum):.9g} lr {lr:.9g} "
+                     f"norm {float(np.float32(norm)):.9g}")
+    with open(args.out, "w") as f:
+        f.write("".join(line + "\n" for line in lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

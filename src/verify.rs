@@ -87,8 +87,9 @@ impl Tolerances {
     /// (TF32 rounded to nearest, sums in double; docs/verification.md) over the four PyTorch
     /// fixtures and hf_tiny, plain and fused kernels: logits <= 4.4e-4, loss <= 1.6e-6,
     /// gradients <= 1.7e-3 (qkvw, gpt2vocab), the 10-step losses within 4.2e-6 relative and
-    /// their gradient norms within 1.4e-4 (gpt2vocab). The bounds are about 10x those (2x for truncation, the rest for cuBLAS's tensor-core
-    /// summation order and other shapes), tighter than bf16's everywhere.
+    /// their gradient norms within 1.4e-4 (gpt2vocab). The bounds are about 10x those (2x for
+    /// truncation, the rest for cuBLAS's tensor-core summation order and other shapes), tighter
+    /// than bf16's everywhere.
     pub const TF32: Tolerances = Tolerances {
         logits: 5e-3,
         loss: 2e-5,

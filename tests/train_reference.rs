@@ -2,25 +2,30 @@
 //! PyTorch GPT-2 trained with the recipe `train` runs): 30 steps of ref_tiny's model on a
 //! committed 700-token shard, with gradient accumulation, a warm-up and cosine decay, weight
 //! decay on the matrices only, gradient clipping and an epoch boundary, every step's loss,
-//! learning rate and gradient norm from log.jsonl against PyTorch's. The 10-step trajectories of
+//! learning rate and gradient norm, and the validation losses (before step 1, after steps 10, 20
+//! and 30, on a 300-token shard) from log.jsonl against PyTorch's. The 10-step trajectories of
 //! `verify` (tests/reference.rs) check one batch and one optimizer setting; this checks the
-//! training loop around them: the data order, the schedule, the decay groups, the clipping.
+//! training loop around them: the data order, the schedule, the decay groups, the clipping, the
+//! validation.
 //!
-//! The tolerances are `verify::Tolerances`' for the steps (losses) and norms; a rate is computed
+//! The tolerances are `verify::Tolerances`' for the steps (losses, validation losses) and norms;
+//! a rate is computed
 //! the same way on both sides (in f64 from the flags as typed, then rounded to f32) and must
 //! agree to the last bit but for the cosine's libm.
 
 mod engine_bin;
 
-use engine_bin::pytorch_train::{expected, logged, recipe, with_flag, worst_errors, Step};
+use engine_bin::pytorch_train::{
+    expected, logged, recipe, with_flag, worst_errors, worst_val_error, Run,
+};
 use engine_bin::{bin, scratch};
 use train_gpt2_cuda::verify::Tolerances;
 
 /// A rate's relative error: the f32 of the same f64 formula, one ulp apart at most.
 const LR_TOLERANCE: f64 = 1.2e-7;
 
-/// Runs `train` with `args` and `extra` flags; returns its logged steps.
-fn run_train(name: &str, args: &[String], extra: &[&str]) -> Vec<Step> {
+/// Runs `train` with `args` and `extra` flags; returns its logged steps and validations.
+fn run_train(name: &str, args: &[String], extra: &[&str]) -> Run {
     let dir = scratch(&format!("train-reference/{name}"));
     let out = bin()
         .args(args)
@@ -42,16 +47,18 @@ fn check_against_pytorch(extra: &[&str], tol: &Tolerances) {
     let want = expected();
     // the run learns (the shard repeats a 37-token phrase) and its 60 micro-batches of 2 x 8
     // wrap into a second epoch
-    assert!(want[29].loss < want[0].loss - 0.3);
+    assert!(want.steps[29].loss < want.steps[0].loss - 0.3);
     let shard = engine_bin::root().join("tests/fixtures/train_tiny_shard.bin");
     let tokens = (std::fs::metadata(shard).unwrap().len() as usize - 1024) / 2;
     assert!((tokens - 1) / (2 * 8) < 30 * 2, "{tokens} tokens");
     let got = run_train(&extra.join("-").replace("--", ""), &recipe(), extra);
-    let (loss, lr, norm) = worst_errors(&got, &want);
-    println!("worst: loss {loss:.2e}, lr {lr:.2e}, norm {norm:.2e}");
+    let (loss, lr, norm) = worst_errors(&got.steps, &want.steps);
+    let val = worst_val_error(&got.vals, &want.vals);
+    println!("worst: loss {loss:.2e}, lr {lr:.2e}, norm {norm:.2e}, val {val:.2e}");
     assert!(loss <= tol.steps, "worst loss error {loss:.2e}");
     assert!(lr <= LR_TOLERANCE, "worst lr error {lr:.2e}");
     assert!(norm <= tol.norms, "worst norm error {norm:.2e}");
+    assert!(val <= tol.steps, "worst validation loss error {val:.2e}");
 }
 
 #[test]
@@ -77,7 +84,7 @@ fn each_part_of_the_recipe_shows_in_the_pytorch_run() {
             .fold(recipe(), |args, (flag, value)| with_flag(args, flag, value));
         let name = what.replace(' ', "-").replace('\'', "");
         let got = run_train(&name, &args, &["--device", "cpu"]);
-        let (loss, lr, norm) = worst_errors(&got, &want);
+        let (loss, lr, norm) = worst_errors(&got.steps, &want.steps);
         println!("changed {what}: loss {loss:.2e}, lr {lr:.2e}, norm {norm:.2e}");
         assert!(
             loss > 50.0 * Tolerances::FP32.steps,

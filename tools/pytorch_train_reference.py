@@ -21,20 +21,26 @@ llm.c checkpoint given. Per step s (from 0) of --steps, with K = --grad-accum mi
   AdamW     torch.optim.AdamW(betas, eps, fused=False, foreach=False) with two groups: weight
             decay --weight-decay on the parameters of two or more dimensions (wte, wpe and the
             four linear weights of each layer), 0 on the biases and LayerNorm parameters
+  val       before the first step, after every --val-every steps and after the last: the mean
+            (summed in float64) of the losses of the validation shard's first --val-batches
+            chunks of B x T (fewer where it holds fewer), from its start each time
 
 The output file has one line per step, numbered from 1 as `train` numbers its steps:
-  `step S loss X lr L norm N` (X, L and N with 9 significant digits: exact fp32 values).
+  `step S loss X lr L norm N` (X, L and N with 9 significant digits: exact fp32 values),
+and one per validation, after S steps: `val S loss X`.
 
-With --write-shard the shard is written first (llm.c format: 256 int32 header, magic 20240520,
-version 1, token count; uint16 tokens): --shard-tokens tokens, a random phrase of --phrase tokens
-from [0, V) repeated, each token replaced by a random one with probability 0.1 (a corpus a model
-can learn in a few steps), from a torch.Generator seeded with --seed.
+With --write-shard the shards are written first (llm.c format: 256 int32 header, magic 20240520,
+version 1, token count; uint16 tokens): --shard-tokens training tokens, a random phrase of
+--phrase tokens from [0, V) repeated, each token replaced by a random one with probability 0.1 (a
+corpus a model can learn in a few steps), from a torch.Generator seeded with --seed; then
+--val-tokens validation tokens, the same phrase with noise drawn on from the same generator.
 
 Usage (the fixture of tests/train_reference.rs; tests/fixtures/README.md):
   python tools/pytorch_train_reference.py --model tests/fixtures/ref_tiny_model.bin \\
-      --shard tests/fixtures/train_tiny_shard.bin --write-shard --shard-tokens 700 --seed 5 \\
-      --batch 2 --seq 8 --grad-accum 2 --steps 30 --lr 1e-3 --warmup 5 --lr-final-frac 0.1 \\
-      --weight-decay 0.1 --grad-clip 1 --out tests/fixtures/train_tiny_steps.txt
+      --shard tests/fixtures/train_tiny_shard.bin --val-shard tests/fixtures/train_tiny_val.bin \\
+      --write-shard --shard-tokens 700 --val-tokens 300 --seed 5 --batch 2 --seq 8 \\
+      --grad-accum 2 --steps 30 --lr 1e-3 --warmup 5 --lr-final-frac 0.1 --weight-decay 0.1 \\
+      --grad-clip 1 --val-every 10 --val-batches 8 --out tests/fixtures/train_tiny_steps.txt
 """
 
 import argparse
@@ -53,16 +59,18 @@ SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
 
 
-def write_shard(path, n, v, phrase_len, seed):
+def write_shards(paths_and_sizes, v, phrase_len, seed):
+    """Each (path, n): n tokens of one random phrase repeated, with 10% noise."""
     gen = torch.Generator().manual_seed(seed)
     phrase = torch.randint(0, v, (phrase_len,), generator=gen)
-    tokens = phrase.repeat(n // phrase_len + 1)[:n].clone()
-    noise = torch.rand(n, generator=gen) < 0.1
-    tokens[noise] = torch.randint(0, v, (int(noise.sum()),), generator=gen)
-    header = [SHARD_MAGIC, SHARD_VERSION, n] + [0] * 253
-    with open(path, "wb") as f:
-        f.write(struct.pack("<256i", *header))
-        f.write(struct.pack(f"<{n}H", *tokens.tolist()))
+    for path, n in paths_and_sizes:
+        tokens = phrase.repeat(n // phrase_len + 1)[:n].clone()
+        noise = torch.rand(n, generator=gen) < 0.1
+        tokens[noise] = torch.randint(0, v, (int(noise.sum()),), generator=gen)
+        header = [SHARD_MAGIC, SHARD_VERSION, n] + [0] * 253
+        with open(path, "wb") as f:
+            f.write(struct.pack("<256i", *header))
+            f.write(struct.pack(f"<{n}H", *tokens.tolist()))
 
 
 def read_shard(path):
@@ -94,8 +102,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="llm.c checkpoint (version 3) to start from")
     ap.add_argument("--shard", required=True, help="the training shard")
-    ap.add_argument("--write-shard", action="store_true", help="write the shard first")
+    ap.add_argument("--val-shard", required=True, help="the validation shard")
+    ap.add_argument("--write-shard", action="store_true", help="write the shards first")
     ap.add_argument("--shard-tokens", type=int, default=700)
+    ap.add_argument("--val-tokens", type=int, default=300)
+    ap.add_argument("--val-every", type=int, default=10)
+    ap.add_argument("--val-batches", type=int, default=8)
     ap.add_argument("--phrase", type=int, default=37)
     ap.add_argument("--seed", type=int, default=5)
     ap.add_argument("--batch", type=int, required=True, help="B")
@@ -119,14 +131,28 @@ def main():
 
     cfg, params = read_checkpoint(args.model)
     if args.write_shard:
-        write_shard(args.shard, args.shard_tokens, cfg["v"], args.phrase, args.seed)
-    tokens = read_shard(args.shard)
+        write_shards([(args.shard, args.shard_tokens), (args.val_shard, args.val_tokens)],
+                     cfg["v"], args.phrase, args.seed)
+    tokens, val_tokens = read_shard(args.shard), read_shard(args.val_shard)
     b, t, k = args.batch, args.seq, args.grad_accum
     n_chunks = (tokens.size - 1) // (b * t)
-    if n_chunks == 0:
-        ap.error(f"{args.shard}: {tokens.size} tokens hold no chunk of B*T+1 = {b * t + 1}")
-    if tokens.max() >= cfg["v"]:
-        ap.error(f"{args.shard}: a token id is outside [0, V={cfg['v']})")
+    n_val = min(args.val_batches, (val_tokens.size - 1) // (b * t))
+    for path, toks, n in [(args.shard, tokens, n_chunks), (args.val_shard, val_tokens, n_val)]:
+        if n == 0:
+            ap.error(f"{path}: {toks.size} tokens hold no chunk of B*T+1 = {b * t + 1}")
+        if toks.max() >= cfg["v"]:
+            ap.error(f"{path}: a token id is outside [0, V={cfg['v']})")
+
+    def batch(toks, c):
+        chunk = torch.from_numpy(toks[c * b * t: c * b * t + b * t + 1])
+        return chunk[:-1].view(b, t), chunk[1:].view(b, t)
+
+    def validate(after):
+        total = 0.0
+        with torch.no_grad():
+            for c in range(n_val):
+                total += float(np.float32(model(*batch(val_tokens, c))[1].item()))
+        lines.append(f"val {after} loss {float(np.float32(total / n_val)):.9g}")
 
     model = model_from_llmc(cfg, params)
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -138,13 +164,12 @@ def main():
 
     lines = []
     micro = 0
+    validate(0)
     for s in range(args.steps):
         opt.zero_grad(set_to_none=True)
         loss_sum = np.float32(0.0)
         for _ in range(k):
-            c = micro % n_chunks
-            chunk = torch.from_numpy(tokens[c * b * t: c * b * t + b * t + 1])
-            x, y = chunk[:-1].view(b, t), chunk[1:].view(b, t)
+            x, y = batch(tokens, micro % n_chunks)
             micro += 1
             _, loss = model(x, y)
             (loss / k).backward()
@@ -159,6 +184,8 @@ def main():
         opt.step()
         lines.append(f"step {s + 1} loss {float(loss_sum):.9g} lr {lr:.9g} "
                      f"norm {float(np.float32(norm)):.9g}")
+        if (s + 1) % args.val_every == 0 or s + 1 == args.steps:
+            validate(s + 1)
     with open(args.out, "w") as f:
         f.write("".join(line + "\n" for line in lines))
     print("\n".join(lines))

@@ -7,7 +7,8 @@ use super::root;
 
 /// The flags of the committed PyTorch run (tests/fixtures/README.md gives its command): ref_tiny's
 /// model on a 700-token shard, 2 micro-batches of 2 x 8 per step (so its 43 chunks wrap into a
-/// second epoch at step 22), warm-up, cosine decay, weight decay on the matrices, clipping.
+/// second epoch at step 22), warm-up, cosine decay, weight decay on the matrices, clipping; the
+/// validation loss on 8 batches of a 300-token shard before step 1 and after steps 10, 20, 30.
 pub fn recipe() -> Vec<String> {
     let fixtures = root().join("tests/fixtures");
     let f = |name: &str| fixtures.join(name).display().to_string();
@@ -17,10 +18,11 @@ pub fn recipe() -> Vec<String> {
         "--train".into(),
         f("train_tiny_shard.bin"),
         "--val".into(),
-        f("train_tiny_shard.bin"),
+        f("train_tiny_val.bin"),
     ];
     let rest = "--batch 2 --seq 8 --grad-accum 2 --steps 30 --lr 1e-3 --warmup 5 \
-                --lr-final-frac 0.1 --weight-decay 0.1 --grad-clip 1 --val-every 0 --no-state";
+                --lr-final-frac 0.1 --weight-decay 0.1 --grad-clip 1 --val-every 10 \
+                --val-batches 8 --no-state";
     args.extend(rest.split(' ').map(String::from));
     args
 }
@@ -43,45 +45,71 @@ pub struct Step {
     pub norm: f32,
 }
 
-/// The committed run's 30 steps, from tests/fixtures/train_tiny_steps.txt (`step S loss X lr L
-/// norm N`, S from 1).
-pub fn expected() -> Vec<Step> {
-    let text = std::fs::read_to_string(root().join("tests/fixtures/train_tiny_steps.txt")).unwrap();
-    let steps: Vec<Step> = text
-        .lines()
-        .enumerate()
-        .map(|(i, line)| {
-            let w: Vec<&str> = line.split_whitespace().collect();
-            let n = (i + 1).to_string();
-            assert_eq!(w[..2], ["step", n.as_str()], "{line}");
-            assert_eq!((w[2], w[4], w[6]), ("loss", "lr", "norm"), "{line}");
-            let num = |s: &str| s.parse::<f32>().unwrap();
-            Step {
-                loss: num(w[3]),
-                lr: num(w[5]),
-                norm: num(w[7]),
-            }
-        })
-        .collect();
-    assert_eq!(steps.len(), 30);
-    steps
+/// A run: its steps in order, and its validation losses with the steps done before each.
+#[derive(Debug, Default)]
+pub struct Run {
+    pub steps: Vec<Step>,
+    pub vals: Vec<(usize, f32)>,
 }
 
-/// The steps a run's log.jsonl (in `out_dir`) records, in order.
-pub fn logged(out_dir: &Path) -> Vec<Step> {
+/// The committed run, from tests/fixtures/train_tiny_steps.txt: 30 lines `step S loss X lr L norm
+/// N` (S from 1), and `val S loss X` after S steps.
+pub fn expected() -> Run {
+    let text = std::fs::read_to_string(root().join("tests/fixtures/train_tiny_steps.txt")).unwrap();
+    let mut run = Run::default();
+    for line in text.lines() {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        let num = |s: &str| s.parse::<f32>().unwrap();
+        match w.as_slice() {
+            ["step", s, "loss", x, "lr", l, "norm", n] => {
+                assert_eq!(s.parse::<usize>().unwrap(), run.steps.len() + 1, "{line}");
+                run.steps.push(Step {
+                    loss: num(x),
+                    lr: num(l),
+                    norm: num(n),
+                });
+            }
+            ["val", s, "loss", x] => run.vals.push((s.parse().unwrap(), num(x))),
+            _ => panic!("train_tiny_steps.txt: {line}"),
+        }
+    }
+    assert_eq!(run.steps.len(), 30);
+    run
+}
+
+/// The steps and validations a run's log.jsonl (in `out_dir`) records, in order.
+pub fn logged(out_dir: &Path) -> Run {
     let text = std::fs::read_to_string(out_dir.join("log.jsonl")).unwrap();
-    text.lines()
-        .filter_map(|line| {
-            let v: serde_json::Value = serde_json::from_str(line).unwrap();
-            let num = |k: &str| v.get(k)?.as_f64().map(|x| x as f32);
-            // (the step records: the validation and summary records have no norm)
-            Some(Step {
-                loss: num("loss")?,
-                lr: num("lr")?,
-                norm: num("norm")?,
-            })
-        })
-        .collect()
+    let mut run = Run::default();
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let num = |k: &str| v.get(k).and_then(|x| x.as_f64()).map(|x| x as f32);
+        let step = v.get("step").and_then(|s| s.as_u64()).map(|s| s as usize);
+        match (step, num("loss"), num("lr"), num("norm"), num("val_loss")) {
+            (Some(_), Some(loss), Some(lr), Some(norm), _) => {
+                run.steps.push(Step { loss, lr, norm })
+            }
+            (Some(s), _, _, _, Some(val)) => run.vals.push((s, val)),
+            // (the run's other records: its start, its summary)
+            _ => {}
+        }
+    }
+    run
+}
+
+/// The largest relative error of a run's validation losses against PyTorch's (at the same steps),
+/// each printed.
+pub fn worst_val_error(got: &[(usize, f32)], want: &[(usize, f32)]) -> f64 {
+    let at: Vec<usize> = got.iter().map(|v| v.0).collect();
+    let want_at: Vec<usize> = want.iter().map(|v| v.0).collect();
+    assert_eq!(at, want_at, "the steps validated after");
+    let mut worst = 0.0f64;
+    for (&(s, g), &(_, w)) in got.iter().zip(want) {
+        let rel = ((g as f64 - w as f64) / w as f64).abs();
+        println!("val after {s}: {g} pytorch {w} rel {rel:.1e}");
+        worst = worst.max(if rel.is_nan() { f64::INFINITY } else { rel });
+    }
+    worst
 }
 
 /// The largest relative errors (loss, lr, norm) of a run's steps against PyTorch's, each step

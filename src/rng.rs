@@ -92,6 +92,38 @@ mod tests {
         assert!((var - 1.0).abs() < 0.015, "var {var}");
     }
 
+    /// The published vectors, so that "xoshiro256** seeded through SplitMix64" is the algorithm
+    /// and not only a stream with the right moments: xoshiro256** from the state {1, 2, 3, 4}
+    /// (the outputs of Blackman and Vigna's reference C code, as rand_xoshiro's tests give
+    /// them), and SplitMix64's first four outputs from 0, which are `Rng::new(0)`'s state.
+    #[test]
+    fn matches_the_published_xoshiro_and_splitmix_vectors() {
+        let mut r = Rng { s: [1, 2, 3, 4] };
+        let want: [u64; 10] = [
+            11520,
+            0,
+            1509978240,
+            1215971899390074240,
+            1216172134540287360,
+            607988272756665600,
+            16172922978634559625,
+            8476171486693032832,
+            10595114339597558777,
+            2904607092377533576,
+        ];
+        let got: Vec<u64> = (0..10).map(|_| r.next_u64()).collect();
+        assert_eq!(got, want);
+        assert_eq!(
+            Rng::new(0).s,
+            [
+                0xE220_A839_7B1D_CDAF,
+                0x6E78_9E6A_A1B9_65F4,
+                0x06C4_5D18_8009_454F,
+                0xF88B_B8A8_724C_81EC
+            ]
+        );
+    }
+
     #[test]
     fn below_covers_range_uniformly() {
         let mut r = Rng::new(7);

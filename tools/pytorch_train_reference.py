@@ -8,7 +8,11 @@ llm.c checkpoint given. Per step s (from 0) of --steps, with K = --grad-accum mi
 
   data      the shard's tokens in order (`train` without --shuffle): micro-batch m (from 0) of the
             run is chunk m mod n_chunks, tokens [k*B*T, k*B*T + B*T + 1) with k that chunk,
-            n_chunks = (N - 1) // (B*T); x its first B*T tokens, y its last B*T, both (B, T)
+            n_chunks = (N - 1) // (B*T); x its first B*T tokens, y its last B*T, both (B, T).
+            With --shuffle SEED (`train --shuffle --seed SEED`, one shard): each epoch serves the
+            chunks in a fresh order, a Fisher-Yates shuffle (i from n_chunks - 1 down to 1, swap
+            i with j uniform in [0, i] by Lemire's multiply-shift, (x * (i + 1)) >> 64) drawing
+            from one xoshiro256** stream whose state is SplitMix64's first four outputs from SEED
   gradient  the mean of the K micro-batches' mean cross-entropy (each backward scaled by 1/K);
             the step's loss the same mean of their losses
   norm      the global L2 norm of the gradients (fp32 gradients summed in float64), before any
@@ -41,6 +45,8 @@ Usage (the fixture of tests/train_reference.rs; tests/fixtures/README.md):
       --write-shard --shard-tokens 700 --val-tokens 300 --seed 5 --batch 2 --seq 8 \\
       --grad-accum 2 --steps 30 --lr 1e-3 --warmup 5 --lr-final-frac 0.1 --weight-decay 0.1 \\
       --grad-clip 1 --val-every 10 --val-batches 8 --out tests/fixtures/train_tiny_steps.txt
+and the shuffled run: the same without --write-shard, with --shuffle 1337 and
+--out tests/fixtures/train_tiny_shuffled_steps.txt.
 """
 
 import argparse
@@ -84,6 +90,62 @@ def read_shard(path):
     return tokens.astype(np.int64)
 
 
+M64 = (1 << 64) - 1
+
+
+class Xoshiro256:
+    """xoshiro256** (Blackman and Vigna), its state from SplitMix64 seeded with `seed`."""
+
+    def __init__(self, seed=None, state=None):
+        if state is None:
+            x, state = seed, []
+            for _ in range(4):
+                x = (x + 0x9E3779B97F4A7C15) & M64
+                z = x
+                z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+                z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+                state.append(z ^ (z >> 31))
+        self.s = list(state)
+
+    @staticmethod
+    def rotl(x, k):
+        return ((x << k) | (x >> (64 - k))) & M64
+
+    def next(self):
+        s = self.s
+        result = (self.rotl((s[1] * 5) & M64, 7) * 9) & M64
+        t = (s[1] << 17) & M64
+        s[2] ^= s[0]
+        s[3] ^= s[1]
+        s[1] ^= s[2]
+        s[0] ^= s[3]
+        s[2] ^= t
+        s[3] = self.rotl(s[3], 45)
+        return result
+
+    def shuffle(self, v):
+        for i in range(len(v) - 1, 0, -1):
+            j = (self.next() * (i + 1)) >> 64
+            v[i], v[j] = v[j], v[i]
+
+
+# the published vectors: xoshiro256** from {1, 2, 3, 4}; SplitMix64's outputs from 0
+_x = Xoshiro256(state=[1, 2, 3, 4])
+assert [_x.next() for _ in range(4)] == [11520, 0, 1509978240, 1215971899390074240]
+assert Xoshiro256(seed=0).s == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4, 0x06C45D188009454F,
+                                0xF88BB8A8724C81EC]
+
+
+def chunk_order(n_chunks, shuffle_seed):
+    """The chunk of each micro-batch of the run, epoch after epoch (a generator)."""
+    rng = Xoshiro256(seed=shuffle_seed) if shuffle_seed is not None else None
+    while True:
+        order = list(range(n_chunks))
+        if rng is not None:
+            rng.shuffle(order)
+        yield from order
+
+
 def lr_at(s, args):
     """The rate of step s (from 0), as a Python float of the fp32 value `train` uses."""
     if s < args.warmup:
@@ -122,6 +184,8 @@ def main():
     ap.add_argument("--beta2", type=float, default=0.999)
     ap.add_argument("--eps", type=float, default=1e-8)
     ap.add_argument("--grad-clip", type=float, default=1.0)
+    ap.add_argument("--shuffle", type=int, default=None, metavar="SEED",
+                    help="serve the chunks shuffled, as train --shuffle --seed SEED")
     ap.add_argument("--out", required=True, help="the steps file to write")
     args = ap.parse_args()
 
@@ -163,14 +227,13 @@ def main():
         lr=args.lr, betas=(args.beta1, args.beta2), eps=args.eps, fused=False, foreach=False)
 
     lines = []
-    micro = 0
+    chunks = chunk_order(n_chunks, args.shuffle)
     validate(0)
     for s in range(args.steps):
         opt.zero_grad(set_to_none=True)
         loss_sum = np.float32(0.0)
         for _ in range(k):
-            x, y = batch(tokens, micro % n_chunks)
-            micro += 1
+            x, y = batch(tokens, next(chunks))
             _, loss = model(x, y)
             (loss / k).backward()
             # (summed in fp32 as the engine sums it)

@@ -52,10 +52,11 @@ pub struct Run {
     pub vals: Vec<(usize, f32)>,
 }
 
-/// The committed run, from tests/fixtures/train_tiny_steps.txt: 30 lines `step S loss X lr L norm
-/// N` (S from 1), and `val S loss X` after S steps.
-pub fn expected() -> Run {
-    let text = std::fs::read_to_string(root().join("tests/fixtures/train_tiny_steps.txt")).unwrap();
+/// A committed run, from `file` in tests/fixtures (train_tiny_steps.txt; with `--shuffle --seed
+/// 1337`, train_tiny_shuffled_steps.txt): 30 lines `step S loss X lr L norm N` (S from 1), and
+/// `val S loss X` after S steps.
+pub fn expected(file: &str) -> Run {
+    let text = std::fs::read_to_string(root().join("tests/fixtures").join(file)).unwrap();
     let mut run = Run::default();
     for line in text.lines() {
         let w: Vec<&str> = line.split_whitespace().collect();
@@ -70,7 +71,7 @@ pub fn expected() -> Run {
                 });
             }
             ["val", s, "loss", x] => run.vals.push((s.parse().unwrap(), num(x))),
-            _ => panic!("train_tiny_steps.txt: {line}"),
+            _ => panic!("{file}: {line}"),
         }
     }
     assert_eq!(run.steps.len(), 30);

@@ -811,6 +811,15 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
                     a.steps
                 );
             }
+            if l.len() > a.steps {
+                train_gpt2_cuda::errln!(
+                    "note: {} holds {}: --steps {} checks the first {}",
+                    p.display(),
+                    count(l.len(), "step", "steps"),
+                    a.steps,
+                    a.steps
+                );
+            }
             Some(l)
         }
         None => None,
@@ -916,36 +925,41 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
                 create_engine(&options(*dev), cfg, ck.params.clone(), state.b, state.t)
                     .map_err(|e| for_command(e, Knobs::Verify))?;
             outln!(
-                "\n{name}: {} AdamW steps (lr 1e-4, betas 0.9/0.999, eps 1e-8, weight decay 0.01{})",
-                a.steps,
+                "\n{name}: {} (lr 1e-4, betas 0.9/0.999, eps 1e-8, weight decay 0.01{})",
+                count(a.steps, "AdamW step", "AdamW steps"),
                 if a.grad_clip > 0.0 {
-                    format!(", gradients clipped to norm {}", a.grad_clip)
+                    format!(
+                        ", gradients clipped to norm {}",
+                        train_gpt2_cuda::text::typed(a.grad_clip)
+                    )
                 } else {
                     String::new()
                 }
             );
-            let steps = verify::run_steps(engine.as_mut(), &state, a.steps, a.grad_clip)?;
-            for (i, &got) in steps.iter().enumerate() {
-                let (l, n) = (got.loss, got.norm);
-                match &expected {
-                    Some(e) => {
-                        let c = verify::check_step(got, e[i], &tol_of(*dev));
-                        all_pass &= c.pass;
-                        let norm = match (e[i].norm, c.norm_rel) {
-                            (Some(want), Some(rel)) => {
-                                format!("; norm expected {want:.6}, rel err {rel:.1e}")
-                            }
-                            _ => String::new(),
-                        };
-                        outln!(
-                            "step {i} loss {l:.6} norm {n:.6}  (expected {:.6}, rel err {:.1e}{norm}{})",
-                            e[i].loss,
-                            c.loss_rel,
-                            if c.pass { "" } else { " FAIL" }
-                        );
-                    }
-                    None => outln!("step {i} loss {l:.6} norm {n:.6}"),
-                }
+            let tol = tol_of(*dev);
+            if let (Some(_), Some(path)) = (&expected, &a.expect_losses) {
+                outln!(
+                    "against {}: losses within {:e} relative, norms within {:e}",
+                    path.display(),
+                    tol.steps,
+                    tol.norms
+                );
+            }
+            let mut steps_pass = true;
+            // (each line as its step is done: a long run shows its progress)
+            verify::run_steps_with(engine.as_mut(), &state, a.steps, a.grad_clip, |i, got| {
+                let want = expected.as_ref().map(|e| e[i]);
+                let (line, pass) = verify::step_line(i, got, want, &tol);
+                steps_pass &= pass;
+                outln!("{line}");
+            })?;
+            all_pass &= steps_pass;
+            let with_norms = expected.as_ref().is_some_and(|e| e[0].norm.is_some());
+            if !steps_pass && with_norms && a.grad_clip == 0.0 {
+                outln!(
+                    "note: these steps ran without --grad-clip; a file of clipped steps (as \
+                     ref_tiny_clip_losses.txt) passes only with the --grad-clip it was made with"
+                );
             }
         }
     }

@@ -273,7 +273,19 @@ pub fn run_steps(
     steps: usize,
     grad_clip: f32,
 ) -> Result<Vec<Step>> {
-    let mut out = Vec::with_capacity(steps);
+    let mut out = Vec::new();
+    run_steps_with(engine, state, steps, grad_clip, |_, step| out.push(step))?;
+    Ok(out)
+}
+
+/// [`run_steps`], handing each step (from 0) to `each` as it is done.
+pub fn run_steps_with(
+    engine: &mut dyn Engine,
+    state: &DebugState,
+    steps: usize,
+    grad_clip: f32,
+    mut each: impl FnMut(usize, Step),
+) -> Result<()> {
     for step in 0..steps {
         let loss = engine
             .forward(&state.x, Some(&state.y), state.b, state.t)?
@@ -282,17 +294,19 @@ pub fn run_steps(
         engine.backward(1.0)?;
         let norm = engine.grad_norm()?;
         engine.update(&VERIFY_ADAMW, step + 1, clip_scale(grad_clip, norm))?;
-        out.push(Step { loss, norm });
+        each(step, Step { loss, norm });
     }
-    Ok(out)
+    Ok(())
 }
 
 /// A step against its expected values: the relative errors of the loss and (where the file gives
-/// one) the norm, and whether they are within `tol.steps` and `tol.norms`.
+/// one) the norm, whether each is within its tolerance (`tol.steps`, `tol.norms`), and both.
 #[derive(Clone, Copy, Debug)]
 pub struct StepCheck {
     pub loss_rel: f64,
     pub norm_rel: Option<f64>,
+    pub loss_ok: bool,
+    pub norm_ok: bool,
     pub pass: bool,
 }
 
@@ -301,12 +315,46 @@ pub fn check_step(got: Step, want: ExpectedStep, tol: &Tolerances) -> StepCheck 
     let loss_rel = rel(got.loss, want.loss);
     let norm_rel = want.norm.map(|n| rel(got.norm, n));
     // (a NaN compares false: never a pass)
-    let pass = loss_rel <= tol.steps && norm_rel.is_none_or(|r| r <= tol.norms);
+    let loss_ok = loss_rel <= tol.steps;
+    let norm_ok = norm_rel.is_none_or(|r| r <= tol.norms);
     StepCheck {
         loss_rel,
         norm_rel,
-        pass,
+        loss_ok,
+        norm_ok,
+        pass: loss_ok && norm_ok,
     }
+}
+
+/// `verify`'s line of step `i` (from 0): its loss and norm, and, against the file's step where
+/// one is given, each relative error, with FAIL after the one beyond its tolerance; and whether
+/// the step passes.
+pub fn step_line(
+    i: usize,
+    got: Step,
+    want: Option<ExpectedStep>,
+    tol: &Tolerances,
+) -> (String, bool) {
+    let head = format!("step {i} loss {:.6} norm {:.6}", got.loss, got.norm);
+    let Some(want) = want else {
+        return (head, true);
+    };
+    let c = check_step(got, want, tol);
+    let mark = |ok: bool| if ok { "" } else { " FAIL" };
+    let norm = match (want.norm, c.norm_rel) {
+        (Some(w), Some(rel)) => format!(
+            "; norm expected {w:.6}, rel err {rel:.1e}{}",
+            mark(c.norm_ok)
+        ),
+        _ => String::new(),
+    };
+    let line = format!(
+        "{head}  (expected {:.6}, rel err {:.1e}{}{norm})",
+        want.loss,
+        c.loss_rel,
+        mark(c.loss_ok)
+    );
+    (line, c.pass)
 }
 
 /// Parses lines `step I loss X` or `step I loss X norm N` (as the PyTorch reference writes
@@ -331,6 +379,20 @@ pub fn parse_losses(text: &str) -> Result<Vec<ExpectedStep>> {
                 n + 1
             ),
         };
+        // (no engine can match these: the file is wrong, not the engine)
+        if !loss.is_finite() {
+            bail!(
+                "line {}: a loss must be a finite number, found {loss}",
+                n + 1
+            );
+        }
+        if norm.is_some_and(|g| !(g.is_finite() && g >= 0.0)) {
+            bail!(
+                "line {}: a norm must be a finite number of at least 0, found {}",
+                n + 1,
+                norm.unwrap_or_default()
+            );
+        }
         let i: usize = i
             .parse()
             .map_err(|_| anyhow::anyhow!("line {}: bad step '{i}'", n + 1))?;
@@ -423,6 +485,18 @@ mod tests {
             "line 2: gives a norm where step 0 has none"
         );
         assert_eq!(err("step 0 loss 4.5 norm x"), "line 1: bad norm 'x'");
+        assert_eq!(
+            err("step 0 loss NaN norm 1"),
+            "line 1: a loss must be a finite number, found NaN"
+        );
+        assert_eq!(
+            err("step 0 loss 4 norm -2"),
+            "line 1: a norm must be a finite number of at least 0, found -2"
+        );
+        assert_eq!(
+            err("step 0 loss 4 norm inf"),
+            "line 1: a norm must be a finite number of at least 0, found inf"
+        );
         assert_eq!(err("step 0 loss y"), "line 1: bad loss 'y'");
         assert!(err("step 0 loss 4.5 norm").contains("expected 'step I loss X [norm N]'"));
         assert!(parse_losses("step 1 loss 4.5")
@@ -468,5 +542,22 @@ mod tests {
             ..tol
         };
         assert!(!check_step(nan, want(4.0, Some(2.0)), &loose).pass);
+        // the line marks the value that failed, and only that one
+        let (line, pass) = step_line(3, got, Some(want(4.0, Some(2.00004))), &tol);
+        assert!(!pass);
+        assert_eq!(
+            line,
+            "step 3 loss 4.000000 norm 2.000000  (expected 4.000000, rel err 0.0e0; norm \
+             expected 2.000040, rel err 2.0e-5 FAIL)"
+        );
+        let (line, pass) = step_line(3, got, Some(want(4.000008, None)), &tol);
+        assert!(
+            !pass && line.ends_with("(expected 4.000008, rel err 2.0e-6 FAIL)"),
+            "{line}"
+        );
+        assert_eq!(
+            step_line(0, got, None, &tol),
+            ("step 0 loss 4.000000 norm 2.000000".to_string(), true)
+        );
     }
 }

@@ -118,6 +118,20 @@ fn verify_clips_its_steps_with_grad_clip() {
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     let step9 = stdout.lines().find(|l| l.starts_with("step 9 ")).unwrap();
     assert!(step9.contains(" FAIL"), "{step9}");
+    assert!(
+        stdout.contains("note: these steps ran without --grad-clip"),
+        "{stdout}"
+    );
+    // fewer steps than the file holds: the first ones, said
+    let mut four = steps;
+    four[6] = "4";
+    let (out, stdout, stderr) = run(bin().args(four).args(["--grad-clip", "1"]));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("ref_tiny_clip_losses.txt holds 10 steps: --steps 4 checks the first 4"),
+        "{stderr}"
+    );
+    assert!(stdout.contains(": 4 AdamW steps (lr 1e-4"), "{stdout}");
     for (clip, needles) in [
         (
             "-1",
@@ -1370,12 +1384,50 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
     }
 }
 
+/// A signal delivered twice at once, as GNU `timeout` sends it (to the process, then to its
+/// process group, which holds the process again, microseconds apart), is one request: the run
+/// stops with its checkpoint and says "stopping" once. Taken as a second signal it ended the run
+/// at once, with nothing saved (4 runs in 5 under `timeout 1.2`). (The two may also merge into
+/// one delivery; `interrupt`'s unit test holds the rule for two.)
+#[cfg(unix)]
+#[test]
+fn a_signal_delivered_twice_at_once_stops_the_run_once() {
+    for (signal, status) in [("-TERM", 143), ("-INT", 130)] {
+        let dir = tmp_dir(&format!("twice{signal}"));
+        let out = dir.join("out");
+        let mut args = flags("--device cpu --batch 2 --seq 16 --val-every 0 --sample-tokens 0");
+        args.extend(["--model", "d1", "--steps", "2000", "--out-dir"]);
+        args.push(out.to_str().unwrap());
+        let (code, log, stderr) =
+            signal_times_when(bin().args(&args), signal, 2, |l| step_number(l) >= Some(2));
+        assert_eq!(code.code(), Some(status), "{signal}: {log}\n{stderr}");
+        assert_eq!(stderr.matches("stopping (").count(), 1, "{stderr}");
+        let last = log.lines().filter_map(step_number).next_back().unwrap();
+        for kind in ["model", "state"] {
+            let f = out.join(format!("{kind}_{last:06}.bin"));
+            assert!(f.is_file(), "{} missing:\n{log}\n{stderr}", f.display());
+        }
+    }
+}
+
 /// Runs `cmd`, sends it `signal` (kill's flag, e.g. "-INT") once a line of its stdout satisfies
 /// `when`, and waits for it: its exit status, its stdout and its stderr.
 #[cfg(unix)]
 fn signal_when(
     cmd: &mut Command,
     signal: &str,
+    when: impl Fn(&str) -> bool,
+) -> (std::process::ExitStatus, String, String) {
+    signal_times_when(cmd, signal, 1, when)
+}
+
+/// [`signal_when`], sending the signal `times` times by one `kill` (its calls microseconds
+/// apart).
+#[cfg(unix)]
+fn signal_times_when(
+    cmd: &mut Command,
+    signal: &str,
+    times: usize,
     when: impl Fn(&str) -> bool,
 ) -> (std::process::ExitStatus, String, String) {
     use std::io::{BufRead, BufReader, Read};
@@ -1394,8 +1446,10 @@ fn signal_when(
             break;
         }
     }
+    let pid = child.id().to_string();
     let kill = Command::new("kill")
-        .args([signal, &child.id().to_string()])
+        .arg(signal)
+        .args(std::iter::repeat_n(&pid, times))
         .status()
         .expect("run kill");
     assert!(kill.success());
@@ -3632,10 +3686,13 @@ fn outlier_steps_are_skipped() {
     );
     assert!(!plain.contains("updates skipped"), "{plain}");
 
-    for extra in ["--skip-loss-z=-1", "--skip-norm-z nan"] {
+    for (extra, flag) in [
+        ("--skip-loss-z=-1", "--skip-loss-z"),
+        ("--skip-norm-z nan", "--skip-norm-z"),
+    ] {
         expect_error(
             &[&flags(&base)[..], &flags(extra)[..]].concat(),
-            &["--skip-loss-z and --skip-norm-z must be numbers of at least 0 (0: off)"],
+            &[&format!("{flag} must be a number of at least 0 (0: off)")],
         );
     }
 }

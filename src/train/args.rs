@@ -435,6 +435,20 @@ impl TrainArgs {
                 i32::MAX,
             );
         }
+        // (a training state counts the micro-batches served in 64 bits; --grad-accum and
+        // --total-batch each allow steps of up to usize::MAX tokens)
+        let micro = self.micro_batches() as u64;
+        if (self.steps as u64).checked_mul(micro).is_none() {
+            bail!(
+                "{} of {micro} micro-batches each are too many to count (a training state                  counts the micro-batches served in 64 bits): fewer steps, or a smaller {}",
+                count(self.steps, "step", "steps"),
+                if self.total_batch.is_some() {
+                    "--total-batch"
+                } else {
+                    "--grad-accum"
+                }
+            );
+        }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("--lr must be a positive number, got {}", typed(self.lr));
         }
@@ -453,8 +467,10 @@ impl TrainArgs {
         if self.sample_every > 0 && self.sample_tokens == 0 {
             bail!("--sample-every needs --sample-tokens of at least 1");
         }
-        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
-            bail!("--beta1 and --beta2 must be in [0, 1)");
+        for (flag, beta) in [("--beta1", self.beta1), ("--beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                bail!("{flag} must be in [0, 1), got {}", typed(beta));
+            }
         }
         let positive = |x: f32| x > 0.0 && x.is_finite();
         let not_negative = |x: f32| x >= 0.0 && x.is_finite();
@@ -473,13 +489,16 @@ impl TrainArgs {
                 typed(self.grad_clip)
             );
         }
-        if !not_negative(self.skip_loss_z) || !not_negative(self.skip_norm_z) {
-            bail!(
-                "--skip-loss-z and --skip-norm-z must be numbers of at least 0 (0: off), got {} \
-                 and {}",
-                typed(self.skip_loss_z),
-                typed(self.skip_norm_z)
-            );
+        for (flag, z) in [
+            ("--skip-loss-z", self.skip_loss_z),
+            ("--skip-norm-z", self.skip_norm_z),
+        ] {
+            if !not_negative(z) {
+                bail!(
+                    "{flag} must be a number of at least 0 (0: off), got {}",
+                    typed(z)
+                );
+            }
         }
         if let Some(p) = self.peak_tflops {
             if !(p > 0.0 && p.is_finite()) {
@@ -572,8 +591,22 @@ mod tests {
                 "--lr-final-frac must be in [0, 1]",
             ),
             ("--lr-decay-frac 1.001", "--lr-decay-frac must be in [0, 1]"),
-            ("--beta1 1", "--beta1 and --beta2 must be in [0, 1)"),
-            ("--beta2 1", "--beta1 and --beta2 must be in [0, 1)"),
+            ("--beta1 1", "--beta1 must be in [0, 1), got 1"),
+            ("--beta2 1", "--beta2 must be in [0, 1), got 1"),
+            ("--beta2=-0.5", "--beta2 must be in [0, 1), got -0.5"),
+            (
+                "--skip-norm-z=-1",
+                "--skip-norm-z must be a number of at least 0 (0: off), got -1",
+            ),
+            // a run of more micro-batches than 64 bits count, by either flag
+            (
+                "--steps 1000 --grad-accum 100000000000000000",
+                "1000 steps of 100000000000000000 micro-batches each are too many to count",
+            ),
+            (
+                "--steps 100 --total-batch 18446744073709551584",
+                "100 steps of 1152921504606846974 micro-batches each are too many to count",
+            ),
             (
                 "--weight-decay=-0.001",
                 "--weight-decay must be a number of at least 0",

@@ -68,9 +68,7 @@ impl Stop {
 
 #[cfg(unix)]
 mod sys {
-    use std::ffi::c_int;
-
-    use std::ffi::c_long;
+    use std::ffi::{c_int, c_long};
 
     pub const SIGINT: c_int = 2;
     pub const SIGTERM: c_int = 15;

@@ -1384,6 +1384,42 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
     }
 }
 
+/// A model of another vocabulary than GPT-2's, given no data of its own, meets the bundled
+/// corpus's token ids: the error says that the data are the default's and which flag gives
+/// others, for training data and validation data alike.
+#[test]
+fn a_model_of_another_vocabulary_on_the_bundled_corpus_is_told_whose_data_it_is() {
+    let model = fixture("ref_tiny_model.bin");
+    let shard = fixture("train_tiny_shard.bin");
+    let out = tmp_dir("other-vocabulary").join("out");
+    let out = out.to_str().unwrap();
+    let base = [
+        "--device",
+        "cpu",
+        "--model",
+        &model,
+        "--batch",
+        "2",
+        "--seq",
+        "8",
+        "--out-dir",
+        out,
+    ];
+    for (data, flag) in [(&[][..], "--train"), (&["--train", &shard][..], "--val")] {
+        let args = [&base[..], data].concat();
+        expect_error(
+            &args,
+            &[
+                &format!(
+                    "the default {flag} (the bundled Shakespeare corpus, in GPT-2's vocabulary; \
+                     give {flag} for data of your own)"
+                ),
+                "token id 50256 at position 0 is out of range for vocabulary size 64",
+            ],
+        );
+    }
+}
+
 /// A signal delivered twice at once, as GNU `timeout` sends it (to the process, then to its
 /// process group, which holds the process again, microseconds apart), is one request: the run
 /// stops with its checkpoint and says "stopping" once. Taken as a second signal it ended the run

@@ -67,8 +67,23 @@ impl Data {
                  Shakespeare corpus ({val_pattern}), not on your data"
             );
         }
+        // (a model of another vocabulary than GPT-2's, given no data of its own, meets the bundled
+        // corpus's token ids: the error says whose data it is)
+        let bundled = |flag: &'static str, given: bool| {
+            move |e: anyhow::Error| {
+                if given {
+                    e
+                } else {
+                    e.context(format!(
+                        "the default {flag} (the bundled Shakespeare corpus, in GPT-2's \
+                         vocabulary; give {flag} for data of your own)"
+                    ))
+                }
+            }
+        };
         let shuffle = args.shuffle.then_some(args.seed);
-        let mut train = DataLoader::new(&train_pattern, b, t, cfg.vocab_size, shuffle)?;
+        let mut train = DataLoader::new(&train_pattern, b, t, cfg.vocab_size, shuffle)
+            .map_err(bundled("--train", args.train.is_some()))?;
         // --overfit-batch: the loader's first batch, every time (the loader, whose place a
         // training state records, is put back at its start)
         let overfit = if args.overfit_batch {
@@ -79,7 +94,8 @@ impl Data {
         } else {
             None
         };
-        let val = DataLoader::new(&val_pattern, b, t, cfg.vocab_size, None)?;
+        let val = DataLoader::new(&val_pattern, b, t, cfg.vocab_size, None)
+            .map_err(bundled("--val", args.val.is_some()))?;
         // an easy slip: prepro writes train.bin and val.bin side by side, and 'dir/*.bin' takes
         // both
         for shared in shared_files(train.files(), val.files()) {

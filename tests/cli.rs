@@ -4071,7 +4071,12 @@ fn notes_for_flags_that_do_nothing() {
             "--lr-decay-frac 0.5",
             &["note: --lr-decay-frac is for --lr-schedule wsd; the cosine schedule ignores it"],
         ),
-        ("--lr-decay-frac 0.5 --lr-schedule wsd", &[]),
+        // (its 2 steps leave wsd's decay 1, which does not fall)
+        (
+            "--lr-decay-frac 0.5 --lr-schedule wsd",
+            &["note: the learning rate never decays: the run's 2 steps leave its decay fewer than 2"],
+        ),
+        ("--lr-decay-frac 1 --lr-schedule wsd", &[]),
         (
             "--lr-schedule constant --lr-final-frac 0",
             &["note: --lr-final-frac does nothing with --lr-schedule constant"],

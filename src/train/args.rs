@@ -317,6 +317,24 @@ impl TrainArgs {
                     .into(),
             );
         }
+        // a decay of fewer than 2 steps does not fall (its first step runs at the peak): a final
+        // rate, or a wsd decay fraction, that the user gave (other than the default) would pass
+        // unseen
+        let asked = self.lr_final_frac != DEFAULT_LR_FINAL_FRAC
+            || (self.lr_schedule == LrShape::Wsd && self.lr_decay_frac != DEFAULT_LR_DECAY_FRAC);
+        if asked
+            && self.lr_schedule != LrShape::Constant
+            && self.lr_final_frac < 1.0
+            && (1..=self.steps).contains(&self.warmup.max(1))
+            && self.schedule().at(self.steps - 1) == self.lr
+        {
+            notes.push(format!(
+                "the learning rate never decays: the run's {} leave its decay fewer than 2 (a \
+                 decay's first step runs at the peak), so --lr-final-frac {} is not reached",
+                count(self.steps, "step", "steps"),
+                typed(self.lr_final_frac)
+            ));
+        }
         if self.warmup > self.steps {
             notes.push(format!(
                 "--warmup {} is longer than the run's {}: the learning rate never reaches --lr \
@@ -659,5 +677,26 @@ mod tests {
         assert!(TrainArgs::from_flags("--steps 3 --warmup 3")
             .notes()
             .is_empty());
+    }
+
+    #[test]
+    fn a_decay_too_short_to_fall_says_that_the_final_rate_is_not_reached() {
+        let note = |flags: &str| TrainArgs::from_flags(flags).notes();
+        let never = "the learning rate never decays: the run's 4 steps leave its decay fewer than \
+                     2 (a decay's first step runs at the peak), so --lr-final-frac 0.2 is not \
+                     reached";
+        // cosine after a warm-up of 3 of 4 steps: one decay step, at the peak
+        assert_eq!(note("--steps 4 --warmup 3 --lr-final-frac 0.2"), [never]);
+        // wsd deciding on a decay of under 2 steps
+        assert_eq!(
+            note("--steps 4 --lr-schedule wsd --lr-decay-frac 0.2 --lr-final-frac 0.2"),
+            [never]
+        );
+        // two decay steps fall; the default final rate (0.1), or one of 1: no note
+        assert!(note("--steps 5 --warmup 3 --lr-final-frac 0.2").is_empty());
+        assert!(note("--steps 4 --warmup 3").is_empty());
+        assert!(note("--steps 4 --warmup 3 --lr-final-frac 1").is_empty());
+        // (a warm-up longer than the run has its own note)
+        assert_eq!(note("--steps 2 --warmup 3 --lr-final-frac 0.2").len(), 1);
     }
 }

@@ -773,12 +773,7 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
     if a.expect_losses.is_some() && a.steps == 0 {
         bail!("--expect-losses checks the losses of AdamW steps: it needs --steps N (N > 0)");
     }
-    if !(a.grad_clip >= 0.0 && a.grad_clip.is_finite()) {
-        bail!(
-            "--grad-clip must be a number of at least 0 (0: no clipping), got {}",
-            train_gpt2_cuda::text::typed(a.grad_clip)
-        );
-    }
+    train_gpt2_cuda::cpu::adamw::check_grad_clip(a.grad_clip)?;
     if a.grad_clip > 0.0 && a.steps == 0 {
         bail!("--grad-clip clips the gradients of AdamW steps: it needs --steps N (N > 0)");
     }
@@ -937,7 +932,7 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
                 }
             );
             let tol = tol_of(*dev);
-            if let (Some(_), Some(path)) = (&expected, &a.expect_losses) {
+            if let Some(path) = &a.expect_losses {
                 outln!(
                     "against {}: losses within {:e} relative, norms within {:e}",
                     path.display(),

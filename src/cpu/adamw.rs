@@ -146,6 +146,17 @@ pub fn global_norm(grads: &[f32]) -> f32 {
     partial.iter().sum::<f64>().sqrt() as f32
 }
 
+/// `--grad-clip`'s bound (`train`'s and `verify`'s): a number of at least 0, 0 for no clipping.
+pub fn check_grad_clip(grad_clip: f32) -> anyhow::Result<()> {
+    if !(grad_clip >= 0.0 && grad_clip.is_finite()) {
+        anyhow::bail!(
+            "--grad-clip must be a number of at least 0 (0: no clipping), got {}",
+            crate::text::typed(grad_clip)
+        );
+    }
+    Ok(())
+}
+
 /// The factor that clips a gradient of global norm `norm` to `grad_clip` (0: no clipping): 1
 /// unless the norm is larger (llm.c's rule; PyTorch's `clip_grad_norm_` divides by `norm + 1e-6`,
 /// a relative difference of 1e-6 / norm).

@@ -325,7 +325,8 @@ impl TrainArgs {
         if asked
             && self.lr_schedule != LrShape::Constant
             && self.lr_final_frac < 1.0
-            && (1..=self.steps).contains(&self.warmup.max(1))
+            && self.steps > 0
+            && self.warmup <= self.steps
             && self.schedule().at(self.steps - 1) == self.lr
         {
             notes.push(format!(
@@ -458,7 +459,8 @@ impl TrainArgs {
         let micro = self.micro_batches() as u64;
         if (self.steps as u64).checked_mul(micro).is_none() {
             bail!(
-                "{} of {micro} micro-batches each are too many to count (a training state                  counts the micro-batches served in 64 bits): fewer steps, or a smaller {}",
+                "{} of {micro} micro-batches each are too many to count (a training state \
+                 counts the micro-batches served in 64 bits): fewer steps, or a smaller {}",
                 count(self.steps, "step", "steps"),
                 if self.total_batch.is_some() {
                     "--total-batch"
@@ -501,12 +503,7 @@ impl TrainArgs {
                 typed(self.weight_decay)
             );
         }
-        if !not_negative(self.grad_clip) {
-            bail!(
-                "--grad-clip must be a number of at least 0 (0: no clipping), got {}",
-                typed(self.grad_clip)
-            );
-        }
+        crate::cpu::adamw::check_grad_clip(self.grad_clip)?;
         for (flag, z) in [
             ("--skip-loss-z", self.skip_loss_z),
             ("--skip-norm-z", self.skip_norm_z),

@@ -106,18 +106,28 @@ pub fn worst_val_error(got: &[(usize, f32)], want: &[(usize, f32)]) -> f64 {
     assert_eq!(at, want_at, "the steps validated after");
     let mut worst = 0.0f64;
     for (&(s, g), &(_, w)) in got.iter().zip(want) {
-        let rel = ((g as f64 - w as f64) / w as f64).abs();
+        let rel = rel(g, w);
         println!("val after {s}: {g} pytorch {w} rel {rel:.1e}");
-        worst = worst.max(if rel.is_nan() { f64::INFINITY } else { rel });
+        worst = worst.max(rel);
     }
     worst
+}
+
+/// `got`'s relative error against `want`, infinite where it is NaN (a NaN would pass under `max`
+/// and `<=`).
+fn rel(got: f32, want: f32) -> f64 {
+    let r = ((got as f64 - want as f64) / want as f64).abs();
+    if r.is_nan() {
+        f64::INFINITY
+    } else {
+        r
+    }
 }
 
 /// The largest relative errors (loss, lr, norm) of a run's steps against PyTorch's, each step
 /// printed.
 pub fn worst_errors(got: &[Step], want: &[Step]) -> (f64, f64, f64) {
     assert_eq!(got.len(), want.len(), "steps logged");
-    let rel = |g: f32, w: f32| ((g as f64 - w as f64) / w as f64).abs();
     let mut worst = (0.0f64, 0.0f64, 0.0f64);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let e = (rel(g.loss, w.loss), rel(g.lr, w.lr), rel(g.norm, w.norm));
@@ -127,12 +137,6 @@ pub fn worst_errors(got: &[Step], want: &[Step]) -> (f64, f64, f64) {
             e.0,
             e.1,
             e.2
-        );
-        // (NaN compares false: a NaN step fails below as an infinite error)
-        let e = (
-            if e.0.is_nan() { f64::INFINITY } else { e.0 },
-            if e.1.is_nan() { f64::INFINITY } else { e.1 },
-            if e.2.is_nan() { f64::INFINITY } else { e.2 },
         );
         worst = (worst.0.max(e.0), worst.1.max(e.1), worst.2.max(e.2));
     }

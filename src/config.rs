@@ -1,4 +1,5 @@
-//! The model's blueprint: GPT-2's dimensions as run-time values, and the `dN` descriptors.
+//! The model's blueprint: GPT-2's dimensions as run-time values, and the `dN` descriptors
+//! (llm.c's, whose depths 24, 36 and 48 are GPT-2 medium, large and XL).
 //!
 //! Dimension names follow the math (and llm.c): V vocabulary, Vp vocabulary padded to a multiple of
 //! 128, maxT longest sequence, L layers, NH heads, C channels.
@@ -27,6 +28,20 @@ pub struct GPT2Config {
     /// C: the channels (embedding width).
     pub channels: usize,
 }
+
+/// llm.c's GPT-2 sizes, (L, C, NH) for each depth its descriptor `dN` names
+/// (`gpt2_set_hyperparameters` in llm.c's train_gpt2.cu): the four GPT-2 models OpenAI released
+/// and llm.c's unofficial smaller and larger ones. Every head is 64 wide but at d72 and d84 (96).
+pub const LLMC_GPT2_SIZES: [(usize, usize, usize); 8] = [
+    (6, 384, 6),    // 30M (unofficial)
+    (12, 768, 12),  // GPT-2 124M
+    (24, 1024, 16), // GPT-2 medium, 350M
+    (36, 1280, 20), // GPT-2 large, 774M
+    (48, 1600, 25), // GPT-2 XL, 1558M
+    (60, 1920, 30), // 2.7B (unofficial)
+    (72, 2880, 30), // 7.3B (unofficial)
+    (84, 3456, 36), // 12.2B (unofficial)
+];
 
 /// V padded up to a multiple of [`VOCAB_PAD`].
 pub fn pad_vocab(vocab_size: usize) -> usize {
@@ -82,8 +97,9 @@ impl GPT2Config {
         Ok(())
     }
 
-    /// The llm.c descriptor `dN`: L=N, NH=N, C=64*N, maxT=1024, V=50257, Vp=50304.
-    /// (`d12` is GPT-2 124M, `d24` 350M, `d36` 774M, `d48` 1558M.)
+    /// The descriptor `dN` (N in 1..=256): L=N, maxT=1024, V=50257, Vp=50304, and C, NH from
+    /// [`LLMC_GPT2_SIZES`] where llm.c names that depth (`d24` is GPT-2 medium there as here),
+    /// else NH=N, C=64*N (the rule that gives d6 and d12 too, for the depths llm.c leaves out).
     pub fn from_descriptor(desc: &str) -> Result<Self> {
         let depth: usize = match desc.strip_prefix('d').map(str::parse) {
             Some(Ok(n)) if (1..=256).contains(&n) => n,
@@ -92,13 +108,17 @@ impl GPT2Config {
                  the path of a checkpoint file or a Hugging Face GPT-2 folder"
             ),
         };
+        let (channels, heads) = LLMC_GPT2_SIZES
+            .iter()
+            .find(|&&(l, _, _)| l == depth)
+            .map_or((64 * depth, depth), |&(_, c, nh)| (c, nh));
         GPT2Config::new(
             1024,
             GPT2_VOCAB_SIZE,
             pad_vocab(GPT2_VOCAB_SIZE),
             depth,
-            depth,
-            64 * depth,
+            heads,
+            channels,
         )
     }
 
@@ -142,6 +162,23 @@ mod tests {
             ),
             (1024, 50257, 50304, 12, 12, 768)
         );
+    }
+
+    /// llm.c's depths take its (C, NH); the others follow C = 64N, NH = N.
+    #[test]
+    fn descriptors_follow_llmc_where_it_names_the_depth() {
+        let dims = |d: &str| {
+            let c = GPT2Config::from_descriptor(d).unwrap();
+            (c.num_layers, c.channels, c.num_heads)
+        };
+        assert_eq!(dims("d6"), (6, 384, 6));
+        assert_eq!(dims("d24"), (24, 1024, 16));
+        assert_eq!(dims("d36"), (36, 1280, 20));
+        assert_eq!(dims("d48"), (48, 1600, 25));
+        assert_eq!(dims("d72"), (72, 2880, 30));
+        assert_eq!(dims("d1"), (1, 64, 1));
+        assert_eq!(dims("d16"), (16, 1024, 16));
+        assert_eq!(dims("d256"), (256, 16384, 256));
     }
 
     #[test]

@@ -284,6 +284,26 @@ mod tests {
         assert_eq!(num_parameters(&cfg), 124_475_904);
     }
 
+    /// d24, d36 and d48 are llm.c's (and OpenAI's) GPT-2 medium, large and XL: without the
+    /// vocabulary padding their parameters are the totals Hugging Face publishes for gpt2,
+    /// gpt2-medium, gpt2-large and gpt2-xl.
+    #[test]
+    fn the_gpt2_family_has_the_published_parameter_counts() {
+        for (desc, published) in [
+            ("d12", 124_439_808),
+            ("d24", 354_823_168),
+            ("d36", 774_030_080),
+            ("d48", 1_557_611_200),
+        ] {
+            let cfg = GPT2Config::from_descriptor(desc).unwrap();
+            let unpadded = GPT2Config {
+                padded_vocab_size: cfg.vocab_size,
+                ..cfg
+            };
+            assert_eq!(num_parameters(&unpadded), published, "{desc}");
+        }
+    }
+
     #[test]
     fn split_is_in_checkpoint_order() {
         let cfg = GPT2Config::new(8, 10, 16, 2, 2, 4).unwrap();

@@ -144,6 +144,10 @@ fn mfu_arithmetic_agrees_with_the_crate() {
     let json = bench_ok(&["--mfu-info", "--model", "d12", "--seq", "1024"]);
     assert_eq!(json_f64(&json, "params"), 124_475_904.0);
     assert_eq!(json_f64(&json, "flops_per_token"), 803_478_528.0);
+    // GPT-2 medium (llm.c's d24: C = 1024, 16 heads): Hugging Face's 354,823,168 parameters and
+    // the 47 padding rows of wte
+    let json = bench_ok(&["--mfu-info", "--model", "d24", "--seq", "1024"]);
+    assert_eq!(json_f64(&json, "params"), (354_823_168 + 47 * 1024) as f64);
 }
 
 #[test]

@@ -43,6 +43,10 @@ GPT2_VOCAB_SIZE = 50257  # V
 VOCAB_PAD = 128  # Vp = V padded up to a multiple of this
 MAX_SEQ_LEN = 1024  # maxT of every dN model
 MAX_DEPTH = 256  # dN with N in 1..=256, as GPT2Config::from_descriptor
+# depth: (C, NH) of the depths llm.c's descriptor names, as LLMC_GPT2_SIZES in src/config.rs
+# (24, 36, 48: GPT-2 medium, large, XL)
+LLMC_GPT2_SIZES = {6: (384, 6), 12: (768, 12), 24: (1024, 16), 36: (1280, 20), 48: (1600, 25),
+                   60: (1920, 30), 72: (2880, 30), 84: (3456, 36)}
 
 # Dense (no sparsity) peak TFLOP/s from NVIDIA's data sheets: (name, fp32, tf32, bf16), as
 # PEAK_TFLOPS in src/mfu.rs.
@@ -64,7 +68,7 @@ class Stop(Exception):
 
 
 def parse_model(desc):
-    """The depth N of the descriptor dN (L=N, NH=N, C=64N, maxT=1024, V=50257, Vp=50304)."""
+    """The depth N of the descriptor dN (its dimensions: model_dims)."""
     m = re.fullmatch(r"d(\d+)", desc)
     if not m or not 1 <= int(m.group(1)) <= MAX_DEPTH:
         raise UsageError(
@@ -75,9 +79,11 @@ def parse_model(desc):
 
 
 def model_dims(depth):
-    """(L, NH, C, V, Vp, maxT) of the model dN."""
+    """(L, NH, C, V, Vp, maxT) of the model dN: llm.c's (C, NH) where it names the depth, else
+    C = 64N, NH = N (GPT2Config::from_descriptor)."""
+    c, nh = LLMC_GPT2_SIZES.get(depth, (64 * depth, depth))
     vp = (GPT2_VOCAB_SIZE + VOCAB_PAD - 1) // VOCAB_PAD * VOCAB_PAD
-    return depth, depth, 64 * depth, GPT2_VOCAB_SIZE, vp, MAX_SEQ_LEN
+    return depth, nh, c, GPT2_VOCAB_SIZE, vp, MAX_SEQ_LEN
 
 
 def num_parameters(depth):

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """PyTorch GPT-2 training-step benchmark: the baseline our engine is compared with.
 
-Times full training steps (forward, backward, AdamW) of GPT-2 dN (L=N, NH=N, C=64N, V=50257
-padded to 50304 like llm.c, maxT=1024) on random tokens, on the CPU or a CUDA GPU, in fp32, TF32
+Times full training steps (forward, backward, AdamW) of GPT-2 dN (the engine's descriptor: L=N,
+C and NH from bench_lib.model_dims, V=50257 padded to 50304 like llm.c, maxT=1024) on random tokens, on the CPU or a CUDA GPU, in fp32, TF32
 or with bf16 autocast, eager or under torch.compile. A step is what the engine's training step
 does: zero_grad, forward, backward, the global gradient norm with clipping to 1.0, fused AdamW.
 Each timed step ends with a device synchronisation (the engine reads the loss and the norm back
@@ -29,6 +29,8 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from bench_lib import model_dims  # beside this file (the standard library only)
 
 
 class Block(nn.Module):
@@ -63,10 +65,10 @@ class Block(nn.Module):
 class GPT(nn.Module):
     def __init__(self, depth, vocab=50304, max_t=1024, fused_attention=True):
         super().__init__()
-        c = 64 * depth
+        _, nh, c, _, _, _ = model_dims(depth)
         self.wte = nn.Embedding(vocab, c)
         self.wpe = nn.Embedding(max_t, c)
-        self.blocks = nn.ModuleList(Block(c, depth, fused_attention) for _ in range(depth))
+        self.blocks = nn.ModuleList(Block(c, nh, fused_attention) for _ in range(depth))
         self.ln_f = nn.LayerNorm(c)
         # GPT-2's initialisation (timing does not depend on it, but the printed loss then makes sense)
         for name, p in self.named_parameters():

@@ -40,7 +40,8 @@ pub struct TrainArgs {
     /// Where to run: auto (GPU if there is one), cpu or cuda.
     #[arg(help_heading = MODEL_AND_DATA, long, value_enum, default_value = "auto")]
     pub device: Device,
-    /// The model: a descriptor dN (N from 1 to 256: L=N, NH=N, C=64N; d12 is GPT-2 124M) for a new one, or one to
+    /// The model: a descriptor dN for a new one (llm.c's: N layers; d12 is GPT-2 124M, d24, d36
+    /// and d48 GPT-2 medium, large and XL; other N from 1 to 256 have N heads of 64), or one to
     /// continue from (finetune): an llm.c checkpoint, or a Hugging Face GPT-2 (a directory with
     /// config.json and model.safetensors).
     #[arg(help_heading = MODEL_AND_DATA, long, default_value = "d12")]

@@ -123,11 +123,18 @@ fn num(cell: &str) -> f64 {
 
 #[test]
 fn mfu_arithmetic_agrees_with_the_crate() {
-    for depth in [1, 2, 6, 12, 24, 48] {
+    for depth in [1, 2, 6, 12, 24, 36, 48, 60, 72, 84, 100] {
         for t in [1, 32, 1024] {
             let model = format!("d{depth}");
             let json = bench_ok(&["--mfu-info", "--model", &model, "--seq", &t.to_string()]);
             let cfg = GPT2Config::from_descriptor(&model).unwrap();
+            // the PyTorch side builds its model from these (tools/bench_pytorch.py)
+            let dims = ["L", "NH", "C"].map(|k| json_f64(&json, k) as usize);
+            assert_eq!(
+                dims,
+                [cfg.num_layers, cfg.num_heads, cfg.channels],
+                "{model}"
+            );
             assert_eq!(
                 json_f64(&json, "params"),
                 num_parameters(&cfg) as f64,

@@ -425,7 +425,7 @@ def build_parser():
                        "their rows (same device, model, T and timing)")
     tools.add_argument("--parse-log", metavar="FILE", help="parse an engine log (with --warmup) to JSON")
     tools.add_argument("--mfu-info", action="store_true",
-                       help="print N, FLOPs/token (--model, --seq) and the peaks for --gpu-name (or "
+                       help="print L, NH, C, N, FLOPs/token (--model, --seq) and the peaks for --gpu-name (or "
                        "--peak-tflops) as JSON")
     return p
 
@@ -1027,8 +1027,9 @@ def main(argv=None):
         if a.mfu_info:
             depth = parse_model(a.model)
             (t,) = positive_int_list(a.seq, "--seq")
-            info = {"model": a.model, "T": t, "params": num_parameters(depth),
-                    "flops_per_token": flops_per_token(depth, t)}
+            l, nh, c, _, _, _ = model_dims(depth)
+            info = {"model": a.model, "L": l, "NH": nh, "C": c, "T": t,
+                    "params": num_parameters(depth), "flops_per_token": flops_per_token(depth, t)}
             if a.gpu_name is not None:
                 info["gpu_name"] = a.gpu_name
                 info["peak_tflops"] = {p: peak_tflops(a.gpu_name, p) for p in PRECISIONS}

@@ -425,8 +425,8 @@ def build_parser():
                        "their rows (same device, model, T and timing)")
     tools.add_argument("--parse-log", metavar="FILE", help="parse an engine log (with --warmup) to JSON")
     tools.add_argument("--mfu-info", action="store_true",
-                       help="print L, NH, C, N, FLOPs/token (--model, --seq) and the peaks for --gpu-name (or "
-                       "--peak-tflops) as JSON")
+                       help="print L, NH, C, N, FLOPs/token (--model, --seq) and the peaks for "
+                       "--gpu-name (or --peak-tflops) as JSON")
     return p
 
 

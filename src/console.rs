@@ -16,15 +16,46 @@
 
 use std::fmt;
 use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// How the first failed write failed; once set, nothing more is written.
 static FAILURE: Mutex<Option<std::io::ErrorKind>> = Mutex::new(None);
 
+/// Whether stdout carries a command's product (see [`keep_stdout_for`]): then [`write()`]
+/// writes to stderr.
+static STDOUT_IS_DATA: AtomicBool = AtomicBool::new(false);
+
+/// If `path` is the pipe or file stdout writes to (`--out /dev/stdout | wc -c`), sends what
+/// [`out!`](crate::out) and [`outln!`](crate::outln) print to stderr from now on, so that the
+/// file written there is all that stdout carries. (Not for a device: a terminal, or `/dev/null`
+/// with stdout there too.)
+pub fn keep_stdout_for(path: &Path) {
+    let same = |stdout: std::fs::Metadata| {
+        !stdout.file_type().is_char_device()
+            && std::fs::metadata(path)
+                .is_ok_and(|m| (m.dev(), m.ino()) == (stdout.dev(), stdout.ino()))
+    };
+    let stdout = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::fs::File::from);
+    if stdout.and_then(|f| f.metadata()).is_ok_and(same) {
+        STDOUT_IS_DATA.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Writes `args` to stdout and flushes it (the output is progress, to be seen as it comes). The
 /// first failure is noted on stderr; from then on nothing is written. Returns whether the text
-/// was written.
+/// was written. (To stderr where stdout carries a file: [`keep_stdout_for`].)
 pub fn write(args: fmt::Arguments) -> bool {
+    if STDOUT_IS_DATA.load(Ordering::Relaxed) {
+        write_err(args);
+        return true;
+    }
     let mut failure = FAILURE.lock().unwrap_or_else(|e| e.into_inner());
     if failure.is_some() {
         return false;

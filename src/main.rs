@@ -623,6 +623,7 @@ fn run_hellaswag(a: &EvalArgs, path: &std::path::Path) -> Result<ExitCode> {
 }
 
 fn run_convert(a: &ConvertArgs) -> Result<ExitCode> {
+    train_gpt2_cuda::console::keep_stdout_for(&a.out);
     let mut written = vec![a.out.clone()];
     match a.format {
         ModelFormat::Llmc => check_out_file("--out", &a.out)?,
@@ -739,6 +740,7 @@ fn resolved(path: &std::path::Path) -> std::path::PathBuf {
 
 fn run_tokenizer(out: &std::path::Path) -> Result<ExitCode> {
     use train_gpt2_cuda::formats::tokenizer_file::TOKENIZER_MAGIC;
+    train_gpt2_cuda::console::keep_stdout_for(out);
     check_out_file("--out", out)?;
     check_replaceable_by("--out", out, TOKENIZER_MAGIC)?;
     make_folder_of("--out", out)?;
@@ -755,6 +757,9 @@ fn run_tokenizer(out: &std::path::Path) -> Result<ExitCode> {
 }
 
 fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
+    if let Some(dump) = &a.dump {
+        train_gpt2_cuda::console::keep_stdout_for(dump);
+    }
     // the flags, before any work. Those that choose what is checked on the GPU are errors with
     // --device cpu (its default), not notes as in training: the CPU alone would pass, and
     // "all tensors pass" would claim bf16, the kernels or the recomputation checked.

@@ -2877,8 +2877,10 @@ fn an_output_does_not_replace_a_file_of_another_kind() {
 }
 
 /// `--out /dev/stdout` and `--dump /dev/stdout` where stdout is a pipe (`| wc -c`; `output()`
-/// pipes it too): the file's bytes come through the pipe. (The path's links end in `/proc`'s
-/// `pipe:[N]`, which names no file: writing there failed with "No such file or directory".)
+/// pipes it too): the file's bytes come through the pipe, and nothing else (what the command
+/// says goes to stderr). (The path's links end in `/proc`'s `pipe:[N]`, which names no file:
+/// writing there failed with "No such file or directory"; then the "wrote" line, and verify's
+/// table, came through the pipe too.)
 #[test]
 fn an_output_to_dev_stdout_goes_through_a_pipe() {
     let dir = tmp_dir("dev-stdout");
@@ -2906,12 +2908,13 @@ fn an_output_to_dev_stdout_goes_through_a_pipe() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{args:?} /dev/stdout: {stderr}");
         assert!(
-            out.stdout.windows(want.len()).any(|w| w == &want[..]),
-            "{args:?} /dev/stdout: the {} bytes of {file} did not come through the pipe \
-             ({} bytes did): {stderr}",
+            out.stdout == want,
+            "{args:?} /dev/stdout: the {} bytes of {file}, and nothing else, did not come \
+             through the pipe ({} bytes did): {stderr}",
             want.len(),
             out.stdout.len()
         );
+        assert!(stderr.contains("wrote /dev/stdout"), "{args:?}: {stderr}");
     }
 }
 

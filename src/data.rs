@@ -184,7 +184,8 @@ fn shard_lengths(pattern: &str, b: usize, t: usize) -> Result<(Vec<PathBuf>, Vec
         let advice = if n < 2 {
             "it holds no batch at any --batch and --seq (tokenize more text into it)"
         } else {
-            "give a smaller --batch or --seq"
+            "give a smaller --batch or --seq, or tokenize more text into the set (for a val \
+             set that prepro made, a larger --val-fraction)"
         };
         bail!(
             "{which} {}, fewer than B*T+1 = {bt1} needed for one batch (B={b}, T={t}): {advice}",

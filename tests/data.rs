@@ -490,7 +490,8 @@ fn a_set_without_a_batch_is_an_error() {
     let pat = dir.join("*.bin").to_string_lossy().into_owned();
     let want = format!(
         "no shard of '{pat}' holds one batch: the largest of its 2, {}, has 6 tokens, fewer \
-         than B*T+1 = 7 needed for one batch (B=2, T=3): give a smaller --batch or --seq",
+         than B*T+1 = 7 needed for one batch (B=2, T=3): give a smaller --batch or --seq, or \
+         tokenize more text into the set (for a val set that prepro made, a larger --val-fraction)",
         dir.join("b.bin").display()
     );
     assert_contains(&err_text(DataLoader::new(&pat, 2, 3, V, None)), &[&want]);

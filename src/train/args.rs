@@ -152,10 +152,11 @@ pub struct TrainArgs {
     /// Continue a run exactly where its last checkpoint left it: from a training state
     /// (state_NNNNNN.bin, written beside each model_NNNNNN.bin) or the latest one in a folder. The
     /// model, AdamW's moments, the step and the place in the training data come from there; give
-    /// the run's other flags again (--steps may grow; --model, if given, must be the run's). The
-    /// run goes on in that folder unless --out-dir names another; a state records the optimizer's
-    /// settings (a note names any given otherwise) and its model's fingerprint (another model
-    /// in that file's place is refused).
+    /// the run's other flags again (--steps may grow; --model, if given, must be the run's: only
+    /// its shape is checked, the weights come from the state's checkpoint). The run goes on in
+    /// that folder unless --out-dir names another; a state records the optimizer's settings (a
+    /// note names any given otherwise) and its model's fingerprint (another model in that file's
+    /// place is refused).
     #[arg(help_heading = CHECKPOINTS, long, value_name = "STATE_OR_DIR")]
     pub resume: Option<PathBuf>,
     /// Write no training state beside the checkpoints (it is 2 or 3 times the fp32 model's size:

@@ -79,7 +79,92 @@ fn window_means_and_validation_losses_against_the_band() {
     let short = log(&dir, "short.log", &[10.0, 9.0, 8.0], [10.0, 7.5]);
     let (_, out) = run(&[fp32.to_str().unwrap(), short.to_str().unwrap()]);
     assert!(
-        out.contains("the runs differ in length: 4 vs 3 steps"),
+        out.contains("the runs differ: steps 1-4 of 4 (4 lines) vs 1-3 of 3 (3 lines)"),
+        "{out}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// What would make the verdict wrong is refused or fails: a run cut short (its last step line
+/// not M of M, though as many lines as the other run's), the logs given the other way round
+/// (their model lines' precisions), a NaN loss (the engine prints `NaN`); an fp32 loss of 0 is
+/// no division by zero, a last window of one step joins the one before, and the band is printed
+/// as given.
+#[test]
+fn cut_runs_swapped_logs_and_nan_losses_are_not_passed() {
+    let dir = std::env::temp_dir().join(format!("loss_band_bad_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    // a log of steps 1..=losses.len() out of `total`, after a model line on `device`
+    let log = |name: &str, device: &str, total: usize, losses: &[&str]| {
+        let mut s = format!("model: L=1 NH=1 C=64 (1.0M parameters) on {device}\n");
+        for (i, l) in losses.iter().enumerate() {
+            s += &format!(
+                "step {:>5}/{total} | loss {l} | lr 1.00e-4 | 5.0 ms\n",
+                i + 1
+            );
+        }
+        write(name, s + "val loss 7.0000\n")
+    };
+    let cuda = |p: &str| format!("cuda: NVIDIA H200, {p}, fused kernels, CUDA graphs");
+    let losses = ["10.0000", "9.0000", "8.0000", "7.0000"];
+    let fp32 = log("fp32.log", &cuda("fp32"), 4, &losses);
+    let bf16 = log("bf16.log", &cuda("bf16"), 4, &losses);
+    let (rc, out) = run(&[&fp32, &bf16, "--window", "2"]);
+    assert_eq!(rc, 0, "{out}");
+    // cut short: 4 lines of a run of 8 steps, against a whole run of 4
+    let cut = log("cut.log", &cuda("bf16"), 8, &losses);
+    let (rc, out) = run(&[&fp32, &cut]);
+    assert_eq!(rc, 1, "{out}");
+    assert!(out.contains("the run stopped at step 4 of 8"), "{out}");
+    // the other way round, and two fp32 runs (a CPU run is fp32)
+    let cpu = log("cpu.log", "cpu (2 threads)", 4, &losses);
+    for (a, b, said) in [
+        (&bf16, &fp32, "say bf16 and fp32"),
+        (&fp32, &cpu, "say fp32 and fp32"),
+    ] {
+        let (rc, out) = run(&[a, b]);
+        assert_eq!(rc, 1, "{out}");
+        assert!(out.contains(said), "{out}");
+        assert!(out.contains("give the fp32 run's log first"), "{out}");
+    }
+    // a NaN in the bf16 run fails its window; the other window passes
+    let nan = log(
+        "nan.log",
+        &cuda("bf16"),
+        4,
+        &["10.0000", "NaN", "8.0000", "7.0000"],
+    );
+    let (rc, out) = run(&[&fp32, &nan, "--window", "2"]);
+    assert_eq!(rc, 1, "{out}");
+    assert!(out.contains("rel diff nan FAIL"), "{out}");
+    assert!(
+        out.contains("steps     3-4     fp32 7.5000 bf16 7.5000"),
+        "{out}"
+    );
+    // fp32 losses of 0 (an overfit batch): equal is no difference, anything else infinite
+    let zero = log("zero.log", &cuda("fp32"), 2, &["0.0000", "0.0000"]);
+    let one = log("one.log", &cuda("bf16"), 2, &["0.0000", "0.0001"]);
+    let (rc, out) = run(&[&zero, &one, "--window", "1"]);
+    assert_eq!(rc, 1, "{out}");
+    assert!(
+        out.contains("steps     1-1     fp32 0.0000 bf16 0.0000 rel diff 0.00e+00 ok"),
+        "{out}"
+    );
+    assert!(out.contains("rel diff inf FAIL"), "{out}");
+    // 5 steps in windows of 4: the fifth joins the first window; a band of 1.5%
+    let five = ["10.0000", "9.0000", "8.0000", "7.0000", "6.0000"];
+    let f5 = log("f5.log", &cuda("fp32"), 5, &five);
+    let b5 = log("b5.log", &cuda("bf16"), 5, &five);
+    let (rc, out) = run(&[&f5, &b5, "--window", "4", "--band", "0.015"]);
+    assert_eq!(rc, 0, "{out}");
+    assert!(out.contains("steps     1-5     fp32 8.0000"), "{out}");
+    assert!(
+        out.contains("within 1.5% (windows of 4 steps) and 2% (validation): yes"),
         "{out}"
     );
     std::fs::remove_dir_all(&dir).ok();

@@ -28,10 +28,14 @@ pub const PEAK_TFLOPS: [(&str, f64, f64, f64); 4] = [
 ];
 
 /// The peak TFLOP/s of the GPU called `device_name` (as the driver names it, e.g. "NVIDIA H100
-/// 80GB HBM3") in `precision`, or None for a device not in the table.
+/// 80GB HBM3") in `precision`, or None for a device not in the table. The NVL parts (H100 NVL,
+/// H200 NVL) run at lower clocks than the SXM ones the H100 and H200 rows give: they are not in
+/// the table (`--peak-tflops` gives their peak).
 pub fn peak_tflops(device_name: &str, precision: Precision) -> Option<f64> {
     let upper = device_name.to_uppercase();
-    let row = if upper.contains("H200") {
+    let row = if upper.contains("NVL") {
+        return None;
+    } else if upper.contains("H200") {
         PEAK_TFLOPS[3]
     } else if upper.contains("H100") && upper.contains("PCIE") {
         PEAK_TFLOPS[1]
@@ -118,5 +122,8 @@ mod tests {
             peak_tflops("NVIDIA GeForce RTX 4090", Precision::Bf16),
             None
         );
+        // not the SXM parts' peaks
+        assert_eq!(peak_tflops("NVIDIA H200 NVL", Precision::Bf16), None);
+        assert_eq!(peak_tflops("NVIDIA H100 NVL", Precision::Bf16), None);
     }
 }

@@ -167,6 +167,8 @@ fn peak_table_agrees_with_the_crate() {
             "NVIDIA H200",
             "NVIDIA A100-SXM4-80GB",
             "NVIDIA GeForce RTX 4090",
+            "NVIDIA H200 NVL",
+            "NVIDIA H100 NVL",
         ]
         .map(String::from),
     );
@@ -241,6 +243,25 @@ fn parses_a_captured_engine_log() {
     assert_eq!(json_f64(&json, "ms_per_step"), (383.2 + 346.8) / 2.0);
     assert_eq!(json_raw(&json, "engine_mfu"), "null");
     assert_eq!(json_raw(&json, "device"), "null");
+
+    // a step whose update was skipped did less work: left out of the timing; a NaN loss is
+    // null in the JSON (which has no NaN)
+    let skipped = dir.join("skipped.log");
+    std::fs::write(
+        &skipped,
+        "step     1/4 | loss 10.8027 | lr 3.00e-4 | norm 2.389 | 452.9 ms | 141 tok/s | MFU -\n\
+         step     2/4 | loss NaN | lr 2.33e-4 | norm 2.951 | 60.5 ms | 167 tok/s | MFU - | update skipped: loss NaN\n\
+         step     3/4 | loss 10.7808 | lr 9.75e-5 | norm 2.770 | 99.0 ms | 185 tok/s | MFU -\n\
+         step     4/4 | loss 10.7000 | lr 9.75e-5 | norm 2.770 | 98.0 ms | 185 tok/s | MFU -\n",
+    )
+    .unwrap();
+    let json = bench_ok(&["--parse-log", skipped.to_str().unwrap(), "--warmup", "1"]);
+    assert_eq!(json_list(&json, "timed_ms"), [99.0, 98.0], "{json}");
+    assert_eq!(json_f64(&json, "ms_per_step"), 98.5);
+    assert!(
+        json.contains("\"losses\": [10.8027, null, 10.7808, 10.7]"),
+        "{json}"
+    );
 
     // what a benchmark cannot use is an error, exit status 1, naming the file
     let (out, _, stderr) = bench(&["--parse-log", cpu.to_str().unwrap(), "--warmup", "3"]);
@@ -504,6 +525,42 @@ fn merges_results_files_into_one_table() {
         ),
         "{report}"
     );
+    // a variant of the engine (--kernels plain) is named in its row, and the ratio is the
+    // default engine's in either order of the files
+    let plain_run = engine_run
+        .replace("--pytorch none", "--pytorch none --kernels plain")
+        .replace(
+            "\"ms_per_step\": 16.0",
+            "\"ms_per_step\": 24.0, \"variant\": \"plain kernels\"",
+        );
+    let p = dir.join("plain.json");
+    std::fs::write(&p, &plain_run).unwrap();
+    for files in [[&p, &a, &b], [&a, &p, &b], [&b, &p, &a]] {
+        let args: Vec<&str> = files.iter().map(|f| f.to_str().unwrap()).collect();
+        let report = bench_ok(&[&["--report"][..], &args].concat());
+        let rows = table_rows(&report);
+        let plain = rows.iter().find(|r| r[4] == "24.0").expect("the plain row");
+        assert_eq!(plain[0], "train-gpt2-cuda (plain kernels)", "{report}");
+        let torch = rows.iter().find(|r| r[0] == "pytorch-compile").unwrap();
+        assert_eq!(torch[8], "1.25x", "{files:?}: {report}");
+    }
+    // with the plain variant alone, the ratio is its own
+    let report = bench_ok(&["--report", p.to_str().unwrap(), b.to_str().unwrap()]);
+    assert_eq!(table_rows(&report)[1][8], "0.83x", "{report}");
+
+    // on the CPU, another machine's run (its description) is another table
+    let cpu_run = engine_run.replace("\"device\": \"cuda\"", "\"device\": \"cpu\"");
+    let (c1, c2) = (dir.join("cpu1.json"), dir.join("cpu2.json"));
+    std::fs::write(&c1, &cpu_run).unwrap();
+    std::fs::write(
+        &c2,
+        cpu_run.replace("NVIDIA H200, driver", "another CPU, driver"),
+    )
+    .unwrap();
+    let (out, _, stderr) = bench(&["--report", c1.to_str().unwrap(), c2.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cpu2.json: device_text is"), "{stderr}");
+
     // another T is another table
     let other = dir.join("other.json");
     std::fs::write(
@@ -1066,12 +1123,30 @@ fn an_engine_error_is_told_whole_after_the_table() {
 /// `tools/bench --device cuda` for d12, B=4, T=1024, with a stand-in engine printing `engine_log`,
 /// a stand-in PyTorch answering 80 ms/step, and `smi` as nvidia-smi; (exit status, stdout, stderr).
 fn stand_in_gpu_run(dir: &Path, engine_log: &str, smi: &str) -> (Option<i32>, String, String) {
+    stand_in_gpu_run_with(dir, engine_log, None, smi)
+}
+
+/// [`stand_in_gpu_run`] with a stand-in engine that also writes `jsonl` as its run's log.jsonl.
+fn stand_in_gpu_run_with(
+    dir: &Path,
+    engine_log: &str,
+    jsonl: Option<&str>,
+    smi: &str,
+) -> (Option<i32>, String, String) {
     let log = dir.join("gpu.log");
     std::fs::write(&log, engine_log).unwrap();
-    let eng = script(
-        &dir.join("engine"),
-        &format!("sleep 1\ncat '{}'\n", log.display()),
-    );
+    let mut body = "sleep 1\n".to_string();
+    if let Some(jsonl) = jsonl {
+        let j = dir.join("gpu.jsonl");
+        std::fs::write(&j, jsonl).unwrap();
+        body += &format!(
+            "while [ $# -gt 0 ]; do [ \"$1\" = --out-dir ] && mkdir -p \"$2\" && cp '{}' \"$2/log.jsonl\"; \
+             shift; done\n",
+            j.display()
+        );
+    }
+    body += &format!("cat '{}'\n", log.display());
+    let eng = script(&dir.join("engine"), &body);
     let py = fake_python(
         dir,
         true,
@@ -1195,6 +1270,19 @@ fn a_gpu_run_with_stand_ins_for_the_engine_and_pytorch() {
         stdout.contains("train-gpt2-cuda: (smi) nvidia-smi's memory.used above"),
         "{stdout}"
     );
+
+    // The run's log.jsonl gives the step times unrounded (the step lines round to 0.1 ms):
+    // the median of 101.46, 99.04, 100.54, 97.96 is 99.79 ms -> 4096 / 0.09979 = 41,046 tokens/s
+    let jsonl: String = [912.43, 101.46, 99.04, 100.54, 97.96]
+        .iter()
+        .enumerate()
+        .map(|(i, ms)| format!("{{\"step\": {}, \"loss\": 10.0, \"ms\": {ms}}}\n", i + 1))
+        .collect();
+    let (code, stdout, stderr) =
+        stand_in_gpu_run_with(&dir, GPU_LOG, Some(&jsonl), missing.to_str().unwrap());
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let rows = table_rows(&stdout);
+    assert_eq!(rows[0][4..6], ["99.8", "41,046"], "{stdout}");
 }
 
 /// The Python with PyTorch: $TORCH_PYTHON, else python3.

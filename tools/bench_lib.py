@@ -107,8 +107,11 @@ def flops_per_token(depth, t):
 
 
 def peak_tflops(device_name, precision):
-    """The peak TFLOP/s of the GPU called device_name in precision, or None (not in the table)."""
+    """The peak TFLOP/s of the GPU called device_name in precision, or None (not in the table:
+    the NVL parts too, whose peaks are lower than the SXM parts' rows)."""
     upper = (device_name or "").upper()
+    if "NVL" in upper:
+        return None
     if "H200" in upper:
         row = PEAK_TFLOPS[3]
     elif "H100" in upper and "PCIE" in upper:
@@ -138,10 +141,12 @@ class LogError(Exception):
     """The engine's output lacks what a benchmark needs."""
 
 
-def parse_engine_log(text, warmup):
-    """The steps, the median ms/step over the steps after the first `warmup`, the median of the
-    engine's own MFU figures (a fraction, None where it printed '-'), its peak memory in bytes and
-    the device it named."""
+def parse_engine_log(text, warmup, jsonl=None):
+    """The steps, the median ms/step over the steps after the first `warmup` (but those whose
+    update was skipped: less work), the median of the engine's own MFU figures (a fraction, None
+    where it printed '-'), its peak memory in bytes and the device it named. `jsonl`, the run's
+    log.jsonl, gives each step's time unrounded (the step line rounds it to 0.1 ms: 5% of a
+    2 ms step)."""
     steps = []
     peak = None
     device = None
@@ -162,16 +167,33 @@ def parse_engine_log(text, warmup):
         raise LogError(
             f"the engine printed {len(steps)} step lines, not more than the {warmup} warm-up steps"
         )
-    timed = steps[warmup:]
-    mfus = [s["mfu"] for s in timed if s["mfu"] is not None]
+    exact = {}  # step: its ms in log.jsonl
+    for line in (jsonl or "").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and is_int(rec.get("step"), 1) and is_number(rec.get("ms")):
+            exact[rec["step"]] = float(rec["ms"])
+    for st in steps:
+        # (the same time, unrounded: a record that disagrees is of another run, and ignored)
+        if abs(exact.get(st["step"], math.inf) - st["ms"]) <= 0.05 + 1e-9:
+            st["ms"] = exact[st["step"]]
+    timed = [st for st in steps[warmup:] if not st["skipped"]]
+    if not timed:
+        raise LogError(f"every step after the {warmup} warm-up steps skipped its update")
+    mfus = [st["mfu"] for st in timed if st["mfu"] is not None]
+    def finite(v):  # (JSON has no NaN)
+        return v if v is not None and math.isfinite(v) else None
+
     return {
         "steps_run": len(steps),
-        "step_ms": [s["ms"] for s in steps],
-        "timed_ms": [s["ms"] for s in timed],
-        "ms_per_step": statistics.median(s["ms"] for s in timed),
-        "ms_mean": statistics.fmean(s["ms"] for s in timed),
+        "step_ms": [st["ms"] for st in steps],
+        "timed_ms": [st["ms"] for st in timed],
+        "ms_per_step": statistics.median(st["ms"] for st in timed),
+        "ms_mean": statistics.fmean(st["ms"] for st in timed),
         "engine_mfu": statistics.median(mfus) if len(mfus) == len(timed) else None,
-        "losses": [s["loss"] for s in steps],
+        "losses": [finite(st["loss"]) for st in steps],
         "peak_mem_bytes": peak,
         "device": device,
     }
@@ -182,7 +204,7 @@ def parse_step_line(line):
     parts = [p.strip() for p in line.split("|")]
     m = re.fullmatch(r"step\s+(\d+)/(\d+)", parts[0])
     out = {"step": int(m.group(1)), "steps": int(m.group(2)), "loss": None, "ms": None}
-    out.update(tok_s=None, mfu=None)
+    out.update(tok_s=None, mfu=None, skipped=any(p.startswith("update skipped") for p in parts))
     try:
         for p in parts[1:]:
             if p.startswith("loss "):
@@ -228,13 +250,15 @@ def derive(rows, meta):
     for r in rows:
         if r["impl"] == ENGINE or r["status"] != "ok":
             continue
+        # the engine as it runs by default; another variant only where it is the one there is
         eng = [
             e for e in rows
             if e["impl"] == ENGINE and e["status"] == "ok"
             and (e["precision"], e["B"], e["T"]) == (r["precision"], r["B"], r["T"])
         ]
-        if eng:
-            r["ratio"] = eng[0]["tokens_per_s"] / r["tokens_per_s"]
+        default = [e for e in eng if not e.get("variant")]
+        if default or len(eng) == 1:
+            r["ratio"] = (default or eng)[0]["tokens_per_s"] / r["tokens_per_s"]
     return rows
 
 
@@ -245,7 +269,8 @@ COLUMNS = ["implementation", "precision", "B", "T", "ms/step", "tokens/s", "MFU"
 def table_cells(r):
     status = r["status"]
     name = r["impl"]
-    head = [name, r["precision"], str(r["B"]), str(r["T"])]
+    head = [name + (f" ({r['variant']})" if r.get("variant") else ""), r["precision"], str(r["B"]),
+            str(r["T"])]
     if status == "ok":
         mem = r.get("peak_mem_bytes")
         mem_text = "-" if mem is None else f"{mem / (1 << 20):,.0f} MiB"
@@ -322,7 +347,8 @@ def format_report(meta, rows):
     out.append("")
     out.append(format_table(rows))
     out.append("")
-    notes = ["'engine / this' is the engine's tokens/s over this row's, same precision, B and T."]
+    notes = ["'engine / this' is the engine's tokens/s over this row's, same precision, B and T "
+             "(the engine as it runs by default where the table has it)."]
     srcs = {}  # source: the implementations that use it
     for r in rows:
         s = r.get("peak_mem_source")
@@ -650,8 +676,18 @@ def failure_row(row, rc, out, err, timeout, line):
     return row
 
 
+def engine_variant(a):
+    """What an engine row runs other than the default (its kernels, graphs, recomputation), as
+    the table names it, or None."""
+    parts = [f"{a.kernels} kernels"] if a.kernels else []
+    parts += ["no CUDA graphs"] if a.no_cuda_graphs else []
+    parts += [f"{a.recompute} recomputed"] if a.recompute else []
+    return ", ".join(parts) or None
+
+
 def run_engine(a, b, precision, tmp, env):
-    row = {"impl": ENGINE, "precision": precision, "B": b, "T": a.t, "status": "ok"}
+    row = {"impl": ENGINE, "precision": precision, "B": b, "T": a.t, "status": "ok",
+           "variant": engine_variant(a)}
     skip = engine_skips(a, precision)
     if skip:
         row.update(status="n/a", note=skip)
@@ -665,12 +701,17 @@ def run_engine(a, b, precision, tmp, env):
             rc, out, err = run_process(cmd, env, a.timeout_s, a.verbose)
     else:
         rc, out, err = run_process(cmd, env, a.timeout_s, a.verbose)
+    try:
+        with open(os.path.join(out_dir, "log.jsonl"), encoding="utf-8", errors="replace") as f:
+            jsonl = f.read()
+    except OSError:
+        jsonl = None
     shutil.rmtree(out_dir, ignore_errors=True)  # the final checkpoint
     row["log"] = out[-20000:]
     if rc != 0:
         return failure_row(row, rc, out, err, a.timeout_s, error_line(out, err))
     try:
-        parsed = parse_engine_log(out, a.warmup_n)
+        parsed = parse_engine_log(out, a.warmup_n, jsonl)
     except LogError as e:
         row.update(status="error", note=str(e))
         return row
@@ -932,6 +973,7 @@ ROW_FIELDS = [
     ("T", True, lambda v: is_int(v, 1), "a positive integer"),
     ("status", True, lambda v: v in ROW_STATUSES, ", ".join(ROW_STATUSES)),
     ("note", False, is_text_or_null, "a string or null"),
+    ("variant", False, is_text_or_null, "a string or null"),
 ]
 OK_ROW_FIELDS = [  # and of a row with status ok
     ("ms_per_step", True, lambda v: is_number(v) and v > 0, "a number > 0"),
@@ -991,7 +1033,9 @@ def merge_results(results, paths):
     their rows in order, their commands, dates and what ran joined."""
     meta, rows = dict(results[0][0]), list(results[0][1])
     for (m, r), path in zip(results[1:], paths[1:]):
-        for key in SAME_IN_ONE_TABLE:
+        # (a GPU's name says what it is; a CPU's only the whole description does)
+        same = SAME_IN_ONE_TABLE + (["device_text"] if meta.get("device") == "cpu" else [])
+        for key in same:
             if m.get(key) != meta.get(key):
                 raise UsageError(f"{path}: {key} is {m.get(key)!r}, but {paths[0]} has "
                                  f"{meta.get(key)!r}: not one table")

@@ -9,9 +9,10 @@
 # 4 GiB), FAKECUDA_SCHEDULE the emulated threads' order (0 ascending, 1 descending, >= 2 shuffled).
 # FAKECUDA_INVALIDATE_CAPTURES=1 makes every CUDA graph capture fail (the engine then runs eagerly).
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# (the command runs where it was given: its relative paths are the caller's)
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 [ $# -gt 0 ] || { sed -n '2,9p' "$0" >&2; exit 2; }
-dir=$(ls -td target/tmp/kernel-emu/fake-cuda-*/ 2>/dev/null | head -1 || true)
+dir=$(ls -td "$root"/target/tmp/kernel-emu/fake-cuda-*/ 2>/dev/null | head -1 || true)
 if [ -z "$dir" ] || [ ! -f "$dir/libcuda.so" ]; then
   echo "no emulated device built yet: run 'cargo test --test emulated_device' first" >&2
   exit 2

@@ -338,6 +338,13 @@ impl TrainArgs {
                 typed(self.lr_final_frac)
             ));
         }
+        if let Some(n) = self.classifier_chunk.filter(|&n| n >= self.batch) {
+            notes.push(format!(
+                "--classifier-chunk {n} is not fewer than --batch {}: the classifier runs on the \
+                 whole batch at once",
+                self.batch
+            ));
+        }
         if self.warmup > self.steps {
             notes.push(format!(
                 "--warmup {} is longer than the run's {}: the learning rate never reaches --lr \
@@ -697,5 +704,17 @@ mod tests {
         assert!(note("--steps 4 --warmup 3 --lr-final-frac 1").is_empty());
         // (a warm-up longer than the run has its own note)
         assert_eq!(note("--steps 2 --warmup 3 --lr-final-frac 0.2").len(), 1);
+    }
+
+    #[test]
+    fn a_classifier_chunk_of_the_whole_batch_or_more_says_so() {
+        let note = |flags: &str| TrainArgs::from_flags(flags).notes();
+        assert_eq!(
+            note("--batch 4 --classifier-chunk 4"),
+            ["--classifier-chunk 4 is not fewer than --batch 4: the classifier runs on the whole \
+              batch at once"]
+        );
+        assert_eq!(note("--batch 4 --classifier-chunk 1000000").len(), 1);
+        assert!(note("--batch 4 --classifier-chunk 3").is_empty());
     }
 }

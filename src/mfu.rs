@@ -33,9 +33,10 @@ pub const PEAK_TFLOPS: [(&str, f64, f64, f64); 4] = [
 /// the table (`--peak-tflops` gives their peak).
 pub fn peak_tflops(device_name: &str, precision: Precision) -> Option<f64> {
     let upper = device_name.to_uppercase();
-    let row = if upper.contains("NVL") {
+    if upper.contains("NVL") {
         return None;
-    } else if upper.contains("H200") {
+    }
+    let row = if upper.contains("H200") {
         PEAK_TFLOPS[3]
     } else if upper.contains("H100") && upper.contains("PCIE") {
         PEAK_TFLOPS[1]

@@ -167,6 +167,29 @@ def parse_engine_log(text, warmup, jsonl=None):
         raise LogError(
             f"the engine printed {len(steps)} step lines, not more than the {warmup} warm-up steps"
         )
+    unround_ms(steps, jsonl)
+    timed = [st for st in steps[warmup:] if not st["skipped"]]
+    if not timed:
+        raise LogError(f"every step after the {warmup} warm-up steps skipped its update")
+    mfus = [st["mfu"] for st in timed if st["mfu"] is not None]
+    return {
+        "steps_run": len(steps),
+        "step_ms": [st["ms"] for st in steps],
+        "timed_ms": [st["ms"] for st in timed],
+        "ms_per_step": statistics.median(st["ms"] for st in timed),
+        "ms_mean": statistics.fmean(st["ms"] for st in timed),
+        "engine_mfu": statistics.median(mfus) if len(mfus) == len(timed) else None,
+        # (JSON has no NaN)
+        "losses": [st["loss"] if math.isfinite(st["loss"]) else None for st in steps],
+        "peak_mem_bytes": peak,
+        "device": device,
+    }
+
+
+def unround_ms(steps, jsonl):
+    """Each parsed step's ms from the run's log.jsonl (text, or None), where it has that step:
+    the same time unrounded (a record more than the line's rounding away is of another run, and
+    left alone)."""
     exact = {}  # step: its ms in log.jsonl
     for line in (jsonl or "").splitlines():
         try:
@@ -176,27 +199,8 @@ def parse_engine_log(text, warmup, jsonl=None):
         if isinstance(rec, dict) and is_int(rec.get("step"), 1) and is_number(rec.get("ms")):
             exact[rec["step"]] = float(rec["ms"])
     for st in steps:
-        # (the same time, unrounded: a record that disagrees is of another run, and ignored)
         if abs(exact.get(st["step"], math.inf) - st["ms"]) <= 0.05 + 1e-9:
             st["ms"] = exact[st["step"]]
-    timed = [st for st in steps[warmup:] if not st["skipped"]]
-    if not timed:
-        raise LogError(f"every step after the {warmup} warm-up steps skipped its update")
-    mfus = [st["mfu"] for st in timed if st["mfu"] is not None]
-    def finite(v):  # (JSON has no NaN)
-        return v if v is not None and math.isfinite(v) else None
-
-    return {
-        "steps_run": len(steps),
-        "step_ms": [st["ms"] for st in steps],
-        "timed_ms": [st["ms"] for st in timed],
-        "ms_per_step": statistics.median(st["ms"] for st in timed),
-        "ms_mean": statistics.fmean(st["ms"] for st in timed),
-        "engine_mfu": statistics.median(mfus) if len(mfus) == len(timed) else None,
-        "losses": [finite(st["loss"]) for st in steps],
-        "peak_mem_bytes": peak,
-        "device": device,
-    }
 
 
 def parse_step_line(line):

@@ -61,7 +61,9 @@ def parse(path):
 
 def relative(a, b):
     """|b - a| / |a|: 0 where they are equal, infinite where a is 0 and b is not, NaN for NaN."""
-    return 0.0 if a == b else abs(b - a) / abs(a) if a != 0 else float("inf")
+    if a == b:
+        return 0.0
+    return abs(b - a) / abs(a) if a != 0 else math.inf
 
 
 def windows(n, window):

@@ -1123,14 +1123,19 @@ fn an_engine_error_is_told_whole_after_the_table() {
 /// `tools/bench --device cuda` for d12, B=4, T=1024, with a stand-in engine printing `engine_log`,
 /// a stand-in PyTorch answering 80 ms/step, and `smi` as nvidia-smi; (exit status, stdout, stderr).
 fn stand_in_gpu_run(dir: &Path, engine_log: &str, smi: &str) -> (Option<i32>, String, String) {
-    stand_in_gpu_run_with(dir, engine_log, None, smi)
+    stand_in_gpu_run_with(dir, engine_log, None, TORCH_LINE, smi)
 }
 
-/// [`stand_in_gpu_run`] with a stand-in engine that also writes `jsonl` as its run's log.jsonl.
+/// The stand-in PyTorch's result line: 80 ms/step at B=4, T=1024 in fp32.
+const TORCH_LINE: &str = r#"{"impl": "pytorch-eager", "precision": "fp32", "B": 4, "T": 1024, "params": 124475904, "ms_per_step": 80.0, "peak_mem_bytes": 3221225472, "peak_mem_source": "torch.cuda.max_memory_reserved"}"#;
+
+/// [`stand_in_gpu_run`] with a stand-in engine that also writes `jsonl` as its run's log.jsonl,
+/// and a stand-in PyTorch printing `torch_line`.
 fn stand_in_gpu_run_with(
     dir: &Path,
     engine_log: &str,
     jsonl: Option<&str>,
+    torch_line: &str,
     smi: &str,
 ) -> (Option<i32>, String, String) {
     let log = dir.join("gpu.log");
@@ -1147,11 +1152,7 @@ fn stand_in_gpu_run_with(
     }
     body += &format!("cat '{}'\n", log.display());
     let eng = script(&dir.join("engine"), &body);
-    let py = fake_python(
-        dir,
-        true,
-        r#"{"impl": "pytorch-eager", "precision": "fp32", "B": 4, "T": 1024, "params": 124475904, "ms_per_step": 80.0, "peak_mem_bytes": 3221225472, "peak_mem_source": "torch.cuda.max_memory_reserved"}"#,
-    );
+    let py = fake_python(dir, true, torch_line);
     let args = [
         "--device",
         "cuda",
@@ -1278,11 +1279,53 @@ fn a_gpu_run_with_stand_ins_for_the_engine_and_pytorch() {
         .enumerate()
         .map(|(i, ms)| format!("{{\"step\": {}, \"loss\": 10.0, \"ms\": {ms}}}\n", i + 1))
         .collect();
-    let (code, stdout, stderr) =
-        stand_in_gpu_run_with(&dir, GPU_LOG, Some(&jsonl), missing.to_str().unwrap());
+    let (code, stdout, stderr) = stand_in_gpu_run_with(
+        &dir,
+        GPU_LOG,
+        Some(&jsonl),
+        TORCH_LINE,
+        missing.to_str().unwrap(),
+    );
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     let rows = table_rows(&stdout);
     assert_eq!(rows[0][4..6], ["99.8", "41,046"], "{stdout}");
+}
+
+/// A run whose figures are of another configuration than its row's is an error row, not
+/// figures under the wrong heading: an engine whose model line says it ran in bf16 where the
+/// row is fp32 (as a fallback would), and a PyTorch result line for another B.
+#[test]
+fn figures_of_another_configuration_are_not_put_in_a_row() {
+    let dir = tmp_dir("otherconfig");
+    let smi = dir.join("no-nvidia-smi");
+    let smi = smi.to_str().unwrap();
+    let said = |p: &str| {
+        GPU_LOG.replace(
+            "HBM3 (sm_90)\n",
+            &format!("HBM3 (sm_90), {p}, fused kernels, CUDA graphs\n"),
+        )
+    };
+    // the model line agrees with the row (fp32, the default): figures as before
+    let (code, stdout, stderr) = stand_in_gpu_run_with(&dir, &said("fp32"), None, TORCH_LINE, smi);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(table_rows(&stdout)[0][4], "99.8", "{stdout}");
+    // it ran bf16
+    let (code, stdout, stderr) = stand_in_gpu_run_with(&dir, &said("bf16"), None, TORCH_LINE, smi);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let rows = table_rows(&stdout);
+    assert!(
+        rows[0][4].starts_with("error (the engine ran bf16, fused kernels, not fp32"),
+        "{stdout}"
+    );
+    // PyTorch's line is for B=8
+    let b8 = TORCH_LINE.replace("\"B\": 4", "\"B\": 8");
+    let (code, stdout, stderr) = stand_in_gpu_run_with(&dir, GPU_LOG, None, &b8, smi);
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    let rows = table_rows(&stdout);
+    assert_eq!(
+        rows[1][4], "error (PyTorch's result line has B 8, not 4)",
+        "{stdout}"
+    );
 }
 
 /// The Python with PyTorch: $TORCH_PYTHON, else python3.

@@ -689,6 +689,17 @@ def engine_variant(a):
     return ", ".join(parts) or None
 
 
+def engine_ran(device):
+    """(precision, kernels) that a GPU engine's model line says it ran ("cuda: NAME, bf16, fused
+    kernels, ..."; tf32 where fp32 has "TF32 matmuls"), or None (a CPU engine, or a line that
+    names neither)."""
+    m = re.match(r"cuda: .*?, (fp32|bf16)(, TF32 matmuls)?(?:, (plain|fused) kernels)?",
+                 device or "")
+    if not m:
+        return None
+    return ("tf32" if m.group(2) else m.group(1)), m.group(3) and f"{m.group(3)} kernels"
+
+
 def run_engine(a, b, precision, tmp, env):
     row = {"impl": ENGINE, "precision": precision, "B": b, "T": a.t, "status": "ok",
            "variant": engine_variant(a)}
@@ -718,6 +729,12 @@ def run_engine(a, b, precision, tmp, env):
         parsed = parse_engine_log(out, a.warmup_n, jsonl)
     except LogError as e:
         row.update(status="error", note=str(e))
+        return row
+    ran = engine_ran(parsed["device"])
+    want = (precision, f"{a.kernels} kernels" if a.kernels else None)
+    if ran and (ran[0] != want[0] or (want[1] and want[1] != ran[1])):
+        row.update(status="error", note=f"the engine ran {', '.join(filter(None, ran))}, not "
+                   f"{', '.join(filter(None, want))} (its model line: on {parsed['device']})")
         return row
     row.update(parsed)
     if row["peak_mem_bytes"] is not None:
@@ -750,6 +767,13 @@ def run_pytorch(a, mode, precision, b):
         if rc == 0:
             rc = "0 but no result line"
         return failure_row(row, rc, out, err, a.timeout_s, last_line(err or out))
+    # (a line of another configuration would put its figures in this row)
+    for key, want in (("impl", impl), ("precision", precision), ("B", b), ("T", a.t),
+                      ("model", a.model)):
+        if key in result and result[key] != want:
+            row.update(status="error", note=f"PyTorch's result line has {key} {result[key]!r}, "
+                       f"not {want!r}")
+            return row
     row.update({k: v for k, v in result.items() if k not in ("impl", "precision", "B", "T")})
     if "params" in result and result["params"] != num_parameters(a.depth):
         row["note"] = (f"warning: PyTorch's model has {result.get('params')} parameters, the engine's "

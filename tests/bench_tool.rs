@@ -548,28 +548,34 @@ fn merges_results_files_into_one_table() {
     let report = bench_ok(&["--report", p.to_str().unwrap(), b.to_str().unwrap()]);
     assert_eq!(table_rows(&report)[1][8], "0.83x", "{report}");
 
+    // `--report first` with a file `name` of `text`: refused as not one table (exit status 2);
+    // its stderr
+    let refused = |first: &Path, name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let (out, _, stderr) =
+            bench(&["--report", first.to_str().unwrap(), path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        stderr
+    };
+
     // on the CPU, another machine's run (its description) is another table
     let cpu_run = engine_run.replace("\"device\": \"cuda\"", "\"device\": \"cpu\"");
-    let (c1, c2) = (dir.join("cpu1.json"), dir.join("cpu2.json"));
+    let c1 = dir.join("cpu1.json");
     std::fs::write(&c1, &cpu_run).unwrap();
-    std::fs::write(
-        &c2,
+    let stderr = refused(
+        &c1,
+        "cpu2.json",
         cpu_run.replace("NVIDIA H200, driver", "another CPU, driver"),
-    )
-    .unwrap();
-    let (out, _, stderr) = bench(&["--report", c1.to_str().unwrap(), c2.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    );
     assert!(stderr.contains("cpu2.json: device_text is"), "{stderr}");
 
     // another T is another table
-    let other = dir.join("other.json");
-    std::fs::write(
-        &other,
+    let stderr = refused(
+        &a,
+        "other.json",
         torch_run.replace("\"T\": 1024, \"steps", "\"T\": 512, \"steps"),
-    )
-    .unwrap();
-    let (out, _, stderr) = bench(&["--report", a.to_str().unwrap(), other.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    );
     assert!(
         stderr.contains("other.json: T is 512, but") && stderr.contains("not one table"),
         "{stderr}"

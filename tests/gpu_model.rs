@@ -310,7 +310,7 @@ fn check_steps(
     for (i, (&got, &want)) in steps.iter().zip(&expected).enumerate() {
         let c = verify::check_step(got, want, tol);
         println!("step {i} {got:?} expected {want:?} {c:?}");
-        assert!(c.pass, "step {i}: {got:?} vs {want:?} ({c:?})");
+        assert!(c.pass(), "step {i}: {got:?} vs {want:?} ({c:?})");
     }
     expected
 }

@@ -60,7 +60,7 @@ fn worst_step_errors(steps: &[verify::Step], expected: &[verify::ExpectedStep]) 
         };
         let c = verify::check_step(got, want, &any);
         println!("step {i} {got:?} expected {want:?} rel {c:?}");
-        assert!(c.pass, "step {i}: not finite");
+        assert!(c.pass(), "step {i}: not finite");
         loss = loss.max(c.loss_rel);
         norm = norm.max(c.norm_rel.unwrap_or(0.0));
     }

@@ -9,9 +9,8 @@
 //! validation.
 //!
 //! The tolerances are `verify::Tolerances`' for the steps (losses, validation losses) and norms;
-//! a rate is computed
-//! the same way on both sides (in f64 from the flags as typed, then rounded to f32) and must
-//! agree to the last bit but for the cosine's libm.
+//! a rate is computed the same way on both sides (in f64 from the flags as typed, then rounded to
+//! f32) and must agree to the last bit but for the cosine's libm.
 
 mod engine_bin;
 

@@ -36,6 +36,21 @@ use std::time::{Duration, Instant};
 /// How often a step of many micro-batches says how far it has come.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
+/// `loaded`, its error saying whose data it is where it is the bundled corpus's (`default`: no
+/// `flag` given): a model of another vocabulary than GPT-2's, given no data of its own, meets the
+/// corpus's token ids.
+fn of_bundled_corpus(loaded: Result<DataLoader>, flag: &str, default: bool) -> Result<DataLoader> {
+    if !default {
+        return loaded;
+    }
+    loaded.with_context(|| {
+        format!(
+            "the default {flag} (the bundled Shakespeare corpus, in GPT-2's vocabulary; give \
+             {flag} for data of your own)"
+        )
+    })
+}
+
 /// The data a run trains and validates on.
 struct Data {
     /// `--train`'s pattern, or the bundled corpus's.
@@ -67,23 +82,9 @@ impl Data {
                  Shakespeare corpus ({val_pattern}), not on your data"
             );
         }
-        // (a model of another vocabulary than GPT-2's, given no data of its own, meets the bundled
-        // corpus's token ids: the error says whose data it is)
-        let bundled = |flag: &'static str, given: bool| {
-            move |e: anyhow::Error| {
-                if given {
-                    e
-                } else {
-                    e.context(format!(
-                        "the default {flag} (the bundled Shakespeare corpus, in GPT-2's \
-                         vocabulary; give {flag} for data of your own)"
-                    ))
-                }
-            }
-        };
         let shuffle = args.shuffle.then_some(args.seed);
-        let mut train = DataLoader::new(&train_pattern, b, t, cfg.vocab_size, shuffle)
-            .map_err(bundled("--train", args.train.is_some()))?;
+        let train = DataLoader::new(&train_pattern, b, t, cfg.vocab_size, shuffle);
+        let mut train = of_bundled_corpus(train, "--train", args.train.is_none())?;
         // --overfit-batch: the loader's first batch, every time (the loader, whose place a
         // training state records, is put back at its start)
         let overfit = if args.overfit_batch {
@@ -94,8 +95,8 @@ impl Data {
         } else {
             None
         };
-        let val = DataLoader::new(&val_pattern, b, t, cfg.vocab_size, None)
-            .map_err(bundled("--val", args.val.is_some()))?;
+        let val = DataLoader::new(&val_pattern, b, t, cfg.vocab_size, None);
+        let val = of_bundled_corpus(val, "--val", args.val.is_none())?;
         // an easy slip: prepro writes train.bin and val.bin side by side, and 'dir/*.bin' takes
         // both
         for shared in shared_files(train.files(), val.files()) {

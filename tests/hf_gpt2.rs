@@ -689,6 +689,25 @@ fn missing_extra_and_misshapen_tensors_are_named() {
     // a wider model
     let dir = variant("wide", |c| drop(c.insert("n_embd".into(), json!(64))), keep);
     expect_err(&dir, &["\"wte.weight\" has shape [100, 32]", "[100, 64]"]);
+    // a far larger model's config.json beside these weights (75,000 GiB of parameters): named by
+    // its tensors before any memory is asked for them
+    let dir = variant(
+        "huge",
+        |c| {
+            c.insert("n_layer".into(), json!(100_000));
+            c.insert("n_embd".into(), json!(4096));
+        },
+        keep,
+    );
+    expect_err(&dir, &["\"wte.weight\" has shape [100, 32]", "[100, 4096]"]);
+    // and one of many more layers than these weights (133 GiB of parameters): named by the first
+    // layer missing
+    let dir = variant(
+        "deep",
+        |c| drop(c.insert("n_layer".into(), json!(2_800_000))),
+        keep,
+    );
+    expect_err(&dir, &["no tensor \"h.2.ln_1.weight\""]);
     // a classification head
     let dir = variant("score", keep, |t| {
         t.push((

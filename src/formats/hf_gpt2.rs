@@ -294,6 +294,9 @@ struct HfTensor {
     transposed: bool,
 }
 
+/// The tensors of each transformer block.
+const TENSORS_PER_LAYER: usize = 12;
+
 /// Every tensor of a GPT-2 of `cfg`, in llm.c's checkpoint order (wte's V real rows only).
 fn hf_tensors(cfg: &GPT2Config) -> Vec<HfTensor> {
     let (maxt, v, l, c) = (
@@ -305,7 +308,7 @@ fn hf_tensors(cfg: &GPT2Config) -> Vec<HfTensor> {
     let sizes = param_sizes(cfg).into_array();
     let start = |i: usize| -> usize { sizes[..i].iter().sum() };
     // (tensor index, HF name in layer, HF shape, transposed) of the per-layer tensors
-    let per_layer: [(usize, &str, Vec<usize>, bool); 12] = [
+    let per_layer: [(usize, &str, Vec<usize>, bool); TENSORS_PER_LAYER] = [
         (2, "ln_1.weight", vec![c], false),
         (3, "ln_1.bias", vec![c], false),
         (4, "attn.c_attn.weight", vec![c, 3 * c], true),
@@ -361,13 +364,13 @@ fn transpose_into(x: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
     }
 }
 
-/// Reads one tensor into `out` (its place in the llm.c layout).
-fn read_tensor(
-    files: &mut [SafeTensors],
+/// Where tensor `t` is stored (its file's index and the name it is stored under), once it is
+/// there with config.json's shape.
+fn find_tensor(
+    files: &[SafeTensors],
     found: &BTreeMap<String, Found>,
     t: &HfTensor,
-    out: &mut [f32],
-) -> Result<()> {
+) -> Result<(usize, String)> {
     let name = &t.name;
     let (i, info) = found.get(name).ok_or_else(|| {
         anyhow!(
@@ -375,7 +378,7 @@ fn read_tensor(
             files[0].path().display()
         )
     })?;
-    let file = &mut files[*i];
+    let file = &files[*i];
     if info.shape != t.shape {
         bail!(
             "{}: tensor \"{name}\" has shape {:?}, but config.json's dimensions give {:?}",
@@ -389,6 +392,18 @@ fn read_tensor(
     } else {
         format!("transformer.{name}")
     };
+    Ok((*i, stored_name))
+}
+
+/// Reads one tensor into `out` (its place in the llm.c layout).
+fn read_tensor(
+    files: &mut [SafeTensors],
+    found: &BTreeMap<String, Found>,
+    t: &HfTensor,
+    out: &mut [f32],
+) -> Result<()> {
+    let (i, stored_name) = find_tensor(files, found, t)?;
+    let file = &mut files[i];
     if !t.transposed {
         return file.read_f32(&stored_name, out);
     }
@@ -409,6 +424,17 @@ pub fn read_hf_gpt2(path: &Path) -> Result<Checkpoint> {
         .map(|p| open_weights(p))
         .collect::<Result<Vec<_>>>()?;
     let found = index_tensors(&files)?;
+    // config.json's tensors against the weights' before its parameters are allocated, those of at
+    // most one layer more than the weights hold (which cannot all be there): the config.json of a
+    // larger model, however large, is named by its first tensor missing or misshapen, not as
+    // memory too short
+    let probe = GPT2Config {
+        num_layers: cfg.num_layers.min(found.len() / TENSORS_PER_LAYER + 1),
+        ..cfg
+    };
+    for t in &hf_tensors(&probe) {
+        find_tensor(&files, &found, t)?;
+    }
     // (an error, not the allocator's abort, where the memory is short)
     let what = format!("{}: the parameters", path.display());
     let mut params = zeroed(num_parameters(&cfg), &what)?; // (num_parameters)

@@ -841,16 +841,19 @@ fn delta_binary_packed(bytes: &[u8], n: usize) -> Result<(Vec<i64>, usize)> {
 /// shared with the one before, DELTA_BINARY_PACKED, then the suffixes as DELTA_LENGTH_BYTE_ARRAY),
 /// each UTF-8.
 fn delta_strings(bytes: &[u8], n: usize, prefixed: bool) -> Result<Vec<String>> {
+    // (no prefixes: none are stored, and a vector of n zeros would be a page's claimed count of
+    // values in memory before its bytes are seen to hold them)
     let (prefixes, at) = if prefixed {
         delta_binary_packed(bytes, n)?
     } else {
-        (vec![0; n], 0)
+        (Vec::new(), 0)
     };
     let (lengths, used) = delta_binary_packed(&bytes[at..], n)?;
     let mut pos = at + used;
     let mut out: Vec<String> = Vec::with_capacity(n.min(bytes.len()));
     let mut value: Vec<u8> = Vec::new();
-    for (i, (&prefix, &len)) in prefixes.iter().zip(&lengths).enumerate() {
+    for (i, &len) in lengths.iter().enumerate() {
+        let prefix = if prefixed { prefixes[i] } else { 0 };
         let (Ok(prefix), Ok(len)) = (usize::try_from(prefix), usize::try_from(len)) else {
             bail!("value {i} of a page has a negative length");
         };
@@ -1088,6 +1091,10 @@ mod tests {
         bytes.extend([0b0010_1000, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         bytes.extend(b"abcde");
         assert_eq!(delta_strings(&bytes, 3, false).unwrap(), ["ab", "", "cde"]);
+        // a page that claims more values than any memory holds, in a few bytes: refused by its
+        // bytes, before anything of the claimed count is allocated
+        let err = delta_strings(&bytes, usize::MAX / 4, false).unwrap_err();
+        assert!(err.to_string().contains("values where"), "{err}");
     }
 
     #[test]

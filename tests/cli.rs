@@ -4050,6 +4050,45 @@ fn shards_without_a_batch_are_passed_over() {
     );
 }
 
+/// A step of more micro-batches than the training data holds (GPT-2's --total-batch 524288 on a
+/// small corpus) gets a note saying how many times over each step reads it; one of fewer, none.
+#[test]
+fn a_step_larger_than_the_training_data_gets_a_note() {
+    use train_gpt2_cuda::formats::shard::write_shard;
+    let dir = tmp_dir("large-step");
+    let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
+    // 10 batches of 2 x 16 (33 tokens)
+    write_shard(&dir.join("train.bin"), &(0..321).collect::<Vec<u32>>()).unwrap();
+    let base = flags(
+        "--device cpu --model d1 --batch 2 --seq 16 --steps 1 --val-every 0 --sample-tokens 0 \
+         --no-state",
+    );
+    let train = d("train.bin");
+    let note = "note: a step's 25 micro-batches are more than the 10 batches the training data \
+                holds: each step reads it 2.5 times over (a smaller --total-batch or --grad-accum, \
+                or more data)\n";
+    for (extra, expected) in [
+        ("--grad-accum 25", note),
+        ("--total-batch 800", note),
+        ("--grad-accum 10", ""),
+        ("--grad-accum 25 --overfit-batch", ""),
+    ] {
+        let out_dir = d(&format!("run-{}", extra.replace(' ', "")));
+        let (out, _, stderr) = run(bin()
+            .args(&base)
+            .args(["--train", &train, "--val", &train])
+            .args(flags(extra))
+            .args(["--out-dir", &out_dir]));
+        assert!(out.status.success(), "{extra}: {stderr}");
+        let notes: String = stderr
+            .lines()
+            .filter(|l| l.contains("micro-batches"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(notes, expected, "{extra}");
+    }
+}
+
 /// Flags that a run cannot act on get a note on stderr, not an error (one command line runs on
 /// either engine), and a run without them gets none.
 #[test]

@@ -284,6 +284,17 @@ impl<'a> Run<'a> {
                 ""
             }
         );
+        // (GPT-2's 0.5M-token batch, --total-batch 524288, is 1.8 times the bundled corpus)
+        let held = data.train.num_batches();
+        if micro > held && data.overfit.is_none() {
+            crate::errln!(
+                "note: a step's {micro} micro-batches are more than the {} the training data \
+                 holds: each step reads it {:.1} times over (a smaller --total-batch or \
+                 --grad-accum, or more data)",
+                count(held, "batch", "batches"),
+                micro as f64 / held as f64
+            );
+        }
         let Started {
             start,
             outliers,

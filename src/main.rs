@@ -799,8 +799,7 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
     // comparison)
     let expected = match &a.expect_losses {
         Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("{}: cannot read", p.display()))?;
+            let text = verify::read_losses_text(p)?;
             let l = verify::parse_losses(&text)
                 .with_context(|| format!("{}: bad losses file", p.display()))?;
             if l.len() < a.steps {

@@ -12,7 +12,7 @@ use crate::cpu::adamw::{clip_scale, AdamW, DecayOn};
 use crate::engine::Engine;
 use crate::formats::debug_state::DebugState;
 use crate::params::{self, PARAM_NAMES};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 /// Tolerances on the normalised max error (max|got - want| / max|want|), per tensor.
 #[derive(Clone, Copy, Debug)]
@@ -360,6 +360,29 @@ pub fn step_line(
         mark(c.loss_ok)
     );
     (line, c.pass())
+}
+
+/// The most bytes of a losses file (`--expect-losses`): about a million steps' lines.
+pub const MAX_LOSSES_BYTES: u64 = 64 << 20;
+
+/// Reads a losses file's text (a pipe too: `--expect-losses <(grep ...)`), refusing one longer
+/// than [`MAX_LOSSES_BYTES`] rather than reading without end (`/dev/zero`, a shard given by
+/// mistake).
+pub fn read_losses_text(path: &std::path::Path) -> Result<String> {
+    use std::io::Read;
+    let p = path.display();
+    let file = std::fs::File::open(path).with_context(|| format!("{p}: cannot read"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_LOSSES_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("{p}: cannot read"))?;
+    if bytes.len() as u64 > MAX_LOSSES_BYTES {
+        bail!(
+            "{p}: longer than {} MiB: not a losses file (lines 'step I loss X [norm N]')",
+            MAX_LOSSES_BYTES >> 20
+        );
+    }
+    String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{p}: not text: not a losses file"))
 }
 
 /// Parses lines `step I loss X` or `step I loss X norm N` (as the PyTorch reference writes

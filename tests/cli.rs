@@ -208,6 +208,17 @@ fn verify_checks_its_inputs_before_any_work() {
             None,
             &["short.txt: holds 1 step, fewer than --steps 2"],
         ),
+        // a file without end (it was read until the memory ran out), and one not text
+        (
+            vec!["--steps", "2", "--expect-losses", "/dev/zero"],
+            None,
+            &["/dev/zero: longer than 64 MiB: not a losses file (lines 'step I loss X [norm N]')"],
+        ),
+        (
+            vec!["--steps", "2", "--expect-losses", &state],
+            None,
+            &["ref_tiny_state.bin: not text: not a losses file"],
+        ),
         // (either error: no GPU, or a build without kernels)
         (
             vec!["--device", "both"],

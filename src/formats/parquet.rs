@@ -841,7 +841,7 @@ fn delta_binary_packed(bytes: &[u8], n: usize) -> Result<(Vec<i64>, usize)> {
 /// shared with the one before, DELTA_BINARY_PACKED, then the suffixes as DELTA_LENGTH_BYTE_ARRAY),
 /// each UTF-8.
 fn delta_strings(bytes: &[u8], n: usize, prefixed: bool) -> Result<Vec<String>> {
-    // (no prefixes: none are stored, and a vector of n zeros would be a page's claimed count of
+    // (without prefixes none are stored: a vector of n zeros would be a page's claimed count of
     // values in memory before its bytes are seen to hold them)
     let (prefixes, at) = if prefixed {
         delta_binary_packed(bytes, n)?
@@ -853,7 +853,7 @@ fn delta_strings(bytes: &[u8], n: usize, prefixed: bool) -> Result<Vec<String>> 
     let mut out: Vec<String> = Vec::with_capacity(n.min(bytes.len()));
     let mut value: Vec<u8> = Vec::new();
     for (i, &len) in lengths.iter().enumerate() {
-        let prefix = if prefixed { prefixes[i] } else { 0 };
+        let prefix = prefixes.get(i).copied().unwrap_or(0);
         let (Ok(prefix), Ok(len)) = (usize::try_from(prefix), usize::try_from(len)) else {
             bail!("value {i} of a page has a negative length");
         };

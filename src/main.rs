@@ -799,9 +799,7 @@ fn run_verify(a: &VerifyArgs) -> Result<ExitCode> {
     // comparison)
     let expected = match &a.expect_losses {
         Some(p) => {
-            let text = verify::read_losses_text(p)?;
-            let l = verify::parse_losses(&text)
-                .with_context(|| format!("{}: bad losses file", p.display()))?;
+            let l = verify::read_losses(p)?;
             if l.len() < a.steps {
                 bail!(
                     "{}: holds {}, fewer than --steps {}",

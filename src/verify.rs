@@ -365,10 +365,10 @@ pub fn step_line(
 /// The most bytes of a losses file (`--expect-losses`): about a million steps' lines.
 pub const MAX_LOSSES_BYTES: u64 = 64 << 20;
 
-/// Reads a losses file's text (a pipe too: `--expect-losses <(grep ...)`), refusing one longer
-/// than [`MAX_LOSSES_BYTES`] rather than reading without end (`/dev/zero`, a shard given by
-/// mistake).
-pub fn read_losses_text(path: &std::path::Path) -> Result<String> {
+/// Reads and parses a losses file ([`parse_losses`]; a pipe too: `--expect-losses <(grep ...)`),
+/// refusing one longer than [`MAX_LOSSES_BYTES`] rather than reading without end (`/dev/zero`, a
+/// shard given by mistake).
+pub fn read_losses(path: &std::path::Path) -> Result<Vec<ExpectedStep>> {
     use std::io::Read;
     let p = path.display();
     let file = std::fs::File::open(path).with_context(|| format!("{p}: cannot read"))?;
@@ -382,7 +382,9 @@ pub fn read_losses_text(path: &std::path::Path) -> Result<String> {
             MAX_LOSSES_BYTES >> 20
         );
     }
-    String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{p}: not text: not a losses file"))
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow::anyhow!("{p}: not text: not a losses file"))?;
+    parse_losses(&text).with_context(|| format!("{p}: bad losses file"))
 }
 
 /// Parses lines `step I loss X` or `step I loss X norm N` (as the PyTorch reference writes

@@ -124,6 +124,25 @@ mod tests {
         );
     }
 
+    /// Both uniforms fill [0, 1) evenly: each tenth of it gets its share, and 1 never comes.
+    #[test]
+    fn uniforms_cover_zero_to_one() {
+        let mut r = Rng::new(11);
+        let (mut tenths_f32, mut tenths_f64) = ([0usize; 10], [0usize; 10]);
+        for _ in 0..50_000 {
+            let (a, b) = (r.uniform_f32(), r.uniform_f64());
+            assert!(
+                (0.0..1.0).contains(&a) && (0.0..1.0).contains(&b),
+                "{a} {b}"
+            );
+            tenths_f32[(a * 10.0) as usize] += 1;
+            tenths_f64[(b * 10.0) as usize] += 1;
+        }
+        for c in tenths_f32.into_iter().chain(tenths_f64) {
+            assert!((4_700..5_300).contains(&c), "{tenths_f32:?} {tenths_f64:?}");
+        }
+    }
+
     #[test]
     fn below_covers_range_uniformly() {
         let mut r = Rng::new(7);

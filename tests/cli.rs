@@ -3178,6 +3178,23 @@ fn prepro_tokenizes_text_files_into_shards() {
         stderr.contains("c.jsonl: line 1: no \"text\" field (the record's fields: body)"),
         "{stderr}"
     );
+
+    // Parquet: each file's line says how many rows of null text it skipped, if any
+    let parquet = root().join("tests/fixtures/parquet");
+    let args = format!(
+        "prepro {} {} --out-dir {} --val-fraction 0.5",
+        parquet.join("nulls_gzip_groups.parquet").display(),
+        parquet.join("columns.parquet").display(),
+        out_dir.display()
+    );
+    let (out, stdout, stderr) = run(bin().args(args.split(' ')));
+    assert!(out.status.success(), "{stdout} {stderr}");
+    for line in [
+        "nulls_gzip_groups.parquet: 33 documents (7 rows of null text skipped), ",
+        "columns.parquet: 40 documents, ",
+    ] {
+        assert!(stdout.contains(line), "{line}: {stdout}");
+    }
 }
 
 /// `--device cpu --model MODEL --hellaswag DATA`.

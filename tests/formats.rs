@@ -456,24 +456,25 @@ fn debug_state_round_trips_and_equals_the_independent_writers_bytes() {
         std::fs::read(fixture("llmc_debug_state.bin")).unwrap()
     );
 
-    // Another shape: B=3, T=maxT=8, arbitrary values.
-    let (b, t) = (3, 8);
-    let vals = arbitrary_f32s(b * t * V + 1 + NUM_PARAMS);
-    let s = DebugState {
-        b,
-        t,
-        x: (0..b * t).map(|i| (i * 3 % V) as u32).collect(),
-        y: (0..b * t).map(|i| ((i * 3 + 1) % V) as u32).collect(),
-        logits: vals[..b * t * V].to_vec(),
-        loss: vals[b * t * V],
-        grads: vals[b * t * V + 1..].to_vec(),
-    };
-    write_debug_state(&out, &cfg(), &s).unwrap();
-    assert_eq!(
-        std::fs::metadata(&out).unwrap().len() as usize,
-        1024 + 4 * (2 * b * t + b * t * V + 1 + NUM_PARAMS)
-    );
-    assert_eq!(read_debug_state(&out, &cfg()).unwrap(), s);
+    // Other shapes: B=3, T=maxT=8, and the smallest, B=T=1; arbitrary values.
+    for (b, t) in [(3, 8), (1, 1)] {
+        let vals = arbitrary_f32s(b * t * V + 1 + NUM_PARAMS);
+        let s = DebugState {
+            b,
+            t,
+            x: (0..b * t).map(|i| (i * 3 % V) as u32).collect(),
+            y: (0..b * t).map(|i| ((i * 3 + 1) % V) as u32).collect(),
+            logits: vals[..b * t * V].to_vec(),
+            loss: vals[b * t * V],
+            grads: vals[b * t * V + 1..].to_vec(),
+        };
+        write_debug_state(&out, &cfg(), &s).unwrap();
+        assert_eq!(
+            std::fs::metadata(&out).unwrap().len() as usize,
+            1024 + 4 * (2 * b * t + b * t * V + 1 + NUM_PARAMS)
+        );
+        assert_eq!(read_debug_state(&out, &cfg()).unwrap(), s, "B={b}, T={t}");
+    }
 }
 
 #[test]
@@ -724,6 +725,15 @@ fn tokenizer_file_round_trips_and_equals_the_independent_writers_bytes() {
         TokenizerFile {
             eot: Some(123),
             tokens
+        }
+    );
+    // the smallest vocabulary: one token, its end-of-text
+    write_tokenizer_file(&out, &[b"<|end|>".to_vec()], 0).unwrap();
+    assert_eq!(
+        read_tokenizer_file(&out).unwrap(),
+        TokenizerFile {
+            eot: Some(0),
+            tokens: vec![b"<|end|>".to_vec()]
         }
     );
 }

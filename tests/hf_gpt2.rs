@@ -1060,46 +1060,141 @@ fn a_damaged_pytorch_model_bin_is_named_by_its_crc() {
 
 /// A zip archive of `entries`, stored (as torch.save writes them), with their CRC-32s.
 fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+    zip_with(entries, false, b"")
+}
+
+/// [`zip_of`], with every size, offset and count in zip64 records if `zip64` (as torch.save
+/// writes those past 4 GiB), and `comment` after the directory's record.
+fn zip_with(entries: &[(&str, &[u8])], zip64: bool, comment: &[u8]) -> Vec<u8> {
+    const FULL: u32 = 0xFFFF_FFFF; // "in the zip64 extra field"
     let (mut out, mut directory) = (Vec::new(), Vec::new());
     for (name, data) in entries {
         let (crc, size, name_len) = (crc32(0, data), data.len() as u32, name.len() as u16);
         let local = out.len() as u32;
+        // the zip64 extra field (id 1): the sizes, then in the directory the local header's offset
+        let sizes = [(data.len() as u64).to_le_bytes(); 2].concat();
+        let local_extra = [&1u16.to_le_bytes()[..], &16u16.to_le_bytes(), &sizes].concat();
+        let dir_extra = [
+            &1u16.to_le_bytes()[..],
+            &24u16.to_le_bytes(),
+            &sizes,
+            &(local as u64).to_le_bytes(),
+        ]
+        .concat();
+        let (shown, local_extra, dir_extra) = match zip64 {
+            true => (FULL, local_extra, dir_extra),
+            false => (size, vec![], vec![]),
+        };
         // version 20, no flags, stored, no time
         let common = [
             &20u16.to_le_bytes()[..],
             &[0; 8],
             &crc.to_le_bytes(),
-            &size.to_le_bytes(),
-        ];
+            &shown.to_le_bytes(),
+            &shown.to_le_bytes(),
+            &name_len.to_le_bytes(),
+        ]
+        .concat();
         out.extend(b"PK\x03\x04");
-        out.extend(common.concat());
-        out.extend(size.to_le_bytes());
-        out.extend(name_len.to_le_bytes());
-        out.extend([0, 0]); // no extra field
+        out.extend(&common);
+        out.extend((local_extra.len() as u16).to_le_bytes());
         out.extend(name.as_bytes());
+        out.extend(local_extra);
         out.extend(*data);
         directory.extend(b"PK\x01\x02");
         directory.extend(20u16.to_le_bytes()); // made by
-        directory.extend(common.concat());
-        directory.extend(size.to_le_bytes());
-        directory.extend(name_len.to_le_bytes());
-        directory.extend([0; 12]); // extra, comment, disk, attributes
-        directory.extend(local.to_le_bytes());
+        directory.extend(&common);
+        directory.extend((dir_extra.len() as u16).to_le_bytes());
+        directory.extend([0; 10]); // comment, disk, attributes
+        directory.extend((if zip64 { FULL } else { local }).to_le_bytes());
         directory.extend(name.as_bytes());
+        directory.extend(dir_extra);
     }
     // the directory, and the record at the end that says where it is
-    let (count, at, len) = (
-        entries.len() as u16,
-        out.len() as u32,
-        directory.len() as u32,
-    );
+    let (count, at, len) = (entries.len(), out.len(), directory.len());
     out.extend(directory);
+    let (mut count16, mut at32, mut len32) = (count as u16, at as u32, len as u32);
+    if zip64 {
+        // the zip64 record (its size after its first 12 bytes, versions, disks, counts, size,
+        // offset), then the locator that says where it is
+        let record = out.len() as u64;
+        out.extend(b"PK\x06\x06");
+        out.extend(44u64.to_le_bytes());
+        out.extend([45u16.to_le_bytes(), 45u16.to_le_bytes()].concat());
+        out.extend([0; 8]);
+        for v in [count, count, len, at] {
+            out.extend((v as u64).to_le_bytes());
+        }
+        out.extend(b"PK\x06\x07\0\0\0\0");
+        out.extend(record.to_le_bytes());
+        out.extend(1u32.to_le_bytes());
+        (count16, at32, len32) = (0xFFFF, FULL, FULL);
+    }
     out.extend(b"PK\x05\x06\0\0\0\0"); // this disk, the directory's
-    out.extend([count.to_le_bytes(), count.to_le_bytes()].concat());
-    out.extend(len.to_le_bytes());
-    out.extend(at.to_le_bytes());
-    out.extend([0, 0]); // no comment
+    out.extend([count16.to_le_bytes(), count16.to_le_bytes()].concat());
+    out.extend(len32.to_le_bytes());
+    out.extend(at32.to_le_bytes());
+    out.extend((comment.len() as u16).to_le_bytes());
+    out.extend(comment);
     out
+}
+
+/// The entries of a zip archive `zip` without zip64 records, by its directory: names and bytes.
+fn entries_of(zip: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let u16_at = |i: usize| u16::from_le_bytes([zip[i], zip[i + 1]]) as usize;
+    let u32_at = |i: usize| u32::from_le_bytes(zip[i..i + 4].try_into().unwrap()) as usize;
+    let end = zip.len() - 22;
+    assert!(zip[end..].starts_with(b"PK\x05\x06"), "a comment or zip64");
+    let mut at = u32_at(end + 16);
+    (0..u16_at(end + 10))
+        .map(|_| {
+            let (size, name_len) = (u32_at(at + 24), u16_at(at + 28));
+            let name = String::from_utf8(zip[at + 46..at + 46 + name_len].to_vec()).unwrap();
+            let data = entry_data(zip, &name);
+            at += 46 + name_len + u16_at(at + 30) + u16_at(at + 32);
+            (name, zip[data..data + size].to_vec())
+        })
+        .collect()
+}
+
+/// The same entries zipped otherwise than torch.save does read as the fixture: with a comment
+/// after the directory's record (which its reader must step over), and with zip64 records for
+/// every size, offset and count, as torch.save writes them past 4 GiB (gpt2-xl's 6.4 GB
+/// pytorch_model.bin).
+#[test]
+fn a_rezipped_pytorch_model_bin_reads_the_same() {
+    let want = read_model(&fixture("hf_tiny")).unwrap();
+    let whole = std::fs::read(fixture("hf_tiny_torch/pytorch_model.bin")).unwrap();
+    let entries = entries_of(&whole);
+    assert_eq!(
+        entries.len(),
+        34,
+        "{:?}",
+        entries.iter().map(|e| &e.0).collect::<Vec<_>>()
+    );
+    let entries: Vec<(&str, &[u8])> = entries.iter().map(|(n, d)| (&n[..], &d[..])).collect();
+    // the writer here, checked: without zip64 or a comment it gives torch.save's entries back
+    assert!(entries_of(&zip_of(&entries)) == entries_of(&whole));
+    let dir = tmp_dir("torch-rezipped");
+    std::fs::copy(fixture("hf_tiny/config.json"), dir.join("config.json")).unwrap();
+    for (zip64, comment) in [
+        (false, &b"made by hand"[..]),
+        (true, b""),
+        (true, b"zip64 too"),
+    ] {
+        std::fs::write(
+            dir.join("pytorch_model.bin"),
+            zip_with(&entries, zip64, comment),
+        )
+        .unwrap();
+        let got = read_model(&dir).unwrap_or_else(|e| panic!("zip64 {zip64}: {e:#}"));
+        assert!(
+            got.params == want.params,
+            "zip64 {zip64}, comment {comment:?}"
+        );
+        assert_eq!(got.config, want.config);
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Small crafted pickles that would take all memory (a list holding the previous memo entry twice,

@@ -2,10 +2,10 @@
 //! (`tools/write_parquet_fixtures.py`, tests/fixtures/parquet/): each layout's text column row by
 //! row as pyarrow was given it (`texts.json`): PLAIN, dictionary, DELTA_BYTE_ARRAY and
 //! DELTA_LENGTH_BYTE_ARRAY values (320 rows: several blocks of lengths), data pages v1 and v2,
-//! snappy, gzip, zstd, lz4 and none, nulls, many row groups and pages, a required column, and a
-//! column after others (an int, a struct of two leaves, then a list after it). The layouts not read are
-//! refused with what they are, as are a missing column or one that is not a string, and a
-//! truncated file.
+//! snappy, gzip, zstd, lz4 and none, nulls, many row groups and pages, a footer over 64 KiB, a
+//! required column, and a column after others (an int, a struct of two leaves, then a list after
+//! it). The layouts not read are refused with what they are, as are a missing column or one that
+//! is not a string, and a truncated file.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -41,7 +41,7 @@ fn err(path: &std::path::Path, field: &str) -> String {
 #[test]
 fn every_layout_reads_as_pyarrow_wrote_it() {
     let want = expected();
-    assert_eq!(want.len(), 9);
+    assert_eq!(want.len(), 10);
     for (name, rows) in &want {
         let (got, summary) =
             read(&fixture(name), "text").unwrap_or_else(|e| panic!("{name}: {e:#}"));
@@ -56,6 +56,12 @@ fn every_layout_reads_as_pyarrow_wrote_it() {
     assert_eq!((s.row_groups, s.nulls), (6, 7));
     let (_, s) = read(&fixture("columns.parquet"), "text").unwrap();
     assert_eq!(s.row_groups, 2);
+    // a footer of more than 64 KiB (its length's third byte is not 0), in 5 row groups
+    let big = std::fs::read(fixture("big_footer.parquet")).unwrap();
+    let footer = u32::from_le_bytes(big[big.len() - 8..big.len() - 4].try_into().unwrap());
+    assert!(footer > 1 << 16, "{footer}");
+    let (_, s) = read(&fixture("big_footer.parquet"), "text").unwrap();
+    assert_eq!(s.row_groups, 5);
     // another string column of the same file: the struct's leaf is not top-level
     let e = err(&fixture("columns.parquet"), "meta");
     assert!(

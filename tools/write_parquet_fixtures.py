@@ -85,6 +85,12 @@ def main():
           compression="zstd", use_dictionary=False, data_page_version="2.0",
           column_encoding={"text": "DELTA_LENGTH_BYTE_ARRAY"})
     expect["delta_length_many.parquet"] = many
+    # a footer over 64 KiB, so that the third byte of its length counts: row groups of 8 rows and
+    # 40,000 bytes of a dataset's own metadata (pyarrow keeps it twice: as it is, and inside the
+    # Arrow schema it stores)
+    described = pa.table({"text": text}).replace_schema_metadata({"description": "x" * 40000})
+    write("big_footer.parquet", described, compression="snappy", row_group_size=8)
+    expect["big_footer.parquet"] = TEXTS
     # refused: the BROTLI codec
     write("brotli.parquet", pa.table({"text": text}), compression="brotli")
     with open(os.path.join(OUT, "texts.json"), "w", encoding="utf-8") as f:

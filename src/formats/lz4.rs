@@ -96,5 +96,7 @@ mod tests {
         assert!(err(&[0x10, b'a'], 2).contains("holds 1 bytes, the page says 2"));
         assert!(err(&[0xf0], 20).contains("ends inside a length"));
         assert!(err(&[0x10, b'a', 1], 9).contains("offset runs past the end"));
+        // cut just after a match (its offset whole): the last literals are missing
+        assert!(err(&[0x10, b'a', 1, 0], 5).contains("ends before its last literals"));
     }
 }

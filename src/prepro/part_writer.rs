@@ -219,3 +219,44 @@ impl Drop for PartWriter {
 fn remove(path: &Path) -> Result<()> {
     std::fs::remove_file(path).with_context(|| format!("{}: cannot remove", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tail moved to val leaves train's folder as it goes: the full shards it came from are
+    /// removed at once (a corpus's val part is not on the disk twice until the end).
+    #[test]
+    fn moving_the_tail_removes_the_shards_it_empties() {
+        let dir = std::env::temp_dir().join(format!("part-writer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let temps = |name: &str| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(&format!(".{name}_")))
+                .collect();
+            v.sort();
+            v
+        };
+        let (mut train, mut val) = (
+            PartWriter::new(&dir, "train.bin", 2),
+            PartWriter::new(&dir, "val.bin", 2),
+        );
+        train.push(&[1, 2, 3, 4, 5, 6, 7]).unwrap();
+        assert_eq!(temps("train").len(), 3);
+        // the last 4 tokens: 4 of shard 1 (whose 3 stays, back in memory), shard 2, the rest 7
+        train.move_tail(4, &mut val).unwrap();
+        assert_eq!(temps("train"), [".train_000000.bin.partial"]);
+        assert_eq!((train.len(), &train.rest[..]), (3, &[3][..]));
+        assert_eq!((val.len(), &val.rest[..]), (4, &[][..]));
+        assert_eq!(
+            read_shard(&dir.join(".val_000001.bin.partial")).unwrap(),
+            [6, 7]
+        );
+        assert_eq!(temps("val").len(), 2);
+        drop((train, val));
+        assert!(temps("train").is_empty() && temps("val").is_empty());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -88,3 +88,32 @@ impl<'a, F: FnMut(&[u16]) -> Result<()>> RecordBatches<'a, F> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch is handed on as soon as it holds `batch_bytes` of text, not kept to the end: a
+    /// file of records is never all in memory.
+    #[test]
+    fn each_full_batch_is_handed_on_at_once() {
+        let tok = Tokenizer::gpt2().unwrap();
+        let mut got: Vec<Vec<u16>> = Vec::new();
+        let path = Path::new("records.jsonl");
+        let mut batches = RecordBatches::new(&tok, path, 0, 10, |d: &[u16]| {
+            got.push(d.to_vec());
+            Ok(())
+        });
+        batches.push("Hello".into(), 10).unwrap(); // 5 bytes: not yet a batch
+        assert_eq!(batches.documents, 0);
+        batches.push(" world".into(), 20).unwrap(); // 11: a batch of two records
+        assert_eq!((batches.documents, batches.tokens), (2, 4));
+        batches.push(" the".into(), 30).unwrap();
+        assert_eq!(batches.finish().unwrap(), (3, 6));
+        // each document: the end-of-text token, then its ids, in the records' order
+        assert_eq!(
+            got,
+            [vec![50256, 15496], vec![50256, 995], vec![50256, 262]]
+        );
+    }
+}

@@ -534,6 +534,11 @@ mod tests {
             resolve_precision(fp32, Some((9, 0))).unwrap(),
             Precision::Fp32
         );
+        // asked for: from sm_80 on (Ampere has bf16 tensor cores), refused before
+        assert_eq!(
+            resolve_precision(bf16, Some((8, 6))).unwrap(),
+            Precision::Bf16
+        );
         let e = resolve_precision(bf16, Some((7, 0)))
             .unwrap_err()
             .to_string();

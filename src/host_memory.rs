@@ -245,6 +245,16 @@ mod tests {
                 total: 2 * GIB
             }
         );
+        // a colon in the cgroup's path is part of it
+        let fs = files(&[("/sys/fs/cgroup/pod:7/memory.max", "4096")]);
+        let got = cgroup_memory("0::/pod:7\n", &fs).unwrap();
+        assert_eq!(
+            got,
+            HostMemory {
+                available: 4096,
+                total: 4096
+            }
+        );
         // no limit anywhere, no cgroup file system, a line of another kind
         let fs = files(&[("/sys/fs/cgroup/memory.max", "max")]);
         assert_eq!(cgroup_memory("0::/\n", &fs), None);

@@ -326,6 +326,41 @@ fn layernorm_hand_case() {
     );
 }
 
+/// One channel: every row normalises to 0, so the output is the bias, and in the backward only
+/// the bias has a gradient (the sum of dout); dinp and dweight get exactly 0 added. No channel at
+/// all: nothing to do, and no panic.
+#[test]
+fn layernorm_of_one_channel_and_of_none() {
+    let (x, w, bias) = ([1.0f32, 5.0, -2.0], [3.0f32], [0.25f32]);
+    let (mut out, mut mean, mut rstd) = (vec![9.0f32; 3], vec![0.0f32; 3], vec![0.0f32; 3]);
+    layernorm_forward(&mut out, &mut mean, &mut rstd, &x, &w, &bias, 1, 3, 1);
+    assert_eq!(out, [0.25; 3]);
+    assert_eq!(mean, x);
+    let r = (1.0f64 / 1e-5f64.sqrt()) as f32;
+    assert_close("ln rstd", &rstd, &[r as f64; 3], 1e-6, 1.0);
+    let (mut dinp, mut dw, mut db) = (vec![0.1f32, 0.2, 0.3], vec![0.5f32], vec![-1.0f32]);
+    let dout = [0.5f32, -1.0, 2.0];
+    layernorm_backward(
+        &mut dinp, &mut dw, &mut db, &dout, &x, &w, &mean, &rstd, 1, 3, 1,
+    );
+    assert_eq!((dinp, dw, db), (vec![0.1, 0.2, 0.3], vec![0.5], vec![0.5]));
+    let (mut mean0, mut rstd0) = (vec![0.0f32; 2], vec![0.0f32; 2]);
+    layernorm_forward(&mut [], &mut mean0, &mut rstd0, &[], &[], &[], 2, 1, 0);
+    layernorm_backward(
+        &mut [],
+        &mut [],
+        &mut [],
+        &[],
+        &[],
+        &[],
+        &[0.0; 2],
+        &[0.0; 2],
+        2,
+        1,
+        0,
+    );
+}
+
 #[test]
 fn layernorm_matches_f64_and_finite_differences() {
     for &(b, t, c) in &[(2, 3, 5), (1, 2, 12)] {

@@ -116,6 +116,21 @@ fn damage_is_named() {
         let e = error_of(&gz[..cut]);
         assert!(e.contains("truncated?"), "cut to {cut}: {e}");
     }
+    // cut inside the compressed data: the error counts the bytes that were read before it
+    let mut reader = GzReader::new(&gz[..n / 2]);
+    let (mut read, mut buf) = (0, [0u8; 1000]);
+    let e = loop {
+        match reader.read(&mut buf) {
+            Ok(0) => panic!("read to the end of a cut file without an error"),
+            Ok(k) => read += k,
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(read > 0, "{e}");
+    assert_eq!(
+        e,
+        format!("the file ends inside compressed data, after {read} bytes of output: truncated?")
+    );
     // an empty file, or one byte, is a header cut short; 8 bytes of text are not gzip
     assert!(error_of(b"").contains("the file ends inside a gzip header"));
     assert!(error_of(&[0x1f]).contains("the file ends inside a gzip header"));

@@ -167,3 +167,35 @@ pub fn check_tokens<T: Copy + Into<u64>>(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A token id must be below the vocabulary size: V itself is out of range.
+    #[test]
+    fn token_ids_reach_v_minus_one() {
+        let path = Path::new("train.bin");
+        check_tokens(path, &[0u16, 49, 49], 50).unwrap();
+        let e = check_tokens(path, &[0u16, 49, 50, 51], 50).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "train.bin: token id 50 at position 2 is out of range for vocabulary size 50"
+        );
+    }
+
+    /// A shard's header counts its tokens in an i32: i32::MAX of them is the most a shard holds
+    /// (checked without the 4 GiB of tokens).
+    #[test]
+    fn the_largest_shard_holds_i32_max_tokens() {
+        let path = Path::new("big.bin");
+        let header = shard_header(path, i32::MAX as usize).unwrap();
+        assert_eq!(header.len(), HEADER_BYTES);
+        assert_eq!(header[8..12], i32::MAX.to_le_bytes());
+        let e = shard_header(path, i32::MAX as usize + 1).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "big.bin: cannot write 2147483648 tokens: a shard holds at most 2147483647 tokens"
+        );
+    }
+}

@@ -105,15 +105,21 @@ mod tests {
             Ok(())
         });
         batches.push("Hello".into(), 10).unwrap(); // 5 bytes: not yet a batch
+        batches.push(" the".into(), 20).unwrap(); // 9: one byte short
         assert_eq!(batches.documents, 0);
-        batches.push(" world".into(), 20).unwrap(); // 11: a batch of two records
-        assert_eq!((batches.documents, batches.tokens), (2, 4));
-        batches.push(" the".into(), 30).unwrap();
-        assert_eq!(batches.finish().unwrap(), (3, 6));
+        batches.push(" world".into(), 30).unwrap(); // 15: a batch of three records
+        assert_eq!((batches.documents, batches.tokens), (3, 6));
+        batches.push("!".into(), 40).unwrap();
+        assert_eq!(batches.finish().unwrap(), (4, 8));
         // each document: the end-of-text token, then its ids, in the records' order
         assert_eq!(
             got,
-            [vec![50256, 15496], vec![50256, 995], vec![50256, 262]]
+            [
+                vec![50256, 15496],
+                vec![50256, 262],
+                vec![50256, 995],
+                vec![50256, 0]
+            ]
         );
     }
 }

@@ -545,6 +545,22 @@ mod tests {
         assert!(e.contains("this GPU is sm_70"), "{e}");
     }
 
+    /// One position's logits are that row of the whole (B, T, Vp) logits.
+    #[test]
+    fn position_logits_are_a_row_of_the_logits() {
+        let cfg = GPT2Config::from_descriptor("d2").unwrap();
+        let params = crate::params::init_params(&cfg, 1);
+        let mut cpu = create_engine(&EngineOptions::cpu(), cfg, params, 2, 3).unwrap();
+        let inputs = [1, 2, 3, 4, 5, 6];
+        cpu.forward(&inputs, None, 2, 3).unwrap();
+        let (all, vp) = (cpu.logits().unwrap(), cfg.padded_vocab_size);
+        for (bi, ti) in [(0, 0), (0, 2), (1, 0), (1, 2)] {
+            let row = bi * 3 + ti;
+            let got = cpu.position_logits(bi, ti).unwrap();
+            assert!(got == all[row * vp..(row + 1) * vp], "({bi}, {ti})");
+        }
+    }
+
     #[test]
     fn cpu_engine_refuses_bf16_clearly() {
         let cfg = GPT2Config::from_descriptor("d2").unwrap();

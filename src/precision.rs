@@ -109,13 +109,16 @@ mod tests {
         assert_eq!(lowbias32(0), 0);
         // lowbias32(1): 1 ^ 0 = 1; *0x7feb352d = 0x7feb352d; ^ (>>15 = 0xffd6) = 0x7feb_cafb;
         // the rest checked against the same steps written out in u64 arithmetic
-        let mut x: u64 = 1;
-        x ^= x >> 16;
-        x = (x * 0x7feb_352d) & 0xffff_ffff;
-        x ^= x >> 15;
-        x = (x * 0x846c_a68b) & 0xffff_ffff;
-        x ^= x >> 16;
-        assert_eq!(lowbias32(1) as u64, x);
+        // (and inputs whose high bits every shift moves)
+        for input in [1u32, 0x0001_0000, 0x8000_0000, 0xdead_beef, u32::MAX] {
+            let mut x = input as u64;
+            x ^= x >> 16;
+            x = (x * 0x7feb_352d) & 0xffff_ffff;
+            x ^= x >> 15;
+            x = (x * 0x846c_a68b) & 0xffff_ffff;
+            x ^= x >> 16;
+            assert_eq!(lowbias32(input) as u64, x, "{input:#x}");
+        }
         assert_ne!(lowbias32(1), lowbias32(2));
     }
 

@@ -636,3 +636,25 @@ fn check_no_other_tokenizer(dir: &Path, cfg: &GPT2Config, gpt2_vocab: bool) -> R
         other.join(", ")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What config.json leaves out is transformers' GPT2Config default: GPT-2 small (124M).
+    #[test]
+    fn a_config_without_sizes_is_gpt2_small() {
+        let path = std::env::temp_dir().join(format!("hf-config-{}.json", std::process::id()));
+        for text in ["{}", r#"{"model_type": "gpt2", "n_layer": null}"#] {
+            std::fs::write(&path, text).unwrap();
+            let got = read_config(&path).unwrap();
+            assert_eq!(got, GPT2Config::from_descriptor("d12").unwrap(), "{text}");
+            assert_eq!(
+                (got.num_layers, got.num_heads, got.channels, got.max_seq_len),
+                (12, 12, 768, 1024)
+            );
+            assert_eq!(got.vocab_size, 50257);
+        }
+        std::fs::remove_file(&path).ok();
+    }
+}

@@ -341,3 +341,28 @@ pub fn write_safetensors(
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A safetensors file starts with its header's length (8 bytes) and the header's `{`: fewer
+    /// than 9 bytes, or another start, is not one.
+    #[test]
+    fn what_starts_like_safetensors() {
+        assert!(starts_like_safetensors(b"\x02\0\0\0\0\0\0\0{}"));
+        assert!(starts_like_safetensors(b"\x40\0\0\0\0\0\0\0{\"wte\""));
+        for head in [
+            &b""[..],
+            b"\x02\0\0\0\0\0\0\0",
+            b"\x02\0\0\0\0\0\0\0[",
+            b"PK\x03\x04",
+        ] {
+            assert!(!starts_like_safetensors(head), "{head:?}");
+        }
+        // a header length of 0 or 1 cannot hold "{}", nor one over the limit
+        assert!(!starts_like_safetensors(b"\x01\0\0\0\0\0\0\0{"));
+        let huge = [&(MAX_HEADER_BYTES + 1).to_le_bytes()[..], b"{"].concat();
+        assert!(!starts_like_safetensors(&huge));
+    }
+}

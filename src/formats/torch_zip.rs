@@ -907,6 +907,38 @@ mod tests {
             b"\x80\x02\x8a\x06\x00\x00\x00\x00\x00\x01\x8a\x06\x00\x00\x00\x00\x00\xff\x86q\x00.";
         let v = Machine::default().run(code).unwrap();
         assert_eq!(v, Py::Tuple(vec![Py::Int(1 << 40), Py::Int(-(1 << 40))]));
+        // LONG1 of no bytes is 0 (pickle's encode_long(0)), of the byte ff -1
+        let v = Machine::default().run(b"\x80\x02\x8a\x00\x8a\x01\xff\x86.");
+        assert_eq!(v.unwrap(), Py::Tuple(vec![Py::Int(0), Py::Int(-1)]));
+    }
+
+    /// A tensor is read only where it is contiguous: each stride the product of the later sizes,
+    /// except that a dimension of size 1 may have any stride (PyTorch gives such ones all kinds).
+    #[test]
+    fn only_contiguous_tensors_are_rebuilt() {
+        let rebuild = |shape: &[i64], stride: &[i64]| {
+            let storage = Storage {
+                dtype: Ok(Dtype::F32),
+                elem_size: 4,
+                key: "0".into(),
+                numel: 64,
+            };
+            let dims = |d: &[i64]| Py::Tuple(d.iter().map(|&n| Py::Int(n)).collect());
+            let f = Py::Global("torch._utils._rebuild_tensor_v2".into());
+            let args = vec![
+                Py::Storage(Box::new(storage)),
+                Py::Int(0),
+                dims(shape),
+                dims(stride),
+            ];
+            call(&f, args).map(|_| ()).map_err(|e| e.to_string())
+        };
+        rebuild(&[2, 3, 4], &[12, 4, 1]).unwrap();
+        rebuild(&[1, 3, 1], &[99, 1, 7]).unwrap();
+        for (shape, stride) in [([2, 3, 4], [12, 1, 3]), ([2, 3, 1], [4, 1, 1])] {
+            let e = rebuild(&shape, &stride).unwrap_err();
+            assert!(e.contains("not contiguous"), "{shape:?} {stride:?}: {e}");
+        }
     }
 
     #[test]

@@ -502,17 +502,23 @@ impl<'a> Progress<'a> {
 
     /// After `done` bytes of text.
     pub(crate) fn update(&mut self, done: u64) {
+        if let Some(line) = self.line(done) {
+            outln!("{line}");
+        }
+    }
+
+    /// The line after `done` bytes of text, if there is one.
+    fn line(&self, done: u64) -> Option<String> {
         let path = self.path.display();
         if self.compressed {
-            if done >= self.part_bytes {
-                outln!("prepro: {path}: {:.1} MB of text so far", done as f64 / 1e6);
-            }
+            let mb = done as f64 / 1e6;
+            (done >= self.part_bytes).then(|| format!("prepro: {path}: {mb:.1} MB of text so far"))
         } else if self.size > self.part_bytes {
             let pct = 100.0 * done as f64 / self.size.max(done) as f64;
-            outln!(
-                "prepro: {path}: {pct:.0}% of {:.1} MB",
-                self.size as f64 / 1e6
-            );
+            let mb = self.size as f64 / 1e6;
+            Some(format!("prepro: {path}: {pct:.0}% of {mb:.1} MB"))
+        } else {
+            None
         }
     }
 }
@@ -563,4 +569,37 @@ pub fn default_corpus_inputs(text_dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn prepro_default_corpus(out_dir: &Path) -> Result<PreproSummary> {
     let inputs = default_corpus_inputs(&default_corpus_dir())?;
     prepro(&inputs, out_dir, ValSplit::LastFiles(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plain file's lines give the share of its bytes done, and come only for a file of more
+    /// than one part; a compressed file's (or a Parquet file's) give the text read so far, after
+    /// each whole part.
+    #[test]
+    fn progress_lines() {
+        let plain = Progress::new(Path::new("a.txt"), 5_000_000, 2_000_000);
+        assert_eq!(
+            plain.line(2_000_000).unwrap(),
+            "prepro: a.txt: 40% of 5.0 MB"
+        );
+        assert_eq!(
+            plain.line(5_000_000).unwrap(),
+            "prepro: a.txt: 100% of 5.0 MB"
+        );
+        assert_eq!(
+            Progress::new(Path::new("a.txt"), 2_000_000, 2_000_000).line(1),
+            None
+        );
+        for name in ["a.txt.gz", "b.jsonl.zst", "c.parquet"] {
+            let packed = Progress::new(Path::new(name), 1_000, 2_000_000);
+            assert_eq!(packed.line(1_999_999), None, "{name}");
+            assert_eq!(
+                packed.line(2_500_000).unwrap(),
+                format!("prepro: {name}: 2.5 MB of text so far")
+            );
+        }
+    }
 }

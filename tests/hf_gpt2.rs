@@ -1081,9 +1081,10 @@ fn zip_with(entries: &[(&str, &[u8])], zip64: bool, comment: &[u8]) -> Vec<u8> {
             &(local as u64).to_le_bytes(),
         ]
         .concat();
-        let (shown, local_extra, dir_extra) = match zip64 {
-            true => (FULL, local_extra, dir_extra),
-            false => (size, vec![], vec![]),
+        let (shown, local_extra, dir_extra) = if zip64 {
+            (FULL, local_extra, dir_extra)
+        } else {
+            (size, vec![], vec![])
         };
         // version 20, no flags, stored, no time
         let common = [

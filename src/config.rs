@@ -175,7 +175,9 @@ mod tests {
         assert_eq!(dims("d24"), (24, 1024, 16));
         assert_eq!(dims("d36"), (36, 1280, 20));
         assert_eq!(dims("d48"), (48, 1600, 25));
+        assert_eq!(dims("d60"), (60, 1920, 30));
         assert_eq!(dims("d72"), (72, 2880, 30));
+        assert_eq!(dims("d84"), (84, 3456, 36));
         assert_eq!(dims("d1"), (1, 64, 1));
         assert_eq!(dims("d16"), (16, 1024, 16));
         assert_eq!(dims("d256"), (256, 16384, 256));

@@ -20,13 +20,18 @@ pub fn host_memory() -> Option<HostMemory> {
     let mem = parse_meminfo(&std::fs::read_to_string("/proc/meminfo").ok()?)?;
     let cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
     let read = |path: &str| std::fs::read_to_string(path).ok();
-    Some(match cgroup_memory(&cgroups, read) {
+    Some(within(mem, cgroup_memory(&cgroups, read)))
+}
+
+/// The machine's memory `mem` within the cgroups' limits `cgroups`: the smaller of each.
+fn within(mem: HostMemory, cgroups: Option<HostMemory>) -> HostMemory {
+    match cgroups {
         Some(cg) => HostMemory {
             available: mem.available.min(cg.available),
             total: mem.total.min(cg.total),
         },
         None => mem,
-    })
+    }
 }
 
 /// [`HostMemory`] from the text of `/proc/meminfo` (sizes in kB), or None without MemTotal and
@@ -307,6 +312,16 @@ mod tests {
             "9223372036854771712",
         )]);
         assert_eq!(cgroup_memory("4:memory:/\n", &fs), None);
+    }
+
+    /// A cgroup's limit tightens what the machine has, never widens it.
+    #[test]
+    fn a_cgroup_limit_is_within_the_machine() {
+        let mem = |available, total| HostMemory { available, total };
+        assert_eq!(within(mem(5, 10), None), mem(5, 10));
+        assert_eq!(within(mem(5, 10), Some(mem(2, 4))), mem(2, 4));
+        assert_eq!(within(mem(5, 10), Some(mem(7, 20))), mem(5, 10));
+        assert_eq!(within(mem(5, 10), Some(mem(7, 8))), mem(5, 8));
     }
 
     #[test]

@@ -266,6 +266,16 @@ fn encoder_gradients_by_finite_differences() {
     assert!(dwpe[t * c..].iter().all(|&x| x == 0.0));
 }
 
+/// A position embedding of fewer than T rows is named, not an index out of bounds.
+#[test]
+#[should_panic(expected = "encoder_forward: wpe has fewer than T rows")]
+fn encoder_rejects_a_short_position_embedding() {
+    let (b, t, c) = (1, 4, 3);
+    let (wte, wpe) = (vec![0.0f32; 8 * c], vec![0.0f32; 3 * c]);
+    let mut out = vec![0.0f32; b * t * c];
+    encoder_forward(&mut out, &[1, 2, 3, 4], &wte, &wpe, b, t, c);
+}
+
 #[test]
 #[should_panic(expected = "token id 16 is out of range")]
 fn encoder_rejects_out_of_range_tokens() {

@@ -138,6 +138,7 @@ fn verify_both_passes_on_the_emulated_device_with_tf32() {
     }
     let text = verify_both("tiny", &[]);
     assert!(gpu_logits_error(&text) < 1e-5, "{text}");
+    assert!(!text.contains("--tf32"), "{text}");
     let text = verify_both("hs64", &["--precision", "bf16", "--tf32"]);
     assert!(text.contains("note: --tf32 does nothing in bf16"), "{text}");
     assert!(!text.contains("TF32 matmuls"), "{text}");

@@ -749,6 +749,18 @@ mod tests {
         })
     }
 
+    /// A batch larger than the arenas in either dimension is an error that says so.
+    #[test]
+    fn a_batch_larger_than_the_arenas_is_an_error() {
+        let cfg = GPT2Config::from_descriptor("d1").unwrap();
+        for (b, t) in [(3, 3), (2, 4), (3, 4)] {
+            let e = check_forward(&cfg, (2, 3), &vec![1; b * t], None, b, t).unwrap_err();
+            let want = format!("batch {b}x{t} is larger than the 2x3 the model was sized for");
+            assert_eq!(e.to_string(), want);
+        }
+        check_forward(&cfg, (2, 3), &[1; 4], None, 2, 2).unwrap();
+    }
+
     #[test]
     fn the_memory_check_refuses_one_byte_short() {
         let cfg = GPT2Config::from_descriptor("d1").unwrap();

@@ -1047,6 +1047,10 @@ mod tests {
         let mut out = Vec::new();
         read_hybrid(&[6, 1, 3, 0b1011_0010], 1, 11, &mut out).unwrap();
         assert_eq!(out, [1, 1, 1, 0, 1, 0, 0, 1, 1, 0, 1]);
+        // the same wanting 6, after a value already there: a group's padding is not taken
+        let mut out = vec![9];
+        read_hybrid(&[6, 1, 3, 0b1011_0010], 1, 6, &mut out).unwrap();
+        assert_eq!(out, [9, 1, 1, 1, 0, 1, 0]);
         // 3-bit values 0..8 bit-packed: 3 bytes
         let mut out = Vec::new();
         read_hybrid(&[3, 0b1000_1000, 0b1100_0110, 0b1111_1010], 3, 8, &mut out).unwrap();

@@ -252,14 +252,7 @@ mod tests {
         );
         // a colon in the cgroup's path is part of it
         let fs = files(&[("/sys/fs/cgroup/pod:7/memory.max", "4096")]);
-        let got = cgroup_memory("0::/pod:7\n", &fs).unwrap();
-        assert_eq!(
-            got,
-            HostMemory {
-                available: 4096,
-                total: 4096
-            }
-        );
+        assert_eq!(cgroup_memory("0::/pod:7\n", &fs), Some(mem(4096, 4096)));
         // no limit anywhere, no cgroup file system, a line of another kind
         let fs = files(&[("/sys/fs/cgroup/memory.max", "max")]);
         assert_eq!(cgroup_memory("0::/\n", &fs), None);
@@ -314,10 +307,13 @@ mod tests {
         assert_eq!(cgroup_memory("4:memory:/\n", &fs), None);
     }
 
+    fn mem(available: u64, total: u64) -> HostMemory {
+        HostMemory { available, total }
+    }
+
     /// A cgroup's limit tightens what the machine has, never widens it.
     #[test]
     fn a_cgroup_limit_is_within_the_machine() {
-        let mem = |available, total| HostMemory { available, total };
         assert_eq!(within(mem(5, 10), None), mem(5, 10));
         assert_eq!(within(mem(5, 10), Some(mem(2, 4))), mem(2, 4));
         assert_eq!(within(mem(5, 10), Some(mem(7, 20))), mem(5, 10));

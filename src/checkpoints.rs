@@ -802,8 +802,12 @@ mod tests {
         assert!(check_micro_batches("s", 4, 8, &accum2).is_ok());
         let e = error(check_micro_batches("s", 4, 8, &plain));
         assert!(e.contains("resume it with --grad-accum 2"), "{e}");
+        // 7 in 4 steps is not 1 a step, nor 2: neither flag is refused
         assert!(check_micro_batches("s", 4, 7, &plain).is_ok());
+        assert!(check_micro_batches("s", 4, 7, &accum2).is_ok());
+        // a state of no steps says nothing, whatever was served (and divides by nothing)
         assert!(check_micro_batches("s", 0, 7, &plain).is_ok());
+        assert!(check_micro_batches("s", 0, 0, &plain).is_ok());
     }
 
     /// The note names up to four files set aside, and the first three of more.

@@ -13,6 +13,7 @@
 //! gradients that agree to ~1e-7), the parameters after 5 steps within 1e-3 normalised (see
 //! there); two GPU runs bitwise equal.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use train_gpt2_cuda::config::GPT2Config;
 use train_gpt2_cuda::cpu::adamw::{AdamW, DecayOn};
@@ -39,6 +40,7 @@ use train_gpt2_cuda::formats::checkpoint::read_checkpoint;
 use train_gpt2_cuda::formats::debug_state::{read_debug_state, DebugState};
 use train_gpt2_cuda::params::{init_params, split, IS_MATRIX, PARAM_NAMES};
 use train_gpt2_cuda::rng::Rng;
+use train_gpt2_cuda::sample::{generate, SampleOptions};
 use train_gpt2_cuda::train::Device;
 use train_gpt2_cuda::verify::{self, Tolerances};
 
@@ -917,6 +919,37 @@ fn position_logits_are_rows_of_the_logits() {
     assert!(gpu.position_logits(0, 0).is_err());
     let e = format!("{:#}", gpu.backward(1.0).unwrap_err());
     assert!(e.contains("backward ran already"), "{e}");
+}
+
+/// `sample` on the GPU (which has no key/value cache: a full forward of each context) picks the
+/// tokens the CPU's cached decoder picks, same model, prompt and seed. As in decode.rs, a low
+/// temperature on this model near its initialisation makes a wrong row of logits change the
+/// tokens; fp32's error (about 1e-6 of the largest logit) moves a draw only if it lands that
+/// close to a boundary of the cumulative probabilities.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn sampling_on_the_gpu_picks_the_cpu_s_tokens() {
+    let ck = read_checkpoint(&fixture("ref_sharp_model.bin")).unwrap();
+    let cfg = ck.config;
+    let w = 9; // below maxT 16: the window slides for most of the 40 tokens
+    let opts = SampleOptions {
+        temperature: 0.3,
+        ..Default::default()
+    };
+    let prompt = [3u32, 1, 4];
+    let draw = |engine: &mut dyn Engine, seed| {
+        generate(engine, &prompt, 40, w, &opts, seed, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap()
+    };
+    let mut cpu = Gpt2Cpu::new(cfg, ck.params.clone(), 1, w).unwrap();
+    let mut gpu = gpu_engine(cfg, ck.params, 1, w);
+    let want = draw(&mut cpu, 7);
+    assert_eq!(want.len(), 40);
+    assert_eq!(draw(gpu.as_mut(), 7), want);
+    // and the tokens depend on the seed (not a constant stream that any logits would give)
+    assert_ne!(draw(gpu.as_mut(), 8), want);
 }
 
 #[test]

@@ -365,4 +365,29 @@ mod tests {
         let huge = [&(MAX_HEADER_BYTES + 1).to_le_bytes()[..], b"{"].concat();
         assert!(!starts_like_safetensors(&huge));
     }
+
+    /// F16 and F64 tensors (no fixture has either) read as f32: F16 exactly (subnormal and
+    /// largest included), F64 rounded to the nearest f32.
+    #[test]
+    fn f16_and_f64_tensors_read_as_f32() {
+        let halves = [1.5f32, -2.0, 65504.0, 2f32.powi(-24)];
+        let doubles = [0.1f64, -3.25];
+        let mut data: Vec<u8> = halves
+            .iter()
+            .flat_map(|&x| f16::from_f32(x).to_le_bytes())
+            .collect();
+        data.extend(doubles.iter().flat_map(|x| x.to_le_bytes()));
+        let header = br#"{"h":{"dtype":"F16","shape":[2,2],"data_offsets":[0,8]},"d":{"dtype":"F64","shape":[2],"data_offsets":[8,24]}}"#;
+        let file = [&(header.len() as u64).to_le_bytes()[..], header, &data].concat();
+        let path = std::env::temp_dir().join(format!("f16-f64-{}.safetensors", std::process::id()));
+        std::fs::write(&path, file).unwrap();
+        let mut st = SafeTensors::open(&path).unwrap();
+        let mut h = [0f32; 4];
+        st.read_f32("h", &mut h).unwrap();
+        let mut d = [0f32; 2];
+        st.read_f32("d", &mut d).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(h, halves);
+        assert_eq!(d, [0.1f32, -3.25]);
+    }
 }

@@ -162,6 +162,10 @@ mod tests {
             ),
             (1024, 50257, 50304, 12, 12, 768)
         );
+        assert_eq!(c.head_size(), 64);
+        // C / NH: 96 / 3 = 32, 128 / 2 = 64
+        let hs = |nh, c| GPT2Config::new(8, 10, 16, 1, nh, c).unwrap().head_size();
+        assert_eq!((hs(3, 96), hs(2, 128)), (32, 64));
     }
 
     /// llm.c's depths take its (C, NH); the others follow C = 64N, NH = N.

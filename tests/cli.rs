@@ -2582,6 +2582,21 @@ fn bad_inputs_give_clear_errors() {
         &["--device", "cpu", "--model", "d1", "--batch", "1000000000000000"],
         &["the activations of B=1000000000000000, T=64 do not fit in this machine's address space"],
     );
+    // the same check comes first for a new model too large for the machine in any case (d96):
+    // before its footprint is added up, and before its weights are drawn
+    expect_error(
+        &[
+            "--device",
+            "cpu",
+            "--model",
+            "d96",
+            "--batch",
+            "1000000000000000",
+            "--seq",
+            "8",
+        ],
+        &["the activations of B=1000000000000000, T=8 do not fit in this machine's address space"],
+    );
     expect_error(
         &["--device", "cpu", "--classifier-chunk", "0"],
         &["--classifier-chunk must be at least 1 sequence"],

@@ -64,8 +64,12 @@ fn reads_what_python_wrote() {
         let gz = std::fs::read(fixture(name)).unwrap();
         // whole, through std's read_to_end; and a few bytes at a time, in and out
         let mut whole = Vec::new();
-        GzReader::new(&gz[..]).read_to_end(&mut whole).unwrap();
+        let mut reader = GzReader::new(&gz[..]);
+        // a read into no room reads nothing, before the stream and (below) after it
+        assert_eq!(reader.read(&mut []).unwrap(), 0, "{name}");
+        reader.read_to_end(&mut whole).unwrap();
         assert!(whole == want, "{name}");
+        assert_eq!(reader.read(&mut []).unwrap(), 0, "{name}");
         for (step, out) in [(1, 7), (13, 1), (100, 4096)] {
             let got = inflate(&gz, step, out).unwrap();
             assert!(got == want, "{name}, reads of {step}, {out}");

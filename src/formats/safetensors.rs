@@ -390,4 +390,26 @@ mod tests {
         assert_eq!(h, halves);
         assert_eq!(d, [0.1f32, -3.25]);
     }
+
+    /// A file that is its header alone (no tensors, no data) is whole; one byte less, and the
+    /// header's length exceeds what follows it.
+    #[test]
+    fn a_header_that_ends_the_file_is_whole() {
+        let header = br#"{"__metadata__":{"format":"pt"}}"#;
+        let file = [&(header.len() as u64).to_le_bytes()[..], header].concat();
+        let path =
+            std::env::temp_dir().join(format!("header-only-{}.safetensors", std::process::id()));
+        std::fs::write(&path, &file).unwrap();
+        let whole = SafeTensors::open(&path).map(|st| st.tensors().len());
+        std::fs::write(&path, &file[..file.len() - 1]).unwrap();
+        let cut = SafeTensors::open(&path).err().map(|e| e.to_string());
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(whole.unwrap(), 0);
+        let want = format!(
+            "the header length {} exceeds the {} bytes after it",
+            header.len(),
+            header.len() - 1
+        );
+        assert!(cut.as_ref().is_some_and(|e| e.contains(&want)), "{cut:?}");
+    }
 }

@@ -3236,6 +3236,11 @@ fn eval_hellaswag_prints_the_accuracies() {
             &["--examples", "2"][..],
             "hellaswag: acc_norm 0.5000 (1/2), acc 1.0000 (2/2)",
         ),
+        // all of the file's 5, asked for
+        (
+            &["--examples", "5"][..],
+            "hellaswag: acc_norm 0.2000 (1/5), acc 0.6000 (3/5)",
+        ),
         // a batch beyond the examples is theirs: 5 examples, 20 rows (2^64 - 4 rows overflowed
         // the activations' sizes)
         (

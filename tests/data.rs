@@ -991,6 +991,25 @@ fn prepro_never_overwrites_or_removes_an_input_or_a_file_that_is_not_a_shard() {
     std::fs::create_dir(&sub).unwrap();
     let e = err_text(prepro(&inputs, &sub.join(".."), ValSplit::LastFiles(1)));
     assert_contains(&e, &["an input that prepro would overwrite or remove"]);
+    // through a link elsewhere to it (the file itself resolved), and through a link in the
+    // output folder named as a shard (the input's own path) to a text elsewhere
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&inputs[0], elsewhere.join("link.txt")).unwrap();
+    std::fs::write(elsewhere.join("real.txt"), text).unwrap();
+    let links = dir.join("links");
+    std::fs::create_dir(&links).unwrap();
+    std::os::unix::fs::symlink(elsewhere.join("real.txt"), links.join("val.bin")).unwrap();
+    for (input, out) in [
+        (elsewhere.join("link.txt"), &dir),
+        (links.join("val.bin"), &links),
+    ] {
+        let both = [input.clone(), inputs[1].clone()];
+        let e = err_text(prepro(&both, out, ValSplit::LastFiles(1)));
+        assert_contains(&e, &["an input that prepro would overwrite or remove"]);
+    }
+    assert_eq!(std::fs::read(&inputs[0]).unwrap(), text);
+    assert!(links.join("val.bin").is_symlink());
     // a file of the user's named like a shard is not replaced or removed
     let out = dir.join("out");
     std::fs::create_dir(&out).unwrap();

@@ -366,6 +366,18 @@ mod tests {
         assert!(!starts_like_safetensors(&huge));
     }
 
+    /// A safetensors file's bytes: the header's length, the header, the data.
+    fn safetensors_bytes(header: &[u8], data: &[u8]) -> Vec<u8> {
+        [&(header.len() as u64).to_le_bytes()[..], header, data].concat()
+    }
+
+    /// `bytes` written to a file of this process's in the temporary folder.
+    fn temp_file(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("{name}-{}.safetensors", std::process::id()));
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
     /// F16 and F64 tensors (no fixture has either) read as f32: F16 exactly (subnormal and
     /// largest included), F64 rounded to the nearest f32.
     #[test]
@@ -378,9 +390,7 @@ mod tests {
             .collect();
         data.extend(doubles.iter().flat_map(|x| x.to_le_bytes()));
         let header = br#"{"h":{"dtype":"F16","shape":[2,2],"data_offsets":[0,8]},"d":{"dtype":"F64","shape":[2],"data_offsets":[8,24]}}"#;
-        let file = [&(header.len() as u64).to_le_bytes()[..], header, &data].concat();
-        let path = std::env::temp_dir().join(format!("f16-f64-{}.safetensors", std::process::id()));
-        std::fs::write(&path, file).unwrap();
+        let path = temp_file("f16-f64", &safetensors_bytes(header, &data));
         let mut st = SafeTensors::open(&path).unwrap();
         let mut h = [0f32; 4];
         st.read_f32("h", &mut h).unwrap();
@@ -396,10 +406,8 @@ mod tests {
     #[test]
     fn a_header_that_ends_the_file_is_whole() {
         let header = br#"{"__metadata__":{"format":"pt"}}"#;
-        let file = [&(header.len() as u64).to_le_bytes()[..], header].concat();
-        let path =
-            std::env::temp_dir().join(format!("header-only-{}.safetensors", std::process::id()));
-        std::fs::write(&path, &file).unwrap();
+        let file = safetensors_bytes(header, &[]);
+        let path = temp_file("header-only", &file);
         let whole = SafeTensors::open(&path).map(|st| st.tensors().len());
         std::fs::write(&path, &file[..file.len() - 1]).unwrap();
         let cut = SafeTensors::open(&path).err().map(|e| e.to_string());

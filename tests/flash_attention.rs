@@ -22,8 +22,8 @@ use train_gpt2_cuda::rng::Rng;
 
 const B: usize = 2;
 const TS: [usize; 3] = [1, 17, 100];
-/// (C, NH): HS = 64 and HS = 12.
-const SHAPES: [(usize, usize); 2] = [(128, 2), (36, 3)];
+/// (C, NH): HS = 64 and HS = 12, and a single head of 20.
+const SHAPES: [(usize, usize); 3] = [(128, 2), (36, 3), (20, 1)];
 
 /// Uniform in [-scale, scale).
 fn randv(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {

@@ -77,6 +77,45 @@ fn reads_what_python_wrote() {
     }
 }
 
+/// A header with an extra field and no other optional field (plain.gz, whose flags are 0, with
+/// one added): the data follows the field at once, whatever its length.
+#[test]
+fn reads_a_header_with_only_an_extra_field() {
+    let gz = std::fs::read(fixture("plain.gz")).unwrap();
+    assert_eq!(gz[3], 0, "plain.gz's flags");
+    for extra in [&b""[..], b"a", b"AB\x03\x00xyz"] {
+        let mut with = gz[..10].to_vec();
+        with[3] = 0x04;
+        with.extend((extra.len() as u16).to_le_bytes());
+        with.extend_from_slice(extra);
+        with.extend_from_slice(&gz[10..]);
+        for (step, out) in [(1, 7), (100, 4096)] {
+            let got = inflate(&with, step, out).unwrap();
+            assert!(
+                got == hamlet()[..20000],
+                "extra {extra:?}, reads of {step}, {out}"
+            );
+        }
+    }
+}
+
+/// Several members, the input's reads ending anywhere near the start of each member after the
+/// first (two reads: up to the cut, then the rest), where a member's magic number can arrive
+/// split across two reads.
+#[test]
+fn reads_members_whose_header_arrives_in_pieces() {
+    let gz = std::fs::read(fixture("members.gz")).unwrap();
+    let starts: Vec<usize> = (1..gz.len() - 2)
+        .filter(|&i| gz[i..i + 3] == [0x1f, 0x8b, 8])
+        .collect();
+    assert_eq!(starts.len(), 2, "members.gz has three members");
+    for cut in starts.iter().flat_map(|&s| s - 3..s + 12) {
+        let pieces = std::io::Read::chain(&gz[..cut], &gz[cut..]);
+        let got = read_in_pieces(GzReader::new(pieces), 4096).unwrap();
+        assert!(got == hamlet()[..20000], "cut at {cut}");
+    }
+}
+
 fn error_of(bytes: &[u8]) -> String {
     invalid_data_error(GzReader::new(bytes))
 }

@@ -813,6 +813,24 @@ mod tests {
         }
     }
 
+    /// A model built with parameters of another config, an empty batch or a T past maxT is an
+    /// error that says which, whether it is to train or for forwards only.
+    #[test]
+    fn a_model_of_the_wrong_parameters_or_batch_is_an_error() {
+        let cfg = GPT2Config::from_descriptor("d1").unwrap();
+        let n = num_parameters(&cfg);
+        for model in [Gpt2Cpu::new, Gpt2Cpu::for_inference] {
+            let e = model(cfg, vec![0.0; n - 1], 2, 3).err().unwrap();
+            let want = format!("parameter count {} does not match the config's {n}", n - 1);
+            assert_eq!(e.to_string(), want);
+            let e = model(cfg, vec![0.0; n], 0, 3).err().unwrap();
+            assert!(e.to_string().contains("B=0 and sequence length T=3"), "{e}");
+            let e = model(cfg, vec![0.0; n], 2, 1025).err().unwrap();
+            assert!(e.to_string().contains("T=1025 exceeds"), "{e}");
+            model(cfg, vec![0.0; n], 2, 1024).unwrap();
+        }
+    }
+
     #[test]
     fn a_model_too_large_for_the_machine_is_an_error_not_an_abort() {
         let cfg = GPT2Config::from_descriptor("d1").unwrap();

@@ -1125,6 +1125,13 @@ mod tests {
         .unwrap();
         assert_eq!(got, Some(-3));
         assert_eq!(t.pos, bytes.len());
+        // a list of 15 or more elements has its length in a varint after the header (size
+        // nibble 15): 16 i32s
+        let mut long = vec![0xf5, 16];
+        long.extend(1..=16u8);
+        assert_eq!(Thrift::new(&long).list_header().unwrap(), (16, 5));
+        // a list of 14: the length in the header's nibble
+        assert_eq!(Thrift::new(&[0xe5; 15]).list_header().unwrap(), (14, 5));
         // cut short anywhere: an error, not a panic
         for n in 0..bytes.len() {
             let mut t = Thrift::new(&bytes[..n]);

@@ -115,6 +115,12 @@ mod tests {
         let mut block = vec![70, 240, 69];
         block.extend(std::iter::repeat_n(b'z', 70));
         assert_eq!(decompress(&block).unwrap(), vec![b'z'; 70]);
+        // a literal of 300 bytes: length - 1 = 299 = 0x012b in two bytes, low first (tag 61 << 2);
+        // the block's length 300 as a varint (0xac 0x02)
+        let mut block = vec![0xac, 0x02, 244, 0x2b, 0x01];
+        block.extend((0..300).map(|i| i as u8));
+        let want: Vec<u8> = (0..300).map(|i| i as u8).collect();
+        assert_eq!(decompress(&block).unwrap(), want);
         // empty
         assert_eq!(decompress(&[0]).unwrap(), b"");
     }

@@ -510,8 +510,15 @@ fn bad_debug_states_are_errors_that_say_what_is_wrong() {
     // cut short, it is named as truncated, not as another model's: for certain where no model's
     // state ends there (inside a value, inside the tokens x and y, whose size the header gives),
     // else with a whole file of another model as the other reading. (B*T = 6: x and y end at
-    // byte 1072, so 1068 lacks y's last token, a whole number of values.)
-    for (len, aside) in [(2001, false), (1050, false), (1068, false), (2000, true)] {
+    // byte 1072, so 1068 lacks y's last token, a whole number of values; 1072 is the first
+    // length that a whole state of another model could have.)
+    for (len, aside) in [
+        (2001, false),
+        (1050, false),
+        (1068, false),
+        (1072, true),
+        (2000, true),
+    ] {
         let p = dir.file("cut.bin", &good[..len]);
         let e = err(read_debug_state(&p, &cfg));
         assert_msg(

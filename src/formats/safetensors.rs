@@ -21,8 +21,9 @@ use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-/// The longest header accepted (the format's own limit: 100 MB).
-const MAX_HEADER_BYTES: u64 = 100 << 20;
+/// The longest header accepted: the format's own limit, 100 MB (the reference reader, Hugging
+/// Face's `safetensors`, refuses a longer one).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
 
 /// Bytes converted per read when loading a tensor.
 const CHUNK_BYTES: usize = 1 << 20;
@@ -360,10 +361,11 @@ mod tests {
         ] {
             assert!(!starts_like_safetensors(head), "{head:?}");
         }
-        // a header length of 0 or 1 cannot hold "{}", nor one over the limit
+        // a header length of 0 or 1 cannot hold "{}", nor one over the limit of 100 MB
         assert!(!starts_like_safetensors(b"\x01\0\0\0\0\0\0\0{"));
-        let huge = [&(MAX_HEADER_BYTES + 1).to_le_bytes()[..], b"{"].concat();
-        assert!(!starts_like_safetensors(&huge));
+        let header_of = |n: u64| [&n.to_le_bytes()[..], b"{"].concat();
+        assert!(starts_like_safetensors(&header_of(100_000_000)));
+        assert!(!starts_like_safetensors(&header_of(100_000_001)));
     }
 
     /// A safetensors file's bytes: the header's length, the header, the data.
@@ -419,5 +421,22 @@ mod tests {
             header.len() - 1
         );
         assert!(cut.as_ref().is_some_and(|e| e.contains(&want)), "{cut:?}");
+    }
+
+    /// A header length past 100 MB is refused by the format's limit, one of 100 MB (in a short
+    /// file) by the bytes that follow it.
+    #[test]
+    fn a_header_longer_than_100_mb_is_past_the_format_s_limit() {
+        let error_of = |n: u64| {
+            let path = temp_file("header-limit", &[&n.to_le_bytes()[..], b"{}"].concat());
+            let e = SafeTensors::open(&path).err().map(|e| e.to_string());
+            std::fs::remove_file(&path).unwrap();
+            e.unwrap_or_default()
+        };
+        let e = error_of(100_000_001);
+        let want = "the header length 100000001 exceeds the format's limit of 100000000 bytes";
+        assert!(e.contains(want), "{e}");
+        let e = error_of(100_000_000);
+        assert!(e.contains("100000000 exceeds the 2 bytes after it"), "{e}");
     }
 }

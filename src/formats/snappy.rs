@@ -121,6 +121,13 @@ mod tests {
         block.extend((0..300).map(|i| i as u8));
         let want: Vec<u8> = (0..300).map(|i| i as u8).collect();
         assert_eq!(decompress(&block).unwrap(), want);
+        // a 4-byte-offset copy from 65536 back (offset bytes 0, 0, 1, 0) of 4 bytes (tag 3 << 2
+        // | 3 = 15), after a literal of 65536 (65535 in two bytes); the length 65540 as a varint
+        let lit: Vec<u8> = (0..65536).map(|i| (i % 251) as u8).collect();
+        let mut block = vec![0x84, 0x80, 0x04, 244, 0xff, 0xff];
+        block.extend(&lit);
+        block.extend([15, 0, 0, 1, 0]);
+        assert_eq!(decompress(&block).unwrap(), [&lit[..], &lit[..4]].concat());
         // empty
         assert_eq!(decompress(&[0]).unwrap(), b"");
     }

@@ -769,6 +769,15 @@ fn residual_forward_and_backward() {
 // ---------------------------------------------------------------------------------------------
 // Classifier
 
+/// A softmax over no tokens (V = 0) has no distribution: it is refused by name, not written as
+/// NaNs or zeros.
+#[test]
+#[should_panic(expected = "softmax_forward: need 0 < V <= Vp, got V = 0, Vp = 4")]
+fn softmax_of_no_tokens_is_refused() {
+    let mut probs = vec![0.0f32; 4];
+    softmax_forward(&mut probs, &[1.0; 4], 1, 1, 0, 4);
+}
+
 #[test]
 fn softmax_crossentropy_hand_case_with_padding() {
     // V = 3, Vp = 4: the padding logit is huge and must be ignored. Two rows: the second is the

@@ -896,4 +896,35 @@ mod tests {
             full.v
         );
     }
+
+    /// Each of the Engine's training calls allocates training's arenas by itself, even as the
+    /// first call on a model for inference: zero gradients and their norm of 0, an update
+    /// (weight decay alone) and a backward the same as a training model's.
+    #[test]
+    fn each_training_call_prepares_a_model_for_inference() {
+        let cfg = GPT2Config::new(16, 10, 16, 2, 2, 8).unwrap();
+        let params = params::init_params(&cfg, 5);
+        let hp = crate::verify::VERIFY_ADAMW;
+        let fresh = || Gpt2Cpu::for_inference(cfg, params.clone(), 1, 4).unwrap();
+        let mut full = Gpt2Cpu::new(cfg, params.clone(), 1, 4).unwrap();
+        full.update(&hp, 1, 1.0);
+        assert_ne!(full.params, params, "the decay moves the matrices");
+        let mut lazy = fresh();
+        Engine::update(&mut lazy, &hp, 1, 1.0).unwrap();
+        assert_eq!(lazy.params, full.params);
+        let mut lazy = fresh();
+        assert_eq!(Engine::grads(&mut lazy).unwrap(), vec![0.0; params.len()]);
+        let mut lazy = fresh();
+        assert_eq!(Engine::grad_norm(&mut lazy).unwrap(), 0.0);
+        assert_eq!(lazy.grads.len(), params.len());
+        // a backward straight after a forward, with no zero_grad before it
+        let (x, y) = ([1, 2, 3, 4], [2, 3, 4, 5]);
+        let mut full = Gpt2Cpu::new(cfg, params.clone(), 1, 4).unwrap();
+        full.forward(&x, Some(&y), 1, 4).unwrap();
+        full.backward(1.0);
+        let mut lazy = fresh();
+        Gpt2Cpu::forward(&mut lazy, &x, Some(&y), 1, 4).unwrap();
+        Engine::backward(&mut lazy, 1.0).unwrap();
+        assert_eq!(lazy.grads, full.grads);
+    }
 }

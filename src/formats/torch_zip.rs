@@ -867,6 +867,29 @@ mod tests {
         assert_eq!(err(tensor(vec![7], 0)), "elements 0..7 of a storage of 6");
     }
 
+    /// Each storage's element size, as PyTorch's dtypes have them: those converted to f32 and
+    /// those refused when read (whose size the reader still checks against their bytes).
+    #[test]
+    fn storages_have_their_dtype_s_element_size() {
+        let size = |name: &str| storage_type(name).map(|(size, d)| (size, d.is_ok()));
+        for (name, want) in [
+            ("FloatStorage", (4, true)),
+            ("HalfStorage", (2, true)),
+            ("BFloat16Storage", (2, true)),
+            ("DoubleStorage", (8, true)),
+            ("LongStorage", (8, false)),
+            ("IntStorage", (4, false)),
+            ("ShortStorage", (2, false)),
+            ("CharStorage", (1, false)),
+            ("ByteStorage", (1, false)),
+            ("BoolStorage", (1, false)),
+        ] {
+            assert_eq!(size(&format!("torch.{name}")), Some(want), "{name}");
+        }
+        assert_eq!(size("torch.ComplexFloatStorage"), None);
+        assert_eq!(size("FloatStorage"), None);
+    }
+
     #[test]
     fn a_pickle_that_calls_anything_else_is_refused() {
         // protocol 2: os.system("echo hi")

@@ -817,7 +817,8 @@ mod tests {
     /// error that says which, whether it is to train or for forwards only.
     #[test]
     fn a_model_of_the_wrong_parameters_or_batch_is_an_error() {
-        let cfg = GPT2Config::from_descriptor("d1").unwrap();
+        // maxT = 16, V = 10, Vp = 16, L = 1, NH = 2, C = 8
+        let cfg = GPT2Config::new(16, 10, 16, 1, 2, 8).unwrap();
         let n = num_parameters(&cfg);
         for model in [Gpt2Cpu::new, Gpt2Cpu::for_inference] {
             let e = model(cfg, vec![0.0; n - 1], 2, 3).err().unwrap();
@@ -825,9 +826,9 @@ mod tests {
             assert_eq!(e.to_string(), want);
             let e = model(cfg, vec![0.0; n], 0, 3).err().unwrap();
             assert!(e.to_string().contains("B=0 and sequence length T=3"), "{e}");
-            let e = model(cfg, vec![0.0; n], 2, 1025).err().unwrap();
-            assert!(e.to_string().contains("T=1025 exceeds"), "{e}");
-            model(cfg, vec![0.0; n], 2, 1024).unwrap();
+            let e = model(cfg, vec![0.0; n], 2, 17).err().unwrap();
+            assert!(e.to_string().contains("T=17 exceeds"), "{e}");
+            model(cfg, vec![0.0; n], 2, 16).unwrap();
         }
     }
 

@@ -1043,6 +1043,17 @@ mod tests {
     fn deep_nesting_is_refused_and_the_deepest_allowed_is_safe() {
         let lists = |n: usize| [&b"\x80\x02"[..], &b"(".repeat(n), &b"l".repeat(n), b"."].concat();
         let tuples = |n: usize| [&b"\x80\x02)"[..], &b"\x85".repeat(n - 1), b"."].concat();
+        // (((K5lll: the innermost list holds a number, which adds no depth of its own
+        let numbers = |n: usize| {
+            [
+                &b"\x80\x02"[..],
+                &b"(".repeat(n),
+                b"K\x05",
+                &b"l".repeat(n),
+                b".",
+            ]
+            .concat()
+        };
         // ]]]...a a a: each list appended to the one below it
         let appends =
             |n: usize| [&b"\x80\x02"[..], &b"]".repeat(n), &b"a".repeat(n - 1), b"."].concat();
@@ -1060,6 +1071,7 @@ mod tests {
         for (what, make) in [
             ("lists", &lists as &dyn Fn(usize) -> Vec<u8>),
             ("tuples", &tuples),
+            ("lists around a number", &numbers),
             ("appends", &appends),
             ("dicts", &dicts),
         ] {

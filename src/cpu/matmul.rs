@@ -154,7 +154,8 @@ pub fn matmul_backward(
     }
 }
 
-/// A read-only matrix inside a slice: element (i, j) is `data[i * rs + j * cs]`.
+/// A read-only matrix inside a slice: element (i, j) is `data[i * rs + j * cs]`, rows or columns
+/// contiguous (rs or cs 1).
 #[derive(Clone, Copy)]
 struct Mat<'a> {
     data: &'a [f32],
@@ -164,6 +165,8 @@ struct Mat<'a> {
 
 impl<'a> Mat<'a> {
     fn new(data: &'a [f32], rs: usize, cs: usize) -> Self {
+        // the packing routines copy along a contiguous dimension
+        assert!(rs == 1 || cs == 1, "a matrix with neither stride 1");
         Mat { data, rs, cs }
     }
 }
@@ -500,7 +503,7 @@ fn pack_a<const MR: usize>(dst: &mut [f32], a: Mat, i0: usize, mc: usize, p0: us
         if a.cs == 1 {
             // Rows of A are contiguous: a transpose.
             transpose_into(panel, MR, &a.data[base..], a.rs, rows, kc);
-        } else if a.rs == 1 {
+        } else {
             // Columns of A are contiguous (A is a transpose): copy MR values per column.
             for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
                 let src = &a.data[base + p * a.cs..];
@@ -509,16 +512,6 @@ fn pack_a<const MR: usize>(dst: &mut [f32], a: Mat, i0: usize, mc: usize, p0: us
                 } else {
                     dst[..rows].copy_from_slice(&src[..rows]);
                     dst[rows..].fill(0.0);
-                }
-            }
-        } else {
-            for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
-                for (ii, d) in dst.iter_mut().enumerate() {
-                    *d = if ii < rows {
-                        a.data[base + ii * a.rs + p * a.cs]
-                    } else {
-                        0.0
-                    };
                 }
             }
         }
@@ -542,19 +535,9 @@ fn pack_b<const NR: usize>(dst: &mut [f32], b: Mat, p0: usize, kc: usize, j0: us
                     dst[cols..].fill(0.0);
                 }
             }
-        } else if b.rs == 1 {
+        } else {
             // Columns of B are contiguous (B is a transpose): a transpose.
             transpose_into(panel, NR, &b.data[base..], b.cs, cols, kc);
-        } else {
-            for (p, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                for (jj, d) in dst.iter_mut().enumerate() {
-                    *d = if jj < cols {
-                        b.data[base + p * b.rs + jj * b.cs]
-                    } else {
-                        0.0
-                    };
-                }
-            }
         }
     }
 }
@@ -748,6 +731,13 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::rng::Rng;
+
+    /// The packing copies along a contiguous dimension: a matrix with none is refused.
+    #[test]
+    #[should_panic(expected = "a matrix with neither stride 1")]
+    fn a_matrix_with_no_contiguous_dimension_is_refused() {
+        Mat::new(&[0.0; 8], 3, 2);
+    }
 
     fn rand_vec(rng: &mut Rng, n: usize) -> Vec<f32> {
         (0..n).map(|_| rng.uniform_f32() * 2.0 - 1.0).collect()

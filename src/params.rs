@@ -355,6 +355,21 @@ mod tests {
         assert_eq!(b2.qkvw.len(), 3 * 4 * 4);
         assert_eq!(b2.qkvw[0], p.qkvw[2 * 48]);
         assert_eq!(*b2.fcprojb.last().unwrap(), *p.fcprojb.last().unwrap());
+        // the mutable blocks are the same slices, layer by layer
+        let mut same = buf.clone();
+        let mut m = split_mut(&cfg, &mut same);
+        for l in 0..3 {
+            let (w, g) = (p.block(l, 3), m.block_mut(l, 3));
+            let want = [
+                w.ln1w, w.ln1b, w.qkvw, w.qkvb, w.attprojw, w.attprojb, w.ln2w, w.ln2b, w.fcw,
+                w.fcb, w.fcprojw, w.fcprojb,
+            ];
+            let got: [&[usize]; 12] = [
+                g.ln1w, g.ln1b, g.qkvw, g.qkvb, g.attprojw, g.attprojb, g.ln2w, g.ln2b, g.fcw,
+                g.fcb, g.fcprojw, g.fcprojb,
+            ];
+            assert_eq!(got, want, "layer {l}");
+        }
         let mut buf2 = vec![0usize; n];
         let mut g = split_mut(&cfg, &mut buf2);
         g.block_mut(1, 3).ln2b[0] = 5;

@@ -363,14 +363,18 @@ mod tests {
         }
         // a header length of 0 or 1 cannot hold "{}", nor one over the limit of 100 MB
         assert!(!starts_like_safetensors(b"\x01\0\0\0\0\0\0\0{"));
-        let header_of = |n: u64| [&n.to_le_bytes()[..], b"{"].concat();
-        assert!(starts_like_safetensors(&header_of(100_000_000)));
-        assert!(!starts_like_safetensors(&header_of(100_000_001)));
+        assert!(starts_like_safetensors(&length_then(100_000_000, b"{")));
+        assert!(!starts_like_safetensors(&length_then(100_000_001, b"{")));
+    }
+
+    /// A header length of `n` (true or not), then `rest`.
+    fn length_then(n: u64, rest: &[u8]) -> Vec<u8> {
+        [&n.to_le_bytes()[..], rest].concat()
     }
 
     /// A safetensors file's bytes: the header's length, the header, the data.
     fn safetensors_bytes(header: &[u8], data: &[u8]) -> Vec<u8> {
-        [&(header.len() as u64).to_le_bytes()[..], header, data].concat()
+        length_then(header.len() as u64, &[header, data].concat())
     }
 
     /// `bytes` written to a file of this process's in the temporary folder.
@@ -428,7 +432,7 @@ mod tests {
     #[test]
     fn a_header_longer_than_100_mb_is_past_the_format_s_limit() {
         let error_of = |n: u64| {
-            let path = temp_file("header-limit", &[&n.to_le_bytes()[..], b"{}"].concat());
+            let path = temp_file("header-limit", &length_then(n, b"{}"));
             let e = SafeTensors::open(&path).err().map(|e| e.to_string());
             std::fs::remove_file(&path).unwrap();
             e.unwrap_or_default()

@@ -1019,6 +1019,17 @@ mod tests {
         assert_eq!(std::mem::size_of::<Py>(), 32);
     }
 
+    #[test]
+    fn the_budget_counts_every_value_made_or_copied() {
+        // doubling(5) makes 2^8 - 6 - 2*5 = 240 values: the first list and its memo copy (2),
+        // then at step i two copies of entry i-1 and the new list (2^(i+1) - 1 values), and its
+        // memo copy. Its 46 bytes allow 184; each PROTO (2 bytes, making nothing) adds 8.
+        let padded = |p: usize| [&b"\x80\x02".repeat(p)[..], &doubling(5)].concat();
+        assert!(Machine::default().run(&padded(7)).is_ok(), "240 of 240");
+        let err = refused(&padded(6));
+        assert!(err.contains("(over 232 from 58 bytes)"), "{err}");
+    }
+
     /// How many containers deep `v` is (as `Held::depth` counts), walked without recursion.
     fn depth(v: &Py) -> usize {
         let mut deepest = 0;

@@ -141,6 +141,10 @@ mod tests {
         assert_eq!(chars[0], 'Ā'); // U+0100
         assert_eq!(chars[b'a' as usize], 'a');
         assert_eq!(chars[0xad], 'Ń'); // the soft hyphen, the last byte remapped: U+0143
+        assert_eq!(chars[0xae], '®'); // and the byte after it stands for itself
+        assert_eq!(chars[0xff], 'ÿ');
+        // 68 bytes remapped: none past U+0143
+        assert!(chars.iter().all(|&c| c <= 'Ń'));
         let mut sorted = chars.to_vec();
         sorted.sort();
         sorted.dedup();

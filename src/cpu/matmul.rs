@@ -739,6 +739,32 @@ mod tests {
         Mat::new(&[0.0; 8], 3, 2);
     }
 
+    /// An A or B shorter than its strides reach is refused by name, also for a single term (K = 1).
+    #[test]
+    fn a_short_a_or_b_is_refused_by_name() {
+        let refusal = |a_len: usize, b_len: usize| {
+            let (a, b) = (vec![1.0; a_len], vec![1.0; b_len]);
+            let run = || {
+                gemm(
+                    2,
+                    3,
+                    1,
+                    Mat::new(&a, 1, 1),
+                    Mat::new(&b, 3, 1),
+                    &mut [0.0; 6],
+                    Init::Accumulate,
+                )
+            };
+            std::panic::catch_unwind(run)
+                .err()
+                .map(|e| *e.downcast::<&str>().unwrap())
+        };
+        // (M, K) = (2, 1) and (K, N) = (1, 3): two and three elements
+        assert_eq!(refusal(2, 3), None);
+        assert_eq!(refusal(1, 3), Some("gemm: A is too short"));
+        assert_eq!(refusal(2, 2), Some("gemm: B is too short"));
+    }
+
     fn rand_vec(rng: &mut Rng, n: usize) -> Vec<f32> {
         (0..n).map(|_| rng.uniform_f32() * 2.0 - 1.0).collect()
     }

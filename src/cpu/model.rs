@@ -832,6 +832,15 @@ mod tests {
         }
     }
 
+    /// The GPU engine's error, as the CPU's panic: no forward has set the batch to run backward on.
+    #[test]
+    #[should_panic(expected = "backward before forward")]
+    fn backward_before_any_forward_panics() {
+        let cfg = GPT2Config::new(16, 10, 16, 1, 2, 8).unwrap();
+        let mut model = Gpt2Cpu::new(cfg, vec![0.0; num_parameters(&cfg)], 2, 3).unwrap();
+        model.backward(1.0);
+    }
+
     #[test]
     fn a_model_too_large_for_the_machine_is_an_error_not_an_abort() {
         let cfg = GPT2Config::from_descriptor("d1").unwrap();

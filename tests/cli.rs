@@ -363,13 +363,15 @@ fn trains_a_small_model_then_samples_from_its_checkpoint() {
 
 /// A standard output that closes (`train-gpt2-cuda ... | head`) or fills (`> /dev/full`) is noted
 /// once on stderr and ends nothing: the run trains to its last step and writes its checkpoint.
-/// `sample`, whose output is all it makes, stops early with success.
+/// What must not be lost (where an earlier run's files went) comes on stderr instead. `sample`,
+/// whose output is all it makes, stops early with success.
 #[test]
 fn a_closed_or_full_stdout_ends_nothing() {
     use std::process::Stdio;
     let dir = tmp_dir("stdout");
+    // both runs in one folder: the second moves the first's files aside
+    let out_dir = dir.join("run");
     let train = |name: &str, stdout: Stdio| {
-        let out_dir = dir.join(name);
         let mut child = bin()
             .args(flags(
                 "--device cpu --model d1 --batch 2 --seq 16 --steps 3 --sample-tokens 4",
@@ -398,14 +400,20 @@ fn a_closed_or_full_stdout_ends_nothing() {
         );
         let log = std::fs::read_to_string(out_dir.join("log.jsonl")).unwrap();
         assert_eq!(log.matches("\"loss\": ").count(), 3, "{name}: {log}");
-        out_dir.join("model_000003.bin")
+        stderr
     };
-    train("closed", Stdio::piped());
+    let stderr = train("closed", Stdio::piped());
+    assert!(!stderr.contains("earlier run"), "{stderr}");
     let full = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/full")
         .unwrap();
-    let model = train("full", Stdio::from(full));
+    let stderr = train("full", Stdio::from(full));
+    assert!(
+        stderr.contains("held the files of an earlier run") && stderr.contains("earlier_run_1"),
+        "{stderr}"
+    );
+    let model = out_dir.join("model_000003.bin");
 
     let mut child = bin()
         .args(["sample", "--device", "cpu", "--tokens", "100000", "--model"])
@@ -1080,11 +1088,13 @@ fn a_folder_holds_one_run() {
         f
     };
     train("--model d2 --steps 10 --checkpoint-every 5");
-    let (stdout, _) = train("--model d1 --steps 6 --checkpoint-every 1 --keep-checkpoints 2");
+    let (stdout, stderr) = train("--model d1 --steps 6 --checkpoint-every 1 --keep-checkpoints 2");
     assert!(
         stdout.contains("held the files of an earlier run") && stdout.contains("earlier_run_1"),
         "{stdout}"
     );
+    // (on stdout alone while it works)
+    assert!(!stderr.contains("earlier run"), "{stderr}");
     assert_eq!(
         files("od/earlier_run_1"),
         [

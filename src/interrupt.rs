@@ -190,4 +190,52 @@ mod tests {
         assert!(is_second(first, first + REPEAT_AFTER_NS));
         assert!(is_second(first, first + 3_000_000_000));
     }
+
+    /// The handler itself, in a child process (this test binary again, running only this test):
+    /// the first SIGINT is caught, acknowledged and only asks ([`requested`]); a second, more
+    /// than half a second later, ends the process by SIGINT at once.
+    #[cfg(unix)]
+    #[test]
+    fn a_second_signal_ends_the_process_and_the_first_only_asks() {
+        use std::os::unix::process::ExitStatusExt;
+        use std::time::{Duration, Instant};
+        const CHILD: &str = "TRAIN_GPT2_CUDA_INTERRUPT_CHILD";
+        let name = "interrupt::tests::a_second_signal_ends_the_process_and_the_first_only_asks";
+        if std::env::var_os(CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", name, "--test-threads=1"])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.signal(), Some(2), "{:?}: {stderr}", out.status);
+            let ack = "stopping (a second Ctrl-C or SIGTERM ends the process at once)";
+            assert_eq!(stderr.matches(ack).count(), 1, "{stderr}");
+            return;
+        }
+        let interrupt_me = || {
+            let me = std::process::id().to_string();
+            let kill = std::process::Command::new("kill")
+                .args(["-INT", &me])
+                .status();
+            assert!(kill.unwrap().success());
+        };
+        assert!(catch_ctrl_c());
+        assert_eq!(requested(), None);
+        interrupt_me();
+        let start = Instant::now();
+        while requested().is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the first signal never came"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(requested(), Some(Stop::CtrlC));
+        std::thread::sleep(Duration::from_nanos(REPEAT_AFTER_NS) + Duration::from_millis(100));
+        interrupt_me();
+        std::thread::sleep(Duration::from_secs(10));
+        // (reached only if the second signal did not end the process)
+        std::process::exit(3);
+    }
 }

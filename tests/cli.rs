@@ -2487,13 +2487,15 @@ fn an_output_under_a_file_is_named() {
     }
     // the folder itself a file, or a link to nothing
     let convert = ["convert", "--model", &hf, "--format", "hf", "--out"];
-    expect_error(
-        &[&convert[..], &[&d("afile")]].concat(),
-        &[&format!(
-            "--out {} is a file, not a folder: give a folder's name for the output files",
-            d("afile")
-        )],
+    let not_a_folder = format!(
+        "--out {} is a file, not a folder: give a folder's name for the output files",
+        d("afile")
     );
+    expect_error(&[&convert[..], &[&d("afile")]].concat(), &[&not_a_folder]);
+    // (before the model is read: a model that is not there is not what the error names)
+    let missing = d("missing.bin");
+    let args = ["convert", "--model", &missing, "--format", "hf", "--out"];
+    expect_error(&[&args[..], &[&d("afile")]].concat(), &[&not_a_folder]);
     expect_error(
         &[&convert[..], &[&d("dangling/sub")]].concat(),
         &[&format!(
@@ -2534,6 +2536,27 @@ fn bad_inputs_give_clear_errors() {
         &["--device", "cpu", "--steps", "0"],
         &["--steps must be at least 1"],
     );
+    // eval's range is the model's: B and T of 1 (and T = maxT) are read, 0 and maxT + 1 refused
+    let model = fixture("ref_gpt2vocab_model.bin"); // maxT = 8
+    let eval = [
+        "eval",
+        "--device",
+        "cpu",
+        "--model",
+        &model,
+        "--batches",
+        "1",
+    ];
+    for (b, t) in [("0", "4"), ("1", "0"), ("1", "9")] {
+        let want = format!(
+            "--batch must be at least 1 and --seq in 1..=8 (the model's maxT); got B={b}, T={t}"
+        );
+        expect_error(&[&eval[..], &["--batch", b, "--seq", t]].concat(), &[&want]);
+    }
+    for t in ["1", "8"] {
+        let (out, stdout, stderr) = run(bin().args(eval).args(["--batch", "1", "--seq", t]));
+        assert!(out.status.success(), "T={t}: {stdout}\n{stderr}");
+    }
     expect_error(
         &["--device", "cpu", "--lr=-1"],
         &["--lr must be a positive number"],

@@ -368,6 +368,28 @@ fn bad_checkpoints_are_errors_that_say_what_is_wrong() {
     let p = dir.file("magic.bin", &with_header(&good3, 0, 20240327));
     let e = err(read_checkpoint(&p));
     assert_msg(&e, &p, &["bad magic number 20240327", "expected 20240326"]);
+    // what the file is, where its first four bytes say: a zip archive (torch.save's), PyTorch's
+    // legacy format, or nothing known
+    for (magic, is) in [
+        (
+            i32::from_le_bytes(*b"PK\x03\x04"),
+            ": this is a zip archive, as PyTorch's torch.save writes (pytorch_model.bin): give it \
+             to --model with the model's config.json beside it",
+        ),
+        (
+            0x0a8a_0280,
+            ": this is PyTorch's legacy format (torch.save before PyTorch 1.6), which is not \
+             read: save it again with a current PyTorch",
+        ),
+        (1234, ""),
+    ] {
+        let p = dir.file("magic.bin", &with_header(&good3, 0, magic));
+        let want = format!(
+            "{}: bad magic number {magic} (expected 20240326 for a model checkpoint){is}",
+            p.display()
+        );
+        assert_eq!(err(read_checkpoint(&p)), want);
+    }
 
     for version in [1, 4, 6] {
         let p = dir.file("version.bin", &with_header(&good3, 1, version));

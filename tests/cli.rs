@@ -70,6 +70,26 @@ fn verify_passes_on_the_pytorch_fixtures_with_steps_and_dump() {
     assert!(stdout.contains("step 0 loss 4.126691"), "{stdout}");
     assert!(stdout.contains("step 9 loss 4.01341"), "{stdout}");
     assert!(stdout.contains("verify: all tensors pass"));
+    // a file of exactly --steps steps, all passing: no note (of steps left over, or of clipping)
+    assert!(!stderr.contains("note:"), "{stderr}");
+    assert!(!stdout.contains("note:"), "{stdout}");
+    // one step, from a file of one line
+    let one = dir.join("one.txt");
+    let text = std::fs::read_to_string(fixture("ref_tiny_losses.txt")).unwrap();
+    std::fs::write(&one, text.lines().next().unwrap()).unwrap();
+    let (out, stdout, stderr) = run(bin().args([
+        "verify",
+        "--model",
+        &fixture("ref_tiny_model.bin"),
+        "--state",
+        &fixture("ref_tiny_state.bin"),
+        "--steps",
+        "1",
+        "--expect-losses",
+        one.to_str().unwrap(),
+    ]));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("step 0 loss 4.126691"), "{stdout}");
     // the dump is a debug state that itself verifies
     let (out, stdout, _) = run(bin().args([
         "verify",

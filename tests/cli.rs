@@ -77,17 +77,7 @@ fn verify_passes_on_the_pytorch_fixtures_with_steps_and_dump() {
     let one = dir.join("one.txt");
     let text = std::fs::read_to_string(fixture("ref_tiny_losses.txt")).unwrap();
     std::fs::write(&one, text.lines().next().unwrap()).unwrap();
-    let (out, stdout, stderr) = run(bin().args([
-        "verify",
-        "--model",
-        &fixture("ref_tiny_model.bin"),
-        "--state",
-        &fixture("ref_tiny_state.bin"),
-        "--steps",
-        "1",
-        "--expect-losses",
-        one.to_str().unwrap(),
-    ]));
+    let (out, stdout, stderr) = verify_tiny_steps(1, &one);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("step 0 loss 4.126691"), "{stdout}");
     // the dump is a debug state that itself verifies
@@ -263,6 +253,16 @@ fn verify_checks_its_inputs_before_any_work() {
     }
 }
 
+/// `verify` of the tiny fixture for `steps` steps against the losses in `losses`.
+fn verify_tiny_steps(steps: usize, losses: &Path) -> (std::process::Output, String, String) {
+    let (model, state) = (fixture("ref_tiny_model.bin"), fixture("ref_tiny_state.bin"));
+    run(bin()
+        .args(["verify", "--model", &model, "--state", &state, "--steps"])
+        .arg(steps.to_string())
+        .arg("--expect-losses")
+        .arg(losses))
+}
+
 #[test]
 fn verify_reports_failure_with_exit_status_1() {
     // the reference's loss trajectory, perturbed: the steps must fail the comparison
@@ -270,17 +270,7 @@ fn verify_reports_failure_with_exit_status_1() {
     let bad = dir.join("losses.txt");
     let text = std::fs::read_to_string(fixture("ref_tiny_losses.txt")).unwrap();
     std::fs::write(&bad, text.replace("step 3 loss 4.08", "step 3 loss 4.18")).unwrap();
-    let (out, stdout, _) = run(bin().args([
-        "verify",
-        "--model",
-        &fixture("ref_tiny_model.bin"),
-        "--state",
-        &fixture("ref_tiny_state.bin"),
-        "--steps",
-        "5",
-        "--expect-losses",
-        bad.to_str().unwrap(),
-    ]));
+    let (out, stdout, _) = verify_tiny_steps(5, &bad);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     assert!(
         stdout.contains("FAIL") && stdout.contains("verify: FAILED"),

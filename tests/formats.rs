@@ -1218,3 +1218,33 @@ fn a_file_of_another_kind_is_not_replaced() {
         &["is read-only"],
     );
 }
+
+/// The folders a command makes for its outputs: a file in the way is named, with the flag, before
+/// anything is made (the system's "File exists" or "Not a directory" names neither); where
+/// nothing is in the way, the folders are made.
+#[test]
+fn a_folder_to_make_under_a_file_is_named() {
+    use train_gpt2_cuda::formats::{make_folder, make_folder_of};
+    let dir = TempDir::new("make-folder");
+    let file = dir.file("afile", b"kept");
+    let under = file.join("sub");
+    let out = under.join("x.bin");
+    let e = err(make_folder_of("--out", &out));
+    let want = format!(
+        "{} is a file, not a folder, so --out {} cannot be written: give another --out",
+        file.display(),
+        out.display()
+    );
+    assert_eq!(e, want);
+    let e = err(make_folder("--out-dir", &under));
+    let want = format!(
+        "{} is a file, not a folder, so --out-dir {} cannot be made: give another --out-dir",
+        file.display(),
+        under.display()
+    );
+    assert_eq!(e, want);
+    assert_eq!(std::fs::read(&file).unwrap(), b"kept");
+    make_folder_of("--out", &dir.path("a/b/x.bin")).unwrap();
+    make_folder("--out-dir", &dir.path("c/d")).unwrap();
+    assert!(dir.path("a/b").is_dir() && dir.path("c/d").is_dir());
+}

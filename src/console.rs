@@ -57,10 +57,19 @@ pub fn write(args: fmt::Arguments) -> bool {
         return true;
     }
     let mut failure = FAILURE.lock().unwrap_or_else(|e| e.into_inner());
+    write_to(&mut std::io::stdout().lock(), &mut failure, args)
+}
+
+/// [`write()`]'s rule on the writer `out`: nothing once `failure` is set; the first failure kept
+/// there and noted on stderr. Whether the text was written.
+fn write_to(
+    out: &mut impl Write,
+    failure: &mut Option<std::io::ErrorKind>,
+    args: fmt::Arguments,
+) -> bool {
     if failure.is_some() {
         return false;
     }
-    let mut out = std::io::stdout().lock();
     match out.write_fmt(args).and_then(|()| out.flush()) {
         Ok(()) => true,
         Err(e) => {
@@ -122,4 +131,35 @@ macro_rules! errln {
     ($($arg:tt)*) => {{
         $crate::console::write_err(format_args!("{}\n", format_args!($($arg)*)));
     }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::ErrorKind;
+
+    /// A pipe whose reader is gone.
+    struct Closed;
+
+    impl Write for Closed {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What `write_or_stderr` relies on: true while the text is written; false for the write
+    /// that fails, whose failure is kept; false with nothing written from then on.
+    #[test]
+    fn the_first_failure_is_kept_and_nothing_more_is_written() {
+        let (mut out, mut failure) = (Vec::new(), None);
+        assert!(write_to(&mut out, &mut failure, format_args!("a{}", 1)));
+        assert_eq!((&out[..], failure), (&b"a1"[..], None));
+        assert!(!write_to(&mut Closed, &mut failure, format_args!("b")));
+        assert_eq!(failure, Some(ErrorKind::BrokenPipe));
+        assert!(!write_to(&mut out, &mut failure, format_args!("c")));
+        assert_eq!(out, b"a1");
+    }
 }

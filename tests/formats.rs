@@ -1229,20 +1229,22 @@ fn a_folder_to_make_under_a_file_is_named() {
     let file = dir.file("afile", b"kept");
     let under = file.join("sub");
     let out = under.join("x.bin");
-    let e = err(make_folder_of("--out", &out));
-    let want = format!(
-        "{} is a file, not a folder, so --out {} cannot be written: give another --out",
-        file.display(),
-        out.display()
-    );
-    assert_eq!(e, want);
-    let e = err(make_folder("--out-dir", &under));
-    let want = format!(
-        "{} is a file, not a folder, so --out-dir {} cannot be made: give another --out-dir",
-        file.display(),
-        under.display()
-    );
-    assert_eq!(e, want);
+    for (result, flag, target, done) in [
+        (make_folder_of("--out", &out), "--out", &out, "written"),
+        (
+            make_folder("--out-dir", &under),
+            "--out-dir",
+            &under,
+            "made",
+        ),
+    ] {
+        let want = format!(
+            "{} is a file, not a folder, so {flag} {} cannot be {done}: give another {flag}",
+            file.display(),
+            target.display()
+        );
+        assert_eq!(err(result), want);
+    }
     assert_eq!(std::fs::read(&file).unwrap(), b"kept");
     make_folder_of("--out", &dir.path("a/b/x.bin")).unwrap();
     make_folder("--out-dir", &dir.path("c/d")).unwrap();

@@ -522,7 +522,7 @@ impl<'a> Run<'a> {
     }
 
     /// A text sample after `step` steps (the same seed each time: only the model changes); empty
-    /// without a tokenizer, or when a signal cuts it short.
+    /// without a tokenizer, or when a signal cuts it short (its text so far is printed, not kept).
     fn sample(&mut self, engine: &mut dyn Engine, step: usize) -> Result<String> {
         let Some(tok) = &self.tokenizer else {
             return Ok(String::new());
@@ -550,11 +550,15 @@ impl<'a> Run<'a> {
                 None => ControlFlow::Continue(()),
             },
         )?;
+        let text = tok.decode(&ids)?;
         if ids.len() < args.sample_tokens {
-            outln!("(the sample is cut short)\n---");
+            outln!(
+                "{text}\n(the sample is cut short after {} of {})\n---",
+                ids.len(),
+                count(args.sample_tokens, "token", "tokens")
+            );
             return Ok(String::new());
         }
-        let text = tok.decode(&ids)?;
         outln!("{text}\n---");
         self.log.sample(step, &text);
         Ok(text)

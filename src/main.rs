@@ -448,10 +448,9 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
     let mut engine = create_engine(&engine_opts, cfg, ck.params, 1, window)
         .map_err(|e| for_command(e, Knobs::Sample))?;
     out!("{}", a.prompt);
-    // Print whole words as they come: decode the growing tail and print what is new. The text is
-    // all sample makes: when stdout closes (`sample ... | head`), it stops, and that is success.
-    let mut generated = Vec::new();
-    let mut printed = 0;
+    // Print whole characters as they come. The text is all sample makes: when stdout closes
+    // (`sample ... | head`), it stops, and that is success.
+    let mut text = tok.decoder().stream();
     generate(
         engine.as_mut(),
         &prompt,
@@ -460,13 +459,7 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
         &opts,
         a.seed,
         |id| {
-            generated.push(id);
-            if let Ok(text) = tok.decode(&generated) {
-                if !text.ends_with('\u{FFFD}') {
-                    out!("{}", &text[printed..]);
-                    printed = text.len();
-                }
-            }
+            out!("{}", text.push(id));
             if train_gpt2_cuda::console::is_closed() {
                 std::ops::ControlFlow::Break(())
             } else {
@@ -474,6 +467,7 @@ fn run_sample(a: &SampleArgs) -> Result<ExitCode> {
             }
         },
     )?;
+    out!("{}", text.finish()?);
     output_complete("the sample")?;
     outln!();
     Ok(ExitCode::SUCCESS)

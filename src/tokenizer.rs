@@ -60,12 +60,9 @@ impl Decoder {
     pub fn decode_bytes(&self, ids: &[u32]) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(ids.len() * 4);
         for (pos, &id) in ids.iter().enumerate() {
-            let bytes = self.token_bytes(id).ok_or_else(|| {
-                anyhow!(
-                    "tokenizer: token id {id} at position {pos} is out of range for vocabulary size {}",
-                    self.vocab_size()
-                )
-            })?;
+            let bytes = self
+                .token_bytes(id)
+                .ok_or_else(|| self.out_of_range(id, pos))?;
             out.extend_from_slice(bytes);
         }
         Ok(out)
@@ -79,6 +76,98 @@ impl Decoder {
             Ok(s) => s,
             Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
         })
+    }
+
+    /// A decoder for ids that come one at a time (a sample as it is generated).
+    pub fn stream(&self) -> TextStream<'_> {
+        TextStream {
+            decoder: self,
+            text: String::new(),
+            pending: Vec::new(),
+            ids: 0,
+            error: None,
+        }
+    }
+
+    /// The error for token `id` at position `pos`, out of range.
+    fn out_of_range(&self, id: u32, pos: usize) -> anyhow::Error {
+        anyhow!(
+            "tokenizer: token id {id} at position {pos} is out of range for vocabulary size {}",
+            self.vocab_size()
+        )
+    }
+}
+
+/// Decodes ids one at a time into whole characters: the bytes of a character split between
+/// tokens wait for the token that completes it. Pushed id by id and finished, its text is
+/// [`Decoder::decode`]'s of all the ids, in time linear in their length.
+pub struct TextStream<'a> {
+    decoder: &'a Decoder,
+    /// The text of the bytes decoded so far.
+    text: String,
+    /// The bytes of a character not yet complete (at most 3).
+    pending: Vec<u8>,
+    /// The number of ids pushed.
+    ids: usize,
+    /// The first id out of range, and its position.
+    error: Option<(u32, usize)>,
+}
+
+impl TextStream<'_> {
+    /// Adds token `id`; returns the text it completes (empty while a character waits for its
+    /// last bytes). An id out of range adds nothing, and [`finish`](Self::finish) names it.
+    pub fn push(&mut self, id: u32) -> &str {
+        let pos = self.ids;
+        self.ids += 1;
+        let Some(bytes) = self.decoder.token_bytes(id) else {
+            self.error.get_or_insert((id, pos));
+            return "";
+        };
+        let start = self.text.len();
+        self.pending.extend_from_slice(bytes);
+        let mut rest = self.pending.as_slice();
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    self.text.push_str(s);
+                    rest = &[];
+                    break;
+                }
+                Err(e) => {
+                    let (valid, after) = rest.split_at(e.valid_up_to());
+                    // (valid up to there, so this cannot fail)
+                    self.text
+                        .push_str(std::str::from_utf8(valid).unwrap_or_default());
+                    // None: the end of the bytes cuts a character short; it waits
+                    let Some(bad) = e.error_len() else {
+                        rest = after;
+                        break;
+                    };
+                    self.text.push(char::REPLACEMENT_CHARACTER);
+                    rest = &after[bad..];
+                }
+            }
+        }
+        self.pending = rest.to_vec();
+        &self.text[start..]
+    }
+
+    /// Ends the text: returns what that adds (U+FFFD for a character still cut short, else
+    /// nothing), or an error if an id was out of range.
+    pub fn finish(&mut self) -> Result<&str> {
+        if let Some((id, pos)) = self.error {
+            return Err(self.decoder.out_of_range(id, pos));
+        }
+        let start = self.text.len();
+        if !std::mem::take(&mut self.pending).is_empty() {
+            self.text.push(char::REPLACEMENT_CHARACTER);
+        }
+        Ok(&self.text[start..])
+    }
+
+    /// The text so far (whole characters; all of it once finished).
+    pub fn text(&self) -> &str {
+        &self.text
     }
 }
 

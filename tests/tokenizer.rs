@@ -171,6 +171,103 @@ fn decoder_from_token_bytes() {
     assert!(e.contains("token table is empty"), "{e}");
 }
 
+/// Ids decoded one at a time give whole characters as soon as their last byte comes, and in all
+/// the text that std's lossy UTF-8 decoding gives for all the bytes at once (the reference):
+/// a character split between tokens, bytes that can begin no character, a character broken off
+/// by ASCII, one still cut short at the end.
+#[test]
+fn a_stream_of_ids_decodes_to_the_whole_text() {
+    // one token per byte (id = the byte), and an end-of-text token
+    let mut table: Vec<Vec<u8>> = (0..=255u8).map(|b| vec![b]).collect();
+    table.push(b"<eot>".to_vec());
+    let d = Decoder::from_token_bytes(table, 256).unwrap();
+    // what each id completes, what the finish adds, and the whole text
+    let stream = |ids: &[u32]| {
+        let mut s = d.stream();
+        let pieces: Vec<String> = ids.iter().map(|&id| s.push(id).to_string()).collect();
+        let end = s.finish().unwrap().to_string();
+        (pieces, end, s.text().to_string())
+    };
+    // é (C3 A9), 🦀 (F0 9F A6 80), a lone continuation byte, E2 broken off by 'a', <eot>, and
+    // the first two bytes of 🦀 at the end
+    let ids = [
+        0xC3, 0xA9, 0xF0, 0x9F, 0xA6, 0x80, 0x80, 0xE2, 0x61, 256, 0xF0, 0x9F,
+    ];
+    let (pieces, end, text) = stream(&ids);
+    assert_eq!(
+        pieces,
+        [
+            "",
+            "é",
+            "",
+            "",
+            "",
+            "🦀",
+            "\u{FFFD}",
+            "",
+            "\u{FFFD}a",
+            "<eot>",
+            "",
+            ""
+        ]
+    );
+    assert_eq!(end, "\u{FFFD}");
+    assert_eq!(text, "é🦀\u{FFFD}\u{FFFD}a<eot>\u{FFFD}");
+    assert_eq!(text, d.decode(&ids).unwrap());
+    // random bytes: the pieces, then the finished text, as std decodes them
+    let mut x = 12345u64;
+    let ids: Vec<u32> = (0..5000)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // mostly bytes from 0x80 up, so that multibyte characters come whole now and then
+            let b = (x >> 56) as u32;
+            if b < 0x40 {
+                b + 0x20
+            } else {
+                b.max(0x80)
+            }
+        })
+        .collect();
+    let bytes: Vec<u8> = ids.iter().map(|&id| id as u8).collect();
+    let want = String::from_utf8_lossy(&bytes);
+    let (pieces, end, text) = stream(&ids);
+    assert_eq!(text, want);
+    assert_eq!(pieces.concat() + &end, want);
+    assert!(
+        want.chars()
+            .filter(|&c| c != '\u{FFFD}' && !c.is_ascii())
+            .count()
+            > 10
+    );
+    // GPT-2's own tokens, whose bytes split characters too
+    let tk = tok();
+    for text in TRICKY.iter().chain(["日本語 🦀 é"].iter()) {
+        let mut s = tk.decoder().stream();
+        let pieces: String = tk
+            .encode(text)
+            .into_iter()
+            .map(|id| s.push(id).to_string())
+            .collect();
+        assert_eq!(pieces, *text);
+        assert_eq!(s.finish().unwrap(), "");
+        assert_eq!(s.text(), *text);
+    }
+    // an id out of range adds nothing, and the finish names the first one
+    let mut s = d.stream();
+    assert_eq!(s.push(0x41), "A");
+    assert_eq!(s.push(257), "");
+    assert_eq!(s.push(0x42), "B");
+    assert_eq!(s.push(900), "");
+    assert_eq!(s.text(), "AB");
+    let e = s.finish().unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "tokenizer: token id 257 at position 1 is out of range for vocabulary size 257"
+    );
+}
+
 /// Texts where a cut in the wrong place changes the ids: runs of spaces, newlines before and after
 /// spaces, tabs, a no-break space, contractions, digits, punctuation, CJK and emoji.
 const TRICKY: &[&str] = &[

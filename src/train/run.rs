@@ -537,6 +537,8 @@ impl<'a> Run<'a> {
             count(args.sample_tokens, "token", "tokens")
         );
         let window = args.seq.min(self.cfg.max_seq_len);
+        // printed as it comes (a long sample is progress to watch)
+        let mut text = tok.decoder().stream();
         let ids = generate(
             engine,
             &[tok.eot()],
@@ -544,24 +546,27 @@ impl<'a> Run<'a> {
             window,
             &opts,
             args.seed,
-            // (Ctrl-C or SIGTERM cuts the sample short: it can take minutes on a large model)
-            |_| match crate::interrupt::requested() {
-                Some(_) => ControlFlow::Break(()),
-                None => ControlFlow::Continue(()),
+            |id| {
+                out!("{}", text.push(id));
+                // (Ctrl-C or SIGTERM cuts the sample short: it can take minutes on a large model)
+                match crate::interrupt::requested() {
+                    Some(_) => ControlFlow::Break(()),
+                    None => ControlFlow::Continue(()),
+                }
             },
         )?;
-        let text = tok.decode(&ids)?;
+        out!("{}", text.finish()?);
         if ids.len() < args.sample_tokens {
             outln!(
-                "{text}\n(the sample is cut short after {} of {})\n---",
+                "\n(the sample is cut short after {} of {})\n---",
                 ids.len(),
                 count(args.sample_tokens, "token", "tokens")
             );
             return Ok(String::new());
         }
-        outln!("{text}\n---");
-        self.log.sample(step, &text);
-        Ok(text)
+        outln!("\n---");
+        self.log.sample(step, text.text());
+        Ok(text.text().to_string())
     }
 
     /// Stops the run by `signal` before step `step + 1`: with the run after `step` steps saved

@@ -465,7 +465,11 @@ fn eval_gives_transformers_loss() {
         (&["--batch", "2", "--seq", "17"][..], "--seq in 1..=16"),
         (
             &["--batch", "2", "--seq", "16", "--batches", "2"],
-            "--batches must be in 1..=1",
+            "--batches must be in 1..=1 (the data's whole batches of 2x16); got 2",
+        ),
+        (
+            &["--batch", "2", "--seq", "16", "--batches", "0"],
+            "--batches must be in 1..=1 (the data's whole batches of 2x16); got 0",
         ),
         (
             &["--seq", "8", "--batch", "0"],

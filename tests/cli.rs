@@ -454,6 +454,25 @@ fn a_closed_or_full_stdout_ends_nothing() {
         stderr.contains("the sample could not be written to standard output"),
         "{stderr}"
     );
+    // so does eval's: its loss, or its HellaSwag accuracies
+    let (model, data) = (
+        fixture("ref_gpt2vocab_model.bin"),
+        fixture("hellaswag_tiny.jsonl"),
+    );
+    let loss = ["eval", "--device", "cpu", "--model", &model, "--seq", "8"];
+    let hellaswag = [&["eval"][..], &cpu_hellaswag(&model, &data)].concat();
+    for (args, what) in [(&loss[..], "the loss"), (&hellaswag, "the accuracies")] {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full");
+        let out = bin()
+            .args(args)
+            .stdout(Stdio::from(full.unwrap()))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let want = format!("error: {what} could not be written to standard output");
+        assert!(stderr.contains(&want), "{stderr}");
+    }
 }
 
 /// A stderr that fails (a batch job's error log on a full disk) ends nothing either: a run with a
@@ -4522,6 +4541,25 @@ fn precision_values_are_described_for_each_command() {
     }
 }
 
+/// The progress lines of a run of 25 (batches or examples) in `stdout`, those that start with
+/// `prefix` and hold `marker`, checked to come about every tenth of the way: after 3, 6, ..., 24.
+fn progress_lines<'a>(stdout: &'a str, prefix: &str, marker: &str) -> Vec<&'a str> {
+    let lines: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with(prefix) && l.contains(marker))
+        .collect();
+    let done: Vec<&str> = lines
+        .iter()
+        .map(|l| l[prefix.len()..].split('/').next().unwrap())
+        .collect();
+    assert_eq!(
+        done,
+        ["3", "6", "9", "12", "15", "18", "21", "24"],
+        "{stdout}"
+    );
+    lines
+}
+
 /// `eval` prints its progress about every tenth of the way, each line the loss of the batches so
 /// far: what `eval --batches K` reports for the first K.
 #[test]
@@ -4548,17 +4586,77 @@ fn eval_shows_its_progress() {
         line.split_whitespace().nth(1).unwrap().to_string()
     };
     let all = eval("25");
-    let progress: Vec<&str> = all
-        .lines()
-        .filter(|l| l.starts_with("eval: ") && l.contains(" batches, loss so far "))
-        .collect();
-    let done: Vec<&str> = progress
-        .iter()
-        .map(|l| l["eval: ".len()..].split('/').next().unwrap())
-        .collect();
-    assert_eq!(done, ["3", "6", "9", "12", "15", "18", "21", "24"], "{all}");
+    let progress = progress_lines(&all, "eval: ", " batches, loss so far ");
     for (k, line) in [(3, progress[0]), (12, progress[3])] {
         let so_far = line.rsplit_once("loss so far ").unwrap().1;
         assert_eq!(so_far, loss_of(&eval(&k.to_string())), "{line}");
     }
+}
+
+/// HellaSwag's progress too: about every tenth of the examples, each line the accuracy of the
+/// examples so far, what `--examples K` reports for the first K. (The fixture's 5 examples five
+/// times over: 25.)
+#[test]
+fn eval_hellaswag_shows_its_progress() {
+    let dir = tmp_dir("hellaswag-progress");
+    let data = dir.join("hellaswag_25.jsonl");
+    let five = std::fs::read_to_string(fixture("hellaswag_tiny.jsonl")).unwrap();
+    std::fs::write(&data, five.repeat(5)).unwrap();
+    let model = fixture("ref_gpt2vocab_model.bin");
+    let data = data.to_string_lossy().into_owned();
+    let eval = |examples: &str| {
+        let (out, stdout, stderr) = run(bin()
+            .arg("eval")
+            .args(cpu_hellaswag(&model, &data))
+            .args(["--examples", examples]));
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        stdout
+    };
+    let all = eval("25");
+    let progress = progress_lines(&all, "hellaswag: ", " examples, acc_norm ");
+    for (k, line) in [(3, progress[0]), (12, progress[3])] {
+        let so_far = line.rsplit_once("acc_norm ").unwrap().1;
+        let whole = eval(&k.to_string());
+        assert!(
+            whole.contains(&format!("hellaswag: acc_norm {so_far} (")),
+            "{line}\n{whole}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `eval`'s sequences are the model's maxT long, but at most 1024 (GPT-2's): a model of maxT 1100
+/// is evaluated at 1024 unless `--seq` says.
+#[test]
+fn eval_reads_at_most_1024_tokens_a_sequence() {
+    use train_gpt2_cuda::config::GPT2Config;
+    use train_gpt2_cuda::formats::checkpoint::{write_checkpoint, CheckpointPrecision};
+    let dir = tmp_dir("eval-long-model");
+    let model = dir.join("long.bin");
+    let cfg = GPT2Config::new(1100, 50257, 50304, 1, 1, 8).unwrap();
+    let params = train_gpt2_cuda::params::init_params(&cfg, 1);
+    write_checkpoint(&model, &cfg, &params, CheckpointPrecision::Fp32).unwrap();
+    for (extra, want) in [(&[][..], "x1024"), (&["--seq", "1100"], "x1100")] {
+        let (out, stdout, stderr) = run(bin()
+            .args([
+                "eval",
+                "--device",
+                "cpu",
+                "--batch",
+                "1",
+                "--batches",
+                "1",
+                "--model",
+            ])
+            .arg(&model)
+            .args(extra));
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        let line = stdout.lines().find(|l| l.starts_with("eval: "));
+        let line = line.unwrap_or_default();
+        assert!(
+            line.ends_with(&format!(" batches of 1{want}")),
+            "{extra:?}: {stdout}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }

@@ -2265,6 +2265,19 @@ fn a_rewritten_output_keeps_its_permissions_and_a_read_only_one_is_refused() {
             ][..],
             "hf/config.json",
         ),
+        // before the model is read: refused so even when there is no model
+        (
+            &[
+                "convert",
+                "--model",
+                &d("missing.bin"),
+                "--format",
+                "hf",
+                "--out",
+                &d("hf"),
+            ][..],
+            "hf/config.json",
+        ),
     ] {
         let (out, stdout, stderr) = run(bin().args(args));
         assert_eq!(out.status.code(), Some(1), "{args:?}: {stdout}\n{stderr}");
@@ -2595,6 +2608,18 @@ fn bad_inputs_give_clear_errors() {
     for t in ["1", "8"] {
         let (out, stdout, stderr) = run(bin().args(eval).args(["--batch", "1", "--seq", t]));
         assert!(out.status.success(), "T={t}: {stdout}\n{stderr}");
+    }
+    // so is sample's --window: 1 and maxT sample, 0 and maxT + 1 are refused
+    let sample = [
+        "sample", "--device", "cpu", "--model", &model, "--tokens", "3",
+    ];
+    for w in ["0", "9"] {
+        let want = format!("--window must be in 1..=8 (the model's maxT), got {w}");
+        expect_error(&[&sample[..], &["--window", w]].concat(), &[&want]);
+    }
+    for w in ["1", "8"] {
+        let (out, stdout, stderr) = run(bin().args(sample).args(["--window", w]));
+        assert!(out.status.success(), "window {w}: {stdout}\n{stderr}");
     }
     expect_error(
         &["--device", "cpu", "--lr=-1"],
@@ -4541,9 +4566,9 @@ fn precision_values_are_described_for_each_command() {
     }
 }
 
-/// The progress lines of a run of 25 (batches or examples) in `stdout`, those that start with
-/// `prefix` and hold `marker`, checked to come about every tenth of the way: after 3, 6, ..., 24.
-fn progress_lines<'a>(stdout: &'a str, prefix: &str, marker: &str) -> Vec<&'a str> {
+/// The progress lines in `stdout`, those that start with `prefix` and hold `marker`, checked to
+/// come after the counts (of batches or examples) `want`.
+fn progress_lines<'a>(stdout: &'a str, prefix: &str, marker: &str, want: &[&str]) -> Vec<&'a str> {
     let lines: Vec<&str> = stdout
         .lines()
         .filter(|l| l.starts_with(prefix) && l.contains(marker))
@@ -4552,13 +4577,12 @@ fn progress_lines<'a>(stdout: &'a str, prefix: &str, marker: &str) -> Vec<&'a st
         .iter()
         .map(|l| l[prefix.len()..].split('/').next().unwrap())
         .collect();
-    assert_eq!(
-        done,
-        ["3", "6", "9", "12", "15", "18", "21", "24"],
-        "{stdout}"
-    );
+    assert_eq!(done, want, "{stdout}");
     lines
 }
+
+/// About every tenth of 25: after 3, 6, ..., 24.
+const TENTHS_OF_25: [&str; 8] = ["3", "6", "9", "12", "15", "18", "21", "24"];
 
 /// `eval` prints its progress about every tenth of the way, each line the loss of the batches so
 /// far: what `eval --batches K` reports for the first K.
@@ -4586,11 +4610,14 @@ fn eval_shows_its_progress() {
         line.split_whitespace().nth(1).unwrap().to_string()
     };
     let all = eval("25");
-    let progress = progress_lines(&all, "eval: ", " batches, loss so far ");
+    let progress = progress_lines(&all, "eval: ", " batches, loss so far ", &TENTHS_OF_25);
     for (k, line) in [(3, progress[0]), (12, progress[3])] {
         let so_far = line.rsplit_once("loss so far ").unwrap().1;
         assert_eq!(so_far, loss_of(&eval(&k.to_string())), "{line}");
     }
+    // fewer than 10 batches: a line after each but the last
+    let marker = " batches, loss so far ";
+    progress_lines(&eval("5"), "eval: ", marker, &["1", "2", "3", "4"]);
 }
 
 /// HellaSwag's progress too: about every tenth of the examples, each line the accuracy of the
@@ -4613,7 +4640,7 @@ fn eval_hellaswag_shows_its_progress() {
         stdout
     };
     let all = eval("25");
-    let progress = progress_lines(&all, "hellaswag: ", " examples, acc_norm ");
+    let progress = progress_lines(&all, "hellaswag: ", " examples, acc_norm ", &TENTHS_OF_25);
     for (k, line) in [(3, progress[0]), (12, progress[3])] {
         let so_far = line.rsplit_once("acc_norm ").unwrap().1;
         let whole = eval(&k.to_string());

@@ -93,6 +93,20 @@ fn verify_both(name: &str, extra: &[&str]) -> String {
             && text.contains("verify: all tensors pass"),
         "verify --device both {name} {extra:?}: the GPU side did not run or did not pass:\n{text}"
     );
+    // the GPU's flags reach the GPU, and only it: its lines name the kernels asked for, and the
+    // CPU engine notes no flag that does nothing there
+    if let Some(i) = extra.iter().position(|&f| f == "--kernels") {
+        let kernels = format!(", {} kernels", extra[i + 1]);
+        let gpu: Vec<&str> = text.lines().filter(|l| l.starts_with("cuda: ")).collect();
+        assert!(
+            !gpu.is_empty() && gpu.iter().all(|l| l.contains(&kernels)),
+            "{extra:?}: {text}"
+        );
+    }
+    assert!(
+        !text.contains("does nothing on the CPU engine"),
+        "{extra:?}: {text}"
+    );
     text
 }
 

@@ -3239,6 +3239,8 @@ fn prepro_tokenizes_text_files_into_shards() {
     // EOT before each document; "Hello world" = [15496, 995]; " the end" = [262, 886]
     assert_eq!(train, vec![50256, 15496, 995]);
     assert_eq!(val, vec![50256, 262, 886]);
+    // (one shard each: their names are the defaults, nothing to say)
+    assert!(!stdout.contains("train on them with"), "{stdout}");
 
     // in shards of 2 tokens: numbered shards, and the patterns to train on them
     let (a, b, out_dir) = (dir.join("a.txt"), dir.join("b.txt"), dir.join("out"));
@@ -3258,6 +3260,26 @@ fn prepro_tokenizes_text_files_into_shards() {
     assert!(!out_dir.join("train.bin").exists());
     let shard = train_gpt2_cuda::formats::shard::read_shard(&out_dir.join("train_000001.bin"));
     assert_eq!(shard.unwrap(), vec![995]);
+    // numbered shards on one side only (6 tokens in shards of 3, beside 3): its pattern, the
+    // other's file
+    write(&dir.join("long.txt"), b"Hello world, hello world");
+    for (inputs, train, val) in [
+        (["long.txt", "b.txt"], "train_??????.bin", "val.bin"),
+        (["b.txt", "long.txt"], "train.bin", "val_??????.bin"),
+    ] {
+        let out_dir = dir.join(format!("out-{}", inputs[0]));
+        let (out, stdout, stderr) = run(bin()
+            .arg("prepro")
+            .args(inputs.map(|f| dir.join(f)))
+            .args(["--shard-tokens", "3", "--out-dir"])
+            .arg(&out_dir));
+        assert!(out.status.success(), "{stdout} {stderr}");
+        let hint = format!(
+            "train on them with --train '{0}/{train}' --val '{0}/{val}'\n",
+            out_dir.display()
+        );
+        assert!(stdout.ends_with(&hint), "{stdout}");
+    }
 
     // JSON Lines: a document per record, from the field --text-field names
     let jsonl = dir.join("c.jsonl");
@@ -3312,6 +3334,41 @@ fn prepro_tokenizes_text_files_into_shards() {
 /// `--device cpu --model MODEL --hellaswag DATA`.
 fn cpu_hellaswag<'a>(model: &'a str, data: &'a str) -> [&'a str; 6] {
     ["--device", "cpu", "--model", model, "--hellaswag", data]
+}
+
+/// A HellaSwag eval whose loss is not finite on some examples (a model whose final layernorm
+/// overflows: its weights and biases 3e38) prints the accuracies with those counted wrong, then
+/// fails: on one example as on all.
+#[test]
+fn eval_hellaswag_fails_where_the_loss_is_not_finite() {
+    let dir = tmp_dir("hellaswag-overflow");
+    let mut bytes = std::fs::read(root().join("tests/fixtures/ref_gpt2vocab_model.bin")).unwrap();
+    // the last parameters are lnfw's and lnfb's: C = 8 each
+    let n = bytes.len();
+    for p in bytes[n - 2 * 8 * 4..].chunks_exact_mut(4) {
+        p.copy_from_slice(&3e38f32.to_le_bytes());
+    }
+    let model = dir.join("overflow.bin");
+    write(&model, &bytes);
+    let (model, data) = (model.to_string_lossy(), fixture("hellaswag_tiny.jsonl"));
+    for k in ["1", "5"] {
+        let (out, stdout, stderr) = run(bin()
+            .arg("eval")
+            .args(cpu_hellaswag(&model, &data))
+            .args(["--examples", k]));
+        assert_eq!(out.status.code(), Some(1), "{k}: {stdout}\n{stderr}");
+        let line = format!(
+            "hellaswag: acc_norm 0.0000 (0/{k}), acc 0.0000 (0/{k}) ({k} of {k} examples with a \
+             loss that is not finite, counted wrong)\n"
+        );
+        assert!(stdout.ends_with(&line), "{k}: {stdout}");
+        let error = format!(
+            "error: the model's loss was not finite (NaN or inf) on {k} of {k} examples: the \
+             accuracies count them as wrong\n"
+        );
+        assert_eq!(stderr, error, "{k}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

@@ -4666,14 +4666,14 @@ fn eval_shows_its_progress() {
         let line = stdout.lines().find(|l| l.starts_with("loss ")).unwrap();
         line.split_whitespace().nth(1).unwrap().to_string()
     };
+    let marker = " batches, loss so far ";
     let all = eval("25");
-    let progress = progress_lines(&all, "eval: ", " batches, loss so far ", &TENTHS_OF_25);
+    let progress = progress_lines(&all, "eval: ", marker, &TENTHS_OF_25);
     for (k, line) in [(3, progress[0]), (12, progress[3])] {
         let so_far = line.rsplit_once("loss so far ").unwrap().1;
         assert_eq!(so_far, loss_of(&eval(&k.to_string())), "{line}");
     }
     // fewer than 10 batches: a line after each but the last
-    let marker = " batches, loss so far ";
     progress_lines(&eval("5"), "eval: ", marker, &["1", "2", "3", "4"]);
 }
 
@@ -4720,7 +4720,7 @@ fn eval_reads_at_most_1024_tokens_a_sequence() {
     let cfg = GPT2Config::new(1100, 50257, 50304, 1, 1, 8).unwrap();
     let params = train_gpt2_cuda::params::init_params(&cfg, 1);
     write_checkpoint(&model, &cfg, &params, CheckpointPrecision::Fp32).unwrap();
-    for (extra, want) in [(&[][..], "x1024"), (&["--seq", "1100"], "x1100")] {
+    for (extra, want) in [(&[][..], "1x1024"), (&["--seq", "1100"], "1x1100")] {
         let (out, stdout, stderr) = run(bin()
             .args([
                 "eval",
@@ -4738,7 +4738,7 @@ fn eval_reads_at_most_1024_tokens_a_sequence() {
         let line = stdout.lines().find(|l| l.starts_with("eval: "));
         let line = line.unwrap_or_default();
         assert!(
-            line.ends_with(&format!(" batches of 1{want}")),
+            line.ends_with(&format!(" batches of {want}")),
             "{extra:?}: {stdout}"
         );
     }

@@ -1250,3 +1250,26 @@ fn a_folder_to_make_under_a_file_is_named() {
     make_folder("--out-dir", &dir.path("c/d")).unwrap();
     assert!(dir.path("a/b").is_dir() && dir.path("c/d").is_dir());
 }
+
+/// A parameter that is not finite is named with its tensor and index, and one in wte's padding
+/// rows (from V*C on: no token reads them) is said to be there.
+#[test]
+fn a_non_finite_parameter_is_named_with_its_place() {
+    use train_gpt2_cuda::formats::check_finite;
+    for (i, place) in [(V * C - 1, ""), (V * C, " (a padding row, past V)")] {
+        let mut params = train_gpt2_cuda::params::init_params(&cfg(), 1);
+        params[i] = f32::NAN;
+        let ck = Checkpoint {
+            config: cfg(),
+            params,
+        };
+        let e = check_finite(Path::new("m.bin"), &ck).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "m.bin: the model holds 1 parameter that is not finite, the first NaN in \
+                 wte[{i}]{place}: the file is damaged, or from a run that diverged"
+            )
+        );
+    }
+}

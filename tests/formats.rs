@@ -911,6 +911,8 @@ fn a_short_file_of_another_kind_is_named_by_its_magic_number_not_as_truncated() 
     for (expected, e) in cases {
         assert_msg(&e, &p, &[&bad, &format!("(expected {expected})")]);
         assert!(!e.contains("truncated"), "{e}");
+        // (no config.json beside it: not called a file of a Hugging Face model)
+        assert!(!e.contains("Hugging Face"), "{e}");
     }
     // a file of a Hugging Face model: give its folder
     let hf = PathBuf::from(root()).join("tests/fixtures/hf_tiny");
@@ -1272,4 +1274,23 @@ fn a_non_finite_parameter_is_named_with_its_place() {
             )
         );
     }
+}
+
+/// `check_magic_version` checks both numbers itself (every reader checks the magic number first,
+/// as it reads the header, but the function is public and says it does).
+#[test]
+fn check_magic_version_checks_the_magic_number_and_the_version() {
+    use train_gpt2_cuda::formats::{check_magic_version, new_header};
+    let p = Path::new("m.bin");
+    let h = new_header(20240326, 3);
+    check_magic_version(p, &h, 20240326, &[3, 5]).unwrap();
+    assert_eq!(
+        err(check_magic_version(p, &h, 20240328, &[3])),
+        "m.bin: bad magic number 20240326 (expected 20240328 for a tokenizer file): this is a \
+         model checkpoint, not a tokenizer file"
+    );
+    assert_eq!(
+        err(check_magic_version(p, &h, 20240326, &[5])),
+        "m.bin: unsupported model checkpoint version 3 (supported: 5)"
+    );
 }

@@ -1265,9 +1265,8 @@ fn a_non_finite_parameter_is_named_with_its_place() {
             config: cfg(),
             params,
         };
-        let e = check_finite(Path::new("m.bin"), &ck).unwrap_err();
         assert_eq!(
-            e.to_string(),
+            err(check_finite(Path::new("m.bin"), &ck)),
             format!(
                 "m.bin: the model holds 1 parameter that is not finite, the first NaN in \
                  wte[{i}]{place}: the file is damaged, or from a run that diverged"

@@ -2354,18 +2354,24 @@ fn a_pipe_or_a_device_is_refused_where_a_model_or_a_state_is_read() {
     let out = dir.join("out.bin").to_string_lossy().into_owned();
     let model = fixture("ref_tiny_model.bin");
     let refused = "is not a regular file (a pipe or a device): give the file itself";
-    let (o, stdout, stderr) = run(Command::new("bash")
-        .args([
-            "-c",
-            "exec \"$0\" sample --model <(cat \"$1\") --device cpu --tokens 3",
-        ])
-        .arg(engine_bin::engine())
-        .arg(&model));
-    assert_eq!(o.status.code(), Some(1), "{stdout}\n{stderr}");
-    assert!(
-        stderr.contains("/dev/fd/") && stderr.contains(refused),
-        "{stderr}"
-    );
+    // an llm.c checkpoint, or a Hugging Face file (refused before its format is told, not as a
+    // file without its config.json)
+    let torch = fixture("hf_tiny_torch/pytorch_model.bin");
+    let safetensors = fixture("hf_tiny/model.safetensors");
+    for piped in [&model, &torch, &safetensors] {
+        let (o, stdout, stderr) = run(Command::new("bash")
+            .args([
+                "-c",
+                "exec \"$0\" sample --model <(cat \"$1\") --device cpu --tokens 3",
+            ])
+            .arg(engine_bin::engine())
+            .arg(piped));
+        assert_eq!(o.status.code(), Some(1), "{piped}: {stdout}\n{stderr}");
+        assert!(
+            stderr.contains("/dev/fd/") && stderr.contains(refused),
+            "{piped}: {stderr}"
+        );
+    }
     let cases = [
         "sample --model /dev/zero --device cpu --tokens 3".to_string(),
         "eval --model /dev/null --device cpu".into(),

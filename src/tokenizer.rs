@@ -148,7 +148,9 @@ impl TextStream<'_> {
                 }
             }
         }
-        self.pending = rest.to_vec();
+        // (what is left waits: a character's first bytes)
+        let done = self.pending.len() - rest.len();
+        self.pending.drain(..done);
         &self.text[start..]
     }
 

@@ -414,11 +414,7 @@ fn a_closed_or_full_stdout_ends_nothing() {
     };
     let stderr = train("closed", Stdio::piped());
     assert!(!stderr.contains("earlier run"), "{stderr}");
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .unwrap();
-    let stderr = train("full", Stdio::from(full));
+    let stderr = train("full", dev_full());
     assert!(
         stderr.contains("held the files of an earlier run") && stderr.contains("earlier_run_1"),
         "{stderr}"
@@ -437,37 +433,28 @@ fn a_closed_or_full_stdout_ends_nothing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("Broken pipe"), "{stderr}");
-    // a full disk lost the sample: not a success
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .unwrap();
-    let out = bin()
-        .args(["sample", "--device", "cpu", "--tokens", "20", "--model"])
-        .arg(&model)
-        .stdout(Stdio::from(full))
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(
-        stderr.contains("the sample could not be written to standard output"),
-        "{stderr}"
-    );
-    // so does eval's: its loss, or its HellaSwag accuracies
+    // a full disk lost the sample, or eval's loss or HellaSwag accuracies: not a success
+    let sample = [
+        "sample",
+        "--device",
+        "cpu",
+        "--tokens",
+        "20",
+        "--model",
+        &model.to_string_lossy(),
+    ];
     let (model, data) = (
         fixture("ref_gpt2vocab_model.bin"),
         fixture("hellaswag_tiny.jsonl"),
     );
     let loss = ["eval", "--device", "cpu", "--model", &model, "--seq", "8"];
     let hellaswag = [&["eval"][..], &cpu_hellaswag(&model, &data)].concat();
-    for (args, what) in [(&loss[..], "the loss"), (&hellaswag, "the accuracies")] {
-        let full = std::fs::OpenOptions::new().write(true).open("/dev/full");
-        let out = bin()
-            .args(args)
-            .stdout(Stdio::from(full.unwrap()))
-            .output()
-            .unwrap();
+    for (args, what) in [
+        (&sample[..], "the sample"),
+        (&loss, "the loss"),
+        (&hellaswag, "the accuracies"),
+    ] {
+        let out = bin().args(args).stdout(dev_full()).output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         let want = format!("error: {what} could not be written to standard output");
@@ -475,17 +462,18 @@ fn a_closed_or_full_stdout_ends_nothing() {
     }
 }
 
+/// `/dev/full` (every write fails: a full disk) as a child's stdout or stderr.
+fn dev_full() -> std::process::Stdio {
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full");
+    std::process::Stdio::from(full.unwrap())
+}
+
 /// A stderr that fails (a batch job's error log on a full disk) ends nothing either: a run with a
 /// note trains and writes its checkpoint, and an error still exits with status 1, not a panic's
 /// 101.
 #[test]
 fn a_full_stderr_ends_nothing() {
-    use std::process::Stdio;
     let dir = tmp_dir("stderr");
-    let full = || {
-        let f = std::fs::OpenOptions::new().write(true).open("/dev/full");
-        Stdio::from(f.unwrap())
-    };
     // (--warmup 10 with 2 steps: a note on stderr before anything runs)
     let out = bin()
         .args(flags(
@@ -493,7 +481,7 @@ fn a_full_stderr_ends_nothing() {
         ))
         .arg("--out-dir")
         .arg(dir.join("out"))
-        .stderr(full())
+        .stderr(dev_full())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -502,7 +490,7 @@ fn a_full_stderr_ends_nothing() {
     let out = bin()
         .args(["--device", "cpu", "--model"])
         .arg(dir.join("missing.bin"))
-        .stderr(full())
+        .stderr(dev_full())
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

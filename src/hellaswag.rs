@@ -217,11 +217,15 @@ impl HellaSwag {
     pub fn non_finite_note(&self) -> String {
         match self.non_finite {
             0 => String::new(),
-            n => format!(
-                " ({n} of {} examples with a loss that is not finite, counted wrong)",
-                self.examples
+            _ => format!(
+                " ({} with a loss that is not finite, counted wrong)",
+                self.non_finite_share()
             ),
         }
+    }
+    /// "1 of 1 example", "2 of 5 examples": how many had a non-finite loss, of how many.
+    pub fn non_finite_share(&self) -> String {
+        format!("{} of {}", self.non_finite, count_text(self.examples))
     }
 }
 

@@ -607,9 +607,9 @@ fn run_hellaswag(a: &EvalArgs, path: &std::path::Path) -> Result<ExitCode> {
     output_complete("the accuracies")?;
     if total.non_finite > 0 {
         bail!(
-            "the model's loss was not finite (NaN or inf) on {} of {n} examples: the accuracies \
-             count them as wrong{}",
-            total.non_finite,
+            "the model's loss was not finite (NaN or inf) on {}: the accuracies count them as \
+             wrong{}",
+            total.non_finite_share(),
             overflow_hint(engine.precision())
         );
     }

@@ -3345,19 +3345,19 @@ fn eval_hellaswag_fails_where_the_loss_is_not_finite() {
     let model = dir.join("overflow.bin");
     write(&model, &bytes);
     let (model, data) = (model.to_string_lossy(), fixture("hellaswag_tiny.jsonl"));
-    for k in ["1", "5"] {
+    for (k, examples) in [("1", "1 example"), ("5", "5 examples")] {
         let (out, stdout, stderr) = run(bin()
             .arg("eval")
             .args(cpu_hellaswag(&model, &data))
             .args(["--examples", k]));
         assert_eq!(out.status.code(), Some(1), "{k}: {stdout}\n{stderr}");
         let line = format!(
-            "hellaswag: acc_norm 0.0000 (0/{k}), acc 0.0000 (0/{k}) ({k} of {k} examples with a \
+            "hellaswag: acc_norm 0.0000 (0/{k}), acc 0.0000 (0/{k}) ({k} of {examples} with a \
              loss that is not finite, counted wrong)\n"
         );
         assert!(stdout.ends_with(&line), "{k}: {stdout}");
         let error = format!(
-            "error: the model's loss was not finite (NaN or inf) on {k} of {k} examples: the \
+            "error: the model's loss was not finite (NaN or inf) on {k} of {examples}: the \
              accuracies count them as wrong\n"
         );
         assert_eq!(stderr, error, "{k}");

@@ -4672,8 +4672,8 @@ fn eval_shows_its_progress() {
 }
 
 /// HellaSwag's progress too: about every tenth of the examples, each line the accuracy of the
-/// examples so far, what `--examples K` reports for the first K. (The fixture's 5 examples five
-/// times over: 25.)
+/// examples so far, what `--examples K` reports for the first K (the fixture's 5 examples five
+/// times over: 25); with fewer than 10 examples, a line after each.
 #[test]
 fn eval_hellaswag_shows_its_progress() {
     let dir = tmp_dir("hellaswag-progress");
@@ -4691,7 +4691,8 @@ fn eval_hellaswag_shows_its_progress() {
         stdout
     };
     let all = eval("25");
-    let progress = progress_lines(&all, "hellaswag: ", " examples, acc_norm ", &TENTHS_OF_25);
+    let marker = " examples, acc_norm ";
+    let progress = progress_lines(&all, "hellaswag: ", marker, &TENTHS_OF_25);
     for (k, line) in [(3, progress[0]), (12, progress[3])] {
         let so_far = line.rsplit_once("acc_norm ").unwrap().1;
         let whole = eval(&k.to_string());
@@ -4700,6 +4701,8 @@ fn eval_hellaswag_shows_its_progress() {
             "{line}\n{whole}"
         );
     }
+    // fewer than 10 examples: a line after each but the last
+    progress_lines(&eval("5"), "hellaswag: ", marker, &["1", "2", "3", "4"]);
     std::fs::remove_dir_all(&dir).ok();
 }
 

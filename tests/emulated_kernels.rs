@@ -445,11 +445,12 @@ fn layernorm_bf16_matches_cpu() {
 
 // ---- residual and gelu -----------------------------------------------------------------------------
 
-/// Residual forward and backward in T on buffers 16-byte aligned, or with one of them one element
-/// off (`misaligned`): the CPU's fp32 result rounded once to T, bitwise.
-fn residual_case<T: Storage>(misaligned: bool, seed: u64) {
+/// Residual forward and backward of `n` elements in T on buffers 16-byte aligned, or with one of
+/// them one element off (`misaligned`): the CPU's fp32 result rounded once to T, bitwise.
+fn residual_case<T: Storage>(misaligned: bool, seed: u64, n: usize) {
     let k = kernels("residual");
-    let n = B * 37 * 100 + 3;
+    // (no whole pack: the packed path has nothing to do)
+    let packed = !misaligned && n >= launch::pack::<T>();
     let mut rng = Rng::new(seed);
     let a = round_to::<T>(&rand(&mut rng, n, 1.0));
     let b = round_to::<T>(&rand(&mut rng, n, 1.0));
@@ -469,8 +470,11 @@ fn residual_case<T: Storage>(misaligned: bool, seed: u64) {
         ],
         seed as u32,
     );
-    let what = format!("residual {} out (misaligned {misaligned})", T::label());
-    assert_path(&k, &what, !misaligned);
+    let what = format!(
+        "residual {} out, n {n} (misaligned {misaligned})",
+        T::label()
+    );
+    assert_path(&k, &what, packed);
     assert_bitwise(&what, &down::<T>(&d_out), &round_to::<T>(&out));
 
     let dout = round_to::<T>(&rand(&mut rng, n, 1.0));
@@ -490,27 +494,37 @@ fn residual_case<T: Storage>(misaligned: bool, seed: u64) {
         ],
         1,
     );
-    let what = format!("residual {} dinp (misaligned {misaligned})", T::label());
-    assert_path(&k, &what, !misaligned);
+    let what = format!(
+        "residual {} dinp, n {n} (misaligned {misaligned})",
+        T::label()
+    );
+    assert_path(&k, &what, packed);
     assert_bitwise(&what, &down::<T>(&g1), &round_to::<T>(&d1));
     assert_bitwise(&what, &down::<T>(&g2), &round_to::<T>(&d2));
 }
+
+/// The elementwise kernels' sizes: fewer elements than a pack of either precision (4 fp32, 8
+/// bf16), one pack and a few more of each (the packed loop's part ends where the scalar tail
+/// begins), and many, not a multiple of a pack.
+const ELEMENTWISE_SIZES: [usize; 4] = [3, 5, 9, B * 37 * 72 + 5];
 
 #[test]
 fn residual_is_bitwise_the_cpu_in_both_precisions_and_paths() {
     with_both_grids(|| {
         for misaligned in [false, true] {
-            residual_case::<f32>(misaligned, 500 + misaligned as u64);
-            residual_case::<bf16>(misaligned, 1500 + misaligned as u64);
+            for n in ELEMENTWISE_SIZES {
+                residual_case::<f32>(misaligned, 500 + misaligned as u64, n);
+                residual_case::<bf16>(misaligned, 1500 + misaligned as u64, n);
+            }
         }
     });
 }
 
-fn gelu_case<T: Storage>(seed: u64, misaligned: bool) {
+fn gelu_case<T: Storage>(seed: u64, misaligned: bool, n: usize) {
     let k = kernels("gelu");
+    let packed = !misaligned && n >= launch::pack::<T>();
     let u = T::unit();
-    let what = |x: &str| format!("gelu {} {x} (misaligned {misaligned})", T::label());
-    let n = B * 37 * 72 + 5;
+    let what = |x: &str| format!("gelu {} {x}, n {n} (misaligned {misaligned})", T::label());
     let mut rng = Rng::new(seed);
     let inp = round_to::<T>(&rand(&mut rng, n, 5.0));
     let mut out = vec![0.0; n];
@@ -528,7 +542,7 @@ fn gelu_case<T: Storage>(seed: u64, misaligned: bool) {
         &[Arg::Buf(&d_out), Arg::Buf(&d_inp), Arg::Usize(n)],
         0,
     );
-    assert_path(&k, &what("out"), !misaligned);
+    assert_path(&k, &what("out"), packed);
     assert_close(&what("out"), &down::<T>(&d_out), &out, 1e-6, u + 1e-5);
     let d_dinp = up::<T>(&k, &dinp0, false);
     let d_dout = up::<T>(&k, &dout, misaligned);
@@ -543,7 +557,7 @@ fn gelu_case<T: Storage>(seed: u64, misaligned: bool) {
         ],
         1,
     );
-    assert_path(&k, &what("dinp"), !misaligned);
+    assert_path(&k, &what("dinp"), packed);
     assert_close(&what("dinp"), &down::<T>(&d_dinp), &dinp, 1e-5, u + 1e-5);
 }
 
@@ -551,8 +565,10 @@ fn gelu_case<T: Storage>(seed: u64, misaligned: bool) {
 fn gelu_matches_cpu_in_both_precisions_and_paths() {
     with_both_grids(|| {
         for misaligned in [false, true] {
-            gelu_case::<f32>(400, misaligned);
-            gelu_case::<bf16>(1400, misaligned);
+            for n in ELEMENTWISE_SIZES {
+                gelu_case::<f32>(400, misaligned, n);
+                gelu_case::<bf16>(1400, misaligned, n);
+            }
         }
     });
 }
@@ -1414,18 +1430,36 @@ fn fused_residual_layernorm_matches_cpu() {
 /// tolerances of tests/gpu_flash_attention.rs. The backward from the kernels' out and lse (so D is
 /// the same on both sides), twice under different schedules, bitwise equal.
 fn flash_case<T: Storage>(hs: usize, t: usize, nh: usize) {
+    flash_case_sharp::<T>(hs, t, nh, 1.0);
+}
+
+/// [`flash_case`] with the queries at positions 8 to 15 of every 16 multiplied by `sharp`: a warp's
+/// two rows of a fragment (w0 + g and w0 + g + 8) then have maxima hundreds apart, so each row's
+/// running maximum must be its own (off by more than about 88, exp overflows or every term
+/// underflows). With `sharp` other than 1, the forward alone.
+fn flash_case_sharp<T: Storage>(hs: usize, t: usize, nh: usize, sharp: f32) {
     let k = kernels("flash_attention");
     let b = 2;
     let c = nh * hs;
-    let name = format!("flash {} HS={hs} T={t}", T::label());
+    let name = format!("flash {} HS={hs} T={t} sharp {sharp}", T::label());
     let ((oa, or), (la, lr), (da, dr)) = if T::BF16 {
         let u = T::unit();
         ((2.0 * u, 2.0 * u), (2e-5, 1e-5), (8.0 * u, 2.0 * u))
+    } else if sharp != 1.0 {
+        // a score near 200 is rounded to 1.5e-5 (the usual ones, near 1, to 6e-8), and that is
+        // the probabilities' relative error: out 1.1e-5 at most when this was written
+        ((1e-4, 1e-4), (1e-5, 1e-5), (0.0, 0.0))
     } else {
         ((1e-5, 1e-5), (1e-5, 1e-5), (2e-5, 1e-4))
     };
     let mut rng = Rng::new(1000 + hs as u64 * 7 + t as u64);
-    let qkv = round_to::<T>(&rand(&mut rng, b * t * 3 * c, 1.5));
+    let mut qkv = rand(&mut rng, b * t * 3 * c, 1.5);
+    for (bt, token) in qkv.chunks_exact_mut(3 * c).enumerate() {
+        if bt % t % 16 >= 8 {
+            token[..c].iter_mut().for_each(|q| *q *= sharp);
+        }
+    }
+    let qkv = round_to::<T>(&qkv);
     let dout = round_to::<T>(&rand(&mut rng, b * t * c, 1.0));
     let dqkv0 = round_to::<T>(&rand(&mut rng, b * t * 3 * c, 1.0));
     let (mut out, mut lse) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
@@ -1476,6 +1510,11 @@ fn flash_case<T: Storage>(hs: usize, t: usize, nh: usize) {
         }
     }
 
+    if sharp != 1.0 {
+        // The backward has no running maximum (it reads lse), and scores in the hundreds carry
+        // a hundred times the rounding of the usual ones, which its tolerances are not for.
+        return;
+    }
     let mut dqkv = dqkv0.clone();
     cpu::flash_attention::flash_attention_backward(
         &mut dqkv, &dout, &qkv, &g_out, &g_lse, b, t, c, nh,
@@ -1565,6 +1604,15 @@ fn flash_attention_bf16_hs128_matches_cpu() {
     for t in [1, 17, 100] {
         flash_case::<bf16>(128, t, 2);
     }
+}
+
+/// Scores in the hundreds, whose rows' maxima differ by about as much (see [`flash_case_sharp`]):
+/// the forward's running maximum is what keeps exp finite.
+#[test]
+fn flash_attention_keeps_each_row_s_own_maximum() {
+    flash_case_sharp::<f32>(64, 40, 1, 100.0);
+    flash_case_sharp::<bf16>(64, 40, 1, 100.0);
+    flash_case_sharp::<f32>(128, 40, 1, 100.0);
 }
 
 // ---- the emulation's self-test: it must catch the bugs it is for -----------------------------------

@@ -53,9 +53,28 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(f
 // Only for addresses that are 16-byte aligned: a kernel takes its packed path only when every
 // pointer it packs is aligned (aligned16) and the lengths/row sizes are multiples of PACK,
 // and falls back to its scalar path otherwise. Each element is computed as in the scalar path.
+//
+// Its elements, PackElements<T, N>, are T[N] on the GPU. The host emulation checks every index
+// into them (an array of the same layout): there a loop one element past a pack reads or writes
+// the stack beyond it unseen, where on the GPU it would reach another register or local memory.
+#ifdef CUDA_HOST_EMULATION
+template <typename T, int N> struct PackElements {
+    T e[N];
+    T& operator[](int k) {
+        emu_check_index(k, N, "an element of a Packed");
+        return e[k];
+    }
+    const T& operator[](int k) const {
+        emu_check_index(k, N, "an element of a Packed");
+        return e[k];
+    }
+};
+#else
+template <typename T, int N> using PackElements = T[N];
+#endif
 template <typename T> struct alignas(16) Packed {
     static constexpr int size = 16 / sizeof(T);
-    T v[16 / sizeof(T)];
+    PackElements<T, 16 / sizeof(T)> v;
 };
 
 template <typename T> __device__ __forceinline__ Packed<T> load_packed(const T* p) {

@@ -1794,6 +1794,19 @@ fn the_emulation_reports_divergence_faults_races_and_bad_launches() {
         "load_packed of 16 bytes at",
         || packed_load(&up::<f32>(&k, &four, true)),
     );
+    // an element one past a pack (the host's stack would not notice)
+    let d_four = up::<f32>(&k, &four, false);
+    let pack_sum = |n: i32| {
+        let args = [Arg::Buf(&out), Arg::Buf(&d_four), Arg::I32(n)];
+        k.launch("element_past_a_pack", one_warp, &args, 0)
+    };
+    pack_sum(4);
+    assert_eq!(down::<f32>(&out)[0], 10.0);
+    expect_failure(
+        "an element past a pack",
+        "an element of a Packed at index 4 of 4",
+        || pack_sum(5),
+    );
     // Memory nothing wrote: static shared memory is NaN bytes at each block's start (the first
     // block's writes do not reach the second), a local 0xfe bytes (where the compiler can
     // initialise them so), not the zeros a sum would pass for initialised with.

@@ -88,6 +88,14 @@ void* emu_dynamic_smem();
 // launch unless p is `bytes`-aligned, as the GPU does (a misaligned address); the host's own
 // loads would not notice.
 void emu_check_aligned(const void* p, int bytes, const char* what);
+// Index k into an array of n elements (the kernels' packs, see Packed in kernels/common.h): fails
+// the launch unless 0 <= k < n; the host's stack would not notice.
+[[noreturn]] void emu_index_out_of_range(int k, int n, const char* what);
+inline void emu_check_index(int k, int n, const char* what) {
+    if (k < 0 || k >= n) {
+        emu_index_out_of_range(k, n, what);
+    }
+}
 
 #define __syncthreads() emu_syncthreads(__FILE__, __LINE__)
 

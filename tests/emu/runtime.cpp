@@ -977,6 +977,11 @@ void emu_check_aligned(const void* p, int bytes, const char* what) {
     }
 }
 
+void emu_index_out_of_range(int k, int n, const char* what) {
+    fail(format("%s: %s at index %d of %d (past the array: on a GPU another register or local memory)",
+                where(g.cur).c_str(), what, k, n));
+}
+
 void emu_cp_async(void* dst, const void* src, int bytes, int src_bytes) {
     Fiber* f = g.cur;
     if (bytes != 4 && bytes != 8 && bytes != 16) {

@@ -48,6 +48,17 @@ extern "C" __global__ void unchecked_packed_load(float* out, const float* inp) {
     out[threadIdx.x] = x.v[threadIdx.x % 4];
 }
 
+// The first n elements of a pack, summed: with n = 5, a loop one element past it (`k <= PACK`),
+// which on the host reads the stack beyond it unseen.
+extern "C" __global__ void element_past_a_pack(float* out, const float* inp, int n) {
+    const Packed<float> x = load_packed(inp);
+    float sum = 0.0f;
+    for (int k = 0; k < n; k++) {
+        sum += x.v[k];
+    }
+    out[threadIdx.x] = sum;
+}
+
 // Not a bug in itself: what a kernel reads where nothing was written. Each of its blocks of 32
 // threads writes, at out[64 b + t], shared memory that no thread of the block wrote yet (the
 // block before wrote it: blocks do not share it) and, at out[64 b + 32 + t], a local never written.

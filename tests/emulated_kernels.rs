@@ -445,12 +445,22 @@ fn layernorm_bf16_matches_cpu() {
 
 // ---- residual and gelu -----------------------------------------------------------------------------
 
+/// Whether an elementwise kernel over `n` elements must take its packed path: with every buffer
+/// aligned and at least one whole pack (with none, the packed path has nothing to do).
+fn takes_packed_path<T: Storage>(misaligned: bool, n: usize) -> bool {
+    !misaligned && n >= launch::pack::<T>()
+}
+
+/// The elementwise kernels' sizes: fewer elements than a pack of either precision (4 fp32, 8
+/// bf16), one pack and a few more of each (the packed loop's part ends where the scalar tail
+/// begins), and many, not a multiple of a pack.
+const ELEMENTWISE_SIZES: [usize; 4] = [3, 5, 9, B * 37 * 72 + 5];
+
 /// Residual forward and backward of `n` elements in T on buffers 16-byte aligned, or with one of
 /// them one element off (`misaligned`): the CPU's fp32 result rounded once to T, bitwise.
 fn residual_case<T: Storage>(misaligned: bool, seed: u64, n: usize) {
     let k = kernels("residual");
-    // (no whole pack: the packed path has nothing to do)
-    let packed = !misaligned && n >= launch::pack::<T>();
+    let packed = takes_packed_path::<T>(misaligned, n);
     let mut rng = Rng::new(seed);
     let a = round_to::<T>(&rand(&mut rng, n, 1.0));
     let b = round_to::<T>(&rand(&mut rng, n, 1.0));
@@ -503,11 +513,6 @@ fn residual_case<T: Storage>(misaligned: bool, seed: u64, n: usize) {
     assert_bitwise(&what, &down::<T>(&g2), &round_to::<T>(&d2));
 }
 
-/// The elementwise kernels' sizes: fewer elements than a pack of either precision (4 fp32, 8
-/// bf16), one pack and a few more of each (the packed loop's part ends where the scalar tail
-/// begins), and many, not a multiple of a pack.
-const ELEMENTWISE_SIZES: [usize; 4] = [3, 5, 9, B * 37 * 72 + 5];
-
 #[test]
 fn residual_is_bitwise_the_cpu_in_both_precisions_and_paths() {
     with_both_grids(|| {
@@ -522,7 +527,7 @@ fn residual_is_bitwise_the_cpu_in_both_precisions_and_paths() {
 
 fn gelu_case<T: Storage>(seed: u64, misaligned: bool, n: usize) {
     let k = kernels("gelu");
-    let packed = !misaligned && n >= launch::pack::<T>();
+    let packed = takes_packed_path::<T>(misaligned, n);
     let u = T::unit();
     let what = |x: &str| format!("gelu {} {x}, n {n} (misaligned {misaligned})", T::label());
     let mut rng = Rng::new(seed);

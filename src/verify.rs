@@ -506,11 +506,7 @@ mod tests {
         let norms: Vec<Option<f32>> = l.iter().map(|s| s.norm).collect();
         assert_eq!(norms, vec![Some(2.5), Some(2.0)]);
         // a norm of 0 is a norm (every gradient zero), the least there is
-        let l = parse_losses(
-            "step 0 loss 4.5 norm 0
-",
-        )
-        .unwrap();
+        let l = parse_losses("step 0 loss 4.5 norm 0\n").unwrap();
         assert_eq!(l[0].norm, Some(0.0));
         let err = |text| parse_losses(text).unwrap_err().to_string();
         assert_eq!(
@@ -551,11 +547,14 @@ mod tests {
     #[test]
     fn a_losses_file_may_be_as_long_as_the_limit() {
         let path = std::env::temp_dir().join(format!("losses-limit-{}", std::process::id()));
-        let mut text = vec![b'\n'; MAX_LOSSES_BYTES as usize];
-        std::fs::write(&path, &text).unwrap();
+        std::fs::write(&path, vec![b'\n'; MAX_LOSSES_BYTES as usize]).unwrap();
         assert!(read_losses(&path).unwrap().is_empty());
-        text.push(b'\n');
-        std::fs::write(&path, &text).unwrap();
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        file.write_all(b"\n").unwrap();
         let e = read_losses(&path).unwrap_err().to_string();
         assert!(
             e.ends_with(": longer than 64 MiB: not a losses file (lines 'step I loss X [norm N]')"),

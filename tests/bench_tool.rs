@@ -7,7 +7,7 @@
 //! PyTorch (CPU) and one on a GPU are ignored tests: `cargo test --test bench_tool --
 //! --include-ignored` with PyTorch importable (`TORCH_PYTHON=/path/to/python`, else `python3`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use train_gpt2_cuda::config::GPT2Config;
 use train_gpt2_cuda::mfu::{flops_per_token, peak_tflops, Precision, PEAK_TFLOPS};
@@ -51,7 +51,7 @@ fn bench_ok(args: &[&str]) -> String {
     stdout
 }
 
-fn tmp_dir(name: &str) -> PathBuf {
+fn tmp_dir(name: &str) -> engine_bin::TempFolder {
     engine_bin::temp_folder("bench-tool", name)
 }
 

@@ -16,8 +16,31 @@ fn fixture(name: &str) -> String {
         .into_owned()
 }
 
-fn tmp_dir(name: &str) -> PathBuf {
+fn tmp_dir(name: &str) -> engine_bin::TempFolder {
     engine_bin::temp_folder("train-gpt2-cli", name)
+}
+
+/// A test's folder goes when the test passes, and stays when it fails, to be looked at: these
+/// runs leave a few GB of checkpoints. (A failed test is a thread unwinding; `resume_unwind`
+/// unwinds without printing a panic message.)
+#[test]
+fn a_test_s_folder_is_removed_when_it_passes_and_kept_when_it_fails() {
+    let passed = tmp_dir("passed");
+    let passed_path = passed.to_path_buf();
+    std::fs::write(passed.join("model.bin"), b"weights").unwrap();
+    drop(passed);
+    assert!(!passed_path.exists(), "{}", passed_path.display());
+    let failed = std::thread::spawn(|| {
+        let failed = tmp_dir("failed");
+        std::fs::write(failed.join("model.bin"), b"weights").unwrap();
+        std::panic::resume_unwind(Box::new(failed.to_path_buf()))
+    })
+    .join()
+    .unwrap_err();
+    let failed_path = failed.downcast::<PathBuf>().unwrap();
+    let kept = std::fs::read(failed_path.join("model.bin"));
+    std::fs::remove_dir_all(&*failed_path).unwrap();
+    assert_eq!(kept.unwrap(), b"weights");
 }
 
 fn run(cmd: &mut Command) -> (Output, String, String) {
@@ -1429,7 +1452,8 @@ fn ctrl_c_checkpoints_and_the_run_resumes() {
 fn a_model_of_another_vocabulary_on_the_bundled_corpus_is_told_whose_data_it_is() {
     let model = fixture("ref_tiny_model.bin");
     let shard = fixture("train_tiny_shard.bin");
-    let out = tmp_dir("other-vocabulary").join("out");
+    let dir = tmp_dir("other-vocabulary");
+    let out = dir.join("out");
     let out = out.to_str().unwrap();
     let base = [
         "--device",
@@ -3133,7 +3157,6 @@ fn prepro_notes_a_flag_and_a_file_that_add_nothing() {
         "o",
     ]));
     assert!(out.status.success() && !stderr.contains("note"), "{stderr}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -3167,7 +3190,6 @@ fn prepro_interrupted_leaves_the_folder_as_it_was() {
         .unwrap();
     let one_token = ["--shard-tokens", "1", "--val-fraction", "0.1"];
     interrupt_prepro(&[play], &one_token, &dir.join("out1"));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Runs prepro of `inputs` with `flags` into `out` (not there yet), sends it SIGINT once it has
@@ -3362,7 +3384,6 @@ fn eval_hellaswag_fails_where_the_loss_is_not_finite() {
         );
         assert_eq!(stderr, error, "{k}");
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -4703,7 +4724,6 @@ fn eval_hellaswag_shows_its_progress() {
     }
     // fewer than 10 examples: a line after each but the last
     progress_lines(&eval("5"), "hellaswag: ", marker, &["1", "2", "3", "4"]);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// `eval`'s sequences are the model's maxT long, but at most 1024 (GPT-2's): a model of maxT 1100
@@ -4739,5 +4759,4 @@ fn eval_reads_at_most_1024_tokens_a_sequence() {
             "{extra:?}: {stdout}"
         );
     }
-    std::fs::remove_dir_all(&dir).ok();
 }

@@ -24,7 +24,7 @@ fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
 }
 
-fn tmp_dir(name: &str) -> PathBuf {
+fn tmp_dir(name: &str) -> engine_bin::TempFolder {
     engine_bin::temp_folder("train-gpt2-hf", name)
 }
 
@@ -121,7 +121,6 @@ fn convert_writes_an_llmc_checkpoint() {
     assert!(stdout.contains("30080 parameters"), "{stdout}");
     let ck = read_checkpoint(&out_path).unwrap();
     assert_eq!(ck, read_model(&fixture("hf_tiny")).unwrap());
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// `convert --format hf` writes what transformers writes: the tensors of hf_tiny's
@@ -186,7 +185,6 @@ fn convert_writes_a_hugging_face_gpt2() {
         let back = read_model(&out).unwrap();
         assert_eq!(back.config, read_model(&fixture("hf_tiny")).unwrap().config);
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// A model with GPT-2's vocabulary goes out with GPT-2's tokenizer files: vocab.json (50257
@@ -234,7 +232,6 @@ fn a_gpt2_vocabulary_goes_out_with_its_tokenizer() {
     let other = dir.join("other");
     convert(&["--format", "hf"], &fixture("hf_tiny"), &other);
     assert!(!other.join("vocab.json").exists() && !other.join("merges.txt").exists());
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// `convert --format hf` of a Hugging Face model keeps the `bos_token_id` and `eos_token_id` of
@@ -279,7 +276,6 @@ fn convert_keeps_a_hugging_face_model_s_token_ids() {
     c["bos_token_id"] = 0.into();
     std::fs::write(gpt2.join("config.json"), c.to_string()).unwrap();
     assert_eq!(hf(&gpt2, "gpt2_again"), (0.into(), 50256.into()));
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// The names and bytes of the files in `dir` (a folder's bytes empty), sorted.
@@ -352,7 +348,6 @@ fn a_folder_with_another_tokenizer_is_refused() {
     }
     convert(&["--format", "hf"], &fixture("hf_tiny"), &out);
     assert_eq!(read_model(&out).unwrap().config.vocab_size, 100);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// `convert --format hf` into a folder that holds a model writes all of its files or none: a
@@ -412,7 +407,6 @@ fn a_failed_hugging_face_write_leaves_the_folder_as_it_was() {
         );
     }
     assert!(folder_files(&out) == before, "the model was overwritten");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// A shard in `dir` whose first batch (B=2, T=16) is hf_tiny_state.bin's, and that state.
@@ -481,7 +475,6 @@ fn eval_gives_transformers_loss() {
         assert_eq!(out.status.code(), Some(1), "{extra:?}: {stderr}");
         assert!(stderr.contains(error), "{extra:?}: {stderr}");
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Finetuning from a Hugging Face directory: the run's first loss, on a shard holding the state's
@@ -518,7 +511,6 @@ fn a_finetuning_run_starts_from_transformers_loss() {
     );
     assert!(losses[2] < losses[0], "{losses:?}");
     assert!(dir.join("model_000003.bin").exists(), "{stdout}");
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -588,7 +580,7 @@ fn variant(
     name: &str,
     edit_config: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
     edit_tensors: impl FnOnce(&mut Vec<(String, String, Vec<usize>, Vec<u8>)>),
-) -> PathBuf {
+) -> engine_bin::TempFolder {
     let dir = tmp_dir(name);
     let text = std::fs::read(fixture("hf_tiny/config.json")).unwrap();
     let mut config: serde_json::Value = serde_json::from_slice(&text).unwrap();
@@ -616,9 +608,6 @@ fn expect_err(path: &Path, needles: &[&str]) {
             path.display()
         );
     }
-    if path.starts_with(std::env::temp_dir()) {
-        std::fs::remove_dir_all(path).ok();
-    }
 }
 
 fn keep<T>(_: &mut T) {}
@@ -629,7 +618,6 @@ fn an_unchanged_copy_reads_like_the_fixture() {
     let dir = variant("unchanged", keep, keep);
     let ck = read_model(&dir).unwrap();
     assert_eq!(ck, read_model(&fixture("hf_tiny")).unwrap());
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -998,8 +986,6 @@ fn pytorch_files_it_cannot_read_give_clear_errors() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no config.json beside"), "{stderr}");
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::remove_dir_all(&alone).ok();
 }
 
 /// Where entry `name`'s bytes begin in the zip archive `zip`: after its local header.
@@ -1059,7 +1045,6 @@ fn a_damaged_pytorch_model_bin_is_named_by_its_crc() {
         err.contains("pytorch_model/data.pkl: CRC-32 mismatch (stored e33bfd25"),
         "{err}"
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// A zip archive of `entries`, stored (as torch.save writes them), with their CRC-32s.
@@ -1199,7 +1184,6 @@ fn a_rezipped_pytorch_model_bin_reads_the_same() {
         );
         assert_eq!(got.config, want.config);
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Small crafted pickles that would take all memory (a list holding the previous memo entry twice,
@@ -1251,6 +1235,5 @@ fn a_crafted_pickle_is_refused_within_bounded_memory() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
         assert!(stderr.contains(want), "{what}: {stderr}");
-        std::fs::remove_dir_all(&dir).ok();
     }
 }

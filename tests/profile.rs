@@ -4,8 +4,6 @@
 //! `#[ignore = "needs a CUDA GPU"]` (run them with `cargo test --test profile -- --ignored`); they
 //! go through the `Engine` trait, so they compile in every build.
 
-use std::path::PathBuf;
-
 use train_gpt2_cuda::config::GPT2Config;
 use train_gpt2_cuda::cpu::adamw::AdamW;
 use train_gpt2_cuda::engine::{create_engine, create_gpu_engine, Engine, EngineOptions, Kernels};
@@ -32,7 +30,7 @@ use train_gpt2_cuda::train::Device;
 mod engine_bin;
 use engine_bin::bin;
 
-fn tmp_dir(name: &str) -> PathBuf {
+fn tmp_dir(name: &str) -> engine_bin::TempFolder {
     engine_bin::temp_folder("train-gpt2-profile", name)
 }
 

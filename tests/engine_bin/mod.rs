@@ -32,11 +32,44 @@ pub fn scratch(name: &str) -> PathBuf {
     d
 }
 
+/// A test's folder in the system's temp folder, removed when it is dropped unless the thread is
+/// panicking: a test that passes leaves nothing behind (the runs of `tests/cli.rs` write a few GB
+/// of checkpoints), and a test that fails keeps its files to be looked at. Hold it for as long as
+/// the folder is used: `temp_folder(..).join(..)` removes the folder at the end of the statement.
+pub struct TempFolder(PathBuf);
+
+impl std::ops::Deref for TempFolder {
+    type Target = PathBuf;
+    fn deref(&self) -> &PathBuf {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempFolder {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for TempFolder {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.as_os_str()
+    }
+}
+
+impl Drop for TempFolder {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 /// A fresh, empty folder `PREFIX-PID-NAME` in the system's temp folder, for a test of this process
-/// (PID). The first call of a process for a prefix also removes the folders that earlier test
-/// processes left under it and that are gone (no /proc/PID): the tests' runs write checkpoints
-/// (one file of `tests/cli.rs` leaves a few GB), and they must not pile up run after run.
-pub fn temp_folder(prefix: &str, name: &str) -> PathBuf {
+/// (PID), removed when the test passes (see `TempFolder`). The first call of a process for a prefix
+/// also removes the folders that earlier test processes left under it and that are gone (no
+/// /proc/PID): those of failed tests, or of a run that was killed.
+pub fn temp_folder(prefix: &str, name: &str) -> TempFolder {
     static SWEPT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let tmp = std::env::temp_dir();
     let mut swept = SWEPT.lock().unwrap_or_else(|e| e.into_inner());
@@ -62,7 +95,7 @@ pub fn temp_folder(prefix: &str, name: &str) -> PathBuf {
     let d = tmp.join(format!("{prefix}-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempFolder(d)
 }
 
 /// A reader that hands out at most `step` bytes per call, a different number each time (1 to

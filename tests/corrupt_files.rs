@@ -31,7 +31,7 @@ fn fixture(name: &str) -> PathBuf {
     engine_bin::root().join("tests/fixtures").join(name)
 }
 
-fn scratch(name: &str) -> PathBuf {
+fn scratch(name: &str) -> engine_bin::TempFolder {
     engine_bin::scratch(&format!("corrupt-{name}"))
 }
 

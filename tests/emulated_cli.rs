@@ -58,7 +58,7 @@ fn run_with(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
     cmd.output().expect("running train-gpt2-cuda")
 }
 
-fn scratch(name: &str) -> PathBuf {
+fn scratch(name: &str) -> engine_bin::TempFolder {
     engine_bin::scratch(&format!("emulated-cli/{name}"))
 }
 

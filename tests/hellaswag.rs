@@ -174,7 +174,8 @@ fn score_counts_the_ending_s_tokens_and_breaks_ties_to_the_first() {
 
 /// Writes `lines` to a file of its own and reads it as examples.
 fn read_lines(name: &str, lines: &str) -> anyhow::Result<Vec<Example>> {
-    let path = engine_bin::scratch(&format!("hellaswag-{name}")).join("examples.jsonl");
+    let dir = engine_bin::scratch(&format!("hellaswag-{name}"));
+    let path = dir.join("examples.jsonl");
     std::fs::write(&path, lines).unwrap();
     read_examples(&path)
 }
@@ -189,7 +190,8 @@ fn a_gzipped_file_reads_as_its_text() {
     let crc = train_gpt2_cuda::formats::gzip::crc32(0, text.as_bytes());
     gz.extend(crc.to_le_bytes());
     gz.extend((text.len() as u32).to_le_bytes());
-    let path = engine_bin::scratch("hellaswag-gz").join("examples.jsonl.gz");
+    let dir = engine_bin::scratch("hellaswag-gz");
+    let path = dir.join("examples.jsonl.gz");
     std::fs::write(&path, gz).unwrap();
     let ex = read_examples(&path).unwrap();
     assert_eq!(ex.len(), 2);
@@ -292,14 +294,16 @@ fn an_endless_line_is_refused_by_its_number() {
     // a record padded to the limit, its newline past it: read
     let padded = format!("{good}{}\n", " ".repeat(MAX_LINE - good.len()));
     assert_eq!(read_lines("padded", &padded).unwrap().len(), 1);
-    let bytes = engine_bin::scratch("hellaswag-utf8").join("examples.jsonl");
+    let dir = engine_bin::scratch("hellaswag-utf8");
+    let bytes = dir.join("examples.jsonl");
     std::fs::write(&bytes, [good.as_bytes(), b"\n\n\"\xff\"\n"].concat()).unwrap();
     let e = format!("{:#}", read_examples(&bytes).unwrap_err());
     assert!(e.contains("line 3: not UTF-8 text (byte 2)"), "{e}");
     let e = format!("{:#}", read_examples(Path::new("/dev/zero")).unwrap_err());
     assert!(e.contains("/dev/zero: line 1: longer than 1.0 MiB"), "{e}");
     // a FIFO (as `<(zcat hellaswag_val.jsonl.gz)` gives)
-    let fifo = engine_bin::scratch("hellaswag-fifo").join("examples.jsonl");
+    let fifo_dir = engine_bin::scratch("hellaswag-fifo");
+    let fifo = fifo_dir.join("examples.jsonl");
     let made = std::process::Command::new("mkfifo").arg(&fifo).status();
     if !made.is_ok_and(|s| s.success()) {
         eprintln!("no mkfifo: the FIFO case is not checked");

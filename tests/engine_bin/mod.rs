@@ -17,25 +17,11 @@ pub fn root() -> PathBuf {
     )
 }
 
-/// A fresh, empty folder `name` for a test: under the build's target/tmp, or the system's temp
-/// folder where the build path does not exist (test executables copied to a GPU machine).
-pub fn scratch(name: &str) -> PathBuf {
-    let built = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let base = if built.is_dir() {
-        built
-    } else {
-        std::env::temp_dir()
-    };
-    let d = base.join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// A test's folder in the system's temp folder, removed when it is dropped unless the thread is
-/// panicking: a test that passes leaves nothing behind (the runs of `tests/cli.rs` write a few GB
-/// of checkpoints), and a test that fails keeps its files to be looked at. Hold it for as long as
-/// the folder is used: `temp_folder(..).join(..)` removes the folder at the end of the statement.
+/// A test's folder, removed when it is dropped unless the thread is panicking: a test that passes
+/// leaves nothing behind (the runs of `tests/cli.rs` write a few GB of checkpoints, those of
+/// `tests/emulated_cli.rs` over 1 GB), and a test that fails keeps its files to be looked at. Hold
+/// it for as long as the folder is used: `scratch(..).join(..)` removes the folder at the end of
+/// the statement.
 pub struct TempFolder(PathBuf);
 
 impl std::ops::Deref for TempFolder {
@@ -63,6 +49,22 @@ impl Drop for TempFolder {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
+}
+
+/// A fresh, empty folder `name` for a test, removed when the test passes (see `TempFolder`): under
+/// the build's target/tmp, or the system's temp folder where the build path does not exist (test
+/// executables copied to a GPU machine).
+pub fn scratch(name: &str) -> TempFolder {
+    let built = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let base = if built.is_dir() {
+        built
+    } else {
+        std::env::temp_dir()
+    };
+    let d = base.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    TempFolder(d)
 }
 
 /// A fresh, empty folder `PREFIX-PID-NAME` in the system's temp folder, for a test of this process

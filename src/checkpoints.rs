@@ -154,14 +154,14 @@ impl Resume {
     }
 
     /// Puts the run's optimizer state into `engine` and `loader` where the run left its
-    /// training data (after checking it is the same data: [`Resume::check_data`]); returns the
-    /// steps done, the run's outlier windows and its lowest validation loss so far.
+    /// training data (which the run checked is the same data with [`Resume::check_data`] before
+    /// it made its folder); returns the steps done, the run's outlier windows and its lowest
+    /// validation loss so far.
     pub(crate) fn restore(
         self,
         engine: &mut dyn Engine,
         loader: &mut DataLoader,
     ) -> Result<(usize, Outliers, Option<BestVal>)> {
-        self.check_data(loader)?;
         let (h, path) = (&self.state.header, self.state.path.display().to_string());
         let (step, served, outliers) = (h.step, h.data.batches_served, h.outliers.clone());
         let best_val = h.best_val;

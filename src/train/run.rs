@@ -878,20 +878,7 @@ impl<'a> Run<'a> {
         if !skipping && skipped.is_empty() {
             return;
         }
-        // (the first 20 steps: the log has every one)
-        let shown: Vec<String> = skipped.iter().take(20).map(|s| s.to_string()).collect();
-        let more = skipped.len() - shown.len();
-        outln!(
-            "updates skipped (outliers): {} of {} steps{}",
-            skipped.len(),
-            self.args.steps,
-            match (shown.len(), more) {
-                (0, _) => String::new(),
-                (1, 0) => format!(" (step {})", shown[0]),
-                (_, 0) => format!(" (steps {})", shown.join(", ")),
-                (_, _) => format!(" (steps {}, and {more} more)", shown.join(", ")),
-            }
-        );
+        outln!("{}", skipped_text(skipped, self.args.steps));
     }
 
     /// `--profile`'s table of the steps timed (those whose update was skipped left out).
@@ -979,6 +966,23 @@ fn take_the_folder(
     })
 }
 
+/// The run's line on the updates `skipped` as outliers (their steps, from 1) of its `steps`: the
+/// first 20 steps named (the log has every one).
+fn skipped_text(skipped: &[usize], steps: usize) -> String {
+    let shown: Vec<String> = skipped.iter().take(20).map(|s| s.to_string()).collect();
+    let more = skipped.len() - shown.len();
+    format!(
+        "updates skipped (outliers): {} of {steps} steps{}",
+        skipped.len(),
+        match (shown.len(), more) {
+            (0, _) => String::new(),
+            (1, 0) => format!(" (step {})", shown[0]),
+            (_, 0) => format!(" (steps {})", shown.join(", ")),
+            (_, _) => format!(" (steps {}, and {more} more)", shown.join(", ")),
+        }
+    )
+}
+
 /// `--profile`'s line on the `left_out` steps it timed but leaves out of its table of `kept`
 /// (their updates were skipped as outliers); None when there are none.
 fn left_out_note(kept: usize, left_out: usize) -> Option<String> {
@@ -1040,6 +1044,35 @@ fn sample_tokenizer(args: &TrainArgs, cfg: &GPT2Config) -> Result<Option<Tokeniz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_skipped_updates_line_names_the_first_20_steps() {
+        let line = |n: usize| skipped_text(&(101..101 + n).collect::<Vec<_>>(), 200);
+        assert_eq!(line(0), "updates skipped (outliers): 0 of 200 steps");
+        assert_eq!(
+            line(1),
+            "updates skipped (outliers): 1 of 200 steps (step 101)"
+        );
+        assert_eq!(
+            line(2),
+            "updates skipped (outliers): 2 of 200 steps (steps 101, 102)"
+        );
+        let steps = |n: usize| (101..101 + n).map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            line(20),
+            format!(
+                "updates skipped (outliers): 20 of 200 steps (steps {})",
+                steps(20).join(", ")
+            )
+        );
+        assert_eq!(
+            line(21),
+            format!(
+                "updates skipped (outliers): 21 of 200 steps (steps {}, and 1 more)",
+                steps(20).join(", ")
+            )
+        );
+    }
 
     #[test]
     fn the_profile_says_which_timed_steps_it_leaves_out() {

@@ -802,6 +802,8 @@ mod tests {
         assert!(check_micro_batches("s", 4, 8, &accum2).is_ok());
         let e = error(check_micro_batches("s", 4, 8, &plain));
         assert!(e.contains("resume it with --grad-accum 2"), "{e}");
+        let e = error(check_micro_batches("s", 4, 4, &accum2));
+        assert!(e.contains("resume it with --grad-accum 1"), "{e}");
         // 7 in 4 steps is not 1 a step, nor 2: neither flag is refused
         assert!(check_micro_batches("s", 4, 7, &plain).is_ok());
         assert!(check_micro_batches("s", 4, 7, &accum2).is_ok());

@@ -355,4 +355,26 @@ mod tests {
             assert_eq!(before(line, 5), kept, "{line}");
         }
     }
+
+    /// Whether a log records a step after 5 (a replaced attempt's): a step's record past 5 does,
+    /// a validation's does not; a log that is not there, or not text, records nothing.
+    #[test]
+    fn a_log_records_steps_after_a_resume_point_only_in_its_steps_records() {
+        let dir = std::env::temp_dir().join(format!("run-log-after-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("log.jsonl");
+        let after = |text: &[u8]| {
+            std::fs::write(&path, text).unwrap();
+            logs_steps_after(&path, 5)
+        };
+        assert!(after(
+            b"{\"step\": 5, \"loss\": 3.5}\n{\"step\": 6, \"loss\": 3.25}\n"
+        ));
+        assert!(!after(
+            b"{\"step\": 5, \"loss\": 3.5}\n{\"step\": 6, \"val_loss\": 3.25}\n"
+        ));
+        assert!(!after(b"{\"step\": 6, \"loss\": 3.25}\n\xff\n"));
+        assert!(!logs_steps_after(&dir.join("missing.jsonl"), 5));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

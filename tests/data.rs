@@ -506,6 +506,15 @@ fn a_set_without_a_batch_is_an_error() {
          holds no batch at any --batch and --seq (tokenize more text into it)"
     );
     assert_contains(&err_text(DataLoader::new(&one, 1, 1, V, None)), &[&want]);
+    // two tokens hold a batch of 1 x 1: a smaller --batch or --seq helps
+    ramp_shard(&dir.join("two.bin"), 0, 2);
+    let two = dir.join("two.bin").to_string_lossy().into_owned();
+    let want = format!(
+        "{two}: the shard has 2 tokens, fewer than B*T+1 = 3 needed for one batch (B=1, T=2): give \
+         a smaller --batch or --seq"
+    );
+    assert_contains(&err_text(DataLoader::new(&two, 1, 2, V, None)), &[&want]);
+    assert_eq!(epoch_batches(&two, 1, 1).unwrap(), 1);
 }
 
 #[test]

@@ -620,6 +620,28 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
+    /// A state that records nothing optional (an unshuffled run with empty outlier windows, no
+    /// best loss, no settings, no fingerprints) has zeros in every word it leaves unused, as the
+    /// layout says, and reads back as it was.
+    #[test]
+    fn what_a_state_does_not_record_is_zero() {
+        let dir = std::env::temp_dir().join(format!("train-state-zero-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.bin");
+        let mut s = state(false);
+        s.data.shuffle_seed = None;
+        s.outliers = Outliers::default();
+        (s.best_val, s.optimizer, s.model_fingerprint) = (None, None, None);
+        write(&path, &s).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let h = parse_header(&path, &bytes, STATE_MAGIC).unwrap();
+        assert_eq!(&h[..6], &[20261202, 1, 40, 4, 64, 0]);
+        assert_eq!(&h[6..10], &[0; 4], "no shuffle, and no seed");
+        assert!(h[17..].iter().all(|&w| w == 0), "{:?}", &h[17..]);
+        assert_eq!(TrainStateFile::open(&path).unwrap().header, s);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     #[test]
     fn bad_files_are_clear_errors() {
         let dir = std::env::temp_dir().join(format!("train-state-bad-{}", std::process::id()));

@@ -332,9 +332,10 @@ impl TrainArgs {
             && self.schedule().at(self.steps - 1) == self.lr
         {
             notes.push(format!(
-                "the learning rate never decays: the run's {} leave its decay fewer than 2 (a \
+                "the learning rate never decays: the run's {} {} its decay fewer than 2 (a \
                  decay's first step runs at the peak), so --lr-final-frac {} is not reached",
                 count(self.steps, "step", "steps"),
+                if self.steps == 1 { "leaves" } else { "leave" },
                 typed(self.lr_final_frac)
             ));
         }
@@ -697,6 +698,12 @@ mod tests {
         assert_eq!(
             note("--steps 4 --lr-schedule wsd --lr-decay-frac 0.2 --lr-final-frac 0.2"),
             [never]
+        );
+        // a run of one step, which is its decay's first
+        assert_eq!(
+            note("--steps 1 --lr-final-frac 0.2"),
+            ["the learning rate never decays: the run's 1 step leaves its decay fewer than 2 (a \
+              decay's first step runs at the peak), so --lr-final-frac 0.2 is not reached"]
         );
         // two decay steps fall; the default final rate (0.1), or one of 1: no note
         assert!(note("--steps 5 --warmup 3 --lr-final-frac 0.2").is_empty());

@@ -454,12 +454,8 @@ impl<'a> Run<'a> {
     /// best model, peak memory, the profile's table, and the final sample.
     pub(super) fn finish(mut self, engine: &mut dyn Engine) -> Result<TrainSummary> {
         let args = self.args;
-        if self.log.records_lost() > 0 {
-            crate::errln!(
-                "note: {} lacks {} of this run's records, which could not be written",
-                self.log.path().display(),
-                self.log.records_lost()
-            );
+        if let Some(note) = lost_records_note(self.log.path(), self.log.records_lost()) {
+            crate::errln!("{note}");
         }
         self.say_skipped();
         if let (true, Some(best)) = (args.keep_best, self.summary.best_val) {
@@ -966,6 +962,17 @@ fn take_the_folder(
     })
 }
 
+/// The note at the end of a run whose log at `path` lacks `lost` records, which could not be
+/// written (the first was noted when it was lost); None when none was.
+fn lost_records_note(path: &Path, lost: usize) -> Option<String> {
+    (lost > 0).then(|| {
+        format!(
+            "note: {} lacks {lost} of this run's records, which could not be written",
+            path.display()
+        )
+    })
+}
+
 /// The run's line on the updates `skipped` as outliers (their steps, from 1) of its `steps`: the
 /// first 20 steps named (the log has every one).
 fn skipped_text(skipped: &[usize], steps: usize) -> String {
@@ -1044,6 +1051,17 @@ fn sample_tokenizer(args: &TrainArgs, cfg: &GPT2Config) -> Result<Option<Tokeniz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_that_lost_log_records_says_how_many_at_its_end() {
+        let log = Path::new("out/log.jsonl");
+        assert_eq!(lost_records_note(log, 0), None);
+        assert_eq!(
+            lost_records_note(log, 1).unwrap(),
+            "note: out/log.jsonl lacks 1 of this run's records, which could not be written"
+        );
+        assert!(lost_records_note(log, 7).unwrap().contains(" lacks 7 of "));
+    }
 
     #[test]
     fn the_skipped_updates_line_names_the_first_20_steps() {

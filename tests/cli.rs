@@ -335,7 +335,19 @@ fn trains_a_small_model_then_samples_from_its_checkpoint() {
         );
         assert!(line.trim_end().ends_with('%'), "{line}");
     }
-    assert!(stdout.contains("peak memory: "), "{stdout}");
+    // the CPU's peak is the process's resident set: more than 1 MiB, less than the machine has
+    let peak: f64 = stdout
+        .split("peak memory: ")
+        .nth(1)
+        .and_then(|rest| rest.split_once(" MiB"))
+        .and_then(|(mib, _)| mib.parse().ok())
+        .unwrap_or_else(|| panic!("no peak memory line: {stdout}"));
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let total_kib: f64 = meminfo.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(
+        peak > 1.0 && peak < total_kib / 1024.0,
+        "{peak} MiB: {stdout}"
+    );
     let losses: Vec<f32> = stdout
         .lines()
         .filter(|l| l.starts_with("step "))
@@ -1072,28 +1084,42 @@ fn keep_checkpoints_removes_this_runs_older_ones() {
     assert!(stdout.contains("moved to "), "{stdout}");
 
     // --keep-every 4 also keeps step 4's (llm.c's -nm): checkpoints 2, 4, 6 and 7, the last two
-    // kept and 4, a multiple of 4
-    let dir = tmp_dir("keep-every");
-    let (out, stdout, stderr) = run(bin()
-        .args(flags(
-            "--device cpu --model d1 --batch 1 --seq 8 --steps 7 --val-every 0 --val-batches 1",
-        ))
-        .args(flags(
-            "--sample-tokens 0 --checkpoint-every 2 --keep-checkpoints 2 --keep-every 4",
-        ))
-        .args(["--out-dir", dir.to_str().unwrap()]));
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    let mut files: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("model_"))
-        .collect();
-    files.sort();
-    assert_eq!(
-        files,
-        ["model_000004.bin", "model_000006.bin", "model_000007.bin"],
-        "{stdout}"
-    );
+    // kept and 4, a multiple of 4; with --no-state there is no state to remove, and no warning
+    for state in ["", "--no-state"] {
+        let dir = tmp_dir(&format!("keep-every{state}"));
+        let (out, stdout, stderr) = run(bin()
+            .args(flags(
+                "--device cpu --model d1 --batch 1 --seq 8 --steps 7 --val-every 0 --val-batches 1",
+            ))
+            .args(flags(
+                "--sample-tokens 0 --checkpoint-every 2 --keep-checkpoints 2 --keep-every 4",
+            ))
+            .args(flags(state))
+            .args(["--out-dir", dir.to_str().unwrap()]));
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(!stderr.contains("warning"), "{state}: {stderr}");
+        let files = |kind: &str| {
+            let mut files: Vec<String> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(kind))
+                .collect();
+            files.sort();
+            files
+        };
+        let kept = ["000004.bin", "000006.bin", "000007.bin"];
+        assert_eq!(
+            files("model_"),
+            kept.map(|k| format!("model_{k}")),
+            "{stdout}"
+        );
+        let states: &[String] = if state.is_empty() {
+            &kept.map(|k| format!("state_{k}"))
+        } else {
+            &[]
+        };
+        assert_eq!(files("state_"), states, "{state}: {stdout}");
+    }
 }
 
 /// A folder holds one run. A fresh run into a folder of another run's files (here a d2 run's,

@@ -606,6 +606,7 @@ mod tests {
             "--beta1 0 --beta2 0",
             "--beta1 0.999999 --beta2 0.999999",
             "--weight-decay 0 --grad-clip 0 --skip-loss-z 0 --skip-norm-z 0",
+            "--peak-tflops 1e-3",
         ] {
             assert!(check(ok).is_ok(), "{ok}: {:?}", check(ok));
         }
@@ -635,6 +636,19 @@ mod tests {
             (
                 "--weight-decay=-0.001",
                 "--weight-decay must be a number of at least 0",
+            ),
+            // MFU against an infinite peak would be 0% at any speed
+            (
+                "--peak-tflops inf",
+                "--peak-tflops must be a positive number, got inf",
+            ),
+            (
+                "--peak-tflops 0",
+                "--peak-tflops must be a positive number, got 0",
+            ),
+            (
+                "--peak-tflops NaN",
+                "--peak-tflops must be a positive number, got NaN",
             ),
         ] {
             let e = check(bad).expect_err(bad).to_string();

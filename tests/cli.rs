@@ -367,6 +367,7 @@ fn trains_a_small_model_then_samples_from_its_checkpoint() {
     assert!((losses[0] - 10.825).abs() < 0.3, "{losses:?}");
     assert!(stdout.matches("val loss").count() >= 3, "{stdout}");
     assert!(stdout.contains("sample after step 4 (8 tokens"), "{stdout}");
+    assert_tokens_per_step(&dir, 2.0 * 16.0);
     let ckpt = dir.join("model_000004.bin");
     assert!(ckpt.exists(), "{stdout}");
 
@@ -532,7 +533,8 @@ fn a_full_stderr_ends_nothing() {
 }
 
 /// The bundled corpus is found when the binary runs under another crate's cargo, whose
-/// `CARGO_MANIFEST_DIR` names a root without it.
+/// `CARGO_MANIFEST_DIR` names a root without it; a root that holds a corpus of its own (a copy of
+/// the tree, as on a GPU machine) is read instead.
 #[test]
 fn the_bundled_corpus_is_found_under_another_crate_s_cargo() {
     let dir = tmp_dir("other-crate");
@@ -548,6 +550,25 @@ fn the_bundled_corpus_is_found_under_another_crate_s_cargo() {
     let corpus = root().join("data/shakespeare/train.bin");
     assert!(
         stdout.contains(&format!("data: train {} (", corpus.display())),
+        "{stdout}"
+    );
+    let copy = dir.join("copy/data/shakespeare");
+    std::fs::create_dir_all(&copy).unwrap();
+    let tokens: Vec<u32> = (0..200).collect();
+    for file in ["train.bin", "val.bin"] {
+        train_gpt2_cuda::formats::shard::write_shard(&copy.join(file), &tokens).unwrap();
+    }
+    let (o, stdout, stderr) = run(bin()
+        .env("CARGO_MANIFEST_DIR", dir.join("copy"))
+        .args(flags(
+            "--device cpu --model d1 --batch 2 --seq 16 --steps 1 --sample-tokens 0",
+        ))
+        .arg("--out-dir")
+        .arg(dir.join("out-copy")));
+    assert!(o.status.success(), "{stdout}\n{stderr}");
+    let train = copy.join("train.bin");
+    assert!(
+        stdout.contains(&format!("data: train {} (6 batches", train.display())),
         "{stdout}"
     );
 }
@@ -764,6 +785,25 @@ fn a_bad_shard_met_mid_run_loses_nothing() {
 /// The log lines a run and its resumed twin must print alike.
 const LOGGED: &[&str] = &["step ", "val loss"];
 
+/// Checks that each step record of `dir/log.jsonl` took `tokens` tokens (B x T x micro-batches):
+/// its tokens/s times its ms, both from one measured time.
+fn assert_tokens_per_step(dir: &Path, tokens: f64) {
+    let text = std::fs::read_to_string(dir.join("log.jsonl")).unwrap();
+    let mut steps = 0;
+    for line in text.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        if let (Some(ms), Some(per_s)) = (v["ms"].as_f64(), v["tokens_per_s"].as_f64()) {
+            let took = ms * per_s / 1e3;
+            assert!(
+                (took - tokens).abs() < 1e-4 * tokens,
+                "{line}: {took} tokens"
+            );
+            steps += 1;
+        }
+    }
+    assert!(steps > 0, "no step records: {text}");
+}
+
 /// The records of `<dir>/log.jsonl` without the timings (ms, tokens/s, MFU), which differ from run
 /// to run.
 fn run_log(dir: &Path) -> Vec<serde_json::Value> {
@@ -827,6 +867,8 @@ fn a_resumed_run_continues_exactly() {
     ] {
         assert!(dir.join("whole").join(f).is_file(), "{f}:\n{whole}");
     }
+    // 2 micro-batches of 2x16 a step
+    assert_tokens_per_step(&dir.join("whole"), 2.0 * 2.0 * 16.0);
     // from the state file of step 3
     let from3 = train(&[
         "--steps",
@@ -1228,6 +1270,16 @@ fn a_folder_holds_one_run() {
             "trained L=1 NH=1 C=64",
             "give the run's own --model, or leave --model out",
         ],
+    );
+    // a Hugging Face weights file (a finetune's --model, given again) is read as one
+    resume_error(
+        &format!(
+            "--model {}",
+            root()
+                .join("tests/fixtures/hf_tiny/model.safetensors")
+                .display()
+        ),
+        &["is L=2 NH=4 C=32"],
     );
     let d2_model = dir.join("od/earlier_run_1/model_000010.bin");
     resume_error(
@@ -2117,23 +2169,43 @@ fn notes_for_a_changed_schedule_and_the_validation_data() {
         ),
         "{stderr}"
     );
+    // a step of d1 with `extra` flags, the last of which names `data`: its stderr
+    let one_step = |extra: &str, data: &Path, out: &str| {
+        let (done, stdout, stderr) = run(bin()
+            .args(flags(
+                "--device cpu --model d1 --steps 1 --sample-tokens 0 --no-state",
+            ))
+            .args(flags(extra))
+            .arg(data)
+            .arg("--out-dir")
+            .arg(dir.join(out)));
+        assert!(done.status.success(), "{extra}: {stdout}\n{stderr}");
+        stderr
+    };
     // the bundled validation set at B x T = 64 x 64: 44 batches, not 1000
     let train = root().join("data/shakespeare/train.bin");
-    let (done, stdout, stderr) = run(bin()
-        .args(flags(
-            "--device cpu --model d1 --batch 64 --seq 64 --steps 1 --val-batches 1000 \
-             --sample-tokens 0 --no-state --train",
-        ))
-        .arg(&train)
-        .arg("--out-dir")
-        .arg(dir.join("val")));
-    assert!(done.status.success(), "{stdout}\n{stderr}");
+    let stderr = one_step(
+        "--batch 64 --seq 64 --val-batches 1000 --train",
+        &train,
+        "val",
+    );
     assert!(
         stderr.contains("each validation averages those, not --val-batches 1000"),
         "{stderr}"
     );
     assert!(
         stderr.contains("note: --train without --val: the validation loss is measured on the"),
+        "{stderr}"
+    );
+    // a validation set of one batch of 2x16 (40 tokens)
+    let one = dir.join("one-batch.bin");
+    train_gpt2_cuda::formats::shard::write_shard(&one, &(0..40).collect::<Vec<u32>>()).unwrap();
+    let stderr = one_step("--batch 2 --seq 16 --val-batches 3 --val", &one, "val-one");
+    assert!(
+        stderr.contains(
+            "note: the validation data holds 1 batch of 2x16: each validation averages it, not \
+             --val-batches 3"
+        ),
         "{stderr}"
     );
 }

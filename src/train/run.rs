@@ -623,12 +623,9 @@ impl<'a> Run<'a> {
                 }
             }
             if served + 1 < micro && noted.elapsed() >= PROGRESS_EVERY {
-                // (indented: parsers of the log take the lines that start with "step")
                 outln!(
-                    "  (step {}/{}: {} of {micro} micro-batches)",
-                    step + 1,
-                    self.args.steps,
-                    served + 1
+                    "{}",
+                    micro_progress_text(step, self.args.steps, served, micro)
                 );
                 noted = Instant::now();
             }
@@ -962,6 +959,16 @@ fn take_the_folder(
     })
 }
 
+/// The line of a long step `step + 1` (of `steps`) once micro-batch `served` (from 0) of its
+/// `micro` is done; indented, since parsers of the log take the lines that start with "step".
+fn micro_progress_text(step: usize, steps: usize, served: usize, micro: usize) -> String {
+    format!(
+        "  (step {}/{steps}: {} of {micro} micro-batches)",
+        step + 1,
+        served + 1
+    )
+}
+
 /// The note at the end of a run whose log at `path` lacks `lost` records, which could not be
 /// written (the first was noted when it was lost); None when none was.
 fn lost_records_note(path: &Path, lost: usize) -> Option<String> {
@@ -1051,6 +1058,18 @@ fn sample_tokenizer(args: &TrainArgs, cfg: &GPT2Config) -> Result<Option<Tokeniz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_step_says_how_many_of_its_micro_batches_are_done() {
+        assert_eq!(
+            micro_progress_text(0, 10, 0, 512),
+            "  (step 1/10: 1 of 512 micro-batches)"
+        );
+        assert_eq!(
+            micro_progress_text(9, 10, 510, 512),
+            "  (step 10/10: 511 of 512 micro-batches)"
+        );
+    }
 
     #[test]
     fn a_run_that_lost_log_records_says_how_many_at_its_end() {

@@ -699,6 +699,14 @@ fn a_run_folder_named_as_a_descriptor_and_a_start_inside_it() {
         ),
         "{stderr}"
     );
+    // a start that is none of the folder's own files (its earlier run's, set aside): the
+    // folder's files go aside again, and the run starts
+    let (out, stdout, stderr) = train("--model d1/earlier_run_1/model_000001.bin --out-dir d1");
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        dir.join("d1/earlier_run_2/model_000001.bin").is_file(),
+        "{stdout}"
+    );
 }
 
 /// A descriptor given where a model is read (sample, eval, verify, convert) says that it makes new
@@ -4238,6 +4246,7 @@ fn epochs_count_the_steps() {
             "--epochs 0.05 is less than one step: an epoch of",
         ),
         ("--epochs=-1", "--epochs must be a positive number, got -1"),
+        ("--epochs 0", "--epochs must be a positive number, got 0"),
         (
             "--epochs inf",
             "--epochs must be a positive number, got inf",

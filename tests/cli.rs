@@ -43,6 +43,16 @@ fn a_test_s_folder_is_removed_when_it_passes_and_kept_when_it_fails() {
     assert_eq!(kept.unwrap(), b"weights");
 }
 
+/// The names in the folder `dir`, sorted.
+fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 fn run(cmd: &mut Command) -> (Output, String, String) {
     let out = cmd.output().expect("run the binary");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -343,7 +353,11 @@ fn trains_a_small_model_then_samples_from_its_checkpoint() {
         .and_then(|(mib, _)| mib.parse().ok())
         .unwrap_or_else(|| panic!("no peak memory line: {stdout}"));
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let total_kib: f64 = meminfo.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let total_kib: f64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|kib| kib.trim().trim_end_matches(" kB").parse().ok())
+        .unwrap();
     assert!(
         peak > 1.0 && peak < total_kib / 1024.0,
         "{peak} MiB: {stdout}"
@@ -1108,13 +1122,8 @@ fn keep_checkpoints_removes_this_runs_older_ones() {
             dir.to_str().unwrap(),
         ]));
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    let mut files: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    files.sort();
     assert_eq!(
-        files,
+        names_in(&dir),
         [
             "earlier_run_1",
             "log.jsonl",
@@ -1149,13 +1158,9 @@ fn keep_checkpoints_removes_this_runs_older_ones() {
         assert!(out.status.success(), "{stdout}\n{stderr}");
         assert!(!stderr.contains("warning"), "{state}: {stderr}");
         let files = |kind: &str| {
-            let mut files: Vec<String> = std::fs::read_dir(&dir)
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .filter(|n| n.starts_with(kind))
-                .collect();
-            files.sort();
-            files
+            let mut names = names_in(&dir);
+            names.retain(|n| n.starts_with(kind));
+            names
         };
         let kept = ["000004.bin", "000006.bin", "000007.bin"];
         assert_eq!(
@@ -1195,14 +1200,7 @@ fn a_folder_holds_one_run() {
         assert!(o.status.success(), "{extra}:\n{stdout}\n{stderr}");
         (stdout, stderr)
     };
-    let files = |sub: &str| -> Vec<String> {
-        let mut f: Vec<String> = std::fs::read_dir(dir.join(sub))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        f.sort();
-        f
-    };
+    let files = |sub: &str| names_in(&dir.join(sub));
     train("--model d2 --steps 10 --checkpoint-every 5");
     let (stdout, stderr) = train("--model d1 --steps 6 --checkpoint-every 1 --keep-checkpoints 2");
     assert!(

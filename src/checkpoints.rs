@@ -751,6 +751,42 @@ pub fn newest_model(dir: &Path) -> Option<PathBuf> {
 mod tests {
     use super::*;
 
+    /// `--keep-best` does not replace a `model_best.bin` made read-only while the run went on
+    /// (its write, a rename over the file, would): a new lowest loss is an error that says what
+    /// to do, and the file is as it was; writable again, it is replaced.
+    #[cfg(unix)]
+    #[test]
+    fn keep_best_leaves_a_best_model_made_read_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("keep-best-ro-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let args = TrainArgs::from_flags(&format!(
+            "--device cpu --model d1 --batch 1 --seq 8 --keep-best --out-dir {}",
+            dir.display()
+        ));
+        let (cfg, params) = crate::train::load_model("d1", 1).unwrap();
+        let mut engine =
+            crate::engine::create_engine(&args.engine_options(), cfg, params, 1, 8).unwrap();
+        let best = dir.join(BEST_MODEL);
+        std::fs::write(&best, b"kept").unwrap();
+        let mode = |m: u32| std::fs::set_permissions(&best, std::fs::Permissions::from_mode(m));
+        mode(0o444).unwrap();
+        let mut lowest = None;
+        let e = keep_best(&args, engine.as_mut(), &mut lowest, 1, 3.5).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("make it writable (chmod u+w), or drop --keep-best"),
+            "{e}"
+        );
+        assert_eq!(std::fs::read(&best).unwrap(), b"kept");
+        assert!(lowest.is_none());
+        mode(0o644).unwrap();
+        keep_best(&args, engine.as_mut(), &mut lowest, 1, 3.5).unwrap();
+        assert_eq!(lowest.map(|b| (b.step, b.loss)), Some((1, 3.5)));
+        assert_ne!(std::fs::read(&best).unwrap(), b"kept");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn only_canonical_names_are_checkpoints() {
         assert_eq!(checkpoint_step("state", "state_000040.bin"), Some(40));

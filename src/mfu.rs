@@ -102,6 +102,8 @@ mod tests {
         assert!((a100 - 2039.04).abs() < 1e-9, "{a100}");
         assert_eq!(peak_bandwidth_gbps(0, 5120), None);
         assert_eq!(peak_bandwidth_gbps(2_619_000, 0), None);
+        // the smallest figures the driver could report: 1 kHz on 1 bit, 2 x 1e3 / 8 bytes a second
+        assert_eq!(peak_bandwidth_gbps(1, 1), Some(2.0 * 1e3 / 8.0 / 1e9));
     }
 
     #[test]

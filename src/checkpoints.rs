@@ -758,8 +758,7 @@ mod tests {
     #[test]
     fn keep_best_leaves_a_best_model_made_read_only() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("keep-best-ro-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir("keep-best-ro");
         let args = TrainArgs::from_flags(&format!(
             "--device cpu --model d1 --batch 1 --seq 8 --keep-best --out-dir {}",
             dir.display()
@@ -806,7 +805,7 @@ mod tests {
     /// same path even where nothing is there yet; another folder is not.
     #[test]
     fn the_same_folder_spelt_two_ways_is_the_same() {
-        let dir = std::env::temp_dir().join(format!("same-dir-{}", std::process::id()));
+        let dir = crate::test_dir("same-dir");
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         assert!(same_dir(&dir, &dir));
         assert!(same_dir(&dir, &dir.join("sub").join("..")));
@@ -861,9 +860,7 @@ mod tests {
     /// only the checkpoints after its step; a second set-aside gets a folder of its own.
     #[test]
     fn earlier_runs_are_set_aside_not_lost() {
-        let dir = std::env::temp_dir().join(format!("set-aside-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir("set-aside");
         let files = |d: &Path| -> Vec<String> {
             let mut f = file_names(d).unwrap();
             f.sort();

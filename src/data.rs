@@ -489,9 +489,7 @@ mod tests {
     /// The note names five passed-over shards, and counts those past the fifth.
     #[test]
     fn the_note_names_five_short_shards_and_counts_the_rest() {
-        let dir = std::env::temp_dir().join(format!("passed-over-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir("passed-over");
         let shard = |name: &str, n: u32| {
             let tokens: Vec<u32> = (0..n).collect();
             crate::formats::shard::write_shard(&dir.join(name), &tokens).unwrap();

@@ -44,3 +44,13 @@ pub mod text;
 pub mod tokenizer;
 pub mod train;
 pub mod verify;
+
+/// A fresh, empty folder `NAME-PID` in the system's temp folder, for a unit test of this process
+/// (PID); the test removes it when it is done.
+#[cfg(test)]
+pub(crate) fn test_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

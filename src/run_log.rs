@@ -319,8 +319,7 @@ mod tests {
         assert_eq!(log.records_lost(), 4);
         assert_eq!(log.len, 0);
         // the disk has room again: written, and counted as written
-        let dir = std::env::temp_dir().join(format!("run-log-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir("run-log");
         let path = dir.join("log.jsonl");
         std::fs::write(&path, "").unwrap();
         log.out = std::fs::OpenOptions::new()
@@ -360,8 +359,7 @@ mod tests {
     /// a validation's does not; a log that is not there, or not text, records nothing.
     #[test]
     fn a_log_records_steps_after_a_resume_point_only_in_its_steps_records() {
-        let dir = std::env::temp_dir().join(format!("run-log-after-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir("run-log-after");
         let path = dir.join("log.jsonl");
         let after = |text: &[u8]| {
             std::fs::write(&path, text).unwrap();

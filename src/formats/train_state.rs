@@ -554,8 +554,7 @@ mod tests {
 
     #[test]
     fn round_trips_and_lays_out_the_header_as_documented() {
-        let dir = std::env::temp_dir().join(format!("train-state-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir("train-state");
         for master in [false, true] {
             let path = dir.join(format!("state_{master}.bin"));
             let s = state(master);
@@ -625,8 +624,7 @@ mod tests {
     /// layout says, and reads back as it was.
     #[test]
     fn what_a_state_does_not_record_is_zero() {
-        let dir = std::env::temp_dir().join(format!("train-state-zero-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir("train-state-zero");
         let path = dir.join("state.bin");
         let mut s = state(false);
         s.data.shuffle_seed = None;
@@ -644,8 +642,7 @@ mod tests {
 
     #[test]
     fn bad_files_are_clear_errors() {
-        let dir = std::env::temp_dir().join(format!("train-state-bad-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir("train-state-bad");
         let path = dir.join("state.bin");
         write(&path, &state(true)).unwrap();
         let good = std::fs::read(&path).unwrap();

@@ -228,8 +228,7 @@ mod tests {
     /// removed at once (a corpus's val part is not on the disk twice until the end).
     #[test]
     fn moving_the_tail_removes_the_shards_it_empties() {
-        let dir = std::env::temp_dir().join(format!("part-writer-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir("part-writer");
         let temps = |name: &str| -> Vec<String> {
             let mut v: Vec<String> = std::fs::read_dir(&dir)
                 .unwrap()

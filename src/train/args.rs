@@ -661,8 +661,7 @@ mod tests {
     /// missing checkpoint is named as missing, not as a bad descriptor).
     #[test]
     fn a_model_is_read_unless_its_name_is_a_descriptor() {
-        let dir = std::env::temp_dir().join(format!("names-a-model-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::test_dir("names-a-model");
         let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
         assert!(
             !names_a_stored_model("d12"),

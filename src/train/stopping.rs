@@ -175,7 +175,7 @@ mod tests {
 
     #[test]
     fn a_stopped_run_says_how_it_goes_on() {
-        let dir = std::env::temp_dir().join(format!("stopping-{}", std::process::id()));
+        let dir = crate::test_dir("stopping");
         std::fs::create_dir_all(dir.join("run")).unwrap();
         let run = dir.join("run");
         let out = format!("--out-dir {}", run.display());

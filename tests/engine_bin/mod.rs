@@ -24,6 +24,15 @@ pub fn root() -> PathBuf {
 /// the statement.
 pub struct TempFolder(PathBuf);
 
+impl TempFolder {
+    /// The folder `d`, emptied (what an earlier run of the test left there removed) or made.
+    fn fresh(d: PathBuf) -> TempFolder {
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        TempFolder(d)
+    }
+}
+
 impl std::ops::Deref for TempFolder {
     type Target = PathBuf;
     fn deref(&self) -> &PathBuf {
@@ -61,10 +70,7 @@ pub fn scratch(name: &str) -> TempFolder {
     } else {
         std::env::temp_dir()
     };
-    let d = base.join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    TempFolder(d)
+    TempFolder::fresh(base.join(name))
 }
 
 /// A fresh, empty folder `PREFIX-PID-NAME` in the system's temp folder, for a test of this process
@@ -94,10 +100,7 @@ pub fn temp_folder(prefix: &str, name: &str) -> TempFolder {
         }
     }
     drop(swept);
-    let d = tmp.join(format!("{prefix}-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    TempFolder(d)
+    TempFolder::fresh(tmp.join(format!("{prefix}-{}-{name}", std::process::id())))
 }
 
 /// A reader that hands out at most `step` bytes per call, a different number each time (1 to

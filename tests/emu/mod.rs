@@ -680,6 +680,13 @@ pub fn max_abs(x: &[f32]) -> f32 {
 /// |got - want| <= atol + rtol |want| everywhere (NaN only where want is NaN); prints the worst.
 #[track_caller]
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_within(what, got, want, |_, w| atol + rtol * w.abs());
+}
+
+/// |got[i] - want[i]| <= tol(i, want[i]) everywhere (NaN only where want is NaN); prints the
+/// worst.
+#[track_caller]
+pub fn assert_within(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize, f32) -> f32) {
     assert_eq!(got.len(), want.len(), "{what}: lengths differ");
     let mut worst = (0usize, 0.0f32);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
@@ -687,7 +694,7 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32)
             continue;
         }
         let err = (g - w).abs();
-        let tol = atol + rtol * w.abs();
+        let tol = tol(i, w);
         assert!(
             err <= tol,
             "{what}[{i}]: emulated kernel {g} vs cpu {w} (|diff| {err} > tolerance {tol})"

@@ -11,6 +11,9 @@
 //!   tests normally `#[ignore = "needs a CUDA GPU"]`) run with `--include-ignored` against the fakes.
 //!   They are found next to this binary (cargo builds every test target before running any); the
 //!   cuBLAS and cuBLASLt fakes must exist (`Gpu::new` loads both).
+//!
+//! All of it needs a build with the kernels (tests/ptx.rs fails a build without).
+#![cfg(has_cuda)]
 
 mod emu;
 
@@ -47,7 +50,6 @@ fn run_child(name: &str, env: &[(&str, &str)]) -> String {
     stderr.into_owned()
 }
 
-#[cfg(has_cuda)]
 mod emulated_device_driver {
     use std::sync::Arc;
 

@@ -1210,6 +1210,7 @@ fn fused_classifier_keeps_the_row_maximum_at_large_logits() {
 
 // ---- AdamW and the global norm -----------------------------------------------------------------------
 
+#[cfg(has_cuda)]
 const ADAMW_HP: cpu::adamw::AdamW = cpu::adamw::AdamW {
     lr: 3e-4,
     beta1: 0.9,

@@ -19,6 +19,8 @@
 //! did skipping the early return of an empty batch: the other tests pass the right lengths and non-empty batches only. Every test here is
 //! `#[ignore = "needs a CUDA GPU"]`; the emulated device runs them in `cargo test`
 //! (tests/emulated_device.rs).
+// Every launcher exists only in a build with the kernels (tests/ptx.rs fails a build without).
+#![cfg(has_cuda)]
 
 use train_gpt2_cuda::gpu::Gpu;
 

@@ -450,6 +450,7 @@ fn bf16_training(cfg: GPT2Config, kernels: Kernels) {
 /// AdamW at the updated embedding rows). Then the logits: kept and equal for a batch of one
 /// chunk, an error (not stale data) for a larger one, and a forward without targets over more
 /// than a chunk is an error.
+#[cfg(has_cuda)] // names the CUDA engine's own types
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn classifier_chunks_compute_the_same_model() {
@@ -693,6 +694,7 @@ fn a_model_for_forwards_only_computes_the_same_forwards() {
 /// CUDA graphs change the speed, never the numbers: the same training (a shape change and an
 /// inference forward in between) with the forward and backward passes replayed as graphs and with
 /// every kernel launched from the host gives bitwise the same losses, norms and parameters.
+#[cfg(has_cuda)] // names the CUDA engine's own types
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn cuda_graphs_give_bitwise_the_same_training() {

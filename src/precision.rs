@@ -15,7 +15,7 @@ use half::bf16;
 
 /// The precision the engine computes in. (Its values' help is training's; the commands that
 /// mean another thing by them describe them with [`values`].)
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum Precision {
     /// 32-bit floats (the reference, and the only precision the CPU engine computes in).
     Fp32,
@@ -51,14 +51,6 @@ impl Precision {
         match self {
             Precision::Fp32 => "fp32",
             Precision::Bf16 => "bf16",
-        }
-    }
-
-    /// Bytes per element of the parameters, activations and gradients.
-    pub fn bytes(self) -> usize {
-        match self {
-            Precision::Fp32 => 4,
-            Precision::Bf16 => 2,
         }
     }
 }

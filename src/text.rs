@@ -90,6 +90,11 @@ mod tests {
             Err("-1e-400 is too small for this flag's f64: it would read as 0".to_string())
         );
         assert_eq!(flag_number::<f64>("1e-300"), Ok(1e-300));
+        // every non-zero digit counts, 9 included
+        assert_eq!(
+            flag_number::<f32>("0.09e-50"),
+            Err("0.09e-50 is too small for this flag's f32: it would read as 0".to_string())
+        );
         assert_eq!(
             flag_number::<f32>("1e39"),
             Err("1e39 is beyond the range of this flag's f32".to_string())

@@ -126,6 +126,10 @@ fn verify_passes_on_the_pytorch_fixtures_with_steps_and_dump() {
         stdout.contains("loss            0.000e0"),
         "the dump's loss is ours exactly: {stdout}"
     );
+    assert!(
+        !stdout.contains("AdamW step"),
+        "no --steps, no steps: {stdout}"
+    );
 }
 
 /// `--grad-clip` clips verify's steps as `train` clips its own: PyTorch's clipped trajectory

@@ -361,6 +361,8 @@ fn training_on_the_emulated_device_is_deterministic_with_and_without_graphs() {
             ck_a == ck_c,
             "{precision}: CUDA graphs changed the trained parameters"
         );
+        // graphs off by the flag, not for an NVTX tool: no note about one
+        assert!(!log_c.contains("NVTX tool"), "{log_c}");
     }
 }
 

@@ -70,9 +70,8 @@ pub(super) struct CublasLt {
     handle: sys::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
     cache: Mutex<HashMap<AlgoKey, sys::cublasLtMatmulAlgo_t>>,
-    /// Keyed by the precision's bytes per element (4: fp32, 2: bf16): every ones vector made so
-    /// far, the longest last (see `Gpu::lt_ones`).
-    ones: Mutex<HashMap<usize, Vec<CudaSlice<u8>>>>,
+    /// Per precision: every ones vector made so far, the longest last (see `Gpu::lt_ones`).
+    ones: Mutex<HashMap<Precision, Vec<CudaSlice<u8>>>>,
 }
 
 // SAFETY: the handle is only used through &self with the stream it was made for; cuBLASLt handles
@@ -115,8 +114,8 @@ impl Drop for CublasLt {
 /// What identifies a matmul to the heuristic (pointers aside: all are 16-byte aligned).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct AlgoKey {
-    /// Bytes per element of the data: 4 (fp32) or 2 (bf16).
-    data: usize,
+    /// The data's type.
+    data: Precision,
     tf32: bool,
     transa: bool,
     transb: bool,
@@ -335,7 +334,7 @@ impl Gpu {
         let d_layout = layout(m, n, plan.ldc)?;
 
         let key = AlgoKey {
-            data: T::PRECISION.bytes(),
+            data: T::PRECISION,
             tf32,
             transa: plan.transa,
             transb: plan.transb,
@@ -582,7 +581,7 @@ impl Gpu {
             .ones
             .lock()
             .map_err(|_| anyhow!("{kernel}: the cuBLASLt ones cache is poisoned"))?;
-        let made = ones.entry(T::PRECISION.bytes()).or_default();
+        let made = ones.entry(T::PRECISION).or_default();
         let bytes = n * size_of::<T>();
         if made.last().is_none_or(|o| o.len() < bytes) {
             let host = vec![T::from_f32(1.0); n];

@@ -1208,6 +1208,60 @@ fn fused_classifier_keeps_the_row_maximum_at_large_logits() {
     classifier_case::<bf16>(1700, 120.0, 240.0);
 }
 
+/// A target out of range (V, the first column past the vocabulary, and u32::MAX) gives a NaN
+/// loss and no one-hot term, not a read past the row: the kernel's own guard (the device's
+/// targets are not checked on the host). The padding holds 1e4: target V read as a logit would
+/// give a finite loss. Against the softmax in f64, on both paths.
+#[test]
+fn fused_classifier_bad_target_gives_nan_not_a_wild_read() {
+    let k = kernels("classifier");
+    let (v, vp, n, dloss) = (5, 8, 3, 0.5);
+    let row: Vec<f32> = (0..vp)
+        .map(|i| if i < v { i as f32 * 0.5 } else { 1e4 })
+        .collect();
+    let logits = row.repeat(n);
+    let targets = [1u32, v as u32, u32::MAX];
+    let sum: f64 = row[..v].iter().map(|&x| (x as f64).exp()).sum();
+    let p: Vec<f64> = row[..v].iter().map(|&x| (x as f64).exp() / sum).collect();
+    for misaligned in [false, true] {
+        let d_logits = up::<f32>(&k, &logits, misaligned);
+        let d_targets = k.upload(&targets, false);
+        let d_losses = up::<f32>(&k, &[f32::NAN; 3], false);
+        k.launch(
+            "fused_classifier",
+            launch::classifier(n),
+            &[
+                Arg::Buf(&d_logits),
+                Arg::Buf(&d_losses),
+                Arg::Usize(0),
+                Arg::F32(dloss),
+                Arg::Buf(&d_targets),
+                Arg::I32(n as i32),
+                Arg::I32(v as i32),
+                Arg::I32(vp as i32),
+                Arg::I32(1),
+                Arg::I32(0),
+            ],
+            0,
+        );
+        assert_path(&k, "bad target path", !misaligned);
+        let losses = down::<f32>(&d_losses);
+        assert!((losses[0] as f64 + p[1].ln()).abs() < 1e-6, "{losses:?}");
+        assert!(losses[1].is_nan() && losses[2].is_nan(), "{losses:?}");
+        let dlogits = down::<f32>(&d_logits);
+        for (r, got) in dlogits.chunks(vp).enumerate() {
+            for (i, &g) in got.iter().enumerate() {
+                let want = match i {
+                    _ if i >= v => 0.0,
+                    1 if r == 0 => (p[i] - 1.0) * dloss as f64,
+                    _ => p[i] * dloss as f64,
+                };
+                assert!((g as f64 - want).abs() < 1e-6, "row {r}: {got:?}");
+            }
+        }
+    }
+}
+
 // ---- AdamW and the global norm -----------------------------------------------------------------------
 
 #[cfg(has_cuda)]

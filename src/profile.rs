@@ -608,6 +608,19 @@ mod tests {
         p
     }
 
+    /// Steps below the timer's resolution (0 ms, calls of 0 ms): shares of 0, no rates, no NaN.
+    #[test]
+    fn a_step_of_0_ms_has_no_nan() {
+        let mut p = Profile::new("CUDA events", 4);
+        p.add_call(Family::Gelu, Pass::Forward, 0.0, Cost::gelu_forward(10));
+        p.add_step(0.0);
+        for row in p.rows() {
+            assert_eq!(row.percent, 0.0, "{}", row.name);
+            assert_eq!((row.gbps, row.tflops), (None, None), "{}", row.name);
+        }
+        assert!(!p.table().contains("NaN"), "{}", p.table());
+    }
+
     #[test]
     fn rows_per_step_with_rates_and_other() {
         let rows = two_steps().rows();

@@ -33,12 +33,14 @@
 //!   tests/gpu_flash_attention.rs).
 
 mod emu;
+mod tolerance;
 
 use emu::{
     assert_bitwise, assert_close, assert_within, down, kernels, max_abs, rand, round_to, up, Arg,
     Storage,
 };
 use half::bf16;
+use tolerance::classifier_exp_base_slack;
 use train_gpt2_cuda::cpu;
 use train_gpt2_cuda::gpu::launch;
 use train_gpt2_cuda::rng::Rng;
@@ -1086,22 +1088,10 @@ fn classifier_case<T: Storage>(seed0: u64, scale: f32, shift: f32) {
                 .chunks(vp)
                 .map(|x| x[..v].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)))
                 .collect();
-            // bf16 takes exp(x - m) as 2^(x log2 e - base), base = m log2 e rounded (and likewise
-            // for a thread's running maximum, before the merges): every term is off by a factor
-            // 2^r, |r| <= ulp(|m| log2 e), the same for all (it cancels in p = term / sum), which
-            // moves the row's sum by up to r ln 2 relative and so its loss by r ln 2 (2e-5 at
-            // |m| = 240, 5e-7 at |m| = 4). fp32 has no base: expf(x - m).
+            // bf16's rounded exponent base (tests/tolerance)
             let base_slack: Vec<f32> = row_max
                 .iter()
-                .map(|&m| {
-                    let base = (m * std::f32::consts::LOG2_E).abs();
-                    let ulp = f32::from_bits(base.to_bits() + 1) - base;
-                    if T::BF16 {
-                        std::f32::consts::LN_2 * ulp
-                    } else {
-                        0.0
-                    }
-                })
+                .map(|&m| classifier_exp_base_slack(T::BF16, m))
                 .collect();
             let loss_tol = |row: usize, w: f32| 1e-5 + 1e-5 * w.abs() + base_slack[row];
             let d_targets = k.upload(&targets, false);

@@ -52,6 +52,8 @@
 //! of the pack, and views that start one element into their buffer (misaligned).
 
 mod common;
+#[cfg(has_cuda)]
+mod tolerance;
 
 use train_gpt2_cuda::gpu::Gpu;
 
@@ -825,18 +827,12 @@ mod on_gpu {
                 let dloss = 1.0 / n as f32;
                 let (losses, dlogits) =
                     cpu::classifier::fused_classifier(&logits, dloss, &targets, B, t, v, vp);
-                // bf16's exponent base m log2 e is rounded (kernels/classifier.cu): the losses
-                // may move by ln 2 ulp(|m| log2 e), m the row's maximum
+                // bf16's rounded exponent base (tests/tolerance)
                 let loss_tol = |row: usize, w: f32| {
                     let x = &logits[row * vp..row * vp + v];
                     let m = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                    let base = (m * std::f32::consts::LOG2_E).abs();
-                    let ulp = f32::from_bits(base.to_bits() + 1) - base;
-                    let slack = match T::PRECISION {
-                        Precision::Fp32 => 0.0,
-                        Precision::Bf16 => std::f32::consts::LN_2 * ulp,
-                    };
-                    1e-5 + 1e-5 * w.abs() + slack
+                    let bf16 = T::PRECISION == Precision::Bf16;
+                    1e-5 + 1e-5 * w.abs() + super::tolerance::classifier_exp_base_slack(bf16, m)
                 };
                 let d_targets = g.upload(&targets).unwrap();
                 let mut d_logits = up_t::<T>(g, &logits);

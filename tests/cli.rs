@@ -356,14 +356,9 @@ fn trains_a_small_model_then_samples_from_its_checkpoint() {
         .and_then(|rest| rest.split_once(" MiB"))
         .and_then(|(mib, _)| mib.parse().ok())
         .unwrap_or_else(|| panic!("no peak memory line: {stdout}"));
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let total_kib: f64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|kib| kib.trim().trim_end_matches(" kB").parse().ok())
-        .unwrap();
+    let total = train_gpt2_cuda::host_memory::host_memory().unwrap().total as f64;
     assert!(
-        peak > 1.0 && peak < total_kib / 1024.0,
+        peak > 1.0 && peak < total / (1 << 20) as f64,
         "{peak} MiB: {stdout}"
     );
     let losses: Vec<f32> = stdout

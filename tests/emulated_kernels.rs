@@ -1948,6 +1948,20 @@ fn the_emulation_reports_divergence_faults_races_and_bad_launches() {
         "an element of a Packed at index 4 of 4",
         || pack_sum(5),
     );
+    // an element one past a local array (the host's stack would not notice either)
+    let local_sum = |n: i32| {
+        let args = [Arg::Buf(&out), Arg::I32(n)];
+        k.launch("element_past_a_local_array", one_warp, &args, 0)
+    };
+    local_sum(4);
+    assert_eq!(down::<f32>(&out)[0], 10.0);
+    if emu::checks_local_bounds() {
+        expect_failure(
+            "an element past a local array",
+            "an index past a local array's bound",
+            || local_sum(5),
+        );
+    }
     // Memory nothing wrote: static shared memory is NaN bytes at each block's start (the first
     // block's writes do not reach the second), a local 0xfe bytes (where the compiler can
     // initialise them so), not the zeros a sum would pass for initialised with.

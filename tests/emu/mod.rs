@@ -229,7 +229,8 @@ fn common_args() -> Vec<String> {
         a.retain(|f| f != "-O2");
         a.extend(["-O0".to_string(), "-g".to_string()]);
     }
-    a.extend(auto_var_init().map(str::to_string));
+    a.extend(auto_var_init().iter().map(|f| f.to_string()));
+    a.extend(sanitize_bounds().iter().map(|f| f.to_string()));
     a.extend([
         "-I".to_string(),
         emu_dir().display().to_string(),
@@ -239,34 +240,63 @@ fn common_args() -> Vec<String> {
     a
 }
 
+/// Whether the compiler accepts `flags`; if not, says once on stderr what the emulation then
+/// cannot see (`lost`). The emulation runs either way.
+fn compiler_accepts(flags: &[&str], lost: &str) -> bool {
+    let (cc, version) = compiler();
+    let has = Command::new(cc)
+        .args(flags)
+        .args(["-x", "c++", "-fsyntax-only", "-"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has {
+        eprintln!(
+            "note: {cc} ({version}) has no {}: the kernel emulation cannot tell {lost}",
+            flags.join(" ")
+        );
+    }
+    has
+}
+
 /// `-ftrivial-auto-var-init=pattern` if the compiler has it (g++ 12, clang 8): a kernel's local
 /// read before it is written then holds 0xfe bytes (-1.7e38 as a float), where the stack often
 /// holds zeros that would pass for an initialised sum (a register on the GPU holds anything).
-/// Without it (an older compiler) the emulation runs and says once on stderr what it cannot see.
-fn auto_var_init() -> Option<&'static str> {
-    const FLAG: &str = "-ftrivial-auto-var-init=pattern";
+fn auto_var_init() -> &'static [&'static str] {
+    const FLAGS: [&str; 1] = ["-ftrivial-auto-var-init=pattern"];
     static HAS: OnceLock<bool> = OnceLock::new();
-    let has = *HAS.get_or_init(|| {
-        let (cc, version) = compiler();
-        let has = Command::new(cc)
-            .args([FLAG, "-x", "c++", "-fsyntax-only", "-"])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !has {
-            eprintln!(
-                "note: {cc} ({version}) has no {FLAG}: the kernel emulation cannot tell a local \
-                 read before it is written"
-            );
-        }
-        has
-    });
-    has.then_some(FLAG)
+    let has = *HAS.get_or_init(|| compiler_accepts(&FLAGS, "a local read before it is written"));
+    if has {
+        &FLAGS
+    } else {
+        &[]
+    }
+}
+
+/// `-fsanitize=bounds` trapping on error (g++ 4.9, clang 3.3), if the compiler has it: an index
+/// past a local array's bound (`float acc[NO]` read at NO) traps, and the launch fails with
+/// SIGILL naming the thread (`runtime.cpp`), where the host's stack has room past the array and
+/// the read or write goes unseen. (An index past a struct's last array is not flagged, g++ 12's
+/// `bounds-strict` included; `Packed` checks its own.)
+fn sanitize_bounds() -> &'static [&'static str] {
+    const FLAGS: [&str; 2] = ["-fsanitize=bounds", "-fsanitize-undefined-trap-on-error"];
+    static HAS: OnceLock<bool> = OnceLock::new();
+    let has = *HAS.get_or_init(|| compiler_accepts(&FLAGS, "an index past a local array"));
+    if has {
+        &FLAGS
+    } else {
+        &[]
+    }
+}
+
+/// Whether an index past a local array fails the launch ([`sanitize_bounds`]).
+pub fn checks_local_bounds() -> bool {
+    !sanitize_bounds().is_empty()
 }
 
 /// Whether the emulated kernels' locals start as 0xfe bytes ([`auto_var_init`]).
 pub fn initialises_locals() -> bool {
-    auto_var_init().is_some()
+    !auto_var_init().is_empty()
 }
 
 /// The hash of the shim and the flags (part of every library's key).

@@ -7,7 +7,8 @@
 //
 // Also here: guarded buffers (data placed against a PROT_NONE page, canary bytes around it) and a
 // SIGSEGV/SIGBUS handler that turns a fault inside a launch into an error naming the thread, the
-// block and the buffer the address belongs to.
+// block and the buffer the address belongs to; likewise SIGILL, the trap of an index past a local
+// array's bound (the kernels are built with -fsanitize=bounds where the compiler has it).
 //
 // The C interface (emu_launch, emu_alloc, ...) is what the Rust harness calls through libloading,
 // and emu_launch_opt / emu_kernel_info / emu_set_address_describer what the emulated CUDA driver
@@ -208,7 +209,7 @@ pthread_t g_owner;
 sigjmp_buf g_fault_env;
 void* volatile g_fault_addr = nullptr;
 volatile int g_fault_sig = 0;
-struct sigaction g_prev_segv, g_prev_bus;
+struct sigaction g_prev_segv, g_prev_bus, g_prev_ill;
 std::once_flag g_handler_once;
 // The watchdog's signal: a launch still running after launch_limit_s() seconds of its thread's CPU
 // time fails (an endless loop would otherwise hang the test, as it hangs the GPU).
@@ -548,7 +549,7 @@ void complete_mma(Warp& w) {
 
 // ---- faults --------------------------------------------------------------------------------------
 void chain(int sig, siginfo_t* si, void* uc) {
-    struct sigaction& prev = sig == SIGSEGV ? g_prev_segv : g_prev_bus;
+    struct sigaction& prev = sig == SIGSEGV ? g_prev_segv : sig == SIGBUS ? g_prev_bus : g_prev_ill;
     if (prev.sa_flags & SA_SIGINFO) {
         prev.sa_sigaction(sig, si, uc);
     } else if (prev.sa_handler == SIG_DFL || prev.sa_handler == SIG_IGN) {
@@ -584,6 +585,7 @@ void install_handlers() {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGSEGV, &sa, &g_prev_segv);
     sigaction(SIGBUS, &sa, &g_prev_bus);
+    sigaction(SIGILL, &sa, &g_prev_ill);
     sa.sa_sigaction = on_watchdog;
     sigaction(WATCHDOG_SIGNAL, &sa, nullptr);
 }
@@ -827,6 +829,11 @@ int launch_impl(const char* name, const unsigned* grid, const unsigned* block, u
             t_error = format("%s: still running after %g s (EMU_LAUNCH_TIMEOUT_S) in %s: an endless loop?", name,
                              launch_limit_s(), g.cur ? where(g.cur).c_str() : "the scheduler");
             return 4;
+        }
+        if (g_fault_sig == SIGILL) {
+            t_error = format("%s: SIGILL at %p (a trap: an index past a local array's bound, -fsanitize=bounds) in %s",
+                             name, g_fault_addr, g.cur ? where(g.cur).c_str() : "the scheduler");
+            return 2;
         }
         t_error = format("%s: %s at address %p (%s) in %s", name, g_fault_sig == SIGSEGV ? "SIGSEGV" : "SIGBUS",
                          g_fault_addr, describe_address(g_fault_addr).c_str(),

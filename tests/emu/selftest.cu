@@ -59,6 +59,21 @@ extern "C" __global__ void element_past_a_pack(float* out, const float* inp, int
     out[threadIdx.x] = sum;
 }
 
+// The first n of a local array of 4, summed: with n = 5, a loop one past it (`k <= 4`, as
+// `n <= NO` over an array of accumulators), which on the host reads the stack beyond it unseen
+// unless the bounds are checked (-fsanitize=bounds).
+extern "C" __global__ void element_past_a_local_array(float* out, int n) {
+    float acc[4];
+    for (int k = 0; k < 4; k++) {
+        acc[k] = (float)(k + 1);
+    }
+    float sum = 0.0f;
+    for (int k = 0; k < n; k++) {
+        sum += acc[k];
+    }
+    out[threadIdx.x] = sum;
+}
+
 // Not a bug in itself: what a kernel reads where nothing was written. Each of its blocks of 32
 // threads writes, at out[64 b + t], shared memory that no thread of the block wrote yet (the
 // block before wrote it: blocks do not share it) and, at out[64 b + 32 + t], a local never written.

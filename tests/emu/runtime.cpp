@@ -831,7 +831,8 @@ int launch_impl(const char* name, const unsigned* grid, const unsigned* block, u
             return 4;
         }
         if (g_fault_sig == SIGILL) {
-            t_error = format("%s: SIGILL at %p (a trap: an index past a local array's bound, -fsanitize=bounds) in %s",
+            t_error = format("%s: SIGILL at %p (a trap: an index past a local array's bound, caught by "
+                             "-fsanitize=bounds; or the runtime's own) in %s",
                              name, g_fault_addr, g.cur ? where(g.cur).c_str() : "the scheduler");
             return 2;
         }

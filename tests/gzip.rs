@@ -181,6 +181,12 @@ fn damage_is_named() {
         error_of(b"not gzip"),
         "not gzip: the file starts with 6e 6f, not 1f 8b"
     );
+    // zeros from the start (a wiped file named .gz) are not gzip: only zeros after a member are
+    // padding, or the file would read as empty
+    assert_eq!(
+        error_of(&[0; 16]),
+        "not gzip: the file starts with 00 00, not 1f 8b"
+    );
     // bytes after the last member that are not another member
     for (junk, starts) in [
         (&b"\n"[..], "0a"),

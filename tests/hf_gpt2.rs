@@ -1186,6 +1186,38 @@ fn a_rezipped_pytorch_model_bin_reads_the_same() {
     }
 }
 
+/// An entry that is not stored as torch.save stores it is refused by name: compressed (method 8,
+/// deflate) even where its compressed size equals its size, or stored with a compressed size
+/// other than its size.
+#[test]
+fn a_compressed_entry_is_refused() {
+    let whole = std::fs::read(fixture("hf_tiny_torch/pytorch_model.bin")).unwrap();
+    let entries = entries_of(&whole);
+    let entries: Vec<(&str, &[u8])> = entries.iter().map(|(n, d)| (&n[..], &d[..])).collect();
+    let zip = zip_of(&entries);
+    // the first directory entry: its method at +10, its compressed size at +20
+    let end = zip.len() - 22;
+    let first = u32::from_le_bytes(zip[end + 16..end + 20].try_into().unwrap()) as usize;
+    assert!(zip[first..].starts_with(b"PK\x01\x02"));
+    let name_len = u16::from_le_bytes([zip[first + 28], zip[first + 29]]) as usize;
+    let name = String::from_utf8_lossy(&zip[first + 46..first + 46 + name_len]).into_owned();
+    let dir = tmp_dir("torch-compressed");
+    std::fs::copy(fixture("hf_tiny/config.json"), dir.join("config.json")).unwrap();
+    // (field's offset, its width, the value written, the method then): deflated; stored short
+    for (at, width, value, method) in [(10, 2, 8u32, 8), (20, 4, 1, 0)] {
+        let mut bad = zip.clone();
+        bad[first + at..first + at + width].copy_from_slice(&value.to_le_bytes()[..width]);
+        std::fs::write(dir.join("pytorch_model.bin"), bad).unwrap();
+        expect_err(
+            &dir,
+            &[&format!(
+                "entry {name} is compressed (method {method}); torch.save stores its entries \
+                 uncompressed"
+            )],
+        );
+    }
+}
+
 /// Small crafted pickles that would take all memory (a list holding the previous memo entry twice,
 /// 40 times over: 2^40 values from 326 bytes) or overflow the stack (lists 200,000 deep) are errors
 /// at once, under a limit of 2 GB of address space.

@@ -407,6 +407,30 @@ mod tests {
         assert_eq!(d, [0.1f32, -3.25]);
     }
 
+    /// A tensor of no elements holds no bytes, so it overlaps nothing, even where its offsets
+    /// lie at or inside another's range (a writer places it where the data stands): the file
+    /// opens, and its neighbour reads whole. Two tensors that do share a byte still overlap.
+    #[test]
+    fn an_empty_tensor_overlaps_nothing() {
+        let data: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|x| x.to_le_bytes()).collect();
+        let header = br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[0],"data_offsets":[0,0]},"c":{"dtype":"F32","shape":[0,3],"data_offsets":[4,4]}}"#;
+        let path = temp_file("empty-tensors", &safetensors_bytes(header, &data));
+        let opened = SafeTensors::open(&path).map(|mut st| {
+            let mut a = [0f32; 2];
+            st.read_f32("a", &mut a).map(|()| (st.tensors().len(), a))
+        });
+        let shared = br#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+        std::fs::write(&path, safetensors_bytes(shared, &data)).unwrap();
+        let overlapping = SafeTensors::open(&path).err().map(|e| e.to_string());
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(opened.unwrap().unwrap(), (3, [1.0, 2.0]));
+        let e = overlapping.expect("tensors sharing bytes 4..8 opened");
+        assert!(
+            e.contains("tensors \"a\" and \"b\" overlap in the data"),
+            "{e}"
+        );
+    }
+
     /// A file that is its header alone (no tensors, no data) is whole; one byte less, and the
     /// header's length exceeds what follows it.
     #[test]

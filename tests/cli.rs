@@ -3379,6 +3379,14 @@ fn prepro_tokenizes_text_files_into_shards() {
     assert!(!out_dir.join("train.bin").exists());
     let shard = train_gpt2_cuda::formats::shard::read_shard(&out_dir.join("train_000001.bin"));
     assert_eq!(shard.unwrap(), vec![995]);
+    // each shard's own count: the full one's, then the last one's
+    for (name, count) in [
+        ("train_000000.bin", "2 tokens"),
+        ("train_000001.bin", "1 token"),
+    ] {
+        let wrote = format!("prepro: wrote {} ({count})\n", out_dir.join(name).display());
+        assert!(stdout.contains(&wrote), "{wrote}: {stdout}");
+    }
     // numbered shards on one side only (6 tokens in shards of 3, beside 3): its pattern, the
     // other's file
     write(&dir.join("long.txt"), b"Hello world, hello world");

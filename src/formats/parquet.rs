@@ -268,6 +268,18 @@ struct ColumnChunk {
     path: Vec<String>,
 }
 
+impl ColumnChunk {
+    /// Where the chunk's pages begin: its dictionary page where it has one, before the data
+    /// pages; else its first data page. A dictionary offset of 0 (the file's magic number, never
+    /// a page) or one at or after the data pages is not a dictionary page's.
+    fn first_page_offset(&self) -> i64 {
+        match self.dictionary_page_offset {
+            Some(d) if d > 0 && d < self.data_page_offset => d,
+            _ => self.data_page_offset,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct FileMetaData {
     schema: Vec<SchemaElement>,
@@ -990,10 +1002,7 @@ pub fn read_text_column(
                 c.path
             );
         }
-        let start = match c.dictionary_page_offset {
-            Some(d) if d > 0 && d < c.data_page_offset => d,
-            _ => c.data_page_offset,
-        };
+        let start = c.first_page_offset();
         let (Ok(start), Ok(len)) = (u64::try_from(start), u64::try_from(c.total_compressed_size))
         else {
             bail!(
@@ -1101,15 +1110,47 @@ mod tests {
         assert!(err.to_string().contains("values where"), "{err}");
     }
 
+    /// A chunk's pages begin at its dictionary page only where the offset can be one: after the
+    /// magic number and before the data pages.
+    #[test]
+    fn a_chunk_begins_at_its_dictionary_page_only_where_it_can_be_one() {
+        let chunk = |dictionary_page_offset| ColumnChunk {
+            file_path: None,
+            codec: 0,
+            num_values: 1,
+            total_compressed_size: 10,
+            data_page_offset: 100,
+            dictionary_page_offset,
+            path: vec!["text".into()],
+        };
+        for (dictionary, want) in [
+            (None, 100),
+            (Some(4), 4),
+            (Some(99), 99),
+            (Some(0), 100),
+            (Some(100), 100),
+            (Some(150), 100),
+        ] {
+            assert_eq!(
+                chunk(dictionary).first_page_offset(),
+                want,
+                "{dictionary:?}"
+            );
+        }
+    }
+
     #[test]
     fn thrift_structs_and_skipping() {
         // struct { 1: i32 = -3, 2: binary "ab", 4: list<i64> [1, 2], 5: struct { 1: bool true },
-        // 21 (long form): double } then stop; field 1 read, the rest skipped
+        // 6: byte -128, 7: i16 200, 21 (long form): double } then stop; field 1 read, the rest
+        // skipped
         let bytes = [
             0x15, 0x05, // field 1 (delta 1), i32, zigzag(-3) = 5
             0x18, 0x02, b'a', b'b', // field 2, binary of 2
             0x29, 0x26, 0x02, 0x04, // field 4 (delta 2), list of 2 i64: 1, 2
             0x1c, 0x11, 0x00, // field 5, struct { field 1 true }
+            0x13, 0x80, // field 6, byte: one raw byte (as a varint 0x80 would go on)
+            0x14, 0x90, 0x03, // field 7, i16, zigzag(200) = 400 in a varint of 2
             0x07, 0x2a, 0, 0, 0, 0, 0, 0, 0, 0, // field 21 in long form: a double
             0x00,
         ];

@@ -933,6 +933,9 @@ mod tests {
         // LONG1 of no bytes is 0 (pickle's encode_long(0)), of the byte ff -1
         let v = Machine::default().run(b"\x80\x02\x8a\x00\x8a\x01\xff\x86.");
         assert_eq!(v.unwrap(), Py::Tuple(vec![Py::Int(0), Py::Int(-1)]));
+        // pickle.dumps((True, False), protocol=2): NEWTRUE, NEWFALSE (a tensor's requires_grad)
+        let v = Machine::default().run(b"\x80\x02\x88\x89\x86q\x00.");
+        assert_eq!(v.unwrap(), Py::Tuple(vec![Py::Bool(true), Py::Bool(false)]));
     }
 
     /// A tensor is read only where it is contiguous: each stride the product of the later sizes,

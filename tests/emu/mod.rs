@@ -240,37 +240,46 @@ fn common_args() -> Vec<String> {
     a
 }
 
-/// Whether the compiler accepts `flags`; if not, says once on stderr what the emulation then
-/// cannot see (`lost`). The emulation runs either way.
-fn compiler_accepts(flags: &[&str], lost: &str) -> bool {
-    let (cc, version) = compiler();
-    let has = Command::new(cc)
-        .args(flags)
-        .args(["-x", "c++", "-fsyntax-only", "-"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has {
-        eprintln!(
-            "note: {cc} ({version}) has no {}: the kernel emulation cannot tell {lost}",
-            flags.join(" ")
-        );
+/// `flags` if the compiler accepts them (asked once, the answer kept in `accepted`), else none,
+/// saying once on stderr what the emulation then cannot see (`lost`). It runs either way.
+fn if_accepted(
+    flags: &'static [&'static str],
+    accepted: &OnceLock<bool>,
+    lost: &str,
+) -> &'static [&'static str] {
+    let has = *accepted.get_or_init(|| {
+        let (cc, version) = compiler();
+        let has = Command::new(cc)
+            .args(flags)
+            .args(["-x", "c++", "-fsyntax-only", "-"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !has {
+            eprintln!(
+                "note: {cc} ({version}) has no {}: the kernel emulation cannot tell {lost}",
+                flags.join(" ")
+            );
+        }
+        has
+    });
+    if has {
+        flags
+    } else {
+        &[]
     }
-    has
 }
 
 /// `-ftrivial-auto-var-init=pattern` if the compiler has it (g++ 12, clang 8): a kernel's local
 /// read before it is written then holds 0xfe bytes (-1.7e38 as a float), where the stack often
 /// holds zeros that would pass for an initialised sum (a register on the GPU holds anything).
 fn auto_var_init() -> &'static [&'static str] {
-    const FLAGS: [&str; 1] = ["-ftrivial-auto-var-init=pattern"];
     static HAS: OnceLock<bool> = OnceLock::new();
-    let has = *HAS.get_or_init(|| compiler_accepts(&FLAGS, "a local read before it is written"));
-    if has {
-        &FLAGS
-    } else {
-        &[]
-    }
+    if_accepted(
+        &["-ftrivial-auto-var-init=pattern"],
+        &HAS,
+        "a local read before it is written",
+    )
 }
 
 /// `-fsanitize=bounds` trapping on error (g++ 4.9, clang 3.3), if the compiler has it: an index
@@ -279,14 +288,12 @@ fn auto_var_init() -> &'static [&'static str] {
 /// the read or write goes unseen. (An index past a struct's last array is not flagged, g++ 12's
 /// `bounds-strict` included; `Packed` checks its own.)
 fn sanitize_bounds() -> &'static [&'static str] {
-    const FLAGS: [&str; 2] = ["-fsanitize=bounds", "-fsanitize-undefined-trap-on-error"];
     static HAS: OnceLock<bool> = OnceLock::new();
-    let has = *HAS.get_or_init(|| compiler_accepts(&FLAGS, "an index past a local array"));
-    if has {
-        &FLAGS
-    } else {
-        &[]
-    }
+    if_accepted(
+        &["-fsanitize=bounds", "-fsanitize-undefined-trap-on-error"],
+        &HAS,
+        "an index past a local array",
+    )
 }
 
 /// Whether an index past a local array fails the launch ([`sanitize_bounds`]).

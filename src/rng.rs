@@ -124,6 +124,14 @@ mod tests {
         );
     }
 
+    /// `below(0)` has no value to give: a caller's bug, stopped there rather than answered 0
+    /// (an index into nothing).
+    #[test]
+    #[should_panic(expected = "n > 0")]
+    fn below_zero_is_refused() {
+        Rng::new(1).below(0);
+    }
+
     /// Both uniforms fill [0, 1) evenly: each tenth of it gets its share, and 1 never comes.
     #[test]
     fn uniforms_cover_zero_to_one() {

@@ -224,6 +224,36 @@ fn out_of_memory_advice_names_each_command_s_flags() {
     );
 }
 
+/// A new model bound for the GPU is measured against the GPU's memory, not the host's: `main`
+/// checks a new model against the host's memory before drawing its weights only when it is bound
+/// for the CPU. d1 at B=100000 (4.75 TiB of activations) is refused by the GPU engine's check.
+#[test]
+fn a_new_model_for_the_gpu_is_checked_against_the_gpu_s_memory() {
+    let dir = scratch("gpu-memory");
+    let out = dir.join("train").to_string_lossy().into_owned();
+    let args = [
+        "--device",
+        "cuda",
+        "--model",
+        "d1",
+        "--batch",
+        "100000",
+        "--steps",
+        "1",
+        "--out-dir",
+        &out,
+    ];
+    let run = run_with(&args, &dir, &[]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: not enough GPU memory: the model (L=1, C=64, ")
+            && stderr.contains(" at B=100000, T=64 needs "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("on the CPU"), "{stderr}");
+}
+
 /// The bytes of the last model checkpoint a training run wrote in `dir`.
 /// `eval --hellaswag` through the GPU engine: the accuracies tests/hellaswag.rs checks on the CPU
 /// against transformers, in fp32 and in bf16 (whose rounding may move a close call: only the

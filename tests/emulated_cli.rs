@@ -254,7 +254,6 @@ fn a_new_model_for_the_gpu_is_checked_against_the_gpu_s_memory() {
     assert!(!stderr.contains("on the CPU"), "{stderr}");
 }
 
-/// The bytes of the last model checkpoint a training run wrote in `dir`.
 /// `eval --hellaswag` through the GPU engine: the accuracies tests/hellaswag.rs checks on the CPU
 /// against transformers, in fp32 and in bf16 (whose rounding may move a close call: only the
 /// count of examples is asserted there).

@@ -201,6 +201,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("smaller than V"), "{e}");
+        // every dimension at least 1: all at 1 is a model (maxT = 1 too), one at 0 is refused
+        // (Vp at 0 is smaller than V, above)
+        assert!(GPT2Config::new(1, 1, 1, 1, 1, 1).is_ok());
+        for i in [0, 1, 3, 4, 5] {
+            let mut d = [1usize; 6];
+            d[i] = 0;
+            let e = GPT2Config::new(d[0], d[1], d[2], d[3], d[4], d[5])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("every dimension must be positive"), "{d:?}: {e}");
+        }
     }
 
     #[test]

@@ -3724,6 +3724,9 @@ fn llmc_training_flags() {
         total.contains("3 steps of 64 tokens (2 micro-batches of 2x16)"),
         "{total}"
     );
+    // and no progress line within a step: one comes only after 10 s of a step's micro-batches,
+    // and d1's take milliseconds
+    assert!(!total.contains(" micro-batches)"), "{total}");
     assert_same_files(
         &dir.join("accum"),
         &dir.join("total"),
@@ -3774,10 +3777,11 @@ fn llmc_training_flags() {
     let cosine = schedule("cosine", "--steps 3");
     assert!(near(&cosine, &[1e-3, 0.55e-3, 0.1e-3]), "{cosine:?}");
 
-    // --sample-every 2: a sample after step 2, what `sample` draws from that step's checkpoint,
-    // and one at the end; training as without it
+    // --sample-every 1: a sample after every step from the first (a_resumed_run_continues_exactly
+    // has every 2nd), after step 2 what `sample` draws from that step's checkpoint; training as
+    // without it
     let sampled = train(
-        "--lr 1e-2 --steps 4 --sample-tokens 6 --sample-every 2 --checkpoint-every 2",
+        "--lr 1e-2 --steps 4 --sample-tokens 6 --sample-every 1 --checkpoint-every 2",
         "sampled",
     );
     let (out, drawn, stderr) = run(bin().args([
@@ -3813,7 +3817,7 @@ fn llmc_training_flags() {
         .filter(|r| r.get("sample").is_some())
         .map(|r| r["step"].as_u64().unwrap())
         .collect();
-    assert_eq!(logged, [2, 4]);
+    assert_eq!(logged, [1, 2, 3, 4]);
     train(
         "--lr 1e-2 --steps 4 --sample-tokens 6 --checkpoint-every 2",
         "unsampled",

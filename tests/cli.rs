@@ -2791,8 +2791,9 @@ fn bad_inputs_give_clear_errors() {
             "--device", "cpu", "--model", "d96", "--batch", "1", "--seq", "8",
         ],
         &[
-            "the parameters and their gradients and AdamW state alone take",
-            "use a smaller model",
+            // 43809.6M parameters x 16 bytes
+            "the parameters and their gradients and AdamW state alone take 652.81 GiB, whatever \
+             the batch: use a smaller model",
         ],
     );
     // and one whose activations overflow the address space (not a panic, exit status 101)

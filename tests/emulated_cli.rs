@@ -158,6 +158,19 @@ fn verify_both_passes_on_the_emulated_device_with_tf32() {
     assert!(!text.contains("TF32 matmuls"), "{text}");
 }
 
+/// The stderr of a command (`args`, with `env`) that the GPU engine refuses for its memory:
+/// exit status 1, "not enough GPU memory".
+fn refused_for_gpu_memory(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> String {
+    let out = run_with(args, dir, env);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+    assert!(
+        stderr.contains("error: not enough GPU memory: the model"),
+        "{stderr}"
+    );
+    stderr
+}
+
 /// A model that does not fit in the GPU's memory: each command's error names its own flags
 /// (`sample` has no -b or -t, `eval` no --classifier-chunk), and parameters that alone do not fit
 /// ask for a smaller model, not a smaller batch. (The fake device's memory is set just above the
@@ -167,13 +180,7 @@ fn out_of_memory_advice_names_each_command_s_flags() {
     let dir = scratch("oom-advice");
     let model = fixture("ref_gpt2vocab_model.bin");
     let fails = |args: &[&str], bytes: &str| {
-        let out = run_with(args, &dir, &[("FAKECUDA_MEMORY_BYTES", bytes)]);
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
-        assert!(
-            stderr.contains("error: not enough GPU memory: the model"),
-            "{stderr}"
-        );
+        let stderr = refused_for_gpu_memory(args, &dir, &[("FAKECUDA_MEMORY_BYTES", bytes)]);
         assert!(!stderr.contains("(-b)"), "{args:?}: {stderr}");
         stderr
     };
@@ -243,9 +250,7 @@ fn a_new_model_for_the_gpu_is_checked_against_the_gpu_s_memory() {
         "--out-dir",
         &out,
     ];
-    let run = run_with(&args, &dir, &[]);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    let stderr = refused_for_gpu_memory(&args, &dir, &[]);
     assert!(
         stderr.contains("error: not enough GPU memory: the model (L=1, C=64, ")
             && stderr.contains(" at B=100000, T=64 needs "),

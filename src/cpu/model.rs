@@ -841,6 +841,41 @@ mod tests {
         model.backward(1.0);
     }
 
+    /// The CPU twin of the GPU engine's `bad_input_is_an_error_not_a_panic`: every bad batch is
+    /// refused by `forward` itself, before any layer reads it, and the model is unharmed.
+    #[test]
+    fn bad_input_to_forward_is_an_error_not_a_panic() {
+        // V = 10, Vp = 16: ids 10..16 index rows of wte that exist but are not tokens
+        let cfg = GPT2Config::new(16, 10, 16, 1, 2, 8).unwrap();
+        let mut model = Gpt2Cpu::new(cfg, params::init_params(&cfg, 5), 2, 3).unwrap();
+        let (x, y) = ([1, 2, 3, 4, 5, 6], [2, 3, 4, 5, 6, 7]);
+        let loss = model.forward(&x, Some(&y), 2, 3).unwrap().unwrap();
+        let err = |m: &mut Gpt2Cpu, x: &[u32], y: Option<&[u32]>, b, t| {
+            m.forward(x, y, b, t).unwrap_err().to_string()
+        };
+        let e = err(&mut model, &[1; 8], None, 2, 4);
+        assert_eq!(
+            e,
+            "batch 2x4 is larger than the 2x3 the model was sized for"
+        );
+        let e = err(&mut model, &[1; 17], None, 1, 17);
+        assert!(e.contains("T=17 exceeds the model's maximum"), "{e}");
+        let e = err(&mut model, &[1, 2, 3, 10, 5, 6], Some(&y), 2, 3);
+        assert_eq!(
+            e,
+            "input token id 10 at position 3 is out of range for vocabulary size 10"
+        );
+        let e = err(&mut model, &x, Some(&[2, 3, 4, 5, 6, u32::MAX]), 2, 3);
+        assert!(
+            e.starts_with("target token id 4294967295 at position 5 "),
+            "{e}"
+        );
+        let e = err(&mut model, &x[..4], None, 2, 3);
+        assert_eq!(e, "expected 6 input tokens, got 4");
+        // the model is unharmed: the same batch gives the same loss, bitwise
+        assert_eq!(model.forward(&x, Some(&y), 2, 3).unwrap().unwrap(), loss);
+    }
+
     #[test]
     fn a_model_too_large_for_the_machine_is_an_error_not_an_abort() {
         let cfg = GPT2Config::from_descriptor("d1").unwrap();

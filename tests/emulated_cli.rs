@@ -400,29 +400,32 @@ fn training_on_the_emulated_device_is_deterministic_with_and_without_graphs() {
     }
 }
 
-/// A CUDA graph capture that fails (the fake driver invalidates every capture with
-/// FAKECUDA_INVALIDATE_CAPTURES=1, as the real one does a capture that did something forbidden)
-/// turns the graphs off once, with one note, and the step runs eagerly: the same losses and
-/// checkpoint, bit for bit, as a run without graphs.
+/// A CUDA graph capture that fails turns the graphs off once, with one note, and the step runs
+/// eagerly: the same losses and checkpoint, bit for bit, as a run without graphs. The fake driver
+/// fails a capture either way: it invalidates every capture (FAKECUDA_INVALIDATE_CAPTURES=1, as
+/// the real one does a capture that did something forbidden), or refuses every launch in one and
+/// keeps the capture valid (FAKECUDA_FAIL_CAPTURED_LAUNCHES=1): the engine's own work failed, and
+/// the graph of what it launched before must not be replayed as the step.
 #[test]
 fn a_failed_graph_capture_falls_back_to_eager_launches() {
     let (log_a, ck_a) = train("capture-eager", &["--device", "cuda", "--no-cuda-graphs"]);
-    let (log, ck) = train_with(
-        "capture-fails",
-        &["--device", "cuda"],
-        &[("FAKECUDA_INVALIDATE_CAPTURES", "1")],
-    );
-    let notes = log.matches("note: capturing a CUDA graph of").count();
-    assert_eq!(
-        notes, 1,
-        "one failed capture, one note, graphs off after it:\n{log}"
-    );
-    assert!(log.contains("STREAM_CAPTURE_INVALIDATED"), "{log}");
-    assert_eq!(losses(&log), losses(&log_a), "{log}");
-    assert!(
-        ck == ck_a,
-        "the run whose capture failed trained other parameters"
-    );
+    for (switch, error) in [
+        ("FAKECUDA_INVALIDATE_CAPTURES", "STREAM_CAPTURE_INVALIDATED"),
+        ("FAKECUDA_FAIL_CAPTURED_LAUNCHES", "LAUNCH_OUT_OF_RESOURCES"),
+    ] {
+        let (log, ck) = train_with("capture-fails", &["--device", "cuda"], &[(switch, "1")]);
+        let notes = log.matches("note: capturing a CUDA graph of").count();
+        assert_eq!(
+            notes, 1,
+            "{switch}: one failed capture, one note, graphs off after it:\n{log}"
+        );
+        assert!(log.contains(error), "{switch}: {log}");
+        assert_eq!(losses(&log), losses(&log_a), "{switch}: {log}");
+        assert!(
+            ck == ck_a,
+            "{switch}: the run whose capture failed trained other parameters"
+        );
+    }
 }
 
 /// HellaSwag between training steps (`--hellaswag`, at each validation: forwards of another shape,

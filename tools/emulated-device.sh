@@ -8,6 +8,7 @@
 # after changing tests/emu/ or kernels/). FAKECUDA_MEMORY_BYTES sets the device's memory (default
 # 4 GiB), FAKECUDA_SCHEDULE the emulated threads' order (0 ascending, 1 descending, >= 2 shuffled).
 # FAKECUDA_INVALIDATE_CAPTURES=1 makes every CUDA graph capture fail (the engine then runs eagerly).
+# FAKECUDA_FAIL_CAPTURED_LAUNCHES=1 refuses every kernel launch during a capture, which stays valid.
 set -euo pipefail
 # (the command runs where it was given: its relative paths are the caller's)
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

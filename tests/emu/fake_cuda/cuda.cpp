@@ -28,6 +28,8 @@
 //   synchronous or "potentially unsafe" call (cuMemAlloc, cuMemFree, synchronous copies, a context,
 //   stream or event synchronize or query...) returns CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and
 //   invalidates the capture, which then ends with CUDA_ERROR_STREAM_CAPTURE_INVALIDATED.
+//   Two switches make captures fail for the engine's fallback: FAKECUDA_INVALIDATE_CAPTURES=1 ends
+//   each invalidated, FAKECUDA_FAIL_CAPTURED_LAUNCHES=1 refuses each launch in one.
 // - One global (recursive) mutex: the runtime of each kernel library has globals, and cargo runs
 //   tests on several threads.
 #include <algorithm>
@@ -78,6 +80,7 @@ enum : int {
     CUDA_ERROR_NOT_FOUND = 500,
     CUDA_ERROR_NOT_READY = 600,
     CUDA_ERROR_ILLEGAL_ADDRESS = 700,
+    CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES = 701,
     CUDA_ERROR_LAUNCH_FAILED = 719,
     CUDA_ERROR_NOT_SUPPORTED = 801,
     CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED = 900,
@@ -106,6 +109,8 @@ const ErrorText ERRORS[] = {
     {CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
     {CUDA_ERROR_NOT_READY, "CUDA_ERROR_NOT_READY", "device not ready"},
     {CUDA_ERROR_ILLEGAL_ADDRESS, "CUDA_ERROR_ILLEGAL_ADDRESS", "an illegal memory access was encountered"},
+    {CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES",
+     "too many resources requested for launch"},
     {CUDA_ERROR_LAUNCH_FAILED, "CUDA_ERROR_LAUNCH_FAILED", "unspecified launch failure"},
     {CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported"},
     {CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED",
@@ -1665,6 +1670,13 @@ API CUresult cuLaunchKernel(void* h, unsigned gx, unsigned gy, unsigned gz, unsi
     Context* ctx = s->ctx;
     if (!s->cap) {
         return run_kernel(ctx, f, grid, block, smem, params);
+    }
+    // FAKECUDA_FAIL_CAPTURED_LAUNCHES=1: every launch during a capture is refused, as the driver
+    // refuses one that asks for more than the device has, and the capture stays valid (the tests
+    // of the engine's fallback to eager launches when its own work fails during a capture)
+    const char* refuse = std::getenv("FAKECUDA_FAIL_CAPTURED_LAUNCHES");
+    if (refuse && std::string(refuse) == "1") {
+        return CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES;
     }
     // Recorded: the arguments' values now, as the driver copies them when the launch is captured.
     auto storage = std::make_shared<std::vector<std::vector<max_align_t>>>();

@@ -493,6 +493,12 @@ unsigned schedule() {
     return s;
 }
 
+// Whether the switch `name` (FAKECUDA_INVALIDATE_CAPTURES, FAKECUDA_FAIL_CAPTURED_LAUNCHES) is 1.
+bool switched_on(const char* name) {
+    const char* e = std::getenv(name);
+    return e && std::string(e) == "1";
+}
+
 // ---- context and capture checks ------------------------------------------------------------------
 // The current context, or an error: none current, or its sticky error.
 CUresult current(Context** out) {
@@ -1383,8 +1389,7 @@ API CUresult cuStreamEndCapture(void* h, void** graph) {
     *graph = nullptr;
     // FAKECUDA_INVALIDATE_CAPTURES=1: every capture fails here, as one would that did something a
     // capture forbids (the tests of the engine's fallback to eager launches)
-    const char* fail = std::getenv("FAKECUDA_INVALIDATE_CAPTURES");
-    if (fail && std::string(fail) == "1") {
+    if (switched_on("FAKECUDA_INVALIDATE_CAPTURES")) {
         cap->invalid = true;
     }
     if (cap->invalid) {
@@ -1674,8 +1679,7 @@ API CUresult cuLaunchKernel(void* h, unsigned gx, unsigned gy, unsigned gz, unsi
     // FAKECUDA_FAIL_CAPTURED_LAUNCHES=1: every launch during a capture is refused, as the driver
     // refuses one that asks for more than the device has, and the capture stays valid (the tests
     // of the engine's fallback to eager launches when its own work fails during a capture)
-    const char* refuse = std::getenv("FAKECUDA_FAIL_CAPTURED_LAUNCHES");
-    if (refuse && std::string(refuse) == "1") {
+    if (switched_on("FAKECUDA_FAIL_CAPTURED_LAUNCHES")) {
         return CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES;
     }
     // Recorded: the arguments' values now, as the driver copies them when the launch is captured.

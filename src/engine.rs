@@ -561,6 +561,41 @@ mod tests {
         }
     }
 
+    /// A batch no engine can hold is the error, whatever the device and its flags: it is checked
+    /// before the GPU is looked for and before a flag for the other engine is refused.
+    #[test]
+    fn a_bad_batch_is_refused_before_the_device_and_its_flags() {
+        use crate::train::Device;
+        let cfg = GPT2Config::from_descriptor("d1").unwrap();
+        let params = crate::params::init_params(&cfg, 1);
+        let cpu_with_kernels = EngineOptions {
+            kernels: Some(Kernels::Plain),
+            ..EngineOptions::cpu()
+        };
+        let cuda = EngineOptions::on(Device::Cuda, None);
+        let auto = EngineOptions::on(Device::Auto, None);
+        for opts in [cpu_with_kernels, cuda, auto] {
+            for (b, t, says) in [
+                (
+                    0,
+                    8,
+                    "batch size B=0 and sequence length T=8 must both be at least 1",
+                ),
+                (
+                    1,
+                    1025,
+                    "sequence length T=1025 exceeds the model's maximum",
+                ),
+            ] {
+                let e = create_engine(&opts, cfg, params.clone(), b, t)
+                    .err()
+                    .expect("a bad batch is an error");
+                let e = format!("{e:#}");
+                assert!(e.starts_with(says), "{:?}: {e}", opts.device);
+            }
+        }
+    }
+
     #[test]
     fn cpu_engine_refuses_bf16_clearly() {
         let cfg = GPT2Config::from_descriptor("d2").unwrap();

@@ -3892,6 +3892,10 @@ fn llmc_training_flags() {
             "--sample-every 2 --sample-tokens 0",
             "--sample-every needs --sample-tokens of at least 1",
         ),
+        (
+            "--sample-every 1 --sample-tokens 0",
+            "--sample-every needs --sample-tokens of at least 1",
+        ),
     ] {
         expect_error(&[&base[..], &flags(extra)[..]].concat(), &[needle]);
     }

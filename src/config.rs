@@ -185,7 +185,8 @@ mod tests {
         assert_eq!(dims("d1"), (1, 64, 1));
         assert_eq!(dims("d16"), (16, 1024, 16));
         assert_eq!(dims("d256"), (256, 16384, 256));
-        // every depth llm.c does not name: N heads of 64
+        // every depth llm.c does not name: N heads of 64 (its depths written out, not read from
+        // LLMC_GPT2_SIZES: a wrong depth in the table would then pass for the rule)
         for n in (1..=256).filter(|n| ![6, 12, 24, 36, 48, 60, 72, 84].contains(n)) {
             assert_eq!(dims(&format!("d{n}")), (n, 64 * n, n), "d{n}");
         }

@@ -737,6 +737,16 @@ fn prepro_writes_numbered_shards_for_a_large_part_and_removes_stale_ones() {
             "{err}"
         );
     }
+    // the largest size a shard's header can count is taken: one shard each, as by default
+    let s = prepro_with(
+        &inputs,
+        &out,
+        ValSplit::LastFiles(1),
+        &shards_of(i32::MAX as usize),
+    )
+    .unwrap();
+    assert_eq!((s.train_shards.len(), s.val_shards.len()), (1, 1));
+    assert_eq!(read(&s.train_shards), [vec![50256, 15496, 995, 50256, 262]]);
 }
 
 /// [`encode_stream`] of `text` read from memory: its ids, and the progress calls.

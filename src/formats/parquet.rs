@@ -1139,6 +1139,28 @@ mod tests {
         }
     }
 
+    /// Each codec that is not read is refused by its name and what to do instead, not as an
+    /// unknown number; an uncompressed page whose size is not its header's is refused too.
+    #[test]
+    fn codecs_not_read_are_named() {
+        for (codec, want) in [
+            (3, "the LZO codec is not read here"),
+            (4, "the BROTLI codec is not read here"),
+            (5, "codec with Hadoop's framing (deprecated) is not read"),
+            (8, "an unknown codec 8"),
+            (-1, "an unknown codec -1"),
+        ] {
+            let err = decompress(codec, b"abc", 3).unwrap_err().to_string();
+            assert!(err.contains(want), "codec {codec}: {err}");
+        }
+        assert_eq!(&*decompress(0, b"abc", 3).unwrap(), b"abc");
+        let err = decompress(0, b"abc", 4).unwrap_err().to_string();
+        assert!(
+            err.contains("a page decompresses to 3 bytes, its header says 4"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn thrift_structs_and_skipping() {
         // struct { 1: i32 = -3, 2: binary "ab", 4: list<i64> [1, 2], 5: struct { 1: bool true },

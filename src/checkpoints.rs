@@ -751,6 +751,32 @@ pub fn newest_model(dir: &Path) -> Option<PathBuf> {
 mod tests {
     use super::*;
 
+    /// The lock on a run's folder: held while the run's lock lives (a second take within the
+    /// process holds nothing of its own, and its end leaves the lock), released when it goes,
+    /// and taken anew by a later run of the same process. Another open of the folder stands
+    /// for another process (flock locks an open file, not a process).
+    #[test]
+    fn the_out_dir_lock_is_held_while_its_holder_lives_and_taken_anew_after() {
+        let dir = crate::test_dir("out-dir-lock");
+        let held = || match std::fs::File::open(&dir).unwrap().try_lock() {
+            Ok(()) => false,
+            Err(std::fs::TryLockError::WouldBlock) => true,
+            Err(e) => panic!("{e:?}"),
+        };
+        assert!(!held());
+        let first = lock_out_dir(&dir).unwrap();
+        assert!(held());
+        drop(lock_out_dir(&dir).unwrap());
+        assert!(held(), "the second take's end left the first's lock");
+        drop(first);
+        assert!(!held());
+        let anew = lock_out_dir(&dir).unwrap();
+        assert!(held(), "a later run of this process takes the lock again");
+        drop(anew);
+        assert!(!held());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     /// `--keep-best` does not replace a `model_best.bin` made read-only while the run went on
     /// (its write, a rename over the file, would): a new lowest loss is an error that says what
     /// to do, and the file is as it was; writable again, it is replaced.

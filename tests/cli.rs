@@ -720,6 +720,20 @@ fn a_run_folder_named_as_a_descriptor_and_a_start_inside_it() {
         dir.join("d1/earlier_run_2/model_000001.bin").is_file(),
         "{stdout}"
     );
+    // a model stored under a descriptor's name is read, not made: a checkpoint file named d2
+    // (the d1 run's), and a Hugging Face folder named d3
+    std::fs::copy(dir.join("d1/model_000001.bin"), dir.join("d2")).unwrap();
+    let (out, stdout, stderr) = train("--model d2 --out-dir from_d2");
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("model: L=1 "), "{stdout}");
+    std::fs::create_dir(dir.join("d3")).unwrap();
+    std::fs::write(dir.join("d3/config.json"), "{}").unwrap();
+    let (out, stdout, stderr) = train("--model d3 --out-dir from_d3");
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("error: d3: a directory without model.safetensors"),
+        "{stderr}"
+    );
 }
 
 /// A descriptor given where a model is read (sample, eval, verify, convert) says that it makes new
@@ -3862,6 +3876,19 @@ fn llmc_training_flags() {
         .filter_map(|r| r.get("loss").and_then(|x| x.as_f64()))
         .collect();
     assert!(losses[7] < losses[0] - 3.0, "{losses:?}");
+    // the batch was taken and the loader put back: the run's state has served no data, and a
+    // resume says so
+    let resumed = train(
+        &format!(
+            "--overfit-batch --lr 1e-2 --steps 9 --sample-tokens 0 --resume {}",
+            d("overfit/state_000008.bin")
+        ),
+        "overfit",
+    );
+    assert!(
+        resumed.contains("at step 8 (0 batches of the training data served)"),
+        "{resumed}"
+    );
 
     for (extra, needle) in [
         (
@@ -4811,6 +4838,8 @@ fn eval_shows_its_progress() {
     }
     // fewer than 10 batches: a line after each but the last
     progress_lines(&eval("5"), "eval: ", marker, &["1", "2", "3", "4"]);
+    // 11: a tenth rounded up, every 2nd
+    progress_lines(&eval("11"), "eval: ", marker, &["2", "4", "6", "8", "10"]);
 }
 
 /// HellaSwag's progress too: about every tenth of the examples, each line the accuracy of the
@@ -4845,6 +4874,13 @@ fn eval_hellaswag_shows_its_progress() {
     }
     // fewer than 10 examples: a line after each but the last
     progress_lines(&eval("5"), "hellaswag: ", marker, &["1", "2", "3", "4"]);
+    // 11: a tenth rounded up, every 2nd
+    progress_lines(
+        &eval("11"),
+        "hellaswag: ",
+        marker,
+        &["2", "4", "6", "8", "10"],
+    );
 }
 
 /// `eval`'s sequences are the model's maxT long, but at most 1024 (GPT-2's): a model of maxT 1100

@@ -1007,6 +1007,16 @@ fn bad_input_is_an_error_not_a_panic() {
     gpu.forward(&x, None, b, t).unwrap();
     let e = format!("{:#}", gpu.backward(1.0).unwrap_err());
     assert!(e.contains("needs a forward pass with targets"), "{e}");
+    // an AdamW array of the wrong length (the CPU twin: cpu::model's
+    // an_optimizer_array_of_the_wrong_length_is_an_error)
+    let n = params.len();
+    for which in [OptimizerArray::M, OptimizerArray::V, OptimizerArray::Master] {
+        let e = gpu.set_optimizer_array(which, &vec![1.0; n - 1]);
+        let e = format!("{:#}", e.unwrap_err());
+        let want = format!("has {} values, the model {n} parameters", n - 1);
+        assert!(e.starts_with("AdamW's ") && e.contains(&want), "{e}");
+    }
+    assert_eq!(gpu.forward(&x, Some(&y), b, t).unwrap().unwrap(), loss);
 
     // a wrong parameter count, and arenas that cannot fit
     let e = gpu_engine_error(cfg, params[1..].to_vec(), b, t);

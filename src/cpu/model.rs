@@ -947,6 +947,27 @@ mod tests {
         );
     }
 
+    /// An AdamW array of the wrong length is an error that says so (not a slice copy's panic),
+    /// and leaves the model's arrays as they were.
+    #[test]
+    fn an_optimizer_array_of_the_wrong_length_is_an_error() {
+        let cfg = GPT2Config::new(16, 10, 16, 2, 2, 8).unwrap();
+        let mut model = Gpt2Cpu::new(cfg, params::init_params(&cfg, 5), 1, 4).unwrap();
+        let n = model.params.len();
+        let before = (model.params.clone(), model.m.clone(), model.v.clone());
+        for which in [OptimizerArray::M, OptimizerArray::V, OptimizerArray::Master] {
+            for len in [n - 1, n + 1, 0] {
+                let e = model
+                    .set_optimizer_array(which, &vec![1.0; len])
+                    .unwrap_err()
+                    .to_string();
+                let want = format!("has {len} values, the model {n} parameters");
+                assert!(e.starts_with("AdamW's ") && e.contains(&want), "{e}");
+            }
+        }
+        assert_eq!((model.params, model.m, model.v), before);
+    }
+
     /// Each of the Engine's training calls allocates training's arenas by itself, even as the
     /// first call on a model for inference: zero gradients and their norm of 0, an update
     /// (weight decay alone) and a backward the same as a training model's.

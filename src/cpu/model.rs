@@ -947,6 +947,41 @@ mod tests {
         );
     }
 
+    /// A config built past `GPT2Config::new`'s checks (its fields are public) is refused by the
+    /// model's constructor, not met later as a panic or a wrong split of the heads.
+    #[test]
+    fn a_model_of_a_bad_config_is_refused() {
+        let good = GPT2Config::new(16, 10, 16, 2, 2, 8).unwrap();
+        for (bad, want) in [
+            (
+                GPT2Config {
+                    num_heads: 3,
+                    ..good
+                },
+                "C=8 is not divisible by heads NH=3",
+            ),
+            (
+                GPT2Config {
+                    padded_vocab_size: 9,
+                    ..good
+                },
+                "Vp=9 is smaller than V=10",
+            ),
+            (
+                GPT2Config {
+                    num_layers: 0,
+                    ..good
+                },
+                "every dimension must be positive",
+            ),
+        ] {
+            let params = vec![0.0; num_parameters(&bad)];
+            let e = Gpt2Cpu::new(bad, params, 1, 4).err();
+            let e = e.unwrap_or_else(|| panic!("{bad:?} was taken")).to_string();
+            assert!(e.contains(want), "{e}");
+        }
+    }
+
     /// An AdamW array of the wrong length is an error that says so (not a slice copy's panic),
     /// and leaves the model's arrays as they were.
     #[test]

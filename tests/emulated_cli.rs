@@ -405,10 +405,16 @@ fn training_on_the_emulated_device_is_deterministic_with_and_without_graphs() {
 /// fails a capture either way: it invalidates every capture (FAKECUDA_INVALIDATE_CAPTURES=1, as
 /// the real one does a capture that did something forbidden), or refuses every launch in one and
 /// keeps the capture valid (FAKECUDA_FAIL_CAPTURED_LAUNCHES=1): the engine's own work failed, and
-/// the graph of what it launched before must not be replayed as the step.
+/// the graph of what it launched before must not be replayed as the step. With
+/// `--no-cuda-graphs` nothing is captured, so a driver that fails every capture changes nothing.
 #[test]
 fn a_failed_graph_capture_falls_back_to_eager_launches() {
-    let (log_a, ck_a) = train("capture-eager", &["--device", "cuda", "--no-cuda-graphs"]);
+    let (log_a, ck_a) = train_with(
+        "capture-eager",
+        &["--device", "cuda", "--no-cuda-graphs"],
+        &[("FAKECUDA_INVALIDATE_CAPTURES", "1")],
+    );
+    assert!(!log_a.contains("capturing a CUDA graph"), "{log_a}");
     for (switch, error) in [
         ("FAKECUDA_INVALIDATE_CAPTURES", "STREAM_CAPTURE_INVALIDATED"),
         ("FAKECUDA_FAIL_CAPTURED_LAUNCHES", "LAUNCH_OUT_OF_RESOURCES"),

@@ -607,6 +607,8 @@ mod tests {
             "--beta1 0.999999 --beta2 0.999999",
             "--weight-decay 0 --grad-clip 0 --skip-loss-z 0 --skip-norm-z 0",
             "--peak-tflops 1e-3",
+            // one micro-batch of B x T = 2 x 8, the least --total-batch takes
+            "--total-batch 16",
         ] {
             assert!(check(ok).is_ok(), "{ok}: {:?}", check(ok));
         }

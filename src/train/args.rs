@@ -728,6 +728,27 @@ mod tests {
         assert_eq!(note("--steps 2 --warmup 3 --lr-final-frac 0.2").len(), 1);
     }
 
+    /// `--epochs` checks the other flags as a run of 1 step until the shards count its steps: a
+    /// step of 2^63 micro-batches (1 step of them counts in 64 bits, 2 do not) is then less
+    /// than one step of the epoch, not too many to count.
+    #[test]
+    fn epochs_are_checked_as_one_step_until_counted() {
+        let dir = crate::test_dir("epochs-one-step");
+        let shard = dir.join("train.bin");
+        crate::formats::shard::write_shard(&shard, &[1; 64]).unwrap();
+        let flags = format!(
+            "--batch 1 --seq 1 --epochs 1 --grad-accum 9223372036854775808 --train {}",
+            shard.display()
+        );
+        let e = TrainArgs::from_flags(&flags).resolved().unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("--epochs 1 is less than one step: an epoch of"),
+            "{e:#}"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     #[test]
     fn a_classifier_chunk_of_the_whole_batch_or_more_says_so() {
         let note = |flags: &str| TrainArgs::from_flags(flags).notes();

@@ -750,6 +750,20 @@ mod tests {
     }
 
     #[test]
+    fn epochs_are_counted_once() {
+        let dir = crate::test_dir("epochs-counted-once");
+        let shard = dir.join("train.bin");
+        crate::formats::shard::write_shard(&shard, &[1; 64]).unwrap();
+        let flags = format!("--batch 2 --seq 4 --epochs 1.5 --train {}", shard.display());
+        // 63 / 8 = 7 batches an epoch, 1.5 epochs 10.5 steps
+        let args = TrainArgs::from_flags(&flags).resolved().unwrap();
+        assert_eq!(args.steps, 10);
+        // counted flags are not counted again: the shards are not read a second time
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(args.resolved().unwrap().steps, 10);
+    }
+
+    #[test]
     fn a_classifier_chunk_of_the_whole_batch_or_more_says_so() {
         let note = |flags: &str| TrainArgs::from_flags(flags).notes();
         assert_eq!(

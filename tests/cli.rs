@@ -1885,6 +1885,24 @@ fn a_model_of_another_vocabulary_trains_without_samples() {
     assert!(dir.join("out/model_000004.bin").is_file());
 }
 
+/// `--sample-tokens 0` (its help says "0: none"): no sample at the end, printed or logged.
+#[test]
+fn no_sample_tokens_end_the_run_without_a_sample() {
+    let dir = tmp_dir("no-sample");
+    let (out, stdout, stderr) = run(bin()
+        .args(flags(
+            "--device cpu --model d1 --batch 2 --seq 16 --steps 1 --sample-tokens 0",
+        ))
+        .arg("--out-dir")
+        .arg(&dir));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("val loss"), "{stdout}");
+    assert!(!stdout.contains("sample after"), "{stdout}");
+    let log = run_log(&dir);
+    assert!(!log.is_empty());
+    assert!(log.iter().all(|r| r.get("sample").is_none()), "{log:?}");
+}
+
 /// `verify --dump` refuses to overwrite what it reads (the model, the reference state, the
 /// expected losses), before any work: it used to replace the model with a debug state.
 #[test]

@@ -485,6 +485,10 @@ mod tests {
         assert!((r.normalised - 0.025).abs() < 1e-6);
         assert!((r.max_rel - 0.1 / 2.1).abs() < 1e-6);
         assert!(r.pass);
+        // an entry of 1% of the largest magnitude, not larger, is left out of the relative error
+        assert_eq!(compare("x", &[100.0, 2.0], &[100.0, 1.0], 1.0).max_rel, 0.0);
+        let r = compare("x", &[100.0, 2.0], &[100.0, 1.02], 1.0);
+        assert!((r.max_rel - 0.98 / 1.02).abs() < 1e-6);
         assert!(!compare("x", &[1.0, 2.0], &[1.0, 2.1], 0.03).pass);
         assert!(
             !compare("x", &[f32::NAN], &[1.0], 1.0).pass,

@@ -170,7 +170,7 @@ pub fn clip_scale(grad_clip: f32, norm: f32) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::{clip_scale, update_ranges, AdamW, DecayOn};
+    use super::{check_grad_clip, clip_scale, update_ranges, AdamW, DecayOn};
     use crate::config::GPT2Config;
     use crate::params::{num_parameters, param_sizes};
     use crate::text::decimal_f64;
@@ -183,6 +183,20 @@ mod tests {
         assert_eq!(clip_scale(1.0, 1.0), 1.0);
         assert_eq!(clip_scale(1.0, 0.5), 1.0);
         assert_eq!(clip_scale(0.0, 100.0), 1.0);
+    }
+
+    #[test]
+    fn grad_clip_is_a_number_of_at_least_0() {
+        for ok in [0.0, 1e-30, 1.0, 1e30] {
+            assert!(check_grad_clip(ok).is_ok(), "{ok}");
+        }
+        for bad in [-1e-30, -1.0, f32::INFINITY, f32::NAN] {
+            let e = check_grad_clip(bad).unwrap_err().to_string();
+            assert!(
+                e.starts_with("--grad-clip must be a number of at least 0"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -7,9 +7,11 @@
 use anyhow::Result;
 use clap::Parser;
 use std::path::PathBuf;
+use train_gpt2_cuda::checkpoints::Resume;
 use train_gpt2_cuda::config::GPT2Config;
 use train_gpt2_cuda::cpu::adamw::AdamW;
 use train_gpt2_cuda::engine::{create_engine, Engine, OptimizerArray};
+use train_gpt2_cuda::formats::checkpoint::read_checkpoint;
 use train_gpt2_cuda::train::{load_model, train, TrainArgs, TrainSummary};
 
 /// The CPU engine with the loss or the gradient norm of chosen steps replaced, recording the
@@ -103,16 +105,27 @@ fn faulty_run(
         faulty_dir().join(out).display()
     );
     let args = Cli::parse_from(line.split_whitespace()).args;
-    let (cfg, params) = load_model(&args.model, args.seed).unwrap();
+    // --resume F: the model checkpoint beside F, and the steps from F's on
+    let resume = args
+        .resume
+        .as_ref()
+        .map(|f| Resume::open(f, &args).unwrap());
+    let (cfg, params) = match &resume {
+        Some(r) => {
+            let ck = read_checkpoint(&r.model_path).unwrap();
+            (ck.config, ck.params)
+        }
+        None => load_model(&args.model, args.seed).unwrap(),
+    };
     let inner = create_engine(&args.engine_options(), cfg, params, 2, 16).unwrap();
     let mut engine = Faulty {
         inner,
-        step: 0,
+        step: resume.as_ref().map_or(0, |r| r.state.header.step),
         bad_loss: bad_loss.to_vec(),
         bad_norm: bad_norm.to_vec(),
         updated: Vec::new(),
     };
-    let result = train(&args, &mut engine, None).map_err(|e| format!("{e:#}"));
+    let result = train(&args, &mut engine, resume).map_err(|e| format!("{e:#}"));
     (engine.updated, result)
 }
 
@@ -243,5 +256,46 @@ fn losses_and_norms_that_are_not_finite() {
         "{e}"
     );
     assert!(!faulty_dir().join("first/model_000000.bin").exists());
+    // a resumed run goes back to the state it resumed from, but only to one from before the
+    // update that gave the weights, and only while that file is there
+    let (_, r) = faulty_run("--checkpoint-every 2", "whole", &[], &[]);
+    r.unwrap();
+    let whole = faulty_dir().join("whole");
+    let from = whole.join("state_000002.bin");
+    let resume = format!("--resume {}", from.display());
+    // step 4 diverges: the update of step 3 gave the weights; back to the start, step 2
+    let (updated, r) = faulty_run(&resume, "resumed-later", &[(4, nan)], &[]);
+    assert_eq!(updated, [3]);
+    let e = r.unwrap_err();
+    let back = format!(
+        "the weights that the update of step 3 left give it: go back to an earlier checkpoint \
+         with a lower --lr (--resume {}, step 2)",
+        from.display()
+    );
+    assert!(e.contains(&back), "{e}");
+    // step 3 diverges: the state resumed from holds the weights that diverged
+    let (updated, r) = faulty_run(&resume, "resumed-first", &[(3, nan)], &[]);
+    assert!(updated.is_empty());
+    let e = r.unwrap_err();
+    let none = "the weights of the state resumed from (step 2) give it: start again with a lower \
+                --lr (no training state of this run before step 2 is on disk)";
+    assert!(e.contains(none), "{e}");
+    // resumed in its own folder, whose --keep-checkpoints 1 removes it at step 3: not named
+    let own = faulty_dir().join("own");
+    std::fs::create_dir_all(&own).unwrap();
+    for f in ["state_000002.bin", "model_000002.bin"] {
+        std::fs::copy(whole.join(f), own.join(f)).unwrap();
+    }
+    let flags = format!(
+        "--checkpoint-every 1 --keep-checkpoints 1 --resume {}",
+        own.join("state_000002.bin").display()
+    );
+    let (updated, r) = faulty_run(&flags, "own", &[(4, nan)], &[]);
+    assert_eq!(updated, [3]);
+    assert!(!own.join("state_000002.bin").exists());
+    let e = r.unwrap_err();
+    let none = "the weights that the update of step 3 left give it: start again with a lower \
+                --lr (no training state of this run before step 3 is on disk)";
+    assert!(e.contains(none), "{e}");
     std::fs::remove_dir_all(faulty_dir()).ok();
 }

@@ -92,7 +92,8 @@ fn faulty_dir() -> PathBuf {
 }
 
 /// Trains d1 for 5 steps with `flags` into `faulty_dir()/out`, the loss and the norm of some
-/// steps replaced: the steps updated, and the run's summary or its error.
+/// steps replaced: the steps updated, and the run's summary or its error. With `--resume F` in
+/// `flags`, from F's step, with the model checkpoint beside F (as `train` on the command line).
 fn faulty_run(
     flags: &str,
     out: &str,
@@ -105,7 +106,6 @@ fn faulty_run(
         faulty_dir().join(out).display()
     );
     let args = Cli::parse_from(line.split_whitespace()).args;
-    // --resume F: the model checkpoint beside F, and the steps from F's on
     let resume = args
         .resume
         .as_ref()

@@ -750,6 +750,15 @@ mod tests {
     }
 
     #[test]
+    fn a_total_batch_is_counted_in_micro_batches() {
+        let micro = |flags: &str| TrainArgs::from_flags(flags).micro_batches();
+        assert_eq!(micro("--batch 4 --seq 16 --total-batch 192"), 3);
+        // B x T = 1: every token a micro-batch
+        assert_eq!(micro("--batch 1 --seq 1 --total-batch 4"), 4);
+        assert_eq!(micro("--batch 1 --seq 1 --grad-accum 5"), 5);
+    }
+
+    #[test]
     fn epochs_are_counted_once() {
         let dir = crate::test_dir("epochs-counted-once");
         let shard = dir.join("train.bin");

@@ -18,7 +18,7 @@ use train_gpt2_cuda::train::{load_model, train, TrainArgs, TrainSummary};
 /// steps it updated.
 struct Faulty {
     inner: Box<dyn Engine>,
-    /// The step under way (from 1: zero_grad starts one).
+    /// The step under way (zero_grad starts one: from 1, or from the resumed state's step + 1).
     step: usize,
     bad_loss: Vec<(usize, f32)>,
     bad_norm: Vec<(usize, f32)>,

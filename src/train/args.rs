@@ -728,18 +728,22 @@ mod tests {
         assert_eq!(note("--steps 2 --warmup 3 --lr-final-frac 0.2").len(), 1);
     }
 
+    /// A fresh folder `name` holding one shard of 64 tokens, and `--train` of it.
+    fn shard_of_64(name: &str) -> (std::path::PathBuf, String) {
+        let dir = crate::test_dir(name);
+        let shard = dir.join("train.bin");
+        crate::formats::shard::write_shard(&shard, &[1; 64]).unwrap();
+        (dir, format!("--train {}", shard.display()))
+    }
+
     /// `--epochs` checks the other flags as a run of 1 step until the shards count its steps: a
     /// step of 2^63 micro-batches (1 step of them counts in 64 bits, 2 do not) is then less
     /// than one step of the epoch, not too many to count.
     #[test]
     fn epochs_are_checked_as_one_step_until_counted() {
-        let dir = crate::test_dir("epochs-one-step");
-        let shard = dir.join("train.bin");
-        crate::formats::shard::write_shard(&shard, &[1; 64]).unwrap();
-        let flags = format!(
-            "--batch 1 --seq 1 --epochs 1 --grad-accum 9223372036854775808 --train {}",
-            shard.display()
-        );
+        let (dir, train) = shard_of_64("epochs-one-step");
+        let flags =
+            format!("--batch 1 --seq 1 --epochs 1 --grad-accum 9223372036854775808 {train}");
         let e = TrainArgs::from_flags(&flags).resolved().unwrap_err();
         assert!(
             e.to_string()
@@ -760,10 +764,8 @@ mod tests {
 
     #[test]
     fn epochs_are_counted_once() {
-        let dir = crate::test_dir("epochs-counted-once");
-        let shard = dir.join("train.bin");
-        crate::formats::shard::write_shard(&shard, &[1; 64]).unwrap();
-        let flags = format!("--batch 2 --seq 4 --epochs 1.5 --train {}", shard.display());
+        let (dir, train) = shard_of_64("epochs-counted-once");
+        let flags = format!("--batch 2 --seq 4 --epochs 1.5 {train}");
         // 63 / 8 = 7 batches an epoch, 1.5 epochs 10.5 steps
         let args = TrainArgs::from_flags(&flags).resolved().unwrap();
         assert_eq!(args.steps, 10);

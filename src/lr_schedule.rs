@@ -38,6 +38,27 @@ pub struct LrSchedule {
     pub decay_frac: f32,
 }
 
+/// round(frac x steps), halves rounded up, of the decimal `frac` was typed as (its shortest
+/// decimal, which reads back as the same f32), in integers: exact, where the f32 puts 0.7 x 5 a
+/// hair under 3.5, f64 puts 0.285 x 100 under 28.5, and a nudge up to make up for either would
+/// round a fraction typed just under a half step (0.4999998 x 1) up. `frac` is in [0, 1].
+fn decay_steps(frac: f32, steps: usize) -> usize {
+    // (Display writes no exponent: 1e-7 is "0.0000001")
+    let text = format!("{frac}");
+    let (whole, fraction) = text.split_once('.').unwrap_or((&text, ""));
+    // frac = digits / 10^scale, with at most 9 significant digits (an f32's most); past 30
+    // decimals, frac x steps < 10^9 x 2^64 / 10^31 < 0.5
+    let scale = fraction.len() as u32;
+    if scale > 30 {
+        return 0;
+    }
+    let Ok(digits) = format!("{whole}{fraction}").parse::<u128>() else {
+        return 0;
+    };
+    let den = 10u128.pow(scale);
+    ((2 * digits * steps as u128 + den) / (2 * den)) as usize
+}
+
 impl LrSchedule {
     /// The rate of step `step` (from 0).
     pub fn at(&self, step: usize) -> f32 {
@@ -54,9 +75,7 @@ impl LrSchedule {
             LrShape::Constant => return self.lr,
             LrShape::Cosine | LrShape::Linear => self.warmup,
             LrShape::Wsd => {
-                // (nudged up by a millionth: 0.7 as an f32 is 0.69999999, and 0.7 x 5 is 3.5)
-                let decay = (self.decay_frac as f64 * self.steps as f64 * (1.0 + 1e-6)).round();
-                let decay = decay as usize;
+                let decay = decay_steps(self.decay_frac, self.steps);
                 self.steps.saturating_sub(decay).max(self.warmup)
             }
         };
@@ -163,6 +182,29 @@ mod tests {
             ..schedule(LrShape::Wsd, 5, 1)
         };
         assert_eq!(rates(&flat), [1.0; 5]);
+    }
+
+    /// The steps a `wsd` decay takes, of the fraction as typed: halves round up, and nothing
+    /// just under a half does; the extremes neither overflow nor lose a step.
+    #[test]
+    fn a_decay_is_the_fraction_as_typed_rounded() {
+        let cases: [(f32, usize, usize); 11] = [
+            (0.7, 5, 4),       // 3.5 (the f32 0.7 x 5 is 3.49999994)
+            (0.285, 100, 29),  // 28.5 (in f64, 28.499999999999996)
+            (0.4999998, 1, 0), // 0.4999998
+            (0.5, 1, 1),       // 0.5
+            (0.5, 3, 2),       // 1.5
+            (0.2, 7, 1),       // 1.4
+            (0.0, 100, 0),     // none
+            (1.0, 9, 9),       // all
+            (1.0, usize::MAX, usize::MAX),
+            (1e-30, usize::MAX, 0),
+            (1e-45, usize::MAX, 0), // the least f32, 45 decimals
+        ];
+        for (frac, steps, want) in cases {
+            assert_eq!(decay_steps(frac, steps), want, "{frac} x {steps}");
+        }
+        assert_eq!(decay_steps(0.1, 20_000_000_005), 2_000_000_001); // 2000000000.5
     }
 
     #[test]

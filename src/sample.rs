@@ -322,6 +322,41 @@ mod tests {
         }
     }
 
+    /// `generate_with` (a library entry point: `sample` and `train` check their flags first)
+    /// refuses bad options, an empty prompt and a window of 0 before it asks for any logits.
+    #[test]
+    fn generate_with_refuses_bad_arguments_before_any_logits() {
+        let never = |_: &[u32]| -> Result<Vec<f32>> { panic!("logits asked for") };
+        let run = |prompt: &[u32], window: usize, opts: SampleOptions| {
+            let args = (prompt, 4, window, &opts, 1);
+            generate_with(never, 8, args, |_| ControlFlow::Continue(()))
+                .unwrap_err()
+                .to_string()
+        };
+        let zero_t = SampleOptions {
+            temperature: 0.0,
+            ..Default::default()
+        };
+        let e = run(&[1], 8, zero_t);
+        assert!(
+            e.contains("--temperature must be a finite number above 0"),
+            "{e}"
+        );
+        let wide = SampleOptions {
+            top_p: 1.5,
+            ..Default::default()
+        };
+        let e = run(&[1], 8, wide);
+        assert!(e.contains("--top-p must be in (0, 1]"), "{e}");
+        let e = run(&[], 8, SampleOptions::default());
+        assert!(e.contains("the prompt must hold at least one token"), "{e}");
+        let e = run(&[1], 0, SampleOptions::default());
+        assert!(
+            e.contains("the context window must be at least 1 token"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn bad_temperature_is_an_error() {
         for t in [0.0, -1.0, f32::NAN] {

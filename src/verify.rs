@@ -490,6 +490,10 @@ mod tests {
         let r = compare("x", &[100.0, 2.0], &[100.0, 1.02], 1.0);
         assert!((r.max_rel - 0.98 / 1.02).abs() < 1e-6);
         assert!(!compare("x", &[1.0, 2.0], &[1.0, 2.1], 0.03).pass);
+        // the tolerance is the largest error that passes: 0.5 / 2 is 0.25 exactly, and a
+        // tolerance of 0 passes an exact match
+        assert!(compare("x", &[2.0, 0.5], &[2.0, 0.0], 0.25).pass);
+        assert!(compare("x", &[1.0, -3.0], &[1.0, -3.0], 0.0).pass);
         assert!(
             !compare("x", &[f32::NAN], &[1.0], 1.0).pass,
             "NaN never passes"

@@ -1251,13 +1251,17 @@ fn a_folder_holds_one_run() {
         "{stdout}"
     );
     // resumed from step 9 (its state named), step 10's checkpoint is set aside: it is the
-    // attempt this one replaces; so is a copy of its log, which the resumed run cuts at step 9
+    // attempt this one replaces; so is a copy of its log, which the resumed run cuts at step 9.
+    // (--model, here that step-10 checkpoint, only has to be the run's model: a resumed run
+    // starts from its state's, so the file is set aside with the rest, not refused as a fresh
+    // run's start would be)
     let state9 = dir
         .join("od/state_000009.bin")
         .to_string_lossy()
         .into_owned();
     let (stdout, _) = train(&format!(
-        "--steps 10 --resume {state9} --checkpoint-every 5"
+        "--steps 10 --resume {state9} --checkpoint-every 5 --model {}",
+        dir.join("od/model_000010.bin").display()
     ));
     assert!(
         stdout.contains("checkpoints after step 9, of the attempt this run replaces"),

@@ -213,6 +213,25 @@ fn losses_and_norms_that_are_not_finite() {
         }
         std::fs::remove_dir_all(&out).unwrap();
     }
+    // ... and an --overfit-batch run's, which serves no data, so puts none back
+    let (_, r) = faulty_run(
+        "--overfit-batch --checkpoint-every 2",
+        "overfit-unbroken",
+        &[],
+        &[],
+    );
+    r.unwrap();
+    let (updated, r) = faulty_run("--overfit-batch", "overfit-diverged", &[(3, nan)], &[]);
+    assert_eq!(updated, [1, 2]);
+    let e = r.unwrap_err();
+    assert!(e.contains("; the run after step 2 is saved too ("), "{e}");
+    for f in ["model_000002.bin", "state_000002.bin"] {
+        let read = |run: &str| std::fs::read(faulty_dir().join(run).join(f)).unwrap();
+        assert!(
+            read("overfit-diverged") == read("overfit-unbroken"),
+            "--overfit-batch: {f} differs"
+        );
+    }
     // a lower learning rate must start before the update that gave the weights which diverged:
     // from the newest checkpoint before it (step 2 when step 4 diverges; not step 3's)
     let (_, r) = faulty_run("--checkpoint-every 1", "back", &[(4, nan)], &[]);

@@ -6,7 +6,7 @@
 
 use anyhow::Result;
 use clap::Parser;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use train_gpt2_cuda::checkpoints::Resume;
 use train_gpt2_cuda::config::GPT2Config;
 use train_gpt2_cuda::cpu::adamw::AdamW;
@@ -195,6 +195,13 @@ fn losses_and_norms_that_are_not_finite() {
     );
     r.unwrap();
     let unbroken = faulty_dir().join("unbroken");
+    let same_step_2 = |run: &Path, unbroken: &Path, what: &str| {
+        for f in ["model_000002.bin", "state_000002.bin"] {
+            let same =
+                std::fs::read(run.join(f)).unwrap() == std::fs::read(unbroken.join(f)).unwrap();
+            assert!(same, "{what}: {f} differs");
+        }
+    };
     for (bad_loss, bad_norm) in [(vec![(3, nan)], vec![]), (vec![], vec![(3, inf)])] {
         let (updated, r) = faulty_run("--shuffle --seed 5", "diverged", &bad_loss, &bad_norm);
         assert_eq!(updated, [1, 2]);
@@ -206,11 +213,7 @@ fn losses_and_norms_that_are_not_finite() {
             out.join("state_000002.bin").display()
         );
         assert!(e.contains(&hint), "{e}");
-        for f in ["model_000002.bin", "state_000002.bin"] {
-            let same =
-                std::fs::read(out.join(f)).unwrap() == std::fs::read(unbroken.join(f)).unwrap();
-            assert!(same, "{bad_loss:?} {bad_norm:?}: {f} differs");
-        }
+        same_step_2(&out, &unbroken, &format!("{bad_loss:?} {bad_norm:?}"));
         std::fs::remove_dir_all(&out).unwrap();
     }
     // ... and an --overfit-batch run's, which serves no data, so puts none back
@@ -225,13 +228,11 @@ fn losses_and_norms_that_are_not_finite() {
     assert_eq!(updated, [1, 2]);
     let e = r.unwrap_err();
     assert!(e.contains("; the run after step 2 is saved too ("), "{e}");
-    for f in ["model_000002.bin", "state_000002.bin"] {
-        let read = |run: &str| std::fs::read(faulty_dir().join(run).join(f)).unwrap();
-        assert!(
-            read("overfit-diverged") == read("overfit-unbroken"),
-            "--overfit-batch: {f} differs"
-        );
-    }
+    same_step_2(
+        &faulty_dir().join("overfit-diverged"),
+        &faulty_dir().join("overfit-unbroken"),
+        "--overfit-batch",
+    );
     // a lower learning rate must start before the update that gave the weights which diverged:
     // from the newest checkpoint before it (step 2 when step 4 diverges; not step 3's)
     let (_, r) = faulty_run("--checkpoint-every 1", "back", &[(4, nan)], &[]);

@@ -41,7 +41,8 @@ pub struct LrSchedule {
 /// round(frac x steps), halves rounded up, of the decimal `frac` was typed as (its shortest
 /// decimal, which reads back as the same f32), in integers: exact, where the f32 puts 0.7 x 5 a
 /// hair under 3.5, f64 puts 0.285 x 100 under 28.5, and a nudge up to make up for either would
-/// round a fraction typed just under a half step (0.4999998 x 1) up. `frac` is in [0, 1].
+/// round up a product just under a half step (a relative 1e-6 took 0.11 x 91459 = 10060.49 to
+/// 10061). `frac` is in [0, 1].
 fn decay_steps(frac: f32, steps: usize) -> usize {
     // (Display writes no exponent: 1e-7 is "0.0000001")
     let text = format!("{frac}");
@@ -188,15 +189,17 @@ mod tests {
     /// just under a half does; the extremes neither overflow nor lose a step.
     #[test]
     fn a_decay_is_the_fraction_as_typed_rounded() {
-        let cases: [(f32, usize, usize); 11] = [
-            (0.7, 5, 4),       // 3.5 (the f32 0.7 x 5 is 3.49999994)
-            (0.285, 100, 29),  // 28.5 (in f64, 28.499999999999996)
-            (0.4999998, 1, 0), // 0.4999998
-            (0.5, 1, 1),       // 0.5
-            (0.5, 3, 2),       // 1.5
-            (0.2, 7, 1),       // 1.4
-            (0.0, 100, 0),     // none
-            (1.0, 9, 9),       // all
+        let cases: [(f32, usize, usize); 13] = [
+            (0.7, 5, 4),          // 3.5 (the f32 0.7 x 5 is 3.49999994)
+            (0.285, 100, 29),     // 28.5 (in f64, 28.499999999999996)
+            (0.4999998, 1, 0),    // 0.4999998
+            (0.11, 91459, 10060), // 10060.49
+            (0.8719, 121, 105),   // 105.4999
+            (0.5, 1, 1),          // 0.5
+            (0.5, 3, 2),          // 1.5
+            (0.2, 7, 1),          // 1.4
+            (0.0, 100, 0),        // none
+            (1.0, 9, 9),          // all
             (1.0, usize::MAX, usize::MAX),
             (1e-30, usize::MAX, 0),
             (1e-45, usize::MAX, 0), // the least f32, 45 decimals

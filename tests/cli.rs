@@ -420,6 +420,41 @@ fn trains_a_small_model_then_samples_from_its_checkpoint() {
     );
 }
 
+/// A run's sample sees what the run trained on, its --seq tokens (capped at the model's maxT),
+/// not the model's whole maxT: the final sample is `sample`'s of the final checkpoint with
+/// `--window` the run's --seq and the same seed, and not the one with a wider window.
+#[test]
+fn a_runs_sample_sees_its_seq_tokens() {
+    let dir = tmp_dir("sample-window");
+    let (out, stdout, stderr) = run(bin()
+        .args(flags(
+            "--device cpu --model d1 --batch 2 --seq 4 --steps 2 --lr 1e-2 --val-every 0 \
+             --sample-tokens 24 --seed 7",
+        ))
+        .arg("--out-dir")
+        .arg(&dir));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let trained = stdout
+        .split("sample after step 2 (24 tokens, top-k 40):\n---\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n---").next())
+        .unwrap_or_else(|| panic!("no final sample: {stdout}"));
+    let sample = |window: &str| {
+        let model = dir.join("model_000002.bin");
+        let (out, stdout, stderr) = run(bin()
+            .args(flags("sample --device cpu --tokens 24 --seed 7 --window"))
+            .arg(window)
+            .arg("--model")
+            .arg(&model));
+        assert!(out.status.success(), "{stderr}");
+        // the text, then a newline
+        stdout.strip_suffix('\n').unwrap().to_string()
+    };
+    assert_eq!(sample("4"), trained, "{stdout}");
+    // the test tells the windows apart: past 4 tokens a wider one samples other text
+    assert_ne!(sample("16"), trained, "{stdout}");
+}
+
 /// A standard output that closes (`train-gpt2-cuda ... | head`) or fills (`> /dev/full`) is noted
 /// once on stderr and ends nothing: the run trains to its last step and writes its checkpoint.
 /// What must not be lost (where an earlier run's files went) comes on stderr instead. `sample`,

@@ -3754,19 +3754,20 @@ fn training_reports_hellaswag_at_each_validation() {
     );
 }
 
-/// The lr of each step of a run's log.jsonl.
-fn logged_rates(dir: &Path) -> Vec<f64> {
+/// The `key` ("lr", "loss") of each step of a run's log.jsonl.
+fn log_values(dir: &Path, key: &str) -> Vec<f64> {
     run_log(dir)
         .iter()
-        .filter_map(|r| r.get("lr").and_then(|x| x.as_f64()))
+        .filter_map(|r| r.get(key).and_then(|x| x.as_f64()))
         .collect()
 }
 
 /// llm.c's training flags, each against what it must equal: `--total-batch` (its `-d`) trains as
-/// the same micro-batches through `--grad-accum`, bit for bit; `--lr-schedule` (its `-k`) gives
-/// the rates computed here by hand; `--sample-every` (its `-s`) prints and logs what `sample`
-/// draws from that step's checkpoint, and changes nothing else; `--overfit-batch` (its `-a 1`)
-/// trains as a corpus of that one batch does; and their bad values are refused.
+/// the same micro-batches through `--grad-accum`, bit for bit, and logs each step's loss as one
+/// micro-batch of the same tokens does; `--lr-schedule` (its `-k`) gives the rates computed here
+/// by hand; `--sample-every` (its `-s`) prints and logs what `sample` draws from that step's
+/// checkpoint, and changes nothing else; `--overfit-batch` (its `-a 1`) trains as a corpus of
+/// that one batch does; and their bad values are refused.
 #[test]
 fn llmc_training_flags() {
     let dir = tmp_dir("llmc-flags");
@@ -3805,11 +3806,29 @@ fn llmc_training_flags() {
         &["model_000003.bin", "state_000003.bin"],
         "--grad-accum 2 and --total-batch 64",
     );
+    // a step's loss is its whole batch's: the mean over its micro-batches, as one micro-batch of
+    // 4 x 16 (the same 64 tokens) gives it, to within rounding
+    let (status, stdout, stderr) = run(bin()
+        .args(flags(
+            "--device cpu --model d1 --batch 4 --seq 16 --val-every 0 --val-batches 1 --seed 3 \
+             --lr 1e-2 --steps 3 --sample-tokens 0",
+        ))
+        .args(["--out-dir", &d("whole")]));
+    assert!(status.status.success(), "{stdout}\n{stderr}");
+    let (accum, whole) = (
+        log_values(&dir.join("accum"), "loss"),
+        log_values(&dir.join("whole"), "loss"),
+    );
+    assert_eq!(accum.len(), 3, "{accum:?}");
+    assert_eq!(whole.len(), 3, "{whole:?}");
+    for (a, w) in accum.iter().zip(&whole) {
+        assert!((a - w).abs() < 1e-5 * w, "{accum:?} {whole:?}");
+    }
 
     // the schedules, by hand
     let schedule = |name: &str, extra: &str| {
         train(&format!("--sample-tokens 0 --lr 1e-3 {extra}"), name);
-        logged_rates(&dir.join(name))
+        log_values(&dir.join(name), "lr")
     };
     let near = |got: &[f64], want: &[f64]| {
         got.len() == want.len()
@@ -3928,10 +3947,7 @@ fn llmc_training_flags() {
         &["model_000008.bin"],
         "--overfit-batch and a corpus of one batch",
     );
-    let losses: Vec<f64> = run_log(&dir.join("overfit"))
-        .iter()
-        .filter_map(|r| r.get("loss").and_then(|x| x.as_f64()))
-        .collect();
+    let losses = log_values(&dir.join("overfit"), "loss");
     assert!(losses[7] < losses[0] - 3.0, "{losses:?}");
     // the batch was taken and the loader put back: the run's state has served no data, and a
     // resume says so

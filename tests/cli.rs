@@ -439,8 +439,8 @@ fn a_runs_sample_sees_its_seq_tokens() {
         .nth(1)
         .and_then(|rest| rest.split("\n---").next())
         .unwrap_or_else(|| panic!("no final sample: {stdout}"));
+    let model = dir.join("model_000002.bin");
     let sample = |window: &str| {
-        let model = dir.join("model_000002.bin");
         let (out, stdout, stderr) = run(bin()
             .args(flags("sample --device cpu --tokens 24 --seed 7 --window"))
             .arg(window)
@@ -3772,8 +3772,9 @@ fn log_values(dir: &Path, key: &str) -> Vec<f64> {
 fn llmc_training_flags() {
     let dir = tmp_dir("llmc-flags");
     let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
-    let base =
-        flags("--device cpu --model d1 --batch 2 --seq 16 --val-every 0 --val-batches 1 --seed 3");
+    let base_line =
+        "--device cpu --model d1 --batch 2 --seq 16 --val-every 0 --val-batches 1 --seed 3";
+    let base = flags(base_line);
     // a run with `extra` into the folder `out`
     let train = |extra: &str, out: &str| {
         let (status, stdout, stderr) = run(bin()
@@ -3807,12 +3808,12 @@ fn llmc_training_flags() {
         "--grad-accum 2 and --total-batch 64",
     );
     // a step's loss is its whole batch's: the mean over its micro-batches, as one micro-batch of
-    // 4 x 16 (the same 64 tokens) gives it, to within rounding
+    // 4 x 16 (the same 64 tokens) gives it, to within rounding (the base's flags but its batch:
+    // clap takes a flag once)
+    let whole_line = base_line.replace("--batch 2", "--batch 4");
     let (status, stdout, stderr) = run(bin()
-        .args(flags(
-            "--device cpu --model d1 --batch 4 --seq 16 --val-every 0 --val-batches 1 --seed 3 \
-             --lr 1e-2 --steps 3 --sample-tokens 0",
-        ))
+        .args(flags(&whole_line))
+        .args(flags("--lr 1e-2 --steps 3 --sample-tokens 0"))
         .args(["--out-dir", &d("whole")]));
     assert!(status.status.success(), "{stdout}\n{stderr}");
     let (accum, whole) = (

@@ -3412,6 +3412,36 @@ fn interrupt_prepro(inputs: &[PathBuf], flags: &[&str], out: &Path) {
     assert!(left.is_empty() && !out.exists(), "left behind: {left:?}");
 }
 
+/// A prepro that fails (a bad record in its last file) removes the folder it made, and leaves
+/// one that was there before it, even an empty one, as it was.
+#[test]
+fn a_failed_prepro_removes_only_the_folder_it_made() {
+    let dir = tmp_dir("prepro_failed");
+    write(&dir.join("a.txt"), b"Hello world");
+    write(
+        &dir.join("bad.jsonl"),
+        b"{\"text\": \"ok\"}\n{\"text\": 5}\n",
+    );
+    for there in [false, true] {
+        let out_dir = dir.join(format!("out-{there}"));
+        if there {
+            std::fs::create_dir(&out_dir).unwrap();
+        }
+        let (out, stdout, stderr) = run(bin()
+            .arg("prepro")
+            .arg(dir.join("a.txt"))
+            .arg(dir.join("bad.jsonl"))
+            .arg("--out-dir")
+            .arg(&out_dir));
+        assert_eq!(out.status.code(), Some(1), "{stdout} {stderr}");
+        assert!(stderr.contains("bad.jsonl: line 2"), "{stderr}");
+        assert_eq!(out_dir.is_dir(), there, "{}", out_dir.display());
+        if there {
+            assert!(names_in(&out_dir).is_empty(), "{:?}", names_in(&out_dir));
+        }
+    }
+}
+
 #[test]
 fn prepro_tokenizes_text_files_into_shards() {
     let dir = tmp_dir("prepro");

@@ -1084,6 +1084,10 @@ mod tests {
         let bytes = [0x80, 0x01, 4, 5, 2, 2, 0, 0, 0, 0];
         let (v, used) = delta_binary_packed(&bytes, 5).unwrap();
         assert_eq!((v, used), (vec![1, 2, 3, 4, 5], bytes.len()));
+        // the same in one miniblock of 128 values a block (one bit width)
+        let bytes = [0x80, 0x01, 1, 5, 2, 2, 0];
+        let (v, used) = delta_binary_packed(&bytes, 5).unwrap();
+        assert_eq!((v, used), (vec![1, 2, 3, 4, 5], bytes.len()));
         // example 2: 7, 5, 3, 1, 2, 3, 4, 5 -> deltas -2 -2 -2 1 1 1 1, least -2, above it
         // 0 0 0 3 3 3 3 in 2 bits: one miniblock of 32 values, 8 bytes (0b11000000, 0b11111111)
         let mut bytes = vec![0x80, 0x01, 4, 8, 14, 3, 2, 0, 0, 0];

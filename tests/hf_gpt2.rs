@@ -228,6 +228,9 @@ fn a_gpt2_vocabulary_goes_out_with_its_tokenizer() {
     let config = read_json("tokenizer_config.json");
     assert_eq!(config["model_max_length"], 8); // the fixture's maxT
     assert_eq!(config["eos_token"], "<|endoftext|>");
+    // GPT-2's tokenizer adds no space before a text's first word ("Hello" is 15496, not " Hello"'s
+    // 18435): transformers does so only where the config asks for it
+    assert_ne!(config["add_prefix_space"], true);
     // a model with another vocabulary gets none
     let other = dir.join("other");
     convert(&["--format", "hf"], &fixture("hf_tiny"), &other);

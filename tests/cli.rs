@@ -3437,7 +3437,8 @@ fn a_failed_prepro_removes_only_the_folder_it_made() {
         assert!(stderr.contains("bad.jsonl: line 2"), "{stderr}");
         assert_eq!(out_dir.is_dir(), there, "{}", out_dir.display());
         if there {
-            assert!(names_in(&out_dir).is_empty(), "{:?}", names_in(&out_dir));
+            let left = names_in(&out_dir);
+            assert!(left.is_empty(), "{left:?}");
         }
     }
 }

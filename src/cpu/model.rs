@@ -1004,8 +1004,8 @@ mod tests {
     }
 
     /// Each of the Engine's training calls allocates training's arenas by itself, even as the
-    /// first call on a model for inference: zero gradients and their norm of 0, an update
-    /// (weight decay alone) and a backward the same as a training model's.
+    /// first call on a model for inference: zero gradients, AdamW moments of zeros, a gradient
+    /// norm of 0, an update (weight decay alone) and a backward the same as a training model's.
     #[test]
     fn each_training_call_prepares_a_model_for_inference() {
         let cfg = GPT2Config::new(16, 10, 16, 2, 2, 8).unwrap();
@@ -1020,6 +1020,9 @@ mod tests {
         assert_eq!(lazy.params, full.params);
         let mut lazy = fresh();
         assert_eq!(Engine::grads(&mut lazy).unwrap(), vec![0.0; params.len()]);
+        let mut lazy = fresh();
+        let v = Engine::optimizer_array(&mut lazy, OptimizerArray::V).unwrap();
+        assert_eq!(v, vec![0.0; params.len()]);
         let mut lazy = fresh();
         assert_eq!(Engine::grad_norm(&mut lazy).unwrap(), 0.0);
         assert_eq!(lazy.grads.len(), params.len());

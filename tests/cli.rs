@@ -3803,9 +3803,14 @@ fn log_values(dir: &Path, key: &str) -> Vec<f64> {
 fn llmc_training_flags() {
     let dir = tmp_dir("llmc-flags");
     let d = |n: &str| dir.join(n).to_string_lossy().into_owned();
-    let base_line =
-        "--device cpu --model d1 --batch 2 --seq 16 --val-every 0 --val-batches 1 --seed 3";
-    let base = flags(base_line);
+    // the runs' flags at a batch of `b`: 2 but for one run (clap takes a flag once)
+    let base_line = |b: usize| {
+        format!(
+            "--device cpu --model d1 --batch {b} --seq 16 --val-every 0 --val-batches 1 --seed 3"
+        )
+    };
+    let base_2 = base_line(2);
+    let base = flags(&base_2);
     // a run with `extra` into the folder `out`
     let train = |extra: &str, out: &str| {
         let (status, stdout, stderr) = run(bin()
@@ -3839,9 +3844,8 @@ fn llmc_training_flags() {
         "--grad-accum 2 and --total-batch 64",
     );
     // a step's loss is its whole batch's: the mean over its micro-batches, as one micro-batch of
-    // 4 x 16 (the same 64 tokens) gives it, to within rounding (the base's flags but its batch:
-    // clap takes a flag once)
-    let whole_line = base_line.replace("--batch 2", "--batch 4");
+    // 4 x 16 (the same 64 tokens) gives it, to within rounding
+    let whole_line = base_line(4);
     let (status, stdout, stderr) = run(bin()
         .args(flags(&whole_line))
         .args(flags("--lr 1e-2 --steps 3 --sample-tokens 0"))

@@ -33,12 +33,14 @@
 //!   tests/gpu_flash_attention.rs).
 
 mod emu;
+mod flash_scores;
 mod tolerance;
 
 use emu::{
     assert_bitwise, assert_close, assert_within, down, kernels, max_abs, rand, round_to, up, Arg,
     Storage,
 };
+use flash_scores::Scores;
 use half::bf16;
 use tolerance::classifier_exp_base_slack;
 use train_gpt2_cuda::cpu;
@@ -1571,35 +1573,29 @@ fn fused_residual_layernorm_matches_cpu() {
 /// tolerances of tests/gpu_flash_attention.rs. The backward from the kernels' out and lse (so D is
 /// the same on both sides), twice under different schedules, bitwise equal.
 fn flash_case<T: Storage>(hs: usize, t: usize, nh: usize) {
-    flash_case_sharp::<T>(hs, t, nh, 1.0);
+    flash_case_scores::<T>(hs, t, nh, Scores::Usual);
 }
 
-/// [`flash_case`] with the queries at positions 8 to 15 of every 16 multiplied by `sharp`: a warp's
-/// two rows of a fragment (w0 + g and w0 + g + 8) then have maxima hundreds apart, so each row's
-/// running maximum must be its own (off by more than about 88, exp overflows or every term
-/// underflows). With `sharp` other than 1, the forward alone.
-fn flash_case_sharp<T: Storage>(hs: usize, t: usize, nh: usize, sharp: f32) {
+/// [`flash_case`] at the given [`Scores`].
+fn flash_case_scores<T: Storage>(hs: usize, t: usize, nh: usize, scores: Scores) {
     let k = kernels("flash_attention");
     let b = 2;
     let c = nh * hs;
-    let name = format!("flash {} HS={hs} T={t} sharp {sharp}", T::label());
+    let name = format!("flash {} HS={hs} T={t} {scores:?}", T::label());
     let ((oa, or), (la, lr), (da, dr)) = if T::BF16 {
         let u = T::unit();
         ((2.0 * u, 2.0 * u), (2e-5, 1e-5), (8.0 * u, 2.0 * u))
-    } else if sharp != 1.0 {
-        // a score near 200 is rounded to 1.5e-5 (the usual ones, near 1, to 6e-8), and that is
-        // the probabilities' relative error: out 1.1e-5 at most when this was written
+    } else if scores != Scores::Usual {
+        // a score is rounded relative to its size: near 1 to 6e-8, near 200 to 1.5e-5, near
+        // -HS 16 = -2048 to 2.4e-4, scaled by 1/sqrt(HS) in the probabilities' relative error:
+        // out 1.1e-5 at most at Sharp(100), 5.2e-5 at FarBelowZero(4) when this was written
         ((1e-4, 1e-4), (1e-5, 1e-5), (0.0, 0.0))
     } else {
         ((1e-5, 1e-5), (1e-5, 1e-5), (2e-5, 1e-4))
     };
     let mut rng = Rng::new(1000 + hs as u64 * 7 + t as u64);
     let mut qkv = rand(&mut rng, b * t * 3 * c, 1.5);
-    for (bt, token) in qkv.chunks_exact_mut(3 * c).enumerate() {
-        if bt % t % 16 >= 8 {
-            token[..c].iter_mut().for_each(|q| *q *= sharp);
-        }
-    }
+    scores.apply(&mut qkv, t, c);
     let qkv = round_to::<T>(&qkv);
     let dout = round_to::<T>(&rand(&mut rng, b * t * c, 1.0));
     let dqkv0 = round_to::<T>(&rand(&mut rng, b * t * 3 * c, 1.0));
@@ -1651,9 +1647,8 @@ fn flash_case_sharp<T: Storage>(hs: usize, t: usize, nh: usize, sharp: f32) {
         }
     }
 
-    if sharp != 1.0 {
-        // The backward has no running maximum (it reads lse), and scores in the hundreds carry
-        // a hundred times the rounding of the usual ones, which its tolerances are not for.
+    if scores != Scores::Usual {
+        // the forward alone (see `Scores`)
         return;
     }
     let mut dqkv = dqkv0.clone();
@@ -1749,13 +1744,15 @@ fn flash_attention_bf16_hs128_matches_cpu() {
     }
 }
 
-/// Scores in the hundreds, whose rows' maxima differ by about as much (see [`flash_case_sharp`]):
-/// the forward's running maximum is what keeps exp finite.
+/// Scores in the hundreds, whose rows' maxima differ by about as much, and rows whose every score
+/// is far below 0 (see [`Scores`]): the forward's running maximum is what keeps exp finite.
 #[test]
 fn flash_attention_keeps_each_row_s_own_maximum() {
-    flash_case_sharp::<f32>(64, 40, 1, 100.0);
-    flash_case_sharp::<bf16>(64, 40, 1, 100.0);
-    flash_case_sharp::<f32>(128, 40, 1, 100.0);
+    for scores in [Scores::Sharp(100.0), Scores::FarBelowZero(4.0)] {
+        flash_case_scores::<f32>(64, 40, 1, scores);
+        flash_case_scores::<bf16>(64, 40, 1, scores);
+        flash_case_scores::<f32>(128, 40, 1, scores);
+    }
 }
 
 // ---- the emulation's self-test: it must catch the bugs it is for -----------------------------------

@@ -2,8 +2,8 @@
 //! against its CPU twin (`cpu::flash_attention`), fp32 and bf16, HS 64 and 128, T in {1, 17, 100,
 //! 257} (not multiples of the 64-row tiles), B = 2, NH = 2, and both bf16 HS 64 forwards (16 and
 //! 32 queries a warp); accumulation into a pre-filled dqkv,
-//! bitwise determinism of two runs, each row's own maximum at scores hundreds apart, and the
-//! errors. Every GPU test is
+//! bitwise determinism of two runs, each row's own maximum at scores hundreds apart or all far
+//! below 0, and the errors. Every GPU test is
 //! `#[ignore = "needs a CUDA GPU"]`: run them with
 //! `cargo test --test gpu_flash_attention -- --ignored` on a machine with one.
 //!
@@ -25,12 +25,15 @@
 //!     (u |result|): atol 8u, rtol 2u.
 
 mod common;
+#[cfg(has_cuda)]
+mod flash_scores;
 
 use train_gpt2_cuda::gpu::Gpu;
 
 #[cfg(has_cuda)]
 mod on_gpu {
     use super::common::*;
+    use super::flash_scores::Scores;
     use half::bf16;
     use train_gpt2_cuda::cpu::flash_attention::{
         flash_attention_backward, flash_attention_forward,
@@ -69,28 +72,24 @@ mod on_gpu {
     }
 
     /// Forward and backward of one shape against the CPU twin; the backward twice, bitwise.
-    /// With `sharp` other than 1, the queries at positions 8 to 15 of every 16 are scaled by it,
-    /// and only the forward is checked (see `each_row_keeps_its_own_maximum`).
-    fn check<T: DeviceFloat>(g: &Gpu, hs: usize, t: usize, sharp: f32) {
+    /// At scores other than the usual ones, the forward alone (see `Scores`).
+    fn check<T: DeviceFloat>(g: &Gpu, hs: usize, t: usize, scores: Scores) {
         let c = NH * hs;
         let mut tol = tolerances::<T>();
-        if sharp != 1.0 && T::PRECISION == train_gpt2_cuda::precision::Precision::Fp32 {
-            // a score near 200 is rounded to 1.5e-5 relative (the usual ones, near 1, to 6e-8),
-            // and the probabilities inherit it (emulated: 1.1e-5 at most)
+        if scores != Scores::Usual && T::PRECISION == train_gpt2_cuda::precision::Precision::Fp32 {
+            // a score is rounded relative to its size (near 1 to 6e-8, near 200 to 1.5e-5, near
+            // -2048 to 2.4e-4), and the probabilities inherit it, scaled by 1/sqrt(HS) (emulated:
+            // 1.1e-5 at most at Sharp(100), 5.2e-5 at FarBelowZero(4))
             tol.out = (1e-4, 1e-4);
         }
         let name = format!(
-            "{:?} HS={hs} T={t} sharp {sharp} (forward {:?})",
+            "{:?} HS={hs} T={t} {scores:?} (forward {:?})",
             T::PRECISION,
             g.flash_queries()
         );
         let mut rng = Rng::new(1000 + hs as u64 * 7 + t as u64);
         let mut qkv = rand(&mut rng, B * t * 3 * c, 1.5);
-        for (bt, token) in qkv.chunks_exact_mut(3 * c).enumerate() {
-            if bt % t % 16 >= 8 {
-                token[..c].iter_mut().for_each(|q| *q *= sharp);
-            }
-        }
+        scores.apply(&mut qkv, t, c);
         let qkv = round_to::<T>(&qkv);
         let dout = round_to::<T>(&rand(&mut rng, B * t * c, 1.0));
         let dqkv0 = round_to::<T>(&rand(&mut rng, B * t * 3 * c, 1.0));
@@ -118,7 +117,7 @@ mod on_gpu {
         let g_lse = g.download(&d_lse).unwrap();
         assert_close(&format!("{name} out"), &g_out, &out, tol.out.0, tol.out.1);
         assert_close(&format!("{name} lse"), &g_lse, &lse, tol.lse.0, tol.lse.1);
-        if sharp != 1.0 {
+        if scores != Scores::Usual {
             return;
         }
 
@@ -167,7 +166,7 @@ mod on_gpu {
         let g = gpu();
         for hs in FLASH_ATTENTION_HEAD_SIZES {
             for t in TS {
-                check::<f32>(&g, hs, t, 1.0);
+                check::<f32>(&g, hs, t, Scores::Usual);
             }
         }
     }
@@ -175,39 +174,39 @@ mod on_gpu {
     #[test]
     #[ignore = "needs a CUDA GPU"]
     fn bf16_matches_cpu() {
-        check_bf16_forwards(&mut gpu(), 1.0);
+        check_bf16_forwards(&mut gpu(), Scores::Usual);
     }
 
     /// `check` in bf16 of every shape with the forward of 16 queries a warp, then (HS 64 only:
     /// the others have no variant) 32.
-    fn check_bf16_forwards(g: &mut Gpu, sharp: f32) {
+    fn check_bf16_forwards(g: &mut Gpu, scores: Scores) {
         g.set_flash_queries(FlashQueries::Q16);
         for hs in FLASH_ATTENTION_HEAD_SIZES {
             for t in TS {
-                check::<bf16>(g, hs, t, sharp);
+                check::<bf16>(g, hs, t, scores);
             }
         }
         g.set_flash_queries(FlashQueries::Q32);
         for t in TS {
-            check::<bf16>(g, 64, t, sharp);
+            check::<bf16>(g, 64, t, scores);
         }
     }
 
-    /// The queries at positions 8 to 15 of every 16 scaled by 100, so that the two rows of each
-    /// mma fragment (queries w0 + g and w0 + g + 8) have maxima hundreds apart: a row that took
-    /// the other's maximum would overflow or underflow (the GPU twin of
-    /// tests/emulated_kernels.rs's `flash_attention_keeps_each_row_s_own_maximum`). The forward
-    /// alone: the backward reads lse and keeps no running maximum.
+    /// Scores in the hundreds, whose rows' maxima differ by about as much, and rows whose every
+    /// score is far below 0 (see `Scores`; the GPU twin of tests/emulated_kernels.rs's
+    /// `flash_attention_keeps_each_row_s_own_maximum`). The forward alone.
     #[test]
     #[ignore = "needs a CUDA GPU"]
     fn each_row_keeps_its_own_maximum() {
         let mut g = gpu();
-        for hs in FLASH_ATTENTION_HEAD_SIZES {
-            for t in TS {
-                check::<f32>(&g, hs, t, 100.0);
+        for scores in [Scores::Sharp(100.0), Scores::FarBelowZero(4.0)] {
+            for hs in FLASH_ATTENTION_HEAD_SIZES {
+                for t in TS {
+                    check::<f32>(&g, hs, t, scores);
+                }
             }
+            check_bf16_forwards(&mut g, scores);
         }
-        check_bf16_forwards(&mut g, 100.0);
     }
 
     #[test]

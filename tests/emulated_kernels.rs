@@ -1587,8 +1587,9 @@ fn flash_case_scores<T: Storage>(hs: usize, t: usize, nh: usize, scores: Scores)
         ((2.0 * u, 2.0 * u), (2e-5, 1e-5), (8.0 * u, 2.0 * u))
     } else if scores != Scores::Usual {
         // a score is rounded relative to its size: near 1 to 6e-8, near 200 to 1.5e-5, near
-        // -HS 16 = -2048 to 2.4e-4, scaled by 1/sqrt(HS) in the probabilities' relative error:
-        // out 1.1e-5 at most at Sharp(100), 5.2e-5 at FarBelowZero(4) when this was written
+        // -16 HS (-2048 at HS 128) to 2.4e-4, scaled by 1/sqrt(HS) in the probabilities'
+        // relative error: out 1.1e-5 at most at Sharp(100), 5.2e-5 at FarBelowZero(4) when this
+        // was written
         ((1e-4, 1e-4), (1e-5, 1e-5), (0.0, 0.0))
     } else {
         ((1e-5, 1e-5), (1e-5, 1e-5), (2e-5, 1e-4))

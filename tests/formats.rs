@@ -591,6 +591,11 @@ fn bad_debug_states_are_errors_that_say_what_is_wrong() {
     assert_msg(&err(read_debug_state(&p, &cfg)), &p, &["batch size B=0"]);
     let p = dir.file("bneg.bin", &with_header(&good, 2, -2));
     assert_msg(&err(read_debug_state(&p, &cfg)), &p, &["batch size B=-2"]);
+    // the largest B the header holds is a batch size like any other, too large for this file
+    let p = dir.file("bmax.bin", &with_header(&good, 2, i32::MAX));
+    let e = err(read_debug_state(&p, &cfg));
+    assert_msg(&e, &p, &["debug state is truncated", "found 3684"]);
+    assert!(!e.contains("batch size"), "{e}");
     let p = dir.file("t0.bin", &with_header(&good, 3, 0));
     assert_msg(
         &err(read_debug_state(&p, &cfg)),

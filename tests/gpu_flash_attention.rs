@@ -33,7 +33,7 @@ use train_gpt2_cuda::gpu::Gpu;
 #[cfg(has_cuda)]
 mod on_gpu {
     use super::common::*;
-    use super::flash_scores::Scores;
+    use super::flash_scores::{Scores, FAR_FP32_OUT};
     use half::bf16;
     use train_gpt2_cuda::cpu::flash_attention::{
         flash_attention_backward, flash_attention_forward,
@@ -77,10 +77,7 @@ mod on_gpu {
         let c = NH * hs;
         let mut tol = tolerances::<T>();
         if scores != Scores::Usual && T::PRECISION == train_gpt2_cuda::precision::Precision::Fp32 {
-            // a score is rounded relative to its size (near 1 to 6e-8, near 200 to 1.5e-5, near
-            // -2048 to 2.4e-4), and the probabilities inherit it, scaled by 1/sqrt(HS) (emulated:
-            // 1.1e-5 at most at Sharp(100), 5.2e-5 at FarBelowZero(4))
-            tol.out = (1e-4, 1e-4);
+            tol.out = FAR_FP32_OUT;
         }
         let name = format!(
             "{:?} HS={hs} T={t} {scores:?} (forward {:?})",

@@ -5,8 +5,8 @@
 /// q.k of queries and keys in [-1.5, 1.5), or far from 0, where the forward's running maximum is
 /// what keeps exp finite (a maximum off by more than about 88, and exp overflows or every term
 /// underflows). Far from 0 the tests check the forward alone: the backward reads lse and keeps no
-/// running maximum, and scores in the hundreds carry a hundred times the rounding that its
-/// tolerances are for.
+/// running maximum, and scores in the hundreds or thousands carry as many times the rounding that
+/// its tolerances are for.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Scores {
     /// within a few units of 0, where any maximum near 0 would do

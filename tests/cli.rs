@@ -3809,7 +3809,7 @@ fn llmc_training_flags() {
             "--device cpu --model d1 --batch {b} --seq 16 --val-every 0 --val-batches 1 --seed 3"
         )
     };
-    let base_2 = base_line(2);
+    let base_2 = base_line(2); // (`flags` borrows from it)
     let base = flags(&base_2);
     // a run with `extra` into the folder `out`
     let train = |extra: &str, out: &str| {
@@ -3845,9 +3845,8 @@ fn llmc_training_flags() {
     );
     // a step's loss is its whole batch's: the mean over its micro-batches, as one micro-batch of
     // 4 x 16 (the same 64 tokens) gives it, to within rounding
-    let whole_line = base_line(4);
     let (status, stdout, stderr) = run(bin()
-        .args(flags(&whole_line))
+        .args(flags(&base_line(4)))
         .args(flags("--lr 1e-2 --steps 3 --sample-tokens 0"))
         .args(["--out-dir", &d("whole")]));
     assert!(status.status.success(), "{stdout}\n{stderr}");

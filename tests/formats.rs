@@ -1186,6 +1186,12 @@ fn a_file_of_another_kind_is_not_replaced() {
             "a zip archive (as PyTorch's torch.save writes)",
         ),
         ("odd.bin", &[1, 2, 0, 9, 255][..], "5 bytes of another kind"),
+        // raw 16-bit token ids, as nanoGPT's train.bin: valid UTF-8, but with NUL bytes
+        (
+            "tokens.bin",
+            &[15, 0, 33, 0, 127, 0, 16, 0][..],
+            "8 bytes of another kind",
+        ),
         ("two.bin", &[b'h', b'i'][..], "text"),
     ] {
         let p = dir.file(name, bytes);

@@ -1168,6 +1168,10 @@ fn a_file_of_another_kind_is_not_replaced() {
     state.resize(4096, 7);
     let mut zip = b"PK\x03\x04".to_vec();
     zip.resize(100, 0);
+    let mut legacy = 0x0a8a_0280i32.to_le_bytes().to_vec(); // torch.save before PyTorch 1.6
+    legacy.resize(100, 0);
+    let mut safetensors = 2u64.to_le_bytes().to_vec(); // an 8-byte header length, then the JSON
+    safetensors.extend(b"{}");
     for (name, bytes, holds) in [
         (
             "state_000500.bin",
@@ -1185,6 +1189,8 @@ fn a_file_of_another_kind_is_not_replaced() {
             &zip[..],
             "a zip archive (as PyTorch's torch.save writes)",
         ),
+        ("old.pt", &legacy[..], "a PyTorch file (legacy format)"),
+        ("model.safetensors", &safetensors[..], "a safetensors file"),
         ("odd.bin", &[1, 2, 0, 9, 255][..], "5 bytes of another kind"),
         // raw 16-bit token ids, as nanoGPT's train.bin: valid UTF-8, but with NUL bytes
         (

@@ -1004,11 +1004,11 @@ fn attention_softmax_matches_cpu() {
 /// subtracted (a maximum off by more than about 88 makes exp overflow or every term underflow):
 /// random preatt in [-300, 300] (above the diagonal too, where it must take no part), against the
 /// softmax in f64 of the same rounded values. The preatt of `attention_softmax_case` come from
-/// attention of O(1) inputs, within a few units of each other, where any maximum would do.
-/// The rows of one head in three hold a lone peak at their diagonal, 300 or more above the row's
-/// other scores: every position is the peak of some row, so a maximum that skips a position
-/// (a loop striding 33, not 32, skips the 33rd) misses it there, and exp overflows. Among
-/// random scores the largest two lie a few units apart, and missing one does no harm.
+/// attention of O(1) inputs, within a few units of each other, where any maximum would do. A
+/// random row here has its largest two a few units apart, where a maximum that misses one does
+/// as well; so the rows of one head in three hold a lone peak at their diagonal, 300 or more
+/// above the row's other scores. Every position is then the peak of some row, and a maximum that
+/// skips one (a loop striding 33, not 32) misses it there: exp overflows.
 fn attention_softmax_large_scores_case<T: Storage>(seed0: u64) {
     let k = kernels("attention");
     let what = |x: &str| label::<T>("attention softmax at large scores", x);

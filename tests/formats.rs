@@ -1168,7 +1168,7 @@ fn a_file_of_another_kind_is_not_replaced() {
     state.resize(4096, 7);
     let mut zip = b"PK\x03\x04".to_vec();
     zip.resize(100, 0);
-    let mut legacy = 0x0a8a_0280i32.to_le_bytes().to_vec(); // torch.save before PyTorch 1.6
+    let mut legacy = b"\x80\x02\x8a\x0a".to_vec(); // how torch.save's legacy files begin
     legacy.resize(100, 0);
     let mut safetensors = 2u64.to_le_bytes().to_vec(); // an 8-byte header length, then the JSON
     safetensors.extend(b"{}");

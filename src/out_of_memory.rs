@@ -149,6 +149,16 @@ mod tests {
             e.advice(),
             "use a smaller batch (-b) or sequence length (-t), or a smaller model, or chunks"
         );
+        // 1% exactly is named, a byte less is not (the need is 2^31 bytes, so 0.01 * need is the
+        // f64 nearest 21474836.48, as the literal is)
+        e.savings[1].bytes = 21_474_836.48;
+        assert!(
+            e.advice().ends_with("or chunks, or recompute"),
+            "{}",
+            e.advice()
+        );
+        e.savings[1].bytes = 21_474_835.48;
+        assert!(e.advice().ends_with("or chunks"), "{}", e.advice());
         e.savings[1].bytes = 100.0 * 1048576.0;
         assert_eq!(
             e.advice(),

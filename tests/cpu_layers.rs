@@ -590,6 +590,16 @@ fn attention_hand_case_two_positions() {
     assert_close("out", &out, &[10.0, 10.0 * a0 + 20.0 * a1], 1e-6, 1.0);
 }
 
+/// Heads that do not divide C are named, as the GPU launcher names them, not split unevenly.
+#[test]
+#[should_panic(expected = "attention_forward: C = 8 is not divisible by NH = 3")]
+fn attention_rejects_heads_that_do_not_divide_c() {
+    let (b, t, c, nh) = (1, 2, 8, 3);
+    let (mut out, inp) = (vec![0.0f32; b * t * c], vec![0.0f32; b * t * 3 * c]);
+    let (mut preatt, mut att) = (vec![0.0f32; b * nh * t * t], vec![0.0f32; b * nh * t * t]);
+    attention_forward(&mut out, &mut preatt, &mut att, &inp, b, t, c, nh);
+}
+
 #[test]
 fn attention_matches_f64_and_finite_differences() {
     for &(b, t, c, nh) in &[(2, 3, 12, 3), (2, 3, 12, 2), (1, 5, 6, 2)] {

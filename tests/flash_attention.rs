@@ -236,3 +236,13 @@ fn empty_batch_is_a_no_op() {
     let mut dqkv = Vec::<f32>::new();
     flash_attention_backward(&mut dqkv, &[], &[], &[], &[], 0, 5, 8, 2);
 }
+
+/// Heads that do not divide C are named, as the GPU launcher names them, not split unevenly
+/// (C = 8, NH = 3 would give heads of 2 and leave 2 channels of each row unread).
+#[test]
+#[should_panic(expected = "flash_attention_forward: C = 8 is not divisible by NH = 3")]
+fn heads_that_do_not_divide_c_are_refused() {
+    let (b, t, c, nh) = (1, 2, 8, 3);
+    let (mut out, mut lse) = (vec![0.0; b * t * c], vec![0.0; b * nh * t]);
+    flash_attention_forward(&mut out, &mut lse, &vec![0.0; b * t * 3 * c], b, t, c, nh);
+}

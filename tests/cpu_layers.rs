@@ -944,6 +944,16 @@ fn adamw_first_step_moves_by_lr_times_sign() {
     assert_close("params", &params, &[0.5, 1.5, 1.0], 1e-5, 1.0);
 }
 
+/// Step 0 would divide by 1 - beta1^0 = 0 in the bias correction (every weight inf or NaN, with no
+/// error): refused, as the GPU launcher refuses it.
+#[test]
+#[should_panic(expected = "adamw_update: step counts from 1")]
+fn adamw_refuses_step_0() {
+    let hp = train_gpt2_cuda::verify::VERIFY_ADAMW;
+    let (mut params, mut m, mut v) = (vec![1.0f32; 3], vec![0.0f32; 3], vec![0.0f32; 3]);
+    adamw_update(&mut params, &[2.0, -1.0, 0.5], &mut m, &mut v, &hp, 0, 1.0);
+}
+
 #[test]
 fn global_norm_matches_f64_and_is_deterministic() {
     let mut rng = Rng::new(10);

@@ -1068,7 +1068,7 @@ mod on_gpu {
 
     #[test]
     #[ignore = "needs a CUDA GPU"]
-    fn adamw_mixed_and_global_norm_bf16_check_their_arguments() {
+    fn adamw_and_global_norm_bf16_check_their_arguments() {
         let g = gpu();
         let hp = cpu::adamw::AdamW {
             lr: 1e-3,
@@ -1082,10 +1082,11 @@ mod on_gpu {
         let mut master = g.zeros::<f32>(10).unwrap();
         let (mut m, mut v) = (g.zeros::<f32>(10).unwrap(), g.zeros::<f32>(10).unwrap());
         // 9 gradients for 10 weights; 10 elements from 2^32 - 9 (the last rounding counter would
-        // wrap)
-        for (grads_len, first, error) in [
-            (9, 0, "adamw_update_mixed: grads has 9 elements"),
-            (10, (1usize << 32) - 9, "needs them below 2^32"),
+        // wrap); step 0 (the bias corrections would divide by 1 - beta^0 = 0)
+        for (grads_len, step, first, error) in [
+            (9, 1, 0, "adamw_update_mixed: grads has 9 elements"),
+            (10, 1, (1usize << 32) - 9, "needs them below 2^32"),
+            (10, 0, 0, "adamw_update_mixed: step counts from 1, got 0"),
         ] {
             let grads = g.zeros::<bf16>(grads_len).unwrap();
             let e = g
@@ -1096,7 +1097,7 @@ mod on_gpu {
                     &mut m.as_view_mut(),
                     &mut v.as_view_mut(),
                     &hp,
-                    1,
+                    step,
                     1.0,
                     0,
                     first,
@@ -1104,6 +1105,22 @@ mod on_gpu {
                 .unwrap_err();
             assert!(format!("{e}").contains(error), "{e}");
         }
+        let (mut p32, grads32) = (g.zeros::<f32>(10).unwrap(), g.zeros::<f32>(10).unwrap());
+        let e = g
+            .adamw_update(
+                &mut p32.as_view_mut(),
+                &grads32.as_view(),
+                &mut m.as_view_mut(),
+                &mut v.as_view_mut(),
+                &hp,
+                0,
+                1.0,
+            )
+            .unwrap_err();
+        assert!(
+            format!("{e}").contains("adamw_update: step counts from 1, got 0"),
+            "{e}"
+        );
         // global norm of bf16 gradients: fp32 accumulation of the widened values (packs of 8 with
         // a tail of 1, then none)
         let mut rng = Rng::new(1800);

@@ -841,6 +841,39 @@ mod tests {
         model.backward(1.0);
     }
 
+    /// A model for inference has no gradients: each training call made on it directly, not
+    /// through the [`Engine`] (whose calls prepare it), names `prepare_training` rather than
+    /// training on empty arenas (a norm of 0, an update that panics on a length, or worse).
+    #[test]
+    fn training_calls_on_a_model_for_inference_ask_for_prepare_training() {
+        let cfg = GPT2Config::new(16, 10, 16, 1, 2, 8).unwrap();
+        let params = params::init_params(&cfg, 5);
+        for name in ["zero_grad", "backward", "grad_norm", "update"] {
+            let mut model = Gpt2Cpu::for_inference(cfg, params.clone(), 1, 4).unwrap();
+            model
+                .forward(&[1, 2, 3, 4], Some(&[2, 3, 4, 5]), 1, 4)
+                .unwrap();
+            // (each named in full: the Engine's methods of the same names prepare the model first)
+            let call = std::panic::AssertUnwindSafe(|| match name {
+                "zero_grad" => Gpt2Cpu::zero_grad(&mut model),
+                "backward" => Gpt2Cpu::backward(&mut model, 1.0),
+                "grad_norm" => _ = Gpt2Cpu::grad_norm(&model),
+                _ => Gpt2Cpu::update(&mut model, &crate::verify::VERIFY_ADAMW, 1, 1.0),
+            });
+            let panic = std::panic::catch_unwind(call).expect_err(name);
+            // (a panic's message is a &str when it has no arguments to format, else a String)
+            let text = panic.downcast_ref::<&str>().copied();
+            let text = text.or(panic.downcast_ref::<String>().map(String::as_str));
+            let text = text.unwrap_or("");
+            assert!(
+                text.contains(
+                    "a model made for inference: call prepare_training before training it"
+                ),
+                "{name}: {text}"
+            );
+        }
+    }
+
     /// The CPU twin of the GPU engine's `bad_input_is_an_error_not_a_panic`: every bad batch is
     /// refused by `forward` itself, before any layer reads it, and the model is unharmed.
     #[test]

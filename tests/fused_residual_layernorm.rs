@@ -5,8 +5,9 @@
 //!
 //! Sizes: B=3, T=1 and 37, C=72, 100 and 768 (the brief's awkward sizes: all take the kernel's
 //! 128-bit path in fp32, C=100 the scalar path in bf16), plus C=101 (scalar in both), C=100 on
-//! views offset by one element (misaligned: scalar) and C=12400 (the row does not fit in shared
-//! memory: the kernel re-reads residual_out), and C=1 (variance 0, ln_out the bias; a launcher
+//! views offset by one element (misaligned: scalar), C=1536 (fp32: 8 rows fill the 48 KiB of
+//! shared memory exactly), C=12400 (the row does not fit in shared memory: the kernel re-reads
+//! residual_out), and C=1 (variance 0, ln_out the bias; a launcher
 //! that returned early for one channel as it does for none failed no test before).
 //!
 //! Tolerances, `|gpu - cpu| <= atol + rtol * |cpu|` elementwise:
@@ -181,6 +182,9 @@ mod on_gpu {
             check::<f32>(&g, 3, t, 100, 1, 2000 + t as u64);
         }
         check::<f32>(&g, 1, 2, 12400, 0, 3000);
+        // C = 1536: 8 cached rows of 6 KiB fill the 48 KiB of shared memory exactly (the most a
+        // launch may ask for without opting in)
+        check::<f32>(&g, 2, 5, 1536, 0, 3050);
         // one channel: every row's variance is 0 and ln_out is the bias
         check::<f32>(&g, 3, 5, 1, 0, 3100);
     }

@@ -36,6 +36,7 @@ fn gpu_new_does_not_panic() {
 mod on_gpu {
     use anyhow::Result;
     use half::bf16;
+    use train_gpt2_cuda::gpu::launch::buckets_len;
     use train_gpt2_cuda::gpu::{
         attention_backward_scratch_len, attention_forward_scratch_len,
         flash_attention_backward_scratch_len, CudaSlice, CudaView, CudaViewMut, Gpu,
@@ -385,6 +386,34 @@ mod on_gpu {
                         T,
                         C,
                     )
+                },
+            },
+            Case {
+                launcher: "encoder_backward_buckets",
+                kernel: "encoder_backward",
+                aligned: &[],
+                bufs: vec![
+                    ("dwte", VP * C, F32, Exact),
+                    ("dwpe", MAXT * C, F32, Exact),
+                    ("dout", btc, F32, Exact),
+                    ("buckets", buckets_len(bt), U32, Exact),
+                ],
+                call: |g, d, b| {
+                    split!(b, dwte, dwpe, dout, buckets);
+                    let (mut dwte, mut dwpe, buckets) = (dwte.fm(), dwpe.fm(), buckets.uv());
+                    // SAFETY: buckets of zeros index within bounds: tokens 0 < Vp, offsets 0 <=
+                    // B*T (every bucket empty) and positions 0 < B*T.
+                    unsafe {
+                        g.encoder_backward_buckets(
+                            &mut dwte,
+                            &mut dwpe,
+                            &dout.fv(),
+                            &buckets,
+                            d.b,
+                            T,
+                            C,
+                        )
+                    }
                 },
             },
             Case {
@@ -813,7 +842,7 @@ mod on_gpu {
             }
         }
         // every launcher's every buffer, both ways (a scratch only shorter)
-        assert_eq!(checked, 219, "the cases changed: update the count");
+        assert_eq!(checked, 227, "the cases changed: update the count");
         // nothing above faulted the device
         g.synchronize().unwrap();
     }
@@ -858,7 +887,7 @@ mod on_gpu {
         }
         assert_eq!(
             (refused, worked),
-            (28, 82),
+            (28, 86),
             "the cases changed: update the counts"
         );
     }

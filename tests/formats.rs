@@ -627,6 +627,13 @@ fn bad_debug_states_are_errors_that_say_what_is_wrong() {
         &p,
         &["y[2] (b=0, t=2) = 50257 is not a token id in 0..10"],
     );
+    // 2^16 + 3: a reader that lost the upper bytes would take it for token 3
+    let p = dir.file("x-wide.bin", &set_i32(&good, 1024 + 4, 65539));
+    assert_msg(
+        &err(read_debug_state(&p, &cfg)),
+        &p,
+        &["x[1] (b=0, t=1) = 65539 is not a token id in 0..10"],
+    );
     let p = dir.file("x-neg.bin", &set_i32(&good, 1024, -1));
     assert_msg(
         &err(read_debug_state(&p, &cfg)),

@@ -217,6 +217,31 @@ mod tests {
                 .to_string();
             assert!(e.contains("every dimension must be positive"), "{d:?}: {e}");
         }
+        // every dimension at most i32::MAX (a checkpoint's header holds each in an i32): each at
+        // that bound is a config, each one past it is refused (V with Vp >= V, NH with C, which
+        // it divides)
+        let limit = i32::MAX as usize;
+        for i in 0..6 {
+            for (x, ok) in [(limit, true), (limit + 1, false)] {
+                let mut d = [1usize; 6];
+                d[i] = x;
+                if i == 1 {
+                    d[2] = x;
+                }
+                if i == 4 {
+                    d[5] = x;
+                }
+                let r = GPT2Config::new(d[0], d[1], d[2], d[3], d[4], d[5]);
+                match r {
+                    Ok(_) => assert!(ok, "{d:?} was taken"),
+                    Err(e) => {
+                        let e = e.to_string();
+                        assert!(!ok, "{d:?}: {e}");
+                        assert!(e.contains("a dimension exceeds i32::MAX"), "{d:?}: {e}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -539,6 +539,17 @@ mod tests {
             "line 1: a norm must be a finite number of at least 0, found inf"
         );
         assert_eq!(err("step 0 loss y"), "line 1: bad loss 'y'");
+        assert_eq!(err("step x loss 4"), "line 1: bad step 'x'");
+        assert_eq!(err("step -1 loss 4"), "line 1: bad step '-1'");
+        // a step left out, and one given twice
+        assert_eq!(
+            err("step 0 loss 4\nstep 2 loss 3"),
+            "line 2: expected step 1, found step 2"
+        );
+        assert_eq!(
+            err("step 0 loss 4\nstep 0 loss 3"),
+            "line 2: expected step 1, found step 0"
+        );
         assert!(err("step 0 loss 4.5 norm").contains("expected 'step I loss X [norm N]'"));
         assert!(parse_losses("step 1 loss 4.5")
             .unwrap_err()

@@ -3089,6 +3089,19 @@ fn out_must_name_a_file_and_may_be_a_device_or_a_link() {
     assert!(link.file_type().is_symlink());
     let f = train_gpt2_cuda::formats::tokenizer_file::read_tokenizer_file(&dir.join("real.bin"));
     assert_eq!(f.unwrap().tokens.len(), 50257);
+    // links that lead to each other lead to no file: named as such, and left as they were
+    std::os::unix::fs::symlink("loop_b.bin", dir.join("loop_a.bin")).unwrap();
+    std::os::unix::fs::symlink("loop_a.bin", dir.join("loop_b.bin")).unwrap();
+    expect_error(
+        &["tokenizer", "--out", &d("loop_a.bin")],
+        &[&format!(
+            "{}: too many levels of symbolic links",
+            d("loop_a.bin")
+        )],
+    );
+    for (link, to) in [("loop_a.bin", "loop_b.bin"), ("loop_b.bin", "loop_a.bin")] {
+        assert_eq!(std::fs::read_link(dir.join(link)).unwrap(), Path::new(to));
+    }
     // convert --out its own --model
     std::fs::copy(&model, dir.join("same.bin")).unwrap();
     let same = d("same.bin");

@@ -817,6 +817,52 @@ fn broken_files_and_directories_give_clear_errors() {
     )
     .unwrap();
     expect_err(&dir, &["model-00001-of-00002.safetensors: cannot open"]);
+    // a config.json that is not JSON, or JSON but not an object of settings
+    for (name, text, needle) in [
+        (
+            "config-not-json",
+            "n_layer = 2",
+            "config.json: not valid JSON: ",
+        ),
+        (
+            "config-array",
+            "[2, 2, 32]",
+            "config.json: not a JSON object",
+        ),
+    ] {
+        let dir = with(name, &tiny);
+        std::fs::write(dir.join("config.json"), text).unwrap();
+        expect_err(&dir, &[needle]);
+    }
+    // a shard index without its map of tensors to shards, or naming a shard by a number or an
+    // empty name
+    for (name, text, needle) in [
+        (
+            "no-weight-map",
+            r#"{"metadata": {"total_size": 400}}"#,
+            "model.safetensors.index.json: no \"weight_map\" object",
+        ),
+        (
+            "weight-map-list",
+            r#"{"weight_map": ["model.safetensors"]}"#,
+            "model.safetensors.index.json: no \"weight_map\" object",
+        ),
+        (
+            "shard-number",
+            r#"{"weight_map": {"wte.weight": 1}}"#,
+            "\"weight_map\" names 1, not a file beside it",
+        ),
+        (
+            "shard-empty-name",
+            r#"{"weight_map": {"wte.weight": ""}}"#,
+            "\"weight_map\" names \"\", not a file beside it",
+        ),
+    ] {
+        let dir = tmp_dir(name);
+        std::fs::write(dir.join("config.json"), &config).unwrap();
+        std::fs::write(dir.join("model.safetensors.index.json"), text).unwrap();
+        expect_err(&dir, &[needle]);
+    }
     // a shard index naming no shard (it panicked)
     let dir = tmp_dir("no-shard");
     std::fs::write(dir.join("config.json"), &config).unwrap();
@@ -850,6 +896,92 @@ fn broken_files_and_directories_give_clear_errors() {
     expect_err(
         &dir,
         &["\"tie_word_embeddings\" is false, but there is no lm_head.weight"],
+    );
+}
+
+/// Each check of a safetensors header entry, on a file whose header is written by hand: the
+/// error names the file, the tensor and what is wrong with its entry (none of these was named
+/// by a test; a bad entry was seen only through a truncated or overlapping file).
+#[test]
+fn a_damaged_safetensors_header_names_the_entry() {
+    let config = std::fs::read(fixture("hf_tiny/config.json")).unwrap();
+    // (a case's name, tensor "a"'s entry, what the error must say of it)
+    let cases = [
+        ("not-object", "5", "the entry is 5, not an object"),
+        (
+            "no-dtype",
+            r#"{"shape":[2],"data_offsets":[0,8]}"#,
+            "no \"dtype\" field",
+        ),
+        (
+            "dtype-number",
+            r#"{"dtype":4,"shape":[2],"data_offsets":[0,8]}"#,
+            "\"dtype\" is not a string",
+        ),
+        (
+            "shape-number",
+            r#"{"dtype":"F32","shape":2,"data_offsets":[0,8]}"#,
+            "\"shape\" is not an array",
+        ),
+        (
+            "negative-dimension",
+            r#"{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}"#,
+            "a dimension is -2, not a non-negative integer",
+        ),
+        (
+            "one-offset",
+            r#"{"dtype":"F32","shape":[2],"data_offsets":[8]}"#,
+            "\"data_offsets\" is not a [begin, end] pair",
+        ),
+        (
+            "three-offsets",
+            r#"{"dtype":"F32","shape":[2],"data_offsets":[0,8,8]}"#,
+            "\"data_offsets\" is not a [begin, end] pair",
+        ),
+        (
+            "fractional-begin",
+            r#"{"dtype":"F32","shape":[2],"data_offsets":[0.5,8]}"#,
+            "the begin offset is 0.5, not a non-negative integer",
+        ),
+        (
+            "negative-end",
+            r#"{"dtype":"F32","shape":[2],"data_offsets":[0,-8]}"#,
+            "the end offset is -8, not a non-negative integer",
+        ),
+        (
+            "backwards",
+            r#"{"dtype":"F32","shape":[2],"data_offsets":[8,0]}"#,
+            "\"data_offsets\" [8, 0] ends before it begins",
+        ),
+        // 2^63 x 2^63 x 4 elements: 2^128, past even a u128 count
+        (
+            "too-many-elements",
+            r#"{"dtype":"F32","shape":[9223372036854775808,9223372036854775808,4],"data_offsets":[0,8]}"#,
+            "shape [9223372036854775808, 9223372036854775808, 4] has too many elements",
+        ),
+    ];
+    for (name, entry, needle) in cases {
+        let dir = tmp_dir(name);
+        std::fs::write(dir.join("config.json"), &config).unwrap();
+        let text = format!(r#"{{"a":{entry}}}"#);
+        let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(text.as_bytes());
+        bytes.extend_from_slice(&[0; 8]);
+        std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+        expect_err(
+            &dir,
+            &["model.safetensors: tensor \"a\" in the header: ", needle],
+        );
+    }
+    // a header that is JSON, but not an object of entries
+    let dir = tmp_dir("array-header");
+    std::fs::write(dir.join("config.json"), &config).unwrap();
+    let mut bytes = 3u64.to_le_bytes().to_vec();
+    bytes.extend_from_slice(b"[1]");
+    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+    expect_err(
+        &dir,
+        &["model.safetensors: the safetensors header is not a JSON object"],
     );
 }
 

@@ -609,6 +609,7 @@ mod tests {
             "--peak-tflops 1e-3",
             // one micro-batch of B x T = 2 x 8, the least --total-batch takes
             "--total-batch 16",
+            "--grad-accum 1 --val-batches 1",
         ] {
             assert!(check(ok).is_ok(), "{ok}: {:?}", check(ok));
         }
@@ -619,6 +620,9 @@ mod tests {
                 "--lr-final-frac must be in [0, 1]",
             ),
             ("--lr-decay-frac 1.001", "--lr-decay-frac must be in [0, 1]"),
+            // no micro-batch a step, or no validation batch: a mean loss of 0 / 0
+            ("--grad-accum 0", "--grad-accum must be at least 1"),
+            ("--val-batches 0", "--val-batches must be at least 1"),
             ("--beta1 1", "--beta1 must be in [0, 1), got 1"),
             ("--beta2 1", "--beta2 must be in [0, 1), got 1"),
             ("--beta2=-0.5", "--beta2 must be in [0, 1), got -0.5"),

@@ -968,7 +968,8 @@ fn bad_input_is_an_error_not_a_panic() {
 
     let e = format!("{:#}", gpu.backward(1.0).unwrap_err());
     assert!(e.contains("backward before forward"), "{e}");
-    assert!(gpu.logits().is_err());
+    let e = format!("{:#}", gpu.logits().unwrap_err());
+    assert!(e.contains("no logits: run a forward pass first"), "{e}");
 
     let loss = gpu.forward(&x, Some(&y), b, t).unwrap().unwrap();
     // T larger than the arenas (but within maxT), and B larger
@@ -1016,6 +1017,27 @@ fn bad_input_is_an_error_not_a_panic() {
         let want = format!("has {} values, the model {n} parameters", n - 1);
         assert!(e.starts_with("AdamW's ") && e.contains(&want), "{e}");
     }
+    assert_eq!(gpu.forward(&x, Some(&y), b, t).unwrap().unwrap(), loss);
+    // what the model no longer or never held is an error, not stale values: the logits once the
+    // backward has overwritten them, the losses of a forward without targets, an fp32 model's
+    // master weights (the CPU twin: cpu::model's what_the_model_does_not_hold_is_an_error)
+    gpu.backward(1.0).unwrap();
+    let e = format!("{:#}", gpu.logits().unwrap_err());
+    assert!(
+        e.contains("the logits of the last forward are gone: on the GPU the backward pass"),
+        "{e}"
+    );
+    gpu.forward(&x, None, b, t).unwrap();
+    let e = format!("{:#}", gpu.losses().unwrap_err());
+    assert!(
+        e.contains("the last forward had no targets, so it computed no losses"),
+        "{e}"
+    );
+    let e = gpu.optimizer_array(OptimizerArray::Master).unwrap_err();
+    assert!(
+        format!("{e:#}").contains("an fp32 model has no master weights"),
+        "{e:#}"
+    );
     assert_eq!(gpu.forward(&x, Some(&y), b, t).unwrap().unwrap(), loss);
 
     // a wrong parameter count, and arenas that cannot fit

@@ -874,6 +874,36 @@ mod tests {
         }
     }
 
+    /// What the model does not hold is an error, not stale or empty values: the losses of a
+    /// forward without targets (those of the forward before it are still in the arena), and the
+    /// master weights of an fp32 model (whose weights are their own masters: setting them sets the
+    /// weights).
+    #[test]
+    fn what_the_model_does_not_hold_is_an_error() {
+        let cfg = GPT2Config::new(16, 10, 16, 1, 2, 8).unwrap();
+        let mut model = Gpt2Cpu::new(cfg, params::init_params(&cfg, 5), 2, 3).unwrap();
+        let (x, y) = ([1, 2, 3, 4, 5, 6], [2, 3, 4, 5, 6, 7]);
+        model.forward(&x, Some(&y), 2, 3).unwrap();
+        assert_eq!(model.losses().unwrap().len(), 6);
+        model.forward(&x, None, 2, 3).unwrap();
+        assert_eq!(
+            model.losses().unwrap_err().to_string(),
+            "the last forward had no targets, so it computed no losses"
+        );
+        assert_eq!(
+            model
+                .optimizer_array(OptimizerArray::Master)
+                .unwrap_err()
+                .to_string(),
+            "an fp32 model has no master weights"
+        );
+        let n = model.params.len();
+        model
+            .set_optimizer_array(OptimizerArray::Master, &vec![0.5; n])
+            .unwrap();
+        assert!(model.params.iter().all(|&w| w == 0.5));
+    }
+
     /// The CPU twin of the GPU engine's `bad_input_is_an_error_not_a_panic`: every bad batch is
     /// refused by `forward` itself, before any layer reads it, and the model is unharmed.
     #[test]

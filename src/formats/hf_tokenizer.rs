@@ -168,7 +168,10 @@ mod tests {
             .iter()
             .map(|s| s.as_bytes().to_vec())
             .collect();
-        assert!(recover_merges(&bad).is_err());
+        assert_eq!(
+            recover_merges(&bad).unwrap_err().to_string(),
+            "token 3 (\"abc\") is not one merge of two lower-ranked tokens"
+        );
     }
 
     #[test]

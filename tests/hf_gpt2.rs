@@ -538,6 +538,18 @@ fn write_safetensors(path: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)])
     std::fs::write(path, out).unwrap();
 }
 
+/// A folder of hf_tiny's config.json and a model.safetensors of this header, written as given
+/// (valid or not), and `data` zero bytes after it.
+fn folder_with_header(name: &str, header: &str, data: usize) -> engine_bin::TempFolder {
+    let dir = tmp_dir(name);
+    std::fs::copy(fixture("hf_tiny/config.json"), dir.join("config.json")).unwrap();
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.resize(bytes.len() + data, 0);
+    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+    dir
+}
+
 /// hf_tiny's tensors, as (name, dtype, shape, bytes), in the file's order.
 fn hf_tiny_tensors() -> Vec<(String, String, Vec<usize>, Vec<u8>)> {
     tensors_in(&fixture("hf_tiny/model.safetensors"))
@@ -775,13 +787,8 @@ fn broken_files_and_directories_give_clear_errors() {
     let dir = with("tiny", &tiny[..5]);
     expect_err(&dir, &["shorter than its 8-byte length"]);
     // overlapping tensors
-    let dir = tmp_dir("overlap");
-    std::fs::write(dir.join("config.json"), &config).unwrap();
     let text = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#;
-    let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
-    bytes.extend_from_slice(text.as_bytes());
-    bytes.extend_from_slice(&[0; 12]);
-    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+    let dir = folder_with_header("overlap", text, 12);
     expect_err(&dir, &["tensors \"a\" and \"b\" overlap"]);
     // a shape that does not match its byte range
     let dir = variant("short-range", keep, |t| t[0].2 = vec![97]);
@@ -904,7 +911,6 @@ fn broken_files_and_directories_give_clear_errors() {
 /// by a test; a bad entry was seen only through a truncated or overlapping file).
 #[test]
 fn a_damaged_safetensors_header_names_the_entry() {
-    let config = std::fs::read(fixture("hf_tiny/config.json")).unwrap();
     // (a case's name, tensor "a"'s entry, what the error must say of it)
     let cases = [
         ("not-object", "5", "the entry is 5, not an object"),
@@ -961,24 +967,14 @@ fn a_damaged_safetensors_header_names_the_entry() {
         ),
     ];
     for (name, entry, needle) in cases {
-        let dir = tmp_dir(name);
-        std::fs::write(dir.join("config.json"), &config).unwrap();
-        let text = format!(r#"{{"a":{entry}}}"#);
-        let mut bytes = (text.len() as u64).to_le_bytes().to_vec();
-        bytes.extend_from_slice(text.as_bytes());
-        bytes.extend_from_slice(&[0; 8]);
-        std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+        let dir = folder_with_header(name, &format!(r#"{{"a":{entry}}}"#), 8);
         expect_err(
             &dir,
             &["model.safetensors: tensor \"a\" in the header: ", needle],
         );
     }
     // a header that is JSON, but not an object of entries
-    let dir = tmp_dir("array-header");
-    std::fs::write(dir.join("config.json"), &config).unwrap();
-    let mut bytes = 3u64.to_le_bytes().to_vec();
-    bytes.extend_from_slice(b"[1]");
-    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+    let dir = folder_with_header("array-header", "[1]", 0);
     expect_err(
         &dir,
         &["model.safetensors: the safetensors header is not a JSON object"],

@@ -2531,6 +2531,31 @@ fn run_limited(kib: u64, args: &[&str]) -> (Output, String, String) {
         .env("RAYON_NUM_THREADS", "1"))
 }
 
+/// A Hugging Face folder whose config.json says i32::MAX layers (the most a config takes) beside
+/// weights of 2 is named by its first tensor missing, within 400 MB: the reader compares the
+/// tensors of at most one layer more than the weights hold, never a list of every layer the
+/// config names (2^31 layers of 12 tensors: terabytes).
+#[test]
+fn a_config_of_more_layers_than_any_memory_is_named_by_its_first_missing_tensor() {
+    let dir = tmp_dir("deep-config");
+    let hf = Path::new(&fixture("hf_tiny")).to_path_buf();
+    std::fs::copy(hf.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
+    let text = std::fs::read(hf.join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_slice(&text).unwrap();
+    config["n_layer"] = i32::MAX.into();
+    write(&dir.join("config.json"), config.to_string().as_bytes());
+    let model = dir.to_string_lossy().into_owned();
+    let args = [
+        "sample", "--model", &model, "--device", "cpu", "--tokens", "1",
+    ];
+    let (o, stdout, stderr) = run_limited(400_000, &args);
+    assert_eq!(o.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("no tensor \"h.2.ln_1.weight\" (nor \"transformer.h.2.ln_1.weight\")"),
+        "{stderr}"
+    );
+}
+
 /// A model or a state given through a pipe (`<(cat model.bin)`) or as a device is refused by
 /// name: a pipe's first bytes went to telling its format, and the rest read as a "bad magic
 /// number"; `/dev/zero` as a state was read until the memory ran out (4 GB and growing).

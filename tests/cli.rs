@@ -3823,6 +3823,44 @@ fn training_reports_hellaswag_at_each_validation() {
     );
 }
 
+/// A run's `--hellaswag-examples N` scores the file's first N examples at each validation (2 of
+/// hellaswag_tiny's 5: the untrained model's acc_norm is eval's for `--examples 2`), more than
+/// the file holds is refused before the run, and the flag without `--hellaswag` is a usage error.
+#[test]
+fn training_s_hellaswag_examples_are_the_file_s_first() {
+    let dir = tmp_dir("train-hellaswag-examples");
+    let out_dir = dir.join("out");
+    let model = fixture("ref_gpt2vocab_model.bin");
+    let data = fixture("hellaswag_tiny.jsonl");
+    let train = [
+        "--batch",
+        "4",
+        "--seq",
+        "8",
+        "--steps",
+        "1",
+        "--sample-tokens",
+        "0",
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+    ];
+    let args = [&cpu_hellaswag(&model, &data)[..], &train[..]].concat();
+    let (out, stdout, stderr) = run(bin().args(&args).args(["--hellaswag-examples", "2"]));
+    assert!(out.status.success(), "{stdout} {stderr}");
+    let first = stdout
+        .lines()
+        .find(|l| l.starts_with("hellaswag acc_norm "));
+    assert_eq!(first, Some("hellaswag acc_norm 0.5000 (1/2)"), "{stdout}");
+    expect_error(
+        &[&args[..], &["--hellaswag-examples", "6"]].concat(),
+        &["hellaswag_tiny.jsonl: 6 examples asked for, of the file's 5: ask for 1 to 5"],
+    );
+    let plain = [&["--device", "cpu", "--model", &model][..], &train[..]].concat();
+    let (out, _, stderr) = run(bin().args(&plain).args(["--hellaswag-examples", "2"]));
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--hellaswag <FILE>"), "{stderr}");
+}
+
 /// The `key` ("lr", "loss") of each step of a run's log.jsonl.
 fn log_values(dir: &Path, key: &str) -> Vec<f64> {
     run_log(dir)

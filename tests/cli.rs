@@ -3501,6 +3501,33 @@ fn prepro_tokenizes_text_files_into_shards() {
     assert_eq!(val, vec![50256, 262, 886]);
     // (one shard each: their names are the defaults, nothing to say)
     assert!(!stdout.contains("train on them with"), "{stdout}");
+    // --val-files 2: the last two files are val; all three, none left for train, are refused
+    write(&dir.join("c.txt"), b"Hello world");
+    let abc = ["a.txt", "b.txt", "c.txt"].map(|f| dir.join(f));
+    let (out, stdout, stderr) = run(bin()
+        .arg("prepro")
+        .args(&abc)
+        .args(["--val-files", "2", "--out-dir"])
+        .arg(dir.join("out2")));
+    assert!(out.status.success(), "{stdout} {stderr}");
+    let train = train_gpt2_cuda::formats::shard::read_shard(&dir.join("out2/train.bin")).unwrap();
+    let val = train_gpt2_cuda::formats::shard::read_shard(&dir.join("out2/val.bin")).unwrap();
+    assert_eq!(train, vec![50256, 15496, 995]);
+    assert_eq!(val, vec![50256, 262, 886, 50256, 15496, 995]);
+    let abc = abc.map(|p| p.to_string_lossy().into_owned());
+    expect_error(
+        &[
+            "prepro",
+            &abc[0],
+            &abc[1],
+            &abc[2],
+            "--val-files",
+            "3",
+            "--out-dir",
+            dir.join("out3").to_str().unwrap(),
+        ],
+        &["prepro: cannot put the last 3 of 3 input files in val"],
+    );
 
     // in shards of 2 tokens: numbered shards, and the patterns to train on them
     let (a, b, out_dir) = (dir.join("a.txt"), dir.join("b.txt"), dir.join("out"));

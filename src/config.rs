@@ -232,13 +232,11 @@ mod tests {
                     d[5] = x;
                 }
                 let r = GPT2Config::new(d[0], d[1], d[2], d[3], d[4], d[5]);
-                match r {
-                    Ok(_) => assert!(ok, "{d:?} was taken"),
-                    Err(e) => {
-                        let e = e.to_string();
-                        assert!(!ok, "{d:?}: {e}");
-                        assert!(e.contains("a dimension exceeds i32::MAX"), "{d:?}: {e}");
-                    }
+                if ok {
+                    assert!(r.is_ok(), "{d:?}: {r:?}");
+                } else {
+                    let e = r.expect_err("taken").to_string();
+                    assert!(e.contains("a dimension exceeds i32::MAX"), "{d:?}: {e}");
                 }
             }
         }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod engine_bin;
-use engine_bin::{assert_same_files, bin, flags, log_lines, root, step_number};
+use engine_bin::{assert_same_files, bin, flags, limited, log_lines, root, step_number};
 
 fn fixture(name: &str) -> String {
     root()
@@ -2521,39 +2521,9 @@ fn a_rewritten_output_keeps_its_permissions_and_a_read_only_one_is_refused() {
     }
 }
 
-/// Runs the engine with `args` under an address-space limit of `kib` KiB (`ulimit -v`), on one
-/// rayon thread: a read or an allocation that would take all the memory fails there at once.
+/// Runs the engine with `args` under an address-space limit of `kib` KiB ([`limited`]).
 fn run_limited(kib: u64, args: &[&str]) -> (Output, String, String) {
-    run(Command::new("bash")
-        .args(["-c", &format!("ulimit -v {kib} && exec \"$0\" \"$@\"")])
-        .arg(engine_bin::engine())
-        .args(args)
-        .env("RAYON_NUM_THREADS", "1"))
-}
-
-/// A Hugging Face folder whose config.json says i32::MAX layers (the most a config takes) beside
-/// weights of 2 is named by its first tensor missing, within 400 MB: the reader compares the
-/// tensors of at most one layer more than the weights hold, never a list of every layer the
-/// config names (2^31 layers of 12 tensors: terabytes).
-#[test]
-fn a_config_of_more_layers_than_any_memory_is_named_by_its_first_missing_tensor() {
-    let dir = tmp_dir("deep-config");
-    let hf = Path::new(&fixture("hf_tiny")).to_path_buf();
-    std::fs::copy(hf.join("model.safetensors"), dir.join("model.safetensors")).unwrap();
-    let text = std::fs::read(hf.join("config.json")).unwrap();
-    let mut config: serde_json::Value = serde_json::from_slice(&text).unwrap();
-    config["n_layer"] = i32::MAX.into();
-    write(&dir.join("config.json"), config.to_string().as_bytes());
-    let model = dir.to_string_lossy().into_owned();
-    let args = [
-        "sample", "--model", &model, "--device", "cpu", "--tokens", "1",
-    ];
-    let (o, stdout, stderr) = run_limited(400_000, &args);
-    assert_eq!(o.status.code(), Some(1), "{stdout}\n{stderr}");
-    assert!(
-        stderr.contains("no tensor \"h.2.ln_1.weight\" (nor \"transformer.h.2.ln_1.weight\")"),
-        "{stderr}"
-    );
+    run(limited(kib).args(args))
 }
 
 /// A model or a state given through a pipe (`<(cat model.bin)`) or as a device is refused by

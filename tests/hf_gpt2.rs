@@ -18,7 +18,7 @@ use train_gpt2_cuda::params::split;
 use train_gpt2_cuda::verify::{self, Tolerances};
 
 mod engine_bin;
-use engine_bin::{bin, engine, log_lines, root};
+use engine_bin::{bin, engine, limited, log_lines, root};
 
 fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
@@ -715,6 +715,25 @@ fn missing_extra_and_misshapen_tensors_are_named() {
         keep,
     );
     expect_err(&dir, &["no tensor \"h.2.ln_1.weight\""]);
+    // and one of i32::MAX layers (the most a config takes), read by the engine within 400 MB: the
+    // reader compares the tensors of at most one layer more than the weights hold, never a list
+    // of every layer the config names (2^31 layers of 12 tensors: terabytes)
+    let dir = variant(
+        "deepest",
+        |c| drop(c.insert("n_layer".into(), json!(i32::MAX))),
+        keep,
+    );
+    let model = dir.to_string_lossy().into_owned();
+    let args = [
+        "sample", "--model", &model, "--device", "cpu", "--tokens", "1",
+    ];
+    let out = limited(400_000).args(args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no tensor \"h.2.ln_1.weight\" (nor \"transformer.h.2.ln_1.weight\")"),
+        "{stderr}"
+    );
     // a classification head
     let dir = variant("score", keep, |t| {
         t.push((
@@ -806,24 +825,6 @@ fn broken_files_and_directories_give_clear_errors() {
            pytorch_model.bin.index.json",
         ],
     );
-    // a shard index naming a file outside its directory
-    let dir = tmp_dir("index");
-    std::fs::write(dir.join("config.json"), &config).unwrap();
-    std::fs::write(
-        dir.join("model.safetensors.index.json"),
-        r#"{"weight_map": {"wte.weight": "../elsewhere.safetensors"}}"#,
-    )
-    .unwrap();
-    expect_err(&dir, &["not a file beside it"]);
-    // a missing shard
-    let dir = tmp_dir("missing-shard");
-    std::fs::write(dir.join("config.json"), &config).unwrap();
-    std::fs::write(
-        dir.join("model.safetensors.index.json"),
-        r#"{"weight_map": {"wte.weight": "model-00001-of-00002.safetensors"}}"#,
-    )
-    .unwrap();
-    expect_err(&dir, &["model-00001-of-00002.safetensors: cannot open"]);
     // a config.json that is not JSON, or JSON but not an object of settings
     for (name, text, needle) in [
         (
@@ -841,9 +842,21 @@ fn broken_files_and_directories_give_clear_errors() {
         std::fs::write(dir.join("config.json"), text).unwrap();
         expect_err(&dir, &[needle]);
     }
-    // a shard index without its map of tensors to shards, or naming a shard by a number or an
-    // empty name
+    // a shard index (beside config.json alone) that cannot be followed
     for (name, text, needle) in [
+        // naming a file outside its directory
+        (
+            "index",
+            r#"{"weight_map": {"wte.weight": "../elsewhere.safetensors"}}"#,
+            "not a file beside it",
+        ),
+        // a missing shard
+        (
+            "missing-shard",
+            r#"{"weight_map": {"wte.weight": "model-00001-of-00002.safetensors"}}"#,
+            "model-00001-of-00002.safetensors: cannot open",
+        ),
+        // without its map of tensors to shards
         (
             "no-weight-map",
             r#"{"metadata": {"total_size": 400}}"#,
@@ -854,6 +867,7 @@ fn broken_files_and_directories_give_clear_errors() {
             r#"{"weight_map": ["model.safetensors"]}"#,
             "model.safetensors.index.json: no \"weight_map\" object",
         ),
+        // naming a shard by a number or an empty name
         (
             "shard-number",
             r#"{"weight_map": {"wte.weight": 1}}"#,
@@ -864,24 +878,18 @@ fn broken_files_and_directories_give_clear_errors() {
             r#"{"weight_map": {"wte.weight": ""}}"#,
             "\"weight_map\" names \"\", not a file beside it",
         ),
+        // naming no shard (it panicked)
+        (
+            "no-shard",
+            r#"{"weight_map": {}}"#,
+            "model.safetensors.index.json: \"weight_map\" names no shard",
+        ),
     ] {
         let dir = tmp_dir(name);
         std::fs::write(dir.join("config.json"), &config).unwrap();
         std::fs::write(dir.join("model.safetensors.index.json"), text).unwrap();
         expect_err(&dir, &[needle]);
     }
-    // a shard index naming no shard (it panicked)
-    let dir = tmp_dir("no-shard");
-    std::fs::write(dir.join("config.json"), &config).unwrap();
-    std::fs::write(
-        dir.join("model.safetensors.index.json"),
-        r#"{"weight_map": {}}"#,
-    )
-    .unwrap();
-    expect_err(
-        &dir,
-        &["model.safetensors.index.json: \"weight_map\" names no shard"],
-    );
     // PyTorch's legacy format as a folder's pytorch_model.bin: named, not read as safetensors
     let dir = tmp_dir("legacy-in-folder");
     std::fs::write(dir.join("config.json"), &config).unwrap();

@@ -174,6 +174,17 @@ pub fn bin() -> Command {
     Command::new(engine())
 }
 
+/// A command running the engine binary under an address-space limit of `kib` KiB (`ulimit -v`),
+/// on one rayon thread: a read or an allocation that would take all the memory fails there at
+/// once.
+pub fn limited(kib: u64) -> Command {
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", &format!("ulimit -v {kib} && exec \"$0\" \"$@\"")])
+        .arg(engine())
+        .env("RAYON_NUM_THREADS", "1");
+    cmd
+}
+
 /// The words of a command line written as one string ("--batch 2 --seq 16"), as arguments.
 pub fn flags(line: &str) -> Vec<&str> {
     line.split_whitespace().collect()

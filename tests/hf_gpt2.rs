@@ -723,11 +723,11 @@ fn missing_extra_and_misshapen_tensors_are_named() {
         |c| drop(c.insert("n_layer".into(), json!(i32::MAX))),
         keep,
     );
-    let model = dir.to_string_lossy().into_owned();
-    let args = [
-        "sample", "--model", &model, "--device", "cpu", "--tokens", "1",
-    ];
-    let out = limited(400_000).args(args).output().unwrap();
+    let out = limited(400_000)
+        .args(["sample", "--device", "cpu", "--tokens", "1", "--model"])
+        .arg(&dir)
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(

@@ -25,7 +25,7 @@ pub(super) struct GpuProfiler {
     stream: Arc<CudaStream>,
     /// Whether calls are timed now (between `begin_step` and `end_step`).
     recording: bool,
-    /// Reused from step to step: events[2i] and events[2i + 1] bracket calls[i].
+    /// Reused from step to step: `events[2i]` and `events[2i + 1]` bracket `calls[i]`.
     events: Vec<CudaEvent>,
     /// The pass the model is in (set by its forward, backward and update): the calls' pass.
     pass: Pass,

@@ -15,9 +15,11 @@ use crate::host_memory::size_text;
 use crate::out_of_memory::{Knobs, OutOfMemory, Saving};
 
 /// What a model's arenas are laid out for, beyond the batch (see [`ModelOptions`]).
+///
+/// [`ModelOptions`]: super::ModelOptions
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Layout {
-    /// The fused path (see [`Gpt2Gpu::new_with`]).
+    /// The fused path (see [`Gpt2Gpu::new_with`](super::Gpt2Gpu::new_with)).
     pub(super) fused: bool,
     /// The sequences the logits hold at once.
     pub(super) chunk_b: usize,
@@ -36,6 +38,8 @@ pub(super) struct Layout {
 /// [`Recompute::Gelu`] `fch_gelu` holds one layer's, (B, T, 4*C). A model for forwards only
 /// keeps one layer's tensors, each layer overwriting the last's, and two layers' residual3, the
 /// layer's input and its output, in turn (see [`Acts::forwards_only`]). None on overflow.
+///
+/// [`Gpt2Gpu::new_with_options`]: super::Gpt2Gpu::new_with_options
 pub(super) fn arena_sizes(
     cfg: &GPT2Config,
     b: usize,
@@ -69,6 +73,8 @@ pub(super) fn arena_sizes(
 /// what [`Gpt2Gpu::new_with_options`] allocates, counted first so that a model that does not fit
 /// is refused with what it needs ([`out_of_memory`]). Those only training uses are 0 for a model
 /// for forwards only.
+///
+/// [`Gpt2Gpu::new_with_options`]: super::Gpt2Gpu::new_with_options
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Arenas {
     /// The largest batch, B x T.

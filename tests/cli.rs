@@ -341,13 +341,33 @@ fn trains_a_small_model_then_samples_from_its_checkpoint() {
         dir.to_str().unwrap(),
     ]));
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    // every step line carries ms, tokens/s and MFU (a percentage, given a peak)
+    // every step line carries ms, tokens/s and MFU (a percentage, given a peak), and they agree:
+    // ms x tokens/s is the step's B x T tokens, and MFU is the model's FLOPs at that speed against
+    // the peak, each within what the printed digits round away
+    let cfg = train_gpt2_cuda::train::model_config("d1").unwrap();
+    let flops = train_gpt2_cuda::mfu::flops_per_token(&cfg, 16);
     for line in stdout.lines().filter(|l| l.starts_with("step ")) {
+        let field = |unit: &str| -> f64 {
+            let before = line.split(unit).next().unwrap_or_else(|| panic!("{line}"));
+            let number = before.rsplit(['|', ' ']).find(|s| !s.is_empty()).unwrap();
+            number
+                .parse()
+                .unwrap_or_else(|_| panic!("{unit} in {line}"))
+        };
+        let (ms, tok_s) = (field(" ms | "), field(" tok/s | "));
+        let mfu = line.trim_end().rsplit("MFU ").next().unwrap();
+        let mfu: f64 = mfu
+            .trim_end_matches('%')
+            .parse()
+            .unwrap_or_else(|_| panic!("{line}"));
+        let tokens = 2.0 * 16.0;
+        let (lo, hi) = ((ms - 0.05) * (tok_s - 0.5), (ms + 0.05) * (tok_s + 0.5));
+        assert!(lo / 1e3 <= tokens && tokens <= hi / 1e3, "{line}");
+        let (lo, hi) = (flops * (tok_s - 0.5), flops * (tok_s + 0.5));
         assert!(
-            line.contains(" ms | ") && line.contains(" tok/s | MFU "),
-            "{line}"
+            lo / 0.5e12 * 100.0 - 0.05 <= mfu && mfu <= hi / 0.5e12 * 100.0 + 0.05,
+            "{line}: {flops} FLOPs a token"
         );
-        assert!(line.trim_end().ends_with('%'), "{line}");
     }
     // the CPU's peak is the process's resident set: more than 1 MiB, less than the machine has
     let peak: f64 = stdout

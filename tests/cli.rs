@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 mod engine_bin;
-use engine_bin::{assert_same_files, bin, flags, limited, log_lines, root, step_number};
+use engine_bin::{
+    assert_same_files, bin, flags, limited, log_lines, root, step_field, step_number,
+};
 
 fn fixture(name: &str) -> String {
     root()
@@ -347,19 +349,9 @@ fn trains_a_small_model_then_samples_from_its_checkpoint() {
     let cfg = train_gpt2_cuda::train::model_config("d1").unwrap();
     let flops = train_gpt2_cuda::mfu::flops_per_token(&cfg, 16);
     for line in stdout.lines().filter(|l| l.starts_with("step ")) {
-        let field = |unit: &str| -> f64 {
-            let before = line.split(unit).next().unwrap_or_else(|| panic!("{line}"));
-            let number = before.rsplit(['|', ' ']).find(|s| !s.is_empty()).unwrap();
-            number
-                .parse()
-                .unwrap_or_else(|_| panic!("{unit} in {line}"))
-        };
-        let (ms, tok_s) = (field(" ms | "), field(" tok/s | "));
-        let mfu = line.trim_end().rsplit("MFU ").next().unwrap();
-        let mfu: f64 = mfu
-            .trim_end_matches('%')
-            .parse()
-            .unwrap_or_else(|_| panic!("{line}"));
+        let (ms, tok_s): (f64, f64) = (step_field(line, "ms"), step_field(line, "tok/s"));
+        let mfu: f64 = step_field(line, "MFU");
+        assert!(line.trim_end().ends_with('%'), "{line}");
         let tokens = 2.0 * 16.0;
         let (lo, hi) = ((ms - 0.05) * (tok_s - 0.5), (ms + 0.05) * (tok_s + 0.5));
         assert!(lo / 1e3 <= tokens && tokens <= hi / 1e3, "{line}");
@@ -384,16 +376,7 @@ fn trains_a_small_model_then_samples_from_its_checkpoint() {
     let losses: Vec<f32> = stdout
         .lines()
         .filter(|l| l.starts_with("step "))
-        .map(|l| {
-            l.split("loss ")
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap()
-        })
+        .map(|l| step_field(l, "loss"))
         .collect();
     assert_eq!(losses.len(), 4, "{stdout}");
     // a fresh GPT-2 predicts ~uniformly over 50257 tokens: ln(50257) = 10.825

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod engine_bin;
-use engine_bin::{assert_same_files, bin, flags, log_lines, root};
+use engine_bin::{assert_same_files, bin, flags, log_lines, root, step_field};
 
 fn fixture(name: &str) -> String {
     root()
@@ -314,14 +314,7 @@ fn last_checkpoint(dir: &Path) -> Vec<u8> {
 fn losses(log: &str) -> Vec<f32> {
     log.lines()
         .filter(|l| l.starts_with("step "))
-        .map(|l| {
-            let f = l.split('|').nth(1).expect("a '| loss X |' field");
-            f.trim()
-                .strip_prefix("loss ")
-                .expect("loss field")
-                .parse()
-                .unwrap()
-        })
+        .map(|l| step_field(l, "loss"))
         .collect()
 }
 

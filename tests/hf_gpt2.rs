@@ -18,7 +18,7 @@ use train_gpt2_cuda::params::split;
 use train_gpt2_cuda::verify::{self, Tolerances};
 
 mod engine_bin;
-use engine_bin::{bin, engine, limited, log_lines, root};
+use engine_bin::{bin, engine, limited, log_lines, root, step_field};
 
 fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
@@ -499,10 +499,7 @@ fn a_finetuning_run_starts_from_transformers_loss() {
     );
     let losses: Vec<f32> = log_lines(&stdout, &["step "])
         .iter()
-        .map(|l| {
-            let after = l.split("loss ").nth(1).unwrap();
-            after.split_whitespace().next().unwrap().parse().unwrap()
-        })
+        .map(|l| step_field(l, "loss"))
         .collect();
     assert_eq!(losses.len(), 3, "{stdout}");
     // the step line prints 4 decimals: within half of the last one (ln V = 4.605 is 0.027 away)

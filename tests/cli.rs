@@ -348,11 +348,11 @@ fn trains_a_small_model_then_samples_from_its_checkpoint() {
     // the peak, each within what the printed digits round away
     let cfg = train_gpt2_cuda::train::model_config("d1").unwrap();
     let flops = train_gpt2_cuda::mfu::flops_per_token(&cfg, 16);
+    let tokens = 2.0 * 16.0; // B x T
     for line in stdout.lines().filter(|l| l.starts_with("step ")) {
         let (ms, tok_s): (f64, f64) = (step_field(line, "ms"), step_field(line, "tok/s"));
         let mfu: f64 = step_field(line, "MFU");
         assert!(line.trim_end().ends_with('%'), "{line}");
-        let tokens = 2.0 * 16.0;
         let (lo, hi) = ((ms - 0.05) * (tok_s - 0.5), (ms + 0.05) * (tok_s + 0.5));
         assert!(lo / 1e3 <= tokens && tokens <= hi / 1e3, "{line}");
         let (lo, hi) = (flops * (tok_s - 0.5), flops * (tok_s + 0.5));
@@ -383,7 +383,7 @@ fn trains_a_small_model_then_samples_from_its_checkpoint() {
     assert!((losses[0] - 10.825).abs() < 0.3, "{losses:?}");
     assert!(stdout.matches("val loss").count() >= 3, "{stdout}");
     assert!(stdout.contains("sample after step 4 (8 tokens"), "{stdout}");
-    assert_tokens_per_step(&dir, 2.0 * 16.0);
+    assert_tokens_per_step(&dir, tokens);
     let ckpt = dir.join("model_000004.bin");
     assert!(ckpt.exists(), "{stdout}");
 

@@ -64,7 +64,8 @@ struct Algo {
     unsigned long long signature;
     unsigned long long align[4];
     unsigned long long magic;
-    unsigned long long unused[2];
+    unsigned long long workspace; // the bytes of workspace it needs
+    unsigned long long unused;
 };
 static_assert(sizeof(Algo) == 64, "cublasLtMatmulAlgo_t is 64 bytes");
 constexpr unsigned long long ALGO_MAGIC = 0x66616b65616c676full;
@@ -408,7 +409,9 @@ EXPORT int cublasLtMatmulAlgoGetHeuristic(Lt* h, Desc* d, Layout* a, Layout* b, 
         res.algo.align[i] = p->align[i];
     }
     res.algo.magic = ALGO_MAGIC;
-    res.workspace_size = 0;
+    // every algorithm wants all the workspace the preference allows: the most a real one may ask
+    res.algo.workspace = p->max_workspace;
+    res.workspace_size = p->max_workspace;
     res.state = SUCCESS;
     res.waves = 1.0f;
     results[0] = res;
@@ -477,6 +480,11 @@ EXPORT int cublasLtMatmul(Lt* h, Desc* d, const void* alpha, const void* a, Layo
         std::fprintf(stderr, "fake cuBLASLt: %s: %s is not inside one device allocation (m=%lld n=%lld k=%lld)\n",
                      call, what, g.m, g.n, g.k);
         return EXECUTION_FAILED;
+    }
+    if (workspace_bytes < algo->workspace) {
+        std::fprintf(stderr, "fake cuBLASLt: %s: a workspace of %zu bytes, less than the %llu the algorithm needs\n",
+                     call, workspace_bytes, algo->workspace);
+        return NOT_SUPPORTED;
     }
     if (workspace_bytes > 0 &&
         fakecuda_check_range((unsigned long long)(uintptr_t)workspace, workspace_bytes) != 0) {

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 
 mod engine_bin;
 use engine_bin::{
-    assert_same_files, bin, flags, limited, log_lines, root, step_field, step_number,
+    assert_same_files, bin, flags, limited, log_lines, root, step_field, step_losses, step_number,
 };
 
 fn fixture(name: &str) -> String {
@@ -373,11 +373,7 @@ fn trains_a_small_model_then_samples_from_its_checkpoint() {
         peak > 1.0 && peak < total / (1 << 20) as f64,
         "{peak} MiB: {stdout}"
     );
-    let losses: Vec<f32> = stdout
-        .lines()
-        .filter(|l| l.starts_with("step "))
-        .map(|l| step_field(l, "loss"))
-        .collect();
+    let losses = step_losses(&stdout);
     assert_eq!(losses.len(), 4, "{stdout}");
     // a fresh GPT-2 predicts ~uniformly over 50257 tokens: ln(50257) = 10.825
     assert!((losses[0] - 10.825).abs() < 0.3, "{losses:?}");

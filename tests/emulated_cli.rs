@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 mod engine_bin;
-use engine_bin::{assert_same_files, bin, flags, log_lines, root, step_field};
+use engine_bin::{assert_same_files, bin, flags, log_lines, root, step_losses};
 
 fn fixture(name: &str) -> String {
     root()
@@ -310,14 +310,6 @@ fn last_checkpoint(dir: &Path) -> Vec<u8> {
     std::fs::read(last).unwrap()
 }
 
-/// The `step ... | loss X` values of a training log.
-fn losses(log: &str) -> Vec<f32> {
-    log.lines()
-        .filter(|l| l.starts_with("step "))
-        .map(|l| step_field(l, "loss"))
-        .collect()
-}
-
 /// A 4-step d1 training run (B=2, T=16 unless `extra` sets the batch) in a fresh directory, with
 /// `extra` flags: its log and its last checkpoint.
 fn train(name: &str, extra: &[&str]) -> (String, Vec<u8>) {
@@ -366,12 +358,12 @@ fn training_on_the_emulated_device_is_deterministic_with_and_without_graphs() {
             log_a.contains("Emulated CUDA device"),
             "not on the emulated device:\n{log_a}"
         );
-        assert_eq!(losses(&log_a).len(), 4, "{log_a}");
+        assert_eq!(step_losses(&log_a).len(), 4, "{log_a}");
         let (log_b, ck_b) = train(
             &format!("train-{precision}-b"),
             &["--device", "cuda", "--precision", precision],
         );
-        assert_eq!(losses(&log_a), losses(&log_b));
+        assert_eq!(step_losses(&log_a), step_losses(&log_b));
         assert!(ck_a == ck_b, "{precision}: two runs with one seed differ");
         let (log_c, ck_c) = train(
             &format!("train-{precision}-c"),
@@ -383,7 +375,7 @@ fn training_on_the_emulated_device_is_deterministic_with_and_without_graphs() {
                 "--no-cuda-graphs",
             ],
         );
-        assert_eq!(losses(&log_a), losses(&log_c));
+        assert_eq!(step_losses(&log_a), step_losses(&log_c));
         assert!(
             ck_a == ck_c,
             "{precision}: CUDA graphs changed the trained parameters"
@@ -419,7 +411,7 @@ fn a_failed_graph_capture_falls_back_to_eager_launches() {
             "{switch}: one failed capture, one note, graphs off after it:\n{log}"
         );
         assert!(log.contains(error), "{switch}: {log}");
-        assert_eq!(losses(&log), losses(&log_a), "{switch}: {log}");
+        assert_eq!(step_losses(&log), step_losses(&log_a), "{switch}: {log}");
         assert!(
             ck == ck_a,
             "{switch}: the run whose capture failed trained other parameters"
@@ -449,7 +441,7 @@ fn hellaswag_during_training_on_the_emulated_device_changes_nothing_else() {
         let (log_b, ck_b) = train(&format!("hs-{precision}-with"), &with);
         // validations at steps 0 and 2, and at the end
         assert_eq!(log_b.matches("hellaswag acc_norm ").count(), 3, "{log_b}");
-        assert_eq!(losses(&log_a), losses(&log_b), "{precision}");
+        assert_eq!(step_losses(&log_a), step_losses(&log_b), "{precision}");
         assert!(
             ck_a == ck_b,
             "{precision}: HellaSwag changed the trained parameters"
@@ -470,7 +462,7 @@ fn samples_during_training_on_the_emulated_device_change_nothing_else() {
         let (log_b, ck_b) = train(&format!("se-{precision}-with"), &with);
         // after step 2, and at the end (step 4): the same lengths again
         assert_eq!(log_b.matches("sample after step ").count(), 2, "{log_b}");
-        assert_eq!(losses(&log_a), losses(&log_b), "{precision}");
+        assert_eq!(step_losses(&log_a), step_losses(&log_b), "{precision}");
         let last = |log: &str| log.rsplit_once("top-k 40):").map(|(_, s)| s.to_owned());
         assert!(last(&log_a).is_some(), "{log_a}");
         assert_eq!(last(&log_a), last(&log_b), "{precision}");
@@ -555,7 +547,7 @@ fn training_on_the_emulated_device_tracks_the_cpu() {
         all.extend_from_slice(args);
         let (gpu, _) = train(&format!("train-vs-cpu-{name}"), &all);
         let want = if accum { &cpu_accum } else { &cpu };
-        let (g, c) = (losses(&gpu), losses(want));
+        let (g, c) = (step_losses(&gpu), step_losses(want));
         assert_eq!(g.len(), 4, "{name}: {gpu}");
         assert_eq!(g.len(), c.len());
         for (i, (a, b)) in g.iter().zip(&c).enumerate() {
@@ -628,7 +620,7 @@ fn training_on_the_emulated_device_resumes_exactly() {
             "{precision}: the state's arrays"
         );
         if precision == "bf16" {
-            let bf16_steps = losses(&whole);
+            let bf16_steps = step_losses(&whole);
             let cpu: Vec<&str> = ["--device", "cpu"]
                 .iter()
                 .chain(&common[2..])
@@ -636,7 +628,7 @@ fn training_on_the_emulated_device_resumes_exactly() {
                 .copied()
                 .collect();
             let on_cpu = run_ok(&cpu, &dir);
-            let got = losses(&on_cpu);
+            let got = step_losses(&on_cpu);
             assert_eq!(got.len(), 2, "{on_cpu}");
             for (a, b) in got.iter().zip(&bf16_steps[2..]) {
                 assert!(

@@ -18,7 +18,7 @@ use train_gpt2_cuda::params::split;
 use train_gpt2_cuda::verify::{self, Tolerances};
 
 mod engine_bin;
-use engine_bin::{bin, engine, limited, log_lines, root, step_field};
+use engine_bin::{bin, engine, limited, root, step_losses};
 
 fn fixture(name: &str) -> PathBuf {
     root().join("tests/fixtures").join(name)
@@ -497,10 +497,7 @@ fn a_finetuning_run_starts_from_transformers_loss() {
             .arg("--out-dir")
             .arg(&dir),
     );
-    let losses: Vec<f32> = log_lines(&stdout, &["step "])
-        .iter()
-        .map(|l| step_field(l, "loss"))
-        .collect();
+    let losses = step_losses(&stdout);
     assert_eq!(losses.len(), 3, "{stdout}");
     // the step line prints 4 decimals: within half of the last one (ln V = 4.605 is 0.027 away)
     assert!(

@@ -215,6 +215,14 @@ pub fn step_field<T: std::str::FromStr>(line: &str, name: &str) -> T {
         .unwrap_or_else(|| panic!("no number for {name:?} in {line:?}"))
 }
 
+/// The `step ... | loss X` values of a training log, in order.
+pub fn step_losses(log: &str) -> Vec<f32> {
+    log.lines()
+        .filter(|l| l.starts_with("step "))
+        .map(|l| step_field(l, "loss"))
+        .collect()
+}
+
 /// N of a step line `step N/STEPS | ...`; None for any other line.
 pub fn step_number(line: &str) -> Option<usize> {
     line.strip_prefix("step ")?
